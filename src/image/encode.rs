@@ -1,0 +1,1 @@
+//! Versioned, checksummed encoding of image-set manifests (owned by the store issue).

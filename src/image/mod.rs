@@ -1,0 +1,383 @@
+//! The process image model: what a checkpoint holds about a process (threads, VMAs, fds, signal
+//! state, mm fields) and its page table. Pure data: no I/O, no kernel calls. The versioned,
+//! checksummed encoding of manifests lives in [`encode`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub mod encode;
+
+/// Size of a page on the machines haul supports (x86_64).
+pub const PAGE_SIZE: usize = 4096;
+
+/// Identity of a page's content: the first 16 bytes of its BLAKE3 hash.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PageId(pub [u8; 16]);
+
+impl PageId {
+    /// Hashes one page (or any byte string) into its id.
+    pub fn of(bytes: &[u8]) -> PageId {
+        let h = blake3::hash(bytes);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.as_bytes()[..16]);
+        PageId(id)
+    }
+
+    /// Lower-case hexadecimal, 32 characters.
+    pub fn to_hex(&self) -> String {
+        crate::util::hex(&self.0)
+    }
+
+    /// Parses 32 hexadecimal characters.
+    pub fn from_hex(s: &str) -> Option<PageId> {
+        let v = crate::util::unhex(s)?;
+        let arr: [u8; 16] = v.try_into().ok()?;
+        Some(PageId(arr))
+    }
+}
+
+impl fmt::Debug for PageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PageId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for PageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Returns true when every byte of `page` is zero.
+pub fn is_zero_page(page: &[u8]) -> bool {
+    let chunks = page.chunks_exact(16);
+    let tail_zero = chunks.remainder().iter().all(|&b| b == 0);
+    // Folding with `|` over fixed-size chunks lets the compiler vectorise the test.
+    tail_zero
+        && page
+            .chunks_exact(16)
+            .fold(0u128, |acc, c| acc | u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])))
+            == 0
+}
+
+/// Where the content of one page of a checkpoint is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PageRef {
+    /// The page is all zeroes: recorded, never stored.
+    Zero,
+    /// The page is in the store under this id.
+    Stored(PageId),
+    /// The page was left with its source to be served lazily (post-copy); the id says what it
+    /// must hash to when it arrives.
+    Lazy(PageId),
+}
+
+/// The page table of an image set: page-aligned address → where its content is.
+///
+/// A pre-dump set holds only the pages written since its parent; a final dump's table is complete
+/// (every present page of every dumped VMA), so a restore never walks a chain of sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageTable {
+    map: BTreeMap<u64, PageRef>,
+}
+
+impl PageTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Records where the page at `addr` (page-aligned) is; replaces an earlier entry.
+    pub fn insert(&mut self, addr: u64, r: PageRef) {
+        debug_assert_eq!(addr % PAGE_SIZE as u64, 0);
+        self.map.insert(addr, r);
+    }
+    pub fn get(&self, addr: u64) -> Option<PageRef> {
+        self.map.get(&addr).copied()
+    }
+    pub fn remove(&mut self, addr: u64) -> Option<PageRef> {
+        self.map.remove(&addr)
+    }
+    /// Every entry in address order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, PageRef)> + '_ {
+        self.map.iter().map(|(a, r)| (*a, *r))
+    }
+    /// Entries with `start <= addr < end`, in address order.
+    pub fn range(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, PageRef)> + '_ {
+        self.map.range(start..end).map(|(a, r)| (*a, *r))
+    }
+    /// Drops every entry with `start <= addr < end`.
+    pub fn remove_range(&mut self, start: u64, end: u64) {
+        let keys: Vec<u64> = self.map.range(start..end).map(|(a, _)| *a).collect();
+        for k in keys {
+            self.map.remove(&k);
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    /// Counts of (zero, stored, lazy) entries.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let mut c = (0, 0, 0);
+        for r in self.map.values() {
+            match r {
+                PageRef::Zero => c.0 += 1,
+                PageRef::Stored(_) => c.1 += 1,
+                PageRef::Lazy(_) => c.2 += 1,
+            }
+        }
+        c
+    }
+}
+
+/// Kind of an image set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SetKind {
+    /// A pre-copy iteration: only the pages written since the parent.
+    PreDump,
+    /// A final dump: complete page table and process state.
+    Dump,
+}
+
+impl fmt::Display for SetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SetKind::PreDump => "pre-dump",
+            SetKind::Dump => "dump",
+        })
+    }
+}
+
+/// Figures recorded with a set when it is committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetFigures {
+    /// Pages in the page table.
+    pub pages: u64,
+    /// Zero pages (recorded, not stored).
+    pub pages_zero: u64,
+    /// Pages left to be served lazily.
+    pub pages_lazy: u64,
+    /// Bytes of non-zero pages (page count × page size).
+    pub bytes_logical: u64,
+    /// Compressed bytes of the pages this set references (as stored, counting shared ones).
+    pub bytes_stored: u64,
+    /// Compressed bytes this set added to the store (pages no earlier set had).
+    pub bytes_new: u64,
+    /// Pages this set added to the store.
+    pub pages_new: u64,
+}
+
+/// One checkpoint: manifest of an image set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSet {
+    /// Unique id, `<job>-<yyyymmddThhmmss>-<rand>`; sortable by time within a job.
+    pub id: String,
+    pub job: String,
+    /// Creation time, microseconds since the Unix epoch.
+    pub created_us: u64,
+    pub kind: SetKind,
+    pub parent: Option<String>,
+    /// `uname -r` of the machine that dumped.
+    pub kernel: String,
+    /// None for a pre-dump, which carries only pages.
+    pub process: Option<ProcessImage>,
+    pub pages: PageTable,
+    pub figures: SetFigures,
+}
+
+/// Process-wide state captured at dump time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessImage {
+    pub pid: i32,
+    pub ppid: i32,
+    pub comm: String,
+    /// `/proc/PID/cmdline` as raw bytes (NUL-separated).
+    pub cmdline: Vec<u8>,
+    pub exe: String,
+    pub cwd: String,
+    pub umask: u32,
+    pub personality: u32,
+    pub creds: Creds,
+    pub rlimits: Vec<Rlimit>,
+    pub mm: MmFields,
+    /// `/proc/PID/auxv` as (type, value) pairs, terminator excluded.
+    pub auxv: Vec<(u64, u64)>,
+    pub threads: Vec<ThreadImage>,
+    pub vmas: Vec<Vma>,
+    pub fds: Vec<FdImage>,
+    /// Signal actions for signals 1..=64 (index 0 is signal 1); SIGKILL/SIGSTOP hold defaults.
+    pub sigactions: Vec<SigAction>,
+    /// Process-wide pending signals (bitmask).
+    pub shared_pending: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creds {
+    /// real, effective, saved, filesystem
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub no_new_privs: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// RLIMIT_* number.
+    pub resource: u32,
+    /// u64::MAX is RLIM_INFINITY.
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// The mm fields `prctl(PR_SET_MM_MAP)` restores (from `/proc/PID/stat`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// Per-thread state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadImage {
+    pub tid: i32,
+    /// Raw `struct user_regs_struct` (216 bytes on x86_64), as read by PTRACE_GETREGS.
+    pub regs: Vec<u8>,
+    /// Raw NT_X86_XSTATE regset (its size as the kernel gave it).
+    pub xstate: Vec<u8>,
+    /// Raw NT_PRFPREG regset (512 bytes), used when XSTATE is unavailable.
+    pub fpregs: Vec<u8>,
+    /// Blocked signals.
+    pub sigmask: u64,
+    /// Thread-private pending signals.
+    pub pending: u64,
+    pub rseq: Option<Rseq>,
+    /// (head, len) of the robust futex list.
+    pub robust_list: Option<(u64, u64)>,
+    pub sigaltstack: Option<SigAltStack>,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub sig: u32,
+    pub flags: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+/// One signal's disposition, in the kernel's `struct sigaction` layout terms.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    /// Handler address, or 0 = SIG_DFL, 1 = SIG_IGN.
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// What a mapping is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmaKind {
+    /// Private anonymous memory (incl. `[stack]`, `[heap]`).
+    Anon,
+    /// Shared anonymous memory (`/dev/zero (deleted)`, `memfd`-less MAP_SHARED|MAP_ANONYMOUS).
+    SharedAnon,
+    /// A file mapping; private ones carry their written (copy-on-write) pages in the page table.
+    File,
+    Vdso,
+    Vvar,
+    VvarVclock,
+    Vsyscall,
+}
+
+/// Identity of a file at dump time, checked again at restore.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// One mapping of the address space.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC bits.
+    pub prot: u32,
+    /// True for MAP_SHARED.
+    pub shared: bool,
+    /// Offset into the file, in bytes.
+    pub pgoff: u64,
+    pub kind: VmaKind,
+    /// The file (for `File`), or the name shown in maps (`[heap]`, `[stack]`, ...).
+    pub name: String,
+    pub file: Option<FileId>,
+    /// Two-letter VmFlags from smaps (`rd wr mr mw me ac gd ...`).
+    pub vm_flags: Vec<String>,
+}
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+    pub fn pages(&self) -> u64 {
+        self.len() / PAGE_SIZE as u64
+    }
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.vm_flags.iter().any(|x| x == f)
+    }
+}
+
+/// One open file descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdImage {
+    pub fd: i32,
+    /// `open(2)` flags from fdinfo (O_CLOEXEC included).
+    pub flags: u32,
+    pub kind: FdKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FdKind {
+    /// A regular file (or directory) by path, with its offset.
+    File {
+        path: String,
+        pos: u64,
+        mode: u32,
+        id: FileId,
+    },
+    DevNull,
+    DevZero,
+    DevUrandom,
+}

@@ -1,0 +1,289 @@
+//! The job file schema (DESIGN.md §2): one type serves TOML parsing and defaults.
+//!
+//! Every section and key of DESIGN.md §2 is here, with the same spelling. Unknown keys are errors
+//! (`deny_unknown_fields`). Values that need more than serde's checks (durations, sizes,
+//! compression, cross-field rules) are checked in [`super::validate`].
+
+use super::units::{Compression, Dur, Size};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A whole job file, as written (before placeholders are expanded and paths resolved).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Default: the job file's stem.
+    pub name: Option<String>,
+    pub process: ProcessSpec,
+    /// Absent: no pre-dumps.
+    pub predump: Option<PredumpSpec>,
+    #[serde(default)]
+    pub dump: DumpSpec,
+    /// Absent: no restore.
+    pub restore: Option<RestoreSpec>,
+    #[serde(default)]
+    pub lazy: LazySpec,
+    #[serde(default)]
+    pub store: StoreSpec,
+    #[serde(default)]
+    pub report: ReportSpec,
+    pub verify: Option<VerifySpec>,
+}
+
+/// `[process]`: exactly one of `command`, `pid`, `pidfile`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// Program and arguments to launch.
+    pub command: Option<Vec<String>>,
+    /// Attach to this running process.
+    pub pid: Option<i64>,
+    /// Attach to the process whose PID this file holds.
+    pub pidfile: Option<PathBuf>,
+    /// Working directory of a launched command (default: the job file's folder).
+    pub cwd: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Where a launched command's stdout goes.
+    #[serde(default)]
+    pub stdout: Output,
+    /// Where a launched command's stderr goes.
+    #[serde(default)]
+    pub stderr: Output,
+    /// When the process counts as ready for the first stage.
+    pub ready: Option<Ready>,
+}
+
+/// Destination of a launched process's stdout/stderr: `"log"` (a file in the run dir),
+/// `"null"`, or a path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Output {
+    #[default]
+    Log,
+    Null,
+    Path(PathBuf),
+}
+
+/// `ready = { after = "300ms" }`, `{ file = "..." }` or `{ stdout_line = "ready" }`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Ready {
+    /// Ready after this delay.
+    After(Dur),
+    /// Ready once this file exists.
+    File(PathBuf),
+    /// Ready once the process prints a line containing this text on stdout.
+    StdoutLine(String),
+}
+
+/// `[predump]`: pre-copy iterations.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredumpSpec {
+    #[serde(default = "defaults::predump_interval")]
+    pub interval: Dur,
+    #[serde(default = "defaults::max_iterations")]
+    pub max_iterations: u32,
+    /// Converged: an iteration wrote less than this.
+    #[serde(default = "defaults::stop_below")]
+    pub stop_below: Size,
+    /// Diverging: an iteration wrote this factor more than the last.
+    #[serde(default = "defaults::stop_growth")]
+    pub stop_growth: f64,
+    #[serde(default)]
+    pub tracker: Tracker,
+}
+
+impl Default for PredumpSpec {
+    fn default() -> Self {
+        PredumpSpec {
+            interval: defaults::predump_interval(),
+            max_iterations: defaults::max_iterations(),
+            stop_below: defaults::stop_below(),
+            stop_growth: defaults::stop_growth(),
+            tracker: Tracker::default(),
+        }
+    }
+}
+
+/// Dirty-page tracker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tracker {
+    #[default]
+    Auto,
+    UffdWp,
+    SoftDirty,
+    Hash,
+}
+
+/// `[dump]`: the final dump.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DumpSpec {
+    /// false: stop the process after the dump (migration); true: leave it running.
+    #[serde(default)]
+    pub leave_running: bool,
+    /// Memory for copied pages, so the freeze covers only the copy.
+    #[serde(default = "defaults::buffer")]
+    pub buffer: Size,
+    /// The final dump leaves pages to be served lazily.
+    #[serde(default)]
+    pub lazy: bool,
+}
+
+impl Default for DumpSpec {
+    fn default() -> Self {
+        DumpSpec { leave_running: false, buffer: defaults::buffer(), lazy: false }
+    }
+}
+
+/// `[restore]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSpec {
+    #[serde(default)]
+    pub mode: RestoreMode,
+    #[serde(default)]
+    pub pid: PidPolicy,
+    /// `"store"` or `"host:port"` of a page server.
+    #[serde(default = "defaults::from")]
+    pub from: String,
+}
+
+impl Default for RestoreSpec {
+    fn default() -> Self {
+        RestoreSpec { mode: RestoreMode::default(), pid: PidPolicy::default(), from: defaults::from() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMode {
+    #[default]
+    Eager,
+    Lazy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PidPolicy {
+    #[default]
+    Same,
+    Any,
+}
+
+/// `[lazy]`: post-copy policy.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LazySpec {
+    #[serde(default = "defaults::idle_push")]
+    pub idle_push: Dur,
+    #[serde(default = "defaults::prefetch")]
+    pub prefetch: u32,
+    #[serde(default)]
+    pub order: LazyOrder,
+    #[serde(default = "defaults::source_timeout")]
+    pub source_timeout: Dur,
+}
+
+impl Default for LazySpec {
+    fn default() -> Self {
+        LazySpec {
+            idle_push: defaults::idle_push(),
+            prefetch: defaults::prefetch(),
+            order: LazyOrder::default(),
+            source_timeout: defaults::source_timeout(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LazyOrder {
+    Address,
+    #[default]
+    HotFirst,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSpec {
+    /// Default: `$HAUL_STORE`, else `./haul-store` (relative to the job file's folder).
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Image sets of this job to keep; older ones are pruned. Absent: keep all.
+    pub keep: Option<u32>,
+}
+
+/// `[report]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    #[serde(default = "defaults::report_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "defaults::history")]
+    pub history: PathBuf,
+}
+
+impl Default for ReportSpec {
+    fn default() -> Self {
+        ReportSpec { dir: defaults::report_dir(), history: defaults::history() }
+    }
+}
+
+/// `[verify]`: judge the restored process.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySpec {
+    pub command: Vec<String>,
+    pub expect_stdout: Option<String>,
+    #[serde(default = "defaults::verify_timeout")]
+    pub timeout: Dur,
+}
+
+/// Defaults of DESIGN.md §2, in one place.
+pub mod defaults {
+    use super::*;
+    use std::time::Duration;
+
+    pub fn predump_interval() -> Dur {
+        Dur(Duration::from_secs(1))
+    }
+    pub fn max_iterations() -> u32 {
+        8
+    }
+    pub fn stop_below() -> Size {
+        Size(256 * 1024)
+    }
+    pub fn stop_growth() -> f64 {
+        1.1
+    }
+    pub fn buffer() -> Size {
+        Size(1 << 30)
+    }
+    pub fn from() -> String {
+        "store".into()
+    }
+    pub fn idle_push() -> Dur {
+        Dur(Duration::from_secs(5))
+    }
+    pub fn prefetch() -> u32 {
+        16
+    }
+    pub fn source_timeout() -> Dur {
+        Dur(Duration::from_secs(10))
+    }
+    pub fn report_dir() -> PathBuf {
+        PathBuf::from("reports")
+    }
+    pub fn history() -> PathBuf {
+        PathBuf::from("reports/history.jsonl")
+    }
+    pub fn verify_timeout() -> Dur {
+        Dur(Duration::from_secs(10))
+    }
+}

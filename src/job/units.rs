@@ -1,0 +1,162 @@
+//! Value types of job files: durations (`"500ms"`), sizes (`"256MiB"`), compression (`"zstd:3"`),
+//! and the `stdout` destination. Each parses from a string with a precise error.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A duration written as `"500ms"`, `"5s"`, `"2m"`, `"1h"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Dur(pub Duration);
+
+/// A size in bytes written as `"4KiB"`, `"256MiB"`, `"1GiB"` (or a plain number of bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Size(pub u64);
+
+/// `"zstd:<1..19>"` or `"none"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Compression {
+    None,
+    Zstd(i32),
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::Zstd(3)
+    }
+}
+
+/// Implements `Deserialize` for a type with `FromStr<Err = String>` by reading a string, so the
+/// message says what was expected and what was found.
+macro_rules! deserialize_from_str {
+    ($t:ty, $expecting:expr) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $t;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$t, E> {
+                        s.parse::<$t>().map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+    };
+}
+
+impl std::str::FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("expected a duration like \"1s\", found \"{s}\"");
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let scale = match unit.trim() {
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        let secs = n * scale;
+        if !secs.is_finite() || secs > 1e9 {
+            return Err(bad());
+        }
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+deserialize_from_str!(Dur, "a duration like \"1s\"");
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("expected a size like \"256MiB\", found \"{s}\"");
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "k" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            "TiB" | "T" => 1 << 40,
+            "KB" | "kB" => 1000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(scale).map(Size).ok_or_else(bad)
+    }
+}
+deserialize_from_str!(Size, "a size like \"256MiB\"");
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("expected \"zstd:<1..19>\" or \"none\", found \"{s}\"");
+        match s {
+            "none" => Ok(Compression::None),
+            "zstd" => Ok(Compression::default()),
+            _ => {
+                let lvl = s.strip_prefix("zstd:").ok_or_else(bad)?;
+                let n: i32 = lvl.parse().map_err(|_| bad())?;
+                if (1..=19).contains(&n) {
+                    Ok(Compression::Zstd(n))
+                } else {
+                    Err(bad())
+                }
+            }
+        }
+    }
+}
+deserialize_from_str!(Compression, "\"zstd:<1..19>\" or \"none\"");
+
+impl std::str::FromStr for super::schema::Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use super::schema::Output;
+        Ok(match s {
+            "log" => Output::Log,
+            "null" => Output::Null,
+            "" => return Err("expected \"log\", \"null\" or a path, found \"\"".into()),
+            p => Output::Path(p.into()),
+        })
+    }
+}
+deserialize_from_str!(super::schema::Output, "\"log\", \"null\" or a path");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!("500ms".parse::<Dur>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("5s".parse::<Dur>().unwrap().0, Duration::from_secs(5));
+        assert_eq!("1.5s".parse::<Dur>().unwrap().0, Duration::from_millis(1500));
+        assert!("fast".parse::<Dur>().unwrap_err().contains("found \"fast\""));
+        assert!("-1s".parse::<Dur>().is_err());
+        assert!("5".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!("4KiB".parse::<Size>().unwrap().0, 4096);
+        assert_eq!("256MiB".parse::<Size>().unwrap().0, 256 << 20);
+        assert!("12XB".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn compression_levels_are_bounded() {
+        assert_eq!("zstd:3".parse::<Compression>().unwrap(), Compression::Zstd(3));
+        assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
+        assert!("zstd:25".parse::<Compression>().is_err());
+        assert!("gzip".parse::<Compression>().is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! haul: checkpoint and restore live Linux processes natively, driven by TOML job files.
+//!
+//! The layout follows `DESIGN.md` §1: data flows job → runner → dump → store → restore/lazy →
+//! report, and `sys` is the only door to the kernel (the only module allowed `unsafe`).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod dump;
+pub mod error;
+pub mod image;
+pub mod job;
+pub mod proc;
+pub mod report;
+pub mod runner;
+pub mod store;
+pub mod sys;
+pub mod util;
+
+pub use error::{Error, Result};
