@@ -39,12 +39,12 @@ fn walk<'a>(s: &'a str, mut f: impl FnMut(Piece<'a>) -> Result<(), String>) -> R
     while let Some(i) = rest.find(['{', '}']) {
         f(Piece::Text(&rest[..i]))?;
         let tail = &rest[i..];
-        if tail.starts_with("{{") {
+        if let Some(after) = tail.strip_prefix("{{") {
             f(Piece::Text("{"))?;
-            rest = &tail[2..];
-        } else if tail.starts_with("}}") {
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
             f(Piece::Text("}"))?;
-            rest = &tail[2..];
+            rest = after;
         } else if tail.starts_with('}') {
             return Err(format!("unmatched \"}}\" ({ESCAPE_HINT})"));
         } else {

@@ -65,6 +65,16 @@ pub enum Output {
     Path(PathBuf),
 }
 
+impl Output {
+    /// The file, when output goes to a path.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Output::Path(p) => Some(p),
+            Output::Log | Output::Null => None,
+        }
+    }
+}
+
 /// `ready = { after = "300ms" }`, `{ file = "..." }` or `{ stdout_line = "ready" }`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -163,6 +173,13 @@ impl Default for RestoreSpec {
             pid: PidPolicy::default(),
             from: defaults::from(),
         }
+    }
+}
+
+impl RestoreSpec {
+    /// `(host, port)` when `from` names a page server; `None` for `"store"`.
+    pub fn page_server(&self) -> Option<(&str, u16)> {
+        super::validate::parse_host_port(&self.from)
     }
 }
 

@@ -52,6 +52,9 @@ impl std::str::FromStr for Dur {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("expected a duration like \"1s\", found \"{s}\"");
         let t = s.trim();
+        if t.starts_with('-') {
+            return Err(format!("a duration cannot be negative, found \"{s}\""));
+        }
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(bad)?;
