@@ -720,3 +720,40 @@ fn measure_loading_100_job_files() {
         times[5], times[0], times[10]
     );
 }
+
+#[test]
+fn array_of_tables_for_a_section_is_rejected() {
+    assert_eq!(
+        error_of(&format!("{PROCESS}[[dump]]\nlazy = true\n")),
+        "DIR/x.toml:3:3: dump: expected a table, found an array (write [dump], not [[dump]])"
+    );
+}
+
+#[test]
+fn ready_with_two_conditions_is_rejected() {
+    assert_eq!(
+        error_of("[process]\ncommand = [\"a\"]\nready = { after = \"1s\", file = \"x\" }\n"),
+        "DIR/x.toml:3:9: process.ready: expected one of { after = \"300ms\" }, { file = \"...\" }, \
+         { stdout_line = \"...\" }"
+    );
+}
+
+#[test]
+fn stdout_line_readiness_needs_a_launched_process() {
+    assert_eq!(
+        error_of("[process]\npid = 5\nready = { stdout_line = \"x\" }\n"),
+        "DIR/x.toml:3:1: process.ready: stdout_line needs a launched process (with command): haul \
+         cannot read an attached process's stdout"
+    );
+}
+
+#[test]
+fn placeholder_with_unbalanced_brace_is_rejected() {
+    let text =
+        format!("{PROCESS}[restore]\n[verify]\ncommand = [\"x\"]\nexpect_stdout = \"{{bad\"\n");
+    assert_eq!(
+        error_of(&text),
+        "DIR/x.toml:6:17: verify.expect_stdout: unclosed \"{\" in \"{bad\" (write {{ and }} for \
+         literal braces)"
+    );
+}

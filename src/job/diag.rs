@@ -181,6 +181,15 @@ pub(crate) fn from_de_error(
         } else {
             "missing (this key is required)".into()
         }
+    } else if raw.starts_with("wanted exactly 1 element") || raw == "wanted string or table" {
+        // toml's wording for enums: a one-key table (`ready`) or a string (`mode`, `tracker`).
+        if field.ends_with("ready") {
+            READY_FORMS.to_string()
+        } else if raw.starts_with("wanted exactly") {
+            "expected exactly one key".to_string()
+        } else {
+            "expected a string".to_string()
+        }
     } else if let Some(msg) = rewrite_invalid(&raw) {
         msg
     } else {
@@ -199,6 +208,10 @@ pub(crate) fn from_de_error(
     };
     Diagnostic::at(file, text, offset, &field, message)
 }
+
+/// What `process.ready` may be.
+const READY_FORMS: &str =
+    "expected one of { after = \"300ms\" }, { file = \"...\" }, { stdout_line = \"...\" }";
 
 /// Splits "name`, expected one of `a`, `b`" into ("name", ["a", "b"]).
 fn split_unknown(rest: &str) -> (String, Vec<String>) {

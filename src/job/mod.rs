@@ -115,10 +115,27 @@ pub fn load(path: &Path) -> Result<Job, JobError> {
         )));
     }
 
+    // serde would read `[[dump]]` (an array of tables) as a struct's fields in order, and then
+    // complain about the first one; say what is actually wrong.
+    let tree = Node::parse(text);
+    if let Some(spans::Kind::Table(entries)) = tree.as_ref().map(|t| &t.kind) {
+        if let Some((key, key_span, _)) = entries
+            .iter()
+            .find(|(k, _, n)| k != "name" && matches!(n.kind, spans::Kind::Array(_)))
+        {
+            return Err(JobError::invalid(Diagnostic::at(
+                path,
+                text,
+                Some(key_span.start),
+                key,
+                format!("expected a table, found an array (write [{key}], not [[{key}]])"),
+            )));
+        }
+    }
+
     let spec: JobSpec = match serde_path_to_error::deserialize(toml::Deserializer::new(text)) {
         Ok(s) => s,
         Err(e) => {
-            let tree = Node::parse(text);
             return Err(JobError::invalid(diag::from_de_error(
                 path,
                 text,
@@ -128,7 +145,7 @@ pub fn load(path: &Path) -> Result<Job, JobError> {
         }
     };
     // serde accepted the file, so it is TOML whose values all fit the spanned tree.
-    let tree = Node::parse(text).unwrap_or(Node {
+    let tree = tree.unwrap_or(Node {
         span: 0..0,
         kind: spans::Kind::Table(Vec::new()),
     });
