@@ -1,5 +1,5 @@
 //! Placeholders in job strings: `{job}`, `{run}`, `{run_dir}`, `{store}`, `{pid}`; `{{` and `}}`
-//! stand for literal braces. Unknown names are rejected when the job is loaded ([`check`]); the
+//! stand for literal braces. Unknown names are rejected when the job is loaded (by `check`); the
 //! values are substituted at run time ([`expand`]).
 
 use std::path::{Path, PathBuf};
