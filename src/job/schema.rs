@@ -65,6 +65,16 @@ pub enum Output {
     Path(PathBuf),
 }
 
+impl Output {
+    /// The file, when output goes to a path.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Output::Path(p) => Some(p),
+            Output::Log | Output::Null => None,
+        }
+    }
+}
+
 /// `ready = { after = "300ms" }`, `{ file = "..." }` or `{ stdout_line = "ready" }`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -135,7 +145,11 @@ pub struct DumpSpec {
 
 impl Default for DumpSpec {
     fn default() -> Self {
-        DumpSpec { leave_running: false, buffer: defaults::buffer(), lazy: false }
+        DumpSpec {
+            leave_running: false,
+            buffer: defaults::buffer(),
+            lazy: false,
+        }
     }
 }
 
@@ -154,7 +168,18 @@ pub struct RestoreSpec {
 
 impl Default for RestoreSpec {
     fn default() -> Self {
-        RestoreSpec { mode: RestoreMode::default(), pid: PidPolicy::default(), from: defaults::from() }
+        RestoreSpec {
+            mode: RestoreMode::default(),
+            pid: PidPolicy::default(),
+            from: defaults::from(),
+        }
+    }
+}
+
+impl RestoreSpec {
+    /// `(host, port)` when `from` names a page server; `None` for `"store"`.
+    pub fn page_server(&self) -> Option<(&str, u16)> {
+        super::validate::parse_host_port(&self.from)
     }
 }
 
@@ -231,7 +256,10 @@ pub struct ReportSpec {
 
 impl Default for ReportSpec {
     fn default() -> Self {
-        ReportSpec { dir: defaults::report_dir(), history: defaults::history() }
+        ReportSpec {
+            dir: defaults::report_dir(),
+            history: defaults::history(),
+        }
     }
 }
 

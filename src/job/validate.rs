@@ -1,0 +1,400 @@
+//! Cross-field rules of a job file (DESIGN.md §2), checked after serde has read the values: each
+//! rule names the field it is about and says what would be valid.
+
+use super::placeholder::{self, has_placeholder};
+use super::schema::{JobSpec, Output, PidPolicy, Ready, RestoreMode};
+use super::spans::{Anchor, Node};
+use std::path::Path;
+
+/// One broken rule: the field, whether to point at its key or value, and the message.
+#[derive(Debug)]
+pub(crate) struct Problem {
+    pub field: String,
+    pub anchor: Anchor,
+    pub message: String,
+}
+
+/// Placeholders a string may use, by where it is used. `{pid}` exists only after launch; a path
+/// cannot use the placeholder it defines.
+const BEFORE_LAUNCH: &[&str] = &["job", "run", "run_dir", "store"];
+const AFTER_LAUNCH: &[&str] = &["job", "run", "run_dir", "store", "pid"];
+const STORE_PATH: &[&str] = &["job", "run", "run_dir"];
+const REPORT_DIR: &[&str] = &["job", "run", "store"];
+
+/// Smallest `dump.buffer`.
+pub const MIN_BUFFER: u64 = 1 << 20;
+/// Largest `lazy.prefetch`.
+pub const MAX_PREFETCH: u32 = 512;
+
+/// True when `name` can name a job (it names files and directories).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `"host:port"` of a page server: a non-empty host (`[v6]` allowed) and a port 1..=65535.
+pub fn parse_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|&p| p > 0)?;
+    let bare = match host.strip_prefix('[') {
+        Some(h) => h.strip_suffix(']')?,
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    let ok = !bare.is_empty() && !bare.chars().any(|c| c.is_whitespace() || c == '/');
+    ok.then_some((host, port))
+}
+
+struct Checker<'a> {
+    tree: &'a Node,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn at(&mut self, field: &str, anchor: Anchor, message: impl Into<String>) {
+        self.problems.push(Problem {
+            field: field.into(),
+            anchor,
+            message: message.into(),
+        });
+    }
+    fn value(&mut self, field: &str, message: impl Into<String>) {
+        self.at(field, Anchor::Value, message)
+    }
+    fn key(&mut self, field: &str, message: impl Into<String>) {
+        self.at(field, Anchor::Key, message)
+    }
+    fn placeholders(&mut self, field: &str, s: &str, allowed: &[&str]) {
+        if let Err(e) = placeholder::check(s, allowed) {
+            self.value(field, e);
+        }
+    }
+    fn path_placeholders(&mut self, field: &str, p: &Path, allowed: &[&str]) {
+        // Paths come from TOML strings, so they are UTF-8.
+        if let Some(s) = p.to_str() {
+            self.placeholders(field, s, allowed);
+        }
+    }
+    fn has(&self, field: &str) -> bool {
+        self.tree.has(field)
+    }
+}
+
+/// Checks every cross-field rule of `spec` (as written, before paths are resolved). `dir` is the
+/// job file's folder (to check `process.cwd`); `default_name` the file's stem.
+pub(crate) fn validate(
+    spec: &JobSpec,
+    tree: &Node,
+    dir: &Path,
+    default_name: &str,
+) -> Vec<Problem> {
+    let mut c = Checker {
+        tree,
+        problems: Vec::new(),
+    };
+
+    match &spec.name {
+        Some(n) if n.is_empty() => c.value("name", "must not be empty"),
+        Some(n) if !valid_name(n) => c.value(
+            "name",
+            format!("\"{n}\" is not a valid job name: use only letters, digits, '.', '_' and '-'"),
+        ),
+        Some(_) => {}
+        None if !valid_name(default_name) => c.value(
+            "name",
+            format!(
+                "the file name \"{default_name}\" is not a valid job name (letters, digits, '.', \
+                 '_' and '-' only); set name = \"...\""
+            ),
+        ),
+        None => {}
+    }
+
+    process(&mut c, spec, dir);
+    stages(&mut c, spec);
+
+    if let Some(p) = &spec.store.path {
+        c.path_placeholders("store.path", p, STORE_PATH);
+    }
+    if spec.store.keep == Some(0) {
+        c.value(
+            "store.keep",
+            "must be at least 1 (the newest image set), found 0",
+        );
+    }
+    c.path_placeholders("report.dir", &spec.report.dir, REPORT_DIR);
+    c.path_placeholders("report.history", &spec.report.history, BEFORE_LAUNCH);
+
+    if let Some(v) = &spec.verify {
+        if spec.restore.is_none() {
+            c.key(
+                "verify",
+                "needs a [restore] section: verify judges the restored process",
+            );
+        }
+        match v.command.first() {
+            None => c.value(
+                "verify.command",
+                "must not be empty: give the program and its arguments",
+            ),
+            Some(p) if p.is_empty() => c.value("verify.command[0]", "the program name is empty"),
+            Some(_) => {}
+        }
+        for (i, arg) in v.command.iter().enumerate() {
+            c.placeholders(&format!("verify.command[{i}]"), arg, AFTER_LAUNCH);
+        }
+        if let Some(e) = &v.expect_stdout {
+            c.placeholders("verify.expect_stdout", e, AFTER_LAUNCH);
+        }
+        if v.timeout.0.is_zero() {
+            c.value("verify.timeout", "must be greater than 0");
+        }
+    }
+    c.problems
+}
+
+/// `[process]`: what to run or attach to, and the settings that only a launch can apply.
+fn process(c: &mut Checker, spec: &JobSpec, dir: &Path) {
+    let p = &spec.process;
+    let given: Vec<&str> = [
+        ("command", p.command.is_some()),
+        ("pid", p.pid.is_some()),
+        ("pidfile", p.pidfile.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    match given.as_slice() {
+        [] => c.key("process", "missing: one of command, pid, pidfile"),
+        [_] => {}
+        [a, b] => c.key(
+            &format!("process.{b}"),
+            format!("{a} and {b} exclude each other: give only one of command, pid, pidfile"),
+        ),
+        _ => c.key(
+            "process.pidfile",
+            "command, pid and pidfile exclude each other: give only one of them",
+        ),
+    }
+
+    if let Some(cmd) = &p.command {
+        match cmd.first() {
+            None => c.value(
+                "process.command",
+                "must not be empty: give the program and its arguments",
+            ),
+            Some(prog) if prog.is_empty() => {
+                c.value("process.command[0]", "the program name is empty")
+            }
+            Some(_) => {}
+        }
+        for (i, arg) in cmd.iter().enumerate() {
+            if arg.contains('\0') {
+                c.value(&format!("process.command[{i}]"), "contains a NUL character");
+            }
+            c.placeholders(&format!("process.command[{i}]"), arg, BEFORE_LAUNCH);
+        }
+    }
+    if let Some(pid) = p.pid {
+        if pid <= 0 {
+            c.value(
+                "process.pid",
+                format!("must be a process ID greater than 0, found {pid}"),
+            );
+        } else if pid > i64::from(i32::MAX) {
+            c.value(
+                "process.pid",
+                format!("is not a process ID (too large), found {pid}"),
+            );
+        }
+    }
+    if let Some(f) = &p.pidfile {
+        if f.as_os_str().is_empty() {
+            c.value("process.pidfile", "must not be empty");
+        }
+        c.path_placeholders("process.pidfile", f, BEFORE_LAUNCH);
+    }
+
+    // Settings a launch applies; an attached process already has its own.
+    if p.command.is_none() && !given.is_empty() {
+        for key in ["cwd", "env", "stdout", "stderr"] {
+            let field = format!("process.{key}");
+            if c.has(&field) {
+                c.key(
+                    &field,
+                    format!("only applies to a launched process (with command); an attached process keeps its own {key}"),
+                );
+            }
+        }
+    }
+
+    if let Some(cwd) = &p.cwd {
+        c.path_placeholders("process.cwd", cwd, BEFORE_LAUNCH);
+        let written = cwd.to_string_lossy();
+        if cwd.as_os_str().is_empty() {
+            c.value(
+                "process.cwd",
+                "must not be empty (leave it out for the job file's folder)",
+            );
+        } else if !has_placeholder(&written) && p.command.is_some() {
+            let full = dir.join(cwd);
+            match std::fs::metadata(&full) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => c.value(
+                    "process.cwd",
+                    format!("{} is not a directory", full.display()),
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => c.value(
+                    "process.cwd",
+                    format!("directory {} does not exist", full.display()),
+                ),
+                Err(e) => c.value("process.cwd", format!("cannot use {}: {e}", full.display())),
+            }
+        }
+    }
+    for (k, v) in &p.env {
+        let field = format!("process.env.{k}");
+        if k.is_empty() || k.contains(['=', '\0']) {
+            c.key(
+                &field,
+                "an environment variable name must be non-empty, without '=' or NUL",
+            );
+        }
+        if v.contains('\0') {
+            c.value(&field, "contains a NUL character");
+        }
+        c.placeholders(&field, v, BEFORE_LAUNCH);
+    }
+    for (key, out) in [("stdout", &p.stdout), ("stderr", &p.stderr)] {
+        if let Output::Path(path) = out {
+            c.path_placeholders(&format!("process.{key}"), path, BEFORE_LAUNCH);
+        }
+    }
+    match &p.ready {
+        Some(Ready::File(f)) => {
+            if f.as_os_str().is_empty() {
+                c.value("process.ready.file", "must not be empty");
+            }
+            c.path_placeholders("process.ready.file", f, AFTER_LAUNCH);
+        }
+        Some(Ready::StdoutLine(l)) if l.is_empty() => {
+            c.value("process.ready.stdout_line", "must not be empty (any line would match)")
+        }
+        Some(Ready::StdoutLine(_)) if p.command.is_none() => c.key(
+            "process.ready",
+            "stdout_line needs a launched process (with command): haul cannot read an attached process's stdout",
+        ),
+        _ => {}
+    }
+}
+
+/// `[predump]`, `[dump]`, `[restore]`, `[lazy]`: values and how the stages fit together.
+fn stages(c: &mut Checker, spec: &JobSpec) {
+    if let Some(pd) = &spec.predump {
+        if pd.interval.0.is_zero() {
+            c.value("predump.interval", "must be greater than 0");
+        }
+        if pd.max_iterations == 0 {
+            c.value(
+                "predump.max_iterations",
+                "must be at least 1 (leave out [predump] for no pre-dumps), found 0",
+            );
+        }
+        if pd.stop_below.0 == 0 {
+            c.value("predump.stop_below", "must be greater than 0");
+        }
+        if pd.stop_growth.is_nan() || pd.stop_growth <= 1.0 {
+            c.value(
+                "predump.stop_growth",
+                format!(
+                    "must be greater than 1.0 (1.1 = stop when an iteration writes 10% more than the last), found {}",
+                    pd.stop_growth
+                ),
+            );
+        }
+    }
+
+    let d = &spec.dump;
+    if d.buffer.0 < MIN_BUFFER {
+        c.value(
+            "dump.buffer",
+            format!("must be at least 1MiB, found {} bytes", d.buffer.0),
+        );
+    }
+
+    let remote = spec.restore.as_ref().is_some_and(|r| r.from != "store");
+    if let Some(r) = &spec.restore {
+        if r.from != "store" && parse_host_port(&r.from).is_none() {
+            c.value(
+                "restore.from",
+                format!(
+                    "expected \"store\" or \"host:port\" of a page server, found \"{}\"",
+                    r.from
+                ),
+            );
+        }
+        if r.mode == RestoreMode::Lazy && d.leave_running && !remote {
+            c.value(
+                "restore.mode",
+                "\"lazy\" needs dump.leave_running = false (the original must stop before its pages \
+                 are served) or restore.from = \"host:port\" of a page server",
+            );
+        }
+        if r.pid == PidPolicy::Same && d.leave_running && !remote {
+            c.value(
+                "restore.pid",
+                "\"same\" is impossible with dump.leave_running = true: the original keeps that PID; \
+                 use pid = \"any\"",
+            );
+        }
+    }
+    if d.lazy && spec.restore.as_ref().map(|r| r.mode) != Some(RestoreMode::Lazy) {
+        c.value(
+            "dump.lazy",
+            "needs a [restore] section with mode = \"lazy\": otherwise nobody serves the lazy pages",
+        );
+    }
+
+    let l = &spec.lazy;
+    if l.prefetch > MAX_PREFETCH {
+        c.value(
+            "lazy.prefetch",
+            format!("must be at most {MAX_PREFETCH}, found {}", l.prefetch),
+        );
+    }
+    if l.idle_push.0.is_zero() {
+        c.value("lazy.idle_push", "must be greater than 0");
+    }
+    if l.source_timeout.0.is_zero() {
+        c.value("lazy.source_timeout", "must be greater than 0");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_allow_only_file_safe_characters() {
+        assert!(valid_name("counter-2.v1_a"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(".."));
+    }
+
+    #[test]
+    fn host_port_needs_host_and_nonzero_port() {
+        assert_eq!(parse_host_port("10.0.0.2:7070"), Some(("10.0.0.2", 7070)));
+        assert_eq!(parse_host_port("[::1]:7070"), Some(("[::1]", 7070)));
+        assert_eq!(parse_host_port("host:0"), None);
+        assert_eq!(parse_host_port(":7070"), None);
+        assert_eq!(parse_host_port("host"), None);
+        assert_eq!(parse_host_port("::1:7070"), None);
+        assert_eq!(parse_host_port("host:99999"), None);
+    }
+}
