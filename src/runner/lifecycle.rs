@@ -26,26 +26,55 @@ pub fn new_run_id() -> String {
         .chars()
         .filter(|c| *c != '-' && *c != ':')
         .collect();
-    let seed = format!("{:?}{}{}", now, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let seed = format!(
+        "{:?}{}{}",
+        now,
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
     let h = blake3::hash(seed.as_bytes());
     format!("{ts}-{}", crate::util::hex(&h.as_bytes()[..2]))
 }
 
-/// The store a job writes to: `store.path` (already resolved by the job loader), else
-/// `$HAUL_STORE`, else `haul-store` beside the job file.
-pub fn store_path(job: &Job) -> PathBuf {
-    if let Some(p) = &job.spec.store.path {
-        return p.clone();
-    }
-    match std::env::var_os("HAUL_STORE") {
-        Some(s) if !s.is_empty() => PathBuf::from(s),
-        _ => job.dir.join("haul-store"),
-    }
+/// Where one run of a job keeps things: every path template of the job expanded and absolute.
+#[derive(Clone, Debug)]
+pub struct RunPaths {
+    pub store: PathBuf,
+    pub report_dir: PathBuf,
+    pub history: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+/// Expands the job's store and report paths for run `run` (the store first: the others may
+/// name it), making them absolute, as `{store}` and `{run_dir}` must be.
+pub fn run_paths(job: &Job, run: &str) -> Result<RunPaths, RunError> {
+    let mut ph = Placeholders {
+        job: job.name.clone(),
+        run: run.into(),
+        ..Default::default()
+    };
+    let abs = |p: PathBuf| {
+        std::path::absolute(&p).map_err(RunError::io(format!("resolve {}", p.display())))
+    };
+    let exp = |p: &Path, ph: &Placeholders| {
+        crate::job::expand_path(p, ph).map_err(|e| RunError::Setup(format!("{}: {e}", p.display())))
+    };
+    let store = abs(exp(job.store_path(), &ph)?)?;
+    ph.store = store.clone();
+    let report_dir = abs(exp(&job.spec.report.dir, &ph)?)?;
+    let history = abs(exp(&job.spec.report.history, &ph)?)?;
+    let run_dir = report_dir.join(format!("{}-{}", job.name, run));
+    Ok(RunPaths {
+        store,
+        report_dir,
+        history,
+        run_dir,
+    })
 }
 
 /// Takes the job's lock (`<report.dir>/.locks/<job>.lock`) without waiting.
-fn lock_job(job: &Job) -> Result<Flock<fs::File>, RunError> {
-    let dir = job.spec.report.dir.join(".locks");
+fn lock_job(job: &Job, report_dir: &Path) -> Result<Flock<fs::File>, RunError> {
+    let dir = report_dir.join(".locks");
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -60,16 +89,35 @@ fn lock_job(job: &Job) -> Result<Flock<fs::File>, RunError> {
         .map_err(RunError::io(format!("open {}", path.display())))?;
     match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
         Ok(l) => Ok(l),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(RunError::Locked { job: job.name.clone(), lock: path }),
-        Err((_, e)) => Err(RunError::Io { context: format!("lock {}", path.display()), source: e.into() }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(RunError::Locked {
+            job: job.name.clone(),
+            lock: path,
+        }),
+        Err((_, e)) => Err(RunError::Io {
+            context: format!("lock {}", path.display()),
+            source: e.into(),
+        }),
     }
 }
 
 /// Runs one job to the end and writes its report.
 pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBool) -> JobResult {
     let p = progress.job(&job.name);
-    let result = |status, report| JobResult { job: job.name.clone(), file: job.file.clone(), status, report };
-    let _lock = match lock_job(job) {
+    let result = |status, report| JobResult {
+        job: job.name.clone(),
+        file: job.file.clone(),
+        status,
+        report,
+    };
+    let run = new_run_id();
+    let paths = match run_paths(job, &run) {
+        Ok(p) => p,
+        Err(e) => {
+            p.finish(&format!("failed: {e}"), true);
+            return result(JobStatus::Failed(e.to_string()), None);
+        }
+    };
+    let _lock = match lock_job(job, &paths.report_dir) {
         Ok(l) => l,
         Err(e @ RunError::Locked { .. }) => {
             p.finish(&format!("skipped: {e}"), true);
@@ -81,13 +129,18 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
         }
     };
 
-    let run = new_run_id();
-    let run_dir = job.spec.report.dir.join(format!("{}-{}", job.name, run));
-    let mut report = RunReport::new(&job.name, &run, &job.file, &run_dir);
+    let mut report = RunReport::new(&job.name, &run, &job.file, &paths.run_dir);
     let start = Instant::now();
-    let outcome = match fs::DirBuilder::new().recursive(true).mode(0o700).create(&run_dir) {
-        Ok(()) => run_stages(job, &run, &run_dir, &mut report, &p, stop),
-        Err(e) => Err(RunError::Io { context: format!("create run dir {}", run_dir.display()), source: e }),
+    let outcome = match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&paths.run_dir)
+    {
+        Ok(()) => run_stages(job, &run, &paths, &mut report, &p, stop),
+        Err(e) => Err(RunError::Io {
+            context: format!("create run dir {}", paths.run_dir.display()),
+            source: e,
+        }),
     };
     let status = match outcome {
         Ok(()) => JobStatus::Ok,
@@ -102,16 +155,22 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
         }
     };
     report.duration_us = crate::util::us(start.elapsed());
-    let written = match report.write(&job.spec.report.dir, &job.spec.report.history) {
+    let written = match report.write(&paths.report_dir, &paths.history) {
         Ok(path) => Some(path),
         Err(e) => {
             p.finish(&format!("cannot write report: {e}"), true);
-            return result(JobStatus::Failed(format!("{status:?}; and cannot write report: {e}")), None);
+            return result(
+                JobStatus::Failed(format!("{status:?}; and cannot write report: {e}")),
+                None,
+            );
         }
     };
     let shown = written.as_deref().map(Path::display);
     match &status {
-        JobStatus::Ok => p.finish(&format!("ok ({})", shown.map(|d| d.to_string()).unwrap_or_default()), false),
+        JobStatus::Ok => p.finish(
+            &format!("ok ({})", shown.map(|d| d.to_string()).unwrap_or_default()),
+            false,
+        ),
         JobStatus::Failed(e) => p.finish(&format!("FAILED: {e}"), true),
         JobStatus::Interrupted => p.finish("interrupted", true),
         _ => {}
@@ -131,7 +190,12 @@ fn stage<T>(
         Ok((_, d)) => (true, d.clone()),
         Err(e) => (false, e.to_string()),
     };
-    report.stages.push(StageReport { name: name.into(), duration_us: crate::util::us(t.elapsed()), ok, detail });
+    report.stages.push(StageReport {
+        name: name.into(),
+        duration_us: crate::util::us(t.elapsed()),
+        ok,
+        detail,
+    });
     r.map(|(v, _)| v)
 }
 
@@ -152,18 +216,18 @@ fn check_supported(job: &Job) -> Result<(), RunError> {
 fn run_stages(
     job: &Job,
     run: &str,
-    run_dir: &Path,
+    paths: &RunPaths,
     report: &mut RunReport,
     p: &JobProgress<'_>,
     stop: &AtomicBool,
 ) -> Result<(), RunError> {
     check_supported(job)?;
-    let store = store_path(job);
+    let run_dir = paths.run_dir.as_path();
     let mut ph = Placeholders {
         job: job.name.clone(),
         run: run.into(),
-        run_dir: run_dir.display().to_string(),
-        store: store.display().to_string(),
+        run_dir: paths.run_dir.clone(),
+        store: paths.store.clone(),
         pid: None,
     };
     let spec = &job.spec.process;
@@ -171,7 +235,11 @@ fn run_stages(
     report.attached = attached;
     p.step(if attached { "attaching" } else { "launching" });
     let mut target = stage(report, if attached { "attach" } else { "launch" }, |_| {
-        let t = if attached { process::attach(spec, &ph)? } else { process::launch(spec, run_dir, &ph)? };
+        let t = if attached {
+            process::attach(spec, &ph)?
+        } else {
+            process::launch(spec, run_dir, &ph)?
+        };
         let d = format!("pid {}", t.pid);
         Ok((t, d))
     })?;
@@ -185,7 +253,12 @@ fn run_stages(
         if let Some(how) = process::stop(&mut target) {
             p.step(&format!("process {how}"));
             let duration_us = crate::util::us(t.elapsed());
-            report.stages.push(StageReport { name: "stop".into(), duration_us, ok: true, detail: how });
+            report.stages.push(StageReport {
+                name: "stop".into(),
+                duration_us,
+                ok: true,
+                detail: how,
+            });
         }
     }
     r

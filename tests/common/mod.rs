@@ -85,7 +85,11 @@ pub fn read_numbers(path: &Path) -> Vec<u64> {
 /// True while `/proc/PID` exists and the process is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().map(|r| !r.trim_start().starts_with('Z')).unwrap_or(false),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .map(|r| !r.trim_start().starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
