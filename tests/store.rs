@@ -861,3 +861,22 @@ fn store_rejects_bad_job_names_and_batch_shapes() {
         Err(StoreError::SetNotFound { .. })
     ));
 }
+
+/// The store benchmark (run in release mode:
+/// `cargo test --release --test store bench_store -- --ignored --nocapture`);
+/// HAUL_BENCH_SIZE overrides the image size in bytes.
+#[test]
+#[ignore]
+fn bench_store() {
+    let mut opts = haul::store::bench::BenchOptions::default();
+    if let Some(s) = std::env::var("HAUL_BENCH_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.size = s;
+        opts.frame_sweep_bytes = opts.frame_sweep_bytes.min(s);
+    }
+    let rep = haul::store::bench::run_bench(&opts).unwrap();
+    println!("{}", haul::store::bench::report_text(&rep));
+    println!("{}", serde_json::to_string_pretty(&rep).unwrap());
+}
