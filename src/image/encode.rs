@@ -1,1 +1,364 @@
 //! Versioned, checksummed encoding of image-set manifests (owned by the store issue).
+//!
+//! A manifest file is laid out as follows (all integers little-endian):
+//!
+//! ```text
+//!  0  magic        8 bytes  "HAULSET\n"
+//!  8  version      u32      MANIFEST_VERSION
+//! 12  reserved     u32      0
+//! 16  meta_len     u64      bytes of the compressed meta section
+//! 24  table_len    u64      bytes of the compressed page-table section
+//! 32  meta_hash    32 bytes BLAKE3 of the compressed meta section
+//! 64  table_hash   32 bytes BLAKE3 of the compressed page-table section
+//! 96  meta         zstd frame: JSON of the set's summary and process image
+//!     table        zstd frame: the page table as runs (below)
+//! ```
+//!
+//! The meta section comes first and has its own checksum so that listing sets reads only the
+//! small head of each manifest. The page table is a sequence of runs of contiguous pages:
+//! `start: u64, count: u32`, then per page a tag byte (0 zero, 1 stored, 2 lazy) followed by the
+//! 16-byte page id for stored and lazy pages: at most 17 bytes per page before compression.
+
+use super::{ImageSet, PageId, PageRef, PageTable, ProcessImage, SetFigures, SetKind, PAGE_SIZE};
+use serde::{Deserialize, Serialize};
+
+/// Magic bytes opening every manifest.
+pub const MANIFEST_MAGIC: &[u8; 8] = b"HAULSET\n";
+/// The manifest format this build writes and the newest it reads.
+pub const MANIFEST_VERSION: u32 = 1;
+/// Size of the fixed header before the two sections.
+pub const HEADER_LEN: usize = 96;
+
+const TAG_ZERO: u8 = 0;
+const TAG_STORED: u8 = 1;
+const TAG_LAZY: u8 = 2;
+
+/// Errors decoding (or, rarely, encoding) a manifest. The store adds which file it was.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("not a haul manifest (bad magic)")]
+    BadMagic,
+    #[error("manifest format version {found} is newer than this haul supports ({supported}); upgrade haul")]
+    NewerVersion { found: u32, supported: u32 },
+    #[error("manifest is truncated: {0}")]
+    Truncated(&'static str),
+    #[error("manifest {section} checksum mismatch (the file is corrupt)")]
+    Checksum { section: &'static str },
+    #[error("manifest {section} does not decompress: {source}")]
+    Decompress {
+        section: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("manifest meta is not valid: {0}")]
+    Meta(#[from] serde_json::Error),
+    #[error("manifest page table is malformed: {0}")]
+    Table(String),
+    #[error("compressing manifest: {0}")]
+    Compress(#[source] std::io::Error),
+}
+
+/// The summary part of a manifest: everything but the page table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMeta {
+    pub id: String,
+    pub job: String,
+    pub created_us: u64,
+    pub kind: SetKind,
+    pub parent: Option<String>,
+    pub kernel: String,
+    pub figures: SetFigures,
+    pub process: Option<ProcessImage>,
+}
+
+impl SetMeta {
+    fn of(set: &ImageSet) -> SetMeta {
+        SetMeta {
+            id: set.id.clone(),
+            job: set.job.clone(),
+            created_us: set.created_us,
+            kind: set.kind,
+            parent: set.parent.clone(),
+            kernel: set.kernel.clone(),
+            figures: set.figures.clone(),
+            process: set.process.clone(),
+        }
+    }
+}
+
+/// Encodes the page table as runs of contiguous pages (see the module doc).
+pub fn encode_table(table: &PageTable) -> Vec<u8> {
+    let mut out = Vec::with_capacity(table.len() * 17 + 64);
+    let entries: Vec<(u64, PageRef)> = table.iter().collect();
+    let mut i = 0;
+    while i < entries.len() {
+        let start = entries[i].0;
+        let mut j = i + 1;
+        while j < entries.len()
+            && entries[j].0 == start + ((j - i) * PAGE_SIZE) as u64
+            && j - i < u32::MAX as usize
+        {
+            j += 1;
+        }
+        out.extend_from_slice(&start.to_le_bytes());
+        out.extend_from_slice(&((j - i) as u32).to_le_bytes());
+        for (_, r) in &entries[i..j] {
+            match r {
+                PageRef::Zero => out.push(TAG_ZERO),
+                PageRef::Stored(id) => {
+                    out.push(TAG_STORED);
+                    out.extend_from_slice(&id.0);
+                }
+                PageRef::Lazy(id) => {
+                    out.push(TAG_LAZY);
+                    out.extend_from_slice(&id.0);
+                }
+            }
+        }
+        i = j;
+    }
+    out
+}
+
+/// Decodes a page table encoded by [`encode_table`].
+pub fn decode_table(mut b: &[u8]) -> Result<PageTable, EncodeError> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], EncodeError> {
+        if b.len() < n {
+            return Err(EncodeError::Table(format!(
+                "needed {n} more bytes, {} left",
+                b.len()
+            )));
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Ok(h)
+    }
+    let mut table = PageTable::new();
+    while !b.is_empty() {
+        let start = u64::from_le_bytes(take(&mut b, 8)?.try_into().unwrap_or_default());
+        let count = u32::from_le_bytes(take(&mut b, 4)?.try_into().unwrap_or_default());
+        if start % PAGE_SIZE as u64 != 0 {
+            return Err(EncodeError::Table(format!(
+                "run start {start:#x} is not page-aligned"
+            )));
+        }
+        for k in 0..count as u64 {
+            let addr = start
+                .checked_add(k * PAGE_SIZE as u64)
+                .ok_or_else(|| EncodeError::Table(format!("run at {start:#x} overflows")))?;
+            let tag = take(&mut b, 1)?[0];
+            let r = match tag {
+                TAG_ZERO => PageRef::Zero,
+                TAG_STORED | TAG_LAZY => {
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(take(&mut b, 16)?);
+                    if tag == TAG_STORED {
+                        PageRef::Stored(PageId(id))
+                    } else {
+                        PageRef::Lazy(PageId(id))
+                    }
+                }
+                t => {
+                    return Err(EncodeError::Table(format!(
+                        "unknown page tag {t} at {addr:#x}"
+                    )))
+                }
+            };
+            table.insert(addr, r);
+        }
+    }
+    Ok(table)
+}
+
+/// Encodes a whole manifest; `level` is the zstd level of both sections.
+pub fn encode_manifest(set: &ImageSet) -> Result<Vec<u8>, EncodeError> {
+    let meta_json = serde_json::to_vec(&SetMeta::of(set))?;
+    let meta = zstd::bulk::compress(&meta_json, 3).map_err(EncodeError::Compress)?;
+    let table =
+        zstd::bulk::compress(&encode_table(&set.pages), 3).map_err(EncodeError::Compress)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + table.len());
+    out.extend_from_slice(MANIFEST_MAGIC);
+    out.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(table.len() as u64).to_le_bytes());
+    out.extend_from_slice(blake3::hash(&meta).as_bytes());
+    out.extend_from_slice(blake3::hash(&table).as_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&table);
+    Ok(out)
+}
+
+/// The fixed header of a manifest, decoded and checked for magic and version.
+#[derive(Clone, Debug)]
+pub struct ManifestHeader {
+    pub version: u32,
+    pub meta_len: u64,
+    pub table_len: u64,
+    pub meta_hash: [u8; 32],
+    pub table_hash: [u8; 32],
+}
+
+/// Decodes the fixed header (the first [`HEADER_LEN`] bytes).
+pub fn decode_header(b: &[u8]) -> Result<ManifestHeader, EncodeError> {
+    if b.len() < 12 {
+        return Err(EncodeError::Truncated("header"));
+    }
+    if &b[..8] != MANIFEST_MAGIC {
+        return Err(EncodeError::BadMagic);
+    }
+    let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    if version > MANIFEST_VERSION {
+        return Err(EncodeError::NewerVersion {
+            found: version,
+            supported: MANIFEST_VERSION,
+        });
+    }
+    if version == 0 {
+        return Err(EncodeError::Table(
+            "version 0 is not a valid manifest version".into(),
+        ));
+    }
+    if b.len() < HEADER_LEN {
+        return Err(EncodeError::Truncated("header"));
+    }
+    let u64_at = |o: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(a)
+    };
+    let mut meta_hash = [0u8; 32];
+    meta_hash.copy_from_slice(&b[32..64]);
+    let mut table_hash = [0u8; 32];
+    table_hash.copy_from_slice(&b[64..96]);
+    Ok(ManifestHeader {
+        version,
+        meta_len: u64_at(16),
+        table_len: u64_at(24),
+        meta_hash,
+        table_hash,
+    })
+}
+
+fn section<'a>(
+    b: &'a [u8],
+    start: u64,
+    len: u64,
+    hash: &[u8; 32],
+    name: &'static str,
+) -> Result<&'a [u8], EncodeError> {
+    let end = start
+        .checked_add(len)
+        .filter(|e| *e <= b.len() as u64)
+        .ok_or(EncodeError::Truncated(name))?;
+    let s = &b[start as usize..end as usize];
+    if blake3::hash(s).as_bytes() != hash {
+        return Err(EncodeError::Checksum { section: name });
+    }
+    Ok(s)
+}
+
+fn decompress(s: &[u8], name: &'static str) -> Result<Vec<u8>, EncodeError> {
+    zstd::stream::decode_all(s).map_err(|source| EncodeError::Decompress {
+        section: name,
+        source,
+    })
+}
+
+/// Decodes the meta section only. `b` must hold at least the header and the meta section.
+pub fn decode_meta(b: &[u8]) -> Result<SetMeta, EncodeError> {
+    let h = decode_header(b)?;
+    let meta = section(b, HEADER_LEN as u64, h.meta_len, &h.meta_hash, "meta")?;
+    Ok(serde_json::from_slice(&decompress(meta, "meta")?)?)
+}
+
+/// Decodes a whole manifest.
+pub fn decode_manifest(b: &[u8]) -> Result<ImageSet, EncodeError> {
+    let h = decode_header(b)?;
+    let meta = section(b, HEADER_LEN as u64, h.meta_len, &h.meta_hash, "meta")?;
+    let meta: SetMeta = serde_json::from_slice(&decompress(meta, "meta")?)?;
+    let table_start = HEADER_LEN as u64 + h.meta_len;
+    if table_start + h.table_len != b.len() as u64 {
+        return Err(EncodeError::Truncated("page table"));
+    }
+    let table = section(b, table_start, h.table_len, &h.table_hash, "page table")?;
+    let pages = decode_table(&decompress(table, "page table")?)?;
+    Ok(ImageSet {
+        id: meta.id,
+        job: meta.job,
+        created_us: meta.created_us,
+        kind: meta.kind,
+        parent: meta.parent,
+        kernel: meta.kernel,
+        process: meta.process,
+        pages,
+        figures: meta.figures,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ImageSet {
+        let mut pages = PageTable::new();
+        for i in 0..10u64 {
+            pages.insert(0x1000 * i, PageRef::Zero);
+        }
+        pages.insert(0x7000_0000, PageRef::Stored(PageId([7; 16])));
+        pages.insert(0x7000_1000, PageRef::Lazy(PageId([9; 16])));
+        ImageSet {
+            id: "j-1".into(),
+            job: "j".into(),
+            created_us: 5,
+            kind: SetKind::Dump,
+            parent: Some("j-0".into()),
+            kernel: "6.18".into(),
+            process: Some(ProcessImage {
+                pid: 42,
+                comm: "x".into(),
+                ..Default::default()
+            }),
+            pages,
+            figures: SetFigures::default(),
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let s = sample();
+        let b = encode_manifest(&s).unwrap();
+        assert_eq!(decode_manifest(&b).unwrap(), s);
+        assert_eq!(decode_meta(&b).unwrap().id, "j-1");
+    }
+
+    #[test]
+    fn page_table_costs_at_most_17_bytes_per_page() {
+        let mut t = PageTable::new();
+        for i in 0..1000u64 {
+            t.insert(0x10000 + i * 0x1000, PageRef::Stored(PageId([i as u8; 16])));
+        }
+        assert!(encode_table(&t).len() <= 1000 * 17 + 12);
+    }
+
+    #[test]
+    fn manifest_rejects_flipped_byte() {
+        let b = encode_manifest(&sample()).unwrap();
+        for pos in [HEADER_LEN + 3, b.len() - 2] {
+            let mut c = b.clone();
+            c[pos] ^= 0x40;
+            assert!(matches!(
+                decode_manifest(&c),
+                Err(EncodeError::Checksum { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn manifest_names_newer_version() {
+        let mut b = encode_manifest(&sample()).unwrap();
+        b[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let e = decode_manifest(&b).unwrap_err();
+        assert!(e.to_string().contains("version 7"), "{e}");
+    }
+}

@@ -1,4 +1,85 @@
-//! store (see DESIGN.md §1).
+//! The content-addressed page store (DESIGN.md §3): packs of zstd frames, a page index,
+//! manifests of image sets, retention, gc and verify.
+//!
+//! ```text
+//! store/
+//!   HAUL-STORE            "haul-store\nformat 1\npage-size 4096\n"
+//!   lock                  flock: SetWriters hold it shared, gc takes it exclusive
+//!   packs/ab/<id>.pack    frames of pages + footer + trailer (see [`pack`])
+//!   index/<pack id>.idx   one index segment per pack (see [`index`])
+//!   sets/<job>/<set id>   manifests (see [`crate::image::encode`])
+//!   tmp/                  files being written; leftovers of crashed writers, removed by gc
+//! ```
+//!
+//! Every file is written under `tmp/`, fsynced, renamed into place and its directory fsynced; a
+//! set's manifest is written last, so a crash leaves at most unreferenced packs and temp files.
+
+mod fsutil;
+pub mod index;
+mod maint;
+pub mod pack;
+mod read;
+mod view;
+mod writer;
+
+pub mod bench;
+
+pub use maint::{DuReport, GcReport, JobUsage, VerifyProblem, VerifyReport};
+pub use pack::PackId;
+pub use read::{ReadOptions, READ_BATCH_PAGES};
+pub use view::{set_view, show_text, ProcessView, SetView, VmaView};
+pub use writer::SetWriter;
+
+use crate::image::encode::{self, EncodeError, SetMeta};
+use crate::image::{ImageSet, PageId, SetFigures, SetKind, PAGE_SIZE};
+use index::Index;
+use nix::fcntl::{Flock, FlockArg};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// The store format this build writes and the newest it reads.
+pub const STORE_FORMAT: u32 = 1;
+/// Name of the marker file at the top of a store.
+pub const MARKER: &str = "HAUL-STORE";
+/// Pages per frame: measured by `bench::frame_sizes` (see `src/store/bench.rs` and the report):
+/// 16 pages keeps a fault's decode well under 100 µs while compressing within a few percent of
+/// 64-page frames.
+pub const DEFAULT_FRAME_PAGES: usize = 16;
+/// A pack is closed once it holds this many bytes.
+pub const DEFAULT_PACK_TARGET: u64 = 64 << 20;
+/// How long gc and rm wait for writers to finish before refusing.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a page that could not be read was: the set and address when known, and the pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageAt {
+    pub set: Option<String>,
+    pub page: PageId,
+    pub addr: Option<u64>,
+    pub pack: Option<PackId>,
+}
+
+impl std::fmt::Display for PageAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(s) = &self.set {
+            write!(f, "set {s}: ")?;
+        }
+        write!(f, "page {}", self.page)?;
+        if let Some(a) = self.addr {
+            write!(f, " at {a:#x}")?;
+        }
+        if let Some(p) = &self.pack {
+            write!(f, " in pack {p}")?;
+        }
+        Ok(())
+    }
+}
 
 /// Errors of the `store` module.
 #[derive(Debug, thiserror::Error)]
@@ -9,4 +90,621 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{context}: no space left on the device; nothing was committed and the store is still consistent (run `haul images gc` after freeing space)")]
+    DiskFull {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a haul store: {reason}")]
+    NotAStore { path: PathBuf, reason: String },
+    #[error("store {path} has format version {found}, newer than this haul supports ({supported}); upgrade haul")]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("store {path} was made for {found}-byte pages; this machine uses {expected}")]
+    PageSize {
+        path: PathBuf,
+        found: usize,
+        expected: usize,
+    },
+    #[error("store {path} is in use by a writer; {what} waited {} and gave up (try again when the dump is done)", humantime::format_duration(*waited))]
+    Locked {
+        path: PathBuf,
+        what: String,
+        waited: Duration,
+    },
+    #[error("no image set {id} in store {store}")]
+    SetNotFound { id: String, store: PathBuf },
+    #[error("invalid job name {job:?}: {reason}")]
+    BadJobName { job: String, reason: String },
+    #[error("manifest {path}: {source}")]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: EncodeError,
+    },
+    #[error("{at}: content does not match its id (the pack is corrupt)")]
+    PageCorrupt { at: PageAt },
+    #[error("{at}: the pack is missing from the store")]
+    PackMissing { at: PageAt },
+    #[error("{at}: not found in the store")]
+    PageMissing { at: PageAt },
+    #[error("{at}: {problem}")]
+    PageUnreadable { at: PageAt, problem: String },
+    #[error("page at {addr:#x} of the new set names page {page}, which is not in the store")]
+    RefNotStored { addr: u64, page: PageId },
+    #[error("gc refused: {reason}")]
+    GcRefused { reason: String },
+    #[error("set writer failed: {0}")]
+    Writer(String),
+    #[error(
+        "add_pages: {addrs} addresses but {bytes} bytes of data (need {PAGE_SIZE} per address)"
+    )]
+    BatchShape { addrs: usize, bytes: usize },
+}
+
+impl StoreError {
+    /// An I/O error with context; ENOSPC becomes [`StoreError::DiskFull`].
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> StoreError {
+        let context = context.into();
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
+            StoreError::DiskFull { context, source }
+        } else {
+            StoreError::Io { context, source }
+        }
+    }
+
+    /// The same error with the set (and address, when not known yet) named.
+    pub(crate) fn in_set(self, set: &str, addr: Option<u64>) -> StoreError {
+        let fill = |mut at: PageAt| {
+            at.set.get_or_insert_with(|| set.to_string());
+            if at.addr.is_none() {
+                at.addr = addr;
+            }
+            at
+        };
+        match self {
+            StoreError::PageCorrupt { at } => StoreError::PageCorrupt { at: fill(at) },
+            StoreError::PackMissing { at } => StoreError::PackMissing { at: fill(at) },
+            StoreError::PageMissing { at } => StoreError::PageMissing { at: fill(at) },
+            StoreError::PageUnreadable { at, problem } => StoreError::PageUnreadable {
+                at: fill(at),
+                problem,
+            },
+            e => e,
+        }
+    }
+}
+
+/// One line of `haul images ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SetSummary {
+    pub id: String,
+    pub job: String,
+    pub kind: SetKind,
+    pub created_us: u64,
+    pub parent: Option<String>,
+    pub kernel: String,
+    pub pid: Option<i32>,
+    pub comm: Option<String>,
+    pub figures: SetFigures,
+}
+
+impl SetSummary {
+    fn of(m: SetMeta) -> SetSummary {
+        SetSummary {
+            pid: m.process.as_ref().map(|p| p.pid),
+            comm: m.process.as_ref().map(|p| p.comm.clone()),
+            id: m.id,
+            job: m.job,
+            kind: m.kind,
+            created_us: m.created_us,
+            parent: m.parent,
+            kernel: m.kernel,
+            figures: m.figures,
+        }
+    }
+}
+
+/// A small cache of decoded frames for lazy faults.
+#[derive(Default)]
+pub(crate) struct FrameCache {
+    map: HashMap<(PackId, u32), (Arc<Vec<u8>>, u64)>,
+    tick: u64,
+}
+
+pub(crate) const FRAME_CACHE: usize = 32;
+
+impl FrameCache {
+    fn get(&mut self, k: &(PackId, u32)) -> Option<Arc<Vec<u8>>> {
+        self.tick += 1;
+        let t = self.tick;
+        self.map.get_mut(k).map(|(v, used)| {
+            *used = t;
+            v.clone()
+        })
+    }
+    fn put(&mut self, k: (PackId, u32), v: Arc<Vec<u8>>) {
+        if self.map.len() >= FRAME_CACHE {
+            if let Some(old) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(k, _)| *k)
+            {
+                self.map.remove(&old);
+            }
+        }
+        self.tick += 1;
+        self.map.insert(k, (v, self.tick));
+    }
+}
+
+pub(crate) struct Inner {
+    root: PathBuf,
+    index: RwLock<Index>,
+    cache: Mutex<FrameCache>,
+    files: Mutex<HashMap<PackId, Arc<File>>>,
+    lock_timeout_ms: AtomicU64,
+    pack_target: AtomicU64,
+    frame_pages: AtomicUsize,
+}
+
+/// An open store. Cheap to share between threads (`&Store` is `Sync`).
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+fn marker_text() -> String {
+    format!("haul-store\nformat {STORE_FORMAT}\npage-size {PAGE_SIZE}\n")
+}
+
+fn check_marker(path: &Path) -> Result<(), StoreError> {
+    let m = path.join(MARKER);
+    let text = match std::fs::read(&m) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StoreError::NotAStore {
+                path: path.into(),
+                reason: if path.is_dir() {
+                    format!("it has no {MARKER} file")
+                } else if path.exists() {
+                    "it is not a directory".into()
+                } else {
+                    "it does not exist".into()
+                },
+            })
+        }
+        Err(e) => return Err(StoreError::io(format!("reading {}", m.display()), e)),
+    };
+    let text = String::from_utf8_lossy(&text);
+    let mut lines = text.lines();
+    if lines.next() != Some("haul-store") {
+        return Err(StoreError::NotAStore {
+            path: path.into(),
+            reason: format!("{MARKER} does not start with \"haul-store\""),
+        });
+    }
+    let mut format = None;
+    let mut page = None;
+    for l in lines {
+        let mut kv = l.splitn(2, ' ');
+        match (kv.next(), kv.next()) {
+            (Some("format"), Some(v)) => format = v.trim().parse::<u32>().ok(),
+            (Some("page-size"), Some(v)) => page = v.trim().parse::<usize>().ok(),
+            _ => {}
+        }
+    }
+    let Some(format) = format else {
+        return Err(StoreError::NotAStore {
+            path: path.into(),
+            reason: format!("{MARKER} has no valid \"format N\" line"),
+        });
+    };
+    if format > STORE_FORMAT {
+        return Err(StoreError::NewerFormat {
+            path: path.into(),
+            found: format,
+            supported: STORE_FORMAT,
+        });
+    }
+    match page {
+        Some(p) if p == PAGE_SIZE => Ok(()),
+        Some(p) => Err(StoreError::PageSize {
+            path: path.into(),
+            found: p,
+            expected: PAGE_SIZE,
+        }),
+        None => Err(StoreError::NotAStore {
+            path: path.into(),
+            reason: format!("{MARKER} has no valid \"page-size N\" line"),
+        }),
+    }
+}
+
+/// Checks a job name: it becomes a directory name.
+pub fn check_job_name(job: &str) -> Result<(), StoreError> {
+    let bad = |reason: &str| {
+        Err(StoreError::BadJobName {
+            job: job.into(),
+            reason: reason.into(),
+        })
+    };
+    if job.is_empty() {
+        return bad("it is empty");
+    }
+    if job.len() > 100 {
+        return bad("longer than 100 characters");
+    }
+    if job.starts_with('.') {
+        return bad("it starts with a dot");
+    }
+    if !job
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return bad("only letters, digits, '-', '_' and '.' are allowed");
+    }
+    Ok(())
+}
+
+fn valid_set_id(id: &str) -> bool {
+    !id.is_empty() && !id.starts_with('.') && !id.contains('/') && id != ".."
+}
+
+impl Store {
+    /// Opens an existing store; refuses a path that is not one, or one of a newer format.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        check_marker(path)?;
+        for d in ["packs", "index", "sets", "tmp"] {
+            fsutil::create_dir(&path.join(d))?;
+        }
+        let index = Index::load(path)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                root: path.to_path_buf(),
+                index: RwLock::new(index),
+                cache: Mutex::new(FrameCache::default()),
+                files: Mutex::new(HashMap::new()),
+                lock_timeout_ms: AtomicU64::new(DEFAULT_LOCK_TIMEOUT.as_millis() as u64),
+                pack_target: AtomicU64::new(DEFAULT_PACK_TARGET),
+                frame_pages: AtomicUsize::new(DEFAULT_FRAME_PAGES),
+            }),
+        })
+    }
+
+    /// Opens a store, creating it when `path` does not exist or is an empty directory. A
+    /// non-empty directory that is not a store is refused.
+    pub fn open_or_create(path: &Path) -> Result<Store, StoreError> {
+        if !path.join(MARKER).exists() {
+            let empty = match std::fs::read_dir(path) {
+                Ok(mut rd) => rd.next().is_none(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+            };
+            if !empty {
+                return Err(StoreError::NotAStore {
+                    path: path.into(),
+                    reason: format!(
+                        "it is a non-empty directory without a {MARKER} file; refusing to make it a store"
+                    ),
+                });
+            }
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::io(format!("creating directory {}", parent.display()), e)
+                })?;
+            }
+            fsutil::create_dir(path)?;
+            for d in ["packs", "index", "sets", "tmp"] {
+                fsutil::create_dir(&path.join(d))?;
+            }
+            open_lock_file(path)?;
+            // The marker is written last: a half-created store is still "empty-ish" and the
+            // next call completes it.
+            fsutil::write_atomic(path, &path.join(MARKER), marker_text().as_bytes())?;
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fsutil::fsync_dir(parent)?;
+            }
+        }
+        Store::open(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// How long gc and rm wait for writers before refusing (default 10 s).
+    pub fn set_lock_timeout(&self, d: Duration) {
+        self.inner
+            .lock_timeout_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Size at which a pack is closed (default 64 MiB). Mostly for tests and benchmarks.
+    pub fn set_pack_target(&self, bytes: u64) {
+        self.inner
+            .pack_target
+            .store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// Pages per frame for new packs (default [`DEFAULT_FRAME_PAGES`]); 1..=1024.
+    pub fn set_frame_pages(&self, n: usize) {
+        self.inner
+            .frame_pages
+            .store(n.clamp(1, 1024), Ordering::Relaxed);
+    }
+
+    /// Forgets decoded frames and open pack files, and asks the kernel to drop the packs from
+    /// the page cache (so that the next reads really go to the disk).
+    pub fn drop_caches(&self) {
+        if let Ok(mut c) = self.inner.cache.lock() {
+            *c = FrameCache::default();
+        }
+        let files: Vec<Arc<File>> = match self.inner.files.lock() {
+            Ok(mut f) => f.drain().map(|(_, v)| v).collect(),
+            Err(_) => Vec::new(),
+        };
+        let packs: Vec<PackId> = match self.inner.index.read() {
+            Ok(i) => i.packs.iter().map(|p| p.id).collect(),
+            Err(_) => Vec::new(),
+        };
+        drop(files);
+        for id in packs {
+            if let Ok(f) = File::open(id.path(&self.inner.root)) {
+                use std::os::fd::AsRawFd;
+                let _ = f.sync_data();
+                let _ = nix::fcntl::posix_fadvise(
+                    f.as_raw_fd(),
+                    0,
+                    0,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                );
+            }
+        }
+    }
+
+    fn lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.lock_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Takes the store lock, waiting up to the lock timeout.
+    pub(crate) fn lock(&self, exclusive: bool, what: &str) -> Result<Flock<File>, StoreError> {
+        let timeout = self.lock_timeout();
+        let start = Instant::now();
+        let mut file = open_lock_file(&self.inner.root)?;
+        let arg = if exclusive {
+            FlockArg::LockExclusiveNonblock
+        } else {
+            FlockArg::LockSharedNonblock
+        };
+        loop {
+            match Flock::lock(file, arg) {
+                Ok(l) => return Ok(l),
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) | Err((f, nix::errno::Errno::EINTR)) => {
+                    if start.elapsed() >= timeout {
+                        return Err(StoreError::Locked {
+                            path: self.inner.root.clone(),
+                            what: what.into(),
+                            waited: timeout,
+                        });
+                    }
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err((_, e)) => {
+                    return Err(StoreError::io(
+                        format!("locking {}", self.inner.root.join("lock").display()),
+                        std::io::Error::from(e),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Starts writing a new image set. The writer holds the store lock shared until it is
+    /// committed or dropped, so gc cannot remove packs it deduplicates against.
+    pub fn begin_set(
+        &self,
+        job: &str,
+        kind: SetKind,
+        parent: Option<&str>,
+        level: Option<i32>,
+    ) -> Result<SetWriter<'_>, StoreError> {
+        check_job_name(job)?;
+        let lock = self.lock(false, "a set writer")?;
+        // gc may have run since this Store was opened: what the index offers for dedup must
+        // exist now, and cannot go away while we hold the lock.
+        self.inner
+            .index
+            .write()
+            .map_err(|_| StoreError::Writer("index lock poisoned".into()))?
+            .refresh(&self.inner.root)?;
+        writer::SetWriter::start(self, self.inner.clone(), lock, job, kind, parent, level)
+    }
+
+    fn sets_dir(&self) -> PathBuf {
+        self.inner.root.join("sets")
+    }
+
+    fn jobs(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.sets_dir();
+        let rd = std::fs::read_dir(&dir)
+            .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let mut out: Vec<String> = rd
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Paths of every manifest (of one job, or all), unordered.
+    pub(crate) fn manifest_paths(&self, job: Option<&str>) -> Result<Vec<PathBuf>, StoreError> {
+        let jobs = match job {
+            Some(j) => {
+                check_job_name(j)?;
+                vec![j.to_string()]
+            }
+            None => self.jobs()?,
+        };
+        let mut out = Vec::new();
+        for j in jobs {
+            let dir = self.sets_dir().join(&j);
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(format!("listing {}", dir.display()), e)),
+            };
+            for e in rd.flatten() {
+                let name = e.file_name();
+                if name.to_str().is_some_and(|n| !n.starts_with('.')) {
+                    out.push(e.path());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_meta(path: &Path) -> Result<SetMeta, StoreError> {
+        let mut f = File::open(path)
+            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let mut head = vec![0u8; encode::HEADER_LEN];
+        f.read_exact(&mut head).map_err(|e| StoreError::Manifest {
+            path: path.into(),
+            source: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                EncodeError::Truncated("header")
+            } else {
+                EncodeError::Decompress {
+                    section: "header",
+                    source: e,
+                }
+            },
+        })?;
+        let h = encode::decode_header(&head).map_err(|source| StoreError::Manifest {
+            path: path.into(),
+            source,
+        })?;
+        let mut meta = vec![0u8; h.meta_len.min(64 << 20) as usize];
+        f.read_exact(&mut meta).map_err(|_| StoreError::Manifest {
+            path: path.into(),
+            source: EncodeError::Truncated("meta"),
+        })?;
+        head.extend_from_slice(&meta);
+        encode::decode_meta(&head).map_err(|source| StoreError::Manifest {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Every readable set (of one job, or all), oldest first. Corrupt manifests are skipped
+    /// here (with a warning); `verify` reports them.
+    pub fn list_sets(&self, job: Option<&str>) -> Result<Vec<SetSummary>, StoreError> {
+        let mut out = Vec::new();
+        for p in self.manifest_paths(job)? {
+            match Store::read_meta(&p) {
+                Ok(m) => out.push(SetSummary::of(m)),
+                Err(e) => tracing::warn!("skipping unreadable manifest: {e}"),
+            }
+        }
+        out.sort_by(|a, b| (a.created_us, &a.id).cmp(&(b.created_us, &b.id)));
+        Ok(out)
+    }
+
+    /// The newest set of `job`.
+    pub fn latest_set(&self, job: &str) -> Result<Option<SetSummary>, StoreError> {
+        Ok(self.list_sets(Some(job))?.pop())
+    }
+
+    /// Where the manifest of set `id` is.
+    fn find_set(&self, id: &str) -> Result<PathBuf, StoreError> {
+        let not_found = || StoreError::SetNotFound {
+            id: id.into(),
+            store: self.inner.root.clone(),
+        };
+        if !valid_set_id(id) {
+            return Err(not_found());
+        }
+        // Ids are `<job>-<time>-<rand>`: try the job they name first, then every job.
+        let mut parts = id.rsplitn(3, '-');
+        let guess = match (parts.next(), parts.next(), parts.next()) {
+            (Some(_), Some(_), Some(job)) => Some(job),
+            _ => None,
+        };
+        if let Some(job) = guess.filter(|j| check_job_name(j).is_ok()) {
+            let p = self.sets_dir().join(job).join(id);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        for job in self.jobs()? {
+            let p = self.sets_dir().join(job).join(id);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        Err(not_found())
+    }
+
+    /// Loads and checks a whole manifest.
+    pub fn load_set(&self, id: &str) -> Result<ImageSet, StoreError> {
+        let path = self.find_set(id)?;
+        let b = std::fs::read(&path)
+            .map_err(|e| StoreError::io(format!("reading manifest {}", path.display()), e))?;
+        encode::decode_manifest(&b).map_err(|source| StoreError::Manifest { path, source })
+    }
+
+    /// Removes a set's manifest. Its pages stay until `gc`. Only a manifest is deleted, never
+    /// pack data, so this takes the lock shared and runs alongside writers.
+    pub fn remove_set(&self, id: &str) -> Result<(), StoreError> {
+        let _lock = self.lock(false, "rm")?;
+        let path = self.find_set(id)?;
+        std::fs::remove_file(&path)
+            .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+        if let Some(dir) = path.parent() {
+            fsutil::fsync_dir(dir)?;
+            // Drop the job's directory once empty (ignore a race with a writer adding to it).
+            if std::fs::read_dir(dir)
+                .map(|mut r| r.next().is_none())
+                .unwrap_or(false)
+            {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the oldest sets of `job` beyond the newest `keep` (at least one is always kept).
+    /// Returns the removed ids, oldest first.
+    pub fn prune(&self, job: &str, keep: usize) -> Result<Vec<String>, StoreError> {
+        let sets = self.list_sets(Some(job))?;
+        let keep = keep.max(1);
+        let n = sets.len().saturating_sub(keep);
+        let mut removed = Vec::new();
+        for s in sets.into_iter().take(n) {
+            self.remove_set(&s.id)?;
+            removed.push(s.id);
+        }
+        Ok(removed)
+    }
+}
+
+fn open_lock_file(root: &Path) -> Result<File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = root.join("lock");
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&p)
+        .map_err(|e| StoreError::io(format!("opening {}", p.display()), e))
 }

@@ -1,0 +1,404 @@
+//! `haul bench store`: the store against the plain tool (`zstd -T2`) on the same synthetic image,
+//! measured side by side after a prewarm (DESIGN.md §4: this VM's fresh memory is slow).
+//!
+//! The image: pages in rotation zero / text (a repeated sentence with the page number first) /
+//! random. Figures: write throughput and stored size against `zstd -1 -T2` and `zstd -3 -T2`; a
+//! second set with 1% of the pages changed (store growth, speed ratio); random single-page reads
+//! with the frame cache and the kernel's page cache dropped (p50/p99), and with only the frame
+//! cache dropped; a sequential read of the whole set; and a sweep of pages per frame (ratio
+//! against single-page read latency) that justifies [`super::DEFAULT_FRAME_PAGES`].
+
+use super::{Store, StoreError};
+use crate::image::{ImageSet, PageRef, SetKind, PAGE_SIZE};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Work directory: stores and the raw file are created (and removed) inside.
+    pub dir: PathBuf,
+    /// Size of the synthetic image in bytes (default 1 GiB).
+    pub size: u64,
+    /// Random single-page reads to time.
+    pub reads: usize,
+    /// Also sweep pages per frame over {1, 4, 8, 16, 32, 64} on a sample of this many bytes
+    /// (0: skip).
+    pub frame_sweep_bytes: u64,
+    /// Compare with the `zstd` command when it is installed.
+    pub zstd: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            dir: std::env::temp_dir().join("haul-bench-store"),
+            size: 1 << 30,
+            reads: 2000,
+            frame_sweep_bytes: 128 << 20,
+            zstd: true,
+        }
+    }
+}
+
+/// One level's write figures, side by side with `zstd -L -T2`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WriteFigures {
+    pub level: i32,
+    pub store_us: u64,
+    pub store_bytes: u64,
+    pub store_mb_s: f64,
+    pub zstd_us: Option<u64>,
+    pub zstd_bytes: Option<u64>,
+    pub zstd_mb_s: Option<f64>,
+    /// store throughput / zstd throughput (target ≥ 1.5).
+    pub speed_ratio: Option<f64>,
+    /// store bytes / zstd bytes (target ≤ 1.0).
+    pub size_ratio: Option<f64>,
+}
+
+/// One row of the frame-size sweep.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FrameRow {
+    pub frame_pages: usize,
+    /// Logical bytes of the non-zero pages / stored bytes.
+    pub ratio: f64,
+    pub read_p50_us: f64,
+    pub read_p99_us: f64,
+}
+
+/// Everything `haul bench store` reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BenchReport {
+    pub size: u64,
+    pub pages: u64,
+    pub frame_pages: usize,
+    pub writes: Vec<WriteFigures>,
+    /// Second set (level 3) with 1% of the pages changed.
+    pub changed_us: u64,
+    pub changed_growth_bytes: u64,
+    /// growth / first set's stored bytes (target ≤ 0.02).
+    pub changed_growth_ratio: f64,
+    /// first set's time / second set's time (target ≥ 5).
+    pub changed_speedup: f64,
+    /// Single-page reads, frame cache and page cache dropped (targets p50 ≤ 100, p99 ≤ 300 µs).
+    pub read_cold_p50_us: f64,
+    pub read_cold_p99_us: f64,
+    /// Single-page reads, frame cache dropped, packs in the page cache.
+    pub read_warm_p50_us: f64,
+    pub read_warm_p99_us: f64,
+    /// Whole set through `read_set_pages`, GB/s of logical bytes (target ≥ 2).
+    pub sequential_gb_s: f64,
+    pub frame_sweep: Vec<FrameRow>,
+}
+
+const SENTENCE: &[u8] = b"The quick brown fox jumps over the lazy dog while haul keeps counting. ";
+
+/// Page `n` of the synthetic image into `out`.
+pub fn synthetic_page(n: u64, out: &mut [u8]) {
+    match n % 3 {
+        0 => out.fill(0),
+        1 => {
+            let head = format!("page {n}: ");
+            let mut pos = 0;
+            for b in head.as_bytes().iter().chain(SENTENCE.iter().cycle()) {
+                if pos == out.len() {
+                    break;
+                }
+                out[pos] = *b;
+                pos += 1;
+            }
+        }
+        _ => {
+            let mut h = blake3::Hasher::new();
+            h.update(&n.to_le_bytes());
+            h.finalize_xof().fill(out);
+        }
+    }
+}
+
+fn image(size: u64) -> Vec<u8> {
+    let mut v = vec![0u8; size as usize];
+    v.par_chunks_mut(PAGE_SIZE)
+        .enumerate()
+        .for_each(|(i, p)| synthetic_page(i as u64, p));
+    v
+}
+
+/// Allocates, touches and frees twice `bytes`, twice.
+fn prewarm(bytes: u64) {
+    for _ in 0..2 {
+        let mut v = vec![0u8; (2 * bytes) as usize];
+        v.par_chunks_mut(PAGE_SIZE).for_each(|p| p[0] = 1);
+        drop(v);
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+fn io(context: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::io(context.to_string(), e)
+}
+
+/// Writes the whole image as one set, in batches of 1 MiB copied out of it (as the dumper
+/// hands over its buffers).
+fn write_image(
+    store: &Store,
+    job: &str,
+    img: &[u8],
+    level: Option<i32>,
+) -> Result<(ImageSet, u64), StoreError> {
+    let t = Instant::now();
+    let mut w = store.begin_set(job, SetKind::Dump, None, level)?;
+    const BATCH: usize = 256;
+    for (b, chunk) in img.chunks(BATCH * PAGE_SIZE).enumerate() {
+        let addrs: Vec<u64> = (0..chunk.len() / PAGE_SIZE)
+            .map(|i| 0x1000_0000 + ((b * BATCH + i) * PAGE_SIZE) as u64)
+            .collect();
+        w.add_pages(&addrs, chunk.to_vec())?;
+    }
+    let set = w.commit(None)?;
+    Ok((set, crate::util::us(t.elapsed())))
+}
+
+fn time_zstd(raw: &Path, level: i32) -> Option<(u64, u64)> {
+    let out = raw.with_extension(format!("zst{level}"));
+    let t = Instant::now();
+    let st = Command::new("zstd")
+        .arg(format!("-{level}"))
+        .args(["-T2", "-q", "-f"])
+        .arg(raw)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .ok()?;
+    let us = crate::util::us(t.elapsed());
+    if !st.success() {
+        return None;
+    }
+    let size = std::fs::metadata(&out).ok()?.len();
+    let _ = std::fs::remove_file(&out);
+    Some((us, size))
+}
+
+/// Times `reads` single-page reads of random stored pages of `set`, each with the frame cache
+/// dropped first (and the page cache too when `cold`).
+fn random_reads(
+    store: &Store,
+    set: &ImageSet,
+    reads: usize,
+    cold: bool,
+) -> Result<(f64, f64), StoreError> {
+    let ids: Vec<_> = set
+        .pages
+        .iter()
+        .filter_map(|(_, r)| match r {
+            PageRef::Stored(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok((0.0, 0.0));
+    }
+    let mut times = Vec::with_capacity(reads);
+    for k in 0..reads {
+        let h = blake3::hash(&(k as u64).to_le_bytes());
+        let pick = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8])) as usize;
+        let id = ids[pick % ids.len()];
+        if cold {
+            store.drop_caches();
+        } else if let Ok(mut c) = store.inner.cache.lock() {
+            *c = super::FrameCache::default();
+        }
+        let t = Instant::now();
+        store.read_page(&id)?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok((pct(&times, 0.5), pct(&times, 0.99)))
+}
+
+/// Runs the benchmark. Takes minutes for 1 GiB on two cores; build in release mode.
+pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
+    let size = opts.size / PAGE_SIZE as u64 * PAGE_SIZE as u64;
+    let _ = std::fs::remove_dir_all(&opts.dir);
+    std::fs::create_dir_all(&opts.dir).map_err(io("creating the bench directory"))?;
+    prewarm(size);
+    let img = image(size);
+    let mut rep = BenchReport {
+        size,
+        pages: size / PAGE_SIZE as u64,
+        frame_pages: super::DEFAULT_FRAME_PAGES,
+        ..Default::default()
+    };
+    let raw = opts.dir.join("raw.bin");
+    let have_zstd = opts.zstd && Command::new("zstd").arg("-V").output().is_ok();
+    if have_zstd {
+        std::fs::write(&raw, &img).map_err(io("writing raw.bin"))?;
+    }
+    let mut level3: Option<(Store, ImageSet, u64)> = None;
+    for level in [1, 3] {
+        let dir = opts.dir.join(format!("store{level}"));
+        let store = Store::open_or_create(&dir)?;
+        let (set, us) = write_image(&store, "bench", &img, Some(level))?;
+        let bytes = dir_size(&dir.join("packs"));
+        let mut f = WriteFigures {
+            level,
+            store_us: us,
+            store_bytes: bytes,
+            store_mb_s: size as f64 / us.max(1) as f64,
+            ..Default::default()
+        };
+        if have_zstd {
+            if let Some((zus, zbytes)) = time_zstd(&raw, level) {
+                let zmb = size as f64 / zus.max(1) as f64;
+                f.zstd_us = Some(zus);
+                f.zstd_bytes = Some(zbytes);
+                f.zstd_mb_s = Some(zmb);
+                f.speed_ratio = Some(f.store_mb_s / zmb);
+                f.size_ratio = Some(bytes as f64 / zbytes.max(1) as f64);
+            }
+        }
+        rep.writes.push(f);
+        if level == 3 {
+            level3 = Some((store, set, us));
+        } else {
+            drop(store);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let _ = std::fs::remove_file(&raw);
+    let Some((store, set, first_us)) = level3 else {
+        return Ok(rep);
+    };
+    // Second set: 1% of the pages changed (every 100th page gets a new first byte... of a
+    // non-zero variety: a changed zero page becomes a non-zero one, as in real programs).
+    let mut img2 = img;
+    img2.par_chunks_mut(PAGE_SIZE)
+        .enumerate()
+        .filter(|(i, _)| i % 100 == 7)
+        .for_each(|(i, p)| {
+            p[100] = p[100].wrapping_add(1);
+            p[101] = (i % 251) as u8;
+        });
+    let before = dir_size(&store.path().join("packs"));
+    let (_set2, us2) = write_image(&store, "bench", &img2, Some(3))?;
+    drop(img2);
+    let after = dir_size(&store.path().join("packs"));
+    rep.changed_us = us2;
+    rep.changed_growth_bytes = after.saturating_sub(before);
+    rep.changed_growth_ratio = rep.changed_growth_bytes as f64 / before.max(1) as f64;
+    rep.changed_speedup = first_us as f64 / us2.max(1) as f64;
+    // Reads, through a fresh handle.
+    let reader = Store::open(store.path())?;
+    (rep.read_cold_p50_us, rep.read_cold_p99_us) = random_reads(&reader, &set, opts.reads, true)?;
+    (rep.read_warm_p50_us, rep.read_warm_p99_us) = random_reads(&reader, &set, opts.reads, false)?;
+    // Sequential: packs in the page cache (read once to warm), then the timed read.
+    for _ in 0..2 {
+        let t = Instant::now();
+        let mut sum = 0u64;
+        reader.read_set_pages(&set, |_, b| -> Result<(), StoreError> {
+            sum = sum.wrapping_add(b[b.len() - 1] as u64);
+            Ok(())
+        })?;
+        rep.sequential_gb_s = size as f64 / t.elapsed().as_secs_f64() / 1e9;
+        std::hint::black_box(sum);
+    }
+    drop(reader);
+    drop(store);
+    let _ = std::fs::remove_dir_all(opts.dir.join("store3"));
+    if opts.frame_sweep_bytes > 0 {
+        let sample = image(opts.frame_sweep_bytes.min(size) / PAGE_SIZE as u64 * PAGE_SIZE as u64);
+        for fp in [1usize, 4, 8, 16, 32, 64] {
+            let dir = opts.dir.join(format!("frames{fp}"));
+            let store = Store::open_or_create(&dir)?;
+            store.set_frame_pages(fp);
+            let (set, _) = write_image(&store, "sweep", &sample, Some(3))?;
+            let (p50, p99) = random_reads(&Store::open(&dir)?, &set, opts.reads.min(1000), false)?;
+            rep.frame_sweep.push(FrameRow {
+                frame_pages: fp,
+                ratio: set.figures.bytes_logical as f64 / set.figures.bytes_new.max(1) as f64,
+                read_p50_us: p50,
+                read_p99_us: p99,
+            });
+            drop(store);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&opts.dir);
+    Ok(rep)
+}
+
+/// Text rendering of a report, with the targets next to the figures.
+pub fn report_text(r: &BenchReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "image {} ({} pages, 1/3 zero, 1/3 text, 1/3 random), {} pages per frame",
+        crate::util::human_bytes(r.size),
+        r.pages,
+        r.frame_pages
+    );
+    for w in &r.writes {
+        let _ = writeln!(
+            s,
+            "write level {}: store {:.0} MB/s, {} | zstd -{} -T2 {} MB/s, {} | speed x{} (target >= 1.5), size x{} (target <= 1.0)",
+            w.level,
+            w.store_mb_s,
+            crate::util::human_bytes(w.store_bytes),
+            w.level,
+            w.zstd_mb_s.map(|v| format!("{v:.0}")).unwrap_or("-".into()),
+            w.zstd_bytes.map(crate::util::human_bytes).unwrap_or("-".into()),
+            w.speed_ratio.map(|v| format!("{v:.2}")).unwrap_or("-".into()),
+            w.size_ratio.map(|v| format!("{v:.3}")).unwrap_or("-".into()),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "1% changed: store grew {} ({:.2}%, target <= 2%), {:.1}x faster than the first set (target >= 5)",
+        crate::util::human_bytes(r.changed_growth_bytes),
+        r.changed_growth_ratio * 100.0,
+        r.changed_speedup
+    );
+    let _ = writeln!(
+        s,
+        "random page read, cold (frame+page cache dropped): p50 {:.0} us, p99 {:.0} us (targets 100 / 300)",
+        r.read_cold_p50_us, r.read_cold_p99_us
+    );
+    let _ = writeln!(
+        s,
+        "random page read, frame cache dropped: p50 {:.0} us, p99 {:.0} us",
+        r.read_warm_p50_us, r.read_warm_p99_us
+    );
+    let _ = writeln!(
+        s,
+        "sequential read of the set: {:.2} GB/s (target >= 2)",
+        r.sequential_gb_s
+    );
+    for f in &r.frame_sweep {
+        let _ = writeln!(
+            s,
+            "frame {:>2} pages: ratio {:.3}, read p50 {:.0} us, p99 {:.0} us",
+            f.frame_pages, f.ratio, f.read_p50_us, f.read_p99_us
+        );
+    }
+    s
+}

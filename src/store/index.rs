@@ -1,0 +1,277 @@
+//! The page index: page id → (pack, frame, slot), kept as one segment file per pack.
+//!
+//! `index/<pack id>.idx` is written right after its pack is renamed into place:
+//!
+//! ```text
+//! "HAULIDX\n", version: u32, 0: u32, pack id: [u8; 16], pack length: u64, footer length: u64,
+//! footer (the pack's footer, same encoding), BLAKE3 (32 bytes) of everything before
+//! ```
+//!
+//! On open every segment is loaded into a hash map. A pack without a segment (a crash between
+//! the two renames, or a deleted `index/`) or with a corrupt one gets its segment rebuilt from the
+//! pack's own footer. Segments whose pack is gone are kept aside: their pages are not offered for
+//! deduplication, only used to name the missing pack in errors.
+
+use super::fsutil::{self, write_atomic};
+use super::pack::{read_footer, CommittedPack, Footer, FrameInfo, PackId};
+use super::StoreError;
+use crate::image::PageId;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::{Path, PathBuf};
+
+const SEG_MAGIC: &[u8; 8] = b"HAULIDX\n";
+const SEG_VERSION: u32 = 1;
+const SEG_HEAD: usize = 48;
+
+/// Page ids are already uniformly random: hash them by taking their first 8 bytes.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut a = [0u8; 8];
+            a[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(a);
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+pub type IdMap<V> = HashMap<PageId, V, BuildHasherDefault<IdHasher>>;
+
+/// Where a page is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    /// Position in [`Index::packs`].
+    pub pack: u32,
+    pub frame: u32,
+    pub slot: u16,
+}
+
+/// What the index knows of one pack.
+#[derive(Clone, Debug)]
+pub struct PackInfo {
+    pub id: PackId,
+    pub len: u64,
+    pub frames: Vec<FrameInfo>,
+    pub npages: u32,
+}
+
+impl PackInfo {
+    /// Compressed bytes attributed to one page of `frame` (the frame's share per page).
+    pub fn page_cost(&self, frame: u32) -> u64 {
+        self.frames
+            .get(frame as usize)
+            .map(|f| f.clen as u64 / f.npages.max(1) as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// The in-memory index.
+#[derive(Default)]
+pub struct Index {
+    pub packs: Vec<PackInfo>,
+    pub by_pack: HashMap<PackId, u32>,
+    pub pages: IdMap<Loc>,
+    /// Pages whose pack is listed by a segment but missing from `packs/`.
+    pub missing: IdMap<PackId>,
+    /// Packs whose footer could not be read to rebuild their segment, with the reason.
+    pub unreadable: Vec<(PackId, String)>,
+    /// Segments rebuilt from pack footers by the last load.
+    pub rebuilt: Vec<PackId>,
+    /// Names seen by the last load (segments, packs), to notice changes cheaply.
+    seen: (BTreeSet<PackId>, BTreeSet<PackId>),
+}
+
+fn seg_path(root: &Path, id: &PackId) -> PathBuf {
+    root.join("index").join(format!("{}.idx", id.to_hex()))
+}
+
+fn encode_segment(c: &CommittedPack) -> Vec<u8> {
+    let footer = c.footer.encode();
+    let mut out = Vec::with_capacity(SEG_HEAD + footer.len() + 32);
+    out.extend_from_slice(SEG_MAGIC);
+    out.extend_from_slice(&SEG_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&c.id.0);
+    out.extend_from_slice(&c.len.to_le_bytes());
+    out.extend_from_slice(&(footer.len() as u64).to_le_bytes());
+    out.extend_from_slice(&footer);
+    let h = blake3::hash(&out);
+    out.extend_from_slice(h.as_bytes());
+    out
+}
+
+fn decode_segment(b: &[u8], want: &PackId) -> Result<(u64, Footer), String> {
+    if b.len() < SEG_HEAD + 32 || &b[..8] != SEG_MAGIC {
+        return Err("not an index segment".into());
+    }
+    let (body, sum) = b.split_at(b.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err("checksum mismatch".into());
+    }
+    let mut r = super::pack::Reader(&body[8..]);
+    let version = r.u32()?;
+    if version > SEG_VERSION {
+        return Err(format!("segment version {version} is newer than supported"));
+    }
+    r.u32()?;
+    if r.take(16)? != want.0 {
+        return Err("segment names another pack".into());
+    }
+    let len = r.u64()?;
+    let flen = r.u64()?;
+    if flen as usize != r.0.len() {
+        return Err("footer length mismatch".into());
+    }
+    let data_len = len.saturating_sub(flen + super::pack::TRAILER_LEN as u64);
+    Ok((len, Footer::decode(r.0, data_len)?))
+}
+
+/// Writes the index segment of a freshly committed pack.
+pub fn write_segment(root: &Path, c: &CommittedPack) -> Result<(), StoreError> {
+    write_atomic(root, &seg_path(root, &c.id), &encode_segment(c))
+}
+
+/// Pack ids present under `packs/`.
+pub fn list_packs(root: &Path) -> Result<BTreeSet<PackId>, StoreError> {
+    let mut out = BTreeSet::new();
+    let dir = root.join("packs");
+    let rd = std::fs::read_dir(&dir)
+        .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    for sub in rd.flatten() {
+        let Ok(inner) = std::fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for f in inner.flatten() {
+            let name = f.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = name.strip_suffix(".pack").and_then(PackId::from_hex) {
+                out.insert(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn list_segments(root: &Path) -> Result<BTreeSet<PackId>, StoreError> {
+    let dir = root.join("index");
+    let mut out = BTreeSet::new();
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A deleted index/ is rebuilt from pack footers.
+            fsutil::create_dir(&dir)?;
+            return Ok(out);
+        }
+        Err(e) => return Err(StoreError::io(format!("listing {}", dir.display()), e)),
+    };
+    for f in rd.flatten() {
+        let name = f.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = name.strip_suffix(".idx").and_then(PackId::from_hex) {
+            out.insert(id);
+        }
+    }
+    Ok(out)
+}
+
+impl Index {
+    /// Loads every segment, rebuilding those that are missing or corrupt from pack footers.
+    pub fn load(root: &Path) -> Result<Index, StoreError> {
+        let packs = list_packs(root)?;
+        let segs = list_segments(root)?;
+        let mut idx = Index::default();
+        for id in segs.union(&packs) {
+            let have_pack = packs.contains(id);
+            let from_seg = if segs.contains(id) {
+                std::fs::read(seg_path(root, id))
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| decode_segment(&b, id))
+            } else {
+                Err("no segment".into())
+            };
+            match (from_seg, have_pack) {
+                (Ok((len, footer)), true) => idx.add(*id, len, &footer),
+                (Ok((_, footer)), false) => {
+                    for p in &footer.pages {
+                        idx.missing.insert(p.id, *id);
+                    }
+                }
+                (Err(_), true) => {
+                    let path = id.path(root);
+                    match read_footer(&path) {
+                        Ok(footer) => {
+                            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                            let c = CommittedPack {
+                                id: *id,
+                                len,
+                                footer,
+                            };
+                            // Best effort: a read-only store still works from memory.
+                            if let Err(e) = write_segment(root, &c) {
+                                tracing::warn!("cannot rewrite index segment of pack {id}: {e}");
+                            }
+                            idx.add(*id, len, &c.footer);
+                            idx.rebuilt.push(*id);
+                        }
+                        Err(reason) => idx.unreadable.push((*id, reason)),
+                    }
+                }
+                (Err(_), false) => {}
+            }
+        }
+        idx.seen = (segs, packs);
+        Ok(idx)
+    }
+
+    /// Reloads when segments or packs appeared or disappeared since the last load.
+    pub fn refresh(&mut self, root: &Path) -> Result<(), StoreError> {
+        let packs = list_packs(root)?;
+        let segs = list_segments(root)?;
+        if self.seen.0 != segs || self.seen.1 != packs {
+            *self = Index::load(root)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a pack's pages; a page already indexed keeps its first location.
+    pub fn add(&mut self, id: PackId, len: u64, footer: &Footer) {
+        if self.by_pack.contains_key(&id) {
+            return;
+        }
+        let n = self.packs.len() as u32;
+        self.packs.push(PackInfo {
+            id,
+            len,
+            frames: footer.frames.clone(),
+            npages: footer.pages.len() as u32,
+        });
+        self.by_pack.insert(id, n);
+        self.pages.reserve(footer.pages.len());
+        for p in &footer.pages {
+            self.pages.entry(p.id).or_insert(Loc {
+                pack: n,
+                frame: p.frame,
+                slot: p.slot,
+            });
+        }
+    }
+
+    /// Records a pack this process just committed.
+    pub fn add_committed(&mut self, c: &CommittedPack) {
+        self.add(c.id, c.len, &c.footer);
+        self.seen.0.insert(c.id);
+        self.seen.1.insert(c.id);
+    }
+
+    pub fn lookup(&self, id: &PageId) -> Option<(Loc, &PackInfo)> {
+        let loc = *self.pages.get(id)?;
+        Some((loc, self.packs.get(loc.pack as usize)?))
+    }
+}

@@ -1,0 +1,310 @@
+//! Reading pages back: one page for a lazy fault (one frame decode, small frame cache), or a
+//! whole set in address order, decoded in parallel. Every page is hashed again and compared
+//! with its id.
+
+use super::index::Loc;
+use super::pack::{decode_frame, FrameInfo, PackId, CODEC_RAW};
+use super::{Inner, PageAt, Store, StoreError};
+use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
+use rayon::prelude::*;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+/// Pages per batch handed to the callback of [`Store::read_set_pages`] (at most).
+pub const READ_BATCH_PAGES: usize = 256;
+/// Batches decoded in parallel ahead of the callback.
+const READ_WINDOW: usize = 8;
+
+/// Where a page is, resolved from the index.
+#[derive(Clone, Copy)]
+pub(crate) struct Located {
+    pub pack: PackId,
+    pub frame_no: u32,
+    pub frame: FrameInfo,
+    pub slot: u16,
+}
+
+/// Options of [`Store::read_set_pages_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadOptions {
+    /// Leave zero pages out of the batches (fresh anonymous memory is zero already).
+    pub skip_zero: bool,
+}
+
+impl Inner {
+    pub(crate) fn locate(&self, id: &PageId) -> Result<Located, StoreError> {
+        let idx = self
+            .index
+            .read()
+            .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
+        Self::locate_in(&idx, id)
+    }
+
+    fn locate_in(idx: &super::index::Index, id: &PageId) -> Result<Located, StoreError> {
+        match idx.lookup(id) {
+            Some((Loc { frame, slot, .. }, pack)) => match pack.frames.get(frame as usize) {
+                Some(f) => Ok(Located {
+                    pack: pack.id,
+                    frame_no: frame,
+                    frame: *f,
+                    slot,
+                }),
+                None => Err(StoreError::PageUnreadable {
+                    at: at(id, Some(pack.id)),
+                    problem: format!("index names frame {frame}, which the pack does not have"),
+                }),
+            },
+            None => match idx.missing.get(id) {
+                Some(p) => Err(StoreError::PackMissing {
+                    at: at(id, Some(*p)),
+                }),
+                None => Err(StoreError::PageMissing { at: at(id, None) }),
+            },
+        }
+    }
+
+    fn pack_file(&self, id: &PackId) -> Result<Arc<File>, std::io::Error> {
+        if let Ok(files) = self.files.lock() {
+            if let Some(f) = files.get(id) {
+                return Ok(f.clone());
+            }
+        }
+        let f = Arc::new(File::open(id.path(&self.root))?);
+        if let Ok(mut files) = self.files.lock() {
+            if files.len() > 256 {
+                files.clear();
+            }
+            files.insert(*id, f.clone());
+        }
+        Ok(f)
+    }
+
+    /// Reads `len` bytes at `off` of a pack; names the problem (missing, truncated).
+    fn pread(&self, id: &PageId, l: &Located, off: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        let f = match self.pack_file(&l.pack) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::PackMissing {
+                    at: at(id, Some(l.pack)),
+                })
+            }
+            Err(e) => {
+                return Err(StoreError::PageUnreadable {
+                    at: at(id, Some(l.pack)),
+                    problem: format!("cannot open the pack: {e}"),
+                })
+            }
+        };
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off)
+            .map_err(|e| StoreError::PageUnreadable {
+                at: at(id, Some(l.pack)),
+                problem: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    format!(
+                        "the pack is truncated (frame {} ends past its end)",
+                        l.frame_no
+                    )
+                } else {
+                    format!("reading frame {}: {e}", l.frame_no)
+                },
+            })?;
+        Ok(buf)
+    }
+
+    /// Reads and decodes a whole frame.
+    pub(crate) fn read_frame(&self, id: &PageId, l: &Located) -> Result<Vec<u8>, StoreError> {
+        let raw = self.pread(id, l, l.frame.offset, l.frame.clen as usize)?;
+        decode_frame(raw, &l.frame).map_err(|problem| StoreError::PageUnreadable {
+            at: at(id, Some(l.pack)),
+            problem: format!("frame {}: {problem}", l.frame_no),
+        })
+    }
+
+    /// One page, checked against its id.
+    pub(crate) fn read_page_once(&self, id: &PageId) -> Result<Vec<u8>, StoreError> {
+        let l = self.locate(id)?;
+        let page = if l.frame.codec == CODEC_RAW {
+            // Raw frames need no decode: read just the page.
+            self.pread(
+                id,
+                &l,
+                l.frame.offset + l.slot as u64 * PAGE_SIZE as u64,
+                PAGE_SIZE,
+            )?
+        } else {
+            let key = (l.pack, l.frame_no);
+            let cached = self.cache.lock().ok().and_then(|mut c| c.get(&key));
+            let frame = match cached {
+                Some(f) => f,
+                None => {
+                    let f = Arc::new(self.read_frame(id, &l)?);
+                    if let Ok(mut c) = self.cache.lock() {
+                        c.put(key, f.clone());
+                    }
+                    f
+                }
+            };
+            let s = l.slot as usize * PAGE_SIZE;
+            frame[s..s + PAGE_SIZE].to_vec()
+        };
+        check(id, &page, Some(l.pack))?;
+        Ok(page)
+    }
+}
+
+fn at(id: &PageId, pack: Option<PackId>) -> PageAt {
+    PageAt {
+        set: None,
+        page: *id,
+        addr: None,
+        pack,
+    }
+}
+
+pub(crate) fn check(id: &PageId, page: &[u8], pack: Option<PackId>) -> Result<(), StoreError> {
+    if PageId::of(page) != *id {
+        return Err(StoreError::PageCorrupt { at: at(id, pack) });
+    }
+    Ok(())
+}
+
+/// A batch of consecutive pages of a set: (address of the first, refs).
+type Batch = (u64, Vec<PageRef>);
+
+impl Store {
+    /// One page by id (for lazy faults): one frame decode at most; the page is hashed again
+    /// and compared with `id`.
+    pub fn read_page(&self, id: &PageId) -> Result<Vec<u8>, StoreError> {
+        match self.inner.read_page_once(id) {
+            // gc may have repacked the page since the index was loaded: reload, try once more.
+            Err(StoreError::PackMissing { .. } | StoreError::PageMissing { .. }) => {
+                if let Ok(mut idx) = self.inner.index.write() {
+                    idx.refresh(&self.inner.root)?;
+                }
+                self.inner.read_page_once(id)
+            }
+            r => r,
+        }
+    }
+
+    /// [`Store::read_page`] for a page of a known set: errors name the set and the address.
+    pub fn read_page_at(&self, id: &PageId, set: &str, addr: u64) -> Result<Vec<u8>, StoreError> {
+        self.read_page(id).map_err(|e| e.in_set(set, Some(addr)))
+    }
+
+    /// Every page of `set` (zero pages as zeroes; lazy pages are not in the store and are left
+    /// out) in address order: `f(addr, bytes)` gets runs of consecutive pages, at most
+    /// [`READ_BATCH_PAGES`] at a time, `bytes.len()` a multiple of 4096. Batches are decoded
+    /// and checked in parallel ahead of the callback. Stops at the first error.
+    pub fn read_set_pages<E, F>(&self, set: &ImageSet, f: F) -> Result<(), E>
+    where
+        E: From<StoreError> + Send,
+        F: FnMut(u64, &[u8]) -> Result<(), E>,
+    {
+        self.read_set_pages_with(set, ReadOptions::default(), f)
+    }
+
+    /// [`Store::read_set_pages`] with options.
+    pub fn read_set_pages_with<E, F>(
+        &self,
+        set: &ImageSet,
+        opts: ReadOptions,
+        mut f: F,
+    ) -> Result<(), E>
+    where
+        E: From<StoreError> + Send,
+        F: FnMut(u64, &[u8]) -> Result<(), E>,
+    {
+        // Refresh once up front so a gc since open does not fail the read.
+        if let Ok(mut idx) = self.inner.index.write() {
+            idx.refresh(&self.inner.root)?;
+        }
+        let mut batches: Vec<Batch> = Vec::new();
+        for (addr, r) in set.pages.iter() {
+            match r {
+                PageRef::Lazy(_) => continue,
+                PageRef::Zero if opts.skip_zero => continue,
+                _ => {}
+            }
+            match batches.last_mut() {
+                Some((start, refs))
+                    if refs.len() < READ_BATCH_PAGES
+                        && *start + (refs.len() * PAGE_SIZE) as u64 == addr =>
+                {
+                    refs.push(r)
+                }
+                _ => batches.push((addr, vec![r])),
+            }
+        }
+        let inner = &*self.inner;
+        let set_id = set.id.as_str();
+        std::thread::scope(|s| -> Result<(), E> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>), StoreError>>(
+                READ_WINDOW * 2,
+            );
+            let producer = s.spawn(move || {
+                for window in batches.chunks(READ_WINDOW) {
+                    let decoded: Vec<Result<(u64, Vec<u8>), StoreError>> = window
+                        .par_iter()
+                        .map(|(start, refs)| {
+                            decode_batch(inner, *start, refs)
+                                .map(|b| (*start, b))
+                                .map_err(|(e, addr)| e.in_set(set_id, Some(addr)))
+                        })
+                        .collect();
+                    for d in decoded {
+                        let stop = d.is_err();
+                        if tx.send(d).is_err() || stop {
+                            return;
+                        }
+                    }
+                }
+            });
+            let mut result = Ok(());
+            for item in rx.iter() {
+                match item {
+                    Ok((addr, bytes)) => {
+                        if let Err(e) = f(addr, &bytes) {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(E::from(e));
+                        break;
+                    }
+                }
+            }
+            drop(rx);
+            let _ = producer.join();
+            result
+        })
+    }
+}
+
+/// Decodes one batch: consecutive pages from `start`. On error, also says which address.
+fn decode_batch(inner: &Inner, start: u64, refs: &[PageRef]) -> Result<Vec<u8>, (StoreError, u64)> {
+    let mut out = vec![0u8; refs.len() * PAGE_SIZE];
+    let mut last: Option<((PackId, u32), Vec<u8>)> = None;
+    let idx = inner
+        .index
+        .read()
+        .map_err(|_| (StoreError::Writer("index lock poisoned".into()), start))?;
+    for (i, r) in refs.iter().enumerate() {
+        let addr = start + (i * PAGE_SIZE) as u64;
+        let PageRef::Stored(id) = r else { continue };
+        let l = Inner::locate_in(&idx, id).map_err(|e| (e, addr))?;
+        let key = (l.pack, l.frame_no);
+        if last.as_ref().map(|(k, _)| *k) != Some(key) {
+            last = Some((key, inner.read_frame(id, &l).map_err(|e| (e, addr))?));
+        }
+        if let Some((_, frame)) = &last {
+            let s = l.slot as usize * PAGE_SIZE;
+            let page = &frame[s..s + PAGE_SIZE];
+            check(id, page, Some(l.pack)).map_err(|e| (e, addr))?;
+            out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(page);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,426 @@
+//! Writing an image set: batches of pages go to a worker thread (bounded queue), which hashes
+//! and zero-tests them in parallel, looks them up in the index, compresses the new ones into
+//! frames in parallel and appends the frames to the current pack. The manifest is written by
+//! `commit`, last.
+
+use super::fsutil;
+use super::index::IdMap;
+use super::pack::{encode_frame, PackWriter};
+use super::{Inner, Store, StoreError};
+use crate::image::encode::encode_manifest;
+use crate::image::{
+    is_zero_page, ImageSet, PageId, PageRef, PageTable, ProcessImage, SetFigures, SetKind,
+    PAGE_SIZE,
+};
+use nix::fcntl::Flock;
+use rayon::prelude::*;
+use std::fs::File;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Batches in flight between the caller and the worker (bounded memory).
+const QUEUE: usize = 2;
+
+enum Msg {
+    Pages(Vec<u64>, Vec<u8>),
+    Refs(Vec<(u64, PageRef)>),
+    Finish,
+}
+
+struct Output {
+    table: PageTable,
+    /// Pages this writer stored, with their compressed cost.
+    new: IdMap<u64>,
+}
+
+/// Writes one image set; see [`Store::begin_set`]. Dropping it without `commit` lists nothing:
+/// packs already written become garbage for `gc`.
+pub struct SetWriter<'a> {
+    store: &'a Store,
+    tx: Option<SyncSender<Msg>>,
+    worker: Option<JoinHandle<Result<Output, StoreError>>>,
+    refs: Vec<(u64, PageRef)>,
+    job: String,
+    kind: SetKind,
+    parent: Option<String>,
+    id: String,
+    created_us: u64,
+    failed: bool,
+    _lock: Flock<File>,
+}
+
+fn set_id(job: &str, created_us: u64) -> String {
+    let t = crate::util::rfc3339_us(created_us);
+    let compact: String = t.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let compact = compact.trim_end_matches('Z');
+    let salt = blake3::hash(
+        format!(
+            "{created_us}-{}-{:?}",
+            std::process::id(),
+            std::time::Instant::now()
+        )
+        .as_bytes(),
+    );
+    format!(
+        "{job}-{compact}-{}",
+        &crate::util::hex(&salt.as_bytes()[..3])
+    )
+}
+
+impl<'a> SetWriter<'a> {
+    pub(super) fn start(
+        store: &'a Store,
+        inner: Arc<Inner>,
+        lock: Flock<File>,
+        job: &str,
+        kind: SetKind,
+        parent: Option<&str>,
+        level: Option<i32>,
+    ) -> Result<SetWriter<'a>, StoreError> {
+        let created_us = crate::util::now_us();
+        let (tx, rx) = sync_channel(QUEUE);
+        let worker = std::thread::Builder::new()
+            .name("haul-store-writer".into())
+            .spawn(move || Worker::new(inner, level).run(rx))
+            .map_err(|e| StoreError::io("starting the store writer thread", e))?;
+        Ok(SetWriter {
+            store,
+            tx: Some(tx),
+            worker: Some(worker),
+            refs: Vec::new(),
+            job: job.into(),
+            kind,
+            parent: parent.map(String::from),
+            id: set_id(job, created_us),
+            created_us,
+            failed: false,
+            _lock: lock,
+        })
+    }
+
+    /// The id the set will have once committed.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Waits for the worker after it stopped early and returns its error.
+    fn worker_error(&mut self) -> StoreError {
+        self.failed = true;
+        self.tx = None;
+        match self.worker.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => e,
+            Some(Ok(Ok(_))) => StoreError::Writer("the writer stopped unexpectedly".into()),
+            Some(Err(_)) => StoreError::Writer("the writer thread panicked".into()),
+            None => StoreError::Writer("the writer already failed".into()),
+        }
+    }
+
+    fn send(&mut self, m: Msg) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::Writer(
+                "an earlier error stopped this set writer".into(),
+            ));
+        }
+        let ok = self
+            .tx
+            .as_ref()
+            .map(|tx| tx.send(m).is_ok())
+            .unwrap_or(false);
+        if ok {
+            Ok(())
+        } else {
+            Err(self.worker_error())
+        }
+    }
+
+    /// Adds pages: `addrs[i]` is the address of page i of `data`
+    /// (`data.len() == addrs.len() * 4096`). Returns once the batch is queued; the work on it
+    /// overlaps with the caller copying the next one. A later entry for the same address
+    /// replaces an earlier one.
+    pub fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), StoreError> {
+        if data.len() != addrs.len() * PAGE_SIZE {
+            return Err(StoreError::BatchShape {
+                addrs: addrs.len(),
+                bytes: data.len(),
+            });
+        }
+        if !self.refs.is_empty() {
+            let refs = std::mem::take(&mut self.refs);
+            self.send(Msg::Refs(refs))?;
+        }
+        self.send(Msg::Pages(addrs.to_vec(), data))
+    }
+
+    /// Records a page without data (carried from a parent set, or `PageRef::Lazy`).
+    /// A `Stored` id must already be in the store; `commit` checks it.
+    pub fn add_ref(&mut self, addr: u64, r: PageRef) {
+        self.refs.push((addr, r));
+    }
+
+    /// Finishes the packs, then writes the manifest (temp, fsync, rename, fsync): from then on
+    /// the set is listed. Returns the committed set with its figures.
+    pub fn commit(mut self, process: Option<ProcessImage>) -> Result<ImageSet, StoreError> {
+        let refs = std::mem::take(&mut self.refs);
+        if !refs.is_empty() {
+            self.send(Msg::Refs(refs))?;
+        }
+        self.send(Msg::Finish)?;
+        self.tx = None;
+        let out = match self.worker.take().map(|w| w.join()) {
+            Some(Ok(r)) => r?,
+            Some(Err(_)) => return Err(StoreError::Writer("the writer thread panicked".into())),
+            None => return Err(StoreError::Writer("the writer already failed".into())),
+        };
+        let inner = &self.store.inner;
+        let figures = {
+            let mut idx = inner
+                .index
+                .write()
+                .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
+            let mut checked_refresh = false;
+            loop {
+                match figures(&out, &idx) {
+                    Ok(f) => break f,
+                    // A carried page may be in a pack another process committed after we
+                    // loaded the index: look once more before refusing.
+                    Err(e) if !checked_refresh => {
+                        checked_refresh = true;
+                        idx.refresh(&inner.root)?;
+                        let _ = e;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let set = ImageSet {
+            id: self.id.clone(),
+            job: self.job.clone(),
+            created_us: self.created_us,
+            kind: self.kind,
+            parent: self.parent.clone(),
+            kernel: crate::util::kernel_release(),
+            process,
+            pages: out.table,
+            figures,
+        };
+        let bytes = encode_manifest(&set).map_err(|source| StoreError::Manifest {
+            path: self
+                .store
+                .path()
+                .join("sets")
+                .join(&self.job)
+                .join(&self.id),
+            source,
+        })?;
+        let dir = inner.root.join("sets").join(&self.job);
+        if !dir.exists() {
+            fsutil::create_dir(&dir)?;
+            fsutil::fsync_dir(&inner.root.join("sets"))?;
+        }
+        fsutil::write_atomic(&inner.root, &dir.join(&self.id), &bytes)?;
+        Ok(set)
+    }
+}
+
+fn figures(out: &Output, idx: &super::index::Index) -> Result<SetFigures, StoreError> {
+    let mut f = SetFigures::default();
+    let mut seen: IdMap<()> = IdMap::default();
+    for (addr, r) in out.table.iter() {
+        f.pages += 1;
+        match r {
+            PageRef::Zero => f.pages_zero += 1,
+            PageRef::Lazy(_) => {
+                f.pages_lazy += 1;
+                f.bytes_logical += PAGE_SIZE as u64;
+            }
+            PageRef::Stored(id) => {
+                f.bytes_logical += PAGE_SIZE as u64;
+                if seen.insert(id, ()).is_some() {
+                    continue;
+                }
+                if let Some(cost) = out.new.get(&id) {
+                    f.bytes_stored += cost;
+                    f.bytes_new += cost;
+                    f.pages_new += 1;
+                } else if let Some((loc, pack)) = idx.lookup(&id) {
+                    f.bytes_stored += pack.page_cost(loc.frame);
+                } else {
+                    return Err(StoreError::RefNotStored { addr, page: id });
+                }
+            }
+        }
+    }
+    Ok(f)
+}
+
+impl Drop for SetWriter<'_> {
+    fn drop(&mut self) {
+        // Closing the queue without `Finish` tells the worker to abandon its pack; wait for it
+        // so that the temp file is gone before the lock is released.
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+struct Worker {
+    inner: Arc<Inner>,
+    level: Option<i32>,
+    frame_pages: usize,
+    pack_target: u64,
+    table: PageTable,
+    new: IdMap<u64>,
+    pending: Vec<u8>,
+    pending_ids: Vec<PageId>,
+    pack: Option<PackWriter>,
+}
+
+impl Worker {
+    fn new(inner: Arc<Inner>, level: Option<i32>) -> Worker {
+        let frame_pages = inner.frame_pages.load(Ordering::Relaxed);
+        let pack_target = inner.pack_target.load(Ordering::Relaxed);
+        Worker {
+            inner,
+            level,
+            frame_pages,
+            pack_target,
+            table: PageTable::new(),
+            new: IdMap::default(),
+            pending: Vec::new(),
+            pending_ids: Vec::new(),
+            pack: None,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) -> Result<Output, StoreError> {
+        let r = self.run_inner(rx);
+        if r.is_err() {
+            if let Some(p) = self.pack.take() {
+                p.abandon();
+            }
+        }
+        r
+    }
+
+    fn run_inner(&mut self, rx: Receiver<Msg>) -> Result<Output, StoreError> {
+        loop {
+            match rx.recv() {
+                Ok(Msg::Pages(addrs, data)) => self.pages(&addrs, &data)?,
+                Ok(Msg::Refs(refs)) => {
+                    for (a, r) in refs {
+                        self.table.insert(a, r);
+                    }
+                }
+                Ok(Msg::Finish) => {
+                    self.flush_frames(true)?;
+                    self.finish_pack()?;
+                    return Ok(Output {
+                        table: std::mem::take(&mut self.table),
+                        new: std::mem::take(&mut self.new),
+                    });
+                }
+                Err(_) => {
+                    // Dropped without commit.
+                    if let Some(p) = self.pack.take() {
+                        p.abandon();
+                    }
+                    return Err(StoreError::Writer("set abandoned".into()));
+                }
+            }
+        }
+    }
+
+    fn pages(&mut self, addrs: &[u64], data: &[u8]) -> Result<(), StoreError> {
+        let ids: Vec<Option<PageId>> = data
+            .par_chunks(PAGE_SIZE)
+            .with_min_len(16)
+            .map(|p| (!is_zero_page(p)).then(|| PageId::of(p)))
+            .collect();
+        {
+            let idx = self
+                .inner
+                .index
+                .read()
+                .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
+            for (i, (addr, id)) in addrs.iter().zip(ids).enumerate() {
+                let Some(id) = id else {
+                    self.table.insert(*addr, PageRef::Zero);
+                    continue;
+                };
+                self.table.insert(*addr, PageRef::Stored(id));
+                if self.new.contains_key(&id) || idx.pages.contains_key(&id) {
+                    continue;
+                }
+                self.new.insert(id, 0);
+                self.pending
+                    .extend_from_slice(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+                self.pending_ids.push(id);
+            }
+        }
+        self.flush_frames(false)
+    }
+
+    /// Compresses the pending pages into frames (in parallel) and appends them. Without `all`,
+    /// a last partial frame stays pending.
+    fn flush_frames(&mut self, all: bool) -> Result<(), StoreError> {
+        let fp = self.frame_pages;
+        let n = if all {
+            self.pending_ids.len()
+        } else {
+            self.pending_ids.len() / fp * fp
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let level = self.level;
+        let frames: Vec<(Vec<u8>, u8)> = self.pending[..n * PAGE_SIZE]
+            .par_chunks(fp * PAGE_SIZE)
+            .map(|c| encode_frame(c, level))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::io("compressing a frame", e))?;
+        for (k, (bytes, codec)) in frames.iter().enumerate() {
+            let ids_end = ((k + 1) * fp).min(n);
+            let ids = &self.pending_ids[k * fp..ids_end];
+            if self.pack.is_none() {
+                self.pack = Some(PackWriter::create(&self.inner.root)?);
+            }
+            if let Some(p) = self.pack.as_mut() {
+                p.append_frame(bytes, *codec, ids)?;
+            }
+            let cost = bytes.len() as u64 / ids.len() as u64;
+            for id in ids {
+                self.new.insert(*id, cost);
+            }
+            if self
+                .pack
+                .as_ref()
+                .is_some_and(|p| p.len() >= self.pack_target)
+            {
+                self.finish_pack()?;
+            }
+        }
+        self.pending.drain(..n * PAGE_SIZE);
+        self.pending_ids.drain(..n);
+        Ok(())
+    }
+
+    fn finish_pack(&mut self) -> Result<(), StoreError> {
+        let Some(p) = self.pack.take() else {
+            return Ok(());
+        };
+        if p.is_empty() {
+            p.abandon();
+            return Ok(());
+        }
+        let c = p.finish(&self.inner.root)?;
+        self.inner
+            .index
+            .write()
+            .map_err(|_| StoreError::Writer("index lock poisoned".into()))?
+            .add_committed(&c);
+        Ok(())
+    }
+}
