@@ -30,6 +30,13 @@ pub enum Command {
     /// Run a batch of jobs (the way cron calls it: `haul run jobs/*.toml`).
     #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
+    /// Inspect and maintain an image store: list, show, verify, disk use, remove, gc.
+    Images(ImagesArgs),
+    /// Benchmarks (release build recommended): `haul bench store`.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Print a readable summary of a run report (`<job>-<run>.json`) or of a history file (`.jsonl`).
     Report {
         #[arg(required = true, value_name = "FILE")]
@@ -51,4 +58,86 @@ pub struct RunArgs {
     /// Timestamped plain lines instead of spinners, even on a terminal (the default when not a terminal, e.g. under cron).
     #[arg(long)]
     pub plain: bool,
+}
+
+/// `--store DIR`, shared by the commands that use a store.
+#[derive(Debug, Args)]
+pub struct StoreArg {
+    /// The image store [default: $HAUL_STORE, else ./haul-store].
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "HAUL_STORE",
+        default_value = "haul-store",
+        global = true
+    )]
+    pub store: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[command(subcommand)]
+    pub command: ImagesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List image sets, oldest first.
+    Ls {
+        /// Only this job's sets.
+        #[arg(long)]
+        job: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one set: process, VMAs with page counts, parent, bytes logical / stored / new.
+    Show {
+        set: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every page (of one set, or of the whole store); exit 1 naming each bad pack,
+    /// page and the sets that need it.
+    Verify {
+        set: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disk use: logical vs stored bytes, compression and dedup ratios, per job.
+    Du {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image set (its pages go at the next gc).
+    Rm { set: String },
+    /// Remove packs no set references and repack mostly-dead ones (waits for writers).
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The store against `zstd -T2`: write throughput and size, a 1%-changed second set,
+    /// random single-page reads, sequential read.
+    Store {
+        /// Work directory (created and removed).
+        #[arg(long, default_value = "/tmp/haul-bench-store")]
+        dir: PathBuf,
+        /// Size of the synthetic image.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        size: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses a size like `256MiB` (the job files' syntax).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<haul::job::Size>().map(|v| v.0)
 }

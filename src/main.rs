@@ -62,6 +62,8 @@ fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Check { jobs } => Ok(check(&jobs)),
         Command::Run(args) => run_jobs(args),
+        Command::Images(args) => images(args),
+        Command::Bench { what } => bench(what),
         Command::Report { files } => {
             for f in files {
                 let reports = haul::report::load(&f)?;
@@ -155,4 +157,167 @@ fn run_jobs(args: cli::RunArgs) -> Result<u8, Error> {
         }
     }
     Ok(batch.exit_code())
+}
+
+/// Prints `v` as pretty JSON.
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
+    let text =
+        serde_json::to_string_pretty(v).map_err(|e| Error::Usage(format!("encode JSON: {e}")))?;
+    out(&text);
+    Ok(())
+}
+
+fn images(args: cli::ImagesArgs) -> Result<u8, Error> {
+    use cli::ImagesCommand as C;
+    use haul::util::{human_bytes, rfc3339_us};
+    let store = haul::store::Store::open(&args.store.store)?;
+    match args.command {
+        C::Ls { job, json } => {
+            let sets = store.list_sets(job.as_deref())?;
+            if json {
+                print_json(&sets)?;
+            } else {
+                out(&format!(
+                    "{:<44} {:<8} {:<20} {:>7} {:>10} {:>10}",
+                    "set", "kind", "created", "pid", "logical", "new"
+                ));
+                for s in sets {
+                    out(&format!(
+                        "{:<44} {:<8} {:<20} {:>7} {:>10} {:>10}",
+                        s.id,
+                        s.kind.to_string(),
+                        rfc3339_us(s.created_us),
+                        s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        human_bytes(s.figures.bytes_logical),
+                        human_bytes(s.figures.bytes_new)
+                    ));
+                }
+            }
+            Ok(exit::OK)
+        }
+        C::Show { set, json } => {
+            let s = store.load_set(&set)?;
+            if json {
+                print_json(&haul::store::set_view(&s))?;
+            } else {
+                out(haul::store::show_text(&s).trim_end());
+            }
+            Ok(exit::OK)
+        }
+        C::Verify { set, json } => {
+            let r = store.verify(set.as_deref())?;
+            if json {
+                print_json(&r)?;
+            } else {
+                for p in &r.problems {
+                    out(&format!("BAD {}: {}", p.kind, p.message));
+                }
+                out(&format!(
+                    "{}: {} sets, {} pages, {} packs checked ({} read) in {}",
+                    if r.ok { "ok" } else { "FAILED" },
+                    r.sets_checked,
+                    r.pages_checked,
+                    r.packs_checked,
+                    human_bytes(r.bytes_read),
+                    haul::util::human_us(r.duration_us)
+                ));
+            }
+            Ok(if r.ok { exit::OK } else { exit::FAILED })
+        }
+        C::Du { json } => {
+            let r = store.du()?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(&du_text(&r));
+            }
+            Ok(exit::OK)
+        }
+        C::Rm { set } => {
+            store.remove_set(&set)?;
+            out(&format!(
+                "removed {set} (run `haul images gc` to reclaim its pages)"
+            ));
+            Ok(exit::OK)
+        }
+        C::Gc { json } => {
+            let r = store.gc()?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(&format!(
+                    "gc: {} packs removed, {} repacked, {} freed ({} -> {}), {} temp files removed",
+                    r.packs_removed,
+                    r.packs_repacked,
+                    human_bytes(r.bytes_freed),
+                    human_bytes(r.bytes_before),
+                    human_bytes(r.bytes_after),
+                    r.temp_files_removed
+                ));
+                for p in &r.skipped {
+                    out(&format!(
+                        "  skipped unreadable pack {p} (see `haul images verify`)"
+                    ));
+                }
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn bench(what: cli::BenchCommand) -> Result<u8, Error> {
+    match what {
+        cli::BenchCommand::Store { dir, size, json } => {
+            let opts = haul::store::bench::BenchOptions {
+                dir,
+                size,
+                ..Default::default()
+            };
+            let r = haul::store::bench::run_bench(&opts)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(haul::store::bench::report_text(&r).trim_end());
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn du_text(r: &haul::store::DuReport) -> String {
+    use haul::util::human_bytes;
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let mut lines = vec![format!(
+        "{:<24} {:>5} {:>12} {:>12} {:>12} {:>8}",
+        "job", "sets", "logical", "referenced", "exclusive", "ratio"
+    )];
+    let mut logical = 0;
+    for j in &r.jobs {
+        logical += j.bytes_logical;
+        lines.push(format!(
+            "{:<24} {:>5} {:>12} {:>12} {:>12} {:>7.2}x",
+            j.job,
+            j.sets,
+            human_bytes(j.bytes_logical),
+            human_bytes(j.bytes_referenced),
+            human_bytes(j.bytes_exclusive),
+            ratio(j.bytes_logical, j.bytes_referenced)
+        ));
+    }
+    let on_disk = r.bytes_packs + r.bytes_index + r.bytes_manifests + r.bytes_temp;
+    lines.push(format!(
+        "total: {} sets, {} logical, {} on disk ({} packs, {} index, {} manifests); compression {:.2}x, dedup {:.2}x, {:.2}x overall; {} distinct pages, {} unreferenced (gc)",
+        r.sets,
+        human_bytes(logical.max(r.bytes_logical)),
+        human_bytes(on_disk),
+        human_bytes(r.bytes_packs),
+        human_bytes(r.bytes_index),
+        human_bytes(r.bytes_manifests),
+        r.compression_ratio,
+        r.dedup_ratio,
+        ratio(logical.max(r.bytes_logical), on_disk),
+        r.pages_stored,
+        human_bytes(r.bytes_unreferenced)
+    ));
+    lines.join("\n")
 }
