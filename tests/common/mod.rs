@@ -85,7 +85,11 @@ pub fn read_numbers(path: &Path) -> Vec<u64> {
 /// True while `/proc/PID` exists and the process is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().map(|r| !r.trim_start().starts_with('Z')).unwrap_or(false),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .map(|r| !r.trim_start().starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -133,7 +137,11 @@ impl Running {
             for _ in lines {}
         });
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        assert_eq!(line.trim(), "ready", "fixture pid {pid} did not print ready");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "fixture pid {pid} did not print ready"
+        );
         Running { child, pid }
     }
 
@@ -182,6 +190,22 @@ pub fn memwriter_report(pid: i32, out: &Path, after: u64) -> (u64, String) {
         }
         false
     });
-    assert!(ok, "memwriter pid {pid} did not report into {}", out.display());
+    assert!(
+        ok,
+        "memwriter pid {pid} did not report into {}",
+        out.display()
+    );
     got.unwrap()
+}
+
+/// A command that runs `program` with every fd above 2 closed first: test processes inherit
+/// stray descriptors from cargo (its jobserver pipes), which a checkpoint would rightly
+/// refuse. `bash` closes them and then `exec`s the program, so the pid is the program's.
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        .arg(r#"for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done; exec "$@""#)
+        .arg("haul-test")
+        .arg(program);
+    c
 }
