@@ -1,4 +1,16 @@
-//! report (see DESIGN.md §1).
+//! Run reports (DESIGN.md §5): one JSON object per run (`report.dir/<job>-<run>.json`), one line
+//! per run appended to the history file, and a readable rendering for `haul report`.
+//!
+//! Field names follow CRIU's stats where they mean the same; times are microseconds as `u64`.
+//! Stages that did not run leave their figures at zero or their sections absent.
+
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::util::{human_bytes, human_us, rfc3339_us};
 
 /// Errors of the `report` module.
 #[derive(Debug, thiserror::Error)]
@@ -9,4 +21,430 @@ pub enum ReportError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: not a haul report: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}:{line}: not a haul report line: {source}")]
+    ParseLine {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ReportError {
+    let context = context.into();
+    move |source| ReportError::Io { context, source }
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    #[default]
+    Ok,
+    /// A stage failed; `errors` says why.
+    Failed,
+    /// The runner was asked to stop (SIGINT/SIGTERM).
+    Interrupted,
+}
+
+/// The report of one run of one job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunReport {
+    pub job: String,
+    /// Run id (`yyyymmddThhmmssZ-xxxx`).
+    pub run: String,
+    pub job_file: String,
+    pub run_dir: String,
+    pub haul_version: String,
+    pub kernel: String,
+    pub host: String,
+    pub started: String,
+    pub started_us: u64,
+    pub duration_us: u64,
+    pub outcome: Outcome,
+    pub errors: Vec<String>,
+    /// PID of the job's process (launched or attached).
+    pub pid: Option<i32>,
+    /// True when the process was attached by `pid`/`pidfile` rather than launched.
+    pub attached: bool,
+    /// PID of the restored process, when a restore ran.
+    pub restored_pid: Option<i32>,
+    /// Each stage that ran, in order.
+    pub stages: Vec<StageReport>,
+
+    // CRIU-compatible figures (µs / pages).
+    pub freezing_time: u64,
+    pub frozen_time: u64,
+    pub memdump_time: u64,
+    pub memwrite_time: u64,
+    pub pages_scanned: u64,
+    pub pages_skipped_parent: u64,
+    pub pages_written: u64,
+    pub pages_lazy: u64,
+    pub restore_time: u64,
+    pub pages_restored: u64,
+    /// From the start of the restore until the restored process runs (µs).
+    pub time_to_running: u64,
+
+    pub predump: Option<PredumpReport>,
+    pub store: Option<StoreFigures>,
+    pub lazy: Option<LazyReport>,
+    pub verify: Option<VerifyReport>,
+}
+
+/// One stage of the job lifecycle.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StageReport {
+    pub name: String,
+    pub duration_us: u64,
+    pub ok: bool,
+    /// What the stage did or why it failed, in a few words.
+    pub detail: String,
+}
+
+/// Pre-copy figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PredumpReport {
+    /// `uffd-wp`, `soft-dirty` or `hash`.
+    pub tracker: String,
+    /// Why `auto` chose that tracker.
+    pub tracker_reason: String,
+    pub iterations: Vec<IterationReport>,
+    /// Why pre-dumping stopped: converged, diverging, max_iterations, ...
+    pub stop_reason: String,
+}
+
+/// One pre-dump iteration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IterationReport {
+    pub index: u32,
+    pub set: String,
+    pub duration_us: u64,
+    /// Zero where the iteration did not freeze the process.
+    pub frozen_time: u64,
+    pub pages_scanned: u64,
+    /// Pages written (dirty) since the previous iteration.
+    pub pages_written: u64,
+    pub bytes_raw: u64,
+    pub bytes_stored: u64,
+    pub bytes_new: u64,
+}
+
+/// Store figures of the run's final image set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreFigures {
+    pub path: String,
+    pub set: String,
+    pub bytes_logical: u64,
+    pub bytes_stored: u64,
+    pub bytes_new: u64,
+    /// Bytes of all packs and manifests of the store after the run.
+    pub bytes_on_disk: u64,
+    /// bytes_logical / bytes_stored of this set.
+    pub compression_ratio: f64,
+    /// Logical bytes of the set over the new bytes it added (1.0 = nothing shared).
+    pub dedup_ratio: f64,
+    /// Sets removed by retention (`store.keep`).
+    pub pruned: Vec<String>,
+}
+
+/// Post-copy figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LazyReport {
+    pub faults_served: u64,
+    pub fault_latency_p50: u64,
+    pub fault_latency_p99: u64,
+    pub pages_prefetched: u64,
+    pub pages_pushed: u64,
+    pub time_to_all_resident: u64,
+    pub bytes_network: u64,
+    /// Set when the page source was lost and the process was killed.
+    pub source_lost: Option<String>,
+}
+
+/// Outcome of the `[verify]` command.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VerifyReport {
+    pub command: Vec<String>,
+    pub passed: bool,
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    /// Why it failed, when it did.
+    pub reason: String,
+}
+
+impl RunReport {
+    /// A report for a run that starts now.
+    pub fn new(job: &str, run: &str, job_file: &Path, run_dir: &Path) -> RunReport {
+        let started_us = crate::util::now_us();
+        RunReport {
+            job: job.into(),
+            run: run.into(),
+            job_file: job_file.display().to_string(),
+            run_dir: run_dir.display().to_string(),
+            haul_version: env!("CARGO_PKG_VERSION").into(),
+            kernel: crate::util::kernel_release(),
+            host: crate::util::hostname(),
+            started: rfc3339_us(started_us),
+            started_us,
+            ..RunReport::default()
+        }
+    }
+
+    /// Records a failure: the outcome becomes `failed` (unless already interrupted).
+    pub fn fail(&mut self, message: impl Into<String>) {
+        if self.outcome == Outcome::Ok {
+            self.outcome = Outcome::Failed;
+        }
+        self.errors.push(message.into());
+    }
+
+    /// Writes `<dir>/<job>-<run>.json` (atomically) and appends one line to `history`.
+    /// Returns the report's path.
+    pub fn write(&self, dir: &Path, history: &Path) -> Result<PathBuf, ReportError> {
+        fs::create_dir_all(dir).map_err(io(format!("create report dir {}", dir.display())))?;
+        let path = dir.join(format!("{}-{}.json", self.job, self.run));
+        let tmp = dir.join(format!(".{}-{}.json.tmp", self.job, self.run));
+        let json = serde_json::to_vec_pretty(self).map_err(|e| ReportError::Io {
+            context: "encode report".into(),
+            source: e.into(),
+        })?;
+        fs::write(&tmp, &json).map_err(io(format!("write {}", tmp.display())))?;
+        fs::rename(&tmp, &path).map_err(io(format!("rename to {}", path.display())))?;
+
+        if let Some(parent) = history.parent() {
+            fs::create_dir_all(parent)
+                .map_err(io(format!("create history dir {}", parent.display())))?;
+        }
+        let mut line = serde_json::to_vec(self).map_err(|e| ReportError::Io {
+            context: "encode report".into(),
+            source: e.into(),
+        })?;
+        line.push(b'\n');
+        // One write(2) of the whole line on an O_APPEND file: concurrent runs never interleave
+        // within a line.
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(history)
+            .map_err(io(format!("open history {}", history.display())))?;
+        f.write_all(&line).map_err(io(format!("append to {}", history.display())))?;
+        Ok(path)
+    }
+}
+
+/// Reads a report file: one JSON report, or a history file (JSON lines).
+pub fn load(path: &Path) -> Result<Vec<RunReport>, ReportError> {
+    let text = fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') && !looks_like_jsonl(trimmed) {
+        let r = serde_json::from_str(&text)
+            .map_err(|source| ReportError::Parse { path: path.into(), source })?;
+        return Ok(vec![r]);
+    }
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let r = serde_json::from_str(l).map_err(|source| ReportError::ParseLine {
+            path: path.into(),
+            line: i + 1,
+            source,
+        })?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// A history file has one complete object per line; a pretty report spans many lines.
+fn looks_like_jsonl(text: &str) -> bool {
+    text.lines().next().is_some_and(|l| l.trim_end().ends_with('}'))
+}
+
+/// A readable summary of one report.
+pub fn render(r: &RunReport) -> String {
+    let mut s = String::new();
+    let outcome = match r.outcome {
+        Outcome::Ok => "ok",
+        Outcome::Failed => "FAILED",
+        Outcome::Interrupted => "INTERRUPTED",
+    };
+    let _ = writeln!(s, "job {}  run {}  {}  ({})", r.job, r.run, outcome, human_us(r.duration_us));
+    let _ = writeln!(s, "  started {} on {} (kernel {})", r.started, r.host, r.kernel);
+    if let Some(pid) = r.pid {
+        let how = if r.attached { "attached" } else { "launched" };
+        let _ = writeln!(s, "  process {pid} ({how})");
+    }
+    for e in &r.errors {
+        let _ = writeln!(s, "  error: {e}");
+    }
+    if !r.stages.is_empty() {
+        let _ = writeln!(s, "  stages:");
+        for st in &r.stages {
+            let mark = if st.ok { "ok  " } else { "FAIL" };
+            let _ = writeln!(s, "    {mark} {:<10} {:>10}  {}", st.name, human_us(st.duration_us), st.detail);
+        }
+    }
+    if let Some(p) = &r.predump {
+        let _ = writeln!(s, "  pre-copy: tracker {} ({}), stopped: {}", p.tracker, p.tracker_reason, p.stop_reason);
+        for it in &p.iterations {
+            let _ = writeln!(
+                s,
+                "    #{:<2} {:>9}  frozen {:>8}  dirty {:>8} pages  new {}",
+                it.index,
+                human_us(it.duration_us),
+                human_us(it.frozen_time),
+                it.pages_written,
+                human_bytes(it.bytes_new)
+            );
+        }
+    }
+    if r.frozen_time > 0 || r.pages_written > 0 {
+        let _ = writeln!(
+            s,
+            "  dump: freezing {}  frozen {}  memdump {}  memwrite {}",
+            human_us(r.freezing_time),
+            human_us(r.frozen_time),
+            human_us(r.memdump_time),
+            human_us(r.memwrite_time)
+        );
+        let _ = writeln!(
+            s,
+            "        pages scanned {}  written {}  skipped (parent) {}  lazy {}",
+            r.pages_scanned, r.pages_written, r.pages_skipped_parent, r.pages_lazy
+        );
+    }
+    if let Some(st) = &r.store {
+        let _ = writeln!(
+            s,
+            "  store {}: set {}  logical {}  stored {}  new {}  compression {:.2}x  dedup {:.2}x",
+            st.path,
+            st.set,
+            human_bytes(st.bytes_logical),
+            human_bytes(st.bytes_stored),
+            human_bytes(st.bytes_new),
+            st.compression_ratio,
+            st.dedup_ratio
+        );
+        if !st.pruned.is_empty() {
+            let _ = writeln!(s, "        pruned: {}", st.pruned.join(", "));
+        }
+    }
+    if r.restore_time > 0 || r.restored_pid.is_some() {
+        let _ = writeln!(
+            s,
+            "  restore: pid {}  {}  running after {}  pages {}",
+            r.restored_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            human_us(r.restore_time),
+            human_us(r.time_to_running),
+            r.pages_restored
+        );
+    }
+    if let Some(l) = &r.lazy {
+        let _ = writeln!(
+            s,
+            "  lazy: faults {}  p50 {}  p99 {}  prefetched {}  pushed {}  all resident after {}",
+            l.faults_served,
+            human_us(l.fault_latency_p50),
+            human_us(l.fault_latency_p99),
+            l.pages_prefetched,
+            l.pages_pushed,
+            human_us(l.time_to_all_resident)
+        );
+        if let Some(why) = &l.source_lost {
+            let _ = writeln!(s, "        page source lost: {why}");
+        }
+    }
+    if let Some(v) = &r.verify {
+        let _ = writeln!(s, "  verify: {}{}", if v.passed { "passed" } else { "FAILED: " }, v.reason);
+    }
+    s
+}
+
+/// One line per run, for a history file.
+pub fn render_history(reports: &[RunReport]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<20} {:<24} {:<11} {:>10} {:>10} {:>10}", "job", "run", "outcome", "duration", "frozen", "new");
+    for r in reports {
+        let outcome = match r.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
+        };
+        let new = r.store.as_ref().map(|s| human_bytes(s.bytes_new)).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "{:<20} {:<24} {:<11} {:>10} {:>10} {:>10}",
+            r.job,
+            r.run,
+            outcome,
+            human_us(r.duration_us),
+            human_us(r.frozen_time),
+            new
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_round_trips_through_file_and_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = RunReport::new("counter", "20261129T000000Z-abcd", Path::new("jobs/c.toml"), dir.path());
+        r.frozen_time = 1234;
+        r.fail("boom");
+        let hist = dir.path().join("h/history.jsonl");
+        let p = r.write(dir.path(), &hist).unwrap();
+        r.write(dir.path(), &hist).unwrap();
+        assert_eq!(load(&p).unwrap(), vec![r.clone()]);
+        assert_eq!(load(&hist).unwrap(), vec![r.clone(), r.clone()]);
+        let text = render(&r);
+        assert!(text.contains("FAILED") && text.contains("error: boom"), "{text}");
+    }
+
+    #[test]
+    fn report_has_criu_named_fields_even_when_zero() {
+        let r = RunReport::default();
+        let v = serde_json::to_value(&r).unwrap();
+        for f in [
+            "freezing_time",
+            "frozen_time",
+            "memdump_time",
+            "memwrite_time",
+            "pages_scanned",
+            "pages_skipped_parent",
+            "pages_written",
+            "pages_lazy",
+            "restore_time",
+            "pages_restored",
+        ] {
+            assert_eq!(v[f], 0, "{f}");
+        }
+    }
+
+    #[test]
+    fn load_names_the_bad_line_of_a_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.jsonl");
+        fs::write(&p, "{\"job\":\"a\"}\nnot json\n").unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("h.jsonl:2:"), "{e}");
+    }
 }
