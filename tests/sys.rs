@@ -364,3 +364,63 @@ fn wait_reports_a_killed_tracee_as_gone() {
     };
     assert!(matches!(err, haul::sys::SysError::Gone { .. }), "{err}");
 }
+
+#[test]
+fn a_signal_arriving_during_injection_is_held_and_delivered_on_detach() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sig.out");
+    let s = Running::ready(common::clean_command(fixture("sigfix")).arg(&out));
+    let pid = s.pid;
+    ptrace::seize(pid, 0).unwrap();
+    ptrace::interrupt(pid).unwrap();
+    ptrace::wait_stop(pid).unwrap();
+    // Queued while stopped: the single step resumes the thread, which stops for it first.
+    process::tgkill(pid, pid, libc::SIGUSR2).unwrap();
+    let mut r = RemoteSyscall::new(pid, pid).unwrap();
+    assert_eq!(r.call(nr::GETPID, [0; 6]).unwrap(), pid as i64);
+    let held = r.take_signals();
+    assert_eq!(held, vec![libc::SIGUSR2]);
+    drop(r);
+    ptrace::detach(pid, held[0]).unwrap();
+    common::send_signal(pid, "USR1");
+    assert!(
+        wait_for(Duration::from_secs(5), || std::fs::read_to_string(&out)
+            .map(|s| s.starts_with("usr1=1 usr2=1 "))
+            .unwrap_or(false)),
+        "SIGUSR2 was lost: {:?}",
+        std::fs::read_to_string(&out)
+    );
+}
+
+#[test]
+fn injection_into_a_busy_loop_uses_the_vdso_and_leaves_it_spinning() {
+    let b =
+        Running::spawn(common::clean_command("/usr/bin/python3").args(["-c", "while True: pass"]));
+    let pid = b.pid;
+    assert!(wait_for(Duration::from_secs(10), || haul::proc::exe(pid)
+        .map(|e| e.contains("python"))
+        .unwrap_or(false)));
+    let (got, insn, before, after) = stopped(pid, || {
+        let before = ptrace::getregs(pid).unwrap();
+        let mut r = RemoteSyscall::new(pid, pid).unwrap();
+        let got = r.call(nr::GETPID, [0; 6]).unwrap();
+        let insn = r.insn_addr();
+        drop(r);
+        (got, insn, before, ptrace::getregs(pid).unwrap())
+    });
+    assert_eq!(got, pid as i64);
+    assert_eq!(before, after);
+    let vdso = haul::proc::maps(pid)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.path == "[vdso]")
+        .unwrap();
+    if (before.orig_rax as i64) < 0 {
+        assert!(
+            (vdso.start..vdso.end).contains(&insn),
+            "insn {insn:#x} not in [vdso]"
+        );
+    }
+    assert!(wait_for(Duration::from_secs(5), || common::proc_state(pid)
+        == Some('R')));
+}

@@ -209,3 +209,29 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
         .arg(program);
     c
 }
+
+impl Running {
+    /// Spawns `cmd` the way the runner does: stdin /dev/null, stdout and stderr to `log`. With
+    /// `wait_ready`, waits (up to 20 s) until the log holds a line `ready`.
+    pub fn logged(cmd: &mut Command, log: &Path, wait_ready: bool) -> Running {
+        let out = std::fs::File::create(log).expect("create log");
+        let err = out.try_clone().expect("clone log fd");
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn");
+        let pid = child.id() as i32;
+        let r = Running { child, pid };
+        if wait_ready {
+            let ok = wait_for(Duration::from_secs(20), || {
+                std::fs::read_to_string(log)
+                    .map(|s| s.lines().any(|l| l == "ready"))
+                    .unwrap_or(false)
+            });
+            assert!(ok, "pid {pid} did not print ready into {}", log.display());
+        }
+        r
+    }
+}
