@@ -26,7 +26,10 @@ fn main() -> ExitCode {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// The error and its sources, "outer: inner: innermost", without repeating a message a
@@ -103,7 +106,8 @@ fn expand_globs(args: &[String]) -> Result<Vec<PathBuf>, Error> {
     let mut out = Vec::new();
     for a in args {
         if a.contains(['*', '?', '[']) {
-            let paths = glob::glob(a).map_err(|e| Error::Usage(format!("bad pattern {a:?}: {e}")))?;
+            let paths =
+                glob::glob(a).map_err(|e| Error::Usage(format!("bad pattern {a:?}: {e}")))?;
             let before = out.len();
             for p in paths {
                 out.push(p.map_err(|e| Error::Usage(format!("{a}: {e}")))?);
@@ -120,7 +124,9 @@ fn expand_globs(args: &[String]) -> Result<Vec<PathBuf>, Error> {
 
 fn run_jobs(args: cli::RunArgs) -> Result<u8, Error> {
     let paths = expand_globs(&args.jobs)?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let opts = RunOptions {
         jobs: args.parallel.map(|n| n as usize).unwrap_or(cores),
         progress: if args.quiet {

@@ -41,7 +41,11 @@ fn run_launches_waits_ready_and_writes_report() {
     let dir = tempfile::tempdir().unwrap();
     let j = counter_job(dir.path(), "count", "[process.env]\nLC_ALL = \"C\"\n");
     let out = haul().args(["run", "--plain"]).arg(&j).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("count: ok (report "), "{stdout}");
 
@@ -49,13 +53,20 @@ fn run_launches_waits_ready_and_writes_report() {
     assert_eq!(r["job"], "count");
     assert_eq!(r["outcome"], "ok");
     assert_eq!(r["frozen_time"], 0);
-    let stages: Vec<&str> = r["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let stages: Vec<&str> = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(stages, ["launch", "ready", "stop"]);
     // The run dir holds the process's own output: the counter started counting from 1.
     let run_dir = PathBuf::from(r["run_dir"].as_str().unwrap());
     let n = read_numbers(&run_dir.join("counter.log"));
     assert_eq!(n.first(), Some(&1), "{n:?}");
-    assert!(std::fs::read_to_string(run_dir.join("stdout.log")).unwrap().contains("ready"));
+    assert!(std::fs::read_to_string(run_dir.join("stdout.log"))
+        .unwrap()
+        .contains("ready"));
     // The process was stopped: it is not running any more.
     assert!(!common::alive(r["pid"].as_i64().unwrap() as i32));
     // And the history got one line.
@@ -66,12 +77,25 @@ fn run_launches_waits_ready_and_writes_report() {
 #[test]
 fn run_with_bad_command_fails_that_job_and_runs_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = job(dir.path(), "bad", "[process]\ncommand = [\"/nonexistent/program\"]\n");
+    let bad = job(
+        dir.path(),
+        "bad",
+        "[process]\ncommand = [\"/nonexistent/program\"]\n",
+    );
     let good = counter_job(dir.path(), "good", "");
-    let out = haul().args(["run", "--plain", "-j", "1"]).arg(&bad).arg(&good).output().unwrap();
+    let out = haul()
+        .args(["run", "--plain", "-j", "1"])
+        .arg(&bad)
+        .arg(&good)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("bad: failed: launch: cannot launch /nonexistent/program") || stdout.contains("bad: failed: cannot launch /nonexistent/program"), "{stdout}");
+    assert!(
+        stdout.contains("bad: failed: launch: cannot launch /nonexistent/program")
+            || stdout.contains("bad: failed: cannot launch /nonexistent/program"),
+        "{stdout}"
+    );
     assert!(stdout.contains("good: ok"), "{stdout}");
 }
 
@@ -79,15 +103,38 @@ fn run_with_bad_command_fails_that_job_and_runs_the_others() {
 fn run_with_missing_pid_or_garbage_pidfile_names_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     // The highest pid the kernel can hand out, plus one, never exists.
-    let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
-    let nopid = job(dir.path(), "nopid", &format!("[process]\npid = {}\n", pid_max - 1));
+    let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let nopid = job(
+        dir.path(),
+        "nopid",
+        &format!("[process]\npid = {}\n", pid_max - 1),
+    );
     std::fs::write(dir.path().join("garbage.pid"), "hello\n").unwrap();
-    let garbage = job(dir.path(), "garbage", "[process]\npidfile = \"garbage.pid\"\n");
-    let out = haul().args(["run", "--plain"]).arg(&nopid).arg(&garbage).output().unwrap();
+    let garbage = job(
+        dir.path(),
+        "garbage",
+        "[process]\npidfile = \"garbage.pid\"\n",
+    );
+    let out = haul()
+        .args(["run", "--plain"])
+        .arg(&nopid)
+        .arg(&garbage)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("pid {}: no such process", pid_max - 1)), "{stdout}");
-    assert!(stdout.contains("garbage.pid: expected a process id, found \"hello\""), "{stdout}");
+    assert!(
+        stdout.contains(&format!("pid {}: no such process", pid_max - 1)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("garbage.pid: expected a process id, found \"hello\""),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -110,18 +157,31 @@ fn sigterm_to_runner_stops_launched_process_and_writes_report() {
     let dir = tempfile::tempdir().unwrap();
     // Ready never comes (the file is never created), so the runner is waiting when we signal it.
     let j = counter_job(dir.path(), "waiting", "").to_path_buf();
-    let body = std::fs::read_to_string(&j).unwrap().replace("{ stdout_line = \"ready\" }", "{ file = \"never\" }");
+    let body = std::fs::read_to_string(&j)
+        .unwrap()
+        .replace("{ stdout_line = \"ready\" }", "{ file = \"never\" }");
     std::fs::write(&j, body).unwrap();
-    let mut child = haul().args(["run", "--plain"]).arg(&j).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = haul()
+        .args(["run", "--plain"])
+        .arg(&j)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait for the counter to be counting: its log appears in the run dir.
     let reports_dir = dir.path().join("reports");
     let started = wait_for(Duration::from_secs(10), || {
-        std::fs::read_dir(&reports_dir).into_iter().flatten().flatten().any(|e| {
-            e.path().is_dir() && !read_numbers(&e.path().join("counter.log")).is_empty()
-        })
+        std::fs::read_dir(&reports_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().is_dir() && !read_numbers(&e.path().join("counter.log")).is_empty())
     });
     assert!(started, "counter never started");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(130));
     let r = &reports(dir.path())[0];
@@ -134,13 +194,20 @@ fn sigterm_to_runner_stops_launched_process_and_writes_report() {
 fn check_reports_each_file_and_fails_on_an_invalid_one() {
     let dir = tempfile::tempdir().unwrap();
     let good = counter_job(dir.path(), "good", "");
-    let bad = job(dir.path(), "bad", "[process]\ncommand = [\"x\"]\n[predump]\ninterval = \"fast\"\n");
+    let bad = job(
+        dir.path(),
+        "bad",
+        "[process]\ncommand = [\"x\"]\n[predump]\ninterval = \"fast\"\n",
+    );
     let out = haul().arg("check").arg(&good).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("good.toml: ok"), "{stdout}");
     assert!(stdout.contains("bad.toml: invalid"), "{stdout}");
-    assert!(stdout.contains("expected a duration like \"1s\", found \"fast\""), "{stdout}");
+    assert!(
+        stdout.contains("expected a duration like \"1s\", found \"fast\""),
+        "{stdout}"
+    );
     let out = haul().arg("check").arg(&good).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
@@ -149,12 +216,38 @@ fn check_reports_each_file_and_fails_on_an_invalid_one() {
 fn report_command_renders_a_run_and_a_history() {
     let dir = tempfile::tempdir().unwrap();
     let j = counter_job(dir.path(), "rep", "");
-    assert!(haul().args(["run", "-q"]).arg(&j).status().unwrap().success());
-    assert!(haul().args(["run", "-q"]).arg(&j).status().unwrap().success());
-    let out = haul().arg("report").arg(dir.path().join("reports/history.jsonl")).output().unwrap();
+    assert!(haul()
+        .args(["run", "-q"])
+        .arg(&j)
+        .status()
+        .unwrap()
+        .success());
+    assert!(haul()
+        .args(["run", "-q"])
+        .arg(&j)
+        .status()
+        .unwrap()
+        .success());
+    let out = haul()
+        .arg("report")
+        .arg(dir.path().join("reports/history.jsonl"))
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().filter(|l| l.starts_with("rep ")).count(), 2, "{text}");
-    let one = std::fs::read_dir(dir.path().join("reports")).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "json")).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("rep ")).count(),
+        2,
+        "{text}"
+    );
+    let one = std::fs::read_dir(dir.path().join("reports"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .unwrap();
     let out = haul().arg("report").arg(one.path()).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("job rep  run "), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("job rep  run "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -31,15 +31,19 @@ pub struct Job {
 }
 
 pub fn load(path: &Path) -> Result<Job, JobError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| JobError::Io { context: format!("read {}", path.display()), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| JobError::Io {
+        context: format!("read {}", path.display()),
+        source,
+    })?;
     let spec: JobSpec = toml::from_str(&text).map_err(|e| JobError::Io {
         context: path.display().to_string(),
         source: std::io::Error::other(e.to_string()),
     })?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let name = spec.name.clone().unwrap_or_else(|| {
-        path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
     });
     let mut spec = spec;
     spec.report.dir = dir.join(&spec.report.dir);
@@ -50,7 +54,12 @@ pub fn load(path: &Path) -> Result<Job, JobError> {
     if let Some(p) = &spec.process.pidfile {
         spec.process.pidfile = Some(dir.join(p));
     }
-    Ok(Job { name, file: path.into(), dir, spec })
+    Ok(Job {
+        name,
+        file: path.into(),
+        dir,
+        spec,
+    })
 }
 
 pub fn load_all(paths: &[PathBuf]) -> (Vec<Job>, Vec<(PathBuf, JobError)>) {

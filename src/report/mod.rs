@@ -241,7 +241,8 @@ impl RunReport {
             .append(true)
             .open(history)
             .map_err(io(format!("open history {}", history.display())))?;
-        f.write_all(&line).map_err(io(format!("append to {}", history.display())))?;
+        f.write_all(&line)
+            .map_err(io(format!("append to {}", history.display())))?;
         Ok(path)
     }
 }
@@ -251,8 +252,10 @@ pub fn load(path: &Path) -> Result<Vec<RunReport>, ReportError> {
     let text = fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') && !looks_like_jsonl(trimmed) {
-        let r = serde_json::from_str(&text)
-            .map_err(|source| ReportError::Parse { path: path.into(), source })?;
+        let r = serde_json::from_str(&text).map_err(|source| ReportError::Parse {
+            path: path.into(),
+            source,
+        })?;
         return Ok(vec![r]);
     }
     let mut out = Vec::new();
@@ -272,7 +275,9 @@ pub fn load(path: &Path) -> Result<Vec<RunReport>, ReportError> {
 
 /// A history file has one complete object per line; a pretty report spans many lines.
 fn looks_like_jsonl(text: &str) -> bool {
-    text.lines().next().is_some_and(|l| l.trim_end().ends_with('}'))
+    text.lines()
+        .next()
+        .is_some_and(|l| l.trim_end().ends_with('}'))
 }
 
 /// A readable summary of one report.
@@ -283,8 +288,19 @@ pub fn render(r: &RunReport) -> String {
         Outcome::Failed => "FAILED",
         Outcome::Interrupted => "INTERRUPTED",
     };
-    let _ = writeln!(s, "job {}  run {}  {}  ({})", r.job, r.run, outcome, human_us(r.duration_us));
-    let _ = writeln!(s, "  started {} on {} (kernel {})", r.started, r.host, r.kernel);
+    let _ = writeln!(
+        s,
+        "job {}  run {}  {}  ({})",
+        r.job,
+        r.run,
+        outcome,
+        human_us(r.duration_us)
+    );
+    let _ = writeln!(
+        s,
+        "  started {} on {} (kernel {})",
+        r.started, r.host, r.kernel
+    );
     if let Some(pid) = r.pid {
         let how = if r.attached { "attached" } else { "launched" };
         let _ = writeln!(s, "  process {pid} ({how})");
@@ -296,11 +312,21 @@ pub fn render(r: &RunReport) -> String {
         let _ = writeln!(s, "  stages:");
         for st in &r.stages {
             let mark = if st.ok { "ok  " } else { "FAIL" };
-            let _ = writeln!(s, "    {mark} {:<10} {:>10}  {}", st.name, human_us(st.duration_us), st.detail);
+            let _ = writeln!(
+                s,
+                "    {mark} {:<10} {:>10}  {}",
+                st.name,
+                human_us(st.duration_us),
+                st.detail
+            );
         }
     }
     if let Some(p) = &r.predump {
-        let _ = writeln!(s, "  pre-copy: tracker {} ({}), stopped: {}", p.tracker, p.tracker_reason, p.stop_reason);
+        let _ = writeln!(
+            s,
+            "  pre-copy: tracker {} ({}), stopped: {}",
+            p.tracker, p.tracker_reason, p.stop_reason
+        );
         for it in &p.iterations {
             let _ = writeln!(
                 s,
@@ -348,7 +374,9 @@ pub fn render(r: &RunReport) -> String {
         let _ = writeln!(
             s,
             "  restore: pid {}  {}  running after {}  pages {}",
-            r.restored_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.restored_pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             human_us(r.restore_time),
             human_us(r.time_to_running),
             r.pages_restored
@@ -370,7 +398,12 @@ pub fn render(r: &RunReport) -> String {
         }
     }
     if let Some(v) = &r.verify {
-        let _ = writeln!(s, "  verify: {}{}", if v.passed { "passed" } else { "FAILED: " }, v.reason);
+        let _ = writeln!(
+            s,
+            "  verify: {}{}",
+            if v.passed { "passed" } else { "FAILED: " },
+            v.reason
+        );
     }
     s
 }
@@ -378,14 +411,22 @@ pub fn render(r: &RunReport) -> String {
 /// One line per run, for a history file.
 pub fn render_history(reports: &[RunReport]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<20} {:<24} {:<11} {:>10} {:>10} {:>10}", "job", "run", "outcome", "duration", "frozen", "new");
+    let _ = writeln!(
+        s,
+        "{:<20} {:<24} {:<11} {:>10} {:>10} {:>10}",
+        "job", "run", "outcome", "duration", "frozen", "new"
+    );
     for r in reports {
         let outcome = match r.outcome {
             Outcome::Ok => "ok",
             Outcome::Failed => "failed",
             Outcome::Interrupted => "interrupted",
         };
-        let new = r.store.as_ref().map(|s| human_bytes(s.bytes_new)).unwrap_or_else(|| "-".into());
+        let new = r
+            .store
+            .as_ref()
+            .map(|s| human_bytes(s.bytes_new))
+            .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
             "{:<20} {:<24} {:<11} {:>10} {:>10} {:>10}",
@@ -407,7 +448,12 @@ mod tests {
     #[test]
     fn report_round_trips_through_file_and_history() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = RunReport::new("counter", "20261129T000000Z-abcd", Path::new("jobs/c.toml"), dir.path());
+        let mut r = RunReport::new(
+            "counter",
+            "20261129T000000Z-abcd",
+            Path::new("jobs/c.toml"),
+            dir.path(),
+        );
         r.frozen_time = 1234;
         r.fail("boom");
         let hist = dir.path().join("h/history.jsonl");
@@ -416,7 +462,10 @@ mod tests {
         assert_eq!(load(&p).unwrap(), vec![r.clone()]);
         assert_eq!(load(&hist).unwrap(), vec![r.clone(), r.clone()]);
         let text = render(&r);
-        assert!(text.contains("FAILED") && text.contains("error: boom"), "{text}");
+        assert!(
+            text.contains("FAILED") && text.contains("error: boom"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -26,7 +26,12 @@ pub fn new_run_id() -> String {
         .chars()
         .filter(|c| *c != '-' && *c != ':')
         .collect();
-    let seed = format!("{:?}{}{}", now, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let seed = format!(
+        "{:?}{}{}",
+        now,
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
     let h = blake3::hash(seed.as_bytes());
     format!("{ts}-{}", crate::util::hex(&h.as_bytes()[..2]))
 }
@@ -60,15 +65,26 @@ fn lock_job(job: &Job) -> Result<Flock<fs::File>, RunError> {
         .map_err(RunError::io(format!("open {}", path.display())))?;
     match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
         Ok(l) => Ok(l),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(RunError::Locked { job: job.name.clone(), lock: path }),
-        Err((_, e)) => Err(RunError::Io { context: format!("lock {}", path.display()), source: e.into() }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(RunError::Locked {
+            job: job.name.clone(),
+            lock: path,
+        }),
+        Err((_, e)) => Err(RunError::Io {
+            context: format!("lock {}", path.display()),
+            source: e.into(),
+        }),
     }
 }
 
 /// Runs one job to the end and writes its report.
 pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBool) -> JobResult {
     let p = progress.job(&job.name);
-    let result = |status, report| JobResult { job: job.name.clone(), file: job.file.clone(), status, report };
+    let result = |status, report| JobResult {
+        job: job.name.clone(),
+        file: job.file.clone(),
+        status,
+        report,
+    };
     let _lock = match lock_job(job) {
         Ok(l) => l,
         Err(e @ RunError::Locked { .. }) => {
@@ -85,9 +101,16 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
     let run_dir = job.spec.report.dir.join(format!("{}-{}", job.name, run));
     let mut report = RunReport::new(&job.name, &run, &job.file, &run_dir);
     let start = Instant::now();
-    let outcome = match fs::DirBuilder::new().recursive(true).mode(0o700).create(&run_dir) {
+    let outcome = match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&run_dir)
+    {
         Ok(()) => run_stages(job, &run, &run_dir, &mut report, &p, stop),
-        Err(e) => Err(RunError::Io { context: format!("create run dir {}", run_dir.display()), source: e }),
+        Err(e) => Err(RunError::Io {
+            context: format!("create run dir {}", run_dir.display()),
+            source: e,
+        }),
     };
     let status = match outcome {
         Ok(()) => JobStatus::Ok,
@@ -106,12 +129,18 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
         Ok(path) => Some(path),
         Err(e) => {
             p.finish(&format!("cannot write report: {e}"), true);
-            return result(JobStatus::Failed(format!("{status:?}; and cannot write report: {e}")), None);
+            return result(
+                JobStatus::Failed(format!("{status:?}; and cannot write report: {e}")),
+                None,
+            );
         }
     };
     let shown = written.as_deref().map(Path::display);
     match &status {
-        JobStatus::Ok => p.finish(&format!("ok ({})", shown.map(|d| d.to_string()).unwrap_or_default()), false),
+        JobStatus::Ok => p.finish(
+            &format!("ok ({})", shown.map(|d| d.to_string()).unwrap_or_default()),
+            false,
+        ),
         JobStatus::Failed(e) => p.finish(&format!("FAILED: {e}"), true),
         JobStatus::Interrupted => p.finish("interrupted", true),
         _ => {}
@@ -131,7 +160,12 @@ fn stage<T>(
         Ok((_, d)) => (true, d.clone()),
         Err(e) => (false, e.to_string()),
     };
-    report.stages.push(StageReport { name: name.into(), duration_us: crate::util::us(t.elapsed()), ok, detail });
+    report.stages.push(StageReport {
+        name: name.into(),
+        duration_us: crate::util::us(t.elapsed()),
+        ok,
+        detail,
+    });
     r.map(|(v, _)| v)
 }
 
@@ -171,7 +205,11 @@ fn run_stages(
     report.attached = attached;
     p.step(if attached { "attaching" } else { "launching" });
     let mut target = stage(report, if attached { "attach" } else { "launch" }, |_| {
-        let t = if attached { process::attach(spec, &ph)? } else { process::launch(spec, run_dir, &ph)? };
+        let t = if attached {
+            process::attach(spec, &ph)?
+        } else {
+            process::launch(spec, run_dir, &ph)?
+        };
         let d = format!("pid {}", t.pid);
         Ok((t, d))
     })?;
@@ -185,7 +223,12 @@ fn run_stages(
         if let Some(how) = process::stop(&mut target) {
             p.step(&format!("process {how}"));
             let duration_us = crate::util::us(t.elapsed());
-            report.stages.push(StageReport { name: "stop".into(), duration_us, ok: true, detail: how });
+            report.stages.push(StageReport {
+                name: "stop".into(),
+                duration_us,
+                ok: true,
+                detail: how,
+            });
         }
     }
     r

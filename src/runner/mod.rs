@@ -141,10 +141,20 @@ pub fn run_batch(paths: &[PathBuf], opts: &RunOptions) -> BatchResult {
     let mut results: Vec<Option<JobResult>> = vec![None; paths.len()];
     let index_of = |file: &PathBuf| paths.iter().position(|p| p == file);
     for (file, err) in bad {
-        let job = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let job = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let msg = err.to_string();
-        progress.job(&job).finish(&format!("invalid job file:\n{msg}"), true);
-        let r = JobResult { job, file: file.clone(), status: JobStatus::Invalid(msg), report: None };
+        progress
+            .job(&job)
+            .finish(&format!("invalid job file:\n{msg}"), true);
+        let r = JobResult {
+            job,
+            file: file.clone(),
+            status: JobStatus::Invalid(msg),
+            report: None,
+        };
         match index_of(&file) {
             Some(i) if results[i].is_none() => results[i] = Some(r),
             _ => results.push(Some(r)),
@@ -160,7 +170,12 @@ pub fn run_batch(paths: &[PathBuf], opts: &RunOptions) -> BatchResult {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                 let Some(job) = next else { break };
                 let r = if stop.load(Ordering::Relaxed) {
-                    JobResult { job: job.name.clone(), file: job.file.clone(), status: JobStatus::Interrupted, report: None }
+                    JobResult {
+                        job: job.name.clone(),
+                        file: job.file.clone(),
+                        status: JobStatus::Interrupted,
+                        report: None,
+                    }
                 } else {
                     lifecycle::run_job(&job, &progress, &stop)
                 };
@@ -174,5 +189,7 @@ pub fn run_batch(paths: &[PathBuf], opts: &RunOptions) -> BatchResult {
             _ => results.push(Some(r)),
         }
     }
-    BatchResult { results: results.into_iter().flatten().collect() }
+    BatchResult {
+        results: results.into_iter().flatten().collect(),
+    }
 }

@@ -52,16 +52,25 @@ impl Target {
 /// True while `/proc/PID` exists and is not a zombie.
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with(['Z', 'X'])),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with(['Z', 'X'])),
         Err(_) => false,
     }
 }
 
-fn open_output(o: &Output, log: PathBuf, ph: &Placeholders) -> Result<(Stdio, Option<PathBuf>), RunError> {
+fn open_output(
+    o: &Output,
+    log: PathBuf,
+    ph: &Placeholders,
+) -> Result<(Stdio, Option<PathBuf>), RunError> {
     let path = match o {
         Output::Null => return Ok((Stdio::null(), None)),
         Output::Log => log,
-        Output::Path(p) => PathBuf::from(expand(&p.to_string_lossy(), ph).map_err(RunError::Setup)?),
+        Output::Path(p) => {
+            PathBuf::from(expand(&p.to_string_lossy(), ph).map_err(RunError::Setup)?)
+        }
     };
     let f: File = OpenOptions::new()
         .create(true)
@@ -76,7 +85,11 @@ fn open_output(o: &Output, log: PathBuf, ph: &Placeholders) -> Result<(Stdio, Op
 /// which then stops it cleanly).
 pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<Target, RunError> {
     let argv = spec.command.as_deref().unwrap_or_default();
-    let argv: Vec<String> = argv.iter().map(|a| expand(a, ph)).collect::<Result<_, _>>().map_err(RunError::Setup)?;
+    let argv: Vec<String> = argv
+        .iter()
+        .map(|a| expand(a, ph))
+        .collect::<Result<_, _>>()
+        .map_err(RunError::Setup)?;
     let Some((prog, args)) = argv.split_first() else {
         return Err(RunError::Setup("process.command is empty".into()));
     };
@@ -91,28 +104,46 @@ pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<T
     let (out, stdout_path) = open_output(&spec.stdout, run_dir.join("stdout.log"), ph)?;
     let (err, _) = open_output(&spec.stderr, run_dir.join("stderr.log"), ph)?;
     cmd.stdout(out).stderr(err);
-    let child = cmd.spawn().map_err(|e| RunError::Launch { command: prog.clone(), source: e })?;
-    Ok(Target { pid: child.id() as i32, child: Some(child), stdout_path })
+    let child = cmd.spawn().map_err(|e| RunError::Launch {
+        command: prog.clone(),
+        source: e,
+    })?;
+    Ok(Target {
+        pid: child.id() as i32,
+        child: Some(child),
+        stdout_path,
+    })
 }
 
 /// Attaches to a running process by pid or pidfile, after checking that it exists, is not a
 /// zombie, is not haul itself, and is not traced by someone else.
 pub fn attach(spec: &ProcessSpec, ph: &Placeholders) -> Result<Target, RunError> {
     let pid = match (spec.pid, &spec.pidfile) {
-        (Some(p), _) => i32::try_from(p).map_err(|_| RunError::Attach(format!("pid {p} is out of range")))?,
+        (Some(p), _) => {
+            i32::try_from(p).map_err(|_| RunError::Attach(format!("pid {p} is out of range")))?
+        }
         (None, Some(f)) => {
             let f = PathBuf::from(expand(&f.to_string_lossy(), ph).map_err(RunError::Setup)?);
             read_pidfile(&f)?
         }
-        (None, None) => return Err(RunError::Setup("process needs command, pid or pidfile".into())),
+        (None, None) => {
+            return Err(RunError::Setup(
+                "process needs command, pid or pidfile".into(),
+            ))
+        }
     };
     check_attachable(pid)?;
-    Ok(Target { pid, child: None, stdout_path: None })
+    Ok(Target {
+        pid,
+        child: None,
+        stdout_path: None,
+    })
 }
 
 /// Reads a pidfile: one positive integer, surrounding whitespace allowed.
 pub fn read_pidfile(path: &Path) -> Result<i32, RunError> {
-    let text = std::fs::read(path).map_err(|e| RunError::Attach(format!("pidfile {}: {e}", path.display())))?;
+    let text = std::fs::read(path)
+        .map_err(|e| RunError::Attach(format!("pidfile {}: {e}", path.display())))?;
     let s = String::from_utf8_lossy(&text);
     let t = s.trim();
     match t.parse::<i32>() {
@@ -135,12 +166,24 @@ pub fn check_attachable(pid: i32) -> Result<(), RunError> {
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| RunError::Attach(format!("pid {pid}: no such process")))?;
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
     if field("State:").is_some_and(|s| s.starts_with('Z')) {
-        return Err(RunError::Attach(format!("pid {pid} is a zombie (it has exited)")));
+        return Err(RunError::Attach(format!(
+            "pid {pid} is a zombie (it has exited)"
+        )));
     }
-    if let Some(t) = field("TracerPid:").and_then(|t| t.parse::<i32>().ok()).filter(|&t| t != 0) {
-        return Err(RunError::Attach(format!("pid {pid} is already traced by pid {t}")));
+    if let Some(t) = field("TracerPid:")
+        .and_then(|t| t.parse::<i32>().ok())
+        .filter(|&t| t != 0)
+    {
+        return Err(RunError::Attach(format!(
+            "pid {pid} is already traced by pid {t}"
+        )));
     }
     let euid = nix::unistd::geteuid().as_raw();
     let uid = field("Uid:")
@@ -171,7 +214,9 @@ pub fn wait_ready(
         Some(Ready::StdoutLine(l)) => (READY_TIMEOUT, format!("no stdout line containing \"{l}\"")),
     };
     let file = match ready {
-        Some(Ready::File(f)) => Some(PathBuf::from(expand(&f.to_string_lossy(), ph).map_err(RunError::Setup)?)),
+        Some(Ready::File(f)) => Some(PathBuf::from(
+            expand(&f.to_string_lossy(), ph).map_err(RunError::Setup)?,
+        )),
         _ => None,
     };
     let line = match ready {
@@ -201,20 +246,32 @@ pub fn wait_ready(
             }
         }
         if let (Some(l), Some(p)) = (line, &target.stdout_path) {
-            if std::fs::read(p).is_ok_and(|b| String::from_utf8_lossy(&b).lines().any(|x| x.contains(l))) {
+            if std::fs::read(p)
+                .is_ok_and(|b| String::from_utf8_lossy(&b).lines().any(|x| x.contains(l)))
+            {
                 return Ok(());
             }
         }
         if !matches!(ready, Some(Ready::After(_))) && elapsed >= deadline {
-            return Err(RunError::NotReady(format!("{what} after {}s", deadline.as_secs())));
+            return Err(RunError::NotReady(format!(
+                "{what} after {}s",
+                deadline.as_secs()
+            )));
         }
-        std::thread::sleep(Duration::from_millis(10).min(deadline.saturating_sub(elapsed)).max(Duration::from_millis(1)));
+        std::thread::sleep(
+            Duration::from_millis(10)
+                .min(deadline.saturating_sub(elapsed))
+                .max(Duration::from_millis(1)),
+        );
     }
 }
 
 fn check_exit(target: &mut Target) -> Result<(), RunError> {
     match target.exited() {
-        Some(how) => Err(RunError::Exited { pid: target.pid, how }),
+        Some(how) => Err(RunError::Exited {
+            pid: target.pid,
+            how,
+        }),
         None => Ok(()),
     }
 }
@@ -238,6 +295,9 @@ pub fn stop(target: &mut Target) -> Option<String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = killpg(pg, Signal::SIGKILL);
-    let st = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+    let st = child
+        .wait()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|e| e.to_string());
     Some(format!("killed after {}s ({st})", STOP_GRACE.as_secs()))
 }

@@ -41,10 +41,15 @@ impl Progress {
         let mode = match mode {
             ProgressMode::Quiet => Resolved::Quiet,
             ProgressMode::Plain => Resolved::Plain,
-            ProgressMode::Auto if std::io::stderr().is_terminal() => Resolved::Bars(MultiProgress::new()),
+            ProgressMode::Auto if std::io::stderr().is_terminal() => {
+                Resolved::Bars(MultiProgress::new())
+            }
             ProgressMode::Auto => Resolved::Plain,
         };
-        Progress { mode, lock: Mutex::new(()) }
+        Progress {
+            mode,
+            lock: Mutex::new(()),
+        }
     }
 
     /// Starts the progress line of one job.
@@ -52,8 +57,9 @@ impl Progress {
         let bar = match &self.mode {
             Resolved::Bars(m) => {
                 let b = m.add(ProgressBar::new_spinner());
-                let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {elapsed}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                let style =
+                    ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner());
                 b.set_style(style);
                 b.set_prefix(job.to_string());
                 b.enable_steady_tick(Duration::from_millis(120));
@@ -61,7 +67,11 @@ impl Progress {
             }
             _ => None,
         };
-        JobProgress { parent: self, job: job.to_string(), bar }
+        JobProgress {
+            parent: self,
+            job: job.to_string(),
+            bar,
+        }
     }
 
     fn line(&self, job: &str, msg: &str, error: bool) {

@@ -7,6 +7,7 @@
 //! - [`mem`]: page-aligned buffers, `process_vm_readv`/`writev`, `/proc/PID/mem`.
 //! - [`pagemap`]: `/proc/PID/pagemap` entries and the `PAGEMAP_SCAN` ioctl.
 //! - [`uffd`]: userfaultfd ioctls.
+//! - [`spawn`]: the parked process a restore rebuilds (clone3 `set_tid`), re-parented away.
 //! - [`process`]: pidfd, signals, robust lists, rlimits, clone3, `PR_SET_MM_MAP`, rseq constants.
 
 pub mod mem;
@@ -14,6 +15,7 @@ pub mod pagemap;
 pub mod process;
 pub mod ptrace;
 pub mod remote;
+pub mod spawn;
 pub mod uffd;
 
 use std::io;

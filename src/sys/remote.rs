@@ -49,6 +49,24 @@ impl RemoteSyscall {
     }
 
     /// The thread's registers as they were when injection began (restored after every call).
+    /// Runs later syscalls at `addr`, which must hold a `syscall` instruction (`0f 05`): a
+    /// restore moves it into its own scratch page before it unmaps the rest.
+    pub fn set_insn(&mut self, addr: u64) {
+        self.insn = addr;
+    }
+
+    /// Replaces the registers written back after each call and on drop (a restore sets the
+    /// rebuilt process's registers last and must not have them overwritten).
+    pub fn set_orig_regs(&mut self, regs: Regs) {
+        self.orig = regs;
+    }
+
+    /// Forgets the scratch mapping without unmapping it (the caller unmapped it, or it is gone
+    /// with the address space).
+    pub fn forget_scratch(&mut self) {
+        self.scratch = None;
+    }
+
     pub fn orig_regs(&self) -> &Regs {
         &self.orig
     }
