@@ -18,6 +18,8 @@ pub enum Error {
     #[error(transparent)]
     Dump(#[from] crate::dump::DumpError),
     #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
+    #[error(transparent)]
     Report(#[from] crate::report::ReportError),
     /// A command-line argument that clap could not judge by itself.
     #[error("{0}")]

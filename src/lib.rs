@@ -10,6 +10,7 @@ pub mod image;
 pub mod job;
 pub mod proc;
 pub mod report;
+pub mod restore;
 pub mod runner;
 pub mod store;
 pub mod sys;

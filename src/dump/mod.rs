@@ -1,4 +1,24 @@
-//! dump (see DESIGN.md §1).
+//! Checkpoint of one live process (issue #4): refuse what cannot be restored, freeze every
+//! thread, capture the process state, copy its memory, thaw (or kill), and hand the pages to a
+//! [`PageSink`].
+//!
+//! The target is never harmed: from the first `PTRACE_SEIZE` on, a guard ([`freeze::Frozen`])
+//! owns the stopped threads; whatever happens (an error, a panic), dropping it restores the
+//! registers haul changed, unmaps the scratch page and detaches every thread, re-sending the
+//! signals that arrived meanwhile.
+
+mod check;
+mod freeze;
+mod memory;
+mod state;
+
+pub use check::{precheck, socket_kind};
+
+use crate::image::ProcessImage;
+use crate::proc::ProcError;
+use crate::sys::SysError;
+use std::fmt;
+use std::time::Instant;
 
 /// Errors of the `dump` module.
 #[derive(Debug, thiserror::Error)]
@@ -9,4 +29,330 @@ pub enum DumpError {
         #[source]
         source: std::io::Error,
     },
+    /// The process cannot be checkpointed (pid 1, haul itself, a zombie, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// The process uses something haul cannot restore yet; the message names it precisely,
+    /// e.g. `pid 4242 fd 3: socket:[81723] (TCP) is not supported yet`.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The process exited or was killed while being dumped.
+    #[error("pid {pid} went away during {step}: {detail}")]
+    Gone {
+        pid: i32,
+        step: Step,
+        detail: String,
+    },
+    /// A step failed; the target was left running (or as it was).
+    #[error("dump of pid {pid} failed at {step}: {source}")]
+    At {
+        pid: i32,
+        step: Step,
+        #[source]
+        source: Box<DumpError>,
+    },
+    /// A failure injected on purpose by [`DumpOptions::fail_at`] (tests only).
+    #[error("failure injected at step {0} (fail_at, test-only)")]
+    Injected(Step),
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    /// The page sink refused pages.
+    #[error("writing pages: {0}")]
+    Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl DumpError {
+    /// The step an error happened at, if known.
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            DumpError::At { step, .. } | DumpError::Gone { step, .. } => Some(*step),
+            DumpError::Injected(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+/// Receives the pages copied from the target.
+pub trait PageSink {
+    /// Pages copied from the target; `addrs[i]` is the address of page i of `data`.
+    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError>;
+}
+
+/// A sink that keeps every page in memory (tests, small tools).
+#[derive(Debug, Default)]
+pub struct VecSink {
+    /// (address, page content) in the order received.
+    pub pages: Vec<(u64, Vec<u8>)>,
+}
+
+impl PageSink for VecSink {
+    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
+        for (i, a) in addrs.iter().enumerate() {
+            let page = data
+                .get(i * crate::image::PAGE_SIZE..(i + 1) * crate::image::PAGE_SIZE)
+                .ok_or_else(|| {
+                    DumpError::Sink(
+                        format!("{} addresses for {} bytes", addrs.len(), data.len()).into(),
+                    )
+                })?;
+            self.pages.push((*a, page.to_vec()));
+        }
+        Ok(())
+    }
+}
+
+/// The steps of a dump, in order. [`DumpOptions::fail_at`] makes one fail on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    /// Refusals, before touching the process.
+    Check,
+    /// Seizing and stopping every thread.
+    Seize,
+    /// Registers, regsets, signal masks, rseq, robust lists.
+    Regs,
+    /// Mapping the scratch page in the target.
+    Scratch,
+    /// Signal dispositions (injected `rt_sigaction`), alternate stacks.
+    Sigactions,
+    /// Address space, files, credentials, limits.
+    State,
+    /// Copying memory.
+    Memory,
+    /// Detaching (or killing) the target.
+    Resume,
+    /// Handing the buffered pages to the sink after the thaw.
+    Write,
+}
+
+impl Step {
+    pub const ALL: [Step; 9] = [
+        Step::Check,
+        Step::Seize,
+        Step::Regs,
+        Step::Scratch,
+        Step::Sigactions,
+        Step::State,
+        Step::Memory,
+        Step::Resume,
+        Step::Write,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Check => "check",
+            Step::Seize => "seize",
+            Step::Regs => "regs",
+            Step::Scratch => "scratch",
+            Step::Sigactions => "sigactions",
+            Step::State => "state",
+            Step::Memory => "memory",
+            Step::Resume => "resume",
+            Step::Write => "write",
+        }
+    }
+
+    /// Parses a step name (as [`Step::name`] prints it).
+    pub fn parse(s: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|x| x.name() == s.trim())
+    }
+
+    /// **Test-only switch.** Reads `HAUL_FAIL_AT=<step>` from the environment; the CLI feeds
+    /// it into [`DumpOptions::fail_at`] so fault tests can make a dump fail at each step. This is
+    /// the one place the variable is read; the library itself never looks at the environment.
+    pub fn from_env() -> Option<Step> {
+        std::env::var("HAUL_FAIL_AT")
+            .ok()
+            .and_then(|v| Step::parse(&v))
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How to dump.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DumpOptions {
+    /// true: detach and let the process go on (periodic checkpoint); false: kill it (SIGKILL)
+    /// once its state is copied (migration).
+    pub leave_running: bool,
+    /// Bytes of memory for copied pages: up to this much is held in memory while the process
+    /// is frozen and written to the sink after the thaw; beyond it, pages go to the sink
+    /// during the freeze. Default 1 GiB.
+    pub buffer: u64,
+    /// Capture multi-threaded processes too (restore cannot rebuild them yet, so by default
+    /// they are refused).
+    pub multi_threaded: bool,
+    /// Test-only: fail on purpose at this step (see [`Step::from_env`]).
+    pub fail_at: Option<Step>,
+}
+
+impl Default for DumpOptions {
+    fn default() -> Self {
+        DumpOptions {
+            leave_running: false,
+            buffer: 1 << 30,
+            multi_threaded: false,
+            fail_at: None,
+        }
+    }
+}
+
+/// Figures of one dump; names follow CRIU's stats (DESIGN.md §5), times in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DumpStats {
+    /// From the first seize to every thread stopped.
+    pub freezing_time: u64,
+    /// From every thread stopped to the process resumed (or killed).
+    pub frozen_time: u64,
+    /// Copying memory out of the process (within the freeze).
+    pub memdump_time: u64,
+    /// Handing the buffered pages to the sink after the thaw.
+    pub memwrite_time: u64,
+    /// Pages of the VMAs whose content a dump may copy.
+    pub pages_scanned: u64,
+    /// Pages handed to the sink.
+    pub pages_written: u64,
+    /// Of those, pages that are all zeroes.
+    pub pages_zero: u64,
+    /// Present pages of private file mappings left out because they are still the file's.
+    pub pages_file: u64,
+    /// Pages handed to the sink during the freeze (beyond the buffer).
+    pub pages_during_freeze: u64,
+    pub threads: u64,
+    pub vmas: u64,
+    /// Syscalls injected into the target.
+    pub remote_syscalls: u64,
+}
+
+/// What a dump produced: the process state and the figures. The pages went to the sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DumpOutcome {
+    pub process: ProcessImage,
+    pub stats: DumpStats,
+}
+
+/// Checkpoints process `pid`: see the module documentation. Pages go to `sink` (during the
+/// freeze beyond `opts.buffer`, the rest after the thaw).
+pub fn dump(
+    pid: i32,
+    opts: &DumpOptions,
+    sink: &mut dyn PageSink,
+) -> Result<DumpOutcome, DumpError> {
+    let ctx = Ctx { pid, opts };
+    ctx.step(Step::Check, || check::precheck(pid, opts))?;
+    ctx.fail(Step::Check)?;
+    let mut stats = DumpStats::default();
+
+    // Buffers are mapped (and faulted in) before the freeze, so the freeze only copies.
+    let estimate = check::resident_estimate(pid).unwrap_or(0);
+    let mut pool = memory::BufferPool::new(opts.buffer, estimate);
+
+    let t_seize = Instant::now();
+    let mut frozen = ctx.step(Step::Seize, || freeze::Frozen::seize_all(pid))?;
+    stats.freezing_time = crate::util::us(t_seize.elapsed());
+    let t_frozen = Instant::now();
+    ctx.fail(Step::Seize)?;
+
+    // Under the freeze the process cannot change: check the refusal list again.
+    ctx.step(Step::Check, || check::check_frozen(pid, opts))?;
+
+    let mut process = ctx.step(Step::Regs, || state::capture_threads(&mut frozen))?;
+    ctx.fail(Step::Regs)?;
+
+    // The address space is read before the scratch page exists.
+    ctx.step(Step::State, || state::capture_process(pid, &mut process))?;
+
+    ctx.step(Step::Scratch, || frozen.map_scratch())?;
+    ctx.fail(Step::Scratch)?;
+
+    ctx.step(Step::Sigactions, || {
+        state::capture_injected(&mut frozen, &mut process)
+    })?;
+    ctx.fail(Step::Sigactions)?;
+
+    ctx.step(Step::Scratch, || frozen.unmap_scratch())?;
+    ctx.fail(Step::State)?;
+
+    let t_mem = Instant::now();
+    let buffered = ctx.step(Step::Memory, || {
+        memory::copy_memory(pid, &process.vmas, &mut pool, sink, &mut stats)
+    })?;
+    stats.memdump_time = crate::util::us(t_mem.elapsed());
+    ctx.fail(Step::Memory)?;
+
+    ctx.fail(Step::Resume)?;
+    stats.remote_syscalls = frozen.remote_syscalls();
+    stats.threads = process.threads.len() as u64;
+    stats.vmas = process.vmas.len() as u64;
+    // The signals held back while frozen stay pending in the image of their thread.
+    for t in process.threads.iter_mut() {
+        t.pending |= frozen.held_signals(t.tid);
+    }
+    if opts.leave_running {
+        ctx.step(Step::Resume, || frozen.thaw())?;
+    } else {
+        ctx.step(Step::Resume, || frozen.kill())?;
+    }
+    stats.frozen_time = crate::util::us(t_frozen.elapsed());
+
+    let t_write = Instant::now();
+    ctx.fail(Step::Write)?;
+    ctx.step(Step::Write, || {
+        memory::write_buffered(buffered, sink, &mut stats)
+    })?;
+    stats.memwrite_time = crate::util::us(t_write.elapsed());
+    Ok(DumpOutcome { process, stats })
+}
+
+/// Maps errors to the step they happened at.
+struct Ctx<'a> {
+    pid: i32,
+    opts: &'a DumpOptions,
+}
+
+impl Ctx<'_> {
+    fn fail(&self, step: Step) -> Result<(), DumpError> {
+        if self.opts.fail_at == Some(step) {
+            return Err(DumpError::At {
+                pid: self.pid,
+                step,
+                source: Box::new(DumpError::Injected(step)),
+            });
+        }
+        Ok(())
+    }
+
+    fn step<T>(
+        &self,
+        step: Step,
+        f: impl FnOnce() -> Result<T, DumpError>,
+    ) -> Result<T, DumpError> {
+        f().map_err(|e| match e {
+            DumpError::Refused(_)
+            | DumpError::Unsupported(_)
+            | DumpError::Gone { .. }
+            | DumpError::At { .. } => e,
+            DumpError::Sys(SysError::Gone { tid, how }) => DumpError::Gone {
+                pid: self.pid,
+                step,
+                detail: format!("thread {tid} {how}"),
+            },
+            // Whatever failed, a target that died meanwhile is the real story.
+            other if check::process_gone(self.pid) => DumpError::Gone {
+                pid: self.pid,
+                step,
+                detail: other.to_string(),
+            },
+            other => DumpError::At {
+                pid: self.pid,
+                step,
+                source: Box::new(other),
+            },
+        })
+    }
 }

@@ -1,4 +1,20 @@
-//! proc (see DESIGN.md §1).
+//! Typed parsing of `/proc/PID/*` (see proc(5)): maps and smaps VmFlags, stat, status, auxv,
+//! fds and fdinfo, tasks and children, cwd, exe, limits, comm, cmdline.
+//!
+//! Everything here reads files; nothing needs `unsafe`. A process that vanished shows up as
+//! [`ProcError::Io`] with `ENOENT`/`ESRCH` ([`ProcError::is_gone`]).
+
+mod fd;
+mod maps;
+mod stat;
+mod status;
+
+pub use fd::{fd_target, fdinfo, fds, FdInfo};
+pub use maps::{maps, maps_with_flags, parse_maps_line, MapEntry};
+pub use stat::{parse_stat, stat, task_stat, Stat};
+pub use status::{parse_status, status, task_status, Status};
+
+use std::path::{Path, PathBuf};
 
 /// Errors of the `proc` module.
 #[derive(Debug, thiserror::Error)]
@@ -9,4 +25,272 @@ pub enum ProcError {
         #[source]
         source: std::io::Error,
     },
+    /// A file did not have the format proc(5) documents.
+    #[error("{path}: cannot parse {what}: {line:?}")]
+    Parse {
+        path: String,
+        what: String,
+        line: String,
+    },
+}
+
+impl ProcError {
+    /// True when the error says the process (or file) no longer exists.
+    pub fn is_gone(&self) -> bool {
+        match self {
+            ProcError::Io { source, .. } => {
+                matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOENT) | Some(libc::ESRCH)
+                ) || source.kind() == std::io::ErrorKind::NotFound
+            }
+            ProcError::Parse { .. } => false,
+        }
+    }
+}
+
+/// Result of the `proc` module.
+pub type Result<T, E = ProcError> = std::result::Result<T, E>;
+
+/// `/proc/PID` (or `/proc/PID/task/TID` via [`task_dir`]).
+pub fn pid_dir(pid: i32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}"))
+}
+
+/// `/proc/PID/task/TID`.
+pub fn task_dir(pid: i32, tid: i32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/task/{tid}"))
+}
+
+pub(crate) fn read_string(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| ProcError::Io {
+        context: format!("read {}", path.display()),
+        source: e,
+    })
+}
+
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| ProcError::Io {
+        context: format!("read {}", path.display()),
+        source: e,
+    })
+}
+
+pub(crate) fn read_link(path: &Path) -> Result<String> {
+    std::fs::read_link(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| ProcError::Io {
+            context: format!("readlink {}", path.display()),
+            source: e,
+        })
+}
+
+pub(crate) fn parse_err(path: &Path, what: &str, line: &str) -> ProcError {
+    ProcError::Parse {
+        path: path.display().to_string(),
+        what: what.to_string(),
+        line: line.to_string(),
+    }
+}
+
+/// Thread ids of process `pid`, ascending (`/proc/PID/task/`).
+pub fn tids(pid: i32) -> Result<Vec<i32>> {
+    let dir = pid_dir(pid).join("task");
+    let rd = std::fs::read_dir(&dir).map_err(|e| ProcError::Io {
+        context: format!("list {}", dir.display()),
+        source: e,
+    })?;
+    let mut out: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Child process ids of every thread of `pid` (`/proc/PID/task/*/children`).
+pub fn children(pid: i32) -> Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for tid in tids(pid)? {
+        let path = task_dir(pid, tid).join("children");
+        match read_string(&path) {
+            Ok(s) => out.extend(s.split_whitespace().filter_map(|w| w.parse::<i32>().ok())),
+            Err(e) if e.is_gone() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// `/proc/PID/cwd`.
+pub fn cwd(pid: i32) -> Result<String> {
+    read_link(&pid_dir(pid).join("cwd"))
+}
+
+/// `/proc/PID/exe`.
+pub fn exe(pid: i32) -> Result<String> {
+    read_link(&pid_dir(pid).join("exe"))
+}
+
+/// `/proc/PID/comm`, without the newline.
+pub fn comm(pid: i32) -> Result<String> {
+    Ok(read_string(&pid_dir(pid).join("comm"))?
+        .trim_end_matches('\n')
+        .to_string())
+}
+
+/// `/proc/PID/task/TID/comm`, without the newline.
+pub fn task_comm(pid: i32, tid: i32) -> Result<String> {
+    Ok(read_string(&task_dir(pid, tid).join("comm"))?
+        .trim_end_matches('\n')
+        .to_string())
+}
+
+/// `/proc/PID/cmdline` as raw bytes (NUL-separated arguments).
+pub fn cmdline(pid: i32) -> Result<Vec<u8>> {
+    read_bytes(&pid_dir(pid).join("cmdline"))
+}
+
+/// `/proc/PID/personality` (hexadecimal).
+pub fn personality(pid: i32) -> Result<u32> {
+    let path = pid_dir(pid).join("personality");
+    let s = read_string(&path)?;
+    u32::from_str_radix(s.trim(), 16).map_err(|_| parse_err(&path, "personality", s.trim()))
+}
+
+/// `/proc/PID/auxv` as (type, value) pairs, without the `AT_NULL` terminator.
+pub fn auxv(pid: i32) -> Result<Vec<(u64, u64)>> {
+    let path = pid_dir(pid).join("auxv");
+    let b = read_bytes(&path)?;
+    let mut out = Vec::new();
+    for pair in b.chunks_exact(16) {
+        let k = u64::from_ne_bytes(pair[..8].try_into().unwrap_or([0; 8]));
+        let v = u64::from_ne_bytes(pair[8..].try_into().unwrap_or([0; 8]));
+        if k == 0 {
+            break;
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// One line of `/proc/PID/limits`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// `RLIMIT_*` number.
+    pub resource: u32,
+    pub name: String,
+    /// `u64::MAX` = unlimited.
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The names `/proc/PID/limits` uses, in `RLIMIT_*` order.
+const LIMIT_NAMES: [&str; 16] = [
+    "Max cpu time",
+    "Max file size",
+    "Max data size",
+    "Max stack size",
+    "Max core file size",
+    "Max resident set",
+    "Max processes",
+    "Max open files",
+    "Max locked memory",
+    "Max address space",
+    "Max file locks",
+    "Max pending signals",
+    "Max msgqueue size",
+    "Max nice priority",
+    "Max realtime priority",
+    "Max realtime timeout",
+];
+
+/// `/proc/PID/limits`, one entry per resource.
+pub fn limits(pid: i32) -> Result<Vec<Limit>> {
+    let path = pid_dir(pid).join("limits");
+    let s = read_string(&path)?;
+    let mut out = Vec::new();
+    for line in s.lines().skip(1) {
+        let Some((idx, name)) = LIMIT_NAMES
+            .iter()
+            .enumerate()
+            .find(|(_, n)| line.starts_with(**n))
+        else {
+            continue;
+        };
+        let mut words = line[name.len()..].split_whitespace();
+        let num = |w: Option<&str>| -> Result<u64> {
+            match w {
+                Some("unlimited") => Ok(u64::MAX),
+                Some(v) => v.parse().map_err(|_| parse_err(&path, name, line)),
+                None => Err(parse_err(&path, name, line)),
+            }
+        };
+        let soft = num(words.next())?;
+        let hard = num(words.next())?;
+        out.push(Limit {
+            resource: idx as u32,
+            name: name.to_string(),
+            soft,
+            hard,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses a hexadecimal u64 (signal and capability masks).
+pub(crate) fn hex_u64(path: &Path, what: &str, v: &str) -> Result<u64> {
+    u64::from_str_radix(v.trim(), 16).map_err(|_| parse_err(path, what, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> i32 {
+        std::process::id() as i32
+    }
+
+    #[test]
+    fn tids_include_the_main_thread() {
+        let t = tids(me()).unwrap();
+        assert!(t.contains(&me()));
+    }
+
+    #[test]
+    fn auxv_has_page_size() {
+        let a = auxv(me()).unwrap();
+        assert!(a.contains(&(libc::AT_PAGESZ, 4096)), "{a:?}");
+    }
+
+    #[test]
+    fn limits_match_getrlimit() {
+        let l = limits(me()).unwrap();
+        assert_eq!(l.len(), 16);
+        let nofile = l
+            .iter()
+            .find(|x| x.resource == libc::RLIMIT_NOFILE)
+            .unwrap();
+        let (cur, max) = crate::sys::process::prlimit(me(), libc::RLIMIT_NOFILE).unwrap();
+        assert_eq!((nofile.soft, nofile.hard), (cur, max));
+    }
+
+    #[test]
+    fn exe_and_cwd_are_this_test() {
+        assert_eq!(
+            exe(me()).unwrap(),
+            std::env::current_exe().unwrap().to_string_lossy()
+        );
+        assert_eq!(
+            cwd(me()).unwrap(),
+            std::env::current_dir().unwrap().to_string_lossy()
+        );
+    }
+
+    #[test]
+    fn nonexistent_pid_is_gone() {
+        let e = comm(i32::MAX - 7).unwrap_err();
+        assert!(e.is_gone(), "{e}");
+    }
 }

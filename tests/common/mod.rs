@@ -107,3 +107,131 @@ pub fn tracer_pid(pid: i32) -> Option<i32> {
         .find_map(|l| l.strip_prefix("TracerPid:"))
         .and_then(|v| v.trim().parse().ok())
 }
+
+// ---- helpers of tests/sys.rs and tests/dump.rs ----
+
+/// A spawned fixture (or any program) that is killed and reaped when dropped.
+pub struct Running {
+    pub child: std::process::Child,
+    pub pid: i32,
+}
+
+impl Running {
+    /// Spawns `cmd` with stdin from /dev/null and stdout piped, and waits (up to 20 s) for its
+    /// first stdout line to be `ready`.
+    pub fn ready(cmd: &mut Command) -> Running {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn fixture");
+        let pid = child.id() as i32;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first.and_then(|l| l.ok()).unwrap_or_default());
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "fixture pid {pid} did not print ready"
+        );
+        Running { child, pid }
+    }
+
+    /// Spawns `cmd` (stdin /dev/null, stdout discarded) without waiting for anything.
+    pub fn spawn(cmd: &mut Command) -> Running {
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let pid = child.id() as i32;
+        Running { child, pid }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `sig` to `pid` with the `kill` command (tests stay free of `unsafe`).
+pub fn send_signal(pid: i32, sig: &str) {
+    let st = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// Asks a memwriter for a report (SIGUSR1) and returns (ticks, region checksum) once the
+/// report file shows a tick count above `after`.
+pub fn memwriter_report(pid: i32, out: &Path, after: u64) -> (u64, String) {
+    let mut got = None;
+    let ok = wait_for(Duration::from_secs(10), || {
+        send_signal(pid, "USR1");
+        std::thread::sleep(Duration::from_millis(30));
+        let s = std::fs::read_to_string(out).unwrap_or_default();
+        let mut w = s.split_whitespace();
+        if let (Some(t), Some(c)) = (w.next().and_then(|t| t.parse::<u64>().ok()), w.next()) {
+            if t > after {
+                got = Some((t, c.to_string()));
+                return true;
+            }
+        }
+        false
+    });
+    assert!(
+        ok,
+        "memwriter pid {pid} did not report into {}",
+        out.display()
+    );
+    got.unwrap()
+}
+
+/// A command that runs `program` with every fd above 2 closed first: test processes inherit
+/// stray descriptors from cargo (its jobserver pipes), which a checkpoint would rightly
+/// refuse. `bash` closes them and then `exec`s the program, so the pid is the program's.
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        .arg(r#"for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done; exec "$@""#)
+        .arg("haul-test")
+        .arg(program);
+    c
+}
+
+impl Running {
+    /// Spawns `cmd` the way the runner does: stdin /dev/null, stdout and stderr to `log`. With
+    /// `wait_ready`, waits (up to 20 s) until the log holds a line `ready`.
+    pub fn logged(cmd: &mut Command, log: &Path, wait_ready: bool) -> Running {
+        let out = std::fs::File::create(log).expect("create log");
+        let err = out.try_clone().expect("clone log fd");
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn");
+        let pid = child.id() as i32;
+        let r = Running { child, pid };
+        if wait_ready {
+            let ok = wait_for(Duration::from_secs(20), || {
+                std::fs::read_to_string(log)
+                    .map(|s| s.lines().any(|l| l == "ready"))
+                    .unwrap_or(false)
+            });
+            assert!(ok, "pid {pid} did not print ready into {}", log.display());
+        }
+        r
+    }
+}

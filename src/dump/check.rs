@@ -1,0 +1,351 @@
+//! The refusal list: what haul will not (or cannot yet) checkpoint, decided before touching
+//! the process and checked again once it is frozen. Messages name the exact thing, e.g.
+//! `pid 4242 fd 3: socket:[81723] (TCP) is not supported yet`.
+
+use super::{DumpError, DumpOptions};
+use crate::image::{FdImage, FdKind, FileId};
+use crate::proc;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+fn refused(msg: String) -> DumpError {
+    DumpError::Refused(msg)
+}
+
+fn unsupported(msg: String) -> DumpError {
+    DumpError::Unsupported(msg)
+}
+
+/// True when `pid` no longer exists or is a zombie.
+pub(crate) fn process_gone(pid: i32) -> bool {
+    match proc::stat(pid) {
+        Ok(st) => st.is_zombie(),
+        Err(_) => true,
+    }
+}
+
+/// Every check that can be made without touching the process: who it is, then what it uses.
+pub fn precheck(pid: i32, opts: &DumpOptions) -> Result<(), DumpError> {
+    if pid <= 0 {
+        return Err(refused(format!("pid {pid} is not a process id")));
+    }
+    if pid == 1 {
+        return Err(refused("pid 1 is init: it cannot be checkpointed".into()));
+    }
+    let me = crate::sys::process::getpid();
+    if pid == me {
+        return Err(refused(format!("pid {pid} is haul itself")));
+    }
+    let st = match proc::stat(pid) {
+        Ok(st) => st,
+        Err(e) if e.is_gone() => return Err(refused(format!("pid {pid} does not exist"))),
+        Err(e) => return Err(e.into()),
+    };
+    if is_ancestor(pid, me) {
+        return Err(refused(format!(
+            "pid {pid} is an ancestor of haul (pid {me})"
+        )));
+    }
+    if st.is_kernel_thread() {
+        return Err(refused(format!(
+            "pid {pid} ({}) is a kernel thread",
+            st.comm
+        )));
+    }
+    if st.is_zombie() {
+        return Err(refused(format!(
+            "pid {pid} ({}) is a zombie: it has already exited",
+            st.comm
+        )));
+    }
+    let status = proc::status(pid)?;
+    if status.tgid != pid {
+        return Err(refused(format!(
+            "pid {pid} is a thread of process {}: give the process id",
+            status.tgid
+        )));
+    }
+    if status.tracer_pid != 0 {
+        return Err(refused(format!(
+            "pid {pid} is already traced by pid {}",
+            status.tracer_pid
+        )));
+    }
+    if matches!(st.state, 'T' | 't') {
+        return Err(refused(format!(
+            "pid {pid} is stopped (state {}): stopped processes are not supported yet",
+            st.state
+        )));
+    }
+    let euid = crate::sys::process::geteuid();
+    if euid != 0 && status.uid.iter().any(|&u| u != euid) {
+        return Err(refused(format!(
+            "pid {pid} runs as uid {}: haul (uid {euid}) may not trace it",
+            status.uid[1]
+        )));
+    }
+    check_frozen(pid, opts)
+}
+
+/// The checks on what the process uses (threads, children, fds, mappings); run before the
+/// freeze and again under it.
+pub(crate) fn check_frozen(pid: i32, opts: &DumpOptions) -> Result<(), DumpError> {
+    let tids = proc::tids(pid)?;
+    if tids.len() > 1 && !opts.multi_threaded {
+        return Err(unsupported(format!(
+            "pid {pid} has {} threads: multi-threaded processes are not supported yet",
+            tids.len()
+        )));
+    }
+    let kids = proc::children(pid)?;
+    if !kids.is_empty() {
+        let list: Vec<String> = kids.iter().map(|k| k.to_string()).collect();
+        return Err(unsupported(format!(
+            "pid {pid} has child processes ({}): process trees are not supported yet",
+            list.join(", ")
+        )));
+    }
+    fd_images(pid)?;
+    for m in proc::maps_with_flags(pid)? {
+        check_mapping(pid, &m)?;
+    }
+    Ok(())
+}
+
+/// An estimate of the bytes a dump will copy (anonymous resident memory), to size the buffers
+/// before the freeze.
+pub(crate) fn resident_estimate(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kib = |key: &str| -> u64 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Some((kib("Anonymous:") + kib("Shared_Dirty:")) * 1024)
+}
+
+fn is_ancestor(pid: i32, me: i32) -> bool {
+    let mut cur = me;
+    for _ in 0..4096 {
+        let Ok(st) = proc::stat(cur) else {
+            return false;
+        };
+        if st.ppid == pid {
+            return true;
+        }
+        if st.ppid <= 1 {
+            return false;
+        }
+        cur = st.ppid;
+    }
+    false
+}
+
+/// Refuses mappings haul cannot restore.
+pub(crate) fn check_mapping(pid: i32, m: &proc::MapEntry) -> Result<(), DumpError> {
+    let what = || {
+        if m.path.is_empty() {
+            format!("pid {pid} mapping {:x}-{:x}", m.start, m.end)
+        } else {
+            format!("pid {pid} mapping {:x}-{:x} ({})", m.start, m.end, m.path)
+        }
+    };
+    let no = |kind: &str| {
+        Err(unsupported(format!(
+            "{}: {kind} is not supported yet",
+            what()
+        )))
+    };
+    if m.has_flag("ht") {
+        return no("hugetlb memory");
+    }
+    let p = m.path.as_str();
+    if p.starts_with("/SYSV") {
+        return no("SysV shared memory");
+    }
+    if p.starts_with("/memfd:") {
+        return no("a memfd mapping");
+    }
+    if is_shared_anon(m) {
+        return Ok(());
+    }
+    if p.ends_with(" (deleted)") {
+        return no("a mapping of a deleted file");
+    }
+    if p.starts_with('[') {
+        return match p {
+            "[heap]" | "[stack]" | "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]" => Ok(()),
+            _ if p.starts_with("[anon:") || p.starts_with("[stack:") => Ok(()),
+            _ => no("this special mapping"),
+        };
+    }
+    if m.has_flag("io") || m.has_flag("pf") {
+        return no("a device (VM_IO/VM_PFNMAP) mapping");
+    }
+    if p.starts_with("/dev/") && m.inode != 0 {
+        return no("a device mapping");
+    }
+    Ok(())
+}
+
+/// Shared anonymous memory shows as `/dev/zero (deleted)` (or `[anon_shmem:name]`).
+pub(crate) fn is_shared_anon(m: &proc::MapEntry) -> bool {
+    m.shared && (m.path == "/dev/zero (deleted)" || m.path.starts_with("[anon_shmem:"))
+}
+
+/// The image of every fd of `pid`, or the refusal of the first unsupported one.
+pub(crate) fn fd_images(pid: i32) -> Result<Vec<FdImage>, DumpError> {
+    let mut out = Vec::new();
+    for fd in proc::fds(pid)? {
+        let target = match proc::fd_target(pid, fd) {
+            Ok(t) => t,
+            Err(e) if e.is_gone() && !process_gone(pid) => continue, // closed meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        let info = match proc::fdinfo(pid, fd) {
+            Ok(i) => i,
+            Err(e) if e.is_gone() && !process_gone(pid) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        out.push(FdImage {
+            fd,
+            flags: info.flags,
+            kind: fd_kind(pid, fd, &target, info.pos)?,
+        });
+    }
+    Ok(out)
+}
+
+fn fd_kind(pid: i32, fd: i32, target: &str, pos: u64) -> Result<FdKind, DumpError> {
+    let no = |kind: &str| {
+        Err(unsupported(format!(
+            "pid {pid} fd {fd}: {target} ({kind}) is not supported yet"
+        )))
+    };
+    if let Some(ino) = target
+        .strip_prefix("socket:[")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        let kind = ino
+            .parse()
+            .ok()
+            .and_then(|i| socket_kind(pid, i))
+            .unwrap_or("socket");
+        return no(kind);
+    }
+    if target.starts_with("pipe:[") {
+        return no("pipe");
+    }
+    if let Some(name) = target.strip_prefix("anon_inode:") {
+        let kind = match name.trim_matches(|c| c == '[' || c == ']') {
+            "eventfd" => "eventfd",
+            "eventpoll" => "epoll",
+            "signalfd" => "signalfd",
+            "timerfd" => "timerfd",
+            "inotify" => "inotify",
+            "fanotify" => "fanotify",
+            "userfaultfd" => "userfaultfd",
+            "pidfd" => "pidfd",
+            "io_uring" => "io_uring",
+            "perf_event" => "perf_event",
+            "bpf-map" | "bpf-prog" | "bpf_link" => "bpf",
+            _ => "anonymous inode",
+        };
+        return no(kind);
+    }
+    if target.starts_with("/memfd:") {
+        return no("memfd");
+    }
+    if !target.starts_with('/') {
+        return no("special file");
+    }
+    let link = format!("/proc/{pid}/fd/{fd}");
+    let md = match std::fs::metadata(&link) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(DumpError::Io {
+                context: format!("pid {pid} fd {fd}: stat {target}"),
+                source: e,
+            })
+        }
+    };
+    let ft = md.file_type();
+    if ft.is_char_device() {
+        let rdev = md.rdev();
+        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        return match (major, minor) {
+            (1, 3) => Ok(FdKind::DevNull),
+            (1, 5) => Ok(FdKind::DevZero),
+            (1, 9) => Ok(FdKind::DevUrandom),
+            // /dev/random: reopened by path (FdKind has no variant of its own).
+            (1, 8) => Ok(FdKind::File {
+                path: target.to_string(),
+                pos: 0,
+                mode: md.mode(),
+                id: file_id(&md),
+            }),
+            (4, _) | (5, _) | (136..=143, _) => no("tty"),
+            _ => no("device"),
+        };
+    }
+    if ft.is_block_device() {
+        return no("block device");
+    }
+    if ft.is_fifo() {
+        return no("fifo");
+    }
+    if ft.is_socket() {
+        return no("socket");
+    }
+    if md.nlink() == 0 || target.ends_with(" (deleted)") {
+        return no("deleted file");
+    }
+    Ok(FdKind::File {
+        path: target.to_string(),
+        pos,
+        mode: md.mode(),
+        id: file_id(&md),
+    })
+}
+
+/// The identity of a file as `stat` sees it.
+pub(crate) fn file_id(md: &std::fs::Metadata) -> FileId {
+    FileId {
+        dev: md.dev(),
+        ino: md.ino(),
+        size: md.size(),
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+    }
+}
+
+/// The kind of socket inode `ino` as the target's network namespace lists it
+/// (`/proc/PID/net/*`): `TCP`, `UDP`, `UNIX`, ... or None when not found.
+pub fn socket_kind(pid: i32, ino: u64) -> Option<&'static str> {
+    // (file, inode column, name)
+    const TABLES: [(&str, usize, &str); 11] = [
+        ("tcp", 9, "TCP"),
+        ("tcp6", 9, "TCPv6"),
+        ("udp", 9, "UDP"),
+        ("udp6", 9, "UDPv6"),
+        ("udplite", 9, "UDP-Lite"),
+        ("udplite6", 9, "UDP-Litev6"),
+        ("raw", 9, "RAW"),
+        ("raw6", 9, "RAWv6"),
+        ("unix", 6, "UNIX"),
+        ("netlink", 9, "NETLINK"),
+        ("packet", 8, "PACKET"),
+    ];
+    let want = ino.to_string();
+    for (file, col, name) in TABLES {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        if s.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(col) == Some(want.as_str()))
+        {
+            return Some(name);
+        }
+    }
+    None
+}

@@ -1,0 +1,255 @@
+//! The freeze guard: every thread of the target seized and stopped, the injector of the main
+//! thread, and the signals held back meanwhile. Dropping it (on any error path, or a panic)
+//! restores registers, unmaps the scratch page and detaches every thread.
+
+use super::DumpError;
+use crate::proc;
+use crate::sys::ptrace::{self, Stop, PTRACE_O_TRACESYSGOOD};
+use crate::sys::remote::RemoteSyscall;
+use crate::sys::{process, SysError};
+
+/// One stopped thread.
+pub(crate) struct Thread {
+    pub tid: i32,
+    /// Signals that arrived while it was stopped, to send again when it is released.
+    pub held: Vec<i32>,
+}
+
+/// Every thread of one process, seized and stopped.
+pub(crate) struct Frozen {
+    pub pid: i32,
+    pub threads: Vec<Thread>,
+    /// The injector of the main thread (owns its registers while it exists).
+    injector: Option<RemoteSyscall>,
+    remote_calls: u64,
+    released: bool,
+}
+
+impl Frozen {
+    /// Seizes and stops every thread of `pid`, looping until no new thread appears.
+    pub fn seize_all(pid: i32) -> Result<Frozen, DumpError> {
+        let mut f = Frozen {
+            pid,
+            threads: Vec::new(),
+            injector: None,
+            remote_calls: 0,
+            released: false,
+        };
+        loop {
+            let tids = proc::tids(pid)?;
+            let mut new = false;
+            for tid in tids {
+                if f.threads.iter().any(|t| t.tid == tid) {
+                    continue;
+                }
+                new = true;
+                match ptrace::seize(tid, PTRACE_O_TRACESYSGOOD) {
+                    Ok(()) => {}
+                    Err(e) if ptrace::is_esrch(&e) && tid != pid => continue, // thread exited
+                    Err(e) if e.errno() == Some(libc::EPERM) => {
+                        return Err(DumpError::Refused(format!(
+                            "pid {pid}: haul may not trace thread {tid} (ptrace: permission denied)"
+                        )))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                f.threads.push(Thread {
+                    tid,
+                    held: Vec::new(),
+                });
+                ptrace::interrupt(tid)?;
+                match ptrace::wait_stop(tid) {
+                    Ok(Stop::Signal { sig }) => f.hold(tid, sig),
+                    Ok(_) => {}
+                    Err(SysError::Gone { .. }) if tid != pid => {
+                        f.threads.retain(|t| t.tid != tid);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !new {
+                return Ok(f);
+            }
+        }
+    }
+
+    fn hold(&mut self, tid: i32, sig: i32) {
+        if let Some(t) = self.threads.iter_mut().find(|t| t.tid == tid) {
+            if !t.held.contains(&sig) {
+                t.held.push(sig);
+            }
+        }
+    }
+
+    /// Bitmask of the signals held back for `tid`.
+    pub fn held_signals(&self, tid: i32) -> u64 {
+        self.threads
+            .iter()
+            .find(|t| t.tid == tid)
+            .map(|t| t.held.iter().fold(0u64, |m, s| m | 1u64 << (s - 1)))
+            .unwrap_or(0)
+    }
+
+    /// The injector of the main thread (created on first use).
+    pub fn injector(&mut self) -> Result<&mut RemoteSyscall, DumpError> {
+        if self.injector.is_none() {
+            self.injector = Some(RemoteSyscall::new(self.pid, self.pid)?);
+        }
+        self.injector
+            .as_mut()
+            .ok_or_else(|| DumpError::Refused("injector unavailable".into()))
+    }
+
+    /// Runs `f` with an injector for thread `tid` (the main thread's own, or a temporary one
+    /// whose registers are restored when it is dropped).
+    pub fn with_thread<T>(
+        &mut self,
+        tid: i32,
+        f: impl FnOnce(&mut RemoteSyscall) -> Result<T, DumpError>,
+    ) -> Result<T, DumpError> {
+        if tid == self.pid {
+            let inj = self.injector()?;
+            let r = f(inj);
+            let sigs = inj.take_signals();
+            for s in sigs {
+                self.hold(tid, s);
+            }
+            return r;
+        }
+        let mut inj = RemoteSyscall::new(self.pid, tid)?;
+        let r = f(&mut inj);
+        self.remote_calls += inj.calls();
+        for s in inj.take_signals() {
+            self.hold(tid, s);
+        }
+        r
+    }
+
+    /// Maps the scratch page in the target (through the main thread).
+    pub fn map_scratch(&mut self) -> Result<u64, DumpError> {
+        Ok(self
+            .injector()?
+            .map_scratch(crate::image::PAGE_SIZE as u64)?)
+    }
+
+    /// The scratch page, if mapped.
+    pub fn scratch(&self) -> Option<u64> {
+        self.injector
+            .as_ref()
+            .and_then(|i| i.scratch())
+            .map(|(a, _)| a)
+    }
+
+    /// Unmaps the scratch page.
+    pub fn unmap_scratch(&mut self) -> Result<(), DumpError> {
+        if let Some(inj) = self.injector.as_mut() {
+            inj.unmap_scratch()?;
+        }
+        Ok(())
+    }
+
+    /// Syscalls injected so far.
+    pub fn remote_syscalls(&self) -> u64 {
+        self.remote_calls + self.injector.as_ref().map(|i| i.calls()).unwrap_or(0)
+    }
+
+    /// Drops the injector (unmapping the scratch page, restoring the main thread's registers)
+    /// and collects the signals it held back.
+    fn drop_injector(&mut self) {
+        if let Some(mut inj) = self.injector.take() {
+            if let Err(e) = inj.unmap_scratch() {
+                tracing::warn!(pid = self.pid, "unmapping the scratch page: {e}");
+            }
+            self.remote_calls += inj.calls();
+            let sigs = inj.take_signals();
+            drop(inj);
+            for s in sigs {
+                self.hold(self.pid, s);
+            }
+        }
+    }
+
+    /// Lets every thread go on: registers restored, scratch unmapped, held signals sent again,
+    /// `PTRACE_DETACH` (which restarts interrupted syscalls).
+    pub fn thaw(mut self) -> Result<(), DumpError> {
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<(), DumpError> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        self.drop_injector();
+        let mut first_err = None;
+        let mut gone = None;
+        for t in &self.threads {
+            let mut sigs = t.held.iter().copied();
+            let on_detach = sigs.next().unwrap_or(0);
+            for s in sigs {
+                if let Err(e) = process::tgkill(self.pid, t.tid, s) {
+                    tracing::warn!(tid = t.tid, "re-sending signal {s}: {e}");
+                }
+            }
+            match ptrace::detach(t.tid, on_detach) {
+                Ok(()) => {}
+                Err(e) if ptrace::is_esrch(&e) && crate::dump::check::process_gone(self.pid) => {
+                    gone.get_or_insert(t.tid);
+                }
+                Err(e) => {
+                    tracing::warn!(tid = t.tid, "detach: {e}");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(tid) = gone {
+            return Err(DumpError::Gone {
+                pid: self.pid,
+                step: super::Step::Resume,
+                detail: format!("thread {tid} was killed while frozen"),
+            });
+        }
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Kills the process (SIGKILL) and collects the deaths a tracer must see, so the real
+    /// parent can reap the process.
+    pub fn kill(mut self) -> Result<(), DumpError> {
+        self.drop_injector();
+        self.released = true;
+        let parent_is_us = crate::proc::stat(self.pid)
+            .map(|s| s.ppid == process::getpid())
+            .unwrap_or(false);
+        process::kill(self.pid, libc::SIGKILL)?;
+        // Non-leader threads first: the leader's death is reported only once they are reaped.
+        for t in self.threads.iter().filter(|t| t.tid != self.pid) {
+            wait_gone(t.tid);
+        }
+        // The leader: a tracer that is not the parent must collect it to hand it back to the
+        // parent; when we are the parent, our own wait() on the child does that.
+        if !parent_is_us {
+            wait_gone(self.pid);
+        }
+        Ok(())
+    }
+}
+
+/// Waits until tracee `tid` has exited (its death collected).
+fn wait_gone(tid: i32) {
+    for _ in 0..64 {
+        if ptrace::wait_stop(tid).is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            tracing::warn!(pid = self.pid, "releasing the frozen process: {e}");
+        }
+    }
+}

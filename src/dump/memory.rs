@@ -1,0 +1,331 @@
+//! Copying the target's memory (DESIGN.md §4 "Reading memory"): pagemap says which pages hold
+//! something, `process_vm_readv` copies them into page-aligned buffers (≤ 1024 iovecs a call,
+//! contiguous runs coalesced), `/proc/PID/mem` covers what it cannot read (`PROT_NONE`).
+
+use super::{DumpError, DumpStats, PageSink};
+use crate::image::{is_zero_page, Vma, VmaKind, PAGE_SIZE};
+use crate::sys::mem::{process_vm_read, AlignedBuf, ProcMem, RemoteRange};
+use crate::sys::pagemap::{
+    PageRegion, Pagemap, ScanQuery, PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+};
+
+/// Bytes per copy buffer (1024 pages: one `process_vm_readv` call at most per buffer).
+pub(crate) const CHUNK: usize = 4 << 20;
+const CHUNK_PAGES: usize = CHUNK / PAGE_SIZE;
+
+/// Copy buffers: up to `limit` bytes of them hold pages until the thaw; one more is reused for
+/// pages that go to the sink during the freeze.
+pub(crate) struct BufferPool {
+    limit: u64,
+    used: u64,
+    free: Vec<AlignedBuf>,
+    direct: Option<AlignedBuf>,
+}
+
+impl BufferPool {
+    /// A pool of at most `limit` bytes, with about `estimate` bytes of it mapped right away
+    /// (before the freeze, so the freeze does not pay for faulting buffers in).
+    pub fn new(limit: u64, estimate: u64) -> BufferPool {
+        let want = limit.min(estimate + CHUNK as u64) / CHUNK as u64;
+        let mut free = Vec::new();
+        for _ in 0..want {
+            match AlignedBuf::new(CHUNK) {
+                Ok(b) => free.push(b),
+                Err(_) => break,
+            }
+        }
+        BufferPool {
+            limit,
+            used: 0,
+            free,
+            direct: None,
+        }
+    }
+
+    /// A buffer to keep until the thaw, if the limit allows one more.
+    fn take_buffered(&mut self) -> Result<Option<AlignedBuf>, DumpError> {
+        if self.used + CHUNK as u64 > self.limit {
+            return Ok(None);
+        }
+        self.used += CHUNK as u64;
+        match self.free.pop() {
+            Some(b) => Ok(Some(b)),
+            None => Ok(Some(AlignedBuf::new(CHUNK)?)),
+        }
+    }
+
+    /// The reusable buffer for pages that go to the sink during the freeze.
+    fn direct(&mut self) -> Result<&mut AlignedBuf, DumpError> {
+        if self.direct.is_none() {
+            self.direct = Some(match self.free.pop() {
+                Some(b) => b,
+                None => AlignedBuf::new(CHUNK)?,
+            });
+        }
+        self.direct
+            .as_mut()
+            .ok_or_else(|| DumpError::Refused("no copy buffer".into()))
+    }
+}
+
+/// Pages copied during the freeze and held until the thaw: (addresses, buffer) per chunk.
+pub(crate) struct Buffered {
+    chunks: Vec<(Vec<u64>, AlignedBuf)>,
+}
+
+/// One range to copy.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    addr: u64,
+    pages: usize,
+    /// The VMA is readable: `process_vm_readv` works; else `/proc/PID/mem`.
+    readable: bool,
+}
+
+/// Copies the memory of every dumpable VMA: see the module documentation.
+pub(crate) fn copy_memory(
+    pid: i32,
+    vmas: &[Vma],
+    pool: &mut BufferPool,
+    sink: &mut dyn PageSink,
+    stats: &mut DumpStats,
+) -> Result<Buffered, DumpError> {
+    let pm = Pagemap::open(pid)?;
+    let mut copier = Copier {
+        pid,
+        mem: None,
+        runs: Vec::new(),
+        pages: 0,
+        buffered: Buffered { chunks: Vec::new() },
+    };
+    for vma in vmas {
+        let keep: fn(u64) -> bool = match (&vma.kind, vma.shared) {
+            (VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall, _) => {
+                continue
+            }
+            // The file holds the pages of a shared file mapping.
+            (VmaKind::File, true) => continue,
+            // Private file mapping: only pages that are no longer the file's (copied on write),
+            // which includes swapped ones (file pages are dropped, never swapped).
+            (VmaKind::File, false) => {
+                |c| c & PAGE_IS_SWAPPED != 0 || (c & PAGE_IS_PRESENT != 0 && c & PAGE_IS_FILE == 0)
+            }
+            // Anonymous memory, private or shared: every page present or swapped.
+            _ => |_| true,
+        };
+        stats.pages_scanned += vma.pages();
+        let readable = vma.prot & libc::PROT_READ as u32 != 0;
+        for r in resident_regions(&pm, vma.start, vma.end)? {
+            if keep(r.categories) {
+                copier.add(
+                    Run {
+                        addr: r.start,
+                        pages: r.pages() as usize,
+                        readable,
+                    },
+                    pool,
+                    sink,
+                    stats,
+                )?;
+            } else {
+                stats.pages_file += r.pages();
+            }
+        }
+    }
+    copier.flush(pool, sink, stats)?;
+    Ok(copier.buffered)
+}
+
+/// Present or swapped pages of `[start, end)` by `PAGEMAP_SCAN`, or from the pagemap entries
+/// on kernels without it.
+fn resident_regions(pm: &Pagemap, start: u64, end: u64) -> Result<Vec<PageRegion>, DumpError> {
+    match pm.scan(&ScanQuery::resident(start, end)) {
+        Ok(r) => Ok(r),
+        Err(e)
+            if matches!(
+                e.errno(),
+                Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+            ) =>
+        {
+            let mut out: Vec<PageRegion> = Vec::new();
+            for (i, e) in pm.entries(start, end)?.into_iter().enumerate() {
+                let mut c = 0;
+                if e.present() {
+                    c |= PAGE_IS_PRESENT;
+                }
+                if e.swapped() {
+                    c |= PAGE_IS_SWAPPED;
+                }
+                if e.file_or_shared() {
+                    c |= PAGE_IS_FILE;
+                }
+                if c & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) == 0 {
+                    continue;
+                }
+                let a = start + (i * PAGE_SIZE) as u64;
+                match out.last_mut() {
+                    Some(l) if l.end == a && l.categories == c => l.end += PAGE_SIZE as u64,
+                    _ => out.push(PageRegion {
+                        start: a,
+                        end: a + PAGE_SIZE as u64,
+                        categories: c,
+                    }),
+                }
+            }
+            Ok(out)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct Copier {
+    pid: i32,
+    mem: Option<ProcMem>,
+    /// Runs of the chunk being filled.
+    runs: Vec<Run>,
+    pages: usize,
+    buffered: Buffered,
+}
+
+impl Copier {
+    fn add(
+        &mut self,
+        mut run: Run,
+        pool: &mut BufferPool,
+        sink: &mut dyn PageSink,
+        stats: &mut DumpStats,
+    ) -> Result<(), DumpError> {
+        while run.pages > 0 {
+            let take = run.pages.min(CHUNK_PAGES - self.pages);
+            self.runs.push(Run { pages: take, ..run });
+            self.pages += take;
+            run.addr += (take * PAGE_SIZE) as u64;
+            run.pages -= take;
+            if self.pages == CHUNK_PAGES {
+                self.flush(pool, sink, stats)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the runs of the current chunk into a buffer: a kept one while the pool allows,
+    /// else the reusable one, whose pages go to the sink right away.
+    fn flush(
+        &mut self,
+        pool: &mut BufferPool,
+        sink: &mut dyn PageSink,
+        stats: &mut DumpStats,
+    ) -> Result<(), DumpError> {
+        if self.pages == 0 {
+            return Ok(());
+        }
+        let runs = std::mem::take(&mut self.runs);
+        let pages = std::mem::replace(&mut self.pages, 0);
+        let addrs: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| (0..r.pages).map(move |i| r.addr + (i * PAGE_SIZE) as u64))
+            .collect();
+        match pool.take_buffered()? {
+            Some(mut buf) => {
+                self.read_runs(&runs, &mut buf.as_mut_slice()[..pages * PAGE_SIZE])?;
+                self.buffered.chunks.push((addrs, buf));
+            }
+            None => {
+                let buf = pool.direct()?;
+                let dst = &mut buf.as_mut_slice()[..pages * PAGE_SIZE];
+                read_runs(self.pid, &mut self.mem, &runs, dst)?;
+                let data = dst.to_vec();
+                stats.pages_zero += data
+                    .chunks_exact(PAGE_SIZE)
+                    .filter(|p| is_zero_page(p))
+                    .count() as u64;
+                stats.pages_written += pages as u64;
+                stats.pages_during_freeze += pages as u64;
+                sink.add_pages(&addrs, data)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_runs(&mut self, runs: &[Run], dst: &mut [u8]) -> Result<(), DumpError> {
+        read_runs(self.pid, &mut self.mem, runs, dst)
+    }
+}
+
+/// Reads `runs` back to back into `dst`: readable runs by `process_vm_readv` (batched), the
+/// rest, and whatever it could not read, through `/proc/PID/mem`.
+fn read_runs(
+    pid: i32,
+    mem: &mut Option<ProcMem>,
+    runs: &[Run],
+    dst: &mut [u8],
+) -> Result<(), DumpError> {
+    let mut off = 0usize;
+    let mut i = 0;
+    while i < runs.len() {
+        if runs[i].readable {
+            let j = runs[i..]
+                .iter()
+                .position(|r| !r.readable)
+                .map_or(runs.len(), |p| i + p);
+            let ranges: Vec<RemoteRange> = runs[i..j]
+                .iter()
+                .map(|r| RemoteRange {
+                    addr: r.addr,
+                    len: r.pages * PAGE_SIZE,
+                })
+                .collect();
+            let want: usize = ranges.iter().map(|r| r.len).sum();
+            let got = process_vm_read(pid, &mut dst[off..off + want], &ranges)?;
+            if got < want {
+                // Fall back for the rest: the copy stopped `got` bytes in; read on from there.
+                let mut pos = off;
+                let mut copied = got;
+                for r in &runs[i..j] {
+                    let len = r.pages * PAGE_SIZE;
+                    if copied < len {
+                        proc_mem(pid, mem)?
+                            .read_at(r.addr + copied as u64, &mut dst[pos + copied..pos + len])?;
+                    }
+                    copied = copied.saturating_sub(len);
+                    pos += len;
+                }
+            }
+            off += want;
+            i = j;
+        } else {
+            let len = runs[i].pages * PAGE_SIZE;
+            proc_mem(pid, mem)?.read_at(runs[i].addr, &mut dst[off..off + len])?;
+            off += len;
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+fn proc_mem(pid: i32, mem: &mut Option<ProcMem>) -> Result<&ProcMem, DumpError> {
+    if mem.is_none() {
+        *mem = Some(ProcMem::open(pid)?);
+    }
+    mem.as_ref()
+        .ok_or_else(|| DumpError::Refused("no /proc/PID/mem".into()))
+}
+
+/// Hands the pages held during the freeze to the sink (after the thaw).
+pub(crate) fn write_buffered(
+    b: Buffered,
+    sink: &mut dyn PageSink,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
+    for (addrs, buf) in b.chunks {
+        let data = buf.as_slice()[..addrs.len() * PAGE_SIZE].to_vec();
+        drop(buf);
+        stats.pages_zero += data
+            .chunks_exact(PAGE_SIZE)
+            .filter(|p| is_zero_page(p))
+            .count() as u64;
+        stats.pages_written += addrs.len() as u64;
+        sink.add_pages(&addrs, data)?;
+    }
+    Ok(())
+}

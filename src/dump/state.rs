@@ -1,0 +1,210 @@
+//! Capturing the process state under the freeze: per thread (registers, regsets, signal mask,
+//! pending signals, rseq, robust list, alternate stack) and per process (address space, files,
+//! credentials, limits, signal dispositions, mm fields).
+
+use super::freeze::Frozen;
+use super::{check, DumpError};
+use crate::image::{
+    Creds, MmFields, ProcessImage, Rlimit, Rseq, SigAction, SigAltStack, ThreadImage, Vma, VmaKind,
+};
+use crate::proc;
+use crate::sys::process::{self, nr};
+use crate::sys::ptrace::{self, NT_PRFPREG, NT_X86_XSTATE};
+
+/// Per-thread state that needs no injection, for every thread; the main thread first.
+pub(crate) fn capture_threads(frozen: &mut Frozen) -> Result<ProcessImage, DumpError> {
+    let pid = frozen.pid;
+    let mut tids: Vec<i32> = frozen.threads.iter().map(|t| t.tid).collect();
+    tids.sort_by_key(|&t| (t != pid, t));
+    let mut threads = Vec::with_capacity(tids.len());
+    for tid in tids {
+        let regs = ptrace::getregs(tid)?;
+        let xstate = match ptrace::getregset(tid, NT_X86_XSTATE) {
+            Ok(x) => x,
+            // No XSAVE on this CPU: the FXSAVE area below is all there is.
+            Err(e) if e.errno() == Some(libc::ENODEV) || e.errno() == Some(libc::EINVAL) => {
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let fpregs = ptrace::getregset(tid, NT_PRFPREG)?;
+        let sigmask = ptrace::get_sigmask(tid)?;
+        let rseq = match ptrace::get_rseq_config(tid) {
+            Ok(c) => c.map(|c| Rseq {
+                addr: c.rseq_abi_pointer,
+                len: c.rseq_abi_size,
+                sig: c.signature,
+                flags: c.flags,
+            }),
+            // Kernels before 5.13 do not have PTRACE_GET_RSEQ_CONFIGURATION.
+            Err(e) if e.errno() == Some(libc::EIO) || e.errno() == Some(libc::EINVAL) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let robust = process::get_robust_list(tid)?;
+        let tstatus = proc::task_status(pid, tid)?;
+        threads.push(ThreadImage {
+            tid,
+            // A restored process must restart (or fail with EINTR) the syscall this thread was
+            // stopped in; the live target is simply detached, and the kernel does it there.
+            regs: regs.restart_adjusted().to_bytes(),
+            xstate,
+            fpregs,
+            sigmask,
+            pending: tstatus.sig_pnd,
+            rseq,
+            robust_list: (robust.0 != 0).then_some(robust),
+            sigaltstack: None,
+            comm: proc::task_comm(pid, tid)?,
+        });
+    }
+    Ok(ProcessImage {
+        pid,
+        threads,
+        ..ProcessImage::default()
+    })
+}
+
+/// Process-wide state read from /proc and by syscalls from outside.
+pub(crate) fn capture_process(pid: i32, img: &mut ProcessImage) -> Result<(), DumpError> {
+    let st = proc::stat(pid)?;
+    let status = proc::status(pid)?;
+    img.ppid = st.ppid;
+    img.comm = proc::comm(pid)?;
+    img.cmdline = proc::cmdline(pid)?;
+    img.exe = proc::exe(pid)?;
+    img.cwd = proc::cwd(pid)?;
+    img.umask = status.umask.unwrap_or(0o022);
+    img.personality = proc::personality(pid)?;
+    img.creds = Creds {
+        uid: status.uid,
+        gid: status.gid,
+        groups: status.groups.clone(),
+        cap_inh: status.cap_inh,
+        cap_prm: status.cap_prm,
+        cap_eff: status.cap_eff,
+        cap_bnd: status.cap_bnd,
+        cap_amb: status.cap_amb,
+        no_new_privs: status.no_new_privs,
+    };
+    img.shared_pending = status.shd_pnd;
+    img.rlimits = (0..16u32)
+        .map(|r| {
+            process::prlimit(pid, r).map(|(cur, max)| Rlimit {
+                resource: r,
+                cur,
+                max,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    img.mm = MmFields {
+        start_code: st.start_code,
+        end_code: st.end_code,
+        start_data: st.start_data,
+        end_data: st.end_data,
+        start_brk: st.start_brk,
+        brk: st.start_brk, // replaced by the injected brk(0)
+        start_stack: st.start_stack,
+        arg_start: st.arg_start,
+        arg_end: st.arg_end,
+        env_start: st.env_start,
+        env_end: st.env_end,
+    };
+    img.auxv = proc::auxv(pid)?;
+    img.vmas = proc::maps_with_flags(pid)?
+        .iter()
+        .map(|m| vma_image(pid, m))
+        .collect::<Result<_, _>>()?;
+    img.fds = check::fd_images(pid)?;
+    Ok(())
+}
+
+fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
+    check::check_mapping(pid, m)?;
+    let kind = match m.path.as_str() {
+        "[vdso]" => VmaKind::Vdso,
+        "[vvar]" => VmaKind::Vvar,
+        "[vvar_vclock]" => VmaKind::VvarVclock,
+        "[vsyscall]" => VmaKind::Vsyscall,
+        _ if check::is_shared_anon(m) => VmaKind::SharedAnon,
+        _ if m.inode != 0 && m.path.starts_with('/') => VmaKind::File,
+        _ => VmaKind::Anon,
+    };
+    let file = if kind == VmaKind::File {
+        // map_files/ resolves to the very file mapped, even if the path was replaced since.
+        let link = format!("/proc/{pid}/map_files/{}", m.map_files_name());
+        let md = std::fs::metadata(&link)
+            .or_else(|_| std::fs::metadata(&m.path))
+            .map_err(|e| DumpError::Io {
+                context: format!("pid {pid}: stat mapped file {}", m.path),
+                source: e,
+            })?;
+        Some(check::file_id(&md))
+    } else {
+        None
+    };
+    Ok(Vma {
+        start: m.start,
+        end: m.end,
+        prot: m.prot(),
+        shared: m.shared,
+        pgoff: m.offset,
+        kind,
+        name: m.path.clone(),
+        file,
+        vm_flags: m.vm_flags.clone(),
+    })
+}
+
+/// State only the process itself can report, by injected syscalls using the scratch page:
+/// the 64 signal dispositions, the program break, each thread's alternate signal stack.
+pub(crate) fn capture_injected(
+    frozen: &mut Frozen,
+    img: &mut ProcessImage,
+) -> Result<(), DumpError> {
+    let scratch = frozen
+        .scratch()
+        .ok_or_else(|| DumpError::Refused("no scratch page mapped".into()))?;
+    let pid = frozen.pid;
+    // struct sigaction of the kernel: handler, flags, restorer, mask (8 bytes each).
+    const KSIGACTION: u64 = 32;
+    let raw = frozen.with_thread(pid, |inj| {
+        for sig in 1..=64u64 {
+            inj.call_ok(
+                nr::RT_SIGACTION,
+                [sig, 0, scratch + (sig - 1) * KSIGACTION, 8, 0, 0],
+                "rt_sigaction",
+            )?;
+        }
+        let mut raw = vec![0u8; 64 * KSIGACTION as usize];
+        inj.read_mem(scratch, &mut raw)?;
+        let brk = inj.call_ok(nr::BRK, [0; 6], "brk(0)")?;
+        Ok((raw, brk))
+    })?;
+    let (raw, brk) = raw;
+    let w = |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    img.sigactions = (0..64)
+        .map(|s| SigAction {
+            handler: w(s * 4),
+            flags: w(s * 4 + 1),
+            restorer: w(s * 4 + 2),
+            mask: w(s * 4 + 3),
+        })
+        .collect();
+    img.mm.brk = brk;
+
+    let tids: Vec<i32> = img.threads.iter().map(|t| t.tid).collect();
+    for (i, tid) in tids.into_iter().enumerate() {
+        let ss = frozen.with_thread(tid, |inj| {
+            inj.call_ok(nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0], "sigaltstack")?;
+            let mut b = [0u8; 24];
+            inj.read_mem(scratch, &mut b)?;
+            Ok(b)
+        })?;
+        let sp = u64::from_ne_bytes(ss[0..8].try_into().unwrap_or([0; 8]));
+        let flags = i32::from_ne_bytes(ss[8..12].try_into().unwrap_or([0; 4]));
+        let size = u64::from_ne_bytes(ss[16..24].try_into().unwrap_or([0; 8]));
+        img.threads[i].sigaltstack =
+            (flags & libc::SS_DISABLE == 0 || sp != 0).then_some(SigAltStack { sp, flags, size });
+    }
+    Ok(())
+}

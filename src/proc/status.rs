@@ -1,0 +1,127 @@
+//! `/proc/PID/status`: credentials, signal masks, capabilities and a few counters.
+
+use super::{hex_u64, parse_err, pid_dir, read_string, task_dir, Result};
+use std::path::Path;
+
+/// The fields of `/proc/PID/status` haul uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub name: String,
+    pub umask: Option<u32>,
+    pub state: char,
+    pub tgid: i32,
+    pub pid: i32,
+    pub ppid: i32,
+    pub tracer_pid: i32,
+    /// Real, effective, saved, filesystem.
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub groups: Vec<u32>,
+    pub threads: u32,
+    pub sig_pnd: u64,
+    pub shd_pnd: u64,
+    pub sig_blk: u64,
+    pub sig_ign: u64,
+    pub sig_cgt: u64,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub no_new_privs: bool,
+}
+
+/// `/proc/PID/status`.
+pub fn status(pid: i32) -> Result<Status> {
+    let path = pid_dir(pid).join("status");
+    parse_status(&path, &read_string(&path)?)
+}
+
+/// `/proc/PID/task/TID/status` (its `SigPnd` is the thread's own pending set).
+pub fn task_status(pid: i32, tid: i32) -> Result<Status> {
+    let path = task_dir(pid, tid).join("status");
+    parse_status(&path, &read_string(&path)?)
+}
+
+fn ids(path: &Path, what: &str, v: &str) -> Result<[u32; 4]> {
+    let n: Vec<u32> = v
+        .split_whitespace()
+        .map(|x| x.parse().map_err(|_| parse_err(path, what, v)))
+        .collect::<Result<_>>()?;
+    n.try_into().map_err(|_| parse_err(path, what, v))
+}
+
+/// Parses the text of a status file.
+pub fn parse_status(path: &Path, s: &str) -> Result<Status> {
+    let mut st = Status::default();
+    for line in s.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        let int =
+            |what: &str| -> Result<i64> { v.parse().map_err(|_| parse_err(path, what, line)) };
+        match k {
+            "Name" => st.name = v.to_string(),
+            "Umask" => {
+                st.umask = Some(u32::from_str_radix(v, 8).map_err(|_| parse_err(path, k, line))?)
+            }
+            "State" => st.state = v.chars().next().unwrap_or('?'),
+            "Tgid" => st.tgid = int(k)? as i32,
+            "Pid" => st.pid = int(k)? as i32,
+            "PPid" => st.ppid = int(k)? as i32,
+            "TracerPid" => st.tracer_pid = int(k)? as i32,
+            "Uid" => st.uid = ids(path, k, v)?,
+            "Gid" => st.gid = ids(path, k, v)?,
+            "Groups" => {
+                st.groups = v
+                    .split_whitespace()
+                    .map(|x| x.parse().map_err(|_| parse_err(path, k, line)))
+                    .collect::<Result<_>>()?
+            }
+            "Threads" => st.threads = int(k)? as u32,
+            "SigPnd" => st.sig_pnd = hex_u64(path, k, v)?,
+            "ShdPnd" => st.shd_pnd = hex_u64(path, k, v)?,
+            "SigBlk" => st.sig_blk = hex_u64(path, k, v)?,
+            "SigIgn" => st.sig_ign = hex_u64(path, k, v)?,
+            "SigCgt" => st.sig_cgt = hex_u64(path, k, v)?,
+            "CapInh" => st.cap_inh = hex_u64(path, k, v)?,
+            "CapPrm" => st.cap_prm = hex_u64(path, k, v)?,
+            "CapEff" => st.cap_eff = hex_u64(path, k, v)?,
+            "CapBnd" => st.cap_bnd = hex_u64(path, k, v)?,
+            "CapAmb" => st.cap_amb = hex_u64(path, k, v)?,
+            "NoNewPrivs" => st.no_new_privs = v == "1",
+            _ => {}
+        }
+    }
+    if st.tgid == 0 {
+        return Err(parse_err(
+            path,
+            "status (no Tgid line)",
+            s.lines().next().unwrap_or(""),
+        ));
+    }
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_status_matches_our_ids() {
+        let me = std::process::id() as i32;
+        let st = status(me).unwrap();
+        assert_eq!(st.tgid, me);
+        assert_eq!(st.pid, me);
+        assert_eq!(st.tracer_pid, 0);
+        assert_eq!(st.uid[1], crate::sys::process::geteuid());
+        assert!(st.threads >= 1);
+        assert!(st.umask.is_some());
+    }
+
+    #[test]
+    fn status_without_tgid_is_an_error() {
+        assert!(parse_status(Path::new("status"), "Name:\tx\n").is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! The compatibility check that runs before anything is created: a clear error for each reason
+//! an image cannot be restored here.
+
+use std::os::unix::fs::MetadataExt;
+
+use super::{process_of, PidChoice, RestoreError};
+use crate::image::{FdKind, FileId, ImageSet, PageRef, ProcessImage, VmaKind};
+
+/// Checks that `set` can be restored on this machine now; returns its process image.
+pub fn check_compat(set: &ImageSet, pid: PidChoice) -> Result<&ProcessImage, RestoreError> {
+    let bad = |reason: String| RestoreError::Incompatible {
+        set: set.id.clone(),
+        reason,
+    };
+    let p = process_of(set)?;
+
+    if p.threads.len() != 1 {
+        return Err(bad(format!(
+            "the process had {} threads: multi-threaded processes are not supported yet",
+            p.threads.len()
+        )));
+    }
+    let lazy = set
+        .pages
+        .iter()
+        .filter(|(_, r)| matches!(r, PageRef::Lazy(_)))
+        .count();
+    if lazy > 0 {
+        return Err(bad(format!(
+            "{lazy} pages were left to be served lazily: restore it with --lazy"
+        )));
+    }
+
+    let here = crate::util::kernel_release();
+    if set.kernel != here {
+        return Err(bad(format!(
+            "dumped on kernel {} but this is {here}: the vDSO layout is only known to match on the same kernel",
+            set.kernel
+        )));
+    }
+    check_vdso_layout(p).map_err(bad)?;
+
+    if pid == PidChoice::Same {
+        let max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(i64::MAX);
+        if i64::from(p.pid) >= max {
+            return Err(bad(format!(
+                "pid {} is not below kernel.pid_max ({max}): use --pid any",
+                p.pid
+            )));
+        }
+        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)) {
+            return Err(bad(format!(
+                "pid {} is in use (by {}); is the original still running? Stop it, or restore with --pid any",
+                p.pid,
+                comm.trim()
+            )));
+        }
+    }
+
+    for v in &p.vmas {
+        if v.kind == VmaKind::File {
+            let id = v.file.as_ref().ok_or_else(|| {
+                bad(format!(
+                    "mapping {:#x}-{:#x} of {} has no file identity",
+                    v.start, v.end, v.name
+                ))
+            })?;
+            same_file(&v.name, id, true).map_err(|r| bad(format!("mapped file {r}")))?;
+        }
+    }
+    for f in &p.fds {
+        if let FdKind::File { path, id, .. } = &f.kind {
+            same_file(path, id, false).map_err(|r| bad(format!("fd {}: file {r}", f.fd)))?;
+        }
+    }
+    if p.exe.ends_with(" (deleted)") {
+        return Err(bad(format!("its executable {} was deleted", p.exe)));
+    }
+    Ok(p)
+}
+
+/// A mapped file must be exactly the file that was dumped (device, inode, size, mtime): its
+/// pages are the process's code and data. An open file must be the same inode; its size and
+/// mtime may have moved on (a log the original kept writing).
+fn same_file(path: &str, id: &FileId, strict: bool) -> Result<(), String> {
+    let md = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
+    if md.dev() != id.dev || md.ino() != id.ino {
+        return Err(format!(
+            "{path} is not the same file any more (inode {} was {})",
+            md.ino(),
+            id.ino
+        ));
+    }
+    let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    if strict && (md.size() != id.size || mtime_ns != id.mtime_ns) {
+        return Err(format!(
+            "{path} changed since the dump (size {} was {}, mtime differs: {})",
+            md.size(),
+            id.size,
+            mtime_ns != id.mtime_ns
+        ));
+    }
+    Ok(())
+}
+
+/// The dumped `[vvar]`, `[vvar_vclock]` and `[vdso]` must have the sizes and relative layout of
+/// this kernel's (read from haul's own maps), since the restore moves the kernel's unit.
+fn check_vdso_layout(p: &ProcessImage) -> Result<(), String> {
+    let ours = crate::proc::maps(std::process::id() as i32)
+        .map_err(|e| format!("reading our own maps: {e}"))?;
+    let unit = |name: &str| {
+        ours.iter()
+            .find(|m| m.path == name)
+            .map(|m| (m.start, m.end))
+    };
+    let kinds = [
+        (VmaKind::Vvar, "[vvar]"),
+        (VmaKind::VvarVclock, "[vvar_vclock]"),
+        (VmaKind::Vdso, "[vdso]"),
+    ];
+    let mut base: Option<(u64, u64)> = None; // (dumped vdso start, our vdso start)
+    if let (Some(d), Some(o)) = (
+        p.vmas.iter().find(|v| v.kind == VmaKind::Vdso),
+        unit("[vdso]"),
+    ) {
+        base = Some((d.start, o.0));
+    }
+    for (kind, name) in kinds {
+        let dumped = p.vmas.iter().find(|v| v.kind == kind);
+        match (dumped, unit(name)) {
+            (None, None) => {}
+            (Some(d), Some(o)) => {
+                if d.end - d.start != o.1 - o.0 {
+                    return Err(format!(
+                        "{name} was {} bytes, this kernel's is {}",
+                        d.end - d.start,
+                        o.1 - o.0
+                    ));
+                }
+                if let Some((db, ob)) = base {
+                    if d.start.wrapping_sub(db) != o.0.wrapping_sub(ob) {
+                        return Err(format!(
+                            "{name} is not where this kernel puts it relative to [vdso]"
+                        ));
+                    }
+                }
+            }
+            (Some(_), None) => {
+                return Err(format!("the image has {name} but this kernel has none"))
+            }
+            (None, Some(_)) => {
+                return Err(format!("this kernel has {name} but the image has none"))
+            }
+        }
+    }
+    Ok(())
+}

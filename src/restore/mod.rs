@@ -1,0 +1,188 @@
+//! Restore: rebuild a process from an image set so that it continues exactly where it was.
+//!
+//! The rebuild (DESIGN.md §4): a parked child with the dumped PID (clone3 `set_tid`), re-parented
+//! away from haul, is seized; by syscalls injected into it haul unregisters its inherited rseq,
+//! maps a scratch page at a hole of the target layout, unmaps everything else, moves the vDSO
+//! unit to the dumped addresses, maps every VMA, fills memory from the store, sets the mm fields
+//! and auxv (`PR_SET_MM_MAP`), reopens files at their numbers and offsets, restores cwd, umask,
+//! rlimits, credentials, signal actions, sigaltstack, robust list, rseq, mask, registers and
+//! XSTATE, and lets it run. Any failure kills the half-built process and names the step.
+
+mod compat;
+mod rebuild;
+
+use std::time::Instant;
+
+use crate::image::{ImageSet, ProcessImage};
+
+pub use compat::check_compat;
+
+/// Errors of the `restore` module.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The image cannot be restored on this machine as it is; nothing was created.
+    #[error("set {set}: cannot restore: {reason}")]
+    Incompatible { set: String, reason: String },
+    /// A step of the rebuild failed; the half-built process was killed.
+    #[error("set {set}: restore failed at step {step}: {message}")]
+    Step {
+        set: String,
+        step: Step,
+        message: String,
+    },
+    /// Reading the set's pages failed (the store names the pack and page).
+    #[error("set {set}: reading pages: {source}")]
+    Pages {
+        set: String,
+        #[source]
+        source: Box<crate::Error>,
+    },
+}
+
+/// The steps of a rebuild, in order; each failure names one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Spawn,
+    Seize,
+    Rseq,
+    Scratch,
+    Unmap,
+    Vdso,
+    Map,
+    Fill,
+    Protect,
+    MmMap,
+    Files,
+    Fs,
+    Limits,
+    Signals,
+    Threads,
+    Creds,
+    Regs,
+    Run,
+}
+
+impl Step {
+    pub const ALL: [Step; 18] = [
+        Step::Spawn,
+        Step::Seize,
+        Step::Rseq,
+        Step::Scratch,
+        Step::Unmap,
+        Step::Vdso,
+        Step::Map,
+        Step::Fill,
+        Step::Protect,
+        Step::MmMap,
+        Step::Files,
+        Step::Fs,
+        Step::Limits,
+        Step::Signals,
+        Step::Threads,
+        Step::Creds,
+        Step::Regs,
+        Step::Run,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Spawn => "spawn",
+            Step::Seize => "seize",
+            Step::Rseq => "rseq",
+            Step::Scratch => "scratch",
+            Step::Unmap => "unmap",
+            Step::Vdso => "vdso",
+            Step::Map => "map",
+            Step::Fill => "fill",
+            Step::Protect => "protect",
+            Step::MmMap => "mm-map",
+            Step::Files => "files",
+            Step::Fs => "fs",
+            Step::Limits => "limits",
+            Step::Signals => "signals",
+            Step::Threads => "threads",
+            Step::Creds => "creds",
+            Step::Regs => "regs",
+            Step::Run => "run",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|st| st.name() == s)
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which PID the restored process gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PidChoice {
+    /// The dumped PID; refused if it is taken.
+    #[default]
+    Same,
+    /// Whatever PID the kernel hands out.
+    Any,
+}
+
+/// Options of a restore.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    pub pid: PidChoice,
+    /// Test-only: fail on purpose at this step (to prove nothing is left behind).
+    pub fail_at: Option<Step>,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreOutcome {
+    pub pid: i32,
+    /// Whole restore, compatibility check to running (µs).
+    pub restore_time: u64,
+    /// From the start of the restore until the process runs (µs).
+    pub time_to_running: u64,
+    pub pages_restored: u64,
+    /// Time spent filling memory (µs).
+    pub fill_time: u64,
+}
+
+/// Where a restore reads the pages of a set: in address order, each page verified by the
+/// source. The store implements this; tests may use an in-memory source.
+pub trait PageSource {
+    /// Calls `f(addr, page)` for every stored page of `set`, in address order; `f` may be
+    /// called with runs of several contiguous pages (`page.len()` a multiple of 4096).
+    fn for_each_page(
+        &self,
+        set: &ImageSet,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<(), crate::Error>;
+}
+
+/// Restores `set` (a final dump) from `source` and lets the process run. Returns its PID.
+pub fn restore(
+    set: &ImageSet,
+    source: &dyn PageSource,
+    opts: &RestoreOptions,
+) -> Result<RestoreOutcome, RestoreError> {
+    let start = Instant::now();
+    let process = compat::check_compat(set, opts.pid)?;
+    let mut out = rebuild::rebuild(set, process, source, opts, start)?;
+    out.restore_time = crate::util::us(start.elapsed());
+    Ok(out)
+}
+
+/// The process image of a final dump, or an `Incompatible` error for a pre-dump.
+pub(crate) fn process_of(set: &ImageSet) -> Result<&ProcessImage, RestoreError> {
+    set.process
+        .as_ref()
+        .ok_or_else(|| RestoreError::Incompatible {
+            set: set.id.clone(),
+            reason: format!(
+                "it is a {} (pages only); restore its job's final dump",
+                set.kind
+            ),
+        })
+}

@@ -1,0 +1,746 @@
+//! The rebuild itself: every step drives the parked child by injected syscalls.
+
+use std::time::Instant;
+
+use super::{PageSource, RestoreError, RestoreOptions, RestoreOutcome, Step};
+use crate::image::{FdKind, ImageSet, PageRef, ProcessImage, Vma, VmaKind, PAGE_SIZE};
+use crate::sys::process::nr;
+use crate::sys::ptrace::{self, Regs};
+use crate::sys::remote::RemoteSyscall;
+
+/// Size of the scratch area: one page of code, the rest for syscall arguments.
+const SCRATCH_LEN: u64 = 64 * 1024;
+/// Where syscall arguments go inside the scratch area.
+const ARGS_OFF: u64 = PAGE_SIZE as u64;
+/// `syscall; int3`: the instruction injected syscalls run once the old address space is gone.
+const SYSCALL_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
+/// How many bytes of pages one process_vm_writev carries at most.
+const FILL_CHUNK: usize = 4 << 20;
+
+const MREMAP_MAYMOVE: u64 = 1;
+const MREMAP_FIXED: u64 = 2;
+const SYS_CLOSE_RANGE: i64 = 436;
+const SYS_DUP3: i64 = 292;
+const SYS_LSEEK: i64 = 8;
+const SYS_OPEN: i64 = 2;
+const SYS_CHDIR: i64 = 80;
+const SYS_UMASK: i64 = 95;
+const SYS_SETRESUID: i64 = 117;
+const SYS_SETRESGID: i64 = 119;
+const SYS_SETGROUPS: i64 = 116;
+const SYS_MADVISE: i64 = 28;
+const PR_SET_NAME: u64 = 15;
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+const MADV_DONTFORK: u64 = 10;
+const MADV_DONTDUMP: u64 = 16;
+
+/// Kills the half-built process unless disarmed: nothing is left behind on any error path.
+struct Half {
+    pid: Option<i32>,
+}
+
+impl Drop for Half {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = crate::sys::process::kill(pid, libc::SIGKILL);
+            // We may be its tracer: reap the trace so that init can reap the process.
+            let _ = ptrace::wait_stop(pid);
+        }
+    }
+}
+
+struct Ctx<'a> {
+    set: &'a ImageSet,
+    fail_at: Option<Step>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, step: Step, message: impl std::fmt::Display) -> RestoreError {
+        RestoreError::Step {
+            set: self.set.id.clone(),
+            step,
+            message: message.to_string(),
+        }
+    }
+    /// Enters a step: fails on purpose when the test switch names it.
+    fn enter(&self, step: Step) -> Result<(), RestoreError> {
+        if self.fail_at == Some(step) {
+            return Err(self.err(step, "failed on purpose (test switch)"));
+        }
+        tracing::debug!(set = %self.set.id, "restore step {step}");
+        Ok(())
+    }
+}
+
+/// Runs `f` as step `step`, turning its error into a [`RestoreError::Step`].
+fn step<T, E: std::fmt::Display>(
+    c: &Ctx<'_>,
+    s: Step,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, RestoreError> {
+    c.enter(s)?;
+    f().map_err(|e| c.err(s, e))
+}
+
+pub(super) fn rebuild(
+    set: &ImageSet,
+    p: &ProcessImage,
+    source: &dyn PageSource,
+    opts: &RestoreOptions,
+    start: Instant,
+) -> Result<RestoreOutcome, RestoreError> {
+    let c = Ctx {
+        set,
+        fail_at: opts.fail_at,
+    };
+    let want = match opts.pid {
+        super::PidChoice::Same => Some(p.pid),
+        super::PidChoice::Any => None,
+    };
+    let pid = step(&c, Step::Spawn, || crate::sys::spawn::spawn_parked(want))?;
+    let mut half = Half { pid: Some(pid) };
+
+    step(&c, Step::Seize, || -> Result<(), crate::sys::SysError> {
+        ptrace::seize(pid, 0)?;
+        ptrace::interrupt(pid)?;
+        loop {
+            if let ptrace::Stop::Event { .. } = ptrace::wait_stop(pid)? {
+                return Ok(());
+            }
+            // A signal-delivery stop before the interrupt: let it go and wait again.
+            ptrace::cont(pid, 0)?;
+        }
+    })?;
+    let mut rs = step(&c, Step::Seize, || RemoteSyscall::new(pid, pid))?;
+
+    step(&c, Step::Rseq, || -> Result<(), crate::sys::SysError> {
+        if let Some(r) = ptrace::get_rseq_config(pid)? {
+            rs.call_ok(
+                nr::RSEQ,
+                [
+                    r.rseq_abi_pointer,
+                    u64::from(r.rseq_abi_size),
+                    crate::sys::process::RSEQ_FLAG_UNREGISTER as u64,
+                    u64::from(r.signature),
+                    0,
+                    0,
+                ],
+                "rseq unregister",
+            )?;
+        }
+        Ok(())
+    })?;
+
+    let scratch = step(&c, Step::Scratch, || -> Result<u64, String> {
+        let cur = crate::proc::maps(pid).map_err(|e| e.to_string())?;
+        let mut taken: Vec<(u64, u64)> = cur.iter().map(|m| (m.start, m.end)).collect();
+        taken.extend(p.vmas.iter().map(|v| (v.start, v.end)));
+        let addr = find_hole(&mut taken, SCRATCH_LEN).ok_or("no hole for a scratch area")?;
+        let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+        let got = rs
+            .call_ok(
+                nr::MMAP,
+                [addr, SCRATCH_LEN, prot, flags, u64::MAX, 0],
+                "mmap scratch",
+            )
+            .map_err(|e| e.to_string())?;
+        if got != addr {
+            return Err(format!("scratch mapped at {got:#x}, not {addr:#x}"));
+        }
+        rs.write_mem(addr, &SYSCALL_CODE)
+            .map_err(|e| e.to_string())?;
+        rs.set_insn(addr);
+        Ok(addr)
+    })?;
+    let args = scratch + ARGS_OFF;
+
+    step(&c, Step::Unmap, || -> Result<(), String> {
+        let keep = ["[vsyscall]", "[vdso]", "[vvar]", "[vvar_vclock]"];
+        for m in crate::proc::maps(pid).map_err(|e| e.to_string())? {
+            if m.start == scratch || keep.contains(&m.path.as_str()) {
+                continue;
+            }
+            rs.call_ok(
+                nr::MUNMAP,
+                [m.start, m.end - m.start, 0, 0, 0, 0],
+                &format!("munmap {:#x}-{:#x} {}", m.start, m.end, m.path),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })?;
+
+    step(&c, Step::Vdso, || move_vdso(&mut rs, pid, p))?;
+
+    let temp_prot = step(&c, Step::Map, || map_vmas(&mut rs, p, args))?;
+
+    let fill_start = Instant::now();
+    let pages_restored = step(&c, Step::Fill, || fill(pid, set, p, source))?;
+    let fill_time = crate::util::us(fill_start.elapsed());
+
+    step(&c, Step::Protect, || -> Result<(), String> {
+        for (v, tmp) in p.vmas.iter().zip(&temp_prot) {
+            if let Some(tmp) = tmp {
+                if *tmp != v.prot {
+                    rs.call_ok(
+                        nr::MPROTECT,
+                        [v.start, v.len(), u64::from(v.prot), 0, 0, 0],
+                        &format!("mprotect {:#x}", v.start),
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
+                madvise_flags(&mut rs, v)?;
+            }
+        }
+        Ok(())
+    })?;
+
+    step(&c, Step::MmMap, || set_mm(&mut rs, p, args))?;
+    step(&c, Step::Files, || restore_fds(&mut rs, p, args))?;
+    step(&c, Step::Fs, || -> Result<(), String> {
+        let path = cstr(&p.cwd)?;
+        rs.write_mem(args, &path).map_err(|e| e.to_string())?;
+        rs.call_ok(
+            SYS_CHDIR,
+            [args, 0, 0, 0, 0, 0],
+            &format!("chdir {}", p.cwd),
+        )
+        .map_err(|e| e.to_string())?;
+        rs.call(SYS_UMASK, [u64::from(p.umask), 0, 0, 0, 0, 0])
+            .map_err(|e| e.to_string())?;
+        let comm = cstr(&p.comm)?;
+        rs.write_mem(args, &comm[..comm.len().min(16)])
+            .map_err(|e| e.to_string())?;
+        rs.write_mem(args + 15, &[0]).map_err(|e| e.to_string())?;
+        rs.call_ok(
+            nr::PRCTL,
+            [PR_SET_NAME, args, 0, 0, 0, 0],
+            "prctl PR_SET_NAME",
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(())
+    })?;
+    step(&c, Step::Limits, || -> Result<(), String> {
+        for l in &p.rlimits {
+            let mut b = l.cur.to_ne_bytes().to_vec();
+            b.extend_from_slice(&l.max.to_ne_bytes());
+            rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+            rs.call_ok(
+                nr::PRLIMIT64,
+                [0, u64::from(l.resource), args, 0, 0, 0],
+                &format!("prlimit64 resource {}", l.resource),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })?;
+    step(&c, Step::Signals, || restore_signals(&mut rs, p, args))?;
+    let t = &p.threads[0];
+    step(&c, Step::Threads, || -> Result<(), String> {
+        if let Some((head, len)) = t.robust_list {
+            rs.call_ok(
+                nr::SET_ROBUST_LIST,
+                [head, len, 0, 0, 0, 0],
+                "set_robust_list",
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        if let Some(ss) = &t.sigaltstack {
+            let mut b = ss.sp.to_ne_bytes().to_vec();
+            b.extend_from_slice(&ss.flags.to_ne_bytes());
+            b.extend_from_slice(&[0; 4]);
+            b.extend_from_slice(&ss.size.to_ne_bytes());
+            rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+            // SS_ONSTACK is a state, not a flag one can set.
+            let mut flags = ss.flags & !1;
+            if flags & 2 != 0 {
+                flags = 2;
+            }
+            rs.write_mem(args + 8, &flags.to_ne_bytes())
+                .map_err(|e| e.to_string())?;
+            rs.call_ok(nr::SIGALTSTACK, [args, 0, 0, 0, 0, 0], "sigaltstack")
+                .map_err(|e| e.to_string())?;
+        }
+        // rseq last among the syscalls: a registration writes into the restored memory.
+        if let Some(r) = &t.rseq {
+            rs.call_ok(
+                nr::RSEQ,
+                [r.addr, u64::from(r.len), 0, u64::from(r.sig), 0, 0],
+                "rseq register",
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })?;
+    step(&c, Step::Creds, || restore_creds(&mut rs, p, args))?;
+
+    step(&c, Step::Regs, || -> Result<(), String> {
+        let mut regs =
+            Regs::from_bytes(&t.regs).ok_or("registers of the image are not 216 bytes")?;
+        // The dump already adjusted an interrupted syscall; no restart logic must run again.
+        regs.orig_rax = u64::MAX;
+        rs.call_ok(
+            nr::MUNMAP,
+            [scratch, SCRATCH_LEN, 0, 0, 0, 0],
+            "munmap scratch",
+        )
+        .map_err(|e| e.to_string())?;
+        rs.forget_scratch();
+        rs.set_orig_regs(regs);
+        ptrace::setregs(pid, &regs).map_err(|e| e.to_string())?;
+        if !t.xstate.is_empty() {
+            ptrace::setregset(pid, ptrace::NT_X86_XSTATE, &t.xstate)
+                .map_err(|e| format!("XSTATE does not fit this CPU: {e}"))?;
+        } else if !t.fpregs.is_empty() {
+            ptrace::setregset(pid, ptrace::NT_PRFPREG, &t.fpregs).map_err(|e| e.to_string())?;
+        }
+        ptrace::set_sigmask(pid, t.sigmask).map_err(|e| e.to_string())?;
+        Ok(())
+    })?;
+
+    step(&c, Step::Run, || -> Result<(), String> {
+        drop(rs);
+        ptrace::detach(pid, 0).map_err(|e| e.to_string())
+    })?;
+    half.pid = None;
+    Ok(RestoreOutcome {
+        pid,
+        restore_time: 0,
+        time_to_running: crate::util::us(start.elapsed()),
+        pages_restored,
+        fill_time,
+    })
+}
+
+/// The lowest page-aligned address at or above 64 KiB with `len` bytes free of every range.
+fn find_hole(taken: &mut [(u64, u64)], len: u64) -> Option<u64> {
+    taken.sort_unstable();
+    let mut cand: u64 = 0x10000;
+    for &(s, e) in taken.iter() {
+        if cand + len <= s {
+            return Some(cand);
+        }
+        cand = cand.max(e);
+    }
+    (cand.checked_add(len)? < 0x7fff_ffff_0000).then_some(cand)
+}
+
+/// A path or name as a NUL-terminated C string.
+fn cstr(s: &str) -> Result<Vec<u8>, String> {
+    if s.as_bytes().contains(&0) {
+        return Err(format!("{s:?} contains a NUL byte"));
+    }
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    Ok(v)
+}
+
+/// Moves the kernel's `[vvar]`, `[vvar_vclock]`, `[vdso]` unit to the dumped addresses, keeping
+/// its relative layout (checked by the compatibility check).
+fn move_vdso(rs: &mut RemoteSyscall, pid: i32, p: &ProcessImage) -> Result<(), String> {
+    let Some(dumped) = p.vmas.iter().find(|v| v.kind == VmaKind::Vdso) else {
+        return Ok(());
+    };
+    let cur = crate::proc::maps(pid).map_err(|e| e.to_string())?;
+    let Some(now) = cur.iter().find(|m| m.path == "[vdso]") else {
+        return Err("this process has no [vdso] to move".into());
+    };
+    let delta = dumped.start.wrapping_sub(now.start);
+    if delta == 0 {
+        return Ok(());
+    }
+    let mut unit: Vec<(u64, u64)> = cur
+        .iter()
+        .filter(|m| matches!(m.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
+        .map(|m| (m.start, m.end))
+        .collect();
+    // Moving up: the highest first; moving down: the lowest first. No part lands on one that
+    // has not moved yet.
+    unit.sort_unstable();
+    if (delta as i64) > 0 {
+        unit.reverse();
+    }
+    for (s, e) in unit {
+        let to = s.wrapping_add(delta);
+        let got = rs
+            .call_ok(
+                nr::MREMAP,
+                [s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, to, 0],
+                &format!("mremap {s:#x} to {to:#x}"),
+            )
+            .map_err(|e| e.to_string())?;
+        if got != to {
+            return Err(format!("mremap moved {s:#x} to {got:#x}, not {to:#x}"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the restore writes pages into this VMA (then it is mapped writable until filled).
+fn filled(v: &Vma) -> bool {
+    match v.kind {
+        VmaKind::Anon | VmaKind::SharedAnon => true,
+        VmaKind::File => !v.shared,
+        _ => false,
+    }
+}
+
+/// Maps every VMA at its address; returns, per VMA, the protection it was mapped with (None for
+/// the kernel's own mappings, which are not mapped here).
+fn map_vmas(
+    rs: &mut RemoteSyscall,
+    p: &ProcessImage,
+    args: u64,
+) -> Result<Vec<Option<u32>>, String> {
+    let mut out = Vec::with_capacity(p.vmas.len());
+    for v in &p.vmas {
+        let mut flags = libc::MAP_FIXED as u64;
+        let prot = if filled(v) {
+            v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32
+        } else {
+            v.prot
+        };
+        flags |= if v.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        } as u64;
+        if v.has_flag("gd") {
+            flags |= libc::MAP_GROWSDOWN as u64;
+        }
+        if v.has_flag("nr") {
+            flags |= libc::MAP_NORESERVE as u64;
+        }
+        let what = format!("mmap {:#x}-{:#x} {}", v.start, v.end, v.name);
+        match v.kind {
+            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => {
+                out.push(None);
+                continue;
+            }
+            VmaKind::Anon | VmaKind::SharedAnon => {
+                flags |= libc::MAP_ANONYMOUS as u64;
+                rs.call_ok(
+                    nr::MMAP,
+                    [v.start, v.len(), u64::from(prot), flags, u64::MAX, 0],
+                    &what,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            VmaKind::File => {
+                let mode = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                rs.write_mem(args, &cstr(&v.name)?)
+                    .map_err(|e| e.to_string())?;
+                let fd = rs
+                    .call_ok(
+                        SYS_OPEN,
+                        [args, (mode | libc::O_CLOEXEC) as u64, 0, 0, 0, 0],
+                        &format!("open {}", v.name),
+                    )
+                    .map_err(|e| e.to_string())?;
+                let r = rs.call_ok(
+                    nr::MMAP,
+                    [v.start, v.len(), u64::from(prot), flags, fd, v.pgoff],
+                    &what,
+                );
+                let _ = rs.call(nr::CLOSE, [fd, 0, 0, 0, 0, 0]);
+                r.map_err(|e| e.to_string())?;
+            }
+        }
+        out.push(Some(prot));
+    }
+    Ok(out)
+}
+
+/// Applies the VmFlags that madvise can set and that matter to a restored process.
+fn madvise_flags(rs: &mut RemoteSyscall, v: &Vma) -> Result<(), String> {
+    for (flag, advice) in [("dc", MADV_DONTFORK), ("dd", MADV_DONTDUMP)] {
+        if v.has_flag(flag) {
+            rs.call_ok(
+                SYS_MADVISE,
+                [v.start, v.len(), advice, 0, 0, 0],
+                &format!("madvise {:#x} {flag}", v.start),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes every stored page of the set into the process, in runs of contiguous pages; zero
+/// pages of private file mappings are written too (the file's content is not what the process
+/// had). Returns the number of pages written.
+fn fill(
+    pid: i32,
+    set: &ImageSet,
+    p: &ProcessImage,
+    source: &dyn PageSource,
+) -> Result<u64, String> {
+    let mut run_start = 0u64;
+    let mut buf: Vec<u8> = Vec::with_capacity(FILL_CHUNK);
+    let mut pages = 0u64;
+    let flush = |start: u64, buf: &mut Vec<u8>| -> Result<(), String> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let n = crate::sys::mem::process_vm_write(pid, start, buf).map_err(|e| e.to_string())?;
+        if n != buf.len() {
+            return Err(format!(
+                "process_vm_writev at {start:#x} wrote {n} of {} bytes",
+                buf.len()
+            ));
+        }
+        buf.clear();
+        Ok(())
+    };
+    let mut sink = |addr: u64, data: &[u8]| -> Result<(), String> {
+        if buf.is_empty()
+            || addr != run_start + buf.len() as u64
+            || buf.len() + data.len() > FILL_CHUNK
+        {
+            flush(run_start, &mut buf)?;
+            run_start = addr;
+        }
+        buf.extend_from_slice(data);
+        pages += (data.len() / PAGE_SIZE) as u64;
+        Ok(())
+    };
+    source
+        .for_each_page(set, &mut sink)
+        .map_err(|e| e.to_string())?;
+    flush(run_start, &mut buf)?;
+
+    let zero = vec![0u8; PAGE_SIZE];
+    for v in p
+        .vmas
+        .iter()
+        .filter(|v| v.kind == VmaKind::File && !v.shared)
+    {
+        for (addr, r) in set.pages.range(v.start, v.end) {
+            if r == PageRef::Zero {
+                crate::sys::mem::process_vm_write(pid, addr, &zero).map_err(|e| e.to_string())?;
+                pages += 1;
+            }
+        }
+    }
+    Ok(pages)
+}
+
+/// `PR_SET_MM_MAP`: code/data/brk/stack/args/env addresses, auxv and the exe link.
+fn set_mm(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<(), String> {
+    use crate::sys::process::{PrctlMmMap, PR_SET_MM, PR_SET_MM_MAP};
+    let mut auxv: Vec<u8> = Vec::new();
+    for (k, v) in p.auxv.iter().chain(std::iter::once(&(0, 0))) {
+        auxv.extend_from_slice(&k.to_ne_bytes());
+        auxv.extend_from_slice(&v.to_ne_bytes());
+    }
+    let auxv_at = args + 1024;
+    let exe_at = args + 2048;
+    rs.write_mem(auxv_at, &auxv).map_err(|e| e.to_string())?;
+    rs.write_mem(exe_at, &cstr(&p.exe)?)
+        .map_err(|e| e.to_string())?;
+    let exe_fd = rs
+        .call_ok(
+            SYS_OPEN,
+            [
+                exe_at,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+            &format!("open exe {}", p.exe),
+        )
+        .map_err(|e| e.to_string())?;
+    let m = &p.mm;
+    let map = PrctlMmMap {
+        start_code: m.start_code,
+        end_code: m.end_code,
+        start_data: m.start_data,
+        end_data: m.end_data,
+        start_brk: m.start_brk,
+        brk: m.brk,
+        start_stack: m.start_stack,
+        arg_start: m.arg_start,
+        arg_end: m.arg_end,
+        env_start: m.env_start,
+        env_end: m.env_end,
+        auxv: auxv_at,
+        auxv_size: auxv.len() as u32,
+        exe_fd: exe_fd as u32,
+    };
+    rs.write_mem(args, &mm_map_bytes(&map))
+        .map_err(|e| e.to_string())?;
+    let r = rs.call_ok(
+        nr::PRCTL,
+        [
+            PR_SET_MM as u64,
+            PR_SET_MM_MAP as u64,
+            args,
+            std::mem::size_of::<PrctlMmMap>() as u64,
+            0,
+            0,
+        ],
+        "prctl(PR_SET_MM, PR_SET_MM_MAP)",
+    );
+    let _ = rs.call(nr::CLOSE, [exe_fd, 0, 0, 0, 0, 0]);
+    r.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Closes every inherited fd, then reopens the dumped ones at their numbers, flags and offsets.
+fn restore_fds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<(), String> {
+    rs.call_ok(
+        SYS_CLOSE_RANGE,
+        [0, u64::from(u32::MAX), 0, 0, 0, 0],
+        "close_range",
+    )
+    .map_err(|e| e.to_string())?;
+    let mut fds: Vec<_> = p.fds.iter().collect();
+    fds.sort_by_key(|f| f.fd);
+    for f in fds {
+        let (path, pos) = match &f.kind {
+            FdKind::File { path, pos, .. } => (path.as_str(), Some(*pos)),
+            FdKind::DevNull => ("/dev/null", None),
+            FdKind::DevZero => ("/dev/zero", None),
+            FdKind::DevUrandom => ("/dev/urandom", None),
+        };
+        let flags =
+            f.flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY) as u32);
+        rs.write_mem(args, &cstr(path)?)
+            .map_err(|e| e.to_string())?;
+        let got = rs
+            .call_ok(
+                SYS_OPEN,
+                [args, u64::from(flags), 0, 0, 0, 0],
+                &format!("open fd {} {path}", f.fd),
+            )
+            .map_err(|e| e.to_string())?;
+        let fd = f.fd as u64;
+        if got != fd {
+            let cloexec = u64::from(f.flags & libc::O_CLOEXEC as u32);
+            rs.call_ok(
+                SYS_DUP3,
+                [got, fd, cloexec, 0, 0, 0],
+                &format!("dup3 to fd {fd}"),
+            )
+            .map_err(|e| e.to_string())?;
+            rs.call_ok(nr::CLOSE, [got, 0, 0, 0, 0, 0], "close")
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(pos) = pos {
+            rs.call_ok(
+                SYS_LSEEK,
+                [fd, pos, libc::SEEK_SET as u64, 0, 0, 0],
+                &format!("lseek fd {fd} to {pos}"),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Every signal's action (SIGKILL and SIGSTOP cannot be set).
+fn restore_signals(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<(), String> {
+    for (i, a) in p.sigactions.iter().enumerate() {
+        let sig = i as u64 + 1;
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            continue;
+        }
+        let mut b = Vec::with_capacity(32);
+        for w in [a.handler, a.flags, a.restorer, a.mask] {
+            b.extend_from_slice(&w.to_ne_bytes());
+        }
+        rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+        rs.call_ok(
+            nr::RT_SIGACTION,
+            [sig, args, 0, 8, 0, 0],
+            &format!("rt_sigaction {sig}"),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Groups, gids and uids (in that order: dropping the uid first would forbid the rest).
+fn restore_creds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<(), String> {
+    let c = &p.creds;
+    let is_root = c.uid == [0; 4] && c.gid == [0; 4];
+    if !is_root {
+        let mut b = Vec::new();
+        for g in &c.groups {
+            b.extend_from_slice(&g.to_ne_bytes());
+        }
+        rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+        rs.call_ok(
+            SYS_SETGROUPS,
+            [c.groups.len() as u64, args, 0, 0, 0, 0],
+            "setgroups",
+        )
+        .map_err(|e| e.to_string())?;
+        rs.call_ok(
+            SYS_SETRESGID,
+            [
+                u64::from(c.gid[0]),
+                u64::from(c.gid[1]),
+                u64::from(c.gid[2]),
+                0,
+                0,
+                0,
+            ],
+            "setresgid",
+        )
+        .map_err(|e| e.to_string())?;
+        rs.call_ok(
+            SYS_SETRESUID,
+            [
+                u64::from(c.uid[0]),
+                u64::from(c.uid[1]),
+                u64::from(c.uid[2]),
+                0,
+                0,
+                0,
+            ],
+            "setresuid",
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    if c.no_new_privs {
+        rs.call_ok(
+            nr::PRCTL,
+            [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0],
+            "prctl PR_SET_NO_NEW_PRIVS",
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `struct prctl_mm_map` as the kernel reads it: eleven addresses, the auxv pointer, its size
+/// and the exe fd (104 bytes, native endian).
+fn mm_map_bytes(m: &crate::sys::process::PrctlMmMap) -> Vec<u8> {
+    let mut b = Vec::with_capacity(104);
+    for w in [
+        m.start_code,
+        m.end_code,
+        m.start_data,
+        m.end_data,
+        m.start_brk,
+        m.brk,
+        m.start_stack,
+        m.arg_start,
+        m.arg_end,
+        m.env_start,
+        m.env_end,
+        m.auxv,
+    ] {
+        b.extend_from_slice(&w.to_ne_bytes());
+    }
+    b.extend_from_slice(&m.auxv_size.to_ne_bytes());
+    b.extend_from_slice(&m.exe_fd.to_ne_bytes());
+    b
+}

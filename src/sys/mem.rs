@@ -1,0 +1,213 @@
+//! Reading and writing another process's memory: page-aligned buffers, `process_vm_readv(2)` /
+//! `process_vm_writev(2)`, and `/proc/PID/mem` (which, unlike `process_vm_writev`, can write
+//! read-only pages and read `PROT_NONE` ones).
+
+use super::{io_err, last_err, Result, SysError, PAGE_SIZE};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::ptr::NonNull;
+
+/// Most iovecs one `process_vm_readv`/`writev` call accepts (`IOV_MAX`).
+pub const IOV_MAX: usize = 1024;
+
+/// A zero-initialised, page-aligned buffer of whole pages, mapped with `mmap(2)`
+/// (`MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE`, so its pages are faulted in at allocation and
+/// not during a freeze). `process_vm_readv` into a page-aligned destination is ~3.5× faster than
+/// into an unaligned one on our machines (DESIGN.md §4).
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its mapping exclusively (like a Box<[u8]>); nothing aliases it.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out `&[u8]`, which is Sync.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// Maps `len` bytes (rounded up to whole pages, at least one page): `mmap(2)`.
+    pub fn new(len: usize) -> Result<AlignedBuf> {
+        let len = len.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches
+        // no existing memory; the result is checked for MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(last_err(format!("mmap of a {len} byte buffer")));
+        }
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| SysError::Invalid("mmap returned NULL".into()))?;
+        Ok(AlignedBuf { ptr, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes (zero-filled by the kernel) owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len is exactly the mapping made in new(), unmapped once here.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// One range of the remote address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteRange {
+    pub addr: u64,
+    pub len: usize,
+}
+
+/// Copies the remote `ranges` of process `pid` back to back into `local` with
+/// `process_vm_readv(2)`, splitting into calls of at most [`IOV_MAX`] remote iovecs. Returns the
+/// number of bytes copied, which is short when a remote page could not be read (the copy stops
+/// at the first such page, as the syscall does).
+pub fn process_vm_read(pid: i32, local: &mut [u8], ranges: &[RemoteRange]) -> Result<usize> {
+    let total: usize = ranges.iter().map(|r| r.len).sum();
+    if total > local.len() {
+        return Err(SysError::Invalid(format!(
+            "process_vm_readv({pid}): {total} bytes of ranges do not fit a {} byte buffer",
+            local.len()
+        )));
+    }
+    let mut done = 0usize;
+    for chunk in ranges.chunks(IOV_MAX) {
+        let want: usize = chunk.iter().map(|r| r.len).sum();
+        let remote: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|r| libc::iovec {
+                iov_base: r.addr as *mut libc::c_void,
+                iov_len: r.len,
+            })
+            .collect();
+        let dst = &mut local[done..done + want];
+        let liov = libc::iovec {
+            iov_base: dst.as_mut_ptr().cast(),
+            iov_len: dst.len(),
+        };
+        // SAFETY: the local iovec covers `dst`, a live exclusive slice of `local`; the remote
+        // iovecs are only addresses in the other process, which the kernel checks.
+        let n = unsafe {
+            libc::process_vm_readv(
+                pid,
+                &liov,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EFAULT) && done > 0 {
+                return Ok(done);
+            }
+            let first = chunk.first().map(|r| r.addr).unwrap_or(0);
+            return Err(io_err(
+                format!("process_vm_readv(pid {pid}, from {first:#x}, {want} bytes)"),
+                e,
+            ));
+        }
+        done += n as usize;
+        if (n as usize) < want {
+            return Ok(done);
+        }
+    }
+    Ok(done)
+}
+
+/// Writes `data` at `addr` of process `pid` with `process_vm_writev(2)` (writable pages only;
+/// use [`ProcMem::write_at`] for read-only ones). Returns the bytes written.
+pub fn process_vm_write(pid: i32, addr: u64, data: &[u8]) -> Result<usize> {
+    let liov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let riov = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: the local iovec covers `data`, which the kernel only reads; the remote iovec is an
+    // address in the other process, checked by the kernel.
+    let n = unsafe { libc::process_vm_writev(pid, &liov, 1, &riov, 1, 0) };
+    if n < 0 {
+        return Err(last_err(format!(
+            "process_vm_writev(pid {pid}, at {addr:#x}, {} bytes)",
+            data.len()
+        )));
+    }
+    Ok(n as usize)
+}
+
+/// `/proc/PID/mem` opened for reading and writing (see proc(5)): ptrace-access-checked, and it
+/// ignores page protections (FOLL_FORCE), so it can read `PROT_NONE` and write read-only pages.
+pub struct ProcMem {
+    pid: i32,
+    file: File,
+}
+
+impl ProcMem {
+    /// Opens `/proc/PID/mem` read-write.
+    pub fn open(pid: i32) -> Result<ProcMem> {
+        let path = format!("/proc/{pid}/mem");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(format!("open {path}"), e))?;
+        Ok(ProcMem { pid, file })
+    }
+
+    /// Reads exactly `buf.len()` bytes at `addr` (pread(2) on `/proc/PID/mem`).
+    pub fn read_at(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.file.read_exact_at(buf, addr).map_err(|e| {
+            io_err(
+                format!(
+                    "read /proc/{}/mem at {addr:#x} ({} bytes)",
+                    self.pid,
+                    buf.len()
+                ),
+                e,
+            )
+        })
+    }
+
+    /// Writes all of `data` at `addr` (pwrite(2) on `/proc/PID/mem`).
+    pub fn write_at(&self, addr: u64, data: &[u8]) -> Result<()> {
+        self.file.write_all_at(data, addr).map_err(|e| {
+            io_err(
+                format!(
+                    "write /proc/{}/mem at {addr:#x} ({} bytes)",
+                    self.pid,
+                    data.len()
+                ),
+                e,
+            )
+        })
+    }
+}

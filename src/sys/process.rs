@@ -1,0 +1,193 @@
+//! Process-level syscalls: pidfds, signals, robust futex lists, resource limits, and the
+//! structures restore needs (`clone3`, `PR_SET_MM_MAP`, rseq). Syscall numbers are x86_64.
+
+use super::{check, last_err, Result};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// x86_64 syscall numbers used by haul (injected into targets or called directly).
+pub mod nr {
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const CLOSE: i64 = 3;
+    pub const MMAP: i64 = 9;
+    pub const MPROTECT: i64 = 10;
+    pub const MUNMAP: i64 = 11;
+    pub const BRK: i64 = 12;
+    pub const RT_SIGACTION: i64 = 13;
+    pub const RT_SIGPROCMASK: i64 = 14;
+    pub const MREMAP: i64 = 25;
+    pub const GETPID: i64 = 39;
+    pub const EXIT: i64 = 60;
+    pub const KILL: i64 = 62;
+    pub const SIGALTSTACK: i64 = 131;
+    pub const PRCTL: i64 = 157;
+    pub const GETTID: i64 = 186;
+    pub const SET_TID_ADDRESS: i64 = 218;
+    pub const TGKILL: i64 = 234;
+    pub const SET_ROBUST_LIST: i64 = 273;
+    pub const GET_ROBUST_LIST: i64 = 274;
+    pub const PRLIMIT64: i64 = 302;
+    pub const USERFAULTFD: i64 = 323;
+    pub const RSEQ: i64 = 334;
+    pub const PIDFD_OPEN: i64 = 434;
+    pub const CLONE3: i64 = 435;
+    pub const PIDFD_GETFD: i64 = 438;
+}
+
+/// Opens a pidfd for `pid`: `pidfd_open(pid, 0)`, see pidfd_open(2).
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(nr::PIDFD_OPEN, pid as libc::c_long, 0 as libc::c_long) };
+    let fd = check(fd, || format!("pidfd_open({pid})"))?;
+    // SAFETY: a fresh descriptor returned by the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Duplicates fd `target_fd` of the process behind `pidfd` into this process:
+/// `pidfd_getfd(pidfd, targetfd, 0)`, see pidfd_getfd(2). Needs ptrace attach access.
+pub fn pidfd_getfd(pidfd: &OwnedFd, target_fd: i32) -> Result<OwnedFd> {
+    // SAFETY: pidfd_getfd takes three integers and returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            nr::PIDFD_GETFD,
+            pidfd.as_raw_fd() as libc::c_long,
+            target_fd as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    let fd = check(fd, || format!("pidfd_getfd(target fd {target_fd})"))?;
+    // SAFETY: a fresh descriptor returned by the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `sig` to thread `tid` of process `tgid`: `tgkill(2)`.
+pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> Result<()> {
+    // SAFETY: tgkill takes three integers.
+    let r = unsafe {
+        libc::syscall(
+            nr::TGKILL,
+            tgid as libc::c_long,
+            tid as libc::c_long,
+            sig as libc::c_long,
+        )
+    };
+    check(r, || format!("tgkill({tgid}, {tid}, {sig})"))?;
+    Ok(())
+}
+
+/// Sends `sig` to process `pid`: `kill(2)`. Signal 0 checks that the process exists and that we
+/// may signal it.
+pub fn kill(pid: i32, sig: i32) -> Result<()> {
+    // SAFETY: kill takes two integers.
+    let r = unsafe { libc::kill(pid, sig) };
+    if r < 0 {
+        return Err(last_err(format!("kill({pid}, {sig})")));
+    }
+    Ok(())
+}
+
+/// The robust futex list head and length of thread `tid`: `get_robust_list(2)` (works from
+/// outside the target with ptrace read access).
+pub fn get_robust_list(tid: i32) -> Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: the kernel writes one pointer to `head` and one size_t to `len`, both live locals.
+    let r = unsafe {
+        libc::syscall(
+            nr::GET_ROBUST_LIST,
+            tid as libc::c_long,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
+    check(r, || format!("get_robust_list({tid})"))?;
+    Ok((head, len as u64))
+}
+
+/// One resource limit of process `pid`: `prlimit64(pid, resource, NULL, &old)`, see
+/// getrlimit(2). Returns (cur, max) with `u64::MAX` for RLIM_INFINITY.
+pub fn prlimit(pid: i32, resource: u32) -> Result<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: the kernel writes one struct rlimit64 to `old`, a live local; new_limit is NULL.
+    let r = unsafe {
+        libc::syscall(
+            nr::PRLIMIT64,
+            pid as libc::c_long,
+            resource as libc::c_long,
+            std::ptr::null::<libc::rlimit64>(),
+            &mut old as *mut libc::rlimit64,
+        )
+    };
+    check(r, || format!("prlimit64({pid}, {resource})"))?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// `struct clone_args` of `clone3(2)` (version 2, 88 bytes, with `set_tid` and `cgroup`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<CloneArgs>() == 88);
+
+/// `struct prctl_mm_map` of `prctl(PR_SET_MM, PR_SET_MM_MAP, &map, 104)` (linux/prctl.h).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrctlMmMap {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// Pointer to the auxv words (in the process calling prctl).
+    pub auxv: u64,
+    /// Size of the auxv array in bytes.
+    pub auxv_size: u32,
+    /// fd of the new `/proc/PID/exe`, or -1.
+    pub exe_fd: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<PrctlMmMap>() == 104);
+
+/// `PR_SET_MM` (prctl option 35), `PR_SET_MM_MAP` (14), `PR_SET_MM_MAP_SIZE` (15).
+pub const PR_SET_MM: i32 = 35;
+pub const PR_SET_MM_MAP: i32 = 14;
+pub const PR_SET_MM_MAP_SIZE: i32 = 15;
+
+/// rseq(2) constants: `RSEQ_FLAG_UNREGISTER`, the size of `struct rseq` (original ABI: 32).
+pub const RSEQ_FLAG_UNREGISTER: i32 = 1;
+pub const RSEQ_MIN_SIZE: u32 = 32;
+
+/// `PF_KTHREAD` in the `flags` field of `/proc/PID/stat`: a kernel thread.
+pub const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// This process's id: getpid(2).
+pub fn getpid() -> i32 {
+    std::process::id() as i32
+}
+
+/// Effective user id of this process: geteuid(2).
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail and has no arguments.
+    unsafe { libc::geteuid() }
+}

@@ -1,0 +1,240 @@
+//! Syscalls injected into a ptrace-stopped thread (DESIGN.md §4), and a scratch page in the
+//! target for syscalls that take pointers.
+//!
+//! The thread runs one `syscall` instruction of its own address space — at `rip-2` when it is
+//! stopped inside a syscall, else one found in its `[vdso]` — with our registers, under
+//! `PTRACE_SINGLESTEP`; then its registers are put back. Signals that arrive meanwhile are
+//! suppressed and remembered ([`RemoteSyscall::take_signals`]) so the caller re-sends them
+//! when it lets the thread go.
+
+use super::mem::ProcMem;
+use super::process::nr;
+use super::ptrace::{self, Regs, Stop};
+use super::{io_err, Result, SysError, PAGE_SIZE};
+
+/// How many times one injected syscall is retried when signals keep interrupting the step.
+const MAX_STEP_ATTEMPTS: usize = 64;
+
+/// A ptrace-stopped thread that haul runs syscalls in. While it exists it owns the thread's
+/// registers: every call restores the saved ones, and dropping it unmaps the scratch page (if
+/// still mapped) and restores them again, best effort.
+pub struct RemoteSyscall {
+    pid: i32,
+    tid: i32,
+    orig: Regs,
+    insn: u64,
+    mem: ProcMem,
+    signals: Vec<i32>,
+    scratch: Option<(u64, u64)>,
+    calls: u64,
+}
+
+impl RemoteSyscall {
+    /// Prepares injection into thread `tid` of process `pid`, which must be a ptrace-stopped
+    /// tracee of the calling thread: saves its registers and finds a `syscall` instruction.
+    pub fn new(pid: i32, tid: i32) -> Result<RemoteSyscall> {
+        let orig = ptrace::getregs(tid)?;
+        let mem = ProcMem::open(pid)?;
+        let insn = find_syscall_insn(pid, tid, &orig, &mem)?;
+        Ok(RemoteSyscall {
+            pid,
+            tid,
+            orig,
+            insn,
+            mem,
+            signals: Vec::new(),
+            scratch: None,
+            calls: 0,
+        })
+    }
+
+    /// The thread's registers as they were when injection began (restored after every call).
+    /// Runs later syscalls at `addr`, which must hold a `syscall` instruction (`0f 05`): a
+    /// restore moves it into its own scratch page before it unmaps the rest.
+    pub fn set_insn(&mut self, addr: u64) {
+        self.insn = addr;
+    }
+
+    /// Replaces the registers written back after each call and on drop (a restore sets the
+    /// rebuilt process's registers last and must not have them overwritten).
+    pub fn set_orig_regs(&mut self, regs: Regs) {
+        self.orig = regs;
+    }
+
+    /// Forgets the scratch mapping without unmapping it (the caller unmapped it, or it is gone
+    /// with the address space).
+    pub fn forget_scratch(&mut self) {
+        self.scratch = None;
+    }
+
+    pub fn orig_regs(&self) -> &Regs {
+        &self.orig
+    }
+
+    /// Address of the `syscall` instruction used.
+    pub fn insn_addr(&self) -> u64 {
+        self.insn
+    }
+
+    /// Injected syscalls run so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Signals that arrived (and were held back) while syscalls ran; the caller must deliver
+    /// them again (e.g. `ptrace::detach(tid, sig)` or `tgkill`) when releasing the thread.
+    pub fn take_signals(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.signals)
+    }
+
+    /// Runs syscall `nr` with `args` (rdi, rsi, rdx, r10, r8, r9) in the thread and returns its
+    /// raw result (`-errno` on failure). The thread's registers are restored afterwards.
+    pub fn call(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        let mut r = self.orig;
+        r.rip = self.insn;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        let result = self.step_syscall(&r);
+        // Put the thread's own registers back whatever happened (unless it is gone).
+        let restore = ptrace::setregs(self.tid, &self.orig);
+        let value = result?;
+        restore?;
+        self.calls += 1;
+        Ok(value)
+    }
+
+    fn step_syscall(&mut self, r: &Regs) -> Result<i64> {
+        for _ in 0..MAX_STEP_ATTEMPTS {
+            ptrace::setregs(self.tid, r)?;
+            ptrace::singlestep(self.tid, 0)?;
+            match ptrace::wait_stop(self.tid)? {
+                Stop::Signal { sig } if sig == libc::SIGTRAP => {}
+                Stop::Signal { sig } => self.signals.push(sig),
+                Stop::Event { .. } | Stop::OtherEvent { .. } => {}
+            }
+            let after = ptrace::getregs(self.tid)?;
+            if after.rip == self.insn + 2 {
+                return Ok(after.rax as i64);
+            }
+            // Stopped before the instruction ran (a signal or a pending interrupt came
+            // first): run it again.
+        }
+        Err(SysError::Invalid(format!(
+            "thread {}: injected syscall {} did not complete after {MAX_STEP_ATTEMPTS} attempts",
+            self.tid, r.rax
+        )))
+    }
+
+    /// Like [`call`](Self::call), turning a `-errno` result into an error naming `what`.
+    pub fn call_ok(&mut self, nr: i64, args: [u64; 6], what: &str) -> Result<u64> {
+        let v = self.call(nr, args)?;
+        if (-4095..0).contains(&v) {
+            return Err(io_err(
+                format!("injected {what} in pid {} (thread {})", self.pid, self.tid),
+                std::io::Error::from_raw_os_error((-v) as i32),
+            ));
+        }
+        Ok(v as u64)
+    }
+
+    /// Maps an anonymous read-write private scratch area of `len` bytes (rounded to pages) in
+    /// the target by an injected `mmap`, for syscalls that take pointers. Returns its address.
+    /// Only one scratch area exists at a time; it is unmapped by [`unmap_scratch`] or on drop.
+    ///
+    /// [`unmap_scratch`]: Self::unmap_scratch
+    pub fn map_scratch(&mut self, len: u64) -> Result<u64> {
+        if let Some((addr, _)) = self.scratch {
+            return Ok(addr);
+        }
+        let len = len.max(1).div_ceil(PAGE_SIZE as u64) * PAGE_SIZE as u64;
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let addr = self.call_ok(
+            nr::MMAP,
+            [0, len, prot, flags, u64::MAX, 0],
+            "mmap of a scratch page",
+        )?;
+        self.scratch = Some((addr, len));
+        Ok(addr)
+    }
+
+    /// The scratch area (address, length), if mapped.
+    pub fn scratch(&self) -> Option<(u64, u64)> {
+        self.scratch
+    }
+
+    /// Unmaps the scratch area by an injected `munmap`.
+    pub fn unmap_scratch(&mut self) -> Result<()> {
+        if let Some((addr, len)) = self.scratch {
+            self.call_ok(
+                nr::MUNMAP,
+                [addr, len, 0, 0, 0, 0],
+                "munmap of the scratch page",
+            )?;
+            self.scratch = None;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` into the target's memory at `addr` (through `/proc/PID/mem`).
+    pub fn write_mem(&self, addr: u64, data: &[u8]) -> Result<()> {
+        self.mem.write_at(addr, data)
+    }
+
+    /// Reads the target's memory at `addr` into `buf` (through `/proc/PID/mem`).
+    pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.mem.read_at(addr, buf)
+    }
+}
+
+impl Drop for RemoteSyscall {
+    fn drop(&mut self) {
+        if self.scratch.is_some() {
+            if let Err(e) = self.unmap_scratch() {
+                tracing::warn!(tid = self.tid, "could not unmap the scratch page: {e}");
+            }
+        }
+        if let Err(e) = ptrace::setregs(self.tid, &self.orig) {
+            if !ptrace::is_esrch(&e) {
+                tracing::warn!(tid = self.tid, "could not restore registers: {e}");
+            }
+        }
+    }
+}
+
+/// Finds a `syscall` instruction (`0f 05`) the thread can run: at `rip-2` when it is stopped
+/// inside a syscall, else the first one in its `[vdso]`.
+fn find_syscall_insn(pid: i32, tid: i32, regs: &Regs, mem: &ProcMem) -> Result<u64> {
+    if (regs.orig_rax as i64) >= 0 && regs.rip >= 2 {
+        let mut b = [0u8; 2];
+        if mem.read_at(regs.rip - 2, &mut b).is_ok() && b == [0x0f, 0x05] {
+            return Ok(regs.rip - 2);
+        }
+    }
+    let maps_path = format!("/proc/{pid}/maps");
+    let maps =
+        std::fs::read_to_string(&maps_path).map_err(|e| io_err(format!("read {maps_path}"), e))?;
+    let vdso = maps.lines().find(|l| l.ends_with("[vdso]")).and_then(|l| {
+        let range = l.split_whitespace().next()?;
+        let (s, e) = range.split_once('-')?;
+        Some((
+            u64::from_str_radix(s, 16).ok()?,
+            u64::from_str_radix(e, 16).ok()?,
+        ))
+    });
+    let Some((start, end)) = vdso else {
+        return Err(SysError::NoSyscallInsn { tid });
+    };
+    let mut code = vec![0u8; (end - start) as usize];
+    mem.read_at(start, &mut code)?;
+    code.windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|i| start + i as u64)
+        .ok_or(SysError::NoSyscallInsn { tid })
+}

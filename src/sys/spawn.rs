@@ -1,0 +1,114 @@
+//! Creating the process a restore rebuilds: a child with a chosen PID, re-parented away from
+//! haul, parked in `pause(2)` until haul seizes it.
+
+use super::process::CloneArgs;
+use super::{last_err, Result, SysError};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `clone3(2)` syscall number on x86_64.
+const SYS_CLONE3: libc::c_long = 435;
+
+/// Creates a process for a restore and returns its PID. It is a grandchild of haul: haul
+/// `fork(2)`s an intermediate that creates the process (with `clone3(2)` and `set_tid` when
+/// `pid` is given, else `fork(2)`), reports its PID through a pipe and exits, so the new process
+/// is re-parented to init (or the nearest subreaper) and is never haul's child. The new process
+/// calls `setsid(2)` and then waits in `pause(2)` for haul to seize it; it runs no Rust code
+/// but raw syscalls after the fork, so a multi-threaded haul can fork safely.
+///
+/// Errors: the PID is taken (`EEXIST`), out of range (`EINVAL`), or clone3 is refused.
+pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into the 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(last_err("pipe2 for the restore child"));
+    }
+    // SAFETY: both fds were just created by pipe2 and are owned by nobody else.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let set_tid: [libc::pid_t; 1] = [pid.unwrap_or(0)];
+    let args = CloneArgs {
+        exit_signal: 0,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    let wfd = wr.as_raw_fd();
+
+    // SAFETY: fork(2). In the child only async-signal-safe raw syscalls run (clone3/fork, write,
+    // setsid, pause, _exit) on memory prepared before the fork; it never returns into Rust code.
+    let inter = unsafe { libc::fork() };
+    if inter < 0 {
+        return Err(last_err("fork of the restore intermediate"));
+    }
+    if inter == 0 {
+        // Intermediate process.
+        // SAFETY: raw syscalls on locals; see above.
+        unsafe {
+            let child: libc::c_long = if pid.is_some() {
+                libc::syscall(
+                    SYS_CLONE3,
+                    &args as *const CloneArgs,
+                    std::mem::size_of::<CloneArgs>(),
+                )
+            } else {
+                libc::fork() as libc::c_long
+            };
+            if child == 0 {
+                // The process to restore: its own session, then wait to be seized.
+                libc::setsid();
+                loop {
+                    libc::pause();
+                }
+            }
+            let msg: i64 = if child < 0 {
+                -(*libc::__errno_location() as i64)
+            } else {
+                child as i64
+            };
+            let bytes = msg.to_ne_bytes();
+            libc::write(wfd, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(0);
+        }
+    }
+    drop(wr);
+    let mut status = 0;
+    // SAFETY: waitpid on our own child; writes one c_int.
+    unsafe { libc::waitpid(inter, &mut status, 0) };
+    let mut buf = [0u8; 8];
+    // SAFETY: read into an 8-byte local buffer.
+    let n = unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n != 8 {
+        return Err(SysError::Invalid(
+            "the restore intermediate died without a word".into(),
+        ));
+    }
+    let v = i64::from_ne_bytes(buf);
+    if v < 0 {
+        let what = match pid {
+            Some(p) => format!("clone3 with set_tid {p}"),
+            None => "fork".into(),
+        };
+        return Err(super::io_err(
+            what,
+            std::io::Error::from_raw_os_error((-v) as i32),
+        ));
+    }
+    Ok(v as i32)
+}
+
+/// `close_range(2)` syscall number on x86_64.
+const SYS_CLOSE_RANGE: libc::c_long = 436;
+
+/// Makes `cmd`'s child close every fd above 2 before it execs, with `close_range(2)`: a launched
+/// process must not inherit haul's own inherited fds (a cron pipe, a build tool's jobserver),
+/// which it would never use and which a checkpoint could not capture.
+pub fn close_inherited_fds(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only makes one raw,
+    // async-signal-safe syscall on integers; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(SYS_CLOSE_RANGE, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+}

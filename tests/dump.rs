@@ -1,0 +1,508 @@
+//! The native dump on real processes: what it copies, that the target goes on unharmed (after
+//! success, after a failure at each step), and what it refuses.
+
+mod common;
+
+use common::{clean_command, fixture, read_numbers, wait_for, Running};
+use haul::dump::{dump, DumpError, DumpOptions, Step, VecSink};
+use haul::image::{FdKind, VmaKind, PAGE_SIZE};
+use std::path::Path;
+use std::time::Duration;
+
+fn running() -> DumpOptions {
+    DumpOptions {
+        leave_running: true,
+        ..DumpOptions::default()
+    }
+}
+
+fn memwriter(dir: &Path, mib: u32, per_sec: u32) -> (Running, std::path::PathBuf) {
+    let out = dir.join("mw.out");
+    let r = Running::logged(
+        clean_command(fixture("memwriter"))
+            .args([mib.to_string(), per_sec.to_string()])
+            .arg(&out),
+        &dir.join("mw.log"),
+        true,
+    );
+    (r, out)
+}
+
+fn counter(dir: &Path) -> (Running, std::path::PathBuf) {
+    let out = dir.join("counter.out");
+    let r = Running::logged(
+        clean_command(fixture("counter")).arg(&out),
+        &dir.join("counter.log"),
+        true,
+    );
+    (r, out)
+}
+
+/// The memwriter's big region: the largest anonymous private mapping.
+fn region(pid: i32, mib: u64) -> (u64, u64) {
+    let m = haul::proc::maps(pid).unwrap();
+    let r = m
+        .iter()
+        .filter(|e| e.path.is_empty() && !e.shared && e.len() >= mib << 20)
+        .max_by_key(|e| e.len())
+        .expect("memwriter region");
+    (r.start, r.end)
+}
+
+fn maps_text(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
+}
+
+fn fd_list(pid: i32) -> Vec<(i32, String)> {
+    haul::proc::fds(pid)
+        .unwrap()
+        .into_iter()
+        .filter_map(|fd| Some((fd, haul::proc::fd_target(pid, fd).ok()?)))
+        .collect()
+}
+
+/// The target is running, untraced, with the same mappings and fds as before.
+fn assert_unharmed(pid: i32, maps_before: &str, fds_before: &[(i32, String)]) {
+    assert!(common::alive(pid), "pid {pid} died");
+    assert_eq!(common::tracer_pid(pid), Some(0), "pid {pid} still traced");
+    assert!(
+        wait_for(Duration::from_secs(5), || !matches!(
+            common::proc_state(pid),
+            Some('T' | 't')
+        )),
+        "pid {pid} left stopped"
+    );
+    assert_eq!(maps_text(pid), maps_before, "mappings of pid {pid} changed");
+    assert_eq!(fd_list(pid), fds_before, "fds of pid {pid} changed");
+}
+
+/// The counter's numbers go on past `before` with no gap and no repeat.
+fn assert_counts_on(out: &Path, before: usize) {
+    assert!(
+        wait_for(Duration::from_secs(10), || read_numbers(out).len()
+            > before + 10),
+        "counter stopped counting"
+    );
+    for (i, v) in read_numbers(out).iter().enumerate() {
+        assert_eq!(*v, i as u64 + 1, "gap or repeat at line {}", i + 1);
+    }
+}
+
+#[test]
+fn dump_copies_exactly_the_memwriter_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, out) = memwriter(dir.path(), 32, 0);
+    let pid = m.pid;
+    let (start, end) = region(pid, 32);
+    let mut sink = VecSink::default();
+    let o = dump(pid, &running(), &mut sink).unwrap();
+
+    // Every page of the region, each once, in the sink.
+    let mut addrs: Vec<u64> = sink.pages.iter().map(|(a, _)| *a).collect();
+    addrs.sort_unstable();
+    let before = addrs.len();
+    addrs.dedup();
+    assert_eq!(addrs.len(), before, "a page was sent twice");
+    let in_region: Vec<u64> = addrs
+        .iter()
+        .copied()
+        .filter(|a| (start..end).contains(a))
+        .collect();
+    assert_eq!(in_region.len() as u64, (end - start) / 4096);
+    assert_eq!(o.stats.pages_written, sink.pages.len() as u64);
+    assert!(o.stats.pages_zero >= (32 << 20) / 4096 / 3, "{:?}", o.stats);
+    assert!(o.stats.pages_scanned >= o.stats.pages_written);
+
+    // The content is what the process has (it does not write: rate 0).
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    use std::os::unix::fs::FileExt;
+    let by_addr: std::collections::HashMap<u64, &Vec<u8>> =
+        sink.pages.iter().map(|(a, d)| (*a, d)).collect();
+    for i in [0u64, 1, 2, 3, 4, 5, 1000, 4097, 8191] {
+        let a = start + i * 4096;
+        let mut live = vec![0u8; PAGE_SIZE];
+        mem.read_exact_at(&mut live, a).unwrap();
+        assert_eq!(by_addr[&a], &live, "page {i} at {a:#x}");
+        if i % 3 == 1 {
+            assert!(live.starts_with(format!("page {i}: ").as_bytes()));
+        }
+    }
+
+    // The state around the pages.
+    let p = &o.process;
+    assert_eq!(p.pid, pid);
+    assert_eq!(p.threads.len(), 1);
+    assert_eq!(p.threads[0].regs.len(), 216);
+    assert!(!p.threads[0].xstate.is_empty());
+    assert_eq!(p.threads[0].fpregs.len(), 512);
+    assert_eq!(p.sigactions.len(), 64);
+    assert!(p.sigactions[libc::SIGUSR1 as usize - 1].handler > 1);
+    assert_eq!(p.sigactions[libc::SIGINT as usize - 1].handler, 0);
+    assert_eq!(
+        p.exe,
+        fixture("memwriter")
+            .canonicalize()
+            .unwrap()
+            .to_string_lossy()
+    );
+    assert!(p.mm.brk >= p.mm.start_brk && p.mm.start_brk > 0);
+    assert!(p
+        .vmas
+        .iter()
+        .any(|v| v.start == start && v.kind == VmaKind::Anon));
+    assert!(p.vmas.iter().any(|v| v.kind == VmaKind::Vdso));
+    assert!(p
+        .vmas
+        .iter()
+        .any(|v| v.kind == VmaKind::File && v.file.is_some()));
+    assert_eq!(p.fds.len(), 3);
+    assert_eq!(p.fds[0].kind, FdKind::DevNull);
+    assert!(matches!(&p.fds[1].kind, FdKind::File { path, .. } if path.ends_with("mw.log")));
+    assert_eq!(p.rlimits.len(), 16);
+    // No page of [vdso]/[vvar] was copied.
+    for v in p
+        .vmas
+        .iter()
+        .filter(|v| matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock))
+    {
+        assert!(
+            !addrs.iter().any(|a| (v.start..v.end).contains(a)),
+            "{} copied",
+            v.name
+        );
+    }
+    drop(out);
+}
+
+#[test]
+fn pages_beyond_the_buffer_go_to_the_sink_during_the_freeze() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _out) = memwriter(dir.path(), 16, 0);
+    let opts = DumpOptions {
+        buffer: 8 << 20,
+        ..running()
+    };
+    let mut sink = VecSink::default();
+    let o = dump(m.pid, &opts, &mut sink).unwrap();
+    assert!(
+        o.stats.pages_during_freeze >= (8 << 20) / 4096,
+        "{:?}",
+        o.stats
+    );
+    assert_eq!(o.stats.pages_written, sink.pages.len() as u64);
+    let (start, end) = region(m.pid, 16);
+    let n = sink
+        .pages
+        .iter()
+        .filter(|(a, _)| (start..end).contains(a))
+        .count() as u64;
+    assert_eq!(n, (end - start) / 4096);
+}
+
+#[test]
+fn leave_running_keeps_the_memwriter_going_with_the_same_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, out) = memwriter(dir.path(), 64, 2000);
+    let pid = m.pid;
+    // Pause the dirtying so the region's checksum must not change across the dump.
+    common::send_signal(pid, "USR2");
+    std::thread::sleep(Duration::from_millis(50));
+    let (t1, sum1) = common::memwriter_report(pid, &out, 0);
+    let maps_before = maps_text(pid);
+    let fds_before = fd_list(pid);
+    let mut sink = VecSink::default();
+    let o = dump(pid, &running(), &mut sink).unwrap();
+    assert!(o.stats.frozen_time > 0 && o.stats.freezing_time > 0);
+    assert_unharmed(pid, &maps_before, &fds_before);
+    let (t2, sum2) = common::memwriter_report(pid, &out, t1);
+    assert!(t2 > t1);
+    assert_eq!(sum1, sum2, "memory changed across the dump");
+}
+
+#[test]
+fn leave_running_keeps_the_counter_counting_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, out) = counter(dir.path());
+    let maps_before = maps_text(c.pid);
+    let fds_before = fd_list(c.pid);
+    for _ in 0..3 {
+        let before = read_numbers(&out).len();
+        dump(c.pid, &running(), &mut VecSink::default()).unwrap();
+        assert_unharmed(c.pid, &maps_before, &fds_before);
+        assert_counts_on(&out, before);
+    }
+}
+
+#[test]
+fn dump_without_leave_running_kills_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, _out) = counter(dir.path());
+    let o = dump(c.pid, &DumpOptions::default(), &mut VecSink::default()).unwrap();
+    assert!(o.stats.pages_written > 0);
+    let st = c.child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+}
+
+#[test]
+fn a_failure_at_any_step_leaves_the_process_unharmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, out) = counter(dir.path());
+    let maps_before = maps_text(c.pid);
+    let fds_before = fd_list(c.pid);
+    for step in Step::ALL {
+        // Not leave_running: a failed dump must not kill the process either.
+        let opts = DumpOptions {
+            fail_at: Some(step),
+            leave_running: step == Step::Write,
+            ..DumpOptions::default()
+        };
+        let before = read_numbers(&out).len();
+        let err = dump(c.pid, &opts, &mut VecSink::default()).unwrap_err();
+        assert_eq!(err.step(), Some(step), "{err}");
+        assert!(err.to_string().contains(step.name()), "{err}");
+        assert_unharmed(c.pid, &maps_before, &fds_before);
+        assert_counts_on(&out, before);
+    }
+}
+
+#[test]
+fn fail_at_names_parse_back() {
+    for s in Step::ALL {
+        assert_eq!(Step::parse(s.name()), Some(s));
+    }
+    assert_eq!(Step::parse("nope"), None);
+}
+
+fn refusal(pid: i32) -> String {
+    match dump(pid, &running(), &mut VecSink::default()) {
+        Err(e @ (DumpError::Refused(_) | DumpError::Unsupported(_))) => e.to_string(),
+        Err(e) => panic!("pid {pid}: expected a refusal, got {e:?}"),
+        Ok(_) => panic!("pid {pid}: dump should have been refused"),
+    }
+}
+
+#[test]
+fn refuses_a_tcp_socket_naming_fd_inode_and_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint('ready',flush=True)\ntime.sleep(60)";
+    let p = Running::logged(
+        clean_command("/usr/bin/python3").args(["-c", script]),
+        &dir.path().join("py.log"),
+        true,
+    );
+    let (fd, target) = fd_list(p.pid)
+        .into_iter()
+        .find(|(_, t)| t.starts_with("socket:["))
+        .unwrap();
+    let maps_before = maps_text(p.pid);
+    let msg = refusal(p.pid);
+    assert_eq!(
+        msg,
+        format!("pid {} fd {fd}: {target} (TCP) is not supported yet", p.pid)
+    );
+    assert_eq!(maps_text(p.pid), maps_before);
+    assert_eq!(common::tracer_pid(p.pid), Some(0));
+}
+
+#[test]
+fn refuses_a_pipe_and_a_second_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    // Running::ready gives the fixture a pipe for stdout.
+    let c = Running::ready(clean_command(fixture("counter")).arg(dir.path().join("c.out")));
+    let msg = refusal(c.pid);
+    assert!(
+        msg.starts_with(&format!("pid {} fd 1: pipe:[", c.pid))
+            && msg.ends_with("(pipe) is not supported yet"),
+        "{msg}"
+    );
+
+    let script = "import threading,time\nthreading.Thread(target=time.sleep,args=(60,),daemon=True).start()\nprint('ready',flush=True)\ntime.sleep(60)";
+    let p = Running::logged(
+        clean_command("/usr/bin/python3").args(["-c", script]),
+        &dir.path().join("py.log"),
+        true,
+    );
+    assert_eq!(
+        refusal(p.pid),
+        format!(
+            "pid {} has 2 threads: multi-threaded processes are not supported yet",
+            p.pid
+        )
+    );
+}
+
+#[test]
+fn refuses_pid_1_itself_its_parent_a_zombie_and_a_missing_pid() {
+    assert!(refusal(1).contains("init"));
+    let me = std::process::id() as i32;
+    assert_eq!(refusal(me), format!("pid {me} is haul itself"));
+    let parent = std::os::unix::process::parent_id() as i32;
+    assert!(refusal(parent).contains("ancestor"));
+    assert!(refusal(2).contains("kernel thread"));
+    let missing = 4_194_304 + 17; // above any pid_max
+    assert_eq!(refusal(missing), format!("pid {missing} does not exist"));
+
+    let mut z = std::process::Command::new("true").spawn().unwrap();
+    let zpid = z.id() as i32;
+    assert!(wait_for(Duration::from_secs(5), || common::proc_state(
+        zpid
+    ) == Some('Z')));
+    assert!(refusal(zpid).contains("zombie"));
+    z.wait().unwrap();
+}
+
+#[test]
+fn multi_threaded_capture_seizes_every_thread_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "import threading,time\nfor _ in range(3): threading.Thread(target=time.sleep,args=(60,),daemon=True).start()\nprint('ready',flush=True)\ntime.sleep(60)";
+    let p = Running::logged(
+        clean_command("/usr/bin/python3").args(["-c", script]),
+        &dir.path().join("py.log"),
+        true,
+    );
+    let maps_before = maps_text(p.pid);
+    let fds_before = fd_list(p.pid);
+    let opts = DumpOptions {
+        multi_threaded: true,
+        ..running()
+    };
+    let o = dump(p.pid, &opts, &mut VecSink::default()).unwrap();
+    assert_eq!(o.process.threads.len(), 4);
+    assert_eq!(o.process.threads[0].tid, p.pid);
+    assert!(o
+        .process
+        .threads
+        .iter()
+        .all(|t| t.regs.len() == 216 && t.rseq.is_some() == o.process.threads[0].rseq.is_some()));
+    assert_unharmed(p.pid, &maps_before, &fds_before);
+    for t in haul::proc::tids(p.pid).unwrap() {
+        assert_eq!(haul::proc::task_status(p.pid, t).unwrap().tracer_pid, 0);
+    }
+}
+
+#[test]
+fn python_loop_goes_on_after_a_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "import time\nn=0\nprint('ready',flush=True)\nwhile True:\n  n+=1\n  print(n,flush=True)\n  time.sleep(0.01)";
+    let log = dir.path().join("py.log");
+    let p = Running::logged(
+        clean_command("/usr/bin/python3").args(["-c", script]),
+        &log,
+        true,
+    );
+    let maps_before = maps_text(p.pid);
+    let fds_before = fd_list(p.pid);
+    let o = dump(p.pid, &running(), &mut VecSink::default()).unwrap();
+    assert!(o.stats.pages_written > 100);
+    assert_unharmed(p.pid, &maps_before, &fds_before);
+    let count = || read_numbers(&log).len();
+    let before = count();
+    assert!(wait_for(Duration::from_secs(10), || count() > before + 10));
+    for (i, v) in read_numbers(&log).iter().enumerate() {
+        assert_eq!(*v, i as u64 + 1);
+    }
+}
+
+#[test]
+fn gzip_dumped_mid_file_still_produces_a_valid_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    // ~48 MiB of words: compressible, slow enough to catch gzip in the middle.
+    let mut data = Vec::with_capacity(48 << 20);
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    while data.len() < 48 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(format!("{:x} word{} ", x & 0xffff_ffff, x % 1000).as_bytes());
+    }
+    std::fs::write(&input, &data).unwrap();
+    let output = dir.path().join("input.gz");
+    let out_file = std::fs::File::create(&output).unwrap();
+    let mut child = clean_command("gzip")
+        .args(["-6", "-c"])
+        .arg(&input)
+        .stdin(std::process::Stdio::null())
+        .stdout(out_file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    // Wait until it reads the input (its fd open with an offset > 0).
+    let input_fd = || {
+        fd_list(pid)
+            .into_iter()
+            .find(|(_, t)| Path::new(t) == input.as_path())
+            .map(|(fd, _)| fd)
+    };
+    assert!(wait_for(Duration::from_secs(10), || {
+        input_fd()
+            .and_then(|fd| haul::proc::fdinfo(pid, fd).ok())
+            .map(|i| i.pos > 0)
+            .unwrap_or(false)
+    }));
+    let in_fd = input_fd().unwrap();
+    let o = dump(pid, &running(), &mut VecSink::default()).unwrap();
+    let f = o.process.fds.iter().find(|f| f.fd == in_fd).unwrap();
+    match &f.kind {
+        FdKind::File { path, pos, .. } => {
+            assert_eq!(Path::new(path), input.as_path());
+            assert!(
+                *pos > 0 && *pos < data.len() as u64,
+                "dumped mid-file at {pos}"
+            );
+        }
+        k => panic!("fd {in_fd} is {k:?}"),
+    }
+    let st = child.wait().unwrap();
+    assert!(st.success(), "gzip: {st}");
+    let back = std::process::Command::new("gzip")
+        .args(["-dc"])
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(back.status.success());
+    assert!(
+        back.stdout == data,
+        "decompressed output differs from the input"
+    );
+}
+
+/// A sink that kills the target when it receives its first pages (during the freeze).
+struct KillingSink {
+    pid: i32,
+    inner: VecSink,
+}
+
+impl haul::dump::PageSink for KillingSink {
+    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
+        if self.inner.pages.is_empty() {
+            common::send_signal(self.pid, "KILL");
+        }
+        self.inner.add_pages(addrs, data)
+    }
+}
+
+#[test]
+fn a_process_killed_mid_dump_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut m, _out) = memwriter(dir.path(), 32, 0);
+    let opts = DumpOptions {
+        buffer: 0,
+        ..running()
+    };
+    let mut sink = KillingSink {
+        pid: m.pid,
+        inner: VecSink::default(),
+    };
+    let err = dump(m.pid, &opts, &mut sink).unwrap_err();
+    assert!(matches!(err, DumpError::Gone { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&format!("pid {} went away during", m.pid)),
+        "{err}"
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(m.child.wait().unwrap().signal(), Some(libc::SIGKILL));
+}

@@ -1,0 +1,426 @@
+//! The kernel doors on real processes: ptrace stops, injected syscalls, pagemap and
+//! PAGEMAP_SCAN, pidfd_getfd, and the /proc parsers.
+
+mod common;
+
+use common::{fixture, read_numbers, wait_for, Running};
+use haul::sys::pagemap::{Pagemap, ScanQuery, PAGE_IS_PRESENT};
+use haul::sys::process::{self, nr};
+use haul::sys::ptrace::{self, Stop};
+use haul::sys::remote::RemoteSyscall;
+use std::time::Duration;
+
+/// Seizes and stops every thread of `pid`, runs `f`, then detaches them all.
+fn stopped<T>(pid: i32, f: impl FnOnce() -> T) -> T {
+    let tids = haul::proc::tids(pid).unwrap();
+    for &t in &tids {
+        ptrace::seize(t, 0).unwrap();
+        ptrace::interrupt(t).unwrap();
+        match ptrace::wait_stop(t).unwrap() {
+            Stop::Event { .. } => {}
+            other => panic!("thread {t}: expected an interrupt stop, got {other:?}"),
+        }
+    }
+    let out = f();
+    for &t in &tids {
+        ptrace::detach(t, 0).unwrap();
+    }
+    out
+}
+
+fn counter(dir: &std::path::Path) -> (Running, std::path::PathBuf) {
+    let out = dir.join("counter.log");
+    let r = Running::ready(common::clean_command(fixture("counter")).arg(&out));
+    (r, out)
+}
+
+/// The counter's numbers went on after `before` numbers, with no gap and no repeat.
+fn assert_counts_on(out: &std::path::Path, before: usize) {
+    assert!(
+        wait_for(Duration::from_secs(10), || read_numbers(out).len()
+            > before + 20),
+        "counter stopped counting"
+    );
+    let n = read_numbers(out);
+    for (i, v) in n.iter().enumerate() {
+        assert_eq!(*v, i as u64 + 1, "counter gap or repeat at line {}", i + 1);
+    }
+}
+
+#[test]
+fn injected_getpid_returns_the_target_pid_and_counter_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, out) = counter(dir.path());
+    let pid = c.pid;
+    let before = read_numbers(&out).len();
+    let (got, regs_before, regs_after) = stopped(pid, || {
+        let before = ptrace::getregs(pid).unwrap();
+        let mut r = RemoteSyscall::new(pid, pid).unwrap();
+        let got = r.call(nr::GETPID, [0; 6]).unwrap();
+        let got2 = r.call(nr::GETTID, [0; 6]).unwrap();
+        assert_eq!(got, got2);
+        assert!(r.take_signals().is_empty());
+        drop(r);
+        (got, before, ptrace::getregs(pid).unwrap())
+    });
+    assert_eq!(got, pid as i64);
+    assert_eq!(
+        regs_before, regs_after,
+        "registers must be restored after injection"
+    );
+    assert_counts_on(&out, before);
+}
+
+#[test]
+fn injected_mmap_and_munmap_leave_maps_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, out) = counter(dir.path());
+    let pid = c.pid;
+    let maps = || std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let before_maps = maps();
+    let before = read_numbers(&out).len();
+    stopped(pid, || {
+        let mut r = RemoteSyscall::new(pid, pid).unwrap();
+        let addr = r.map_scratch(4096).unwrap();
+        let during = maps();
+        assert_ne!(during, before_maps, "scratch page must show in maps");
+        r.write_mem(addr, b"hello scratch").unwrap();
+        let mut back = [0u8; 13];
+        r.read_mem(addr, &mut back).unwrap();
+        assert_eq!(&back, b"hello scratch");
+        r.unmap_scratch().unwrap();
+    });
+    assert_eq!(maps(), before_maps);
+    assert_counts_on(&out, before);
+}
+
+#[test]
+fn dropping_the_injector_unmaps_its_scratch_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _out) = counter(dir.path());
+    let pid = c.pid;
+    let maps = || std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let before_maps = maps();
+    stopped(pid, || {
+        let mut r = RemoteSyscall::new(pid, pid).unwrap();
+        r.map_scratch(8192).unwrap();
+    });
+    assert_eq!(maps(), before_maps);
+}
+
+#[test]
+fn injected_rt_sigaction_reads_the_handlers_flags_and_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sig.out");
+    let s = Running::ready(common::clean_command(fixture("sigfix")).arg(&out));
+    let pid = s.pid;
+    let acts = stopped(pid, || {
+        let mut r = RemoteSyscall::new(pid, pid).unwrap();
+        let scratch = r.map_scratch(4096).unwrap();
+        let mut acts = Vec::new();
+        for sig in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGTERM] {
+            r.call_ok(
+                nr::RT_SIGACTION,
+                [sig as u64, 0, scratch, 8, 0, 0],
+                "rt_sigaction",
+            )
+            .unwrap();
+            let mut b = [0u8; 32];
+            r.read_mem(scratch, &mut b).unwrap();
+            let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+            acts.push((w(0), w(1), w(3)));
+        }
+        r.unmap_scratch().unwrap();
+        acts
+    });
+    let bit = |s: i32| 1u64 << (s - 1);
+    let (h1, f1, m1) = acts[0];
+    assert!(h1 > 1);
+    assert_ne!(f1 & libc::SA_RESTART as u64, 0);
+    assert_eq!(m1, bit(libc::SIGUSR2));
+    let (_, f2, m2) = acts[1];
+    assert_ne!(f2 & libc::SA_SIGINFO as u64, 0);
+    assert_ne!(f2 & libc::SA_NODEFER as u64, 0);
+    assert_eq!(m2, bit(libc::SIGALRM));
+    assert_eq!(acts[2].2, 0);
+    assert_eq!(acts[3].0, 1, "SIGTERM is ignored (SIG_IGN = 1)");
+    // The process still handles signals: one SIGUSR1 is counted.
+    common::send_signal(pid, "USR1");
+    assert!(wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&out)
+            .map(|s| s.starts_with("usr1=1 "))
+            .unwrap_or(false)
+    }));
+}
+
+#[test]
+fn regsets_sigmask_and_rseq_of_a_stopped_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sig.out");
+    let s = Running::ready(common::clean_command(fixture("sigfix")).arg(&out));
+    let pid = s.pid;
+    stopped(pid, || {
+        let xs = ptrace::getregset(pid, ptrace::NT_X86_XSTATE).unwrap();
+        assert!(xs.len() >= 576, "XSTATE is {} bytes", xs.len());
+        let fp = ptrace::getregset(pid, ptrace::NT_PRFPREG).unwrap();
+        assert_eq!(fp.len(), 512);
+        let mask = ptrace::get_sigmask(pid).unwrap();
+        assert_eq!(
+            mask,
+            1u64 << (libc::SIGPIPE - 1),
+            "sigfix blocks exactly SIGPIPE"
+        );
+        // glibc ≥ 2.35 registers an rseq area for every thread.
+        let rseq = ptrace::get_rseq_config(pid).unwrap();
+        if let Some(c) = rseq {
+            assert!(c.rseq_abi_size >= 32);
+            assert_eq!(c.signature, 0x5305_3053);
+        }
+        let (head, len) = process::get_robust_list(pid).unwrap();
+        assert!(head != 0 && len > 0, "glibc sets a robust list head");
+        let regs = ptrace::getregs(pid).unwrap();
+        assert_eq!(
+            haul::sys::ptrace::Regs::from_bytes(&regs.to_bytes()),
+            Some(regs)
+        );
+    });
+}
+
+#[test]
+fn restart_adjustment_follows_the_kernel_rules() {
+    let mut r = ptrace::Regs {
+        rip: 0x1002,
+        orig_rax: 35,
+        ..Default::default()
+    };
+    r.rax = (-516i64) as u64;
+    let a = r.restart_adjusted();
+    assert_eq!((a.rax as i64, a.rip), (-(libc::EINTR as i64), 0x1002));
+    for code in [-512i64, -513, -514] {
+        r.rax = code as u64;
+        let a = r.restart_adjusted();
+        assert_eq!((a.rax, a.rip), (35, 0x1000));
+    }
+    r.rax = (-4i64) as u64;
+    assert_eq!(r.restart_adjusted(), r);
+    r.orig_rax = u64::MAX;
+    r.rax = (-512i64) as u64;
+    assert_eq!(r.restart_adjusted(), r, "not in a syscall: unchanged");
+}
+
+#[test]
+fn pagemap_and_pagemap_scan_see_only_touched_pages() {
+    // A large zeroed Vec comes straight from mmap: untouched pages are not present.
+    const PAGES: usize = 512;
+    let mut v = vec![0u8; (PAGES + 1) * 4096];
+    let base = (v.as_ptr() as u64).div_ceil(4096) * 4096;
+    let off = (base - v.as_ptr() as u64) as usize;
+    for i in (0..PAGES).step_by(2) {
+        v[off + i * 4096 + 7] = 1;
+    }
+    let me = std::process::id() as i32;
+    let pm = Pagemap::open(me).unwrap();
+    let end = base + (PAGES as u64) * 4096;
+    let e = pm.entries(base, end).unwrap();
+    assert_eq!(e.len(), PAGES);
+    for (i, x) in e.iter().enumerate() {
+        assert_eq!(x.present(), i % 2 == 0, "page {i}: {x:?}");
+        if i % 2 == 0 {
+            assert!(!x.file_or_shared() && x.exclusive());
+        }
+    }
+    let regions = pm.scan(&ScanQuery::resident(base, end)).unwrap();
+    let pages: Vec<u64> = regions
+        .iter()
+        .filter(|r| r.categories & PAGE_IS_PRESENT != 0)
+        .flat_map(|r| (r.start..r.end).step_by(4096))
+        .collect();
+    let want: Vec<u64> = (0..PAGES as u64)
+        .step_by(2)
+        .map(|i| base + i * 4096)
+        .collect();
+    assert_eq!(pages, want);
+    std::hint::black_box(&v);
+}
+
+#[test]
+fn pagemap_scan_walks_a_large_target_completely() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mw.out");
+    let m = Running::ready(
+        common::clean_command(fixture("memwriter"))
+            .args(["64", "0"])
+            .arg(&out),
+    );
+    let maps = haul::proc::maps(m.pid).unwrap();
+    // The 64 MiB region is the largest anonymous mapping.
+    let region = maps
+        .iter()
+        .filter(|e| e.path.is_empty())
+        .max_by_key(|e| e.len())
+        .unwrap();
+    assert!(region.len() >= 64 << 20);
+    let pm = Pagemap::open(m.pid).unwrap();
+    let regions = pm
+        .scan(&ScanQuery::resident(region.start, region.end))
+        .unwrap();
+    let present: u64 = regions.iter().map(|r| r.pages()).sum();
+    assert!(present >= (64 << 20) / 4096, "{present} pages present");
+    let entries = pm.entries(region.start, region.end).unwrap();
+    assert_eq!(
+        entries.iter().filter(|e| e.present()).count() as u64,
+        present
+    );
+}
+
+#[test]
+fn pidfd_getfd_takes_a_copy_of_the_targets_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::write(&input, vec![b'x'; 100_000]).unwrap();
+    let f = Running::ready(
+        common::clean_command(fixture("filefix"))
+            .arg(&input)
+            .arg(dir.path().join("out")),
+    );
+    let pidfd = process::pidfd_open(f.pid).unwrap();
+    let fd = haul::proc::fds(f.pid)
+        .unwrap()
+        .into_iter()
+        .find(|&fd| haul::proc::fd_target(f.pid, fd).unwrap() == input.to_string_lossy())
+        .unwrap();
+    let ours = process::pidfd_getfd(&pidfd, fd).unwrap();
+    let ours = std::fs::File::from(ours);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        ours.metadata().unwrap().ino(),
+        std::fs::metadata(&input).unwrap().ino()
+    );
+}
+
+#[test]
+fn proc_parsers_read_a_real_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sig.out");
+    let bin = fixture("sigfix");
+    let s = Running::ready(
+        common::clean_command(&bin)
+            .arg(&out)
+            .current_dir(dir.path()),
+    );
+    let pid = s.pid;
+    let st = haul::proc::stat(pid).unwrap();
+    assert_eq!(st.ppid as u32, std::process::id());
+    assert_eq!(st.comm, "sigfix");
+    assert!(st.start_brk > 0 && st.arg_end > st.arg_start && st.env_end > st.env_start);
+    let status = haul::proc::status(pid).unwrap();
+    let bit = |s: i32| 1u64 << (s - 1);
+    assert_eq!(status.sig_blk, bit(libc::SIGPIPE));
+    assert_eq!(status.sig_ign & bit(libc::SIGTERM), bit(libc::SIGTERM));
+    let caught = bit(libc::SIGUSR1) | bit(libc::SIGUSR2) | bit(libc::SIGALRM);
+    assert_eq!(status.sig_cgt & caught, caught);
+    assert_eq!(status.threads, 1);
+    assert_eq!(status.tracer_pid, 0);
+    assert_eq!(haul::proc::tids(pid).unwrap(), vec![pid]);
+    assert!(haul::proc::children(pid).unwrap().is_empty());
+    assert_eq!(haul::proc::comm(pid).unwrap(), "sigfix");
+    assert_eq!(
+        haul::proc::exe(pid).unwrap(),
+        bin.canonicalize().unwrap().to_string_lossy()
+    );
+    assert_eq!(
+        haul::proc::cwd(pid).unwrap(),
+        dir.path().canonicalize().unwrap().to_string_lossy()
+    );
+    let cmd = haul::proc::cmdline(pid).unwrap();
+    assert!(cmd.ends_with(format!("{}\0", out.display()).as_bytes()));
+    assert_eq!(haul::proc::fds(pid).unwrap(), vec![0, 1, 2]);
+    assert_eq!(haul::proc::fd_target(pid, 0).unwrap(), "/dev/null");
+    assert!(haul::proc::fd_target(pid, 1).unwrap().starts_with("pipe:["));
+    let maps = haul::proc::maps_with_flags(pid).unwrap();
+    assert!(maps.iter().any(|m| m.path == "[vdso]"));
+    assert!(maps
+        .iter()
+        .any(|m| m.path == bin.canonicalize().unwrap().to_string_lossy()
+            && m.exec
+            && m.has_flag("ex")));
+    let auxv = haul::proc::auxv(pid).unwrap();
+    assert!(auxv.iter().any(|&(k, _)| k == libc::AT_ENTRY));
+    assert_eq!(haul::proc::personality(pid).unwrap(), 0);
+}
+
+#[test]
+fn wait_reports_a_killed_tracee_as_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _out) = counter(dir.path());
+    let pid = c.pid;
+    ptrace::seize(pid, 0).unwrap();
+    process::kill(pid, libc::SIGKILL).unwrap();
+    let err = loop {
+        match ptrace::wait_stop(pid) {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, haul::sys::SysError::Gone { .. }), "{err}");
+}
+
+#[test]
+fn a_signal_arriving_during_injection_is_held_and_delivered_on_detach() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sig.out");
+    let s = Running::ready(common::clean_command(fixture("sigfix")).arg(&out));
+    let pid = s.pid;
+    ptrace::seize(pid, 0).unwrap();
+    ptrace::interrupt(pid).unwrap();
+    ptrace::wait_stop(pid).unwrap();
+    // Queued while stopped: the single step resumes the thread, which stops for it first.
+    process::tgkill(pid, pid, libc::SIGUSR2).unwrap();
+    let mut r = RemoteSyscall::new(pid, pid).unwrap();
+    assert_eq!(r.call(nr::GETPID, [0; 6]).unwrap(), pid as i64);
+    let held = r.take_signals();
+    assert_eq!(held, vec![libc::SIGUSR2]);
+    drop(r);
+    ptrace::detach(pid, held[0]).unwrap();
+    common::send_signal(pid, "USR1");
+    assert!(
+        wait_for(Duration::from_secs(5), || std::fs::read_to_string(&out)
+            .map(|s| s.starts_with("usr1=1 usr2=1 "))
+            .unwrap_or(false)),
+        "SIGUSR2 was lost: {:?}",
+        std::fs::read_to_string(&out)
+    );
+}
+
+#[test]
+fn injection_into_a_busy_loop_uses_the_vdso_and_leaves_it_spinning() {
+    let b =
+        Running::spawn(common::clean_command("/usr/bin/python3").args(["-c", "while True: pass"]));
+    let pid = b.pid;
+    assert!(wait_for(Duration::from_secs(10), || haul::proc::exe(pid)
+        .map(|e| e.contains("python"))
+        .unwrap_or(false)));
+    let (got, insn, before, after) = stopped(pid, || {
+        let before = ptrace::getregs(pid).unwrap();
+        let mut r = RemoteSyscall::new(pid, pid).unwrap();
+        let got = r.call(nr::GETPID, [0; 6]).unwrap();
+        let insn = r.insn_addr();
+        drop(r);
+        (got, insn, before, ptrace::getregs(pid).unwrap())
+    });
+    assert_eq!(got, pid as i64);
+    assert_eq!(before, after);
+    let vdso = haul::proc::maps(pid)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.path == "[vdso]")
+        .unwrap();
+    if (before.orig_rax as i64) < 0 {
+        assert!(
+            (vdso.start..vdso.end).contains(&insn),
+            "insn {insn:#x} not in [vdso]"
+        );
+    }
+    assert!(wait_for(Duration::from_secs(5), || common::proc_state(pid)
+        == Some('R')));
+}
