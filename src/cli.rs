@@ -30,6 +30,10 @@ pub enum Command {
     /// Run a batch of jobs (the way cron calls it: `haul run jobs/*.toml`).
     #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
+    /// Checkpoint a running process into the store (a final dump).
+    Dump(DumpArgs),
+    /// Rebuild a process from an image set; prints its PID.
+    Restore(RestoreArgs),
     /// Inspect and maintain an image store: list, show, verify, disk use, remove, gc.
     Images(ImagesArgs),
     /// Benchmarks (release build recommended): `haul bench store`.
@@ -140,4 +144,53 @@ pub enum BenchCommand {
 /// Parses a size like `256MiB` (the job files' syntax).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     s.parse::<haul::job::Size>().map(|v| v.0)
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// The process to checkpoint.
+    #[arg(long, value_name = "PID")]
+    pub pid: i32,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Job name the image set is filed under [default: the process's command name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Let the process go on after the dump (periodic checkpoint).
+    #[arg(long, required_unless_present = "kill", conflicts_with = "kill")]
+    pub leave_running: bool,
+    /// Kill the process once it is dumped (migration: restore it elsewhere).
+    #[arg(long)]
+    pub kill: bool,
+    /// `zstd:<1..19>` or `none`.
+    #[arg(long, default_value = "zstd:3", value_parser = parse_compression)]
+    pub compression: haul::job::Compression,
+    /// Memory for copied pages, so the freeze covers only the copy.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub buffer: u64,
+    /// Keep only this many image sets of the job (older ones are pruned).
+    #[arg(long, value_name = "N")]
+    pub keep: Option<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The image set (a final dump), as `haul images ls` lists it.
+    pub set: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// `same`: the dumped PID (refused while it is taken); `any`: whatever PID is free.
+    #[arg(long, default_value = "same", value_parser = ["same", "any"])]
+    pub pid: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `zstd:<1..19>` or `none` (the job files' syntax).
+pub fn parse_compression(s: &str) -> Result<haul::job::Compression, String> {
+    s.parse()
 }

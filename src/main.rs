@@ -62,6 +62,8 @@ fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Check { jobs } => Ok(check(&jobs)),
         Command::Run(args) => run_jobs(args),
+        Command::Dump(args) => dump_cmd(args),
+        Command::Restore(args) => restore_cmd(args),
         Command::Images(args) => images(args),
         Command::Bench { what } => bench(what),
         Command::Report { files } => {
@@ -320,4 +322,106 @@ fn du_text(r: &haul::store::DuReport) -> String {
         human_bytes(r.bytes_unreferenced)
     ));
     lines.join("\n")
+}
+
+/// The zstd level of a compression setting (None: store pages uncompressed).
+fn level(c: haul::job::Compression) -> Option<i32> {
+    match c {
+        haul::job::Compression::None => None,
+        haul::job::Compression::Zstd(l) => Some(l),
+    }
+}
+
+fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
+    use haul::util::{human_bytes, human_us};
+    let name = match args.name {
+        Some(n) => n,
+        None => default_job_name(args.pid),
+    };
+    let store = haul::store::Store::open_or_create(&args.store.store)?;
+    let opts = haul::dump::DumpOptions {
+        leave_running: args.leave_running,
+        buffer: args.buffer,
+        fail_at: haul::dump::Step::from_env(),
+        ..Default::default()
+    };
+    let d = haul::dump::dump_to_store(args.pid, &store, &name, &opts, level(args.compression))?;
+    let pruned = match args.keep {
+        Some(k) => store.prune(&name, k)?,
+        None => Vec::new(),
+    };
+    if args.json {
+        let v = serde_json::json!({
+            "set": d.set.id, "job": name, "pid": args.pid, "stats": d.stats,
+            "figures": d.set.figures, "pruned": pruned,
+        });
+        print_json(&v)?;
+    } else {
+        let f = &d.set.figures;
+        out(&d.set.id);
+        out(&format!(
+            "  pid {} {}: frozen {} (freezing {}, memdump {}), write {}; {} pages ({} zero), {} logical, {} stored, {} new",
+            args.pid,
+            if args.leave_running { "left running" } else { "killed" },
+            human_us(d.stats.frozen_time),
+            human_us(d.stats.freezing_time),
+            human_us(d.stats.memdump_time),
+            human_us(d.stats.memwrite_time),
+            f.pages,
+            f.pages_zero,
+            human_bytes(f.bytes_logical),
+            human_bytes(f.bytes_stored),
+            human_bytes(f.bytes_new)
+        ));
+        for p in pruned {
+            out(&format!("  pruned {p}"));
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// The command name of `pid`, cut to what a job name may hold; `pid-N` when there is none.
+fn default_job_name(pid: i32) -> String {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let name: String = comm
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name.starts_with('.') {
+        format!("pid-{pid}")
+    } else {
+        name
+    }
+}
+
+fn restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
+    use haul::restore::{PidChoice, RestoreOptions};
+    let store = haul::store::Store::open(&args.store.store)?;
+    let set = store.load_set(&args.set)?;
+    let opts = RestoreOptions {
+        pid: if args.pid == "any" {
+            PidChoice::Any
+        } else {
+            PidChoice::Same
+        },
+        fail_at: haul::restore::Step::from_env(),
+    };
+    let r = haul::restore::restore(&set, &store, &opts)?;
+    if args.json {
+        let v = serde_json::json!({
+            "set": set.id, "pid": r.pid, "restore_time": r.restore_time,
+            "time_to_running": r.time_to_running, "pages_restored": r.pages_restored,
+        });
+        print_json(&v)?;
+    } else {
+        out(&r.pid.to_string());
+    }
+    Ok(exit::OK)
 }

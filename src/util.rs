@@ -83,6 +83,24 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// `path` made absolute (against the current directory) with `.` and `..` removed lexically, for
+/// paths that are shown to people and written into reports.
+pub fn clean_path(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(path)?;
+    let mut out = std::path::PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +112,12 @@ mod tests {
         assert_eq!(unhex("0001ABff").as_deref(), Some(&b[..]));
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
+    }
+
+    #[test]
+    fn clean_path_drops_dot_dot() {
+        let p = clean_path(std::path::Path::new("/a/b/../c/./d")).unwrap();
+        assert_eq!(p, std::path::PathBuf::from("/a/c/d"));
     }
 
     #[test]

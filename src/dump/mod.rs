@@ -11,6 +11,9 @@ mod check;
 mod freeze;
 mod memory;
 mod state;
+mod to_store;
+
+pub use to_store::{dump_to_store, StoredDump};
 
 pub use check::{precheck, socket_kind};
 

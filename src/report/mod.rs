@@ -153,7 +153,7 @@ pub struct StoreFigures {
     pub bytes_on_disk: u64,
     /// bytes_logical / bytes_stored of this set.
     pub compression_ratio: f64,
-    /// Logical bytes of the set over the new bytes it added (1.0 = nothing shared).
+    /// Stored bytes the set references over the new bytes it added (1.0 = nothing shared).
     pub dedup_ratio: f64,
     /// Sets removed by retention (`store.keep`).
     pub pruned: Vec<String>,

@@ -51,6 +51,14 @@ pub fn check_compat(set: &ImageSet, pid: PidChoice) -> Result<&ProcessImage, Res
                 p.pid
             )));
         }
+        if let Ok(st) = crate::proc::stat(p.pid) {
+            if st.is_zombie() {
+                return Err(bad(format!(
+                    "pid {} is held by a zombie: an exited process its parent (pid {}) has not reaped yet",
+                    p.pid, st.ppid
+                )));
+            }
+        }
         if let Ok(comm) = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)) {
             return Err(bad(format!(
                 "pid {} is in use (by {}); is the original still running? Stop it, or restore with --pid any",

@@ -110,6 +110,14 @@ impl Step {
     pub fn from_name(s: &str) -> Option<Step> {
         Step::ALL.into_iter().find(|st| st.name() == s)
     }
+
+    /// Test-only: the step named by `$HAUL_RESTORE_FAIL_AT`, which makes a restore fail there on
+    /// purpose (the tests prove that nothing is left behind).
+    pub fn from_env() -> Option<Step> {
+        std::env::var("HAUL_RESTORE_FAIL_AT")
+            .ok()
+            .and_then(|v| Step::from_name(&v))
+    }
 }
 
 impl std::fmt::Display for Step {
@@ -159,6 +167,21 @@ pub trait PageSource {
         set: &ImageSet,
         f: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
     ) -> Result<(), crate::Error>;
+}
+
+impl PageSource for crate::store::Store {
+    fn for_each_page(
+        &self,
+        set: &ImageSet,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<(), crate::Error> {
+        // Fresh anonymous memory is zero already; the rebuild writes the zero pages of private
+        // file mappings itself.
+        let opts = crate::store::ReadOptions { skip_zero: true };
+        self.read_set_pages_with::<crate::Error, _>(set, opts, |addr, bytes| {
+            f(addr, bytes).map_err(|e| crate::Error::Sys(crate::sys::SysError::Invalid(e)))
+        })
+    }
 }
 
 /// Restores `set` (a final dump) from `source` and lets the process run. Returns its PID.

@@ -12,7 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::process::{self, Target};
 use super::progress::JobProgress;
-use super::{JobResult, JobStatus, RunError};
+use super::{stages, JobResult, JobStatus, RunError};
 use crate::job::{Job, Placeholders};
 use crate::report::{Outcome, RunReport, StageReport};
 
@@ -54,7 +54,7 @@ pub fn run_paths(job: &Job, run: &str) -> Result<RunPaths, RunError> {
         ..Default::default()
     };
     let abs = |p: PathBuf| {
-        std::path::absolute(&p).map_err(RunError::io(format!("resolve {}", p.display())))
+        crate::util::clean_path(&p).map_err(RunError::io(format!("resolve {}", p.display())))
     };
     let exp = |p: &Path, ph: &Placeholders| {
         crate::job::expand_path(p, ph).map_err(|e| RunError::Setup(format!("{}: {e}", p.display())))
@@ -204,11 +204,18 @@ fn check_supported(job: &Job) -> Result<(), RunError> {
     if job.spec.predump.is_some() {
         return Err(RunError::Unsupported("[predump] (pre-copy)".into()));
     }
-    if job.spec.restore.is_some() {
-        return Err(RunError::Unsupported("[restore]".into()));
+    if let Some(r) = &job.spec.restore {
+        if r.mode == crate::job::RestoreMode::Lazy {
+            return Err(RunError::Unsupported(
+                "[restore] mode = \"lazy\" (post-copy)".into(),
+            ));
+        }
+        if r.page_server().is_some() {
+            return Err(RunError::Unsupported("[restore] from a page server".into()));
+        }
     }
-    if job.spec.verify.is_some() {
-        return Err(RunError::Unsupported("[verify]".into()));
+    if job.spec.dump.lazy {
+        return Err(RunError::Unsupported("dump.lazy = true (post-copy)".into()));
     }
     Ok(())
 }
@@ -248,7 +255,7 @@ fn run_stages(
 
     let r = after_launch(job, &mut target, &ph, report, p, stop);
     // A launched process is stopped on failure, and on success unless the job leaves it running.
-    if target.launched() && (r.is_err() || !job.spec.dump.leave_running) {
+    if target.launched() && !target.gone && (r.is_err() || !job.spec.dump.leave_running) {
         let t = Instant::now();
         if let Some(how) = process::stop(&mut target) {
             p.step(&format!("process {how}"));
@@ -279,6 +286,41 @@ fn after_launch(
     })?;
     if stop.load(Ordering::Relaxed) {
         return Err(RunError::Interrupted);
+    }
+
+    let store = crate::store::Store::open_or_create(&ph.store).map_err(|e| RunError::Stage {
+        stage: "dump",
+        source: Box::new(e.into()),
+    })?;
+    p.step("dumping");
+    let set = stage(report, "dump", |r| {
+        let set = stages::dump(job, &store, target, r)?;
+        let d = format!(
+            "set {} (frozen {})",
+            set.id,
+            crate::util::human_us(r.frozen_time)
+        );
+        Ok((set, d))
+    })?;
+    if job.spec.restore.is_none() {
+        return Ok(());
+    }
+    if stop.load(Ordering::Relaxed) {
+        return Err(RunError::Interrupted);
+    }
+    p.step("restoring");
+    let pid = stage(report, "restore", |r| {
+        let pid = stages::restore(job, &store, &set, r)?;
+        Ok((pid, format!("pid {pid}")))
+    })?;
+    if job.spec.verify.is_some() {
+        p.step("verifying");
+        let mut ph = ph.clone();
+        ph.pid = Some(pid);
+        stage(report, "verify", |r| {
+            stages::verify(job, &ph, r)?;
+            Ok(((), "passed".into()))
+        })?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 pub mod lifecycle;
 pub mod process;
 pub mod progress;
+pub mod stages;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ pub enum RunError {
     Locked { job: String, lock: PathBuf },
     #[error("interrupted by a signal to haul")]
     Interrupted,
+    #[error("verify failed: {0}")]
+    Verify(String),
     #[error("{0} is not available in this version of haul yet")]
     Unsupported(String),
     #[error("{stage}: {source}")]

@@ -23,6 +23,8 @@ pub struct Target {
     pub child: Option<Child>,
     /// Where its stdout goes, when it goes to a file (for `ready.stdout_line`).
     pub stdout_path: Option<PathBuf>,
+    /// Set once a stage ended it on purpose (a dump that stops the process).
+    pub gone: bool,
 }
 
 impl Target {
@@ -95,6 +97,7 @@ pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<T
     };
     let mut cmd = Command::new(prog);
     cmd.args(args).stdin(Stdio::null()).process_group(0);
+    crate::sys::spawn::close_inherited_fds(&mut cmd);
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(expand(&cwd.to_string_lossy(), ph).map_err(RunError::Setup)?);
     }
@@ -112,6 +115,7 @@ pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<T
         pid: child.id() as i32,
         child: Some(child),
         stdout_path,
+        gone: false,
     })
 }
 
@@ -137,6 +141,7 @@ pub fn attach(spec: &ProcessSpec, ph: &Placeholders) -> Result<Target, RunError>
         pid,
         child: None,
         stdout_path: None,
+        gone: false,
     })
 }
 

@@ -395,21 +395,48 @@ impl Store {
                     ),
                 });
             }
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StoreError::io(format!("creating directory {}", parent.display()), e)
-                })?;
+            let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(p) => p.to_path_buf(),
+                None => PathBuf::from("."),
+            };
+            std::fs::create_dir_all(&parent).map_err(|e| {
+                StoreError::io(format!("creating directory {}", parent.display()), e)
+            })?;
+            // Built whole under a private name, then renamed into place: two haul runs creating
+            // the same store at once never see each other's half-made one; the loser of the
+            // rename finds the winner's store and opens it.
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let tmp = parent.join(format!(
+                ".{name}.creating-{}-{}",
+                std::process::id(),
+                crate::util::now_us()
+            ));
+            let built = (|| {
+                fsutil::create_dir(&tmp)?;
+                for d in ["packs", "index", "sets", "tmp"] {
+                    fsutil::create_dir(&tmp.join(d))?;
+                }
+                open_lock_file(&tmp)?;
+                fsutil::write_atomic(&tmp, &tmp.join(MARKER), marker_text().as_bytes())
+            })();
+            if let Err(e) = built {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
             }
-            fsutil::create_dir(path)?;
-            for d in ["packs", "index", "sets", "tmp"] {
-                fsutil::create_dir(&path.join(d))?;
-            }
-            open_lock_file(path)?;
-            // The marker is written last: a half-created store is still "empty-ish" and the
-            // next call completes it.
-            fsutil::write_atomic(path, &path.join(MARKER), marker_text().as_bytes())?;
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fsutil::fsync_dir(parent)?;
+            match std::fs::rename(&tmp, path) {
+                Ok(()) => fsutil::fsync_dir(&parent)?,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    if !path.join(MARKER).exists() {
+                        return Err(StoreError::io(
+                            format!("creating store {}", path.display()),
+                            e,
+                        ));
+                    }
+                }
             }
         }
         Store::open(path)

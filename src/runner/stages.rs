@@ -1,0 +1,207 @@
+//! The checkpoint stages of a job: final dump into the store (with retention), eager restore,
+//! and the verify command against the restored process. Each fills its part of the report.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::process::Target;
+use super::RunError;
+use crate::job::{expand, Compression, Job, PidPolicy, Placeholders};
+use crate::report::{RunReport, StoreFigures, VerifyReport};
+use crate::store::Store;
+
+fn stage_err(stage: &'static str) -> impl FnOnce(crate::Error) -> RunError {
+    move |e| RunError::Stage {
+        stage,
+        source: Box::new(e),
+    }
+}
+
+fn level(c: Compression) -> Option<i32> {
+    match c {
+        Compression::None => None,
+        Compression::Zstd(l) => Some(l),
+    }
+}
+
+/// The final dump: into the store, then retention. A launched process that the dump killed is
+/// reaped here, so that its PID is free for a restore.
+pub fn dump(
+    job: &Job,
+    store: &Store,
+    target: &mut Target,
+    report: &mut RunReport,
+) -> Result<crate::image::ImageSet, RunError> {
+    let spec = &job.spec.dump;
+    let opts = crate::dump::DumpOptions {
+        leave_running: spec.leave_running,
+        buffer: spec.buffer.0,
+        fail_at: crate::dump::Step::from_env(),
+        ..Default::default()
+    };
+    let d = crate::dump::dump_to_store(
+        target.pid,
+        store,
+        &job.name,
+        &opts,
+        level(job.spec.store.compression),
+    )
+    .map_err(stage_err("dump"))?;
+    if !spec.leave_running {
+        if let Some(child) = target.child.as_mut() {
+            let _ = child.wait();
+        }
+        target.child = None;
+        target.gone = true;
+    }
+    let s = &d.stats;
+    report.freezing_time = s.freezing_time;
+    report.frozen_time = s.frozen_time;
+    report.memdump_time = s.memdump_time;
+    report.memwrite_time = s.memwrite_time;
+    report.pages_scanned = s.pages_scanned;
+    report.pages_written = s.pages_written;
+    report.pages_lazy = d.set.figures.pages_lazy;
+
+    let pruned = match job.spec.store.keep {
+        Some(k) => store
+            .prune(&job.name, k as usize)
+            .map_err(|e| stage_err("dump")(e.into()))?,
+        None => Vec::new(),
+    };
+    let f = &d.set.figures;
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let on_disk = store
+        .du()
+        .map(|u| u.bytes_packs + u.bytes_index + u.bytes_manifests)
+        .unwrap_or(0);
+    report.store = Some(StoreFigures {
+        path: store.path().display().to_string(),
+        set: d.set.id.clone(),
+        bytes_logical: f.bytes_logical,
+        bytes_stored: f.bytes_stored,
+        bytes_new: f.bytes_new,
+        bytes_on_disk: on_disk,
+        compression_ratio: ratio(f.bytes_logical, f.bytes_stored),
+        dedup_ratio: ratio(f.bytes_stored, f.bytes_new),
+        pruned,
+    });
+    Ok(d.set)
+}
+
+/// Eager restore of the set just dumped.
+pub fn restore(
+    job: &Job,
+    store: &Store,
+    set: &crate::image::ImageSet,
+    report: &mut RunReport,
+) -> Result<i32, RunError> {
+    let Some(spec) = &job.spec.restore else {
+        return Err(RunError::Setup("no [restore]".into()));
+    };
+    let opts = crate::restore::RestoreOptions {
+        pid: match spec.pid {
+            PidPolicy::Same => crate::restore::PidChoice::Same,
+            PidPolicy::Any => crate::restore::PidChoice::Any,
+        },
+        fail_at: crate::restore::Step::from_env(),
+    };
+    let r =
+        crate::restore::restore(set, store, &opts).map_err(|e| stage_err("restore")(e.into()))?;
+    report.restored_pid = Some(r.pid);
+    report.restore_time = r.restore_time;
+    report.time_to_running = r.time_to_running;
+    report.pages_restored = r.pages_restored;
+    Ok(r.pid)
+}
+
+/// Runs the `[verify]` command with `{pid}` = the restored process; it passes when it exits 0
+/// within its timeout and its stdout contains `expect_stdout`.
+pub fn verify(job: &Job, ph: &Placeholders, report: &mut RunReport) -> Result<(), RunError> {
+    let Some(spec) = &job.spec.verify else {
+        return Ok(());
+    };
+    let argv: Vec<String> = spec
+        .command
+        .iter()
+        .map(|a| expand(a, ph))
+        .collect::<Result<_, _>>()
+        .map_err(RunError::Setup)?;
+    let expect = spec
+        .expect_stdout
+        .as_deref()
+        .map(|e| expand(e, ph))
+        .transpose()
+        .map_err(RunError::Setup)?;
+    let mut v = VerifyReport {
+        command: argv.clone(),
+        ..Default::default()
+    };
+    let outcome = run_with_timeout(&argv, &job.dir, spec.timeout.0);
+    match outcome {
+        Err(e) => v.reason = e,
+        Ok((code, stdout)) => {
+            v.exit_code = code;
+            v.stdout = stdout;
+            if code != Some(0) {
+                v.reason = format!(
+                    "exited with {}",
+                    code.map(|c| c.to_string())
+                        .unwrap_or_else(|| "a signal".into())
+                );
+            } else if let Some(e) = &expect {
+                if !v.stdout.contains(e.as_str()) {
+                    v.reason = format!("stdout does not contain \"{e}\"");
+                }
+            }
+        }
+    }
+    v.passed = v.reason.is_empty();
+    let result = if v.passed {
+        Ok(())
+    } else {
+        Err(RunError::Verify(v.reason.clone()))
+    };
+    report.verify = Some(v);
+    result
+}
+
+/// Runs `argv` in `dir`, stdout captured (first 64 KiB), killed after `timeout`.
+fn run_with_timeout(
+    argv: &[String],
+    dir: &std::path::Path,
+    timeout: Duration,
+) -> Result<(Option<i32>, String), String> {
+    let (prog, args) = argv.split_first().ok_or("verify.command is empty")?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;
+    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut stdout).take(64 * 1024).read_to_end(&mut buf);
+        // Drain the rest so the command never blocks on a full pipe.
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let end = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() >= end => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("timed out after {:?}", timeout));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("cannot wait for {prog}: {e}")),
+        }
+    };
+    let out = reader.join().unwrap_or_default();
+    Ok((status.code(), out))
+}
