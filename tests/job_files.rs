@@ -97,7 +97,7 @@ fn counter_example_resolves_paths_against_its_folder() {
         job.spec.report.history,
         jobs_dir.join("../reports/history.jsonl")
     );
-    assert!(job.spec.dump.leave_running);
+    assert!(!job.spec.dump.leave_running);
 }
 
 #[test]

@@ -52,14 +52,30 @@ fn run_launches_waits_ready_and_writes_report() {
     let r = &reports(dir.path())[0];
     assert_eq!(r["job"], "count");
     assert_eq!(r["outcome"], "ok");
-    assert_eq!(r["frozen_time"], 0);
+    assert!(r["frozen_time"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["pages_written"].as_u64().unwrap() > 0, "{r}");
     let stages: Vec<&str> = r["stages"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(stages, ["launch", "ready", "stop"]);
+    assert_eq!(stages, ["launch", "ready", "dump"]);
+    // The set is in the job's store and reads back intact.
+    let set = r["store"]["set"].as_str().unwrap();
+    let store = dir.path().join("haul-store");
+    let out = haul()
+        .args(["images", "verify"])
+        .arg(set)
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // The run dir holds the process's own output: the counter started counting from 1.
     let run_dir = PathBuf::from(r["run_dir"].as_str().unwrap());
     let n = read_numbers(&run_dir.join("counter.log"));
@@ -67,7 +83,7 @@ fn run_launches_waits_ready_and_writes_report() {
     assert!(std::fs::read_to_string(run_dir.join("stdout.log"))
         .unwrap()
         .contains("ready"));
-    // The process was stopped: it is not running any more.
+    // The dump stopped the process (dump.leave_running defaults to false).
     assert!(!common::alive(r["pid"].as_i64().unwrap() as i32));
     // And the history got one line.
     let hist = std::fs::read_to_string(dir.path().join("reports/history.jsonl")).unwrap();
@@ -250,4 +266,33 @@ fn report_command_renders_a_run_and_a_history() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn store_keep_prunes_older_sets_of_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = counter_job(dir.path(), "kept", "[store]\nkeep = 2\n");
+    for _ in 0..3 {
+        let out = haul().args(["run", "-q"]).arg(&j).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = haul()
+        .args(["images", "ls", "--json", "--job", "kept", "--store"])
+        .arg(dir.path().join("haul-store"))
+        .output()
+        .unwrap();
+    let sets: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sets.len(), 2, "{sets:?}");
+    // The newest run's report names what it pruned.
+    let mut reps = reports(dir.path());
+    reps.sort_by_key(|r| r["started_us"].as_u64().unwrap());
+    let pruned = reps
+        .iter()
+        .map(|r| r["store"]["pruned"].as_array().unwrap().len())
+        .sum::<usize>();
+    assert_eq!(pruned, 1);
 }

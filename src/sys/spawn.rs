@@ -98,7 +98,12 @@ pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
 /// `close_range(2)` syscall number on x86_64.
 const SYS_CLOSE_RANGE: libc::c_long = 436;
 
-/// Makes `cmd`'s child close every fd above 2 before it execs, with `close_range(2)`: a launched
+/// `CLOSE_RANGE_CLOEXEC`: mark the fds close-on-exec instead of closing them now.
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
+/// Makes `cmd`'s child close every fd above 2 when it execs, with `close_range(2)` and
+/// `CLOSE_RANGE_CLOEXEC` (closing them outright would also close the pipe through which std
+/// reports a failed exec): a launched
 /// process must not inherit haul's own inherited fds (a cron pipe, a build tool's jobserver),
 /// which it would never use and which a checkpoint could not capture.
 pub fn close_inherited_fds(cmd: &mut std::process::Command) {
@@ -107,7 +112,7 @@ pub fn close_inherited_fds(cmd: &mut std::process::Command) {
     // async-signal-safe syscall on integers; it touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            libc::syscall(SYS_CLOSE_RANGE, 3u32, u32::MAX, 0u32);
+            libc::syscall(SYS_CLOSE_RANGE, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
             Ok(())
         });
     }
