@@ -471,13 +471,15 @@ fn python3() -> PathBuf {
 const PY_LOOP: &str = r#"
 import sys, time
 d = {}
+big = []
 n = 0
 f = open(sys.argv[1], "a", buffering=1)
 print("ready", flush=True)
 while True:
     n += 1
     d[n % 1000] = n * n
-    f.write(f"{n} {sum(d.values())}\n")
+    big.append(bytes([n % 251]) * 20000)  # the heap grows on both sides of the dump
+    f.write(f"{n} {sum(d.values())} {big[n // 2][-1]}\n")
     time.sleep(0.01)
 "#;
 
@@ -504,9 +506,10 @@ fn python_loop_continues_with_its_counter_and_dict_after_restore() {
         let n = i as i64 + 1;
         d.insert(n % 1000, n * n);
         let sum: i64 = d.values().sum();
+        let half = (n / 2 + 1) % 251;
         assert_eq!(
             row,
-            &vec![n, sum],
+            &vec![n, sum, half],
             "line {n} (restored after line {before})"
         );
     }
