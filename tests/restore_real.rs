@@ -781,3 +781,45 @@ fn interval_timer_keeps_ticking_after_restore() {
     assert!(grew, "no timer ticks after restore");
     assert_consecutive(&read_numbers(&out));
 }
+
+/// Python that counts in a shared, writable file mapping (the file is the state).
+const PY_SHARED_MMAP: &str = r#"
+import mmap, sys, time
+f = open(sys.argv[1], "r+b")
+m = mmap.mmap(f.fileno(), 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+f.close()
+print("ready", flush=True)
+while True:
+    n = int.from_bytes(m[0:8], "little") + 1
+    m[0:8] = n.to_bytes(8, "little")
+    time.sleep(0.01)
+"#;
+
+#[test]
+fn shared_file_mapping_is_the_same_file_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(&state, vec![0u8; 4096]).unwrap();
+    let count = || {
+        let b = std::fs::read(&state).unwrap();
+        u64::from_le_bytes(b[0..8].try_into().unwrap())
+    };
+    let mut cmd = Command::new(python3());
+    cmd.arg("-c").arg(PY_SHARED_MMAP).arg(&state);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || count() >= 10));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let at_dump = count();
+    let rp = restore_same(&set, &store);
+    // It goes on from the file's value: the mapping is the file, not a private copy.
+    let grew = wait_for(Duration::from_secs(10), || count() >= at_dump + 20);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", rp.pid)).unwrap_or_default();
+    drop(rp);
+    assert!(
+        grew,
+        "counter in the shared mapping stopped at {}; maps:\n{maps}",
+        count()
+    );
+}
