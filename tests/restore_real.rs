@@ -861,3 +861,54 @@ fn stdout_and_stderr_sharing_one_file_offset_still_share_it_after_restore() {
     assert!(grew, "restored process stopped writing");
     assert_consecutive(&read_numbers(&log));
 }
+
+#[test]
+fn haul_dump_and_haul_restore_commands_move_a_counter_through_the_store() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("counter.log");
+    let store = dir.path().join("store");
+    let mut cmd = Command::new(fixture("counter"));
+    cmd.arg(&log);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
+        .len()
+        >= 5));
+    let out = common::haul()
+        .args(["dump", "--kill", "--json", "--pid"])
+        .arg(r.pid.to_string())
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "haul dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let set = v["set"].as_str().expect("set id").to_string();
+    r.child.wait().unwrap();
+    let before = read_numbers(&log).len();
+
+    let out = common::haul()
+        .args(["restore", "--json", &set, "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "haul restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = v["pid"].as_i64().expect("pid") as i32;
+    let _rp = Restored { pid, reaped: false };
+    assert_eq!(pid, r.pid);
+    assert!(v["restore_time"].as_u64().unwrap() > 0);
+    assert!(v["pages_restored"].as_u64().unwrap() > 0);
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
+        .len()
+        >= before + 20));
+    assert_consecutive(&read_numbers(&log));
+}
