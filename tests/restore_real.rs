@@ -912,3 +912,35 @@ fn haul_dump_and_haul_restore_commands_move_a_counter_through_the_store() {
         >= before + 20));
     assert_consecutive(&read_numbers(&log));
 }
+
+#[test]
+fn avx_register_state_survives_restore_mid_loop() {
+    const ROUNDS: i64 = 20_000_000;
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("avx");
+    let mut cmd = Command::new(fixture("avxloop"));
+    cmd.arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_rows(&out).len() >= 10));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let before = read_rows(&out).len();
+    let rp = restore_same(&set, &store);
+    let grew = wait_for(Duration::from_secs(20), || {
+        read_rows(&out).len() >= before + 20
+    });
+    let alive = common::alive(rp.pid);
+    drop(rp);
+    assert!(grew, "restored avxloop stopped (alive: {alive})");
+    for (i, row) in read_rows(&out).iter().enumerate() {
+        let k = i as i64 + 1;
+        let want: Vec<i64> = (1..=4).map(|lane| k * ROUNDS * lane).collect();
+        assert_eq!(row[0], k, "line {k}: count");
+        assert_eq!(
+            &row[1..],
+            &want[..],
+            "line {k}: ymm lanes (restored after line {before})"
+        );
+    }
+}
