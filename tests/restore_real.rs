@@ -944,3 +944,40 @@ fn avx_register_state_survives_restore_mid_loop() {
         );
     }
 }
+
+#[test]
+fn sqlite3_query_stopped_in_the_middle_and_restored_prints_the_same_rows() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut cmd = Command::new("sqlite3");
+        cmd.args(["-batch", "-init", "/dev/null", ":memory:"]).arg(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) \
+             SELECT x, x * x % 1000003, printf('%08x', (x * 2654435761) % 4294967296) FROM c;",
+        );
+        cmd
+    };
+    let reference = dir.path().join("ref.out");
+    let mut r = launch(run(), &reference, false);
+    assert!(
+        r.child.wait().unwrap().success(),
+        "reference sqlite3 failed"
+    );
+
+    let out = dir.path().join("restored.out");
+    let mut r = launch(run(), &out, false);
+    assert!(wait_for(Duration::from_secs(30), || file_len(&out) >= 8 << 20));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let at_dump = file_len(&out);
+    assert!(
+        at_dump < file_len(&reference),
+        "sqlite3 finished before the dump"
+    );
+    let mut rp = restore_same(&set, &store);
+    assert_eq!(rp.wait(), Some(0), "restored sqlite3 failed");
+    assert!(
+        std::fs::read(&reference).unwrap() == std::fs::read(&out).unwrap(),
+        "rows differ (dumped at byte {at_dump})"
+    );
+}
