@@ -29,6 +29,7 @@ const SYS_SETRESUID: i64 = 117;
 const SYS_SETRESGID: i64 = 119;
 const SYS_SETGROUPS: i64 = 116;
 const SYS_MADVISE: i64 = 28;
+const SYS_PERSONALITY: i64 = 135;
 const PR_SET_NAME: u64 = 15;
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
 const MADV_DONTFORK: u64 = 10;
@@ -209,6 +210,13 @@ pub(super) fn rebuild(
         .map_err(|e| e.to_string())?;
         rs.call(SYS_UMASK, [u64::from(p.umask), 0, 0, 0, 0, 0])
             .map_err(|e| e.to_string())?;
+        // personality(2) returns the previous persona, never an error for a valid one.
+        rs.call_ok(
+            SYS_PERSONALITY,
+            [u64::from(p.personality), 0, 0, 0, 0, 0],
+            &format!("personality {:#x}", p.personality),
+        )
+        .map_err(|e| e.to_string())?;
         let comm = cstr(&p.comm)?;
         rs.write_mem(args, &comm[..comm.len().min(16)])
             .map_err(|e| e.to_string())?;
@@ -301,6 +309,7 @@ pub(super) fn rebuild(
 
     step(&c, Step::Run, || -> Result<(), String> {
         drop(rs);
+        queue_pending(pid, p)?;
         ptrace::detach(pid, 0).map_err(|e| e.to_string())
     })?;
     half.pid = None;
@@ -311,6 +320,29 @@ pub(super) fn rebuild(
         pages_restored,
         fill_time,
     })
+}
+
+/// Sends the process the signals that were pending at the dump (thread-private ones with
+/// tgkill, process-wide ones with kill), once no more syscalls will be injected: they are queued
+/// while it is stopped and delivered (or stay pending, if blocked) once it runs. SIGKILL and
+/// SIGSTOP are left out. Their siginfo is not kept: the sender is haul.
+fn queue_pending(pid: i32, p: &ProcessImage) -> Result<(), String> {
+    let thread = p.threads.first().map_or(0, |t| t.pending);
+    for sig in 1..=64i32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let bit = 1u64 << (sig - 1);
+        let r = if thread & bit != 0 {
+            crate::sys::process::tgkill(pid, pid, sig)
+        } else if p.shared_pending & bit != 0 {
+            crate::sys::process::kill(pid, sig)
+        } else {
+            continue;
+        };
+        r.map_err(|e| format!("re-sending pending signal {sig}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The lowest page-aligned address at or above 64 KiB with `len` bytes free of every range.

@@ -1,0 +1,983 @@
+//! Restore end to end through the store (issue #5): fixtures and real programs are dumped into a
+//! real store (killing them), rebuilt under the same PID, and must go on exactly: the same
+//! memory, the same file offsets, the same signal handlers, a working vDSO, the same /proc view,
+//! and real programs (python3, gzip, sort) that finish with the right output.
+//!
+//! Every test makes itself the subreaper first: a restored process is re-parented away from
+//! haul, and this machine's init does not reap, so the test reaps it ([`Restored`]).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{fixture, memwriter_report, read_numbers, send_signal, wait_for, Running};
+use haul::dump::{dump, dump_to_store, DumpOptions, VecSink};
+use haul::image::{ImageSet, ProcessImage};
+use haul::restore::{restore, RestoreOptions};
+use haul::store::Store;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+/// Makes this test process the reaper of orphans (restored processes become our children).
+fn adopt_orphans() {
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+}
+
+/// A restored process: killed and reaped when dropped (also when a test panics), unless
+/// [`Restored::wait`] reaped it already.
+struct Restored {
+    pid: i32,
+    reaped: bool,
+}
+
+impl Restored {
+    /// Waits for it to exit by itself and returns its exit code (None: killed by a signal).
+    fn wait(&mut self) -> Option<i32> {
+        let st = waitpid(Pid::from_raw(self.pid), None).expect("waitpid restored process");
+        self.reaped = true;
+        match st {
+            WaitStatus::Exited(_, code) => Some(code),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), nix::sys::signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(self.pid), None);
+        }
+    }
+}
+
+/// `cmd` set up the way the runner launches processes: no inherited fds above 2, stdin
+/// /dev/null, stdout and stderr into `log`.
+fn launch(mut cmd: Command, log: &Path, wait_ready: bool) -> Running {
+    haul::sys::spawn::close_inherited_fds(&mut cmd);
+    Running::logged(&mut cmd, log, wait_ready)
+}
+
+/// Dumps `r` into `store` (killing it), reaps it, and returns the committed set.
+fn dump_kill(r: &mut Running, store: &Store) -> ImageSet {
+    let d = dump_to_store(r.pid, store, "test", &DumpOptions::default(), Some(1))
+        .unwrap_or_else(|e| panic!("dump of pid {}: {e}", r.pid));
+    r.child.wait().expect("reap the dumped original");
+    d.set
+}
+
+/// Restores `set` from `store` under its own PID.
+fn restore_same(set: &ImageSet, store: &Store) -> Restored {
+    let want = set.process.as_ref().unwrap().pid;
+    let out = restore(set, store, &RestoreOptions::default())
+        .unwrap_or_else(|e| panic!("restore of pid {want}: {e}"));
+    assert_eq!(out.pid, want, "restored under another pid");
+    assert!(out.pages_restored > 0, "no pages restored");
+    Restored {
+        pid: out.pid,
+        reaped: false,
+    }
+}
+
+fn new_store(dir: &Path) -> Store {
+    Store::open_or_create(&dir.join("store")).expect("create store")
+}
+
+/// Lines of whitespace-separated integers (files the fixtures write).
+fn read_rows(path: &Path) -> Vec<Vec<i64>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.split_whitespace()
+                .map(|w| {
+                    w.parse()
+                        .unwrap_or_else(|_| panic!("bad line {l:?} in {}", path.display()))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Numbers must be 1, 2, 3, ... with no gap and no repeat.
+fn assert_consecutive(n: &[u64]) {
+    for (i, v) in n.iter().enumerate() {
+        assert_eq!(
+            *v,
+            i as u64 + 1,
+            "gap or repeat at line {}: {:?}",
+            i + 1,
+            &n[i.saturating_sub(3)..(i + 3).min(n.len())]
+        );
+    }
+}
+
+/// Deterministic text of `len` bytes: lines of pseudo-random words (compressible like prose,
+/// but with no long repeats, so a misplaced block is caught).
+fn semi_random_text(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliet", "kilo", "lima", "mike", "november", "oscar", "papa",
+    ];
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 64);
+    let mut line = 0u64;
+    while out.len() < len {
+        line += 1;
+        out.extend_from_slice(line.to_string().as_bytes());
+        for _ in 0..8 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.push(b' ');
+            out.extend_from_slice(WORDS[(x & 15) as usize].as_bytes());
+            out.extend_from_slice((x >> 40).to_string().as_bytes());
+        }
+        out.push(b'\n');
+    }
+    out.truncate(len);
+    out
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+#[test]
+fn memwriter_region_checksum_is_the_same_after_restore_at_64mib() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let mut cmd = Command::new(fixture("memwriter"));
+    cmd.arg("64").arg("20000").arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    let pid = r.pid;
+    // Let it dirty for a while (the region then holds ticks too), then pause the dirtying.
+    let (t0, _) = memwriter_report(pid, &out, 0);
+    let (t0b, _) = memwriter_report(pid, &out, t0 + 5);
+    send_signal(pid, "USR2");
+    std::thread::sleep(Duration::from_millis(100));
+    let (t1, c1) = memwriter_report(pid, &out, t0b);
+    let (t2, c2) = memwriter_report(pid, &out, t1);
+    assert_eq!(c1, c2, "memwriter kept dirtying after SIGUSR2");
+
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let rp = restore_same(&set, &store);
+    let (t3, c3) = memwriter_report(rp.pid, &out, t2);
+    assert!(t3 > t2);
+    assert_eq!(c3, c2, "64 MiB region differs after restore");
+
+    // Still the same program: resuming the dirtying changes the region again.
+    send_signal(rp.pid, "USR2");
+    std::thread::sleep(Duration::from_millis(100));
+    let (_, c4) = memwriter_report(rp.pid, &out, t3);
+    assert_ne!(c4, c3, "restored memwriter does not dirty any more");
+}
+
+#[test]
+fn filefix_output_is_byte_identical_to_an_uninterrupted_run() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, semi_random_text(150_000, 7)).unwrap();
+    let run = |out: &Path| {
+        let mut cmd = Command::new(fixture("filefix"));
+        cmd.arg(&input).arg(out).arg("1000");
+        cmd
+    };
+
+    // Uninterrupted reference.
+    let reference = dir.path().join("ref.out");
+    let mut r = launch(run(&reference), &dir.path().join("ref.log"), true);
+    assert!(r.child.wait().unwrap().success(), "reference run failed");
+
+    let out = dir.path().join("restored.out");
+    let mut r = launch(run(&out), &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(20), || file_len(&out) >= 30_000));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let at_dump = file_len(&out);
+    assert!(
+        at_dump < 150_000,
+        "filefix finished before the dump: test proves nothing"
+    );
+    let mut rp = restore_same(&set, &store);
+    assert_eq!(rp.wait(), Some(0), "restored filefix did not exit 0");
+    let a = std::fs::read(&reference).unwrap();
+    let b = std::fs::read(&out).unwrap();
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "output length differs (dumped at {at_dump})"
+    );
+    assert!(a == b, "output differs from the uninterrupted run");
+}
+
+/// `SigBlk`, `SigIgn`, `SigCgt` of /proc/PID/status.
+fn signal_masks(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("SigBlk") || l.starts_with("SigIgn") || l.starts_with("SigCgt"))
+        .map(String::from)
+        .collect()
+}
+
+/// Sends `sig` and waits until it is no longer pending (so two sends are two deliveries).
+fn deliver(pid: i32, sig: &str) {
+    let num: nix::sys::signal::Signal = format!("SIG{sig}").parse().unwrap();
+    let bit = 1u64 << (num as i32 - 1);
+    send_signal(pid, sig);
+    let ok = wait_for(Duration::from_secs(5), || pending_signals(pid) & bit == 0);
+    assert!(ok, "SIG{sig} stays pending in pid {pid}");
+}
+
+/// Asks sigfix for its counts and waits for the report showing `usr1`.
+fn sigfix_counts(pid: i32, out: &Path, usr1: u32) -> String {
+    deliver(pid, "USR1");
+    let want = format!("usr1={usr1} ");
+    let mut got = String::new();
+    let ok = wait_for(Duration::from_secs(10), || {
+        got = std::fs::read_to_string(out).unwrap_or_default();
+        got.starts_with(&want)
+    });
+    assert!(ok, "sigfix pid {pid} did not report {want}: {got:?}");
+    got.trim().to_string()
+}
+
+/// The state of a process as a leave-running dump sees it.
+fn snapshot(pid: i32) -> ProcessImage {
+    let mut sink = VecSink::default();
+    let opts = DumpOptions {
+        leave_running: true,
+        ..Default::default()
+    };
+    dump(pid, &opts, &mut sink)
+        .unwrap_or_else(|e| panic!("snapshot of pid {pid}: {e}"))
+        .process
+}
+
+#[test]
+fn sigfix_handlers_keep_firing_with_their_masks_and_flags_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("counts");
+    let mut cmd = Command::new(fixture("sigfix"));
+    cmd.arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    let pid = r.pid;
+    for s in ["USR2", "USR2", "USR2", "ALRM", "ALRM"] {
+        deliver(pid, s);
+    }
+    assert_eq!(sigfix_counts(pid, &out, 1), "usr1=1 usr2=3 alrm=2");
+    let masks = signal_masks(pid);
+    let before = snapshot(pid);
+
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let rp = restore_same(&set, &store);
+    assert_eq!(
+        signal_masks(rp.pid),
+        masks,
+        "blocked/ignored/caught sets differ"
+    );
+    let after = snapshot(rp.pid);
+    for (i, (a, b)) in before.sigactions.iter().zip(&after.sigactions).enumerate() {
+        assert_eq!(
+            a,
+            b,
+            "signal {}: action (handler, flags, mask) differs",
+            i + 1
+        );
+    }
+    assert_eq!(before.threads[0].sigmask, after.threads[0].sigmask);
+
+    for s in ["USR2", "ALRM", "TERM"] {
+        deliver(rp.pid, s);
+    }
+    assert_eq!(sigfix_counts(rp.pid, &out, 2), "usr1=2 usr2=4 alrm=3");
+    assert!(common::alive(rp.pid), "SIGTERM is no longer ignored");
+}
+
+#[test]
+fn vdso_clock_loop_keeps_running_and_time_moves_forward_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clock");
+    let mut cmd = Command::new(fixture("clockloop"));
+    cmd.arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_rows(&out).len() >= 20));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let before = read_rows(&out).len();
+    let rp = restore_same(&set, &store);
+    let grew = wait_for(Duration::from_secs(10), || {
+        read_rows(&out).len() >= before + 30
+    });
+    let alive = common::alive(rp.pid);
+    drop(rp);
+    assert!(
+        grew && alive,
+        "restored clock loop stopped (alive: {alive})"
+    );
+
+    let rows = read_rows(&out);
+    for (i, w) in rows.windows(2).enumerate() {
+        let (a, b) = (&w[0], &w[1]);
+        assert_eq!(b[0], a[0] + 1, "line {}: count gap or repeat", i + 2);
+        assert!(b[1] > a[1], "line {}: monotonic time went backwards", i + 2);
+        assert_eq!(
+            b[2],
+            b[1] - a[1],
+            "line {}: delta is not the clock's",
+            i + 2
+        );
+        assert!(
+            b[2] >= 10_000_000 && b[2] < 120_000_000_000,
+            "line {}: delta {} ns",
+            i + 2,
+            b[2]
+        );
+    }
+    assert!(rows[before][3] > 0);
+}
+
+/// `/proc/PID/maps` as (start-end, perms, offset, path) lines.
+fn maps_lines(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!(
+                "{} {} {} {}",
+                f[0],
+                f[1],
+                f[2],
+                f.get(5).copied().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+fn proc_view(pid: i32) -> (Vec<u8>, PathBuf, PathBuf, Vec<String>) {
+    (
+        std::fs::read(format!("/proc/{pid}/cmdline")).unwrap(),
+        std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        maps_lines(pid),
+    )
+}
+
+#[test]
+fn restored_process_has_the_same_cmdline_exe_cwd_and_maps() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work dir");
+    std::fs::create_dir(&work).unwrap();
+    let mut cmd = Command::new(fixture("counter"));
+    cmd.arg("counter.log").current_dir(&work);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    let before = proc_view(r.pid);
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let rp = restore_same(&set, &store);
+    let after = proc_view(rp.pid);
+    assert_eq!(
+        String::from_utf8_lossy(&after.0),
+        String::from_utf8_lossy(&before.0),
+        "cmdline"
+    );
+    assert_eq!(after.1, before.1, "exe");
+    assert_eq!(after.2, before.2, "cwd");
+    assert_eq!(after.3.join("\n"), before.3.join("\n"), "maps");
+}
+
+/// comm, environ, limits, and the Umask line of /proc/PID/status.
+fn proc_extras(pid: i32) -> Vec<String> {
+    let read = |f: &str| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/{f}")).unwrap()).to_string()
+    };
+    let umask = read("status")
+        .lines()
+        .find(|l| l.starts_with("Umask:"))
+        .unwrap_or("no Umask line")
+        .to_string();
+    vec![read("comm"), read("environ"), read("limits"), umask]
+}
+
+#[test]
+fn restored_process_has_the_same_comm_environ_limits_and_umask() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("counter.log");
+    // umask 027 and a lowered soft RLIMIT_NOFILE, set by the shell that execs the counter.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"umask 027; ulimit -S -n 777; exec "$0" "$1""#)
+        .arg(fixture("counter"))
+        .arg(&log)
+        .env("HAUL_TEST_MARK", "restored-env");
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    let before = proc_extras(r.pid);
+    assert!(before[1].contains("HAUL_TEST_MARK=restored-env"));
+    assert!(before[2].contains("777"));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let rp = restore_same(&set, &store);
+    let after = proc_extras(rp.pid);
+    for (i, what) in ["comm", "environ", "limits", "umask"].iter().enumerate() {
+        assert_eq!(after[i], before[i], "{what}");
+    }
+}
+
+/// Session and process group ids of /proc/PID/stat.
+fn sid_pgrp(pid: i32) -> (i32, i32) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+    (f[3].parse().unwrap(), f[2].parse().unwrap())
+}
+
+#[test]
+#[ignore = "restore puts the process in a new session (spawn_parked calls setsid): session and process group are not restored yet"]
+fn restored_process_keeps_its_session_and_process_group() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("counter.log");
+    let mut cmd = Command::new(fixture("counter"));
+    cmd.arg(&log);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    let before = sid_pgrp(r.pid);
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let rp = restore_same(&set, &store);
+    assert_eq!(sid_pgrp(rp.pid), before, "(session, process group)");
+}
+
+/// The python3 binary itself (the pyenv shim on PATH is a shell script).
+fn python3() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("run python3");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+const PY_LOOP: &str = r#"
+import sys, time
+d = {}
+big = []
+n = 0
+f = open(sys.argv[1], "a", buffering=1)
+print("ready", flush=True)
+while True:
+    n += 1
+    d[n % 1000] = n * n
+    big.append(bytes([n % 251]) * 20000)  # the heap grows on both sides of the dump
+    f.write(f"{n} {sum(d.values())} {big[n // 2][-1]}\n")
+    time.sleep(0.01)
+"#;
+
+#[test]
+fn python_loop_continues_with_its_counter_and_dict_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("py.out");
+    let mut cmd = Command::new(python3());
+    cmd.arg("-c").arg(PY_LOOP).arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_rows(&out).len() >= 30));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let before = read_rows(&out).len();
+    let rp = restore_same(&set, &store);
+    let grew = wait_for(Duration::from_secs(10), || {
+        read_rows(&out).len() >= before + 30
+    });
+    drop(rp);
+    assert!(grew, "restored python does not write");
+    let mut d = std::collections::HashMap::new();
+    for (i, row) in read_rows(&out).iter().enumerate() {
+        let n = i as i64 + 1;
+        d.insert(n % 1000, n * n);
+        let sum: i64 = d.values().sum();
+        let half = (n / 2 + 1) % 251;
+        assert_eq!(
+            row,
+            &vec![n, sum, half],
+            "line {n} (restored after line {before})"
+        );
+    }
+}
+
+#[test]
+fn gzip_stopped_in_the_middle_and_restored_decompresses_to_its_input() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.txt");
+    std::fs::write(&input, semi_random_text(200 << 20, 42)).unwrap();
+    let gz = dir.path().join("big.txt.gz");
+    let mut cmd = Command::new("gzip");
+    cmd.arg("-c").arg(&input);
+    let mut r = launch(cmd, &gz, false);
+    assert!(wait_for(Duration::from_secs(60), || file_len(&gz) >= 4 << 20));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let mut rp = restore_same(&set, &store);
+    assert_eq!(rp.wait(), Some(0), "restored gzip failed");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(r#"gzip -dc "$1" | cmp -s - "$2""#)
+        .arg("sh")
+        .arg(&gz)
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(st.success(), "gzip output does not decompress to the input");
+}
+
+#[test]
+fn sort_stopped_in_the_middle_and_restored_writes_the_same_output() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("lines.txt");
+    std::fs::write(&input, semi_random_text(60 << 20, 3)).unwrap();
+    let run = |out: &Path| {
+        let mut cmd = Command::new("sort");
+        cmd.env("LC_ALL", "C")
+            .args(["--parallel=1", "-S", "1G", "-k2"])
+            .arg(&input)
+            .arg("-o")
+            .arg(out);
+        cmd
+    };
+    let reference = dir.path().join("ref.sorted");
+    let mut r = launch(run(&reference), &dir.path().join("ref.log"), false);
+    assert!(r.child.wait().unwrap().success());
+
+    let out = dir.path().join("restored.sorted");
+    let mut r = launch(run(&out), &dir.path().join("log"), false);
+    std::thread::sleep(Duration::from_millis(300));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let mut rp = restore_same(&set, &store);
+    assert_eq!(rp.wait(), Some(0), "restored sort failed");
+    assert!(
+        std::fs::read(&reference).unwrap() == std::fs::read(&out).unwrap(),
+        "sorted output differs"
+    );
+}
+
+#[test]
+fn one_set_restores_twice_and_both_continue_from_the_dump() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("counter.log");
+    let mut cmd = Command::new(fixture("counter"));
+    cmd.arg(&log);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
+        .len()
+        >= 5));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let dumped = read_numbers(&log).len();
+    assert_consecutive(&read_numbers(&log));
+
+    let rp = restore_same(&set, &store);
+    assert!(wait_for(Duration::from_secs(10), || {
+        read_numbers(&log).len() >= dumped + 20
+    }));
+    drop(rp); // killed and reaped: the pid is free again
+    let first = read_numbers(&log);
+    assert_consecutive(&first);
+
+    let rp = restore_same(&set, &store);
+    assert!(wait_for(Duration::from_secs(10), || {
+        read_numbers(&log).len() >= first.len() + 20
+    }));
+    drop(rp);
+    // The second life starts again right after the dump: dumped+1, dumped+2, ...
+    let all = read_numbers(&log);
+    assert_consecutive(
+        &all[first.len()..]
+            .iter()
+            .map(|n| n - dumped as u64)
+            .collect::<Vec<_>>(),
+    );
+}
+
+#[test]
+fn haul_run_migrates_a_counter_locally_and_reports_the_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let counter = fixture("counter");
+    let job = dir.path().join("migrate.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+[process]
+command = ["{}", "{{run_dir}}/counter.log"]
+ready = {{ stdout_line = "ready" }}
+
+[dump]
+leave_running = false
+
+[restore]
+mode = "eager"
+pid = "same"
+from = "store"
+
+[store]
+path = "store"
+
+[report]
+dir = "reports"
+history = "reports/history.jsonl"
+
+[verify]
+command = [
+  "sh", "-c",
+  '''sleep 0.3; awk 'NR > 1 && $1 != prev + 1 {{{{ bad = 1 }}}} {{{{ prev = $1 }}}} END {{{{ print ((bad || NR < 2) ? "GAP" : "OK") }}}}' {{run_dir}}/counter.log''',
+]
+expect_stdout = "OK"
+timeout = "10s"
+"#,
+            counter.display()
+        ),
+    )
+    .unwrap();
+    let out = common::haul()
+        .arg("run")
+        .arg(&job)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let reports: Vec<PathBuf> = std::fs::read_dir(dir.path().join("reports"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    let report = reports
+        .iter()
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| haul::report::load(p).unwrap().remove(0));
+    let restored = report.as_ref().and_then(|r| r.restored_pid);
+    let _guard = restored.map(|pid| Restored { pid, reaped: false });
+    assert!(
+        out.status.success(),
+        "haul run: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report.expect("no report written");
+    assert_eq!(r.restored_pid, r.pid, "restored under another pid");
+    assert!(r.restore_time > 0);
+    assert!(r.pages_restored > 0);
+    let v = r.verify.expect("no verify outcome");
+    assert!(v.passed, "verify: {v:?}");
+}
+
+/// Bitmask of `SigPnd` | `ShdPnd` of /proc/PID/status.
+fn pending_signals(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
+        .map(|l| u64::from_str_radix(l.split_whitespace().nth(1).unwrap(), 16).unwrap())
+        .fold(0, |a, b| a | b)
+}
+
+#[test]
+fn blocked_pending_signal_is_still_pending_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("counts");
+    let mut cmd = Command::new(fixture("sigfix"));
+    cmd.arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    // sigfix blocks SIGPIPE (13): one sent stays pending.
+    let pipe_bit = 1u64 << (libc::SIGPIPE - 1);
+    send_signal(r.pid, "PIPE");
+    assert!(wait_for(Duration::from_secs(5), || pending_signals(r.pid)
+        & pipe_bit
+        != 0));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let rp = restore_same(&set, &store);
+    let pending = pending_signals(rp.pid);
+    assert_eq!(
+        pending, pipe_bit,
+        "pending signals after restore: {pending:#x}"
+    );
+    // And the process goes on (the pending SIGPIPE stays blocked).
+    assert_eq!(sigfix_counts(rp.pid, &out, 1), "usr1=1 usr2=0 alrm=0");
+}
+
+#[test]
+fn personality_flags_are_kept_by_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("counter.log");
+    // setarch -R: ADDR_NO_RANDOMIZE (0x0040000), then exec of the counter (same pid).
+    let mut cmd = Command::new("setarch");
+    cmd.args(["x86_64", "-R"]).arg(fixture("counter")).arg(&log);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    let persona = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/personality"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let before = persona(r.pid);
+    assert_eq!(before, "00040000");
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let rp = restore_same(&set, &store);
+    assert_eq!(persona(rp.pid), before);
+}
+
+/// Python with an interval timer (`setitimer(ITIMER_REAL)`, 20 ms) whose handler counts ticks
+/// into a file; the main loop only sleeps.
+const PY_TIMER: &str = r#"
+import signal, sys, time
+n = 0
+f = open(sys.argv[1], "a", buffering=1)
+def tick(sig, frame):
+    global n
+    n += 1
+    f.write(f"{n}\n")
+signal.signal(signal.SIGALRM, tick)
+signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"#;
+
+#[test]
+#[ignore = "dump does not capture interval timers (setitimer/alarm/timer_create): the restored process has none, so its ticks stop"]
+fn interval_timer_keeps_ticking_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ticks");
+    let mut cmd = Command::new(python3());
+    cmd.arg("-c").arg(PY_TIMER).arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&out)
+        .len()
+        >= 10));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let before = read_numbers(&out).len();
+    let rp = restore_same(&set, &store);
+    let grew = wait_for(Duration::from_secs(5), || {
+        read_numbers(&out).len() >= before + 10
+    });
+    drop(rp);
+    assert!(grew, "no timer ticks after restore");
+    assert_consecutive(&read_numbers(&out));
+}
+
+/// Python that counts in a shared, writable file mapping (the file is the state).
+const PY_SHARED_MMAP: &str = r#"
+import mmap, sys, time
+f = open(sys.argv[1], "r+b")
+m = mmap.mmap(f.fileno(), 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+f.close()
+print("ready", flush=True)
+while True:
+    n = int.from_bytes(m[0:8], "little") + 1
+    m[0:8] = n.to_bytes(8, "little")
+    time.sleep(0.01)
+"#;
+
+#[test]
+fn shared_file_mapping_is_the_same_file_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(&state, vec![0u8; 4096]).unwrap();
+    let count = || {
+        let b = std::fs::read(&state).unwrap();
+        u64::from_le_bytes(b[0..8].try_into().unwrap())
+    };
+    let mut cmd = Command::new(python3());
+    cmd.arg("-c").arg(PY_SHARED_MMAP).arg(&state);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || count() >= 10));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let at_dump = count();
+    let rp = restore_same(&set, &store);
+    // It goes on from the file's value: the mapping is the file, not a private copy.
+    let grew = wait_for(Duration::from_secs(10), || count() >= at_dump + 20);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", rp.pid)).unwrap_or_default();
+    drop(rp);
+    assert!(
+        grew,
+        "counter in the shared mapping stopped at {}; maps:\n{maps}",
+        count()
+    );
+}
+
+/// Python writing an increasing number every 10 ms, odd ones to stdout and even ones to stderr,
+/// unbuffered: with `>log 2>&1` both fds share one file offset.
+const PY_TWO_FDS: &str = r#"
+import os, time
+os.write(1, b"ready\n")
+n = 0
+while True:
+    n += 1
+    os.write(1 if n % 2 else 2, f"{n}\n".encode())
+    time.sleep(0.01)
+"#;
+
+#[test]
+#[ignore = "the image does not record that fds share one open file description (dup, 2>&1): restore opens them separately, each with its own offset, so the writes of one overwrite the other's"]
+fn stdout_and_stderr_sharing_one_file_offset_still_share_it_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut cmd = Command::new(python3());
+    cmd.arg("-c").arg(PY_TWO_FDS);
+    // Running::logged opens the log once (not O_APPEND) and gives the child a dup of it as
+    // stderr: one open file description, one offset.
+    let mut r = launch(cmd, &log, true);
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
+        .len()
+        >= 10));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let before = read_numbers(&log).len();
+    let rp = restore_same(&set, &store);
+    let grew = wait_for(Duration::from_secs(5), || {
+        read_numbers(&log).len() >= before + 20
+    });
+    drop(rp);
+    assert!(grew, "restored process stopped writing");
+    assert_consecutive(&read_numbers(&log));
+}
+
+#[test]
+fn haul_dump_and_haul_restore_commands_move_a_counter_through_the_store() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("counter.log");
+    let store = dir.path().join("store");
+    let mut cmd = Command::new(fixture("counter"));
+    cmd.arg(&log);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
+        .len()
+        >= 5));
+    let out = common::haul()
+        .args(["dump", "--kill", "--json", "--pid"])
+        .arg(r.pid.to_string())
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "haul dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let set = v["set"].as_str().expect("set id").to_string();
+    r.child.wait().unwrap();
+    let before = read_numbers(&log).len();
+
+    let out = common::haul()
+        .args(["restore", "--json", &set, "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "haul restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = v["pid"].as_i64().expect("pid") as i32;
+    let _rp = Restored { pid, reaped: false };
+    assert_eq!(pid, r.pid);
+    assert!(v["restore_time"].as_u64().unwrap() > 0);
+    assert!(v["pages_restored"].as_u64().unwrap() > 0);
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
+        .len()
+        >= before + 20));
+    assert_consecutive(&read_numbers(&log));
+}
+
+#[test]
+fn avx_register_state_survives_restore_mid_loop() {
+    const ROUNDS: i64 = 20_000_000;
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("avx");
+    let mut cmd = Command::new(fixture("avxloop"));
+    cmd.arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_rows(&out).len() >= 10));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let before = read_rows(&out).len();
+    let rp = restore_same(&set, &store);
+    let grew = wait_for(Duration::from_secs(20), || {
+        read_rows(&out).len() >= before + 20
+    });
+    let alive = common::alive(rp.pid);
+    drop(rp);
+    assert!(grew, "restored avxloop stopped (alive: {alive})");
+    for (i, row) in read_rows(&out).iter().enumerate() {
+        let k = i as i64 + 1;
+        let want: Vec<i64> = (1..=4).map(|lane| k * ROUNDS * lane).collect();
+        assert_eq!(row[0], k, "line {k}: count");
+        assert_eq!(
+            &row[1..],
+            &want[..],
+            "line {k}: ymm lanes (restored after line {before})"
+        );
+    }
+}
+
+#[test]
+fn sqlite3_query_stopped_in_the_middle_and_restored_prints_the_same_rows() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut cmd = Command::new("sqlite3");
+        cmd.args(["-batch", "-init", "/dev/null", ":memory:"]).arg(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) \
+             SELECT x, x * x % 1000003, printf('%08x', (x * 2654435761) % 4294967296) FROM c;",
+        );
+        cmd
+    };
+    let reference = dir.path().join("ref.out");
+    let mut r = launch(run(), &reference, false);
+    assert!(
+        r.child.wait().unwrap().success(),
+        "reference sqlite3 failed"
+    );
+
+    let out = dir.path().join("restored.out");
+    let mut r = launch(run(), &out, false);
+    assert!(wait_for(Duration::from_secs(30), || file_len(&out) >= 8 << 20));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let at_dump = file_len(&out);
+    assert!(
+        at_dump < file_len(&reference),
+        "sqlite3 finished before the dump"
+    );
+    let mut rp = restore_same(&set, &store);
+    assert_eq!(rp.wait(), Some(0), "restored sqlite3 failed");
+    assert!(
+        std::fs::read(&reference).unwrap() == std::fs::read(&out).unwrap(),
+        "rows differ (dumped at byte {at_dump})"
+    );
+}
