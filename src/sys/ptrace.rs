@@ -185,7 +185,7 @@ impl Regs {
             return r;
         }
         match self.rax as i64 {
-            -514 | -513 | -512 => {
+            -514..=-512 => {
                 r.rax = self.orig_rax;
                 r.rip = self.rip.wrapping_sub(2);
             }
