@@ -72,7 +72,18 @@ fn assert_unharmed(pid: i32, maps_before: &str, fds_before: &[(i32, String)]) {
         )),
         "pid {pid} left stopped"
     );
-    assert_eq!(maps_text(pid), maps_before, "mappings of pid {pid} changed");
+    let now = maps_text(pid);
+    if now != maps_before {
+        let gone: Vec<&str> = maps_before
+            .lines()
+            .filter(|l| !now.lines().any(|n| n == *l))
+            .collect();
+        let new: Vec<&str> = now
+            .lines()
+            .filter(|l| !maps_before.lines().any(|n| n == *l))
+            .collect();
+        panic!("mappings of pid {pid} changed: gone {gone:#?}, new {new:#?}");
+    }
     assert_eq!(fd_list(pid), fds_before, "fds of pid {pid} changed");
 }
 
@@ -505,4 +516,69 @@ fn a_process_killed_mid_dump_is_a_clear_error() {
     );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(m.child.wait().unwrap().signal(), Some(libc::SIGKILL));
+}
+
+/// Counts pages and drops them (figures without a store).
+#[derive(Default)]
+struct CountingSink {
+    pages: u64,
+}
+
+impl haul::dump::PageSink for CountingSink {
+    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
+        assert_eq!(data.len(), addrs.len() * PAGE_SIZE);
+        self.pages += addrs.len() as u64;
+        Ok(())
+    }
+}
+
+/// Figures, not a check: `cargo test --release --test dump -- --ignored --nocapture figures`.
+/// Prewarms (DESIGN.md §4: this VM hands freed memory back), then dumps a 256 MiB memwriter
+/// five times with leave_running and prints the medians.
+#[test]
+#[ignore]
+fn figures_dump_of_a_256mib_memwriter() {
+    for _ in 0..2 {
+        let mut v = vec![0u8; 512 << 20];
+        for i in (0..v.len()).step_by(4096) {
+            v[i] = 1;
+        }
+        std::hint::black_box(&v);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _out) = memwriter(dir.path(), 256, 0);
+    for (label, buffer) in [
+        ("buffered (1 GiB)", 1u64 << 30),
+        ("unbuffered (sink during freeze)", 0),
+    ] {
+        let opts = DumpOptions {
+            buffer,
+            ..running()
+        };
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            let mut sink = CountingSink::default();
+            let o = dump(m.pid, &opts, &mut sink).unwrap();
+            runs.push(o.stats);
+        }
+        let med = |f: fn(&haul::dump::DumpStats) -> u64| {
+            let mut v: Vec<u64> = runs.iter().map(f).collect();
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        let pages = runs[0].pages_written;
+        let gib = (pages * 4096) as f64 / (1u64 << 30) as f64;
+        let frozen = med(|s| s.frozen_time);
+        println!(
+            "{label}: pages {pages} ({:.0} MiB), freezing {} µs, frozen {} µs, memdump {} µs, memwrite {} µs, remote syscalls {}, frozen per GiB {:.1} ms, copy {:.2} GB/s",
+            gib * 1024.0,
+            med(|s| s.freezing_time),
+            frozen,
+            med(|s| s.memdump_time),
+            med(|s| s.memwrite_time),
+            runs[0].remote_syscalls,
+            frozen as f64 / 1000.0 / gib,
+            (pages * 4096) as f64 / med(|s| s.memdump_time) as f64 / 1000.0,
+        );
+    }
 }

@@ -83,12 +83,19 @@ pub fn precheck(pid: i32, opts: &DumpOptions) -> Result<(), DumpError> {
             status.uid[1]
         )));
     }
-    check_frozen(pid, opts)
+    check_frozen(pid, opts).map(|_| ())
+}
+
+/// What [`check_frozen`] read: the mappings (with VmFlags) and the fds, reused for the image
+/// (reading smaps walks the page tables: once per freeze is enough).
+pub(crate) struct Snapshot {
+    pub maps: Vec<proc::MapEntry>,
+    pub fds: Vec<FdImage>,
 }
 
 /// The checks on what the process uses (threads, children, fds, mappings); run before the
 /// freeze and again under it.
-pub(crate) fn check_frozen(pid: i32, opts: &DumpOptions) -> Result<(), DumpError> {
+pub(crate) fn check_frozen(pid: i32, opts: &DumpOptions) -> Result<Snapshot, DumpError> {
     let tids = proc::tids(pid)?;
     if tids.len() > 1 && !opts.multi_threaded {
         return Err(unsupported(format!(
@@ -104,11 +111,12 @@ pub(crate) fn check_frozen(pid: i32, opts: &DumpOptions) -> Result<(), DumpError
             list.join(", ")
         )));
     }
-    fd_images(pid)?;
-    for m in proc::maps_with_flags(pid)? {
-        check_mapping(pid, &m)?;
+    let fds = fd_images(pid)?;
+    let maps = proc::maps_with_flags(pid)?;
+    for m in &maps {
+        check_mapping(pid, m)?;
     }
-    Ok(())
+    Ok(Snapshot { maps, fds })
 }
 
 /// An estimate of the bytes a dump will copy (anonymous resident memory), to size the buffers

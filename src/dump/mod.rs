@@ -259,13 +259,15 @@ pub fn dump(
     ctx.fail(Step::Seize)?;
 
     // Under the freeze the process cannot change: check the refusal list again.
-    ctx.step(Step::Check, || check::check_frozen(pid, opts))?;
+    let snapshot = ctx.step(Step::Check, || check::check_frozen(pid, opts))?;
 
     let mut process = ctx.step(Step::Regs, || state::capture_threads(&mut frozen))?;
     ctx.fail(Step::Regs)?;
 
     // The address space is read before the scratch page exists.
-    ctx.step(Step::State, || state::capture_process(pid, &mut process))?;
+    ctx.step(Step::State, || {
+        state::capture_process(pid, &mut process, snapshot)
+    })?;
 
     ctx.step(Step::Scratch, || frozen.map_scratch())?;
     ctx.fail(Step::Scratch)?;
