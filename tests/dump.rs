@@ -344,6 +344,32 @@ fn refuses_a_pipe_and_a_second_thread() {
 }
 
 #[test]
+fn refuses_eventfd_and_memfd_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    for (make, kind) in [
+        ("os.eventfd(0)", "eventfd"),
+        ("os.memfd_create('x')", "memfd"),
+        ("select.epoll()", "epoll"),
+    ] {
+        let script =
+            format!("import os,select,time\nx={make}\nprint('ready',flush=True)\ntime.sleep(60)");
+        let p = Running::logged(
+            clean_command("/usr/bin/python3").args(["-c", &script]),
+            &dir.path().join("py.log"),
+            true,
+        );
+        let (fd, target) = fd_list(p.pid).into_iter().find(|(fd, _)| *fd > 2).unwrap();
+        assert_eq!(
+            refusal(p.pid),
+            format!(
+                "pid {} fd {fd}: {target} ({kind}) is not supported yet",
+                p.pid
+            )
+        );
+    }
+}
+
+#[test]
 fn refuses_pid_1_itself_its_parent_a_zombie_and_a_missing_pid() {
     assert!(refusal(1).contains("init"));
     let me = std::process::id() as i32;

@@ -424,3 +424,62 @@ fn injection_into_a_busy_loop_uses_the_vdso_and_leaves_it_spinning() {
     assert!(wait_for(Duration::from_secs(5), || common::proc_state(pid)
         == Some('R')));
 }
+
+#[test]
+fn uffd_wp_async_and_pagemap_scan_report_exactly_the_written_pages() {
+    use haul::sys::mem::AlignedBuf;
+    use haul::sys::uffd::*;
+    const PAGES: usize = 64;
+    let mut buf = AlignedBuf::new(PAGES * 4096).unwrap();
+    let start = buf.as_slice().as_ptr() as u64;
+    let len = (PAGES * 4096) as u64;
+    let uffd = Uffd::create(libc::O_CLOEXEC | libc::O_NONBLOCK).unwrap();
+    let (features, _) = uffd
+        .api(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)
+        .unwrap();
+    assert_ne!(features & UFFD_FEATURE_WP_ASYNC, 0);
+    uffd.register(start, len, UFFDIO_REGISTER_MODE_WP).unwrap();
+    uffd.writeprotect(start, len, true, false).unwrap();
+    let pm = Pagemap::open(std::process::id() as i32).unwrap();
+    let scan = || {
+        pm.scan(&ScanQuery::written_and_reprotect(start, start + len))
+            .unwrap()
+            .iter()
+            .flat_map(|r| (r.start..r.end).step_by(4096))
+            .map(|a| ((a - start) / 4096) as usize)
+            .collect::<Vec<_>>()
+    };
+    assert!(scan().is_empty(), "nothing written yet");
+    for p in [3usize, 4, 40] {
+        buf.as_mut_slice()[p * 4096 + 9] = 0xaa;
+    }
+    assert_eq!(scan(), vec![3, 4, 40]);
+    // The scan protected them again: a new round sees only new writes.
+    buf.as_mut_slice()[7 * 4096] = 1;
+    assert_eq!(scan(), vec![7]);
+    uffd.unregister(start, len).unwrap();
+}
+
+#[test]
+fn process_vm_read_fills_an_aligned_buffer_from_many_ranges() {
+    use haul::sys::mem::{process_vm_read, AlignedBuf, RemoteRange};
+    let mut src = AlignedBuf::new(3000 * 4096).unwrap();
+    for (i, c) in src.as_mut_slice().chunks_mut(4096).enumerate() {
+        c[..8].copy_from_slice(&(i as u64).to_ne_bytes());
+    }
+    let base = src.as_slice().as_ptr() as u64;
+    // 1500 one-page ranges (more than IOV_MAX in one call): every other page.
+    let ranges: Vec<RemoteRange> = (0..1500u64)
+        .map(|i| RemoteRange {
+            addr: base + i * 2 * 4096,
+            len: 4096,
+        })
+        .collect();
+    let mut dst = AlignedBuf::new(1500 * 4096).unwrap();
+    assert_eq!(dst.as_slice().as_ptr() as usize % 4096, 0);
+    let n = process_vm_read(std::process::id() as i32, dst.as_mut_slice(), &ranges).unwrap();
+    assert_eq!(n, 1500 * 4096);
+    for (i, c) in dst.as_slice().chunks(4096).enumerate() {
+        assert_eq!(u64::from_ne_bytes(c[..8].try_into().unwrap()), i as u64 * 2);
+    }
+}
