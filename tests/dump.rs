@@ -564,6 +564,13 @@ impl haul::dump::PageSink for CountingSink {
 #[test]
 #[ignore]
 fn figures_dump_of_a_256mib_memwriter() {
+    // Step timings: HAUL_FIGURES_TRACE=1 prints every step's duration.
+    if std::env::var_os("HAUL_FIGURES_TRACE").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("haul=debug")
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     for _ in 0..2 {
         let mut v = vec![0u8; 512 << 20];
         for i in (0..v.len()).step_by(4096) {

@@ -244,7 +244,7 @@ pub fn dump(
     sink: &mut dyn PageSink,
 ) -> Result<DumpOutcome, DumpError> {
     let ctx = Ctx { pid, opts };
-    ctx.step(Step::Check, || check::precheck(pid, opts))?;
+    let before = ctx.step(Step::Check, || check::precheck_snapshot(pid, opts))?;
     ctx.fail(Step::Check)?;
     let mut stats = DumpStats::default();
 
@@ -259,7 +259,7 @@ pub fn dump(
     ctx.fail(Step::Seize)?;
 
     // Under the freeze the process cannot change: check the refusal list again.
-    let snapshot = ctx.step(Step::Check, || check::check_frozen(pid, opts))?;
+    let snapshot = ctx.step(Step::Check, || check::check_uses(pid, opts, Some(&before)))?;
 
     let mut process = ctx.step(Step::Regs, || state::capture_threads(&mut frozen))?;
     ctx.fail(Step::Regs)?;
@@ -334,7 +334,10 @@ impl Ctx<'_> {
         step: Step,
         f: impl FnOnce() -> Result<T, DumpError>,
     ) -> Result<T, DumpError> {
-        f().map_err(|e| match e {
+        let t = Instant::now();
+        let r = f();
+        tracing::debug!(pid = self.pid, %step, us = crate::util::us(t.elapsed()), ok = r.is_ok(), "dump step");
+        r.map_err(|e| match e {
             DumpError::Refused(_)
             | DumpError::Unsupported(_)
             | DumpError::Gone { .. }
