@@ -483,3 +483,43 @@ fn process_vm_read_fills_an_aligned_buffer_from_many_ranges() {
         assert_eq!(u64::from_ne_bytes(c[..8].try_into().unwrap()), i as u64 * 2);
     }
 }
+
+/// Figures, not a check: `cargo test --release --test sys -- --ignored --nocapture figures`.
+/// PAGEMAP_SCAN against reading pagemap entries over a 256 MiB resident region.
+#[test]
+#[ignore]
+fn figures_pagemap_scan_against_pagemap_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Running::ready(
+        common::clean_command(fixture("memwriter"))
+            .args(["256", "0"])
+            .arg(dir.path().join("mw.out")),
+    );
+    let maps = haul::proc::maps(m.pid).unwrap();
+    let r = maps
+        .iter()
+        .filter(|e| e.path.is_empty())
+        .max_by_key(|e| e.len())
+        .unwrap();
+    let pm = Pagemap::open(m.pid).unwrap();
+    let med = |f: &dyn Fn() -> usize| {
+        let mut v: Vec<u128> = (0..7)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                std::hint::black_box(f());
+                t.elapsed().as_micros()
+            })
+            .collect();
+        v.sort_unstable();
+        v[3]
+    };
+    let scan = med(&|| pm.scan(&ScanQuery::resident(r.start, r.end)).unwrap().len());
+    let entries = med(&|| {
+        pm.entries(r.start, r.end)
+            .unwrap()
+            .iter()
+            .filter(|e| e.present())
+            .count()
+    });
+    println!("256 MiB resident: PAGEMAP_SCAN {scan} µs, pagemap entries {entries} µs");
+}
