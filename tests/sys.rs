@@ -523,3 +523,59 @@ fn figures_pagemap_scan_against_pagemap_entries() {
     });
     println!("256 MiB resident: PAGEMAP_SCAN {scan} µs, pagemap entries {entries} µs");
 }
+
+#[test]
+fn clone3_gives_a_stopped_child_the_pid_asked_for() {
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // A free pid near the top of the range (retry if one is taken meanwhile).
+    let mut got = None;
+    for want in (pid_max - 200..pid_max - 100).rev() {
+        if std::path::Path::new(&format!("/proc/{want}")).exists() {
+            continue;
+        }
+        match process::clone3_stopped_child(Some(want)) {
+            Ok(pid) => {
+                got = Some((want, pid));
+                break;
+            }
+            Err(e) if e.errno() == Some(libc::EEXIST) => continue,
+            Err(e) => panic!("clone3: {e}"),
+        }
+    }
+    let (want, pid) = got.expect("no free pid");
+    assert_eq!(pid, want);
+    assert_eq!(common::proc_state(pid), Some('T'));
+    process::kill(pid, libc::SIGKILL).unwrap();
+    // Reap it (it is our child): waitpid reports the death.
+    let err = loop {
+        match ptrace::wait_stop(pid) {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, haul::sys::SysError::Gone { .. }), "{err}");
+    assert_eq!(common::proc_state(pid), None);
+}
+
+#[test]
+fn prctl_mm_map_is_104_bytes_in_field_order() {
+    let m = process::PrctlMmMap {
+        start_code: 1,
+        env_end: 11,
+        auxv: 12,
+        auxv_size: 13,
+        exe_fd: 14,
+        ..Default::default()
+    };
+    let b = m.to_bytes();
+    assert_eq!(b.len(), 104);
+    assert_eq!(u64::from_ne_bytes(b[0..8].try_into().unwrap()), 1);
+    assert_eq!(u64::from_ne_bytes(b[80..88].try_into().unwrap()), 11);
+    assert_eq!(u64::from_ne_bytes(b[88..96].try_into().unwrap()), 12);
+    assert_eq!(u32::from_ne_bytes(b[96..100].try_into().unwrap()), 13);
+    assert_eq!(u32::from_ne_bytes(b[100..104].try_into().unwrap()), 14);
+}
