@@ -615,3 +615,78 @@ fn figures_dump_of_a_256mib_memwriter() {
         );
     }
 }
+
+#[test]
+fn copies_cow_pages_of_private_file_mappings_and_prot_none_pages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(&data, vec![b'f'; 8 * 4096]).unwrap();
+    let script = r#"
+import mmap, ctypes, sys, time
+f = open(sys.argv[1], 'rb')
+cow = mmap.mmap(f.fileno(), 8 * 4096, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+s = sum(cow[i * 4096] for i in range(8))   # every page of the file read: present, still the file's
+cow[2 * 4096:2 * 4096 + 7] = b'changed'     # one page copied on write
+anon = mmap.mmap(-1, 3 * 4096)
+anon[4096:4096 + 6] = b'hidden'
+libc = ctypes.CDLL(None)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+base = ctypes.addressof(ctypes.c_char.from_buffer(anon))
+cbase = ctypes.addressof(ctypes.c_char.from_buffer(cow))
+assert libc.mprotect(base + 4096, 4096, 0) == 0
+f.close()
+print(cbase, base + 4096, flush=True)
+print('ready', flush=True)
+time.sleep(60)
+"#;
+    let log = dir.path().join("py.log");
+    let p = Running::logged(
+        clean_command("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(&data),
+        &log,
+        true,
+    );
+    let first = std::fs::read_to_string(&log).unwrap();
+    let nums: Vec<u64> = first
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let (cow, hidden) = (nums[0], nums[1]);
+    let mut sink = VecSink::default();
+    let o = dump(p.pid, &running(), &mut sink).unwrap();
+    let in_cow: Vec<u64> = sink
+        .pages
+        .iter()
+        .map(|(a, _)| *a)
+        .filter(|a| (cow..cow + 8 * 4096).contains(a))
+        .collect();
+    assert_eq!(
+        in_cow,
+        vec![cow + 2 * 4096],
+        "only the written page of the private file mapping"
+    );
+    let page = &sink
+        .pages
+        .iter()
+        .find(|(a, _)| *a == cow + 2 * 4096)
+        .unwrap()
+        .1;
+    assert!(page.starts_with(b"changedf"));
+    let v = o.process.vmas.iter().find(|v| v.start == cow).unwrap();
+    assert_eq!(v.kind, VmaKind::File);
+    assert!(!v.shared);
+    assert!(o.stats.pages_file >= 7, "{:?}", o.stats);
+    let page = &sink
+        .pages
+        .iter()
+        .find(|(a, _)| *a == hidden)
+        .expect("PROT_NONE page copied")
+        .1;
+    assert!(page.starts_with(b"hidden"));
+    let v = o.process.vmas.iter().find(|v| v.start == hidden).unwrap();
+    assert_eq!(v.prot, 0);
+}

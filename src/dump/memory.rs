@@ -64,7 +64,7 @@ impl BufferPool {
         }
         self.direct
             .as_mut()
-            .ok_or_else(|| DumpError::Refused("no copy buffer".into()))
+            .ok_or_else(|| DumpError::Internal("no copy buffer".into()))
     }
 }
 
@@ -327,7 +327,7 @@ fn proc_mem(pid: i32, mem: &mut Option<ProcMem>) -> Result<&ProcMem, DumpError> 
         *mem = Some(ProcMem::open(pid)?);
     }
     mem.as_ref()
-        .ok_or_else(|| DumpError::Refused("no /proc/PID/mem".into()))
+        .ok_or_else(|| DumpError::Internal("/proc/PID/mem not open".into()))
 }
 
 /// Hands the pages held during the freeze to the sink (after the thaw).

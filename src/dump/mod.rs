@@ -58,6 +58,9 @@ pub enum DumpError {
     Sys(#[from] SysError),
     #[error(transparent)]
     Proc(#[from] ProcError),
+    /// A broken invariant of haul itself (a bug), never the target's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The page sink refused pages.
     #[error("writing pages: {0}")]
     Sink(#[source] Box<dyn std::error::Error + Send + Sync>),

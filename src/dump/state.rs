@@ -168,7 +168,7 @@ pub(crate) fn capture_injected(
 ) -> Result<(), DumpError> {
     let scratch = frozen
         .scratch()
-        .ok_or_else(|| DumpError::Refused("no scratch page mapped".into()))?;
+        .ok_or_else(|| DumpError::Internal("no scratch page mapped".into()))?;
     let pid = frozen.pid;
     // struct sigaction of the kernel: handler, flags, restorer, mask (8 bytes each).
     const KSIGACTION: u64 = 32;
