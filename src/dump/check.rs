@@ -15,10 +15,10 @@ fn unsupported(msg: String) -> DumpError {
     DumpError::Unsupported(msg)
 }
 
-/// True when `pid` no longer exists or is a zombie.
+/// True when `pid` no longer exists, is a zombie or is exiting.
 pub(crate) fn process_gone(pid: i32) -> bool {
     match proc::stat(pid) {
-        Ok(st) => st.is_zombie(),
+        Ok(st) => st.is_zombie() || st.is_exiting(),
         Err(_) => true,
     }
 }

@@ -45,6 +45,10 @@ impl Stat {
     pub fn is_kernel_thread(&self) -> bool {
         self.flags & crate::sys::process::PF_KTHREAD != 0
     }
+    /// Exiting (`PF_EXITING`): killed or exiting, not yet a zombie.
+    pub fn is_exiting(&self) -> bool {
+        self.flags & crate::sys::process::PF_EXITING != 0
+    }
     pub fn is_zombie(&self) -> bool {
         self.state == 'Z' || self.state == 'X'
     }

@@ -178,6 +178,10 @@ pub const PR_SET_MM_MAP_SIZE: i32 = 15;
 pub const RSEQ_FLAG_UNREGISTER: i32 = 1;
 pub const RSEQ_MIN_SIZE: u32 = 32;
 
+/// `PF_EXITING` in the `flags` field of `/proc/PID/stat`: the process is exiting (its memory may
+/// already be gone while it is not yet a zombie).
+pub const PF_EXITING: u64 = 0x0000_0004;
+
 /// `PF_KTHREAD` in the `flags` field of `/proc/PID/stat`: a kernel thread.
 pub const PF_KTHREAD: u64 = 0x0020_0000;
 
