@@ -424,3 +424,158 @@ fn injection_into_a_busy_loop_uses_the_vdso_and_leaves_it_spinning() {
     assert!(wait_for(Duration::from_secs(5), || common::proc_state(pid)
         == Some('R')));
 }
+
+#[test]
+fn uffd_wp_async_and_pagemap_scan_report_exactly_the_written_pages() {
+    use haul::sys::mem::AlignedBuf;
+    use haul::sys::uffd::*;
+    const PAGES: usize = 64;
+    let mut buf = AlignedBuf::new(PAGES * 4096).unwrap();
+    let start = buf.as_slice().as_ptr() as u64;
+    let len = (PAGES * 4096) as u64;
+    let uffd = Uffd::create(libc::O_CLOEXEC | libc::O_NONBLOCK).unwrap();
+    let (features, _) = uffd
+        .api(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)
+        .unwrap();
+    assert_ne!(features & UFFD_FEATURE_WP_ASYNC, 0);
+    uffd.register(start, len, UFFDIO_REGISTER_MODE_WP).unwrap();
+    uffd.writeprotect(start, len, true, false).unwrap();
+    let pm = Pagemap::open(std::process::id() as i32).unwrap();
+    let scan = || {
+        pm.scan(&ScanQuery::written_and_reprotect(start, start + len))
+            .unwrap()
+            .iter()
+            .flat_map(|r| (r.start..r.end).step_by(4096))
+            .map(|a| ((a - start) / 4096) as usize)
+            .collect::<Vec<_>>()
+    };
+    assert!(scan().is_empty(), "nothing written yet");
+    for p in [3usize, 4, 40] {
+        buf.as_mut_slice()[p * 4096 + 9] = 0xaa;
+    }
+    assert_eq!(scan(), vec![3, 4, 40]);
+    // The scan protected them again: a new round sees only new writes.
+    buf.as_mut_slice()[7 * 4096] = 1;
+    assert_eq!(scan(), vec![7]);
+    uffd.unregister(start, len).unwrap();
+}
+
+#[test]
+fn process_vm_read_fills_an_aligned_buffer_from_many_ranges() {
+    use haul::sys::mem::{process_vm_read, AlignedBuf, RemoteRange};
+    let mut src = AlignedBuf::new(3000 * 4096).unwrap();
+    for (i, c) in src.as_mut_slice().chunks_mut(4096).enumerate() {
+        c[..8].copy_from_slice(&(i as u64).to_ne_bytes());
+    }
+    let base = src.as_slice().as_ptr() as u64;
+    // 1500 one-page ranges (more than IOV_MAX in one call): every other page.
+    let ranges: Vec<RemoteRange> = (0..1500u64)
+        .map(|i| RemoteRange {
+            addr: base + i * 2 * 4096,
+            len: 4096,
+        })
+        .collect();
+    let mut dst = AlignedBuf::new(1500 * 4096).unwrap();
+    assert_eq!(dst.as_slice().as_ptr() as usize % 4096, 0);
+    let n = process_vm_read(std::process::id() as i32, dst.as_mut_slice(), &ranges).unwrap();
+    assert_eq!(n, 1500 * 4096);
+    for (i, c) in dst.as_slice().chunks(4096).enumerate() {
+        assert_eq!(u64::from_ne_bytes(c[..8].try_into().unwrap()), i as u64 * 2);
+    }
+}
+
+/// Figures, not a check: `cargo test --release --test sys -- --ignored --nocapture figures`.
+/// PAGEMAP_SCAN against reading pagemap entries over a 256 MiB resident region.
+#[test]
+#[ignore]
+fn figures_pagemap_scan_against_pagemap_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Running::ready(
+        common::clean_command(fixture("memwriter"))
+            .args(["256", "0"])
+            .arg(dir.path().join("mw.out")),
+    );
+    let maps = haul::proc::maps(m.pid).unwrap();
+    let r = maps
+        .iter()
+        .filter(|e| e.path.is_empty())
+        .max_by_key(|e| e.len())
+        .unwrap();
+    let pm = Pagemap::open(m.pid).unwrap();
+    let med = |f: &dyn Fn() -> usize| {
+        let mut v: Vec<u128> = (0..7)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                std::hint::black_box(f());
+                t.elapsed().as_micros()
+            })
+            .collect();
+        v.sort_unstable();
+        v[3]
+    };
+    let scan = med(&|| pm.scan(&ScanQuery::resident(r.start, r.end)).unwrap().len());
+    let entries = med(&|| {
+        pm.entries(r.start, r.end)
+            .unwrap()
+            .iter()
+            .filter(|e| e.present())
+            .count()
+    });
+    println!("256 MiB resident: PAGEMAP_SCAN {scan} µs, pagemap entries {entries} µs");
+}
+
+#[test]
+fn clone3_gives_a_stopped_child_the_pid_asked_for() {
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // A free pid near the top of the range (retry if one is taken meanwhile).
+    let mut got = None;
+    for want in (pid_max - 200..pid_max - 100).rev() {
+        if std::path::Path::new(&format!("/proc/{want}")).exists() {
+            continue;
+        }
+        match process::clone3_stopped_child(Some(want)) {
+            Ok(pid) => {
+                got = Some((want, pid));
+                break;
+            }
+            Err(e) if e.errno() == Some(libc::EEXIST) => continue,
+            Err(e) => panic!("clone3: {e}"),
+        }
+    }
+    let (want, pid) = got.expect("no free pid");
+    assert_eq!(pid, want);
+    assert_eq!(common::proc_state(pid), Some('T'));
+    process::kill(pid, libc::SIGKILL).unwrap();
+    // Reap it (it is our child): waitpid reports the death.
+    let err = loop {
+        match ptrace::wait_stop(pid) {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, haul::sys::SysError::Gone { .. }), "{err}");
+    assert_eq!(common::proc_state(pid), None);
+}
+
+#[test]
+fn prctl_mm_map_is_104_bytes_in_field_order() {
+    let m = process::PrctlMmMap {
+        start_code: 1,
+        env_end: 11,
+        auxv: 12,
+        auxv_size: 13,
+        exe_fd: 14,
+        ..Default::default()
+    };
+    let b = m.to_bytes();
+    assert_eq!(b.len(), 104);
+    assert_eq!(u64::from_ne_bytes(b[0..8].try_into().unwrap()), 1);
+    assert_eq!(u64::from_ne_bytes(b[80..88].try_into().unwrap()), 11);
+    assert_eq!(u64::from_ne_bytes(b[88..96].try_into().unwrap()), 12);
+    assert_eq!(u32::from_ne_bytes(b[96..100].try_into().unwrap()), 13);
+    assert_eq!(u32::from_ne_bytes(b[100..104].try_into().unwrap()), 14);
+}

@@ -97,7 +97,7 @@ impl Frozen {
         }
         self.injector
             .as_mut()
-            .ok_or_else(|| DumpError::Refused("injector unavailable".into()))
+            .ok_or_else(|| DumpError::Internal("the injector of the main thread is missing".into()))
     }
 
     /// Runs `f` with an injector for thread `tid` (the main thread's own, or a temporary one

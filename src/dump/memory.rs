@@ -64,7 +64,7 @@ impl BufferPool {
         }
         self.direct
             .as_mut()
-            .ok_or_else(|| DumpError::Refused("no copy buffer".into()))
+            .ok_or_else(|| DumpError::Internal("no copy buffer".into()))
     }
 }
 
@@ -91,6 +91,7 @@ pub(crate) fn copy_memory(
     stats: &mut DumpStats,
 ) -> Result<Buffered, DumpError> {
     let pm = Pagemap::open(pid)?;
+    let mut scan_time = std::time::Duration::ZERO;
     let mut copier = Copier {
         pid,
         mem: None,
@@ -115,7 +116,10 @@ pub(crate) fn copy_memory(
         };
         stats.pages_scanned += vma.pages();
         let readable = vma.prot & libc::PROT_READ as u32 != 0;
-        for r in resident_regions(&pm, vma.start, vma.end)? {
+        let t = std::time::Instant::now();
+        let regions = resident_regions(&pm, vma.start, vma.end)?;
+        scan_time += t.elapsed();
+        for r in regions {
             if keep(r.categories) {
                 copier.add(
                     Run {
@@ -133,49 +137,64 @@ pub(crate) fn copy_memory(
         }
     }
     copier.flush(pool, sink, stats)?;
+    tracing::debug!(
+        pid,
+        scan_us = crate::util::us(scan_time),
+        "pagemap scan of every VMA"
+    );
     Ok(copier.buffered)
 }
 
-/// Present or swapped pages of `[start, end)` by `PAGEMAP_SCAN`, or from the pagemap entries
-/// on kernels without it.
+/// Mappings up to this size are classified from their pagemap entries (8 bytes a page), which
+/// is faster than `PAGEMAP_SCAN` over resident memory (2.0 against 3.5 ms per 256 MiB here);
+/// larger ones, often sparse reservations, by `PAGEMAP_SCAN`, which skips empty page tables.
+const ENTRIES_UP_TO: u64 = 1 << 30;
+
+/// Present or swapped pages of `[start, end)`, by category.
 fn resident_regions(pm: &Pagemap, start: u64, end: u64) -> Result<Vec<PageRegion>, DumpError> {
-    match pm.scan(&ScanQuery::resident(start, end)) {
-        Ok(r) => Ok(r),
-        Err(e)
-            if matches!(
-                e.errno(),
-                Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
-            ) =>
-        {
-            let mut out: Vec<PageRegion> = Vec::new();
-            for (i, e) in pm.entries(start, end)?.into_iter().enumerate() {
-                let mut c = 0;
-                if e.present() {
-                    c |= PAGE_IS_PRESENT;
-                }
-                if e.swapped() {
-                    c |= PAGE_IS_SWAPPED;
-                }
-                if e.file_or_shared() {
-                    c |= PAGE_IS_FILE;
-                }
-                if c & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) == 0 {
-                    continue;
-                }
-                let a = start + (i * PAGE_SIZE) as u64;
-                match out.last_mut() {
-                    Some(l) if l.end == a && l.categories == c => l.end += PAGE_SIZE as u64,
-                    _ => out.push(PageRegion {
-                        start: a,
-                        end: a + PAGE_SIZE as u64,
-                        categories: c,
-                    }),
-                }
-            }
-            Ok(out)
+    if end - start > ENTRIES_UP_TO {
+        match pm.scan(&ScanQuery::resident(start, end)) {
+            Ok(r) => return Ok(r),
+            // Kernels before 6.7 have no PAGEMAP_SCAN: read the entries.
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                ) => {}
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
+    let mut out: Vec<PageRegion> = Vec::new();
+    let mut at = start;
+    while at < end {
+        let stop = end.min(at + ENTRIES_UP_TO);
+        for (i, e) in pm.entries(at, stop)?.into_iter().enumerate() {
+            let mut c = 0;
+            if e.present() {
+                c |= PAGE_IS_PRESENT;
+            }
+            if e.swapped() {
+                c |= PAGE_IS_SWAPPED;
+            }
+            if c == 0 {
+                continue;
+            }
+            if e.file_or_shared() {
+                c |= PAGE_IS_FILE;
+            }
+            let a = at + (i * PAGE_SIZE) as u64;
+            match out.last_mut() {
+                Some(l) if l.end == a && l.categories == c => l.end += PAGE_SIZE as u64,
+                _ => out.push(PageRegion {
+                    start: a,
+                    end: a + PAGE_SIZE as u64,
+                    categories: c,
+                }),
+            }
+        }
+        at = stop;
+    }
+    Ok(out)
 }
 
 struct Copier {
@@ -308,7 +327,7 @@ fn proc_mem(pid: i32, mem: &mut Option<ProcMem>) -> Result<&ProcMem, DumpError> 
         *mem = Some(ProcMem::open(pid)?);
     }
     mem.as_ref()
-        .ok_or_else(|| DumpError::Refused("no /proc/PID/mem".into()))
+        .ok_or_else(|| DumpError::Internal("/proc/PID/mem not open".into()))
 }
 
 /// Hands the pages held during the freeze to the sink (after the thaw).

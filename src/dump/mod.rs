@@ -61,6 +61,9 @@ pub enum DumpError {
     Sys(#[from] SysError),
     #[error(transparent)]
     Proc(#[from] ProcError),
+    /// A broken invariant of haul itself (a bug), never the target's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The page sink refused pages.
     #[error("writing pages: {0}")]
     Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -247,7 +250,7 @@ pub fn dump(
     sink: &mut dyn PageSink,
 ) -> Result<DumpOutcome, DumpError> {
     let ctx = Ctx { pid, opts };
-    ctx.step(Step::Check, || check::precheck(pid, opts))?;
+    let before = ctx.step(Step::Check, || check::precheck_snapshot(pid, opts))?;
     ctx.fail(Step::Check)?;
     let mut stats = DumpStats::default();
 
@@ -262,13 +265,15 @@ pub fn dump(
     ctx.fail(Step::Seize)?;
 
     // Under the freeze the process cannot change: check the refusal list again.
-    ctx.step(Step::Check, || check::check_frozen(pid, opts))?;
+    let snapshot = ctx.step(Step::Check, || check::check_uses(pid, opts, Some(&before)))?;
 
     let mut process = ctx.step(Step::Regs, || state::capture_threads(&mut frozen))?;
     ctx.fail(Step::Regs)?;
 
     // The address space is read before the scratch page exists.
-    ctx.step(Step::State, || state::capture_process(pid, &mut process))?;
+    ctx.step(Step::State, || {
+        state::capture_process(pid, &mut process, snapshot)
+    })?;
 
     ctx.step(Step::Scratch, || frozen.map_scratch())?;
     ctx.fail(Step::Scratch)?;
@@ -335,7 +340,10 @@ impl Ctx<'_> {
         step: Step,
         f: impl FnOnce() -> Result<T, DumpError>,
     ) -> Result<T, DumpError> {
-        f().map_err(|e| match e {
+        let t = Instant::now();
+        let r = f();
+        tracing::debug!(pid = self.pid, %step, us = crate::util::us(t.elapsed()), ok = r.is_ok(), "dump step");
+        r.map_err(|e| match e {
             DumpError::Refused(_)
             | DumpError::Unsupported(_)
             | DumpError::Gone { .. }

@@ -65,7 +65,11 @@ pub(crate) fn capture_threads(frozen: &mut Frozen) -> Result<ProcessImage, DumpE
 }
 
 /// Process-wide state read from /proc and by syscalls from outside.
-pub(crate) fn capture_process(pid: i32, img: &mut ProcessImage) -> Result<(), DumpError> {
+pub(crate) fn capture_process(
+    pid: i32,
+    img: &mut ProcessImage,
+    snap: check::Snapshot,
+) -> Result<(), DumpError> {
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
     img.ppid = st.ppid;
@@ -110,11 +114,12 @@ pub(crate) fn capture_process(pid: i32, img: &mut ProcessImage) -> Result<(), Du
         env_end: st.env_end,
     };
     img.auxv = proc::auxv(pid)?;
-    img.vmas = proc::maps_with_flags(pid)?
+    img.vmas = snap
+        .maps
         .iter()
         .map(|m| vma_image(pid, m))
         .collect::<Result<_, _>>()?;
-    img.fds = check::fd_images(pid)?;
+    img.fds = snap.fds;
     Ok(())
 }
 
@@ -163,7 +168,7 @@ pub(crate) fn capture_injected(
 ) -> Result<(), DumpError> {
     let scratch = frozen
         .scratch()
-        .ok_or_else(|| DumpError::Refused("no scratch page mapped".into()))?;
+        .ok_or_else(|| DumpError::Internal("no scratch page mapped".into()))?;
     let pid = frozen.pid;
     // struct sigaction of the kernel: handler, flags, restorer, mask (8 bytes each).
     const KSIGACTION: u64 = 32;

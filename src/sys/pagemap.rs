@@ -87,9 +87,9 @@ impl Pagemap {
             .collect())
     }
 
-    /// Runs `PAGEMAP_SCAN` over `[q.start, q.end)`, looping on `walk_end` until the whole range
-    /// is walked, and returns every region found (adjacent regions of equal categories may be
-    /// returned separately across calls).
+    /// Runs `ioctl(fd, PAGEMAP_SCAN, &arg)` (ioctl(2), the kernel's pagemap.rst) over
+    /// `[q.start, q.end)`, looping on `walk_end` until the whole range is walked, and returns
+    /// every region found (adjacent regions of equal categories may come separately).
     pub fn scan(&self, q: &ScanQuery) -> Result<Vec<PageRegion>> {
         let mut out = Vec::new();
         let mut buf = vec![PageRegion::default(); 1024];

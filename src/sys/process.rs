@@ -178,6 +178,10 @@ pub const PR_SET_MM_MAP_SIZE: i32 = 15;
 pub const RSEQ_FLAG_UNREGISTER: i32 = 1;
 pub const RSEQ_MIN_SIZE: u32 = 32;
 
+/// `PF_EXITING` in the `flags` field of `/proc/PID/stat`: the process is exiting (its memory may
+/// already be gone while it is not yet a zombie).
+pub const PF_EXITING: u64 = 0x0000_0004;
+
 /// `PF_KTHREAD` in the `flags` field of `/proc/PID/stat`: a kernel thread.
 pub const PF_KTHREAD: u64 = 0x0020_0000;
 
@@ -190,4 +194,83 @@ pub fn getpid() -> i32 {
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid cannot fail and has no arguments.
     unsafe { libc::geteuid() }
+}
+
+impl PrctlMmMap {
+    /// The struct as the 104 bytes `prctl(PR_SET_MM, PR_SET_MM_MAP, ptr, 104)` reads, to be
+    /// written into a target's scratch page before an injected prctl.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let words = [
+            self.start_code,
+            self.end_code,
+            self.start_data,
+            self.end_data,
+            self.start_brk,
+            self.brk,
+            self.start_stack,
+            self.arg_start,
+            self.arg_end,
+            self.env_start,
+            self.env_end,
+            self.auxv,
+        ];
+        let mut b: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        b.extend_from_slice(&self.auxv_size.to_ne_bytes());
+        b.extend_from_slice(&self.exe_fd.to_ne_bytes());
+        b
+    }
+}
+
+/// Creates a child process that stops itself at once (`SIGSTOP`), optionally with the pid
+/// `set_tid`: `clone3(2)` with `exit_signal = SIGCHLD` and `set_tid` (works outside a new pid
+/// namespace for root; `EEXIST` when the pid is taken). Returns the child's pid once it is
+/// stopped. The child runs no Rust code: it only raises SIGSTOP and, if ever continued
+/// unchanged, exits with status 0 — restore replaces its whole address space first.
+pub fn clone3_stopped_child(set_tid: Option<i32>) -> Result<i32> {
+    let tid: libc::pid_t = set_tid.unwrap_or(0);
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if set_tid.is_some() {
+            &tid as *const libc::pid_t as u64
+        } else {
+            0
+        },
+        set_tid_size: u64::from(set_tid.is_some()),
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of our address
+    // space. In the child only async-signal-safe calls follow (raise, _exit), so no lock held
+    // by another thread of ours at the time of the clone can be touched.
+    let r = unsafe {
+        libc::syscall(
+            nr::CLONE3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r == 0 {
+        // SAFETY: async-signal-safe calls in the freshly cloned child.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+            libc::_exit(0);
+        }
+    }
+    let pid = check(r, || format!("clone3(set_tid {set_tid:?})"))? as i32;
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes one c_int to `status`, a live local.
+        let w = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+        if w == pid && libc::WIFSTOPPED(status) {
+            return Ok(pid);
+        }
+        if w == pid {
+            return Err(super::SysError::Gone {
+                tid: pid,
+                how: format!("new child ended before stopping (status {status:#x})"),
+            });
+        }
+        if w < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Err(last_err(format!("waitpid({pid}, WUNTRACED)")));
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! Every function takes a thread id (`tid`). Except for [`seize`], the thread must be a
 //! ptrace-stopped tracee of the calling thread (ptrace is per tracer *thread*).
 
-use super::{check, last_err, Result, SysError};
+use super::{check, Result, SysError};
 
 /// `PTRACE_SEIZE` (linux/ptrace.h).
 pub const PTRACE_SEIZE: libc::c_uint = 0x4206;
@@ -185,7 +185,7 @@ impl Regs {
             return r;
         }
         match self.rax as i64 {
-            -514 | -513 | -512 => {
+            -514..=-512 => {
                 r.rax = self.orig_rax;
                 r.rip = self.rip.wrapping_sub(2);
             }
@@ -470,9 +470,4 @@ pub fn peek_siginfo_signals(tid: i32, shared: bool) -> Result<Vec<i32>> {
 /// Returns true when `err` means the tracee no longer exists (`ESRCH`).
 pub fn is_esrch(err: &SysError) -> bool {
     err.errno() == Some(libc::ESRCH)
-}
-
-/// Explicit error for a failed ptrace request, used by callers that build their own context.
-pub fn err(context: impl Into<String>) -> SysError {
-    last_err(context)
 }

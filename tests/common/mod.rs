@@ -173,22 +173,22 @@ pub fn send_signal(pid: i32, sig: &str) {
     assert!(st.success(), "kill -{sig} {pid}");
 }
 
-/// Asks a memwriter for a report (SIGUSR1) and returns (ticks, region checksum) once the
-/// report file shows a tick count above `after`.
+/// Asks a memwriter for a report (one SIGUSR1) and returns (ticks, region checksum) once the
+/// report file shows a tick count above `after` (the file is renamed into place after it is
+/// closed, so the memwriter is done with it by then).
 pub fn memwriter_report(pid: i32, out: &Path, after: u64) -> (u64, String) {
-    let mut got = None;
-    let ok = wait_for(Duration::from_secs(10), || {
-        send_signal(pid, "USR1");
-        std::thread::sleep(Duration::from_millis(30));
-        let s = std::fs::read_to_string(out).unwrap_or_default();
+    let read = || -> Option<(u64, String)> {
+        let s = std::fs::read_to_string(out).ok()?;
         let mut w = s.split_whitespace();
-        if let (Some(t), Some(c)) = (w.next().and_then(|t| t.parse::<u64>().ok()), w.next()) {
-            if t > after {
-                got = Some((t, c.to_string()));
-                return true;
-            }
-        }
-        false
+        let t = w.next()?.parse::<u64>().ok()?;
+        let c = w.next()?.to_string();
+        (t > after).then_some((t, c))
+    };
+    send_signal(pid, "USR1");
+    let mut got = None;
+    let ok = wait_for(Duration::from_secs(20), || {
+        got = read();
+        got.is_some()
     });
     assert!(
         ok,
