@@ -55,10 +55,9 @@ pub fn is_zero_page(page: &[u8]) -> bool {
     let tail_zero = chunks.remainder().iter().all(|&b| b == 0);
     // Folding with `|` over fixed-size chunks lets the compiler vectorise the test.
     tail_zero
-        && page
-            .chunks_exact(16)
-            .fold(0u128, |acc, c| acc | u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])))
-            == 0
+        && page.chunks_exact(16).fold(0u128, |acc, c| {
+            acc | u128::from_ne_bytes(c.try_into().unwrap_or([1; 16]))
+        }) == 0
 }
 
 /// Where the content of one page of a checkpoint is.
@@ -129,6 +128,25 @@ impl PageTable {
             }
         }
         c
+    }
+}
+
+impl FromIterator<(u64, PageRef)> for PageTable {
+    /// Builds a table from entries in any order; for an address given twice, the later entry
+    /// wins (as with repeated [`PageTable::insert`]). Much faster than inserting one by one.
+    fn from_iter<I: IntoIterator<Item = (u64, PageRef)>>(iter: I) -> Self {
+        let mut v: Vec<(u64, PageRef)> = iter.into_iter().collect();
+        v.sort_by_key(|(a, _)| *a); // stable: equal addresses keep their order
+        let mut out: Vec<(u64, PageRef)> = Vec::with_capacity(v.len());
+        for (a, r) in v {
+            match out.last_mut() {
+                Some(last) if last.0 == a => last.1 = r,
+                _ => out.push((a, r)),
+            }
+        }
+        PageTable {
+            map: out.into_iter().collect(),
+        }
     }
 }
 

@@ -311,7 +311,7 @@ impl Store {
                     frame: *f,
                     slot: 0,
                 };
-                match inner.read_frame(&pages[0].0, &l) {
+                match inner.read_frame(&pages[0].0, &l, false) {
                     Ok(data) => {
                         for (id, slot) in pages {
                             let s = *slot as usize * PAGE_SIZE;
@@ -611,7 +611,7 @@ impl Store {
                     frame: *f,
                     slot: loc.slot,
                 };
-                last = Some((loc.frame, self.inner.read_frame(id, &l)?));
+                last = Some((loc.frame, self.inner.read_frame(id, &l, false)?));
             }
             if let Some((_, frame)) = &last {
                 let s = loc.slot as usize * PAGE_SIZE;

@@ -249,7 +249,8 @@ pub(crate) struct Inner {
     root: PathBuf,
     index: RwLock<Index>,
     cache: Mutex<FrameCache>,
-    files: Mutex<HashMap<PackId, Arc<File>>>,
+    /// Open packs by (id, opened for random access).
+    files: Mutex<HashMap<(PackId, bool), Arc<File>>>,
     lock_timeout_ms: AtomicU64,
     pack_target: AtomicU64,
     frame_pages: AtomicUsize,
