@@ -292,10 +292,9 @@ struct Worker {
     /// Page-table entries in arrival order (a later one for the same address wins).
     table: Vec<(u64, PageRef)>,
     new: IdMap<u64>,
-    /// Pages carried to the next frame (fewer than a frame), and the ids of every page that
-    /// is not in an appended frame yet.
-    pending: Vec<u8>,
-    pending_ids: Vec<PageId>,
+    /// New pages waiting for their frame: [0] pages worth compressing, [1] pages that look
+    /// incompressible (stored raw, so a fault reads just the page and no CPU is spent on them).
+    streams: [Stream; 2],
     pack: Option<PackWriter>,
     finisher: Option<JoinHandle<Result<(), StoreError>>>,
     pool: Pool,
@@ -312,8 +311,7 @@ impl Worker {
             pack_target,
             table: Vec::new(),
             new: IdMap::default(),
-            pending: Vec::new(),
-            pending_ids: Vec::new(),
+            streams: Default::default(),
             pack: None,
             finisher: None,
             pool,
@@ -359,13 +357,14 @@ impl Worker {
     }
 
     fn pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), StoreError> {
-        let ids: Vec<Option<PageId>> = data
+        let sort = self.level.is_some();
+        let ids: Vec<Option<(PageId, bool)>> = data
             .par_chunks(PAGE_SIZE)
             .with_min_len(16)
-            .map(|p| (!is_zero_page(p)).then(|| PageId::of(p)))
+            .map(|p| (!is_zero_page(p)).then(|| (PageId::of(p), sort && looks_incompressible(p))))
             .collect();
-        // Indices (in `data`) of pages the store does not have yet.
-        let mut fresh: Vec<usize> = Vec::new();
+        // Indices (in `data`) of pages the store does not have yet, per stream.
+        let mut fresh: [Vec<usize>; 2] = Default::default();
         {
             let idx = self
                 .inner
@@ -373,7 +372,7 @@ impl Worker {
                 .read()
                 .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
             for (i, (addr, id)) in addrs.iter().zip(ids).enumerate() {
-                let Some(id) = id else {
+                let Some((id, raw)) = id else {
                     self.table.push((*addr, PageRef::Zero));
                     continue;
                 };
@@ -382,40 +381,15 @@ impl Worker {
                     continue;
                 }
                 self.new.insert(id, 0);
-                self.pending_ids.push(id);
-                fresh.push(i);
+                self.streams[raw as usize].ids.push(id);
+                fresh[raw as usize].push(i);
             }
         }
-        // Frames take the pages carried from the last batch first, then the fresh ones; the
-        // pages are gathered inside the parallel compression tasks, not copied here.
-        let fp = self.frame_pages;
-        let carried = self.pending.len() / PAGE_SIZE;
-        let total = carried + fresh.len();
-        let full = total / fp * fp;
-        let pending = &self.pending;
-        let page = |k: usize| -> &[u8] {
-            if k < carried {
-                &pending[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]
-            } else {
-                let i = fresh[k - carried];
-                &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]
-            }
-        };
-        let level = self.level;
-        let frames: Vec<(Vec<u8>, u8, usize)> = (0..full / fp)
-            .into_par_iter()
-            .map(|f| {
-                let parts: Vec<&[u8]> = (f * fp..(f + 1) * fp).map(page).collect();
-                encode_frame_parts(&parts, level).map(|(b, c)| (b, c, fp))
-            })
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::io("compressing a frame", e))?;
-        let mut rest = Vec::with_capacity((total - full) * PAGE_SIZE);
-        for k in full..total {
-            rest.extend_from_slice(page(k));
+        for (k, fresh) in fresh.iter().enumerate() {
+            let level = if k == 0 { self.level } else { None };
+            let frames = self.streams[k].frames(&data, fresh, self.frame_pages, level)?;
+            self.append_frames(k, frames)?;
         }
-        self.pending = rest;
-        self.append_frames(frames)?;
         self.recycle(data);
         Ok(())
     }
@@ -429,11 +403,15 @@ impl Worker {
         }
     }
 
-    /// Appends encoded frames (bytes, codec, pages) holding the first pending ids, in order.
-    fn append_frames(&mut self, frames: Vec<(Vec<u8>, u8, usize)>) -> Result<(), StoreError> {
+    /// Appends encoded frames (bytes, codec, pages) holding the first ids of a stream.
+    fn append_frames(
+        &mut self,
+        stream: usize,
+        frames: Vec<(Vec<u8>, u8, usize)>,
+    ) -> Result<(), StoreError> {
         let mut used = 0;
         for (bytes, codec, n) in frames {
-            let ids = &self.pending_ids[used..used + n];
+            let ids = &self.streams[stream].ids[used..used + n];
             if self.pack.is_none() {
                 self.pack = Some(PackWriter::create(&self.inner.root)?);
             }
@@ -453,20 +431,24 @@ impl Worker {
                 self.finish_pack_async()?;
             }
         }
-        self.pending_ids.drain(..used);
+        self.streams[stream].ids.drain(..used);
         Ok(())
     }
 
-    /// Writes the pages still pending as one last (short) frame.
+    /// Writes the pages still pending as last (short) frames.
     fn flush_frames(&mut self) -> Result<(), StoreError> {
-        if self.pending_ids.is_empty() {
-            return Ok(());
+        for k in 0..2 {
+            let st = &mut self.streams[k];
+            if st.pending.is_empty() {
+                continue;
+            }
+            let level = if k == 0 { self.level } else { None };
+            let (bytes, codec) = encode_frame(&st.pending, level)
+                .map_err(|e| StoreError::io("compressing a frame", e))?;
+            let n = st.pending.len() / PAGE_SIZE;
+            st.pending.clear();
+            self.append_frames(k, vec![(bytes, codec, n)])?;
         }
-        let (bytes, codec) = encode_frame(&self.pending, self.level)
-            .map_err(|e| StoreError::io("compressing a frame", e))?;
-        let n = self.pending.len() / PAGE_SIZE;
-        self.append_frames(vec![(bytes, codec, n)])?;
-        self.pending.clear();
         Ok(())
     }
 
@@ -505,6 +487,73 @@ impl Worker {
     }
 }
 
+/// New pages on their way into frames.
+#[derive(Default)]
+struct Stream {
+    /// Pages carried to the next frame (fewer than a frame).
+    pending: Vec<u8>,
+    /// Ids of every page not in an appended frame yet: the carried ones, then the fresh ones.
+    ids: Vec<PageId>,
+}
+
+impl Stream {
+    /// Encodes, in parallel, every full frame of the carried pages followed by the pages
+    /// `fresh` of `data`; the pages are gathered inside the parallel tasks. The remainder
+    /// (less than a frame) is carried.
+    fn frames(
+        &mut self,
+        data: &[u8],
+        fresh: &[usize],
+        fp: usize,
+        level: Option<i32>,
+    ) -> Result<Vec<(Vec<u8>, u8, usize)>, StoreError> {
+        let carried = self.pending.len() / PAGE_SIZE;
+        let total = carried + fresh.len();
+        let full = total / fp * fp;
+        let pending = &self.pending;
+        let page = |k: usize| -> &[u8] {
+            if k < carried {
+                &pending[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]
+            } else {
+                let i = fresh[k - carried];
+                &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]
+            }
+        };
+        let frames: Vec<(Vec<u8>, u8, usize)> = (0..full / fp)
+            .into_par_iter()
+            .map(|f| {
+                let parts: Vec<&[u8]> = (f * fp..(f + 1) * fp).map(page).collect();
+                encode_frame_parts(&parts, level).map(|(b, c)| (b, c, fp))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::io("compressing a frame", e))?;
+        let mut rest = Vec::with_capacity((total - full) * PAGE_SIZE);
+        for k in full..total {
+            rest.extend_from_slice(page(k));
+        }
+        self.pending = rest;
+        Ok(frames)
+    }
+}
+
+/// A cheap test for pages zstd cannot shrink (random, encrypted or already compressed data):
+/// the byte histogram of every third byte is close to flat. The collision sum Σcount² of
+/// uniform bytes is about n + n²/256; a page passes when it stays under 1.25 times that
+/// excess (second-order entropy above ~7.7 bits per byte: zstd would gain at most a few
+/// percent). Text, machine code and typical heap data are far above. A misjudged page is
+/// still stored correctly, only less compactly or with more CPU spent.
+pub(crate) fn looks_incompressible(p: &[u8]) -> bool {
+    let mut hist = [0u32; 256];
+    let mut n = 0u64;
+    for b in p.iter().step_by(3) {
+        hist[*b as usize] += 1;
+        n += 1;
+    }
+    let sum_sq: u64 = hist.iter().map(|c| (*c as u64) * (*c as u64)).sum();
+    // sum_sq <= n + 1.25 * n(n-1)/256, in integers.
+    sum_sq * 1024 <= n * 1024 + 5 * n * n.saturating_sub(1)
+}
+
 fn commit_pack(inner: &Inner, p: PackWriter) -> Result<(), StoreError> {
     if p.is_empty() {
         p.abandon();
@@ -517,4 +566,30 @@ fn commit_pack(inner: &Inner, p: PackWriter) -> Result<(), StoreError> {
         .map_err(|_| StoreError::Writer("index lock poisoned".into()))?
         .add_committed(&c);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_incompressible;
+
+    #[test]
+    fn incompressible_test_tells_random_from_text() {
+        let mut random = vec![0u8; 4096];
+        blake3::Hasher::new()
+            .update(b"seed")
+            .finalize_xof()
+            .fill(&mut random);
+        assert!(looks_incompressible(&random));
+        let text: Vec<u8> = b"page 12: the quick brown fox. "
+            .iter()
+            .cycle()
+            .take(4096)
+            .copied()
+            .collect();
+        assert!(!looks_incompressible(&text));
+        assert!(!looks_incompressible(&[0u8; 4096]));
+        // Small integers (a typical heap array) are compressible.
+        let ints: Vec<u8> = (0..1024u32).flat_map(|i| (i * 7).to_le_bytes()).collect();
+        assert!(!looks_incompressible(&ints));
+    }
 }
