@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 /// Pages per batch handed to the callback of [`Store::read_set_pages`] (at most).
 pub const READ_BATCH_PAGES: usize = 256;
+/// Decoded frames a batch keeps at hand.
+const RECENT_FRAMES: usize = 4;
 /// Batches decoded in parallel ahead of the callback.
 const READ_WINDOW: usize = 8;
 
@@ -329,7 +331,9 @@ fn decode_batch(
 ) -> Result<Vec<u8>, (StoreError, u64)> {
     out.clear();
     out.resize(refs.len() * PAGE_SIZE, 0);
-    let mut last: Option<((PackId, u32), Vec<u8>)> = None;
+    // The last few frames decoded: pages of neighbouring addresses sit in a handful of frames
+    // (e.g. compressible and incompressible pages interleave in two streams).
+    let mut recent: Vec<((PackId, u32), Vec<u8>)> = Vec::with_capacity(RECENT_FRAMES);
     let idx = inner
         .index
         .read()
@@ -339,10 +343,18 @@ fn decode_batch(
         let PageRef::Stored(id) = r else { continue };
         let l = Inner::locate_in(&idx, id).map_err(|e| (e, addr))?;
         let key = (l.pack, l.frame_no);
-        if last.as_ref().map(|(k, _)| *k) != Some(key) {
-            last = Some((key, inner.read_frame(id, &l, false).map_err(|e| (e, addr))?));
-        }
-        if let Some((_, frame)) = &last {
+        let pos = match recent.iter().position(|(k, _)| *k == key) {
+            Some(p) => p,
+            None => {
+                let frame = inner.read_frame(id, &l, false).map_err(|e| (e, addr))?;
+                if recent.len() == RECENT_FRAMES {
+                    recent.remove(0);
+                }
+                recent.push((key, frame));
+                recent.len() - 1
+            }
+        };
+        if let Some((_, frame)) = recent.get(pos) {
             let s = l.slot as usize * PAGE_SIZE;
             let page = &frame[s..s + PAGE_SIZE];
             check(id, page, Some(l.pack)).map_err(|e| (e, addr))?;
