@@ -55,9 +55,10 @@ pub fn is_zero_page(page: &[u8]) -> bool {
     let tail_zero = chunks.remainder().iter().all(|&b| b == 0);
     // Folding with `|` over fixed-size chunks lets the compiler vectorise the test.
     tail_zero
-        && page.chunks_exact(16).fold(0u128, |acc, c| {
-            acc | u128::from_ne_bytes(c.try_into().unwrap_or([1; 16]))
-        }) == 0
+        && page
+            .chunks_exact(16)
+            .fold(0u128, |acc, c| acc | u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])))
+            == 0
 }
 
 /// Where the content of one page of a checkpoint is.

@@ -135,11 +135,7 @@ pub struct DumpSpec {
 
 impl Default for DumpSpec {
     fn default() -> Self {
-        DumpSpec {
-            leave_running: false,
-            buffer: defaults::buffer(),
-            lazy: false,
-        }
+        DumpSpec { leave_running: false, buffer: defaults::buffer(), lazy: false }
     }
 }
 
@@ -158,11 +154,7 @@ pub struct RestoreSpec {
 
 impl Default for RestoreSpec {
     fn default() -> Self {
-        RestoreSpec {
-            mode: RestoreMode::default(),
-            pid: PidPolicy::default(),
-            from: defaults::from(),
-        }
+        RestoreSpec { mode: RestoreMode::default(), pid: PidPolicy::default(), from: defaults::from() }
     }
 }
 
@@ -239,10 +231,7 @@ pub struct ReportSpec {
 
 impl Default for ReportSpec {
     fn default() -> Self {
-        ReportSpec {
-            dir: defaults::report_dir(),
-            history: defaults::history(),
-        }
+        ReportSpec { dir: defaults::report_dir(), history: defaults::history() }
     }
 }
 

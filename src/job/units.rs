@@ -52,9 +52,7 @@ impl std::str::FromStr for Dur {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("expected a duration like \"1s\", found \"{s}\"");
         let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
         let (num, unit) = t.split_at(split);
         let n: f64 = num.parse().map_err(|_| bad())?;
         let scale = match unit.trim() {
@@ -139,19 +137,10 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(
-            "500ms".parse::<Dur>().unwrap().0,
-            Duration::from_millis(500)
-        );
+        assert_eq!("500ms".parse::<Dur>().unwrap().0, Duration::from_millis(500));
         assert_eq!("5s".parse::<Dur>().unwrap().0, Duration::from_secs(5));
-        assert_eq!(
-            "1.5s".parse::<Dur>().unwrap().0,
-            Duration::from_millis(1500)
-        );
-        assert!("fast"
-            .parse::<Dur>()
-            .unwrap_err()
-            .contains("found \"fast\""));
+        assert_eq!("1.5s".parse::<Dur>().unwrap().0, Duration::from_millis(1500));
+        assert!("fast".parse::<Dur>().unwrap_err().contains("found \"fast\""));
         assert!("-1s".parse::<Dur>().is_err());
         assert!("5".parse::<Dur>().is_err());
     }
@@ -165,10 +154,7 @@ mod tests {
 
     #[test]
     fn compression_levels_are_bounded() {
-        assert_eq!(
-            "zstd:3".parse::<Compression>().unwrap(),
-            Compression::Zstd(3)
-        );
+        assert_eq!("zstd:3".parse::<Compression>().unwrap(), Compression::Zstd(3));
         assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
         assert!("zstd:25".parse::<Compression>().is_err());
         assert!("gzip".parse::<Compression>().is_err());
