@@ -170,7 +170,7 @@ pub fn decode_table(mut b: &[u8]) -> Result<PageTable, EncodeError> {
     Ok(table)
 }
 
-/// Encodes a whole manifest; `level` is the zstd level of both sections.
+/// Encodes a whole manifest (both sections compressed with zstd level 3).
 pub fn encode_manifest(set: &ImageSet) -> Result<Vec<u8>, EncodeError> {
     let meta_json = serde_json::to_vec(&SetMeta::of(set))?;
     let meta = zstd::bulk::compress(&meta_json, 3).map_err(EncodeError::Compress)?;

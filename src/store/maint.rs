@@ -108,6 +108,9 @@ pub struct DuReport {
     pub unreadable_manifests: u64,
 }
 
+/// (pack, frame) and the pages (id, slot) to check in it.
+type FrameGroup = ((u32, u32), Vec<(PageId, u16)>);
+
 fn dir_bytes(dir: &std::path::Path) -> (u64, u64) {
     let mut n = 0;
     let mut b = 0;
@@ -176,8 +179,11 @@ impl StoreError {
     }
 }
 
-/// Manifests that loaded, and problems with those that did not.
-fn load_all(store: &Store) -> Result<(Vec<ImageSet>, Vec<(PathBuf, StoreError)>), StoreError> {
+/// Manifests that loaded, and the paths of those that did not with why.
+type Loaded = (Vec<ImageSet>, Vec<(PathBuf, StoreError)>);
+
+/// Every manifest, oldest set first.
+fn load_all(store: &Store) -> Result<Loaded, StoreError> {
     let paths = store.manifest_paths(None)?;
     let results: Vec<(PathBuf, Result<ImageSet, StoreError>)> = paths
         .into_par_iter()
@@ -290,7 +296,7 @@ impl Store {
             }
         }
         let inner = &*self.inner;
-        let frame_list: Vec<((u32, u32), Vec<(PageId, u16)>)> = frames.into_iter().collect();
+        let frame_list: Vec<FrameGroup> = frames.into_iter().collect();
         let results: Vec<(u64, u64, Vec<VerifyProblem>)> = frame_list
             .par_iter()
             .map(|((pack, frame), pages)| {
@@ -311,7 +317,7 @@ impl Store {
                     frame: *f,
                     slot: 0,
                 };
-                match inner.read_frame(&pages[0].0, &l) {
+                match inner.read_frame(&pages[0].0, &l, false) {
                     Ok(data) => {
                         for (id, slot) in pages {
                             let s = *slot as usize * PAGE_SIZE;
@@ -611,7 +617,7 @@ impl Store {
                     frame: *f,
                     slot: loc.slot,
                 };
-                last = Some((loc.frame, self.inner.read_frame(id, &l)?));
+                last = Some((loc.frame, self.inner.read_frame(id, &l, false)?));
             }
             if let Some((_, frame)) = &last {
                 let s = loc.slot as usize * PAGE_SIZE;
@@ -730,8 +736,8 @@ impl Store {
         rep.jobs = jobs.into_values().collect();
         let all: u64 = idx
             .pages
-            .iter()
-            .map(|(_, l)| idx.packs[l.pack as usize].page_cost(l.frame))
+            .values()
+            .map(|l| idx.packs[l.pack as usize].page_cost(l.frame))
             .sum();
         rep.bytes_unreferenced = all.saturating_sub(rep.bytes_referenced);
         let unique_logical = rep.pages_referenced * PAGE_SIZE as u64;

@@ -211,17 +211,20 @@ impl SetSummary {
     }
 }
 
+type FrameKey = (PackId, u32);
+
 /// A small cache of decoded frames for lazy faults.
 #[derive(Default)]
 pub(crate) struct FrameCache {
-    map: HashMap<(PackId, u32), (Arc<Vec<u8>>, u64)>,
+    /// (pack, frame) → (decoded frame, last use).
+    map: HashMap<FrameKey, (Arc<Vec<u8>>, u64)>,
     tick: u64,
 }
 
 pub(crate) const FRAME_CACHE: usize = 32;
 
 impl FrameCache {
-    fn get(&mut self, k: &(PackId, u32)) -> Option<Arc<Vec<u8>>> {
+    fn get(&mut self, k: &FrameKey) -> Option<Arc<Vec<u8>>> {
         self.tick += 1;
         let t = self.tick;
         self.map.get_mut(k).map(|(v, used)| {
@@ -229,7 +232,7 @@ impl FrameCache {
             v.clone()
         })
     }
-    fn put(&mut self, k: (PackId, u32), v: Arc<Vec<u8>>) {
+    fn put(&mut self, k: FrameKey, v: Arc<Vec<u8>>) {
         if self.map.len() >= FRAME_CACHE {
             if let Some(old) = self
                 .map
@@ -249,7 +252,8 @@ pub(crate) struct Inner {
     root: PathBuf,
     index: RwLock<Index>,
     cache: Mutex<FrameCache>,
-    files: Mutex<HashMap<PackId, Arc<File>>>,
+    /// Open packs by (id, opened for random access).
+    files: Mutex<HashMap<(PackId, bool), Arc<File>>>,
     lock_timeout_ms: AtomicU64,
     pack_target: AtomicU64,
     frame_pages: AtomicUsize,
@@ -467,24 +471,20 @@ impl Store {
             .store(n.clamp(1, 1024), Ordering::Relaxed);
     }
 
-    /// Forgets decoded frames and open pack files, and asks the kernel to drop the packs from
-    /// the page cache (so that the next reads really go to the disk).
+    /// Forgets decoded frames and asks the kernel to drop the packs from the page cache (so
+    /// that the next reads really go to the disk). Open pack handles are kept.
     pub fn drop_caches(&self) {
         if let Ok(mut c) = self.inner.cache.lock() {
             *c = FrameCache::default();
         }
-        let files: Vec<Arc<File>> = match self.inner.files.lock() {
-            Ok(mut f) => f.drain().map(|(_, v)| v).collect(),
-            Err(_) => Vec::new(),
-        };
         let packs: Vec<PackId> = match self.inner.index.read() {
             Ok(i) => i.packs.iter().map(|p| p.id).collect(),
             Err(_) => Vec::new(),
         };
-        drop(files);
         for id in packs {
             if let Ok(f) = File::open(id.path(&self.inner.root)) {
                 use std::os::fd::AsRawFd;
+                // Only a hint; dirty pages are written first so that they can be dropped.
                 let _ = f.sync_data();
                 let _ = nix::fcntl::posix_fadvise(
                     f.as_raw_fd(),

@@ -241,12 +241,8 @@ thread_local! {
     static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// Encodes `pages` (whole pages) as one frame: zstd at `level`, or raw when `level` is None or
-/// compression does not shrink it. Returns (bytes, codec).
-pub fn encode_frame(pages: &[u8], level: Option<i32>) -> Result<(Vec<u8>, u8), std::io::Error> {
-    let Some(level) = level else {
-        return Ok((pages.to_vec(), CODEC_RAW));
-    };
+/// zstd of `pages` at `level`, or None when that does not shrink them.
+fn compress(pages: &[u8], level: i32) -> Result<Option<Vec<u8>>, std::io::Error> {
     let c = CCTX.with(|cell| -> Result<Vec<u8>, std::io::Error> {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().map(|(l, _)| *l) != Some(level) {
@@ -257,10 +253,31 @@ pub fn encode_frame(pages: &[u8], level: Option<i32>) -> Result<(Vec<u8>, u8), s
             None => Err(std::io::Error::other("no compressor")),
         }
     })?;
-    if c.len() >= pages.len() {
-        Ok((pages.to_vec(), CODEC_RAW))
-    } else {
-        Ok((c, CODEC_ZSTD))
+    Ok((c.len() < pages.len()).then_some(c))
+}
+
+/// Encodes `pages` (whole pages) as one frame: zstd at `level`, or raw when `level` is None or
+/// compression does not shrink it. Returns (bytes, codec).
+pub fn encode_frame(pages: &[u8], level: Option<i32>) -> Result<(Vec<u8>, u8), std::io::Error> {
+    match level.map(|l| compress(pages, l)).transpose()?.flatten() {
+        Some(c) => Ok((c, CODEC_ZSTD)),
+        None => Ok((pages.to_vec(), CODEC_RAW)),
+    }
+}
+
+/// [`encode_frame`] of pages given as separate slices: they are gathered into one buffer, which
+/// becomes the frame itself when it is stored raw.
+pub fn encode_frame_parts(
+    parts: &[&[u8]],
+    level: Option<i32>,
+) -> Result<(Vec<u8>, u8), std::io::Error> {
+    let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        buf.extend_from_slice(p);
+    }
+    match level.map(|l| compress(&buf, l)).transpose()?.flatten() {
+        Some(c) => Ok((c, CODEC_ZSTD)),
+        None => Ok((buf, CODEC_RAW)),
     }
 }
 

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 /// Pages per batch handed to the callback of [`Store::read_set_pages`] (at most).
 pub const READ_BATCH_PAGES: usize = 256;
+/// Decoded frames a batch keeps at hand.
+const RECENT_FRAMES: usize = 4;
 /// Batches decoded in parallel ahead of the callback.
 const READ_WINDOW: usize = 8;
 
@@ -64,25 +66,45 @@ impl Inner {
         }
     }
 
-    fn pack_file(&self, id: &PackId) -> Result<Arc<File>, std::io::Error> {
+    /// An open pack, cached. `random`: opened for single-page reads, with readahead off
+    /// (POSIX_FADV_RANDOM) so that a fault reads only its frame.
+    fn pack_file(&self, id: &PackId, random: bool) -> Result<Arc<File>, std::io::Error> {
         if let Ok(files) = self.files.lock() {
-            if let Some(f) = files.get(id) {
+            if let Some(f) = files.get(&(*id, random)) {
                 return Ok(f.clone());
             }
         }
-        let f = Arc::new(File::open(id.path(&self.root))?);
+        let f = File::open(id.path(&self.root))?;
+        if random {
+            use std::os::fd::AsRawFd;
+            // Only a hint: reads work the same without it.
+            let _ = nix::fcntl::posix_fadvise(
+                f.as_raw_fd(),
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
+            );
+        }
+        let f = Arc::new(f);
         if let Ok(mut files) = self.files.lock() {
             if files.len() > 256 {
                 files.clear();
             }
-            files.insert(*id, f.clone());
+            files.insert((*id, random), f.clone());
         }
         Ok(f)
     }
 
     /// Reads `len` bytes at `off` of a pack; names the problem (missing, truncated).
-    fn pread(&self, id: &PageId, l: &Located, off: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        let f = match self.pack_file(&l.pack) {
+    fn pread(
+        &self,
+        id: &PageId,
+        l: &Located,
+        off: u64,
+        len: usize,
+        random: bool,
+    ) -> Result<Vec<u8>, StoreError> {
+        let f = match self.pack_file(&l.pack, random) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::PackMissing {
@@ -113,8 +135,13 @@ impl Inner {
     }
 
     /// Reads and decodes a whole frame.
-    pub(crate) fn read_frame(&self, id: &PageId, l: &Located) -> Result<Vec<u8>, StoreError> {
-        let raw = self.pread(id, l, l.frame.offset, l.frame.clen as usize)?;
+    pub(crate) fn read_frame(
+        &self,
+        id: &PageId,
+        l: &Located,
+        random: bool,
+    ) -> Result<Vec<u8>, StoreError> {
+        let raw = self.pread(id, l, l.frame.offset, l.frame.clen as usize, random)?;
         decode_frame(raw, &l.frame).map_err(|problem| StoreError::PageUnreadable {
             at: at(id, Some(l.pack)),
             problem: format!("frame {}: {problem}", l.frame_no),
@@ -131,6 +158,7 @@ impl Inner {
                 &l,
                 l.frame.offset + l.slot as u64 * PAGE_SIZE as u64,
                 PAGE_SIZE,
+                true,
             )?
         } else {
             let key = (l.pack, l.frame_no);
@@ -138,7 +166,7 @@ impl Inner {
             let frame = match cached {
                 Some(f) => f,
                 None => {
-                    let f = Arc::new(self.read_frame(id, &l)?);
+                    let f = Arc::new(self.read_frame(id, &l, true)?);
                     if let Ok(mut c) = self.cache.lock() {
                         c.put(key, f.clone());
                     }
@@ -239,6 +267,9 @@ impl Store {
         }
         let inner = &*self.inner;
         let set_id = set.id.as_str();
+        // Output buffers go back here once the callback is done with them.
+        let pool: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+        let pool = &pool;
         std::thread::scope(|s| -> Result<(), E> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>), StoreError>>(
                 READ_WINDOW * 2,
@@ -248,7 +279,12 @@ impl Store {
                     let decoded: Vec<Result<(u64, Vec<u8>), StoreError>> = window
                         .par_iter()
                         .map(|(start, refs)| {
-                            decode_batch(inner, *start, refs)
+                            let buf = pool
+                                .lock()
+                                .ok()
+                                .and_then(|mut p| p.pop())
+                                .unwrap_or_default();
+                            decode_batch(inner, *start, refs, buf)
                                 .map(|b| (*start, b))
                                 .map_err(|(e, addr)| e.in_set(set_id, Some(addr)))
                         })
@@ -269,6 +305,9 @@ impl Store {
                             result = Err(e);
                             break;
                         }
+                        if let Ok(mut p) = pool.lock() {
+                            p.push(bytes);
+                        }
                     }
                     Err(e) => {
                         result = Err(E::from(e));
@@ -284,9 +323,17 @@ impl Store {
 }
 
 /// Decodes one batch: consecutive pages from `start`. On error, also says which address.
-fn decode_batch(inner: &Inner, start: u64, refs: &[PageRef]) -> Result<Vec<u8>, (StoreError, u64)> {
-    let mut out = vec![0u8; refs.len() * PAGE_SIZE];
-    let mut last: Option<((PackId, u32), Vec<u8>)> = None;
+fn decode_batch(
+    inner: &Inner,
+    start: u64,
+    refs: &[PageRef],
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>, (StoreError, u64)> {
+    out.clear();
+    out.resize(refs.len() * PAGE_SIZE, 0);
+    // The last few frames decoded: pages of neighbouring addresses sit in a handful of frames
+    // (e.g. compressible and incompressible pages interleave in two streams).
+    let mut recent: Vec<((PackId, u32), Vec<u8>)> = Vec::with_capacity(RECENT_FRAMES);
     let idx = inner
         .index
         .read()
@@ -296,10 +343,18 @@ fn decode_batch(inner: &Inner, start: u64, refs: &[PageRef]) -> Result<Vec<u8>, 
         let PageRef::Stored(id) = r else { continue };
         let l = Inner::locate_in(&idx, id).map_err(|e| (e, addr))?;
         let key = (l.pack, l.frame_no);
-        if last.as_ref().map(|(k, _)| *k) != Some(key) {
-            last = Some((key, inner.read_frame(id, &l).map_err(|e| (e, addr))?));
-        }
-        if let Some((_, frame)) = &last {
+        let pos = match recent.iter().position(|(k, _)| *k == key) {
+            Some(p) => p,
+            None => {
+                let frame = inner.read_frame(id, &l, false).map_err(|e| (e, addr))?;
+                if recent.len() == RECENT_FRAMES {
+                    recent.remove(0);
+                }
+                recent.push((key, frame));
+                recent.len() - 1
+            }
+        };
+        if let Some((_, frame)) = recent.get(pos) {
             let s = l.slot as usize * PAGE_SIZE;
             let page = &frame[s..s + PAGE_SIZE];
             check(id, page, Some(l.pack)).map_err(|e| (e, addr))?;
