@@ -503,39 +503,46 @@ fn madvise_flags(rs: &mut RemoteSyscall, v: &Vma) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes every stored page of the set into the process, in runs of contiguous pages; zero
-/// pages of private file mappings are written too (the file's content is not what the process
-/// had). Returns the number of pages written.
+/// Writes every stored page of the set into the process: runs of pages are gathered into a
+/// buffer of up to [`FILL_CHUNK`] bytes and written with one `process_vm_writev` of up to 1024
+/// ranges. Zero pages of private file mappings are written too (the file's content is not what
+/// the process had). Returns the number of pages written.
 fn fill(
     pid: i32,
     set: &ImageSet,
     p: &ProcessImage,
     source: &dyn PageSource,
 ) -> Result<u64, String> {
-    let mut run_start = 0u64;
+    use crate::sys::mem::{process_vm_write_ranges, RemoteRange, IOV_MAX};
     let mut buf: Vec<u8> = Vec::with_capacity(FILL_CHUNK);
+    let mut ranges: Vec<RemoteRange> = Vec::with_capacity(IOV_MAX);
     let mut pages = 0u64;
-    let flush = |start: u64, buf: &mut Vec<u8>| -> Result<(), String> {
+    let flush = |buf: &mut Vec<u8>, ranges: &mut Vec<RemoteRange>| -> Result<(), String> {
         if buf.is_empty() {
             return Ok(());
         }
-        let n = crate::sys::mem::process_vm_write(pid, start, buf).map_err(|e| e.to_string())?;
+        let n = process_vm_write_ranges(pid, buf, ranges).map_err(|e| e.to_string())?;
         if n != buf.len() {
+            let at = ranges.first().map(|r| r.addr).unwrap_or(0);
             return Err(format!(
-                "process_vm_writev at {start:#x} wrote {n} of {} bytes",
+                "process_vm_writev from {at:#x} wrote {n} of {} bytes",
                 buf.len()
             ));
         }
         buf.clear();
+        ranges.clear();
         Ok(())
     };
     let mut sink = |addr: u64, data: &[u8]| -> Result<(), String> {
-        if buf.is_empty()
-            || addr != run_start + buf.len() as u64
-            || buf.len() + data.len() > FILL_CHUNK
-        {
-            flush(run_start, &mut buf)?;
-            run_start = addr;
+        if buf.len() + data.len() > FILL_CHUNK || ranges.len() == IOV_MAX {
+            flush(&mut buf, &mut ranges)?;
+        }
+        match ranges.last_mut() {
+            Some(r) if r.addr + r.len as u64 == addr => r.len += data.len(),
+            _ => ranges.push(RemoteRange {
+                addr,
+                len: data.len(),
+            }),
         }
         buf.extend_from_slice(data);
         pages += (data.len() / PAGE_SIZE) as u64;
@@ -544,7 +551,7 @@ fn fill(
     source
         .for_each_page(set, &mut sink)
         .map_err(|e| e.to_string())?;
-    flush(run_start, &mut buf)?;
+    flush(&mut buf, &mut ranges)?;
 
     let zero = vec![0u8; PAGE_SIZE];
     for v in p

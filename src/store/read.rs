@@ -197,8 +197,8 @@ pub(crate) fn check(id: &PageId, page: &[u8], pack: Option<PackId>) -> Result<()
     Ok(())
 }
 
-/// A batch of consecutive pages of a set: (address of the first, refs).
-type Batch = (u64, Vec<PageRef>);
+/// A batch of pages of a set in address order: (address, ref).
+type Batch = Vec<(u64, PageRef)>;
 
 impl Store {
     /// One page by id (for lazy faults): one frame decode at most; the page is hashed again
@@ -248,6 +248,9 @@ impl Store {
         if let Ok(mut idx) = self.inner.index.write() {
             idx.refresh(&self.inner.root)?;
         }
+        // Batches hold up to READ_BATCH_PAGES pages in address order, not necessarily
+        // contiguous: skipped (zero, lazy) pages do not cut a batch short, so the frames its
+        // pages share are decoded once per batch, not once per run between skipped pages.
         let mut batches: Vec<Batch> = Vec::new();
         for (addr, r) in set.pages.iter() {
             match r {
@@ -256,13 +259,8 @@ impl Store {
                 _ => {}
             }
             match batches.last_mut() {
-                Some((start, refs))
-                    if refs.len() < READ_BATCH_PAGES
-                        && *start + (refs.len() * PAGE_SIZE) as u64 == addr =>
-                {
-                    refs.push(r)
-                }
-                _ => batches.push((addr, vec![r])),
+                Some(b) if b.len() < READ_BATCH_PAGES => b.push((addr, r)),
+                _ => batches.push(vec![(addr, r)]),
             }
         }
         let inner = &*self.inner;
@@ -271,21 +269,21 @@ impl Store {
         let pool: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
         let pool = &pool;
         std::thread::scope(|s| -> Result<(), E> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>), StoreError>>(
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Batch, Vec<u8>), StoreError>>(
                 READ_WINDOW * 2,
             );
             let producer = s.spawn(move || {
                 for window in batches.chunks(READ_WINDOW) {
-                    let decoded: Vec<Result<(u64, Vec<u8>), StoreError>> = window
+                    let decoded: Vec<Result<(Batch, Vec<u8>), StoreError>> = window
                         .par_iter()
-                        .map(|(start, refs)| {
+                        .map(|batch| {
                             let buf = pool
                                 .lock()
                                 .ok()
                                 .and_then(|mut p| p.pop())
                                 .unwrap_or_default();
-                            decode_batch(inner, *start, refs, buf)
-                                .map(|b| (*start, b))
+                            decode_batch(inner, batch, buf)
+                                .map(|b| (batch.clone(), b))
                                 .map_err(|(e, addr)| e.in_set(set_id, Some(addr)))
                         })
                         .collect();
@@ -300,9 +298,23 @@ impl Store {
             let mut result = Ok(());
             for item in rx.iter() {
                 match item {
-                    Ok((addr, bytes)) => {
-                        if let Err(e) = f(addr, &bytes) {
-                            result = Err(e);
+                    Ok((batch, bytes)) => {
+                        // Hand the batch over in runs of contiguous pages.
+                        let mut i = 0;
+                        while i < batch.len() {
+                            let mut j = i + 1;
+                            while j < batch.len()
+                                && batch[j].0 == batch[i].0 + ((j - i) * PAGE_SIZE) as u64
+                            {
+                                j += 1;
+                            }
+                            if let Err(e) = f(batch[i].0, &bytes[i * PAGE_SIZE..j * PAGE_SIZE]) {
+                                result = Err(e);
+                                break;
+                            }
+                            i = j;
+                        }
+                        if result.is_err() {
                             break;
                         }
                         if let Ok(mut p) = pool.lock() {
@@ -325,12 +337,12 @@ impl Store {
 /// Decodes one batch: consecutive pages from `start`. On error, also says which address.
 fn decode_batch(
     inner: &Inner,
-    start: u64,
-    refs: &[PageRef],
+    batch: &[(u64, PageRef)],
     mut out: Vec<u8>,
 ) -> Result<Vec<u8>, (StoreError, u64)> {
     out.clear();
-    out.resize(refs.len() * PAGE_SIZE, 0);
+    out.resize(batch.len() * PAGE_SIZE, 0);
+    let start = batch.first().map(|(a, _)| *a).unwrap_or(0);
     // The last few frames decoded: pages of neighbouring addresses sit in a handful of frames
     // (e.g. compressible and incompressible pages interleave in two streams).
     let mut recent: Vec<((PackId, u32), Vec<u8>)> = Vec::with_capacity(RECENT_FRAMES);
@@ -338,8 +350,8 @@ fn decode_batch(
         .index
         .read()
         .map_err(|_| (StoreError::Writer("index lock poisoned".into()), start))?;
-    for (i, r) in refs.iter().enumerate() {
-        let addr = start + (i * PAGE_SIZE) as u64;
+    for (i, (addr, r)) in batch.iter().enumerate() {
+        let addr = *addr;
         let PageRef::Stored(id) = r else { continue };
         let l = Inner::locate_in(&idx, id).map_err(|e| (e, addr))?;
         let key = (l.pack, l.frame_no);

@@ -164,6 +164,59 @@ pub fn process_vm_write(pid: i32, addr: u64, data: &[u8]) -> Result<usize> {
     Ok(n as usize)
 }
 
+/// Writes `data` to the `ranges` of process `pid` in order (their lengths add up to at most
+/// `data.len()`), with `process_vm_writev(2)`, up to [`IOV_MAX`] ranges a call. Returns the
+/// bytes written; fewer than asked means a range was not writable.
+pub fn process_vm_write_ranges(pid: i32, data: &[u8], ranges: &[RemoteRange]) -> Result<usize> {
+    let total: usize = ranges.iter().map(|r| r.len).sum();
+    if total > data.len() {
+        return Err(SysError::Invalid(format!(
+            "process_vm_writev({pid}): {total} bytes of ranges, {} bytes of data",
+            data.len()
+        )));
+    }
+    let mut done = 0usize;
+    for chunk in ranges.chunks(IOV_MAX) {
+        let want: usize = chunk.iter().map(|r| r.len).sum();
+        let remote: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|r| libc::iovec {
+                iov_base: r.addr as *mut libc::c_void,
+                iov_len: r.len,
+            })
+            .collect();
+        let src = &data[done..done + want];
+        let liov = libc::iovec {
+            iov_base: src.as_ptr() as *mut libc::c_void,
+            iov_len: src.len(),
+        };
+        // SAFETY: the local iovec covers `src`, a live slice the kernel only reads; the remote
+        // iovecs are addresses in the other process, which the kernel checks.
+        let n = unsafe {
+            libc::process_vm_writev(
+                pid,
+                &liov,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        if n < 0 {
+            let first = chunk.first().map(|r| r.addr).unwrap_or(0);
+            return Err(last_err(format!(
+                "process_vm_writev(pid {pid}, at {first:#x}, {want} bytes in {} ranges)",
+                chunk.len()
+            )));
+        }
+        done += n as usize;
+        if (n as usize) < want {
+            return Ok(done);
+        }
+    }
+    Ok(done)
+}
+
 /// `/proc/PID/mem` opened for reading and writing (see proc(5)): ptrace-access-checked, and it
 /// ignores page protections (FOLL_FORCE), so it can read `PROT_NONE` and write read-only pages.
 pub struct ProcMem {
