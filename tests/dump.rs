@@ -84,6 +84,8 @@ fn assert_unharmed(pid: i32, maps_before: &str, fds_before: &[(i32, String)]) {
             .collect();
         panic!("mappings of pid {pid} changed: gone {gone:#?}, new {new:#?}");
     }
+    // A memwriter may hold its report's temp file open for a moment: allow it to close.
+    wait_for(Duration::from_secs(2), || fd_list(pid) == fds_before);
     assert_eq!(fd_list(pid), fds_before, "fds of pid {pid} changed");
 }
 
