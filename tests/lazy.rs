@@ -223,3 +223,47 @@ fn lazy_source_lost_kills_the_process_before_it_reads_a_missing_page() {
         "the restored process reported after the source was lost"
     );
 }
+
+/// Figures for the report (release build): `cargo test --release --test lazy -- --ignored
+/// --nocapture lazy_figures_1gib`. Prints time to running, time to all resident and fault
+/// latencies of a 1 GiB memwriter restored lazily from the local store, next to an eager
+/// restore of the same set.
+#[test]
+#[ignore]
+fn lazy_figures_1gib() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, t, c) = paused_memwriter(dir.path(), 1024);
+    let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
+    let set = dump_kill(&mut r, &store);
+    // Prewarm: the VM hands freed memory back to its host.
+    drop(vec![1u8; 2 << 30]);
+    let eager = haul::restore::restore(&set, &*store, &RestoreOptions::default()).unwrap();
+    {
+        let g = Restored(eager.pid);
+        let (_, c1) = memwriter_report(g.0, &dir.path().join("report"), t);
+        assert_eq!(c1, c);
+    }
+    for idle in [0u64, 1000] {
+        let src = Box::new(StoreSource::new(store.clone()));
+        let lr = restore_lazy(&set, &*store, src, &RestoreOptions::default(), &opts(idle)).unwrap();
+        let g = Restored(lr.pid());
+        let ttr = lr.outcome.time_to_running;
+        let lazy = lr.pages_lazy;
+        let (_, c2) = memwriter_report(g.0, &dir.path().join("report"), t);
+        assert_eq!(c2, c);
+        let rep = lr.wait().unwrap();
+        println!(
+            "1 GiB memwriter, idle_push {idle} ms: eager time_to_running {} us; lazy \
+             time_to_running {ttr} us, pages_lazy {lazy}, all resident after {} us, faults {} \
+             (p50 {} us, p99 {} us), prefetched {}, pushed {}",
+            eager.time_to_running,
+            rep.time_to_all_resident,
+            rep.faults_served,
+            rep.fault_latency_p50,
+            rep.fault_latency_p99,
+            rep.pages_prefetched,
+            rep.pages_pushed
+        );
+    }
+}
