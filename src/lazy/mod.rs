@@ -33,6 +33,9 @@ pub enum LazyError {
     /// The daemon failed on a kernel call; the process was killed.
     #[error("lazy daemon for pid {pid}: {message}")]
     Daemon { pid: i32, message: String },
+    /// The page source was lost; the process was killed.
+    #[error("lazy restore of pid {pid}: {reason}; the process was killed")]
+    SourceLost { pid: i32, reason: String },
     /// The daemon thread panicked; the watchdog killed the process.
     #[error("lazy daemon for pid {pid} panicked")]
     Panicked { pid: i32 },
