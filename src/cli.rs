@@ -34,6 +34,8 @@ pub enum Command {
     Dump(DumpArgs),
     /// Rebuild a process from an image set; prints its PID.
     Restore(RestoreArgs),
+    /// Serve the pages of image sets to lazy restores elsewhere (`haul restore --lazy --from`).
+    PageServer(PageServerArgs),
     /// Inspect and maintain an image store: list, show, verify, disk use, remove, gc.
     Images(ImagesArgs),
     /// Benchmarks (release build recommended): `haul bench store`.
@@ -188,6 +190,40 @@ pub struct RestoreArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Post-copy: the process runs at once, its memory served by userfaultfd; haul prints the
+    /// PID and stays in the foreground until every page is resident.
+    #[arg(long)]
+    pub lazy: bool,
+    /// With --lazy: take the manifest and pages from a page server instead of the store.
+    #[arg(long, value_name = "HOST:PORT", requires = "lazy")]
+    pub from: Option<String>,
+    /// With --from: the page server's token.
+    #[arg(long, value_name = "FILE", requires = "from")]
+    pub token_file: Option<PathBuf>,
+    /// With --lazy: no fault for this long, push every remaining page.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub idle_push: std::time::Duration,
+    /// With --lazy: pages copied after each faulting page.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub prefetch: u32,
+    /// With --lazy: the page source gone this long, the process is killed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub source_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PageServerArgs {
+    /// Address to listen on; anything but loopback requires --token-file.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7411")]
+    pub listen: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// An image set to serve (repeat for several); no other set is served.
+    #[arg(long = "set", value_name = "SET", required = true)]
+    pub sets: Vec<String>,
+    /// A file holding the token clients must present.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Parses `zstd:<1..19>` or `none` (the job files' syntax).

@@ -20,6 +20,10 @@ pub enum Error {
     #[error(transparent)]
     Restore(#[from] crate::restore::RestoreError),
     #[error(transparent)]
+    Lazy(#[from] crate::lazy::LazyError),
+    #[error(transparent)]
+    Xfer(#[from] crate::xfer::XferError),
+    #[error(transparent)]
     Report(#[from] crate::report::ReportError),
     /// A command-line argument that clap could not judge by itself.
     #[error("{0}")]

@@ -8,6 +8,7 @@ pub mod dump;
 pub mod error;
 pub mod image;
 pub mod job;
+pub mod lazy;
 pub mod proc;
 pub mod report;
 pub mod restore;
@@ -15,5 +16,6 @@ pub mod runner;
 pub mod store;
 pub mod sys;
 pub mod util;
+pub mod xfer;
 
 pub use error::{Error, Result};

@@ -63,7 +63,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::Check { jobs } => Ok(check(&jobs)),
         Command::Run(args) => run_jobs(args),
         Command::Dump(args) => dump_cmd(args),
+        Command::Restore(args) if args.lazy => lazy_restore_cmd(args),
         Command::Restore(args) => restore_cmd(args),
+        Command::PageServer(args) => page_server_cmd(args),
         Command::Images(args) => images(args),
         Command::Bench { what } => bench(what),
         Command::Report { files } => {
@@ -423,5 +425,102 @@ fn restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
     } else {
         out(&r.pid.to_string());
     }
+    Ok(exit::OK)
+}
+
+/// `haul restore SET --lazy [--from HOST:PORT]`: prints the PID as soon as the process runs,
+/// then serves its memory in the foreground until every page is resident.
+fn lazy_restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
+    use haul::lazy::{LazyOptions, LazySource};
+    use haul::restore::{PageSource, PidChoice, RestoreOptions};
+    use std::sync::Arc;
+    let opts = RestoreOptions {
+        pid: if args.pid == "any" {
+            PidChoice::Any
+        } else {
+            PidChoice::Same
+        },
+        fail_at: haul::restore::Step::from_env(),
+    };
+    let lopts = LazyOptions {
+        idle_push: args.idle_push,
+        prefetch: args.prefetch,
+        source_timeout: args.source_timeout,
+        ..Default::default()
+    };
+    let (set, eager, lazy): (_, Box<dyn PageSource>, Box<dyn LazySource>) = match &args.from {
+        Some(addr) => {
+            let token = match &args.token_file {
+                Some(f) => haul::xfer::read_token_file(f)?,
+                None => Vec::new(),
+            };
+            let eager = haul::xfer::RemoteSource::new(addr, token.clone(), args.source_timeout);
+            let set = eager.manifest(&args.set)?;
+            let lazy = haul::xfer::RemoteSource::new(addr, token, args.source_timeout);
+            (set, Box::new(eager), Box::new(lazy))
+        }
+        None => {
+            let store = Arc::new(haul::store::Store::open(&args.store.store)?);
+            let set = store.load_set(&args.set)?;
+            let lazy = haul::lazy::StoreSource::new(store.clone());
+            (set, Box::new(StoreArc(store)), Box::new(lazy))
+        }
+    };
+    let lr = haul::lazy::restore_lazy(&set, &*eager, lazy, &opts, &lopts)?;
+    let (pid, ttr, pages_lazy) = (lr.pid(), lr.outcome.time_to_running, lr.pages_lazy);
+    out(&pid.to_string());
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    let rep = lr.wait()?;
+    if args.json {
+        let v = serde_json::json!({
+            "set": set.id, "pid": pid, "time_to_running": ttr, "pages_lazy": pages_lazy,
+            "lazy": rep,
+        });
+        print_json(&v)?;
+    }
+    match &rep.source_lost {
+        Some(reason) => {
+            eprintln!("haul: page source lost, process {pid} killed: {reason}");
+            Ok(exit::FAILED)
+        }
+        None => Ok(exit::OK),
+    }
+}
+
+/// The store as the eager part's page source, shared with the daemon.
+struct StoreArc(std::sync::Arc<haul::store::Store>);
+
+impl haul::restore::PageSource for StoreArc {
+    fn for_each_page(
+        &self,
+        set: &haul::image::ImageSet,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<(), Error> {
+        self.0.for_each_page(set, f)
+    }
+}
+
+/// `haul page-server --listen ADDR --store DIR --set SET [--token-file F]`.
+fn page_server_cmd(args: cli::PageServerArgs) -> Result<u8, Error> {
+    let store = std::sync::Arc::new(haul::store::Store::open(&args.store.store)?);
+    let token = args
+        .token_file
+        .as_deref()
+        .map(haul::xfer::read_token_file)
+        .transpose()?;
+    let opts = haul::xfer::ServerOptions {
+        token,
+        ..Default::default()
+    };
+    let server = haul::xfer::PageServer::bind(&args.listen, store, &args.sets, opts)?;
+    out(&format!("listening on {}", server.local_addr()?));
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    server.serve()?;
     Ok(exit::OK)
 }

@@ -60,6 +60,10 @@ pub enum Step {
     Creds,
     Regs,
     Run,
+    /// Lazy restore only: the userfaultfd is created, taken and registered, and the daemon
+    /// starts serving (between `map` and `fill`). Not in [`Step::ALL`], which the eager
+    /// restore walks.
+    Lazy,
 }
 
 impl Step {
@@ -104,11 +108,15 @@ impl Step {
             Step::Creds => "creds",
             Step::Regs => "regs",
             Step::Run => "run",
+            Step::Lazy => "lazy",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|st| st.name() == s)
+        Step::ALL
+            .into_iter()
+            .chain([Step::Lazy])
+            .find(|st| st.name() == s)
     }
 
     /// Test-only: the step named by `$HAUL_RESTORE_FAIL_AT`, which makes a restore fail there on
@@ -192,7 +200,56 @@ pub fn restore(
 ) -> Result<RestoreOutcome, RestoreError> {
     let start = Instant::now();
     let process = compat::check_compat(set, opts.pid)?;
-    let mut out = rebuild::rebuild(set, process, source, opts, start)?;
+    let mut out = rebuild::rebuild(set, process, source, opts, start, None)?;
+    out.restore_time = crate::util::us(start.elapsed());
+    Ok(out)
+}
+
+/// What a lazy restore hands to its daemon, once the rebuilt process's address space is mapped
+/// and before anything touches its private anonymous memory.
+#[derive(Debug)]
+pub struct LazyStart {
+    pub pid: i32,
+    /// The userfaultfd the process created (taken with pidfd_getfd; its own copy is closed).
+    /// No `UFFDIO_API` has been done on it yet.
+    pub uffd: crate::sys::uffd::Uffd,
+    /// A pidfd of the process.
+    pub pidfd: std::os::fd::OwnedFd,
+    /// The private anonymous VMAs left to the daemon, `(start, end)`: their stored pages are
+    /// not filled by the restore.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// The private anonymous VMAs of `p` that hold stored (or lazy) pages: the ones a lazy restore
+/// leaves to its daemon. Everything else (file-backed private, shared anonymous) is filled
+/// eagerly.
+pub fn lazy_ranges(set: &ImageSet, p: &ProcessImage) -> Vec<(u64, u64)> {
+    p.vmas
+        .iter()
+        .filter(|v| v.kind == crate::image::VmaKind::Anon && !v.shared)
+        .filter(|v| {
+            set.pages
+                .range(v.start, v.end)
+                .any(|(_, r)| !matches!(r, crate::image::PageRef::Zero))
+        })
+        .map(|v| (v.start, v.end))
+        .collect()
+}
+
+/// A lazy (post-copy) restore: like [`restore`], but the private anonymous memory holding
+/// stored pages is registered with a userfaultfd created by the process and left empty;
+/// `start_daemon` gets it (see [`LazyStart`]) and must be serving faults when it returns,
+/// because the rest of the rebuild (and the process, once it runs) may fault. The time to
+/// running does not depend on how many pages are left lazy.
+pub fn restore_lazy(
+    set: &ImageSet,
+    source: &dyn PageSource,
+    opts: &RestoreOptions,
+    start_daemon: &mut dyn FnMut(LazyStart) -> Result<(), String>,
+) -> Result<RestoreOutcome, RestoreError> {
+    let start = Instant::now();
+    let process = compat::check_compat(set, opts.pid)?;
+    let mut out = rebuild::rebuild(set, process, source, opts, start, Some(start_daemon))?;
     out.restore_time = crate::util::us(start.elapsed());
     Ok(out)
 }

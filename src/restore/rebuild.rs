@@ -89,6 +89,7 @@ pub(super) fn rebuild(
     source: &dyn PageSource,
     opts: &RestoreOptions,
     start: Instant,
+    lazy: Option<&mut dyn FnMut(super::LazyStart) -> Result<(), String>>,
 ) -> Result<RestoreOutcome, RestoreError> {
     let c = Ctx {
         set,
@@ -176,8 +177,42 @@ pub(super) fn rebuild(
 
     let temp_prot = step(&c, Step::Map, || map_vmas(&mut rs, p, args))?;
 
+    // Lazy: the daemon takes the private anonymous memory; the fill skips it.
+    let mut lazy_ranges: Vec<(u64, u64)> = Vec::new();
+    if let Some(start_daemon) = lazy {
+        lazy_ranges = super::lazy_ranges(set, p);
+        let ranges = lazy_ranges.clone();
+        step(&c, Step::Lazy, || -> Result<(), String> {
+            let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+            let fd = rs
+                .call_ok(nr::USERFAULTFD, [flags, 0, 0, 0, 0, 0], "userfaultfd")
+                .map_err(|e| e.to_string())?;
+            let taken = crate::sys::process::pidfd_open(pid).and_then(|pidfd| {
+                let u = crate::sys::process::pidfd_getfd(&pidfd, fd as i32)?;
+                Ok((pidfd, u))
+            });
+            // The process must not keep a copy: it would keep the uffd open (and its faults
+            // waiting) even after the daemon and its watchdog are gone.
+            rs.call_ok(nr::CLOSE, [fd, 0, 0, 0, 0, 0], "close of the uffd")
+                .map_err(|e| e.to_string())?;
+            let (pidfd, u) = taken.map_err(|e| e.to_string())?;
+            start_daemon(super::LazyStart {
+                pid,
+                uffd: crate::sys::uffd::Uffd::from_owned(u),
+                pidfd,
+                ranges,
+            })
+        })?;
+    }
+
     let fill_start = Instant::now();
-    let pages_restored = step(&c, Step::Fill, || fill(pid, set, p, source))?;
+    let pages_restored = step(&c, Step::Fill, || {
+        if lazy_ranges.is_empty() {
+            fill(pid, set, p, source)
+        } else {
+            fill(pid, &eager_part(set, p, &lazy_ranges), p, source)
+        }
+    })?;
     let fill_time = crate::util::us(fill_start.elapsed());
 
     step(&c, Step::Protect, || -> Result<(), String> {
@@ -501,6 +536,32 @@ fn madvise_flags(rs: &mut RemoteSyscall, v: &Vma) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The set with only the pages outside `lazy` (sorted, disjoint ranges): what a lazy restore
+/// still fills itself. Built from the other VMAs' entries only, so its cost does not grow with
+/// the lazy memory.
+fn eager_part(set: &ImageSet, p: &ProcessImage, lazy: &[(u64, u64)]) -> ImageSet {
+    let mut pages = crate::image::PageTable::new();
+    for v in &p.vmas {
+        if lazy.iter().any(|&(s, _)| s == v.start) {
+            continue;
+        }
+        for (a, r) in set.pages.range(v.start, v.end) {
+            pages.insert(a, r);
+        }
+    }
+    ImageSet {
+        id: set.id.clone(),
+        job: set.job.clone(),
+        created_us: set.created_us,
+        kind: set.kind,
+        parent: set.parent.clone(),
+        kernel: set.kernel.clone(),
+        process: None,
+        pages,
+        figures: set.figures.clone(),
+    }
 }
 
 /// Writes every stored page of the set into the process: runs of pages are gathered into a

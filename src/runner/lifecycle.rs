@@ -205,11 +205,6 @@ fn check_supported(job: &Job) -> Result<(), RunError> {
         return Err(RunError::Unsupported("[predump] (pre-copy)".into()));
     }
     if let Some(r) = &job.spec.restore {
-        if r.mode == crate::job::RestoreMode::Lazy {
-            return Err(RunError::Unsupported(
-                "[restore] mode = \"lazy\" (post-copy)".into(),
-            ));
-        }
         if r.page_server().is_some() {
             return Err(RunError::Unsupported("[restore] from a page server".into()));
         }
@@ -308,6 +303,9 @@ fn after_launch(
     if stop.load(Ordering::Relaxed) {
         return Err(RunError::Interrupted);
     }
+    if job.spec.restore.as_ref().map(|r| r.mode) == Some(crate::job::RestoreMode::Lazy) {
+        return lazy_restore_and_verify(job, &store, &set, ph, report, p);
+    }
     p.step("restoring");
     let pid = stage(report, "restore", |r| {
         let pid = stages::restore(job, &store, &set, r)?;
@@ -323,4 +321,44 @@ fn after_launch(
         })?;
     }
     Ok(())
+}
+
+/// The lazy `[restore]` (issue #7): restore, verify while the daemon serves, then wait until
+/// every page is resident (the `lazy` stage).
+fn lazy_restore_and_verify(
+    job: &Job,
+    store: &crate::store::Store,
+    set: &crate::image::ImageSet,
+    ph: &Placeholders,
+    report: &mut RunReport,
+    p: &JobProgress<'_>,
+) -> Result<(), RunError> {
+    p.step("restoring (lazy)");
+    let lr = stage(report, "restore", |r| {
+        let lr = stages::restore_lazy(job, store, set, r)?;
+        let d = format!(
+            "pid {} (lazy, {} pages left to the daemon)",
+            lr.pid(),
+            lr.pages_lazy
+        );
+        Ok((lr, d))
+    })?;
+    let pid = lr.pid();
+    let verified = if job.spec.verify.is_some() {
+        p.step("verifying");
+        let mut ph = ph.clone();
+        ph.pid = Some(pid);
+        stage(report, "verify", |r| {
+            stages::verify(job, &ph, r)?;
+            Ok(((), "passed".into()))
+        })
+    } else {
+        Ok(())
+    };
+    p.step("serving pages");
+    stage(report, "lazy", |r| {
+        stages::lazy_wait(lr, r)?;
+        Ok(((), "every page resident".into()))
+    })?;
+    verified
 }

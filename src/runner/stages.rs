@@ -116,6 +116,56 @@ pub fn restore(
     Ok(r.pid)
 }
 
+// ---- lazy restore (issue #7) ----
+
+/// Lazy restore of the set just dumped, from the local store: returns once the process runs;
+/// the daemon keeps serving its memory until [`lazy_wait`].
+pub fn restore_lazy(
+    job: &Job,
+    store: &Store,
+    set: &crate::image::ImageSet,
+    report: &mut RunReport,
+) -> Result<crate::lazy::LazyRestore, RunError> {
+    let Some(spec) = &job.spec.restore else {
+        return Err(RunError::Setup("no [restore]".into()));
+    };
+    let opts = crate::restore::RestoreOptions {
+        pid: match spec.pid {
+            PidPolicy::Same => crate::restore::PidChoice::Same,
+            PidPolicy::Any => crate::restore::PidChoice::Any,
+        },
+        fail_at: crate::restore::Step::from_env(),
+    };
+    // The daemon thread needs a store of its own.
+    let daemon_store = Store::open(store.path()).map_err(|e| stage_err("restore")(e.into()))?;
+    let src = Box::new(crate::lazy::StoreSource::new(std::sync::Arc::new(
+        daemon_store,
+    )));
+    let lopts = crate::lazy::LazyOptions::from_spec(&job.spec.lazy);
+    let lr = crate::lazy::restore_lazy(set, store, src, &opts, &lopts)
+        .map_err(|e| stage_err("restore")(e.into()))?;
+    report.restored_pid = Some(lr.pid());
+    report.restore_time = lr.outcome.restore_time;
+    report.time_to_running = lr.outcome.time_to_running;
+    report.pages_restored = lr.outcome.pages_restored;
+    Ok(lr)
+}
+
+/// Waits until every page of a lazy restore is resident; fills `report.lazy`. A lost page
+/// source (the process was killed) fails the stage.
+pub fn lazy_wait(lr: crate::lazy::LazyRestore, report: &mut RunReport) -> Result<(), RunError> {
+    let pid = lr.pid();
+    let rep = lr.wait().map_err(|e| stage_err("lazy")(e.into()))?;
+    let lost = rep.source_lost.clone();
+    report.lazy = Some(rep);
+    match lost {
+        Some(reason) => Err(stage_err("lazy")(
+            crate::lazy::LazyError::SourceLost { pid, reason }.into(),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Runs the `[verify]` command with `{pid}` = the restored process; it passes when it exits 0
 /// within its timeout and its stdout contains `expect_stdout`.
 pub fn verify(job: &Job, ph: &Placeholders, report: &mut RunReport) -> Result<(), RunError> {

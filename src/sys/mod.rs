@@ -17,6 +17,7 @@ pub mod ptrace;
 pub mod remote;
 pub mod spawn;
 pub mod uffd;
+pub mod uffd_restore;
 
 use std::io;
 

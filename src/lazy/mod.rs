@@ -1,0 +1,202 @@
+//! Post-copy (lazy) restore: the userfaultfd daemon (DESIGN.md §4 "Lazy restore", issue #7).
+//!
+//! The restore rebuilds the process as usual but leaves its private anonymous memory that holds
+//! stored pages empty, registered MISSING with a userfaultfd the process created (so kernel-mode
+//! accesses fault too). The daemon serves each fault with `UFFDIO_COPY` (plus `prefetch` pages
+//! after it), follows fork/mremap/madvise/munmap events, and after `idle_push` without a fault
+//! pushes the remaining pages in large copies, until every page is resident. File-backed private
+//! VMAs and shared anonymous memory are filled eagerly, as in an eager restore.
+//!
+//! Safety of the restored process: the daemon never reads its memory. If the page source is
+//! lost for `source_timeout`, the daemon SIGKILLs it (and the children it forked while pages
+//! were missing) through pidfds. If the daemon itself dies, a watchdog process that holds a
+//! copy of the uffd (so pending faults keep waiting instead of reading zero pages) kills it.
+
+mod daemon;
+mod source;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use source::{LazySource, SourceError, StoreSource};
+
+use crate::image::ImageSet;
+use crate::report::LazyReport;
+use crate::restore::{PageSource, RestoreOptions, RestoreOutcome};
+
+/// Errors of the `lazy` module.
+#[derive(Debug, thiserror::Error)]
+pub enum LazyError {
+    /// The rebuild failed; nothing is left running.
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
+    /// The daemon failed on a kernel call; the process was killed.
+    #[error("lazy daemon for pid {pid}: {message}")]
+    Daemon { pid: i32, message: String },
+    /// The page source was lost; the process was killed.
+    #[error("lazy restore of pid {pid}: {reason}; the process was killed")]
+    SourceLost { pid: i32, reason: String },
+    /// The daemon thread panicked; the watchdog killed the process.
+    #[error("lazy daemon for pid {pid} panicked")]
+    Panicked { pid: i32 },
+}
+
+/// Order of the background push.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PushOrder {
+    /// Ascending addresses.
+    #[default]
+    Address,
+    /// Most often dirtied first. Needs pre-copy's dirty counts, which image sets do not carry
+    /// yet: falls back to [`PushOrder::Address`].
+    HotFirst,
+}
+
+/// The `[lazy]` policy.
+#[derive(Clone, Debug)]
+pub struct LazyOptions {
+    /// No fault for this long: push the remaining pages in the background.
+    pub idle_push: Duration,
+    /// Pages copied after each faulting page (when they are still missing).
+    pub prefetch: u32,
+    pub order: PushOrder,
+    /// The page source failing for this long: the process is killed.
+    pub source_timeout: Duration,
+    /// Pages per `UFFDIO_COPY` of the background push (512 = 2 MiB).
+    pub push_pages: usize,
+}
+
+impl Default for LazyOptions {
+    fn default() -> Self {
+        LazyOptions {
+            idle_push: Duration::from_secs(5),
+            prefetch: 16,
+            order: PushOrder::Address,
+            source_timeout: Duration::from_secs(10),
+            push_pages: 512,
+        }
+    }
+}
+
+impl LazyOptions {
+    /// The policy of a job's `[lazy]` table.
+    pub fn from_spec(s: &crate::job::LazySpec) -> LazyOptions {
+        LazyOptions {
+            idle_push: s.idle_push.0,
+            prefetch: s.prefetch,
+            order: match s.order {
+                crate::job::LazyOrder::Address => PushOrder::Address,
+                crate::job::LazyOrder::HotFirst => PushOrder::HotFirst,
+            },
+            source_timeout: s.source_timeout.0,
+            ..Default::default()
+        }
+    }
+}
+
+/// A restored process whose memory a daemon thread is still serving.
+pub struct LazyRestore {
+    /// What the rebuild did; `pid` runs already.
+    pub outcome: RestoreOutcome,
+    /// Pages left to the daemon (stored pages of the private anonymous VMAs).
+    pub pages_lazy: u64,
+    daemon: std::thread::JoinHandle<Result<LazyReport, LazyError>>,
+}
+
+impl LazyRestore {
+    pub fn pid(&self) -> i32 {
+        self.outcome.pid
+    }
+
+    /// Waits until every page is resident (or the process exited, or the source was lost and
+    /// the process killed: then `source_lost` says why) and returns the lazy figures.
+    pub fn wait(self) -> Result<LazyReport, LazyError> {
+        let pid = self.outcome.pid;
+        self.daemon
+            .join()
+            .map_err(|_| LazyError::Panicked { pid })?
+    }
+}
+
+/// Restores `set` lazily: `eager` fills what is not left to the daemon (file-backed private and
+/// shared anonymous memory), `lazy` serves the rest. Returns once the process runs; the daemon
+/// keeps serving in a thread until [`LazyRestore::wait`] says every page is resident.
+pub fn restore_lazy(
+    set: &ImageSet,
+    eager: &dyn PageSource,
+    lazy: Box<dyn LazySource>,
+    ropts: &RestoreOptions,
+    lopts: &LazyOptions,
+) -> Result<LazyRestore, LazyError> {
+    let start = Instant::now();
+    let started: Arc<Mutex<Option<daemon::Started>>> = Arc::new(Mutex::new(None));
+    let mut source = Some(lazy);
+    let pages_lazy = Arc::new(Mutex::new(0u64));
+    let slot = started.clone();
+    let pl = pages_lazy.clone();
+    let mut hook = |ls: crate::restore::LazyStart| -> Result<(), String> {
+        let src = source.take().ok_or("the lazy daemon was started twice")?;
+        let s = daemon::start(set, ls, src, lopts.clone(), start)?;
+        if let Ok(mut n) = pl.lock() {
+            *n = s.pages_lazy;
+        }
+        if let Ok(mut g) = slot.lock() {
+            *g = Some(s);
+        }
+        Ok(())
+    };
+    let outcome = crate::restore::restore_lazy(set, eager, ropts, &mut hook);
+    let started = started.lock().ok().and_then(|mut g| g.take());
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // The rebuild killed the process; the daemon sees it go and ends.
+            if let Some(s) = started {
+                let _ = s.join.join();
+            }
+            return Err(e.into());
+        }
+    };
+    let Some(s) = started else {
+        // Nothing was left lazy (no private anonymous memory with stored pages).
+        let pid = outcome.pid;
+        return Ok(LazyRestore {
+            outcome,
+            pages_lazy: 0,
+            daemon: std::thread::spawn(move || {
+                let _ = pid;
+                Ok(LazyReport::default())
+            }),
+        });
+    };
+    let pages_lazy = pages_lazy.lock().map(|n| *n).unwrap_or(0);
+    Ok(LazyRestore {
+        outcome,
+        pages_lazy,
+        daemon: s.join,
+    })
+}
+
+/// Percentile `q` (0..=100) of `v` (sorted in place), 0 when empty.
+pub(crate) fn percentile(v: &mut [u64], q: u32) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() - 1) * q as usize + 50) / 100;
+    v[i.min(v.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_picks_nearest_rank() {
+        let mut v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&mut v, 50), 51);
+        assert_eq!(percentile(&mut v, 99), 99);
+        assert_eq!(percentile(&mut [], 50), 0);
+        assert_eq!(percentile(&mut [7], 99), 7);
+    }
+}

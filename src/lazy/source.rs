@@ -1,0 +1,66 @@
+//! Where the daemon gets pages: the local store, or a page server (`crate::xfer::Client`).
+
+use std::sync::Arc;
+
+use crate::image::{PageId, PAGE_SIZE};
+use crate::store::Store;
+
+/// Why a page source could not deliver. Either way the daemon kills the process: it must never
+/// run with a page it does not have.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source is gone (connection lost and not back within `source_timeout`).
+    #[error("page source lost: {0}")]
+    Lost(String),
+    /// The source answered with something unusable (a page that does not hash to its id, a
+    /// missing pack, a refusal).
+    #[error("page source failed: {0}")]
+    Failed(String),
+}
+
+/// A page source of the daemon.
+pub trait LazySource: Send {
+    /// Appends the content of each `(addr, id)` page of set `set` to `out` (4096 bytes each,
+    /// in order), each checked against its id.
+    fn fetch(
+        &mut self,
+        set: &str,
+        pages: &[(u64, PageId)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SourceError>;
+
+    /// Bytes received over the network so far (0 for local sources).
+    fn bytes_network(&self) -> u64 {
+        0
+    }
+}
+
+/// Pages from a local store ([`Store::read_page_at`] checks each page's hash).
+pub struct StoreSource {
+    store: Arc<Store>,
+}
+
+impl StoreSource {
+    pub fn new(store: Arc<Store>) -> StoreSource {
+        StoreSource { store }
+    }
+}
+
+impl LazySource for StoreSource {
+    fn fetch(
+        &mut self,
+        set: &str,
+        pages: &[(u64, PageId)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SourceError> {
+        out.reserve(pages.len() * PAGE_SIZE);
+        for (addr, id) in pages {
+            let p = self
+                .store
+                .read_page_at(id, set, *addr)
+                .map_err(|e| SourceError::Failed(e.to_string()))?;
+            out.extend_from_slice(&p);
+        }
+        Ok(())
+    }
+}

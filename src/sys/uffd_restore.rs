@@ -1,0 +1,286 @@
+//! What a lazy (post-copy) restore needs from the kernel beyond [`super::uffd`]: a
+//! `UFFDIO_COPY` that reports partial copies, `poll(2)` over a few fds, `pidfd_send_signal`,
+//! and the watchdog process that kills the restored process if the daemon disappears before
+//! every page is resident (DESIGN.md §4 "Lazy restore").
+
+use super::uffd::Uffd;
+use super::{last_err, Result};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// `pidfd_send_signal` syscall number (x86_64).
+const SYS_PIDFD_SEND_SIGNAL: libc::c_long = 424;
+/// `close_range` syscall number (x86_64).
+const SYS_CLOSE_RANGE: libc::c_long = 436;
+
+/// `struct uffdio_copy` (see ioctl_userfaultfd(2)).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+const _: () = assert!(std::mem::size_of::<UffdioCopy>() == 40);
+
+/// Outcome of one [`copy_partial`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyResult {
+    /// Every byte was copied.
+    Done,
+    /// `copied` bytes were copied, then the call stopped with `errno` (`EEXIST`: the next page
+    /// is present already; `EAGAIN`: an event is pending, read it first; `ESRCH`: the process
+    /// is gone).
+    Partial { copied: u64, errno: i32 },
+}
+
+/// `ioctl(uffd, UFFDIO_COPY)` of `data` to `dst` in the registered process, see
+/// ioctl_userfaultfd(2). Unlike [`Uffd::copy`] it reports how much was copied before an error,
+/// which the kernel leaves in `uffdio_copy.copy`.
+pub fn copy_partial(uffd: &Uffd, dst: u64, data: &[u8], mode: u64) -> CopyResult {
+    let mut c = UffdioCopy {
+        dst,
+        src: data.as_ptr() as u64,
+        len: data.len() as u64,
+        mode,
+        copy: 0,
+    };
+    // SAFETY: `c` is a live #[repr(C)] uffdio_copy matching the request's size; `src` points
+    // to `data.len()` readable bytes that outlive the call; the kernel only reads them.
+    let r = unsafe {
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            super::uffd::UFFDIO_COPY as _,
+            &mut c as *mut UffdioCopy,
+        )
+    };
+    if r == 0 {
+        return CopyResult::Done;
+    }
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    CopyResult::Partial {
+        copied: c.copy.max(0) as u64,
+        errno,
+    }
+}
+
+/// `poll(2)` for readability of `fds` for up to `timeout_ms` (-1: forever). Returns, per fd,
+/// whether it is readable or hung up. `EINTR` counts as "nothing ready".
+pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` is a live array of `p.len()` pollfd structs the kernel writes revents into.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(super::io_err("poll", e));
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)`, see pidfd_send_signal(2): signals exactly the
+/// process the pidfd names (never a later process that reused its PID).
+pub fn pidfd_kill(pidfd: &OwnedFd, sig: i32) -> Result<()> {
+    // SAFETY: four integer arguments; info is NULL.
+    let r = unsafe {
+        libc::syscall(
+            SYS_PIDFD_SEND_SIGNAL,
+            pidfd.as_raw_fd() as libc::c_long,
+            sig as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        return Err(last_err(format!("pidfd_send_signal(sig {sig})")));
+    }
+    Ok(())
+}
+
+/// The daemon's side of a [`spawn_watchdog`]: say "done" (every page is resident) to let the
+/// watchdog go without killing; dropping it without [`Watchdog::release`] (or the daemon
+/// dying) makes the watchdog SIGKILL the restored process.
+#[derive(Debug)]
+pub struct Watchdog {
+    pid: i32,
+    pipe_w: Option<OwnedFd>,
+}
+
+impl Watchdog {
+    /// The watchdog's PID.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Tells the watchdog that every page is resident: it exits without killing anything.
+    /// Reaps it.
+    pub fn release(mut self) {
+        if let Some(w) = self.pipe_w.take() {
+            // SAFETY: writes one byte from a live local to an fd we own.
+            let _ = unsafe { libc::write(w.as_raw_fd(), b"D".as_ptr().cast(), 1) };
+        }
+        self.reap();
+    }
+
+    fn reap(&mut self) {
+        self.pipe_w = None;
+        if self.pid > 0 {
+            let mut st = 0;
+            // SAFETY: waits for our own child; `st` is a live local.
+            unsafe { libc::waitpid(self.pid, &mut st, 0) };
+            self.pid = 0;
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Closing the pipe without "D": the watchdog kills the restored process.
+        self.reap();
+    }
+}
+
+/// Forks a watchdog process that holds `uffd` and `target` (a pidfd of the restored process),
+/// see fork(2), pipe2(2), poll(2). While the watchdog holds its copy of the uffd, the uffd
+/// stays open if the daemon dies, so a fault on a missing page keeps waiting instead of
+/// getting a zero-filled page; the watchdog sees the pipe from the daemon end without "done"
+/// and SIGKILLs the restored process (a fatal signal ends a waiting fault). It ignores SIGINT,
+/// SIGTERM, SIGHUP and SIGPIPE and leaves the daemon's process group, so a Ctrl-C at the
+/// daemon's terminal does not take it down with the daemon.
+pub fn spawn_watchdog(uffd: &Uffd, target: &OwnedFd) -> Result<Watchdog> {
+    let mut p = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the live array `p`.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(last_err("pipe2 for the lazy watchdog"));
+    }
+    // SAFETY: fresh fds from pipe2, owned by nobody else.
+    let (pipe_r, pipe_w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    let keep = [uffd.as_raw_fd(), target.as_raw_fd(), pipe_r.as_raw_fd()];
+    // SAFETY: the child only makes async-signal-safe raw syscalls (close_range, signal, setpgid,
+    // poll, read, pidfd_send_signal, _exit) on values computed before the fork; it never
+    // allocates, locks or returns into Rust code that could.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(last_err("fork of the lazy watchdog"));
+    }
+    if pid == 0 {
+        // SAFETY: see above; this function never returns.
+        unsafe { watchdog_child(keep) }
+    }
+    drop(pipe_r);
+    Ok(Watchdog {
+        pid,
+        pipe_w: Some(pipe_w),
+    })
+}
+
+/// The watchdog's life after fork: only raw syscalls.
+///
+/// # Safety
+/// Must only be called in a freshly forked child; never returns.
+unsafe fn watchdog_child(keep: [RawFd; 3]) -> ! {
+    let [uffd, target, pipe_r] = keep;
+    let mut sorted = keep;
+    sorted.sort_unstable();
+    let mut from: u32 = 0;
+    for fd in sorted {
+        let fd = fd as u32;
+        if fd > from {
+            // SAFETY: close_range of fds this child does not use (errors are harmless).
+            unsafe {
+                libc::syscall(
+                    SYS_CLOSE_RANGE,
+                    from as libc::c_long,
+                    (fd - 1) as libc::c_long,
+                    0 as libc::c_long,
+                )
+            };
+        }
+        from = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::syscall(
+            SYS_CLOSE_RANGE,
+            from as libc::c_long,
+            u32::MAX as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGPIPE,
+        libc::SIGQUIT,
+    ] {
+        // SAFETY: setting a disposition to SIG_IGN is async-signal-safe.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    // SAFETY: setpgid on ourselves.
+    unsafe { libc::setpgid(0, 0) };
+    let _ = uffd; // held open, never used: that is the point.
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: pipe_r,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r < 0 {
+            continue; // EINTR
+        }
+        let mut b = 0u8;
+        // SAFETY: reads at most one byte into a live local.
+        let n = unsafe { libc::read(pipe_r, (&mut b as *mut u8).cast(), 1) };
+        if n == 1 && b == b'D' {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: errno of this thread, read right after the failed read.
+        if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
+            continue;
+        }
+        // EOF (or anything else) before "done": the daemon is gone.
+        // SAFETY: four integer arguments, info NULL.
+        unsafe {
+            libc::syscall(
+                SYS_PIDFD_SEND_SIGNAL,
+                target as libc::c_long,
+                libc::SIGKILL as libc::c_long,
+                0 as libc::c_long,
+                0 as libc::c_long,
+            );
+            libc::_exit(1)
+        };
+    }
+}
+
+/// Takes ownership of the userfaultfd that the kernel installed in this process's fd table for
+/// a `UFFD_EVENT_FORK` message (`msg.arg.fork.ufd`, see ioctl_userfaultfd(2)): the forked
+/// child's uffd, with the parent's registrations.
+pub fn uffd_from_fork_event(fd: u32) -> Result<Uffd> {
+    // fcntl(F_GETFD) proves the number names an open fd before we own it.
+    // SAFETY: F_GETFD takes no pointer.
+    if unsafe { libc::fcntl(fd as RawFd, libc::F_GETFD) } < 0 {
+        return Err(last_err(format!(
+            "fork event names uffd {fd}, which is not open"
+        )));
+    }
+    // SAFETY: the kernel created this fd for us with the event; nobody else owns it.
+    Ok(Uffd::from_owned(unsafe {
+        OwnedFd::from_raw_fd(fd as RawFd)
+    }))
+}

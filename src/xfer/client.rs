@@ -1,0 +1,256 @@
+//! The client side: manifests and pages from a page server; [`RemoteSource`] is a page source
+//! of the lazy daemon (and of the eager part of a lazy restore).
+
+use std::io::{BufReader, BufWriter};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{hello_payload, kind, put16, read_frame, write_frame, FrameError, XferError};
+use super::{MAX_FRAME, MAX_PAGES};
+use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
+use crate::lazy::{LazySource, SourceError};
+
+/// One connection to a page server.
+pub struct Client {
+    peer: String,
+    r: BufReader<TcpStream>,
+    w: BufWriter<TcpStream>,
+    /// Bytes received (frames included).
+    pub bytes: u64,
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port`) within `timeout` and says hello with `token`. Reads
+    /// time out after `timeout` too.
+    pub fn connect(addr: &str, token: &[u8], timeout: Duration) -> Result<Client, XferError> {
+        let io = |context: String| move |e| XferError::Io { context, source: e };
+        let sa = addr
+            .to_socket_addrs()
+            .map_err(io(format!("resolving {addr}")))?
+            .next()
+            .ok_or_else(|| XferError::Setup(format!("{addr} resolves to nothing")))?;
+        let s = TcpStream::connect_timeout(&sa, timeout)
+            .map_err(io(format!("connecting to {addr}")))?;
+        s.set_read_timeout(Some(timeout))
+            .and_then(|_| s.set_write_timeout(Some(timeout)))
+            .and_then(|_| s.set_nodelay(true))
+            .map_err(io(format!("socket options for {addr}")))?;
+        let r = BufReader::new(s.try_clone().map_err(io(format!("socket of {addr}")))?);
+        let mut c = Client {
+            peer: addr.to_string(),
+            r,
+            w: BufWriter::new(s),
+            bytes: 0,
+        };
+        c.send(kind::HELLO, &hello_payload(token))?;
+        c.expect(kind::HELLO_OK)?;
+        Ok(c)
+    }
+
+    fn send(&mut self, k: u8, p: &[u8]) -> Result<(), XferError> {
+        write_frame(&mut self.w, k, p).map_err(|e| XferError::Io {
+            context: format!("sending to {}", self.peer),
+            source: e,
+        })
+    }
+
+    fn expect(&mut self, want: u8) -> Result<Vec<u8>, XferError> {
+        let (k, p) = read_frame(&mut self.r, MAX_FRAME).map_err(|e| match e {
+            FrameError::Io(e) => XferError::Io {
+                context: format!("reading from {}", self.peer),
+                source: e,
+            },
+            FrameError::TooLarge(n) => XferError::Protocol {
+                peer: self.peer.clone(),
+                message: format!("frame of {n} bytes"),
+            },
+        })?;
+        self.bytes += 5 + p.len() as u64;
+        if k == kind::ERROR {
+            return Err(XferError::Refused {
+                peer: self.peer.clone(),
+                message: String::from_utf8_lossy(&p).into_owned(),
+            });
+        }
+        if k != want {
+            return Err(XferError::Protocol {
+                peer: self.peer.clone(),
+                message: format!("expected frame kind {want}, got {k}"),
+            });
+        }
+        Ok(p)
+    }
+
+    /// The manifest of `set`.
+    pub fn manifest(&mut self, set: &str) -> Result<ImageSet, XferError> {
+        let mut p = Vec::new();
+        put16(&mut p, set.as_bytes());
+        self.send(kind::GET_MANIFEST, &p)?;
+        let m = self.expect(kind::MANIFEST)?;
+        crate::image::encode::decode_manifest(&m).map_err(|e| XferError::Protocol {
+            peer: self.peer.clone(),
+            message: format!("manifest of {set}: {e}"),
+        })
+    }
+
+    /// The pages `(addr, id)` of `set`, appended to `out` in order; each is hashed and compared
+    /// with its id.
+    pub fn pages(
+        &mut self,
+        set: &str,
+        pages: &[(u64, PageId)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), XferError> {
+        for chunk in pages.chunks(MAX_PAGES as usize) {
+            let mut p = Vec::with_capacity(8 + set.len() + chunk.len() * 24);
+            put16(&mut p, set.as_bytes());
+            p.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            for (a, id) in chunk {
+                p.extend_from_slice(&a.to_le_bytes());
+                p.extend_from_slice(&id.0);
+            }
+            self.send(kind::GET_PAGES, &p)?;
+            let got = self.expect(kind::PAGES)?;
+            if got.len() != chunk.len() * PAGE_SIZE {
+                return Err(XferError::Protocol {
+                    peer: self.peer.clone(),
+                    message: format!("{} bytes for {} pages", got.len(), chunk.len()),
+                });
+            }
+            for ((a, id), page) in chunk.iter().zip(got.chunks_exact(PAGE_SIZE)) {
+                if PageId::of(page) != *id {
+                    return Err(XferError::Protocol {
+                        peer: self.peer.clone(),
+                        message: format!("page at {a:#x} does not hash to {id}"),
+                    });
+                }
+            }
+            out.extend_from_slice(&got);
+        }
+        Ok(())
+    }
+}
+
+/// A page server as the lazy daemon's source: reconnects when the connection breaks, and
+/// gives up (source lost) once it has failed for `timeout`.
+pub struct RemoteSource {
+    addr: String,
+    token: Vec<u8>,
+    timeout: Duration,
+    conn: Mutex<(Option<Client>, u64)>,
+}
+
+impl RemoteSource {
+    /// A source for `addr`; connects lazily.
+    pub fn new(addr: &str, token: Vec<u8>, timeout: Duration) -> RemoteSource {
+        RemoteSource {
+            addr: addr.into(),
+            token,
+            timeout,
+            conn: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Fetches the manifest of `set` (a fresh connection).
+    pub fn manifest(&self, set: &str) -> Result<ImageSet, XferError> {
+        Client::connect(&self.addr, &self.token, self.timeout)?.manifest(set)
+    }
+
+    fn fetch_retrying(
+        &self,
+        set: &str,
+        pages: &[(u64, PageId)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SourceError> {
+        let mut g = self
+            .conn
+            .lock()
+            .map_err(|_| SourceError::Failed("page source lock poisoned".into()))?;
+        let first_failure = Instant::now();
+        let mut last = String::new();
+        let start_len = out.len();
+        loop {
+            if g.0.is_none() {
+                match Client::connect(&self.addr, &self.token, self.timeout) {
+                    Ok(c) => g.0 = Some(c),
+                    Err(XferError::Refused { message, .. }) => {
+                        return Err(SourceError::Failed(format!("{}: {message}", self.addr)))
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if let Some(c) = g.0.as_mut() {
+                let before = c.bytes;
+                let r = c.pages(set, pages, out);
+                let got = c.bytes - before;
+                g.1 += got;
+                match r {
+                    Ok(()) => return Ok(()),
+                    Err(e @ (XferError::Refused { .. } | XferError::Protocol { .. })) => {
+                        return Err(SourceError::Failed(e.to_string()))
+                    }
+                    Err(e) => {
+                        last = e.to_string();
+                        out.truncate(start_len);
+                        g.0 = None;
+                    }
+                }
+            }
+            if first_failure.elapsed() >= self.timeout {
+                return Err(SourceError::Lost(format!(
+                    "{} unreachable for {:?}: {last}",
+                    self.addr, self.timeout
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl LazySource for RemoteSource {
+    fn fetch(
+        &mut self,
+        set: &str,
+        pages: &[(u64, PageId)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SourceError> {
+        self.fetch_retrying(set, pages, out)
+    }
+
+    fn bytes_network(&self) -> u64 {
+        self.conn.lock().map(|g| g.1).unwrap_or(0)
+    }
+}
+
+impl crate::restore::PageSource for RemoteSource {
+    fn for_each_page(
+        &self,
+        set: &ImageSet,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<(), crate::Error> {
+        let mut run: Vec<(u64, PageId)> = Vec::new();
+        let mut buf = Vec::new();
+        let mut flush = |run: &mut Vec<(u64, PageId)>| -> Result<(), crate::Error> {
+            if let Some(&(start, _)) = run.first() {
+                buf.clear();
+                self.fetch_retrying(&set.id, run, &mut buf)
+                    .map_err(|e| XferError::Setup(e.to_string()))?;
+                f(start, &buf).map_err(|e| crate::Error::Sys(crate::sys::SysError::Invalid(e)))?;
+            }
+            run.clear();
+            Ok(())
+        };
+        for (a, r) in set.pages.iter() {
+            let (PageRef::Stored(id) | PageRef::Lazy(id)) = r else {
+                continue;
+            };
+            let contiguous = run.last().map(|(l, _)| l + PAGE_SIZE as u64) == Some(a);
+            if !contiguous || run.len() >= 256 {
+                flush(&mut run)?;
+            }
+            run.push((a, id));
+        }
+        flush(&mut run)
+    }
+}

@@ -1,0 +1,182 @@
+//! Page server and client (issue #7): a small framed protocol over TCP through which a lazy
+//! restore on one machine gets the manifest and the pages of an image set held by another.
+//!
+//! Frames: `u32` length (little-endian, counting the kind byte and the payload, at most
+//! [`MAX_FRAME`]), one kind byte, the payload. A connection starts with `Hello` (magic,
+//! version, token) answered by `HelloOk` or `Error`; then requests: `GetManifest(set)` →
+//! `Manifest(bytes)`, `GetPages(set, [(addr, id)])` → `Pages(4096 × n)`. Every refusal is an
+//! `Error` frame with a message, after which the server closes that connection; other
+//! connections are not affected. The server checks the token before anything else and serves
+//! only the sets it was started for, and only pages those sets reference at the address asked.
+
+mod client;
+mod server;
+
+pub use client::{Client, RemoteSource};
+pub use server::{PageServer, ServerOptions};
+
+use std::io::{Read, Write};
+
+/// Errors of the `xfer` module.
+#[derive(Debug, thiserror::Error)]
+pub enum XferError {
+    /// A socket operation failed; `context` says which and with whom.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer broke the protocol (bad magic, oversized frame, unexpected kind, bad page).
+    #[error("{peer}: protocol error: {message}")]
+    Protocol { peer: String, message: String },
+    /// The server refused a request and said why.
+    #[error("{peer} refused: {message}")]
+    Refused { peer: String, message: String },
+    /// The server cannot start as asked.
+    #[error("page server: {0}")]
+    Setup(String),
+}
+
+/// Protocol version.
+pub const VERSION: u16 = 1;
+/// Magic of the hello frame.
+pub const MAGIC: &[u8; 8] = b"HAULXFER";
+/// Largest frame accepted (kind byte + payload): room for [`MAX_PAGES`] pages and a header,
+/// or a manifest.
+pub const MAX_FRAME: u32 = 64 << 20;
+/// Most pages one `GetPages` may ask for.
+pub const MAX_PAGES: u32 = 2048;
+/// Longest set name or token.
+pub const MAX_NAME: usize = 1024;
+
+pub(crate) mod kind {
+    pub const HELLO: u8 = 1;
+    pub const HELLO_OK: u8 = 2;
+    pub const ERROR: u8 = 3;
+    pub const GET_MANIFEST: u8 = 4;
+    pub const MANIFEST: u8 = 5;
+    pub const GET_PAGES: u8 = 6;
+    pub const PAGES: u8 = 7;
+}
+
+/// Why reading a frame failed.
+pub(crate) enum FrameError {
+    Io(std::io::Error),
+    TooLarge(u32),
+}
+
+/// Reads one frame: (kind, payload). The length is checked before any allocation.
+pub(crate) fn read_frame(r: &mut impl Read, max: u32) -> Result<(u8, Vec<u8>), FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).map_err(FrameError::Io)?;
+    let len = u32::from_le_bytes(len);
+    if len == 0 || len > max {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut k = [0u8; 1];
+    r.read_exact(&mut k).map_err(FrameError::Io)?;
+    let mut payload = vec![0u8; len as usize - 1];
+    r.read_exact(&mut payload).map_err(FrameError::Io)?;
+    Ok((k[0], payload))
+}
+
+/// Writes one frame.
+pub(crate) fn write_frame(w: &mut impl Write, k: u8, payload: &[u8]) -> std::io::Result<()> {
+    let len =
+        u32::try_from(payload.len() + 1).map_err(|_| std::io::Error::other("frame too large"))?;
+    let mut head = [0u8; 5];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4] = k;
+    w.write_all(&head)?;
+    w.write_all(payload)?;
+    w.flush()
+}
+
+/// A cursor over a payload that never reads past its end.
+pub(crate) struct Cur<'a>(pub &'a [u8]);
+
+impl<'a> Cur<'a> {
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    pub fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    pub fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    pub fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    /// A `u16`-length-prefixed byte string of at most [`MAX_NAME`] bytes.
+    pub fn bytes16(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()? as usize;
+        if n > MAX_NAME {
+            return None;
+        }
+        self.take(n)
+    }
+}
+
+/// Appends a `u16`-length-prefixed byte string.
+pub(crate) fn put16(v: &mut Vec<u8>, b: &[u8]) {
+    v.extend_from_slice(&(b.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    v.extend_from_slice(&b[..b.len().min(u16::MAX as usize)]);
+}
+
+/// The hello payload: magic, version, token.
+pub(crate) fn hello_payload(token: &[u8]) -> Vec<u8> {
+    let mut v = MAGIC.to_vec();
+    v.extend_from_slice(&VERSION.to_le_bytes());
+    put16(&mut v, token);
+    v
+}
+
+/// Reads a token file: its content without the trailing newline; refused when empty.
+pub fn read_token_file(path: &std::path::Path) -> Result<Vec<u8>, XferError> {
+    let t = std::fs::read(path).map_err(|e| XferError::Io {
+        context: format!("reading token file {}", path.display()),
+        source: e,
+    })?;
+    let t = t.trim_ascii_end().to_vec();
+    if t.is_empty() || t.len() > MAX_NAME {
+        return Err(XferError::Setup(format!(
+            "token file {} must hold 1 to {MAX_NAME} bytes",
+            path.display()
+        )));
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trips_and_oversized_length_is_refused_before_allocation() {
+        let mut b = Vec::new();
+        write_frame(&mut b, kind::PAGES, b"abc").unwrap();
+        let (k, p) = read_frame(&mut &b[..], MAX_FRAME).ok().unwrap();
+        assert_eq!((k, p.as_slice()), (kind::PAGES, &b"abc"[..]));
+        let huge = [0xff, 0xff, 0xff, 0xff, 1];
+        assert!(matches!(
+            read_frame(&mut &huge[..], MAX_FRAME),
+            Err(FrameError::TooLarge(u32::MAX))
+        ));
+    }
+
+    #[test]
+    fn cursor_never_reads_past_the_payload() {
+        let mut c = Cur(&[5, 0, 1, 2]);
+        assert_eq!(c.bytes16(), None);
+        let mut c = Cur(&[1, 0, 7]);
+        assert_eq!(c.bytes16(), Some(&[7u8][..]));
+        assert_eq!(c.u32(), None);
+    }
+}
