@@ -20,6 +20,8 @@ pub enum Error {
     #[error(transparent)]
     Restore(#[from] crate::restore::RestoreError),
     #[error(transparent)]
+    Track(#[from] crate::track::TrackError),
+    #[error(transparent)]
     Report(#[from] crate::report::ReportError),
     /// A command-line argument that clap could not judge by itself.
     #[error("{0}")]
