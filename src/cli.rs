@@ -171,9 +171,27 @@ pub struct DumpArgs {
     /// Keep only this many image sets of the job (older ones are pruned).
     #[arg(long, value_name = "N")]
     pub keep: Option<usize>,
+    /// Pre-copy first: up to N pre-dumps of the running process (each stores only the pages
+    /// written since the last), then a final dump that copies only what changed since.
+    #[arg(long, value_name = "N")]
+    pub predump: Option<u32>,
+    /// Pause between two pre-dumps.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+    /// Dirty-page tracker of the pre-dumps.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "uffd-wp", "soft-dirty", "hash"])]
+    pub tracker: String,
+    /// Pre-copy has converged when a pre-dump writes less than this (0: never).
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    pub stop_below: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses a duration like `1s` or `200ms`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]

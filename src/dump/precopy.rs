@@ -299,6 +299,14 @@ impl<'s> Precopy<'s> {
         let t0 = Instant::now();
         let index = self.report.iterations.len() as u32;
         let pid = self.pid;
+        // The final dump would refuse a process tree: say so now rather than pre-dump on.
+        let kids = crate::proc::children(pid)?;
+        if !kids.is_empty() {
+            return Err(DumpError::Unsupported(format!(
+                "pid {pid} forked during pre-copy (children {kids:?}): process trees are not \
+                 supported yet"
+            )));
+        }
         let maps = crate::proc::maps(pid)?;
         let regions: Vec<Region> = maps.iter().filter_map(Region::from_map).collect();
         let areas: Vec<Area> = regions
@@ -485,15 +493,14 @@ impl FinalPlan for Precopy<'_> {
 
     fn carry(&mut self, carried: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<u64, DumpError> {
         let mut n = 0;
+        // A carried range may span adjacent mappings: look the mapping up again at its end.
+        let mut k: Option<&Known> = None;
         for &(s, e) in carried {
-            let Some((_, k)) = self.known.range(..=s).next_back() else {
-                return Err(DumpError::Internal(format!(
-                    "carried page {s:#x} has no pre-dumped mapping"
-                )));
-            };
             for a in (s..e).step_by(PAGE_SIZE) {
-                let i = ((a - k.ident.start) / PAGE) as usize;
-                match k.refs.get(i).copied().flatten() {
+                if !k.is_some_and(|k| a >= k.ident.start && a < k.ident.end) {
+                    k = self.known.range(..=a).next_back().map(|(_, k)| k);
+                }
+                match k.and_then(|k| lookup(k, a)) {
                     Some(r) => sink.add_ref(a, r)?,
                     None => {
                         return Err(DumpError::Internal(format!(
