@@ -554,3 +554,65 @@ fn run_stops_when_an_iteration_writes_below_stop_below() {
     assert_eq!(pc.report().iterations.len(), 2);
     assert_eq!(pc.report().stop_reason, "converged");
 }
+
+#[test]
+fn haul_run_pre_dumps_then_dumps_a_job_with_predump() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = fixture("counter");
+    let job = dir.path().join("pc.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[process]\ncommand = [\"{}\", \"{{run_dir}}/counter.log\"]\nready = {{ stdout_line = \"ready\" }}\n\
+             [predump]\ninterval = \"100ms\"\nmax_iterations = 3\nstop_below = \"4KiB\"\ntracker = \"auto\"\n",
+            counter.display()
+        ),
+    )
+    .unwrap();
+    let out = common::haul()
+        .args(["run", "--plain"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_dir(dir.path().join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let stages: Vec<&str> = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["launch", "ready", "predump", "dump"], "{r}");
+    let p = &r["predump"];
+    assert_eq!(p["tracker"], "uffd-wp", "{r}");
+    assert!(!p["stop_reason"].as_str().unwrap().is_empty(), "{r}");
+    let its = p["iterations"].as_array().unwrap();
+    assert!(!its.is_empty() && its.len() <= 3, "{r}");
+    assert!(
+        its[0]["frozen_time"].as_u64().unwrap() > 0,
+        "setup seize not reported: {r}"
+    );
+    assert!(r["pages_skipped_parent"].as_u64().unwrap() > 0, "{r}");
+    let set = r["store"]["set"].as_str().unwrap();
+    let out = common::haul()
+        .args(["images", "verify"])
+        .arg(set)
+        .arg("--store")
+        .arg(dir.path().join("haul-store"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
