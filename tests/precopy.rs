@@ -463,6 +463,10 @@ fn precopy_follows_mappings_made_unmapped_and_freed_between_rounds() {
     // Unmapped: gone from the final table. Freed pages: not resurrected.
     d.cmd("unmap");
     d.cmd("dontneed 10 5");
+    // Read back without a write: the zero page, not the pre-dumped content, must be restored
+    // (uffd-wp reports such a page written: a zap leaves no write-protect marker in anonymous
+    // memory, so the zero page comes back unprotected).
+    d.cmd("touch 10 2");
     d.cmd("w 20");
     pc.iterate().unwrap();
     let sum = d.cmd("sum").sum;
