@@ -36,7 +36,7 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Inspect and maintain an image store: list, show, verify, disk use, remove, gc.
     Images(ImagesArgs),
-    /// Benchmarks (release build recommended): `haul bench store`.
+    /// Benchmarks (release build recommended): `haul bench store`, `haul bench precopy`.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
@@ -126,6 +126,34 @@ pub enum ImagesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Pre-copy: frozen time of a full dump against a final dump after pre-dumps (memwriter),
+    /// the cost of a uffd-wp scan, and the target's slowdown while tracked (spinwriter).
+    Precopy {
+        /// Work directory (created and removed).
+        #[arg(long, default_value = "/tmp/haul-bench-precopy")]
+        dir: PathBuf,
+        /// Where memwriter.c and spinwriter.c are.
+        #[arg(long, default_value = "fixtures")]
+        fixtures: PathBuf,
+        /// Size of the memwriter's memory.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        size: u64,
+        /// Pages the memwriter dirties per second.
+        #[arg(long, default_value_t = 1000)]
+        dirty_per_sec: u64,
+        /// Pre-dumps before the final dump.
+        #[arg(long, default_value_t = 3)]
+        predumps: u32,
+        /// Pause between pre-dumps.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The store against `zstd -T2`: write throughput and size, a 1%-changed second set,
     /// random single-page reads, sequential read.
     Store {

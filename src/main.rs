@@ -269,6 +269,35 @@ fn images(args: cli::ImagesArgs) -> Result<u8, Error> {
 
 fn bench(what: cli::BenchCommand) -> Result<u8, Error> {
     match what {
+        cli::BenchCommand::Precopy {
+            dir,
+            fixtures,
+            size,
+            dirty_per_sec,
+            predumps,
+            interval,
+            runs,
+            json,
+        } => {
+            use haul::dump::bench;
+            let opts = bench::BenchOptions {
+                dir,
+                fixtures,
+                mib: size >> 20,
+                dirty_per_sec,
+                predumps,
+                interval,
+                runs,
+                ..Default::default()
+            };
+            let r = bench::run_bench(&opts)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(bench::report_text(&r).trim_end());
+            }
+            Ok(exit::OK)
+        }
         cli::BenchCommand::Store { dir, size, json } => {
             let opts = haul::store::bench::BenchOptions {
                 dir,

@@ -210,6 +210,8 @@ pub struct Precopy<'s> {
     report: PredumpReport,
     /// The final round's written pages (filled under the freeze).
     final_dirty: Dirty,
+    /// How long the last tracking round (`start`/`collect`) took, in µs.
+    last_scan_us: u64,
 }
 
 impl<'s> Precopy<'s> {
@@ -241,6 +243,7 @@ impl<'s> Precopy<'s> {
             parent: None,
             setup_frozen_us,
             final_dirty: Dirty::default(),
+            last_scan_us: 0,
         })
     }
 
@@ -252,6 +255,12 @@ impl<'s> Precopy<'s> {
     /// The figures so far.
     pub fn report(&self) -> &PredumpReport {
         &self.report
+    }
+
+    /// How long the last tracking round took (µs): arming it in the first pre-dump, the
+    /// written-page scan in the others.
+    pub fn last_scan_us(&self) -> u64 {
+        self.last_scan_us
     }
 
     /// The last pre-dump set committed.
@@ -314,12 +323,14 @@ impl<'s> Precopy<'s> {
             .filter(|r| r.tracked)
             .map(Region::area)
             .collect();
+        let t_scan = Instant::now();
         let dirty = if index == 0 {
             self.tracker.start(&areas)?;
             None
         } else {
             Some(self.tracker.collect(&areas)?)
         };
+        self.last_scan_us = crate::util::us(t_scan.elapsed());
         // Forget mappings that are gone or changed.
         self.known.retain(|start, k| {
             regions
@@ -463,7 +474,9 @@ impl FinalPlan for Precopy<'_> {
             .filter(|r| r.tracked)
             .map(|r| r.area())
             .collect();
+        let t = Instant::now();
         self.final_dirty = self.tracker.collect(&areas)?;
+        self.last_scan_us = crate::util::us(t.elapsed());
         Ok(())
     }
 
