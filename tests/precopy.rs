@@ -620,3 +620,41 @@ fn haul_run_pre_dumps_then_dumps_a_job_with_predump() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn haul_dump_predump_prints_each_iteration_and_carries_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Dirtier::start(tmp.path(), 64);
+    let out = common::haul()
+        .args([
+            "dump",
+            "--pid",
+            &d.pid().to_string(),
+            "--leave-running",
+            "--json",
+        ])
+        .args(["--predump", "2", "--interval", "100ms", "--stop-below", "0"])
+        .arg("--store")
+        .arg(tmp.path().join("store"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let its = v["predump"]["iterations"].as_array().unwrap();
+    assert_eq!(its.len(), 2, "{v}");
+    assert_eq!(v["predump"]["stop_reason"], "max_iterations");
+    assert_eq!(v["predump"]["tracker"], "uffd-wp");
+    assert!(its[0]["pages_written"].as_u64().unwrap() >= 64, "{v}");
+    assert_eq!(its[1]["frozen_time"], 0);
+    assert!(
+        v["stats"]["pages_skipped_parent"].as_u64().unwrap() >= 64,
+        "{v}"
+    );
+    // Left running, untracked.
+    assert_eq!(tracking_left(d.pid()), (0, 0));
+    d.cmd("w 1");
+}

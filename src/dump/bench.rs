@@ -109,7 +109,7 @@ fn run_inner(o: &BenchOptions) -> Result<BenchReport, BoxErr> {
     std::fs::create_dir_all(&o.dir)?;
     let memwriter = build(&o.fixtures, "memwriter", &o.dir)?;
     let spinwriter = build(&o.fixtures, "spinwriter", &o.dir)?;
-    prewarm(2 * o.mib.max(o.spin_mib) << 20);
+    prewarm((2 * o.mib.max(o.spin_mib)) << 20);
     let store = Store::open_or_create(&o.dir.join("store"))?;
     let leave = DumpOptions {
         leave_running: true,

@@ -375,7 +375,7 @@ pub(crate) fn dump_planned(
     ctx.fail(Step::Write)?;
     ctx.step(Step::Write, || {
         memory::write_buffered(buffered, sink, &mut stats)?;
-        if let Some(p) = plan.as_deref_mut() {
+        if let Some(p) = plan {
             stats.pages_skipped_parent = p.carry(&carried, sink)?;
         }
         Ok(())
