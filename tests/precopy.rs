@@ -658,3 +658,48 @@ fn haul_dump_predump_prints_each_iteration_and_carries_pages() {
     assert_eq!(tracking_left(d.pid()), (0, 0));
     d.cmd("w 1");
 }
+
+#[test]
+fn a_non_root_target_is_tracked_with_a_user_mode_only_uffd() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("nobody");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = fixture("dirtier");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("32").arg(&work).uid(65534).gid(65534);
+    haul::sys::spawn::close_inherited_fds(&mut cmd);
+    let run = Running::logged(&mut cmd, &work.join("log"), true);
+    let info = std::fs::read_to_string(work.join("info")).unwrap();
+    let addr = u64::from_str_radix(info.split_whitespace().next().unwrap(), 16).unwrap();
+    let mut d = Dirtier {
+        run,
+        dir: work.clone(),
+        addr,
+        pages: 32,
+        seq: 0,
+    };
+    assert_eq!(haul::proc::status(d.pid()).unwrap().uid[1], 65534);
+    let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
+    let mut pc = Precopy::start(
+        d.pid(),
+        &store,
+        "nobody",
+        &popts(TrackerKind::UffdWp),
+        &leave_opts(),
+    )
+    .unwrap();
+    pc.iterate().unwrap();
+    d.cmd("w 5 6");
+    let it = pc.iterate().unwrap();
+    let (inside, _) = d.split(set_addrs(&store, &it.set));
+    assert_eq!(inside, [5, 6].into_iter().collect());
+    // (The final dump of another user's process fails here at prlimit64 without
+    // CAP_SYS_RESOURCE, a limit of the dump itself; tracking still ends with the pre-copy.)
+    drop(pc);
+    assert_eq!(tracking_left(d.pid()), (0, 0));
+    d.cmd("w 1");
+}

@@ -173,3 +173,31 @@ pub fn probe_soft_dirty() -> Result<(), String> {
         None => Err("pagemap returned no entry for the probe page".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(start: u64, end: u64) -> Area {
+        Area {
+            start: start * 4096,
+            end: end * 4096,
+        }
+    }
+
+    #[test]
+    fn dirty_merges_overlapping_and_adjacent_ranges_in_any_order() {
+        let d = Dirty::from_ranges(vec![a(10, 12), a(1, 2), a(2, 4), a(11, 15), a(20, 20)]);
+        assert_eq!(d.ranges(), &[a(1, 4), a(10, 15)]);
+        assert_eq!(d.pages(), 8);
+    }
+
+    #[test]
+    fn dirty_within_clips_to_the_asked_range_and_contains_tests_pages() {
+        let d = Dirty::from_ranges(vec![a(1, 4), a(10, 15), a(30, 31)]);
+        assert_eq!(d.within(3 * 4096, 12 * 4096), vec![a(3, 4), a(10, 12)]);
+        assert!(d.within(5 * 4096, 10 * 4096).is_empty());
+        assert!(d.contains(3 * 4096) && d.contains(30 * 4096));
+        assert!(!d.contains(4 * 4096) && !d.contains(0) && !d.contains(31 * 4096));
+    }
+}

@@ -71,7 +71,13 @@ impl UffdWp {
         let uffd = self.uffd()?;
         match uffd.register(a.start, len, UFFDIO_REGISTER_MODE_WP) {
             Ok(_) => {}
-            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::EPERM)) => {
+            // EBUSY: the process registered the range with a userfaultfd of its own.
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EBUSY)
+                ) =>
+            {
                 tracing::debug!(pid = self.pid, start = a.start, "area not trackable: {e}");
                 self.untrackable.insert(a);
                 return Ok(());
@@ -152,12 +158,17 @@ impl Tracker for UffdWp {
         let Some(uffd) = self.uffd.take() else {
             return Ok(());
         };
-        // Unregister every mapping now (this clears the write-protect bits of its ptes), one
-        // at a time: mappings that cannot be registered refuse and are skipped. A process that
-        // exited has nothing left to clear.
+        // Unregister the mappings that overlap what we registered (this clears the
+        // write-protect bits of their ptes), one at a time and whole: a registered mapping may
+        // have grown (brk, stack) or been split since. A process that exited has nothing left.
         let mut first_err = None;
         if let Ok(maps) = crate::proc::maps(self.pid) {
-            for m in maps.iter().filter(|m| !m.shared) {
+            let ours = |m: &&crate::proc::MapEntry| {
+                self.registered
+                    .iter()
+                    .any(|a| a.start < m.end && m.start < a.end)
+            };
+            for m in maps.iter().filter(ours) {
                 if let Err(e) = uffd.unregister(m.start, m.end - m.start) {
                     if !matches!(
                         e.errno(),
