@@ -38,7 +38,7 @@ pub enum Command {
     PageServer(PageServerArgs),
     /// Inspect and maintain an image store: list, show, verify, disk use, remove, gc.
     Images(ImagesArgs),
-    /// Benchmarks (release build recommended): `haul bench store`.
+    /// Benchmarks (release build recommended): `haul bench store`, `haul bench precopy`.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
@@ -128,6 +128,34 @@ pub enum ImagesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Pre-copy: frozen time of a full dump against a final dump after pre-dumps (memwriter),
+    /// the cost of a uffd-wp scan, and the target's slowdown while tracked (spinwriter).
+    Precopy {
+        /// Work directory (created and removed).
+        #[arg(long, default_value = "/tmp/haul-bench-precopy")]
+        dir: PathBuf,
+        /// Where memwriter.c and spinwriter.c are.
+        #[arg(long, default_value = "fixtures")]
+        fixtures: PathBuf,
+        /// Size of the memwriter's memory.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        size: u64,
+        /// Pages the memwriter dirties per second.
+        #[arg(long, default_value_t = 1000)]
+        dirty_per_sec: u64,
+        /// Pre-dumps before the final dump.
+        #[arg(long, default_value_t = 3)]
+        predumps: u32,
+        /// Pause between pre-dumps.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The store against `zstd -T2`: write throughput and size, a 1%-changed second set,
     /// random single-page reads, sequential read.
     Store {
@@ -173,9 +201,27 @@ pub struct DumpArgs {
     /// Keep only this many image sets of the job (older ones are pruned).
     #[arg(long, value_name = "N")]
     pub keep: Option<usize>,
+    /// Pre-copy first: up to N pre-dumps of the running process (each stores only the pages
+    /// written since the last), then a final dump that copies only what changed since.
+    #[arg(long, value_name = "N")]
+    pub predump: Option<u32>,
+    /// Pause between two pre-dumps.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+    /// Dirty-page tracker of the pre-dumps.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "uffd-wp", "soft-dirty", "hash"])]
+    pub tracker: String,
+    /// Pre-copy has converged when a pre-dump writes less than this (0: never).
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    pub stop_below: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses a duration like `1s` or `200ms`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,8 @@ pub enum Error {
     #[error(transparent)]
     Xfer(#[from] crate::xfer::XferError),
     #[error(transparent)]
+    Track(#[from] crate::track::TrackError),
+    #[error(transparent)]
     Report(#[from] crate::report::ReportError),
     /// A command-line argument that clap could not judge by itself.
     #[error("{0}")]

@@ -15,6 +15,7 @@ pub mod restore;
 pub mod runner;
 pub mod store;
 pub mod sys;
+pub mod track;
 pub mod util;
 pub mod xfer;
 

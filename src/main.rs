@@ -271,6 +271,35 @@ fn images(args: cli::ImagesArgs) -> Result<u8, Error> {
 
 fn bench(what: cli::BenchCommand) -> Result<u8, Error> {
     match what {
+        cli::BenchCommand::Precopy {
+            dir,
+            fixtures,
+            size,
+            dirty_per_sec,
+            predumps,
+            interval,
+            runs,
+            json,
+        } => {
+            use haul::dump::bench;
+            let opts = bench::BenchOptions {
+                dir,
+                fixtures,
+                mib: size >> 20,
+                dirty_per_sec,
+                predumps,
+                interval,
+                runs,
+                ..Default::default()
+            };
+            let r = bench::run_bench(&opts)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(bench::report_text(&r).trim_end());
+            }
+            Ok(exit::OK)
+        }
         cli::BenchCommand::Store { dir, size, json } => {
             let opts = haul::store::bench::BenchOptions {
                 dir,
@@ -347,7 +376,26 @@ fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
         fail_at: haul::dump::Step::from_env(),
         ..Default::default()
     };
-    let d = haul::dump::dump_to_store(args.pid, &store, &name, &opts, level(args.compression))?;
+    let (d, predump) = match args.predump.filter(|n| *n > 0) {
+        None => (
+            haul::dump::dump_to_store(args.pid, &store, &name, &opts, level(args.compression))?,
+            None,
+        ),
+        Some(n) => {
+            let popts = haul::dump::PrecopyOptions {
+                interval: args.interval,
+                max_iterations: n,
+                stop_below: args.stop_below,
+                tracker: tracker_choice(&args.tracker),
+                level: level(args.compression),
+                ..Default::default()
+            };
+            let mut pc = haul::dump::Precopy::start(args.pid, &store, &name, &popts, &opts)?;
+            pc.run(&popts, &std::sync::atomic::AtomicBool::new(false))?;
+            let (d, r) = pc.final_dump(&opts)?;
+            (d, Some(r))
+        }
+    };
     let pruned = match args.keep {
         Some(k) => store.prune(&name, k)?,
         None => Vec::new(),
@@ -355,7 +403,7 @@ fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
     if args.json {
         let v = serde_json::json!({
             "set": d.set.id, "job": name, "pid": args.pid, "stats": d.stats,
-            "figures": d.set.figures, "pruned": pruned,
+            "figures": d.set.figures, "pruned": pruned, "predump": predump,
         });
         print_json(&v)?;
     } else {
@@ -375,11 +423,44 @@ fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
             human_bytes(f.bytes_stored),
             human_bytes(f.bytes_new)
         ));
+        if let Some(p) = &predump {
+            out(&format!(
+                "  pre-copy: {} pre-dumps with {} ({}), stopped: {}; final dump carried {} pages",
+                p.iterations.len(),
+                p.tracker,
+                p.tracker_reason,
+                p.stop_reason,
+                d.stats.pages_skipped_parent
+            ));
+            for i in &p.iterations {
+                out(&format!(
+                    "    {} {}: {} pages written, {} new, frozen {}, took {}",
+                    i.index,
+                    i.set,
+                    i.pages_written,
+                    human_bytes(i.bytes_new),
+                    human_us(i.frozen_time),
+                    human_us(i.duration_us)
+                ));
+            }
+        }
         for p in pruned {
             out(&format!("  pruned {p}"));
         }
     }
     Ok(exit::OK)
+}
+
+/// The tracker named on the command line (clap allows only these names).
+fn tracker_choice(name: &str) -> haul::dump::TrackerChoice {
+    use haul::dump::TrackerChoice;
+    use haul::track::TrackerKind;
+    match name {
+        "uffd-wp" => TrackerChoice::Only(TrackerKind::UffdWp),
+        "soft-dirty" => TrackerChoice::Only(TrackerKind::SoftDirty),
+        "hash" => TrackerChoice::Only(TrackerKind::Hash),
+        _ => TrackerChoice::Auto,
+    }
 }
 
 /// The command name of `pid`, cut to what a job name may hold; `pid-N` when there is none.

@@ -75,11 +75,42 @@ pub(crate) struct Buffered {
 
 /// One range to copy.
 #[derive(Clone, Copy, Debug)]
-struct Run {
-    addr: u64,
-    pages: usize,
+pub(crate) struct Run {
+    pub addr: u64,
+    pub pages: usize,
     /// The VMA is readable: `process_vm_readv` works; else `/proc/PID/mem`.
-    readable: bool,
+    pub readable: bool,
+}
+
+/// How to copy one VMA in a final dump after pre-dumps: the pages known from the pre-dumps
+/// (`known[i]` for page i of the VMA) that were not written since (`dirty`, sorted ranges) are
+/// carried; the others are copied.
+pub(crate) struct VmaPlan<'a> {
+    pub start: u64,
+    pub known: &'a [Option<crate::image::PageRef>],
+    pub dirty: &'a [crate::track::Area],
+}
+
+impl VmaPlan<'_> {
+    /// Splits `[addr, addr + pages)` into (start, pages, copy?) runs, in order. `cursor` is an
+    /// index into `dirty` that only moves forward (addresses come in increasing order).
+    fn split(&self, addr: u64, pages: u64, cursor: &mut usize, out: &mut Vec<(u64, u64, bool)>) {
+        out.clear();
+        for i in 0..pages {
+            let a = addr + i * PAGE_SIZE as u64;
+            while *cursor < self.dirty.len() && self.dirty[*cursor].end <= a {
+                *cursor += 1;
+            }
+            let written = self.dirty.get(*cursor).is_some_and(|d| d.start <= a);
+            let idx = ((a - self.start) / PAGE_SIZE as u64) as usize;
+            let known = self.known.get(idx).is_some_and(|k| k.is_some());
+            let copy = written || !known;
+            match out.last_mut() {
+                Some(l) if l.2 == copy => l.1 += 1,
+                _ => out.push((a, 1, copy)),
+            }
+        }
+    }
 }
 
 /// Copies the memory of every dumpable VMA: see the module documentation.
@@ -89,8 +120,11 @@ pub(crate) fn copy_memory(
     pool: &mut BufferPool,
     sink: &mut dyn PageSink,
     stats: &mut DumpStats,
+    plan: Option<&dyn super::FinalPlan>,
+    carried: &mut Vec<(u64, u64)>,
 ) -> Result<Buffered, DumpError> {
     let pm = Pagemap::open(pid)?;
+    let mut split = Vec::new();
     let mut scan_time = std::time::Duration::ZERO;
     let mut copier = Copier {
         pid,
@@ -119,8 +153,33 @@ pub(crate) fn copy_memory(
         let t = std::time::Instant::now();
         let regions = resident_regions(&pm, vma.start, vma.end)?;
         scan_time += t.elapsed();
+        let vplan = plan.and_then(|p| p.vma_plan(vma));
+        let mut cursor = 0;
         for r in regions {
-            if keep(r.categories) {
+            if keep(r.categories) && vplan.is_some() {
+                if let Some(vp) = &vplan {
+                    vp.split(r.start, r.pages(), &mut cursor, &mut split);
+                }
+                for &(addr, pages, copy) in &split {
+                    if copy {
+                        copier.add(
+                            Run {
+                                addr,
+                                pages: pages as usize,
+                                readable,
+                            },
+                            pool,
+                            sink,
+                            stats,
+                        )?;
+                    } else {
+                        match carried.last_mut() {
+                            Some(l) if l.1 == addr => l.1 += pages * PAGE_SIZE as u64,
+                            _ => carried.push((addr, addr + pages * PAGE_SIZE as u64)),
+                        }
+                    }
+                }
+            } else if keep(r.categories) {
                 copier.add(
                     Run {
                         addr: r.start,
@@ -151,7 +210,11 @@ pub(crate) fn copy_memory(
 const ENTRIES_UP_TO: u64 = 1 << 30;
 
 /// Present or swapped pages of `[start, end)`, by category.
-fn resident_regions(pm: &Pagemap, start: u64, end: u64) -> Result<Vec<PageRegion>, DumpError> {
+pub(crate) fn resident_regions(
+    pm: &Pagemap,
+    start: u64,
+    end: u64,
+) -> Result<Vec<PageRegion>, DumpError> {
     if end - start > ENTRIES_UP_TO {
         match pm.scan(&ScanQuery::resident(start, end)) {
             Ok(r) => return Ok(r),
@@ -273,7 +336,7 @@ impl Copier {
 
 /// Reads `runs` back to back into `dst`: readable runs by `process_vm_readv` (batched), the
 /// rest, and whatever it could not read, through `/proc/PID/mem`.
-fn read_runs(
+pub(crate) fn read_runs(
     pid: i32,
     mem: &mut Option<ProcMem>,
     runs: &[Run],

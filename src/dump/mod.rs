@@ -7,12 +7,15 @@
 //! registers haul changed, unmaps the scratch page and detaches every thread, re-sending the
 //! signals that arrived meanwhile.
 
+pub mod bench;
 mod check;
 mod freeze;
 mod memory;
+mod precopy;
 mod state;
 mod to_store;
 
+pub use precopy::{Precopy, PrecopyOptions, StopReason, TrackerChoice};
 pub use to_store::{dump_to_store, StoredDump};
 
 pub use check::{precheck, socket_kind};
@@ -61,6 +64,12 @@ pub enum DumpError {
     Sys(#[from] SysError),
     #[error(transparent)]
     Proc(#[from] ProcError),
+    /// Dirty-page tracking failed (pre-copy).
+    #[error(transparent)]
+    Track(#[from] crate::track::TrackError),
+    /// The store refused a pre-dump set or a page reference.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A broken invariant of haul itself (a bug), never the target's doing.
     #[error("internal error: {0}")]
     Internal(String),
@@ -84,6 +93,15 @@ impl DumpError {
 pub trait PageSink {
     /// Pages copied from the target; `addrs[i]` is the address of page i of `data`.
     fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError>;
+
+    /// A page carried without data from an earlier pre-dump (its content is already stored).
+    /// Sinks that cannot carry references refuse.
+    fn add_ref(&mut self, addr: u64, r: crate::image::PageRef) -> Result<(), DumpError> {
+        let _ = r;
+        Err(DumpError::Sink(
+            format!("this sink cannot carry page {addr:#x} by reference").into(),
+        ))
+    }
 }
 
 /// A sink that keeps every page in memory (tests, small tools).
@@ -91,6 +109,8 @@ pub trait PageSink {
 pub struct VecSink {
     /// (address, page content) in the order received.
     pub pages: Vec<(u64, Vec<u8>)>,
+    /// Pages carried by reference (pre-copy), in the order received.
+    pub refs: Vec<(u64, crate::image::PageRef)>,
 }
 
 impl PageSink for VecSink {
@@ -105,6 +125,11 @@ impl PageSink for VecSink {
                 })?;
             self.pages.push((*a, page.to_vec()));
         }
+        Ok(())
+    }
+
+    fn add_ref(&mut self, addr: u64, r: crate::image::PageRef) -> Result<(), DumpError> {
+        self.refs.push((addr, r));
         Ok(())
     }
 }
@@ -223,6 +248,9 @@ pub struct DumpStats {
     pub pages_scanned: u64,
     /// Pages handed to the sink.
     pub pages_written: u64,
+    /// Present pages unchanged since the last pre-dump, carried by reference (not copied).
+    #[serde(default)]
+    pub pages_skipped_parent: u64,
     /// Of those, pages that are all zeroes.
     pub pages_zero: u64,
     /// Present pages of private file mappings left out because they are still the file's.
@@ -248,6 +276,28 @@ pub fn dump(
     pid: i32,
     opts: &DumpOptions,
     sink: &mut dyn PageSink,
+) -> Result<DumpOutcome, DumpError> {
+    dump_planned(pid, opts, sink, None)
+}
+
+/// What a final dump after pre-dumps needs from the pre-copy state: under the freeze, the
+/// pages written since the last pre-dump; after the thaw, the references for the rest.
+pub(crate) trait FinalPlan {
+    /// Under the freeze, before memory is copied: the last tracking round over `vmas`.
+    fn prepare(&mut self, pid: i32, vmas: &[crate::image::Vma]) -> Result<(), DumpError>;
+    /// How to copy `vma`: None copies every present page.
+    fn vma_plan(&self, vma: &crate::image::Vma) -> Option<memory::VmaPlan<'_>>;
+    /// After the thaw: hands the pages of `carried` (present, unchanged) to the sink by
+    /// reference; returns how many.
+    fn carry(&mut self, carried: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<u64, DumpError>;
+}
+
+/// [`dump`], copying under the freeze only what `plan` says changed (pre-copy final dump).
+pub(crate) fn dump_planned(
+    pid: i32,
+    opts: &DumpOptions,
+    sink: &mut dyn PageSink,
+    mut plan: Option<&mut dyn FinalPlan>,
 ) -> Result<DumpOutcome, DumpError> {
     let ctx = Ctx { pid, opts };
     let before = ctx.step(Step::Check, || check::precheck_snapshot(pid, opts))?;
@@ -287,8 +337,21 @@ pub fn dump(
     ctx.fail(Step::State)?;
 
     let t_mem = Instant::now();
+    if let Some(p) = plan.as_deref_mut() {
+        ctx.step(Step::Memory, || p.prepare(pid, &process.vmas))?;
+    }
+    let mut carried = Vec::new();
     let buffered = ctx.step(Step::Memory, || {
-        memory::copy_memory(pid, &process.vmas, &mut pool, sink, &mut stats)
+        let plan = plan.as_deref().map(|p| p as &dyn FinalPlan);
+        memory::copy_memory(
+            pid,
+            &process.vmas,
+            &mut pool,
+            sink,
+            &mut stats,
+            plan,
+            &mut carried,
+        )
     })?;
     stats.memdump_time = crate::util::us(t_mem.elapsed());
     ctx.fail(Step::Memory)?;
@@ -311,7 +374,11 @@ pub fn dump(
     let t_write = Instant::now();
     ctx.fail(Step::Write)?;
     ctx.step(Step::Write, || {
-        memory::write_buffered(buffered, sink, &mut stats)
+        memory::write_buffered(buffered, sink, &mut stats)?;
+        if let Some(p) = plan {
+            stats.pages_skipped_parent = p.carry(&carried, sink)?;
+        }
+        Ok(())
     })?;
     stats.memwrite_time = crate::util::us(t_write.elapsed());
     Ok(DumpOutcome { process, stats })

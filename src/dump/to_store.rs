@@ -11,6 +11,11 @@ impl PageSink for SetWriter<'_> {
     fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
         SetWriter::add_pages(self, addrs, data).map_err(|e| DumpError::Sink(Box::new(e)))
     }
+
+    fn add_ref(&mut self, addr: u64, r: crate::image::PageRef) -> Result<(), DumpError> {
+        SetWriter::add_ref(self, addr, r);
+        Ok(())
+    }
 }
 
 /// A final dump committed to the store.

@@ -201,9 +201,6 @@ fn stage<T>(
 
 /// Refuses, before anything starts, a job that asks for a stage this build cannot run.
 fn check_supported(job: &Job) -> Result<(), RunError> {
-    if job.spec.predump.is_some() {
-        return Err(RunError::Unsupported("[predump] (pre-copy)".into()));
-    }
     if let Some(r) = &job.spec.restore {
         if r.page_server().is_some() {
             return Err(RunError::Unsupported("[restore] from a page server".into()));
@@ -287,9 +284,31 @@ fn after_launch(
         stage: "dump",
         source: Box::new(e.into()),
     })?;
+    let precopy = match job.spec.predump {
+        Some(_) => {
+            p.step("pre-dumping");
+            Some(stage(report, "predump", |r| {
+                let pc = stages::predump(job, &store, target, r, stop)?;
+                let d = r
+                    .predump
+                    .as_ref()
+                    .map(|x| {
+                        format!(
+                            "{} pre-dumps with {}, {}",
+                            x.iterations.len(),
+                            x.tracker,
+                            x.stop_reason
+                        )
+                    })
+                    .unwrap_or_default();
+                Ok((pc, d))
+            })?)
+        }
+        None => None,
+    };
     p.step("dumping");
     let set = stage(report, "dump", |r| {
-        let set = stages::dump(job, &store, target, r)?;
+        let set = stages::dump(job, &store, target, r, precopy)?;
         let d = format!(
             "set {} (frozen {})",
             set.id,

@@ -25,13 +25,57 @@ fn level(c: Compression) -> Option<i32> {
     }
 }
 
+/// `[predump]`: pre-dumps of the running process until a stop rule holds; returns the
+/// pre-copy state the final dump continues from. Tracking ends if anything fails.
+pub fn predump<'s>(
+    job: &Job,
+    store: &'s Store,
+    target: &Target,
+    report: &mut RunReport,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<crate::dump::Precopy<'s>, RunError> {
+    use crate::dump::{Precopy, PrecopyOptions, TrackerChoice};
+    use crate::job::Tracker;
+    use crate::track::TrackerKind;
+    let Some(spec) = &job.spec.predump else {
+        return Err(RunError::Setup("no [predump]".into()));
+    };
+    let popts = PrecopyOptions {
+        interval: spec.interval.0,
+        max_iterations: spec.max_iterations,
+        stop_below: spec.stop_below.0,
+        stop_growth: spec.stop_growth,
+        tracker: match spec.tracker {
+            Tracker::Auto => TrackerChoice::Auto,
+            Tracker::UffdWp => TrackerChoice::Only(TrackerKind::UffdWp),
+            Tracker::SoftDirty => TrackerChoice::Only(TrackerKind::SoftDirty),
+            Tracker::Hash => TrackerChoice::Only(TrackerKind::Hash),
+        },
+        level: level(job.spec.store.compression),
+    };
+    let dopts = crate::dump::DumpOptions {
+        leave_running: job.spec.dump.leave_running,
+        ..Default::default()
+    };
+    let err = |e: crate::dump::DumpError| stage_err("predump")(e.into());
+    let mut pc = Precopy::start(target.pid, store, &job.name, &popts, &dopts).map_err(err)?;
+    let r = pc.run(&popts, stop);
+    report.predump = Some(pc.report().clone());
+    match r.map_err(err)? {
+        crate::dump::StopReason::Interrupted => Err(RunError::Interrupted),
+        _ => Ok(pc),
+    }
+}
+
 /// The final dump: into the store, then retention. A launched process that the dump killed is
-/// reaped here, so that its PID is free for a restore.
+/// reaped here, so that its PID is free for a restore. After pre-dumps (`precopy`), it copies
+/// only what changed since the last one.
 pub fn dump(
     job: &Job,
     store: &Store,
     target: &mut Target,
     report: &mut RunReport,
+    precopy: Option<crate::dump::Precopy<'_>>,
 ) -> Result<crate::image::ImageSet, RunError> {
     let spec = &job.spec.dump;
     let opts = crate::dump::DumpOptions {
@@ -40,14 +84,21 @@ pub fn dump(
         fail_at: crate::dump::Step::from_env(),
         ..Default::default()
     };
-    let d = crate::dump::dump_to_store(
-        target.pid,
-        store,
-        &job.name,
-        &opts,
-        level(job.spec.store.compression),
-    )
-    .map_err(stage_err("dump"))?;
+    let d = match precopy {
+        Some(pc) => {
+            let (d, r) = pc.final_dump(&opts).map_err(stage_err("dump"))?;
+            report.predump = Some(r);
+            d
+        }
+        None => crate::dump::dump_to_store(
+            target.pid,
+            store,
+            &job.name,
+            &opts,
+            level(job.spec.store.compression),
+        )
+        .map_err(stage_err("dump"))?,
+    };
     if !spec.leave_running {
         if let Some(child) = target.child.as_mut() {
             let _ = child.wait();
@@ -62,6 +113,7 @@ pub fn dump(
     report.memwrite_time = s.memwrite_time;
     report.pages_scanned = s.pages_scanned;
     report.pages_written = s.pages_written;
+    report.pages_skipped_parent = s.pages_skipped_parent;
     report.pages_lazy = d.set.figures.pages_lazy;
 
     let pruned = match job.spec.store.keep {
