@@ -173,7 +173,7 @@ pub fn send_signal(pid: i32, sig: &str) {
     assert!(st.success(), "kill -{sig} {pid}");
 }
 
-/// Asks a memwriter for a report (one SIGUSR1) and returns (ticks, region checksum) once the
+/// Asks a memwriter for a report (SIGUSR1, repeated every 500 ms) and returns (ticks, region checksum) once the
 /// report file shows a tick count above `after` (the file is renamed into place after it is
 /// closed, so the memwriter is done with it by then).
 pub fn memwriter_report(pid: i32, out: &Path, after: u64) -> (u64, String) {
@@ -184,9 +184,15 @@ pub fn memwriter_report(pid: i32, out: &Path, after: u64) -> (u64, String) {
         let c = w.next()?.to_string();
         (t > after).then_some((t, c))
     };
-    send_signal(pid, "USR1");
+    // Ask again every half second: a report written before the ticks passed `after` answers
+    // the first signal without satisfying us.
     let mut got = None;
+    let mut asked: Option<std::time::Instant> = None;
     let ok = wait_for(Duration::from_secs(20), || {
+        if asked.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            send_signal(pid, "USR1");
+            asked = Some(std::time::Instant::now());
+        }
         got = read();
         got.is_some()
     });
