@@ -12,6 +12,17 @@ use haul::runner::{exit, JobStatus, ProgressMode, RunOptions};
 use haul::Error;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(haul::dump::worker::WORKER_COMMAND) {
+        // Internal: the process that holds a checkpoint's ptrace session (see dump::worker).
+        init_logging();
+        return match haul::dump::worker::worker_main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("haul checkpoint worker: {}", error_chain(&e));
+                ExitCode::from(exit::FAILED)
+            }
+        };
+    }
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
@@ -32,20 +43,9 @@ fn init_logging() {
         .try_init();
 }
 
-/// The error and its sources, "outer: inner: innermost", without repeating a message a
-/// transparent wrapper already showed.
+/// The error and its sources, "outer: inner: innermost".
 fn error_chain(e: &Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        let m = inner.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = inner.source();
-    }
-    s
+    haul::error::chain(e)
 }
 
 /// The exit code of a command that failed with `e`.
@@ -370,32 +370,44 @@ fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
         None => default_job_name(args.pid),
     };
     let store = haul::store::Store::open_or_create(&args.store.store)?;
-    let opts = haul::dump::DumpOptions {
+    let req = haul::dump::worker::CheckpointRequest {
+        pid: args.pid,
+        store: store.path().to_path_buf(),
+        job: name.clone(),
         leave_running: args.leave_running,
         buffer: args.buffer,
-        fail_at: haul::dump::Step::from_env(),
-        ..Default::default()
-    };
-    let (d, predump) = match args.predump.filter(|n| *n > 0) {
-        None => (
-            haul::dump::dump_to_store(args.pid, &store, &name, &opts, level(args.compression))?,
-            None,
-        ),
-        Some(n) => {
-            let popts = haul::dump::PrecopyOptions {
-                interval: args.interval,
+        level: level(args.compression),
+        fail_at: haul::dump::Step::from_env().map(|s| s.name().to_string()),
+        parent: std::process::id() as i32,
+        predump: args
+            .predump
+            .filter(|n| *n > 0)
+            .map(|n| haul::dump::worker::PredumpRequest {
+                interval_us: haul::util::us(args.interval),
                 max_iterations: n,
                 stop_below: args.stop_below,
-                tracker: tracker_choice(&args.tracker),
-                level: level(args.compression),
-                ..Default::default()
-            };
-            let mut pc = haul::dump::Precopy::start(args.pid, &store, &name, &popts, &opts)?;
-            pc.run(&popts, &std::sync::atomic::AtomicBool::new(false))?;
-            let (d, r) = pc.final_dump(&opts)?;
-            (d, Some(r))
-        }
+                stop_growth: 1.1,
+                tracker: match tracker_choice(&args.tracker) {
+                    haul::dump::TrackerChoice::Only(k) => Some(k),
+                    haul::dump::TrackerChoice::Auto => None,
+                },
+            }),
     };
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Usage(format!("cannot find haul's own binary: {e}")))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, std::sync::Arc::clone(&stop));
+    }
+    let o = haul::dump::worker::checkpoint_in_worker(&exe, &req, &stop)?;
+    if o.interrupted {
+        return Err(haul::runner::RunError::Interrupted.into());
+    }
+    let d = haul::dump::StoredDump {
+        set: store.load_set(&o.set)?,
+        stats: o.stats,
+    };
+    let predump = o.predump;
     let pruned = match args.keep {
         Some(k) => store.prune(&name, k)?,
         None => Vec::new(),

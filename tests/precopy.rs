@@ -427,8 +427,10 @@ fn killing_haul_mid_precopy_leaves_no_write_protection() {
     std::thread::sleep(Duration::from_millis(500));
     haul.kill().unwrap();
     haul.wait().unwrap();
-    // The process goes on, and nothing is left of the tracking.
+    // The process goes on, and nothing is left of the tracking once the checkpoint worker
+    // (which holds the session, see dump::worker) has noticed haul's death.
     d.cmd("w 3");
+    wait_for(Duration::from_secs(5), || tracking_left(d.pid()) == (0, 0));
     let (bits, registered) = tracking_left(d.pid());
     assert_eq!(registered, 0, "mappings still registered with a uffd");
     assert_eq!(bits, 0, "uffd-wp bits left in the page tables");

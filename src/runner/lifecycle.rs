@@ -284,38 +284,52 @@ fn after_launch(
         stage: "dump",
         source: Box::new(e.into()),
     })?;
-    let precopy = match job.spec.predump {
-        Some(_) => {
-            p.step("pre-dumping");
-            Some(stage(report, "predump", |r| {
-                let pc = stages::predump(job, &store, target, r, stop)?;
-                let d = r
-                    .predump
-                    .as_ref()
-                    .map(|x| {
-                        format!(
-                            "{} pre-dumps with {}, {}",
-                            x.iterations.len(),
-                            x.tracker,
-                            x.stop_reason
-                        )
-                    })
-                    .unwrap_or_default();
-                Ok((pc, d))
-            })?)
+    p.step(if job.spec.predump.is_some() {
+        "pre-dumping"
+    } else {
+        "dumping"
+    });
+    let t = Instant::now();
+    let set = match stages::checkpoint(job, &store, target, report, stop) {
+        Ok((set, predump_us, dump_us)) => {
+            if let Some(x) = &report.predump {
+                let detail = format!(
+                    "{} pre-dumps with {}, {}",
+                    x.iterations.len(),
+                    x.tracker,
+                    x.stop_reason
+                );
+                report.stages.push(StageReport {
+                    name: "predump".into(),
+                    duration_us: predump_us,
+                    ok: true,
+                    detail,
+                });
+            }
+            let detail = format!(
+                "set {} (frozen {})",
+                set.id,
+                crate::util::human_us(report.frozen_time)
+            );
+            report.stages.push(StageReport {
+                name: "dump".into(),
+                duration_us: dump_us,
+                ok: true,
+                detail,
+            });
+            set
         }
-        None => None,
+        Err(e) => {
+            let duration_us = crate::util::us(t.elapsed());
+            report.stages.push(StageReport {
+                name: "dump".into(),
+                duration_us,
+                ok: false,
+                detail: e.to_string(),
+            });
+            return Err(e);
+        }
     };
-    p.step("dumping");
-    let set = stage(report, "dump", |r| {
-        let set = stages::dump(job, &store, target, r, precopy)?;
-        let d = format!(
-            "set {} (frozen {})",
-            set.id,
-            crate::util::human_us(r.frozen_time)
-        );
-        Ok((set, d))
-    })?;
     if job.spec.restore.is_none() {
         return Ok(());
     }

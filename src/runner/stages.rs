@@ -25,79 +25,55 @@ fn level(c: Compression) -> Option<i32> {
     }
 }
 
-/// `[predump]`: pre-dumps of the running process until a stop rule holds; returns the
-/// pre-copy state the final dump continues from. Tracking ends if anything fails.
-pub fn predump<'s>(
-    job: &Job,
-    store: &'s Store,
-    target: &Target,
-    report: &mut RunReport,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<crate::dump::Precopy<'s>, RunError> {
-    use crate::dump::{Precopy, PrecopyOptions, TrackerChoice};
-    use crate::job::Tracker;
-    use crate::track::TrackerKind;
-    let Some(spec) = &job.spec.predump else {
-        return Err(RunError::Setup("no [predump]".into()));
-    };
-    let popts = PrecopyOptions {
-        interval: spec.interval.0,
-        max_iterations: spec.max_iterations,
-        stop_below: spec.stop_below.0,
-        stop_growth: spec.stop_growth,
-        tracker: match spec.tracker {
-            Tracker::Auto => TrackerChoice::Auto,
-            Tracker::UffdWp => TrackerChoice::Only(TrackerKind::UffdWp),
-            Tracker::SoftDirty => TrackerChoice::Only(TrackerKind::SoftDirty),
-            Tracker::Hash => TrackerChoice::Only(TrackerKind::Hash),
-        },
-        level: level(job.spec.store.compression),
-    };
-    let dopts = crate::dump::DumpOptions {
-        leave_running: job.spec.dump.leave_running,
-        ..Default::default()
-    };
-    let err = |e: crate::dump::DumpError| stage_err("predump")(e.into());
-    let mut pc = Precopy::start(target.pid, store, &job.name, &popts, &dopts).map_err(err)?;
-    let r = pc.run(&popts, stop);
-    report.predump = Some(pc.report().clone());
-    match r.map_err(err)? {
-        crate::dump::StopReason::Interrupted => Err(RunError::Interrupted),
-        _ => Ok(pc),
-    }
-}
-
-/// The final dump: into the store, then retention. A launched process that the dump killed is
-/// reaped here, so that its PID is free for a restore. After pre-dumps (`precopy`), it copies
-/// only what changed since the last one.
-pub fn dump(
+/// The checkpoint: pre-dumps (with `[predump]`) and the final dump, run in a worker process
+/// (see `dump::worker`: a SIGKILL of haul must not leave the target with injected state), then
+/// retention. A launched process that the dump killed is reaped here, so that its PID is free
+/// for a restore. Returns the final dump's set and the time spent pre-dumping and dumping (µs).
+pub fn checkpoint(
     job: &Job,
     store: &Store,
     target: &mut Target,
     report: &mut RunReport,
-    precopy: Option<crate::dump::Precopy<'_>>,
-) -> Result<crate::image::ImageSet, RunError> {
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(crate::image::ImageSet, u64, u64), RunError> {
+    use crate::dump::worker::{checkpoint_in_worker, CheckpointRequest, PredumpRequest};
+    use crate::job::Tracker;
+    use crate::track::TrackerKind;
     let spec = &job.spec.dump;
-    let opts = crate::dump::DumpOptions {
+    let req = CheckpointRequest {
+        pid: target.pid,
+        store: store.path().to_path_buf(),
+        job: job.name.clone(),
         leave_running: spec.leave_running,
         buffer: spec.buffer.0,
-        fail_at: crate::dump::Step::from_env(),
-        ..Default::default()
+        level: level(job.spec.store.compression),
+        fail_at: crate::dump::Step::from_env().map(|s| s.name().to_string()),
+        parent: std::process::id() as i32,
+        predump: job.spec.predump.as_ref().map(|p| PredumpRequest {
+            interval_us: crate::util::us(p.interval.0),
+            max_iterations: p.max_iterations,
+            stop_below: p.stop_below.0,
+            stop_growth: p.stop_growth,
+            tracker: match p.tracker {
+                Tracker::Auto => None,
+                Tracker::UffdWp => Some(TrackerKind::UffdWp),
+                Tracker::SoftDirty => Some(TrackerKind::SoftDirty),
+                Tracker::Hash => Some(TrackerKind::Hash),
+            },
+        }),
     };
-    let d = match precopy {
-        Some(pc) => {
-            let (d, r) = pc.final_dump(&opts).map_err(stage_err("dump"))?;
-            report.predump = Some(r);
-            d
-        }
-        None => crate::dump::dump_to_store(
-            target.pid,
-            store,
-            &job.name,
-            &opts,
-            level(job.spec.store.compression),
-        )
-        .map_err(stage_err("dump"))?,
+    let exe = std::env::current_exe().map_err(RunError::io("find haul's own binary"))?;
+    let o = checkpoint_in_worker(&exe, &req, stop).map_err(|e| stage_err("dump")(e.into()))?;
+    report.predump = o.predump.clone();
+    if o.interrupted {
+        return Err(RunError::Interrupted);
+    }
+    let set = store
+        .load_set(&o.set)
+        .map_err(|e| stage_err("dump")(e.into()))?;
+    let d = crate::dump::StoredDump {
+        set,
+        stats: o.stats,
     };
     if !spec.leave_running {
         if let Some(child) = target.child.as_mut() {
@@ -139,7 +115,7 @@ pub fn dump(
         dedup_ratio: ratio(f.bytes_stored, f.bytes_new),
         pruned,
     });
-    Ok(d.set)
+    Ok((d.set, o.predump_us, o.dump_us))
 }
 
 /// Eager restore of the set just dumped.
