@@ -71,7 +71,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::Report { files } => {
             for f in files {
                 let reports = haul::report::load(&f)?;
-                let text = if reports.len() == 1 && !f.extension().is_some_and(|x| x == "jsonl") {
+                let text = if reports.len() == 1 && f.extension().is_none_or(|x| x != "jsonl") {
                     haul::report::render(&reports[0])
                 } else {
                     haul::report::render_history(&reports)

@@ -119,7 +119,7 @@ fn page_server_refuses_bad_input_and_keeps_serving() {
 
     let r = raw(&addr, b"GET / HTTP/1.0\r\n\r\n");
     assert!(
-        r.map_or(true, |(k, _)| k == 3),
+        r.is_none_or(|(k, _)| k == 3),
         "garbage got a non-error reply"
     );
     good("garbage");

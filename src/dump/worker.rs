@@ -74,7 +74,7 @@ pub struct CheckpointOutcome {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Answer {
-    Ok(CheckpointOutcome),
+    Ok(Box<CheckpointOutcome>),
     Error(String),
 }
 
@@ -159,7 +159,7 @@ pub fn worker_main() -> Result<(), crate::Error> {
         stop.store(true, Ordering::Relaxed);
     }
     let answer = match checkpoint(&req, &stop) {
-        Ok(o) => Answer::Ok(o),
+        Ok(o) => Answer::Ok(Box::new(o)),
         Err(e) => Answer::Error(crate::error::chain(&e)),
     };
     let line = serde_json::to_string(&answer).map_err(|e| DumpError::Worker(e.to_string()))?;
@@ -218,7 +218,7 @@ pub fn checkpoint_in_worker(
     };
     let out = reader.join().unwrap_or_default();
     match out.lines().last().map(serde_json::from_str::<Answer>) {
-        Some(Ok(Answer::Ok(o))) => Ok(o),
+        Some(Ok(Answer::Ok(o))) => Ok(*o),
         Some(Ok(Answer::Error(e))) => Err(DumpError::Worker(e)),
         _ => Err(DumpError::Worker(format!(
             "the checkpoint worker ended ({status}) without an answer"

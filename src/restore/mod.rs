@@ -170,6 +170,7 @@ pub struct RestoreOutcome {
 pub trait PageSource {
     /// Calls `f(addr, page)` for every stored page of `set`, in address order; `f` may be
     /// called with runs of several contiguous pages (`page.len()` a multiple of 4096).
+    #[allow(clippy::type_complexity)] // the callback type is the whole interface
     fn for_each_page(
         &self,
         set: &ImageSet,
