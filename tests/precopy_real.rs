@@ -3,20 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{haul, wait_for};
-
-/// The python3 binary itself (the pyenv shim on PATH is a shell script).
-fn python3() -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("run python3");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 const PY_LOOP: &str = r#"
 import sys, time
@@ -68,7 +58,7 @@ leave_running = false
 mode = "eager"
 pid = "same"
 "#,
-            py = python3().display(),
+            py = common::python3().display(),
             script = script.display(),
             out = out.display()
         ),

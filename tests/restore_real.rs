@@ -459,15 +459,6 @@ fn restored_process_keeps_its_session_and_process_group() {
     assert_eq!(sid_pgrp(rp.pid), before, "(session, process group)");
 }
 
-/// The python3 binary itself (the pyenv shim on PATH is a shell script).
-fn python3() -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("run python3");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
 const PY_LOOP: &str = r#"
 import sys, time
 d = {}
@@ -488,7 +479,7 @@ fn python_loop_continues_with_its_counter_and_dict_after_restore() {
     adopt_orphans();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("py.out");
-    let mut cmd = Command::new(python3());
+    let mut cmd = Command::new(common::python3());
     cmd.arg("-c").arg(PY_LOOP).arg(&out);
     let mut r = launch(cmd, &dir.path().join("log"), true);
     assert!(wait_for(Duration::from_secs(10), || read_rows(&out).len() >= 30));
@@ -764,7 +755,7 @@ fn interval_timer_keeps_ticking_after_restore() {
     adopt_orphans();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ticks");
-    let mut cmd = Command::new(python3());
+    let mut cmd = Command::new(common::python3());
     cmd.arg("-c").arg(PY_TIMER).arg(&out);
     let mut r = launch(cmd, &dir.path().join("log"), true);
     assert!(wait_for(Duration::from_secs(10), || read_numbers(&out)
@@ -805,7 +796,7 @@ fn shared_file_mapping_is_the_same_file_after_restore() {
         let b = std::fs::read(&state).unwrap();
         u64::from_le_bytes(b[0..8].try_into().unwrap())
     };
-    let mut cmd = Command::new(python3());
+    let mut cmd = Command::new(common::python3());
     cmd.arg("-c").arg(PY_SHARED_MMAP).arg(&state);
     let mut r = launch(cmd, &dir.path().join("log"), true);
     assert!(wait_for(Duration::from_secs(10), || count() >= 10));
@@ -842,7 +833,7 @@ fn stdout_and_stderr_sharing_one_file_offset_still_share_it_after_restore() {
     adopt_orphans();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let mut cmd = Command::new(python3());
+    let mut cmd = Command::new(common::python3());
     cmd.arg("-c").arg(PY_TWO_FDS);
     // Running::logged opens the log once (not O_APPEND) and gives the child a dup of it as
     // stderr: one open file description, one offset.

@@ -95,14 +95,15 @@ struct UffdioRegister {
     ioctls: u64,
 }
 
+/// `struct uffdio_copy` (see ioctl_userfaultfd(2)).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
+pub(super) struct UffdioCopy {
+    pub(super) dst: u64,
+    pub(super) src: u64,
+    pub(super) len: u64,
+    pub(super) mode: u64,
+    pub(super) copy: i64,
 }
 
 #[repr(C)]

@@ -12,16 +12,7 @@ const SYS_PIDFD_SEND_SIGNAL: libc::c_long = 424;
 /// `close_range` syscall number (x86_64).
 const SYS_CLOSE_RANGE: libc::c_long = 436;
 
-/// `struct uffdio_copy` (see ioctl_userfaultfd(2)).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
-}
+use super::uffd::UffdioCopy;
 
 const _: () = assert!(std::mem::size_of::<UffdioCopy>() == 40);
 

@@ -241,3 +241,13 @@ impl Running {
         r
     }
 }
+
+/// The python3 binary itself (the pyenv shim on PATH is a shell script, which a checkpoint
+/// would see instead of python).
+pub fn python3() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("run python3");
+    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
+}
