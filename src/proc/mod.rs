@@ -1,7 +1,7 @@
 //! Typed parsing of `/proc/PID/*` (see proc(5)): maps and smaps VmFlags, stat, status, auxv,
 //! fds and fdinfo, tasks and children, cwd, exe, limits, comm, cmdline.
 //!
-//! Everything here reads files; nothing needs `unsafe`. A process that vanished shows up as
+//! Everything here reads files: no raw syscalls. A process that vanished shows up as
 //! [`ProcError::Io`] with `ENOENT`/`ESRCH` ([`ProcError::is_gone`]).
 
 mod fd;

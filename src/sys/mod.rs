@@ -9,6 +9,7 @@
 //! - [`uffd`]: userfaultfd ioctls.
 //! - [`spawn`]: the parked process a restore rebuilds (clone3 `set_tid`), re-parented away.
 //! - [`process`]: pidfd, signals, robust lists, rlimits, clone3, `PR_SET_MM_MAP`, rseq constants.
+#![allow(unsafe_code)]
 
 pub mod mem;
 pub mod pagemap;
