@@ -828,7 +828,6 @@ while True:
 "#;
 
 #[test]
-#[ignore = "the image does not record that fds share one open file description (dup, 2>&1): restore opens them separately, each with its own offset, so the writes of one overwrite the other's"]
 fn stdout_and_stderr_sharing_one_file_offset_still_share_it_after_restore() {
     adopt_orphans();
     let dir = tempfile::tempdir().unwrap();

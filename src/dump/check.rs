@@ -274,7 +274,20 @@ pub(crate) fn fd_images(pid: i32) -> Result<Vec<FdImage>, DumpError> {
             fd,
             flags: info.flags,
             kind: fd_kind(pid, fd, &target, info.pos)?,
+            same_as: None,
         });
+    }
+    // Fds that are one open file description (dup, 2>&1) must stay one after a restore, or
+    // their writes would overwrite each other at two offsets.
+    for i in 1..out.len() {
+        for j in 0..i {
+            if out[j].same_as.is_none()
+                && crate::sys::process::same_open_file(pid, out[j].fd, out[i].fd)?
+            {
+                out[i].same_as = Some(out[j].fd);
+                break;
+            }
+        }
     }
     Ok(out)
 }

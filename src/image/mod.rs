@@ -383,6 +383,10 @@ pub struct FdImage {
     /// `open(2)` flags from fdinfo (O_CLOEXEC included).
     pub flags: u32,
     pub kind: FdKind,
+    /// This fd shares its open file description (and so its offset) with the lower fd given
+    /// here (`dup`, `2>&1`): a restore duplicates that one instead of opening the file again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_as: Option<i32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

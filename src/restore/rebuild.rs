@@ -703,6 +703,17 @@ fn restore_fds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<()
     let mut fds: Vec<_> = p.fds.iter().collect();
     fds.sort_by_key(|f| f.fd);
     for f in fds {
+        if let Some(first) = f.same_as {
+            // One open file description with a lower fd, already restored: share it.
+            let cloexec = u64::from(f.flags & libc::O_CLOEXEC as u32);
+            rs.call_ok(
+                SYS_DUP3,
+                [first as u64, f.fd as u64, cloexec, 0, 0, 0],
+                &format!("dup3 fd {first} to fd {}", f.fd),
+            )
+            .map_err(|e| e.to_string())?;
+            continue;
+        }
         let (path, pos) = match &f.kind {
             FdKind::File { path, pos, .. } => (path.as_str(), Some(*pos)),
             FdKind::DevNull => ("/dev/null", None),

@@ -274,3 +274,25 @@ pub fn clone3_stopped_child(set_tid: Option<i32>) -> Result<i32> {
         }
     }
 }
+
+/// `kcmp(2)` syscall number (x86_64) and its `KCMP_FILE` type.
+const SYS_KCMP: libc::c_long = 312;
+const KCMP_FILE: libc::c_long = 0;
+
+/// Whether fds `a` and `b` of process `pid` are the same open file description (one offset,
+/// one set of status flags: `dup`, `2>&1`), with `kcmp(pid, pid, KCMP_FILE, a, b)`, see kcmp(2).
+pub fn same_open_file(pid: i32, a: i32, b: i32) -> Result<bool> {
+    // SAFETY: kcmp takes only integers and reads nothing from our memory.
+    let r = unsafe {
+        libc::syscall(
+            SYS_KCMP,
+            pid,
+            pid,
+            KCMP_FILE,
+            a as libc::c_long,
+            b as libc::c_long,
+        )
+    };
+    check(r, || format!("kcmp(pid {pid}, KCMP_FILE, fd {a}, fd {b})"))?;
+    Ok(r == 0)
+}
