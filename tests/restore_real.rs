@@ -750,7 +750,6 @@ while True:
 "#;
 
 #[test]
-#[ignore = "dump does not capture interval timers (setitimer/alarm/timer_create): the restored process has none, so its ticks stop"]
 fn interval_timer_keeps_ticking_after_restore() {
     adopt_orphans();
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,8 @@
 use super::freeze::Frozen;
 use super::{check, DumpError};
 use crate::image::{
-    Creds, MmFields, ProcessImage, Rlimit, Rseq, SigAction, SigAltStack, ThreadImage, Vma, VmaKind,
+    Creds, ITimer, MmFields, ProcessImage, Rlimit, Rseq, SigAction, SigAltStack, ThreadImage, Vma,
+    VmaKind,
 };
 use crate::proc;
 use crate::sys::process::{self, nr};
@@ -160,8 +161,12 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
     })
 }
 
+/// `getitimer(2)` syscall number (x86_64).
+const SYS_GETITIMER: i64 = 36;
+
 /// State only the process itself can report, by injected syscalls using the scratch page:
-/// the 64 signal dispositions, the program break, each thread's alternate signal stack.
+/// the 64 signal dispositions, the program break, the interval timers, each thread's
+/// alternate signal stack.
 pub(crate) fn capture_injected(
     frozen: &mut Frozen,
     img: &mut ProcessImage,
@@ -183,9 +188,31 @@ pub(crate) fn capture_injected(
         let mut raw = vec![0u8; 64 * KSIGACTION as usize];
         inj.read_mem(scratch, &mut raw)?;
         let brk = inj.call_ok(nr::BRK, [0; 6], "brk(0)")?;
-        Ok((raw, brk))
+        // The interval timers (alarm() is ITIMER_REAL): struct itimerval is
+        // {interval {sec, usec}, value {sec, usec}}.
+        let mut timers = Vec::new();
+        for which in 0..3u32 {
+            inj.call_ok(
+                SYS_GETITIMER,
+                [u64::from(which), scratch, 0, 0, 0, 0],
+                "getitimer",
+            )?;
+            let mut t = [0u8; 32];
+            inj.read_mem(scratch, &mut t)?;
+            let f = |i: usize| u64::from_ne_bytes(t[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            let (interval_us, value_us) = (f(0) * 1_000_000 + f(1), f(2) * 1_000_000 + f(3));
+            if value_us > 0 {
+                timers.push(ITimer {
+                    which,
+                    value_us,
+                    interval_us,
+                });
+            }
+        }
+        Ok((raw, brk, timers))
     })?;
-    let (raw, brk) = raw;
+    let (raw, brk, timers) = raw;
+    img.itimers = timers;
     let w = |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
     img.sigactions = (0..64)
         .map(|s| SigAction {

@@ -230,6 +230,20 @@ pub struct ProcessImage {
     pub sigactions: Vec<SigAction>,
     /// Process-wide pending signals (bitmask).
     pub shared_pending: u64,
+    /// Armed interval timers (`setitimer(2)`: real, virtual, profiling).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub itimers: Vec<ITimer>,
+}
+
+/// One armed interval timer, as `getitimer(2)` reported it at dump time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ITimer {
+    /// `ITIMER_REAL` (0), `ITIMER_VIRTUAL` (1) or `ITIMER_PROF` (2).
+    pub which: u32,
+    /// Time left until it next fires (µs).
+    pub value_us: u64,
+    /// Its period (µs; 0 = one-shot).
+    pub interval_us: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,6 +29,7 @@ const SYS_SETRESUID: i64 = 117;
 const SYS_SETRESGID: i64 = 119;
 const SYS_SETGROUPS: i64 = 116;
 const SYS_MADVISE: i64 = 28;
+const SYS_SETITIMER: i64 = 38;
 const SYS_PERSONALITY: i64 = 135;
 const PR_SET_NAME: u64 = 15;
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
@@ -289,22 +290,27 @@ pub(super) fn rebuild(
             )
             .map_err(|e| e.to_string())?;
         }
-        if let Some(ss) = &t.sigaltstack {
-            let mut b = ss.sp.to_ne_bytes().to_vec();
-            b.extend_from_slice(&ss.flags.to_ne_bytes());
-            b.extend_from_slice(&[0; 4]);
-            b.extend_from_slice(&ss.size.to_ne_bytes());
-            rs.write_mem(args, &b).map_err(|e| e.to_string())?;
-            // SS_ONSTACK is a state, not a flag one can set.
-            let mut flags = ss.flags & !1;
-            if flags & 2 != 0 {
-                flags = 2;
-            }
-            rs.write_mem(args + 8, &flags.to_ne_bytes())
-                .map_err(|e| e.to_string())?;
-            rs.call_ok(nr::SIGALTSTACK, [args, 0, 0, 0, 0, 0], "sigaltstack")
-                .map_err(|e| e.to_string())?;
+        // Always set the alternate stack: with none in the image it must be disabled, or the
+        // one the parked child inherited from haul (Rust's main-thread guard stack, unmapped
+        // since) stays, and the first SA_ONSTACK handler (every Python handler) dies on it.
+        let none = crate::image::SigAltStack {
+            sp: 0,
+            flags: libc::SS_DISABLE,
+            size: 0,
+        };
+        let ss = t.sigaltstack.as_ref().unwrap_or(&none);
+        // SS_ONSTACK is a state, not a flag one can set.
+        let mut flags = ss.flags & !libc::SS_ONSTACK;
+        if flags & libc::SS_DISABLE != 0 {
+            flags = libc::SS_DISABLE;
         }
+        let mut b = ss.sp.to_ne_bytes().to_vec();
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&ss.size.to_ne_bytes());
+        rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+        rs.call_ok(nr::SIGALTSTACK, [args, 0, 0, 0, 0, 0], "sigaltstack")
+            .map_err(|e| e.to_string())?;
         // rseq last among the syscalls: a registration writes into the restored memory.
         if let Some(r) = &t.rseq {
             rs.call_ok(
@@ -323,6 +329,25 @@ pub(super) fn rebuild(
             Regs::from_bytes(&t.regs).ok_or("registers of the image are not 216 bytes")?;
         // The dump already adjusted an interrupted syscall; no restart logic must run again.
         regs.orig_rax = u64::MAX;
+        // Interval timers last, so they start counting as close to running as can be.
+        for t in &p.itimers {
+            let mut b = Vec::with_capacity(32);
+            for w in [
+                t.interval_us / 1_000_000,
+                t.interval_us % 1_000_000,
+                t.value_us / 1_000_000,
+                t.value_us % 1_000_000,
+            ] {
+                b.extend_from_slice(&w.to_ne_bytes());
+            }
+            rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+            rs.call_ok(
+                SYS_SETITIMER,
+                [u64::from(t.which), args, 0, 0, 0, 0],
+                &format!("setitimer {}", t.which),
+            )
+            .map_err(|e| e.to_string())?;
+        }
         rs.call_ok(
             nr::MUNMAP,
             [scratch, SCRATCH_LEN, 0, 0, 0, 0],
