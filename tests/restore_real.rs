@@ -444,7 +444,6 @@ fn sid_pgrp(pid: i32) -> (i32, i32) {
 }
 
 #[test]
-#[ignore = "restore puts the process in a new session (spawn_parked calls setsid): session and process group are not restored yet"]
 fn restored_process_keeps_its_session_and_process_group() {
     adopt_orphans();
     let dir = tempfile::tempdir().unwrap();

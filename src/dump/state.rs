@@ -74,6 +74,8 @@ pub(crate) fn capture_process(
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
     img.ppid = st.ppid;
+    img.pgid = st.pgrp;
+    img.sid = st.session;
     img.comm = proc::comm(pid)?;
     img.cmdline = proc::cmdline(pid)?;
     img.exe = proc::exe(pid)?;

@@ -230,6 +230,11 @@ pub struct ProcessImage {
     pub sigactions: Vec<SigAction>,
     /// Process-wide pending signals (bitmask).
     pub shared_pending: u64,
+    /// Process group and session at dump time (0: not recorded, from an older image).
+    #[serde(default)]
+    pub pgid: i32,
+    #[serde(default)]
+    pub sid: i32,
     /// Armed interval timers (`setitimer(2)`: real, virtual, profiling).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub itimers: Vec<ITimer>,

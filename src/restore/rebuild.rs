@@ -29,6 +29,8 @@ const SYS_SETRESUID: i64 = 117;
 const SYS_SETRESGID: i64 = 119;
 const SYS_SETGROUPS: i64 = 116;
 const SYS_MADVISE: i64 = 28;
+const SYS_SETPGID: i64 = 109;
+const SYS_SETSID: i64 = 112;
 const SYS_SETITIMER: i64 = 38;
 const SYS_PERSONALITY: i64 = 135;
 const PR_SET_NAME: u64 = 15;
@@ -253,6 +255,7 @@ pub(super) fn rebuild(
             &format!("personality {:#x}", p.personality),
         )
         .map_err(|e| e.to_string())?;
+        session_and_group(&mut rs, p)?;
         let comm = cstr(&p.comm)?;
         rs.write_mem(args, &comm[..comm.len().min(16)])
             .map_err(|e| e.to_string())?;
@@ -879,4 +882,34 @@ fn mm_map_bytes(m: &crate::sys::process::PrctlMmMap) -> Vec<u8> {
     b.extend_from_slice(&m.auxv_size.to_ne_bytes());
     b.extend_from_slice(&m.exe_fd.to_ne_bytes());
     b
+}
+
+/// The dumped session and process group, as far as a lone process can have them back: a
+/// session leader gets a new session (its id is the process's own, as before); a process of
+/// haul's own session goes back to its group (its own, or one that still exists there); a
+/// process of another session cannot rejoin it and gets a new session of its own.
+fn session_and_group(rs: &mut RemoteSyscall, p: &ProcessImage) -> Result<(), String> {
+    let ours = nix::unistd::getsid(None).map(|s| s.as_raw()).unwrap_or(0);
+    if p.sid == 0 || p.sid == p.pid || p.sid != ours {
+        if p.sid != 0 && p.sid != p.pid {
+            tracing::warn!(
+                pid = p.pid,
+                sid = p.sid,
+                "the process's session is not haul's: it gets a session of its own"
+            );
+        }
+        rs.call_ok(SYS_SETSID, [0; 6], "setsid")
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let target = if p.pgid == p.pid { 0 } else { p.pgid as u64 };
+    if rs
+        .call_ok(SYS_SETPGID, [0, target, 0, 0, 0, 0], "setpgid")
+        .is_err()
+    {
+        // The group is gone: a group of its own is the nearest thing.
+        rs.call_ok(SYS_SETPGID, [0, 0, 0, 0, 0, 0], "setpgid")
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

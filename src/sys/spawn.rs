@@ -12,7 +12,8 @@ const SYS_CLONE3: libc::c_long = 435;
 /// `fork(2)`s an intermediate that creates the process (with `clone3(2)` and `set_tid` when
 /// `pid` is given, else `fork(2)`), reports its PID through a pipe and exits, so the new process
 /// is re-parented to init (or the nearest subreaper) and is never haul's child. The new process
-/// calls `setsid(2)` and then waits in `pause(2)` for haul to seize it; it runs no Rust code
+/// stays in haul's session and process group (the restore moves it to the dumped ones) and
+/// waits in `pause(2)` for haul to seize it; it runs no Rust code
 /// but raw syscalls after the fork, so a multi-threaded haul can fork safely.
 ///
 /// Errors: the PID is taken (`EEXIST`), out of range (`EINVAL`), or clone3 is refused.
@@ -34,7 +35,7 @@ pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
     let wfd = wr.as_raw_fd();
 
     // SAFETY: fork(2). In the child only async-signal-safe raw syscalls run (clone3/fork, write,
-    // setsid, pause, _exit) on memory prepared before the fork; it never returns into Rust code.
+    // pause, _exit) on memory prepared before the fork; it never returns into Rust code.
     let inter = unsafe { libc::fork() };
     if inter < 0 {
         return Err(last_err("fork of the restore intermediate"));
@@ -53,8 +54,7 @@ pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
                 libc::fork() as libc::c_long
             };
             if child == 0 {
-                // The process to restore: its own session, then wait to be seized.
-                libc::setsid();
+                // The process to restore: wait to be seized.
                 loop {
                     libc::pause();
                 }
