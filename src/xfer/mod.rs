@@ -11,9 +11,11 @@
 
 mod client;
 mod server;
+mod sync;
 
 pub use client::{Client, RemoteSource};
 pub use server::{PageServer, ServerOptions};
+pub use sync::{copy_set, pull, push, SyncReport};
 
 use std::io::{Read, Write};
 
