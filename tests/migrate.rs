@@ -352,3 +352,208 @@ fn push_and_pull_send_only_the_pages_the_destination_lacks() {
         }
     }
 }
+
+// ---- piece 3: post-copy migration between two network namespaces ----
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Two network namespaces joined by a veth pair: `src` has `addr_src`, `dst` the other end.
+/// Dropping it deletes both namespaces (and with them the veth pair).
+struct NetPair {
+    src: String,
+    dst: String,
+    addr_src: String,
+}
+
+impl NetPair {
+    /// `Ok(None)` when the kernel refuses `ip netns add` (no privilege): the caller skips.
+    fn make() -> Result<Option<NetPair>, String> {
+        let id = std::process::id();
+        let src = format!("haul-mig-src-{id}");
+        let dst = format!("haul-mig-dst-{id}");
+        if let Err(e) = ip(&["netns", "add", &src]) {
+            eprintln!("SKIP: cannot make a network namespace ({e})");
+            return Ok(None);
+        }
+        let pair = NetPair {
+            src,
+            dst,
+            // 10.x.y.0/24 exists only inside these two namespaces.
+            addr_src: format!("10.{}.{}.1", 100 + (id >> 8) % 100, id % 256),
+        };
+        ip(&["netns", "add", &pair.dst])?;
+        let (va, vb) = (
+            format!("hms{}", id % 100_000),
+            format!("hmd{}", id % 100_000),
+        );
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+        ip(&["link", "set", &va, "netns", &pair.src])?;
+        ip(&["link", "set", &vb, "netns", &pair.dst])?;
+        let net = pair.addr_src.trim_end_matches(".1").to_string();
+        for (ns, dev, host) in [(&pair.src, &va, "1"), (&pair.dst, &vb, "2")] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{net}.{host}/24"),
+                "dev",
+                dev,
+            ])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(Some(pair))
+    }
+
+    /// `ip netns exec NS haul ARGS...`
+    fn haul_in(&self, ns: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(common::haul_bin());
+        c
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.src]);
+        let _ = ip(&["netns", "del", &self.dst]);
+    }
+}
+
+#[test]
+fn memwriter_migrates_lazily_between_two_network_namespaces() {
+    adopt_orphans();
+    let net = match NetPair::make() {
+        Ok(Some(n)) => n,
+        Ok(None) => return,
+        Err(e) => panic!("setting up the namespaces: {e}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let token = dir.path().join("token");
+    std::fs::write(&token, "migrate-me\n").unwrap();
+
+    // The source: a paused memwriter, dumped (and stopped) into store A.
+    let out = dir.path().join("report");
+    let mut cmd = Command::new(fixture("memwriter"));
+    cmd.arg("64").arg("20000").arg(&out);
+    haul::sys::spawn::close_inherited_fds(&mut cmd);
+    let mut r = Running::logged(&mut cmd, &dir.path().join("log"), true);
+    let (t0, _) = common::memwriter_report(r.pid, &out, 0);
+    common::send_signal(r.pid, "USR2");
+    std::thread::sleep(Duration::from_millis(100));
+    let (t1, _) = common::memwriter_report(r.pid, &out, t0);
+    let (t2, sum) = common::memwriter_report(r.pid, &out, t1);
+    let store = Store::open_or_create(&a).unwrap();
+    let kill_opts = DumpOptions {
+        leave_running: false,
+        ..Default::default()
+    };
+    let set = dump_to_store(r.pid, &store, "mw", &kill_opts, Some(1))
+        .unwrap()
+        .set;
+    let _ = r.child.wait();
+
+    // The page server in the source namespace, on its veth address, with a token.
+    let listen = format!("{}:7411", net.addr_src);
+    let server = Server::start(
+        net.haul_in(&net.src)
+            .args([
+                "page-server",
+                "--listen",
+                &listen,
+                "--set",
+                &set.id,
+                "--store",
+            ])
+            .arg(&a)
+            .arg("--token-file")
+            .arg(&token),
+    );
+    assert_eq!(server.addr, listen);
+
+    // The destination namespace cannot reach it without the token...
+    let denied = net
+        .haul_in(&net.dst)
+        .args(["images", "pull", &set.id, "--from", &listen, "--store"])
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("token"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+
+    // ... and with it restores lazily: it prints the pid at once, then serves until every
+    // page is resident and prints its figures.
+    let mut restore = net
+        .haul_in(&net.dst)
+        .args([
+            "restore",
+            &set.id,
+            "--lazy",
+            "--from",
+            &listen,
+            "--token-file",
+        ])
+        .arg(&token)
+        .args(["--pid", "any", "--idle-push", "300ms", "--json", "--store"])
+        .arg(&b)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(restore.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let pid: i32 = first
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("restore said {first:?}"));
+    let _restored = Restored(pid);
+    let (_, got) = common::memwriter_report(pid, &out, t2);
+    assert_eq!(got, sum, "the migrated memwriter's memory differs");
+    let rest: String = lines.map(|l| l.unwrap() + "\n").collect();
+    let status = restore.wait().unwrap();
+    assert!(status.success(), "lazy restore failed: {rest}");
+    let fig: serde_json::Value = serde_json::from_str(&rest).unwrap();
+    let bytes = fig["lazy"]["bytes_network"].as_u64().unwrap();
+    assert!(bytes >= fig["pages_lazy"].as_u64().unwrap() * 4096, "{fig}");
+    eprintln!(
+        "netns migration: {} pages lazy, {bytes} bytes over the veth, {} faults served",
+        fig["pages_lazy"], fig["lazy"]["faults_served"]
+    );
+    // Still exact once every page is there.
+    let (_, after) = common::memwriter_report(pid, &out, t2 + 1);
+    assert_eq!(after, sum);
+
+    // A pull across the namespaces gives the destination its own verified copy.
+    let pulled = net
+        .haul_in(&net.dst)
+        .args(["images", "pull", &set.id, "--from", &listen, "--token-file"])
+        .arg(&token)
+        .args(["--json", "--store"])
+        .arg(&b)
+        .output()
+        .unwrap();
+    let p = json_of(&pulled);
+    assert!(p["pages_sent"].as_u64().unwrap() > 0, "{p}");
+    verify_store(&b);
+    drop(server);
+}
