@@ -119,6 +119,37 @@ pub enum ImagesCommand {
     },
     /// Remove an image set (its pages go at the next gc).
     Rm { set: String },
+    /// Copy a set into another store: its manifest, and only the pages that store lacks.
+    Push {
+        set: String,
+        /// The destination store (created if missing).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// `zstd:<1..19>` or `none`, for the pages the destination stores.
+        #[arg(long, default_value = "zstd:3", value_parser = parse_compression)]
+        compression: haul::job::Compression,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a set from a page server into --store (created if missing): its manifest, and
+    /// only the pages the store lacks.
+    Pull {
+        set: String,
+        /// The page server (`haul page-server`).
+        #[arg(long, value_name = "HOST:PORT")]
+        from: String,
+        /// The page server's token.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// `zstd:<1..19>` or `none`, for the pages the store keeps.
+        #[arg(long, default_value = "zstd:3", value_parser = parse_compression)]
+        compression: haul::job::Compression,
+        /// Give up on the server after this long without an answer.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove packs no set references and repack mostly-dead ones (waits for writers).
     Gc {
         #[arg(long)]
@@ -265,8 +296,12 @@ pub struct PageServerArgs {
     #[command(flatten)]
     pub store: StoreArg,
     /// An image set to serve (repeat for several); no other set is served.
-    #[arg(long = "set", value_name = "SET", required = true)]
+    #[arg(long = "set", value_name = "SET", required_unless_present = "jobs")]
     pub sets: Vec<String>,
+    /// Serve every final dump of this job (repeat for several), including those dumped after
+    /// the server started: start it on the source before `haul run` dumps.
+    #[arg(long = "job", value_name = "JOB")]
+    pub jobs: Vec<String>,
     /// A file holding the token clients must present.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,

@@ -174,8 +174,60 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
 fn images(args: cli::ImagesArgs) -> Result<u8, Error> {
     use cli::ImagesCommand as C;
     use haul::util::{human_bytes, rfc3339_us};
+    let sync_text = |r: &haul::xfer::SyncReport| {
+        if r.already_there {
+            format!("{}: already there, nothing sent", r.set)
+        } else {
+            format!(
+                "{}: {} pages, {} already there, {} sent ({})",
+                r.set,
+                r.pages,
+                r.pages_skipped,
+                r.pages_sent,
+                human_bytes(r.bytes_sent)
+            )
+        }
+    };
+    if let C::Pull {
+        set,
+        from,
+        token_file,
+        compression,
+        timeout,
+        json,
+    } = &args.command
+    {
+        let dest = haul::store::Store::open_or_create(&args.store.store)?;
+        let token = match token_file {
+            Some(f) => haul::xfer::read_token_file(f)?,
+            None => Vec::new(),
+        };
+        let r = haul::xfer::pull(from, &token, *timeout, set, &dest, level(*compression))?;
+        if *json {
+            print_json(&r)?;
+        } else {
+            out(&sync_text(&r));
+        }
+        return Ok(exit::OK);
+    }
     let store = haul::store::Store::open(&args.store.store)?;
     match args.command {
+        C::Pull { .. } => Ok(exit::OK),
+        C::Push {
+            set,
+            to,
+            compression,
+            json,
+        } => {
+            let dest = haul::store::Store::open_or_create(&to)?;
+            let r = haul::xfer::push(&store, &set, &dest, level(compression))?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(&sync_text(&r));
+            }
+            Ok(exit::OK)
+        }
         C::Ls { job, json } => {
             let sets = store.list_sets(job.as_deref())?;
             if json {
@@ -606,6 +658,7 @@ fn page_server_cmd(args: cli::PageServerArgs) -> Result<u8, Error> {
         .transpose()?;
     let opts = haul::xfer::ServerOptions {
         token,
+        jobs: args.jobs,
         ..Default::default()
     };
     let server = haul::xfer::PageServer::bind(&args.listen, store, &args.sets, opts)?;

@@ -609,6 +609,22 @@ fn bad_restore_from_is_rejected() {
 }
 
 #[test]
+fn token_file_without_a_page_server_is_rejected() {
+    assert_eq!(
+        error_of(&format!("{PROCESS}[restore]\ntoken_file = \"t\"\n")),
+        "DIR/x.toml:4:14: restore.token_file: is the token of a page server: it needs \
+         restore.from = \"host:port\""
+    );
+    let remote = format!("{PROCESS}[restore]\nfrom = \"10.0.0.2:7070\"\ntoken_file = \"t\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.toml");
+    std::fs::write(&path, remote).unwrap();
+    let j = job::load(&path).unwrap();
+    let r = j.spec.restore.unwrap();
+    assert_eq!(r.token_file.as_deref(), Some(std::path::Path::new("t")));
+}
+
+#[test]
 fn pid_zero_is_rejected() {
     assert_eq!(
         error_of("[process]\npid = 0\n"),

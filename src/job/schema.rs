@@ -164,6 +164,10 @@ pub struct RestoreSpec {
     /// `"store"` or `"host:port"` of a page server.
     #[serde(default = "defaults::from")]
     pub from: String,
+    /// With `from = "host:port"`: a file holding the page server's token (relative to the job
+    /// file's folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for RestoreSpec {
@@ -172,6 +176,7 @@ impl Default for RestoreSpec {
             mode: RestoreMode::default(),
             pid: PidPolicy::default(),
             from: defaults::from(),
+            token_file: None,
         }
     }
 }

@@ -337,6 +337,12 @@ fn stages(c: &mut Checker, spec: &JobSpec) {
                 ),
             );
         }
+        if r.token_file.is_some() && !remote {
+            c.value(
+                "restore.token_file",
+                "is the token of a page server: it needs restore.from = \"host:port\"",
+            );
+        }
         if r.mode == RestoreMode::Lazy && d.leave_running && !remote {
             c.value(
                 "restore.mode",

@@ -201,11 +201,6 @@ fn stage<T>(
 
 /// Refuses, before anything starts, a job that asks for a stage this build cannot run.
 fn check_supported(job: &Job) -> Result<(), RunError> {
-    if let Some(r) = &job.spec.restore {
-        if r.page_server().is_some() {
-            return Err(RunError::Unsupported("[restore] from a page server".into()));
-        }
-    }
     if job.spec.dump.lazy {
         return Err(RunError::Unsupported("dump.lazy = true (post-copy)".into()));
     }

@@ -118,6 +118,58 @@ pub fn checkpoint(
     Ok((d.set, o.predump_us, o.dump_us))
 }
 
+/// Where a restore takes the manifest and the pages from.
+enum Source {
+    /// The local store, and the set just dumped.
+    Store,
+    /// A page server (`[restore] from = "host:port"`): the manifest of the set just dumped
+    /// and every page come from it, never from the local store.
+    Remote {
+        addr: String,
+        token: Vec<u8>,
+        timeout: Duration,
+    },
+}
+
+fn source(job: &Job, spec: &crate::job::RestoreSpec) -> Result<Source, RunError> {
+    if spec.page_server().is_none() {
+        return Ok(Source::Store);
+    }
+    let token = match &spec.token_file {
+        Some(f) => crate::xfer::read_token_file(&job.dir.join(f))
+            .map_err(|e| stage_err("restore")(e.into()))?,
+        None => Vec::new(),
+    };
+    Ok(Source::Remote {
+        addr: spec.from.clone(),
+        token,
+        timeout: job.spec.lazy.source_timeout.0,
+    })
+}
+
+impl Source {
+    /// With a page server: the manifest of `set` as the server has it, and the server as the
+    /// eager page source. `None` for the local store.
+    fn remote(
+        &self,
+        set: &crate::image::ImageSet,
+    ) -> Result<Option<(crate::image::ImageSet, crate::xfer::RemoteSource)>, RunError> {
+        let Source::Remote {
+            addr,
+            token,
+            timeout,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let r = crate::xfer::RemoteSource::new(addr, token.clone(), *timeout);
+        let remote = r
+            .manifest(&set.id)
+            .map_err(|e| stage_err("restore")(e.into()))?;
+        Ok(Some((remote, r)))
+    }
+}
+
 /// Eager restore of the set just dumped.
 pub fn restore(
     job: &Job,
@@ -135,8 +187,13 @@ pub fn restore(
         },
         fail_at: crate::restore::Step::from_env(),
     };
+    let remote = source(job, spec)?.remote(set)?;
+    let (set, pages): (_, &dyn crate::restore::PageSource) = match &remote {
+        Some((s, r)) => (s, r),
+        None => (set, store),
+    };
     let r =
-        crate::restore::restore(set, store, &opts).map_err(|e| stage_err("restore")(e.into()))?;
+        crate::restore::restore(set, pages, &opts).map_err(|e| stage_err("restore")(e.into()))?;
     report.restored_pid = Some(r.pid);
     report.restore_time = r.restore_time;
     report.time_to_running = r.time_to_running;
@@ -146,7 +203,8 @@ pub fn restore(
 
 // ---- lazy restore (issue #7) ----
 
-/// Lazy restore of the set just dumped, from the local store: returns once the process runs;
+/// Lazy restore of the set just dumped, from the local store or from the page server of
+/// `[restore] from`: returns once the process runs;
 /// the daemon keeps serving its memory until [`lazy_wait`].
 pub fn restore_lazy(
     job: &Job,
@@ -164,13 +222,26 @@ pub fn restore_lazy(
         },
         fail_at: crate::restore::Step::from_env(),
     };
-    // The daemon thread needs a store of its own.
-    let daemon_store = Store::open(store.path()).map_err(|e| stage_err("restore")(e.into()))?;
-    let src = Box::new(crate::lazy::StoreSource::new(std::sync::Arc::new(
-        daemon_store,
-    )));
+    let from = source(job, spec)?;
+    let remote = from.remote(set)?;
+    let (set, eager): (_, &dyn crate::restore::PageSource) = match &remote {
+        Some((s, r)) => (s, r),
+        None => (set, store),
+    };
+    // The daemon thread needs a source of its own.
+    let src: Box<dyn crate::lazy::LazySource> = match from {
+        Source::Store => {
+            let s = Store::open(store.path()).map_err(|e| stage_err("restore")(e.into()))?;
+            Box::new(crate::lazy::StoreSource::new(std::sync::Arc::new(s)))
+        }
+        Source::Remote {
+            addr,
+            token,
+            timeout,
+        } => Box::new(crate::xfer::RemoteSource::new(&addr, token, timeout)),
+    };
     let lopts = crate::lazy::LazyOptions::from_spec(&job.spec.lazy);
-    let lr = crate::lazy::restore_lazy(set, store, src, &opts, &lopts)
+    let lr = crate::lazy::restore_lazy(set, eager, src, &opts, &lopts)
         .map_err(|e| stage_err("restore")(e.into()))?;
     report.restored_pid = Some(lr.pid());
     report.restore_time = lr.outcome.restore_time;

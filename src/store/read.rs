@@ -221,6 +221,16 @@ impl Store {
         self.read_page(id).map_err(|e| e.in_set(set, Some(addr)))
     }
 
+    /// Whether the page `id` is in the store (by the index as last loaded or refreshed; a
+    /// [`Store::begin_set`] refreshes it). Store-to-store sync skips the pages this says yes to.
+    pub fn has_page(&self, id: &PageId) -> bool {
+        self.inner
+            .index
+            .read()
+            .map(|i| i.lookup(id).is_some())
+            .unwrap_or(false)
+    }
+
     /// Every page of `set` (zero pages as zeroes; lazy pages are not in the store and are left
     /// out) in address order: `f(addr, bytes)` gets runs of consecutive pages, at most
     /// [`READ_BATCH_PAGES`] at a time, `bytes.len()` a multiple of 4096. Batches are decoded

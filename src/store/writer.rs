@@ -108,6 +108,23 @@ impl<'a> SetWriter<'a> {
         })
     }
 
+    /// Commits under the id and creation time of a set copied from another store (sync), so
+    /// that both stores name it alike. Refused when the id is not one of this job's ids.
+    pub fn keep_identity(&mut self, id: &str, created_us: u64) -> Result<(), StoreError> {
+        let of_job = id
+            .strip_prefix(self.job.as_str())
+            .is_some_and(|rest| rest.starts_with('-'));
+        if !super::valid_set_id(id) || !of_job {
+            return Err(StoreError::Writer(format!(
+                "cannot copy set {id:?} as a set of job {:?}",
+                self.job
+            )));
+        }
+        self.id = id.into();
+        self.created_us = created_us;
+        Ok(())
+    }
+
     /// The id the set will have once committed.
     pub fn id(&self) -> &str {
         &self.id

@@ -7,13 +7,20 @@
 //! `Manifest(bytes)`, `GetPages(set, [(addr, id)])` → `Pages(4096 × n)`. Every refusal is an
 //! `Error` frame with a message, after which the server closes that connection; other
 //! connections are not affected. The server checks the token before anything else and serves
-//! only the sets it was started for, and only pages those sets reference at the address asked.
+//! only the sets it was started for (or the final dumps of the jobs it was started for), and
+//! only pages those sets reference at the address asked.
+//!
+//! Store-to-store sync (`sync`) copies a set into another store, sending only the pages that
+//! store lacks: from a local store (`haul images push`) or from a page server (`haul images
+//! pull`).
 
 mod client;
 mod server;
+mod sync;
 
 pub use client::{Client, RemoteSource};
 pub use server::{PageServer, ServerOptions};
+pub use sync::{copy_set, pull, push, SyncReport};
 
 use std::io::{Read, Write};
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::{BufReader, BufWriter};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::{kind, read_frame, write_frame, Cur, FrameError, XferError, MAGIC, MAX_FRAME};
@@ -21,6 +21,10 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// A connection silent this long is closed.
     pub idle_timeout: Duration,
+    /// Jobs whose final dumps are served too, including those dumped after the server
+    /// started (loaded when first asked for): the source side of a migration can start the
+    /// server before the dump exists.
+    pub jobs: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -29,16 +33,61 @@ impl Default for ServerOptions {
             token: None,
             max_connections: 32,
             idle_timeout: Duration::from_secs(60),
+            jobs: Vec::new(),
         }
+    }
+}
+
+/// A set being served: its page table and its encoded manifest.
+struct Served {
+    set: ImageSet,
+    manifest: Vec<u8>,
+}
+
+impl Served {
+    fn load(store: &Store, s: &str) -> Result<Served, XferError> {
+        let set = store
+            .load_set(s)
+            .map_err(|e| XferError::Setup(format!("set {s}: {e}")))?;
+        if set.process.is_none() {
+            return Err(XferError::Setup(format!(
+                "set {s} is a pre-dump; serve its job's final dump"
+            )));
+        }
+        let manifest = crate::image::encode::encode_manifest(&set)
+            .map_err(|e| XferError::Setup(format!("set {s}: {e}")))?;
+        Ok(Served { set, manifest })
     }
 }
 
 struct Shared {
     store: Arc<Store>,
-    sets: HashMap<String, ImageSet>,
-    manifests: HashMap<String, Vec<u8>>,
+    sets: RwLock<HashMap<String, Arc<Served>>>,
     opts: ServerOptions,
     live: AtomicUsize,
+}
+
+impl Shared {
+    /// The set `name` if it is served: one of the sets the server was started for, or a final
+    /// dump of one of `opts.jobs` (loaded on first request).
+    fn served(&self, name: &str) -> Option<Arc<Served>> {
+        if let Some(s) = self.sets.read().ok()?.get(name) {
+            return Some(s.clone());
+        }
+        if self.opts.jobs.is_empty() {
+            return None;
+        }
+        let loaded = match Served::load(&self.store, name) {
+            Ok(s) if self.opts.jobs.contains(&s.set.job) => Arc::new(s),
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::info!("page server: {e}");
+                return None;
+            }
+        };
+        let mut g = self.sets.write().ok()?;
+        Some(g.entry(name.to_string()).or_insert(loaded).clone())
+    }
 }
 
 /// A bound page server; [`PageServer::serve`] runs it.
@@ -69,31 +118,22 @@ impl PageServer {
                 "{local} is not a loopback address: a token file is required"
             )));
         }
-        if sets.is_empty() {
-            return Err(XferError::Setup("no set to serve".into()));
+        if sets.is_empty() && opts.jobs.is_empty() {
+            return Err(XferError::Setup("no set (or job) to serve".into()));
+        }
+        for j in &opts.jobs {
+            crate::store::check_job_name(j)
+                .map_err(|e| XferError::Setup(format!("job {j:?}: {e}")))?;
         }
         let mut loaded = HashMap::new();
-        let mut manifests = HashMap::new();
         for s in sets {
-            let set = store
-                .load_set(s)
-                .map_err(|e| XferError::Setup(format!("set {s}: {e}")))?;
-            if set.process.is_none() {
-                return Err(XferError::Setup(format!(
-                    "set {s} is a pre-dump; serve its job's final dump"
-                )));
-            }
-            let m = crate::image::encode::encode_manifest(&set)
-                .map_err(|e| XferError::Setup(format!("set {s}: {e}")))?;
-            manifests.insert(s.clone(), m);
-            loaded.insert(s.clone(), set);
+            loaded.insert(s.clone(), Arc::new(Served::load(&store, s)?));
         }
         Ok(PageServer {
             listener,
             shared: Arc::new(Shared {
                 store,
-                sets: loaded,
-                manifests,
+                sets: RwLock::new(loaded),
                 opts,
                 live: AtomicUsize::new(0),
             }),
@@ -204,13 +244,12 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
         let Some(name) = name else {
             return refuse(&mut w, "truncated request (no set name)".into());
         };
-        let Some(set) = sh.sets.get(&name) else {
+        let Some(served) = sh.served(&name) else {
             return refuse(&mut w, format!("set {name:?} is not served here"));
         };
         match k {
             kind::GET_MANIFEST => {
-                let m = sh.manifests.get(&name).map(|m| m.as_slice()).unwrap_or(&[]);
-                write_frame(&mut w, kind::MANIFEST, m).map_err(|e| e.to_string())?;
+                write_frame(&mut w, kind::MANIFEST, &served.manifest).map_err(|e| e.to_string())?;
             }
             kind::GET_PAGES => {
                 let n = c.u32().unwrap_or(0);
@@ -229,7 +268,7 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
                         .and_then(|b| b.try_into().ok())
                         .map(PageId)
                         .unwrap_or(PageId([0; 16]));
-                    match set.pages.get(addr) {
+                    match served.set.pages.get(addr) {
                         Some(PageRef::Stored(s)) | Some(PageRef::Lazy(s)) if s == id => {}
                         _ => {
                             return refuse(
