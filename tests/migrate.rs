@@ -422,7 +422,10 @@ struct NetPair {
 impl NetPair {
     /// `Ok(None)` when the kernel refuses `ip netns add` (no privilege): the caller skips.
     fn make() -> Result<Option<NetPair>, String> {
-        let id = std::process::id();
+        // Unique per test (several run at once in this process) and per process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = std::process::id().wrapping_mul(8).wrapping_add(n);
         let src = format!("haul-mig-src-{id}");
         let dst = format!("haul-mig-dst-{id}");
         if let Err(e) = ip(&["netns", "add", &src]) {
@@ -596,4 +599,71 @@ fn memwriter_migrates_lazily_between_two_network_namespaces() {
     assert!(p["pages_sent"].as_u64().unwrap() > 0, "{p}");
     verify_store(&b);
     drop(server);
+}
+
+#[test]
+fn haul_run_of_the_migration_job_restores_across_two_network_namespaces() {
+    adopt_orphans();
+    let net = match NetPair::make() {
+        Ok(Some(n)) => n,
+        Ok(None) => return,
+        Err(e) => panic!("setting up the namespaces: {e}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_a = dir.path().join("store-a");
+    Store::open_or_create(&store_a).unwrap();
+    let token = dir.path().join("server-token");
+    std::fs::write(&token, "run-token\n").unwrap();
+    // The source namespace serves the job's dumps on its veth address...
+    let listen = format!("{}:7412", net.addr_src);
+    let server = Server::start(
+        net.haul_in(&net.src)
+            .args([
+                "page-server",
+                "--listen",
+                &listen,
+                "--job",
+                "mig",
+                "--store",
+            ])
+            .arg(&store_a)
+            .arg("--token-file")
+            .arg(&token),
+    );
+    // ...and `haul run` of the migration job runs in the destination namespace: the dump goes
+    // to the store, every lazy page comes over the veth from the source's page server.
+    let job = remote_job(dir.path(), &server.addr);
+    let out = net
+        .haul_in(&net.dst)
+        .args(["run", "--plain"])
+        .arg(&job)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report = std::fs::read_dir(dir.path().join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| haul::report::load(&p).unwrap().remove(0))
+        .expect("no report written");
+    let _guard = report.restored_pid.map(Restored);
+    assert!(
+        out.status.success(),
+        "haul run: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report.restored_pid, report.pid);
+    assert!(
+        report.verify.as_ref().is_some_and(|v| v.passed),
+        "{:?}",
+        report.verify
+    );
+    let lazy = report.lazy.expect("no lazy figures");
+    assert!(lazy.source_lost.is_none(), "{lazy:?}");
+    assert!(lazy.bytes_network > 0, "{lazy:?}");
+    eprintln!(
+        "haul run across namespaces: {} bytes over the veth, {} faults",
+        lazy.bytes_network, lazy.faults_served
+    );
 }
