@@ -411,6 +411,10 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// The namespace tests take turns: `ip netns add/exec` of two tests at once were seen to race
+/// (a page server started with `ip netns exec` exited before it listened).
+static NETNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Two network namespaces joined by a veth pair: `src` has `addr_src`, `dst` the other end.
 /// Dropping it deletes both namespaces (and with them the veth pair).
 struct NetPair {
@@ -481,6 +485,7 @@ impl Drop for NetPair {
 #[test]
 fn memwriter_migrates_lazily_between_two_network_namespaces() {
     adopt_orphans();
+    let _turn = NETNS.lock().unwrap_or_else(|e| e.into_inner());
     let net = match NetPair::make() {
         Ok(Some(n)) => n,
         Ok(None) => return,
@@ -604,6 +609,7 @@ fn memwriter_migrates_lazily_between_two_network_namespaces() {
 #[test]
 fn haul_run_of_the_migration_job_restores_across_two_network_namespaces() {
     adopt_orphans();
+    let _turn = NETNS.lock().unwrap_or_else(|e| e.into_inner());
     let net = match NetPair::make() {
         Ok(Some(n)) => n,
         Ok(None) => return,
