@@ -69,7 +69,7 @@ pub struct RunArgs {
 /// `--store DIR`, shared by the commands that use a store.
 #[derive(Debug, Args)]
 pub struct StoreArg {
-    /// The image store [default: $HAUL_STORE, else ./haul-store].
+    /// The image store.
     #[arg(
         long,
         value_name = "DIR",
