@@ -136,7 +136,20 @@ fn run_job(
     haul::report::RunReport,
     Option<Restored>,
 ) {
-    let out = haul()
+    run_job_with(haul(), job, reports)
+}
+
+/// [`run_job`] with `haul` as the command to run (e.g. under `ip netns exec`).
+fn run_job_with(
+    mut haul: Command,
+    job: &Path,
+    reports: &Path,
+) -> (
+    std::process::Output,
+    haul::report::RunReport,
+    Option<Restored>,
+) {
+    let out = haul
         .args(["run", "--plain"])
         .arg(job)
         .stdin(Stdio::null())
@@ -639,20 +652,8 @@ fn haul_run_of_the_migration_job_restores_across_two_network_namespaces() {
     // ...and `haul run` of the migration job runs in the destination namespace: the dump goes
     // to the store, every lazy page comes over the veth from the source's page server.
     let job = remote_job(dir.path(), &server.addr);
-    let out = net
-        .haul_in(&net.dst)
-        .args(["run", "--plain"])
-        .arg(&job)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let report = std::fs::read_dir(dir.path().join("reports"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .map(|p| haul::report::load(&p).unwrap().remove(0))
-        .expect("no report written");
-    let _guard = report.restored_pid.map(Restored);
+    let (out, report, _guard) =
+        run_job_with(net.haul_in(&net.dst), &job, &dir.path().join("reports"));
     assert!(
         out.status.success(),
         "haul run: {}\n{}",
