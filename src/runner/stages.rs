@@ -1,5 +1,6 @@
-//! The checkpoint stages of a job: final dump into the store (with retention), eager restore,
-//! and the verify command against the restored process. Each fills its part of the report.
+//! The checkpoint stages of a job: pre-dumps and the final dump into the store (run in the
+//! checkpoint worker, with retention after), eager restore, and the verify command against the
+//! restored process. Each fills its part of the report.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
