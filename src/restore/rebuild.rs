@@ -888,10 +888,15 @@ fn mm_map_bytes(m: &crate::sys::process::PrctlMmMap) -> Vec<u8> {
 /// session leader gets a new session (its id is the process's own, as before); a process of
 /// haul's own session goes back to its group (its own, or one that still exists there); a
 /// process of another session cannot rejoin it and gets a new session of its own.
+///
+/// Ids read 0 when the session or group leader lives outside our PID namespace (a container,
+/// a CI sandbox): a session of 0 is haul's own when haul's reads 0 too, and a group of 0 is
+/// one we cannot name, so the process stays in the group it was started in (haul's) when that
+/// one reads 0 as well, and gets a group of its own otherwise.
 fn session_and_group(rs: &mut RemoteSyscall, p: &ProcessImage) -> Result<(), String> {
-    let ours = nix::unistd::getsid(None).map(|s| s.as_raw()).unwrap_or(0);
-    if p.sid == 0 || p.sid == p.pid || p.sid != ours {
-        if p.sid != 0 && p.sid != p.pid {
+    let ours = nix::unistd::getsid(None).map(|s| s.as_raw()).unwrap_or(-1);
+    if p.sid == p.pid || p.sid != ours {
+        if p.sid != p.pid {
             tracing::warn!(
                 pid = p.pid,
                 sid = p.sid,
@@ -902,7 +907,14 @@ fn session_and_group(rs: &mut RemoteSyscall, p: &ProcessImage) -> Result<(), Str
             .map_err(|e| e.to_string())?;
         return Ok(());
     }
-    let target = if p.pgid == p.pid { 0 } else { p.pgid as u64 };
+    if p.pgid == 0 && nix::unistd::getpgrp().as_raw() == 0 {
+        return Ok(());
+    }
+    let target = if p.pgid == p.pid || p.pgid == 0 {
+        0
+    } else {
+        p.pgid as u64
+    };
     if rs
         .call_ok(SYS_SETPGID, [0, target, 0, 0, 0, 0], "setpgid")
         .is_err()
