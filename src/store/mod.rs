@@ -26,7 +26,7 @@ pub mod bench;
 
 pub use maint::{DuReport, GcReport, JobUsage, VerifyProblem, VerifyReport};
 pub use pack::PackId;
-pub use read::{ReadOptions, READ_BATCH_PAGES};
+pub use read::{NextBatch, PageStream, ReadOptions, StreamBatch, READ_BATCH_PAGES};
 pub use view::{set_view, show_text, ProcessView, SetView, VmaView};
 pub use writer::SetWriter;
 

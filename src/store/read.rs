@@ -344,13 +344,140 @@ impl Store {
     }
 }
 
+/// A background read of chosen pages of a set, in the order given: see [`Store::stream_pages`].
+/// Dropping it stops the reader thread after the batch it is decoding.
+pub struct PageStream {
+    rx: Option<std::sync::mpsc::Receiver<Result<StreamBatch, StoreError>>>,
+    pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What [`PageStream::next_within`] found.
+pub enum NextBatch {
+    Batch(Result<StreamBatch, StoreError>),
+    /// None is decoded yet.
+    NotYet,
+    /// Every page was handed over (or an error was).
+    End,
+}
+
+/// Pages of a [`PageStream`]: `addrs[i]`'s content is `bytes[i * 4096..][..4096]`, checked.
+pub struct StreamBatch {
+    pub addrs: Vec<u64>,
+    pub bytes: Vec<u8>,
+}
+
+impl PageStream {
+    /// The next batch if one is ready within `wait`.
+    pub fn next_within(&mut self, wait: std::time::Duration) -> NextBatch {
+        let Some(rx) = self.rx.as_ref() else {
+            return NextBatch::End;
+        };
+        match rx.recv_timeout(wait) {
+            Ok(b) => NextBatch::Batch(b),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => NextBatch::NotYet,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                self.rx = None;
+                NextBatch::End
+            }
+        }
+    }
+
+    /// Gives a batch's buffer back for the reader to fill again (saves faulting in fresh
+    /// memory for every batch).
+    pub fn recycle(&self, b: StreamBatch) {
+        if let Ok(mut p) = self.pool.lock() {
+            if p.len() < 2 * READ_WINDOW {
+                p.push(b.bytes);
+            }
+        }
+    }
+}
+
+impl Drop for PageStream {
+    fn drop(&mut self) {
+        self.rx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Store {
+    /// Reads `pages` (`(address, id)` of set `set`, in the order to hand them over) in a
+    /// thread of its own, decoding and checking batches in parallel (rayon) a window ahead of
+    /// the consumer, as [`Store::read_set_pages`] does. For the lazy daemon's background push.
+    pub fn stream_pages(&self, set: &str, pages: Vec<(u64, PageId)>) -> PageStream {
+        if let Ok(mut idx) = self.inner.index.write() {
+            // A gc since open must not fail the read; a failed refresh shows up per page.
+            let _ = idx.refresh(&self.inner.root);
+        }
+        let (tx, rx) =
+            std::sync::mpsc::sync_channel::<Result<StreamBatch, StoreError>>(READ_WINDOW);
+        let pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let inner = self.inner.clone();
+        let set = set.to_string();
+        let pool2 = pool.clone();
+        let thread = std::thread::Builder::new()
+            .name("haul-page-stream".into())
+            .spawn(move || {
+                let batches: Vec<Batch> = pages
+                    .chunks(READ_BATCH_PAGES)
+                    .map(|c| c.iter().map(|(a, id)| (*a, PageRef::Stored(*id))).collect())
+                    .collect();
+                for window in batches.chunks(READ_WINDOW) {
+                    let decoded: Vec<Result<StreamBatch, StoreError>> = window
+                        .par_iter()
+                        .map(|batch| {
+                            let buf = pool2
+                                .lock()
+                                .ok()
+                                .and_then(|mut p| p.pop())
+                                .unwrap_or_default();
+                            decode_batch(&inner, batch, buf)
+                                .map(|bytes| StreamBatch {
+                                    addrs: batch.iter().map(|(a, _)| *a).collect(),
+                                    bytes,
+                                })
+                                .map_err(|(e, addr)| e.in_set(&set, Some(addr)))
+                        })
+                        .collect();
+                    for d in decoded {
+                        let stop = d.is_err();
+                        if tx.send(d).is_err() || stop {
+                            return;
+                        }
+                    }
+                }
+            });
+        match thread {
+            Ok(t) => PageStream {
+                rx: Some(rx),
+                pool,
+                thread: Some(t),
+            },
+            Err(e) => {
+                // No thread: the stream yields the error once.
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let _ = tx.send(Err(StoreError::io("starting the page stream thread", e)));
+                PageStream {
+                    rx: Some(rx),
+                    pool,
+                    thread: None,
+                }
+            }
+        }
+    }
+}
+
 /// Decodes one batch: consecutive pages from `start`. On error, also says which address.
 fn decode_batch(
     inner: &Inner,
     batch: &[(u64, PageRef)],
     mut out: Vec<u8>,
 ) -> Result<Vec<u8>, (StoreError, u64)> {
-    out.clear();
+    // Every slot is written below (stored pages copied, zero pages cleared): a recycled
+    // buffer need not be cleared first.
     out.resize(batch.len() * PAGE_SIZE, 0);
     let start = batch.first().map(|(a, _)| *a).unwrap_or(0);
     // The last few frames decoded: pages of neighbouring addresses sit in a handful of frames
@@ -362,7 +489,10 @@ fn decode_batch(
         .map_err(|_| (StoreError::Writer("index lock poisoned".into()), start))?;
     for (i, (addr, r)) in batch.iter().enumerate() {
         let addr = *addr;
-        let PageRef::Stored(id) = r else { continue };
+        let PageRef::Stored(id) = r else {
+            out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].fill(0);
+            continue;
+        };
         let l = Inner::locate_in(&idx, id).map_err(|e| (e, addr))?;
         let key = (l.pack, l.frame_no);
         let pos = match recent.iter().position(|(k, _)| *k == key) {
