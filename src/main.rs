@@ -611,6 +611,7 @@ fn lazy_restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
             (set, Box::new(StoreArc(store)), Box::new(lazy))
         }
     };
+    let set = Arc::new(set);
     let lr = haul::lazy::restore_lazy(&set, &*eager, lazy, &opts, &lopts)?;
     let (pid, ttr, pages_lazy) = (lr.pid(), lr.outcome.time_to_running, lr.pages_lazy);
     out(&pid.to_string());

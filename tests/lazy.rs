@@ -77,8 +77,14 @@ fn lazy_memwriter_checksum_is_the_same_and_every_page_arrives() {
     let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
     let set = dump_kill(&mut r, &store);
     let src = Box::new(StoreSource::new(store.clone()));
-    let lr = restore_lazy(&set, &*store, src, &RestoreOptions::default(), &opts(300))
-        .unwrap_or_else(|e| panic!("lazy restore: {e}"));
+    let lr = restore_lazy(
+        &Arc::new(set.clone()),
+        &*store,
+        src,
+        &RestoreOptions::default(),
+        &opts(300),
+    )
+    .unwrap_or_else(|e| panic!("lazy restore: {e}"));
     let _guard = Restored(lr.pid());
     assert!(
         lr.pages_lazy > 10_000,
@@ -108,7 +114,14 @@ fn lazy_pages_are_pushed_when_the_process_does_not_touch_them() {
     let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
     let set = dump_kill(&mut r, &store);
     let src = Box::new(StoreSource::new(store.clone()));
-    let lr = restore_lazy(&set, &*store, src, &RestoreOptions::default(), &opts(50)).unwrap();
+    let lr = restore_lazy(
+        &Arc::new(set.clone()),
+        &*store,
+        src,
+        &RestoreOptions::default(),
+        &opts(50),
+    )
+    .unwrap();
     let guard = Restored(lr.pid());
     let pages_lazy = lr.pages_lazy;
     let rep = lr.wait().unwrap();
@@ -133,7 +146,14 @@ fn lazy_serves_kernel_accesses_fork_mremap_madvise_and_munmap() {
     let set = dump_kill(&mut r, &store);
     let src = Box::new(StoreSource::new(store.clone()));
     // No push for 3 s: the fixture does everything while its pages are missing.
-    let lr = restore_lazy(&set, &*store, src, &RestoreOptions::default(), &opts(3000)).unwrap();
+    let lr = restore_lazy(
+        &Arc::new(set.clone()),
+        &*store,
+        src,
+        &RestoreOptions::default(),
+        &opts(3000),
+    )
+    .unwrap();
     let guard = Restored(lr.pid());
     send_signal(guard.0, "USR1");
     let report = dir.path().join("report");
@@ -190,7 +210,7 @@ fn lazy_source_lost_kills_the_process_before_it_reads_a_missing_page() {
         budget: 200,
     });
     let lr = restore_lazy(
-        &set,
+        &Arc::new(set.clone()),
         &*store,
         src,
         &RestoreOptions::default(),
@@ -246,7 +266,14 @@ fn lazy_figures_1gib() {
     }
     for idle in [0u64, 1000] {
         let src = Box::new(StoreSource::new(store.clone()));
-        let lr = restore_lazy(&set, &*store, src, &RestoreOptions::default(), &opts(idle)).unwrap();
+        let lr = restore_lazy(
+            &Arc::new(set.clone()),
+            &*store,
+            src,
+            &RestoreOptions::default(),
+            &opts(idle),
+        )
+        .unwrap();
         let g = Restored(lr.pid());
         let ttr = lr.outcome.time_to_running;
         let lazy = lr.pages_lazy;

@@ -196,7 +196,7 @@ fn lazy_restore_through_the_page_server_is_exact() {
         ..Default::default()
     };
     let lr = restore_lazy(
-        &remote_set,
+        &Arc::new(remote_set.clone()),
         &eager,
         lazy,
         &RestoreOptions::default(),
@@ -252,7 +252,14 @@ fn killed_page_server_gets_the_restored_process_killed_within_source_timeout() {
         source_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    let lr = restore_lazy(&set, &eager, lazy, &RestoreOptions::default(), &lopts).unwrap();
+    let lr = restore_lazy(
+        &Arc::new(set.clone()),
+        &eager,
+        lazy,
+        &RestoreOptions::default(),
+        &lopts,
+    )
+    .unwrap();
     let pid = lr.pid();
     let g = Restored(pid);
     server.kill().unwrap();

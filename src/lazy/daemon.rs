@@ -1,27 +1,27 @@
 //! The userfaultfd daemon: one thread serving faults, following events, and pushing pages.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
+use super::missing::Missing;
 use super::{LazyError, LazyOptions, LazySource};
-use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
+use crate::image::{ImageSet, PageId, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
+use crate::store::{NextBatch, PageStream, StreamBatch};
 use crate::sys::uffd::{self, Uffd};
 use crate::sys::uffd_restore::{self as ur, CopyResult, Watchdog};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// Longest poll while idle: the daemon looks at its clock at least this often.
 const MAX_POLL_MS: u64 = 200;
-
-/// A page still missing in the process: stored (fetched from the source) or recorded zero
-/// (copied as zeroes with its neighbours, so the memory is as it was at the dump).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pend {
-    Stored(PageId),
-    Zero,
-}
+/// Longest wait for the next batch of the push's stream before looking at faults again.
+const STREAM_WAIT: std::time::Duration = std::time::Duration::from_micros(300);
+/// While pushing a batch, the daemon looks for waiting faults every this many pages.
+const CHECK_PAGES: usize = 64;
 
 /// One address space being served: the restored process, or a child it forked while pages
 /// were missing (the kernel hands the child's uffd over with `UFFD_EVENT_FORK`).
@@ -29,23 +29,27 @@ struct Space {
     pid: i32,
     pidfd: Option<OwnedFd>,
     uffd: Uffd,
-    pending: BTreeMap<u64, Pend>,
+    /// Stored pages still missing. Zero and never-touched pages are not listed: a fault on
+    /// one gets the zero page, and once every stored page is resident the uffd is closed and
+    /// the untouched ones read as zero the ordinary way.
+    pending: Missing,
     dead: bool,
 }
 
 pub(super) struct Started {
     pub join: std::thread::JoinHandle<Result<LazyReport, LazyError>>,
-    pub pages_lazy: u64,
 }
 
 /// Sets up the uffd (API with the event features, MISSING registration of `ls.ranges`), forks
-/// the watchdog, and starts the daemon thread.
+/// the watchdog, and starts the daemon thread. It pushes only once `running` says the process
+/// runs, so the push never slows the restore down.
 pub(super) fn start(
-    set: &ImageSet,
+    set: Arc<ImageSet>,
     ls: LazyStart,
     source: Box<dyn LazySource>,
     opts: LazyOptions,
     start: Instant,
+    running: Arc<AtomicBool>,
 ) -> Result<Started, String> {
     let want = uffd::UFFD_FEATURE_EVENT_FORK
         | uffd::UFFD_FEATURE_EVENT_REMAP
@@ -57,25 +61,12 @@ pub(super) fn start(
             "the kernel grants uffd features {got:#x}, lazy restore needs {want:#x}"
         ));
     }
-    let mut pending = BTreeMap::new();
     for &(s, e) in &ls.ranges {
         ls.uffd
             .register(s, e - s, uffd::UFFDIO_REGISTER_MODE_MISSING)
             .map_err(|e| format!("pid {}: {e}", ls.pid))?;
-        for (a, r) in set.pages.range(s, e) {
-            pending.insert(
-                a,
-                match r {
-                    PageRef::Stored(id) | PageRef::Lazy(id) => Pend::Stored(id),
-                    PageRef::Zero => Pend::Zero,
-                },
-            );
-        }
     }
-    let pages_lazy = pending
-        .values()
-        .filter(|p| matches!(p, Pend::Stored(_)))
-        .count() as u64;
+    let ranges = ls.ranges.clone();
     let watchdog = ur::spawn_watchdog(&ls.uffd, &ls.pidfd).map_err(|e| e.to_string())?;
     let pid = ls.pid;
     let d = Daemon {
@@ -85,7 +76,9 @@ pub(super) fn start(
             pid,
             pidfd: Some(ls.pidfd),
             uffd: ls.uffd,
-            pending,
+            // Filled by the daemon thread (counting the missing pages takes a walk over the
+            // page table, which the restore need not wait for).
+            pending: Missing::new(set.clone(), &[]),
             dead: false,
         }],
         source,
@@ -94,12 +87,18 @@ pub(super) fn start(
         watchdog: Some(watchdog),
         stats: Stats::default(),
         buf: Vec::new(),
+        stream: Stream::NotStarted,
+        running,
     };
     let join = std::thread::Builder::new()
         .name(format!("haul-lazy-{pid}"))
-        .spawn(move || d.run())
+        .spawn(move || {
+            let mut d = d;
+            d.spaces[0].pending = Missing::new(set, &ranges);
+            d.run()
+        })
         .map_err(|e| format!("cannot start the daemon thread: {e}"))?;
-    Ok(Started { join, pages_lazy })
+    Ok(Started { join })
 }
 
 #[derive(Default)]
@@ -108,6 +107,9 @@ struct Stats {
     latencies: Vec<u64>,
     prefetched: u64,
     pushed: u64,
+    /// Time the push spent copying in, and waiting for the source's stream.
+    push_copy: std::time::Duration,
+    push_wait: std::time::Duration,
 }
 
 /// How serving ended.
@@ -142,6 +144,21 @@ struct Daemon {
     watchdog: Option<Watchdog>,
     stats: Stats,
     buf: Vec<u8>,
+    stream: Stream,
+    /// Set once the process runs: the push waits for it.
+    running: Arc<AtomicBool>,
+}
+
+/// The background read that feeds the push of the first space.
+enum Stream {
+    NotStarted,
+    /// Reading; `partial`: a batch copied up to its `.1`th page when a fault came.
+    Running {
+        st: PageStream,
+        partial: Option<(StreamBatch, usize)>,
+    },
+    /// Exhausted, or the source has none: the push fetches chunk by chunk.
+    Over,
 }
 
 impl Daemon {
@@ -163,6 +180,11 @@ impl Daemon {
                     w.release();
                 }
                 tracing::info!(pid = self.pid, "every page is resident");
+                tracing::debug!(
+                    "push: {:?} copying in, {:?} waiting for the source",
+                    self.stats.push_copy,
+                    self.stats.push_wait
+                );
                 Ok(report)
             }
             Err(f) => {
@@ -199,18 +221,16 @@ impl Daemon {
         let mut faults: VecDeque<(usize, u64, Instant)> = VecDeque::new();
         let mut last_fault = Instant::now();
         loop {
-            for sp in self.spaces.iter_mut() {
-                if sp.dead {
-                    sp.pending.clear();
-                }
-            }
-            if faults.is_empty() && self.spaces.iter().all(|s| s.pending.is_empty()) {
+            if faults.is_empty() && self.spaces.iter().all(|s| s.dead || s.pending.is_empty()) {
                 return Ok(End::Done);
             }
             let idle_due = last_fault + self.opts.idle_push;
             let now = Instant::now();
-            let timeout = if !faults.is_empty() || now >= idle_due {
+            let timeout = if !faults.is_empty() {
                 0
+            } else if now >= idle_due {
+                // Push time; until the process runs, look again every millisecond.
+                i32::from(!self.running.load(Ordering::Relaxed))
             } else {
                 (idle_due - now).as_millis().min(u128::from(MAX_POLL_MS)) as i32 + 1
             };
@@ -246,18 +266,18 @@ impl Daemon {
                 if self.spaces[i].dead {
                     continue;
                 }
-                match self.serve_fault(i, addr)? {
-                    Copied::All => {
-                        self.stats.faults += 1;
-                        self.stats.latencies.push(crate::util::us(t0.elapsed()));
-                    }
+                match self.serve_fault(i, addr, t0)? {
+                    Copied::All => {}
                     Copied::Again => again.push_back((i, addr, t0)),
                     Copied::Gone => self.spaces[i].dead = true,
                 }
             }
             faults = again;
-            if faults.is_empty() && Instant::now() >= last_fault + self.opts.idle_push {
-                self.push_chunk()?;
+            if faults.is_empty()
+                && Instant::now() >= last_fault + self.opts.idle_push
+                && self.running.load(Ordering::Relaxed)
+            {
+                self.push()?;
             }
         }
     }
@@ -280,26 +300,15 @@ impl Daemon {
                 uffd::UFFD_EVENT_REMAP => {
                     let (from, to, len) = (m.arg[0], m.arg[1], m.arg[2]);
                     let sp = &mut self.spaces[i];
-                    let moved: Vec<(u64, Pend)> = sp
-                        .pending
-                        .range(from..from.saturating_add(len))
-                        .map(|(a, p)| (*a, *p))
-                        .collect();
-                    for (a, _) in &moved {
-                        sp.pending.remove(a);
-                    }
-                    for (a, p) in moved {
-                        sp.pending.insert(a - from + to, p);
+                    for (a, id) in sp.pending.take_range(from, from.saturating_add(len)) {
+                        sp.pending.insert_moved(a - from + to, id);
                     }
                     tracing::debug!(pid = sp.pid, "mremap {from:#x} -> {to:#x} ({len:#x})");
                 }
                 uffd::UFFD_EVENT_REMOVE | uffd::UFFD_EVENT_UNMAP => {
                     let (s, e) = (m.arg[0], m.arg[1]);
                     let sp = &mut self.spaces[i];
-                    let gone: Vec<u64> = sp.pending.range(s..e).map(|(a, _)| *a).collect();
-                    for a in gone {
-                        sp.pending.remove(&a);
-                    }
+                    sp.pending.take_range(s, e);
                 }
                 other => tracing::warn!("uffd: unexpected event {other:#x}"),
             }
@@ -326,44 +335,154 @@ impl Daemon {
         Ok(())
     }
 
-    fn serve_fault(&mut self, i: usize, addr: u64) -> Result<Copied, Fatal> {
+    /// Serves one fault: the faulting page alone first (so the process waits for one page,
+    /// not for the prefetch), then up to `prefetch` missing pages after it.
+    fn serve_fault(&mut self, i: usize, addr: u64, t0: Instant) -> Result<Copied, Fatal> {
         let page = addr & !(PAGE - 1);
         let sp = &self.spaces[i];
-        if !sp.pending.contains_key(&page) {
+        let Some(id) = sp.pending.get(page) else {
             // Never stored (or served already by a racing fault): a zero page, unless present.
-            return match sp.uffd.zeropage(page, PAGE, 0) {
-                Ok(_) => Ok(Copied::All),
+            let r = match sp.uffd.zeropage(page, PAGE, 0) {
+                Ok(_) => Copied::All,
                 Err(e) => match e.errno() {
                     Some(libc::EEXIST) => {
                         let _ = sp.uffd.wake(page, PAGE);
-                        Ok(Copied::All)
+                        Copied::All
                     }
-                    Some(libc::EAGAIN) => Ok(Copied::Again),
-                    Some(libc::ESRCH) => Ok(Copied::Gone),
-                    _ => Err(Fatal::Kernel(format!("pid {}: {e}", sp.pid))),
+                    Some(libc::EAGAIN) => Copied::Again,
+                    Some(libc::ESRCH) => Copied::Gone,
+                    _ => return Err(Fatal::Kernel(format!("pid {}: {e}", sp.pid))),
                 },
             };
+            if matches!(r, Copied::All) {
+                self.record_fault(t0);
+            }
+            return Ok(r);
+        };
+        let r = self.fetch_and_copy(i, &[(page, id)])?;
+        if !matches!(r, Copied::All) {
+            return Ok(r);
         }
-        let max = 1 + self.opts.prefetch as usize;
-        let mut run = Vec::with_capacity(max);
-        let mut a = page;
-        while run.len() < max {
-            match sp.pending.get(&a) {
-                Some(p) => run.push((a, *p)),
+        self.record_fault(t0);
+        let sp = &self.spaces[i];
+        let mut run = Vec::with_capacity(self.opts.prefetch as usize);
+        let mut a = page + PAGE;
+        while run.len() < self.opts.prefetch as usize {
+            match sp.pending.get(a) {
+                Some(id) => run.push((a, id)),
                 None => break,
             }
             a += PAGE;
         }
         let n = run.len() as u64;
-        let r = self.copy_run(i, &run)?;
-        if matches!(r, Copied::All) {
-            self.stats.prefetched += n - 1;
+        // A prefetch that meets an event (or a gone process) is just cut short: the faulting
+        // page is in, the rest stays pending.
+        if !run.is_empty() && matches!(self.fetch_and_copy(i, &run)?, Copied::All) {
+            self.stats.prefetched += n;
         }
-        Ok(r)
+        Ok(Copied::All)
+    }
+
+    fn record_fault(&mut self, t0: Instant) {
+        self.stats.faults += 1;
+        self.stats.latencies.push(crate::util::us(t0.elapsed()));
+    }
+
+    /// One step of the background push: (part of) one batch of the stream of the first space
+    /// (started here when the source has one), else `push_pages` pages fetched chunk by chunk.
+    fn push(&mut self) -> Result<(), Fatal> {
+        if matches!(self.stream, Stream::NotStarted) {
+            self.stream = Stream::Over;
+            if let Some(sp) = self
+                .spaces
+                .first()
+                .filter(|s| !s.dead && !s.pending.is_empty())
+            {
+                let pages = sp.pending.all();
+                if let Some(st) = self.source.stream(&self.set, pages) {
+                    self.stream = Stream::Running { st, partial: None };
+                }
+            }
+        }
+        let (batch, from) = match &mut self.stream {
+            Stream::Running { .. } if self.spaces[0].dead || self.spaces[0].pending.is_empty() => {
+                self.stream = Stream::Over;
+                return self.push_chunk();
+            }
+            Stream::Running { st, partial } => match partial.take() {
+                Some(p) => p,
+                // Wait for the reader only briefly: faults must not queue behind it.
+                None => match timed(&mut self.stats.push_wait, || st.next_within(STREAM_WAIT)) {
+                    NextBatch::NotYet => return Ok(()),
+                    NextBatch::Batch(Err(e)) => return Err(Fatal::Source(e.to_string())),
+                    NextBatch::Batch(Ok(b)) => (b, 0),
+                    NextBatch::End => {
+                        self.stream = Stream::Over;
+                        return self.push_chunk();
+                    }
+                },
+            },
+            _ => return self.push_chunk(),
+        };
+        let t = Instant::now();
+        let next = self.copy_batch(0, &batch.addrs, &batch.bytes, from);
+        self.stats.push_copy += t.elapsed();
+        let next = next?;
+        if let Stream::Running { st, partial } = &mut self.stream {
+            match next {
+                Some(k) => *partial = Some((batch, k)),
+                None => st.recycle(batch),
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the pages of a streamed batch from its `from`th on that space `i` still misses,
+    /// in runs of contiguous addresses. Stops early when a fault or an event waits (every
+    /// [`CHECK_PAGES`] pages it looks): returns where to go on.
+    fn copy_batch(
+        &mut self,
+        i: usize,
+        addrs: &[u64],
+        bytes: &[u8],
+        from: usize,
+    ) -> Result<Option<usize>, Fatal> {
+        let mut k = from;
+        let mut since_check = 0;
+        while k < addrs.len() {
+            if self.spaces[i].pending.get(addrs[k]).is_none() {
+                k += 1;
+                continue;
+            }
+            let mut j = k + 1;
+            while j < addrs.len()
+                && addrs[j] == addrs[j - 1] + PAGE
+                && self.spaces[i].pending.get(addrs[j]).is_some()
+            {
+                j += 1;
+            }
+            let data = &bytes[k * PAGE_SIZE..j * PAGE_SIZE];
+            match self.copy_bytes(i, addrs[k], data)? {
+                Copied::All => self.stats.pushed += (j - k) as u64,
+                // Read the event, then go on from the first page still missing.
+                Copied::Again => return Ok(Some(k)),
+                Copied::Gone => return Ok(None),
+            }
+            since_check += j - k;
+            k = j;
+            if since_check >= CHECK_PAGES && k < addrs.len() {
+                since_check = 0;
+                let fd = self.spaces[i].uffd.as_raw_fd();
+                if ur::poll_readable(&[fd], 0).map_or(true, |r| r[0]) {
+                    return Ok(Some(k));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Pushes the next `push_pages` missing pages (address order; hot-first has no dirty
-    /// counts to go by yet) of the first space that has any.
+    /// counts to go by yet) of the first space that has any, fetched from the source.
     fn push_chunk(&mut self) -> Result<(), Fatal> {
         let Some(i) = self
             .spaces
@@ -372,78 +491,57 @@ impl Daemon {
         else {
             return Ok(());
         };
-        let take: Vec<(u64, Pend)> = self.spaces[i]
-            .pending
-            .iter()
-            .take(self.opts.push_pages.max(1))
-            .map(|(a, p)| (*a, *p))
-            .collect();
-        let mut runs: Vec<Vec<(u64, Pend)>> = Vec::new();
-        for (a, p) in take {
+        let take = self.spaces[i].pending.first(self.opts.push_pages.max(1));
+        let mut runs: Vec<Vec<(u64, PageId)>> = Vec::new();
+        for (a, id) in take {
             match runs.last_mut() {
-                Some(r) if r.last().map(|(l, _)| l + PAGE) == Some(a) => r.push((a, p)),
-                _ => runs.push(vec![(a, p)]),
+                Some(r) if r.last().map(|(l, _)| l + PAGE) == Some(a) => r.push((a, id)),
+                _ => runs.push(vec![(a, id)]),
             }
         }
         for run in runs {
             let n = run.len() as u64;
-            match self.copy_run(i, &run)? {
+            match self.fetch_and_copy(i, &run)? {
                 Copied::All => self.stats.pushed += n,
-                Copied::Again => return Ok(()),
-                Copied::Gone => {
-                    self.spaces[i].dead = true;
-                    return Ok(());
-                }
+                Copied::Again | Copied::Gone => return Ok(()),
             }
         }
         Ok(())
     }
 
-    /// Copies a run of contiguous missing pages into space `i` (one `UFFDIO_COPY`, more when
-    /// some page turns out present), then forgets them.
-    fn copy_run(&mut self, i: usize, run: &[(u64, Pend)]) -> Result<Copied, Fatal> {
+    /// Fetches a run of contiguous missing pages from the source and copies it into space `i`.
+    fn fetch_and_copy(&mut self, i: usize, run: &[(u64, PageId)]) -> Result<Copied, Fatal> {
         let Some(&(start, _)) = run.first() else {
             return Ok(Copied::All);
         };
-        let ids: Vec<(u64, PageId)> = run
-            .iter()
-            .filter_map(|(a, p)| match p {
-                Pend::Stored(id) => Some((*a, *id)),
-                Pend::Zero => None,
-            })
-            .collect();
-        let mut fetched = Vec::with_capacity(ids.len() * PAGE_SIZE);
-        let t = Instant::now();
-        if let Err(e) = self.source.fetch(&self.set, &ids, &mut fetched) {
+        let mut fetched = std::mem::take(&mut self.buf);
+        fetched.clear();
+        if let Err(e) = self.source.fetch(&self.set, run, &mut fetched) {
             return Err(Fatal::Source(e.to_string()));
         }
-        if fetched.len() != ids.len() * PAGE_SIZE {
+        if fetched.len() != run.len() * PAGE_SIZE {
             return Err(Fatal::Source(format!(
                 "the source returned {} bytes for {} pages",
                 fetched.len(),
-                ids.len()
+                run.len()
             )));
         }
-        tracing::trace!("fetched {} pages in {:?}", ids.len(), t.elapsed());
-        self.buf.clear();
-        self.buf.resize(run.len() * PAGE_SIZE, 0);
-        let mut k = 0;
-        for (j, (_, p)) in run.iter().enumerate() {
-            if let Pend::Stored(_) = p {
-                self.buf[j * PAGE_SIZE..(j + 1) * PAGE_SIZE]
-                    .copy_from_slice(&fetched[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
-                k += 1;
-            }
-        }
+        let r = self.copy_bytes(i, start, &fetched);
+        self.buf = fetched;
+        r
+    }
+
+    /// Copies `data` (whole pages) to `start` in space `i` (one `UFFDIO_COPY`, more when some
+    /// page turns out present), then forgets the pages copied.
+    fn copy_bytes(&mut self, i: usize, start: u64, data: &[u8]) -> Result<Copied, Fatal> {
         let sp = &mut self.spaces[i];
-        let total = self.buf.len() as u64;
+        let total = data.len() as u64;
         let mut off = 0u64;
         let result = loop {
             if off >= total {
                 break Copied::All;
             }
-            let data = &self.buf[off as usize..];
-            match ur::copy_partial(&sp.uffd, start + off, data, 0) {
+            match ur::copy_partial(&sp.uffd, start + off, &data[off as usize..], 0) {
                 CopyResult::Done => {
                     off = total;
                 }
@@ -471,15 +569,24 @@ impl Daemon {
             }
         };
         let done_to = start + off.min(total);
-        let gone: Vec<u64> = sp.pending.range(start..done_to).map(|(a, _)| *a).collect();
-        for a in gone {
-            sp.pending.remove(&a);
+        let mut a = start;
+        while a < done_to {
+            sp.pending.remove(a);
+            a += PAGE;
         }
         if matches!(result, Copied::Gone) {
             sp.dead = true;
         }
         Ok(result)
     }
+}
+
+/// Runs `f`, adding the time it took to `total`.
+fn timed<T>(total: &mut std::time::Duration, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    *total += t.elapsed();
+    r
 }
 
 /// The children of every thread of `pid` (`/proc/PID/task/*/children`).

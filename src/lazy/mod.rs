@@ -13,9 +13,11 @@
 //! copy of the uffd (so pending faults keep waiting instead of reading zero pages) kills it.
 
 mod daemon;
+mod missing;
 mod source;
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use source::{LazySource, SourceError, StoreSource};
@@ -122,31 +124,25 @@ impl LazyRestore {
 /// shared anonymous memory), `lazy` serves the rest. Returns once the process runs; the daemon
 /// keeps serving in a thread until [`LazyRestore::wait`] says every page is resident.
 pub fn restore_lazy(
-    set: &ImageSet,
+    set: &Arc<ImageSet>,
     eager: &dyn PageSource,
     lazy: Box<dyn LazySource>,
     ropts: &RestoreOptions,
     lopts: &LazyOptions,
 ) -> Result<LazyRestore, LazyError> {
     let start = Instant::now();
-    let started: Arc<Mutex<Option<daemon::Started>>> = Arc::new(Mutex::new(None));
-    let mut source = Some(lazy);
-    let pages_lazy = Arc::new(Mutex::new(0u64));
-    let slot = started.clone();
-    let pl = pages_lazy.clone();
-    let mut hook = |ls: crate::restore::LazyStart| -> Result<(), String> {
-        let src = source.take().ok_or("the lazy daemon was started twice")?;
-        let s = daemon::start(set, ls, src, lopts.clone(), start)?;
-        if let Ok(mut n) = pl.lock() {
-            *n = s.pages_lazy;
-        }
-        if let Ok(mut g) = slot.lock() {
-            *g = Some(s);
-        }
-        Ok(())
+    let running = Arc::new(AtomicBool::new(false));
+    let mut hooks = Hooks {
+        set,
+        source: Some(lazy),
+        lopts,
+        start,
+        running: running.clone(),
+        started: None,
     };
-    let outcome = crate::restore::restore_lazy(set, eager, ropts, &mut hook);
-    let started = started.lock().ok().and_then(|mut g| g.take());
+    let outcome = crate::restore::restore_lazy(set, eager, ropts, &mut hooks);
+    running.store(true, Ordering::Relaxed);
+    let started = hooks.started.take();
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -159,22 +155,48 @@ pub fn restore_lazy(
     };
     let Some(s) = started else {
         // Nothing was left lazy (no private anonymous memory with stored pages).
-        let pid = outcome.pid;
         return Ok(LazyRestore {
             outcome,
             pages_lazy: 0,
-            daemon: std::thread::spawn(move || {
-                let _ = pid;
-                Ok(LazyReport::default())
-            }),
+            daemon: std::thread::spawn(|| Ok(LazyReport::default())),
         });
     };
-    let pages_lazy = pages_lazy.lock().map(|n| *n).unwrap_or(0);
+    let ranges = crate::restore::lazy_ranges(set, crate::restore::process_of(set)?);
+    let pages_lazy = missing::Missing::new(set.clone(), &ranges).left();
     Ok(LazyRestore {
         outcome,
         pages_lazy,
         daemon: s.join,
     })
+}
+
+/// The restore's hooks of [`restore_lazy`]: start the daemon when the uffd is there.
+struct Hooks<'a> {
+    set: &'a Arc<ImageSet>,
+    source: Option<Box<dyn LazySource>>,
+    lopts: &'a LazyOptions,
+    start: Instant,
+    running: Arc<AtomicBool>,
+    started: Option<daemon::Started>,
+}
+
+impl crate::restore::LazyHooks for Hooks<'_> {
+    fn start(&mut self, ls: crate::restore::LazyStart) -> Result<(), String> {
+        let src = self
+            .source
+            .take()
+            .ok_or("the lazy daemon was started twice")?;
+        let s = daemon::start(
+            self.set.clone(),
+            ls,
+            src,
+            self.lopts.clone(),
+            self.start,
+            self.running.clone(),
+        )?;
+        self.started = Some(s);
+        Ok(())
+    }
 }
 
 /// Percentile `q` (0..=100) of `v` (sorted in place), 0 when empty.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::image::{PageId, PAGE_SIZE};
-use crate::store::Store;
+use crate::store::{PageStream, Store};
 
 /// Why a page source could not deliver. Either way the daemon kills the process: it must never
 /// run with a page it does not have.
@@ -32,6 +32,14 @@ pub trait LazySource: Send {
     /// Bytes received over the network so far (0 for local sources).
     fn bytes_network(&self) -> u64 {
         0
+    }
+
+    /// Starts reading `pages` of set `set` in the background, in the order given, for the
+    /// push: batches arrive ahead of the daemon, which only copies them in. `None`: this
+    /// source has no such stream, the daemon fetches chunk by chunk.
+    fn stream(&mut self, set: &str, pages: Vec<(u64, PageId)>) -> Option<PageStream> {
+        let _ = (set, pages);
+        None
     }
 }
 
@@ -62,5 +70,9 @@ impl LazySource for StoreSource {
             out.extend_from_slice(&p);
         }
         Ok(())
+    }
+
+    fn stream(&mut self, set: &str, pages: Vec<(u64, PageId)>) -> Option<PageStream> {
+        Some(self.store.stream_pages(set, pages))
     }
 }

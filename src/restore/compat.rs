@@ -6,8 +6,13 @@ use std::os::unix::fs::MetadataExt;
 use super::{process_of, PidChoice, RestoreError};
 use crate::image::{FdKind, FileId, ImageSet, PageRef, ProcessImage, VmaKind};
 
-/// Checks that `set` can be restored on this machine now; returns its process image.
-pub fn check_compat(set: &ImageSet, pid: PidChoice) -> Result<&ProcessImage, RestoreError> {
+/// Checks that `set` can be restored on this machine now (`lazy`: by a lazy restore, which
+/// serves pages left lazy); returns its process image.
+pub fn check_compat(
+    set: &ImageSet,
+    pid: PidChoice,
+    lazy: bool,
+) -> Result<&ProcessImage, RestoreError> {
     let bad = |reason: String| RestoreError::Incompatible {
         set: set.id.clone(),
         reason,
@@ -20,15 +25,19 @@ pub fn check_compat(set: &ImageSet, pid: PidChoice) -> Result<&ProcessImage, Res
             p.threads.len()
         )));
     }
-    let lazy = set
-        .pages
-        .iter()
-        .filter(|(_, r)| matches!(r, PageRef::Lazy(_)))
-        .count();
-    if lazy > 0 {
-        return Err(bad(format!(
-            "{lazy} pages were left to be served lazily: restore it with --lazy"
-        )));
+    // An eager restore cannot serve pages left to a lazy source. (A lazy restore need not
+    // walk the page table for this: its daemon serves them.)
+    if !lazy {
+        let n = set
+            .pages
+            .iter()
+            .filter(|(_, r)| matches!(r, PageRef::Lazy(_)))
+            .count();
+        if n > 0 {
+            return Err(bad(format!(
+                "{n} pages were left to be served lazily: restore it with --lazy"
+            )));
+        }
     }
 
     let here = crate::util::kernel_release();

@@ -200,7 +200,7 @@ pub fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreOutcome, RestoreError> {
     let start = Instant::now();
-    let process = compat::check_compat(set, opts.pid)?;
+    let process = compat::check_compat(set, opts.pid, false)?;
     let mut out = rebuild::rebuild(set, process, source, opts, start, None)?;
     out.restore_time = crate::util::us(start.elapsed());
     Ok(out)
@@ -237,26 +237,36 @@ pub fn lazy_ranges(set: &ImageSet, p: &ProcessImage) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// What a lazy restore asks of its daemon, in this order.
+pub trait LazyHooks {
+    /// The process exists (parked, not yet seized). Work that would slow the spawn's fork
+    /// down (allocating much memory) can start now.
+    fn spawned(&mut self) {}
+
+    /// The uffd is taken (see [`LazyStart`]); the daemon must be serving faults when this
+    /// returns, because the rest of the rebuild (and the process, once it runs) may fault.
+    fn start(&mut self, ls: LazyStart) -> Result<(), String>;
+}
+
 /// A lazy (post-copy) restore: like [`restore`], but the private anonymous memory holding
 /// stored pages is registered with a userfaultfd created by the process and left empty;
-/// `start_daemon` gets it (see [`LazyStart`]) and must be serving faults when it returns,
-/// because the rest of the rebuild (and the process, once it runs) may fault. The time to
-/// running does not depend on how many pages are left lazy.
+/// `hooks` start the daemon that serves it. The time to running does not depend on how many
+/// pages are left lazy.
 pub fn restore_lazy(
     set: &ImageSet,
     source: &dyn PageSource,
     opts: &RestoreOptions,
-    start_daemon: &mut dyn FnMut(LazyStart) -> Result<(), String>,
+    hooks: &mut dyn LazyHooks,
 ) -> Result<RestoreOutcome, RestoreError> {
     let start = Instant::now();
-    let process = compat::check_compat(set, opts.pid)?;
-    let mut out = rebuild::rebuild(set, process, source, opts, start, Some(start_daemon))?;
+    let process = compat::check_compat(set, opts.pid, true)?;
+    let mut out = rebuild::rebuild(set, process, source, opts, start, Some(hooks))?;
     out.restore_time = crate::util::us(start.elapsed());
     Ok(out)
 }
 
 /// The process image of a final dump, or an `Incompatible` error for a pre-dump.
-pub(crate) fn process_of(set: &ImageSet) -> Result<&ProcessImage, RestoreError> {
+pub fn process_of(set: &ImageSet) -> Result<&ProcessImage, RestoreError> {
     set.process
         .as_ref()
         .ok_or_else(|| RestoreError::Incompatible {

@@ -92,7 +92,7 @@ pub(super) fn rebuild(
     source: &dyn PageSource,
     opts: &RestoreOptions,
     start: Instant,
-    lazy: Option<&mut dyn FnMut(super::LazyStart) -> Result<(), String>>,
+    mut lazy: Option<&mut dyn super::LazyHooks>,
 ) -> Result<RestoreOutcome, RestoreError> {
     let c = Ctx {
         set,
@@ -104,6 +104,9 @@ pub(super) fn rebuild(
     };
     let pid = step(&c, Step::Spawn, || crate::sys::spawn::spawn_parked(want))?;
     let mut half = Half { pid: Some(pid) };
+    if let Some(h) = lazy.as_mut() {
+        h.spawned();
+    }
 
     step(&c, Step::Seize, || -> Result<(), crate::sys::SysError> {
         ptrace::seize(pid, 0)?;
@@ -178,12 +181,16 @@ pub(super) fn rebuild(
 
     step(&c, Step::Vdso, || move_vdso(&mut rs, pid, p))?;
 
-    let temp_prot = step(&c, Step::Map, || map_vmas(&mut rs, p, args))?;
-
     // Lazy: the daemon takes the private anonymous memory; the fill skips it.
-    let mut lazy_ranges: Vec<(u64, u64)> = Vec::new();
-    if let Some(start_daemon) = lazy {
-        lazy_ranges = super::lazy_ranges(set, p);
+    let lazy_ranges: Vec<(u64, u64)> = match lazy {
+        Some(_) => super::lazy_ranges(set, p),
+        None => Vec::new(),
+    };
+    let temp_prot = step(&c, Step::Map, || {
+        map_vmas(&mut rs, set, p, &lazy_ranges, args)
+    })?;
+
+    if let Some(hooks) = lazy {
         let ranges = lazy_ranges.clone();
         step(&c, Step::Lazy, || -> Result<(), String> {
             let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
@@ -199,7 +206,7 @@ pub(super) fn rebuild(
             rs.call_ok(nr::CLOSE, [fd, 0, 0, 0, 0, 0], "close of the uffd")
                 .map_err(|e| e.to_string())?;
             let (pidfd, u) = taken.map_err(|e| e.to_string())?;
-            start_daemon(super::LazyStart {
+            hooks.start(super::LazyStart {
                 pid,
                 uffd: crate::sys::uffd::Uffd::from_owned(u),
                 pidfd,
@@ -485,13 +492,21 @@ fn filled(v: &Vma) -> bool {
 /// the kernel's own mappings, which are not mapped here).
 fn map_vmas(
     rs: &mut RemoteSyscall,
+    set: &ImageSet,
     p: &ProcessImage,
+    lazy: &[(u64, u64)],
     args: u64,
 ) -> Result<Vec<Option<u32>>, String> {
     let mut out = Vec::with_capacity(p.vmas.len());
     for v in &p.vmas {
         let mut flags = libc::MAP_FIXED as u64;
-        let prot = if filled(v) {
+        // Writable for the fill only where the fill writes: not in a VMA without pages, nor
+        // in one the lazy daemon fills (UFFDIO_COPY needs no write permission). Each VMA
+        // mapped with its own protection saves an injected mprotect afterwards.
+        let fills = filled(v)
+            && !lazy.iter().any(|&(s, _)| s == v.start)
+            && set.pages.range(v.start, v.end).next().is_some();
+        let prot = if fills {
             v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32
         } else {
             v.prot
@@ -783,11 +798,17 @@ fn restore_fds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<()
     Ok(())
 }
 
-/// Every signal's action (SIGKILL and SIGSTOP cannot be set).
+/// Every signal action the process changed from the default (SIGKILL and SIGSTOP cannot be
+/// set).
 fn restore_signals(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<(), String> {
     for (i, a) in p.sigactions.iter().enumerate() {
         let sig = i as u64 + 1;
         if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            continue;
+        }
+        // The parked child starts with every action at this default (`spawn_parked`): only
+        // the ones the process changed cost an injected syscall.
+        if a.handler == 0 && a.flags == 0 && a.restorer == 0 && a.mask == 0 {
             continue;
         }
         let mut b = Vec::with_capacity(32);

@@ -224,10 +224,14 @@ pub fn restore_lazy(
         fail_at: crate::restore::Step::from_env(),
     };
     let from = source(job, spec)?;
-    let remote = from.remote(set)?;
-    let (set, eager): (_, &dyn crate::restore::PageSource) = match &remote {
-        Some((s, r)) => (s, r),
-        None => (set, store),
+    // The daemon thread shares the set (its page table says which pages are missing).
+    let (set, remote) = match from.remote(set)? {
+        Some((s, r)) => (std::sync::Arc::new(s), Some(r)),
+        None => (std::sync::Arc::new(set.clone()), None),
+    };
+    let eager: &dyn crate::restore::PageSource = match &remote {
+        Some(r) => r,
+        None => store,
     };
     // The daemon thread needs a source of its own.
     let src: Box<dyn crate::lazy::LazySource> = match from {
@@ -242,7 +246,7 @@ pub fn restore_lazy(
         } => Box::new(crate::xfer::RemoteSource::new(&addr, token, timeout)),
     };
     let lopts = crate::lazy::LazyOptions::from_spec(&job.spec.lazy);
-    let lr = crate::lazy::restore_lazy(set, eager, src, &opts, &lopts)
+    let lr = crate::lazy::restore_lazy(&set, eager, src, &opts, &lopts)
         .map_err(|e| stage_err("restore")(e.into()))?;
     report.restored_pid = Some(lr.pid());
     report.restore_time = lr.outcome.restore_time;

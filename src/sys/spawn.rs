@@ -13,7 +13,8 @@ const SYS_CLONE3: libc::c_long = 435;
 /// `pid` is given, else `fork(2)`), reports its PID through a pipe and exits, so the new process
 /// is re-parented to init (or the nearest subreaper) and is never haul's child. The new process
 /// stays in haul's session and process group (the restore moves it to the dumped ones) and
-/// waits in `pause(2)` for haul to seize it; it runs no Rust code
+/// resets its signal actions to the defaults and waits in `pause(2)` for haul to seize it; it
+/// runs no Rust code
 /// but raw syscalls after the fork, so a multi-threaded haul can fork safely.
 ///
 /// Errors: the PID is taken (`EEXIST`), out of range (`EINVAL`), or clone3 is refused.
@@ -34,8 +35,8 @@ pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
     };
     let wfd = wr.as_raw_fd();
 
-    // SAFETY: fork(2). In the child only async-signal-safe raw syscalls run (clone3/fork, write,
-    // pause, _exit) on memory prepared before the fork; it never returns into Rust code.
+    // SAFETY: fork(2). In the child only async-signal-safe raw syscalls run (clone3/fork,
+    // rt_sigaction, write, pause, _exit) on memory prepared before the fork; it never returns into Rust code.
     let inter = unsafe { libc::fork() };
     if inter < 0 {
         return Err(last_err("fork of the restore intermediate"));
@@ -54,7 +55,21 @@ pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
                 libc::fork() as libc::c_long
             };
             if child == 0 {
-                // The process to restore: wait to be seized.
+                // The process to restore: every signal action back to the default (no
+                // handler, no flags, empty mask), so the restore sets only the actions the
+                // image has that differ from that; then wait to be seized.
+                let dfl = [0u64; 4];
+                for sig in 1..=64 {
+                    if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                        libc::syscall(
+                            libc::SYS_rt_sigaction,
+                            sig as libc::c_long,
+                            dfl.as_ptr(),
+                            std::ptr::null::<u64>(),
+                            8 as libc::c_long,
+                        );
+                    }
+                }
                 loop {
                     libc::pause();
                 }

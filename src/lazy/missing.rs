@@ -1,0 +1,280 @@
+//! Which stored pages an address space still misses, without copying the page table: the
+//! image set's own table says which pages are stored, a bit per page of each lazy region says
+//! which of them are resident (or gone) already, and pages that `mremap` moved are listed
+//! apart. Building it costs a bitmap per region (32 KiB per GiB), so the time to running does
+//! not grow with the image.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// A lazy region (a private anonymous VMA as dumped) and its resident bits.
+#[derive(Clone, Debug)]
+struct Region {
+    start: u64,
+    end: u64,
+    /// Bit set: the page is no longer missing (copied, or its memory went away).
+    done: Vec<u64>,
+}
+
+impl Region {
+    fn bit(&self, addr: u64) -> (usize, u64) {
+        let n = ((addr - self.start) / PAGE) as usize;
+        (n / 64, 1u64 << (n % 64))
+    }
+    fn is_done(&self, addr: u64) -> bool {
+        let (w, m) = self.bit(addr);
+        self.done[w] & m != 0
+    }
+    /// Sets the bit; true when it was clear.
+    fn set_done(&mut self, addr: u64) -> bool {
+        let (w, m) = self.bit(addr);
+        let was = self.done[w] & m == 0;
+        self.done[w] |= m;
+        was
+    }
+}
+
+/// The stored pages an address space still misses.
+#[derive(Clone, Debug)]
+pub(super) struct Missing {
+    set: Arc<ImageSet>,
+    regions: Vec<Region>,
+    /// Missing pages that `mremap` moved away from their dumped address.
+    moved: BTreeMap<u64, PageId>,
+    left: u64,
+}
+
+fn stored(r: PageRef) -> Option<PageId> {
+    match r {
+        PageRef::Stored(id) | PageRef::Lazy(id) => Some(id),
+        PageRef::Zero => None,
+    }
+}
+
+impl Missing {
+    /// Every stored page of `set` in `ranges` (sorted, disjoint, page-aligned) is missing.
+    pub fn new(set: Arc<ImageSet>, ranges: &[(u64, u64)]) -> Missing {
+        let mut left = 0;
+        let regions = ranges
+            .iter()
+            .map(|&(start, end)| {
+                left += set
+                    .pages
+                    .range(start, end)
+                    .filter(|(_, r)| stored(*r).is_some())
+                    .count() as u64;
+                let pages = ((end - start) / PAGE) as usize;
+                Region {
+                    start,
+                    end,
+                    done: vec![0; pages.div_ceil(64)],
+                }
+            })
+            .collect();
+        Missing {
+            set,
+            regions,
+            moved: BTreeMap::new(),
+            left,
+        }
+    }
+
+    /// Stored pages still missing.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+
+    fn region(&self, addr: u64) -> Option<usize> {
+        let i = self.regions.partition_point(|r| r.end <= addr);
+        (i < self.regions.len() && self.regions[i].start <= addr).then_some(i)
+    }
+
+    /// The id of the page at `addr` if it is still missing.
+    pub fn get(&self, addr: u64) -> Option<PageId> {
+        if let Some(id) = self.moved.get(&addr) {
+            return Some(*id);
+        }
+        let r = &self.regions[self.region(addr)?];
+        if r.is_done(addr) {
+            return None;
+        }
+        self.set.pages.get(addr).and_then(stored)
+    }
+
+    /// The page at `addr` is no longer missing (copied in, or its memory went away).
+    pub fn remove(&mut self, addr: u64) {
+        if self.moved.remove(&addr).is_some() {
+            self.left -= 1;
+            return;
+        }
+        if let Some(i) = self.region(addr) {
+            if self.set.pages.get(addr).and_then(stored).is_some() && self.regions[i].set_done(addr)
+            {
+                self.left -= 1;
+            }
+        }
+    }
+
+    /// Every missing page in `[start, end)` in address order.
+    pub fn range(&self, start: u64, end: u64) -> Vec<(u64, PageId)> {
+        let mut out: Vec<(u64, PageId)> = Vec::new();
+        let first = self.regions.partition_point(|r| r.end <= start);
+        for r in self.regions[first..].iter().take_while(|r| r.start < end) {
+            let (s, e) = (start.max(r.start), end.min(r.end));
+            out.extend(
+                self.set
+                    .pages
+                    .range(s, e)
+                    .filter(|(a, _)| !r.is_done(*a))
+                    .filter_map(|(a, p)| stored(p).map(|id| (a, id))),
+            );
+        }
+        if !self.moved.is_empty() {
+            out.extend(self.moved.range(start..end).map(|(a, id)| (*a, *id)));
+            out.sort_unstable_by_key(|(a, _)| *a);
+        }
+        out
+    }
+
+    /// Forgets every missing page in `[start, end)` and returns them.
+    pub fn take_range(&mut self, start: u64, end: u64) -> Vec<(u64, PageId)> {
+        let pages = self.range(start, end);
+        for (a, _) in &pages {
+            self.remove(*a);
+        }
+        pages
+    }
+
+    /// A missing page now lives at `addr` (moved there by `mremap`).
+    pub fn insert_moved(&mut self, addr: u64, id: PageId) {
+        if self.moved.insert(addr, id).is_none() {
+            self.left += 1;
+        }
+    }
+
+    /// Up to `n` missing pages in address order, from the lowest.
+    pub fn first(&self, n: usize) -> Vec<(u64, PageId)> {
+        let mut out = Vec::with_capacity(n.min(self.left as usize));
+        for r in &self.regions {
+            if out.len() >= n {
+                break;
+            }
+            out.extend(
+                self.set
+                    .pages
+                    .range(r.start, r.end)
+                    .filter(|(a, _)| !r.is_done(*a))
+                    .filter_map(|(a, p)| stored(p).map(|id| (a, id)))
+                    .take(n - out.len()),
+            );
+        }
+        if out.len() < n {
+            out.extend(
+                self.moved
+                    .iter()
+                    .take(n - out.len())
+                    .map(|(a, id)| (*a, *id)),
+            );
+        }
+        out
+    }
+
+    /// Every missing page: the regions in address order, then the moved ones.
+    pub fn all(&self) -> Vec<(u64, PageId)> {
+        self.first(self.left as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::PageTable;
+
+    fn set_with(pages: &[(u64, PageRef)]) -> Arc<ImageSet> {
+        let mut t = PageTable::new();
+        for (a, r) in pages {
+            t.insert(*a, *r);
+        }
+        Arc::new(ImageSet {
+            id: "t-1".into(),
+            job: "t".into(),
+            created_us: 0,
+            kind: crate::image::SetKind::Dump,
+            parent: None,
+            kernel: String::new(),
+            process: None,
+            pages: t,
+            figures: Default::default(),
+        })
+    }
+
+    fn id(n: u8) -> PageId {
+        PageId([n; 16])
+    }
+
+    #[test]
+    fn only_stored_pages_in_the_ranges_are_missing() {
+        let s = set_with(&[
+            (0x1000, PageRef::Stored(id(1))),
+            (0x2000, PageRef::Zero),
+            (0x3000, PageRef::Lazy(id(3))),
+            (0x9000, PageRef::Stored(id(9))),
+        ]);
+        let m = Missing::new(s, &[(0x1000, 0x5000)]);
+        assert_eq!(m.left(), 2);
+        assert_eq!(m.get(0x1000), Some(id(1)));
+        assert_eq!(m.get(0x2000), None);
+        assert_eq!(m.get(0x3000), Some(id(3)));
+        assert_eq!(m.get(0x9000), None, "outside the lazy ranges");
+        assert_eq!(m.all(), vec![(0x1000, id(1)), (0x3000, id(3))]);
+    }
+
+    #[test]
+    fn removing_counts_each_page_once() {
+        let s = set_with(&[
+            (0x1000, PageRef::Stored(id(1))),
+            (0x2000, PageRef::Stored(id(2))),
+            (0x3000, PageRef::Zero),
+        ]);
+        let mut m = Missing::new(s, &[(0x1000, 0x4000)]);
+        m.remove(0x1000);
+        m.remove(0x1000);
+        m.remove(0x3000);
+        assert_eq!(m.left(), 1);
+        assert_eq!(m.get(0x1000), None);
+        assert_eq!(m.first(10), vec![(0x2000, id(2))]);
+        m.remove(0x2000);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn mremap_moves_missing_pages_and_their_count() {
+        let s = set_with(&[
+            (0x1000, PageRef::Stored(id(1))),
+            (0x2000, PageRef::Stored(id(2))),
+            (0x3000, PageRef::Stored(id(3))),
+        ]);
+        let mut m = Missing::new(s, &[(0x1000, 0x4000)]);
+        m.remove(0x2000);
+        let moved = m.take_range(0x1000, 0x4000);
+        assert_eq!(moved, vec![(0x1000, id(1)), (0x3000, id(3))]);
+        assert!(m.is_empty());
+        for (a, p) in moved {
+            m.insert_moved(a - 0x1000 + 0x70000, p);
+        }
+        assert_eq!(m.left(), 2);
+        assert_eq!(m.get(0x70000), Some(id(1)));
+        assert_eq!(m.get(0x1000), None);
+        assert_eq!(m.range(0x70000, 0x73000).len(), 2);
+        m.take_range(0x70000, 0x71000);
+        assert_eq!(m.all(), vec![(0x72000, id(3))]);
+    }
+}
