@@ -187,6 +187,28 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Post-copy: time to running of a lazy restore against an eager one, time until every
+    /// page is resident, and fault service latency (memwriter, restored with any free PID).
+    Lazy {
+        /// Work directory (created and removed).
+        #[arg(long, default_value = "/tmp/haul-bench-lazy")]
+        dir: PathBuf,
+        /// Where memwriter.c is.
+        #[arg(long, default_value = "fixtures")]
+        fixtures: PathBuf,
+        /// Size of the memwriter's memory.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        size: u64,
+        /// Pages copied after each faulting page.
+        #[arg(long, default_value_t = 16)]
+        prefetch: u32,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The store against `zstd -T2`: write throughput and size, a 1%-changed second set,
     /// random single-page reads, sequential read.
     Store {

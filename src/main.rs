@@ -352,6 +352,30 @@ fn bench(what: cli::BenchCommand) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
+        cli::BenchCommand::Lazy {
+            dir,
+            fixtures,
+            size,
+            prefetch,
+            runs,
+            json,
+        } => {
+            use haul::lazy::bench;
+            let opts = bench::BenchOptions {
+                dir,
+                fixtures,
+                mib: size >> 20,
+                runs,
+                prefetch,
+            };
+            let r = bench::run_bench(&opts)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(bench::report_text(&r).trim_end());
+            }
+            Ok(exit::OK)
+        }
         cli::BenchCommand::Store { dir, size, json } => {
             let opts = haul::store::bench::BenchOptions {
                 dir,

@@ -301,7 +301,7 @@ pub fn report_text(r: &BenchReport) -> String {
     s
 }
 
-fn median(mut v: Vec<u64>) -> u64 {
+pub(crate) fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
@@ -315,7 +315,7 @@ fn ratio(a: u64, b: u64) -> f64 {
 }
 
 /// Compiles `fixtures/<name>.c` into `dir` with `cc -O2`.
-fn build(fixtures: &Path, name: &str, dir: &Path) -> Result<PathBuf, BoxErr> {
+pub(crate) fn build(fixtures: &Path, name: &str, dir: &Path) -> Result<PathBuf, BoxErr> {
     let src = fixtures.join(format!("{name}.c"));
     let bin = dir.join(name);
     let out = Command::new("cc")
@@ -337,7 +337,7 @@ fn build(fixtures: &Path, name: &str, dir: &Path) -> Result<PathBuf, BoxErr> {
 
 /// Maps and touches `bytes` of memory twice, then frees it (the host hands fresh memory over
 /// slowly the first time).
-fn prewarm(bytes: u64) {
+pub(crate) fn prewarm(bytes: u64) {
     for _ in 0..2 {
         let mut chunks = Vec::new();
         let mut left = bytes;
@@ -371,13 +371,13 @@ fn rate(count: &Path, span: Duration) -> Result<f64, BoxErr> {
 
 /// A fixture process: stdout to a log, no inherited fds; killed and reaped by [`Target::stop`]
 /// or on drop.
-struct Target {
+pub(crate) struct Target {
     child: Child,
-    pid: i32,
+    pub(crate) pid: i32,
 }
 
 impl Target {
-    fn start(cmd: &mut Command, log: &Path) -> Result<Target, BoxErr> {
+    pub(crate) fn start(cmd: &mut Command, log: &Path) -> Result<Target, BoxErr> {
         crate::sys::spawn::close_inherited_fds(cmd);
         let out = std::fs::File::create(log)?;
         let child = cmd
@@ -402,7 +402,7 @@ impl Target {
         Ok(t)
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -364,23 +364,42 @@ impl Daemon {
             return Ok(r);
         }
         self.record_fault(t0);
-        let sp = &self.spaces[i];
-        let mut run = Vec::with_capacity(self.opts.prefetch as usize);
-        let mut a = page + PAGE;
-        while run.len() < self.opts.prefetch as usize {
-            match sp.pending.get(a) {
-                Some(id) => run.push((a, id)),
-                None => break,
-            }
-            a += PAGE;
-        }
-        let n = run.len() as u64;
-        // A prefetch that meets an event (or a gone process) is just cut short: the faulting
-        // page is in, the rest stays pending.
-        if !run.is_empty() && matches!(self.fetch_and_copy(i, &run)?, Copied::All) {
-            self.stats.prefetched += n;
-        }
+        self.prefetch_after(i, page)?;
         Ok(Copied::All)
+    }
+
+    /// Places what the `prefetch` pages after `page` held at the dump: the stored ones still
+    /// missing (fetched in one go, copied in runs) and the zero ones (zero page), so that a
+    /// process walking its memory faults once per window, not once per run. A prefetch that
+    /// meets an event (or a gone process) is just cut short: the rest stays missing.
+    fn prefetch_after(&mut self, i: usize, page: u64) -> Result<(), Fatal> {
+        let n = u64::from(self.opts.prefetch);
+        if n == 0 {
+            return Ok(());
+        }
+        let (from, to) = (page + PAGE, page + PAGE * (1 + n));
+        let sp = &self.spaces[i];
+        let stored = sp.pending.range(from, to);
+        let zeros: Vec<u64> = (from..to)
+            .step_by(PAGE_SIZE)
+            .filter(|a| sp.pending.known_zero(*a))
+            .collect();
+        if !stored.is_empty() {
+            if !matches!(self.fetch_and_copy(i, &stored)?, Copied::All) {
+                return Ok(());
+            }
+            self.stats.prefetched += stored.len() as u64;
+        }
+        let sp = &mut self.spaces[i];
+        for a in zeros {
+            match sp.uffd.zeropage(a, PAGE, 0) {
+                Ok(_) => self.stats.prefetched += 1,
+                Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                Err(_) => return Ok(()),
+            }
+            sp.pending.zero_placed(a);
+        }
+        Ok(())
     }
 
     fn record_fault(&mut self, t0: Instant) {
@@ -492,41 +511,40 @@ impl Daemon {
             return Ok(());
         };
         let take = self.spaces[i].pending.first(self.opts.push_pages.max(1));
-        let mut runs: Vec<Vec<(u64, PageId)>> = Vec::new();
-        for (a, id) in take {
-            match runs.last_mut() {
-                Some(r) if r.last().map(|(l, _)| l + PAGE) == Some(a) => r.push((a, id)),
-                _ => runs.push(vec![(a, id)]),
-            }
-        }
-        for run in runs {
-            let n = run.len() as u64;
-            match self.fetch_and_copy(i, &run)? {
-                Copied::All => self.stats.pushed += n,
-                Copied::Again | Copied::Gone => return Ok(()),
-            }
+        if let Copied::All = self.fetch_and_copy(i, &take)? {
+            self.stats.pushed += take.len() as u64;
         }
         Ok(())
     }
 
-    /// Fetches a run of contiguous missing pages from the source and copies it into space `i`.
-    fn fetch_and_copy(&mut self, i: usize, run: &[(u64, PageId)]) -> Result<Copied, Fatal> {
-        let Some(&(start, _)) = run.first() else {
-            return Ok(Copied::All);
-        };
+    /// Fetches missing pages (address order) from the source in one go and copies them into
+    /// space `i`, a `UFFDIO_COPY` per run of contiguous addresses.
+    fn fetch_and_copy(&mut self, i: usize, pages: &[(u64, PageId)]) -> Result<Copied, Fatal> {
         let mut fetched = std::mem::take(&mut self.buf);
         fetched.clear();
-        if let Err(e) = self.source.fetch(&self.set, run, &mut fetched) {
+        if let Err(e) = self.source.fetch(&self.set, pages, &mut fetched) {
             return Err(Fatal::Source(e.to_string()));
         }
-        if fetched.len() != run.len() * PAGE_SIZE {
+        if fetched.len() != pages.len() * PAGE_SIZE {
             return Err(Fatal::Source(format!(
                 "the source returned {} bytes for {} pages",
                 fetched.len(),
-                run.len()
+                pages.len()
             )));
         }
-        let r = self.copy_bytes(i, start, &fetched);
+        let mut r = Ok(Copied::All);
+        let mut k = 0;
+        while k < pages.len() {
+            let mut j = k + 1;
+            while j < pages.len() && pages[j].0 == pages[j - 1].0 + PAGE {
+                j += 1;
+            }
+            r = self.copy_bytes(i, pages[k].0, &fetched[k * PAGE_SIZE..j * PAGE_SIZE]);
+            if !matches!(r, Ok(Copied::All)) {
+                break;
+            }
+            k = j;
+        }
         self.buf = fetched;
         r
     }

@@ -109,6 +109,22 @@ impl Missing {
         self.set.pages.get(addr).and_then(stored)
     }
 
+    /// Whether the page at `addr` was a zero page at the dump and nothing was placed there
+    /// since (by this daemon; the process may have faulted it in itself).
+    pub fn known_zero(&self, addr: u64) -> bool {
+        self.region(addr)
+            .is_some_and(|i| !self.regions[i].is_done(addr))
+            && !self.moved.contains_key(&addr)
+            && self.set.pages.get(addr) == Some(PageRef::Zero)
+    }
+
+    /// A zero page was placed at `addr`.
+    pub fn zero_placed(&mut self, addr: u64) {
+        if let Some(i) = self.region(addr) {
+            self.regions[i].set_done(addr);
+        }
+    }
+
     /// The page at `addr` is no longer missing (copied in, or its memory went away).
     pub fn remove(&mut self, addr: u64) {
         if self.moved.remove(&addr).is_some() {
@@ -253,6 +269,17 @@ mod tests {
         assert_eq!(m.first(10), vec![(0x2000, id(2))]);
         m.remove(0x2000);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn known_zero_pages_are_placed_once() {
+        let s = set_with(&[(0x1000, PageRef::Zero), (0x2000, PageRef::Stored(id(2)))]);
+        let mut m = Missing::new(s, &[(0x1000, 0x3000)]);
+        assert!(m.known_zero(0x1000));
+        assert!(!m.known_zero(0x2000));
+        m.zero_placed(0x1000);
+        assert!(!m.known_zero(0x1000));
+        assert_eq!(m.left(), 1, "zero pages are not counted as missing");
     }
 
     #[test]

@@ -1,0 +1,261 @@
+//! `haul bench lazy`: post-copy restore of a real process, measured against an eager restore
+//! of the same image set (DESIGN.md §4 "This VM": prewarm, medians, side by side).
+//!
+//! A `memwriter` of `mib` MiB is dumped once into a store. Then, `runs` times each:
+//! - an eager restore (its time to running is the reference);
+//! - a lazy restore that pushes at once (`idle_push` 0): time to running, time until every
+//!   page is resident;
+//! - a lazy restore that waits (`idle_push` long) while the process walks its whole region
+//!   (its checksum): every page arrives by a fault and its prefetch; fault service latency.
+//!
+//! Every restored process must report the region checksum it had before the dump, or the
+//! benchmark fails. Restored processes get any free PID and are killed and reaped after.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{restore_lazy, LazyOptions, StoreSource};
+use crate::dump::bench::{build, median, prewarm, Target};
+use crate::dump::{dump_to_store, DumpOptions};
+use crate::restore::{PidChoice, RestoreOptions};
+use crate::store::Store;
+
+type BoxErr = Box<dyn std::error::Error + Send + Sync>;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Work directory (store, fixture binary); created, and removed afterwards.
+    pub dir: PathBuf,
+    /// Where `memwriter.c` is.
+    pub fixtures: PathBuf,
+    pub mib: u64,
+    /// Repetitions (medians are reported).
+    pub runs: u32,
+    /// Pages copied after each faulting page.
+    pub prefetch: u32,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            dir: PathBuf::from("/tmp/haul-bench-lazy"),
+            fixtures: PathBuf::from("fixtures"),
+            mib: 1024,
+            runs: 3,
+            prefetch: 16,
+        }
+    }
+}
+
+/// One repetition.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LazyRun {
+    pub eager_time_to_running_us: u64,
+    /// Push at once.
+    pub push_time_to_running_us: u64,
+    pub push_all_resident_us: u64,
+    /// Every page by fault (and prefetch).
+    pub fault_time_to_running_us: u64,
+    pub faults: u64,
+    pub fault_p50_us: u64,
+    pub fault_p99_us: u64,
+    pub prefetched: u64,
+}
+
+/// The figures of `haul bench lazy`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BenchReport {
+    pub mib: u64,
+    pub pages_lazy: u64,
+    pub prefetch: u32,
+    pub runs: Vec<LazyRun>,
+    pub median_eager_time_to_running_us: u64,
+    pub median_lazy_time_to_running_us: u64,
+    pub median_all_resident_us: u64,
+    pub median_fault_p50_us: u64,
+    pub median_fault_p99_us: u64,
+}
+
+/// Runs the benchmark; see the module documentation.
+pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, crate::Error> {
+    let r = run_inner(o).map_err(|e| crate::Error::Usage(format!("bench lazy: {e}")));
+    let _ = std::fs::remove_dir_all(&o.dir);
+    r
+}
+
+fn run_inner(o: &BenchOptions) -> Result<BenchReport, BoxErr> {
+    let _ = std::fs::remove_dir_all(&o.dir);
+    std::fs::create_dir_all(&o.dir)?;
+    // Restored processes are re-parented: to us, so that we can reap them.
+    nix::sys::prctl::set_child_subreaper(true)?;
+    let memwriter = build(&o.fixtures, "memwriter", &o.dir)?;
+    let store = Arc::new(Store::open_or_create(&o.dir.join("store"))?);
+    let report = o.dir.join("mw.report");
+    let mut mw = Target::start(
+        Command::new(&memwriter).args([
+            o.mib.to_string(),
+            "0".into(),
+            report.display().to_string(),
+        ]),
+        &o.dir.join("mw.log"),
+    )?;
+    let before = checksum(mw.pid, &report)?;
+    let dopts = DumpOptions {
+        leave_running: false,
+        ..Default::default()
+    };
+    let set = Arc::new(dump_to_store(mw.pid, &store, "bench-lazy", &dopts, Some(1))?.set);
+    mw.stop();
+    let ropts = RestoreOptions {
+        pid: PidChoice::Any,
+        ..Default::default()
+    };
+    let mut rep = BenchReport {
+        mib: o.mib,
+        prefetch: o.prefetch,
+        ..Default::default()
+    };
+    for _ in 0..o.runs {
+        let mut run = LazyRun::default();
+        prewarm((2 * o.mib) << 20);
+        let eager = crate::restore::restore(&set, &*store, &ropts)?;
+        run.eager_time_to_running_us = eager.time_to_running;
+        let r = Reaped(eager.pid);
+        expect(checksum(r.0, &report)?, &before, "eager")?;
+        drop(r);
+
+        prewarm((2 * o.mib) << 20);
+        let lopts = LazyOptions {
+            idle_push: Duration::ZERO,
+            prefetch: o.prefetch,
+            ..Default::default()
+        };
+        let src = Box::new(StoreSource::new(store.clone()));
+        let lr = restore_lazy(&set, &*store, src, &ropts, &lopts)?;
+        run.push_time_to_running_us = lr.outcome.time_to_running;
+        rep.pages_lazy = lr.pages_lazy;
+        let r = Reaped(lr.pid());
+        let l = lr.wait()?;
+        run.push_all_resident_us = l.time_to_all_resident;
+        expect(checksum(r.0, &report)?, &before, "lazy, pushed")?;
+        drop(r);
+
+        prewarm((2 * o.mib) << 20);
+        let lopts = LazyOptions {
+            idle_push: Duration::from_secs(2),
+            prefetch: o.prefetch,
+            ..Default::default()
+        };
+        let src = Box::new(StoreSource::new(store.clone()));
+        let lr = restore_lazy(&set, &*store, src, &ropts, &lopts)?;
+        run.fault_time_to_running_us = lr.outcome.time_to_running;
+        let r = Reaped(lr.pid());
+        // The checksum walks the region: every page by fault.
+        expect(checksum(r.0, &report)?, &before, "lazy, by faults")?;
+        let l = lr.wait()?;
+        run.faults = l.faults_served;
+        run.fault_p50_us = l.fault_latency_p50;
+        run.fault_p99_us = l.fault_latency_p99;
+        run.prefetched = l.pages_prefetched;
+        drop(r);
+        rep.runs.push(run);
+    }
+    let med = |f: fn(&LazyRun) -> u64| median(rep.runs.iter().map(f).collect());
+    rep.median_eager_time_to_running_us = med(|r| r.eager_time_to_running_us);
+    rep.median_lazy_time_to_running_us = med(|r| r.push_time_to_running_us);
+    rep.median_all_resident_us = med(|r| r.push_all_resident_us);
+    rep.median_fault_p50_us = med(|r| r.fault_p50_us);
+    rep.median_fault_p99_us = med(|r| r.fault_p99_us);
+    Ok(rep)
+}
+
+fn expect(got: String, want: &str, what: &str) -> Result<(), BoxErr> {
+    if got != want {
+        return Err(format!(
+            "{what}: the restored memwriter's checksum is {got}, it was {want} before the dump"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A restored process: killed and reaped when dropped.
+struct Reaped(i32);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+}
+
+/// The memwriter's region checksum: SIGUSR1, then its report file.
+fn checksum(pid: i32, report: &Path) -> Result<String, BoxErr> {
+    let _ = std::fs::remove_file(report);
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut sent = Instant::now() - Duration::from_secs(1);
+    loop {
+        if sent.elapsed() >= Duration::from_millis(500) {
+            // Sent again: a signal that came before the handler was back would be lost.
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGUSR1,
+            )?;
+            sent = Instant::now();
+        }
+        if let Ok(s) = std::fs::read_to_string(report) {
+            if let Some(c) = s.split_whitespace().nth(1) {
+                return Ok(c.to_string());
+            }
+        }
+        if Instant::now() > end {
+            return Err(format!("pid {pid} never wrote its checksum").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The report as text.
+pub fn report_text(r: &BenchReport) -> String {
+    let mut s = format!(
+        "lazy restore of a {} MiB memwriter ({} pages left lazy, prefetch {}), medians of {} runs\n",
+        r.mib,
+        r.pages_lazy,
+        r.prefetch,
+        r.runs.len()
+    );
+    let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
+    s += &format!(
+        "  time to running     lazy {}   (eager {})\n",
+        ms(r.median_lazy_time_to_running_us),
+        ms(r.median_eager_time_to_running_us)
+    );
+    s += &format!(
+        "  all pages resident  {} (pushed from the start)\n",
+        ms(r.median_all_resident_us)
+    );
+    s += &format!(
+        "  fault service       p50 {} us, p99 {} us (every page by fault and prefetch)\n",
+        r.median_fault_p50_us, r.median_fault_p99_us
+    );
+    for (i, run) in r.runs.iter().enumerate() {
+        s += &format!(
+            "  run {}: eager {}, lazy {} / {} to running; all resident {}; {} faults \
+             (p50 {} us, p99 {} us), {} prefetched\n",
+            i + 1,
+            ms(run.eager_time_to_running_us),
+            ms(run.push_time_to_running_us),
+            ms(run.fault_time_to_running_us),
+            ms(run.push_all_resident_us),
+            run.faults,
+            run.fault_p50_us,
+            run.fault_p99_us,
+            run.prefetched
+        );
+    }
+    s
+}
