@@ -711,3 +711,56 @@ fn a_non_root_target_is_tracked_with_a_user_mode_only_uffd() {
     assert_eq!(tracking_left(d.pid()), (0, 0));
     d.cmd("w 1");
 }
+
+/// The hot-first push of a lazy restore counts each page's writes over the pre-dumps: pages
+/// written again in later rounds (or in the final dump) come before those written once, and the
+/// lazily restored process has the memory it had at the final dump.
+#[test]
+fn hot_first_push_counts_writes_over_the_predumps_and_restores_exactly() {
+    use haul::lazy::{restore_lazy, LazyOptions, LazySource, PushOrder, StoreSource};
+    use std::sync::Arc;
+    adopt_orphans();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_or_create(&tmp.path().join("store")).unwrap());
+    let mut d = Dirtier::start(tmp.path(), 256);
+    let opts = popts(TrackerKind::UffdWp);
+    let mut pc = Precopy::start(d.pid(), &store, "dirtier", &opts, &kill_opts()).unwrap();
+    three_rounds(&mut d, &mut pc, &store);
+    d.cmd("w 9 10");
+    let sum = d.cmd("sum").sum;
+    let (dumped, _) = pc.final_dump(&kill_opts()).unwrap();
+    d.run.child.wait().unwrap();
+    let set = Arc::new(dumped.set);
+
+    let counts = StoreSource::new(store.clone())
+        .dirty_counts(&set.id)
+        .expect("a set after pre-dumps has a dirty history");
+    let at = |i: u64| counts.get(&(d.addr + i * PAGE)).copied().unwrap_or(0);
+    for hot in [3, 4, 40, 200, 7, 9, 10] {
+        assert_eq!(
+            at(hot),
+            2,
+            "page {hot}: written in the first round and once more"
+        );
+    }
+    for cold in [0, 1, 8, 100, 255] {
+        assert_eq!(at(cold), 1, "page {cold}: written in the first round only");
+    }
+
+    let lopts = LazyOptions {
+        idle_push: Duration::ZERO,
+        order: PushOrder::HotFirst,
+        ..Default::default()
+    };
+    let src = Box::new(StoreSource::new(store.clone()));
+    let lr = restore_lazy(&set, &*store, src, &RestoreOptions::default(), &lopts).unwrap();
+    let pid = lr.pid();
+    let rep = lr.wait().unwrap();
+    assert_eq!(rep.push_order, "hot-first");
+    assert!(rep.pages_pushed > 200, "{rep:?}");
+    let mut seq = d.seq;
+    let ack = send_cmd(pid, tmp.path(), "sum", &mut seq);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = waitpid(Pid::from_raw(pid), None);
+    assert_eq!(ack.sum, sum);
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::missing::Missing;
-use super::{LazyError, LazyOptions, LazySource};
+use super::{LazyError, LazyOptions, LazySource, PushOrder};
 use crate::image::{ImageSet, PageId, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
@@ -107,6 +107,7 @@ struct Stats {
     latencies: Vec<u64>,
     prefetched: u64,
     pushed: u64,
+    push_order: String,
     /// Time the push spent copying in, and waiting for the source's stream.
     push_copy: std::time::Duration,
     push_wait: std::time::Duration,
@@ -172,6 +173,10 @@ impl Daemon {
             pages_pushed: self.stats.pushed,
             time_to_all_resident: crate::util::us(self.start.elapsed()),
             bytes_network: self.source.bytes_network(),
+            push_order: match std::mem::take(&mut self.stats.push_order) {
+                o if o.is_empty() => "none (every page came by fault)".into(),
+                o => o,
+            },
             source_lost: None,
         };
         match r {
@@ -417,7 +422,8 @@ impl Daemon {
                 .first()
                 .filter(|s| !s.dead && !s.pending.is_empty())
             {
-                let pages = sp.pending.all();
+                let mut pages = sp.pending.all();
+                self.stats.push_order = self.order(&mut pages);
                 if let Some(st) = self.source.stream(&self.set, pages) {
                     self.stream = Stream::Running { st, partial: None };
                 }
@@ -454,6 +460,27 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Puts `pages` (address order) in the push order of the job; returns the order used.
+    fn order(&mut self, pages: &mut [(u64, PageId)]) -> String {
+        if self.opts.order != PushOrder::HotFirst {
+            return "address".into();
+        }
+        match self.source.dirty_counts(&self.set) {
+            Some(counts) => {
+                // Stable: equally hot pages stay in address order (and in long runs).
+                pages.sort_by_key(|(a, _)| std::cmp::Reverse(counts.get(a).copied().unwrap_or(0)));
+                "hot-first".into()
+            }
+            None => {
+                tracing::info!(
+                    pid = self.pid,
+                    "hot-first push: no pre-dump history to go by, pushing in address order"
+                );
+                "address (no pre-dump history to go by)".into()
+            }
+        }
     }
 
     /// Copies the pages of a streamed batch from its `from`th on that space `i` still misses,
@@ -500,8 +527,8 @@ impl Daemon {
         Ok(None)
     }
 
-    /// Pushes the next `push_pages` missing pages (address order; hot-first has no dirty
-    /// counts to go by yet) of the first space that has any, fetched from the source.
+    /// Pushes the next `push_pages` missing pages in address order (after the stream, or for
+    /// a source without one, or a forked child) of the first space that has any.
     fn push_chunk(&mut self) -> Result<(), Fatal> {
         let Some(i) = self
             .spaces

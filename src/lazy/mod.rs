@@ -50,8 +50,9 @@ pub enum PushOrder {
     /// Ascending addresses.
     #[default]
     Address,
-    /// Most often dirtied first. Needs pre-copy's dirty counts, which image sets do not carry
-    /// yet: falls back to [`PushOrder::Address`].
+    /// Most often dirtied over the pre-dumps first (counted from the set's chain of pre-dumps
+    /// in the store). Without that history (no pre-dumps, or a page server as the source):
+    /// address order, and the report says so.
     HotFirst,
 }
 

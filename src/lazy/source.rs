@@ -1,8 +1,9 @@
 //! Where the daemon gets pages: the local store, or a page server (`crate::xfer::Client`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::image::{PageId, PAGE_SIZE};
+use crate::image::{PageId, PageRef, SetKind, PAGE_SIZE};
 use crate::store::{PageStream, Store};
 
 /// Why a page source could not deliver. Either way the daemon kills the process: it must never
@@ -32,6 +33,13 @@ pub trait LazySource: Send {
     /// Bytes received over the network so far (0 for local sources).
     fn bytes_network(&self) -> u64 {
         0
+    }
+
+    /// How often each page of set `set` was written over the pre-dumps that led to it (for
+    /// the hot-first push): address → count. `None` when the source cannot tell.
+    fn dirty_counts(&mut self, set: &str) -> Option<HashMap<u64, u32>> {
+        let _ = set;
+        None
     }
 
     /// Starts reading `pages` of set `set` in the background, in the order given, for the
@@ -74,5 +82,37 @@ impl LazySource for StoreSource {
 
     fn stream(&mut self, set: &str, pages: Vec<(u64, PageId)>) -> Option<PageStream> {
         Some(self.store.stream_pages(set, pages))
+    }
+
+    /// Walks the set's chain of pre-dumps: each holds the pages written since the one before
+    /// (the first, every page), and a page of the final dump that differs from the last
+    /// pre-dump's was written once more.
+    fn dirty_counts(&mut self, set: &str) -> Option<HashMap<u64, u32>> {
+        let last = self.store.load_set(set).ok()?;
+        let mut counts: HashMap<u64, u32> = HashMap::new();
+        let mut latest: HashMap<u64, PageRef> = HashMap::new();
+        let mut parent = last.parent.clone();
+        let mut any = false;
+        while let Some(p) = parent {
+            let s = self.store.load_set(&p).ok()?;
+            if s.kind != SetKind::PreDump {
+                break;
+            }
+            any = true;
+            for (a, r) in s.pages.iter() {
+                *counts.entry(a).or_default() += 1;
+                latest.entry(a).or_insert(r);
+            }
+            parent = s.parent.clone();
+        }
+        if !any {
+            return None;
+        }
+        for (a, r) in last.pages.iter() {
+            if latest.get(&a) != Some(&r) {
+                *counts.entry(a).or_default() += 1;
+            }
+        }
+        Some(counts)
     }
 }

@@ -170,6 +170,9 @@ pub struct LazyReport {
     pub pages_pushed: u64,
     pub time_to_all_resident: u64,
     pub bytes_network: u64,
+    /// Order the push went in: `hot-first` (most often dirtied in the pre-dumps first) or
+    /// `address` (asked for, or no pre-dump history to go by: then it says so).
+    pub push_order: String,
     /// Set when the page source was lost and the process was killed.
     pub source_lost: Option<String>,
 }
@@ -385,12 +388,13 @@ pub fn render(r: &RunReport) -> String {
     if let Some(l) = &r.lazy {
         let _ = writeln!(
             s,
-            "  lazy: faults {}  p50 {}  p99 {}  prefetched {}  pushed {}  all resident after {}",
+            "  lazy: faults {}  p50 {}  p99 {}  prefetched {}  pushed {} ({})  all resident after {}",
             l.faults_served,
             human_us(l.fault_latency_p50),
             human_us(l.fault_latency_p99),
             l.pages_prefetched,
             l.pages_pushed,
+            l.push_order,
             human_us(l.time_to_all_resident)
         );
         if let Some(why) = &l.source_lost {
