@@ -267,3 +267,153 @@ fn lazy_figures_1gib() {
         );
     }
 }
+
+// ---- lazy final dump (dump.lazy): the pages stay in the frozen source, which serves them ----
+
+use common::{proc_state, tracer_pid};
+use haul::dump::{dump_to_store_lazy, serve_frozen, SourceEndKind};
+use haul::image::PageRef;
+use haul::xfer::{PageServer, RemoteSource, ServerOptions};
+use std::sync::atomic::AtomicBool;
+
+/// Stopped (`T`, or `t` for a ptrace stop) or traced: what a source must never be left as.
+fn assert_running_untraced(pid: i32) {
+    assert_eq!(tracer_pid(pid), Some(0), "pid {pid} is still traced");
+    let st = proc_state(pid).expect("source state");
+    assert!(
+        st != 'T' && st != 't' && st != 'Z',
+        "pid {pid} is in state {st}"
+    );
+}
+
+#[test]
+fn lazy_dump_serves_from_the_frozen_source_and_kills_it_once_every_page_is_resident() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, t, c) = paused_memwriter(dir.path(), 64);
+    let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
+    let server =
+        PageServer::bind_source("127.0.0.1:0", store.clone(), ServerOptions::default()).unwrap();
+    let (d, src) = dump_to_store_lazy(r.pid, &store, "test", &DumpOptions::default(), Some(1))
+        .unwrap_or_else(|e| panic!("lazy dump of pid {}: {e}", r.pid));
+    let set = d.set;
+    // The private anonymous pages are recorded by hash and were never written to the store.
+    let lazy: Vec<_> = set
+        .pages
+        .iter()
+        .filter_map(|(_, p)| match p {
+            PageRef::Lazy(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert!(lazy.len() > 10_000, "only {} lazy pages", lazy.len());
+    assert_eq!(set.figures.pages_lazy, lazy.len() as u64);
+    assert_eq!(d.stats.pages_lazy, lazy.len() as u64);
+    assert!(
+        lazy.iter().all(|id| !store.has_page(id)),
+        "a lazy page was written to the store"
+    );
+    assert!(
+        set.figures.bytes_new < 1 << 20,
+        "the lazy dump stored {} bytes",
+        set.figures.bytes_new
+    );
+    // Every lazy page lies in memory the lazy restore leaves to its daemon.
+    let ranges = haul::restore::lazy_ranges(&set, set.process.as_ref().unwrap());
+    for (a, p) in set.pages.iter() {
+        if matches!(p, PageRef::Lazy(_)) {
+            assert!(
+                ranges.iter().any(|&(s, e)| s <= a && a < e),
+                "lazy page {a:#x} outside the lazy ranges"
+            );
+        }
+    }
+    assert_ne!(tracer_pid(r.pid), Some(0), "the source is not held frozen");
+
+    let serving = server
+        .serve_source(set.clone(), Arc::new(src.reader()))
+        .unwrap();
+    let addr = serving.local_addr().to_string();
+    // The restore runs in a thread; this one holds the ptrace session and serves.
+    let report = dir.path().join("report");
+    let rep_path = report.clone();
+    let view = haul::xfer::lazy_view(&set);
+    let st = store.clone();
+    let restore = std::thread::spawn(move || {
+        let remote = Arc::new(RemoteSource::new(
+            &addr,
+            Vec::new(),
+            Duration::from_secs(10),
+        ));
+        let lr = restore_lazy(
+            &view,
+            &*st,
+            Box::new(remote.clone()),
+            &RestoreOptions {
+                pid: haul::restore::PidChoice::Any,
+                ..Default::default()
+            },
+            &opts(300),
+        )
+        .unwrap_or_else(|e| panic!("lazy restore from the frozen source: {e}"));
+        let guard = Restored(lr.pid());
+        let (t3, c3) = memwriter_report(lr.pid(), &rep_path, t);
+        let rep = lr.wait().unwrap_or_else(|e| panic!("daemon: {e}"));
+        assert_eq!(rep.source_lost, None);
+        assert!(rep.bytes_network > 0);
+        // What the daemon will call: says Done, the source is killed.
+        let mut src: Box<dyn LazySource> = Box::new(remote);
+        src.finished(&view.id)
+            .unwrap_or_else(|e| panic!("Done: {e}"));
+        (guard, t3, c3)
+    });
+    let end = serve_frozen(
+        src,
+        &serving,
+        Duration::from_secs(10),
+        &AtomicBool::new(false),
+    );
+    let (guard, t3, c3) = restore.join().expect("restore thread");
+    assert_eq!(end.kind, SourceEndKind::Killed, "{end:?}");
+    assert!(t3 > t);
+    assert_eq!(
+        c3, c,
+        "64 MiB region differs after a lazy restore from the frozen source"
+    );
+    // The source is gone (killed, reaped here as its parent); the restored copy runs on.
+    let st = r.child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL)
+    );
+    assert!(alive(guard.0));
+    let (_, c4) = memwriter_report(guard.0, &report, t3);
+    assert_eq!(c4, c);
+}
+
+#[test]
+fn lazy_dump_source_resumes_when_no_restore_connects() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (r, t, _) = paused_memwriter(dir.path(), 16);
+    let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
+    let server =
+        PageServer::bind_source("127.0.0.1:0", store.clone(), ServerOptions::default()).unwrap();
+    let (d, src) =
+        dump_to_store_lazy(r.pid, &store, "test", &DumpOptions::default(), Some(1)).unwrap();
+    assert!(d.set.figures.pages_lazy > 0);
+    let serving = server.serve_source(d.set, Arc::new(src.reader())).unwrap();
+    let end = serve_frozen(
+        src,
+        &serving,
+        Duration::from_millis(500),
+        &AtomicBool::new(false),
+    );
+    assert_eq!(end.kind, SourceEndKind::Thawed, "{end:?}");
+    assert!(end.detail.contains("no restore connected"), "{end:?}");
+    assert_running_untraced(r.pid);
+    // It goes on: its ticks advance.
+    let (t2, _) = memwriter_report(r.pid, &dir.path().join("report"), t);
+    assert!(t2 > t);
+    assert_running_untraced(r.pid);
+}

@@ -169,6 +169,13 @@ impl Frozen {
         }
     }
 
+    /// Gives the main thread its registers back and unmaps the scratch page (dropping the
+    /// injector) while every thread stays stopped: a lazy dump's source is then as it was
+    /// before the dump, only stopped, so a thaw or the worker's death resumes it intact.
+    pub fn settle(&mut self) {
+        self.drop_injector();
+    }
+
     /// Lets every thread go on: registers restored, scratch unmapped, held signals sent again,
     /// `PTRACE_DETACH` (which restarts interrupted syscalls).
     pub fn thaw(mut self) -> Result<(), DumpError> {
