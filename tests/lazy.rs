@@ -417,3 +417,71 @@ fn lazy_dump_source_resumes_when_no_restore_connects() {
     assert!(t2 > t);
     assert_running_untraced(r.pid);
 }
+
+#[test]
+fn haul_dump_lazy_resumes_the_source_when_the_restore_disconnects_before_done() {
+    use std::io::BufRead;
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (r, t, _) = paused_memwriter(dir.path(), 16);
+    let store_dir = dir.path().join("store");
+    let mut child = common::haul()
+        .args(["dump", "--pid", &r.pid.to_string(), "--lazy", "--json"])
+        .args(["--source-timeout", "1s", "--name", "mw", "--store"])
+        .arg(&store_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("no dump line").unwrap()).unwrap();
+    let set_id = first["set"].as_str().unwrap().to_string();
+    let addr = first["serving"].as_str().unwrap().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{first}");
+    assert!(
+        first["figures"]["pages_lazy"].as_u64().unwrap() > 0,
+        "{first}"
+    );
+    assert_eq!(tracer_pid(r.pid).map(|p| p != 0), Some(true), "not frozen");
+    // A restore fetches some lazy pages from the frozen source, then goes away.
+    {
+        let store = Store::open(&store_dir).unwrap();
+        let set = store.load_set(&set_id).unwrap();
+        let pages: Vec<(u64, PageId)> = set
+            .pages
+            .iter()
+            .filter_map(|(a, p)| match p {
+                PageRef::Lazy(id) => Some((a, id)),
+                _ => None,
+            })
+            .take(64)
+            .collect();
+        let mut c = haul::xfer::Client::connect(&addr, b"", Duration::from_secs(5)).unwrap();
+        let mut out = Vec::new();
+        c.pages(&set_id, &pages, &mut out)
+            .unwrap_or_else(|e| panic!("pages from the frozen source: {e}"));
+        assert_eq!(out.len(), 64 * 4096);
+    }
+    let second: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("no end line").unwrap()).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "a rolled-back lazy dump must fail");
+    assert_eq!(second["source"]["kind"], "thawed", "{second}");
+    assert!(
+        second["source"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("connection was lost"),
+        "{second}"
+    );
+    assert_running_untraced(r.pid);
+    let (t2, _) = memwriter_report(r.pid, &dir.path().join("report"), t);
+    assert!(t2 > t);
+    // Its lazy pages are gone with the freeze: the set is removed.
+    let store = Store::open(&store_dir).unwrap();
+    assert!(
+        store.load_set(&set_id).is_err(),
+        "rolled-back set still listed"
+    );
+}

@@ -50,6 +50,7 @@ pub fn checkpoint(
         level: level(job.spec.store.compression),
         fail_at: crate::dump::Step::from_env().map(|s| s.name().to_string()),
         parent: std::process::id() as i32,
+        lazy: None,
         predump: job.spec.predump.as_ref().map(|p| PredumpRequest {
             interval_us: crate::util::us(p.interval.0),
             max_iterations: p.max_iterations,
