@@ -403,7 +403,7 @@ pub(crate) fn dump_planned(
     let kept = if opts.lazy {
         // Neither thawed nor killed: the caller serves the lazy pages from it. Dropping the
         // guard (any error below) thaws it.
-        frozen.settle();
+        ctx.step(Step::Resume, || frozen.settle())?;
         Some(frozen)
     } else if opts.leave_running {
         ctx.step(Step::Resume, || frozen.thaw())?;
