@@ -485,3 +485,106 @@ fn haul_dump_lazy_resumes_the_source_when_the_restore_disconnects_before_done() 
         "rolled-back set still listed"
     );
 }
+
+/// `haul dump --pid PID --lazy --json ...` of `pid` into `store`: the child, its stdout lines,
+/// and the first line (the dump).
+fn haul_dump_lazy(
+    pid: i32,
+    store: &Path,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    serde_json::Value,
+) {
+    use std::io::BufRead;
+    let mut child = common::haul()
+        .args(["dump", "--pid", &pid.to_string(), "--lazy", "--json"])
+        .args(["--name", "mw", "--store"])
+        .arg(store)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("no dump line").unwrap()).unwrap();
+    (child, lines, first)
+}
+
+#[test]
+fn haul_dump_lazy_then_haul_restore_from_it_migrates_a_64mib_memwriter() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, t, c) = paused_memwriter(dir.path(), 64);
+    let store = dir.path().join("store");
+    let (mut dump, mut lines, first) = haul_dump_lazy(r.pid, &store, &[]);
+    let set = first["set"].as_str().unwrap().to_string();
+    let addr = first["serving"].as_str().unwrap().to_string();
+    assert!(
+        first["figures"]["pages_lazy"].as_u64().unwrap() > 10_000,
+        "{first}"
+    );
+    // The restore runs from the worker's server, under another PID.
+    let restore = common::haul()
+        .args(["restore", &set, "--lazy", "--pid", "any", "--from", &addr])
+        .args(["--idle-push", "300ms", "--store"])
+        .arg(dir.path().join("elsewhere"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = restore.wait_with_output().unwrap();
+    assert!(out.status.success(), "haul restore --lazy --from {addr}");
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("restored pid");
+    let guard = Restored(pid);
+    assert_ne!(pid, r.pid);
+    // Every page is resident: the restore said Done, the source was killed.
+    let end: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("no end line").unwrap()).unwrap();
+    assert_eq!(end["source"]["kind"], "killed", "{end}");
+    assert_eq!(dump.wait().unwrap().code(), Some(0));
+    let st = r.child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL)
+    );
+    let (t2, c2) = memwriter_report(guard.0, &dir.path().join("report"), t);
+    assert!(t2 > t);
+    assert_eq!(c2, c, "64 MiB region differs after the migration");
+}
+
+#[test]
+fn killing_haul_dump_lazy_or_its_worker_resumes_the_source() {
+    adopt_orphans();
+    for victim in ["haul", "worker"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, t, _) = paused_memwriter(dir.path(), 16);
+        let (mut dump, _lines, _) = haul_dump_lazy(
+            r.pid,
+            &dir.path().join("store"),
+            &["--source-timeout", "60s"],
+        );
+        assert_ne!(tracer_pid(r.pid), Some(0), "not frozen");
+        let who = match victim {
+            "haul" => dump.id() as i32,
+            _ => tracer_pid(r.pid).unwrap(),
+        };
+        send_signal(who, "KILL");
+        let ok = wait_for(Duration::from_secs(10), || {
+            tracer_pid(r.pid) == Some(0) && !matches!(proc_state(r.pid), Some('T' | 't'))
+        });
+        assert!(ok, "{victim} killed: the source stays stopped or traced");
+        let _ = dump.kill();
+        let _ = dump.wait();
+        assert_running_untraced(r.pid);
+        let (t2, _) = memwriter_report(r.pid, &dir.path().join("report"), t);
+        assert!(t2 > t, "{victim} killed: the source does not run on");
+    }
+}

@@ -319,6 +319,14 @@ fn spawn_worker(exe: &Path, req: &CheckpointRequest) -> Result<Spawned, DumpErro
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     crate::sys::spawn::close_inherited_fds(&mut cmd);
+    if req.lazy.is_some() {
+        // A lazy worker serves a source whose restored copy may be running: it must roll back
+        // only when the haul that asked says so (after ending that copy) or dies, never on a
+        // terminal's SIGINT to the whole group, which would thaw the source while the copy
+        // runs on. Its own process group keeps such signals away.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
     let mut child = cmd.spawn().map_err(|e| {
         DumpError::Worker(format!(
             "cannot start the checkpoint worker {}: {e}",
