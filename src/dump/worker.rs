@@ -360,8 +360,8 @@ fn spawn_worker(exe: &Path, req: &CheckpointRequest) -> Result<Spawned, DumpErro
 }
 
 impl Spawned {
-    /// Waits for the first answer line, forwarding `stop` to the worker (SIGUSR1); None when
-    /// the worker ended without one (then its exit status).
+    /// Waits for the first answer line, forwarding `stop` to the worker (SIGUSR1); an error
+    /// naming its exit status when the worker ended without one.
     fn first_answer(&mut self, stop: &AtomicBool) -> Result<Answer, DumpError> {
         let mut asked_to_stop = false;
         loop {
