@@ -391,6 +391,21 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
         }
     }
     write_frame(&mut w, kind::HELLO_OK, &version.to_le_bytes()).map_err(|e| e.to_string())?;
+    if sh.source.is_some() {
+        // A restore's daemon may be silent for a long time (no faults before its idle push)
+        // and still be there: closing its connection would make the source look abandoned
+        // and thaw it while the restored copy runs. Once it said hello, only a dead peer ends
+        // its connection; keepalive finds one within about 11 s.
+        let _ = stream.set_read_timeout(None);
+        if let Err(e) = crate::sys::net::set_tcp_keepalive(
+            &stream,
+            Duration::from_secs(5),
+            Duration::from_secs(2),
+            3,
+        ) {
+            tracing::warn!("page server: {e}");
+        }
+    }
     let _client = sh.source.as_ref().map(|s| {
         let _ = s.events.send(SourceEvent::Connected);
         ClientGuard(&s.events)
