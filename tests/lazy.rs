@@ -588,3 +588,48 @@ fn killing_haul_dump_lazy_or_its_worker_resumes_the_source() {
         assert!(t2 > t, "{victim} killed: the source does not run on");
     }
 }
+
+#[test]
+fn haul_dump_lazy_refuses_bad_flags_before_freezing_anything() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = paused_memwriter(dir.path(), 4);
+    let pid = r.pid.to_string();
+    let store = dir.path().join("store");
+    let run = |extra: &[&str]| {
+        common::haul()
+            .args(["dump", "--pid", &pid, "--store"])
+            .arg(&store)
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--lazy", "--leave-running"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not loopback, no token: refused before the process is touched.
+    let out = run(&["--lazy", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a token file is required"), "{err}");
+    assert_running_untraced(r.pid);
+    assert!(
+        Store::open(&store)
+            .unwrap()
+            .list_sets(None)
+            .unwrap()
+            .is_empty(),
+        "a set was written"
+    );
+    let help = common::haul().args(["dump", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--lazy") && help.contains("--source-timeout"),
+        "{help}"
+    );
+}
