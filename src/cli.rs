@@ -240,11 +240,31 @@ pub struct DumpArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Let the process go on after the dump (periodic checkpoint).
-    #[arg(long, required_unless_present = "kill", conflicts_with = "kill")]
+    #[arg(long, required_unless_present_any = ["kill", "lazy"], conflicts_with = "kill")]
     pub leave_running: bool,
     /// Kill the process once it is dumped (migration: restore it elsewhere).
     #[arg(long)]
     pub kill: bool,
+    /// Lazy final dump (post-copy migration): the pages of private anonymous memory are not
+    /// written to the store but recorded by hash, and the process stays frozen while haul
+    /// serves them (and the stored rest) as a page server. Prints the set and the address,
+    /// then serves until `haul restore SET --lazy --pid any --from ADDR` has every page
+    /// resident (then the process is killed) or no restore is connected for
+    /// --source-timeout (then the process resumes, the migration rolled back, and the set is
+    /// removed; exit 1). Only haul restores of this version or later can be served.
+    #[arg(long, conflicts_with_all = ["leave_running", "kill"])]
+    pub lazy: bool,
+    /// With --lazy: address to serve on [default: 127.0.0.1:0, loopback with a free port];
+    /// anything but loopback requires --token-file.
+    #[arg(long, value_name = "ADDR", requires = "lazy")]
+    pub listen: Option<String>,
+    /// With --lazy: a file holding the token restores must present.
+    #[arg(long, value_name = "FILE", requires = "lazy")]
+    pub token_file: Option<PathBuf>,
+    /// With --lazy: no restore connected for this long (it never came, or its connection was
+    /// lost), the process resumes [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "lazy")]
+    pub source_timeout: Option<std::time::Duration>,
     /// `zstd:<1..19>` or `none`.
     #[arg(long, default_value = "zstd:3", value_parser = parse_compression)]
     pub compression: haul::job::Compression,

@@ -441,11 +441,28 @@ fn level(c: haul::job::Compression) -> Option<i32> {
 
 fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
     use haul::util::{human_bytes, human_us};
-    let name = match args.name {
-        Some(n) => n,
+    let name = match &args.name {
+        Some(n) => n.clone(),
         None => default_job_name(args.pid),
     };
     let store = haul::store::Store::open_or_create(&args.store.store)?;
+    let lazy = if args.lazy {
+        let token = args
+            .token_file
+            .as_deref()
+            .map(haul::xfer::read_token_file)
+            .transpose()?;
+        Some(haul::dump::worker::LazyServeRequest {
+            listen: args.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into()),
+            token,
+            source_timeout_us: haul::util::us(
+                args.source_timeout
+                    .unwrap_or(std::time::Duration::from_secs(10)),
+            ),
+        })
+    } else {
+        None
+    };
     let req = haul::dump::worker::CheckpointRequest {
         pid: args.pid,
         store: store.path().to_path_buf(),
@@ -455,6 +472,7 @@ fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
         level: level(args.compression),
         fail_at: haul::dump::Step::from_env().map(|s| s.name().to_string()),
         parent: std::process::id() as i32,
+        lazy,
         predump: args
             .predump
             .filter(|n| *n > 0)
@@ -474,6 +492,9 @@ fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, std::sync::Arc::clone(&stop));
+    }
+    if req.lazy.is_some() {
+        return lazy_dump_cmd(&args, &exe, &req, &store, &stop);
     }
     let o = haul::dump::worker::checkpoint_in_worker(&exe, &req, &stop)?;
     if o.interrupted {
@@ -537,6 +558,89 @@ fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
         }
     }
     Ok(exit::OK)
+}
+
+/// `haul dump --pid PID --lazy`: the worker dumps, answers the set and the address, and serves
+/// the frozen process until a restore has every page (killed: exit 0) or none is connected
+/// for the source timeout (resumed, rolled back: exit 1). SIGINT/SIGTERM roll back too.
+fn lazy_dump_cmd(
+    args: &cli::DumpArgs,
+    exe: &std::path::Path,
+    req: &haul::dump::worker::CheckpointRequest,
+    store: &haul::store::Store,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<u8, Error> {
+    use haul::util::{human_bytes, human_us};
+    let flush = || {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    };
+    let (o, worker) = haul::dump::worker::lazy_checkpoint_in_worker(exe, req, stop)?;
+    if o.interrupted {
+        return Err(haul::runner::RunError::Interrupted.into());
+    }
+    let addr = o.serve_addr.clone().unwrap_or_default();
+    let set = store.load_set(&o.set)?;
+    if args.json {
+        let v = serde_json::json!({
+            "set": set.id, "job": set.job, "pid": args.pid, "serving": addr,
+            "stats": o.stats, "figures": set.figures, "predump": o.predump,
+        });
+        out(&serde_json::to_string(&v).map_err(|e| Error::Usage(e.to_string()))?);
+    } else {
+        let f = &set.figures;
+        out(&set.id);
+        out(&format!("serving on {addr}"));
+        out(&format!(
+            "  pid {} frozen, serving its lazy pages: dump froze it for {} (memdump {}, write {}); {} pages: {} lazy, {} zero, {} stored ({} new)",
+            args.pid,
+            human_us(o.stats.frozen_time),
+            human_us(o.stats.memdump_time),
+            human_us(o.stats.memwrite_time),
+            f.pages,
+            f.pages_lazy,
+            f.pages_zero,
+            human_bytes(f.bytes_stored),
+            human_bytes(f.bytes_new)
+        ));
+        out(&format!(
+            "  restore it with: haul restore {} --lazy --pid any --from {addr}",
+            set.id
+        ));
+    }
+    flush();
+    let end = worker.wait(stop)?;
+    let killed = end.kind == haul::dump::SourceEndKind::Killed;
+    if args.json {
+        out(
+            &serde_json::to_string(&serde_json::json!({ "source": end }))
+                .map_err(|e| Error::Usage(e.to_string()))?,
+        );
+    } else {
+        let how = match end.kind {
+            haul::dump::SourceEndKind::Killed => "killed",
+            haul::dump::SourceEndKind::Thawed => "resumed",
+            haul::dump::SourceEndKind::Gone => "gone",
+        };
+        out(&format!(
+            "source {how} after {}: {}",
+            human_us(end.served_us),
+            end.detail
+        ));
+    }
+    flush();
+    if killed {
+        if let Some(k) = args.keep {
+            for p in store.prune(&set.job, k)? {
+                if !args.json {
+                    out(&format!("  pruned {p}"));
+                }
+            }
+        }
+        Ok(exit::OK)
+    } else {
+        Ok(exit::FAILED)
+    }
 }
 
 /// The tracker named on the command line (clap allows only these names).
@@ -617,6 +721,9 @@ fn lazy_restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
         source_timeout: args.source_timeout,
         ..Default::default()
     };
+    // With a page server: kept to say `Done` once every page is resident (a server serving a
+    // frozen source, `haul dump --lazy`, then kills it).
+    let mut remote = None;
     let (set, eager, lazy): (_, Box<dyn PageSource>, Box<dyn LazySource>) = match &args.from {
         Some(addr) => {
             let token = match &args.token_file {
@@ -624,13 +731,26 @@ fn lazy_restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
                 None => Vec::new(),
             };
             let eager = haul::xfer::RemoteSource::new(addr, token.clone(), args.source_timeout);
+            // A lazy dump's pages are served by its frozen source, which this server is then.
             let set = eager.manifest(&args.set)?;
-            let lazy = haul::xfer::RemoteSource::new(addr, token, args.source_timeout);
+            let lazy = Arc::new(haul::xfer::RemoteSource::new(
+                addr,
+                token,
+                args.source_timeout,
+            ));
+            remote = Some(lazy.clone());
             (set, Box::new(eager), Box::new(lazy))
         }
         None => {
             let store = Arc::new(haul::store::Store::open(&args.store.store)?);
             let set = store.load_set(&args.set)?;
+            if set.figures.pages_lazy > 0 {
+                return Err(Error::Usage(format!(
+                    "set {}: {} pages were left in the frozen source by a lazy dump (haul dump \
+                     --lazy): restore it with --from the address that dump serves on",
+                    set.id, set.figures.pages_lazy
+                )));
+            }
             let lazy = haul::lazy::StoreSource::new(store.clone());
             (set, Box::new(StoreArc(store)), Box::new(lazy))
         }
@@ -644,19 +764,34 @@ fn lazy_restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
         let _ = std::io::stdout().flush();
     }
     let rep = lr.wait()?;
+    let released = match (&rep.source_lost, &remote) {
+        (None, Some(r)) => Some(r.done(&set.id)),
+        _ => None,
+    };
+    let released_msg = match &released {
+        Some(Ok(m)) => Some(m.clone()),
+        _ => None,
+    };
     if args.json {
         let v = serde_json::json!({
             "set": set.id, "pid": pid, "time_to_running": ttr, "pages_lazy": pages_lazy,
-            "lazy": rep,
+            "lazy": rep, "source_released": released_msg,
         });
         print_json(&v)?;
     }
-    match &rep.source_lost {
-        Some(reason) => {
+    match (&rep.source_lost, released) {
+        (Some(reason), _) => {
             eprintln!("haul: page source lost, process {pid} killed: {reason}");
             Ok(exit::FAILED)
         }
-        None => Ok(exit::OK),
+        (None, Some(Err(e))) => {
+            eprintln!(
+                "haul: every page of process {pid} is resident, but the page server did not \
+                 hear so ({e}): a frozen source may resume after its timeout"
+            );
+            Ok(exit::FAILED)
+        }
+        (None, _) => Ok(exit::OK),
     }
 }
 

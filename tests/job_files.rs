@@ -584,6 +584,44 @@ fn lazy_dump_without_lazy_restore_is_rejected() {
 }
 
 #[test]
+fn lazy_dump_needs_pid_any_and_restore_from_store() {
+    // A valid lazy dump job: restore lazily, any PID, pages from the worker (from = "store").
+    let ok = format!("{PROCESS}[dump]\nlazy = true\n[restore]\nmode = \"lazy\"\npid = \"any\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    job::load(&write(dir.path(), "ok.toml", &ok)).unwrap();
+    assert_eq!(
+        error_of(&ok.replace("\"any\"", "\"same\"")),
+        "DIR/x.toml:7:7: restore.pid: \"same\" is impossible with dump.lazy = true: the frozen \
+         source keeps its PID until the restore has every page; use pid = \"any\""
+    );
+    assert_eq!(
+        error_of(&format!("{ok}from = \"10.0.0.2:7070\"\n")),
+        "DIR/x.toml:8:8: restore.from: must be \"store\" with dump.lazy = true (found \
+         \"10.0.0.2:7070\"): the lazy pages come from the checkpoint worker serving the frozen \
+         source, the rest from the store"
+    );
+}
+
+#[test]
+fn haul_check_refuses_a_lazy_dump_restored_under_the_same_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = write(
+        dir.path(),
+        "x.toml",
+        &format!("{PROCESS}[dump]\nlazy = true\n[restore]\nmode = \"lazy\"\npid = \"same\"\n"),
+    );
+    let out = common::haul().arg("check").arg(&job).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "{}:7:7: restore.pid: \"same\" is impossible with dump.lazy = true",
+        job.display()
+    );
+    assert!(text.contains(&want), "{text}");
+}
+
+#[test]
 fn verify_without_restore_is_rejected() {
     assert_eq!(
         error_of(&format!("{PROCESS}[verify]\ncommand = [\"true\"]\n")),

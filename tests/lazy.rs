@@ -272,3 +272,369 @@ fn bench_lazy_restores_three_ways_with_the_right_checksum() {
     assert!(run["prefetched"].as_u64().unwrap() > 0, "{v}");
     assert!(run["push_all_resident_us"].as_u64().unwrap() > 0, "{v}");
 }
+
+// ---- lazy final dump (dump.lazy): the pages stay in the frozen source, which serves them ----
+
+use common::{proc_state, tracer_pid};
+use haul::dump::{dump_to_store_lazy, serve_frozen, SourceEndKind};
+use haul::image::PageRef;
+use haul::xfer::{PageServer, RemoteSource, ServerOptions};
+use std::sync::atomic::AtomicBool;
+
+/// Stopped (`T`, or `t` for a ptrace stop) or traced: what a source must never be left as.
+fn assert_running_untraced(pid: i32) {
+    assert_eq!(tracer_pid(pid), Some(0), "pid {pid} is still traced");
+    let st = proc_state(pid).expect("source state");
+    assert!(
+        st != 'T' && st != 't' && st != 'Z',
+        "pid {pid} is in state {st}"
+    );
+}
+
+#[test]
+fn lazy_dump_serves_from_the_frozen_source_and_kills_it_once_every_page_is_resident() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, t, c) = paused_memwriter(dir.path(), 64);
+    let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
+    let server =
+        PageServer::bind_source("127.0.0.1:0", store.clone(), ServerOptions::default()).unwrap();
+    let (d, src) = dump_to_store_lazy(r.pid, &store, "test", &DumpOptions::default(), Some(1))
+        .unwrap_or_else(|e| panic!("lazy dump of pid {}: {e}", r.pid));
+    let set = d.set;
+    // The private anonymous pages are recorded by hash and were never written to the store.
+    let lazy: Vec<_> = set
+        .pages
+        .iter()
+        .filter_map(|(_, p)| match p {
+            PageRef::Lazy(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert!(lazy.len() > 10_000, "only {} lazy pages", lazy.len());
+    assert_eq!(set.figures.pages_lazy, lazy.len() as u64);
+    assert_eq!(d.stats.pages_lazy, lazy.len() as u64);
+    assert!(
+        lazy.iter().all(|id| !store.has_page(id)),
+        "a lazy page was written to the store"
+    );
+    assert!(
+        set.figures.bytes_new < 1 << 20,
+        "the lazy dump stored {} bytes",
+        set.figures.bytes_new
+    );
+    // Every lazy page lies in memory the lazy restore leaves to its daemon.
+    let ranges = haul::restore::lazy_ranges(&set, set.process.as_ref().unwrap());
+    for (a, p) in set.pages.iter() {
+        if matches!(p, PageRef::Lazy(_)) {
+            assert!(
+                ranges.iter().any(|&(s, e)| s <= a && a < e),
+                "lazy page {a:#x} outside the lazy ranges"
+            );
+        }
+    }
+    assert_ne!(tracer_pid(r.pid), Some(0), "the source is not held frozen");
+
+    let serving = server
+        .serve_source(set.clone(), Arc::new(src.reader()))
+        .unwrap();
+    let addr = serving.local_addr().to_string();
+    // The restore runs in a thread; this one holds the ptrace session and serves.
+    let report = dir.path().join("report");
+    let rep_path = report.clone();
+    let view = Arc::new(set.clone());
+    let st = store.clone();
+    let restore = std::thread::spawn(move || {
+        let remote = Arc::new(RemoteSource::new(
+            &addr,
+            Vec::new(),
+            Duration::from_secs(10),
+        ));
+        let lr = restore_lazy(
+            &view,
+            &*st,
+            Box::new(remote.clone()),
+            &RestoreOptions {
+                pid: haul::restore::PidChoice::Any,
+                ..Default::default()
+            },
+            &opts(300),
+        )
+        .unwrap_or_else(|e| panic!("lazy restore from the frozen source: {e}"));
+        let guard = Restored(lr.pid());
+        let (t3, c3) = memwriter_report(lr.pid(), &rep_path, t);
+        let rep = lr.wait().unwrap_or_else(|e| panic!("daemon: {e}"));
+        assert_eq!(rep.source_lost, None);
+        assert!(rep.bytes_network > 0);
+        // What the daemon will call: says Done, the source is killed.
+        let mut src: Box<dyn LazySource> = Box::new(remote);
+        src.finished(&view.id)
+            .unwrap_or_else(|e| panic!("Done: {e}"));
+        (guard, t3, c3)
+    });
+    let end = serve_frozen(
+        src,
+        &serving,
+        Duration::from_secs(10),
+        &AtomicBool::new(false),
+    );
+    let (guard, t3, c3) = restore.join().expect("restore thread");
+    assert_eq!(end.kind, SourceEndKind::Killed, "{end:?}");
+    assert!(t3 > t);
+    assert_eq!(
+        c3, c,
+        "64 MiB region differs after a lazy restore from the frozen source"
+    );
+    // The source is gone (killed, reaped here as its parent); the restored copy runs on.
+    let st = r.child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL)
+    );
+    assert!(alive(guard.0));
+    let (_, c4) = memwriter_report(guard.0, &report, t3);
+    assert_eq!(c4, c);
+}
+
+#[test]
+fn lazy_dump_source_resumes_when_no_restore_connects() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (r, t, _) = paused_memwriter(dir.path(), 16);
+    let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
+    let server =
+        PageServer::bind_source("127.0.0.1:0", store.clone(), ServerOptions::default()).unwrap();
+    let (d, src) =
+        dump_to_store_lazy(r.pid, &store, "test", &DumpOptions::default(), Some(1)).unwrap();
+    assert!(d.set.figures.pages_lazy > 0);
+    let serving = server.serve_source(d.set, Arc::new(src.reader())).unwrap();
+    let end = serve_frozen(
+        src,
+        &serving,
+        Duration::from_millis(500),
+        &AtomicBool::new(false),
+    );
+    assert_eq!(end.kind, SourceEndKind::Thawed, "{end:?}");
+    assert!(end.detail.contains("no restore connected"), "{end:?}");
+    assert_running_untraced(r.pid);
+    // It goes on: its ticks advance.
+    let (t2, _) = memwriter_report(r.pid, &dir.path().join("report"), t);
+    assert!(t2 > t);
+    assert_running_untraced(r.pid);
+}
+
+#[test]
+fn haul_dump_lazy_resumes_the_source_when_the_restore_disconnects_before_done() {
+    use std::io::BufRead;
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (r, t, _) = paused_memwriter(dir.path(), 16);
+    let store_dir = dir.path().join("store");
+    let mut child = common::haul()
+        .args(["dump", "--pid", &r.pid.to_string(), "--lazy", "--json"])
+        .args(["--source-timeout", "1s", "--name", "mw", "--store"])
+        .arg(&store_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("no dump line").unwrap()).unwrap();
+    let set_id = first["set"].as_str().unwrap().to_string();
+    let addr = first["serving"].as_str().unwrap().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{first}");
+    assert!(
+        first["figures"]["pages_lazy"].as_u64().unwrap() > 0,
+        "{first}"
+    );
+    assert_eq!(tracer_pid(r.pid).map(|p| p != 0), Some(true), "not frozen");
+    // A restore fetches some lazy pages from the frozen source, then goes away.
+    {
+        let store = Store::open(&store_dir).unwrap();
+        let set = store.load_set(&set_id).unwrap();
+        let pages: Vec<(u64, PageId)> = set
+            .pages
+            .iter()
+            .filter_map(|(a, p)| match p {
+                PageRef::Lazy(id) => Some((a, id)),
+                _ => None,
+            })
+            .take(64)
+            .collect();
+        let mut c = haul::xfer::Client::connect(&addr, b"", Duration::from_secs(5)).unwrap();
+        let mut out = Vec::new();
+        c.pages(&set_id, &pages, &mut out)
+            .unwrap_or_else(|e| panic!("pages from the frozen source: {e}"));
+        assert_eq!(out.len(), 64 * 4096);
+    }
+    let second: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("no end line").unwrap()).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "a rolled-back lazy dump must fail");
+    assert_eq!(second["source"]["kind"], "thawed", "{second}");
+    assert!(
+        second["source"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("connection was lost"),
+        "{second}"
+    );
+    assert_running_untraced(r.pid);
+    let (t2, _) = memwriter_report(r.pid, &dir.path().join("report"), t);
+    assert!(t2 > t);
+    // Its lazy pages are gone with the freeze: the set is removed.
+    let store = Store::open(&store_dir).unwrap();
+    assert!(
+        store.load_set(&set_id).is_err(),
+        "rolled-back set still listed"
+    );
+}
+
+/// `haul dump --pid PID --lazy --json ...` of `pid` into `store`: the child, its stdout lines,
+/// and the first line (the dump).
+fn haul_dump_lazy(
+    pid: i32,
+    store: &Path,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    serde_json::Value,
+) {
+    use std::io::BufRead;
+    let mut child = common::haul()
+        .args(["dump", "--pid", &pid.to_string(), "--lazy", "--json"])
+        .args(["--name", "mw", "--store"])
+        .arg(store)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("no dump line").unwrap()).unwrap();
+    (child, lines, first)
+}
+
+#[test]
+fn haul_dump_lazy_then_haul_restore_from_it_migrates_a_64mib_memwriter() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, t, c) = paused_memwriter(dir.path(), 64);
+    let store = dir.path().join("store");
+    let (mut dump, mut lines, first) = haul_dump_lazy(r.pid, &store, &[]);
+    let set = first["set"].as_str().unwrap().to_string();
+    let addr = first["serving"].as_str().unwrap().to_string();
+    assert!(
+        first["figures"]["pages_lazy"].as_u64().unwrap() > 10_000,
+        "{first}"
+    );
+    // The restore runs from the worker's server, under another PID.
+    let restore = common::haul()
+        .args(["restore", &set, "--lazy", "--pid", "any", "--from", &addr])
+        .args(["--idle-push", "300ms", "--store"])
+        .arg(dir.path().join("elsewhere"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = restore.wait_with_output().unwrap();
+    assert!(out.status.success(), "haul restore --lazy --from {addr}");
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("restored pid");
+    let guard = Restored(pid);
+    assert_ne!(pid, r.pid);
+    // Every page is resident: the restore said Done, the source was killed.
+    let end: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("no end line").unwrap()).unwrap();
+    assert_eq!(end["source"]["kind"], "killed", "{end}");
+    assert_eq!(dump.wait().unwrap().code(), Some(0));
+    let st = r.child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL)
+    );
+    let (t2, c2) = memwriter_report(guard.0, &dir.path().join("report"), t);
+    assert!(t2 > t);
+    assert_eq!(c2, c, "64 MiB region differs after the migration");
+}
+
+#[test]
+fn killing_haul_dump_lazy_or_its_worker_resumes_the_source() {
+    adopt_orphans();
+    for victim in ["haul", "worker"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, t, _) = paused_memwriter(dir.path(), 16);
+        let (mut dump, _lines, _) = haul_dump_lazy(
+            r.pid,
+            &dir.path().join("store"),
+            &["--source-timeout", "60s"],
+        );
+        assert_ne!(tracer_pid(r.pid), Some(0), "not frozen");
+        let who = match victim {
+            "haul" => dump.id() as i32,
+            _ => tracer_pid(r.pid).unwrap(),
+        };
+        send_signal(who, "KILL");
+        let ok = wait_for(Duration::from_secs(10), || {
+            tracer_pid(r.pid) == Some(0) && !matches!(proc_state(r.pid), Some('T' | 't'))
+        });
+        assert!(ok, "{victim} killed: the source stays stopped or traced");
+        let _ = dump.kill();
+        let _ = dump.wait();
+        assert_running_untraced(r.pid);
+        let (t2, _) = memwriter_report(r.pid, &dir.path().join("report"), t);
+        assert!(t2 > t, "{victim} killed: the source does not run on");
+    }
+}
+
+#[test]
+fn haul_dump_lazy_refuses_bad_flags_before_freezing_anything() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = paused_memwriter(dir.path(), 4);
+    let pid = r.pid.to_string();
+    let store = dir.path().join("store");
+    let run = |extra: &[&str]| {
+        common::haul()
+            .args(["dump", "--pid", &pid, "--store"])
+            .arg(&store)
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--lazy", "--leave-running"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not loopback, no token: refused before the process is touched.
+    let out = run(&["--lazy", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a token file is required"), "{err}");
+    assert_running_untraced(r.pid);
+    assert!(
+        Store::open(&store)
+            .unwrap()
+            .list_sets(None)
+            .unwrap()
+            .is_empty(),
+        "a set was written"
+    );
+    let help = common::haul().args(["dump", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--lazy") && help.contains("--source-timeout"),
+        "{help}"
+    );
+}

@@ -674,3 +674,121 @@ fn haul_run_of_the_migration_job_restores_across_two_network_namespaces() {
         lazy.bytes_network, lazy.faults_served
     );
 }
+
+// ---- dump.lazy: the lazy pages stay in the frozen source, served by the checkpoint worker ----
+
+/// Writes the job `lazymig` (a counter, pre-dumped `predumps` times, lazy final dump, restored
+/// lazily under any PID from the frozen source, `verify` as its check) into `dir`.
+fn lazy_dump_job(dir: &Path, predumps: u32, verify: &str) -> PathBuf {
+    let job = dir.join("lazymig.toml");
+    let predump = if predumps > 0 {
+        format!("[predump]\ninterval = \"100ms\"\nmax_iterations = {predumps}\n")
+    } else {
+        String::new()
+    };
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+[process]
+command = ["{}", "{{run_dir}}/counter.log"]
+ready = {{ stdout_line = "ready" }}
+
+{predump}
+[dump]
+leave_running = false
+lazy = true
+
+[restore]
+mode = "lazy"
+pid = "any"
+
+[lazy]
+idle_push = "200ms"
+source_timeout = "5s"
+
+[store]
+path = "store"
+
+[report]
+dir = "reports"
+history = "reports/history.jsonl"
+
+[verify]
+command = ["sh", "-c", '''{verify}''']
+timeout = "10s"
+"#,
+            fixture("counter").display(),
+        ),
+    )
+    .unwrap();
+    job
+}
+
+const COUNTS_ON: &str = r#"sleep 0.3; awk 'NR > 1 && $1 != prev + 1 {{ bad = 1 }} {{ prev = $1 }} END {{ if (bad || NR < 2) exit 1 }}' {run_dir}/counter.log"#;
+
+#[test]
+fn haul_run_with_a_lazy_dump_serves_the_frozen_source_then_kills_it() {
+    adopt_orphans();
+    for predumps in [0, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = lazy_dump_job(dir.path(), predumps, COUNTS_ON);
+        let (out, r, guard) = run_job(&job, &dir.path().join("reports"));
+        assert!(
+            out.status.success(),
+            "haul run ({predumps} pre-dumps): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(r.pages_lazy > 0, "no page was left lazy: {r:?}");
+        let src = r.source.clone().expect("no source in the report");
+        assert_eq!(src.ended, "killed", "{src:?}");
+        assert!(src.serve_addr.starts_with("127.0.0.1:"), "{src:?}");
+        let stage = r
+            .stages
+            .iter()
+            .find(|s| s.name == "source")
+            .expect("source stage");
+        assert!(stage.ok, "{stage:?}");
+        assert!(
+            r.verify.as_ref().is_some_and(|v| v.passed),
+            "{:?}",
+            r.verify
+        );
+        let lazy = r.lazy.clone().expect("no lazy figures");
+        assert!(
+            lazy.source_lost.is_none() && lazy.bytes_network > 0,
+            "{lazy:?}"
+        );
+        // The source is gone, the restored counter runs under another PID.
+        let (pid, restored) = (r.pid.unwrap(), r.restored_pid.unwrap());
+        assert_ne!(pid, restored);
+        assert!(!common::alive(pid), "the source {pid} still runs");
+        assert!(common::alive(restored));
+        // The report says so when rendered.
+        let text = haul::report::render(&r);
+        assert!(
+            text.contains("killed: the restore has every page"),
+            "{text}"
+        );
+        drop(guard);
+    }
+}
+
+#[test]
+fn haul_run_with_a_lazy_dump_rolls_back_when_verify_fails() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let job = lazy_dump_job(dir.path(), 0, "exit 1");
+    let (out, r, _guard) = run_job(&job, &dir.path().join("reports"));
+    assert!(!out.status.success(), "a failed verify must fail the run");
+    let src = r.source.clone().expect("no source in the report");
+    assert_eq!(src.ended, "thawed", "{src:?}");
+    // Never two copies: the restored one was ended before the source resumed.
+    let restored = r.restored_pid.expect("no restore ran");
+    assert!(
+        !common::alive(restored),
+        "restored copy {restored} still runs"
+    );
+    assert!(r.verify.is_some_and(|v| !v.passed));
+}

@@ -320,3 +320,118 @@ fn killed_lazy_daemon_gets_the_restored_process_killed_by_its_watchdog() {
     let ticks: u64 = s.split_whitespace().next().unwrap().parse().unwrap();
     assert_eq!(ticks, t, "the process reported over memory it never got");
 }
+
+// ---- protocol 2: Done, and the source mode of a lazy final dump ----
+
+/// The "frozen process" of a source-mode server, faked: pages from the store, or garbage.
+struct FakeLive {
+    store: Arc<Store>,
+    set: ImageSet,
+    garbage: bool,
+}
+
+impl haul::xfer::LivePages for FakeLive {
+    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), String> {
+        for (i, a) in addrs.iter().enumerate() {
+            let page = &mut out[i * 4096..(i + 1) * 4096];
+            match (self.garbage, self.set.pages.get(*a)) {
+                (false, Some(PageRef::Stored(id))) => page.copy_from_slice(
+                    &self
+                        .store
+                        .read_page_at(&id, &self.set.id, *a)
+                        .map_err(|e| e.to_string())?,
+                ),
+                _ => page.fill(0x5a),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn source_server_serves_lazy_pages_by_hash_needs_protocol_2_and_hands_done_to_its_holder() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, set, _, _) = dumped_memwriter(dir.path(), 4);
+    // The same set as a lazy dump would record it: its stored pages become Lazy.
+    let mut lazy_set = set.clone();
+    let stored: Vec<(u64, haul::image::PageId)> = set
+        .pages
+        .iter()
+        .filter_map(|(a, r)| match r {
+            PageRef::Stored(id) => Some((a, id)),
+            _ => None,
+        })
+        .collect();
+    for &(a, id) in &stored {
+        lazy_set.pages.insert(a, PageRef::Lazy(id));
+    }
+    let start = |garbage: bool| {
+        let s = PageServer::bind_source("127.0.0.1:0", store.clone(), ServerOptions::default())
+            .unwrap();
+        let live = Arc::new(FakeLive {
+            store: store.clone(),
+            set: set.clone(),
+            garbage,
+        });
+        s.serve_source(lazy_set.clone(), live).unwrap()
+    };
+
+    let serving = start(false);
+    let addr = serving.local_addr().to_string();
+    // A protocol-1 client could never say Done: refused.
+    let r = raw(&addr, &hello(b"")).unwrap();
+    assert_eq!(r.0, 3);
+    assert!(r.1.contains("needs protocol 2"), "{}", r.1);
+    // Lazy pages come from the source, checked against their ids.
+    let mut c = Client::connect(&addr, b"", Duration::from_secs(5)).unwrap();
+    assert_eq!(c.version(), 2);
+    let mut out = Vec::new();
+    c.pages(&set.id, &stored[..64], &mut out).unwrap();
+    assert_eq!(out.len(), 64 * 4096);
+    // Done goes to the holder of the source, whose answer the client gets.
+    let id = set.id.clone();
+    let client = std::thread::spawn(move || c.done(&id));
+    let mut seen = Vec::new();
+    let answer = loop {
+        match serving
+            .events
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+        {
+            haul::xfer::SourceEvent::Connected => seen.push("connected"),
+            haul::xfer::SourceEvent::Disconnected => seen.push("disconnected"),
+            haul::xfer::SourceEvent::Done { reply, written } => {
+                reply.send("source killed (test)".into()).unwrap();
+                written.recv_timeout(Duration::from_secs(5)).unwrap();
+                break client.join().unwrap();
+            }
+        }
+    };
+    assert_eq!(answer.unwrap(), "source killed (test)");
+    assert_eq!(seen, ["connected"]);
+    drop(serving);
+
+    // A source whose page no longer hashes to its id is refused, never sent.
+    let serving = start(true);
+    let addr = serving.local_addr().to_string();
+    let mut c = Client::connect(&addr, b"", Duration::from_secs(5)).unwrap();
+    let e = c.pages(&set.id, &stored[..1], &mut Vec::new()).unwrap_err();
+    assert!(e.to_string().contains("no longer hashes"), "{e}");
+}
+
+#[test]
+fn store_page_server_speaks_protocol_1_and_has_nothing_to_release_on_done() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, set, _, _) = dumped_memwriter(dir.path(), 4);
+    let addr = serve(store, &set.id, None);
+    // Old clients still work.
+    let r = raw(&addr, &hello(b"")).unwrap();
+    assert_eq!(r.0, 2, "protocol 1 hello refused: {}", r.1);
+    let src = RemoteSource::new(&addr, Vec::new(), Duration::from_secs(5));
+    let m = src.done(&set.id).unwrap();
+    assert!(m.contains("nothing to release"), "{m}");
+    // Said once: asking again gives the same answer.
+    assert_eq!(src.done(&set.id).unwrap(), m);
+}

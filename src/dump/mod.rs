@@ -10,12 +10,16 @@
 pub mod bench;
 mod check;
 mod freeze;
+mod lazy;
 mod memory;
 mod precopy;
 mod state;
 mod to_store;
 pub mod worker;
 
+pub use lazy::{
+    dump_to_store_lazy, serve_frozen, FrozenSource, LiveReader, SourceEnd, SourceEndKind,
+};
 pub use precopy::{Precopy, PrecopyOptions, StopReason, TrackerChoice};
 pub use to_store::{dump_to_store, StoredDump};
 
@@ -224,6 +228,11 @@ pub struct DumpOptions {
     pub multi_threaded: bool,
     /// Test-only: fail on purpose at this step (see [`Step::from_env`]).
     pub fail_at: Option<Step>,
+    /// Lazy final dump (`dump.lazy`): the pages of private anonymous VMAs (those a lazy restore
+    /// registers MISSING) are read and hashed but handed to the sink as `PageRef::Lazy(id)`
+    /// references, and the process is neither thawed nor killed: the dump returns it still
+    /// frozen, to serve those pages ([`dump_to_store_lazy`]). Excludes `leave_running`.
+    pub lazy: bool,
 }
 
 impl Default for DumpOptions {
@@ -233,6 +242,7 @@ impl Default for DumpOptions {
             buffer: 1 << 30,
             multi_threaded: false,
             fail_at: None,
+            lazy: false,
         }
     }
 }
@@ -250,8 +260,12 @@ pub struct DumpStats {
     pub memwrite_time: u64,
     /// Pages of the VMAs whose content a dump may copy.
     pub pages_scanned: u64,
-    /// Pages handed to the sink.
+    /// Pages handed to the sink with their content (lazy pages not included).
     pub pages_written: u64,
+    /// Pages recorded as `PageRef::Lazy` (lazy final dump): hashed, not written; the frozen
+    /// source serves them.
+    #[serde(default)]
+    pub pages_lazy: u64,
     /// Present pages unchanged since the last pre-dump, carried by reference (not copied).
     #[serde(default)]
     pub pages_skipped_parent: u64,
@@ -281,7 +295,12 @@ pub fn dump(
     opts: &DumpOptions,
     sink: &mut dyn PageSink,
 ) -> Result<DumpOutcome, DumpError> {
-    dump_planned(pid, opts, sink, None)
+    if opts.lazy {
+        return Err(DumpError::Internal(
+            "a lazy dump keeps the process frozen: use dump_to_store_lazy".into(),
+        ));
+    }
+    dump_planned(pid, opts, sink, None).map(|(o, _)| o)
 }
 
 /// What a final dump after pre-dumps needs from the pre-copy state: under the freeze, the
@@ -297,12 +316,21 @@ pub(crate) trait FinalPlan {
 }
 
 /// [`dump`], copying under the freeze only what `plan` says changed (pre-copy final dump).
+/// With `opts.lazy`, the process is returned still frozen (settled: registers restored, no
+/// scratch page) and the pages of its private anonymous VMAs went to `sink` as references.
 pub(crate) fn dump_planned(
     pid: i32,
     opts: &DumpOptions,
     sink: &mut dyn PageSink,
     mut plan: Option<&mut dyn FinalPlan>,
-) -> Result<DumpOutcome, DumpError> {
+) -> Result<(DumpOutcome, Option<freeze::Frozen>), DumpError> {
+    if opts.lazy && opts.leave_running {
+        return Err(DumpError::Refused(
+            "a lazy dump keeps the process frozen to serve its pages: it cannot also leave it \
+             running"
+                .into(),
+        ));
+    }
     let ctx = Ctx { pid, opts };
     let before = ctx.step(Step::Check, || check::precheck_snapshot(pid, opts))?;
     ctx.fail(Step::Check)?;
@@ -341,6 +369,10 @@ pub(crate) fn dump_planned(
     ctx.fail(Step::State)?;
 
     let t_mem = Instant::now();
+    // A lazy dump hands the pages of the VMAs a lazy restore leaves to its daemon to the sink
+    // as `Lazy(id)` references; everything else passes through.
+    let mut split = lazy::LazySplit::new(sink, opts.lazy.then_some(&process.vmas[..]));
+    let sink: &mut dyn PageSink = &mut split;
     if let Some(p) = plan.as_deref_mut() {
         ctx.step(Step::Memory, || p.prepare(pid, &process.vmas))?;
     }
@@ -368,11 +400,18 @@ pub(crate) fn dump_planned(
     for t in process.threads.iter_mut() {
         t.pending |= frozen.held_signals(t.tid);
     }
-    if opts.leave_running {
+    let kept = if opts.lazy {
+        // Neither thawed nor killed: the caller serves the lazy pages from it. Dropping the
+        // guard (any error below) thaws it.
+        ctx.step(Step::Resume, || frozen.settle())?;
+        Some(frozen)
+    } else if opts.leave_running {
         ctx.step(Step::Resume, || frozen.thaw())?;
+        None
     } else {
         ctx.step(Step::Resume, || frozen.kill())?;
-    }
+        None
+    };
     stats.frozen_time = crate::util::us(t_frozen.elapsed());
 
     let t_write = Instant::now();
@@ -384,8 +423,10 @@ pub(crate) fn dump_planned(
         }
         Ok(())
     })?;
+    stats.pages_lazy = split.lazy_pages();
+    stats.pages_written = stats.pages_written.saturating_sub(split.kept_back());
     stats.memwrite_time = crate::util::us(t_write.elapsed());
-    Ok(DumpOutcome { process, stats })
+    Ok((DumpOutcome { process, stats }, kept))
 }
 
 /// Maps errors to the step they happened at.

@@ -440,13 +440,42 @@ impl<'s> Precopy<'s> {
     /// (kind `Dump`, parent = the last pre-dump) has a complete page table. Tracking ends
     /// afterwards. Returns the set and the pre-copy figures.
     pub fn final_dump(
-        mut self,
+        self,
         opts: &DumpOptions,
     ) -> Result<(StoredDump, PredumpReport), crate::Error> {
+        let opts = DumpOptions {
+            lazy: false,
+            ..opts.clone()
+        };
+        let (d, report, _) = self.final_dump_inner(&opts)?;
+        Ok((d, report))
+    }
+
+    /// [`Precopy::final_dump`] as a lazy final dump (`dump.lazy`): the pages written since the
+    /// last pre-dump in private anonymous VMAs are recorded as `PageRef::Lazy` (the carried
+    /// ones stay `Stored`), and the process is returned still frozen, to serve them.
+    pub fn final_dump_lazy(
+        self,
+        opts: &DumpOptions,
+    ) -> Result<(StoredDump, PredumpReport, super::FrozenSource), crate::Error> {
+        let opts = DumpOptions {
+            lazy: true,
+            ..opts.clone()
+        };
+        let (d, report, frozen) = self.final_dump_inner(&opts)?;
+        let frozen = frozen
+            .ok_or_else(|| DumpError::Internal("the lazy final dump lost its source".into()))?;
+        Ok((d, report, super::FrozenSource::new(frozen)))
+    }
+
+    fn final_dump_inner(
+        mut self,
+        opts: &DumpOptions,
+    ) -> Result<(StoredDump, PredumpReport, Option<Frozen>), crate::Error> {
         let store = self.store;
         let mut writer =
             store.begin_set(&self.job, SetKind::Dump, self.parent.as_deref(), self.level)?;
-        let out = super::dump_planned(self.pid, opts, &mut writer, Some(&mut self))?;
+        let (out, frozen) = super::dump_planned(self.pid, opts, &mut writer, Some(&mut self))?;
         let stop = self.tracker.stop();
         let t = Instant::now();
         let set = writer.commit(Some(out.process))?;
@@ -457,7 +486,11 @@ impl<'s> Precopy<'s> {
             // (its first write to each page costs a fault), so this is only worth a warning.
             tracing::warn!(pid = self.pid, "ending tracking: {e}");
         }
-        Ok((StoredDump { set, stats }, std::mem::take(&mut self.report)))
+        Ok((
+            StoredDump { set, stats },
+            std::mem::take(&mut self.report),
+            frozen,
+        ))
     }
 
     /// Ends tracking now (also done on drop): the process runs as before.

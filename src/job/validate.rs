@@ -364,6 +364,32 @@ fn stages(c: &mut Checker, spec: &JobSpec) {
             "needs a [restore] section with mode = \"lazy\": otherwise nobody serves the lazy pages",
         );
     }
+    if d.lazy && d.leave_running {
+        c.value(
+            "dump.leave_running",
+            "must be false with dump.lazy = true: the source stays frozen to serve its lazy \
+             pages and is killed once the restore has every page",
+        );
+    }
+    if let (true, Some(r)) = (d.lazy, &spec.restore) {
+        if r.pid == PidPolicy::Same {
+            c.value(
+                "restore.pid",
+                "\"same\" is impossible with dump.lazy = true: the frozen source keeps its PID \
+                 until the restore has every page; use pid = \"any\"",
+            );
+        }
+        if r.from != "store" {
+            c.value(
+                "restore.from",
+                format!(
+                    "must be \"store\" with dump.lazy = true (found \"{}\"): the lazy pages come \
+                     from the checkpoint worker serving the frozen source, the rest from the store",
+                    r.from
+                ),
+            );
+        }
+    }
 
     let l = &spec.lazy;
     if l.prefetch > MAX_PREFETCH {

@@ -49,6 +49,17 @@ pub trait LazySource: Send {
         let _ = (set, pages);
         None
     }
+
+    /// Every page of `set` is resident: the source may let go of them. For a page server
+    /// serving a frozen source (`dump.lazy`), this says `Done`, upon which the source process
+    /// is killed; without it the source is thawed after `source_timeout` (rolled back) while
+    /// the restored copy runs on. Call it once every page is resident, not on failure. An
+    /// error means the source may not have heard it (it may then resume). Default: nothing
+    /// to release (local sources).
+    fn finished(&mut self, set: &str) -> Result<(), SourceError> {
+        let _ = set;
+        Ok(())
+    }
 }
 
 /// Pages from a local store ([`Store::read_page_at`] checks each page's hash).

@@ -96,6 +96,10 @@ pub struct RunReport {
     pub predump: Option<PredumpReport>,
     pub store: Option<StoreFigures>,
     pub lazy: Option<LazyReport>,
+    /// Lazy final dump (`dump.lazy`): where the frozen source served its pages and how it
+    /// ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceReport>,
     pub verify: Option<VerifyReport>,
 }
 
@@ -175,6 +179,21 @@ pub struct LazyReport {
     pub push_order: String,
     /// Set when the page source was lost and the process was killed.
     pub source_lost: Option<String>,
+}
+
+/// The frozen source of a lazy final dump (`dump.lazy`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SourceReport {
+    /// The address the checkpoint worker served the source's pages on.
+    pub serve_addr: String,
+    /// How the source ended: `killed` (the restore had every page), `thawed` (rolled back:
+    /// it runs on), `gone` (killed by something else); empty if unknown.
+    pub ended: String,
+    /// Why, in a few words.
+    pub detail: String,
+    /// How long the source was served (µs).
+    pub served_us: u64,
 }
 
 /// Outcome of the `[verify]` command.
@@ -400,6 +419,20 @@ pub fn render(r: &RunReport) -> String {
         if let Some(why) = &l.source_lost {
             let _ = writeln!(s, "        page source lost: {why}");
         }
+    }
+    if let Some(src) = &r.source {
+        let _ = writeln!(
+            s,
+            "  source: served on {} for {}, {}: {}",
+            src.serve_addr,
+            human_us(src.served_us),
+            if src.ended.is_empty() {
+                "?"
+            } else {
+                &src.ended
+            },
+            src.detail
+        );
     }
     if let Some(v) = &r.verify {
         let _ = writeln!(

@@ -199,11 +199,9 @@ fn stage<T>(
     r.map(|(v, _)| v)
 }
 
-/// Refuses, before anything starts, a job that asks for a stage this build cannot run.
-fn check_supported(job: &Job) -> Result<(), RunError> {
-    if job.spec.dump.lazy {
-        return Err(RunError::Unsupported("dump.lazy = true (post-copy)".into()));
-    }
+/// Refuses, before anything starts, a job that asks for a stage this build cannot run
+/// (nothing at the moment: `dump.lazy` is served by the checkpoint worker).
+fn check_supported(_job: &Job) -> Result<(), RunError> {
     Ok(())
 }
 
@@ -285,8 +283,13 @@ fn after_launch(
         "dumping"
     });
     let t = Instant::now();
-    let set = match stages::checkpoint(job, &store, target, report, stop) {
-        Ok((set, predump_us, dump_us)) => {
+    let (set, source) = match stages::checkpoint(job, &store, target, report, stop) {
+        Ok(stages::Checkpointed {
+            set,
+            predump_us,
+            dump_us,
+            source,
+        }) => {
             if let Some(x) = &report.predump {
                 let detail = format!(
                     "{} pre-dumps with {}, {}",
@@ -301,18 +304,24 @@ fn after_launch(
                     detail,
                 });
             }
-            let detail = format!(
-                "set {} (frozen {})",
-                set.id,
-                crate::util::human_us(report.frozen_time)
-            );
+            let detail = match &source {
+                Some((_, addr)) => format!(
+                    "set {} ({} pages lazy, frozen source served on {addr})",
+                    set.id, report.pages_lazy
+                ),
+                None => format!(
+                    "set {} (frozen {})",
+                    set.id,
+                    crate::util::human_us(report.frozen_time)
+                ),
+            };
             report.stages.push(StageReport {
                 name: "dump".into(),
                 duration_us: dump_us,
                 ok: true,
                 detail,
             });
-            set
+            (set, source)
         }
         Err(e) => {
             let duration_us = crate::util::us(t.elapsed());
@@ -325,6 +334,11 @@ fn after_launch(
             return Err(e);
         }
     };
+    if let Some((worker, addr)) = source {
+        return migrate_from_frozen_source(
+            job, &store, &set, worker, &addr, target, ph, report, p, stop,
+        );
+    }
     if job.spec.restore.is_none() {
         return Ok(());
     }
@@ -363,7 +377,7 @@ fn lazy_restore_and_verify(
 ) -> Result<(), RunError> {
     p.step("restoring (lazy)");
     let lr = stage(report, "restore", |r| {
-        let lr = stages::restore_lazy(job, store, set, r)?;
+        let (lr, _) = stages::restore_lazy(job, store, set, r, None)?;
         let d = format!(
             "pid {} (lazy, {} pages left to the daemon)",
             lr.pid(),
@@ -389,4 +403,133 @@ fn lazy_restore_and_verify(
         Ok(((), "every page resident".into()))
     })?;
     verified
+}
+
+/// `dump.lazy` (issue #7): the checkpoint worker holds the source frozen and serves its lazy
+/// pages on `addr`. Restore lazily from there, verify, wait until every page is resident,
+/// then say `Done` (the worker kills the source: the `source` stage). Any failure before
+/// `Done` rolls back: a restored copy still running is killed and the worker thaws the source,
+/// so there are never two copies, nor none. The report says how the source ended.
+#[allow(clippy::too_many_arguments)]
+fn migrate_from_frozen_source(
+    job: &Job,
+    store: &crate::store::Store,
+    set: &crate::image::ImageSet,
+    mut worker: crate::dump::worker::SourceWorker,
+    addr: &str,
+    target: &mut Target,
+    ph: &Placeholders,
+    report: &mut RunReport,
+    p: &JobProgress<'_>,
+    stop: &AtomicBool,
+) -> Result<(), RunError> {
+    let mut restored = None;
+    // Set once every page is resident and verified: from then on only `Done` is missing.
+    let mut resident = false;
+    let migrated = (|| -> Result<String, RunError> {
+        if stop.load(Ordering::Relaxed) {
+            return Err(RunError::Interrupted);
+        }
+        p.step("restoring (lazy, from the frozen source)");
+        let (lr, src) = stage(report, "restore", |r| {
+            let (lr, src) = stages::restore_lazy(job, store, set, r, Some(addr))?;
+            let d = format!(
+                "pid {} (lazy, {} pages left to the daemon, served from {addr})",
+                lr.pid(),
+                lr.pages_lazy
+            );
+            Ok(((lr, src), d))
+        })?;
+        restored = Some(lr.pid());
+        let verified = if job.spec.verify.is_some() {
+            p.step("verifying");
+            let mut ph = ph.clone();
+            ph.pid = Some(lr.pid());
+            stage(report, "verify", |r| {
+                stages::verify(job, &ph, r)?;
+                Ok(((), "passed".into()))
+            })
+        } else {
+            Ok(())
+        };
+        p.step("serving pages");
+        stage(report, "lazy", |r| {
+            stages::lazy_wait(lr, r)?;
+            Ok(((), "every page resident".into()))
+        })?;
+        verified?;
+        if stop.load(Ordering::Relaxed) {
+            return Err(RunError::Interrupted);
+        }
+        resident = true;
+        let src = src.ok_or_else(|| RunError::Setup("no page source to release".into()))?;
+        src.done(&set.id).map_err(|e| RunError::Stage {
+            stage: "source",
+            source: Box::new(e.into()),
+        })
+    })();
+    let kill_restored = |restored: Option<i32>| {
+        if let Some(pid) = restored {
+            let _ = crate::sys::process::kill(pid, libc::SIGKILL);
+        }
+    };
+    if migrated.is_err() {
+        if !resident {
+            // Two copies must never run on: end the restored one before the source resumes.
+            kill_restored(restored);
+        }
+        worker.rollback();
+    }
+    p.step("waiting for the source");
+    let t = Instant::now();
+    let end = worker.wait(stop);
+    let duration_us = crate::util::us(t.elapsed());
+    let (ok, detail) = match &end {
+        Ok(e) => {
+            if let Some(s) = report.source.as_mut() {
+                s.ended = match e.kind {
+                    crate::dump::SourceEndKind::Killed => "killed",
+                    crate::dump::SourceEndKind::Thawed => "thawed",
+                    crate::dump::SourceEndKind::Gone => "gone",
+                }
+                .into();
+                s.detail = e.detail.clone();
+                s.served_us = e.served_us;
+            }
+            (
+                e.kind == crate::dump::SourceEndKind::Killed,
+                e.detail.clone(),
+            )
+        }
+        Err(e) => (false, e.to_string()),
+    };
+    report.stages.push(StageReport {
+        name: "source".into(),
+        duration_us,
+        ok,
+        detail: detail.clone(),
+    });
+    let source_dead = matches!(&end, Ok(e) if e.kind != crate::dump::SourceEndKind::Thawed);
+    if source_dead {
+        // Killed (or gone): a launched source is our child; reap it.
+        if let Some(child) = target.child.as_mut() {
+            let _ = child.wait();
+        }
+        target.child = None;
+        target.gone = true;
+    } else if resident {
+        // `Done` was not heard (or its answer was lost) and the source runs again: the
+        // restored copy must go.
+        kill_restored(restored);
+    }
+    match migrated {
+        // The answer to `Done` was lost but the source did end: the migration happened.
+        Err(_) if resident && ok => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) if !ok => Err(RunError::Stage {
+            stage: "source",
+            source: Box::new(crate::dump::DumpError::Worker(detail).into()),
+        }),
+        Ok(_) => Ok(()),
+    }
 }

@@ -30,14 +30,17 @@ fn level(c: Compression) -> Option<i32> {
 /// (see `dump::worker`: a SIGKILL of haul must not leave the target with injected state), then
 /// retention. A launched process that the dump killed is reaped here, so that its PID is free
 /// for a restore. Returns the final dump's set and the time spent pre-dumping and dumping (µs).
+/// With `dump.lazy`, the worker goes on serving the frozen source on a loopback address
+/// (`report.source`): it is returned too, and the source is neither dead nor reaped yet.
 pub fn checkpoint(
     job: &Job,
     store: &Store,
     target: &mut Target,
     report: &mut RunReport,
     stop: &std::sync::atomic::AtomicBool,
-) -> Result<(crate::image::ImageSet, u64, u64), RunError> {
-    use crate::dump::worker::{checkpoint_in_worker, CheckpointRequest, PredumpRequest};
+) -> Result<Checkpointed, RunError> {
+    use crate::dump::worker::{checkpoint_in_worker, lazy_checkpoint_in_worker};
+    use crate::dump::worker::{CheckpointRequest, LazyServeRequest, PredumpRequest};
     use crate::job::Tracker;
     use crate::track::TrackerKind;
     let spec = &job.spec.dump;
@@ -50,6 +53,11 @@ pub fn checkpoint(
         level: level(job.spec.store.compression),
         fail_at: crate::dump::Step::from_env().map(|s| s.name().to_string()),
         parent: std::process::id() as i32,
+        lazy: spec.lazy.then(|| LazyServeRequest {
+            listen: "127.0.0.1:0".into(),
+            token: None,
+            source_timeout_us: crate::util::us(job.spec.lazy.source_timeout.0),
+        }),
         predump: job.spec.predump.as_ref().map(|p| PredumpRequest {
             interval_us: crate::util::us(p.interval.0),
             max_iterations: p.max_iterations,
@@ -64,11 +72,33 @@ pub fn checkpoint(
         }),
     };
     let exe = std::env::current_exe().map_err(RunError::io("find haul's own binary"))?;
-    let o = checkpoint_in_worker(&exe, &req, stop).map_err(|e| stage_err("dump")(e.into()))?;
+    let (o, worker) = if req.lazy.is_some() {
+        let (o, w) =
+            lazy_checkpoint_in_worker(&exe, &req, stop).map_err(|e| stage_err("dump")(e.into()))?;
+        (o, Some(w))
+    } else {
+        let o = checkpoint_in_worker(&exe, &req, stop).map_err(|e| stage_err("dump")(e.into()))?;
+        (o, None)
+    };
     report.predump = o.predump.clone();
     if o.interrupted {
         return Err(RunError::Interrupted);
     }
+    if let Some(addr) = &o.serve_addr {
+        report.source = Some(crate::report::SourceReport {
+            serve_addr: addr.clone(),
+            ..Default::default()
+        });
+    }
+    let worker = match (worker, &o.serve_addr) {
+        (Some(w), Some(a)) => Some((w, a.clone())),
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(RunError::Setup(
+                "the checkpoint worker did not say where it serves the source".into(),
+            ))
+        }
+    };
     let set = store
         .load_set(&o.set)
         .map_err(|e| stage_err("dump")(e.into()))?;
@@ -76,7 +106,7 @@ pub fn checkpoint(
         set,
         stats: o.stats,
     };
-    if !spec.leave_running {
+    if !spec.leave_running && worker.is_none() {
         if let Some(child) = target.child.as_mut() {
             let _ = child.wait();
         }
@@ -93,6 +123,7 @@ pub fn checkpoint(
     report.pages_skipped_parent = s.pages_skipped_parent;
     report.pages_lazy = d.set.figures.pages_lazy;
 
+    // Retention never removes the set being served: it is the newest of its job.
     let pruned = match job.spec.store.keep {
         Some(k) => store
             .prune(&job.name, k as usize)
@@ -116,7 +147,22 @@ pub fn checkpoint(
         dedup_ratio: ratio(f.bytes_stored, f.bytes_new),
         pruned,
     });
-    Ok((d.set, o.predump_us, o.dump_us))
+    Ok(Checkpointed {
+        set: d.set,
+        predump_us: o.predump_us,
+        dump_us: o.dump_us,
+        source: worker,
+    })
+}
+
+/// What the checkpoint stage produced.
+pub struct Checkpointed {
+    pub set: crate::image::ImageSet,
+    /// Time spent pre-dumping and in the final dump (µs).
+    pub predump_us: u64,
+    pub dump_us: u64,
+    /// `dump.lazy`: the worker serving the frozen source, and its address.
+    pub source: Option<(crate::dump::worker::SourceWorker, String)>,
 }
 
 /// Where a restore takes the manifest and the pages from.
@@ -207,12 +253,26 @@ pub fn restore(
 /// Lazy restore of the set just dumped, from the local store or from the page server of
 /// `[restore] from`: returns once the process runs;
 /// the daemon keeps serving its memory until [`lazy_wait`].
+///
+/// With `frozen_source` (the address of the checkpoint worker serving a lazy dump's frozen
+/// source), the daemon's pages come from there instead (`restore.from` is "store" then, which
+/// validation ensures): the eager part comes from the local store (the lazy pages lie only in
+/// the private anonymous memory the daemon serves),
+/// and the returned [`crate::xfer::RemoteSource`] is kept to say `Done` once every page is
+/// resident.
 pub fn restore_lazy(
     job: &Job,
     store: &Store,
     set: &crate::image::ImageSet,
     report: &mut RunReport,
-) -> Result<crate::lazy::LazyRestore, RunError> {
+    frozen_source: Option<&str>,
+) -> Result<
+    (
+        crate::lazy::LazyRestore,
+        Option<std::sync::Arc<crate::xfer::RemoteSource>>,
+    ),
+    RunError,
+> {
     let Some(spec) = &job.spec.restore else {
         return Err(RunError::Setup("no [restore]".into()));
     };
@@ -234,16 +294,28 @@ pub fn restore_lazy(
         None => store,
     };
     // The daemon thread needs a source of its own.
-    let src: Box<dyn crate::lazy::LazySource> = match from {
-        Source::Store => {
-            let s = Store::open(store.path()).map_err(|e| stage_err("restore")(e.into()))?;
-            Box::new(crate::lazy::StoreSource::new(std::sync::Arc::new(s)))
+    let mut shared = None;
+    let src: Box<dyn crate::lazy::LazySource> = match (frozen_source, from) {
+        (Some(addr), _) => {
+            let r = std::sync::Arc::new(crate::xfer::RemoteSource::new(
+                addr,
+                Vec::new(),
+                job.spec.lazy.source_timeout.0,
+            ));
+            shared = Some(r.clone());
+            Box::new(r)
         }
-        Source::Remote {
-            addr,
-            token,
-            timeout,
-        } => Box::new(crate::xfer::RemoteSource::new(&addr, token, timeout)),
+        (None, from) => match from {
+            Source::Store => {
+                let s = Store::open(store.path()).map_err(|e| stage_err("restore")(e.into()))?;
+                Box::new(crate::lazy::StoreSource::new(std::sync::Arc::new(s)))
+            }
+            Source::Remote {
+                addr,
+                token,
+                timeout,
+            } => Box::new(crate::xfer::RemoteSource::new(&addr, token, timeout)),
+        },
     };
     let lopts = crate::lazy::LazyOptions::from_spec(&job.spec.lazy);
     let lr = crate::lazy::restore_lazy(&set, eager, src, &opts, &lopts)
@@ -252,7 +324,7 @@ pub fn restore_lazy(
     report.restore_time = lr.outcome.restore_time;
     report.time_to_running = lr.outcome.time_to_running;
     report.pages_restored = lr.outcome.pages_restored;
-    Ok(lr)
+    Ok((lr, shared))
 }
 
 /// Waits until every page of a lazy restore is resident; fills `report.lazy`. A lost page

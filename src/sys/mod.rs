@@ -5,6 +5,7 @@
 //! - [`ptrace`]: seize/interrupt/wait/detach, registers and regsets, sigmask, rseq config.
 //! - [`remote`]: syscalls injected into a ptrace-stopped thread, and a scratch page in it.
 //! - [`mem`]: page-aligned buffers, `process_vm_readv`/`writev`, `/proc/PID/mem`.
+//! - [`net`]: TCP keepalive on a socket.
 //! - [`pagemap`]: `/proc/PID/pagemap` entries and the `PAGEMAP_SCAN` ioctl.
 //! - [`uffd`]: userfaultfd ioctls.
 //! - [`spawn`]: the parked process a restore rebuilds (clone3 `set_tid`), re-parented away.
@@ -12,6 +13,7 @@
 #![allow(unsafe_code)]
 
 pub mod mem;
+pub mod net;
 pub mod pagemap;
 pub mod process;
 pub mod ptrace;

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{hello_payload, kind, put16, read_frame, write_frame, FrameError, XferError};
-use super::{MAX_FRAME, MAX_PAGES};
+use super::{DONE_VERSION, MAX_FRAME, MAX_PAGES, MIN_VERSION, VERSION};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::lazy::{LazySource, SourceError};
 
@@ -18,12 +18,32 @@ pub struct Client {
     w: BufWriter<TcpStream>,
     /// Bytes received (frames included).
     pub bytes: u64,
+    /// The protocol version of this connection.
+    version: u16,
 }
 
 impl Client {
     /// Connects to `addr` (`host:port`) within `timeout` and says hello with `token`. Reads
-    /// time out after `timeout` too.
+    /// time out after `timeout` too. A server that speaks only protocol 1 gets a second hello
+    /// with 1 (the connection then cannot say `Done`, which such a server has no use for).
     pub fn connect(addr: &str, token: &[u8], timeout: Duration) -> Result<Client, XferError> {
+        match Self::connect_with(addr, token, timeout, VERSION) {
+            Err(XferError::Refused { message, .. })
+                if message.starts_with("protocol version")
+                    && message.ends_with(&format!("(server speaks {MIN_VERSION})")) =>
+            {
+                Self::connect_with(addr, token, timeout, MIN_VERSION)
+            }
+            r => r,
+        }
+    }
+
+    fn connect_with(
+        addr: &str,
+        token: &[u8],
+        timeout: Duration,
+        version: u16,
+    ) -> Result<Client, XferError> {
         let io = |context: String| move |e| XferError::Io { context, source: e };
         let sa = addr
             .to_socket_addrs()
@@ -42,10 +62,37 @@ impl Client {
             r,
             w: BufWriter::new(s),
             bytes: 0,
+            version,
         };
-        c.send(kind::HELLO, &hello_payload(token))?;
-        c.expect(kind::HELLO_OK)?;
+        c.send(kind::HELLO, &hello_payload(version, token))?;
+        let ok = c.expect(kind::HELLO_OK)?;
+        // The version the server uses for this connection (older servers send their own).
+        if let Some(v) = ok.get(..2).and_then(|b| b.try_into().ok()) {
+            c.version = u16::from_le_bytes(v).min(version);
+        }
         Ok(c)
+    }
+
+    /// The protocol version this connection uses.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Says that every page of `set` is resident (`Done`). A source-mode server then kills
+    /// the frozen source and answers what it did; a store-backed one has nothing to release.
+    /// Returns the server's message.
+    pub fn done(&mut self, set: &str) -> Result<String, XferError> {
+        if self.version < DONE_VERSION {
+            return Ok(format!(
+                "{} speaks protocol {}: it has no source to release",
+                self.peer, self.version
+            ));
+        }
+        let mut p = Vec::new();
+        put16(&mut p, set.as_bytes());
+        self.send(kind::DONE, &p)?;
+        let m = self.expect(kind::DONE_OK)?;
+        Ok(String::from_utf8_lossy(&m).into_owned())
     }
 
     fn send(&mut self, k: u8, p: &[u8]) -> Result<(), XferError> {
@@ -139,6 +186,8 @@ pub struct RemoteSource {
     token: Vec<u8>,
     timeout: Duration,
     conn: Mutex<(Option<Client>, u64)>,
+    /// The server's answer to `Done`, once given (it is given once).
+    released: Mutex<Option<String>>,
 }
 
 impl RemoteSource {
@@ -149,6 +198,73 @@ impl RemoteSource {
             token,
             timeout,
             conn: Mutex::new((None, 0)),
+            released: Mutex::new(None),
+        }
+    }
+
+    /// Says `Done` for `set` (every page is resident), once: later calls return the first
+    /// answer. Reconnects and retries within the timeout when the connection breaks, since a
+    /// source server that hears nothing thaws its source. A refusal, or no answer within the
+    /// timeout, is an error: the source may then resume (rolled back) while the restored copy
+    /// runs, which the caller must report (or end the restored copy).
+    pub fn done(&self, set: &str) -> Result<String, XferError> {
+        let mut released = self
+            .released
+            .lock()
+            .map_err(|_| XferError::Setup("page source lock poisoned".into()))?;
+        if let Some(m) = released.as_ref() {
+            return Ok(m.clone());
+        }
+        let mut g = self
+            .conn
+            .lock()
+            .map_err(|_| XferError::Setup("page source lock poisoned".into()))?;
+        let start = Instant::now();
+        let mut sent = false;
+        loop {
+            if g.0.is_none() {
+                match Client::connect(&self.addr, &self.token, self.timeout) {
+                    Ok(c) => g.0 = Some(c),
+                    Err(e @ XferError::Refused { .. }) => return Err(e),
+                    Err(e) if start.elapsed() >= self.timeout => {
+                        return Err(XferError::Setup(format!(
+                            "telling {} that every page is resident{}: {e}",
+                            self.addr,
+                            if sent {
+                                " (sent once; the answer was lost, so the source may be gone)"
+                            } else {
+                                ""
+                            }
+                        )))
+                    }
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = g.0.as_mut() else { continue };
+            sent = true;
+            match c.done(set) {
+                Ok(m) => {
+                    // A source server ends after `Done`: this connection is spent.
+                    g.0 = None;
+                    *released = Some(m.clone());
+                    return Ok(m);
+                }
+                Err(e @ (XferError::Refused { .. } | XferError::Protocol { .. })) => {
+                    g.0 = None;
+                    return Err(e);
+                }
+                Err(e) if start.elapsed() >= self.timeout => {
+                    g.0 = None;
+                    return Err(e);
+                }
+                Err(_) => {
+                    g.0 = None;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
         }
     }
 
@@ -220,6 +336,35 @@ impl LazySource for RemoteSource {
 
     fn bytes_network(&self) -> u64 {
         self.conn.lock().map(|g| g.1).unwrap_or(0)
+    }
+
+    fn finished(&mut self, set: &str) -> Result<(), SourceError> {
+        self.done(set)
+            .map(|m| tracing::info!(set, "page source released: {m}"))
+            .map_err(|e| SourceError::Failed(e.to_string()))
+    }
+}
+
+/// A [`RemoteSource`] shared between the daemon and its owner, so that the owner can say
+/// `Done` itself once the daemon has ended (the answer is given once, whoever asks first).
+impl LazySource for std::sync::Arc<RemoteSource> {
+    fn fetch(
+        &mut self,
+        set: &str,
+        pages: &[(u64, PageId)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SourceError> {
+        self.fetch_retrying(set, pages, out)
+    }
+
+    fn bytes_network(&self) -> u64 {
+        self.conn.lock().map(|g| g.1).unwrap_or(0)
+    }
+
+    fn finished(&mut self, set: &str) -> Result<(), SourceError> {
+        self.done(set)
+            .map(|m| tracing::info!(set, "page source released: {m}"))
+            .map_err(|e| SourceError::Failed(e.to_string()))
     }
 }
 

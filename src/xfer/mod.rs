@@ -4,11 +4,20 @@
 //! Frames: `u32` length (little-endian, counting the kind byte and the payload, at most
 //! [`MAX_FRAME`]), one kind byte, the payload. A connection starts with `Hello` (magic,
 //! version, token) answered by `HelloOk` or `Error`; then requests: `GetManifest(set)` →
-//! `Manifest(bytes)`, `GetPages(set, [(addr, id)])` → `Pages(4096 × n)`. Every refusal is an
+//! `Manifest(bytes)`, `GetPages(set, [(addr, id)])` → `Pages(4096 × n)`, and (protocol 2)
+//! `Done(set)` → `DoneOk(message)`: the client has every page of the set resident. Every refusal is an
 //! `Error` frame with a message, after which the server closes that connection; other
 //! connections are not affected. The server checks the token before anything else and serves
 //! only the sets it was started for (or the final dumps of the jobs it was started for), and
 //! only pages those sets reference at the address asked.
+//!
+//! Versions: protocol 2 added `Done`. A server speaks 1 and 2 and answers `HelloOk` with the
+//! version the connection uses (the client's); a client that meets a protocol-1 server says
+//! hello again with 1 and then has nothing to send `Done` to. A *source-mode* server (a lazy
+//! final dump served by the frozen process itself, `haul dump --lazy`) only accepts protocol 2:
+//! a client that cannot say `Done` would leave it to be thawed after `source_timeout` while its
+//! restored copy runs on. On `Done` it kills the source and answers with what it did; a
+//! store-backed server answers `Done` with "nothing to release".
 //!
 //! Store-to-store sync (`sync`) copies a set into another store, sending only the pages that
 //! store lacks: from a local store (`haul images push`) or from a page server (`haul images
@@ -19,7 +28,7 @@ mod server;
 mod sync;
 
 pub use client::{Client, RemoteSource};
-pub use server::{PageServer, ServerOptions};
+pub use server::{LivePages, PageServer, ServerOptions, SourceEvent, SourceServing};
 pub use sync::{copy_set, pull, push, SyncReport};
 
 use std::io::{Read, Write};
@@ -45,8 +54,12 @@ pub enum XferError {
     Setup(String),
 }
 
-/// Protocol version.
-pub const VERSION: u16 = 1;
+/// Protocol version this build speaks (2: `Done`).
+pub const VERSION: u16 = 2;
+/// Oldest protocol version still accepted (1: no `Done`).
+pub const MIN_VERSION: u16 = 1;
+/// First protocol version with `Done`.
+pub const DONE_VERSION: u16 = 2;
 /// Magic of the hello frame.
 pub const MAGIC: &[u8; 8] = b"HAULXFER";
 /// Largest frame accepted (kind byte + payload): room for [`MAX_PAGES`] pages and a header,
@@ -65,6 +78,9 @@ pub(crate) mod kind {
     pub const MANIFEST: u8 = 5;
     pub const GET_PAGES: u8 = 6;
     pub const PAGES: u8 = 7;
+    /// Protocol 2: the client has every page of the set resident.
+    pub const DONE: u8 = 8;
+    pub const DONE_OK: u8 = 9;
 }
 
 /// Why reading a frame failed.
@@ -138,9 +154,9 @@ pub(crate) fn put16(v: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// The hello payload: magic, version, token.
-pub(crate) fn hello_payload(token: &[u8]) -> Vec<u8> {
+pub(crate) fn hello_payload(version: u16, token: &[u8]) -> Vec<u8> {
     let mut v = MAGIC.to_vec();
-    v.extend_from_slice(&VERSION.to_le_bytes());
+    v.extend_from_slice(&version.to_le_bytes());
     put16(&mut v, token);
     v
 }

@@ -1,14 +1,17 @@
-//! The page server: serves the manifests and pages of the sets it was started for.
+//! The page server: serves the manifests and pages of the sets it was started for; in source
+//! mode ([`PageServer::serve_source`]), the lazy pages of one set from the frozen process that
+//! holds them.
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::{kind, read_frame, write_frame, Cur, FrameError, XferError, MAGIC, MAX_FRAME};
-use super::{MAX_PAGES, VERSION};
+use super::{DONE_VERSION, MAX_PAGES, MIN_VERSION, VERSION};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::store::Store;
 
@@ -60,11 +63,38 @@ impl Served {
     }
 }
 
+/// Reads pages of a live (frozen) process: the source of a lazy final dump.
+pub trait LivePages: Send + Sync {
+    /// The page at each of `addrs`, into `out` (`addrs.len()` × 4096 bytes).
+    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), String>;
+}
+
+/// What a source-mode server tells the holder of the frozen source.
+pub enum SourceEvent {
+    /// A client said hello (protocol 2).
+    Connected,
+    /// A connection that had said hello ended.
+    Disconnected,
+    /// A client has every page resident. Send what became of the source on `reply` (it is
+    /// the `DoneOk` message); `written` says when the answer is on its way.
+    Done {
+        reply: Sender<String>,
+        written: Receiver<()>,
+    },
+}
+
+/// Source mode: the pages recorded `Lazy` come from the frozen process.
+struct SourceMode {
+    live: Arc<dyn LivePages>,
+    events: Sender<SourceEvent>,
+}
+
 struct Shared {
     store: Arc<Store>,
     sets: RwLock<HashMap<String, Arc<Served>>>,
     opts: ServerOptions,
     live: AtomicUsize,
+    source: Option<SourceMode>,
 }
 
 impl Shared {
@@ -105,6 +135,29 @@ impl PageServer {
         sets: &[String],
         opts: ServerOptions,
     ) -> Result<PageServer, XferError> {
+        if sets.is_empty() && opts.jobs.is_empty() {
+            return Err(XferError::Setup("no set (or job) to serve".into()));
+        }
+        Self::bind_inner(addr, store, sets, opts)
+    }
+
+    /// Binds `addr` for a source-mode server, before the lazy dump it will serve exists (so a
+    /// bad address is refused before the process is frozen). Same address rule as
+    /// [`PageServer::bind`]; [`PageServer::serve_source`] starts it.
+    pub fn bind_source(
+        addr: &str,
+        store: Arc<Store>,
+        opts: ServerOptions,
+    ) -> Result<PageServer, XferError> {
+        Self::bind_inner(addr, store, &[], opts)
+    }
+
+    fn bind_inner(
+        addr: &str,
+        store: Arc<Store>,
+        sets: &[String],
+        opts: ServerOptions,
+    ) -> Result<PageServer, XferError> {
         let listener = TcpListener::bind(addr).map_err(|e| XferError::Io {
             context: format!("binding {addr}"),
             source: e,
@@ -117,9 +170,6 @@ impl PageServer {
             return Err(XferError::Setup(format!(
                 "{local} is not a loopback address: a token file is required"
             )));
-        }
-        if sets.is_empty() && opts.jobs.is_empty() {
-            return Err(XferError::Setup("no set (or job) to serve".into()));
         }
         for j in &opts.jobs {
             crate::store::check_job_name(j)
@@ -136,7 +186,66 @@ impl PageServer {
                 sets: RwLock::new(loaded),
                 opts,
                 live: AtomicUsize::new(0),
+                source: None,
             }),
+        })
+    }
+
+    /// Source mode: serves `set` (a lazy final dump just committed) and nothing else, its
+    /// `Lazy` pages read from `live` (the frozen process), each checked against its id; its
+    /// `Stored` pages from the store. Only protocol-2 clients are accepted (they say `Done`).
+    /// Accepts in a thread until the returned [`SourceServing`] is dropped; its `events` say
+    /// who connects, leaves, and when a client is done.
+    pub fn serve_source(
+        self,
+        set: ImageSet,
+        live: Arc<dyn LivePages>,
+    ) -> Result<SourceServing, XferError> {
+        let addr = self.local_addr()?;
+        let manifest = crate::image::encode::encode_manifest(&set)
+            .map_err(|e| XferError::Setup(format!("set {}: {e}", set.id)))?;
+        let mut sh = Arc::try_unwrap(self.shared)
+            .map_err(|_| XferError::Setup("the page server is already serving".into()))?;
+        let name = set.id.clone();
+        sh.opts.jobs.clear();
+        sh.sets = RwLock::new(HashMap::from([(name, Arc::new(Served { set, manifest }))]));
+        let (tx, rx) = channel();
+        sh.source = Some(SourceMode { live, events: tx });
+        let shared = Arc::new(sh);
+        let stop = Arc::new(AtomicBool::new(false));
+        self.listener
+            .set_nonblocking(true)
+            .map_err(|e| XferError::Io {
+                context: format!("listener on {addr}"),
+                source: e,
+            })?;
+        let listener = self.listener;
+        let st = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("haul-source-accept".into())
+            .spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nonblocking(false);
+                            spawn_connection(&shared, stream);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => {
+                            tracing::warn!("accept: {e}");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| XferError::Setup(format!("cannot start the accept thread: {e}")))?;
+        Ok(SourceServing {
+            events: rx,
+            addr,
+            stop,
+            thread: Some(thread),
         })
     }
 
@@ -151,38 +260,76 @@ impl PageServer {
     /// Accepts connections forever, one thread each.
     pub fn serve(self) -> Result<(), XferError> {
         for conn in self.listener.incoming() {
-            let stream = match conn {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    continue;
-                }
-            };
-            let shared = self.shared.clone();
-            if shared.live.fetch_add(1, Ordering::SeqCst) >= shared.opts.max_connections {
-                shared.live.fetch_sub(1, Ordering::SeqCst);
-                let mut w = &stream;
-                let _ = write_frame(&mut w, kind::ERROR, b"too many connections");
-                continue;
-            }
-            let spawned = std::thread::Builder::new()
-                .name("haul-page-conn".into())
-                .spawn(move || {
-                    let peer = stream
-                        .peer_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|_| "?".into());
-                    if let Err(e) = connection(&shared, stream) {
-                        tracing::info!("page server: {peer}: {e}");
-                    }
-                    shared.live.fetch_sub(1, Ordering::SeqCst);
-                });
-            if let Err(e) = spawned {
-                self.shared.live.fetch_sub(1, Ordering::SeqCst);
-                tracing::warn!("cannot start a connection thread: {e}");
+            match conn {
+                Ok(s) => spawn_connection(&self.shared, s),
+                Err(e) => tracing::warn!("accept: {e}"),
             }
         }
         Ok(())
+    }
+}
+
+/// A source-mode server accepting in a thread (see [`PageServer::serve_source`]). Dropping it
+/// stops accepting; connections already open end with the process.
+pub struct SourceServing {
+    /// Connections, disconnections and `Done`, in order.
+    pub events: Receiver<SourceEvent>,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SourceServing {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for SourceServing {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves one accepted connection in a thread of its own (or refuses it when too many are
+/// open).
+fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
+    let shared = shared.clone();
+    if shared.live.fetch_add(1, Ordering::SeqCst) >= shared.opts.max_connections {
+        shared.live.fetch_sub(1, Ordering::SeqCst);
+        let mut w = &stream;
+        let _ = write_frame(&mut w, kind::ERROR, b"too many connections");
+        return;
+    }
+    let sh = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("haul-page-conn".into())
+        .spawn(move || {
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into());
+            if let Err(e) = connection(&sh, stream) {
+                tracing::info!("page server: {peer}: {e}");
+            }
+            sh.live.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        shared.live.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!("cannot start a connection thread: {e}");
+    }
+}
+
+/// Tells the source's holder that a client connection ended (when dropped).
+struct ClientGuard<'a>(&'a Sender<SourceEvent>);
+
+impl Drop for ClientGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.send(SourceEvent::Disconnected);
     }
 }
 
@@ -219,10 +366,22 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
         return refuse(&mut w, "not a haul page client (bad hello)".into());
     }
     let version = c.u16().unwrap_or(0);
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return refuse(
             &mut w,
-            format!("protocol version {version} not supported (server speaks {VERSION})"),
+            format!(
+                "protocol version {version} not supported (server speaks {MIN_VERSION} to {VERSION})"
+            ),
+        );
+    }
+    if sh.source.is_some() && version < DONE_VERSION {
+        return refuse(
+            &mut w,
+            format!(
+                "this server serves a frozen source process, which needs protocol {DONE_VERSION} \
+                 (the client says when every page is resident); the client speaks {version}: \
+                 upgrade it"
+            ),
         );
     }
     let token = c.bytes16().unwrap_or(&[]);
@@ -231,8 +390,29 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
             return refuse(&mut w, "wrong token".into());
         }
     }
-    write_frame(&mut w, kind::HELLO_OK, &VERSION.to_le_bytes()).map_err(|e| e.to_string())?;
+    write_frame(&mut w, kind::HELLO_OK, &version.to_le_bytes()).map_err(|e| e.to_string())?;
+    if sh.source.is_some() {
+        // A restore's daemon may be silent for a long time (no faults before its idle push)
+        // and still be there: closing its connection would make the source look abandoned
+        // and thaw it while the restored copy runs. Once it said hello, only a dead peer ends
+        // its connection; keepalive finds one within about 11 s.
+        let _ = stream.set_read_timeout(None);
+        if let Err(e) = crate::sys::net::set_tcp_keepalive(
+            &stream,
+            Duration::from_secs(5),
+            Duration::from_secs(2),
+            3,
+        ) {
+            tracing::warn!("page server: {e}");
+        }
+    }
+    let _client = sh.source.as_ref().map(|s| {
+        let _ = s.events.send(SourceEvent::Connected);
+        ClientGuard(&s.events)
+    });
     let mut out = Vec::new();
+    let mut live_addrs: Vec<(usize, u64, PageId)> = Vec::new();
+    let mut live_buf: Vec<u8> = Vec::new();
     loop {
         let (k, p) = match frame(&mut r) {
             Ok(Some(f)) => f,
@@ -261,28 +441,84 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
                 }
                 out.clear();
                 out.reserve(n as usize * PAGE_SIZE);
-                for _ in 0..n {
+                live_addrs.clear();
+                for i in 0..n as usize {
                     let addr = c.u64().unwrap_or(0);
                     let id = c
                         .take(16)
                         .and_then(|b| b.try_into().ok())
                         .map(PageId)
                         .unwrap_or(PageId([0; 16]));
-                    match served.set.pages.get(addr) {
-                        Some(PageRef::Stored(s)) | Some(PageRef::Lazy(s)) if s == id => {}
+                    let from_source = match served.set.pages.get(addr) {
+                        Some(PageRef::Stored(s)) if s == id => false,
+                        Some(PageRef::Lazy(s)) if s == id => sh.source.is_some(),
                         _ => {
                             return refuse(
                                 &mut w,
                                 format!("set {name} has no page {id} at {addr:#x}"),
                             )
                         }
+                    };
+                    if from_source {
+                        // Filled from the frozen process below.
+                        live_addrs.push((i, addr, id));
+                        out.resize(out.len() + PAGE_SIZE, 0);
+                        continue;
                     }
                     match sh.store.read_page_at(&id, &name, addr) {
                         Ok(b) => out.extend_from_slice(&b),
                         Err(e) => return refuse(&mut w, e.to_string()),
                     }
                 }
+                if let (Some(src), false) = (&sh.source, live_addrs.is_empty()) {
+                    let addrs: Vec<u64> = live_addrs.iter().map(|l| l.1).collect();
+                    live_buf.clear();
+                    live_buf.resize(addrs.len() * PAGE_SIZE, 0);
+                    if let Err(e) = src.live.read_pages(&addrs, &mut live_buf) {
+                        return refuse(&mut w, format!("the source process: {e}"));
+                    }
+                    for (j, &(i, addr, id)) in live_addrs.iter().enumerate() {
+                        let page = &live_buf[j * PAGE_SIZE..(j + 1) * PAGE_SIZE];
+                        if PageId::of(page) != id {
+                            return refuse(
+                                &mut w,
+                                format!(
+                                    "the source's page at {addr:#x} no longer hashes to {id}: \
+                                     it changed after the dump"
+                                ),
+                            );
+                        }
+                        out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(page);
+                    }
+                }
                 write_frame(&mut w, kind::PAGES, &out).map_err(|e| e.to_string())?;
+            }
+            kind::DONE => {
+                let Some(src) = &sh.source else {
+                    write_frame(
+                        &mut w,
+                        kind::DONE_OK,
+                        b"nothing to release: this server serves a store",
+                    )
+                    .map_err(|e| e.to_string())?;
+                    continue;
+                };
+                let (reply, answer) = channel();
+                let (wrote, written) = channel();
+                if src
+                    .events
+                    .send(SourceEvent::Done { reply, written })
+                    .is_err()
+                {
+                    return refuse(&mut w, "the source is no longer served".into());
+                }
+                let msg = answer
+                    .recv_timeout(Duration::from_secs(60))
+                    .unwrap_or_else(|_| "the source did not answer".into());
+                let r = write_frame(&mut w, kind::DONE_OK, msg.as_bytes());
+                let _ = wrote.send(());
+                r.map_err(|e| e.to_string())?;
+                return Ok(());
             }
             other => return refuse(&mut w, format!("unknown request kind {other}")),
         }
