@@ -407,7 +407,7 @@ pub fn render(r: &RunReport) -> String {
     if let Some(l) = &r.lazy {
         let _ = writeln!(
             s,
-            "  lazy: faults {}  p50 {}  p99 {}  prefetched {}  pushed {} ({})  all resident after {}",
+            "  lazy: faults {}  p50 {}  p99 {}  prefetched {}  pushed {}, order: {}  all resident after {}",
             l.faults_served,
             human_us(l.fault_latency_p50),
             human_us(l.fault_latency_p99),
