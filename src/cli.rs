@@ -251,7 +251,8 @@ pub struct DumpArgs {
     /// then serves until `haul restore SET --lazy --pid any --from ADDR` has every page
     /// resident (then the process is killed) or no restore is connected for
     /// --source-timeout (then the process resumes, the migration rolled back, and the set is
-    /// removed; exit 1). Only haul restores of this version or later can be served.
+    /// removed; exit 1). Only haul restores of this version or later can be served. With
+    /// --json: one JSON line for the dump (with "serving"), one for how the source ended.
     #[arg(long, conflicts_with_all = ["leave_running", "kill"])]
     pub lazy: bool,
     /// With --lazy: address to serve on [default: 127.0.0.1:0, loopback with a free port];

@@ -366,6 +366,10 @@ pub(crate) fn dump_planned(
     ctx.fail(Step::Sigactions)?;
 
     ctx.step(Step::Scratch, || frozen.unmap_scratch())?;
+    // No more injected syscalls: give the registers back and end the single-step state now,
+    // so that if the worker dies during the copy (SIGKILL), the kernel's detach resumes the
+    // process intact instead of letting it die of SIGTRAP (see `Frozen::settle`).
+    ctx.step(Step::Scratch, || frozen.settle())?;
     ctx.fail(Step::State)?;
 
     let t_mem = Instant::now();
@@ -401,9 +405,8 @@ pub(crate) fn dump_planned(
         t.pending |= frozen.held_signals(t.tid);
     }
     let kept = if opts.lazy {
-        // Neither thawed nor killed: the caller serves the lazy pages from it. Dropping the
-        // guard (any error below) thaws it.
-        ctx.step(Step::Resume, || frozen.settle())?;
+        // Neither thawed nor killed (settled above): the caller serves the lazy pages from
+        // it. Dropping the guard (any error below) thaws it.
         Some(frozen)
     } else if opts.leave_running {
         ctx.step(Step::Resume, || frozen.thaw())?;
