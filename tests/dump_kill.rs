@@ -16,6 +16,16 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
+/// The counter: killed and reaped when the test ends, whichever way.
+struct Target(std::process::Child);
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn sigkill_of_haul_dump_at_random_moments_leaves_the_target_intact() {
     let dir = tempfile::tempdir().unwrap();
@@ -23,13 +33,16 @@ fn sigkill_of_haul_dump_at_random_moments_leaves_the_target_intact() {
     let store = dir.path().join("store");
     let mut cmd = Command::new(fixture("counter"));
     haul::sys::spawn::close_inherited_fds(&mut cmd);
-    let mut target = cmd
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = target.id() as i32;
+    // stderr too: a pipe inherited from the test harness would make the target undumpable.
+    let mut target = Target(
+        cmd.arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = target.0.id() as i32;
     assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
         .len()
         > 3));
@@ -94,7 +107,7 @@ fn sigkill_of_haul_dump_at_random_moments_leaves_the_target_intact() {
             "{what}: the counter stopped"
         );
         assert!(
-            target.try_wait().unwrap().is_none(),
+            target.0.try_wait().unwrap().is_none(),
             "{what}: the target died"
         );
     }
