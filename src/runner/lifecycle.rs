@@ -385,11 +385,23 @@ fn lazy_restore_and_verify(
         );
         Ok((lr, d))
     })?;
-    let pid = lr.pid();
+    verify_while_serving(job, lr, ph, report, p)?
+}
+
+/// Runs `[verify]` (if any) against a lazily restored process while its daemon still serves
+/// it, then waits until every page is resident (the `lazy` stage). The outer error is the
+/// wait's (the process was killed); the inner result is the verification's.
+fn verify_while_serving(
+    job: &Job,
+    lr: crate::lazy::LazyRestore,
+    ph: &Placeholders,
+    report: &mut RunReport,
+    p: &JobProgress<'_>,
+) -> Result<Result<(), RunError>, RunError> {
     let verified = if job.spec.verify.is_some() {
         p.step("verifying");
         let mut ph = ph.clone();
-        ph.pid = Some(pid);
+        ph.pid = Some(lr.pid());
         stage(report, "verify", |r| {
             stages::verify(job, &ph, r)?;
             Ok(((), "passed".into()))
@@ -402,7 +414,7 @@ fn lazy_restore_and_verify(
         stages::lazy_wait(lr, r)?;
         Ok(((), "every page resident".into()))
     })?;
-    verified
+    Ok(verified)
 }
 
 /// `dump.lazy` (issue #7): the checkpoint worker holds the source frozen and serves its lazy
@@ -441,23 +453,7 @@ fn migrate_from_frozen_source(
             Ok(((lr, src), d))
         })?;
         restored = Some(lr.pid());
-        let verified = if job.spec.verify.is_some() {
-            p.step("verifying");
-            let mut ph = ph.clone();
-            ph.pid = Some(lr.pid());
-            stage(report, "verify", |r| {
-                stages::verify(job, &ph, r)?;
-                Ok(((), "passed".into()))
-            })
-        } else {
-            Ok(())
-        };
-        p.step("serving pages");
-        stage(report, "lazy", |r| {
-            stages::lazy_wait(lr, r)?;
-            Ok(((), "every page resident".into()))
-        })?;
-        verified?;
+        verify_while_serving(job, lr, ph, report, p)??;
         if stop.load(Ordering::Relaxed) {
             return Err(RunError::Interrupted);
         }

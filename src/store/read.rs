@@ -284,19 +284,10 @@ impl Store {
             );
             let producer = s.spawn(move || {
                 for window in batches.chunks(READ_WINDOW) {
-                    let decoded: Vec<Result<(Batch, Vec<u8>), StoreError>> = window
-                        .par_iter()
-                        .map(|batch| {
-                            let buf = pool
-                                .lock()
-                                .ok()
-                                .and_then(|mut p| p.pop())
-                                .unwrap_or_default();
-                            decode_batch(inner, batch, buf)
-                                .map(|b| (batch.clone(), b))
-                                .map_err(|(e, addr)| e.in_set(set_id, Some(addr)))
-                        })
-                        .collect();
+                    let decoded = decode_window(inner, window, pool, set_id)
+                        .into_iter()
+                        .zip(window)
+                        .map(|(d, batch)| d.map(|b| (batch.clone(), b)));
                     for d in decoded {
                         let stop = d.is_err();
                         if tx.send(d).is_err() || stop {
@@ -426,22 +417,15 @@ impl Store {
                     .map(|c| c.iter().map(|(a, id)| (*a, PageRef::Stored(*id))).collect())
                     .collect();
                 for window in batches.chunks(READ_WINDOW) {
-                    let decoded: Vec<Result<StreamBatch, StoreError>> = window
-                        .par_iter()
-                        .map(|batch| {
-                            let buf = pool2
-                                .lock()
-                                .ok()
-                                .and_then(|mut p| p.pop())
-                                .unwrap_or_default();
-                            decode_batch(&inner, batch, buf)
-                                .map(|bytes| StreamBatch {
-                                    addrs: batch.iter().map(|(a, _)| *a).collect(),
-                                    bytes,
-                                })
-                                .map_err(|(e, addr)| e.in_set(&set, Some(addr)))
-                        })
-                        .collect();
+                    let decoded = decode_window(&inner, window, &pool2, &set)
+                        .into_iter()
+                        .zip(window)
+                        .map(|(d, batch)| {
+                            d.map(|bytes| StreamBatch {
+                                addrs: batch.iter().map(|(a, _)| *a).collect(),
+                                bytes,
+                            })
+                        });
                     for d in decoded {
                         let stop = d.is_err();
                         if tx.send(d).is_err() || stop {
@@ -468,6 +452,27 @@ impl Store {
             }
         }
     }
+}
+
+/// Decodes a window of batches in parallel (rayon), each into a buffer from `pool`; errors
+/// name the set and the address.
+fn decode_window(
+    inner: &Inner,
+    window: &[Batch],
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+    set: &str,
+) -> Vec<Result<Vec<u8>, StoreError>> {
+    window
+        .par_iter()
+        .map(|batch| {
+            let buf = pool
+                .lock()
+                .ok()
+                .and_then(|mut p| p.pop())
+                .unwrap_or_default();
+            decode_batch(inner, batch, buf).map_err(|(e, addr)| e.in_set(set, Some(addr)))
+        })
+        .collect()
 }
 
 /// Decodes one batch: consecutive pages from `start`. On error, also says which address.

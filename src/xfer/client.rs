@@ -324,49 +324,36 @@ impl RemoteSource {
     }
 }
 
-impl LazySource for RemoteSource {
-    fn fetch(
-        &mut self,
-        set: &str,
-        pages: &[(u64, PageId)],
-        out: &mut Vec<u8>,
-    ) -> Result<(), SourceError> {
-        self.fetch_retrying(set, pages, out)
-    }
+/// The daemon's side of a [`RemoteSource`], owned or shared (`Arc`: shared between the daemon
+/// and its owner, so that the owner can say `Done` itself once the daemon has ended; the
+/// answer is given once, whoever asks first).
+macro_rules! remote_lazy_source {
+    ($t:ty) => {
+        impl LazySource for $t {
+            fn fetch(
+                &mut self,
+                set: &str,
+                pages: &[(u64, PageId)],
+                out: &mut Vec<u8>,
+            ) -> Result<(), SourceError> {
+                self.fetch_retrying(set, pages, out)
+            }
 
-    fn bytes_network(&self) -> u64 {
-        self.conn.lock().map(|g| g.1).unwrap_or(0)
-    }
+            fn bytes_network(&self) -> u64 {
+                self.conn.lock().map(|g| g.1).unwrap_or(0)
+            }
 
-    fn finished(&mut self, set: &str) -> Result<(), SourceError> {
-        self.done(set)
-            .map(|m| tracing::info!(set, "page source released: {m}"))
-            .map_err(|e| SourceError::Failed(e.to_string()))
-    }
+            fn finished(&mut self, set: &str) -> Result<(), SourceError> {
+                self.done(set)
+                    .map(|m| tracing::info!(set, "page source released: {m}"))
+                    .map_err(|e| SourceError::Failed(e.to_string()))
+            }
+        }
+    };
 }
 
-/// A [`RemoteSource`] shared between the daemon and its owner, so that the owner can say
-/// `Done` itself once the daemon has ended (the answer is given once, whoever asks first).
-impl LazySource for std::sync::Arc<RemoteSource> {
-    fn fetch(
-        &mut self,
-        set: &str,
-        pages: &[(u64, PageId)],
-        out: &mut Vec<u8>,
-    ) -> Result<(), SourceError> {
-        self.fetch_retrying(set, pages, out)
-    }
-
-    fn bytes_network(&self) -> u64 {
-        self.conn.lock().map(|g| g.1).unwrap_or(0)
-    }
-
-    fn finished(&mut self, set: &str) -> Result<(), SourceError> {
-        self.done(set)
-            .map(|m| tracing::info!(set, "page source released: {m}"))
-            .map_err(|e| SourceError::Failed(e.to_string()))
-    }
-}
+remote_lazy_source!(RemoteSource);
+remote_lazy_source!(std::sync::Arc<RemoteSource>);
 
 impl crate::restore::PageSource for RemoteSource {
     fn for_each_page(
