@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::missing::Missing;
-use super::{LazyError, LazyOptions, LazySource, PushOrder};
+use super::{LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream};
 use crate::image::{ImageSet, PageId, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
-use crate::store::{NextBatch, PageStream, StreamBatch};
+use crate::store::StreamBatch;
 use crate::sys::uffd::{self, Uffd};
 use crate::sys::uffd_restore::{self as ur, CopyResult, Watchdog};
 
@@ -155,7 +155,7 @@ enum Stream {
     NotStarted,
     /// Reading; `partial`: a batch copied up to its `.1`th page when a fault came.
     Running {
-        st: PageStream,
+        st: Box<dyn PushStream>,
         partial: Option<(StreamBatch, usize)>,
     },
     /// Exhausted, or the source has none: the push fetches chunk by chunk.
@@ -438,10 +438,10 @@ impl Daemon {
                 Some(p) => p,
                 // Wait for the reader only briefly: faults must not queue behind it.
                 None => match timed(&mut self.stats.push_wait, || st.next_within(STREAM_WAIT)) {
-                    NextBatch::NotYet => return Ok(()),
-                    NextBatch::Batch(Err(e)) => return Err(Fatal::Source(e.to_string())),
-                    NextBatch::Batch(Ok(b)) => (b, 0),
-                    NextBatch::End => {
+                    NextPush::NotYet => return Ok(()),
+                    NextPush::Batch(Err(e)) => return Err(Fatal::Source(e.to_string())),
+                    NextPush::Batch(Ok(b)) => (b, 0),
+                    NextPush::End => {
                         self.stream = Stream::Over;
                         return self.push_chunk();
                     }

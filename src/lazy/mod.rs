@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use source::{LazySource, SourceError, StoreSource};
+pub use source::{LazySource, NextPush, PushStream, SourceError, StoreSource};
 
 use crate::image::ImageSet;
 use crate::report::LazyReport;

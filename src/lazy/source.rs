@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::image::{PageId, PageRef, SetKind, PAGE_SIZE};
-use crate::store::{PageStream, Store};
+use crate::store::{NextBatch, PageStream, Store, StreamBatch};
 
 /// Why a page source could not deliver. Either way the daemon kills the process: it must never
 /// run with a page it does not have.
@@ -45,7 +46,7 @@ pub trait LazySource: Send {
     /// Starts reading `pages` of set `set` in the background, in the order given, for the
     /// push: batches arrive ahead of the daemon, which only copies them in. `None`: this
     /// source has no such stream, the daemon fetches chunk by chunk.
-    fn stream(&mut self, set: &str, pages: Vec<(u64, PageId)>) -> Option<PageStream> {
+    fn stream(&mut self, set: &str, pages: Vec<(u64, PageId)>) -> Option<Box<dyn PushStream>> {
         let _ = (set, pages);
         None
     }
@@ -59,6 +60,44 @@ pub trait LazySource: Send {
     fn finished(&mut self, set: &str) -> Result<(), SourceError> {
         let _ = set;
         Ok(())
+    }
+}
+
+/// Pages a source reads ahead for the daemon's push, in batches (see [`LazySource::stream`]).
+pub trait PushStream: Send {
+    /// The next batch if one is ready within `wait`.
+    fn next_within(&mut self, wait: Duration) -> NextPush;
+
+    /// Gives a batch's buffer back to be filled again.
+    fn recycle(&mut self, b: StreamBatch) {
+        drop(b);
+    }
+}
+
+/// What [`PushStream::next_within`] found.
+pub enum NextPush {
+    /// Pages, each checked against its id; an error is fatal to the restore.
+    Batch(Result<StreamBatch, SourceError>),
+    /// None is ready yet.
+    NotYet,
+    /// Every page was handed over, or the stream gave up (the daemon then fetches what is
+    /// still missing page by page, with the source's own retries).
+    End,
+}
+
+impl PushStream for PageStream {
+    fn next_within(&mut self, wait: Duration) -> NextPush {
+        match PageStream::next_within(self, wait) {
+            NextBatch::Batch(b) => {
+                NextPush::Batch(b.map_err(|e| SourceError::Failed(e.to_string())))
+            }
+            NextBatch::NotYet => NextPush::NotYet,
+            NextBatch::End => NextPush::End,
+        }
+    }
+
+    fn recycle(&mut self, b: StreamBatch) {
+        PageStream::recycle(self, b);
     }
 }
 
@@ -91,8 +130,8 @@ impl LazySource for StoreSource {
         Ok(())
     }
 
-    fn stream(&mut self, set: &str, pages: Vec<(u64, PageId)>) -> Option<PageStream> {
-        Some(self.store.stream_pages(set, pages))
+    fn stream(&mut self, set: &str, pages: Vec<(u64, PageId)>) -> Option<Box<dyn PushStream>> {
+        Some(Box::new(self.store.stream_pages(set, pages)))
     }
 
     /// Walks the set's chain of pre-dumps: each holds the pages written since the one before

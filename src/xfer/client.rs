@@ -3,13 +3,15 @@
 
 use std::io::{BufReader, BufWriter};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{hello_payload, kind, put16, read_frame, write_frame, FrameError, XferError};
 use super::{DONE_VERSION, MAX_FRAME, MAX_PAGES, MIN_VERSION, VERSION};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
-use crate::lazy::{LazySource, SourceError};
+use crate::lazy::{LazySource, NextPush, PushStream, SourceError};
+use crate::store::StreamBatch;
 
 /// One connection to a page server.
 pub struct Client {
@@ -188,6 +190,8 @@ pub struct RemoteSource {
     conn: Mutex<(Option<Client>, u64)>,
     /// The server's answer to `Done`, once given (it is given once).
     released: Mutex<Option<String>>,
+    /// Bytes the push's read-ahead connection received.
+    streamed: Arc<AtomicU64>,
 }
 
 impl RemoteSource {
@@ -199,6 +203,7 @@ impl RemoteSource {
             timeout,
             conn: Mutex::new((None, 0)),
             released: Mutex::new(None),
+            streamed: Arc::default(),
         }
     }
 
@@ -324,6 +329,79 @@ impl RemoteSource {
     }
 }
 
+/// Pages one request of the push's read-ahead asks for (4 MiB).
+const STREAM_PAGES: usize = 1024;
+
+/// The push's read-ahead from a page server: a connection of its own, on which a thread asks
+/// for [`STREAM_PAGES`] pages at a time (each page checked against its id by
+/// [`Client::pages`]) while the daemon copies the previous answer in. Any failure just ends
+/// the stream: the daemon then fetches what is missing through the source's own connection,
+/// with its retries and its `source_timeout`.
+struct RemoteStream {
+    rx: std::sync::mpsc::Receiver<StreamBatch>,
+}
+
+impl RemoteStream {
+    fn start(
+        src: &RemoteSource,
+        set: &str,
+        pages: Vec<(u64, PageId)>,
+        streamed: Arc<AtomicU64>,
+    ) -> RemoteStream {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let (addr, token, timeout, set) = (
+            src.addr.clone(),
+            src.token.clone(),
+            src.timeout,
+            set.to_string(),
+        );
+        // Not joined: a thread blocked on the network ends on its own once the daemon has
+        // dropped the receiver (its next send fails) or the connection times out.
+        let spawned = std::thread::Builder::new()
+            .name("haul-push-stream".into())
+            .spawn(move || {
+                let mut c = match Client::connect(&addr, &token, timeout) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!("push read-ahead from {addr}: {e}");
+                        return;
+                    }
+                };
+                for chunk in pages.chunks(STREAM_PAGES) {
+                    let mut bytes = Vec::with_capacity(chunk.len() * PAGE_SIZE);
+                    let before = c.bytes;
+                    let r = c.pages(&set, chunk, &mut bytes);
+                    streamed.fetch_add(c.bytes - before, Ordering::Relaxed);
+                    if let Err(e) = r {
+                        tracing::debug!("push read-ahead from {addr} ends: {e}");
+                        return;
+                    }
+                    let b = StreamBatch {
+                        addrs: chunk.iter().map(|(a, _)| *a).collect(),
+                        bytes,
+                    };
+                    if tx.send(b).is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::debug!("no push read-ahead: {e}");
+        }
+        RemoteStream { rx }
+    }
+}
+
+impl PushStream for RemoteStream {
+    fn next_within(&mut self, wait: Duration) -> NextPush {
+        match self.rx.recv_timeout(wait) {
+            Ok(b) => NextPush::Batch(Ok(b)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => NextPush::NotYet,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => NextPush::End,
+        }
+    }
+}
+
 /// The daemon's side of a [`RemoteSource`], owned or shared (`Arc`: shared between the daemon
 /// and its owner, so that the owner can say `Done` itself once the daemon has ended; the
 /// answer is given once, whoever asks first).
@@ -340,7 +418,20 @@ macro_rules! remote_lazy_source {
             }
 
             fn bytes_network(&self) -> u64 {
-                self.conn.lock().map(|g| g.1).unwrap_or(0)
+                self.conn.lock().map(|g| g.1).unwrap_or(0) + self.streamed.load(Ordering::Relaxed)
+            }
+
+            fn stream(
+                &mut self,
+                set: &str,
+                pages: Vec<(u64, PageId)>,
+            ) -> Option<Box<dyn PushStream>> {
+                Some(Box::new(RemoteStream::start(
+                    self,
+                    set,
+                    pages,
+                    self.streamed.clone(),
+                )))
             }
 
             fn finished(&mut self, set: &str) -> Result<(), SourceError> {
