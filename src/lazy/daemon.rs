@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::missing::Missing;
 use super::{LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream};
-use crate::image::{ImageSet, PageId, PAGE_SIZE};
+use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
 use crate::store::StreamBatch;
@@ -22,6 +22,8 @@ const MAX_POLL_MS: u64 = 200;
 const STREAM_WAIT: std::time::Duration = std::time::Duration::from_micros(300);
 /// While pushing a batch, the daemon looks for waiting faults every this many pages.
 const CHECK_PAGES: usize = 64;
+/// The push copies runs of up to this many zero pages between missing ones along.
+const BRIDGE_PAGES: usize = 4;
 
 /// One address space being served: the restored process, or a child it forked while pages
 /// were missing (the kernel hands the child's uffd over with `UFFD_EVENT_FORK`).
@@ -417,13 +419,12 @@ impl Daemon {
     fn push(&mut self) -> Result<(), Fatal> {
         if matches!(self.stream, Stream::NotStarted) {
             self.stream = Stream::Over;
-            if let Some(sp) = self
+            if self
                 .spaces
                 .first()
-                .filter(|s| !s.dead && !s.pending.is_empty())
+                .is_some_and(|s| !s.dead && !s.pending.is_empty())
             {
-                let mut pages = sp.pending.all();
-                self.stats.push_order = self.order(&mut pages);
+                let pages = self.push_list();
                 if let Some(st) = self.source.stream(&self.set, pages) {
                     self.stream = Stream::Running { st, partial: None };
                 }
@@ -462,25 +463,37 @@ impl Daemon {
         Ok(())
     }
 
-    /// Puts `pages` (address order) in the push order of the job; returns the order used.
-    fn order(&mut self, pages: &mut [(u64, PageId)]) -> String {
-        if self.opts.order != PushOrder::HotFirst {
-            return "address".into();
-        }
-        match self.source.dirty_counts(&self.set) {
-            Some(counts) => {
-                // Stable: equally hot pages stay in address order (and in long runs).
-                pages.sort_by_key(|(a, _)| std::cmp::Reverse(counts.get(a).copied().unwrap_or(0)));
-                "hot-first".into()
-            }
-            None => {
+    /// What the push of the first space copies, in the job's order (and records the order
+    /// used). In address order, short runs of zero pages between missing ones are copied too
+    /// ([`BRIDGE_PAGES`]): one large copy instead of many small ones.
+    fn push_list(&mut self) -> Vec<(u64, PageRef)> {
+        let sp = &self.spaces[0];
+        let counts = match self.opts.order {
+            PushOrder::HotFirst => self.source.dirty_counts(&self.set),
+            PushOrder::Address => None,
+        };
+        let Some(counts) = counts else {
+            self.stats.push_order = if self.opts.order == PushOrder::HotFirst {
                 tracing::info!(
                     pid = self.pid,
                     "hot-first push: no pre-dump history to go by, pushing in address order"
                 );
                 "address (no pre-dump history to go by)".into()
-            }
-        }
+            } else {
+                "address".into()
+            };
+            return sp.pending.all_bridged(BRIDGE_PAGES);
+        };
+        let mut pages: Vec<(u64, PageRef)> = sp
+            .pending
+            .all()
+            .into_iter()
+            .map(|(a, id)| (a, PageRef::Stored(id)))
+            .collect();
+        // Stable: equally hot pages stay in address order (and in long runs).
+        pages.sort_by_key(|(a, _)| std::cmp::Reverse(counts.get(a).copied().unwrap_or(0)));
+        self.stats.push_order = "hot-first".into();
+        pages
     }
 
     /// Copies the pages of a streamed batch from its `from`th on that space `i` still misses,
@@ -496,14 +509,16 @@ impl Daemon {
         let mut k = from;
         let mut since_check = 0;
         while k < addrs.len() {
-            if self.spaces[i].pending.get(addrs[k]).is_none() {
+            let wanted =
+                |sp: &Space, a: u64| sp.pending.get(a).is_some() || sp.pending.known_zero(a);
+            if !wanted(&self.spaces[i], addrs[k]) {
                 k += 1;
                 continue;
             }
             let mut j = k + 1;
             while j < addrs.len()
                 && addrs[j] == addrs[j - 1] + PAGE
-                && self.spaces[i].pending.get(addrs[j]).is_some()
+                && wanted(&self.spaces[i], addrs[j])
             {
                 j += 1;
             }

@@ -125,14 +125,15 @@ impl Missing {
         }
     }
 
-    /// The page at `addr` is no longer missing (copied in, or its memory went away).
+    /// The page at `addr` is no longer missing (copied in, or its memory went away); for a
+    /// zero page, it was placed.
     pub fn remove(&mut self, addr: u64) {
         if self.moved.remove(&addr).is_some() {
             self.left -= 1;
             return;
         }
         if let Some(i) = self.region(addr) {
-            if self.set.pages.get(addr).and_then(stored).is_some() && self.regions[i].set_done(addr)
+            if self.regions[i].set_done(addr) && self.set.pages.get(addr).and_then(stored).is_some()
             {
                 self.left -= 1;
             }
@@ -200,6 +201,47 @@ impl Missing {
                     .map(|(a, id)| (*a, *id)),
             );
         }
+        out
+    }
+
+    /// Every missing page in address order (the regions, then the moved ones), with the zero
+    /// pages of runs of at most `max_gap` between two missing pages of a region: copying those
+    /// zeroes too turns many small copies into few large ones (they were present at the dump).
+    pub fn all_bridged(&self, max_gap: usize) -> Vec<(u64, PageRef)> {
+        let mut out: Vec<(u64, PageRef)> = Vec::with_capacity(self.left as usize);
+        for r in &self.regions {
+            // Zero pages seen since the last stored one, contiguous with it.
+            let mut gap: Vec<u64> = Vec::new();
+            let mut last: Option<u64> = None;
+            for (a, p) in self.set.pages.range(r.start, r.end) {
+                if r.is_done(a) {
+                    gap.clear();
+                    last = None;
+                    continue;
+                }
+                let contiguous = last.is_some_and(|l| l + PAGE == a);
+                match p {
+                    PageRef::Zero => {
+                        if contiguous && gap.len() < max_gap {
+                            gap.push(a);
+                            last = Some(a);
+                        } else {
+                            gap.clear();
+                            last = None;
+                        }
+                    }
+                    PageRef::Stored(id) | PageRef::Lazy(id) => {
+                        if contiguous {
+                            out.extend(gap.iter().map(|g| (*g, PageRef::Zero)));
+                        }
+                        gap.clear();
+                        out.push((a, PageRef::Stored(id)));
+                        last = Some(a);
+                    }
+                }
+            }
+        }
+        out.extend(self.moved.iter().map(|(a, id)| (*a, PageRef::Stored(*id))));
         out
     }
 
@@ -280,6 +322,28 @@ mod tests {
         m.zero_placed(0x1000);
         assert!(!m.known_zero(0x1000));
         assert_eq!(m.left(), 1, "zero pages are not counted as missing");
+    }
+
+    #[test]
+    fn bridging_takes_short_zero_runs_between_missing_pages_only() {
+        let s = set_with(&[
+            (0x1000, PageRef::Stored(id(1))),
+            (0x2000, PageRef::Zero),
+            (0x3000, PageRef::Stored(id(3))),
+            (0x4000, PageRef::Zero),
+            (0x5000, PageRef::Zero),
+            (0x6000, PageRef::Zero),
+            (0x7000, PageRef::Stored(id(7))),
+            (0x8000, PageRef::Zero),
+        ]);
+        let m = Missing::new(s, &[(0x1000, 0x9000)]);
+        let got: Vec<u64> = m.all_bridged(2).iter().map(|(a, _)| *a).collect();
+        assert_eq!(got, vec![0x1000, 0x2000, 0x3000, 0x7000]);
+        let got: Vec<u64> = m.all_bridged(3).iter().map(|(a, _)| *a).collect();
+        assert_eq!(
+            got,
+            vec![0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000]
+        );
     }
 
     #[test]

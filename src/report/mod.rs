@@ -170,7 +170,10 @@ pub struct LazyReport {
     pub faults_served: u64,
     pub fault_latency_p50: u64,
     pub fault_latency_p99: u64,
+    /// Pages placed after a faulting page (stored ones, and zero pages in the window).
     pub pages_prefetched: u64,
+    /// Pages the push copied in: the stored ones, and short runs of zero pages between them
+    /// (one large copy instead of many small ones).
     pub pages_pushed: u64,
     pub time_to_all_resident: u64,
     pub bytes_network: u64,

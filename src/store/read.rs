@@ -395,10 +395,11 @@ impl Drop for PageStream {
 }
 
 impl Store {
-    /// Reads `pages` (`(address, id)` of set `set`, in the order to hand them over) in a
+    /// Reads `pages` (`(address, ref)` of set `set`, in the order to hand them over; zero
+    /// pages come as zeroes) in a
     /// thread of its own, decoding and checking batches in parallel (rayon) a window ahead of
     /// the consumer, as [`Store::read_set_pages`] does. For the lazy daemon's background push.
-    pub fn stream_pages(&self, set: &str, pages: Vec<(u64, PageId)>) -> PageStream {
+    pub fn stream_pages(&self, set: &str, pages: Vec<(u64, PageRef)>) -> PageStream {
         if let Ok(mut idx) = self.inner.index.write() {
             // A gc since open must not fail the read; a failed refresh shows up per page.
             let _ = idx.refresh(&self.inner.root);
@@ -412,10 +413,8 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("haul-page-stream".into())
             .spawn(move || {
-                let batches: Vec<Batch> = pages
-                    .chunks(READ_BATCH_PAGES)
-                    .map(|c| c.iter().map(|(a, id)| (*a, PageRef::Stored(*id))).collect())
-                    .collect();
+                let batches: Vec<Batch> =
+                    pages.chunks(READ_BATCH_PAGES).map(|c| c.to_vec()).collect();
                 for window in batches.chunks(READ_WINDOW) {
                     let decoded = decode_window(&inner, window, &pool2, &set)
                         .into_iter()

@@ -345,9 +345,17 @@ impl RemoteStream {
     fn start(
         src: &RemoteSource,
         set: &str,
-        pages: Vec<(u64, PageId)>,
+        pages: Vec<(u64, PageRef)>,
         streamed: Arc<AtomicU64>,
     ) -> RemoteStream {
+        // Zero pages are not asked for: the batches hold the stored ones only.
+        let pages: Vec<(u64, PageId)> = pages
+            .into_iter()
+            .filter_map(|(a, r)| match r {
+                PageRef::Stored(id) | PageRef::Lazy(id) => Some((a, id)),
+                PageRef::Zero => None,
+            })
+            .collect();
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let (addr, token, timeout, set) = (
             src.addr.clone(),
@@ -424,7 +432,7 @@ macro_rules! remote_lazy_source {
             fn stream(
                 &mut self,
                 set: &str,
-                pages: Vec<(u64, PageId)>,
+                pages: Vec<(u64, PageRef)>,
             ) -> Option<Box<dyn PushStream>> {
                 Some(Box::new(RemoteStream::start(
                     self,
