@@ -44,8 +44,9 @@ pub trait LazySource: Send {
     }
 
     /// Starts reading `pages` of set `set` in the background, in the order given, for the
-    /// push (zero pages, where given, come as zeroes, or are left out): batches arrive ahead of the daemon, which only copies them in. `None`: this
-    /// source has no such stream, the daemon fetches chunk by chunk.
+    /// push (zero pages, where given, come as zeroes, or are left out): batches arrive ahead
+    /// of the daemon, which only copies them in. `None`: this source has no such stream, the
+    /// daemon fetches chunk by chunk.
     fn stream(&mut self, set: &str, pages: Vec<(u64, PageRef)>) -> Option<Box<dyn PushStream>> {
         let _ = (set, pages);
         None

@@ -396,9 +396,9 @@ impl Drop for PageStream {
 
 impl Store {
     /// Reads `pages` (`(address, ref)` of set `set`, in the order to hand them over; zero
-    /// pages come as zeroes) in a
-    /// thread of its own, decoding and checking batches in parallel (rayon) a window ahead of
-    /// the consumer, as [`Store::read_set_pages`] does. For the lazy daemon's background push.
+    /// pages come as zeroes) in a thread of its own, decoding and checking batches in parallel
+    /// (rayon) a window ahead of the consumer, as [`Store::read_set_pages`] does. For the lazy
+    /// daemon's background push.
     pub fn stream_pages(&self, set: &str, pages: Vec<(u64, PageRef)>) -> PageStream {
         if let Ok(mut idx) = self.inner.index.write() {
             // A gc since open must not fail the read; a failed refresh shows up per page.

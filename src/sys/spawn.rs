@@ -36,7 +36,8 @@ pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
     let wfd = wr.as_raw_fd();
 
     // SAFETY: fork(2). In the child only async-signal-safe raw syscalls run (clone3/fork,
-    // rt_sigaction, write, pause, _exit) on memory prepared before the fork; it never returns into Rust code.
+    // rt_sigaction, write, pause, _exit) on memory prepared before the fork; it never returns
+    // into Rust code.
     let inter = unsafe { libc::fork() };
     if inter < 0 {
         return Err(last_err("fork of the restore intermediate"));
