@@ -509,8 +509,7 @@ impl Daemon {
         let mut k = from;
         let mut since_check = 0;
         while k < addrs.len() {
-            let wanted =
-                |sp: &Space, a: u64| sp.pending.get(a).is_some() || sp.pending.known_zero(a);
+            let wanted = |sp: &Space, a: u64| sp.pending.wanted(a);
             if !wanted(&self.spaces[i], addrs[k]) {
                 k += 1;
                 continue;

@@ -1,8 +1,8 @@
 //! Which stored pages an address space still misses, without copying the page table: the
 //! image set's own table says which pages are stored, a bit per page of each lazy region says
 //! which of them are resident (or gone) already, and pages that `mremap` moved are listed
-//! apart. Building it costs a bitmap per region (32 KiB per GiB), so the time to running does
-//! not grow with the image.
+//! apart. Building it costs a few bitmaps per region (32 KiB per GiB each) and one walk over
+//! the table, in the daemon's thread, so the time to running does not grow with the image.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +18,11 @@ struct Region {
     end: u64,
     /// Bit set: the page is no longer missing (copied, or its memory went away).
     done: Vec<u64>,
+    /// Bit set: the table has a stored (or lazy) page here. What the push and the faults ask
+    /// per page, answered without a look-up in the table.
+    stored: Vec<u64>,
+    /// Bit set: the table has a zero page here.
+    zero: Vec<u64>,
 }
 
 impl Region {
@@ -28,6 +33,15 @@ impl Region {
     fn is_done(&self, addr: u64) -> bool {
         let (w, m) = self.bit(addr);
         self.done[w] & m != 0
+    }
+    /// (stored, zero) at `addr`, and whether it is still to be placed.
+    fn state(&self, addr: u64) -> (bool, bool, bool) {
+        let (w, m) = self.bit(addr);
+        (
+            self.stored[w] & m != 0,
+            self.zero[w] & m != 0,
+            self.done[w] & m == 0,
+        )
     }
     /// Sets the bit; true when it was clear.
     fn set_done(&mut self, addr: u64) -> bool {
@@ -62,17 +76,25 @@ impl Missing {
         let regions = ranges
             .iter()
             .map(|&(start, end)| {
-                left += set
-                    .pages
-                    .range(start, end)
-                    .filter(|(_, r)| stored(*r).is_some())
-                    .count() as u64;
-                let pages = ((end - start) / PAGE) as usize;
-                Region {
+                let words = (((end - start) / PAGE) as usize).div_ceil(64);
+                let mut r = Region {
                     start,
                     end,
-                    done: vec![0; pages.div_ceil(64)],
+                    done: vec![0; words],
+                    stored: vec![0; words],
+                    zero: vec![0; words],
+                };
+                for (a, p) in set.pages.range(start, end) {
+                    let (w, m) = r.bit(a);
+                    match p {
+                        PageRef::Stored(_) | PageRef::Lazy(_) => {
+                            r.stored[w] |= m;
+                            left += 1;
+                        }
+                        PageRef::Zero => r.zero[w] |= m,
+                    }
                 }
+                r
             })
             .collect();
         Missing {
@@ -103,19 +125,31 @@ impl Missing {
             return Some(*id);
         }
         let r = &self.regions[self.region(addr)?];
-        if r.is_done(addr) {
-            return None;
+        match r.state(addr) {
+            (true, _, true) => self.set.pages.get(addr).and_then(stored),
+            _ => None,
         }
-        self.set.pages.get(addr).and_then(stored)
+    }
+
+    /// Whether the page at `addr` is still to be placed: a missing stored page, or a zero
+    /// page of the dump nothing was placed at yet. One bit test, for the push.
+    pub fn wanted(&self, addr: u64) -> bool {
+        if self.moved.contains_key(&addr) {
+            return true;
+        }
+        self.region(addr).is_some_and(|i| {
+            let (stored, zero, open) = self.regions[i].state(addr);
+            open && (stored || zero)
+        })
     }
 
     /// Whether the page at `addr` was a zero page at the dump and nothing was placed there
     /// since (by this daemon; the process may have faulted it in itself).
     pub fn known_zero(&self, addr: u64) -> bool {
-        self.region(addr)
-            .is_some_and(|i| !self.regions[i].is_done(addr))
-            && !self.moved.contains_key(&addr)
-            && self.set.pages.get(addr) == Some(PageRef::Zero)
+        self.region(addr).is_some_and(|i| {
+            let (_, zero, open) = self.regions[i].state(addr);
+            zero && open
+        }) && !self.moved.contains_key(&addr)
     }
 
     /// A zero page was placed at `addr`.
@@ -133,8 +167,8 @@ impl Missing {
             return;
         }
         if let Some(i) = self.region(addr) {
-            if self.regions[i].set_done(addr) && self.set.pages.get(addr).and_then(stored).is_some()
-            {
+            let (stored, _, _) = self.regions[i].state(addr);
+            if self.regions[i].set_done(addr) && stored {
                 self.left -= 1;
             }
         }
