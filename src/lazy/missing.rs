@@ -60,6 +60,8 @@ pub(super) struct Missing {
     /// Missing pages that `mremap` moved away from their dumped address.
     moved: BTreeMap<u64, PageId>,
     left: u64,
+    /// Every region page below this is placed (see [`Missing::first`]).
+    scan_from: u64,
 }
 
 fn stored(r: PageRef) -> Option<PageId> {
@@ -102,6 +104,7 @@ impl Missing {
             regions,
             moved: BTreeMap::new(),
             left,
+            scan_from: 0,
         }
     }
 
@@ -211,22 +214,33 @@ impl Missing {
         }
     }
 
-    /// Up to `n` missing pages in address order, from the lowest.
-    pub fn first(&self, n: usize) -> Vec<(u64, PageId)> {
+    /// Up to `n` missing pages in address order, from the lowest. Region pages once placed
+    /// never go missing again, so the walk starts where the last one found its first page
+    /// (the push asks for the next chunk many times; it must not walk the done ones again).
+    pub fn first(&mut self, n: usize) -> Vec<(u64, PageId)> {
+        let (out, first_region_page) = self.scan(self.scan_from, n);
+        self.scan_from = first_region_page.unwrap_or(u64::MAX);
+        out
+    }
+
+    /// Up to `n` missing pages: those of the regions from `from` on, then the moved ones;
+    /// and the first region page found.
+    fn scan(&self, from: u64, n: usize) -> (Vec<(u64, PageId)>, Option<u64>) {
         let mut out = Vec::with_capacity(n.min(self.left as usize));
-        for r in &self.regions {
+        for r in self.regions.iter().filter(|r| r.end > from) {
             if out.len() >= n {
                 break;
             }
             out.extend(
                 self.set
                     .pages
-                    .range(r.start, r.end)
+                    .range(r.start.max(from), r.end)
                     .filter(|(a, _)| !r.is_done(*a))
                     .filter_map(|(a, p)| stored(p).map(|id| (a, id)))
                     .take(n - out.len()),
             );
         }
+        let first = out.first().map(|(a, _)| *a);
         if out.len() < n {
             out.extend(
                 self.moved
@@ -235,7 +249,7 @@ impl Missing {
                     .map(|(a, id)| (*a, *id)),
             );
         }
-        out
+        (out, first)
     }
 
     /// Every missing page in address order (the regions, then the moved ones), with the zero
@@ -281,7 +295,7 @@ impl Missing {
 
     /// Every missing page: the regions in address order, then the moved ones.
     pub fn all(&self) -> Vec<(u64, PageId)> {
-        self.first(self.left as usize)
+        self.scan(0, self.left as usize).0
     }
 }
 
@@ -378,6 +392,25 @@ mod tests {
             got,
             vec![0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000]
         );
+    }
+
+    #[test]
+    fn first_resumes_where_the_missing_pages_start() {
+        let s = set_with(
+            &(1..=5u8)
+                .map(|n| (u64::from(n) * 0x1000, PageRef::Stored(id(n))))
+                .collect::<Vec<_>>(),
+        );
+        let mut m = Missing::new(s, &[(0x1000, 0x6000)]);
+        assert_eq!(m.first(2), vec![(0x1000, id(1)), (0x2000, id(2))]);
+        m.remove(0x1000);
+        m.remove(0x2000);
+        assert_eq!(m.first(2), vec![(0x3000, id(3)), (0x4000, id(4))]);
+        m.remove(0x4000);
+        assert_eq!(m.first(2), vec![(0x3000, id(3)), (0x5000, id(5))]);
+        m.remove(0x3000);
+        m.remove(0x5000);
+        assert!(m.first(2).is_empty());
     }
 
     #[test]
