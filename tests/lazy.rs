@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{alive, fixture, haul_bin, memwriter_report, send_signal, wait_for, Running};
 use haul::dump::{dump_to_store, DumpOptions};
 use haul::image::{ImageSet, PageId};
-use haul::lazy::{restore_lazy, LazyOptions, LazySource, SourceError, StoreSource};
+use haul::lazy::{restore_lazy, LazyOptions, LazyRestore, LazySource, SourceError, StoreSource};
 use haul::restore::RestoreOptions;
 use haul::store::Store;
 use nix::sys::wait::waitpid;
@@ -39,11 +39,24 @@ fn launch(mut cmd: Command, log: &Path) -> Running {
     Running::logged(&mut cmd, log, true)
 }
 
-fn dump_kill(r: &mut Running, store: &Store) -> ImageSet {
+fn dump_kill(r: &mut Running, store: &Store) -> Arc<ImageSet> {
     let d = dump_to_store(r.pid, store, "test", &DumpOptions::default(), Some(1))
         .unwrap_or_else(|e| panic!("dump of pid {}: {e}", r.pid));
     r.child.wait().expect("reap the dumped original");
-    d.set
+    Arc::new(d.set)
+}
+
+/// Restores `set` lazily from the local store, pushing after `idle_push_ms` without a fault.
+fn lazy_from_store(set: &Arc<ImageSet>, store: &Arc<Store>, idle_push_ms: u64) -> LazyRestore {
+    let src = Box::new(StoreSource::new(store.clone()));
+    restore_lazy(
+        set,
+        &**store,
+        src,
+        &RestoreOptions::default(),
+        &opts(idle_push_ms),
+    )
+    .unwrap_or_else(|e| panic!("lazy restore: {e}"))
 }
 
 fn opts(idle_push_ms: u64) -> LazyOptions {
@@ -76,15 +89,7 @@ fn lazy_memwriter_checksum_is_the_same_and_every_page_arrives() {
     let (mut r, t, c) = paused_memwriter(dir.path(), 64);
     let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
     let set = dump_kill(&mut r, &store);
-    let src = Box::new(StoreSource::new(store.clone()));
-    let lr = restore_lazy(
-        &Arc::new(set.clone()),
-        &*store,
-        src,
-        &RestoreOptions::default(),
-        &opts(300),
-    )
-    .unwrap_or_else(|e| panic!("lazy restore: {e}"));
+    let lr = lazy_from_store(&set, &store, 300);
     let _guard = Restored(lr.pid());
     assert!(
         lr.pages_lazy > 10_000,
@@ -113,15 +118,7 @@ fn lazy_pages_are_pushed_when_the_process_does_not_touch_them() {
     let (mut r, t, c) = paused_memwriter(dir.path(), 16);
     let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
     let set = dump_kill(&mut r, &store);
-    let src = Box::new(StoreSource::new(store.clone()));
-    let lr = restore_lazy(
-        &Arc::new(set.clone()),
-        &*store,
-        src,
-        &RestoreOptions::default(),
-        &opts(50),
-    )
-    .unwrap();
+    let lr = lazy_from_store(&set, &store, 50);
     let guard = Restored(lr.pid());
     let pages_lazy = lr.pages_lazy;
     let rep = lr.wait().unwrap();
@@ -144,16 +141,8 @@ fn lazy_serves_kernel_accesses_fork_mremap_madvise_and_munmap() {
     let mut r = launch(cmd, &dir.path().join("log"));
     let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
     let set = dump_kill(&mut r, &store);
-    let src = Box::new(StoreSource::new(store.clone()));
     // No push for 3 s: the fixture does everything while its pages are missing.
-    let lr = restore_lazy(
-        &Arc::new(set.clone()),
-        &*store,
-        src,
-        &RestoreOptions::default(),
-        &opts(3000),
-    )
-    .unwrap();
+    let lr = lazy_from_store(&set, &store, 3000);
     let guard = Restored(lr.pid());
     send_signal(guard.0, "USR1");
     let report = dir.path().join("report");
@@ -210,7 +199,7 @@ fn lazy_source_lost_kills_the_process_before_it_reads_a_missing_page() {
         budget: 200,
     });
     let lr = restore_lazy(
-        &Arc::new(set.clone()),
+        &set,
         &*store,
         src,
         &RestoreOptions::default(),

@@ -188,15 +188,15 @@ fn lazy_restore_through_the_page_server_is_exact() {
     let (store, set, t, c) = dumped_memwriter(dir.path(), 32);
     let addr = serve(store, &set.id, None);
     let eager = RemoteSource::new(&addr, Vec::new(), Duration::from_secs(5));
-    let remote_set = eager.manifest(&set.id).unwrap();
-    assert_eq!(remote_set, set);
+    let remote_set = Arc::new(eager.manifest(&set.id).unwrap());
+    assert_eq!(*remote_set, set);
     let lazy = Box::new(RemoteSource::new(&addr, Vec::new(), Duration::from_secs(5)));
     let lopts = LazyOptions {
         idle_push: Duration::from_millis(200),
         ..Default::default()
     };
     let lr = restore_lazy(
-        &Arc::new(remote_set.clone()),
+        &remote_set,
         &eager,
         lazy,
         &RestoreOptions::default(),
@@ -252,14 +252,8 @@ fn killed_page_server_gets_the_restored_process_killed_within_source_timeout() {
         source_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    let lr = restore_lazy(
-        &Arc::new(set.clone()),
-        &eager,
-        lazy,
-        &RestoreOptions::default(),
-        &lopts,
-    )
-    .unwrap();
+    let set = Arc::new(set);
+    let lr = restore_lazy(&set, &eager, lazy, &RestoreOptions::default(), &lopts).unwrap();
     let pid = lr.pid();
     let g = Restored(pid);
     server.kill().unwrap();

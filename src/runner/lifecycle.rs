@@ -370,7 +370,7 @@ fn after_launch(
 fn lazy_restore_and_verify(
     job: &Job,
     store: &crate::store::Store,
-    set: &crate::image::ImageSet,
+    set: &std::sync::Arc<crate::image::ImageSet>,
     ph: &Placeholders,
     report: &mut RunReport,
     p: &JobProgress<'_>,
@@ -426,7 +426,7 @@ fn verify_while_serving(
 fn migrate_from_frozen_source(
     job: &Job,
     store: &crate::store::Store,
-    set: &crate::image::ImageSet,
+    set: &std::sync::Arc<crate::image::ImageSet>,
     mut worker: crate::dump::worker::SourceWorker,
     addr: &str,
     target: &mut Target,

@@ -148,7 +148,7 @@ pub fn checkpoint(
         pruned,
     });
     Ok(Checkpointed {
-        set: d.set,
+        set: std::sync::Arc::new(d.set),
         predump_us: o.predump_us,
         dump_us: o.dump_us,
         source: worker,
@@ -157,7 +157,8 @@ pub fn checkpoint(
 
 /// What the checkpoint stage produced.
 pub struct Checkpointed {
-    pub set: crate::image::ImageSet,
+    /// Shared: a lazy restore's daemon reads its page table while the job goes on.
+    pub set: std::sync::Arc<crate::image::ImageSet>,
     /// Time spent pre-dumping and in the final dump (µs).
     pub predump_us: u64,
     pub dump_us: u64,
@@ -263,7 +264,7 @@ pub fn restore(
 pub fn restore_lazy(
     job: &Job,
     store: &Store,
-    set: &crate::image::ImageSet,
+    set: &std::sync::Arc<crate::image::ImageSet>,
     report: &mut RunReport,
     frozen_source: Option<&str>,
 ) -> Result<
@@ -287,7 +288,7 @@ pub fn restore_lazy(
     // The daemon thread shares the set (its page table says which pages are missing).
     let (set, remote) = match from.remote(set)? {
         Some((s, r)) => (std::sync::Arc::new(s), Some(r)),
-        None => (std::sync::Arc::new(set.clone()), None),
+        None => (set.clone(), None),
     };
     let eager: &dyn crate::restore::PageSource = match &remote {
         Some(r) => r,
