@@ -83,6 +83,17 @@ pub struct RemoteRange {
     pub len: usize,
 }
 
+/// The iovecs naming `ranges` in the other process (addresses there, never dereferenced here).
+fn remote_iovecs(ranges: &[RemoteRange]) -> Vec<libc::iovec> {
+    ranges
+        .iter()
+        .map(|r| libc::iovec {
+            iov_base: r.addr as *mut libc::c_void,
+            iov_len: r.len,
+        })
+        .collect()
+}
+
 /// Copies the remote `ranges` of process `pid` back to back into `local` with
 /// `process_vm_readv(2)`, splitting into calls of at most [`IOV_MAX`] remote iovecs. Returns the
 /// number of bytes copied, which is short when a remote page could not be read (the copy stops
@@ -98,13 +109,7 @@ pub fn process_vm_read(pid: i32, local: &mut [u8], ranges: &[RemoteRange]) -> Re
     let mut done = 0usize;
     for chunk in ranges.chunks(IOV_MAX) {
         let want: usize = chunk.iter().map(|r| r.len).sum();
-        let remote: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|r| libc::iovec {
-                iov_base: r.addr as *mut libc::c_void,
-                iov_len: r.len,
-            })
-            .collect();
+        let remote = remote_iovecs(chunk);
         let dst = &mut local[done..done + want];
         let liov = libc::iovec {
             iov_base: dst.as_mut_ptr().cast(),
@@ -178,13 +183,7 @@ pub fn process_vm_write_ranges(pid: i32, data: &[u8], ranges: &[RemoteRange]) ->
     let mut done = 0usize;
     for chunk in ranges.chunks(IOV_MAX) {
         let want: usize = chunk.iter().map(|r| r.len).sum();
-        let remote: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|r| libc::iovec {
-                iov_base: r.addr as *mut libc::c_void,
-                iov_len: r.len,
-            })
-            .collect();
+        let remote = remote_iovecs(chunk);
         let src = &data[done..done + want];
         let liov = libc::iovec {
             iov_base: src.as_ptr() as *mut libc::c_void,
