@@ -561,6 +561,38 @@ fn clone3_gives_a_stopped_child_the_pid_asked_for() {
     assert_eq!(common::proc_state(pid), None);
 }
 
+/// The `SigIgn` and `SigCgt` sets of `pid`, from /proc/PID/status.
+fn ignored_and_caught(pid: &str) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line[name.len()..].trim(), 16).unwrap()
+    };
+    (field("SigIgn:"), field("SigCgt:"))
+}
+
+#[test]
+fn a_parked_restore_child_has_reset_every_signal_action_when_its_pid_is_known() {
+    // The test binary itself ignores SIGPIPE and catches SIGSEGV/SIGBUS (Rust's runtime does),
+    // so a child that had not reset them yet would show them.
+    let (ign, cgt) = ignored_and_caught("self");
+    assert_ne!(
+        ign | cgt,
+        0,
+        "the test binary has no signal actions to inherit"
+    );
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    let pid = haul::sys::spawn::spawn_parked(None).expect("spawn_parked");
+    let seen = ignored_and_caught(&pid.to_string());
+    process::kill(pid, libc::SIGKILL).unwrap();
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    assert_eq!(
+        seen,
+        (0, 0),
+        "pid {pid}: (SigIgn, SigCgt) right after spawn_parked"
+    );
+}
+
 #[test]
 fn prctl_mm_map_is_104_bytes_in_field_order() {
     let m = process::PrctlMmMap {

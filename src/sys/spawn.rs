@@ -10,12 +10,12 @@ const SYS_CLONE3: libc::c_long = 435;
 
 /// Creates a process for a restore and returns its PID. It is a grandchild of haul: haul
 /// `fork(2)`s an intermediate that creates the process (with `clone3(2)` and `set_tid` when
-/// `pid` is given, else `fork(2)`), reports its PID through a pipe and exits, so the new process
-/// is re-parented to init (or the nearest subreaper) and is never haul's child. The new process
-/// stays in haul's session and process group (the restore moves it to the dumped ones) and
-/// resets its signal actions to the defaults and waits in `pause(2)` for haul to seize it; it
-/// runs no Rust code
-/// but raw syscalls after the fork, so a multi-threaded haul can fork safely.
+/// `pid` is given, else `fork(2)`) and exits, so the new process is re-parented to init (or the
+/// nearest subreaper) and is never haul's child. The new process stays in haul's session and
+/// process group (the restore moves it to the dumped ones), resets its signal actions to the
+/// defaults, and only then reports its PID through a pipe (the intermediate reports a failed
+/// clone there instead) and waits in `pause(2)` for haul to seize it. Neither runs Rust code
+/// after the fork, only raw syscalls, so a multi-threaded haul can fork safely.
 ///
 /// Errors: the PID is taken (`EEXIST`), out of range (`EINVAL`), or clone3 is refused.
 pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
@@ -58,7 +58,9 @@ pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
             if child == 0 {
                 // The process to restore: every signal action back to the default (no
                 // handler, no flags, empty mask), so the restore sets only the actions the
-                // image has that differ from that; then wait to be seized.
+                // image has that differ from that. Only then does it report its PID, so that
+                // haul cannot seize it half-way through the reset (on a loaded machine it may
+                // not have run at all by the time the intermediate exits); then it waits.
                 let dfl = [0u64; 4];
                 for sig in 1..=64 {
                     if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -71,30 +73,37 @@ pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
                         );
                     }
                 }
+                let me = (libc::syscall(libc::SYS_getpid) as i64).to_ne_bytes();
+                libc::write(wfd, me.as_ptr().cast(), me.len());
                 loop {
                     libc::pause();
                 }
             }
-            let msg: i64 = if child < 0 {
-                -(*libc::__errno_location() as i64)
-            } else {
-                child as i64
-            };
-            let bytes = msg.to_ne_bytes();
-            libc::write(wfd, bytes.as_ptr().cast(), bytes.len());
+            if child < 0 {
+                let err = (-(*libc::__errno_location() as i64)).to_ne_bytes();
+                libc::write(wfd, err.as_ptr().cast(), err.len());
+            }
             libc::_exit(0);
         }
     }
     drop(wr);
     let mut status = 0;
-    // SAFETY: waitpid on our own child; writes one c_int.
-    unsafe { libc::waitpid(inter, &mut status, 0) };
+    // SAFETY: waitpid on our own child; writes one c_int. Retried when a signal interrupts it,
+    // so that the intermediate never lingers as a zombie.
+    while unsafe { libc::waitpid(inter, &mut status, 0) } < 0
+        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+    {}
     let mut buf = [0u8; 8];
-    // SAFETY: read into an 8-byte local buffer.
-    let n = unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = loop {
+        // SAFETY: read into an 8-byte local buffer.
+        let n = unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break n;
+        }
+    };
     if n != 8 {
         return Err(SysError::Invalid(
-            "the restore intermediate died without a word".into(),
+            "the restore child or its intermediate died without a word".into(),
         ));
     }
     let v = i64::from_ne_bytes(buf);
