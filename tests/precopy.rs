@@ -220,7 +220,7 @@ fn predump_sets_hold_exactly_the_written_pages(tracker: TrackerKind) {
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
     let mut d = Dirtier::start(tmp.path(), 256);
     let before = d.cmd("sum");
-    let mut pc = Precopy::start(d.pid(), &store, "dirtier", &popts(tracker), &kill_opts()).unwrap();
+    let mut pc = Precopy::start(d.pid(), &store, "dirtier", &popts(tracker)).unwrap();
     assert_eq!(pc.tracker(), tracker);
     let rounds = three_rounds(&mut d, &mut pc, &store);
     assert_eq!(
@@ -281,22 +281,8 @@ fn uffd_wp_and_hash_find_the_same_dirty_pages() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
     let mut d = Dirtier::start(tmp.path(), 128);
-    let mut uffd = Precopy::start(
-        d.pid(),
-        &store,
-        "uffd",
-        &popts(TrackerKind::UffdWp),
-        &kill_opts(),
-    )
-    .unwrap();
-    let mut hash = Precopy::start(
-        d.pid(),
-        &store,
-        "hash",
-        &popts(TrackerKind::Hash),
-        &kill_opts(),
-    )
-    .unwrap();
+    let mut uffd = Precopy::start(d.pid(), &store, "uffd", &popts(TrackerKind::UffdWp)).unwrap();
+    let mut hash = Precopy::start(d.pid(), &store, "hash", &popts(TrackerKind::Hash)).unwrap();
     uffd.iterate().unwrap();
     hash.iterate().unwrap();
     for writes in ["w 1 2 3", "w 100 101 127 0", "w 64"] {
@@ -326,14 +312,7 @@ fn tracking_ends_after_a_final_dump_that_leaves_the_process_running() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
     let mut d = Dirtier::start(tmp.path(), 64);
-    let mut pc = Precopy::start(
-        d.pid(),
-        &store,
-        "dirtier",
-        &popts(TrackerKind::UffdWp),
-        &leave_opts(),
-    )
-    .unwrap();
+    let mut pc = Precopy::start(d.pid(), &store, "dirtier", &popts(TrackerKind::UffdWp)).unwrap();
     pc.iterate().unwrap();
     let (bits, registered) = tracking_left(d.pid());
     assert!(bits > 0 && registered > 0, "tracking was not armed");
@@ -356,14 +335,7 @@ fn tracking_ends_when_the_final_dump_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
     let mut d = Dirtier::start(tmp.path(), 64);
-    let mut pc = Precopy::start(
-        d.pid(),
-        &store,
-        "dirtier",
-        &popts(TrackerKind::UffdWp),
-        &leave_opts(),
-    )
-    .unwrap();
+    let mut pc = Precopy::start(d.pid(), &store, "dirtier", &popts(TrackerKind::UffdWp)).unwrap();
     pc.iterate().unwrap();
     let opts = DumpOptions {
         fail_at: Some(haul::dump::Step::Memory),
@@ -380,14 +352,7 @@ fn dropping_a_precopy_ends_tracking() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
     let d = Dirtier::start(tmp.path(), 64);
-    let mut pc = Precopy::start(
-        d.pid(),
-        &store,
-        "dirtier",
-        &popts(TrackerKind::UffdWp),
-        &leave_opts(),
-    )
-    .unwrap();
+    let mut pc = Precopy::start(d.pid(), &store, "dirtier", &popts(TrackerKind::UffdWp)).unwrap();
     pc.iterate().unwrap();
     assert_ne!(tracking_left(d.pid()), (0, 0));
     drop(pc);
@@ -444,14 +409,7 @@ fn precopy_follows_mappings_made_unmapped_and_freed_between_rounds() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
     let mut d = Dirtier::start(tmp.path(), 128);
-    let mut pc = Precopy::start(
-        d.pid(),
-        &store,
-        "dirtier",
-        &popts(TrackerKind::UffdWp),
-        &kill_opts(),
-    )
-    .unwrap();
+    let mut pc = Precopy::start(d.pid(), &store, "dirtier", &popts(TrackerKind::UffdWp)).unwrap();
     pc.iterate().unwrap();
     // A new mapping is wholly dirty.
     let a = d.cmd("map 16").made;
@@ -501,14 +459,7 @@ fn a_process_that_forks_during_precopy_is_refused_and_left_untracked() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
     let mut d = Dirtier::start(tmp.path(), 64);
-    let mut pc = Precopy::start(
-        d.pid(),
-        &store,
-        "dirtier",
-        &popts(TrackerKind::UffdWp),
-        &leave_opts(),
-    )
-    .unwrap();
+    let mut pc = Precopy::start(d.pid(), &store, "dirtier", &popts(TrackerKind::UffdWp)).unwrap();
     pc.iterate().unwrap();
     let child = d.cmd("fork").made as i32;
     assert!(child > 0);
@@ -529,23 +480,17 @@ fn soft_dirty_is_refused_with_the_reason_and_auto_picks_uffd_wp() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
     let d = Dirtier::start(tmp.path(), 16);
-    let e = Precopy::start(
-        d.pid(),
-        &store,
-        "d",
-        &popts(TrackerKind::SoftDirty),
-        &leave_opts(),
-    )
-    .err()
-    .expect("soft-dirty refused here")
-    .to_string();
+    let e = Precopy::start(d.pid(), &store, "d", &popts(TrackerKind::SoftDirty))
+        .err()
+        .expect("soft-dirty refused here")
+        .to_string();
     assert!(e.contains("soft-dirty"), "{e}");
     assert!(e.contains("CONFIG_MEM_SOFT_DIRTY"), "{e}");
     let auto = PrecopyOptions {
         tracker: TrackerChoice::Auto,
         ..Default::default()
     };
-    let pc = Precopy::start(d.pid(), &store, "d", &auto, &leave_opts()).unwrap();
+    let pc = Precopy::start(d.pid(), &store, "d", &auto).unwrap();
     assert_eq!(pc.tracker(), TrackerKind::UffdWp);
     assert!(pc.report().tracker_reason.contains("auto"));
 }
@@ -560,7 +505,7 @@ fn run_stops_when_an_iteration_writes_below_stop_below() {
         max_iterations: 5,
         ..popts(TrackerKind::UffdWp)
     };
-    let mut pc = Precopy::start(d.pid(), &store, "d", &opts, &leave_opts()).unwrap();
+    let mut pc = Precopy::start(d.pid(), &store, "d", &opts).unwrap();
     let why = pc.run(&opts, &AtomicBool::new(false)).unwrap();
     assert_eq!(why, haul::dump::StopReason::Converged);
     assert_eq!(pc.report().iterations.len(), 2);
@@ -692,14 +637,7 @@ fn a_non_root_target_is_tracked_with_a_user_mode_only_uffd() {
     };
     assert_eq!(haul::proc::status(d.pid()).unwrap().uid[1], 65534);
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
-    let mut pc = Precopy::start(
-        d.pid(),
-        &store,
-        "nobody",
-        &popts(TrackerKind::UffdWp),
-        &leave_opts(),
-    )
-    .unwrap();
+    let mut pc = Precopy::start(d.pid(), &store, "nobody", &popts(TrackerKind::UffdWp)).unwrap();
     pc.iterate().unwrap();
     d.cmd("w 5 6");
     let it = pc.iterate().unwrap();
@@ -724,7 +662,7 @@ fn hot_first_push_counts_writes_over_the_predumps_and_restores_exactly() {
     let store = Arc::new(Store::open_or_create(&tmp.path().join("store")).unwrap());
     let mut d = Dirtier::start(tmp.path(), 256);
     let opts = popts(TrackerKind::UffdWp);
-    let mut pc = Precopy::start(d.pid(), &store, "dirtier", &opts, &kill_opts()).unwrap();
+    let mut pc = Precopy::start(d.pid(), &store, "dirtier", &opts).unwrap();
     three_rounds(&mut d, &mut pc, &store);
     d.cmd("w 9 10");
     let sum = d.cmd("sum").sum;

@@ -141,7 +141,7 @@ fn run_inner(o: &BenchOptions) -> Result<BenchReport, BoxErr> {
             level: Some(1),
             ..Default::default()
         };
-        let mut pc = Precopy::start(mw.pid, &store, "precopy", &popts, &leave)?;
+        let mut pc = Precopy::start(mw.pid, &store, "precopy", &popts)?;
         for i in 0..o.predumps {
             if i > 0 {
                 std::thread::sleep(o.interval);
@@ -186,7 +186,7 @@ fn run_inner(o: &BenchOptions) -> Result<BenchReport, BoxErr> {
         level: Some(1),
         ..Default::default()
     };
-    let mut pc = Precopy::start(sw.pid, &store, "spin", &popts, &leave)?;
+    let mut pc = Precopy::start(sw.pid, &store, "spin", &popts)?;
     pc.iterate()?;
     let mut tracked = Vec::new();
     for _ in 0..o.predumps.max(2) {

@@ -2,7 +2,7 @@
 //! the process and checked again once it is frozen. Messages name the exact thing, e.g.
 //! `pid 4242 fd 3: socket:[81723] (TCP) is not supported yet`.
 
-use super::{DumpError, DumpOptions};
+use super::DumpError;
 use crate::image::{FdImage, FdKind, FileId};
 use crate::proc;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -24,14 +24,14 @@ pub(crate) fn process_gone(pid: i32) -> bool {
 }
 
 /// Every check that can be made without touching the process: who it is, then what it uses.
-pub fn precheck(pid: i32, opts: &DumpOptions) -> Result<(), DumpError> {
-    precheck_snapshot(pid, opts).map(|_| ())
+pub fn precheck(pid: i32) -> Result<(), DumpError> {
+    precheck_snapshot(pid).map(|_| ())
 }
 
 /// [`precheck`], returning what it read so the checks under the freeze can reuse it.
-pub(crate) fn precheck_snapshot(pid: i32, opts: &DumpOptions) -> Result<Snapshot, DumpError> {
+pub(crate) fn precheck_snapshot(pid: i32) -> Result<Snapshot, DumpError> {
     check_identity(pid)?;
-    check_uses(pid, opts, None)
+    check_uses(pid, None)
 }
 
 /// Who the process is: not init, not haul or its ancestors, not a kernel thread, zombie,
@@ -110,18 +110,7 @@ pub(crate) struct Snapshot {
 /// mappings are read from the cheap `/proc/PID/maps` and take their VmFlags from `before`;
 /// smaps is read again only if a mapping changed meanwhile (reading smaps walks the page
 /// tables: ~5 ms for 256 MiB, which would all be frozen time).
-pub(crate) fn check_uses(
-    pid: i32,
-    opts: &DumpOptions,
-    before: Option<&Snapshot>,
-) -> Result<Snapshot, DumpError> {
-    let tids = proc::tids(pid)?;
-    if tids.len() > 1 && !opts.multi_threaded {
-        return Err(unsupported(format!(
-            "pid {pid} has {} threads: multi-threaded processes are not supported yet",
-            tids.len()
-        )));
-    }
+pub(crate) fn check_uses(pid: i32, before: Option<&Snapshot>) -> Result<Snapshot, DumpError> {
     let kids = proc::children(pid)?;
     if !kids.is_empty() {
         let list: Vec<String> = kids.iter().map(|k| k.to_string()).collect();

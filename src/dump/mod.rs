@@ -223,9 +223,6 @@ pub struct DumpOptions {
     /// is frozen and written to the sink after the thaw; beyond it, pages go to the sink
     /// during the freeze. Default 1 GiB.
     pub buffer: u64,
-    /// Capture multi-threaded processes too (restore cannot rebuild them yet, so by default
-    /// they are refused).
-    pub multi_threaded: bool,
     /// Test-only: fail on purpose at this step (see [`Step::from_env`]).
     pub fail_at: Option<Step>,
     /// Lazy final dump (`dump.lazy`): the pages of private anonymous VMAs (those a lazy restore
@@ -240,7 +237,6 @@ impl Default for DumpOptions {
         DumpOptions {
             leave_running: false,
             buffer: 1 << 30,
-            multi_threaded: false,
             fail_at: None,
             lazy: false,
         }
@@ -332,7 +328,7 @@ pub(crate) fn dump_planned(
         ));
     }
     let ctx = Ctx { pid, opts };
-    let before = ctx.step(Step::Check, || check::precheck_snapshot(pid, opts))?;
+    let before = ctx.step(Step::Check, || check::precheck_snapshot(pid))?;
     ctx.fail(Step::Check)?;
     let mut stats = DumpStats::default();
 
@@ -347,7 +343,7 @@ pub(crate) fn dump_planned(
     ctx.fail(Step::Seize)?;
 
     // Under the freeze the process cannot change: check the refusal list again.
-    let snapshot = ctx.step(Step::Check, || check::check_uses(pid, opts, Some(&before)))?;
+    let snapshot = ctx.step(Step::Check, || check::check_uses(pid, Some(&before)))?;
 
     let mut process = ctx.step(Step::Regs, || state::capture_threads(&mut frozen))?;
     ctx.fail(Step::Regs)?;

@@ -223,9 +223,8 @@ impl<'s> Precopy<'s> {
         store: &'s Store,
         job: &str,
         popts: &PrecopyOptions,
-        dopts: &DumpOptions,
     ) -> Result<Precopy<'s>, DumpError> {
-        super::check::precheck(pid, dopts)?;
+        super::check::precheck(pid)?;
         let (tracker, reason, setup_frozen_us) = choose(pid, popts.tracker)?;
         tracing::info!(pid, tracker = %tracker.kind(), %reason, setup_frozen_us, "pre-copy tracker");
         Ok(Precopy {

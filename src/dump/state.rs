@@ -56,6 +56,7 @@ pub(crate) fn capture_threads(frozen: &mut Frozen) -> Result<ProcessImage, DumpE
             robust_list: (robust.0 != 0).then_some(robust),
             sigaltstack: None,
             comm: proc::task_comm(pid, tid)?,
+            clear_child_tid: 0,
         });
     }
     Ok(ProcessImage {
@@ -165,10 +166,12 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
 
 /// `getitimer(2)` syscall number (x86_64).
 const SYS_GETITIMER: i64 = 36;
+/// `prctl(PR_GET_TID_ADDRESS, &addr)`: a thread's `clear_child_tid` (CONFIG_CHECKPOINT_RESTORE).
+const PR_GET_TID_ADDRESS: u64 = 40;
 
 /// State only the process itself can report, by injected syscalls using the scratch page:
 /// the 64 signal dispositions, the program break, the interval timers, each thread's
-/// alternate signal stack.
+/// alternate signal stack and `clear_child_tid` address.
 pub(crate) fn capture_injected(
     frozen: &mut Frozen,
     img: &mut ProcessImage,
@@ -228,12 +231,21 @@ pub(crate) fn capture_injected(
 
     let tids: Vec<i32> = img.threads.iter().map(|t| t.tid).collect();
     for (i, tid) in tids.into_iter().enumerate() {
-        let ss = frozen.with_thread(tid, |inj| {
+        let (ss, tid_addr) = frozen.with_thread(tid, |inj| {
             inj.call_ok(nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0], "sigaltstack")?;
             let mut b = [0u8; 24];
             inj.read_mem(scratch, &mut b)?;
-            Ok(b)
+            // prctl(PR_GET_TID_ADDRESS) writes the address into the scratch page.
+            inj.call_ok(
+                nr::PRCTL,
+                [PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0],
+                "prctl PR_GET_TID_ADDRESS",
+            )?;
+            let mut a = [0u8; 8];
+            inj.read_mem(scratch, &mut a)?;
+            Ok((b, u64::from_ne_bytes(a)))
         })?;
+        img.threads[i].clear_child_tid = tid_addr;
         let sp = u64::from_ne_bytes(ss[0..8].try_into().unwrap_or([0; 8]));
         let flags = i32::from_ne_bytes(ss[8..12].try_into().unwrap_or([0; 4]));
         let size = u64::from_ne_bytes(ss[16..24].try_into().unwrap_or([0; 8]));

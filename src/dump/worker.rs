@@ -166,7 +166,7 @@ fn run_checkpoint(
         level: req.level,
     };
     let t = Instant::now();
-    let mut pc = Precopy::start(req.pid, &store, &req.job, &popts, &dopts)?;
+    let mut pc = Precopy::start(req.pid, &store, &req.job, &popts)?;
     let why = pc.run(&popts, stop)?;
     let predump_us = crate::util::us(t.elapsed());
     if why == StopReason::Interrupted {

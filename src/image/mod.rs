@@ -309,6 +309,11 @@ pub struct ThreadImage {
     pub robust_list: Option<(u64, u64)>,
     pub sigaltstack: Option<SigAltStack>,
     pub comm: String,
+    /// The thread's `clear_child_tid` address (set by `set_tid_address(2)` or
+    /// `CLONE_CHILD_CLEARTID`; 0 if none): the kernel clears it and wakes its futex when the
+    /// thread exits, which is what `pthread_join` waits for.
+    #[serde(default)]
+    pub clear_child_tid: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
