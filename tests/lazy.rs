@@ -112,6 +112,54 @@ fn lazy_memwriter_checksum_is_the_same_and_every_page_arrives() {
 }
 
 #[test]
+fn lazy_restore_of_a_multi_threaded_process_serves_every_threads_faults() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let mut cmd = Command::new(fixture("threads"));
+    cmd.arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"));
+    let pid = r.pid;
+    assert!(wait_for(Duration::from_secs(10), || {
+        common::threads_report(pid, &out)[..3]
+            .iter()
+            .all(|&c| c >= 20)
+    }));
+    send_signal(pid, "USR2");
+    let mut held = common::threads_report(pid, &out);
+    assert!(wait_for(Duration::from_secs(10), || {
+        let now = common::threads_report(pid, &out);
+        std::mem::replace(&mut held, now) == held
+    }));
+    let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
+    let set = dump_kill(&mut r, &store);
+    // A long idle push: the threads' own faults bring their stacks and data back.
+    let lr = lazy_from_store(&set, &store, 2000);
+    let guard = Restored(lr.pid());
+    assert_eq!(common::threads_report(guard.0, &out), held);
+    send_signal(guard.0, "USR2");
+    assert!(wait_for(Duration::from_secs(10), || {
+        let now = common::threads_report(guard.0, &out);
+        (0..3).all(|i| now[i] >= held[i] + 50)
+    }));
+    let rep = lr.wait().unwrap_or_else(|e| panic!("daemon: {e}"));
+    assert_eq!(rep.source_lost, None);
+    assert!(rep.faults_served > 0, "no fault was served: {rep:?}");
+    send_signal(guard.0, "HUP");
+    assert!(
+        wait_for(Duration::from_secs(10), || common::proc_state(guard.0)
+            == Some('Z')),
+        "the restored threads fixture did not exit after SIGHUP"
+    );
+    assert_eq!(
+        waitpid(Pid::from_raw(guard.0), None).unwrap(),
+        nix::sys::wait::WaitStatus::Exited(Pid::from_raw(guard.0), 0)
+    );
+    let joined = std::fs::read_to_string(&out).unwrap();
+    assert!(joined.starts_with("joined "), "{joined:?}");
+}
+
+#[test]
 fn lazy_pages_are_pushed_when_the_process_does_not_touch_them() {
     adopt_orphans();
     let dir = tempfile::tempdir().unwrap();

@@ -155,7 +155,9 @@ fn restore_is_refused_while_the_original_runs_and_any_pid_works() {
         || std::fs::read_to_string(&comm).unwrap_or_default().trim() == "sleep"
     ));
     let mut held = set.clone();
-    held.process.as_mut().unwrap().pid = blocker.id() as i32;
+    let hp = held.process.as_mut().unwrap();
+    hp.pid = blocker.id() as i32;
+    hp.threads[0].tid = hp.pid;
     let e = restore(&held, &src, &RestoreOptions::default())
         .unwrap_err()
         .to_string();

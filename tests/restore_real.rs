@@ -969,3 +969,226 @@ fn sqlite3_query_stopped_in_the_middle_and_restored_prints_the_same_rows() {
         "rows differ (dumped at byte {at_dump})"
     );
 }
+
+#[test]
+fn threads_keep_their_tids_names_masks_tls_and_futex_waits_and_join_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let mut cmd = Command::new(fixture("threads"));
+    cmd.arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    let pid = r.pid;
+    assert!(wait_for(Duration::from_secs(10), || {
+        common::threads_report(pid, &out)[..3]
+            .iter()
+            .all(|&c| c >= 20)
+    }));
+    // Pause the counting, then take the counts once they hold still.
+    deliver(pid, "USR2");
+    let mut held = common::threads_report(pid, &out);
+    assert!(wait_for(Duration::from_secs(10), || {
+        let now = common::threads_report(pid, &out);
+        std::mem::replace(&mut held, now) == held
+    }));
+    let before = common::tasks(pid);
+    assert_eq!(before.len(), 4, "{before:?}");
+    for (i, &tid) in held[3..].iter().enumerate() {
+        let t = before.iter().find(|t| i64::from(t.0) == tid).unwrap();
+        assert_eq!(t.1, format!("worker-{i}"));
+    }
+
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    assert_eq!(set.process.as_ref().unwrap().threads.len(), 4);
+    let mut rp = restore_same(&set, &store);
+    // (The main thread waits in sigsuspend, whose temporary mask shows only once the
+    // restored thread has run into it again.)
+    wait_for(Duration::from_secs(5), || common::tasks(rp.pid) == before);
+    assert_eq!(
+        common::tasks(rp.pid),
+        before,
+        "tids, names or signal masks differ"
+    );
+    assert_eq!(
+        common::threads_report(rp.pid, &out),
+        held,
+        "counts moved while paused"
+    );
+
+    // Resume: the ping-pong (futex waits) and the sleeper go on from where they were.
+    deliver(rp.pid, "USR2");
+    let mut now = Vec::new();
+    assert!(wait_for(Duration::from_secs(10), || {
+        now = common::threads_report(rp.pid, &out);
+        (0..3).all(|i| now[i] >= held[i] + 50)
+    }));
+    assert!(
+        (now[0] - now[1]).abs() <= 1,
+        "ping-pong out of step: {now:?}"
+    );
+    // Stop: the main thread joins every worker (each exit wakes its clear_child_tid futex).
+    deliver(rp.pid, "HUP");
+    assert!(
+        wait_for(Duration::from_secs(10), || common::proc_state(rp.pid)
+            == Some('Z')),
+        "pid {} did not exit after SIGHUP: a pthread_join never returned",
+        rp.pid
+    );
+    assert_eq!(
+        rp.wait(),
+        Some(0),
+        "the restored process did not exit cleanly"
+    );
+    let joined = std::fs::read_to_string(&out).unwrap();
+    let counts: Vec<i64> = joined
+        .trim()
+        .strip_prefix("joined ")
+        .unwrap_or_else(|| panic!("no joined line: {joined:?}"))
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!((0..3).all(|i| counts[i] >= now[i]), "{counts:?} < {now:?}");
+}
+
+/// python3 with two counting threads sharing a lock; `joined` once the stop file appears.
+const PY_THREADS: &str = r#"
+import os, sys, threading, time
+out = open(sys.argv[1], "a", buffering=1)
+lock = threading.Lock()
+n = [0, 0]
+stop = threading.Event()
+def work(i):
+    while not stop.is_set():
+        with lock:
+            n[i] += 1
+            out.write(f"{i} {n[i]}\n")
+        time.sleep(0.002)
+ts = [threading.Thread(target=work, args=(i,), name=f"w{i}") for i in range(2)]
+for t in ts:
+    t.start()
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+stop.set()
+for t in ts:
+    t.join()
+out.write(f"joined {n[0]} {n[1]}\n")
+"#;
+
+#[test]
+fn python_threads_go_on_counting_and_join_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("py.out");
+    let stop = dir.path().join("stop");
+    let mut cmd = Command::new(common::python3());
+    cmd.arg("-c").arg(PY_THREADS).arg(&out).arg(&stop);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_rows(&out).len() >= 40));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    assert_eq!(set.process.as_ref().unwrap().threads.len(), 3);
+    let before = read_rows(&out).len();
+    let mut rp = restore_same(&set, &store);
+    assert!(
+        wait_for(Duration::from_secs(10), || read_rows(&out).len()
+            >= before + 40),
+        "restored python threads do not count"
+    );
+    std::fs::write(&stop, "").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || common::proc_state(rp.pid)
+            == Some('Z')),
+        "restored python did not exit: a join never returned"
+    );
+    assert_eq!(rp.wait(), Some(0));
+    // Each thread's numbers run 1, 2, 3, ... with no gap and no repeat across the restore,
+    // and the joined line has the last of each.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut last = [0i64; 2];
+    let mut joined = None;
+    for line in text.lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        if w[0] == "joined" {
+            joined = Some([w[1].parse::<i64>().unwrap(), w[2].parse().unwrap()]);
+            continue;
+        }
+        let (i, k): (usize, i64) = (w[0].parse().unwrap(), w[1].parse().unwrap());
+        assert_eq!(
+            k,
+            last[i] + 1,
+            "thread {i}: {k} after {} (restored after line {before})",
+            last[i]
+        );
+        last[i] = k;
+    }
+    assert_eq!(joined, Some(last));
+}
+
+#[test]
+fn a_failed_restore_of_a_multi_threaded_process_leaves_no_thread_behind() {
+    use haul::restore::Step;
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let mut cmd = Command::new(fixture("threads"));
+    cmd.arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    let tids = common::threads_report(r.pid, &out);
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let pid = set.process.as_ref().unwrap().pid;
+    // A thread id taken by another process: refused before anything is created.
+    let mut blocker = Command::new("sleep").arg("30").spawn().unwrap();
+    let comm = format!("/proc/{}/comm", blocker.id());
+    assert!(wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&comm).unwrap_or_default().trim() == "sleep"
+    }));
+    let mut held = set.clone();
+    held.process.as_mut().unwrap().threads[2].tid = blocker.id() as i32;
+    let e = restore(&held, &store, &RestoreOptions::default())
+        .unwrap_err()
+        .to_string();
+    blocker.kill().unwrap();
+    blocker.wait().unwrap();
+    assert!(
+        e.contains(&format!(
+            "thread id {} (of pid {pid}) is in use (by sleep)",
+            blocker.id()
+        )),
+        "{e}"
+    );
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    // After the threads are made: they hold their tids until the failed restore is undone.
+    for step in [Step::Creds, Step::Regs, Step::Run] {
+        let e = restore(
+            &set,
+            &store,
+            &RestoreOptions {
+                fail_at: Some(step),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(&format!("at step {step}: failed on purpose")),
+            "{e}"
+        );
+        let _ = waitpid(Pid::from_raw(pid), None);
+        for t in std::iter::once(i64::from(pid)).chain(tids[3..].iter().copied()) {
+            assert!(
+                !Path::new(&format!("/proc/{t}")).exists(),
+                "step {step}: task {t} left behind"
+            );
+        }
+    }
+    let mut rp = restore_same(&set, &store);
+    assert_eq!(common::threads_report(rp.pid, &out)[3..], tids[3..]);
+    send_signal(rp.pid, "HUP");
+    assert!(wait_for(Duration::from_secs(10), || common::proc_state(
+        rp.pid
+    ) == Some('Z')));
+    assert_eq!(rp.wait(), Some(0));
+}

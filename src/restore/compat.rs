@@ -19,11 +19,8 @@ pub fn check_compat(
     };
     let p = process_of(set)?;
 
-    if p.threads.len() != 1 {
-        return Err(bad(format!(
-            "the process had {} threads: multi-threaded processes are not supported yet",
-            p.threads.len()
-        )));
+    if p.threads.first().map(|t| t.tid) != Some(p.pid) {
+        return Err(bad("the image has no main thread".into()));
     }
     // An eager restore cannot serve pages left to a lazy source. (A lazy restore need not
     // walk the page table for this: its daemon serves them.)
@@ -54,26 +51,33 @@ pub fn check_compat(
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(i64::MAX);
-        if i64::from(p.pid) >= max {
-            return Err(bad(format!(
-                "pid {} is not below kernel.pid_max ({max}): use --pid any",
-                p.pid
-            )));
-        }
-        if let Ok(st) = crate::proc::stat(p.pid) {
-            if st.is_zombie() {
+        // Every thread gets its dumped id back, so each must be free.
+        for t in &p.threads {
+            let what = if t.tid == p.pid {
+                format!("pid {}", p.pid)
+            } else {
+                format!("thread id {} (of pid {})", t.tid, p.pid)
+            };
+            if i64::from(t.tid) >= max {
                 return Err(bad(format!(
-                    "pid {} is held by a zombie: an exited process its parent (pid {}) has not reaped yet",
-                    p.pid, st.ppid
+                    "{what} is not below kernel.pid_max ({max}): use --pid any"
                 )));
             }
-        }
-        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)) {
-            return Err(bad(format!(
-                "pid {} is in use (by {}); is the original still running? Stop it, or restore with --pid any",
-                p.pid,
-                comm.trim()
-            )));
+            if let Ok(st) = crate::proc::stat(t.tid) {
+                if st.is_zombie() {
+                    return Err(bad(format!(
+                        "{what} is held by a zombie: an exited process its parent (pid {}) has not reaped yet",
+                        st.ppid
+                    )));
+                }
+            }
+            // /proc/TID answers for any thread's id, not only for process ids.
+            if let Ok(comm) = std::fs::read_to_string(format!("/proc/{}/comm", t.tid)) {
+                return Err(bad(format!(
+                    "{what} is in use (by {}); is the original still running? Stop it, or restore with --pid any",
+                    comm.trim()
+                )));
+            }
         }
     }
 

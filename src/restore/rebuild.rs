@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use super::{PageSource, RestoreError, RestoreOptions, RestoreOutcome, Step};
-use crate::image::{FdKind, ImageSet, PageRef, ProcessImage, Vma, VmaKind, PAGE_SIZE};
+use crate::image::{FdKind, ImageSet, PageRef, ProcessImage, ThreadImage, Vma, VmaKind, PAGE_SIZE};
 use crate::sys::process::nr;
 use crate::sys::ptrace::{self, Regs};
 use crate::sys::remote::RemoteSyscall;
@@ -41,13 +41,19 @@ const MADV_DONTDUMP: u64 = 16;
 /// Kills the half-built process unless disarmed: nothing is left behind on any error path.
 struct Half {
     pid: Option<i32>,
+    /// The threads created so far besides the main one (haul traces them too).
+    threads: Vec<i32>,
 }
 
 impl Drop for Half {
     fn drop(&mut self) {
         if let Some(pid) = self.pid.take() {
             let _ = crate::sys::process::kill(pid, libc::SIGKILL);
-            // We may be its tracer: reap the trace so that init can reap the process.
+            // We may be their tracer: reap the traces so that init can reap the process (a
+            // traced thread stays a zombie until its tracer waits for it).
+            for &tid in &self.threads {
+                let _ = ptrace::wait_stop(tid);
+            }
             let _ = ptrace::wait_stop(pid);
         }
     }
@@ -103,7 +109,10 @@ pub(super) fn rebuild(
         super::PidChoice::Any => None,
     };
     let pid = step(&c, Step::Spawn, || crate::sys::spawn::spawn_parked(want))?;
-    let mut half = Half { pid: Some(pid) };
+    let mut half = Half {
+        pid: Some(pid),
+        threads: Vec::new(),
+    };
     if let Some(h) = lazy.as_mut() {
         h.spawned();
     }
@@ -291,54 +300,23 @@ pub(super) fn rebuild(
     })?;
     step(&c, Step::Signals, || restore_signals(&mut rs, p, args))?;
     let t = &p.threads[0];
-    step(&c, Step::Threads, || -> Result<(), String> {
-        if let Some((head, len)) = t.robust_list {
-            rs.call_ok(
-                nr::SET_ROBUST_LIST,
-                [head, len, 0, 0, 0, 0],
-                "set_robust_list",
-            )
-            .map_err(|e| e.to_string())?;
+    // The other threads, each created by an injected clone3 with its dumped tid and given its
+    // own state (credentials are per thread too), left stopped with its registers set.
+    let threads = step(&c, Step::Threads, || -> Result<Vec<(i32, u64)>, String> {
+        thread_state(&mut rs, t, args)?;
+        let mut made = vec![(pid, t.pending)];
+        for t in &p.threads[1..] {
+            let tid = spawn_thread(&mut rs, t, args, scratch, opts.pid)?;
+            half.threads.push(tid);
+            finish_thread(pid, tid, t, p, scratch, args)?;
+            made.push((tid, t.pending));
         }
-        // Always set the alternate stack: with none in the image it must be disabled, or the
-        // one the parked child inherited from haul (Rust's main-thread guard stack, unmapped
-        // since) stays, and the first SA_ONSTACK handler (every Python handler) dies on it.
-        let none = crate::image::SigAltStack {
-            sp: 0,
-            flags: libc::SS_DISABLE,
-            size: 0,
-        };
-        let ss = t.sigaltstack.as_ref().unwrap_or(&none);
-        // SS_ONSTACK is a state, not a flag one can set.
-        let mut flags = ss.flags & !libc::SS_ONSTACK;
-        if flags & libc::SS_DISABLE != 0 {
-            flags = libc::SS_DISABLE;
-        }
-        let mut b = ss.sp.to_ne_bytes().to_vec();
-        b.extend_from_slice(&flags.to_ne_bytes());
-        b.extend_from_slice(&[0; 4]);
-        b.extend_from_slice(&ss.size.to_ne_bytes());
-        rs.write_mem(args, &b).map_err(|e| e.to_string())?;
-        rs.call_ok(nr::SIGALTSTACK, [args, 0, 0, 0, 0, 0], "sigaltstack")
-            .map_err(|e| e.to_string())?;
-        // rseq last among the syscalls: a registration writes into the restored memory.
-        if let Some(r) = &t.rseq {
-            rs.call_ok(
-                nr::RSEQ,
-                [r.addr, u64::from(r.len), 0, u64::from(r.sig), 0, 0],
-                "rseq register",
-            )
-            .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        Ok(made)
     })?;
     step(&c, Step::Creds, || restore_creds(&mut rs, p, args))?;
 
     step(&c, Step::Regs, || -> Result<(), String> {
-        let mut regs =
-            Regs::from_bytes(&t.regs).ok_or("registers of the image are not 216 bytes")?;
-        // The dump already adjusted an interrupted syscall; no restart logic must run again.
-        regs.orig_rax = u64::MAX;
+        let regs = final_regs(t)?;
         // Interval timers last, so they start counting as close to running as can be.
         for t in &p.itimers {
             let mut b = Vec::with_capacity(32);
@@ -366,20 +344,15 @@ pub(super) fn rebuild(
         .map_err(|e| e.to_string())?;
         rs.forget_scratch();
         rs.set_orig_regs(regs);
-        ptrace::setregs(pid, &regs).map_err(|e| e.to_string())?;
-        if !t.xstate.is_empty() {
-            ptrace::setregset(pid, ptrace::NT_X86_XSTATE, &t.xstate)
-                .map_err(|e| format!("XSTATE does not fit this CPU: {e}"))?;
-        } else if !t.fpregs.is_empty() {
-            ptrace::setregset(pid, ptrace::NT_PRFPREG, &t.fpregs).map_err(|e| e.to_string())?;
-        }
-        ptrace::set_sigmask(pid, t.sigmask).map_err(|e| e.to_string())?;
-        Ok(())
+        set_thread_regs(pid, t, &regs)
     })?;
 
     step(&c, Step::Run, || -> Result<(), String> {
         drop(rs);
-        queue_pending(pid, p)?;
+        queue_pending(pid, p, &threads)?;
+        for &(tid, _) in &threads[1..] {
+            ptrace::detach(tid, 0).map_err(|e| format!("detach thread {tid}: {e}"))?;
+        }
         ptrace::detach(pid, 0).map_err(|e| e.to_string())
     })?;
     half.pid = None;
@@ -396,23 +369,189 @@ pub(super) fn rebuild(
 /// tgkill, process-wide ones with kill), once no more syscalls will be injected: they are queued
 /// while it is stopped and delivered (or stay pending, if blocked) once it runs. SIGKILL and
 /// SIGSTOP are left out. Their siginfo is not kept: the sender is haul.
-fn queue_pending(pid: i32, p: &ProcessImage) -> Result<(), String> {
-    let thread = p.threads.first().map_or(0, |t| t.pending);
+/// `threads` are the (tid, thread-private pending set) of the rebuilt threads.
+fn queue_pending(pid: i32, p: &ProcessImage, threads: &[(i32, u64)]) -> Result<(), String> {
     for sig in 1..=64i32 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
         let bit = 1u64 << (sig - 1);
-        let r = if thread & bit != 0 {
-            crate::sys::process::tgkill(pid, pid, sig)
-        } else if p.shared_pending & bit != 0 {
+        for &(tid, pending) in threads {
+            if pending & bit != 0 {
+                crate::sys::process::tgkill(pid, tid, sig)
+                    .map_err(|e| format!("re-sending pending signal {sig} to thread {tid}: {e}"))?;
+            }
+        }
+        if p.shared_pending & bit != 0 {
             crate::sys::process::kill(pid, sig)
-        } else {
-            continue;
-        };
-        r.map_err(|e| format!("re-sending pending signal {sig}: {e}"))?;
+                .map_err(|e| format!("re-sending pending signal {sig}: {e}"))?;
+        }
     }
     Ok(())
+}
+
+/// The state a thread keeps for itself, set by syscalls injected into it: robust futex list,
+/// alternate signal stack, `clear_child_tid`, and rseq (last: it writes into restored memory).
+fn thread_state(rs: &mut RemoteSyscall, t: &ThreadImage, args: u64) -> Result<(), String> {
+    if let Some((head, len)) = t.robust_list {
+        rs.call_ok(
+            nr::SET_ROBUST_LIST,
+            [head, len, 0, 0, 0, 0],
+            "set_robust_list",
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    // Always set the alternate stack: with none in the image it must be disabled, or the
+    // one the parked child inherited from haul (Rust's main-thread guard stack, unmapped
+    // since) stays, and the first SA_ONSTACK handler (every Python handler) dies on it.
+    let none = crate::image::SigAltStack {
+        sp: 0,
+        flags: libc::SS_DISABLE,
+        size: 0,
+    };
+    let ss = t.sigaltstack.as_ref().unwrap_or(&none);
+    // SS_ONSTACK is a state, not a flag one can set.
+    let mut flags = ss.flags & !libc::SS_ONSTACK;
+    if flags & libc::SS_DISABLE != 0 {
+        flags = libc::SS_DISABLE;
+    }
+    let mut b = ss.sp.to_ne_bytes().to_vec();
+    b.extend_from_slice(&flags.to_ne_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&ss.size.to_ne_bytes());
+    rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+    rs.call_ok(nr::SIGALTSTACK, [args, 0, 0, 0, 0, 0], "sigaltstack")
+        .map_err(|e| e.to_string())?;
+    // set_tid_address(2) returns the caller's tid; it cannot fail.
+    if t.clear_child_tid != 0 {
+        rs.call_ok(
+            nr::SET_TID_ADDRESS,
+            [t.clear_child_tid, 0, 0, 0, 0, 0],
+            "set_tid_address",
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    if let Some(r) = &t.rseq {
+        rs.call_ok(
+            nr::RSEQ,
+            [r.addr, u64::from(r.len), 0, u64::from(r.sig), 0, 0],
+            "rseq register",
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `clone3(2)` flags of a thread as pthread_create makes one; `CLONE_PTRACE` makes haul its
+/// tracer from the start (it is seized like its creator and stops before running any code).
+const THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_PTRACE) as u64;
+
+/// Creates a thread in the rebuilt process by a `clone3(2)` injected into its main thread
+/// (`rs`), with the dumped tid when `pid` is [`PidChoice::Same`](super::PidChoice), and waits
+/// for its first stop. Returns its tid.
+fn spawn_thread(
+    rs: &mut RemoteSyscall,
+    t: &ThreadImage,
+    args: u64,
+    scratch: u64,
+    pid: super::PidChoice,
+) -> Result<i32, String> {
+    // struct clone_args (88 bytes) at `args`, the set_tid array right after it. The stack is
+    // a scratch page the thread never runs on: its registers are replaced before it runs.
+    const CLONE_ARGS_LEN: u64 = 88;
+    let set_tid = args + CLONE_ARGS_LEN;
+    let same = pid == super::PidChoice::Same;
+    let fields = [
+        THREAD_FLAGS,
+        0,
+        0,
+        0,
+        0,
+        scratch + SCRATCH_LEN - PAGE_SIZE as u64,
+        PAGE_SIZE as u64,
+        0,
+        if same { set_tid } else { 0 },
+        u64::from(same),
+        0,
+    ];
+    let mut b: Vec<u8> = fields.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    b.extend_from_slice(&(t.tid as u64).to_ne_bytes());
+    rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+    let tid = rs
+        .call_ok(
+            nr::CLONE3,
+            [args, CLONE_ARGS_LEN, 0, 0, 0, 0],
+            &format!("clone3 of thread {}", t.tid),
+        )
+        .map_err(|e| e.to_string())? as i32;
+    if same && tid != t.tid {
+        return Err(format!("thread {} was created as {tid}", t.tid));
+    }
+    // The new thread starts traced, with a PTRACE_EVENT_STOP before its first instruction.
+    match ptrace::wait_stop(tid).map_err(|e| e.to_string())? {
+        ptrace::Stop::Event { .. } => Ok(tid),
+        other => Err(format!(
+            "thread {tid}: expected its first stop, got {other:?}"
+        )),
+    }
+}
+
+/// Gives the new, stopped thread `tid` the state of `t`: its name, its own state, the
+/// process's credentials, then its registers, XSTATE and signal mask.
+fn finish_thread(
+    pid: i32,
+    tid: i32,
+    t: &ThreadImage,
+    p: &ProcessImage,
+    scratch: u64,
+    args: u64,
+) -> Result<(), String> {
+    let mut ts = RemoteSyscall::new(pid, tid).map_err(|e| e.to_string())?;
+    ts.set_insn(scratch);
+    let comm = cstr(&t.comm)?;
+    ts.write_mem(args, &comm[..comm.len().min(15)])
+        .map_err(|e| e.to_string())?;
+    ts.write_mem(args + comm.len().min(15) as u64, &[0])
+        .map_err(|e| e.to_string())?;
+    ts.call_ok(
+        nr::PRCTL,
+        [PR_SET_NAME, args, 0, 0, 0, 0],
+        "prctl PR_SET_NAME",
+    )
+    .map_err(|e| e.to_string())?;
+    thread_state(&mut ts, t, args)?;
+    restore_creds(&mut ts, p, args)?;
+    let regs = final_regs(t)?;
+    ts.set_orig_regs(regs);
+    // Dropping the injector writes those registers back.
+    drop(ts);
+    set_thread_regs(tid, t, &regs)
+}
+
+/// A thread's registers as the image has them, ready to run: the dump already adjusted an
+/// interrupted syscall, so no restart logic must run again.
+fn final_regs(t: &ThreadImage) -> Result<Regs, String> {
+    let mut regs = Regs::from_bytes(&t.regs).ok_or("registers of the image are not 216 bytes")?;
+    regs.orig_rax = u64::MAX;
+    Ok(regs)
+}
+
+/// Sets the registers, XSTATE (or FPU state) and signal mask of stopped thread `tid`.
+fn set_thread_regs(tid: i32, t: &ThreadImage, regs: &Regs) -> Result<(), String> {
+    ptrace::setregs(tid, regs).map_err(|e| e.to_string())?;
+    if !t.xstate.is_empty() {
+        ptrace::setregset(tid, ptrace::NT_X86_XSTATE, &t.xstate)
+            .map_err(|e| format!("XSTATE does not fit this CPU: {e}"))?;
+    } else if !t.fpregs.is_empty() {
+        ptrace::setregset(tid, ptrace::NT_PRFPREG, &t.fpregs).map_err(|e| e.to_string())?;
+    }
+    ptrace::set_sigmask(tid, t.sigmask).map_err(|e| e.to_string())
 }
 
 /// The lowest page-aligned address at or above 64 KiB with `len` bytes free of every range.

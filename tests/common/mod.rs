@@ -251,3 +251,38 @@ pub fn python3() -> PathBuf {
         .expect("run python3");
     PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
 }
+
+/// Asks the threads fixture for its report and returns its numbers (three counts, then the
+/// three worker tids; or the counts after "joined").
+pub fn threads_report(pid: i32, out: &Path) -> Vec<i64> {
+    let _ = std::fs::remove_file(out);
+    send_signal(pid, "USR1");
+    let mut got = Vec::new();
+    let ok = wait_for(Duration::from_secs(10), || {
+        got = std::fs::read_to_string(out)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        got.len() == 6
+    });
+    assert!(ok, "threads pid {pid} did not report: {got:?}");
+    got
+}
+
+/// Each task of `pid` with its name and blocked-signal mask, by tid.
+pub fn tasks(pid: i32) -> Vec<(i32, String, String)> {
+    let mut v: Vec<(i32, String, String)> = haul::proc::tids(pid)
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            let dir = format!("/proc/{pid}/task/{t}");
+            let comm = std::fs::read_to_string(format!("{dir}/comm")).unwrap();
+            let status = std::fs::read_to_string(format!("{dir}/status")).unwrap();
+            let blk = status.lines().find(|l| l.starts_with("SigBlk")).unwrap();
+            (t, comm.trim().to_string(), blk.to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
