@@ -95,15 +95,23 @@ pub(crate) fn capture_process(
         no_new_privs: status.no_new_privs,
     };
     img.shared_pending = status.shd_pnd;
-    img.rlimits = (0..16u32)
-        .map(|r| {
-            process::prlimit(pid, r).map(|(cur, max)| Rlimit {
-                resource: r,
-                cur,
-                max,
-            })
+    // From /proc/PID/limits, not prlimit64(2): reading another user's limits by prlimit needs
+    // CAP_SYS_RESOURCE, which root may lack (it does on this machine), and one read beats 16
+    // syscalls.
+    img.rlimits = proc::limits(pid)?
+        .into_iter()
+        .map(|l| Rlimit {
+            resource: l.resource,
+            cur: l.soft,
+            max: l.hard,
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
+    if img.rlimits.len() != 16 {
+        return Err(DumpError::Internal(format!(
+            "/proc/{pid}/limits lists {} of the 16 resource limits",
+            img.rlimits.len()
+        )));
+    }
     img.mm = MmFields {
         start_code: st.start_code,
         end_code: st.end_code,
