@@ -88,6 +88,15 @@ fn check_identity(pid: i32) -> Result<(), DumpError> {
             st.state
         )));
     }
+    // NSpid lists its id in each PID namespace from /proc's inward: more levels than haul has
+    // means a namespace of its own, whose ids a restore into haul's namespace would change.
+    let own = proc::status(me)?;
+    if status.nspid.len() > own.nspid.len() {
+        return Err(unsupported(format!(
+            "pid {pid} lives in another PID namespace (it is pid {} there): namespaces are not supported yet",
+            status.nspid.last().copied().unwrap_or(0)
+        )));
+    }
     let euid = crate::sys::process::geteuid();
     if euid != 0 && status.uid.iter().any(|&u| u != euid) {
         return Err(refused(format!(
@@ -111,6 +120,27 @@ pub(crate) struct Snapshot {
 /// smaps is read again only if a mapping changed meanwhile (reading smaps walks the page
 /// tables: ~5 ms for 256 MiB, which would all be frozen time).
 pub(crate) fn check_uses(pid: i32, before: Option<&Snapshot>) -> Result<Snapshot, DumpError> {
+    // Seccomp is per thread. A filter could refuse haul's injected syscalls or kill the
+    // process for them, and a restore would run the process without its sandbox.
+    for tid in proc::tids(pid)? {
+        let mode = match proc::task_status(pid, tid) {
+            Ok(st) => st.seccomp,
+            // A thread that just exited: the freeze finds the stable set of threads.
+            Err(e) if e.is_gone() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if mode != 0 {
+            let who = if tid == pid {
+                format!("pid {pid}")
+            } else {
+                format!("pid {pid} thread {tid}")
+            };
+            let what = if mode == 1 { "strict mode" } else { "a filter" };
+            return Err(unsupported(format!(
+                "{who} runs under seccomp ({what}): seccomp is not supported yet"
+            )));
+        }
+    }
     let kids = proc::children(pid)?;
     if !kids.is_empty() {
         let list: Vec<String> = kids.iter().map(|k| k.to_string()).collect();

@@ -29,6 +29,10 @@ pub struct Status {
     pub cap_bnd: u64,
     pub cap_amb: u64,
     pub no_new_privs: bool,
+    /// Seccomp mode: 0 none, 1 strict, 2 filter.
+    pub seccomp: u8,
+    /// The id in each PID namespace it is in, from the one /proc belongs to inward.
+    pub nspid: Vec<i32>,
 }
 
 /// `/proc/PID/status`.
@@ -91,6 +95,13 @@ pub fn parse_status(path: &Path, s: &str) -> Result<Status> {
             "CapBnd" => st.cap_bnd = hex_u64(path, k, v)?,
             "CapAmb" => st.cap_amb = hex_u64(path, k, v)?,
             "NoNewPrivs" => st.no_new_privs = v == "1",
+            "Seccomp" => st.seccomp = int(k)? as u8,
+            "NSpid" => {
+                st.nspid = v
+                    .split_whitespace()
+                    .map(|x| x.parse().map_err(|_| parse_err(path, k, line)))
+                    .collect::<Result<_>>()?
+            }
             _ => {}
         }
     }
