@@ -1192,3 +1192,82 @@ fn a_failed_restore_of_a_multi_threaded_process_leaves_no_thread_behind() {
     ) == Some('Z')));
     assert_eq!(rp.wait(), Some(0));
 }
+
+/// The credential lines of /proc/PID/status: ids, groups, the five capability sets,
+/// no_new_privs.
+fn creds_lines(pid: i32) -> Vec<String> {
+    let keys = [
+        "Uid:",
+        "Gid:",
+        "Groups:",
+        "CapInh:",
+        "CapPrm:",
+        "CapEff:",
+        "CapBnd:",
+        "CapAmb:",
+        "NoNewPrivs:",
+    ];
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter(|l| keys.iter().any(|k| l.starts_with(k)))
+        .map(String::from)
+        .collect()
+}
+
+/// The counter under `setpriv ARGS`, dumped and restored: same credentials, counting on.
+fn counter_keeps_its_credentials(setpriv_args: &[&str]) {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    // Writable by whoever the counter runs as.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let log = dir.path().join("counter.log");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(setpriv_args)
+        .arg("--")
+        .arg(fixture("counter"))
+        .arg(&log);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
+        .len()
+        >= 5));
+    let before = creds_lines(r.pid);
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let dumped = read_numbers(&log).len();
+    let rp = restore_same(&set, &store);
+    assert_eq!(
+        creds_lines(rp.pid),
+        before,
+        "credentials differ after restore"
+    );
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
+        .len()
+        >= dumped + 10));
+    drop(rp);
+    assert_consecutive(&read_numbers(&log));
+}
+
+#[test]
+fn root_with_a_smaller_bounding_set_and_ambient_caps_keeps_them_after_restore() {
+    counter_keeps_its_credentials(&[
+        "--bounding-set=-net_raw,-sys_ptrace,-mknod",
+        "--inh-caps=+net_bind_service",
+        "--ambient-caps=+net_bind_service",
+    ]);
+}
+
+#[test]
+fn unprivileged_user_with_an_ambient_capability_keeps_it_after_restore() {
+    counter_keeps_its_credentials(&[
+        "--reuid=65534",
+        "--regid=65534",
+        "--groups=65534,100",
+        "--inh-caps=+net_bind_service",
+        "--ambient-caps=+net_bind_service",
+    ]);
+}

@@ -97,6 +97,25 @@ pub fn check_compat(
             same_file(path, id, false).map_err(|r| bad(format!("fd {}: file {r}", f.fd)))?;
         }
     }
+    // A restored process starts with haul's capabilities and can only be given fewer.
+    let own = crate::proc::status(crate::sys::process::getpid())
+        .map_err(|e| bad(format!("reading haul's own capabilities: {e}")))?;
+    let c = &p.creds;
+    for (name, had, have) in [
+        ("bounding", c.cap_bnd, own.cap_bnd),
+        (
+            "permitted",
+            c.cap_prm | c.cap_eff | c.cap_inh | c.cap_amb,
+            own.cap_prm,
+        ),
+    ] {
+        if had & !have != 0 {
+            return Err(bad(format!(
+                "it held capabilities ({name} set {:#x}) that haul does not have here ({have:#x})",
+                had & !have
+            )));
+        }
+    }
     if p.exe.ends_with(" (deleted)") {
         return Err(bad(format!("its executable {} was deleted", p.exe)));
     }

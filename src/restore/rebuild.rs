@@ -35,6 +35,13 @@ const SYS_SETITIMER: i64 = 38;
 const SYS_PERSONALITY: i64 = 135;
 const PR_SET_NAME: u64 = 15;
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
+const PR_SET_KEEPCAPS: u64 = 8;
+const PR_CAPBSET_DROP: u64 = 24;
+const PR_CAP_AMBIENT: u64 = 47;
+const PR_CAP_AMBIENT_RAISE: u64 = 2;
+const SYS_CAPSET: i64 = 126;
+/// `_LINUX_CAPABILITY_VERSION_3` of capset(2): two 32-bit words per set.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const MADV_DONTFORK: u64 = 10;
 const MADV_DONTDUMP: u64 = 16;
 
@@ -965,11 +972,37 @@ fn restore_signals(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Resul
     Ok(())
 }
 
-/// Groups, gids and uids (in that order: dropping the uid first would forbid the rest).
+/// Credentials, in the thread `rs` drives (they are per thread): the capability bounding set
+/// first (dropping needs CAP_SETPCAP), then groups, gids and uids (dropping the uid first would
+/// forbid the rest; the permitted capabilities are kept across it when the image has any),
+/// then the effective, permitted and inheritable capabilities, the ambient ones, and
+/// no_new_privs. The compatibility check made sure that haul holds every capability set here.
 fn restore_creds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<(), String> {
     let c = &p.creds;
+    let tid = rs.tid();
+    let now = crate::proc::task_status(rs.pid(), tid).map_err(|e| e.to_string())?;
+    for cap in 0..64u64 {
+        let bit = 1u64 << cap;
+        if now.cap_bnd & bit != 0 && c.cap_bnd & bit == 0 {
+            rs.call_ok(
+                nr::PRCTL,
+                [PR_CAPBSET_DROP, cap, 0, 0, 0, 0],
+                &format!("prctl PR_CAPBSET_DROP {cap}"),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
     let is_root = c.uid == [0; 4] && c.gid == [0; 4];
     if !is_root {
+        let keep = c.cap_prm != 0;
+        if keep {
+            rs.call_ok(
+                nr::PRCTL,
+                [PR_SET_KEEPCAPS, 1, 0, 0, 0, 0],
+                "prctl PR_SET_KEEPCAPS 1",
+            )
+            .map_err(|e| e.to_string())?;
+        }
         let mut b = Vec::new();
         for g in &c.groups {
             b.extend_from_slice(&g.to_ne_bytes());
@@ -1005,6 +1038,35 @@ fn restore_creds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<
                 0,
             ],
             "setresuid",
+        )
+        .map_err(|e| e.to_string())?;
+        if keep {
+            rs.call_ok(
+                nr::PRCTL,
+                [PR_SET_KEEPCAPS, 0, 0, 0, 0, 0],
+                "prctl PR_SET_KEEPCAPS 0",
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    // capset(2), version 3: a header {version, pid 0 = this thread}, then {effective,
+    // permitted, inheritable} for capabilities 0-31 and again for 32-63.
+    let mut b = Vec::with_capacity(32);
+    b.extend_from_slice(&LINUX_CAPABILITY_VERSION_3.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    for half in [0, 32] {
+        for set in [c.cap_eff, c.cap_prm, c.cap_inh] {
+            b.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
+        }
+    }
+    rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+    rs.call_ok(SYS_CAPSET, [args, args + 8, 0, 0, 0, 0], "capset")
+        .map_err(|e| e.to_string())?;
+    for cap in (0..64u64).filter(|cap| c.cap_amb & (1 << cap) != 0) {
+        rs.call_ok(
+            nr::PRCTL,
+            [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, 0],
+            &format!("prctl PR_CAP_AMBIENT_RAISE {cap}"),
         )
         .map_err(|e| e.to_string())?;
     }

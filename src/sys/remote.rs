@@ -71,6 +71,16 @@ impl RemoteSyscall {
         &self.orig
     }
 
+    /// The thread the syscalls run in.
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    /// The process of that thread.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// Address of the `syscall` instruction used.
     pub fn insn_addr(&self) -> u64 {
         self.insn
