@@ -1271,3 +1271,91 @@ fn unprivileged_user_with_an_ambient_capability_keeps_it_after_restore() {
         "--ambient-caps=+net_bind_service",
     ]);
 }
+
+/// Asks the ptimer fixture for its report (nine numbers) once its tick count passes `after`.
+fn ptimer_report(pid: i32, out: &Path, after: i64) -> Vec<i64> {
+    let mut got = Vec::new();
+    let ok = wait_for(Duration::from_secs(10), || {
+        send_signal(pid, "USR1");
+        std::thread::sleep(Duration::from_millis(20));
+        got = read_rows(out).into_iter().next().unwrap_or_default();
+        got.len() == 9 && got[0] > after
+    });
+    assert!(ok, "ptimer pid {pid} did not report past {after}: {got:?}");
+    got
+}
+
+#[test]
+fn posix_timers_and_queued_signals_keep_ids_values_order_and_time_left_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let mut cmd = Command::new(fixture("ptimer"));
+    cmd.arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    let before = ptimer_report(r.pid, &out, 20);
+    assert_eq!(before[2], 0, "bad signals before the dump: {before:?}");
+    // Three SIGRTMIN+2 with values 1, 2, 3, queued to the process and blocked.
+    send_signal(r.pid, "USR2");
+    let rt2 = 1u64 << (libc::SIGRTMIN() + 2 - 1);
+    assert!(wait_for(Duration::from_secs(5), || {
+        haul::proc::status(r.pid).unwrap().shd_pnd & rt2 != 0
+    }));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    assert_eq!(set.process.as_ref().unwrap().posix_timers.len(), 3);
+    let rp = restore_same(&set, &store);
+    let after = ptimer_report(rp.pid, &out, before[0]);
+    // The ids the process holds still name its timers (timer_gettime works on them).
+    assert_eq!(after[3..6], before[3..6], "timer ids");
+    assert_eq!(after[7], 5_000_000, "tick period: {after:?}");
+    assert!(
+        after[6] > 0 && after[6] <= before[6] && after[6] > before[6] - 30_000,
+        "idle timer left {} ms after restore, {} before",
+        after[6],
+        before[6]
+    );
+    // Both firing timers go on, with their sigev_value (the handlers count wrong ones).
+    let later = ptimer_report(rp.pid, &out, after[0] + 50);
+    assert!(
+        later[1] > after[1] + 5,
+        "SIGEV_THREAD_ID timer stopped: {later:?}"
+    );
+    assert_eq!(later[2], 0, "signals with a wrong si_value: {later:?}");
+    // The queued signals come back as they were: all three, in order, with their values.
+    send_signal(rp.pid, "HUP");
+    let mut q = Vec::new();
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            q = ptimer_report(rp.pid, &out, 0);
+            q[8] != 0
+        }),
+        "the queued signals never arrived"
+    );
+    assert_eq!(q[8], 123, "queued signals (values folded in order): {q:?}");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/timers", rp.pid))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("ID: "))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn signals_arriving_during_leave_running_dumps_keep_their_siginfo() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let mut cmd = Command::new(fixture("ptimer"));
+    cmd.arg(&out);
+    let r = launch(cmd, &dir.path().join("log"), true);
+    let before = ptimer_report(r.pid, &out, 10);
+    // A timer signal every 5 ms: some arrive while haul injects syscalls. Each must reach the
+    // handler with its sigev_value, not be re-sent by haul without it.
+    for _ in 0..10 {
+        snapshot(r.pid);
+    }
+    let after = ptimer_report(r.pid, &out, before[0] + 20);
+    assert_eq!(after[2], 0, "signals with a wrong si_value: {after:?}");
+}

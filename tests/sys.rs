@@ -366,7 +366,7 @@ fn wait_reports_a_killed_tracee_as_gone() {
 }
 
 #[test]
-fn a_signal_arriving_during_injection_is_held_and_delivered_on_detach() {
+fn a_signal_arriving_during_injection_stays_queued_and_is_delivered_on_detach() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sig.out");
     let s = Running::ready(common::clean_command(fixture("sigfix")).arg(&out));
@@ -374,14 +374,23 @@ fn a_signal_arriving_during_injection_is_held_and_delivered_on_detach() {
     ptrace::seize(pid, 0).unwrap();
     ptrace::interrupt(pid).unwrap();
     ptrace::wait_stop(pid).unwrap();
-    // Queued while stopped: the single step resumes the thread, which stops for it first.
-    process::tgkill(pid, pid, libc::SIGUSR2).unwrap();
+    let mask = ptrace::get_sigmask(pid).unwrap();
     let mut r = RemoteSyscall::new(pid, pid).unwrap();
+    // Queued during the injection: blocked meanwhile, it stays queued (siginfo and all)
+    // instead of stopping the single step.
+    process::tgkill(pid, pid, libc::SIGUSR2).unwrap();
     assert_eq!(r.call(nr::GETPID, [0; 6]).unwrap(), pid as i64);
-    let held = r.take_signals();
-    assert_eq!(held, vec![libc::SIGUSR2]);
+    assert_eq!(r.take_signals(), Vec::<i32>::new());
+    let queued = ptrace::peek_siginfo(pid, false).unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0][..4], libc::SIGUSR2.to_ne_bytes());
     drop(r);
-    ptrace::detach(pid, held[0]).unwrap();
+    assert_eq!(
+        ptrace::get_sigmask(pid).unwrap(),
+        mask,
+        "mask not given back"
+    );
+    ptrace::detach(pid, 0).unwrap();
     common::send_signal(pid, "USR1");
     assert!(
         wait_for(Duration::from_secs(5), || std::fs::read_to_string(&out)

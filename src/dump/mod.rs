@@ -396,10 +396,10 @@ pub(crate) fn dump_planned(
     stats.remote_syscalls = frozen.remote_syscalls();
     stats.threads = process.threads.len() as u64;
     stats.vmas = process.vmas.len() as u64;
-    // The signals held back while frozen stay pending in the image of their thread.
-    for t in process.threads.iter_mut() {
-        t.pending |= frozen.held_signals(t.tid);
-    }
+    // The signals pending now, and those held back while frozen, stay pending in the image.
+    ctx.step(Step::State, || {
+        state::capture_pending(pid, &mut process, |tid| frozen.held_signals(tid))
+    })?;
     let kept = if opts.lazy {
         // Neither thawed nor killed (settled above): the caller serves the lazy pages from
         // it. Dropping the guard (any error below) thaws it.

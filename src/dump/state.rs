@@ -5,8 +5,8 @@
 use super::freeze::Frozen;
 use super::{check, DumpError};
 use crate::image::{
-    Creds, ITimer, MmFields, ProcessImage, Rlimit, Rseq, SigAction, SigAltStack, ThreadImage, Vma,
-    VmaKind,
+    Creds, ITimer, MmFields, PosixTimer, ProcessImage, Rlimit, Rseq, SigAction, SigAltStack,
+    ThreadImage, Vma, VmaKind,
 };
 use crate::proc;
 use crate::sys::process::{self, nr};
@@ -57,6 +57,7 @@ pub(crate) fn capture_threads(frozen: &mut Frozen) -> Result<ProcessImage, DumpE
             sigaltstack: None,
             comm: proc::task_comm(pid, tid)?,
             clear_child_tid: 0,
+            pending_info: Vec::new(),
         });
     }
     Ok(ProcessImage {
@@ -174,12 +175,16 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
 
 /// `getitimer(2)` syscall number (x86_64).
 const SYS_GETITIMER: i64 = 36;
+/// `timer_gettime(2)` syscall number (x86_64).
+const SYS_TIMER_GETTIME: i64 = 224;
+/// `SIGEV_THREAD_ID` in `sigev_notify`: the timer signals one thread.
+const SIGEV_THREAD_ID: i32 = 4;
 /// `prctl(PR_GET_TID_ADDRESS, &addr)`: a thread's `clear_child_tid` (CONFIG_CHECKPOINT_RESTORE).
 const PR_GET_TID_ADDRESS: u64 = 40;
 
 /// State only the process itself can report, by injected syscalls using the scratch page:
-/// the 64 signal dispositions, the program break, the interval timers, each thread's
-/// alternate signal stack and `clear_child_tid` address.
+/// the 64 signal dispositions, the program break, the interval timers, the POSIX timers' time
+/// left, each thread's alternate signal stack and `clear_child_tid` address.
 pub(crate) fn capture_injected(
     frozen: &mut Frozen,
     img: &mut ProcessImage,
@@ -188,6 +193,7 @@ pub(crate) fn capture_injected(
         .scratch()
         .ok_or_else(|| DumpError::Internal("no scratch page mapped".into()))?;
     let pid = frozen.pid;
+    let ptimers = proc::posix_timers(pid)?;
     // struct sigaction of the kernel: handler, flags, restorer, mask (8 bytes each).
     const KSIGACTION: u64 = 32;
     let raw = frozen.with_thread(pid, |inj| {
@@ -222,10 +228,42 @@ pub(crate) fn capture_injected(
                 });
             }
         }
-        Ok((raw, brk, timers))
+        // Each POSIX timer's time left and period: struct itimerspec is {interval {sec,
+        // nsec}, value {sec, nsec}}.
+        let mut left = Vec::with_capacity(ptimers.len());
+        for t in &ptimers {
+            inj.call_ok(
+                SYS_TIMER_GETTIME,
+                [t.id as u64, scratch, 0, 0, 0, 0],
+                &format!("timer_gettime {}", t.id),
+            )?;
+            let mut b = [0u8; 32];
+            inj.read_mem(scratch, &mut b)?;
+            let f = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            left.push((f(0) * 1_000_000_000 + f(1), f(2) * 1_000_000_000 + f(3)));
+        }
+        Ok((raw, brk, timers, left))
     })?;
-    let (raw, brk, timers) = raw;
+    let (raw, brk, timers, left) = raw;
     img.itimers = timers;
+    img.posix_timers = ptimers
+        .iter()
+        .zip(left)
+        .map(|(t, (interval_ns, value_ns))| PosixTimer {
+            id: t.id,
+            clock: t.clock,
+            notify: t.notify,
+            signo: t.signo,
+            sigval: t.sigval,
+            tid: if t.notify & SIGEV_THREAD_ID != 0 {
+                t.target
+            } else {
+                0
+            },
+            value_ns,
+            interval_ns,
+        })
+        .collect();
     let w = |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
     img.sigactions = (0..64)
         .map(|s| SigAction {
@@ -260,5 +298,22 @@ pub(crate) fn capture_injected(
         img.threads[i].sigaltstack =
             (flags & libc::SS_DISABLE == 0 || sp != 0).then_some(SigAltStack { sp, flags, size });
     }
+    Ok(())
+}
+
+/// The pending signals once nothing more will be injected, with their queued `siginfo_t`s:
+/// signals that arrived during the injections stayed queued (the injector blocks them all),
+/// and `held` are those that stopped the freeze itself, whose siginfo is gone (per thread).
+pub(crate) fn capture_pending(
+    pid: i32,
+    img: &mut ProcessImage,
+    held: impl Fn(i32) -> u64,
+) -> Result<(), DumpError> {
+    for t in img.threads.iter_mut() {
+        t.pending |= held(t.tid) | proc::task_status(pid, t.tid)?.sig_pnd;
+        t.pending_info = ptrace::peek_siginfo(t.tid, false)?;
+    }
+    img.shared_pending |= proc::status(pid)?.shd_pnd;
+    img.shared_pending_info = ptrace::peek_siginfo(pid, true)?;
     Ok(())
 }

@@ -238,6 +238,12 @@ pub struct ProcessImage {
     /// Armed interval timers (`setitimer(2)`: real, virtual, profiling).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub itimers: Vec<ITimer>,
+    /// The queued `siginfo_t`s of `shared_pending` (raw, 128 bytes each, oldest first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_pending_info: Vec<Vec<u8>>,
+    /// POSIX timers (`timer_create(2)`), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub posix_timers: Vec<PosixTimer>,
 }
 
 /// One armed interval timer, as `getitimer(2)` reported it at dump time.
@@ -249,6 +255,28 @@ pub struct ITimer {
     pub value_us: u64,
     /// Its period (µs; 0 = one-shot).
     pub interval_us: u64,
+}
+
+/// One POSIX timer: how it was created (from /proc/PID/timers) and its time left (from an
+/// injected `timer_gettime(2)`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    /// The id `timer_create` returned (the process keeps it in its memory).
+    pub id: i32,
+    /// Its clock (`CLOCK_*`).
+    pub clock: i32,
+    /// `sigev_notify`: `SIGEV_SIGNAL` (0), `SIGEV_NONE` (1), or `SIGEV_THREAD_ID` (4) with
+    /// `SIGEV_SIGNAL`.
+    pub notify: i32,
+    pub signo: i32,
+    /// `sigev_value`, handed to the handler in `si_value`.
+    pub sigval: u64,
+    /// The thread a `SIGEV_THREAD_ID` timer signals (0 otherwise).
+    pub tid: i32,
+    /// Time left until it next fires (ns; 0 = disarmed).
+    pub value_ns: u64,
+    /// Its period (ns; 0 = one-shot).
+    pub interval_ns: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +342,10 @@ pub struct ThreadImage {
     /// thread exits, which is what `pthread_join` waits for.
     #[serde(default)]
     pub clear_child_tid: u64,
+    /// The queued `siginfo_t`s of `pending` (raw, 128 bytes each, oldest first), so that a
+    /// restore queues them again with their sender, code and value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_info: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

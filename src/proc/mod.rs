@@ -239,6 +239,68 @@ pub fn limits(pid: i32) -> Result<Vec<Limit>> {
     Ok(out)
 }
 
+/// One entry of `/proc/PID/timers`: a POSIX timer as `timer_create(2)` made it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcTimer {
+    pub id: i32,
+    pub signo: i32,
+    /// `sigev_value`.
+    pub sigval: u64,
+    /// `SIGEV_SIGNAL` (0), `SIGEV_NONE` (1), or `SIGEV_SIGNAL | SIGEV_THREAD_ID` (4).
+    pub notify: i32,
+    /// The process or (for `SIGEV_THREAD_ID`) thread it signals.
+    pub target: i32,
+    pub clock: i32,
+}
+
+/// `/proc/PID/timers` (CONFIG_CHECKPOINT_RESTORE): the process's POSIX timers, four lines
+/// each: `ID: N`, `signal: SIGNO/SIGVAL_HEX`, `notify: KIND/pid.N` (or `tid.N`), `ClockID: N`.
+pub fn posix_timers(pid: i32) -> Result<Vec<ProcTimer>> {
+    let path = pid_dir(pid).join("timers");
+    parse_timers(&path, &read_string(&path)?)
+}
+
+/// Parses the text of `/proc/PID/timers` read from `path`.
+pub fn parse_timers(path: &Path, s: &str) -> Result<Vec<ProcTimer>> {
+    let mut out: Vec<ProcTimer> = Vec::new();
+    for line in s.lines() {
+        let Some((k, v)) = line.split_once(": ") else {
+            continue;
+        };
+        let bad = || parse_err(path, k, line);
+        if k == "ID" {
+            out.push(ProcTimer {
+                id: v.trim().parse().map_err(|_| bad())?,
+                ..ProcTimer::default()
+            });
+            continue;
+        }
+        let t = out.last_mut().ok_or_else(bad)?;
+        match k {
+            "signal" => {
+                let (sig, val) = v.split_once('/').ok_or_else(bad)?;
+                t.signo = sig.parse().map_err(|_| bad())?;
+                t.sigval = hex_u64(path, k, val)?;
+            }
+            "notify" => {
+                let (kind, who) = v.split_once('/').ok_or_else(bad)?;
+                let (scope, n) = who.split_once('.').ok_or_else(bad)?;
+                let base = match kind {
+                    "signal" => 0,
+                    "none" => 1,
+                    "thread" => 2,
+                    _ => return Err(bad()),
+                };
+                t.notify = if scope == "tid" { base | 4 } else { base };
+                t.target = n.parse().map_err(|_| bad())?;
+            }
+            "ClockID" => t.clock = v.trim().parse().map_err(|_| bad())?,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Parses a hexadecimal u64 (signal and capability masks).
 pub(crate) fn hex_u64(path: &Path, what: &str, v: &str) -> Result<u64> {
     u64::from_str_radix(v.trim(), 16).map_err(|_| parse_err(path, what, v))
@@ -250,6 +312,35 @@ mod tests {
 
     fn me() -> i32 {
         std::process::id() as i32
+    }
+
+    #[test]
+    fn timers_are_parsed_with_their_signal_value_and_target() {
+        let text = "ID: 3\nsignal: 34/000000000000002a\nnotify: signal/tid.77\nClockID: 1\n\
+                    ID: 0\nsignal: 14/0000000000000000\nnotify: none/pid.70\nClockID: 0\n";
+        let t = parse_timers(Path::new("timers"), text).unwrap();
+        assert_eq!(
+            t,
+            vec![
+                ProcTimer {
+                    id: 3,
+                    signo: 34,
+                    sigval: 42,
+                    notify: 4,
+                    target: 77,
+                    clock: 1
+                },
+                ProcTimer {
+                    id: 0,
+                    signo: 14,
+                    sigval: 0,
+                    notify: 1,
+                    target: 70,
+                    clock: 0
+                },
+            ]
+        );
+        assert!(parse_timers(Path::new("timers"), "signal: 1/0\n").is_err());
     }
 
     #[test]

@@ -40,6 +40,11 @@ const PR_CAPBSET_DROP: u64 = 24;
 const PR_CAP_AMBIENT: u64 = 47;
 const PR_CAP_AMBIENT_RAISE: u64 = 2;
 const SYS_CAPSET: i64 = 126;
+const SYS_TIMER_CREATE: i64 = 222;
+const SYS_RT_SIGQUEUEINFO: i64 = 129;
+const SYS_RT_TGSIGQUEUEINFO: i64 = 297;
+const SYS_TIMER_SETTIME: i64 = 223;
+const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 /// `_LINUX_CAPABILITY_VERSION_3` of capset(2): two 32-bit words per set.
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const MADV_DONTFORK: u64 = 10;
@@ -324,7 +329,12 @@ pub(super) fn rebuild(
 
     step(&c, Step::Regs, || -> Result<(), String> {
         let regs = final_regs(t)?;
-        // Interval timers last, so they start counting as close to running as can be.
+        // Queued signals with their siginfo (every signal is blocked while haul injects, so
+        // they stay queued until the thread runs with its own mask).
+        queue_siginfo(&mut rs, pid, &t.pending_info, false, args)?;
+        queue_siginfo(&mut rs, pid, &p.shared_pending_info, true, args)?;
+        // Timers last, so they start counting as close to running as can be.
+        restore_posix_timers(&mut rs, p, &threads, args)?;
         for t in &p.itimers {
             let mut b = Vec::with_capacity(32);
             for w in [
@@ -351,6 +361,7 @@ pub(super) fn rebuild(
         .map_err(|e| e.to_string())?;
         rs.forget_scratch();
         rs.set_orig_regs(regs);
+        rs.set_orig_sigmask(t.sigmask);
         set_thread_regs(pid, t, &regs)
     })?;
 
@@ -376,23 +387,81 @@ pub(super) fn rebuild(
 /// tgkill, process-wide ones with kill), once no more syscalls will be injected: they are queued
 /// while it is stopped and delivered (or stay pending, if blocked) once it runs. SIGKILL and
 /// SIGSTOP are left out. Their siginfo is not kept: the sender is haul.
-/// `threads` are the (tid, thread-private pending set) of the rebuilt threads.
+/// `threads` are the (tid, thread-private pending set) of the rebuilt threads. Only the
+/// signals [`queue_siginfo`] did not queue already (an image without their siginfo, or one the
+/// kernel could not queue one for) are sent this way.
 fn queue_pending(pid: i32, p: &ProcessImage, threads: &[(i32, u64)]) -> Result<(), String> {
+    let queued = |infos: &[Vec<u8>]| infos.iter().fold(0u64, |m, i| m | siginfo_bit(i));
+    let shared = p.shared_pending & !queued(&p.shared_pending_info);
     for sig in 1..=64i32 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
         let bit = 1u64 << (sig - 1);
-        for &(tid, pending) in threads {
-            if pending & bit != 0 {
+        for (&(tid, pending), t) in threads.iter().zip(&p.threads) {
+            if pending & !queued(&t.pending_info) & bit != 0 {
                 crate::sys::process::tgkill(pid, tid, sig)
                     .map_err(|e| format!("re-sending pending signal {sig} to thread {tid}: {e}"))?;
             }
         }
-        if p.shared_pending & bit != 0 {
+        if shared & bit != 0 {
             crate::sys::process::kill(pid, sig)
                 .map_err(|e| format!("re-sending pending signal {sig}: {e}"))?;
         }
+    }
+    Ok(())
+}
+
+/// The pending-set bit of the signal in a raw `siginfo_t` (its first int), 0 if none.
+fn siginfo_bit(info: &[u8]) -> u64 {
+    match info
+        .get(..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    {
+        Some(sig @ 1..=64) => 1u64 << (sig - 1),
+        _ => 0,
+    }
+}
+
+/// Queues `infos` again (raw `siginfo_t`s) by syscalls injected into the thread `rs` drives:
+/// `rt_tgsigqueueinfo(2)` to that thread `tid`, or with `shared` `rt_sigqueueinfo(2)` to the
+/// process. A process may queue any siginfo to itself, so sender, code and value are kept.
+/// SIGKILL and SIGSTOP are left out.
+fn queue_siginfo(
+    rs: &mut RemoteSyscall,
+    tid: i32,
+    infos: &[Vec<u8>],
+    shared: bool,
+    args: u64,
+) -> Result<(), String> {
+    let pid = rs.pid();
+    for info in infos {
+        let bit = siginfo_bit(info);
+        if bit == 0 || info.len() != ptrace::SIGINFO_SIZE {
+            return Err(format!(
+                "a queued siginfo of the image is malformed ({} bytes)",
+                info.len()
+            ));
+        }
+        let sig = u64::from(bit.trailing_zeros() + 1);
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            continue;
+        }
+        rs.write_mem(args, info).map_err(|e| e.to_string())?;
+        let r = if shared {
+            rs.call_ok(
+                SYS_RT_SIGQUEUEINFO,
+                [pid as u64, sig, args, 0, 0, 0],
+                &format!("rt_sigqueueinfo of signal {sig}"),
+            )
+        } else {
+            rs.call_ok(
+                SYS_RT_TGSIGQUEUEINFO,
+                [pid as u64, tid as u64, sig, args, 0, 0],
+                &format!("rt_tgsigqueueinfo of signal {sig} to thread {tid}"),
+            )
+        };
+        r.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -447,6 +516,88 @@ fn thread_state(rs: &mut RemoteSyscall, t: &ThreadImage, args: u64) -> Result<()
         .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Recreates the POSIX timers with their dumped ids (`PR_TIMER_CREATE_RESTORE_IDS` makes
+/// `timer_create(2)` take the id from its output argument), clocks and notifications (a
+/// `SIGEV_THREAD_ID` timer signals the rebuilt thread that had the dumped tid), and re-arms
+/// them with the time they had left. `threads` are the rebuilt tids in image order.
+fn restore_posix_timers(
+    rs: &mut RemoteSyscall,
+    p: &ProcessImage,
+    threads: &[(i32, u64)],
+    args: u64,
+) -> Result<(), String> {
+    if p.posix_timers.is_empty() {
+        return Ok(());
+    }
+    let restore_ids = |rs: &mut RemoteSyscall, on: u64| {
+        rs.call_ok(
+            nr::PRCTL,
+            [PR_TIMER_CREATE_RESTORE_IDS, on, 0, 0, 0, 0],
+            "prctl PR_TIMER_CREATE_RESTORE_IDS (this kernel cannot recreate timer ids)",
+        )
+        .map_err(|e| e.to_string())
+    };
+    restore_ids(rs, 1)?;
+    for t in &p.posix_timers {
+        let tid = if t.tid == 0 {
+            0
+        } else {
+            p.threads
+                .iter()
+                .zip(threads)
+                .find(|(old, _)| old.tid == t.tid)
+                .map(|(_, new)| new.0)
+                .ok_or_else(|| {
+                    format!("timer {} signals thread {}, not in the image", t.id, t.tid)
+                })?
+        };
+        // struct sigevent (64 bytes): sigev_value, sigev_signo, sigev_notify, then the union
+        // whose first int is the thread id; the requested timer id follows it.
+        let mut b = vec![0u8; 64];
+        b[0..8].copy_from_slice(&t.sigval.to_ne_bytes());
+        b[8..12].copy_from_slice(&t.signo.to_ne_bytes());
+        b[12..16].copy_from_slice(&t.notify.to_ne_bytes());
+        b[16..20].copy_from_slice(&tid.to_ne_bytes());
+        b.extend_from_slice(&t.id.to_ne_bytes());
+        rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+        rs.call_ok(
+            SYS_TIMER_CREATE,
+            [t.clock as u64, args, args + 64, 0, 0, 0],
+            &format!("timer_create of timer {}", t.id),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut id = [0u8; 4];
+        rs.read_mem(args + 64, &mut id).map_err(|e| e.to_string())?;
+        if i32::from_ne_bytes(id) != t.id {
+            return Err(format!(
+                "timer {} was recreated as timer {}",
+                t.id,
+                i32::from_ne_bytes(id)
+            ));
+        }
+        if t.value_ns > 0 {
+            // struct itimerspec: interval {sec, nsec}, value {sec, nsec}; relative.
+            let mut s = Vec::with_capacity(32);
+            for w in [
+                t.interval_ns / 1_000_000_000,
+                t.interval_ns % 1_000_000_000,
+                t.value_ns / 1_000_000_000,
+                t.value_ns % 1_000_000_000,
+            ] {
+                s.extend_from_slice(&w.to_ne_bytes());
+            }
+            rs.write_mem(args, &s).map_err(|e| e.to_string())?;
+            rs.call_ok(
+                SYS_TIMER_SETTIME,
+                [t.id as u64, 0, args, 0, 0, 0],
+                &format!("timer_settime of timer {}", t.id),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    restore_ids(rs, 0).map(|_| ())
 }
 
 /// `clone3(2)` flags of a thread as pthread_create makes one; `CLONE_PTRACE` makes haul its
@@ -534,6 +685,7 @@ fn finish_thread(
     .map_err(|e| e.to_string())?;
     thread_state(&mut ts, t, args)?;
     restore_creds(&mut ts, p, args)?;
+    queue_siginfo(&mut ts, tid, &t.pending_info, false, args)?;
     let regs = final_regs(t)?;
     ts.set_orig_regs(regs);
     // Dropping the injector writes those registers back.

@@ -436,10 +436,12 @@ struct PeekSiginfoArgs {
 /// `PTRACE_PEEKSIGINFO_SHARED`: peek the process-wide queue instead of the thread's.
 pub const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
 
-/// Signal numbers of the queued `siginfo_t`s of a thread (or, with `shared`, of the process),
-/// without dequeuing them: `ptrace(PTRACE_PEEKSIGINFO)`, see ptrace(2).
-pub fn peek_siginfo_signals(tid: i32, shared: bool) -> Result<Vec<i32>> {
-    const SIGINFO_SIZE: usize = 128;
+/// Size of a `siginfo_t`.
+pub const SIGINFO_SIZE: usize = 128;
+
+/// The queued `siginfo_t`s (raw, 128 bytes each, oldest first) of a thread or, with `shared`,
+/// of the process, without dequeuing them: `ptrace(PTRACE_PEEKSIGINFO)`, see ptrace(2).
+pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; SIGINFO_SIZE * 32];
     loop {
@@ -460,10 +462,11 @@ pub fn peek_siginfo_signals(tid: i32, shared: bool) -> Result<Vec<i32>> {
         if n == 0 {
             return Ok(out);
         }
-        for i in 0..n.min(32) {
-            let s = &buf[i * SIGINFO_SIZE..i * SIGINFO_SIZE + 4];
-            out.push(i32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
-        }
+        out.extend(
+            buf.chunks_exact(SIGINFO_SIZE)
+                .take(n.min(32))
+                .map(<[u8]>::to_vec),
+        );
     }
 }
 

@@ -3,9 +3,10 @@
 //!
 //! The thread runs one `syscall` instruction of its own address space — at `rip-2` when it is
 //! stopped inside a syscall, else one found in its `[vdso]` — with our registers, under
-//! `PTRACE_SINGLESTEP`; then its registers are put back. Signals that arrive meanwhile are
-//! suppressed and remembered ([`RemoteSyscall::take_signals`]) so the caller re-sends them
-//! when it lets the thread go.
+//! `PTRACE_SINGLESTEP`; then its registers are put back. Every signal is blocked in the thread
+//! meanwhile, so signals that arrive stay queued; the few that cannot be blocked and still stop
+//! a step are suppressed and remembered ([`RemoteSyscall::take_signals`]) so the caller
+//! re-sends them when it lets the thread go.
 
 use super::mem::ProcMem;
 use super::process::nr;
@@ -17,11 +18,14 @@ const MAX_STEP_ATTEMPTS: usize = 64;
 
 /// A ptrace-stopped thread that haul runs syscalls in. While it exists it owns the thread's
 /// registers: every call restores the saved ones, and dropping it unmaps the scratch page (if
-/// still mapped) and restores them again, best effort.
+/// still mapped) and restores them again, best effort. It also blocks every signal in the
+/// thread meanwhile (and gives the mask back on drop): a signal that arrives stays queued with
+/// its `siginfo_t` instead of stopping a step and having to be sent again without it.
 pub struct RemoteSyscall {
     pid: i32,
     tid: i32,
     orig: Regs,
+    orig_mask: u64,
     insn: u64,
     mem: ProcMem,
     signals: Vec<i32>,
@@ -36,10 +40,14 @@ impl RemoteSyscall {
         let orig = ptrace::getregs(tid)?;
         let mem = ProcMem::open(pid)?;
         let insn = find_syscall_insn(pid, tid, &orig, &mem)?;
+        let orig_mask = ptrace::get_sigmask(tid)?;
+        // The kernel leaves SIGKILL and SIGSTOP out of any mask.
+        ptrace::set_sigmask(tid, u64::MAX)?;
         Ok(RemoteSyscall {
             pid,
             tid,
             orig,
+            orig_mask,
             insn,
             mem,
             signals: Vec::new(),
@@ -59,6 +67,11 @@ impl RemoteSyscall {
     /// rebuilt process's registers last and must not have them overwritten).
     pub fn set_orig_regs(&mut self, regs: Regs) {
         self.orig = regs;
+    }
+
+    /// Replaces the signal mask given back on drop (a restore sets the rebuilt thread's own).
+    pub fn set_orig_sigmask(&mut self, mask: u64) {
+        self.orig_mask = mask;
     }
 
     /// Forgets the scratch mapping without unmapping it (the caller unmapped it, or it is gone
@@ -213,6 +226,11 @@ impl Drop for RemoteSyscall {
         if let Err(e) = ptrace::setregs(self.tid, &self.orig) {
             if !ptrace::is_esrch(&e) {
                 tracing::warn!(tid = self.tid, "could not restore registers: {e}");
+            }
+        }
+        if let Err(e) = ptrace::set_sigmask(self.tid, self.orig_mask) {
+            if !ptrace::is_esrch(&e) {
+                tracing::warn!(tid = self.tid, "could not restore the signal mask: {e}");
             }
         }
     }
