@@ -804,3 +804,28 @@ fn refuses_a_process_in_its_own_pid_namespace() {
     let _ = u.child.wait();
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(inner), None);
 }
+
+#[test]
+fn refuses_a_file_lease_naming_the_fd_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("leased");
+    std::fs::write(&file, "x").unwrap();
+    let script = format!(
+        "import fcntl, time\nf = open({file:?})\nfcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_RDLCK)\nprint('ready', flush=True)\ntime.sleep(60)"
+    );
+    let p = Running::logged(
+        clean_command("/usr/bin/python3").args(["-c", &script]),
+        &dir.path().join("py.log"),
+        true,
+    );
+    let (fd, _) = fd_list(p.pid)
+        .into_iter()
+        .find(|(_, t)| t.ends_with("leased"))
+        .unwrap();
+    let msg = refusal(p.pid);
+    assert!(
+        msg.starts_with(&format!("pid {} fd {fd}: a LEASE ", p.pid))
+            && msg.ends_with(&format!("lock on {} is not supported yet", file.display())),
+        "{msg}"
+    );
+}

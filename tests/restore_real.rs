@@ -1359,3 +1359,131 @@ fn signals_arriving_during_leave_running_dumps_keep_their_siginfo() {
     let after = ptimer_report(r.pid, &out, before[0] + 20);
     assert_eq!(after[2], 0, "signals with a wrong si_value: {after:?}");
 }
+
+/// python3 holding four locks (a write flock, a POSIX write lock on bytes 5-14, a read flock,
+/// a whole-file OFD write lock) while it counts into DIR/count.
+const PY_LOCKS: &str = r#"
+import fcntl, struct, sys, time
+d = sys.argv[1]
+a = open(d + "/flock", "w"); fcntl.flock(a, fcntl.LOCK_EX)
+b = open(d + "/posix", "w"); b.write("x" * 100); b.flush(); fcntl.lockf(b, fcntl.LOCK_EX, 10, 5)
+c = open(d + "/shared", "r"); fcntl.flock(c, fcntl.LOCK_SH)
+o = open(d + "/ofd", "w"); fcntl.fcntl(o, 37, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
+out = open(d + "/count", "a", buffering=1)
+print("ready", flush=True)
+n = 0
+while True:
+    n += 1
+    out.write(f"{n}\n")
+    time.sleep(0.01)
+"#;
+
+/// Whether another process can take a lock right now: `how` is python (f = the open file).
+fn lock_free(path: &Path, mode: &str, how: &str) -> bool {
+    let script = format!("import fcntl, struct\nf = open({path:?}, {mode:?})\n{how}");
+    Command::new(common::python3())
+        .args(["-c", &script])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// The `lock:` lines of every fd of `pid`, without the owner pid.
+fn lock_lines(pid: i32) -> Vec<String> {
+    let mut v = Vec::new();
+    for fd in haul::proc::fds(pid).unwrap() {
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        for l in info.lines().filter(|l| l.starts_with("lock:")) {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            v.push(format!("fd {fd}: {} {} {} {}", w[2], w[4], w[7], w[8]));
+        }
+    }
+    v
+}
+
+#[test]
+fn file_locks_are_held_again_by_the_restored_process() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("shared"), "").unwrap();
+    let mut cmd = Command::new(common::python3());
+    cmd.arg("-c").arg(PY_LOCKS).arg(d);
+    let mut r = launch(cmd, &d.join("log"), true);
+    let count = d.join("count");
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&count)
+        .len()
+        >= 10));
+    let before = lock_lines(r.pid);
+    assert_eq!(before.len(), 4, "{before:?}");
+    let store = new_store(d);
+    let set = dump_kill(&mut r, &store);
+    let ex = "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)";
+    assert!(
+        lock_free(&d.join("flock"), "w", ex),
+        "the dead original still holds it"
+    );
+
+    // Someone else took one of the locks meanwhile: the restore is refused, nothing is left.
+    let mut holder = Command::new(common::python3())
+        .args([
+            "-c",
+            &format!(
+                "import fcntl, time\nf = open({:?}, 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('ready', flush=True)\ntime.sleep(60)",
+                d.join("flock")
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let e = restore(&set, &store, &RestoreOptions::default())
+        .unwrap_err()
+        .to_string();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(
+        e.contains("write flock lock on") && e.contains("is held by another process now"),
+        "{e}"
+    );
+    let pid = set.process.as_ref().unwrap().pid;
+    let _ = waitpid(Pid::from_raw(pid), None);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+
+    let rp = restore_same(&set, &store);
+    assert_eq!(lock_lines(rp.pid), before, "locks differ after restore");
+    assert!(!lock_free(&d.join("flock"), "w", ex));
+    assert!(!lock_free(
+        &d.join("posix"),
+        "r+",
+        "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 14)"
+    ));
+    assert!(lock_free(
+        &d.join("posix"),
+        "r+",
+        "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 15)"
+    ));
+    assert!(lock_free(
+        &d.join("shared"),
+        "r",
+        "fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)"
+    ));
+    assert!(!lock_free(&d.join("shared"), "r", ex));
+    assert!(!lock_free(
+        &d.join("ofd"),
+        "w",
+        "fcntl.fcntl(f, 37, struct.pack('hhqqi', fcntl.F_RDLCK, 0, 0, 0, 0))"
+    ));
+    let dumped = read_numbers(&count).len();
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&count)
+        .len()
+        >= dumped + 10));
+    drop(rp);
+    assert_consecutive(&read_numbers(&count));
+}

@@ -3,7 +3,7 @@
 //! `pid 4242 fd 3: socket:[81723] (TCP) is not supported yet`.
 
 use super::DumpError;
-use crate::image::{FdImage, FdKind, FileId};
+use crate::image::{FdImage, FdKind, FileId, FileLock, LockKind};
 use crate::proc;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -294,6 +294,11 @@ pub(crate) fn fd_images(pid: i32) -> Result<Vec<FdImage>, DumpError> {
             flags: info.flags,
             kind: fd_kind(pid, fd, &target, info.pos)?,
             same_as: None,
+            locks: info
+                .locks
+                .iter()
+                .map(|l| file_lock(pid, fd, &target, l))
+                .collect::<Result<_, _>>()?,
         });
     }
     // Fds that are one open file description (dup, 2>&1) must stay one after a restore, or
@@ -309,6 +314,33 @@ pub(crate) fn fd_images(pid: i32) -> Result<Vec<FdImage>, DumpError> {
         }
     }
     Ok(out)
+}
+
+/// A lock held through fd `fd`, or the refusal of a kind a restore cannot take again.
+fn file_lock(pid: i32, fd: i32, target: &str, l: &proc::FdLock) -> Result<FileLock, DumpError> {
+    let kind = match l.kind.as_str() {
+        "FLOCK" => Some(LockKind::Flock),
+        "POSIX" => Some(LockKind::Posix),
+        "OFDLCK" => Some(LockKind::Ofd),
+        _ => None,
+    };
+    let write = match l.access.as_str() {
+        "WRITE" => Some(true),
+        "READ" => Some(false),
+        _ => None,
+    };
+    match (kind, write, l.mode.as_str()) {
+        (Some(kind), Some(write), "ADVISORY") => Ok(FileLock {
+            kind,
+            write,
+            start: l.start,
+            len: l.end.map_or(0, |e| e + 1 - l.start),
+        }),
+        _ => Err(unsupported(format!(
+            "pid {pid} fd {fd}: a {} {} {} lock on {target} is not supported yet",
+            l.kind, l.mode, l.access
+        ))),
+    }
 }
 
 fn fd_kind(pid: i32, fd: i32, target: &str, pos: u64) -> Result<FdKind, DumpError> {

@@ -443,6 +443,32 @@ pub struct FdImage {
     /// here (`dup`, `2>&1`): a restore duplicates that one instead of opening the file again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub same_as: Option<i32>,
+    /// File locks held through this fd, taken again by a restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<FileLock>,
+}
+
+/// A file lock a process held.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    pub kind: LockKind,
+    /// An exclusive (write) lock, else shared (read).
+    pub write: bool,
+    /// First byte (0 for `flock`).
+    pub start: u64,
+    /// Bytes locked (0 = to the end of the file, as `fcntl(2)` means it).
+    pub len: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockKind {
+    /// `flock(2)`: owned by the open file description.
+    Flock,
+    /// `fcntl(2)` `F_SETLK` record lock: owned by the process.
+    Posix,
+    /// `fcntl(2)` `F_OFD_SETLK` record lock: owned by the open file description.
+    Ofd,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,44 @@ pub struct FdInfo {
     pub flags: u32,
     pub mnt_id: u64,
     pub ino: Option<u64>,
+    /// The `lock:` lines: file locks held through this fd.
+    pub locks: Vec<FdLock>,
+}
+
+/// One `lock:` line of fdinfo, e.g. `lock:\t1: POSIX  ADVISORY  WRITE 3671 fe:00:1046 5 14`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FdLock {
+    /// `FLOCK`, `POSIX`, `OFDLCK`, `LEASE`, ...
+    pub kind: String,
+    /// `ADVISORY` or `MANDATORY`.
+    pub mode: String,
+    /// `READ` or `WRITE` (or a lease's state).
+    pub access: String,
+    /// First byte locked.
+    pub start: u64,
+    /// Last byte locked (`None`: to the end of the file, `EOF`).
+    pub end: Option<u64>,
+}
+
+/// Parses the part of a `lock:` line after its ordinal (`1: `).
+fn parse_lock(path: &std::path::Path, line: &str, v: &str) -> Result<FdLock> {
+    let bad = || parse_err(path, "lock", line);
+    let rest = v.split_once(':').ok_or_else(bad)?.1;
+    let w: Vec<&str> = rest.split_whitespace().collect();
+    // kind, mode, access, pid, dev:ino, start, end
+    if w.len() < 7 {
+        return Err(bad());
+    }
+    Ok(FdLock {
+        kind: w[0].to_string(),
+        mode: w[1].to_string(),
+        access: w[2].to_string(),
+        start: w[5].parse().map_err(|_| bad())?,
+        end: match w[6] {
+            "EOF" => None,
+            e => Some(e.parse().map_err(|_| bad())?),
+        },
+    })
 }
 
 /// `/proc/PID/fdinfo/FD`.
@@ -49,6 +87,7 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
             }
             "mnt_id" => fi.mnt_id = v.parse().map_err(|_| parse_err(&path, k, line))?,
             "ino" => fi.ino = v.parse().ok(),
+            "lock" => fi.locks.push(parse_lock(&path, line, v)?),
             _ => {}
         }
     }

@@ -9,7 +9,7 @@ mod maps;
 mod stat;
 mod status;
 
-pub use fd::{fd_target, fdinfo, fds, FdInfo};
+pub use fd::{fd_target, fdinfo, fds, FdInfo, FdLock};
 pub use maps::{maps, maps_with_flags, parse_maps_line, MapEntry};
 pub use stat::{parse_stat, stat, task_stat, Stat};
 pub use status::{parse_status, status, task_status, Status};

@@ -42,6 +42,8 @@ const PR_CAP_AMBIENT_RAISE: u64 = 2;
 const SYS_CAPSET: i64 = 126;
 const SYS_TIMER_CREATE: i64 = 222;
 const SYS_RT_SIGQUEUEINFO: i64 = 129;
+const SYS_FCNTL: i64 = 72;
+const SYS_FLOCK: i64 = 73;
 const SYS_RT_TGSIGQUEUEINFO: i64 = 297;
 const SYS_TIMER_SETTIME: i64 = 223;
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
@@ -1092,8 +1094,73 @@ fn restore_fds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<()
             )
             .map_err(|e| e.to_string())?;
         }
+        for l in &f.locks {
+            take_lock(rs, f.fd, path, l, args)?;
+        }
     }
     Ok(())
+}
+
+/// Takes file lock `l` again through fd `fd` (without waiting: if another process holds it
+/// now, the restore fails rather than run on without it).
+fn take_lock(
+    rs: &mut RemoteSyscall,
+    fd: i32,
+    path: &str,
+    l: &crate::image::FileLock,
+    args: u64,
+) -> Result<(), String> {
+    use crate::image::LockKind;
+    let what = format!(
+        "{} {} lock on {path} (fd {fd})",
+        if l.write { "write" } else { "read" },
+        match l.kind {
+            LockKind::Flock => "flock",
+            LockKind::Posix => "POSIX",
+            LockKind::Ofd => "OFD",
+        }
+    );
+    let r = match l.kind {
+        LockKind::Flock => {
+            let op = if l.write {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            } | libc::LOCK_NB;
+            rs.call(SYS_FLOCK, [fd as u64, op as u64, 0, 0, 0, 0])
+        }
+        LockKind::Posix | LockKind::Ofd => {
+            // struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid (0 for OFD).
+            let mut b = vec![0u8; 32];
+            let ty = if l.write {
+                libc::F_WRLCK
+            } else {
+                libc::F_RDLCK
+            } as i16;
+            b[0..2].copy_from_slice(&ty.to_ne_bytes());
+            b[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_ne_bytes());
+            b[8..16].copy_from_slice(&l.start.to_ne_bytes());
+            b[16..24].copy_from_slice(&l.len.to_ne_bytes());
+            rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+            let cmd = if l.kind == LockKind::Ofd {
+                libc::F_OFD_SETLK
+            } else {
+                libc::F_SETLK
+            };
+            rs.call(SYS_FCNTL, [fd as u64, cmd as u64, args, 0, 0, 0])
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    match r {
+        0 => Ok(()),
+        e if e == -i64::from(libc::EAGAIN) || e == -i64::from(libc::EACCES) => {
+            Err(format!("the {what} is held by another process now"))
+        }
+        e => Err(format!(
+            "taking the {what}: {}",
+            std::io::Error::from_raw_os_error(-e as i32)
+        )),
+    }
 }
 
 /// Every signal action the process changed from the default (SIGKILL and SIGSTOP cannot be
