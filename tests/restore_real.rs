@@ -1487,3 +1487,36 @@ fn file_locks_are_held_again_by_the_restored_process() {
     drop(rp);
     assert_consecutive(&read_numbers(&count));
 }
+
+/// Nice value, policy and allowed CPUs of `pid`, from /proc.
+fn sched_of(pid: i32) -> (i32, u32, Vec<u32>) {
+    let st = haul::proc::stat(pid).unwrap();
+    let status = haul::proc::status(pid).unwrap();
+    (st.nice, st.policy, status.cpus_allowed)
+}
+
+#[test]
+fn nice_value_policy_and_cpus_are_kept_by_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("counter.log");
+    // SCHED_BATCH (3), nice 7, CPU 0 only: none of them haul's own.
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "7", "taskset", "-c", "0", "chrt", "-b", "0"])
+        .arg(fixture("counter"))
+        .arg(&log);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
+        .len()
+        >= 5));
+    let before = sched_of(r.pid);
+    assert_eq!(before, (7, 3, vec![0]));
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let rp = restore_same(&set, &store);
+    assert_eq!(sched_of(rp.pid), before);
+    let dumped = read_numbers(&log).len();
+    assert!(wait_for(Duration::from_secs(10), || read_numbers(&log)
+        .len()
+        >= dumped + 10));
+}

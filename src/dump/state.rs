@@ -5,7 +5,7 @@
 use super::freeze::Frozen;
 use super::{check, DumpError};
 use crate::image::{
-    Creds, ITimer, MmFields, PosixTimer, ProcessImage, Rlimit, Rseq, SigAction, SigAltStack,
+    Creds, ITimer, MmFields, PosixTimer, ProcessImage, Rlimit, Rseq, Sched, SigAction, SigAltStack,
     ThreadImage, Vma, VmaKind,
 };
 use crate::proc;
@@ -43,6 +43,7 @@ pub(crate) fn capture_threads(frozen: &mut Frozen) -> Result<ProcessImage, DumpE
         };
         let robust = process::get_robust_list(tid)?;
         let tstatus = proc::task_status(pid, tid)?;
+        let tstat = proc::task_stat(pid, tid)?;
         threads.push(ThreadImage {
             tid,
             // A restored process must restart (or fail with EINTR) the syscall this thread was
@@ -58,6 +59,12 @@ pub(crate) fn capture_threads(frozen: &mut Frozen) -> Result<ProcessImage, DumpE
             comm: proc::task_comm(pid, tid)?,
             clear_child_tid: 0,
             pending_info: Vec::new(),
+            sched: Some(Sched {
+                policy: tstat.policy,
+                priority: tstat.rt_priority,
+                nice: tstat.nice,
+                cpus: tstatus.cpus_allowed,
+            }),
         });
     }
     Ok(ProcessImage {

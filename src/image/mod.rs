@@ -346,6 +346,20 @@ pub struct ThreadImage {
     /// restore queues them again with their sender, code and value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_info: Vec<Vec<u8>>,
+    /// Scheduling (per thread in Linux); `None` in images made before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sched: Option<Sched>,
+}
+
+/// A thread's scheduling: policy, priority, nice value and the CPUs it may run on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sched {
+    /// `SCHED_*`.
+    pub policy: u32,
+    /// Real-time priority (0 for the normal policies).
+    pub priority: u32,
+    pub nice: i32,
+    pub cpus: Vec<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

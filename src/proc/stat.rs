@@ -20,6 +20,8 @@ pub struct Stat {
     pub session: i32,
     /// (9) `PF_*` flags.
     pub flags: u64,
+    /// (19) -20..19.
+    pub nice: i32,
     /// (20)
     pub num_threads: i64,
     /// (22) clock ticks after boot.
@@ -36,6 +38,10 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// (40) real-time priority (0 for the normal policies).
+    pub rt_priority: u32,
+    /// (41) `SCHED_*` policy.
+    pub policy: u32,
     /// (52)
     pub exit_code: i64,
 }
@@ -94,6 +100,7 @@ pub fn parse_stat(path: &Path, s: &str) -> Result<Stat> {
         pgrp: num(5)? as i32,
         session: num(6)? as i32,
         flags: unum(9)?,
+        nice: num(19)? as i32,
         num_threads: num(20)?,
         starttime: unum(22)?,
         start_code: unum(26)?,
@@ -106,6 +113,8 @@ pub fn parse_stat(path: &Path, s: &str) -> Result<Stat> {
         arg_end: opt(49),
         env_start: opt(50),
         env_end: opt(51),
+        rt_priority: opt(40) as u32,
+        policy: opt(41) as u32,
         exit_code: num(52).unwrap_or(0),
     })
 }

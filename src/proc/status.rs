@@ -29,6 +29,8 @@ pub struct Status {
     pub cap_bnd: u64,
     pub cap_amb: u64,
     pub no_new_privs: bool,
+    /// The CPUs it may run on (`Cpus_allowed_list`).
+    pub cpus_allowed: Vec<u32>,
     /// Seccomp mode: 0 none, 1 strict, 2 filter.
     pub seccomp: u8,
     /// The id in each PID namespace it is in, from the one /proc belongs to inward.
@@ -96,6 +98,9 @@ pub fn parse_status(path: &Path, s: &str) -> Result<Status> {
             "CapAmb" => st.cap_amb = hex_u64(path, k, v)?,
             "NoNewPrivs" => st.no_new_privs = v == "1",
             "Seccomp" => st.seccomp = int(k)? as u8,
+            "Cpus_allowed_list" => {
+                st.cpus_allowed = cpu_list(v).ok_or_else(|| parse_err(path, k, line))?
+            }
             "NSpid" => {
                 st.nspid = v
                     .split_whitespace()
@@ -115,6 +120,18 @@ pub fn parse_status(path: &Path, s: &str) -> Result<Status> {
     Ok(st)
 }
 
+/// A CPU list like `0-3,8,10-11`.
+fn cpu_list(v: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in v.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<u32>().ok()?..=b.parse::<u32>().ok()?),
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +146,13 @@ mod tests {
         assert_eq!(st.uid[1], crate::sys::process::geteuid());
         assert!(st.threads >= 1);
         assert!(st.umask.is_some());
+    }
+
+    #[test]
+    fn cpu_lists_expand() {
+        assert_eq!(cpu_list("0-2,5,7-8"), Some(vec![0, 1, 2, 5, 7, 8]));
+        assert_eq!(cpu_list("1"), Some(vec![1]));
+        assert_eq!(cpu_list("x"), None);
     }
 
     #[test]

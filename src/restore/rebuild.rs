@@ -43,6 +43,10 @@ const SYS_CAPSET: i64 = 126;
 const SYS_TIMER_CREATE: i64 = 222;
 const SYS_RT_SIGQUEUEINFO: i64 = 129;
 const SYS_FCNTL: i64 = 72;
+const SYS_SETPRIORITY: i64 = 141;
+const SYS_SCHED_SETSCHEDULER: i64 = 144;
+const SYS_SCHED_SETAFFINITY: i64 = 203;
+const PRIO_PROCESS: u64 = 0;
 const SYS_FLOCK: i64 = 73;
 const SYS_RT_TGSIGQUEUEINFO: i64 = 297;
 const SYS_TIMER_SETTIME: i64 = 223;
@@ -468,9 +472,14 @@ fn queue_siginfo(
     Ok(())
 }
 
-/// The state a thread keeps for itself, set by syscalls injected into it: robust futex list,
-/// alternate signal stack, `clear_child_tid`, and rseq (last: it writes into restored memory).
+/// The state a thread keeps for itself, set by syscalls injected into it: scheduling, robust
+/// futex list, alternate signal stack, `clear_child_tid`, and rseq (last: it writes into
+/// restored memory). Before the credentials: a lower nice value or a real-time policy may need
+/// the privileges the process may not have.
 fn thread_state(rs: &mut RemoteSyscall, t: &ThreadImage, args: u64) -> Result<(), String> {
+    if let Some(s) = &t.sched {
+        set_sched(rs, s, args)?;
+    }
     if let Some((head, len)) = t.robust_list {
         rs.call_ok(
             nr::SET_ROBUST_LIST,
@@ -600,6 +609,52 @@ fn restore_posix_timers(
         }
     }
     restore_ids(rs, 0).map(|_| ())
+}
+
+/// Gives the thread `rs` drives its dumped policy and priority (`sched_setscheduler(2)`), nice
+/// value (`setpriority(2)`, per thread in Linux) and CPUs (`sched_setaffinity(2)`): otherwise
+/// it would run with haul's (a haul started by `nice` from cron would slow down every process
+/// it restores). CPUs are host-specific: a set that names none of this host's is left as
+/// haul's, with a warning.
+fn set_sched(rs: &mut RemoteSyscall, s: &crate::image::Sched, args: u64) -> Result<(), String> {
+    let tid = rs.tid();
+    rs.write_mem(args, &s.priority.to_ne_bytes())
+        .map_err(|e| e.to_string())?;
+    rs.call_ok(
+        SYS_SCHED_SETSCHEDULER,
+        [0, u64::from(s.policy), args, 0, 0, 0],
+        &format!(
+            "sched_setscheduler policy {} priority {}",
+            s.policy, s.priority
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    rs.call_ok(
+        SYS_SETPRIORITY,
+        [PRIO_PROCESS, 0, s.nice as i64 as u64, 0, 0, 0],
+        &format!("setpriority nice {}", s.nice),
+    )
+    .map_err(|e| e.to_string())?;
+    let Some(&max) = s.cpus.iter().max() else {
+        return Ok(());
+    };
+    let mut mask = vec![0u8; (max as usize / 64 + 1) * 8];
+    for &c in &s.cpus {
+        mask[c as usize / 8] |= 1 << (c % 8);
+    }
+    rs.write_mem(args, &mask).map_err(|e| e.to_string())?;
+    let r = rs
+        .call(SYS_SCHED_SETAFFINITY, [0, mask.len() as u64, args, 0, 0, 0])
+        .map_err(|e| e.to_string())?;
+    if r < 0 {
+        tracing::warn!(
+            tid,
+            cpus = ?s.cpus,
+            "the thread's CPUs cannot be set here ({}): it may run on haul's",
+            std::io::Error::from_raw_os_error(-r as i32)
+        );
+    }
+    Ok(())
 }
 
 /// `clone3(2)` flags of a thread as pthread_create makes one; `CLONE_PTRACE` makes haul its
