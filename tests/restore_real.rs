@@ -1304,6 +1304,7 @@ fn posix_timers_and_queued_signals_keep_ids_values_order_and_time_left_after_res
     let store = new_store(dir.path());
     let set = dump_kill(&mut r, &store);
     assert_eq!(set.process.as_ref().unwrap().posix_timers.len(), 3);
+    assert_eq!(haul::store::set_view(&set).process.unwrap().posix_timers, 3);
     let rp = restore_same(&set, &store);
     let after = ptimer_report(rp.pid, &out, before[0]);
     // The ids the process holds still name its timers (timer_gettime works on them).
@@ -1419,6 +1420,8 @@ fn file_locks_are_held_again_by_the_restored_process() {
     assert_eq!(before.len(), 4, "{before:?}");
     let store = new_store(d);
     let set = dump_kill(&mut r, &store);
+    let view = haul::store::set_view(&set).process.unwrap();
+    assert_eq!(view.file_locks, 4, "haul images show: {view:?}");
     let ex = "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)";
     assert!(
         lock_free(&d.join("flock"), "w", ex),

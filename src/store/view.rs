@@ -16,6 +16,10 @@ pub struct ProcessView {
     pub cmdline: String,
     pub threads: Vec<i32>,
     pub fds: usize,
+    /// File locks held through those fds.
+    pub file_locks: usize,
+    /// POSIX timers (`timer_create`).
+    pub posix_timers: usize,
 }
 
 /// One VMA with what the page table holds for it.
@@ -109,6 +113,8 @@ pub fn set_view(set: &ImageSet) -> SetView {
                 .replace('\0', " "),
             threads: p.threads.iter().map(|t| t.tid).collect(),
             fds: p.fds.len(),
+            file_locks: p.fds.iter().map(|f| f.locks.len()).sum(),
+            posix_timers: p.posix_timers.len(),
         }),
         vmas,
         pages_outside_vmas: (set.pages.len() as u64).saturating_sub(inside),
@@ -139,7 +145,11 @@ pub fn show_text(set: &ImageSet) -> String {
         let _ = writeln!(s, "cwd      {}", p.cwd);
         let tids: Vec<String> = p.threads.iter().map(|t| t.to_string()).collect();
         let _ = writeln!(s, "threads  {} ({})", p.threads.len(), tids.join(" "));
-        let _ = writeln!(s, "fds      {}", p.fds);
+        let _ = writeln!(
+            s,
+            "fds      {} ({} file locks, {} POSIX timers)",
+            p.fds, p.file_locks, p.posix_timers
+        );
     }
     let f = &v.figures;
     let _ = writeln!(
