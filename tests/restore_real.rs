@@ -1523,3 +1523,73 @@ fn nice_value_policy_and_cpus_are_kept_by_restore() {
         .len()
         >= dumped + 10));
 }
+
+/// python3 with four anonymous mappings of 1 MiB carrying VmFlags a restore must set again:
+/// locked (`lo`), huge pages wanted (`hg`), mergeable (`mg`), wiped on fork (`wf`); it writes
+/// a checksum of all four into DIR/sum on SIGUSR1.
+const PY_VMFLAGS: &str = r#"
+import ctypes, hashlib, mmap, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+maps = []
+for i, advice in enumerate([None, 14, 12, 18]):
+    m = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m.write(bytes([65 + i]) * (1 << 20))
+    if advice is None:
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        assert libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(1 << 20)) == 0
+    else:
+        m.madvise(advice)
+    maps.append(m)
+def report(*_):
+    h = hashlib.sha256()
+    for m in maps:
+        h.update(m[:])
+    open(sys.argv[1], "w").write(h.hexdigest())
+signal.signal(signal.SIGUSR1, report)
+print("ready", flush=True)
+while True:
+    time.sleep(0.01)
+"#;
+
+/// Per VMA (start-end), the VmFlags among those a restore sets by madvise or mlock.
+fn advised_flags(pid: i32) -> Vec<String> {
+    let keep = ["lo", "hg", "nh", "mg", "wf", "dc", "dd"];
+    haul::proc::maps_with_flags(pid)
+        .unwrap()
+        .iter()
+        .filter_map(|m| {
+            let f: Vec<&str> = keep.iter().copied().filter(|k| m.has_flag(k)).collect();
+            (!f.is_empty()).then(|| format!("{:x}-{:x} {}", m.start, m.end, f.join(" ")))
+        })
+        .collect()
+}
+
+#[test]
+fn locked_huge_mergeable_and_wipeonfork_mappings_keep_their_flags_after_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let sum = dir.path().join("sum");
+    let mut cmd = Command::new(common::python3());
+    cmd.arg("-c").arg(PY_VMFLAGS).arg(&sum);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    send_signal(r.pid, "USR1");
+    assert!(wait_for(Duration::from_secs(5), || sum.exists()));
+    let checksum = std::fs::read_to_string(&sum).unwrap();
+    let before = advised_flags(r.pid);
+    for f in ["lo", "hg", "mg", "wf"] {
+        assert!(
+            before
+                .iter()
+                .any(|l| l.ends_with(f) || l.contains(&format!(" {f}"))),
+            "{f}: {before:?}"
+        );
+    }
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    std::fs::remove_file(&sum).unwrap();
+    let rp = restore_same(&set, &store);
+    assert_eq!(advised_flags(rp.pid), before);
+    send_signal(rp.pid, "USR1");
+    assert!(wait_for(Duration::from_secs(5), || sum.exists()));
+    assert_eq!(std::fs::read_to_string(&sum).unwrap(), checksum);
+}

@@ -55,6 +55,12 @@ const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const MADV_DONTFORK: u64 = 10;
 const MADV_DONTDUMP: u64 = 16;
+const MADV_MERGEABLE: u64 = 12;
+const MADV_HUGEPAGE: u64 = 14;
+const MADV_NOHUGEPAGE: u64 = 15;
+const MADV_WIPEONFORK: u64 = 18;
+const SYS_MLOCK2: i64 = 325;
+const MLOCK_ONFAULT: u64 = 1;
 
 /// Kills the half-built process unless disarmed: nothing is left behind on any error path.
 struct Half {
@@ -921,9 +927,18 @@ fn map_vmas(
     Ok(out)
 }
 
-/// Applies the VmFlags that madvise can set and that matter to a restored process.
+/// Applies the VmFlags that madvise or mlock can set and that matter to a restored process:
+/// not copied on fork, not dumped, huge pages wanted or not, mergeable (KSM), wiped on fork,
+/// and locked in memory (`lo`, or `lf` for locked on fault).
 fn madvise_flags(rs: &mut RemoteSyscall, v: &Vma) -> Result<(), String> {
-    for (flag, advice) in [("dc", MADV_DONTFORK), ("dd", MADV_DONTDUMP)] {
+    for (flag, advice) in [
+        ("dc", MADV_DONTFORK),
+        ("dd", MADV_DONTDUMP),
+        ("hg", MADV_HUGEPAGE),
+        ("nh", MADV_NOHUGEPAGE),
+        ("mg", MADV_MERGEABLE),
+        ("wf", MADV_WIPEONFORK),
+    ] {
         if v.has_flag(flag) {
             rs.call_ok(
                 SYS_MADVISE,
@@ -932,6 +947,15 @@ fn madvise_flags(rs: &mut RemoteSyscall, v: &Vma) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
         }
+    }
+    if v.has_flag("lo") {
+        let onfault = if v.has_flag("lf") { MLOCK_ONFAULT } else { 0 };
+        rs.call_ok(
+            SYS_MLOCK2,
+            [v.start, v.len(), onfault, 0, 0, 0],
+            &format!("mlock2 {:#x}-{:#x}", v.start, v.end),
+        )
+        .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
