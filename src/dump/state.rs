@@ -226,7 +226,14 @@ pub(crate) fn capture_injected(
             let mut t = [0u8; 32];
             inj.read_mem(scratch, &mut t)?;
             let f = |i: usize| u64::from_ne_bytes(t[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            let (interval_us, value_us) = (f(0) * 1_000_000 + f(1), f(2) * 1_000_000 + f(3));
+            let (interval_us, mut value_us) = (f(0) * 1_000_000 + f(1), f(2) * 1_000_000 + f(3));
+            // A periodic ITIMER_REAL whose SIGALRM is still pending reads as disarmed: the
+            // kernel re-arms it only when the signal is dequeued (it stays queued here, with
+            // every signal blocked while haul injects). Restored, it runs one period after the
+            // pending SIGALRM, as the dequeue would have re-armed it.
+            if value_us == 0 && interval_us > 0 {
+                value_us = interval_us;
+            }
             if value_us > 0 {
                 timers.push(ITimer {
                     which,
