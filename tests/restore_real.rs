@@ -1528,7 +1528,7 @@ fn nice_value_policy_and_cpus_are_kept_by_restore() {
 /// locked (`lo`), huge pages wanted (`hg`), mergeable (`mg`), wiped on fork (`wf`); it writes
 /// a checksum of all four into DIR/sum on SIGUSR1.
 const PY_VMFLAGS: &str = r#"
-import ctypes, hashlib, mmap, signal, sys, time
+import ctypes, hashlib, mmap, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 maps = []
 for i, advice in enumerate([None, 14, 12, 18]):
@@ -1544,7 +1544,8 @@ def report(*_):
     h = hashlib.sha256()
     for m in maps:
         h.update(m[:])
-    open(sys.argv[1], "w").write(h.hexdigest())
+    open(sys.argv[1] + ".tmp", "w").write(h.hexdigest())
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
 signal.signal(signal.SIGUSR1, report)
 print("ready", flush=True)
 while True:
