@@ -18,9 +18,10 @@ const MAX_STEP_ATTEMPTS: usize = 64;
 
 /// A ptrace-stopped thread that haul runs syscalls in. While it exists it owns the thread's
 /// registers: every call restores the saved ones, and dropping it unmaps the scratch page (if
-/// still mapped) and restores them again, best effort. It also blocks every signal in the
-/// thread meanwhile (and gives the mask back on drop): a signal that arrives stays queued with
-/// its `siginfo_t` instead of stopping a step and having to be sent again without it.
+/// still mapped) and restores them again, best effort. Each call also blocks every signal in
+/// the thread while it steps (and gives the mask back right after, so that the thread is never
+/// left with a mask not its own between calls): a signal that arrives stays queued with its
+/// `siginfo_t` instead of stopping a step and having to be sent again without it.
 pub struct RemoteSyscall {
     pid: i32,
     tid: i32,
@@ -41,8 +42,6 @@ impl RemoteSyscall {
         let mem = ProcMem::open(pid)?;
         let insn = find_syscall_insn(pid, tid, &orig, &mem)?;
         let orig_mask = ptrace::get_sigmask(tid)?;
-        // The kernel leaves SIGKILL and SIGSTOP out of any mask.
-        ptrace::set_sigmask(tid, u64::MAX)?;
         Ok(RemoteSyscall {
             pid,
             tid,
@@ -69,7 +68,8 @@ impl RemoteSyscall {
         self.orig = regs;
     }
 
-    /// Replaces the signal mask given back on drop (a restore sets the rebuilt thread's own).
+    /// Replaces the signal mask given back after each call and on drop (a restore sets the
+    /// rebuilt thread's own).
     pub fn set_orig_sigmask(&mut self, mask: u64) {
         self.orig_mask = mask;
     }
@@ -123,11 +123,15 @@ impl RemoteSyscall {
         r.r10 = args[3];
         r.r8 = args[4];
         r.r9 = args[5];
-        let result = self.step_syscall(&r);
-        // Put the thread's own registers back whatever happened (unless it is gone).
+        // Blocked while it steps (the kernel leaves SIGKILL and SIGSTOP out of any mask).
+        let result =
+            ptrace::set_sigmask(self.tid, u64::MAX).and_then(|()| self.step_syscall(&r));
+        // Put the thread's own registers and mask back whatever happened (unless it is gone).
         let restore = ptrace::setregs(self.tid, &self.orig);
+        let mask = ptrace::set_sigmask(self.tid, self.orig_mask);
         let value = result?;
         restore?;
+        mask?;
         self.calls += 1;
         Ok(value)
     }
