@@ -132,6 +132,14 @@ pub(super) fn rebuild(
         super::PidChoice::Same => Some(p.pid),
         super::PidChoice::Any => None,
     };
+    if want.is_none() && p.threads.len() > 1 {
+        tracing::warn!(
+            pid = p.pid,
+            threads = p.threads.len(),
+            "restoring a multi-threaded process under new thread ids: what it recorded of its \
+             own ids (glibc's, for pthread_kill and PI mutexes) still names the old ones"
+        );
+    }
     let pid = step(&c, Step::Spawn, || crate::sys::spawn::spawn_parked(want))?;
     let mut half = Half {
         pid: Some(pid),
