@@ -319,14 +319,16 @@ fn refuses_a_tcp_socket_naming_fd_inode_and_kind() {
 }
 
 #[test]
-fn refuses_a_pipe() {
+fn refuses_a_pipe_to_another_process() {
     let dir = tempfile::tempdir().unwrap();
     // Running::ready gives the fixture a pipe for stdout.
     let c = Running::ready(clean_command(fixture("counter")).arg(dir.path().join("c.out")));
     let msg = refusal(c.pid);
     assert!(
         msg.starts_with(&format!("pid {} fd 1: pipe:[", c.pid))
-            && msg.ends_with("(pipe) is not supported yet"),
+            && msg.ends_with(
+                "] leads to another process: pipes between processes are not supported yet"
+            ),
         "{msg}"
     );
 }

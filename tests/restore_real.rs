@@ -1594,3 +1594,73 @@ fn locked_huge_mergeable_and_wipeonfork_mappings_keep_their_flags_after_restore(
     assert!(wait_for(Duration::from_secs(5), || sum.exists()));
     assert_eq!(std::fs::read_to_string(&sum).unwrap(), checksum);
 }
+
+/// python3 holding two pipes of its own: a blocking one with 6000 bytes queued, its ends on
+/// swapped numbers (write end fd 3, read end fd 4: a restore's pipe2 gives them the other way
+/// round) and a dup of its write end; and an empty non-blocking one. On SIGUSR1 it drains the first, writes
+/// "again" through the dup and reads it back, tries the empty one, and reports
+/// "<bytes> <sha256> <read back> <empty?>".
+const PY_PIPES: &str = r#"
+import hashlib, os, signal, sys, time
+a, b = os.pipe()
+os.dup2(a, 9)
+os.dup2(b, 3)
+os.dup2(9, 4)
+os.close(9)
+r, w = 4, 3
+os.write(w, b"hello " * 1000)
+r2, w2 = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+w_dup = os.dup(w)
+out = sys.argv[1]
+def report(*_):
+    data = os.read(r, 1 << 20)
+    os.write(w_dup, b"again")
+    back = os.read(r, 100).decode()
+    try:
+        os.read(r2, 1)
+        empty = "no"
+    except BlockingIOError:
+        empty = "yes"
+    open(out + ".tmp", "w").write(f"{len(data)} {hashlib.sha256(data).hexdigest()} {back} {empty}")
+    os.replace(out + ".tmp", out)
+signal.signal(signal.SIGUSR1, report)
+print("ready", flush=True)
+while True:
+    time.sleep(0.01)
+"#;
+
+/// The fd numbers and `flags:` of every fd of `pid`.
+fn fd_flags(pid: i32) -> Vec<String> {
+    haul::proc::fds(pid)
+        .unwrap()
+        .into_iter()
+        .map(|fd| format!("{fd} {:o}", haul::proc::fdinfo(pid, fd).unwrap().flags))
+        .collect()
+}
+
+#[test]
+fn pipes_inside_the_process_come_back_with_their_contents_and_flags() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let mut cmd = Command::new(common::python3());
+    cmd.arg("-c").arg(PY_PIPES).arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    let before = fd_flags(r.pid);
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let rp = restore_same(&set, &store);
+    assert_eq!(fd_flags(rp.pid), before, "fds or their flags differ");
+    send_signal(rp.pid, "USR1");
+    assert!(wait_for(Duration::from_secs(5), || out.exists()));
+    let d = Command::new("sh")
+        .args(["-c", "printf 'hello %.0s' $(seq 1000) | sha256sum"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&d.stdout);
+    let sum = stdout.split(' ').next().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        format!("6000 {sum} again yes")
+    );
+}

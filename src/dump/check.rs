@@ -292,7 +292,7 @@ pub(crate) fn fd_images(pid: i32) -> Result<Vec<FdImage>, DumpError> {
         out.push(FdImage {
             fd,
             flags: info.flags,
-            kind: fd_kind(pid, fd, &target, info.pos)?,
+            kind: fd_kind(pid, fd, &target, info.pos, info.flags)?,
             same_as: None,
             locks: info
                 .locks
@@ -313,7 +313,39 @@ pub(crate) fn fd_images(pid: i32) -> Result<Vec<FdImage>, DumpError> {
             }
         }
     }
+    check_pipes(pid, &out)?;
     Ok(out)
+}
+
+/// A pipe can be rebuilt only when the process holds both of its ends, each through one open
+/// file description (dups of it are fine): the other end of a pipe to another process would
+/// be gone, and a second description of one end cannot be made again.
+fn check_pipes(pid: i32, fds: &[FdImage]) -> Result<(), DumpError> {
+    for f in fds {
+        let FdKind::Pipe { ino, write, .. } = f.kind else {
+            continue;
+        };
+        let ends = |w: bool| {
+            fds.iter().filter(move |g| {
+                g.same_as.is_none()
+                    && matches!(g.kind, FdKind::Pipe { ino: i, write: x, .. } if i == ino && x == w)
+            })
+        };
+        if ends(!write).next().is_none() {
+            return Err(unsupported(format!(
+                "pid {pid} fd {}: pipe:[{ino}] leads to another process: pipes between processes are not supported yet",
+                f.fd
+            )));
+        }
+        if ends(write).count() > 1 {
+            return Err(unsupported(format!(
+                "pid {pid} fd {}: pipe:[{ino}] has its {} end open twice (not by dup): this is not supported yet",
+                f.fd,
+                if write { "write" } else { "read" }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A lock held through fd `fd`, or the refusal of a kind a restore cannot take again.
@@ -343,7 +375,7 @@ fn file_lock(pid: i32, fd: i32, target: &str, l: &proc::FdLock) -> Result<FileLo
     }
 }
 
-fn fd_kind(pid: i32, fd: i32, target: &str, pos: u64) -> Result<FdKind, DumpError> {
+fn fd_kind(pid: i32, fd: i32, target: &str, pos: u64, flags: u32) -> Result<FdKind, DumpError> {
     let no = |kind: &str| {
         Err(unsupported(format!(
             "pid {pid} fd {fd}: {target} ({kind}) is not supported yet"
@@ -360,8 +392,18 @@ fn fd_kind(pid: i32, fd: i32, target: &str, pos: u64) -> Result<FdKind, DumpErro
             .unwrap_or("socket");
         return no(kind);
     }
-    if target.starts_with("pipe:[") {
-        return no("pipe");
+    if let Some(ino) = target
+        .strip_prefix("pipe:[")
+        .and_then(|s| s.strip_suffix(']'))
+        .and_then(|s| s.parse().ok())
+    {
+        // Whether the other end is in the process too is checked once every fd is known.
+        return Ok(FdKind::Pipe {
+            ino,
+            write: flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
+            size: 0,
+            data: Vec::new(),
+        });
     }
     if let Some(name) = target.strip_prefix("anon_inode:") {
         let kind = match name.trim_matches(|c| c == '[' || c == ']') {

@@ -140,6 +140,7 @@ pub(crate) fn capture_process(
         .map(|m| vma_image(pid, m))
         .collect::<Result<_, _>>()?;
     img.fds = snap.fds;
+    capture_pipes(pid, &mut img.fds)?;
     Ok(())
 }
 
@@ -329,5 +330,32 @@ pub(crate) fn capture_pending(
     }
     img.shared_pending |= proc::status(pid)?.shd_pnd;
     img.shared_pending_info = ptrace::peek_siginfo(pid, true)?;
+    Ok(())
+}
+
+/// What each pipe holds, and its capacity, on its read end's first fd: read through a copy of
+/// that fd (`pidfd_getfd`) without taking it from the pipe.
+fn capture_pipes(pid: i32, fds: &mut [crate::image::FdImage]) -> Result<(), DumpError> {
+    use crate::image::FdKind;
+    let mut pidfd = None;
+    for f in fds.iter_mut().filter(|f| f.same_as.is_none()) {
+        if let FdKind::Pipe {
+            write: false,
+            size,
+            data,
+            ..
+        } = &mut f.kind
+        {
+            if pidfd.is_none() {
+                pidfd = Some(process::pidfd_open(pid)?);
+            }
+            let Some(pidfd) = pidfd.as_ref() else {
+                continue;
+            };
+            let end = process::pidfd_getfd(pidfd, f.fd)?;
+            *size = crate::sys::pipe::pipe_size(&end)?;
+            *data = crate::sys::pipe::pipe_contents(&end)?;
+        }
+    }
     Ok(())
 }

@@ -498,4 +498,20 @@ pub enum FdKind {
     DevNull,
     DevZero,
     DevUrandom,
+    /// One end of a pipe whose both ends the process holds (pipes to other processes are
+    /// refused). The read end's first fd carries what the pipe held, and its capacity.
+    Pipe {
+        /// The pipe's inode: the fds of one pipe share it.
+        ino: u64,
+        /// The write end, else the read end.
+        write: bool,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        size: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        data: Vec<u8>,
+    },
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }

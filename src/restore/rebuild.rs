@@ -43,6 +43,8 @@ const SYS_CAPSET: i64 = 126;
 const SYS_TIMER_CREATE: i64 = 222;
 const SYS_RT_SIGQUEUEINFO: i64 = 129;
 const SYS_FCNTL: i64 = 72;
+const SYS_PIPE2: i64 = 293;
+const F_SETPIPE_SZ: u64 = 1031;
 const SYS_SETPRIORITY: i64 = 141;
 const SYS_SCHED_SETSCHEDULER: i64 = 144;
 const SYS_SCHED_SETAFFINITY: i64 = 203;
@@ -1132,6 +1134,7 @@ fn restore_fds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<()
     .map_err(|e| e.to_string())?;
     let mut fds: Vec<_> = p.fds.iter().collect();
     fds.sort_by_key(|f| f.fd);
+    let mut pipes_made = std::collections::HashSet::new();
     for f in fds {
         if let Some(first) = f.same_as {
             // One open file description with a lower fd, already restored: share it.
@@ -1149,6 +1152,13 @@ fn restore_fds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<()
             FdKind::DevNull => ("/dev/null", None),
             FdKind::DevZero => ("/dev/zero", None),
             FdKind::DevUrandom => ("/dev/urandom", None),
+            FdKind::Pipe { ino, .. } => {
+                // Both ends are made when the first of them comes.
+                if pipes_made.insert(*ino) {
+                    make_pipe(rs, p, *ino, args)?;
+                }
+                continue;
+            }
         };
         let flags =
             f.flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY) as u32);
@@ -1184,6 +1194,126 @@ fn restore_fds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<()
         for l in &f.locks {
             take_lock(rs, f.fd, path, l, args)?;
         }
+    }
+    Ok(())
+}
+
+/// Makes pipe `ino` again: both ends at their dumped fds with their flags, its capacity, and
+/// what it held written back into it.
+fn make_pipe(rs: &mut RemoteSyscall, p: &ProcessImage, ino: u64, args: u64) -> Result<(), String> {
+    let end = |write: bool| {
+        p.fds
+            .iter()
+            .find(|g| {
+                g.same_as.is_none()
+                    && matches!(g.kind, FdKind::Pipe { ino: i, write: w, .. } if i == ino && w == write)
+            })
+            .ok_or_else(|| format!("pipe:[{ino}] has no {} end in the image", if write { "write" } else { "read" }))
+    };
+    let (rd, wr) = (end(false)?, end(true)?);
+    let (want_r, want_w) = (rd.fd as u64, wr.fd as u64);
+    rs.call_ok(
+        SYS_PIPE2,
+        [args, 0, 0, 0, 0, 0],
+        &format!("pipe2 for pipe:[{ino}]"),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut two = [0u8; 8];
+    rs.read_mem(args, &mut two).map_err(|e| e.to_string())?;
+    let mut tr = u64::from(u32::from_ne_bytes([two[0], two[1], two[2], two[3]]));
+    let mut tw = u64::from(u32::from_ne_bytes([two[4], two[5], two[6], two[7]]));
+    let call = |rs: &mut RemoteSyscall, nr: i64, a: [u64; 6], what: &str| {
+        rs.call_ok(nr, a, &format!("{what} for pipe:[{ino}]"))
+            .map_err(|e| e.to_string())
+    };
+    // Move the two new fds to their numbers without either landing on the other first.
+    if tr == want_w && tw == want_r {
+        // Swapped: the read end goes to a free number first.
+        let t = call(
+            rs,
+            SYS_FCNTL,
+            [tr, libc::F_DUPFD as u64, 0, 0, 0, 0],
+            "fcntl F_DUPFD",
+        )?;
+        call(rs, nr::CLOSE, [tr, 0, 0, 0, 0, 0], "close")?;
+        tr = t;
+    }
+    if tw == want_r {
+        call(
+            rs,
+            SYS_DUP3,
+            [tw, want_w, 0, 0, 0, 0],
+            "dup3 of the write end",
+        )?;
+        call(rs, nr::CLOSE, [tw, 0, 0, 0, 0, 0], "close")?;
+        tw = want_w;
+    }
+    if tr != want_r {
+        call(
+            rs,
+            SYS_DUP3,
+            [tr, want_r, 0, 0, 0, 0],
+            "dup3 of the read end",
+        )?;
+    }
+    if tw != want_w {
+        call(
+            rs,
+            SYS_DUP3,
+            [tw, want_w, 0, 0, 0, 0],
+            "dup3 of the write end",
+        )?;
+    }
+    for t in [tr, tw] {
+        if t != want_r && t != want_w {
+            call(rs, nr::CLOSE, [t, 0, 0, 0, 0, 0], "close")?;
+        }
+    }
+    if let FdKind::Pipe { size, data, .. } = &rd.kind {
+        if *size > 0 {
+            call(
+                rs,
+                SYS_FCNTL,
+                [want_w, F_SETPIPE_SZ, u64::from(*size), 0, 0, 0],
+                "fcntl F_SETPIPE_SZ",
+            )?;
+        }
+        for chunk in data.chunks((SCRATCH_LEN - ARGS_OFF) as usize) {
+            rs.write_mem(args, chunk).map_err(|e| e.to_string())?;
+            let n = call(
+                rs,
+                nr::WRITE,
+                [want_w, args, chunk.len() as u64, 0, 0, 0],
+                "write of its contents",
+            )?;
+            if n != chunk.len() as u64 {
+                return Err(format!(
+                    "pipe:[{ino}] took {n} of {} bytes back",
+                    chunk.len()
+                ));
+            }
+        }
+    }
+    // Close-on-exec per fd, status flags (O_NONBLOCK, ...) per end.
+    for f in [rd, wr] {
+        let fd = f.fd as u64;
+        let cloexec = if f.flags & libc::O_CLOEXEC as u32 != 0 {
+            libc::FD_CLOEXEC
+        } else {
+            0
+        };
+        call(
+            rs,
+            SYS_FCNTL,
+            [fd, libc::F_SETFD as u64, cloexec as u64, 0, 0, 0],
+            "fcntl F_SETFD",
+        )?;
+        call(
+            rs,
+            SYS_FCNTL,
+            [fd, libc::F_SETFL as u64, u64::from(f.flags), 0, 0, 0],
+            "fcntl F_SETFL",
+        )?;
     }
     Ok(())
 }

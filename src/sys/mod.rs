@@ -15,6 +15,7 @@
 pub mod mem;
 pub mod net;
 pub mod pagemap;
+pub mod pipe;
 pub mod process;
 pub mod ptrace;
 pub mod remote;

@@ -124,8 +124,7 @@ impl RemoteSyscall {
         r.r8 = args[4];
         r.r9 = args[5];
         // Blocked while it steps (the kernel leaves SIGKILL and SIGSTOP out of any mask).
-        let result =
-            ptrace::set_sigmask(self.tid, u64::MAX).and_then(|()| self.step_syscall(&r));
+        let result = ptrace::set_sigmask(self.tid, u64::MAX).and_then(|()| self.step_syscall(&r));
         // Put the thread's own registers and mask back whatever happened (unless it is gone).
         let restore = ptrace::setregs(self.tid, &self.orig);
         let mask = ptrace::set_sigmask(self.tid, self.orig_mask);
