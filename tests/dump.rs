@@ -209,7 +209,14 @@ fn pages_beyond_the_buffer_go_to_the_sink_during_the_freeze() {
         .iter()
         .filter(|(a, _)| (start..end).contains(a))
         .count() as u64;
-    assert_eq!(n, (end - start) / 4096);
+    // Every one of the 16 MiB the memwriter wrote. (The mapping holding them has a few more
+    // pages, malloc's header and tail, of which an untouched one is rightly not copied: the
+    // full suite under load once saw 4098 of 4099.)
+    assert!(
+        n >= (16 << 20) / 4096 && n <= (end - start) / 4096,
+        "{n} pages copied of the {} in the region",
+        (end - start) / 4096
+    );
 }
 
 #[test]
