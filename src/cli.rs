@@ -240,8 +240,13 @@ pub struct DumpArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Let the process go on after the dump (periodic checkpoint).
-    #[arg(long, required_unless_present_any = ["kill", "lazy"], conflicts_with = "kill")]
+    #[arg(long, required_unless_present_any = ["kill", "lazy", "check"], conflicts_with = "kill")]
     pub leave_running: bool,
+    /// Only check that the process can be checkpointed: every refusal the dump would make
+    /// (fds, children, seccomp, namespaces, locks, ...), with nothing touched and nothing stored.
+    /// Exit 0 if it can, 1 with the reason if not.
+    #[arg(long, conflicts_with_all = ["leave_running", "kill", "lazy", "predump"])]
+    pub check: bool,
     /// Kill the process once it is dumped (migration: restore it elsewhere).
     #[arg(long)]
     pub kill: bool,

@@ -439,8 +439,34 @@ fn level(c: haul::job::Compression) -> Option<i32> {
     }
 }
 
+/// `haul dump --check`: the dump's refusal checks alone.
+fn dump_check(args: &cli::DumpArgs) -> Result<u8, Error> {
+    haul::dump::precheck(args.pid)?;
+    let threads = haul::proc::tids(args.pid).map(|t| t.len()).unwrap_or(0);
+    let fds = haul::proc::fds(args.pid).map(|f| f.len()).unwrap_or(0);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"pid": args.pid, "checkpointable": true, "threads": threads, "fds": fds})
+        );
+    } else {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        println!(
+            "pid {} can be checkpointed ({}, {})",
+            args.pid,
+            plural(threads, "thread", "threads"),
+            plural(fds, "fd", "fds")
+        );
+    }
+    Ok(exit::OK)
+}
+
 fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
     use haul::util::{human_bytes, human_us};
+    if args.check {
+        return dump_check(&args);
+    }
     let name = match &args.name {
         Some(n) => n.clone(),
         None => default_job_name(args.pid),

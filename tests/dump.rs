@@ -850,3 +850,42 @@ fn refuses_a_file_lease_naming_the_fd_and_file() {
         "{msg}"
     );
 }
+
+#[test]
+fn haul_dump_check_says_whether_a_process_can_be_checkpointed_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("c.log");
+    let c = Running::logged(
+        &mut clean_command(fixture("counter")).arg(&log),
+        &dir.path().join("out"),
+        true,
+    );
+    let maps_before = maps_text(c.pid);
+    let out = common::haul()
+        .args(["dump", "--check", "--pid", &c.pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("pid {} can be checkpointed (1 thread, 4 fds)\n", c.pid)
+    );
+    assert_eq!(maps_text(c.pid), maps_before);
+    assert_eq!(common::tracer_pid(c.pid), Some(0));
+    let n = read_numbers(&log).len();
+    assert!(wait_for(Duration::from_secs(5), || read_numbers(&log)
+        .len()
+        > n + 3));
+
+    // A process with a pipe to another one: refused with the reason, exit 1.
+    let p = Running::ready(clean_command(fixture("counter")).arg(dir.path().join("p.log")));
+    let out = common::haul()
+        .args(["dump", "--check", "--json", "--pid", &p.pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("leads to another process"),
+        "{out:?}"
+    );
+}
