@@ -856,7 +856,7 @@ fn haul_dump_check_says_whether_a_process_can_be_checkpointed_and_touches_nothin
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("c.log");
     let c = Running::logged(
-        &mut clean_command(fixture("counter")).arg(&log),
+        clean_command(fixture("counter")).arg(&log),
         &dir.path().join("out"),
         true,
     );
