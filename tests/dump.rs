@@ -353,15 +353,15 @@ fn refuses_a_pipe_to_another_process() {
 }
 
 #[test]
-fn refuses_eventfd_and_memfd_by_kind() {
+fn refuses_inotify_memfd_and_epoll_by_kind() {
     let dir = tempfile::tempdir().unwrap();
     for (make, kind) in [
-        ("os.eventfd(0)", "eventfd"),
+        ("ctypes.CDLL(None).inotify_init()", "inotify"),
         ("os.memfd_create('x')", "memfd"),
         ("select.epoll()", "epoll"),
     ] {
         let script =
-            format!("import os,select,time\nx={make}\nprint('ready',flush=True)\ntime.sleep(60)");
+            format!("import ctypes,os,select,time\nx={make}\nprint('ready',flush=True)\ntime.sleep(60)");
         let p = Running::logged(
             clean_command("/usr/bin/python3").args(["-c", &script]),
             &dir.path().join("py.log"),

@@ -1664,3 +1664,74 @@ fn pipes_inside_the_process_come_back_with_their_contents_and_flags() {
         format!("6000 {sum} again yes")
     );
 }
+
+/// The link targets (kinds) and `flags:` of every fd of `pid`.
+fn fd_kinds(pid: i32) -> Vec<String> {
+    haul::proc::fds(pid)
+        .unwrap()
+        .into_iter()
+        .map(|fd| {
+            let target = haul::proc::fd_target(pid, fd).unwrap();
+            let flags = haul::proc::fdinfo(pid, fd).unwrap().flags;
+            format!(
+                "{fd} {flags:o} {}",
+                if target.starts_with('/') {
+                    "file"
+                } else {
+                    &target
+                }
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn eventfd_timerfd_and_signalfd_come_back_with_their_state() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("reads");
+    let mut cmd = Command::new(fixture("fdkinds"));
+    cmd.arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"), true);
+    // A SIGUSR2 waits in the signalfd's queue (blocked), the timer ticks unread.
+    send_signal(r.pid, "USR2");
+    assert!(wait_for(Duration::from_secs(5), || {
+        haul::proc::status(r.pid).unwrap().shd_pnd & (1 << (libc::SIGUSR2 - 1)) != 0
+    }));
+    std::thread::sleep(Duration::from_millis(50));
+    let before = fd_kinds(r.pid);
+    let store = new_store(dir.path());
+    let set = dump_kill(&mut r, &store);
+    let rp = restore_same(&set, &store);
+    assert_eq!(fd_kinds(rp.pid), before);
+    // Six reads: the eventfd gives 1 five times (its counter was 5, semaphore mode), then
+    // nothing; the signalfd gives the pending SIGUSR2 once; the timer has ticked.
+    let mut rows = Vec::new();
+    for i in 1..=6 {
+        send_signal(rp.pid, "USR1");
+        assert!(
+            wait_for(Duration::from_secs(5), || {
+                rows = read_rows(&out);
+                rows.len() == i
+            }),
+            "read {i}: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    let events: Vec<i64> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(events, [1, 1, 1, 1, 1, 0], "{rows:?}");
+    let signals: Vec<i64> = rows.iter().map(|r| r[2]).collect();
+    assert_eq!(
+        signals,
+        [i64::from(libc::SIGUSR2), 0, 0, 0, 0, 0],
+        "{rows:?}"
+    );
+    assert!(
+        rows[0][1] >= 1,
+        "no timer expiration carried over: {rows:?}"
+    );
+    assert!(
+        rows[1..].iter().map(|r| r[1]).sum::<i64>() >= 2,
+        "the timer stopped: {rows:?}"
+    );
+}

@@ -3,7 +3,7 @@
 //! `pid 4242 fd 3: socket:[81723] (TCP) is not supported yet`.
 
 use super::DumpError;
-use crate::image::{FdImage, FdKind, FileId, FileLock, LockKind};
+use crate::image::{AnonFd, FdImage, FdKind, FileId, FileLock, LockKind};
 use crate::proc;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -292,7 +292,7 @@ pub(crate) fn fd_images(pid: i32) -> Result<Vec<FdImage>, DumpError> {
         out.push(FdImage {
             fd,
             flags: info.flags,
-            kind: fd_kind(pid, fd, &target, info.pos, info.flags)?,
+            kind: fd_kind(pid, fd, &target, &info)?,
             same_as: None,
             locks: info
                 .locks
@@ -348,6 +348,37 @@ fn check_pipes(pid: i32, fds: &[FdImage]) -> Result<(), DumpError> {
     Ok(())
 }
 
+/// The state of an eventfd, timerfd or signalfd from its fdinfo (`None`: another kind;
+/// `Some(None)`: that kind, but fdinfo lacks what a restore needs).
+fn anon_fd(name: &str, info: &proc::FdInfo) -> Option<Option<AnonFd>> {
+    let num = |k: &str| info.get(k)?.trim().parse::<u64>().ok();
+    let hex = |k: &str| u64::from_str_radix(info.get(k)?.trim(), 16).ok();
+    // "(sec, nsec)"
+    let ns = |k: &str| {
+        let v = info.get(k)?.trim().strip_prefix('(')?.strip_suffix(')')?;
+        let (s, n) = v.split_once(',')?;
+        Some(s.trim().parse::<u64>().ok()? * 1_000_000_000 + n.trim().parse::<u64>().ok()?)
+    };
+    Some(match name {
+        "eventfd" => (|| {
+            Some(AnonFd::EventFd {
+                count: hex("eventfd-count")?,
+                semaphore: num("eventfd-semaphore").unwrap_or(0) == 1,
+            })
+        })(),
+        "timerfd" => (|| {
+            Some(AnonFd::TimerFd {
+                clock: num("clockid")? as i32,
+                ticks: num("ticks")?,
+                value_ns: ns("it_value")?,
+                interval_ns: ns("it_interval")?,
+            })
+        })(),
+        "signalfd" => hex("sigmask").map(|mask| AnonFd::SignalFd { mask }),
+        _ => return None,
+    })
+}
+
 /// A lock held through fd `fd`, or the refusal of a kind a restore cannot take again.
 fn file_lock(pid: i32, fd: i32, target: &str, l: &proc::FdLock) -> Result<FileLock, DumpError> {
     let kind = match l.kind.as_str() {
@@ -375,7 +406,8 @@ fn file_lock(pid: i32, fd: i32, target: &str, l: &proc::FdLock) -> Result<FileLo
     }
 }
 
-fn fd_kind(pid: i32, fd: i32, target: &str, pos: u64, flags: u32) -> Result<FdKind, DumpError> {
+fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKind, DumpError> {
+    let (pos, flags) = (info.pos, info.flags);
     let no = |kind: &str| {
         Err(unsupported(format!(
             "pid {pid} fd {fd}: {target} ({kind}) is not supported yet"
@@ -406,7 +438,15 @@ fn fd_kind(pid: i32, fd: i32, target: &str, pos: u64, flags: u32) -> Result<FdKi
         });
     }
     if let Some(name) = target.strip_prefix("anon_inode:") {
-        let kind = match name.trim_matches(|c| c == '[' || c == ']') {
+        let name = name.trim_matches(|c| c == '[' || c == ']');
+        if let Some(anon) = anon_fd(name, info) {
+            return anon.map(FdKind::Anon).ok_or_else(|| {
+                unsupported(format!(
+                    "pid {pid} fd {fd}: {target}: its fdinfo is not understood"
+                ))
+            });
+        }
+        let kind = match name {
             "eventfd" => "eventfd",
             "eventpoll" => "epoll",
             "signalfd" => "signalfd",

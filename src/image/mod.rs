@@ -510,6 +510,25 @@ pub enum FdKind {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         data: Vec<u8>,
     },
+    /// An eventfd, timerfd or signalfd.
+    Anon(AnonFd),
+}
+
+/// An eventfd, a timerfd or a signalfd (anonymous inodes whose whole state fdinfo shows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnonFd {
+    /// `eventfd(2)`: its counter, and whether reads take 1 at a time.
+    EventFd { count: u64, semaphore: bool },
+    /// `timerfd_create(2)`: its clock, expirations not read yet, time left and period (ns).
+    TimerFd {
+        clock: i32,
+        ticks: u64,
+        value_ns: u64,
+        interval_ns: u64,
+    },
+    /// `signalfd(2)`: the signals it reads.
+    SignalFd { mask: u64 },
 }
 
 fn is_zero(v: &u32) -> bool {

@@ -32,6 +32,18 @@ pub struct FdInfo {
     pub ino: Option<u64>,
     /// The `lock:` lines: file locks held through this fd.
     pub locks: Vec<FdLock>,
+    /// Every other `key: value` line (the ones eventfd, timerfd, signalfd, ... add).
+    pub other: Vec<(String, String)>,
+}
+
+impl FdInfo {
+    /// The value of line `key` among [`other`](Self::other).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.other
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// One `lock:` line of fdinfo, e.g. `lock:\t1: POSIX  ADVISORY  WRITE 3671 fe:00:1046 5 14`.
@@ -88,7 +100,7 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
             "mnt_id" => fi.mnt_id = v.parse().map_err(|_| parse_err(&path, k, line))?,
             "ino" => fi.ino = v.parse().ok(),
             "lock" => fi.locks.push(parse_lock(&path, line, v)?),
-            _ => {}
+            _ => fi.other.push((k.to_string(), v.to_string())),
         }
     }
     Ok(fi)

@@ -44,6 +44,13 @@ const SYS_TIMER_CREATE: i64 = 222;
 const SYS_RT_SIGQUEUEINFO: i64 = 129;
 const SYS_FCNTL: i64 = 72;
 const SYS_PIPE2: i64 = 293;
+const SYS_EVENTFD2: i64 = 290;
+const SYS_SIGNALFD4: i64 = 289;
+const SYS_TIMERFD_CREATE: i64 = 283;
+const SYS_TIMERFD_SETTIME: i64 = 286;
+const SYS_IOCTL: i64 = 16;
+/// `_IOW('T', 0, u64)`: set a timerfd's expiration count (CONFIG_CHECKPOINT_RESTORE).
+const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
 const F_SETPIPE_SZ: u64 = 1031;
 const SYS_SETPRIORITY: i64 = 141;
 const SYS_SCHED_SETSCHEDULER: i64 = 144;
@@ -1159,6 +1166,12 @@ fn restore_fds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<()
                 }
                 continue;
             }
+            FdKind::Anon(a) => {
+                let got =
+                    make_anon(rs, a, f.flags, args).map_err(|e| format!("fd {}: {e}", f.fd))?;
+                move_fd(rs, got, f)?;
+                continue;
+            }
         };
         let flags =
             f.flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY) as u32);
@@ -1172,17 +1185,7 @@ fn restore_fds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<()
             )
             .map_err(|e| e.to_string())?;
         let fd = f.fd as u64;
-        if got != fd {
-            let cloexec = u64::from(f.flags & libc::O_CLOEXEC as u32);
-            rs.call_ok(
-                SYS_DUP3,
-                [got, fd, cloexec, 0, 0, 0],
-                &format!("dup3 to fd {fd}"),
-            )
-            .map_err(|e| e.to_string())?;
-            rs.call_ok(nr::CLOSE, [got, 0, 0, 0, 0, 0], "close")
-                .map_err(|e| e.to_string())?;
-        }
+        move_fd(rs, got, f)?;
         if let Some(pos) = pos {
             rs.call_ok(
                 SYS_LSEEK,
@@ -1196,6 +1199,113 @@ fn restore_fds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Moves the new fd `got` to `f`'s number (with its close-on-exec flag), unless it is there.
+fn move_fd(rs: &mut RemoteSyscall, got: u64, f: &crate::image::FdImage) -> Result<(), String> {
+    let fd = f.fd as u64;
+    if got != fd {
+        let cloexec = u64::from(f.flags & libc::O_CLOEXEC as u32);
+        rs.call_ok(
+            SYS_DUP3,
+            [got, fd, cloexec, 0, 0, 0],
+            &format!("dup3 to fd {fd}"),
+        )
+        .map_err(|e| e.to_string())?;
+        rs.call_ok(nr::CLOSE, [got, 0, 0, 0, 0, 0], "close")
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Makes an eventfd, timerfd or signalfd again with its state; returns the new fd. `flags`
+/// are the fd's open flags (O_NONBLOCK and O_CLOEXEC are what these take).
+fn make_anon(
+    rs: &mut RemoteSyscall,
+    a: &crate::image::AnonFd,
+    flags: u32,
+    args: u64,
+) -> Result<u64, String> {
+    use crate::image::AnonFd;
+    let fl = u64::from(flags & (libc::O_NONBLOCK | libc::O_CLOEXEC) as u32);
+    let err = |e: crate::sys::SysError| e.to_string();
+    match a {
+        AnonFd::EventFd { count, semaphore } => {
+            let sem = if *semaphore {
+                libc::EFD_SEMAPHORE as u64
+            } else {
+                0
+            };
+            let fd = rs
+                .call_ok(SYS_EVENTFD2, [0, fl | sem, 0, 0, 0, 0], "eventfd2")
+                .map_err(err)?;
+            // The initial value of eventfd2 is 32-bit; a write adds any 64-bit count.
+            if *count > 0 {
+                rs.write_mem(args, &count.to_ne_bytes()).map_err(err)?;
+                rs.call_ok(
+                    nr::WRITE,
+                    [fd, args, 8, 0, 0, 0],
+                    "write of the eventfd count",
+                )
+                .map_err(err)?;
+            }
+            Ok(fd)
+        }
+        AnonFd::SignalFd { mask } => {
+            rs.write_mem(args, &mask.to_ne_bytes()).map_err(err)?;
+            rs.call_ok(SYS_SIGNALFD4, [u64::MAX, args, 8, fl, 0, 0], "signalfd4")
+                .map_err(err)
+        }
+        AnonFd::TimerFd {
+            clock,
+            ticks,
+            value_ns,
+            interval_ns,
+        } => {
+            let fd = rs
+                .call_ok(
+                    SYS_TIMERFD_CREATE,
+                    [*clock as u64, fl, 0, 0, 0, 0],
+                    "timerfd_create",
+                )
+                .map_err(err)?;
+            // A periodic timerfd with expirations not read yet reads as disarmed (the kernel
+            // re-arms it on read): it runs again one period on.
+            let value = if *value_ns == 0 {
+                *interval_ns
+            } else {
+                *value_ns
+            };
+            if value > 0 {
+                let mut b = Vec::with_capacity(32);
+                for w in [
+                    interval_ns / 1_000_000_000,
+                    interval_ns % 1_000_000_000,
+                    value / 1_000_000_000,
+                    value % 1_000_000_000,
+                ] {
+                    b.extend_from_slice(&w.to_ne_bytes());
+                }
+                rs.write_mem(args, &b).map_err(err)?;
+                rs.call_ok(
+                    SYS_TIMERFD_SETTIME,
+                    [fd, 0, args, 0, 0, 0],
+                    "timerfd_settime",
+                )
+                .map_err(err)?;
+            }
+            if *ticks > 0 {
+                rs.write_mem(args, &ticks.to_ne_bytes()).map_err(err)?;
+                rs.call_ok(
+                    SYS_IOCTL,
+                    [fd, TFD_IOC_SET_TICKS, args, 0, 0, 0],
+                    "ioctl TFD_IOC_SET_TICKS",
+                )
+                .map_err(err)?;
+            }
+            Ok(fd)
+        }
+    }
 }
 
 /// Makes pipe `ino` again: both ends at their dumped fds with their flags, its capacity, and
