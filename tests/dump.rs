@@ -360,8 +360,9 @@ fn refuses_inotify_memfd_and_epoll_by_kind() {
         ("os.memfd_create('x')", "memfd"),
         ("select.epoll()", "epoll"),
     ] {
-        let script =
-            format!("import ctypes,os,select,time\nx={make}\nprint('ready',flush=True)\ntime.sleep(60)");
+        let script = format!(
+            "import ctypes,os,select,time\nx={make}\nprint('ready',flush=True)\ntime.sleep(60)"
+        );
         let p = Running::logged(
             clean_command("/usr/bin/python3").args(["-c", &script]),
             &dir.path().join("py.log"),

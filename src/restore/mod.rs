@@ -9,6 +9,7 @@
 //! XSTATE, and lets it run. Any failure kills the half-built process and names the step.
 
 mod compat;
+mod fds;
 mod rebuild;
 
 use std::time::Instant;
