@@ -181,6 +181,13 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
     })
 }
 
+/// (interval, value) in `units` per second from a `struct itimerval` (`units` = 1,000,000) or
+/// `struct itimerspec` (1,000,000,000): {seconds, fraction} twice.
+fn interval_and_value(b: &[u8; 32], units: u64) -> (u64, u64) {
+    let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    (w(0) * units + w(1), w(2) * units + w(3))
+}
+
 /// `getitimer(2)` syscall number (x86_64).
 const SYS_GETITIMER: i64 = 36;
 /// `timer_gettime(2)` syscall number (x86_64).
@@ -226,8 +233,7 @@ pub(crate) fn capture_injected(
             )?;
             let mut t = [0u8; 32];
             inj.read_mem(scratch, &mut t)?;
-            let f = |i: usize| u64::from_ne_bytes(t[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            let (interval_us, mut value_us) = (f(0) * 1_000_000 + f(1), f(2) * 1_000_000 + f(3));
+            let (interval_us, mut value_us) = interval_and_value(&t, 1_000_000);
             // A periodic ITIMER_REAL whose SIGALRM is still pending reads as disarmed: the
             // kernel re-arms it only when the signal is dequeued (it stays queued here, with
             // every signal blocked while haul injects). Restored, it runs one period after the
@@ -254,8 +260,7 @@ pub(crate) fn capture_injected(
             )?;
             let mut b = [0u8; 32];
             inj.read_mem(scratch, &mut b)?;
-            let f = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            left.push((f(0) * 1_000_000_000 + f(1), f(2) * 1_000_000_000 + f(3)));
+            left.push(interval_and_value(&b, 1_000_000_000));
         }
         Ok((raw, brk, timers, left))
     })?;

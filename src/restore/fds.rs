@@ -1,7 +1,7 @@
 //! Restoring the file descriptors: files reopened at their offsets with their locks, pipes
 //! the process held both ends of, eventfds, timerfds and signalfds, each at its number.
 
-use super::rebuild::{cstr, ARGS_OFF, SCRATCH_LEN, SYS_OPEN};
+use super::rebuild::{cstr, interval_and_value, ARGS_OFF, SCRATCH_LEN, SYS_OPEN};
 use crate::image::{FdKind, ProcessImage};
 use crate::sys::process::nr;
 use crate::sys::remote::RemoteSyscall;
@@ -171,15 +171,7 @@ fn make_anon(
                 *value_ns
             };
             if value > 0 {
-                let mut b = Vec::with_capacity(32);
-                for w in [
-                    interval_ns / 1_000_000_000,
-                    interval_ns % 1_000_000_000,
-                    value / 1_000_000_000,
-                    value % 1_000_000_000,
-                ] {
-                    b.extend_from_slice(&w.to_ne_bytes());
-                }
+                let b = interval_and_value(*interval_ns, value, 1_000_000_000);
                 rs.write_mem(args, &b).map_err(err)?;
                 rs.call_ok(
                     SYS_TIMERFD_SETTIME,

@@ -353,15 +353,7 @@ pub(super) fn rebuild(
         // Timers last, so they start counting as close to running as can be.
         restore_posix_timers(&mut rs, p, &threads, args)?;
         for t in &p.itimers {
-            let mut b = Vec::with_capacity(32);
-            for w in [
-                t.interval_us / 1_000_000,
-                t.interval_us % 1_000_000,
-                t.value_us / 1_000_000,
-                t.value_us % 1_000_000,
-            ] {
-                b.extend_from_slice(&w.to_ne_bytes());
-            }
+            let b = interval_and_value(t.interval_us, t.value_us, 1_000_000);
             rs.write_mem(args, &b).map_err(|e| e.to_string())?;
             rs.call_ok(
                 SYS_SETITIMER,
@@ -600,16 +592,8 @@ fn restore_posix_timers(
             ));
         }
         if t.value_ns > 0 {
-            // struct itimerspec: interval {sec, nsec}, value {sec, nsec}; relative.
-            let mut s = Vec::with_capacity(32);
-            for w in [
-                t.interval_ns / 1_000_000_000,
-                t.interval_ns % 1_000_000_000,
-                t.value_ns / 1_000_000_000,
-                t.value_ns % 1_000_000_000,
-            ] {
-                s.extend_from_slice(&w.to_ne_bytes());
-            }
+            // Relative: the time it had left.
+            let s = interval_and_value(t.interval_ns, t.value_ns, 1_000_000_000);
             rs.write_mem(args, &s).map_err(|e| e.to_string())?;
             rs.call_ok(
                 SYS_TIMER_SETTIME,
@@ -779,6 +763,20 @@ fn set_thread_regs(tid: i32, t: &ThreadImage, regs: &Regs) -> Result<(), String>
         ptrace::setregset(tid, ptrace::NT_PRFPREG, &t.fpregs).map_err(|e| e.to_string())?;
     }
     ptrace::set_sigmask(tid, t.sigmask).map_err(|e| e.to_string())
+}
+
+/// `struct itimerval` (`units` = 1,000,000: µs) or `struct itimerspec` (1,000,000,000: ns)
+/// as the kernel reads it: the interval then the value, each as {seconds, fraction}.
+pub(super) fn interval_and_value(interval: u64, value: u64, units: u64) -> Vec<u8> {
+    [
+        interval / units,
+        interval % units,
+        value / units,
+        value % units,
+    ]
+    .iter()
+    .flat_map(|w| w.to_ne_bytes())
+    .collect()
 }
 
 /// The lowest page-aligned address at or above 64 KiB with `len` bytes free of every range.
