@@ -386,8 +386,15 @@ impl Store {
     /// non-empty directory that is not a store is refused.
     pub fn open_or_create(path: &Path) -> Result<Store, StoreError> {
         if !path.join(MARKER).exists() {
+            // Empty, or holding only what a store's own creation puts there (a creation in
+            // place that was cut short) or what a fresh file system comes with.
             let empty = match std::fs::read_dir(path) {
-                Ok(mut rd) => rd.next().is_none(),
+                Ok(rd) => rd.flatten().all(|e| {
+                    matches!(
+                        e.file_name().to_str(),
+                        Some("packs" | "index" | "sets" | "tmp" | "lock" | "lost+found")
+                    )
+                }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
                 Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
             };
@@ -432,6 +439,18 @@ impl Store {
             }
             match std::fs::rename(&tmp, path) {
                 Ok(()) => fsutil::fsync_dir(&parent)?,
+                // An empty directory that is a mount point (a disk mounted for the store)
+                // cannot be replaced: build the store inside it, the marker last, so that
+                // until then it is no store (and the check above lets a creation resume).
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    for d in ["packs", "index", "sets", "tmp"] {
+                        fsutil::create_dir(&path.join(d))?;
+                    }
+                    open_lock_file(path)?;
+                    fsutil::fsync_dir(path)?;
+                    fsutil::write_atomic(path, &path.join(MARKER), marker_text().as_bytes())?;
+                }
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&tmp);
                     if !path.join(MARKER).exists() {
