@@ -23,6 +23,8 @@ pub(crate) struct Frozen {
     injector: Option<RemoteSyscall>,
     remote_calls: u64,
     released: bool,
+    /// When every thread was stopped (the end of [`Frozen::seize_all`]).
+    stopped_at: std::time::Instant,
 }
 
 impl Frozen {
@@ -34,6 +36,7 @@ impl Frozen {
             injector: None,
             remote_calls: 0,
             released: false,
+            stopped_at: std::time::Instant::now(),
         };
         loop {
             let tids = proc::tids(pid)?;
@@ -68,6 +71,7 @@ impl Frozen {
                 }
             }
             if !new {
+                f.stopped_at = std::time::Instant::now();
                 return Ok(f);
             }
         }
@@ -79,6 +83,11 @@ impl Frozen {
                 t.held.push(sig);
             }
         }
+    }
+
+    /// How long the process has been stopped so far (its frozen time).
+    pub fn frozen_for(&self) -> std::time::Duration {
+        self.stopped_at.elapsed()
     }
 
     /// Bitmask of the signals held back for `tid`.

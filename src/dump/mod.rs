@@ -248,12 +248,19 @@ impl Default for DumpOptions {
 pub struct DumpStats {
     /// From the first seize to every thread stopped.
     pub freezing_time: u64,
-    /// From every thread stopped to the process resumed (or killed).
+    /// From every thread stopped to the process resumed (or killed, after its set is
+    /// committed).
     pub frozen_time: u64,
     /// Copying memory out of the process (within the freeze).
     pub memdump_time: u64,
-    /// Handing the buffered pages to the sink after the thaw.
+    /// Handing the buffered pages to the sink after the thaw (or, when the process is
+    /// killed, before it), and committing the set.
     pub memwrite_time: u64,
+    /// Of `frozen_time`, the part spent writing and committing the image set while the
+    /// process waited frozen (a dump that kills it does so only once its set is durable).
+    /// Zero when the process was left running.
+    #[serde(default)]
+    pub frozen_commit_time: u64,
     /// Pages of the VMAs whose content a dump may copy.
     pub pages_scanned: u64,
     /// Pages handed to the sink with their content (lazy pages not included).
@@ -296,7 +303,32 @@ pub fn dump(
             "a lazy dump keeps the process frozen: use dump_to_store_lazy".into(),
         ));
     }
-    dump_planned(pid, opts, sink, None).map(|(o, _)| o)
+    let (mut out, kept) = dump_planned(pid, opts, sink, None)?;
+    // Every page is in the sink: nothing more to commit before the kill.
+    end_frozen(pid, kept, &mut out.stats)?;
+    Ok(out)
+}
+
+/// Ends a kill-mode dump once its pages are safe (for a store: the set committed and
+/// fsynced): kills the process [`dump_planned`] kept frozen and records how long it stayed
+/// frozen, `frozen_commit_time` of it spent writing and committing (`memwrite_time`, which
+/// the caller has completed with the commit). `None` (a dump that left it running) does
+/// nothing.
+pub(crate) fn end_frozen(
+    pid: i32,
+    kept: Option<freeze::Frozen>,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
+    let Some(frozen) = kept else {
+        return Ok(());
+    };
+    stats.frozen_commit_time = stats.memwrite_time;
+    stats.frozen_time = crate::util::us(frozen.frozen_for());
+    frozen.kill().map_err(|e| DumpError::At {
+        pid,
+        step: Step::Resume,
+        source: Box::new(e),
+    })
 }
 
 /// What a final dump after pre-dumps needs from the pre-copy state: under the freeze, the
@@ -400,16 +432,15 @@ pub(crate) fn dump_planned(
     ctx.step(Step::State, || {
         state::capture_pending(pid, &mut process, |tid| frozen.held_signals(tid))
     })?;
-    let kept = if opts.lazy {
-        // Neither thawed nor killed (settled above): the caller serves the lazy pages from
-        // it. Dropping the guard (any error below) thaws it.
-        Some(frozen)
-    } else if opts.leave_running {
+    let kept = if opts.leave_running {
         ctx.step(Step::Resume, || frozen.thaw())?;
         None
     } else {
-        ctx.step(Step::Resume, || frozen.kill())?;
-        None
+        // Neither thawed nor killed (settled above). Lazy: the caller serves the lazy pages
+        // from it. Kill: the caller kills it only once its image set is committed and durable
+        // ([`end_frozen`]). Dropping the guard (any error below, or in the caller's commit)
+        // thaws it, so a failed write never costs the process.
+        Some(frozen)
     };
     stats.frozen_time = crate::util::us(t_frozen.elapsed());
 

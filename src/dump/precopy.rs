@@ -446,7 +446,10 @@ impl<'s> Precopy<'s> {
             lazy: false,
             ..opts.clone()
         };
-        let (d, report, _) = self.final_dump_inner(&opts)?;
+        let pid = self.pid;
+        let (mut d, report, kept) = self.final_dump_inner(&opts)?;
+        // Killed only now that the set is committed (an error above thawed it).
+        super::end_frozen(pid, kept, &mut d.stats)?;
         Ok((d, report))
     }
 

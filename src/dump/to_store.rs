@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{dump, DumpError, DumpOptions, DumpStats, PageSink};
+use super::{DumpError, DumpOptions, DumpStats, PageSink};
 use crate::image::{ImageSet, SetKind};
 use crate::store::{SetWriter, Store};
 
@@ -27,7 +27,8 @@ pub struct StoredDump {
 
 /// Dumps process `pid` into `store` as a final dump of `job`, compressed at `level` (None: no
 /// compression). The set is listed only once committed: a failed dump leaves no set (its packs,
-/// if any, are unreferenced and go at the next gc). `memwrite_time` includes the commit.
+/// if any, are unreferenced and go at the next gc). `memwrite_time` includes the commit. Without
+/// `leave_running`, the process is killed only after the commit; any failure before thaws it.
 pub fn dump_to_store(
     pid: i32,
     store: &Store,
@@ -35,11 +36,20 @@ pub fn dump_to_store(
     opts: &DumpOptions,
     level: Option<i32>,
 ) -> Result<StoredDump, crate::Error> {
+    if opts.lazy {
+        return Err(DumpError::Internal(
+            "a lazy dump keeps the process frozen: use dump_to_store_lazy".into(),
+        )
+        .into());
+    }
     let mut writer = store.begin_set(job, SetKind::Dump, None, level)?;
-    let out = dump(pid, opts, &mut writer)?;
+    let (out, kept) = super::dump_planned(pid, opts, &mut writer, None)?;
+    // A process to kill is still frozen here: an error before `end_frozen` drops the guard,
+    // which thaws it. It dies only once its set is committed and fsynced.
     let t = Instant::now();
     let set = writer.commit(Some(out.process))?;
     let mut stats = out.stats;
     stats.memwrite_time += crate::util::us(t.elapsed());
+    super::end_frozen(pid, kept, &mut stats)?;
     Ok(StoredDump { set, stats })
 }

@@ -82,6 +82,10 @@ pub struct RunReport {
     // CRIU-compatible figures (µs / pages).
     pub freezing_time: u64,
     pub frozen_time: u64,
+    /// Of `frozen_time`, writing and committing the set before the process was killed (a
+    /// migration kills it only once its set is durable); zero when it was left running.
+    #[serde(default)]
+    pub frozen_commit_time: u64,
     pub memdump_time: u64,
     pub memwrite_time: u64,
     pub pages_scanned: u64,
@@ -367,9 +371,14 @@ pub fn render(r: &RunReport) -> String {
     if r.frozen_time > 0 || r.pages_written > 0 {
         let _ = writeln!(
             s,
-            "  dump: freezing {}  frozen {}  memdump {}  memwrite {}",
+            "  dump: freezing {}  frozen {}{}  memdump {}  memwrite {}",
             human_us(r.freezing_time),
             human_us(r.frozen_time),
+            if r.frozen_commit_time > 0 {
+                format!(" (commit {})", human_us(r.frozen_commit_time))
+            } else {
+                String::new()
+            },
             human_us(r.memdump_time),
             human_us(r.memwrite_time)
         );

@@ -116,6 +116,7 @@ pub fn checkpoint(
     let s = &d.stats;
     report.freezing_time = s.freezing_time;
     report.frozen_time = s.frozen_time;
+    report.frozen_commit_time = s.frozen_commit_time;
     report.memdump_time = s.memdump_time;
     report.memwrite_time = s.memwrite_time;
     report.pages_scanned = s.pages_scanned;

@@ -286,3 +286,112 @@ pub fn tasks(pid: i32) -> Vec<(i32, String, String)> {
     v.sort();
     v
 }
+
+// ---- skipping, seeds and built faults ----
+
+/// A test that cannot run on this machine says so on stderr and returns (`if let Some(..) =
+/// ... else { return skip(..) }`). Under CI (`CI` set), where everything a test needs is
+/// installed, it fails instead: no test passes there without having run.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: cannot run here ({why}), and CI must run it");
+    }
+    eprintln!("SKIPPED: {test}: {why}");
+}
+
+/// The seed of a randomised test: `HAUL_TEST_SEED` to replay a failure, else one from the clock
+/// and pid. Printed either way, so a failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let s = std::env::var("HAUL_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            (t ^ (std::process::id() as u64) << 32) | 1
+        });
+    eprintln!("{test}: seed {s} (replay with HAUL_TEST_SEED={s})");
+    s
+}
+
+/// A small xorshift64 step, for random moments that need no crate.
+pub fn next_random(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// A tmpfs of a fixed size mounted on a directory (a real full disk for fault tests);
+/// unmounted when dropped.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `20m`) on `path` (created); `Err` says why it could not
+    /// (not root, no mount in this sandbox).
+    pub fn mount(path: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// The pids whose parent is `pid` (its children, from `/proc/*/stat`).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|x| x.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+/// Pauses a memwriter's dirtying (SIGUSR2) and waits until it has really stopped writing: two
+/// reports, ticks apart, with the same region checksum. Returns that last (ticks, checksum).
+/// (A fixed sleep after the signal would assume how fast a loaded machine delivers it.)
+pub fn memwriter_pause(pid: i32, out: &Path) -> (u64, String) {
+    send_signal(pid, "USR2");
+    let (mut t, mut sum) = memwriter_report(pid, out, 0);
+    for _ in 0..50 {
+        let (t2, sum2) = memwriter_report(pid, out, t + 1);
+        if sum2 == sum {
+            return (t2, sum2);
+        }
+        (t, sum) = (t2, sum2);
+    }
+    panic!("memwriter pid {pid} kept writing after SIGUSR2");
+}
