@@ -441,14 +441,32 @@ fn level(c: haul::job::Compression) -> Option<i32> {
 
 /// `haul dump --check`: the dump's refusal checks alone.
 fn dump_check(args: &cli::DumpArgs) -> Result<u8, Error> {
-    haul::dump::precheck(args.pid)?;
+    match haul::dump::precheck(args.pid) {
+        Ok(()) => {}
+        // "No" is the answer asked for, with every reason: on stdout, exit 1.
+        Err(e) if e.is_refusal() => {
+            let reasons = e.reasons();
+            if args.json {
+                print_json(&serde_json::json!({
+                    "pid": args.pid, "checkpointable": false, "reasons": reasons,
+                }))?;
+            } else {
+                out(&format!("pid {} cannot be checkpointed:", args.pid));
+                for r in &reasons {
+                    out(&format!("  {r}"));
+                }
+            }
+            return Ok(exit::FAILED);
+        }
+        Err(e) => return Err(e.into()),
+    }
     let threads = haul::proc::tids(args.pid).map(|t| t.len()).unwrap_or(0);
     let fds = haul::proc::fds(args.pid).map(|f| f.len()).unwrap_or(0);
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"pid": args.pid, "checkpointable": true, "threads": threads, "fds": fds})
-        );
+        print_json(&serde_json::json!({
+            "pid": args.pid, "checkpointable": true, "threads": threads, "fds": fds,
+            "reasons": [],
+        }))?;
     } else {
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });

@@ -306,9 +306,10 @@ fn fail_at_names_parse_back() {
     assert_eq!(Step::parse("nope"), None);
 }
 
+/// The first reason a dump of `pid` is refused for (a process may have several).
 fn refusal(pid: i32) -> String {
     match dump(pid, &running(), &mut VecSink::default()) {
-        Err(e @ (DumpError::Refused(_) | DumpError::Unsupported(_))) => e.to_string(),
+        Err(e) if e.is_refusal() => e.reasons().remove(0),
         Err(e) => panic!("pid {pid}: expected a refusal, got {e:?}"),
         Ok(_) => panic!("pid {pid}: dump should have been refused"),
     }
@@ -885,8 +886,64 @@ fn haul_dump_check_says_whether_a_process_can_be_checkpointed_and_touches_nothin
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["checkpointable"], false, "{v}");
+    assert!(v["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("leads to another process"));
+}
+
+#[test]
+fn haul_dump_check_lists_every_reason_in_text_and_json() {
+    // A child, a listening TCP socket, and stdout a pipe to the test: three reasons.
+    let script = "import socket,subprocess,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nc=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)";
+    let p = Running::ready(clean_command(common::python3()).args(["-c", script]));
+    let kids = || common::children_of(p.pid);
+    assert!(wait_for(Duration::from_secs(10), || !kids().is_empty()));
+    let pid = p.pid.to_string();
+    let out = common::haul()
+        .args(["dump", "--check", "--json", "--pid", &pid])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["checkpointable"], false, "{v}");
+    let reasons: Vec<&str> = v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let has = |what: &str| reasons.iter().any(|r| r.contains(what));
+    assert!(has("has child processes"), "{reasons:#?}");
+    assert!(has("(TCP) is not supported yet"), "{reasons:#?}");
+    assert!(has("leads to another process"), "{reasons:#?}");
+
+    let text = common::haul()
+        .args(["dump", "--check", "--pid", &pid])
+        .output()
+        .unwrap();
+    assert_eq!(text.status.code(), Some(1), "{text:?}");
+    let lines = String::from_utf8_lossy(&text.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("leads to another process"),
-        "{out:?}"
+        lines.starts_with(&format!("pid {pid} cannot be checkpointed:\n")),
+        "{lines}"
     );
+    for r in &reasons {
+        assert!(
+            lines.contains(&format!("  {r}\n")),
+            "{r} missing from {lines}"
+        );
+    }
+    // A real dump refuses with all of them too, and touches nothing.
+    let dump = common::haul()
+        .args(["dump", "--leave-running", "--pid", &pid, "--store"])
+        .arg(tempfile::tempdir().unwrap().path().join("s"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&dump.stderr);
+    assert_eq!(dump.status.code(), Some(1), "{err}");
+    assert!(reasons.iter().all(|r| err.contains(r)), "{err}");
+    assert_eq!(common::tracer_pid(p.pid), Some(0));
 }

@@ -15,6 +15,43 @@ fn unsupported(msg: String) -> DumpError {
     DumpError::Unsupported(msg)
 }
 
+/// Every refusal found, so that one check names them all (`haul dump --check` lists every
+/// reason, not only the first): a refusal is noted and the checks go on; any other error
+/// (the process vanished, /proc unreadable) ends them at once.
+#[derive(Default)]
+pub(crate) struct Refusals(Vec<DumpError>);
+
+impl Refusals {
+    /// Notes `r` if it is a refusal; passes any other error on.
+    fn note<T>(&mut self, r: Result<T, DumpError>) -> Result<Option<T>, DumpError> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e @ (DumpError::Refused(_) | DumpError::Unsupported(_))) => {
+                self.0.push(e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Notes a refusal.
+    fn add(&mut self, e: DumpError) {
+        self.0.push(e);
+    }
+
+    /// None found: Ok; one: that refusal; several: [`DumpError::Refusals`] with all of them.
+    fn finish(mut self, pid: i32) -> Result<(), DumpError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(DumpError::Refusals {
+                pid,
+                reasons: self.0,
+            }),
+        }
+    }
+}
+
 /// True when `pid` no longer exists, is a zombie or is exiting.
 pub(crate) fn process_gone(pid: i32) -> bool {
     match proc::stat(pid) {
@@ -30,13 +67,16 @@ pub fn precheck(pid: i32) -> Result<(), DumpError> {
 
 /// [`precheck`], returning what it read so the checks under the freeze can reuse it.
 pub(crate) fn precheck_snapshot(pid: i32) -> Result<Snapshot, DumpError> {
-    check_identity(pid)?;
-    check_uses(pid, None)
+    let mut found = Refusals::default();
+    check_identity(pid, &mut found)?;
+    let snapshot = check_uses_into(pid, None, &mut found)?;
+    found.finish(pid)?;
+    Ok(snapshot)
 }
 
 /// Who the process is: not init, not haul or its ancestors, not a kernel thread, zombie,
 /// thread, traced or stopped process, not someone else's.
-fn check_identity(pid: i32) -> Result<(), DumpError> {
+fn check_identity(pid: i32, found: &mut Refusals) -> Result<(), DumpError> {
     if pid <= 0 {
         return Err(refused(format!("pid {pid} is not a process id")));
     }
@@ -53,7 +93,7 @@ fn check_identity(pid: i32) -> Result<(), DumpError> {
         Err(e) => return Err(e.into()),
     };
     if is_ancestor(pid, me) {
-        return Err(refused(format!(
+        found.add(refused(format!(
             "pid {pid} is an ancestor of haul (pid {me})"
         )));
     }
@@ -77,13 +117,13 @@ fn check_identity(pid: i32) -> Result<(), DumpError> {
         )));
     }
     if status.tracer_pid != 0 {
-        return Err(refused(format!(
+        found.add(refused(format!(
             "pid {pid} is already traced by pid {}",
             status.tracer_pid
         )));
     }
     if matches!(st.state, 'T' | 't') {
-        return Err(refused(format!(
+        found.add(refused(format!(
             "pid {pid} is stopped (state {}): stopped processes are not supported yet",
             st.state
         )));
@@ -92,14 +132,14 @@ fn check_identity(pid: i32) -> Result<(), DumpError> {
     // means a namespace of its own, whose ids a restore into haul's namespace would change.
     let own = proc::status(me)?;
     if status.nspid.len() > own.nspid.len() {
-        return Err(unsupported(format!(
+        found.add(unsupported(format!(
             "pid {pid} lives in another PID namespace (it is pid {} there): namespaces are not supported yet",
             status.nspid.last().copied().unwrap_or(0)
         )));
     }
     let euid = crate::sys::process::geteuid();
     if euid != 0 && status.uid.iter().any(|&u| u != euid) {
-        return Err(refused(format!(
+        found.add(refused(format!(
             "pid {pid} runs as uid {}: haul (uid {euid}) may not trace it",
             status.uid[1]
         )));
@@ -120,6 +160,18 @@ pub(crate) struct Snapshot {
 /// smaps is read again only if a mapping changed meanwhile (reading smaps walks the page
 /// tables: ~5 ms for 256 MiB, which would all be frozen time).
 pub(crate) fn check_uses(pid: i32, before: Option<&Snapshot>) -> Result<Snapshot, DumpError> {
+    let mut found = Refusals::default();
+    let snapshot = check_uses_into(pid, before, &mut found)?;
+    found.finish(pid)?;
+    Ok(snapshot)
+}
+
+/// [`check_uses`], noting every refusal in `found`.
+fn check_uses_into(
+    pid: i32,
+    before: Option<&Snapshot>,
+    found: &mut Refusals,
+) -> Result<Snapshot, DumpError> {
     // Seccomp is per thread. A filter could refuse haul's injected syscalls or kill the
     // process for them, and a restore would run the process without its sandbox.
     for tid in proc::tids(pid)? {
@@ -136,7 +188,7 @@ pub(crate) fn check_uses(pid: i32, before: Option<&Snapshot>) -> Result<Snapshot
                 format!("pid {pid} thread {tid}")
             };
             let what = if mode == 1 { "strict mode" } else { "a filter" };
-            return Err(unsupported(format!(
+            found.add(unsupported(format!(
                 "{who} runs under seccomp ({what}): seccomp is not supported yet"
             )));
         }
@@ -144,12 +196,12 @@ pub(crate) fn check_uses(pid: i32, before: Option<&Snapshot>) -> Result<Snapshot
     let kids = proc::children(pid)?;
     if !kids.is_empty() {
         let list: Vec<String> = kids.iter().map(|k| k.to_string()).collect();
-        return Err(unsupported(format!(
+        found.add(unsupported(format!(
             "pid {pid} has child processes ({}): process trees are not supported yet",
             list.join(", ")
         )));
     }
-    let fds = fd_images(pid)?;
+    let fds = fd_images_into(pid, found)?;
     let maps = match before {
         Some(b) => {
             let mut maps = proc::maps(pid)?;
@@ -188,7 +240,7 @@ pub(crate) fn check_uses(pid: i32, before: Option<&Snapshot>) -> Result<Snapshot
         None => proc::maps_with_flags(pid)?,
     };
     for m in &maps {
-        check_mapping(pid, m)?;
+        found.note(check_mapping(pid, m))?;
     }
     Ok(Snapshot { maps, fds })
 }
@@ -275,8 +327,9 @@ pub(crate) fn is_shared_anon(m: &proc::MapEntry) -> bool {
     m.shared && (m.path == "/dev/zero (deleted)" || m.path.starts_with("[anon_shmem:"))
 }
 
-/// The image of every fd of `pid`, or the refusal of the first unsupported one.
-pub(crate) fn fd_images(pid: i32) -> Result<Vec<FdImage>, DumpError> {
+/// The image of every fd of `pid`, noting in `found` the refusal of each one that cannot be
+/// carried (it is left out of the list).
+fn fd_images_into(pid: i32, found: &mut Refusals) -> Result<Vec<FdImage>, DumpError> {
     let mut out = Vec::new();
     for fd in proc::fds(pid)? {
         let target = match proc::fd_target(pid, fd) {
@@ -289,17 +342,20 @@ pub(crate) fn fd_images(pid: i32) -> Result<Vec<FdImage>, DumpError> {
             Err(e) if e.is_gone() && !process_gone(pid) => continue,
             Err(e) => return Err(e.into()),
         };
-        out.push(FdImage {
-            fd,
-            flags: info.flags,
-            kind: fd_kind(pid, fd, &target, &info)?,
-            same_as: None,
-            locks: info
-                .locks
-                .iter()
-                .map(|l| file_lock(pid, fd, &target, l))
-                .collect::<Result<_, _>>()?,
-        });
+        let kind = found.note(fd_kind(pid, fd, &target, &info))?;
+        let mut locks = Vec::new();
+        for l in &info.locks {
+            locks.extend(found.note(file_lock(pid, fd, &target, l))?);
+        }
+        if let Some(kind) = kind {
+            out.push(FdImage {
+                fd,
+                flags: info.flags,
+                kind,
+                same_as: None,
+                locks,
+            });
+        }
     }
     // Fds that are one open file description (dup, 2>&1) must stay one after a restore, or
     // their writes would overwrite each other at two offsets.
@@ -313,14 +369,14 @@ pub(crate) fn fd_images(pid: i32) -> Result<Vec<FdImage>, DumpError> {
             }
         }
     }
-    check_pipes(pid, &out)?;
+    check_pipes(pid, &out, found);
     Ok(out)
 }
 
 /// A pipe can be rebuilt only when the process holds both of its ends, each through one open
 /// file description (dups of it are fine): the other end of a pipe to another process would
 /// be gone, and a second description of one end cannot be made again.
-fn check_pipes(pid: i32, fds: &[FdImage]) -> Result<(), DumpError> {
+fn check_pipes(pid: i32, fds: &[FdImage], found: &mut Refusals) {
     for f in fds {
         let FdKind::Pipe { ino, write, .. } = f.kind else {
             continue;
@@ -332,20 +388,19 @@ fn check_pipes(pid: i32, fds: &[FdImage]) -> Result<(), DumpError> {
             })
         };
         if ends(!write).next().is_none() {
-            return Err(unsupported(format!(
+            found.add(unsupported(format!(
                 "pid {pid} fd {}: pipe:[{ino}] leads to another process: pipes between processes are not supported yet",
                 f.fd
             )));
         }
         if ends(write).count() > 1 {
-            return Err(unsupported(format!(
+            found.add(unsupported(format!(
                 "pid {pid} fd {}: pipe:[{ino}] has its {} end open twice (not by dup): this is not supported yet",
                 f.fd,
                 if write { "write" } else { "read" }
             )));
         }
     }
-    Ok(())
 }
 
 /// The state of an eventfd, timerfd or signalfd from its fdinfo (`None`: another kind;

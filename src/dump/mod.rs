@@ -47,6 +47,10 @@ pub enum DumpError {
     /// e.g. `pid 4242 fd 3: socket:[81723] (TCP) is not supported yet`.
     #[error("{0}")]
     Unsupported(String),
+    /// Several refusals at once (each a `Refused` or `Unsupported`): every reason the process
+    /// cannot be checkpointed, in the order the checks found them.
+    #[error("pid {pid} cannot be checkpointed, for {} reasons:{}", reasons.len(), list_reasons(reasons))]
+    Refusals { pid: i32, reasons: Vec<DumpError> },
     /// The process exited or was killed while being dumped.
     #[error("pid {pid} went away during {step}: {detail}")]
     Gone {
@@ -86,7 +90,33 @@ pub enum DumpError {
     Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// The reasons of [`DumpError::Refusals`], one per indented line.
+fn list_reasons(reasons: &[DumpError]) -> String {
+    reasons.iter().map(|r| format!("\n  {r}")).collect()
+}
+
 impl DumpError {
+    /// Whether this is a refusal (the process cannot be checkpointed as it is), as opposed to
+    /// a failure of the dump itself.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            DumpError::Refused(_) | DumpError::Unsupported(_) | DumpError::Refusals { .. }
+        )
+    }
+
+    /// Each reason of a refusal, one message per reason (empty for other errors).
+    pub fn reasons(&self) -> Vec<String> {
+        match self {
+            DumpError::Refused(m) | DumpError::Unsupported(m) => vec![m.clone()],
+            DumpError::Refusals { reasons, .. } => {
+                reasons.iter().flat_map(|r| r.reasons()).collect()
+            }
+            DumpError::At { source, .. } => source.reasons(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The step an error happened at, if known.
     pub fn step(&self) -> Option<Step> {
         match self {
@@ -488,6 +518,7 @@ impl Ctx<'_> {
         r.map_err(|e| match e {
             DumpError::Refused(_)
             | DumpError::Unsupported(_)
+            | DumpError::Refusals { .. }
             | DumpError::Gone { .. }
             | DumpError::At { .. } => e,
             DumpError::Sys(SysError::Gone { tid, how }) => DumpError::Gone {
