@@ -38,7 +38,8 @@ pub enum Command {
     PageServer(PageServerArgs),
     /// Inspect and maintain an image store: list, show, verify, disk use, remove, gc.
     Images(ImagesArgs),
-    /// Benchmarks (release build recommended): `haul bench store`, `haul bench precopy`.
+    /// Benchmarks (release build recommended): `haul bench store`, `haul bench precopy`,
+    /// `haul bench lazy`.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
@@ -145,7 +146,7 @@ pub enum ImagesCommand {
         #[arg(long, default_value = "zstd:3", value_parser = parse_compression)]
         compression: haul::job::Compression,
         /// Give up on the server after this long without an answer.
-        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         timeout: std::time::Duration,
         #[arg(long)]
         json: bool,
@@ -230,6 +231,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("mode")
+        .required(true)
+        .args(["leave_running", "kill", "lazy", "check"])
+))]
 pub struct DumpArgs {
     /// The process to checkpoint.
     #[arg(long, value_name = "PID")]
@@ -239,15 +245,17 @@ pub struct DumpArgs {
     /// Job name the image set is filed under [default: the process's command name].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Let the process go on after the dump (periodic checkpoint).
-    #[arg(long, required_unless_present_any = ["kill", "lazy", "check"], conflicts_with = "kill")]
+    /// Let the process go on after the dump (periodic checkpoint). One of --leave-running,
+    /// --kill, --lazy or --check is required.
+    #[arg(long)]
     pub leave_running: bool,
     /// Only check that the process can be checkpointed: every refusal the dump would make
     /// (fds, children, seccomp, namespaces, locks, ...), with nothing touched and nothing stored.
     /// Exit 0 if it can, 1 with the reason if not.
-    #[arg(long, conflicts_with_all = ["leave_running", "kill", "lazy", "predump"])]
+    #[arg(long, conflicts_with = "predump")]
     pub check: bool,
-    /// Kill the process once it is dumped (migration: restore it elsewhere).
+    /// Kill the process once its image set is committed (migration: restore it elsewhere);
+    /// if the dump fails, the process goes on.
     #[arg(long)]
     pub kill: bool,
     /// Lazy final dump (post-copy migration): the pages of private anonymous memory are not
@@ -258,7 +266,7 @@ pub struct DumpArgs {
     /// --source-timeout (then the process resumes, the migration rolled back, and the set is
     /// removed; exit 1). Only haul restores of this version or later can be served. With
     /// --json: one JSON line for the dump (with "serving"), one for how the source ended.
-    #[arg(long, conflicts_with_all = ["leave_running", "kill"])]
+    #[arg(long)]
     pub lazy: bool,
     /// With --lazy: address to serve on [default: 127.0.0.1:0, loopback with a free port];
     /// anything but loopback requires --token-file.
@@ -298,9 +306,11 @@ pub struct DumpArgs {
     pub json: bool,
 }
 
-/// Parses a duration like `1s` or `200ms`.
+/// Parses a duration like `1s` or `200ms` (the job files' syntax), saying what one looks like
+/// when it is not.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
+    humantime::parse_duration(s)
+        .map_err(|_| format!("expected a duration like \"1s\", \"500ms\" or \"2m\", found {s:?}"))
 }
 
 #[derive(Debug, Args)]
@@ -326,17 +336,23 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "FILE", requires = "from")]
     pub token_file: Option<PathBuf>,
     /// With --lazy: no fault for this long, push every remaining page.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub idle_push: std::time::Duration,
     /// With --lazy: pages copied after each faulting page.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub prefetch: u32,
     /// With --lazy: the page source gone this long, the process is killed.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub source_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("what")
+        .required(true)
+        .multiple(true)
+        .args(["sets", "jobs"])
+))]
 pub struct PageServerArgs {
     /// Address to listen on; anything but loopback requires --token-file.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7411")]
@@ -344,7 +360,7 @@ pub struct PageServerArgs {
     #[command(flatten)]
     pub store: StoreArg,
     /// An image set to serve (repeat for several); no other set is served.
-    #[arg(long = "set", value_name = "SET", required_unless_present = "jobs")]
+    #[arg(long = "set", value_name = "SET")]
     pub sets: Vec<String>,
     /// Serve every final dump of this job (repeat for several), including those dumped after
     /// the server started: start it on the source before `haul run` dumps.

@@ -35,11 +35,14 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Colours only for a person at a terminal: cron mails and log files get plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
 }
 
@@ -144,7 +147,9 @@ fn run_jobs(args: cli::RunArgs) -> Result<u8, Error> {
         },
     };
     let batch = haul::runner::run_batch(&paths, &opts);
-    if !args.quiet {
+    // The progress on stderr has said how each job ended; the summary is for a stdout that goes
+    // elsewhere (a script, a file). Where both are one file (a terminal, cron's mail), once.
+    if !args.quiet && !stdout_is_stderr() {
         for r in &batch.results {
             let what = match &r.status {
                 JobStatus::Ok => "ok".to_string(),
@@ -161,6 +166,17 @@ fn run_jobs(args: cli::RunArgs) -> Result<u8, Error> {
         }
     }
     Ok(batch.exit_code())
+}
+
+/// Whether stdout and stderr are the same open file (the same terminal, or one pipe).
+fn stdout_is_stderr() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |fd: u8| {
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.rdev()))
+    };
+    matches!((id(1), id(2)), (Some(a), Some(b)) if a == b)
 }
 
 /// Prints `v` as pretty JSON.
@@ -563,12 +579,17 @@ fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
         let f = &d.set.figures;
         out(&d.set.id);
         out(&format!(
-            "  pid {} {}: frozen {} (freezing {}, memdump {}), write {}; {} pages ({} zero), {} logical, {} stored, {} new",
+            "  pid {} {}: frozen {} (freezing {}, memdump {}{}), write {}; {} pages ({} zero), {} logical, {} stored, {} new",
             args.pid,
-            if args.leave_running { "left running" } else { "killed" },
+            if args.leave_running { "left running" } else { "killed once committed" },
             human_us(d.stats.frozen_time),
             human_us(d.stats.freezing_time),
             human_us(d.stats.memdump_time),
+            if d.stats.frozen_commit_time > 0 {
+                format!(", commit {}", human_us(d.stats.frozen_commit_time))
+            } else {
+                String::new()
+            },
             human_us(d.stats.memwrite_time),
             f.pages,
             f.pages_zero,
