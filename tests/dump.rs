@@ -237,9 +237,7 @@ fn leave_running_keeps_the_memwriter_going_with_the_same_memory() {
     let (m, out) = memwriter(dir.path(), 64, 2000);
     let pid = m.pid;
     // Pause the dirtying so the region's checksum must not change across the dump.
-    common::send_signal(pid, "USR2");
-    std::thread::sleep(Duration::from_millis(50));
-    let (t1, sum1) = common::memwriter_report(pid, &out, 0);
+    let (t1, sum1) = common::memwriter_pause(pid, &out);
     let maps_before = maps_text(pid);
     let fds_before = fd_list(pid);
     let mut sink = VecSink::default();

@@ -515,11 +515,8 @@ fn memwriter_migrates_lazily_between_two_network_namespaces() {
     cmd.arg("64").arg("20000").arg(&out);
     haul::sys::spawn::close_inherited_fds(&mut cmd);
     let mut r = Running::logged(&mut cmd, &dir.path().join("log"), true);
-    let (t0, _) = common::memwriter_report(r.pid, &out, 0);
-    common::send_signal(r.pid, "USR2");
-    std::thread::sleep(Duration::from_millis(100));
-    let (t1, _) = common::memwriter_report(r.pid, &out, t0);
-    let (t2, sum) = common::memwriter_report(r.pid, &out, t1);
+    common::memwriter_report(r.pid, &out, 0);
+    let (t2, sum) = common::memwriter_pause(r.pid, &out);
     let store = Store::open_or_create(&a).unwrap();
     let kill_opts = DumpOptions {
         leave_running: false,

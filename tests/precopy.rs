@@ -388,8 +388,19 @@ fn killing_haul_mid_precopy_leaves_no_write_protection() {
             .unwrap_or(false)
     });
     assert!(armed, "haul never armed tracking");
+    // Kill it once a pre-dump has gone by after a write.
+    let sets = || {
+        haul::store::Store::open(&store)
+            .and_then(|s| s.list_sets(None))
+            .map(|v| v.len())
+            .unwrap_or(0)
+    };
+    let before = sets();
     d.cmd("w 1 2");
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_for(Duration::from_secs(20), || sets() > before),
+        "no pre-dump after the write"
+    );
     haul.kill().unwrap();
     haul.wait().unwrap();
     // The process goes on, and nothing is left of the tracking once the checkpoint worker

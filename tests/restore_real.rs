@@ -157,12 +157,8 @@ fn memwriter_region_checksum_is_the_same_after_restore_at_64mib() {
     let pid = r.pid;
     // Let it dirty for a while (the region then holds ticks too), then pause the dirtying.
     let (t0, _) = memwriter_report(pid, &out, 0);
-    let (t0b, _) = memwriter_report(pid, &out, t0 + 5);
-    send_signal(pid, "USR2");
-    std::thread::sleep(Duration::from_millis(100));
-    let (t1, c1) = memwriter_report(pid, &out, t0b);
-    let (t2, c2) = memwriter_report(pid, &out, t1);
-    assert_eq!(c1, c2, "memwriter kept dirtying after SIGUSR2");
+    memwriter_report(pid, &out, t0 + 5);
+    let (t2, c2) = common::memwriter_pause(pid, &out);
 
     let store = new_store(dir.path());
     let set = dump_kill(&mut r, &store);
@@ -173,9 +169,15 @@ fn memwriter_region_checksum_is_the_same_after_restore_at_64mib() {
 
     // Still the same program: resuming the dirtying changes the region again.
     send_signal(rp.pid, "USR2");
-    std::thread::sleep(Duration::from_millis(100));
-    let (_, c4) = memwriter_report(rp.pid, &out, t3);
-    assert_ne!(c4, c3, "restored memwriter does not dirty any more");
+    let mut t = t3;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let (t4, c4) = memwriter_report(rp.pid, &out, t);
+            t = t4;
+            c4 != c3
+        }),
+        "restored memwriter does not dirty any more"
+    );
 }
 
 #[test]
@@ -552,7 +554,21 @@ fn sort_stopped_in_the_middle_and_restored_writes_the_same_output() {
 
     let out = dir.path().join("restored.sorted");
     let mut r = launch(run(&out), &dir.path().join("log"), false);
-    std::thread::sleep(Duration::from_millis(300));
+    // In the middle of its work: it has read a good part of its input.
+    let rchar = |pid: i32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("rchar:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || rchar(r.pid) >= 8 << 20),
+        "sort did not start reading"
+    );
     let store = new_store(dir.path());
     let set = dump_kill(&mut r, &store);
     let mut rp = restore_same(&set, &store);
@@ -1685,6 +1701,20 @@ fn fd_kinds(pid: i32) -> Vec<String> {
         .collect()
 }
 
+/// Expirations of the timerfd of `pid` not read yet (its fdinfo's `ticks`).
+fn timer_ticks(pid: i32) -> u64 {
+    haul::proc::fds(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|fd| haul::proc::fd_target(pid, *fd).is_ok_and(|t| t == "anon_inode:[timerfd]"))
+        .filter_map(|fd| {
+            let info = haul::proc::fdinfo(pid, fd).ok()?;
+            info.get("ticks")?.trim().parse().ok()
+        })
+        .next()
+        .unwrap_or(0)
+}
+
 #[test]
 fn eventfd_timerfd_and_signalfd_come_back_with_their_state() {
     adopt_orphans();
@@ -1698,7 +1728,10 @@ fn eventfd_timerfd_and_signalfd_come_back_with_their_state() {
     assert!(wait_for(Duration::from_secs(5), || {
         haul::proc::status(r.pid).unwrap().shd_pnd & (1 << (libc::SIGUSR2 - 1)) != 0
     }));
-    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        wait_for(Duration::from_secs(5), || timer_ticks(r.pid) >= 1),
+        "the timer never expired"
+    );
     let before = fd_kinds(r.pid);
     let store = new_store(dir.path());
     let set = dump_kill(&mut r, &store);
@@ -1716,7 +1749,11 @@ fn eventfd_timerfd_and_signalfd_come_back_with_their_state() {
             }),
             "read {i}: {rows:?}"
         );
-        std::thread::sleep(Duration::from_millis(15));
+        // The next read finds the timer expired again.
+        assert!(
+            wait_for(Duration::from_secs(5), || timer_ticks(rp.pid) >= 1),
+            "the timer stopped after read {i}: {rows:?}"
+        );
     }
     let events: Vec<i64> = rows.iter().map(|r| r[0]).collect();
     assert_eq!(events, [1, 1, 1, 1, 1, 0], "{rows:?}");
