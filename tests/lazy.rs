@@ -74,11 +74,7 @@ fn paused_memwriter(dir: &Path, mib: u32) -> (Running, u64, String) {
     cmd.arg(mib.to_string()).arg("20000").arg(&out);
     let r = launch(cmd, &dir.join("log"));
     let (t0, _) = memwriter_report(r.pid, &out, 0);
-    send_signal(r.pid, "USR2");
-    std::thread::sleep(Duration::from_millis(100));
-    let (t1, c1) = memwriter_report(r.pid, &out, t0);
-    let (t2, c2) = memwriter_report(r.pid, &out, t1);
-    assert_eq!(c1, c2, "memwriter kept dirtying after SIGUSR2");
+    let (t2, c2) = common::memwriter_pause(r.pid, &out, t0);
     (r, t2, c2)
 }
 

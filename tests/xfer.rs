@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{alive, fixture, haul, memwriter_report, send_signal, Running};
+use common::{alive, fixture, haul, memwriter_pause, memwriter_report, send_signal, Running};
 use haul::dump::{dump_to_store, DumpOptions};
 use haul::image::{ImageSet, PageRef};
 use haul::lazy::{restore_lazy, LazyOptions};
@@ -42,10 +42,7 @@ fn dumped_memwriter(dir: &Path, mib: u32) -> (Arc<Store>, ImageSet, u64, String)
     haul::sys::spawn::close_inherited_fds(&mut cmd);
     let mut r = Running::logged(&mut cmd, &dir.join("log"), true);
     let (t0, _) = memwriter_report(r.pid, &out, 0);
-    send_signal(r.pid, "USR2");
-    std::thread::sleep(Duration::from_millis(100));
-    let (t1, _) = memwriter_report(r.pid, &out, t0);
-    let (t2, c2) = memwriter_report(r.pid, &out, t1);
+    let (t2, c2) = memwriter_pause(r.pid, &out, t0);
     let store = Arc::new(Store::open_or_create(&dir.join("store")).unwrap());
     let d = dump_to_store(r.pid, &store, "test", &DumpOptions::default(), Some(1)).unwrap();
     r.child.wait().unwrap();

@@ -286,3 +286,23 @@ pub fn tasks(pid: i32) -> Vec<(i32, String, String)> {
     v.sort();
     v
 }
+
+/// Pauses a memwriter's dirtying (SIGUSR2) and waits until the pause shows: two reports, ticks
+/// apart, with the same checksum (a running memwriter writes the tick into its pages). Returns
+/// the last (ticks, checksum); `after` is a tick count already reported.
+pub fn memwriter_pause(pid: i32, out: &Path, after: u64) -> (u64, String) {
+    send_signal(pid, "USR2");
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut prev = memwriter_report(pid, out, after);
+    loop {
+        let next = memwriter_report(pid, out, prev.0);
+        if next.1 == prev.1 {
+            return next;
+        }
+        assert!(
+            Instant::now() < end,
+            "memwriter pid {pid} kept dirtying after SIGUSR2"
+        );
+        prev = next;
+    }
+}
