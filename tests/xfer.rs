@@ -426,3 +426,63 @@ fn store_page_server_speaks_protocol_1_and_has_nothing_to_release_on_done() {
     // Said once: asking again gives the same answer.
     assert_eq!(src.done(&set.id).unwrap(), m);
 }
+
+// ---- issue #10: bad addresses are bad input ----
+
+#[test]
+fn bad_addresses_and_an_open_listen_without_token_are_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    Store::open_or_create(&store).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let token = token.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["page-server", "--listen", "nonsense", "--set", "x"],
+            "bad address \"nonsense\"",
+        ),
+        (
+            &["page-server", "--listen", "127.0.0.1:99999", "--set", "x"],
+            "bad address",
+        ),
+        (
+            &["page-server", "--listen", "0.0.0.0:0", "--set", "x"],
+            "a token file is required",
+        ),
+        (
+            &[
+                "page-server",
+                "--listen",
+                "192.0.2.1:0",
+                "--set",
+                "x",
+                "--token-file",
+                token,
+            ],
+            "not an address of this machine",
+        ),
+        (
+            &[
+                "restore", "x", "--lazy", "--pid", "any", "--from", "nonsense",
+            ],
+            "bad address \"nonsense\"",
+        ),
+        (
+            &["images", "pull", "x", "--from", "127.0.0.1:port"],
+            "bad address",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = haul()
+            .args(*args)
+            .arg("--store")
+            .arg(&store)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "haul {}: {err}", args.join(" "));
+        assert!(err.contains(want), "haul {}: {err}", args.join(" "));
+    }
+}

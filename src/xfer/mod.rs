@@ -52,6 +52,60 @@ pub enum XferError {
     /// The server cannot start as asked.
     #[error("page server: {0}")]
     Setup(String),
+    /// An address (`--listen`, `--from`) that does not parse, resolve, or belong to this
+    /// machine: bad input.
+    #[error("bad address {addr:?}: {why}")]
+    BadAddress {
+        addr: String,
+        why: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listen address other than loopback without a token: bad input.
+    #[error("{addr} is not a loopback address: a token file is required (--token-file)")]
+    TokenRequired { addr: String },
+}
+
+impl XferError {
+    /// Whether the error is the user's input (an address, a missing token) rather than a
+    /// failure: `main` exits with its bad-input code then.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            XferError::BadAddress { .. } | XferError::TokenRequired { .. }
+        )
+    }
+}
+
+/// The socket addresses `addr` (`HOST:PORT`) names, at least one.
+pub(crate) fn resolve(addr: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let v: Vec<_> = addr.to_socket_addrs()?.collect();
+    if v.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it names no address",
+        ));
+    }
+    Ok(v)
+}
+
+/// Checks a listen address before anything is done with it: it must parse and resolve
+/// (`HOST:PORT`), and without a token it must be loopback only. Returns its addresses.
+pub fn check_listen(addr: &str, has_token: bool) -> Result<Vec<std::net::SocketAddr>, XferError> {
+    let v = resolve(addr).map_err(|source| XferError::BadAddress {
+        addr: addr.to_string(),
+        why: "expected HOST:PORT to listen on, e.g. 127.0.0.1:7411",
+        source,
+    })?;
+    if !has_token {
+        if let Some(a) = v.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(XferError::TokenRequired {
+                addr: a.to_string(),
+            });
+        }
+    }
+    Ok(v)
 }
 
 /// Protocol version this build speaks (2: `Done`).

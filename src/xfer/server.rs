@@ -158,18 +158,26 @@ impl PageServer {
         sets: &[String],
         opts: ServerOptions,
     ) -> Result<PageServer, XferError> {
-        let listener = TcpListener::bind(addr).map_err(|e| XferError::Io {
-            context: format!("binding {addr}"),
-            source: e,
+        let addrs = super::check_listen(addr, opts.token.is_some())?;
+        let listener = TcpListener::bind(&addrs[..]).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrNotAvailable => XferError::BadAddress {
+                addr: addr.to_string(),
+                why: "not an address of this machine",
+                source: e,
+            },
+            _ => XferError::Io {
+                context: format!("binding {addr}"),
+                source: e,
+            },
         })?;
         let local = listener.local_addr().map_err(|e| XferError::Io {
             context: format!("address of {addr}"),
             source: e,
         })?;
         if !local.ip().is_loopback() && opts.token.is_none() {
-            return Err(XferError::Setup(format!(
-                "{local} is not a loopback address: a token file is required"
-            )));
+            return Err(XferError::TokenRequired {
+                addr: local.to_string(),
+            });
         }
         for j in &opts.jobs {
             crate::store::check_job_name(j)
