@@ -1,9 +1,13 @@
 //! Page server and client (issue #7): a small framed protocol over TCP through which a lazy
 //! restore on one machine gets the manifest and the pages of an image set held by another.
 //!
-//! Frames: `u32` length (little-endian, counting the kind byte and the payload, at most
-//! [`MAX_FRAME`]), one kind byte, the payload. A connection starts with `Hello` (magic,
-//! version, token) answered by `HelloOk` or `Error`; then requests: `GetManifest(set)` →
+//! Frames: `u32` length (little-endian, counting the kind byte and the payload), one kind
+//! byte, the payload. The server reads a hello of at most [`MAX_HELLO`] bytes and requests of
+//! at most [`MAX_REQUEST`], refusing a longer one from its length alone (its body is never
+//! read); a client reads answers of at most [`MAX_FRAME`]. A connection starts with `Hello`
+//! (magic, version, token), due within a few seconds, answered by `HelloOk` or `Error`;
+//! connections waiting for it are few, the oldest dropped for a new one, and do not count
+//! against those served. Then requests: `GetManifest(set)` →
 //! `Manifest(bytes)`, `GetPages(set, [(addr, id)])` → `Pages(4096 × n)`, and (protocol 2)
 //! `Done(set)` → `DoneOk(message)`: the client has every page of the set resident. Every refusal is an
 //! `Error` frame with a message, after which the server closes that connection; other
@@ -116,13 +120,18 @@ pub const MIN_VERSION: u16 = 1;
 pub const DONE_VERSION: u16 = 2;
 /// Magic of the hello frame.
 pub const MAGIC: &[u8; 8] = b"HAULXFER";
-/// Largest frame accepted (kind byte + payload): room for [`MAX_PAGES`] pages and a header,
-/// or a manifest.
+/// Largest frame a client accepts (kind byte + payload): room for [`MAX_PAGES`] pages and a
+/// header, or a manifest.
 pub const MAX_FRAME: u32 = 64 << 20;
 /// Most pages one `GetPages` may ask for.
 pub const MAX_PAGES: u32 = 2048;
 /// Longest set name or token.
 pub const MAX_NAME: usize = 1024;
+/// Largest hello the server reads (kind, magic, version, token): before a client has said
+/// who it is, the server holds no more than this for it.
+pub const MAX_HELLO: u32 = 1 + 8 + 2 + 2 + MAX_NAME as u32;
+/// Largest request the server reads (kind, set name, count, [`MAX_PAGES`] × (address, id)).
+pub const MAX_REQUEST: u32 = 1 + 2 + MAX_NAME as u32 + 4 + MAX_PAGES * 24;
 
 pub(crate) mod kind {
     pub const HELLO: u8 = 1;
