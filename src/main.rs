@@ -55,6 +55,7 @@ fn error_chain(e: &Error) -> String {
 fn exit_code(e: &Error) -> u8 {
     match e {
         Error::Job(_) | Error::Usage(_) => exit::BAD_INPUT,
+        Error::Xfer(x) if x.is_bad_input() => exit::BAD_INPUT,
         Error::Run(haul::runner::RunError::Locked { .. }) => exit::LOCKED,
         Error::Run(haul::runner::RunError::Interrupted) => exit::INTERRUPTED,
         _ => exit::FAILED,
@@ -512,8 +513,11 @@ fn dump_cmd(args: cli::DumpArgs) -> Result<u8, Error> {
             .as_deref()
             .map(haul::xfer::read_token_file)
             .transpose()?;
+        let listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        // Bad input before anything is frozen (the worker checks again when it binds).
+        haul::xfer::check_listen(&listen, token.is_some())?;
         Some(haul::dump::worker::LazyServeRequest {
-            listen: args.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into()),
+            listen,
             token,
             source_timeout_us: haul::util::us(
                 args.source_timeout
@@ -875,6 +879,7 @@ impl haul::restore::PageSource for StoreArc {
 
 /// `haul page-server --listen ADDR --store DIR --set SET [--token-file F]`.
 fn page_server_cmd(args: cli::PageServerArgs) -> Result<u8, Error> {
+    haul::xfer::check_listen(&args.listen, args.token_file.is_some())?;
     let store = std::sync::Arc::new(haul::store::Store::open(&args.store.store)?);
     let token = args
         .token_file

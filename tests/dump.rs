@@ -237,7 +237,7 @@ fn leave_running_keeps_the_memwriter_going_with_the_same_memory() {
     let (m, out) = memwriter(dir.path(), 64, 2000);
     let pid = m.pid;
     // Pause the dirtying so the region's checksum must not change across the dump.
-    let (t1, sum1) = common::memwriter_pause(pid, &out);
+    let (t1, sum1) = common::memwriter_pause(pid, &out, 0);
     let maps_before = maps_text(pid);
     let fds_before = fd_list(pid);
     let mut sink = VecSink::default();

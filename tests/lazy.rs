@@ -73,8 +73,8 @@ fn paused_memwriter(dir: &Path, mib: u32) -> (Running, u64, String) {
     let mut cmd = Command::new(fixture("memwriter"));
     cmd.arg(mib.to_string()).arg("20000").arg(&out);
     let r = launch(cmd, &dir.join("log"));
-    memwriter_report(r.pid, &out, 0);
-    let (t2, c2) = common::memwriter_pause(r.pid, &out);
+    let (t0, _) = memwriter_report(r.pid, &out, 0);
+    let (t2, c2) = common::memwriter_pause(r.pid, &out, t0);
     (r, t2, c2)
 }
 
@@ -652,7 +652,7 @@ fn haul_dump_lazy_refuses_bad_flags_before_freezing_anything() {
     );
     // Not loopback, no token: refused before the process is touched.
     let out = run(&["--lazy", "--listen", "0.0.0.0:0"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "bad input exits 2");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a token file is required"), "{err}");
     assert_running_untraced(r.pid);

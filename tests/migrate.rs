@@ -516,7 +516,7 @@ fn memwriter_migrates_lazily_between_two_network_namespaces() {
     haul::sys::spawn::close_inherited_fds(&mut cmd);
     let mut r = Running::logged(&mut cmd, &dir.path().join("log"), true);
     common::memwriter_report(r.pid, &out, 0);
-    let (t2, sum) = common::memwriter_pause(r.pid, &out);
+    let (t2, sum) = common::memwriter_pause(r.pid, &out, 0);
     let store = Store::open_or_create(&a).unwrap();
     let kill_opts = DumpOptions {
         leave_running: false,

@@ -158,7 +158,7 @@ fn memwriter_region_checksum_is_the_same_after_restore_at_64mib() {
     // Let it dirty for a while (the region then holds ticks too), then pause the dirtying.
     let (t0, _) = memwriter_report(pid, &out, 0);
     memwriter_report(pid, &out, t0 + 5);
-    let (t2, c2) = common::memwriter_pause(pid, &out);
+    let (t2, c2) = common::memwriter_pause(pid, &out, 0);
 
     let store = new_store(dir.path());
     let set = dump_kill(&mut r, &store);

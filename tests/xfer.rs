@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{alive, fixture, haul, memwriter_report, send_signal, Running};
+use common::{alive, fixture, haul, memwriter_pause, memwriter_report, send_signal, Running};
 use haul::dump::{dump_to_store, DumpOptions};
 use haul::image::{ImageSet, PageRef};
 use haul::lazy::{restore_lazy, LazyOptions};
@@ -42,10 +42,7 @@ fn dumped_memwriter(dir: &Path, mib: u32) -> (Arc<Store>, ImageSet, u64, String)
     haul::sys::spawn::close_inherited_fds(&mut cmd);
     let mut r = Running::logged(&mut cmd, &dir.join("log"), true);
     let (t0, _) = memwriter_report(r.pid, &out, 0);
-    send_signal(r.pid, "USR2");
-    std::thread::sleep(Duration::from_millis(100));
-    let (t1, _) = memwriter_report(r.pid, &out, t0);
-    let (t2, c2) = memwriter_report(r.pid, &out, t1);
+    let (t2, c2) = memwriter_pause(r.pid, &out, t0);
     let store = Arc::new(Store::open_or_create(&dir.join("store")).unwrap());
     let d = dump_to_store(r.pid, &store, "test", &DumpOptions::default(), Some(1)).unwrap();
     r.child.wait().unwrap();
@@ -211,31 +208,46 @@ fn lazy_restore_through_the_page_server_is_exact() {
     assert!(rep.bytes_network > 4096 * 1000, "{rep:?}");
 }
 
-/// `haul page-server` as a child process (so that it can be killed); returns it and its address.
-fn page_server_process(store: &Path, set: &str) -> (std::process::Child, String) {
-    let mut child = haul()
-        .args([
-            "page-server",
-            "--listen",
-            "127.0.0.1:0",
-            "--set",
-            set,
-            "--store",
-        ])
-        .arg(store)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// `haul page-server` as a child process (so that it can be killed), with `--token-file` when
+/// given; killed and reaped when dropped.
+struct ServerProcess {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn page_server_process(store: &Path, set: &str, token_file: Option<&Path>) -> ServerProcess {
+    let mut cmd = haul();
+    cmd.args([
+        "page-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--set",
+        set,
+        "--store",
+    ])
+    .arg(store);
+    if let Some(t) = token_file {
+        cmd.arg("--token-file").arg(t);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
-    (child, addr)
+    let addr = line.trim().strip_prefix("listening on ").map(String::from);
+    let server = ServerProcess {
+        child,
+        addr: addr.clone().unwrap_or_default(),
+    };
+    assert!(addr.is_some(), "page server said {line:?}");
+    server
 }
 
 #[test]
@@ -243,7 +255,8 @@ fn killed_page_server_gets_the_restored_process_killed_within_source_timeout() {
     adopt_orphans();
     let dir = tempfile::tempdir().unwrap();
     let (_store, set, t, _) = dumped_memwriter(dir.path(), 32);
-    let (mut server, addr) = page_server_process(&dir.path().join("store"), &set.id);
+    let mut server = page_server_process(&dir.path().join("store"), &set.id, None);
+    let addr = server.addr.clone();
     let eager = RemoteSource::new(&addr, Vec::new(), Duration::from_secs(1));
     let lazy = Box::new(RemoteSource::new(&addr, Vec::new(), Duration::from_secs(1)));
     let lopts = LazyOptions {
@@ -256,8 +269,8 @@ fn killed_page_server_gets_the_restored_process_killed_within_source_timeout() {
     let lr = restore_lazy(&set, &eager, lazy, &RestoreOptions::default(), &lopts).unwrap();
     let pid = lr.pid();
     let g = Restored(pid);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
     send_signal(pid, "USR1");
     let rep = lr.wait().unwrap();
     assert!(rep.source_lost.is_some(), "{rep:?}");
@@ -428,4 +441,191 @@ fn store_page_server_speaks_protocol_1_and_has_nothing_to_release_on_done() {
     assert!(m.contains("nothing to release"), "{m}");
     // Said once: asking again gives the same answer.
     assert_eq!(src.done(&set.id).unwrap(), m);
+}
+
+// ---- issue #10: what clients send cannot take the server's memory, nor lock others out ----
+
+/// A field of /proc/PID/status, in KiB (VmRSS, VmHWM).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The frame limit the server used to read every frame with, hello included.
+const HUGE: usize = 64 << 20;
+
+/// Sends `prefix`, then a frame header of kind `kind` announcing [`HUGE`] bytes, then the body
+/// in 1 MiB writes until the server closes the connection. Returns the body bytes it took and
+/// the error that ended the writing (None: it took the whole body).
+fn flood(addr: &str, prefix: &[u8], kind: u8) -> (usize, Option<std::io::Error>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = prefix.to_vec();
+    head.extend_from_slice(&(HUGE as u32).to_le_bytes());
+    head.push(kind);
+    if let Err(e) = s.write_all(&head) {
+        return (0, Some(e));
+    }
+    let chunk = vec![0u8; 1 << 20];
+    let mut sent = 0;
+    while sent < HUGE - 1 {
+        let n = chunk.len().min(HUGE - 1 - sent);
+        if let Err(e) = s.write_all(&chunk[..n]) {
+            return (sent, Some(e));
+        }
+        sent += n;
+    }
+    (sent, None)
+}
+
+#[test]
+fn huge_frames_are_cut_off_before_their_body_and_the_server_stays_small() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, set, _, _) = dumped_memwriter(dir.path(), 4);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let server = page_server_process(&dir.path().join("store"), &set.id, Some(&token));
+    let pid = server.child.id();
+    let peak0 = status_kib(pid, "VmHWM");
+    // Eight clients announce a 64 MiB hello; four say hello with the token and then announce a
+    // 64 MiB request. All at once.
+    let floods: Vec<_> = (0..12)
+        .map(|i| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || match i < 8 {
+                true => flood(&addr, &[], 1),
+                false => flood(&addr, &hello(b"s3cret"), 6),
+            })
+        })
+        .collect();
+    for (i, f) in floods.into_iter().enumerate() {
+        let (sent, err) = f.join().unwrap();
+        let what = if i < 8 { "before hello" } else { "after hello" };
+        let err = err.unwrap_or_else(|| panic!("the server read a whole {HUGE}-byte frame {what}"));
+        assert!(
+            !matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the server neither read nor closed a huge frame {what} ({sent} bytes taken): {err}"
+        );
+    }
+    let peak = status_kib(pid, "VmHWM");
+    assert!(
+        peak < peak0 + 32 * 1024,
+        "the page server's RSS peaked at {peak} KiB (it started at {peak0} KiB)"
+    );
+    let mut c = Client::connect(&server.addr, b"s3cret", Duration::from_secs(10)).unwrap();
+    assert_eq!(c.manifest(&set.id).unwrap(), set);
+}
+
+#[test]
+fn silent_connections_do_not_lock_out_a_lazy_restore() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, set, t, c) = dumped_memwriter(dir.path(), 32);
+    let server = page_server_process(&dir.path().join("store"), &set.id, None);
+    let addr = server.addr.clone();
+    // Connections that never say hello, far more than the server serves at once.
+    let silent: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut cl = Client::connect(&addr, b"", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("with 200 silent connections open: {e}"));
+    assert_eq!(cl.manifest(&set.id).unwrap(), set);
+    drop(cl);
+    let eager = RemoteSource::new(&addr, Vec::new(), Duration::from_secs(5));
+    let remote_set = Arc::new(eager.manifest(&set.id).unwrap());
+    let lazy = Box::new(RemoteSource::new(&addr, Vec::new(), Duration::from_secs(5)));
+    let lopts = LazyOptions {
+        idle_push: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let lr = restore_lazy(
+        &remote_set,
+        &eager,
+        lazy,
+        &RestoreOptions::default(),
+        &lopts,
+    )
+    .unwrap();
+    let g = Restored(lr.pid());
+    let (_, c2) = memwriter_report(g.0, &dir.path().join("report"), t);
+    assert_eq!(c2, c);
+    let rep = lr.wait().unwrap();
+    assert_eq!(rep.source_lost, None);
+    // The server closed every silent connection, saying why: newer ones needed the room, or
+    // no hello came in time.
+    for (i, mut s) in silent.into_iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut b = Vec::new();
+        let r = s.read_to_end(&mut b);
+        let text = String::from_utf8_lossy(b.get(5..).unwrap_or_default());
+        assert!(
+            r.is_ok() && b.get(4) == Some(&3) && text.contains("hello"),
+            "silent connection {i}: {r:?}, {text:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_addresses_and_an_open_listen_without_token_are_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    Store::open_or_create(&store).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let token = token.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["page-server", "--listen", "nonsense", "--set", "x"],
+            "bad address \"nonsense\"",
+        ),
+        (
+            &["page-server", "--listen", "127.0.0.1:99999", "--set", "x"],
+            "bad address",
+        ),
+        (
+            &["page-server", "--listen", "0.0.0.0:0", "--set", "x"],
+            "a token file is required",
+        ),
+        (
+            &[
+                "page-server",
+                "--listen",
+                "192.0.2.1:0",
+                "--set",
+                "x",
+                "--token-file",
+                token,
+            ],
+            "not an address of this machine",
+        ),
+        (
+            &[
+                "restore", "x", "--lazy", "--pid", "any", "--from", "nonsense",
+            ],
+            "bad address \"nonsense\"",
+        ),
+        (
+            &["images", "pull", "x", "--from", "127.0.0.1:port"],
+            "bad address",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = haul()
+            .args(*args)
+            .arg("--store")
+            .arg(&store)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "haul {}: {err}", args.join(" "));
+        assert!(err.contains(want), "haul {}: {err}", args.join(" "));
+    }
 }

@@ -2,7 +2,7 @@
 //! of the lazy daemon (and of the eager part of a lazy restore).
 
 use std::io::{BufReader, BufWriter};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,11 +47,18 @@ impl Client {
         version: u16,
     ) -> Result<Client, XferError> {
         let io = |context: String| move |e| XferError::Io { context, source: e };
-        let sa = addr
-            .to_socket_addrs()
-            .map_err(io(format!("resolving {addr}")))?
-            .next()
-            .ok_or_else(|| XferError::Setup(format!("{addr} resolves to nothing")))?;
+        // A malformed address is the user's input; a name that does not resolve (now) is not.
+        let sa = super::resolve(addr).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => XferError::BadAddress {
+                addr: addr.to_string(),
+                why: "expected HOST:PORT of a page server",
+                source: e,
+            },
+            _ => XferError::Io {
+                context: format!("resolving {addr}"),
+                source: e,
+            },
+        })?[0];
         let s = TcpStream::connect_timeout(&sa, timeout)
             .map_err(io(format!("connecting to {addr}")))?;
         s.set_read_timeout(Some(timeout))

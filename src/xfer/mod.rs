@@ -1,9 +1,13 @@
 //! Page server and client (issue #7): a small framed protocol over TCP through which a lazy
 //! restore on one machine gets the manifest and the pages of an image set held by another.
 //!
-//! Frames: `u32` length (little-endian, counting the kind byte and the payload, at most
-//! [`MAX_FRAME`]), one kind byte, the payload. A connection starts with `Hello` (magic,
-//! version, token) answered by `HelloOk` or `Error`; then requests: `GetManifest(set)` →
+//! Frames: `u32` length (little-endian, counting the kind byte and the payload), one kind
+//! byte, the payload. The server reads a hello of at most [`MAX_HELLO`] bytes and requests of
+//! at most [`MAX_REQUEST`], refusing a longer one from its length alone (its body is never
+//! read); a client reads answers of at most [`MAX_FRAME`]. A connection starts with `Hello`
+//! (magic, version, token), due within a few seconds, answered by `HelloOk` or `Error`;
+//! connections waiting for it are few, the oldest dropped for a new one, and do not count
+//! against those served. Then requests: `GetManifest(set)` →
 //! `Manifest(bytes)`, `GetPages(set, [(addr, id)])` → `Pages(4096 × n)`, and (protocol 2)
 //! `Done(set)` → `DoneOk(message)`: the client has every page of the set resident. Every refusal is an
 //! `Error` frame with a message, after which the server closes that connection; other
@@ -52,6 +56,60 @@ pub enum XferError {
     /// The server cannot start as asked.
     #[error("page server: {0}")]
     Setup(String),
+    /// An address (`--listen`, `--from`) that does not parse, resolve, or belong to this
+    /// machine: bad input.
+    #[error("bad address {addr:?}: {why}")]
+    BadAddress {
+        addr: String,
+        why: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listen address other than loopback without a token: bad input.
+    #[error("{addr} is not a loopback address: a token file is required (--token-file)")]
+    TokenRequired { addr: String },
+}
+
+impl XferError {
+    /// Whether the error is the user's input (an address, a missing token) rather than a
+    /// failure: `main` exits with its bad-input code then.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            XferError::BadAddress { .. } | XferError::TokenRequired { .. }
+        )
+    }
+}
+
+/// The socket addresses `addr` (`HOST:PORT`) names, at least one.
+pub(crate) fn resolve(addr: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let v: Vec<_> = addr.to_socket_addrs()?.collect();
+    if v.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it names no address",
+        ));
+    }
+    Ok(v)
+}
+
+/// Checks a listen address before anything is done with it: it must parse and resolve
+/// (`HOST:PORT`), and without a token it must be loopback only. Returns its addresses.
+pub fn check_listen(addr: &str, has_token: bool) -> Result<Vec<std::net::SocketAddr>, XferError> {
+    let v = resolve(addr).map_err(|source| XferError::BadAddress {
+        addr: addr.to_string(),
+        why: "expected HOST:PORT to listen on, e.g. 127.0.0.1:7411",
+        source,
+    })?;
+    if !has_token {
+        if let Some(a) = v.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(XferError::TokenRequired {
+                addr: a.to_string(),
+            });
+        }
+    }
+    Ok(v)
 }
 
 /// Protocol version this build speaks (2: `Done`).
@@ -62,13 +120,18 @@ pub const MIN_VERSION: u16 = 1;
 pub const DONE_VERSION: u16 = 2;
 /// Magic of the hello frame.
 pub const MAGIC: &[u8; 8] = b"HAULXFER";
-/// Largest frame accepted (kind byte + payload): room for [`MAX_PAGES`] pages and a header,
-/// or a manifest.
+/// Largest frame a client accepts (kind byte + payload): room for [`MAX_PAGES`] pages and a
+/// header, or a manifest.
 pub const MAX_FRAME: u32 = 64 << 20;
 /// Most pages one `GetPages` may ask for.
 pub const MAX_PAGES: u32 = 2048;
 /// Longest set name or token.
 pub const MAX_NAME: usize = 1024;
+/// Largest hello the server reads (kind, magic, version, token): before a client has said
+/// who it is, the server holds no more than this for it.
+pub const MAX_HELLO: u32 = 1 + 8 + 2 + 2 + MAX_NAME as u32;
+/// Largest request the server reads (kind, set name, count, [`MAX_PAGES`] × (address, id)).
+pub const MAX_REQUEST: u32 = 1 + 2 + MAX_NAME as u32 + 4 + MAX_PAGES * 24;
 
 pub(crate) mod kind {
     pub const HELLO: u8 = 1;

@@ -2,16 +2,16 @@
 //! mode ([`PageServer::serve_source`]), the lazy pages of one set from the frozen process that
 //! holds them.
 
-use std::collections::HashMap;
-use std::io::{BufReader, BufWriter};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufReader, BufWriter, Read};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use super::{kind, read_frame, write_frame, Cur, FrameError, XferError, MAGIC, MAX_FRAME};
-use super::{DONE_VERSION, MAX_PAGES, MIN_VERSION, VERSION};
+use super::{kind, read_frame, write_frame, Cur, FrameError, XferError, MAGIC, MAX_HELLO};
+use super::{DONE_VERSION, MAX_PAGES, MAX_REQUEST, MIN_VERSION, VERSION};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::store::Store;
 
@@ -20,9 +20,14 @@ use crate::store::Store;
 pub struct ServerOptions {
     /// Required for any non-loopback address; checked before anything is sent.
     pub token: Option<Vec<u8>>,
-    /// Connections served at once; more are refused with an error frame.
+    /// Connections that said hello served at once; more are refused with an error frame.
     pub max_connections: usize,
-    /// A connection silent this long is closed.
+    /// Connections waiting for their hello, at most; a new one beyond drops the oldest. They
+    /// do not count against `max_connections`.
+    pub max_pending: usize,
+    /// A connection that has not said hello this long after it was accepted is closed.
+    pub hello_timeout: Duration,
+    /// A connection silent this long after its hello is closed.
     pub idle_timeout: Duration,
     /// Jobs whose final dumps are served too, including those dumped after the server
     /// started (loaded when first asked for): the source side of a migration can start the
@@ -35,6 +40,8 @@ impl Default for ServerOptions {
         ServerOptions {
             token: None,
             max_connections: 32,
+            max_pending: 64,
+            hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             jobs: Vec::new(),
         }
@@ -93,11 +100,90 @@ struct Shared {
     store: Arc<Store>,
     sets: RwLock<HashMap<String, Arc<Served>>>,
     opts: ServerOptions,
+    /// Connections that said hello.
     live: AtomicUsize,
+    /// Connections waiting for their hello.
+    pending: Mutex<Pending>,
     source: Option<SourceMode>,
 }
 
+/// The connections waiting for their hello, oldest first (see [`Shared::admit`]).
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    conns: VecDeque<PendingConn>,
+}
+
+struct PendingConn {
+    id: u64,
+    /// The same socket as the connection's thread holds: shut for reading when dropped.
+    stream: TcpStream,
+    dropped: Arc<AtomicBool>,
+}
+
+/// A connection's place in the pool of those waiting for hello; leaves it when dropped.
+struct Slot {
+    shared: Arc<Shared>,
+    id: u64,
+    /// Set when the pool dropped this connection to make room.
+    dropped: Arc<AtomicBool>,
+}
+
+impl Slot {
+    /// Leaves the pool; false when the connection had been dropped from it already.
+    fn leave(&self) -> bool {
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match p.conns.iter().position(|c| c.id == self.id) {
+            Some(i) => {
+                p.conns.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
 impl Shared {
+    /// Puts a connection just accepted into the pool of those waiting for hello. When the
+    /// pool is full the oldest there is dropped: its socket is shut for reading, so its
+    /// thread stops waiting, says why and ends. A crowd of silent connections thus keeps no
+    /// one out: each new client pushes the oldest silent one out, and none stays longer than
+    /// `hello_timeout`.
+    fn admit(self: &Arc<Self>, stream: &TcpStream) -> std::io::Result<Slot> {
+        let handle = stream.try_clone()?;
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        while p.conns.len() >= self.opts.max_pending.max(1) {
+            let Some(old) = p.conns.pop_front() else {
+                break;
+            };
+            old.dropped.store(true, Ordering::SeqCst);
+            let _ = old.stream.shutdown(Shutdown::Read);
+        }
+        let id = p.next;
+        p.next += 1;
+        p.conns.push_back(PendingConn {
+            id,
+            stream: handle,
+            dropped: dropped.clone(),
+        });
+        Ok(Slot {
+            shared: self.clone(),
+            id,
+            dropped,
+        })
+    }
+
     /// The set `name` if it is served: one of the sets the server was started for, or a final
     /// dump of one of `opts.jobs` (loaded on first request).
     fn served(&self, name: &str) -> Option<Arc<Served>> {
@@ -158,18 +244,26 @@ impl PageServer {
         sets: &[String],
         opts: ServerOptions,
     ) -> Result<PageServer, XferError> {
-        let listener = TcpListener::bind(addr).map_err(|e| XferError::Io {
-            context: format!("binding {addr}"),
-            source: e,
+        let addrs = super::check_listen(addr, opts.token.is_some())?;
+        let listener = TcpListener::bind(&addrs[..]).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrNotAvailable => XferError::BadAddress {
+                addr: addr.to_string(),
+                why: "not an address of this machine",
+                source: e,
+            },
+            _ => XferError::Io {
+                context: format!("binding {addr}"),
+                source: e,
+            },
         })?;
         let local = listener.local_addr().map_err(|e| XferError::Io {
             context: format!("address of {addr}"),
             source: e,
         })?;
         if !local.ip().is_loopback() && opts.token.is_none() {
-            return Err(XferError::Setup(format!(
-                "{local} is not a loopback address: a token file is required"
-            )));
+            return Err(XferError::TokenRequired {
+                addr: local.to_string(),
+            });
         }
         for j in &opts.jobs {
             crate::store::check_job_name(j)
@@ -186,6 +280,7 @@ impl PageServer {
                 sets: RwLock::new(loaded),
                 opts,
                 live: AtomicUsize::new(0),
+                pending: Mutex::default(),
                 source: None,
             }),
         })
@@ -262,7 +357,11 @@ impl PageServer {
         for conn in self.listener.incoming() {
             match conn {
                 Ok(s) => spawn_connection(&self.shared, s),
-                Err(e) => tracing::warn!("accept: {e}"),
+                Err(e) => {
+                    // Out of descriptors, say: give the connections a moment to end.
+                    tracing::warn!("accept: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
         }
         Ok(())
@@ -290,22 +389,24 @@ impl Drop for SourceServing {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if t.join().is_err() {
+                tracing::error!("page server: the accept thread panicked");
+            }
         }
     }
 }
 
-/// Serves one accepted connection in a thread of its own (or refuses it when too many are
-/// open).
+/// Serves one accepted connection in a thread of its own. It waits for its hello in the pool
+/// of such connections (see [`Shared::admit`]); only then does it count against
+/// `max_connections`.
 fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
-    let shared = shared.clone();
-    if shared.live.fetch_add(1, Ordering::SeqCst) >= shared.opts.max_connections {
-        shared.live.fetch_sub(1, Ordering::SeqCst);
-        let mut w = &stream;
-        let _ = write_frame(&mut w, kind::ERROR, b"too many connections");
-        return;
-    }
-    let sh = shared.clone();
+    let slot = match shared.admit(&stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("page server: cannot take a connection: {e}");
+            return;
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("haul-page-conn".into())
         .spawn(move || {
@@ -313,15 +414,83 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into());
-            if let Err(e) = connection(&sh, stream) {
+            if let Err(e) = connection(stream, slot) {
                 tracing::info!("page server: {peer}: {e}");
             }
-            sh.live.fetch_sub(1, Ordering::SeqCst);
         });
     if let Err(e) = spawned {
-        shared.live.fetch_sub(1, Ordering::SeqCst);
         tracing::warn!("cannot start a connection thread: {e}");
     }
+}
+
+/// Counts a connection that said hello in `live` while it lasts.
+struct Live<'a>(&'a AtomicUsize);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The reader of a hello: each read within the hello deadline, and none once the pool has
+/// dropped the connection. Unbuffered: what follows the hello stays in the socket.
+struct HelloReader<'a> {
+    stream: &'a TcpStream,
+    until: Instant,
+    dropped: &'a AtomicBool,
+}
+
+impl Read for HelloReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let dropped = || std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        if self.dropped.load(Ordering::SeqCst) {
+            return Err(dropped());
+        }
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut s = self.stream;
+        let n = s.read(buf)?;
+        if n == 0 && self.dropped.load(Ordering::SeqCst) {
+            return Err(dropped());
+        }
+        Ok(n)
+    }
+}
+
+/// Reads the hello frame of a connection in `slot`: at most [`MAX_HELLO`] bytes, within
+/// `hello_timeout`; refuses it on `w` otherwise. `Ok(None)`: the client left without a word.
+fn read_hello(
+    sh: &Shared,
+    stream: &TcpStream,
+    slot: &Slot,
+    w: &mut impl std::io::Write,
+) -> Result<Option<(u8, Vec<u8>)>, ConnEnd> {
+    let mut r = HelloReader {
+        stream,
+        until: Instant::now() + sh.opts.hello_timeout,
+        dropped: &slot.dropped,
+    };
+    let why = match read_frame(&mut r, MAX_HELLO) {
+        Ok(f) => return Ok(Some(f)),
+        Err(FrameError::Io(_)) if slot.dropped.load(Ordering::SeqCst) => format!(
+            "too many connections waiting for hello ({}): this one was the oldest",
+            sh.opts.max_pending
+        ),
+        Err(FrameError::Io(e)) => match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("no hello within {:?}", sh.opts.hello_timeout)
+            }
+            _ => format!("bad hello: reading: {e}"),
+        },
+        Err(FrameError::TooLarge(n)) => {
+            format!("bad hello: frame of {n} bytes (a hello is at most {MAX_HELLO})")
+        }
+    };
+    refuse(w, why).map(|()| None)
 }
 
 /// Tells the source's holder that a client connection ended (when dropped).
@@ -334,9 +503,18 @@ impl Drop for ClientGuard<'_> {
 }
 
 /// Sends an error frame and ends the connection with `message`.
-fn refuse(w: &mut impl std::io::Write, message: String) -> Result<(), String> {
+fn refuse(w: &mut impl std::io::Write, message: String) -> Result<(), ConnEnd> {
     let _ = write_frame(w, kind::ERROR, message.as_bytes());
-    Err(message)
+    Err(ConnEnd::Refused(message))
+}
+
+/// Why the server ended a connection early (logged; a refusal was sent to the client too).
+#[derive(Debug, thiserror::Error)]
+enum ConnEnd {
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("writing: {0}")]
+    Write(#[source] std::io::Error),
 }
 
 /// Compares without an early exit, so the time does not tell how much of a token was right.
@@ -344,22 +522,16 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
-    let _ = stream.set_read_timeout(Some(sh.opts.idle_timeout));
+fn connection(stream: TcpStream, slot: Slot) -> Result<(), ConnEnd> {
+    let shared = slot.shared.clone();
+    let sh = &*shared;
     let _ = stream.set_nodelay(true);
-    let mut r = BufReader::new(&stream);
+    // A client that does not read its refusal does not hold the thread either.
+    let _ = stream.set_write_timeout(Some(sh.opts.hello_timeout));
     let mut w = BufWriter::new(&stream);
-    let frame = |r: &mut BufReader<&TcpStream>| match read_frame(r, MAX_FRAME) {
-        Ok(f) => Ok(Some(f)),
-        Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(FrameError::Io(e)) => Err(format!("reading: {e}")),
-        Err(FrameError::TooLarge(n)) => Err(format!("frame of {n} bytes")),
-    };
-    // Hello first; the token is checked before anything else is sent.
-    let hello = match frame(&mut r) {
-        Ok(Some(f)) => f,
-        Ok(None) => return Ok(()),
-        Err(e) => return refuse(&mut w, format!("bad hello: {e}")),
+    // Hello first, small and soon; the token is checked before anything else is sent.
+    let Some(hello) = read_hello(sh, &stream, &slot, &mut w)? else {
+        return Ok(());
     };
     let mut c = Cur(&hello.1);
     if hello.0 != kind::HELLO || c.take(8) != Some(&MAGIC[..]) {
@@ -390,13 +562,36 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
             return refuse(&mut w, "wrong token".into());
         }
     }
-    write_frame(&mut w, kind::HELLO_OK, &version.to_le_bytes()).map_err(|e| e.to_string())?;
+    if !slot.leave() {
+        return refuse(
+            &mut w,
+            "too many connections waiting for hello: this one was dropped".into(),
+        );
+    }
+    if sh.live.fetch_add(1, Ordering::SeqCst) >= sh.opts.max_connections {
+        sh.live.fetch_sub(1, Ordering::SeqCst);
+        return refuse(&mut w, "too many connections".into());
+    }
+    let _live = Live(&sh.live);
+    let _ = stream.set_read_timeout(Some(sh.opts.idle_timeout));
+    let _ = stream.set_write_timeout(Some(sh.opts.idle_timeout));
+    let mut r = BufReader::new(&stream);
+    let frame = |r: &mut BufReader<&TcpStream>| match read_frame(r, MAX_REQUEST) {
+        Ok(f) => Ok(Some(f)),
+        Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(FrameError::Io(e)) => Err(format!("reading: {e}")),
+        Err(FrameError::TooLarge(n)) => Err(format!(
+            "frame of {n} bytes (a request is at most {MAX_REQUEST})"
+        )),
+    };
+    write_frame(&mut w, kind::HELLO_OK, &version.to_le_bytes()).map_err(ConnEnd::Write)?;
     if sh.source.is_some() {
         // A restore's daemon may be silent for a long time (no faults before its idle push)
         // and still be there: closing its connection would make the source look abandoned
         // and thaw it while the restored copy runs. Once it said hello, only a dead peer ends
         // its connection; keepalive finds one within about 11 s.
         let _ = stream.set_read_timeout(None);
+        let _ = stream.set_write_timeout(None);
         if let Err(e) = crate::sys::net::set_tcp_keepalive(
             &stream,
             Duration::from_secs(5),
@@ -429,7 +624,7 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
         };
         match k {
             kind::GET_MANIFEST => {
-                write_frame(&mut w, kind::MANIFEST, &served.manifest).map_err(|e| e.to_string())?;
+                write_frame(&mut w, kind::MANIFEST, &served.manifest).map_err(ConnEnd::Write)?;
             }
             kind::GET_PAGES => {
                 let n = c.u32().unwrap_or(0);
@@ -491,7 +686,7 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
                         out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(page);
                     }
                 }
-                write_frame(&mut w, kind::PAGES, &out).map_err(|e| e.to_string())?;
+                write_frame(&mut w, kind::PAGES, &out).map_err(ConnEnd::Write)?;
             }
             kind::DONE => {
                 let Some(src) = &sh.source else {
@@ -500,7 +695,7 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
                         kind::DONE_OK,
                         b"nothing to release: this server serves a store",
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ConnEnd::Write)?;
                     continue;
                 };
                 let (reply, answer) = channel();
@@ -517,7 +712,7 @@ fn connection(sh: &Shared, stream: TcpStream) -> Result<(), String> {
                     .unwrap_or_else(|_| "the source did not answer".into());
                 let r = write_frame(&mut w, kind::DONE_OK, msg.as_bytes());
                 let _ = wrote.send(());
-                r.map_err(|e| e.to_string())?;
+                r.map_err(ConnEnd::Write)?;
                 return Ok(());
             }
             other => return refuse(&mut w, format!("unknown request kind {other}")),

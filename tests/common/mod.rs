@@ -381,11 +381,12 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 }
 
 /// Pauses a memwriter's dirtying (SIGUSR2) and waits until it has really stopped writing: two
-/// reports, ticks apart, with the same region checksum. Returns that last (ticks, checksum).
-/// (A fixed sleep after the signal would assume how fast a loaded machine delivers it.)
-pub fn memwriter_pause(pid: i32, out: &Path) -> (u64, String) {
+/// reports, ticks apart, with the same region checksum. Returns that last (ticks, checksum);
+/// `after` is a tick count already reported (0: none). (A fixed sleep after the signal would
+/// assume how fast a loaded machine delivers it.)
+pub fn memwriter_pause(pid: i32, out: &Path, after: u64) -> (u64, String) {
     send_signal(pid, "USR2");
-    let (mut t, mut sum) = memwriter_report(pid, out, 0);
+    let (mut t, mut sum) = memwriter_report(pid, out, after);
     for _ in 0..50 {
         let (t2, sum2) = memwriter_report(pid, out, t + 1);
         if sum2 == sum {
