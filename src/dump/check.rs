@@ -201,6 +201,7 @@ fn check_uses_into(
             list.join(", ")
         )));
     }
+    check_places(pid, found)?;
     let fds = fd_images_into(pid, found)?;
     let maps = match before {
         Some(b) => {
@@ -243,6 +244,64 @@ fn check_uses_into(
         found.note(check_mapping(pid, m))?;
     }
     Ok(Snapshot { maps, fds })
+}
+
+/// The namespaces a restore puts the process in are haul's own: one of the process's own would
+/// be silently swapped for haul's (its network, its mounts, its hostname...).
+const NAMESPACES: [(&str, &str); 9] = [
+    ("net", "network"),
+    ("mnt", "mount"),
+    ("uts", "UTS (hostname)"),
+    ("ipc", "IPC"),
+    ("cgroup", "cgroup"),
+    ("user", "user"),
+    ("time", "time"),
+    ("time_for_children", "time namespace for its children"),
+    ("pid_for_children", "PID namespace for its children"),
+];
+
+/// Where the process is: its namespaces, its root and its current directory must be ones a
+/// restore here gives back exactly, else they are refused by name.
+fn check_places(pid: i32, found: &mut Refusals) -> Result<(), DumpError> {
+    for (ns, what) in NAMESPACES {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}"));
+        match (theirs, ours) {
+            (Ok(t), Ok(o)) if t != o => found.add(unsupported(format!(
+                "pid {pid} is in a {what} namespace of its own ({}): namespaces are not supported yet",
+                t.display()
+            ))),
+            (Err(e), _) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(DumpError::Io {
+                    context: format!("pid {pid}: reading /proc/{pid}/ns/{ns}"),
+                    source: e,
+                })
+            }
+            // This kernel has no such namespace (neither side does), or they are one.
+            _ => {}
+        }
+    }
+    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let root = id(&format!("/proc/{pid}/root"));
+    if root.is_ok() && root.ok() != id("/").ok() {
+        found.add(unsupported(format!(
+            "pid {pid} runs in a chroot ({}): a changed root is not supported yet",
+            proc::read_link(std::path::Path::new(&format!("/proc/{pid}/root"))).unwrap_or_default()
+        )));
+    }
+    let cwd = proc::cwd(pid)?;
+    let theirs = id(&format!("/proc/{pid}/cwd")).ok();
+    if cwd.ends_with(" (deleted)") {
+        found.add(unsupported(format!(
+            "pid {pid}: its current directory {cwd} is deleted: this is not supported yet"
+        )));
+    } else if theirs.is_none() || id(&cwd).ok() != theirs {
+        found.add(unsupported(format!(
+            "pid {pid}: its current directory {cwd} is not that directory here any more \
+             (another mount namespace, or a /proc directory of a process that is gone)"
+        )));
+    }
+    Ok(())
 }
 
 /// An estimate of the bytes a dump will copy (anonymous resident memory), to size the buffers
@@ -534,21 +593,43 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
         }
     };
     let ft = md.file_type();
+    // A file is restored as the same file or not at all: one that is deleted, or whose path
+    // names another file now, is refused here rather than by the restore.
+    if md.nlink() == 0 || target.ends_with(" (deleted)") {
+        return no(if ft.is_char_device() {
+            "deleted device file"
+        } else {
+            "deleted file"
+        });
+    }
+    // The path must name the very file open (an O_PATH|O_NOFOLLOW fd is the link itself).
+    let now = if ft.is_symlink() {
+        std::fs::symlink_metadata(target)
+    } else {
+        std::fs::metadata(target)
+    };
+    if !now.is_ok_and(|n| n.dev() == md.dev() && n.ino() == md.ino()) {
+        return Err(unsupported(format!(
+            "pid {pid} fd {fd}: {target} no longer names the file it has open (renamed, \
+             replaced, or in another mount namespace): this is not supported yet"
+        )));
+    }
     if ft.is_char_device() {
         let rdev = md.rdev();
         let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-        return match (major, minor) {
-            (1, 3) => Ok(FdKind::DevNull),
-            (1, 5) => Ok(FdKind::DevZero),
-            (1, 9) => Ok(FdKind::DevUrandom),
-            // /dev/random: reopened by path (FdKind has no variant of its own).
-            (1, 8) => Ok(FdKind::File {
+        // The well-known nodes by their names; another node of the same device (mknod'ed
+        // elsewhere) is reopened by its own path, like /dev/random.
+        return match (major, minor, target) {
+            (1, 3, "/dev/null") => Ok(FdKind::DevNull),
+            (1, 5, "/dev/zero") => Ok(FdKind::DevZero),
+            (1, 9, "/dev/urandom") => Ok(FdKind::DevUrandom),
+            (1, 3 | 5 | 8 | 9, _) => Ok(FdKind::File {
                 path: target.to_string(),
                 pos: 0,
                 mode: md.mode(),
                 id: file_id(&md),
             }),
-            (4, _) | (5, _) | (136..=143, _) => no("tty"),
+            (4, _, _) | (5, _, _) | (136..=143, _, _) => no("tty"),
             _ => no("device"),
         };
     }
@@ -560,9 +641,6 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
     }
     if ft.is_socket() {
         return no("socket");
-    }
-    if md.nlink() == 0 || target.ends_with(" (deleted)") {
-        return no("deleted file");
     }
     Ok(FdKind::File {
         path: target.to_string(),

@@ -89,12 +89,14 @@ pub fn check_compat(
                     v.start, v.end, v.name
                 ))
             })?;
-            same_file(&v.name, id, true).map_err(|r| bad(format!("mapped file {r}")))?;
+            same_file(&v.name, id, true, false).map_err(|r| bad(format!("mapped file {r}")))?;
         }
     }
     for f in &p.fds {
-        if let FdKind::File { path, id, .. } = &f.kind {
-            same_file(path, id, false).map_err(|r| bad(format!("fd {}: file {r}", f.fd)))?;
+        if let FdKind::File { path, id, mode, .. } = &f.kind {
+            // An O_PATH|O_NOFOLLOW fd of a symlink is the link itself.
+            let link = mode & libc::S_IFMT == libc::S_IFLNK;
+            same_file(path, id, false, link).map_err(|r| bad(format!("fd {}: file {r}", f.fd)))?;
         }
     }
     // A restored process starts with haul's capabilities and can only be given fewer.
@@ -125,8 +127,13 @@ pub fn check_compat(
 /// A mapped file must be exactly the file that was dumped (device, inode, size, mtime): its
 /// pages are the process's code and data. An open file must be the same inode; its size and
 /// mtime may have moved on (a log the original kept writing).
-fn same_file(path: &str, id: &FileId, strict: bool) -> Result<(), String> {
-    let md = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
+fn same_file(path: &str, id: &FileId, strict: bool, link: bool) -> Result<(), String> {
+    let md = if link {
+        std::fs::symlink_metadata(path)
+    } else {
+        std::fs::metadata(path)
+    }
+    .map_err(|e| format!("{path}: {e}"))?;
     if md.dev() != id.dev || md.ino() != id.ino {
         return Err(format!(
             "{path} is not the same file any more (inode {} was {})",

@@ -80,7 +80,9 @@ pub(super) fn restore_fds(
             .map_err(|e| e.to_string())?;
         let fd = f.fd as u64;
         move_fd(rs, got, f)?;
-        if let Some(pos) = pos {
+        // An O_PATH fd has no offset (lseek fails with EBADF).
+        let o_path = f.flags & libc::O_PATH as u32 != 0;
+        if let Some(pos) = pos.filter(|_| !o_path) {
             rs.call_ok(
                 SYS_LSEEK,
                 [fd, pos, libc::SEEK_SET as u64, 0, 0, 0],
