@@ -811,3 +811,36 @@ fn placeholder_with_unbalanced_brace_is_rejected() {
          literal braces)"
     );
 }
+
+// ---- numbers, names and paths that only failed at run time ----
+
+#[test]
+fn non_finite_numbers_are_rejected_naming_the_field() {
+    for (v, shown) in [
+        ("inf", "inf"),
+        ("+inf", "inf"),
+        ("-inf", "-inf"),
+        ("nan", "NaN"),
+    ] {
+        assert_eq!(
+            error_of(&format!("{PROCESS}[predump]\nstop_growth = {v}\n")),
+            format!(
+                "DIR/x.toml:4:15: predump.stop_growth: expected a finite number, found {shown}"
+            )
+        );
+    }
+}
+
+#[test]
+fn integer_too_large_for_toml_names_the_field() {
+    assert_eq!(
+        error_of(&format!("{PROCESS}[store]\nkeep = 99999999999999999999\n")),
+        "DIR/x.toml:4:8: store.keep: too large, found 99999999999999999999 (a TOML integer ends \
+         at 9223372036854775807)"
+    );
+    assert_eq!(
+        error_of("[process]\npid = -99999999999999999999\n"),
+        "DIR/x.toml:2:7: process.pid: too small, found -99999999999999999999 (a TOML integer \
+         ends at -9223372036854775808)"
+    );
+}

@@ -99,7 +99,10 @@ pub struct PredumpSpec {
     #[serde(default = "defaults::stop_below")]
     pub stop_below: Size,
     /// Diverging: an iteration wrote this factor more than the last.
-    #[serde(default = "defaults::stop_growth")]
+    #[serde(
+        default = "defaults::stop_growth",
+        deserialize_with = "super::units::finite"
+    )]
     pub stop_growth: f64,
     #[serde(default)]
     pub tracker: Tracker,

@@ -47,6 +47,19 @@ macro_rules! deserialize_from_str {
     };
 }
 
+/// Reads a number that must be finite: TOML allows `inf` and `nan`, which no setting means (and
+/// which JSON, spoken to the checkpoint worker, cannot carry).
+pub(crate) fn finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "expected a finite number, found {v}"
+        )))
+    }
+}
+
 impl std::str::FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
