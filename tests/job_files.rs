@@ -90,7 +90,9 @@ fn counter_example_resolves_paths_against_its_folder() {
     assert_eq!(Path::new(&cmd[0]), jobs_dir.join("../fixtures/bin/counter"));
     // Placeholders stay for the runner to expand.
     assert_eq!(cmd[1], "{run_dir}/counter.log");
-    assert_eq!(p.ready, Some(Ready::StdoutLine("ready".into())));
+    let ready = p.ready.as_ref().unwrap();
+    assert_eq!(ready.when, Ready::StdoutLine("ready".into()));
+    assert_eq!(ready.timeout(), job::defaults::ready_timeout());
     assert_eq!(job.store_path(), jobs_dir.join("../haul-store"));
     assert_eq!(job.spec.report.dir, jobs_dir.join("../reports"));
     assert_eq!(
@@ -210,7 +212,10 @@ path = "{store_root}"
     );
     assert_eq!(p.stdout, Output::Path("{run_dir}/out.txt".into()));
     assert_eq!(p.stderr, Output::Path("/dev/null".into()));
-    assert_eq!(p.ready, Some(Ready::File(dir.path().join("{job}.ready"))));
+    assert_eq!(
+        p.ready.as_ref().map(|r| &r.when),
+        Some(&Ready::File(dir.path().join("{job}.ready")))
+    );
     assert_eq!(job.store_path(), Path::new("/srv/store"));
     assert_eq!(
         job::expand_path(p.stdout.path().unwrap(), &values()).unwrap(),
@@ -788,7 +793,7 @@ fn ready_with_two_conditions_is_rejected() {
     assert_eq!(
         error_of("[process]\ncommand = [\"a\"]\nready = { after = \"1s\", file = \"x\" }\n"),
         "DIR/x.toml:3:9: process.ready: expected one of { after = \"300ms\" }, { file = \"...\" }, \
-         { stdout_line = \"...\" }"
+         { stdout_line = \"...\" } (file and stdout_line may add timeout = \"60s\")"
     );
 }
 
@@ -842,5 +847,45 @@ fn integer_too_large_for_toml_names_the_field() {
         error_of("[process]\npid = -99999999999999999999\n"),
         "DIR/x.toml:2:7: process.pid: too small, found -99999999999999999999 (a TOML integer \
          ends at -9223372036854775808)"
+    );
+}
+
+#[test]
+fn ready_timeout_bounds_file_and_stdout_line_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{PROCESS}ready = {{ file = \"x\", timeout = \"30s\" }}\n");
+    let job = job::load(&write(dir.path(), "a.toml", &text)).unwrap();
+    let r = job.spec.process.ready.unwrap();
+    assert_eq!(r.when, Ready::File(dir.path().join("x")));
+    assert_eq!(r.timeout().to_string(), "30s");
+    // Default: 60 s.
+    let text = format!("{PROCESS}ready = {{ stdout_line = \"up\" }}\n");
+    let job = job::load(&write(dir.path(), "b.toml", &text)).unwrap();
+    assert_eq!(job.spec.process.ready.unwrap().timeout().to_string(), "60s");
+
+    assert_eq!(
+        error_of(&format!(
+            "{PROCESS}ready = {{ after = \"1s\", timeout = \"5s\" }}\n"
+        )),
+        "DIR/x.toml:3:25: process.ready.timeout: does not apply to ready.after (a fixed wait); it \
+         bounds the wait for file or stdout_line"
+    );
+    assert_eq!(
+        error_of(&format!(
+            "{PROCESS}ready = {{ file = \"x\", timeout = \"0s\" }}\n"
+        )),
+        "DIR/x.toml:3:33: process.ready.timeout: must be greater than 0"
+    );
+    assert_eq!(
+        error_of(&format!(
+            "{PROCESS}ready = {{ file = \"x\", timeout = \"soon\" }}\n"
+        )),
+        "DIR/x.toml:3:33: process.ready.timeout: expected a duration like \"1s\", found \"soon\""
+    );
+    assert_eq!(
+        error_of(&format!(
+            "{PROCESS}ready = {{ file = \"x\", timout = \"5s\" }}\n"
+        )),
+        "DIR/x.toml:3:23: process.ready.timout: unknown key; did you mean \"timeout\"?"
     );
 }

@@ -296,3 +296,130 @@ fn store_keep_prunes_older_sets_of_the_job() {
         .sum::<usize>();
     assert_eq!(pruned, 1);
 }
+
+// ---- waits end, paths fail plainly ----
+
+/// Runs `haul run --plain JOB` in `dir` and returns (exit code, stdout + stderr).
+fn run_plain(dir: &Path, j: &Path) -> (Option<i32>, String) {
+    let out = haul()
+        .args(["run", "--plain"])
+        .arg(j)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// Processes a test leaves running (restored or left running by a job): killed when dropped,
+/// also when an assertion fails first.
+#[derive(Default)]
+struct Leftovers(Vec<i32>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn ready_file_that_never_appears_fails_after_ready_timeout_and_frees_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = counter_job(dir.path(), "late", "");
+    let body = std::fs::read_to_string(&j).unwrap().replace(
+        "{ stdout_line = \"ready\" }",
+        "{ file = \"never\", timeout = \"1s\" }",
+    );
+    std::fs::write(&j, body).unwrap();
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(1), "{text}");
+    let r = &reports(dir.path())[0];
+    assert_eq!(r["outcome"], "failed");
+    let want = format!(
+        "ready.file {} did not appear within 1s (ready.timeout)",
+        dir.path().join("never").display()
+    );
+    assert!(r["errors"][0].as_str().unwrap().contains(&want), "{r}");
+    let ready = &r["stages"].as_array().unwrap()[1];
+    assert_eq!(
+        (&ready["name"], &ready["ok"]),
+        (&"ready".into(), &false.into())
+    );
+    let pid = r["pid"].as_i64().unwrap() as i32;
+    assert!(!common::alive(pid), "launched process {pid} still runs");
+    // The lock went with the run: the next one runs (and fails the same way), not exit 3.
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(1), "{text}");
+}
+
+#[test]
+fn verify_is_not_held_by_a_background_child_keeping_its_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = counter_job(
+        dir.path(),
+        "bg",
+        "[dump]\nleave_running = true\n[restore]\npid = \"any\"\n[verify]\n\
+         command = [\"sh\", \"-c\", \"sleep 1000 & echo $! > {run_dir}/bg.pid; echo OK\"]\n\
+         expect_stdout = \"OK\"\ntimeout = \"2s\"\n",
+    );
+    let mut child = haul()
+        .args(["run", "--plain"])
+        .arg(&j)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut leftovers = Leftovers::default();
+    // Not a speed check: the run must end at all (it used to wait for the sleep to end).
+    let ended = wait_for(Duration::from_secs(120), || {
+        child.try_wait().unwrap().is_some()
+    });
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("reports"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.ends_with(".locks"))
+        .collect();
+    let bg: Option<i32> = runs
+        .iter()
+        .find_map(|run| std::fs::read_to_string(run.join("bg.pid")).ok())
+        .and_then(|p| p.trim().parse().ok());
+    leftovers.0.extend(bg);
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        // No report names them: whatever runs with this test's folder in its command line.
+        let mine = dir.path().to_str().unwrap().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&mine) {
+                leftovers.0.push(pid);
+            }
+        }
+    }
+    let r = reports(dir.path()).into_iter().next();
+    for key in ["pid", "restored_pid"] {
+        if let Some(pid) = r.as_ref().and_then(|r| r[key].as_i64()) {
+            leftovers.0.push(pid as i32);
+        }
+    }
+    assert!(
+        ended,
+        "haul run is still waiting for the verify command's output"
+    );
+    let r = r.expect("a report");
+    assert_eq!(r["outcome"], "ok", "{r}");
+    assert_eq!(r["verify"]["passed"], true, "{r}");
+    let bg = bg.expect("the verify command wrote its background child's pid");
+    assert!(
+        wait_for(Duration::from_secs(10), || !common::alive(bg)),
+        "the verify command's background child {bg} was left running"
+    );
+}

@@ -1,6 +1,7 @@
 //! Diagnostics: one problem of a job file, with the file, the line and column of the offending
 //! value (or key), the field path and a message written for the person editing the file.
 
+use super::schema::READY_FORMS;
 use super::spans::{parse_path, Anchor, Node};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -320,10 +321,6 @@ pub(crate) fn field_at(text: &str, offset: usize) -> Option<String> {
     path.push(key);
     Some(path.join("."))
 }
-
-/// What `process.ready` may be.
-const READY_FORMS: &str =
-    "expected one of { after = \"300ms\" }, { file = \"...\" }, { stdout_line = \"...\" }";
 
 /// Splits "name`, expected one of `a`, `b`" into ("name", ["a", "b"]).
 fn split_unknown(rest: &str) -> (String, Vec<String>) {

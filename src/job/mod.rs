@@ -307,7 +307,11 @@ fn resolve(mut spec: JobSpec, dir: &Path, name: &str) -> JobSpec {
             *f = join(&base, f);
         }
     }
-    if let Some(Ready::File(f)) = &mut p.ready {
+    if let Some(ReadySpec {
+        when: Ready::File(f),
+        ..
+    }) = &mut p.ready
+    {
         *f = join(&base, f);
     }
 

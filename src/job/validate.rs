@@ -274,20 +274,30 @@ fn process(c: &mut Checker, spec: &JobSpec, dir: &Path) {
             c.path_placeholders(&format!("process.{key}"), path, BEFORE_LAUNCH);
         }
     }
-    match &p.ready {
-        Some(Ready::File(f)) => {
+    let Some(ready) = &p.ready else { return };
+    match &ready.when {
+        Ready::File(f) => {
             if f.as_os_str().is_empty() {
                 c.value("process.ready.file", "must not be empty");
             }
             c.path_placeholders("process.ready.file", f, AFTER_LAUNCH);
         }
-        Some(Ready::StdoutLine(l)) if l.is_empty() => {
+        Ready::StdoutLine(l) if l.is_empty() => {
             c.value("process.ready.stdout_line", "must not be empty (any line would match)")
         }
-        Some(Ready::StdoutLine(_)) if p.command.is_none() => c.key(
+        Ready::StdoutLine(_) if p.command.is_none() => c.key(
             "process.ready",
             "stdout_line needs a launched process (with command): haul cannot read an attached process's stdout",
         ),
+        Ready::StdoutLine(_) | Ready::After(_) => {}
+    }
+    match (&ready.when, ready.timeout) {
+        (Ready::After(_), Some(_)) => c.key(
+            "process.ready.timeout",
+            "does not apply to ready.after (a fixed wait); it bounds the wait for file or \
+             stdout_line",
+        ),
+        (_, Some(t)) if t.0.is_zero() => c.value("process.ready.timeout", "must be greater than 0"),
         _ => {}
     }
 }

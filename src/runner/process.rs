@@ -9,10 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::RunError;
-use crate::job::{expand, Output, Placeholders, ProcessSpec, Ready};
+use crate::job::{expand, Output, Placeholders, ProcessSpec, Ready, ReadySpec};
 
-/// How long a `file` or `stdout_line` readiness condition may take.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a launched process gets to exit after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -204,36 +202,39 @@ pub fn check_attachable(pid: i32) -> Result<(), RunError> {
 }
 
 /// Waits until the process is ready. Fails if it exits first, if the runner is interrupted, or
-/// after [`READY_TIMEOUT`].
+/// when a `file` or `stdout_line` condition is not met within `ready.timeout`.
 pub fn wait_ready(
     target: &mut Target,
-    ready: Option<&Ready>,
+    ready: Option<&ReadySpec>,
     ph: &Placeholders,
     stop: &AtomicBool,
 ) -> Result<(), RunError> {
     let start = Instant::now();
-    let (deadline, what): (Duration, String) = match ready {
-        None => return check_exit(target),
-        Some(Ready::After(d)) => (d.0, format!("{:?}", d.0)),
-        Some(Ready::File(f)) => (READY_TIMEOUT, format!("no file {}", f.display())),
-        Some(Ready::StdoutLine(l)) => (READY_TIMEOUT, format!("no stdout line containing \"{l}\"")),
+    let Some(ready) = ready else {
+        return check_exit(target);
     };
-    let file = match ready {
-        Some(Ready::File(f)) => Some(PathBuf::from(
+    let timeout = ready.timeout();
+    let file = match &ready.when {
+        Ready::File(f) => Some(PathBuf::from(
             expand(&f.to_string_lossy(), ph).map_err(RunError::Setup)?,
         )),
         _ => None,
     };
-    let line = match ready {
-        Some(Ready::StdoutLine(l)) => {
-            if target.stdout_path.is_none() {
+    let line = match &ready.when {
+        Ready::StdoutLine(l) => match &target.stdout_path {
+            Some(p) => Some((l.as_str(), p.clone())),
+            // Validation rejects stdout = "null" with stdout_line; an attached process has none.
+            None => {
                 return Err(RunError::Setup(
                     "ready.stdout_line needs process.stdout to go to \"log\" or a file".into(),
-                ));
+                ))
             }
-            Some(l.as_str())
-        }
+        },
         _ => None,
+    };
+    let deadline = match &ready.when {
+        Ready::After(d) => d.0,
+        _ => timeout.0,
     };
     loop {
         check_exit(target)?;
@@ -241,27 +242,32 @@ pub fn wait_ready(
             return Err(RunError::Interrupted);
         }
         let elapsed = start.elapsed();
-        match ready {
-            Some(Ready::After(_)) if elapsed >= deadline => return Ok(()),
-            _ => {}
-        }
         if let Some(f) = &file {
             if f.exists() {
                 return Ok(());
             }
         }
-        if let (Some(l), Some(p)) = (line, &target.stdout_path) {
+        if let Some((l, p)) = &line {
             if std::fs::read(p)
                 .is_ok_and(|b| String::from_utf8_lossy(&b).lines().any(|x| x.contains(l)))
             {
                 return Ok(());
             }
         }
-        if !matches!(ready, Some(Ready::After(_))) && elapsed >= deadline {
-            return Err(RunError::NotReady(format!(
-                "{what} after {}s",
-                deadline.as_secs()
-            )));
+        if elapsed >= deadline {
+            return match (&ready.when, &file, &line) {
+                (Ready::After(_), _, _) => Ok(()),
+                (_, Some(f), _) => Err(RunError::NotReady(format!(
+                    "ready.file {} did not appear within {timeout} (ready.timeout)",
+                    f.display()
+                ))),
+                (_, _, Some((l, p))) => Err(RunError::NotReady(format!(
+                    "ready.stdout_line: no line containing \"{l}\" in {} within {timeout} \
+                     (ready.timeout)",
+                    p.display()
+                ))),
+                _ => Ok(()),
+            };
         }
         std::thread::sleep(
             Duration::from_millis(10)
