@@ -97,7 +97,7 @@ fn counter_example_resolves_paths_against_its_folder() {
     assert_eq!(job.spec.report.dir, jobs_dir.join("../reports"));
     assert_eq!(
         job.spec.report.history,
-        jobs_dir.join("../reports/history.jsonl")
+        Some(jobs_dir.join("../reports/history.jsonl"))
     );
     assert!(!job.spec.dump.leave_running);
 }
@@ -127,7 +127,7 @@ fn defaults_fill_name_cwd_store_and_report() {
     assert_eq!(job.spec.report.dir, dir.path().join("reports"));
     assert_eq!(
         job.spec.report.history,
-        dir.path().join("reports/history.jsonl")
+        Some(dir.path().join("reports/history.jsonl"))
     );
     if std::env::var_os("HAUL_STORE").is_none() {
         assert_eq!(job.store_path(), dir.path().join("haul-store"));
@@ -848,6 +848,20 @@ fn integer_too_large_for_toml_names_the_field() {
         "DIR/x.toml:2:7: process.pid: too small, found -99999999999999999999 (a TOML integer \
          ends at -9223372036854775808)"
     );
+}
+
+#[test]
+fn history_defaults_to_inside_report_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{PROCESS}[report]\ndir = \"/var/tmp/elsewhere/{{job}}\"\n");
+    let job = job::load(&write(dir.path(), "x.toml", &text)).unwrap();
+    assert_eq!(
+        job.history_path(),
+        Path::new("/var/tmp/elsewhere/{job}/history.jsonl")
+    );
+    let text = format!("{PROCESS}[report]\ndir = \"r\"\n");
+    let job = job::load(&write(dir.path(), "y.toml", &text)).unwrap();
+    assert_eq!(job.history_path(), dir.path().join("r/history.jsonl"));
 }
 
 #[test]

@@ -423,3 +423,14 @@ fn verify_is_not_held_by_a_background_child_keeping_its_stdout() {
         "the verify command's background child {bg} was left running"
     );
 }
+
+#[test]
+fn report_dir_alone_puts_the_history_inside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = counter_job(dir.path(), "rd", "[report]\ndir = \"elsewhere\"\n");
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(0), "{text}");
+    let hist = std::fs::read_to_string(dir.path().join("elsewhere/history.jsonl")).unwrap();
+    assert_eq!(hist.lines().count(), 1);
+    assert!(!dir.path().join("reports").exists());
+}

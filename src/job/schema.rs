@@ -341,15 +341,15 @@ pub struct StoreSpec {
 pub struct ReportSpec {
     #[serde(default = "defaults::report_dir")]
     pub dir: PathBuf,
-    #[serde(default = "defaults::history")]
-    pub history: PathBuf,
+    /// Default: `<dir>/history.jsonl` (filled in when the job is loaded).
+    pub history: Option<PathBuf>,
 }
 
 impl Default for ReportSpec {
     fn default() -> Self {
         ReportSpec {
             dir: defaults::report_dir(),
-            history: defaults::history(),
+            history: None,
         }
     }
 }
@@ -399,9 +399,8 @@ pub mod defaults {
     pub fn report_dir() -> PathBuf {
         PathBuf::from("reports")
     }
-    pub fn history() -> PathBuf {
-        PathBuf::from("reports/history.jsonl")
-    }
+    /// The history's file name inside `report.dir` when `report.history` is not given.
+    pub const HISTORY_FILE: &str = "history.jsonl";
     /// How long `ready.file` / `ready.stdout_line` is waited for.
     pub fn ready_timeout() -> Dur {
         Dur(Duration::from_secs(60))

@@ -127,7 +127,9 @@ pub(crate) fn validate(
         );
     }
     c.path_placeholders("report.dir", &spec.report.dir, REPORT_DIR);
-    c.path_placeholders("report.history", &spec.report.history, BEFORE_LAUNCH);
+    if let Some(h) = &spec.report.history {
+        c.path_placeholders("report.history", h, BEFORE_LAUNCH);
+    }
 
     if let Some(v) = &spec.verify {
         if spec.restore.is_none() {

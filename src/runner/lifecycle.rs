@@ -62,7 +62,7 @@ pub fn run_paths(job: &Job, run: &str) -> Result<RunPaths, RunError> {
     let store = abs(exp(job.store_path(), &ph)?)?;
     ph.store = store.clone();
     let report_dir = abs(exp(&job.spec.report.dir, &ph)?)?;
-    let history = abs(exp(&job.spec.report.history, &ph)?)?;
+    let history = abs(exp(&job.history_path(), &ph)?)?;
     let run_dir = report_dir.join(format!("{}-{}", job.name, run));
     Ok(RunPaths {
         store,
