@@ -297,6 +297,165 @@ fn store_keep_prunes_older_sets_of_the_job() {
     assert_eq!(pruned, 1);
 }
 
+// ---- the examples in jobs/, run for real ----
+
+/// A child killed and reaped when dropped, whose first stdout line was read.
+struct FirstLine {
+    child: std::process::Child,
+    line: String,
+}
+
+impl FirstLine {
+    fn start(cmd: &mut std::process::Command) -> FirstLine {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next().and_then(|l| l.ok()).unwrap_or_default());
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        FirstLine { child, line }
+    }
+}
+
+impl Drop for FirstLine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every example job in jobs/ runs end to end with `haul run` and ends `ok`, every stage ok.
+/// They run from a copy of jobs/ in a temp folder (with `fixtures` linked beside it, as in the
+/// repository), so nothing is written into the repository; what a job's comment says to do
+/// first is done first: attach.toml gets a counter and its pidfile, migrate-remote.toml a page
+/// server (on a free port and with the token in the temp folder instead of 127.0.0.1:7411 and
+/// /tmp/haul-token, so that nothing else on the machine can collide with it).
+#[test]
+fn every_example_job_runs() {
+    let counter = fixture("counter");
+    let top = tempfile::tempdir().unwrap();
+    let top = top.path();
+    std::os::unix::fs::symlink(common::repo().join("fixtures"), top.join("fixtures")).unwrap();
+    std::fs::create_dir(top.join("jobs")).unwrap();
+    let token = top.join("haul-token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(common::repo().join("jobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    // In name order: migrate-remote's page server serves the store the jobs before it made.
+    files.sort();
+    assert!(files.len() >= 8, "{files:?}");
+    let mut leftovers = Leftovers::default();
+    for src in &files {
+        let file = src.file_name().unwrap().to_str().unwrap();
+        let copy = top.join("jobs").join(file);
+        std::fs::copy(src, &copy).unwrap();
+        let mut attached = None;
+        let mut server = None;
+        match file {
+            "attach.toml" => {
+                // mkdir -p runs && fixtures/bin/counter runs/attached.log > /dev/null &
+                // echo $! > runs/counter.pid
+                std::fs::create_dir_all(top.join("runs")).unwrap();
+                let log = top.join("runs/attached.log");
+                let mut cmd = common::clean_command(&counter);
+                // Its stderr would be the test's pipe, which a checkpoint refuses (at a
+                // terminal it would be the terminal).
+                cmd.arg(&log)
+                    .current_dir(top)
+                    .stderr(std::process::Stdio::null());
+                let c = common::Running::spawn(&mut cmd);
+                assert!(
+                    wait_for(Duration::from_secs(10), || !read_numbers(&log).is_empty()),
+                    "the counter to attach to never started"
+                );
+                std::fs::write(top.join("runs/counter.pid"), format!("{}\n", c.pid)).unwrap();
+                attached = Some((c, log));
+            }
+            "migrate-remote.toml" => {
+                let s = FirstLine::start(
+                    haul()
+                        .args(["page-server", "--listen", "127.0.0.1:0"])
+                        .args(["--store", "haul-store", "--job", "migrate-remote"])
+                        .arg("--token-file")
+                        .arg(&token)
+                        .current_dir(top),
+                );
+                let addr = s
+                    .line
+                    .strip_prefix("listening on ")
+                    .unwrap_or_else(|| panic!("page server said {:?}", s.line))
+                    .to_string();
+                let text = std::fs::read_to_string(&copy).unwrap();
+                assert!(text.contains("\"127.0.0.1:7411\"") && text.contains("/tmp/haul-token"));
+                let text = text
+                    .replace("\"127.0.0.1:7411\"", &format!("\"{addr}\""))
+                    .replace("/tmp/haul-token", token.to_str().unwrap());
+                std::fs::write(&copy, text).unwrap();
+                server = Some(s);
+            }
+            _ => {}
+        }
+
+        let out = haul()
+            .args(["run", "--plain"])
+            .arg(&copy)
+            .current_dir(top)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report = stdout
+            .split_once("(report ")
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(r, _)| PathBuf::from(r));
+        let r: Option<serde_json::Value> = report
+            .as_ref()
+            .and_then(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok());
+        for key in ["pid", "restored_pid"] {
+            if let Some(pid) = r.as_ref().and_then(|r| r[key].as_i64()) {
+                if common::alive(pid as i32)
+                    && attached.as_ref().is_none_or(|(c, _)| c.pid != pid as i32)
+                {
+                    leftovers.0.push(pid as i32);
+                }
+            }
+        }
+        assert!(
+            out.status.success(),
+            "{file}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = r.unwrap_or_else(|| panic!("{file}: no report in {stdout}"));
+        assert_eq!(r["outcome"], "ok", "{file}: {r}");
+        for s in r["stages"].as_array().unwrap() {
+            assert_eq!(s["ok"], true, "{file}: {s}");
+        }
+        // What the job promises about its process afterwards.
+        if let Some((c, log)) = &attached {
+            assert_eq!(r["pid"].as_i64(), Some(i64::from(c.pid)), "{file}: {r}");
+            let n = read_numbers(log).len();
+            assert!(
+                wait_for(Duration::from_secs(10), || read_numbers(log).len() > n),
+                "{file}: the attached counter stopped counting"
+            );
+        }
+        if let Some(pid) = r["restored_pid"].as_i64() {
+            assert!(common::alive(pid as i32), "{file}: restored {pid} is gone");
+        }
+        drop(server);
+    }
+}
+
 // ---- waits end, paths fail plainly ----
 
 /// Runs `haul run --plain JOB` in `dir` and returns (exit code, stdout + stderr).
@@ -432,5 +591,62 @@ fn report_dir_alone_puts_the_history_inside_it() {
     assert_eq!(code, Some(0), "{text}");
     let hist = std::fs::read_to_string(dir.path().join("elsewhere/history.jsonl")).unwrap();
     assert_eq!(hist.lines().count(), 1);
+    assert!(!dir.path().join("reports").exists());
+}
+
+/// What `haul run` would refuse for the job file alone, `haul check` refuses too, naming the
+/// field; and the run refuses it the same way, before anything starts.
+#[test]
+fn check_refuses_what_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("adir")).unwrap();
+    std::fs::write(dir.path().join("afile"), "").unwrap();
+    let long = "a".repeat(300);
+    let cases = [
+        (
+            "growth",
+            "[predump]\nstop_growth = inf\n",
+            "predump.stop_growth",
+        ),
+        (
+            "nan",
+            "[predump]\nstop_growth = nan\n",
+            "predump.stop_growth",
+        ),
+        (
+            "keep",
+            "[store]\nkeep = 99999999999999999999\n",
+            "store.keep",
+        ),
+        ("hist", "[report]\nhistory = \"adir\"\n", "report.history"),
+        ("store", "[store]\npath = \"afile\"\n", "store.path"),
+        ("under", "[store]\npath = \"afile/s\"\n", "store.path"),
+        ("rdir", "[report]\ndir = \"afile\"\n", "report.dir"),
+        ("quiet", "stdout = \"null\"\n", "process.stdout"),
+        ("out", "stdout = \"adir\"\n", "process.stdout"),
+        ("long", &format!("name = \"{long}\"\n"), "name"),
+    ];
+    for (name, extra, field) in cases {
+        // `name` is a top-level key: it goes before [process].
+        let j = if let Some(n) = extra.strip_prefix("name = ") {
+            let p = counter_job(dir.path(), name, "");
+            let body = std::fs::read_to_string(&p).unwrap();
+            std::fs::write(&p, format!("name = {n}{body}")).unwrap();
+            p
+        } else {
+            counter_job(dir.path(), name, extra)
+        };
+        let out = haul().arg("check").arg(&j).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{name}: {text}");
+        let file = j.display().to_string();
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&file) && l.contains(&format!(": {field}: "))),
+            "{name}: {text}"
+        );
+        let (code, text) = run_plain(dir.path(), &j);
+        assert_eq!(code, Some(2), "{name}: {text}");
+    }
     assert!(!dir.path().join("reports").exists());
 }
