@@ -584,6 +584,39 @@ fn verify_is_not_held_by_a_background_child_keeping_its_stdout() {
 }
 
 #[test]
+fn a_history_that_is_a_folder_at_run_time_is_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A placeholder hides it from check: only the run can find the folder in the way.
+    std::fs::create_dir(dir.path().join("h-hist")).unwrap();
+    let j = counter_job(dir.path(), "hist", "[report]\nhistory = \"h-{job}\"\n");
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(1), "{text}");
+    let r = &reports(dir.path())[0];
+    let want = format!(
+        "hist: failed: the job ran, but its report {}/reports/hist-{}.json was written but not \
+         added to the history: open history {}/h-hist: Is a directory",
+        dir.path().display(),
+        r["run"].as_str().unwrap(),
+        dir.path().display()
+    );
+    assert!(text.contains(&want), "{text}");
+    assert!(!text.contains("Ok;") && !text.contains("Some("), "{text}");
+}
+
+#[test]
+fn a_report_dir_that_is_a_file_at_run_time_says_no_report_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rd-nodir"), "").unwrap();
+    let j = counter_job(dir.path(), "nodir", "[report]\ndir = \"rd-{job}\"\n");
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("nodir: failed: create ") && text.contains("; no report was written"),
+        "{text}"
+    );
+}
+
+#[test]
 fn report_dir_alone_puts_the_history_inside_it() {
     let dir = tempfile::tempdir().unwrap();
     let j = counter_job(dir.path(), "rd", "[report]\ndir = \"elsewhere\"\n");
