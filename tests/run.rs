@@ -584,6 +584,25 @@ fn verify_is_not_held_by_a_background_child_keeping_its_stdout() {
 }
 
 #[test]
+fn missing_cwd_is_named_instead_of_blaming_the_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = job(
+        dir.path(),
+        "nocwd",
+        "[process]\ncommand = [\"sleep\", \"10\"]\ncwd = \"{run_dir}/nope/deeper\"\n",
+    );
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(1), "{text}");
+    let r = &reports(dir.path())[0];
+    let want = format!(
+        "cannot launch sleep: its working directory {}/nope/deeper (process.cwd) does not exist",
+        r["run_dir"].as_str().unwrap()
+    );
+    assert!(text.contains(&want), "{text}");
+    assert_eq!(r["errors"][0].as_str(), Some(want.as_str()), "{r}");
+}
+
+#[test]
 fn a_history_that_is_a_folder_at_run_time_is_said_plainly() {
     let dir = tempfile::tempdir().unwrap();
     // A placeholder hides it from check: only the run can find the folder in the way.

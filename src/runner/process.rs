@@ -96,18 +96,31 @@ pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<T
     let mut cmd = Command::new(prog);
     cmd.args(args).stdin(Stdio::null()).process_group(0);
     crate::sys::spawn::close_inherited_fds(&mut cmd);
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(expand(&cwd.to_string_lossy(), ph).map_err(RunError::Setup)?);
-    }
+    let cwd = match &spec.cwd {
+        Some(c) => {
+            let c = PathBuf::from(expand(&c.to_string_lossy(), ph).map_err(RunError::Setup)?);
+            // exec would blame a missing cwd on the program (ENOENT): name it first.
+            check_cwd(prog, &c)?;
+            cmd.current_dir(&c);
+            Some(c)
+        }
+        None => None,
+    };
     for (k, v) in &spec.env {
         cmd.env(k, expand(v, ph).map_err(RunError::Setup)?);
     }
     let (out, stdout_path) = open_output(&spec.stdout, run_dir.join("stdout.log"), ph)?;
     let (err, _) = open_output(&spec.stderr, run_dir.join("stderr.log"), ph)?;
     cmd.stdout(out).stderr(err);
-    let child = cmd.spawn().map_err(|e| RunError::Launch {
-        command: prog.clone(),
-        source: e,
+    let child = cmd.spawn().map_err(|e| {
+        // The cwd may have gone since it was checked.
+        match cwd.as_deref().map(|c| check_cwd(prog, c)) {
+            Some(Err(cwd_err)) => cwd_err,
+            _ => RunError::Launch {
+                command: prog.clone(),
+                source: e,
+            },
+        }
     })?;
     Ok(Target {
         pid: child.id() as i32,
@@ -115,6 +128,20 @@ pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<T
         stdout_path,
         gone: false,
     })
+}
+
+/// The launch's working directory must be a directory that exists.
+fn check_cwd(prog: &str, cwd: &Path) -> Result<(), RunError> {
+    let err = |source| RunError::Cwd {
+        command: prog.to_string(),
+        cwd: cwd.to_path_buf(),
+        source,
+    };
+    match std::fs::metadata(cwd) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(err(std::io::ErrorKind::NotADirectory.into())),
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// Attaches to a running process by pid or pidfile, after checking that it exists, is not a
