@@ -3,6 +3,10 @@
 
 mod common;
 
+/// Rules that used to pass `haul check` and fail only at run time.
+#[path = "job_files/run_time_rules.rs"]
+mod run_time_rules;
+
 use haul::job::{self, JobError, Output, Placeholders, Ready};
 use std::path::{Path, PathBuf};
 
@@ -90,12 +94,14 @@ fn counter_example_resolves_paths_against_its_folder() {
     assert_eq!(Path::new(&cmd[0]), jobs_dir.join("../fixtures/bin/counter"));
     // Placeholders stay for the runner to expand.
     assert_eq!(cmd[1], "{run_dir}/counter.log");
-    assert_eq!(p.ready, Some(Ready::StdoutLine("ready".into())));
+    let ready = p.ready.as_ref().unwrap();
+    assert_eq!(ready.when, Ready::StdoutLine("ready".into()));
+    assert_eq!(ready.timeout(), job::defaults::ready_timeout());
     assert_eq!(job.store_path(), jobs_dir.join("../haul-store"));
     assert_eq!(job.spec.report.dir, jobs_dir.join("../reports"));
     assert_eq!(
         job.spec.report.history,
-        jobs_dir.join("../reports/history.jsonl")
+        Some(jobs_dir.join("../reports/history.jsonl"))
     );
     assert!(!job.spec.dump.leave_running);
 }
@@ -125,7 +131,7 @@ fn defaults_fill_name_cwd_store_and_report() {
     assert_eq!(job.spec.report.dir, dir.path().join("reports"));
     assert_eq!(
         job.spec.report.history,
-        dir.path().join("reports/history.jsonl")
+        Some(dir.path().join("reports/history.jsonl"))
     );
     if std::env::var_os("HAUL_STORE").is_none() {
         assert_eq!(job.store_path(), dir.path().join("haul-store"));
@@ -210,7 +216,10 @@ path = "{store_root}"
     );
     assert_eq!(p.stdout, Output::Path("{run_dir}/out.txt".into()));
     assert_eq!(p.stderr, Output::Path("/dev/null".into()));
-    assert_eq!(p.ready, Some(Ready::File(dir.path().join("{job}.ready"))));
+    assert_eq!(
+        p.ready.as_ref().map(|r| &r.when),
+        Some(&Ready::File(dir.path().join("{job}.ready")))
+    );
     assert_eq!(job.store_path(), Path::new("/srv/store"));
     assert_eq!(
         job::expand_path(p.stdout.path().unwrap(), &values()).unwrap(),
@@ -788,7 +797,7 @@ fn ready_with_two_conditions_is_rejected() {
     assert_eq!(
         error_of("[process]\ncommand = [\"a\"]\nready = { after = \"1s\", file = \"x\" }\n"),
         "DIR/x.toml:3:9: process.ready: expected one of { after = \"300ms\" }, { file = \"...\" }, \
-         { stdout_line = \"...\" }"
+         { stdout_line = \"...\" } (file and stdout_line may add timeout = \"60s\")"
     );
 }
 

@@ -296,3 +296,409 @@ fn store_keep_prunes_older_sets_of_the_job() {
         .sum::<usize>();
     assert_eq!(pruned, 1);
 }
+
+// ---- the examples in jobs/, run for real ----
+
+/// A child killed and reaped when dropped, whose first stdout line was read.
+struct FirstLine {
+    child: std::process::Child,
+    line: String,
+}
+
+impl FirstLine {
+    fn start(cmd: &mut std::process::Command) -> FirstLine {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next().and_then(|l| l.ok()).unwrap_or_default());
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        FirstLine { child, line }
+    }
+}
+
+impl Drop for FirstLine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every example job in jobs/ runs end to end with `haul run` and ends `ok`, every stage ok.
+/// They run from a copy of jobs/ in a temp folder (with `fixtures` linked beside it, as in the
+/// repository), so nothing is written into the repository; what a job's comment says to do
+/// first is done first: attach.toml gets a counter and its pidfile, migrate-remote.toml a page
+/// server (on a free port and with the token in the temp folder instead of 127.0.0.1:7411 and
+/// /tmp/haul-token, so that nothing else on the machine can collide with it).
+#[test]
+fn every_example_job_runs() {
+    let counter = fixture("counter");
+    let top = tempfile::tempdir().unwrap();
+    let top = top.path();
+    std::os::unix::fs::symlink(common::repo().join("fixtures"), top.join("fixtures")).unwrap();
+    std::fs::create_dir(top.join("jobs")).unwrap();
+    let token = top.join("haul-token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(common::repo().join("jobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    // In name order: migrate-remote's page server serves the store the jobs before it made.
+    files.sort();
+    assert!(files.len() >= 8, "{files:?}");
+    let mut leftovers = Leftovers::default();
+    for src in &files {
+        let file = src.file_name().unwrap().to_str().unwrap();
+        let copy = top.join("jobs").join(file);
+        std::fs::copy(src, &copy).unwrap();
+        let mut attached = None;
+        let mut server = None;
+        match file {
+            "attach.toml" => {
+                // mkdir -p runs && fixtures/bin/counter runs/attached.log > /dev/null &
+                // echo $! > runs/counter.pid
+                std::fs::create_dir_all(top.join("runs")).unwrap();
+                let log = top.join("runs/attached.log");
+                let mut cmd = common::clean_command(&counter);
+                // Its stderr would be the test's pipe, which a checkpoint refuses (at a
+                // terminal it would be the terminal).
+                cmd.arg(&log)
+                    .current_dir(top)
+                    .stderr(std::process::Stdio::null());
+                let c = common::Running::spawn(&mut cmd);
+                assert!(
+                    wait_for(Duration::from_secs(10), || !read_numbers(&log).is_empty()),
+                    "the counter to attach to never started"
+                );
+                std::fs::write(top.join("runs/counter.pid"), format!("{}\n", c.pid)).unwrap();
+                attached = Some((c, log));
+            }
+            "migrate-remote.toml" => {
+                let s = FirstLine::start(
+                    haul()
+                        .args(["page-server", "--listen", "127.0.0.1:0"])
+                        .args(["--store", "haul-store", "--job", "migrate-remote"])
+                        .arg("--token-file")
+                        .arg(&token)
+                        .current_dir(top),
+                );
+                let addr = s
+                    .line
+                    .strip_prefix("listening on ")
+                    .unwrap_or_else(|| panic!("page server said {:?}", s.line))
+                    .to_string();
+                let text = std::fs::read_to_string(&copy).unwrap();
+                assert!(text.contains("\"127.0.0.1:7411\"") && text.contains("/tmp/haul-token"));
+                let text = text
+                    .replace("\"127.0.0.1:7411\"", &format!("\"{addr}\""))
+                    .replace("/tmp/haul-token", token.to_str().unwrap());
+                std::fs::write(&copy, text).unwrap();
+                server = Some(s);
+            }
+            _ => {}
+        }
+
+        let out = haul()
+            .args(["run", "--plain"])
+            .arg(&copy)
+            .current_dir(top)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report = stdout
+            .split_once("(report ")
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(r, _)| PathBuf::from(r));
+        let r: Option<serde_json::Value> = report
+            .as_ref()
+            .and_then(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok());
+        for key in ["pid", "restored_pid"] {
+            if let Some(pid) = r.as_ref().and_then(|r| r[key].as_i64()) {
+                if common::alive(pid as i32)
+                    && attached.as_ref().is_none_or(|(c, _)| c.pid != pid as i32)
+                {
+                    leftovers.0.push(pid as i32);
+                }
+            }
+        }
+        assert!(
+            out.status.success(),
+            "{file}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = r.unwrap_or_else(|| panic!("{file}: no report in {stdout}"));
+        assert_eq!(r["outcome"], "ok", "{file}: {r}");
+        for s in r["stages"].as_array().unwrap() {
+            assert_eq!(s["ok"], true, "{file}: {s}");
+        }
+        // What the job promises about its process afterwards.
+        if let Some((c, log)) = &attached {
+            assert_eq!(r["pid"].as_i64(), Some(i64::from(c.pid)), "{file}: {r}");
+            let n = read_numbers(log).len();
+            assert!(
+                wait_for(Duration::from_secs(10), || read_numbers(log).len() > n),
+                "{file}: the attached counter stopped counting"
+            );
+        }
+        if let Some(pid) = r["restored_pid"].as_i64() {
+            assert!(common::alive(pid as i32), "{file}: restored {pid} is gone");
+        }
+        drop(server);
+    }
+}
+
+// ---- waits end, paths fail plainly ----
+
+/// Runs `haul run --plain JOB` in `dir` and returns (exit code, stdout + stderr).
+fn run_plain(dir: &Path, j: &Path) -> (Option<i32>, String) {
+    let out = haul()
+        .args(["run", "--plain"])
+        .arg(j)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// Processes a test leaves running (restored or left running by a job): killed when dropped,
+/// also when an assertion fails first.
+#[derive(Default)]
+struct Leftovers(Vec<i32>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn ready_file_that_never_appears_fails_after_ready_timeout_and_frees_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = counter_job(dir.path(), "late", "");
+    let body = std::fs::read_to_string(&j).unwrap().replace(
+        "{ stdout_line = \"ready\" }",
+        "{ file = \"never\", timeout = \"1s\" }",
+    );
+    std::fs::write(&j, body).unwrap();
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(1), "{text}");
+    let r = &reports(dir.path())[0];
+    assert_eq!(r["outcome"], "failed");
+    let want = format!(
+        "ready.file {} did not appear within 1s (ready.timeout)",
+        dir.path().join("never").display()
+    );
+    assert!(r["errors"][0].as_str().unwrap().contains(&want), "{r}");
+    let ready = &r["stages"].as_array().unwrap()[1];
+    assert_eq!(
+        (&ready["name"], &ready["ok"]),
+        (&"ready".into(), &false.into())
+    );
+    let pid = r["pid"].as_i64().unwrap() as i32;
+    assert!(!common::alive(pid), "launched process {pid} still runs");
+    // The lock went with the run: the next one runs (and fails the same way), not exit 3.
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(1), "{text}");
+}
+
+#[test]
+fn verify_is_not_held_by_a_background_child_keeping_its_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = counter_job(
+        dir.path(),
+        "bg",
+        "[dump]\nleave_running = true\n[restore]\npid = \"any\"\n[verify]\n\
+         command = [\"sh\", \"-c\", \"sleep 1000 & echo $! > {run_dir}/bg.pid; echo OK\"]\n\
+         expect_stdout = \"OK\"\ntimeout = \"2s\"\n",
+    );
+    let mut child = haul()
+        .args(["run", "--plain"])
+        .arg(&j)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut leftovers = Leftovers::default();
+    // Not a speed check: the run must end at all (it used to wait for the sleep to end).
+    let ended = wait_for(Duration::from_secs(120), || {
+        child.try_wait().unwrap().is_some()
+    });
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("reports"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.ends_with(".locks"))
+        .collect();
+    let bg: Option<i32> = runs
+        .iter()
+        .find_map(|run| std::fs::read_to_string(run.join("bg.pid")).ok())
+        .and_then(|p| p.trim().parse().ok());
+    leftovers.0.extend(bg);
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        // No report names them: whatever runs with this test's folder in its command line.
+        let mine = dir.path().to_str().unwrap().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&mine) {
+                leftovers.0.push(pid);
+            }
+        }
+    }
+    let r = reports(dir.path()).into_iter().next();
+    for key in ["pid", "restored_pid"] {
+        if let Some(pid) = r.as_ref().and_then(|r| r[key].as_i64()) {
+            leftovers.0.push(pid as i32);
+        }
+    }
+    assert!(
+        ended,
+        "haul run is still waiting for the verify command's output"
+    );
+    let r = r.expect("a report");
+    assert_eq!(r["outcome"], "ok", "{r}");
+    assert_eq!(r["verify"]["passed"], true, "{r}");
+    let bg = bg.expect("the verify command wrote its background child's pid");
+    assert!(
+        wait_for(Duration::from_secs(10), || !common::alive(bg)),
+        "the verify command's background child {bg} was left running"
+    );
+}
+
+#[test]
+fn missing_cwd_is_named_instead_of_blaming_the_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = job(
+        dir.path(),
+        "nocwd",
+        "[process]\ncommand = [\"sleep\", \"10\"]\ncwd = \"{run_dir}/nope/deeper\"\n",
+    );
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(1), "{text}");
+    let r = &reports(dir.path())[0];
+    let want = format!(
+        "cannot launch sleep: its working directory {}/nope/deeper (process.cwd) does not exist",
+        r["run_dir"].as_str().unwrap()
+    );
+    assert!(text.contains(&want), "{text}");
+    assert_eq!(r["errors"][0].as_str(), Some(want.as_str()), "{r}");
+}
+
+#[test]
+fn a_history_that_is_a_folder_at_run_time_is_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A placeholder hides it from check: only the run can find the folder in the way.
+    std::fs::create_dir(dir.path().join("h-hist")).unwrap();
+    let j = counter_job(dir.path(), "hist", "[report]\nhistory = \"h-{job}\"\n");
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(1), "{text}");
+    let r = &reports(dir.path())[0];
+    let want = format!(
+        "hist: failed: the job ran, but its report {}/reports/hist-{}.json was written but not \
+         added to the history: open history {}/h-hist: Is a directory",
+        dir.path().display(),
+        r["run"].as_str().unwrap(),
+        dir.path().display()
+    );
+    assert!(text.contains(&want), "{text}");
+    assert!(!text.contains("Ok;") && !text.contains("Some("), "{text}");
+}
+
+#[test]
+fn a_report_dir_that_is_a_file_at_run_time_says_no_report_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rd-nodir"), "").unwrap();
+    let j = counter_job(dir.path(), "nodir", "[report]\ndir = \"rd-{job}\"\n");
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("nodir: failed: create ") && text.contains("; no report was written"),
+        "{text}"
+    );
+}
+
+#[test]
+fn report_dir_alone_puts_the_history_inside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = counter_job(dir.path(), "rd", "[report]\ndir = \"elsewhere\"\n");
+    let (code, text) = run_plain(dir.path(), &j);
+    assert_eq!(code, Some(0), "{text}");
+    let hist = std::fs::read_to_string(dir.path().join("elsewhere/history.jsonl")).unwrap();
+    assert_eq!(hist.lines().count(), 1);
+    assert!(!dir.path().join("reports").exists());
+}
+
+/// What `haul run` would refuse for the job file alone, `haul check` refuses too, naming the
+/// field; and the run refuses it the same way, before anything starts.
+#[test]
+fn check_refuses_what_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("adir")).unwrap();
+    std::fs::write(dir.path().join("afile"), "").unwrap();
+    let long = "a".repeat(300);
+    let cases = [
+        (
+            "growth",
+            "[predump]\nstop_growth = inf\n",
+            "predump.stop_growth",
+        ),
+        (
+            "nan",
+            "[predump]\nstop_growth = nan\n",
+            "predump.stop_growth",
+        ),
+        (
+            "keep",
+            "[store]\nkeep = 99999999999999999999\n",
+            "store.keep",
+        ),
+        ("hist", "[report]\nhistory = \"adir\"\n", "report.history"),
+        ("store", "[store]\npath = \"afile\"\n", "store.path"),
+        ("under", "[store]\npath = \"afile/s\"\n", "store.path"),
+        ("rdir", "[report]\ndir = \"afile\"\n", "report.dir"),
+        ("quiet", "stdout = \"null\"\n", "process.stdout"),
+        ("out", "stdout = \"adir\"\n", "process.stdout"),
+        ("long", &format!("name = \"{long}\"\n"), "name"),
+    ];
+    for (name, extra, field) in cases {
+        // `name` is a top-level key: it goes before [process].
+        let j = if let Some(n) = extra.strip_prefix("name = ") {
+            let p = counter_job(dir.path(), name, "");
+            let body = std::fs::read_to_string(&p).unwrap();
+            std::fs::write(&p, format!("name = {n}{body}")).unwrap();
+            p
+        } else {
+            counter_job(dir.path(), name, extra)
+        };
+        let out = haul().arg("check").arg(&j).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{name}: {text}");
+        let file = j.display().to_string();
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&file) && l.contains(&format!(": {field}: "))),
+            "{name}: {text}"
+        );
+        let (code, text) = run_plain(dir.path(), &j);
+        assert_eq!(code, Some(2), "{name}: {text}");
+    }
+    assert!(!dir.path().join("reports").exists());
+}

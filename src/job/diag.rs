@@ -1,6 +1,7 @@
 //! Diagnostics: one problem of a job file, with the file, the line and column of the offending
 //! value (or key), the field path and a message written for the person editing the file.
 
+use super::schema::READY_FORMS;
 use super::spans::{parse_path, Anchor, Node};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -192,6 +193,20 @@ pub(crate) fn from_de_error(
         }
     } else if let Some(msg) = rewrite_invalid(&raw) {
         msg
+    } else if raw.starts_with("number too large to fit")
+        || raw.starts_with("number too small to fit")
+    {
+        // toml's own integers stop at 64 bits; it says so while parsing, before any field.
+        let found = inner
+            .span()
+            .map(|s| value_text(text, s.start))
+            .unwrap_or_default();
+        let (what, limit) = if raw.contains("too large") {
+            ("too large", i64::MAX)
+        } else {
+            ("too small", i64::MIN)
+        };
+        format!("{what}, found {found} (a TOML integer ends at {limit})")
     } else {
         // toml syntax errors come as several lines ("invalid table header\nexpected ...").
         raw.lines()
@@ -206,12 +221,106 @@ pub(crate) fn from_de_error(
         Some(span) => Some(span.start),
         None => tree.and_then(|t| t.locate(&parse_path(&field), anchor)),
     };
+    if field.is_empty() {
+        // An error toml raised while parsing a value (before serde knew its field).
+        if let Some(f) = offset.and_then(|o| field_at(text, o)) {
+            field = f;
+        }
+    }
     Diagnostic::at(file, text, offset, &field, message)
 }
 
-/// What `process.ready` may be.
-const READY_FORMS: &str =
-    "expected one of { after = \"300ms\" }, { file = \"...\" }, { stdout_line = \"...\" }";
+/// The value written at byte `offset` of `text`, up to the next space, `,`, `]`, `}` or `#`.
+fn value_text(text: &str, offset: usize) -> String {
+    let rest = text.get(offset..).unwrap_or_default();
+    let end = rest
+        .find(|c: char| c.is_whitespace() || matches!(c, ',' | ']' | '}' | '#'))
+        .unwrap_or(rest.len());
+    rest[..end].to_string()
+}
+
+/// The field whose value is at byte `offset`, read from the text itself (the spanned tree cannot
+/// be built from a file toml cannot parse): the `[section]` header above the line, then the keys
+/// of the line up to the offset (`key = `, also inside inline tables). `None` when the offset is
+/// not inside a value of a `key = value` line (a bad header, a multi-line array's later line).
+pub(crate) fn field_at(text: &str, offset: usize) -> Option<String> {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+
+    // Keys of the line: a stack of the inline tables (Some(key)) and arrays (None) open at the
+    // offset, and the key whose value is being written.
+    let mut open: Vec<Option<String>> = Vec::new();
+    let mut key: Option<String> = None;
+    let mut token = String::new();
+    let mut quote: Option<char> = None;
+    for c in before[line_start..].chars() {
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            token.push(c);
+            continue;
+        }
+        match c {
+            '"' | '\'' => {
+                quote = Some(c);
+                token.push(c);
+            }
+            '=' => {
+                key = Some(
+                    token
+                        .trim()
+                        .split('.')
+                        .map(|k| k.trim().trim_matches(['"', '\'']))
+                        .collect::<Vec<_>>()
+                        .join("."),
+                );
+                token.clear();
+            }
+            '{' => {
+                open.push(Some(key.take()?));
+                token.clear();
+            }
+            '[' => {
+                open.push(None);
+                token.clear();
+            }
+            '}' | ']' => {
+                if let Some(Some(k)) = open.pop() {
+                    key = Some(k);
+                }
+                token.clear();
+            }
+            ',' => {
+                if !matches!(open.last(), Some(None)) {
+                    key = None;
+                }
+                token.clear();
+            }
+            _ => token.push(c),
+        }
+    }
+    let key = key.filter(|k| !k.is_empty())?;
+
+    let header = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| {
+            let inner = l.trim_start_matches('[');
+            let end = inner.find(']').unwrap_or(inner.len());
+            inner[..end].trim().to_string()
+        });
+    let mut path: Vec<String> = header.into_iter().filter(|h| !h.is_empty()).collect();
+    path.extend(open.into_iter().flatten());
+    path.push(key);
+    Some(path.join("."))
+}
 
 /// Splits "name`, expected one of `a`, `b`" into ("name", ["a", "b"]).
 fn split_unknown(rest: &str) -> (String, Vec<String>) {
@@ -327,6 +436,33 @@ mod tests {
         assert_eq!(line_col(t, 0), (1, 1));
         assert_eq!(line_col(t, 3), (2, 1));
         assert_eq!(line_col(t, t.find('=').unwrap()), (2, 5));
+    }
+
+    #[test]
+    fn field_at_reads_the_section_and_keys_before_a_value() {
+        let t = "[process]\ncommand = [\"a\"]\n\n[store]\nkeep = 999\n";
+        assert_eq!(
+            field_at(t, t.find("999").unwrap()).as_deref(),
+            Some("store.keep")
+        );
+        let t = "[process]\nready = { file = \"x=y\", timeout = 5 }\n";
+        assert_eq!(
+            field_at(t, t.find('5').unwrap()).as_deref(),
+            Some("process.ready.timeout")
+        );
+        let t = "name = \"a\"\nprocess.pid = 12\n";
+        assert_eq!(
+            field_at(t, t.find("12").unwrap()).as_deref(),
+            Some("process.pid")
+        );
+        let t = "[process]\ncommand = [\"a\", 7]\n";
+        assert_eq!(
+            field_at(t, t.find('7').unwrap()).as_deref(),
+            Some("process.command")
+        );
+        // Not in a value: a header.
+        let t = "[process]\n[predump\n";
+        assert_eq!(field_at(t, t.len() - 1), None);
     }
 
     #[test]

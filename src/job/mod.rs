@@ -61,8 +61,9 @@ impl JobError {
 /// In `spec`, every relative path is already joined to `dir`: `process.cwd` (default `dir`, set
 /// only for a launched command), `process.pidfile`, `stdout`/`stderr` paths, `ready.file`,
 /// `store.path` (always set: default `$HAUL_STORE`, else `dir/haul-store`), `report.dir` and
-/// `report.history`; a relative `command[0]` containing `/` is joined to the cwd. A relative path
-/// that starts with `{run_dir}` or `{store}` is left alone (those expand to absolute paths).
+/// `report.history` (always set: default `<report.dir>/history.jsonl`); a relative `command[0]`
+/// containing `/` is joined to the cwd. A relative path that starts with `{run_dir}` or
+/// `{store}` is left alone (those expand to absolute paths).
 ///
 /// These paths and strings are templates: pass them through [`expand`] / [`expand_path`] before
 /// use (braces in `dir` itself are escaped as `{{`/`}}`, so expansion gives the real folder back).
@@ -81,6 +82,14 @@ impl Job {
     /// `store.path` after resolution (a template: may hold placeholders).
     pub fn store_path(&self) -> &Path {
         self.spec.store.path.as_deref().unwrap_or(&self.dir)
+    }
+
+    /// `report.history` after resolution (a template: may hold placeholders).
+    pub fn history_path(&self) -> PathBuf {
+        match &self.spec.report.history {
+            Some(h) => h.clone(),
+            None => self.spec.report.dir.join(schema::defaults::HISTORY_FILE),
+        }
     }
 }
 
@@ -307,7 +316,11 @@ fn resolve(mut spec: JobSpec, dir: &Path, name: &str) -> JobSpec {
             *f = join(&base, f);
         }
     }
-    if let Some(Ready::File(f)) = &mut p.ready {
+    if let Some(ReadySpec {
+        when: Ready::File(f),
+        ..
+    }) = &mut p.ready
+    {
         *f = join(&base, f);
     }
 
@@ -323,6 +336,9 @@ fn resolve(mut spec: JobSpec, dir: &Path, name: &str) -> JobSpec {
         },
     });
     spec.report.dir = join(&base, &spec.report.dir);
-    spec.report.history = join(&base, &spec.report.history);
+    spec.report.history = Some(match &spec.report.history {
+        Some(h) => join(&base, h),
+        None => spec.report.dir.join(schema::defaults::HISTORY_FILE),
+    });
     spec
 }

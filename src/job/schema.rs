@@ -51,8 +51,8 @@ pub struct ProcessSpec {
     /// Where a launched command's stderr goes.
     #[serde(default)]
     pub stderr: Output,
-    /// When the process counts as ready for the first stage.
-    pub ready: Option<Ready>,
+    /// When the process counts as ready for the first stage, and how long to wait for it.
+    pub ready: Option<ReadySpec>,
 }
 
 /// Destination of a launched process's stdout/stderr: `"log"` (a file in the run dir),
@@ -75,9 +75,10 @@ impl Output {
     }
 }
 
-/// `ready = { after = "300ms" }`, `{ file = "..." }` or `{ stdout_line = "ready" }`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+/// The condition of `ready`: `{ after = "300ms" }`, `{ file = "..." }` or
+/// `{ stdout_line = "ready" }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Ready {
     /// Ready after this delay.
     After(Dur),
@@ -85,6 +86,88 @@ pub enum Ready {
     File(PathBuf),
     /// Ready once the process prints a line containing this text on stdout.
     StdoutLine(String),
+}
+
+/// `ready = { ... }`: the condition, and for `file` / `stdout_line` how long to wait for it
+/// (`timeout`; absent: [`defaults::ready_timeout`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadySpec {
+    pub when: Ready,
+    pub timeout: Option<Dur>,
+}
+
+impl ReadySpec {
+    /// How long the runner waits for a `file` or `stdout_line` condition.
+    pub fn timeout(&self) -> Dur {
+        self.timeout.unwrap_or_else(defaults::ready_timeout)
+    }
+}
+
+/// What `process.ready` may be (also the message when it is none of them).
+pub(crate) const READY_FORMS: &str = "expected one of { after = \"300ms\" }, { file = \"...\" }, \
+     { stdout_line = \"...\" } (file and stdout_line may add timeout = \"60s\")";
+
+/// The keys of a `ready` table, in the order the docs list them.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum ReadyKey {
+    After,
+    File,
+    StdoutLine,
+    Timeout,
+}
+
+impl<'de> Deserialize<'de> for ReadySpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ReadySpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table like { stdout_line = \"ready\" }")
+            }
+            fn visit_str<E: Error>(self, s: &str) -> Result<ReadySpec, E> {
+                Err(E::unknown_variant(s, &["after", "file", "stdout_line"]))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ReadySpec, A::Error> {
+                let mut when = None;
+                let mut timeout = None;
+                while let Some(key) = map.next_key::<ReadyKey>()? {
+                    let cond = match key {
+                        ReadyKey::After => Ready::After(map.next_value()?),
+                        ReadyKey::File => Ready::File(map.next_value()?),
+                        ReadyKey::StdoutLine => Ready::StdoutLine(map.next_value()?),
+                        ReadyKey::Timeout => {
+                            timeout = Some(map.next_value()?);
+                            continue;
+                        }
+                    };
+                    if when.replace(cond).is_some() {
+                        return Err(A::Error::custom(READY_FORMS));
+                    }
+                }
+                let when = when.ok_or_else(|| A::Error::custom(READY_FORMS))?;
+                Ok(ReadySpec { when, timeout })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for ReadySpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        match &self.when {
+            Ready::After(d) => m.serialize_entry("after", d)?,
+            Ready::File(f) => m.serialize_entry("file", f)?,
+            Ready::StdoutLine(l) => m.serialize_entry("stdout_line", l)?,
+        }
+        if let Some(t) = &self.timeout {
+            m.serialize_entry("timeout", t)?;
+        }
+        m.end()
+    }
 }
 
 /// `[predump]`: pre-copy iterations.
@@ -99,7 +182,10 @@ pub struct PredumpSpec {
     #[serde(default = "defaults::stop_below")]
     pub stop_below: Size,
     /// Diverging: an iteration wrote this factor more than the last.
-    #[serde(default = "defaults::stop_growth")]
+    #[serde(
+        default = "defaults::stop_growth",
+        deserialize_with = "super::units::finite"
+    )]
     pub stop_growth: f64,
     #[serde(default)]
     pub tracker: Tracker,
@@ -255,15 +341,15 @@ pub struct StoreSpec {
 pub struct ReportSpec {
     #[serde(default = "defaults::report_dir")]
     pub dir: PathBuf,
-    #[serde(default = "defaults::history")]
-    pub history: PathBuf,
+    /// Default: `<dir>/history.jsonl` (filled in when the job is loaded).
+    pub history: Option<PathBuf>,
 }
 
 impl Default for ReportSpec {
     fn default() -> Self {
         ReportSpec {
             dir: defaults::report_dir(),
-            history: defaults::history(),
+            history: None,
         }
     }
 }
@@ -313,8 +399,11 @@ pub mod defaults {
     pub fn report_dir() -> PathBuf {
         PathBuf::from("reports")
     }
-    pub fn history() -> PathBuf {
-        PathBuf::from("reports/history.jsonl")
+    /// The history's file name inside `report.dir` when `report.history` is not given.
+    pub const HISTORY_FILE: &str = "history.jsonl";
+    /// How long `ready.file` / `ready.stdout_line` is waited for.
+    pub fn ready_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
     }
     pub fn verify_timeout() -> Dur {
         Dur(Duration::from_secs(10))

@@ -47,6 +47,19 @@ macro_rules! deserialize_from_str {
     };
 }
 
+/// Reads a number that must be finite: TOML allows `inf` and `nan`, which no setting means (and
+/// which JSON, spoken to the checkpoint worker, cannot carry).
+pub(crate) fn finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "expected a finite number, found {v}"
+        )))
+    }
+}
+
 impl std::str::FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -76,6 +89,20 @@ impl std::str::FromStr for Dur {
     }
 }
 deserialize_from_str!(Dur, "a duration like \"1s\"");
+
+/// As a job file writes it: `"60s"`, `"300ms"`, `"1500us"` (the largest unit that is exact).
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0;
+        if d.subsec_nanos() == 0 {
+            write!(f, "{}s", d.as_secs())
+        } else if d.subsec_nanos() % 1_000_000 == 0 {
+            write!(f, "{}ms", d.as_millis())
+        } else {
+            write!(f, "{}us", d.as_micros())
+        }
+    }
+}
 
 impl std::str::FromStr for Size {
     type Err = String;
@@ -157,6 +184,14 @@ mod tests {
             .contains("found \"fast\""));
         assert!("-1s".parse::<Dur>().is_err());
         assert!("5".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn durations_display_as_written() {
+        for s in ["60s", "300ms", "1500ms", "250us"] {
+            assert_eq!(s.parse::<Dur>().unwrap().to_string(), s);
+        }
+        assert_eq!("1m".parse::<Dur>().unwrap().to_string(), "60s");
     }
 
     #[test]

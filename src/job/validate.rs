@@ -26,14 +26,36 @@ pub const MIN_BUFFER: u64 = 1 << 20;
 /// Largest `lazy.prefetch`.
 pub const MAX_PREFETCH: u32 = 512;
 
+/// Longest job name: it names files (`<job>-<run id>.json`, `.locks/<job>.lock`) and the run
+/// dir, which must stay well within a file name's 255 bytes.
+pub const MAX_NAME_LEN: usize = 100;
+
 /// True when `name` can name a job (it names files and directories).
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    name_problem(name).is_none()
+}
+
+/// What is wrong with `name` as a job name, if anything.
+fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("must not be empty".into())
+    } else if name.len() > MAX_NAME_LEN {
+        Some(format!(
+            "is too long ({} characters, at most {MAX_NAME_LEN}): it names files and folders",
+            name.chars().count()
+        ))
+    } else if name == "." || name == ".." {
+        Some(format!("\"{name}\" cannot name a job: it means a folder"))
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        Some(format!(
+            "\"{name}\" is not a valid job name: use only letters, digits, '.', '_' and '-'"
+        ))
+    } else {
+        None
+    }
 }
 
 /// `"host:port"` of a page server: a non-empty host (`[v6]` allowed) and a port 1..=65535.
@@ -98,12 +120,19 @@ pub(crate) fn validate(
     };
 
     match &spec.name {
-        Some(n) if n.is_empty() => c.value("name", "must not be empty"),
-        Some(n) if !valid_name(n) => c.value(
+        Some(n) => {
+            if let Some(why) = name_problem(n) {
+                c.value("name", why);
+            }
+        }
+        None if default_name.len() > MAX_NAME_LEN => c.value(
             "name",
-            format!("\"{n}\" is not a valid job name: use only letters, digits, '.', '_' and '-'"),
+            format!(
+                "the file name is too long for a job name ({} characters, at most \
+                 {MAX_NAME_LEN}); set name = \"...\"",
+                default_name.chars().count()
+            ),
         ),
-        Some(_) => {}
         None if !valid_name(default_name) => c.value(
             "name",
             format!(
@@ -116,6 +145,7 @@ pub(crate) fn validate(
 
     process(&mut c, spec, dir);
     stages(&mut c, spec);
+    paths(&mut c, spec, dir);
 
     if let Some(p) = &spec.store.path {
         c.path_placeholders("store.path", p, STORE_PATH);
@@ -127,7 +157,9 @@ pub(crate) fn validate(
         );
     }
     c.path_placeholders("report.dir", &spec.report.dir, REPORT_DIR);
-    c.path_placeholders("report.history", &spec.report.history, BEFORE_LAUNCH);
+    if let Some(h) = &spec.report.history {
+        c.path_placeholders("report.history", h, BEFORE_LAUNCH);
+    }
 
     if let Some(v) = &spec.verify {
         if spec.restore.is_none() {
@@ -274,22 +306,153 @@ fn process(c: &mut Checker, spec: &JobSpec, dir: &Path) {
             c.path_placeholders(&format!("process.{key}"), path, BEFORE_LAUNCH);
         }
     }
-    match &p.ready {
-        Some(Ready::File(f)) => {
+    let Some(ready) = &p.ready else { return };
+    match &ready.when {
+        Ready::File(f) => {
             if f.as_os_str().is_empty() {
                 c.value("process.ready.file", "must not be empty");
             }
             c.path_placeholders("process.ready.file", f, AFTER_LAUNCH);
         }
-        Some(Ready::StdoutLine(l)) if l.is_empty() => {
+        Ready::StdoutLine(l) if l.is_empty() => {
             c.value("process.ready.stdout_line", "must not be empty (any line would match)")
         }
-        Some(Ready::StdoutLine(_)) if p.command.is_none() => c.key(
+        Ready::StdoutLine(_) if p.command.is_none() => c.key(
             "process.ready",
             "stdout_line needs a launched process (with command): haul cannot read an attached process's stdout",
         ),
+        Ready::StdoutLine(_) if p.stdout == Output::Null => c.value(
+            "process.stdout",
+            "\"null\" discards the output that ready.stdout_line waits for: use \"log\" (the \
+             default) or a file, or another ready condition",
+        ),
+        Ready::StdoutLine(_) | Ready::After(_) => {}
+    }
+    match (&ready.when, ready.timeout) {
+        (Ready::After(_), Some(_)) => c.key(
+            "process.ready.timeout",
+            "does not apply to ready.after (a fixed wait); it bounds the wait for file or \
+             stdout_line",
+        ),
+        (_, Some(t)) if t.0.is_zero() => c.value("process.ready.timeout", "must be greater than 0"),
         _ => {}
     }
+}
+
+/// Paths the run will create or write, checked against what exists now (unless they hold a
+/// placeholder): a store or report folder that is a file, a history or output file that is a
+/// folder, a folder that cannot be created because a file is in the way. `dir` is the job
+/// file's folder (relative paths are relative to it).
+fn paths(c: &mut Checker, spec: &JobSpec, dir: &Path) {
+    let plain = |p: &Path| !has_placeholder(&p.to_string_lossy());
+    match &spec.store.path {
+        Some(p) if plain(p) => {
+            if let Some(why) = dir_problem(&dir.join(p)) {
+                c.value("store.path", why);
+            }
+        }
+        Some(_) => {}
+        None => match std::env::var_os(super::STORE_ENV).filter(|v| !v.is_empty()) {
+            Some(env) => {
+                if let Some(why) = dir_problem(Path::new(&env)) {
+                    c.key(
+                        "store.path",
+                        format!("the store (${}): {why}", super::STORE_ENV),
+                    );
+                }
+            }
+            None => {
+                if let Some(why) = dir_problem(&dir.join("haul-store")) {
+                    c.key("store.path", format!("the default store: {why}"));
+                }
+            }
+        },
+    }
+    let report_dir = &spec.report.dir;
+    let mut report_dir_ok = plain(report_dir);
+    if plain(report_dir) {
+        if let Some(why) = dir_problem(&dir.join(report_dir)) {
+            c.value("report.dir", why);
+            report_dir_ok = false;
+        }
+    }
+    match &spec.report.history {
+        Some(h) if plain(h) => {
+            if let Some(why) = file_problem(&dir.join(h), false) {
+                c.value("report.history", why);
+            }
+        }
+        Some(_) => {}
+        None if report_dir_ok => {
+            let h = dir
+                .join(report_dir)
+                .join(super::schema::defaults::HISTORY_FILE);
+            if let Some(why) = file_problem(&h, false) {
+                c.key("report", format!("the history (report.history): {why}"));
+            }
+        }
+        None => {}
+    }
+    for (key, out) in [
+        ("stdout", &spec.process.stdout),
+        ("stderr", &spec.process.stderr),
+    ] {
+        if let Output::Path(p) = out {
+            if plain(p) && !p.as_os_str().is_empty() {
+                if let Some(why) = file_problem(&dir.join(p), true) {
+                    c.value(&format!("process.{key}"), why);
+                }
+            }
+        }
+    }
+}
+
+/// Why the folder `p` cannot be used or created (with its parents), if it cannot.
+fn dir_problem(p: &Path) -> Option<String> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(format!("{} is a file, not a folder", p.display())),
+        Err(_) => blocked_ancestor(p),
+    }
+}
+
+/// Why the file `p` cannot be written, if it cannot: it is a folder, or its folder cannot be
+/// created (with `parent_must_exist`: does not exist; the runner creates only its own folders).
+fn file_problem(p: &Path, parent_must_exist: bool) -> Option<String> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Some(format!("{} is a folder; name a file", p.display())),
+        Ok(_) => None,
+        Err(_) => {
+            let parent = p.parent()?;
+            match std::fs::metadata(parent) {
+                Ok(m) if m.is_dir() => None,
+                Ok(_) => Some(format!("{} is a file, not a folder", parent.display())),
+                Err(_) if parent_must_exist => {
+                    Some(format!("folder {} does not exist", parent.display()))
+                }
+                Err(_) => blocked_ancestor(parent),
+            }
+        }
+    }
+}
+
+/// For a path that does not exist: the nearest existing ancestor must be a folder, or the path
+/// can never be created.
+fn blocked_ancestor(p: &Path) -> Option<String> {
+    for a in p.ancestors().skip(1) {
+        match std::fs::metadata(a) {
+            Ok(m) if m.is_dir() => return None,
+            Ok(_) => {
+                return Some(format!(
+                    "cannot create {}: {} is a file, not a folder",
+                    p.display(),
+                    a.display()
+                ))
+            }
+            Err(_) => {}
+        }
+    }
+    None
 }
 
 /// `[predump]`, `[dump]`, `[restore]`, `[lazy]`: values and how the stages fit together.

@@ -244,6 +244,13 @@ impl RunReport {
     /// Writes `<dir>/<job>-<run>.json` (atomically) and appends one line to `history`.
     /// Returns the report's path.
     pub fn write(&self, dir: &Path, history: &Path) -> Result<PathBuf, ReportError> {
+        let path = self.write_json(dir)?;
+        self.append_history(history)?;
+        Ok(path)
+    }
+
+    /// Writes `<dir>/<job>-<run>.json` (atomically); returns its path.
+    pub fn write_json(&self, dir: &Path) -> Result<PathBuf, ReportError> {
         fs::create_dir_all(dir).map_err(io(format!("create report dir {}", dir.display())))?;
         let path = dir.join(format!("{}-{}.json", self.job, self.run));
         let tmp = dir.join(format!(".{}-{}.json.tmp", self.job, self.run));
@@ -253,7 +260,11 @@ impl RunReport {
         })?;
         fs::write(&tmp, &json).map_err(io(format!("write {}", tmp.display())))?;
         fs::rename(&tmp, &path).map_err(io(format!("rename to {}", path.display())))?;
+        Ok(path)
+    }
 
+    /// Appends the report as one line to the history file `history`.
+    pub fn append_history(&self, history: &Path) -> Result<(), ReportError> {
         if let Some(parent) = history.parent() {
             fs::create_dir_all(parent)
                 .map_err(io(format!("create history dir {}", parent.display())))?;
@@ -272,7 +283,7 @@ impl RunReport {
             .map_err(io(format!("open history {}", history.display())))?;
         f.write_all(&line)
             .map_err(io(format!("append to {}", history.display())))?;
-        Ok(path)
+        Ok(())
     }
 }
 

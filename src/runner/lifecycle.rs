@@ -62,7 +62,7 @@ pub fn run_paths(job: &Job, run: &str) -> Result<RunPaths, RunError> {
     let store = abs(exp(job.store_path(), &ph)?)?;
     ph.store = store.clone();
     let report_dir = abs(exp(&job.spec.report.dir, &ph)?)?;
-    let history = abs(exp(&job.spec.report.history, &ph)?)?;
+    let history = abs(exp(&job.history_path(), &ph)?)?;
     let run_dir = report_dir.join(format!("{}-{}", job.name, run));
     Ok(RunPaths {
         store,
@@ -109,13 +109,16 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
         status,
         report,
     };
+    // Before the lock is held there is no report to write: say so.
+    let no_report = |e: RunError| {
+        let msg = format!("{e}; no report was written");
+        p.finish(&format!("failed: {msg}"), true);
+        result(JobStatus::Failed(msg), None)
+    };
     let run = new_run_id();
     let paths = match run_paths(job, &run) {
         Ok(p) => p,
-        Err(e) => {
-            p.finish(&format!("failed: {e}"), true);
-            return result(JobStatus::Failed(e.to_string()), None);
-        }
+        Err(e) => return no_report(e),
     };
     let _lock = match lock_job(job, &paths.report_dir) {
         Ok(l) => l,
@@ -123,10 +126,7 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
             p.finish(&format!("skipped: {e}"), true);
             return result(JobStatus::Locked(e.to_string()), None);
         }
-        Err(e) => {
-            p.finish(&format!("failed: {e}"), true);
-            return result(JobStatus::Failed(e.to_string()), None);
-        }
+        Err(e) => return no_report(e),
     };
 
     let mut report = RunReport::new(&job.name, &run, &job.file, &paths.run_dir);
@@ -155,14 +155,29 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
         }
     };
     report.duration_us = crate::util::us(start.elapsed());
-    let written = match report.write(&paths.report_dir, &paths.history) {
-        Ok(path) => Some(path),
-        Err(e) => {
-            p.finish(&format!("cannot write report: {e}"), true);
-            return result(
-                JobStatus::Failed(format!("{status:?}; and cannot write report: {e}")),
-                None,
-            );
+    // The report and the history line are written independently: one failing does not cost
+    // the other.
+    let json = report.write_json(&paths.report_dir);
+    let history = report.append_history(&paths.history);
+    let written = json.as_ref().ok().cloned();
+    let problem = match (&json, &history) {
+        (Ok(_), Ok(())) => None,
+        (Err(e), Ok(())) => Some(format!("its report could not be written: {e}")),
+        (Ok(path), Err(h)) => Some(format!(
+            "its report {} was written but not added to the history: {h}",
+            path.display()
+        )),
+        (Err(e), Err(h)) => Some(format!(
+            "its report could not be written ({e}), nor added to the history ({h})"
+        )),
+    };
+    let status = match (status, problem) {
+        (status, None) => status,
+        (JobStatus::Ok, Some(pr)) => JobStatus::Failed(format!("the job ran, but {pr}")),
+        (JobStatus::Failed(e), Some(pr)) => JobStatus::Failed(format!("{e}; and {pr}")),
+        (status, Some(pr)) => {
+            p.finish(&pr, true);
+            status
         }
     };
     let shown = written.as_deref().map(Path::display);

@@ -32,6 +32,17 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot launch {command}: its working directory {} (process.cwd) {}",
+        cwd.display(),
+        cwd_problem(source)
+    )]
+    Cwd {
+        command: String,
+        cwd: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot attach: {0}")]
     Attach(String),
     #[error("process {pid} {how} before the job was done")]
@@ -52,6 +63,15 @@ pub enum RunError {
         #[source]
         source: Box<crate::Error>,
     },
+}
+
+/// What is wrong with a working directory, in words.
+fn cwd_problem(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".into(),
+        std::io::ErrorKind::NotADirectory => "is not a directory".into(),
+        _ => format!("cannot be used: {e}"),
+    }
 }
 
 impl RunError {

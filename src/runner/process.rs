@@ -9,10 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::RunError;
-use crate::job::{expand, Output, Placeholders, ProcessSpec, Ready};
+use crate::job::{expand, Output, Placeholders, ProcessSpec, Ready, ReadySpec};
 
-/// How long a `file` or `stdout_line` readiness condition may take.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a launched process gets to exit after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -98,18 +96,31 @@ pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<T
     let mut cmd = Command::new(prog);
     cmd.args(args).stdin(Stdio::null()).process_group(0);
     crate::sys::spawn::close_inherited_fds(&mut cmd);
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(expand(&cwd.to_string_lossy(), ph).map_err(RunError::Setup)?);
-    }
+    let cwd = match &spec.cwd {
+        Some(c) => {
+            let c = PathBuf::from(expand(&c.to_string_lossy(), ph).map_err(RunError::Setup)?);
+            // exec would blame a missing cwd on the program (ENOENT): name it first.
+            check_cwd(prog, &c)?;
+            cmd.current_dir(&c);
+            Some(c)
+        }
+        None => None,
+    };
     for (k, v) in &spec.env {
         cmd.env(k, expand(v, ph).map_err(RunError::Setup)?);
     }
     let (out, stdout_path) = open_output(&spec.stdout, run_dir.join("stdout.log"), ph)?;
     let (err, _) = open_output(&spec.stderr, run_dir.join("stderr.log"), ph)?;
     cmd.stdout(out).stderr(err);
-    let child = cmd.spawn().map_err(|e| RunError::Launch {
-        command: prog.clone(),
-        source: e,
+    let child = cmd.spawn().map_err(|e| {
+        // The cwd may have gone since it was checked.
+        match cwd.as_deref().map(|c| check_cwd(prog, c)) {
+            Some(Err(cwd_err)) => cwd_err,
+            _ => RunError::Launch {
+                command: prog.clone(),
+                source: e,
+            },
+        }
     })?;
     Ok(Target {
         pid: child.id() as i32,
@@ -117,6 +128,20 @@ pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<T
         stdout_path,
         gone: false,
     })
+}
+
+/// The launch's working directory must be a directory that exists.
+fn check_cwd(prog: &str, cwd: &Path) -> Result<(), RunError> {
+    let err = |source| RunError::Cwd {
+        command: prog.to_string(),
+        cwd: cwd.to_path_buf(),
+        source,
+    };
+    match std::fs::metadata(cwd) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(err(std::io::ErrorKind::NotADirectory.into())),
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// Attaches to a running process by pid or pidfile, after checking that it exists, is not a
@@ -204,36 +229,39 @@ pub fn check_attachable(pid: i32) -> Result<(), RunError> {
 }
 
 /// Waits until the process is ready. Fails if it exits first, if the runner is interrupted, or
-/// after [`READY_TIMEOUT`].
+/// when a `file` or `stdout_line` condition is not met within `ready.timeout`.
 pub fn wait_ready(
     target: &mut Target,
-    ready: Option<&Ready>,
+    ready: Option<&ReadySpec>,
     ph: &Placeholders,
     stop: &AtomicBool,
 ) -> Result<(), RunError> {
     let start = Instant::now();
-    let (deadline, what): (Duration, String) = match ready {
-        None => return check_exit(target),
-        Some(Ready::After(d)) => (d.0, format!("{:?}", d.0)),
-        Some(Ready::File(f)) => (READY_TIMEOUT, format!("no file {}", f.display())),
-        Some(Ready::StdoutLine(l)) => (READY_TIMEOUT, format!("no stdout line containing \"{l}\"")),
+    let Some(ready) = ready else {
+        return check_exit(target);
     };
-    let file = match ready {
-        Some(Ready::File(f)) => Some(PathBuf::from(
+    let timeout = ready.timeout();
+    let file = match &ready.when {
+        Ready::File(f) => Some(PathBuf::from(
             expand(&f.to_string_lossy(), ph).map_err(RunError::Setup)?,
         )),
         _ => None,
     };
-    let line = match ready {
-        Some(Ready::StdoutLine(l)) => {
-            if target.stdout_path.is_none() {
+    let line = match &ready.when {
+        Ready::StdoutLine(l) => match &target.stdout_path {
+            Some(p) => Some((l.as_str(), p.clone())),
+            // Validation rejects stdout = "null" with stdout_line; an attached process has none.
+            None => {
                 return Err(RunError::Setup(
                     "ready.stdout_line needs process.stdout to go to \"log\" or a file".into(),
-                ));
+                ))
             }
-            Some(l.as_str())
-        }
+        },
         _ => None,
+    };
+    let deadline = match &ready.when {
+        Ready::After(d) => d.0,
+        _ => timeout.0,
     };
     loop {
         check_exit(target)?;
@@ -241,27 +269,32 @@ pub fn wait_ready(
             return Err(RunError::Interrupted);
         }
         let elapsed = start.elapsed();
-        match ready {
-            Some(Ready::After(_)) if elapsed >= deadline => return Ok(()),
-            _ => {}
-        }
         if let Some(f) = &file {
             if f.exists() {
                 return Ok(());
             }
         }
-        if let (Some(l), Some(p)) = (line, &target.stdout_path) {
+        if let Some((l, p)) = &line {
             if std::fs::read(p)
                 .is_ok_and(|b| String::from_utf8_lossy(&b).lines().any(|x| x.contains(l)))
             {
                 return Ok(());
             }
         }
-        if !matches!(ready, Some(Ready::After(_))) && elapsed >= deadline {
-            return Err(RunError::NotReady(format!(
-                "{what} after {}s",
-                deadline.as_secs()
-            )));
+        if elapsed >= deadline {
+            return match (&ready.when, &file, &line) {
+                (Ready::After(_), _, _) => Ok(()),
+                (_, Some(f), _) => Err(RunError::NotReady(format!(
+                    "ready.file {} did not appear within {timeout} (ready.timeout)",
+                    f.display()
+                ))),
+                (_, _, Some((l, p))) => Err(RunError::NotReady(format!(
+                    "ready.stdout_line: no line containing \"{l}\" in {} within {timeout} \
+                     (ready.timeout)",
+                    p.display()
+                ))),
+                _ => Ok(()),
+            };
         }
         std::thread::sleep(
             Duration::from_millis(10)

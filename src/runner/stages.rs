@@ -395,41 +395,70 @@ pub fn verify(job: &Job, ph: &Placeholders, report: &mut RunReport) -> Result<()
     result
 }
 
-/// Runs `argv` in `dir`, stdout captured (first 64 KiB), killed after `timeout`.
+/// Runs `argv` in `dir` in a process group of its own, stdout captured (first 64 KiB); the
+/// group is killed after `timeout`. Output is read until the deadline at most: a background
+/// child of the command that keeps stdout open does not hold the job (it is killed at the
+/// deadline).
 fn run_with_timeout(
     argv: &[String],
     dir: &std::path::Path,
     timeout: Duration,
 ) -> Result<(Option<i32>, String), String> {
+    use nix::sys::signal::{killpg, Signal};
+    use std::os::unix::process::CommandExt;
+    use std::sync::{mpsc, Arc, Mutex};
+    const KEEP: usize = 64 * 1024;
     let (prog, args) = argv.split_first().ok_or("verify.command is empty")?;
     let mut cmd = Command::new(prog);
     cmd.args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::inherit())
+        .process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let kill_group = || {
+        let _ = killpg(group, Signal::SIGKILL);
+    };
     let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = (&mut stdout).take(64 * 1024).read_to_end(&mut buf);
-        // Drain the rest so the command never blocks on a full pipe.
-        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-        String::from_utf8_lossy(&buf).into_owned()
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let (eof_tx, eof) = mpsc::channel::<()>();
+    let buf = Arc::clone(&captured);
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        // Read to the end (the rest is drained, so the command never blocks on a full pipe).
+        while let Ok(n @ 1..) = stdout.read(&mut chunk) {
+            let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
+            let room = KEEP.saturating_sub(b.len());
+            b.extend_from_slice(&chunk[..n.min(room)]);
+        }
+        let _ = eof_tx.send(());
     });
     let end = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break st,
             Ok(None) if Instant::now() >= end => {
-                let _ = child.kill();
+                kill_group();
                 let _ = child.wait();
-                return Err(format!("timed out after {:?}", timeout));
+                return Err(format!("timed out after {}", crate::job::Dur(timeout)));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("cannot wait for {prog}: {e}")),
+            Err(e) => {
+                kill_group();
+                return Err(format!("cannot wait for {prog}: {e}"));
+            }
         }
     };
-    let out = reader.join().unwrap_or_default();
-    Ok((status.code(), out))
+    if eof
+        .recv_timeout(end.saturating_duration_since(Instant::now()))
+        .is_err()
+    {
+        // Something the command started still holds its stdout at the deadline.
+        kill_group();
+        let _ = eof.recv_timeout(Duration::from_secs(1));
+    }
+    let out = captured.lock().unwrap_or_else(|e| e.into_inner());
+    Ok((status.code(), String::from_utf8_lossy(&out).into_owned()))
 }
