@@ -197,12 +197,13 @@ fn images(args: cli::ImagesArgs) -> Result<u8, Error> {
         json,
     } = &args.command
     {
-        let dest = haul::store::Store::open_or_create(&args.store.store)?;
         let token = match token_file {
             Some(f) => haul::xfer::read_token_file(f)?,
             None => Vec::new(),
         };
-        let r = haul::xfer::pull(from, &token, *timeout, set, &dest, level(*compression))?;
+        // The store is created only once the server has answered.
+        let dest = &args.store.store;
+        let r = haul::xfer::pull(from, &token, *timeout, set, dest, level(*compression))?;
         if *json {
             print_json(&r)?;
         } else {

@@ -128,3 +128,31 @@ fn images_verify_names_a_corrupted_pack_and_rm_gc_reclaim() {
         images(&store, &["verify"]).1
     );
 }
+
+/// `images pull` from a server that is not there used to create an empty store at the
+/// destination before trying to connect.
+#[test]
+fn images_pull_from_an_unreachable_server_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bound, then closed again.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dest = dir.path().join("new/store");
+    let (code, out) = images(
+        &dest,
+        &[
+            "pull",
+            "job-20261201T000000-abcdef",
+            "--from",
+            &format!("127.0.0.1:{port}"),
+            "--timeout",
+            "5s",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "pull left {left:?} behind: {out}");
+}
