@@ -383,7 +383,12 @@ fn bench(what: cli::BenchCommand) -> Result<u8, Error> {
                 size,
                 ..Default::default()
             };
-            let r = haul::store::bench::run_bench(&opts)?;
+            // A spinner on a terminal, timestamped lines otherwise.
+            let progress = haul::runner::progress::Progress::new(ProgressMode::Auto);
+            let bar = progress.job("bench store");
+            let r = haul::store::bench::run_bench_with(&opts, &|step| bar.step(step));
+            bar.finish(if r.is_ok() { "done" } else { "failed" }, r.is_err());
+            let r = r?;
             if json {
                 print_json(&r)?;
             } else {

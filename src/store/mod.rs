@@ -144,6 +144,8 @@ pub enum StoreError {
         "add_pages: {addrs} addresses but {bytes} bytes of data (need {PAGE_SIZE} per address)"
     )]
     BatchShape { addrs: usize, bytes: usize },
+    #[error("bench store: a {size}-byte image is too small to measure; the least is {min} bytes")]
+    BenchTooSmall { size: u64, min: u64 },
 }
 
 impl StoreError {
