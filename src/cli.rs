@@ -90,7 +90,9 @@ pub struct ImagesArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
-    /// List image sets, oldest first.
+    /// List image sets, oldest first, with their state: ok, in progress (a pre-copy still
+    /// running), incomplete (left by a pre-copy that did not finish: gc removes it), or
+    /// DAMAGED (the manifest cannot be read: exit 1).
     Ls {
         /// Only this job's sets.
         #[arg(long)]
@@ -105,8 +107,8 @@ pub enum ImagesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Re-hash every page (of one set, or of the whole store); exit 1 naming each bad pack,
-    /// page and the sets that need it.
+    /// Re-hash every page (of one set, or of the whole store) and every pack they are in;
+    /// exit 1 naming each bad pack, page and the sets that need it.
     Verify {
         set: Option<String>,
         #[arg(long)]
@@ -150,7 +152,8 @@ pub enum ImagesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove packs no set references and repack mostly-dead ones (waits for writers).
+    /// Remove the pre-dump sets of pre-copies that did not finish, packs no set references,
+    /// and repack mostly-dead ones (waits for writers).
     Gc {
         #[arg(long)]
         json: bool,
