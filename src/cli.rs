@@ -91,7 +91,9 @@ pub struct ImagesArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
-    /// List image sets, oldest first.
+    /// List image sets, oldest first, with their state: ok, in progress (a pre-copy still
+    /// running), incomplete (left by a pre-copy that did not finish: gc removes it), or
+    /// DAMAGED (the manifest cannot be read: exit 1).
     Ls {
         /// Only this job's sets.
         #[arg(long)]
@@ -106,8 +108,8 @@ pub enum ImagesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Re-hash every page (of one set, or of the whole store); exit 1 naming each bad pack,
-    /// page and the sets that need it.
+    /// Re-hash every page (of one set, or of the whole store) and every pack they are in;
+    /// exit 1 naming each bad pack, page and the sets that need it.
     Verify {
         set: Option<String>,
         #[arg(long)]
@@ -151,7 +153,8 @@ pub enum ImagesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove packs no set references and repack mostly-dead ones (waits for writers).
+    /// Remove the pre-dump sets of pre-copies that did not finish, packs no set references,
+    /// and repack mostly-dead ones (waits for writers).
     Gc {
         #[arg(long)]
         json: bool,
@@ -163,14 +166,15 @@ pub enum BenchCommand {
     /// Pre-copy: frozen time of a full dump against a final dump after pre-dumps (memwriter),
     /// the cost of a uffd-wp scan, and the target's slowdown while tracked (spinwriter).
     Precopy {
-        /// Work directory (created and removed).
-        #[arg(long, default_value = "/tmp/haul-bench-precopy")]
+        /// Where to work: the benchmark makes a fresh subdirectory here and removes only
+        /// that (nothing else in DIR is touched).
+        #[arg(long, value_name = "DIR", default_value = "/tmp")]
         dir: PathBuf,
         /// Where memwriter.c and spinwriter.c are.
         #[arg(long, default_value = "fixtures")]
         fixtures: PathBuf,
         /// Size of the memwriter's memory.
-        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        #[arg(long, default_value = "1GiB", value_parser = parse_bench_size)]
         size: u64,
         /// Pages the memwriter dirties per second.
         #[arg(long, default_value_t = 1000)]
@@ -191,14 +195,15 @@ pub enum BenchCommand {
     /// Post-copy: time to running of a lazy restore against an eager one, time until every
     /// page is resident, and fault service latency (memwriter, restored with any free PID).
     Lazy {
-        /// Work directory (created and removed).
-        #[arg(long, default_value = "/tmp/haul-bench-lazy")]
+        /// Where to work: the benchmark makes a fresh subdirectory here and removes only
+        /// that (nothing else in DIR is touched).
+        #[arg(long, value_name = "DIR", default_value = "/tmp")]
         dir: PathBuf,
         /// Where memwriter.c is.
         #[arg(long, default_value = "fixtures")]
         fixtures: PathBuf,
         /// Size of the memwriter's memory.
-        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        #[arg(long, default_value = "1GiB", value_parser = parse_bench_size)]
         size: u64,
         /// Pages copied after each faulting page.
         #[arg(long, default_value_t = 16)]
@@ -213,11 +218,12 @@ pub enum BenchCommand {
     /// The store against `zstd -T2`: write throughput and size, a 1%-changed second set,
     /// random single-page reads, sequential read.
     Store {
-        /// Work directory (created and removed).
-        #[arg(long, default_value = "/tmp/haul-bench-store")]
+        /// Where to work: the benchmark makes a fresh subdirectory here and removes only
+        /// that (nothing else in DIR is touched).
+        #[arg(long, value_name = "DIR", default_value = "/tmp")]
         dir: PathBuf,
         /// Size of the synthetic image.
-        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        #[arg(long, default_value = "1GiB", value_parser = parse_bench_size)]
         size: u64,
         /// Print JSON.
         #[arg(long)]
@@ -228,6 +234,26 @@ pub enum BenchCommand {
 /// Parses a size like `256MiB` (the job files' syntax).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     s.parse::<haul::job::Size>().map(|v| v.0)
+}
+
+/// A benchmark `--size` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchSizeError {
+    /// Not a size (the message of the job files' size parser).
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{size} bytes is too small to measure anything: the least is 1MiB")]
+    TooSmall { size: u64 },
+}
+
+/// A benchmark's `--size`: a size of at least [`haul::store::bench::MIN_SIZE`] (smaller
+/// images have nothing to time, and their ratios would divide by zero).
+pub fn parse_bench_size(s: &str) -> Result<u64, BenchSizeError> {
+    let size = parse_size(s).map_err(BenchSizeError::Syntax)?;
+    if size < haul::store::bench::MIN_SIZE {
+        return Err(BenchSizeError::TooSmall { size });
+    }
+    Ok(size)
 }
 
 #[derive(Debug, Args)]

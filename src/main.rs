@@ -190,7 +190,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
 
 fn images(args: cli::ImagesArgs) -> Result<u8, Error> {
     use cli::ImagesCommand as C;
-    use haul::util::{human_bytes, rfc3339_us};
+    use haul::util::human_bytes;
     let sync_text = |r: &haul::xfer::SyncReport| {
         if r.already_there {
             format!("{}: already there, nothing sent", r.set)
@@ -214,12 +214,13 @@ fn images(args: cli::ImagesArgs) -> Result<u8, Error> {
         json,
     } = &args.command
     {
-        let dest = haul::store::Store::open_or_create(&args.store.store)?;
         let token = match token_file {
             Some(f) => haul::xfer::read_token_file(f)?,
             None => Vec::new(),
         };
-        let r = haul::xfer::pull(from, &token, *timeout, set, &dest, level(*compression))?;
+        // The store is created only once the server has answered.
+        let dest = &args.store.store;
+        let r = haul::xfer::pull(from, &token, *timeout, set, dest, level(*compression))?;
         if *json {
             print_json(&r)?;
         } else {
@@ -246,27 +247,18 @@ fn images(args: cli::ImagesArgs) -> Result<u8, Error> {
             Ok(exit::OK)
         }
         C::Ls { job, json } => {
-            let sets = store.list_sets(job.as_deref())?;
+            let l = store.list(job.as_deref())?;
             if json {
-                print_json(&sets)?;
+                print_json(&l.rows())?;
             } else {
-                out(&format!(
-                    "{:<44} {:<8} {:<20} {:>7} {:>10} {:>10}",
-                    "set", "kind", "created", "pid", "logical", "new"
-                ));
-                for s in sets {
-                    out(&format!(
-                        "{:<44} {:<8} {:<20} {:>7} {:>10} {:>10}",
-                        s.id,
-                        s.kind.to_string(),
-                        rfc3339_us(s.created_us),
-                        s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                        human_bytes(s.figures.bytes_logical),
-                        human_bytes(s.figures.bytes_new)
-                    ));
-                }
+                out(l.text().trim_end());
             }
-            Ok(exit::OK)
+            // A damaged set is a failure to report, in the exit code too.
+            Ok(if l.damaged.is_empty() {
+                exit::OK
+            } else {
+                exit::FAILED
+            })
         }
         C::Show { set, json } => {
             let s = store.load_set(&set)?;
@@ -319,14 +311,18 @@ fn images(args: cli::ImagesArgs) -> Result<u8, Error> {
                 print_json(&r)?;
             } else {
                 out(&format!(
-                    "gc: {} packs removed, {} repacked, {} freed ({} -> {}), {} temp files removed",
+                    "gc: {} packs removed, {} repacked, {} freed ({} -> {}), {} temp files removed, {} incomplete pre-dump sets removed",
                     r.packs_removed,
                     r.packs_repacked,
                     human_bytes(r.bytes_freed),
                     human_bytes(r.bytes_before),
                     human_bytes(r.bytes_after),
-                    r.temp_files_removed
+                    r.temp_files_removed,
+                    r.incomplete_sets_removed.len()
                 ));
+                for id in &r.incomplete_sets_removed {
+                    out(&format!("  removed incomplete {id}"));
+                }
                 for p in &r.skipped {
                     out(&format!(
                         "  skipped unreadable pack {p} (see `haul images verify`)"
@@ -399,7 +395,12 @@ fn bench(what: cli::BenchCommand) -> Result<u8, Error> {
                 size,
                 ..Default::default()
             };
-            let r = haul::store::bench::run_bench(&opts)?;
+            // A spinner on a terminal, timestamped lines otherwise.
+            let progress = haul::runner::progress::Progress::new(ProgressMode::Auto);
+            let bar = progress.job("bench store");
+            let r = haul::store::bench::run_bench_with(&opts, &|step| bar.step(step));
+            bar.finish(if r.is_ok() { "done" } else { "failed" }, r.is_err());
+            let r = r?;
             if json {
                 print_json(&r)?;
             } else {
@@ -432,7 +433,7 @@ fn du_text(r: &haul::store::DuReport) -> String {
     }
     let on_disk = r.bytes_packs + r.bytes_index + r.bytes_manifests + r.bytes_temp;
     lines.push(format!(
-        "total: {} sets, {} logical, {} on disk ({} packs, {} index, {} manifests); compression {:.2}x, dedup {:.2}x, {:.2}x overall; {} distinct pages, {} unreferenced (gc)",
+        "total: {} sets, {} logical, {} on disk ({} packs, {} index, {} manifests); compression {:.2}x, dedup {:.2}x, {:.2}x overall; {} distinct pages; {}",
         r.sets,
         human_bytes(logical.max(r.bytes_logical)),
         human_bytes(on_disk),
@@ -443,8 +444,26 @@ fn du_text(r: &haul::store::DuReport) -> String {
         r.dedup_ratio,
         ratio(logical.max(r.bytes_logical), on_disk),
         r.pages_stored,
-        human_bytes(r.bytes_unreferenced)
+        if r.unreadable_manifests > 0 {
+            format!(
+                "gc would refuse: {} manifests are unreadable (see `haul images verify`)",
+                r.unreadable_manifests
+            )
+        } else {
+            format!(
+                "gc would free {} ({} packs removed, {} repacked)",
+                human_bytes(r.bytes_gc_frees),
+                r.gc_packs_removed,
+                r.gc_packs_repacked
+            )
+        }
     ));
+    if r.sets_incomplete > 0 {
+        lines.push(format!(
+            "{} of these sets are incomplete pre-dumps of a pre-copy that did not finish: gc removes them, and the other figures leave them out",
+            r.sets_incomplete
+        ));
+    }
     lines.join("\n")
 }
 

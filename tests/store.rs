@@ -335,7 +335,10 @@ fn store_survives_sigkill_of_writer_at_20_moments() {
                 ("HAUL_TEST_PACK", (1 << 20).to_string()),
             ],
         );
-        std::thread::sleep(Duration::from_millis(20 + delay_ms(i, 300)));
+        // The moment of the kill, not a wait for anything: deterministic per i, printed.
+        let ms = 20 + delay_ms(i, 300);
+        eprintln!("kill {i}: after {ms} ms");
+        std::thread::sleep(Duration::from_millis(ms));
         c.kill().unwrap();
         c.wait().unwrap();
         let store = Store::open(&dir).unwrap();
@@ -900,4 +903,89 @@ fn set_writer_later_entry_for_an_address_wins() {
         Some(PageRef::Stored(PageId::of(&page(4, 0))))
     );
     assert_eq!(s.figures.pages, 2);
+}
+
+/// A pre-dump set (90 pages of `seed`) as a pre-copy writes it.
+fn write_predump(store: &Store, job: &str, parent: Option<&str>, seed: u64) -> ImageSet {
+    let mut w = store
+        .begin_set(job, SetKind::PreDump, parent, Some(1))
+        .unwrap();
+    add_range(&mut w, 0..90, seed);
+    w.commit(None).unwrap()
+}
+
+fn states(store: &Store) -> Vec<(String, haul::store::SetState)> {
+    let l = store.list(None).unwrap();
+    assert!(l.damaged.is_empty(), "{:?}", l.damaged);
+    l.sets.into_iter().map(|s| (s.id, s.state)).collect()
+}
+
+/// gc tells a pre-copy in progress (the handle writing it is open) from one that will never
+/// finish (that handle is gone): it keeps the first, and removes the pre-dumps of the second
+/// that no dump names, with their pages.
+#[test]
+fn gc_keeps_a_precopy_in_progress_and_removes_an_abandoned_one() {
+    use haul::store::SetState::{InProgress, Incomplete, Ok as Done};
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("store");
+    let writer = Store::open_or_create(&dir).unwrap();
+    let other = write_set(&writer, "other", 60, 70, Some(1));
+    let p1 = write_predump(&writer, "pc", None, 71);
+    let p2 = write_predump(&writer, "pc", Some(&p1.id), 72);
+    // Another handle (as `haul images gc` in another process would be) keeps them.
+    let gc_side = Store::open(&dir).unwrap();
+    let st = states(&gc_side);
+    assert_eq!(
+        st.iter().filter(|(_, s)| *s == InProgress).count(),
+        2,
+        "{st:?}"
+    );
+    let gc = gc_side.gc().unwrap();
+    assert!(gc.incomplete_sets_removed.is_empty(), "{gc:?}");
+    // The final dump names the chain, carrying p2's pages by reference: they are still there.
+    let mut w = writer
+        .begin_set("pc", SetKind::Dump, Some(&p2.id), Some(1))
+        .unwrap();
+    for (a, r) in p2.pages.iter() {
+        w.add_ref(a, r);
+    }
+    let fin = w.commit(Some(process())).unwrap();
+    check_set_content(&gc_side, &fin, 72);
+    assert!(states(&gc_side).iter().all(|(_, s)| *s == Done));
+    assert!(
+        walk(&dir.join("precopy")).is_empty(),
+        "the chain's locks are let go"
+    );
+    // A second pre-copy, abandoned: its handle goes away without a final dump.
+    let q1 = write_predump(&writer, "pc", None, 73);
+    let q2 = write_predump(&writer, "pc", Some(&q1.id), 74);
+    assert_eq!(walk(&dir.join("precopy")).len(), 2);
+    assert!(gc_side.gc().unwrap().incomplete_sets_removed.is_empty());
+    drop(writer);
+    let st = states(&gc_side);
+    let incomplete: Vec<&String> = st
+        .iter()
+        .filter(|(_, s)| *s == Incomplete)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(incomplete, vec![&q1.id, &q2.id], "{st:?}");
+    let du = gc_side.du().unwrap();
+    assert_eq!(du.sets_incomplete, 2);
+    let gc = gc_side.gc().unwrap();
+    assert_eq!(
+        gc.incomplete_sets_removed,
+        vec![q1.id.clone(), q2.id.clone()]
+    );
+    assert_eq!(gc.bytes_freed, du.bytes_gc_frees, "du: {du:?}\ngc: {gc:?}");
+    assert!(gc.bytes_freed > 0, "{gc:?}");
+    assert!(
+        walk(&dir.join("precopy")).is_empty(),
+        "stale lock files are removed"
+    );
+    // What is left is whole.
+    let left: Vec<String> = states(&gc_side).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(left, vec![other.id.clone(), p1.id, p2.id, fin.id.clone()]);
+    check_set_content(&gc_side, &other, 70);
+    check_set_content(&gc_side, &fin, 72);
+    assert!(gc_side.verify(None).unwrap().ok);
 }

@@ -18,7 +18,8 @@ use crate::track::TrackerKind;
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Work directory (store, fixture binaries); created, and removed afterwards.
+    /// Where to work: a fresh subdirectory of it holds the store and the fixture binaries, and
+    /// only that is removed afterwards.
     pub dir: PathBuf,
     /// Where `memwriter.c` and `spinwriter.c` are.
     pub fixtures: PathBuf,
@@ -35,7 +36,7 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
-            dir: PathBuf::from("/tmp/haul-bench-precopy"),
+            dir: std::env::temp_dir(),
             fixtures: PathBuf::from("fixtures"),
             mib: 1024,
             dirty_per_sec: 1000,
@@ -99,18 +100,21 @@ type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs the benchmark; see the module documentation.
 pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, crate::Error> {
-    let r = run_inner(o).map_err(|e| crate::Error::Usage(format!("bench precopy: {e}")));
-    let _ = std::fs::remove_dir_all(&o.dir);
-    r
+    // Its own fresh directory inside `o.dir`, removed when done: never `o.dir` itself.
+    let work = crate::store::bench::WorkDir::create(&o.dir, "haul-bench-precopy").map_err(|e| {
+        crate::store::StoreError::io(
+            format!("creating a work directory in {}", o.dir.display()),
+            e,
+        )
+    })?;
+    run_inner(o, work.path()).map_err(|e| crate::Error::Usage(format!("bench precopy: {e}")))
 }
 
-fn run_inner(o: &BenchOptions) -> Result<BenchReport, BoxErr> {
-    let _ = std::fs::remove_dir_all(&o.dir);
-    std::fs::create_dir_all(&o.dir)?;
-    let memwriter = build(&o.fixtures, "memwriter", &o.dir)?;
-    let spinwriter = build(&o.fixtures, "spinwriter", &o.dir)?;
+fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
+    let memwriter = build(&o.fixtures, "memwriter", dir)?;
+    let spinwriter = build(&o.fixtures, "spinwriter", dir)?;
     prewarm((2 * o.mib.max(o.spin_mib)) << 20);
-    let store = Store::open_or_create(&o.dir.join("store"))?;
+    let store = Store::open_or_create(&dir.join("store"))?;
     let leave = DumpOptions {
         leave_running: true,
         ..Default::default()
@@ -127,9 +131,9 @@ fn run_inner(o: &BenchOptions) -> Result<BenchReport, BoxErr> {
             Command::new(&memwriter).args([
                 o.mib.to_string(),
                 o.dirty_per_sec.to_string(),
-                o.dir.join("mw.out").display().to_string(),
+                dir.join("mw.out").display().to_string(),
             ]),
-            &o.dir.join(format!("mw{run}.log")),
+            &dir.join(format!("mw{run}.log")),
         )?;
         let mut fr = FrozenRun::default();
         let full = dump_to_store(mw.pid, &store, "full", &leave, Some(1))?;
@@ -173,10 +177,10 @@ fn run_inner(o: &BenchOptions) -> Result<BenchReport, BoxErr> {
     );
 
     // Slowdown: the spinwriter's own rate, before / while / after tracking.
-    let count = o.dir.join("spin.count");
+    let count = dir.join("spin.count");
     let mut sw = Target::start(
         Command::new(&spinwriter).args([o.spin_mib.to_string(), count.display().to_string()]),
-        &o.dir.join("spin.log"),
+        &dir.join("spin.log"),
     )?;
     std::thread::sleep(Duration::from_millis(300));
     rep.spin_rate_before = rate(&count, Duration::from_secs(2))?;

@@ -27,7 +27,8 @@ type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Work directory (store, fixture binary); created, and removed afterwards.
+    /// Where to work: a fresh subdirectory of it holds the store and the fixture binary, and
+    /// only that is removed afterwards.
     pub dir: PathBuf,
     /// Where `memwriter.c` is.
     pub fixtures: PathBuf,
@@ -41,7 +42,7 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
-            dir: PathBuf::from("/tmp/haul-bench-lazy"),
+            dir: std::env::temp_dir(),
             fixtures: PathBuf::from("fixtures"),
             mib: 1024,
             runs: 3,
@@ -81,26 +82,29 @@ pub struct BenchReport {
 
 /// Runs the benchmark; see the module documentation.
 pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, crate::Error> {
-    let r = run_inner(o).map_err(|e| crate::Error::Usage(format!("bench lazy: {e}")));
-    let _ = std::fs::remove_dir_all(&o.dir);
-    r
+    // Its own fresh directory inside `o.dir`, removed when done: never `o.dir` itself.
+    let work = crate::store::bench::WorkDir::create(&o.dir, "haul-bench-lazy").map_err(|e| {
+        crate::store::StoreError::io(
+            format!("creating a work directory in {}", o.dir.display()),
+            e,
+        )
+    })?;
+    run_inner(o, work.path()).map_err(|e| crate::Error::Usage(format!("bench lazy: {e}")))
 }
 
-fn run_inner(o: &BenchOptions) -> Result<BenchReport, BoxErr> {
-    let _ = std::fs::remove_dir_all(&o.dir);
-    std::fs::create_dir_all(&o.dir)?;
+fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
     // Restored processes are re-parented: to us, so that we can reap them.
     nix::sys::prctl::set_child_subreaper(true)?;
-    let memwriter = build(&o.fixtures, "memwriter", &o.dir)?;
-    let store = Arc::new(Store::open_or_create(&o.dir.join("store"))?);
-    let report = o.dir.join("mw.report");
+    let memwriter = build(&o.fixtures, "memwriter", dir)?;
+    let store = Arc::new(Store::open_or_create(&dir.join("store"))?);
+    let report = dir.join("mw.report");
     let mut mw = Target::start(
         Command::new(&memwriter).args([
             o.mib.to_string(),
             "0".into(),
             report.display().to_string(),
         ]),
-        &o.dir.join("mw.log"),
+        &dir.join("mw.log"),
     )?;
     let before = checksum(mw.pid, &report)?;
     let dopts = DumpOptions {

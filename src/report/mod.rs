@@ -287,12 +287,31 @@ impl RunReport {
     }
 }
 
-/// Reads a report file: one JSON report, or a history file (JSON lines).
+/// What every report haul writes has, whatever its version: every other field may be absent
+/// (a report of an older haul, a stage that did not run), these may not. Parsed before the
+/// report itself, so that a JSON object that is not a report (`{"garbage": 1}`) is refused
+/// instead of becoming an empty report with outcome `ok`.
+#[derive(Deserialize)]
+struct Required {
+    #[serde(rename = "job")]
+    _job: String,
+    #[serde(rename = "run")]
+    _run: String,
+}
+
+/// One report from JSON text: the required fields first, then the whole report.
+fn parse_report(text: &str) -> Result<RunReport, serde_json::Error> {
+    serde_json::from_str::<Required>(text)?;
+    serde_json::from_str(text)
+}
+
+/// Reads a report file: one JSON report, or a history file (JSON lines). A line (or file) that
+/// is not a report is an error naming the file and the line.
 pub fn load(path: &Path) -> Result<Vec<RunReport>, ReportError> {
     let text = fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') && !looks_like_jsonl(trimmed) {
-        let r = serde_json::from_str(&text).map_err(|source| ReportError::Parse {
+        let r = parse_report(&text).map_err(|source| ReportError::Parse {
             path: path.into(),
             source,
         })?;
@@ -303,7 +322,7 @@ pub fn load(path: &Path) -> Result<Vec<RunReport>, ReportError> {
         if l.trim().is_empty() {
             continue;
         }
-        let r = serde_json::from_str(l).map_err(|source| ReportError::ParseLine {
+        let r = parse_report(l).map_err(|source| ReportError::ParseLine {
             path: path.into(),
             line: i + 1,
             source,
@@ -471,32 +490,59 @@ pub fn render(r: &RunReport) -> String {
 /// One line per run, for a history file.
 pub fn render_history(reports: &[RunReport]) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<20} {:<24} {:<11} {:>10} {:>10} {:>10}",
-        "job", "run", "outcome", "duration", "frozen", "new"
-    );
-    for r in reports {
-        let outcome = match r.outcome {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-            Outcome::Interrupted => "interrupted",
-        };
-        let new = r
-            .store
-            .as_ref()
-            .map(|s| human_bytes(s.bytes_new))
-            .unwrap_or_else(|| "-".into());
+    const HEAD: [&str; 6] = ["job", "run", "outcome", "duration", "frozen", "new"];
+    let rows: Vec<[String; 6]> = reports
+        .iter()
+        .map(|r| {
+            let outcome = match r.outcome {
+                Outcome::Ok => "ok",
+                Outcome::Failed => "failed",
+                Outcome::Interrupted => "interrupted",
+            };
+            let new = r
+                .store
+                .as_ref()
+                .map(|s| human_bytes(s.bytes_new))
+                .unwrap_or_else(|| "-".into());
+            [
+                r.job.clone(),
+                r.run.clone(),
+                outcome.to_string(),
+                human_us(r.duration_us),
+                human_us(r.frozen_time),
+                new,
+            ]
+        })
+        .collect();
+    // Every column as wide as its widest cell (job names have no length limit worth a fixed
+    // width); text columns to the left, figures to the right.
+    let mut width = HEAD.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |s: &mut String, cells: [&str; 6]| {
         let _ = writeln!(
             s,
-            "{:<20} {:<24} {:<11} {:>10} {:>10} {:>10}",
-            r.job,
-            r.run,
-            outcome,
-            human_us(r.duration_us),
-            human_us(r.frozen_time),
-            new
+            "{:<w0$} {:<w1$} {:<w2$} {:>w3$} {:>w4$} {:>w5$}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2],
+            w3 = width[3],
+            w4 = width[4],
+            w5 = width[5],
         );
+    };
+    line(&mut s, HEAD);
+    for row in &rows {
+        line(&mut s, row.each_ref().map(|c| c.as_str()));
     }
     s
 }
@@ -552,8 +598,85 @@ mod tests {
     fn load_names_the_bad_line_of_a_history() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("h.jsonl");
-        fs::write(&p, "{\"job\":\"a\"}\nnot json\n").unwrap();
+        fs::write(&p, "{\"job\":\"a\",\"run\":\"r\"}\nnot json\n").unwrap();
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("h.jsonl:2:"), "{e}");
+    }
+
+    /// A JSON object that is not a report (no `job`, no `run`) used to load as an empty report
+    /// with outcome `ok`.
+    #[test]
+    fn load_refuses_a_json_line_that_is_not_a_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = serde_json::to_string(&RunReport::new(
+            "counter",
+            "20261129T000000Z-abcd",
+            Path::new("jobs/c.toml"),
+            dir.path(),
+        ))
+        .unwrap();
+        let p = dir.path().join("history.jsonl");
+        fs::write(&p, format!("{good}\n\n{{\"garbage\": 1}}\n{good}\n")).unwrap();
+        let e = load(&p).unwrap_err();
+        assert!(matches!(e, ReportError::ParseLine { line: 3, .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("history.jsonl:3:") && msg.contains("missing field `job`"),
+            "{msg}"
+        );
+        // A single report file (pretty JSON) that is not a report is refused as well.
+        let p = dir.path().join("one.json");
+        fs::write(&p, "{\n  \"job\": \"a\",\n  \"garbage\": 1\n}\n").unwrap();
+        let msg = load(&p).unwrap_err().to_string();
+        assert!(
+            msg.contains("one.json") && msg.contains("missing field `run`"),
+            "{msg}"
+        );
+        // Reports of older versions, without the newer fields, still load.
+        let p = dir.path().join("old.jsonl");
+        fs::write(&p, "{\"job\":\"a\",\"run\":\"r\",\"outcome\":\"failed\"}\n").unwrap();
+        assert_eq!(load(&p).unwrap()[0].outcome, Outcome::Failed);
+    }
+
+    /// Columns used to be fixed at 20 characters for the job: a longer name pushed the rest
+    /// of its row to the right of the header.
+    #[test]
+    fn history_columns_line_up_with_long_job_names() {
+        let mut a = RunReport::new(
+            "a",
+            "20261129T000000Z-abcd",
+            Path::new("a.toml"),
+            Path::new("/tmp"),
+        );
+        a.duration_us = 1_500_000;
+        a.frozen_time = 2_000;
+        let mut b = a.clone();
+        b.job = "a-job-name-much-longer-than-twenty-characters".into();
+        b.run = "20261129T000001Z-ef01".into();
+        b.duration_us = 12;
+        b.outcome = Outcome::Interrupted;
+        let text = render_history(&[a, b]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        // Character positions (durations may hold a "µ").
+        let start = |l: &str, word: &str| l[..l.find(word).unwrap()].chars().count();
+        let end = |l: &str, word: &str| start(l, word) + word.chars().count();
+        let head = lines[0];
+        for (l, run, outcome, duration, frozen) in [
+            (lines[1], "20261129T000000Z-abcd", "ok", "1.500s", "2.0ms"),
+            (
+                lines[2],
+                "20261129T000001Z-ef01",
+                "interrupted",
+                "12µs",
+                "2.0ms",
+            ),
+        ] {
+            assert_eq!(start(l, run), start(head, "run"), "{text}");
+            assert_eq!(start(l, outcome), start(head, "outcome"), "{text}");
+            assert_eq!(end(l, duration), end(head, "duration"), "{text}");
+            assert_eq!(end(l, frozen), end(head, "frozen"), "{text}");
+            assert_eq!(l.chars().count(), head.chars().count(), "{text}");
+        }
     }
 }

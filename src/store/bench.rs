@@ -16,10 +16,69 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+/// The smallest image the benchmark accepts: below it there is nothing to time (and no ratio
+/// to take).
+pub const MIN_SIZE: u64 = 1 << 20;
+
+/// A benchmark's own work directory: a fresh subdirectory of the directory it was given
+/// (`--dir`), made for this run and removed (with everything in it) when dropped. Nothing
+/// else in the given directory is touched: a benchmark never removes what it did not make.
+/// The given directory is made when missing, and removed at the end only when this made it
+/// and it is empty again.
+#[derive(Debug)]
+pub struct WorkDir {
+    path: PathBuf,
+    made_parent: Option<PathBuf>,
+}
+
+impl WorkDir {
+    /// Makes `<parent>/<name>-<pid>-<n>` (mode 0700), a name no one else uses.
+    pub fn create(parent: &Path, name: &str) -> std::io::Result<WorkDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let made_parent = if parent.exists() {
+            None
+        } else {
+            std::fs::create_dir_all(parent)?;
+            Some(parent.to_path_buf())
+        };
+        let mut n = crate::util::now_us() % 1_000_000;
+        loop {
+            let path = parent.join(format!("{name}-{}-{n}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(WorkDir { path, made_parent }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => {
+                    if let Some(p) = &made_parent {
+                        let _ = std::fs::remove_dir(p);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!("removing {}: {e}", self.path.display());
+        }
+        if let Some(p) = &self.made_parent {
+            // Only when empty: something else may have been put there meanwhile.
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Work directory: stores and the raw file are created (and removed) inside.
+    /// Where to work: the benchmark makes a fresh subdirectory of it for its stores and raw
+    /// file, and removes only that (see [`WorkDir`]).
     pub dir: PathBuf,
     /// Size of the synthetic image in bytes (default 1 GiB).
     pub size: u64,
@@ -35,7 +94,7 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
-            dir: std::env::temp_dir().join("haul-bench-store"),
+            dir: std::env::temp_dir(),
             size: 1 << 30,
             reads: 2000,
             frame_sweep_bytes: 128 << 20,
@@ -101,6 +160,22 @@ pub struct BenchReport {
     /// Whole set through `read_set_pages`, GB/s of logical bytes (target ≥ 2).
     pub sequential_gb_s: f64,
     pub frame_sweep: Vec<FrameRow>,
+    /// Each target with this run's figure: met or not.
+    pub targets: Vec<TargetVerdict>,
+}
+
+/// One target of `haul bench store` and this run's verdict.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TargetVerdict {
+    /// What is measured.
+    pub what: String,
+    pub value: f64,
+    /// `>=` or `<=`.
+    pub op: String,
+    pub limit: f64,
+    /// `x`, `%`, `us` or `GB/s`.
+    pub unit: String,
+    pub pass: bool,
 }
 
 /// Address of page 0 of the synthetic image.
@@ -270,7 +345,7 @@ fn disk_reads(root: &Path, reads: usize) -> Result<(f64, f64), StoreError> {
                 e.metadata().map(|m| m.len()).unwrap_or(0),
             )
         })
-        .filter(|(_, l)| *l > PAGE_SIZE as u64)
+        .filter(|(_, l)| *l >= PAGE_SIZE as u64)
         .collect();
     if packs.is_empty() {
         return Ok((0.0, 0.0));
@@ -288,7 +363,8 @@ fn disk_reads(root: &Path, reads: usize) -> Result<(f64, f64), StoreError> {
             0,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         );
-        let off = (r >> 20) % (len / PAGE_SIZE as u64 - 1) * PAGE_SIZE as u64;
+        // Any whole page of the file (a small pack may hold only one).
+        let off = (r >> 20) % (len / PAGE_SIZE as u64) * PAGE_SIZE as u64;
         let t = Instant::now();
         f.read_exact_at(&mut buf, off)
             .map_err(io("reading a pack"))?;
@@ -307,9 +383,33 @@ fn median(v: &mut [u64]) -> u64 {
 
 /// Runs the benchmark. Takes minutes for 1 GiB on two cores; build in release mode.
 pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
+    run_bench_with(opts, &|_| {})
+}
+
+/// [`run_bench`], telling `progress` what it starts before each step (`haul bench store`
+/// shows it as it goes).
+pub fn run_bench_with(
+    opts: &BenchOptions,
+    progress: &dyn Fn(&str),
+) -> Result<BenchReport, StoreError> {
+    if opts.size < MIN_SIZE {
+        return Err(StoreError::BenchTooSmall {
+            size: opts.size,
+            min: MIN_SIZE,
+        });
+    }
     let size = opts.size / PAGE_SIZE as u64 * PAGE_SIZE as u64;
-    let _ = std::fs::remove_dir_all(&opts.dir);
-    std::fs::create_dir_all(&opts.dir).map_err(io("creating the bench directory"))?;
+    let work = WorkDir::create(&opts.dir, "haul-bench-store").map_err(|e| {
+        StoreError::io(
+            format!("creating a work directory in {}", opts.dir.display()),
+            e,
+        )
+    })?;
+    let dir = work.path();
+    progress(&format!(
+        "prewarming memory, making a {} image",
+        crate::util::human_bytes(size)
+    ));
     prewarm(size);
     let img = image(size);
     let mut rep = BenchReport {
@@ -318,7 +418,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
         frame_pages: super::DEFAULT_FRAME_PAGES,
         ..Default::default()
     };
-    let raw = opts.dir.join("raw.bin");
+    let raw = dir.join("raw.bin");
     let have_zstd = opts.zstd && Command::new("zstd").arg("-V").output().is_ok();
     if have_zstd {
         std::fs::write(&raw, &img).map_err(io("writing raw.bin"))?;
@@ -331,12 +431,20 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
         let mut store_bytes = 0;
         let mut zstd_bytes = None;
         for run in 0..RUNS {
-            let dir = opts.dir.join(format!("store{level}-{run}"));
-            let store = Store::open_or_create(&dir)?;
+            progress(&format!(
+                "write level {level}, run {} of {RUNS}: the store",
+                run + 1
+            ));
+            let sdir = dir.join(format!("store{level}-{run}"));
+            let store = Store::open_or_create(&sdir)?;
             let (set, us) = write_image(&store, "bench", &img, Some(level))?;
             store_us.push(us);
-            store_bytes = dir_size(&dir.join("packs"));
+            store_bytes = dir_size(&sdir.join("packs"));
             if have_zstd {
+                progress(&format!(
+                    "write level {level}, run {} of {RUNS}: zstd -{level} -T2",
+                    run + 1
+                ));
                 if let Some((zus, zb)) = time_zstd(&raw, level) {
                     zstd_us.push(zus);
                     zstd_bytes = Some(zb);
@@ -346,7 +454,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
                 level3 = Some((store, set, 0));
             } else {
                 drop(store);
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(&sdir);
             }
         }
         let us = median(&mut store_us);
@@ -366,15 +474,17 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
             f.zstd_us = Some(zus);
             f.zstd_bytes = Some(zb);
             f.zstd_mb_s = Some(zmb);
-            f.speed_ratio = Some(f.store_mb_s / zmb);
+            f.speed_ratio = (zmb > 0.0).then(|| f.store_mb_s / zmb);
             f.size_ratio = Some(store_bytes as f64 / zb.max(1) as f64);
         }
         rep.writes.push(f);
     }
     let _ = std::fs::remove_file(&raw);
     let Some((store, set, first_us)) = level3 else {
+        rep.targets = targets(&rep);
         return Ok(rep);
     };
+    progress("second set, 1% of the pages changed, every page handed over again");
     // Second set, 1% of the pages changed (every 100th page), written two ways.
     // (a) Every page handed over again (no dirty tracking, or the `hash` tracker): the store
     //     hashes them all and keeps only the changed ones.
@@ -396,6 +506,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
     rep.changed_speedup = first_us as f64 / us2.max(1) as f64;
     // (b) With a dirty-page tracker (uffd-wp): only the changed pages are handed over, the
     //     others are carried from the parent set by reference.
+    progress("second set, 1% of the pages changed, only those handed over");
     for &i in &changed {
         img2[i * PAGE_SIZE + 102] ^= 0x5a; // different content again: new pages
     }
@@ -421,11 +532,16 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
     rep.dirty_only_growth_ratio = set3.figures.bytes_new as f64 / before.max(1) as f64;
     drop(img2);
     // Reads, through a fresh handle.
+    progress(&format!("{} random page reads, caches dropped", opts.reads));
     let reader = Store::open(store.path())?;
     (rep.read_cold_p50_us, rep.read_cold_p99_us) =
         random_reads(&reader, &set, opts.reads, true, false)?;
     (rep.disk_4k_p50_us, rep.disk_4k_p99_us) = disk_reads(store.path(), opts.reads)?;
     // Warm: every pack in the page cache, only the frame cache dropped before each read.
+    progress(&format!(
+        "{} random page reads, packs in the page cache",
+        opts.reads
+    ));
     for p in walkdir::WalkDir::new(store.path().join("packs"))
         .into_iter()
         .flatten()
@@ -437,6 +553,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
     (rep.read_warm_p50_us, rep.read_warm_p99_us) =
         random_reads(&reader, &set, opts.reads, false, false)?;
     // Sequential: packs in the page cache (read once to warm), then the timed read.
+    progress("sequential read of the set");
     for _ in 0..2 {
         let t = Instant::now();
         let mut sum = 0u64;
@@ -449,16 +566,22 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
     }
     drop(reader);
     drop(store);
-    let _ = std::fs::remove_dir_all(opts.dir.join(format!("store3-{}", RUNS - 1)));
+    let _ = std::fs::remove_dir_all(dir.join(format!("store3-{}", RUNS - 1)));
     if opts.frame_sweep_bytes > 0 {
         let sample = image(opts.frame_sweep_bytes.min(size) / PAGE_SIZE as u64 * PAGE_SIZE as u64);
         for fp in [1usize, 4, 8, 16, 32, 64] {
-            let dir = opts.dir.join(format!("frames{fp}"));
-            let store = Store::open_or_create(&dir)?;
+            progress(&format!("frame size sweep: {fp} pages per frame"));
+            let sdir = dir.join(format!("frames{fp}"));
+            let store = Store::open_or_create(&sdir)?;
             store.set_frame_pages(fp);
             let (set, _) = write_image(&store, "sweep", &sample, Some(3))?;
-            let (p50, p99) =
-                random_reads(&Store::open(&dir)?, &set, opts.reads.min(1000), false, true)?;
+            let (p50, p99) = random_reads(
+                &Store::open(&sdir)?,
+                &set,
+                opts.reads.min(1000),
+                false,
+                true,
+            )?;
             rep.frame_sweep.push(FrameRow {
                 frame_pages: fp,
                 ratio: set.figures.bytes_logical as f64 / set.figures.bytes_new.max(1) as f64,
@@ -466,11 +589,77 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, StoreError> {
                 read_p99_us: p99,
             });
             drop(store);
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&sdir);
         }
     }
-    let _ = std::fs::remove_dir_all(&opts.dir);
+    drop(work);
+    rep.targets = targets(&rep);
     Ok(rep)
+}
+
+/// Each target the benchmark measures against, with this run's figure and whether it met it.
+fn targets(r: &BenchReport) -> Vec<TargetVerdict> {
+    let mut v = Vec::new();
+    let mut add = |what: String, value: f64, at_least: bool, limit: f64, unit: &str| {
+        v.push(TargetVerdict {
+            what,
+            value,
+            op: if at_least { ">=" } else { "<=" }.into(),
+            limit,
+            unit: unit.into(),
+            pass: if at_least {
+                value >= limit
+            } else {
+                value <= limit
+            },
+        })
+    };
+    for w in &r.writes {
+        if let Some(x) = w.speed_ratio {
+            let what = format!(
+                "write level {}: speed against zstd -{} -T2",
+                w.level, w.level
+            );
+            add(what, x, true, 1.5, "x");
+        }
+        if let Some(x) = w.size_ratio {
+            let what = format!(
+                "write level {}: size against zstd -{} -T2",
+                w.level, w.level
+            );
+            add(what, x, false, 1.0, "x");
+        }
+    }
+    if r.changed_us > 0 {
+        let what = "1% changed: store growth".to_string();
+        add(what, r.changed_growth_ratio * 100.0, false, 2.0, "%");
+        let what = "1% changed: faster than the first set".to_string();
+        add(what, r.changed_speedup, true, 5.0, "x");
+    }
+    if r.sequential_gb_s > 0.0 {
+        add(
+            "cold random page read, p50".into(),
+            r.read_cold_p50_us,
+            false,
+            100.0,
+            "us",
+        );
+        add(
+            "cold random page read, p99".into(),
+            r.read_cold_p99_us,
+            false,
+            300.0,
+            "us",
+        );
+        add(
+            "sequential read".into(),
+            r.sequential_gb_s,
+            true,
+            2.0,
+            "GB/s",
+        );
+    }
+    v
 }
 
 /// Text rendering of a report, with the targets next to the figures.
@@ -538,5 +727,31 @@ pub fn report_text(r: &BenchReport) -> String {
             f.frame_pages, f.ratio, f.read_p50_us, f.read_p99_us
         );
     }
+    if !r.targets.is_empty() {
+        let _ = writeln!(s, "targets:");
+        for t in &r.targets {
+            let _ = writeln!(
+                s,
+                "  {}  {}: {} (target {} {})",
+                if t.pass { "PASS" } else { "FAIL" },
+                t.what,
+                figure(t.value, &t.unit),
+                t.op,
+                figure(t.limit, &t.unit)
+            );
+        }
+        let met = r.targets.iter().filter(|t| t.pass).count();
+        let _ = writeln!(s, "{met} of {} targets met", r.targets.len());
+    }
     s
+}
+
+/// A figure with its unit, as the targets are written.
+fn figure(v: f64, unit: &str) -> String {
+    match unit {
+        "x" => format!("x{v:.2}"),
+        "%" => format!("{v:.2}%"),
+        "us" => format!("{v:.0} us"),
+        u => format!("{v:.2} {u}"),
+    }
 }

@@ -1,7 +1,8 @@
 //! Maintenance: verify (re-read and re-hash everything), gc (drop and repack dead packs),
 //! du (where the bytes are).
 
-use super::index::{IdMap, Index, Loc};
+use super::chains::{self, SetRef, SetState};
+use super::index::{IdMap, Index, Loc, PackInfo};
 use super::pack::{encode_frame, PackId, PackWriter, CODEC_ZSTD};
 use super::read::{check, Located};
 use super::{fsutil, Store, StoreError};
@@ -34,7 +35,8 @@ pub struct VerifyReport {
     /// Distinct stored pages read back and re-hashed.
     pub pages_checked: u64,
     pub frames_checked: u64,
-    /// Packs whose whole content was hashed against their id (whole-store verify only).
+    /// Packs whose whole content was hashed against their id: every pack of the store, or
+    /// every pack one set has a page in.
     pub packs_checked: u64,
     pub bytes_read: u64,
     /// Packs no set references (garbage for gc; not a problem). Whole-store verify only.
@@ -48,6 +50,7 @@ pub struct VerifyReport {
 /// What [`Store::gc`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
+    /// Sets kept.
     pub sets: u64,
     pub packs_before: u64,
     pub packs_after: u64,
@@ -62,56 +65,18 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub temp_files_removed: u64,
     pub stale_segments_removed: u64,
+    /// Pre-dump sets a pre-copy left (interrupted, killed, refused by the final dump): no dump
+    /// named them and no process was writing their chain any more.
+    pub incomplete_sets_removed: Vec<String>,
     /// Packs left alone because reading them failed (verify says why).
     pub skipped: Vec<String>,
     pub duration_us: u64,
 }
 
-/// Disk use of one job's sets.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct JobUsage {
-    pub job: String,
-    pub sets: u64,
-    pub newest: Option<String>,
-    /// Sum of the sets' logical bytes (non-zero pages × 4096).
-    pub bytes_logical: u64,
-    /// Compressed bytes of the distinct pages this job's sets reference.
-    pub bytes_referenced: u64,
-    /// Of those, bytes referenced by this job only.
-    pub bytes_exclusive: u64,
-}
-
-/// What [`Store::du`] found.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct DuReport {
-    pub sets: u64,
-    pub jobs: Vec<JobUsage>,
-    pub packs: u64,
-    pub bytes_packs: u64,
-    pub bytes_index: u64,
-    pub bytes_manifests: u64,
-    pub bytes_temp: u64,
-    /// Distinct pages in the store.
-    pub pages_stored: u64,
-    /// Distinct pages some set references.
-    pub pages_referenced: u64,
-    /// Compressed bytes of the referenced pages.
-    pub bytes_referenced: u64,
-    /// Compressed bytes of pages no set references (gc reclaims them).
-    pub bytes_unreferenced: u64,
-    /// Sum over sets of their logical bytes.
-    pub bytes_logical: u64,
-    /// Logical bytes of the distinct referenced pages / their compressed bytes.
-    pub compression_ratio: f64,
-    /// Sum of the sets' logical bytes / logical bytes of the distinct referenced pages.
-    pub dedup_ratio: f64,
-    pub unreadable_manifests: u64,
-}
-
 /// (pack, frame) and the pages (id, slot) to check in it.
 type FrameGroup = ((u32, u32), Vec<(PageId, u16)>);
 
-fn dir_bytes(dir: &std::path::Path) -> (u64, u64) {
+pub(super) fn dir_bytes(dir: &std::path::Path) -> (u64, u64) {
     let mut n = 0;
     let mut b = 0;
     for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
@@ -180,10 +145,10 @@ impl StoreError {
 }
 
 /// Manifests that loaded, and the paths of those that did not with why.
-type Loaded = (Vec<ImageSet>, Vec<(PathBuf, StoreError)>);
+pub(super) type Loaded = (Vec<ImageSet>, Vec<(PathBuf, StoreError)>);
 
 /// Every manifest, oldest set first.
-fn load_all(store: &Store) -> Result<Loaded, StoreError> {
+pub(super) fn load_all(store: &Store) -> Result<Loaded, StoreError> {
     let paths = store.manifest_paths(None)?;
     let results: Vec<(PathBuf, Result<ImageSet, StoreError>)> = paths
         .into_par_iter()
@@ -213,8 +178,94 @@ fn load_all(store: &Store) -> Result<Loaded, StoreError> {
     Ok((ok, bad))
 }
 
+/// A pack to repack, its live pages in frame order, and whether it had zstd frames.
+pub(super) type Repack = (PackInfo, Vec<(PageId, Loc)>, bool);
+
+/// What gc does with the packs, given the live pages: [`Store::gc`] carries it out and
+/// [`Store::du`] adds it up, so that what du says gc frees is what gc frees.
+pub(super) struct GcPlan {
+    /// Packs no live page is in: deleted.
+    pub doomed: Vec<PackId>,
+    /// Packs mostly (>50%) dead: their live pages (in frame order) are moved to new packs and
+    /// the packs deleted.
+    pub repack: Vec<Repack>,
+    /// Index segments of missing packs that name no live page.
+    pub stale: Vec<PackId>,
+}
+
+/// The pages gc keeps: every page (stored, or lazy) some kept set names.
+pub(super) fn live_pages(sets: &[ImageSet]) -> IdMap<()> {
+    let mut live: IdMap<()> = IdMap::default();
+    for s in sets {
+        for (_, r) in s.pages.iter() {
+            if let PageRef::Stored(id) | PageRef::Lazy(id) = r {
+                live.insert(id, ());
+            }
+        }
+    }
+    live
+}
+
+/// The state of each set (see [`SetState`]), in the same order.
+pub(super) fn set_states(root: &std::path::Path, sets: &[ImageSet]) -> Vec<SetState> {
+    let refs: Vec<SetRef<'_>> = sets
+        .iter()
+        .map(|s| SetRef {
+            id: &s.id,
+            kind: s.kind,
+            parent: s.parent.as_deref(),
+        })
+        .collect();
+    chains::states(root, &refs)
+}
+
+/// What gc would do to the packs of `idx` keeping the pages of `live`.
+pub(super) fn gc_plan(idx: &Index, live: &IdMap<()>) -> GcPlan {
+    let mut live_in = vec![0u64; idx.packs.len()];
+    let mut live_pages: BTreeMap<u32, Vec<(PageId, Loc)>> = BTreeMap::new();
+    for (id, loc) in &idx.pages {
+        if live.contains_key(id) {
+            live_in[loc.pack as usize] += 1;
+            live_pages.entry(loc.pack).or_default().push((*id, *loc));
+        }
+    }
+    let mut doomed = Vec::new();
+    let mut repack = Vec::new();
+    for (i, p) in idx.packs.iter().enumerate() {
+        if live_in[i] == 0 {
+            doomed.push(p.id);
+        } else if live_in[i] * 2 < p.npages as u64 {
+            let mut pages = live_pages.remove(&(i as u32)).unwrap_or_default();
+            pages.sort_by_key(|(_, l)| (l.frame, l.slot));
+            let zstd = p.frames.iter().any(|f| f.codec == CODEC_ZSTD);
+            repack.push((p.clone(), pages, zstd));
+        }
+    }
+    let mut stale: Vec<PackId> = idx
+        .missing
+        .iter()
+        .filter(|(id, _)| !live.contains_key(*id))
+        .map(|(_, p)| *p)
+        .collect();
+    stale.sort();
+    stale.dedup();
+    // Keep segments that still name a live page: they say which pack is missing.
+    let keep: std::collections::HashSet<PackId> = idx
+        .missing
+        .iter()
+        .filter(|(id, _)| live.contains_key(*id))
+        .map(|(_, p)| *p)
+        .collect();
+    stale.retain(|p| !keep.contains(p));
+    GcPlan {
+        doomed,
+        repack,
+        stale,
+    }
+}
+
 impl Store {
-    fn refresh_index(&self) -> Result<(), StoreError> {
+    pub(super) fn refresh_index(&self) -> Result<(), StoreError> {
         self.inner
             .index
             .write()
@@ -222,8 +273,8 @@ impl Store {
             .refresh(&self.inner.root)
     }
 
-    /// Reads back every page of one set (or of every set) and hashes it again; a whole-store
-    /// verify also hashes every pack against its id. Problems are listed, not returned as
+    /// Reads back every page of one set (or of every set) and hashes it again, and hashes
+    /// every pack those pages are in against its id (a whole-store verify: every pack). Problems are listed, not returned as
     /// errors; an error means verify itself could not run.
     pub fn verify(&self, set: Option<&str>) -> Result<VerifyReport, StoreError> {
         let start = Instant::now();
@@ -361,18 +412,27 @@ impl Store {
             rep.frames_checked += 1;
             rep.problems.extend(probs);
         }
-        if set.is_none() {
-            // Whole packs against their ids, and packs nobody references.
-            let mut referenced = vec![false; idx.packs.len()];
-            for id in refs.keys() {
-                if let Some(l) = idx.pages.get(id) {
-                    referenced[l.pack as usize] = true;
-                }
+        // Whole packs against their ids (frames, footer and trailer alike): every pack for
+        // the whole store, every pack the set has a page in for one set.
+        let mut referenced = vec![false; idx.packs.len()];
+        for id in refs.keys() {
+            if let Some(l) = idx.pages.get(id) {
+                referenced[l.pack as usize] = true;
             }
+        }
+        if set.is_none() {
             rep.packs_unreferenced = referenced.iter().filter(|r| !**r).count() as u64;
+        }
+        {
             let root = &self.inner.root;
-            let pack_probs: Vec<(u64, Option<VerifyProblem>)> = idx
+            let to_hash: Vec<&super::index::PackInfo> = idx
                 .packs
+                .iter()
+                .zip(&referenced)
+                .filter(|(_, r)| set.is_none() || **r)
+                .map(|(p, _)| p)
+                .collect();
+            let pack_probs: Vec<(u64, Option<VerifyProblem>)> = to_hash
                 .par_iter()
                 .map(|p| {
                     let path = p.id.path(root);
@@ -405,6 +465,8 @@ impl Store {
                 rep.bytes_read += n;
                 rep.problems.extend(p);
             }
+        }
+        if set.is_none() {
             for (id, reason) in &idx.unreadable {
                 rep.problems.push(VerifyProblem {
                     pack: Some(id.to_hex()),
@@ -439,19 +501,28 @@ impl Store {
                 ),
             });
         }
-        let mut rep = GcReport {
-            sets: sets.len() as u64,
-            ..Default::default()
-        };
-        let mut live: IdMap<()> = IdMap::default();
-        for s in &sets {
-            for (_, r) in s.pages.iter() {
-                if let PageRef::Stored(id) | PageRef::Lazy(id) = r {
-                    live.insert(id, ());
-                }
+        let mut rep = GcReport::default();
+        // Pre-dumps a pre-copy left (no dump names them, no process holds their lock) go
+        // first: then their pages are garbage like any other.
+        let states = set_states(&root, &sets);
+        let mut kept = Vec::with_capacity(sets.len());
+        for (s, st) in sets.into_iter().zip(states) {
+            if st == SetState::Incomplete {
+                Store::remove_manifest(&self.find_set(&s.id)?)?;
+                rep.incomplete_sets_removed.push(s.id);
+            } else {
+                kept.push(s);
             }
         }
-        let (doomed, repack, stale) = {
+        chains::remove_stale_locks(&root);
+        let sets = kept;
+        rep.sets = sets.len() as u64;
+        let live = live_pages(&sets);
+        let GcPlan {
+            doomed,
+            repack,
+            stale,
+        } = {
             let idx = self
                 .inner
                 .index
@@ -459,46 +530,7 @@ impl Store {
                 .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
             rep.packs_before = idx.packs.len() as u64;
             rep.bytes_before = idx.packs.iter().map(|p| p.len).sum();
-            let mut live_in = vec![0u64; idx.packs.len()];
-            let mut live_pages: BTreeMap<u32, Vec<(PageId, Loc)>> = BTreeMap::new();
-            for (id, loc) in &idx.pages {
-                if live.contains_key(id) {
-                    live_in[loc.pack as usize] += 1;
-                    live_pages.entry(loc.pack).or_default().push((*id, *loc));
-                }
-            }
-            let mut doomed = Vec::new();
-            let mut repack = Vec::new();
-            for (i, p) in idx.packs.iter().enumerate() {
-                if live_in[i] == 0 {
-                    doomed.push(p.id);
-                } else if live_in[i] * 2 < p.npages as u64 {
-                    let mut pages = live_pages.remove(&(i as u32)).unwrap_or_default();
-                    pages.sort_by_key(|(_, l)| (l.frame, l.slot));
-                    let zstd = p.frames.iter().any(|f| f.codec == CODEC_ZSTD);
-                    repack.push((p.clone(), pages, zstd));
-                }
-            }
-            let stale: Vec<PackId> = {
-                let mut s: Vec<PackId> = idx
-                    .missing
-                    .iter()
-                    .filter(|(id, _)| !live.contains_key(*id))
-                    .map(|(_, p)| *p)
-                    .collect();
-                s.sort();
-                s.dedup();
-                // Keep segments that still name a live page: they say which pack is missing.
-                let keep: std::collections::HashSet<PackId> = idx
-                    .missing
-                    .iter()
-                    .filter(|(id, _)| live.contains_key(*id))
-                    .map(|(_, p)| *p)
-                    .collect();
-                s.retain(|p| !keep.contains(p));
-                s
-            };
-            (doomed, repack, stale)
+            gc_plan(&idx, &live)
         };
         // Repack: copy live pages into new packs first; delete the old ones only after the new
         // ones are committed.
@@ -643,114 +675,5 @@ impl Store {
             }
         }
         Ok(ids.len() as u64)
-    }
-
-    /// Where the store's bytes are: per job, referenced vs not, ratios.
-    pub fn du(&self) -> Result<DuReport, StoreError> {
-        self.refresh_index()?;
-        let (sets, bad) = load_all(self)?;
-        let idx = self
-            .inner
-            .index
-            .read()
-            .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
-        let root = &self.inner.root;
-        let mut rep = DuReport {
-            sets: sets.len() as u64,
-            unreadable_manifests: bad.len() as u64,
-            packs: idx.packs.len() as u64,
-            bytes_packs: idx.packs.iter().map(|p| p.len).sum(),
-            bytes_index: dir_bytes(&root.join("index")).1,
-            bytes_manifests: dir_bytes(&root.join("sets")).1,
-            bytes_temp: dir_bytes(&root.join("tmp")).1,
-            pages_stored: idx.pages.len() as u64,
-            ..Default::default()
-        };
-        let cost = |id: &PageId| {
-            idx.lookup(id)
-                .map(|(l, p)| p.page_cost(l.frame))
-                .unwrap_or(0)
-        };
-        // page -> jobs referencing it (first job, and whether a second one does too)
-        let mut owners: IdMap<(usize, bool)> = IdMap::default();
-        let mut jobs: BTreeMap<String, JobUsage> = BTreeMap::new();
-        let mut job_ix: Vec<String> = Vec::new();
-        for s in &sets {
-            rep.bytes_logical += s.figures.bytes_logical;
-            let j = jobs.entry(s.job.clone()).or_insert_with(|| JobUsage {
-                job: s.job.clone(),
-                ..Default::default()
-            });
-            j.sets += 1;
-            j.newest = Some(s.id.clone());
-            j.bytes_logical += s.figures.bytes_logical;
-            let ji = match job_ix.iter().position(|x| *x == s.job) {
-                Some(i) => i,
-                None => {
-                    job_ix.push(s.job.clone());
-                    job_ix.len() - 1
-                }
-            };
-            for (_, r) in s.pages.iter() {
-                if let PageRef::Stored(id) = r {
-                    let e = owners.entry(id).or_insert((ji, false));
-                    if e.0 != ji {
-                        e.1 = true;
-                    }
-                }
-            }
-        }
-        let mut per_job_ref: Vec<(u64, u64)> = vec![(0, 0); job_ix.len()];
-        for (id, (ji, shared)) in &owners {
-            let c = cost(id);
-            rep.pages_referenced += 1;
-            rep.bytes_referenced += c;
-            per_job_ref[*ji].0 += c;
-            if !shared {
-                per_job_ref[*ji].1 += c;
-            }
-        }
-        // Shared pages count toward every job referencing them.
-        if job_ix.len() > 1 {
-            for j in per_job_ref.iter_mut() {
-                j.0 = 0;
-            }
-            let mut seen: Vec<IdMap<()>> = vec![IdMap::default(); job_ix.len()];
-            for s in &sets {
-                let ji = job_ix.iter().position(|x| *x == s.job).unwrap_or(0);
-                for (_, r) in s.pages.iter() {
-                    if let PageRef::Stored(id) = r {
-                        if seen[ji].insert(id, ()).is_none() {
-                            per_job_ref[ji].0 += cost(&id);
-                        }
-                    }
-                }
-            }
-        }
-        for (ji, name) in job_ix.iter().enumerate() {
-            if let Some(j) = jobs.get_mut(name) {
-                j.bytes_referenced = per_job_ref[ji].0;
-                j.bytes_exclusive = per_job_ref[ji].1;
-            }
-        }
-        rep.jobs = jobs.into_values().collect();
-        let all: u64 = idx
-            .pages
-            .values()
-            .map(|l| idx.packs[l.pack as usize].page_cost(l.frame))
-            .sum();
-        rep.bytes_unreferenced = all.saturating_sub(rep.bytes_referenced);
-        let unique_logical = rep.pages_referenced * PAGE_SIZE as u64;
-        rep.compression_ratio = if rep.bytes_referenced > 0 {
-            unique_logical as f64 / rep.bytes_referenced as f64
-        } else {
-            0.0
-        };
-        rep.dedup_ratio = if unique_logical > 0 {
-            rep.bytes_logical as f64 / unique_logical as f64
-        } else {
-            0.0
-        };
-        Ok(rep)
     }
 }

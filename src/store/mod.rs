@@ -8,14 +8,18 @@
 //!   packs/ab/<id>.pack    frames of pages + footer + trailer (see [`pack`])
 //!   index/<pack id>.idx   one index segment per pack (see [`index`])
 //!   sets/<job>/<set id>   manifests (see [`crate::image::encode`])
+//!   precopy/<set id>.lock flock: held by the process writing a pre-copy (see [`chains`])
 //!   tmp/                  files being written; leftovers of crashed writers, removed by gc
 //! ```
 //!
 //! Every file is written under `tmp/`, fsynced, renamed into place and its directory fsynced; a
 //! set's manifest is written last, so a crash leaves at most unreferenced packs and temp files.
 
+mod chains;
+mod du;
 mod fsutil;
 pub mod index;
+mod list;
 mod maint;
 pub mod pack;
 mod read;
@@ -24,7 +28,10 @@ mod writer;
 
 pub mod bench;
 
-pub use maint::{DuReport, GcReport, JobUsage, VerifyProblem, VerifyReport};
+pub use chains::SetState;
+pub use du::{DuReport, JobUsage};
+pub use list::{DamagedSet, ListRow, Listing};
+pub use maint::{GcReport, VerifyProblem, VerifyReport};
 pub use pack::PackId;
 pub use read::{NextBatch, PageStream, ReadOptions, StreamBatch, READ_BATCH_PAGES};
 pub use view::{set_view, show_text, ProcessView, SetView, VmaView};
@@ -37,7 +44,6 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -144,6 +150,8 @@ pub enum StoreError {
         "add_pages: {addrs} addresses but {bytes} bytes of data (need {PAGE_SIZE} per address)"
     )]
     BatchShape { addrs: usize, bytes: usize },
+    #[error("bench store: a {size}-byte image is too small to measure; the least is {min} bytes")]
+    BenchTooSmall { size: u64, min: u64 },
 }
 
 impl StoreError {
@@ -193,11 +201,14 @@ pub struct SetSummary {
     pub pid: Option<i32>,
     pub comm: Option<String>,
     pub figures: SetFigures,
+    /// Whether gc keeps it: see [`SetState`].
+    pub state: SetState,
 }
 
 impl SetSummary {
     fn of(m: SetMeta) -> SetSummary {
         SetSummary {
+            state: SetState::Ok,
             pid: m.process.as_ref().map(|p| p.pid),
             comm: m.process.as_ref().map(|p| p.comm.clone()),
             id: m.id,
@@ -257,6 +268,8 @@ pub(crate) struct Inner {
     lock_timeout_ms: AtomicU64,
     pack_target: AtomicU64,
     frame_pages: AtomicUsize,
+    /// The pre-copy chains this process is writing (see [`chains`]).
+    chains: Mutex<chains::Chains>,
 }
 
 /// An open store. Cheap to share between threads (`&Store` is `Sync`).
@@ -378,6 +391,7 @@ impl Store {
                 lock_timeout_ms: AtomicU64::new(DEFAULT_LOCK_TIMEOUT.as_millis() as u64),
                 pack_target: AtomicU64::new(DEFAULT_PACK_TARGET),
                 frame_pages: AtomicUsize::new(DEFAULT_FRAME_PAGES),
+                chains: Mutex::default(),
             }),
         })
     }
@@ -619,49 +633,37 @@ impl Store {
         Ok(out)
     }
 
+    /// The meta section of a manifest, after checking the checksums of the whole file (the
+    /// page table's too, without decoding it): a set whose page table is damaged is damaged.
     fn read_meta(path: &Path) -> Result<SetMeta, StoreError> {
-        let mut f = File::open(path)
-            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-        let mut head = vec![0u8; encode::HEADER_LEN];
-        f.read_exact(&mut head).map_err(|e| StoreError::Manifest {
-            path: path.into(),
-            source: if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                EncodeError::Truncated("header")
-            } else {
-                EncodeError::Decompress {
-                    section: "header",
-                    source: e,
-                }
-            },
-        })?;
-        let h = encode::decode_header(&head).map_err(|source| StoreError::Manifest {
+        let b = std::fs::read(path)
+            .map_err(|e| StoreError::io(format!("reading manifest {}", path.display()), e))?;
+        let bad = |source| StoreError::Manifest {
             path: path.into(),
             source,
-        })?;
-        let mut meta = vec![0u8; h.meta_len.min(64 << 20) as usize];
-        f.read_exact(&mut meta).map_err(|_| StoreError::Manifest {
-            path: path.into(),
-            source: EncodeError::Truncated("meta"),
-        })?;
-        head.extend_from_slice(&meta);
-        encode::decode_meta(&head).map_err(|source| StoreError::Manifest {
-            path: path.into(),
-            source,
-        })
+        };
+        let meta = encode::decode_meta(&b).map_err(bad)?;
+        let h = encode::decode_header(&b).map_err(bad)?;
+        let table_start = (encode::HEADER_LEN as u64).saturating_add(h.meta_len);
+        if table_start.checked_add(h.table_len) != Some(b.len() as u64) {
+            return Err(bad(EncodeError::Truncated("page table")));
+        }
+        if blake3::hash(&b[table_start as usize..]).as_bytes() != &h.table_hash {
+            return Err(bad(EncodeError::Checksum {
+                section: "page table",
+            }));
+        }
+        Ok(meta)
     }
 
-    /// Every readable set (of one job, or all), oldest first. Corrupt manifests are skipped
-    /// here (with a warning); `verify` reports them.
+    /// Every readable set (of one job, or all), oldest first. Damaged manifests are skipped
+    /// here (with a warning); [`Store::list`] lists them, `verify` says what is wrong.
     pub fn list_sets(&self, job: Option<&str>) -> Result<Vec<SetSummary>, StoreError> {
-        let mut out = Vec::new();
-        for p in self.manifest_paths(job)? {
-            match Store::read_meta(&p) {
-                Ok(m) => out.push(SetSummary::of(m)),
-                Err(e) => tracing::warn!("skipping unreadable manifest: {e}"),
-            }
+        let l = self.list(job)?;
+        for d in &l.damaged {
+            tracing::warn!("skipping unreadable manifest: {}", d.error);
         }
-        out.sort_by(|a, b| (a.created_us, &a.id).cmp(&(b.created_us, &b.id)));
-        Ok(out)
+        Ok(l.sets)
     }
 
     /// The newest set of `job`.
@@ -712,7 +714,12 @@ impl Store {
     pub fn remove_set(&self, id: &str) -> Result<(), StoreError> {
         let _lock = self.lock(false, "rm")?;
         let path = self.find_set(id)?;
-        std::fs::remove_file(&path)
+        Store::remove_manifest(&path)
+    }
+
+    /// Removes a manifest file, and its job's directory once empty; the caller holds the lock.
+    fn remove_manifest(path: &Path) -> Result<(), StoreError> {
+        std::fs::remove_file(path)
             .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
         if let Some(dir) = path.parent() {
             fsutil::fsync_dir(dir)?;

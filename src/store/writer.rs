@@ -249,13 +249,33 @@ impl<'a> SetWriter<'a> {
                 .join(&self.id),
             source,
         })?;
-        let dir = inner.root.join("sets").join(&self.job);
-        if !dir.exists() {
-            fsutil::create_dir(&dir)?;
-            fsutil::fsync_dir(&inner.root.join("sets"))?;
+        // A pre-dump is locked as part of its pre-copy's chain before it is listed, so that
+        // gc never takes it for one a pre-copy left (see `chains`); a dump ends the chain it
+        // names. Both happen under the store lock we hold shared.
+        let parent = self.parent.as_deref();
+        if self.kind == SetKind::PreDump {
+            inner.chain_hold(&self.id, parent)?;
         }
-        fsutil::write_atomic(&inner.root, &dir.join(&self.id), &bytes)?;
-        Ok(set)
+        let dir = inner.root.join("sets").join(&self.job);
+        let written = (|| {
+            if !dir.exists() {
+                fsutil::create_dir(&dir)?;
+                fsutil::fsync_dir(&inner.root.join("sets"))?;
+            }
+            fsutil::write_atomic(&inner.root, &dir.join(&self.id), &bytes)
+        })();
+        match (written, self.kind) {
+            (Err(e), SetKind::PreDump) => {
+                inner.chain_undo(&self.id, parent);
+                Err(e)
+            }
+            (Err(e), SetKind::Dump) => Err(e),
+            (Ok(()), SetKind::PreDump) => Ok(set),
+            (Ok(()), SetKind::Dump) => {
+                inner.chain_release(parent);
+                Ok(set)
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! (deduplicated against its index), from a local store (`push`) or a page server (`pull`).
 //! The copy keeps the set's id, so a lazy restore on the destination names it alike.
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::{Client, XferError};
@@ -136,25 +137,29 @@ pub fn push(
 }
 
 /// `haul images pull SET --from HOST:PORT`: copies set `id` from the page server at `addr`
-/// into `dest`.
+/// into the store at `dest`, which is created when missing, but only once the server has
+/// answered with the set's manifest: an unreachable server, a refused token or an unknown set
+/// leave nothing behind.
 pub fn pull(
     addr: &str,
     token: &[u8],
     timeout: Duration,
     id: &str,
-    dest: &Store,
+    dest: &Path,
     level: Option<i32>,
-) -> Result<SyncReport, XferError> {
+) -> Result<SyncReport, crate::Error> {
     let mut c = Client::connect(addr, token, timeout)?;
     let set = c.manifest(id)?;
     if set.id != id {
         return Err(XferError::Protocol {
             peer: addr.into(),
             message: format!("asked for set {id}, got the manifest of {}", set.id),
-        });
+        }
+        .into());
     }
+    let dest = Store::open_or_create(dest)?;
     let mut fetch = |pages: &[(u64, PageId)], out: &mut Vec<u8>| c.pages(id, pages, out);
-    let mut rep = copy_set(&set, dest, level, &mut fetch)?;
+    let mut rep = copy_set(&set, &dest, level, &mut fetch)?;
     rep.bytes_network = c.bytes;
     Ok(rep)
 }
