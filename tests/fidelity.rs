@@ -236,3 +236,89 @@ fn a_network_namespace_of_its_own_is_refused_by_name() {
         &["in a network namespace of its own (net:["],
     );
 }
+
+/// VmFlags of the mapping that starts at `start` (hex, as /proc/PID/maps prints it).
+fn vm_flags(pid: i32, start: &str) -> Vec<String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_it = false;
+    for l in smaps.lines() {
+        if let Some((range, _)) = l.split_once(' ') {
+            if range.contains('-') && range.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                in_it = range.split('-').next() == Some(start);
+                continue;
+            }
+        }
+        if in_it {
+            if let Some(f) = l.strip_prefix("VmFlags:") {
+                // uffd registrations come and go with tracking and lazy restores.
+                let mut v: Vec<String> = f
+                    .split_whitespace()
+                    .filter(|x| !matches!(*x, "um" | "uw"))
+                    .map(String::from)
+                    .collect();
+                v.sort();
+                return v;
+            }
+        }
+    }
+    panic!("pid {pid}: no mapping at {start}");
+}
+
+#[test]
+fn mapping_advice_and_a_shared_file_mapping_that_may_become_writable_come_back() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shared");
+    std::fs::write(&file, vec![7u8; 4096]).unwrap();
+    let go = dir.path().join("go");
+    let out = dir.path().join("out");
+    // A read-only shared mapping of a file opened read-write (so VM_MAYWRITE), and anonymous
+    // regions advised MADV_SEQUENTIAL and MADV_RANDOM. Once `go` exists, the program makes
+    // the shared mapping writable and writes through it, and says how that went.
+    let script = format!(
+        "import ctypes,os,time\nlibc=ctypes.CDLL(None,use_errno=True)\n\
+         libc.mmap.restype=ctypes.c_void_p\nlibc.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,ctypes.c_long]\n\
+         libc.mprotect.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int]\nlibc.madvise.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int]\n\
+         fd=os.open({file:?},os.O_RDWR)\nsh=libc.mmap(None,4096,1,1,fd,0)\nos.close(fd)\n\
+         seq=libc.mmap(None,8192,3,0x22,-1,0)\nrnd=libc.mmap(None,12288,3,0x22,-1,0)\n\
+         assert libc.madvise(seq,8192,2)==0 and libc.madvise(rnd,12288,1)==0\n\
+         print('%x %x %x' % (sh,seq,rnd),flush=True)\nprint('ready',flush=True)\n\
+         while not os.path.exists({go:?}): time.sleep(0.01)\n\
+         r=libc.mprotect(sh,4096,3)\ne=ctypes.get_errno()\n\
+         if r==0: ctypes.memset(sh,65,1)\n\
+         open({out:?}+'.tmp','w').write('%d %d' % (r,e))\nos.rename({out:?}+'.tmp',{out:?})\ntime.sleep(600)"
+    );
+    let mut p = python(dir.path(), &script);
+    let log = std::fs::read_to_string(dir.path().join("py.log")).unwrap();
+    let addrs: Vec<String> = log
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let before: Vec<_> = addrs.iter().map(|a| vm_flags(p.pid, a)).collect();
+    assert!(before[0].contains(&"mw".to_string()), "{before:?}");
+    assert!(before[1].contains(&"sr".to_string()), "{before:?}");
+    assert!(before[2].contains(&"rr".to_string()), "{before:?}");
+    let r = dump_and_restore(&mut p, &dir.path().join("store"));
+    let after: Vec<_> = addrs.iter().map(|a| vm_flags(r, a)).collect();
+    std::fs::write(&go, "").unwrap();
+    let ok = wait_for(Duration::from_secs(10), || out.exists());
+    let result = std::fs::read_to_string(&out).unwrap_or_default();
+    finish(r);
+    assert_eq!(
+        after, before,
+        "VmFlags of the shared, sequential and random mappings"
+    );
+    assert!(ok, "the restored program did not answer");
+    assert_eq!(
+        result, "0 0",
+        "mprotect(PROT_READ|PROT_WRITE) of the shared mapping: ret errno"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap()[0],
+        b'A',
+        "the write did not reach the file"
+    );
+}

@@ -902,7 +902,11 @@ fn map_vmas(
                 .map_err(|e| e.to_string())?;
             }
             VmaKind::File => {
-                let mode = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+                // A shared mapping that may be made writable (VmFlags `mw`, from a file opened
+                // for writing) needs the file opened so again, even while it is read-only:
+                // else a later mprotect(PROT_WRITE) fails with EACCES.
+                let may_write = v.prot & libc::PROT_WRITE as u32 != 0 || v.has_flag("mw");
+                let mode = if v.shared && may_write {
                     libc::O_RDWR
                 } else {
                     libc::O_RDONLY
@@ -932,7 +936,8 @@ fn map_vmas(
 
 /// Applies the VmFlags that madvise or mlock can set and that matter to a restored process:
 /// not copied on fork, not dumped, huge pages wanted or not, mergeable (KSM), wiped on fork,
-/// and locked in memory (`lo`, or `lf` for locked on fault).
+/// read ahead sequentially or not at all (`sr`, `rr`), and locked in memory (`lo`, or `lf` for
+/// locked on fault).
 fn madvise_flags(rs: &mut RemoteSyscall, v: &Vma) -> Result<(), String> {
     for (flag, advice) in [
         ("dc", MADV_DONTFORK),
@@ -941,6 +946,8 @@ fn madvise_flags(rs: &mut RemoteSyscall, v: &Vma) -> Result<(), String> {
         ("nh", MADV_NOHUGEPAGE),
         ("mg", MADV_MERGEABLE),
         ("wf", MADV_WIPEONFORK),
+        ("sr", libc::MADV_SEQUENTIAL as u64),
+        ("rr", libc::MADV_RANDOM as u64),
     ] {
         if v.has_flag(flag) {
             rs.call_ok(
