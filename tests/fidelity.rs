@@ -322,3 +322,86 @@ fn mapping_advice_and_a_shared_file_mapping_that_may_become_writable_come_back()
         "the write did not reach the file"
     );
 }
+
+/// `SigCgt`, `SigBlk` and `ShdPnd` of `pid`.
+fn signal_state(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("SigCgt") || l.starts_with("SigBlk") || l.starts_with("ShdPnd"))
+        .map(String::from)
+        .collect()
+}
+
+/// A python3 with its own SIGTRAP handler, SIGTRAP blocked and one pending (raised by itself).
+/// Once `go` exists it unblocks SIGTRAP and writes the signals its handler saw to `out`.
+fn sigtrap_program(dir: &Path) -> (Running, std::path::PathBuf, std::path::PathBuf) {
+    let go = dir.join("go");
+    let out = dir.join("out");
+    let script = format!(
+        "import os,signal,time\ngot=[]\nsignal.signal(signal.SIGTRAP,lambda s,f: got.append(s))\n\
+         signal.pthread_sigmask(signal.SIG_BLOCK,[signal.SIGTRAP])\nos.kill(os.getpid(),signal.SIGTRAP)\n\
+         print('ready',flush=True)\nwhile not os.path.exists({go:?}): time.sleep(0.01)\n\
+         signal.pthread_sigmask(signal.SIG_UNBLOCK,[signal.SIGTRAP])\n\
+         open({out:?}+'.tmp','w').write(repr(got))\nos.rename({out:?}+'.tmp',{out:?})\ntime.sleep(600)"
+    );
+    (python(dir, &script), go, out)
+}
+
+#[test]
+fn a_dump_leaves_the_targets_own_sigtrap_handler_and_pending_sigtrap_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, go, out) = sigtrap_program(dir.path());
+    let before = signal_state(p.pid);
+    let st = haul()
+        .args([
+            "dump",
+            "--leave-running",
+            "--pid",
+            &p.pid.to_string(),
+            "--store",
+        ])
+        .arg(dir.path().join("store"))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert_eq!(
+        signal_state(p.pid),
+        before,
+        "the dump changed the target's signals"
+    );
+    std::fs::write(&go, "").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || out.exists()),
+        "no answer"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "[5]");
+    assert!(common::alive(p.pid));
+}
+
+#[test]
+fn a_restored_process_keeps_its_sigtrap_handler_and_gets_its_pending_sigtrap() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, go, out) = sigtrap_program(dir.path());
+    let before = signal_state(p.pid);
+    let r = dump_and_restore(&mut p, &dir.path().join("store"));
+    let after = signal_state(r);
+    std::fs::write(&go, "").unwrap();
+    let answered = wait_for(Duration::from_secs(10), || out.exists());
+    let alive = common::alive(r);
+    finish(r);
+    assert_eq!(
+        after, before,
+        "signal handlers, mask or pending signals changed"
+    );
+    assert!(
+        answered && alive,
+        "the restored process died of its own SIGTRAP"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "[5]");
+}

@@ -179,17 +179,15 @@ impl Frozen {
     }
 
     /// Gives the main thread its registers back and unmaps the scratch page (dropping the
-    /// injector), and ends the single-step state the injected syscalls left, while every
+    /// injector), and ends the syscall-tracing state the injected syscalls left, while every
     /// thread stays stopped: a lazy dump's source is then as it was before the dump, only
     /// stopped, so that a thaw, or the worker's death (the kernel then detaches it), resumes it
     /// intact.
     ///
-    /// Why the single-step state matters: `PTRACE_SINGLESTEP` leaves the thread flagged for
-    /// stepping until the next resume request; a tracer that dies does not clear it, so the
-    /// thread, detached by the kernel, traps at its next instruction and dies of `SIGTRAP`.
-    /// `PTRACE_CONT` clears it; a `PTRACE_INTERRUPT` queued first makes the thread stop again
-    /// inside the kernel's signal handling, before it runs any of its own code (and before
-    /// an interrupted syscall is restarted, which a later resume does as usual).
+    /// `PTRACE_SYSCALL` leaves the thread flagged to stop at syscalls until the next resume
+    /// request; `PTRACE_CONT` clears it, and a `PTRACE_INTERRUPT` queued first makes the thread
+    /// stop again inside the kernel's signal handling, before it runs any of its own code (and
+    /// before an interrupted syscall is restarted, which a later resume does as usual).
     pub fn settle(&mut self) -> Result<(), DumpError> {
         self.drop_injector();
         for i in 0..self.threads.len() {
@@ -203,9 +201,10 @@ impl Frozen {
                         stopped = true;
                         break;
                     }
-                    // The end of the last single step, suppressed by the resume above.
-                    Stop::Signal { sig } if sig == libc::SIGTRAP => {}
+                    // Every signal is the thread's own (a SIGTRAP too: injected syscalls use
+                    // syscall stops, not single steps), kept to be sent again.
                     Stop::Signal { sig } => self.hold(tid, sig),
+                    Stop::Syscall => {}
                 }
             }
             if !stopped {

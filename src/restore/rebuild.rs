@@ -145,7 +145,8 @@ pub(super) fn rebuild(
     }
 
     step(&c, Step::Seize, || -> Result<(), crate::sys::SysError> {
-        ptrace::seize(pid, 0)?;
+        // Syscall stops of injected syscalls report SIGTRAP|0x80 (threads made later inherit it).
+        ptrace::seize(pid, ptrace::PTRACE_O_TRACESYSGOOD)?;
         ptrace::interrupt(pid)?;
         loop {
             if let ptrace::Stop::Event { .. } = ptrace::wait_stop(pid)? {

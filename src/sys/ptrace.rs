@@ -28,8 +28,6 @@ pub const PTRACE_SETREGSET: libc::c_uint = 0x4205;
 pub const PTRACE_GETREGS: libc::c_uint = 12;
 /// `PTRACE_SETREGS`.
 pub const PTRACE_SETREGS: libc::c_uint = 13;
-/// `PTRACE_SINGLESTEP`.
-pub const PTRACE_SINGLESTEP: libc::c_uint = 9;
 /// `PTRACE_CONT`.
 pub const PTRACE_CONT: libc::c_uint = 7;
 /// `PTRACE_DETACH`.
@@ -237,11 +235,27 @@ pub fn detach(tid: i32, sig: i32) -> Result<()> {
     Ok(())
 }
 
-/// Resumes a stopped tracee for one instruction: `ptrace(PTRACE_SINGLESTEP)`, see ptrace(2).
-pub fn singlestep(tid: i32, sig: i32) -> Result<()> {
-    check(raw(PTRACE_SINGLESTEP, tid, 0, sig as u64), || {
-        format!("ptrace(PTRACE_SINGLESTEP, {tid})")
-    })?;
+/// Sets the ptrace options of tracee `tid` (replacing the ones it had):
+/// `ptrace(PTRACE_SETOPTIONS)`, see ptrace(2). The tracee must be in a ptrace stop.
+pub fn set_options(tid: i32, options: u64) -> Result<()> {
+    check(
+        raw(libc::PTRACE_SETOPTIONS as libc::c_uint, tid, 0, options),
+        || format!("ptrace(PTRACE_SETOPTIONS, {tid})"),
+    )?;
+    Ok(())
+}
+
+/// Resumes `tid` until its next syscall entry or exit (a syscall stop, reported as
+/// [`Stop::Syscall`] under `PTRACE_O_TRACESYSGOOD`), delivering `sig` (0: none):
+/// `ptrace(PTRACE_SYSCALL)`, see ptrace(2). Unlike a single step, a syscall stop is a ptrace
+/// report, not a signal: the kernel forces no SIGTRAP on the thread (a forced signal that is
+/// blocked resets its handler to the default, so single steps under a full signal mask made a
+/// target lose its own SIGTRAP handler).
+pub fn syscall(tid: i32, sig: i32) -> Result<()> {
+    check(
+        raw(libc::PTRACE_SYSCALL as libc::c_uint, tid, 0, sig as u64),
+        || format!("ptrace(PTRACE_SYSCALL, {tid})"),
+    )?;
     Ok(())
 }
 
@@ -259,10 +273,13 @@ pub enum Stop {
     /// `PTRACE_EVENT_STOP` after [`interrupt`] (signal `SIGTRAP`), or a group stop (the stop
     /// signal) of a seized tracee.
     Event { sig: i32 },
-    /// Signal-delivery stop: `sig` is about to be delivered (or a single step ended: `SIGTRAP`).
+    /// Signal-delivery stop: `sig` is about to be delivered.
     Signal { sig: i32 },
     /// Another `PTRACE_EVENT_*` stop.
     OtherEvent { event: i32, sig: i32 },
+    /// A syscall entry or exit stop after [`syscall`] (`SIGTRAP | 0x80`, for a tracee seized
+    /// with `PTRACE_O_TRACESYSGOOD`).
+    Syscall,
 }
 
 /// Waits for the next state change of tracee `tid`: `waitpid(tid, &status, __WALL)`, see
@@ -314,6 +331,7 @@ pub fn decode_status(tid: i32, status: i32) -> Result<Stop> {
     let sig = libc::WSTOPSIG(status);
     let event = (status >> 16) & 0xff;
     Ok(match event {
+        0 if sig == libc::SIGTRAP | 0x80 => Stop::Syscall,
         0 => Stop::Signal { sig },
         PTRACE_EVENT_STOP => Stop::Event { sig },
         _ => Stop::OtherEvent { event, sig },

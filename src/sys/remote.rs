@@ -2,11 +2,16 @@
 //! target for syscalls that take pointers.
 //!
 //! The thread runs one `syscall` instruction of its own address space — at `rip-2` when it is
-//! stopped inside a syscall, else one found in its `[vdso]` — with our registers, under
-//! `PTRACE_SINGLESTEP`; then its registers are put back. Every signal is blocked in the thread
-//! meanwhile, so signals that arrive stay queued; the few that cannot be blocked and still stop
-//! a step are suppressed and remembered ([`RemoteSyscall::take_signals`]) so the caller
-//! re-sends them when it lets the thread go.
+//! stopped inside a syscall, else one found in its `[vdso]` — with our registers, from its
+//! syscall-entry stop to its syscall-exit stop (`PTRACE_SYSCALL`); then its registers are put
+//! back. Every signal is blocked in the thread meanwhile, so signals that arrive stay queued;
+//! the few that cannot be blocked and still stop it first are suppressed and remembered
+//! ([`RemoteSyscall::take_signals`]) so the caller re-sends them when it lets the thread go.
+//!
+//! Not single steps: a single step ends in a SIGTRAP the kernel forces on the thread, and a
+//! forced signal that is blocked (every signal is, here) has its handler reset to the default.
+//! A target's own SIGTRAP handler was lost that way, and its own pending SIGTRAP then killed it.
+//! Syscall stops are ptrace reports, not signals, so every SIGTRAP the thread sees is its own.
 
 use super::mem::ProcMem;
 use super::process::nr;
@@ -37,7 +42,10 @@ pub struct RemoteSyscall {
 impl RemoteSyscall {
     /// Prepares injection into thread `tid` of process `pid`, which must be a ptrace-stopped
     /// tracee of the calling thread: saves its registers and finds a `syscall` instruction.
+    /// Sets `PTRACE_O_TRACESYSGOOD` on the thread (the only option haul's tracees have), so
+    /// that its syscall stops cannot be taken for a SIGTRAP of its own.
     pub fn new(pid: i32, tid: i32) -> Result<RemoteSyscall> {
+        ptrace::set_options(tid, ptrace::PTRACE_O_TRACESYSGOOD)?;
         let orig = ptrace::getregs(tid)?;
         let mem = ProcMem::open(pid)?;
         let insn = find_syscall_insn(pid, tid, &orig, &mem)?;
@@ -138,18 +146,40 @@ impl RemoteSyscall {
     fn step_syscall(&mut self, r: &Regs) -> Result<i64> {
         for _ in 0..MAX_STEP_ATTEMPTS {
             ptrace::setregs(self.tid, r)?;
-            ptrace::singlestep(self.tid, 0)?;
+            ptrace::syscall(self.tid, 0)?;
             match ptrace::wait_stop(self.tid)? {
-                Stop::Signal { sig } if sig == libc::SIGTRAP => {}
-                Stop::Signal { sig } => self.signals.push(sig),
-                Stop::Event { .. } | Stop::OtherEvent { .. } => {}
+                Stop::Syscall => {}
+                // Stopped before the instruction ran (a signal, or a pending interrupt came
+                // first): the signal is the thread's own, kept to be sent again; run it again.
+                Stop::Signal { sig } => {
+                    self.signals.push(sig);
+                    continue;
+                }
+                Stop::Event { .. } | Stop::OtherEvent { .. } => continue,
+            }
+            // The entry stop of our syscall (its rip is past the instruction): run it to its
+            // exit stop, where rax holds the result.
+            let entry = ptrace::getregs(self.tid)?;
+            if entry.rip != self.insn + 2 {
+                return Err(SysError::Invalid(format!(
+                    "thread {}: a syscall stop at {:#x}, not after the injected syscall at {:#x}",
+                    self.tid, entry.rip, self.insn
+                )));
+            }
+            ptrace::syscall(self.tid, 0)?;
+            loop {
+                match ptrace::wait_stop(self.tid)? {
+                    Stop::Syscall => break,
+                    // Nothing else should stop it inside the syscall; keep what does.
+                    Stop::Signal { sig } => {
+                        self.signals.push(sig);
+                        ptrace::syscall(self.tid, 0)?;
+                    }
+                    Stop::Event { .. } | Stop::OtherEvent { .. } => ptrace::syscall(self.tid, 0)?,
+                }
             }
             let after = ptrace::getregs(self.tid)?;
-            if after.rip == self.insn + 2 {
-                return Ok(after.rax as i64);
-            }
-            // Stopped before the instruction ran (a signal or a pending interrupt came
-            // first): run it again.
+            return Ok(after.rax as i64);
         }
         Err(SysError::Invalid(format!(
             "thread {}: injected syscall {} did not complete after {MAX_STEP_ATTEMPTS} attempts",
