@@ -75,23 +75,11 @@ pub(crate) fn lock_path(root: &Path, id: &str) -> PathBuf {
     root.join(DIR).join(format!("{id}.lock"))
 }
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
-    move |e| StoreError::io(context, e)
-}
-
 /// Creates and locks the lock file of set `id`.
 fn take(root: &Path, id: &str) -> Result<Flock<File>, StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
     fsutil::create_dir(&root.join(DIR))?;
     let p = lock_path(root, id);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&p)
-        .map_err(io(format!("creating {}", p.display())))?;
+    let f = fsutil::open_lock(&p)?;
     Flock::lock(f, FlockArg::LockExclusiveNonblock)
         .map_err(|(_, e)| StoreError::io(format!("locking {}", p.display()), e.into()))
 }

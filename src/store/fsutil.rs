@@ -7,6 +7,18 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Opens (creating it, 0600) a file that is only ever locked, never written.
+pub fn open_lock(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))
+}
+
 /// Creates a directory readable by its owner only (0700); an existing one is fine.
 pub fn create_dir(path: &Path) -> Result<(), StoreError> {
     match std::fs::DirBuilder::new().mode(0o700).create(path) {

@@ -750,14 +750,5 @@ impl Store {
 }
 
 fn open_lock_file(root: &Path) -> Result<File, StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let p = root.join("lock");
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&p)
-        .map_err(|e| StoreError::io(format!("opening {}", p.display()), e))
+    fsutil::open_lock(&root.join("lock"))
 }
