@@ -869,7 +869,8 @@ fn lazy_restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
     }
     match (&rep.source_lost, released) {
         (Some(reason), _) => {
-            eprintln!("haul: page source lost, process {pid} killed: {reason}");
+            // `reason` says what was lost ("page source lost: ...").
+            eprintln!("haul: process {pid} killed: {reason}");
             Ok(exit::FAILED)
         }
         (None, Some(Err(e))) => {

@@ -143,3 +143,95 @@ fn how_a_job_ended_is_said_once_where_stdout_and_stderr_are_one_file() {
         ),
     }
 }
+
+#[test]
+fn a_lost_page_source_is_said_once() {
+    use std::io::BufRead;
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let out = dir.path().join("report");
+    let m = common::Running::logged(
+        common::clean_command(fixture("memwriter"))
+            .args(["32", "20000"])
+            .arg(&out),
+        &dir.path().join("log"),
+        true,
+    );
+    let d = haul()
+        .args([
+            "dump",
+            "--kill",
+            "--json",
+            "--pid",
+            &m.pid.to_string(),
+            "--store",
+        ])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
+    let set = v["set"].as_str().unwrap().to_string();
+    let mut server = haul()
+        .args([
+            "page-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--set",
+            &set,
+            "--store",
+        ])
+        .arg(&store)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let mut restore = haul()
+        .args(["restore", &set, "--lazy", "--pid", "any", "--from", &addr])
+        .args([
+            "--idle-push",
+            "60s",
+            "--prefetch",
+            "0",
+            "--source-timeout",
+            "1s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    let pid: i32 = first
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("pid line {first:?}"));
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // It reads its whole region for the report: a fault the lost source cannot serve.
+    common::send_signal(pid, "USR1");
+    let got = restore.wait_with_output().unwrap();
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert_eq!(got.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.matches("killed").count(),
+        1,
+        "said more than once: {err}"
+    );
+    assert_eq!(err.matches("page source lost").count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("haul: process {pid} killed: ")),
+        "{err}"
+    );
+}

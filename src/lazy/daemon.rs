@@ -200,7 +200,8 @@ impl Daemon {
                 self.watchdog = None;
                 match f {
                     Fatal::Source(reason) => {
-                        tracing::error!(pid = self.pid, "{reason}: process killed");
+                        // The report carries it, and whoever waits says it (once).
+                        tracing::debug!(pid = self.pid, "{reason}: process killed");
                         report.source_lost = Some(reason);
                         report.time_to_all_resident = 0;
                         Ok(report)
