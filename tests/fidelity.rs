@@ -405,3 +405,124 @@ fn a_restored_process_keeps_its_sigtrap_handler_and_gets_its_pending_sigtrap() {
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "[5]");
 }
+
+/// The cgroup v2 directory the test itself is in, if cgroup2 is mounted here.
+fn own_cgroup2_dir() -> Option<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let at = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        right
+            .starts_with("cgroup2 ")
+            .then(|| left.split(' ').nth(4).map(String::from))?
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(Path::new(&at).join(path.trim_start_matches('/')))
+}
+
+/// A cgroup directory removed (after its processes are gone) when dropped.
+struct Cgroup(std::path::PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for sub in ["t/", ""] {
+            let d = self.0.join(sub);
+            let _ = wait_for(Duration::from_secs(5), || {
+                std::fs::remove_dir(&d).is_ok() || !d.exists()
+            });
+        }
+    }
+}
+
+#[test]
+fn the_restored_process_and_its_threads_go_back_into_their_cgroups() {
+    let name = "the_restored_process_and_its_threads_go_back_into_their_cgroups";
+    adopt_orphans();
+    let Some(base) = own_cgroup2_dir() else {
+        return common::skip(name, "no cgroup2 hierarchy here");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cg = base.join(format!("haul-test-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir(&cg) {
+        return common::skip(name, &format!("cannot make a cgroup ({e})"));
+    }
+    let cg = Cgroup(cg);
+    let threaded = cg.0.join("t");
+    std::fs::create_dir(&threaded).unwrap();
+    std::fs::write(threaded.join("cgroup.type"), "threaded").unwrap();
+    let script = "import threading,time\nthreading.Thread(target=time.sleep,args=(600,),daemon=True).start()\n\
+                  print('ready',flush=True)\ntime.sleep(600)";
+    let mut p = python(dir.path(), script);
+    std::fs::write(cg.0.join("cgroup.procs"), p.pid.to_string()).unwrap();
+    let worker = haul::proc::tids(p.pid)
+        .unwrap()
+        .into_iter()
+        .find(|t| *t != p.pid)
+        .unwrap();
+    std::fs::write(threaded.join("cgroup.threads"), worker.to_string()).unwrap();
+    let read = |pid: i32, tid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup")).unwrap()
+    };
+    let before = (read(p.pid, p.pid), read(p.pid, worker));
+    assert_ne!(
+        before.0, before.1,
+        "the worker is not in the threaded cgroup"
+    );
+    let r = dump_and_restore(&mut p, &dir.path().join("store"));
+    let after = (read(r, r), read(r, worker));
+    finish(r);
+    assert_eq!(after, before);
+}
+
+#[test]
+fn a_restore_into_a_cgroup_that_is_gone_fails_naming_it_and_makes_nothing() {
+    let name = "a_restore_into_a_cgroup_that_is_gone_fails_naming_it_and_makes_nothing";
+    let Some(base) = own_cgroup2_dir() else {
+        return common::skip(name, "no cgroup2 hierarchy here");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cg = base.join(format!("haul-gone-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir(&cg) {
+        return common::skip(name, &format!("cannot make a cgroup ({e})"));
+    }
+    let guard = Cgroup(cg.clone());
+    let mut p = python(
+        dir.path(),
+        "import time\nprint('ready',flush=True)\ntime.sleep(600)",
+    );
+    std::fs::write(cg.join("cgroup.procs"), p.pid.to_string()).unwrap();
+    let store = dir.path().join("store");
+    let out = haul()
+        .args([
+            "dump",
+            "--kill",
+            "--json",
+            "--pid",
+            &p.pid.to_string(),
+            "--store",
+        ])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.child.wait().unwrap();
+    drop(guard);
+    assert!(!cg.exists());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = haul()
+        .args(["restore", v["set"].as_str().unwrap(), "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no longer exists") && err.contains("haul-gone-"),
+        "{err}"
+    );
+    assert!(!common::alive(p.pid), "something was restored");
+}

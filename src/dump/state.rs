@@ -45,6 +45,8 @@ pub(crate) fn capture_threads(frozen: &mut Frozen) -> Result<ProcessImage, DumpE
         let tstatus = proc::task_status(pid, tid)?;
         let tstat = proc::task_stat(pid, tid)?;
         threads.push(ThreadImage {
+            // Set by capture_process where the thread's differ from the process's.
+            cgroups: Vec::new(),
             tid,
             // A restored process must restart (or fail with EINTR) the syscall this thread was
             // stopped in; the live target is simply detached, and the kernel does it there.
@@ -89,6 +91,13 @@ pub(crate) fn capture_process(
     img.cmdline = proc::cmdline(pid)?;
     img.exe = proc::exe(pid)?;
     img.cwd = proc::cwd(pid)?;
+    img.cgroups = proc::cgroups(pid, None)?;
+    for t in img.threads.iter_mut() {
+        let own = proc::cgroups(pid, Some(t.tid))?;
+        if own != img.cgroups {
+            t.cgroups = own;
+        }
+    }
     img.umask = status.umask.unwrap_or(0o022);
     img.personality = proc::personality(pid)?;
     img.creds = Creds {

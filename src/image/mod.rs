@@ -209,6 +209,9 @@ pub struct ImageSet {
 /// Process-wide state captured at dump time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessImage {
+    /// Its cgroup in each hierarchy (restored there, or the restore fails naming it).
+    #[serde(default)]
+    pub cgroups: Vec<CgroupPlace>,
     pub pid: i32,
     pub ppid: i32,
     pub comm: String,
@@ -318,9 +321,21 @@ pub struct MmFields {
     pub env_end: u64,
 }
 
+/// Where a process or thread sits in one cgroup hierarchy: a line of `/proc/PID/cgroup`
+/// (`id:controllers:path`; cgroup v2's is `0::/path`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupPlace {
+    pub id: u32,
+    pub controllers: String,
+    pub path: String,
+}
+
 /// Per-thread state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadImage {
+    /// Its cgroups where they differ from the process's (threaded cgroups); empty: the same.
+    #[serde(default)]
+    pub cgroups: Vec<CgroupPlace>,
     pub tid: i32,
     /// Raw `struct user_regs_struct` (216 bytes on x86_64), as read by PTRACE_GETREGS.
     pub regs: Vec<u8>,

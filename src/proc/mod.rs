@@ -4,6 +4,8 @@
 //! Everything here reads files: no raw syscalls. A process that vanished shows up as
 //! [`ProcError::Io`] with `ENOENT`/`ESRCH` ([`ProcError::is_gone`]).
 
+mod cgroup;
+pub use cgroup::{cgroups, parse_cgroups};
 mod fd;
 mod maps;
 mod stat;

@@ -343,6 +343,11 @@ pub(super) fn rebuild(
         }
         Ok(made)
     })?;
+    // Every thread exists: each goes back into its cgroups.
+    step(&c, Step::Threads, || {
+        let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
+        super::cgroup::place(pid, p, &tids)
+    })?;
     step(&c, Step::Creds, || restore_creds(&mut rs, p, args))?;
 
     step(&c, Step::Regs, || -> Result<(), String> {
