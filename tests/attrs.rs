@@ -162,15 +162,22 @@ fn proc_owner(pid: i32) -> (u32, u32) {
     (md.uid(), md.gid())
 }
 
+/// Also keepcaps (securebits 0x10), which an unprivileged process may set for itself.
 #[test]
 fn an_unprivileged_process_keeps_its_dumpable_flag_and_proc_ownership() {
     adopt_orphans();
-    for (setup, dumpable) in [("", 1), ("prctl(4, 0)", 0)] {
+    for (setup, dumpable) in [("", 1), ("prctl(4, 0)", 0), ("prctl(8, 1)", 1)] {
         let dir = tempfile::tempdir().unwrap();
         let args = ["--reuid=65534", "--regid=65534", "--clear-groups"];
         let (mut r, out) = start(dir.path(), setup, "", &args);
         let before = report(r.pid, &out);
         assert!(before[0].starts_with(&format!("{dumpable} ")), "{before:?}");
+        if setup == "prctl(8, 1)" {
+            assert!(
+                before[0].starts_with("1 16 "),
+                "keepcaps not set: {before:?}"
+            );
+        }
         let owner = proc_owner(r.pid);
         assert_eq!(
             owner,
