@@ -304,3 +304,55 @@ if spec:
     assert_eq!(outside(rp.0), seen);
     assert_eq!(report(rp.0, &out), before);
 }
+
+#[test]
+fn a_loginuid_haul_may_not_set_is_refused_before_the_restore_spawns_anything() {
+    adopt_orphans();
+    let me = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
+    if me.trim() != "4294967295" {
+        return common::skip(
+            "a_loginuid_haul_may_not_set_is_refused_before_the_restore_spawns_anything",
+            "this test's loginuid is set: its children cannot set theirs",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The process sets its loginuid to 4242 and has no CAP_AUDIT_CONTROL in any set, so
+    // that a haul without it may restore everything else of it.
+    let setup = "open('/proc/self/loginuid', 'w').write('4242')";
+    let args = [
+        "--bounding-set=-audit_control",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let (mut r, _out) = start(dir.path(), setup, "", &args);
+    let store = Store::open_or_create(&dir.path().join("store")).expect("create store");
+    let d = dump_to_store(r.pid, &store, "test", &DumpOptions::default(), Some(1))
+        .unwrap_or_else(|e| panic!("dump of pid {}: {e}", r.pid));
+    r.child.wait().expect("reap the dumped original");
+    // haul with a loginuid of its own (1234) and without CAP_AUDIT_CONTROL.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            r#"echo 1234 > /proc/self/loginuid && exec setpriv --bounding-set=-audit_control "$@""#,
+        )
+        .arg("sh")
+        .arg(common::haul_bin())
+        .args(["restore", &d.set.id, "--store"])
+        .arg(dir.path().join("store"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("its audit loginuid is 4242 and haul's is 1234")
+            && stderr.contains("CAP_AUDIT_CONTROL"),
+        "{stderr}"
+    );
+    // Refused before anything was spawned: the pid is still free.
+    assert!(
+        !Path::new(&format!("/proc/{}", r.pid)).exists(),
+        "pid {} exists",
+        r.pid
+    );
+}
