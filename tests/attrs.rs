@@ -265,11 +265,10 @@ prctl(1, 28)
 prctl(29, 123456)
 open('/proc/self/oom_score_adj', 'w').write('345')
 open('/proc/self/loginuid', 'w').write('4242')
-spec = prctl(52, 0) & 1
-if spec:
-    prctl(53, 0, 4)
 ";
-    let worker = "prctl(1, 23); prctl(29, 234567)";
+    // The worker alone disables speculative store bypass (where prctl controls it): the
+    // restored worker, cloned from the main thread, must get it back by itself.
+    let worker = "prctl(1, 23); prctl(29, 234567); prctl(52, 0) & 1 and prctl(53, 0, 4)";
     let (mut r, out) = start(dir.path(), setup, worker, &[]);
     let before = report(r.pid, &out);
     // dumpable 0, securebits NO_SETUID_FIXUP | KEEP_CAPS, THP disabled, subreaper, then
@@ -283,6 +282,21 @@ if spec:
     ];
     let outside = |pid: i32| -> Vec<String> {
         let mut v = status_lines(pid, &keys);
+        // Speculation control is per thread: the worker's too.
+        let mut tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        tids.sort();
+        for tid in tids {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+            v.extend(
+                st.lines()
+                    .filter(|l| l.starts_with("Speculation"))
+                    .map(|l| format!("{tid} {l}")),
+            );
+        }
         for f in ["oom_score_adj", "loginuid", "timerslack_ns"] {
             v.push(format!(
                 "{f}: {}",
