@@ -67,6 +67,7 @@ pub(crate) fn capture_threads(frozen: &mut Frozen) -> Result<ProcessImage, DumpE
                 nice: tstat.nice,
                 cpus: tstatus.cpus_allowed,
             }),
+            attrs: Default::default(),
         });
     }
     Ok(ProcessImage {
@@ -150,6 +151,11 @@ pub(crate) fn capture_process(
         .collect::<Result<_, _>>()?;
     img.fds = snap.fds;
     capture_pipes(pid, &mut img.fds)?;
+    img.attrs.oom_score_adj = Some(proc::oom_score_adj(pid)?);
+    // Only a kernel with CONFIG_AUDIT has a loginuid.
+    if proc::pid_dir(pid).join("loginuid").exists() {
+        img.attrs.loginuid = Some(proc::loginuid(pid)?);
+    }
     Ok(())
 }
 
@@ -271,9 +277,22 @@ pub(crate) fn capture_injected(
             inj.read_mem(scratch, &mut b)?;
             left.push(interval_and_value(&b, 1_000_000_000));
         }
-        Ok((raw, brk, timers, left))
+        let attrs = process_attrs(inj, scratch)?;
+        Ok((raw, brk, timers, left, attrs))
     })?;
-    let (raw, brk, timers, left) = raw;
+    let (raw, brk, timers, left, (dumpable, securebits, thp_disable, subreaper)) = raw;
+    // SUID_DUMP_ROOT (2) comes only from an exec under fs.suid_dumpable = 2, and prctl cannot
+    // set it: a restore would make the process plainly non-dumpable instead.
+    if dumpable > 1 {
+        return Err(DumpError::Refused(format!(
+            "pid {pid} is dumpable {dumpable} (core dumps readable by root only, from \
+             fs.suid_dumpable): a restore cannot set that"
+        )));
+    }
+    img.attrs.dumpable = Some(dumpable as u32);
+    img.attrs.securebits = Some(securebits as u32);
+    img.attrs.thp_disable = Some(thp_disable as u32);
+    img.attrs.child_subreaper = Some(subreaper);
     img.itimers = timers;
     img.posix_timers = ptimers
         .iter()
@@ -306,7 +325,7 @@ pub(crate) fn capture_injected(
 
     let tids: Vec<i32> = img.threads.iter().map(|t| t.tid).collect();
     for (i, tid) in tids.into_iter().enumerate() {
-        let (ss, tid_addr) = frozen.with_thread(tid, |inj| {
+        let (ss, tid_addr, attrs) = frozen.with_thread(tid, |inj| {
             inj.call_ok(nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0], "sigaltstack")?;
             let mut b = [0u8; 24];
             inj.read_mem(scratch, &mut b)?;
@@ -318,8 +337,10 @@ pub(crate) fn capture_injected(
             )?;
             let mut a = [0u8; 8];
             inj.read_mem(scratch, &mut a)?;
-            Ok((b, u64::from_ne_bytes(a)))
+            let attrs = thread_attrs(inj, scratch)?;
+            Ok((b, u64::from_ne_bytes(a), attrs))
         })?;
+        img.threads[i].attrs = attrs;
         img.threads[i].clear_child_tid = tid_addr;
         let sp = u64::from_ne_bytes(ss[0..8].try_into().unwrap_or([0; 8]));
         let flags = i32::from_ne_bytes(ss[8..12].try_into().unwrap_or([0; 4]));
@@ -328,6 +349,71 @@ pub(crate) fn capture_injected(
             (flags & libc::SS_DISABLE == 0 || sp != 0).then_some(SigAltStack { sp, flags, size });
     }
     Ok(())
+}
+
+/// The process-wide prctl attributes, by prctls injected into its main thread: dumpable,
+/// securebits, THP disabled, child subreaper.
+fn process_attrs(
+    inj: &mut crate::sys::remote::RemoteSyscall,
+    scratch: u64,
+) -> Result<(u64, u64, u64, bool), crate::sys::SysError> {
+    let get = |inj: &mut crate::sys::remote::RemoteSyscall, op: i32, what: &str| {
+        inj.call_ok(nr::PRCTL, [op as u64, 0, 0, 0, 0, 0], what)
+    };
+    let dumpable = get(inj, libc::PR_GET_DUMPABLE, "prctl PR_GET_DUMPABLE")?;
+    let securebits = get(inj, libc::PR_GET_SECUREBITS, "prctl PR_GET_SECUREBITS")?;
+    let thp = get(inj, libc::PR_GET_THP_DISABLE, "prctl PR_GET_THP_DISABLE")?;
+    inj.write_mem(scratch, &[0; 4])?;
+    inj.call_ok(
+        nr::PRCTL,
+        [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0],
+        "prctl PR_GET_CHILD_SUBREAPER",
+    )?;
+    let mut b = [0u8; 4];
+    inj.read_mem(scratch, &mut b)?;
+    Ok((dumpable, securebits, thp, i32::from_ne_bytes(b) != 0))
+}
+
+/// A thread's own prctl attributes, by prctls injected into it: timer slack, parent-death
+/// signal, speculation control.
+fn thread_attrs(
+    inj: &mut crate::sys::remote::RemoteSyscall,
+    scratch: u64,
+) -> Result<crate::image::ThreadAttrs, crate::sys::SysError> {
+    let slack = inj.call_ok(
+        nr::PRCTL,
+        [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0, 0],
+        "prctl PR_GET_TIMERSLACK",
+    )?;
+    inj.write_mem(scratch, &[0; 4])?;
+    inj.call_ok(
+        nr::PRCTL,
+        [libc::PR_GET_PDEATHSIG as u64, scratch, 0, 0, 0, 0],
+        "prctl PR_GET_PDEATHSIG",
+    )?;
+    let mut b = [0u8; 4];
+    inj.read_mem(scratch, &mut b)?;
+    let mut spec_ctrl = Vec::with_capacity(crate::image::attrs::SPEC_CTRLS.len());
+    for which in crate::image::attrs::SPEC_CTRLS {
+        // EINVAL (unknown control) or ENODEV (not on this CPU): nothing to carry.
+        let v = inj.call(
+            nr::PRCTL,
+            [
+                libc::PR_GET_SPECULATION_CTRL as u64,
+                which as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )?;
+        spec_ctrl.push(if v < 0 { 0 } else { v as u32 });
+    }
+    Ok(crate::image::ThreadAttrs {
+        timer_slack_ns: Some(slack),
+        pdeathsig: Some(i32::from_ne_bytes(b)),
+        spec_ctrl,
+    })
 }
 
 /// The pending signals once nothing more will be injected, with their queued `siginfo_t`s:

@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub mod attrs;
 pub mod encode;
+
+pub use attrs::{ProcAttrs, ThreadAttrs};
 
 /// Size of a page on the machines haul supports (x86_64).
 pub const PAGE_SIZE: usize = 4096;
@@ -247,6 +250,9 @@ pub struct ProcessImage {
     /// POSIX timers (`timer_create(2)`), by id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub posix_timers: Vec<PosixTimer>,
+    /// prctl-style attributes (dumpable, securebits, THP, subreaper, OOM, loginuid).
+    #[serde(default)]
+    pub attrs: ProcAttrs,
 }
 
 /// One armed interval timer, as `getitimer(2)` reported it at dump time.
@@ -364,6 +370,9 @@ pub struct ThreadImage {
     /// Scheduling (per thread in Linux); `None` in images made before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sched: Option<Sched>,
+    /// Timer slack, parent-death signal, speculation control.
+    #[serde(default)]
+    pub attrs: ThreadAttrs,
 }
 
 /// A thread's scheduling: policy, priority, nice value and the CPUs it may run on.

@@ -161,6 +161,24 @@ pub fn personality(pid: i32) -> Result<u32> {
     u32::from_str_radix(s.trim(), 16).map_err(|_| parse_err(&path, "personality", s.trim()))
 }
 
+/// `/proc/PID/oom_score_adj` (-1000..=1000).
+pub fn oom_score_adj(pid: i32) -> Result<i32> {
+    let path = pid_dir(pid).join("oom_score_adj");
+    let s = read_string(&path)?;
+    s.trim()
+        .parse()
+        .map_err(|_| parse_err(&path, "oom_score_adj", s.trim()))
+}
+
+/// `/proc/PID/loginuid`, the audit login uid (`u32::MAX`: unset).
+pub fn loginuid(pid: i32) -> Result<u32> {
+    let path = pid_dir(pid).join("loginuid");
+    let s = read_string(&path)?;
+    s.trim()
+        .parse()
+        .map_err(|_| parse_err(&path, "loginuid", s.trim()))
+}
+
 /// `/proc/PID/auxv` as (type, value) pairs, without the `AT_NULL` terminator.
 pub fn auxv(pid: i32) -> Result<Vec<(u64, u64)>> {
     let path = pid_dir(pid).join("auxv");

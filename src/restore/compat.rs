@@ -119,10 +119,38 @@ pub fn check_compat(
             )));
         }
     }
+    // The rebuilt process starts with haul's audit loginuid. An unset one it may set itself;
+    // a set one only with CAP_AUDIT_CONTROL (and not at all where the kernel made loginuids
+    // immutable, which the restore then reports).
+    if let Some(want) = p.attrs.loginuid {
+        let me = crate::sys::process::getpid();
+        let ours = crate::proc::loginuid(me)
+            .map_err(|e| bad(format!("reading haul's own loginuid: {e}")))?;
+        let audit_control = 1u64 << CAP_AUDIT_CONTROL;
+        if ours != want && ours != u32::MAX && own.cap_eff & audit_control == 0 {
+            return Err(bad(format!(
+                "its audit loginuid is {} and haul's is {ours}: changing it needs \
+                 CAP_AUDIT_CONTROL, which haul does not have here",
+                loginuid_name(want)
+            )));
+        }
+    }
     if p.exe.ends_with(" (deleted)") {
         return Err(bad(format!("its executable {} was deleted", p.exe)));
     }
     Ok(p)
+}
+
+/// `CAP_AUDIT_CONTROL` of linux/capability.h (not in libc).
+const CAP_AUDIT_CONTROL: u32 = 30;
+
+/// A loginuid as `/proc` shows it, naming the unset one.
+fn loginuid_name(uid: u32) -> String {
+    if uid == u32::MAX {
+        "unset".into()
+    } else {
+        uid.to_string()
+    }
 }
 
 /// A mapped file must be exactly the file that was dumped (device, inode, size, mtime): its

@@ -8,6 +8,7 @@
 //! rlimits, credentials, signal actions, sigaltstack, robust list, rseq, mask, registers and
 //! XSTATE, and lets it run. Any failure kills the half-built process and names the step.
 
+mod attrs;
 mod cgroup;
 mod compat;
 mod fds;

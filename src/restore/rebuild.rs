@@ -312,7 +312,7 @@ pub(super) fn rebuild(
             "prctl PR_SET_NAME",
         )
         .map_err(|e| e.to_string())?;
-        Ok(())
+        super::attrs::process_attrs(&mut rs, p, args)
     })?;
     step(&c, Step::Limits, || -> Result<(), String> {
         for l in &p.rlimits {
@@ -348,7 +348,11 @@ pub(super) fn rebuild(
         let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
         super::cgroup::place(pid, p, &tids)
     })?;
-    step(&c, Step::Creds, || restore_creds(&mut rs, p, args))?;
+    step(&c, Step::Creds, || -> Result<(), String> {
+        restore_creds(&mut rs, p, args)?;
+        super::attrs::thread_after_creds(&mut rs, &t.attrs)?;
+        super::attrs::dumpable(&mut rs, p)
+    })?;
 
     step(&c, Step::Regs, || -> Result<(), String> {
         let regs = final_regs(t)?;
@@ -489,6 +493,7 @@ fn thread_state(rs: &mut RemoteSyscall, t: &ThreadImage, args: u64) -> Result<()
     if let Some(s) = &t.sched {
         set_sched(rs, s, args)?;
     }
+    super::attrs::thread_before_creds(rs, &t.attrs)?;
     if let Some((head, len)) = t.robust_list {
         rs.call_ok(
             nr::SET_ROBUST_LIST,
@@ -743,6 +748,7 @@ fn finish_thread(
     .map_err(|e| e.to_string())?;
     thread_state(&mut ts, t, args)?;
     restore_creds(&mut ts, p, args)?;
+    super::attrs::thread_after_creds(&mut ts, &t.attrs)?;
     queue_siginfo(&mut ts, tid, &t.pending_info, false, args)?;
     let regs = final_regs(t)?;
     ts.set_orig_regs(regs);
@@ -1178,6 +1184,18 @@ fn restore_creds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<
             .map_err(|e| e.to_string())?;
         }
     }
+    // The groups always: a root process has its own too, not haul's.
+    let mut b = Vec::new();
+    for g in &c.groups {
+        b.extend_from_slice(&g.to_ne_bytes());
+    }
+    rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+    rs.call_ok(
+        SYS_SETGROUPS,
+        [c.groups.len() as u64, args, 0, 0, 0, 0],
+        "setgroups",
+    )
+    .map_err(|e| e.to_string())?;
     let is_root = c.uid == [0; 4] && c.gid == [0; 4];
     if !is_root {
         let keep = c.cap_prm != 0;
@@ -1189,17 +1207,6 @@ fn restore_creds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<
             )
             .map_err(|e| e.to_string())?;
         }
-        let mut b = Vec::new();
-        for g in &c.groups {
-            b.extend_from_slice(&g.to_ne_bytes());
-        }
-        rs.write_mem(args, &b).map_err(|e| e.to_string())?;
-        rs.call_ok(
-            SYS_SETGROUPS,
-            [c.groups.len() as u64, args, 0, 0, 0, 0],
-            "setgroups",
-        )
-        .map_err(|e| e.to_string())?;
         rs.call_ok(
             SYS_SETRESGID,
             [
@@ -1226,6 +1233,10 @@ fn restore_creds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<
             "setresuid",
         )
         .map_err(|e| e.to_string())?;
+        // setresuid/setresgid made the filesystem ids the effective ones; before capset,
+        // which then sets the capabilities a change of fsuid adds or drops.
+        set_fs_id(rs, libc::SYS_setfsgid, c.gid[3], "setfsgid")?;
+        set_fs_id(rs, libc::SYS_setfsuid, c.uid[3], "setfsuid")?;
         if keep {
             rs.call_ok(
                 nr::PRCTL,
@@ -1235,26 +1246,52 @@ fn restore_creds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<
             .map_err(|e| e.to_string())?;
         }
     }
-    // capset(2), version 3: a header {version, pid 0 = this thread}, then {effective,
-    // permitted, inheritable} for capabilities 0-31 and again for 32-63.
-    let mut b = Vec::with_capacity(32);
-    b.extend_from_slice(&LINUX_CAPABILITY_VERSION_3.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    for half in [0, 32] {
-        for set in [c.cap_eff, c.cap_prm, c.cap_inh] {
-            b.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
+    let ambient = |rs: &mut RemoteSyscall| -> Result<(), String> {
+        for cap in (0..64u64).filter(|cap| c.cap_amb & (1 << cap) != 0) {
+            rs.call_ok(
+                nr::PRCTL,
+                [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, 0],
+                &format!("prctl PR_CAP_AMBIENT_RAISE {cap}"),
+            )
+            .map_err(|e| e.to_string())?;
         }
-    }
-    rs.write_mem(args, &b).map_err(|e| e.to_string())?;
-    rs.call_ok(SYS_CAPSET, [args, args + 8, 0, 0, 0, 0], "capset")
-        .map_err(|e| e.to_string())?;
-    for cap in (0..64u64).filter(|cap| c.cap_amb & (1 << cap) != 0) {
+        Ok(())
+    };
+    let securebits = p.attrs.securebits.unwrap_or(0);
+    if securebits & !(libc::SECBIT_KEEP_CAPS as u32) != 0 {
+        // Setting securebits needs CAP_SETPCAP in effect, and SECBIT_NO_CAP_AMBIENT_RAISE
+        // forbids the ambient raise: first every permitted capability in effect (setresuid
+        // cleared them), the ambient ones, the bits, then the dumped sets.
+        let prm = crate::proc::task_status(rs.pid(), tid)
+            .map_err(|e| e.to_string())?
+            .cap_prm;
+        capset(rs, prm, prm, c.cap_inh, args)?;
+        ambient(rs)?;
         rs.call_ok(
             nr::PRCTL,
-            [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, 0],
-            &format!("prctl PR_CAP_AMBIENT_RAISE {cap}"),
+            [
+                libc::PR_SET_SECUREBITS as u64,
+                u64::from(securebits),
+                0,
+                0,
+                0,
+                0,
+            ],
+            &format!("prctl PR_SET_SECUREBITS {securebits:#x}"),
         )
         .map_err(|e| e.to_string())?;
+        capset(rs, c.cap_eff, c.cap_prm, c.cap_inh, args)?;
+    } else {
+        capset(rs, c.cap_eff, c.cap_prm, c.cap_inh, args)?;
+        ambient(rs)?;
+        if securebits != 0 {
+            rs.call_ok(
+                nr::PRCTL,
+                [PR_SET_KEEPCAPS, 1, 0, 0, 0, 0],
+                "prctl PR_SET_KEEPCAPS 1",
+            )
+            .map_err(|e| e.to_string())?;
+        }
     }
     if c.no_new_privs {
         rs.call_ok(
@@ -1263,6 +1300,37 @@ fn restore_creds(rs: &mut RemoteSyscall, p: &ProcessImage, args: u64) -> Result<
             "prctl PR_SET_NO_NEW_PRIVS",
         )
         .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// capset(2), version 3, of the thread `rs` drives: a header {version, pid 0 = this thread},
+/// then {effective, permitted, inheritable} for capabilities 0-31 and again for 32-63.
+fn capset(rs: &mut RemoteSyscall, eff: u64, prm: u64, inh: u64, args: u64) -> Result<(), String> {
+    let mut b = Vec::with_capacity(32);
+    b.extend_from_slice(&LINUX_CAPABILITY_VERSION_3.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    for half in [0, 32] {
+        for set in [eff, prm, inh] {
+            b.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
+        }
+    }
+    rs.write_mem(args, &b).map_err(|e| e.to_string())?;
+    rs.call_ok(SYS_CAPSET, [args, args + 8, 0, 0, 0, 0], "capset")
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// setfsuid(2) or setfsgid(2) to `id`, checked: they return the previous id, never an error,
+/// so a call with -1 (no change) reads the id back.
+fn set_fs_id(rs: &mut RemoteSyscall, nr: i64, id: u32, what: &str) -> Result<(), String> {
+    rs.call(nr, [u64::from(id), 0, 0, 0, 0, 0])
+        .map_err(|e| e.to_string())?;
+    let now = rs
+        .call(nr, [u64::from(u32::MAX), 0, 0, 0, 0, 0])
+        .map_err(|e| e.to_string())?;
+    if now as u32 != id {
+        return Err(format!("{what} {id}: the thread's id stays {now}"));
     }
     Ok(())
 }
