@@ -75,6 +75,11 @@ fn fd_state(pid: i32, fd: i32) -> (String, u32, u64) {
 /// Dumps `p` with --kill into `store` (and reaps it), restores it with its pid; returns the
 /// restored pid.
 fn dump_and_restore(p: &mut Running, store: &Path) -> i32 {
+    dump_and_restore_with(p, store, &[])
+}
+
+/// [`dump_and_restore`] with more `haul dump` arguments (pre-copy, say).
+fn dump_and_restore_with(p: &mut Running, store: &Path, more: &[&str]) -> i32 {
     let pid = p.pid;
     let out = haul()
         .args([
@@ -86,6 +91,7 @@ fn dump_and_restore(p: &mut Running, store: &Path) -> i32 {
             "--store",
         ])
         .arg(store)
+        .args(more)
         .output()
         .unwrap();
     assert!(
@@ -525,4 +531,43 @@ fn a_restore_into_a_cgroup_that_is_gone_fails_naming_it_and_makes_nothing() {
         "{err}"
     );
     assert!(!common::alive(p.pid), "something was restored");
+}
+
+#[test]
+fn pages_of_a_file_mapping_past_the_end_of_its_file_are_absent_not_an_error() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("small");
+    std::fs::write(&file, vec![b'x'; 4096]).unwrap();
+    let go = dir.path().join("go");
+    let out = dir.path().join("out");
+    // A private mapping of four pages over a one-page file, its first page written (copied);
+    // once `go` exists the program reads that page back.
+    let script = format!(
+        "import ctypes,os,time\nlibc=ctypes.CDLL(None)\nlibc.mmap.restype=ctypes.c_void_p\n\
+         libc.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,ctypes.c_long]\n\
+         fd=os.open({file:?},os.O_RDWR)\na=libc.mmap(None,16384,3,2,fd,0)\nos.close(fd)\nctypes.memset(a,66,10)\n\
+         print('ready',flush=True)\nwhile not os.path.exists({go:?}): time.sleep(0.01)\n\
+         open({out:?}+'.tmp','wb').write(ctypes.string_at(a,12))\nos.rename({out:?}+'.tmp',{out:?})\ntime.sleep(600)"
+    );
+    let mut p = python(dir.path(), &script);
+    // Pre-copy with uffd-wp marks the pages never touched; the final dump must not take them
+    // for pages to copy, nor fail on them.
+    let r = dump_and_restore_with(
+        &mut p,
+        &dir.path().join("store"),
+        &[
+            "--predump",
+            "2",
+            "--interval",
+            "50ms",
+            "--tracker",
+            "uffd-wp",
+        ],
+    );
+    std::fs::write(&go, "").unwrap();
+    let answered = wait_for(Duration::from_secs(10), || out.exists());
+    finish(r);
+    assert!(answered, "the restored program did not answer");
+    assert_eq!(std::fs::read(&out).unwrap(), b"BBBBBBBBBBxx");
 }

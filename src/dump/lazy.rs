@@ -205,6 +205,7 @@ impl LiveReader {
                     addr: a,
                     pages: 1,
                     readable: true,
+                    file: false,
                 }),
             }
         }

@@ -80,6 +80,10 @@ pub(crate) struct Run {
     pub pages: usize,
     /// The VMA is readable: `process_vm_readv` works; else `/proc/PID/mem`.
     pub readable: bool,
+    /// Of a private file mapping: a page that cannot be read (past the end of the file, say,
+    /// which the pagemap may still list after uffd-wp marked it) is absent, the file's, not
+    /// an error. Anywhere else an unreadable page fails the dump.
+    pub file: bool,
 }
 
 /// How to copy one VMA in a final dump after pre-dumps: the pages known from the pre-dumps
@@ -167,6 +171,7 @@ pub(crate) fn copy_memory(
                                 addr,
                                 pages: pages as usize,
                                 readable,
+                                file: vma.kind == VmaKind::File,
                             },
                             pool,
                             sink,
@@ -185,6 +190,7 @@ pub(crate) fn copy_memory(
                         addr: r.start,
                         pages: r.pages() as usize,
                         readable,
+                        file: vma.kind == VmaKind::File,
                     },
                     pool,
                     sink,
@@ -307,31 +313,104 @@ impl Copier {
             .iter()
             .flat_map(|r| (0..r.pages).map(move |i| r.addr + (i * PAGE_SIZE) as u64))
             .collect();
-        match pool.take_buffered()? {
+        // Whole chunks stay in the buffer; a chunk with absent pages (see `Run::file`) goes to
+        // the sink now, without them.
+        let (addrs, data) = match pool.take_buffered()? {
             Some(mut buf) => {
-                self.read_runs(&runs, &mut buf.as_mut_slice()[..pages * PAGE_SIZE])?;
-                self.buffered.chunks.push((addrs, buf));
+                let dst = &mut buf.as_mut_slice()[..pages * PAGE_SIZE];
+                match read_runs_lenient(self.pid, &mut self.mem, &runs, dst)? {
+                    None => {
+                        self.buffered.chunks.push((addrs, buf));
+                        return Ok(());
+                    }
+                    Some(ok) => present_only(&addrs, dst, &ok),
+                }
             }
             None => {
                 let buf = pool.direct()?;
                 let dst = &mut buf.as_mut_slice()[..pages * PAGE_SIZE];
-                read_runs(self.pid, &mut self.mem, &runs, dst)?;
-                let data = dst.to_vec();
-                stats.pages_zero += data
-                    .chunks_exact(PAGE_SIZE)
-                    .filter(|p| is_zero_page(p))
-                    .count() as u64;
-                stats.pages_written += pages as u64;
-                stats.pages_during_freeze += pages as u64;
-                sink.add_pages(&addrs, data)?;
+                match read_runs_lenient(self.pid, &mut self.mem, &runs, dst)? {
+                    None => (addrs, dst.to_vec()),
+                    Some(ok) => present_only(&addrs, dst, &ok),
+                }
             }
+        };
+        stats.pages_zero += data
+            .chunks_exact(PAGE_SIZE)
+            .filter(|p| is_zero_page(p))
+            .count() as u64;
+        stats.pages_written += addrs.len() as u64;
+        stats.pages_during_freeze += addrs.len() as u64;
+        stats.pages_file += (pages - addrs.len()) as u64;
+        if !addrs.is_empty() {
+            sink.add_pages(&addrs, data)?;
         }
         Ok(())
     }
+}
 
-    fn read_runs(&mut self, runs: &[Run], dst: &mut [u8]) -> Result<(), DumpError> {
-        read_runs(self.pid, &mut self.mem, runs, dst)
+/// The pages of `addrs` (and `data`, a page each) whose `ok` is true.
+fn present_only(addrs: &[u64], data: &[u8], ok: &[bool]) -> (Vec<u64>, Vec<u8>) {
+    let mut a = Vec::with_capacity(addrs.len());
+    let mut d = Vec::with_capacity(data.len());
+    for ((addr, page), ok) in addrs.iter().zip(data.chunks_exact(PAGE_SIZE)).zip(ok) {
+        if *ok {
+            a.push(*addr);
+            d.extend_from_slice(page);
+        }
     }
+    (a, d)
+}
+
+/// [`read_runs`], where a page of a [`Run::file`] run that cannot be read is absent rather than
+/// an error: `None` when every page was read, else which ones were (per page of `runs`).
+pub(crate) fn read_runs_lenient(
+    pid: i32,
+    mem: &mut Option<ProcMem>,
+    runs: &[Run],
+    dst: &mut [u8],
+) -> Result<Option<Vec<bool>>, DumpError> {
+    let first = match read_runs(pid, mem, runs, dst) {
+        Ok(()) => return Ok(None),
+        Err(e) => e,
+    };
+    if !runs.iter().any(|r| r.file) {
+        return Err(first);
+    }
+    let mut ok = Vec::with_capacity(dst.len() / PAGE_SIZE);
+    let mut off = 0;
+    for r in runs {
+        let len = r.pages * PAGE_SIZE;
+        if !r.file {
+            read_runs(pid, mem, &[*r], &mut dst[off..off + len])?;
+            ok.extend(std::iter::repeat_n(true, r.pages));
+        } else {
+            for i in 0..r.pages {
+                let page = Run {
+                    addr: r.addr + (i * PAGE_SIZE) as u64,
+                    pages: 1,
+                    ..*r
+                };
+                let at = off + i * PAGE_SIZE;
+                match read_runs(pid, mem, &[page], &mut dst[at..at + PAGE_SIZE]) {
+                    Ok(()) => ok.push(true),
+                    Err(e) if unreadable(&e) => ok.push(false),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        off += len;
+    }
+    Ok(Some(ok))
+}
+
+/// EFAULT (process_vm_readv) or EIO (/proc/PID/mem): the page cannot be faulted in.
+fn unreadable(e: &DumpError) -> bool {
+    let errno = match e {
+        DumpError::Sys(s) => s.errno(),
+        _ => None,
+    };
+    matches!(errno, Some(libc::EFAULT) | Some(libc::EIO))
 }
 
 /// Reads `runs` back to back into `dst`: readable runs by `process_vm_readv` (batched), the

@@ -401,6 +401,7 @@ impl<'s> Precopy<'s> {
                     addr: c.start,
                     pages: c.pages() as usize,
                     readable: r.readable,
+                    file: r.pages == Pages::NotFile,
                 }));
             }
         }
