@@ -756,6 +756,7 @@ fn restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
             PidChoice::Same
         },
         fail_at: haul::restore::Step::from_env(),
+        verify_state: args.verify.as_deref() == Some("state"),
     };
     let r = haul::restore::restore(&set, &store, &opts)?;
     if args.json {
@@ -783,6 +784,7 @@ fn lazy_restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
             PidChoice::Same
         },
         fail_at: haul::restore::Step::from_env(),
+        verify_state: args.verify.as_deref() == Some("state"),
     };
     let lopts = LazyOptions {
         idle_push: args.idle_push,

@@ -244,6 +244,11 @@ pub struct ProcessImage {
     /// POSIX timers (`timer_create(2)`), by id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub posix_timers: Vec<PosixTimer>,
+    /// What `/proc` showed of the process under the freeze (`proc::observe`, field → value),
+    /// which `--verify state` compares with the restored process. Empty in an image made
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub observed: BTreeMap<String, String>,
 }
 
 /// One armed interval timer, as `getitimer(2)` reported it at dump time.
