@@ -86,7 +86,7 @@ pub fn observe(pid: i32) -> Result<Observed> {
         let status = read_string(&dir.join("status"))?;
         for (k, v) in status_lines(&status) {
             if STATUS_KEYS.contains(&k) {
-                f.insert(format!("thread {i} {k}"), v.to_string());
+                f.insert(format!("thread {i} {k}"), words(v));
             }
         }
         let comm = read_string(&dir.join("comm"))?;
@@ -107,14 +107,19 @@ pub fn observe(pid: i32) -> Result<Observed> {
     let status = read_string(&dir.join("status"))?;
     for (k, v) in status_lines(&status) {
         if k == "ShdPnd" || k == "Threads" {
-            f.insert(k.to_string(), v.to_string());
+            f.insert(k.to_string(), words(v));
         }
     }
     for name in ["oom_score_adj", "loginuid", "timerslack_ns", "personality"] {
         let v = read_string(&dir.join(name))?;
         f.insert(name.to_string(), v.trim().to_string());
     }
-    f.insert("cgroup".into(), read_string(&dir.join("cgroup"))?);
+    for l in read_string(&dir.join("cgroup"))?.lines() {
+        // "4:memory:/a/b": the hierarchy and its controllers name the field.
+        if let Some((h, path)) = l.rsplit_once(':') {
+            f.insert(format!("cgroup {h}"), path.to_string());
+        }
+    }
     for name in ["cwd", "root", "exe"] {
         f.insert(name.to_string(), read_link(&dir.join(name))?);
     }
@@ -205,6 +210,11 @@ fn status_lines(s: &str) -> impl Iterator<Item = (&str, &str)> {
     s.lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k, v.trim()))
+}
+
+/// A status value with its tabs and runs of spaces as single spaces (`Uid: 0\t0\t0\t0`).
+fn words(v: &str) -> String {
+    v.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// NUL-separated text (cmdline, environ) shown with `\0` for each NUL.
@@ -334,7 +344,7 @@ mod tests {
             entry(0x6000, 0x7000, "/f", 0),
             entry(0x7000, 0x8000, "/f", 0),
             // Follows on.
-            entry(0x8000, 0x9000, "/f", 0x2000),
+            entry(0x8000, 0x9000, "/f", 0x1000),
         ]);
         let spans: Vec<(u64, u64)> = m.iter().map(|e| (e.start, e.end)).collect();
         assert_eq!(
@@ -365,6 +375,15 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let pid = child.id() as i32;
+        // Until sleep sleeps: the spawn returns once exec has begun, before the close-on-exec
+        // fds of the parent's other threads are closed in the child.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while crate::proc::stat(pid).map(|s| (s.comm, s.state)).ok()
+            != Some(("sleep".to_string(), 'S'))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let o = observe(pid);
         let _ = child.kill();
         let _ = child.wait();
@@ -375,7 +394,7 @@ mod tests {
             "thread 0 Uid",
             "thread 0 comm",
             "cwd",
-            "cgroup",
+            "cgroup 0:",
         ] {
             assert!(o.fields.contains_key(k), "no {k} in {:?}", o.fields);
         }

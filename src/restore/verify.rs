@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{PidChoice, RestoreError};
+use super::RestoreError;
 use crate::image::{ImageSet, ProcessImage};
 
 /// One field whose value after the restore is not the one recorded at the dump.
@@ -54,22 +54,6 @@ pub fn list(d: &[StateDifference]) -> String {
         .concat()
 }
 
-/// Fields left out of the comparison: (field, or prefix ending in a space; pid choice it
-/// applies to, `None` for both; why). Kept minimal: everything else the restore must give back
-/// as it was. The `proc::observe` snapshot itself already leaves out what names the process
-/// (pid, tids, parent, pipe inodes) or moves by itself (usage counters, timer expiry), and
-/// shows process group and session relative to the process (`self`), so a restore under a new
-/// PID compares on the same fields as one under the same PID.
-const EXCLUDED: &[(&str, Option<PidChoice>, &str)] = &[];
-
-/// Whether `field` is left out of the comparison for a restore with `pid` (see [`EXCLUDED`]).
-fn excluded(field: &str, pid: PidChoice) -> bool {
-    EXCLUDED.iter().any(|(name, only, _why)| {
-        only.is_none_or(|o| o == pid)
-            && (field == *name || (name.ends_with(' ') && field.starts_with(name)))
-    })
-}
-
 /// Compares `recorded` with `now`: every field present on one side only, or with another
 /// value, is a difference, unless `skip` says it is left out. Sorted by field name.
 pub fn compare(
@@ -110,18 +94,17 @@ pub(super) fn require_record(set: &ImageSet, p: &ProcessImage) -> Result<(), Res
 }
 
 /// Reads the restored process `pid` (stopped, not yet run) and compares it with the image.
-pub(super) fn check(
-    set: &ImageSet,
-    p: &ProcessImage,
-    pid: i32,
-    choice: PidChoice,
-) -> Result<(), RestoreError> {
+/// Every recorded field is compared: `proc::observe` leaves out, with its reasons, what names
+/// the process itself (pid, tids, parent, pipe inodes) or moves by itself (usage counters,
+/// timer expiry), and shows process group and session relative to the process (`self`), so a
+/// restore under a new PID (`pid = any`) is compared on the same fields as one under its own.
+pub(super) fn check(set: &ImageSet, p: &ProcessImage, pid: i32) -> Result<(), RestoreError> {
     let now = crate::proc::observe(pid).map_err(|e| RestoreError::Step {
         set: set.id.clone(),
         step: super::Step::Run,
         message: format!("--verify state: reading the restored process: {e}"),
     })?;
-    let differences = compare(&p.observed, &now.fields, |f| excluded(f, choice));
+    let differences = compare(&p.observed, &now.fields, |_| false);
     if differences.is_empty() {
         return Ok(());
     }
