@@ -381,7 +381,7 @@ pub(super) fn rebuild(
     // --verify state: compared while every thread is still stopped, so a process that differs
     // is killed (by `half`) before it runs.
     if opts.verify_state {
-        super::verify::check(set, p, pid)?;
+        super::verify::check(set, p, pid, &lazy_ranges)?;
     }
     step(&c, Step::Run, || -> Result<(), String> {
         for &(tid, _) in &threads[1..] {

@@ -98,13 +98,30 @@ pub(super) fn require_record(set: &ImageSet, p: &ProcessImage) -> Result<(), Res
 /// the process itself (pid, tids, parent, pipe inodes) or moves by itself (usage counters,
 /// timer expiry), and shows process group and session relative to the process (`self`), so a
 /// restore under a new PID (`pid = any`) is compared on the same fields as one under its own.
-pub(super) fn check(set: &ImageSet, p: &ProcessImage, pid: i32) -> Result<(), RestoreError> {
+/// `lazy`: the ranges a lazy restore left to its daemon (empty for an eager restore).
+pub(super) fn check(
+    set: &ImageSet,
+    p: &ProcessImage,
+    pid: i32,
+    lazy: &[(u64, u64)],
+) -> Result<(), RestoreError> {
     let now = crate::proc::observe(pid).map_err(|e| RestoreError::Step {
         set: set.id.clone(),
         step: super::Step::Run,
         message: format!("--verify state: reading the restored process: {e}"),
     })?;
-    let differences = compare(&p.observed, &now.fields, |_| false);
+    let in_lazy = |start: u64, end: u64| lazy.iter().any(|&(s, e)| start < e && s < end);
+    let m = &p.mm;
+    let unreadable = |f: &str| match f {
+        // /proc reads these from the process's memory, and a read by another process cannot
+        // fault in a page of a userfaultfd range (the kernel refuses remote faults there): in
+        // a lazy restore they read empty until the daemon has copied their pages. Their
+        // addresses are still compared (`mm`), and the daemon checks every page it copies.
+        "cmdline" => in_lazy(m.arg_start, m.arg_end),
+        "environ" => in_lazy(m.env_start, m.env_end),
+        _ => false,
+    };
+    let differences = compare(&p.observed, &now.fields, unreadable);
     if differences.is_empty() {
         return Ok(());
     }
