@@ -351,6 +351,13 @@ pub struct RestoreArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// `state`: before the restored process runs, compare what /proc shows of it (credentials,
+    /// capabilities, signal masks and handlers, prctl values, cgroup, oom score, maps and their
+    /// flags, fds with their flags and offsets, ...) with what the dump recorded. Any
+    /// difference is named (`field: was X, now Y`), the process is killed before it runs a
+    /// single instruction, and haul exits 1.
+    #[arg(long, value_name = "WHAT", value_parser = ["state"])]
+    pub verify: Option<String>,
     /// Post-copy: the process runs at once, its memory served by userfaultfd; haul prints the
     /// PID and stays in the foreground until every page is resident.
     #[arg(long)]

@@ -775,6 +775,7 @@ fn restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
             PidChoice::Same
         },
         fail_at: haul::restore::Step::from_env(),
+        verify_state: args.verify.as_deref() == Some("state"),
     };
     let r = haul::restore::restore(&set, &store, &opts)?;
     if args.json {
@@ -802,6 +803,7 @@ fn lazy_restore_cmd(args: cli::RestoreArgs) -> Result<u8, Error> {
             PidChoice::Same
         },
         fail_at: haul::restore::Step::from_env(),
+        verify_state: args.verify.as_deref() == Some("state"),
     };
     let lopts = LazyOptions {
         idle_push: args.idle_push,

@@ -54,6 +54,21 @@ fn a_bad_duration_says_what_a_duration_looks_like() {
 }
 
 #[test]
+fn restore_verify_takes_state_and_names_it_when_given_anything_else() {
+    let err = fails(&["restore", "x", "--verify", "everything"], 2);
+    assert!(
+        err.contains("'everything'") && err.contains("state"),
+        "{err}"
+    );
+    let out = haul().args(["restore", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--verify") && help.contains("killed before it runs"),
+        "{help}"
+    );
+}
+
+#[test]
 fn bench_help_lists_every_benchmark() {
     let out = haul().args(["bench", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -72,8 +72,8 @@ fn fd_state(pid: i32, fd: i32) -> (String, u32, u64) {
     )
 }
 
-/// Dumps `p` with --kill into `store` (and reaps it), restores it with its pid; returns the
-/// restored pid.
+/// Dumps `p` with --kill into `store` (and reaps it), restores it with its pid, its state
+/// compared with the image before it runs (`--verify state`); returns the restored pid.
 fn dump_and_restore(p: &mut Running, store: &Path) -> i32 {
     dump_and_restore_with(p, store, &[])
 }
@@ -103,7 +103,7 @@ fn dump_and_restore_with(p: &mut Running, store: &Path, more: &[&str]) -> i32 {
     let set = v["set"].as_str().unwrap().to_string();
     p.child.wait().unwrap();
     let out = haul()
-        .args(["restore", &set, "--json", "--store"])
+        .args(["restore", &set, "--json", "--verify", "state", "--store"])
         .arg(store)
         .output()
         .unwrap();

@@ -46,14 +46,15 @@ fn dump_kill(r: &mut Running, store: &Store) -> Arc<ImageSet> {
     Arc::new(d.set)
 }
 
-/// Restores `set` lazily from the local store, pushing after `idle_push_ms` without a fault.
+/// Restores `set` lazily from the local store, pushing after `idle_push_ms` without a fault;
+/// its state is compared with the image before it runs (`--verify state`).
 fn lazy_from_store(set: &Arc<ImageSet>, store: &Arc<Store>, idle_push_ms: u64) -> LazyRestore {
     let src = Box::new(StoreSource::new(store.clone()));
     restore_lazy(
         set,
         &**store,
         src,
-        &RestoreOptions::default(),
+        &common::verified(haul::restore::PidChoice::Same),
         &opts(idle_push_ms),
     )
     .unwrap_or_else(|e| panic!("lazy restore: {e}"))
@@ -567,7 +568,7 @@ fn haul_dump_lazy_then_haul_restore_from_it_migrates_a_64mib_memwriter() {
     // The restore runs from the worker's server, under another PID.
     let restore = common::haul()
         .args(["restore", &set, "--lazy", "--pid", "any", "--from", &addr])
-        .args(["--idle-push", "300ms", "--store"])
+        .args(["--verify", "state", "--idle-push", "300ms", "--store"])
         .arg(dir.path().join("elsewhere"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

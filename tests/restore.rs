@@ -125,7 +125,7 @@ fn restored_counter_continues_without_gap_or_repeat_under_same_pid() {
     child.wait().unwrap();
     let before = read_numbers(&log).len();
 
-    let out = restore(&set, &src, &RestoreOptions::default()).expect("restore");
+    let out = restore(&set, &src, &common::verified(PidChoice::Same)).expect("restore");
     assert_eq!(out.pid, pid, "restored under another pid");
     assert!(out.pages_restored > 0);
     let grew = wait_for(Duration::from_secs(10), || {
@@ -168,15 +168,7 @@ fn restore_is_refused_while_the_original_runs_and_any_pid_works() {
     blocker.kill().unwrap();
     blocker.wait().unwrap();
 
-    let out = restore(
-        &set,
-        &src,
-        &RestoreOptions {
-            pid: PidChoice::Any,
-            ..Default::default()
-        },
-    )
-    .expect("restore --pid any");
+    let out = restore(&set, &src, &common::verified(PidChoice::Any)).expect("restore --pid any");
     let before = read_numbers(&log).len();
     let grew = wait_for(Duration::from_secs(10), || {
         read_numbers(&log).len() >= before + 10
@@ -219,11 +211,81 @@ fn failure_at_each_restore_step_kills_the_half_built_process_and_names_the_step(
     }
     // And the set still restores after all those failures.
     let before = read_numbers(&log).len();
-    let out = restore(&set, &src, &RestoreOptions::default()).expect("restore");
+    let out = restore(&set, &src, &common::verified(PidChoice::Same)).expect("restore");
     let grew = wait_for(Duration::from_secs(10), || {
         read_numbers(&log).len() >= before + 10
     });
     finish(out.pid);
     assert!(grew);
     assert_consecutive(&read_numbers(&log));
+}
+
+#[test]
+fn verify_state_names_what_the_restore_changed_and_kills_the_process_before_it_runs() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("counter.log");
+    let mut child = start_counter(&log);
+    let pid = child.id() as i32;
+    let (set, src) = dump_to_memory(pid);
+    child.wait().unwrap();
+    let before = read_numbers(&log).len();
+    let observed = &set.process.as_ref().unwrap().observed;
+    let umask = observed["thread 0 Umask"].clone();
+    assert_eq!(observed["thread 0 comm"], "counter", "{observed:?}");
+
+    // A restore that gives back another umask than the one recorded (as a restore that lost
+    // the attribute would): the state check names it, and the process never runs.
+    let mut changed = set.clone();
+    changed.process.as_mut().unwrap().umask = 0o077;
+    let e = restore(&changed, &src, &common::verified(PidChoice::Same)).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("thread 0 Umask: was \"{umask}\", now \"0077\"")),
+        "{msg}"
+    );
+    assert!(msg.contains("killed before it ran"), "{msg}");
+    assert!(
+        !msg.contains("Uid") && !msg.contains("map ") && !msg.contains("fd "),
+        "only the umask differs: {msg}"
+    );
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} left behind"
+    );
+    assert_eq!(read_numbers(&log).len(), before, "the process ran");
+
+    // The image as dumped restores, checked, and counts on.
+    let out = restore(&set, &src, &common::verified(PidChoice::Same)).expect("restore");
+    let grew = wait_for(Duration::from_secs(10), || {
+        read_numbers(&log).len() >= before + 10
+    });
+    finish(out.pid);
+    assert!(grew);
+    assert_consecutive(&read_numbers(&log));
+}
+
+#[test]
+fn verify_state_refuses_an_image_that_recorded_no_state_before_creating_anything() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("counter.log");
+    let mut child = start_counter(&log);
+    let pid = child.id() as i32;
+    let (mut set, src) = dump_to_memory(pid);
+    child.wait().unwrap();
+    // As an image made by a haul that did not record the state.
+    set.process.as_mut().unwrap().observed.clear();
+    let e = restore(&set, &src, &common::verified(PidChoice::Same))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("records no state to compare with"), "{e}");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} was created"
+    );
+    // Without the check it restores.
+    let out = restore(&set, &src, &RestoreOptions::default()).expect("restore");
+    finish(out.pid);
 }

@@ -68,11 +68,16 @@ fn dump_kill(r: &mut Running, store: &Store) -> ImageSet {
     d.set
 }
 
-/// Restores `set` from `store` under its own PID.
+/// Restores `set` from `store` under its own PID, its state compared with the image before it
+/// runs (`--verify state`).
 fn restore_same(set: &ImageSet, store: &Store) -> Restored {
     let want = set.process.as_ref().unwrap().pid;
-    let out = restore(set, store, &RestoreOptions::default())
-        .unwrap_or_else(|e| panic!("restore of pid {want}: {e}"));
+    let out = restore(
+        set,
+        store,
+        &common::verified(haul::restore::PidChoice::Same),
+    )
+    .unwrap_or_else(|e| panic!("restore of pid {want}: {e}"));
     assert_eq!(out.pid, want, "restored under another pid");
     assert!(out.pages_restored > 0, "no pages restored");
     Restored {
@@ -654,6 +659,7 @@ command = [
 ]
 expect_stdout = "OK"
 timeout = "10s"
+state = true
 "#,
             counter.display()
         ),
@@ -686,6 +692,8 @@ timeout = "10s"
     assert!(r.pages_restored > 0);
     let v = r.verify.expect("no verify outcome");
     assert!(v.passed, "verify: {v:?}");
+    assert!(v.state, "the state was not compared: {v:?}");
+    assert!(v.state_differences.is_empty(), "{v:?}");
 }
 
 /// Bitmask of `SigPnd` | `ShdPnd` of /proc/PID/status.
@@ -896,7 +904,7 @@ fn haul_dump_and_haul_restore_commands_move_a_counter_through_the_store() {
     let before = read_numbers(&log).len();
 
     let out = common::haul()
-        .args(["restore", "--json", &set, "--store"])
+        .args(["restore", "--json", "--verify", "state", &set, "--store"])
         .arg(&store)
         .output()
         .unwrap();

@@ -414,6 +414,9 @@ pub(crate) fn dump_planned(
     ctx.step(Step::State, || {
         state::capture_process(pid, &mut process, snapshot)
     })?;
+    // What /proc shows of it, for `--verify state` (reads /proc only, before anything is
+    // injected, so the scratch page and the masks haul sets while injecting are not in it).
+    let observed = ctx.step(Step::State, || Ok(crate::proc::observe(pid)?))?;
 
     ctx.step(Step::Scratch, || frozen.map_scratch())?;
     ctx.fail(Step::Scratch)?;
@@ -462,6 +465,7 @@ pub(crate) fn dump_planned(
     ctx.step(Step::State, || {
         state::capture_pending(pid, &mut process, |tid| frozen.held_signals(tid))
     })?;
+    process.observed = observed_with_pending(observed, &process);
     let kept = if opts.leave_running {
         ctx.step(Step::Resume, || frozen.thaw())?;
         None
@@ -490,6 +494,29 @@ pub(crate) fn dump_planned(
 }
 
 /// Maps errors to the step they happened at.
+/// The observed state with the signal masks and pending signals as the image carries them.
+/// Pending: the freeze holds some signals back, which `capture_pending` adds and the restore
+/// queues again, so /proc under the freeze does not show all of them. Masks: a thread stopped
+/// in `sigsuspend`, `ppoll`, `pselect` or `epoll_pwait` shows the temporary mask of that call
+/// in /proc while its own is saved aside; ptrace reports (and the image keeps) its own, which
+/// the restored thread has until it enters the call again.
+fn observed_with_pending(
+    mut o: crate::proc::Observed,
+    p: &crate::image::ProcessImage,
+) -> std::collections::BTreeMap<String, String> {
+    for t in &p.threads {
+        if let Some(i) = o.tids.iter().position(|&tid| tid == t.tid) {
+            o.fields
+                .insert(format!("thread {i} SigPnd"), format!("{:016x}", t.pending));
+            o.fields
+                .insert(format!("thread {i} SigBlk"), format!("{:016x}", t.sigmask));
+        }
+    }
+    o.fields
+        .insert("ShdPnd".into(), format!("{:016x}", p.shared_pending));
+    o.fields
+}
+
 struct Ctx<'a> {
     pid: i32,
     opts: &'a DumpOptions,

@@ -253,6 +253,11 @@ pub struct ProcessImage {
     /// prctl-style attributes (dumpable, securebits, THP, subreaper, OOM, loginuid).
     #[serde(default)]
     pub attrs: ProcAttrs,
+    /// What `/proc` showed of the process under the freeze (`proc::observe`, field → value),
+    /// which `--verify state` compares with the restored process. Empty in an image made
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub observed: BTreeMap<String, String>,
 }
 
 /// One armed interval timer, as `getitimer(2)` reported it at dump time.

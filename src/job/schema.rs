@@ -362,6 +362,11 @@ pub struct VerifySpec {
     pub expect_stdout: Option<String>,
     #[serde(default = "defaults::verify_timeout")]
     pub timeout: Dur,
+    /// Before the restored process runs, compare what `/proc` shows of it with what the dump
+    /// recorded (`haul restore --verify state`); a difference fails the restore and the
+    /// process is killed.
+    #[serde(default)]
+    pub state: bool,
 }
 
 /// Defaults of DESIGN.md §2, in one place.

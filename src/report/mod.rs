@@ -213,6 +213,12 @@ pub struct VerifyReport {
     pub stdout: String,
     /// Why it failed, when it did.
     pub reason: String,
+    /// `[verify] state`: the restored process was compared with the image before it ran.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub state: bool,
+    /// The fields that differed (`field: was X, now Y`); the process was killed before it ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub state_differences: Vec<String>,
 }
 
 impl RunReport {
@@ -483,6 +489,9 @@ pub fn render(r: &RunReport) -> String {
             if v.passed { "passed" } else { "FAILED: " },
             v.reason
         );
+        for d in &v.state_differences {
+            let _ = writeln!(s, "    {d}");
+        }
     }
     s
 }

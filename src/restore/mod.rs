@@ -13,12 +13,14 @@ mod cgroup;
 mod compat;
 mod fds;
 mod rebuild;
+mod verify;
 
 use std::time::Instant;
 
 use crate::image::{ImageSet, ProcessImage};
 
 pub use compat::check_compat;
+pub use verify::{compare as compare_state, StateDifference};
 
 /// Errors of the `restore` module.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,19 @@ pub enum RestoreError {
         set: String,
         step: Step,
         message: String,
+    },
+    /// `--verify state`: the rebuilt process does not show the state the image recorded; it
+    /// was killed before it ran.
+    #[error(
+        "set {set}: the restored process (pid {pid}) differs from the image in {n} field(s); \
+         it was killed before it ran:{list}",
+        n = differences.len(),
+        list = verify::list(differences)
+    )]
+    StateDiffers {
+        set: String,
+        pid: i32,
+        differences: Vec<StateDifference>,
     },
     /// Reading the set's pages failed (the store names the pack and page).
     #[error("set {set}: reading pages: {source}")]
@@ -153,6 +168,9 @@ pub struct RestoreOptions {
     pub pid: PidChoice,
     /// Test-only: fail on purpose at this step (to prove nothing is left behind).
     pub fail_at: Option<Step>,
+    /// `--verify state`: before the process runs, compare what `/proc` shows of it with what
+    /// the dump recorded; any difference fails the restore (the process is killed).
+    pub verify_state: bool,
 }
 
 /// What a restore did.
@@ -204,6 +222,9 @@ pub fn restore(
 ) -> Result<RestoreOutcome, RestoreError> {
     let start = Instant::now();
     let process = compat::check_compat(set, opts.pid, false)?;
+    if opts.verify_state {
+        verify::require_record(set, process)?;
+    }
     let mut out = rebuild::rebuild(set, process, source, opts, start, None)?;
     out.restore_time = crate::util::us(start.elapsed());
     Ok(out)
@@ -263,6 +284,9 @@ pub fn restore_lazy(
 ) -> Result<RestoreOutcome, RestoreError> {
     let start = Instant::now();
     let process = compat::check_compat(set, opts.pid, true)?;
+    if opts.verify_state {
+        verify::require_record(set, process)?;
+    }
     let mut out = rebuild::rebuild(set, process, source, opts, start, Some(hooks))?;
     out.restore_time = crate::util::us(start.elapsed());
     Ok(out)

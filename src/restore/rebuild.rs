@@ -386,7 +386,14 @@ pub(super) fn rebuild(
 
     step(&c, Step::Run, || -> Result<(), String> {
         drop(rs);
-        queue_pending(pid, p, &threads)?;
+        queue_pending(pid, p, &threads)
+    })?;
+    // --verify state: compared while every thread is still stopped, so a process that differs
+    // is killed (by `half`) before it runs.
+    if opts.verify_state {
+        super::verify::check(set, p, pid, &lazy_ranges)?;
+    }
+    step(&c, Step::Run, || -> Result<(), String> {
         for &(tid, _) in &threads[1..] {
             ptrace::detach(tid, 0).map_err(|e| format!("detach thread {tid}: {e}"))?;
         }

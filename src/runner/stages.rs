@@ -235,19 +235,35 @@ pub fn restore(
             PidPolicy::Any => crate::restore::PidChoice::Any,
         },
         fail_at: crate::restore::Step::from_env(),
+        verify_state: job.spec.verify.as_ref().is_some_and(|v| v.state),
     };
     let remote = source(job, spec)?.remote(set)?;
     let (set, pages): (_, &dyn crate::restore::PageSource) = match &remote {
         Some((s, r)) => (s, r),
         None => (set, store),
     };
-    let r =
-        crate::restore::restore(set, pages, &opts).map_err(|e| stage_err("restore")(e.into()))?;
+    let r = crate::restore::restore(set, pages, &opts).map_err(|e| restore_err(e, report))?;
     report.restored_pid = Some(r.pid);
     report.restore_time = r.restore_time;
     report.time_to_running = r.time_to_running;
     report.pages_restored = r.pages_restored;
     Ok(r.pid)
+}
+
+/// The restore stage's error; `[verify] state` differences also go into the verify report.
+fn restore_err(e: crate::restore::RestoreError, report: &mut RunReport) -> RunError {
+    if let crate::restore::RestoreError::StateDiffers { differences, .. } = &e {
+        report.verify = Some(VerifyReport {
+            state: true,
+            state_differences: differences.iter().map(ToString::to_string).collect(),
+            reason: format!(
+                "the restored state differs from the image in {} field(s)",
+                differences.len()
+            ),
+            ..Default::default()
+        });
+    }
+    stage_err("restore")(e.into())
 }
 
 // ---- lazy restore (issue #7) ----
@@ -284,6 +300,7 @@ pub fn restore_lazy(
             PidPolicy::Any => crate::restore::PidChoice::Any,
         },
         fail_at: crate::restore::Step::from_env(),
+        verify_state: job.spec.verify.as_ref().is_some_and(|v| v.state),
     };
     let from = source(job, spec)?;
     // The daemon thread shares the set (its page table says which pages are missing).
@@ -320,8 +337,10 @@ pub fn restore_lazy(
         },
     };
     let lopts = crate::lazy::LazyOptions::from_spec(&job.spec.lazy);
-    let lr = crate::lazy::restore_lazy(&set, eager, src, &opts, &lopts)
-        .map_err(|e| stage_err("restore")(e.into()))?;
+    let lr = crate::lazy::restore_lazy(&set, eager, src, &opts, &lopts).map_err(|e| match e {
+        crate::lazy::LazyError::Restore(e) => restore_err(e, report),
+        e => stage_err("restore")(e.into()),
+    })?;
     report.restored_pid = Some(lr.pid());
     report.restore_time = lr.outcome.restore_time;
     report.time_to_running = lr.outcome.time_to_running;
@@ -364,6 +383,8 @@ pub fn verify(job: &Job, ph: &Placeholders, report: &mut RunReport) -> Result<()
         .map_err(RunError::Setup)?;
     let mut v = VerifyReport {
         command: argv.clone(),
+        // The restore compared the state before the process ran; it would have failed.
+        state: spec.state,
         ..Default::default()
     };
     let outcome = run_with_timeout(&argv, &job.dir, spec.timeout.0);

@@ -396,3 +396,14 @@ pub fn memwriter_pause(pid: i32, out: &Path, after: u64) -> (u64, String) {
     }
     panic!("memwriter pid {pid} kept writing after SIGUSR2");
 }
+
+/// Restore options that compare the restored process with its image before it runs
+/// (`--verify state`): the restore tests use them, so that an attribute a restore newly loses
+/// fails a test instead of passing silently.
+pub fn verified(pid: haul::restore::PidChoice) -> haul::restore::RestoreOptions {
+    haul::restore::RestoreOptions {
+        pid,
+        verify_state: true,
+        ..Default::default()
+    }
+}
