@@ -571,3 +571,18 @@ fn pages_of_a_file_mapping_past_the_end_of_its_file_are_absent_not_an_error() {
     assert!(answered, "the restored program did not answer");
     assert_eq!(std::fs::read(&out).unwrap(), b"BBBBBBBBBBxx");
 }
+
+#[test]
+fn the_core_dump_filter_comes_back() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let script = "open('/proc/self/coredump_filter','w').write('0x7f')\nimport time\nprint('ready',flush=True)\ntime.sleep(600)";
+    let mut p = python(dir.path(), script);
+    let read = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/coredump_filter")).unwrap();
+    let before = read(p.pid);
+    assert_eq!(before.trim(), "0000007f");
+    let r = dump_and_restore(&mut p, &dir.path().join("store"));
+    let after = read(r);
+    finish(r);
+    assert_eq!(after, before);
+}

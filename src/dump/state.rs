@@ -152,6 +152,7 @@ pub(crate) fn capture_process(
     img.fds = snap.fds;
     capture_pipes(pid, &mut img.fds)?;
     img.attrs.oom_score_adj = Some(proc::oom_score_adj(pid)?);
+    img.attrs.coredump_filter = Some(proc::coredump_filter(pid)?);
     // Only a kernel with CONFIG_AUDIT has a loginuid.
     if proc::pid_dir(pid).join("loginuid").exists() {
         img.attrs.loginuid = Some(proc::loginuid(pid)?);

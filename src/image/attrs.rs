@@ -39,6 +39,9 @@ pub struct ProcAttrs {
     /// `/proc/PID/oom_score_adj`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i32>,
+    /// `/proc/PID/coredump_filter`: which mappings a core dump holds (core(5)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coredump_filter: Option<u32>,
     /// `/proc/PID/loginuid` (`u32::MAX`: unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loginuid: Option<u32>,

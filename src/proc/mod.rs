@@ -163,6 +163,13 @@ pub fn personality(pid: i32) -> Result<u32> {
     u32::from_str_radix(s.trim(), 16).map_err(|_| parse_err(&path, "personality", s.trim()))
 }
 
+/// `/proc/PID/coredump_filter` (hexadecimal bits, core(5)).
+pub fn coredump_filter(pid: i32) -> Result<u32> {
+    let path = pid_dir(pid).join("coredump_filter");
+    let s = read_string(&path)?;
+    u32::from_str_radix(s.trim(), 16).map_err(|_| parse_err(&path, "coredump_filter", s.trim()))
+}
+
 /// `/proc/PID/oom_score_adj` (-1000..=1000).
 pub fn oom_score_adj(pid: i32) -> Result<i32> {
     let path = pid_dir(pid).join("oom_score_adj");

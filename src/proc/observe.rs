@@ -110,7 +110,13 @@ pub fn observe(pid: i32) -> Result<Observed> {
             f.insert(k.to_string(), words(v));
         }
     }
-    for name in ["oom_score_adj", "loginuid", "timerslack_ns", "personality"] {
+    for name in [
+        "oom_score_adj",
+        "loginuid",
+        "timerslack_ns",
+        "personality",
+        "coredump_filter",
+    ] {
         let v = read_string(&dir.join(name))?;
         f.insert(name.to_string(), v.trim().to_string());
     }
