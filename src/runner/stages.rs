@@ -242,6 +242,8 @@ pub fn restore(
         Some((s, r)) => (s, r),
         None => (set, store),
     };
+    let tampered = test_tamper(set);
+    let set = tampered.as_ref().unwrap_or(set);
     let r = crate::restore::restore(set, pages, &opts).map_err(|e| restore_err(e, report))?;
     report.restored_pid = Some(r.pid);
     report.restore_time = r.restore_time;
@@ -346,6 +348,19 @@ pub fn restore_lazy(
     report.time_to_running = lr.outcome.time_to_running;
     report.pages_restored = lr.outcome.pages_restored;
     Ok((lr, shared))
+}
+
+/// **Test-only switch.** `HAUL_TEST_TAMPER=umask` has an eager restore give back umask 077
+/// instead of the image's, as a restore that lost it would: how the tests build a state
+/// difference for `[verify] state` to catch (everything `/proc` shows is carried or refused,
+/// so no real process makes one). The one place the variable is read.
+fn test_tamper(set: &crate::image::ImageSet) -> Option<crate::image::ImageSet> {
+    if std::env::var("HAUL_TEST_TAMPER").ok()? != "umask" {
+        return None;
+    }
+    let mut t = set.clone();
+    t.process.as_mut()?.umask = 0o077;
+    Some(t)
 }
 
 /// Waits until every page of a lazy restore is resident; fills `report.lazy`. A lost page
