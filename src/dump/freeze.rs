@@ -209,7 +209,7 @@ impl Frozen {
             }
             if !stopped {
                 return Err(DumpError::Internal(format!(
-                    "thread {tid} did not stop again after its single steps were ended"
+                    "thread {tid} did not stop again after its syscall tracing was ended"
                 )));
             }
         }

@@ -427,9 +427,9 @@ pub(crate) fn dump_planned(
     ctx.fail(Step::Sigactions)?;
 
     ctx.step(Step::Scratch, || frozen.unmap_scratch())?;
-    // No more injected syscalls: give the registers back and end the single-step state now,
-    // so that if the worker dies during the copy (SIGKILL), the kernel's detach resumes the
-    // process intact instead of letting it die of SIGTRAP (see `Frozen::settle`).
+    // No more injected syscalls: give the registers back and end the syscall-tracing state
+    // now, so that if the worker dies during the copy (SIGKILL), the kernel's detach resumes
+    // the process intact (see `Frozen::settle`).
     ctx.step(Step::Scratch, || frozen.settle())?;
     ctx.fail(Step::State)?;
 
