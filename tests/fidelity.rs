@@ -586,3 +586,29 @@ fn the_core_dump_filter_comes_back() {
     finish(r);
     assert_eq!(after, before);
 }
+
+#[test]
+fn membarrier_registrations_come_back() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let out = dir.path().join("out");
+    // Registered for private expedited barriers; once `go` exists it issues one and reports
+    // the result, errno and its registrations (EPERM would say the registration was lost).
+    let script = format!(
+        "import ctypes,os,time\nlibc=ctypes.CDLL(None,use_errno=True)\n\
+         assert libc.syscall(324,16,0,0)==0\nprint(libc.syscall(324,512,0,0),flush=True)\n\
+         print('ready',flush=True)\nwhile not os.path.exists({go:?}): time.sleep(0.01)\n\
+         r=libc.syscall(324,8,0,0)\ne=ctypes.get_errno()\nm=libc.syscall(324,512,0,0)\n\
+         open({out:?}+'.tmp','w').write('%d %d %d' % (r,e,m))\nos.rename({out:?}+'.tmp',{out:?})\ntime.sleep(600)"
+    );
+    let mut p = python(dir.path(), &script);
+    let before = std::fs::read_to_string(dir.path().join("py.log")).unwrap();
+    assert_eq!(before.lines().next(), Some("16"), "{before}");
+    let r = dump_and_restore(&mut p, &dir.path().join("store"));
+    std::fs::write(&go, "").unwrap();
+    let answered = wait_for(Duration::from_secs(10), || out.exists());
+    finish(r);
+    assert!(answered, "the restored program did not answer");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "0 0 16");
+}

@@ -279,9 +279,11 @@ pub(crate) fn capture_injected(
             left.push(interval_and_value(&b, 1_000_000_000));
         }
         let attrs = process_attrs(inj, scratch)?;
-        Ok((raw, brk, timers, left, attrs))
+        let barriers = membarrier_registrations(inj)?;
+        Ok((raw, brk, timers, left, attrs, barriers))
     })?;
-    let (raw, brk, timers, left, (dumpable, securebits, thp_disable, subreaper)) = raw;
+    let (raw, brk, timers, left, (dumpable, securebits, thp_disable, subreaper), barriers) = raw;
+    img.attrs.membarrier = barriers;
     // SUID_DUMP_ROOT (2) comes only from an exec under fs.suid_dumpable = 2, and prctl cannot
     // set it: a restore would make the process plainly non-dumpable instead.
     if dumpable > 1 {
@@ -373,6 +375,28 @@ fn process_attrs(
     let mut b = [0u8; 4];
     inj.read_mem(scratch, &mut b)?;
     Ok((dumpable, securebits, thp, i32::from_ne_bytes(b) != 0))
+}
+
+/// The process's membarrier registrations (a mask of `REGISTER_*` commands), by an injected
+/// `membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)`; None on a kernel without it (before 6.3).
+fn membarrier_registrations(
+    inj: &mut crate::sys::remote::RemoteSyscall,
+) -> Result<Option<u32>, crate::sys::SysError> {
+    use crate::sys::process::membarrier;
+    let r = inj.call(
+        nr::MEMBARRIER,
+        [membarrier::GET_REGISTRATIONS, 0, 0, 0, 0, 0],
+    )?;
+    Ok(match r {
+        r if r >= 0 => Some(r as u32),
+        r if r == -i64::from(libc::EINVAL) => None,
+        r => {
+            return Err(crate::sys::SysError::Invalid(format!(
+                "injected membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS) failed: errno {}",
+                -r
+            )))
+        }
+    })
 }
 
 /// A thread's own prctl attributes, by prctls injected into it: timer slack, parent-death

@@ -2,10 +2,10 @@
 //! gives back (issue #11: carry it or refuse it). Every field is `None` (or empty) in images
 //! made before it was kept: a restore then leaves that attribute as the rebuilt process got it.
 //!
-//! Not carried, and why it cannot be read back: membarrier registrations
-//! (`MEMBARRIER_CMD_REGISTER_*`) are flags of the mm that neither `/proc` nor any query
-//! command shows; a restored process that registered must register again (a registered
-//! expedited command returns `EPERM` until it does). The default timer slack of a thread
+//! Membarrier registrations (`MEMBARRIER_CMD_REGISTER_*`) are read with
+//! `MEMBARRIER_CMD_GET_REGISTRATIONS`, which kernels before 6.3 lack: there they cannot be
+//! read back, and a restored process that registered must register again (its expedited
+//! commands return `EPERM` until it does). Not carried: the default timer slack of a thread
 //! (what `PR_SET_TIMERSLACK 0` goes back to) is its parent's at creation: haul's after a
 //! restore. The audit session id changes whenever the loginuid is set.
 
@@ -39,6 +39,10 @@ pub struct ProcAttrs {
     /// `/proc/PID/oom_score_adj`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i32>,
+    /// Its membarrier registrations: the mask `MEMBARRIER_CMD_GET_REGISTRATIONS` gives (None:
+    /// a kernel without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membarrier: Option<u32>,
     /// `/proc/PID/coredump_filter`: which mappings a core dump holds (core(5)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coredump_filter: Option<u32>,

@@ -18,7 +18,7 @@ fn prctl(rs: &mut RemoteSyscall, args: [u64; 5], what: &str) -> Result<u64, Stri
 }
 
 /// Process-wide, before the credentials: THP disabled, child subreaper, `oom_score_adj`,
-/// the core dump filter and the audit loginuid. Images without them leave the process as spawned.
+/// membarrier registrations, the core dump filter and the audit loginuid. Images without them leave the process as spawned.
 pub(super) fn process_attrs(
     rs: &mut RemoteSyscall,
     p: &ProcessImage,
@@ -49,6 +49,19 @@ pub(super) fn process_attrs(
             // that also makes it the process's floor (oom_score_adj_min), as when an
             // administrator set it; the floor the process had cannot be read.
             write_self_file(rs, "/proc/self/oom_score_adj", &adj.to_string(), args)?;
+        }
+    }
+    if let Some(mask) = a.membarrier {
+        // Registered again, each command it had made (a fresh process has none).
+        for cmd in crate::sys::process::membarrier::REGISTER {
+            if u64::from(mask) & cmd != 0 {
+                rs.call_ok(
+                    crate::sys::process::nr::MEMBARRIER,
+                    [cmd, 0, 0, 0, 0, 0],
+                    &format!("membarrier register {cmd:#x}"),
+                )
+                .map_err(|e| e.to_string())?;
+            }
         }
     }
     if let Some(filter) = a.coredump_filter {

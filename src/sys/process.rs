@@ -21,6 +21,7 @@ pub mod nr {
     pub const KILL: i64 = 62;
     pub const SIGALTSTACK: i64 = 131;
     pub const PRCTL: i64 = 157;
+    pub const MEMBARRIER: i64 = libc::SYS_membarrier;
     pub const GETTID: i64 = 186;
     pub const SET_TID_ADDRESS: i64 = 218;
     pub const TGKILL: i64 = 234;
@@ -170,6 +171,20 @@ pub struct PrctlMmMap {
 const _: () = assert!(std::mem::size_of::<PrctlMmMap>() == 104);
 
 /// `PR_SET_MM` (prctl option 35), `PR_SET_MM_MAP` (14), `PR_SET_MM_MAP_SIZE` (15).
+/// `membarrier(2)` commands (linux/membarrier.h, through linux-raw-sys: libc has none).
+pub mod membarrier {
+    use linux_raw_sys::general::membarrier_cmd as c;
+    /// The registrations the process made: a mask of the `REGISTER_*` commands (Linux 6.3).
+    pub const GET_REGISTRATIONS: u64 = c::MEMBARRIER_CMD_GET_REGISTRATIONS as u64;
+    /// Every registration command, in the order a restore makes them again.
+    pub const REGISTER: [u64; 4] = [
+        c::MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED as u64,
+        c::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED as u64,
+        c::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE as u64,
+        c::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ as u64,
+    ];
+}
+
 pub const PR_SET_MM: i32 = 35;
 pub const PR_SET_MM_MAP: i32 = 14;
 pub const PR_SET_MM_MAP_SIZE: i32 = 15;
