@@ -274,6 +274,7 @@ pub(super) fn rebuild(
                     .map_err(|e| e.to_string())?;
                 }
                 madvise_flags(&mut rs, v)?;
+                name_anon(&mut rs, v, args)?;
             }
         }
         Ok(())
@@ -951,6 +952,33 @@ fn map_vmas(
         out.push(Some(prot));
     }
     Ok(out)
+}
+
+/// Names anonymous memory as it was (`[anon:NAME]`, `[anon_shmem:NAME]` in maps), with
+/// `prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME)`: allocators and runtimes name their arenas so.
+fn name_anon(rs: &mut RemoteSyscall, v: &Vma, args: u64) -> Result<(), String> {
+    let name = ["[anon:", "[anon_shmem:"]
+        .iter()
+        .find_map(|p| v.name.strip_prefix(p)?.strip_suffix(']'));
+    let Some(name) = name else {
+        return Ok(());
+    };
+    rs.write_mem(args, &cstr(name)?)
+        .map_err(|e| e.to_string())?;
+    rs.call_ok(
+        nr::PRCTL,
+        [
+            libc::PR_SET_VMA as u64,
+            libc::PR_SET_VMA_ANON_NAME as u64,
+            v.start,
+            v.len(),
+            args,
+            0,
+        ],
+        &format!("prctl PR_SET_VMA_ANON_NAME {:#x} {name:?}", v.start),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Applies the VmFlags that madvise or mlock can set and that matter to a restored process:
