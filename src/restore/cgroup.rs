@@ -8,6 +8,31 @@ use std::path::{Path, PathBuf};
 
 use crate::image::{CgroupPlace, ProcessImage};
 
+/// Why a process cannot be put back into its cgroups.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("reading haul's own cgroups: {0}")]
+    Own(#[source] crate::proc::ProcError),
+    #[error("cgroup hierarchy {id}:{controllers} is not mounted here")]
+    NotMounted { id: u32, controllers: String },
+    #[error("cgroup {path} is outside the part of hierarchy {id}:{controllers} mounted at {at}")]
+    Outside {
+        path: String,
+        id: u32,
+        controllers: String,
+        at: PathBuf,
+    },
+    #[error("its cgroup {path} ({dir}) no longer exists: create it, or restore elsewhere")]
+    Gone { path: String, dir: PathBuf },
+    #[error("moving {id} into cgroup {file}: {source}")]
+    Move {
+        id: i32,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A cgroup hierarchy mounted in haul's mount namespace.
 #[derive(Debug)]
 struct Mount {
@@ -74,7 +99,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// The directory of cgroup `place` in the mounts, or why there is none.
-fn dir_of(place: &CgroupPlace, mounts: &[Mount]) -> Result<PathBuf, String> {
+fn dir_of(place: &CgroupPlace, mounts: &[Mount]) -> Result<PathBuf, CgroupError> {
     let m = mounts
         .iter()
         .find(|m| {
@@ -88,25 +113,20 @@ fn dir_of(place: &CgroupPlace, mounts: &[Mount]) -> Result<PathBuf, String> {
                         .all(|c| m.options.iter().any(|o| o == c))
             }
         })
-        .ok_or_else(|| {
-            format!(
-                "cgroup hierarchy {}:{} is not mounted here",
-                place.id, place.controllers
-            )
+        .ok_or_else(|| CgroupError::NotMounted {
+            id: place.id,
+            controllers: place.controllers.clone(),
         })?;
     let rel = if m.root == "/" {
         Some(place.path.as_str())
     } else {
         place.path.strip_prefix(m.root.as_str())
     }
-    .ok_or_else(|| {
-        format!(
-            "cgroup {} is outside the part of hierarchy {}:{} mounted at {}",
-            place.path,
-            place.id,
-            place.controllers,
-            m.at.display()
-        )
+    .ok_or_else(|| CgroupError::Outside {
+        path: place.path.clone(),
+        id: place.id,
+        controllers: place.controllers.clone(),
+        at: m.at.clone(),
     })?;
     Ok(m.at.join(rel.trim_start_matches('/')))
 }
@@ -122,35 +142,37 @@ fn to_move<'a>(p: &'a ProcessImage, own: &[CgroupPlace]) -> Vec<&'a CgroupPlace>
 }
 
 /// Every cgroup the restore must put the process in exists here, or the reason.
-pub(super) fn check(p: &ProcessImage) -> Result<(), String> {
-    let own = crate::proc::cgroups(crate::sys::process::getpid(), None)
-        .map_err(|e| format!("reading haul's own cgroups: {e}"))?;
+pub(super) fn check(p: &ProcessImage) -> Result<(), CgroupError> {
+    let own =
+        crate::proc::cgroups(crate::sys::process::getpid(), None).map_err(CgroupError::Own)?;
     let mounts = mounts();
     for c in to_move(p, &own) {
         let dir = dir_of(c, &mounts)?;
         if !dir.is_dir() {
-            return Err(format!(
-                "its cgroup {} ({}) no longer exists: create it, or restore elsewhere",
-                c.path,
-                dir.display()
-            ));
+            return Err(CgroupError::Gone {
+                path: c.path.clone(),
+                dir,
+            });
         }
     }
     Ok(())
 }
 
 /// Writes `id` into `file` of cgroup directory `dir`.
-fn join(dir: &Path, file: &str, id: i32) -> Result<(), String> {
+fn join(dir: &Path, file: &str, id: i32) -> Result<(), CgroupError> {
     let path = dir.join(file);
-    std::fs::write(&path, id.to_string())
-        .map_err(|e| format!("moving {id} into cgroup {}: {e}", path.display()))
+    std::fs::write(&path, id.to_string()).map_err(|source| CgroupError::Move {
+        id,
+        file: path,
+        source,
+    })
 }
 
 /// Puts process `pid` into the cgroups of `p`, then each thread (`threads[i]` is the new tid
 /// of `p.threads[i]`) whose cgroups differ into its own.
-pub(super) fn place(pid: i32, p: &ProcessImage, threads: &[i32]) -> Result<(), String> {
-    let own = crate::proc::cgroups(crate::sys::process::getpid(), None)
-        .map_err(|e| format!("reading haul's own cgroups: {e}"))?;
+pub(super) fn place(pid: i32, p: &ProcessImage, threads: &[i32]) -> Result<(), CgroupError> {
+    let own =
+        crate::proc::cgroups(crate::sys::process::getpid(), None).map_err(CgroupError::Own)?;
     let mounts = mounts();
     for c in p.cgroups.iter().filter(|c| !own.contains(c)) {
         join(&dir_of(c, &mounts)?, "cgroup.procs", pid)?;
@@ -209,6 +231,7 @@ mod tests {
         assert!(dir_of(&place(2, "cpu,cpuacct", "/other"), &m).is_err());
         assert!(dir_of(&place(7, "pids", "/"), &m)
             .unwrap_err()
+            .to_string()
             .contains("not mounted here"));
     }
 

@@ -92,7 +92,7 @@ pub fn check_compat(
             same_file(&v.name, id, true, false).map_err(|r| bad(format!("mapped file {r}")))?;
         }
     }
-    super::cgroup::check(p).map_err(bad)?;
+    super::cgroup::check(p).map_err(|e| bad(e.to_string()))?;
     for f in &p.fds {
         if let FdKind::File { path, id, mode, .. } = &f.kind {
             // An O_PATH|O_NOFOLLOW fd of a symlink is the link itself.
