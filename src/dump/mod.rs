@@ -410,13 +410,17 @@ pub(crate) fn dump_planned(
     let mut process = ctx.step(Step::Regs, || state::capture_threads(&mut frozen))?;
     ctx.fail(Step::Regs)?;
 
+    // What /proc shows of it, for `--verify state` (reads /proc only, before anything is
+    // injected, so the scratch page and the masks haul sets while injecting are not in it),
+    // with the mappings the check under the freeze has just read.
+    let maps = snapshot.maps.clone();
+    let observed = ctx.step(Step::State, || {
+        Ok(crate::proc::observe_with(pid, Some(maps))?)
+    })?;
     // The address space is read before the scratch page exists.
     ctx.step(Step::State, || {
         state::capture_process(pid, &mut process, snapshot)
     })?;
-    // What /proc shows of it, for `--verify state` (reads /proc only, before anything is
-    // injected, so the scratch page and the masks haul sets while injecting are not in it).
-    let observed = ctx.step(Step::State, || Ok(crate::proc::observe(pid)?))?;
 
     ctx.step(Step::Scratch, || frozen.map_scratch())?;
     ctx.fail(Step::Scratch)?;

@@ -76,6 +76,12 @@ const FDINFO_KEYS: &[&str] = &[
 /// Reads the observable state of process `pid`. Meant for a process that is stopped (frozen
 /// by the dump, or not yet running after a restore): it reads `/proc` only.
 pub fn observe(pid: i32) -> Result<Observed> {
+    observe_with(pid, None)
+}
+
+/// [`observe`], taking its mappings (with their VmFlags) from `maps` where the caller has just
+/// read them: reading smaps walks the page tables, which under a dump's freeze is frozen time.
+pub fn observe_with(pid: i32, maps: Option<Vec<super::MapEntry>>) -> Result<Observed> {
     let mut o = Observed::default();
     let mut tids = super::tids(pid)?;
     tids.retain(|&t| t != pid);
@@ -160,7 +166,11 @@ pub fn observe(pid: i32) -> Result<Observed> {
             format!("{}:{}", meta.uid(), meta.gid()),
         );
     }
-    for m in merged(super::maps_with_flags(pid)?) {
+    let maps = match maps {
+        Some(m) => m,
+        None => super::maps_with_flags(pid)?,
+    };
+    for m in merged(maps) {
         let flags: Vec<&str> = m
             .vm_flags
             .iter()
