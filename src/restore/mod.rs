@@ -11,15 +11,29 @@
 mod attrs;
 mod cgroup;
 mod compat;
+mod creds;
+mod error;
 mod fds;
+mod fs;
+mod layout;
+mod memory;
+mod mm;
 mod rebuild;
+mod signals;
+#[cfg(test)]
+mod tests;
+mod threads;
+mod timers;
+mod vdso;
 mod verify;
 
 use std::time::Instant;
 
 use crate::image::{ImageSet, ProcessImage};
 
-pub use compat::check_compat;
+pub use cgroup::CgroupError;
+pub use compat::{check_compat, FileMismatch, VdsoMismatch};
+pub use error::StepError;
 pub use verify::{compare as compare_state, StateDifference};
 
 /// Errors of the `restore` module.
@@ -28,12 +42,43 @@ pub enum RestoreError {
     /// The image cannot be restored on this machine as it is; nothing was created.
     #[error("set {set}: cannot restore: {reason}")]
     Incompatible { set: String, reason: String },
+    /// A file the image names is not the one the process had; nothing was created.
+    #[error("set {set}: cannot restore: {what} {source}")]
+    File {
+        set: String,
+        what: String,
+        #[source]
+        source: compat::FileMismatch,
+    },
+    /// The dumped vDSO unit does not fit this kernel's; nothing was created.
+    #[error("set {set}: cannot restore: {source}")]
+    Vdso {
+        set: String,
+        #[source]
+        source: compat::VdsoMismatch,
+    },
+    /// A cgroup of the image cannot be joined here; nothing was created.
+    #[error("set {set}: cannot restore: {source}")]
+    Cgroup {
+        set: String,
+        #[source]
+        source: CgroupError,
+    },
+    /// What haul holds itself could not be read; nothing was created.
+    #[error("set {set}: cannot restore: reading haul's own {what}: {source}")]
+    Own {
+        set: String,
+        what: &'static str,
+        #[source]
+        source: crate::proc::ProcError,
+    },
     /// A step of the rebuild failed; the half-built process was killed.
-    #[error("set {set}: restore failed at step {step}: {message}")]
+    #[error("set {set}: restore failed at step {step}: {source}")]
     Step {
         set: String,
         step: Step,
-        message: String,
+        #[source]
+        source: StepError,
     },
     /// `--verify state`: the rebuilt process does not show the state the image recorded; it
     /// was killed before it ran.

@@ -251,6 +251,60 @@ impl PrctlMmMap {
     }
 }
 
+/// Creates a child process that stops itself at once (`SIGSTOP`), optionally with the pid
+/// `set_tid`: `clone3(2)` with `exit_signal = SIGCHLD` and `set_tid` (works outside a new pid
+/// namespace for root; `EEXIST` when the pid is taken). Returns the child's pid once it is
+/// stopped. The child runs no Rust code: it only raises SIGSTOP and, if ever continued
+/// unchanged, exits with status 0 — restore replaces its whole address space first.
+pub fn clone3_stopped_child(set_tid: Option<i32>) -> Result<i32> {
+    let tid: libc::pid_t = set_tid.unwrap_or(0);
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if set_tid.is_some() {
+            &tid as *const libc::pid_t as u64
+        } else {
+            0
+        },
+        set_tid_size: u64::from(set_tid.is_some()),
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of our address
+    // space. In the child only async-signal-safe calls follow (raise, _exit), so no lock held
+    // by another thread of ours at the time of the clone can be touched.
+    let r = unsafe {
+        libc::syscall(
+            nr::CLONE3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r == 0 {
+        // SAFETY: async-signal-safe calls in the freshly cloned child.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+            libc::_exit(0);
+        }
+    }
+    let pid = check(r, || format!("clone3(set_tid {set_tid:?})"))? as i32;
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes one c_int to `status`, a live local.
+        let w = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+        if w == pid && libc::WIFSTOPPED(status) {
+            return Ok(pid);
+        }
+        if w == pid {
+            return Err(super::SysError::Gone {
+                tid: pid,
+                how: format!("new child ended before stopping (status {status:#x})"),
+            });
+        }
+        if w < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Err(last_err(format!("waitpid({pid}, WUNTRACED)")));
+        }
+    }
+}
+
 /// `KCMP_FILE` of kcmp(2) (linux/kcmp.h; neither libc nor linux-raw-sys has it).
 const KCMP_FILE: libc::c_long = 0;
 

@@ -23,6 +23,8 @@ mod fd;
 mod ids;
 mod mm;
 mod signal;
+#[cfg(test)]
+mod tests;
 
 pub use fd::*;
 pub use ids::*;

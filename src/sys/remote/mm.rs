@@ -86,11 +86,24 @@ pub fn mlock2<R: Inject + ?Sized>(r: &mut R, addr: u64, len: u64, on_fault: bool
 /// Where [`prctl_mm_map`] puts the auxv words in the argument area (after the struct).
 const AUXV_OFF: u64 = 128;
 
+/// The auxv as the kernel reads it: (type, value) words, ended by an `AT_NULL` pair.
+pub fn auxv_bytes(auxv: &[(u64, u64)]) -> Vec<u8> {
+    auxv.iter()
+        .chain(std::iter::once(&(libc::AT_NULL, 0)))
+        .flat_map(|(k, v)| k.to_ne_bytes().into_iter().chain(v.to_ne_bytes()))
+        .collect()
+}
+
 /// `prctl(PR_SET_MM, PR_SET_MM_MAP, &map, sizeof map)`: the mm fields of `map` with the auxv
-/// `words` (pairs, terminated by the caller's `AT_NULL` pair) and the exe fd `map.exe_fd`.
-/// `map.auxv` and `map.auxv_size` are set here, to where the words are written.
-pub fn prctl_mm_map<R: Inject + ?Sized>(r: &mut R, map: &PrctlMmMap, auxv: &[u8]) -> Result<()> {
-    let auxv_at = put_at(r, AUXV_OFF, auxv)?;
+/// pairs `auxv` ([`auxv_bytes`]) and the exe fd `map.exe_fd`. `map.auxv` and `map.auxv_size`
+/// are set here, to where the words are written.
+pub fn prctl_mm_map<R: Inject + ?Sized>(
+    r: &mut R,
+    map: &PrctlMmMap,
+    auxv: &[(u64, u64)],
+) -> Result<()> {
+    let auxv = auxv_bytes(auxv);
+    let auxv_at = put_at(r, AUXV_OFF, &auxv)?;
     let map = PrctlMmMap {
         auxv: auxv_at,
         auxv_size: auxv.len() as u32,
