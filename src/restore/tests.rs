@@ -67,7 +67,7 @@ fn non_root_creds() -> ProcessImage {
 
 /// A fake whose setfsuid/setfsgid keep the id they are given.
 fn fs_ids_take(r: &mut Recorder) {
-    for nr in [libc::SYS_setfsuid, libc::SYS_setfsgid] {
+    for nr in ["setfsuid", "setfsgid"] {
         let mut now = 0u64;
         r.when(nr, move |a, _| {
             let prev = now;
@@ -91,12 +91,12 @@ fn credentials_drop_the_bounding_set_before_setresuid_and_keep_caps_around_it() 
     let mut r = Recorder::new(50);
     fs_ids_take(&mut r);
     creds(&mut r, &p, u64::MAX >> 23).unwrap();
-    let nrs = r.nrs();
-    let pos = |nr: i64| nrs.iter().position(|&n| n == nr).unwrap();
+    let nrs = r.names();
+    let pos = |name: &str| nrs.iter().position(|&n| n == name).unwrap();
     let drop_at = r
         .calls
         .iter()
-        .position(|c| c.nr == libc::SYS_prctl && c.args[0] == libc::PR_CAPBSET_DROP as u64)
+        .position(|c| c.name() == "prctl" && c.args[0] == libc::PR_CAPBSET_DROP as u64)
         .unwrap();
     assert_eq!(
         r.calls[drop_at].args[1], 21,
@@ -106,25 +106,22 @@ fn credentials_drop_the_bounding_set_before_setresuid_and_keep_caps_around_it() 
         .calls
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.nr == libc::SYS_prctl && c.args[0] == libc::PR_SET_KEEPCAPS as u64)
+        .filter(|(_, c)| c.name() == "prctl" && c.args[0] == libc::PR_SET_KEEPCAPS as u64)
         .map(|(i, _)| i)
         .collect();
     assert_eq!(keep.len(), 2);
     assert_eq!(r.calls[keep[0]].args[1], 1);
     assert_eq!(r.calls[keep[1]].args[1], 0);
-    assert!(drop_at < pos(libc::SYS_setgroups));
-    assert!(pos(libc::SYS_setgroups) < keep[0]);
-    assert!(keep[0] < pos(libc::SYS_setresgid));
-    assert!(pos(libc::SYS_setresgid) < pos(libc::SYS_setresuid));
-    assert!(pos(libc::SYS_setresuid) < pos(libc::SYS_setfsuid));
-    assert!(pos(libc::SYS_setfsgid) < pos(libc::SYS_setfsuid));
-    assert!(pos(libc::SYS_setfsuid) < keep[1]);
-    assert!(
-        keep[1] < pos(libc::SYS_capset),
-        "capset after the uid change"
-    );
-    assert_eq!(r.of(libc::SYS_setresuid)[0].args[..3], [1000, 1000, 1000]);
-    assert_eq!(r.of(libc::SYS_setresgid)[0].args[..3], [100, 100, 100]);
+    assert!(drop_at < pos("setgroups"));
+    assert!(pos("setgroups") < keep[0]);
+    assert!(keep[0] < pos("setresgid"));
+    assert!(pos("setresgid") < pos("setresuid"));
+    assert!(pos("setresuid") < pos("setfsuid"));
+    assert!(pos("setfsgid") < pos("setfsuid"));
+    assert!(pos("setfsuid") < keep[1]);
+    assert!(keep[1] < pos("capset"), "capset after the uid change");
+    assert_eq!(r.of("setresuid")[0].args[..3], [1000, 1000, 1000]);
+    assert_eq!(r.of("setresgid")[0].args[..3], [100, 100, 100]);
 }
 
 #[test]
@@ -134,7 +131,7 @@ fn a_root_process_keeps_its_ids_and_only_sets_groups_and_caps() {
     p.creds.gid = [0; 4];
     let mut r = Recorder::new(50);
     creds(&mut r, &p, p.creds.cap_bnd).unwrap();
-    assert_eq!(r.nrs(), [libc::SYS_setgroups, libc::SYS_capset]);
+    assert_eq!(r.names(), ["setgroups", "capset"]);
     let g = r.calls[0].arg_bytes(1).unwrap();
     assert_eq!(g.len(), 8);
 }
@@ -164,7 +161,7 @@ fn a_failing_setresuid_stops_the_step_with_its_errno() {
     assert_eq!(e.errno(), Some(libc::EPERM));
     assert!(e.to_string().contains("setresuid"), "{e}");
     assert_eq!(r.calls.len(), 5, "nothing after the failed call");
-    assert_eq!(r.calls.last().unwrap().nr, libc::SYS_setresuid);
+    assert_eq!(r.calls.last().unwrap().name(), "setresuid");
 }
 
 #[test]
@@ -184,7 +181,7 @@ fn a_filesystem_id_that_does_not_take_is_an_error() {
         ),
         "{e:?}"
     );
-    assert!(r.of(libc::SYS_capset).is_empty());
+    assert!(r.of("capset").is_empty());
 }
 
 #[test]
@@ -196,7 +193,7 @@ fn securebits_beyond_keep_caps_raise_the_permitted_set_first() {
     let mut r = Recorder::new(50);
     fs_ids_take(&mut r);
     super::creds::creds_in_order(&mut r, &p, p.creds.cap_bnd, &mut || Ok(0b111 << 8)).unwrap();
-    let caps = r.of(libc::SYS_capset);
+    let caps = r.of("capset");
     assert_eq!(caps.len(), 2);
     let first = caps[0].arg_bytes(0).unwrap();
     // effective and permitted = what the thread holds now; then the image's.
@@ -224,7 +221,7 @@ fn securebits_beyond_keep_caps_raise_the_permitted_set_first() {
     let sec_idx = r
         .calls
         .iter()
-        .position(|c| c.nr == libc::SYS_prctl && c.args[0] == libc::PR_SET_SECUREBITS as u64)
+        .position(|c| c.name() == "prctl" && c.args[0] == libc::PR_SET_SECUREBITS as u64)
         .unwrap();
     assert!(c_idx(0) < sec_idx && sec_idx < c_idx(1));
 }
@@ -293,10 +290,7 @@ fn queued_siginfo_goes_to_the_thread_or_the_process() {
     let infos = vec![siginfo(libc::SIGUSR2), siginfo(libc::SIGKILL)];
     super::signals::queue_siginfo(&mut r, 51, &infos, false).unwrap();
     super::signals::queue_siginfo(&mut r, 51, &infos[..1], true).unwrap();
-    assert_eq!(
-        r.nrs(),
-        [libc::SYS_rt_tgsigqueueinfo, libc::SYS_rt_sigqueueinfo]
-    );
+    assert_eq!(r.names(), ["rt_tgsigqueueinfo", "rt_sigqueueinfo"]);
     assert_eq!(r.calls[0].args[..3], [50, 51, libc::SIGUSR2 as u64]);
     assert_eq!(r.calls[0].arg_bytes(3), Some(infos[0].as_slice()));
     assert_eq!(r.calls[1].args[..2], [50, libc::SIGUSR2 as u64]);
@@ -377,13 +371,13 @@ fn posix_timers_get_their_ids_under_restore_ids_and_signal_the_new_thread() {
     let mut r = Recorder::new(70);
     super::timers::restore_posix_timers(&mut r, &p, &[(70, 0), (72, 0)]).unwrap();
     assert_eq!(
-        r.nrs(),
+        r.names(),
         [
-            libc::SYS_prctl,
-            libc::SYS_timer_create,
-            libc::SYS_timer_create,
-            libc::SYS_timer_settime,
-            libc::SYS_prctl
+            "prctl",
+            "timer_create",
+            "timer_create",
+            "timer_settime",
+            "prctl"
         ]
     );
     assert_eq!(
@@ -425,7 +419,7 @@ fn a_timer_recreated_under_another_id_is_an_error() {
         ..Default::default()
     };
     let mut r = Recorder::new(50);
-    r.when(libc::SYS_timer_create, |a, mem| {
+    r.when("timer_create", |a, mem| {
         mem.poke(a[2], &0i32.to_ne_bytes());
         0
     });
@@ -531,20 +525,20 @@ fn madvise_flags_give_each_vmflag_its_advice_and_lock() {
     );
     let mut r = Recorder::new(50);
     super::memory::madvise_flags(&mut r, &v).unwrap();
-    let adv: Vec<(i64, u64)> = r.calls.iter().map(|c| (c.nr, c.args[2])).collect();
+    let adv: Vec<(&str, u64)> = r.calls.iter().map(|c| (c.name(), c.args[2])).collect();
     assert_eq!(
         adv,
         [
-            (libc::SYS_madvise, libc::MADV_DONTDUMP as u64),
-            (libc::SYS_madvise, libc::MADV_HUGEPAGE as u64),
-            (libc::SYS_madvise, libc::MADV_WIPEONFORK as u64),
-            (libc::SYS_mlock2, libc::MLOCK_ONFAULT as u64),
+            ("madvise", libc::MADV_DONTDUMP as u64),
+            ("madvise", libc::MADV_HUGEPAGE as u64),
+            ("madvise", libc::MADV_WIPEONFORK as u64),
+            ("mlock2", libc::MLOCK_ONFAULT as u64),
         ]
     );
     assert!(r.calls.iter().all(|c| c.args[..2] == [0x10000, 0x2000]));
     let mut r = Recorder::new(50);
     super::memory::madvise_flags(&mut r, &vma(0, 0x1000, VmaKind::Anon, &["lo"])).unwrap();
-    assert_eq!((r.calls[0].nr, r.calls[0].args[2]), (libc::SYS_mlock2, 0));
+    assert_eq!((r.calls[0].name(), r.calls[0].args[2]), ("mlock2", 0));
 }
 
 #[test]
@@ -560,7 +554,7 @@ fn protect_restores_protection_advice_and_anon_names_only_where_mapped() {
     let mut r = Recorder::new(50);
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
     super::memory::protect(&mut r, &p, &[Some(rw), None]).unwrap();
-    assert_eq!(r.nrs(), [libc::SYS_mprotect, libc::SYS_prctl]);
+    assert_eq!(r.names(), ["mprotect", "prctl"]);
     assert_eq!(r.calls[0].args[2], libc::PROT_READ as u64);
     assert_eq!(r.calls[1].args[0], libc::PR_SET_VMA as u64);
     assert_eq!(r.calls[1].arg_bytes(4), Some(&b"arena\0"[..]));
@@ -579,19 +573,14 @@ fn a_file_mapping_that_fails_still_closes_its_fd_and_names_the_vma() {
         ..Default::default()
     };
     let mut r = Recorder::new(50);
-    r.returns(libc::SYS_open, 9);
+    r.returns("open", 9);
     r.fail_nth(2, libc::EACCES); // anon mmap, open, then the file's mmap
     let e = super::memory::map_vmas(&mut r, &set_with(&[]), &p, &[]).unwrap_err();
     assert_eq!(e.errno(), Some(libc::EACCES));
     assert!(e.to_string().contains("/usr/lib/x.so"), "{e}");
     assert_eq!(
-        r.nrs(),
-        [
-            libc::SYS_mmap,
-            libc::SYS_open,
-            libc::SYS_mmap,
-            libc::SYS_close
-        ],
+        r.names(),
+        ["mmap", "open", "mmap", "close"],
         "closed, and the next VMA not mapped"
     );
     assert_eq!(r.calls[2].args[4], 9, "mapped from the opened fd");
@@ -631,11 +620,11 @@ fn set_mm_opens_the_exe_passes_its_fd_and_closes_it_even_on_failure() {
         ..Default::default()
     };
     let mut r = Recorder::new(50);
-    r.returns(libc::SYS_open, 5);
+    r.returns("open", 5);
     r.fail_nth(1, libc::EINVAL);
     let e = super::mm::set_mm(&mut r, &p).unwrap_err();
     assert_eq!(e.errno(), Some(libc::EINVAL));
-    assert_eq!(r.nrs(), [libc::SYS_open, libc::SYS_prctl, libc::SYS_close]);
+    assert_eq!(r.names(), ["open", "prctl", "close"]);
     let map = r.calls[1].arg_bytes(2).unwrap();
     assert_eq!(
         u32::from_ne_bytes(map[100..104].try_into().unwrap()),
@@ -692,18 +681,18 @@ fn a_file_is_reopened_moved_to_its_number_and_seeked() {
         ..Default::default()
     };
     let mut r = Recorder::new(50);
-    r.returns(libc::SYS_open, 3);
+    r.returns("open", 3);
     super::fds::restore_fds(&mut r, &p).unwrap();
     assert_eq!(
-        r.nrs(),
+        r.names(),
         [
-            libc::SYS_close_range,
-            libc::SYS_open,
-            libc::SYS_dup3,
-            libc::SYS_close,
-            libc::SYS_lseek,
-            libc::SYS_fcntl,
-            libc::SYS_dup3
+            "close_range",
+            "open",
+            "dup3",
+            "close",
+            "lseek",
+            "fcntl",
+            "dup3"
         ]
     );
     assert_eq!(
@@ -729,9 +718,9 @@ fn an_o_path_fd_at_its_number_is_not_seeked() {
         ..Default::default()
     };
     let mut r = Recorder::new(50);
-    r.returns(libc::SYS_open, 3);
+    r.returns("open", 3);
     super::fds::restore_fds(&mut r, &p).unwrap();
-    assert_eq!(r.nrs(), [libc::SYS_close_range, libc::SYS_open]);
+    assert_eq!(r.names(), ["close_range", "open"]);
 }
 
 #[test]
@@ -748,7 +737,7 @@ fn a_lock_held_elsewhere_is_named_and_other_errors_kept() {
         ..Default::default()
     };
     let mut r = Recorder::new(50);
-    r.returns(libc::SYS_open, 3);
+    r.returns("open", 3);
     r.fail_nth(3, libc::EAGAIN);
     let e = super::fds::restore_fds(&mut r, &p).unwrap_err();
     let m = e.to_string();
@@ -757,7 +746,7 @@ fn a_lock_held_elsewhere_is_named_and_other_errors_kept() {
         "{m}"
     );
     let mut r = Recorder::new(50);
-    r.returns(libc::SYS_open, 3);
+    r.returns("open", 3);
     r.fail_nth(3, libc::ENOLCK);
     let e = super::fds::restore_fds(&mut r, &p).unwrap_err();
     assert_eq!(e.errno(), Some(libc::ENOLCK));
@@ -792,32 +781,32 @@ fn a_pipe_whose_new_ends_are_swapped_gets_both_to_their_numbers() {
     };
     let mut r = Recorder::new(50);
     // The kernel hands out 3 (read) and 4 (write): the opposite of the image.
-    r.when(libc::SYS_pipe2, |a, mem| {
+    r.when("pipe2", |a, mem| {
         mem.poke(a[0], &3i32.to_ne_bytes());
         mem.poke(a[0] + 4, &4i32.to_ne_bytes());
         0
     });
-    r.returns(libc::SYS_fcntl, 9); // F_DUPFD gives 9; the other fcntls ignore it
-    r.returns(libc::SYS_write, 5);
+    r.returns("fcntl", 9); // F_DUPFD gives 9; the other fcntls ignore it
+    r.returns("write", 5);
     super::fds::restore_fds(&mut r, &p).unwrap();
-    let calls: Vec<(i64, u64, u64)> = r
+    let calls: Vec<(&str, u64, u64)> = r
         .calls
         .iter()
-        .map(|c| (c.nr, c.args[0], c.args[1]))
+        .map(|c| (c.name(), c.args[0], c.args[1]))
         .collect();
-    let fc = libc::SYS_fcntl;
+    let fc = "fcntl";
     assert_eq!(
         calls[1..],
         [
-            (libc::SYS_pipe2, calls[1].1, 0),
+            ("pipe2", calls[1].1, 0),
             (fc, 3, libc::F_DUPFD as u64),
-            (libc::SYS_close, 3, 0),
-            (libc::SYS_dup3, 4, 3),
-            (libc::SYS_close, 4, 0),
-            (libc::SYS_dup3, 9, 4),
-            (libc::SYS_close, 9, 0),
+            ("close", 3, 0),
+            ("dup3", 4, 3),
+            ("close", 4, 0),
+            ("dup3", 9, 4),
+            ("close", 9, 0),
             (fc, 3, libc::F_SETPIPE_SZ as u64),
-            (libc::SYS_write, 3, calls[9].2),
+            ("write", 3, calls[9].2),
             (fc, 4, libc::F_SETFD as u64),
             (fc, 4, libc::F_SETFL as u64),
             (fc, 3, libc::F_SETFD as u64),
@@ -840,12 +829,12 @@ fn a_pipe_that_takes_back_less_than_it_held_is_an_error() {
         ..Default::default()
     };
     let mut r = Recorder::new(50);
-    r.when(libc::SYS_pipe2, |a, mem| {
+    r.when("pipe2", |a, mem| {
         mem.poke(a[0], &3i32.to_ne_bytes());
         mem.poke(a[0] + 4, &4i32.to_ne_bytes());
         0
     });
-    r.returns(libc::SYS_write, 2);
+    r.returns("write", 2);
     let e = super::fds::restore_fds(&mut r, &p).unwrap_err();
     assert_eq!(e.to_string(), "pipe:[77] took 2 of 5 bytes back");
 }
@@ -866,15 +855,11 @@ fn a_periodic_timerfd_with_unread_ticks_is_rearmed_and_given_its_ticks() {
         ..Default::default()
     };
     let mut r = Recorder::new(50);
-    r.returns(libc::SYS_timerfd_create, 5);
+    r.returns("timerfd_create", 5);
     super::fds::restore_fds(&mut r, &p).unwrap();
     assert_eq!(
-        r.nrs()[1..],
-        [
-            libc::SYS_timerfd_create,
-            libc::SYS_timerfd_settime,
-            libc::SYS_ioctl
-        ]
+        r.names()[1..],
+        ["timerfd_create", "timerfd_settime", "ioctl"]
     );
     assert_eq!(r.calls[1].args[1], libc::O_NONBLOCK as u64);
     let its = r.calls[2].arg_bytes(2).unwrap();
@@ -897,7 +882,7 @@ fn an_eventfd_gets_its_64_bit_count_by_a_write_and_a_failure_names_the_fd() {
         ..Default::default()
     };
     let mut r = Recorder::new(50);
-    r.returns(libc::SYS_eventfd2, 3);
+    r.returns("eventfd2", 3);
     super::fds::restore_fds(&mut r, &p).unwrap();
     assert_eq!(r.calls[1].args[1], libc::EFD_SEMAPHORE as u64);
     assert_eq!(
@@ -988,13 +973,8 @@ fn a_thread_without_an_alternate_stack_gets_it_disabled_and_rseq_last() {
     let mut r = Recorder::new(50);
     super::threads::thread_state(&mut r, &t).unwrap();
     assert_eq!(
-        r.nrs(),
-        [
-            libc::SYS_set_robust_list,
-            libc::SYS_sigaltstack,
-            libc::SYS_set_tid_address,
-            libc::SYS_rseq
-        ]
+        r.names(),
+        ["set_robust_list", "sigaltstack", "set_tid_address", "rseq"]
     );
     let ss = r.calls[1].arg_bytes(0).unwrap();
     assert_eq!(

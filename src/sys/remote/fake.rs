@@ -7,6 +7,77 @@ use std::collections::{BTreeMap, HashMap};
 use super::Inject;
 use crate::sys::Result;
 
+/// The syscalls the fake knows by name (the ones sys::remote injects), so that tests outside
+/// `sys/` name calls instead of numbering them.
+const NAMES: &[(&str, i64)] = &[
+    ("capset", libc::SYS_capset),
+    ("chdir", libc::SYS_chdir),
+    ("clone3", libc::SYS_clone3),
+    ("close", libc::SYS_close),
+    ("close_range", libc::SYS_close_range),
+    ("dup3", libc::SYS_dup3),
+    ("eventfd2", libc::SYS_eventfd2),
+    ("fcntl", libc::SYS_fcntl),
+    ("flock", libc::SYS_flock),
+    ("ioctl", libc::SYS_ioctl),
+    ("lseek", libc::SYS_lseek),
+    ("madvise", libc::SYS_madvise),
+    ("membarrier", libc::SYS_membarrier),
+    ("mlock2", libc::SYS_mlock2),
+    ("mmap", libc::SYS_mmap),
+    ("mprotect", libc::SYS_mprotect),
+    ("mremap", libc::SYS_mremap),
+    ("munmap", libc::SYS_munmap),
+    ("open", libc::SYS_open),
+    ("personality", libc::SYS_personality),
+    ("pipe2", libc::SYS_pipe2),
+    ("prctl", libc::SYS_prctl),
+    ("prlimit64", libc::SYS_prlimit64),
+    ("rseq", libc::SYS_rseq),
+    ("rt_sigaction", libc::SYS_rt_sigaction),
+    ("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo),
+    ("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo),
+    ("sched_setaffinity", libc::SYS_sched_setaffinity),
+    ("sched_setscheduler", libc::SYS_sched_setscheduler),
+    ("set_robust_list", libc::SYS_set_robust_list),
+    ("set_tid_address", libc::SYS_set_tid_address),
+    ("setfsgid", libc::SYS_setfsgid),
+    ("setfsuid", libc::SYS_setfsuid),
+    ("setgroups", libc::SYS_setgroups),
+    ("setitimer", libc::SYS_setitimer),
+    ("setpgid", libc::SYS_setpgid),
+    ("setpriority", libc::SYS_setpriority),
+    ("setresgid", libc::SYS_setresgid),
+    ("setresuid", libc::SYS_setresuid),
+    ("setsid", libc::SYS_setsid),
+    ("sigaltstack", libc::SYS_sigaltstack),
+    ("signalfd4", libc::SYS_signalfd4),
+    ("timer_create", libc::SYS_timer_create),
+    ("timer_settime", libc::SYS_timer_settime),
+    ("timerfd_create", libc::SYS_timerfd_create),
+    ("timerfd_settime", libc::SYS_timerfd_settime),
+    ("umask", libc::SYS_umask),
+    ("userfaultfd", libc::SYS_userfaultfd),
+    ("write", libc::SYS_write),
+];
+
+/// The number of syscall `name` (a test naming one the fake does not know fails).
+pub fn nr_of(name: &str) -> i64 {
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, nr)| *nr)
+        .unwrap_or_else(|| panic!("the fake knows no syscall {name:?}"))
+}
+
+/// The name of syscall `nr` ("?" for one the fake does not know).
+pub fn name_of(nr: i64) -> &'static str {
+    NAMES
+        .iter()
+        .find(|(_, n)| *n == nr)
+        .map_or("?", |(name, _)| name)
+}
+
 /// One recorded call, with the memory writes made since the call before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Call {
@@ -17,6 +88,11 @@ pub struct Call {
 }
 
 impl Call {
+    /// The syscall's name.
+    pub fn name(&self) -> &'static str {
+        name_of(self.nr)
+    }
+
     /// The bytes written at `addr` before this call (the last write there).
     pub fn written_at(&self, addr: u64) -> Option<&[u8]> {
         self.writes
@@ -95,19 +171,19 @@ impl Recorder {
         self
     }
 
-    /// Answers every call of `nr` with `f(args, memory)` (its raw result).
+    /// Answers every call of syscall `name` with `f(args, memory)` (its raw result).
     pub fn when(
         &mut self,
-        nr: i64,
+        name: &str,
         f: impl FnMut(&[u64; 6], &mut Memory) -> i64 + 'static,
     ) -> &mut Self {
-        self.hooks.insert(nr, Box::new(f));
+        self.hooks.insert(nr_of(name), Box::new(f));
         self
     }
 
-    /// Answers every call of `nr` with `v`.
-    pub fn returns(&mut self, nr: i64, v: i64) -> &mut Self {
-        self.when(nr, move |_, _| v)
+    /// Answers every call of syscall `name` with `v`.
+    pub fn returns(&mut self, name: &str, v: i64) -> &mut Self {
+        self.when(name, move |_, _| v)
     }
 
     /// Removes the argument area (typed calls that pass pointers then fail).
@@ -116,19 +192,20 @@ impl Recorder {
         self
     }
 
-    /// The syscall numbers called, in order.
-    pub fn nrs(&self) -> Vec<i64> {
-        self.calls.iter().map(|c| c.nr).collect()
+    /// The syscalls called, by name, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.calls.iter().map(Call::name).collect()
     }
 
-    /// The calls of syscall `nr`, in order.
-    pub fn of(&self, nr: i64) -> Vec<&Call> {
+    /// The calls of syscall `name`, in order.
+    pub fn of(&self, name: &str) -> Vec<&Call> {
+        let nr = nr_of(name);
         self.calls.iter().filter(|c| c.nr == nr).collect()
     }
 
     /// The `prctl` options called, in order, with their second argument.
     pub fn prctls(&self) -> Vec<(u64, u64)> {
-        self.of(libc::SYS_prctl)
+        self.of("prctl")
             .iter()
             .map(|c| (c.args[0], c.args[1]))
             .collect()

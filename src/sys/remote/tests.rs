@@ -20,7 +20,7 @@ fn capset_writes_a_version_3_header_then_low_and_high_words() {
     let inh = 0x0000_0005_0000_0006;
     capset(&mut r, eff, prm, inh).unwrap();
     let c = &r.calls[0];
-    assert_eq!(c.nr, libc::SYS_capset);
+    assert_eq!(c.name(), "capset");
     assert_eq!(c.args[1], c.args[0] + 8, "data follows the 8-byte header");
     let b = c.arg_bytes(0).unwrap();
     assert_eq!(b.len(), 8 + 2 * 12);
@@ -36,7 +36,7 @@ fn setgroups_passes_the_count_and_the_gids() {
     let mut r = Recorder::new(7);
     setgroups(&mut r, &[10, 20, 65534]).unwrap();
     let c = &r.calls[0];
-    assert_eq!((c.nr, c.args[0]), (libc::SYS_setgroups, 3));
+    assert_eq!((c.name(), c.args[0]), ("setgroups", 3));
     let b = c.arg_bytes(1).unwrap();
     assert_eq!([u32_at(b, 0), u32_at(b, 4), u32_at(b, 8)], [10, 20, 65534]);
 }
@@ -56,7 +56,7 @@ fn prctl_mm_map_writes_the_104_byte_struct_pointing_at_the_auxv() {
         .collect();
     prctl_mm_map(&mut r, &map, &[(6, 4096)]).unwrap();
     let c = &r.calls[0];
-    assert_eq!(c.nr, libc::SYS_prctl);
+    assert_eq!(c.name(), "prctl");
     assert_eq!(c.args[0], libc::PR_SET_MM as u64);
     assert_eq!(c.args[1], libc::PR_SET_MM_MAP as u64);
     assert_eq!(c.args[3], 104, "sizeof(struct prctl_mm_map)");
@@ -81,7 +81,7 @@ fn rt_sigaction_writes_the_kernels_struct_not_glibcs() {
     };
     rt_sigaction(&mut r, libc::SIGUSR1, &a).unwrap();
     let c = &r.calls[0];
-    assert_eq!(c.nr, libc::SYS_rt_sigaction);
+    assert_eq!(c.name(), "rt_sigaction");
     assert_eq!(c.args[0], libc::SIGUSR1 as u64);
     assert_eq!(
         (c.args[2], c.args[3]),
@@ -107,7 +107,7 @@ fn sigaltstack_drops_ss_onstack_and_keeps_ss_disable_alone() {
     assert_eq!(u32_at(&b, 8) as i32, libc::SS_DISABLE);
     let mut r = Recorder::new(7);
     sigaltstack(&mut r, 0x7000, 0, 8192).unwrap();
-    assert_eq!(r.calls[0].nr, libc::SYS_sigaltstack);
+    assert_eq!(r.calls[0].name(), "sigaltstack");
     assert_eq!(r.calls[0].args[1], 0, "no old stack asked");
 }
 
@@ -115,7 +115,7 @@ fn sigaltstack_drops_ss_onstack_and_keeps_ss_disable_alone() {
 fn timer_create_writes_the_sigevent_and_presets_the_id() {
     let mut r = Recorder::new(7);
     // The kernel (under PR_TIMER_CREATE_RESTORE_IDS) keeps the id it was given.
-    r.when(libc::SYS_timer_create, |_, _| 0);
+    r.when("timer_create", |_, _| 0);
     let ev = SigEvent {
         value: 0xabcd,
         signo: libc::SIGALRM,
@@ -139,7 +139,7 @@ fn timer_create_writes_the_sigevent_and_presets_the_id() {
 #[test]
 fn timer_create_returns_the_id_the_kernel_wrote() {
     let mut r = Recorder::new(7);
-    r.when(libc::SYS_timer_create, |a, mem| {
+    r.when("timer_create", |a, mem| {
         mem.poke(a[2], &9i32.to_ne_bytes());
         0
     });
@@ -173,10 +173,7 @@ fn setitimer_and_timer_settime_take_micro_and_nanoseconds() {
     let it = r.calls[0].arg_bytes(1).unwrap();
     assert_eq!((u64_at(it, 16), u64_at(it, 24)), (1, 1));
     let c = &r.calls[1];
-    assert_eq!(
-        (c.nr, c.args[0], c.args[1]),
-        (libc::SYS_timer_settime, 5, 0)
-    );
+    assert_eq!((c.name(), c.args[0], c.args[1]), ("timer_settime", 5, 0));
     let ts = c.arg_bytes(2).unwrap();
     assert_eq!([u64_at(ts, 8), u64_at(ts, 16), u64_at(ts, 24)], [1, 1, 2]);
 }
@@ -221,10 +218,7 @@ fn set_name_keeps_15_bytes_and_a_nul() {
     let mut r = Recorder::new(7);
     set_name(&mut r, "a-very-long-thread-name").unwrap();
     let c = &r.calls[0];
-    assert_eq!(
-        (c.args[0], c.nr),
-        (libc::PR_SET_NAME as u64, libc::SYS_prctl)
-    );
+    assert_eq!((c.args[0], c.name()), (libc::PR_SET_NAME as u64, "prctl"));
     let b = c.arg_bytes(1).unwrap();
     assert_eq!(&b[..15], b"a-very-long-thr");
     assert_eq!(b[15], 0);
@@ -233,7 +227,7 @@ fn set_name_keeps_15_bytes_and_a_nul() {
 #[test]
 fn set_fs_id_reads_the_id_back_with_minus_one() {
     let mut r = Recorder::new(7);
-    r.when(libc::SYS_setfsuid, |a, _| {
+    r.when("setfsuid", |a, _| {
         if a[0] == u64::from(u32::MAX) {
             1000
         } else {
@@ -270,7 +264,7 @@ fn prlimit64_writes_cur_then_max_for_the_process_itself() {
 #[test]
 fn clone3_thread_asks_for_the_tid_only_when_given() {
     let mut r = Recorder::new(7);
-    r.returns(libc::SYS_clone3, 4243);
+    r.returns("clone3", 4243);
     assert_eq!(
         clone3_thread(&mut r, 0x9000, 4096, Some(4243), "t").unwrap(),
         4243
@@ -297,7 +291,7 @@ fn clone3_thread_asks_for_the_tid_only_when_given() {
 #[test]
 fn pipe2_reads_both_ends_the_kernel_wrote() {
     let mut r = Recorder::new(7);
-    r.when(libc::SYS_pipe2, |a, mem| {
+    r.when("pipe2", |a, mem| {
         mem.poke(a[0], &5i32.to_ne_bytes());
         mem.poke(a[0] + 4, &6i32.to_ne_bytes());
         0
@@ -322,16 +316,16 @@ fn take_uffd_reports_a_refused_userfaultfd_with_its_errno_and_closes_nothing() {
     let e = take_uffd(&mut r, 0x80800).unwrap_err();
     assert_eq!(e.refused_errno(), Some(libc::EPERM));
     assert!(e.to_string().contains("userfaultfd(0x80800)"), "{e}");
-    assert_eq!(r.nrs(), [libc::SYS_userfaultfd]);
+    assert_eq!(r.names(), ["userfaultfd"]);
 }
 
 #[test]
 fn take_uffd_closes_the_targets_copy_even_when_it_cannot_be_taken() {
     // No process has this pid: pidfd_open fails, and the target's uffd is still closed.
     let mut r = Recorder::new(i32::MAX - 3);
-    r.returns(libc::SYS_userfaultfd, 12);
+    r.returns("userfaultfd", 12);
     let e = take_uffd(&mut r, 0).unwrap_err();
     assert_eq!(e.refused_errno(), None, "{e}");
-    assert_eq!(r.nrs(), [libc::SYS_userfaultfd, libc::SYS_close]);
+    assert_eq!(r.names(), ["userfaultfd", "close"]);
     assert_eq!(r.calls[1].args[0], 12);
 }
