@@ -44,9 +44,9 @@ pub fn check_compat(
             set.kernel
         )));
     }
-    check_vdso_layout(p).map_err(|source| RestoreError::Vdso {
+    check_vdso_layout(p).map_err(|e| RestoreError::Vdso {
         set: set.id.clone(),
-        source,
+        source: Box::new(e),
     })?;
 
     if pid == PidChoice::Same {
@@ -92,34 +92,34 @@ pub fn check_compat(
                     v.start, v.end, v.name
                 ))
             })?;
-            same_file(&v.name, id, true, false).map_err(|source| RestoreError::File {
+            same_file(&v.name, id, true, false).map_err(|e| RestoreError::File {
                 set: set.id.clone(),
                 what: "mapped file".into(),
-                source,
+                source: Box::new(e),
             })?;
         }
     }
-    super::cgroup::check(p).map_err(|source| RestoreError::Cgroup {
+    super::cgroup::check(p).map_err(|e| RestoreError::Cgroup {
         set: set.id.clone(),
-        source,
+        source: Box::new(e),
     })?;
     for f in &p.fds {
         if let FdKind::File { path, id, mode, .. } = &f.kind {
             // An O_PATH|O_NOFOLLOW fd of a symlink is the link itself.
             let link = mode & libc::S_IFMT == libc::S_IFLNK;
-            same_file(path, id, false, link).map_err(|source| RestoreError::File {
+            same_file(path, id, false, link).map_err(|e| RestoreError::File {
                 set: set.id.clone(),
                 what: format!("fd {}: file", f.fd),
-                source,
+                source: Box::new(e),
             })?;
         }
     }
     // A restored process starts with haul's capabilities and can only be given fewer.
     let own_err = |what: &'static str| {
-        move |source| RestoreError::Own {
+        move |e| RestoreError::Own {
             set: set.id.clone(),
             what,
-            source,
+            source: Box::new(e),
         }
     };
     let own =

@@ -48,21 +48,21 @@ pub enum RestoreError {
         set: String,
         what: String,
         #[source]
-        source: compat::FileMismatch,
+        source: Box<compat::FileMismatch>,
     },
     /// The dumped vDSO unit does not fit this kernel's; nothing was created.
     #[error("set {set}: cannot restore: {source}")]
     Vdso {
         set: String,
         #[source]
-        source: compat::VdsoMismatch,
+        source: Box<compat::VdsoMismatch>,
     },
     /// A cgroup of the image cannot be joined here; nothing was created.
     #[error("set {set}: cannot restore: {source}")]
     Cgroup {
         set: String,
         #[source]
-        source: CgroupError,
+        source: Box<CgroupError>,
     },
     /// What haul holds itself could not be read; nothing was created.
     #[error("set {set}: cannot restore: reading haul's own {what}: {source}")]
@@ -70,7 +70,7 @@ pub enum RestoreError {
         set: String,
         what: &'static str,
         #[source]
-        source: crate::proc::ProcError,
+        source: Box<crate::proc::ProcError>,
     },
     /// A step of the rebuild failed; the half-built process was killed.
     #[error("set {set}: restore failed at step {step}: {source}")]
@@ -78,7 +78,7 @@ pub enum RestoreError {
         set: String,
         step: Step,
         #[source]
-        source: StepError,
+        source: Box<StepError>,
     },
     /// `--verify state`: the rebuilt process does not show the state the image recorded; it
     /// was killed before it ran.

@@ -41,7 +41,7 @@ impl Ctx<'_> {
         RestoreError::Step {
             set: self.set.id.clone(),
             step,
-            source,
+            source: Box::new(source),
         }
     }
     /// Enters a step: fails on purpose when the test switch names it.

@@ -936,12 +936,12 @@ fn limits_are_set_one_prlimit64_each() {
     let p = ProcessImage {
         rlimits: vec![
             crate::image::Rlimit {
-                resource: libc::RLIMIT_NOFILE as u32,
+                resource: libc::RLIMIT_NOFILE,
                 cur: 64,
                 max: 128,
             },
             crate::image::Rlimit {
-                resource: libc::RLIMIT_CORE as u32,
+                resource: libc::RLIMIT_CORE,
                 cur: 0,
                 max: u64::MAX,
             },
@@ -1011,13 +1011,17 @@ fn a_step_error_keeps_its_source_and_the_message_names_the_step() {
     let e = super::RestoreError::Step {
         set: "s".into(),
         step: super::Step::Fs,
-        source: StepError::Sys(sys).at("session"),
+        source: Box::new(StepError::Sys(sys).at("session")),
     };
     let m = e.to_string();
     assert!(
         m.starts_with("set s: restore failed at step fs: session: injected setsid"),
         "{m}"
     );
-    let src = e.source().unwrap().downcast_ref::<StepError>().unwrap();
+    let src = e
+        .source()
+        .unwrap()
+        .downcast_ref::<Box<StepError>>()
+        .unwrap();
     assert_eq!(src.errno(), Some(libc::EPERM));
 }
