@@ -176,14 +176,17 @@ fn loginuid_name(uid: u32) -> String {
 /// Why a file of the image is not the one the process had.
 #[derive(Debug, thiserror::Error)]
 pub enum FileMismatch {
+    /// It cannot be looked at (gone, no permission).
     #[error("{path}: {source}")]
     Unreadable {
         path: String,
         #[source]
         source: std::io::Error,
     },
+    /// Another file (device or inode) is at its path now.
     #[error("{path} is not the same file any more (inode {now} was {was})")]
     Replaced { path: String, now: u64, was: u64 },
+    /// A mapped file's size or mtime changed since the dump.
     #[error("{path} changed since the dump (size {now} was {was}, mtime differs: {mtime})")]
     Changed {
         path: String,
@@ -228,18 +231,23 @@ fn same_file(path: &str, id: &FileId, strict: bool, link: bool) -> Result<(), Fi
 /// Why the dumped vDSO unit cannot be moved into place here.
 #[derive(Debug, thiserror::Error)]
 pub enum VdsoMismatch {
+    /// haul's own maps (this kernel's layout) cannot be read.
     #[error("reading our own maps: {0}")]
     OwnMaps(#[source] crate::proc::ProcError),
+    /// A part of the unit has another size here.
     #[error("{name} was {was} bytes, this kernel's is {now}")]
     Size {
         name: &'static str,
         was: u64,
         now: u64,
     },
+    /// A part of the unit sits elsewhere relative to `[vdso]` here.
     #[error("{name} is not where this kernel puts it relative to [vdso]")]
     Place { name: &'static str },
+    /// The image has a part this kernel does not make.
     #[error("the image has {name} but this kernel has none")]
     Missing { name: &'static str },
+    /// This kernel makes a part the image does not have.
     #[error("this kernel has {name} but the image has none")]
     Extra { name: &'static str },
 }

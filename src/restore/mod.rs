@@ -7,6 +7,11 @@
 //! and auxv (`PR_SET_MM_MAP`), reopens files at their numbers and offsets, restores cwd, umask,
 //! rlimits, credentials, signal actions, sigaltstack, robust list, rseq, mask, registers and
 //! XSTATE, and lets it run. Any failure kills the half-built process and names the step.
+//!
+//! `rebuild` holds the sequence only; each step is a module (`memory`, `vdso`, `mm`, `fds`,
+//! `fs`, `signals`, `threads`, `creds`, `timers`, `attrs`, `cgroup`) that drives the process
+//! through `sys::remote`'s typed calls on a `&mut dyn Inject` and fails with a [`StepError`]
+//! that keeps its source (the call and its errno, the `/proc` read, what it acted on).
 
 mod attrs;
 mod cgroup;

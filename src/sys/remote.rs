@@ -12,6 +12,12 @@
 //! forced signal that is blocked (every signal is, here) has its handler reset to the default.
 //! A target's own SIGTRAP handler was lost that way, and its own pending SIGTRAP then killed it.
 //! Syscall stops are ptrace reports, not signals, so every SIGTRAP the thread sees is its own.
+//!
+//! Callers do not number syscalls nor lay out kernel structs: the typed calls of this module
+//! (`setgroups`, `capset`, `prctl_mm_map`, `rt_sigaction`, `timer_create`, `dup3`, `take_uffd`,
+//! ...) are written against the [`Inject`] trait, take their numbers and layouts from libc or
+//! linux-raw-sys, and put what they pass by pointer into the session's argument area. Tests use
+//! `fake::Recorder`, which records every call and answers from a script.
 
 use super::mem::ProcMem;
 use super::ptrace::{self, Regs, Stop};

@@ -81,7 +81,9 @@ pub fn name_of(nr: i64) -> &'static str {
 /// One recorded call, with the memory writes made since the call before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Call {
+    /// The syscall number.
     pub nr: i64,
+    /// Its six arguments.
     pub args: [u64; 6],
     /// `(address, bytes)` written by the caller before this call (in order).
     pub writes: Vec<(u64, Vec<u8>)>,
@@ -134,7 +136,9 @@ impl Memory {
 
 /// The recording fake of an injected-syscall session.
 pub struct Recorder {
+    /// The process the fake stands for.
     pub pid: i32,
+    /// The thread the fake stands for.
     pub tid: i32,
     /// Every call made so far.
     pub calls: Vec<Call>,

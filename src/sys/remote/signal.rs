@@ -12,9 +12,13 @@ use crate::sys::Result;
 /// glibc's): handler, flags, restorer, and the 64-bit mask.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SigAction {
+    /// Handler address, or 0 = SIG_DFL, 1 = SIG_IGN.
     pub handler: u64,
+    /// `SA_*` flags.
     pub flags: u64,
+    /// `sa_restorer` (with `SA_RESTORER`).
     pub restorer: u64,
+    /// Signals blocked while the handler runs.
     pub mask: u64,
 }
 
@@ -189,8 +193,11 @@ pub fn timer_create_restore_ids<R: Inject + ?Sized>(r: &mut R, on: bool) -> Resu
 /// How a POSIX timer notifies: the fields of `struct sigevent` a restore sets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SigEvent {
+    /// `sigev_value`, passed to the handler.
     pub value: u64,
+    /// The signal sent.
     pub signo: i32,
+    /// `SIGEV_SIGNAL`, `SIGEV_NONE`, `SIGEV_THREAD_ID`.
     pub notify: i32,
     /// The thread of a `SIGEV_THREAD_ID` timer (0 otherwise).
     pub tid: i32,
