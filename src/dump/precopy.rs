@@ -29,7 +29,7 @@ use crate::report::{IterationReport, PredumpReport};
 use crate::store::{SetWriter, Store};
 use crate::sys::mem::{AlignedBuf, ProcMem};
 use crate::sys::pagemap::{Pagemap, PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
-use crate::sys::process::{self, nr};
+use crate::sys::remote;
 use crate::sys::uffd::{Uffd, UFFD_USER_MODE_ONLY};
 use crate::track::{hash::HashTracker, uffdwp::UffdWp, Area, Dirty, Tracker, TrackerKind};
 
@@ -818,31 +818,22 @@ fn take_uffd(pid: i32) -> Result<(Uffd, u64), DumpError> {
     let r = (|| -> Result<Uffd, DumpError> {
         let inj = frozen.injector()?;
         let mut flags = base | if root { 0 } else { UFFD_USER_MODE_ONLY as u64 };
-        let mut fd = inj.call(nr::USERFAULTFD, [flags, 0, 0, 0, 0, 0])?;
-        if fd == -(libc::EPERM as i64) && root {
+        let mut r = remote::take_uffd(inj, flags);
+        if root && r.as_ref().err().and_then(|e| e.refused_errno()) == Some(libc::EPERM) {
             flags |= UFFD_USER_MODE_ONLY as u64;
-            fd = inj.call(nr::USERFAULTFD, [flags, 0, 0, 0, 0, 0])?;
+            r = remote::take_uffd(inj, flags);
         }
-        if (-4095..0).contains(&fd) {
-            return Err(crate::track::TrackError::Unsupported {
-                tracker: TrackerKind::UffdWp,
-                reason: format!(
-                    "injected userfaultfd({flags:#x}) in pid {pid} failed: {}",
-                    std::io::Error::from_raw_os_error((-fd) as i32)
-                ),
+        match r {
+            Ok(t) => Ok(Uffd::from_owned(t.uffd)),
+            Err(e @ remote::TakeUffdError::Refused { .. }) => {
+                Err(crate::track::TrackError::Unsupported {
+                    tracker: TrackerKind::UffdWp,
+                    reason: e.to_string(),
+                }
+                .into())
             }
-            .into());
+            Err(remote::TakeUffdError::Sys(e)) => Err(e.into()),
         }
-        let got = process::pidfd_open(pid).and_then(|p| process::pidfd_getfd(&p, fd as i32));
-        // Close the target's copy whatever happened: only haul's copy may keep tracking alive.
-        let closed = inj.call_ok(
-            nr::CLOSE,
-            [fd as u64, 0, 0, 0, 0, 0],
-            "close of the target's userfaultfd",
-        );
-        let got = got?;
-        closed?;
-        Ok(Uffd::from_owned(got))
     })();
     let thawed = frozen.thaw();
     let us = crate::util::us(t.elapsed());

@@ -204,10 +204,6 @@ fn interval_and_value(b: &[u8; 32], units: u64) -> (u64, u64) {
     (w(0) * units + w(1), w(2) * units + w(3))
 }
 
-/// `getitimer(2)` syscall number (x86_64).
-const SYS_GETITIMER: i64 = 36;
-/// `timer_gettime(2)` syscall number (x86_64).
-const SYS_TIMER_GETTIME: i64 = 224;
 /// `SIGEV_THREAD_ID` in `sigev_notify`: the timer signals one thread.
 const SIGEV_THREAD_ID: i32 = 4;
 /// `prctl(PR_GET_TID_ADDRESS, &addr)`: a thread's `clear_child_tid` (CONFIG_CHECKPOINT_RESTORE).
@@ -243,7 +239,7 @@ pub(crate) fn capture_injected(
         let mut timers = Vec::new();
         for which in 0..3u32 {
             inj.call_ok(
-                SYS_GETITIMER,
+                nr::GETITIMER,
                 [u64::from(which), scratch, 0, 0, 0, 0],
                 "getitimer",
             )?;
@@ -270,7 +266,7 @@ pub(crate) fn capture_injected(
         let mut left = Vec::with_capacity(ptimers.len());
         for t in &ptimers {
             inj.call_ok(
-                SYS_TIMER_GETTIME,
+                nr::TIMER_GETTIME,
                 [t.id as u64, scratch, 0, 0, 0, 0],
                 &format!("timer_gettime {}", t.id),
             )?;

@@ -4,26 +4,13 @@
 //! control before its credentials; its parent-death signal and the process's dumpable flag
 //! after them (the kernel clears both whenever an effective or filesystem id changes).
 
+use super::error::{StepError, StepResult};
 use crate::image::{ProcAttrs, ProcessImage, ThreadAttrs};
-use crate::sys::process::nr;
-use crate::sys::remote::RemoteSyscall;
-
-fn prctl(rs: &mut RemoteSyscall, args: [u64; 5], what: &str) -> Result<u64, String> {
-    rs.call_ok(
-        nr::PRCTL,
-        [args[0], args[1], args[2], args[3], args[4], 0],
-        what,
-    )
-    .map_err(|e| e.to_string())
-}
+use crate::sys::remote::{self, prctl, Inject};
 
 /// Process-wide, before the credentials: THP disabled, child subreaper, `oom_score_adj`,
 /// membarrier registrations, the core dump filter and the audit loginuid. Images without them leave the process as spawned.
-pub(super) fn process_attrs(
-    rs: &mut RemoteSyscall,
-    p: &ProcessImage,
-    args: u64,
-) -> Result<(), String> {
+pub(super) fn process_attrs(rs: &mut dyn Inject, p: &ProcessImage) -> StepResult {
     let a: &ProcAttrs = &p.attrs;
     let pid = rs.pid();
     if let Some(v) = a.thp_disable.filter(|&v| v != 0) {
@@ -43,81 +30,61 @@ pub(super) fn process_attrs(
         )?;
     }
     if let Some(adj) = a.oom_score_adj {
-        let now = crate::proc::oom_score_adj(pid).map_err(|e| e.to_string())?;
+        let now = crate::proc::oom_score_adj(pid)?;
         if now != adj {
             // Written while the process still has haul's privilege (CAP_SYS_RESOURCE):
             // that also makes it the process's floor (oom_score_adj_min), as when an
             // administrator set it; the floor the process had cannot be read.
-            write_self_file(rs, "/proc/self/oom_score_adj", &adj.to_string(), args)?;
+            write_self_file(rs, "/proc/self/oom_score_adj", &adj.to_string())?;
         }
     }
     if let Some(mask) = a.membarrier {
         // Registered again, each command it had made (a fresh process has none).
         for cmd in crate::sys::process::membarrier::REGISTER {
             if u64::from(mask) & cmd != 0 {
-                rs.call_ok(
-                    crate::sys::process::nr::MEMBARRIER,
-                    [cmd, 0, 0, 0, 0, 0],
-                    &format!("membarrier register {cmd:#x}"),
-                )
-                .map_err(|e| e.to_string())?;
+                remote::membarrier(rs, cmd)?;
             }
         }
     }
     if let Some(filter) = a.coredump_filter {
-        let now = crate::proc::coredump_filter(pid).map_err(|e| e.to_string())?;
+        let now = crate::proc::coredump_filter(pid)?;
         if now != filter {
-            write_self_file(
-                rs,
-                "/proc/self/coredump_filter",
-                &format!("{filter:#x}"),
-                args,
-            )?;
+            write_self_file(rs, "/proc/self/coredump_filter", &format!("{filter:#x}"))?;
         }
     }
     if let Some(uid) = a.loginuid {
-        let now = crate::proc::loginuid(pid).map_err(|e| e.to_string())?;
+        let now = crate::proc::loginuid(pid)?;
         if now != uid {
             // Only a process may set its own loginuid: unset (haul's, most often), anyone
             // may set it once; changing a set one needs CAP_AUDIT_CONTROL and is refused when
             // the loginuid is immutable. A failure fails the restore, naming it.
-            write_self_file(rs, "/proc/self/loginuid", &uid.to_string(), args)
-                .map_err(|e| format!("{e} (the loginuid of haul's restores is {now})"))?;
+            write_self_file(rs, "/proc/self/loginuid", &uid.to_string()).map_err(|e| {
+                StepError::Loginuid {
+                    now,
+                    source: Box::new(e),
+                }
+            })?;
         }
     }
     Ok(())
 }
 
 /// Writes `value` to `path` by an open, write and close injected into the process.
-fn write_self_file(
-    rs: &mut RemoteSyscall,
-    path: &str,
-    value: &str,
-    args: u64,
-) -> Result<(), String> {
-    let p = super::rebuild::cstr(path)?;
-    rs.write_mem(args, &p).map_err(|e| e.to_string())?;
-    let data_at = args + p.len() as u64;
-    rs.write_mem(data_at, value.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let fd = rs
-        .call_ok(
-            super::rebuild::SYS_OPEN,
-            [args, (libc::O_WRONLY | libc::O_CLOEXEC) as u64, 0, 0, 0, 0],
-            &format!("open {path}"),
-        )
-        .map_err(|e| e.to_string())?;
-    let r = rs.call_ok(
-        nr::WRITE,
-        [fd, data_at, value.len() as u64, 0, 0, 0],
+fn write_self_file(rs: &mut dyn Inject, path: &str, value: &str) -> StepResult {
+    let fd = remote::open(rs, path, libc::O_WRONLY | libc::O_CLOEXEC)?;
+    let r = remote::write(
+        rs,
+        fd,
+        value.as_bytes(),
         &format!("write {value} to {path}"),
     );
-    let _ = rs.call(nr::CLOSE, [fd, 0, 0, 0, 0, 0]);
-    r.map(|_| ()).map_err(|e| e.to_string())
+    let _ = remote::close(rs, fd);
+    r?;
+    Ok(())
 }
 
 /// A thread's own, before the credentials: timer slack and speculation control.
-pub(super) fn thread_before_creds(rs: &mut RemoteSyscall, a: &ThreadAttrs) -> Result<(), String> {
+pub(super) fn thread_before_creds(rs: &mut dyn Inject, a: &ThreadAttrs) -> StepResult {
     if let Some(ns) = a.timer_slack_ns {
         // 0 would mean "the default" (haul's slack at the spawn), and real-time threads have
         // none and ignore the call: set only a real value.
@@ -133,19 +100,10 @@ pub(super) fn thread_before_creds(rs: &mut RemoteSyscall, a: &ThreadAttrs) -> Re
         if want & libc::PR_SPEC_PRCTL == 0 {
             continue; // not controllable by prctl there: nothing the process chose
         }
-        let now = rs
-            .call(
-                nr::PRCTL,
-                [
-                    libc::PR_GET_SPECULATION_CTRL as u64,
-                    which as u64,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-            )
-            .map_err(|e| e.to_string())?;
+        let now = remote::prctl_raw(
+            rs,
+            [libc::PR_GET_SPECULATION_CTRL as u64, which as u64, 0, 0, 0],
+        )?;
         if now == i64::from(want) {
             continue;
         }
@@ -172,7 +130,7 @@ pub(super) fn thread_before_creds(rs: &mut RemoteSyscall, a: &ThreadAttrs) -> Re
 /// A thread's own, after its credentials: the parent-death signal. The restored process's
 /// parent is not the one it had (it is re-parented to init or a subreaper): the signal comes
 /// when that one dies.
-pub(super) fn thread_after_creds(rs: &mut RemoteSyscall, a: &ThreadAttrs) -> Result<(), String> {
+pub(super) fn thread_after_creds(rs: &mut dyn Inject, a: &ThreadAttrs) -> StepResult {
     if let Some(sig) = a.pdeathsig.filter(|&s| s != 0) {
         prctl(
             rs,
@@ -185,7 +143,7 @@ pub(super) fn thread_after_creds(rs: &mut RemoteSyscall, a: &ThreadAttrs) -> Res
 
 /// The dumpable flag, once every thread has its credentials (setting a non-root uid made the
 /// process non-dumpable, its /proc files root's).
-pub(super) fn dumpable(rs: &mut RemoteSyscall, p: &ProcessImage) -> Result<(), String> {
+pub(super) fn dumpable(rs: &mut dyn Inject, p: &ProcessImage) -> StepResult {
     if let Some(d) = p.attrs.dumpable {
         prctl(
             rs,

@@ -44,7 +44,10 @@ pub fn check_compat(
             set.kernel
         )));
     }
-    check_vdso_layout(p).map_err(bad)?;
+    check_vdso_layout(p).map_err(|e| RestoreError::Vdso {
+        set: set.id.clone(),
+        source: Box::new(e),
+    })?;
 
     if pid == PidChoice::Same {
         let max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
@@ -89,20 +92,38 @@ pub fn check_compat(
                     v.start, v.end, v.name
                 ))
             })?;
-            same_file(&v.name, id, true, false).map_err(|r| bad(format!("mapped file {r}")))?;
+            same_file(&v.name, id, true, false).map_err(|e| RestoreError::File {
+                set: set.id.clone(),
+                what: "mapped file".into(),
+                source: Box::new(e),
+            })?;
         }
     }
-    super::cgroup::check(p).map_err(|e| bad(e.to_string()))?;
+    super::cgroup::check(p).map_err(|e| RestoreError::Cgroup {
+        set: set.id.clone(),
+        source: Box::new(e),
+    })?;
     for f in &p.fds {
         if let FdKind::File { path, id, mode, .. } = &f.kind {
             // An O_PATH|O_NOFOLLOW fd of a symlink is the link itself.
             let link = mode & libc::S_IFMT == libc::S_IFLNK;
-            same_file(path, id, false, link).map_err(|r| bad(format!("fd {}: file {r}", f.fd)))?;
+            same_file(path, id, false, link).map_err(|e| RestoreError::File {
+                set: set.id.clone(),
+                what: format!("fd {}: file", f.fd),
+                source: Box::new(e),
+            })?;
         }
     }
     // A restored process starts with haul's capabilities and can only be given fewer.
-    let own = crate::proc::status(crate::sys::process::getpid())
-        .map_err(|e| bad(format!("reading haul's own capabilities: {e}")))?;
+    let own_err = |what: &'static str| {
+        move |e| RestoreError::Own {
+            set: set.id.clone(),
+            what,
+            source: Box::new(e),
+        }
+    };
+    let own =
+        crate::proc::status(crate::sys::process::getpid()).map_err(own_err("capabilities"))?;
     let c = &p.creds;
     for (name, had, have) in [
         ("bounding", c.cap_bnd, own.cap_bnd),
@@ -124,8 +145,7 @@ pub fn check_compat(
     // immutable, which the restore then reports).
     if let Some(want) = p.attrs.loginuid {
         let me = crate::sys::process::getpid();
-        let ours = crate::proc::loginuid(me)
-            .map_err(|e| bad(format!("reading haul's own loginuid: {e}")))?;
+        let ours = crate::proc::loginuid(me).map_err(own_err("loginuid"))?;
         let audit_control = 1u64 << CAP_AUDIT_CONTROL;
         if ours != want && ours != u32::MAX && own.cap_eff & audit_control == 0 {
             return Err(bad(format!(
@@ -153,40 +173,89 @@ fn loginuid_name(uid: u32) -> String {
     }
 }
 
+/// Why a file of the image is not the one the process had.
+#[derive(Debug, thiserror::Error)]
+pub enum FileMismatch {
+    /// It cannot be looked at (gone, no permission).
+    #[error("{path}: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another file (device or inode) is at its path now.
+    #[error("{path} is not the same file any more (inode {now} was {was})")]
+    Replaced { path: String, now: u64, was: u64 },
+    /// A mapped file's size or mtime changed since the dump.
+    #[error("{path} changed since the dump (size {now} was {was}, mtime differs: {mtime})")]
+    Changed {
+        path: String,
+        now: u64,
+        was: u64,
+        mtime: bool,
+    },
+}
+
 /// A mapped file must be exactly the file that was dumped (device, inode, size, mtime): its
 /// pages are the process's code and data. An open file must be the same inode; its size and
 /// mtime may have moved on (a log the original kept writing).
-fn same_file(path: &str, id: &FileId, strict: bool, link: bool) -> Result<(), String> {
+fn same_file(path: &str, id: &FileId, strict: bool, link: bool) -> Result<(), FileMismatch> {
     let md = if link {
         std::fs::symlink_metadata(path)
     } else {
         std::fs::metadata(path)
     }
-    .map_err(|e| format!("{path}: {e}"))?;
+    .map_err(|source| FileMismatch::Unreadable {
+        path: path.into(),
+        source,
+    })?;
     if md.dev() != id.dev || md.ino() != id.ino {
-        return Err(format!(
-            "{path} is not the same file any more (inode {} was {})",
-            md.ino(),
-            id.ino
-        ));
+        return Err(FileMismatch::Replaced {
+            path: path.into(),
+            now: md.ino(),
+            was: id.ino,
+        });
     }
     let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
     if strict && (md.size() != id.size || mtime_ns != id.mtime_ns) {
-        return Err(format!(
-            "{path} changed since the dump (size {} was {}, mtime differs: {})",
-            md.size(),
-            id.size,
-            mtime_ns != id.mtime_ns
-        ));
+        return Err(FileMismatch::Changed {
+            path: path.into(),
+            now: md.size(),
+            was: id.size,
+            mtime: mtime_ns != id.mtime_ns,
+        });
     }
     Ok(())
 }
 
+/// Why the dumped vDSO unit cannot be moved into place here.
+#[derive(Debug, thiserror::Error)]
+pub enum VdsoMismatch {
+    /// haul's own maps (this kernel's layout) cannot be read.
+    #[error("reading our own maps: {0}")]
+    OwnMaps(#[source] crate::proc::ProcError),
+    /// A part of the unit has another size here.
+    #[error("{name} was {was} bytes, this kernel's is {now}")]
+    Size {
+        name: &'static str,
+        was: u64,
+        now: u64,
+    },
+    /// A part of the unit sits elsewhere relative to `[vdso]` here.
+    #[error("{name} is not where this kernel puts it relative to [vdso]")]
+    Place { name: &'static str },
+    /// The image has a part this kernel does not make.
+    #[error("the image has {name} but this kernel has none")]
+    Missing { name: &'static str },
+    /// This kernel makes a part the image does not have.
+    #[error("this kernel has {name} but the image has none")]
+    Extra { name: &'static str },
+}
+
 /// The dumped `[vvar]`, `[vvar_vclock]` and `[vdso]` must have the sizes and relative layout of
 /// this kernel's (read from haul's own maps), since the restore moves the kernel's unit.
-fn check_vdso_layout(p: &ProcessImage) -> Result<(), String> {
-    let ours = crate::proc::maps(std::process::id() as i32)
-        .map_err(|e| format!("reading our own maps: {e}"))?;
+fn check_vdso_layout(p: &ProcessImage) -> Result<(), VdsoMismatch> {
+    let ours = crate::proc::maps(std::process::id() as i32).map_err(VdsoMismatch::OwnMaps)?;
     let unit = |name: &str| {
         ours.iter()
             .find(|m| m.path == name)
@@ -210,26 +279,20 @@ fn check_vdso_layout(p: &ProcessImage) -> Result<(), String> {
             (None, None) => {}
             (Some(d), Some(o)) => {
                 if d.end - d.start != o.1 - o.0 {
-                    return Err(format!(
-                        "{name} was {} bytes, this kernel's is {}",
-                        d.end - d.start,
-                        o.1 - o.0
-                    ));
+                    return Err(VdsoMismatch::Size {
+                        name,
+                        was: d.end - d.start,
+                        now: o.1 - o.0,
+                    });
                 }
                 if let Some((db, ob)) = base {
                     if d.start.wrapping_sub(db) != o.0.wrapping_sub(ob) {
-                        return Err(format!(
-                            "{name} is not where this kernel puts it relative to [vdso]"
-                        ));
+                        return Err(VdsoMismatch::Place { name });
                     }
                 }
             }
-            (Some(_), None) => {
-                return Err(format!("the image has {name} but this kernel has none"))
-            }
-            (None, Some(_)) => {
-                return Err(format!("this kernel has {name} but the image has none"))
-            }
+            (Some(_), None) => return Err(VdsoMismatch::Missing { name }),
+            (None, Some(_)) => return Err(VdsoMismatch::Extra { name }),
         }
     }
     Ok(())

@@ -7,19 +7,38 @@
 //! and auxv (`PR_SET_MM_MAP`), reopens files at their numbers and offsets, restores cwd, umask,
 //! rlimits, credentials, signal actions, sigaltstack, robust list, rseq, mask, registers and
 //! XSTATE, and lets it run. Any failure kills the half-built process and names the step.
+//!
+//! `rebuild` holds the sequence only; each step is a module (`memory`, `vdso`, `mm`, `fds`,
+//! `fs`, `signals`, `threads`, `creds`, `timers`, `attrs`, `cgroup`) that drives the process
+//! through `sys::remote`'s typed calls on a `&mut dyn Inject` and fails with a [`StepError`]
+//! that keeps its source (the call and its errno, the `/proc` read, what it acted on).
 
 mod attrs;
 mod cgroup;
 mod compat;
+mod creds;
+mod error;
 mod fds;
+mod fs;
+mod layout;
+mod memory;
+mod mm;
 mod rebuild;
+mod signals;
+#[cfg(test)]
+mod tests;
+mod threads;
+mod timers;
+mod vdso;
 mod verify;
 
 use std::time::Instant;
 
 use crate::image::{ImageSet, ProcessImage};
 
-pub use compat::check_compat;
+pub use cgroup::CgroupError;
+pub use compat::{check_compat, FileMismatch, VdsoMismatch};
+pub use error::StepError;
 pub use verify::{compare as compare_state, StateDifference};
 
 /// Errors of the `restore` module.
@@ -28,12 +47,43 @@ pub enum RestoreError {
     /// The image cannot be restored on this machine as it is; nothing was created.
     #[error("set {set}: cannot restore: {reason}")]
     Incompatible { set: String, reason: String },
+    /// A file the image names is not the one the process had; nothing was created.
+    #[error("set {set}: cannot restore: {what} {source}")]
+    File {
+        set: String,
+        what: String,
+        #[source]
+        source: Box<compat::FileMismatch>,
+    },
+    /// The dumped vDSO unit does not fit this kernel's; nothing was created.
+    #[error("set {set}: cannot restore: {source}")]
+    Vdso {
+        set: String,
+        #[source]
+        source: Box<compat::VdsoMismatch>,
+    },
+    /// A cgroup of the image cannot be joined here; nothing was created.
+    #[error("set {set}: cannot restore: {source}")]
+    Cgroup {
+        set: String,
+        #[source]
+        source: Box<CgroupError>,
+    },
+    /// What haul holds itself could not be read; nothing was created.
+    #[error("set {set}: cannot restore: reading haul's own {what}: {source}")]
+    Own {
+        set: String,
+        what: &'static str,
+        #[source]
+        source: Box<crate::proc::ProcError>,
+    },
     /// A step of the rebuild failed; the half-built process was killed.
-    #[error("set {set}: restore failed at step {step}: {message}")]
+    #[error("set {set}: restore failed at step {step}: {source}")]
     Step {
         set: String,
         step: Step,
-        message: String,
+        #[source]
+        source: Box<StepError>,
     },
     /// `--verify state`: the rebuilt process does not show the state the image recorded; it
     /// was killed before it ran.

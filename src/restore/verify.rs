@@ -108,7 +108,7 @@ pub(super) fn check(
     let now = crate::proc::observe(pid).map_err(|e| RestoreError::Step {
         set: set.id.clone(),
         step: super::Step::Run,
-        message: format!("--verify state: reading the restored process: {e}"),
+        source: Box::new(super::StepError::Verify(e)),
     })?;
     let in_lazy = |start: u64, end: u64| lazy.iter().any(|&(s, e)| start < e && s < end);
     let m = &p.mm;

@@ -4,35 +4,39 @@
 use super::{check, last_err, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// x86_64 syscall numbers used by haul (injected into targets or called directly).
+/// Syscall numbers haul injects into targets or calls directly, by the names the dump side
+/// uses (all from libc).
 pub mod nr {
-    pub const READ: i64 = 0;
-    pub const WRITE: i64 = 1;
-    pub const CLOSE: i64 = 3;
-    pub const MMAP: i64 = 9;
-    pub const MPROTECT: i64 = 10;
-    pub const MUNMAP: i64 = 11;
-    pub const BRK: i64 = 12;
-    pub const RT_SIGACTION: i64 = 13;
-    pub const RT_SIGPROCMASK: i64 = 14;
-    pub const MREMAP: i64 = 25;
-    pub const GETPID: i64 = 39;
-    pub const EXIT: i64 = 60;
-    pub const KILL: i64 = 62;
-    pub const SIGALTSTACK: i64 = 131;
-    pub const PRCTL: i64 = 157;
+    pub const READ: i64 = libc::SYS_read;
+    pub const WRITE: i64 = libc::SYS_write;
+    pub const CLOSE: i64 = libc::SYS_close;
+    pub const MMAP: i64 = libc::SYS_mmap;
+    pub const MPROTECT: i64 = libc::SYS_mprotect;
+    pub const MUNMAP: i64 = libc::SYS_munmap;
+    pub const BRK: i64 = libc::SYS_brk;
+    pub const RT_SIGACTION: i64 = libc::SYS_rt_sigaction;
+    pub const RT_SIGPROCMASK: i64 = libc::SYS_rt_sigprocmask;
+    pub const MREMAP: i64 = libc::SYS_mremap;
+    pub const GETPID: i64 = libc::SYS_getpid;
+    pub const GETITIMER: i64 = libc::SYS_getitimer;
+    pub const EXIT: i64 = libc::SYS_exit;
+    pub const KILL: i64 = libc::SYS_kill;
+    pub const SIGALTSTACK: i64 = libc::SYS_sigaltstack;
+    pub const PRCTL: i64 = libc::SYS_prctl;
     pub const MEMBARRIER: i64 = libc::SYS_membarrier;
-    pub const GETTID: i64 = 186;
-    pub const SET_TID_ADDRESS: i64 = 218;
-    pub const TGKILL: i64 = 234;
-    pub const SET_ROBUST_LIST: i64 = 273;
-    pub const GET_ROBUST_LIST: i64 = 274;
-    pub const PRLIMIT64: i64 = 302;
-    pub const USERFAULTFD: i64 = 323;
-    pub const RSEQ: i64 = 334;
-    pub const PIDFD_OPEN: i64 = 434;
-    pub const CLONE3: i64 = 435;
-    pub const PIDFD_GETFD: i64 = 438;
+    pub const GETTID: i64 = libc::SYS_gettid;
+    pub const SET_TID_ADDRESS: i64 = libc::SYS_set_tid_address;
+    pub const TIMER_GETTIME: i64 = libc::SYS_timer_gettime;
+    pub const TGKILL: i64 = libc::SYS_tgkill;
+    pub const SET_ROBUST_LIST: i64 = libc::SYS_set_robust_list;
+    pub const GET_ROBUST_LIST: i64 = libc::SYS_get_robust_list;
+    pub const PRLIMIT64: i64 = libc::SYS_prlimit64;
+    pub const USERFAULTFD: i64 = libc::SYS_userfaultfd;
+    pub const RSEQ: i64 = libc::SYS_rseq;
+    pub const PIDFD_OPEN: i64 = libc::SYS_pidfd_open;
+    pub const CLONE3: i64 = libc::SYS_clone3;
+    pub const PIDFD_GETFD: i64 = libc::SYS_pidfd_getfd;
+    pub const KCMP: i64 = libc::SYS_kcmp;
 }
 
 /// Opens a pidfd for `pid`: `pidfd_open(pid, 0)`, see pidfd_open(2).
@@ -168,9 +172,19 @@ pub struct PrctlMmMap {
     pub exe_fd: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<PrctlMmMap>() == 104);
+// The layout of linux/prctl.h, as linux-raw-sys has it (its `auxv` is a pointer; here an
+// address in the target).
+const _: () = {
+    use linux_raw_sys::prctl::prctl_mm_map as K;
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<PrctlMmMap>() == size_of::<K>());
+    assert!(offset_of!(PrctlMmMap, start_code) == offset_of!(K, start_code));
+    assert!(offset_of!(PrctlMmMap, env_end) == offset_of!(K, env_end));
+    assert!(offset_of!(PrctlMmMap, auxv) == offset_of!(K, auxv));
+    assert!(offset_of!(PrctlMmMap, auxv_size) == offset_of!(K, auxv_size));
+    assert!(offset_of!(PrctlMmMap, exe_fd) == offset_of!(K, exe_fd));
+};
 
-/// `PR_SET_MM` (prctl option 35), `PR_SET_MM_MAP` (14), `PR_SET_MM_MAP_SIZE` (15).
 /// `membarrier(2)` commands (linux/membarrier.h, through linux-raw-sys: libc has none).
 pub mod membarrier {
     use linux_raw_sys::general::membarrier_cmd as c;
@@ -185,9 +199,10 @@ pub mod membarrier {
     ];
 }
 
-pub const PR_SET_MM: i32 = 35;
-pub const PR_SET_MM_MAP: i32 = 14;
-pub const PR_SET_MM_MAP_SIZE: i32 = 15;
+/// `PR_SET_MM` (prctl option 35), `PR_SET_MM_MAP` (14), `PR_SET_MM_MAP_SIZE` (15), from libc.
+pub const PR_SET_MM: i32 = libc::PR_SET_MM;
+pub const PR_SET_MM_MAP: i32 = libc::PR_SET_MM_MAP;
+pub const PR_SET_MM_MAP_SIZE: i32 = libc::PR_SET_MM_MAP_SIZE;
 
 /// rseq(2) constants: `RSEQ_FLAG_UNREGISTER`, the size of `struct rseq` (original ABI: 32).
 pub const RSEQ_FLAG_UNREGISTER: i32 = 1;
@@ -290,8 +305,7 @@ pub fn clone3_stopped_child(set_tid: Option<i32>) -> Result<i32> {
     }
 }
 
-/// `kcmp(2)` syscall number (x86_64) and its `KCMP_FILE` type.
-const SYS_KCMP: libc::c_long = 312;
+/// `KCMP_FILE` of kcmp(2) (linux/kcmp.h; neither libc nor linux-raw-sys has it).
 const KCMP_FILE: libc::c_long = 0;
 
 /// Whether fds `a` and `b` of process `pid` are the same open file description (one offset,
@@ -300,7 +314,7 @@ pub fn same_open_file(pid: i32, a: i32, b: i32) -> Result<bool> {
     // SAFETY: kcmp takes only integers and reads nothing from our memory.
     let r = unsafe {
         libc::syscall(
-            SYS_KCMP,
+            nr::KCMP,
             pid,
             pid,
             KCMP_FILE,
@@ -310,4 +324,16 @@ pub fn same_open_file(pid: i32, a: i32, b: i32) -> Result<bool> {
     };
     check(r, || format!("kcmp(pid {pid}, KCMP_FILE, fd {a}, fd {b})"))?;
     Ok(r == 0)
+}
+
+/// The session id of this process: getsid(2); -1 if it cannot be read.
+pub fn own_sid() -> i32 {
+    // SAFETY: getsid takes an integer (0: the caller) and returns an id or -1.
+    unsafe { libc::getsid(0) }
+}
+
+/// The process group of this process: getpgrp(2) (it cannot fail).
+pub fn own_pgrp() -> i32 {
+    // SAFETY: getpgrp has no arguments and cannot fail.
+    unsafe { libc::getpgrp() }
 }

@@ -12,11 +12,109 @@
 //! forced signal that is blocked (every signal is, here) has its handler reset to the default.
 //! A target's own SIGTRAP handler was lost that way, and its own pending SIGTRAP then killed it.
 //! Syscall stops are ptrace reports, not signals, so every SIGTRAP the thread sees is its own.
+//!
+//! Callers do not number syscalls nor lay out kernel structs: the typed calls of this module
+//! (`setgroups`, `capset`, `prctl_mm_map`, `rt_sigaction`, `timer_create`, `dup3`, `take_uffd`,
+//! ...) are written against the [`Inject`] trait, take their numbers and layouts from libc or
+//! linux-raw-sys, and put what they pass by pointer into the session's argument area. Tests use
+//! `fake::Recorder`, which records every call and answers from a script.
 
 use super::mem::ProcMem;
-use super::process::nr;
 use super::ptrace::{self, Regs, Stop};
 use super::{io_err, Result, SysError, PAGE_SIZE};
+
+#[cfg(test)]
+pub mod fake;
+mod fd;
+mod ids;
+mod mm;
+mod signal;
+#[cfg(test)]
+mod tests;
+
+pub use fd::*;
+pub use ids::*;
+pub use mm::*;
+pub use signal::*;
+
+/// A session of syscalls injected into one stopped thread: what a restore step needs of it.
+/// [`RemoteSyscall`] is the real one; `fake::Recorder` (tests only) records every call and
+/// every byte written, and returns scripted results, so that a step's order and arguments can
+/// be checked without root or a live process. The typed calls of this module (`setgroups`,
+/// `capset`, `rt_sigaction`, ...) are written against this trait.
+pub trait Inject {
+    /// The process the syscalls run in.
+    fn pid(&self) -> i32;
+    /// The thread the syscalls run in.
+    fn tid(&self) -> i32;
+    /// Runs syscall `nr` with `args` in the thread and returns its raw result (`-errno` on
+    /// failure).
+    fn call(&mut self, nr: i64, args: [u64; 6]) -> Result<i64>;
+    /// Writes `data` into the thread's memory at `addr`.
+    fn write_mem(&mut self, addr: u64, data: &[u8]) -> Result<()>;
+    /// Reads the thread's memory at `addr` into `buf`.
+    fn read_mem(&mut self, addr: u64, buf: &mut [u8]) -> Result<()>;
+    /// Where typed calls put what they pass by pointer: (address, length) of a writable area
+    /// of the target, if one was set.
+    fn args_area(&self) -> Option<(u64, u64)>;
+
+    /// Like [`call`](Self::call), turning a `-errno` result into an error naming `what`.
+    fn call_ok(&mut self, nr: i64, args: [u64; 6], what: &str) -> Result<u64> {
+        let v = self.call(nr, args)?;
+        checked(self.pid(), self.tid(), v, what)
+    }
+}
+
+/// A raw injected-syscall result as a value, or the error naming `what` for a `-errno`.
+fn checked(pid: i32, tid: i32, v: i64, what: &str) -> Result<u64> {
+    if (-4095..0).contains(&v) {
+        return Err(io_err(
+            format!("injected {what} in pid {pid} (thread {tid})"),
+            std::io::Error::from_raw_os_error((-v) as i32),
+        ));
+    }
+    Ok(v as u64)
+}
+
+/// Writes `data` at the start of the argument area of `r`; returns its address.
+pub fn put<R: Inject + ?Sized>(r: &mut R, data: &[u8]) -> Result<u64> {
+    put_at(r, 0, data)
+}
+
+/// Writes `data` at `offset` into the argument area of `r`; returns its address.
+pub fn put_at<R: Inject + ?Sized>(r: &mut R, offset: u64, data: &[u8]) -> Result<u64> {
+    let (at, len) = r.args_area().ok_or_else(|| {
+        SysError::Invalid(format!(
+            "thread {}: no argument area for an injected syscall",
+            r.tid()
+        ))
+    })?;
+    if offset + data.len() as u64 > len {
+        return Err(SysError::Invalid(format!(
+            "thread {}: {} bytes of syscall arguments do not fit the {len}-byte area",
+            r.tid(),
+            offset + data.len() as u64
+        )));
+    }
+    r.write_mem(at + offset, data)?;
+    Ok(at + offset)
+}
+
+/// A path or name as a NUL-terminated C string, or an error naming it.
+pub fn cstr(s: &str) -> Result<Vec<u8>> {
+    if s.as_bytes().contains(&0) {
+        return Err(SysError::Invalid(format!("{s:?} contains a NUL byte")));
+    }
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    Ok(v)
+}
+
+/// Copies `v` into `b` at `offset` (kernel structs are built field by field at the offsets
+/// libc / linux-raw-sys give, so no padding byte is ever read).
+pub(crate) fn field(b: &mut [u8], offset: usize, v: &[u8]) {
+    b[offset..offset + v.len()].copy_from_slice(v);
+}
 
 /// How many times one injected syscall is retried when signals keep interrupting the step.
 const MAX_STEP_ATTEMPTS: usize = 64;
@@ -36,6 +134,7 @@ pub struct RemoteSyscall {
     mem: ProcMem,
     signals: Vec<i32>,
     scratch: Option<(u64, u64)>,
+    args: Option<(u64, u64)>,
     calls: u64,
 }
 
@@ -59,6 +158,7 @@ impl RemoteSyscall {
             mem,
             signals: Vec::new(),
             scratch: None,
+            args: None,
             calls: 0,
         })
     }
@@ -88,8 +188,9 @@ impl RemoteSyscall {
         self.scratch = None;
     }
 
-    pub fn orig_regs(&self) -> &Regs {
-        &self.orig
+    /// Sets the area typed calls ([`Inject`]) write their pointer arguments into.
+    pub fn set_args_area(&mut self, addr: u64, len: u64) {
+        self.args = Some((addr, len));
     }
 
     /// The thread the syscalls run in.
@@ -190,13 +291,7 @@ impl RemoteSyscall {
     /// Like [`call`](Self::call), turning a `-errno` result into an error naming `what`.
     pub fn call_ok(&mut self, nr: i64, args: [u64; 6], what: &str) -> Result<u64> {
         let v = self.call(nr, args)?;
-        if (-4095..0).contains(&v) {
-            return Err(io_err(
-                format!("injected {what} in pid {} (thread {})", self.pid, self.tid),
-                std::io::Error::from_raw_os_error((-v) as i32),
-            ));
-        }
-        Ok(v as u64)
+        checked(self.pid, self.tid, v, what)
     }
 
     /// Maps an anonymous read-write private scratch area of `len` bytes (rounded to pages) in
@@ -212,7 +307,7 @@ impl RemoteSyscall {
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let addr = self.call_ok(
-            nr::MMAP,
+            libc::SYS_mmap,
             [0, len, prot, flags, u64::MAX, 0],
             "mmap of a scratch page",
         )?;
@@ -229,7 +324,7 @@ impl RemoteSyscall {
     pub fn unmap_scratch(&mut self) -> Result<()> {
         if let Some((addr, len)) = self.scratch {
             self.call_ok(
-                nr::MUNMAP,
+                libc::SYS_munmap,
                 [addr, len, 0, 0, 0, 0],
                 "munmap of the scratch page",
             )?;
@@ -246,6 +341,27 @@ impl RemoteSyscall {
     /// Reads the target's memory at `addr` into `buf` (through `/proc/PID/mem`).
     pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
         self.mem.read_at(addr, buf)
+    }
+}
+
+impl Inject for RemoteSyscall {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+    fn tid(&self) -> i32 {
+        self.tid
+    }
+    fn call(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        RemoteSyscall::call(self, nr, args)
+    }
+    fn write_mem(&mut self, addr: u64, data: &[u8]) -> Result<()> {
+        RemoteSyscall::write_mem(self, addr, data)
+    }
+    fn read_mem(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        RemoteSyscall::read_mem(self, addr, buf)
+    }
+    fn args_area(&self) -> Option<(u64, u64)> {
+        self.args
     }
 }
 

@@ -1,0 +1,297 @@
+//! The memory steps: the scratch area at a hole of both layouts, the old mappings unmapped,
+//! every VMA mapped at its address, the pages filled, and the final protection, advice, locks
+//! and names of each VMA.
+
+use super::error::{At, StepError, StepResult};
+use super::layout::{SCRATCH_LEN, SYSCALL_CODE};
+use super::PageSource;
+use crate::image::{ImageSet, PageRef, ProcessImage, Vma, VmaKind, PAGE_SIZE};
+use crate::sys::remote::{self, Inject};
+
+/// How many bytes of pages one process_vm_writev carries at most.
+const FILL_CHUNK: usize = 4 << 20;
+
+/// The lowest page-aligned address at or above 64 KiB with `len` bytes free of every range.
+pub(super) fn find_hole(taken: &mut [(u64, u64)], len: u64) -> Option<u64> {
+    taken.sort_unstable();
+    let mut cand: u64 = 0x10000;
+    for &(s, e) in taken.iter() {
+        if cand + len <= s {
+            return Some(cand);
+        }
+        cand = cand.max(e);
+    }
+    (cand.checked_add(len)? < 0x7fff_ffff_0000).then_some(cand)
+}
+
+/// Maps the scratch area (read, write, exec) at a hole of both the current layout `now` and
+/// the image's, and writes the `syscall` instruction at its start. Returns its address.
+pub(super) fn map_scratch(
+    rs: &mut dyn Inject,
+    now: &[(u64, u64)],
+    p: &ProcessImage,
+) -> StepResult<u64> {
+    let mut taken = now.to_vec();
+    taken.extend(p.vmas.iter().map(|v| (v.start, v.end)));
+    let addr = find_hole(&mut taken, SCRATCH_LEN).ok_or(StepError::NoHole)?;
+    let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u32;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    let got = remote::mmap(rs, addr, SCRATCH_LEN, prot, flags, None, 0)?;
+    if got != addr {
+        return Err(StepError::ScratchMoved { want: addr, got });
+    }
+    rs.write_mem(addr, &SYSCALL_CODE)?;
+    Ok(addr)
+}
+
+/// Unmaps every mapping of `now` (`(start, end, path)`) but the scratch area and the kernel's
+/// own (`[vdso]` and its unit, `[vsyscall]`).
+pub(super) fn unmap_old(
+    rs: &mut dyn Inject,
+    now: &[(u64, u64, String)],
+    scratch: u64,
+) -> StepResult {
+    let keep = ["[vsyscall]", "[vdso]", "[vvar]", "[vvar_vclock]"];
+    for (start, end, path) in now {
+        if *start == scratch || keep.contains(&path.as_str()) {
+            continue;
+        }
+        remote::munmap(rs, *start, end - start).at(|| format!("unmapping {path}"))?;
+    }
+    Ok(())
+}
+
+/// Whether the restore writes pages into this VMA (then it is mapped writable until filled).
+fn filled(v: &Vma) -> bool {
+    match v.kind {
+        VmaKind::Anon | VmaKind::SharedAnon => true,
+        VmaKind::File => !v.shared,
+        _ => false,
+    }
+}
+
+/// The `mmap(2)` protection and flags of `v`: writable for the fill only where the fill
+/// writes (not in a VMA without pages, nor in one the lazy daemon fills: UFFDIO_COPY needs no
+/// write permission). Each VMA mapped with its own protection saves an mprotect afterwards.
+pub(super) fn map_prot_flags(v: &Vma, set: &ImageSet, lazy: &[(u64, u64)]) -> (u32, u64) {
+    let fills = filled(v)
+        && !lazy.iter().any(|&(s, _)| s == v.start)
+        && set.pages.range(v.start, v.end).next().is_some();
+    let prot = if fills {
+        v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32
+    } else {
+        v.prot
+    };
+    let mut flags = libc::MAP_FIXED as u64;
+    flags |= if v.shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    } as u64;
+    if v.has_flag("gd") {
+        flags |= libc::MAP_GROWSDOWN as u64;
+    }
+    if v.has_flag("nr") {
+        flags |= libc::MAP_NORESERVE as u64;
+    }
+    if matches!(v.kind, VmaKind::Anon | VmaKind::SharedAnon) {
+        flags |= libc::MAP_ANONYMOUS as u64;
+    }
+    (prot, flags)
+}
+
+/// Maps every VMA at its address; returns, per VMA, the protection it was mapped with (None for
+/// the kernel's own mappings, which are not mapped here).
+pub(super) fn map_vmas(
+    rs: &mut dyn Inject,
+    set: &ImageSet,
+    p: &ProcessImage,
+    lazy: &[(u64, u64)],
+) -> StepResult<Vec<Option<u32>>> {
+    let mut out = Vec::with_capacity(p.vmas.len());
+    for v in &p.vmas {
+        let (prot, flags) = map_prot_flags(v, set, lazy);
+        let what = || format!("VMA {:#x}-{:#x} {}", v.start, v.end, v.name);
+        match v.kind {
+            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => {
+                out.push(None);
+                continue;
+            }
+            VmaKind::Anon | VmaKind::SharedAnon => {
+                remote::mmap(rs, v.start, v.len(), prot, flags, None, 0).at(what)?;
+            }
+            VmaKind::File => {
+                // A shared mapping that may be made writable (VmFlags `mw`, from a file opened
+                // for writing) needs the file opened so again, even while it is read-only:
+                // else a later mprotect(PROT_WRITE) fails with EACCES.
+                let may_write = v.prot & libc::PROT_WRITE as u32 != 0 || v.has_flag("mw");
+                let mode = if v.shared && may_write {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                let fd = remote::open(rs, &v.name, mode | libc::O_CLOEXEC).at(what)?;
+                let r = remote::mmap(rs, v.start, v.len(), prot, flags, Some(fd), v.pgoff);
+                let _ = remote::close(rs, fd);
+                r.at(what)?;
+            }
+        }
+        out.push(Some(prot));
+    }
+    Ok(out)
+}
+
+/// The final state of each VMA mapped here: its protection (where it was mapped writable for
+/// the fill), its advice and locks, and its name.
+pub(super) fn protect(rs: &mut dyn Inject, p: &ProcessImage, temp: &[Option<u32>]) -> StepResult {
+    for (v, tmp) in p.vmas.iter().zip(temp) {
+        if let Some(tmp) = tmp {
+            if *tmp != v.prot {
+                remote::mprotect(rs, v.start, v.len(), v.prot)?;
+            }
+            madvise_flags(rs, v)?;
+            name_anon(rs, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Names anonymous memory as it was (`[anon:NAME]`, `[anon_shmem:NAME]` in maps), with
+/// `prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME)`: allocators and runtimes name their arenas so.
+fn name_anon(rs: &mut dyn Inject, v: &Vma) -> StepResult {
+    let name = ["[anon:", "[anon_shmem:"]
+        .iter()
+        .find_map(|p| v.name.strip_prefix(p)?.strip_suffix(']'));
+    if let Some(name) = name {
+        remote::set_vma_anon_name(rs, v.start, v.len(), name)?;
+    }
+    Ok(())
+}
+
+/// The VmFlags that madvise can set and that matter to a restored process, with their advice:
+/// not copied on fork, not dumped, huge pages wanted or not, mergeable (KSM), wiped on fork,
+/// read ahead sequentially or not at all.
+pub(super) const ADVICE: [(&str, i32); 8] = [
+    ("dc", libc::MADV_DONTFORK),
+    ("dd", libc::MADV_DONTDUMP),
+    ("hg", libc::MADV_HUGEPAGE),
+    ("nh", libc::MADV_NOHUGEPAGE),
+    ("mg", libc::MADV_MERGEABLE),
+    ("wf", libc::MADV_WIPEONFORK),
+    ("sr", libc::MADV_SEQUENTIAL),
+    ("rr", libc::MADV_RANDOM),
+];
+
+/// Applies the [`ADVICE`] flags of `v`, and its lock in memory (`lo`, or `lf` for locked on
+/// fault).
+pub(super) fn madvise_flags(rs: &mut dyn Inject, v: &Vma) -> StepResult {
+    for (flag, advice) in ADVICE {
+        if v.has_flag(flag) {
+            remote::madvise(rs, v.start, v.len(), advice).at(|| format!("VmFlags {flag}"))?;
+        }
+    }
+    if v.has_flag("lo") {
+        remote::mlock2(rs, v.start, v.len(), v.has_flag("lf"))?;
+    }
+    Ok(())
+}
+
+/// The set with only the pages outside `lazy` (sorted, disjoint ranges): what a lazy restore
+/// still fills itself. Built from the other VMAs' entries only, so its cost does not grow with
+/// the lazy memory.
+pub(super) fn eager_part(set: &ImageSet, p: &ProcessImage, lazy: &[(u64, u64)]) -> ImageSet {
+    let mut pages = crate::image::PageTable::new();
+    for v in &p.vmas {
+        if lazy.iter().any(|&(s, _)| s == v.start) {
+            continue;
+        }
+        for (a, r) in set.pages.range(v.start, v.end) {
+            pages.insert(a, r);
+        }
+    }
+    ImageSet {
+        id: set.id.clone(),
+        job: set.job.clone(),
+        created_us: set.created_us,
+        kind: set.kind,
+        parent: set.parent.clone(),
+        kernel: set.kernel.clone(),
+        process: None,
+        pages,
+        figures: set.figures.clone(),
+    }
+}
+
+/// Writes every stored page of the set into the process: runs of pages are gathered into a
+/// buffer of up to [`FILL_CHUNK`] bytes and written with one `process_vm_writev` of up to 1024
+/// ranges. Zero pages of private file mappings are written too (the file's content is not what
+/// the process had). Returns the number of pages written.
+pub(super) fn fill(
+    pid: i32,
+    set: &ImageSet,
+    p: &ProcessImage,
+    source: &dyn PageSource,
+) -> StepResult<u64> {
+    use crate::sys::mem::{process_vm_write_ranges, RemoteRange, IOV_MAX};
+    let mut buf: Vec<u8> = Vec::with_capacity(FILL_CHUNK);
+    let mut ranges: Vec<RemoteRange> = Vec::with_capacity(IOV_MAX);
+    let mut pages = 0u64;
+    // The first write error, kept typed (the page source's callback only carries text).
+    let mut failed: Option<StepError> = None;
+    let flush = |buf: &mut Vec<u8>, ranges: &mut Vec<RemoteRange>| -> StepResult {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let n = process_vm_write_ranges(pid, buf, ranges)?;
+        if n != buf.len() {
+            return Err(StepError::ShortFill {
+                at: ranges.first().map(|r| r.addr).unwrap_or(0),
+                wrote: n,
+                len: buf.len(),
+            });
+        }
+        buf.clear();
+        ranges.clear();
+        Ok(())
+    };
+    let mut sink = |addr: u64, data: &[u8]| -> Result<(), String> {
+        if buf.len() + data.len() > FILL_CHUNK || ranges.len() == IOV_MAX {
+            if let Err(e) = flush(&mut buf, &mut ranges) {
+                let text = e.to_string();
+                failed = Some(e);
+                return Err(text);
+            }
+        }
+        match ranges.last_mut() {
+            Some(r) if r.addr + r.len as u64 == addr => r.len += data.len(),
+            _ => ranges.push(RemoteRange {
+                addr,
+                len: data.len(),
+            }),
+        }
+        buf.extend_from_slice(data);
+        pages += (data.len() / PAGE_SIZE) as u64;
+        Ok(())
+    };
+    let read = source.for_each_page(set, &mut sink);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    read.map_err(|e| StepError::Pages(Box::new(e)))?;
+    flush(&mut buf, &mut ranges)?;
+
+    let zero = vec![0u8; PAGE_SIZE];
+    for v in p
+        .vmas
+        .iter()
+        .filter(|v| v.kind == VmaKind::File && !v.shared)
+    {
+        for (addr, r) in set.pages.range(v.start, v.end) {
+            if r == PageRef::Zero {
+                crate::sys::mem::process_vm_write(pid, addr, &zero)?;
+                pages += 1;
+            }
+        }
+    }
+    Ok(pages)
+}
