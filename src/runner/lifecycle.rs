@@ -288,10 +288,8 @@ fn after_launch(
         return Err(RunError::Interrupted);
     }
 
-    let store = crate::store::Store::open_or_create(&ph.store).map_err(|e| RunError::Stage {
-        stage: "dump",
-        source: Box::new(e.into()),
-    })?;
+    let store =
+        crate::store::Store::open_or_create(&ph.store).map_err(|e| RunError::stage("dump", e))?;
     p.step(if job.spec.predump.is_some() {
         "pre-dumping"
     } else {
@@ -442,7 +440,7 @@ fn migrate_from_frozen_source(
     job: &Job,
     store: &crate::store::Store,
     set: &std::sync::Arc<crate::image::ImageSet>,
-    mut worker: crate::dump::worker::SourceWorker,
+    mut worker: super::worker::SourceWorker,
     addr: &str,
     target: &mut Target,
     ph: &Placeholders,
@@ -474,10 +472,7 @@ fn migrate_from_frozen_source(
         }
         resident = true;
         let src = src.ok_or_else(|| RunError::Setup("no page source to release".into()))?;
-        src.done(&set.id).map_err(|e| RunError::Stage {
-            stage: "source",
-            source: Box::new(e.into()),
-        })
+        src.done(&set.id).map_err(|e| RunError::stage("source", e))
     })();
     let kill_restored = |restored: Option<i32>| {
         if let Some(pid) = restored {
@@ -499,16 +494,16 @@ fn migrate_from_frozen_source(
         Ok(e) => {
             if let Some(s) = report.source.as_mut() {
                 s.ended = match e.kind {
-                    crate::dump::SourceEndKind::Killed => "killed",
-                    crate::dump::SourceEndKind::Thawed => "thawed",
-                    crate::dump::SourceEndKind::Gone => "gone",
+                    super::worker::SourceEndKind::Killed => "killed",
+                    super::worker::SourceEndKind::Thawed => "thawed",
+                    super::worker::SourceEndKind::Gone => "gone",
                 }
                 .into();
                 s.detail = e.detail.clone();
                 s.served_us = e.served_us;
             }
             (
-                e.kind == crate::dump::SourceEndKind::Killed,
+                e.kind == super::worker::SourceEndKind::Killed,
                 e.detail.clone(),
             )
         }
@@ -520,7 +515,7 @@ fn migrate_from_frozen_source(
         ok,
         detail: detail.clone(),
     });
-    let source_dead = matches!(&end, Ok(e) if e.kind != crate::dump::SourceEndKind::Thawed);
+    let source_dead = matches!(&end, Ok(e) if e.kind != super::worker::SourceEndKind::Thawed);
     if source_dead {
         // Killed (or gone): a launched source is our child; reap it.
         if let Some(child) = target.child.as_mut() {
@@ -537,10 +532,10 @@ fn migrate_from_frozen_source(
         // The answer to `Done` was lost but the source did end: the migration happened.
         Err(_) if resident && ok => Ok(()),
         Err(e) => Err(e),
-        Ok(_) if !ok => Err(RunError::Stage {
-            stage: "source",
-            source: Box::new(crate::dump::DumpError::Worker(detail).into()),
-        }),
+        Ok(_) if !ok => Err(RunError::stage(
+            "source",
+            super::worker::WorkerError::SourceNotKilled(detail),
+        )),
         Ok(_) => Ok(()),
     }
 }

@@ -3,16 +3,19 @@
 //! (launch or attach, ready, pre-dumps, dump, restore, verify, stop), and a report that is written
 //! whatever happens, including SIGINT/SIGTERM to the runner.
 
+pub mod command;
 pub mod lifecycle;
 pub mod process;
 pub mod progress;
 pub mod stages;
+pub mod worker;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use command::CommandError;
 pub use progress::ProgressMode;
 
 /// Errors of the `runner` module: what made one job fail.
@@ -61,8 +64,23 @@ pub enum RunError {
     Stage {
         stage: &'static str,
         #[source]
-        source: Box<crate::Error>,
+        source: Box<StageError>,
     },
+}
+
+/// What failed inside a stage of a job: the error of the module the stage called.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Worker(#[from] worker::WorkerError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
+    #[error(transparent)]
+    Lazy(#[from] crate::lazy::LazyError),
+    #[error(transparent)]
+    Xfer(#[from] crate::xfer::XferError),
 }
 
 /// What is wrong with a working directory, in words.
@@ -75,6 +93,14 @@ fn cwd_problem(e: &std::io::Error) -> String {
 }
 
 impl RunError {
+    /// `source` as the error of stage `stage`.
+    pub fn stage(stage: &'static str, source: impl Into<StageError>) -> RunError {
+        RunError::Stage {
+            stage,
+            source: Box::new(source.into()),
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
         let context = context.into();
         move |source| RunError::Io { context, source }
