@@ -214,12 +214,6 @@ fn stage<T>(
     r.map(|(v, _)| v)
 }
 
-/// Refuses, before anything starts, a job that asks for a stage this build cannot run
-/// (nothing at the moment: `dump.lazy` is served by the checkpoint worker).
-fn check_supported(_job: &Job) -> Result<(), RunError> {
-    Ok(())
-}
-
 fn run_stages(
     job: &Job,
     run: &str,
@@ -228,7 +222,6 @@ fn run_stages(
     p: &JobProgress<'_>,
     stop: &AtomicBool,
 ) -> Result<(), RunError> {
-    check_supported(job)?;
     let run_dir = paths.run_dir.as_path();
     let mut ph = Placeholders {
         job: job.name.clone(),

@@ -58,8 +58,6 @@ pub enum RunError {
     Interrupted,
     #[error("verify failed: {0}")]
     Verify(String),
-    #[error("{0} is not available in this version of haul yet")]
-    Unsupported(String),
     #[error("{stage}: {source}")]
     Stage {
         stage: &'static str,

@@ -85,7 +85,7 @@ impl Spawned {
 
 /// Runs the checkpoint in a worker process (`exe __checkpoint-worker`). Setting `stop` asks the
 /// worker to stop pre-dumping (it then ends tracking and answers `interrupted`).
-pub fn checkpoint_in_worker(
+fn checkpoint_in_worker(
     exe: &Path,
     req: &CheckpointRequest,
     stop: &AtomicBool,
@@ -99,7 +99,7 @@ pub fn checkpoint_in_worker(
 /// Runs a lazy checkpoint (`req.lazy` set) in a worker process: returns its outcome (with the
 /// address it serves the frozen source on) as soon as the dump is committed, and the worker,
 /// which goes on serving. `stop` is forwarded until then.
-pub fn lazy_checkpoint_in_worker(
+fn lazy_checkpoint_in_worker(
     exe: &Path,
     req: &CheckpointRequest,
     stop: &AtomicBool,
@@ -141,11 +141,6 @@ pub struct SourceWorker {
 }
 
 impl SourceWorker {
-    /// The worker process.
-    pub fn pid(&self) -> Option<i32> {
-        self.w.as_ref().map(|w| w.child.id() as i32)
-    }
-
     /// Asks the worker to roll back now: the source is thawed (unless it was already killed
     /// after `Done`).
     pub fn rollback(&mut self) {

@@ -31,8 +31,8 @@ use crate::dump::{DumpError, DumpStats};
 use crate::report::PredumpReport;
 use crate::track::TrackerKind;
 
-pub use client::{checkpoint_in_worker, lazy_checkpoint_in_worker, run_in_worker, SourceWorker};
-pub use serve::{checkpoint, worker_main};
+pub use client::{run_in_worker, SourceWorker};
+pub use serve::worker_main;
 pub use source::{serve_frozen, SourceEnd, SourceEndKind};
 
 /// The hidden subcommand that runs a worker.

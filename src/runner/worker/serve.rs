@@ -15,7 +15,7 @@ use crate::util::error_chain;
 
 /// Runs the checkpoint in this process (what the worker does). Lazy requests need the
 /// worker (it serves the frozen source afterwards): they are refused here.
-pub fn checkpoint(
+fn checkpoint(
     req: &CheckpointRequest,
     stop: &AtomicBool,
 ) -> Result<CheckpointOutcome, WorkerError> {
