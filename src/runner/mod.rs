@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod process;
 pub mod progress;
 pub mod stages;
+pub mod verify;
 pub mod worker;
 
 use std::collections::VecDeque;

@@ -2,14 +2,14 @@
 //! checkpoint worker, with retention after), eager restore, and the verify command against the
 //! restored process. Each fills its part of the report.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::process::Target;
 use super::RunError;
-use crate::job::{expand, Job, PidPolicy, Placeholders};
+use crate::job::{Job, PidPolicy};
 use crate::report::{RunReport, StoreFigures, VerifyReport};
+
+pub use super::verify::verify;
 use crate::store::Store;
 
 fn stage_err<E: Into<super::StageError>>(stage: &'static str) -> impl FnOnce(E) -> RunError {
@@ -339,125 +339,4 @@ pub fn lazy_wait(lr: crate::lazy::LazyRestore, report: &mut RunReport) -> Result
         )),
         None => Ok(()),
     }
-}
-
-/// Runs the `[verify]` command with `{pid}` = the restored process; it passes when it exits 0
-/// within its timeout and its stdout contains `expect_stdout`.
-pub fn verify(job: &Job, ph: &Placeholders, report: &mut RunReport) -> Result<(), RunError> {
-    let Some(spec) = &job.spec.verify else {
-        return Ok(());
-    };
-    let argv: Vec<String> = spec
-        .command
-        .iter()
-        .map(|a| expand(a, ph))
-        .collect::<Result<_, _>>()
-        .map_err(RunError::Setup)?;
-    let expect = spec
-        .expect_stdout
-        .as_deref()
-        .map(|e| expand(e, ph))
-        .transpose()
-        .map_err(RunError::Setup)?;
-    let mut v = VerifyReport {
-        command: argv.clone(),
-        // The restore compared the state before the process ran; it would have failed.
-        state: spec.state,
-        ..Default::default()
-    };
-    let outcome = run_with_timeout(&argv, &job.dir, spec.timeout.0);
-    match outcome {
-        Err(e) => v.reason = e,
-        Ok((code, stdout)) => {
-            v.exit_code = code;
-            v.stdout = stdout;
-            if code != Some(0) {
-                v.reason = format!(
-                    "exited with {}",
-                    code.map(|c| c.to_string())
-                        .unwrap_or_else(|| "a signal".into())
-                );
-            } else if let Some(e) = &expect {
-                if !v.stdout.contains(e.as_str()) {
-                    v.reason = format!("stdout does not contain \"{e}\"");
-                }
-            }
-        }
-    }
-    v.passed = v.reason.is_empty();
-    let result = if v.passed {
-        Ok(())
-    } else {
-        Err(RunError::Verify(v.reason.clone()))
-    };
-    report.verify = Some(v);
-    result
-}
-
-/// Runs `argv` in `dir` in a process group of its own, stdout captured (first 64 KiB); the
-/// group is killed after `timeout`. Output is read until the deadline at most: a background
-/// child of the command that keeps stdout open does not hold the job (it is killed at the
-/// deadline).
-fn run_with_timeout(
-    argv: &[String],
-    dir: &std::path::Path,
-    timeout: Duration,
-) -> Result<(Option<i32>, String), String> {
-    use nix::sys::signal::{killpg, Signal};
-    use std::os::unix::process::CommandExt;
-    use std::sync::{mpsc, Arc, Mutex};
-    const KEEP: usize = 64 * 1024;
-    let (prog, args) = argv.split_first().ok_or("verify.command is empty")?;
-    let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;
-    let group = nix::unistd::Pid::from_raw(child.id() as i32);
-    let kill_group = || {
-        let _ = killpg(group, Signal::SIGKILL);
-    };
-    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let captured = Arc::new(Mutex::new(Vec::new()));
-    let (eof_tx, eof) = mpsc::channel::<()>();
-    let buf = Arc::clone(&captured);
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 8192];
-        // Read to the end (the rest is drained, so the command never blocks on a full pipe).
-        while let Ok(n @ 1..) = stdout.read(&mut chunk) {
-            let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
-            let room = KEEP.saturating_sub(b.len());
-            b.extend_from_slice(&chunk[..n.min(room)]);
-        }
-        let _ = eof_tx.send(());
-    });
-    let end = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() >= end => {
-                kill_group();
-                let _ = child.wait();
-                return Err(format!("timed out after {}", crate::job::Dur(timeout)));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => {
-                kill_group();
-                return Err(format!("cannot wait for {prog}: {e}"));
-            }
-        }
-    };
-    if eof
-        .recv_timeout(end.saturating_duration_since(Instant::now()))
-        .is_err()
-    {
-        // Something the command started still holds its stdout at the deadline.
-        kill_group();
-        let _ = eof.recv_timeout(Duration::from_secs(1));
-    }
-    let out = captured.lock().unwrap_or_else(|e| e.into_inner());
-    Ok((status.code(), String::from_utf8_lossy(&out).into_owned()))
 }
