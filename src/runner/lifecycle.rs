@@ -532,3 +532,23 @@ fn migrate_from_frozen_source(
         Ok(_) => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_sort_by_time_and_differ_within_a_second() {
+        let a = new_run_id();
+        let b = new_run_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let (ts, tail) = id.split_once('-').expect("time-hex");
+            assert_eq!(ts.len(), 16, "{id}");
+            assert!(ts.ends_with('Z') && ts.as_bytes()[8] == b'T', "{id}");
+            assert!(ts[..8].chars().all(|c| c.is_ascii_digit()), "{id}");
+            assert_eq!(tail.len(), 4, "{id}");
+            assert!(tail.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
+    }
+}

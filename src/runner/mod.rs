@@ -241,3 +241,61 @@ pub fn run_batch(paths: &[PathBuf], opts: &RunOptions) -> BatchResult {
         results: results.into_iter().flatten().collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(statuses: &[JobStatus]) -> BatchResult {
+        BatchResult {
+            results: statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| JobResult {
+                    job: format!("j{i}"),
+                    file: format!("j{i}.toml").into(),
+                    status: s.clone(),
+                    report: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_most_severe_job_decides_the_exit_code() {
+        let failed = JobStatus::Failed("x".into());
+        let invalid = JobStatus::Invalid("x".into());
+        let locked = JobStatus::Locked("x".into());
+        assert_eq!(batch(&[]).exit_code(), exit::OK);
+        assert_eq!(batch(&[JobStatus::Ok]).exit_code(), exit::OK);
+        assert_eq!(
+            batch(&[JobStatus::Ok, locked.clone()]).exit_code(),
+            exit::LOCKED
+        );
+        assert_eq!(
+            batch(&[locked.clone(), failed.clone()]).exit_code(),
+            exit::FAILED
+        );
+        assert_eq!(
+            batch(&[failed.clone(), invalid.clone()]).exit_code(),
+            exit::BAD_INPUT
+        );
+        assert_eq!(
+            batch(&[invalid, JobStatus::Interrupted, failed, locked]).exit_code(),
+            exit::INTERRUPTED
+        );
+    }
+
+    #[test]
+    fn a_stage_error_names_the_stage_and_keeps_the_modules_error() {
+        let e = RunError::stage(
+            "dump",
+            worker::WorkerError::Failed("pid 7 went away".into()),
+        );
+        assert_eq!(e.to_string(), "dump: pid 7 went away");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), "pid 7 went away");
+        // Told once, whole: the chain does not repeat the stage's own message.
+        assert_eq!(crate::util::error_chain(&e), "dump: pid 7 went away");
+    }
+}

@@ -1,5 +1,5 @@
 //! `haul dump --pid PID`: the checkpoint stage of a job, for one process given by hand. It runs
-//! in the checkpoint worker as a job's does ([`super::super::worker`]), then retention.
+//! in the checkpoint worker as a job's does ([`crate::runner::worker`]), then retention.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;

@@ -15,9 +15,9 @@
 //! stop (the target is thawed: rolled back). A second line then says how the source ended.
 //!
 //! - this file: the protocol (request, answers) and the worker's error;
-//! - [`client`]: the asking side (spawn, forward stop, read answers);
-//! - [`serve`]: the worker's side (`haul __checkpoint-worker`);
-//! - [`source`]: a lazy dump's frozen source behind the page server.
+//! - `client`: the asking side (spawn, forward stop, read answers);
+//! - `serve`: the worker's side (`haul __checkpoint-worker`);
+//! - `source`: a lazy dump's frozen source behind the page server.
 
 mod client;
 mod serve;
