@@ -1,7 +1,11 @@
-//! The library's top-level error: one variant per module, each carrying that module's
-//! `thiserror` enum. `main.rs` is the one place that turns these into messages and exit codes.
+//! The error where the runner and `main.rs` meet: one variant per module whose error a command
+//! of the binary can end with, each carrying that module's `thiserror` enum. Modules return
+//! their own errors and never this one; `main.rs` is the one place that turns it into messages
+//! and exit codes.
 
 use thiserror::Error;
+
+pub use crate::util::error_chain as chain;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -9,6 +13,10 @@ pub enum Error {
     Job(#[from] crate::job::JobError),
     #[error(transparent)]
     Run(#[from] crate::runner::RunError),
+    #[error(transparent)]
+    Worker(#[from] crate::runner::worker::WorkerError),
+    #[error(transparent)]
+    Command(#[from] crate::runner::CommandError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -27,25 +35,12 @@ pub enum Error {
     Track(#[from] crate::track::TrackError),
     #[error(transparent)]
     Report(#[from] crate::report::ReportError),
+    /// A result that could not be encoded as JSON for printing.
+    #[error("encode JSON")]
+    Json(#[source] serde_json::Error),
     /// A command-line argument that clap could not judge by itself.
     #[error("{0}")]
     Usage(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// `e` and its sources, "outer: inner: innermost", without repeating a message a transparent
-/// wrapper already showed.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let m = inner.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = inner.source();
-    }
-    s
-}

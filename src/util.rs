@@ -101,6 +101,22 @@ pub fn clean_path(path: &std::path::Path) -> std::io::Result<std::path::PathBuf>
     Ok(out)
 }
 
+/// `e` and its sources, "outer: inner: innermost", without repeating a message a transparent
+/// wrapper already showed.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let m = inner.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = inner.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -310,8 +310,9 @@ fn bench_lazy_restores_three_ways_with_the_right_checksum() {
 // ---- lazy final dump (dump.lazy): the pages stay in the frozen source, which serves them ----
 
 use common::{proc_state, tracer_pid};
-use haul::dump::{dump_to_store_lazy, serve_frozen, SourceEndKind};
+use haul::dump::dump_to_store_lazy;
 use haul::image::PageRef;
+use haul::runner::worker::{serve_frozen, SourceEndKind};
 use haul::xfer::{PageServer, RemoteSource, ServerOptions};
 use std::sync::atomic::AtomicBool;
 

@@ -15,11 +15,8 @@ mod memory;
 mod precopy;
 mod state;
 mod to_store;
-pub mod worker;
 
-pub use lazy::{
-    dump_to_store_lazy, serve_frozen, FrozenSource, LiveReader, SourceEnd, SourceEndKind,
-};
+pub use lazy::{dump_to_store_lazy, FrozenSource, LiveReader};
 pub use precopy::{Precopy, PrecopyOptions, StopReason, TrackerChoice};
 pub use to_store::{dump_to_store, StoredDump};
 
@@ -82,9 +79,6 @@ pub enum DumpError {
     /// A broken invariant of haul itself (a bug), never the target's doing.
     #[error("internal error: {0}")]
     Internal(String),
-    /// The checkpoint worker failed (its message) or could not be run.
-    #[error("{0}")]
-    Worker(String),
     /// The page sink refused pages.
     #[error("writing pages: {0}")]
     Sink(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -262,11 +262,6 @@ impl<'s> Precopy<'s> {
         self.last_scan_us
     }
 
-    /// The last pre-dump set committed.
-    pub fn last_set(&self) -> Option<&str> {
-        self.parent.as_deref()
-    }
-
     /// Pre-dumps until a stop rule of `opts` holds (or `stop` is set), pausing
     /// `opts.interval` between two. Returns why it stopped (also in the report).
     pub fn run(
@@ -439,10 +434,7 @@ impl<'s> Precopy<'s> {
     /// last pre-dump (every page with the hash tracker) and references the others, so the set
     /// (kind `Dump`, parent = the last pre-dump) has a complete page table. Tracking ends
     /// afterwards. Returns the set and the pre-copy figures.
-    pub fn final_dump(
-        self,
-        opts: &DumpOptions,
-    ) -> Result<(StoredDump, PredumpReport), crate::Error> {
+    pub fn final_dump(self, opts: &DumpOptions) -> Result<(StoredDump, PredumpReport), DumpError> {
         let opts = DumpOptions {
             lazy: false,
             ..opts.clone()
@@ -460,7 +452,7 @@ impl<'s> Precopy<'s> {
     pub fn final_dump_lazy(
         self,
         opts: &DumpOptions,
-    ) -> Result<(StoredDump, PredumpReport, super::FrozenSource), crate::Error> {
+    ) -> Result<(StoredDump, PredumpReport, super::FrozenSource), DumpError> {
         let opts = DumpOptions {
             lazy: true,
             ..opts.clone()
@@ -474,7 +466,7 @@ impl<'s> Precopy<'s> {
     fn final_dump_inner(
         mut self,
         opts: &DumpOptions,
-    ) -> Result<(StoredDump, PredumpReport, Option<Frozen>), crate::Error> {
+    ) -> Result<(StoredDump, PredumpReport, Option<Frozen>), DumpError> {
         let store = self.store;
         let mut writer =
             store.begin_set(&self.job, SetKind::Dump, self.parent.as_deref(), self.level)?;
@@ -494,11 +486,6 @@ impl<'s> Precopy<'s> {
             std::mem::take(&mut self.report),
             frozen,
         ))
-    }
-
-    /// Ends tracking now (also done on drop): the process runs as before.
-    pub fn stop_tracking(&mut self) -> Result<(), DumpError> {
-        Ok(self.tracker.stop()?)
     }
 }
 

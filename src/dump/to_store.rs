@@ -35,12 +35,11 @@ pub fn dump_to_store(
     job: &str,
     opts: &DumpOptions,
     level: Option<i32>,
-) -> Result<StoredDump, crate::Error> {
+) -> Result<StoredDump, DumpError> {
     if opts.lazy {
         return Err(DumpError::Internal(
             "a lazy dump keeps the process frozen: use dump_to_store_lazy".into(),
-        )
-        .into());
+        ));
     }
     let mut writer = store.begin_set(job, SetKind::Dump, None, level)?;
     let (out, kept) = super::dump_planned(pid, opts, &mut writer, None)?;

@@ -25,6 +25,16 @@ impl Default for Compression {
     }
 }
 
+impl Compression {
+    /// The zstd level the store writes pages with; None: stored uncompressed.
+    pub fn level(self) -> Option<i32> {
+        match self {
+            Compression::None => None,
+            Compression::Zstd(l) => Some(l),
+        }
+    }
+}
+
 /// Implements `Deserialize` for a type with `FromStr<Err = String>` by reading a string, so the
 /// message says what was expected and what was found.
 macro_rules! deserialize_from_str {

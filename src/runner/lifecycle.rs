@@ -214,12 +214,6 @@ fn stage<T>(
     r.map(|(v, _)| v)
 }
 
-/// Refuses, before anything starts, a job that asks for a stage this build cannot run
-/// (nothing at the moment: `dump.lazy` is served by the checkpoint worker).
-fn check_supported(_job: &Job) -> Result<(), RunError> {
-    Ok(())
-}
-
 fn run_stages(
     job: &Job,
     run: &str,
@@ -228,7 +222,6 @@ fn run_stages(
     p: &JobProgress<'_>,
     stop: &AtomicBool,
 ) -> Result<(), RunError> {
-    check_supported(job)?;
     let run_dir = paths.run_dir.as_path();
     let mut ph = Placeholders {
         job: job.name.clone(),
@@ -288,10 +281,8 @@ fn after_launch(
         return Err(RunError::Interrupted);
     }
 
-    let store = crate::store::Store::open_or_create(&ph.store).map_err(|e| RunError::Stage {
-        stage: "dump",
-        source: Box::new(e.into()),
-    })?;
+    let store =
+        crate::store::Store::open_or_create(&ph.store).map_err(|e| RunError::stage("dump", e))?;
     p.step(if job.spec.predump.is_some() {
         "pre-dumping"
     } else {
@@ -442,7 +433,7 @@ fn migrate_from_frozen_source(
     job: &Job,
     store: &crate::store::Store,
     set: &std::sync::Arc<crate::image::ImageSet>,
-    mut worker: crate::dump::worker::SourceWorker,
+    mut worker: super::worker::SourceWorker,
     addr: &str,
     target: &mut Target,
     ph: &Placeholders,
@@ -474,10 +465,7 @@ fn migrate_from_frozen_source(
         }
         resident = true;
         let src = src.ok_or_else(|| RunError::Setup("no page source to release".into()))?;
-        src.done(&set.id).map_err(|e| RunError::Stage {
-            stage: "source",
-            source: Box::new(e.into()),
-        })
+        src.done(&set.id).map_err(|e| RunError::stage("source", e))
     })();
     let kill_restored = |restored: Option<i32>| {
         if let Some(pid) = restored {
@@ -499,16 +487,16 @@ fn migrate_from_frozen_source(
         Ok(e) => {
             if let Some(s) = report.source.as_mut() {
                 s.ended = match e.kind {
-                    crate::dump::SourceEndKind::Killed => "killed",
-                    crate::dump::SourceEndKind::Thawed => "thawed",
-                    crate::dump::SourceEndKind::Gone => "gone",
+                    super::worker::SourceEndKind::Killed => "killed",
+                    super::worker::SourceEndKind::Thawed => "thawed",
+                    super::worker::SourceEndKind::Gone => "gone",
                 }
                 .into();
                 s.detail = e.detail.clone();
                 s.served_us = e.served_us;
             }
             (
-                e.kind == crate::dump::SourceEndKind::Killed,
+                e.kind == super::worker::SourceEndKind::Killed,
                 e.detail.clone(),
             )
         }
@@ -520,7 +508,7 @@ fn migrate_from_frozen_source(
         ok,
         detail: detail.clone(),
     });
-    let source_dead = matches!(&end, Ok(e) if e.kind != crate::dump::SourceEndKind::Thawed);
+    let source_dead = matches!(&end, Ok(e) if e.kind != super::worker::SourceEndKind::Thawed);
     if source_dead {
         // Killed (or gone): a launched source is our child; reap it.
         if let Some(child) = target.child.as_mut() {
@@ -537,10 +525,30 @@ fn migrate_from_frozen_source(
         // The answer to `Done` was lost but the source did end: the migration happened.
         Err(_) if resident && ok => Ok(()),
         Err(e) => Err(e),
-        Ok(_) if !ok => Err(RunError::Stage {
-            stage: "source",
-            source: Box::new(crate::dump::DumpError::Worker(detail).into()),
-        }),
+        Ok(_) if !ok => Err(RunError::stage(
+            "source",
+            super::worker::WorkerError::SourceNotKilled(detail),
+        )),
         Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_sort_by_time_and_differ_within_a_second() {
+        let a = new_run_id();
+        let b = new_run_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let (ts, tail) = id.split_once('-').expect("time-hex");
+            assert_eq!(ts.len(), 16, "{id}");
+            assert!(ts.ends_with('Z') && ts.as_bytes()[8] == b'T', "{id}");
+            assert!(ts[..8].chars().all(|c| c.is_ascii_digit()), "{id}");
+            assert_eq!(tail.len(), 4, "{id}");
+            assert!(tail.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
     }
 }

@@ -3,16 +3,20 @@
 //! (launch or attach, ready, pre-dumps, dump, restore, verify, stop), and a report that is written
 //! whatever happens, including SIGINT/SIGTERM to the runner.
 
+pub mod command;
 pub mod lifecycle;
 pub mod process;
 pub mod progress;
 pub mod stages;
+pub mod verify;
+pub mod worker;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use command::CommandError;
 pub use progress::ProgressMode;
 
 /// Errors of the `runner` module: what made one job fail.
@@ -55,14 +59,27 @@ pub enum RunError {
     Interrupted,
     #[error("verify failed: {0}")]
     Verify(String),
-    #[error("{0} is not available in this version of haul yet")]
-    Unsupported(String),
     #[error("{stage}: {source}")]
     Stage {
         stage: &'static str,
         #[source]
-        source: Box<crate::Error>,
+        source: Box<StageError>,
     },
+}
+
+/// What failed inside a stage of a job: the error of the module the stage called.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Worker(#[from] worker::WorkerError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
+    #[error(transparent)]
+    Lazy(#[from] crate::lazy::LazyError),
+    #[error(transparent)]
+    Xfer(#[from] crate::xfer::XferError),
 }
 
 /// What is wrong with a working directory, in words.
@@ -75,6 +92,14 @@ fn cwd_problem(e: &std::io::Error) -> String {
 }
 
 impl RunError {
+    /// `source` as the error of stage `stage`.
+    pub fn stage(stage: &'static str, source: impl Into<StageError>) -> RunError {
+        RunError::Stage {
+            stage,
+            source: Box::new(source.into()),
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
         let context = context.into();
         move |source| RunError::Io { context, source }
@@ -214,5 +239,63 @@ pub fn run_batch(paths: &[PathBuf], opts: &RunOptions) -> BatchResult {
     }
     BatchResult {
         results: results.into_iter().flatten().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(statuses: &[JobStatus]) -> BatchResult {
+        BatchResult {
+            results: statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| JobResult {
+                    job: format!("j{i}"),
+                    file: format!("j{i}.toml").into(),
+                    status: s.clone(),
+                    report: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_most_severe_job_decides_the_exit_code() {
+        let failed = JobStatus::Failed("x".into());
+        let invalid = JobStatus::Invalid("x".into());
+        let locked = JobStatus::Locked("x".into());
+        assert_eq!(batch(&[]).exit_code(), exit::OK);
+        assert_eq!(batch(&[JobStatus::Ok]).exit_code(), exit::OK);
+        assert_eq!(
+            batch(&[JobStatus::Ok, locked.clone()]).exit_code(),
+            exit::LOCKED
+        );
+        assert_eq!(
+            batch(&[locked.clone(), failed.clone()]).exit_code(),
+            exit::FAILED
+        );
+        assert_eq!(
+            batch(&[failed.clone(), invalid.clone()]).exit_code(),
+            exit::BAD_INPUT
+        );
+        assert_eq!(
+            batch(&[invalid, JobStatus::Interrupted, failed, locked]).exit_code(),
+            exit::INTERRUPTED
+        );
+    }
+
+    #[test]
+    fn a_stage_error_names_the_stage_and_keeps_the_modules_error() {
+        let e = RunError::stage(
+            "dump",
+            worker::WorkerError::Failed("pid 7 went away".into()),
+        );
+        assert_eq!(e.to_string(), "dump: pid 7 went away");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), "pid 7 went away");
+        // Told once, whole: the chain does not repeat the stage's own message.
+        assert_eq!(crate::util::error_chain(&e), "dump: pid 7 went away");
     }
 }

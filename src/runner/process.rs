@@ -339,3 +339,26 @@ pub fn stop(target: &mut Target) -> Option<String> {
         .unwrap_or_else(|e| e.to_string());
     Some(format!("killed after {}s ({st})", STOP_GRACE.as_secs()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pidfile_holds_one_positive_number_with_whitespace_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("app.pid");
+        std::fs::write(&f, " 4242\n").unwrap();
+        assert_eq!(read_pidfile(&f).unwrap(), 4242);
+        for bad in ["", "0", "-3", "12 13", "pid"] {
+            std::fs::write(&f, bad).unwrap();
+            let e = read_pidfile(&f).unwrap_err();
+            assert!(
+                e.to_string().contains("expected a process id"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = read_pidfile(&dir.path().join("missing.pid")).unwrap_err();
+        assert!(matches!(e, RunError::Attach(_)), "{e:?}");
+    }
+}

@@ -2,32 +2,36 @@
 //! checkpoint worker, with retention after), eager restore, and the verify command against the
 //! restored process. Each fills its part of the report.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::process::Target;
 use super::RunError;
-use crate::job::{expand, Compression, Job, PidPolicy, Placeholders};
+use crate::job::{Job, PidPolicy};
 use crate::report::{RunReport, StoreFigures, VerifyReport};
+
+pub use super::verify::verify;
 use crate::store::Store;
 
-fn stage_err(stage: &'static str) -> impl FnOnce(crate::Error) -> RunError {
-    move |e| RunError::Stage {
-        stage,
-        source: Box::new(e),
-    }
+fn stage_err<E: Into<super::StageError>>(stage: &'static str) -> impl FnOnce(E) -> RunError {
+    move |e| RunError::stage(stage, e)
 }
 
-fn level(c: Compression) -> Option<i32> {
-    match c {
-        Compression::None => None,
-        Compression::Zstd(l) => Some(l),
+/// The options of a restore haul runs, eager or lazy, from a job's `[restore]` or from
+/// `haul restore`: the one place a PID policy becomes the restore's (and the test switch
+/// `HAUL_FAIL_AT` is read for it).
+pub fn restore_options(pid: PidPolicy, verify_state: bool) -> crate::restore::RestoreOptions {
+    crate::restore::RestoreOptions {
+        pid: match pid {
+            PidPolicy::Same => crate::restore::PidChoice::Same,
+            PidPolicy::Any => crate::restore::PidChoice::Any,
+        },
+        fail_at: crate::restore::Step::from_env(),
+        verify_state,
     }
 }
 
 /// The checkpoint: pre-dumps (with `[predump]`) and the final dump, run in a worker process
-/// (see `dump::worker`: a SIGKILL of haul must not leave the target with injected state), then
+/// (see `runner::worker`: a SIGKILL of haul must not leave the target with injected state), then
 /// retention. A launched process that the dump killed is reaped here, so that its PID is free
 /// for a restore. Returns the final dump's set and the time spent pre-dumping and dumping (µs).
 /// With `dump.lazy`, the worker goes on serving the frozen source on a loopback address
@@ -39,47 +43,24 @@ pub fn checkpoint(
     report: &mut RunReport,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Checkpointed, RunError> {
-    use crate::dump::worker::{checkpoint_in_worker, lazy_checkpoint_in_worker};
-    use crate::dump::worker::{CheckpointRequest, LazyServeRequest, PredumpRequest};
-    use crate::job::Tracker;
-    use crate::track::TrackerKind;
+    use super::worker::{run_in_worker, CheckpointRequest, LazyServeRequest, PredumpRequest};
     let spec = &job.spec.dump;
-    let req = CheckpointRequest {
-        pid: target.pid,
-        store: store.path().to_path_buf(),
-        job: job.name.clone(),
-        leave_running: spec.leave_running,
-        buffer: spec.buffer.0,
-        level: level(job.spec.store.compression),
-        fail_at: crate::dump::Step::from_env().map(|s| s.name().to_string()),
-        parent: std::process::id() as i32,
-        lazy: spec.lazy.then(|| LazyServeRequest {
-            listen: "127.0.0.1:0".into(),
-            token: None,
-            source_timeout_us: crate::util::us(job.spec.lazy.source_timeout.0),
-        }),
-        predump: job.spec.predump.as_ref().map(|p| PredumpRequest {
-            interval_us: crate::util::us(p.interval.0),
-            max_iterations: p.max_iterations,
-            stop_below: p.stop_below.0,
-            stop_growth: p.stop_growth,
-            tracker: match p.tracker {
-                Tracker::Auto => None,
-                Tracker::UffdWp => Some(TrackerKind::UffdWp),
-                Tracker::SoftDirty => Some(TrackerKind::SoftDirty),
-                Tracker::Hash => Some(TrackerKind::Hash),
-            },
-        }),
-    };
+    let mut req = CheckpointRequest::new(
+        target.pid,
+        store.path(),
+        &job.name,
+        job.spec.store.compression,
+    );
+    req.leave_running = spec.leave_running;
+    req.buffer = spec.buffer.0;
+    req.lazy = spec.lazy.then(|| LazyServeRequest {
+        listen: "127.0.0.1:0".into(),
+        token: None,
+        source_timeout_us: crate::util::us(job.spec.lazy.source_timeout.0),
+    });
+    req.predump = job.spec.predump.as_ref().map(PredumpRequest::from_spec);
     let exe = std::env::current_exe().map_err(RunError::io("find haul's own binary"))?;
-    let (o, worker) = if req.lazy.is_some() {
-        let (o, w) =
-            lazy_checkpoint_in_worker(&exe, &req, stop).map_err(|e| stage_err("dump")(e.into()))?;
-        (o, Some(w))
-    } else {
-        let o = checkpoint_in_worker(&exe, &req, stop).map_err(|e| stage_err("dump")(e.into()))?;
-        (o, None)
-    };
+    let (o, worker) = run_in_worker(&exe, &req, stop).map_err(stage_err("dump"))?;
     report.predump = o.predump.clone();
     if o.interrupted {
         return Err(RunError::Interrupted);
@@ -99,9 +80,7 @@ pub fn checkpoint(
             ))
         }
     };
-    let set = store
-        .load_set(&o.set)
-        .map_err(|e| stage_err("dump")(e.into()))?;
+    let set = store.load_set(&o.set).map_err(stage_err("dump"))?;
     let d = crate::dump::StoredDump {
         set,
         stats: o.stats,
@@ -128,7 +107,7 @@ pub fn checkpoint(
     let pruned = match job.spec.store.keep {
         Some(k) => store
             .prune(&job.name, k as usize)
-            .map_err(|e| stage_err("dump")(e.into()))?,
+            .map_err(stage_err("dump"))?,
         None => Vec::new(),
     };
     let f = &d.set.figures;
@@ -164,7 +143,7 @@ pub struct Checkpointed {
     pub predump_us: u64,
     pub dump_us: u64,
     /// `dump.lazy`: the worker serving the frozen source, and its address.
-    pub source: Option<(crate::dump::worker::SourceWorker, String)>,
+    pub source: Option<(super::worker::SourceWorker, String)>,
 }
 
 /// Where a restore takes the manifest and the pages from.
@@ -185,8 +164,7 @@ fn source(job: &Job, spec: &crate::job::RestoreSpec) -> Result<Source, RunError>
         return Ok(Source::Store);
     }
     let token = match &spec.token_file {
-        Some(f) => crate::xfer::read_token_file(&job.dir.join(f))
-            .map_err(|e| stage_err("restore")(e.into()))?,
+        Some(f) => crate::xfer::read_token_file(&job.dir.join(f)).map_err(stage_err("restore"))?,
         None => Vec::new(),
     };
     Ok(Source::Remote {
@@ -212,9 +190,7 @@ impl Source {
             return Ok(None);
         };
         let r = crate::xfer::RemoteSource::new(addr, token.clone(), *timeout);
-        let remote = r
-            .manifest(&set.id)
-            .map_err(|e| stage_err("restore")(e.into()))?;
+        let remote = r.manifest(&set.id).map_err(stage_err("restore"))?;
         Ok(Some((remote, r)))
     }
 }
@@ -229,14 +205,7 @@ pub fn restore(
     let Some(spec) = &job.spec.restore else {
         return Err(RunError::Setup("no [restore]".into()));
     };
-    let opts = crate::restore::RestoreOptions {
-        pid: match spec.pid {
-            PidPolicy::Same => crate::restore::PidChoice::Same,
-            PidPolicy::Any => crate::restore::PidChoice::Any,
-        },
-        fail_at: crate::restore::Step::from_env(),
-        verify_state: job.spec.verify.as_ref().is_some_and(|v| v.state),
-    };
+    let opts = restore_options(spec.pid, job.spec.verify.as_ref().is_some_and(|v| v.state));
     let remote = source(job, spec)?.remote(set)?;
     let (set, pages): (_, &dyn crate::restore::PageSource) = match &remote {
         Some((s, r)) => (s, r),
@@ -265,7 +234,7 @@ fn restore_err(e: crate::restore::RestoreError, report: &mut RunReport) -> RunEr
             ..Default::default()
         });
     }
-    stage_err("restore")(e.into())
+    stage_err("restore")(e)
 }
 
 // ---- lazy restore (issue #7) ----
@@ -296,14 +265,7 @@ pub fn restore_lazy(
     let Some(spec) = &job.spec.restore else {
         return Err(RunError::Setup("no [restore]".into()));
     };
-    let opts = crate::restore::RestoreOptions {
-        pid: match spec.pid {
-            PidPolicy::Same => crate::restore::PidChoice::Same,
-            PidPolicy::Any => crate::restore::PidChoice::Any,
-        },
-        fail_at: crate::restore::Step::from_env(),
-        verify_state: job.spec.verify.as_ref().is_some_and(|v| v.state),
-    };
+    let opts = restore_options(spec.pid, job.spec.verify.as_ref().is_some_and(|v| v.state));
     let from = source(job, spec)?;
     // The daemon thread shares the set (its page table says which pages are missing).
     let (set, remote) = match from.remote(set)? {
@@ -328,7 +290,7 @@ pub fn restore_lazy(
         }
         (None, from) => match from {
             Source::Store => {
-                let s = Store::open(store.path()).map_err(|e| stage_err("restore")(e.into()))?;
+                let s = Store::open(store.path()).map_err(stage_err("restore"))?;
                 Box::new(crate::lazy::StoreSource::new(std::sync::Arc::new(s)))
             }
             Source::Remote {
@@ -341,7 +303,7 @@ pub fn restore_lazy(
     let lopts = crate::lazy::LazyOptions::from_spec(&job.spec.lazy);
     let lr = crate::lazy::restore_lazy(&set, eager, src, &opts, &lopts).map_err(|e| match e {
         crate::lazy::LazyError::Restore(e) => restore_err(e, report),
-        e => stage_err("restore")(e.into()),
+        e => stage_err("restore")(e),
     })?;
     report.restored_pid = Some(lr.pid());
     report.restore_time = lr.outcome.restore_time;
@@ -367,134 +329,14 @@ fn test_tamper(set: &crate::image::ImageSet) -> Option<crate::image::ImageSet> {
 /// source (the process was killed) fails the stage.
 pub fn lazy_wait(lr: crate::lazy::LazyRestore, report: &mut RunReport) -> Result<(), RunError> {
     let pid = lr.pid();
-    let rep = lr.wait().map_err(|e| stage_err("lazy")(e.into()))?;
+    let rep = lr.wait().map_err(stage_err("lazy"))?;
     let lost = rep.source_lost.clone();
     report.lazy = Some(rep);
     match lost {
-        Some(reason) => Err(stage_err("lazy")(
-            crate::lazy::LazyError::SourceLost { pid, reason }.into(),
+        Some(reason) => Err(RunError::stage(
+            "lazy",
+            crate::lazy::LazyError::SourceLost { pid, reason },
         )),
         None => Ok(()),
     }
-}
-
-/// Runs the `[verify]` command with `{pid}` = the restored process; it passes when it exits 0
-/// within its timeout and its stdout contains `expect_stdout`.
-pub fn verify(job: &Job, ph: &Placeholders, report: &mut RunReport) -> Result<(), RunError> {
-    let Some(spec) = &job.spec.verify else {
-        return Ok(());
-    };
-    let argv: Vec<String> = spec
-        .command
-        .iter()
-        .map(|a| expand(a, ph))
-        .collect::<Result<_, _>>()
-        .map_err(RunError::Setup)?;
-    let expect = spec
-        .expect_stdout
-        .as_deref()
-        .map(|e| expand(e, ph))
-        .transpose()
-        .map_err(RunError::Setup)?;
-    let mut v = VerifyReport {
-        command: argv.clone(),
-        // The restore compared the state before the process ran; it would have failed.
-        state: spec.state,
-        ..Default::default()
-    };
-    let outcome = run_with_timeout(&argv, &job.dir, spec.timeout.0);
-    match outcome {
-        Err(e) => v.reason = e,
-        Ok((code, stdout)) => {
-            v.exit_code = code;
-            v.stdout = stdout;
-            if code != Some(0) {
-                v.reason = format!(
-                    "exited with {}",
-                    code.map(|c| c.to_string())
-                        .unwrap_or_else(|| "a signal".into())
-                );
-            } else if let Some(e) = &expect {
-                if !v.stdout.contains(e.as_str()) {
-                    v.reason = format!("stdout does not contain \"{e}\"");
-                }
-            }
-        }
-    }
-    v.passed = v.reason.is_empty();
-    let result = if v.passed {
-        Ok(())
-    } else {
-        Err(RunError::Verify(v.reason.clone()))
-    };
-    report.verify = Some(v);
-    result
-}
-
-/// Runs `argv` in `dir` in a process group of its own, stdout captured (first 64 KiB); the
-/// group is killed after `timeout`. Output is read until the deadline at most: a background
-/// child of the command that keeps stdout open does not hold the job (it is killed at the
-/// deadline).
-fn run_with_timeout(
-    argv: &[String],
-    dir: &std::path::Path,
-    timeout: Duration,
-) -> Result<(Option<i32>, String), String> {
-    use nix::sys::signal::{killpg, Signal};
-    use std::os::unix::process::CommandExt;
-    use std::sync::{mpsc, Arc, Mutex};
-    const KEEP: usize = 64 * 1024;
-    let (prog, args) = argv.split_first().ok_or("verify.command is empty")?;
-    let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;
-    let group = nix::unistd::Pid::from_raw(child.id() as i32);
-    let kill_group = || {
-        let _ = killpg(group, Signal::SIGKILL);
-    };
-    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let captured = Arc::new(Mutex::new(Vec::new()));
-    let (eof_tx, eof) = mpsc::channel::<()>();
-    let buf = Arc::clone(&captured);
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 8192];
-        // Read to the end (the rest is drained, so the command never blocks on a full pipe).
-        while let Ok(n @ 1..) = stdout.read(&mut chunk) {
-            let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
-            let room = KEEP.saturating_sub(b.len());
-            b.extend_from_slice(&chunk[..n.min(room)]);
-        }
-        let _ = eof_tx.send(());
-    });
-    let end = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() >= end => {
-                kill_group();
-                let _ = child.wait();
-                return Err(format!("timed out after {}", crate::job::Dur(timeout)));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => {
-                kill_group();
-                return Err(format!("cannot wait for {prog}: {e}"));
-            }
-        }
-    };
-    if eof
-        .recv_timeout(end.saturating_duration_since(Instant::now()))
-        .is_err()
-    {
-        // Something the command started still holds its stdout at the deadline.
-        kill_group();
-        let _ = eof.recv_timeout(Duration::from_secs(1));
-    }
-    let out = captured.lock().unwrap_or_else(|e| e.into_inner());
-    Ok((status.code(), String::from_utf8_lossy(&out).into_owned()))
 }

@@ -1,7 +1,40 @@
-//! The command line (clap derive). `main.rs` dispatches these and maps errors to exit codes.
+//! The command line (clap derive), and the commands' printing (one module each). `main.rs`
+//! dispatches these and maps errors to exit codes.
 
-use clap::{Args, Parser, Subcommand};
+pub mod bench;
+pub mod dump;
+pub mod images;
+pub mod page_server;
+pub mod restore;
+#[cfg(test)]
+mod tests;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+
+/// Prints a line on stdout; a closed stdout (`haul run ... | head`) is not an error worth a panic.
+pub fn out(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Sends what was printed on its way now (a script waits for the line before going on).
+pub fn flush() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// Prints `v` as pretty JSON.
+pub fn print_json<T: serde::Serialize>(v: &T) -> Result<(), haul::Error> {
+    out(&serde_json::to_string_pretty(v).map_err(haul::Error::Json)?);
+    Ok(())
+}
+
+/// Prints `v` as JSON on one line.
+pub fn print_json_line<T: serde::Serialize>(v: &T) -> Result<(), haul::Error> {
+    out(&serde_json::to_string(v).map_err(haul::Error::Json)?);
+    Ok(())
+}
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -231,29 +264,111 @@ pub enum BenchCommand {
     },
 }
 
-/// Parses a size like `256MiB` (the job files' syntax).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    s.parse::<haul::job::Size>().map(|v| v.0)
-}
-
-/// A benchmark `--size` that cannot be used.
+/// A command-line value that does not parse: what it should look like, and what it was.
 #[derive(Debug, thiserror::Error)]
-pub enum BenchSizeError {
-    /// Not a size (the message of the job files' size parser).
-    #[error("{0}")]
-    Syntax(String),
+pub enum ValueError {
+    /// Not a size; `reason` is the message of the job files' size parser.
+    #[error("{reason}")]
+    Size { value: String, reason: String },
+    /// Not a compression; `reason` is the message of the job files' parser.
+    #[error("{reason}")]
+    Compression { value: String, reason: String },
+    #[error("expected a duration like \"1s\", \"500ms\" or \"2m\", found {value:?}")]
+    Duration {
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    /// A benchmark `--size` with nothing to time.
     #[error("{size} bytes is too small to measure anything: the least is 1MiB")]
     TooSmall { size: u64 },
 }
 
+/// Parses a size like `256MiB` (the job files' syntax).
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
+    s.parse::<haul::job::Size>()
+        .map(|v| v.0)
+        .map_err(|reason| ValueError::Size {
+            value: s.into(),
+            reason,
+        })
+}
+
 /// A benchmark's `--size`: a size of at least [`haul::store::bench::MIN_SIZE`] (smaller
 /// images have nothing to time, and their ratios would divide by zero).
-pub fn parse_bench_size(s: &str) -> Result<u64, BenchSizeError> {
-    let size = parse_size(s).map_err(BenchSizeError::Syntax)?;
+pub fn parse_bench_size(s: &str) -> Result<u64, ValueError> {
+    let size = parse_size(s)?;
     if size < haul::store::bench::MIN_SIZE {
-        return Err(BenchSizeError::TooSmall { size });
+        return Err(ValueError::TooSmall { size });
     }
     Ok(size)
+}
+
+/// Parses a duration like `1s` or `200ms` (the job files' syntax), saying what one looks like
+/// when it is not.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, ValueError> {
+    humantime::parse_duration(s).map_err(|source| ValueError::Duration {
+        value: s.into(),
+        source,
+    })
+}
+
+/// Parses `zstd:<1..19>` or `none` (the job files' syntax).
+pub fn parse_compression(s: &str) -> Result<haul::job::Compression, ValueError> {
+    s.parse().map_err(|reason| ValueError::Compression {
+        value: s.into(),
+        reason,
+    })
+}
+
+/// `--tracker`: the dirty-page tracker of the pre-dumps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TrackerArg {
+    /// The best one that works here.
+    Auto,
+    /// Userfaultfd write protection.
+    UffdWp,
+    /// The kernel's soft-dirty bits.
+    SoftDirty,
+    /// Hashes of every page.
+    Hash,
+}
+
+impl From<TrackerArg> for haul::job::Tracker {
+    fn from(t: TrackerArg) -> Self {
+        use haul::job::Tracker;
+        match t {
+            TrackerArg::Auto => Tracker::Auto,
+            TrackerArg::UffdWp => Tracker::UffdWp,
+            TrackerArg::SoftDirty => Tracker::SoftDirty,
+            TrackerArg::Hash => Tracker::Hash,
+        }
+    }
+}
+
+/// `--pid` of `haul restore`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PidArg {
+    /// The dumped PID (refused while it is taken).
+    Same,
+    /// Whatever PID is free.
+    Any,
+}
+
+impl From<PidArg> for haul::job::PidPolicy {
+    fn from(p: PidArg) -> Self {
+        match p {
+            PidArg::Same => haul::job::PidPolicy::Same,
+            PidArg::Any => haul::job::PidPolicy::Any,
+        }
+    }
+}
+
+/// `--verify` of `haul restore`: what to compare before the restored process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VerifyArg {
+    /// What /proc shows of it against what the dump recorded.
+    State,
 }
 
 #[derive(Debug, Args)]
@@ -322,8 +437,8 @@ pub struct DumpArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: std::time::Duration,
     /// Dirty-page tracker of the pre-dumps.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "uffd-wp", "soft-dirty", "hash"])]
-    pub tracker: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tracker: TrackerArg,
     /// Pre-copy has converged when a pre-dump writes less than this (0: never).
     #[arg(long, default_value = "256KiB", value_parser = parse_size)]
     pub stop_below: u64,
@@ -332,22 +447,15 @@ pub struct DumpArgs {
     pub json: bool,
 }
 
-/// Parses a duration like `1s` or `200ms` (the job files' syntax), saying what one looks like
-/// when it is not.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|_| format!("expected a duration like \"1s\", \"500ms\" or \"2m\", found {s:?}"))
-}
-
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The image set (a final dump), as `haul images ls` lists it.
     pub set: String,
     #[command(flatten)]
     pub store: StoreArg,
-    /// `same`: the dumped PID (refused while it is taken); `any`: whatever PID is free.
-    #[arg(long, default_value = "same", value_parser = ["same", "any"])]
-    pub pid: String,
+    /// Which PID the restored process gets.
+    #[arg(long, value_enum, default_value = "same")]
+    pub pid: PidArg,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -356,8 +464,8 @@ pub struct RestoreArgs {
     /// flags, fds with their flags and offsets, ...) with what the dump recorded. Any
     /// difference is named (`field: was X, now Y`), the process is killed before it runs a
     /// single instruction, and haul exits 1.
-    #[arg(long, value_name = "WHAT", value_parser = ["state"])]
-    pub verify: Option<String>,
+    #[arg(long, value_name = "WHAT", value_enum)]
+    pub verify: Option<VerifyArg>,
     /// Post-copy: the process runs at once, its memory served by userfaultfd; haul prints the
     /// PID and stays in the foreground until every page is resident.
     #[arg(long)]
@@ -402,9 +510,4 @@ pub struct PageServerArgs {
     /// A file holding the token clients must present.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-}
-
-/// Parses `zstd:<1..19>` or `none` (the job files' syntax).
-pub fn parse_compression(s: &str) -> Result<haul::job::Compression, String> {
-    s.parse()
 }

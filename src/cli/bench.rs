@@ -1,0 +1,84 @@
+//! `haul bench`: runs a benchmark and prints its report.
+
+use haul::runner::{exit, ProgressMode};
+use haul::Error;
+
+use super::{out, print_json, BenchCommand};
+
+/// `haul bench ...`.
+pub fn run(what: BenchCommand) -> Result<u8, Error> {
+    match what {
+        BenchCommand::Precopy {
+            dir,
+            fixtures,
+            size,
+            dirty_per_sec,
+            predumps,
+            interval,
+            runs,
+            json,
+        } => {
+            use haul::dump::bench;
+            let opts = bench::BenchOptions {
+                dir,
+                fixtures,
+                mib: size >> 20,
+                dirty_per_sec,
+                predumps,
+                interval,
+                runs,
+                ..Default::default()
+            };
+            let r = bench::run_bench(&opts)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(bench::report_text(&r).trim_end());
+            }
+            Ok(exit::OK)
+        }
+        BenchCommand::Lazy {
+            dir,
+            fixtures,
+            size,
+            prefetch,
+            runs,
+            json,
+        } => {
+            use haul::lazy::bench;
+            let opts = bench::BenchOptions {
+                dir,
+                fixtures,
+                mib: size >> 20,
+                runs,
+                prefetch,
+            };
+            let r = bench::run_bench(&opts)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(bench::report_text(&r).trim_end());
+            }
+            Ok(exit::OK)
+        }
+        BenchCommand::Store { dir, size, json } => {
+            let opts = haul::store::bench::BenchOptions {
+                dir,
+                size,
+                ..Default::default()
+            };
+            // A spinner on a terminal, timestamped lines otherwise.
+            let progress = haul::runner::progress::Progress::new(ProgressMode::Auto);
+            let bar = progress.job("bench store");
+            let r = haul::store::bench::run_bench_with(&opts, &|step| bar.step(step));
+            bar.finish(if r.is_ok() { "done" } else { "failed" }, r.is_err());
+            let r = r?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(haul::store::bench::report_text(&r).trim_end());
+            }
+            Ok(exit::OK)
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! `haul restore SET [--lazy]`: builds the command from the arguments, runs it
+//! (`haul::runner::command`), and prints the PID (or JSON).
+
+use haul::runner::command::{self, LazyRestoreCommand, RestoreCommand};
+use haul::runner::exit;
+use haul::Error;
+
+use super::{flush, out, print_json, RestoreArgs, VerifyArg};
+
+/// `haul restore SET ...`.
+pub fn run(args: RestoreArgs) -> Result<u8, Error> {
+    let cmd = RestoreCommand {
+        set: args.set.clone(),
+        store: args.store.store.clone(),
+        pid: args.pid.into(),
+        verify_state: args.verify == Some(VerifyArg::State),
+    };
+    if args.lazy {
+        return lazy(&args, cmd);
+    }
+    let r = command::restore(&cmd)?;
+    if args.json {
+        let o = &r.outcome;
+        let v = serde_json::json!({
+            "set": r.set.id, "pid": o.pid, "restore_time": o.restore_time,
+            "time_to_running": o.time_to_running, "pages_restored": o.pages_restored,
+        });
+        print_json(&v)?;
+    } else {
+        out(&r.outcome.pid.to_string());
+    }
+    Ok(exit::OK)
+}
+
+/// `haul restore SET --lazy [--from HOST:PORT]`: prints the PID as soon as the process runs,
+/// then serves its memory in the foreground until every page is resident.
+fn lazy(args: &RestoreArgs, restore: RestoreCommand) -> Result<u8, Error> {
+    let cmd = LazyRestoreCommand {
+        restore,
+        from: args.from.clone(),
+        token_file: args.token_file.clone(),
+        idle_push: args.idle_push,
+        prefetch: args.prefetch,
+        source_timeout: args.source_timeout,
+    };
+    let running = command::lazy_restore(&cmd)?;
+    let lr = &running.restore;
+    let (pid, ttr, pages_lazy) = (lr.pid(), lr.outcome.time_to_running, lr.pages_lazy);
+    let set = running.set.id.clone();
+    out(&pid.to_string());
+    flush();
+    let ended = running.wait()?;
+    let rep = &ended.report;
+    if args.json {
+        let released_msg = match &ended.released {
+            Some(Ok(m)) => Some(m.clone()),
+            _ => None,
+        };
+        let v = serde_json::json!({
+            "set": set, "pid": pid, "time_to_running": ttr, "pages_lazy": pages_lazy,
+            "lazy": rep, "source_released": released_msg,
+        });
+        print_json(&v)?;
+    }
+    match (&rep.source_lost, &ended.released) {
+        (Some(reason), _) => {
+            // `reason` says what was lost ("page source lost: ...").
+            eprintln!("haul: process {pid} killed: {reason}");
+            Ok(exit::FAILED)
+        }
+        (None, Some(Err(e))) => {
+            eprintln!(
+                "haul: every page of process {pid} is resident, but the page server did not \
+                 hear so ({e}): a frozen source may resume after its timeout"
+            );
+            Ok(exit::FAILED)
+        }
+        (None, _) => Ok(exit::OK),
+    }
+}

@@ -1,0 +1,162 @@
+//! The command line as clap reads it: the spellings each option accepts, what it refuses, and
+//! the groups of flags that go together.
+
+use super::*;
+use clap::{CommandFactory, Parser};
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("haul").chain(args.iter().copied()))
+}
+
+fn dump_args(extra: &[&str]) -> Result<DumpArgs, clap::Error> {
+    let mut args = vec!["dump", "--pid", "42"];
+    args.extend_from_slice(extra);
+    match parse(&args)?.command {
+        Command::Dump(d) => Ok(d),
+        other => panic!("not a dump: {other:?}"),
+    }
+}
+
+fn restore_args(extra: &[&str]) -> Result<RestoreArgs, clap::Error> {
+    let mut args = vec!["restore", "set-1"];
+    args.extend_from_slice(extra);
+    match parse(&args)?.command {
+        Command::Restore(r) => Ok(r),
+        other => panic!("not a restore: {other:?}"),
+    }
+}
+
+#[test]
+fn every_tracker_spelling_maps_to_the_job_files_tracker() {
+    use haul::job::Tracker;
+    let cases = [
+        ("auto", Tracker::Auto),
+        ("uffd-wp", Tracker::UffdWp),
+        ("soft-dirty", Tracker::SoftDirty),
+        ("hash", Tracker::Hash),
+    ];
+    for (name, want) in cases {
+        let d = dump_args(&["--leave-running", "--tracker", name]).unwrap();
+        assert_eq!(Tracker::from(d.tracker), want, "{name}");
+    }
+    let d = dump_args(&["--leave-running"]).unwrap();
+    assert_eq!(d.tracker, TrackerArg::Auto);
+}
+
+#[test]
+fn an_unknown_tracker_is_refused_naming_the_known_ones() {
+    let e = dump_args(&["--leave-running", "--tracker", "uffd"]).unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+    assert_eq!(e.exit_code(), 2);
+    let text = e.to_string();
+    for t in ["'uffd'", "auto", "uffd-wp", "soft-dirty", "hash"] {
+        assert!(text.contains(t), "{t}: {text}");
+    }
+}
+
+#[test]
+fn restore_pid_takes_same_or_any_and_defaults_to_same() {
+    use haul::job::PidPolicy;
+    let r = restore_args(&[]).unwrap();
+    assert_eq!(PidPolicy::from(r.pid), PidPolicy::Same);
+    let r = restore_args(&["--pid", "any"]).unwrap();
+    assert_eq!(PidPolicy::from(r.pid), PidPolicy::Any);
+    let e = restore_args(&["--pid", "1234"]).unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+}
+
+#[test]
+fn restore_verify_takes_only_state() {
+    assert_eq!(restore_args(&[]).unwrap().verify, None);
+    let r = restore_args(&["--verify", "state"]).unwrap();
+    assert_eq!(r.verify, Some(VerifyArg::State));
+    let e = restore_args(&["--verify", "everything"]).unwrap_err();
+    assert!(e.to_string().contains("'everything'"), "{e}");
+}
+
+#[test]
+fn compression_takes_the_job_files_spellings() {
+    use haul::job::Compression;
+    let d = dump_args(&["--kill"]).unwrap();
+    assert_eq!(d.compression, Compression::Zstd(3));
+    assert_eq!(d.compression.level(), Some(3));
+    let d = dump_args(&["--kill", "--compression", "none"]).unwrap();
+    assert_eq!(d.compression, Compression::None);
+    assert_eq!(d.compression.level(), None);
+    let d = dump_args(&["--kill", "--compression", "zstd:19"]).unwrap();
+    assert_eq!(d.compression.level(), Some(19));
+    let e = dump_args(&["--kill", "--compression", "gzip"]).unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+    assert!(e.to_string().contains("zstd:<1..19>"), "{e}");
+}
+
+#[test]
+fn a_bad_duration_names_the_syntax_and_keeps_its_cause() {
+    let e = parse_duration("fast").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "expected a duration like \"1s\", \"500ms\" or \"2m\", found \"fast\""
+    );
+    assert!(std::error::Error::source(&e).is_some());
+    assert_eq!(
+        parse_duration("200ms").unwrap(),
+        std::time::Duration::from_millis(200)
+    );
+    // clap shows the message, not humantime's.
+    let e = dump_args(&["--kill", "--interval", "fast"]).unwrap_err();
+    assert!(!e.to_string().contains("expected number at 0"), "{e}");
+}
+
+#[test]
+fn sizes_parse_as_in_job_files_and_benchmarks_refuse_tiny_ones() {
+    assert_eq!(parse_size("256KiB").unwrap(), 256 << 10);
+    assert!(matches!(parse_size("lots"), Err(ValueError::Size { .. })));
+    assert_eq!(parse_bench_size("1MiB").unwrap(), 1 << 20);
+    assert!(matches!(
+        parse_bench_size("4KiB"),
+        Err(ValueError::TooSmall { size: 4096 })
+    ));
+}
+
+#[test]
+fn dump_needs_exactly_one_mode() {
+    let e = dump_args(&[]).unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    let e = dump_args(&["--kill", "--leave-running"]).unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    for mode in ["--kill", "--leave-running", "--lazy", "--check"] {
+        assert!(dump_args(&[mode]).is_ok(), "{mode}");
+    }
+}
+
+#[test]
+fn lazy_restore_options_need_lazy() {
+    assert!(dump_args(&["--lazy", "--listen", "0.0.0.0:1"]).is_ok());
+    let e = restore_args(&["--from", "h:1"]).unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    let e = restore_args(&["--lazy", "--token-file", "t"]).unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+}
+
+#[test]
+fn page_server_needs_a_set_or_a_job() {
+    let e = parse(&["page-server"]).unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    assert!(parse(&["page-server", "--job", "web"]).is_ok());
+    assert!(parse(&["page-server", "--set", "s", "--job", "web"]).is_ok());
+}
+
+#[test]
+fn run_parallelism_starts_at_one() {
+    let e = parse(&["run", "-j", "0", "a.toml"]).unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+    match parse(&["run", "-j", "2", "a.toml"]).unwrap().command {
+        Command::Run(r) => assert_eq!(r.parallel, Some(2)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_cli_definition_is_consistent() {
+    Cli::command().debug_assert();
+}
