@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use nix::fcntl::{Flock, FlockArg};
+use crate::sys::file::{FileLock, LockError, LockMode};
 
 use super::process::{self, Target};
 use super::progress::JobProgress;
@@ -73,7 +73,7 @@ pub fn run_paths(job: &Job, run: &str) -> Result<RunPaths, RunError> {
 }
 
 /// Takes the job's lock (`<report.dir>/.locks/<job>.lock`) without waiting.
-fn lock_job(job: &Job, report_dir: &Path) -> Result<Flock<fs::File>, RunError> {
+fn lock_job(job: &Job, report_dir: &Path) -> Result<FileLock, RunError> {
     let dir = report_dir.join(".locks");
     fs::DirBuilder::new()
         .recursive(true)
@@ -87,15 +87,19 @@ fn lock_job(job: &Job, report_dir: &Path) -> Result<Flock<fs::File>, RunError> {
         .write(true)
         .open(&path)
         .map_err(RunError::io(format!("open {}", path.display())))?;
-    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+    match crate::sys::file::lock(f, LockMode::Exclusive, true) {
         Ok(l) => Ok(l),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(RunError::Locked {
+        Err(LockError::Held(_)) => Err(RunError::Locked {
             job: job.name.clone(),
             lock: path,
         }),
-        Err((_, e)) => Err(RunError::Io {
+        Err(LockError::Interrupted(_)) => Err(RunError::Io {
             context: format!("lock {}", path.display()),
-            source: e.into(),
+            source: std::io::Error::from_raw_os_error(libc::EINTR),
+        }),
+        Err(LockError::Failed { source, .. }) => Err(RunError::Io {
+            context: format!("lock {}", path.display()),
+            source,
         }),
     }
 }

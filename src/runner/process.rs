@@ -215,7 +215,7 @@ pub fn check_attachable(pid: i32) -> Result<(), RunError> {
             "pid {pid} is already traced by pid {t}"
         )));
     }
-    let euid = nix::unistd::geteuid().as_raw();
+    let euid = crate::sys::process::geteuid();
     let uid = field("Uid:")
         .and_then(|u| u.split_whitespace().nth(1))
         .and_then(|u| u.parse::<u32>().ok());
@@ -317,14 +317,13 @@ fn check_exit(target: &mut Target) -> Result<(), RunError> {
 /// Stops a launched process: SIGTERM to its process group, then SIGKILL after [`STOP_GRACE`];
 /// reaps it. Returns how it ended. Attached processes are not ours to stop here.
 pub fn stop(target: &mut Target) -> Option<String> {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
+    use crate::sys::process::killpg;
     let child = target.child.as_mut()?;
     if let Ok(Some(st)) = child.try_wait() {
         return Some(format!("had already ended ({st})"));
     }
-    let pg = Pid::from_raw(target.pid);
-    let _ = killpg(pg, Signal::SIGTERM);
+    let pg = target.pid;
+    let _ = killpg(pg, libc::SIGTERM);
     let end = Instant::now() + STOP_GRACE;
     while Instant::now() < end {
         if let Ok(Some(st)) = child.try_wait() {
@@ -332,7 +331,7 @@ pub fn stop(target: &mut Target) -> Option<String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let _ = killpg(pg, Signal::SIGKILL);
+    let _ = killpg(pg, libc::SIGKILL);
     let st = child
         .wait()
         .map(|s| s.to_string())

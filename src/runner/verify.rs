@@ -98,7 +98,6 @@ fn run_with_timeout(
     dir: &std::path::Path,
     timeout: Duration,
 ) -> Result<(Option<i32>, String), VerifyError> {
-    use nix::sys::signal::{killpg, Signal};
     use std::os::unix::process::CommandExt;
     use std::sync::{mpsc, Arc, Mutex};
     const KEEP: usize = 64 * 1024;
@@ -114,9 +113,9 @@ fn run_with_timeout(
         program: prog.clone(),
         source,
     })?;
-    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let group = child.id() as i32;
     let kill_group = || {
-        let _ = killpg(group, Signal::SIGKILL);
+        let _ = crate::sys::process::killpg(group, libc::SIGKILL);
     };
     let mut stdout = child.stdout.take().ok_or(VerifyError::NoStdout)?;
     let captured = Arc::new(Mutex::new(Vec::new()));

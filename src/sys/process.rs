@@ -91,6 +91,32 @@ pub fn kill(pid: i32, sig: i32) -> Result<()> {
     Ok(())
 }
 
+/// `killpg(2)`: sends `sig` to every process of process group `pgid`.
+pub fn killpg(pgid: i32, sig: i32) -> Result<()> {
+    // SAFETY: killpg takes two integers.
+    let r = unsafe { libc::killpg(pgid, sig) };
+    if r < 0 {
+        return Err(last_err(format!("killpg({pgid}, {sig})")));
+    }
+    Ok(())
+}
+
+/// `getppid(2)`: the pid of haul's parent (1 or a subreaper once the parent is gone).
+pub fn getppid() -> i32 {
+    // SAFETY: getppid takes nothing and cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// `prctl(PR_SET_PDEATHSIG)` (prctl(2)): the calling thread gets `sig` when its parent dies.
+pub fn set_pdeathsig(sig: i32) -> Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes an integer signal number; the rest are unused.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+    if r < 0 {
+        return Err(last_err(format!("prctl(PR_SET_PDEATHSIG, {sig})")));
+    }
+    Ok(())
+}
+
 /// The robust futex list head and length of thread `tid`: `get_robust_list(2)` (works from
 /// outside the target with ptrace read access).
 pub fn get_robust_list(tid: i32) -> Result<(u64, u64)> {

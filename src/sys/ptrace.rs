@@ -6,47 +6,51 @@
 
 use super::{check, Result, SysError};
 
+// The numbers are libc's (linux/ptrace.h, linux/elf.h), typed as the wrappers below use them.
+
 /// `PTRACE_SEIZE` (linux/ptrace.h).
-pub const PTRACE_SEIZE: libc::c_uint = 0x4206;
+pub const PTRACE_SEIZE: libc::c_uint = libc::PTRACE_SEIZE as libc::c_uint;
 /// `PTRACE_INTERRUPT`.
-pub const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
+pub const PTRACE_INTERRUPT: libc::c_uint = libc::PTRACE_INTERRUPT as libc::c_uint;
 /// `PTRACE_LISTEN`.
-pub const PTRACE_LISTEN: libc::c_uint = 0x4208;
+pub const PTRACE_LISTEN: libc::c_uint = libc::PTRACE_LISTEN as libc::c_uint;
 /// `PTRACE_PEEKSIGINFO`.
-pub const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+pub const PTRACE_PEEKSIGINFO: libc::c_uint = libc::PTRACE_PEEKSIGINFO as libc::c_uint;
 /// `PTRACE_GETSIGMASK`.
-pub const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+pub const PTRACE_GETSIGMASK: libc::c_uint = libc::PTRACE_GETSIGMASK as libc::c_uint;
 /// `PTRACE_SETSIGMASK`.
-pub const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+pub const PTRACE_SETSIGMASK: libc::c_uint = libc::PTRACE_SETSIGMASK as libc::c_uint;
 /// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux 5.13).
-pub const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+pub const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint =
+    libc::PTRACE_GET_RSEQ_CONFIGURATION as libc::c_uint;
 /// `PTRACE_GETREGSET`.
-pub const PTRACE_GETREGSET: libc::c_uint = 0x4204;
+pub const PTRACE_GETREGSET: libc::c_uint = libc::PTRACE_GETREGSET as libc::c_uint;
 /// `PTRACE_SETREGSET`.
-pub const PTRACE_SETREGSET: libc::c_uint = 0x4205;
+pub const PTRACE_SETREGSET: libc::c_uint = libc::PTRACE_SETREGSET as libc::c_uint;
 /// `PTRACE_GETREGS`.
-pub const PTRACE_GETREGS: libc::c_uint = 12;
+pub const PTRACE_GETREGS: libc::c_uint = libc::PTRACE_GETREGS as libc::c_uint;
 /// `PTRACE_SETREGS`.
-pub const PTRACE_SETREGS: libc::c_uint = 13;
+pub const PTRACE_SETREGS: libc::c_uint = libc::PTRACE_SETREGS as libc::c_uint;
 /// `PTRACE_CONT`.
-pub const PTRACE_CONT: libc::c_uint = 7;
+pub const PTRACE_CONT: libc::c_uint = libc::PTRACE_CONT as libc::c_uint;
 /// `PTRACE_DETACH`.
-pub const PTRACE_DETACH: libc::c_uint = 17;
+pub const PTRACE_DETACH: libc::c_uint = libc::PTRACE_DETACH as libc::c_uint;
 
 /// `PTRACE_O_TRACESYSGOOD`: syscall stops report `SIGTRAP | 0x80`.
-pub const PTRACE_O_TRACESYSGOOD: u64 = 1;
+pub const PTRACE_O_TRACESYSGOOD: u64 = libc::PTRACE_O_TRACESYSGOOD as u64;
 /// `PTRACE_O_TRACEEXIT`: stop the tracee before it exits.
-pub const PTRACE_O_TRACEEXIT: u64 = 1 << 6;
+pub const PTRACE_O_TRACEEXIT: u64 = libc::PTRACE_O_TRACEEXIT as u64;
 /// `PTRACE_EVENT_STOP`: the event of an interrupt or group stop of a seized tracee.
-pub const PTRACE_EVENT_STOP: i32 = 128;
+pub const PTRACE_EVENT_STOP: i32 = libc::PTRACE_EVENT_STOP as i32;
 /// `PTRACE_EVENT_EXIT`.
-pub const PTRACE_EVENT_EXIT: i32 = 6;
+pub const PTRACE_EVENT_EXIT: i32 = libc::PTRACE_EVENT_EXIT as i32;
 
 /// `NT_PRSTATUS`: the general registers as a regset.
-pub const NT_PRSTATUS: u32 = 1;
+pub const NT_PRSTATUS: u32 = libc::NT_PRSTATUS as u32;
 /// `NT_PRFPREG`: the legacy FPU/SSE area (512 bytes, FXSAVE layout).
-pub const NT_PRFPREG: u32 = 2;
+pub const NT_PRFPREG: u32 = libc::NT_PRFPREG as u32;
 /// `NT_X86_XSTATE`: the XSAVE area (its size depends on the CPU; read it back from `iov_len`).
+/// Written here: neither libc nor linux-raw-sys has it (it is in linux/elf.h).
 pub const NT_X86_XSTATE: u32 = 0x202;
 
 /// Size of `struct user_regs_struct` on x86_64.
@@ -452,7 +456,7 @@ struct PeekSiginfoArgs {
 }
 
 /// `PTRACE_PEEKSIGINFO_SHARED`: peek the process-wide queue instead of the thread's.
-pub const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+pub const PTRACE_PEEKSIGINFO_SHARED: u32 = libc::PTRACE_PEEKSIGINFO_SHARED as u32;
 
 /// Size of a `siginfo_t`.
 pub const SIGINFO_SIZE: usize = 128;

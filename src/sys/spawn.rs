@@ -5,9 +5,6 @@ use super::process::CloneArgs;
 use super::{last_err, Result, SysError};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// `clone3(2)` syscall number on x86_64.
-const SYS_CLONE3: libc::c_long = 435;
-
 /// Creates a process for a restore and returns its PID. It is a grandchild of haul: haul
 /// `fork(2)`s an intermediate that creates the process (with `clone3(2)` and `set_tid` when
 /// `pid` is given, else `fork(2)`) and exits, so the new process is re-parented to init (or the
@@ -48,7 +45,7 @@ pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
         unsafe {
             let child: libc::c_long = if pid.is_some() {
                 libc::syscall(
-                    SYS_CLONE3,
+                    libc::SYS_clone3,
                     &args as *const CloneArgs,
                     std::mem::size_of::<CloneArgs>(),
                 )
@@ -120,12 +117,6 @@ pub fn spawn_parked(pid: Option<i32>) -> Result<i32> {
     Ok(v as i32)
 }
 
-/// `close_range(2)` syscall number on x86_64.
-const SYS_CLOSE_RANGE: libc::c_long = 436;
-
-/// `CLOSE_RANGE_CLOEXEC`: mark the fds close-on-exec instead of closing them now.
-const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
-
 /// Makes `cmd`'s child close every fd above 2 when it execs, with `close_range(2)` and
 /// `CLOSE_RANGE_CLOEXEC` (closing them outright would also close the pipe through which std
 /// reports a failed exec): a launched
@@ -137,7 +128,12 @@ pub fn close_inherited_fds(cmd: &mut std::process::Command) {
     // async-signal-safe syscall on integers; it touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            libc::syscall(SYS_CLOSE_RANGE, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }

@@ -195,10 +195,10 @@ pub fn worker_main() -> Result<(), WorkerError> {
         .map_err(WorkerError::ReadRequest)?;
     let req = decode_request(&input)?;
     // The asking haul dying (SIGKILL, a cron timeout) means: stop pre-dumping.
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGUSR1) {
+    if let Err(e) = crate::sys::process::set_pdeathsig(libc::SIGUSR1) {
         tracing::warn!("cannot watch for the death of haul {}: {e}", req.parent);
     }
-    if nix::unistd::getppid().as_raw() != req.parent {
+    if crate::sys::process::getppid() != req.parent {
         stop.store(true, Ordering::Relaxed);
     }
     if let Some(lz) = &req.lazy {
