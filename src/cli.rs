@@ -232,7 +232,7 @@ pub enum BenchCommand {
 }
 
 /// Parses a size like `256MiB` (the job files' syntax).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, haul::job::UnitError> {
     s.parse::<haul::job::Size>().map(|v| v.0)
 }
 
@@ -240,8 +240,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchSizeError {
     /// Not a size (the message of the job files' size parser).
-    #[error("{0}")]
-    Syntax(String),
+    #[error(transparent)]
+    Syntax(haul::job::UnitError),
     #[error("{size} bytes is too small to measure anything: the least is 1MiB")]
     TooSmall { size: u64 },
 }
@@ -405,6 +405,6 @@ pub struct PageServerArgs {
 }
 
 /// Parses `zstd:<1..19>` or `none` (the job files' syntax).
-pub fn parse_compression(s: &str) -> Result<haul::job::Compression, String> {
+pub fn parse_compression(s: &str) -> Result<haul::job::Compression, haul::job::UnitError> {
     s.parse()
 }

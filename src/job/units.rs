@@ -25,7 +25,22 @@ impl Default for Compression {
     }
 }
 
-/// Implements `Deserialize` for a type with `FromStr<Err = String>` by reading a string, so the
+/// Why a job file value does not parse; the message says what was expected and what was found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("expected a duration like \"1s\", found \"{0}\"")]
+    Duration(String),
+    #[error("a duration cannot be negative, found \"{0}\"")]
+    NegativeDuration(String),
+    #[error("expected a size like \"256MiB\", found \"{0}\"")]
+    Size(String),
+    #[error("expected \"zstd:<1..19>\" or \"none\", found \"{0}\"")]
+    Compression(String),
+    #[error("expected \"log\", \"null\" or a path, found \"\"")]
+    EmptyOutput,
+}
+
+/// Implements `Deserialize` for a type with `FromStr<Err = UnitError>` by reading a string, so the
 /// message says what was expected and what was found.
 macro_rules! deserialize_from_str {
     ($t:ty, $expecting:expr) => {
@@ -61,12 +76,12 @@ pub(crate) fn finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::E
 }
 
 impl std::str::FromStr for Dur {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("expected a duration like \"1s\", found \"{s}\"");
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || UnitError::Duration(s.into());
         let t = s.trim();
         if t.starts_with('-') {
-            return Err(format!("a duration cannot be negative, found \"{s}\""));
+            return Err(UnitError::NegativeDuration(s.into()));
         }
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -105,9 +120,9 @@ impl std::fmt::Display for Dur {
 }
 
 impl std::str::FromStr for Size {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("expected a size like \"256MiB\", found \"{s}\"");
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || UnitError::Size(s.into());
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
@@ -129,9 +144,9 @@ impl std::str::FromStr for Size {
 deserialize_from_str!(Size, "a size like \"256MiB\"");
 
 impl std::str::FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("expected \"zstd:<1..19>\" or \"none\", found \"{s}\"");
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || UnitError::Compression(s.into());
         match s {
             "none" => Ok(Compression::None),
             "zstd" => Ok(Compression::default()),
@@ -150,13 +165,13 @@ impl std::str::FromStr for Compression {
 deserialize_from_str!(Compression, "\"zstd:<1..19>\" or \"none\"");
 
 impl std::str::FromStr for super::schema::Output {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
         use super::schema::Output;
         Ok(match s {
             "log" => Output::Log,
             "null" => Output::Null,
-            "" => return Err("expected \"log\", \"null\" or a path, found \"\"".into()),
+            "" => return Err(UnitError::EmptyOutput),
             p => Output::Path(p.into()),
         })
     }
@@ -181,6 +196,7 @@ mod tests {
         assert!("fast"
             .parse::<Dur>()
             .unwrap_err()
+            .to_string()
             .contains("found \"fast\""));
         assert!("-1s".parse::<Dur>().is_err());
         assert!("5".parse::<Dur>().is_err());
