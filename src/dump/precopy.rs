@@ -793,15 +793,14 @@ fn choose(pid: i32, choice: TrackerChoice) -> Result<(Box<dyn Tracker>, String, 
 }
 
 fn soft_dirty_refusal() -> DumpError {
-    let reason = match crate::track::probe_soft_dirty() {
-        Ok(()) => "this kernel has soft-dirty bits, but haul's soft-dirty tracker is not \
-                   implemented yet (use uffd-wp or hash)"
-            .to_string(),
-        Err(r) => r,
-    };
-    crate::track::TrackError::Unsupported {
-        tracker: TrackerKind::SoftDirty,
-        reason,
+    match crate::track::probe_soft_dirty() {
+        Ok(()) => crate::track::TrackError::Unsupported {
+            tracker: TrackerKind::SoftDirty,
+            reason: "this kernel has soft-dirty bits, but haul's soft-dirty tracker is not \
+                     implemented yet (use uffd-wp or hash)"
+                .into(),
+        },
+        Err(r) => crate::track::TrackError::SoftDirty(r),
     }
     .into()
 }
