@@ -2,8 +2,9 @@
 //! du (where the bytes are).
 
 use super::chains::{self, SetRef, SetState};
+use super::footer::{PackId, CODEC_ZSTD};
 use super::index::{IdMap, Index, Loc, PackInfo};
-use super::pack::{encode_frame, PackId, PackWriter, CODEC_ZSTD};
+use super::pack::{encode_frame, PackWriter};
 use super::read::{check, Located};
 use super::{fsutil, Store, StoreError};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
@@ -76,16 +77,48 @@ pub struct GcReport {
 /// (pack, frame) and the pages (id, slot) to check in it.
 type FrameGroup = ((u32, u32), Vec<(PageId, u16)>);
 
-pub(super) fn dir_bytes(dir: &std::path::Path) -> (u64, u64) {
-    let mut n = 0;
-    let mut b = 0;
-    for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
-        if e.file_type().is_file() {
-            n += 1;
-            b += e.metadata().map(|m| m.len()).unwrap_or(0);
+/// Files and bytes under a directory, and what could not be read on the way (counted as
+/// nothing).
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    pub files: u64,
+    pub bytes: u64,
+    pub unread: Vec<walkdir::Error>,
+}
+
+impl Tally {
+    /// Logs every entry that could not be read, with what it means for the figure (`meaning`).
+    pub fn warn_unread(&self, meaning: &str) {
+        for e in &self.unread {
+            let path = e
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            tracing::warn!("cannot read {path}: {e} ({meaning})");
         }
     }
-    (n, b)
+}
+
+/// Counts the files under `dir` and their bytes.
+pub(super) fn dir_bytes(dir: &std::path::Path) -> Tally {
+    let mut t = Tally::default();
+    for e in walkdir::WalkDir::new(dir) {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                t.unread.push(err);
+                continue;
+            }
+        };
+        if e.file_type().is_file() {
+            t.files += 1;
+            match e.metadata() {
+                Ok(m) => t.bytes += m.len(),
+                Err(err) => t.unread.push(err),
+            }
+        }
+    }
+    t
 }
 
 fn problem(kind: &str, message: String) -> VerifyProblem {
@@ -257,6 +290,8 @@ pub(super) fn gc_plan(idx: &Index, live: &IdMap<()>) -> GcPlan {
         .map(|(_, p)| *p)
         .collect();
     stale.retain(|p| !keep.contains(p));
+    // A pack in a directory the index could not list is not missing: keep its segment.
+    stale.retain(|p| !idx.unlisted.iter().any(|d| d.holds(p)));
     GcPlan {
         doomed,
         repack,
@@ -467,6 +502,12 @@ impl Store {
             }
         }
         if set.is_none() {
+            for d in &idx.unlisted {
+                rep.problems.push(problem(
+                    "pack",
+                    format!("cannot list {d}: the packs in it were not checked"),
+                ));
+            }
             for (id, reason) in &idx.unreadable {
                 rep.problems.push(VerifyProblem {
                     pack: Some(id.to_hex()),
@@ -478,7 +519,9 @@ impl Store {
             }
         }
         drop(idx);
-        rep.temp_files = dir_bytes(&self.inner.root.join("tmp")).0;
+        let tmp = dir_bytes(&self.inner.root.join("tmp"));
+        tmp.warn_unread("verify does not count the temp files there");
+        rep.temp_files = tmp.files;
         rep.ok = rep.problems.is_empty();
         rep.duration_us = crate::util::us(start.elapsed());
         Ok(rep)
@@ -528,6 +571,10 @@ impl Store {
                 .index
                 .read()
                 .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
+            for d in &idx.unlisted {
+                rep.skipped
+                    .push(format!("{d} (not listed: unreferenced packs in it remain)"));
+            }
             rep.packs_before = idx.packs.len() as u64;
             rep.bytes_before = idx.packs.iter().map(|p| p.len).sum();
             gc_plan(&idx, &live)

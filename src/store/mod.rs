@@ -17,6 +17,7 @@
 
 mod chains;
 mod du;
+mod footer;
 mod fsutil;
 pub mod index;
 mod list;
@@ -30,9 +31,9 @@ pub mod bench;
 
 pub use chains::SetState;
 pub use du::{DuReport, JobUsage};
+pub use footer::PackId;
 pub use list::{DamagedSet, ListRow, Listing};
 pub use maint::{GcReport, VerifyProblem, VerifyReport};
-pub use pack::PackId;
 pub use read::{NextBatch, PageStream, ReadOptions, StreamBatch, READ_BATCH_PAGES};
 pub use view::{set_view, show_text, ProcessView, SetView, VmaView};
 pub use writer::SetWriter;
@@ -146,6 +147,15 @@ pub enum StoreError {
     GcRefused { reason: String },
     #[error("set writer failed: {0}")]
     Writer(String),
+    /// The set writer was dropped without a commit (nothing was written).
+    #[error("set writer failed: set abandoned")]
+    Abandoned,
+    /// A store thread panicked: what it was doing is lost, and so is the result.
+    #[error("the {thread} thread panicked: {message}")]
+    Panicked {
+        thread: &'static str,
+        message: String,
+    },
     #[error(
         "add_pages: {addrs} addresses but {bytes} bytes of data (need {PAGE_SIZE} per address)"
     )]

@@ -2,8 +2,9 @@
 //! whole set in address order, decoded in parallel. Every page is hashed again and compared
 //! with its id.
 
+use super::footer::{FrameInfo, PackId, CODEC_RAW};
 use super::index::Loc;
-use super::pack::{decode_frame, FrameInfo, PackId, CODEC_RAW};
+use super::pack::decode_frame;
 use super::{Inner, PageAt, Store, StoreError};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use rayon::prelude::*;
@@ -329,8 +330,10 @@ impl Store {
                 }
             }
             drop(rx);
-            let _ = producer.join();
-            result
+            // A producer that panicked stopped sending: without this the read would end early
+            // as if every page had been handed over.
+            let joined = super::writer::joined(producer.join(), "page reader");
+            result.and(joined.map_err(E::from))
         })
     }
 }
@@ -369,7 +372,16 @@ impl PageStream {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => NextBatch::NotYet,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 self.rx = None;
-                NextBatch::End
+                // The reader is done (it dropped its end): a panic in it is an error, not the
+                // end of the pages.
+                match self
+                    .thread
+                    .take()
+                    .map(|t| super::writer::joined(t.join(), "page stream"))
+                {
+                    Some(Err(e)) => NextBatch::Batch(Err(e)),
+                    _ => NextBatch::End,
+                }
             }
         }
     }
@@ -389,7 +401,9 @@ impl Drop for PageStream {
     fn drop(&mut self) {
         self.rx = None;
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if let Err(e) = super::writer::joined(t.join(), "page stream") {
+                tracing::warn!("{e} (the stream was dropped; its remaining pages were not needed)");
+            }
         }
     }
 }
