@@ -289,3 +289,127 @@ pub struct CommittedPack {
     pub len: u64,
     pub footer: Footer,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> PageId {
+        PageId([n; 16])
+    }
+
+    fn footer() -> Footer {
+        Footer {
+            frames: vec![
+                FrameInfo {
+                    offset: 0,
+                    clen: 100,
+                    npages: 2,
+                    codec: CODEC_ZSTD,
+                },
+                FrameInfo {
+                    offset: 100,
+                    clen: 4096,
+                    npages: 1,
+                    codec: CODEC_RAW,
+                },
+            ],
+            pages: vec![
+                PageEntry {
+                    id: id(1),
+                    frame: 0,
+                    slot: 0,
+                },
+                PageEntry {
+                    id: id(2),
+                    frame: 0,
+                    slot: 1,
+                },
+                PageEntry {
+                    id: id(3),
+                    frame: 1,
+                    slot: 0,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn footer_round_trips_through_its_encoding() {
+        let f = footer();
+        let b = f.encode();
+        assert_eq!(b.len(), 4 + 2 * FRAME_REC + 4 + 3 * PAGE_REC);
+        assert_eq!(Footer::decode(&b, 4196).unwrap(), f);
+    }
+
+    #[test]
+    fn footer_decode_refuses_frames_past_the_data_and_pages_outside_frames() {
+        let b = footer().encode();
+        // The raw frame ends at 4196: one byte less of data and it sticks out.
+        assert!(matches!(
+            Footer::decode(&b, 4195),
+            Err(FormatError::FramePastData(1))
+        ));
+        let mut f = footer();
+        f.pages[1].slot = 2;
+        assert!(matches!(
+            Footer::decode(&f.encode(), 4196),
+            Err(FormatError::PageOutsideFrames(p)) if p == id(2)
+        ));
+        let mut extra = footer().encode();
+        extra.push(0);
+        assert!(matches!(
+            Footer::decode(&extra, 4196),
+            Err(FormatError::TrailingBytes)
+        ));
+        assert!(matches!(
+            Footer::decode(&b[..b.len() - 1], 4196),
+            Err(FormatError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn trailer_points_at_the_footer_and_read_footer_checks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.pack");
+        let data = vec![7u8; 4196];
+        let fb = footer().encode();
+        let mut file = data.clone();
+        file.extend_from_slice(&fb);
+        file.extend_from_slice(&trailer(data.len() as u64, &fb));
+        std::fs::write(&path, &file).unwrap();
+        assert_eq!(read_footer(&path).unwrap(), footer());
+        // A flipped footer byte fails the footer checksum.
+        let mut bad = file.clone();
+        bad[data.len() + 5] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(
+            read_footer(&path),
+            Err(FormatError::FooterChecksum)
+        ));
+        // Cut short: no trailer at the end any more.
+        std::fs::write(&path, &file[..file.len() - 1]).unwrap();
+        assert!(matches!(read_footer(&path), Err(FormatError::NoTrailer)));
+        std::fs::write(&path, &file[..10]).unwrap();
+        assert!(matches!(
+            read_footer(&path),
+            Err(FormatError::ShorterThanTrailer(10))
+        ));
+        assert!(matches!(
+            read_footer(&dir.path().join("none.pack")),
+            Err(FormatError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound
+        ));
+    }
+
+    #[test]
+    fn pack_ids_round_trip_through_hex_and_live_under_their_first_two_digits() {
+        let p = PackId([0xab; 16]);
+        assert_eq!(PackId::from_hex(&p.to_hex()), Some(p));
+        assert_eq!(PackId::from_hex("abc"), None);
+        let path = p.path(Path::new("/s"));
+        assert_eq!(
+            path,
+            Path::new("/s/packs/ab").join(format!("{}.pack", p.to_hex()))
+        );
+    }
+}

@@ -116,7 +116,7 @@ fn seg_path(root: &Path, id: &PackId) -> PathBuf {
     root.join("index").join(format!("{}.idx", id.to_hex()))
 }
 
-fn encode_segment(c: &CommittedPack) -> Vec<u8> {
+pub(super) fn encode_segment(c: &CommittedPack) -> Vec<u8> {
     let footer = c.footer.encode();
     let mut out = Vec::with_capacity(SEG_HEAD + footer.len() + 32);
     out.extend_from_slice(SEG_MAGIC);
@@ -131,7 +131,7 @@ fn encode_segment(c: &CommittedPack) -> Vec<u8> {
     out
 }
 
-fn decode_segment(b: &[u8], want: &PackId) -> Result<(u64, Footer), FormatError> {
+pub(super) fn decode_segment(b: &[u8], want: &PackId) -> Result<(u64, Footer), FormatError> {
     if b.len() < SEG_HEAD + 32 || &b[..8] != SEG_MAGIC {
         return Err(FormatError::NotASegment);
     }

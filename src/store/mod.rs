@@ -24,6 +24,8 @@ mod list;
 mod maint;
 pub mod pack;
 mod read;
+#[cfg(test)]
+mod tests;
 mod view;
 mod writer;
 

@@ -213,3 +213,77 @@ impl PackWriter {
         let _ = std::fs::remove_file(&self.tmp);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pages(n: usize) -> Vec<u8> {
+        (0..n * PAGE_SIZE).map(|i| (i / 64) as u8).collect()
+    }
+
+    #[test]
+    fn frames_round_trip_raw_and_zstd() {
+        let p = pages(3);
+        let (raw, codec) = encode_frame(&p, None).unwrap();
+        assert_eq!(codec, CODEC_RAW);
+        let (z, zcodec) = encode_frame(&p, Some(3)).unwrap();
+        assert_eq!(zcodec, CODEC_ZSTD);
+        assert!(z.len() < p.len());
+        for (bytes, codec) in [(raw, CODEC_RAW), (z, CODEC_ZSTD)] {
+            let f = FrameInfo {
+                offset: 0,
+                clen: bytes.len() as u32,
+                npages: 3,
+                codec,
+            };
+            assert_eq!(decode_frame(bytes, &f).unwrap(), p);
+        }
+        let parts: Vec<&[u8]> = p.chunks(PAGE_SIZE).collect();
+        assert_eq!(
+            encode_frame_parts(&parts, None).unwrap(),
+            (p.clone(), CODEC_RAW)
+        );
+    }
+
+    #[test]
+    fn incompressible_pages_are_stored_raw_even_when_a_level_is_asked() {
+        let mut p = vec![0u8; PAGE_SIZE];
+        blake3::Hasher::new()
+            .update(b"noise")
+            .finalize_xof()
+            .fill(&mut p);
+        assert_eq!(encode_frame(&p, Some(3)).unwrap().1, CODEC_RAW);
+    }
+
+    #[test]
+    fn decode_frame_names_a_wrong_size_or_codec() {
+        let f = FrameInfo {
+            offset: 0,
+            clen: 10,
+            npages: 1,
+            codec: CODEC_RAW,
+        };
+        assert!(matches!(
+            decode_frame(vec![0; 10], &f),
+            Err(FormatError::RawFrameSize {
+                len: 10,
+                want: PAGE_SIZE
+            })
+        ));
+        let z = FrameInfo {
+            npages: 2,
+            codec: CODEC_ZSTD,
+            ..f
+        };
+        let (one_page, _) = encode_frame(&pages(1), Some(3)).unwrap();
+        assert!(matches!(
+            decode_frame(one_page, &z),
+            Err(FormatError::DecodedSize { len: PAGE_SIZE, .. })
+        ));
+        assert!(matches!(
+            decode_frame(vec![0; 10], &FrameInfo { codec: 9, ..f }),
+            Err(FormatError::UnknownCodec(9))
+        ));
+    }
+}
