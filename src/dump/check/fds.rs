@@ -313,3 +313,158 @@ pub fn socket_kind(pid: i32, ino: u64) -> Option<&'static str> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(text: &str) -> proc::FdInfo {
+        proc::parse_fdinfo(std::path::Path::new("fdinfo"), text).unwrap()
+    }
+
+    fn refusal(r: Result<impl std::fmt::Debug, DumpError>) -> String {
+        match r {
+            Err(DumpError::Unsupported(m)) => m,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn eventfd_timerfd_and_signalfd_state_is_read_from_fdinfo() {
+        let ev = info("pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\neventfd-count:               2a\neventfd-id: 3\neventfd-semaphore: 1\n");
+        assert_eq!(
+            anon_fd("eventfd", &ev),
+            Some(Some(AnonFd::EventFd {
+                count: 42,
+                semaphore: true
+            }))
+        );
+        let tf = info("pos:\t0\nflags:\t02\nmnt_id:\t15\nclockid: 1\nticks: 3\nsettime flags: 01\nit_value: (0, 500)\nit_interval: (2, 5)\n");
+        assert_eq!(
+            anon_fd("timerfd", &tf),
+            Some(Some(AnonFd::TimerFd {
+                clock: 1,
+                ticks: 3,
+                value_ns: 500,
+                interval_ns: 2_000_000_005
+            }))
+        );
+        let sf = info("pos:\t0\nflags:\t02\nmnt_id:\t15\nsigmask:\t0000000000004002\n");
+        assert_eq!(
+            anon_fd("signalfd", &sf),
+            Some(Some(AnonFd::SignalFd { mask: 0x4002 }))
+        );
+        // That kind, but without what a restore needs; and another kind.
+        assert_eq!(anon_fd("timerfd", &sf), Some(None));
+        assert_eq!(anon_fd("eventpoll", &ev), None);
+    }
+
+    #[test]
+    fn advisory_locks_are_carried_and_other_kinds_refused() {
+        let fi = info("pos:\t0\nflags:\t0100002\nmnt_id:\t30\nlock:\t1: POSIX  ADVISORY  WRITE 3671 fe:00:1046 5 14\nlock:\t2: FLOCK  ADVISORY  READ 3671 fe:00:1046 0 EOF\nlock:\t3: LEASE  ACTIVE    READ 3671 fe:00:1046 0 EOF\n");
+        assert_eq!(
+            file_lock(7, 3, "/tmp/f", &fi.locks[0]).unwrap(),
+            FileLock {
+                kind: LockKind::Posix,
+                write: true,
+                start: 5,
+                len: 10
+            }
+        );
+        // To the end of the file: length 0, as fcntl says it.
+        let whole = file_lock(7, 3, "/tmp/f", &fi.locks[1]).unwrap();
+        assert_eq!(
+            (whole.kind, whole.write, whole.len),
+            (LockKind::Flock, false, 0)
+        );
+        assert_eq!(
+            refusal(file_lock(7, 3, "/tmp/f", &fi.locks[2])),
+            "pid 7 fd 3: a LEASE ACTIVE READ lock on /tmp/f is not supported yet"
+        );
+    }
+
+    fn pipe(fd: i32, ino: u64, write: bool, same_as: Option<i32>) -> FdImage {
+        FdImage {
+            fd,
+            flags: 0,
+            kind: FdKind::Pipe {
+                ino,
+                write,
+                size: 0,
+                data: Vec::new(),
+            },
+            same_as,
+            locks: Vec::new(),
+        }
+    }
+
+    fn pipe_refusals(fds: &[FdImage]) -> Vec<String> {
+        let mut found = Refusals::default();
+        check_pipes(9, fds, &mut found);
+        match found.finish(9) {
+            Ok(()) => vec![],
+            Err(DumpError::Unsupported(m)) => vec![m],
+            Err(DumpError::Refusals { reasons, .. }) => {
+                reasons.iter().map(|r| r.to_string()).collect()
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_pipe_is_carried_only_with_both_ends_each_opened_once() {
+        // Both ends, and a dup of the write end: fine.
+        assert!(pipe_refusals(&[
+            pipe(3, 77, false, None),
+            pipe(4, 77, true, None),
+            pipe(5, 77, true, Some(4))
+        ])
+        .is_empty());
+        let r = pipe_refusals(&[pipe(3, 77, false, None)]);
+        assert_eq!(
+            r,
+            vec!["pid 9 fd 3: pipe:[77] leads to another process: pipes between processes are not supported yet"]
+        );
+        let r = pipe_refusals(&[
+            pipe(3, 77, false, None),
+            pipe(4, 77, true, None),
+            pipe(5, 77, true, None),
+        ]);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].contains("fd 4: pipe:[77] has its write end open twice"));
+    }
+
+    #[test]
+    fn fd_kinds_are_told_from_their_link_target() {
+        let me = std::process::id() as i32;
+        let wr = info("pos:\t0\nflags:\t01\nmnt_id:\t15\n");
+        assert!(matches!(
+            fd_kind(me, 4, "pipe:[123]", &wr),
+            Ok(FdKind::Pipe {
+                ino: 123,
+                write: true,
+                ..
+            })
+        ));
+        let none = info("pos:\t0\nflags:\t02\nmnt_id:\t15\n");
+        let cases = [
+            ("anon_inode:[eventpoll]", "(epoll)"),
+            ("anon_inode:bpf-map", "(bpf)"),
+            ("anon_inode:[io_uring]", "(io_uring)"),
+            ("/memfd:buf (deleted)", "(memfd)"),
+            ("net:[4026531840]", "(special file)"),
+            // An inode no table of ours lists: a socket of unknown kind.
+            ("socket:[4294967295]", "(socket)"),
+        ];
+        for (target, kind) in cases {
+            assert_eq!(
+                refusal(fd_kind(me, 5, target, &none)),
+                format!("pid {me} fd 5: {target} {kind} is not supported yet")
+            );
+        }
+        assert_eq!(
+            refusal(fd_kind(me, 6, "anon_inode:[eventfd]", &none)),
+            format!("pid {me} fd 6: anon_inode:[eventfd]: its fdinfo is not understood")
+        );
+    }
+}

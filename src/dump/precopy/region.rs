@@ -153,3 +153,89 @@ pub(super) fn lookup(k: &Known, addr: u64) -> Option<PageRef> {
         .copied()
         .flatten()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::PageId;
+
+    fn a(start: u64, end: u64) -> Area {
+        Area {
+            start: start * PAGE,
+            end: end * PAGE,
+        }
+    }
+
+    fn map(line: &str) -> crate::proc::MapEntry {
+        crate::proc::parse_maps_line(std::path::Path::new("maps"), line).unwrap()
+    }
+
+    #[test]
+    fn a_private_file_mapping_keeps_only_pages_that_are_no_longer_the_files() {
+        assert!(keep(Pages::NotFile, PAGE_IS_SWAPPED));
+        assert!(keep(Pages::NotFile, PAGE_IS_PRESENT));
+        assert!(!keep(Pages::NotFile, PAGE_IS_PRESENT | PAGE_IS_FILE));
+        assert!(!keep(Pages::NotFile, 0));
+        assert!(keep(Pages::All, 0));
+    }
+
+    #[test]
+    fn intersect_and_in_sorted_follow_page_ranges() {
+        let x = [a(0, 4), a(6, 10), a(20, 21)];
+        let y = [a(2, 7), a(9, 30)];
+        assert_eq!(
+            intersect(&x, &y),
+            vec![a(2, 4), a(6, 7), a(9, 10), a(20, 21)]
+        );
+        assert!(intersect(&x, &[]).is_empty());
+        assert!(in_sorted(&x, 3 * PAGE) && in_sorted(&x, 20 * PAGE));
+        assert!(!in_sorted(&x, 4 * PAGE) && !in_sorted(&x, 21 * PAGE) && !in_sorted(&x, 11 * PAGE));
+    }
+
+    #[test]
+    fn mappings_are_copied_tracked_or_left_out_by_kind() {
+        assert!(Region::from_map(&map("1000-2000 r-xp 00000000 00:00 0 [vdso]")).is_none());
+        // A shared file mapping is the file's: nothing to copy.
+        assert!(Region::from_map(&map("1000-2000 rw-s 00000000 fe:00 12 /data")).is_none());
+        let f = Region::from_map(&map("1000-3000 rw-p 00002000 fe:00 12 /data")).unwrap();
+        assert_eq!((f.pages, f.tracked, f.npages()), (Pages::NotFile, true, 2));
+        assert_eq!(f.ident.pgoff, 0x2000);
+        let ro = Region::from_map(&map("1000-2000 r--p 00000000 00:00 0 ")).unwrap();
+        assert_eq!(
+            (ro.pages, ro.tracked, ro.readable),
+            (Pages::All, false, true)
+        );
+        // Shared anonymous memory is copied whole, but not tracked (writes are not private).
+        let shm =
+            Region::from_map(&map("1000-2000 rw-s 00000000 00:01 5 /dev/zero (deleted)")).unwrap();
+        assert_eq!((shm.pages, shm.tracked), (Pages::All, false));
+        assert_eq!(
+            shm.area(),
+            Area {
+                start: 0x1000,
+                end: 0x2000
+            }
+        );
+    }
+
+    #[test]
+    fn lookup_answers_only_inside_the_mapping() {
+        let id = PageId([3; 16]);
+        let k = Known {
+            ident: Ident {
+                start: 0x10000,
+                end: 0x13000,
+                prot: 3,
+                shared: false,
+                pgoff: 0,
+                name: String::new(),
+            },
+            refs: vec![Some(PageRef::Zero), None, Some(PageRef::Stored(id))],
+        };
+        assert_eq!(lookup(&k, 0x10000), Some(PageRef::Zero));
+        assert_eq!(lookup(&k, 0x11000), None);
+        assert_eq!(lookup(&k, 0x12000), Some(PageRef::Stored(id)));
+        assert_eq!(lookup(&k, 0x13000), None);
+        assert_eq!(lookup(&k, 0xf000), None);
+    }
+}
