@@ -107,13 +107,6 @@ impl PageTable {
     pub fn range(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, PageRef)> + '_ {
         self.map.range(start..end).map(|(a, r)| (*a, *r))
     }
-    /// Drops every entry with `start <= addr < end`.
-    pub fn remove_range(&mut self, start: u64, end: u64) {
-        let keys: Vec<u64> = self.map.range(start..end).map(|(a, _)| *a).collect();
-        for k in keys {
-            self.map.remove(&k);
-        }
-    }
     pub fn len(&self) -> usize {
         self.map.len()
     }

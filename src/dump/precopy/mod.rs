@@ -163,11 +163,6 @@ impl<'s> Precopy<'s> {
         self.last_scan_us
     }
 
-    /// The last pre-dump set committed.
-    pub fn last_set(&self) -> Option<&str> {
-        self.parent.as_deref()
-    }
-
     /// Pre-dumps until a stop rule of `opts` holds (or `stop` is set), pausing
     /// `opts.interval` between two. Returns why it stopped (also in the report).
     pub fn run(
@@ -395,11 +390,6 @@ impl<'s> Precopy<'s> {
             std::mem::take(&mut self.report),
             frozen,
         ))
-    }
-
-    /// Ends tracking now (also done on drop): the process runs as before.
-    pub fn stop_tracking(&mut self) -> Result<(), DumpError> {
-        Ok(self.tracker.stop()?)
     }
 }
 
