@@ -251,6 +251,23 @@ mod tests {
     }
 
     #[test]
+    fn non_utf8_paths_are_named_in_the_error() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/r/\xff"));
+        let e = expand_path(&odd, &values()).unwrap_err();
+        assert_eq!(e, PlaceholderError::PathNotUtf8 { path: odd.clone() });
+        assert_eq!(e.to_string(), "path is not UTF-8: /r/\u{fffd}");
+        let p = Placeholders {
+            run_dir: odd,
+            ..values()
+        };
+        assert_eq!(
+            expand("{run_dir}/log", &p).unwrap_err().to_string(),
+            "{run_dir} is not UTF-8: /r/\u{fffd}"
+        );
+    }
+
+    #[test]
     fn check_limits_placeholders_to_the_allowed_ones() {
         assert!(check("{job}-{run}", &["job", "run"]).is_ok());
         assert_eq!(

@@ -218,6 +218,49 @@ mod tests {
     }
 
     #[test]
+    fn sizes_take_decimal_units_and_refuse_overflow() {
+        assert_eq!("10MB".parse::<Size>().unwrap().0, 10_000_000);
+        assert_eq!(" 2 GiB ".parse::<Size>().unwrap().0, 2 << 30);
+        assert_eq!("512".parse::<Size>().unwrap().0, 512);
+        let e = "99999999999TiB".parse::<Size>().unwrap_err();
+        assert_eq!(e, UnitError::Size("99999999999TiB".into()));
+        assert_eq!(
+            e.to_string(),
+            "expected a size like \"256MiB\", found \"99999999999TiB\""
+        );
+    }
+
+    #[test]
+    fn duration_errors_say_what_was_found() {
+        assert_eq!(
+            "-5s".parse::<Dur>().unwrap_err().to_string(),
+            "a duration cannot be negative, found \"-5s\""
+        );
+        assert_eq!(
+            "250µs".parse::<Dur>().unwrap().0,
+            Duration::from_micros(250)
+        );
+        assert_eq!("2h".parse::<Dur>().unwrap().0, Duration::from_secs(7200));
+        // Beyond what any setting means.
+        assert_eq!(
+            "99999999999h".parse::<Dur>().unwrap_err(),
+            UnitError::Duration("99999999999h".into())
+        );
+    }
+
+    #[test]
+    fn output_is_log_null_or_a_path() {
+        use super::super::schema::Output;
+        assert_eq!("log".parse::<Output>().unwrap(), Output::Log);
+        assert_eq!("null".parse::<Output>().unwrap(), Output::Null);
+        assert_eq!(
+            "/tmp/out".parse::<Output>().unwrap(),
+            Output::Path("/tmp/out".into())
+        );
+        assert_eq!("".parse::<Output>().unwrap_err(), UnitError::EmptyOutput);
+    }
+
+    #[test]
     fn compression_levels_are_bounded() {
         assert_eq!(
             "zstd:3".parse::<Compression>().unwrap(),
