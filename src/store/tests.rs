@@ -203,7 +203,7 @@ fn dir_bytes_counts_files_and_reports_what_it_cannot_read() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0)).unwrap();
+    std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o000)).unwrap();
     let t = dir_bytes(dir.path());
     std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!((t.files, t.bytes, t.unread.len()), (1, 5, 1));
