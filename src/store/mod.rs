@@ -26,6 +26,7 @@ pub mod pack;
 mod read;
 #[cfg(test)]
 mod tests;
+mod verify;
 mod view;
 mod writer;
 
@@ -35,8 +36,9 @@ pub use chains::SetState;
 pub use du::{DuReport, JobUsage};
 pub use footer::PackId;
 pub use list::{DamagedSet, ListRow, Listing};
-pub use maint::{GcReport, VerifyProblem, VerifyReport};
+pub use maint::GcReport;
 pub use read::{NextBatch, PageStream, ReadOptions, StreamBatch, READ_BATCH_PAGES};
+pub use verify::{VerifyProblem, VerifyReport};
 pub use view::{set_view, show_text, ProcessView, SetView, VmaView};
 pub use writer::SetWriter;
 
@@ -608,8 +610,13 @@ impl Store {
         let dir = self.sets_dir();
         let rd = std::fs::read_dir(&dir)
             .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
-        let mut out: Vec<String> = rd
-            .flatten()
+        // An entry that cannot be read is an error, not a job less: gc would take the pages of
+        // the sets it hides for garbage.
+        let entries = rd
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let mut out: Vec<String> = entries
+            .into_iter()
             .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().to_str().map(String::from))
             .filter(|n| !n.starts_with('.'))
@@ -635,7 +642,8 @@ impl Store {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(StoreError::io(format!("listing {}", dir.display()), e)),
             };
-            for e in rd.flatten() {
+            for e in rd {
+                let e = e.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
                 let name = e.file_name();
                 if name.to_str().is_some_and(|n| !n.starts_with('.')) {
                     out.push(e.path());
