@@ -59,6 +59,18 @@ impl Inner {
                 }),
             },
             None => match idx.missing.get(id) {
+                // Not missing: hidden in a directory the index could not list.
+                Some(p) if idx.unlisted.iter().any(|d| d.holds(p)) => {
+                    Err(StoreError::PageUnreadable {
+                        at: at(id, Some(*p)),
+                        problem: idx
+                            .unlisted
+                            .iter()
+                            .find(|d| d.holds(p))
+                            .map(|d| format!("its directory cannot be listed ({d})"))
+                            .unwrap_or_default(),
+                    })
+                }
                 Some(p) => Err(StoreError::PackMissing {
                     at: at(id, Some(*p)),
                 }),

@@ -158,6 +158,42 @@ fn gc_keeps_the_segments_of_packs_in_a_dir_it_cannot_list() {
 }
 
 #[test]
+fn a_page_in_a_dir_the_index_cannot_list_is_unreadable_not_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_or_create(dir.path()).unwrap();
+    let (_, page_id) = one_page_set(&s, 4);
+    let pack = *Index::load(dir.path())
+        .unwrap()
+        .by_pack
+        .keys()
+        .next()
+        .unwrap();
+    let hex = pack.to_hex();
+    let packs = dir.path().join("packs");
+    std::fs::rename(packs.join(&hex[..2]), dir.path().join("aside")).unwrap();
+    unlistable(dir.path(), &hex[..2]);
+    let s = Store::open(dir.path()).unwrap();
+    let e = s.read_page(&page_id).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "its directory cannot be listed (packs/{}",
+            &hex[..2]
+        )),
+        "{e}"
+    );
+    // Once the directory is back, the page reads again.
+    std::fs::remove_file(packs.join(&hex[..2])).unwrap();
+    std::fs::rename(dir.path().join("aside"), packs.join(&hex[..2])).unwrap();
+    assert_eq!(
+        Store::open(dir.path())
+            .unwrap()
+            .read_page(&page_id)
+            .unwrap(),
+        page(4)
+    );
+}
+
+#[test]
 fn gc_plan_removes_dead_packs_repacks_mostly_dead_ones_and_keeps_live_ones() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_or_create(dir.path()).unwrap();
