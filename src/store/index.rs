@@ -258,9 +258,14 @@ impl Index {
                 }
                 (Err(_), true) => {
                     let path = id.path(root);
-                    match read_footer(&path) {
-                        Ok(footer) => {
-                            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    // The length goes into the segment: a pack that cannot be measured is
+                    // unreadable, not a pack of 0 bytes.
+                    let read = read_footer(&path).and_then(|footer| {
+                        let len = std::fs::metadata(&path).map_err(FormatError::Io)?.len();
+                        Ok((footer, len))
+                    });
+                    match read {
+                        Ok((footer, len)) => {
                             let c = CommittedPack {
                                 id: *id,
                                 len,
