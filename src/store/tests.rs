@@ -286,3 +286,46 @@ fn a_panicking_thread_is_an_error_that_keeps_its_message() {
     let h = std::thread::spawn(|| 5u32);
     assert_eq!(super::writer::joined(h.join(), "x").unwrap(), 5);
 }
+
+/// Commits a set of job `job` holding pages `ns` at consecutive addresses; returns its id.
+fn set_of(s: &Store, job: &str, ns: &[u8]) -> String {
+    let mut w = s.begin_set(job, SetKind::Dump, None, None).unwrap();
+    let addrs: Vec<u64> = (0..ns.len() as u64).map(|i| 0x10000 + i * 0x1000).collect();
+    let data: Vec<u8> = ns.iter().flat_map(|n| page(*n)).collect();
+    w.add_pages(&addrs, data).unwrap();
+    w.commit(None).unwrap().id
+}
+
+#[test]
+fn du_splits_shared_pages_between_jobs_and_predicts_what_gc_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_or_create(dir.path()).unwrap();
+    set_of(&s, "a", &[1, 2]);
+    let b = set_of(&s, "b", &[2, 3]);
+    let p = PAGE_SIZE as u64;
+    let du = s.du().unwrap();
+    assert_eq!((du.sets, du.pages_stored, du.pages_referenced), (2, 3, 3));
+    // Uncompressed: every page costs a page.
+    assert_eq!(du.bytes_referenced, 3 * p);
+    assert_eq!(du.bytes_logical, 4 * p);
+    assert!(
+        (du.dedup_ratio - 4.0 / 3.0).abs() < 1e-9,
+        "{}",
+        du.dedup_ratio
+    );
+    for j in &du.jobs {
+        assert_eq!(
+            (j.sets, j.bytes_referenced, j.bytes_exclusive),
+            (1, 2 * p, p),
+            "{j:?}"
+        );
+    }
+    assert_eq!(du.bytes_gc_frees, 0);
+    s.remove_set(&b).unwrap();
+    let du = s.du().unwrap();
+    assert_eq!((du.pages_referenced, du.bytes_unreferenced), (2, p));
+    assert_eq!(du.gc_packs_removed, 1);
+    let gc = s.gc().unwrap();
+    assert!(gc.bytes_freed > 0);
+    assert_eq!(du.bytes_gc_frees, gc.bytes_freed);
+}
