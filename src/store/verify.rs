@@ -212,7 +212,7 @@ impl Store {
                     Err(e) => {
                         for (id, _) in pages {
                             let (set, addr) = name(id);
-                            let e = match &e {
+                            let this = match &e {
                                 StoreError::PageUnreadable { at, problem } => {
                                     StoreError::PageUnreadable {
                                         at: super::PageAt {
@@ -228,9 +228,15 @@ impl Store {
                                         ..at.clone()
                                     },
                                 },
-                                e => StoreError::Writer(e.to_string()),
+                                // Any other error is the frame's, the same for every page: it
+                                // is reported as it is (it used to be wrapped in a "set writer
+                                // failed" message that had nothing to do with verify).
+                                other => {
+                                    probs.push(page_problem(other, set, addr));
+                                    continue;
+                                }
                             };
-                            probs.push(page_problem(&e, set, addr));
+                            probs.push(page_problem(&this, set, addr));
                         }
                     }
                 }
