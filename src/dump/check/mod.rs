@@ -341,3 +341,41 @@ fn is_ancestor(pid: i32, me: i32) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_all_collected_and_other_errors_end_the_checks() {
+        let mut found = Refusals::default();
+        assert_eq!(found.note(Ok::<_, DumpError>(5)).unwrap(), Some(5));
+        assert!(found
+            .note::<()>(Err(refused("pid 3 is init".into())))
+            .unwrap()
+            .is_none());
+        found.add(unsupported("pid 3 fd 4: socket".into()));
+        // Not a refusal: passed on, not noted.
+        let io = DumpError::Io {
+            context: "reading /proc/3/maps".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert!(matches!(
+            found.note::<()>(Err(io)),
+            Err(DumpError::Io { .. })
+        ));
+        match found.finish(3) {
+            Err(DumpError::Refusals { pid: 3, reasons }) => {
+                let text: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
+                assert_eq!(text.len(), 2, "{text:?}");
+                assert!(text[0].contains("is init") && text[1].contains("socket"));
+            }
+            other => panic!("not every refusal: {other:?}"),
+        }
+        // One refusal is returned as itself; none is Ok.
+        let mut one = Refusals::default();
+        one.add(refused("x".into()));
+        assert!(matches!(one.finish(3), Err(DumpError::Refused(m)) if m == "x"));
+        assert!(Refusals::default().finish(3).is_ok());
+    }
+}
