@@ -141,3 +141,20 @@ impl StoreError {
         }
     }
 }
+
+/// The error of a thread that panicked with `payload`, naming the thread.
+pub(super) fn panicked(payload: Box<dyn std::any::Any + Send>, thread: &'static str) -> StoreError {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    };
+    StoreError::Panicked { thread, message }
+}
+
+/// A joined thread's result, with a panic turned into [`StoreError::Panicked`].
+pub(super) fn joined<T>(r: std::thread::Result<T>, thread: &'static str) -> Result<T, StoreError> {
+    r.map_err(|p| panicked(p, thread))
+}

@@ -344,7 +344,7 @@ impl Store {
             drop(rx);
             // A producer that panicked stopped sending: without this the read would end early
             // as if every page had been handed over.
-            let joined = super::writer::joined(producer.join(), "page reader");
+            let joined = super::error::joined(producer.join(), "page reader");
             result.and(joined.map_err(E::from))
         })
     }
@@ -389,7 +389,7 @@ impl PageStream {
                 match self
                     .thread
                     .take()
-                    .map(|t| super::writer::joined(t.join(), "page stream"))
+                    .map(|t| super::error::joined(t.join(), "page stream"))
                 {
                     Some(Err(e)) => NextBatch::Batch(Err(e)),
                     _ => NextBatch::End,
@@ -413,7 +413,7 @@ impl Drop for PageStream {
     fn drop(&mut self) {
         self.rx = None;
         if let Some(t) = self.thread.take() {
-            if let Err(e) = super::writer::joined(t.join(), "page stream") {
+            if let Err(e) = super::error::joined(t.join(), "page stream") {
                 tracing::warn!("{e} (the stream was dropped; its remaining pages were not needed)");
             }
         }

@@ -274,7 +274,7 @@ fn chain_states_keep_predumps_a_dump_names_and_drop_unheld_others() {
 #[test]
 fn a_panicking_thread_is_an_error_that_keeps_its_message() {
     let h = std::thread::spawn(|| -> u32 { panic!("pack {} is odd", 7) });
-    match super::writer::joined(h.join(), "pack finisher") {
+    match super::error::joined(h.join(), "pack finisher") {
         Err(e @ super::StoreError::Panicked { .. }) => {
             assert_eq!(
                 e.to_string(),
@@ -284,7 +284,7 @@ fn a_panicking_thread_is_an_error_that_keeps_its_message() {
         other => panic!("not a panic error: {other:?}"),
     }
     let h = std::thread::spawn(|| 5u32);
-    assert_eq!(super::writer::joined(h.join(), "x").unwrap(), 5);
+    assert_eq!(super::error::joined(h.join(), "x").unwrap(), 5);
 }
 
 /// Commits a set of job `job` holding pages `ns` at consecutive addresses; returns its id.

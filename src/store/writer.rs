@@ -3,6 +3,7 @@
 //! frames in parallel and appends the frames to the current pack. The manifest is written by
 //! `commit`, last.
 
+use super::error::{joined, panicked};
 use super::fsutil;
 use super::index::IdMap;
 use super::pack::{encode_frame, encode_frame_parts, PackWriter};
@@ -308,23 +309,6 @@ fn figures(out: &Output, idx: &super::index::Index) -> Result<SetFigures, StoreE
         }
     }
     Ok(f)
-}
-
-/// The error of a thread that panicked with `payload`, naming the thread.
-fn panicked(payload: Box<dyn std::any::Any + Send>, thread: &'static str) -> StoreError {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_string()
-    };
-    StoreError::Panicked { thread, message }
-}
-
-/// A joined thread's result, with a panic turned into [`StoreError::Panicked`].
-pub(super) fn joined<T>(r: std::thread::Result<T>, thread: &'static str) -> Result<T, StoreError> {
-    r.map_err(|p| panicked(p, thread))
 }
 
 impl Drop for SetWriter<'_> {
