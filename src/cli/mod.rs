@@ -267,12 +267,9 @@ pub enum BenchCommand {
 /// A command-line value that does not parse: what it should look like, and what it was.
 #[derive(Debug, thiserror::Error)]
 pub enum ValueError {
-    /// Not a size; `reason` is the message of the job files' size parser.
-    #[error("{reason}")]
-    Size { value: String, reason: String },
-    /// Not a compression; `reason` is the message of the job files' parser.
-    #[error("{reason}")]
-    Compression { value: String, reason: String },
+    /// Not a size or not a compression: the job files' parser says what it expected.
+    #[error(transparent)]
+    Unit(#[from] haul::job::UnitError),
     #[error("expected a duration like \"1s\", \"500ms\" or \"2m\", found {value:?}")]
     Duration {
         value: String,
@@ -286,12 +283,7 @@ pub enum ValueError {
 
 /// Parses a size like `256MiB` (the job files' syntax).
 pub fn parse_size(s: &str) -> Result<u64, ValueError> {
-    s.parse::<haul::job::Size>()
-        .map(|v| v.0)
-        .map_err(|reason| ValueError::Size {
-            value: s.into(),
-            reason,
-        })
+    Ok(s.parse::<haul::job::Size>()?.0)
 }
 
 /// A benchmark's `--size`: a size of at least [`haul::store::bench::MIN_SIZE`] (smaller
@@ -315,10 +307,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, ValueError> {
 
 /// Parses `zstd:<1..19>` or `none` (the job files' syntax).
 pub fn parse_compression(s: &str) -> Result<haul::job::Compression, ValueError> {
-    s.parse().map_err(|reason| ValueError::Compression {
-        value: s.into(),
-        reason,
-    })
+    Ok(s.parse()?)
 }
 
 /// `--tracker`: the dirty-page tracker of the pre-dumps.

@@ -110,7 +110,10 @@ fn a_bad_duration_names_the_syntax_and_keeps_its_cause() {
 #[test]
 fn sizes_parse_as_in_job_files_and_benchmarks_refuse_tiny_ones() {
     assert_eq!(parse_size("256KiB").unwrap(), 256 << 10);
-    assert!(matches!(parse_size("lots"), Err(ValueError::Size { .. })));
+    assert!(matches!(
+        parse_size("lots"),
+        Err(ValueError::Unit(haul::job::UnitError::Size(_)))
+    ));
     assert_eq!(parse_bench_size("1MiB").unwrap(), 1 << 20);
     assert!(matches!(
         parse_bench_size("4KiB"),

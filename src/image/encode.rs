@@ -355,6 +355,41 @@ mod tests {
     }
 
     #[test]
+    fn page_table_is_written_as_runs_of_contiguous_pages() {
+        let t: PageTable = [
+            (0x1000, PageRef::Zero),
+            (0x2000, PageRef::Stored(PageId([1; 16]))),
+            (0x9000, PageRef::Lazy(PageId([2; 16]))),
+        ]
+        .into_iter()
+        .collect();
+        let b = encode_table(&t);
+        // Two runs: (start, count) heads of 12 bytes, a tag per page, 16 bytes per id.
+        assert_eq!(b.len(), 2 * 12 + 3 + 2 * 16);
+        assert_eq!(&b[..12], &[0x00, 0x10, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(decode_table(&b).unwrap(), t);
+        assert!(decode_table(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn page_table_decode_names_what_is_wrong() {
+        let t: PageTable = [(0x1000, PageRef::Stored(PageId([1; 16])))]
+            .into_iter()
+            .collect();
+        let b = encode_table(&t);
+        let cut = decode_table(&b[..b.len() - 1]).unwrap_err().to_string();
+        assert!(cut.contains("needed 16 more bytes, 15 left"), "{cut}");
+        let mut tag = b.clone();
+        tag[12] = 9;
+        let e = decode_table(&tag).unwrap_err().to_string();
+        assert!(e.contains("unknown page tag 9 at 0x1000"), "{e}");
+        let mut odd = b.clone();
+        odd[0] = 1;
+        let e = decode_table(&odd).unwrap_err().to_string();
+        assert!(e.contains("0x1001 is not page-aligned"), "{e}");
+    }
+
+    #[test]
     fn manifest_names_newer_version() {
         let mut b = encode_manifest(&sample()).unwrap();
         b[8..12].copy_from_slice(&7u32.to_le_bytes());

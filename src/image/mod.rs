@@ -107,13 +107,6 @@ impl PageTable {
     pub fn range(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, PageRef)> + '_ {
         self.map.range(start..end).map(|(a, r)| (*a, *r))
     }
-    /// Drops every entry with `start <= addr < end`.
-    pub fn remove_range(&mut self, start: u64, end: u64) {
-        let keys: Vec<u64> = self.map.range(start..end).map(|(a, _)| *a).collect();
-        for k in keys {
-            self.map.remove(&k);
-        }
-    }
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -562,4 +555,39 @@ pub enum AnonFd {
 
 fn is_zero(v: &u32) -> bool {
     *v == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_built_from_entries_keeps_the_later_entry_of_an_address() {
+        let id = PageId::of(&[1u8; PAGE_SIZE]);
+        let t: PageTable = [
+            (0x3000, PageRef::Zero),
+            (0x1000, PageRef::Zero),
+            (0x3000, PageRef::Stored(id)),
+            (0x2000, PageRef::Lazy(id)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.get(0x3000), Some(PageRef::Stored(id)));
+        assert_eq!(t.counts(), (1, 1, 1));
+        let addrs: Vec<u64> = t.range(0x1000, 0x3000).map(|(a, _)| a).collect();
+        assert_eq!(addrs, vec![0x1000, 0x2000]);
+    }
+
+    #[test]
+    fn page_ids_hash_content_and_zero_pages_are_told_apart() {
+        let mut p = vec![0u8; PAGE_SIZE];
+        assert!(is_zero_page(&p));
+        let zero = PageId::of(&p);
+        p[PAGE_SIZE - 1] = 1;
+        assert!(!is_zero_page(&p));
+        assert_ne!(PageId::of(&p), zero);
+        assert_eq!(PageId::of(&p), PageId::of(&p.clone()));
+        assert_eq!(PageId::from_hex(&zero.to_hex()), Some(zero));
+    }
 }

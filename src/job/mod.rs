@@ -14,9 +14,9 @@ pub mod units;
 pub mod validate;
 
 pub use diag::Diagnostic;
-pub use placeholder::{expand, expand_path, has_placeholder, Placeholders};
+pub use placeholder::{expand, expand_path, has_placeholder, PlaceholderError, Placeholders};
 pub use schema::*;
-pub use units::{Compression, Dur, Size};
+pub use units::{Compression, Dur, Size, UnitError};
 
 use placeholder::{escape, ABSOLUTE};
 use spans::{Anchor, Node};

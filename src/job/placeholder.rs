@@ -33,8 +33,30 @@ enum Piece<'a> {
 
 const ESCAPE_HINT: &str = "write {{ and }} for literal braces";
 
+/// Why a string's placeholders cannot be checked or expanded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceholderError {
+    #[error("unmatched \"}}\" ({ESCAPE_HINT})")]
+    Unmatched,
+    #[error("unclosed \"{{\" in \"{text}\" ({ESCAPE_HINT})")]
+    Unclosed { text: String },
+    #[error("{}", unknown(.name))]
+    Unknown { name: String },
+    #[error("placeholder \"{{{name}}}\" cannot be used here (allowed: {})", braced(.allowed))]
+    NotAllowed { name: String, allowed: Vec<String> },
+    #[error("{{{name}}} is not UTF-8: {}", .path.display())]
+    ValueNotUtf8 { name: &'static str, path: PathBuf },
+    #[error("{{pid}} is not known yet (the process has not started)")]
+    PidUnknown,
+    #[error("path is not UTF-8: {}", .path.display())]
+    PathNotUtf8 { path: PathBuf },
+}
+
 /// Splits `s` into literal text and placeholder names, or says what is malformed.
-fn walk<'a>(s: &'a str, mut f: impl FnMut(Piece<'a>) -> Result<(), String>) -> Result<(), String> {
+fn walk<'a>(
+    s: &'a str,
+    mut f: impl FnMut(Piece<'a>) -> Result<(), PlaceholderError>,
+) -> Result<(), PlaceholderError> {
     let mut rest = s;
     while let Some(i) = rest.find(['{', '}']) {
         f(Piece::Text(&rest[..i]))?;
@@ -46,11 +68,11 @@ fn walk<'a>(s: &'a str, mut f: impl FnMut(Piece<'a>) -> Result<(), String>) -> R
             f(Piece::Text("}"))?;
             rest = after;
         } else if tail.starts_with('}') {
-            return Err(format!("unmatched \"}}\" ({ESCAPE_HINT})"));
+            return Err(PlaceholderError::Unmatched);
         } else {
             let close = tail
                 .find('}')
-                .ok_or_else(|| format!("unclosed \"{{\" in \"{s}\" ({ESCAPE_HINT})"))?;
+                .ok_or_else(|| PlaceholderError::Unclosed { text: s.into() })?;
             f(Piece::Name(&tail[1..close]))?;
             rest = &tail[close + 1..];
         }
@@ -58,8 +80,17 @@ fn walk<'a>(s: &'a str, mut f: impl FnMut(Piece<'a>) -> Result<(), String>) -> R
     f(Piece::Text(rest))
 }
 
+/// `{a}, {b}` for the names given.
+fn braced<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{{{}}}", n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The message for an unknown placeholder: the closest known name, and every known one.
 fn unknown(name: &str) -> String {
-    let known: Vec<String> = NAMES.iter().map(|n| format!("{{{n}}}")).collect();
     let names: Vec<String> = NAMES.iter().map(|n| n.to_string()).collect();
     let hint = match super::diag::did_you_mean(name, &names) {
         Some(best) => format!("did you mean \"{{{best}}}\"? "),
@@ -67,13 +98,13 @@ fn unknown(name: &str) -> String {
     };
     format!(
         "unknown placeholder \"{{{name}}}\"; {hint}known: {} ({ESCAPE_HINT})",
-        known.join(", ")
+        braced(&NAMES)
     )
 }
 
 /// Substitutes the placeholders of `s`. Errors name an unknown or malformed placeholder, `{pid}`
 /// before the PID is known, or a path value that is not UTF-8.
-pub fn expand(s: &str, p: &Placeholders) -> Result<String, String> {
+pub fn expand(s: &str, p: &Placeholders) -> Result<String, PlaceholderError> {
     let mut out = String::with_capacity(s.len());
     walk(s, |piece| {
         match piece {
@@ -81,17 +112,24 @@ pub fn expand(s: &str, p: &Placeholders) -> Result<String, String> {
             Piece::Name("job") => out.push_str(&p.job),
             Piece::Name("run") => out.push_str(&p.run),
             Piece::Name(n @ ("run_dir" | "store")) => {
-                let path = if n == "run_dir" { &p.run_dir } else { &p.store };
+                let (name, path) = if n == "run_dir" {
+                    ("run_dir", &p.run_dir)
+                } else {
+                    ("store", &p.store)
+                };
                 let v = path
                     .to_str()
-                    .ok_or_else(|| format!("{{{n}}} is not UTF-8: {}", path.display()))?;
+                    .ok_or_else(|| PlaceholderError::ValueNotUtf8 {
+                        name,
+                        path: path.clone(),
+                    })?;
                 out.push_str(v);
             }
             Piece::Name("pid") => match p.pid {
                 Some(pid) => out.push_str(&pid.to_string()),
-                None => return Err("{pid} is not known yet (the process has not started)".into()),
+                None => return Err(PlaceholderError::PidUnknown),
             },
-            Piece::Name(n) => return Err(unknown(n)),
+            Piece::Name(n) => return Err(PlaceholderError::Unknown { name: n.into() }),
         }
         Ok(())
     })?;
@@ -99,10 +137,10 @@ pub fn expand(s: &str, p: &Placeholders) -> Result<String, String> {
 }
 
 /// [`expand`] for a path (job paths are UTF-8: they come from TOML strings).
-pub fn expand_path(path: &Path, p: &Placeholders) -> Result<PathBuf, String> {
-    let s = path
-        .to_str()
-        .ok_or_else(|| format!("path is not UTF-8: {}", path.display()))?;
+pub fn expand_path(path: &Path, p: &Placeholders) -> Result<PathBuf, PlaceholderError> {
+    let s = path.to_str().ok_or_else(|| PlaceholderError::PathNotUtf8 {
+        path: path.to_path_buf(),
+    })?;
     expand(s, p).map(PathBuf::from)
 }
 
@@ -119,17 +157,13 @@ pub fn has_placeholder(s: &str) -> bool {
 }
 
 /// Checks at load time that `s` uses only placeholders of `allowed` and is well formed.
-pub(crate) fn check(s: &str, allowed: &[&str]) -> Result<(), String> {
+pub(crate) fn check(s: &str, allowed: &[&str]) -> Result<(), PlaceholderError> {
     walk(s, |piece| match piece {
-        Piece::Name(n) if !NAMES.contains(&n) => Err(unknown(n)),
-        Piece::Name(n) if !allowed.contains(&n) => Err(format!(
-            "placeholder \"{{{n}}}\" cannot be used here (allowed: {})",
-            allowed
-                .iter()
-                .map(|a| format!("{{{a}}}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        Piece::Name(n) if !NAMES.contains(&n) => Err(PlaceholderError::Unknown { name: n.into() }),
+        Piece::Name(n) if !allowed.contains(&n) => Err(PlaceholderError::NotAllowed {
+            name: n.into(),
+            allowed: allowed.iter().map(|a| a.to_string()).collect(),
+        }),
         _ => Ok(()),
     })
 }
@@ -184,7 +218,7 @@ mod tests {
 
     #[test]
     fn expand_rejects_unknown_placeholder_with_suggestion() {
-        let e = expand("{jbo}", &values()).unwrap_err();
+        let e = expand("{jbo}", &values()).unwrap_err().to_string();
         assert_eq!(
             e,
             "unknown placeholder \"{jbo}\"; did you mean \"{job}\"? known: {job}, {run}, \
@@ -196,9 +230,11 @@ mod tests {
     fn expand_rejects_unbalanced_braces() {
         assert!(expand("{job", &values())
             .unwrap_err()
+            .to_string()
             .starts_with("unclosed \"{\""));
         assert!(expand("a}b", &values())
             .unwrap_err()
+            .to_string()
             .starts_with("unmatched \"}\""));
     }
 
@@ -208,14 +244,34 @@ mod tests {
             pid: None,
             ..values()
         };
-        assert!(expand("{pid}", &p).unwrap_err().contains("not known yet"));
+        assert!(expand("{pid}", &p)
+            .unwrap_err()
+            .to_string()
+            .contains("not known yet"));
+    }
+
+    #[test]
+    fn non_utf8_paths_are_named_in_the_error() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/r/\xff"));
+        let e = expand_path(&odd, &values()).unwrap_err();
+        assert_eq!(e, PlaceholderError::PathNotUtf8 { path: odd.clone() });
+        assert_eq!(e.to_string(), "path is not UTF-8: /r/\u{fffd}");
+        let p = Placeholders {
+            run_dir: odd,
+            ..values()
+        };
+        assert_eq!(
+            expand("{run_dir}/log", &p).unwrap_err().to_string(),
+            "{run_dir} is not UTF-8: /r/\u{fffd}"
+        );
     }
 
     #[test]
     fn check_limits_placeholders_to_the_allowed_ones() {
         assert!(check("{job}-{run}", &["job", "run"]).is_ok());
         assert_eq!(
-            check("{pid}", &["job"]).unwrap_err(),
+            check("{pid}", &["job"]).unwrap_err().to_string(),
             "placeholder \"{pid}\" cannot be used here (allowed: {job})"
         );
         assert!(has_placeholder("a{job}") && !has_placeholder("a{{job}}"));

@@ -35,7 +35,22 @@ impl Compression {
     }
 }
 
-/// Implements `Deserialize` for a type with `FromStr<Err = String>` by reading a string, so the
+/// Why a job file value does not parse; the message says what was expected and what was found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("expected a duration like \"1s\", found \"{0}\"")]
+    Duration(String),
+    #[error("a duration cannot be negative, found \"{0}\"")]
+    NegativeDuration(String),
+    #[error("expected a size like \"256MiB\", found \"{0}\"")]
+    Size(String),
+    #[error("expected \"zstd:<1..19>\" or \"none\", found \"{0}\"")]
+    Compression(String),
+    #[error("expected \"log\", \"null\" or a path, found \"\"")]
+    EmptyOutput,
+}
+
+/// Implements `Deserialize` for a type with `FromStr<Err = UnitError>` by reading a string, so the
 /// message says what was expected and what was found.
 macro_rules! deserialize_from_str {
     ($t:ty, $expecting:expr) => {
@@ -71,12 +86,12 @@ pub(crate) fn finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::E
 }
 
 impl std::str::FromStr for Dur {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("expected a duration like \"1s\", found \"{s}\"");
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || UnitError::Duration(s.into());
         let t = s.trim();
         if t.starts_with('-') {
-            return Err(format!("a duration cannot be negative, found \"{s}\""));
+            return Err(UnitError::NegativeDuration(s.into()));
         }
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -115,9 +130,9 @@ impl std::fmt::Display for Dur {
 }
 
 impl std::str::FromStr for Size {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("expected a size like \"256MiB\", found \"{s}\"");
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || UnitError::Size(s.into());
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
@@ -139,9 +154,9 @@ impl std::str::FromStr for Size {
 deserialize_from_str!(Size, "a size like \"256MiB\"");
 
 impl std::str::FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("expected \"zstd:<1..19>\" or \"none\", found \"{s}\"");
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || UnitError::Compression(s.into());
         match s {
             "none" => Ok(Compression::None),
             "zstd" => Ok(Compression::default()),
@@ -160,13 +175,13 @@ impl std::str::FromStr for Compression {
 deserialize_from_str!(Compression, "\"zstd:<1..19>\" or \"none\"");
 
 impl std::str::FromStr for super::schema::Output {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
         use super::schema::Output;
         Ok(match s {
             "log" => Output::Log,
             "null" => Output::Null,
-            "" => return Err("expected \"log\", \"null\" or a path, found \"\"".into()),
+            "" => return Err(UnitError::EmptyOutput),
             p => Output::Path(p.into()),
         })
     }
@@ -191,6 +206,7 @@ mod tests {
         assert!("fast"
             .parse::<Dur>()
             .unwrap_err()
+            .to_string()
             .contains("found \"fast\""));
         assert!("-1s".parse::<Dur>().is_err());
         assert!("5".parse::<Dur>().is_err());
@@ -209,6 +225,49 @@ mod tests {
         assert_eq!("4KiB".parse::<Size>().unwrap().0, 4096);
         assert_eq!("256MiB".parse::<Size>().unwrap().0, 256 << 20);
         assert!("12XB".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn sizes_take_decimal_units_and_refuse_overflow() {
+        assert_eq!("10MB".parse::<Size>().unwrap().0, 10_000_000);
+        assert_eq!(" 2 GiB ".parse::<Size>().unwrap().0, 2 << 30);
+        assert_eq!("512".parse::<Size>().unwrap().0, 512);
+        let e = "99999999999TiB".parse::<Size>().unwrap_err();
+        assert_eq!(e, UnitError::Size("99999999999TiB".into()));
+        assert_eq!(
+            e.to_string(),
+            "expected a size like \"256MiB\", found \"99999999999TiB\""
+        );
+    }
+
+    #[test]
+    fn duration_errors_say_what_was_found() {
+        assert_eq!(
+            "-5s".parse::<Dur>().unwrap_err().to_string(),
+            "a duration cannot be negative, found \"-5s\""
+        );
+        assert_eq!(
+            "250µs".parse::<Dur>().unwrap().0,
+            Duration::from_micros(250)
+        );
+        assert_eq!("2h".parse::<Dur>().unwrap().0, Duration::from_secs(7200));
+        // Beyond what any setting means.
+        assert_eq!(
+            "99999999999h".parse::<Dur>().unwrap_err(),
+            UnitError::Duration("99999999999h".into())
+        );
+    }
+
+    #[test]
+    fn output_is_log_null_or_a_path() {
+        use super::super::schema::Output;
+        assert_eq!("log".parse::<Output>().unwrap(), Output::Log);
+        assert_eq!("null".parse::<Output>().unwrap(), Output::Null);
+        assert_eq!(
+            "/tmp/out".parse::<Output>().unwrap(),
+            Output::Path("/tmp/out".into())
+        );
+        assert_eq!("".parse::<Output>().unwrap_err(), UnitError::EmptyOutput);
     }
 
     #[test]

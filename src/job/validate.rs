@@ -92,7 +92,7 @@ impl Checker<'_> {
     }
     fn placeholders(&mut self, field: &str, s: &str, allowed: &[&str]) {
         if let Err(e) = placeholder::check(s, allowed) {
-            self.value(field, e);
+            self.value(field, e.to_string());
         }
     }
     fn path_placeholders(&mut self, field: &str, p: &Path, allowed: &[&str]) {

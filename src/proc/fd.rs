@@ -86,6 +86,11 @@ fn parse_lock(path: &std::path::Path, line: &str, v: &str) -> Result<FdLock> {
 pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
     let path = pid_dir(pid).join("fdinfo").join(fd.to_string());
     let s = read_string(&path)?;
+    parse_fdinfo(&path, &s)
+}
+
+/// Parses the text of an fdinfo file (`path` is only for the error).
+pub fn parse_fdinfo(path: &std::path::Path, s: &str) -> Result<FdInfo> {
     let mut fi = FdInfo::default();
     for line in s.lines() {
         let Some((k, v)) = line.split_once(':') else {
@@ -93,13 +98,13 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
         };
         let v = v.trim();
         match k {
-            "pos" => fi.pos = v.parse().map_err(|_| parse_err(&path, k, line))?,
+            "pos" => fi.pos = v.parse().map_err(|_| parse_err(path, k, line))?,
             "flags" => {
-                fi.flags = u32::from_str_radix(v, 8).map_err(|_| parse_err(&path, k, line))?
+                fi.flags = u32::from_str_radix(v, 8).map_err(|_| parse_err(path, k, line))?
             }
-            "mnt_id" => fi.mnt_id = v.parse().map_err(|_| parse_err(&path, k, line))?,
+            "mnt_id" => fi.mnt_id = v.parse().map_err(|_| parse_err(path, k, line))?,
             "ino" => fi.ino = v.parse().ok(),
-            "lock" => fi.locks.push(parse_lock(&path, line, v)?),
+            "lock" => fi.locks.push(parse_lock(path, line, v)?),
             _ => fi.other.push((k.to_string(), v.to_string())),
         }
     }

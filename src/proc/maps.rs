@@ -111,6 +111,12 @@ pub fn maps(pid: i32) -> Result<Vec<MapEntry>> {
 pub fn maps_with_flags(pid: i32) -> Result<Vec<MapEntry>> {
     let path = pid_dir(pid).join("smaps");
     let s = read_string(&path)?;
+    parse_smaps(&path, &s)
+}
+
+/// Parses the text of an smaps file: each mapping with its `VmFlags` (`path` is only for the
+/// error).
+pub fn parse_smaps(path: &Path, s: &str) -> Result<Vec<MapEntry>> {
     let mut out: Vec<MapEntry> = Vec::new();
     for line in s.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
@@ -122,7 +128,7 @@ pub fn maps_with_flags(pid: i32) -> Result<Vec<MapEntry>> {
         // A mapping header starts with "start-end"; field lines start with "Name:".
         let first = line.split_whitespace().next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
-            out.push(parse_maps_line(&path, line)?);
+            out.push(parse_maps_line(path, line)?);
         }
     }
     Ok(out)
@@ -155,6 +161,37 @@ mod tests {
     #[test]
     fn rejects_a_truncated_line() {
         assert!(parse_maps_line(Path::new("maps"), "7f00-7f10 r-xp").is_err());
+    }
+
+    #[test]
+    fn smaps_gives_each_mapping_its_own_flags() {
+        let s = "00400000-00401000 r-xp 00000000 fe:00 77 /bin/x\n\
+                 Size:                  4 kB\n\
+                 Rss:                   4 kB\n\
+                 VmFlags: rd ex mr mw me\n\
+                 7ffd1000-7ffd2000 rw-p 00000000 00:00 0          [stack]\n\
+                 Size:                132 kB\n\
+                 THPeligible:    0\n\
+                 VmFlags: rd wr mr mw me gd ac\n";
+        let m = parse_smaps(Path::new("smaps"), s).unwrap();
+        assert_eq!(m.len(), 2);
+        assert!(m[0].has_flag("ex") && !m[0].has_flag("gd"));
+        assert_eq!(m[1].path, "[stack]");
+        assert!(m[1].has_flag("gd") && m[1].has_flag("wr"));
+    }
+
+    #[test]
+    fn prot_and_length_follow_the_permission_letters() {
+        let m = parse_maps_line(Path::new("maps"), "1000-4000 r-xp 00000000 00:00 0 ").unwrap();
+        assert_eq!(m.prot(), (libc::PROT_READ | libc::PROT_EXEC) as u32);
+        assert_eq!(m.len(), 0x3000);
+        let bad = parse_maps_line(Path::new("/proc/1/maps"), "zz-4000 r-xp 0 00:00 0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("/proc/1/maps") && bad.contains("zz-4000"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ mod observe;
 mod stat;
 mod status;
 
-pub use fd::{fd_target, fdinfo, fds, FdInfo, FdLock};
-pub use maps::{maps, maps_with_flags, parse_maps_line, MapEntry};
+pub use fd::{fd_target, fdinfo, fds, parse_fdinfo, FdInfo, FdLock};
+pub use maps::{maps, maps_with_flags, parse_maps_line, parse_smaps, MapEntry};
 pub use observe::{observe, observe_with, Observed};
 pub use stat::{parse_stat, stat, task_stat, Stat};
 pub use status::{parse_status, status, task_status, Status};

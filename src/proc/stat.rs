@@ -142,6 +142,22 @@ mod tests {
     }
 
     #[test]
+    fn zombies_and_exiting_processes_are_told_from_the_line() {
+        let line = |state: char, flags: u64| {
+            format!("7 (w) {state} 1 7 7 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0 0 0 0 0\n")
+        };
+        let z = parse_stat(Path::new("stat"), &line('Z', 0)).unwrap();
+        assert!(z.is_zombie() && !z.is_exiting());
+        let pf_exiting = crate::sys::process::PF_EXITING;
+        let x = parse_stat(Path::new("stat"), &line('R', pf_exiting)).unwrap();
+        assert!(x.is_exiting() && !x.is_zombie());
+        // An old kernel's short line: the fields it lacks read as zero.
+        assert_eq!((x.start_data, x.env_end, x.exit_code), (0, 0, 0));
+        assert!(parse_stat(Path::new("stat"), "7 w R 1").is_err());
+        assert!(parse_stat(Path::new("stat"), "7 (w) R").is_err());
+    }
+
+    #[test]
     fn own_stat_is_running_with_our_parent() {
         let st = stat(std::process::id() as i32).unwrap();
         assert_eq!(st.ppid as u32, std::os::unix::process::parent_id());

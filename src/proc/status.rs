@@ -136,6 +136,43 @@ fn cpu_list(v: &str) -> Option<Vec<u32>> {
 mod tests {
     use super::*;
 
+    const SAMPLE: &str = "Name:\tcounter\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\n\
+        Ngid:\t0\nPid:\t4243\nPPid:\t1\nTracerPid:\t0\nUid:\t1000\t1001\t1002\t1003\n\
+        Gid:\t100\t100\t100\t100\nFDSize:\t64\nGroups:\t4 24 27 \nNSpid:\t4243\t7\n\
+        Threads:\t3\nSigQ:\t0/63432\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n\
+        SigBlk:\t0000000000010000\nSigIgn:\t0000000000001000\nSigCgt:\t0000000180004002\n\
+        CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n\
+        CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\n\
+        Cpus_allowed:\tf\nCpus_allowed_list:\t0-2,5\n";
+
+    #[test]
+    fn status_fields_parse_from_text() {
+        let st = parse_status(Path::new("status"), SAMPLE).unwrap();
+        assert_eq!((st.name.as_str(), st.state), ("counter", 'S'));
+        assert_eq!((st.tgid, st.pid, st.ppid), (4242, 4243, 1));
+        assert_eq!(st.umask, Some(0o022));
+        assert_eq!(st.uid, [1000, 1001, 1002, 1003]);
+        assert_eq!(st.groups, vec![4, 24, 27]);
+        assert_eq!(st.nspid, vec![4243, 7]);
+        assert_eq!((st.threads, st.shd_pnd, st.sig_blk), (3, 0x100, 0x10000));
+        assert_eq!(st.sig_cgt, 0x180004002);
+        assert_eq!(st.cap_bnd, 0x1ffffffffff);
+        assert!(st.no_new_privs);
+        assert_eq!(st.seccomp, 2);
+        assert_eq!(st.cpus_allowed, vec![0, 1, 2, 5]);
+    }
+
+    #[test]
+    fn a_malformed_status_line_is_named() {
+        let s = SAMPLE.replace("Uid:\t1000\t1001\t1002\t1003", "Uid:\t1000 x");
+        let e = parse_status(Path::new("/proc/9/status"), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/proc/9/status") && e.contains("Uid"), "{e}");
+        let s = SAMPLE.replace("SigBlk:\t0000000000010000", "SigBlk:\tzz");
+        assert!(parse_status(Path::new("status"), &s).is_err());
+    }
+
     #[test]
     fn own_status_matches_our_ids() {
         let me = std::process::id() as i32;

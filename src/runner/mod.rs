@@ -30,6 +30,9 @@ pub enum RunError {
     },
     #[error("{0}")]
     Setup(String),
+    /// A job string's placeholders could not be expanded.
+    #[error("{0}")]
+    Placeholder(#[from] crate::job::PlaceholderError),
     #[error("cannot launch {command}: {source}")]
     Launch {
         command: String,

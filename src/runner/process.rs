@@ -69,7 +69,7 @@ fn open_output(
         Output::Null => return Ok((Stdio::null(), None)),
         Output::Log => log,
         Output::Path(p) => {
-            PathBuf::from(expand(&p.to_string_lossy(), ph).map_err(RunError::Setup)?)
+            PathBuf::from(expand(&p.to_string_lossy(), ph).map_err(RunError::Placeholder)?)
         }
     };
     let f: File = OpenOptions::new()
@@ -89,7 +89,7 @@ pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<T
         .iter()
         .map(|a| expand(a, ph))
         .collect::<Result<_, _>>()
-        .map_err(RunError::Setup)?;
+        .map_err(RunError::Placeholder)?;
     let Some((prog, args)) = argv.split_first() else {
         return Err(RunError::Setup("process.command is empty".into()));
     };
@@ -98,7 +98,7 @@ pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<T
     crate::sys::spawn::close_inherited_fds(&mut cmd);
     let cwd = match &spec.cwd {
         Some(c) => {
-            let c = PathBuf::from(expand(&c.to_string_lossy(), ph).map_err(RunError::Setup)?);
+            let c = PathBuf::from(expand(&c.to_string_lossy(), ph).map_err(RunError::Placeholder)?);
             // exec would blame a missing cwd on the program (ENOENT): name it first.
             check_cwd(prog, &c)?;
             cmd.current_dir(&c);
@@ -107,7 +107,7 @@ pub fn launch(spec: &ProcessSpec, run_dir: &Path, ph: &Placeholders) -> Result<T
         None => None,
     };
     for (k, v) in &spec.env {
-        cmd.env(k, expand(v, ph).map_err(RunError::Setup)?);
+        cmd.env(k, expand(v, ph).map_err(RunError::Placeholder)?);
     }
     let (out, stdout_path) = open_output(&spec.stdout, run_dir.join("stdout.log"), ph)?;
     let (err, _) = open_output(&spec.stderr, run_dir.join("stderr.log"), ph)?;
@@ -152,7 +152,7 @@ pub fn attach(spec: &ProcessSpec, ph: &Placeholders) -> Result<Target, RunError>
             i32::try_from(p).map_err(|_| RunError::Attach(format!("pid {p} is out of range")))?
         }
         (None, Some(f)) => {
-            let f = PathBuf::from(expand(&f.to_string_lossy(), ph).map_err(RunError::Setup)?);
+            let f = PathBuf::from(expand(&f.to_string_lossy(), ph).map_err(RunError::Placeholder)?);
             read_pidfile(&f)?
         }
         (None, None) => {
@@ -243,7 +243,7 @@ pub fn wait_ready(
     let timeout = ready.timeout();
     let file = match &ready.when {
         Ready::File(f) => Some(PathBuf::from(
-            expand(&f.to_string_lossy(), ph).map_err(RunError::Setup)?,
+            expand(&f.to_string_lossy(), ph).map_err(RunError::Placeholder)?,
         )),
         _ => None,
     };

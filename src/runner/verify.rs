@@ -19,13 +19,13 @@ pub fn verify(job: &Job, ph: &Placeholders, report: &mut RunReport) -> Result<()
         .iter()
         .map(|a| expand(a, ph))
         .collect::<Result<_, _>>()
-        .map_err(RunError::Setup)?;
+        .map_err(RunError::Placeholder)?;
     let expect = spec
         .expect_stdout
         .as_deref()
         .map(|e| expand(e, ph))
         .transpose()
-        .map_err(RunError::Setup)?;
+        .map_err(RunError::Placeholder)?;
     let mut v = VerifyReport {
         command: argv.clone(),
         // The restore compared the state before the process ran; it would have failed.

@@ -1,9 +1,9 @@
 //! `haul images du`: where the store's bytes are, per job, and what gc would free.
 
 use super::chains::SetState;
+use super::footer::PackId;
 use super::index::IdMap;
 use super::maint::{dir_bytes, gc_plan, live_pages, load_all, set_states};
-use super::pack::PackId;
 use super::{Store, StoreError};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use serde::Serialize;
@@ -63,6 +63,13 @@ pub struct DuReport {
     pub gc_packs_repacked: u64,
 }
 
+/// Bytes of the files under `dir`; what cannot be read is logged as left out (`left_out` says of what).
+fn tally(dir: &std::path::Path, left_out: &str) -> u64 {
+    let t = dir_bytes(dir);
+    t.warn_unread(&format!("du: {left_out}"));
+    t.bytes
+}
+
 impl Store {
     /// Where the store's bytes are: per job, referenced vs not, ratios.
     pub fn du(&self) -> Result<DuReport, StoreError> {
@@ -93,9 +100,9 @@ impl Store {
             unreadable_manifests: bad.len() as u64,
             packs: idx.packs.len() as u64,
             bytes_packs: idx.packs.iter().map(|p| p.len).sum(),
-            bytes_index: dir_bytes(&root.join("index")).1,
-            bytes_manifests: dir_bytes(&root.join("sets")).1,
-            bytes_temp: dir_bytes(&root.join("tmp")).1,
+            bytes_index: tally(&root.join("index"), "left out of bytes_index"),
+            bytes_manifests: tally(&root.join("sets"), "left out of bytes_manifests"),
+            bytes_temp: tally(&root.join("tmp"), "left out of bytes_temp"),
             pages_stored: idx.pages.len() as u64,
             ..Default::default()
         };

@@ -12,8 +12,8 @@
 //! pack's own footer. Segments whose pack is gone are kept aside: their pages are not offered for
 //! deduplication, only used to name the missing pack in errors.
 
+use super::footer::{read_footer, CommittedPack, Footer, FormatError, FrameInfo, PackId, Reader};
 use super::fsutil::{self, write_atomic};
-use super::pack::{read_footer, CommittedPack, Footer, FrameInfo, PackId};
 use super::StoreError;
 use crate::image::PageId;
 use std::collections::{BTreeSet, HashMap};
@@ -72,6 +72,27 @@ impl PackInfo {
     }
 }
 
+/// A `packs/xx/` directory the index could not list.
+#[derive(Debug)]
+pub struct UnlistedDir {
+    /// Its name under `packs/` (the first two hex digits of the pack ids it holds).
+    pub name: String,
+    pub error: std::io::Error,
+}
+
+impl UnlistedDir {
+    /// True when pack `id` would live in this directory.
+    pub fn holds(&self, id: &PackId) -> bool {
+        id.to_hex().starts_with(&self.name)
+    }
+}
+
+impl std::fmt::Display for UnlistedDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "packs/{}: {}", self.name, self.error)
+    }
+}
+
 /// The in-memory index.
 #[derive(Default)]
 pub struct Index {
@@ -81,7 +102,10 @@ pub struct Index {
     /// Pages whose pack is listed by a segment but missing from `packs/`.
     pub missing: IdMap<PackId>,
     /// Packs whose footer could not be read to rebuild their segment, with the reason.
-    pub unreadable: Vec<(PackId, String)>,
+    pub unreadable: Vec<(PackId, FormatError)>,
+    /// `packs/xx/` directories that could not be listed: the packs in them are unknown to this
+    /// load (their pages read as missing, and gc must leave their index segments alone).
+    pub unlisted: Vec<UnlistedDir>,
     /// Segments rebuilt from pack footers by the last load.
     pub rebuilt: Vec<PackId>,
     /// Names seen by the last load (segments, packs), to notice changes cheaply.
@@ -92,7 +116,7 @@ fn seg_path(root: &Path, id: &PackId) -> PathBuf {
     root.join("index").join(format!("{}.idx", id.to_hex()))
 }
 
-fn encode_segment(c: &CommittedPack) -> Vec<u8> {
+pub(super) fn encode_segment(c: &CommittedPack) -> Vec<u8> {
     let footer = c.footer.encode();
     let mut out = Vec::with_capacity(SEG_HEAD + footer.len() + 32);
     out.extend_from_slice(SEG_MAGIC);
@@ -107,29 +131,29 @@ fn encode_segment(c: &CommittedPack) -> Vec<u8> {
     out
 }
 
-fn decode_segment(b: &[u8], want: &PackId) -> Result<(u64, Footer), String> {
+pub(super) fn decode_segment(b: &[u8], want: &PackId) -> Result<(u64, Footer), FormatError> {
     if b.len() < SEG_HEAD + 32 || &b[..8] != SEG_MAGIC {
-        return Err("not an index segment".into());
+        return Err(FormatError::NotASegment);
     }
     let (body, sum) = b.split_at(b.len() - 32);
     if blake3::hash(body).as_bytes() != sum {
-        return Err("checksum mismatch".into());
+        return Err(FormatError::SegmentChecksum);
     }
-    let mut r = super::pack::Reader(&body[8..]);
+    let mut r = Reader(&body[8..]);
     let version = r.u32()?;
     if version > SEG_VERSION {
-        return Err(format!("segment version {version} is newer than supported"));
+        return Err(FormatError::NewerSegment(version));
     }
     r.u32()?;
     if r.take(16)? != want.0 {
-        return Err("segment names another pack".into());
+        return Err(FormatError::SegmentOfAnotherPack);
     }
     let len = r.u64()?;
     let flen = r.u64()?;
     if flen as usize != r.0.len() {
-        return Err("footer length mismatch".into());
+        return Err(FormatError::SegmentFooterLength);
     }
-    let data_len = len.saturating_sub(flen + super::pack::TRAILER_LEN as u64);
+    let data_len = len.saturating_sub(flen + super::footer::TRAILER_LEN as u64);
     Ok((len, Footer::decode(r.0, data_len)?))
 }
 
@@ -138,17 +162,38 @@ pub fn write_segment(root: &Path, c: &CommittedPack) -> Result<(), StoreError> {
     write_atomic(root, &seg_path(root, &c.id), &encode_segment(c))
 }
 
-/// Pack ids present under `packs/`.
-pub fn list_packs(root: &Path) -> Result<BTreeSet<PackId>, StoreError> {
+/// Pack ids present under `packs/`, and the `packs/xx/` directories that could not be listed
+/// (a plain file there is not a pack directory and is passed over).
+pub fn list_packs(root: &Path) -> Result<(BTreeSet<PackId>, Vec<UnlistedDir>), StoreError> {
     let mut out = BTreeSet::new();
+    let mut unlisted = Vec::new();
     let dir = root.join("packs");
     let rd = std::fs::read_dir(&dir)
         .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
-    for sub in rd.flatten() {
-        let Ok(inner) = std::fs::read_dir(sub.path()) else {
-            continue;
+    for sub in rd {
+        let sub = sub.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let inner = match std::fs::read_dir(sub.path()) {
+            Ok(inner) => inner,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+            Err(error) => {
+                unlisted.push(UnlistedDir {
+                    name: sub.file_name().to_string_lossy().into_owned(),
+                    error,
+                });
+                continue;
+            }
         };
-        for f in inner.flatten() {
+        for f in inner {
+            let f = match f {
+                Ok(f) => f,
+                Err(error) => {
+                    unlisted.push(UnlistedDir {
+                        name: sub.file_name().to_string_lossy().into_owned(),
+                        error,
+                    });
+                    break;
+                }
+            };
             let name = f.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(id) = name.strip_suffix(".pack").and_then(PackId::from_hex) {
@@ -156,7 +201,7 @@ pub fn list_packs(root: &Path) -> Result<BTreeSet<PackId>, StoreError> {
             }
         }
     }
-    Ok(out)
+    Ok((out, unlisted))
 }
 
 fn list_segments(root: &Path) -> Result<BTreeSet<PackId>, StoreError> {
@@ -184,17 +229,25 @@ fn list_segments(root: &Path) -> Result<BTreeSet<PackId>, StoreError> {
 impl Index {
     /// Loads every segment, rebuilding those that are missing or corrupt from pack footers.
     pub fn load(root: &Path) -> Result<Index, StoreError> {
-        let packs = list_packs(root)?;
+        let (packs, unlisted) = list_packs(root)?;
         let segs = list_segments(root)?;
         let mut idx = Index::default();
+        for d in &unlisted {
+            tracing::warn!(
+                "cannot list {d}: the packs in it are not indexed (their pages read as \
+                 missing, gc leaves them alone); fix its permissions and run `haul images verify`"
+            );
+        }
+        idx.unlisted = unlisted;
         for id in segs.union(&packs) {
             let have_pack = packs.contains(id);
             let from_seg = if segs.contains(id) {
                 std::fs::read(seg_path(root, id))
-                    .map_err(|e| e.to_string())
+                    .map_err(FormatError::Io)
                     .and_then(|b| decode_segment(&b, id))
+                    .map_err(|e| tracing::debug!("index segment of pack {id}: {e}"))
             } else {
-                Err("no segment".into())
+                Err(())
             };
             match (from_seg, have_pack) {
                 (Ok((len, footer)), true) => idx.add(*id, len, &footer),
@@ -205,9 +258,14 @@ impl Index {
                 }
                 (Err(_), true) => {
                     let path = id.path(root);
-                    match read_footer(&path) {
-                        Ok(footer) => {
-                            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    // The length goes into the segment: a pack that cannot be measured is
+                    // unreadable, not a pack of 0 bytes.
+                    let read = read_footer(&path).and_then(|footer| {
+                        let len = std::fs::metadata(&path).map_err(FormatError::Io)?.len();
+                        Ok((footer, len))
+                    });
+                    match read {
+                        Ok((footer, len)) => {
                             let c = CommittedPack {
                                 id: *id,
                                 len,
@@ -232,7 +290,7 @@ impl Index {
 
     /// Reloads when segments or packs appeared or disappeared since the last load.
     pub fn refresh(&mut self, root: &Path) -> Result<(), StoreError> {
-        let packs = list_packs(root)?;
+        let (packs, _) = list_packs(root)?;
         let segs = list_segments(root)?;
         if self.seen.0 != segs || self.seen.1 != packs {
             *self = Index::load(root)?;

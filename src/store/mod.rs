@@ -17,12 +17,17 @@
 
 mod chains;
 mod du;
+mod error;
+mod footer;
 mod fsutil;
 pub mod index;
 mod list;
 mod maint;
 pub mod pack;
 mod read;
+#[cfg(test)]
+mod tests;
+mod verify;
 mod view;
 mod writer;
 
@@ -30,15 +35,17 @@ pub mod bench;
 
 pub use chains::SetState;
 pub use du::{DuReport, JobUsage};
+pub use error::{PageAt, StoreError};
+pub use footer::PackId;
 pub use list::{DamagedSet, ListRow, Listing};
-pub use maint::{GcReport, VerifyProblem, VerifyReport};
-pub use pack::PackId;
+pub use maint::GcReport;
 pub use read::{NextBatch, PageStream, ReadOptions, StreamBatch, READ_BATCH_PAGES};
+pub use verify::{VerifyProblem, VerifyReport};
 pub use view::{set_view, show_text, ProcessView, SetView, VmaView};
 pub use writer::SetWriter;
 
 use crate::image::encode::{self, EncodeError, SetMeta};
-use crate::image::{ImageSet, PageId, SetFigures, SetKind, PAGE_SIZE};
+use crate::image::{ImageSet, SetFigures, SetKind, PAGE_SIZE};
 use index::Index;
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
@@ -61,133 +68,6 @@ pub const DEFAULT_FRAME_PAGES: usize = 16;
 pub const DEFAULT_PACK_TARGET: u64 = 64 << 20;
 /// How long gc and rm wait for writers to finish before refusing.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where a page that could not be read was: the set and address when known, and the pack.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageAt {
-    pub set: Option<String>,
-    pub page: PageId,
-    pub addr: Option<u64>,
-    pub pack: Option<PackId>,
-}
-
-impl std::fmt::Display for PageAt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(s) = &self.set {
-            write!(f, "set {s}: ")?;
-        }
-        write!(f, "page {}", self.page)?;
-        if let Some(a) = self.addr {
-            write!(f, " at {a:#x}")?;
-        }
-        if let Some(p) = &self.pack {
-            write!(f, " in pack {p}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Errors of the `store` module.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{context}: no space left on the device; nothing was committed and the store is still consistent (run `haul images gc` after freeing space)")]
-    DiskFull {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not a haul store: {reason}")]
-    NotAStore { path: PathBuf, reason: String },
-    #[error("store {path} has format version {found}, newer than this haul supports ({supported}); upgrade haul")]
-    NewerFormat {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
-    #[error("store {path} was made for {found}-byte pages; this machine uses {expected}")]
-    PageSize {
-        path: PathBuf,
-        found: usize,
-        expected: usize,
-    },
-    #[error("store {path} is in use by a writer; {what} waited {} and gave up (try again when the dump is done)", humantime::format_duration(*waited))]
-    Locked {
-        path: PathBuf,
-        what: String,
-        waited: Duration,
-    },
-    #[error("no image set {id} in store {store}")]
-    SetNotFound { id: String, store: PathBuf },
-    #[error("invalid job name {job:?}: {reason}")]
-    BadJobName { job: String, reason: String },
-    #[error("manifest {path}: {source}")]
-    Manifest {
-        path: PathBuf,
-        #[source]
-        source: EncodeError,
-    },
-    #[error("{at}: content does not match its id (the pack is corrupt)")]
-    PageCorrupt { at: PageAt },
-    #[error("{at}: the pack is missing from the store")]
-    PackMissing { at: PageAt },
-    #[error("{at}: not found in the store")]
-    PageMissing { at: PageAt },
-    #[error("{at}: {problem}")]
-    PageUnreadable { at: PageAt, problem: String },
-    #[error("page at {addr:#x} of the new set names page {page}, which is not in the store")]
-    RefNotStored { addr: u64, page: PageId },
-    #[error("gc refused: {reason}")]
-    GcRefused { reason: String },
-    #[error("set writer failed: {0}")]
-    Writer(String),
-    #[error(
-        "add_pages: {addrs} addresses but {bytes} bytes of data (need {PAGE_SIZE} per address)"
-    )]
-    BatchShape { addrs: usize, bytes: usize },
-    #[error("bench store: a {size}-byte image is too small to measure; the least is {min} bytes")]
-    BenchTooSmall { size: u64, min: u64 },
-}
-
-impl StoreError {
-    /// An I/O error with context; ENOSPC becomes [`StoreError::DiskFull`].
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> StoreError {
-        let context = context.into();
-        if source.raw_os_error() == Some(libc::ENOSPC)
-            || source.raw_os_error() == Some(libc::EDQUOT)
-        {
-            StoreError::DiskFull { context, source }
-        } else {
-            StoreError::Io { context, source }
-        }
-    }
-
-    /// The same error with the set (and address, when not known yet) named.
-    pub(crate) fn in_set(self, set: &str, addr: Option<u64>) -> StoreError {
-        let fill = |mut at: PageAt| {
-            at.set.get_or_insert_with(|| set.to_string());
-            if at.addr.is_none() {
-                at.addr = addr;
-            }
-            at
-        };
-        match self {
-            StoreError::PageCorrupt { at } => StoreError::PageCorrupt { at: fill(at) },
-            StoreError::PackMissing { at } => StoreError::PackMissing { at: fill(at) },
-            StoreError::PageMissing { at } => StoreError::PageMissing { at: fill(at) },
-            StoreError::PageUnreadable { at, problem } => StoreError::PageUnreadable {
-                at: fill(at),
-                problem,
-            },
-            e => e,
-        }
-    }
-}
 
 /// One line of `haul images ls`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -596,8 +476,13 @@ impl Store {
         let dir = self.sets_dir();
         let rd = std::fs::read_dir(&dir)
             .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
-        let mut out: Vec<String> = rd
-            .flatten()
+        // An entry that cannot be read is an error, not a job less: gc would take the pages of
+        // the sets it hides for garbage.
+        let entries = rd
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let mut out: Vec<String> = entries
+            .into_iter()
             .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().to_str().map(String::from))
             .filter(|n| !n.starts_with('.'))
@@ -623,7 +508,8 @@ impl Store {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(StoreError::io(format!("listing {}", dir.display()), e)),
             };
-            for e in rd.flatten() {
+            for e in rd {
+                let e = e.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
                 let name = e.file_name();
                 if name.to_str().is_some_and(|n| !n.starts_with('.')) {
                     out.push(e.path());

@@ -2,8 +2,9 @@
 //! whole set in address order, decoded in parallel. Every page is hashed again and compared
 //! with its id.
 
+use super::footer::{FrameInfo, PackId, CODEC_RAW};
 use super::index::Loc;
-use super::pack::{decode_frame, FrameInfo, PackId, CODEC_RAW};
+use super::pack::decode_frame;
 use super::{Inner, PageAt, Store, StoreError};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use rayon::prelude::*;
@@ -58,6 +59,18 @@ impl Inner {
                 }),
             },
             None => match idx.missing.get(id) {
+                // Not missing: hidden in a directory the index could not list.
+                Some(p) if idx.unlisted.iter().any(|d| d.holds(p)) => {
+                    Err(StoreError::PageUnreadable {
+                        at: at(id, Some(*p)),
+                        problem: idx
+                            .unlisted
+                            .iter()
+                            .find(|d| d.holds(p))
+                            .map(|d| format!("its directory cannot be listed ({d})"))
+                            .unwrap_or_default(),
+                    })
+                }
                 Some(p) => Err(StoreError::PackMissing {
                     at: at(id, Some(*p)),
                 }),
@@ -329,8 +342,10 @@ impl Store {
                 }
             }
             drop(rx);
-            let _ = producer.join();
-            result
+            // A producer that panicked stopped sending: without this the read would end early
+            // as if every page had been handed over.
+            let joined = super::error::joined(producer.join(), "page reader");
+            result.and(joined.map_err(E::from))
         })
     }
 }
@@ -369,7 +384,16 @@ impl PageStream {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => NextBatch::NotYet,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 self.rx = None;
-                NextBatch::End
+                // The reader is done (it dropped its end): a panic in it is an error, not the
+                // end of the pages.
+                match self
+                    .thread
+                    .take()
+                    .map(|t| super::error::joined(t.join(), "page stream"))
+                {
+                    Some(Err(e)) => NextBatch::Batch(Err(e)),
+                    _ => NextBatch::End,
+                }
             }
         }
     }
@@ -389,7 +413,9 @@ impl Drop for PageStream {
     fn drop(&mut self) {
         self.rx = None;
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if let Err(e) = super::error::joined(t.join(), "page stream") {
+                tracing::warn!("{e} (the stream was dropped; its remaining pages were not needed)");
+            }
         }
     }
 }

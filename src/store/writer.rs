@@ -3,6 +3,7 @@
 //! frames in parallel and appends the frames to the current pack. The manifest is written by
 //! `commit`, last.
 
+use super::error::{joined, panicked};
 use super::fsutil;
 use super::index::IdMap;
 use super::pack::{encode_frame, encode_frame_parts, PackWriter};
@@ -147,7 +148,7 @@ impl<'a> SetWriter<'a> {
         match self.worker.take().map(|w| w.join()) {
             Some(Ok(Err(e))) => e,
             Some(Ok(Ok(_))) => StoreError::Writer("the writer stopped unexpectedly".into()),
-            Some(Err(_)) => StoreError::Writer("the writer thread panicked".into()),
+            Some(Err(p)) => panicked(p, "set writer"),
             None => StoreError::Writer("the writer already failed".into()),
         }
     }
@@ -205,7 +206,7 @@ impl<'a> SetWriter<'a> {
         self.tx = None;
         let out = match self.worker.take().map(|w| w.join()) {
             Some(Ok(r)) => r?,
-            Some(Err(_)) => return Err(StoreError::Writer("the writer thread panicked".into())),
+            Some(Err(p)) => return Err(panicked(p, "set writer")),
             None => return Err(StoreError::Writer("the writer already failed".into())),
         };
         let inner = &self.store.inner;
@@ -316,7 +317,15 @@ impl Drop for SetWriter<'_> {
         // so that the temp file is gone before the lock is released.
         self.tx = None;
         if let Some(w) = self.worker.take() {
-            let _ = w.join();
+            match joined(w.join(), "set writer") {
+                Ok(Ok(_)) | Ok(Err(StoreError::Abandoned)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    "abandoned set writer: {e} (nothing was committed; gc removes what it left)"
+                ),
+                Err(e) => tracing::warn!(
+                    "{e} while abandoning its set (nothing was committed; a temp pack may remain in tmp/ until gc)"
+                ),
+            }
         }
     }
 }
@@ -362,7 +371,11 @@ impl Worker {
                 p.abandon();
             }
             // A pack being finished may still commit: unreferenced, gc removes it.
-            let _ = self.join_finisher();
+            if let Err(e) = self.join_finisher() {
+                tracing::warn!(
+                    "finishing an earlier pack of the failed set: {e} (the set was not committed; gc removes its packs)"
+                );
+            }
         }
         r
     }
@@ -387,7 +400,7 @@ impl Worker {
                     if let Some(p) = self.pack.take() {
                         p.abandon();
                     }
-                    return Err(StoreError::Writer("set abandoned".into()));
+                    return Err(StoreError::Abandoned);
                 }
             }
         }
@@ -509,9 +522,7 @@ impl Worker {
         match self.finisher.take().map(|h| h.join()) {
             None => Ok(()),
             Some(Ok(r)) => r,
-            Some(Err(_)) => Err(StoreError::Writer(
-                "the pack finisher thread panicked".into(),
-            )),
+            Some(Err(p)) => Err(panicked(p, "pack finisher")),
         }
     }
 

@@ -36,3 +36,44 @@ impl Tracker for HashTracker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_area_is_a_candidate_and_the_caller_compares_contents() {
+        let mut t = HashTracker::new();
+        let areas = [
+            Area {
+                start: 0x5000,
+                end: 0x7000,
+            },
+            Area {
+                start: 0x1000,
+                end: 0x3000,
+            },
+            Area {
+                start: 0x3000,
+                end: 0x4000,
+            },
+        ];
+        t.start(&areas).unwrap();
+        let d = t.collect(&areas).unwrap();
+        // Sorted and merged: the adjacent areas become one range.
+        assert_eq!(
+            d.ranges(),
+            &[
+                Area {
+                    start: 0x1000,
+                    end: 0x4000
+                },
+                areas[0]
+            ]
+        );
+        assert_eq!(d.pages(), 5);
+        assert!(t.compares_content());
+        assert_eq!(t.kind(), TrackerKind::Hash);
+        assert!(t.collect(&[]).unwrap().ranges().is_empty());
+    }
+}

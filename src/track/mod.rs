@@ -28,6 +28,9 @@ pub enum TrackError {
         tracker: TrackerKind,
         reason: String,
     },
+    /// Soft-dirty tracking was asked for and this kernel cannot do it.
+    #[error("soft-dirty tracking is not available: {0}")]
+    SoftDirty(#[source] SoftDirtyError),
     /// A tracking step failed on process `pid`.
     #[error("{tracker} tracking of pid {pid}: {source}")]
     Sys {
@@ -150,27 +153,40 @@ pub trait Tracker: Send {
     fn stop(&mut self) -> Result<(), TrackError>;
 }
 
+/// Why soft-dirty bits cannot be used here.
+#[derive(Debug, thiserror::Error)]
+pub enum SoftDirtyError {
+    #[error("cannot map a probe page: {0}")]
+    ProbePage(#[source] SysError),
+    #[error("cannot open our own pagemap: {0}")]
+    OpenPagemap(#[source] SysError),
+    #[error("cannot read our own pagemap: {0}")]
+    ReadPagemap(#[source] SysError),
+    #[error(
+        "a page just written shows no soft-dirty bit (pagemap bit 55): the kernel is built \
+         without CONFIG_MEM_SOFT_DIRTY"
+    )]
+    NoBit,
+    #[error("pagemap returned no entry for the probe page")]
+    NoEntry,
+}
+
 /// Whether this kernel keeps soft-dirty bits: a page this process has just written must show
 /// pagemap bit 55. `Err` carries the reason it does not.
-pub fn probe_soft_dirty() -> Result<(), String> {
+pub fn probe_soft_dirty() -> Result<(), SoftDirtyError> {
     use crate::sys::pagemap::Pagemap;
     let mut buf = crate::sys::mem::AlignedBuf::new(crate::sys::PAGE_SIZE)
-        .map_err(|e| format!("cannot map a probe page: {e}"))?;
+        .map_err(SoftDirtyError::ProbePage)?;
     buf.as_mut_slice()[0] = 1;
     let addr = buf.as_slice().as_ptr() as u64;
-    let pm = Pagemap::open(crate::sys::process::getpid())
-        .map_err(|e| format!("cannot open our own pagemap: {e}"))?;
+    let pm = Pagemap::open(crate::sys::process::getpid()).map_err(SoftDirtyError::OpenPagemap)?;
     let e = pm
         .entries(addr, addr + crate::sys::PAGE_SIZE as u64)
-        .map_err(|e| format!("cannot read our own pagemap: {e}"))?;
+        .map_err(SoftDirtyError::ReadPagemap)?;
     match e.first() {
         Some(e) if e.soft_dirty() => Ok(()),
-        Some(_) => Err(
-            "a page just written shows no soft-dirty bit (pagemap bit 55): the kernel \
-             is built without CONFIG_MEM_SOFT_DIRTY"
-                .into(),
-        ),
-        None => Err("pagemap returned no entry for the probe page".into()),
+        Some(_) => Err(SoftDirtyError::NoBit),
+        None => Err(SoftDirtyError::NoEntry),
     }
 }
 

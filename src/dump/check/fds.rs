@@ -1,0 +1,470 @@
+//! Refusals of open files: the image of every fd, or the reason it cannot be carried (a
+//! socket, a pipe to another process, a file renamed meanwhile, a lock of a kind a restore
+//! cannot take again...).
+
+use super::{process_gone, unsupported, Refusals};
+use crate::dump::DumpError;
+use crate::image::{AnonFd, FdImage, FdKind, FileId, FileLock, LockKind};
+use crate::proc;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+/// The image of every fd of `pid`, noting in `found` the refusal of each one that cannot be
+/// carried (it is left out of the list).
+pub(super) fn fd_images_into(pid: i32, found: &mut Refusals) -> Result<Vec<FdImage>, DumpError> {
+    let mut out = Vec::new();
+    for fd in proc::fds(pid)? {
+        let target = match proc::fd_target(pid, fd) {
+            Ok(t) => t,
+            Err(e) if e.is_gone() && !process_gone(pid) => continue, // closed meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        let info = match proc::fdinfo(pid, fd) {
+            Ok(i) => i,
+            Err(e) if e.is_gone() && !process_gone(pid) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let kind = found.note(fd_kind(pid, fd, &target, &info))?;
+        let mut locks = Vec::new();
+        for l in &info.locks {
+            locks.extend(found.note(file_lock(pid, fd, &target, l))?);
+        }
+        if let Some(kind) = kind {
+            out.push(FdImage {
+                fd,
+                flags: info.flags,
+                kind,
+                same_as: None,
+                locks,
+            });
+        }
+    }
+    // Fds that are one open file description (dup, 2>&1) must stay one after a restore, or
+    // their writes would overwrite each other at two offsets.
+    for i in 1..out.len() {
+        for j in 0..i {
+            if out[j].same_as.is_none()
+                && crate::sys::process::same_open_file(pid, out[j].fd, out[i].fd)?
+            {
+                out[i].same_as = Some(out[j].fd);
+                break;
+            }
+        }
+    }
+    check_pipes(pid, &out, found);
+    Ok(out)
+}
+
+/// A pipe can be rebuilt only when the process holds both of its ends, each through one open
+/// file description (dups of it are fine): the other end of a pipe to another process would
+/// be gone, and a second description of one end cannot be made again.
+fn check_pipes(pid: i32, fds: &[FdImage], found: &mut Refusals) {
+    for f in fds {
+        let FdKind::Pipe { ino, write, .. } = f.kind else {
+            continue;
+        };
+        let ends = |w: bool| {
+            fds.iter().filter(move |g| {
+                g.same_as.is_none()
+                    && matches!(g.kind, FdKind::Pipe { ino: i, write: x, .. } if i == ino && x == w)
+            })
+        };
+        if ends(!write).next().is_none() {
+            found.add(unsupported(format!(
+                "pid {pid} fd {}: pipe:[{ino}] leads to another process: pipes between processes are not supported yet",
+                f.fd
+            )));
+        }
+        if ends(write).count() > 1 {
+            found.add(unsupported(format!(
+                "pid {pid} fd {}: pipe:[{ino}] has its {} end open twice (not by dup): this is not supported yet",
+                f.fd,
+                if write { "write" } else { "read" }
+            )));
+        }
+    }
+}
+
+/// The state of an eventfd, timerfd or signalfd from its fdinfo (`None`: another kind;
+/// `Some(None)`: that kind, but fdinfo lacks what a restore needs).
+fn anon_fd(name: &str, info: &proc::FdInfo) -> Option<Option<AnonFd>> {
+    let num = |k: &str| info.get(k)?.trim().parse::<u64>().ok();
+    let hex = |k: &str| u64::from_str_radix(info.get(k)?.trim(), 16).ok();
+    // "(sec, nsec)"
+    let ns = |k: &str| {
+        let v = info.get(k)?.trim().strip_prefix('(')?.strip_suffix(')')?;
+        let (s, n) = v.split_once(',')?;
+        Some(s.trim().parse::<u64>().ok()? * 1_000_000_000 + n.trim().parse::<u64>().ok()?)
+    };
+    Some(match name {
+        "eventfd" => (|| {
+            Some(AnonFd::EventFd {
+                count: hex("eventfd-count")?,
+                semaphore: num("eventfd-semaphore").unwrap_or(0) == 1,
+            })
+        })(),
+        "timerfd" => (|| {
+            Some(AnonFd::TimerFd {
+                clock: num("clockid")? as i32,
+                ticks: num("ticks")?,
+                value_ns: ns("it_value")?,
+                interval_ns: ns("it_interval")?,
+            })
+        })(),
+        "signalfd" => hex("sigmask").map(|mask| AnonFd::SignalFd { mask }),
+        _ => return None,
+    })
+}
+
+/// A lock held through fd `fd`, or the refusal of a kind a restore cannot take again.
+fn file_lock(pid: i32, fd: i32, target: &str, l: &proc::FdLock) -> Result<FileLock, DumpError> {
+    let kind = match l.kind.as_str() {
+        "FLOCK" => Some(LockKind::Flock),
+        "POSIX" => Some(LockKind::Posix),
+        "OFDLCK" => Some(LockKind::Ofd),
+        _ => None,
+    };
+    let write = match l.access.as_str() {
+        "WRITE" => Some(true),
+        "READ" => Some(false),
+        _ => None,
+    };
+    match (kind, write, l.mode.as_str()) {
+        (Some(kind), Some(write), "ADVISORY") => Ok(FileLock {
+            kind,
+            write,
+            start: l.start,
+            len: l.end.map_or(0, |e| e + 1 - l.start),
+        }),
+        _ => Err(unsupported(format!(
+            "pid {pid} fd {fd}: a {} {} {} lock on {target} is not supported yet",
+            l.kind, l.mode, l.access
+        ))),
+    }
+}
+
+fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKind, DumpError> {
+    let (pos, flags) = (info.pos, info.flags);
+    let no = |kind: &str| {
+        Err(unsupported(format!(
+            "pid {pid} fd {fd}: {target} ({kind}) is not supported yet"
+        )))
+    };
+    if let Some(ino) = target
+        .strip_prefix("socket:[")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        let kind = ino
+            .parse()
+            .ok()
+            .and_then(|i| socket_kind(pid, i))
+            .unwrap_or("socket");
+        return no(kind);
+    }
+    if let Some(ino) = target
+        .strip_prefix("pipe:[")
+        .and_then(|s| s.strip_suffix(']'))
+        .and_then(|s| s.parse().ok())
+    {
+        // Whether the other end is in the process too is checked once every fd is known.
+        return Ok(FdKind::Pipe {
+            ino,
+            write: flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
+            size: 0,
+            data: Vec::new(),
+        });
+    }
+    if let Some(name) = target.strip_prefix("anon_inode:") {
+        let name = name.trim_matches(|c| c == '[' || c == ']');
+        if let Some(anon) = anon_fd(name, info) {
+            return anon.map(FdKind::Anon).ok_or_else(|| {
+                unsupported(format!(
+                    "pid {pid} fd {fd}: {target}: its fdinfo is not understood"
+                ))
+            });
+        }
+        let kind = match name {
+            "eventfd" => "eventfd",
+            "eventpoll" => "epoll",
+            "signalfd" => "signalfd",
+            "timerfd" => "timerfd",
+            "inotify" => "inotify",
+            "fanotify" => "fanotify",
+            "userfaultfd" => "userfaultfd",
+            "pidfd" => "pidfd",
+            "io_uring" => "io_uring",
+            "perf_event" => "perf_event",
+            "bpf-map" | "bpf-prog" | "bpf_link" => "bpf",
+            _ => "anonymous inode",
+        };
+        return no(kind);
+    }
+    if target.starts_with("/memfd:") {
+        return no("memfd");
+    }
+    if !target.starts_with('/') {
+        return no("special file");
+    }
+    let link = format!("/proc/{pid}/fd/{fd}");
+    let md = match std::fs::metadata(&link) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(DumpError::Io {
+                context: format!("pid {pid} fd {fd}: stat {target}"),
+                source: e,
+            })
+        }
+    };
+    let ft = md.file_type();
+    // A file is restored as the same file or not at all: one that is deleted, or whose path
+    // names another file now, is refused here rather than by the restore.
+    if md.nlink() == 0 || target.ends_with(" (deleted)") {
+        return no(if ft.is_char_device() {
+            "deleted device file"
+        } else {
+            "deleted file"
+        });
+    }
+    // The path must name the very file open (an O_PATH|O_NOFOLLOW fd is the link itself).
+    let now = if ft.is_symlink() {
+        std::fs::symlink_metadata(target)
+    } else {
+        std::fs::metadata(target)
+    };
+    if !now.is_ok_and(|n| n.dev() == md.dev() && n.ino() == md.ino()) {
+        return Err(unsupported(format!(
+            "pid {pid} fd {fd}: {target} no longer names the file it has open (renamed, \
+             replaced, or in another mount namespace): this is not supported yet"
+        )));
+    }
+    if ft.is_char_device() {
+        let rdev = md.rdev();
+        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        // The well-known nodes by their names; another node of the same device (mknod'ed
+        // elsewhere) is reopened by its own path, like /dev/random.
+        return match (major, minor, target) {
+            (1, 3, "/dev/null") => Ok(FdKind::DevNull),
+            (1, 5, "/dev/zero") => Ok(FdKind::DevZero),
+            (1, 9, "/dev/urandom") => Ok(FdKind::DevUrandom),
+            (1, 3 | 5 | 8 | 9, _) => Ok(FdKind::File {
+                path: target.to_string(),
+                pos: 0,
+                mode: md.mode(),
+                id: file_id(&md),
+            }),
+            (4, _, _) | (5, _, _) | (136..=143, _, _) => no("tty"),
+            _ => no("device"),
+        };
+    }
+    if ft.is_block_device() {
+        return no("block device");
+    }
+    if ft.is_fifo() {
+        return no("fifo");
+    }
+    if ft.is_socket() {
+        return no("socket");
+    }
+    Ok(FdKind::File {
+        path: target.to_string(),
+        pos,
+        mode: md.mode(),
+        id: file_id(&md),
+    })
+}
+
+/// The identity of a file as `stat` sees it.
+pub(crate) fn file_id(md: &std::fs::Metadata) -> FileId {
+    FileId {
+        dev: md.dev(),
+        ino: md.ino(),
+        size: md.size(),
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+    }
+}
+
+/// The kind of socket inode `ino` as the target's network namespace lists it
+/// (`/proc/PID/net/*`): `TCP`, `UDP`, `UNIX`, ... or None when not found.
+pub fn socket_kind(pid: i32, ino: u64) -> Option<&'static str> {
+    // (file, inode column, name)
+    const TABLES: [(&str, usize, &str); 11] = [
+        ("tcp", 9, "TCP"),
+        ("tcp6", 9, "TCPv6"),
+        ("udp", 9, "UDP"),
+        ("udp6", 9, "UDPv6"),
+        ("udplite", 9, "UDP-Lite"),
+        ("udplite6", 9, "UDP-Litev6"),
+        ("raw", 9, "RAW"),
+        ("raw6", 9, "RAWv6"),
+        ("unix", 6, "UNIX"),
+        ("netlink", 9, "NETLINK"),
+        ("packet", 8, "PACKET"),
+    ];
+    let want = ino.to_string();
+    for (file, col, name) in TABLES {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        if s.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(col) == Some(want.as_str()))
+        {
+            return Some(name);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(text: &str) -> proc::FdInfo {
+        proc::parse_fdinfo(std::path::Path::new("fdinfo"), text).unwrap()
+    }
+
+    fn refusal(r: Result<impl std::fmt::Debug, DumpError>) -> String {
+        match r {
+            Err(DumpError::Unsupported(m)) => m,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn eventfd_timerfd_and_signalfd_state_is_read_from_fdinfo() {
+        let ev = info("pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\neventfd-count:               2a\neventfd-id: 3\neventfd-semaphore: 1\n");
+        assert_eq!(
+            anon_fd("eventfd", &ev),
+            Some(Some(AnonFd::EventFd {
+                count: 42,
+                semaphore: true
+            }))
+        );
+        let tf = info("pos:\t0\nflags:\t02\nmnt_id:\t15\nclockid: 1\nticks: 3\nsettime flags: 01\nit_value: (0, 500)\nit_interval: (2, 5)\n");
+        assert_eq!(
+            anon_fd("timerfd", &tf),
+            Some(Some(AnonFd::TimerFd {
+                clock: 1,
+                ticks: 3,
+                value_ns: 500,
+                interval_ns: 2_000_000_005
+            }))
+        );
+        let sf = info("pos:\t0\nflags:\t02\nmnt_id:\t15\nsigmask:\t0000000000004002\n");
+        assert_eq!(
+            anon_fd("signalfd", &sf),
+            Some(Some(AnonFd::SignalFd { mask: 0x4002 }))
+        );
+        // That kind, but without what a restore needs; and another kind.
+        assert_eq!(anon_fd("timerfd", &sf), Some(None));
+        assert_eq!(anon_fd("eventpoll", &ev), None);
+    }
+
+    #[test]
+    fn advisory_locks_are_carried_and_other_kinds_refused() {
+        let fi = info("pos:\t0\nflags:\t0100002\nmnt_id:\t30\nlock:\t1: POSIX  ADVISORY  WRITE 3671 fe:00:1046 5 14\nlock:\t2: FLOCK  ADVISORY  READ 3671 fe:00:1046 0 EOF\nlock:\t3: LEASE  ACTIVE    READ 3671 fe:00:1046 0 EOF\n");
+        assert_eq!(
+            file_lock(7, 3, "/tmp/f", &fi.locks[0]).unwrap(),
+            FileLock {
+                kind: LockKind::Posix,
+                write: true,
+                start: 5,
+                len: 10
+            }
+        );
+        // To the end of the file: length 0, as fcntl says it.
+        let whole = file_lock(7, 3, "/tmp/f", &fi.locks[1]).unwrap();
+        assert_eq!(
+            (whole.kind, whole.write, whole.len),
+            (LockKind::Flock, false, 0)
+        );
+        assert_eq!(
+            refusal(file_lock(7, 3, "/tmp/f", &fi.locks[2])),
+            "pid 7 fd 3: a LEASE ACTIVE READ lock on /tmp/f is not supported yet"
+        );
+    }
+
+    fn pipe(fd: i32, ino: u64, write: bool, same_as: Option<i32>) -> FdImage {
+        FdImage {
+            fd,
+            flags: 0,
+            kind: FdKind::Pipe {
+                ino,
+                write,
+                size: 0,
+                data: Vec::new(),
+            },
+            same_as,
+            locks: Vec::new(),
+        }
+    }
+
+    fn pipe_refusals(fds: &[FdImage]) -> Vec<String> {
+        let mut found = Refusals::default();
+        check_pipes(9, fds, &mut found);
+        match found.finish(9) {
+            Ok(()) => vec![],
+            Err(DumpError::Unsupported(m)) => vec![m],
+            Err(DumpError::Refusals { reasons, .. }) => {
+                reasons.iter().map(|r| r.to_string()).collect()
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_pipe_is_carried_only_with_both_ends_each_opened_once() {
+        // Both ends, and a dup of the write end: fine.
+        assert!(pipe_refusals(&[
+            pipe(3, 77, false, None),
+            pipe(4, 77, true, None),
+            pipe(5, 77, true, Some(4))
+        ])
+        .is_empty());
+        let r = pipe_refusals(&[pipe(3, 77, false, None)]);
+        assert_eq!(
+            r,
+            vec!["pid 9 fd 3: pipe:[77] leads to another process: pipes between processes are not supported yet"]
+        );
+        let r = pipe_refusals(&[
+            pipe(3, 77, false, None),
+            pipe(4, 77, true, None),
+            pipe(5, 77, true, None),
+        ]);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].contains("fd 4: pipe:[77] has its write end open twice"));
+    }
+
+    #[test]
+    fn fd_kinds_are_told_from_their_link_target() {
+        let me = std::process::id() as i32;
+        let wr = info("pos:\t0\nflags:\t01\nmnt_id:\t15\n");
+        assert!(matches!(
+            fd_kind(me, 4, "pipe:[123]", &wr),
+            Ok(FdKind::Pipe {
+                ino: 123,
+                write: true,
+                ..
+            })
+        ));
+        let none = info("pos:\t0\nflags:\t02\nmnt_id:\t15\n");
+        let cases = [
+            ("anon_inode:[eventpoll]", "(epoll)"),
+            ("anon_inode:bpf-map", "(bpf)"),
+            ("anon_inode:[io_uring]", "(io_uring)"),
+            ("/memfd:buf (deleted)", "(memfd)"),
+            ("net:[4026531840]", "(special file)"),
+            // An inode no table of ours lists: a socket of unknown kind.
+            ("socket:[4294967295]", "(socket)"),
+        ];
+        for (target, kind) in cases {
+            assert_eq!(
+                refusal(fd_kind(me, 5, target, &none)),
+                format!("pid {me} fd 5: {target} {kind} is not supported yet")
+            );
+        }
+        assert_eq!(
+            refusal(fd_kind(me, 6, "anon_inode:[eventfd]", &none)),
+            format!("pid {me} fd 6: anon_inode:[eventfd]: its fdinfo is not understood")
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! Tests of the store's pieces working together on a store in a temporary directory: index
+//! segments and their rebuilding, what gc plans and keeps, and the walks that count bytes.
+
+use super::footer::{CommittedPack, PackId};
+use super::index::{decode_segment, encode_segment, Index};
+use super::maint::{dir_bytes, gc_plan, live_pages};
+use super::pack::PackWriter;
+use super::Store;
+use crate::image::{PageId, SetKind, PAGE_SIZE};
+use std::path::Path;
+
+/// A page whose bytes are `n` repeated (not a zero page).
+fn page(n: u8) -> Vec<u8> {
+    vec![n; PAGE_SIZE]
+}
+
+/// A bare store layout (what `Store::open` makes) without the marker.
+fn layout(root: &Path) {
+    for d in ["packs", "index", "sets", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+}
+
+/// Writes one pack holding the pages `ns` (one raw frame each).
+fn write_pack(root: &Path, ns: &[u8]) -> CommittedPack {
+    let mut w = PackWriter::create(root).unwrap();
+    for n in ns {
+        let p = page(*n);
+        w.append_frame(&p, super::footer::CODEC_RAW, &[PageId::of(&p)])
+            .unwrap();
+    }
+    w.finish(root).unwrap()
+}
+
+#[test]
+fn index_segment_round_trips_and_names_its_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    layout(dir.path());
+    let c = write_pack(dir.path(), &[1, 2]);
+    let seg = encode_segment(&c);
+    let (len, footer) = decode_segment(&seg, &c.id).unwrap();
+    assert_eq!((len, &footer), (c.len, &c.footer));
+    let other = PackId([0; 16]);
+    assert_eq!(
+        decode_segment(&seg, &other).unwrap_err().to_string(),
+        "segment names another pack"
+    );
+    let mut bad = seg.clone();
+    bad[60] ^= 1;
+    assert_eq!(
+        decode_segment(&bad, &c.id).unwrap_err().to_string(),
+        "checksum mismatch"
+    );
+}
+
+#[test]
+fn index_rebuilds_a_lost_segment_from_the_pack_footer() {
+    let dir = tempfile::tempdir().unwrap();
+    layout(dir.path());
+    let c = write_pack(dir.path(), &[1, 2, 3]);
+    let seg = dir.path().join("index").join(format!("{}.idx", c.id));
+    std::fs::remove_file(&seg).unwrap();
+    let idx = Index::load(dir.path()).unwrap();
+    assert_eq!(idx.rebuilt, vec![c.id]);
+    assert_eq!(idx.pages.len(), 3);
+    let (loc, info) = idx.lookup(&PageId::of(&page(2))).unwrap();
+    assert_eq!((loc.frame, loc.slot, info.id), (1, 0, c.id));
+    // Rebuilt on disk too.
+    assert!(seg.exists());
+}
+
+#[test]
+fn index_keeps_a_page_at_its_first_location_and_charges_the_frame_share() {
+    let dir = tempfile::tempdir().unwrap();
+    layout(dir.path());
+    let a = write_pack(dir.path(), &[1, 2]);
+    let b = write_pack(dir.path(), &[2, 3]);
+    let mut idx = Index::default();
+    idx.add_committed(&a);
+    idx.add_committed(&b);
+    idx.add_committed(&a);
+    assert_eq!(idx.packs.len(), 2);
+    let (loc, info) = idx.lookup(&PageId::of(&page(2))).unwrap();
+    assert_eq!((info.id, loc.frame), (a.id, 1));
+    // Raw frames of one page cost a page each.
+    assert_eq!(info.page_cost(1), PAGE_SIZE as u64);
+    assert_eq!(info.page_cost(7), 0);
+}
+
+/// A directory entry under `packs/` that cannot be listed, as root too: a symlink to itself
+/// (ELOOP).
+fn unlistable(root: &Path, name: &str) {
+    std::os::unix::fs::symlink(name, root.join("packs").join(name)).unwrap();
+}
+
+#[test]
+fn index_records_a_packs_dir_it_cannot_list_and_indexes_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    layout(dir.path());
+    let c = write_pack(dir.path(), &[1]);
+    let name = if c.id.to_hex().starts_with("zz") {
+        "yy"
+    } else {
+        "zz"
+    };
+    unlistable(dir.path(), name);
+    // A stray file is not a pack directory: passed over without a word.
+    std::fs::write(dir.path().join("packs").join("README"), "x").unwrap();
+    let idx = Index::load(dir.path()).unwrap();
+    assert_eq!(idx.packs.len(), 1);
+    assert_eq!(idx.unlisted.len(), 1);
+    assert_eq!(idx.unlisted[0].name, name);
+    assert_eq!(idx.unlisted[0].error.raw_os_error(), Some(libc::ELOOP));
+}
+
+/// Commits a one-page set of job `t` and returns its id and the page.
+fn one_page_set(s: &Store, n: u8) -> (String, PageId) {
+    let mut w = s.begin_set("t", SetKind::Dump, None, None).unwrap();
+    w.add_pages(&[0x1000], page(n)).unwrap();
+    let set = w.commit(None).unwrap();
+    (set.id, PageId::of(&page(n)))
+}
+
+#[test]
+fn gc_keeps_the_segments_of_packs_in_a_dir_it_cannot_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_or_create(dir.path()).unwrap();
+    let (id, _) = one_page_set(&s, 9);
+    s.remove_set(&id).unwrap();
+    let pack = *Index::load(dir.path())
+        .unwrap()
+        .by_pack
+        .keys()
+        .next()
+        .unwrap();
+    let hex = pack.to_hex();
+    // The pack's directory becomes unlistable (its content is set aside, as a directory
+    // whose permissions went wrong would hide it).
+    let packs = dir.path().join("packs");
+    std::fs::rename(packs.join(&hex[..2]), dir.path().join("aside")).unwrap();
+    unlistable(dir.path(), &hex[..2]);
+    let s = Store::open(dir.path()).unwrap();
+    let rep = s.gc().unwrap();
+    let seg = dir.path().join("index").join(format!("{hex}.idx"));
+    assert!(
+        seg.exists(),
+        "gc removed the index segment of a pack it could not see"
+    );
+    assert_eq!(rep.stale_segments_removed, 0);
+    assert!(
+        rep.skipped
+            .iter()
+            .any(|m| m.contains(&format!("packs/{}", &hex[..2]))),
+        "gc does not say it skipped packs/{}: {:?}",
+        &hex[..2],
+        rep.skipped
+    );
+}
+
+#[test]
+fn a_page_in_a_dir_the_index_cannot_list_is_unreadable_not_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_or_create(dir.path()).unwrap();
+    let (_, page_id) = one_page_set(&s, 4);
+    let pack = *Index::load(dir.path())
+        .unwrap()
+        .by_pack
+        .keys()
+        .next()
+        .unwrap();
+    let hex = pack.to_hex();
+    let packs = dir.path().join("packs");
+    std::fs::rename(packs.join(&hex[..2]), dir.path().join("aside")).unwrap();
+    unlistable(dir.path(), &hex[..2]);
+    let s = Store::open(dir.path()).unwrap();
+    let e = s.read_page(&page_id).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "its directory cannot be listed (packs/{}",
+            &hex[..2]
+        )),
+        "{e}"
+    );
+    // Once the directory is back, the page reads again.
+    std::fs::remove_file(packs.join(&hex[..2])).unwrap();
+    std::fs::rename(dir.path().join("aside"), packs.join(&hex[..2])).unwrap();
+    assert_eq!(
+        Store::open(dir.path())
+            .unwrap()
+            .read_page(&page_id)
+            .unwrap(),
+        page(4)
+    );
+}
+
+#[test]
+fn gc_plan_removes_dead_packs_repacks_mostly_dead_ones_and_keeps_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_or_create(dir.path()).unwrap();
+    let (_, live_page) = one_page_set(&s, 1);
+    let live = write_pack(dir.path(), &[1, 2]);
+    let mostly_dead = write_pack(dir.path(), &[1, 3, 4]);
+    let dead = write_pack(dir.path(), &[5]);
+    let mut idx = Index::default();
+    for c in [&live, &mostly_dead, &dead] {
+        idx.add_committed(c);
+    }
+    let set = s.load_set(&s.list_sets(None).unwrap()[0].id).unwrap();
+    let keep = live_pages(std::slice::from_ref(&set));
+    assert!(keep.contains_key(&live_page));
+    let plan = gc_plan(&idx, &keep);
+    // Page 1 is indexed in `live` (its first location), so `mostly_dead` holds no live page.
+    assert_eq!(plan.doomed, vec![mostly_dead.id, dead.id]);
+    assert!(plan.repack.is_empty());
+    // With page 3 live too, `mostly_dead` has 1 live page of 3: repacked, not removed.
+    let mut keep3 = keep.clone();
+    keep3.insert(PageId::of(&page(3)), ());
+    let plan = gc_plan(&idx, &keep3);
+    assert_eq!(plan.doomed, vec![dead.id]);
+    assert_eq!(plan.repack.len(), 1);
+    assert_eq!(plan.repack[0].0.id, mostly_dead.id);
+    assert_eq!(plan.repack[0].1.len(), 1);
+}
+
+#[test]
+fn dir_bytes_counts_files_and_reports_what_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    std::fs::write(dir.path().join("a/one"), [0u8; 10]).unwrap();
+    std::fs::write(dir.path().join("two"), [0u8; 5]).unwrap();
+    let t = dir_bytes(dir.path());
+    assert_eq!((t.files, t.bytes, t.unread.len()), (2, 15, 0));
+    // A directory that is not there is not an empty one.
+    let t = dir_bytes(&dir.path().join("gone"));
+    assert_eq!((t.files, t.unread.len()), (0, 1));
+    // Permissions only stop a non-root reader.
+    if crate::sys::process::geteuid() == 0 {
+        eprintln!("skipped: an unreadable directory needs a non-root user (running as root)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let t = dir_bytes(dir.path());
+    std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!((t.files, t.bytes, t.unread.len()), (1, 5, 1));
+}
+
+#[test]
+fn chain_states_keep_predumps_a_dump_names_and_drop_unheld_others() {
+    use super::chains::{states, SetRef};
+    use super::SetState;
+    let dir = tempfile::tempdir().unwrap();
+    let r = |id, kind, parent| SetRef { id, kind, parent };
+    let sets = [
+        r("p1", SetKind::PreDump, None),
+        r("p2", SetKind::PreDump, Some("p1")),
+        r("d", SetKind::Dump, Some("p2")),
+        r("q1", SetKind::PreDump, None),
+        r("q2", SetKind::PreDump, Some("q1")),
+    ];
+    // No lock file is held: the chain no dump names is incomplete.
+    assert_eq!(
+        states(dir.path(), &sets),
+        vec![
+            SetState::Ok,
+            SetState::Ok,
+            SetState::Ok,
+            SetState::Incomplete,
+            SetState::Incomplete
+        ]
+    );
+}
+
+#[test]
+fn a_panicking_thread_is_an_error_that_keeps_its_message() {
+    let h = std::thread::spawn(|| -> u32 { panic!("pack {} is odd", 7) });
+    match super::error::joined(h.join(), "pack finisher") {
+        Err(e @ super::StoreError::Panicked { .. }) => {
+            assert_eq!(
+                e.to_string(),
+                "the pack finisher thread panicked: pack 7 is odd"
+            )
+        }
+        other => panic!("not a panic error: {other:?}"),
+    }
+    let h = std::thread::spawn(|| 5u32);
+    assert_eq!(super::error::joined(h.join(), "x").unwrap(), 5);
+}
+
+/// Commits a set of job `job` holding pages `ns` at consecutive addresses; returns its id.
+fn set_of(s: &Store, job: &str, ns: &[u8]) -> String {
+    let mut w = s.begin_set(job, SetKind::Dump, None, None).unwrap();
+    let addrs: Vec<u64> = (0..ns.len() as u64).map(|i| 0x10000 + i * 0x1000).collect();
+    let data: Vec<u8> = ns.iter().flat_map(|n| page(*n)).collect();
+    w.add_pages(&addrs, data).unwrap();
+    w.commit(None).unwrap().id
+}
+
+#[test]
+fn du_splits_shared_pages_between_jobs_and_predicts_what_gc_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_or_create(dir.path()).unwrap();
+    set_of(&s, "a", &[1, 2]);
+    let b = set_of(&s, "b", &[2, 3]);
+    let p = PAGE_SIZE as u64;
+    let du = s.du().unwrap();
+    assert_eq!((du.sets, du.pages_stored, du.pages_referenced), (2, 3, 3));
+    // Uncompressed: every page costs a page.
+    assert_eq!(du.bytes_referenced, 3 * p);
+    assert_eq!(du.bytes_logical, 4 * p);
+    assert!(
+        (du.dedup_ratio - 4.0 / 3.0).abs() < 1e-9,
+        "{}",
+        du.dedup_ratio
+    );
+    for j in &du.jobs {
+        assert_eq!(
+            (j.sets, j.bytes_referenced, j.bytes_exclusive),
+            (1, 2 * p, p),
+            "{j:?}"
+        );
+    }
+    assert_eq!(du.bytes_gc_frees, 0);
+    s.remove_set(&b).unwrap();
+    let du = s.du().unwrap();
+    assert_eq!((du.pages_referenced, du.bytes_unreferenced), (2, p));
+    assert_eq!(du.gc_packs_removed, 1);
+    let gc = s.gc().unwrap();
+    assert!(gc.bytes_freed > 0);
+    assert_eq!(du.bytes_gc_frees, gc.bytes_freed);
+}
