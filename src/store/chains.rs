@@ -23,7 +23,7 @@
 
 use super::{fsutil, Inner, StoreError};
 use crate::image::SetKind;
-use nix::fcntl::{Flock, FlockArg};
+use crate::sys::file::{FileLock, LockError, LockMode};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fs::File;
@@ -34,7 +34,7 @@ pub(crate) const DIR: &str = "precopy";
 
 /// The chains this process is writing: by newest set, the locks of all of the chain's sets.
 #[derive(Default)]
-pub(crate) struct Chains(HashMap<String, Vec<(String, Flock<File>)>>);
+pub(crate) struct Chains(HashMap<String, Vec<(String, FileLock)>>);
 
 /// What a set is to gc (`haul images ls` shows it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -76,16 +76,22 @@ pub(crate) fn lock_path(root: &Path, id: &str) -> PathBuf {
 }
 
 /// Creates and locks the lock file of set `id`.
-fn take(root: &Path, id: &str) -> Result<Flock<File>, StoreError> {
+fn take(root: &Path, id: &str) -> Result<FileLock, StoreError> {
     fsutil::create_dir(&root.join(DIR))?;
     let p = lock_path(root, id);
     let f = fsutil::open_lock(&p)?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, e)| StoreError::io(format!("locking {}", p.display()), e.into()))
+    crate::sys::file::lock(f, LockMode::Exclusive, true).map_err(|e| {
+        let source = match e {
+            LockError::Failed { source, .. } => source,
+            LockError::Held(_) => std::io::Error::from_raw_os_error(libc::EWOULDBLOCK),
+            LockError::Interrupted(_) => std::io::Error::from_raw_os_error(libc::EINTR),
+        };
+        StoreError::io(format!("locking {}", p.display()), source)
+    })
 }
 
 /// Lets go of the locks of a chain, removing their files first (while still held).
-fn let_go(root: &Path, locks: Vec<(String, Flock<File>)>) {
+fn let_go(root: &Path, locks: Vec<(String, FileLock)>) {
     for (id, lock) in locks {
         let p = lock_path(root, &id);
         if let Err(e) = std::fs::remove_file(&p) {
@@ -103,9 +109,9 @@ pub(crate) fn held(root: &Path, id: &str) -> bool {
     let Ok(f) = File::open(lock_path(root, id)) else {
         return false;
     };
-    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+    match crate::sys::file::lock(f, LockMode::Exclusive, true) {
         Ok(_) => false,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => true,
+        Err(LockError::Held(_)) => true,
         // Cannot tell: keep the set (gc must never remove a set still in use).
         Err(_) => true,
     }

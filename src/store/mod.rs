@@ -46,8 +46,8 @@ pub use writer::SetWriter;
 
 use crate::image::encode::{self, EncodeError, SetMeta};
 use crate::image::{ImageSet, SetFigures, SetKind, PAGE_SIZE};
+use crate::sys::file::{FileLock, LockError, LockMode};
 use index::Index;
-use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fs::File;
@@ -396,15 +396,9 @@ impl Store {
         };
         for id in packs {
             if let Ok(f) = File::open(id.path(&self.inner.root)) {
-                use std::os::fd::AsRawFd;
                 // Only a hint; dirty pages are written first so that they can be dropped.
                 let _ = f.sync_data();
-                let _ = nix::fcntl::posix_fadvise(
-                    f.as_raw_fd(),
-                    0,
-                    0,
-                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                );
+                let _ = crate::sys::file::advise(&f, crate::sys::file::Advice::DontNeed);
             }
         }
     }
@@ -414,19 +408,19 @@ impl Store {
     }
 
     /// Takes the store lock, waiting up to the lock timeout.
-    pub(crate) fn lock(&self, exclusive: bool, what: &str) -> Result<Flock<File>, StoreError> {
+    pub(crate) fn lock(&self, exclusive: bool, what: &str) -> Result<FileLock, StoreError> {
         let timeout = self.lock_timeout();
         let start = Instant::now();
         let mut file = open_lock_file(&self.inner.root)?;
-        let arg = if exclusive {
-            FlockArg::LockExclusiveNonblock
+        let mode = if exclusive {
+            LockMode::Exclusive
         } else {
-            FlockArg::LockSharedNonblock
+            LockMode::Shared
         };
         loop {
-            match Flock::lock(file, arg) {
+            match crate::sys::file::lock(file, mode, true) {
                 Ok(l) => return Ok(l),
-                Err((f, nix::errno::Errno::EWOULDBLOCK)) | Err((f, nix::errno::Errno::EINTR)) => {
+                Err(LockError::Held(f)) | Err(LockError::Interrupted(f)) => {
                     if start.elapsed() >= timeout {
                         return Err(StoreError::Locked {
                             path: self.inner.root.clone(),
@@ -437,10 +431,10 @@ impl Store {
                     file = f;
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err((_, e)) => {
+                Err(LockError::Failed { source, .. }) => {
                     return Err(StoreError::io(
                         format!("locking {}", self.inner.root.join("lock").display()),
-                        std::io::Error::from(e),
+                        source,
                     ))
                 }
             }

@@ -89,14 +89,8 @@ impl Inner {
         }
         let f = File::open(id.path(&self.root))?;
         if random {
-            use std::os::fd::AsRawFd;
             // Only a hint: reads work the same without it.
-            let _ = nix::fcntl::posix_fadvise(
-                f.as_raw_fd(),
-                0,
-                0,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
-            );
+            let _ = crate::sys::file::advise(&f, crate::sys::file::Advice::Random);
         }
         let f = Arc::new(f);
         if let Ok(mut files) = self.files.lock() {

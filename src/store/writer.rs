@@ -13,9 +13,8 @@ use crate::image::{
     is_zero_page, ImageSet, PageId, PageRef, PageTable, ProcessImage, SetFigures, SetKind,
     PAGE_SIZE,
 };
-use nix::fcntl::Flock;
+use crate::sys::file::FileLock;
 use rayon::prelude::*;
-use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -50,7 +49,7 @@ pub struct SetWriter<'a> {
     created_us: u64,
     failed: bool,
     pool: Pool,
-    _lock: Flock<File>,
+    _lock: FileLock,
 }
 
 /// Batch buffers the worker is done with, for the caller to fill again (no fresh memory to
@@ -79,7 +78,7 @@ impl<'a> SetWriter<'a> {
     pub(super) fn start(
         store: &'a Store,
         inner: Arc<Inner>,
-        lock: Flock<File>,
+        lock: FileLock,
         job: &str,
         kind: SetKind,
         parent: Option<&str>,
