@@ -246,11 +246,11 @@ pub enum BenchSizeError {
     TooSmall { size: u64 },
 }
 
-/// A benchmark's `--size`: a size of at least [`haul::store::bench::MIN_SIZE`] (smaller
+/// A benchmark's `--size`: a size of at least [`haul::bench::store::MIN_SIZE`] (smaller
 /// images have nothing to time, and their ratios would divide by zero).
 pub fn parse_bench_size(s: &str) -> Result<u64, BenchSizeError> {
     let size = parse_size(s).map_err(BenchSizeError::Syntax)?;
-    if size < haul::store::bench::MIN_SIZE {
+    if size < haul::bench::store::MIN_SIZE {
         return Err(BenchSizeError::TooSmall { size });
     }
     Ok(size)

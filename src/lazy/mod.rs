@@ -12,7 +12,6 @@
 //! were missing) through pidfds. If the daemon itself dies, a watchdog process that holds a
 //! copy of the uffd (so pending faults keep waiting instead of reading zero pages) kills it.
 
-pub mod bench;
 mod daemon;
 mod missing;
 mod source;

@@ -16,13 +16,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{restore_lazy, LazyOptions, StoreSource};
-use crate::dump::bench::{build, median, prewarm, Target};
+use super::{build, median, prewarm, BoxErr, Target, WorkDir};
 use crate::dump::{dump_to_store, DumpOptions};
+use crate::lazy::{restore_lazy, LazyOptions, StoreSource};
 use crate::restore::{PidChoice, RestoreOptions};
 use crate::store::Store;
-
-type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -83,7 +81,7 @@ pub struct BenchReport {
 /// Runs the benchmark; see the module documentation.
 pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, crate::Error> {
     // Its own fresh directory inside `o.dir`, removed when done: never `o.dir` itself.
-    let work = crate::store::bench::WorkDir::create(&o.dir, "haul-bench-lazy").map_err(|e| {
+    let work = WorkDir::create(&o.dir, "haul-bench-lazy").map_err(|e| {
         crate::store::StoreError::io(
             format!("creating a work directory in {}", o.dir.display()),
             e,

@@ -6,10 +6,11 @@
 //! second set with 1% of the pages changed (store growth, speed ratio); random single-page reads
 //! with the frame cache and the kernel's page cache dropped (p50/p99), and with only the frame
 //! cache dropped; a sequential read of the whole set; and a sweep of pages per frame (ratio
-//! against single-page read latency) that justifies [`super::DEFAULT_FRAME_PAGES`].
+//! against single-page read latency) that justifies [`crate::store::DEFAULT_FRAME_PAGES`].
 
-use super::{Store, StoreError};
+use super::WorkDir;
 use crate::image::{ImageSet, PageRef, SetKind, PAGE_SIZE};
+use crate::store::{Store, StoreError};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -19,60 +20,6 @@ use std::time::Instant;
 /// The smallest image the benchmark accepts: below it there is nothing to time (and no ratio
 /// to take).
 pub const MIN_SIZE: u64 = 1 << 20;
-
-/// A benchmark's own work directory: a fresh subdirectory of the directory it was given
-/// (`--dir`), made for this run and removed (with everything in it) when dropped. Nothing
-/// else in the given directory is touched: a benchmark never removes what it did not make.
-/// The given directory is made when missing, and removed at the end only when this made it
-/// and it is empty again.
-#[derive(Debug)]
-pub struct WorkDir {
-    path: PathBuf,
-    made_parent: Option<PathBuf>,
-}
-
-impl WorkDir {
-    /// Makes `<parent>/<name>-<pid>-<n>` (mode 0700), a name no one else uses.
-    pub fn create(parent: &Path, name: &str) -> std::io::Result<WorkDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let made_parent = if parent.exists() {
-            None
-        } else {
-            std::fs::create_dir_all(parent)?;
-            Some(parent.to_path_buf())
-        };
-        let mut n = crate::util::now_us() % 1_000_000;
-        loop {
-            let path = parent.join(format!("{name}-{}-{n}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(WorkDir { path, made_parent }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
-                Err(e) => {
-                    if let Some(p) = &made_parent {
-                        let _ = std::fs::remove_dir(p);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!("removing {}: {e}", self.path.display());
-        }
-        if let Some(p) = &self.made_parent {
-            // Only when empty: something else may have been put there meanwhile.
-            let _ = std::fs::remove_dir(p);
-        }
-    }
-}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -319,8 +266,8 @@ fn random_reads(
         let id = ids[pick % ids.len()];
         if cold {
             store.drop_caches();
-        } else if let Ok(mut c) = store.inner.cache.lock() {
-            *c = super::FrameCache::default();
+        } else {
+            store.forget_decoded_frames();
         }
         let t = Instant::now();
         store.read_page(&id)?;
@@ -415,7 +362,7 @@ pub fn run_bench_with(
     let mut rep = BenchReport {
         size,
         pages: size / PAGE_SIZE as u64,
-        frame_pages: super::DEFAULT_FRAME_PAGES,
+        frame_pages: crate::store::DEFAULT_FRAME_PAGES,
         ..Default::default()
     };
     let raw = dir.join("raw.bin");
