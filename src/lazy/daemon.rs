@@ -1,19 +1,22 @@
 //! The userfaultfd daemon: one thread serving faults, following events, and pushing pages.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::missing::Missing;
-use super::{LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream};
+use super::{LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream, SourceError};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
 use crate::store::StreamBatch;
-use crate::sys::uffd::{self, Uffd};
+use crate::sys::uffd;
 use crate::sys::uffd_restore::{self as ur, CopyResult, Watchdog};
+use crate::sys::SysError;
+use nix::errno::Errno;
+use userfaultfd::{Event, Uffd};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// Longest poll while idle: the daemon looks at its clock at least this often.
@@ -30,6 +33,7 @@ const BRIDGE_PAGES: usize = 4;
 struct Space {
     pid: i32,
     pidfd: Option<OwnedFd>,
+    /// The `userfaultfd` crate's handle of the space's uffd.
     uffd: Uffd,
     /// Stored pages still missing. Zero and never-touched pages are not listed: a fault on
     /// one gets the zero page, and once every stored page is resident the uffd is closed and
@@ -52,32 +56,37 @@ pub(super) fn start(
     opts: LazyOptions,
     start: Instant,
     running: Arc<AtomicBool>,
-) -> Result<Started, String> {
+) -> Result<Started, DaemonError> {
     let want = uffd::UFFD_FEATURE_EVENT_FORK
         | uffd::UFFD_FEATURE_EVENT_REMAP
         | uffd::UFFD_FEATURE_EVENT_REMOVE
         | uffd::UFFD_FEATURE_EVENT_UNMAP;
-    let (got, _) = ls.uffd.api(want).map_err(|e| e.to_string())?;
+    let pid = ls.pid;
+    // The handshake stays haul's own: the crate only makes it on uffds it creates itself.
+    let (got, _) = ls.uffd.api(want).map_err(DaemonError::Api)?;
     if got & want != want {
-        return Err(format!(
-            "the kernel grants uffd features {got:#x}, lazy restore needs {want:#x}"
-        ));
+        return Err(DaemonError::Features { got, want });
     }
-    for &(s, e) in &ls.ranges {
-        ls.uffd
-            .register(s, e - s, uffd::UFFDIO_REGISTER_MODE_MISSING)
-            .map_err(|e| format!("pid {}: {e}", ls.pid))?;
+    let handler = ls.uffd.into_handler();
+    for &(start, end) in &ls.ranges {
+        handler
+            .register(start as *mut libc::c_void, (end - start) as usize)
+            .map_err(|source| DaemonError::Register {
+                pid,
+                start,
+                end,
+                source,
+            })?;
     }
     let ranges = ls.ranges.clone();
-    let watchdog = ur::spawn_watchdog(&ls.uffd, &ls.pidfd).map_err(|e| e.to_string())?;
-    let pid = ls.pid;
+    let watchdog = ur::spawn_watchdog(handler.as_fd(), &ls.pidfd).map_err(DaemonError::Watchdog)?;
     let d = Daemon {
         pid,
         set: set.id.clone(),
         spaces: vec![Space {
             pid,
             pidfd: Some(ls.pidfd),
-            uffd: ls.uffd,
+            uffd: handler,
             // Filled by the daemon thread (counting the missing pages takes a walk over the
             // page table, which the restore need not wait for).
             pending: Missing::new(set.clone(), &[]),
@@ -99,7 +108,7 @@ pub(super) fn start(
             d.spaces[0].pending = Missing::new(set, &ranges);
             d.run()
         })
-        .map_err(|e| format!("cannot start the daemon thread: {e}"))?;
+        .map_err(DaemonError::Thread)?;
     Ok(Started { join })
 }
 
@@ -123,8 +132,66 @@ enum End {
 
 /// Why serving stopped early: the process(es) are killed.
 enum Fatal {
-    Source(String),
-    Kernel(String),
+    /// The page source failed: the report's `source_lost` says why.
+    Source(SourceError),
+    /// A kernel call failed: the restore fails with it.
+    Kernel(DaemonError),
+}
+
+/// Why the daemon could not start, or stopped on a kernel call. Either way the restored
+/// process is killed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// `UFFDIO_API` on the uffd taken from the process failed.
+    #[error("uffd handshake: {0}")]
+    Api(#[source] SysError),
+    /// The kernel lacks an event feature the daemon needs to follow the process.
+    #[error("the kernel grants uffd features {got:#x}, lazy restore needs {want:#x}")]
+    Features { got: u64, want: u64 },
+    /// A lazy range could not be registered for missing-page faults.
+    #[error("pid {pid}: registering {start:#x}..{end:#x} for missing-page faults: {source}")]
+    Register {
+        pid: i32,
+        start: u64,
+        end: u64,
+        #[source]
+        source: userfaultfd::Error,
+    },
+    /// The watchdog process could not be started.
+    #[error("starting the watchdog: {0}")]
+    Watchdog(#[source] SysError),
+    /// The daemon thread could not be started.
+    #[error("cannot start the daemon thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The restore asked for a second daemon.
+    #[error("the lazy daemon was started twice")]
+    StartedTwice,
+    /// `poll(2)` over the uffds and pidfds failed.
+    #[error("waiting for faults: {0}")]
+    Poll(#[source] SysError),
+    /// Reading the events of a uffd failed.
+    #[error("pid {pid}: reading uffd events: {source}")]
+    Read {
+        pid: i32,
+        #[source]
+        source: userfaultfd::Error,
+    },
+    /// `UFFDIO_ZEROPAGE` failed with an errno other than present/retry/gone.
+    #[error("pid {pid}: UFFDIO_ZEROPAGE at {addr:#x}: {source}")]
+    Zeropage {
+        pid: i32,
+        addr: u64,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// `UFFDIO_COPY` failed with an errno other than present/retry/gone.
+    #[error("pid {pid}: UFFDIO_COPY at {addr:#x}: {source}")]
+    Copy {
+        pid: i32,
+        addr: u64,
+        #[source]
+        source: nix::errno::Errno,
+    },
 }
 
 /// Outcome of one copy of a run of pages.
@@ -199,16 +266,17 @@ impl Daemon {
                 // Dropping the watchdog without "done": it kills the process too, then exits.
                 self.watchdog = None;
                 match f {
-                    Fatal::Source(reason) => {
+                    Fatal::Source(e) => {
                         // The report carries it, and whoever waits says it (once).
+                        let reason = crate::error::chain(&e);
                         tracing::debug!(pid = self.pid, "{reason}: process killed");
                         report.source_lost = Some(reason);
                         report.time_to_all_resident = 0;
                         Ok(report)
                     }
-                    Fatal::Kernel(message) => Err(LazyError::Daemon {
+                    Fatal::Kernel(source) => Err(LazyError::Daemon {
                         pid: self.pid,
-                        message: format!("{message} (process killed)"),
+                        source,
                     }),
                 }
             }
@@ -252,8 +320,8 @@ impl Daemon {
                     who.push((i, true));
                 }
             }
-            let ready =
-                ur::poll_readable(&fds, timeout).map_err(|e| Fatal::Kernel(e.to_string()))?;
+            let ready = ur::poll_readable(&fds, timeout)
+                .map_err(|e| Fatal::Kernel(DaemonError::Poll(e)))?;
             for (k, &(i, is_pidfd)) in who.iter().enumerate() {
                 if !ready[k] {
                     continue;
@@ -297,36 +365,45 @@ impl Daemon {
         faults: &mut VecDeque<(usize, u64, Instant)>,
     ) -> Result<(), Fatal> {
         loop {
-            let m = match self.spaces[i].uffd.read_msg() {
-                Ok(Some(m)) => m,
+            let ev = match self.spaces[i].uffd.read_event() {
+                Ok(Some(ev)) => ev,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(Fatal::Kernel(e.to_string())),
+                // The message is read (and dropped) already: go on with the next.
+                Err(userfaultfd::Error::UnrecognizedEvent(other)) => {
+                    tracing::warn!("uffd: unexpected event {other:#x}");
+                    continue;
+                }
+                // A short read: nothing more to read this round.
+                Err(userfaultfd::Error::IncompleteMsg { .. }) => return Ok(()),
+                Err(source) => {
+                    return Err(Fatal::Kernel(DaemonError::Read {
+                        pid: self.spaces[i].pid,
+                        source,
+                    }))
+                }
             };
-            match m.event {
-                uffd::UFFD_EVENT_PAGEFAULT => faults.push_back((i, m.arg[1], Instant::now())),
-                uffd::UFFD_EVENT_FORK => self.on_fork(i, m.arg[0] as u32)?,
-                uffd::UFFD_EVENT_REMAP => {
-                    let (from, to, len) = (m.arg[0], m.arg[1], m.arg[2]);
+            match ev {
+                Event::Pagefault { addr, .. } => faults.push_back((i, addr as u64, Instant::now())),
+                Event::Fork { uffd } => self.on_fork(i, uffd),
+                Event::Remap { from, to, len } => {
+                    let (from, to, len) = (from as u64, to as u64, len as u64);
                     let sp = &mut self.spaces[i];
                     for (a, id) in sp.pending.take_range(from, from.saturating_add(len)) {
                         sp.pending.insert_moved(a - from + to, id);
                     }
                     tracing::debug!(pid = sp.pid, "mremap {from:#x} -> {to:#x} ({len:#x})");
                 }
-                uffd::UFFD_EVENT_REMOVE | uffd::UFFD_EVENT_UNMAP => {
-                    let (s, e) = (m.arg[0], m.arg[1]);
+                Event::Remove { start, end } | Event::Unmap { start, end } => {
                     let sp = &mut self.spaces[i];
-                    sp.pending.take_range(s, e);
+                    sp.pending.take_range(start as u64, end as u64);
                 }
-                other => tracing::warn!("uffd: unexpected event {other:#x}"),
             }
         }
     }
 
     /// A child forked while pages were missing: its uffd (same registrations) arrives with the
     /// event; its missing pages are the parent's missing pages.
-    fn on_fork(&mut self, parent: usize, fd: u32) -> Result<(), Fatal> {
-        let uffd = ur::uffd_from_fork_event(fd).map_err(|e| Fatal::Kernel(e.to_string()))?;
+    fn on_fork(&mut self, parent: usize, uffd: Uffd) {
         let ppid = self.spaces[parent].pid;
         let known: Vec<i32> = self.spaces.iter().map(|s| s.pid).collect();
         let child = children_of(ppid).into_iter().find(|c| !known.contains(c));
@@ -340,7 +417,6 @@ impl Daemon {
             pending,
             dead: false,
         });
-        Ok(())
     }
 
     /// Serves one fault: the faulting page alone first (so the process waits for one page,
@@ -350,17 +426,21 @@ impl Daemon {
         let sp = &self.spaces[i];
         let Some(id) = sp.pending.get(page) else {
             // Never stored (or served already by a racing fault): a zero page, unless present.
-            let r = match sp.uffd.zeropage(page, PAGE, 0) {
-                Ok(_) => Copied::All,
-                Err(e) => match e.errno() {
-                    Some(libc::EEXIST) => {
-                        let _ = sp.uffd.wake(page, PAGE);
-                        Copied::All
-                    }
-                    Some(libc::EAGAIN) => Copied::Again,
-                    Some(libc::ESRCH) => Copied::Gone,
-                    _ => return Err(Fatal::Kernel(format!("pid {}: {e}", sp.pid))),
-                },
+            let r = match ur::zeropage(&sp.uffd, page, PAGE) {
+                Ok(()) => Copied::All,
+                Err(Errno::EEXIST) => {
+                    let _ = sp.uffd.wake(page as *mut libc::c_void, PAGE_SIZE);
+                    Copied::All
+                }
+                Err(Errno::EAGAIN) => Copied::Again,
+                Err(Errno::ESRCH) => Copied::Gone,
+                Err(source) => {
+                    return Err(Fatal::Kernel(DaemonError::Zeropage {
+                        pid: sp.pid,
+                        addr: page,
+                        source,
+                    }))
+                }
             };
             if matches!(r, Copied::All) {
                 self.record_fault(t0);
@@ -400,9 +480,9 @@ impl Daemon {
         }
         let sp = &mut self.spaces[i];
         for a in zeros {
-            match sp.uffd.zeropage(a, PAGE, 0) {
-                Ok(_) => self.stats.prefetched += 1,
-                Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            match ur::zeropage(&sp.uffd, a, PAGE) {
+                Ok(()) => self.stats.prefetched += 1,
+                Err(Errno::EEXIST) => {}
                 Err(_) => return Ok(()),
             }
             sp.pending.zero_placed(a);
@@ -441,7 +521,7 @@ impl Daemon {
                 // Wait for the reader only briefly: faults must not queue behind it.
                 None => match timed(&mut self.stats.push_wait, || st.next_within(STREAM_WAIT)) {
                     NextPush::NotYet => return Ok(()),
-                    NextPush::Batch(Err(e)) => return Err(Fatal::Source(e.to_string())),
+                    NextPush::Batch(Err(e)) => return Err(Fatal::Source(e)),
                     NextPush::Batch(Ok(b)) => (b, 0),
                     NextPush::End => {
                         self.stream = Stream::Over;
@@ -565,14 +645,13 @@ impl Daemon {
         let mut fetched = std::mem::take(&mut self.buf);
         fetched.clear();
         if let Err(e) = self.source.fetch(&self.set, pages, &mut fetched) {
-            return Err(Fatal::Source(e.to_string()));
+            return Err(Fatal::Source(e));
         }
         if fetched.len() != pages.len() * PAGE_SIZE {
-            return Err(Fatal::Source(format!(
-                "the source returned {} bytes for {} pages",
-                fetched.len(),
-                pages.len()
-            )));
+            return Err(Fatal::Source(SourceError::Short {
+                bytes: fetched.len(),
+                pages: pages.len(),
+            }));
         }
         let mut r = Ok(Copied::All);
         let mut k = 0;
@@ -601,7 +680,7 @@ impl Daemon {
             if off >= total {
                 break Copied::All;
             }
-            match ur::copy_partial(&sp.uffd, start + off, &data[off as usize..], 0) {
+            match ur::copy_partial(&sp.uffd, start + off, &data[off as usize..]) {
                 CopyResult::Done => {
                     off = total;
                 }
@@ -610,19 +689,18 @@ impl Daemon {
                     match errno {
                         // That page is there already: skip it (and wake whoever waits on it).
                         libc::EEXIST => {
-                            let _ = sp.uffd.wake(start + off, PAGE);
+                            let _ = sp.uffd.wake((start + off) as *mut libc::c_void, PAGE_SIZE);
                             off += PAGE;
                         }
                         libc::EAGAIN if copied > 0 => {}
                         libc::EAGAIN => break Copied::Again,
                         libc::ESRCH => break Copied::Gone,
                         e => {
-                            return Err(Fatal::Kernel(format!(
-                                "pid {}: UFFDIO_COPY at {:#x}: {}",
-                                sp.pid,
-                                start + off,
-                                std::io::Error::from_raw_os_error(e)
-                            )))
+                            return Err(Fatal::Kernel(DaemonError::Copy {
+                                pid: sp.pid,
+                                addr: start + off,
+                                source: Errno::from_raw(e),
+                            }))
                         }
                     }
                 }

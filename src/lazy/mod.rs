@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use daemon::DaemonError;
 pub use source::{LazySource, NextPush, PushStream, SourceError, StoreSource};
 
 use crate::image::ImageSet;
@@ -33,11 +34,18 @@ pub enum LazyError {
     #[error(transparent)]
     Restore(#[from] crate::restore::RestoreError),
     /// The daemon failed on a kernel call; the process was killed.
-    #[error("lazy daemon for pid {pid}: {message}")]
-    Daemon { pid: i32, message: String },
+    #[error("lazy daemon for pid {pid}: {source} (process killed)")]
+    Daemon {
+        pid: i32,
+        #[source]
+        source: DaemonError,
+    },
     /// The page source was lost; the process was killed.
     #[error("lazy restore of pid {pid}: {reason}; the process was killed")]
     SourceLost { pid: i32, reason: String },
+    /// The page source failed while the eager part of the restore read from it.
+    #[error(transparent)]
+    Source(#[from] SourceError),
     /// The daemon thread panicked; the watchdog killed the process.
     #[error("lazy daemon for pid {pid} panicked")]
     Panicked { pid: i32 },
@@ -149,7 +157,7 @@ pub fn restore_lazy(
         Err(e) => {
             // The rebuild killed the process; the daemon sees it go and ends.
             if let Some(s) = started {
-                let _ = s.join.join();
+                end_after_failed_rebuild(&set.id, s.join);
             }
             return Err(e.into());
         }
@@ -181,12 +189,9 @@ struct Hooks<'a> {
     started: Option<daemon::Started>,
 }
 
-impl crate::restore::LazyHooks for Hooks<'_> {
-    fn start(&mut self, ls: crate::restore::LazyStart) -> Result<(), String> {
-        let src = self
-            .source
-            .take()
-            .ok_or("the lazy daemon was started twice")?;
+impl Hooks<'_> {
+    fn start_daemon(&mut self, ls: crate::restore::LazyStart) -> Result<(), DaemonError> {
+        let src = self.source.take().ok_or(DaemonError::StartedTwice)?;
         let s = daemon::start(
             self.set.clone(),
             ls,
@@ -197,6 +202,35 @@ impl crate::restore::LazyHooks for Hooks<'_> {
         )?;
         self.started = Some(s);
         Ok(())
+    }
+}
+
+impl crate::restore::LazyHooks for Hooks<'_> {
+    fn start(&mut self, ls: crate::restore::LazyStart) -> Result<(), String> {
+        // restore's hook takes its error as text (the rebuild reports it as its step's
+        // message); the whole chain of causes goes into it.
+        self.start_daemon(ls).map_err(|e| crate::error::chain(&e))
+    }
+}
+
+/// Waits for the daemon of a restore whose rebuild failed (and killed the process), so that
+/// no thread outlives the restore; says what its end means, since nobody else will see it.
+fn end_after_failed_rebuild(
+    set: &str,
+    join: std::thread::JoinHandle<Result<LazyReport, LazyError>>,
+) {
+    match join.join() {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(
+            set,
+            "lazy daemon after the failed rebuild: {}",
+            crate::error::chain(&e)
+        ),
+        Err(_) => tracing::error!(
+            set,
+            "the lazy daemon panicked while the failed restore was undone (a bug in haul); \
+             its watchdog kills the restored process, so nothing is left running"
+        ),
     }
 }
 
