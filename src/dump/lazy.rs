@@ -221,9 +221,12 @@ impl LiveReader {
 }
 
 impl crate::xfer::LivePages for LiveReader {
-    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), String> {
+    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), crate::xfer::LiveReadError> {
         self.read(addrs, out)
-            .map_err(|e| format!("reading pid {}: {e}", self.pid))
+            .map_err(|e| crate::xfer::LiveReadError {
+                pid: self.pid,
+                source: Box::new(e),
+            })
     }
 }
 

@@ -32,7 +32,7 @@ mod server;
 mod sync;
 
 pub use client::{Client, RemoteSource};
-pub use server::{LivePages, PageServer, ServerOptions, SourceEvent, SourceServing};
+pub use server::{LivePages, LiveReadError, PageServer, ServerOptions, SourceEvent, SourceServing};
 pub use sync::{copy_set, pull, push, SyncReport};
 
 use std::io::{Read, Write};
@@ -56,6 +56,49 @@ pub enum XferError {
     /// The server cannot start as asked.
     #[error("page server: {0}")]
     Setup(String),
+    /// A set to serve cannot be loaded from the store.
+    #[error("page server: set {set}: {source}")]
+    Set {
+        set: String,
+        #[source]
+        source: crate::store::StoreError,
+    },
+    /// A set's manifest cannot be encoded for the wire.
+    #[error("page server: set {set}: {source}")]
+    Manifest {
+        set: String,
+        #[source]
+        source: crate::image::encode::EncodeError,
+    },
+    /// A job to serve the final dumps of has a name the store refuses.
+    #[error("page server: job {job:?}: {source}")]
+    Job {
+        job: String,
+        #[source]
+        source: crate::store::StoreError,
+    },
+    /// A thread of the server could not be started.
+    #[error("page server: cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread panicked while holding the page source's connection (a bug in haul).
+    #[error("page source lock poisoned by a panicked thread")]
+    Poisoned,
+    /// `Done` could not be said within the timeout: the source may resume (rolled back)
+    /// while the restored copy runs.
+    #[error(
+        "telling {addr} that every page is resident{}: {source}",
+        if *sent { " (sent once; the answer was lost, so the source may be gone)" } else { "" }
+    )]
+    Done {
+        addr: String,
+        sent: bool,
+        #[source]
+        source: Box<XferError>,
+    },
     /// An address (`--listen`, `--from`) that does not parse, resolve, or belong to this
     /// machine: bad input.
     #[error("bad address {addr:?}: {why}")]

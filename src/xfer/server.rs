@@ -56,16 +56,20 @@ struct Served {
 
 impl Served {
     fn load(store: &Store, s: &str) -> Result<Served, XferError> {
-        let set = store
-            .load_set(s)
-            .map_err(|e| XferError::Setup(format!("set {s}: {e}")))?;
+        let set = store.load_set(s).map_err(|source| XferError::Set {
+            set: s.to_string(),
+            source,
+        })?;
         if set.process.is_none() {
             return Err(XferError::Setup(format!(
                 "set {s} is a pre-dump; serve its job's final dump"
             )));
         }
-        let manifest = crate::image::encode::encode_manifest(&set)
-            .map_err(|e| XferError::Setup(format!("set {s}: {e}")))?;
+        let manifest =
+            crate::image::encode::encode_manifest(&set).map_err(|source| XferError::Manifest {
+                set: s.to_string(),
+                source,
+            })?;
         Ok(Served { set, manifest })
     }
 }
@@ -73,7 +77,18 @@ impl Served {
 /// Reads pages of a live (frozen) process: the source of a lazy final dump.
 pub trait LivePages: Send + Sync {
     /// The page at each of `addrs`, into `out` (`addrs.len()` × 4096 bytes).
-    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), String>;
+    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), LiveReadError>;
+}
+
+/// Why pages of the frozen source could not be read (the request is refused with it).
+#[derive(Debug, thiserror::Error)]
+#[error("reading pid {pid}: {source}")]
+pub struct LiveReadError {
+    /// The frozen process.
+    pub pid: i32,
+    /// What the reader met (the dump module's error).
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// What a source-mode server tells the holder of the frozen source.
@@ -266,8 +281,10 @@ impl PageServer {
             });
         }
         for j in &opts.jobs {
-            crate::store::check_job_name(j)
-                .map_err(|e| XferError::Setup(format!("job {j:?}: {e}")))?;
+            crate::store::check_job_name(j).map_err(|source| XferError::Job {
+                job: j.clone(),
+                source,
+            })?;
         }
         let mut loaded = HashMap::new();
         for s in sets {
@@ -297,8 +314,11 @@ impl PageServer {
         live: Arc<dyn LivePages>,
     ) -> Result<SourceServing, XferError> {
         let addr = self.local_addr()?;
-        let manifest = crate::image::encode::encode_manifest(&set)
-            .map_err(|e| XferError::Setup(format!("set {}: {e}", set.id)))?;
+        let manifest =
+            crate::image::encode::encode_manifest(&set).map_err(|source| XferError::Manifest {
+                set: set.id.clone(),
+                source,
+            })?;
         let mut sh = Arc::try_unwrap(self.shared)
             .map_err(|_| XferError::Setup("the page server is already serving".into()))?;
         let name = set.id.clone();
@@ -335,7 +355,10 @@ impl PageServer {
                     }
                 }
             })
-            .map_err(|e| XferError::Setup(format!("cannot start the accept thread: {e}")))?;
+            .map_err(|source| XferError::Thread {
+                what: "accept",
+                source,
+            })?;
         Ok(SourceServing {
             events: rx,
             addr,
