@@ -46,8 +46,9 @@ pub enum LazyError {
     /// The page source failed while the eager part of the restore read from it.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// The daemon thread panicked; the watchdog killed the process.
-    #[error("lazy daemon for pid {pid} panicked")]
+    /// The daemon thread panicked (a bug in haul); dropping its watchdog on the way made the
+    /// watchdog kill the process, which had pages missing.
+    #[error("lazy daemon for pid {pid} panicked: the process was killed, its memory incomplete")]
     Panicked { pid: i32 },
 }
 

@@ -364,30 +364,36 @@ impl RemoteStream {
         let spawned = std::thread::Builder::new()
             .name("haul-push-stream".into())
             .spawn(move || {
-                let mut c = match Client::connect(&addr, &token, timeout) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!("push read-ahead from {addr}: {e}");
-                        return;
-                    }
-                };
-                for chunk in pages.chunks(STREAM_PAGES) {
-                    let mut bytes = Vec::with_capacity(chunk.len() * PAGE_SIZE);
-                    let before = c.bytes;
-                    let r = c.pages(&set, chunk, &mut bytes);
-                    streamed.fetch_add(c.bytes - before, Ordering::Relaxed);
-                    if let Err(e) = r {
-                        tracing::debug!("push read-ahead from {addr} ends: {e}");
-                        return;
-                    }
-                    let b = StreamBatch {
-                        addrs: chunk.iter().map(|(a, _)| *a).collect(),
-                        bytes,
+                let meaning = format!(
+                    "the push read-ahead from {addr} panicked; the daemon fetches the pages \
+                     still missing through its own connection"
+                );
+                super::run_detached(&meaning, || {
+                    let mut c = match Client::connect(&addr, &token, timeout) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!("push read-ahead from {addr}: {e}");
+                            return;
+                        }
                     };
-                    if tx.send(b).is_err() {
-                        return;
+                    for chunk in pages.chunks(STREAM_PAGES) {
+                        let mut bytes = Vec::with_capacity(chunk.len() * PAGE_SIZE);
+                        let before = c.bytes;
+                        let r = c.pages(&set, chunk, &mut bytes);
+                        streamed.fetch_add(c.bytes - before, Ordering::Relaxed);
+                        if let Err(e) = r {
+                            tracing::debug!("push read-ahead from {addr} ends: {e}");
+                            return;
+                        }
+                        let b = StreamBatch {
+                            addrs: chunk.iter().map(|(a, _)| *a).collect(),
+                            bytes,
+                        };
+                        if tx.send(b).is_err() {
+                            return;
+                        }
                     }
-                }
+                });
             });
         if let Err(e) = spawned {
             tracing::debug!("no push read-ahead: {e}");

@@ -267,6 +267,30 @@ pub(crate) fn hello_payload(version: u16, token: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Runs the body of a thread nobody joins (a connection, a read-ahead): a panic in it (a bug
+/// in haul) is logged as an error with `meaning`, what it means for the user, instead of
+/// going by as the panic hook's line alone. Returns whether the body ended normally.
+pub(crate) fn run_detached(meaning: &str, body: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(()) => true,
+        Err(p) => {
+            tracing::error!("{meaning} (a bug in haul: {})", panic_message(&*p));
+            false
+        }
+    }
+}
+
+/// The message a panic was raised with, when it has one.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s
+    } else {
+        "a panic without a message"
+    }
+}
+
 /// Reads a token file: its content without the trailing newline; refused when empty.
 pub fn read_token_file(path: &std::path::Path) -> Result<Vec<u8>, XferError> {
     let t = std::fs::read(path).map_err(|e| XferError::Io {

@@ -412,8 +412,12 @@ impl Drop for SourceServing {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("page server: the accept thread panicked");
+            if let Err(p) = t.join() {
+                tracing::error!(
+                    "page server: the accept thread panicked (a bug in haul: {}); it took no \
+                     new connection since",
+                    super::panic_message(&*p)
+                );
             }
         }
     }
@@ -437,9 +441,15 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into());
-            if let Err(e) = connection(stream, slot) {
-                tracing::info!("page server: {peer}: {e}");
-            }
+            let meaning = format!(
+                "page server: the connection of {peer} panicked; that client sees its \
+                 connection closed (a restore's daemon reconnects), the others go on"
+            );
+            super::run_detached(&meaning, || {
+                if let Err(e) = connection(stream, slot) {
+                    tracing::info!("page server: {peer}: {e}");
+                }
+            });
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start a connection thread: {e}");
