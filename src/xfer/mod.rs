@@ -56,6 +56,13 @@ pub enum XferError {
     /// The server cannot start as asked.
     #[error("page server: {0}")]
     Setup(String),
+    /// A store operation of a sync failed; `context` says which.
+    #[error("page server: {context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: crate::store::StoreError,
+    },
     /// A set to serve cannot be loaded from the store.
     #[error("page server: set {set}: {source}")]
     Set {

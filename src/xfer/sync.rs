@@ -34,7 +34,7 @@ pub struct SyncReport {
 }
 
 fn store_err(context: String) -> impl FnOnce(crate::store::StoreError) -> XferError {
-    move |e| XferError::Setup(format!("{context}: {e}"))
+    move |source| XferError::Store { context, source }
 }
 
 /// Copies `set` into `dest`: the pages `dest` lacks come from `fetch` (which appends the content
