@@ -161,3 +161,43 @@ impl Drop for Target {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_is_the_upper_middle_and_zero_for_nothing() {
+        assert_eq!(median(vec![5, 1, 3]), 3);
+        assert_eq!(median(vec![4, 1, 3, 2]), 3);
+        assert_eq!(median(Vec::new()), 0);
+    }
+
+    #[test]
+    fn a_work_dir_is_fresh_private_and_removed_with_the_parent_it_made() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let keep = base.path().join("keep");
+        std::fs::write(&keep, "not the benchmark's").unwrap();
+        let a = WorkDir::create(base.path(), "b").unwrap();
+        let b = WorkDir::create(base.path(), "b").unwrap();
+        assert_ne!(a.path(), b.path());
+        let mode = std::fs::metadata(a.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::write(a.path().join("x"), "x").unwrap();
+        drop(a);
+        drop(b);
+        assert!(
+            keep.exists(),
+            "a benchmark never removes what it did not make"
+        );
+        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 1);
+        let parent = base.path().join("made");
+        let c = WorkDir::create(&parent, "b").unwrap();
+        drop(c);
+        assert!(
+            !parent.exists(),
+            "the parent it made is removed once empty again"
+        );
+    }
+}

@@ -702,3 +702,63 @@ fn figure(v: f64, unit: &str) -> String {
         u => format!("{v:.2} {u}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_pass_on_the_right_side_of_their_limit_and_are_only_set_for_what_ran() {
+        let mut r = BenchReport {
+            writes: vec![WriteFigures {
+                level: 1,
+                speed_ratio: Some(1.5),
+                size_ratio: Some(1.01),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let t = targets(&r);
+        assert_eq!(
+            t.len(),
+            2,
+            "no reads or changed set measured: no targets for them"
+        );
+        assert!(t[0].pass && t[0].op == ">=", "{:?}", t[0]);
+        assert!(!t[1].pass && t[1].op == "<=", "{:?}", t[1]);
+        // Without zstd there is nothing to compare against.
+        r.writes[0].speed_ratio = None;
+        r.writes[0].size_ratio = None;
+        r.sequential_gb_s = 1.9;
+        r.read_cold_p50_us = 100.0;
+        r.read_cold_p99_us = 301.0;
+        let t = targets(&r);
+        let pass: Vec<(bool, &str)> = t.iter().map(|t| (t.pass, t.what.as_str())).collect();
+        assert_eq!(
+            pass,
+            vec![
+                (true, "cold random page read, p50"),
+                (false, "cold random page read, p99"),
+                (false, "sequential read"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_report_says_pass_or_fail_and_counts_the_targets_met() {
+        let mut r = BenchReport {
+            sequential_gb_s: 2.5,
+            read_cold_p50_us: 80.0,
+            read_cold_p99_us: 400.0,
+            ..Default::default()
+        };
+        r.targets = targets(&r);
+        let text = report_text(&r);
+        assert!(
+            text.contains("PASS  cold random page read, p50: 80 us (target <= 100 us)"),
+            "{text}"
+        );
+        assert!(text.contains("FAIL  cold random page read, p99"), "{text}");
+        assert!(text.contains("2 of 3 targets met"), "{text}");
+    }
+}

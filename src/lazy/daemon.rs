@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::missing::Missing;
-use super::{LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream, SourceError};
+use super::{
+    DaemonError, LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream, SourceError,
+};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
 use crate::store::StreamBatch;
 use crate::sys::uffd;
 use crate::sys::uffd_restore::{self as ur, CopyResult, Watchdog};
-use crate::sys::SysError;
 use nix::errno::Errno;
 use userfaultfd::{Event, Uffd};
 
@@ -136,62 +137,6 @@ enum Fatal {
     Source(SourceError),
     /// A kernel call failed: the restore fails with it.
     Kernel(DaemonError),
-}
-
-/// Why the daemon could not start, or stopped on a kernel call. Either way the restored
-/// process is killed.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    /// `UFFDIO_API` on the uffd taken from the process failed.
-    #[error("uffd handshake: {0}")]
-    Api(#[source] SysError),
-    /// The kernel lacks an event feature the daemon needs to follow the process.
-    #[error("the kernel grants uffd features {got:#x}, lazy restore needs {want:#x}")]
-    Features { got: u64, want: u64 },
-    /// A lazy range could not be registered for missing-page faults.
-    #[error("pid {pid}: registering {start:#x}..{end:#x} for missing-page faults: {source}")]
-    Register {
-        pid: i32,
-        start: u64,
-        end: u64,
-        #[source]
-        source: userfaultfd::Error,
-    },
-    /// The watchdog process could not be started.
-    #[error("starting the watchdog: {0}")]
-    Watchdog(#[source] SysError),
-    /// The daemon thread could not be started.
-    #[error("cannot start the daemon thread: {0}")]
-    Thread(#[source] std::io::Error),
-    /// The restore asked for a second daemon.
-    #[error("the lazy daemon was started twice")]
-    StartedTwice,
-    /// `poll(2)` over the uffds and pidfds failed.
-    #[error("waiting for faults: {0}")]
-    Poll(#[source] SysError),
-    /// Reading the events of a uffd failed.
-    #[error("pid {pid}: reading uffd events: {source}")]
-    Read {
-        pid: i32,
-        #[source]
-        source: userfaultfd::Error,
-    },
-    /// `UFFDIO_ZEROPAGE` failed with an errno other than present/retry/gone.
-    #[error("pid {pid}: UFFDIO_ZEROPAGE at {addr:#x}: {source}")]
-    Zeropage {
-        pid: i32,
-        addr: u64,
-        #[source]
-        source: nix::errno::Errno,
-    },
-    /// `UFFDIO_COPY` failed with an errno other than present/retry/gone.
-    #[error("pid {pid}: UFFDIO_COPY at {addr:#x}: {source}")]
-    Copy {
-        pid: i32,
-        addr: u64,
-        #[source]
-        source: nix::errno::Errno,
-    },
 }
 
 /// Outcome of one copy of a run of pages.
@@ -565,16 +510,8 @@ impl Daemon {
             };
             return sp.pending.all_bridged(BRIDGE_PAGES);
         };
-        let mut pages: Vec<(u64, PageRef)> = sp
-            .pending
-            .all()
-            .into_iter()
-            .map(|(a, id)| (a, PageRef::Stored(id)))
-            .collect();
-        // Stable: equally hot pages stay in address order (and in long runs).
-        pages.sort_by_key(|(a, _)| std::cmp::Reverse(counts.get(a).copied().unwrap_or(0)));
         self.stats.push_order = "hot-first".into();
-        pages
+        hot_first(sp.pending.all(), &counts)
     }
 
     /// Copies the pages of a streamed batch from its `from`th on that space `i` still misses,
@@ -719,6 +656,21 @@ impl Daemon {
     }
 }
 
+/// The hot-first push order of `pages` (in address order): most often dirtied over the
+/// pre-dumps first (`counts`; a page not in it counts 0). Stable: equally hot pages stay in
+/// address order, so they are still copied in long runs.
+fn hot_first(
+    pages: Vec<(u64, PageId)>,
+    counts: &std::collections::HashMap<u64, u32>,
+) -> Vec<(u64, PageRef)> {
+    let mut pages: Vec<(u64, PageRef)> = pages
+        .into_iter()
+        .map(|(a, id)| (a, PageRef::Stored(id)))
+        .collect();
+    pages.sort_by_key(|(a, _)| std::cmp::Reverse(counts.get(a).copied().unwrap_or(0)));
+    pages
+}
+
 /// Runs `f`, adding the time it took to `total`.
 fn timed<T>(total: &mut std::time::Duration, f: impl FnOnce() -> T) -> T {
     let t = Instant::now();
@@ -739,4 +691,47 @@ fn children_of(pid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_first_pushes_the_most_dirtied_first_and_keeps_address_order_among_equals() {
+        let id = |n: u8| PageId([n; 16]);
+        let pages: Vec<(u64, PageId)> = (1..=6u8).map(|n| (u64::from(n) * PAGE, id(n))).collect();
+        let counts = std::collections::HashMap::from([
+            (2 * PAGE, 3),
+            (4 * PAGE, 1),
+            (5 * PAGE, 3),
+            (6 * PAGE, 1),
+        ]);
+        let order: Vec<u64> = hot_first(pages, &counts)
+            .into_iter()
+            .map(|(a, r)| {
+                assert!(matches!(r, PageRef::Stored(_)));
+                a / PAGE
+            })
+            .collect();
+        assert_eq!(order, vec![2, 5, 4, 6, 1, 3]);
+    }
+
+    #[test]
+    fn a_kernel_error_says_which_call_on_which_address_and_keeps_the_errno() {
+        let e = DaemonError::Copy {
+            pid: 42,
+            addr: 0x7000,
+            source: Errno::EFAULT,
+        };
+        let msg = crate::error::chain(&e);
+        assert!(
+            msg.contains("pid 42") && msg.contains("UFFDIO_COPY at 0x7000"),
+            "{msg}"
+        );
+        let src = std::error::Error::source(&e).expect("the errno is kept as the source");
+        assert_eq!(src.downcast_ref::<Errno>(), Some(&Errno::EFAULT));
+        let lazy = LazyError::Daemon { pid: 42, source: e };
+        assert!(lazy.to_string().contains("(process killed)"), "{lazy}");
+    }
 }

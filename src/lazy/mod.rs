@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use daemon::DaemonError;
 pub use source::{LazySource, NextPush, PushStream, SourceError, StoreSource};
 
 use crate::image::ImageSet;
@@ -50,6 +49,62 @@ pub enum LazyError {
     /// watchdog kill the process, which had pages missing.
     #[error("lazy daemon for pid {pid} panicked: the process was killed, its memory incomplete")]
     Panicked { pid: i32 },
+}
+
+/// Why the daemon could not start, or stopped on a kernel call. Either way the restored
+/// process is killed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// `UFFDIO_API` on the uffd taken from the process failed.
+    #[error("uffd handshake: {0}")]
+    Api(#[source] crate::sys::SysError),
+    /// The kernel lacks an event feature the daemon needs to follow the process.
+    #[error("the kernel grants uffd features {got:#x}, lazy restore needs {want:#x}")]
+    Features { got: u64, want: u64 },
+    /// A lazy range could not be registered for missing-page faults.
+    #[error("pid {pid}: registering {start:#x}..{end:#x} for missing-page faults: {source}")]
+    Register {
+        pid: i32,
+        start: u64,
+        end: u64,
+        #[source]
+        source: userfaultfd::Error,
+    },
+    /// The watchdog process could not be started.
+    #[error("starting the watchdog: {0}")]
+    Watchdog(#[source] crate::sys::SysError),
+    /// The daemon thread could not be started.
+    #[error("cannot start the daemon thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The restore asked for a second daemon.
+    #[error("the lazy daemon was started twice")]
+    StartedTwice,
+    /// `poll(2)` over the uffds and pidfds failed.
+    #[error("waiting for faults: {0}")]
+    Poll(#[source] crate::sys::SysError),
+    /// Reading the events of a uffd failed.
+    #[error("pid {pid}: reading uffd events: {source}")]
+    Read {
+        pid: i32,
+        #[source]
+        source: userfaultfd::Error,
+    },
+    /// `UFFDIO_ZEROPAGE` failed with an errno other than present/retry/gone.
+    #[error("pid {pid}: UFFDIO_ZEROPAGE at {addr:#x}: {source}")]
+    Zeropage {
+        pid: i32,
+        addr: u64,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// `UFFDIO_COPY` failed with an errno other than present/retry/gone.
+    #[error("pid {pid}: UFFDIO_COPY at {addr:#x}: {source}")]
+    Copy {
+        pid: i32,
+        addr: u64,
+        #[source]
+        source: nix::errno::Errno,
+    },
 }
 
 /// Order of the background push.

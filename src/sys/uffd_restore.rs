@@ -287,3 +287,64 @@ unsafe fn watchdog_child(keep: [RawFd; 3]) -> ! {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use userfaultfd::Error as E;
+
+    #[test]
+    fn a_whole_copy_is_done_and_a_partial_one_keeps_its_count_with_eagain() {
+        assert_eq!(copy_outcome(Ok(8192)), CopyResult::Done);
+        assert_eq!(
+            copy_outcome(Err(E::PartiallyCopied(8192))),
+            CopyResult::Partial {
+                copied: 8192,
+                errno: libc::EAGAIN
+            }
+        );
+    }
+
+    #[test]
+    fn eagain_with_nothing_copied_reads_back_as_zero_bytes_not_a_huge_count() {
+        // The kernel leaves `copy` = -EAGAIN; the crate casts it to usize.
+        let raw = (-(libc::EAGAIN as i64)) as usize;
+        assert_eq!(
+            copy_outcome(Err(E::PartiallyCopied(raw))),
+            CopyResult::Partial {
+                copied: 0,
+                errno: libc::EAGAIN
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_copy_keeps_the_pages_own_errno() {
+        for errno in [libc::EEXIST, libc::ESRCH, libc::ENOENT, libc::EINVAL] {
+            let e = E::CopyFailed(userfaultfd_errno(errno));
+            assert_eq!(
+                copy_outcome(Err(e)),
+                CopyResult::Partial { copied: 0, errno },
+                "{errno}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_errno_inside_the_crates_errors_is_found() {
+        let z = E::ZeropageFailed(userfaultfd_errno(libc::EEXIST));
+        assert_eq!(crate_errno(&z), Some(libc::EEXIST));
+        let s = E::SystemError(userfaultfd_errno(libc::EBADF));
+        assert_eq!(crate_errno(&s), Some(libc::EBADF));
+        assert_eq!(crate_errno(&E::ReadEof), None);
+    }
+
+    /// An errno of the crate's own nix version (older than haul's, so not named here), from
+    /// its number.
+    fn userfaultfd_errno<T: TryFrom<std::io::Error>>(n: i32) -> T {
+        match T::try_from(std::io::Error::from_raw_os_error(n)) {
+            Ok(e) => e,
+            Err(_) => panic!("errno {n}"),
+        }
+    }
+}

@@ -28,6 +28,7 @@
 //! pull`).
 
 mod client;
+mod requests;
 mod server;
 mod sync;
 
@@ -329,6 +330,80 @@ mod tests {
             read_frame(&mut &huge[..], MAX_FRAME),
             Err(FrameError::TooLarge(u32::MAX))
         ));
+    }
+
+    #[test]
+    fn a_zero_length_frame_is_refused_and_a_truncated_one_is_an_io_error() {
+        assert!(matches!(
+            read_frame(&mut &[0u8, 0, 0, 0, 1][..], MAX_FRAME),
+            Err(FrameError::TooLarge(0))
+        ));
+        let mut b = Vec::new();
+        write_frame(&mut b, kind::PAGES, &[7; 100]).unwrap();
+        b.truncate(50);
+        match read_frame(&mut &b[..], MAX_FRAME) {
+            Err(FrameError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+            _ => panic!("a truncated frame must not be read as a frame"),
+        }
+    }
+
+    #[test]
+    fn the_largest_hello_and_page_request_fit_their_limits_and_one_byte_more_does_not() {
+        // The longest token a hello can carry.
+        let hello = hello_payload(VERSION, &[b't'; MAX_NAME]);
+        assert_eq!(1 + hello.len() as u32, MAX_HELLO);
+        // GetPages of the longest set name and MAX_PAGES pages.
+        let mut req = Vec::new();
+        put16(&mut req, &[b's'; MAX_NAME]);
+        req.extend_from_slice(&MAX_PAGES.to_le_bytes());
+        req.resize(req.len() + MAX_PAGES as usize * 24, 0);
+        let mut b = Vec::new();
+        write_frame(&mut b, kind::GET_PAGES, &req).unwrap();
+        assert!(read_frame(&mut &b[..], MAX_REQUEST).is_ok());
+        req.push(0);
+        let mut b = Vec::new();
+        write_frame(&mut b, kind::GET_PAGES, &req).unwrap();
+        assert!(matches!(
+            read_frame(&mut &b[..], MAX_REQUEST),
+            Err(FrameError::TooLarge(n)) if n == MAX_REQUEST + 1
+        ));
+    }
+
+    #[test]
+    fn a_listen_address_off_loopback_needs_a_token_and_a_malformed_one_is_bad_input() {
+        assert!(check_listen("127.0.0.1:0", false).is_ok());
+        assert!(check_listen("[::1]:0", false).is_ok());
+        let e = check_listen("0.0.0.0:0", false).unwrap_err();
+        assert!(matches!(e, XferError::TokenRequired { .. }), "{e}");
+        assert!(e.is_bad_input());
+        assert!(check_listen("0.0.0.0:0", true).is_ok());
+        let e = check_listen("no-port-here", true).unwrap_err();
+        assert!(matches!(e, XferError::BadAddress { .. }), "{e}");
+        assert!(e.is_bad_input());
+    }
+
+    #[test]
+    fn a_token_file_loses_its_trailing_newline_and_an_empty_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        assert_eq!(read_token_file(&p).unwrap(), b"s3cret");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(read_token_file(&p).is_err());
+        let e = read_token_file(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(e, XferError::Io { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_panic_in_a_detached_body_is_caught_with_its_message() {
+        assert!(run_detached("test", || {}));
+        assert!(!run_detached("test", || panic!("boom {}", 1)));
+        let p = std::panic::catch_unwind(|| panic!("static")).unwrap_err();
+        assert_eq!(panic_message(&*p), "static");
+        let p = std::panic::catch_unwind(|| panic!("formatted {}", 2)).unwrap_err();
+        assert_eq!(panic_message(&*p), "formatted 2");
+        let p = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(&*p), "a panic without a message");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{kind, read_frame, write_frame, Cur, FrameError, XferError, MAGIC, MAX_HELLO};
-use super::{DONE_VERSION, MAX_PAGES, MAX_REQUEST, MIN_VERSION, VERSION};
+use super::requests::{check_hello, page_count};
+use super::{kind, read_frame, write_frame, Cur, FrameError, XferError, MAX_HELLO, MAX_REQUEST};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::store::Store;
 
@@ -550,11 +550,6 @@ enum ConnEnd {
     Write(#[source] std::io::Error),
 }
 
-/// Compares without an early exit, so the time does not tell how much of a token was right.
-fn same_token(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn connection(stream: TcpStream, slot: Slot) -> Result<(), ConnEnd> {
     let shared = slot.shared.clone();
     let sh = &*shared;
@@ -566,35 +561,15 @@ fn connection(stream: TcpStream, slot: Slot) -> Result<(), ConnEnd> {
     let Some(hello) = read_hello(sh, &stream, &slot, &mut w)? else {
         return Ok(());
     };
-    let mut c = Cur(&hello.1);
-    if hello.0 != kind::HELLO || c.take(8) != Some(&MAGIC[..]) {
-        return refuse(&mut w, "not a haul page client (bad hello)".into());
-    }
-    let version = c.u16().unwrap_or(0);
-    if !(MIN_VERSION..=VERSION).contains(&version) {
-        return refuse(
-            &mut w,
-            format!(
-                "protocol version {version} not supported (server speaks {MIN_VERSION} to {VERSION})"
-            ),
-        );
-    }
-    if sh.source.is_some() && version < DONE_VERSION {
-        return refuse(
-            &mut w,
-            format!(
-                "this server serves a frozen source process, which needs protocol {DONE_VERSION} \
-                 (the client says when every page is resident); the client speaks {version}: \
-                 upgrade it"
-            ),
-        );
-    }
-    let token = c.bytes16().unwrap_or(&[]);
-    if let Some(want) = &sh.opts.token {
-        if !same_token(token, want) {
-            return refuse(&mut w, "wrong token".into());
-        }
-    }
+    let version = match check_hello(
+        hello.0,
+        &hello.1,
+        sh.source.is_some(),
+        sh.opts.token.as_deref(),
+    ) {
+        Ok(v) => v,
+        Err(why) => return refuse(&mut w, why),
+    };
     if !slot.leave() {
         return refuse(
             &mut w,
@@ -660,17 +635,14 @@ fn connection(stream: TcpStream, slot: Slot) -> Result<(), ConnEnd> {
                 write_frame(&mut w, kind::MANIFEST, &served.manifest).map_err(ConnEnd::Write)?;
             }
             kind::GET_PAGES => {
-                let n = c.u32().unwrap_or(0);
-                if n == 0 || n > MAX_PAGES || c.0.len() != n as usize * 24 {
-                    return refuse(
-                        &mut w,
-                        format!("bad page request ({n} pages, {} bytes)", c.0.len()),
-                    );
-                }
+                let n = match page_count(&mut c) {
+                    Ok(n) => n,
+                    Err(why) => return refuse(&mut w, why),
+                };
                 out.clear();
-                out.reserve(n as usize * PAGE_SIZE);
+                out.reserve(n * PAGE_SIZE);
                 live_addrs.clear();
-                for i in 0..n as usize {
+                for i in 0..n {
                     let addr = c.u64().unwrap_or(0);
                     let id = c
                         .take(16)
