@@ -221,12 +221,10 @@ impl LiveReader {
 }
 
 impl crate::xfer::LivePages for LiveReader {
-    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), crate::xfer::LiveReadError> {
+    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), String> {
+        // The trait's error is the refusal's text: the whole chain of causes goes into it.
         self.read(addrs, out)
-            .map_err(|e| crate::xfer::LiveReadError {
-                pid: self.pid,
-                source: Box::new(e),
-            })
+            .map_err(|e| format!("reading pid {}: {}", self.pid, crate::error::chain(&e)))
     }
 }
 

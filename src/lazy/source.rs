@@ -20,7 +20,7 @@ pub enum SourceError {
     Failed(String),
     /// The store could not give a page (a page that does not hash to its id, a missing pack).
     #[error("page source failed: {0}")]
-    Store(#[from] StoreError),
+    Store(#[source] Box<StoreError>),
     /// The page server refused, broke the protocol, or could not be told `Done`.
     #[error("page source failed: {0}")]
     Remote(#[source] XferError),
@@ -30,7 +30,7 @@ pub enum SourceError {
         addr: String,
         timeout: Duration,
         #[source]
-        last: XferError,
+        last: Box<XferError>,
     },
     /// A thread panicked while holding the source's connection (a bug in haul).
     #[error("page source failed: its connection's lock was poisoned by a panicked thread")]
@@ -38,6 +38,12 @@ pub enum SourceError {
     /// The source handed over a different number of bytes than asked for.
     #[error("page source failed: it returned {bytes} bytes for {pages} pages")]
     Short { bytes: usize, pages: usize },
+}
+
+impl From<StoreError> for SourceError {
+    fn from(e: StoreError) -> SourceError {
+        SourceError::Store(Box::new(e))
+    }
 }
 
 /// A page source of the daemon.
@@ -109,7 +115,7 @@ pub enum NextPush {
 impl PushStream for PageStream {
     fn next_within(&mut self, wait: Duration) -> NextPush {
         match PageStream::next_within(self, wait) {
-            NextBatch::Batch(b) => NextPush::Batch(b.map_err(SourceError::Store)),
+            NextBatch::Batch(b) => NextPush::Batch(b.map_err(SourceError::from)),
             NextBatch::NotYet => NextPush::NotYet,
             NextBatch::End => NextPush::End,
         }

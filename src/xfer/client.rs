@@ -316,7 +316,7 @@ impl RemoteSource {
                     return Err(SourceError::Unreachable {
                         addr: self.addr.clone(),
                         timeout: self.timeout,
-                        last,
+                        last: Box::new(last),
                     });
                 }
             }

@@ -33,7 +33,7 @@ mod server;
 mod sync;
 
 pub use client::{Client, RemoteSource};
-pub use server::{LivePages, LiveReadError, PageServer, ServerOptions, SourceEvent, SourceServing};
+pub use server::{LivePages, PageServer, ServerOptions, SourceEvent, SourceServing};
 pub use sync::{copy_set, pull, push, SyncReport};
 
 use std::io::{Read, Write};
@@ -62,28 +62,28 @@ pub enum XferError {
     Store {
         context: String,
         #[source]
-        source: crate::store::StoreError,
+        source: Box<crate::store::StoreError>,
     },
     /// A set to serve cannot be loaded from the store.
     #[error("page server: set {set}: {source}")]
     Set {
         set: String,
         #[source]
-        source: crate::store::StoreError,
+        source: Box<crate::store::StoreError>,
     },
     /// A set's manifest cannot be encoded for the wire.
     #[error("page server: set {set}: {source}")]
     Manifest {
         set: String,
         #[source]
-        source: crate::image::encode::EncodeError,
+        source: Box<crate::image::encode::EncodeError>,
     },
     /// A job to serve the final dumps of has a name the store refuses.
     #[error("page server: job {job:?}: {source}")]
     Job {
         job: String,
         #[source]
-        source: crate::store::StoreError,
+        source: Box<crate::store::StoreError>,
     },
     /// A thread of the server could not be started.
     #[error("page server: cannot start the {what} thread: {source}")]

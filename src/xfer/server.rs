@@ -58,7 +58,7 @@ impl Served {
     fn load(store: &Store, s: &str) -> Result<Served, XferError> {
         let set = store.load_set(s).map_err(|source| XferError::Set {
             set: s.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         if set.process.is_none() {
             return Err(XferError::Setup(format!(
@@ -68,7 +68,7 @@ impl Served {
         let manifest =
             crate::image::encode::encode_manifest(&set).map_err(|source| XferError::Manifest {
                 set: s.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(Served { set, manifest })
     }
@@ -76,19 +76,10 @@ impl Served {
 
 /// Reads pages of a live (frozen) process: the source of a lazy final dump.
 pub trait LivePages: Send + Sync {
-    /// The page at each of `addrs`, into `out` (`addrs.len()` × 4096 bytes).
-    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), LiveReadError>;
-}
-
-/// Why pages of the frozen source could not be read (the request is refused with it).
-#[derive(Debug, thiserror::Error)]
-#[error("reading pid {pid}: {source}")]
-pub struct LiveReadError {
-    /// The frozen process.
-    pub pid: i32,
-    /// What the reader met (the dump module's error).
-    #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync>,
+    /// The page at each of `addrs`, into `out` (`addrs.len()` × 4096 bytes). The error is
+    /// the message of the refusal the client gets. (It stays text this round: the fake
+    /// source of tests/xfer.rs implements this signature.)
+    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), String>;
 }
 
 /// What a source-mode server tells the holder of the frozen source.
@@ -283,7 +274,7 @@ impl PageServer {
         for j in &opts.jobs {
             crate::store::check_job_name(j).map_err(|source| XferError::Job {
                 job: j.clone(),
-                source,
+                source: Box::new(source),
             })?;
         }
         let mut loaded = HashMap::new();
@@ -317,7 +308,7 @@ impl PageServer {
         let manifest =
             crate::image::encode::encode_manifest(&set).map_err(|source| XferError::Manifest {
                 set: set.id.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let mut sh = Arc::try_unwrap(self.shared)
             .map_err(|_| XferError::Setup("the page server is already serving".into()))?;
