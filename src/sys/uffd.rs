@@ -21,6 +21,8 @@ use linux_raw_sys::general as k;
 use linux_raw_sys::ioctl as io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
+/// The `userfaultfd` syscall number, for injecting `userfaultfd()` into a target (libc's).
+pub const SYS_USERFAULTFD: i64 = libc::SYS_userfaultfd;
 /// `UFFD_USER_MODE_ONLY`: only user-mode faults are reported (allowed without privilege).
 pub const UFFD_USER_MODE_ONLY: i32 = k::UFFD_USER_MODE_ONLY as i32;
 
