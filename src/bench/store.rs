@@ -280,7 +280,6 @@ fn random_reads(
 /// The device's own latency: 4 KiB preads at random offsets of the packs, each with the page
 /// cache of that file dropped first (what a cold single-page read cannot beat).
 fn disk_reads(root: &Path, reads: usize) -> Result<(f64, f64), StoreError> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     let packs: Vec<(PathBuf, u64)> = walkdir::WalkDir::new(root.join("packs"))
         .into_iter()
@@ -304,12 +303,7 @@ fn disk_reads(root: &Path, reads: usize) -> Result<(f64, f64), StoreError> {
         let r = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]));
         let (path, len) = &packs[r as usize % packs.len()];
         let f = std::fs::File::open(path).map_err(io("opening a pack"))?;
-        let _ = nix::fcntl::posix_fadvise(
-            f.as_raw_fd(),
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
+        let _ = crate::sys::host::drop_from_page_cache(&f);
         // Any whole page of the file (a small pack may hold only one).
         let off = (r >> 20) % (len / PAGE_SIZE as u64) * PAGE_SIZE as u64;
         let t = Instant::now();

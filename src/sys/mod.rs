@@ -4,6 +4,7 @@
 //!
 //! - [`ptrace`]: seize/interrupt/wait/detach, registers and regsets, sigmask, rseq config.
 //! - [`remote`]: syscalls injected into a ptrace-stopped thread, and a scratch page in it.
+//! - [`host`]: haul's own process and files: child subreaper, reaping, page-cache advice.
 //! - [`mem`]: page-aligned buffers, `process_vm_readv`/`writev`, `/proc/PID/mem`.
 //! - [`net`]: TCP keepalive on a socket.
 //! - [`pagemap`]: `/proc/PID/pagemap` entries and the `PAGEMAP_SCAN` ioctl.
@@ -12,6 +13,7 @@
 //! - [`process`]: pidfd, signals, robust lists, rlimits, clone3, `PR_SET_MM_MAP`, rseq constants.
 #![allow(unsafe_code)]
 
+pub mod host;
 pub mod mem;
 pub mod net;
 pub mod pagemap;
