@@ -126,6 +126,7 @@ pub struct LazyOptions {
     pub idle_push: Duration,
     /// Pages copied after each faulting page (when they are still missing).
     pub prefetch: u32,
+    /// Order of the background push.
     pub order: PushOrder,
     /// The page source failing for this long: the process is killed.
     pub source_timeout: Duration,
@@ -171,6 +172,7 @@ pub struct LazyRestore {
 }
 
 impl LazyRestore {
+    /// The restored process (running; its missing pages still being served).
     pub fn pid(&self) -> i32 {
         self.outcome.pid
     }

@@ -132,6 +132,7 @@ pub struct StoreSource {
 }
 
 impl StoreSource {
+    /// Pages of `store`, each checked against its id as it is read.
     pub fn new(store: Arc<Store>) -> StoreSource {
         StoreSource { store }
     }
