@@ -3,6 +3,25 @@
 
 use super::{kind, Cur, DONE_VERSION, MAGIC, MAX_PAGES, MIN_VERSION, VERSION};
 
+/// Why a hello or a request is refused; its text is the `Error` frame the client gets (a
+/// client matches on the version refusal's wording: keep it).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error("not a haul page client (bad hello)")]
+    BadHello,
+    #[error("protocol version {0} not supported (server speaks {MIN_VERSION} to {VERSION})")]
+    Version(u16),
+    #[error(
+        "this server serves a frozen source process, which needs protocol {DONE_VERSION} \
+         (the client says when every page is resident); the client speaks {0}: upgrade it"
+    )]
+    NeedsDone(u16),
+    #[error("wrong token")]
+    WrongToken,
+    #[error("bad page request ({pages} pages, {bytes} bytes)")]
+    BadPageRequest { pages: u32, bytes: usize },
+}
+
 /// Checks a hello frame (kind `k`, `payload`): magic, a protocol version this server speaks
 /// (a source-mode server needs one with `Done`), and the token when one is required. Returns
 /// the connection's version, or the refusal to send.
@@ -11,28 +30,22 @@ pub(super) fn check_hello(
     payload: &[u8],
     source_mode: bool,
     want_token: Option<&[u8]>,
-) -> Result<u16, String> {
+) -> Result<u16, Refusal> {
     let mut c = Cur(payload);
     if k != kind::HELLO || c.take(8) != Some(&MAGIC[..]) {
-        return Err("not a haul page client (bad hello)".into());
+        return Err(Refusal::BadHello);
     }
     let version = c.u16().unwrap_or(0);
     if !(MIN_VERSION..=VERSION).contains(&version) {
-        return Err(format!(
-            "protocol version {version} not supported (server speaks {MIN_VERSION} to {VERSION})"
-        ));
+        return Err(Refusal::Version(version));
     }
     if source_mode && version < DONE_VERSION {
-        return Err(format!(
-            "this server serves a frozen source process, which needs protocol {DONE_VERSION} \
-             (the client says when every page is resident); the client speaks {version}: \
-             upgrade it"
-        ));
+        return Err(Refusal::NeedsDone(version));
     }
     let token = c.bytes16().unwrap_or(&[]);
     if let Some(want) = want_token {
         if !same_token(token, want) {
-            return Err("wrong token".into());
+            return Err(Refusal::WrongToken);
         }
     }
     Ok(version)
@@ -41,10 +54,13 @@ pub(super) fn check_hello(
 /// The number of pages a `GetPages` asks for, read from `c` (the payload after the set name):
 /// 1 to [`MAX_PAGES`], and exactly 24 bytes (address, id) each left in the payload. The
 /// refusal to send otherwise.
-pub(super) fn page_count(c: &mut Cur<'_>) -> Result<usize, String> {
+pub(super) fn page_count(c: &mut Cur<'_>) -> Result<usize, Refusal> {
     let n = c.u32().unwrap_or(0);
     if n == 0 || n > MAX_PAGES || c.0.len() != n as usize * 24 {
-        return Err(format!("bad page request ({n} pages, {} bytes)", c.0.len()));
+        return Err(Refusal::BadPageRequest {
+            pages: n,
+            bytes: c.0.len(),
+        });
     }
     Ok(n as usize)
 }
@@ -72,12 +88,13 @@ mod tests {
         let mut p = hello_payload(VERSION, b"");
         p[0] = b'X';
         let bad = check_hello(kind::HELLO, &p, false, None).unwrap_err();
-        assert!(bad.contains("bad hello"), "{bad}");
+        assert_eq!(bad, Refusal::BadHello);
         let p = hello_payload(VERSION, b"");
         assert!(check_hello(kind::GET_PAGES, &p, false, None).is_err());
         assert!(check_hello(kind::HELLO, &p[..5], false, None).is_err());
-        let e =
-            check_hello(kind::HELLO, &hello_payload(VERSION + 1, b""), false, None).unwrap_err();
+        let e = check_hello(kind::HELLO, &hello_payload(VERSION + 1, b""), false, None)
+            .unwrap_err()
+            .to_string();
         // A client retries with protocol 1 on exactly this shape of refusal.
         assert!(e.starts_with("protocol version"), "{e}");
         assert!(e.ends_with(&format!("(server speaks {MIN_VERSION} to {VERSION})")));
@@ -89,7 +106,8 @@ mod tests {
         let old = hello_payload(DONE_VERSION - 1, b"");
         assert!(check_hello(kind::HELLO, &old, false, None).is_ok());
         let e = check_hello(kind::HELLO, &old, true, None).unwrap_err();
-        assert!(e.contains("frozen source"), "{e}");
+        assert_eq!(e, Refusal::NeedsDone(DONE_VERSION - 1));
+        assert!(e.to_string().contains("frozen source"), "{e}");
         let new = hello_payload(DONE_VERSION, b"");
         assert_eq!(check_hello(kind::HELLO, &new, true, None), Ok(DONE_VERSION));
     }
@@ -101,7 +119,7 @@ mod tests {
             let p = hello_payload(VERSION, t);
             assert_eq!(
                 check_hello(kind::HELLO, &p, false, want),
-                Err("wrong token".into()),
+                Err(Refusal::WrongToken),
                 "{t:?}"
             );
         }
@@ -130,7 +148,11 @@ mod tests {
             (MAX_PAGES + 1, (MAX_PAGES as usize + 1) * 24),
         ] {
             let e = page_count(&mut Cur(&req(n, bytes))).unwrap_err();
-            assert!(e.starts_with("bad page request"), "{n} {bytes}: {e}");
+            assert_eq!(
+                e,
+                Refusal::BadPageRequest { pages: n, bytes },
+                "{n} {bytes}"
+            );
         }
         assert!(page_count(&mut Cur(&[1, 0])).is_err(), "no count at all");
     }

@@ -559,7 +559,7 @@ fn connection(stream: TcpStream, slot: Slot) -> Result<(), ConnEnd> {
         sh.opts.token.as_deref(),
     ) {
         Ok(v) => v,
-        Err(why) => return refuse(&mut w, why),
+        Err(why) => return refuse(&mut w, why.to_string()),
     };
     if !slot.leave() {
         return refuse(
@@ -628,7 +628,7 @@ fn connection(stream: TcpStream, slot: Slot) -> Result<(), ConnEnd> {
             kind::GET_PAGES => {
                 let n = match page_count(&mut c) {
                     Ok(n) => n,
-                    Err(why) => return refuse(&mut w, why),
+                    Err(why) => return refuse(&mut w, why.to_string()),
                 };
                 out.clear();
                 out.reserve(n * PAGE_SIZE);
