@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod bench;
 pub mod dump;
 pub mod error;
 pub mod image;

@@ -116,12 +116,12 @@ fn bench_refuses_a_size_too_small_to_measure() {
         }
     }
     // The library refuses too (and never divides by zero).
-    let opts = haul::store::bench::BenchOptions {
+    let opts = haul::bench::store::BenchOptions {
         dir: root.path().to_path_buf(),
         size: 0,
         ..Default::default()
     };
-    let e = haul::store::bench::run_bench(&opts).unwrap_err();
+    let e = haul::bench::store::run_bench(&opts).unwrap_err();
     assert!(e.to_string().contains("too small"), "{e}");
 }
 

@@ -878,7 +878,7 @@ fn store_rejects_bad_job_names_and_batch_shapes() {
 #[test]
 #[ignore]
 fn bench_store() {
-    let mut opts = haul::store::bench::BenchOptions::default();
+    let mut opts = haul::bench::store::BenchOptions::default();
     if let Some(s) = std::env::var("HAUL_BENCH_SIZE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -886,8 +886,8 @@ fn bench_store() {
         opts.size = s;
         opts.frame_sweep_bytes = opts.frame_sweep_bytes.min(s);
     }
-    let rep = haul::store::bench::run_bench(&opts).unwrap();
-    println!("{}", haul::store::bench::report_text(&rep));
+    let rep = haul::bench::store::run_bench(&opts).unwrap();
+    println!("{}", haul::bench::store::report_text(&rep));
     println!("{}", serde_json::to_string_pretty(&rep).unwrap());
 }
 

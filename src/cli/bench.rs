@@ -18,7 +18,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             runs,
             json,
         } => {
-            use haul::dump::bench;
+            use haul::bench::dump as bench;
             let opts = bench::BenchOptions {
                 dir,
                 fixtures,
@@ -45,7 +45,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             runs,
             json,
         } => {
-            use haul::lazy::bench;
+            use haul::bench::lazy as bench;
             let opts = bench::BenchOptions {
                 dir,
                 fixtures,
@@ -62,7 +62,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             Ok(exit::OK)
         }
         BenchCommand::Store { dir, size, json } => {
-            let opts = haul::store::bench::BenchOptions {
+            let opts = haul::bench::store::BenchOptions {
                 dir,
                 size,
                 ..Default::default()
@@ -70,13 +70,13 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             // A spinner on a terminal, timestamped lines otherwise.
             let progress = haul::runner::progress::Progress::new(ProgressMode::Auto);
             let bar = progress.job("bench store");
-            let r = haul::store::bench::run_bench_with(&opts, &|step| bar.step(step));
+            let r = haul::bench::store::run_bench_with(&opts, &|step| bar.step(step));
             bar.finish(if r.is_ok() { "done" } else { "failed" }, r.is_err());
             let r = r?;
             if json {
                 print_json(&r)?;
             } else {
-                out(haul::store::bench::report_text(&r).trim_end());
+                out(haul::bench::store::report_text(&r).trim_end());
             }
             Ok(exit::OK)
         }

@@ -286,11 +286,11 @@ pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     Ok(s.parse::<haul::job::Size>()?.0)
 }
 
-/// A benchmark's `--size`: a size of at least [`haul::store::bench::MIN_SIZE`] (smaller
+/// A benchmark's `--size`: a size of at least [`haul::bench::store::MIN_SIZE`] (smaller
 /// images have nothing to time, and their ratios would divide by zero).
 pub fn parse_bench_size(s: &str) -> Result<u64, ValueError> {
     let size = parse_size(s)?;
-    if size < haul::store::bench::MIN_SIZE {
+    if size < haul::bench::store::MIN_SIZE {
         return Err(ValueError::TooSmall { size });
     }
     Ok(size)

@@ -7,7 +7,6 @@
 //! registers haul changed, unmaps the scratch page and detaches every thread, re-sending the
 //! signals that arrived meanwhile.
 
-pub mod bench;
 mod check;
 mod freeze;
 mod lazy;

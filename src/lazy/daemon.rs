@@ -1,19 +1,23 @@
 //! The userfaultfd daemon: one thread serving faults, following events, and pushing pages.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::missing::Missing;
-use super::{LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream};
+use super::{
+    DaemonError, LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream, SourceError,
+};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
 use crate::store::StreamBatch;
-use crate::sys::uffd::{self, Uffd};
+use crate::sys::uffd;
 use crate::sys::uffd_restore::{self as ur, CopyResult, Watchdog};
+use nix::errno::Errno;
+use userfaultfd::{Event, Uffd};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// Longest poll while idle: the daemon looks at its clock at least this often.
@@ -30,6 +34,7 @@ const BRIDGE_PAGES: usize = 4;
 struct Space {
     pid: i32,
     pidfd: Option<OwnedFd>,
+    /// The `userfaultfd` crate's handle of the space's uffd.
     uffd: Uffd,
     /// Stored pages still missing. Zero and never-touched pages are not listed: a fault on
     /// one gets the zero page, and once every stored page is resident the uffd is closed and
@@ -52,32 +57,37 @@ pub(super) fn start(
     opts: LazyOptions,
     start: Instant,
     running: Arc<AtomicBool>,
-) -> Result<Started, String> {
+) -> Result<Started, DaemonError> {
     let want = uffd::UFFD_FEATURE_EVENT_FORK
         | uffd::UFFD_FEATURE_EVENT_REMAP
         | uffd::UFFD_FEATURE_EVENT_REMOVE
         | uffd::UFFD_FEATURE_EVENT_UNMAP;
-    let (got, _) = ls.uffd.api(want).map_err(|e| e.to_string())?;
+    let pid = ls.pid;
+    // The handshake stays haul's own: the crate only makes it on uffds it creates itself.
+    let (got, _) = ls.uffd.api(want).map_err(DaemonError::Api)?;
     if got & want != want {
-        return Err(format!(
-            "the kernel grants uffd features {got:#x}, lazy restore needs {want:#x}"
-        ));
+        return Err(DaemonError::Features { got, want });
     }
-    for &(s, e) in &ls.ranges {
-        ls.uffd
-            .register(s, e - s, uffd::UFFDIO_REGISTER_MODE_MISSING)
-            .map_err(|e| format!("pid {}: {e}", ls.pid))?;
+    let handler = ls.uffd.into_handler();
+    for &(start, end) in &ls.ranges {
+        handler
+            .register(start as *mut libc::c_void, (end - start) as usize)
+            .map_err(|source| DaemonError::Register {
+                pid,
+                start,
+                end,
+                source,
+            })?;
     }
     let ranges = ls.ranges.clone();
-    let watchdog = ur::spawn_watchdog(&ls.uffd, &ls.pidfd).map_err(|e| e.to_string())?;
-    let pid = ls.pid;
+    let watchdog = ur::spawn_watchdog(handler.as_fd(), &ls.pidfd).map_err(DaemonError::Watchdog)?;
     let d = Daemon {
         pid,
         set: set.id.clone(),
         spaces: vec![Space {
             pid,
             pidfd: Some(ls.pidfd),
-            uffd: ls.uffd,
+            uffd: handler,
             // Filled by the daemon thread (counting the missing pages takes a walk over the
             // page table, which the restore need not wait for).
             pending: Missing::new(set.clone(), &[]),
@@ -99,7 +109,7 @@ pub(super) fn start(
             d.spaces[0].pending = Missing::new(set, &ranges);
             d.run()
         })
-        .map_err(|e| format!("cannot start the daemon thread: {e}"))?;
+        .map_err(DaemonError::Thread)?;
     Ok(Started { join })
 }
 
@@ -123,8 +133,10 @@ enum End {
 
 /// Why serving stopped early: the process(es) are killed.
 enum Fatal {
-    Source(String),
-    Kernel(String),
+    /// The page source failed: the report's `source_lost` says why.
+    Source(SourceError),
+    /// A kernel call failed: the restore fails with it.
+    Kernel(DaemonError),
 }
 
 /// Outcome of one copy of a run of pages.
@@ -199,16 +211,17 @@ impl Daemon {
                 // Dropping the watchdog without "done": it kills the process too, then exits.
                 self.watchdog = None;
                 match f {
-                    Fatal::Source(reason) => {
+                    Fatal::Source(e) => {
                         // The report carries it, and whoever waits says it (once).
+                        let reason = crate::error::chain(&e);
                         tracing::debug!(pid = self.pid, "{reason}: process killed");
                         report.source_lost = Some(reason);
                         report.time_to_all_resident = 0;
                         Ok(report)
                     }
-                    Fatal::Kernel(message) => Err(LazyError::Daemon {
+                    Fatal::Kernel(source) => Err(LazyError::Daemon {
                         pid: self.pid,
-                        message: format!("{message} (process killed)"),
+                        source,
                     }),
                 }
             }
@@ -252,8 +265,8 @@ impl Daemon {
                     who.push((i, true));
                 }
             }
-            let ready =
-                ur::poll_readable(&fds, timeout).map_err(|e| Fatal::Kernel(e.to_string()))?;
+            let ready = ur::poll_readable(&fds, timeout)
+                .map_err(|e| Fatal::Kernel(DaemonError::Poll(e)))?;
             for (k, &(i, is_pidfd)) in who.iter().enumerate() {
                 if !ready[k] {
                     continue;
@@ -297,36 +310,45 @@ impl Daemon {
         faults: &mut VecDeque<(usize, u64, Instant)>,
     ) -> Result<(), Fatal> {
         loop {
-            let m = match self.spaces[i].uffd.read_msg() {
-                Ok(Some(m)) => m,
+            let ev = match self.spaces[i].uffd.read_event() {
+                Ok(Some(ev)) => ev,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(Fatal::Kernel(e.to_string())),
+                // The message is read (and dropped) already: go on with the next.
+                Err(userfaultfd::Error::UnrecognizedEvent(other)) => {
+                    tracing::warn!("uffd: unexpected event {other:#x}");
+                    continue;
+                }
+                // A short read: nothing more to read this round.
+                Err(userfaultfd::Error::IncompleteMsg { .. }) => return Ok(()),
+                Err(source) => {
+                    return Err(Fatal::Kernel(DaemonError::Read {
+                        pid: self.spaces[i].pid,
+                        source,
+                    }))
+                }
             };
-            match m.event {
-                uffd::UFFD_EVENT_PAGEFAULT => faults.push_back((i, m.arg[1], Instant::now())),
-                uffd::UFFD_EVENT_FORK => self.on_fork(i, m.arg[0] as u32)?,
-                uffd::UFFD_EVENT_REMAP => {
-                    let (from, to, len) = (m.arg[0], m.arg[1], m.arg[2]);
+            match ev {
+                Event::Pagefault { addr, .. } => faults.push_back((i, addr as u64, Instant::now())),
+                Event::Fork { uffd } => self.on_fork(i, uffd),
+                Event::Remap { from, to, len } => {
+                    let (from, to, len) = (from as u64, to as u64, len as u64);
                     let sp = &mut self.spaces[i];
                     for (a, id) in sp.pending.take_range(from, from.saturating_add(len)) {
                         sp.pending.insert_moved(a - from + to, id);
                     }
                     tracing::debug!(pid = sp.pid, "mremap {from:#x} -> {to:#x} ({len:#x})");
                 }
-                uffd::UFFD_EVENT_REMOVE | uffd::UFFD_EVENT_UNMAP => {
-                    let (s, e) = (m.arg[0], m.arg[1]);
+                Event::Remove { start, end } | Event::Unmap { start, end } => {
                     let sp = &mut self.spaces[i];
-                    sp.pending.take_range(s, e);
+                    sp.pending.take_range(start as u64, end as u64);
                 }
-                other => tracing::warn!("uffd: unexpected event {other:#x}"),
             }
         }
     }
 
     /// A child forked while pages were missing: its uffd (same registrations) arrives with the
     /// event; its missing pages are the parent's missing pages.
-    fn on_fork(&mut self, parent: usize, fd: u32) -> Result<(), Fatal> {
-        let uffd = ur::uffd_from_fork_event(fd).map_err(|e| Fatal::Kernel(e.to_string()))?;
+    fn on_fork(&mut self, parent: usize, uffd: Uffd) {
         let ppid = self.spaces[parent].pid;
         let known: Vec<i32> = self.spaces.iter().map(|s| s.pid).collect();
         let child = children_of(ppid).into_iter().find(|c| !known.contains(c));
@@ -340,7 +362,6 @@ impl Daemon {
             pending,
             dead: false,
         });
-        Ok(())
     }
 
     /// Serves one fault: the faulting page alone first (so the process waits for one page,
@@ -350,17 +371,21 @@ impl Daemon {
         let sp = &self.spaces[i];
         let Some(id) = sp.pending.get(page) else {
             // Never stored (or served already by a racing fault): a zero page, unless present.
-            let r = match sp.uffd.zeropage(page, PAGE, 0) {
-                Ok(_) => Copied::All,
-                Err(e) => match e.errno() {
-                    Some(libc::EEXIST) => {
-                        let _ = sp.uffd.wake(page, PAGE);
-                        Copied::All
-                    }
-                    Some(libc::EAGAIN) => Copied::Again,
-                    Some(libc::ESRCH) => Copied::Gone,
-                    _ => return Err(Fatal::Kernel(format!("pid {}: {e}", sp.pid))),
-                },
+            let r = match ur::zeropage(&sp.uffd, page, PAGE) {
+                Ok(()) => Copied::All,
+                Err(Errno::EEXIST) => {
+                    let _ = sp.uffd.wake(page as *mut libc::c_void, PAGE_SIZE);
+                    Copied::All
+                }
+                Err(Errno::EAGAIN) => Copied::Again,
+                Err(Errno::ESRCH) => Copied::Gone,
+                Err(source) => {
+                    return Err(Fatal::Kernel(DaemonError::Zeropage {
+                        pid: sp.pid,
+                        addr: page,
+                        source,
+                    }))
+                }
             };
             if matches!(r, Copied::All) {
                 self.record_fault(t0);
@@ -400,9 +425,9 @@ impl Daemon {
         }
         let sp = &mut self.spaces[i];
         for a in zeros {
-            match sp.uffd.zeropage(a, PAGE, 0) {
-                Ok(_) => self.stats.prefetched += 1,
-                Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            match ur::zeropage(&sp.uffd, a, PAGE) {
+                Ok(()) => self.stats.prefetched += 1,
+                Err(Errno::EEXIST) => {}
                 Err(_) => return Ok(()),
             }
             sp.pending.zero_placed(a);
@@ -441,7 +466,7 @@ impl Daemon {
                 // Wait for the reader only briefly: faults must not queue behind it.
                 None => match timed(&mut self.stats.push_wait, || st.next_within(STREAM_WAIT)) {
                     NextPush::NotYet => return Ok(()),
-                    NextPush::Batch(Err(e)) => return Err(Fatal::Source(e.to_string())),
+                    NextPush::Batch(Err(e)) => return Err(Fatal::Source(e)),
                     NextPush::Batch(Ok(b)) => (b, 0),
                     NextPush::End => {
                         self.stream = Stream::Over;
@@ -485,16 +510,8 @@ impl Daemon {
             };
             return sp.pending.all_bridged(BRIDGE_PAGES);
         };
-        let mut pages: Vec<(u64, PageRef)> = sp
-            .pending
-            .all()
-            .into_iter()
-            .map(|(a, id)| (a, PageRef::Stored(id)))
-            .collect();
-        // Stable: equally hot pages stay in address order (and in long runs).
-        pages.sort_by_key(|(a, _)| std::cmp::Reverse(counts.get(a).copied().unwrap_or(0)));
         self.stats.push_order = "hot-first".into();
-        pages
+        hot_first(sp.pending.all(), &counts)
     }
 
     /// Copies the pages of a streamed batch from its `from`th on that space `i` still misses,
@@ -565,14 +582,13 @@ impl Daemon {
         let mut fetched = std::mem::take(&mut self.buf);
         fetched.clear();
         if let Err(e) = self.source.fetch(&self.set, pages, &mut fetched) {
-            return Err(Fatal::Source(e.to_string()));
+            return Err(Fatal::Source(e));
         }
         if fetched.len() != pages.len() * PAGE_SIZE {
-            return Err(Fatal::Source(format!(
-                "the source returned {} bytes for {} pages",
-                fetched.len(),
-                pages.len()
-            )));
+            return Err(Fatal::Source(SourceError::Short {
+                bytes: fetched.len(),
+                pages: pages.len(),
+            }));
         }
         let mut r = Ok(Copied::All);
         let mut k = 0;
@@ -601,7 +617,7 @@ impl Daemon {
             if off >= total {
                 break Copied::All;
             }
-            match ur::copy_partial(&sp.uffd, start + off, &data[off as usize..], 0) {
+            match ur::copy_partial(&sp.uffd, start + off, &data[off as usize..]) {
                 CopyResult::Done => {
                     off = total;
                 }
@@ -610,19 +626,18 @@ impl Daemon {
                     match errno {
                         // That page is there already: skip it (and wake whoever waits on it).
                         libc::EEXIST => {
-                            let _ = sp.uffd.wake(start + off, PAGE);
+                            let _ = sp.uffd.wake((start + off) as *mut libc::c_void, PAGE_SIZE);
                             off += PAGE;
                         }
                         libc::EAGAIN if copied > 0 => {}
                         libc::EAGAIN => break Copied::Again,
                         libc::ESRCH => break Copied::Gone,
                         e => {
-                            return Err(Fatal::Kernel(format!(
-                                "pid {}: UFFDIO_COPY at {:#x}: {}",
-                                sp.pid,
-                                start + off,
-                                std::io::Error::from_raw_os_error(e)
-                            )))
+                            return Err(Fatal::Kernel(DaemonError::Copy {
+                                pid: sp.pid,
+                                addr: start + off,
+                                source: Errno::from_raw(e),
+                            }))
                         }
                     }
                 }
@@ -639,6 +654,21 @@ impl Daemon {
         }
         Ok(result)
     }
+}
+
+/// The hot-first push order of `pages` (in address order): most often dirtied over the
+/// pre-dumps first (`counts`; a page not in it counts 0). Stable: equally hot pages stay in
+/// address order, so they are still copied in long runs.
+fn hot_first(
+    pages: Vec<(u64, PageId)>,
+    counts: &std::collections::HashMap<u64, u32>,
+) -> Vec<(u64, PageRef)> {
+    let mut pages: Vec<(u64, PageRef)> = pages
+        .into_iter()
+        .map(|(a, id)| (a, PageRef::Stored(id)))
+        .collect();
+    pages.sort_by_key(|(a, _)| std::cmp::Reverse(counts.get(a).copied().unwrap_or(0)));
+    pages
 }
 
 /// Runs `f`, adding the time it took to `total`.
@@ -661,4 +691,47 @@ fn children_of(pid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_first_pushes_the_most_dirtied_first_and_keeps_address_order_among_equals() {
+        let id = |n: u8| PageId([n; 16]);
+        let pages: Vec<(u64, PageId)> = (1..=6u8).map(|n| (u64::from(n) * PAGE, id(n))).collect();
+        let counts = std::collections::HashMap::from([
+            (2 * PAGE, 3),
+            (4 * PAGE, 1),
+            (5 * PAGE, 3),
+            (6 * PAGE, 1),
+        ]);
+        let order: Vec<u64> = hot_first(pages, &counts)
+            .into_iter()
+            .map(|(a, r)| {
+                assert!(matches!(r, PageRef::Stored(_)));
+                a / PAGE
+            })
+            .collect();
+        assert_eq!(order, vec![2, 5, 4, 6, 1, 3]);
+    }
+
+    #[test]
+    fn a_kernel_error_says_which_call_on_which_address_and_keeps_the_errno() {
+        let e = DaemonError::Copy {
+            pid: 42,
+            addr: 0x7000,
+            source: Errno::EFAULT,
+        };
+        let msg = crate::error::chain(&e);
+        assert!(
+            msg.contains("pid 42") && msg.contains("UFFDIO_COPY at 0x7000"),
+            "{msg}"
+        );
+        let src = std::error::Error::source(&e).expect("the errno is kept as the source");
+        assert_eq!(src.downcast_ref::<Errno>(), Some(&Errno::EFAULT));
+        let lazy = LazyError::Daemon { pid: 42, source: e };
+        assert!(lazy.to_string().contains("(process killed)"), "{lazy}");
+    }
 }

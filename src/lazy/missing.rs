@@ -435,4 +435,67 @@ mod tests {
         m.take_range(0x70000, 0x71000);
         assert_eq!(m.all(), vec![(0x72000, id(3))]);
     }
+
+    #[test]
+    fn wanted_means_stored_or_zero_inside_a_region_and_not_yet_placed() {
+        let s = set_with(&[
+            (0x1000, PageRef::Stored(id(1))),
+            (0x2000, PageRef::Zero),
+            (0x4000, PageRef::Stored(id(4))),
+        ]);
+        let mut m = Missing::new(s, &[(0x1000, 0x4000)]);
+        assert!(m.wanted(0x1000));
+        assert!(m.wanted(0x2000), "a zero page of the dump is placed too");
+        assert!(
+            !m.wanted(0x3000),
+            "never touched: read as zero the ordinary way"
+        );
+        assert!(!m.wanted(0x4000), "outside the lazy ranges");
+        m.remove(0x1000);
+        m.zero_placed(0x2000);
+        assert!(!m.wanted(0x1000) && !m.wanted(0x2000));
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn pages_between_regions_are_never_missing_and_first_walks_regions_then_moved_pages() {
+        let s = set_with(&[
+            (0x1000, PageRef::Stored(id(1))),
+            (0x5000, PageRef::Stored(id(5))),
+            (0x9000, PageRef::Stored(id(9))),
+            (0xa000, PageRef::Stored(id(10))),
+        ]);
+        let mut m = Missing::new(s, &[(0x1000, 0x2000), (0x9000, 0xb000)]);
+        assert_eq!(m.left(), 3);
+        assert_eq!(m.range(0, 0x10000).len(), 3);
+        assert_eq!(m.get(0x5000), None, "between the regions");
+        m.insert_moved(0x40000, id(7));
+        assert_eq!(
+            m.first(10),
+            vec![
+                (0x1000, id(1)),
+                (0x9000, id(9)),
+                (0xa000, id(10)),
+                (0x40000, id(7))
+            ]
+        );
+        m.remove(0x40000);
+        assert_eq!(m.left(), 3, "a moved page counts once");
+        m.remove(0x40000);
+        assert_eq!(m.left(), 3);
+    }
+
+    #[test]
+    fn munmap_of_part_of_a_region_forgets_only_those_pages() {
+        let s = set_with(
+            &(1..=4u8)
+                .map(|n| (u64::from(n) * 0x1000, PageRef::Stored(id(n))))
+                .collect::<Vec<_>>(),
+        );
+        let mut m = Missing::new(s, &[(0x1000, 0x5000)]);
+        let gone = m.take_range(0x2000, 0x4000);
+        assert_eq!(gone, vec![(0x2000, id(2)), (0x3000, id(3))]);
+        assert_eq!(m.all(), vec![(0x1000, id(1)), (0x4000, id(4))]);
+        assert_eq!(m.left(), 2);
+    }
 }

@@ -12,7 +12,6 @@
 //! were missing) through pidfds. If the daemon itself dies, a watchdog process that holds a
 //! copy of the uffd (so pending faults keep waiting instead of reading zero pages) kills it.
 
-pub mod bench;
 mod daemon;
 mod missing;
 mod source;
@@ -34,14 +33,78 @@ pub enum LazyError {
     #[error(transparent)]
     Restore(#[from] crate::restore::RestoreError),
     /// The daemon failed on a kernel call; the process was killed.
-    #[error("lazy daemon for pid {pid}: {message}")]
-    Daemon { pid: i32, message: String },
+    #[error("lazy daemon for pid {pid}: {source} (process killed)")]
+    Daemon {
+        pid: i32,
+        #[source]
+        source: DaemonError,
+    },
     /// The page source was lost; the process was killed.
     #[error("lazy restore of pid {pid}: {reason}; the process was killed")]
     SourceLost { pid: i32, reason: String },
-    /// The daemon thread panicked; the watchdog killed the process.
-    #[error("lazy daemon for pid {pid} panicked")]
+    /// The page source failed while the eager part of the restore read from it.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The daemon thread panicked (a bug in haul); dropping its watchdog on the way made the
+    /// watchdog kill the process, which had pages missing.
+    #[error("lazy daemon for pid {pid} panicked: the process was killed, its memory incomplete")]
     Panicked { pid: i32 },
+}
+
+/// Why the daemon could not start, or stopped on a kernel call. Either way the restored
+/// process is killed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// `UFFDIO_API` on the uffd taken from the process failed.
+    #[error("uffd handshake: {0}")]
+    Api(#[source] crate::sys::SysError),
+    /// The kernel lacks an event feature the daemon needs to follow the process.
+    #[error("the kernel grants uffd features {got:#x}, lazy restore needs {want:#x}")]
+    Features { got: u64, want: u64 },
+    /// A lazy range could not be registered for missing-page faults.
+    #[error("pid {pid}: registering {start:#x}..{end:#x} for missing-page faults: {source}")]
+    Register {
+        pid: i32,
+        start: u64,
+        end: u64,
+        #[source]
+        source: userfaultfd::Error,
+    },
+    /// The watchdog process could not be started.
+    #[error("starting the watchdog: {0}")]
+    Watchdog(#[source] crate::sys::SysError),
+    /// The daemon thread could not be started.
+    #[error("cannot start the daemon thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The restore asked for a second daemon.
+    #[error("the lazy daemon was started twice")]
+    StartedTwice,
+    /// `poll(2)` over the uffds and pidfds failed.
+    #[error("waiting for faults: {0}")]
+    Poll(#[source] crate::sys::SysError),
+    /// Reading the events of a uffd failed.
+    #[error("pid {pid}: reading uffd events: {source}")]
+    Read {
+        pid: i32,
+        #[source]
+        source: userfaultfd::Error,
+    },
+    /// `UFFDIO_ZEROPAGE` failed with an errno other than present/retry/gone.
+    #[error("pid {pid}: UFFDIO_ZEROPAGE at {addr:#x}: {source}")]
+    Zeropage {
+        pid: i32,
+        addr: u64,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// `UFFDIO_COPY` failed with an errno other than present/retry/gone.
+    #[error("pid {pid}: UFFDIO_COPY at {addr:#x}: {source}")]
+    Copy {
+        pid: i32,
+        addr: u64,
+        #[source]
+        source: nix::errno::Errno,
+    },
 }
 
 /// Order of the background push.
@@ -63,6 +126,7 @@ pub struct LazyOptions {
     pub idle_push: Duration,
     /// Pages copied after each faulting page (when they are still missing).
     pub prefetch: u32,
+    /// Order of the background push.
     pub order: PushOrder,
     /// The page source failing for this long: the process is killed.
     pub source_timeout: Duration,
@@ -108,6 +172,7 @@ pub struct LazyRestore {
 }
 
 impl LazyRestore {
+    /// The restored process (running; its missing pages still being served).
     pub fn pid(&self) -> i32 {
         self.outcome.pid
     }
@@ -150,7 +215,7 @@ pub fn restore_lazy(
         Err(e) => {
             // The rebuild killed the process; the daemon sees it go and ends.
             if let Some(s) = started {
-                let _ = s.join.join();
+                end_after_failed_rebuild(&set.id, s.join);
             }
             return Err(e.into());
         }
@@ -182,12 +247,9 @@ struct Hooks<'a> {
     started: Option<daemon::Started>,
 }
 
-impl crate::restore::LazyHooks for Hooks<'_> {
-    fn start(&mut self, ls: crate::restore::LazyStart) -> Result<(), String> {
-        let src = self
-            .source
-            .take()
-            .ok_or("the lazy daemon was started twice")?;
+impl Hooks<'_> {
+    fn start_daemon(&mut self, ls: crate::restore::LazyStart) -> Result<(), DaemonError> {
+        let src = self.source.take().ok_or(DaemonError::StartedTwice)?;
         let s = daemon::start(
             self.set.clone(),
             ls,
@@ -198,6 +260,35 @@ impl crate::restore::LazyHooks for Hooks<'_> {
         )?;
         self.started = Some(s);
         Ok(())
+    }
+}
+
+impl crate::restore::LazyHooks for Hooks<'_> {
+    fn start(&mut self, ls: crate::restore::LazyStart) -> Result<(), String> {
+        // restore's hook takes its error as text (the rebuild reports it as its step's
+        // message); the whole chain of causes goes into it.
+        self.start_daemon(ls).map_err(|e| crate::error::chain(&e))
+    }
+}
+
+/// Waits for the daemon of a restore whose rebuild failed (and killed the process), so that
+/// no thread outlives the restore; says what its end means, since nobody else will see it.
+fn end_after_failed_rebuild(
+    set: &str,
+    join: std::thread::JoinHandle<Result<LazyReport, LazyError>>,
+) {
+    match join.join() {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(
+            set,
+            "lazy daemon after the failed rebuild: {}",
+            crate::error::chain(&e)
+        ),
+        Err(_) => tracing::error!(
+            set,
+            "the lazy daemon panicked while the failed restore was undone (a bug in haul); \
+             its watchdog kills the restored process, so nothing is left running"
+        ),
     }
 }
 

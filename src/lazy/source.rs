@@ -5,19 +5,45 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::image::{PageId, PageRef, SetKind, PAGE_SIZE};
-use crate::store::{NextBatch, PageStream, Store, StreamBatch};
+use crate::store::{NextBatch, PageStream, Store, StoreError, StreamBatch};
+use crate::xfer::XferError;
 
 /// Why a page source could not deliver. Either way the daemon kills the process: it must never
 /// run with a page it does not have.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// The source is gone (connection lost and not back within `source_timeout`).
+    /// The source is gone, in its own words (for sources that can only say why in words).
     #[error("page source lost: {0}")]
     Lost(String),
-    /// The source answered with something unusable (a page that does not hash to its id, a
-    /// missing pack, a refusal).
+    /// The source answered with something unusable, in its own words.
     #[error("page source failed: {0}")]
     Failed(String),
+    /// The store could not give a page (a page that does not hash to its id, a missing pack).
+    #[error("page source failed: {0}")]
+    Store(#[source] Box<StoreError>),
+    /// The page server refused, broke the protocol, or could not be told `Done`.
+    #[error("page source failed: {0}")]
+    Remote(#[source] XferError),
+    /// The page server was unreachable for `source_timeout`; `last` is the last failure.
+    #[error("page source lost: {addr} unreachable for {timeout:?}: {last}")]
+    Unreachable {
+        addr: String,
+        timeout: Duration,
+        #[source]
+        last: Box<XferError>,
+    },
+    /// A thread panicked while holding the source's connection (a bug in haul).
+    #[error("page source failed: its connection's lock was poisoned by a panicked thread")]
+    Poisoned,
+    /// The source handed over a different number of bytes than asked for.
+    #[error("page source failed: it returned {bytes} bytes for {pages} pages")]
+    Short { bytes: usize, pages: usize },
+}
+
+impl From<StoreError> for SourceError {
+    fn from(e: StoreError) -> SourceError {
+        SourceError::Store(Box::new(e))
+    }
 }
 
 /// A page source of the daemon.
@@ -89,9 +115,7 @@ pub enum NextPush {
 impl PushStream for PageStream {
     fn next_within(&mut self, wait: Duration) -> NextPush {
         match PageStream::next_within(self, wait) {
-            NextBatch::Batch(b) => {
-                NextPush::Batch(b.map_err(|e| SourceError::Failed(e.to_string())))
-            }
+            NextBatch::Batch(b) => NextPush::Batch(b.map_err(SourceError::from)),
             NextBatch::NotYet => NextPush::NotYet,
             NextBatch::End => NextPush::End,
         }
@@ -108,6 +132,7 @@ pub struct StoreSource {
 }
 
 impl StoreSource {
+    /// Pages of `store`, each checked against its id as it is read.
     pub fn new(store: Arc<Store>) -> StoreSource {
         StoreSource { store }
     }
@@ -122,10 +147,7 @@ impl LazySource for StoreSource {
     ) -> Result<(), SourceError> {
         out.reserve(pages.len() * PAGE_SIZE);
         for (addr, id) in pages {
-            let p = self
-                .store
-                .read_page_at(id, set, *addr)
-                .map_err(|e| SourceError::Failed(e.to_string()))?;
+            let p = self.store.read_page_at(id, set, *addr)?;
             out.extend_from_slice(&p);
         }
         Ok(())

@@ -31,8 +31,6 @@ mod verify;
 mod view;
 mod writer;
 
-pub mod bench;
-
 pub use chains::SetState;
 pub use du::{DuReport, JobUsage};
 pub use error::{PageAt, StoreError};
@@ -60,7 +58,7 @@ use std::time::{Duration, Instant};
 pub const STORE_FORMAT: u32 = 1;
 /// Name of the marker file at the top of a store.
 pub const MARKER: &str = "HAUL-STORE";
-/// Pages per frame: measured by `bench::frame_sizes` (see `src/store/bench.rs` and the report):
+/// Pages per frame: measured by `bench::frame_sizes` (see `src/bench/store.rs` and the report):
 /// 16 pages keeps a fault's decode well under 100 µs while compressing within a few percent of
 /// 64-page frames.
 pub const DEFAULT_FRAME_PAGES: usize = 16;
@@ -382,6 +380,14 @@ impl Store {
         self.inner
             .frame_pages
             .store(n.clamp(1, 1024), Ordering::Relaxed);
+    }
+
+    /// Forgets the decoded frames only (the kernel's page cache keeps the packs): what a read
+    /// costs when its frame must be decoded again (`haul bench store`'s warm reads).
+    pub(crate) fn forget_decoded_frames(&self) {
+        if let Ok(mut c) = self.inner.cache.lock() {
+            *c = FrameCache::default();
+        }
     }
 
     /// Forgets decoded frames and asks the kernel to drop the packs from the page cache (so

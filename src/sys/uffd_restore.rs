@@ -1,20 +1,12 @@
-//! What a lazy (post-copy) restore needs from the kernel beyond [`super::uffd`]: a
-//! `UFFDIO_COPY` that reports partial copies, `poll(2)` over a few fds, `pidfd_send_signal`,
-//! and the watchdog process that kills the restored process if the daemon disappears before
-//! every page is resident (DESIGN.md §4 "Lazy restore").
+//! What a lazy (post-copy) restore needs from the kernel beside the `userfaultfd` crate: safe
+//! wrappers of the crate's `UFFDIO_COPY` (reporting exactly how much was copied and why it
+//! stopped) and `UFFDIO_ZEROPAGE` (both `unsafe fn` in the crate, since they take raw
+//! pointers), `poll(2)` over a few fds, `pidfd_send_signal`, and the watchdog process that
+//! kills the restored process if the daemon disappears before every page is resident
+//! (DESIGN.md §4 "Lazy restore").
 
-use super::uffd::Uffd;
 use super::{last_err, Result};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-/// `pidfd_send_signal` syscall number (x86_64).
-const SYS_PIDFD_SEND_SIGNAL: libc::c_long = 424;
-/// `close_range` syscall number (x86_64).
-const SYS_CLOSE_RANGE: libc::c_long = 436;
-
-use super::uffd::UffdioCopy;
-
-const _: () = assert!(std::mem::size_of::<UffdioCopy>() == 40);
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Outcome of one [`copy_partial`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,38 +14,75 @@ pub enum CopyResult {
     /// Every byte was copied.
     Done,
     /// `copied` bytes were copied, then the call stopped with `errno` (`EEXIST`: the next page
-    /// is present already; `EAGAIN`: an event is pending, read it first; `ESRCH`: the process
-    /// is gone).
+    /// is present already; `EAGAIN`: an event is pending, read it first, or a partial copy;
+    /// `ESRCH`: the process is gone).
     Partial { copied: u64, errno: i32 },
 }
 
-/// `ioctl(uffd, UFFDIO_COPY)` of `data` to `dst` in the registered process, see
-/// ioctl_userfaultfd(2). Unlike [`Uffd::copy`] it reports how much was copied before an error,
-/// which the kernel leaves in `uffdio_copy.copy`.
-pub fn copy_partial(uffd: &Uffd, dst: u64, data: &[u8], mode: u64) -> CopyResult {
-    let mut c = UffdioCopy {
-        dst,
-        src: data.as_ptr() as u64,
-        len: data.len() as u64,
-        mode,
-        copy: 0,
-    };
-    // SAFETY: `c` is a live #[repr(C)] uffdio_copy matching the request's size; `src` points
-    // to `data.len()` readable bytes that outlive the call; the kernel only reads them.
+/// `ioctl(uffd, UFFDIO_COPY)` of `data` to `dst` in the registered process (waking the
+/// faulting threads), see ioctl_userfaultfd(2). Reports how much was copied before an error.
+pub fn copy_partial(uffd: &userfaultfd::Uffd, dst: u64, data: &[u8]) -> CopyResult {
+    // SAFETY: `src` points to `data.len()` readable bytes that outlive the call; the kernel
+    // only reads them. `dst` is an address in the registered (other) process, which the
+    // kernel checks against the registered ranges; nothing in this process is written.
     let r = unsafe {
-        libc::ioctl(
-            uffd.as_raw_fd(),
-            super::uffd::UFFDIO_COPY as _,
-            &mut c as *mut UffdioCopy,
+        uffd.copy(
+            data.as_ptr().cast(),
+            dst as *mut libc::c_void,
+            data.len(),
+            true,
         )
     };
-    if r == 0 {
-        return CopyResult::Done;
+    copy_outcome(r)
+}
+
+/// What a `UFFDIO_COPY` did, from the crate's answer. The kernel copies page by page and
+/// stops at the first page it cannot place; when it placed some, the ioctl fails with `EAGAIN`
+/// and `uffdio_copy.copy` holds the bytes placed (the crate's `PartiallyCopied`); when it
+/// placed none, it fails with the page's own errno (`EEXIST`, `ESRCH`, ...: `CopyFailed`), or
+/// with `EAGAIN` and `copy` = `-EAGAIN`, which the crate passes on as a `PartiallyCopied` of
+/// that negative number cast to `usize`: read back as nothing copied.
+pub fn copy_outcome(r: userfaultfd::Result<usize>) -> CopyResult {
+    match r {
+        Ok(_) => CopyResult::Done,
+        Err(userfaultfd::Error::PartiallyCopied(n)) => CopyResult::Partial {
+            copied: u64::try_from(n as isize).unwrap_or(0),
+            errno: libc::EAGAIN,
+        },
+        Err(userfaultfd::Error::CopyFailed(e)) => CopyResult::Partial {
+            copied: 0,
+            errno: e as i32,
+        },
+        Err(e) => CopyResult::Partial {
+            copied: 0,
+            errno: crate_errno(&e).unwrap_or(libc::EIO),
+        },
     }
-    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    CopyResult::Partial {
-        copied: c.copy.max(0) as u64,
-        errno,
+}
+
+/// `ioctl(uffd, UFFDIO_ZEROPAGE)`: maps the zero page over `[start, start+len)` of the
+/// registered process and wakes its faulting threads. The error is the ioctl's errno.
+pub fn zeropage(
+    uffd: &userfaultfd::Uffd,
+    start: u64,
+    len: u64,
+) -> std::result::Result<(), nix::errno::Errno> {
+    // SAFETY: `start` is an address in the registered (other) process, which the kernel
+    // checks against the registered ranges; no memory of this process is touched.
+    let r = unsafe { uffd.zeropage(start as *mut libc::c_void, len as usize, true) };
+    r.map(|_| ())
+        .map_err(|e| nix::errno::Errno::from_raw(crate_errno(&e).unwrap_or(libc::EIO)))
+}
+
+/// The errno inside an error of the `userfaultfd` crate, if it carries one.
+pub fn crate_errno(e: &userfaultfd::Error) -> Option<i32> {
+    match e {
+        userfaultfd::Error::CopyFailed(n) | userfaultfd::Error::ZeropageFailed(n) => {
+            Some(*n as i32)
+        }
+        userfaultfd::Error::SystemError(n) => Some(*n as i32),
+        userfaultfd::Error::PartiallyCopied(_) => Some(libc::EAGAIN),
+        _ => None,
     }
 }
 
@@ -86,7 +115,7 @@ pub fn pidfd_kill(pidfd: &OwnedFd, sig: i32) -> Result<()> {
     // SAFETY: four integer arguments; info is NULL.
     let r = unsafe {
         libc::syscall(
-            SYS_PIDFD_SEND_SIGNAL,
+            libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd() as libc::c_long,
             sig as libc::c_long,
             0 as libc::c_long,
@@ -149,7 +178,7 @@ impl Drop for Watchdog {
 /// and SIGKILLs the restored process (a fatal signal ends a waiting fault). It ignores SIGINT,
 /// SIGTERM, SIGHUP and SIGPIPE and leaves the daemon's process group, so a Ctrl-C at the
 /// daemon's terminal does not take it down with the daemon.
-pub fn spawn_watchdog(uffd: &Uffd, target: &OwnedFd) -> Result<Watchdog> {
+pub fn spawn_watchdog(uffd: BorrowedFd<'_>, target: &OwnedFd) -> Result<Watchdog> {
     let mut p = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two fds into the live array `p`.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -191,7 +220,7 @@ unsafe fn watchdog_child(keep: [RawFd; 3]) -> ! {
             // SAFETY: close_range of fds this child does not use (errors are harmless).
             unsafe {
                 libc::syscall(
-                    SYS_CLOSE_RANGE,
+                    libc::SYS_close_range,
                     from as libc::c_long,
                     (fd - 1) as libc::c_long,
                     0 as libc::c_long,
@@ -203,7 +232,7 @@ unsafe fn watchdog_child(keep: [RawFd; 3]) -> ! {
     // SAFETY: as above.
     unsafe {
         libc::syscall(
-            SYS_CLOSE_RANGE,
+            libc::SYS_close_range,
             from as libc::c_long,
             u32::MAX as libc::c_long,
             0 as libc::c_long,
@@ -248,7 +277,7 @@ unsafe fn watchdog_child(keep: [RawFd; 3]) -> ! {
         // SAFETY: four integer arguments, info NULL.
         unsafe {
             libc::syscall(
-                SYS_PIDFD_SEND_SIGNAL,
+                libc::SYS_pidfd_send_signal,
                 target as libc::c_long,
                 libc::SIGKILL as libc::c_long,
                 0 as libc::c_long,
@@ -259,19 +288,63 @@ unsafe fn watchdog_child(keep: [RawFd; 3]) -> ! {
     }
 }
 
-/// Takes ownership of the userfaultfd that the kernel installed in this process's fd table for
-/// a `UFFD_EVENT_FORK` message (`msg.arg.fork.ufd`, see ioctl_userfaultfd(2)): the forked
-/// child's uffd, with the parent's registrations.
-pub fn uffd_from_fork_event(fd: u32) -> Result<Uffd> {
-    // fcntl(F_GETFD) proves the number names an open fd before we own it.
-    // SAFETY: F_GETFD takes no pointer.
-    if unsafe { libc::fcntl(fd as RawFd, libc::F_GETFD) } < 0 {
-        return Err(last_err(format!(
-            "fork event names uffd {fd}, which is not open"
-        )));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use userfaultfd::Error as E;
+
+    #[test]
+    fn a_whole_copy_is_done_and_a_partial_one_keeps_its_count_with_eagain() {
+        assert_eq!(copy_outcome(Ok(8192)), CopyResult::Done);
+        assert_eq!(
+            copy_outcome(Err(E::PartiallyCopied(8192))),
+            CopyResult::Partial {
+                copied: 8192,
+                errno: libc::EAGAIN
+            }
+        );
     }
-    // SAFETY: the kernel created this fd for us with the event; nobody else owns it.
-    Ok(Uffd::from_owned(unsafe {
-        OwnedFd::from_raw_fd(fd as RawFd)
-    }))
+
+    #[test]
+    fn eagain_with_nothing_copied_reads_back_as_zero_bytes_not_a_huge_count() {
+        // The kernel leaves `copy` = -EAGAIN; the crate casts it to usize.
+        let raw = (-(libc::EAGAIN as i64)) as usize;
+        assert_eq!(
+            copy_outcome(Err(E::PartiallyCopied(raw))),
+            CopyResult::Partial {
+                copied: 0,
+                errno: libc::EAGAIN
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_copy_keeps_the_pages_own_errno() {
+        for errno in [libc::EEXIST, libc::ESRCH, libc::ENOENT, libc::EINVAL] {
+            let e = E::CopyFailed(userfaultfd_errno(errno));
+            assert_eq!(
+                copy_outcome(Err(e)),
+                CopyResult::Partial { copied: 0, errno },
+                "{errno}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_errno_inside_the_crates_errors_is_found() {
+        let z = E::ZeropageFailed(userfaultfd_errno(libc::EEXIST));
+        assert_eq!(crate_errno(&z), Some(libc::EEXIST));
+        let s = E::SystemError(userfaultfd_errno(libc::EBADF));
+        assert_eq!(crate_errno(&s), Some(libc::EBADF));
+        assert_eq!(crate_errno(&E::ReadEof), None);
+    }
+
+    /// An errno of the crate's own nix version (older than haul's, so not named here), from
+    /// its number.
+    fn userfaultfd_errno<T: TryFrom<std::io::Error>>(n: i32) -> T {
+        match T::try_from(std::io::Error::from_raw_os_error(n)) {
+            Ok(e) => e,
+            Err(_) => panic!("errno {n}"),
+        }
+    }
 }

@@ -220,17 +220,11 @@ impl RemoteSource {
     /// timeout, is an error: the source may then resume (rolled back) while the restored copy
     /// runs, which the caller must report (or end the restored copy).
     pub fn done(&self, set: &str) -> Result<String, XferError> {
-        let mut released = self
-            .released
-            .lock()
-            .map_err(|_| XferError::Setup("page source lock poisoned".into()))?;
+        let mut released = self.released.lock().map_err(|_| XferError::Poisoned)?;
         if let Some(m) = released.as_ref() {
             return Ok(m.clone());
         }
-        let mut g = self
-            .conn
-            .lock()
-            .map_err(|_| XferError::Setup("page source lock poisoned".into()))?;
+        let mut g = self.conn.lock().map_err(|_| XferError::Poisoned)?;
         let start = Instant::now();
         let mut sent = false;
         loop {
@@ -239,15 +233,11 @@ impl RemoteSource {
                     Ok(c) => g.0 = Some(c),
                     Err(e @ XferError::Refused { .. }) => return Err(e),
                     Err(e) if start.elapsed() >= self.timeout => {
-                        return Err(XferError::Setup(format!(
-                            "telling {} that every page is resident{}: {e}",
-                            self.addr,
-                            if sent {
-                                " (sent once; the answer was lost, so the source may be gone)"
-                            } else {
-                                ""
-                            }
-                        )))
+                        return Err(XferError::Done {
+                            addr: self.addr.clone(),
+                            sent,
+                            source: Box::new(e),
+                        })
                     }
                     Err(_) => {
                         std::thread::sleep(Duration::from_millis(100));
@@ -291,21 +281,16 @@ impl RemoteSource {
         pages: &[(u64, PageId)],
         out: &mut Vec<u8>,
     ) -> Result<(), SourceError> {
-        let mut g = self
-            .conn
-            .lock()
-            .map_err(|_| SourceError::Failed("page source lock poisoned".into()))?;
+        let mut g = self.conn.lock().map_err(|_| SourceError::Poisoned)?;
         let first_failure = Instant::now();
-        let mut last = String::new();
+        let mut last: Option<XferError> = None;
         let start_len = out.len();
         loop {
             if g.0.is_none() {
                 match Client::connect(&self.addr, &self.token, self.timeout) {
                     Ok(c) => g.0 = Some(c),
-                    Err(XferError::Refused { message, .. }) => {
-                        return Err(SourceError::Failed(format!("{}: {message}", self.addr)))
-                    }
-                    Err(e) => last = e.to_string(),
+                    Err(e @ XferError::Refused { .. }) => return Err(SourceError::Remote(e)),
+                    Err(e) => last = Some(e),
                 }
             }
             if let Some(c) = g.0.as_mut() {
@@ -316,20 +301,24 @@ impl RemoteSource {
                 match r {
                     Ok(()) => return Ok(()),
                     Err(e @ (XferError::Refused { .. } | XferError::Protocol { .. })) => {
-                        return Err(SourceError::Failed(e.to_string()))
+                        return Err(SourceError::Remote(e))
                     }
                     Err(e) => {
-                        last = e.to_string();
+                        last = Some(e);
                         out.truncate(start_len);
                         g.0 = None;
                     }
                 }
             }
+            // Every way here failed once at least, so `last` holds why.
             if first_failure.elapsed() >= self.timeout {
-                return Err(SourceError::Lost(format!(
-                    "{} unreachable for {:?}: {last}",
-                    self.addr, self.timeout
-                )));
+                if let Some(last) = last.take() {
+                    return Err(SourceError::Unreachable {
+                        addr: self.addr.clone(),
+                        timeout: self.timeout,
+                        last: Box::new(last),
+                    });
+                }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -375,30 +364,36 @@ impl RemoteStream {
         let spawned = std::thread::Builder::new()
             .name("haul-push-stream".into())
             .spawn(move || {
-                let mut c = match Client::connect(&addr, &token, timeout) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!("push read-ahead from {addr}: {e}");
-                        return;
-                    }
-                };
-                for chunk in pages.chunks(STREAM_PAGES) {
-                    let mut bytes = Vec::with_capacity(chunk.len() * PAGE_SIZE);
-                    let before = c.bytes;
-                    let r = c.pages(&set, chunk, &mut bytes);
-                    streamed.fetch_add(c.bytes - before, Ordering::Relaxed);
-                    if let Err(e) = r {
-                        tracing::debug!("push read-ahead from {addr} ends: {e}");
-                        return;
-                    }
-                    let b = StreamBatch {
-                        addrs: chunk.iter().map(|(a, _)| *a).collect(),
-                        bytes,
+                let meaning = format!(
+                    "the push read-ahead from {addr} panicked; the daemon fetches the pages \
+                     still missing through its own connection"
+                );
+                super::run_detached(&meaning, || {
+                    let mut c = match Client::connect(&addr, &token, timeout) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!("push read-ahead from {addr}: {e}");
+                            return;
+                        }
                     };
-                    if tx.send(b).is_err() {
-                        return;
+                    for chunk in pages.chunks(STREAM_PAGES) {
+                        let mut bytes = Vec::with_capacity(chunk.len() * PAGE_SIZE);
+                        let before = c.bytes;
+                        let r = c.pages(&set, chunk, &mut bytes);
+                        streamed.fetch_add(c.bytes - before, Ordering::Relaxed);
+                        if let Err(e) = r {
+                            tracing::debug!("push read-ahead from {addr} ends: {e}");
+                            return;
+                        }
+                        let b = StreamBatch {
+                            addrs: chunk.iter().map(|(a, _)| *a).collect(),
+                            bytes,
+                        };
+                        if tx.send(b).is_err() {
+                            return;
+                        }
                     }
-                }
+                });
             });
         if let Err(e) = spawned {
             tracing::debug!("no push read-ahead: {e}");
@@ -452,7 +447,7 @@ macro_rules! remote_lazy_source {
             fn finished(&mut self, set: &str) -> Result<(), SourceError> {
                 self.done(set)
                     .map(|m| tracing::info!(set, "page source released: {m}"))
-                    .map_err(|e| SourceError::Failed(e.to_string()))
+                    .map_err(SourceError::Remote)
             }
         }
     };
@@ -473,7 +468,7 @@ impl crate::restore::PageSource for RemoteSource {
             if let Some(&(start, _)) = run.first() {
                 buf.clear();
                 self.fetch_retrying(&set.id, run, &mut buf)
-                    .map_err(|e| XferError::Setup(e.to_string()))?;
+                    .map_err(crate::lazy::LazyError::Source)?;
                 f(start, &buf).map_err(|e| crate::Error::Sys(crate::sys::SysError::Invalid(e)))?;
             }
             run.clear();

@@ -28,6 +28,7 @@
 //! pull`).
 
 mod client;
+mod requests;
 mod server;
 mod sync;
 
@@ -56,6 +57,56 @@ pub enum XferError {
     /// The server cannot start as asked.
     #[error("page server: {0}")]
     Setup(String),
+    /// A store operation of a sync failed; `context` says which.
+    #[error("page server: {context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: Box<crate::store::StoreError>,
+    },
+    /// A set to serve cannot be loaded from the store.
+    #[error("page server: set {set}: {source}")]
+    Set {
+        set: String,
+        #[source]
+        source: Box<crate::store::StoreError>,
+    },
+    /// A set's manifest cannot be encoded for the wire.
+    #[error("page server: set {set}: {source}")]
+    Manifest {
+        set: String,
+        #[source]
+        source: Box<crate::image::encode::EncodeError>,
+    },
+    /// A job to serve the final dumps of has a name the store refuses.
+    #[error("page server: job {job:?}: {source}")]
+    Job {
+        job: String,
+        #[source]
+        source: Box<crate::store::StoreError>,
+    },
+    /// A thread of the server could not be started.
+    #[error("page server: cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread panicked while holding the page source's connection (a bug in haul).
+    #[error("page source lock poisoned by a panicked thread")]
+    Poisoned,
+    /// `Done` could not be said within the timeout: the source may resume (rolled back)
+    /// while the restored copy runs.
+    #[error(
+        "telling {addr} that every page is resident{}: {source}",
+        if *sent { " (sent once; the answer was lost, so the source may be gone)" } else { "" }
+    )]
+    Done {
+        addr: String,
+        sent: bool,
+        #[source]
+        source: Box<XferError>,
+    },
     /// An address (`--listen`, `--from`) that does not parse, resolve, or belong to this
     /// machine: bad input.
     #[error("bad address {addr:?}: {why}")]
@@ -224,6 +275,30 @@ pub(crate) fn hello_payload(version: u16, token: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Runs the body of a thread nobody joins (a connection, a read-ahead): a panic in it (a bug
+/// in haul) is logged as an error with `meaning`, what it means for the user, instead of
+/// going by as the panic hook's line alone. Returns whether the body ended normally.
+pub(crate) fn run_detached(meaning: &str, body: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(()) => true,
+        Err(p) => {
+            tracing::error!("{meaning} (a bug in haul: {})", panic_message(&*p));
+            false
+        }
+    }
+}
+
+/// The message a panic was raised with, when it has one.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s
+    } else {
+        "a panic without a message"
+    }
+}
+
 /// Reads a token file: its content without the trailing newline; refused when empty.
 pub fn read_token_file(path: &std::path::Path) -> Result<Vec<u8>, XferError> {
     let t = std::fs::read(path).map_err(|e| XferError::Io {
@@ -255,6 +330,80 @@ mod tests {
             read_frame(&mut &huge[..], MAX_FRAME),
             Err(FrameError::TooLarge(u32::MAX))
         ));
+    }
+
+    #[test]
+    fn a_zero_length_frame_is_refused_and_a_truncated_one_is_an_io_error() {
+        assert!(matches!(
+            read_frame(&mut &[0u8, 0, 0, 0, 1][..], MAX_FRAME),
+            Err(FrameError::TooLarge(0))
+        ));
+        let mut b = Vec::new();
+        write_frame(&mut b, kind::PAGES, &[7; 100]).unwrap();
+        b.truncate(50);
+        match read_frame(&mut &b[..], MAX_FRAME) {
+            Err(FrameError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+            _ => panic!("a truncated frame must not be read as a frame"),
+        }
+    }
+
+    #[test]
+    fn the_largest_hello_and_page_request_fit_their_limits_and_one_byte_more_does_not() {
+        // The longest token a hello can carry.
+        let hello = hello_payload(VERSION, &[b't'; MAX_NAME]);
+        assert_eq!(1 + hello.len() as u32, MAX_HELLO);
+        // GetPages of the longest set name and MAX_PAGES pages.
+        let mut req = Vec::new();
+        put16(&mut req, &[b's'; MAX_NAME]);
+        req.extend_from_slice(&MAX_PAGES.to_le_bytes());
+        req.resize(req.len() + MAX_PAGES as usize * 24, 0);
+        let mut b = Vec::new();
+        write_frame(&mut b, kind::GET_PAGES, &req).unwrap();
+        assert!(read_frame(&mut &b[..], MAX_REQUEST).is_ok());
+        req.push(0);
+        let mut b = Vec::new();
+        write_frame(&mut b, kind::GET_PAGES, &req).unwrap();
+        assert!(matches!(
+            read_frame(&mut &b[..], MAX_REQUEST),
+            Err(FrameError::TooLarge(n)) if n == MAX_REQUEST + 1
+        ));
+    }
+
+    #[test]
+    fn a_listen_address_off_loopback_needs_a_token_and_a_malformed_one_is_bad_input() {
+        assert!(check_listen("127.0.0.1:0", false).is_ok());
+        assert!(check_listen("[::1]:0", false).is_ok());
+        let e = check_listen("0.0.0.0:0", false).unwrap_err();
+        assert!(matches!(e, XferError::TokenRequired { .. }), "{e}");
+        assert!(e.is_bad_input());
+        assert!(check_listen("0.0.0.0:0", true).is_ok());
+        let e = check_listen("no-port-here", true).unwrap_err();
+        assert!(matches!(e, XferError::BadAddress { .. }), "{e}");
+        assert!(e.is_bad_input());
+    }
+
+    #[test]
+    fn a_token_file_loses_its_trailing_newline_and_an_empty_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        assert_eq!(read_token_file(&p).unwrap(), b"s3cret");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(read_token_file(&p).is_err());
+        let e = read_token_file(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(e, XferError::Io { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_panic_in_a_detached_body_is_caught_with_its_message() {
+        assert!(run_detached("test", || {}));
+        assert!(!run_detached("test", || panic!("boom {}", 1)));
+        let p = std::panic::catch_unwind(|| panic!("static")).unwrap_err();
+        assert_eq!(panic_message(&*p), "static");
+        let p = std::panic::catch_unwind(|| panic!("formatted {}", 2)).unwrap_err();
+        assert_eq!(panic_message(&*p), "formatted 2");
+        let p = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(&*p), "a panic without a message");
     }
 
     #[test]

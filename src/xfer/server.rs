@@ -10,8 +10,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{kind, read_frame, write_frame, Cur, FrameError, XferError, MAGIC, MAX_HELLO};
-use super::{DONE_VERSION, MAX_PAGES, MAX_REQUEST, MIN_VERSION, VERSION};
+use super::requests::{check_hello, page_count};
+use super::{kind, read_frame, write_frame, Cur, FrameError, XferError, MAX_HELLO, MAX_REQUEST};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::store::Store;
 
@@ -56,23 +56,29 @@ struct Served {
 
 impl Served {
     fn load(store: &Store, s: &str) -> Result<Served, XferError> {
-        let set = store
-            .load_set(s)
-            .map_err(|e| XferError::Setup(format!("set {s}: {e}")))?;
+        let set = store.load_set(s).map_err(|source| XferError::Set {
+            set: s.to_string(),
+            source: Box::new(source),
+        })?;
         if set.process.is_none() {
             return Err(XferError::Setup(format!(
                 "set {s} is a pre-dump; serve its job's final dump"
             )));
         }
-        let manifest = crate::image::encode::encode_manifest(&set)
-            .map_err(|e| XferError::Setup(format!("set {s}: {e}")))?;
+        let manifest =
+            crate::image::encode::encode_manifest(&set).map_err(|source| XferError::Manifest {
+                set: s.to_string(),
+                source: Box::new(source),
+            })?;
         Ok(Served { set, manifest })
     }
 }
 
 /// Reads pages of a live (frozen) process: the source of a lazy final dump.
 pub trait LivePages: Send + Sync {
-    /// The page at each of `addrs`, into `out` (`addrs.len()` × 4096 bytes).
+    /// The page at each of `addrs`, into `out` (`addrs.len()` × 4096 bytes). The error is
+    /// the message of the refusal the client gets. (It stays text this round: the fake
+    /// source of tests/xfer.rs implements this signature.)
     fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), String>;
 }
 
@@ -266,8 +272,10 @@ impl PageServer {
             });
         }
         for j in &opts.jobs {
-            crate::store::check_job_name(j)
-                .map_err(|e| XferError::Setup(format!("job {j:?}: {e}")))?;
+            crate::store::check_job_name(j).map_err(|source| XferError::Job {
+                job: j.clone(),
+                source: Box::new(source),
+            })?;
         }
         let mut loaded = HashMap::new();
         for s in sets {
@@ -297,8 +305,11 @@ impl PageServer {
         live: Arc<dyn LivePages>,
     ) -> Result<SourceServing, XferError> {
         let addr = self.local_addr()?;
-        let manifest = crate::image::encode::encode_manifest(&set)
-            .map_err(|e| XferError::Setup(format!("set {}: {e}", set.id)))?;
+        let manifest =
+            crate::image::encode::encode_manifest(&set).map_err(|source| XferError::Manifest {
+                set: set.id.clone(),
+                source: Box::new(source),
+            })?;
         let mut sh = Arc::try_unwrap(self.shared)
             .map_err(|_| XferError::Setup("the page server is already serving".into()))?;
         let name = set.id.clone();
@@ -335,7 +346,10 @@ impl PageServer {
                     }
                 }
             })
-            .map_err(|e| XferError::Setup(format!("cannot start the accept thread: {e}")))?;
+            .map_err(|source| XferError::Thread {
+                what: "accept",
+                source,
+            })?;
         Ok(SourceServing {
             events: rx,
             addr,
@@ -389,8 +403,12 @@ impl Drop for SourceServing {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("page server: the accept thread panicked");
+            if let Err(p) = t.join() {
+                tracing::error!(
+                    "page server: the accept thread panicked (a bug in haul: {}); it took no \
+                     new connection since",
+                    super::panic_message(&*p)
+                );
             }
         }
     }
@@ -414,9 +432,15 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream) {
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into());
-            if let Err(e) = connection(stream, slot) {
-                tracing::info!("page server: {peer}: {e}");
-            }
+            let meaning = format!(
+                "page server: the connection of {peer} panicked; that client sees its \
+                 connection closed (a restore's daemon reconnects), the others go on"
+            );
+            super::run_detached(&meaning, || {
+                if let Err(e) = connection(stream, slot) {
+                    tracing::info!("page server: {peer}: {e}");
+                }
+            });
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start a connection thread: {e}");
@@ -517,11 +541,6 @@ enum ConnEnd {
     Write(#[source] std::io::Error),
 }
 
-/// Compares without an early exit, so the time does not tell how much of a token was right.
-fn same_token(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn connection(stream: TcpStream, slot: Slot) -> Result<(), ConnEnd> {
     let shared = slot.shared.clone();
     let sh = &*shared;
@@ -533,35 +552,15 @@ fn connection(stream: TcpStream, slot: Slot) -> Result<(), ConnEnd> {
     let Some(hello) = read_hello(sh, &stream, &slot, &mut w)? else {
         return Ok(());
     };
-    let mut c = Cur(&hello.1);
-    if hello.0 != kind::HELLO || c.take(8) != Some(&MAGIC[..]) {
-        return refuse(&mut w, "not a haul page client (bad hello)".into());
-    }
-    let version = c.u16().unwrap_or(0);
-    if !(MIN_VERSION..=VERSION).contains(&version) {
-        return refuse(
-            &mut w,
-            format!(
-                "protocol version {version} not supported (server speaks {MIN_VERSION} to {VERSION})"
-            ),
-        );
-    }
-    if sh.source.is_some() && version < DONE_VERSION {
-        return refuse(
-            &mut w,
-            format!(
-                "this server serves a frozen source process, which needs protocol {DONE_VERSION} \
-                 (the client says when every page is resident); the client speaks {version}: \
-                 upgrade it"
-            ),
-        );
-    }
-    let token = c.bytes16().unwrap_or(&[]);
-    if let Some(want) = &sh.opts.token {
-        if !same_token(token, want) {
-            return refuse(&mut w, "wrong token".into());
-        }
-    }
+    let version = match check_hello(
+        hello.0,
+        &hello.1,
+        sh.source.is_some(),
+        sh.opts.token.as_deref(),
+    ) {
+        Ok(v) => v,
+        Err(why) => return refuse(&mut w, why.to_string()),
+    };
     if !slot.leave() {
         return refuse(
             &mut w,
@@ -627,17 +626,14 @@ fn connection(stream: TcpStream, slot: Slot) -> Result<(), ConnEnd> {
                 write_frame(&mut w, kind::MANIFEST, &served.manifest).map_err(ConnEnd::Write)?;
             }
             kind::GET_PAGES => {
-                let n = c.u32().unwrap_or(0);
-                if n == 0 || n > MAX_PAGES || c.0.len() != n as usize * 24 {
-                    return refuse(
-                        &mut w,
-                        format!("bad page request ({n} pages, {} bytes)", c.0.len()),
-                    );
-                }
+                let n = match page_count(&mut c) {
+                    Ok(n) => n,
+                    Err(why) => return refuse(&mut w, why.to_string()),
+                };
                 out.clear();
-                out.reserve(n as usize * PAGE_SIZE);
+                out.reserve(n * PAGE_SIZE);
                 live_addrs.clear();
-                for i in 0..n as usize {
+                for i in 0..n {
                     let addr = c.u64().unwrap_or(0);
                     let id = c
                         .take(16)

@@ -34,7 +34,10 @@ pub struct SyncReport {
 }
 
 fn store_err(context: String) -> impl FnOnce(crate::store::StoreError) -> XferError {
-    move |e| XferError::Setup(format!("{context}: {e}"))
+    move |source| XferError::Store {
+        context,
+        source: Box::new(source),
+    }
 }
 
 /// Copies `set` into `dest`: the pages `dest` lacks come from `fetch` (which appends the content

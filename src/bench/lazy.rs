@@ -16,13 +16,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{restore_lazy, LazyOptions, StoreSource};
-use crate::dump::bench::{build, median, prewarm, Target};
+use super::{build, median, prewarm, BoxErr, Target, WorkDir};
 use crate::dump::{dump_to_store, DumpOptions};
+use crate::lazy::{restore_lazy, LazyOptions, StoreSource};
 use crate::restore::{PidChoice, RestoreOptions};
 use crate::store::Store;
-
-type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -83,7 +81,7 @@ pub struct BenchReport {
 /// Runs the benchmark; see the module documentation.
 pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, crate::Error> {
     // Its own fresh directory inside `o.dir`, removed when done: never `o.dir` itself.
-    let work = crate::store::bench::WorkDir::create(&o.dir, "haul-bench-lazy").map_err(|e| {
+    let work = WorkDir::create(&o.dir, "haul-bench-lazy").map_err(|e| {
         crate::store::StoreError::io(
             format!("creating a work directory in {}", o.dir.display()),
             e,
@@ -94,7 +92,7 @@ pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, crate::Error> {
 
 fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
     // Restored processes are re-parented: to us, so that we can reap them.
-    nix::sys::prctl::set_child_subreaper(true)?;
+    crate::sys::host::set_child_subreaper()?;
     let memwriter = build(&o.fixtures, "memwriter", dir)?;
     let store = Arc::new(Store::open_or_create(&dir.join("store"))?);
     let report = dir.join("mw.report");
@@ -191,9 +189,8 @@ struct Reaped(i32);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(pid, None);
+        let _ = crate::sys::process::kill(self.0, libc::SIGKILL);
+        let _ = crate::sys::host::reap(self.0);
     }
 }
 
@@ -205,10 +202,7 @@ fn checksum(pid: i32, report: &Path) -> Result<String, BoxErr> {
     loop {
         if sent.elapsed() >= Duration::from_millis(500) {
             // Sent again: a signal that came before the handler was back would be lost.
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGUSR1,
-            )?;
+            crate::sys::process::kill(pid, libc::SIGUSR1)?;
             sent = Instant::now();
         }
         if let Ok(s) = std::fs::read_to_string(report) {

@@ -8,10 +8,11 @@
 //!   before tracking, while tracked (a pre-dump every `interval`), and after tracking ended.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{dump_to_store, DumpOptions, Precopy, PrecopyOptions, TrackerChoice};
+use super::{build, median, prewarm, BoxErr, Target, WorkDir};
+use crate::dump::{dump_to_store, DumpOptions, Precopy, PrecopyOptions, TrackerChoice};
 use crate::store::Store;
 use crate::track::TrackerKind;
 
@@ -96,12 +97,10 @@ pub struct BenchReport {
     pub scan_all_written_us: u64,
 }
 
-type BoxErr = Box<dyn std::error::Error + Send + Sync>;
-
 /// Runs the benchmark; see the module documentation.
 pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, crate::Error> {
     // Its own fresh directory inside `o.dir`, removed when done: never `o.dir` itself.
-    let work = crate::store::bench::WorkDir::create(&o.dir, "haul-bench-precopy").map_err(|e| {
+    let work = WorkDir::create(&o.dir, "haul-bench-precopy").map_err(|e| {
         crate::store::StoreError::io(
             format!("creating a work directory in {}", o.dir.display()),
             e,
@@ -305,55 +304,11 @@ pub fn report_text(r: &BenchReport) -> String {
     s
 }
 
-pub(crate) fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
-}
-
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 {
         0.0
     } else {
         a as f64 / b as f64
-    }
-}
-
-/// Compiles `fixtures/<name>.c` into `dir` with `cc -O2`.
-pub(crate) fn build(fixtures: &Path, name: &str, dir: &Path) -> Result<PathBuf, BoxErr> {
-    let src = fixtures.join(format!("{name}.c"));
-    let bin = dir.join(name);
-    let out = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .map_err(|e| format!("run cc for {}: {e}", src.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cc {}: {}",
-            src.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(bin)
-}
-
-/// Maps and touches `bytes` of memory twice, then frees it (the host hands fresh memory over
-/// slowly the first time).
-pub(crate) fn prewarm(bytes: u64) {
-    for _ in 0..2 {
-        let mut chunks = Vec::new();
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(64 << 20) as usize;
-            match crate::sys::mem::AlignedBuf::new(n) {
-                Ok(b) => chunks.push(b),
-                Err(_) => break,
-            }
-            left -= n as u64;
-        }
-        drop(chunks);
     }
 }
 
@@ -371,49 +326,4 @@ fn rate(count: &Path, span: Duration) -> Result<f64, BoxErr> {
     std::thread::sleep(span);
     let (t1, c1) = (Instant::now(), read()?);
     Ok(c1.saturating_sub(c0) as f64 / (t1 - t0).as_secs_f64())
-}
-
-/// A fixture process: stdout to a log, no inherited fds; killed and reaped by [`Target::stop`]
-/// or on drop.
-pub(crate) struct Target {
-    child: Child,
-    pub(crate) pid: i32,
-}
-
-impl Target {
-    pub(crate) fn start(cmd: &mut Command, log: &Path) -> Result<Target, BoxErr> {
-        crate::sys::spawn::close_inherited_fds(cmd);
-        let out = std::fs::File::create(log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(Stdio::null())
-            .spawn()?;
-        let t = Target {
-            pid: child.id() as i32,
-            child,
-        };
-        let end = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(log)
-            .map(|s| s.lines().any(|l| l == "ready"))
-            .unwrap_or(false)
-        {
-            if Instant::now() > end {
-                return Err(format!("pid {} never printed ready", t.pid).into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(t)
-    }
-
-    pub(crate) fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

@@ -6,10 +6,11 @@
 //! second set with 1% of the pages changed (store growth, speed ratio); random single-page reads
 //! with the frame cache and the kernel's page cache dropped (p50/p99), and with only the frame
 //! cache dropped; a sequential read of the whole set; and a sweep of pages per frame (ratio
-//! against single-page read latency) that justifies [`super::DEFAULT_FRAME_PAGES`].
+//! against single-page read latency) that justifies [`crate::store::DEFAULT_FRAME_PAGES`].
 
-use super::{Store, StoreError};
+use super::WorkDir;
 use crate::image::{ImageSet, PageRef, SetKind, PAGE_SIZE};
+use crate::store::{Store, StoreError};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -19,60 +20,6 @@ use std::time::Instant;
 /// The smallest image the benchmark accepts: below it there is nothing to time (and no ratio
 /// to take).
 pub const MIN_SIZE: u64 = 1 << 20;
-
-/// A benchmark's own work directory: a fresh subdirectory of the directory it was given
-/// (`--dir`), made for this run and removed (with everything in it) when dropped. Nothing
-/// else in the given directory is touched: a benchmark never removes what it did not make.
-/// The given directory is made when missing, and removed at the end only when this made it
-/// and it is empty again.
-#[derive(Debug)]
-pub struct WorkDir {
-    path: PathBuf,
-    made_parent: Option<PathBuf>,
-}
-
-impl WorkDir {
-    /// Makes `<parent>/<name>-<pid>-<n>` (mode 0700), a name no one else uses.
-    pub fn create(parent: &Path, name: &str) -> std::io::Result<WorkDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let made_parent = if parent.exists() {
-            None
-        } else {
-            std::fs::create_dir_all(parent)?;
-            Some(parent.to_path_buf())
-        };
-        let mut n = crate::util::now_us() % 1_000_000;
-        loop {
-            let path = parent.join(format!("{name}-{}-{n}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(WorkDir { path, made_parent }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
-                Err(e) => {
-                    if let Some(p) = &made_parent {
-                        let _ = std::fs::remove_dir(p);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!("removing {}: {e}", self.path.display());
-        }
-        if let Some(p) = &self.made_parent {
-            // Only when empty: something else may have been put there meanwhile.
-            let _ = std::fs::remove_dir(p);
-        }
-    }
-}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -319,8 +266,8 @@ fn random_reads(
         let id = ids[pick % ids.len()];
         if cold {
             store.drop_caches();
-        } else if let Ok(mut c) = store.inner.cache.lock() {
-            *c = super::FrameCache::default();
+        } else {
+            store.forget_decoded_frames();
         }
         let t = Instant::now();
         store.read_page(&id)?;
@@ -333,7 +280,6 @@ fn random_reads(
 /// The device's own latency: 4 KiB preads at random offsets of the packs, each with the page
 /// cache of that file dropped first (what a cold single-page read cannot beat).
 fn disk_reads(root: &Path, reads: usize) -> Result<(f64, f64), StoreError> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     let packs: Vec<(PathBuf, u64)> = walkdir::WalkDir::new(root.join("packs"))
         .into_iter()
@@ -357,12 +303,7 @@ fn disk_reads(root: &Path, reads: usize) -> Result<(f64, f64), StoreError> {
         let r = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]));
         let (path, len) = &packs[r as usize % packs.len()];
         let f = std::fs::File::open(path).map_err(io("opening a pack"))?;
-        let _ = nix::fcntl::posix_fadvise(
-            f.as_raw_fd(),
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
+        let _ = crate::sys::host::drop_from_page_cache(&f);
         // Any whole page of the file (a small pack may hold only one).
         let off = (r >> 20) % (len / PAGE_SIZE as u64) * PAGE_SIZE as u64;
         let t = Instant::now();
@@ -415,7 +356,7 @@ pub fn run_bench_with(
     let mut rep = BenchReport {
         size,
         pages: size / PAGE_SIZE as u64,
-        frame_pages: super::DEFAULT_FRAME_PAGES,
+        frame_pages: crate::store::DEFAULT_FRAME_PAGES,
         ..Default::default()
     };
     let raw = dir.join("raw.bin");
@@ -753,5 +694,65 @@ fn figure(v: f64, unit: &str) -> String {
         "%" => format!("{v:.2}%"),
         "us" => format!("{v:.0} us"),
         u => format!("{v:.2} {u}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_pass_on_the_right_side_of_their_limit_and_are_only_set_for_what_ran() {
+        let mut r = BenchReport {
+            writes: vec![WriteFigures {
+                level: 1,
+                speed_ratio: Some(1.5),
+                size_ratio: Some(1.01),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let t = targets(&r);
+        assert_eq!(
+            t.len(),
+            2,
+            "no reads or changed set measured: no targets for them"
+        );
+        assert!(t[0].pass && t[0].op == ">=", "{:?}", t[0]);
+        assert!(!t[1].pass && t[1].op == "<=", "{:?}", t[1]);
+        // Without zstd there is nothing to compare against.
+        r.writes[0].speed_ratio = None;
+        r.writes[0].size_ratio = None;
+        r.sequential_gb_s = 1.9;
+        r.read_cold_p50_us = 100.0;
+        r.read_cold_p99_us = 301.0;
+        let t = targets(&r);
+        let pass: Vec<(bool, &str)> = t.iter().map(|t| (t.pass, t.what.as_str())).collect();
+        assert_eq!(
+            pass,
+            vec![
+                (true, "cold random page read, p50"),
+                (false, "cold random page read, p99"),
+                (false, "sequential read"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_report_says_pass_or_fail_and_counts_the_targets_met() {
+        let mut r = BenchReport {
+            sequential_gb_s: 2.5,
+            read_cold_p50_us: 80.0,
+            read_cold_p99_us: 400.0,
+            ..Default::default()
+        };
+        r.targets = targets(&r);
+        let text = report_text(&r);
+        assert!(
+            text.contains("PASS  cold random page read, p50: 80 us (target <= 100 us)"),
+            "{text}"
+        );
+        assert!(text.contains("FAIL  cold random page read, p99"), "{text}");
+        assert!(text.contains("2 of 3 targets met"), "{text}");
     }
 }
