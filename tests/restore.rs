@@ -22,13 +22,13 @@ impl PageSource for MemSource {
     fn for_each_page(
         &self,
         set: &ImageSet,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
-    ) -> Result<(), haul::Error> {
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), haul::restore::BoxError>,
+    ) -> Result<(), haul::restore::BoxError> {
         for (addr, r) in set.pages.iter() {
             if let PageRef::Stored(id) = r {
                 let page = &self.pages[&id];
                 assert_eq!(PageId::of(page), id);
-                f(addr, page).map_err(haul::Error::Usage)?;
+                f(addr, page)?;
             }
         }
         Ok(())

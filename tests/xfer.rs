@@ -338,16 +338,13 @@ struct FakeLive {
 }
 
 impl haul::xfer::LivePages for FakeLive {
-    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), String> {
+    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), haul::restore::BoxError> {
         for (i, a) in addrs.iter().enumerate() {
             let page = &mut out[i * 4096..(i + 1) * 4096];
             match (self.garbage, self.set.pages.get(*a)) {
-                (false, Some(PageRef::Stored(id))) => page.copy_from_slice(
-                    &self
-                        .store
-                        .read_page_at(&id, &self.set.id, *a)
-                        .map_err(|e| e.to_string())?,
-                ),
+                (false, Some(PageRef::Stored(id))) => {
+                    page.copy_from_slice(&self.store.read_page_at(&id, &self.set.id, *a)?)
+                }
                 _ => page.fill(0x5a),
             }
         }

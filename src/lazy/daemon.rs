@@ -213,7 +213,7 @@ impl Daemon {
                 match f {
                     Fatal::Source(e) => {
                         // The report carries it, and whoever waits says it (once).
-                        let reason = crate::error::chain(&e);
+                        let reason = crate::util::error_chain(&e);
                         tracing::debug!(pid = self.pid, "{reason}: process killed");
                         report.source_lost = Some(reason);
                         report.time_to_all_resident = 0;
@@ -724,7 +724,7 @@ mod tests {
             addr: 0x7000,
             source: Errno::EFAULT,
         };
-        let msg = crate::error::chain(&e);
+        let msg = crate::util::error_chain(&e);
         assert!(
             msg.contains("pid 42") && msg.contains("UFFDIO_COPY at 0x7000"),
             "{msg}"

@@ -264,10 +264,8 @@ impl Hooks<'_> {
 }
 
 impl crate::restore::LazyHooks for Hooks<'_> {
-    fn start(&mut self, ls: crate::restore::LazyStart) -> Result<(), String> {
-        // restore's hook takes its error as text (the rebuild reports it as its step's
-        // message); the whole chain of causes goes into it.
-        self.start_daemon(ls).map_err(|e| crate::error::chain(&e))
+    fn start(&mut self, ls: crate::restore::LazyStart) -> Result<(), crate::restore::BoxError> {
+        Ok(self.start_daemon(ls)?)
     }
 }
 
@@ -282,7 +280,7 @@ fn end_after_failed_rebuild(
         Ok(Err(e)) => tracing::debug!(
             set,
             "lazy daemon after the failed rebuild: {}",
-            crate::error::chain(&e)
+            crate::util::error_chain(&e)
         ),
         Err(_) => tracing::error!(
             set,

@@ -28,7 +28,7 @@ pub enum StepError {
     Cgroup(#[from] super::cgroup::CgroupError),
     /// Reading the set's pages failed (the store names the pack and page).
     #[error(transparent)]
-    Pages(Box<crate::Error>),
+    Pages(super::BoxError),
     /// The test switch `$HAUL_RESTORE_FAIL_AT` names this step.
     #[error("failed on purpose (test switch)")]
     TestSwitch,
@@ -120,8 +120,8 @@ pub enum StepError {
     #[error("--verify state: reading the restored process: {0}")]
     Verify(#[source] crate::proc::ProcError),
     /// The lazy daemon did not start.
-    #[error("{0}")]
-    LazyStart(String),
+    #[error(transparent)]
+    LazyStart(super::BoxError),
 }
 
 fn to_thread(tid: Option<i32>) -> String {

@@ -237,7 +237,6 @@ pub(super) fn fill(
     let mut ranges: Vec<RemoteRange> = Vec::with_capacity(IOV_MAX);
     let mut pages = 0u64;
     // The first write error, kept typed (the page source's callback only carries text).
-    let mut failed: Option<StepError> = None;
     let flush = |buf: &mut Vec<u8>, ranges: &mut Vec<RemoteRange>| -> StepResult {
         if buf.is_empty() {
             return Ok(());
@@ -254,13 +253,9 @@ pub(super) fn fill(
         ranges.clear();
         Ok(())
     };
-    let mut sink = |addr: u64, data: &[u8]| -> Result<(), String> {
+    let mut sink = |addr: u64, data: &[u8]| -> Result<(), super::BoxError> {
         if buf.len() + data.len() > FILL_CHUNK || ranges.len() == IOV_MAX {
-            if let Err(e) = flush(&mut buf, &mut ranges) {
-                let text = e.to_string();
-                failed = Some(e);
-                return Err(text);
-            }
+            flush(&mut buf, &mut ranges).map_err(Box::new)?;
         }
         match ranges.last_mut() {
             Some(r) if r.addr + r.len as u64 == addr => r.len += data.len(),
@@ -273,11 +268,13 @@ pub(super) fn fill(
         pages += (data.len() / PAGE_SIZE) as u64;
         Ok(())
     };
-    let read = source.for_each_page(set, &mut sink);
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    read.map_err(|e| StepError::Pages(Box::new(e)))?;
+    // The sink's own failure comes back through the source: take it out again as it was.
+    source
+        .for_each_page(set, &mut sink)
+        .map_err(|e| match e.downcast::<StepError>() {
+            Ok(own) => *own,
+            Err(e) => StepError::Pages(e),
+        })?;
     flush(&mut buf, &mut ranges)?;
 
     let zero = vec![0u8; PAGE_SIZE];

@@ -98,14 +98,13 @@ pub enum RestoreError {
         pid: i32,
         differences: Vec<StateDifference>,
     },
-    /// Reading the set's pages failed (the store names the pack and page).
-    #[error("set {set}: reading pages: {source}")]
-    Pages {
-        set: String,
-        #[source]
-        source: Box<crate::Error>,
-    },
 }
+
+/// The error of a [`PageSource`] or of [`LazyHooks::start`], whichever module implements them
+/// (the store, a page server, the lazy daemon). restore cannot name their error types (those
+/// modules depend on it), so it keeps the error boxed, with its sources, and a caller that
+/// knows the type can downcast it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The steps of a rebuild, in order; each failure names one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,22 +244,20 @@ pub trait PageSource {
     fn for_each_page(
         &self,
         set: &ImageSet,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
-    ) -> Result<(), crate::Error>;
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), BoxError>,
+    ) -> Result<(), BoxError>;
 }
 
 impl PageSource for crate::store::Store {
     fn for_each_page(
         &self,
         set: &ImageSet,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
-    ) -> Result<(), crate::Error> {
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), BoxError>,
+    ) -> Result<(), BoxError> {
         // Fresh anonymous memory is zero already; the rebuild writes the zero pages of private
         // file mappings itself.
         let opts = crate::store::ReadOptions { skip_zero: true };
-        self.read_set_pages_with::<crate::Error, _>(set, opts, |addr, bytes| {
-            f(addr, bytes).map_err(|e| crate::Error::Sys(crate::sys::SysError::Invalid(e)))
-        })
+        self.read_set_pages_with::<BoxError, _>(set, opts, |addr, bytes| f(addr, bytes))
     }
 }
 
@@ -319,7 +316,7 @@ pub trait LazyHooks {
 
     /// The uffd is taken (see [`LazyStart`]); the daemon must be serving faults when this
     /// returns, because the rest of the rebuild (and the process, once it runs) may fault.
-    fn start(&mut self, ls: LazyStart) -> Result<(), String>;
+    fn start(&mut self, ls: LazyStart) -> Result<(), BoxError>;
 }
 
 /// A lazy (post-copy) restore: like [`restore`], but the private anonymous memory holding

@@ -460,16 +460,16 @@ impl crate::restore::PageSource for RemoteSource {
     fn for_each_page(
         &self,
         set: &ImageSet,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
-    ) -> Result<(), crate::Error> {
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), crate::restore::BoxError>,
+    ) -> Result<(), crate::restore::BoxError> {
         let mut run: Vec<(u64, PageId)> = Vec::new();
         let mut buf = Vec::new();
-        let mut flush = |run: &mut Vec<(u64, PageId)>| -> Result<(), crate::Error> {
+        let mut flush = |run: &mut Vec<(u64, PageId)>| -> Result<(), crate::restore::BoxError> {
             if let Some(&(start, _)) = run.first() {
                 buf.clear();
                 self.fetch_retrying(&set.id, run, &mut buf)
                     .map_err(crate::lazy::LazyError::Source)?;
-                f(start, &buf).map_err(|e| crate::Error::Sys(crate::sys::SysError::Invalid(e)))?;
+                f(start, &buf)?;
             }
             run.clear();
             Ok(())

@@ -76,10 +76,9 @@ impl Served {
 
 /// Reads pages of a live (frozen) process: the source of a lazy final dump.
 pub trait LivePages: Send + Sync {
-    /// The page at each of `addrs`, into `out` (`addrs.len()` × 4096 bytes). The error is
-    /// the message of the refusal the client gets. (It stays text this round: the fake
-    /// source of tests/xfer.rs implements this signature.)
-    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), String>;
+    /// The page at each of `addrs`, into `out` (`addrs.len()` × 4096 bytes). The error, with
+    /// its chain of causes, is the message of the refusal the client gets.
+    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), crate::restore::BoxError>;
 }
 
 /// What a source-mode server tells the holder of the frozen source.
@@ -666,6 +665,7 @@ fn connection(stream: TcpStream, slot: Slot) -> Result<(), ConnEnd> {
                     live_buf.clear();
                     live_buf.resize(addrs.len() * PAGE_SIZE, 0);
                     if let Err(e) = src.live.read_pages(&addrs, &mut live_buf) {
+                        let e = crate::util::error_chain(e.as_ref());
                         return refuse(&mut w, format!("the source process: {e}"));
                     }
                     for (j, &(i, addr, id)) in live_addrs.iter().enumerate() {

@@ -41,6 +41,13 @@ pub const WORKER_COMMAND: &str = "__checkpoint-worker";
 /// Errors of the checkpoint worker: starting it, talking to it, and what it answered.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The frozen source of a lazy dump could not be read (the page server refuses the pages).
+    #[error("reading pid {pid}")]
+    LiveRead {
+        pid: i32,
+        #[source]
+        source: crate::dump::DumpError,
+    },
     #[error("cannot start the checkpoint worker {}: {source}", exe.display())]
     Spawn {
         exe: PathBuf,

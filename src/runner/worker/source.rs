@@ -11,14 +11,12 @@ use crate::dump::{FrozenSource, LiveReader};
 
 /// The page server reads the lazy pages from the frozen source.
 impl crate::xfer::LivePages for LiveReader {
-    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), String> {
-        // The trait's error is the refusal's text: the whole chain of causes goes into it.
-        self.read(addrs, out).map_err(|e| {
-            format!(
-                "reading pid {}: {}",
-                self.pid(),
-                crate::util::error_chain(&e)
-            )
+    fn read_pages(&self, addrs: &[u64], out: &mut [u8]) -> Result<(), crate::restore::BoxError> {
+        self.read(addrs, out).map_err(|source| {
+            Box::new(super::WorkerError::LiveRead {
+                pid: self.pid(),
+                source,
+            }) as crate::restore::BoxError
         })
     }
 }
