@@ -35,6 +35,8 @@ pub enum Error {
     Track(#[from] crate::track::TrackError),
     #[error(transparent)]
     Report(#[from] crate::report::ReportError),
+    #[error(transparent)]
+    Bench(#[from] crate::bench::BenchError),
     /// A result that could not be encoded as JSON for printing.
     #[error("encode JSON")]
     Json(#[source] serde_json::Error),

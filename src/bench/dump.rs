@@ -98,15 +98,18 @@ pub struct BenchReport {
 }
 
 /// Runs the benchmark; see the module documentation.
-pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, crate::Error> {
+pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, super::BenchError> {
     // Its own fresh directory inside `o.dir`, removed when done: never `o.dir` itself.
-    let work = WorkDir::create(&o.dir, "haul-bench-precopy").map_err(|e| {
-        crate::store::StoreError::io(
-            format!("creating a work directory in {}", o.dir.display()),
-            e,
-        )
+    let work = WorkDir::create(&o.dir, "haul-bench-precopy").map_err(|source| {
+        super::BenchError::WorkDir {
+            dir: o.dir.clone(),
+            source,
+        }
     })?;
-    run_inner(o, work.path()).map_err(|e| crate::Error::Usage(format!("bench precopy: {e}")))
+    run_inner(o, work.path()).map_err(|source| super::BenchError::Failed {
+        which: "precopy",
+        source,
+    })
 }
 
 fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {

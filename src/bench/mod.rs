@@ -19,6 +19,24 @@ use std::time::{Duration, Instant};
 /// words by its `run_bench`.
 pub(crate) type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why a benchmark did not finish: its work directory, or the run itself (what failed is the
+/// source, with its own causes).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("creating a work directory in {}", dir.display())]
+    WorkDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bench {which}")]
+    Failed {
+        which: &'static str,
+        #[source]
+        source: BoxErr,
+    },
+}
+
 /// A benchmark's own work directory: a fresh subdirectory of the directory it was given
 /// (`--dir`), made for this run and removed (with everything in it) when dropped. Nothing
 /// else in the given directory is touched: a benchmark never removes what it did not make.

@@ -303,7 +303,7 @@ fn disk_reads(root: &Path, reads: usize) -> Result<(f64, f64), StoreError> {
         let r = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]));
         let (path, len) = &packs[r as usize % packs.len()];
         let f = std::fs::File::open(path).map_err(io("opening a pack"))?;
-        let _ = crate::sys::host::drop_from_page_cache(&f);
+        let _ = crate::sys::file::advise(&f, crate::sys::file::Advice::DontNeed);
         // Any whole page of the file (a small pack may hold only one).
         let off = (r >> 20) % (len / PAGE_SIZE as u64) * PAGE_SIZE as u64;
         let t = Instant::now();

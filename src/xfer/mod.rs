@@ -64,6 +64,9 @@ pub enum XferError {
         #[source]
         source: Box<crate::store::StoreError>,
     },
+    /// The local store of a push or pull failed (opening, creating or reading it).
+    #[error(transparent)]
+    LocalStore(Box<crate::store::StoreError>),
     /// A set to serve cannot be loaded from the store.
     #[error("page server: set {set}: {source}")]
     Set {
@@ -313,6 +316,12 @@ pub fn read_token_file(path: &std::path::Path) -> Result<Vec<u8>, XferError> {
         )));
     }
     Ok(t)
+}
+
+impl From<crate::store::StoreError> for XferError {
+    fn from(e: crate::store::StoreError) -> Self {
+        XferError::LocalStore(Box::new(e))
+    }
 }
 
 #[cfg(test)]

@@ -150,15 +150,14 @@ pub fn pull(
     id: &str,
     dest: &Path,
     level: Option<i32>,
-) -> Result<SyncReport, crate::Error> {
+) -> Result<SyncReport, XferError> {
     let mut c = Client::connect(addr, token, timeout)?;
     let set = c.manifest(id)?;
     if set.id != id {
         return Err(XferError::Protocol {
             peer: addr.into(),
             message: format!("asked for set {id}, got the manifest of {}", set.id),
-        }
-        .into());
+        });
     }
     let dest = Store::open_or_create(dest)?;
     let mut fetch = |pages: &[(u64, PageId)], out: &mut Vec<u8>| c.pages(id, pages, out);
