@@ -382,7 +382,7 @@ mod tests {
 
     #[test]
     fn a_child_shows_threads_by_index_fds_by_number_and_one_pipe_under_one_name() {
-        let (r, _w) = nix::unistd::pipe().expect("pipe");
+        let (r, _w) = crate::sys::pipe::pipe().expect("pipe");
         let r2 = r.try_clone().expect("dup");
         let mut child = Command::new("sleep")
             .arg("100")
@@ -417,7 +417,7 @@ mod tests {
         assert_eq!(o.fields["thread 0 comm"], "sleep");
         assert_eq!(
             o.fields["pgrp"],
-            (nix::unistd::getpgrp().as_raw()).to_string()
+            crate::sys::process::own_pgrp().to_string()
         );
         assert!(o.fields.keys().any(|k| k.starts_with("map ")));
         // Both ends are the same pipe: one name, that does not carry its inode.

@@ -5,7 +5,7 @@
 //! - [`ptrace`]: seize/interrupt/wait/detach, registers and regsets, sigmask, rseq config.
 //! - [`remote`]: syscalls injected into a ptrace-stopped thread, and a scratch page in it.
 //! - [`file`]: `flock(2)` locks and `posix_fadvise(2)` on haul's own files.
-//! - [`host`]: haul's own process and files: child subreaper, reaping, page-cache advice.
+//! - [`host`]: haul's own process: child subreaper, reaping a child.
 //! - [`mem`]: page-aligned buffers, `process_vm_readv`/`writev`, `/proc/PID/mem`.
 //! - [`net`]: TCP keepalive on a socket.
 //! - [`pagemap`]: `/proc/PID/pagemap` entries and the `PAGEMAP_SCAN` ioctl.

@@ -79,3 +79,9 @@ pub fn pipe_contents(read_end: &OwnedFd) -> Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+/// `pipe2(2)` with `O_CLOEXEC`: a new pipe, (read end, write end).
+pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| super::io_err("pipe2", std::io::Error::from(e)))
+}

@@ -41,9 +41,9 @@ pub const PTRACE_O_TRACESYSGOOD: u64 = libc::PTRACE_O_TRACESYSGOOD as u64;
 /// `PTRACE_O_TRACEEXIT`: stop the tracee before it exits.
 pub const PTRACE_O_TRACEEXIT: u64 = libc::PTRACE_O_TRACEEXIT as u64;
 /// `PTRACE_EVENT_STOP`: the event of an interrupt or group stop of a seized tracee.
-pub const PTRACE_EVENT_STOP: i32 = libc::PTRACE_EVENT_STOP as i32;
+pub const PTRACE_EVENT_STOP: i32 = libc::PTRACE_EVENT_STOP;
 /// `PTRACE_EVENT_EXIT`.
-pub const PTRACE_EVENT_EXIT: i32 = libc::PTRACE_EVENT_EXIT as i32;
+pub const PTRACE_EVENT_EXIT: i32 = libc::PTRACE_EVENT_EXIT;
 
 /// `NT_PRSTATUS`: the general registers as a regset.
 pub const NT_PRSTATUS: u32 = libc::NT_PRSTATUS as u32;
@@ -456,7 +456,7 @@ struct PeekSiginfoArgs {
 }
 
 /// `PTRACE_PEEKSIGINFO_SHARED`: peek the process-wide queue instead of the thread's.
-pub const PTRACE_PEEKSIGINFO_SHARED: u32 = libc::PTRACE_PEEKSIGINFO_SHARED as u32;
+pub const PTRACE_PEEKSIGINFO_SHARED: u32 = libc::PTRACE_PEEKSIGINFO_SHARED;
 
 /// Size of a `siginfo_t`.
 pub const SIGINFO_SIZE: usize = 128;
