@@ -360,6 +360,11 @@ pub enum VerifyArg {
     State,
 }
 
+/// The dump modes other than --lazy. `requires = "lazy"` alone does not hold inside the
+/// required "mode" group (clap takes the group as satisfied), so the lazy-only options also
+/// conflict with the other modes: `--kill --listen ADDR` is refused, not silently ignored.
+const NOT_LAZY: [&str; 3] = ["leave_running", "kill", "check"];
+
 #[derive(Debug, Args)]
 #[command(group(
     clap::ArgGroup::new("mode")
@@ -400,14 +405,20 @@ pub struct DumpArgs {
     pub lazy: bool,
     /// With --lazy: address to serve on [default: 127.0.0.1:0, loopback with a free port];
     /// anything but loopback requires --token-file.
-    #[arg(long, value_name = "ADDR", requires = "lazy")]
+    #[arg(long, value_name = "ADDR", requires = "lazy", conflicts_with_all = NOT_LAZY)]
     pub listen: Option<String>,
     /// With --lazy: a file holding the token restores must present.
-    #[arg(long, value_name = "FILE", requires = "lazy")]
+    #[arg(long, value_name = "FILE", requires = "lazy", conflicts_with_all = NOT_LAZY)]
     pub token_file: Option<PathBuf>,
     /// With --lazy: no restore connected for this long (it never came, or its connection was
     /// lost), the process resumes [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "lazy")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        requires = "lazy",
+        conflicts_with_all = NOT_LAZY
+    )]
     pub source_timeout: Option<std::time::Duration>,
     /// `zstd:<1..19>` or `none`.
     #[arg(long, default_value = "zstd:3", value_parser = parse_compression)]

@@ -133,6 +133,25 @@ fn dump_needs_exactly_one_mode() {
 }
 
 #[test]
+fn lazy_dump_options_are_refused_with_another_mode() {
+    for mode in ["--kill", "--leave-running", "--check"] {
+        for opt in [
+            &["--listen", "127.0.0.1:1"][..],
+            &["--token-file", "t"][..],
+            &["--source-timeout", "5s"][..],
+        ] {
+            let mut args = vec![mode];
+            args.extend_from_slice(opt);
+            assert!(
+                dump_args(&args).is_err(),
+                "{args:?} was accepted: the option would be ignored"
+            );
+        }
+    }
+    assert!(dump_args(&["--lazy", "--source-timeout", "5s"]).is_ok());
+}
+
+#[test]
 fn lazy_restore_options_need_lazy() {
     assert!(dump_args(&["--lazy", "--listen", "0.0.0.0:1"]).is_ok());
     let e = restore_args(&["--from", "h:1"]).unwrap_err();
