@@ -1,4 +1,5 @@
-//! Where the daemon gets pages: the local store, or a page server (`crate::xfer::Client`).
+//! Where the daemon gets pages: the local store here, or a page server (`xfer::RemoteSource`
+//! implements [`LazySource`] there).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,7 +7,6 @@ use std::time::Duration;
 
 use crate::image::{PageId, PageRef, SetKind, PAGE_SIZE};
 use crate::store::{NextBatch, PageStream, Store, StoreError, StreamBatch};
-use crate::xfer::XferError;
 
 /// Why a page source could not deliver. Either way the daemon kills the process: it must never
 /// run with a page it does not have.
@@ -23,14 +23,14 @@ pub enum SourceError {
     Store(#[source] Box<StoreError>),
     /// The page server refused, broke the protocol, or could not be told `Done`.
     #[error("page source failed: {0}")]
-    Remote(#[source] XferError),
+    Remote(#[source] crate::restore::BoxError),
     /// The page server was unreachable for `source_timeout`; `last` is the last failure.
     #[error("page source lost: {addr} unreachable for {timeout:?}: {last}")]
     Unreachable {
         addr: String,
         timeout: Duration,
         #[source]
-        last: Box<XferError>,
+        last: crate::restore::BoxError,
     },
     /// A thread panicked while holding the source's connection (a bug in haul).
     #[error("page source failed: its connection's lock was poisoned by a panicked thread")]

@@ -289,7 +289,9 @@ impl RemoteSource {
             if g.0.is_none() {
                 match Client::connect(&self.addr, &self.token, self.timeout) {
                     Ok(c) => g.0 = Some(c),
-                    Err(e @ XferError::Refused { .. }) => return Err(SourceError::Remote(e)),
+                    Err(e @ XferError::Refused { .. }) => {
+                        return Err(SourceError::Remote(Box::new(e)))
+                    }
                     Err(e) => last = Some(e),
                 }
             }
@@ -301,7 +303,7 @@ impl RemoteSource {
                 match r {
                     Ok(()) => return Ok(()),
                     Err(e @ (XferError::Refused { .. } | XferError::Protocol { .. })) => {
-                        return Err(SourceError::Remote(e))
+                        return Err(SourceError::Remote(Box::new(e)))
                     }
                     Err(e) => {
                         last = Some(e);
@@ -447,7 +449,7 @@ macro_rules! remote_lazy_source {
             fn finished(&mut self, set: &str) -> Result<(), SourceError> {
                 self.done(set)
                     .map(|m| tracing::info!(set, "page source released: {m}"))
-                    .map_err(SourceError::Remote)
+                    .map_err(|e| SourceError::Remote(Box::new(e)))
             }
         }
     };
