@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{build, median, prewarm, BoxErr, Target, WorkDir};
+use super::{build, median, prewarm, BoxErr, Target};
 use crate::dump::{dump_to_store, DumpOptions, Precopy, PrecopyOptions, TrackerChoice};
 use crate::store::Store;
 use crate::track::TrackerKind;
@@ -99,17 +99,7 @@ pub struct BenchReport {
 
 /// Runs the benchmark; see the module documentation.
 pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, super::BenchError> {
-    // Its own fresh directory inside `o.dir`, removed when done: never `o.dir` itself.
-    let work = WorkDir::create(&o.dir, "haul-bench-precopy").map_err(|source| {
-        super::BenchError::WorkDir {
-            dir: o.dir.clone(),
-            source,
-        }
-    })?;
-    run_inner(o, work.path()).map_err(|source| super::BenchError::Failed {
-        which: "precopy",
-        source,
-    })
+    super::in_work_dir(&o.dir, "precopy", |dir| run_inner(o, dir))
 }
 
 fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{build, median, prewarm, BoxErr, Target, WorkDir};
+use super::{build, median, prewarm, BoxErr, Target};
 use crate::dump::{dump_to_store, DumpOptions};
 use crate::lazy::{restore_lazy, LazyOptions, StoreSource};
 use crate::restore::{PidChoice, RestoreOptions};
@@ -80,17 +80,7 @@ pub struct BenchReport {
 
 /// Runs the benchmark; see the module documentation.
 pub fn run_bench(o: &BenchOptions) -> Result<BenchReport, super::BenchError> {
-    // Its own fresh directory inside `o.dir`, removed when done: never `o.dir` itself.
-    let work = WorkDir::create(&o.dir, "haul-bench-lazy").map_err(|source| {
-        super::BenchError::WorkDir {
-            dir: o.dir.clone(),
-            source,
-        }
-    })?;
-    run_inner(o, work.path()).map_err(|source| super::BenchError::Failed {
-        which: "lazy",
-        source,
-    })
+    super::in_work_dir(&o.dir, "lazy", |dir| run_inner(o, dir))
 }
 
 fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {

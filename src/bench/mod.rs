@@ -37,6 +37,22 @@ pub enum BenchError {
     },
 }
 
+/// Runs benchmark `which` in a fresh directory `haul-bench-<which>…` of its own inside `dir`,
+/// removed when done (never `dir` itself).
+pub(crate) fn in_work_dir<T>(
+    dir: &Path,
+    which: &'static str,
+    run: impl FnOnce(&Path) -> Result<T, BoxErr>,
+) -> Result<T, BenchError> {
+    let work = WorkDir::create(dir, &format!("haul-bench-{which}")).map_err(|source| {
+        BenchError::WorkDir {
+            dir: dir.to_path_buf(),
+            source,
+        }
+    })?;
+    run(work.path()).map_err(|source| BenchError::Failed { which, source })
+}
+
 /// A benchmark's own work directory: a fresh subdirectory of the directory it was given
 /// (`--dir`), made for this run and removed (with everything in it) when dropped. Nothing
 /// else in the given directory is touched: a benchmark never removes what it did not make.
