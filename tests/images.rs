@@ -452,3 +452,28 @@ fn images_verify_of_one_set_checks_the_footers_of_its_packs() {
         assert_eq!(v["ok"], false, "{v}");
     }
 }
+
+/// gc's text names what it left alone as it is: a pack directory it could not list is
+/// "packs/xx", not an "unreadable pack" (the store keeps its index segments, verify says why).
+#[test]
+fn images_gc_names_a_pack_directory_it_could_not_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    haul::store::Store::open_or_create(&store).unwrap();
+    // A directory entry under packs/ that cannot be listed, as root too: a symlink to itself.
+    std::os::unix::fs::symlink("zz", store.join("packs").join("zz")).unwrap();
+    let (code, gc) = images(&store, &["gc"]);
+    assert_eq!(code, 0, "{gc}");
+    let line = gc
+        .lines()
+        .find(|l| l.contains("skipped"))
+        .unwrap_or_else(|| panic!("gc does not say what it skipped: {gc}"));
+    assert!(
+        line.contains("skipped packs/zz") && line.contains("(not listed"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("pack pack") && !line.contains("unreadable pack"),
+        "{line}"
+    );
+}

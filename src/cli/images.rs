@@ -141,10 +141,9 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
                 for id in &r.incomplete_sets_removed {
                     out(&format!("  removed incomplete {id}"));
                 }
+                // Each entry names what it is: "pack <id>: why" or "packs/<xx> (not listed: ...)".
                 for p in &r.skipped {
-                    out(&format!(
-                        "  skipped unreadable pack {p} (see `haul images verify`)"
-                    ));
+                    out(&format!("  skipped {p} (see `haul images verify`)"));
                 }
             }
             Ok(exit::OK)

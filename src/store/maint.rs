@@ -36,7 +36,8 @@ pub struct GcReport {
     /// Pre-dump sets a pre-copy left (interrupted, killed, refused by the final dump): no dump
     /// named them and no process was writing their chain any more.
     pub incomplete_sets_removed: Vec<String>,
-    /// Packs left alone because reading them failed (verify says why).
+    /// What gc left alone, each entry naming itself: `pack <id>: why` (reading it failed) or
+    /// `packs/<xx> (not listed: ...)` (a directory it could not list). `verify` says more.
     pub skipped: Vec<String>,
     pub duration_us: u64,
 }
