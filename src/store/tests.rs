@@ -121,24 +121,24 @@ fn one_page_set(s: &Store, n: u8) -> (String, PageId) {
     (set.id, PageId::of(&page(n)))
 }
 
+/// Makes the directory of the store's only pack unlistable (its content set aside, as a
+/// directory whose permissions went wrong would hide it); returns the pack's id in hex.
+fn hide_the_only_pack_dir(root: &Path) -> String {
+    let pack = *Index::load(root).unwrap().by_pack.keys().next().unwrap();
+    let hex = pack.to_hex();
+    let packs = root.join("packs");
+    std::fs::rename(packs.join(&hex[..2]), root.join("aside")).unwrap();
+    unlistable(root, &hex[..2]);
+    hex
+}
+
 #[test]
 fn gc_keeps_the_segments_of_packs_in_a_dir_it_cannot_list() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_or_create(dir.path()).unwrap();
     let (id, _) = one_page_set(&s, 9);
     s.remove_set(&id).unwrap();
-    let pack = *Index::load(dir.path())
-        .unwrap()
-        .by_pack
-        .keys()
-        .next()
-        .unwrap();
-    let hex = pack.to_hex();
-    // The pack's directory becomes unlistable (its content is set aside, as a directory
-    // whose permissions went wrong would hide it).
-    let packs = dir.path().join("packs");
-    std::fs::rename(packs.join(&hex[..2]), dir.path().join("aside")).unwrap();
-    unlistable(dir.path(), &hex[..2]);
+    let hex = hide_the_only_pack_dir(dir.path());
     let s = Store::open(dir.path()).unwrap();
     let rep = s.gc().unwrap();
     let seg = dir.path().join("index").join(format!("{hex}.idx"));
@@ -162,16 +162,7 @@ fn a_page_in_a_dir_the_index_cannot_list_is_unreadable_not_missing() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_or_create(dir.path()).unwrap();
     let (_, page_id) = one_page_set(&s, 4);
-    let pack = *Index::load(dir.path())
-        .unwrap()
-        .by_pack
-        .keys()
-        .next()
-        .unwrap();
-    let hex = pack.to_hex();
-    let packs = dir.path().join("packs");
-    std::fs::rename(packs.join(&hex[..2]), dir.path().join("aside")).unwrap();
-    unlistable(dir.path(), &hex[..2]);
+    let hex = hide_the_only_pack_dir(dir.path());
     let s = Store::open(dir.path()).unwrap();
     let e = s.read_page(&page_id).unwrap_err().to_string();
     assert!(
@@ -182,6 +173,7 @@ fn a_page_in_a_dir_the_index_cannot_list_is_unreadable_not_missing() {
         "{e}"
     );
     // Once the directory is back, the page reads again.
+    let packs = dir.path().join("packs");
     std::fs::remove_file(packs.join(&hex[..2])).unwrap();
     std::fs::rename(dir.path().join("aside"), packs.join(&hex[..2])).unwrap();
     assert_eq!(
