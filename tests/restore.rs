@@ -66,6 +66,7 @@ fn dump_to_memory(pid: i32) -> (ImageSet, MemSource) {
         parent: None,
         kernel: haul::util::kernel_release(),
         process: Some(out.process),
+        tree: Default::default(),
         pages: table,
         figures: Default::default(),
     };

@@ -194,6 +194,8 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
         name: m.path.clone(),
         file,
         vm_flags: m.vm_flags.clone(),
+        ino: 0,
+        shared_with: None,
     })
 }
 

@@ -19,13 +19,19 @@
 //! `start: u64, count: u32`, then per page a tag byte (0 zero, 1 stored, 2 lazy) followed by the
 //! 16-byte page id for stored and lazy pages: at most 17 bytes per page before compression.
 
-use super::{ImageSet, PageId, PageRef, PageTable, ProcessImage, SetFigures, SetKind, PAGE_SIZE};
+use super::{
+    ImageSet, PageId, PageRef, PageTable, ProcessImage, SetFigures, SetKind, Tree, PAGE_SIZE,
+};
 use serde::{Deserialize, Serialize};
 
 /// Magic bytes opening every manifest.
 pub const MANIFEST_MAGIC: &[u8; 8] = b"HAULSET\n";
-/// The manifest format this build writes and the newest it reads.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest format this build writes and the newest it reads: 2 for a set of several
+/// processes (a tree), whose descendants an older build would silently leave behind; a
+/// one-process set is still written as 1, which every build reads.
+pub const MANIFEST_VERSION: u32 = 2;
+/// The version of a one-process set.
+const ONE_PROCESS_VERSION: u32 = 1;
 /// Size of the fixed header before the two sections.
 pub const HEADER_LEN: usize = 96;
 
@@ -69,6 +75,9 @@ pub struct SetMeta {
     pub kernel: String,
     pub figures: SetFigures,
     pub process: Option<ProcessImage>,
+    /// The root's descendants (absent in a one-process set).
+    #[serde(default, skip_serializing_if = "Tree::is_empty")]
+    pub tree: Tree,
 }
 
 impl SetMeta {
@@ -82,6 +91,7 @@ impl SetMeta {
             kernel: set.kernel.clone(),
             figures: set.figures.clone(),
             process: set.process.clone(),
+            tree: set.tree.clone(),
         }
     }
 }
@@ -178,7 +188,12 @@ pub fn encode_manifest(set: &ImageSet) -> Result<Vec<u8>, EncodeError> {
         zstd::bulk::compress(&encode_table(&set.pages), 3).map_err(EncodeError::Compress)?;
     let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + table.len());
     out.extend_from_slice(MANIFEST_MAGIC);
-    out.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
+    let version = if set.tree.is_empty() {
+        ONE_PROCESS_VERSION
+    } else {
+        MANIFEST_VERSION
+    };
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
     out.extend_from_slice(&(table.len() as u64).to_le_bytes());
@@ -291,6 +306,7 @@ pub fn decode_manifest(b: &[u8]) -> Result<ImageSet, EncodeError> {
         parent: meta.parent,
         kernel: meta.kernel,
         process: meta.process,
+        tree: meta.tree,
         pages,
         figures: meta.figures,
     })
@@ -319,6 +335,7 @@ mod tests {
                 comm: "x".into(),
                 ..Default::default()
             }),
+            tree: Tree::default(),
             pages,
             figures: SetFigures::default(),
         }
@@ -330,6 +347,41 @@ mod tests {
         let b = encode_manifest(&s).unwrap();
         assert_eq!(decode_manifest(&b).unwrap(), s);
         assert_eq!(decode_meta(&b).unwrap().id, "j-1");
+        // One process: still version 1, which older builds read.
+        assert_eq!(decode_header(&b).unwrap().version, 1);
+    }
+
+    #[test]
+    fn a_tree_round_trips_as_version_2_with_each_process_in_its_page_space() {
+        let mut s = sample();
+        let child = ProcessImage {
+            pid: 43,
+            ppid: 42,
+            ..Default::default()
+        };
+        s.tree.descendants.push(child);
+        s.tree.zombies.push(crate::image::ZombieImage {
+            pid: 44,
+            ppid: 42,
+            wait_status: 3 << 8,
+            ..Default::default()
+        });
+        let key = crate::image::page_key(1, 0x7000_0000);
+        s.pages.insert(key, PageRef::Stored(PageId([3; 16])));
+        let b = encode_manifest(&s).unwrap();
+        assert_eq!(decode_header(&b).unwrap().version, 2);
+        let back = decode_manifest(&b).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.space_of(43), Some(1));
+        assert_eq!(back.process_count(), 3);
+        let child_pages: Vec<_> = back.pages_of(1).collect();
+        assert_eq!(
+            child_pages,
+            vec![(0x7000_0000, PageRef::Stored(PageId([3; 16])))]
+        );
+        // The root's space holds its own pages only.
+        assert!(back.pages_of(0).all(|(a, _)| a < 1 << 47));
+        assert_eq!(crate::image::split_key(key), (1, 0x7000_0000));
     }
 
     #[test]

@@ -196,10 +196,126 @@ pub struct ImageSet {
     pub parent: Option<String>,
     /// `uname -r` of the machine that dumped.
     pub kernel: String,
-    /// None for a pre-dump, which carries only pages.
+    /// None for a pre-dump, which carries only pages. For a tree, the root (the job's
+    /// process); the rest is in `tree`.
     pub process: Option<ProcessImage>,
+    /// The descendants of `process`, living and zombie (empty for one process).
+    pub tree: Tree,
+    /// Every process's pages, each in its own page space (see [`page_key`]): the root's at
+    /// their own addresses, descendant `i`'s in space `i + 1`.
     pub pages: PageTable,
     pub figures: SetFigures,
+}
+
+impl ImageSet {
+    /// Every living process of the set with its page space, the root first (space 0), then
+    /// the descendants in `tree` order (parents before their children). Empty for a pre-dump.
+    pub fn processes(&self) -> impl Iterator<Item = (u16, &ProcessImage)> + '_ {
+        self.process
+            .iter()
+            .chain(self.tree.descendants.iter())
+            .enumerate()
+            .map(|(i, p)| (i as u16, p))
+    }
+
+    /// The page space of living process `pid`.
+    pub fn space_of(&self, pid: i32) -> Option<u16> {
+        self.processes().find(|(_, p)| p.pid == pid).map(|(s, _)| s)
+    }
+
+    /// The pages of page space `space` at their own addresses, in address order.
+    pub fn pages_of(&self, space: u16) -> impl Iterator<Item = (u64, PageRef)> + '_ {
+        let (lo, hi) = space_bounds(space);
+        self.pages.range(lo, hi).map(move |(k, r)| (k - lo, r))
+    }
+
+    /// How many processes the set holds, zombies included (0 for a pre-dump).
+    pub fn process_count(&self) -> usize {
+        self.processes().count() + self.tree.zombies.len()
+    }
+}
+
+/// Page keys: the top 16 bits of a page table key name the page space (the process), the low
+/// 48 bits are the address in it (x86_64 user addresses are below 2^47). Space 0 is the root,
+/// so a one-process set's keys are its addresses, as before trees existed; the store, which
+/// dedups by content, never looks inside a key.
+pub const SPACE_SHIFT: u32 = 48;
+
+/// The page table key of `addr` in page space `space`.
+pub fn page_key(space: u16, addr: u64) -> u64 {
+    debug_assert!(addr < 1 << SPACE_SHIFT);
+    (u64::from(space) << SPACE_SHIFT) | addr
+}
+
+/// A page table key split into (space, address).
+pub fn split_key(key: u64) -> (u16, u64) {
+    ((key >> SPACE_SHIFT) as u16, key & ((1 << SPACE_SHIFT) - 1))
+}
+
+/// The keys of page space `space`: `lo <= key < hi`.
+pub fn space_bounds(space: u16) -> (u64, u64) {
+    let lo = u64::from(space) << SPACE_SHIFT;
+    (lo, lo + (1 << SPACE_SHIFT))
+}
+
+/// The processes below a set's root.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    /// Living descendants, each with its parent earlier in the list (or the root): the
+    /// order a restore creates them in. Process `i` has page space `i + 1`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub descendants: Vec<ProcessImage>,
+    /// Descendants that had exited and were not yet reaped by their parent (a living process
+    /// of the set). Restored as zombies, so the parent's `wait` still sees their status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zombies: Vec<ZombieImage>,
+}
+
+impl Tree {
+    pub fn is_empty(&self) -> bool {
+        self.descendants.is_empty() && self.zombies.is_empty()
+    }
+}
+
+/// A zombie: an exited process whose parent has not reaped it yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZombieImage {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    /// What its parent's `wait` will report, as `wait(2)` encodes it (`/proc/PID/stat` field
+    /// 52, `exit_code`): `(code << 8)` for an exit, the signal number (`| 0x80` for a core
+    /// dump) for a kill.
+    pub wait_status: i32,
+    /// The signal its parent gets when it is created dead (`/proc/PID/stat` field 38).
+    pub exit_signal: i32,
+}
+
+/// Where an fd of one process gets its open file description from another process of the
+/// tree: fd `fd` of process `pid`, which comes earlier in the tree (so it is restored first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdRef {
+    pub pid: i32,
+    pub fd: i32,
+}
+
+/// Where a shared mapping's object comes from in another process of the tree: the mapping
+/// that starts at `start` in process `pid` (earlier in the tree, so restored first; its
+/// pages are stored there, not here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmaRef {
+    pub pid: i32,
+    pub start: u64,
+}
+
+fn sigchld() -> i32 {
+    17
+}
+
+fn is_sigchld(v: &i32) -> bool {
+    *v == 17
 }
 
 /// Process-wide state captured at dump time.
@@ -246,6 +362,14 @@ pub struct ProcessImage {
     /// prctl-style attributes (dumpable, securebits, THP, subreaper, OOM, loginuid).
     #[serde(default)]
     pub attrs: ProcAttrs,
+    /// The signal its parent gets when it exits (`/proc/PID/stat` field 38; SIGCHLD unless
+    /// it was created by `clone(2)` with another).
+    #[serde(default = "sigchld", skip_serializing_if = "is_sigchld")]
+    pub exit_signal: i32,
+    /// It shares its fd table with this earlier process of the tree (`CLONE_FILES`): a
+    /// restore creates it sharing that one's table and restores no fds of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_of: Option<i32>,
     /// What `/proc` showed of the process under the freeze (`proc::observe`, field → value),
     /// which `--verify state` compares with the restored process. Empty in an image made
     /// before it was recorded.
@@ -423,6 +547,12 @@ pub enum VmaKind {
     Vvar,
     VvarVclock,
     Vsyscall,
+    /// A shared mapping of a tmpfs file that was deleted while mapped (`/dev/shm/sem.NAME
+    /// (deleted)`: POSIX semaphores and shared memory, as `multiprocessing` makes them). Its
+    /// pages are stored like shared anonymous memory's; `name` is the path without
+    /// " (deleted)" and `file` its identity (size). A restore creates the file again at that
+    /// path (refusing if something is there), maps it, fills it and unlinks it.
+    DeletedShm,
 }
 
 /// Identity of a file at dump time, checked again at restore.
@@ -451,6 +581,19 @@ pub struct Vma {
     pub file: Option<FileId>,
     /// Two-letter VmFlags from smaps (`rd wr mr mw me ac gd ...`).
     pub vm_flags: Vec<String>,
+    /// `SharedAnon` and `DeletedShm`: the inode of the memory object (`/proc/PID/maps`),
+    /// the same in every process that maps it.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub ino: u64,
+    /// `SharedAnon` and `DeletedShm` mapped by an earlier process of the tree too: the
+    /// restore maps that process's object (through `/proc/PID/map_files`) instead of a new
+    /// one, and this mapping's pages are not stored (the earlier one's are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_with: Option<VmaRef>,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Vma {
@@ -482,6 +625,12 @@ pub struct FdImage {
     /// File locks held through this fd, taken again by a restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub locks: Vec<FileLock>,
+    /// This fd shares its open file description with an fd of an earlier process of the tree
+    /// (inherited across `fork`, passed over a socket): a restore installs a copy of that
+    /// one (one offset, one set of status flags) and does not create the object again;
+    /// `kind` only describes it. Takes precedence over everything but `same_as`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited: Option<FdRef>,
 }
 
 /// A file lock a process held.
@@ -520,8 +669,11 @@ pub enum FdKind {
     DevNull,
     DevZero,
     DevUrandom,
-    /// One end of a pipe whose both ends the process holds (pipes to other processes are
-    /// refused). The read end's first fd carries what the pipe held, and its capacity.
+    /// One end of a pipe whose both ends are held in the checkpoint (by this process or by
+    /// others of the tree; pipes to processes outside it are refused). The first read-end fd
+    /// of the pipe in tree order (root first, then by fd number) carries what it held and its
+    /// capacity; a restore creates the pipe there, and every other end of it that is not
+    /// `inherited` or `same_as` gets the other end of that pipe.
     Pipe {
         /// The pipe's inode: the fds of one pipe share it.
         ino: u64,
@@ -534,6 +686,20 @@ pub enum FdKind {
     },
     /// An eventfd, timerfd or signalfd.
     Anon(AnonFd),
+    /// One end of an unbound unix socket pair (`socketpair(2)`) whose other end is held in
+    /// the checkpoint too. The first end in tree order creates the pair; the other end (by
+    /// `peer`) gets the second socket of it.
+    UnixPair {
+        /// This socket's inode, and its peer's.
+        ino: u64,
+        peer: u64,
+        /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+        sock_type: i32,
+        /// What waits to be read at this end: one element per datagram or record, or one
+        /// element holding a stream's bytes. A restore sends them from the peer.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        queued: Vec<Vec<u8>>,
+    },
 }
 
 /// An eventfd, a timerfd or a signalfd (anonymous inodes whose whole state fdinfo shows).

@@ -310,6 +310,7 @@ mod tests {
             t.insert(*a, *r);
         }
         Arc::new(ImageSet {
+            tree: Default::default(),
             id: "t-1".into(),
             job: "t".into(),
             created_us: 0,

@@ -122,6 +122,9 @@ pub enum StepError {
     /// The lazy daemon did not start.
     #[error(transparent)]
     LazyStart(super::BoxError),
+    /// The image holds something this build records but cannot rebuild yet.
+    #[error("{what} cannot be restored yet")]
+    NotYet { what: String },
 }
 
 fn to_thread(tid: Option<i32>) -> String {

@@ -30,6 +30,11 @@ pub(super) fn restore_fds(rs: &mut dyn Inject, p: &ProcessImage) -> StepResult {
                 }
                 continue;
             }
+            FdKind::UnixPair { ino, .. } => {
+                return Err(StepError::NotYet {
+                    what: format!("fd {} (socket:[{ino}], a unix socket pair)", f.fd),
+                })
+            }
             FdKind::Anon(a) => {
                 let got = make_anon(rs, a, f.flags).at(|| format!("fd {}", f.fd))?;
                 move_fd(rs, got, f)?;

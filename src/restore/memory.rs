@@ -117,6 +117,11 @@ pub(super) fn map_vmas(
                 out.push(None);
                 continue;
             }
+            VmaKind::DeletedShm => {
+                return Err(StepError::NotYet {
+                    what: format!("VMA {:#x}-{:#x} {} (deleted)", v.start, v.end, v.name),
+                })
+            }
             VmaKind::Anon | VmaKind::SharedAnon => {
                 remote::mmap(rs, v.start, v.len(), prot, flags, None, 0).at(what)?;
             }
@@ -217,6 +222,7 @@ pub(super) fn eager_part(set: &ImageSet, p: &ProcessImage, lazy: &[(u64, u64)]) 
         parent: set.parent.clone(),
         kernel: set.kernel.clone(),
         process: None,
+        tree: Default::default(),
         pages,
         figures: set.figures.clone(),
     }

@@ -49,6 +49,8 @@ pub struct SetWriter<'a> {
     created_us: u64,
     failed: bool,
     pool: Pool,
+    /// The descendants of the set's root, for a tree ([`SetWriter::set_tree`]).
+    tree: crate::image::Tree,
     _lock: FileLock,
 }
 
@@ -104,6 +106,7 @@ impl<'a> SetWriter<'a> {
             created_us,
             failed: false,
             pool,
+            tree: Default::default(),
             _lock: lock,
         })
     }
@@ -196,6 +199,12 @@ impl<'a> SetWriter<'a> {
 
     /// Finishes the packs, then writes the manifest (temp, fsync, rename, fsync): from then on
     /// the set is listed. Returns the committed set with its figures.
+    /// A dump of a process tree: the root's descendants go into the set with `commit`'s
+    /// process (their pages are in their own page spaces, see [`crate::image::page_key`]).
+    pub fn set_tree(&mut self, tree: crate::image::Tree) {
+        self.tree = tree;
+    }
+
     pub fn commit(mut self, process: Option<ProcessImage>) -> Result<ImageSet, StoreError> {
         let refs = std::mem::take(&mut self.refs);
         if !refs.is_empty() {
@@ -237,6 +246,7 @@ impl<'a> SetWriter<'a> {
             parent: self.parent.clone(),
             kernel: crate::util::kernel_release(),
             process,
+            tree: std::mem::take(&mut self.tree),
             pages: out.table,
             figures,
         };

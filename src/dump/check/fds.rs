@@ -35,6 +35,7 @@ pub(super) fn fd_images_into(pid: i32, found: &mut Refusals) -> Result<Vec<FdIma
                 kind,
                 same_as: None,
                 locks,
+                inherited: None,
             });
         }
     }
@@ -395,6 +396,7 @@ mod tests {
             },
             same_as,
             locks: Vec::new(),
+            inherited: None,
         }
     }
 

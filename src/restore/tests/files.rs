@@ -9,6 +9,7 @@ fn fd(fd: i32, flags: i32, kind: FdKind) -> FdImage {
         kind,
         same_as: None,
         locks: Vec::new(),
+        inherited: None,
     }
 }
 

@@ -31,6 +31,8 @@ fn vma(start: u64, end: u64, kind: VmaKind, flags: &[&str]) -> Vma {
         name: String::new(),
         file: None,
         vm_flags: flags.iter().map(|f| f.to_string()).collect(),
+        ino: 0,
+        shared_with: None,
     }
 }
 
@@ -47,6 +49,7 @@ fn set_with(pages: &[(u64, PageRef)]) -> ImageSet {
         parent: None,
         kernel: String::new(),
         process: None,
+        tree: Default::default(),
         pages: t,
         figures: Default::default(),
     }
