@@ -12,6 +12,7 @@ mod freeze;
 mod lazy;
 mod memory;
 mod precopy;
+mod share;
 mod state;
 mod to_store;
 
@@ -412,7 +413,8 @@ pub(crate) fn dump_planned(
     })?;
     // The address space is read before the scratch page exists.
     ctx.step(Step::State, || {
-        state::capture_process(pid, &mut process, snapshot)
+        state::capture_process(pid, &mut process, snapshot)?;
+        share::link(std::slice::from_mut(&mut process))
     })?;
 
     ctx.step(Step::Scratch, || frozen.map_scratch())?;

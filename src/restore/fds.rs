@@ -7,7 +7,12 @@ use crate::image::{FdImage, FdKind, ProcessImage};
 use crate::sys::remote::{self, Inject};
 
 /// Closes every inherited fd, then reopens the dumped ones at their numbers, flags and offsets.
-pub(super) fn restore_fds(rs: &mut dyn Inject, p: &ProcessImage) -> StepResult {
+pub(super) fn restore_fds(
+    rs: &mut dyn Inject,
+    p: &ProcessImage,
+    shared: &mut super::share::Shared,
+) -> StepResult {
+    let _ = &shared.fds;
     remote::close_range(rs, 0, u32::MAX)?;
     let mut fds: Vec<_> = p.fds.iter().collect();
     fds.sort_by_key(|f| f.fd);

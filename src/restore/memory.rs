@@ -107,7 +107,9 @@ pub(super) fn map_vmas(
     set: &ImageSet,
     p: &ProcessImage,
     lazy: &[(u64, u64)],
+    shared: &mut super::share::Shared,
 ) -> StepResult<Vec<Option<u32>>> {
+    let _ = &shared.mem;
     let mut out = Vec::with_capacity(p.vmas.len());
     for v in &p.vmas {
         let (prot, flags) = map_prot_flags(v, set, lazy);

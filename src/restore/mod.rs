@@ -24,6 +24,7 @@ mod layout;
 mod memory;
 mod mm;
 mod rebuild;
+mod share;
 mod signals;
 #[cfg(test)]
 mod tests;

@@ -80,6 +80,8 @@ pub(super) fn rebuild(
     start: Instant,
     mut lazy: Option<&mut dyn super::LazyHooks>,
 ) -> Result<RestoreOutcome, RestoreError> {
+    // What the processes of a tree share (one process: nothing, but the same code path).
+    let mut shared = super::share::Shared::default();
     let c = Ctx {
         set,
         fail_at: opts.fail_at,
@@ -148,7 +150,7 @@ pub(super) fn rebuild(
         None => Vec::new(),
     };
     let temp_prot = step(&c, Step::Map, || {
-        memory::map_vmas(&mut rs, set, p, &lazy_ranges)
+        memory::map_vmas(&mut rs, set, p, &lazy_ranges, &mut shared)
     })?;
 
     if let Some(hooks) = lazy {
@@ -182,7 +184,9 @@ pub(super) fn rebuild(
         memory::protect(&mut rs, p, &temp_prot)
     })?;
     step(&c, Step::MmMap, || super::mm::set_mm(&mut rs, p))?;
-    step(&c, Step::Files, || super::fds::restore_fds(&mut rs, p))?;
+    step(&c, Step::Files, || {
+        super::fds::restore_fds(&mut rs, p, &mut shared)
+    })?;
     step(&c, Step::Fs, || super::fs::restore_fs(&mut rs, p))?;
     step(&c, Step::Limits, || super::fs::restore_limits(&mut rs, p))?;
     step(&c, Step::Signals, || {

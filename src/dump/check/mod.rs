@@ -31,7 +31,7 @@ pub(crate) struct Refusals(Vec<DumpError>);
 
 impl Refusals {
     /// Notes `r` if it is a refusal; passes any other error on.
-    fn note<T>(&mut self, r: Result<T, DumpError>) -> Result<Option<T>, DumpError> {
+    pub(crate) fn note<T>(&mut self, r: Result<T, DumpError>) -> Result<Option<T>, DumpError> {
         match r {
             Ok(v) => Ok(Some(v)),
             Err(e @ (DumpError::Refused(_) | DumpError::Unsupported(_))) => {
@@ -43,12 +43,12 @@ impl Refusals {
     }
 
     /// Notes a refusal.
-    fn add(&mut self, e: DumpError) {
+    pub(crate) fn add(&mut self, e: DumpError) {
         self.0.push(e);
     }
 
     /// None found: Ok; one: that refusal; several: [`DumpError::Refusals`] with all of them.
-    fn finish(mut self, pid: i32) -> Result<(), DumpError> {
+    pub(crate) fn finish(mut self, pid: i32) -> Result<(), DumpError> {
         match self.0.len() {
             0 => Ok(()),
             1 => Err(self.0.remove(0)),
@@ -78,6 +78,11 @@ pub(crate) fn precheck_snapshot(pid: i32) -> Result<Snapshot, DumpError> {
     let mut found = Refusals::default();
     check_identity(pid, &mut found)?;
     let snapshot = check_uses_into(pid, None, &mut found)?;
+    let member = crate::dump::share::Member {
+        pid,
+        snapshot: &snapshot,
+    };
+    crate::dump::share::check(&[member], &mut found)?;
     found.finish(pid)?;
     Ok(snapshot)
 }

@@ -43,7 +43,7 @@ fn a_file_is_reopened_moved_to_its_number_and_seeked() {
     };
     let mut r = Recorder::new(50);
     r.returns("open", 3);
-    crate::restore::fds::restore_fds(&mut r, &p).unwrap();
+    crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap();
     assert_eq!(
         r.names(),
         [
@@ -80,7 +80,7 @@ fn an_o_path_fd_at_its_number_is_not_seeked() {
     };
     let mut r = Recorder::new(50);
     r.returns("open", 3);
-    crate::restore::fds::restore_fds(&mut r, &p).unwrap();
+    crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap();
     assert_eq!(r.names(), ["close_range", "open"]);
 }
 
@@ -100,7 +100,7 @@ fn a_lock_held_elsewhere_is_named_and_other_errors_kept() {
     let mut r = Recorder::new(50);
     r.returns("open", 3);
     r.fail_nth(3, libc::EAGAIN);
-    let e = crate::restore::fds::restore_fds(&mut r, &p).unwrap_err();
+    let e = crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap_err();
     let m = e.to_string();
     assert!(
         m.contains("write flock lock on /tmp/l (fd 3) is held by another process now"),
@@ -109,7 +109,7 @@ fn a_lock_held_elsewhere_is_named_and_other_errors_kept() {
     let mut r = Recorder::new(50);
     r.returns("open", 3);
     r.fail_nth(3, libc::ENOLCK);
-    let e = crate::restore::fds::restore_fds(&mut r, &p).unwrap_err();
+    let e = crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap_err();
     assert_eq!(e.errno(), Some(libc::ENOLCK));
     assert!(
         e.to_string().starts_with("taking the write flock lock"),
@@ -149,7 +149,7 @@ fn a_pipe_whose_new_ends_are_swapped_gets_both_to_their_numbers() {
     });
     r.returns("fcntl", 9); // F_DUPFD gives 9; the other fcntls ignore it
     r.returns("write", 5);
-    crate::restore::fds::restore_fds(&mut r, &p).unwrap();
+    crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap();
     let calls: Vec<(&str, u64, u64)> = r
         .calls
         .iter()
@@ -196,7 +196,7 @@ fn a_pipe_that_takes_back_less_than_it_held_is_an_error() {
         0
     });
     r.returns("write", 2);
-    let e = crate::restore::fds::restore_fds(&mut r, &p).unwrap_err();
+    let e = crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap_err();
     assert_eq!(e.to_string(), "pipe:[77] took 2 of 5 bytes back");
 }
 
@@ -217,7 +217,7 @@ fn a_periodic_timerfd_with_unread_ticks_is_rearmed_and_given_its_ticks() {
     };
     let mut r = Recorder::new(50);
     r.returns("timerfd_create", 5);
-    crate::restore::fds::restore_fds(&mut r, &p).unwrap();
+    crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap();
     assert_eq!(
         r.names()[1..],
         ["timerfd_create", "timerfd_settime", "ioctl"]
@@ -244,7 +244,7 @@ fn an_eventfd_gets_its_64_bit_count_by_a_write_and_a_failure_names_the_fd() {
     };
     let mut r = Recorder::new(50);
     r.returns("eventfd2", 3);
-    crate::restore::fds::restore_fds(&mut r, &p).unwrap();
+    crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap();
     assert_eq!(r.calls[1].args[1], libc::EFD_SEMAPHORE as u64);
     assert_eq!(
         r.calls[2].arg_bytes(1),
@@ -252,7 +252,7 @@ fn an_eventfd_gets_its_64_bit_count_by_a_write_and_a_failure_names_the_fd() {
     );
     let mut r = Recorder::new(50);
     r.fail_nth(1, libc::EMFILE);
-    let e = crate::restore::fds::restore_fds(&mut r, &p).unwrap_err();
+    let e = crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap_err();
     assert!(e.to_string().starts_with("fd 6: injected eventfd2"), "{e}");
     assert_eq!(e.errno(), Some(libc::EMFILE));
 }

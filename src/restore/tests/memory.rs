@@ -131,7 +131,9 @@ fn a_file_mapping_that_fails_still_closes_its_fd_and_names_the_vma() {
     let mut r = Recorder::new(50);
     r.returns("open", 9);
     r.fail_nth(2, libc::EACCES); // anon mmap, open, then the file's mmap
-    let e = crate::restore::memory::map_vmas(&mut r, &set_with(&[]), &p, &[]).unwrap_err();
+    let e =
+        crate::restore::memory::map_vmas(&mut r, &set_with(&[]), &p, &[], &mut Default::default())
+            .unwrap_err();
     assert_eq!(e.errno(), Some(libc::EACCES));
     assert!(e.to_string().contains("/usr/lib/x.so"), "{e}");
     assert_eq!(

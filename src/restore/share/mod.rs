@@ -1,0 +1,19 @@
+//! What the processes of a tree share, as a restore builds it (issue #13): haul keeps its own
+//! copy of every shared object a process of the tree made (an open file description, a
+//! pipe's other end, a memory object), so that a later process gets the same object instead
+//! of a new one. One [`Shared`] lives for the whole restore of a set; the processes are built
+//! in tree order (root first, parents before children), so the first holder always comes
+//! first. `fds.rs` keeps the file side, `memory.rs` the memory side.
+
+mod fds;
+mod memory;
+
+pub(crate) use fds::FdTable;
+pub(crate) use memory::MemTable;
+
+/// What the processes built so far share with those still to come.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub fds: FdTable,
+    pub mem: MemTable,
+}
