@@ -86,6 +86,7 @@ pub(crate) fn capture_process(
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
     img.ppid = st.ppid;
+    img.exit_signal = st.exit_signal;
     img.pgid = st.pgrp;
     img.sid = st.session;
     img.comm = proc::comm(pid)?;
