@@ -15,7 +15,7 @@ use crate::sys::remote::{self, RemoteSyscall};
 pub(super) struct Proc<'a> {
     pub p: &'a ProcessImage,
     pub space: u16,
-    /// Its pid here (the image's with `pid = "same"`).
+    /// Its pid here (the image's with `pid = "same"`); 0 until it is made.
     pub pid: i32,
     /// Injection into its main thread (None until it is seized, and once it is let go).
     pub rs: Option<RemoteSyscall>,
@@ -34,7 +34,8 @@ pub(super) struct Zombie<'a> {
     pub ended: bool,
 }
 
-/// Every process made so far. Unless disarmed, dropping it kills them all and reaps what haul
+/// Every process of the set, made or not yet (`living` in `ImageSet::processes()` order, with pid
+/// 0 until made; `zombies` as they are made). Unless disarmed, dropping it kills them all and reaps what haul
 /// traces, so that nothing half-built is left (the processes' parents, or init, reap them).
 pub(super) struct Made<'a> {
     pub living: Vec<Proc<'a>>,
@@ -54,7 +55,7 @@ impl Drop for Made<'_> {
         if !self.armed {
             return;
         }
-        for p in &self.living {
+        for p in self.made() {
             let _ = crate::sys::process::kill(p.pid, libc::SIGKILL);
         }
         for z in self.zombies.iter().filter(|z| !z.ended) {
@@ -62,7 +63,7 @@ impl Drop for Made<'_> {
         }
         // haul traces them: reap the traces so that their parents (or init) can reap them (a
         // traced thread stays a zombie until its tracer waits for it).
-        for p in &self.living {
+        for p in self.made() {
             for &(tid, _) in p.threads.iter().skip(1) {
                 let _ = ptrace::wait_stop(tid);
             }
@@ -75,10 +76,39 @@ impl Drop for Made<'_> {
 }
 
 impl<'a> Made<'a> {
+    /// Every set's process, not yet made (root first, as [`ImageSet::processes`]).
+    pub fn new(set: &'a ImageSet) -> Made<'a> {
+        Made {
+            living: set
+                .processes()
+                .map(|(space, p)| Proc {
+                    p,
+                    space,
+                    pid: 0,
+                    rs: None,
+                    scratch: 0,
+                    threads: Vec::new(),
+                })
+                .collect(),
+            zombies: Vec::new(),
+            armed: true,
+        }
+    }
+
+    /// The living processes made so far (never pid 0: a kill of 0 is one of the caller's group).
+    fn made(&self) -> impl Iterator<Item = &Proc<'a>> {
+        self.living.iter().filter(|p| p.pid > 0)
+    }
+
+    /// Records that living process `i` was made with `pid`.
+    pub fn made_as(&mut self, i: usize, pid: i32) {
+        self.living[i].pid = pid;
+        self.living[i].threads = vec![(pid, 0)];
+    }
+
     /// The pid here of image pid `pid` (a living process or a zombie made so far).
     pub fn pid_of(&self, pid: i32) -> Option<i32> {
-        self.living
-            .iter()
+        self.made()
             .find(|p| p.p.pid == pid)
             .map(|p| p.pid)
             .or_else(|| self.zombies.iter().find(|z| z.z.pid == pid).map(|z| z.pid))
@@ -86,8 +116,7 @@ impl<'a> Made<'a> {
 
     /// (image pid, pid here) of every process made, living ones in tree order, then zombies.
     pub fn pids(&self) -> Vec<(i32, i32)> {
-        self.living
-            .iter()
+        self.made()
             .map(|p| (p.p.pid, p.pid))
             .chain(self.zombies.iter().map(|z| (z.z.pid, z.pid)))
             .collect()
@@ -254,18 +283,7 @@ fn fork_child<'a>(
         Ok(pid)
     })?;
     match child {
-        Child::Living(j) => {
-            let (space, p) = set.processes().nth(j).expect("planned");
-            made.living.push(Proc {
-                p,
-                space,
-                pid,
-                rs: None,
-                scratch: 0,
-                threads: vec![(pid, 0)],
-            });
-            debug_assert_eq!(made.living.len(), j + 1, "children are made in tree order");
-        }
+        Child::Living(j) => made.made_as(j, pid),
         Child::Zombie(j) => {
             let z = &set.tree.zombies[j];
             made.zombies.push(Zombie {

@@ -53,18 +53,8 @@ pub(super) fn rebuild(
     let pid = c.step(Step::Spawn, root.pid, || {
         crate::sys::spawn::spawn_parked(same.then_some(root.pid))
     })?;
-    let mut made = Made {
-        living: vec![Proc {
-            p: root,
-            space: 0,
-            pid,
-            rs: None,
-            scratch: 0,
-            threads: vec![(pid, 0)],
-        }],
-        zombies: Vec::new(),
-        armed: true,
-    };
+    let mut made = Made::new(set);
+    made.made_as(0, pid);
     if let Some(h) = lazy.as_mut() {
         h.spawned();
     }
