@@ -36,6 +36,7 @@ const NAMES: &[(&str, i64)] = &[
     ("rseq", libc::SYS_rseq),
     ("rt_sigaction", libc::SYS_rt_sigaction),
     ("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo),
+    ("rt_sigtimedwait", libc::SYS_rt_sigtimedwait),
     ("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo),
     ("sched_setaffinity", libc::SYS_sched_setaffinity),
     ("sched_setscheduler", libc::SYS_sched_setscheduler),
