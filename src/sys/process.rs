@@ -367,7 +367,16 @@ pub fn kcmp_file(pa: i32, a: i32, pb: i32, b: i32) -> Result<bool> {
 /// `kcmp(pa, pb, KCMP_FILES)`, see kcmp(2).
 pub fn same_fd_table(pa: i32, pb: i32) -> Result<bool> {
     // SAFETY: kcmp takes only integers and reads nothing from our memory.
-    let r = unsafe { libc::syscall(nr::KCMP, pa, pb, KCMP_FILES, 0 as libc::c_long, 0 as libc::c_long) };
+    let r = unsafe {
+        libc::syscall(
+            nr::KCMP,
+            pa,
+            pb,
+            KCMP_FILES,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
     check(r, || format!("kcmp(pid {pa}, pid {pb}, KCMP_FILES)"))?;
     Ok(r == 0)
 }

@@ -46,6 +46,13 @@ pub struct UnixSock {
     pub rqueue: u32,
 }
 
+impl UnixSock {
+    /// Listening for connections (`TCP_LISTEN` in include/net/tcp_states.h, which libc lacks).
+    pub fn is_listening(&self) -> bool {
+        self.state == 10
+    }
+}
+
 /// Lays out the request for `ino` (NLM_F_REQUEST, exact lookup).
 fn request(ino: u32) -> Vec<u8> {
     let len = NLMSG_HDRLEN + REQ_LEN;
@@ -67,7 +74,11 @@ fn request(ino: u32) -> Vec<u8> {
         std::mem::offset_of!(H, nlmsg_flags),
         &(libc::NLM_F_REQUEST as u16).to_ne_bytes(),
     );
-    put(&mut b, std::mem::offset_of!(H, nlmsg_seq), &1u32.to_ne_bytes());
+    put(
+        &mut b,
+        std::mem::offset_of!(H, nlmsg_seq),
+        &1u32.to_ne_bytes(),
+    );
     let r = NLMSG_HDRLEN;
     b[r] = libc::AF_UNIX as u8;
     put(&mut b, r + 4, &u32::MAX.to_ne_bytes()); // every state
@@ -158,20 +169,26 @@ pub fn unix_sock(ino: u64) -> Result<Option<UnixSock>> {
             libc::NETLINK_SOCK_DIAG,
         )
     };
-    let fd = check(fd as libc::c_long, || "socket(AF_NETLINK, NETLINK_SOCK_DIAG)".into())?;
+    let fd = check(fd as libc::c_long, || {
+        "socket(AF_NETLINK, NETLINK_SOCK_DIAG)".into()
+    })?;
     // SAFETY: a fresh descriptor returned by the kernel, owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let req = request(ino32);
     // SAFETY: send reads `req.len()` bytes from a buffer we own; no address (the kernel).
     let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if n < 0 {
-        return Err(last_err(format!("send of the sock_diag request for socket:[{ino}]")));
+        return Err(last_err(format!(
+            "send of the sock_diag request for socket:[{ino}]"
+        )));
     }
     let mut buf = vec![0u8; 8192];
     // SAFETY: recv writes at most `buf.len()` bytes into a buffer we own.
     let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n < 0 {
-        return Err(last_err(format!("recv of the sock_diag reply for socket:[{ino}]")));
+        return Err(last_err(format!(
+            "recv of the sock_diag reply for socket:[{ino}]"
+        )));
     }
     parse_reply(&buf[..n as usize], ino)
 }
