@@ -23,6 +23,8 @@ pub mod pipe;
 pub mod process;
 pub mod ptrace;
 pub mod remote;
+pub mod sockdiag;
+pub mod socket;
 pub mod spawn;
 pub mod uffd;
 pub mod uffd_restore;
