@@ -9,7 +9,8 @@ mod fds;
 mod memory;
 
 pub(crate) use fds::FdTable;
-pub(crate) use memory::MemTable;
+pub use memory::MemShareError;
+pub(crate) use memory::{check_paths, Holder, MemTable};
 
 /// What the processes built so far share with those still to come.
 #[derive(Default)]
