@@ -512,3 +512,62 @@ fn precopy_and_lazy_dumps_refuse_a_tree_naming_its_processes_before_freezing_it(
         assert_running_untraced(&pids, &format!("{extra:?}"));
     }
 }
+
+/// Kills `victim` (SIGKILL) when the dump hands over its first pages, under the freeze.
+struct KillOnFirstPages {
+    victim: i32,
+    done: bool,
+}
+
+impl haul::dump::PageSink for KillOnFirstPages {
+    fn add_pages(&mut self, _: &[u64], _: Vec<u8>) -> Result<(), haul::dump::DumpError> {
+        if !self.done {
+            self.done = true;
+            common::send_signal(self.victim, "KILL");
+            assert!(wait_for(Duration::from_secs(10), || !common::alive(
+                self.victim
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_descendant_killed_mid_dump_fails_it_by_name_and_the_rest_runs_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sh = shell(
+        tmp.path(),
+        "sleep 1000 & sleep 1000 & echo ready; wait",
+        2,
+    );
+    let pids = tree_pids(sh.pid);
+    let victim = pids[2];
+    let mut sink = KillOnFirstPages {
+        victim,
+        done: false,
+    };
+    // No buffer: every page goes to the sink under the freeze.
+    let opts = DumpOptions {
+        buffer: 0,
+        ..running()
+    };
+    let e = haul::dump::dump(sh.pid, &opts, &mut sink)
+        .unwrap_err()
+        .to_string();
+    assert!(sink.done);
+    assert!(
+        e.contains(&format!("pid {victim} (sleep) in the tree of pid {}", sh.pid)),
+        "{e}"
+    );
+    assert!(e.contains("went away"), "{e}");
+    assert_running_untraced(&pids[..2], "after the failed dump");
+    // Its death reached its parent, the shell, which reaped it.
+    assert!(
+        wait_for(Duration::from_secs(10), || !Path::new(&format!(
+            "/proc/{victim}"
+        ))
+        .exists()),
+        "pid {victim} was not reaped by its parent: {:?}",
+        std::fs::read_to_string(format!("/proc/{victim}/status"))
+    );
+}
