@@ -378,3 +378,82 @@ fn the_parents_wait_reaps_restored_zombies_with_their_exit_code_and_signal() {
         "what the parent's waitpid saw"
     );
 }
+
+/// A counter A with a child B in its group and session (no zombie, nobody leads a group
+/// but A): what `pid = "any"` can restore.
+fn two(dir: &Path) -> (ImageSet, MemSource, [i32; 2], [std::path::PathBuf; 2]) {
+    let logs = [dir.join("a.log"), dir.join("b.log")];
+    let a = counter(&logs[0], true, false);
+    let b = counter(&logs[1], false, false);
+    let (pa, pb) = (a.id() as i32, b.id() as i32);
+    let sid = own_sid();
+    let mut ma = dump_one(a);
+    let mut mb = dump_one(b);
+    let ppid_a = ma.image.ppid;
+    set_ids(&mut ma.image, ppid_a, pa, sid);
+    set_ids(&mut mb.image, pa, pa, sid);
+    let (set, src) = compose(vec![ma, mb], vec![]);
+    (set, src, [pa, pb], logs)
+}
+
+#[test]
+fn any_pid_gives_a_tree_new_pids_with_the_same_links() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (set, src, [pa, pb], logs) = two(dir.path());
+    let before: Vec<usize> = logs.iter().map(|l| read_numbers(l).len()).collect();
+    let r = restore(&set, &src, &verified(PidChoice::Any));
+    let pids = r.as_ref().map(|o| o.pids.clone()).unwrap_or_default();
+    let (na, nb) = (
+        pids.first().map_or(0, |p| p.1),
+        pids.get(1).map_or(0, |p| p.1),
+    );
+    let got = (ids(na), ids(nb));
+    let counting = logs
+        .iter()
+        .zip(&before)
+        .all(|(l, &n)| wait_for(Duration::from_secs(10), || read_numbers(l).len() >= n + 5));
+    if na > 0 && nb > 0 {
+        finish(&[nb, na]);
+    }
+    let out = r.expect("restore with pid any");
+    assert_eq!(out.pid, na);
+    assert_eq!(pids.iter().map(|p| p.0).collect::<Vec<_>>(), [pa, pb]);
+    let a = got.0.expect("A restored");
+    let b = got.1.expect("B restored");
+    assert_eq!(a.1, na, "A leads a group of its own again");
+    assert_eq!(
+        (b.0, b.1, b.2),
+        (na, na, a.2),
+        "B: A's child, in A's group and session"
+    );
+    assert!(counting, "a restored counter does not count");
+}
+
+struct NoDaemon;
+
+impl haul::restore::LazyHooks for NoDaemon {
+    fn start(&mut self, _: haul::restore::LazyStart) -> Result<(), haul::restore::BoxError> {
+        panic!("a refused lazy restore must not get this far");
+    }
+}
+
+#[test]
+fn a_lazy_restore_of_a_tree_is_refused_before_anything_is_made() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (set, src, [pa, pb], _) = two(dir.path());
+    let e = haul::restore::restore_lazy(&set, &src, &verified(PidChoice::Same), &mut NoDaemon)
+        .expect_err("a lazy tree is refused");
+    let m = e.to_string();
+    assert!(
+        m.contains("process tree (2 processes)") && m.contains("without --lazy"),
+        "{m}"
+    );
+    for p in [pa, pb] {
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists(),
+            "pid {p} was made"
+        );
+    }
+}
