@@ -131,6 +131,9 @@ pub enum StepError {
     /// The image holds something this build records but cannot rebuild yet.
     #[error("{what} cannot be restored yet")]
     NotYet { what: String },
+    /// A shared memory object could not be made or mapped again.
+    #[error(transparent)]
+    SharedMem(#[from] super::share::MemShareError),
 }
 
 fn to_thread(tid: Option<i32>) -> String {

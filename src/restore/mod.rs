@@ -61,6 +61,7 @@ use crate::image::{ImageSet, ProcessImage};
 pub use cgroup::CgroupError;
 pub use compat::{check_compat, FileMismatch, VdsoMismatch};
 pub use error::StepError;
+pub use share::MemShareError;
 pub use verify::{compare as compare_state, StateDifference};
 
 /// Errors of the `restore` module.
