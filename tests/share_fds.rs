@@ -141,21 +141,25 @@ fn a_socket_pair_and_a_pipe_keep_what_waits_in_them_through_dump_and_restore() {
 fn inode(pid: i32, fd: i32) -> String {
     let t = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
     let t = t.to_string_lossy();
-    t.split(":[").nth(1).unwrap().trim_end_matches(']').to_string()
+    t.split(":[")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(']')
+        .to_string()
 }
 
 #[test]
 fn dump_check_names_a_pipe_and_a_socket_pair_that_lead_outside_the_tree() {
-    // The python parent keeps the pipe's write end (fd 5) and the pair's socket at fd 7; its
-    // child keeps the read end (fd 4) and the other socket (fd 6). Checked alone, the child's
-    // tree is the child: both lead outside it.
+    // The python parent keeps the pipe's write end (fd 41) and the pair's socket at fd 43;
+    // its child keeps the read end (fd 40) and the other socket (fd 42). Checked alone, the
+    // child's tree is the child: both lead outside it.
     let dir = tempfile::tempdir().unwrap();
     let script = "import os,socket,time\n\
-        r,w=os.pipe()\nos.dup2(r,4)\nos.dup2(w,5)\nos.close(r)\nos.close(w)\n\
-        a,b=socket.socketpair()\nos.dup2(a.fileno(),6)\nos.dup2(b.fileno(),7)\na.close()\nb.close()\n\
+        r,w=os.pipe()\nos.dup2(r,40)\nos.dup2(w,41)\nos.close(r)\nos.close(w)\n\
+        a,b=socket.socketpair()\nos.dup2(a.fileno(),42)\nos.dup2(b.fileno(),43)\na.close()\nb.close()\n\
         pid=os.fork()\n\
-        if pid==0:\n os.close(5)\n os.close(7)\n time.sleep(120)\n\
-        os.close(4)\nos.close(6)\nprint('child',pid)\nprint('ready',flush=True)\ntime.sleep(120)\n";
+        if pid==0:\n os.close(41)\n os.close(43)\n time.sleep(120)\n\
+        os.close(40)\nos.close(42)\nprint('child',pid)\nprint('ready',flush=True)\ntime.sleep(120)\n";
     let log = dir.path().join("log");
     let mut cmd = clean_command(common::python3());
     cmd.args(["-c", script]);
@@ -177,16 +181,16 @@ fn dump_check_names_a_pipe_and_a_socket_pair_that_lead_outside_the_tree() {
         .iter()
         .map(|r| r.as_str().unwrap())
         .collect();
-    let (pipe, sock, peer) = (inode(child, 4), inode(child, 6), inode(parent.pid, 7));
+    let (pipe, sock, peer) = (inode(child, 40), inode(child, 42), inode(parent.pid, 43));
     assert_eq!(
         reasons,
         [
             format!(
-                "pid {child} fd 4: pipe:[{pipe}] leads to another process: its write end is \
+                "pid {child} fd 40: pipe:[{pipe}] leads to another process: its write end is \
                  held by no process of the tree"
             ),
             format!(
-                "pid {child} fd 6: socket:[{sock}] (UNIX, a socket pair) leads to another \
+                "pid {child} fd 42: socket:[{sock}] (UNIX, a socket pair) leads to another \
                  process: its peer socket:[{peer}] is held by no process of the tree"
             ),
         ],
