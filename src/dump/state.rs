@@ -86,6 +86,7 @@ pub(crate) fn capture_process(
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
     img.ppid = st.ppid;
+    img.exit_signal = st.exit_signal;
     img.pgid = st.pgrp;
     img.sid = st.session;
     img.comm = proc::comm(pid)?;
@@ -169,10 +170,22 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
         "[vvar_vclock]" => VmaKind::VvarVclock,
         "[vsyscall]" => VmaKind::Vsyscall,
         _ if check::is_shared_anon(m) => VmaKind::SharedAnon,
+        _ if check::is_deleted_shm(m) => VmaKind::DeletedShm,
         _ if m.inode != 0 && m.path.starts_with('/') => VmaKind::File,
         _ => VmaKind::Anon,
     };
-    let file = if kind == VmaKind::File {
+    // A deleted tmpfs file is named by its path; the restore makes it there again.
+    let name = match kind {
+        VmaKind::DeletedShm => m.path.trim_end_matches(" (deleted)").to_string(),
+        _ => m.path.clone(),
+    };
+    // Shared memory objects are told apart by inode (and, for files, device): the processes of
+    // a tree that map one object are linked by it (`dump::share::memory::link`).
+    let ino = match kind {
+        VmaKind::SharedAnon | VmaKind::DeletedShm => m.inode,
+        _ => 0,
+    };
+    let file = if matches!(kind, VmaKind::File | VmaKind::DeletedShm) {
         // map_files/ resolves to the very file mapped, even if the path was replaced since.
         let link = format!("/proc/{pid}/map_files/{}", m.map_files_name());
         let md = std::fs::metadata(&link)
@@ -192,10 +205,10 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
         shared: m.shared,
         pgoff: m.offset,
         kind,
-        name: m.path.clone(),
+        name,
         file,
         vm_flags: m.vm_flags.clone(),
-        ino: 0,
+        ino,
         shared_with: None,
     })
 }

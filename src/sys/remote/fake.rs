@@ -19,6 +19,7 @@ const NAMES: &[(&str, i64)] = &[
     ("eventfd2", libc::SYS_eventfd2),
     ("fcntl", libc::SYS_fcntl),
     ("flock", libc::SYS_flock),
+    ("ftruncate", libc::SYS_ftruncate),
     ("ioctl", libc::SYS_ioctl),
     ("lseek", libc::SYS_lseek),
     ("madvise", libc::SYS_madvise),
@@ -37,6 +38,7 @@ const NAMES: &[(&str, i64)] = &[
     ("rseq", libc::SYS_rseq),
     ("rt_sigaction", libc::SYS_rt_sigaction),
     ("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo),
+    ("rt_sigtimedwait", libc::SYS_rt_sigtimedwait),
     ("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo),
     ("sendto", libc::SYS_sendto),
     ("sched_setaffinity", libc::SYS_sched_setaffinity),
@@ -60,6 +62,7 @@ const NAMES: &[(&str, i64)] = &[
     ("timerfd_create", libc::SYS_timerfd_create),
     ("timerfd_settime", libc::SYS_timerfd_settime),
     ("umask", libc::SYS_umask),
+    ("unlink", libc::SYS_unlink),
     ("userfaultfd", libc::SYS_userfaultfd),
     ("write", libc::SYS_write),
 ];

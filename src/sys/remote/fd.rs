@@ -1,7 +1,8 @@
-//! File descriptor calls injected into a thread: open, close, `close_range`, `dup3`, `lseek`,
-//! `fcntl`, `pipe2`, `write`, `eventfd2`, `signalfd4`, timerfds, `flock` and record locks,
-//! `socketpair` and `sendto`, [`take_uffd`] (a userfaultfd made by the target and taken into
-//! haul) and [`install_fd`] (an fd of haul's put into the target at a given number).
+//! File descriptor calls injected into a thread: open, close, `ftruncate`, `unlink`,
+//! `close_range`, `dup3`, `lseek`, `fcntl`, `pipe2`, `write`, `eventfd2`, `signalfd4`,
+//! timerfds, `flock` and record locks, `socketpair` and `sendto`, [`take_uffd`] (a
+//! userfaultfd made by the target and taken into haul) and [`install_fd`] (an fd of haul's
+//! put into the target at a given number).
 
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -17,6 +18,37 @@ pub fn open<R: Inject + ?Sized>(r: &mut R, path: &str, flags: i32) -> Result<u64
         [at, flags as u64, 0, 0, 0, 0],
         &format!("open {path}"),
     )
+}
+
+/// `open(path, flags, mode)`: with `O_CREAT`, the new file's mode; returns the new fd.
+pub fn open_mode<R: Inject + ?Sized>(r: &mut R, path: &str, flags: i32, mode: u32) -> Result<u64> {
+    let at = put(r, &cstr(path)?)?;
+    r.call_ok(
+        libc::SYS_open,
+        [at, flags as u64, u64::from(mode), 0, 0, 0],
+        &format!("open {path}"),
+    )
+}
+
+/// `ftruncate(fd, len)`.
+pub fn ftruncate<R: Inject + ?Sized>(r: &mut R, fd: u64, len: u64) -> Result<()> {
+    r.call_ok(
+        libc::SYS_ftruncate,
+        [fd, len, 0, 0, 0, 0],
+        &format!("ftruncate fd {fd} to {len}"),
+    )?;
+    Ok(())
+}
+
+/// `unlink(path)`.
+pub fn unlink<R: Inject + ?Sized>(r: &mut R, path: &str) -> Result<()> {
+    let at = put(r, &cstr(path)?)?;
+    r.call_ok(
+        libc::SYS_unlink,
+        [at, 0, 0, 0, 0, 0],
+        &format!("unlink {path}"),
+    )?;
+    Ok(())
 }
 
 /// `close(fd)`.
