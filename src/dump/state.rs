@@ -86,6 +86,7 @@ pub(crate) fn capture_process(
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
     img.ppid = st.ppid;
+    img.exit_signal = st.exit_signal;
     img.pgid = st.pgrp;
     img.sid = st.session;
     img.comm = proc::comm(pid)?;
@@ -149,8 +150,9 @@ pub(crate) fn capture_process(
         .iter()
         .map(|m| vma_image(pid, m))
         .collect::<Result<_, _>>()?;
+    // What pipes and socket pairs hold is read once the whole tree is known
+    // (`dump::share::link`, which calls [`capture_pipes`]).
     img.fds = snap.fds;
-    capture_pipes(pid, &mut img.fds)?;
     img.attrs.oom_score_adj = Some(proc::oom_score_adj(pid)?);
     img.attrs.coredump_filter = Some(proc::coredump_filter(pid)?);
     // Only a kernel with CONFIG_AUDIT has a loginuid.
@@ -533,12 +535,17 @@ pub(crate) fn capture_pending(
     Ok(())
 }
 
-/// What each pipe holds, and its capacity, on its read end's first fd: read through a copy of
-/// that fd (`pidfd_getfd`) without taking it from the pipe.
-fn capture_pipes(pid: i32, fds: &mut [crate::image::FdImage]) -> Result<(), DumpError> {
+/// What each pipe holds, and its capacity, on the first fd of its read end in tree order:
+/// the fds of `pid` that are neither `same_as` a lower fd nor `inherited` from an earlier
+/// process (so each pipe is read once in a tree), read through a copy of that fd
+/// (`pidfd_getfd`) without taking it from the pipe.
+pub(crate) fn capture_pipes(pid: i32, fds: &mut [crate::image::FdImage]) -> Result<(), DumpError> {
     use crate::image::FdKind;
     let mut pidfd = None;
-    for f in fds.iter_mut().filter(|f| f.same_as.is_none()) {
+    for f in fds
+        .iter_mut()
+        .filter(|f| f.same_as.is_none() && f.inherited.is_none())
+    {
         if let FdKind::Pipe {
             write: false,
             size,

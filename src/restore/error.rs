@@ -74,6 +74,12 @@ pub enum StepError {
     /// `clone3` with `set_tid` gave another thread id.
     #[error("thread {want} was created as {got}")]
     ThreadId { want: i32, got: i32 },
+    /// `clone3` with `set_tid` gave a child process another pid.
+    #[error("child {want} was created as pid {got}")]
+    ChildPid { want: i32, got: i32 },
+    /// A zombie ended with another status than the image's.
+    #[error("zombie {pid} ended with wait status {got:#x}, not {want:#x}")]
+    ZombieStatus { pid: i32, want: i32, got: i32 },
     /// A new thread did not stop as a traced new thread does.
     #[error("thread {tid}: expected its first stop, got {stop:?}")]
     FirstStop {

@@ -303,13 +303,48 @@ pub(super) fn eager_part(set: &ImageSet, p: &ProcessImage, lazy: &[(u64, u64)]) 
     }
 }
 
+/// The pages of page space `space` of `set` as a set of their own: under their page keys
+/// (`keyed`: what a page source reads, since a page server checks keys against the set), or
+/// at the process's own addresses (what map, protect, verify and a lazy restore look at). A
+/// set without descendants is its own view in both senses (space 0 keys are addresses), and is
+/// given back as it is.
+pub(super) fn space_view(
+    set: &ImageSet,
+    space: u16,
+    keyed: bool,
+) -> std::borrow::Cow<'_, ImageSet> {
+    if set.tree.descendants.is_empty() {
+        return std::borrow::Cow::Borrowed(set);
+    }
+    let pages = if keyed {
+        let (lo, hi) = crate::image::space_bounds(space);
+        set.pages.range(lo, hi).collect()
+    } else {
+        set.pages_of(space).collect()
+    };
+    std::borrow::Cow::Owned(ImageSet {
+        id: set.id.clone(),
+        job: set.job.clone(),
+        created_us: set.created_us,
+        kind: set.kind,
+        parent: set.parent.clone(),
+        kernel: set.kernel.clone(),
+        process: None,
+        tree: Default::default(),
+        pages,
+        figures: set.figures.clone(),
+    })
+}
+
 /// Writes every stored page of the set into the process: runs of pages are gathered into a
 /// buffer of up to [`FILL_CHUNK`] bytes and written with one `process_vm_writev` of up to 1024
 /// ranges. Zero pages of private file mappings are written too (the file's content is not what
-/// the process had). Returns the number of pages written.
+/// the process had). The set's page keys are `base` + the address (a process's page space,
+/// [`space_view`] with `keyed`). Returns the number of pages written.
 pub(super) fn fill(
     pid: i32,
     set: &ImageSet,
+    base: u64,
     p: &ProcessImage,
     source: &dyn PageSource,
 ) -> StepResult<u64> {
@@ -334,7 +369,8 @@ pub(super) fn fill(
         ranges.clear();
         Ok(())
     };
-    let mut sink = |addr: u64, data: &[u8]| -> Result<(), super::BoxError> {
+    let mut sink = |key: u64, data: &[u8]| -> Result<(), super::BoxError> {
+        let addr = key - base;
         if buf.len() + data.len() > FILL_CHUNK || ranges.len() == IOV_MAX {
             flush(&mut buf, &mut ranges).map_err(Box::new)?;
         }
@@ -364,9 +400,9 @@ pub(super) fn fill(
         .iter()
         .filter(|v| v.kind == VmaKind::File && !v.shared)
     {
-        for (addr, r) in set.pages.range(v.start, v.end) {
+        for (key, r) in set.pages.range(base + v.start, base + v.end) {
             if r == PageRef::Zero {
-                crate::sys::mem::process_vm_write(pid, addr, &zero)?;
+                crate::sys::mem::process_vm_write(pid, key - base, &zero)?;
                 pages += 1;
             }
         }

@@ -25,6 +25,8 @@ pub mod process;
 pub mod ptrace;
 pub mod remote;
 pub mod shm;
+pub mod sockdiag;
+pub mod socket;
 pub mod spawn;
 pub mod uffd;
 pub mod uffd_restore;
