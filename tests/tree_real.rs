@@ -854,3 +854,43 @@ fn path_with_python() -> String {
     let dir = py.parent().unwrap().display().to_string();
     format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
 }
+
+// ---- haul bench tree, tiny ----
+
+/// `haul bench tree` on a tiny tree: it checks every restored process's memory itself (and
+/// that the shared memory is still one object), so here it must succeed; and its image of the
+/// tree must hold the shared memory once, not once per process.
+#[test]
+fn bench_tree_restores_the_tree_and_stores_its_shared_memory_once() {
+    let s = Session::start();
+    let out = common::haul()
+        .current_dir(common::repo())
+        .args(["bench", "tree", "--processes", "4", "--shared", "8MiB"])
+        .args(["--private", "1MiB", "--runs", "1", "--json", "--dir"])
+        .arg(s.path())
+        .output()
+        .expect("run haul bench tree");
+    assert!(
+        out.status.success(),
+        "haul bench tree: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench --json");
+    assert_eq!(v["tree"]["processes"], 4, "{v}");
+    assert_eq!(v["single"]["processes"], 1, "{v}");
+    let logical = |shape: &str| v[shape]["figures"]["bytes_logical"].as_u64().unwrap();
+    // Stored per process, the tree would hold 3 more copies of the 8 MiB: 24 MiB more.
+    assert!(
+        logical("tree") < logical("single") + (4 << 20),
+        "the tree's image holds {} logical bytes, the single process's {}: shared memory \
+         stored more than once",
+        logical("tree"),
+        logical("single")
+    );
+    assert_eq!(
+        std::fs::read_dir(s.path()).unwrap().count(),
+        0,
+        "bench tree left files behind"
+    );
+}
