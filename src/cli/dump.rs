@@ -164,10 +164,10 @@ fn lazy(args: &DumpArgs, cmd: &DumpCommand) -> Result<u8, Error> {
     Ok(exit::OK)
 }
 
-/// `haul dump --check`: the dump's refusal checks alone.
+/// `haul dump --check`: the dump's refusal checks alone, for the whole tree.
 fn check(args: &DumpArgs) -> Result<u8, Error> {
-    match haul::dump::precheck(args.pid) {
-        Ok(()) => {}
+    let pids = match haul::dump::precheck(args.pid) {
+        Ok(pids) => pids,
         // "No" is the answer asked for, with every reason: on stdout, exit 1.
         Err(e) if e.is_refusal() => {
             let reasons = e.reasons();
@@ -184,19 +184,26 @@ fn check(args: &DumpArgs) -> Result<u8, Error> {
             return Ok(exit::FAILED);
         }
         Err(e) => return Err(e.into()),
-    }
-    let threads = haul::proc::tids(args.pid).map(|t| t.len()).unwrap_or(0);
-    let fds = haul::proc::fds(args.pid).map(|f| f.len()).unwrap_or(0);
+    };
+    let count = |f: fn(i32) -> Option<usize>| pids.iter().filter_map(|&p| f(p)).sum::<usize>();
+    let threads = count(|p| haul::proc::tids(p).ok().map(|t| t.len()));
+    let fds = count(|p| haul::proc::fds(p).ok().map(|f| f.len()));
     if args.json {
         print_json(&serde_json::json!({
-            "pid": args.pid, "checkpointable": true, "threads": threads, "fds": fds,
-            "reasons": [],
+            "pid": args.pid, "checkpointable": true, "processes": pids.len(),
+            "pids": pids, "threads": threads, "fds": fds, "reasons": [],
         }))?;
     } else {
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        // One process reads as it always did; a tree says how many processes it has.
+        let procs = if pids.len() > 1 {
+            format!("{} processes, ", pids.len())
+        } else {
+            String::new()
+        };
         out(&format!(
-            "pid {} can be checkpointed ({}, {})",
+            "pid {} can be checkpointed ({procs}{}, {})",
             args.pid,
             plural(threads, "thread", "threads"),
             plural(fds, "fd", "fds")

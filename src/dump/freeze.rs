@@ -23,8 +23,6 @@ pub(crate) struct Frozen {
     injector: Option<RemoteSyscall>,
     remote_calls: u64,
     released: bool,
-    /// When every thread was stopped (the end of [`Frozen::seize_all`]).
-    stopped_at: std::time::Instant,
 }
 
 impl Frozen {
@@ -36,7 +34,6 @@ impl Frozen {
             injector: None,
             remote_calls: 0,
             released: false,
-            stopped_at: std::time::Instant::now(),
         };
         loop {
             let tids = proc::tids(pid)?;
@@ -71,7 +68,6 @@ impl Frozen {
                 }
             }
             if !new {
-                f.stopped_at = std::time::Instant::now();
                 return Ok(f);
             }
         }
@@ -83,11 +79,6 @@ impl Frozen {
                 t.held.push(sig);
             }
         }
-    }
-
-    /// How long the process has been stopped so far (its frozen time).
-    pub fn frozen_for(&self) -> std::time::Duration {
-        self.stopped_at.elapsed()
     }
 
     /// Bitmask of the signals held back for `tid`.
@@ -265,12 +256,25 @@ impl Frozen {
     /// Kills the process (SIGKILL) and collects the deaths a tracer must see, so the real
     /// parent can reap the process.
     pub fn kill(mut self) -> Result<(), DumpError> {
+        let parent_is_us = self.send_kill()?;
+        self.collect_death(parent_is_us);
+        Ok(())
+    }
+
+    /// The first half of [`Frozen::kill`]: SIGKILL, nothing collected yet (a tree sends every
+    /// process its SIGKILL before waiting for any). Returns whether haul is its parent.
+    pub fn send_kill(&mut self) -> Result<bool, DumpError> {
         self.drop_injector();
         self.released = true;
         let parent_is_us = crate::proc::stat(self.pid)
             .map(|s| s.ppid == process::getpid())
             .unwrap_or(false);
         process::kill(self.pid, libc::SIGKILL)?;
+        Ok(parent_is_us)
+    }
+
+    /// The second half of [`Frozen::kill`]: collects the deaths of its threads as their tracer.
+    pub fn collect_death(self, parent_is_us: bool) {
         // Non-leader threads first: the leader's death is reported only once they are reaped.
         for t in self.threads.iter().filter(|t| t.tid != self.pid) {
             wait_gone(t.tid);
@@ -280,7 +284,6 @@ impl Frozen {
         if !parent_is_us {
             wait_gone(self.pid);
         }
-        Ok(())
     }
 }
 

@@ -238,8 +238,9 @@ pub fn dump_to_store_lazy(
     };
     let mut writer = store.begin_set(job, SetKind::Dump, None, level)?;
     let (out, frozen) = super::dump_planned(pid, &opts, &mut writer, None)?;
-    let frozen =
-        frozen.ok_or_else(|| DumpError::Internal("the lazy dump lost its source".into()))?;
+    let frozen = frozen
+        .ok_or_else(|| DumpError::Internal("the lazy dump lost its source".into()))?
+        .into_root()?;
     // From here on, an error drops `frozen`, which thaws the process.
     let t = Instant::now();
     let set = writer.commit(Some(out.process))?;

@@ -138,6 +138,12 @@ pub(crate) fn copy_memory(
         buffered: Buffered { chunks: Vec::new() },
     };
     for vma in vmas {
+        // A mapping shared with an earlier process of the tree: its pages are stored once,
+        // with that process (pre-copy, whose regions follow the same rule, dumps one process
+        // only, so it never sees one).
+        if vma.shared_with.is_some() {
+            continue;
+        }
         let keep: fn(u64) -> bool = match (&vma.kind, vma.shared) {
             (VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall, _) => {
                 continue

@@ -15,6 +15,7 @@ mod precopy;
 mod share;
 mod state;
 mod to_store;
+mod tree;
 
 pub use lazy::{dump_to_store_lazy, FrozenSource, LiveReader};
 pub use precopy::{Precopy, PrecopyOptions, StopReason, TrackerChoice};
@@ -63,6 +64,15 @@ pub enum DumpError {
         #[source]
         source: Box<DumpError>,
     },
+    /// What went wrong with one process of a tree other than its root, naming it.
+    #[error("pid {pid} ({comm}) in the tree of pid {root}: {source}")]
+    Member {
+        root: i32,
+        pid: i32,
+        comm: String,
+        #[source]
+        source: Box<DumpError>,
+    },
     /// A failure injected on purpose by [`DumpOptions::fail_at`] (tests only).
     #[error("failure injected at step {0} (fail_at, test-only)")]
     Injected(Step),
@@ -93,10 +103,13 @@ impl DumpError {
     /// Whether this is a refusal (the process cannot be checkpointed as it is), as opposed to
     /// a failure of the dump itself.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            DumpError::Refused(_) | DumpError::Unsupported(_) | DumpError::Refusals { .. }
-        )
+        match self {
+            DumpError::Member { source, .. } => source.is_refusal(),
+            e => matches!(
+                e,
+                DumpError::Refused(_) | DumpError::Unsupported(_) | DumpError::Refusals { .. }
+            ),
+        }
     }
 
     /// Each reason of a refusal, one message per reason (empty for other errors).
@@ -106,7 +119,7 @@ impl DumpError {
             DumpError::Refusals { reasons, .. } => {
                 reasons.iter().flat_map(|r| r.reasons()).collect()
             }
-            DumpError::At { source, .. } => source.reasons(),
+            DumpError::At { source, .. } | DumpError::Member { source, .. } => source.reasons(),
             _ => Vec::new(),
         }
     }
@@ -116,6 +129,7 @@ impl DumpError {
         match self {
             DumpError::At { step, .. } | DumpError::Gone { step, .. } => Some(*step),
             DumpError::Injected(s) => Some(*s),
+            DumpError::Member { source, .. } => source.step(),
             _ => None,
         }
     }
@@ -302,21 +316,30 @@ pub struct DumpStats {
     pub pages_file: u64,
     /// Pages handed to the sink during the freeze (beyond the buffer).
     pub pages_during_freeze: u64,
+    /// Processes dumped: the root and its descendants, zombies included.
+    #[serde(default)]
+    pub processes: u64,
+    /// Threads and VMAs of every process of the tree.
     pub threads: u64,
     pub vmas: u64,
     /// Syscalls injected into the target.
     pub remote_syscalls: u64,
 }
 
-/// What a dump produced: the process state and the figures. The pages went to the sink.
+/// What a dump produced: the state of the root and of its descendants, and the figures. The
+/// pages went to the sink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DumpOutcome {
+    /// The root (the job's process).
     pub process: ProcessImage,
+    /// Its descendants, living and zombie (empty for one process).
+    pub tree: crate::image::Tree,
     pub stats: DumpStats,
 }
 
-/// Checkpoints process `pid`: see the module documentation. Pages go to `sink` (during the
-/// freeze beyond `opts.buffer`, the rest after the thaw).
+/// Checkpoints the tree rooted at process `pid`: see the module documentation. Pages go to
+/// `sink`, each process's in its own page space (during the freeze beyond `opts.buffer`, the
+/// rest after the thaw).
 pub fn dump(
     pid: i32,
     opts: &DumpOptions,
@@ -334,13 +357,13 @@ pub fn dump(
 }
 
 /// Ends a kill-mode dump once its pages are safe (for a store: the set committed and
-/// fsynced): kills the process [`dump_planned`] kept frozen and records how long it stayed
-/// frozen, `frozen_commit_time` of it spent writing and committing (`memwrite_time`, which
-/// the caller has completed with the commit). `None` (a dump that left it running) does
+/// fsynced): kills every process of the tree [`dump_planned`] kept frozen and records how long
+/// it stayed frozen, `frozen_commit_time` of it spent writing and committing (`memwrite_time`,
+/// which the caller has completed with the commit). `None` (a dump that left it running) does
 /// nothing.
 pub(crate) fn end_frozen(
     pid: i32,
-    kept: Option<freeze::Frozen>,
+    kept: Option<tree::FrozenTree>,
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
     let Some(frozen) = kept else {
@@ -370,12 +393,13 @@ pub(crate) trait FinalPlan {
 /// [`dump`], copying under the freeze only what `plan` says changed (pre-copy final dump).
 /// With `opts.lazy`, the process is returned still frozen (settled: registers restored, no
 /// scratch page) and the pages of its private anonymous VMAs went to `sink` as references.
+/// Pre-copy and lazy dumps handle one process: a tree is refused before anything is frozen.
 pub(crate) fn dump_planned(
-    pid: i32,
+    root: i32,
     opts: &DumpOptions,
     sink: &mut dyn PageSink,
     mut plan: Option<&mut dyn FinalPlan>,
-) -> Result<(DumpOutcome, Option<freeze::Frozen>), DumpError> {
+) -> Result<(DumpOutcome, Option<tree::FrozenTree>), DumpError> {
     if opts.lazy && opts.leave_running {
         return Err(DumpError::Refused(
             "a lazy dump keeps the process frozen to serve its pages: it cannot also leave it \
@@ -383,96 +407,143 @@ pub(crate) fn dump_planned(
                 .into(),
         ));
     }
-    let ctx = Ctx { pid, opts };
-    let before = ctx.step(Step::Check, || check::precheck_snapshot(pid))?;
+    let one_only = if plan.is_some() {
+        Some("pre-copy")
+    } else if opts.lazy {
+        Some("a lazy dump")
+    } else {
+        None
+    };
+    let ctx = Ctx::root(root, opts);
+    let before = ctx.step(Step::Check, || check::precheck_snapshot(root))?;
+    if let Some(what) = one_only {
+        ctx.step(Step::Check, || tree::refuse_tree(root, &before.others(), what))?;
+    }
     ctx.fail(Step::Check)?;
     let mut stats = DumpStats::default();
 
     // Buffers are mapped (and faulted in) before the freeze, so the freeze only copies.
-    let estimate = check::resident_estimate(pid).unwrap_or(0);
-    let mut pool = memory::BufferPool::new(opts.buffer, estimate);
+    let mut pool = memory::BufferPool::new(opts.buffer, before.resident_estimate());
 
     let t_seize = Instant::now();
-    let mut frozen = ctx.step(Step::Seize, || freeze::Frozen::seize_all(pid))?;
+    let mut frozen = ctx.step(Step::Seize, || tree::FrozenTree::seize(root))?;
     stats.freezing_time = crate::util::us(t_seize.elapsed());
     let t_frozen = Instant::now();
     ctx.fail(Step::Seize)?;
+    if frozen.procs.len() > u16::MAX as usize {
+        return Err(DumpError::Refused(format!(
+            "the tree of pid {root} has {} processes: at most {} fit in an image set",
+            frozen.procs.len(),
+            u16::MAX
+        )));
+    }
+    if let Some(what) = one_only {
+        // A fork that raced the checks.
+        let others: Vec<i32> = frozen.pids()[1..]
+            .iter()
+            .copied()
+            .chain(frozen.zombies.iter().map(|z| z.pid))
+            .collect();
+        ctx.step(Step::Check, || tree::refuse_tree(root, &others, what))?;
+    }
 
-    // Under the freeze the process cannot change: check the refusal list again.
-    let snapshot = ctx.step(Step::Check, || check::check_uses(pid, Some(&before)))?;
+    // Under the freeze the processes cannot change: check the refusal list again.
+    let pids = frozen.pids();
+    let snapshots = ctx.step(Step::Check, || check::check_frozen(root, &pids, &before))?;
 
-    let mut process = ctx.step(Step::Regs, || state::capture_threads(&mut frozen))?;
-    ctx.fail(Step::Regs)?;
-
-    // What /proc shows of it, for `--verify state` (reads /proc only, before anything is
-    // injected, so the scratch page and the masks haul sets while injecting are not in it),
-    // with the mappings the check under the freeze has just read.
-    let maps = snapshot.maps.clone();
-    let observed = ctx.step(Step::State, || {
-        Ok(crate::proc::observe_with(pid, Some(maps))?)
-    })?;
-    // The address space is read before the scratch page exists.
-    ctx.step(Step::State, || {
-        state::capture_process(pid, &mut process, snapshot)?;
-        share::link(std::slice::from_mut(&mut process))
-    })?;
-
-    ctx.step(Step::Scratch, || frozen.map_scratch())?;
-    ctx.fail(Step::Scratch)?;
-
-    ctx.step(Step::Sigactions, || {
-        state::capture_injected(&mut frozen, &mut process)
-    })?;
-    ctx.fail(Step::Sigactions)?;
-
-    ctx.step(Step::Scratch, || frozen.unmap_scratch())?;
-    // No more injected syscalls: give the registers back and end the syscall-tracing state
-    // now, so that if the worker dies during the copy (SIGKILL), the kernel's detach resumes
-    // the process intact (see `Frozen::settle`).
-    ctx.step(Step::Scratch, || frozen.settle())?;
-    ctx.fail(Step::State)?;
+    let n = frozen.procs.len();
+    let mut procs = Vec::with_capacity(n);
+    let mut observed = Vec::with_capacity(n);
+    for (i, (f, snapshot)) in frozen.procs.iter_mut().zip(snapshots).enumerate() {
+        let pid = f.pid;
+        let m = ctx.member(&frozen.members[i]);
+        // Injected faults fire in the last process, once every one has been through the step.
+        let fail = |step| if i + 1 == n { ctx.fail(step) } else { Ok(()) };
+        let mut process = m.step(Step::Regs, || state::capture_threads(f))?;
+        fail(Step::Regs)?;
+        // What /proc shows of it, for `--verify state` (reads /proc only, before anything is
+        // injected, so the scratch page and the masks haul sets while injecting are not in
+        // it), with the mappings the check under the freeze has just read.
+        let maps = snapshot.maps.clone();
+        observed.push(m.step(Step::State, || {
+            Ok(crate::proc::observe_with(pid, Some(maps))?)
+        })?);
+        // The address space is read before the scratch page exists.
+        m.step(Step::State, || {
+            state::capture_process(pid, &mut process, snapshot)
+        })?;
+        m.step(Step::Scratch, || f.map_scratch())?;
+        fail(Step::Scratch)?;
+        m.step(Step::Sigactions, || state::capture_injected(f, &mut process))?;
+        fail(Step::Sigactions)?;
+        m.step(Step::Scratch, || f.unmap_scratch())?;
+        // No more injected syscalls: give the registers back and end the syscall-tracing
+        // state now, so that if the worker dies during the copy (SIGKILL), the kernel's
+        // detach resumes the process intact (see `Frozen::settle`).
+        m.step(Step::Scratch, || f.settle())?;
+        fail(Step::State)?;
+        procs.push(process);
+    }
+    // What the processes share with each other, now that every one is captured and before
+    // memory is copied (a mapping shared with an earlier process is stored only there).
+    ctx.step(Step::State, || share::link(&mut procs))?;
 
     let t_mem = Instant::now();
     // A lazy dump hands the pages of the VMAs a lazy restore leaves to its daemon to the sink
     // as `Lazy(id)` references; everything else passes through.
-    let mut split = lazy::LazySplit::new(sink, opts.lazy.then_some(&process.vmas[..]));
-    let sink: &mut dyn PageSink = &mut split;
+    let mut split = lazy::LazySplit::new(sink, opts.lazy.then_some(&procs[0].vmas[..]));
     if let Some(p) = plan.as_deref_mut() {
-        ctx.step(Step::Memory, || p.prepare(pid, &process.vmas))?;
+        ctx.step(Step::Memory, || p.prepare(root, &procs[0].vmas))?;
     }
     let mut carried = Vec::new();
-    let buffered = ctx.step(Step::Memory, || {
-        let plan = plan.as_deref().map(|p| p as &dyn FinalPlan);
-        memory::copy_memory(
-            pid,
-            &process.vmas,
-            &mut pool,
-            sink,
-            &mut stats,
-            plan,
-            &mut carried,
-        )
-    })?;
+    let mut buffered = Vec::with_capacity(n);
+    for (space, p) in procs.iter().enumerate() {
+        let m = ctx.member(&frozen.members[space]);
+        let mut sink = tree::SpaceSink {
+            inner: &mut split,
+            space: space as u16,
+        };
+        buffered.push(m.step(Step::Memory, || {
+            let plan = plan.as_deref().map(|p| p as &dyn FinalPlan);
+            memory::copy_memory(
+                p.pid,
+                &p.vmas,
+                &mut pool,
+                &mut sink,
+                &mut stats,
+                plan,
+                &mut carried,
+            )
+        })?);
+    }
     stats.memdump_time = crate::util::us(t_mem.elapsed());
     ctx.fail(Step::Memory)?;
 
     ctx.fail(Step::Resume)?;
     stats.remote_syscalls = frozen.remote_syscalls();
-    stats.threads = process.threads.len() as u64;
-    stats.vmas = process.vmas.len() as u64;
+    stats.processes = frozen.count() as u64;
+    stats.threads = procs.iter().map(|p| p.threads.len() as u64).sum();
+    stats.vmas = procs.iter().map(|p| p.vmas.len() as u64).sum();
     // The signals pending now, and those held back while frozen, stay pending in the image.
-    ctx.step(Step::State, || {
-        state::capture_pending(pid, &mut process, |tid| frozen.held_signals(tid))
-    })?;
-    process.observed = observed_with_pending(observed, &process);
+    for (i, (p, o)) in procs.iter_mut().zip(observed).enumerate() {
+        let f = &frozen.procs[i];
+        let m = ctx.member(&frozen.members[i]);
+        m.step(Step::State, || {
+            state::capture_pending(f.pid, p, |tid| f.held_signals(tid))
+        })?;
+        p.observed = observed_with_pending(o, p);
+    }
+    // Every process is still there: the image is the whole tree.
+    ctx.step(Step::Resume, || frozen.check_whole(Step::Resume))?;
+    let zombies = frozen.zombie_images();
     let kept = if opts.leave_running {
         ctx.step(Step::Resume, || frozen.thaw())?;
         None
     } else {
         // Neither thawed nor killed (settled above). Lazy: the caller serves the lazy pages
-        // from it. Kill: the caller kills it only once its image set is committed and durable
-        // ([`end_frozen`]). Dropping the guard (any error below, or in the caller's commit)
-        // thaws it, so a failed write never costs the process.
+        // from it. Kill: the caller kills them only once the image set is committed and
+        // durable ([`end_frozen`]). Dropping the guard (any error below, or in the caller's
+        // commit) thaws every process, so a failed write never costs the tree.
         Some(frozen)
     };
     stats.frozen_time = crate::util::us(t_frozen.elapsed());
@@ -480,19 +551,40 @@ pub(crate) fn dump_planned(
     let t_write = Instant::now();
     ctx.fail(Step::Write)?;
     ctx.step(Step::Write, || {
-        memory::write_buffered(buffered, sink, &mut stats)?;
+        for (space, b) in buffered.into_iter().enumerate() {
+            let mut sink = tree::SpaceSink {
+                inner: &mut split,
+                space: space as u16,
+            };
+            memory::write_buffered(b, &mut sink, &mut stats)?;
+        }
         if let Some(p) = plan {
-            stats.pages_skipped_parent = p.carry(&carried, sink)?;
+            // Pre-copy dumps one process: its pages are in space 0, at their addresses.
+            stats.pages_skipped_parent = p.carry(&carried, &mut split)?;
         }
         Ok(())
     })?;
     stats.pages_lazy = split.lazy_pages();
     stats.pages_written = stats.pages_written.saturating_sub(split.kept_back());
     stats.memwrite_time = crate::util::us(t_write.elapsed());
-    Ok((DumpOutcome { process, stats }, kept))
+    let mut procs = procs.into_iter();
+    let process = procs
+        .next()
+        .ok_or_else(|| DumpError::Internal("the dump captured no process".into()))?;
+    let tree = crate::image::Tree {
+        descendants: procs.collect(),
+        zombies,
+    };
+    Ok((
+        DumpOutcome {
+            process,
+            tree,
+            stats,
+        },
+        kept,
+    ))
 }
 
-/// Maps errors to the step they happened at.
 /// The observed state with the signal masks and pending signals as the image carries them.
 /// Pending: the freeze holds some signals back, which `capture_pending` adds and the restore
 /// queues again, so /proc under the freeze does not show all of them. Masks: a thread stopped
@@ -517,11 +609,37 @@ fn observed_with_pending(
 }
 
 struct Ctx<'a> {
+    /// The process the steps are about.
     pid: i32,
+    /// The root of the tree, and the name of `pid` when it is not the root.
+    root: i32,
+    comm: &'a str,
     opts: &'a DumpOptions,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn root(root: i32, opts: &'a DumpOptions) -> Ctx<'a> {
+        Ctx {
+            pid: root,
+            root,
+            comm: "",
+            opts,
+        }
+    }
+
+    /// The steps about process `m` of the tree: its errors name it.
+    fn member<'b>(&self, m: &'b crate::proc::TreeMember) -> Ctx<'b>
+    where
+        'a: 'b,
+    {
+        Ctx {
+            pid: m.pid,
+            root: self.root,
+            comm: &m.comm,
+            opts: self.opts,
+        }
+    }
+
     fn fail(&self, step: Step) -> Result<(), DumpError> {
         if self.opts.fail_at == Some(step) {
             return Err(DumpError::At {
@@ -541,10 +659,29 @@ impl Ctx<'_> {
         let t = Instant::now();
         let r = f();
         tracing::debug!(pid = self.pid, %step, us = crate::util::us(t.elapsed()), ok = r.is_ok(), "dump step");
-        r.map_err(|e| match e {
+        r.map_err(|e| self.name(self.at(step, e)))
+    }
+
+    /// A descendant's error names it (pid, comm); the root's is as it is.
+    fn name(&self, e: DumpError) -> DumpError {
+        if self.pid == self.root || matches!(e, DumpError::Member { .. }) {
+            return e;
+        }
+        DumpError::Member {
+            root: self.root,
+            pid: self.pid,
+            comm: self.comm.to_string(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Maps errors to the step they happened at.
+    fn at(&self, step: Step, e: DumpError) -> DumpError {
+        match e {
             DumpError::Refused(_)
             | DumpError::Unsupported(_)
             | DumpError::Refusals { .. }
+            | DumpError::Member { .. }
             | DumpError::Gone { .. }
             | DumpError::At { .. } => e,
             DumpError::Sys(SysError::Gone { tid, how }) => DumpError::Gone {
@@ -563,6 +700,6 @@ impl Ctx<'_> {
                 step,
                 source: Box::new(other),
             },
-        })
+        }
     }
 }

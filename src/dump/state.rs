@@ -86,6 +86,7 @@ pub(crate) fn capture_process(
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
     img.ppid = st.ppid;
+    img.exit_signal = st.exit_signal;
     img.pgid = st.pgrp;
     img.sid = st.session;
     img.comm = proc::comm(pid)?;
@@ -149,8 +150,9 @@ pub(crate) fn capture_process(
         .iter()
         .map(|m| vma_image(pid, m))
         .collect::<Result<_, _>>()?;
+    // What pipes and socket pairs hold is read once the whole tree is known
+    // (`dump::share::link`, which calls [`capture_pipes`]).
     img.fds = snap.fds;
-    capture_pipes(pid, &mut img.fds)?;
     img.attrs.oom_score_adj = Some(proc::oom_score_adj(pid)?);
     img.attrs.coredump_filter = Some(proc::coredump_filter(pid)?);
     // Only a kernel with CONFIG_AUDIT has a loginuid.
@@ -168,10 +170,22 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
         "[vvar_vclock]" => VmaKind::VvarVclock,
         "[vsyscall]" => VmaKind::Vsyscall,
         _ if check::is_shared_anon(m) => VmaKind::SharedAnon,
+        _ if check::is_deleted_shm(m) => VmaKind::DeletedShm,
         _ if m.inode != 0 && m.path.starts_with('/') => VmaKind::File,
         _ => VmaKind::Anon,
     };
-    let file = if kind == VmaKind::File {
+    // A deleted tmpfs file is named by its path; the restore makes it there again.
+    let name = match kind {
+        VmaKind::DeletedShm => m.path.trim_end_matches(" (deleted)").to_string(),
+        _ => m.path.clone(),
+    };
+    // Shared memory objects are told apart by inode (and, for files, device): the processes of
+    // a tree that map one object are linked by it (`dump::share::memory::link`).
+    let ino = match kind {
+        VmaKind::SharedAnon | VmaKind::DeletedShm => m.inode,
+        _ => 0,
+    };
+    let file = if matches!(kind, VmaKind::File | VmaKind::DeletedShm) {
         // map_files/ resolves to the very file mapped, even if the path was replaced since.
         let link = format!("/proc/{pid}/map_files/{}", m.map_files_name());
         let md = std::fs::metadata(&link)
@@ -191,10 +205,10 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
         shared: m.shared,
         pgoff: m.offset,
         kind,
-        name: m.path.clone(),
+        name,
         file,
         vm_flags: m.vm_flags.clone(),
-        ino: 0,
+        ino,
         shared_with: None,
     })
 }
@@ -521,12 +535,17 @@ pub(crate) fn capture_pending(
     Ok(())
 }
 
-/// What each pipe holds, and its capacity, on its read end's first fd: read through a copy of
-/// that fd (`pidfd_getfd`) without taking it from the pipe.
-fn capture_pipes(pid: i32, fds: &mut [crate::image::FdImage]) -> Result<(), DumpError> {
+/// What each pipe holds, and its capacity, on the first fd of its read end in tree order:
+/// the fds of `pid` that are neither `same_as` a lower fd nor `inherited` from an earlier
+/// process (so each pipe is read once in a tree), read through a copy of that fd
+/// (`pidfd_getfd`) without taking it from the pipe.
+pub(crate) fn capture_pipes(pid: i32, fds: &mut [crate::image::FdImage]) -> Result<(), DumpError> {
     use crate::image::FdKind;
     let mut pidfd = None;
-    for f in fds.iter_mut().filter(|f| f.same_as.is_none()) {
+    for f in fds
+        .iter_mut()
+        .filter(|f| f.same_as.is_none() && f.inherited.is_none())
+    {
         if let FdKind::Pipe {
             write: false,
             size,

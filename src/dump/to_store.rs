@@ -25,10 +25,11 @@ pub struct StoredDump {
     pub stats: DumpStats,
 }
 
-/// Dumps process `pid` into `store` as a final dump of `job`, compressed at `level` (None: no
-/// compression). The set is listed only once committed: a failed dump leaves no set (its packs,
-/// if any, are unreferenced and go at the next gc). `memwrite_time` includes the commit. Without
-/// `leave_running`, the process is killed only after the commit; any failure before thaws it.
+/// Dumps the tree rooted at process `pid` into `store` as a final dump of `job`, compressed at
+/// `level` (None: no compression). The set is listed only once committed: a failed dump leaves
+/// no set (its packs, if any, are unreferenced and go at the next gc). `memwrite_time` includes
+/// the commit. Without `leave_running`, the processes are killed only after the commit; any
+/// failure before thaws every one.
 pub fn dump_to_store(
     pid: i32,
     store: &Store,
@@ -46,6 +47,7 @@ pub fn dump_to_store(
     // A process to kill is still frozen here: an error before `end_frozen` drops the guard,
     // which thaws it. It dies only once its set is committed and fsynced.
     let t = Instant::now();
+    writer.set_tree(out.tree);
     let set = writer.commit(Some(out.process))?;
     let mut stats = out.stats;
     stats.memwrite_time += crate::util::us(t.elapsed());

@@ -38,11 +38,13 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// (38) the signal its parent gets when it exits (SIGCHLD unless cloned with another).
+    pub exit_signal: i32,
     /// (40) real-time priority (0 for the normal policies).
     pub rt_priority: u32,
     /// (41) `SCHED_*` policy.
     pub policy: u32,
-    /// (52)
+    /// (52) for a zombie, its wait status as `wait(2)` encodes it; 0 for a living process.
     pub exit_code: i64,
 }
 
@@ -113,6 +115,7 @@ pub fn parse_stat(path: &Path, s: &str) -> Result<Stat> {
         arg_end: opt(49),
         env_start: opt(50),
         env_end: opt(51),
+        exit_signal: num(38).unwrap_or(libc::SIGCHLD as i64) as i32,
         rt_priority: opt(40) as u32,
         policy: opt(41) as u32,
         exit_code: num(52).unwrap_or(0),
@@ -139,6 +142,7 @@ mod tests {
         assert_eq!(st.start_data, 6000000);
         assert_eq!(st.start_brk, 7000000);
         assert_eq!(st.env_end, 140737488351200);
+        assert_eq!(st.exit_signal, 17);
     }
 
     #[test]

@@ -17,11 +17,7 @@ pub fn check_compat(
         set: set.id.clone(),
         reason,
     };
-    let p = process_of(set)?;
-
-    if p.threads.first().map(|t| t.tid) != Some(p.pid) {
-        return Err(bad("the image has no main thread".into()));
-    }
+    let root = process_of(set)?;
     // An eager restore cannot serve pages left to a lazy source. (A lazy restore need not
     // walk the page table for this: its daemon serves them.)
     if !lazy {
@@ -44,16 +40,184 @@ pub fn check_compat(
             set.kernel
         )));
     }
+    check_tree(set, pid, lazy).map_err(bad)?;
+    for (_, p) in set.processes() {
+        check_process(set, p, pid).map_err(|e| match e {
+            // A descendant's reason names it.
+            RestoreError::Incompatible { set, reason } if p.pid != root.pid => {
+                RestoreError::Incompatible {
+                    set,
+                    reason: format!("pid {}: {reason}", p.pid),
+                }
+            }
+            e => e,
+        })?;
+    }
+    if pid == PidChoice::Same {
+        for z in &set.tree.zombies {
+            pid_free(z.pid, &format!("pid {} (a zombie)", z.pid)).map_err(bad)?;
+        }
+    }
+    Ok(root)
+}
+
+/// What a tree needs beyond what each of its processes needs: a plan of its sessions and
+/// groups (`tree::plan`), fd tables shared with the parent, zombie statuses a process can end
+/// with, PIDs where the program cares (`pid = "any"`), and an eager restore.
+fn check_tree(set: &ImageSet, pid: PidChoice, lazy: bool) -> Result<(), String> {
+    let n = set.process_count();
+    if lazy && n > 1 {
+        return Err(format!(
+            "it is a process tree ({n} processes) and a lazy restore serves one process only \
+             for now: restore it without --lazy"
+        ));
+    }
+    let ours = (
+        crate::sys::process::own_sid(),
+        crate::sys::process::own_pgrp(),
+    );
+    super::tree::plan(set, ours)?;
+    for p in &set.tree.descendants {
+        if let Some(f) = p.files_of {
+            let parent = set
+                .processes()
+                .find(|(_, q)| q.pid == p.ppid)
+                .map(|(_, q)| q);
+            let ok = parent.is_some_and(|q| q.pid == f || q.files_of == Some(f));
+            if !ok {
+                return Err(format!(
+                    "pid {} shares the fd table of pid {f}, which is not its parent's \
+                     (pid {}): a fork can only share its parent's",
+                    p.pid, p.ppid
+                ));
+            }
+        }
+    }
+    for z in &set.tree.zombies {
+        zombie_status(z.wait_status)
+            .map_err(|why| format!("zombie pid {} (status {:#x}): {why}", z.pid, z.wait_status))?;
+    }
+    if pid == PidChoice::Any && n > 1 {
+        any_pid_cares(set)?;
+    }
+    Ok(())
+}
+
+/// Whether a process can be made to end so that `wait` reports `status`: an exit (any code),
+/// or a kill by a signal whose default action ends the process, without a core dump (a
+/// restore writes no core file).
+pub(super) fn zombie_status(status: i32) -> Result<(), String> {
+    if status & !0xff00 == 0 {
+        return Ok(());
+    }
+    let sig = status & 0x7f;
+    if status & !0xff != 0 || sig == 0x7f {
+        return Err("not the status of an ended process".into());
+    }
+    if status & 0x80 != 0 {
+        return Err(format!(
+            "it was killed by signal {sig} and dumped core, which a restore does not do again"
+        ));
+    }
+    let stops_or_ignored = [
+        libc::SIGCHLD,
+        libc::SIGCONT,
+        libc::SIGURG,
+        libc::SIGWINCH,
+        libc::SIGSTOP,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ];
+    if sig > 64 || stops_or_ignored.contains(&sig) {
+        return Err(format!("signal {sig} does not end a process by default"));
+    }
+    Ok(())
+}
+
+/// `pid = "any"` gives every process of a tree a new PID, and is refused where the image shows
+/// that the program holds those PIDs somewhere haul cannot change them: a zombie (its parent
+/// reaps it by the PID fork returned), or a descendant that leads a session or process group,
+/// or that such a group or session is named after (a shell with job control keeps and signals
+/// those ids). The one thing no image shows, a parent keeping its children's PIDs in its own
+/// memory (`$!`, `Process.pid`) to wait for them, is the same risk as threads' ids today:
+/// warned about, not refused.
+fn any_pid_cares(set: &ImageSet) -> Result<(), String> {
+    let why = "with pid = \"any\" every process gets a new PID, but";
+    if let Some(z) = set.tree.zombies.first() {
+        return Err(format!(
+            "{why} zombie pid {} is to be reaped by its parent (pid {}) under that PID: \
+             restore with pid = \"same\"",
+            z.pid, z.ppid
+        ));
+    }
+    let desc: Vec<i32> = set.tree.descendants.iter().map(|p| p.pid).collect();
+    for (_, p) in set.processes() {
+        for (what, id) in [("process group", p.pgid), ("session", p.sid)] {
+            if desc.contains(&id) {
+                return Err(format!(
+                    "{why} pid {} is in {what} {id}, named after a process of the tree, whose \
+                     id the program may keep: restore with pid = \"same\"",
+                    p.pid
+                ));
+            }
+        }
+    }
+    tracing::warn!(
+        processes = set.process_count(),
+        "restoring a process tree under new PIDs: a parent that kept its children's old PIDs \
+         (to wait for or signal them) still names the old ones"
+    );
+    Ok(())
+}
+
+/// `pid` (named `what`) is below `pid_max`, not held by a zombie, and free.
+fn pid_free(pid: i32, what: &str) -> Result<(), String> {
+    let max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(i64::MAX);
+    if i64::from(pid) >= max {
+        return Err(format!(
+            "{what} is not below kernel.pid_max ({max}): use --pid any"
+        ));
+    }
+    if let Ok(st) = crate::proc::stat(pid) {
+        if st.is_zombie() {
+            return Err(format!(
+                "{what} is held by a zombie: an exited process its parent (pid {}) has not reaped yet",
+                st.ppid
+            ));
+        }
+    }
+    // /proc/TID answers for any thread's id, not only for process ids.
+    if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        return Err(format!(
+            "{what} is in use (by {}); is the original still running? Stop it, or restore with --pid any",
+            comm.trim()
+        ));
+    }
+    Ok(())
+}
+
+/// What one process of the set needs here.
+fn check_process(set: &ImageSet, p: &ProcessImage, pid: PidChoice) -> Result<(), RestoreError> {
+    let bad = |reason: String| RestoreError::Incompatible {
+        set: set.id.clone(),
+        reason,
+    };
+    if p.threads.first().map(|t| t.tid) != Some(p.pid) {
+        return Err(bad(format!(
+            "the image of pid {} has no main thread",
+            p.pid
+        )));
+    }
     check_vdso_layout(p).map_err(|e| RestoreError::Vdso {
         set: set.id.clone(),
         source: Box::new(e),
     })?;
 
     if pid == PidChoice::Same {
-        let max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(i64::MAX);
         // Every thread gets its dumped id back, so each must be free.
         for t in &p.threads {
             let what = if t.tid == p.pid {
@@ -61,26 +225,7 @@ pub fn check_compat(
             } else {
                 format!("thread id {} (of pid {})", t.tid, p.pid)
             };
-            if i64::from(t.tid) >= max {
-                return Err(bad(format!(
-                    "{what} is not below kernel.pid_max ({max}): use --pid any"
-                )));
-            }
-            if let Ok(st) = crate::proc::stat(t.tid) {
-                if st.is_zombie() {
-                    return Err(bad(format!(
-                        "{what} is held by a zombie: an exited process its parent (pid {}) has not reaped yet",
-                        st.ppid
-                    )));
-                }
-            }
-            // /proc/TID answers for any thread's id, not only for process ids.
-            if let Ok(comm) = std::fs::read_to_string(format!("/proc/{}/comm", t.tid)) {
-                return Err(bad(format!(
-                    "{what} is in use (by {}); is the original still running? Stop it, or restore with --pid any",
-                    comm.trim()
-                )));
-            }
+            pid_free(t.tid, &what).map_err(bad)?;
         }
     }
 
@@ -158,7 +303,7 @@ pub fn check_compat(
     if p.exe.ends_with(" (deleted)") {
         return Err(bad(format!("its executable {} was deleted", p.exe)));
     }
-    Ok(p)
+    Ok(())
 }
 
 /// `CAP_AUDIT_CONTROL` of linux/capability.h (not in libc).

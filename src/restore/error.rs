@@ -74,6 +74,12 @@ pub enum StepError {
     /// `clone3` with `set_tid` gave another thread id.
     #[error("thread {want} was created as {got}")]
     ThreadId { want: i32, got: i32 },
+    /// `clone3` with `set_tid` gave a child process another pid.
+    #[error("child {want} was created as pid {got}")]
+    ChildPid { want: i32, got: i32 },
+    /// A zombie ended with another status than the image's.
+    #[error("zombie {pid} ended with wait status {got:#x}, not {want:#x}")]
+    ZombieStatus { pid: i32, want: i32, got: i32 },
     /// A new thread did not stop as a traced new thread does.
     #[error("thread {tid}: expected its first stop, got {stop:?}")]
     FirstStop {
@@ -125,6 +131,9 @@ pub enum StepError {
     /// The image holds something this build records but cannot rebuild yet.
     #[error("{what} cannot be restored yet")]
     NotYet { what: String },
+    /// A shared memory object could not be made or mapped again.
+    #[error(transparent)]
+    SharedMem(#[from] super::share::MemShareError),
 }
 
 fn to_thread(tid: Option<i32>) -> String {

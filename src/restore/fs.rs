@@ -1,25 +1,21 @@
-//! The fs and limits steps: cwd, umask, personality, session and process group, the
-//! process's name and its prctl-style attributes, then its resource limits.
+//! The fs and limits steps: cwd, umask, personality, the process's name and its prctl-style
+//! attributes, then its resource limits. Sessions and process groups are set while the tree is
+//! created (`create.rs`), by the plan of `tree.rs`, of which [`session_plan`] is the root's.
 
 use super::error::StepResult;
 use crate::image::ProcessImage;
 use crate::sys::remote::{self, Inject};
 
-/// cwd, umask, personality, session and group, name, then the process-wide attributes.
+/// cwd, umask, personality, name, then the process-wide attributes.
 pub(super) fn restore_fs(rs: &mut dyn Inject, p: &ProcessImage) -> StepResult {
     remote::chdir(rs, &p.cwd)?;
     remote::umask(rs, p.umask)?;
     remote::personality(rs, p.personality)?;
-    let ours = (
-        crate::sys::process::own_sid(),
-        crate::sys::process::own_pgrp(),
-    );
-    session_and_group(rs, p, ours)?;
     remote::set_name(rs, &p.comm)?;
     super::attrs::process_attrs(rs, p)
 }
 
-/// What [`session_and_group`] does for a process.
+/// What the root of a restore does about its session and group (`tree::plan` uses it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Session {
     /// A session of its own (`setsid`).
@@ -53,30 +49,6 @@ pub(super) fn session_plan(p: &ProcessImage, ours: (i32, i32)) -> Session {
     } else {
         Session::Group(p.pgid)
     }
-}
-
-/// Applies [`session_plan`].
-fn session_and_group(rs: &mut dyn Inject, p: &ProcessImage, ours: (i32, i32)) -> StepResult {
-    match session_plan(p, ours) {
-        Session::New => {
-            if p.sid != p.pid {
-                tracing::warn!(
-                    pid = p.pid,
-                    sid = p.sid,
-                    "the process's session is not haul's: it gets a session of its own"
-                );
-            }
-            remote::setsid(rs)?;
-        }
-        Session::Stay => {}
-        Session::Group(g) => {
-            if remote::setpgid(rs, g).is_err() {
-                // The group is gone: a group of its own is the nearest thing.
-                remote::setpgid(rs, 0)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Every resource limit of the image (`prlimit64` on the process itself).

@@ -4,6 +4,7 @@
 
 use super::error::{At, StepError, StepResult};
 use super::layout::{SCRATCH_LEN, SYSCALL_CODE};
+use super::share::{Holder, MemShareError, MemTable};
 use super::PageSource;
 use crate::image::{ImageSet, PageRef, ProcessImage, Vma, VmaKind, PAGE_SIZE};
 use crate::sys::remote::{self, Inject};
@@ -64,7 +65,9 @@ pub(super) fn unmap_old(
 /// Whether the restore writes pages into this VMA (then it is mapped writable until filled).
 fn filled(v: &Vma) -> bool {
     match v.kind {
-        VmaKind::Anon | VmaKind::SharedAnon => true,
+        VmaKind::Anon => true,
+        // A later mapping of a shared object: its first holder's pages fill the object.
+        VmaKind::SharedAnon | VmaKind::DeletedShm => v.shared_with.is_none(),
         VmaKind::File => !v.shared,
         _ => false,
     }
@@ -94,7 +97,8 @@ pub(super) fn map_prot_flags(v: &Vma, set: &ImageSet, lazy: &[(u64, u64)]) -> (u
     if v.has_flag("nr") {
         flags |= libc::MAP_NORESERVE as u64;
     }
-    if matches!(v.kind, VmaKind::Anon | VmaKind::SharedAnon) {
+    // A later mapping of shared anonymous memory maps its first holder's object, a file.
+    if v.kind == VmaKind::Anon || (v.kind == VmaKind::SharedAnon && v.shared_with.is_none()) {
         flags |= libc::MAP_ANONYMOUS as u64;
     }
     (prot, flags)
@@ -109,34 +113,47 @@ pub(super) fn map_vmas(
     lazy: &[(u64, u64)],
     shared: &mut super::share::Shared,
 ) -> StepResult<Vec<Option<u32>>> {
-    let _ = &shared.mem;
+    let me = rs.pid();
     let mut out = Vec::with_capacity(p.vmas.len());
     for v in &p.vmas {
         let (prot, flags) = map_prot_flags(v, set, lazy);
         let what = || format!("VMA {:#x}-{:#x} {}", v.start, v.end, v.name);
+        // A shared mapping that may be made writable (VmFlags `mw`, from a file opened for
+        // writing) needs the file opened so again, even while it is read-only: else a later
+        // mprotect(PROT_WRITE) fails with EACCES.
+        let may_write = v.prot & libc::PROT_WRITE as u32 != 0 || v.has_flag("mw");
+        let mode = if v.shared && may_write {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
+        let holder = |shift| Holder {
+            pid: me,
+            start: v.start,
+            end: v.end,
+            shift,
+        };
         match v.kind {
             VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => {
                 out.push(None);
                 continue;
             }
+            VmaKind::SharedAnon | VmaKind::DeletedShm if v.shared_with.is_some() => {
+                map_shared_again(rs, v, prot, flags, mode, &shared.mem).at(what)?;
+            }
             VmaKind::DeletedShm => {
-                return Err(StepError::NotYet {
-                    what: format!("VMA {:#x}-{:#x} {} (deleted)", v.start, v.end, v.name),
-                })
+                let h = holder(0);
+                make_deleted_shm(rs, v, prot, flags).at(what)?;
+                shared.mem.add(p.pid, v.start, h);
             }
             VmaKind::Anon | VmaKind::SharedAnon => {
+                let h = holder(v.pgoff);
                 remote::mmap(rs, v.start, v.len(), prot, flags, None, 0).at(what)?;
+                if v.kind == VmaKind::SharedAnon {
+                    shared.mem.add(p.pid, v.start, h);
+                }
             }
             VmaKind::File => {
-                // A shared mapping that may be made writable (VmFlags `mw`, from a file opened
-                // for writing) needs the file opened so again, even while it is read-only:
-                // else a later mprotect(PROT_WRITE) fails with EACCES.
-                let may_write = v.prot & libc::PROT_WRITE as u32 != 0 || v.has_flag("mw");
-                let mode = if v.shared && may_write {
-                    libc::O_RDWR
-                } else {
-                    libc::O_RDONLY
-                };
                 let fd = remote::open(rs, &v.name, mode | libc::O_CLOEXEC).at(what)?;
                 let r = remote::mmap(rs, v.start, v.len(), prot, flags, Some(fd), v.pgoff);
                 let _ = remote::close(rs, fd);
@@ -146,6 +163,62 @@ pub(super) fn map_vmas(
         out.push(Some(prot));
     }
     Ok(out)
+}
+
+/// Maps `v`, a later mapping of a shared memory object, from the object its first holder
+/// (restored earlier) maps: opened through `/proc/PID/map_files/` of that process (the target
+/// still has haul's credentials), mapped at `v`'s own offset into it, closed.
+fn map_shared_again(
+    rs: &mut dyn Inject,
+    v: &Vma,
+    prot: u32,
+    flags: u64,
+    mode: i32,
+    mem: &MemTable,
+) -> StepResult {
+    let from = v.shared_with.ok_or(MemShareError::NoHolder {
+        start: v.start,
+        end: v.end,
+        from_pid: 0,
+        from_start: 0,
+    })?;
+    let h = mem.get(from).ok_or(MemShareError::NoHolder {
+        start: v.start,
+        end: v.end,
+        from_pid: from.pid,
+        from_start: from.start,
+    })?;
+    let off = v
+        .pgoff
+        .checked_sub(h.shift)
+        .ok_or(MemShareError::BeforeHolder {
+            start: v.start,
+            end: v.end,
+            pgoff: v.pgoff,
+            shift: h.shift,
+        })?;
+    let fd = remote::open(rs, &h.map_files(), mode | libc::O_CLOEXEC)?;
+    let r = remote::mmap(rs, v.start, v.len(), prot, flags, Some(fd), off);
+    let _ = remote::close(rs, fd);
+    r?;
+    Ok(())
+}
+
+/// Makes a deleted tmpfs file again for its first holder: created at its path (never over
+/// something there: `O_EXCL`), sized as it was, mapped, closed and unlinked at once (later
+/// processes map it through this one's `map_files/`; the fill writes its pages). Unlinked
+/// whatever fails after it was created, so nothing is left behind.
+fn make_deleted_shm(rs: &mut dyn Inject, v: &Vma, prot: u32, flags: u64) -> StepResult {
+    let create = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+    let fd = remote::open_mode(rs, &v.name, create, 0o600)?;
+    let size = v.file.as_ref().map_or(v.pgoff + v.len(), |f| f.size);
+    let r = remote::ftruncate(rs, fd, size)
+        .and_then(|()| remote::mmap(rs, v.start, v.len(), prot, flags, Some(fd), v.pgoff));
+    let _ = remote::close(rs, fd);
+    let gone = remote::unlink(rs, &v.name);
+    r?;
+    gone?;
+    Ok(())
 }
 
 /// The final state of each VMA mapped here: its protection (where it was mapped writable for
@@ -230,13 +303,48 @@ pub(super) fn eager_part(set: &ImageSet, p: &ProcessImage, lazy: &[(u64, u64)]) 
     }
 }
 
+/// The pages of page space `space` of `set` as a set of their own: under their page keys
+/// (`keyed`: what a page source reads, since a page server checks keys against the set), or
+/// at the process's own addresses (what map, protect, verify and a lazy restore look at). A
+/// set without descendants is its own view in both senses (space 0 keys are addresses), and is
+/// given back as it is.
+pub(super) fn space_view(
+    set: &ImageSet,
+    space: u16,
+    keyed: bool,
+) -> std::borrow::Cow<'_, ImageSet> {
+    if set.tree.descendants.is_empty() {
+        return std::borrow::Cow::Borrowed(set);
+    }
+    let pages = if keyed {
+        let (lo, hi) = crate::image::space_bounds(space);
+        set.pages.range(lo, hi).collect()
+    } else {
+        set.pages_of(space).collect()
+    };
+    std::borrow::Cow::Owned(ImageSet {
+        id: set.id.clone(),
+        job: set.job.clone(),
+        created_us: set.created_us,
+        kind: set.kind,
+        parent: set.parent.clone(),
+        kernel: set.kernel.clone(),
+        process: None,
+        tree: Default::default(),
+        pages,
+        figures: set.figures.clone(),
+    })
+}
+
 /// Writes every stored page of the set into the process: runs of pages are gathered into a
 /// buffer of up to [`FILL_CHUNK`] bytes and written with one `process_vm_writev` of up to 1024
 /// ranges. Zero pages of private file mappings are written too (the file's content is not what
-/// the process had). Returns the number of pages written.
+/// the process had). The set's page keys are `base` + the address (a process's page space,
+/// [`space_view`] with `keyed`). Returns the number of pages written.
 pub(super) fn fill(
     pid: i32,
     set: &ImageSet,
+    base: u64,
     p: &ProcessImage,
     source: &dyn PageSource,
 ) -> StepResult<u64> {
@@ -261,7 +369,8 @@ pub(super) fn fill(
         ranges.clear();
         Ok(())
     };
-    let mut sink = |addr: u64, data: &[u8]| -> Result<(), super::BoxError> {
+    let mut sink = |key: u64, data: &[u8]| -> Result<(), super::BoxError> {
+        let addr = key - base;
         if buf.len() + data.len() > FILL_CHUNK || ranges.len() == IOV_MAX {
             flush(&mut buf, &mut ranges).map_err(Box::new)?;
         }
@@ -291,9 +400,9 @@ pub(super) fn fill(
         .iter()
         .filter(|v| v.kind == VmaKind::File && !v.shared)
     {
-        for (addr, r) in set.pages.range(v.start, v.end) {
+        for (key, r) in set.pages.range(base + v.start, base + v.end) {
             if r == PageRef::Zero {
-                crate::sys::mem::process_vm_write(pid, addr, &zero)?;
+                crate::sys::mem::process_vm_write(pid, key - base, &zero)?;
                 pages += 1;
             }
         }

@@ -16,6 +16,7 @@
 mod attrs;
 mod cgroup;
 mod compat;
+mod create;
 mod creds;
 mod error;
 mod fds;
@@ -30,6 +31,7 @@ mod signals;
 mod tests;
 mod threads;
 mod timers;
+mod tree;
 mod vdso;
 mod verify;
 
@@ -40,6 +42,7 @@ use crate::image::{ImageSet, ProcessImage};
 pub use cgroup::CgroupError;
 pub use compat::{check_compat, FileMismatch, VdsoMismatch};
 pub use error::StepError;
+pub use share::MemShareError;
 pub use verify::{compare as compare_state, StateDifference};
 
 /// Errors of the `restore` module.
@@ -226,7 +229,11 @@ pub struct RestoreOptions {
 /// What a restore did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RestoreOutcome {
+    /// The root's pid.
     pub pid: i32,
+    /// (pid in the image, pid here) of every process restored: the root, its descendants in
+    /// tree order, then the zombies.
+    pub pids: Vec<(i32, i32)>,
     /// Whole restore, compatibility check to running (µs).
     pub restore_time: u64,
     /// From the start of the restore until the process runs (µs).
@@ -269,11 +276,13 @@ pub fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreOutcome, RestoreError> {
     let start = Instant::now();
-    let process = compat::check_compat(set, opts.pid, false)?;
+    compat::check_compat(set, opts.pid, false)?;
     if opts.verify_state {
-        verify::require_record(set, process)?;
+        for (_, p) in set.processes() {
+            verify::require_record(set, p)?;
+        }
     }
-    let mut out = rebuild::rebuild(set, process, source, opts, start, None)?;
+    let mut out = rebuild::rebuild(set, source, opts, start, None)?;
     out.restore_time = crate::util::us(start.elapsed());
     Ok(out)
 }
@@ -335,7 +344,7 @@ pub fn restore_lazy(
     if opts.verify_state {
         verify::require_record(set, process)?;
     }
-    let mut out = rebuild::rebuild(set, process, source, opts, start, Some(hooks))?;
+    let mut out = rebuild::rebuild(set, source, opts, start, Some(hooks))?;
     out.restore_time = crate::util::us(start.elapsed());
     Ok(out)
 }

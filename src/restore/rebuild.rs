@@ -1,161 +1,153 @@
-//! The rebuild's sequence: every step drives the parked child by injected syscalls; each is a
-//! module of its own (memory, vdso, mm, fds, fs, signals, threads, creds, timers, ...).
+//! The rebuild's sequence: every step drives a parked process by injected syscalls; each is a
+//! module of its own (memory, vdso, mm, fds, fs, signals, threads, creds, timers, ...). A tree
+//! is created first (`create.rs`, planned by `tree.rs`), then each process is rebuilt by the
+//! same steps, and all run together.
 
 use std::time::Instant;
 
+use super::create::{self, maps, Ctx, Made, Proc};
 use super::error::{StepError, StepResult};
-use super::layout::{ARGS_LEN, ARGS_OFF, SCRATCH_LEN};
+use super::layout::SCRATCH_LEN;
 use super::{memory, PageSource, RestoreError, RestoreOptions, RestoreOutcome, Step};
-use crate::image::{ImageSet, ProcessImage};
+use crate::image::ImageSet;
 use crate::sys::ptrace;
-use crate::sys::remote::{self, RemoteSyscall};
+use crate::sys::remote;
 
-/// Kills the half-built process unless disarmed: nothing is left behind on any error path.
-struct Half {
-    pid: Option<i32>,
-    /// The threads created so far besides the main one (haul traces them too).
-    threads: Vec<i32>,
-}
-
-impl Drop for Half {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            let _ = crate::sys::process::kill(pid, libc::SIGKILL);
-            // We may be their tracer: reap the traces so that init can reap the process (a
-            // traced thread stays a zombie until its tracer waits for it).
-            for &tid in &self.threads {
-                let _ = ptrace::wait_stop(tid);
-            }
-            let _ = ptrace::wait_stop(pid);
-        }
-    }
-}
-
-struct Ctx<'a> {
-    set: &'a ImageSet,
-    fail_at: Option<Step>,
-}
-
-impl Ctx<'_> {
-    fn err(&self, step: Step, source: StepError) -> RestoreError {
-        RestoreError::Step {
-            set: self.set.id.clone(),
-            step,
-            source: Box::new(source),
-        }
-    }
-    /// Enters a step: fails on purpose when the test switch names it.
-    fn enter(&self, step: Step) -> Result<(), RestoreError> {
-        if self.fail_at == Some(step) {
-            return Err(self.err(step, StepError::TestSwitch));
-        }
-        tracing::debug!(set = %self.set.id, "restore step {step}");
-        Ok(())
-    }
-}
-
-/// Runs `f` as step `s`, turning its error into a [`RestoreError::Step`].
-fn step<T, E: Into<StepError>>(
-    c: &Ctx<'_>,
-    s: Step,
-    f: impl FnOnce() -> Result<T, E>,
-) -> Result<T, RestoreError> {
-    c.enter(s)?;
-    f().map_err(|e| c.err(s, e.into()))
-}
-
-/// The current mappings of `pid` as (start, end, path).
-fn maps(pid: i32) -> StepResult<Vec<(u64, u64, String)>> {
-    Ok(crate::proc::maps(pid)?
-        .into_iter()
-        .map(|m| (m.start, m.end, m.path))
-        .collect())
-}
-
+/// Rebuilds every process of `set` (root first, then its descendants in tree order, then its
+/// zombies) and lets them all run together once each is built. Any failure kills every process
+/// made so far.
 pub(super) fn rebuild(
     set: &ImageSet,
-    p: &ProcessImage,
     source: &dyn PageSource,
     opts: &RestoreOptions,
     start: Instant,
     mut lazy: Option<&mut dyn super::LazyHooks>,
 ) -> Result<RestoreOutcome, RestoreError> {
-    // What the processes of a tree share (one process: nothing, but the same code path).
+    let root = super::process_of(set)?;
+    let ours = (
+        crate::sys::process::own_sid(),
+        crate::sys::process::own_pgrp(),
+    );
+    let plan = super::tree::plan(set, ours).map_err(|reason| RestoreError::Incompatible {
+        set: set.id.clone(),
+        reason,
+    })?;
+    // What the processes of a tree share, built as they are (one for the whole set).
     let mut shared = super::share::Shared::default();
     let c = Ctx {
         set,
         fail_at: opts.fail_at,
+        root: root.pid,
     };
-    let want = match opts.pid {
-        super::PidChoice::Same => Some(p.pid),
-        super::PidChoice::Any => None,
-    };
-    if want.is_none() && p.threads.len() > 1 {
-        tracing::warn!(
-            pid = p.pid,
-            threads = p.threads.len(),
-            "restoring a multi-threaded process under new thread ids: what it recorded of its \
-             own ids (glibc's, for pthread_kill and PI mutexes) still names the old ones"
-        );
+    let same = opts.pid == super::PidChoice::Same;
+    for (_, p) in set.processes() {
+        if !same && p.threads.len() > 1 {
+            tracing::warn!(
+                pid = p.pid,
+                threads = p.threads.len(),
+                "restoring a multi-threaded process under new thread ids: what it recorded of \
+                 its own ids (glibc's, for pthread_kill and PI mutexes) still names the old ones"
+            );
+        }
     }
-    let pid = step(&c, Step::Spawn, || crate::sys::spawn::spawn_parked(want))?;
-    let mut half = Half {
-        pid: Some(pid),
-        threads: Vec::new(),
-    };
+    let pid = c.step(Step::Spawn, root.pid, || {
+        crate::sys::spawn::spawn_parked(same.then_some(root.pid))
+    })?;
+    let mut made = Made::new(set);
+    made.made_as(0, pid);
     if let Some(h) = lazy.as_mut() {
         h.spawned();
     }
+    c.step(Step::Seize, root.pid, || create::seize_root(pid))?;
 
-    step(&c, Step::Seize, || -> Result<(), crate::sys::SysError> {
-        // Syscall stops of injected syscalls report SIGTRAP|0x80 (threads made later inherit it).
-        ptrace::seize(pid, ptrace::PTRACE_O_TRACESYSGOOD)?;
-        ptrace::interrupt(pid)?;
-        loop {
-            if let ptrace::Stop::Event { .. } = ptrace::wait_stop(pid)? {
-                return Ok(());
+    // Every process exists, in its session, before any is rebuilt (tree.rs says why).
+    for i in 0..plan.living.len() {
+        create::prepare(&c, &mut made, &plan, i, same)?;
+    }
+    create::groups(&c, &mut made, &plan)?;
+    create::end_zombies(&c, &mut made)?;
+
+    let mut pages_restored = 0;
+    let mut fill_time = 0;
+    let mut lazy_ranges = Vec::new();
+    for i in 0..made.living.len() {
+        let hooks = if i == 0 { lazy.take() } else { None };
+        let (pages, fill, ranges) =
+            build(&c, &mut made.living[i], source, opts, &mut shared, hooks)?;
+        pages_restored += pages;
+        fill_time += fill;
+        if i == 0 {
+            lazy_ranges = ranges;
+        }
+    }
+    // --verify state: compared while every thread of every process is still stopped, so a
+    // process that differs is killed with the rest (by `made`) before any runs.
+    if opts.verify_state {
+        for (i, pr) in made.living.iter().enumerate() {
+            let view = memory::space_view(set, pr.space, false);
+            let ranges: &[(u64, u64)] = if i == 0 { &lazy_ranges } else { &[] };
+            super::verify::check(&view, pr.p, pr.pid, ranges)?;
+        }
+    }
+    // Let them all go, children before their parents.
+    for pr in made.living.iter_mut().rev() {
+        let pid = pr.pid;
+        c.step(Step::Run, pr.p.pid, || -> StepResult {
+            for &(tid, _) in &pr.threads[1..] {
+                ptrace::detach(tid, 0).map_err(|source| StepError::Detach { tid, source })?;
             }
-            // A signal-delivery stop before the interrupt: let it go and wait again.
-            ptrace::cont(pid, 0)?;
-        }
-    })?;
-    let mut rs = step(&c, Step::Seize, || RemoteSyscall::new(pid, pid))?;
+            Ok(ptrace::detach(pid, 0)?)
+        })?;
+    }
+    made.armed = false;
+    Ok(RestoreOutcome {
+        pid,
+        pids: made.pids(),
+        restore_time: 0,
+        time_to_running: crate::util::us(start.elapsed()),
+        pages_restored,
+        fill_time,
+    })
+}
 
-    step(&c, Step::Rseq, || -> StepResult {
-        if let Some(r) = ptrace::get_rseq_config(pid)? {
-            let (addr, len, sig) = (r.rseq_abi_pointer, r.rseq_abi_size, r.signature);
-            remote::rseq_unregister(&mut rs, addr, len, sig)?;
-        }
-        Ok(())
-    })?;
+/// Rebuilds one seized, prepared process from *unmap* to *run* (signals queued, every thread
+/// still stopped). Returns (pages filled, fill time in µs, the ranges left lazy).
+fn build(
+    c: &Ctx<'_>,
+    pr: &mut Proc<'_>,
+    source: &dyn PageSource,
+    opts: &RestoreOptions,
+    shared: &mut super::share::Shared,
+    lazy: Option<&mut dyn super::LazyHooks>,
+) -> Result<(u64, u64, Vec<(u64, u64)>), RestoreError> {
+    let (p, pid, scratch, ipid) = (pr.p, pr.pid, pr.scratch, pr.p.pid);
+    let set = c.set;
+    let mut rs = pr.rs.take().expect("prepared");
+    // The process's own pages at their own addresses, and (for the page source, which checks
+    // them against the set) under their keys.
+    let view = memory::space_view(set, pr.space, false);
+    let keyed = memory::space_view(set, pr.space, true);
+    let base = crate::image::space_bounds(pr.space).0;
 
-    let scratch = step(&c, Step::Scratch, || -> StepResult<u64> {
-        let now: Vec<(u64, u64)> = maps(pid)?.iter().map(|m| (m.0, m.1)).collect();
-        let addr = memory::map_scratch(&mut rs, &now, p)?;
-        rs.set_insn(addr);
-        rs.set_args_area(addr + ARGS_OFF, ARGS_LEN);
-        Ok(addr)
-    })?;
-
-    step(&c, Step::Unmap, || {
+    c.step(Step::Unmap, ipid, || {
         memory::unmap_old(&mut rs, &maps(pid)?, scratch)
     })?;
-    step(&c, Step::Vdso, || {
+    c.step(Step::Vdso, ipid, || {
         super::vdso::move_vdso(&mut rs, &maps(pid)?, p)
     })?;
 
     // Lazy: the daemon takes the private anonymous memory; the fill skips it.
     let lazy_ranges: Vec<(u64, u64)> = match lazy {
-        Some(_) => super::lazy_ranges(set, p),
+        Some(_) => super::lazy_ranges(&view, p),
         None => Vec::new(),
     };
-    let temp_prot = step(&c, Step::Map, || {
-        memory::map_vmas(&mut rs, set, p, &lazy_ranges, &mut shared)
+    let temp_prot = c.step(Step::Map, ipid, || {
+        memory::map_vmas(&mut rs, &view, p, &lazy_ranges, shared)
     })?;
 
     if let Some(hooks) = lazy {
         let ranges = lazy_ranges.clone();
-        step(&c, Step::Lazy, || -> StepResult {
+        c.step(Step::Lazy, ipid, || -> StepResult {
             let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
             let t = remote::take_uffd(&mut rs, flags)?;
             hooks
@@ -170,55 +162,59 @@ pub(super) fn rebuild(
     }
 
     let fill_start = Instant::now();
-    let pages_restored = step(&c, Step::Fill, || {
+    let pages_restored = c.step(Step::Fill, ipid, || {
         if lazy_ranges.is_empty() {
-            memory::fill(pid, set, p, source)
+            memory::fill(pid, &keyed, base, p, source)
         } else {
             let eager = memory::eager_part(set, p, &lazy_ranges);
-            memory::fill(pid, &eager, p, source)
+            memory::fill(pid, &eager, 0, p, source)
         }
     })?;
     let fill_time = crate::util::us(fill_start.elapsed());
 
-    step(&c, Step::Protect, || {
+    c.step(Step::Protect, ipid, || {
         memory::protect(&mut rs, p, &temp_prot)
     })?;
-    step(&c, Step::MmMap, || super::mm::set_mm(&mut rs, p))?;
-    step(&c, Step::Files, || {
-        super::fds::restore_fds(&mut rs, p, &mut shared)
-    })?;
-    step(&c, Step::Fs, || super::fs::restore_fs(&mut rs, p))?;
-    step(&c, Step::Limits, || super::fs::restore_limits(&mut rs, p))?;
-    step(&c, Step::Signals, || {
+    c.step(Step::MmMap, ipid, || super::mm::set_mm(&mut rs, p))?;
+    // A process sharing its parent's fd table (CLONE_FILES) has its fds from that one.
+    if p.files_of.is_none() {
+        c.step(Step::Files, ipid, || {
+            super::fds::restore_fds(&mut rs, p, shared)
+        })?;
+    }
+    c.step(Step::Fs, ipid, || super::fs::restore_fs(&mut rs, p))?;
+    c.step(Step::Limits, ipid, || super::fs::restore_limits(&mut rs, p))?;
+    c.step(Step::Signals, ipid, || {
         super::signals::restore_sigactions(&mut rs, p)
     })?;
     let t = &p.threads[0];
     // The other threads, each created by an injected clone3 with its dumped tid and given its
     // own state (credentials are per thread too), left stopped with its registers set.
-    let threads = step(&c, Step::Threads, || -> StepResult<Vec<(i32, u64)>> {
+    let same = opts.pid == super::PidChoice::Same;
+    c.step(Step::Threads, ipid, || -> StepResult {
         super::threads::thread_state(&mut rs, t)?;
-        let mut made = vec![(pid, t.pending)];
-        let same = opts.pid == super::PidChoice::Same;
+        pr.threads = vec![(pid, t.pending)];
         for t in &p.threads[1..] {
             let tid = super::threads::spawn_thread(&mut rs, t, scratch, same)?;
-            half.threads.push(tid);
+            pr.threads.push((tid, 0));
             super::threads::finish_thread(pid, tid, t, p, scratch)?;
-            made.push((tid, t.pending));
+            pr.threads.last_mut().expect("pushed").1 = t.pending;
         }
-        Ok(made)
+        Ok(())
     })?;
+    let threads = pr.threads.clone();
     // Every thread exists: each goes back into its cgroups.
-    step(&c, Step::Threads, || {
+    c.step(Step::Threads, ipid, || {
         let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
         super::cgroup::place(pid, p, &tids)
     })?;
-    step(&c, Step::Creds, || -> StepResult {
+    c.step(Step::Creds, ipid, || -> StepResult {
         super::creds::restore_creds(&mut rs, p)?;
         super::attrs::thread_after_creds(&mut rs, &t.attrs)?;
         super::attrs::dumpable(&mut rs, p)
     })?;
 
-    step(&c, Step::Regs, || -> StepResult {
+    c.step(Step::Regs, ipid, || -> StepResult {
         let regs = super::threads::final_regs(t)?;
         // Queued signals with their siginfo (every signal is blocked while haul injects, so
         // they stay queued until the thread runs with its own mask).
@@ -234,27 +230,9 @@ pub(super) fn rebuild(
         super::threads::set_thread_regs(pid, t, &regs)
     })?;
 
-    step(&c, Step::Run, || {
+    c.step(Step::Run, ipid, || {
         drop(rs);
         super::signals::queue_pending(pid, p, &threads)
     })?;
-    // --verify state: compared while every thread is still stopped, so a process that differs
-    // is killed (by `half`) before it runs.
-    if opts.verify_state {
-        super::verify::check(set, p, pid, &lazy_ranges)?;
-    }
-    step(&c, Step::Run, || -> StepResult {
-        for &(tid, _) in &threads[1..] {
-            ptrace::detach(tid, 0).map_err(|source| StepError::Detach { tid, source })?;
-        }
-        Ok(ptrace::detach(pid, 0)?)
-    })?;
-    half.pid = None;
-    Ok(RestoreOutcome {
-        pid,
-        restore_time: 0,
-        time_to_running: crate::util::us(start.elapsed()),
-        pages_restored,
-        fill_time,
-    })
+    Ok((pages_restored, fill_time, lazy_ranges))
 }

@@ -11,6 +11,7 @@
 //! - [`pagemap`]: `/proc/PID/pagemap` entries and the `PAGEMAP_SCAN` ioctl.
 //! - [`uffd`]: userfaultfd ioctls.
 //! - [`spawn`]: the parked process a restore rebuilds (clone3 `set_tid`), re-parented away.
+//! - [`shm`]: the filesystem of a mapped file (`statfs`), SysV semaphores' last users.
 //! - [`process`]: pidfd, signals, robust lists, rlimits, clone3, `PR_SET_MM_MAP`, rseq constants.
 #![allow(unsafe_code)]
 
@@ -23,6 +24,9 @@ pub mod pipe;
 pub mod process;
 pub mod ptrace;
 pub mod remote;
+pub mod shm;
+pub mod sockdiag;
+pub mod socket;
 pub mod spawn;
 pub mod uffd;
 pub mod uffd_restore;

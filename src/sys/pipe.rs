@@ -85,3 +85,35 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| super::io_err("pipe2", std::io::Error::from(e)))
 }
+
+/// Sets the capacity of the pipe behind `fd` (haul's copy of a target's end):
+/// `fcntl(fd, F_SETPIPE_SZ, size)`, see fcntl(2).
+pub fn set_size(fd: std::os::fd::BorrowedFd<'_>, size: u32) -> Result<()> {
+    // SAFETY: fcntl with integer arguments on a descriptor we hold.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), F_SETPIPE_SZ, size as libc::c_int) };
+    check(r as libc::c_long, || format!("fcntl(F_SETPIPE_SZ, {size})"))?;
+    Ok(())
+}
+
+/// Writes all of `data` into the pipe's write end `fd` (haul's copy): write(2) until done.
+pub fn write_all(fd: std::os::fd::BorrowedFd<'_>, data: &[u8]) -> Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: write reads the unsent tail of a buffer we own.
+        let n = unsafe {
+            libc::write(
+                fd.as_raw_fd(),
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+            )
+        };
+        if n < 0 {
+            return Err(last_err(format!(
+                "write of {} bytes back into a pipe",
+                data.len() - done
+            )));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}

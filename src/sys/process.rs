@@ -331,24 +331,53 @@ pub fn clone3_stopped_child(set_tid: Option<i32>) -> Result<i32> {
     }
 }
 
-/// `KCMP_FILE` of kcmp(2) (linux/kcmp.h; neither libc nor linux-raw-sys has it).
+/// `KCMP_FILE` and `KCMP_FILES` of kcmp(2) (linux/kcmp.h; neither libc nor linux-raw-sys has
+/// them).
 const KCMP_FILE: libc::c_long = 0;
+const KCMP_FILES: libc::c_long = 2;
 
 /// Whether fds `a` and `b` of process `pid` are the same open file description (one offset,
 /// one set of status flags: `dup`, `2>&1`), with `kcmp(pid, pid, KCMP_FILE, a, b)`, see kcmp(2).
 pub fn same_open_file(pid: i32, a: i32, b: i32) -> Result<bool> {
+    kcmp_file(pid, a, pid, b)
+}
+
+/// Whether fd `a` of process `pa` and fd `b` of process `pb` are the same open file
+/// description (inherited across `fork`, passed over a socket):
+/// `kcmp(pa, pb, KCMP_FILE, a, b)`, see kcmp(2).
+pub fn kcmp_file(pa: i32, a: i32, pb: i32, b: i32) -> Result<bool> {
     // SAFETY: kcmp takes only integers and reads nothing from our memory.
     let r = unsafe {
         libc::syscall(
             nr::KCMP,
-            pid,
-            pid,
+            pa,
+            pb,
             KCMP_FILE,
             a as libc::c_long,
             b as libc::c_long,
         )
     };
-    check(r, || format!("kcmp(pid {pid}, KCMP_FILE, fd {a}, fd {b})"))?;
+    check(r, || {
+        format!("kcmp(pid {pa}, pid {pb}, KCMP_FILE, fd {a}, fd {b})")
+    })?;
+    Ok(r == 0)
+}
+
+/// Whether processes `pa` and `pb` share one fd table (`CLONE_FILES`):
+/// `kcmp(pa, pb, KCMP_FILES)`, see kcmp(2).
+pub fn same_fd_table(pa: i32, pb: i32) -> Result<bool> {
+    // SAFETY: kcmp takes only integers and reads nothing from our memory.
+    let r = unsafe {
+        libc::syscall(
+            nr::KCMP,
+            pa,
+            pb,
+            KCMP_FILES,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    check(r, || format!("kcmp(pid {pa}, pid {pb}, KCMP_FILES)"))?;
     Ok(r == 0)
 }
 

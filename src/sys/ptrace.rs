@@ -289,6 +289,15 @@ pub enum Stop {
 /// Waits for the next state change of tracee `tid`: `waitpid(tid, &status, __WALL)`, see
 /// waitpid(2). An exit or death is [`SysError::Gone`].
 pub fn wait_stop(tid: i32) -> Result<Stop> {
+    let status = wait_status(tid)?;
+    decode_status(tid, status)
+}
+
+/// `waitpid(tid, &status, __WALL)`, see waitpid(2), retried on `EINTR`: the raw wait status
+/// of the next state change of tracee (or child) `tid`. When `tid` ended and haul traces it
+/// without being its parent, this wait hands it over to its real parent, whose own `wait`
+/// then reports the same status. `ECHILD` is [`SysError::Gone`].
+pub fn wait_status(tid: i32) -> Result<i32> {
     let mut status: libc::c_int = 0;
     loop {
         // SAFETY: waitpid writes one c_int to `status`, a live local.
@@ -306,9 +315,8 @@ pub fn wait_stop(tid: i32) -> Result<Stop> {
             }
             return Err(super::io_err(format!("waitpid({tid}, __WALL)"), e));
         }
-        break;
+        return Ok(status);
     }
-    decode_status(tid, status)
 }
 
 /// Decodes a wait status into a [`Stop`] (or [`SysError::Gone`]).

@@ -344,6 +344,45 @@ impl RemoteSyscall {
     }
 }
 
+impl RemoteSyscall {
+    /// Ends the thread's process (a single-threaded one) so that its parent's `wait` reports
+    /// `status`, a wait(2) status: `code << 8` makes it run `exit_group(code)` at the syscall
+    /// instruction; a signal number makes it take that signal with its default action, which
+    /// the caller made sure terminates it (and does not dump core). haul, its tracer, waits for
+    /// its end, which hands it over to its real parent as a zombie. Returns the status haul
+    /// saw.
+    pub fn end_process(mut self, status: i32) -> Result<i32> {
+        self.scratch = None;
+        let tid = self.tid;
+        let sig = status & 0x7f;
+        if sig == 0 {
+            let mut r = self.orig;
+            r.rip = self.insn;
+            r.rax = libc::SYS_exit_group as u64;
+            r.orig_rax = u64::MAX;
+            r.rdi = ((status >> 8) & 0xff) as u64;
+            ptrace::set_sigmask(tid, u64::MAX)?;
+            ptrace::setregs(tid, &r)?;
+        } else {
+            ptrace::set_sigmask(tid, 0)?;
+            super::process::tgkill(self.pid, tid, sig)?;
+        }
+        ptrace::cont(tid, 0)?;
+        loop {
+            let st = ptrace::wait_status(tid)?;
+            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                return Ok(st);
+            }
+            // The signal's delivery stop: let it be delivered; any other stop: go on.
+            let deliver = match ptrace::decode_status(tid, st)? {
+                Stop::Signal { sig: s } if s == sig => sig,
+                _ => 0,
+            };
+            ptrace::cont(tid, deliver)?;
+        }
+    }
+}
+
 impl Inject for RemoteSyscall {
     fn pid(&self) -> i32 {
         self.pid

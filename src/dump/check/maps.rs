@@ -23,8 +23,13 @@ pub(crate) fn check_mapping(pid: i32, m: &proc::MapEntry) -> Result<(), DumpErro
         return no("hugetlb memory");
     }
     let p = m.path.as_str();
-    if p.starts_with("/SYSV") {
-        return no("SysV shared memory");
+    if let Some(key) = p.strip_prefix("/SYSV") {
+        // "/SYSV<key in hex> (deleted)"; the inode is the segment's shmid.
+        let key = key.trim_end_matches(" (deleted)");
+        return no(&format!(
+            "SysV shared memory (key 0x{key}, shmid {})",
+            m.inode
+        ));
     }
     if p.starts_with("/memfd:") {
         return no("a memfd mapping");
@@ -33,7 +38,17 @@ pub(crate) fn check_mapping(pid: i32, m: &proc::MapEntry) -> Result<(), DumpErro
         return Ok(());
     }
     if p.ends_with(" (deleted)") {
-        return no("a mapping of a deleted file");
+        if !m.shared {
+            return no("a private mapping of a deleted file");
+        }
+        // A deleted tmpfs file mapped shared (POSIX semaphores and shared memory after
+        // unlink): its pages are stored and the file made again. On a disk it is refused.
+        let link = format!("/proc/{pid}/map_files/{}", m.map_files_name());
+        return match crate::sys::shm::on_tmpfs(std::path::Path::new(&link)) {
+            Ok(true) => Ok(()),
+            Ok(false) => no("a shared mapping of a deleted file outside tmpfs"),
+            Err(e) => Err(DumpError::Sys(e)),
+        };
     }
     if p.starts_with('[') {
         return match p {
@@ -49,6 +64,18 @@ pub(crate) fn check_mapping(pid: i32, m: &proc::MapEntry) -> Result<(), DumpErro
         return no("a device mapping");
     }
     Ok(())
+}
+
+/// A shared mapping of a deleted file that [`check_mapping`] let through: a deleted tmpfs file
+/// (`VmaKind::DeletedShm`). By name only; the filesystem is checked by `check_mapping`.
+pub(crate) fn is_deleted_shm(m: &proc::MapEntry) -> bool {
+    let p = m.path.as_str();
+    m.shared
+        && p.starts_with('/')
+        && p.ends_with(" (deleted)")
+        && !is_shared_anon(m)
+        && !p.starts_with("/SYSV")
+        && !p.starts_with("/memfd:")
 }
 
 /// Shared anonymous memory shows as `/dev/zero (deleted)` (or `[anon_shmem:name]`).
@@ -91,7 +118,8 @@ mod tests {
         let m = map("7f00-7f10 rw-s 00000000 00:01 9 /SYSV00000000 (deleted)");
         assert_eq!(
             refusal(&m),
-            "pid 42 mapping 7f00-7f10 (/SYSV00000000 (deleted)): SysV shared memory is not supported yet"
+            "pid 42 mapping 7f00-7f10 (/SYSV00000000 (deleted)): SysV shared memory (key \
+             0x00000000, shmid 9) is not supported yet"
         );
         let cases = [
             (
@@ -100,7 +128,7 @@ mod tests {
             ),
             (
                 "7f00-7f10 rw-p 00000000 fe:00 9 /tmp/x (deleted)",
-                "a mapping of a deleted file",
+                "a private mapping of a deleted file",
             ),
             (
                 "7f00-7f10 rw-p 00000000 00:00 0 [uprobes]",
@@ -126,6 +154,21 @@ mod tests {
         let mut io = map("7f00-7f10 rw-s 00000000 00:00 0 ");
         io.vm_flags = vec!["pf".into()];
         assert!(refusal(&io).contains("VM_IO/VM_PFNMAP"));
+    }
+
+    #[test]
+    fn a_deleted_file_mapped_shared_is_told_by_name_from_memfd_sysv_and_shared_anon() {
+        let sem = map("7f00-7f01 rw-s 00000000 00:1b 13 /dev/shm/sem.KbgX0A (deleted)");
+        assert!(is_deleted_shm(&sem));
+        for l in [
+            "7f00-7f01 rw-p 00000000 00:1b 13 /dev/shm/sem.KbgX0A (deleted)",
+            "7f00-7f01 rw-s 00000000 00:1b 13 /dev/shm/sem.KbgX0A",
+            "7f00-7f01 rw-s 00000000 00:01 13 /dev/zero (deleted)",
+            "7f00-7f01 rw-s 00000000 00:01 13 /memfd:x (deleted)",
+            "7f00-7f01 rw-s 00000000 00:01 13 /SYSV0000002a (deleted)",
+        ] {
+            assert!(!is_deleted_shm(&map(l)), "{l}");
+        }
     }
 
     #[test]

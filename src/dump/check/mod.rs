@@ -7,7 +7,7 @@ mod maps;
 
 pub(crate) use fds::file_id;
 pub use fds::socket_kind;
-pub(crate) use maps::{check_mapping, is_shared_anon};
+pub(crate) use maps::{check_mapping, is_deleted_shm, is_shared_anon};
 
 use super::DumpError;
 use crate::image::FdImage;
@@ -68,23 +68,120 @@ pub(crate) fn process_gone(pid: i32) -> bool {
     }
 }
 
-/// Every check that can be made without touching the process: who it is, then what it uses.
-pub fn precheck(pid: i32) -> Result<(), DumpError> {
-    precheck_snapshot(pid).map(|_| ())
+/// Every check that can be made without touching the processes, for the whole tree rooted at
+/// `pid`: who each one is, then what it uses, then what they share with processes outside the
+/// tree. Every reason is listed, each naming its pid. Returns the pids of the tree (tree
+/// order, root first, zombies included).
+pub fn precheck(pid: i32) -> Result<Vec<i32>, DumpError> {
+    let t = precheck_snapshot(pid)?;
+    let mut pids: Vec<i32> = t.members.iter().map(|(m, _)| m.pid).collect();
+    pids.extend(t.zombies.iter().map(|z| z.pid));
+    Ok(pids)
+}
+
+/// What the checks before the freeze read of a whole tree.
+pub(crate) struct TreeSnapshot {
+    /// Each living process (tree order, root first) with what its checks read.
+    pub members: Vec<(proc::TreeMember, Snapshot)>,
+    /// Zombie descendants (not checked: nothing of them is restored but their exit status).
+    pub zombies: Vec<proc::TreeMember>,
+}
+
+impl TreeSnapshot {
+    /// The pids of the tree other than the root, zombies included.
+    pub fn others(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self.members.iter().skip(1).map(|(m, _)| m.pid).collect();
+        v.extend(self.zombies.iter().map(|z| z.pid));
+        v
+    }
+
+    /// What the checks read of `pid`.
+    pub fn get(&self, pid: i32) -> Option<&Snapshot> {
+        self.members
+            .iter()
+            .find(|(m, _)| m.pid == pid)
+            .map(|(_, s)| s)
+    }
+
+    /// Estimated bytes a dump copies from the whole tree.
+    pub fn resident_estimate(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|(m, _)| resident_estimate(m.pid).unwrap_or(0))
+            .sum()
+    }
 }
 
 /// [`precheck`], returning what it read so the checks under the freeze can reuse it.
-pub(crate) fn precheck_snapshot(pid: i32) -> Result<Snapshot, DumpError> {
+pub(crate) fn precheck_snapshot(root: i32) -> Result<TreeSnapshot, DumpError> {
     let mut found = Refusals::default();
-    check_identity(pid, &mut found)?;
-    let snapshot = check_uses_into(pid, None, &mut found)?;
-    let member = crate::dump::share::Member {
-        pid,
-        snapshot: &snapshot,
+    check_identity(root, &mut found)?;
+    // haul's own ancestors are refused: their tree holds haul itself, never walked.
+    let me = crate::sys::process::getpid();
+    let tree = if is_ancestor(root, me) {
+        proc::tree(root)?.into_iter().take(1).collect()
+    } else {
+        proc::tree(root)?
     };
-    crate::dump::share::check(&[member], &mut found)?;
-    found.finish(pid)?;
-    Ok(snapshot)
+    let mut members = Vec::new();
+    let mut zombies = Vec::new();
+    for m in tree {
+        if m.zombie {
+            zombies.push(m);
+            continue;
+        }
+        if m.pid == root {
+            let snap = check_uses_into(root, None, &mut found)?;
+            members.push((m, snap));
+            continue;
+        }
+        // A descendant may exit while it is checked: the freeze finds the stable tree.
+        let mut mine = Refusals::default();
+        let r = check_identity(m.pid, &mut mine)
+            .and_then(|()| check_uses_into(m.pid, None, &mut mine));
+        match r {
+            Ok(snap) => {
+                found.0.extend(mine.0);
+                members.push((m, snap));
+            }
+            Err(_) if process_gone(m.pid) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list: Vec<crate::dump::share::Member<'_>> = members
+        .iter()
+        .map(|(m, snapshot)| crate::dump::share::Member {
+            pid: m.pid,
+            snapshot,
+        })
+        .collect();
+    crate::dump::share::check(&list, &mut found)?;
+    found.finish(root)?;
+    Ok(TreeSnapshot { members, zombies })
+}
+
+/// The checks again under the freeze, for every process of the frozen tree (`pids`, tree
+/// order): what each uses ([`check_uses_into`], reusing what `before` read of it; a process that
+/// forked while the tree was frozen is checked afresh) and what they share with processes
+/// outside the tree. Every reason is listed. Returns each process's snapshot, in `pids` order.
+pub(crate) fn check_frozen(
+    root: i32,
+    pids: &[i32],
+    before: &TreeSnapshot,
+) -> Result<Vec<Snapshot>, DumpError> {
+    let mut found = Refusals::default();
+    let mut snaps = Vec::with_capacity(pids.len());
+    for &pid in pids {
+        snaps.push(check_uses_into(pid, before.get(pid), &mut found)?);
+    }
+    let list: Vec<crate::dump::share::Member<'_>> = pids
+        .iter()
+        .zip(&snaps)
+        .map(|(&pid, snapshot)| crate::dump::share::Member { pid, snapshot })
+        .collect();
+    crate::dump::share::check(&list, &mut found)?;
+    found.finish(root)?;
+    Ok(snaps)
 }
 
 /// Who the process is: not init, not haul or its ancestors, not a kernel thread, zombie,
@@ -160,26 +257,18 @@ fn check_identity(pid: i32, found: &mut Refusals) -> Result<(), DumpError> {
     Ok(())
 }
 
-/// What [`check_uses`] read: the mappings (with VmFlags) and the fds, reused for the image
+/// What [`check_uses_into`] read: the mappings (with VmFlags) and the fds, reused for the image
 /// (reading smaps walks the page tables: once per freeze is enough).
 pub(crate) struct Snapshot {
     pub maps: Vec<proc::MapEntry>,
     pub fds: Vec<FdImage>,
 }
 
-/// The checks on what the process uses (threads, children, fds, mappings); run before the
+/// The checks on what the process uses (threads, fds, mappings); run before the
 /// freeze and again under it. With `before` (what the check before the freeze read), the
 /// mappings are read from the cheap `/proc/PID/maps` and take their VmFlags from `before`;
 /// smaps is read again only if a mapping changed meanwhile (reading smaps walks the page
-/// tables: ~5 ms for 256 MiB, which would all be frozen time).
-pub(crate) fn check_uses(pid: i32, before: Option<&Snapshot>) -> Result<Snapshot, DumpError> {
-    let mut found = Refusals::default();
-    let snapshot = check_uses_into(pid, before, &mut found)?;
-    found.finish(pid)?;
-    Ok(snapshot)
-}
-
-/// [`check_uses`], noting every refusal in `found`.
+/// tables: ~5 ms for 256 MiB, which would all be frozen time). Every refusal is noted in `found`.
 fn check_uses_into(
     pid: i32,
     before: Option<&Snapshot>,
@@ -205,14 +294,6 @@ fn check_uses_into(
                 "{who} runs under seccomp ({what}): seccomp is not supported yet"
             )));
         }
-    }
-    let kids = proc::children(pid)?;
-    if !kids.is_empty() {
-        let list: Vec<String> = kids.iter().map(|k| k.to_string()).collect();
-        found.add(unsupported(format!(
-            "pid {pid} has child processes ({}): process trees are not supported yet",
-            list.join(", ")
-        )));
     }
     check_places(pid, found)?;
     let fds = fd_images_into(pid, found)?;

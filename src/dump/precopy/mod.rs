@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::freeze::Frozen;
+use super::tree::FrozenTree;
 use super::memory::{self, Run, VmaPlan};
 use super::{DumpError, DumpOptions, FinalPlan, PageSink, StoredDump};
 use crate::image::{SetKind, Vma, PAGE_SIZE};
@@ -125,7 +125,9 @@ impl<'s> Precopy<'s> {
         job: &str,
         popts: &PrecopyOptions,
     ) -> Result<Precopy<'s>, DumpError> {
-        super::check::precheck(pid)?;
+        // Pre-copy tracks one process: a tree is refused before anything is touched.
+        let pids = super::check::precheck(pid)?;
+        super::tree::refuse_tree(pid, &pids[1..], "pre-copy")?;
         let (tracker, reason, setup_frozen_us) = choose(pid, popts.tracker)?;
         tracing::info!(pid, tracker = %tracker.kind(), %reason, setup_frozen_us, "pre-copy tracker");
         Ok(Precopy {
@@ -360,14 +362,15 @@ impl<'s> Precopy<'s> {
         };
         let (d, report, frozen) = self.final_dump_inner(&opts)?;
         let frozen = frozen
-            .ok_or_else(|| DumpError::Internal("the lazy final dump lost its source".into()))?;
+            .ok_or_else(|| DumpError::Internal("the lazy final dump lost its source".into()))?
+            .into_root()?;
         Ok((d, report, super::FrozenSource::new(frozen)))
     }
 
     fn final_dump_inner(
         mut self,
         opts: &DumpOptions,
-    ) -> Result<(StoredDump, PredumpReport, Option<Frozen>), DumpError> {
+    ) -> Result<(StoredDump, PredumpReport, Option<FrozenTree>), DumpError> {
         let store = self.store;
         let mut writer =
             store.begin_set(&self.job, SetKind::Dump, self.parent.as_deref(), self.level)?;

@@ -53,8 +53,9 @@ impl Region {
             m.path.as_str(),
             "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
         );
-        let file =
-            m.inode != 0 && m.path.starts_with('/') && !crate::dump::check::is_shared_anon(m);
+        // Shared memory objects (shared anonymous, deleted tmpfs files) are copied whole.
+        let shm = crate::dump::check::is_shared_anon(m) || crate::dump::check::is_deleted_shm(m);
+        let file = m.inode != 0 && m.path.starts_with('/') && !shm;
         let pages = match (special, file, m.shared) {
             (true, _, _) | (false, true, true) => return None,
             (false, true, false) => Pages::NotFile,
@@ -209,6 +210,9 @@ mod tests {
         let shm =
             Region::from_map(&map("1000-2000 rw-s 00000000 00:01 5 /dev/zero (deleted)")).unwrap();
         assert_eq!((shm.pages, shm.tracked), (Pages::All, false));
+        // So is a deleted tmpfs file mapped shared (a POSIX semaphore).
+        let sem = map("1000-2000 rw-s 00000000 00:1b 13 /dev/shm/sem.x (deleted)");
+        assert_eq!(Region::from_map(&sem).map(|r| r.pages), Some(Pages::All));
         assert_eq!(
             shm.area(),
             Area {

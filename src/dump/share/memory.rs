@@ -1,16 +1,355 @@
 //! Shared memory objects mapped by several processes of a tree: shared anonymous memory
-//! inherited across fork, deleted tmpfs files (POSIX semaphores).
+//! inherited across fork, deleted tmpfs files (POSIX semaphores); and SysV IPC, refused.
+//!
+//! One object (same kind, device and inode) is stored once: its first holder in tree order
+//! keeps its pages, every later mapping of it gets `Vma::shared_with` naming that mapping and
+//! is mapped from it by the restore, at its own offset into the object. A later mapping that
+//! covers object pages its first holder's mapping does not would lose them (they are stored
+//! nowhere), so it is refused by name.
+
+use std::collections::{BTreeSet, HashMap};
 
 use super::{Member, Refusals};
 use crate::dump::DumpError;
-use crate::image::ProcessImage;
+use crate::image::{ProcessImage, VmaKind, VmaRef};
+use crate::proc::MapEntry;
 
+/// What tells one shared memory object from another: (kind, device, inode).
+type ObjKey = (u8, u64, u64);
+
+/// One mapping as the linking rule sees it.
+#[derive(Clone, Debug)]
+struct Mapping {
+    pid: i32,
+    start: u64,
+    end: u64,
+    /// Offset into the object, in bytes.
+    pgoff: u64,
+    name: String,
+    /// None: not a shared memory object.
+    key: Option<ObjKey>,
+}
+
+/// For each mapping, in order: None (not shared, or the first holder of its object), the
+/// first holder's mapping, or the refusal of a mapping that covers object pages the first
+/// holder does not.
+fn link_all(maps: &[Mapping]) -> Vec<Result<Option<VmaRef>, DumpError>> {
+    let mut first: HashMap<ObjKey, &Mapping> = HashMap::new();
+    maps.iter()
+        .map(|m| {
+            let Some(key) = m.key else { return Ok(None) };
+            let Some(h) = first.get(&key) else {
+                first.insert(key, m);
+                return Ok(None);
+            };
+            let (lo, hi) = (m.pgoff, m.pgoff + (m.end - m.start));
+            let (hlo, hhi) = (h.pgoff, h.pgoff + (h.end - h.start));
+            if lo < hlo || hi > hhi {
+                return Err(DumpError::Unsupported(format!(
+                    "pid {} mapping {:x}-{:x} ({}) maps bytes {lo:#x}-{hi:#x} of a shared memory \
+                     object whose first holder, pid {} mapping {:x}-{:x}, maps only bytes \
+                     {hlo:#x}-{hhi:#x}: the rest would be stored nowhere (not supported yet)",
+                    m.pid, m.start, m.end, m.name, h.pid, h.start, h.end
+                )));
+            }
+            Ok(Some(VmaRef {
+                pid: h.pid,
+                start: h.start,
+            }))
+        })
+        .collect()
+}
+
+fn from_map(pid: i32, m: &MapEntry) -> Mapping {
+    let tag = if crate::dump::check::is_shared_anon(m) {
+        Some(1)
+    } else if crate::dump::check::is_deleted_shm(m) {
+        Some(2)
+    } else {
+        None
+    };
+    let dev = (u64::from(m.dev_major) << 32) | u64::from(m.dev_minor);
+    Mapping {
+        pid,
+        start: m.start,
+        end: m.end,
+        pgoff: m.offset,
+        name: m.path.clone(),
+        key: tag.map(|t| (t, dev, m.inode)),
+    }
+}
+
+/// Refuses what a restore could not give back: a mapping of a shared object that its first
+/// holder in the tree does not cover, and SysV IPC objects the members use.
 pub(super) fn check(members: &[Member<'_>], found: &mut Refusals) -> Result<(), DumpError> {
-    let _ = (members, found);
+    let maps: Vec<Mapping> = members
+        .iter()
+        .flat_map(|mb| mb.snapshot.maps.iter().map(|m| from_map(mb.pid, m)))
+        .collect();
+    for r in link_all(&maps) {
+        found.note(r)?;
+    }
+    let pids: BTreeSet<i32> = members.iter().map(|m| m.pid).collect();
+    // An attached segment is refused with its mapping already (`check_mapping`).
+    let attached: BTreeSet<u64> = members
+        .iter()
+        .flat_map(|mb| mb.snapshot.maps.iter())
+        .filter(|m| m.path.starts_with("/SYSV"))
+        .map(|m| m.inode)
+        .collect();
+    for e in sysv_refusals(&pids, &attached)? {
+        found.add(e);
+    }
     Ok(())
 }
 
+/// Marks every later mapping of a shared memory object with its first holder (`shared_with`).
 pub(super) fn link(procs: &mut [ProcessImage]) -> Result<(), DumpError> {
-    let _ = procs;
+    let maps: Vec<Mapping> = procs
+        .iter()
+        .flat_map(|p| {
+            p.vmas.iter().map(|v| {
+                let tag = match v.kind {
+                    VmaKind::SharedAnon => Some(1),
+                    VmaKind::DeletedShm => Some(2),
+                    _ => None,
+                };
+                let dev = v.file.as_ref().map_or(0, |f| f.dev);
+                Mapping {
+                    pid: p.pid,
+                    start: v.start,
+                    end: v.end,
+                    pgoff: v.pgoff,
+                    name: v.name.clone(),
+                    key: tag.map(|t| (t, dev, v.ino)),
+                }
+            })
+        })
+        .collect();
+    let mut links = link_all(&maps).into_iter();
+    for p in procs.iter_mut() {
+        for v in &mut p.vmas {
+            if let Some(r) = links.next() {
+                v.shared_with = r?;
+            }
+        }
+    }
     Ok(())
+}
+
+/// The SysV IPC objects of haul's IPC namespace (the members' too: a member in another one is
+/// refused by `check_places`) that a member created or used last, each refused by name.
+fn sysv_refusals(
+    pids: &BTreeSet<i32>,
+    attached: &BTreeSet<u64>,
+) -> Result<Vec<DumpError>, DumpError> {
+    let mut out = Vec::new();
+    let no =
+        |what: String| DumpError::Unsupported(format!("{what}: SysV IPC is not supported yet"));
+    // key shmid perms size cpid lpid nattch ...
+    for row in sysvipc_rows("shm")? {
+        let (Some(&key), Some(&id), Some(&cpid), Some(&lpid)) =
+            (row.first(), row.get(1), row.get(4), row.get(5))
+        else {
+            continue;
+        };
+        if attached.contains(&(id as u64)) {
+            continue;
+        }
+        for (pid, how) in [(cpid, "created"), (lpid, "last attached or detached")] {
+            if pids.contains(&(pid as i32)) {
+                out.push(no(format!(
+                    "pid {pid} {how} SysV shared memory segment shmid {id} (key {key:#x})"
+                )));
+                break;
+            }
+        }
+    }
+    // key msqid perms cbytes qnum lspid lrpid ...
+    for row in sysvipc_rows("msg")? {
+        let (Some(&key), Some(&id), Some(&lspid), Some(&lrpid)) =
+            (row.first(), row.get(1), row.get(5), row.get(6))
+        else {
+            continue;
+        };
+        for (pid, how) in [(lspid, "last sent to"), (lrpid, "last received from")] {
+            if pids.contains(&(pid as i32)) {
+                out.push(no(format!(
+                    "pid {pid} {how} SysV message queue msqid {id} (key {key:#x})"
+                )));
+                break;
+            }
+        }
+    }
+    // key semid perms nsems ...
+    for row in sysvipc_rows("sem")? {
+        let (Some(&key), Some(&id), Some(&nsems)) = (row.first(), row.get(1), row.get(3)) else {
+            continue;
+        };
+        for num in 0..nsems {
+            // A set removed meanwhile, or one haul may not read, tells nothing.
+            let Ok(pid) = crate::sys::shm::sem_last_pid(id as i32, num as i32) else {
+                break;
+            };
+            if pids.contains(&pid) {
+                out.push(no(format!(
+                    "pid {pid} last operated SysV semaphore {num} of set semid {id} (key {key:#x})"
+                )));
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The numeric columns of `/proc/sysvipc/KIND` (`shm`, `msg`, `sem`), header skipped. None if
+/// the kernel has no SysV IPC.
+fn sysvipc_rows(kind: &str) -> Result<Vec<Vec<i64>>, DumpError> {
+    let path = format!("/proc/sysvipc/{kind}");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(DumpError::Io {
+                context: format!("reading {path}"),
+                source: e,
+            })
+        }
+    };
+    Ok(parse_rows(&text))
+}
+
+fn parse_rows(text: &str) -> Vec<Vec<i64>> {
+    text.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map_while(|w| w.parse().ok()).collect())
+        .filter(|r: &Vec<i64>| !r.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{FileId, Vma};
+
+    fn shm(pid: i32, start: u64, len: u64, pgoff: u64, ino: u64) -> Mapping {
+        Mapping {
+            pid,
+            start,
+            end: start + len,
+            pgoff,
+            name: "/dev/zero (deleted)".into(),
+            key: Some((1, 1, ino)),
+        }
+    }
+
+    #[test]
+    fn later_mappings_of_one_object_name_its_first_holder() {
+        let maps = [
+            shm(10, 0x1000, 0x4000, 0, 7),
+            shm(10, 0x9000, 0x1000, 0, 8),
+            Mapping {
+                key: None,
+                ..shm(11, 0x1000, 0x4000, 0, 7)
+            },
+            shm(11, 0x1000, 0x4000, 0, 7),
+            // The middle of it, at another address.
+            shm(12, 0x20000, 0x2000, 0x1000, 7),
+            shm(12, 0x30000, 0x1000, 0, 8),
+        ];
+        let got: Vec<Option<VmaRef>> = link_all(&maps).into_iter().map(|r| r.unwrap()).collect();
+        let r = |pid, start| Some(VmaRef { pid, start });
+        assert_eq!(
+            got,
+            [
+                None,
+                None,
+                None,
+                r(10, 0x1000),
+                r(10, 0x1000),
+                r(10, 0x9000)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_later_mapping_beyond_its_first_holder_is_refused_naming_both() {
+        // The first holder maps object bytes 0x1000-0x3000; the later one 0-0x2000.
+        let maps = [
+            shm(10, 0x1000, 0x2000, 0x1000, 7),
+            shm(11, 0x5000, 0x2000, 0, 7),
+        ];
+        let got = link_all(&maps);
+        assert!(got[0].as_ref().unwrap().is_none());
+        let e = got[1].as_ref().unwrap_err().to_string();
+        assert!(
+            e.starts_with("pid 11 mapping 5000-7000 (/dev/zero (deleted))"),
+            "{e}"
+        );
+        assert!(e.contains("first holder, pid 10 mapping 1000-3000"), "{e}");
+        assert!(e.contains("bytes 0x1000-0x3000"), "{e}");
+    }
+
+    fn vma(kind: VmaKind, start: u64, ino: u64, dev: u64) -> Vma {
+        let shm = kind == VmaKind::DeletedShm;
+        Vma {
+            start,
+            end: start + 0x1000,
+            prot: 3,
+            shared: true,
+            pgoff: 0,
+            kind,
+            name: "/dev/shm/sem.x".into(),
+            file: shm.then_some(FileId {
+                dev,
+                ino,
+                size: 0x1000,
+                mtime_ns: 0,
+            }),
+            vm_flags: Vec::new(),
+            ino,
+            shared_with: None,
+        }
+    }
+
+    #[test]
+    fn link_sets_shared_with_by_kind_device_and_inode() {
+        let p = |pid, vmas| ProcessImage {
+            pid,
+            vmas,
+            ..Default::default()
+        };
+        let mut procs = [
+            p(
+                1,
+                vec![
+                    vma(VmaKind::DeletedShm, 0x1000, 5, 30),
+                    vma(VmaKind::SharedAnon, 0x2000, 5, 0),
+                ],
+            ),
+            p(
+                2,
+                vec![
+                    vma(VmaKind::DeletedShm, 0x1000, 5, 30),
+                    // Same inode on another tmpfs: another file.
+                    vma(VmaKind::DeletedShm, 0x3000, 5, 31),
+                    vma(VmaKind::SharedAnon, 0x4000, 5, 0),
+                    vma(VmaKind::Anon, 0x5000, 0, 0),
+                ],
+            ),
+        ];
+        link(&mut procs).unwrap();
+        let got: Vec<Option<VmaRef>> = procs[1].vmas.iter().map(|v| v.shared_with).collect();
+        let r = |start| Some(VmaRef { pid: 1, start });
+        assert_eq!(got, [r(0x1000), None, r(0x2000), None]);
+        assert!(procs[0].vmas.iter().all(|v| v.shared_with.is_none()));
+    }
+
+    #[test]
+    fn sysvipc_rows_skip_the_header_and_keep_numbers() {
+        let t = "       key      shmid perms    size  cpid  lpid nattch\n\
+                 \x20        0          3   600    4096   100   200      1\n";
+        assert_eq!(parse_rows(t), [vec![0, 3, 600, 4096, 100, 200, 1]]);
+        assert!(parse_rows("key semid\n").is_empty());
+    }
 }

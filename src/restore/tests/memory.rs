@@ -197,3 +197,194 @@ fn set_mm_opens_the_exe_passes_its_fd_and_closes_it_even_on_failure() {
         Some(auxv.as_slice())
     );
 }
+
+/// A shared mapping: shared anonymous memory, or a deleted tmpfs file named `name`.
+fn shm(start: u64, end: u64, kind: VmaKind, pgoff: u64) -> Vma {
+    let mut v = vma(start, end, kind, &[]);
+    v.shared = true;
+    v.pgoff = pgoff;
+    v.name = match v.kind {
+        VmaKind::DeletedShm => "/dev/shm/sem.haul-test".into(),
+        _ => "/dev/zero (deleted)".into(),
+    };
+    v
+}
+
+fn map(
+    r: &mut Recorder,
+    p: &ProcessImage,
+    set: &ImageSet,
+    shared: &mut crate::restore::share::Shared,
+) -> Result<Vec<Option<u32>>, StepError> {
+    crate::restore::memory::map_vmas(r, set, p, &[], shared)
+}
+
+#[test]
+fn a_later_mapping_of_shared_memory_maps_its_first_holders_object_through_map_files() {
+    use crate::image::VmaRef;
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let shared_fixed = (libc::MAP_SHARED | libc::MAP_FIXED) as u64;
+    // The first holder (image pid 10, restored as pid 50) maps object bytes 0x1000-0x5000.
+    let first = ProcessImage {
+        pid: 10,
+        vmas: vec![shm(0x10000, 0x14000, VmaKind::SharedAnon, 0x1000)],
+        ..Default::default()
+    };
+    let mut shared = crate::restore::share::Shared::default();
+    let mut r = Recorder::new(50);
+    map(&mut r, &first, &set_with(&[]), &mut shared).unwrap();
+    assert_eq!(r.names(), ["mmap"]);
+    assert_eq!(
+        r.calls[0].args,
+        [
+            0x10000,
+            0x4000,
+            rw,
+            shared_fixed | libc::MAP_ANONYMOUS as u64,
+            u64::MAX,
+            0
+        ]
+    );
+    // Its child (image pid 11, restored as pid 60) maps object bytes 0x3000-0x4000 at its own
+    // address: through the restored holder's map_files, at offset 0x2000 of the new object
+    // (which starts where the holder's mapping did).
+    let mut later = shm(0x30000, 0x31000, VmaKind::SharedAnon, 0x3000);
+    later.shared_with = Some(VmaRef {
+        pid: 10,
+        start: 0x10000,
+    });
+    let child = ProcessImage {
+        pid: 11,
+        vmas: vec![later.clone()],
+        ..Default::default()
+    };
+    let mut r = Recorder::new(60);
+    r.returns("open", 7);
+    let prot = map(&mut r, &child, &set_with(&[]), &mut shared).unwrap();
+    assert_eq!(r.names(), ["open", "mmap", "close"]);
+    assert_eq!(
+        r.calls[0].arg_bytes(0),
+        Some(&b"/proc/50/map_files/10000-14000\0"[..])
+    );
+    assert_eq!(r.calls[0].args[1], (libc::O_RDWR | libc::O_CLOEXEC) as u64);
+    assert_eq!(
+        r.calls[1].args,
+        [0x30000, 0x1000, rw, shared_fixed, 7, 0x2000]
+    );
+    assert_eq!(r.calls[2].args[0], 7);
+    assert_eq!(
+        prot,
+        [Some(rw as u32)],
+        "not made writable: nothing to fill"
+    );
+
+    // A failing mmap stops the step with its errno, naming the VMA, and still closes.
+    let mut r = Recorder::new(60);
+    r.returns("open", 7);
+    r.fail_nth(1, libc::ENOMEM);
+    let e = map(&mut r, &child, &set_with(&[]), &mut shared).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOMEM));
+    assert!(e.to_string().contains("VMA 0x30000-0x31000"), "{e}");
+    assert_eq!(r.names(), ["open", "mmap", "close"]);
+
+    // A holder that was never mapped: refused before any call.
+    let mut r = Recorder::new(60);
+    let e = map(
+        &mut r,
+        &child,
+        &set_with(&[]),
+        &mut crate::restore::share::Shared::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("pid 10's mapping at 0x10000"), "{e}");
+    assert!(r.calls.is_empty());
+}
+
+#[test]
+fn a_deleted_tmpfs_file_is_created_exclusively_sized_mapped_and_unlinked() {
+    let mut v = shm(0x10000, 0x11000, VmaKind::DeletedShm, 0);
+    v.file = Some(crate::image::FileId {
+        dev: 30,
+        ino: 5,
+        size: 0x1000,
+        mtime_ns: 0,
+    });
+    let p = ProcessImage {
+        pid: 10,
+        vmas: vec![v],
+        ..Default::default()
+    };
+    let set = set_with(&[(0x10000, stored())]);
+    let mut shared = crate::restore::share::Shared::default();
+    let mut r = Recorder::new(50);
+    r.returns("open", 8);
+    map(&mut r, &p, &set, &mut shared).unwrap();
+    assert_eq!(r.names(), ["open", "ftruncate", "mmap", "close", "unlink"]);
+    let path = &b"/dev/shm/sem.haul-test\0"[..];
+    assert_eq!(r.calls[0].arg_bytes(0), Some(path));
+    let create = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+    assert_eq!(r.calls[0].args[1..3], [create as u64, 0o600]);
+    assert_eq!(r.calls[1].args[..2], [8, 0x1000]);
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_SHARED | libc::MAP_FIXED) as u64;
+    assert_eq!(r.calls[2].args, [0x10000, 0x1000, rw, flags, 8, 0]);
+    assert_eq!(r.calls[4].arg_bytes(0), Some(path));
+    // Later mappings of it map the restored file through pid 50.
+    let h = shared
+        .mem
+        .get(crate::image::VmaRef {
+            pid: 10,
+            start: 0x10000,
+        })
+        .unwrap();
+    assert_eq!(h.map_files(), "/proc/50/map_files/10000-11000");
+
+    // A failing ftruncate stops the step with its errno; the file is closed and unlinked.
+    let mut r = Recorder::new(50);
+    r.returns("open", 8);
+    r.fail_nth(1, libc::ENOSPC);
+    let e = map(&mut r, &p, &set, &mut shared).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOSPC));
+    assert!(e.to_string().contains("/dev/shm/sem.haul-test"), "{e}");
+    assert_eq!(r.names(), ["open", "ftruncate", "close", "unlink"]);
+
+    // Something at the path: refused by the exclusive create, and not unlinked (not ours).
+    let mut r = Recorder::new(50);
+    r.fail_nth(0, libc::EEXIST);
+    let e = map(&mut r, &p, &set, &mut shared).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EEXIST));
+    assert!(e.to_string().contains("/dev/shm/sem.haul-test"), "{e}");
+    assert_eq!(r.names(), ["open"]);
+}
+
+#[test]
+fn check_paths_refuses_a_deleted_shm_path_that_exists_naming_it() {
+    use crate::restore::share::check_paths;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sem.x");
+    let mut v = shm(0x10000, 0x11000, VmaKind::DeletedShm, 0);
+    v.name = path.to_string_lossy().into_owned();
+    let mut later = v.clone();
+    later.shared_with = Some(crate::image::VmaRef {
+        pid: 10,
+        start: 0x10000,
+    });
+    let mut set = set_with(&[]);
+    set.process = Some(ProcessImage {
+        pid: 10,
+        vmas: vec![v],
+        ..Default::default()
+    });
+    set.tree.descendants.push(ProcessImage {
+        pid: 11,
+        vmas: vec![later],
+        ..Default::default()
+    });
+    check_paths(&set).unwrap();
+    std::fs::write(&path, b"").unwrap();
+    let e = check_paths(&set).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{} exists: pid 10", path.display())),
+        "{e}"
+    );
+}

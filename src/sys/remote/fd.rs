@@ -1,9 +1,11 @@
-//! File descriptor calls injected into a thread: open, close, `close_range`, `dup3`, `lseek`,
-//! `fcntl`, `pipe2`, `write`, `eventfd2`, `signalfd4`, timerfds, `flock` and record locks, and
-//! [`take_uffd`] (a userfaultfd made by the target and taken into haul).
+//! File descriptor calls injected into a thread: open, close, `ftruncate`, `unlink`,
+//! `close_range`, `dup3`, `lseek`, `fcntl`, `pipe2`, `write`, `eventfd2`, `signalfd4`,
+//! timerfds, `flock` and record locks, `socketpair` and `sendto`, [`take_uffd`] (a
+//! userfaultfd made by the target and taken into haul) and [`install_fd`] (an fd of haul's
+//! put into the target at a given number).
 
 use std::mem::{offset_of, size_of};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::{cstr, field, put, Inject};
 use crate::sys::{Result, SysError};
@@ -16,6 +18,37 @@ pub fn open<R: Inject + ?Sized>(r: &mut R, path: &str, flags: i32) -> Result<u64
         [at, flags as u64, 0, 0, 0, 0],
         &format!("open {path}"),
     )
+}
+
+/// `open(path, flags, mode)`: with `O_CREAT`, the new file's mode; returns the new fd.
+pub fn open_mode<R: Inject + ?Sized>(r: &mut R, path: &str, flags: i32, mode: u32) -> Result<u64> {
+    let at = put(r, &cstr(path)?)?;
+    r.call_ok(
+        libc::SYS_open,
+        [at, flags as u64, u64::from(mode), 0, 0, 0],
+        &format!("open {path}"),
+    )
+}
+
+/// `ftruncate(fd, len)`.
+pub fn ftruncate<R: Inject + ?Sized>(r: &mut R, fd: u64, len: u64) -> Result<()> {
+    r.call_ok(
+        libc::SYS_ftruncate,
+        [fd, len, 0, 0, 0, 0],
+        &format!("ftruncate fd {fd} to {len}"),
+    )?;
+    Ok(())
+}
+
+/// `unlink(path)`.
+pub fn unlink<R: Inject + ?Sized>(r: &mut R, path: &str) -> Result<()> {
+    let at = put(r, &cstr(path)?)?;
+    r.call_ok(
+        libc::SYS_unlink,
+        [at, 0, 0, 0, 0, 0],
+        &format!("unlink {path}"),
+    )?;
+    Ok(())
 }
 
 /// `close(fd)`.
@@ -284,4 +317,161 @@ pub fn take_uffd<R: Inject + ?Sized>(r: &mut R, flags: u64) -> Result<TakenUffd,
     let taken = taken?;
     closed?;
     Ok(taken)
+}
+
+/// `socketpair(AF_UNIX, sock_type | flags, 0, sv)`; returns the two sockets.
+pub fn socketpair<R: Inject + ?Sized>(r: &mut R, sock_type: i32, flags: i32) -> Result<(u64, u64)> {
+    let at = put(r, &[0u8; 8])?;
+    r.call_ok(
+        libc::SYS_socketpair,
+        [
+            libc::AF_UNIX as u64,
+            (sock_type | flags) as u64,
+            0,
+            at,
+            0,
+            0,
+        ],
+        "socketpair",
+    )?;
+    let mut two = [0u8; 8];
+    r.read_mem(at, &mut two)?;
+    let a = i32::from_ne_bytes([two[0], two[1], two[2], two[3]]);
+    let b = i32::from_ne_bytes([two[4], two[5], two[6], two[7]]);
+    Ok((a as u64, b as u64))
+}
+
+/// `sendto(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, NULL, 0)` from the argument area: one
+/// datagram or record, or stream bytes; returns how many bytes were sent.
+pub fn sendto<R: Inject + ?Sized>(r: &mut R, fd: u64, data: &[u8], what: &str) -> Result<u64> {
+    let at = put(r, data)?;
+    r.call_ok(
+        libc::SYS_sendto,
+        [
+            fd,
+            at,
+            data.len() as u64,
+            (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64,
+            0,
+            0,
+        ],
+        what,
+    )
+}
+
+/// The bytes of the `msghdr` [`install_fd`]'s `recvmsg` reads, with its iovec, data byte and
+/// control buffer after it, all at `at` in the target: (bytes, offset of the control buffer,
+/// its length).
+fn recv_fd_msghdr(at: u64) -> (Vec<u8>, usize, usize) {
+    type M = libc::msghdr;
+    type V = libc::iovec;
+    let iov_off = size_of::<M>().next_multiple_of(8);
+    let byte_off = iov_off + size_of::<V>();
+    let ctl_off = (byte_off + 1).next_multiple_of(8);
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    let ctl_len = unsafe { libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) } as usize;
+    let mut b = vec![0u8; ctl_off + ctl_len];
+    let iov_at = at + iov_off as u64;
+    field(&mut b, offset_of!(M, msg_iov), &iov_at.to_ne_bytes());
+    field(&mut b, offset_of!(M, msg_iovlen), &1usize.to_ne_bytes());
+    let ctl_at = at + ctl_off as u64;
+    field(&mut b, offset_of!(M, msg_control), &ctl_at.to_ne_bytes());
+    field(
+        &mut b,
+        offset_of!(M, msg_controllen),
+        &ctl_len.to_ne_bytes(),
+    );
+    let byte_at = at + byte_off as u64;
+    field(
+        &mut b,
+        iov_off + offset_of!(V, iov_base),
+        &byte_at.to_ne_bytes(),
+    );
+    field(
+        &mut b,
+        iov_off + offset_of!(V, iov_len),
+        &1usize.to_ne_bytes(),
+    );
+    (b, ctl_off, ctl_len)
+}
+
+/// The fd an `SCM_RIGHTS` control message carries (its bytes as the kernel wrote them).
+fn scm_rights_fd(ctl: &[u8]) -> Option<u64> {
+    type C = libc::cmsghdr;
+    let get = |off: usize, n: usize| ctl.get(off..off + n);
+    let len = usize::from_ne_bytes(get(offset_of!(C, cmsg_len), 8)?.try_into().ok()?);
+    let level = i32::from_ne_bytes(get(offset_of!(C, cmsg_level), 4)?.try_into().ok()?);
+    let ty = i32::from_ne_bytes(get(offset_of!(C, cmsg_type), 4)?.try_into().ok()?);
+    // SAFETY: CMSG_LEN is arithmetic on its argument.
+    let (hdr, one) = unsafe { (libc::CMSG_LEN(0) as usize, libc::CMSG_LEN(4) as usize) };
+    if level != libc::SOL_SOCKET || ty != libc::SCM_RIGHTS || len != one {
+        return None;
+    }
+    let fd = i32::from_ne_bytes(get(hdr, 4)?.try_into().ok()?);
+    Some(fd as u64)
+}
+
+/// Puts a copy of haul's `fd` (one open file description: one offset, one set of status
+/// flags) into the process at number `at`, close-on-exec or not. The process makes a unix
+/// datagram socket pair (`socketpair` injected); haul takes one end with `pidfd_getfd(2)`
+/// and sends `fd` over it with `SCM_RIGHTS`; the process `recvmsg`s it from the other end
+/// (injected; msghdr, iovec and control buffer laid out at libc's offsets in the argument
+/// area), closes the pair and `dup3`s what it got to `at`.
+pub fn install_fd<R: Inject + ?Sized>(
+    r: &mut R,
+    fd: BorrowedFd<'_>,
+    at: u64,
+    cloexec: bool,
+) -> Result<()> {
+    let (a, b) = socketpair(r, libc::SOCK_DGRAM, libc::SOCK_CLOEXEC)?;
+    let got = pass_fd(r, fd, a, b);
+    // The pair goes whatever happened (its numbers may be ones later fds want).
+    let ca = r.call_ok(
+        libc::SYS_close,
+        [a, 0, 0, 0, 0, 0],
+        "close of a passing socket",
+    );
+    let cb = r.call_ok(
+        libc::SYS_close,
+        [b, 0, 0, 0, 0, 0],
+        "close of a passing socket",
+    );
+    let got = got?;
+    ca?;
+    cb?;
+    if got == at {
+        set_cloexec(r, at, cloexec)
+    } else {
+        dup3(r, got, at, cloexec)?;
+        close(r, got)
+    }
+}
+
+/// The middle of [`install_fd`]: `fd` sent through `a`, received at `b`; returns its number
+/// in the process.
+fn pass_fd<R: Inject + ?Sized>(r: &mut R, fd: BorrowedFd<'_>, a: u64, b: u64) -> Result<u64> {
+    let pidfd = crate::sys::process::pidfd_open(r.pid())?;
+    let mine = crate::sys::process::pidfd_getfd(&pidfd, a as i32)?;
+    crate::sys::socket::send_fd(mine.as_fd(), fd)?;
+    let (at, _) = r.args_area().ok_or_else(|| {
+        SysError::Invalid(format!(
+            "thread {}: no argument area for an injected syscall",
+            r.tid()
+        ))
+    })?;
+    let (msg, ctl_off, ctl_len) = recv_fd_msghdr(at);
+    let msg_at = put(r, &msg)?;
+    let n = r.call_ok(
+        libc::SYS_recvmsg,
+        [b, msg_at, libc::MSG_CMSG_CLOEXEC as u64, 0, 0, 0],
+        "recvmsg of a passed fd",
+    )?;
+    let mut ctl = vec![0u8; ctl_len];
+    r.read_mem(msg_at + ctl_off as u64, &mut ctl)?;
+    scm_rights_fd(&ctl).filter(|_| n == 1).ok_or_else(|| {
+        SysError::Invalid(format!(
+            "pid {}: recvmsg of a passed fd got {n} bytes and no fd",
+            r.pid()
+        ))
+    })
 }

@@ -1,6 +1,7 @@
 //! Identity and per-thread calls injected into a thread: credentials (groups, uids, gids,
 //! filesystem ids, capabilities), session and group, cwd, umask, personality, rlimits,
-//! scheduling, robust list, `clear_child_tid`, rseq, `clone3` of a thread, and `prctl`.
+//! scheduling, robust list, `clear_child_tid`, rseq, `clone3` of a thread or of a child process,
+//! and `prctl`.
 
 use std::mem::{offset_of, size_of};
 
@@ -390,4 +391,43 @@ pub fn clone3_thread<R: Inject + ?Sized>(
     let at = put(r, &b)?;
     let tid = r.call_ok(libc::SYS_clone3, [at, len as u64, 0, 0, 0, 0], what)?;
     Ok(tid as i32)
+}
+
+/// `clone3(2)` of a child process of the calling one (a fork: no `CLONE_VM`), traced from the
+/// start (`CLONE_PTRACE`: the caller's tracer is its tracer and it stops before its first
+/// instruction), with `CLONE_FILES` when `share_files` (it shares the caller's fd table), the
+/// signal its parent gets when it ends (`exit_signal`), and the pid `set_tid` when given.
+/// `struct clone_args` and the set_tid array go to the argument area. Returns the child's pid.
+pub fn clone3_process<R: Inject + ?Sized>(
+    r: &mut R,
+    share_files: bool,
+    exit_signal: i32,
+    set_tid: Option<i32>,
+    what: &str,
+) -> Result<i32> {
+    use linux_raw_sys::general::clone_args as C;
+    let len = size_of::<C>();
+    let (tid_at, _) = r.args_area().ok_or_else(|| {
+        SysError::Invalid(format!("process {}: no argument area for clone3", r.pid()))
+    })?;
+    let tid_at = tid_at + len as u64;
+    let mut flags = libc::CLONE_PTRACE as u64;
+    if share_files {
+        flags |= libc::CLONE_FILES as u64;
+    }
+    let mut b = vec![0u8; len];
+    field(&mut b, offset_of!(C, flags), &flags.to_ne_bytes());
+    field(
+        &mut b,
+        offset_of!(C, exit_signal),
+        &(exit_signal as u64).to_ne_bytes(),
+    );
+    if let Some(pid) = set_tid {
+        field(&mut b, offset_of!(C, set_tid), &tid_at.to_ne_bytes());
+        field(&mut b, offset_of!(C, set_tid_size), &1u64.to_ne_bytes());
+        put_at(r, len as u64, &pid.to_ne_bytes())?;
+    }
+    let at = put(r, &b)?;
+    let pid = r.call_ok(libc::SYS_clone3, [at, len as u64, 0, 0, 0, 0], what)?;
+    Ok(pid as i32)
 }

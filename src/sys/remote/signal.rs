@@ -1,5 +1,5 @@
 //! Signal and timer calls injected into a thread: `rt_sigaction`, `sigaltstack`,
-//! `rt_sigqueueinfo`/`rt_tgsigqueueinfo`, `timer_create`/`timer_settime` and `setitimer`.
+//! `rt_sigqueueinfo`/`rt_tgsigqueueinfo`, `rt_sigtimedwait`, `timer_create`/`timer_settime` and `setitimer`.
 
 use std::mem::{offset_of, size_of};
 
@@ -121,6 +121,26 @@ pub fn rt_tgsigqueueinfo<R: Inject + ?Sized>(
         &format!("rt_tgsigqueueinfo of signal {sig} to thread {tid}"),
     )?;
     Ok(())
+}
+
+/// `rt_sigtimedwait(&{sig}, NULL, &{0, 0}, 8)`: takes one pending `sig` out of the thread's (or
+/// its process's) pending set without waiting. Returns whether one was pending (`EAGAIN`: none).
+pub fn take_pending<R: Inject + ?Sized>(r: &mut R, sig: i32) -> Result<bool> {
+    let set = (1u64 << (sig - 1)).to_ne_bytes();
+    let zero = [0u8; size_of::<libc::timespec>()];
+    let set_at = put(r, &set)?;
+    let ts_at = put_at(r, set.len() as u64, &zero)?;
+    let v = r.call(libc::SYS_rt_sigtimedwait, [set_at, 0, ts_at, 8, 0, 0])?;
+    if v == -(libc::EAGAIN as i64) {
+        return Ok(false);
+    }
+    super::checked(
+        r.pid(),
+        r.tid(),
+        v,
+        &format!("rt_sigtimedwait for signal {sig}"),
+    )?;
+    Ok(true)
 }
 
 /// A `struct itimerval` (`units` = 1,000,000: µs) or `struct itimerspec` (1,000,000,000: ns)

@@ -1,0 +1,380 @@
+//! Restoring a process tree: every pid, parent, process group and session back, zombies that
+//! their parent's `wait` still reaps with their status, and a failure at any step leaving no
+//! process behind.
+//!
+//! Until the tree dump lands, the trees are composed: unrelated real processes are dumped one
+//! by one (each a lone process, killed by the dump) and put into one image as a tree (parent
+//! links, groups and sessions set as a tree would have them); zombies are added by hand. The
+//! restore then has to make that tree for real, and everything is checked from outside.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{fixture, read_numbers, verified, wait_for};
+use haul::dump::{dump, DumpOptions, VecSink};
+use haul::image::{
+    is_zero_page, page_key, ImageSet, PageId, PageRef, PageTable, ProcessImage, SetKind, Tree,
+    ZombieImage,
+};
+use haul::restore::{restore, PageSource, PidChoice, RestoreOptions, Step};
+
+/// Pages kept in memory by id, served in key order and verified like the store does.
+struct MemSource {
+    pages: HashMap<PageId, Vec<u8>>,
+}
+
+impl PageSource for MemSource {
+    fn for_each_page(
+        &self,
+        set: &ImageSet,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), haul::restore::BoxError>,
+    ) -> Result<(), haul::restore::BoxError> {
+        for (key, r) in set.pages.iter() {
+            if let PageRef::Stored(id) = r {
+                let page = &self.pages[&id];
+                assert_eq!(PageId::of(page), id);
+                f(key, page)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One process of a tree to compose: its dumped image and where it goes.
+struct Member {
+    image: ProcessImage,
+    pages: Vec<(u64, Vec<u8>)>,
+}
+
+/// Dumps `child` (killing it) and reaps it.
+fn dump_one(mut child: Child) -> Member {
+    let pid = child.id() as i32;
+    let mut sink = VecSink::default();
+    let out = dump(pid, &DumpOptions::default(), &mut sink).expect("dump");
+    child.wait().unwrap();
+    Member {
+        image: out.process,
+        pages: sink.pages,
+    }
+}
+
+/// `pgrp` and `session` as `--verify state` records them (`self` for the process's own id).
+fn set_ids(p: &mut ProcessImage, ppid: i32, pgid: i32, sid: i32) {
+    p.ppid = ppid;
+    p.pgid = pgid;
+    p.sid = sid;
+    let rel = |id: i32| {
+        if id == p.pid {
+            "self".to_string()
+        } else {
+            id.to_string()
+        }
+    };
+    let (g, s) = (rel(pgid), rel(sid));
+    p.observed.insert("pgrp".into(), g);
+    p.observed.insert("session".into(), s);
+}
+
+/// One image set of `members` (root first, then the descendants in tree order), each in its own
+/// page space, and `zombies`.
+fn compose(members: Vec<Member>, zombies: Vec<ZombieImage>) -> (ImageSet, MemSource) {
+    let mut table = PageTable::new();
+    let mut pages = HashMap::new();
+    let mut images = Vec::new();
+    for (space, m) in members.into_iter().enumerate() {
+        for (addr, page) in m.pages {
+            let key = page_key(space as u16, addr);
+            if is_zero_page(&page) {
+                table.insert(key, PageRef::Zero);
+            } else {
+                let id = PageId::of(&page);
+                table.insert(key, PageRef::Stored(id));
+                pages.insert(id, page);
+            }
+        }
+        images.push(m.image);
+    }
+    let mut it = images.into_iter();
+    let set = ImageSet {
+        id: "tree-set".into(),
+        job: "tree".into(),
+        created_us: 0,
+        kind: SetKind::Dump,
+        parent: None,
+        kernel: haul::util::kernel_release(),
+        process: it.next(),
+        tree: Tree {
+            descendants: it.collect(),
+            zombies,
+        },
+        pages: table,
+        figures: Default::default(),
+    };
+    (set, MemSource { pages })
+}
+
+fn adopt_orphans() {
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+}
+
+/// (ppid, pgrp, session, state) of `pid` from `/proc/PID/stat`.
+fn ids(pid: i32) -> Option<(i32, i32, i32, char)> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = st.rsplit_once(')')?.1;
+    let w: Vec<&str> = rest.split_whitespace().collect();
+    Some((
+        w[1].parse().ok()?,
+        w[2].parse().ok()?,
+        w[3].parse().ok()?,
+        w[0].chars().next()?,
+    ))
+}
+
+/// Kills `pids` and reaps them: this test is their subreaper once their parents are gone.
+/// Waits until each is gone from `/proc`.
+fn finish(pids: &[i32]) {
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
+    for &p in pids {
+        let _ = nix::sys::signal::kill(Pid::from_raw(p), nix::sys::signal::SIGKILL);
+    }
+    for &p in pids {
+        let gone = wait_for(Duration::from_secs(10), || {
+            let _ = waitpid(Pid::from_raw(p), Some(WaitPidFlag::WNOHANG));
+            !Path::new(&format!("/proc/{p}")).exists()
+        });
+        assert!(gone, "pid {p} is still there: {:?}", ids(p));
+    }
+}
+
+/// A pid that no process has now (a process that just ended had it).
+fn free_pid() -> i32 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id() as i32;
+    c.wait().unwrap();
+    pid
+}
+
+fn counter(log: &Path, group: bool, setsid: bool) -> Child {
+    let mut cmd = if setsid {
+        let mut c = Command::new("setsid");
+        c.arg(fixture("counter"));
+        c
+    } else {
+        Command::new(fixture("counter"))
+    };
+    haul::sys::spawn::close_inherited_fds(&mut cmd);
+    if group {
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    }
+    let child = cmd
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || read_numbers(log).len() >= 3),
+        "counter {} did not count",
+        log.display()
+    );
+    child
+}
+
+fn zombie(pid: i32, ppid: i32, pgid: i32, sid: i32, wait_status: i32) -> ZombieImage {
+    ZombieImage {
+        pid,
+        ppid,
+        pgid,
+        sid,
+        comm: "gone".into(),
+        wait_status,
+        exit_signal: libc::SIGCHLD,
+    }
+}
+
+fn own_sid() -> i32 {
+    nix::unistd::getsid(None).unwrap().as_raw()
+}
+
+/// A tree of four counters and a zombie: A leads its group; B (child of A) is in A's group; C
+/// (child of A) leads a session of its own; D (child of B) leads a group in A's session; zombie
+/// Z of A, in A's group.
+struct Four {
+    set: ImageSet,
+    src: MemSource,
+    /// A, B, D, C (tree order), then Z.
+    pids: [i32; 5],
+    logs: Vec<std::path::PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+fn four() -> Four {
+    let dir = tempfile::tempdir().unwrap();
+    let logs: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.log")))
+        .collect();
+    let a = counter(&logs[0], true, false);
+    let b = counter(&logs[1], false, false);
+    let c = counter(&logs[2], false, true);
+    let d = counter(&logs[3], true, false);
+    let (pa, pb, pc, pd) = (a.id() as i32, b.id() as i32, c.id() as i32, d.id() as i32);
+    let sid = own_sid();
+    let mut ma = dump_one(a);
+    let mut mb = dump_one(b);
+    let mut mc = dump_one(c);
+    let mut md = dump_one(d);
+    let ppid_a = ma.image.ppid;
+    set_ids(&mut ma.image, ppid_a, pa, sid);
+    set_ids(&mut mb.image, pa, pa, sid);
+    set_ids(&mut mc.image, pa, pc, pc);
+    set_ids(&mut md.image, pb, pd, sid);
+    let pz = free_pid();
+    let (set, src) = compose(vec![ma, mb, md, mc], vec![zombie(pz, pa, pa, sid, 5 << 8)]);
+    Four {
+        set,
+        src,
+        pids: [pa, pb, pd, pc, pz],
+        logs,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_tree_comes_back_with_its_pids_parents_groups_sessions_and_zombie() {
+    adopt_orphans();
+    let t = four();
+    let [pa, pb, pd, pc, pz] = t.pids;
+    let sid = own_sid();
+    let before: Vec<usize> = t.logs.iter().map(|l| read_numbers(l).len()).collect();
+
+    let out = restore(&t.set, &t.src, &verified(PidChoice::Same)).expect("restore");
+    let got = (ids(pa), ids(pb), ids(pd), ids(pc), ids(pz));
+    let counting = t
+        .logs
+        .iter()
+        .zip(&before)
+        .all(|(l, &n)| wait_for(Duration::from_secs(10), || read_numbers(l).len() >= n + 5));
+    finish(&[pb, pd, pc, pa, pz]);
+
+    assert_eq!(out.pid, pa);
+    assert_eq!(
+        out.pids,
+        vec![(pa, pa), (pb, pb), (pd, pd), (pc, pc), (pz, pz)]
+    );
+    let (a, b, d, c, z) = got;
+    let a = a.expect("A restored");
+    assert_eq!((a.1, a.2), (pa, sid), "A: group, session");
+    assert_eq!(b.map(|b| (b.0, b.1, b.2)), Some((pa, pa, sid)), "B");
+    assert_eq!(d.map(|d| (d.0, d.1, d.2)), Some((pb, pd, sid)), "D");
+    assert_eq!(c.map(|c| (c.0, c.1, c.2)), Some((pa, pc, pc)), "C");
+    assert_eq!(z, Some((pa, pa, sid, 'Z')), "the zombie");
+    assert!(counting, "a restored counter does not count");
+    for l in &t.logs {
+        let n = read_numbers(l);
+        assert!(
+            n.iter().enumerate().all(|(i, v)| *v == i as u64 + 1),
+            "gap: {n:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failure_at_any_step_of_a_tree_leaves_no_process_behind() {
+    adopt_orphans();
+    let t = four();
+    for step in Step::ALL {
+        let opts = RestoreOptions {
+            pid: PidChoice::Same,
+            fail_at: Some(step),
+            verify_state: true,
+        };
+        let e = restore(&t.set, &t.src, &opts).expect_err("it was to fail");
+        assert!(
+            e.to_string()
+                .contains(&format!("restore failed at step {step}")),
+            "{step}: {e}"
+        );
+        // Everything made is killed; as their reaper we see every pid go.
+        finish(&t.pids);
+    }
+    // Nothing was left holding a pid: the whole tree can be made again.
+    let out = restore(&t.set, &t.src, &verified(PidChoice::Same)).expect("restore");
+    finish(&[t.pids[1], t.pids[2], t.pids[3], t.pids[0], t.pids[4]]);
+    assert_eq!(out.pids.len(), 5);
+}
+
+/// A python parent waits for the pids written to `go`, and writes `pid status` per line.
+const WAITER: &str = r#"
+import os, sys, time
+go, out, ready = sys.argv[1:4]
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.01)
+res = []
+for w in open(go).read().split():
+    pid, st = os.waitpid(int(w), 0)
+    res.append("%d %d" % (pid, st))
+open(out + ".tmp", "w").write("\n".join(res) + "\n")
+os.rename(out + ".tmp", out)
+"#;
+
+#[test]
+fn the_parents_wait_reaps_restored_zombies_with_their_exit_code_and_signal() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (go, out, ready) = (
+        dir.path().join("go"),
+        dir.path().join("out"),
+        dir.path().join("ready"),
+    );
+    let mut cmd = Command::new(common::python3());
+    haul::sys::spawn::close_inherited_fds(&mut cmd);
+    let py = cmd
+        .arg("-c")
+        .arg(WAITER)
+        .args([&go, &out, &ready])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(20), || ready.exists()));
+    let pp = py.id() as i32;
+    let m = dump_one(py);
+    let (pgid, sid) = (m.image.pgid, m.image.sid);
+    let (z1, z2) = (free_pid(), free_pid());
+    let (set, src) = compose(
+        vec![m],
+        vec![
+            zombie(z1, pp, pgid, sid, 5 << 8),
+            zombie(z2, pp, pgid, sid, libc::SIGTERM),
+        ],
+    );
+
+    // --verify state: the parent's pending signals must be the image's (no SIGCHLD of ours).
+    let r = restore(&set, &src, &verified(PidChoice::Same));
+    let zs = (ids(z1), ids(z2));
+    std::fs::write(dir.path().join("go.tmp"), format!("{z1}\n{z2}\n")).unwrap();
+    std::fs::rename(dir.path().join("go.tmp"), &go).unwrap();
+    let answered = wait_for(Duration::from_secs(20), || out.exists());
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    finish(&[pp, z1, z2]);
+
+    let r = r.expect("restore");
+    assert_eq!(r.pid, pp);
+    assert_eq!(zs.0.map(|z| (z.0, z.3)), Some((pp, 'Z')), "zombie {z1}");
+    assert_eq!(zs.1.map(|z| (z.0, z.3)), Some((pp, 'Z')), "zombie {z2}");
+    assert!(answered, "the restored parent did not reap its zombies");
+    assert_eq!(
+        text,
+        format!("{z1} {}\n{z2} {}\n", 5 << 8, libc::SIGTERM),
+        "what the parent's waitpid saw"
+    );
+}
