@@ -95,9 +95,6 @@ pub struct RunReport {
     pub pages_skipped_parent: u64,
     pub pages_written: u64,
     pub pages_lazy: u64,
-    /// Processes the final dump held: the job's process and its descendants, zombies
-    /// included (0: no dump ran).
-    pub processes: u64,
     pub restore_time: u64,
     pub pages_restored: u64,
     /// From the start of the restore until the restored process runs (µs).
