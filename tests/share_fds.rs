@@ -198,3 +198,72 @@ fn dump_check_names_a_pipe_and_a_socket_pair_that_lead_outside_the_tree() {
     );
     let _ = nix::sys::signal::kill(Pid::from_raw(child), nix::sys::signal::SIGKILL);
 }
+
+#[test]
+fn a_forked_tree_shares_its_pipe_socket_pairs_and_file_offset_again_after_restore() {
+    let test = "a_forked_tree_shares_its_pipe_socket_pairs_and_file_offset_again_after_restore";
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("reads");
+    let mut cmd = Command::new(fixture("sharefds"));
+    cmd.arg(&out).arg("tree");
+    let mut r = launch(cmd, &dir.path().join("log"));
+    let parent = r.pid;
+    let child = common::children_of(parent)[0];
+    let before = (kinds(parent), kinds(child));
+    let store = Store::open_or_create(&dir.path().join("store")).expect("create store");
+    let set = match dump_to_store(parent, &store, "test", &DumpOptions::default(), Some(1)) {
+        Ok(d) => d.set,
+        Err(e) if e.to_string().contains("process trees are not supported yet") => {
+            return common::skip(test, "this build cannot dump process trees yet");
+        }
+        Err(e) => panic!("dump of the tree of pid {parent}: {e}"),
+    };
+    r.child.wait().expect("reap the dumped original");
+    // The child's file is its parent's open file description; its pipe end and socket pair
+    // ends are its own (the parent closed them), the other ends the parent's.
+    let c = set
+        .processes()
+        .map(|(_, p)| p)
+        .find(|p| p.pid == child)
+        .expect("the child in the image");
+    let f16 = c.fds.iter().find(|f| f.fd == 16).unwrap();
+    assert_eq!(
+        f16.inherited,
+        Some(haul::image::FdRef {
+            pid: parent,
+            fd: 16
+        })
+    );
+    for n in [10, 12, 14] {
+        let f = c.fds.iter().find(|f| f.fd == n).unwrap();
+        assert_eq!(f.inherited, None, "fd {n}");
+    }
+
+    let got = restore(
+        &set,
+        &store,
+        &common::verified(haul::restore::PidChoice::Same),
+    )
+    .unwrap_or_else(|e| panic!("restore of the tree of pid {parent}: {e}"));
+    assert_eq!(got.pid, parent);
+    let _rp = Restored(parent);
+    let _rc = Restored(child);
+    assert_eq!((kinds(parent), kinds(child)), before);
+    // What waited at each end is read there; the file's one offset moves for both; pings
+    // sent by one process reach the other: the ends are connected across the two.
+    assert_eq!(
+        report(parent, &out, 2),
+        [
+            "parent 11=to-eleven 13= file=45",
+            "child 10=to-tenping 12=[one][][three][ping] 14=piped file=67",
+        ]
+    );
+    assert_eq!(
+        report(parent, &out, 4)[2..],
+        [
+            "parent 11=ping 13=[ping] file=89",
+            "child 10=ping 12=[ping] 14= file=--",
+        ]
+    );
+}
