@@ -196,6 +196,12 @@ fn dump_check_names_a_pipe_and_a_socket_pair_that_lead_outside_the_tree() {
         ],
         "{v}"
     );
+    // The whole tree holds both ends of both: nothing to refuse.
+    let out = common::haul()
+        .args(["dump", "--check", "--pid", &parent.pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     let _ = nix::sys::signal::kill(Pid::from_raw(child), nix::sys::signal::SIGKILL);
 }
 
