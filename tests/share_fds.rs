@@ -207,7 +207,6 @@ fn dump_check_names_a_pipe_and_a_socket_pair_that_lead_outside_the_tree() {
 
 #[test]
 fn a_forked_tree_shares_its_pipe_socket_pairs_and_file_offset_again_after_restore() {
-    let test = "a_forked_tree_shares_its_pipe_socket_pairs_and_file_offset_again_after_restore";
     nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("reads");
@@ -218,13 +217,9 @@ fn a_forked_tree_shares_its_pipe_socket_pairs_and_file_offset_again_after_restor
     let child = common::children_of(parent)[0];
     let before = (kinds(parent), kinds(child));
     let store = Store::open_or_create(&dir.path().join("store")).expect("create store");
-    let set = match dump_to_store(parent, &store, "test", &DumpOptions::default(), Some(1)) {
-        Ok(d) => d.set,
-        Err(e) if e.to_string().contains("process trees are not supported yet") => {
-            return common::skip(test, "this build cannot dump process trees yet");
-        }
-        Err(e) => panic!("dump of the tree of pid {parent}: {e}"),
-    };
+    let set = dump_to_store(parent, &store, "test", &DumpOptions::default(), Some(1))
+        .unwrap_or_else(|e| panic!("dump of the tree of pid {parent}: {e}"))
+        .set;
     r.child.wait().expect("reap the dumped original");
     // The child's file is its parent's open file description; its pipe end and socket pair
     // ends are its own (the parent closed them), the other ends the parent's.
