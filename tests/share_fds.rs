@@ -268,3 +268,37 @@ fn a_forked_tree_shares_its_pipe_socket_pairs_and_file_offset_again_after_restor
         ]
     );
 }
+
+#[test]
+fn a_child_sharing_its_parents_fd_table_is_recorded_and_restored_sharing_it() {
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("reads");
+    let mut cmd = Command::new(fixture("sharefds"));
+    cmd.arg(&out).arg("files");
+    let mut r = launch(cmd, &dir.path().join("log"));
+    let parent = r.pid;
+    let child = common::children_of(parent)[0];
+    assert!(haul::sys::process::same_fd_table(parent, child).unwrap());
+    let store = Store::open_or_create(&dir.path().join("store")).expect("create store");
+    let set = dump_to_store(parent, &store, "test", &DumpOptions::default(), Some(1))
+        .unwrap_or_else(|e| panic!("dump of the tree of pid {parent}: {e}"))
+        .set;
+    r.child.wait().expect("reap the dumped original");
+    let c = set.processes().map(|(_, p)| p).find(|p| p.pid == child);
+    assert_eq!(c.expect("the child in the image").files_of, Some(parent));
+
+    let got = restore(
+        &set,
+        &store,
+        &common::verified(haul::restore::PidChoice::Same),
+    )
+    .unwrap_or_else(|e| panic!("restore of the tree of pid {parent}: {e}"));
+    let _rp = Restored(got.pid);
+    let _rc = Restored(child);
+    assert!(haul::sys::process::same_fd_table(parent, child).unwrap());
+    assert_eq!(
+        report(parent, &out, 1),
+        ["solo 10=to-ten 11=to-eleven 12=[one][][three] 13= 14=piped file=45"]
+    );
+}
