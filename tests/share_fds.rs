@@ -64,7 +64,15 @@ fn report(pid: i32, out: &Path, n: usize) -> Vec<String> {
             .collect();
         lines.len() >= n
     });
-    assert!(ok, "no report {n} from pid {pid}: {lines:?}");
+    let state = |p: i32| std::fs::read_to_string(format!("/proc/{p}/wchan")).unwrap_or_default();
+    let kids = common::children_of(pid);
+    assert!(
+        ok,
+        "no report {n} from pid {pid} (waiting in {}; children {kids:?}, waiting in {:?}): \
+         {lines:?}",
+        state(pid),
+        kids.iter().map(|&k| state(k)).collect::<Vec<_>>()
+    );
     lines
 }
 
@@ -301,4 +309,53 @@ fn a_child_sharing_its_parents_fd_table_is_recorded_and_restored_sharing_it() {
         report(parent, &out, 1),
         ["solo 10=to-ten 11=to-eleven 12=[one][][three] 13= 14=piped file=45"]
     );
+}
+
+#[test]
+fn a_python_parent_and_child_talk_over_their_socket_pair_and_pipe_after_restore() {
+    // The parent sends on a socket pair, its forked child upper-cases what it gets into a
+    // pipe back. At the dump, the child's answer to a first message waits in the pipe.
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let script = "import os,select,socket,sys,signal\n\
+        a,b=socket.socketpair()\nr,w=os.pipe()\npid=os.fork()\n\
+        if pid==0:\n a.close()\n os.close(r)\n \
+        while True:\n  m=b.recv(100)\n  if not m: break\n  os.write(w,m.upper())\n sys.exit(0)\n\
+        b.close()\nos.close(w)\n\
+        out=open(sys.argv[1],'a')\n\
+        def usr1(*_):\n a.send(b'ping')\n got=b''\n \
+        while not got.endswith(b'PING'): got+=os.read(r,1000)\n \
+        out.write(got.decode()+'\\n')\n out.flush()\n\
+        signal.signal(signal.SIGUSR1,usr1)\n\
+        a.send(b'waiting-')\nselect.select([r],[],[])\n\
+        print('child',pid)\nprint('ready',flush=True)\n\
+        while True: signal.pause()\n";
+    let mut cmd = clean_command(common::python3());
+    cmd.args(["-c", script]).arg(&out);
+    let log = dir.path().join("log");
+    let mut r = Running::logged(&mut cmd, &log, true);
+    let parent = r.pid;
+    let child: i32 = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("child ")?.parse().ok())
+        .expect("child pid");
+    let (set, store) = dump_kill(&mut r, dir.path());
+    let c = set.processes().map(|(_, p)| p).find(|p| p.pid == child);
+    assert!(c.is_some(), "the child is in the image");
+    let got = restore(
+        &set,
+        &store,
+        &common::verified(haul::restore::PidChoice::Same),
+    )
+    .unwrap_or_else(|e| panic!("restore of the tree of pid {parent}: {e}"));
+    let _rp = Restored(got.pid);
+    let _rc = Restored(child);
+    // The answer that waited in the pipe, then the new one: the pair and the pipe still join
+    // the two processes. (Asked once the parent waits in pause() again.)
+    let wchan = || std::fs::read_to_string(format!("/proc/{parent}/wchan")).unwrap_or_default();
+    assert!(wait_for(Duration::from_secs(10), || wchan().contains("pause")));
+    assert_eq!(report(parent, &out, 1), ["WAITING-PING"]);
+    assert_eq!(report(parent, &out, 2)[1], "PING");
 }
