@@ -359,3 +359,31 @@ fn a_python_parent_and_child_talk_over_their_socket_pair_and_pipe_after_restore(
     assert_eq!(report(parent, &out, 1), ["WAITING-PING"]);
     assert_eq!(report(parent, &out, 2)[1], "PING");
 }
+
+#[test]
+fn a_socket_pair_with_fds_in_flight_is_refused_by_name_and_left_running() {
+    // fd 41 holds a message carrying an fd (SCM_RIGHTS) sent from fd 40: not carried.
+    let dir = tempfile::tempdir().unwrap();
+    let script = "import os,socket,time\n\
+        a,b=socket.socketpair()\nos.dup2(a.fileno(),40)\nos.dup2(b.fileno(),41)\n\
+        socket.send_fds(a,[b'x'],[0])\na.close()\nb.close()\n\
+        print('ready',flush=True)\ntime.sleep(120)\n";
+    let log = dir.path().join("log");
+    let mut cmd = clean_command(common::python3());
+    cmd.args(["-c", script]);
+    let r = Running::logged(&mut cmd, &log, true);
+    let store = Store::open_or_create(&dir.path().join("store")).expect("create store");
+    let e = dump_to_store(r.pid, &store, "test", &DumpOptions::default(), Some(1))
+        .expect_err("fds in flight were carried");
+    let sock = inode(r.pid, 41);
+    assert!(
+        e.to_string().contains(&format!(
+            "pid {} fd 41: socket:[{sock}] (UNIX, a socket pair) has fds in flight in its queue \
+             (SCM_RIGHTS): this is not supported yet",
+            r.pid
+        )),
+        "{e}"
+    );
+    assert_eq!(common::tracer_pid(r.pid), Some(0));
+    assert_eq!(common::proc_state(r.pid), Some('S'), "left running");
+}
