@@ -591,3 +591,37 @@ fn a_descendant_killed_mid_dump_fails_it_by_name_and_the_rest_runs_on() {
         std::fs::read_to_string(format!("/proc/{victim}/status"))
     );
 }
+
+#[test]
+fn a_child_sharing_its_parents_address_space_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Running::logged(
+        &mut clean_command(common::fixture("vmshare")),
+        &tmp.path().join("vm.log"),
+        true,
+    );
+    let mut kids = Vec::new();
+    assert!(wait_for(Duration::from_secs(10), || {
+        kids = common::children_of(p.pid);
+        kids.len() == 1
+    }));
+    let child = kids[0];
+    let out = common::haul()
+        .args(["dump", "--check", "--pid", &p.pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let why = format!(
+        "pid {child} shares its address space with its parent, pid {}",
+        p.pid
+    );
+    assert!(text.contains(&why), "{text}");
+    // A dump refuses it the same way, and both processes go on untouched.
+    let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
+    let e = dump_to_store(p.pid, &store, "vm", &running(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&why), "{e}");
+    assert_running_untraced(&[p.pid, child], "after the refusal");
+}
