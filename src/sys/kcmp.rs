@@ -29,3 +29,23 @@ pub fn same_vm(pid1: i32, pid2: i32) -> Result<Option<bool>> {
     }
     Ok(Some(r == 0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_shares_its_address_space_with_itself_not_with_its_parent() {
+        let me = std::process::id() as i32;
+        let parent = std::os::unix::process::parent_id() as i32;
+        match same_vm(me, me).unwrap() {
+            // A kernel without kcmp: nothing to compare.
+            None => eprintln!("SKIPPED: no kcmp on this kernel"),
+            Some(same) => {
+                assert!(same);
+                assert_eq!(same_vm(me, parent).unwrap(), Some(false));
+            }
+        }
+        assert!(same_vm(me, i32::MAX).is_err());
+    }
+}
