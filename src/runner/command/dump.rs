@@ -120,8 +120,12 @@ pub fn dump(cmd: &DumpCommand) -> Result<Dumped, CommandError> {
     let taken = if cmd.leave_running {
         Vec::new()
     } else {
+        // The root is left to its own parent, which reaps it when it likes (haul did not
+        // launch it); its descendants come to whoever is their nearest subreaper. A
+        // one-process dump has nothing to wait for.
         let pids: Vec<i32> = set
             .processes()
+            .skip(1)
             .map(|(_, p)| p.pid)
             .chain(set.tree.zombies.iter().map(|z| z.pid))
             .collect();
