@@ -121,8 +121,11 @@ fn adopt_orphans() {
     nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
 }
 
-/// (ppid, pgrp, session, state) of `pid` from `/proc/PID/stat`.
-fn ids(pid: i32) -> Option<(i32, i32, i32, char)> {
+/// (ppid, pgrp, session, state) of a process.
+type Ids = (i32, i32, i32, char);
+
+/// [`Ids`] of `pid` from `/proc/PID/stat`.
+fn ids(pid: i32) -> Option<Ids> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = st.rsplit_once(')')?.1;
     let w: Vec<&str> = rest.split_whitespace().collect();
@@ -508,15 +511,14 @@ fn a_bash_script_with_background_jobs_sees_every_status_after_dump_and_restore()
         sh.pid,
         common::children_of(sh.pid)
     );
-    let before: Vec<(i32, Option<(i32, i32, i32, char)>)> =
+    let before: Vec<(i32, Option<Ids>)> =
         tree_pids(sh.pid).into_iter().map(|p| (p, ids(p))).collect();
     let store = haul::store::Store::open_or_create(&tmp.path().join("store")).unwrap();
     let set = dump_tree_killed(&mut sh, &store);
     assert_eq!(set.process_count(), 3);
 
     let out = restore(&set, &store, &verified(PidChoice::Same)).expect("restore");
-    let after: Vec<(i32, Option<(i32, i32, i32, char)>)> =
-        before.iter().map(|(p, _)| (*p, ids(*p))).collect();
+    let after: Vec<(i32, Option<Ids>)> = before.iter().map(|(p, _)| (*p, ids(*p))).collect();
     let pids: Vec<i32> = before.iter().map(|p| p.0).collect();
     // The job bash waits for ends now: bash must see it as its own child.
     let a = pids[1];
