@@ -612,8 +612,12 @@ fn zombies_dumped_with_their_parent_are_reaped_after_restore_with_their_status()
     r.expect("restore");
     let z: Vec<i32> = set.tree.zombies.iter().map(|z| z.pid).collect();
     for (p, st) in pids.iter().zip(&states) {
-        let want = if z.contains(p) { 'Z' } else { 'S' };
-        assert_eq!(*st, Some(want), "pid {p} after the restore");
+        // Zombies are zombies; the living run (or sleep in their poll).
+        let zombie = z.contains(p);
+        assert!(
+            st.is_some() && (*st == Some('Z')) == zombie,
+            "pid {p} after the restore: {st:?}"
+        );
     }
     assert!(done, "python did not reap its children: {text}");
     let mut kids = pids[1..].to_vec();
