@@ -633,3 +633,94 @@ fn zombies_dumped_with_their_parent_are_reaped_after_restore_with_their_status()
     );
     assert_eq!(text, want);
 }
+
+#[test]
+fn haul_restore_of_a_tree_prints_the_roots_pid_and_in_json_every_pid() {
+    adopt_orphans();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mut sh = common::Running::logged(
+        common::clean_command("sh").args(["-c", "sleep 1000 & sleep 1000 & echo ready; wait"]),
+        &tmp.path().join("sh.log"),
+        true,
+    );
+    assert!(wait_for(Duration::from_secs(20), || {
+        common::children_of(sh.pid).len() == 2
+    }));
+    let pids = tree_pids(sh.pid);
+    let out = common::haul()
+        .args([
+            "dump",
+            "--kill",
+            "--json",
+            "--pid",
+            &sh.pid.to_string(),
+            "--store",
+        ])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let set = v["set"].as_str().unwrap().to_string();
+    let _ = sh.child.wait();
+    finish(&pids);
+
+    // HAUL_RESTORE_FAIL_AT fails a step (where the first process reaches it): nothing is left.
+    for step in ["spawn", "fill", "run"] {
+        let out = common::haul()
+            .env("HAUL_RESTORE_FAIL_AT", step)
+            .args(["restore", &set, "--store"])
+            .arg(&store)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{step}: {err}");
+        assert!(
+            err.contains(&format!("restore failed at step {step}")),
+            "{err}"
+        );
+        finish(&pids);
+    }
+    let restore = |json: bool| {
+        let mut c = common::haul();
+        c.args(["restore", &set, "--verify", "state", "--store"])
+            .arg(&store);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        let all: Vec<_> = pids.iter().map(|&p| ids(p)).collect();
+        finish(&pids);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            all.iter().all(Option::is_some),
+            "not every process restored: {all:?}"
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = restore(false);
+    assert_eq!(
+        text,
+        format!("{}\n", sh.pid),
+        "the root's pid, as for one process"
+    );
+    let v: serde_json::Value = serde_json::from_str(&restore(true)).unwrap();
+    assert_eq!(v["pid"].as_i64(), Some(sh.pid as i64));
+    let listed: Vec<(i64, i64)> = v["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["was"].as_i64().unwrap(), p["pid"].as_i64().unwrap()))
+        .collect();
+    let want: Vec<(i64, i64)> = pids.iter().map(|&p| (p as i64, p as i64)).collect();
+    assert_eq!(listed, want);
+}
