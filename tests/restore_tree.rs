@@ -724,3 +724,25 @@ fn haul_restore_of_a_tree_prints_the_roots_pid_and_in_json_every_pid() {
     let want: Vec<(i64, i64)> = pids.iter().map(|&p| (p as i64, p as i64)).collect();
     assert_eq!(listed, want);
 }
+
+#[test]
+fn a_group_led_outside_the_tree_is_refused_naming_pid_and_group_before_anything_is_made() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut set, src, [pa, pb], _) = two(dir.path());
+    let foreign = free_pid();
+    set.tree.descendants[0].pgid = foreign;
+    let e = restore(&set, &src, &verified(PidChoice::Same)).expect_err("refused");
+    let m = e.to_string();
+    assert!(
+        m.contains(&format!("pid {pb} is in process group {foreign}"))
+            && m.contains("neither in the tree nor the root's own group"),
+        "{m}"
+    );
+    for p in [pa, pb] {
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists(),
+            "pid {p} was made"
+        );
+    }
+}
