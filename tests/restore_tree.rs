@@ -746,3 +746,49 @@ fn a_group_led_outside_the_tree_is_refused_naming_pid_and_group_before_anything_
         );
     }
 }
+
+#[test]
+fn a_shell_pipeline_dumped_mid_stream_finishes_with_the_right_digest_after_restore() {
+    adopt_orphans();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let n = 800_000_000u64;
+    let script = format!(
+        "cat /dev/zero | head -c {n} | sha256sum > {}",
+        out.display()
+    );
+    let mut sh = common::Running::logged(
+        common::clean_command("sh").args(["-c", &script]),
+        &tmp.path().join("sh.log"),
+        false,
+    );
+    assert!(wait_for(Duration::from_secs(20), || {
+        common::children_of(sh.pid).len() == 3
+    }));
+    let pids = tree_pids(sh.pid);
+    let store = haul::store::Store::open_or_create(&tmp.path().join("store")).unwrap();
+    let set = dump_tree_killed(&mut sh, &store);
+    let mid_stream = std::fs::read_to_string(&out).unwrap_or_default().is_empty();
+    assert_eq!(set.process_count(), 4);
+
+    let r = restore(&set, &store, &verified(PidChoice::Same));
+    // sh ends once sha256sum has written the digest; this test reaps it.
+    let done = wait_for(Duration::from_secs(120), || {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(sh.pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        !Path::new(&format!("/proc/{}", sh.pid)).exists()
+    });
+    let got = std::fs::read_to_string(&out).unwrap_or_default();
+    finish(&pids);
+    r.expect("restore");
+    assert!(mid_stream, "the pipeline had finished before the dump");
+    assert!(done, "the restored pipeline did not finish");
+    let want = Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c {n} /dev/zero | sha256sum"))
+        .output()
+        .unwrap();
+    assert_eq!(got, String::from_utf8(want.stdout).unwrap());
+}
