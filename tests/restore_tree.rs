@@ -121,8 +121,11 @@ fn adopt_orphans() {
     nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
 }
 
-/// (ppid, pgrp, session, state) of `pid` from `/proc/PID/stat`.
-fn ids(pid: i32) -> Option<(i32, i32, i32, char)> {
+/// (ppid, pgrp, session, state) of a process.
+type Ids = (i32, i32, i32, char);
+
+/// [`Ids`] of `pid` from `/proc/PID/stat`.
+fn ids(pid: i32) -> Option<Ids> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = st.rsplit_once(')')?.1;
     let w: Vec<&str> = rest.split_whitespace().collect();
@@ -508,15 +511,14 @@ fn a_bash_script_with_background_jobs_sees_every_status_after_dump_and_restore()
         sh.pid,
         common::children_of(sh.pid)
     );
-    let before: Vec<(i32, Option<(i32, i32, i32, char)>)> =
+    let before: Vec<(i32, Option<Ids>)> =
         tree_pids(sh.pid).into_iter().map(|p| (p, ids(p))).collect();
     let store = haul::store::Store::open_or_create(&tmp.path().join("store")).unwrap();
     let set = dump_tree_killed(&mut sh, &store);
     assert_eq!(set.process_count(), 3);
 
     let out = restore(&set, &store, &verified(PidChoice::Same)).expect("restore");
-    let after: Vec<(i32, Option<(i32, i32, i32, char)>)> =
-        before.iter().map(|(p, _)| (*p, ids(*p))).collect();
+    let after: Vec<(i32, Option<Ids>)> = before.iter().map(|(p, _)| (*p, ids(*p))).collect();
     let pids: Vec<i32> = before.iter().map(|p| p.0).collect();
     // The job bash waits for ends now: bash must see it as its own child.
     let a = pids[1];
@@ -610,8 +612,12 @@ fn zombies_dumped_with_their_parent_are_reaped_after_restore_with_their_status()
     r.expect("restore");
     let z: Vec<i32> = set.tree.zombies.iter().map(|z| z.pid).collect();
     for (p, st) in pids.iter().zip(&states) {
-        let want = if z.contains(p) { 'Z' } else { 'S' };
-        assert_eq!(*st, Some(want), "pid {p} after the restore");
+        // Zombies are zombies; the living run (or sleep in their poll).
+        let zombie = z.contains(p);
+        assert!(
+            st.is_some() && (*st == Some('Z')) == zombie,
+            "pid {p} after the restore: {st:?}"
+        );
     }
     assert!(done, "python did not reap its children: {text}");
     let mut kids = pids[1..].to_vec();
@@ -626,4 +632,163 @@ fn zombies_dumped_with_their_parent_are_reaped_after_restore_with_their_status()
         9 << 8
     );
     assert_eq!(text, want);
+}
+
+#[test]
+fn haul_restore_of_a_tree_prints_the_roots_pid_and_in_json_every_pid() {
+    adopt_orphans();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mut sh = common::Running::logged(
+        common::clean_command("sh").args(["-c", "sleep 1000 & sleep 1000 & echo ready; wait"]),
+        &tmp.path().join("sh.log"),
+        true,
+    );
+    assert!(wait_for(Duration::from_secs(20), || {
+        common::children_of(sh.pid).len() == 2
+    }));
+    let pids = tree_pids(sh.pid);
+    let out = common::haul()
+        .args([
+            "dump",
+            "--kill",
+            "--json",
+            "--pid",
+            &sh.pid.to_string(),
+            "--store",
+        ])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let set = v["set"].as_str().unwrap().to_string();
+    let _ = sh.child.wait();
+    finish(&pids);
+
+    // HAUL_RESTORE_FAIL_AT fails a step (where the first process reaches it): nothing is left.
+    for step in ["spawn", "fill", "run"] {
+        let out = common::haul()
+            .env("HAUL_RESTORE_FAIL_AT", step)
+            .args(["restore", &set, "--store"])
+            .arg(&store)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{step}: {err}");
+        assert!(
+            err.contains(&format!("restore failed at step {step}")),
+            "{err}"
+        );
+        finish(&pids);
+    }
+    let restore = |json: bool| {
+        let mut c = common::haul();
+        c.args(["restore", &set, "--verify", "state", "--store"])
+            .arg(&store);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        let all: Vec<_> = pids.iter().map(|&p| ids(p)).collect();
+        finish(&pids);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            all.iter().all(Option::is_some),
+            "not every process restored: {all:?}"
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = restore(false);
+    assert_eq!(
+        text,
+        format!("{}\n", sh.pid),
+        "the root's pid, as for one process"
+    );
+    let v: serde_json::Value = serde_json::from_str(&restore(true)).unwrap();
+    assert_eq!(v["pid"].as_i64(), Some(sh.pid as i64));
+    let listed: Vec<(i64, i64)> = v["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["was"].as_i64().unwrap(), p["pid"].as_i64().unwrap()))
+        .collect();
+    let want: Vec<(i64, i64)> = pids.iter().map(|&p| (p as i64, p as i64)).collect();
+    assert_eq!(listed, want);
+}
+
+#[test]
+fn a_group_led_outside_the_tree_is_refused_naming_pid_and_group_before_anything_is_made() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut set, src, [pa, pb], _) = two(dir.path());
+    let foreign = free_pid();
+    set.tree.descendants[0].pgid = foreign;
+    let e = restore(&set, &src, &verified(PidChoice::Same)).expect_err("refused");
+    let m = e.to_string();
+    assert!(
+        m.contains(&format!("pid {pb} is in process group {foreign}"))
+            && m.contains("neither in the tree nor the root's own group"),
+        "{m}"
+    );
+    for p in [pa, pb] {
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists(),
+            "pid {p} was made"
+        );
+    }
+}
+
+#[test]
+fn a_shell_pipeline_dumped_mid_stream_finishes_with_the_right_digest_after_restore() {
+    adopt_orphans();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let n = 800_000_000u64;
+    let script = format!(
+        "cat /dev/zero | head -c {n} | sha256sum > {}",
+        out.display()
+    );
+    let mut sh = common::Running::logged(
+        common::clean_command("sh").args(["-c", &script]),
+        &tmp.path().join("sh.log"),
+        false,
+    );
+    assert!(wait_for(Duration::from_secs(20), || {
+        common::children_of(sh.pid).len() == 3
+    }));
+    let pids = tree_pids(sh.pid);
+    let store = haul::store::Store::open_or_create(&tmp.path().join("store")).unwrap();
+    let set = dump_tree_killed(&mut sh, &store);
+    let mid_stream = std::fs::read_to_string(&out).unwrap_or_default().is_empty();
+    assert_eq!(set.process_count(), 4);
+
+    let r = restore(&set, &store, &verified(PidChoice::Same));
+    // sh ends once sha256sum has written the digest; this test reaps it.
+    let done = wait_for(Duration::from_secs(120), || {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(sh.pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        !Path::new(&format!("/proc/{}", sh.pid)).exists()
+    });
+    let got = std::fs::read_to_string(&out).unwrap_or_default();
+    finish(&pids);
+    r.expect("restore");
+    assert!(mid_stream, "the pipeline had finished before the dump");
+    assert!(done, "the restored pipeline did not finish");
+    let want = Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c {n} /dev/zero | sha256sum"))
+        .output()
+        .unwrap();
+    assert_eq!(got, String::from_utf8(want.stdout).unwrap());
 }

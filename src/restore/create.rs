@@ -350,6 +350,10 @@ pub(super) fn groups(c: &Ctx<'_>, made: &mut Made<'_>, plan: &Plan) -> Result<()
                     // haul's group is gone: a group of its own is the nearest thing.
                     remote::setpgid(rs, g).or_else(|_| remote::setpgid(rs, 0))
                 }
+                // The root's group reads 0 when its leader is outside our PID namespace: it
+                // cannot be named, and the process stays in the group it was born in (0
+                // would make it a group of its own).
+                Group::JoinRoot if target == 0 => Ok(()),
                 Group::Join(_) | Group::JoinRoot => remote::setpgid(rs, target),
             };
             r.map_err(|e| StepError::from(e).at("process group"))

@@ -72,12 +72,11 @@ pub(super) fn rebuild(
     let mut lazy_ranges = Vec::new();
     for i in 0..made.living.len() {
         let hooks = if i == 0 { lazy.take() } else { None };
-        let (pages, fill, ranges) =
-            build(&c, &mut made.living[i], source, opts, &mut shared, hooks)?;
-        pages_restored += pages;
-        fill_time += fill;
+        let b = build(&c, &mut made.living[i], source, opts, &mut shared, hooks)?;
+        pages_restored += b.pages_restored;
+        fill_time += b.fill_time;
         if i == 0 {
-            lazy_ranges = ranges;
+            lazy_ranges = b.lazy_ranges;
         }
     }
     // --verify state: compared while every thread of every process is still stopped, so a
@@ -124,7 +123,7 @@ pub(super) fn rebuild(
 }
 
 /// Rebuilds one seized, prepared process from *unmap* to *run* (signals queued, every thread
-/// still stopped). Returns (pages filled, fill time in µs, the ranges left lazy).
+/// still stopped).
 fn build(
     c: &Ctx<'_>,
     pr: &mut Proc<'_>,
@@ -132,7 +131,7 @@ fn build(
     opts: &RestoreOptions,
     shared: &mut super::share::Shared,
     lazy: Option<&mut dyn super::LazyHooks>,
-) -> Result<(u64, u64, Vec<(u64, u64)>), RestoreError> {
+) -> Result<Built, RestoreError> {
     let (p, pid, scratch, ipid) = (pr.p, pr.pid, pr.scratch, pr.p.pid);
     let set = c.set;
     let mut rs = pr.rs.take().expect("prepared");
@@ -247,5 +246,18 @@ fn build(
         drop(rs);
         super::signals::queue_pending(pid, p, &threads)
     })?;
-    Ok((pages_restored, fill_time, lazy_ranges))
+    Ok(Built {
+        pages_restored,
+        fill_time,
+        lazy_ranges,
+    })
+}
+
+/// What [`build`] did for one process.
+struct Built {
+    pages_restored: u64,
+    /// µs.
+    fill_time: u64,
+    /// The ranges left to a lazy daemon (empty for an eager restore).
+    lazy_ranges: Vec<(u64, u64)>,
 }

@@ -7,8 +7,11 @@
 //! nothing of the image in it yet). So every process starts as the root does: with haul's
 //! credentials and an address space that its own rebuild unmaps, and is rebuilt by the very
 //! same steps from *seize* on. Later would not do: a child made after its parent's *creds*
-//! would lack the privileges its own rebuild needs, and one made after its parent's *files*
-//! or *map* would only inherit what its rebuild throws away.
+//! would lack the privileges its own rebuild needs (and `clone3` with `set_tid` needs
+//! `CAP_SYS_ADMIN` in the parent, which still has haul's credentials), and one made after its
+//! parent's *files* or *map* would only inherit what its rebuild throws away. Threads come
+//! later still (*threads*), so a parent forks while it has one thread, as a fork copies only
+//! the caller.
 //!
 //! **Sessions** are inherited at fork and can only be left for a new one of one's own
 //! (`setsid`), so a child in a session not its own must be forked while its parent is in that
