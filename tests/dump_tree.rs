@@ -31,7 +31,12 @@ fn shell(dir: &Path, script: &str, kids: usize) -> Running {
     let ok = wait_for(Duration::from_secs(20), || {
         common::children_of(r.pid).len() == kids
     });
-    assert!(ok, "sh {} has {:?} children", r.pid, common::children_of(r.pid));
+    assert!(
+        ok,
+        "sh {} has {:?} children",
+        r.pid,
+        common::children_of(r.pid)
+    );
     r
 }
 
@@ -63,7 +68,10 @@ fn assert_running_untraced(pids: &[i32], what: &str) {
         // The thaw has happened when the dump returned; its detach is immediate.
         assert_eq!(common::tracer_pid(p), Some(0), "{what}: pid {p} is traced");
         let st = common::proc_state(p).unwrap();
-        assert!(!matches!(st, 'T' | 't'), "{what}: pid {p} is stopped ({st})");
+        assert!(
+            !matches!(st, 'T' | 't'),
+            "{what}: pid {p} is stopped ({st})"
+        );
     }
 }
 
@@ -74,11 +82,7 @@ fn load(store: &Store, id: &str) -> ImageSet {
 #[test]
 fn a_shell_and_its_background_jobs_are_dumped_whole_and_left_running() {
     let tmp = tempfile::tempdir().unwrap();
-    let sh = shell(
-        tmp.path(),
-        "sleep 1000 & sleep 1000 & echo ready; wait",
-        2,
-    );
+    let sh = shell(tmp.path(), "sleep 1000 & sleep 1000 & echo ready; wait", 2);
     let pids = tree_pids(sh.pid);
     assert_eq!(pids.len(), 3, "{pids:?}");
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
@@ -89,7 +93,10 @@ fn a_shell_and_its_background_jobs_are_dumped_whole_and_left_running() {
     let set = load(&store, &d.set.id);
     assert_eq!(set.process_count(), 3);
     let got: Vec<i32> = set.processes().map(|(_, p)| p.pid).collect();
-    assert_eq!(got, pids, "tree order: root, then children by ascending pid");
+    assert_eq!(
+        got, pids,
+        "tree order: root, then children by ascending pid"
+    );
     assert!(set.tree.zombies.is_empty());
     let mut threads = 0;
     for (space, p) in set.processes() {
@@ -158,7 +165,12 @@ fn zombies_keep_their_wait_status_and_a_clone_its_exit_signal() {
                 .count()
                 == 2
     });
-    assert!(ok, "children of {}: {:?}", py.pid, common::children_of(py.pid));
+    assert!(
+        ok,
+        "children of {}: {:?}",
+        py.pid,
+        common::children_of(py.pid)
+    );
     let mut kids = common::children_of(py.pid);
     kids.sort_unstable();
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
@@ -198,7 +210,9 @@ fn a_failure_at_any_step_leaves_every_process_running_untraced() {
         "sleep 1000 & (sleep 1000 & wait) & echo ready; wait",
         2,
     );
-    assert!(wait_for(Duration::from_secs(20), || tree_pids(sh.pid).len() == 4));
+    assert!(wait_for(Duration::from_secs(20), || tree_pids(sh.pid)
+        .len()
+        == 4));
     let pids = tree_pids(sh.pid);
     let store = tmp.path().join("store");
     for step in Step::ALL {
@@ -217,7 +231,13 @@ fn a_failure_at_any_step_leaves_every_process_running_untraced() {
     }
     // And a dump without the fault still works on the same tree.
     let out = common::haul()
-        .args(["dump", "--leave-running", "--pid", &sh.pid.to_string(), "--store"])
+        .args([
+            "dump",
+            "--leave-running",
+            "--pid",
+            &sh.pid.to_string(),
+            "--store",
+        ])
         .arg(&store)
         .output()
         .unwrap();

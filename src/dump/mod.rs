@@ -417,7 +417,9 @@ pub(crate) fn dump_planned(
     let ctx = Ctx::root(root, opts);
     let before = ctx.step(Step::Check, || check::precheck_snapshot(root))?;
     if let Some(what) = one_only {
-        ctx.step(Step::Check, || tree::refuse_tree(root, &before.others(), what))?;
+        ctx.step(Step::Check, || {
+            tree::refuse_tree(root, &before.others(), what)
+        })?;
     }
     ctx.fail(Step::Check)?;
     let mut stats = DumpStats::default();
@@ -474,7 +476,9 @@ pub(crate) fn dump_planned(
         })?;
         m.step(Step::Scratch, || f.map_scratch())?;
         fail(Step::Scratch)?;
-        m.step(Step::Sigactions, || state::capture_injected(f, &mut process))?;
+        m.step(Step::Sigactions, || {
+            state::capture_injected(f, &mut process)
+        })?;
         fail(Step::Sigactions)?;
         m.step(Step::Scratch, || f.unmap_scratch())?;
         // No more injected syscalls: give the registers back and end the syscall-tracing

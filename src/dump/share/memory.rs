@@ -92,6 +92,9 @@ pub(super) fn check(members: &[Member<'_>], found: &mut Refusals) -> Result<(), 
         found.note(r)?;
     }
     let pids: BTreeSet<i32> = members.iter().map(|m| m.pid).collect();
+    for e in outside_holders(&maps, &pids) {
+        found.add(e);
+    }
     // An attached segment is refused with its mapping already (`check_mapping`).
     let attached: BTreeSet<u64> = members
         .iter()
@@ -103,6 +106,53 @@ pub(super) fn check(members: &[Member<'_>], found: &mut Refusals) -> Result<(), 
         found.add(e);
     }
     Ok(())
+}
+
+/// Refuses each shared memory object of the tree that a process outside it maps too (a
+/// restore would give the tree a copy of its own, and their writes would no longer meet): one
+/// refusal per object, naming the member's mapping and the outside pid. Reads the maps of every
+/// process, only when the tree maps a shared object at all; processes that vanish meanwhile
+/// or whose maps cannot be read are passed over.
+fn outside_holders(maps: &[Mapping], pids: &BTreeSet<i32>) -> Vec<DumpError> {
+    let mut wanted: HashMap<ObjKey, &Mapping> = HashMap::new();
+    for m in maps {
+        if let Some(k) = m.key {
+            wanted.entry(k).or_insert(m);
+        }
+    }
+    let mut out = Vec::new();
+    if wanted.is_empty() {
+        return out;
+    }
+    let mut others: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p| !pids.contains(p))
+        .collect();
+    others.sort_unstable();
+    for pid in others {
+        let Ok(theirs) = crate::proc::maps(pid) else {
+            continue;
+        };
+        for m in &theirs {
+            let Some(k) = from_map(pid, m).key else {
+                continue;
+            };
+            if let Some(h) = wanted.remove(&k) {
+                out.push(DumpError::Unsupported(format!(
+                    "pid {} mapping {:x}-{:x} ({}) shares its memory object with pid {pid}, \
+                     outside the tree: not supported yet",
+                    h.pid, h.start, h.end, h.name
+                )));
+            }
+        }
+        if wanted.is_empty() {
+            break;
+        }
+    }
+    out
 }
 
 /// Marks every later mapping of a shared memory object with its first holder (`shared_with`).
