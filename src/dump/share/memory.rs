@@ -4,8 +4,8 @@
 //! One object (same kind, device and inode) is stored once: its first holder in tree order
 //! keeps its pages, every later mapping of it gets `Vma::shared_with` naming that mapping and
 //! is mapped from it by the restore, at its own offset into the object. A later mapping that
-//! covers object pages its first holder's mapping does not would lose them (they are stored
-//! nowhere), so it is refused by name.
+//! covers the first holder's part of the object only partly would make two objects of it, so
+//! it is refused by name.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -32,32 +32,43 @@ struct Mapping {
     key: Option<ObjKey>,
 }
 
-/// For each mapping, in order: None (not shared, or the first holder of its object), the
-/// first holder's mapping, or the refusal of a mapping that covers object pages the first
-/// holder does not.
+/// For each mapping, in order: None (not shared, or the first to map its part of the object:
+/// its pages are stored), the earlier stored mapping that covers its part of the object, or
+/// the refusal of one that covers a stored mapping's part only partly (the object would come
+/// back as two). An object mapped in disjoint pieces (a mapping split by `mprotect`) has each
+/// piece stored and restored as an object of its own, as before trees.
 fn link_all(maps: &[Mapping]) -> Vec<Result<Option<VmaRef>, DumpError>> {
-    let mut first: HashMap<ObjKey, &Mapping> = HashMap::new();
+    let mut stored: HashMap<ObjKey, Vec<&Mapping>> = HashMap::new();
+    let bytes = |m: &Mapping| (m.pgoff, m.pgoff + (m.end - m.start));
     maps.iter()
         .map(|m| {
             let Some(key) = m.key else { return Ok(None) };
-            let Some(h) = first.get(&key) else {
-                first.insert(key, m);
-                return Ok(None);
-            };
-            let (lo, hi) = (m.pgoff, m.pgoff + (m.end - m.start));
-            let (hlo, hhi) = (h.pgoff, h.pgoff + (h.end - h.start));
-            if lo < hlo || hi > hhi {
+            let held = stored.entry(key).or_default();
+            let (lo, hi) = bytes(m);
+            if let Some(h) = held.iter().find(|h| {
+                let (hlo, hhi) = bytes(h);
+                hlo <= lo && hi <= hhi
+            }) {
+                return Ok(Some(VmaRef {
+                    pid: h.pid,
+                    start: h.start,
+                }));
+            }
+            if let Some(h) = held.iter().find(|h| {
+                let (hlo, hhi) = bytes(h);
+                hlo < hi && lo < hhi
+            }) {
+                let (hlo, hhi) = bytes(h);
                 return Err(DumpError::Unsupported(format!(
                     "pid {} mapping {:x}-{:x} ({}) maps bytes {lo:#x}-{hi:#x} of a shared memory \
                      object whose first holder, pid {} mapping {:x}-{:x}, maps only bytes \
-                     {hlo:#x}-{hhi:#x}: the rest would be stored nowhere (not supported yet)",
+                     {hlo:#x}-{hhi:#x} of them: it would come back as two objects (not \
+                     supported yet)",
                     m.pid, m.start, m.end, m.name, h.pid, h.start, h.end
                 )));
             }
-            Ok(Some(VmaRef {
-                pid: h.pid,
-                start: h.start,
-            }))
+            held.push(m);
+            Ok(None)
         })
         .collect()
 }
@@ -349,6 +360,23 @@ mod tests {
     }
 
     #[test]
+    fn disjoint_pieces_of_one_object_are_each_stored_and_linked_to_by_what_they_cover() {
+        // One mapping split in three by mprotect, then a child mapping the middle piece.
+        let maps = [
+            shm(10, 0x1000, 0x1000, 0, 7),
+            shm(10, 0x2000, 0x1000, 0x1000, 7),
+            shm(10, 0x3000, 0x1000, 0x2000, 7),
+            shm(11, 0x2000, 0x1000, 0x1000, 7),
+        ];
+        let got: Vec<Option<VmaRef>> = link_all(&maps).into_iter().map(|r| r.unwrap()).collect();
+        let mid = Some(VmaRef {
+            pid: 10,
+            start: 0x2000,
+        });
+        assert_eq!(got, [None, None, None, mid]);
+    }
+
+    #[test]
     fn a_later_mapping_beyond_its_first_holder_is_refused_naming_both() {
         // The first holder maps object bytes 0x1000-0x3000; the later one 0-0x2000.
         let maps = [
@@ -357,6 +385,7 @@ mod tests {
         ];
         let got = link_all(&maps);
         assert!(got[0].as_ref().unwrap().is_none());
+        assert_eq!(got.len(), 2);
         let e = got[1].as_ref().unwrap_err().to_string();
         assert!(
             e.starts_with("pid 11 mapping 5000-7000 (/dev/zero (deleted))"),
