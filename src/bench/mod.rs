@@ -1,4 +1,4 @@
-//! Benchmarks (`haul bench store|precopy|lazy`): real processes and real stores, measured side
+//! Benchmarks (`haul bench store|precopy|lazy|tree`): real processes and real stores, measured side
 //! by side after a prewarm (DESIGN.md §4 "This VM": prewarm, medians, ratios). They live here,
 //! not in the modules they measure, so that measuring one module never makes it depend on
 //! another (the lazy benchmark dumps, but `lazy` itself does not depend on `dump`).
@@ -6,10 +6,12 @@
 //! - [`store`]: the store against `zstd -T2` on a synthetic image.
 //! - [`dump`]: what pre-copy buys and costs (`haul bench precopy`).
 //! - [`lazy`]: post-copy restore against an eager restore of the same set.
+//! - [`tree`]: a process tree sharing memory against one process with the same memory.
 
 pub mod dump;
 pub mod lazy;
 pub mod store;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -61,6 +61,32 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
+        BenchCommand::Tree {
+            dir,
+            fixtures,
+            processes,
+            shared,
+            private,
+            runs,
+            json,
+        } => {
+            use haul::bench::tree as bench;
+            let opts = bench::BenchOptions {
+                dir,
+                fixtures,
+                processes,
+                shared_mib: shared >> 20,
+                private_mib: private >> 20,
+                runs,
+            };
+            let r = bench::run_bench(&opts)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(bench::report_text(&r).trim_end());
+            }
+            Ok(exit::OK)
+        }
         BenchCommand::Store { dir, size, json } => {
             let opts = haul::bench::store::BenchOptions {
                 dir,

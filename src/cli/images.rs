@@ -1,7 +1,9 @@
 //! `haul images`: list, show, verify, disk use, remove, gc, push and pull, as text or JSON.
 
+use haul::image::ImageSet;
 use haul::runner::exit;
 use haul::Error;
+use serde::Serialize;
 
 use super::{out, print_json, ImagesArgs};
 
@@ -81,9 +83,17 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         C::Show { set, json } => {
             let s = store.load_set(&set)?;
             if json {
-                print_json(&haul::store::set_view(&s))?;
+                print_json(&ShowJson {
+                    view: haul::store::set_view(&s),
+                    processes: process_rows(&s),
+                })?;
             } else {
                 out(haul::store::show_text(&s).trim_end());
+                let rows = process_rows(&s);
+                if !rows.is_empty() {
+                    out("");
+                    out(processes_text(&rows).trim_end());
+                }
             }
             Ok(exit::OK)
         }
@@ -206,4 +216,304 @@ fn du_text(r: &haul::store::DuReport) -> String {
         ));
     }
     lines.join("\n")
+}
+
+/// `haul images show --json`: the set's view, and every process of it.
+#[derive(Serialize)]
+struct ShowJson {
+    #[serde(flatten)]
+    view: haul::store::SetView,
+    /// The root and its descendants, living and zombie, in tree order (see [`process_rows`]).
+    processes: Vec<ProcessRow>,
+}
+
+/// One process of a set, as `haul images show` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+struct ProcessRow {
+    pid: i32,
+    ppid: i32,
+    pgid: i32,
+    sid: i32,
+    comm: String,
+    /// Command line, NUL separators shown as spaces (empty for a zombie: not recorded).
+    cmdline: String,
+    /// Thread ids (none for a zombie).
+    threads: Vec<i32>,
+    /// Levels below the root (the root is 0).
+    depth: usize,
+    zombie: bool,
+    /// A zombie's status as its parent's `wait` will report it (`wait(2)` encoding).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait_status: Option<i32>,
+    /// The same in words: `exit 7`, `killed by SIGTERM`, `killed by SIGSEGV (core dumped)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended: Option<String>,
+    /// Entries of its page table space (0 for a zombie).
+    pages: u64,
+    /// It shares the fd table of this process (`CLONE_FILES`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files_of: Option<i32>,
+}
+
+/// A `wait(2)` status in words.
+fn wait_status_text(st: i32) -> String {
+    let sig = st & 0x7f;
+    if sig == 0 {
+        return format!("exit {}", (st >> 8) & 0xff);
+    }
+    let name = nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"));
+    let core = if st & 0x80 != 0 { " (core dumped)" } else { "" };
+    format!("killed by {name}{core}")
+}
+
+/// Every process of `set` (none for a pre-dump): the root first, each process followed by its
+/// children (living and zombie) by ascending pid, so that a child is listed below its parent.
+fn process_rows(set: &ImageSet) -> Vec<ProcessRow> {
+    let mut rows: Vec<ProcessRow> = set
+        .processes()
+        .map(|(space, p)| ProcessRow {
+            pid: p.pid,
+            ppid: p.ppid,
+            pgid: p.pgid,
+            sid: p.sid,
+            comm: p.comm.clone(),
+            cmdline: String::from_utf8_lossy(&p.cmdline)
+                .trim_end_matches('\0')
+                .replace('\0', " "),
+            threads: p.threads.iter().map(|t| t.tid).collect(),
+            depth: 0,
+            zombie: false,
+            wait_status: None,
+            ended: None,
+            pages: set.pages_of(space).count() as u64,
+            files_of: p.files_of,
+        })
+        .collect();
+    rows.extend(set.tree.zombies.iter().map(|z| ProcessRow {
+        pid: z.pid,
+        ppid: z.ppid,
+        pgid: z.pgid,
+        sid: z.sid,
+        comm: z.comm.clone(),
+        cmdline: String::new(),
+        threads: Vec::new(),
+        depth: 0,
+        zombie: true,
+        wait_status: Some(z.wait_status),
+        ended: Some(wait_status_text(z.wait_status)),
+        pages: 0,
+        files_of: None,
+    }));
+    tree_order(rows)
+}
+
+/// `rows` (the root first) walked from the root, children by ascending pid, each with its depth.
+/// A row whose parent is not in the set (only the root should be so) starts a walk of its own,
+/// so nothing is ever left out.
+fn tree_order(mut rows: Vec<ProcessRow>) -> Vec<ProcessRow> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let Some(root) = rows.first().map(|r| r.pid) else {
+        return rows;
+    };
+    let pids: BTreeSet<i32> = rows.iter().map(|r| r.pid).collect();
+    let mut children: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    let mut tops = vec![0];
+    let mut by_pid: Vec<usize> = (1..rows.len()).collect();
+    by_pid.sort_by_key(|&i| rows[i].pid);
+    for i in by_pid {
+        let r = &rows[i];
+        if pids.contains(&r.ppid) && r.pid != root {
+            children.entry(r.ppid).or_default().push(i);
+        } else {
+            tops.push(i);
+        }
+    }
+    let mut slots: Vec<Option<ProcessRow>> = rows.drain(..).map(Some).collect();
+    let mut out = Vec::with_capacity(slots.len());
+    for top in tops {
+        let mut stack = vec![(top, 0)];
+        while let Some((i, depth)) = stack.pop() {
+            let Some(mut r) = slots[i].take() else {
+                continue;
+            };
+            r.depth = depth;
+            if let Some(kids) = children.get(&r.pid) {
+                stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
+            }
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// The process table of `haul images show`: one line per process, the command indented by
+/// its depth in the tree, zombies with how they ended.
+fn processes_text(rows: &[ProcessRow]) -> String {
+    use std::fmt::Write;
+    let zombies = rows.iter().filter(|r| r.zombie).count();
+    let mut s = format!(
+        "processes {}{}\n",
+        rows.len(),
+        match zombies {
+            0 => String::new(),
+            1 => " (1 zombie)".into(),
+            n => format!(" ({n} zombies)"),
+        }
+    );
+    let _ = writeln!(
+        s,
+        "{:>8} {:>8} {:>8} {:>8} {:>7} {:>8}  command",
+        "pid", "ppid", "pgid", "sid", "threads", "pages"
+    );
+    for r in rows {
+        let indent = "  ".repeat(r.depth);
+        let (threads, pages, what) = if r.zombie {
+            let ended = r.ended.as_deref().unwrap_or("?");
+            (
+                "-".into(),
+                "-".into(),
+                format!("[{}] zombie, {ended}", r.comm),
+            )
+        } else {
+            let mut cmd = if r.cmdline.is_empty() {
+                format!("[{}]", r.comm)
+            } else {
+                r.cmdline.clone()
+            };
+            if cmd.chars().count() > 72 {
+                cmd = cmd.chars().take(71).collect::<String>() + "…";
+            }
+            if let Some(f) = r.files_of {
+                cmd += &format!("  (fd table of {f})");
+            }
+            (r.threads.len().to_string(), r.pages.to_string(), cmd)
+        };
+        let _ = writeln!(
+            s,
+            "{:>8} {:>8} {:>8} {:>8} {:>7} {:>8}  {indent}{what}",
+            r.pid, r.ppid, r.pgid, r.sid, threads, pages
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haul::image::{ProcessImage, ThreadImage, ZombieImage};
+
+    fn proc(pid: i32, ppid: i32, cmd: &str) -> ProcessImage {
+        ProcessImage {
+            pid,
+            ppid,
+            pgid: 100,
+            sid: 100,
+            comm: cmd.split(' ').next().unwrap().into(),
+            cmdline: cmd.replace(' ', "\0").into_bytes(),
+            threads: vec![ThreadImage {
+                tid: pid,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn tree_set() -> ImageSet {
+        let mut s = ImageSet {
+            id: "t-1".into(),
+            job: "t".into(),
+            created_us: 0,
+            kind: haul::image::SetKind::Dump,
+            parent: None,
+            kernel: String::new(),
+            process: Some(proc(100, 1, "bash jobs.sh")),
+            tree: Default::default(),
+            pages: Default::default(),
+            figures: Default::default(),
+        };
+        // Tree order: parents first, children by pid.
+        s.tree.descendants = vec![proc(103, 100, "sh -c x"), proc(110, 100, "sleep 9")];
+        s.tree.descendants.push(proc(120, 103, "cat"));
+        s.tree.zombies = vec![
+            ZombieImage {
+                pid: 105,
+                ppid: 103,
+                pgid: 100,
+                sid: 100,
+                comm: "sh".into(),
+                wait_status: 7 << 8,
+                exit_signal: 17,
+            },
+            ZombieImage {
+                pid: 101,
+                ppid: 100,
+                comm: "kid".into(),
+                wait_status: libc::SIGSEGV | 0x80,
+                exit_signal: 17,
+                ..Default::default()
+            },
+        ];
+        let key = haul::image::page_key;
+        s.pages.insert(key(0, 0x1000), haul::image::PageRef::Zero);
+        s.pages.insert(key(3, 0x1000), haul::image::PageRef::Zero);
+        s.pages.insert(key(3, 0x2000), haul::image::PageRef::Zero);
+        s
+    }
+
+    #[test]
+    fn rows_list_each_process_below_its_parent_with_zombies_and_their_status() {
+        let rows = process_rows(&tree_set());
+        let got: Vec<(i32, usize, bool)> =
+            rows.iter().map(|r| (r.pid, r.depth, r.zombie)).collect();
+        assert_eq!(
+            got,
+            [
+                (100, 0, false),
+                (101, 1, true),
+                (103, 1, false),
+                (105, 2, true),
+                (120, 2, false),
+                (110, 1, false)
+            ]
+        );
+        let by = |pid| rows.iter().find(|r| r.pid == pid).unwrap();
+        assert_eq!(by(105).ended.as_deref(), Some("exit 7"));
+        assert_eq!(
+            by(101).ended.as_deref(),
+            Some("killed by SIGSEGV (core dumped)")
+        );
+        // Page spaces: the root is 0, descendant i is i + 1 (cat, the third, is 3).
+        assert_eq!((by(100).pages, by(120).pages, by(103).pages), (1, 2, 0));
+        assert_eq!(by(103).cmdline, "sh -c x");
+        let text = processes_text(&rows);
+        assert!(text.starts_with("processes 6 (2 zombies)\n"), "{text}");
+        assert!(text.contains("      [sh] zombie, exit 7"), "{text}");
+        assert!(text.contains("    cat"), "{text}");
+    }
+
+    #[test]
+    fn show_json_keeps_the_view_fields_and_adds_the_processes() {
+        let s = tree_set();
+        let v = serde_json::to_value(ShowJson {
+            view: haul::store::set_view(&s),
+            processes: process_rows(&s),
+        })
+        .unwrap();
+        assert_eq!(v["id"], "t-1");
+        assert_eq!(v["process"]["pid"], 100);
+        assert_eq!(v["processes"].as_array().unwrap().len(), 6);
+        assert_eq!(v["processes"][1]["wait_status"], libc::SIGSEGV | 0x80);
+        assert_eq!(v["processes"][0]["threads"], serde_json::json!([100]));
+        assert!(v["processes"][0].get("wait_status").is_none());
+    }
+
+    #[test]
+    fn a_pre_dump_has_no_processes() {
+        let mut s = tree_set();
+        s.process = None;
+        s.tree = Default::default();
+        assert!(process_rows(&s).is_empty());
+    }
 }

@@ -72,7 +72,7 @@ pub enum Command {
     /// Inspect and maintain an image store: list, show, verify, disk use, remove, gc.
     Images(ImagesArgs),
     /// Benchmarks (release build recommended): `haul bench store`, `haul bench precopy`,
-    /// `haul bench lazy`.
+    /// `haul bench lazy`, `haul bench tree`.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
@@ -243,6 +243,33 @@ pub enum BenchCommand {
         prefetch: u32,
         /// Repetitions (medians are reported).
         #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Process trees: frozen and restore time of a tree of processes sharing anonymous
+    /// memory against one process with the same memory, and the image's size (the shared
+    /// memory stored once). Restores under the same PIDs.
+    Tree {
+        /// Where to work: the benchmark makes a fresh subdirectory here and removes only
+        /// that (nothing else in DIR is touched).
+        #[arg(long, value_name = "DIR", default_value = "/tmp")]
+        dir: PathBuf,
+        /// Where treebench.c is.
+        #[arg(long, default_value = "fixtures")]
+        fixtures: PathBuf,
+        /// Processes in the tree (the root and its children).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=256))]
+        processes: u32,
+        /// Anonymous memory the processes share.
+        #[arg(long, default_value = "256MiB", value_parser = parse_bench_size)]
+        shared: u64,
+        /// Private memory of each process of the tree (the single process has all of it).
+        #[arg(long, default_value = "16MiB", value_parser = parse_bench_size)]
+        private: u64,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         runs: u32,
         /// Print JSON.
         #[arg(long)]

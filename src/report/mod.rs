@@ -74,6 +74,9 @@ pub struct RunReport {
     pub pid: Option<i32>,
     /// True when the process was attached by `pid`/`pidfile` rather than launched.
     pub attached: bool,
+    /// Processes the dump checkpointed: the job's process and its descendants, zombies
+    /// included (0: no dump ran, or a report from before trees).
+    pub processes: u64,
     /// PID of the restored process, when a restore ran.
     pub restored_pid: Option<i32>,
     /// Each stage that ran, in order.
@@ -368,7 +371,11 @@ pub fn render(r: &RunReport) -> String {
     );
     if let Some(pid) = r.pid {
         let how = if r.attached { "attached" } else { "launched" };
-        let _ = writeln!(s, "  process {pid} ({how})");
+        let tree = match r.processes {
+            0 | 1 => String::new(),
+            n => format!(", a tree of {n} processes"),
+        };
+        let _ = writeln!(s, "  process {pid} ({how}){tree}");
     }
     for e in &r.errors {
         let _ = writeln!(s, "  error: {e}");
@@ -601,6 +608,27 @@ mod tests {
         ] {
             assert_eq!(v[f], 0, "{f}");
         }
+    }
+
+    #[test]
+    fn a_tree_reports_its_processes_and_older_reports_still_load() {
+        let mut r = RunReport {
+            pid: Some(4242),
+            processes: 5,
+            ..Default::default()
+        };
+        let text = render(&r);
+        assert!(
+            text.contains("process 4242 (launched), a tree of 5 processes"),
+            "{text}"
+        );
+        r.processes = 1;
+        assert!(render(&r).contains("process 4242 (launched)\n"));
+        // Reports written before trees have no such field.
+        let mut v = serde_json::to_value(&r).unwrap();
+        v.as_object_mut().unwrap().remove("processes");
+        let old: RunReport = serde_json::from_value(v).unwrap();
+        assert_eq!(old.processes, 0);
     }
 
     #[test]

@@ -117,7 +117,12 @@ pub fn set_view(set: &ImageSet) -> SetView {
             posix_timers: p.posix_timers.len(),
         }),
         vmas,
-        pages_outside_vmas: (set.pages.len() as u64).saturating_sub(inside),
+        // The VMAs listed are the root's: the other processes of a tree have page spaces
+        // of their own (`haul images show` lists them), which are not "outside" its VMAs.
+        pages_outside_vmas: match &set.process {
+            Some(_) => (set.pages_of(0).count() as u64).saturating_sub(inside),
+            None => set.pages.len() as u64,
+        },
         figures: f.clone(),
         compression_ratio: if f.bytes_stored > 0 {
             f.bytes_logical as f64 / f.bytes_stored as f64
