@@ -381,3 +381,39 @@ fn sysv_semaphores_queues_and_segments_a_process_uses_are_listed_by_id() {
         assert!(text.contains(&want), "{want} missing from {text}");
     }
 }
+
+#[test]
+fn shared_memory_mapped_by_a_process_outside_the_tree_is_refused_naming_it() {
+    // The parent maps shared anonymous memory and forks; the child's tree is checked alone.
+    let script = "import mmap,os,time\n\
+        m=mmap.mmap(-1,4096,flags=mmap.MAP_SHARED)\n\
+        m[0]=1\n\
+        if os.fork()==0:\n\
+        \x20   time.sleep(60); os._exit(0)\n\
+        print('ready',flush=True)\n\
+        time.sleep(60)";
+    let p = Running::ready(common::clean_command(common::python3()).args(["-c", script]));
+    let mut kids = Vec::new();
+    assert!(wait_for(Duration::from_secs(10), || {
+        kids = common::children_of(p.pid);
+        kids.len() == 1
+    }));
+    let child = kids[0];
+    let _reap = Restored(vec![child]);
+    let out = common::haul()
+        .args(["dump", "--check", "--pid", &child.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let want = format!(
+        "(/dev/zero (deleted)) shares its memory object with pid {}, outside the tree: not \
+         supported yet",
+        p.pid
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!("pid {child} mapping")) && l.contains(&want)),
+        "{want} missing from {text}"
+    );
+}

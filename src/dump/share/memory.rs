@@ -4,8 +4,8 @@
 //! One object (same kind, device and inode) is stored once: its first holder in tree order
 //! keeps its pages, every later mapping of it gets `Vma::shared_with` naming that mapping and
 //! is mapped from it by the restore, at its own offset into the object. A later mapping that
-//! covers object pages its first holder's mapping does not would lose them (they are stored
-//! nowhere), so it is refused by name.
+//! covers the first holder's part of the object only partly would make two objects of it, so
+//! it is refused by name.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -32,32 +32,43 @@ struct Mapping {
     key: Option<ObjKey>,
 }
 
-/// For each mapping, in order: None (not shared, or the first holder of its object), the
-/// first holder's mapping, or the refusal of a mapping that covers object pages the first
-/// holder does not.
+/// For each mapping, in order: None (not shared, or the first to map its part of the object:
+/// its pages are stored), the earlier stored mapping that covers its part of the object, or
+/// the refusal of one that covers a stored mapping's part only partly (the object would come
+/// back as two). An object mapped in disjoint pieces (a mapping split by `mprotect`) has each
+/// piece stored and restored as an object of its own, as before trees.
 fn link_all(maps: &[Mapping]) -> Vec<Result<Option<VmaRef>, DumpError>> {
-    let mut first: HashMap<ObjKey, &Mapping> = HashMap::new();
+    let mut stored: HashMap<ObjKey, Vec<&Mapping>> = HashMap::new();
+    let bytes = |m: &Mapping| (m.pgoff, m.pgoff + (m.end - m.start));
     maps.iter()
         .map(|m| {
             let Some(key) = m.key else { return Ok(None) };
-            let Some(h) = first.get(&key) else {
-                first.insert(key, m);
-                return Ok(None);
-            };
-            let (lo, hi) = (m.pgoff, m.pgoff + (m.end - m.start));
-            let (hlo, hhi) = (h.pgoff, h.pgoff + (h.end - h.start));
-            if lo < hlo || hi > hhi {
+            let held = stored.entry(key).or_default();
+            let (lo, hi) = bytes(m);
+            if let Some(h) = held.iter().find(|h| {
+                let (hlo, hhi) = bytes(h);
+                hlo <= lo && hi <= hhi
+            }) {
+                return Ok(Some(VmaRef {
+                    pid: h.pid,
+                    start: h.start,
+                }));
+            }
+            if let Some(h) = held.iter().find(|h| {
+                let (hlo, hhi) = bytes(h);
+                hlo < hi && lo < hhi
+            }) {
+                let (hlo, hhi) = bytes(h);
                 return Err(DumpError::Unsupported(format!(
                     "pid {} mapping {:x}-{:x} ({}) maps bytes {lo:#x}-{hi:#x} of a shared memory \
                      object whose first holder, pid {} mapping {:x}-{:x}, maps only bytes \
-                     {hlo:#x}-{hhi:#x}: the rest would be stored nowhere (not supported yet)",
+                     {hlo:#x}-{hhi:#x} of them: it would come back as two objects (not \
+                     supported yet)",
                     m.pid, m.start, m.end, m.name, h.pid, h.start, h.end
                 )));
             }
-            Ok(Some(VmaRef {
-                pid: h.pid,
-                start: h.start,
-            }))
+            held.push(m);
+            Ok(None)
         })
         .collect()
 }
@@ -92,6 +103,9 @@ pub(super) fn check(members: &[Member<'_>], found: &mut Refusals) -> Result<(), 
         found.note(r)?;
     }
     let pids: BTreeSet<i32> = members.iter().map(|m| m.pid).collect();
+    for e in outside_holders(&maps, &pids) {
+        found.add(e);
+    }
     // An attached segment is refused with its mapping already (`check_mapping`).
     let attached: BTreeSet<u64> = members
         .iter()
@@ -103,6 +117,53 @@ pub(super) fn check(members: &[Member<'_>], found: &mut Refusals) -> Result<(), 
         found.add(e);
     }
     Ok(())
+}
+
+/// Refuses each shared memory object of the tree that a process outside it maps too (a
+/// restore would give the tree a copy of its own, and their writes would no longer meet): one
+/// refusal per object, naming the member's mapping and the outside pid. Reads the maps of every
+/// process, only when the tree maps a shared object at all; processes that vanish meanwhile
+/// or whose maps cannot be read are passed over.
+fn outside_holders(maps: &[Mapping], pids: &BTreeSet<i32>) -> Vec<DumpError> {
+    let mut wanted: HashMap<ObjKey, &Mapping> = HashMap::new();
+    for m in maps {
+        if let Some(k) = m.key {
+            wanted.entry(k).or_insert(m);
+        }
+    }
+    let mut out = Vec::new();
+    if wanted.is_empty() {
+        return out;
+    }
+    let mut others: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p| !pids.contains(p))
+        .collect();
+    others.sort_unstable();
+    for pid in others {
+        let Ok(theirs) = crate::proc::maps(pid) else {
+            continue;
+        };
+        for m in &theirs {
+            let Some(k) = from_map(pid, m).key else {
+                continue;
+            };
+            if let Some(h) = wanted.remove(&k) {
+                out.push(DumpError::Unsupported(format!(
+                    "pid {} mapping {:x}-{:x} ({}) shares its memory object with pid {pid}, \
+                     outside the tree: not supported yet",
+                    h.pid, h.start, h.end, h.name
+                )));
+            }
+        }
+        if wanted.is_empty() {
+            break;
+        }
+    }
+    out
 }
 
 /// Marks every later mapping of a shared memory object with its first holder (`shared_with`).
@@ -299,6 +360,23 @@ mod tests {
     }
 
     #[test]
+    fn disjoint_pieces_of_one_object_are_each_stored_and_linked_to_by_what_they_cover() {
+        // One mapping split in three by mprotect, then a child mapping the middle piece.
+        let maps = [
+            shm(10, 0x1000, 0x1000, 0, 7),
+            shm(10, 0x2000, 0x1000, 0x1000, 7),
+            shm(10, 0x3000, 0x1000, 0x2000, 7),
+            shm(11, 0x2000, 0x1000, 0x1000, 7),
+        ];
+        let got: Vec<Option<VmaRef>> = link_all(&maps).into_iter().map(|r| r.unwrap()).collect();
+        let mid = Some(VmaRef {
+            pid: 10,
+            start: 0x2000,
+        });
+        assert_eq!(got, [None, None, None, mid]);
+    }
+
+    #[test]
     fn a_later_mapping_beyond_its_first_holder_is_refused_naming_both() {
         // The first holder maps object bytes 0x1000-0x3000; the later one 0-0x2000.
         let maps = [
@@ -307,6 +385,7 @@ mod tests {
         ];
         let got = link_all(&maps);
         assert!(got[0].as_ref().unwrap().is_none());
+        assert_eq!(got.len(), 2);
         let e = got[1].as_ref().unwrap_err().to_string();
         assert!(
             e.starts_with("pid 11 mapping 5000-7000 (/dev/zero (deleted))"),
