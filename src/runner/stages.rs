@@ -101,6 +101,7 @@ pub fn checkpoint(
     report.pages_scanned = s.pages_scanned;
     report.pages_written = s.pages_written;
     report.pages_skipped_parent = s.pages_skipped_parent;
+    report.processes = s.processes;
     report.pages_lazy = d.set.figures.pages_lazy;
 
     // Retention never removes the set being served: it is the newest of its job.
