@@ -345,7 +345,7 @@ fn refuses_a_pipe_to_another_process() {
     assert!(
         msg.starts_with(&format!("pid {} fd 1: pipe:[", c.pid))
             && msg.ends_with(
-                "] leads to another process: pipes between processes are not supported yet"
+                "] leads to another process: its read end is held by no process of the tree"
             ),
         "{msg}"
     );

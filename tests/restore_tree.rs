@@ -378,3 +378,252 @@ fn the_parents_wait_reaps_restored_zombies_with_their_exit_code_and_signal() {
         "what the parent's waitpid saw"
     );
 }
+
+/// A counter A with a child B in its group and session (no zombie, nobody leads a group
+/// but A): what `pid = "any"` can restore.
+fn two(dir: &Path) -> (ImageSet, MemSource, [i32; 2], [std::path::PathBuf; 2]) {
+    let logs = [dir.join("a.log"), dir.join("b.log")];
+    let a = counter(&logs[0], true, false);
+    let b = counter(&logs[1], false, false);
+    let (pa, pb) = (a.id() as i32, b.id() as i32);
+    let sid = own_sid();
+    let mut ma = dump_one(a);
+    let mut mb = dump_one(b);
+    let ppid_a = ma.image.ppid;
+    set_ids(&mut ma.image, ppid_a, pa, sid);
+    set_ids(&mut mb.image, pa, pa, sid);
+    let (set, src) = compose(vec![ma, mb], vec![]);
+    (set, src, [pa, pb], logs)
+}
+
+#[test]
+fn any_pid_gives_a_tree_new_pids_with_the_same_links() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (set, src, [pa, pb], logs) = two(dir.path());
+    let before: Vec<usize> = logs.iter().map(|l| read_numbers(l).len()).collect();
+    let r = restore(&set, &src, &verified(PidChoice::Any));
+    let pids = r.as_ref().map(|o| o.pids.clone()).unwrap_or_default();
+    let (na, nb) = (
+        pids.first().map_or(0, |p| p.1),
+        pids.get(1).map_or(0, |p| p.1),
+    );
+    let got = (ids(na), ids(nb));
+    let counting = logs
+        .iter()
+        .zip(&before)
+        .all(|(l, &n)| wait_for(Duration::from_secs(10), || read_numbers(l).len() >= n + 5));
+    if na > 0 && nb > 0 {
+        finish(&[nb, na]);
+    }
+    let out = r.expect("restore with pid any");
+    assert_eq!(out.pid, na);
+    assert_eq!(pids.iter().map(|p| p.0).collect::<Vec<_>>(), [pa, pb]);
+    let a = got.0.expect("A restored");
+    let b = got.1.expect("B restored");
+    assert_eq!(a.1, na, "A leads a group of its own again");
+    assert_eq!(
+        (b.0, b.1, b.2),
+        (na, na, a.2),
+        "B: A's child, in A's group and session"
+    );
+    assert!(counting, "a restored counter does not count");
+}
+
+struct NoDaemon;
+
+impl haul::restore::LazyHooks for NoDaemon {
+    fn start(&mut self, _: haul::restore::LazyStart) -> Result<(), haul::restore::BoxError> {
+        panic!("a refused lazy restore must not get this far");
+    }
+}
+
+#[test]
+fn a_lazy_restore_of_a_tree_is_refused_before_anything_is_made() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let (set, src, [pa, pb], _) = two(dir.path());
+    let e = haul::restore::restore_lazy(&set, &src, &verified(PidChoice::Same), &mut NoDaemon)
+        .expect_err("a lazy tree is refused");
+    let m = e.to_string();
+    assert!(
+        m.contains("process tree (2 processes)") && m.contains("without --lazy"),
+        "{m}"
+    );
+    for p in [pa, pb] {
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists(),
+            "pid {p} was made"
+        );
+    }
+}
+
+// ---- real trees, dumped whole (kill mode) and restored ----
+
+/// Dumps the tree rooted at `root` into `store` with kill mode; reaps every process of it (this
+/// test is their subreaper), so each pid is free again. Returns the set.
+fn dump_tree_killed(root: &mut common::Running, store: &haul::store::Store) -> ImageSet {
+    let opts = DumpOptions {
+        leave_running: false,
+        ..DumpOptions::default()
+    };
+    let pids = tree_pids(root.pid);
+    let d = haul::dump::dump_to_store(root.pid, store, "tree", &opts, None).expect("dump");
+    let _ = root.child.wait();
+    finish(&pids);
+    store.load_set(&d.set.id).unwrap()
+}
+
+/// Every pid of the tree rooted at `root`, root first.
+fn tree_pids(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let mut kids = common::children_of(out[i]);
+        kids.sort_unstable();
+        out.extend(kids);
+        i += 1;
+    }
+    out
+}
+
+/// A bash waiting for its jobs: one still running (killed after the restore), one that exited
+/// 3 before the dump (bash has its status), one it kills itself.
+const JOBS: &str = r#"sleep 1000 & a=$!; (exit 3) & b=$!; sleep 1000 & c=$!
+echo "pids $a $b $c"; echo ready
+wait $a; echo "a=$?"; wait $b; echo "b=$?"; kill $c; wait $c; echo "c=$?""#;
+
+#[test]
+fn a_bash_script_with_background_jobs_sees_every_status_after_dump_and_restore() {
+    adopt_orphans();
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("bash.log");
+    let mut sh =
+        common::Running::logged(common::clean_command("bash").args(["-c", JOBS]), &log, true);
+    assert!(
+        wait_for(Duration::from_secs(20), || common::children_of(sh.pid)
+            .len()
+            == 2),
+        "bash {} children: {:?}",
+        sh.pid,
+        common::children_of(sh.pid)
+    );
+    let before: Vec<(i32, Option<(i32, i32, i32, char)>)> =
+        tree_pids(sh.pid).into_iter().map(|p| (p, ids(p))).collect();
+    let store = haul::store::Store::open_or_create(&tmp.path().join("store")).unwrap();
+    let set = dump_tree_killed(&mut sh, &store);
+    assert_eq!(set.process_count(), 3);
+
+    let out = restore(&set, &store, &verified(PidChoice::Same)).expect("restore");
+    let after: Vec<(i32, Option<(i32, i32, i32, char)>)> =
+        before.iter().map(|(p, _)| (*p, ids(*p))).collect();
+    let pids: Vec<i32> = before.iter().map(|p| p.0).collect();
+    // The job bash waits for ends now: bash must see it as its own child.
+    let a = pids[1];
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(a), nix::sys::signal::SIGTERM);
+    let done = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.contains("c="))
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    finish(&pids);
+
+    assert_eq!(out.pid, sh.pid);
+    assert_eq!(out.pids.iter().map(|p| p.1).collect::<Vec<_>>(), pids);
+    for ((p, was), (_, now)) in before.iter().zip(&after) {
+        let (was, now) = (was.unwrap(), now.expect("restored"));
+        // ppid of the root: its parent here (the test, its reaper) is not the original's.
+        if *p != sh.pid {
+            assert_eq!(now.0, was.0, "pid {p}: parent");
+        }
+        assert_eq!((now.1, now.2), (was.1, was.2), "pid {p}: group, session");
+    }
+    assert!(done, "bash did not finish: {text}");
+    assert!(text.contains("a=143\nb=3\nc=143\n"), "{text}");
+}
+
+/// A python parent with two unreaped children (exit 7, killed by SIGTERM) and a living one;
+/// once `go` exists it reaps them all by pid and writes what waitpid said.
+const ZOMBIES: &str = r#"
+import os, signal, sys, time
+go = sys.argv[1]
+a = os.fork()
+if a == 0:
+    os._exit(7)
+b = os.fork()
+if b == 0:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(100)
+c = os.fork()
+if c == 0:
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    os._exit(9)
+print("ready", flush=True)
+while not os.path.exists(go):
+    time.sleep(0.01)
+for p in (a, b, c):
+    print("%d %d" % os.waitpid(p, 0), flush=True)
+"#;
+
+#[test]
+fn zombies_dumped_with_their_parent_are_reaped_after_restore_with_their_status() {
+    adopt_orphans();
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, go) = (tmp.path().join("py.log"), tmp.path().join("go"));
+    let mut py = common::Running::logged(
+        common::clean_command(common::python3())
+            .args(["-c", ZOMBIES])
+            .arg(&go),
+        &log,
+        true,
+    );
+    let ok = wait_for(Duration::from_secs(20), || {
+        let kids = common::children_of(py.pid);
+        kids.len() == 3
+            && kids
+                .iter()
+                .filter(|&&k| common::proc_state(k) == Some('Z'))
+                .count()
+                == 2
+    });
+    assert!(
+        ok,
+        "children of {}: {:?}",
+        py.pid,
+        common::children_of(py.pid)
+    );
+    let pids = tree_pids(py.pid);
+    let store = haul::store::Store::open_or_create(&tmp.path().join("store")).unwrap();
+    let set = dump_tree_killed(&mut py, &store);
+    assert_eq!(set.tree.zombies.len(), 2);
+
+    // --verify state: the parent's pending signals are the image's (no SIGCHLD of ours).
+    let r = restore(&set, &store, &verified(PidChoice::Same));
+    let states: Vec<Option<char>> = pids.iter().map(|&p| common::proc_state(p)).collect();
+    std::fs::write(&go, "").unwrap();
+    let done = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() >= 4)
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    finish(&pids);
+
+    r.expect("restore");
+    let z: Vec<i32> = set.tree.zombies.iter().map(|z| z.pid).collect();
+    for (p, st) in pids.iter().zip(&states) {
+        let want = if z.contains(p) { 'Z' } else { 'S' };
+        assert_eq!(*st, Some(want), "pid {p} after the restore");
+    }
+    assert!(done, "python did not reap its children: {text}");
+    let mut kids = pids[1..].to_vec();
+    kids.sort_unstable();
+    let want = format!(
+        "ready\n{} {}\n{} {}\n{} {}\n",
+        kids[0],
+        7 << 8,
+        kids[1],
+        libc::SIGTERM,
+        kids[2],
+        9 << 8
+    );
+    assert_eq!(text, want);
+}

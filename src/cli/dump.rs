@@ -19,10 +19,16 @@ pub fn run(args: DumpArgs) -> Result<u8, Error> {
         return lazy(&args, &cmd);
     }
     let d = command::dump(&cmd)?;
+    // A pid of the killed tree still taken: a restore with --pid same would fail.
+    for t in &d.taken {
+        eprintln!("warning: {t}");
+    }
     if args.json {
+        let taken: Vec<i32> = d.taken.iter().map(|t| t.pid).collect();
         let v = serde_json::json!({
             "set": d.set.id, "job": d.job, "pid": args.pid, "stats": d.stats,
             "figures": d.set.figures, "pruned": d.pruned, "predump": d.predump,
+            "processes": d.set.process_count(), "pids_taken": taken,
         });
         print_json(&v)?;
         return Ok(exit::OK);
@@ -30,8 +36,12 @@ pub fn run(args: DumpArgs) -> Result<u8, Error> {
     let f = &d.set.figures;
     out(&d.set.id);
     out(&format!(
-        "  pid {} {}: frozen {} (freezing {}, memdump {}{}), write {}; {} pages ({} zero), {} logical, {} stored, {} new",
+        "  pid {}{} {}: frozen {} (freezing {}, memdump {}{}), write {}; {} pages ({} zero), {} logical, {} stored, {} new",
         args.pid,
+        match d.set.process_count() {
+            n if n > 1 => format!(" and its tree ({n} processes)"),
+            _ => String::new(),
+        },
         if args.leave_running { "left running" } else { "killed once committed" },
         human_us(d.stats.frozen_time),
         human_us(d.stats.freezing_time),

@@ -1,5 +1,5 @@
 //! `haul restore SET [--lazy]`: builds the command from the arguments, runs it
-//! (`haul::runner::command`), and prints the PID (or JSON).
+//! (`haul::runner::command`), and prints the root's PID (or JSON, with every process's).
 
 use haul::runner::command::{self, LazyRestoreCommand, RestoreCommand};
 use haul::runner::exit;
@@ -21,8 +21,14 @@ pub fn run(args: RestoreArgs) -> Result<u8, Error> {
     let r = command::restore(&cmd)?;
     if args.json {
         let o = &r.outcome;
+        // Every process of a tree, as {"was": pid in the image, "pid": pid here}.
+        let pids: Vec<_> = o
+            .pids
+            .iter()
+            .map(|(was, now)| serde_json::json!({"was": was, "pid": now}))
+            .collect();
         let v = serde_json::json!({
-            "set": r.set.id, "pid": o.pid, "restore_time": o.restore_time,
+            "set": r.set.id, "pid": o.pid, "pids": pids, "restore_time": o.restore_time,
             "time_to_running": o.time_to_running, "pages_restored": o.pages_restored,
         });
         print_json(&v)?;

@@ -220,7 +220,7 @@ impl Frozen {
         self.released = true;
         self.drop_injector();
         let mut first_err = None;
-        let mut gone = None;
+        let mut gone = Vec::new();
         for t in &self.threads {
             let mut sigs = t.held.iter().copied();
             let on_detach = sigs.next().unwrap_or(0);
@@ -232,7 +232,7 @@ impl Frozen {
             match ptrace::detach(t.tid, on_detach) {
                 Ok(()) => {}
                 Err(e) if ptrace::is_esrch(&e) && crate::dump::check::process_gone(self.pid) => {
-                    gone.get_or_insert(t.tid);
+                    gone.push(t.tid);
                 }
                 Err(e) => {
                     tracing::warn!(tid = t.tid, "detach: {e}");
@@ -240,7 +240,19 @@ impl Frozen {
                 }
             }
         }
-        if let Some(tid) = gone {
+        if let Some(&tid) = gone.first() {
+            // Killed while frozen (from outside): haul is still its tracer, so its parent would
+            // not see its death until haul exits. Collect it now, as the tracer, the leader last
+            // (when haul is the parent, its own wait() does that for the leader).
+            let ours = crate::proc::stat(self.pid)
+                .map(|s| s.ppid == process::getpid())
+                .unwrap_or(false);
+            for &t in gone.iter().filter(|&&t| t != self.pid) {
+                wait_gone(t);
+            }
+            if gone.contains(&self.pid) && !ours {
+                wait_gone(self.pid);
+            }
             return Err(DumpError::Gone {
                 pid: self.pid,
                 step: super::Step::Resume,

@@ -161,7 +161,11 @@ pub(crate) fn copy_memory(
         stats.pages_scanned += vma.pages();
         let readable = vma.prot & libc::PROT_READ as u32 != 0;
         let t = std::time::Instant::now();
-        let regions = resident_regions(&pm, vma.start, vma.end)?;
+        let regions = match vma.kind {
+            // A shared object's pages are its own, not only those in this page table.
+            VmaKind::SharedAnon | VmaKind::DeletedShm => super::share::object_regions(pid, vma)?,
+            _ => resident_regions(&pm, vma.start, vma.end)?,
+        };
         scan_time += t.elapsed();
         let vplan = plan.and_then(|p| p.vma_plan(vma));
         let mut cursor = 0;

@@ -1,11 +1,14 @@
-//! Checkpoint of one live process (issue #4): refuse what cannot be restored, freeze every
-//! thread, capture the process state, copy its memory, thaw (or kill), and hand the pages to a
-//! [`PageSink`].
+//! Checkpoint of a live process tree (issues #4, #13): refuse what cannot be restored, freeze
+//! every thread of every process of the tree rooted at the job's process, capture each
+//! process's state, link what they share, copy each one's memory into its own page space,
+//! thaw (or kill), and hand the pages to a [`PageSink`].
 //!
-//! The target is never harmed: from the first `PTRACE_SEIZE` on, a guard ([`freeze::Frozen`])
-//! owns the stopped threads; whatever happens (an error, a panic), dropping it restores the
-//! registers haul changed, unmaps the scratch page and detaches every thread, re-sending the
-//! signals that arrived meanwhile.
+//! The processes are never harmed: from the first `PTRACE_SEIZE` on, a guard
+//! ([`tree::FrozenTree`], one [`freeze::Frozen`] per process) owns the stopped threads;
+//! whatever happens (an error, a panic, a process of the tree leaving it), dropping it restores
+//! the registers haul changed, unmaps the scratch pages and detaches every thread of every
+//! process, re-sending the signals that arrived meanwhile. A kill-mode dump kills them only once
+//! the set is committed.
 
 mod check;
 mod freeze;
@@ -417,7 +420,9 @@ pub(crate) fn dump_planned(
     let ctx = Ctx::root(root, opts);
     let before = ctx.step(Step::Check, || check::precheck_snapshot(root))?;
     if let Some(what) = one_only {
-        ctx.step(Step::Check, || tree::refuse_tree(root, &before.others(), what))?;
+        ctx.step(Step::Check, || {
+            tree::refuse_tree(root, &before.others(), what)
+        })?;
     }
     ctx.fail(Step::Check)?;
     let mut stats = DumpStats::default();
@@ -474,7 +479,9 @@ pub(crate) fn dump_planned(
         })?;
         m.step(Step::Scratch, || f.map_scratch())?;
         fail(Step::Scratch)?;
-        m.step(Step::Sigactions, || state::capture_injected(f, &mut process))?;
+        m.step(Step::Sigactions, || {
+            state::capture_injected(f, &mut process)
+        })?;
         fail(Step::Sigactions)?;
         m.step(Step::Scratch, || f.unmap_scratch())?;
         // No more injected syscalls: give the registers back and end the syscall-tracing

@@ -133,11 +133,8 @@ impl FrozenTree {
 
     /// Puts `procs` and `members` in the order of `order` (tree order).
     fn sort(&mut self, order: &[TreeMember]) {
-        let mut pairs: Vec<(Frozen, TreeMember)> = self
-            .procs
-            .drain(..)
-            .zip(self.members.drain(..))
-            .collect();
+        let mut pairs: Vec<(Frozen, TreeMember)> =
+            self.procs.drain(..).zip(self.members.drain(..)).collect();
         pairs.sort_by_key(|(f, _)| {
             order
                 .iter()

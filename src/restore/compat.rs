@@ -142,7 +142,7 @@ pub(super) fn zombie_status(status: i32) -> Result<(), String> {
 /// those ids). The one thing no image shows, a parent keeping its children's PIDs in its own
 /// memory (`$!`, `Process.pid`) to wait for them, is the same risk as threads' ids today:
 /// warned about, not refused.
-fn any_pid_cares(set: &ImageSet) -> Result<(), String> {
+pub(super) fn any_pid_cares(set: &ImageSet) -> Result<(), String> {
     let why = "with pid = \"any\" every process gets a new PID, but";
     if let Some(z) = set.tree.zombies.first() {
         return Err(format!(

@@ -1,4 +1,5 @@
-//! Restore: rebuild a process from an image set so that it continues exactly where it was.
+//! Restore: rebuild a process, or a whole process tree, from an image set so that it continues
+//! exactly where it was.
 //!
 //! The rebuild (DESIGN.md §4): a parked child with the dumped PID (clone3 `set_tid`), re-parented
 //! away from haul, is seized; by syscalls injected into it haul unregisters its inherited rseq,
@@ -8,10 +9,28 @@
 //! rlimits, credentials, signal actions, sigaltstack, robust list, rseq, mask, registers and
 //! XSTATE, and lets it run. Any failure kills the half-built process and names the step.
 //!
+//! **A tree** (`ImageSet::tree`): the root is parked as above; every descendant is forked by a
+//! `clone3` injected into its parent while that parent is still the parked copy (its pid by
+//! `set_tid`, its exit signal, `CLONE_FILES` when it shares its parent's fd table), so each is
+//! rebuilt by the same steps, with its own page space. Sessions and process groups are set as
+//! the tree is made (`tree.rs` plans the order, `create.rs` does it); zombies are forked last
+//! and made to end with their wait status, the parent's extra SIGCHLD taken back. One
+//! `share::Shared` serves the whole set. Nothing runs until every process is built (and, with
+//! `--verify state`, checked); a failure anywhere kills every process made so far. A lazy
+//! restore serves one process only: a tree is refused before anything is made.
+//!
+//! **`pid = "any"`** gives every process a new PID. It is refused where the image shows that
+//! the program holds PIDs haul cannot change: a zombie (its parent reaps it by the PID fork
+//! returned), or a descendant whose PID names a process group or session (a shell with job
+//! control keeps and signals those). A parent keeping its children's PIDs in its own memory
+//! cannot be seen in an image: as with a multi-threaded process's thread ids, that is warned
+//! about, not refused (`compat::any_pid_cares`).
+//!
 //! `rebuild` holds the sequence only; each step is a module (`memory`, `vdso`, `mm`, `fds`,
 //! `fs`, `signals`, `threads`, `creds`, `timers`, `attrs`, `cgroup`) that drives the process
 //! through `sys::remote`'s typed calls on a `&mut dyn Inject` and fails with a [`StepError`]
-//! that keeps its source (the call and its errno, the `/proc` read, what it acted on).
+//! that keeps its source (the call and its errno, the `/proc` read, what it acted on). A step
+//! of a process other than the root names its pid.
 
 mod attrs;
 mod cgroup;

@@ -83,10 +83,23 @@ pub(super) fn rebuild(
     // --verify state: compared while every thread of every process is still stopped, so a
     // process that differs is killed with the rest (by `made`) before any runs.
     if opts.verify_state {
+        // Group and session ids as the restore gave them: the tree's under their pids here,
+        // the root's outside ones as the root has them now.
+        // (The root's own are compared as the image has them.)
+        let own: std::collections::BTreeMap<i32, i32> = made.pids().into_iter().collect();
+        let mut ids = own.clone();
+        let st = c.step(Step::Run, root.pid, || crate::proc::stat(pid))?;
+        for (was, now) in [(root.pgid, st.pgrp), (root.sid, st.session)] {
+            ids.entry(was).or_insert(now);
+        }
         for (i, pr) in made.living.iter().enumerate() {
             let view = memory::space_view(set, pr.space, false);
-            let ranges: &[(u64, u64)] = if i == 0 { &lazy_ranges } else { &[] };
-            super::verify::check(&view, pr.p, pr.pid, ranges)?;
+            let (ranges, ids): (&[(u64, u64)], _) = if i == 0 {
+                (&lazy_ranges, &own)
+            } else {
+                (&[], &ids)
+            };
+            super::verify::check(&view, pr.p, pr.pid, ranges, ids)?;
         }
     }
     // Let them all go, children before their parents.

@@ -98,12 +98,16 @@ pub(super) fn require_record(set: &ImageSet, p: &ProcessImage) -> Result<(), Res
 /// the process itself (pid, tids, parent, pipe inodes) or moves by itself (usage counters,
 /// timer expiry), and shows process group and session relative to the process (`self`), so a
 /// restore under a new PID (`pid = any`) is compared on the same fields as one under its own.
-/// `lazy`: the ranges a lazy restore left to its daemon (empty for an eager restore).
+/// `lazy`: the ranges a lazy restore left to its daemon (empty for an eager restore). `ids`
+/// maps the group and session ids of the image to the ones the restore gave (a tree under new
+/// PIDs, a group or session of the root's that is outside the tree): the fields are expected
+/// to show those.
 pub(super) fn check(
     set: &ImageSet,
     p: &ProcessImage,
     pid: i32,
     lazy: &[(u64, u64)],
+    ids: &BTreeMap<i32, i32>,
 ) -> Result<(), RestoreError> {
     let now = crate::proc::observe(pid).map_err(|e| RestoreError::Step {
         set: set.id.clone(),
@@ -121,7 +125,19 @@ pub(super) fn check(
         "environ" => in_lazy(m.env_start, m.env_end),
         _ => false,
     };
-    let differences = compare(&p.observed, &now.fields, unreadable);
+    let mut was = p.observed.clone();
+    for field in ["pgrp", "session"] {
+        if let Some(v) = was.get_mut(field) {
+            if let Some(new) = v.parse().ok().and_then(|id: i32| ids.get(&id)) {
+                *v = if *new == pid {
+                    "self".into()
+                } else {
+                    new.to_string()
+                };
+            }
+        }
+    }
+    let differences = compare(&was, &now.fields, unreadable);
     if differences.is_empty() {
         return Ok(());
     }

@@ -7,6 +7,7 @@ pub mod command;
 pub mod lifecycle;
 pub mod process;
 pub mod progress;
+pub mod release;
 pub mod stages;
 pub mod verify;
 pub mod worker;
@@ -62,6 +63,10 @@ pub enum RunError {
     Interrupted,
     #[error("verify failed: {0}")]
     Verify(String),
+    /// The pids of a tree a dump killed are still taken, and a restore with `pid = "same"`
+    /// follows: each named with the parent that holds it.
+    #[error("the restore needs the pids of the dumped tree, but {}", list_taken(.0))]
+    PidsTaken(Vec<release::Taken>),
     #[error("{stage}: {source}")]
     Stage {
         stage: &'static str,
@@ -83,6 +88,14 @@ pub enum StageError {
     Lazy(#[from] crate::lazy::LazyError),
     #[error(transparent)]
     Xfer(#[from] crate::xfer::XferError),
+}
+
+/// The pids still taken, "; "-separated.
+fn list_taken(t: &[release::Taken]) -> String {
+    t.iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// What is wrong with a working directory, in words.
@@ -180,6 +193,9 @@ impl BatchResult {
 /// Runs the jobs of `paths`: invalid files are reported and skipped, the others run, at most
 /// `opts.jobs` at a time. SIGINT/SIGTERM stop every launched process and still write reports.
 pub fn run_batch(paths: &[PathBuf], opts: &RunOptions) -> BatchResult {
+    // The descendants of a launched process that a dump kills come to haul, which reaps them,
+    // so that their pids are free for a restore (see `release`).
+    release::become_subreaper();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {

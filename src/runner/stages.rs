@@ -91,6 +91,7 @@ pub fn checkpoint(
         }
         target.child = None;
         target.gone = true;
+        release_tree(job, &d.set)?;
     }
     let s = &d.stats;
     report.freezing_time = s.freezing_time;
@@ -103,6 +104,7 @@ pub fn checkpoint(
     report.pages_skipped_parent = s.pages_skipped_parent;
     report.processes = s.processes;
     report.pages_lazy = d.set.figures.pages_lazy;
+    report.processes = s.processes;
 
     // Retention never removes the set being served: it is the newest of its job.
     let pruned = match job.spec.store.keep {
@@ -134,6 +136,41 @@ pub fn checkpoint(
         dump_us: o.dump_us,
         source: worker,
     })
+}
+
+/// After a dump killed the tree of `set`: reaps what comes to haul and, when a restore with
+/// `pid = "same"` follows, waits (bounded) until every pid of the tree is free, or fails naming
+/// those still taken. Without such a restore, what is not free at once is only logged.
+fn release_tree(job: &Job, set: &crate::image::ImageSet) -> Result<(), RunError> {
+    use super::release::{release, RELEASE_TIMEOUT};
+    let pids: Vec<i32> = set
+        .processes()
+        .map(|(_, p)| p.pid)
+        .chain(set.tree.zombies.iter().map(|z| z.pid))
+        .collect();
+    let same = job
+        .spec
+        .restore
+        .as_ref()
+        .is_some_and(|r| r.pid == PidPolicy::Same);
+    let taken = release(
+        &pids,
+        if same {
+            RELEASE_TIMEOUT
+        } else {
+            Duration::ZERO
+        },
+    );
+    if taken.is_empty() {
+        return Ok(());
+    }
+    if same {
+        return Err(RunError::PidsTaken(taken));
+    }
+    for t in &taken {
+        tracing::info!("after the dump: {t}");
+    }
+    Ok(())
 }
 
 /// What the checkpoint stage produced.

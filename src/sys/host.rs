@@ -1,5 +1,5 @@
-//! Calls about haul's own process and files that the benchmarks need: becoming the child
-//! subreaper and reaping a child (page-cache advice is in [`super::file`]).
+//! Calls about haul's own process: becoming the child subreaper and reaping a child (the
+//! runner and the benchmarks; page-cache advice is in [`super::file`]).
 
 use super::{last_err, Result};
 
@@ -24,4 +24,17 @@ pub fn reap(pid: i32) -> Result<()> {
         return Err(last_err(format!("waitpid({pid})")));
     }
     Ok(())
+}
+
+/// `waitpid(pid, &status, WNOHANG)`, see waitpid(2): reaps child `pid` if it has ended.
+/// Returns whether it was reaped (false: it still runs). Only that pid is waited for, so the
+/// status of every other child stays for whoever waits for it (`std::process::Child`).
+pub fn reap_if_ended(pid: i32) -> Result<bool> {
+    let mut status = 0;
+    // SAFETY: waitpid writes one c_int to `status`, a live local.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if r < 0 {
+        return Err(last_err(format!("waitpid({pid}, WNOHANG)")));
+    }
+    Ok(r == pid)
 }

@@ -137,8 +137,8 @@ pub(crate) fn precheck_snapshot(root: i32) -> Result<TreeSnapshot, DumpError> {
         }
         // A descendant may exit while it is checked: the freeze finds the stable tree.
         let mut mine = Refusals::default();
-        let r = check_identity(m.pid, &mut mine)
-            .and_then(|()| check_uses_into(m.pid, None, &mut mine));
+        let r =
+            check_identity(m.pid, &mut mine).and_then(|()| check_uses_into(m.pid, None, &mut mine));
         match r {
             Ok(snap) => {
                 found.0.extend(mine.0);

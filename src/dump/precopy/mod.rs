@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::tree::FrozenTree;
 use super::memory::{self, Run, VmaPlan};
+use super::tree::FrozenTree;
 use super::{DumpError, DumpOptions, FinalPlan, PageSink, StoredDump};
 use crate::image::{SetKind, Vma, PAGE_SIZE};
 use crate::report::{IterationReport, PredumpReport};

@@ -8,11 +8,13 @@
 //! nowhere), so it is refused by name.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 
 use super::{Member, Refusals};
 use crate::dump::DumpError;
-use crate::image::{ProcessImage, VmaKind, VmaRef};
+use crate::image::{ProcessImage, Vma, VmaKind, VmaRef, PAGE_SIZE};
 use crate::proc::MapEntry;
+use crate::sys::pagemap::{PageRegion, PAGE_IS_PRESENT};
 
 /// What tells one shared memory object from another: (kind, device, inode).
 type ObjKey = (u8, u64, u64);
@@ -137,6 +139,30 @@ pub(super) fn link(procs: &mut [ProcessImage]) -> Result<(), DumpError> {
     Ok(())
 }
 
+/// The pages of shared memory mapping `v` (of a frozen `pid`) that hold something, as regions
+/// of its addresses: the object's data ranges (`SEEK_DATA` through `map_files/`), not the
+/// pages in `pid`'s page tables, which miss those only another process touched and those
+/// swapped out. (Reading them from `pid` faults them into its page tables: no new memory.)
+pub(crate) fn object_regions(pid: i32, v: &Vma) -> Result<Vec<PageRegion>, DumpError> {
+    let link = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+    let len = v.end - v.start;
+    let page = PAGE_SIZE as u64;
+    let ranges = crate::sys::shm::data_ranges(Path::new(&link), v.pgoff, v.pgoff + len)?;
+    Ok(ranges
+        .into_iter()
+        .map(|(a, b)| {
+            let lo = (a - v.pgoff) / page * page;
+            let hi = ((b - v.pgoff).div_ceil(page) * page).min(len);
+            PageRegion {
+                start: v.start + lo,
+                end: v.start + hi,
+                categories: PAGE_IS_PRESENT,
+            }
+        })
+        .filter(|r| r.end > r.start)
+        .collect())
+}
+
 /// The SysV IPC objects of haul's IPC namespace (the members' too: a member in another one is
 /// refused by `check_places`) that a member created or used last, each refused by name.
 fn sysv_refusals(
@@ -230,7 +256,7 @@ fn parse_rows(text: &str) -> Vec<Vec<i64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{FileId, Vma};
+    use crate::image::FileId;
 
     fn shm(pid: i32, start: u64, len: u64, pgoff: u64, ino: u64) -> Mapping {
         Mapping {

@@ -13,6 +13,8 @@
 mod fds;
 mod memory;
 
+pub(crate) use memory::object_regions;
+
 use super::check::{Refusals, Snapshot};
 use super::DumpError;
 use crate::image::ProcessImage;

@@ -52,7 +52,14 @@ pub struct Dumped {
     pub predump: Option<PredumpReport>,
     /// Sets removed by retention.
     pub pruned: Vec<String>,
+    /// Pids of the killed tree still taken when `haul dump` returned (a parent that does not
+    /// reap), each named.
+    pub taken: Vec<crate::runner::release::Taken>,
 }
+
+/// How long `haul dump` waits for the pids of a tree it killed to be free: a `haul restore
+/// --pid same` may follow at once.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Opens the store and builds the worker's request, checking a lazy dump's address and token
 /// before anything is frozen (the worker checks again when it binds).
@@ -107,8 +114,19 @@ fn run(
 pub fn dump(cmd: &DumpCommand) -> Result<Dumped, CommandError> {
     let (store, req) = prepare(cmd)?;
     let stop = stop_on_signals();
+    crate::runner::release::become_subreaper();
     let (o, _) = run(&req, &stop)?;
     let set = store.load_set(&o.set)?;
+    let taken = if cmd.leave_running {
+        Vec::new()
+    } else {
+        let pids: Vec<i32> = set
+            .processes()
+            .map(|(_, p)| p.pid)
+            .chain(set.tree.zombies.iter().map(|z| z.pid))
+            .collect();
+        crate::runner::release::release(&pids, RELEASE_TIMEOUT)
+    };
     let pruned = match cmd.keep {
         Some(k) => store.prune(&req.job, k)?,
         None => Vec::new(),
@@ -119,6 +137,7 @@ pub fn dump(cmd: &DumpCommand) -> Result<Dumped, CommandError> {
         stats: o.stats,
         predump: o.predump,
         pruned,
+        taken,
     })
 }
 

@@ -1,0 +1,106 @@
+//! After a dump that killed a process tree: its pids are made free again for a restore with
+//! `pid = "same"`, which follows at once. The worker killed every process and collected each
+//! death as their tracer; a killed process stays a zombie until its parent reaps it. haul is a
+//! child subreaper ([`become_subreaper`]), so the descendants of a process it launched come to
+//! haul when their parents die, and haul reaps them here (PID 1 does not reap everywhere, so
+//! nobody else would). A pid held by a parent that is not haul and does not reap is named.
+
+use std::time::{Duration, Instant};
+
+/// How long haul waits for the pids of a killed tree to be free.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pid of a killed tree that is still taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub pid: i32,
+    pub comm: String,
+    /// Its state letter (Z: a zombie nobody reaped).
+    pub state: char,
+    /// Its parent, who should reap it.
+    pub ppid: i32,
+}
+
+impl std::fmt::Display for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.state == 'Z' {
+            write!(
+                f,
+                "pid {} ({}) is still taken: a zombie of pid {}, which has not reaped it",
+                self.pid, self.comm, self.ppid
+            )
+        } else {
+            write!(
+                f,
+                "pid {} ({}) is still taken (state {}, parent {})",
+                self.pid, self.comm, self.state, self.ppid
+            )
+        }
+    }
+}
+
+/// Makes haul a child subreaper: orphans among the descendants of the processes it launched
+/// come to haul, which reaps them ([`release`]).
+pub fn become_subreaper() {
+    if let Err(e) = crate::sys::host::set_child_subreaper() {
+        tracing::warn!("cannot become a child subreaper: {e}");
+    }
+}
+
+/// Waits until every pid of `pids` (the processes of a killed tree) is free, reaping those
+/// that are haul's own zombies, for at most `timeout`; returns those still taken, named.
+pub fn release(pids: &[i32], timeout: Duration) -> Vec<Taken> {
+    let me = crate::sys::process::getpid();
+    let end = Instant::now() + timeout;
+    let mut left: Vec<i32> = pids.to_vec();
+    loop {
+        let mut taken = Vec::new();
+        left.retain(|&pid| {
+            let Ok(st) = crate::proc::stat(pid) else {
+                return false; // gone: free
+            };
+            if st.ppid == me && st.is_zombie() {
+                match crate::sys::host::reap_if_ended(pid) {
+                    Ok(true) => return false,
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(pid, "reaping: {e}"),
+                }
+            }
+            taken.push(Taken {
+                pid,
+                comm: st.comm,
+                state: st.state,
+                ppid: st.ppid,
+            });
+            true
+        });
+        if taken.is_empty() || Instant::now() >= end {
+            return taken;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_that_stays_taken_names_its_parent() {
+        let t = Taken {
+            pid: 42,
+            comm: "sleep".into(),
+            state: 'Z',
+            ppid: 7,
+        };
+        assert_eq!(
+            t.to_string(),
+            "pid 42 (sleep) is still taken: a zombie of pid 7, which has not reaped it"
+        );
+        // A pid nobody holds is free at once; our own live pid stays taken.
+        let me = std::process::id() as i32;
+        let got = release(&[i32::MAX, me], Duration::ZERO);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].pid, me);
+    }
+}
