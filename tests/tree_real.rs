@@ -833,6 +833,8 @@ fn dump_check_of_a_tree_names_every_blocker_and_the_refused_dump_leaves_it_runni
         );
     }
     drop(root.stdin.take());
+    let _ = root.kill();
+    let _ = root.wait();
 }
 
 /// PATH with the python3 binary's own directory first (the pyenv shim is a shell script, which
