@@ -281,6 +281,15 @@ fn haul_dump_check_lists_the_reasons_of_every_process_of_the_tree_naming_each() 
     });
     assert!(ok, "children of {}: {kids:?}", py.pid);
     let (tcp, sleeper) = (kids[0], kids[1]);
+    // A tracer outside the tree seizes the TCP child (PTRACE_SEIZE, which does not stop it).
+    let seize = format!(
+        "import ctypes, time\nassert ctypes.CDLL(None).ptrace(0x4206, {tcp}, 0, 0) == 0\nprint('ready', flush=True)\ntime.sleep(1000)"
+    );
+    let tracer = Running::logged(
+        clean_command(common::python3()).args(["-c", &seize]),
+        &tmp.path().join("tracer.log"),
+        true,
+    );
     common::send_signal(sleeper, "STOP");
     assert!(wait_for(Duration::from_secs(10), || {
         common::proc_state(sleeper) == Some('T')
@@ -307,8 +316,16 @@ fn haul_dump_check_lists_the_reasons_of_every_process_of_the_tree_naming_each() 
     };
     assert!(has(format!("pid {tcp} fd "), "(TCP)"), "{reasons:#?}");
     assert!(has(format!("pid {sleeper} "), "is stopped"), "{reasons:#?}");
-    // Nothing was touched: nobody traced, the parent and the TCP child still run.
-    assert_running_untraced(&[py.pid, tcp], "after --check");
+    assert!(
+        has(
+            format!("pid {tcp} is already traced by pid {}", tracer.pid),
+            ""
+        ),
+        "{reasons:#?}"
+    );
+    // Nothing was touched: haul traced nobody, the parent and the TCP child still run.
+    assert_running_untraced(&[py.pid], "after --check");
+    assert_eq!(common::tracer_pid(tcp), Some(tracer.pid));
     assert_eq!(common::tracer_pid(sleeper), Some(0));
 
     // Text: one line per reason, each naming its pid.
@@ -326,6 +343,10 @@ fn haul_dump_check_lists_the_reasons_of_every_process_of_the_tree_naming_each() 
 
     // Once both are fixed (the stopped one resumed, the TCP one gone), the tree can be
     // checkpointed, and says how big it is.
+    drop(tracer);
+    assert!(wait_for(Duration::from_secs(10), || {
+        common::tracer_pid(tcp) == Some(0)
+    }));
     common::send_signal(sleeper, "CONT");
     common::send_signal(tcp, "KILL");
     assert!(wait_for(Duration::from_secs(10), || {
@@ -535,11 +556,7 @@ impl haul::dump::PageSink for KillOnFirstPages {
 #[test]
 fn a_descendant_killed_mid_dump_fails_it_by_name_and_the_rest_runs_on() {
     let tmp = tempfile::tempdir().unwrap();
-    let sh = shell(
-        tmp.path(),
-        "sleep 1000 & sleep 1000 & echo ready; wait",
-        2,
-    );
+    let sh = shell(tmp.path(), "sleep 1000 & sleep 1000 & echo ready; wait", 2);
     let pids = tree_pids(sh.pid);
     let victim = pids[2];
     let mut sink = KillOnFirstPages {
@@ -556,7 +573,10 @@ fn a_descendant_killed_mid_dump_fails_it_by_name_and_the_rest_runs_on() {
         .to_string();
     assert!(sink.done);
     assert!(
-        e.contains(&format!("pid {victim} (sleep) in the tree of pid {}", sh.pid)),
+        e.contains(&format!(
+            "pid {victim} (sleep) in the tree of pid {}",
+            sh.pid
+        )),
         "{e}"
     );
     assert!(e.contains("went away"), "{e}");
@@ -570,4 +590,38 @@ fn a_descendant_killed_mid_dump_fails_it_by_name_and_the_rest_runs_on() {
         "pid {victim} was not reaped by its parent: {:?}",
         std::fs::read_to_string(format!("/proc/{victim}/status"))
     );
+}
+
+#[test]
+fn a_child_sharing_its_parents_address_space_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Running::logged(
+        &mut clean_command(common::fixture("vmshare")),
+        &tmp.path().join("vm.log"),
+        true,
+    );
+    let mut kids = Vec::new();
+    assert!(wait_for(Duration::from_secs(10), || {
+        kids = common::children_of(p.pid);
+        kids.len() == 1
+    }));
+    let child = kids[0];
+    let out = common::haul()
+        .args(["dump", "--check", "--pid", &p.pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let why = format!(
+        "pid {child} shares its address space with its parent, pid {}",
+        p.pid
+    );
+    assert!(text.contains(&why), "{text}");
+    // A dump refuses it the same way, and both processes go on untouched.
+    let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
+    let e = dump_to_store(p.pid, &store, "vm", &running(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&why), "{e}");
+    assert_running_untraced(&[p.pid, child], "after the refusal");
 }

@@ -6,6 +6,7 @@
 //! - [`remote`]: syscalls injected into a ptrace-stopped thread, and a scratch page in it.
 //! - [`file`]: `flock(2)` locks and `posix_fadvise(2)` on haul's own files.
 //! - [`host`]: haul's own process: child subreaper, reaping a child.
+//! - [`kcmp`]: whether two processes share their address space.
 //! - [`mem`]: page-aligned buffers, `process_vm_readv`/`writev`, `/proc/PID/mem`.
 //! - [`net`]: TCP keepalive on a socket.
 //! - [`pagemap`]: `/proc/PID/pagemap` entries and the `PAGEMAP_SCAN` ioctl.
@@ -17,6 +18,7 @@
 
 pub mod file;
 pub mod host;
+pub mod kcmp;
 pub mod mem;
 pub mod net;
 pub mod pagemap;

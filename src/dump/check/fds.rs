@@ -124,10 +124,8 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
         .and_then(|s| s.strip_suffix(']'))
     {
         let ino: Option<u64> = ino.parse().ok();
-        if let Some(pair) = ino.map(|i| unix_pair(pid, fd, target, i)).transpose()? {
-            if let Some(kind) = pair {
-                return Ok(kind);
-            }
+        if let Some(Some(kind)) = ino.map(|i| unix_pair(pid, fd, target, i)).transpose()? {
+            return Ok(kind);
         }
         let kind = ino.and_then(|i| socket_kind(pid, i)).unwrap_or("socket");
         return no(kind);

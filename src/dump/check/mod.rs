@@ -148,6 +148,8 @@ pub(crate) fn precheck_snapshot(root: i32) -> Result<TreeSnapshot, DumpError> {
             Err(e) => return Err(e),
         }
     }
+    let family: Vec<(i32, i32)> = members.iter().map(|(m, _)| (m.pid, m.ppid)).collect();
+    check_own_memory(&family, &mut found)?;
     let list: Vec<crate::dump::share::Member<'_>> = members
         .iter()
         .map(|(m, snapshot)| crate::dump::share::Member {
@@ -174,6 +176,11 @@ pub(crate) fn check_frozen(
     for &pid in pids {
         snaps.push(check_uses_into(pid, before.get(pid), &mut found)?);
     }
+    let mut family = Vec::with_capacity(pids.len());
+    for &pid in pids {
+        family.push((pid, proc::stat(pid)?.ppid));
+    }
+    check_own_memory(&family, &mut found)?;
     let list: Vec<crate::dump::share::Member<'_>> = pids
         .iter()
         .zip(&snaps)
@@ -182,6 +189,28 @@ pub(crate) fn check_frozen(
     crate::dump::share::check(&list, &mut found)?;
     found.finish(root)?;
     Ok(snaps)
+}
+
+/// Every process of the tree has an address space of its own: one shared with its parent
+/// (`CLONE_VM` without `CLONE_THREAD`, or a `vfork` child before its exec) would be restored as
+/// two. Memory can only be shared that way from a parent, so each is compared with its parent.
+/// `family`: (pid, ppid) in tree order, the root first (whose parent is outside the tree and
+/// cannot share its memory with it: `check_identity` refuses haul's ancestors).
+fn check_own_memory(family: &[(i32, i32)], found: &mut Refusals) -> Result<(), DumpError> {
+    for &(pid, ppid) in family.iter().skip(1) {
+        match crate::sys::kcmp::same_vm(pid, ppid) {
+            Ok(Some(true)) => found.add(unsupported(format!(
+                "pid {pid} shares its address space with its parent, pid {ppid} (CLONE_VM \
+                 without a thread, or vfork before exec): this is not supported yet"
+            ))),
+            // No kcmp on this kernel: nothing to tell it by.
+            Ok(_) => {}
+            // Exited meanwhile: the freeze finds the stable tree.
+            Err(_) if process_gone(pid) || process_gone(ppid) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Who the process is: not init, not haul or its ancestors, not a kernel thread, zombie,

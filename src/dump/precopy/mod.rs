@@ -209,8 +209,8 @@ impl<'s> Precopy<'s> {
         let kids = crate::proc::children(pid)?;
         if !kids.is_empty() {
             return Err(DumpError::Unsupported(format!(
-                "pid {pid} forked during pre-copy (children {kids:?}): process trees are not \
-                 supported yet"
+                "pid {pid} forked during pre-copy (children {kids:?}): pre-copy of a process \
+                 tree is not supported yet"
             )));
         }
         let maps = crate::proc::maps(pid)?;

@@ -256,3 +256,313 @@ fn an_eventfd_gets_its_64_bit_count_by_a_write_and_a_failure_names_the_fd() {
     assert!(e.to_string().starts_with("fd 6: injected eventfd2"), "{e}");
     assert_eq!(e.errno(), Some(libc::EMFILE));
 }
+
+// ---- what processes of a tree share: run in this test process, whose real fds stand for
+// the target's, so haul's pidfd_getfd and SCM_RIGHTS calls are real ----
+
+use crate::image::FdRef;
+use crate::restore::share::Shared;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+
+fn me() -> i32 {
+    std::process::id() as i32
+}
+
+/// Makes the fake's `socketpair` hand out `(a, b)` and its `recvmsg` deliver fd `got` in an
+/// `SCM_RIGHTS` message laid out at libc's offsets.
+fn passing(r: &mut Recorder, a: i32, b: i32, got: i32) {
+    r.when("socketpair", move |args, mem| {
+        mem.poke(args[3], &a.to_ne_bytes());
+        mem.poke(args[3] + 4, &b.to_ne_bytes());
+        0
+    });
+    r.when("recvmsg", move |args, mem| {
+        let mut ctl = [0u8; 8];
+        mem.peek(
+            args[1] + std::mem::offset_of!(libc::msghdr, msg_control) as u64,
+            &mut ctl,
+        );
+        let ctl = u64::from_ne_bytes(ctl);
+        type C = libc::cmsghdr;
+        mem.poke(
+            ctl + std::mem::offset_of!(C, cmsg_len) as u64,
+            &20usize.to_ne_bytes(),
+        );
+        mem.poke(
+            ctl + std::mem::offset_of!(C, cmsg_level) as u64,
+            &libc::SOL_SOCKET.to_ne_bytes(),
+        );
+        mem.poke(
+            ctl + std::mem::offset_of!(C, cmsg_type) as u64,
+            &libc::SCM_RIGHTS.to_ne_bytes(),
+        );
+        mem.poke(ctl + 16, &got.to_ne_bytes());
+        1
+    });
+}
+
+fn pipe_of(ino: u64, n: i32, write: bool, size: u32, data: &[u8]) -> FdImage {
+    fd(
+        n,
+        if write {
+            libc::O_WRONLY
+        } else {
+            libc::O_NONBLOCK
+        },
+        FdKind::Pipe {
+            ino,
+            write,
+            size,
+            data: data.to_vec(),
+        },
+    )
+}
+
+#[test]
+fn an_inherited_fd_is_installed_through_a_socket_pair_with_scm_rights() {
+    let (x, y) = UnixDatagram::pair().unwrap();
+    let (held, _w) = crate::sys::pipe::pipe().unwrap();
+    let mut shared = Shared::default();
+    let parent = ProcessImage {
+        pid: 100,
+        ..Default::default()
+    };
+    crate::restore::fds::restore_fds(&mut Recorder::new(me()), &parent, &mut shared).unwrap();
+    let mut f = pipe_of(77, 5, false, 0, b"");
+    f.flags |= libc::O_CLOEXEC as u32;
+    f.inherited = Some(FdRef {
+        pid: 100,
+        fd: held.as_raw_fd(),
+    });
+    let child = ProcessImage {
+        pid: 101,
+        fds: vec![f],
+        ..Default::default()
+    };
+    let mut r = Recorder::new(me());
+    passing(&mut r, x.as_raw_fd(), y.as_raw_fd(), 9);
+    crate::restore::fds::restore_fds(&mut r, &child, &mut shared).unwrap();
+    assert_eq!(
+        r.names(),
+        [
+            "close_range",
+            "socketpair",
+            "recvmsg",
+            "close",
+            "close",
+            "dup3",
+            "close"
+        ]
+    );
+    let c = &r.calls;
+    assert_eq!(
+        c[1].args[..3],
+        [
+            libc::AF_UNIX as u64,
+            (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64,
+            0
+        ]
+    );
+    let (xa, ya) = (x.as_raw_fd() as u64, y.as_raw_fd() as u64);
+    assert_eq!(c[2].args[0], ya, "received at the other socket");
+    assert_eq!(c[2].args[2], libc::MSG_CMSG_CLOEXEC as u64);
+    let msg = c[2].arg_bytes(1).unwrap();
+    let at = |o: usize| u64_at(msg, o);
+    assert_eq!(at(std::mem::offset_of!(libc::msghdr, msg_iovlen)), 1);
+    assert_eq!(at(std::mem::offset_of!(libc::msghdr, msg_controllen)), 24);
+    assert_eq!([c[3].args[0], c[4].args[0]], [xa, ya], "the pair is closed");
+    assert_eq!(c[5].args[..3], [9, 5, libc::O_CLOEXEC as u64]);
+    assert_eq!(c[6].args[0], 9);
+    // haul really sent a copy of the held fd over the pair: it waits at y.
+    let q = crate::sys::socket::peek_queue(y.as_fd(), false).unwrap();
+    assert!(q.fds_in_flight);
+    assert_eq!(q.messages, [b"F".to_vec()]);
+}
+
+#[test]
+fn a_pipe_between_two_processes_is_made_at_its_first_end_and_filled_at_the_second() {
+    // The parent holds only the write end (fd 40); the child the read end (fd 3), which
+    // carries what the pipe held.
+    let (pr, pw) = crate::sys::pipe::pipe().unwrap();
+    let (x, y) = UnixDatagram::pair().unwrap();
+    let mut shared = Shared::default();
+    let parent = ProcessImage {
+        pid: 100,
+        fds: vec![pipe_of(77, 40, true, 0, b"")],
+        ..Default::default()
+    };
+    let mut r = Recorder::new(me());
+    let (a, b) = (pr.as_raw_fd(), pw.as_raw_fd());
+    r.when("pipe2", move |args, mem| {
+        mem.poke(args[0], &a.to_ne_bytes());
+        mem.poke(args[0] + 4, &b.to_ne_bytes());
+        0
+    });
+    crate::restore::fds::restore_fds(&mut r, &parent, &mut shared).unwrap();
+    let calls: Vec<(&str, u64, u64)> = r
+        .calls
+        .iter()
+        .map(|c| (c.name(), c.args[0], c.args[1]))
+        .collect();
+    let (a, b) = (a as u64, b as u64);
+    assert_eq!(
+        calls[1..],
+        [
+            ("pipe2", calls[1].1, 0),
+            ("close", a, 0),
+            ("dup3", b, 40),
+            ("close", b, 0),
+            ("fcntl", 40, libc::F_SETFD as u64),
+            ("fcntl", 40, libc::F_SETFL as u64),
+        ],
+        "the read end is closed in the parent, the write end put at 40"
+    );
+    let child = ProcessImage {
+        pid: 101,
+        fds: vec![pipe_of(77, 3, false, 1 << 20, b"hello")],
+        ..Default::default()
+    };
+    let mut r = Recorder::new(me());
+    passing(&mut r, x.as_raw_fd(), y.as_raw_fd(), 3);
+    crate::restore::fds::restore_fds(&mut r, &child, &mut shared).unwrap();
+    assert_eq!(
+        r.names(),
+        [
+            "close_range",
+            "socketpair",
+            "recvmsg",
+            "close",
+            "close",
+            "fcntl",
+            "fcntl"
+        ],
+        "received at 3 already: only its flags"
+    );
+    // The pipe itself (haul's copies are of it) holds the bytes, at the capacity dumped.
+    assert_eq!(crate::sys::pipe::pipe_contents(&pr).unwrap(), b"hello");
+    assert_eq!(crate::sys::pipe::pipe_size(&pr).unwrap(), 1 << 20);
+    assert!(
+        crate::sys::socket::peek_queue(y.as_fd(), false)
+            .unwrap()
+            .fds_in_flight
+    );
+}
+
+fn pair_of(n: i32, ino: u64, peer: u64, queued: &[&[u8]]) -> FdImage {
+    fd(
+        n,
+        libc::O_RDWR,
+        FdKind::UnixPair {
+            ino,
+            peer,
+            sock_type: libc::SOCK_STREAM,
+            queued: queued.iter().map(|q| q.to_vec()).collect(),
+        },
+    )
+}
+
+#[test]
+fn a_socket_pair_in_one_process_gets_each_queue_sent_from_the_other_end() {
+    let p = ProcessImage {
+        fds: vec![
+            pair_of(10, 500, 501, &[b"to-ten"]),
+            pair_of(11, 501, 500, &[b"to-eleven"]),
+        ],
+        ..Default::default()
+    };
+    let mut r = Recorder::new(50);
+    r.when("socketpair", |a, mem| {
+        mem.poke(a[3], &3i32.to_ne_bytes());
+        mem.poke(a[3] + 4, &4i32.to_ne_bytes());
+        0
+    });
+    r.when("sendto", |a, _| a[2] as i64);
+    crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap();
+    let calls: Vec<(&str, u64, u64)> = r
+        .calls
+        .iter()
+        .map(|c| (c.name(), c.args[0], c.args[1]))
+        .collect();
+    assert_eq!(
+        calls[1..8],
+        [
+            ("socketpair", libc::AF_UNIX as u64, libc::SOCK_STREAM as u64),
+            ("sendto", 4, calls[2].2),
+            ("sendto", 3, calls[3].2),
+            ("dup3", 3, 10),
+            ("dup3", 4, 11),
+            ("close", 3, 0),
+            ("close", 4, 0),
+        ]
+    );
+    assert_eq!(r.calls[2].arg_bytes(1), Some(&b"to-ten"[..]));
+    assert_eq!(r.calls[3].arg_bytes(1), Some(&b"to-eleven"[..]));
+    assert_eq!(r.names()[8..], ["fcntl", "fcntl", "fcntl", "fcntl"]);
+    // A peer that takes less back than waited is an error naming the socket.
+    let mut r = Recorder::new(50);
+    r.when("socketpair", |a, mem| {
+        mem.poke(a[3], &3i32.to_ne_bytes());
+        mem.poke(a[3] + 4, &4i32.to_ne_bytes());
+        0
+    });
+    r.returns("sendto", 2);
+    let e = crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap_err();
+    assert!(
+        e.to_string().starts_with("socket:[500]: 6 queued bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_socket_pair_between_two_processes_is_kept_by_haul_for_the_later_end() {
+    let (s0, s1) = UnixStream::pair().unwrap();
+    let (x, y) = UnixDatagram::pair().unwrap();
+    let mut shared = Shared::default();
+    let parent = ProcessImage {
+        pid: 100,
+        fds: vec![pair_of(10, 500, 501, &[])],
+        ..Default::default()
+    };
+    let mut r = Recorder::new(me());
+    let (a, b) = (s0.as_raw_fd(), s1.as_raw_fd());
+    r.when("socketpair", move |args, mem| {
+        mem.poke(args[3], &a.to_ne_bytes());
+        mem.poke(args[3] + 4, &b.to_ne_bytes());
+        0
+    });
+    crate::restore::fds::restore_fds(&mut r, &parent, &mut shared).unwrap();
+    let (a, b) = (a as u64, b as u64);
+    let calls: Vec<(&str, u64, u64)> = r
+        .calls
+        .iter()
+        .map(|c| (c.name(), c.args[0], c.args[1]))
+        .collect();
+    assert_eq!(
+        calls[2..5],
+        [("close", b, 0), ("dup3", a, 10), ("close", a, 0)]
+    );
+    // The child's end waits with "hi" queued: haul sends it from its copy of the parent's.
+    let child = ProcessImage {
+        pid: 101,
+        fds: vec![pair_of(11, 501, 500, &[b"hi"])],
+        ..Default::default()
+    };
+    let mut r = Recorder::new(me());
+    passing(&mut r, x.as_raw_fd(), y.as_raw_fd(), 11);
+    crate::restore::fds::restore_fds(&mut r, &child, &mut shared).unwrap();
+    assert_eq!(
+        r.names(),
+        [
+            "close_range",
+            "socketpair",
+            "recvmsg",
+            "close",
+            "close",
+            "fcntl",
+            "fcntl"
+        ]
+    );
+    let q = crate::sys::socket::peek_queue(s1.as_fd(), true).unwrap();
+    assert_eq!(q.messages, [b"hi".to_vec()]);
+}
