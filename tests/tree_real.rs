@@ -353,10 +353,11 @@ fn shell_pipeline_stopped_mid_stream_writes_the_right_digest_after_restore() {
     let big = s.path().join("big");
     let out = s.path().join("out");
     write_big(&big);
-    // What the pipeline prints when nothing stops it.
+    // What the pipeline prints when nothing stops it (gzip reading a pipe, as in the
+    // pipeline: reading the file itself, it would record the file's time in its header).
     let want = Command::new("sh")
         .arg("-c")
-        .arg(r#"gzip -c < "$1" | sha256sum"#)
+        .arg(r#"cat "$1" | gzip -c | sha256sum"#)
         .arg("sh")
         .arg(&big)
         .output()
@@ -483,52 +484,39 @@ fn python_pool_keeps_its_results_and_takes_new_tasks_after_restore() {
     assert_eq!(restore(&s.store(), &set), pid);
     assert_restored_as_dumped(pid, &s.store(), &set, Some(&before));
     std::fs::write(s.path().join("release"), "").unwrap();
-    let end = wait_end(pid, Duration::from_secs(120));
+    let end = wait_end(pid, Duration::from_secs(60));
     assert_eq!(end, Ended::Code(0), "log: {}", read(&s.path().join("log")));
     assert_eq!(read(&s.path().join("result")), pool_expected());
 }
 
-/// The lazy side for trees: the same pool, restored with `haul restore SET --lazy`, its memory
-/// served by userfaultfd while it runs.
+/// The lazy side for trees: a lazy restore serves one process only for now, so `haul restore
+/// SET --lazy` of a tree is refused — before anything is created, saying why and what to do
+/// instead. (The lead's call for issue #13 until lazy restore serves a tree; then this test is
+/// to become the pool of the test above finishing with the same results, restored lazily.)
 #[test]
-fn python_pool_restored_lazily_finishes_with_the_same_results() {
-    use std::io::BufRead;
+fn lazy_restore_of_a_pool_is_refused_clearly_and_creates_nothing() {
     let s = Session::start();
     let (mut root, before) = start_pool(&s);
-    let pid = root.id() as i32;
     let set = dump_kill(&mut root, &s.store(), "pool");
-    let mut haul = common::haul()
+    let out = common::haul()
         .args(["restore", &set, "--lazy", "--idle-push", "200ms", "--store"])
         .arg(s.store())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .expect("run haul restore --lazy");
-    let mut lines = std::io::BufReader::new(haul.stdout.take().unwrap()).lines();
-    let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
-    let Ok(restored) = first.trim().parse::<i32>() else {
-        let out = haul.wait_with_output().unwrap();
-        panic!(
-            "haul restore --lazy printed {first:?}, not a pid: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    assert_eq!(restored, pid);
-    // Running while its pages arrive: the same tree already.
-    assert_restored_as_dumped(pid, &s.store(), &set, Some(&before));
-    std::fs::write(s.path().join("release"), "").unwrap();
-    let out = haul
-        .wait_with_output()
-        .expect("wait for haul restore --lazy");
-    assert!(
-        out.status.success(),
-        "haul restore --lazy: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "haul restore --lazy of a tree: {err}"
     );
-    let end = wait_end(pid, Duration::from_secs(120));
-    assert_eq!(end, Ended::Code(0), "log: {}", read(&s.path().join("log")));
-    assert_eq!(read(&s.path().join("result")), pool_expected());
+    assert!(
+        err.contains(&set) && err.contains("process tree") && err.contains("without --lazy"),
+        "the refusal should name the set, say it is a tree and how to restore it: {err}"
+    );
+    let left: Vec<Row> = before.iter().filter_map(|r| row(r.pid)).collect();
+    assert!(left.is_empty(), "a refused restore created {left:?}");
+    assert!(descendants(std::process::id() as i32).is_empty());
 }
 
 // ---- make -j2 ----
@@ -845,6 +833,8 @@ fn dump_check_of_a_tree_names_every_blocker_and_the_refused_dump_leaves_it_runni
         );
     }
     drop(root.stdin.take());
+    let _ = root.kill();
+    let _ = root.wait();
 }
 
 /// PATH with the python3 binary's own directory first (the pyenv shim is a shell script, which
@@ -893,4 +883,45 @@ fn bench_tree_restores_the_tree_and_stores_its_shared_memory_once() {
         0,
         "bench tree left files behind"
     );
+}
+
+// ---- haul run: the report counts the processes ----
+
+#[test]
+fn haul_run_of_a_tree_reports_how_many_processes_it_checkpointed() {
+    let s = Session::start();
+    let bin = common::fixture("treebench");
+    let job = s.path().join("tree.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[process]\ncommand = [\"{}\", \"4\", \"1\", \"2\", \"{{run_dir}}\"]\n\
+             ready = {{ stdout_line = \"ready\" }}\n",
+            bin.display()
+        ),
+    )
+    .unwrap();
+    let out = common::haul()
+        .args(["run", "--plain"])
+        .arg(&job)
+        .current_dir(s.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "haul run: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_dir(s.path().join("reports"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a run report");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["processes"], 3, "{r}");
+    let text = common::haul().arg("report").arg(&report).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("a tree of 3 processes"), "{text}");
 }

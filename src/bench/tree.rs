@@ -109,7 +109,7 @@ fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
     };
     for run in 0..o.runs {
         for tree in [true, false] {
-            prewarm(2 * total_mib << 20);
+            prewarm((2 * total_mib) << 20);
             let (private, children) = if tree {
                 (o.private_mib, o.processes - 1)
             } else {

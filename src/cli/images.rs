@@ -507,6 +507,9 @@ mod tests {
         assert_eq!(v["processes"][1]["wait_status"], libc::SIGSEGV | 0x80);
         assert_eq!(v["processes"][0]["threads"], serde_json::json!([100]));
         assert!(v["processes"][0].get("wait_status").is_none());
+        // The root's one page has no VMA listed; the descendants' pages are theirs, not
+        // "outside the VMAs" of the root (they were counted so before).
+        assert_eq!(v["pages_outside_vmas"], 1);
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub fn checkpoint(
     report.pages_scanned = s.pages_scanned;
     report.pages_written = s.pages_written;
     report.pages_skipped_parent = s.pages_skipped_parent;
+    report.processes = s.processes;
     report.pages_lazy = d.set.figures.pages_lazy;
     report.processes = s.processes;
 
