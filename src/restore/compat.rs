@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
+use super::tree::Refusal;
 use super::{process_of, PidChoice, RestoreError};
 use crate::image::{FdKind, FileId, ImageSet, PageRef, ProcessImage, VmaKind};
 
@@ -40,7 +41,9 @@ pub fn check_compat(
             set.kernel
         )));
     }
-    check_tree(set, pid, lazy).map_err(bad)?;
+    check_tree(set, pid, lazy).map_err(|r| bad(r.0))?;
+    // A deleted tmpfs file the set makes again must find its path free.
+    super::share::check_paths(set).map_err(|e| bad(e.to_string()))?;
     for (_, p) in set.processes() {
         check_process(set, p, pid).map_err(|e| match e {
             // A descendant's reason names it.
@@ -55,7 +58,7 @@ pub fn check_compat(
     }
     if pid == PidChoice::Same {
         for z in &set.tree.zombies {
-            pid_free(z.pid, &format!("pid {} (a zombie)", z.pid)).map_err(bad)?;
+            pid_free(z.pid, &format!("pid {} (a zombie)", z.pid)).map_err(|r| bad(r.0))?;
         }
     }
     Ok(root)
@@ -64,13 +67,13 @@ pub fn check_compat(
 /// What a tree needs beyond what each of its processes needs: a plan of its sessions and
 /// groups (`tree::plan`), fd tables shared with the parent, zombie statuses a process can end
 /// with, PIDs where the program cares (`pid = "any"`), and an eager restore.
-fn check_tree(set: &ImageSet, pid: PidChoice, lazy: bool) -> Result<(), String> {
+fn check_tree(set: &ImageSet, pid: PidChoice, lazy: bool) -> Result<(), Refusal> {
     let n = set.process_count();
     if lazy && n > 1 {
-        return Err(format!(
+        return Err(Refusal(format!(
             "it is a process tree ({n} processes) and a lazy restore serves one process only \
              for now: restore it without --lazy"
-        ));
+        )));
     }
     let ours = (
         crate::sys::process::own_sid(),
@@ -85,17 +88,21 @@ fn check_tree(set: &ImageSet, pid: PidChoice, lazy: bool) -> Result<(), String> 
                 .map(|(_, q)| q);
             let ok = parent.is_some_and(|q| q.pid == f || q.files_of == Some(f));
             if !ok {
-                return Err(format!(
+                return Err(Refusal(format!(
                     "pid {} shares the fd table of pid {f}, which is not its parent's \
                      (pid {}): a fork can only share its parent's",
                     p.pid, p.ppid
-                ));
+                )));
             }
         }
     }
     for z in &set.tree.zombies {
-        zombie_status(z.wait_status)
-            .map_err(|why| format!("zombie pid {} (status {:#x}): {why}", z.pid, z.wait_status))?;
+        zombie_status(z.wait_status).map_err(|why| {
+            Refusal(format!(
+                "zombie pid {} (status {:#x}): {why}",
+                z.pid, z.wait_status
+            ))
+        })?;
     }
     if pid == PidChoice::Any && n > 1 {
         any_pid_cares(set)?;
@@ -106,18 +113,18 @@ fn check_tree(set: &ImageSet, pid: PidChoice, lazy: bool) -> Result<(), String> 
 /// Whether a process can be made to end so that `wait` reports `status`: an exit (any code),
 /// or a kill by a signal whose default action ends the process, without a core dump (a
 /// restore writes no core file).
-pub(super) fn zombie_status(status: i32) -> Result<(), String> {
+pub(super) fn zombie_status(status: i32) -> Result<(), Refusal> {
     if status & !0xff00 == 0 {
         return Ok(());
     }
     let sig = status & 0x7f;
     if status & !0xff != 0 || sig == 0x7f {
-        return Err("not the status of an ended process".into());
+        return Err(Refusal("not the status of an ended process".into()));
     }
     if status & 0x80 != 0 {
-        return Err(format!(
+        return Err(Refusal(format!(
             "it was killed by signal {sig} and dumped core, which a restore does not do again"
-        ));
+        )));
     }
     let stops_or_ignored = [
         libc::SIGCHLD,
@@ -130,7 +137,9 @@ pub(super) fn zombie_status(status: i32) -> Result<(), String> {
         libc::SIGTTOU,
     ];
     if sig > 64 || stops_or_ignored.contains(&sig) {
-        return Err(format!("signal {sig} does not end a process by default"));
+        return Err(Refusal(format!(
+            "signal {sig} does not end a process by default"
+        )));
     }
     Ok(())
 }
@@ -142,24 +151,24 @@ pub(super) fn zombie_status(status: i32) -> Result<(), String> {
 /// those ids). The one thing no image shows, a parent keeping its children's PIDs in its own
 /// memory (`$!`, `Process.pid`) to wait for them, is the same risk as threads' ids today:
 /// warned about, not refused.
-pub(super) fn any_pid_cares(set: &ImageSet) -> Result<(), String> {
+pub(super) fn any_pid_cares(set: &ImageSet) -> Result<(), Refusal> {
     let why = "with pid = \"any\" every process gets a new PID, but";
     if let Some(z) = set.tree.zombies.first() {
-        return Err(format!(
+        return Err(Refusal(format!(
             "{why} zombie pid {} is to be reaped by its parent (pid {}) under that PID: \
              restore with pid = \"same\"",
             z.pid, z.ppid
-        ));
+        )));
     }
     let desc: Vec<i32> = set.tree.descendants.iter().map(|p| p.pid).collect();
     for (_, p) in set.processes() {
         for (what, id) in [("process group", p.pgid), ("session", p.sid)] {
             if desc.contains(&id) {
-                return Err(format!(
+                return Err(Refusal(format!(
                     "{why} pid {} is in {what} {id}, named after a process of the tree, whose \
                      id the program may keep: restore with pid = \"same\"",
                     p.pid
-                ));
+                )));
             }
         }
     }
@@ -172,30 +181,30 @@ pub(super) fn any_pid_cares(set: &ImageSet) -> Result<(), String> {
 }
 
 /// `pid` (named `what`) is below `pid_max`, not held by a zombie, and free.
-fn pid_free(pid: i32, what: &str) -> Result<(), String> {
+fn pid_free(pid: i32, what: &str) -> Result<(), Refusal> {
     let max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(i64::MAX);
     if i64::from(pid) >= max {
-        return Err(format!(
+        return Err(Refusal(format!(
             "{what} is not below kernel.pid_max ({max}): use --pid any"
-        ));
+        )));
     }
     if let Ok(st) = crate::proc::stat(pid) {
         if st.is_zombie() {
-            return Err(format!(
+            return Err(Refusal(format!(
                 "{what} is held by a zombie: an exited process its parent (pid {}) has not reaped yet",
                 st.ppid
-            ));
+            )));
         }
     }
     // /proc/TID answers for any thread's id, not only for process ids.
     if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-        return Err(format!(
+        return Err(Refusal(format!(
             "{what} is in use (by {}); is the original still running? Stop it, or restore with --pid any",
             comm.trim()
-        ));
+        )));
     }
     Ok(())
 }
@@ -225,7 +234,7 @@ fn check_process(set: &ImageSet, p: &ProcessImage, pid: PidChoice) -> Result<(),
             } else {
                 format!("thread id {} (of pid {})", t.tid, p.pid)
             };
-            pid_free(t.tid, &what).map_err(bad)?;
+            pid_free(t.tid, &what).map_err(|r| bad(r.0))?;
         }
     }
 

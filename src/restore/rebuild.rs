@@ -30,7 +30,7 @@ pub(super) fn rebuild(
     );
     let plan = super::tree::plan(set, ours).map_err(|reason| RestoreError::Incompatible {
         set: set.id.clone(),
-        reason,
+        reason: reason.0,
     })?;
     // What the processes of a tree share, built as they are (one for the whole set).
     let mut shared = super::share::Shared::default();

@@ -142,15 +142,18 @@ impl Member {
     }
 }
 
-/// Why a tree cannot be rebuilt as it is (the message names pid and id).
-pub(super) type Refusal = String;
+/// Why a tree cannot be rebuilt as it is (the message names pid and id). It ends up as the
+/// reason of [`super::RestoreError::Incompatible`], which carries text (a known debt).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Refusal(pub String);
 
 /// Plans the creation of `set`'s tree; `ours` is haul's (session, process group). A one-process
 /// set gets the root's plan of a lone process.
 pub(super) fn plan(set: &ImageSet, ours: (i32, i32)) -> Result<Plan, Refusal> {
     let living: Vec<&ProcessImage> = set.processes().map(|(_, p)| p).collect();
     let Some(root) = living.first().copied() else {
-        return Err("the set holds no process".into());
+        return Err(Refusal("the set holds no process".into()));
     };
     let members: Vec<Member> = living
         .iter()
@@ -163,7 +166,7 @@ pub(super) fn plan(set: &ImageSet, ours: (i32, i32)) -> Result<Plan, Refusal> {
         .map(|(i, m)| (m.pid, i))
         .collect();
     if index.len() != members.len() {
-        return Err("a pid appears twice in the tree".into());
+        return Err(Refusal("a pid appears twice in the tree".into()));
     }
     let n_living = living.len();
     let is_tree = |pid: i32| index.contains_key(&pid);
@@ -173,10 +176,10 @@ pub(super) fn plan(set: &ImageSet, ours: (i32, i32)) -> Result<Plan, Refusal> {
         match index.get(&m.ppid) {
             Some(&j) if j < n_living && (m.zombie || j < i) => {}
             _ => {
-                return Err(format!(
+                return Err(Refusal(format!(
                     "pid {} has parent {}, which is not a living process restored before it",
                     m.pid, m.ppid
-                ))
+                )))
             }
         }
     }
@@ -207,20 +210,20 @@ pub(super) fn plan(set: &ImageSet, ours: (i32, i32)) -> Result<Plan, Refusal> {
         match norm(m.sid) {
             Ok(s) => final_sid[i] = s,
             Err(()) => {
-                return Err(format!(
+                return Err(Refusal(format!(
                     "pid {} is in session {}, whose leader is neither in the tree nor the root's \
                      own session",
                     m.pid, m.sid
-                ))
+                )))
             }
         }
         if let Sid::Led(l) = final_sid[i] {
             let leader = &members[index[&l]];
             if leader.sid != leader.pid {
-                return Err(format!(
+                return Err(Refusal(format!(
                     "pid {} is in session {}, but pid {l} of the tree no longer leads it",
                     m.pid, m.sid
-                ));
+                )));
             }
         }
     }
@@ -254,11 +257,11 @@ pub(super) fn plan(set: &ImageSet, ours: (i32, i32)) -> Result<Plan, Refusal> {
         } else if setsid[parent] && final_sid[i] == p_before {
             true
         } else {
-            return Err(format!(
+            return Err(Refusal(format!(
                 "pid {} is in session {}, which its parent (pid {}) is not in and did not leave \
                  after forking it: a fork cannot put it back there",
                 m.pid, m.sid, m.ppid
-            ));
+            )));
         };
         born[i] = if early { p_before } else { p_after };
         if early {
@@ -280,11 +283,11 @@ pub(super) fn plan(set: &ImageSet, ours: (i32, i32)) -> Result<Plan, Refusal> {
         }
         nodes[i].group = if setsid[i] {
             if m.pgid != m.pid {
-                return Err(format!(
+                return Err(Refusal(format!(
                     "pid {} leads session {} but is in process group {}: a session leader \
                      cannot change its group",
                     m.pid, m.sid, m.pgid
-                ));
+                )));
             }
             Group::Keep
         } else if m.pgid == m.pid {
@@ -292,32 +295,32 @@ pub(super) fn plan(set: &ImageSet, ours: (i32, i32)) -> Result<Plan, Refusal> {
         } else if is_tree(m.pgid) && m.pgid != root.pid {
             let l = &members[index[&m.pgid]];
             if l.pgid != l.pid {
-                return Err(format!(
+                return Err(Refusal(format!(
                     "pid {} is in process group {}, but pid {} of the tree left it",
                     m.pid, m.pgid, l.pid
-                ));
+                )));
             }
             if final_sid[index[&m.pgid]] != final_sid[i] {
-                return Err(format!(
+                return Err(Refusal(format!(
                     "pid {} is in process group {}, whose leader is in another session",
                     m.pid, m.pgid
-                ));
+                )));
             }
             Group::Join(m.pgid)
         } else if m.pgid == root.pgid {
             if final_sid[i] != final_sid[0] {
-                return Err(format!(
+                return Err(Refusal(format!(
                     "pid {} is in process group {} (the root's) but not in the root's session",
                     m.pid, m.pgid
-                ));
+                )));
             }
             Group::JoinRoot
         } else {
-            return Err(format!(
+            return Err(Refusal(format!(
                 "pid {} is in process group {}, whose leader is neither in the tree nor the \
                  root's own group",
                 m.pid, m.pgid
-            ));
+            )));
         };
     }
     let zombies = nodes.split_off(n_living);
@@ -458,16 +461,16 @@ mod tests {
     #[test]
     fn a_session_or_group_led_outside_the_tree_is_refused_naming_pid_and_id() {
         let s = set(vec![proc(10, 1, 10, 10), proc(11, 10, 99, 10)], vec![]);
-        let e = plan(&s, HAUL).unwrap_err();
+        let e = plan(&s, HAUL).unwrap_err().0;
         assert!(
             e.contains("pid 11") && e.contains("process group 99"),
             "{e}"
         );
         let s = set(vec![proc(10, 1, 10, 10), proc(11, 10, 11, 98)], vec![]);
-        let e = plan(&s, HAUL).unwrap_err();
+        let e = plan(&s, HAUL).unwrap_err().0;
         assert!(e.contains("pid 11") && e.contains("session 98"), "{e}");
         let s = set(vec![proc(10, 1, 10, 10)], vec![zombie(12, 10, 97, 10)]);
-        let e = plan(&s, HAUL).unwrap_err();
+        let e = plan(&s, HAUL).unwrap_err().0;
         assert!(
             e.contains("pid 12") && e.contains("process group 97"),
             "{e}"
@@ -477,10 +480,13 @@ mod tests {
     #[test]
     fn a_parent_not_restored_before_its_child_is_refused() {
         let s = set(vec![proc(10, 1, 10, 10), proc(11, 12, 10, 10)], vec![]);
-        let e = plan(&s, HAUL).unwrap_err();
+        let e = plan(&s, HAUL).unwrap_err().0;
         assert!(e.contains("pid 11 has parent 12"), "{e}");
         let s = set(vec![proc(10, 1, 10, 10)], vec![zombie(12, 13, 10, 10)]);
-        assert!(plan(&s, HAUL).unwrap_err().contains("pid 12 has parent 13"));
+        assert!(plan(&s, HAUL)
+            .unwrap_err()
+            .0
+            .contains("pid 12 has parent 13"));
     }
 
     #[test]

@@ -88,7 +88,6 @@ pub enum MemShareError {
 /// Before any process exists: every deleted tmpfs file the set makes again (each first
 /// holder's `DeletedShm` mapping) has its path free. To be called by `check_compat` (the
 /// `O_EXCL` create of the map step refuses it too, but only once processes exist).
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn check_paths(set: &ImageSet) -> Result<(), MemShareError> {
     for (_, p) in set.processes() {
         for v in &p.vmas {

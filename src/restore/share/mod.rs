@@ -9,10 +9,8 @@ mod fds;
 mod memory;
 
 pub(crate) use fds::FdTable;
-pub use memory::MemShareError;
-// check_paths is for check_compat (see its doc); until it calls it, only tests do.
-#[cfg_attr(not(test), allow(unused_imports))]
 pub(crate) use memory::check_paths;
+pub use memory::MemShareError;
 pub(crate) use memory::{Holder, MemTable};
 
 /// What the processes built so far share with those still to come.

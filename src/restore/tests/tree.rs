@@ -93,7 +93,7 @@ fn zombie_statuses_a_restore_can_make_and_the_ones_it_refuses() {
         zombie_status(40).is_ok(),
         "a real-time signal ends a process"
     );
-    let core = zombie_status(libc::SIGSEGV | 0x80).unwrap_err();
+    let core = zombie_status(libc::SIGSEGV | 0x80).unwrap_err().0;
     assert!(core.contains("dumped core"), "{core}");
     assert!(zombie_status(libc::SIGCHLD).is_err(), "ignored by default");
     assert!(zombie_status(libc::SIGTSTP).is_err(), "stops");
@@ -140,14 +140,18 @@ fn any_pid_is_refused_where_the_tree_keeps_pids_and_allowed_otherwise() {
         sid: 10,
         ..Default::default()
     };
-    let e = any_pid_cares(&tree_set(vec![], vec![z])).unwrap_err();
+    let e = any_pid_cares(&tree_set(vec![], vec![z])).unwrap_err().0;
     assert!(
         e.contains("zombie pid 12") && e.contains("pid = \"same\""),
         "{e}"
     );
     // A descendant leading a group (job control) or a session.
-    let e = any_pid_cares(&tree_set(vec![child(11, 11, 10)], vec![])).unwrap_err();
+    let e = any_pid_cares(&tree_set(vec![child(11, 11, 10)], vec![]))
+        .unwrap_err()
+        .0;
     assert!(e.contains("pid 11 is in process group 11"), "{e}");
-    let e = any_pid_cares(&tree_set(vec![child(11, 11, 11)], vec![])).unwrap_err();
+    let e = any_pid_cares(&tree_set(vec![child(11, 11, 11)], vec![]))
+        .unwrap_err()
+        .0;
     assert!(e.contains("pid 11"), "{e}");
 }
