@@ -113,6 +113,40 @@ pub fn tids(pid: i32) -> Result<Vec<i32>> {
     Ok(out)
 }
 
+/// Every process id `/proc` lists, ascending (those that vanish meanwhile are simply absent).
+pub fn pids() -> Vec<i32> {
+    let mut out: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The first (pid, fd) among processes not in `except` whose fd links to `target` (as
+/// `readlink /proc/PID/fd/N` shows it, e.g. `pipe:[81723]`). Processes and fds that vanish or
+/// cannot be read meanwhile are passed over.
+pub fn fd_holder(target: &str, except: &[i32]) -> Option<(i32, i32)> {
+    for pid in pids().into_iter().filter(|p| !except.contains(p)) {
+        let Ok(rd) = std::fs::read_dir(pid_dir(pid).join("fd")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            if link.as_os_str() == target {
+                if let Some(fd) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
+                    return Some((pid, fd));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Child process ids of every thread of `pid` (`/proc/PID/task/*/children`).
 pub fn children(pid: i32) -> Result<Vec<i32>> {
     let mut out = Vec::new();

@@ -2,8 +2,10 @@
 //!
 //! The rules are one function over every process's fds ([`rules`]), run by [`check`] on the
 //! snapshots (before the freeze) and again by [`link`] on the captured images (under it):
-//! - an end of a pipe whose other end no process of the tree holds (a pipe to the shell that
-//!   launched it) is refused, and so is a unix socket pair end whose peer is outside;
+//! - an end of a pipe whose other end a process outside the tree holds (a pipe to the shell
+//!   that launched it) is refused naming that process, and so is a unix socket pair end whose
+//!   peer is outside; a pipe end whose other end nobody holds any more (the stdin `make`
+//!   gives its jobs, its write end closed everywhere) is carried as it is;
 //! - an end of a pipe open through two open file descriptions (not by dup, fork or passing:
 //!   `/proc/PID/fd/N` opened again) is refused: a restore cannot make a second one.
 
@@ -114,7 +116,22 @@ fn first_holders(
 /// Notes in `found` every pipe or socket pair end whose other end no process of `tables`
 /// holds, and every pipe end open through two descriptions (`first` from
 /// [`first_holders`]).
-fn rules(tables: &[Table<'_>], first: &[Vec<Option<FdRef>>], found: &mut Refusals) {
+/// Who outside the tree holds pipe `ino`, as (pid, fd): `None` when nobody does (its other
+/// end is closed everywhere: a reader that will see end-of-file, a writer that will get
+/// EPIPE, which a restore makes again by not giving that end to anyone).
+type OutsideHolder<'s> = dyn FnMut(u64) -> Option<(i32, i32)> + 's;
+
+/// Scans `/proc` for a holder of pipe `ino` that is not one of `members`.
+fn outside_holder(members: &[i32]) -> impl FnMut(u64) -> Option<(i32, i32)> + '_ {
+    move |ino| crate::proc::fd_holder(&format!("pipe:[{ino}]"), members)
+}
+
+fn rules(
+    tables: &[Table<'_>],
+    first: &[Vec<Option<FdRef>>],
+    found: &mut Refusals,
+    outside_of: &mut OutsideHolder<'_>,
+) {
     let mut pipe_ends = HashSet::new();
     let mut sockets = HashSet::new();
     for t in tables {
@@ -151,11 +168,13 @@ fn rules(tables: &[Table<'_>], first: &[Vec<Option<FdRef>>], found: &mut Refusal
                         ("read", "write")
                     };
                     if !pipe_ends.contains(&(ino, !write)) {
-                        found.add(DumpError::Unsupported(format!(
-                            "pid {pid} fd {}: pipe:[{ino}] leads to {outside}: its {other} end \
-                             is held by no process of the tree",
-                            f.fd
-                        )));
+                        if let Some((op, ofd)) = outside_of(ino) {
+                            found.add(DumpError::Unsupported(format!(
+                                "pid {pid} fd {}: pipe:[{ino}] leads to {outside}: its {other} \
+                                 end is held by no process of the tree, but by pid {op} fd {ofd}",
+                                f.fd
+                            )));
+                        }
                     }
                     if f.same_as.is_some() || first[i][k].is_some() {
                         continue;
@@ -193,7 +212,8 @@ pub(super) fn check(members: &[Member<'_>], found: &mut Refusals) -> Result<(), 
         })
         .collect();
     let first = first_holders(&tables, &mut kcmp)?;
-    rules(&tables, &first, found);
+    let pids: Vec<i32> = members.iter().map(|m| m.pid).collect();
+    rules(&tables, &first, found, &mut outside_holder(&pids));
     Ok(())
 }
 
@@ -213,7 +233,8 @@ pub(super) fn link(procs: &mut [ProcessImage]) -> Result<(), DumpError> {
             }
         }
     }
-    link_with(procs, &mut kcmp)?;
+    let pids: Vec<i32> = procs.iter().map(|p| p.pid).collect();
+    link_with(procs, &mut kcmp, &mut outside_holder(&pids))?;
     for p in procs.iter_mut().filter(|p| p.files_of.is_none()) {
         crate::dump::state::capture_pipes(p.pid, &mut p.fds)?;
         capture_queues(p.pid, &mut p.fds)?;
@@ -222,7 +243,11 @@ pub(super) fn link(procs: &mut [ProcessImage]) -> Result<(), DumpError> {
 }
 
 /// Sets `inherited` and applies the rules, with `same` telling descriptions apart.
-fn link_with(procs: &mut [ProcessImage], same: &mut SameFile<'_>) -> Result<(), DumpError> {
+fn link_with(
+    procs: &mut [ProcessImage],
+    same: &mut SameFile<'_>,
+    outside_of: &mut OutsideHolder<'_>,
+) -> Result<(), DumpError> {
     let first = {
         let tables: Vec<Table<'_>> = procs
             .iter()
@@ -234,7 +259,7 @@ fn link_with(procs: &mut [ProcessImage], same: &mut SameFile<'_>) -> Result<(), 
             .collect();
         let first = first_holders(&tables, same)?;
         let mut found = Refusals::default();
-        rules(&tables, &first, &mut found);
+        rules(&tables, &first, &mut found, outside_of);
         found.finish(procs.first().map_or(0, |p| p.pid))?;
         first
     };
@@ -388,7 +413,7 @@ mod tests {
             ((12, 6), 3),
             ((12, 7), 4),
         ];
-        link_with(&mut procs, &mut descriptions(&d)).unwrap();
+        link_with(&mut procs, &mut descriptions(&d), &mut |_| None).unwrap();
         let inh = |p: usize, k: usize| procs[p].fds[k].inherited;
         assert_eq!(inh(0, 0), None);
         assert_eq!(inh(0, 2), None, "same_as wins");
@@ -417,21 +442,42 @@ mod tests {
                 ],
             ),
         ];
-        let r = reasons(link_with(&mut procs, &mut descriptions(&[])));
+        let r = reasons(link_with(&mut procs, &mut descriptions(&[]), &mut |_| {
+            Some((999, 4))
+        }));
         assert_eq!(
             r,
             vec![
                 "pid 11 fd 5: pipe:[88] leads to another process, outside the tree of 2 \
-                 processes: its read end is held by no process of the tree",
+                 processes: its read end is held by no process of the tree, but by pid 999 fd 4",
                 "pid 11 fd 6: socket:[600] (UNIX, a socket pair) leads to another process, \
                  outside the tree of 2 processes: its peer socket:[601] is held by no process \
                  of the tree"
             ]
         );
         // Alone, the child is refused for its pipe to the parent too (as one process).
-        let r = reasons(link_with(&mut procs[1..], &mut descriptions(&[])));
+        let r = reasons(link_with(
+            &mut procs[1..],
+            &mut descriptions(&[]),
+            &mut |_| Some((999, 4)),
+        ));
         assert_eq!(r.len(), 4, "{r:#?}");
         assert!(r[0].starts_with("pid 11 fd 3: pipe:[77] leads to another process: its write end"));
+    }
+
+    #[test]
+    fn a_pipe_whose_other_end_is_closed_everywhere_is_carried() {
+        // make gives its jobs a stdin pipe whose write end it has closed: nobody, inside the
+        // tree or out, holds it. Only an end someone outside holds is refused.
+        let mut procs = vec![proc(10, vec![fd(0, pipe(88, false), None)])];
+        link_with(&mut procs, &mut descriptions(&[]), &mut |_| None).unwrap();
+        let mut asked = Vec::new();
+        let r = reasons(link_with(&mut procs, &mut descriptions(&[]), &mut |ino| {
+            asked.push(ino);
+            Some((999, 4))
+        }));
+        assert_eq!(asked, vec![88]);
+        assert_eq!(r.len(), 1, "{r:#?}");
     }
 
     #[test]
@@ -444,7 +490,9 @@ mod tests {
             // fd 3: /proc/10/fd/3 opened again, another description of the read end.
             proc(11, vec![fd(3, pipe(77, false), None)]),
         ];
-        let r = reasons(link_with(&mut procs, &mut descriptions(&[])));
+        let r = reasons(link_with(&mut procs, &mut descriptions(&[]), &mut |_| {
+            Some((999, 4))
+        }));
         assert_eq!(
             r,
             vec![
@@ -467,7 +515,7 @@ mod tests {
             ),
         ];
         procs[1].files_of = Some(10);
-        link_with(&mut procs, &mut descriptions(&[])).unwrap();
+        link_with(&mut procs, &mut descriptions(&[]), &mut |_| None).unwrap();
         assert!(procs[1].fds.iter().all(|f| f.inherited.is_none()));
     }
 }
