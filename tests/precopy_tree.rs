@@ -276,7 +276,7 @@ fn a_fork_during_precopy_fails_it_naming_the_new_process_and_every_process_runs_
         msg.starts_with(&format!(
             "pid {new} (python3) in the tree of pid {}",
             py.pid
-        )) && msg.contains("forked it during pre-copy"),
+        )) && msg.contains("it was forked during pre-copy"),
         "{msg}"
     );
     assert!(e.is_refusal(), "{msg}");
@@ -296,7 +296,7 @@ fn a_fork_before_the_final_freeze_fails_the_final_dump_and_every_process_runs_un
     let e = pc.final_dump(&DumpOptions::default()).unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.contains(&format!("pid {new} (python3)")) && msg.contains("forked it"),
+        msg.contains(&format!("pid {new} (python3)")) && msg.contains("forked during pre-copy"),
         "{msg}"
     );
     assert_running_untraced_untracked(&now, "after the failed final dump");

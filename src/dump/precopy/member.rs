@@ -243,8 +243,8 @@ pub(super) fn changed(root: i32, tracked: &[(i32, &str)], now: &[TreeMember]) ->
             pid: m.pid,
             comm: m.comm.clone(),
             source: Box::new(DumpError::Unsupported(format!(
-                "pid {} forked it during pre-copy: a pre-copy tracks the processes of the tree \
-                 it started with, and fails when one joins or leaves",
+                "it was forked during pre-copy (by pid {}): a pre-copy tracks the processes \
+                 of the tree it started with, and fails when one joins or leaves",
                 m.ppid
             ))),
         });
@@ -317,8 +317,9 @@ mod tests {
         .unwrap();
         assert!(e.is_refusal());
         assert!(
-            e.to_string()
-                .starts_with("pid 13 (p13) in the tree of pid 10: pid 11 forked it"),
+            e.to_string().starts_with(
+                "pid 13 (p13) in the tree of pid 10: it was forked during pre-copy (by pid 11)"
+            ),
             "{e}"
         );
         let e = changed(10, &tracked, &[m(10, 1, false), m(11, 10, true)]).unwrap();
