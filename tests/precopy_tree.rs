@@ -207,21 +207,23 @@ fn a_tree_precopied_and_killed_comes_back_with_every_process_memory_exact() {
     }
 }
 
-/// A python parent with one child; once the file `fork` exists, it forks another.
+/// A python parent with one child; once the file `fork` exists, it forks another; once the
+/// file `exit` exists, the first child exits (the parent does not reap it).
 const FORKER: &str = r#"
 import os, sys, time
 d = sys.argv[1]
-def sleeper():
-    while True:
-        time.sleep(1)
+def sleeper(stop):
+    while not (stop and os.path.exists(os.path.join(d, stop))):
+        time.sleep(0.01)
+    os._exit(0)
 if os.fork() == 0:
-    sleeper()
+    sleeper("exit")
 print("ready", flush=True)
 while not os.path.exists(os.path.join(d, "fork")):
     time.sleep(0.01)
 if os.fork() == 0:
-    sleeper()
-sleeper()
+    sleeper(None)
+sleeper(None)
 "#;
 
 /// Starts FORKER, starts a pre-copy of it and runs one pre-dump; checks both processes are
@@ -307,4 +309,29 @@ fn a_fork_before_the_final_freeze_fails_the_final_dump_and_every_process_runs_un
         "{sets:?}"
     );
     finish(&now);
+}
+
+#[test]
+fn a_process_exiting_during_precopy_fails_it_naming_the_process_and_the_rest_runs_untracked() {
+    adopt_orphans();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
+    let (py, mut pc, pids) = forker_precopied(tmp.path(), &store);
+    let child = pids[1];
+    std::fs::write(tmp.path().join("exit"), "").unwrap();
+    assert!(wait_for(Duration::from_secs(20), || common::proc_state(
+        child
+    ) == Some('Z')));
+    let e = pc.iterate().unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "pid {child} (python3) in the tree of pid {}: it exited during pre-copy",
+            py.pid
+        )),
+        "{msg}"
+    );
+    drop(pc);
+    assert_running_untraced_untracked(&pids[..1], "after the failed pre-dump");
+    finish(&pids);
 }
