@@ -381,27 +381,52 @@ pub(crate) fn end_frozen(
     })
 }
 
-/// What a final dump after pre-dumps needs from the pre-copy state: under the freeze, the
-/// pages written since the last pre-dump; after the thaw, the references for the rest.
+/// Refuses a tree of more than one process for a lazy dump, naming the others, before anything
+/// is frozen or tracked (a lazy final dump after pre-dumps checks this before the pre-dumps).
+pub(crate) fn refuse_lazy_tree(pid: i32) -> Result<(), DumpError> {
+    let pids = check::precheck(pid)?;
+    tree::refuse_tree(pid, &pids[1..], "a lazy dump")
+}
+
+/// How a final dump after pre-dumps copies one process: which pages of a VMA changed since the
+/// last pre-dump.
 pub(crate) trait FinalPlan {
-    /// Under the freeze, before memory is copied: the last tracking round over `vmas`.
-    fn prepare(&mut self, pid: i32, vmas: &[crate::image::Vma]) -> Result<(), DumpError>;
     /// How to copy `vma`: None copies every present page.
     fn vma_plan(&self, vma: &crate::image::Vma) -> Option<memory::VmaPlan<'_>>;
-    /// After the thaw: hands the pages of `carried` (present, unchanged) to the sink by
-    /// reference; returns how many.
-    fn carry(&mut self, carried: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<u64, DumpError>;
+}
+
+/// What a final dump after pre-dumps needs from the pre-copy state of a tree: the processes it
+/// tracked; under the freeze, the pages each wrote since the last pre-dump; after the thaw, the
+/// references for the rest. `space` is a process's index in tree order.
+pub(crate) trait TreePlan {
+    /// Under the freeze: fails, naming the process, unless `members` (the frozen tree, tree
+    /// order) are the processes the pre-copy tracked.
+    fn check_tree(&self, members: &[crate::proc::TreeMember]) -> Result<(), DumpError>;
+    /// Under the freeze, before memory is copied: the last tracking round of process `space`
+    /// over its `vmas`.
+    fn prepare(&mut self, space: usize, vmas: &[crate::image::Vma]) -> Result<(), DumpError>;
+    /// How to copy process `space`.
+    fn space(&self, space: usize) -> Option<&dyn FinalPlan>;
+    /// After the thaw: hands the pages of `carried` (present, unchanged) of process `space`
+    /// to the sink by reference, at their addresses; returns how many.
+    fn carry(
+        &mut self,
+        space: usize,
+        carried: &[(u64, u64)],
+        sink: &mut dyn PageSink,
+    ) -> Result<u64, DumpError>;
 }
 
 /// [`dump`], copying under the freeze only what `plan` says changed (pre-copy final dump).
 /// With `opts.lazy`, the process is returned still frozen (settled: registers restored, no
 /// scratch page) and the pages of its private anonymous VMAs went to `sink` as references.
-/// Pre-copy and lazy dumps handle one process: a tree is refused before anything is frozen.
+/// A lazy dump handles one process: a tree is refused before anything is frozen. A pre-copy
+/// final dump fails, naming the process, if the frozen tree is not the one `plan` tracked.
 pub(crate) fn dump_planned(
     root: i32,
     opts: &DumpOptions,
     sink: &mut dyn PageSink,
-    mut plan: Option<&mut dyn FinalPlan>,
+    mut plan: Option<&mut dyn TreePlan>,
 ) -> Result<(DumpOutcome, Option<tree::FrozenTree>), DumpError> {
     if opts.lazy && opts.leave_running {
         return Err(DumpError::Refused(
@@ -410,13 +435,7 @@ pub(crate) fn dump_planned(
                 .into(),
         ));
     }
-    let one_only = if plan.is_some() {
-        Some("pre-copy")
-    } else if opts.lazy {
-        Some("a lazy dump")
-    } else {
-        None
-    };
+    let one_only = opts.lazy.then_some("a lazy dump");
     let ctx = Ctx::root(root, opts);
     let before = ctx.step(Step::Check, || check::precheck_snapshot(root))?;
     if let Some(what) = one_only {
@@ -450,6 +469,10 @@ pub(crate) fn dump_planned(
             .chain(frozen.zombies.iter().map(|z| z.pid))
             .collect();
         ctx.step(Step::Check, || tree::refuse_tree(root, &others, what))?;
+    }
+    if let Some(p) = plan.as_deref() {
+        // A fork or an exit since the last pre-dump: its pages were not tracked.
+        ctx.step(Step::Check, || p.check_tree(&frozen.members))?;
     }
 
     // Under the freeze the processes cannot change: check the refusal list again.
@@ -500,9 +523,12 @@ pub(crate) fn dump_planned(
     // as `Lazy(id)` references; everything else passes through.
     let mut split = lazy::LazySplit::new(sink, opts.lazy.then_some(&procs[0].vmas[..]));
     if let Some(p) = plan.as_deref_mut() {
-        ctx.step(Step::Memory, || p.prepare(root, &procs[0].vmas))?;
+        for (space, proc_) in procs.iter().enumerate() {
+            let m = ctx.member(&frozen.members[space]);
+            m.step(Step::Memory, || p.prepare(space, &proc_.vmas))?;
+        }
     }
-    let mut carried = Vec::new();
+    let mut carried = vec![Vec::new(); n];
     let mut buffered = Vec::with_capacity(n);
     for (space, p) in procs.iter().enumerate() {
         let m = ctx.member(&frozen.members[space]);
@@ -511,7 +537,12 @@ pub(crate) fn dump_planned(
             space: space as u16,
         };
         buffered.push(m.step(Step::Memory, || {
-            let plan = plan.as_deref().map(|p| p as &dyn FinalPlan);
+            let plan = match plan.as_deref() {
+                Some(t) => Some(t.space(space).ok_or_else(|| {
+                    DumpError::Internal(format!("pre-copy has no page space {space}"))
+                })?),
+                None => None,
+            };
             memory::copy_memory(
                 p.pid,
                 &p.vmas,
@@ -519,7 +550,7 @@ pub(crate) fn dump_planned(
                 &mut sink,
                 &mut stats,
                 plan,
-                &mut carried,
+                &mut carried[space],
             )
         })?);
     }
@@ -566,8 +597,13 @@ pub(crate) fn dump_planned(
             memory::write_buffered(b, &mut sink, &mut stats)?;
         }
         if let Some(p) = plan {
-            // Pre-copy dumps one process: its pages are in space 0, at their addresses.
-            stats.pages_skipped_parent = p.carry(&carried, &mut split)?;
+            for (space, c) in carried.iter().enumerate() {
+                let mut sink = tree::SpaceSink {
+                    inner: &mut split,
+                    space: space as u16,
+                };
+                stats.pages_skipped_parent += p.carry(space, c, &mut sink)?;
+            }
         }
         Ok(())
     })?;

@@ -235,7 +235,7 @@ impl FrozenTree {
         first.map_or(Ok(()), Err)
     }
 
-    /// The root alone, for the dumps that handle one process only (lazy, pre-copy); a tree of
+    /// The root alone, for the dumps that handle one process only (lazy); a tree of
     /// more is an internal error (they refuse trees before the freeze).
     pub fn into_root(mut self) -> Result<Frozen, DumpError> {
         if self.count() != 1 {
@@ -274,7 +274,7 @@ fn left(root: i32, m: &TreeMember, step: Step, detail: String) -> DumpError {
 }
 
 /// Refuses a tree of more than one process for a dump that handles one process only (`what`:
-/// "pre-copy", "a lazy dump"), naming the other processes. Before anything is frozen.
+/// "a lazy dump"), naming the other processes. Before anything is frozen.
 pub(crate) fn refuse_tree(root: i32, others: &[i32], what: &str) -> Result<(), DumpError> {
     if others.is_empty() {
         return Ok(());

@@ -12,9 +12,11 @@ use crate::image::{is_zero_page, PageId, PageRef, PAGE_SIZE};
 use crate::store::SetWriter;
 use crate::sys::mem::{AlignedBuf, ProcMem};
 /// Copies the pages of a running process a chunk at a time into the set writer. With
-/// `compare`, only pages whose content differs from what the pre-dumps stored are kept.
+/// `compare`, only pages whose content differs from what the pre-dumps stored are kept. Pages
+/// go to the page space `space` of the set.
 pub(super) struct RoundCopier {
     pid: i32,
+    space: u16,
     buf: AlignedBuf,
     mem: Option<ProcMem>,
     runs: Vec<Run>,
@@ -22,9 +24,10 @@ pub(super) struct RoundCopier {
 }
 
 impl RoundCopier {
-    pub(super) fn new(pid: i32) -> Result<RoundCopier, DumpError> {
+    pub(super) fn new(pid: i32, space: u16) -> Result<RoundCopier, DumpError> {
         Ok(RoundCopier {
             pid,
+            space,
             buf: AlignedBuf::new(CHUNK)?,
             mem: None,
             runs: Vec::new(),
@@ -143,7 +146,7 @@ impl RoundCopier {
         let mut out_addrs = Vec::with_capacity(n);
         for (i, (&a, &s)) in addrs.iter().zip(&send).enumerate() {
             if s {
-                out_addrs.push(a);
+                out_addrs.push(crate::image::page_key(self.space, a));
                 data.extend_from_slice(&dst[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
             }
         }

@@ -14,25 +14,26 @@
 //!   table only references pages present at the freeze.
 //! - Tracking always ends: after the final dump, on any error or drop of [`Precopy`] (the
 //!   tracker unregisters and closes its uffd), and when haul dies (its uffd closes with it).
+//! - A process tree (issue #13): every living process of it has its own tracker, and its pages
+//!   go to its own page space of each set (its index in tree order). The tree must keep its
+//!   processes: one that forks or exits during pre-copy (or before the final freeze) fails the
+//!   pre-copy naming that process; every process is left running and untracked.
 
 mod copier;
+mod member;
 mod region;
 mod tracking;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::memory::{self, Run, VmaPlan};
 use super::tree::FrozenTree;
-use super::{DumpError, DumpOptions, FinalPlan, PageSink, StoredDump};
-use crate::image::{SetKind, Vma, PAGE_SIZE};
+use super::{DumpError, DumpOptions, FinalPlan, PageSink, StoredDump, TreePlan};
+use crate::image::{split_key, SetKind, Vma, PAGE_SIZE};
 use crate::report::{IterationReport, PredumpReport};
 use crate::store::Store;
-use crate::sys::pagemap::Pagemap;
-use crate::track::{Area, Dirty, Tracker, TrackerKind};
-use copier::RoundCopier;
-use region::{in_sorted, intersect, keep, lookup, Known, Pages, Region};
+use crate::track::TrackerKind;
+use member::Member;
 use tracking::choose;
 
 /// The page size as an address step.
@@ -96,62 +97,118 @@ impl StopReason {
     }
 }
 
-/// A pre-copy in progress on one process: see the module documentation.
+/// A pre-copy in progress on a process tree: see the module documentation.
 pub struct Precopy<'s> {
+    /// The root of the tree.
     pid: i32,
     store: &'s Store,
     job: String,
     level: Option<i32>,
-    tracker: Box<dyn Tracker>,
-    known: BTreeMap<u64, Known>,
+    /// Every living process of the tree, tree order (root first): the index is the space.
+    members: Vec<Member>,
     /// The last committed pre-dump set.
     parent: Option<String>,
-    /// The process was stopped this long to set the tracker up.
+    /// The longest a process was stopped to set its tracker up.
     setup_frozen_us: u64,
     report: PredumpReport,
-    /// The final round's written pages (filled under the freeze).
-    final_dirty: Dirty,
-    /// How long the last tracking round (`start`/`collect`) took, in µs.
+    /// How long the last tracking round (`start`/`collect`) took, in µs (every process).
     last_scan_us: u64,
 }
 
 impl<'s> Precopy<'s> {
-    /// Prepares a pre-copy of `pid` into `store` as job `job`: runs the dump's refusal checks
-    /// (so a process the final dump would refuse is refused before any pre-dump) and sets up
-    /// the tracker. Nothing is copied yet.
+    /// Prepares a pre-copy of the tree rooted at `pid` into `store` as job `job`: runs the
+    /// dump's refusal checks (so a tree the final dump would refuse is refused before any
+    /// pre-dump) and sets up a tracker for every process of it (the root's choice, then the
+    /// same kind for the others). Nothing is copied yet. Any error ends the tracking of those
+    /// already set up.
     pub fn start(
         pid: i32,
         store: &'s Store,
         job: &str,
         popts: &PrecopyOptions,
     ) -> Result<Precopy<'s>, DumpError> {
-        // Pre-copy tracks one process: a tree is refused before anything is touched.
-        let pids = super::check::precheck(pid)?;
-        super::tree::refuse_tree(pid, &pids[1..], "pre-copy")?;
-        let (tracker, reason, setup_frozen_us) = choose(pid, popts.tracker)?;
-        tracing::info!(pid, tracker = %tracker.kind(), %reason, setup_frozen_us, "pre-copy tracker");
+        let snap = super::check::precheck_snapshot(pid)?;
+        let living: Vec<&crate::proc::TreeMember> = snap.members.iter().map(|(m, _)| m).collect();
+        if living.len() > u16::MAX as usize {
+            return Err(DumpError::Refused(format!(
+                "the tree of pid {pid} has {} processes: at most {} fit in an image set",
+                living.len(),
+                u16::MAX
+            )));
+        }
+        let mut members: Vec<Member> = Vec::with_capacity(living.len());
+        let mut kind = popts.tracker;
+        let mut reason = String::new();
+        let mut setup_frozen_us = 0;
+        for (space, m) in living.into_iter().enumerate() {
+            let (tracker, why, us) = choose(m.pid, kind).map_err(|e| {
+                if m.pid == pid {
+                    e
+                } else {
+                    super::tree::member_err(pid, m, e)
+                }
+            })?;
+            if space == 0 {
+                reason = why;
+                kind = TrackerChoice::Only(tracker.kind());
+            }
+            setup_frozen_us = setup_frozen_us.max(us);
+            members.push(Member::new(m, space as u16, tracker));
+        }
+        let root_kind = members
+            .first()
+            .map(|m| m.tracker.kind())
+            .ok_or_else(|| DumpError::Internal("pre-copy found no process".into()))?;
+        tracing::info!(
+            pid,
+            processes = members.len(),
+            tracker = %root_kind,
+            %reason,
+            setup_frozen_us,
+            "pre-copy tracker"
+        );
         Ok(Precopy {
             pid,
             store,
             job: job.into(),
             level: popts.level,
             report: PredumpReport {
-                tracker: tracker.kind().name().into(),
+                tracker: root_kind.name().into(),
                 tracker_reason: reason,
                 ..Default::default()
             },
-            tracker,
-            known: BTreeMap::new(),
+            members,
             parent: None,
             setup_frozen_us,
-            final_dirty: Dirty::default(),
             last_scan_us: 0,
         })
     }
 
-    /// The tracker in use.
+    /// Fails, naming the process, if a process joined or left the tree since the pre-copy
+    /// started (its tracking would not cover the final dump).
+    fn same_tree(&self, now: &[crate::proc::TreeMember]) -> Result<(), DumpError> {
+        let tracked: Vec<(i32, &str)> = self
+            .members
+            .iter()
+            .map(|m| (m.pid, m.comm.as_str()))
+            .collect();
+        match member::changed(self.pid, &tracked, now) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The tracker in use (the same kind for every process).
     pub fn tracker(&self) -> TrackerKind {
-        self.tracker.kind()
+        self.members
+            .first()
+            .map(|m| m.tracker.kind())
+            .unwrap_or(TrackerKind::Hash)
+    }
+
+    /// How many processes the pre-copy tracks.
+    pub fn processes(&self) -> usize {
+        self.members.len()
     }
 
     /// The figures so far.
@@ -200,120 +257,46 @@ impl<'s> Precopy<'s> {
     }
 
     /// One pre-dump: a committed `PreDump` set of the pages written since the last one (every
-    /// present page the first time). The process is not stopped.
+    /// present page the first time), each process's in its own page space. The processes are
+    /// not stopped. A tree whose processes changed since the start fails, naming the process.
     pub fn iterate(&mut self) -> Result<IterationReport, DumpError> {
         let t0 = Instant::now();
         let index = self.report.iterations.len() as u32;
         let pid = self.pid;
-        // The final dump would refuse a process tree: say so now rather than pre-dump on.
-        let kids = crate::proc::children(pid)?;
-        if !kids.is_empty() {
-            return Err(DumpError::Unsupported(format!(
-                "pid {pid} forked during pre-copy (children {kids:?}): pre-copy of a process \
-                 tree is not supported yet"
-            )));
-        }
-        let maps = crate::proc::maps(pid)?;
-        let regions: Vec<Region> = maps.iter().filter_map(Region::from_map).collect();
-        let areas: Vec<Area> = regions
-            .iter()
-            .filter(|r| r.tracked)
-            .map(Region::area)
-            .collect();
-        let t_scan = Instant::now();
-        let dirty = if index == 0 {
-            self.tracker.start(&areas)?;
-            None
-        } else {
-            Some(self.tracker.collect(&areas)?)
-        };
-        self.last_scan_us = crate::util::us(t_scan.elapsed());
-        // Forget mappings that are gone or changed.
-        self.known.retain(|start, k| {
-            regions
-                .iter()
-                .any(|r| r.ident.start == *start && r.ident == k.ident)
-        });
-
+        self.same_tree(&crate::proc::tree(pid)?)?;
         let mut writer = self.store.begin_set(
             &self.job,
             SetKind::PreDump,
             self.parent.as_deref(),
             self.level,
         )?;
-        let pm = Pagemap::open(pid)?;
-        let compare = self.tracker.compares_content();
-        let mut copier = RoundCopier::new(pid)?;
         let mut scanned = 0;
         let mut written = 0;
-        let mut to_copy = Vec::new();
-        {
-            for r in &regions {
-                scanned += r.npages();
-                let fresh = !self.known.contains_key(&r.ident.start);
-                if fresh {
-                    self.known.insert(
-                        r.ident.start,
-                        Known {
-                            ident: r.ident.clone(),
-                            refs: vec![None; r.npages() as usize],
-                        },
-                    );
-                }
-                let whole = vec![r.area()];
-                let candidates = match &dirty {
-                    None => whole,
-                    Some(_) if fresh || r.ident.shared => whole,
-                    Some(d) if r.tracked => d.within(r.ident.start, r.ident.end),
-                    // Private and not writable: unchanged while its identity is.
-                    Some(_) => Vec::new(),
-                };
-                if candidates.is_empty() {
-                    continue;
-                }
-                let resident: Vec<Area> =
-                    memory::resident_regions(&pm, r.ident.start, r.ident.end)?
-                        .into_iter()
-                        .filter(|g| keep(r.pages, g.categories))
-                        .map(|g| Area {
-                            start: g.start,
-                            end: g.end,
-                        })
-                        .collect();
-                let copy = intersect(&candidates, &resident);
-                let Some(known) = self.known.get_mut(&r.ident.start) else {
-                    return Err(DumpError::Internal("pre-copy lost a mapping".into()));
-                };
-                // Candidates that are not present any more are forgotten (not resurrected).
-                for c in &candidates {
-                    for a in (c.start..c.end).step_by(PAGE_SIZE) {
-                        let i = ((a - r.ident.start) / PAGE) as usize;
-                        if !in_sorted(&copy, a) {
-                            if let Some(slot) = known.refs.get_mut(i) {
-                                *slot = None;
-                            }
-                        }
+        let mut scan_us = 0;
+        for m in &mut self.members {
+            let (root, mpid, comm) = (pid, m.pid, m.comm.clone());
+            let f = m.round(index, &mut writer).map_err(|e| {
+                if mpid == root {
+                    e
+                } else {
+                    DumpError::Member {
+                        root,
+                        pid: mpid,
+                        comm,
+                        source: Box::new(e),
                     }
                 }
-                to_copy.extend(copy.into_iter().map(|c| Run {
-                    addr: c.start,
-                    pages: c.pages() as usize,
-                    readable: r.readable,
-                    file: r.pages == Pages::NotFile,
-                }));
-            }
+            })?;
+            scanned += f.scanned;
+            written += f.written;
+            scan_us += f.scan_us;
         }
-        for run in to_copy {
-            written += copier.add(run, &self.known, compare, &mut writer)?;
-        }
-        written += copier.flush(&self.known, compare, &mut writer)?;
+        self.last_scan_us = scan_us;
         let set = writer.commit(None)?;
-        for (addr, r) in set.pages.iter() {
-            if let Some((_, k)) = self.known.range_mut(..=addr).next_back() {
-                let i = ((addr - k.ident.start) / PAGE) as usize;
-                if let Some(slot) = k.refs.get_mut(i) {
-                    *slot = Some(r);
-                }
+        for (key, r) in set.pages.iter() {
+            let (space, addr) = split_key(key);
+            if let Some(m) = self.members.get_mut(space as usize) {
+                m.stored(addr, r);
             }
         }
         let it = IterationReport {
@@ -375,16 +358,21 @@ impl<'s> Precopy<'s> {
         let mut writer =
             store.begin_set(&self.job, SetKind::Dump, self.parent.as_deref(), self.level)?;
         let (out, frozen) = super::dump_planned(self.pid, opts, &mut writer, Some(&mut self))?;
-        let stop = self.tracker.stop();
+        let mut stopped = Ok(());
+        for m in &mut self.members {
+            if let Err(e) = m.tracker.stop() {
+                tracing::warn!(pid = m.pid, "ending tracking: {e}");
+                stopped = Err(e);
+            }
+        }
         let t = Instant::now();
+        writer.set_tree(out.tree);
         let set = writer.commit(Some(out.process))?;
         let mut stats = out.stats;
         stats.memwrite_time += crate::util::us(t.elapsed());
-        if let Err(e) = stop {
-            // The dump is good; a process left behind with write protection is not harmed
-            // (its first write to each page costs a fault), so this is only worth a warning.
-            tracing::warn!(pid = self.pid, "ending tracking: {e}");
-        }
+        // The dump is good; a process left behind with write protection is not harmed (its
+        // first write to each page costs a fault), so a failed stop is only worth the warning.
+        let _ = stopped;
         Ok((
             StoredDump { set, stats },
             std::mem::take(&mut self.report),
@@ -393,64 +381,40 @@ impl<'s> Precopy<'s> {
     }
 }
 
-impl FinalPlan for Precopy<'_> {
-    fn prepare(&mut self, _pid: i32, vmas: &[Vma]) -> Result<(), DumpError> {
-        let areas: Vec<Area> = vmas
-            .iter()
-            .filter_map(Region::from_vma)
-            .filter(|r| r.tracked)
-            .map(|r| r.area())
-            .collect();
-        let t = Instant::now();
-        self.final_dirty = self.tracker.collect(&areas)?;
-        self.last_scan_us = crate::util::us(t.elapsed());
+impl TreePlan for Precopy<'_> {
+    fn check_tree(&self, members: &[crate::proc::TreeMember]) -> Result<(), DumpError> {
+        self.same_tree(members)
+    }
+
+    fn prepare(&mut self, space: usize, vmas: &[Vma]) -> Result<(), DumpError> {
+        let m = self
+            .members
+            .get_mut(space)
+            .ok_or_else(|| DumpError::Internal(format!("pre-copy has no page space {space}")))?;
+        let us = m.prepare(vmas)?;
+        if space == 0 {
+            self.last_scan_us = 0;
+        }
+        self.last_scan_us += us;
         Ok(())
     }
 
-    fn vma_plan(&self, vma: &Vma) -> Option<VmaPlan<'_>> {
-        if self.tracker.compares_content() {
-            return None;
-        }
-        let r = Region::from_vma(vma)?;
-        let k = self.known.get(&vma.start).filter(|k| k.ident == r.ident)?;
-        if r.ident.shared {
-            return None;
-        }
-        let ranges = self.final_dirty.ranges();
-        let dirty = if r.tracked {
-            let a = ranges.partition_point(|d| d.end <= vma.start);
-            let b = ranges.partition_point(|d| d.start < vma.end);
-            &ranges[a..b.max(a)]
-        } else {
-            &[]
-        };
-        Some(VmaPlan {
-            start: vma.start,
-            known: &k.refs,
-            dirty,
-        })
+    fn space(&self, space: usize) -> Option<&dyn FinalPlan> {
+        self.members.get(space).map(|m| m as &dyn FinalPlan)
     }
 
-    fn carry(&mut self, carried: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<u64, DumpError> {
-        let mut n = 0;
-        // A carried range may span adjacent mappings: look the mapping up again at its end.
-        let mut k: Option<&Known> = None;
-        for &(s, e) in carried {
-            for a in (s..e).step_by(PAGE_SIZE) {
-                if !k.is_some_and(|k| a >= k.ident.start && a < k.ident.end) {
-                    k = self.known.range(..=a).next_back().map(|(_, k)| k);
-                }
-                match k.and_then(|k| lookup(k, a)) {
-                    Some(r) => sink.add_ref(a, r)?,
-                    None => {
-                        return Err(DumpError::Internal(format!(
-                            "carried page {a:#x} was never stored"
-                        )))
-                    }
-                }
-                n += 1;
-            }
+    fn carry(
+        &mut self,
+        space: usize,
+        carried: &[(u64, u64)],
+        sink: &mut dyn PageSink,
+    ) -> Result<u64, DumpError> {
+        match self.members.get(space) {
+            Some(m) => m.carry(carried, sink),
+            None if carried.is_empty() => Ok(0),
+            None => Err(DumpError::Internal(format!(
+                "pre-copy has no page space {space}"
+            ))),
         }
-        Ok(n)
     }
 }

@@ -72,6 +72,10 @@ fn run_checkpoint(
         tracker: p.tracker.map(TrackerChoice::Only).unwrap_or_default(),
         level: req.level,
     };
+    if lazy {
+        // A lazy final dump serves one process: say so before pre-dumping a tree.
+        crate::dump::refuse_lazy_tree(req.pid)?;
+    }
     let t = Instant::now();
     let mut pc = Precopy::start(req.pid, &store, &req.job, &popts)?;
     let why = pc.run(&popts, stop)?;
