@@ -1,16 +1,18 @@
 //! The userfaultfd daemon: one thread serving faults, following events, and pushing pages.
 
 use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use super::missing::Missing;
 use super::{
     DaemonError, LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream, SourceError,
 };
-use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
+use crate::image::{split_key, ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
 use crate::store::StreamBatch;
@@ -29,10 +31,13 @@ const CHECK_PAGES: usize = 64;
 /// The push copies runs of up to this many zero pages between missing ones along.
 const BRIDGE_PAGES: usize = 4;
 
-/// One address space being served: the restored process, or a child it forked while pages
-/// were missing (the kernel hands the child's uffd over with `UFFD_EVENT_FORK`).
+/// One address space being served: a restored process of the tree (each with its own page
+/// space of the set), or a child one forked while pages were missing (the kernel hands the
+/// child's uffd over with `UFFD_EVENT_FORK`; it misses what its parent missed).
 struct Space {
     pid: i32,
+    /// A process of the restored tree (the push's stream covers it), not a fork of one.
+    tree: bool,
     pidfd: Option<OwnedFd>,
     /// The `userfaultfd` crate's handle of the space's uffd.
     uffd: Uffd,
@@ -45,19 +50,30 @@ struct Space {
 
 pub(super) struct Started {
     pub join: std::thread::JoinHandle<Result<LazyReport, LazyError>>,
+    image: Arc<ImageSet>,
+    /// Hands the daemon the next process of the tree.
+    add: mpsc::Sender<Added>,
+    /// A byte here wakes the daemon's poll to take what `add` holds.
+    wake: UnixStream,
 }
 
-/// Sets up the uffd (API with the event features, MISSING registration of `ls.ranges`), forks
-/// the watchdog, and starts the daemon thread. It pushes only once `running` says the process
-/// runs, so the push never slows the restore down.
-pub(super) fn start(
-    set: Arc<ImageSet>,
+/// A process of the tree handed to the running daemon (by [`add`]).
+struct Added {
+    space: Space,
+    set_space: u16,
+    ranges: Vec<(u64, u64)>,
+    watchdog: Option<Watchdog>,
+    /// Answered once the daemon serves the process's faults.
+    ack: mpsc::SyncSender<()>,
+}
+
+/// Takes over the uffd of `ls`: the handshake with the event features, the MISSING
+/// registration of `ls.ranges`, and a watchdog holding a copy of it (none when nothing is
+/// registered: nothing can wait on a fault then).
+fn take(
+    set: &Arc<ImageSet>,
     ls: LazyStart,
-    source: Box<dyn LazySource>,
-    opts: LazyOptions,
-    start: Instant,
-    running: Arc<AtomicBool>,
-) -> Result<Started, DaemonError> {
+) -> Result<(Space, Vec<(u64, u64)>, Option<Watchdog>), DaemonError> {
     let want = uffd::UFFD_FEATURE_EVENT_FORK
         | uffd::UFFD_FEATURE_EVENT_REMAP
         | uffd::UFFD_FEATURE_EVENT_REMOVE
@@ -79,38 +95,96 @@ pub(super) fn start(
                 source,
             })?;
     }
-    let ranges = ls.ranges.clone();
-    let watchdog = ur::spawn_watchdog(handler.as_fd(), &ls.pidfd).map_err(DaemonError::Watchdog)?;
+    let watchdog = if ls.ranges.is_empty() {
+        None
+    } else {
+        Some(ur::spawn_watchdog(handler.as_fd(), &ls.pidfd).map_err(DaemonError::Watchdog)?)
+    };
+    let space = Space {
+        pid,
+        tree: true,
+        pidfd: Some(ls.pidfd),
+        uffd: handler,
+        // Filled by the daemon thread (counting the missing pages takes a walk over the
+        // page table, which the restore need not wait for).
+        pending: Missing::new(set.clone(), ls.space, &[]),
+        dead: false,
+    };
+    Ok((space, ls.ranges, watchdog))
+}
+
+/// Sets up the uffd of the first process of the tree the restore hands over (see [`take`])
+/// and starts the daemon thread; [`add`] hands it the others. It pushes only once `running`
+/// says the restore is over (every process runs), so the push never slows the restore down,
+/// and it ends no earlier.
+pub(super) fn start(
+    set: Arc<ImageSet>,
+    ls: LazyStart,
+    source: Box<dyn LazySource>,
+    opts: LazyOptions,
+    start: Instant,
+    running: Arc<AtomicBool>,
+) -> Result<Started, DaemonError> {
+    let pid = ls.pid;
+    let first = ls.space;
+    let (space, ranges, watchdog) = take(&set, ls)?;
+    let (tx, adds) = mpsc::channel();
+    let (wake_r, wake) = UnixStream::pair().map_err(DaemonError::Thread)?;
+    wake_r.set_nonblocking(true).map_err(DaemonError::Thread)?;
     let d = Daemon {
         pid,
         set: set.id.clone(),
-        spaces: vec![Space {
-            pid,
-            pidfd: Some(ls.pidfd),
-            uffd: handler,
-            // Filled by the daemon thread (counting the missing pages takes a walk over the
-            // page table, which the restore need not wait for).
-            pending: Missing::new(set.clone(), &[]),
-            dead: false,
-        }],
+        image: set.clone(),
+        spaces: vec![space],
         source,
         opts,
         start,
-        watchdog: Some(watchdog),
+        watchdogs: watchdog.into_iter().collect(),
         stats: Stats::default(),
         buf: Vec::new(),
         stream: Stream::NotStarted,
         running,
+        adds,
+        wake: wake_r,
     };
     let join = std::thread::Builder::new()
         .name(format!("haul-lazy-{pid}"))
         .spawn(move || {
             let mut d = d;
-            d.spaces[0].pending = Missing::new(set, &ranges);
+            d.spaces[0].pending = Missing::new(d.image.clone(), first, &ranges);
             d.run()
         })
         .map_err(DaemonError::Thread)?;
-    Ok(Started { join })
+    Ok(Started {
+        join,
+        image: set,
+        add: tx,
+        wake,
+    })
+}
+
+/// Hands the next process of the tree to the running daemon; returns once the daemon serves
+/// its faults. If the daemon ended (the source was lost), the process is killed by its
+/// watchdog and the restore fails.
+pub(super) fn add(started: &Started, ls: LazyStart) -> Result<(), DaemonError> {
+    let pid = ls.pid;
+    let set_space = ls.space;
+    let (space, ranges, watchdog) = take(&started.image, ls)?;
+    let (ack, acked) = mpsc::sync_channel(1);
+    let a = Added {
+        space,
+        set_space,
+        ranges,
+        watchdog,
+        ack,
+    };
+    // A send to a daemon that ended drops `a`: its watchdog kills the process.
+    started
+        .add
+        .send(a)
+        .map_err(|_| DaemonError::Ended { pid })?;
+    let _ = (&started.wake).write(b"+");
+    acked.recv().map_err(|_| DaemonError::Ended { pid })
 }
 
 #[derive(Default)]
@@ -150,21 +224,28 @@ enum Copied {
 }
 
 struct Daemon {
+    /// The root's pid (what messages name the restore by).
     pid: i32,
     set: String,
+    image: Arc<ImageSet>,
     spaces: Vec<Space>,
     source: Box<dyn LazySource>,
     opts: LazyOptions,
     start: Instant,
-    watchdog: Option<Watchdog>,
+    /// One per process of the tree with memory left lazy.
+    watchdogs: Vec<Watchdog>,
     stats: Stats,
     buf: Vec<u8>,
     stream: Stream,
-    /// Set once the process runs: the push waits for it.
+    /// Set once the restore is over (every process runs, or the restore failed and killed
+    /// them): the push waits for it, and serving does not end before it.
     running: Arc<AtomicBool>,
+    /// The other processes of the tree, as the restore reaches them.
+    adds: mpsc::Receiver<Added>,
+    wake: UnixStream,
 }
 
-/// The background read that feeds the push of the first space.
+/// The background read that feeds the push of the tree's spaces.
 enum Stream {
     NotStarted,
     /// Reading; `partial`: a batch copied up to its `.1`th page when a fault came.
@@ -195,7 +276,7 @@ impl Daemon {
         };
         match r {
             Ok(End::Done) => {
-                if let Some(w) = self.watchdog.take() {
+                for w in self.watchdogs.drain(..) {
                     w.release();
                 }
                 tracing::info!(pid = self.pid, "every page is resident");
@@ -208,8 +289,16 @@ impl Daemon {
             }
             Err(f) => {
                 self.kill_all();
-                // Dropping the watchdog without "done": it kills the process too, then exits.
-                self.watchdog = None;
+                // Dropping the watchdogs without "done": each kills its process too, then
+                // exits; so does the watchdog of a process handed over but not yet taken.
+                self.watchdogs.clear();
+                while let Ok(a) = self.adds.try_recv() {
+                    let _ = a
+                        .space
+                        .pidfd
+                        .as_ref()
+                        .map(|fd| ur::pidfd_kill(fd, libc::SIGKILL));
+                }
                 match f {
                     Fatal::Source(e) => {
                         // The report carries it, and whoever waits says it (once).
@@ -242,7 +331,11 @@ impl Daemon {
         let mut faults: VecDeque<(usize, u64, Instant)> = VecDeque::new();
         let mut last_fault = Instant::now();
         loop {
-            if faults.is_empty() && self.spaces.iter().all(|s| s.dead || s.pending.is_empty()) {
+            self.take_added();
+            if faults.is_empty()
+                && self.running.load(Ordering::Relaxed)
+                && self.spaces.iter().all(|s| s.dead || s.pending.is_empty())
+            {
                 return Ok(End::Done);
             }
             let idle_due = last_fault + self.opts.idle_push;
@@ -255,8 +348,8 @@ impl Daemon {
             } else {
                 (idle_due - now).as_millis().min(u128::from(MAX_POLL_MS)) as i32 + 1
             };
-            let mut fds = Vec::new();
-            let mut who = Vec::new();
+            let mut fds = vec![self.wake.as_raw_fd()];
+            let mut who = vec![(usize::MAX, false)];
             for (i, sp) in self.spaces.iter().enumerate().filter(|(_, s)| !s.dead) {
                 fds.push(sp.uffd.as_raw_fd());
                 who.push((i, false));
@@ -271,7 +364,11 @@ impl Daemon {
                 if !ready[k] {
                     continue;
                 }
-                if is_pidfd {
+                if i == usize::MAX {
+                    // Taken at the top of the loop.
+                    let mut b = [0u8; 64];
+                    while matches!((&self.wake).read(&mut b), Ok(n) if n > 0) {}
+                } else if is_pidfd {
                     tracing::debug!(pid = self.spaces[i].pid, "process exited");
                     self.spaces[i].dead = true;
                 } else {
@@ -300,6 +397,19 @@ impl Daemon {
             {
                 self.push()?;
             }
+        }
+    }
+
+    /// Takes the processes of the tree the restore handed over since last looked, and says
+    /// it serves them.
+    fn take_added(&mut self) {
+        while let Ok(a) = self.adds.try_recv() {
+            let mut sp = a.space;
+            sp.pending = Missing::new(self.image.clone(), a.set_space, &a.ranges);
+            tracing::debug!(pid = sp.pid, pages = sp.pending.left(), "serving");
+            self.spaces.push(sp);
+            self.watchdogs.extend(a.watchdog);
+            let _ = a.ack.send(());
         }
     }
 
@@ -357,6 +467,7 @@ impl Daemon {
         let pending = self.spaces[parent].pending.clone();
         self.spaces.push(Space {
             pid: child.unwrap_or(0),
+            tree: false,
             pidfd,
             uffd,
             pending,
@@ -440,24 +551,30 @@ impl Daemon {
         self.stats.latencies.push(crate::util::us(t0.elapsed()));
     }
 
-    /// One step of the background push: (part of) one batch of the stream of the first space
-    /// (started here when the source has one), else `push_pages` pages fetched chunk by chunk.
+    /// Whether every process of the tree is served (or gone): the stream is of no more use.
+    fn tree_served(&self) -> bool {
+        self.spaces
+            .iter()
+            .filter(|s| s.tree)
+            .all(|s| s.dead || s.pending.is_empty())
+    }
+
+    /// One step of the background push: (part of) one batch of the stream of the tree's
+    /// spaces (started here when the source has one), else `push_pages` pages fetched chunk by
+    /// chunk.
     fn push(&mut self) -> Result<(), Fatal> {
         if matches!(self.stream, Stream::NotStarted) {
             self.stream = Stream::Over;
-            if self
-                .spaces
-                .first()
-                .is_some_and(|s| !s.dead && !s.pending.is_empty())
-            {
+            if !self.tree_served() {
                 let pages = self.push_list();
                 if let Some(st) = self.source.stream(&self.set, pages) {
                     self.stream = Stream::Running { st, partial: None };
                 }
             }
         }
+        let served = self.tree_served();
         let (batch, from) = match &mut self.stream {
-            Stream::Running { .. } if self.spaces[0].dead || self.spaces[0].pending.is_empty() => {
+            Stream::Running { .. } if served => {
                 self.stream = Stream::Over;
                 return self.push_chunk();
             }
@@ -477,7 +594,7 @@ impl Daemon {
             _ => return self.push_chunk(),
         };
         let t = Instant::now();
-        let next = self.copy_batch(0, &batch.addrs, &batch.bytes, from);
+        let next = self.copy_batch(&batch.addrs, &batch.bytes, from);
         self.stats.push_copy += t.elapsed();
         let next = next?;
         if let Stream::Running { st, partial } = &mut self.stream {
@@ -489,11 +606,13 @@ impl Daemon {
         Ok(())
     }
 
-    /// What the push of the first space copies, in the job's order (and records the order
-    /// used). In address order, short runs of zero pages between missing ones are copied too
-    /// ([`BRIDGE_PAGES`]): one large copy instead of many small ones.
+    /// What the push of the tree's spaces copies, under their page keys, in the job's order
+    /// (and records the order used): space after space in address order, or the most often
+    /// dirtied first over the whole tree. In address order, short runs of zero pages between
+    /// missing ones are copied too ([`BRIDGE_PAGES`]): one large copy instead of many small
+    /// ones.
     fn push_list(&mut self) -> Vec<(u64, PageRef)> {
-        let sp = &self.spaces[0];
+        let tree = || self.spaces.iter().filter(|s| s.tree && !s.dead);
         let counts = match self.opts.order {
             PushOrder::HotFirst => self.source.dirty_counts(&self.set),
             PushOrder::Address => None,
@@ -508,50 +627,89 @@ impl Daemon {
             } else {
                 "address".into()
             };
-            return sp.pending.all_bridged(BRIDGE_PAGES);
+            return tree()
+                .flat_map(|sp| {
+                    let m = &sp.pending;
+                    m.all_bridged(BRIDGE_PAGES)
+                        .into_iter()
+                        .map(|(a, r)| (m.key(a), r))
+                })
+                .collect();
         };
         self.stats.push_order = "hot-first".into();
-        hot_first(sp.pending.all(), &counts)
+        let pages = tree()
+            .flat_map(|sp| {
+                let m = &sp.pending;
+                m.all().into_iter().map(|(a, id)| (m.key(a), id))
+            })
+            .collect();
+        hot_first(pages, &counts)
     }
 
-    /// Copies the pages of a streamed batch from its `from`th on that space `i` still misses,
-    /// in runs of contiguous addresses. Stops early when a fault or an event waits (every
-    /// [`CHECK_PAGES`] pages it looks): returns where to go on.
+    /// The tree's space that page key `key` belongs to (not a forked child's: those share
+    /// their parent's keys), if it is still served.
+    fn space_of_key(&self, key: u64) -> Option<usize> {
+        let base = crate::image::space_bounds(split_key(key).0).0;
+        self.spaces
+            .iter()
+            .position(|s| s.tree && !s.dead && s.pending.key(0) == base)
+    }
+
+    /// Whether a fault or an event waits on any space being served.
+    fn events_waiting(&self) -> bool {
+        let fds: Vec<_> = self
+            .spaces
+            .iter()
+            .filter(|s| !s.dead)
+            .map(|s| s.uffd.as_raw_fd())
+            .collect();
+        ur::poll_readable(&fds, 0).map_or(true, |r| r.iter().any(|x| *x))
+    }
+
+    /// Copies the pages of a streamed batch (page keys `keys`) from its `from`th on that their
+    /// spaces still miss, in runs of contiguous addresses. Stops early when a fault or an
+    /// event waits (every [`CHECK_PAGES`] pages it looks): returns where to go on.
     fn copy_batch(
         &mut self,
-        i: usize,
-        addrs: &[u64],
+        keys: &[u64],
         bytes: &[u8],
         from: usize,
     ) -> Result<Option<usize>, Fatal> {
         let mut k = from;
         let mut since_check = 0;
-        while k < addrs.len() {
-            let wanted = |sp: &Space, a: u64| sp.pending.wanted(a);
-            if !wanted(&self.spaces[i], addrs[k]) {
+        while k < keys.len() {
+            let Some(i) = self.space_of_key(keys[k]) else {
+                k += 1;
+                continue;
+            };
+            let addr = |sp: &Space, key: u64| sp.pending.addr_of(key);
+            let wanted = |sp: &Space, key: u64| sp.pending.wanted(sp.pending.addr_of(key));
+            if !wanted(&self.spaces[i], keys[k]) {
                 k += 1;
                 continue;
             }
             let mut j = k + 1;
-            while j < addrs.len()
-                && addrs[j] == addrs[j - 1] + PAGE
-                && wanted(&self.spaces[i], addrs[j])
+            while j < keys.len()
+                && keys[j] == keys[j - 1] + PAGE
+                && split_key(keys[j]).0 == split_key(keys[k]).0
+                && wanted(&self.spaces[i], keys[j])
             {
                 j += 1;
             }
             let data = &bytes[k * PAGE_SIZE..j * PAGE_SIZE];
-            match self.copy_bytes(i, addrs[k], data)? {
+            let start = addr(&self.spaces[i], keys[k]);
+            match self.copy_bytes(i, start, data)? {
                 Copied::All => self.stats.pushed += (j - k) as u64,
                 // Read the event, then go on from the first page still missing.
                 Copied::Again => return Ok(Some(k)),
-                Copied::Gone => return Ok(None),
+                // That process is gone: the rest of the batch may be another's.
+                Copied::Gone => {}
             }
             since_check += j - k;
             k = j;
-            if since_check >= CHECK_PAGES && k < addrs.len() {
+            if since_check >= CHECK_PAGES && k < keys.len() {
                 since_check = 0;
-                let fd = self.spaces[i].uffd.as_raw_fd();
-                if ur::poll_readable(&[fd], 0).map_or(true, |r| r[0]) {
+                if self.events_waiting() {
                     return Ok(Some(k));
                 }
             }
@@ -576,12 +734,15 @@ impl Daemon {
         Ok(())
     }
 
-    /// Fetches missing pages (address order) from the source in one go and copies them into
-    /// space `i`, a `UFFDIO_COPY` per run of contiguous addresses.
+    /// Fetches missing pages (address order) of space `i` from the source in one go (under
+    /// their page keys) and copies them into space `i`, a `UFFDIO_COPY` per run of contiguous
+    /// addresses.
     fn fetch_and_copy(&mut self, i: usize, pages: &[(u64, PageId)]) -> Result<Copied, Fatal> {
         let mut fetched = std::mem::take(&mut self.buf);
         fetched.clear();
-        if let Err(e) = self.source.fetch(&self.set, pages, &mut fetched) {
+        let m = &self.spaces[i].pending;
+        let keyed: Vec<(u64, PageId)> = pages.iter().map(|&(a, id)| (m.key(a), id)).collect();
+        if let Err(e) = self.source.fetch(&self.set, &keyed, &mut fetched) {
             return Err(Fatal::Source(e));
         }
         if fetched.len() != pages.len() * PAGE_SIZE {

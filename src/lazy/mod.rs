@@ -76,9 +76,10 @@ pub enum DaemonError {
     /// The daemon thread could not be started.
     #[error("cannot start the daemon thread: {0}")]
     Thread(#[source] std::io::Error),
-    /// The restore asked for a second daemon.
-    #[error("the lazy daemon was started twice")]
-    StartedTwice,
+    /// The daemon ended (its page source was lost, or it failed) before it could take the
+    /// next process of the tree.
+    #[error("the lazy daemon ended before it could serve pid {pid}")]
+    Ended { pid: i32 },
     /// `poll(2)` over the uffds and pidfds failed.
     #[error("waiting for faults: {0}")]
     Poll(#[source] crate::sys::SysError),
@@ -228,8 +229,18 @@ pub fn restore_lazy(
             daemon: std::thread::spawn(|| Ok(LazyReport::default())),
         });
     };
-    let ranges = crate::restore::lazy_ranges(set, crate::restore::process_of(set)?);
-    let pages_lazy = missing::Missing::new(set.clone(), &ranges).left();
+    let pages_lazy = set
+        .processes()
+        .map(|(space, p)| {
+            let anon: Vec<(u64, u64)> = p
+                .vmas
+                .iter()
+                .filter(|v| v.kind == crate::image::VmaKind::Anon && !v.shared)
+                .map(|v| (v.start, v.end))
+                .collect();
+            missing::Missing::new(set.clone(), space, &anon).left()
+        })
+        .sum();
     Ok(LazyRestore {
         outcome,
         pages_lazy,
@@ -248,8 +259,15 @@ struct Hooks<'a> {
 }
 
 impl Hooks<'_> {
+    /// The first process starts the daemon; every other is handed to it.
     fn start_daemon(&mut self, ls: crate::restore::LazyStart) -> Result<(), DaemonError> {
-        let src = self.source.take().ok_or(DaemonError::StartedTwice)?;
+        if let Some(s) = &self.started {
+            return daemon::add(s, ls);
+        }
+        let Some(src) = self.source.take() else {
+            // The first start failed (and failed the restore): nothing is served.
+            return Err(DaemonError::Ended { pid: ls.pid });
+        };
         let s = daemon::start(
             self.set.clone(),
             ls,
