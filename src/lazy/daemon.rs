@@ -9,10 +9,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use super::missing::Missing;
-use super::{
-    DaemonError, LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream, SourceError,
-};
-use crate::image::{split_key, ImageSet, PageId, PageRef, PAGE_SIZE};
+use super::{DaemonError, LazyError, LazyOptions, LazySource, PushStream, SourceError};
+use crate::image::{ImageSet, PageId, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
 use crate::store::StreamBatch;
@@ -20,6 +18,8 @@ use crate::sys::uffd;
 use crate::sys::uffd_restore::{self as ur, CopyResult, Watchdog};
 use nix::errno::Errno;
 use userfaultfd::{Event, Uffd};
+
+mod push;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// Longest poll while idle: the daemon looks at its clock at least this often.
@@ -67,13 +67,17 @@ struct Added {
     ack: mpsc::SyncSender<()>,
 }
 
+/// A process's uffd taken over (see [`take`]).
+struct Taken {
+    space: Space,
+    ranges: Vec<(u64, u64)>,
+    watchdog: Option<Watchdog>,
+}
+
 /// Takes over the uffd of `ls`: the handshake with the event features, the MISSING
 /// registration of `ls.ranges`, and a watchdog holding a copy of it (none when nothing is
 /// registered: nothing can wait on a fault then).
-fn take(
-    set: &Arc<ImageSet>,
-    ls: LazyStart,
-) -> Result<(Space, Vec<(u64, u64)>, Option<Watchdog>), DaemonError> {
+fn take(set: &Arc<ImageSet>, ls: LazyStart) -> Result<Taken, DaemonError> {
     let want = uffd::UFFD_FEATURE_EVENT_FORK
         | uffd::UFFD_FEATURE_EVENT_REMAP
         | uffd::UFFD_FEATURE_EVENT_REMOVE
@@ -110,7 +114,11 @@ fn take(
         pending: Missing::new(set.clone(), ls.space, &[]),
         dead: false,
     };
-    Ok((space, ls.ranges, watchdog))
+    Ok(Taken {
+        space,
+        ranges: ls.ranges,
+        watchdog,
+    })
 }
 
 /// Sets up the uffd of the first process of the tree the restore hands over (see [`take`])
@@ -127,7 +135,11 @@ pub(super) fn start(
 ) -> Result<Started, DaemonError> {
     let pid = ls.pid;
     let first = ls.space;
-    let (space, ranges, watchdog) = take(&set, ls)?;
+    let Taken {
+        space,
+        ranges,
+        watchdog,
+    } = take(&set, ls)?;
     let (tx, adds) = mpsc::channel();
     let (wake_r, wake) = UnixStream::pair().map_err(DaemonError::Thread)?;
     wake_r.set_nonblocking(true).map_err(DaemonError::Thread)?;
@@ -169,13 +181,13 @@ pub(super) fn start(
 pub(super) fn add(started: &Started, ls: LazyStart) -> Result<(), DaemonError> {
     let pid = ls.pid;
     let set_space = ls.space;
-    let (space, ranges, watchdog) = take(&started.image, ls)?;
+    let t = take(&started.image, ls)?;
     let (ack, acked) = mpsc::sync_channel(1);
     let a = Added {
-        space,
+        space: t.space,
         set_space,
-        ranges,
-        watchdog,
+        ranges: t.ranges,
+        watchdog: t.watchdog,
         ack,
     };
     // A send to a daemon that ended drops `a`: its watchdog kills the process.
@@ -551,189 +563,6 @@ impl Daemon {
         self.stats.latencies.push(crate::util::us(t0.elapsed()));
     }
 
-    /// Whether every process of the tree is served (or gone): the stream is of no more use.
-    fn tree_served(&self) -> bool {
-        self.spaces
-            .iter()
-            .filter(|s| s.tree)
-            .all(|s| s.dead || s.pending.is_empty())
-    }
-
-    /// One step of the background push: (part of) one batch of the stream of the tree's
-    /// spaces (started here when the source has one), else `push_pages` pages fetched chunk by
-    /// chunk.
-    fn push(&mut self) -> Result<(), Fatal> {
-        if matches!(self.stream, Stream::NotStarted) {
-            self.stream = Stream::Over;
-            if !self.tree_served() {
-                let pages = self.push_list();
-                if let Some(st) = self.source.stream(&self.set, pages) {
-                    self.stream = Stream::Running { st, partial: None };
-                }
-            }
-        }
-        let served = self.tree_served();
-        let (batch, from) = match &mut self.stream {
-            Stream::Running { .. } if served => {
-                self.stream = Stream::Over;
-                return self.push_chunk();
-            }
-            Stream::Running { st, partial } => match partial.take() {
-                Some(p) => p,
-                // Wait for the reader only briefly: faults must not queue behind it.
-                None => match timed(&mut self.stats.push_wait, || st.next_within(STREAM_WAIT)) {
-                    NextPush::NotYet => return Ok(()),
-                    NextPush::Batch(Err(e)) => return Err(Fatal::Source(e)),
-                    NextPush::Batch(Ok(b)) => (b, 0),
-                    NextPush::End => {
-                        self.stream = Stream::Over;
-                        return self.push_chunk();
-                    }
-                },
-            },
-            _ => return self.push_chunk(),
-        };
-        let t = Instant::now();
-        let next = self.copy_batch(&batch.addrs, &batch.bytes, from);
-        self.stats.push_copy += t.elapsed();
-        let next = next?;
-        if let Stream::Running { st, partial } = &mut self.stream {
-            match next {
-                Some(k) => *partial = Some((batch, k)),
-                None => st.recycle(batch),
-            }
-        }
-        Ok(())
-    }
-
-    /// What the push of the tree's spaces copies, under their page keys, in the job's order
-    /// (and records the order used): space after space in address order, or the most often
-    /// dirtied first over the whole tree. In address order, short runs of zero pages between
-    /// missing ones are copied too ([`BRIDGE_PAGES`]): one large copy instead of many small
-    /// ones.
-    fn push_list(&mut self) -> Vec<(u64, PageRef)> {
-        let tree = || self.spaces.iter().filter(|s| s.tree && !s.dead);
-        let counts = match self.opts.order {
-            PushOrder::HotFirst => self.source.dirty_counts(&self.set),
-            PushOrder::Address => None,
-        };
-        let Some(counts) = counts else {
-            self.stats.push_order = if self.opts.order == PushOrder::HotFirst {
-                tracing::info!(
-                    pid = self.pid,
-                    "hot-first push: no pre-dump history to go by, pushing in address order"
-                );
-                "address (no pre-dump history to go by)".into()
-            } else {
-                "address".into()
-            };
-            return tree()
-                .flat_map(|sp| {
-                    let m = &sp.pending;
-                    m.all_bridged(BRIDGE_PAGES)
-                        .into_iter()
-                        .map(|(a, r)| (m.key(a), r))
-                })
-                .collect();
-        };
-        self.stats.push_order = "hot-first".into();
-        let pages = tree()
-            .flat_map(|sp| {
-                let m = &sp.pending;
-                m.all().into_iter().map(|(a, id)| (m.key(a), id))
-            })
-            .collect();
-        hot_first(pages, &counts)
-    }
-
-    /// The tree's space that page key `key` belongs to (not a forked child's: those share
-    /// their parent's keys), if it is still served.
-    fn space_of_key(&self, key: u64) -> Option<usize> {
-        let base = crate::image::space_bounds(split_key(key).0).0;
-        self.spaces
-            .iter()
-            .position(|s| s.tree && !s.dead && s.pending.key(0) == base)
-    }
-
-    /// Whether a fault or an event waits on any space being served.
-    fn events_waiting(&self) -> bool {
-        let fds: Vec<_> = self
-            .spaces
-            .iter()
-            .filter(|s| !s.dead)
-            .map(|s| s.uffd.as_raw_fd())
-            .collect();
-        ur::poll_readable(&fds, 0).map_or(true, |r| r.iter().any(|x| *x))
-    }
-
-    /// Copies the pages of a streamed batch (page keys `keys`) from its `from`th on that their
-    /// spaces still miss, in runs of contiguous addresses. Stops early when a fault or an
-    /// event waits (every [`CHECK_PAGES`] pages it looks): returns where to go on.
-    fn copy_batch(
-        &mut self,
-        keys: &[u64],
-        bytes: &[u8],
-        from: usize,
-    ) -> Result<Option<usize>, Fatal> {
-        let mut k = from;
-        let mut since_check = 0;
-        while k < keys.len() {
-            let Some(i) = self.space_of_key(keys[k]) else {
-                k += 1;
-                continue;
-            };
-            let addr = |sp: &Space, key: u64| sp.pending.addr_of(key);
-            let wanted = |sp: &Space, key: u64| sp.pending.wanted(sp.pending.addr_of(key));
-            if !wanted(&self.spaces[i], keys[k]) {
-                k += 1;
-                continue;
-            }
-            let mut j = k + 1;
-            while j < keys.len()
-                && keys[j] == keys[j - 1] + PAGE
-                && split_key(keys[j]).0 == split_key(keys[k]).0
-                && wanted(&self.spaces[i], keys[j])
-            {
-                j += 1;
-            }
-            let data = &bytes[k * PAGE_SIZE..j * PAGE_SIZE];
-            let start = addr(&self.spaces[i], keys[k]);
-            match self.copy_bytes(i, start, data)? {
-                Copied::All => self.stats.pushed += (j - k) as u64,
-                // Read the event, then go on from the first page still missing.
-                Copied::Again => return Ok(Some(k)),
-                // That process is gone: the rest of the batch may be another's.
-                Copied::Gone => {}
-            }
-            since_check += j - k;
-            k = j;
-            if since_check >= CHECK_PAGES && k < keys.len() {
-                since_check = 0;
-                if self.events_waiting() {
-                    return Ok(Some(k));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Pushes the next `push_pages` missing pages in address order (after the stream, or for
-    /// a source without one, or a forked child) of the first space that has any.
-    fn push_chunk(&mut self) -> Result<(), Fatal> {
-        let Some(i) = self
-            .spaces
-            .iter()
-            .position(|s| !s.dead && !s.pending.is_empty())
-        else {
-            return Ok(());
-        };
-        let take = self.spaces[i].pending.first(self.opts.push_pages.max(1));
-        if let Copied::All = self.fetch_and_copy(i, &take)? {
-            self.stats.pushed += take.len() as u64;
-        }
-        Ok(())
-    }
-
     /// Fetches missing pages (address order) of space `i` from the source in one go (under
     /// their page keys) and copies them into space `i`, a `UFFDIO_COPY` per run of contiguous
     /// addresses.
@@ -817,29 +646,6 @@ impl Daemon {
     }
 }
 
-/// The hot-first push order of `pages` (in address order): most often dirtied over the
-/// pre-dumps first (`counts`; a page not in it counts 0). Stable: equally hot pages stay in
-/// address order, so they are still copied in long runs.
-fn hot_first(
-    pages: Vec<(u64, PageId)>,
-    counts: &std::collections::HashMap<u64, u32>,
-) -> Vec<(u64, PageRef)> {
-    let mut pages: Vec<(u64, PageRef)> = pages
-        .into_iter()
-        .map(|(a, id)| (a, PageRef::Stored(id)))
-        .collect();
-    pages.sort_by_key(|(a, _)| std::cmp::Reverse(counts.get(a).copied().unwrap_or(0)));
-    pages
-}
-
-/// Runs `f`, adding the time it took to `total`.
-fn timed<T>(total: &mut std::time::Duration, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let r = f();
-    *total += t.elapsed();
-    r
-}
-
 /// The children of every thread of `pid` (`/proc/PID/task/*/children`).
 fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
@@ -857,26 +663,6 @@ fn children_of(pid: i32) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hot_first_pushes_the_most_dirtied_first_and_keeps_address_order_among_equals() {
-        let id = |n: u8| PageId([n; 16]);
-        let pages: Vec<(u64, PageId)> = (1..=6u8).map(|n| (u64::from(n) * PAGE, id(n))).collect();
-        let counts = std::collections::HashMap::from([
-            (2 * PAGE, 3),
-            (4 * PAGE, 1),
-            (5 * PAGE, 3),
-            (6 * PAGE, 1),
-        ]);
-        let order: Vec<u64> = hot_first(pages, &counts)
-            .into_iter()
-            .map(|(a, r)| {
-                assert!(matches!(r, PageRef::Stored(_)));
-                a / PAGE
-            })
-            .collect();
-        assert_eq!(order, vec![2, 5, 4, 6, 1, 3]);
-    }
 
     #[test]
     fn a_kernel_error_says_which_call_on_which_address_and_keeps_the_errno() {

@@ -121,6 +121,9 @@ pub(super) fn rebuild(
     })
 }
 
+/// What [`build`] did: (pages filled, fill time in µs, the ranges left lazy).
+type Built = (u64, u64, Vec<(u64, u64)>);
+
 /// Rebuilds one seized, prepared process from *unmap* to *run* (signals queued, every thread
 /// still stopped). Returns (pages filled, fill time in µs, the ranges left lazy).
 fn build(
@@ -130,7 +133,7 @@ fn build(
     opts: &RestoreOptions,
     shared: &mut super::share::Shared,
     lazy: Option<&mut dyn super::LazyHooks>,
-) -> Result<(u64, u64, Vec<(u64, u64)>), RestoreError> {
+) -> Result<Built, RestoreError> {
     let (p, pid, scratch, ipid) = (pr.p, pr.pid, pr.scratch, pr.p.pid);
     let set = c.set;
     let mut rs = pr.rs.take().expect("prepared");
