@@ -1,16 +1,16 @@
 //! The userfaultfd daemon: one thread serving faults, following events, and pushing pages.
 
 use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use super::missing::Missing;
-use super::{
-    DaemonError, LazyError, LazyOptions, LazySource, NextPush, PushOrder, PushStream, SourceError,
-};
-use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
+use super::{DaemonError, LazyError, LazyOptions, LazySource, PushStream, SourceError};
+use crate::image::{ImageSet, PageId, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
 use crate::store::StreamBatch;
@@ -18,6 +18,8 @@ use crate::sys::uffd;
 use crate::sys::uffd_restore::{self as ur, CopyResult, Watchdog};
 use nix::errno::Errno;
 use userfaultfd::{Event, Uffd};
+
+mod push;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// Longest poll while idle: the daemon looks at its clock at least this often.
@@ -29,10 +31,13 @@ const CHECK_PAGES: usize = 64;
 /// The push copies runs of up to this many zero pages between missing ones along.
 const BRIDGE_PAGES: usize = 4;
 
-/// One address space being served: the restored process, or a child it forked while pages
-/// were missing (the kernel hands the child's uffd over with `UFFD_EVENT_FORK`).
+/// One address space being served: a restored process of the tree (each with its own page
+/// space of the set), or a child one forked while pages were missing (the kernel hands the
+/// child's uffd over with `UFFD_EVENT_FORK`; it misses what its parent missed).
 struct Space {
     pid: i32,
+    /// A process of the restored tree (the push's stream covers it), not a fork of one.
+    tree: bool,
     pidfd: Option<OwnedFd>,
     /// The `userfaultfd` crate's handle of the space's uffd.
     uffd: Uffd,
@@ -45,19 +50,34 @@ struct Space {
 
 pub(super) struct Started {
     pub join: std::thread::JoinHandle<Result<LazyReport, LazyError>>,
+    image: Arc<ImageSet>,
+    /// Hands the daemon the next process of the tree.
+    add: mpsc::Sender<Added>,
+    /// A byte here wakes the daemon's poll to take what `add` holds.
+    wake: UnixStream,
 }
 
-/// Sets up the uffd (API with the event features, MISSING registration of `ls.ranges`), forks
-/// the watchdog, and starts the daemon thread. It pushes only once `running` says the process
-/// runs, so the push never slows the restore down.
-pub(super) fn start(
-    set: Arc<ImageSet>,
-    ls: LazyStart,
-    source: Box<dyn LazySource>,
-    opts: LazyOptions,
-    start: Instant,
-    running: Arc<AtomicBool>,
-) -> Result<Started, DaemonError> {
+/// A process of the tree handed to the running daemon (by [`add`]).
+struct Added {
+    space: Space,
+    set_space: u16,
+    ranges: Vec<(u64, u64)>,
+    watchdog: Option<Watchdog>,
+    /// Answered once the daemon serves the process's faults.
+    ack: mpsc::SyncSender<()>,
+}
+
+/// A process's uffd taken over (see [`take`]).
+struct Taken {
+    space: Space,
+    ranges: Vec<(u64, u64)>,
+    watchdog: Option<Watchdog>,
+}
+
+/// Takes over the uffd of `ls`: the handshake with the event features, the MISSING
+/// registration of `ls.ranges`, and a watchdog holding a copy of it (none when nothing is
+/// registered: nothing can wait on a fault then).
+fn take(set: &Arc<ImageSet>, ls: LazyStart) -> Result<Taken, DaemonError> {
     let want = uffd::UFFD_FEATURE_EVENT_FORK
         | uffd::UFFD_FEATURE_EVENT_REMAP
         | uffd::UFFD_FEATURE_EVENT_REMOVE
@@ -79,38 +99,104 @@ pub(super) fn start(
                 source,
             })?;
     }
-    let ranges = ls.ranges.clone();
-    let watchdog = ur::spawn_watchdog(handler.as_fd(), &ls.pidfd).map_err(DaemonError::Watchdog)?;
+    let watchdog = if ls.ranges.is_empty() {
+        None
+    } else {
+        Some(ur::spawn_watchdog(handler.as_fd(), &ls.pidfd).map_err(DaemonError::Watchdog)?)
+    };
+    let space = Space {
+        pid,
+        tree: true,
+        pidfd: Some(ls.pidfd),
+        uffd: handler,
+        // Filled by the daemon thread (counting the missing pages takes a walk over the
+        // page table, which the restore need not wait for).
+        pending: Missing::new(set.clone(), ls.space, &[]),
+        dead: false,
+    };
+    Ok(Taken {
+        space,
+        ranges: ls.ranges,
+        watchdog,
+    })
+}
+
+/// Sets up the uffd of the first process of the tree the restore hands over (see [`take`])
+/// and starts the daemon thread; [`add`] hands it the others. It pushes only once `running`
+/// says the restore is over (every process runs), so the push never slows the restore down,
+/// and it ends no earlier.
+pub(super) fn start(
+    set: Arc<ImageSet>,
+    ls: LazyStart,
+    source: Box<dyn LazySource>,
+    opts: LazyOptions,
+    start: Instant,
+    running: Arc<AtomicBool>,
+) -> Result<Started, DaemonError> {
+    let pid = ls.pid;
+    let first = ls.space;
+    let Taken {
+        space,
+        ranges,
+        watchdog,
+    } = take(&set, ls)?;
+    let (tx, adds) = mpsc::channel();
+    let (wake_r, wake) = UnixStream::pair().map_err(DaemonError::Thread)?;
+    wake_r.set_nonblocking(true).map_err(DaemonError::Thread)?;
     let d = Daemon {
         pid,
         set: set.id.clone(),
-        spaces: vec![Space {
-            pid,
-            pidfd: Some(ls.pidfd),
-            uffd: handler,
-            // Filled by the daemon thread (counting the missing pages takes a walk over the
-            // page table, which the restore need not wait for).
-            pending: Missing::new(set.clone(), &[]),
-            dead: false,
-        }],
+        image: set.clone(),
+        spaces: vec![space],
         source,
         opts,
         start,
-        watchdog: Some(watchdog),
+        watchdogs: watchdog.into_iter().collect(),
         stats: Stats::default(),
         buf: Vec::new(),
         stream: Stream::NotStarted,
         running,
+        adds,
+        wake: wake_r,
     };
     let join = std::thread::Builder::new()
         .name(format!("haul-lazy-{pid}"))
         .spawn(move || {
             let mut d = d;
-            d.spaces[0].pending = Missing::new(set, &ranges);
+            d.spaces[0].pending = Missing::new(d.image.clone(), first, &ranges);
             d.run()
         })
         .map_err(DaemonError::Thread)?;
-    Ok(Started { join })
+    Ok(Started {
+        join,
+        image: set,
+        add: tx,
+        wake,
+    })
+}
+
+/// Hands the next process of the tree to the running daemon; returns once the daemon serves
+/// its faults. If the daemon ended (the source was lost), the process is killed by its
+/// watchdog and the restore fails.
+pub(super) fn add(started: &Started, ls: LazyStart) -> Result<(), DaemonError> {
+    let pid = ls.pid;
+    let set_space = ls.space;
+    let t = take(&started.image, ls)?;
+    let (ack, acked) = mpsc::sync_channel(1);
+    let a = Added {
+        space: t.space,
+        set_space,
+        ranges: t.ranges,
+        watchdog: t.watchdog,
+        ack,
+    };
+    // A send to a daemon that ended drops `a`: its watchdog kills the process.
+    started
+        .add
+        .send(a)
+        .map_err(|_| DaemonError::Ended { pid })?;
+    let _ = (&started.wake).write(b"+");
+    acked.recv().map_err(|_| DaemonError::Ended { pid })
 }
 
 #[derive(Default)]
@@ -150,21 +236,28 @@ enum Copied {
 }
 
 struct Daemon {
+    /// The root's pid (what messages name the restore by).
     pid: i32,
     set: String,
+    image: Arc<ImageSet>,
     spaces: Vec<Space>,
     source: Box<dyn LazySource>,
     opts: LazyOptions,
     start: Instant,
-    watchdog: Option<Watchdog>,
+    /// One per process of the tree with memory left lazy.
+    watchdogs: Vec<Watchdog>,
     stats: Stats,
     buf: Vec<u8>,
     stream: Stream,
-    /// Set once the process runs: the push waits for it.
+    /// Set once the restore is over (every process runs, or the restore failed and killed
+    /// them): the push waits for it, and serving does not end before it.
     running: Arc<AtomicBool>,
+    /// The other processes of the tree, as the restore reaches them.
+    adds: mpsc::Receiver<Added>,
+    wake: UnixStream,
 }
 
-/// The background read that feeds the push of the first space.
+/// The background read that feeds the push of the tree's spaces.
 enum Stream {
     NotStarted,
     /// Reading; `partial`: a batch copied up to its `.1`th page when a fault came.
@@ -195,7 +288,7 @@ impl Daemon {
         };
         match r {
             Ok(End::Done) => {
-                if let Some(w) = self.watchdog.take() {
+                for w in self.watchdogs.drain(..) {
                     w.release();
                 }
                 tracing::info!(pid = self.pid, "every page is resident");
@@ -208,8 +301,16 @@ impl Daemon {
             }
             Err(f) => {
                 self.kill_all();
-                // Dropping the watchdog without "done": it kills the process too, then exits.
-                self.watchdog = None;
+                // Dropping the watchdogs without "done": each kills its process too, then
+                // exits; so does the watchdog of a process handed over but not yet taken.
+                self.watchdogs.clear();
+                while let Ok(a) = self.adds.try_recv() {
+                    let _ = a
+                        .space
+                        .pidfd
+                        .as_ref()
+                        .map(|fd| ur::pidfd_kill(fd, libc::SIGKILL));
+                }
                 match f {
                     Fatal::Source(e) => {
                         // The report carries it, and whoever waits says it (once).
@@ -242,7 +343,11 @@ impl Daemon {
         let mut faults: VecDeque<(usize, u64, Instant)> = VecDeque::new();
         let mut last_fault = Instant::now();
         loop {
-            if faults.is_empty() && self.spaces.iter().all(|s| s.dead || s.pending.is_empty()) {
+            self.take_added();
+            if faults.is_empty()
+                && self.running.load(Ordering::Relaxed)
+                && self.spaces.iter().all(|s| s.dead || s.pending.is_empty())
+            {
                 return Ok(End::Done);
             }
             let idle_due = last_fault + self.opts.idle_push;
@@ -255,8 +360,8 @@ impl Daemon {
             } else {
                 (idle_due - now).as_millis().min(u128::from(MAX_POLL_MS)) as i32 + 1
             };
-            let mut fds = Vec::new();
-            let mut who = Vec::new();
+            let mut fds = vec![self.wake.as_raw_fd()];
+            let mut who = vec![(usize::MAX, false)];
             for (i, sp) in self.spaces.iter().enumerate().filter(|(_, s)| !s.dead) {
                 fds.push(sp.uffd.as_raw_fd());
                 who.push((i, false));
@@ -271,7 +376,11 @@ impl Daemon {
                 if !ready[k] {
                     continue;
                 }
-                if is_pidfd {
+                if i == usize::MAX {
+                    // Taken at the top of the loop.
+                    let mut b = [0u8; 64];
+                    while matches!((&self.wake).read(&mut b), Ok(n) if n > 0) {}
+                } else if is_pidfd {
                     tracing::debug!(pid = self.spaces[i].pid, "process exited");
                     self.spaces[i].dead = true;
                 } else {
@@ -300,6 +409,19 @@ impl Daemon {
             {
                 self.push()?;
             }
+        }
+    }
+
+    /// Takes the processes of the tree the restore handed over since last looked, and says
+    /// it serves them.
+    fn take_added(&mut self) {
+        while let Ok(a) = self.adds.try_recv() {
+            let mut sp = a.space;
+            sp.pending = Missing::new(self.image.clone(), a.set_space, &a.ranges);
+            tracing::debug!(pid = sp.pid, pages = sp.pending.left(), "serving");
+            self.spaces.push(sp);
+            self.watchdogs.extend(a.watchdog);
+            let _ = a.ack.send(());
         }
     }
 
@@ -357,6 +479,7 @@ impl Daemon {
         let pending = self.spaces[parent].pending.clone();
         self.spaces.push(Space {
             pid: child.unwrap_or(0),
+            tree: false,
             pidfd,
             uffd,
             pending,
@@ -440,148 +563,15 @@ impl Daemon {
         self.stats.latencies.push(crate::util::us(t0.elapsed()));
     }
 
-    /// One step of the background push: (part of) one batch of the stream of the first space
-    /// (started here when the source has one), else `push_pages` pages fetched chunk by chunk.
-    fn push(&mut self) -> Result<(), Fatal> {
-        if matches!(self.stream, Stream::NotStarted) {
-            self.stream = Stream::Over;
-            if self
-                .spaces
-                .first()
-                .is_some_and(|s| !s.dead && !s.pending.is_empty())
-            {
-                let pages = self.push_list();
-                if let Some(st) = self.source.stream(&self.set, pages) {
-                    self.stream = Stream::Running { st, partial: None };
-                }
-            }
-        }
-        let (batch, from) = match &mut self.stream {
-            Stream::Running { .. } if self.spaces[0].dead || self.spaces[0].pending.is_empty() => {
-                self.stream = Stream::Over;
-                return self.push_chunk();
-            }
-            Stream::Running { st, partial } => match partial.take() {
-                Some(p) => p,
-                // Wait for the reader only briefly: faults must not queue behind it.
-                None => match timed(&mut self.stats.push_wait, || st.next_within(STREAM_WAIT)) {
-                    NextPush::NotYet => return Ok(()),
-                    NextPush::Batch(Err(e)) => return Err(Fatal::Source(e)),
-                    NextPush::Batch(Ok(b)) => (b, 0),
-                    NextPush::End => {
-                        self.stream = Stream::Over;
-                        return self.push_chunk();
-                    }
-                },
-            },
-            _ => return self.push_chunk(),
-        };
-        let t = Instant::now();
-        let next = self.copy_batch(0, &batch.addrs, &batch.bytes, from);
-        self.stats.push_copy += t.elapsed();
-        let next = next?;
-        if let Stream::Running { st, partial } = &mut self.stream {
-            match next {
-                Some(k) => *partial = Some((batch, k)),
-                None => st.recycle(batch),
-            }
-        }
-        Ok(())
-    }
-
-    /// What the push of the first space copies, in the job's order (and records the order
-    /// used). In address order, short runs of zero pages between missing ones are copied too
-    /// ([`BRIDGE_PAGES`]): one large copy instead of many small ones.
-    fn push_list(&mut self) -> Vec<(u64, PageRef)> {
-        let sp = &self.spaces[0];
-        let counts = match self.opts.order {
-            PushOrder::HotFirst => self.source.dirty_counts(&self.set),
-            PushOrder::Address => None,
-        };
-        let Some(counts) = counts else {
-            self.stats.push_order = if self.opts.order == PushOrder::HotFirst {
-                tracing::info!(
-                    pid = self.pid,
-                    "hot-first push: no pre-dump history to go by, pushing in address order"
-                );
-                "address (no pre-dump history to go by)".into()
-            } else {
-                "address".into()
-            };
-            return sp.pending.all_bridged(BRIDGE_PAGES);
-        };
-        self.stats.push_order = "hot-first".into();
-        hot_first(sp.pending.all(), &counts)
-    }
-
-    /// Copies the pages of a streamed batch from its `from`th on that space `i` still misses,
-    /// in runs of contiguous addresses. Stops early when a fault or an event waits (every
-    /// [`CHECK_PAGES`] pages it looks): returns where to go on.
-    fn copy_batch(
-        &mut self,
-        i: usize,
-        addrs: &[u64],
-        bytes: &[u8],
-        from: usize,
-    ) -> Result<Option<usize>, Fatal> {
-        let mut k = from;
-        let mut since_check = 0;
-        while k < addrs.len() {
-            let wanted = |sp: &Space, a: u64| sp.pending.wanted(a);
-            if !wanted(&self.spaces[i], addrs[k]) {
-                k += 1;
-                continue;
-            }
-            let mut j = k + 1;
-            while j < addrs.len()
-                && addrs[j] == addrs[j - 1] + PAGE
-                && wanted(&self.spaces[i], addrs[j])
-            {
-                j += 1;
-            }
-            let data = &bytes[k * PAGE_SIZE..j * PAGE_SIZE];
-            match self.copy_bytes(i, addrs[k], data)? {
-                Copied::All => self.stats.pushed += (j - k) as u64,
-                // Read the event, then go on from the first page still missing.
-                Copied::Again => return Ok(Some(k)),
-                Copied::Gone => return Ok(None),
-            }
-            since_check += j - k;
-            k = j;
-            if since_check >= CHECK_PAGES && k < addrs.len() {
-                since_check = 0;
-                let fd = self.spaces[i].uffd.as_raw_fd();
-                if ur::poll_readable(&[fd], 0).map_or(true, |r| r[0]) {
-                    return Ok(Some(k));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Pushes the next `push_pages` missing pages in address order (after the stream, or for
-    /// a source without one, or a forked child) of the first space that has any.
-    fn push_chunk(&mut self) -> Result<(), Fatal> {
-        let Some(i) = self
-            .spaces
-            .iter()
-            .position(|s| !s.dead && !s.pending.is_empty())
-        else {
-            return Ok(());
-        };
-        let take = self.spaces[i].pending.first(self.opts.push_pages.max(1));
-        if let Copied::All = self.fetch_and_copy(i, &take)? {
-            self.stats.pushed += take.len() as u64;
-        }
-        Ok(())
-    }
-
-    /// Fetches missing pages (address order) from the source in one go and copies them into
-    /// space `i`, a `UFFDIO_COPY` per run of contiguous addresses.
+    /// Fetches missing pages (address order) of space `i` from the source in one go (under
+    /// their page keys) and copies them into space `i`, a `UFFDIO_COPY` per run of contiguous
+    /// addresses.
     fn fetch_and_copy(&mut self, i: usize, pages: &[(u64, PageId)]) -> Result<Copied, Fatal> {
         let mut fetched = std::mem::take(&mut self.buf);
         fetched.clear();
-        if let Err(e) = self.source.fetch(&self.set, pages, &mut fetched) {
+        let m = &self.spaces[i].pending;
+        let keyed: Vec<(u64, PageId)> = pages.iter().map(|&(a, id)| (m.key(a), id)).collect();
+        if let Err(e) = self.source.fetch(&self.set, &keyed, &mut fetched) {
             return Err(Fatal::Source(e));
         }
         if fetched.len() != pages.len() * PAGE_SIZE {
@@ -656,29 +646,6 @@ impl Daemon {
     }
 }
 
-/// The hot-first push order of `pages` (in address order): most often dirtied over the
-/// pre-dumps first (`counts`; a page not in it counts 0). Stable: equally hot pages stay in
-/// address order, so they are still copied in long runs.
-fn hot_first(
-    pages: Vec<(u64, PageId)>,
-    counts: &std::collections::HashMap<u64, u32>,
-) -> Vec<(u64, PageRef)> {
-    let mut pages: Vec<(u64, PageRef)> = pages
-        .into_iter()
-        .map(|(a, id)| (a, PageRef::Stored(id)))
-        .collect();
-    pages.sort_by_key(|(a, _)| std::cmp::Reverse(counts.get(a).copied().unwrap_or(0)));
-    pages
-}
-
-/// Runs `f`, adding the time it took to `total`.
-fn timed<T>(total: &mut std::time::Duration, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let r = f();
-    *total += t.elapsed();
-    r
-}
-
 /// The children of every thread of `pid` (`/proc/PID/task/*/children`).
 fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
@@ -696,26 +663,6 @@ fn children_of(pid: i32) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hot_first_pushes_the_most_dirtied_first_and_keeps_address_order_among_equals() {
-        let id = |n: u8| PageId([n; 16]);
-        let pages: Vec<(u64, PageId)> = (1..=6u8).map(|n| (u64::from(n) * PAGE, id(n))).collect();
-        let counts = std::collections::HashMap::from([
-            (2 * PAGE, 3),
-            (4 * PAGE, 1),
-            (5 * PAGE, 3),
-            (6 * PAGE, 1),
-        ]);
-        let order: Vec<u64> = hot_first(pages, &counts)
-            .into_iter()
-            .map(|(a, r)| {
-                assert!(matches!(r, PageRef::Stored(_)));
-                a / PAGE
-            })
-            .collect();
-        assert_eq!(order, vec![2, 5, 4, 6, 1, 3]);
-    }
 
     #[test]
     fn a_kernel_error_says_which_call_on_which_address_and_keeps_the_errno() {

@@ -56,6 +56,9 @@ impl Region {
 #[derive(Clone, Debug)]
 pub(super) struct Missing {
     set: Arc<ImageSet>,
+    /// The first page key of the space's pages in the set's table (`image::space_bounds`):
+    /// the page at address `a` is the table's entry `base + a`.
+    base: u64,
     regions: Vec<Region>,
     /// Missing pages that `mremap` moved away from their dumped address.
     moved: BTreeMap<u64, PageId>,
@@ -72,8 +75,10 @@ fn stored(r: PageRef) -> Option<PageId> {
 }
 
 impl Missing {
-    /// Every stored page of `set` in `ranges` (sorted, disjoint, page-aligned) is missing.
-    pub fn new(set: Arc<ImageSet>, ranges: &[(u64, u64)]) -> Missing {
+    /// Every stored page of page space `space` of `set` in `ranges` (the process's own
+    /// addresses: sorted, disjoint, page-aligned) is missing.
+    pub fn new(set: Arc<ImageSet>, space: u16, ranges: &[(u64, u64)]) -> Missing {
+        let base = crate::image::space_bounds(space).0;
         let mut left = 0;
         let regions = ranges
             .iter()
@@ -86,8 +91,8 @@ impl Missing {
                     stored: vec![0; words],
                     zero: vec![0; words],
                 };
-                for (a, p) in set.pages.range(start, end) {
-                    let (w, m) = r.bit(a);
+                for (k, p) in set.pages.range(base + start, base + end) {
+                    let (w, m) = r.bit(k - base);
                     match p {
                         PageRef::Stored(_) | PageRef::Lazy(_) => {
                             r.stored[w] |= m;
@@ -101,11 +106,32 @@ impl Missing {
             .collect();
         Missing {
             set,
+            base,
             regions,
             moved: BTreeMap::new(),
             left,
             scan_from: 0,
         }
+    }
+
+    /// The page key of address `addr` of this space.
+    pub fn key(&self, addr: u64) -> u64 {
+        self.base + addr
+    }
+
+    /// The address of page key `key` of this space.
+    pub fn addr_of(&self, key: u64) -> u64 {
+        key - self.base
+    }
+
+    /// The space's entries of the set's table in `[start, end)` (addresses), at their
+    /// addresses.
+    fn table(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, PageRef)> + '_ {
+        let base = self.base;
+        self.set
+            .pages
+            .range(base + start, base + end)
+            .map(move |(k, r)| (k - base, r))
     }
 
     /// Stored pages still missing.
@@ -129,7 +155,7 @@ impl Missing {
         }
         let r = &self.regions[self.region(addr)?];
         match r.state(addr) {
-            (true, _, true) => self.set.pages.get(addr).and_then(stored),
+            (true, _, true) => self.set.pages.get(self.base + addr).and_then(stored),
             _ => None,
         }
     }
@@ -184,9 +210,7 @@ impl Missing {
         for r in self.regions[first..].iter().take_while(|r| r.start < end) {
             let (s, e) = (start.max(r.start), end.min(r.end));
             out.extend(
-                self.set
-                    .pages
-                    .range(s, e)
+                self.table(s, e)
                     .filter(|(a, _)| !r.is_done(*a))
                     .filter_map(|(a, p)| stored(p).map(|id| (a, id))),
             );
@@ -232,9 +256,7 @@ impl Missing {
                 break;
             }
             out.extend(
-                self.set
-                    .pages
-                    .range(r.start.max(from), r.end)
+                self.table(r.start.max(from), r.end)
                     .filter(|(a, _)| !r.is_done(*a))
                     .filter_map(|(a, p)| stored(p).map(|id| (a, id)))
                     .take(n - out.len()),
@@ -261,7 +283,7 @@ impl Missing {
             // Zero pages seen since the last stored one, contiguous with it.
             let mut gap: Vec<u64> = Vec::new();
             let mut last: Option<u64> = None;
-            for (a, p) in self.set.pages.range(r.start, r.end) {
+            for (a, p) in self.table(r.start, r.end) {
                 if r.is_done(a) {
                     gap.clear();
                     last = None;
@@ -335,7 +357,7 @@ mod tests {
             (0x3000, PageRef::Lazy(id(3))),
             (0x9000, PageRef::Stored(id(9))),
         ]);
-        let m = Missing::new(s, &[(0x1000, 0x5000)]);
+        let m = Missing::new(s, 0, &[(0x1000, 0x5000)]);
         assert_eq!(m.left(), 2);
         assert_eq!(m.get(0x1000), Some(id(1)));
         assert_eq!(m.get(0x2000), None);
@@ -351,7 +373,7 @@ mod tests {
             (0x2000, PageRef::Stored(id(2))),
             (0x3000, PageRef::Zero),
         ]);
-        let mut m = Missing::new(s, &[(0x1000, 0x4000)]);
+        let mut m = Missing::new(s, 0, &[(0x1000, 0x4000)]);
         m.remove(0x1000);
         m.remove(0x1000);
         m.remove(0x3000);
@@ -365,7 +387,7 @@ mod tests {
     #[test]
     fn known_zero_pages_are_placed_once() {
         let s = set_with(&[(0x1000, PageRef::Zero), (0x2000, PageRef::Stored(id(2)))]);
-        let mut m = Missing::new(s, &[(0x1000, 0x3000)]);
+        let mut m = Missing::new(s, 0, &[(0x1000, 0x3000)]);
         assert!(m.known_zero(0x1000));
         assert!(!m.known_zero(0x2000));
         m.zero_placed(0x1000);
@@ -385,7 +407,7 @@ mod tests {
             (0x7000, PageRef::Stored(id(7))),
             (0x8000, PageRef::Zero),
         ]);
-        let m = Missing::new(s, &[(0x1000, 0x9000)]);
+        let m = Missing::new(s, 0, &[(0x1000, 0x9000)]);
         let got: Vec<u64> = m.all_bridged(2).iter().map(|(a, _)| *a).collect();
         assert_eq!(got, vec![0x1000, 0x2000, 0x3000, 0x7000]);
         let got: Vec<u64> = m.all_bridged(3).iter().map(|(a, _)| *a).collect();
@@ -402,7 +424,7 @@ mod tests {
                 .map(|n| (u64::from(n) * 0x1000, PageRef::Stored(id(n))))
                 .collect::<Vec<_>>(),
         );
-        let mut m = Missing::new(s, &[(0x1000, 0x6000)]);
+        let mut m = Missing::new(s, 0, &[(0x1000, 0x6000)]);
         assert_eq!(m.first(2), vec![(0x1000, id(1)), (0x2000, id(2))]);
         m.remove(0x1000);
         m.remove(0x2000);
@@ -421,7 +443,7 @@ mod tests {
             (0x2000, PageRef::Stored(id(2))),
             (0x3000, PageRef::Stored(id(3))),
         ]);
-        let mut m = Missing::new(s, &[(0x1000, 0x4000)]);
+        let mut m = Missing::new(s, 0, &[(0x1000, 0x4000)]);
         m.remove(0x2000);
         let moved = m.take_range(0x1000, 0x4000);
         assert_eq!(moved, vec![(0x1000, id(1)), (0x3000, id(3))]);
@@ -444,7 +466,7 @@ mod tests {
             (0x2000, PageRef::Zero),
             (0x4000, PageRef::Stored(id(4))),
         ]);
-        let mut m = Missing::new(s, &[(0x1000, 0x4000)]);
+        let mut m = Missing::new(s, 0, &[(0x1000, 0x4000)]);
         assert!(m.wanted(0x1000));
         assert!(m.wanted(0x2000), "a zero page of the dump is placed too");
         assert!(
@@ -466,7 +488,7 @@ mod tests {
             (0x9000, PageRef::Stored(id(9))),
             (0xa000, PageRef::Stored(id(10))),
         ]);
-        let mut m = Missing::new(s, &[(0x1000, 0x2000), (0x9000, 0xb000)]);
+        let mut m = Missing::new(s, 0, &[(0x1000, 0x2000), (0x9000, 0xb000)]);
         assert_eq!(m.left(), 3);
         assert_eq!(m.range(0, 0x10000).len(), 3);
         assert_eq!(m.get(0x5000), None, "between the regions");
@@ -487,13 +509,45 @@ mod tests {
     }
 
     #[test]
+    fn a_process_of_a_tree_misses_the_pages_of_its_own_space_only() {
+        use crate::image::page_key;
+        let s = set_with(&[
+            (0x1000, PageRef::Stored(id(1))),
+            (0x2000, PageRef::Stored(id(2))),
+            (page_key(1, 0x1000), PageRef::Stored(id(11))),
+            (page_key(1, 0x2000), PageRef::Zero),
+            (page_key(1, 0x3000), PageRef::Stored(id(13))),
+            (page_key(2, 0x1000), PageRef::Stored(id(21))),
+        ]);
+        let mut m = Missing::new(s, 1, &[(0x1000, 0x4000)]);
+        assert_eq!(m.left(), 2);
+        assert_eq!(
+            m.get(0x1000),
+            Some(id(11)),
+            "the space's own page, not the root's"
+        );
+        assert_eq!(m.get(0x2000), None);
+        assert!(m.known_zero(0x2000));
+        assert_eq!(m.all(), vec![(0x1000, id(11)), (0x3000, id(13))]);
+        assert_eq!(m.range(0, 0x10000).len(), 2);
+        let bridged: Vec<u64> = m.all_bridged(4).iter().map(|(a, _)| *a).collect();
+        assert_eq!(bridged, vec![0x1000, 0x2000, 0x3000]);
+        assert_eq!(m.key(0x3000), page_key(1, 0x3000));
+        assert_eq!(m.addr_of(page_key(1, 0x3000)), 0x3000);
+        assert_eq!(m.first(1), vec![(0x1000, id(11))]);
+        m.remove(0x1000);
+        m.remove(0x3000);
+        assert!(m.is_empty());
+    }
+
+    #[test]
     fn munmap_of_part_of_a_region_forgets_only_those_pages() {
         let s = set_with(
             &(1..=4u8)
                 .map(|n| (u64::from(n) * 0x1000, PageRef::Stored(id(n))))
                 .collect::<Vec<_>>(),
         );
-        let mut m = Missing::new(s, &[(0x1000, 0x5000)]);
+        let mut m = Missing::new(s, 0, &[(0x1000, 0x5000)]);
         let gone = m.take_range(0x2000, 0x4000);
         assert_eq!(gone, vec![(0x2000, id(2)), (0x3000, id(3))]);
         assert_eq!(m.all(), vec![(0x1000, id(1)), (0x4000, id(4))]);

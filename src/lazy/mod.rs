@@ -1,16 +1,18 @@
 //! Post-copy (lazy) restore: the userfaultfd daemon (DESIGN.md §4 "Lazy restore", issue #7).
 //!
-//! The restore rebuilds the process as usual but leaves its private anonymous memory that holds
-//! stored pages empty, registered MISSING with a userfaultfd the process created (so kernel-mode
-//! accesses fault too). The daemon serves each fault with `UFFDIO_COPY` (plus `prefetch` pages
+//! The restore rebuilds the process (every process of a tree) as usual but leaves its private
+//! anonymous memory that holds stored pages empty, registered MISSING with a userfaultfd the
+//! process created (so kernel-mode accesses fault too). One daemon serves every process of the
+//! tree, each an address space with its own pages (its page space of the set). The daemon serves each fault with `UFFDIO_COPY` (plus `prefetch` pages
 //! after it), follows fork/mremap/madvise/munmap events, and after `idle_push` without a fault
 //! pushes the remaining pages in large copies, until every page is resident. File-backed private
 //! VMAs and shared anonymous memory are filled eagerly, as in an eager restore.
 //!
 //! Safety of the restored process: the daemon never reads its memory. If the page source is
-//! lost for `source_timeout`, the daemon SIGKILLs it (and the children it forked while pages
-//! were missing) through pidfds. If the daemon itself dies, a watchdog process that holds a
-//! copy of the uffd (so pending faults keep waiting instead of reading zero pages) kills it.
+//! lost for `source_timeout`, the daemon SIGKILLs every process of the tree (and the children
+//! they forked while pages were missing) through pidfds. If the daemon itself dies, a watchdog
+//! process per restored process, holding a copy of its uffd (so pending faults keep waiting
+//! instead of reading zero pages), kills it.
 
 mod daemon;
 mod missing;
@@ -76,9 +78,10 @@ pub enum DaemonError {
     /// The daemon thread could not be started.
     #[error("cannot start the daemon thread: {0}")]
     Thread(#[source] std::io::Error),
-    /// The restore asked for a second daemon.
-    #[error("the lazy daemon was started twice")]
-    StartedTwice,
+    /// The daemon ended (its page source was lost, or it failed) before it could take the
+    /// next process of the tree.
+    #[error("the lazy daemon ended before it could serve pid {pid}")]
+    Ended { pid: i32 },
     /// `poll(2)` over the uffds and pidfds failed.
     #[error("waiting for faults: {0}")]
     Poll(#[source] crate::sys::SysError),
@@ -162,11 +165,11 @@ impl LazyOptions {
     }
 }
 
-/// A restored process whose memory a daemon thread is still serving.
+/// A restored process (tree) whose memory a daemon thread is still serving.
 pub struct LazyRestore {
-    /// What the rebuild did; `pid` runs already.
+    /// What the rebuild did; `pid` (and every process of its tree) runs already.
     pub outcome: RestoreOutcome,
-    /// Pages left to the daemon (stored pages of the private anonymous VMAs).
+    /// Pages left to the daemon (stored pages of the private anonymous VMAs of every process).
     pub pages_lazy: u64,
     daemon: std::thread::JoinHandle<Result<LazyReport, LazyError>>,
 }
@@ -177,8 +180,9 @@ impl LazyRestore {
         self.outcome.pid
     }
 
-    /// Waits until every page is resident (or the process exited, or the source was lost and
-    /// the process killed: then `source_lost` says why) and returns the lazy figures.
+    /// Waits until every page of every process is resident (or the processes exited, or the
+    /// source was lost and every process killed: then `source_lost` says why) and returns the
+    /// lazy figures of the whole tree.
     pub fn wait(self) -> Result<LazyReport, LazyError> {
         let pid = self.outcome.pid;
         self.daemon
@@ -228,8 +232,18 @@ pub fn restore_lazy(
             daemon: std::thread::spawn(|| Ok(LazyReport::default())),
         });
     };
-    let ranges = crate::restore::lazy_ranges(set, crate::restore::process_of(set)?);
-    let pages_lazy = missing::Missing::new(set.clone(), &ranges).left();
+    let pages_lazy = set
+        .processes()
+        .map(|(space, p)| {
+            let anon: Vec<(u64, u64)> = p
+                .vmas
+                .iter()
+                .filter(|v| v.kind == crate::image::VmaKind::Anon && !v.shared)
+                .map(|v| (v.start, v.end))
+                .collect();
+            missing::Missing::new(set.clone(), space, &anon).left()
+        })
+        .sum();
     Ok(LazyRestore {
         outcome,
         pages_lazy,
@@ -248,8 +262,15 @@ struct Hooks<'a> {
 }
 
 impl Hooks<'_> {
+    /// The first process starts the daemon; every other is handed to it.
     fn start_daemon(&mut self, ls: crate::restore::LazyStart) -> Result<(), DaemonError> {
-        let src = self.source.take().ok_or(DaemonError::StartedTwice)?;
+        if let Some(s) = &self.started {
+            return daemon::add(s, ls);
+        }
+        let Some(src) = self.source.take() else {
+            // The first start failed (and failed the restore): nothing is served.
+            return Err(DaemonError::Ended { pid: ls.pid });
+        };
         let s = daemon::start(
             self.set.clone(),
             ls,

@@ -41,7 +41,7 @@ pub fn check_compat(
             set.kernel
         )));
     }
-    check_tree(set, pid, lazy).map_err(|r| bad(r.0))?;
+    check_tree(set, pid).map_err(|r| bad(r.0))?;
     // A deleted tmpfs file the set makes again must find its path free.
     super::share::check_paths(set).map_err(|e| bad(e.to_string()))?;
     for (_, p) in set.processes() {
@@ -66,15 +66,10 @@ pub fn check_compat(
 
 /// What a tree needs beyond what each of its processes needs: a plan of its sessions and
 /// groups (`tree::plan`), fd tables shared with the parent, zombie statuses a process can end
-/// with, PIDs where the program cares (`pid = "any"`), and an eager restore.
-fn check_tree(set: &ImageSet, pid: PidChoice, lazy: bool) -> Result<(), Refusal> {
+/// with, and PIDs where the program cares (`pid = "any"`). A lazy restore serves every
+/// process's private memory (each its own page space), so it needs nothing more.
+fn check_tree(set: &ImageSet, pid: PidChoice) -> Result<(), Refusal> {
     let n = set.process_count();
-    if lazy && n > 1 {
-        return Err(Refusal(format!(
-            "it is a process tree ({n} processes) and a lazy restore serves one process only \
-             for now: restore it without --lazy"
-        )));
-    }
     let ours = (
         crate::sys::process::own_sid(),
         crate::sys::process::own_pgrp(),

@@ -276,16 +276,26 @@ pub(super) fn madvise_flags(rs: &mut dyn Inject, v: &Vma) -> StepResult {
     Ok(())
 }
 
-/// The set with only the pages outside `lazy` (sorted, disjoint ranges): what a lazy restore
-/// still fills itself. Built from the other VMAs' entries only, so its cost does not grow with
-/// the lazy memory.
-pub(super) fn eager_part(set: &ImageSet, p: &ProcessImage, lazy: &[(u64, u64)]) -> ImageSet {
+/// The set with only the pages outside `lazy` (sorted, disjoint ranges of `p`'s addresses):
+/// what a lazy restore still fills itself; `set` holds `p`'s pages under the keys `base + addr`
+/// (and so does the result). Built from the other VMAs' entries only, so its cost does not
+/// grow with the lazy memory.
+pub(super) fn eager_part(
+    set: &ImageSet,
+    base: u64,
+    p: &ProcessImage,
+    lazy: &[(u64, u64)],
+) -> ImageSet {
     let mut pages = crate::image::PageTable::new();
     for v in &p.vmas {
         if lazy.iter().any(|&(s, _)| s == v.start) {
             continue;
         }
-        for (a, r) in set.pages.range(v.start, v.end) {
+        // The space's keys end at the next space's (the vsyscall page lies beyond them).
+        let end = base
+            .saturating_add(v.end)
+            .min(base.saturating_add(1 << crate::image::SPACE_SHIFT));
+        for (a, r) in set.pages.range(base.saturating_add(v.start).min(end), end) {
             pages.insert(a, r);
         }
     }

@@ -17,7 +17,8 @@
 //! and made to end with their wait status, the parent's extra SIGCHLD taken back. One
 //! `share::Shared` serves the whole set. Nothing runs until every process is built (and, with
 //! `--verify state`, checked); a failure anywhere kills every process made so far. A lazy
-//! restore serves one process only: a tree is refused before anything is made.
+//! restore leaves every process's private anonymous memory to the daemon (`LazyHooks::start`
+//! once per process, at its *lazy* step, with its page space).
 //!
 //! **`pid = "any"`** gives every process a new PID. It is refused where the image shows that
 //! the program holds PIDs haul cannot change: a zombie (its parent reaps it by the PID fork
@@ -311,6 +312,8 @@ pub fn restore(
 #[derive(Debug)]
 pub struct LazyStart {
     pub pid: i32,
+    /// The process's page space in the set (`image::page_key`): 0 for the root.
+    pub space: u16,
     /// The userfaultfd the process created (taken with pidfd_getfd; its own copy is closed).
     /// No `UFFDIO_API` has been done on it yet.
     pub uffd: crate::sys::uffd::Uffd,
@@ -337,7 +340,8 @@ pub fn lazy_ranges(set: &ImageSet, p: &ProcessImage) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// What a lazy restore asks of its daemon, in this order.
+/// What a lazy restore asks of its daemon, in this order (`start` once per process of the
+/// set that has memory left lazy, root first, in tree order).
 pub trait LazyHooks {
     /// The process exists (parked, not yet seized). Work that would slow the spawn's fork
     /// down (allocating much memory) can start now.
@@ -359,9 +363,11 @@ pub fn restore_lazy(
     hooks: &mut dyn LazyHooks,
 ) -> Result<RestoreOutcome, RestoreError> {
     let start = Instant::now();
-    let process = compat::check_compat(set, opts.pid, true)?;
+    compat::check_compat(set, opts.pid, true)?;
     if opts.verify_state {
-        verify::require_record(set, process)?;
+        for (_, p) in set.processes() {
+            verify::require_record(set, p)?;
+        }
     }
     let mut out = rebuild::rebuild(set, source, opts, start, Some(hooks))?;
     out.restore_time = crate::util::us(start.elapsed());

@@ -69,15 +69,17 @@ pub(super) fn rebuild(
 
     let mut pages_restored = 0;
     let mut fill_time = 0;
+    // Each process's ranges left to the lazy daemon (none in an eager restore).
     let mut lazy_ranges = Vec::new();
     for i in 0..made.living.len() {
-        let hooks = if i == 0 { lazy.take() } else { None };
+        let hooks: Option<&mut dyn super::LazyHooks> = match lazy.as_mut() {
+            Some(h) => Some(&mut **h),
+            None => None,
+        };
         let b = build(&c, &mut made.living[i], source, opts, &mut shared, hooks)?;
         pages_restored += b.pages_restored;
         fill_time += b.fill_time;
-        if i == 0 {
-            lazy_ranges = b.lazy_ranges;
-        }
+        lazy_ranges.push(b.lazy_ranges);
     }
     // --verify state: compared while every thread of every process is still stopped, so a
     // process that differs is killed with the rest (by `made`) before any runs.
@@ -93,12 +95,8 @@ pub(super) fn rebuild(
         }
         for (i, pr) in made.living.iter().enumerate() {
             let view = memory::space_view(set, pr.space, false);
-            let (ranges, ids): (&[(u64, u64)], _) = if i == 0 {
-                (&lazy_ranges, &own)
-            } else {
-                (&[], &ids)
-            };
-            super::verify::check(&view, pr.p, pr.pid, ranges, ids)?;
+            let ids = if i == 0 { &own } else { &ids };
+            super::verify::check(&view, pr.p, pr.pid, &lazy_ranges[i], ids)?;
         }
     }
     // Let them all go, children before their parents.
@@ -165,6 +163,7 @@ fn build(
             hooks
                 .start(super::LazyStart {
                     pid,
+                    space: pr.space,
                     uffd: crate::sys::uffd::Uffd::from_owned(t.uffd),
                     pidfd: t.pidfd,
                     ranges,
@@ -178,8 +177,9 @@ fn build(
         if lazy_ranges.is_empty() {
             memory::fill(pid, &keyed, base, p, source)
         } else {
-            let eager = memory::eager_part(set, p, &lazy_ranges);
-            memory::fill(pid, &eager, 0, p, source)
+            // Under their keys (a page source checks them against the set).
+            let eager = memory::eager_part(&keyed, base, p, &lazy_ranges);
+            memory::fill(pid, &eager, base, p, source)
         }
     })?;
     let fill_time = crate::util::us(fill_start.elapsed());

@@ -1,0 +1,246 @@
+//! The daemon's background push: the pages no fault asked for, copied in once the tree has
+//! been idle for `idle_push`, from the source's stream (every space of the tree under its page
+//! keys, in the job's order) and then chunk by chunk.
+
+use std::time::Instant;
+
+use super::{Copied, Daemon, Fatal, Space, Stream, BRIDGE_PAGES, CHECK_PAGES, STREAM_WAIT};
+use crate::image::{split_key, PageId, PageRef, PAGE_SIZE};
+use crate::lazy::{NextPush, PushOrder};
+use crate::sys::uffd_restore as ur;
+use std::os::fd::AsRawFd;
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+impl Daemon {
+    /// Whether every process of the tree is served (or gone): the stream is of no more use.
+    fn tree_served(&self) -> bool {
+        self.spaces
+            .iter()
+            .filter(|s| s.tree)
+            .all(|s| s.dead || s.pending.is_empty())
+    }
+
+    /// One step of the background push: (part of) one batch of the stream of the tree's
+    /// spaces (started here when the source has one), else `push_pages` pages fetched chunk by
+    /// chunk.
+    pub(super) fn push(&mut self) -> Result<(), Fatal> {
+        if matches!(self.stream, Stream::NotStarted) {
+            self.stream = Stream::Over;
+            if !self.tree_served() {
+                let pages = self.push_list();
+                if let Some(st) = self.source.stream(&self.set, pages) {
+                    self.stream = Stream::Running { st, partial: None };
+                }
+            }
+        }
+        let served = self.tree_served();
+        let (batch, from) = match &mut self.stream {
+            Stream::Running { .. } if served => {
+                self.stream = Stream::Over;
+                return self.push_chunk();
+            }
+            Stream::Running { st, partial } => match partial.take() {
+                Some(p) => p,
+                // Wait for the reader only briefly: faults must not queue behind it.
+                None => match timed(&mut self.stats.push_wait, || st.next_within(STREAM_WAIT)) {
+                    NextPush::NotYet => return Ok(()),
+                    NextPush::Batch(Err(e)) => return Err(Fatal::Source(e)),
+                    NextPush::Batch(Ok(b)) => (b, 0),
+                    NextPush::End => {
+                        self.stream = Stream::Over;
+                        return self.push_chunk();
+                    }
+                },
+            },
+            _ => return self.push_chunk(),
+        };
+        let t = Instant::now();
+        let next = self.copy_batch(&batch.addrs, &batch.bytes, from);
+        self.stats.push_copy += t.elapsed();
+        let next = next?;
+        if let Stream::Running { st, partial } = &mut self.stream {
+            match next {
+                Some(k) => *partial = Some((batch, k)),
+                None => st.recycle(batch),
+            }
+        }
+        Ok(())
+    }
+
+    /// What the push of the tree's spaces copies, under their page keys, in the job's order
+    /// (and records the order used): space after space in address order, or the most often
+    /// dirtied first over the whole tree. In address order, short runs of zero pages between
+    /// missing ones are copied too ([`BRIDGE_PAGES`]): one large copy instead of many small
+    /// ones.
+    fn push_list(&mut self) -> Vec<(u64, PageRef)> {
+        let tree = || self.spaces.iter().filter(|s| s.tree && !s.dead);
+        let counts = match self.opts.order {
+            PushOrder::HotFirst => self.source.dirty_counts(&self.set),
+            PushOrder::Address => None,
+        };
+        let Some(counts) = counts else {
+            self.stats.push_order = if self.opts.order == PushOrder::HotFirst {
+                tracing::info!(
+                    pid = self.pid,
+                    "hot-first push: no pre-dump history to go by, pushing in address order"
+                );
+                "address (no pre-dump history to go by)".into()
+            } else {
+                "address".into()
+            };
+            return tree()
+                .flat_map(|sp| {
+                    let m = &sp.pending;
+                    m.all_bridged(BRIDGE_PAGES)
+                        .into_iter()
+                        .map(|(a, r)| (m.key(a), r))
+                })
+                .collect();
+        };
+        self.stats.push_order = "hot-first".into();
+        let pages = tree()
+            .flat_map(|sp| {
+                let m = &sp.pending;
+                m.all().into_iter().map(|(a, id)| (m.key(a), id))
+            })
+            .collect();
+        hot_first(pages, &counts)
+    }
+
+    /// The tree's space that page key `key` belongs to (not a forked child's: those share
+    /// their parent's keys), if it is still served.
+    fn space_of_key(&self, key: u64) -> Option<usize> {
+        let base = crate::image::space_bounds(split_key(key).0).0;
+        self.spaces
+            .iter()
+            .position(|s| s.tree && !s.dead && s.pending.key(0) == base)
+    }
+
+    /// Whether a fault or an event waits on any space being served.
+    fn events_waiting(&self) -> bool {
+        let fds: Vec<_> = self
+            .spaces
+            .iter()
+            .filter(|s| !s.dead)
+            .map(|s| s.uffd.as_raw_fd())
+            .collect();
+        ur::poll_readable(&fds, 0).map_or(true, |r| r.iter().any(|x| *x))
+    }
+
+    /// Copies the pages of a streamed batch (page keys `keys`) from its `from`th on that their
+    /// spaces still miss, in runs of contiguous addresses. Stops early when a fault or an
+    /// event waits (every [`CHECK_PAGES`] pages it looks): returns where to go on.
+    fn copy_batch(
+        &mut self,
+        keys: &[u64],
+        bytes: &[u8],
+        from: usize,
+    ) -> Result<Option<usize>, Fatal> {
+        let mut k = from;
+        let mut since_check = 0;
+        while k < keys.len() {
+            let Some(i) = self.space_of_key(keys[k]) else {
+                k += 1;
+                continue;
+            };
+            let addr = |sp: &Space, key: u64| sp.pending.addr_of(key);
+            let wanted = |sp: &Space, key: u64| sp.pending.wanted(sp.pending.addr_of(key));
+            if !wanted(&self.spaces[i], keys[k]) {
+                k += 1;
+                continue;
+            }
+            let mut j = k + 1;
+            while j < keys.len()
+                && keys[j] == keys[j - 1] + PAGE
+                && split_key(keys[j]).0 == split_key(keys[k]).0
+                && wanted(&self.spaces[i], keys[j])
+            {
+                j += 1;
+            }
+            let data = &bytes[k * PAGE_SIZE..j * PAGE_SIZE];
+            let start = addr(&self.spaces[i], keys[k]);
+            match self.copy_bytes(i, start, data)? {
+                Copied::All => self.stats.pushed += (j - k) as u64,
+                // Read the event, then go on from the first page still missing.
+                Copied::Again => return Ok(Some(k)),
+                // That process is gone: the rest of the batch may be another's.
+                Copied::Gone => {}
+            }
+            since_check += j - k;
+            k = j;
+            if since_check >= CHECK_PAGES && k < keys.len() {
+                since_check = 0;
+                if self.events_waiting() {
+                    return Ok(Some(k));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Pushes the next `push_pages` missing pages in address order (after the stream, or for
+    /// a source without one, or a forked child) of the first space that has any.
+    fn push_chunk(&mut self) -> Result<(), Fatal> {
+        let Some(i) = self
+            .spaces
+            .iter()
+            .position(|s| !s.dead && !s.pending.is_empty())
+        else {
+            return Ok(());
+        };
+        let take = self.spaces[i].pending.first(self.opts.push_pages.max(1));
+        if let Copied::All = self.fetch_and_copy(i, &take)? {
+            self.stats.pushed += take.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The hot-first push order of `pages` (in address order): most often dirtied over the
+/// pre-dumps first (`counts`; a page not in it counts 0). Stable: equally hot pages stay in
+/// address order, so they are still copied in long runs.
+fn hot_first(
+    pages: Vec<(u64, PageId)>,
+    counts: &std::collections::HashMap<u64, u32>,
+) -> Vec<(u64, PageRef)> {
+    let mut pages: Vec<(u64, PageRef)> = pages
+        .into_iter()
+        .map(|(a, id)| (a, PageRef::Stored(id)))
+        .collect();
+    pages.sort_by_key(|(a, _)| std::cmp::Reverse(counts.get(a).copied().unwrap_or(0)));
+    pages
+}
+
+/// Runs `f`, adding the time it took to `total`.
+fn timed<T>(total: &mut std::time::Duration, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    *total += t.elapsed();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_first_pushes_the_most_dirtied_first_and_keeps_address_order_among_equals() {
+        let id = |n: u8| PageId([n; 16]);
+        let pages: Vec<(u64, PageId)> = (1..=6u8).map(|n| (u64::from(n) * PAGE, id(n))).collect();
+        let counts = std::collections::HashMap::from([
+            (2 * PAGE, 3),
+            (4 * PAGE, 1),
+            (5 * PAGE, 3),
+            (6 * PAGE, 1),
+        ]);
+        let order: Vec<u64> = hot_first(pages, &counts)
+            .into_iter()
+            .map(|(a, r)| {
+                assert!(matches!(r, PageRef::Stored(_)));
+                a / PAGE
+            })
+            .collect();
+        assert_eq!(order, vec![2, 5, 4, 6, 1, 3]);
+    }
+}
