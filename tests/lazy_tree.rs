@@ -13,12 +13,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::tree::{descendants, Session};
 use common::{children_of, wait_for};
 use haul::image::{ImageSet, PageId, PageRef, VmaKind};
 use haul::lazy::{restore_lazy, LazyOptions, LazySource, SourceError, StoreSource};
@@ -26,72 +27,6 @@ use haul::restore::{PidChoice, Step};
 use haul::store::Store;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One test's run: its temp dir and store, the lock that keeps the other tests waiting, and
-/// the cleanup of every process left below the test process.
-struct Session {
-    dir: tempfile::TempDir,
-    _below: Below,
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl Session {
-    fn start() -> Session {
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
-        Session {
-            dir: tempfile::tempdir().expect("temp dir"),
-            _below: Below,
-            _serial: serial,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-}
-
-/// Every process below `pid`.
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for c in children_of(p) {
-            out.push(c);
-            todo.push(c);
-        }
-    }
-    out
-}
-
-/// Kills every process below the test process and reaps them, when dropped.
-struct Below;
-
-impl Drop for Below {
-    fn drop(&mut self) {
-        let me = std::process::id() as i32;
-        for _ in 0..200 {
-            let all = descendants(me);
-            if all.is_empty() {
-                return;
-            }
-            for p in &all {
-                let _ = nix::sys::signal::kill(Pid::from_raw(*p), nix::sys::signal::SIGKILL);
-            }
-            for p in children_of(me) {
-                let _ = waitpid(Pid::from_raw(p), Some(WaitPidFlag::WNOHANG));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!("left behind below the test: {:?}", descendants(me));
-    }
-}
 
 /// The tree: a parent that forks a child; each fills 4 MiB with its own random bytes (seeded:
 /// 1 for the parent, 2 for the child) and answers SIGUSR1 by writing the sha256 of them to

@@ -8,32 +8,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{fixture, read_numbers, wait_for};
+use common::{fixture, read_numbers, wait_for, MemSource};
 use haul::dump::{dump, DumpOptions, VecSink};
 use haul::image::{is_zero_page, ImageSet, PageId, PageRef, PageTable, SetKind};
-use haul::restore::{restore, PageSource, PidChoice, RestoreOptions, Step};
-
-/// Pages kept in memory by id, served in address order and verified like the store does.
-struct MemSource {
-    pages: HashMap<PageId, Vec<u8>>,
-}
-
-impl PageSource for MemSource {
-    fn for_each_page(
-        &self,
-        set: &ImageSet,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), haul::restore::BoxError>,
-    ) -> Result<(), haul::restore::BoxError> {
-        for (addr, r) in set.pages.iter() {
-            if let PageRef::Stored(id) = r {
-                let page = &self.pages[&id];
-                assert_eq!(PageId::of(page), id);
-                f(addr, page)?;
-            }
-        }
-        Ok(())
-    }
-}
+use haul::restore::{restore, PidChoice, RestoreOptions, Step};
 
 /// Dumps `pid` (killing it) into memory and returns the image set and its page source.
 fn dump_to_memory(pid: i32) -> (ImageSet, MemSource) {

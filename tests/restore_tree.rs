@@ -14,35 +14,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{fixture, read_numbers, verified, wait_for};
+use common::{fixture, read_numbers, verified, wait_for, MemSource};
 use haul::dump::{dump, DumpOptions, VecSink};
 use haul::image::{
     is_zero_page, page_key, ImageSet, PageId, PageRef, PageTable, ProcessImage, SetKind, Tree,
     ZombieImage,
 };
-use haul::restore::{restore, PageSource, PidChoice, RestoreOptions, Step};
-
-/// Pages kept in memory by id, served in key order and verified like the store does.
-struct MemSource {
-    pages: HashMap<PageId, Vec<u8>>,
-}
-
-impl PageSource for MemSource {
-    fn for_each_page(
-        &self,
-        set: &ImageSet,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), haul::restore::BoxError>,
-    ) -> Result<(), haul::restore::BoxError> {
-        for (key, r) in set.pages.iter() {
-            if let PageRef::Stored(id) = r {
-                let page = &self.pages[&id];
-                assert_eq!(PageId::of(page), id);
-                f(key, page)?;
-            }
-        }
-        Ok(())
-    }
-}
+use haul::restore::{restore, PidChoice, RestoreOptions, Step};
 
 /// One process of a tree to compose: its dumped image and where it goes.
 struct Member {

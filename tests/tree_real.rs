@@ -14,70 +14,16 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{children_of, wait_for};
+use common::tree::{descendants, Session};
+use common::wait_for;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 // ---- the session: one test at a time, everything below it killed and reaped at the end ----
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One test's run: its temp dir, its store, the lock that keeps the other tests of this file
-/// waiting, and the cleanup of every process left below the test process.
-struct Session {
-    dir: tempfile::TempDir,
-    // Dropped before the lock (fields drop in order): the next test starts clean.
-    _below: Below,
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl Session {
-    fn start() -> Session {
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
-        Session {
-            dir: tempfile::tempdir().expect("temp dir"),
-            _below: Below,
-            _serial: serial,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-}
-
-/// Kills every process below the test process and reaps them, when dropped.
-struct Below;
-
-impl Drop for Below {
-    fn drop(&mut self) {
-        let me = std::process::id() as i32;
-        for _ in 0..200 {
-            let all = descendants(me);
-            if all.is_empty() {
-                return;
-            }
-            for p in &all {
-                let _ = nix::sys::signal::kill(Pid::from_raw(*p), nix::sys::signal::SIGKILL);
-            }
-            for p in children_of(me) {
-                let _ = waitpid(Pid::from_raw(p), Some(WaitPidFlag::WNOHANG));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!("left behind below the test: {:?}", descendants(me));
-    }
-}
 
 // ---- what /proc shows of a tree ----
 
@@ -105,20 +51,6 @@ fn stat(pid: i32) -> Option<(i32, i32, i32, char, String)> {
     let mut num = || f.next().and_then(|x| x.parse::<i32>().ok());
     let (ppid, pgid, sid) = (num()?, num()?, num()?);
     Some((ppid, pgid, sid, state, comm))
-}
-
-/// Every process below `pid` (children, their children, ...).
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for c in children_of(p) {
-            out.push(c);
-            todo.push(c);
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 fn row(pid: i32) -> Option<Row> {

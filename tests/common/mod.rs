@@ -2,6 +2,8 @@
 //! binary, temp dirs, waiting for conditions.
 #![allow(dead_code)]
 
+pub mod tree;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -405,5 +407,28 @@ pub fn verified(pid: haul::restore::PidChoice) -> haul::restore::RestoreOptions 
         pid,
         verify_state: true,
         ..Default::default()
+    }
+}
+
+/// Pages kept in memory by id, served in key order and verified like the store does: a
+/// `PageSource` for tests that dump into a `VecSink` and restore without a store.
+pub struct MemSource {
+    pub pages: std::collections::HashMap<haul::image::PageId, Vec<u8>>,
+}
+
+impl haul::restore::PageSource for MemSource {
+    fn for_each_page(
+        &self,
+        set: &haul::image::ImageSet,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), haul::restore::BoxError>,
+    ) -> Result<(), haul::restore::BoxError> {
+        for (key, r) in set.pages.iter() {
+            if let haul::image::PageRef::Stored(id) = r {
+                let page = &self.pages[&id];
+                assert_eq!(haul::image::PageId::of(page), id);
+                f(key, page)?;
+            }
+        }
+        Ok(())
     }
 }
