@@ -195,7 +195,8 @@ fn dump_check_names_a_pipe_and_a_socket_pair_that_lead_outside_the_tree() {
         [
             format!(
                 "pid {child} fd 40: pipe:[{pipe}] leads to another process: its write end is \
-                 held by no process of the tree"
+                 held by no process of the tree, but by pid {} fd 41",
+                parent.pid
             ),
             format!(
                 "pid {child} fd 42: socket:[{sock}] (UNIX, a socket pair) leads to another \
