@@ -411,34 +411,6 @@ fn any_pid_gives_a_tree_new_pids_with_the_same_links() {
     assert!(counting, "a restored counter does not count");
 }
 
-struct NoDaemon;
-
-impl haul::restore::LazyHooks for NoDaemon {
-    fn start(&mut self, _: haul::restore::LazyStart) -> Result<(), haul::restore::BoxError> {
-        panic!("a refused lazy restore must not get this far");
-    }
-}
-
-#[test]
-fn a_lazy_restore_of_a_tree_is_refused_before_anything_is_made() {
-    adopt_orphans();
-    let dir = tempfile::tempdir().unwrap();
-    let (set, src, [pa, pb], _) = two(dir.path());
-    let e = haul::restore::restore_lazy(&set, &src, &verified(PidChoice::Same), &mut NoDaemon)
-        .expect_err("a lazy tree is refused");
-    let m = e.to_string();
-    assert!(
-        m.contains("process tree (2 processes)") && m.contains("without --lazy"),
-        "{m}"
-    );
-    for p in [pa, pb] {
-        assert!(
-            !Path::new(&format!("/proc/{p}")).exists(),
-            "pid {p} was made"
-        );
-    }
-}
-
 // ---- real trees, dumped whole (kill mode) and restored ----
 
 /// Dumps the tree rooted at `root` into `store` with kill mode; reaps every process of it (this
