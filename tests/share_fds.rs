@@ -230,6 +230,9 @@ fn a_forked_tree_shares_its_pipe_socket_pairs_and_file_offset_again_after_restor
         .unwrap_or_else(|e| panic!("dump of the tree of pid {parent}: {e}"))
         .set;
     r.child.wait().expect("reap the dumped original");
+    // Its child, killed with it, came to this test process (the subreaper): reap it, or its
+    // pid stays taken by a zombie.
+    let _ = haul::sys::host::reap(child);
     // The child's file is its parent's open file description; its pipe end and socket pair
     // ends are its own (the parent closed them), the other ends the parent's.
     let c = set
@@ -294,6 +297,9 @@ fn a_child_sharing_its_parents_fd_table_is_recorded_and_restored_sharing_it() {
         .unwrap_or_else(|e| panic!("dump of the tree of pid {parent}: {e}"))
         .set;
     r.child.wait().expect("reap the dumped original");
+    // Its child, killed with it, came to this test process (the subreaper): reap it, or its
+    // pid stays taken by a zombie.
+    let _ = haul::sys::host::reap(child);
     let c = set.processes().map(|(_, p)| p).find(|p| p.pid == child);
     assert_eq!(c.expect("the child in the image").files_of, Some(parent));
 
