@@ -382,14 +382,15 @@ fn an_inherited_fd_is_installed_through_a_socket_pair_with_scm_rights() {
 
 #[test]
 fn a_pipe_between_two_processes_is_made_at_its_first_end_and_filled_at_the_second() {
-    // The parent holds only the write end (fd 40); the child the read end (fd 3), which
+    // The parent holds only the write end (fd 940, far above any fd the tests' threads
+    // open, which the recorded pipe2 hands back); the child the read end (fd 3), which
     // carries what the pipe held.
     let (pr, pw) = crate::sys::pipe::pipe().unwrap();
     let (x, y) = UnixDatagram::pair().unwrap();
     let mut shared = Shared::default();
     let parent = ProcessImage {
         pid: 100,
-        fds: vec![pipe_of(77, 40, true, 0, b"")],
+        fds: vec![pipe_of(77, 940, true, 0, b"")],
         ..Default::default()
     };
     let mut r = Recorder::new(me());
@@ -411,12 +412,12 @@ fn a_pipe_between_two_processes_is_made_at_its_first_end_and_filled_at_the_secon
         [
             ("pipe2", calls[1].1, 0),
             ("close", a, 0),
-            ("dup3", b, 40),
+            ("dup3", b, 940),
             ("close", b, 0),
-            ("fcntl", 40, libc::F_SETFD as u64),
-            ("fcntl", 40, libc::F_SETFL as u64),
+            ("fcntl", 940, libc::F_SETFD as u64),
+            ("fcntl", 940, libc::F_SETFL as u64),
         ],
-        "the read end is closed in the parent, the write end put at 40"
+        "the read end is closed in the parent, the write end put at 940"
     );
     let child = ProcessImage {
         pid: 101,
@@ -521,7 +522,9 @@ fn a_socket_pair_between_two_processes_is_kept_by_haul_for_the_later_end() {
     let mut shared = Shared::default();
     let parent = ProcessImage {
         pid: 100,
-        fds: vec![pair_of(10, 500, 501, &[])],
+        // At 910: a number the real fds the recorded socketpair hands back (opened while
+        // other tests run in parallel) never take, so both are moved.
+        fds: vec![pair_of(910, 500, 501, &[])],
         ..Default::default()
     };
     let mut r = Recorder::new(me());
@@ -540,16 +543,16 @@ fn a_socket_pair_between_two_processes_is_kept_by_haul_for_the_later_end() {
         .collect();
     assert_eq!(
         calls[2..5],
-        [("close", b, 0), ("dup3", a, 10), ("close", a, 0)]
+        [("close", b, 0), ("dup3", a, 910), ("close", a, 0)]
     );
     // The child's end waits with "hi" queued: haul sends it from its copy of the parent's.
     let child = ProcessImage {
         pid: 101,
-        fds: vec![pair_of(11, 501, 500, &[b"hi"])],
+        fds: vec![pair_of(911, 501, 500, &[b"hi"])],
         ..Default::default()
     };
     let mut r = Recorder::new(me());
-    passing(&mut r, x.as_raw_fd(), y.as_raw_fd(), 11);
+    passing(&mut r, x.as_raw_fd(), y.as_raw_fd(), 911);
     crate::restore::fds::restore_fds(&mut r, &child, &mut shared).unwrap();
     assert_eq!(
         r.names(),
