@@ -88,6 +88,7 @@ fn compose(members: Vec<Member>, zombies: Vec<ZombieImage>) -> (ImageSet, MemSou
         tree: Tree {
             descendants: it.collect(),
             zombies,
+            ..Default::default()
         },
         pages: table,
         figures: Default::default(),

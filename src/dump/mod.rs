@@ -11,6 +11,7 @@
 //! the set is committed.
 
 mod check;
+mod fdkinds;
 mod freeze;
 mod lazy;
 mod memory;
@@ -617,6 +618,7 @@ pub(crate) fn dump_planned(
     let tree = crate::image::Tree {
         descendants: procs.collect(),
         zombies,
+        ipc: None,
     };
     Ok((
         DumpOutcome {

@@ -188,7 +188,13 @@ pub fn encode_manifest(set: &ImageSet) -> Result<Vec<u8>, EncodeError> {
         zstd::bulk::compress(&encode_table(&set.pages), 3).map_err(EncodeError::Compress)?;
     let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + table.len());
     out.extend_from_slice(MANIFEST_MAGIC);
-    let version = if set.tree.is_empty() {
+    // An older build reads a version-1 manifest and would silently leave out what it does
+    // not know: descendants, SysV IPC objects, seccomp filters. Only a set with none of them
+    // is written as version 1.
+    let plain = set.tree.is_empty()
+        && set.tree.ipc.is_none()
+        && set.processes().all(|(_, p)| p.seccomp.is_none());
+    let version = if plain {
         ONE_PROCESS_VERSION
     } else {
         MANIFEST_VERSION

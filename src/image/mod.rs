@@ -8,6 +8,13 @@ use std::fmt;
 
 pub mod attrs;
 pub mod encode;
+pub mod events;
+pub mod inet;
+pub mod ipc;
+pub mod seccomp;
+pub mod stored;
+pub mod tty;
+pub mod unix;
 
 pub use attrs::{ProcAttrs, ThreadAttrs};
 
@@ -269,6 +276,11 @@ pub struct Tree {
     /// of the set). Restored as zombies, so the parent's `wait` still sees their status.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zombies: Vec<ZombieImage>,
+    /// The SysV IPC objects (shared memory, semaphores, message queues) the processes use,
+    /// with their contents (see [`ipc`]); None when they use none. A one-process set may
+    /// have them too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<ipc::IpcImage>,
 }
 
 impl Tree {
@@ -375,6 +387,10 @@ pub struct ProcessImage {
     /// before it was recorded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub observed: BTreeMap<String, String>,
+    /// Its threads' seccomp filters (see [`seccomp`]), installed again as the last restore
+    /// step; None when no thread is filtered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<seccomp::SeccompImage>,
 }
 
 /// One armed interval timer, as `getitimer(2)` reported it at dump time.
@@ -700,6 +716,22 @@ pub enum FdKind {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         queued: Vec<Vec<u8>>,
     },
+    /// Any other unix socket: bound (a path or an abstract name), listening (with its
+    /// backlog), or connected to a socket of the checkpoint that is one (see [`unix`]).
+    Unix(unix::UnixSocket),
+    /// A TCP or UDP socket, IPv4 or IPv6, that is not connected: listening, or bound (see
+    /// [`inet`]).
+    Inet(inet::InetSocket),
+    /// An epoll instance with its registered targets (see [`events`]).
+    Epoll(events::EpollImage),
+    /// An inotify instance with its watches (see [`events`]).
+    Inotify(events::InotifyImage),
+    /// A file whose contents the image stores because no path reaches them: a memfd (with its
+    /// seals), a deleted file still open, a file in `/dev/shm` (see [`stored`]).
+    Stored(stored::StoredFile),
+    /// A terminal: a pty master or slave, or the terminal the process was started on (see
+    /// [`tty`]).
+    Tty(tty::TtyImage),
 }
 
 /// An eventfd, a timerfd or a signalfd (anonymous inodes whose whole state fdinfo shows).

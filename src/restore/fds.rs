@@ -10,97 +10,129 @@ use crate::sys::remote::{self, Inject};
 use std::os::fd::{AsFd, OwnedFd};
 
 /// Closes every inherited fd, then reopens the dumped ones at their numbers, flags and offsets.
+/// Epoll instances come last (with the fds that share them), once every target they watch is
+/// in place.
 pub(super) fn restore_fds(
     rs: &mut dyn Inject,
     p: &ProcessImage,
     shared: &mut super::share::Shared,
 ) -> StepResult {
-    let table = &mut shared.fds;
-    table.restoring(p.pid, rs.pid());
+    shared.fds.restoring(p.pid, rs.pid());
     remote::close_range(rs, 0, u32::MAX)?;
     let mut fds: Vec<_> = p.fds.iter().collect();
     fds.sort_by_key(|f| f.fd);
+    let is_epoll = |f: &FdImage| {
+        let first = f.same_as.and_then(|n| p.fds.iter().find(|g| g.fd == n));
+        matches!(first.unwrap_or(f).kind, FdKind::Epoll(_))
+    };
+    let (later, now): (Vec<&FdImage>, Vec<&FdImage>) = fds.into_iter().partition(|f| is_epoll(f));
     // Pipes and socket pairs made here (by inode): their other end is placed with them.
     let mut made = std::collections::HashSet::new();
-    for f in fds {
-        if let Some(first) = f.same_as {
-            // One open file description with a lower fd, already restored: share it.
-            remote::dup3(rs, first as u64, f.fd as u64, cloexec(f))?;
-            continue;
-        }
-        if let Some(r) = f.inherited {
-            // An earlier process's open file description: a copy of it, from that process.
-            let at = || format!("fd {}", f.fd);
-            let copy = table.copy_of(r, at)?;
-            remote::install_fd(rs, copy.as_fd(), f.fd as u64, cloexec(f)).at(at)?;
-            continue;
-        }
-        let (path, pos) = match &f.kind {
-            FdKind::File { path, pos, .. } => (path.as_str(), Some(*pos)),
-            FdKind::DevNull => ("/dev/null", None),
-            FdKind::DevZero => ("/dev/zero", None),
-            FdKind::DevUrandom => ("/dev/urandom", None),
-            FdKind::Pipe { ino, write, .. } => {
-                if made.contains(ino) {
-                    continue;
-                }
-                if table.pipe_end(*ino, *write).is_some() {
-                    // Made by an earlier process: haul kept this end for it.
-                    install_pipe_end(rs, f, table)?;
-                } else if own_end(p, |k| matches!(k, FdKind::Pipe { ino: i, write: w, .. } if i == ino && w != write)).is_some() {
-                    // Both ends here: both are made when the first of them comes.
-                    made.insert(*ino);
-                    make_pipe(rs, p, *ino)?;
-                } else {
-                    // The other end is a later process's.
-                    made.insert(*ino);
-                    make_pipe_for_later(rs, f, table)?;
-                }
-                continue;
+    for f in now {
+        restore_fd(rs, p, f, shared, &mut made)?;
+    }
+    for f in super::events::epoll_order(p, later) {
+        restore_fd(rs, p, f, shared, &mut made)?;
+    }
+    Ok(())
+}
+
+/// Restores fd `f` of `p` at its number.
+fn restore_fd(
+    rs: &mut dyn Inject,
+    p: &ProcessImage,
+    f: &FdImage,
+    shared: &mut super::share::Shared,
+    made: &mut std::collections::HashSet<u64>,
+) -> StepResult {
+    if let Some(first) = f.same_as {
+        // One open file description with a lower fd, already restored: share it.
+        remote::dup3(rs, first as u64, f.fd as u64, cloexec(f))?;
+        return Ok(());
+    }
+    let table = &mut shared.fds;
+    if let Some(r) = f.inherited {
+        // An earlier process's open file description: a copy of it, from that process.
+        let at = || format!("fd {}", f.fd);
+        let copy = table.copy_of(r, at)?;
+        remote::install_fd(rs, copy.as_fd(), f.fd as u64, cloexec(f)).at(at)?;
+        return Ok(());
+    }
+    let (path, pos) = match &f.kind {
+        FdKind::File { path, pos, .. } => (path.as_str(), Some(*pos)),
+        FdKind::DevNull => ("/dev/null", None),
+        FdKind::DevZero => ("/dev/zero", None),
+        FdKind::DevUrandom => ("/dev/urandom", None),
+        FdKind::Pipe { ino, write, .. } => {
+            if made.contains(ino) {
+                return Ok(());
             }
-            FdKind::UnixPair { ino, peer, .. } => {
-                if made.contains(ino) {
-                    continue;
-                }
-                if table.socket(*ino).is_some() {
-                    install_socket(rs, f, table)?;
-                } else {
-                    made.insert(*ino);
-                    made.insert(*peer);
-                    make_pair(rs, p, f, table)?;
-                }
-                continue;
+            if table.pipe_end(*ino, *write).is_some() {
+                // Made by an earlier process: haul kept this end for it.
+                install_pipe_end(rs, f, table)?;
+            } else if own_end(
+                p,
+                |k| matches!(k, FdKind::Pipe { ino: i, write: w, .. } if i == ino && w != write),
+            )
+            .is_some()
+            {
+                // Both ends here: both are made when the first of them comes.
+                made.insert(*ino);
+                make_pipe(rs, p, *ino)?;
+            } else {
+                // The other end is a later process's.
+                made.insert(*ino);
+                make_pipe_for_later(rs, f, table)?;
             }
-            FdKind::Anon(a) => {
-                let got = make_anon(rs, a, f.flags).at(|| format!("fd {}", f.fd))?;
-                move_fd(rs, got, f)?;
-                continue;
+            return Ok(());
+        }
+        FdKind::UnixPair { ino, peer, .. } => {
+            if made.contains(ino) {
+                return Ok(());
             }
-        };
-        let flags =
-            f.flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY) as u32);
-        let got = remote::open(rs, path, flags as i32).at(|| format!("fd {}", f.fd))?;
-        let fd = f.fd as u64;
-        move_fd(rs, got, f)?;
-        // An O_PATH fd has no offset (lseek fails with EBADF).
-        let o_path = f.flags & libc::O_PATH as u32 != 0;
-        if let Some(pos) = pos.filter(|_| !o_path) {
-            remote::lseek(rs, fd, pos)?;
+            if table.socket(*ino).is_some() {
+                install_socket(rs, f, table)?;
+            } else {
+                made.insert(*ino);
+                made.insert(*peer);
+                make_pair(rs, p, f, table)?;
+            }
+            return Ok(());
         }
-        for l in &f.locks {
-            take_lock(rs, f.fd, path, l)?;
+        FdKind::Unix(u) => return super::unix::make(rs, p, f, u, shared),
+        FdKind::Inet(i) => return super::inet::make(rs, p, f, i, shared),
+        FdKind::Epoll(e) => return super::events::make_epoll(rs, p, f, e, shared),
+        FdKind::Inotify(i) => return super::events::make_inotify(rs, p, f, i, shared),
+        FdKind::Stored(s) => return super::stored::make(rs, p, f, s, shared),
+        FdKind::Tty(t) => return super::tty::make(rs, p, f, t, shared),
+        FdKind::Anon(a) => {
+            let got = make_anon(rs, a, f.flags).at(|| format!("fd {}", f.fd))?;
+            move_fd(rs, got, f)?;
+            return Ok(());
         }
+    };
+    let flags = f.flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY) as u32);
+    let got = remote::open(rs, path, flags as i32).at(|| format!("fd {}", f.fd))?;
+    let fd = f.fd as u64;
+    move_fd(rs, got, f)?;
+    // An O_PATH fd has no offset (lseek fails with EBADF).
+    let o_path = f.flags & libc::O_PATH as u32 != 0;
+    if let Some(pos) = pos.filter(|_| !o_path) {
+        remote::lseek(rs, fd, pos)?;
+    }
+    for l in &f.locks {
+        take_lock(rs, f.fd, path, l)?;
     }
     Ok(())
 }
 
 /// Whether `f` is close-on-exec.
-fn cloexec(f: &FdImage) -> bool {
+pub(super) fn cloexec(f: &FdImage) -> bool {
     f.flags & libc::O_CLOEXEC as u32 != 0
 }
 
 /// Moves the new fd `got` to `f`'s number (with its close-on-exec flag), unless it is there.
-fn move_fd(rs: &mut dyn Inject, got: u64, f: &FdImage) -> StepResult {
+pub(super) fn move_fd(rs: &mut dyn Inject, got: u64, f: &FdImage) -> StepResult {
     let fd = f.fd as u64;
     if got != fd {
         remote::dup3(rs, got, fd, cloexec(f))?;

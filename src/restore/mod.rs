@@ -39,19 +39,24 @@ mod compat;
 mod create;
 mod creds;
 mod error;
+mod events;
 mod fds;
 mod fs;
+mod inet;
 mod layout;
 mod memory;
 mod mm;
 mod rebuild;
 mod share;
 mod signals;
+mod stored;
 #[cfg(test)]
 mod tests;
 mod threads;
 mod timers;
 mod tree;
+mod tty;
+mod unix;
 mod vdso;
 mod verify;
 

@@ -368,6 +368,7 @@ mod tests {
             tree: Tree {
                 descendants: it.collect(),
                 zombies,
+                ipc: None,
             },
             pages: Default::default(),
             figures: Default::default(),

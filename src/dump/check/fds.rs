@@ -3,7 +3,7 @@
 //! cannot take again...).
 
 use super::{process_gone, unsupported, Refusals};
-use crate::dump::DumpError;
+use crate::dump::{fdkinds, DumpError};
 use crate::image::{AnonFd, FdImage, FdKind, FileId, FileLock, LockKind};
 use crate::proc;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -124,8 +124,13 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
         .and_then(|s| s.strip_suffix(']'))
     {
         let ino: Option<u64> = ino.parse().ok();
-        if let Some(Some(kind)) = ino.map(|i| unix_pair(pid, fd, target, i)).transpose()? {
-            return Ok(kind);
+        if let Some(i) = ino {
+            if let Some(kind) = fdkinds::unix::kind(pid, fd, target, i)? {
+                return Ok(kind);
+            }
+            if let Some(kind) = fdkinds::inet::kind(pid, fd, target, i, info)? {
+                return Ok(kind);
+            }
         }
         let kind = ino.and_then(|i| socket_kind(pid, i)).unwrap_or("socket");
         return no(kind);
@@ -152,6 +157,11 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
                 ))
             });
         }
+        match name {
+            "eventpoll" => return fdkinds::events::epoll(pid, fd, target, info),
+            "inotify" => return fdkinds::events::inotify(pid, fd, target, info),
+            _ => {}
+        }
         let kind = match name {
             "eventfd" => "eventfd",
             "eventpoll" => "epoll",
@@ -169,7 +179,7 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
         return no(kind);
     }
     if target.starts_with("/memfd:") {
-        return no("memfd");
+        return fdkinds::stored::kind(pid, fd, target, info, None);
     }
     if !target.starts_with('/') {
         return no("special file");
@@ -188,11 +198,10 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
     // A file is restored as the same file or not at all: one that is deleted, or whose path
     // names another file now, is refused here rather than by the restore.
     if md.nlink() == 0 || target.ends_with(" (deleted)") {
-        return no(if ft.is_char_device() {
-            "deleted device file"
-        } else {
-            "deleted file"
-        });
+        if ft.is_char_device() {
+            return no("deleted device file");
+        }
+        return fdkinds::stored::kind(pid, fd, target, info, Some(&md));
     }
     // The path must name the very file open (an O_PATH|O_NOFOLLOW fd is the link itself).
     let now = if ft.is_symlink() {
@@ -221,7 +230,9 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
                 mode: md.mode(),
                 id: file_id(&md),
             }),
-            (4, _, _) | (5, _, _) | (136..=143, _, _) => no("tty"),
+            (4, _, _) | (5, _, _) | (136..=143, _, _) => {
+                fdkinds::tty::kind(pid, fd, target, info, &md)
+            }
             _ => no("device"),
         };
     }
@@ -240,63 +251,6 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
         mode: md.mode(),
         id: file_id(&md),
     })
-}
-
-/// A unix socket that is one end of a socket pair (`socketpair(2)`: unbound, connected to an
-/// unbound peer, not shut down), or the refusal of a unix socket that is not; `Ok(None)` for
-/// a socket that is not a unix one. Whether the peer is held in the tree is checked over the
-/// whole tree (`dump::share`); what waits in it is read under the freeze.
-fn unix_pair(pid: i32, fd: i32, target: &str, ino: u64) -> Result<Option<FdKind>, DumpError> {
-    use crate::sys::sockdiag::unix_sock;
-    let Some(s) = unix_sock(ino)? else {
-        return Ok(None);
-    };
-    let no = |why: String| {
-        Err(unsupported(format!(
-            "pid {pid} fd {fd}: {target} (UNIX, {why}) is not supported yet"
-        )))
-    };
-    let name = |n: &[u8]| {
-        if n.first() == Some(&0) {
-            format!("@{}", String::from_utf8_lossy(&n[1..]))
-        } else {
-            String::from_utf8_lossy(n).into_owned()
-        }
-    };
-    if s.is_listening() {
-        return no(format!(
-            "listening on {}",
-            s.name.as_deref().map_or("an unnamed address".into(), name)
-        ));
-    }
-    if let Some(n) = &s.name {
-        return no(format!("bound to {}", name(n)));
-    }
-    if s.peer == 0 {
-        return no("not connected, or its peer is closed".into());
-    }
-    if s.shutdown != 0 {
-        return no("shut down".into());
-    }
-    match unix_sock(s.peer)? {
-        Some(p) if p.name.is_some() => {
-            return no(format!(
-                "connected to {}",
-                p.name.as_deref().map_or(String::new(), name)
-            ))
-        }
-        Some(_) => {}
-        None => return no(format!("its peer socket:[{}] is gone", s.peer)),
-    }
-    if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&s.sock_type) {
-        return no(format!("socket type {}", s.sock_type));
-    }
-    Ok(Some(FdKind::UnixPair {
-        ino,
-        peer: s.peer,
-        sock_type: s.sock_type,
-        queued: Vec::new(),
-    }))
 }
 
 /// The identity of a file as `stat` sees it.

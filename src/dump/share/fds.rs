@@ -56,6 +56,14 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
             0,
         ),
         FdKind::UnixPair { ino, .. } => (6, *ino, 0),
+        // Compared by kcmp with every fd of their kind (a kind may key by inode once its
+        // record holds one).
+        FdKind::Unix(_) => (7, 0, 0),
+        FdKind::Inet(_) => (8, 0, 0),
+        FdKind::Epoll(_) => (9, 0, 0),
+        FdKind::Inotify(_) => (10, 0, 0),
+        FdKind::Stored(_) => (11, 0, 0),
+        FdKind::Tty(_) => (12, 0, 0),
     }
 }
 
@@ -238,6 +246,7 @@ pub(super) fn link(procs: &mut [ProcessImage]) -> Result<(), DumpError> {
     for p in procs.iter_mut().filter(|p| p.files_of.is_none()) {
         crate::dump::state::capture_pipes(p.pid, &mut p.fds)?;
         capture_queues(p.pid, &mut p.fds)?;
+        crate::dump::fdkinds::capture(p.pid, &mut p.fds)?;
     }
     Ok(())
 }
