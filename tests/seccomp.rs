@@ -241,7 +241,12 @@ fn a_haul_without_cap_sys_admin_refuses_a_filtered_process_by_name() {
         .arg(s.store())
         .env_remove("HAUL_STORE");
     let o = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+    // `--check` lists the reasons on stdout.
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(o.status.code(), Some(1), "{err}");
     // The main thread first; each filtered thread is named.
     assert!(
