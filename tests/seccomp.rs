@@ -74,7 +74,8 @@ fn filters(pid: i32) -> Vec<Vec<(u64, Vec<u8>)>> {
 /// Whether BPF program `prog` returns the constant `ret`.
 fn returns(prog: &[u8], ret: u32) -> bool {
     prog.chunks_exact(8).any(|i| {
-        u16::from_ne_bytes([i[0], i[1]]) == 0x06 && u32::from_ne_bytes([i[4], i[5], i[6], i[7]]) == ret
+        u16::from_ne_bytes([i[0], i[1]]) == 0x06
+            && u32::from_ne_bytes([i[4], i[5], i[6], i[7]]) == ret
     })
 }
 
@@ -133,7 +134,10 @@ fn filtered_threads_come_back_with_the_same_filters_in_the_same_order() {
     // Oldest first: the getppid filter, the LOG/KILL one (with its flag), then C's own.
     let c = &programs[2];
     assert!(returns(&c[0].1, ERRNO | 1234), "{c:?}");
-    assert!(returns(&c[1].1, KILL_PROCESS) && c[1].0 == FLAG_LOG, "{c:?}");
+    assert!(
+        returns(&c[1].1, KILL_PROCESS) && c[1].0 == FLAG_LOG,
+        "{c:?}"
+    );
     assert!(returns(&c[2].1, ERRNO | 77), "{c:?}");
     assert_eq!(programs[0], c[..2]);
     assert_eq!(programs[1], c[..2]);
@@ -182,7 +186,8 @@ fn a_dump_is_not_killed_by_a_filter_on_the_syscalls_it_injects() {
     assert!(d.stats.remote_syscalls > 0, "{:?}", d.stats);
     assert!(common::alive(pid));
     assert!(
-        wait_for(Duration::from_secs(5), || common::tracer_pid(pid) == Some(0)),
+        wait_for(Duration::from_secs(5), || common::tracer_pid(pid)
+            == Some(0)),
         "pid {pid} still traced"
     );
     assert_eq!(seccomp_status(pid), status);
@@ -258,7 +263,9 @@ fn a_haul_without_cap_sys_admin_refuses_a_filtered_process_by_name() {
     );
     let tid = threads(pid)[2];
     assert!(
-        err.contains(&format!("pid {pid} thread {tid} runs under seccomp (a filter)")),
+        err.contains(&format!(
+            "pid {pid} thread {tid} runs under seccomp (a filter)"
+        )),
         "{err}"
     );
     assert_eq!(common::tracer_pid(pid), Some(0));

@@ -88,7 +88,12 @@ impl SeccompImage {
             return 0;
         };
         chains.fold(first.len(), |n, c| {
-            first.iter().zip(c).take(n).take_while(|(a, b)| a == b).count()
+            first
+                .iter()
+                .zip(c)
+                .take(n)
+                .take_while(|(a, b)| a == b)
+                .count()
         })
     }
 

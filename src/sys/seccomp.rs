@@ -107,9 +107,7 @@ fn filter(tid: i32, index: u64) -> Result<Option<Vec<u8>>> {
     let what = || format!("ptrace(PTRACE_SECCOMP_GET_FILTER, {tid}, {index})");
     let n = match check(get(0), what) {
         Ok(n) => n as usize,
-        Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EINVAL)) => {
-            return Ok(None)
-        }
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EINVAL)) => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut buf = vec![0u8; n * INSN_SIZE];

@@ -37,14 +37,7 @@ pub fn seccomp_set_filter<R: Inject + ?Sized>(r: &mut R, flags: u64, program: &[
     let at = put_at(r, 0, &prog)?;
     r.call_ok(
         libc::SYS_seccomp,
-        [
-            u64::from(libc::SECCOMP_SET_MODE_FILTER),
-            flags,
-            at,
-            0,
-            0,
-            0,
-        ],
+        [u64::from(libc::SECCOMP_SET_MODE_FILTER), flags, at, 0, 0, 0],
         &format!("seccomp SECCOMP_SET_MODE_FILTER ({n} instructions, flags {flags:#x})"),
     )?;
     Ok(())
