@@ -148,6 +148,34 @@ mod tests {
     }
 
     #[test]
+    fn a_set_with_seccomp_filters_is_written_as_version_2_which_older_builds_refuse() {
+        use crate::image::encode::{decode_header, decode_manifest, encode_manifest};
+        let mut set = crate::image::ImageSet {
+            id: "j-1".into(),
+            job: "j".into(),
+            created_us: 5,
+            kind: crate::image::SetKind::Dump,
+            parent: None,
+            kernel: "6.18".into(),
+            process: Some(crate::image::ProcessImage {
+                pid: 42,
+                ..Default::default()
+            }),
+            tree: Default::default(),
+            pages: crate::image::PageTable::new(),
+            figures: Default::default(),
+        };
+        let plain = encode_manifest(&set).unwrap();
+        assert_eq!(decode_header(&plain).unwrap().version, 1);
+        let mut s = SeccompImage::default();
+        s.add_thread(42, vec![f(1, 2)]);
+        set.process.as_mut().unwrap().seccomp = Some(s);
+        let b = encode_manifest(&set).unwrap();
+        assert_eq!(decode_header(&b).unwrap().version, 2);
+        assert_eq!(decode_manifest(&b).unwrap(), set);
+    }
+
+    #[test]
     fn an_image_round_trips_through_json() {
         let mut s = SeccompImage::default();
         s.add_thread(10, vec![f(1, 2)]);

@@ -22,8 +22,6 @@ pub const PTRACE_O_SUSPEND_SECCOMP: u64 = libc::PTRACE_O_SUSPEND_SECCOMP as u64;
 pub const MODE_STRICT: u8 = libc::SECCOMP_MODE_STRICT as u8;
 /// `SECCOMP_MODE_FILTER`.
 pub const MODE_FILTER: u8 = libc::SECCOMP_MODE_FILTER as u8;
-/// `SECCOMP_FILTER_FLAG_LOG`: the one flag `PTRACE_SECCOMP_GET_METADATA` reports.
-pub const FILTER_FLAG_LOG: u64 = libc::SECCOMP_FILTER_FLAG_LOG as u64;
 /// `SECCOMP_RET_USER_NOTIF`: the filter hands the syscall to a listener (an fd elsewhere).
 pub const RET_USER_NOTIF: u32 = libc::SECCOMP_RET_USER_NOTIF;
 /// `SECCOMP_RET_ACTION_FULL`: the action bits of a filter's return value.
@@ -64,7 +62,12 @@ pub fn options_for(filtered: bool) -> u64 {
 /// Sets the ptrace options of stopped tracee `tid` of `pid` for its seccomp mode as
 /// `/proc` shows it now ([`options_for`]).
 pub fn set_tracee_options(pid: i32, tid: i32) -> Result<()> {
-    let filtered = mode(pid, tid)? != 0;
+    let filtered = match mode(pid, tid) {
+        Ok(m) => m != 0,
+        // A thread that is gone: `PTRACE_SETOPTIONS` reports it (ESRCH) as it always did.
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ESRCH)) => false,
+        Err(e) => return Err(e),
+    };
     ptrace::set_options(tid, options_for(filtered))
 }
 
