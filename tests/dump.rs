@@ -752,51 +752,6 @@ time.sleep(60)
 }
 
 #[test]
-fn refuses_a_seccomp_filtered_thread_before_touching_the_process() {
-    let dir = tempfile::tempdir().unwrap();
-    // A second thread installs an allow-everything filter (one BPF "return ALLOW"): seccomp
-    // is per thread, so only it is filtered.
-    let script = r#"
-import ctypes, struct, threading, time
-libc = ctypes.CDLL(None, use_errno=True)
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-insn = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0x7FFF0000))
-prog = Prog(1, ctypes.addressof(insn))
-done = threading.Event()
-def sandboxed():
-    assert libc.prctl(38, 1, 0, 0, 0) == 0
-    assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, ctypes.get_errno()
-    done.set()
-    time.sleep(60)
-threading.Thread(target=sandboxed, daemon=True).start()
-done.wait()
-print("ready", flush=True)
-time.sleep(60)
-"#;
-    let p = Running::logged(
-        clean_command("/usr/bin/python3").args(["-c", script]),
-        &dir.path().join("py.log"),
-        true,
-    );
-    let tid = haul::proc::tids(p.pid)
-        .unwrap()
-        .into_iter()
-        .find(|&t| t != p.pid)
-        .unwrap();
-    let maps_before = maps_text(p.pid);
-    assert_eq!(
-        refusal(p.pid),
-        format!(
-            "pid {} thread {tid} runs under seccomp (a filter): seccomp is not supported yet",
-            p.pid
-        )
-    );
-    assert_eq!(maps_text(p.pid), maps_before);
-    assert_eq!(common::tracer_pid(p.pid), Some(0));
-}
-
-#[test]
 fn refuses_a_process_in_its_own_pid_namespace() {
     // Its init is killed with unshare (--kill-child) and reaped here, not left a zombie.
     nix::sys::prctl::set_child_subreaper(true).unwrap();

@@ -68,6 +68,8 @@ impl Frozen {
                 }
             }
             if !new {
+                // Every thread is stopped: none can install a filter any more.
+                super::seccomp::suspend_filtered(&f)?;
                 return Ok(f);
             }
         }

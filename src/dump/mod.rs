@@ -16,6 +16,7 @@ mod freeze;
 mod lazy;
 mod memory;
 mod precopy;
+mod seccomp;
 mod share;
 mod state;
 mod to_store;
@@ -501,6 +502,8 @@ pub(crate) fn dump_planned(
         m.step(Step::State, || {
             state::capture_process(pid, &mut process, snapshot)
         })?;
+        // Its threads' seccomp filters (read by ptrace, the threads stopped).
+        m.step(Step::State, || seccomp::capture(f, &mut process))?;
         m.step(Step::Scratch, || f.map_scratch())?;
         fail(Step::Scratch)?;
         m.step(Step::Sigactions, || {

@@ -216,6 +216,7 @@ fn check_process(set: &ImageSet, p: &ProcessImage, pid: PidChoice) -> Result<(),
             p.pid
         )));
     }
+    super::seccomp::check(p).map_err(|r| bad(r.0))?;
     check_vdso_layout(p).map_err(|e| RestoreError::Vdso {
         set: set.id.clone(),
         source: Box::new(e),

@@ -47,6 +47,7 @@ mod layout;
 mod memory;
 mod mm;
 mod rebuild;
+mod seccomp;
 mod share;
 mod signals;
 mod stored;

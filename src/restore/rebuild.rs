@@ -205,6 +205,9 @@ fn build(
     let same = opts.pid == super::PidChoice::Same;
     c.step(Step::Threads, ipid, || -> StepResult {
         super::threads::thread_state(&mut rs, t)?;
+        // The seccomp filters every thread shares, inherited by the threads made next.
+        super::seccomp::suspend(p, pid)?;
+        super::seccomp::install_shared(&mut rs, p)?;
         pr.threads = vec![(pid, t.pending)];
         for t in &p.threads[1..] {
             let tid = super::threads::spawn_thread(&mut rs, t, scratch, same)?;
@@ -212,7 +215,8 @@ fn build(
             super::threads::finish_thread(pid, tid, t, p, scratch)?;
             pr.threads.last_mut().expect("pushed").1 = t.pending;
         }
-        Ok(())
+        // The main thread's own filters, now that no thread is made from it any more.
+        super::seccomp::install_own(&mut rs, p, t.tid)
     })?;
     let threads = pr.threads.clone();
     // Every thread exists: each goes back into its cgroups.

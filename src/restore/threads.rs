@@ -100,6 +100,9 @@ pub(super) fn finish_thread(
     ts.set_args_area(scratch + ARGS_OFF, ARGS_LEN);
     remote::set_name(&mut ts, &t.comm)?;
     thread_state(&mut ts, t)?;
+    // Its own seccomp filters, with haul's privileges (the shared ones it inherited).
+    super::seccomp::suspend(p, tid)?;
+    super::seccomp::install_own(&mut ts, p, t.tid)?;
     super::creds::restore_creds(&mut ts, p)?;
     super::attrs::thread_after_creds(&mut ts, &t.attrs)?;
     super::signals::queue_siginfo(&mut ts, tid, &t.pending_info, false)?;

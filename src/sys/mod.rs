@@ -14,6 +14,7 @@
 //! - [`spawn`]: the parked process a restore rebuilds (clone3 `set_tid`), re-parented away.
 //! - [`shm`]: the filesystem of a mapped file (`statfs`), SysV semaphores' last users.
 //! - [`process`]: pidfd, signals, robust lists, rlimits, clone3, `PR_SET_MM_MAP`, rseq constants.
+//! - [`seccomp`]: a thread's seccomp filters read by ptrace, and their suspension while haul injects.
 #![allow(unsafe_code)]
 
 pub mod file;
@@ -26,6 +27,7 @@ pub mod pipe;
 pub mod process;
 pub mod ptrace;
 pub mod remote;
+pub mod seccomp;
 pub mod shm;
 pub mod sockdiag;
 pub mod socket;

@@ -28,6 +28,7 @@ pub mod fake;
 mod fd;
 mod ids;
 mod mm;
+mod seccomp;
 mod signal;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ mod tests;
 pub use fd::*;
 pub use ids::*;
 pub use mm::*;
+pub use seccomp::*;
 pub use signal::*;
 
 /// A session of syscalls injected into one stopped thread: what a restore step needs of it.
@@ -141,10 +143,12 @@ pub struct RemoteSyscall {
 impl RemoteSyscall {
     /// Prepares injection into thread `tid` of process `pid`, which must be a ptrace-stopped
     /// tracee of the calling thread: saves its registers and finds a `syscall` instruction.
-    /// Sets `PTRACE_O_TRACESYSGOOD` on the thread (the only option haul's tracees have), so
-    /// that its syscall stops cannot be taken for a SIGTRAP of its own.
+    /// Sets `PTRACE_O_TRACESYSGOOD` on the thread, so that its syscall stops cannot be taken
+    /// for a SIGTRAP of its own, and `PTRACE_O_SUSPEND_SECCOMP` if it runs under seccomp (the
+    /// options haul's tracees have, see [`super::seccomp::options_for`]), so that its filters
+    /// neither refuse the injected syscalls nor kill it for them.
     pub fn new(pid: i32, tid: i32) -> Result<RemoteSyscall> {
-        ptrace::set_options(tid, ptrace::PTRACE_O_TRACESYSGOOD)?;
+        super::seccomp::set_tracee_options(pid, tid)?;
         let orig = ptrace::getregs(tid)?;
         let mem = ProcMem::open(pid)?;
         let insn = find_syscall_insn(pid, tid, &orig, &mem)?;

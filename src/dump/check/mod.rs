@@ -303,8 +303,8 @@ fn check_uses_into(
     before: Option<&Snapshot>,
     found: &mut Refusals,
 ) -> Result<Snapshot, DumpError> {
-    // Seccomp is per thread. A filter could refuse haul's injected syscalls or kill the
-    // process for them, and a restore would run the process without its sandbox.
+    // Seccomp is per thread. Its filters are read and suspended under the freeze (an
+    // injected syscall must be neither refused nor killed by them), which needs privilege.
     for tid in proc::tids(pid)? {
         let mode = match proc::task_status(pid, tid) {
             Ok(st) => st.seccomp,
@@ -312,16 +312,8 @@ fn check_uses_into(
             Err(e) if e.is_gone() => continue,
             Err(e) => return Err(e.into()),
         };
-        if mode != 0 {
-            let who = if tid == pid {
-                format!("pid {pid}")
-            } else {
-                format!("pid {pid} thread {tid}")
-            };
-            let what = if mode == 1 { "strict mode" } else { "a filter" };
-            found.add(unsupported(format!(
-                "{who} runs under seccomp ({what}): seccomp is not supported yet"
-            )));
+        if let Some(r) = crate::dump::seccomp::refusal(pid, tid, mode)? {
+            found.add(r);
         }
     }
     check_places(pid, found)?;

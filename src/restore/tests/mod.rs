@@ -4,6 +4,7 @@
 mod creds;
 mod files;
 mod memory;
+mod seccomp;
 mod signals;
 mod steps;
 mod tree;

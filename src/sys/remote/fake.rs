@@ -40,6 +40,7 @@ const NAMES: &[(&str, i64)] = &[
     ("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo),
     ("rt_sigtimedwait", libc::SYS_rt_sigtimedwait),
     ("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo),
+    ("seccomp", libc::SYS_seccomp),
     ("sendto", libc::SYS_sendto),
     ("sched_setaffinity", libc::SYS_sched_setaffinity),
     ("sched_setscheduler", libc::SYS_sched_setscheduler),
