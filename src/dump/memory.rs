@@ -148,8 +148,9 @@ pub(crate) fn copy_memory(
             (VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall, _) => {
                 continue
             }
-            // The file holds the pages of a shared file mapping.
-            (VmaKind::File, true) => continue,
+            // The file holds the pages of a shared file mapping; a SysV segment's are stored
+            // with the segment (`share::sysv`).
+            (VmaKind::File, true) | (VmaKind::SysvShm, _) => continue,
             // Private file mapping: only pages that are no longer the file's (copied on write),
             // which includes swapped ones (file pages are dropped, never swapped).
             (VmaKind::File, false) => {

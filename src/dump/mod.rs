@@ -456,11 +456,12 @@ pub(crate) fn dump_planned(
     stats.freezing_time = crate::util::us(t_seize.elapsed());
     let t_frozen = Instant::now();
     ctx.fail(Step::Seize)?;
-    if frozen.procs.len() > u16::MAX as usize {
+    // The page spaces above are the SysV segments' (`image::ipc`).
+    let most = crate::image::ipc::SYSV_SPACE_BASE as usize;
+    if frozen.procs.len() > most {
         return Err(DumpError::Refused(format!(
-            "the tree of pid {root} has {} processes: at most {} fit in an image set",
+            "the tree of pid {root} has {} processes: at most {most} fit in an image set",
             frozen.procs.len(),
-            u16::MAX
         )));
     }
     if let Some(what) = one_only {
@@ -558,6 +559,8 @@ pub(crate) fn dump_planned(
             )
         })?);
     }
+    // The SysV objects the tree uses, with their contents (segments in their own page spaces).
+    let ipc = ctx.step(Step::Memory, || share::sysv::capture(&procs, &mut split))?;
     stats.memdump_time = crate::util::us(t_mem.elapsed());
     ctx.fail(Step::Memory)?;
 
@@ -621,7 +624,7 @@ pub(crate) fn dump_planned(
     let tree = crate::image::Tree {
         descendants: procs.collect(),
         zombies,
-        ipc: None,
+        ipc,
     };
     Ok((
         DumpOutcome {

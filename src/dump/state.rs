@@ -169,6 +169,7 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
         "[vvar]" => VmaKind::Vvar,
         "[vvar_vclock]" => VmaKind::VvarVclock,
         "[vsyscall]" => VmaKind::Vsyscall,
+        _ if check::is_sysv_shm(m) => VmaKind::SysvShm,
         _ if check::is_shared_anon(m) => VmaKind::SharedAnon,
         _ if check::is_deleted_shm(m) => VmaKind::DeletedShm,
         _ if m.inode != 0 && m.path.starts_with('/') => VmaKind::File,
@@ -182,7 +183,7 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
     // Shared memory objects are told apart by inode (and, for files, device): the processes of
     // a tree that map one object are linked by it (`dump::share::memory::link`).
     let ino = match kind {
-        VmaKind::SharedAnon | VmaKind::DeletedShm => m.inode,
+        VmaKind::SharedAnon | VmaKind::DeletedShm | VmaKind::SysvShm => m.inode,
         _ => 0,
     };
     let file = if matches!(kind, VmaKind::File | VmaKind::DeletedShm) {

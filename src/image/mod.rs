@@ -569,6 +569,10 @@ pub enum VmaKind {
     /// " (deleted)" and `file` its identity (size). A restore creates the file again at that
     /// path (refusing if something is there), maps it, fills it and unlinks it.
     DeletedShm,
+    /// An attached SysV shared memory segment (`/SYSV<key> (deleted)` in maps); `ino` is its
+    /// shmid. The segment and its pages are in `Tree::ipc` (see [`ipc`]): a restore attaches
+    /// it again (`shmat`) at `start - pgoff`, and stores no pages for the mapping itself.
+    SysvShm,
 }
 
 /// Identity of a file at dump time, checked again at restore.
@@ -598,7 +602,7 @@ pub struct Vma {
     /// Two-letter VmFlags from smaps (`rd wr mr mw me ac gd ...`).
     pub vm_flags: Vec<String>,
     /// `SharedAnon` and `DeletedShm`: the inode of the memory object (`/proc/PID/maps`),
-    /// the same in every process that maps it.
+    /// the same in every process that maps it; `SysvShm`: the segment's shmid.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub ino: u64,
     /// `SharedAnon` and `DeletedShm` mapped by an earlier process of the tree too: the

@@ -11,6 +11,7 @@ mod maps;
 mod observe;
 mod stat;
 mod status;
+mod sysvipc;
 mod tree;
 
 pub use fd::{fd_target, fdinfo, fds, parse_fdinfo, FdInfo, FdLock};
@@ -18,6 +19,7 @@ pub use maps::{maps, maps_with_flags, parse_maps_line, parse_smaps, MapEntry};
 pub use observe::{observe, observe_with, Observed};
 pub use stat::{parse_stat, stat, task_stat, Stat};
 pub use status::{parse_status, status, task_status, Status};
+pub use sysvipc::{parse_sysvipc, sysvipc_rows};
 pub use tree::{tree, tree_order, TreeMember};
 
 use std::path::{Path, PathBuf};

@@ -26,6 +26,9 @@ pub enum StepError {
     /// Putting the process back into its cgroups failed.
     #[error(transparent)]
     Cgroup(#[from] super::cgroup::CgroupError),
+    /// Making the set's SysV IPC objects failed.
+    #[error(transparent)]
+    Sysv(#[from] super::share::SysvError),
     /// Reading the set's pages failed (the store names the pack and page).
     #[error(transparent)]
     Pages(super::BoxError),

@@ -115,6 +115,8 @@ pub(super) fn map_vmas(
 ) -> StepResult<Vec<Option<u32>>> {
     let me = rs.pid();
     let mut out = Vec::with_capacity(p.vmas.len());
+    // The protection of the SysV segment attached last, which its later pieces have.
+    let mut attached = 0;
     for v in &p.vmas {
         let (prot, flags) = map_prot_flags(v, set, lazy);
         let what = || format!("VMA {:#x}-{:#x} {}", v.start, v.end, v.name);
@@ -153,6 +155,15 @@ pub(super) fn map_vmas(
                     shared.mem.add(p.pid, v.start, h);
                 }
             }
+            VmaKind::SysvShm => {
+                // The segment (made before any process) is attached whole at the start of
+                // the attachment; its later pieces (split by mprotect) are in it already.
+                if v.pgoff == 0 {
+                    attached = attach_sysv(rs, v).at(what)?;
+                }
+                out.push(Some(attached));
+                continue;
+            }
             VmaKind::File => {
                 let fd = remote::open(rs, &v.name, mode | libc::O_CLOEXEC).at(what)?;
                 let r = remote::mmap(rs, v.start, v.len(), prot, flags, Some(fd), v.pgoff);
@@ -163,6 +174,32 @@ pub(super) fn map_vmas(
         out.push(Some(prot));
     }
     Ok(out)
+}
+
+/// Attaches SysV segment `v.ino` at `v.start` by an injected `shmat`: read-only unless the
+/// mapping may be written (VmFlags `mw`), executable if it is. Returns the protection the
+/// kernel gave it.
+fn attach_sysv(rs: &mut dyn Inject, v: &Vma) -> StepResult<u32> {
+    let mut flags = 0;
+    let mut prot = libc::PROT_READ as u32;
+    if v.has_flag("mw") {
+        prot |= libc::PROT_WRITE as u32;
+    } else {
+        flags |= libc::SHM_RDONLY;
+    }
+    if v.prot & libc::PROT_EXEC as u32 != 0 {
+        flags |= libc::SHM_EXEC;
+        prot |= libc::PROT_EXEC as u32;
+    }
+    let got = remote::shmat(rs, v.ino as i32, v.start, flags)?;
+    if got != v.start {
+        return Err(StepError::Moved {
+            from: v.ino,
+            want: v.start,
+            got,
+        });
+    }
+    Ok(prot)
 }
 
 /// Maps `v`, a later mapping of a shared memory object, from the object its first holder
@@ -323,7 +360,8 @@ pub(super) fn space_view(
     space: u16,
     keyed: bool,
 ) -> std::borrow::Cow<'_, ImageSet> {
-    if set.tree.descendants.is_empty() {
+    // (SysV segments keep their pages in spaces of their own.)
+    if set.tree.descendants.is_empty() && set.tree.ipc.is_none() {
         return std::borrow::Cow::Borrowed(set);
     }
     let pages = if keyed {

@@ -50,6 +50,15 @@ pub(super) fn rebuild(
             );
         }
     }
+    // The SysV objects exist before the processes that attach them; removed again (after
+    // the processes are killed: `made` is dropped first) if the restore fails.
+    let verdicts = super::share::sysv::plan(set).map_err(|reason| RestoreError::Incompatible {
+        set: set.id.clone(),
+        reason,
+    })?;
+    let ipc = c.step(Step::Spawn, root.pid, || {
+        super::share::sysv::make(set, &verdicts, source)
+    })?;
     let pid = c.step(Step::Spawn, root.pid, || {
         crate::sys::spawn::spawn_parked(same.then_some(root.pid))
     })?;
@@ -99,6 +108,8 @@ pub(super) fn rebuild(
             super::verify::check(&view, pr.p, pr.pid, &lazy_ranges[i], ids)?;
         }
     }
+    // Every segment is attached: the ones marked for deletion are marked again.
+    c.step(Step::Run, root.pid, || ipc.finish())?;
     // Let them all go, children before their parents.
     for pr in made.living.iter_mut().rev() {
         let pid = pr.pid;

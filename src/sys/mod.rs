@@ -13,6 +13,7 @@
 //! - [`uffd`]: userfaultfd ioctls.
 //! - [`spawn`]: the parked process a restore rebuilds (clone3 `set_tid`), re-parented away.
 //! - [`shm`]: the filesystem of a mapped file (`statfs`), SysV semaphores' last users.
+//! - [`sysvipc`]: SysV segments, semaphore sets and message queues: read, made, attached.
 //! - [`process`]: pidfd, signals, robust lists, rlimits, clone3, `PR_SET_MM_MAP`, rseq constants.
 //! - [`seccomp`]: a thread's seccomp filters read by ptrace, and their suspension while haul injects.
 #![allow(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod shm;
 pub mod sockdiag;
 pub mod socket;
 pub mod spawn;
+pub mod sysvipc;
 pub mod uffd;
 pub mod uffd_restore;
 

@@ -27,6 +27,7 @@ use super::{io_err, Result, SysError, PAGE_SIZE};
 pub mod fake;
 mod fd;
 mod ids;
+mod ipc;
 mod mm;
 mod seccomp;
 mod signal;
@@ -35,6 +36,7 @@ mod tests;
 
 pub use fd::*;
 pub use ids::*;
+pub use ipc::*;
 pub use mm::*;
 pub use seccomp::*;
 pub use signal::*;

@@ -23,13 +23,10 @@ pub(crate) fn check_mapping(pid: i32, m: &proc::MapEntry) -> Result<(), DumpErro
         return no("hugetlb memory");
     }
     let p = m.path.as_str();
-    if let Some(key) = p.strip_prefix("/SYSV") {
-        // "/SYSV<key in hex> (deleted)"; the inode is the segment's shmid.
-        let key = key.trim_end_matches(" (deleted)");
-        return no(&format!(
-            "SysV shared memory (key 0x{key}, shmid {})",
-            m.inode
-        ));
+    if is_sysv_shm(m) {
+        // "/SYSV<key in hex> (deleted)"; the inode is the segment's shmid. The segment is
+        // carried whole (`dump::share::sysv`), which refuses what it cannot carry.
+        return Ok(());
     }
     if p.starts_with("/memfd:") {
         return no("a memfd mapping");
@@ -78,6 +75,11 @@ pub(crate) fn is_deleted_shm(m: &proc::MapEntry) -> bool {
         && !p.starts_with("/memfd:")
 }
 
+/// An attached SysV shared memory segment: `/SYSV<key> (deleted)`, its inode the shmid.
+pub(crate) fn is_sysv_shm(m: &proc::MapEntry) -> bool {
+    m.path.starts_with("/SYSV") && m.shared
+}
+
 /// Shared anonymous memory shows as `/dev/zero (deleted)` (or `[anon_shmem:name]`).
 pub(crate) fn is_shared_anon(m: &proc::MapEntry) -> bool {
     m.shared && (m.path == "/dev/zero (deleted)" || m.path.starts_with("[anon_shmem:"))
@@ -115,12 +117,10 @@ mod tests {
 
     #[test]
     fn memory_a_restore_cannot_map_again_is_refused_by_kind() {
+        // An attached SysV segment is carried (dump::share::sysv refuses what it cannot).
         let m = map("7f00-7f10 rw-s 00000000 00:01 9 /SYSV00000000 (deleted)");
-        assert_eq!(
-            refusal(&m),
-            "pid 42 mapping 7f00-7f10 (/SYSV00000000 (deleted)): SysV shared memory (key \
-             0x00000000, shmid 9) is not supported yet"
-        );
+        assert!(check_mapping(42, &m).is_ok());
+        assert!(is_sysv_shm(&m));
         let cases = [
             (
                 "7f00-7f10 rw-s 00000000 00:01 9 /memfd:buf (deleted)",

@@ -7,7 +7,7 @@ mod maps;
 
 pub(crate) use fds::file_id;
 pub use fds::socket_kind;
-pub(crate) use maps::{check_mapping, is_deleted_shm, is_shared_anon};
+pub(crate) use maps::{check_mapping, is_deleted_shm, is_shared_anon, is_sysv_shm};
 
 use super::DumpError;
 use crate::image::FdImage;

@@ -82,7 +82,7 @@ impl Region {
             (VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall, _) => {
                 return None
             }
-            (VmaKind::File, true) => return None,
+            (VmaKind::File, true) | (VmaKind::SysvShm, _) => return None,
             (VmaKind::File, false) => Pages::NotFile,
             _ => Pages::All,
         };

@@ -1,5 +1,5 @@
 //! Shared memory objects mapped by several processes of a tree: shared anonymous memory
-//! inherited across fork, deleted tmpfs files (POSIX semaphores); and SysV IPC, refused.
+//! inherited across fork, deleted tmpfs files (POSIX semaphores). (SysV IPC: `sysv.rs`.)
 //!
 //! One object (same kind, device and inode) is stored once: its first holder in tree order
 //! keeps its pages, every later mapping of it gets `Vma::shared_with` naming that mapping and
@@ -93,7 +93,7 @@ fn from_map(pid: i32, m: &MapEntry) -> Mapping {
 }
 
 /// Refuses what a restore could not give back: a mapping of a shared object that its first
-/// holder in the tree does not cover, and SysV IPC objects the members use.
+/// holder in the tree does not cover, or that a process outside the tree maps too.
 pub(super) fn check(members: &[Member<'_>], found: &mut Refusals) -> Result<(), DumpError> {
     let maps: Vec<Mapping> = members
         .iter()
@@ -104,16 +104,6 @@ pub(super) fn check(members: &[Member<'_>], found: &mut Refusals) -> Result<(), 
     }
     let pids: BTreeSet<i32> = members.iter().map(|m| m.pid).collect();
     for e in outside_holders(&maps, &pids) {
-        found.add(e);
-    }
-    // An attached segment is refused with its mapping already (`check_mapping`).
-    let attached: BTreeSet<u64> = members
-        .iter()
-        .flat_map(|mb| mb.snapshot.maps.iter())
-        .filter(|m| m.path.starts_with("/SYSV"))
-        .map(|m| m.inode)
-        .collect();
-    for e in sysv_refusals(&pids, &attached)? {
         found.add(e);
     }
     Ok(())
@@ -222,96 +212,6 @@ pub(crate) fn object_regions(pid: i32, v: &Vma) -> Result<Vec<PageRegion>, DumpE
         })
         .filter(|r| r.end > r.start)
         .collect())
-}
-
-/// The SysV IPC objects of haul's IPC namespace (the members' too: a member in another one is
-/// refused by `check_places`) that a member created or used last, each refused by name.
-fn sysv_refusals(
-    pids: &BTreeSet<i32>,
-    attached: &BTreeSet<u64>,
-) -> Result<Vec<DumpError>, DumpError> {
-    let mut out = Vec::new();
-    let no =
-        |what: String| DumpError::Unsupported(format!("{what}: SysV IPC is not supported yet"));
-    // key shmid perms size cpid lpid nattch ...
-    for row in sysvipc_rows("shm")? {
-        let (Some(&key), Some(&id), Some(&cpid), Some(&lpid)) =
-            (row.first(), row.get(1), row.get(4), row.get(5))
-        else {
-            continue;
-        };
-        if attached.contains(&(id as u64)) {
-            continue;
-        }
-        for (pid, how) in [(cpid, "created"), (lpid, "last attached or detached")] {
-            if pids.contains(&(pid as i32)) {
-                out.push(no(format!(
-                    "pid {pid} {how} SysV shared memory segment shmid {id} (key {key:#x})"
-                )));
-                break;
-            }
-        }
-    }
-    // key msqid perms cbytes qnum lspid lrpid ...
-    for row in sysvipc_rows("msg")? {
-        let (Some(&key), Some(&id), Some(&lspid), Some(&lrpid)) =
-            (row.first(), row.get(1), row.get(5), row.get(6))
-        else {
-            continue;
-        };
-        for (pid, how) in [(lspid, "last sent to"), (lrpid, "last received from")] {
-            if pids.contains(&(pid as i32)) {
-                out.push(no(format!(
-                    "pid {pid} {how} SysV message queue msqid {id} (key {key:#x})"
-                )));
-                break;
-            }
-        }
-    }
-    // key semid perms nsems ...
-    for row in sysvipc_rows("sem")? {
-        let (Some(&key), Some(&id), Some(&nsems)) = (row.first(), row.get(1), row.get(3)) else {
-            continue;
-        };
-        for num in 0..nsems {
-            // A set removed meanwhile, or one haul may not read, tells nothing.
-            let Ok(pid) = crate::sys::shm::sem_last_pid(id as i32, num as i32) else {
-                break;
-            };
-            if pids.contains(&pid) {
-                out.push(no(format!(
-                    "pid {pid} last operated SysV semaphore {num} of set semid {id} (key {key:#x})"
-                )));
-                break;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The numeric columns of `/proc/sysvipc/KIND` (`shm`, `msg`, `sem`), header skipped. None if
-/// the kernel has no SysV IPC.
-fn sysvipc_rows(kind: &str) -> Result<Vec<Vec<i64>>, DumpError> {
-    let path = format!("/proc/sysvipc/{kind}");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(DumpError::Io {
-                context: format!("reading {path}"),
-                source: e,
-            })
-        }
-    };
-    Ok(parse_rows(&text))
-}
-
-fn parse_rows(text: &str) -> Vec<Vec<i64>> {
-    text.lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().map_while(|w| w.parse().ok()).collect())
-        .filter(|r: &Vec<i64>| !r.is_empty())
-        .collect()
 }
 
 #[cfg(test)]
@@ -448,13 +348,5 @@ mod tests {
         let r = |start| Some(VmaRef { pid: 1, start });
         assert_eq!(got, [r(0x1000), None, r(0x2000), None]);
         assert!(procs[0].vmas.iter().all(|v| v.shared_with.is_none()));
-    }
-
-    #[test]
-    fn sysvipc_rows_skip_the_header_and_keep_numbers() {
-        let t = "       key      shmid perms    size  cpid  lpid nattch\n\
-                 \x20        0          3   600    4096   100   200      1\n";
-        assert_eq!(parse_rows(t), [vec![0, 3, 600, 4096, 100, 200, 1]]);
-        assert!(parse_rows("key semid\n").is_empty());
     }
 }

@@ -1,5 +1,6 @@
 //! What the processes of a tree share (issue #13): open file descriptions, pipes and socket
-//! pairs between them (`fds.rs`), shared memory objects (`memory.rs`).
+//! pairs between them (`fds.rs`), shared memory objects (`memory.rs`), SysV IPC objects
+//! (`sysv.rs`, carried whole in `Tree::ipc`).
 //!
 //! Two passes over the whole tree, root first then the descendants in tree order (parents
 //! before children), the order a restore creates them in:
@@ -12,6 +13,7 @@
 
 mod fds;
 mod memory;
+pub(crate) mod sysv;
 
 pub(crate) use memory::object_regions;
 
@@ -29,7 +31,8 @@ pub(crate) struct Member<'a> {
 /// tree. Reads `/proc` only.
 pub(crate) fn check(members: &[Member<'_>], found: &mut Refusals) -> Result<(), DumpError> {
     fds::check(members, found)?;
-    memory::check(members, found)
+    memory::check(members, found)?;
+    sysv::check(members, found)
 }
 
 /// Marks what each process shares with an earlier one of `procs` (root first, tree order).

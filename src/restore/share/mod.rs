@@ -3,15 +3,18 @@
 //! pipe's other end, a memory object), so that a later process gets the same object instead
 //! of a new one. One [`Shared`] lives for the whole restore of a set; the processes are built
 //! in tree order (root first, parents before children), so the first holder always comes
-//! first. `fds.rs` keeps the file side, `memory.rs` the memory side.
+//! first. `fds.rs` keeps the file side, `memory.rs` the memory side; `sysv.rs` makes the SysV IPC
+//! objects before any process exists.
 
 mod fds;
 mod memory;
+pub(crate) mod sysv;
 
 pub(crate) use fds::FdTable;
 pub(crate) use memory::check_paths;
 pub use memory::MemShareError;
 pub(crate) use memory::{Holder, MemTable};
+pub use sysv::SysvError;
 
 /// What the processes built so far share with those still to come.
 #[derive(Default)]

@@ -7,6 +7,7 @@ mod memory;
 mod seccomp;
 mod signals;
 mod steps;
+mod sysv;
 mod tree;
 
 use super::error::StepError;

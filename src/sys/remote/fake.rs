@@ -51,6 +51,7 @@ const NAMES: &[(&str, i64)] = &[
     ("setgroups", libc::SYS_setgroups),
     ("setitimer", libc::SYS_setitimer),
     ("setpgid", libc::SYS_setpgid),
+    ("shmat", libc::SYS_shmat),
     ("setpriority", libc::SYS_setpriority),
     ("setresgid", libc::SYS_setresgid),
     ("setresuid", libc::SYS_setresuid),
