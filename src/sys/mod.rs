@@ -16,6 +16,7 @@
 //! - [`process`]: pidfd, signals, robust lists, rlimits, clone3, `PR_SET_MM_MAP`, rseq constants.
 #![allow(unsafe_code)]
 
+pub mod events;
 pub mod file;
 pub mod host;
 pub mod kcmp;
