@@ -266,6 +266,7 @@ fn check_process(set: &ImageSet, p: &ProcessImage, pid: PidChoice) -> Result<(),
             })?;
         }
     }
+    super::events::check_watches(p).map_err(|r| bad(r.0))?;
     // A restored process starts with haul's capabilities and can only be given fewer.
     let own_err = |what: &'static str| {
         move |e| RestoreError::Own {

@@ -134,6 +134,9 @@ pub enum StepError {
     /// The image holds something this build records but cannot rebuild yet.
     #[error("{what} cannot be restored yet")]
     NotYet { what: String },
+    /// An epoll or inotify instance could not be made as it was.
+    #[error(transparent)]
+    Events(#[from] super::events::EventsError),
     /// A shared memory object could not be made or mapped again.
     #[error(transparent)]
     SharedMem(#[from] super::share::MemShareError),

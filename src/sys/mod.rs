@@ -18,6 +18,7 @@
 //! - [`seccomp`]: a thread's seccomp filters read by ptrace, and their suspension while haul injects.
 #![allow(unsafe_code)]
 
+pub mod events;
 pub mod file;
 pub mod host;
 pub mod kcmp;

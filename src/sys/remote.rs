@@ -23,6 +23,7 @@ use super::mem::ProcMem;
 use super::ptrace::{self, Regs, Stop};
 use super::{io_err, Result, SysError, PAGE_SIZE};
 
+mod events;
 #[cfg(test)]
 pub mod fake;
 mod fd;
@@ -34,6 +35,7 @@ mod signal;
 #[cfg(test)]
 mod tests;
 
+pub use events::*;
 pub use fd::*;
 pub use ids::*;
 pub use ipc::*;

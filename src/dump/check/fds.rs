@@ -160,14 +160,13 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
         match name {
             "eventpoll" => return fdkinds::events::epoll(pid, fd, target, info),
             "inotify" => return fdkinds::events::inotify(pid, fd, target, info),
+            "io_uring" => return Err(unsupported(io_uring_refusal(pid, fd, target))),
             _ => {}
         }
         let kind = match name {
             "eventfd" => "eventfd",
-            "eventpoll" => "epoll",
             "signalfd" => "signalfd",
             "timerfd" => "timerfd",
-            "inotify" => "inotify",
             "fanotify" => "fanotify",
             "userfaultfd" => "userfaultfd",
             "pidfd" => "pidfd",
@@ -251,6 +250,15 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
         mode: md.mode(),
         id: file_id(&md),
     })
+}
+
+/// Why an io_uring instance is refused, and how programs are made to do without one.
+fn io_uring_refusal(pid: i32, fd: i32, target: &str) -> String {
+    format!(
+        "pid {pid} fd {fd}: {target} (io_uring) is not supported: its rings and the requests \
+         in flight cannot be carried. Start the program without it: UV_USE_IO_URING=0 for \
+         libuv (Node.js), or for every program the sysctl kernel.io_uring_disabled=2"
+    )
 }
 
 /// The identity of a file as `stat` sees it.
@@ -378,9 +386,11 @@ mod tests {
         ));
         let none = info("pos:\t0\nflags:\t02\nmnt_id:\t15\n");
         let cases = [
-            ("anon_inode:[eventpoll]", "(epoll)"),
             ("anon_inode:bpf-map", "(bpf)"),
-            ("anon_inode:[io_uring]", "(io_uring)"),
+            ("anon_inode:[fanotify]", "(fanotify)"),
+            ("anon_inode:[pidfd]", "(pidfd)"),
+            ("anon_inode:[userfaultfd]", "(userfaultfd)"),
+            ("anon_inode:[perf_event]", "(perf_event)"),
             ("/memfd:buf (deleted)", "(memfd)"),
             ("net:[4026531840]", "(special file)"),
             // An inode no table of ours lists: a socket of unknown kind.
@@ -392,6 +402,9 @@ mod tests {
                 format!("pid {me} fd 5: {target} {kind} is not supported yet")
             );
         }
+        assert!(refusal(fd_kind(me, 5, "anon_inode:[io_uring]", &none)).starts_with(&format!(
+            "pid {me} fd 5: anon_inode:[io_uring] (io_uring) is not supported: "
+        )));
         assert_eq!(
             refusal(fd_kind(me, 6, "anon_inode:[eventfd]", &none)),
             format!("pid {me} fd 6: anon_inode:[eventfd]: its fdinfo is not understood")

@@ -2,6 +2,7 @@
 //! order and arguments of the injected calls, and how a failing call stops a step.
 
 mod creds;
+mod events;
 mod files;
 mod memory;
 mod seccomp;
