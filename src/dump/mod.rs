@@ -555,6 +555,11 @@ pub(crate) fn dump_planned(
             )
         })?);
     }
+    // The contents of memfds and deleted files, still under the freeze, each in a page
+    // space of its own.
+    let files = ctx.step(Step::Memory, || {
+        fdkinds::stored::store_contents(&procs, &mut split)
+    })?;
     stats.memdump_time = crate::util::us(t_mem.elapsed());
     ctx.fail(Step::Memory)?;
 
@@ -619,6 +624,7 @@ pub(crate) fn dump_planned(
         descendants: procs.collect(),
         zombies,
         ipc: None,
+        files,
     };
     Ok((
         DumpOutcome {

@@ -68,7 +68,7 @@ fn filled(v: &Vma) -> bool {
         VmaKind::Anon => true,
         // A later mapping of a shared object: its first holder's pages fill the object.
         VmaKind::SharedAnon | VmaKind::DeletedShm => v.shared_with.is_none(),
-        VmaKind::File => !v.shared,
+        VmaKind::File | VmaKind::Memfd => !v.shared,
         _ => false,
     }
 }
@@ -153,6 +153,8 @@ pub(super) fn map_vmas(
                     shared.mem.add(p.pid, v.start, h);
                 }
             }
+            // The set's one file, made by the first process that needs it.
+            VmaKind::Memfd => super::stored::map(rs, v, prot, flags, shared).at(what)?,
             VmaKind::File => {
                 let fd = remote::open(rs, &v.name, mode | libc::O_CLOEXEC).at(what)?;
                 let r = remote::mmap(rs, v.start, v.len(), prot, flags, Some(fd), v.pgoff);
@@ -408,7 +410,7 @@ pub(super) fn fill(
     for v in p
         .vmas
         .iter()
-        .filter(|v| v.kind == VmaKind::File && !v.shared)
+        .filter(|v| matches!(v.kind, VmaKind::File | VmaKind::Memfd) && !v.shared)
     {
         for (key, r) in set.pages.range(base + v.start, base + v.end) {
             if r == PageRef::Zero {

@@ -30,6 +30,7 @@ pub mod shm;
 pub mod sockdiag;
 pub mod socket;
 pub mod spawn;
+pub mod stored;
 pub mod uffd;
 pub mod uffd_restore;
 

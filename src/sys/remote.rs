@@ -29,6 +29,7 @@ mod fd;
 mod ids;
 mod mm;
 mod signal;
+mod stored;
 #[cfg(test)]
 mod tests;
 
@@ -36,6 +37,7 @@ pub use fd::*;
 pub use ids::*;
 pub use mm::*;
 pub use signal::*;
+pub use stored::*;
 
 /// A session of syscalls injected into one stopped thread: what a restore step needs of it.
 /// [`RemoteSyscall`] is the real one; `fake::Recorder` (tests only) records every call and

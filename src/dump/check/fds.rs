@@ -381,7 +381,6 @@ mod tests {
             ("anon_inode:[eventpoll]", "(epoll)"),
             ("anon_inode:bpf-map", "(bpf)"),
             ("anon_inode:[io_uring]", "(io_uring)"),
-            ("/memfd:buf (deleted)", "(memfd)"),
             ("net:[4026531840]", "(special file)"),
             // An inode no table of ours lists: a socket of unknown kind.
             ("socket:[4294967295]", "(socket)"),

@@ -18,4 +18,6 @@ pub(crate) use memory::{Holder, MemTable};
 pub(crate) struct Shared {
     pub fds: FdTable,
     pub mem: MemTable,
+    /// The memfds and deleted files of the set, with haul's copy of each one made so far.
+    pub stored: super::stored::StoredTable,
 }

@@ -6,6 +6,7 @@ mod files;
 mod memory;
 mod signals;
 mod steps;
+mod stored;
 mod tree;
 
 use super::error::StepError;
