@@ -318,14 +318,15 @@ pub(super) fn eager_part(
 /// The pages of page space `space` of `set` as a set of their own: under their page keys
 /// (`keyed`: what a page source reads, since a page server checks keys against the set), or
 /// at the process's own addresses (what map, protect, verify and a lazy restore look at). A
-/// set without descendants is its own view in both senses (space 0 keys are addresses), and is
-/// given back as it is.
+/// set with no keys beyond space 0 is its own view in both senses (space 0 keys are
+/// addresses), and is given back as it is.
 pub(super) fn space_view(
     set: &ImageSet,
     space: u16,
     keyed: bool,
 ) -> std::borrow::Cow<'_, ImageSet> {
-    if set.tree.descendants.is_empty() {
+    // (Keys beyond space 0 are other processes', or stored files' and SysV segments'.)
+    if set.pages.range(1 << crate::image::SPACE_SHIFT, u64::MAX).next().is_none() {
         return std::borrow::Cow::Borrowed(set);
     }
     let pages = if keyed {
