@@ -355,9 +355,12 @@ fn refuses_a_pipe_to_another_process() {
 }
 
 #[test]
-fn refuses_memfd_by_kind() {
+fn refuses_fanotify_and_pidfd_by_kind() {
     let dir = tempfile::tempdir().unwrap();
-    for (make, kind) in [("os.memfd_create('x')", "memfd")] {
+    for (make, kind) in [
+        ("ctypes.CDLL(None).fanotify_init(0, 0)", "fanotify"),
+        ("os.pidfd_open(os.getpid())", "pidfd"),
+    ] {
         let script = format!(
             "import ctypes,os,select,time\nx={make}\nprint('ready',flush=True)\ntime.sleep(60)"
         );

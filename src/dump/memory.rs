@@ -148,12 +148,13 @@ pub(crate) fn copy_memory(
             (VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall, _) => {
                 continue
             }
-            // The file holds the pages of a shared file mapping; a SysV segment's are stored
-            // with the segment (`share::sysv`).
-            (VmaKind::File, true) | (VmaKind::SysvShm, _) => continue,
+            // The file holds the pages of a shared file mapping (a memfd's are stored with
+            // the file, `fdkinds::stored`); a SysV segment's are stored with the segment
+            // (`share::sysv`).
+            (VmaKind::File | VmaKind::Memfd, true) | (VmaKind::SysvShm, _) => continue,
             // Private file mapping: only pages that are no longer the file's (copied on write),
             // which includes swapped ones (file pages are dropped, never swapped).
-            (VmaKind::File, false) => {
+            (VmaKind::File | VmaKind::Memfd, false) => {
                 |c| c & PAGE_IS_SWAPPED != 0 || (c & PAGE_IS_PRESENT != 0 && c & PAGE_IS_FILE == 0)
             }
             // Anonymous memory, private or shared: every page present or swapped.
@@ -182,7 +183,7 @@ pub(crate) fn copy_memory(
                                 addr,
                                 pages: pages as usize,
                                 readable,
-                                file: vma.kind == VmaKind::File,
+                                file: matches!(vma.kind, VmaKind::File | VmaKind::Memfd),
                             },
                             pool,
                             sink,
@@ -201,7 +202,7 @@ pub(crate) fn copy_memory(
                         addr: r.start,
                         pages: r.pages() as usize,
                         readable,
-                        file: vma.kind == VmaKind::File,
+                        file: matches!(vma.kind, VmaKind::File | VmaKind::Memfd),
                     },
                     pool,
                     sink,

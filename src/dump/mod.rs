@@ -561,6 +561,11 @@ pub(crate) fn dump_planned(
     }
     // The SysV objects the tree uses, with their contents (segments in their own page spaces).
     let ipc = ctx.step(Step::Memory, || share::sysv::capture(&procs, &mut split))?;
+    // The contents of memfds and deleted files, still under the freeze, each in a page
+    // space of its own.
+    let files = ctx.step(Step::Memory, || {
+        fdkinds::stored::store_contents(&procs, &mut split)
+    })?;
     stats.memdump_time = crate::util::us(t_mem.elapsed());
     ctx.fail(Step::Memory)?;
 
@@ -625,6 +630,7 @@ pub(crate) fn dump_planned(
         descendants: procs.collect(),
         zombies,
         ipc,
+        files,
     };
     Ok((
         DumpOutcome {

@@ -172,6 +172,7 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
         _ if check::is_sysv_shm(m) => VmaKind::SysvShm,
         _ if check::is_shared_anon(m) => VmaKind::SharedAnon,
         _ if check::is_deleted_shm(m) => VmaKind::DeletedShm,
+        _ if m.path.starts_with("/memfd:") => VmaKind::Memfd,
         _ if m.inode != 0 && m.path.starts_with('/') => VmaKind::File,
         _ => VmaKind::Anon,
     };
@@ -183,10 +184,10 @@ fn vma_image(pid: i32, m: &proc::MapEntry) -> Result<Vma, DumpError> {
     // Shared memory objects are told apart by inode (and, for files, device): the processes of
     // a tree that map one object are linked by it (`dump::share::memory::link`).
     let ino = match kind {
-        VmaKind::SharedAnon | VmaKind::DeletedShm | VmaKind::SysvShm => m.inode,
+        VmaKind::SharedAnon | VmaKind::DeletedShm | VmaKind::SysvShm | VmaKind::Memfd => m.inode,
         _ => 0,
     };
-    let file = if matches!(kind, VmaKind::File | VmaKind::DeletedShm) {
+    let file = if matches!(kind, VmaKind::File | VmaKind::DeletedShm | VmaKind::Memfd) {
         // map_files/ resolves to the very file mapped, even if the path was replaced since.
         let link = format!("/proc/{pid}/map_files/{}", m.map_files_name());
         let md = std::fs::metadata(&link)

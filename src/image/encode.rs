@@ -75,9 +75,16 @@ pub struct SetMeta {
     pub kernel: String,
     pub figures: SetFigures,
     pub process: Option<ProcessImage>,
-    /// The root's descendants (absent in a one-process set).
-    #[serde(default, skip_serializing_if = "Tree::is_empty")]
+    /// The root's descendants, and what the set holds beside its processes (SysV IPC
+    /// objects, stored files); absent in a one-process set without them.
+    #[serde(default, skip_serializing_if = "holds_nothing")]
     pub tree: Tree,
+}
+
+/// A tree with no other process, no SysV IPC objects and no stored files: left out of the
+/// manifest.
+fn holds_nothing(t: &Tree) -> bool {
+    t.is_empty() && t.ipc.is_none() && t.files.is_empty()
 }
 
 impl SetMeta {
@@ -191,8 +198,7 @@ pub fn encode_manifest(set: &ImageSet) -> Result<Vec<u8>, EncodeError> {
     // An older build reads a version-1 manifest and would silently leave out what it does
     // not know: descendants, SysV IPC objects, seccomp filters. Only a set with none of them
     // is written as version 1.
-    let plain = set.tree.is_empty()
-        && set.tree.ipc.is_none()
+    let plain = holds_nothing(&set.tree)
         && set.processes().all(|(_, p)| p.seccomp.is_none());
     let version = if plain {
         ONE_PROCESS_VERSION

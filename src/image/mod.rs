@@ -281,6 +281,10 @@ pub struct Tree {
     /// have them too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipc: Option<ipc::IpcImage>,
+    /// The files whose contents the set stores (memfds, deleted files still open), each with
+    /// a page space of its own (see [`stored`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<stored::StoredObject>,
 }
 
 impl Tree {
@@ -573,6 +577,11 @@ pub enum VmaKind {
     /// shmid. The segment and its pages are in `Tree::ipc` (see [`ipc`]): a restore attaches
     /// it again (`shmat`) at `start - pgoff`, and stores no pages for the mapping itself.
     SysvShm,
+    /// A mapping of a memfd, shared or private: the file is a stored file of the set
+    /// (`Tree::files`, by `file`'s dev and `ino`), whose contents the image keeps once
+    /// (see [`stored`]); a private mapping carries its written pages like a private file
+    /// mapping. A restore maps the one file made for the set at `pgoff`.
+    Memfd,
 }
 
 /// Identity of a file at dump time, checked again at restore.
@@ -601,8 +610,9 @@ pub struct Vma {
     pub file: Option<FileId>,
     /// Two-letter VmFlags from smaps (`rd wr mr mw me ac gd ...`).
     pub vm_flags: Vec<String>,
-    /// `SharedAnon` and `DeletedShm`: the inode of the memory object (`/proc/PID/maps`),
-    /// the same in every process that maps it; `SysvShm`: the segment's shmid.
+    /// `SharedAnon`, `DeletedShm` and `Memfd`: the inode of the memory object
+    /// (`/proc/PID/maps`), the same in every process that maps it; `SysvShm`: the segment's
+    /// shmid.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub ino: u64,
     /// `SharedAnon` and `DeletedShm` mapped by an earlier process of the tree too: the

@@ -46,6 +46,8 @@ pub fn check_compat(
     super::share::check_paths(set).map_err(|e| bad(e.to_string()))?;
     // The SysV objects it makes again must find their ids and keys free (or their own left).
     super::share::sysv::plan(set).map_err(bad)?;
+    // A deleted file still open is made again in its directory.
+    super::stored::check_dirs(set).map_err(bad)?;
     for (_, p) in set.processes() {
         check_process(set, p, pid).map_err(|e| match e {
             // A descendant's reason names it.

@@ -140,6 +140,9 @@ pub enum StepError {
     /// A shared memory object could not be made or mapped again.
     #[error(transparent)]
     SharedMem(#[from] super::share::MemShareError),
+    /// A memfd or deleted file could not be made again with its contents.
+    #[error(transparent)]
+    Stored(#[from] super::stored::StoredError),
 }
 
 fn to_thread(tid: Option<i32>) -> String {

@@ -68,7 +68,7 @@ fn filled(v: &Vma) -> bool {
         VmaKind::Anon => true,
         // A later mapping of a shared object: its first holder's pages fill the object.
         VmaKind::SharedAnon | VmaKind::DeletedShm => v.shared_with.is_none(),
-        VmaKind::File => !v.shared,
+        VmaKind::File | VmaKind::Memfd => !v.shared,
         _ => false,
     }
 }
@@ -164,6 +164,8 @@ pub(super) fn map_vmas(
                 out.push(Some(attached));
                 continue;
             }
+            // The set's one file, made by the first process that needs it.
+            VmaKind::Memfd => super::stored::map(rs, v, prot, flags, shared).at(what)?,
             VmaKind::File => {
                 let fd = remote::open(rs, &v.name, mode | libc::O_CLOEXEC).at(what)?;
                 let r = remote::mmap(rs, v.start, v.len(), prot, flags, Some(fd), v.pgoff);
@@ -353,15 +355,15 @@ pub(super) fn eager_part(
 /// The pages of page space `space` of `set` as a set of their own: under their page keys
 /// (`keyed`: what a page source reads, since a page server checks keys against the set), or
 /// at the process's own addresses (what map, protect, verify and a lazy restore look at). A
-/// set without descendants is its own view in both senses (space 0 keys are addresses), and is
-/// given back as it is.
+/// set with no keys beyond space 0 is its own view in both senses (space 0 keys are
+/// addresses), and is given back as it is.
 pub(super) fn space_view(
     set: &ImageSet,
     space: u16,
     keyed: bool,
 ) -> std::borrow::Cow<'_, ImageSet> {
-    // (SysV segments keep their pages in spaces of their own.)
-    if set.tree.descendants.is_empty() && set.tree.ipc.is_none() {
+    // (Keys beyond space 0 are other processes', or stored files' and SysV segments'.)
+    if set.pages.range(1 << crate::image::SPACE_SHIFT, u64::MAX).next().is_none() {
         return std::borrow::Cow::Borrowed(set);
     }
     let pages = if keyed {
@@ -446,7 +448,7 @@ pub(super) fn fill(
     for v in p
         .vmas
         .iter()
-        .filter(|v| v.kind == VmaKind::File && !v.shared)
+        .filter(|v| matches!(v.kind, VmaKind::File | VmaKind::Memfd) && !v.shared)
     {
         for (key, r) in set.pages.range(base + v.start, base + v.end) {
             if r == PageRef::Zero {

@@ -39,6 +39,10 @@ pub(super) fn rebuild(
         fail_at: opts.fail_at,
         root: root.pid,
     };
+    // The contents of the memfds and deleted files (read before any process exists), made
+    // again by whichever process first needs each.
+    shared.stored = super::stored::StoredTable::load(set, source)
+        .map_err(|e| c.err(Step::Fill, root.pid, e))?;
     let same = opts.pid == super::PidChoice::Same;
     for (_, p) in set.processes() {
         if !same && p.threads.len() > 1 {
@@ -90,6 +94,8 @@ pub(super) fn rebuild(
         fill_time += b.fill_time;
         lazy_ranges.push(b.lazy_ranges);
     }
+    // Seals last, once every mapping of a sealed file is made.
+    c.step(Step::Files, root.pid, || shared.stored.seal())?;
     // --verify state: compared while every thread of every process is still stopped, so a
     // process that differs is killed with the rest (by `made`) before any runs.
     if opts.verify_state {

@@ -369,6 +369,7 @@ mod tests {
                 descendants: it.collect(),
                 zombies,
                 ipc: None,
+                files: Vec::new(),
             },
             pages: Default::default(),
             figures: Default::default(),

@@ -34,6 +34,7 @@ pub mod shm;
 pub mod sockdiag;
 pub mod socket;
 pub mod spawn;
+pub mod stored;
 pub mod sysvipc;
 pub mod uffd;
 pub mod uffd_restore;

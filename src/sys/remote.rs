@@ -32,6 +32,7 @@ mod ipc;
 mod mm;
 mod seccomp;
 mod signal;
+mod stored;
 #[cfg(test)]
 mod tests;
 
@@ -42,6 +43,7 @@ pub use ipc::*;
 pub use mm::*;
 pub use seccomp::*;
 pub use signal::*;
+pub use stored::*;
 
 /// A session of syscalls injected into one stopped thread: what a restore step needs of it.
 /// [`RemoteSyscall`] is the real one; `fake::Recorder` (tests only) records every call and

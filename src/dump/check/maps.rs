@@ -29,7 +29,8 @@ pub(crate) fn check_mapping(pid: i32, m: &proc::MapEntry) -> Result<(), DumpErro
         return Ok(());
     }
     if p.starts_with("/memfd:") {
-        return no("a memfd mapping");
+        // Its contents are stored with the set's stored files (`fdkinds::stored`).
+        return crate::dump::fdkinds::stored::check_mapping(pid, m);
     }
     if is_shared_anon(m) {
         return Ok(());
@@ -122,10 +123,6 @@ mod tests {
         assert!(check_mapping(42, &m).is_ok());
         assert!(is_sysv_shm(&m));
         let cases = [
-            (
-                "7f00-7f10 rw-s 00000000 00:01 9 /memfd:buf (deleted)",
-                "a memfd mapping",
-            ),
             (
                 "7f00-7f10 rw-p 00000000 fe:00 9 /tmp/x (deleted)",
                 "a private mapping of a deleted file",

@@ -1,10 +1,23 @@
-//! Files whose contents the image stores: memfds, deleted-but-open files, `/dev/shm` files.
+//! Files whose contents the image stores: memfds (with their seals) and deleted files still
+//! open (see `image::stored`). `kind` recognises an fd on one (or refuses it by name),
+//! `check_mapping` a mapping of a memfd; under the freeze, once every process is captured,
+//! `store_contents` makes the set's table of stored files and copies each file's data (holes
+//! left out) into its own page space.
+
+use std::collections::HashSet;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use super::unsupported;
-use crate::dump::DumpError;
-use crate::image::{FdImage, FdKind};
+use crate::dump::{DumpError, PageSink};
+use crate::image::stored::{StoredFile, StoredKind, StoredObject, FIRST_SPACE, MAX_BYTES, MAX_FILES};
+use crate::image::{page_key, FdImage, FdKind, ProcessImage, VmaKind, PAGE_SIZE};
 use crate::proc;
+use crate::sys;
 use std::os::fd::OwnedFd;
+
+/// Pages read and handed to the sink at a time.
+const BATCH_PAGES: u64 = 256;
 
 /// The record of memfd or deleted file `fd` (`md`: its metadata, None for a memfd), or its
 /// refusal.
@@ -12,20 +25,253 @@ pub(crate) fn kind(
     pid: i32,
     fd: i32,
     target: &str,
-    _info: &proc::FdInfo,
+    info: &proc::FdInfo,
     md: Option<&std::fs::Metadata>,
 ) -> Result<FdKind, DumpError> {
+    let link = format!("/proc/{pid}/fd/{fd}");
     let what = if md.is_some() {
         "deleted file"
     } else {
         "memfd"
     };
-    Err(unsupported(format!(
-        "pid {pid} fd {fd}: {target} ({what}) is not supported yet"
-    )))
+    let no = |why: String| {
+        Err(unsupported(format!(
+            "pid {pid} fd {fd}: {target} ({what}) {why}"
+        )))
+    };
+    let md = match md {
+        Some(m) => m.clone(),
+        None => std::fs::metadata(&link).map_err(|e| DumpError::Io {
+            context: format!("pid {pid} fd {fd}: stat {target}"),
+            source: e,
+        })?,
+    };
+    if what == "memfd" {
+        if !sys::shm::on_tmpfs(std::path::Path::new(&link))? {
+            return no("is on hugetlbfs (MFD_HUGETLB): this is not supported yet".into());
+        }
+    } else {
+        if !md.file_type().is_file() {
+            return no("is not a regular file: only deleted regular files are stored".into());
+        }
+        if md.nlink() > 0 {
+            return no(format!(
+                "still has {} other link(s): a restore would make a copy of it, no longer \
+                 the file those names reach (not supported yet)",
+                md.nlink()
+            ));
+        }
+    }
+    if let Some(why) = too_big(&md) {
+        return no(why);
+    }
+    Ok(FdKind::Stored(StoredFile {
+        dev: md.dev(),
+        ino: md.ino(),
+        pos: info.pos,
+    }))
 }
 
-/// The contents (and seals), read under the freeze through `pidfd`.
+/// Why a file is too large to store (None: it is not).
+fn too_big(md: &std::fs::Metadata) -> Option<String> {
+    let data = md.blocks() * 512;
+    (data > MAX_BYTES).then(|| {
+        format!(
+            "holds {} MiB of data: haul stores at most {} MiB of a file",
+            data >> 20,
+            MAX_BYTES >> 20
+        )
+    })
+}
+
+/// Refuses a memfd mapping haul cannot store (`m.path` starts with `/memfd:`): one on
+/// hugetlbfs, or too large. Reads `/proc` only.
+pub(crate) fn check_mapping(pid: i32, m: &proc::MapEntry) -> Result<(), DumpError> {
+    let link = format!("/proc/{pid}/map_files/{}", m.map_files_name());
+    let no = |why: String| {
+        Err(unsupported(format!(
+            "pid {pid} mapping {:x}-{:x} ({}): a memfd mapping {why}",
+            m.start, m.end, m.path
+        )))
+    };
+    let md = std::fs::metadata(&link).map_err(|e| DumpError::Io {
+        context: format!("pid {pid}: stat mapped memfd {}", m.path),
+        source: e,
+    })?;
+    if !sys::shm::on_tmpfs(std::path::Path::new(&link))? {
+        return no("on hugetlbfs (MFD_HUGETLB) is not supported yet".into());
+    }
+    if let Some(why) = too_big(&md) {
+        return no(why);
+    }
+    Ok(())
+}
+
+/// The contents (and seals) are read for the whole set at once by [`store_contents`].
 pub(crate) fn capture(_pidfd: &OwnedFd, _f: &mut FdImage) -> Result<(), DumpError> {
     Ok(())
+}
+
+/// One place a stored file can be read from: (dev, ino), the path haul opens it by, and what
+/// it is.
+fn sources(p: &ProcessImage) -> Result<Vec<((u64, u64), String, StoredKind)>, DumpError> {
+    let mut out = Vec::new();
+    // The restore maps before it opens fds: the mappings come first.
+    for v in p.vmas.iter().filter(|v| v.kind == VmaKind::Memfd) {
+        let dev = v.file.as_ref().map_or(0, |f| f.dev);
+        let name = memfd_name(&v.name);
+        out.push((
+            (dev, v.ino),
+            format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end),
+            StoredKind::Memfd { name },
+        ));
+    }
+    for f in &p.fds {
+        let FdKind::Stored(s) = &f.kind else { continue };
+        if f.same_as.is_some() || f.inherited.is_some() {
+            continue;
+        }
+        let target = proc::fd_target(p.pid, f.fd)?;
+        let kind = if target.starts_with("/memfd:") {
+            StoredKind::Memfd {
+                name: memfd_name(&target),
+            }
+        } else {
+            StoredKind::Deleted {
+                path: target.trim_end_matches(" (deleted)").to_string(),
+            }
+        };
+        out.push((
+            (s.dev, s.ino),
+            format!("/proc/{}/fd/{}", p.pid, f.fd),
+            kind,
+        ));
+    }
+    Ok(out)
+}
+
+/// The name a memfd was created with, from its link or mapping name (`/memfd:NAME
+/// (deleted)`).
+pub(crate) fn memfd_name(shown: &str) -> String {
+    let s = shown.strip_prefix("/memfd:").unwrap_or(shown);
+    s.strip_suffix(" (deleted)").unwrap_or(s).to_string()
+}
+
+/// Under the freeze, after the processes' memory: the set's stored files (each once, in the
+/// order a restore first needs them) with their contents handed to `sink`, each file's data
+/// in its own page space (file offset = address in it), holes left out. The files are read
+/// through an open file description of haul's own (`/proc/PID/fd/N` or `map_files/` opened
+/// again), so the target's offsets are not moved.
+pub(crate) fn store_contents(
+    procs: &[ProcessImage],
+    sink: &mut dyn PageSink,
+) -> Result<Vec<StoredObject>, DumpError> {
+    let mut out: Vec<StoredObject> = Vec::new();
+    let mut seen = HashSet::new();
+    for p in procs {
+        for (key, path, kind) in sources(p)? {
+            if !seen.insert(key) {
+                continue;
+            }
+            if out.len() == MAX_FILES {
+                return Err(unsupported(format!(
+                    "the processes hold more than {MAX_FILES} memfds and deleted files: not \
+                     supported"
+                )));
+            }
+            let space = FIRST_SPACE + out.len() as u16;
+            let fd = sys::stored::open_read(&path)?;
+            let md = std::fs::File::from(fd.try_clone().map_err(|e| DumpError::Io {
+                context: format!("dup of {path}"),
+                source: e,
+            })?)
+            .metadata()
+            .map_err(|e| DumpError::Io {
+                context: format!("fstat {path}"),
+                source: e,
+            })?;
+            let obj = StoredObject {
+                kind,
+                dev: key.0,
+                ino: key.1,
+                size: md.size(),
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                seals: sys::stored::seals(fd.as_fd())?,
+                space,
+            };
+            if let Some(why) = too_big(&md) {
+                return Err(unsupported(format!(
+                    "pid {}: {} {why}",
+                    p.pid,
+                    obj.describe()
+                )));
+            }
+            copy_file(fd, &obj, sink).map_err(|e| match e {
+                DumpError::Io { context, source } => DumpError::Io {
+                    context: format!("pid {}: {}: {context}", p.pid, obj.describe()),
+                    source,
+                },
+                e => e,
+            })?;
+            out.push(obj);
+        }
+    }
+    Ok(out)
+}
+
+/// Hands the data pages of `obj` (read from `fd`) to `sink` under its page space's keys.
+fn copy_file(fd: OwnedFd, obj: &StoredObject, sink: &mut dyn PageSink) -> Result<(), DumpError> {
+    let page = PAGE_SIZE as u64;
+    let ranges = sys::stored::data_ranges(fd.as_fd(), 0, obj.size)?;
+    let file = std::fs::File::from(fd);
+    let mut pages: Vec<u64> = Vec::new();
+    let mut last = None;
+    for (a, b) in ranges {
+        let mut at = a / page * page;
+        if last == Some(at) {
+            at += page; // the page is listed already (ranges that share a page)
+        }
+        while at < b.min(obj.size) {
+            pages.push(at);
+            last = Some(at);
+            at += page;
+        }
+    }
+    for batch in pages.chunks(BATCH_PAGES as usize) {
+        let mut data = vec![0u8; batch.len() * PAGE_SIZE];
+        for (i, &off) in batch.iter().enumerate() {
+            let buf = &mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+            let mut got = 0;
+            // Short at the end of the file: the rest of the page reads as zeroes.
+            while got < PAGE_SIZE {
+                let n = file
+                    .read_at(&mut buf[got..], off + got as u64)
+                    .map_err(|e| DumpError::Io {
+                        context: format!("read at {}", off + got as u64),
+                        source: e,
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+        }
+        let keys: Vec<u64> = batch.iter().map(|&o| page_key(obj.space, o)).collect();
+        sink.add_pages(&keys, data)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memfd_names_are_read_from_links_and_mappings() {
+        assert_eq!(memfd_name("/memfd:buf (deleted)"), "buf");
+        assert_eq!(memfd_name("/memfd:a b"), "a b");
+        assert_eq!(memfd_name("/memfd: (deleted)"), "");
+    }
 }

@@ -82,8 +82,8 @@ impl Region {
             (VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall, _) => {
                 return None
             }
-            (VmaKind::File, true) | (VmaKind::SysvShm, _) => return None,
-            (VmaKind::File, false) => Pages::NotFile,
+            (VmaKind::File | VmaKind::Memfd, true) | (VmaKind::SysvShm, _) => return None,
+            (VmaKind::File | VmaKind::Memfd, false) => Pages::NotFile,
             _ => Pages::All,
         };
         let write = v.prot & libc::PROT_WRITE as u32 != 0;

@@ -21,4 +21,6 @@ pub use sysv::SysvError;
 pub(crate) struct Shared {
     pub fds: FdTable,
     pub mem: MemTable,
+    /// The memfds and deleted files of the set, with haul's copy of each one made so far.
+    pub stored: super::stored::StoredTable,
 }

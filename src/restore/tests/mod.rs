@@ -8,6 +8,7 @@ mod memory;
 mod seccomp;
 mod signals;
 mod steps;
+mod stored;
 mod sysv;
 mod tree;
 

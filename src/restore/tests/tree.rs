@@ -114,6 +114,7 @@ fn tree_set(desc: Vec<ProcessImage>, zombies: Vec<ZombieImage>) -> ImageSet {
         descendants: desc,
         zombies,
         ipc: None,
+        files: Vec::new(),
     };
     s
 }

@@ -30,6 +30,7 @@ const NAMES: &[(&str, i64)] = &[
     ("lseek", libc::SYS_lseek),
     ("madvise", libc::SYS_madvise),
     ("membarrier", libc::SYS_membarrier),
+    ("memfd_create", libc::SYS_memfd_create),
     ("mlock2", libc::SYS_mlock2),
     ("mmap", libc::SYS_mmap),
     ("mprotect", libc::SYS_mprotect),
