@@ -44,6 +44,8 @@ pub fn check_compat(
     check_tree(set, pid).map_err(|r| bad(r.0))?;
     // A deleted tmpfs file the set makes again must find its path free.
     super::share::check_paths(set).map_err(|e| bad(e.to_string()))?;
+    // A TCP or UDP port the set binds again must be free (someone may have taken it).
+    super::inet::check_ports(set).map_err(bad)?;
     for (_, p) in set.processes() {
         check_process(set, p, pid).map_err(|e| match e {
             // A descendant's reason names it.

@@ -18,6 +18,8 @@
 
 pub mod file;
 pub mod host;
+pub mod inetdiag;
+pub mod inetsock;
 pub mod kcmp;
 pub mod mem;
 pub mod net;

@@ -27,6 +27,7 @@ use super::{io_err, Result, SysError, PAGE_SIZE};
 pub mod fake;
 mod fd;
 mod ids;
+mod inet;
 mod mm;
 mod signal;
 #[cfg(test)]
@@ -34,6 +35,7 @@ mod tests;
 
 pub use fd::*;
 pub use ids::*;
+pub use inet::*;
 pub use mm::*;
 pub use signal::*;
 
