@@ -23,6 +23,10 @@ pub fn run(args: DumpArgs) -> Result<u8, Error> {
     for t in &d.taken {
         eprintln!("warning: {t}");
     }
+    // What the dump dropped (datagrams queued, connections not yet accepted).
+    for w in &d.stats.warnings {
+        eprintln!("warning: {w}");
+    }
     if args.json {
         let taken: Vec<i32> = d.taken.iter().map(|t| t.pid).collect();
         let v = serde_json::json!({
@@ -105,6 +109,7 @@ fn command_of(args: &DumpArgs) -> DumpCommand {
                 tracker: args.tracker.into(),
             }),
         keep: args.keep,
+        tcp_pending: args.tcp_pending.into(),
         lazy: args.lazy.then(|| LazyServe {
             listen: args.listen.clone(),
             token_file: args.token_file.clone(),
@@ -176,7 +181,10 @@ fn lazy(args: &DumpArgs, cmd: &DumpCommand) -> Result<u8, Error> {
 
 /// `haul dump --check`: the dump's refusal checks alone, for the whole tree.
 fn check(args: &DumpArgs) -> Result<u8, Error> {
-    let pids = match haul::dump::precheck(args.pid) {
+    let policy = haul::dump::CheckPolicy {
+        tcp_pending: args.tcp_pending.into(),
+    };
+    let pids = match haul::dump::precheck(args.pid, policy) {
         Ok(pids) => pids,
         // "No" is the answer asked for, with every reason: on stdout, exit 1.
         Err(e) if e.is_refusal() => {

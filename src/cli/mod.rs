@@ -337,6 +337,24 @@ pub fn parse_compression(s: &str) -> Result<haul::job::Compression, ValueError> 
     Ok(s.parse()?)
 }
 
+/// `--tcp-pending`: what a dump does with connections not yet accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TcpPendingArg {
+    /// Refuse the dump, naming the listener and how many wait.
+    Refuse,
+    /// Drop them, with a warning.
+    Drop,
+}
+
+impl From<TcpPendingArg> for haul::job::TcpPending {
+    fn from(t: TcpPendingArg) -> Self {
+        match t {
+            TcpPendingArg::Refuse => haul::job::TcpPending::Refuse,
+            TcpPendingArg::Drop => haul::job::TcpPending::Drop,
+        }
+    }
+}
+
 /// `--tracker`: the dirty-page tracker of the pre-dumps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TrackerArg {
@@ -469,6 +487,11 @@ pub struct DumpArgs {
     /// Pre-copy has converged when a pre-dump writes less than this (0: never).
     #[arg(long, default_value = "256KiB", value_parser = parse_size)]
     pub stop_below: u64,
+    /// Connections waiting in a TCP listen queue, not yet accepted by the process: "refuse"
+    /// the dump naming the listener, or "drop" them with a warning (their clients see a
+    /// reset). Also with --check. As the job key dump.tcp_pending.
+    #[arg(long, value_enum, value_name = "WHAT", default_value = "refuse")]
+    pub tcp_pending: TcpPendingArg,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -26,7 +26,7 @@ pub use lazy::{dump_to_store_lazy, FrozenSource, LiveReader};
 pub use precopy::{Precopy, PrecopyOptions, StopReason, TrackerChoice};
 pub use to_store::{dump_to_store, StoredDump};
 
-pub use check::{precheck, socket_kind};
+pub use check::{precheck, socket_kind, CheckPolicy};
 
 use crate::image::ProcessImage;
 use crate::proc::ProcError;
@@ -273,6 +273,8 @@ pub struct DumpOptions {
     /// references, and the process is neither thawed nor killed: the dump returns it still
     /// frozen, to serve those pages ([`dump_to_store_lazy`]). Excludes `leave_running`.
     pub lazy: bool,
+    /// What the checks accept that the dump may lose (`dump.tcp_pending`).
+    pub policy: CheckPolicy,
 }
 
 impl Default for DumpOptions {
@@ -282,6 +284,7 @@ impl Default for DumpOptions {
             buffer: 1 << 30,
             fail_at: None,
             lazy: false,
+            policy: CheckPolicy::default(),
         }
     }
 }
@@ -329,6 +332,10 @@ pub struct DumpStats {
     pub vmas: u64,
     /// Syscalls injected into the target.
     pub remote_syscalls: u64,
+    /// What the dump dropped that the process had (datagrams queued in a UDP socket,
+    /// connections not yet accepted with `dump.tcp_pending = "drop"`), one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What a dump produced: the state of the root and of its descendants, and the figures. The
@@ -386,7 +393,7 @@ pub(crate) fn end_frozen(
 /// Refuses a tree of more than one process for a lazy dump, naming the others, before anything
 /// is frozen or tracked (a lazy final dump after pre-dumps checks this before the pre-dumps).
 pub(crate) fn refuse_lazy_tree(pid: i32) -> Result<(), DumpError> {
-    let pids = check::precheck(pid)?;
+    let pids = check::precheck(pid, CheckPolicy::default())?;
     tree::refuse_tree(pid, &pids[1..], "a lazy dump")
 }
 
@@ -439,7 +446,7 @@ pub(crate) fn dump_planned(
     }
     let one_only = opts.lazy.then_some("a lazy dump");
     let ctx = Ctx::root(root, opts);
-    let before = ctx.step(Step::Check, || check::precheck_snapshot(root))?;
+    let before = ctx.step(Step::Check, || check::precheck_snapshot(root, opts.policy))?;
     if let Some(what) = one_only {
         ctx.step(Step::Check, || {
             tree::refuse_tree(root, &before.others(), what)
@@ -574,6 +581,7 @@ pub(crate) fn dump_planned(
     stats.processes = frozen.count() as u64;
     stats.threads = procs.iter().map(|p| p.threads.len() as u64).sum();
     stats.vmas = procs.iter().map(|p| p.vmas.len() as u64).sum();
+    stats.warnings = procs.iter().flat_map(fdkinds::warnings).collect();
     // The signals pending now, and those held back while frozen, stay pending in the image.
     for (i, (p, o)) in procs.iter_mut().zip(observed).enumerate() {
         let f = &frozen.procs[i];

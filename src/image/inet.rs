@@ -1,7 +1,99 @@
-//! TCP and UDP sockets, IPv4 and IPv6, that are not connected: listening TCP, bound UDP.
+//! TCP and UDP sockets, IPv4 and IPv6, that are not connected: listening TCP, bound UDP
+//! (also connected to a peer: UDP has no connection to lose).
 
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
-/// An inet socket's state: filled in by the TCP/UDP work (issue 14).
+/// The transport of an inet socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    /// "TCP" or "UDP", as messages name them.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+        }
+    }
+}
+
+/// One socket option that differs from a fresh socket's, as `getsockopt(2)` returned it
+/// (`value` holds its bytes: an int, a `struct linger`, a `struct timeval`, a device name).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InetSocket {}
+pub struct SockOpt {
+    /// Its name, for messages (`SO_REUSEADDR`, `TCP_NODELAY`, ...).
+    pub name: String,
+    pub level: i32,
+    pub opt: i32,
+    /// What `getsockopt` wrote. For `SO_RCVBUF`/`SO_SNDBUF` the doubled value the kernel
+    /// reports: a restore sets half of it.
+    pub value: Vec<u8>,
+}
+
+impl SockOpt {
+    /// The value as an int (0 when it is not one).
+    pub fn int(&self) -> i32 {
+        self.value
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, i32::from_ne_bytes)
+    }
+}
+
+/// An inet socket's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InetSocket {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: i32,
+    pub transport: Transport,
+    /// The address and port it is bound to (None: not bound).
+    pub local: Option<SocketAddr>,
+    /// Listening, with this backlog (`listen(2)`'s, as the kernel keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u32>,
+    /// A UDP socket's peer (`connect(2)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
+    /// The options that differ from a fresh socket's of the same kind, in the order a restore
+    /// sets them (all before `bind`). `IPV6_V6ONLY` of an IPv6 socket is always here.
+    #[serde(default)]
+    pub options: Vec<SockOpt>,
+    /// What the dump dropped: connections not yet accepted (a listener, with
+    /// `dump.tcp_pending = "drop"`), or bytes of queued datagrams (UDP).
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+impl InetSocket {
+    /// How messages name it: `TCP 127.0.0.1:8080 (listening)`, `UDP [::1]:5353`.
+    pub fn describe(&self) -> String {
+        let mut s = self.transport.name().to_string();
+        match self.local {
+            Some(a) => s.push_str(&format!(" {a}")),
+            None => s.push_str(" (not bound)"),
+        }
+        if let Some(p) = self.peer {
+            s.push_str(&format!(" -> {p}"));
+        }
+        if self.backlog.is_some() {
+            s.push_str(" (listening)");
+        }
+        s
+    }
+
+    /// The option named `name`, if recorded.
+    pub fn option(&self, name: &str) -> Option<&SockOpt> {
+        self.options.iter().find(|o| o.name == name)
+    }
+
+    /// Whether option `name` was set (recorded and non-zero).
+    pub fn flag(&self, name: &str) -> bool {
+        self.option(name).is_some_and(|o| o.int() != 0)
+    }
+}

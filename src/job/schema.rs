@@ -227,6 +227,21 @@ pub struct DumpSpec {
     /// The final dump leaves pages to be served lazily.
     #[serde(default)]
     pub lazy: bool,
+    /// Connections waiting in a TCP listen queue (not yet accepted): refused by name, or
+    /// dropped with a warning (their clients see a reset).
+    #[serde(default)]
+    pub tcp_pending: TcpPending,
+}
+
+/// `dump.tcp_pending`: what a dump does with connections not yet accepted by a listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TcpPending {
+    /// The dump is refused, naming the listener and how many wait.
+    #[default]
+    Refuse,
+    /// They are dropped, with a warning in the report.
+    Drop,
 }
 
 impl Default for DumpSpec {
@@ -235,6 +250,7 @@ impl Default for DumpSpec {
             leave_running: false,
             buffer: defaults::buffer(),
             lazy: false,
+            tcp_pending: TcpPending::Refuse,
         }
     }
 }

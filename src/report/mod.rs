@@ -70,6 +70,10 @@ pub struct RunReport {
     pub duration_us: u64,
     pub outcome: Outcome,
     pub errors: Vec<String>,
+    /// What the dump dropped that the process had (datagrams queued in a UDP socket,
+    /// connections not yet accepted with `dump.tcp_pending = "drop"`), one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// PID of the job's process (launched or attached).
     pub pid: Option<i32>,
     /// True when the process was attached by `pid`/`pidfile` rather than launched.
@@ -379,6 +383,9 @@ pub fn render(r: &RunReport) -> String {
     }
     for e in &r.errors {
         let _ = writeln!(s, "  error: {e}");
+    }
+    for w in &r.warnings {
+        let _ = writeln!(s, "  warning: {w}");
     }
     if !r.stages.is_empty() {
         let _ = writeln!(s, "  stages:");

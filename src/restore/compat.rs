@@ -48,6 +48,8 @@ pub fn check_compat(
     super::share::sysv::plan(set).map_err(bad)?;
     // A deleted file still open is made again in its directory.
     super::stored::check_dirs(set).map_err(bad)?;
+    // A TCP or UDP port the set binds again must be free (someone may have taken it).
+    super::inet::check_ports(set).map_err(bad)?;
     for (_, p) in set.processes() {
         check_process(set, p, pid).map_err(|e| match e {
             // A descendant's reason names it.

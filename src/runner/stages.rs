@@ -53,6 +53,7 @@ pub fn checkpoint(
     );
     req.leave_running = spec.leave_running;
     req.buffer = spec.buffer.0;
+    req.tcp_pending = spec.tcp_pending;
     req.lazy = spec.lazy.then(|| LazyServeRequest {
         listen: "127.0.0.1:0".into(),
         token: None,
@@ -104,6 +105,7 @@ pub fn checkpoint(
     report.pages_skipped_parent = s.pages_skipped_parent;
     report.processes = s.processes;
     report.pages_lazy = d.set.figures.pages_lazy;
+    report.warnings = s.warnings.clone();
     report.processes = s.processes;
 
     // Retention never removes the set being served: it is the newest of its job.

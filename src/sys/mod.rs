@@ -21,6 +21,8 @@
 pub mod events;
 pub mod file;
 pub mod host;
+pub mod inetdiag;
+pub mod inetsock;
 pub mod kcmp;
 pub mod mem;
 pub mod net;

@@ -10,7 +10,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// The image of every fd of `pid`, noting in `found` the refusal of each one that cannot be
 /// carried (it is left out of the list).
-pub(super) fn fd_images_into(pid: i32, found: &mut Refusals) -> Result<Vec<FdImage>, DumpError> {
+pub(super) fn fd_images_into(
+    pid: i32,
+    found: &mut Refusals,
+    policy: super::CheckPolicy,
+) -> Result<Vec<FdImage>, DumpError> {
     let mut out = Vec::new();
     for fd in proc::fds(pid)? {
         let target = match proc::fd_target(pid, fd) {
@@ -23,7 +27,7 @@ pub(super) fn fd_images_into(pid: i32, found: &mut Refusals) -> Result<Vec<FdIma
             Err(e) if e.is_gone() && !process_gone(pid) => continue,
             Err(e) => return Err(e.into()),
         };
-        let kind = found.note(fd_kind(pid, fd, &target, &info))?;
+        let kind = found.note(fd_kind(pid, fd, &target, &info, policy))?;
         let mut locks = Vec::new();
         for l in &info.locks {
             locks.extend(found.note(file_lock(pid, fd, &target, l))?);
@@ -112,7 +116,13 @@ fn file_lock(pid: i32, fd: i32, target: &str, l: &proc::FdLock) -> Result<FileLo
     }
 }
 
-fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKind, DumpError> {
+fn fd_kind(
+    pid: i32,
+    fd: i32,
+    target: &str,
+    info: &proc::FdInfo,
+    policy: super::CheckPolicy,
+) -> Result<FdKind, DumpError> {
     let (pos, flags) = (info.pos, info.flags);
     let no = |kind: &str| {
         Err(unsupported(format!(
@@ -128,7 +138,7 @@ fn fd_kind(pid: i32, fd: i32, target: &str, info: &proc::FdInfo) -> Result<FdKin
             if let Some(kind) = fdkinds::unix::kind(pid, fd, target, i)? {
                 return Ok(kind);
             }
-            if let Some(kind) = fdkinds::inet::kind(pid, fd, target, i, info)? {
+            if let Some(kind) = fdkinds::inet::kind(pid, fd, target, i, info, policy.tcp_pending)? {
                 return Ok(kind);
             }
         }
@@ -377,7 +387,7 @@ mod tests {
         let me = std::process::id() as i32;
         let wr = info("pos:\t0\nflags:\t01\nmnt_id:\t15\n");
         assert!(matches!(
-            fd_kind(me, 4, "pipe:[123]", &wr),
+            fd_kind(me, 4, "pipe:[123]", &wr, Default::default()),
             Ok(FdKind::Pipe {
                 ino: 123,
                 write: true,
@@ -398,7 +408,7 @@ mod tests {
         ];
         for (target, kind) in cases {
             assert_eq!(
-                refusal(fd_kind(me, 5, target, &none)),
+                refusal(fd_kind(me, 5, target, &none, Default::default())),
                 format!("pid {me} fd 5: {target} {kind} is not supported yet")
             );
         }
@@ -406,7 +416,7 @@ mod tests {
             "pid {me} fd 5: anon_inode:[io_uring] (io_uring) is not supported: "
         )));
         assert_eq!(
-            refusal(fd_kind(me, 6, "anon_inode:[eventfd]", &none)),
+            refusal(fd_kind(me, 6, "anon_inode:[eventfd]", &none, Default::default())),
             format!("pid {me} fd 6: anon_inode:[eventfd]: its fdinfo is not understood")
         );
     }

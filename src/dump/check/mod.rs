@@ -72,15 +72,24 @@ pub(crate) fn process_gone(pid: i32) -> bool {
 /// `pid`: who each one is, then what it uses, then what they share with processes outside the
 /// tree. Every reason is listed, each naming its pid. Returns the pids of the tree (tree
 /// order, root first, zombies included).
-pub fn precheck(pid: i32) -> Result<Vec<i32>, DumpError> {
-    let t = precheck_snapshot(pid)?;
+pub fn precheck(pid: i32, policy: CheckPolicy) -> Result<Vec<i32>, DumpError> {
+    let t = precheck_snapshot(pid, policy)?;
     let mut pids: Vec<i32> = t.members.iter().map(|(m, _)| m.pid).collect();
     pids.extend(t.zombies.iter().map(|z| z.pid));
     Ok(pids)
 }
 
+/// What the checks accept that a dump may lose, as the job or the command line says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckPolicy {
+    /// Connections waiting in a TCP listen queue: refused, or dropped with a warning.
+    pub tcp_pending: crate::job::TcpPending,
+}
+
 /// What the checks before the freeze read of a whole tree.
 pub(crate) struct TreeSnapshot {
+    /// The policy the checks ran with (the checks under the freeze use it again).
+    pub policy: CheckPolicy,
     /// Each living process (tree order, root first) with what its checks read.
     pub members: Vec<(proc::TreeMember, Snapshot)>,
     /// Zombie descendants (not checked: nothing of them is restored but their exit status).
@@ -113,7 +122,10 @@ impl TreeSnapshot {
 }
 
 /// [`precheck`], returning what it read so the checks under the freeze can reuse it.
-pub(crate) fn precheck_snapshot(root: i32) -> Result<TreeSnapshot, DumpError> {
+pub(crate) fn precheck_snapshot(
+    root: i32,
+    policy: CheckPolicy,
+) -> Result<TreeSnapshot, DumpError> {
     let mut found = Refusals::default();
     check_identity(root, &mut found)?;
     // haul's own ancestors are refused: their tree holds haul itself, never walked.
@@ -131,14 +143,14 @@ pub(crate) fn precheck_snapshot(root: i32) -> Result<TreeSnapshot, DumpError> {
             continue;
         }
         if m.pid == root {
-            let snap = check_uses_into(root, None, &mut found)?;
+            let snap = check_uses_into(root, None, &mut found, policy)?;
             members.push((m, snap));
             continue;
         }
         // A descendant may exit while it is checked: the freeze finds the stable tree.
         let mut mine = Refusals::default();
-        let r =
-            check_identity(m.pid, &mut mine).and_then(|()| check_uses_into(m.pid, None, &mut mine));
+        let r = check_identity(m.pid, &mut mine)
+            .and_then(|()| check_uses_into(m.pid, None, &mut mine, policy));
         match r {
             Ok(snap) => {
                 found.0.extend(mine.0);
@@ -159,7 +171,11 @@ pub(crate) fn precheck_snapshot(root: i32) -> Result<TreeSnapshot, DumpError> {
         .collect();
     crate::dump::share::check(&list, &mut found)?;
     found.finish(root)?;
-    Ok(TreeSnapshot { members, zombies })
+    Ok(TreeSnapshot {
+        policy,
+        members,
+        zombies,
+    })
 }
 
 /// The checks again under the freeze, for every process of the frozen tree (`pids`, tree
@@ -174,7 +190,12 @@ pub(crate) fn check_frozen(
     let mut found = Refusals::default();
     let mut snaps = Vec::with_capacity(pids.len());
     for &pid in pids {
-        snaps.push(check_uses_into(pid, before.get(pid), &mut found)?);
+        snaps.push(check_uses_into(
+            pid,
+            before.get(pid),
+            &mut found,
+            before.policy,
+        )?);
     }
     let mut family = Vec::with_capacity(pids.len());
     for &pid in pids {
@@ -302,6 +323,7 @@ fn check_uses_into(
     pid: i32,
     before: Option<&Snapshot>,
     found: &mut Refusals,
+    policy: CheckPolicy,
 ) -> Result<Snapshot, DumpError> {
     // Seccomp is per thread. Its filters are read and suspended under the freeze (an
     // injected syscall must be neither refused nor killed by them), which needs privilege.
@@ -317,7 +339,7 @@ fn check_uses_into(
         }
     }
     check_places(pid, found)?;
-    let fds = fd_images_into(pid, found)?;
+    let fds = fd_images_into(pid, found, policy)?;
     let maps = match before {
         Some(b) => {
             let mut maps = proc::maps(pid)?;

@@ -18,6 +18,12 @@ fn unsupported(msg: String) -> DumpError {
     DumpError::Unsupported(msg)
 }
 
+/// What the dump of `p` dropped from its fds, one warning each (for the dump's figures and
+/// the run's report).
+pub(crate) fn warnings(p: &crate::image::ProcessImage) -> Vec<String> {
+    inet::warnings(p)
+}
+
 /// Captures, under the freeze, what only the fds themselves tell, for every fd of `pid`
 /// whose kind needs it (each open file description once: not `same_as` a lower fd, not
 /// `inherited` from an earlier process of the tree).

@@ -127,7 +127,12 @@ impl<'s> Precopy<'s> {
         job: &str,
         popts: &PrecopyOptions,
     ) -> Result<Precopy<'s>, DumpError> {
-        let snap = super::check::precheck_snapshot(pid)?;
+        // A pre-dump loses nothing (the process goes on): what only the final dump would drop
+        // is its check's to refuse.
+        let policy = super::check::CheckPolicy {
+            tcp_pending: crate::job::TcpPending::Drop,
+        };
+        let snap = super::check::precheck_snapshot(pid, policy)?;
         let living: Vec<&crate::proc::TreeMember> = snap.members.iter().map(|(m, _)| m).collect();
         if living.len() > u16::MAX as usize {
             return Err(DumpError::Refused(format!(

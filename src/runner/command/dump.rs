@@ -31,6 +31,8 @@ pub struct DumpCommand {
     pub keep: Option<usize>,
     /// `--lazy`: serve the frozen source.
     pub lazy: Option<LazyServe>,
+    /// `--tcp-pending`: connections not yet accepted are refused or dropped.
+    pub tcp_pending: crate::job::TcpPending,
 }
 
 /// How `haul dump --lazy` serves its frozen source.
@@ -92,6 +94,7 @@ fn prepare(cmd: &DumpCommand) -> Result<(Store, CheckpointRequest), CommandError
     req.leave_running = cmd.leave_running;
     req.buffer = cmd.buffer;
     req.lazy = lazy;
+    req.tcp_pending = cmd.tcp_pending;
     req.predump = cmd.predump.as_ref().map(PredumpRequest::from_spec);
     Ok((store, req))
 }

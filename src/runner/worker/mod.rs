@@ -115,6 +115,9 @@ pub struct CheckpointRequest {
     /// A lazy final dump, served from the frozen target (`dump.lazy`).
     #[serde(default)]
     pub lazy: Option<LazyServeRequest>,
+    /// Connections not yet accepted by a listener: refused or dropped (`dump.tcp_pending`).
+    #[serde(default)]
+    pub tcp_pending: crate::job::TcpPending,
 }
 
 impl CheckpointRequest {
@@ -139,6 +142,7 @@ impl CheckpointRequest {
             predump: None,
             parent: std::process::id() as i32,
             lazy: None,
+            tcp_pending: crate::job::TcpPending::Refuse,
         }
     }
 }

@@ -42,6 +42,9 @@ fn run_checkpoint(
         leave_running: req.leave_running,
         buffer: req.buffer,
         fail_at: req.fail_at.as_deref().and_then(Step::parse),
+        policy: crate::dump::CheckPolicy {
+            tcp_pending: req.tcp_pending,
+        },
         ..Default::default()
     };
     let Some(p) = &req.predump else {

@@ -10,10 +10,12 @@ use crate::sys::Result;
 /// The syscalls the fake knows by name (the ones sys::remote injects), so that tests outside
 /// `sys/` name calls instead of numbering them.
 const NAMES: &[(&str, i64)] = &[
+    ("bind", libc::SYS_bind),
     ("capset", libc::SYS_capset),
     ("chdir", libc::SYS_chdir),
     ("clone3", libc::SYS_clone3),
     ("close", libc::SYS_close),
+    ("connect", libc::SYS_connect),
     ("close_range", libc::SYS_close_range),
     ("dup3", libc::SYS_dup3),
     ("epoll_create1", libc::SYS_epoll_create1),
@@ -27,6 +29,7 @@ const NAMES: &[(&str, i64)] = &[
     ("inotify_init1", libc::SYS_inotify_init1),
     ("inotify_rm_watch", libc::SYS_inotify_rm_watch),
     ("ioctl", libc::SYS_ioctl),
+    ("listen", libc::SYS_listen),
     ("lseek", libc::SYS_lseek),
     ("madvise", libc::SYS_madvise),
     ("membarrier", libc::SYS_membarrier),
@@ -57,9 +60,11 @@ const NAMES: &[(&str, i64)] = &[
     ("setfsgid", libc::SYS_setfsgid),
     ("setfsuid", libc::SYS_setfsuid),
     ("setgroups", libc::SYS_setgroups),
+    ("setsockopt", libc::SYS_setsockopt),
     ("setitimer", libc::SYS_setitimer),
     ("setpgid", libc::SYS_setpgid),
     ("shmat", libc::SYS_shmat),
+    ("socket", libc::SYS_socket),
     ("setpriority", libc::SYS_setpriority),
     ("setresgid", libc::SYS_setresgid),
     ("setresuid", libc::SYS_setresuid),
