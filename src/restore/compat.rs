@@ -44,6 +44,8 @@ pub fn check_compat(
     check_tree(set, pid).map_err(|r| bad(r.0))?;
     // A deleted tmpfs file the set makes again must find its path free.
     super::share::check_paths(set).map_err(|e| bad(e.to_string()))?;
+    // The names its unix sockets bind must be free, or hold only what the dumped ones left.
+    super::unix::check_names(set).map_err(|r| bad(r.0))?;
     for (_, p) in set.processes() {
         check_process(set, p, pid).map_err(|e| match e {
             // A descendant's reason names it.

@@ -18,4 +18,5 @@ pub(crate) use memory::{Holder, MemTable};
 pub(crate) struct Shared {
     pub fds: FdTable,
     pub mem: MemTable,
+    pub unix: super::unix::UnixTable,
 }

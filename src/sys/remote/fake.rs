@@ -10,17 +10,20 @@ use crate::sys::Result;
 /// The syscalls the fake knows by name (the ones sys::remote injects), so that tests outside
 /// `sys/` name calls instead of numbering them.
 const NAMES: &[(&str, i64)] = &[
+    ("bind", libc::SYS_bind),
     ("capset", libc::SYS_capset),
     ("chdir", libc::SYS_chdir),
     ("clone3", libc::SYS_clone3),
     ("close", libc::SYS_close),
     ("close_range", libc::SYS_close_range),
+    ("connect", libc::SYS_connect),
     ("dup3", libc::SYS_dup3),
     ("eventfd2", libc::SYS_eventfd2),
     ("fcntl", libc::SYS_fcntl),
     ("flock", libc::SYS_flock),
     ("ftruncate", libc::SYS_ftruncate),
     ("ioctl", libc::SYS_ioctl),
+    ("listen", libc::SYS_listen),
     ("lseek", libc::SYS_lseek),
     ("madvise", libc::SYS_madvise),
     ("membarrier", libc::SYS_membarrier),
@@ -55,6 +58,7 @@ const NAMES: &[(&str, i64)] = &[
     ("setresuid", libc::SYS_setresuid),
     ("setsid", libc::SYS_setsid),
     ("sigaltstack", libc::SYS_sigaltstack),
+    ("socket", libc::SYS_socket),
     ("socketpair", libc::SYS_socketpair),
     ("signalfd4", libc::SYS_signalfd4),
     ("timer_create", libc::SYS_timer_create),
