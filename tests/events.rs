@@ -129,8 +129,9 @@ fn epoll_registrations_and_inotify_watches_come_back_and_work() {
     // Two epolls (the outer one with seven registrations, the one-shot that fired among
     // them) and one inotify instance with watches 1 and 3.
     assert_eq!(before.len(), 3, "{before:?}");
-    assert!(before.values().any(|v| v.len() == 7
-        && v.iter().any(|l| l.ends_with("events 40000000 data 8888"))));
+    assert!(before
+        .values()
+        .any(|v| v.len() == 7 && v.iter().any(|l| l.ends_with("events 40000000 data 8888"))));
     let rp = dump_kill_restore(&mut r, dir.path());
     assert_eq!(event_fds(rp.pid), before);
 

@@ -95,8 +95,7 @@ fn fd_view(pid: i32, fd: i32) -> (FdView, u64) {
             .to_string()
     };
     let f = std::fs::File::open(format!("/proc/{pid}/fd/{fd}")).unwrap();
-    let seals =
-        nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(-1);
+    let seals = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(-1);
     let ino = f.metadata().unwrap().ino();
     (
         FdView {
@@ -147,7 +146,10 @@ fn dump_kill(r: &mut Running, store: &Store) -> ImageSet {
     let _ = r.child.wait();
     // Restored from the manifest as written, as `haul restore` reads it.
     let back = store.load_set(&d.set.id).expect("load the set back");
-    assert_eq!(back.tree.files, d.set.tree.files, "the manifest keeps the stored files");
+    assert_eq!(
+        back.tree.files, d.set.tree.files,
+        "the manifest keeps the stored files"
+    );
     back
 }
 
@@ -180,7 +182,11 @@ fn memfds_and_a_deleted_file_come_back_with_contents_holes_seals_and_offsets() {
     // write through the fd seen in the mapping, the deleted file at 100 with no link.
     let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK;
     assert_eq!(before[1], seals as u64, "{before:?}");
-    assert_eq!(before[3..8], [4 * 4096 + 100, 5000, 2 * 4096, 1, 100], "{before:?}");
+    assert_eq!(
+        before[3..8],
+        [4 * 4096 + 100, 5000, 2 * 4096, 1, 100],
+        "{before:?}"
+    );
     assert_eq!(before[9], 0, "{before:?}");
     let fds_before: Vec<_> = (3..=5).map(|fd| fd_view(pid, fd)).collect();
     let maps_before = maps(pid);
@@ -193,7 +199,12 @@ fn memfds_and_a_deleted_file_come_back_with_contents_holes_seals_and_offsets() {
     assert_eq!(files.len(), 4, "{files:?}");
     let sealed = files
         .iter()
-        .find(|f| f.kind == StoredKind::Memfd { name: "haul-sealed".into() })
+        .find(|f| {
+            f.kind
+                == StoredKind::Memfd {
+                    name: "haul-sealed".into(),
+                }
+        })
         .expect("the sealed memfd in the image");
     assert_eq!(sealed.seals, seals as u32);
     let (lo, hi) = haul::image::space_bounds(sealed.space);
@@ -226,7 +237,10 @@ fn memfds_and_a_deleted_file_come_back_with_contents_holes_seals_and_offsets() {
     }
     assert_eq!(lines(&maps(pid)), lines(&maps_before));
     // The fd and the mapping of "haul-shared" are one file.
-    assert_eq!(fds_after[1].1, mapped_ino(pid, "/memfd:haul-shared (deleted)"));
+    assert_eq!(
+        fds_after[1].1,
+        mapped_ino(pid, "/memfd:haul-shared (deleted)")
+    );
     // Nothing left behind where the deleted file was made again.
     assert!(
         files_with(dir.path(), "storedfd-deleted-").is_empty(),
@@ -237,7 +251,10 @@ fn memfds_and_a_deleted_file_come_back_with_contents_holes_seals_and_offsets() {
     // the fd is seen in the mapping.
     let after = report(pid, &out);
     assert_eq!(lasting(&after), lasting(&before), "{before:?} {after:?}");
-    assert_eq!(after[6], 1, "a write through the fd is not in the mapping: {after:?}");
+    assert_eq!(
+        after[6], 1,
+        "a write through the fd is not in the mapping: {after:?}"
+    );
 }
 
 #[test]
@@ -347,7 +364,10 @@ fn a_python_memfd_keeps_its_bytes_mapping_offset_and_seals() {
     let bytes = std::fs::read(format!("/proc/{pid}/fd/{fd}")).unwrap();
     assert_eq!(bytes.len(), 16384);
     assert_eq!(bytes[0], 2);
-    assert!(bytes[1..].iter().enumerate().all(|(i, &b)| b == ((i + 1) % 256) as u8));
+    assert!(bytes[1..]
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == ((i + 1) % 256) as u8));
 }
 
 /// `haul dump --check` of `pid`: its exit code and text.

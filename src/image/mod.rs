@@ -729,6 +729,9 @@ pub enum FdKind {
         /// element holding a stream's bytes. A restore sends them from the peer.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         queued: Vec<Vec<u8>>,
+        /// Its socket options (buffer sizes, `SO_PASSCRED`, `SO_PEEK_OFF`).
+        #[serde(default, skip_serializing_if = "unix::SockOpts::is_unset")]
+        opts: unix::SockOpts,
     },
     /// Any other unix socket: bound (a path or an abstract name), listening (with its
     /// backlog), or connected to a socket of the checkpoint that is one (see [`unix`]).

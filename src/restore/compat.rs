@@ -50,6 +50,8 @@ pub fn check_compat(
     super::stored::check_dirs(set).map_err(bad)?;
     // A TCP or UDP port the set binds again must be free (someone may have taken it).
     super::inet::check_ports(set).map_err(bad)?;
+    // The names its unix sockets bind must be free, or hold only what the dumped ones left.
+    super::unix::check_names(set).map_err(|r| bad(r.0))?;
     for (_, p) in set.processes() {
         check_process(set, p, pid).map_err(|e| match e {
             // A descendant's reason names it.

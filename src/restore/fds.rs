@@ -265,7 +265,12 @@ fn place_two(
 
 /// Takes file lock `l` again through fd `fd` (without waiting: if another process holds it
 /// now, the restore fails rather than run on without it).
-pub(super) fn take_lock(rs: &mut dyn Inject, fd: i32, path: &str, l: &crate::image::FileLock) -> StepResult {
+pub(super) fn take_lock(
+    rs: &mut dyn Inject,
+    fd: i32,
+    path: &str,
+    l: &crate::image::FileLock,
+) -> StepResult {
     use crate::image::LockKind;
     let what = format!(
         "{} {} lock on {path} (fd {fd})",
@@ -416,6 +421,7 @@ fn make_pair(
         peer,
         sock_type,
         queued,
+        opts,
     } = &f.kind
     else {
         return Ok(());
@@ -436,11 +442,16 @@ fn make_pair(
             for h in [f, g] {
                 remote::set_cloexec(rs, h.fd as u64, cloexec(h)).at(at)?;
                 remote::set_status_flags(rs, h.fd as u64, h.flags).at(at)?;
+                if let FdKind::UnixPair { opts, .. } = &h.kind {
+                    super::unix::pair_opts(rs, h.fd as u64, opts).at(at)?;
+                }
             }
         }
         None => {
             let (c0, c1) = take_two(rs, s0, s1).at(at)?;
             keep_one(rs, s0, s1, f).at(at)?;
+            super::unix::set_buffers(c0.as_fd(), opts).at(at)?;
+            super::unix::set_peek_off(c0.as_fd(), opts).at(at)?;
             table.keep_pair(*ino, c0, *peer, c1);
         }
     }
@@ -455,6 +466,7 @@ fn install_socket(rs: &mut dyn Inject, f: &FdImage, table: &FdTable) -> StepResu
         peer,
         sock_type,
         queued,
+        opts,
     } = &f.kind
     else {
         return Ok(());
@@ -470,6 +482,10 @@ fn install_socket(rs: &mut dyn Inject, f: &FdImage, table: &FdTable) -> StepResu
             crate::sys::socket::send_all(from.as_fd(), m, *sock_type == libc::SOCK_STREAM)
                 .at(at)?;
         }
+    }
+    if let Some(s) = table.socket(*ino) {
+        super::unix::set_buffers(s.as_fd(), opts).at(at)?;
+        super::unix::set_peek_off(s.as_fd(), opts).at(at)?;
     }
     Ok(())
 }

@@ -250,7 +250,8 @@ pub(super) fn make(
 ) -> StepResult {
     let at = || format!("fd {}", f.fd);
     let t = object_fd(rs, s.dev, s.ino, &mut shared.stored).at(at)?;
-    let drop_flags = libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY | libc::O_TMPFILE;
+    let drop_flags =
+        libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY | libc::O_TMPFILE;
     let flags = f.flags & !(drop_flags as u32);
     let got = remote::reopen(rs, t, flags as i32);
     let closed = remote::close(rs, t);

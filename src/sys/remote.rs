@@ -28,24 +28,26 @@ mod events;
 pub mod fake;
 mod fd;
 mod ids;
-mod ipc;
 mod inet;
+mod ipc;
 mod mm;
 mod seccomp;
 mod signal;
 mod stored;
 #[cfg(test)]
 mod tests;
+mod unix;
 
 pub use events::*;
 pub use fd::*;
 pub use ids::*;
-pub use ipc::*;
 pub use inet::*;
+pub use ipc::*;
 pub use mm::*;
 pub use seccomp::*;
 pub use signal::*;
 pub use stored::*;
+pub use unix::*;
 
 /// A session of syscalls injected into one stopped thread: what a restore step needs of it.
 /// [`RemoteSyscall`] is the real one; `fake::Recorder` (tests only) records every call and

@@ -12,10 +12,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `udiag_show` bits (linux/unix_diag.h).
 const UDIAG_SHOW_NAME: u32 = 0x01;
+const UDIAG_SHOW_VFS: u32 = 0x02;
 const UDIAG_SHOW_PEER: u32 = 0x04;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
 /// Reply attributes (linux/unix_diag.h).
 const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_VFS: u16 = 1;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
@@ -35,15 +37,21 @@ pub struct UnixSock {
     pub sock_type: i32,
     /// `TCP_ESTABLISHED` (1), `TCP_LISTEN` (10), `TCP_CLOSE` (7), ...
     pub state: u8,
-    /// Its address, if bound (abstract names start with a NUL byte).
+    /// Its address, if bound (abstract names start with a NUL byte; a path without its
+    /// terminating NUL). An accepted socket shows its listener's.
     pub name: Option<Vec<u8>>,
+    /// The socket file a path-bound socket made (`udiag_vfs_ino`, `udiag_vfs_dev`, the
+    /// device as `stat` encodes it): only the socket that bound it has one.
+    pub vfs: Option<(u64, u64)>,
     /// The inode of the socket it is connected to (0: none).
     pub peer: u64,
     /// `sk_shutdown`: RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
     pub shutdown: u8,
     /// Bytes waiting to be read (a stream's or seqpacket's whole queue; a datagram socket's
-    /// first datagram).
+    /// first datagram); for a listener, the connections waiting to be accepted.
     pub rqueue: u32,
+    /// Bytes sent and not yet read by the peer; for a listener, its backlog.
+    pub wqueue: u32,
 }
 
 impl UnixSock {
@@ -86,7 +94,7 @@ fn request(ino: u32) -> Vec<u8> {
     put(
         &mut b,
         r + 12,
-        &(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes(),
+        &(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes(),
     );
     // INET_DIAG_NOCOOKIE: look the socket up by inode alone.
     put(&mut b, r + 16, &u32::MAX.to_ne_bytes());
@@ -100,6 +108,15 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// A name as the kernel keeps it: a path up to its first NUL (the kernel counts the
+/// terminating NUL in the address length), an abstract name (leading NUL) whole.
+fn trim_path(n: &[u8]) -> Vec<u8> {
+    match n.first() {
+        Some(0) | None => n.to_vec(),
+        Some(_) => n.split(|b| *b == 0).next().unwrap_or_default().to_vec(),
+    }
 }
 
 /// Decodes one reply: `Ok(None)` when the kernel knows no such socket (ENOENT).
@@ -143,9 +160,19 @@ fn parse_reply(b: &[u8], ino: u64) -> Result<Option<UnixSock>> {
         }
         let data = &m[at + 4..at + alen];
         match aty {
-            UNIX_DIAG_NAME => s.name = Some(data.to_vec()),
+            UNIX_DIAG_NAME => s.name = Some(trim_path(data)),
+            UNIX_DIAG_VFS => {
+                if let (Some(ino), Some(dev)) = (u32_at(data, 0), u32_at(data, 4)) {
+                    // The kernel's own dev_t (major << 20 | minor), as stat(2) does not give it.
+                    let dev = libc::makedev(dev >> 20, dev & 0xfffff);
+                    s.vfs = Some((u64::from(ino), dev));
+                }
+            }
             UNIX_DIAG_PEER => s.peer = u64::from(u32_at(data, 0).unwrap_or(0)),
-            UNIX_DIAG_RQLEN => s.rqueue = u32_at(data, 0).unwrap_or(0),
+            UNIX_DIAG_RQLEN => {
+                s.rqueue = u32_at(data, 0).unwrap_or(0);
+                s.wqueue = u32_at(data, 4).unwrap_or(0);
+            }
             UNIX_DIAG_SHUTDOWN => s.shutdown = data.first().copied().unwrap_or(0),
             _ => {}
         }

@@ -412,11 +412,24 @@ mod tests {
                 format!("pid {me} fd 5: {target} {kind} is not supported yet")
             );
         }
-        assert!(refusal(fd_kind(me, 5, "anon_inode:[io_uring]", &none)).starts_with(&format!(
+        assert!(refusal(fd_kind(
+            me,
+            5,
+            "anon_inode:[io_uring]",
+            &none,
+            Default::default()
+        ))
+        .starts_with(&format!(
             "pid {me} fd 5: anon_inode:[io_uring] (io_uring) is not supported: "
         )));
         assert_eq!(
-            refusal(fd_kind(me, 6, "anon_inode:[eventfd]", &none, Default::default())),
+            refusal(fd_kind(
+                me,
+                6,
+                "anon_inode:[eventfd]",
+                &none,
+                Default::default()
+            )),
             format!("pid {me} fd 6: anon_inode:[eventfd]: its fdinfo is not understood")
         );
     }

@@ -10,7 +10,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 
 use super::unsupported;
 use crate::dump::{DumpError, PageSink};
-use crate::image::stored::{StoredFile, StoredKind, StoredObject, FIRST_SPACE, MAX_BYTES, MAX_FILES};
+use crate::image::stored::{
+    StoredFile, StoredKind, StoredObject, FIRST_SPACE, MAX_BYTES, MAX_FILES,
+};
 use crate::image::{page_key, FdImage, FdKind, ProcessImage, VmaKind, PAGE_SIZE};
 use crate::proc;
 use crate::sys;
@@ -141,11 +143,7 @@ fn sources(p: &ProcessImage) -> Result<Vec<((u64, u64), String, StoredKind)>, Du
                 path: target.trim_end_matches(" (deleted)").to_string(),
             }
         };
-        out.push((
-            (s.dev, s.ino),
-            format!("/proc/{}/fd/{}", p.pid, f.fd),
-            kind,
-        ));
+        out.push(((s.dev, s.ino), format!("/proc/{}/fd/{}", p.pid, f.fd), kind));
     }
     Ok(out)
 }

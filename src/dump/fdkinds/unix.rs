@@ -1,17 +1,65 @@
 //! Unix sockets: recognised (or refused by name) before the freeze, their state captured
 //! under it.
+//!
+//! An unbound socket connected to an unbound peer is one end of a socket pair
+//! ([`FdKind::UnixPair`]); every other stream, datagram or seqpacket socket is a
+//! [`FdKind::Unix`]: bound to a path or an abstract name, listening (with its backlog),
+//! accepted, or connected to a socket the checkpoint holds too (checked over the whole tree
+//! by [`rules`]). Refused by name: connections waiting in a listener's queue, fds in flight
+//! (`SCM_RIGHTS`), a peer outside the tree, a path bound relative to a directory, a
+//! listener or datagram socket whose path was unlinked, a connection whose peer is closed.
 
 use super::unsupported;
 use crate::dump::DumpError;
+use crate::image::unix::{Message, SockOpts, SocketFile, UnixSocket};
 use crate::image::{FdImage, FdKind};
-use std::os::fd::OwnedFd;
+use crate::sys::sockdiag::{unix_sock, UnixSock};
+use crate::sys::socket::{self, show_name};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 
-/// The record of unix socket `ino`: one end of a socket pair (`socketpair(2)`: unbound, connected to an
-/// unbound peer, not shut down), or the refusal of a unix socket that is not; `Ok(None)` for
-/// a socket that is not a unix one. Whether the peer is held in the tree is checked over the
-/// whole tree (`dump::share`); what waits in it is read under the freeze.
+/// `TCP_ESTABLISHED` (include/net/tcp_states.h, which libc lacks).
+const ESTABLISHED: u8 = 1;
+
+/// What a unix socket is, in words: `a stream socket listening on /run/x`, `a datagram
+/// socket bound to @name`, `an unbound stream socket`, and `, connected to socket:[N]`.
+pub(crate) fn describe(u: &UnixSocket) -> String {
+    let ty = match u.sock_type {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "datagram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        _ => "unknown",
+    };
+    let name = u.name.as_deref().map(show_name).unwrap_or_default();
+    let mut d = if u.listening {
+        format!("a {ty} socket listening on {name}")
+    } else if u.accepted {
+        format!("a {ty} socket accepted on {name}")
+    } else if u.name.is_some() {
+        format!("a {ty} socket bound to {name}")
+    } else {
+        format!("an unbound {ty} socket")
+    };
+    if u.peer != 0 {
+        d += &format!(", connected to socket:[{}]", u.peer);
+    }
+    d
+}
+
+/// The refusal of fds in flight in the queue of socket `ino` (fd `fd` of `pid`).
+fn in_flight(pid: i32, fd: i32, ino: u64, what: &str) -> DumpError {
+    unsupported(format!(
+        "pid {pid} fd {fd}: socket:[{ino}] (UNIX, {what}) has fds in flight in its queue \
+         (SCM_RIGHTS): this is not supported yet"
+    ))
+}
+
+/// The record of unix socket `ino`, or the refusal of one that cannot be carried; `Ok(None)`
+/// for a socket that is not a unix one. Whether its peer is held in the tree is checked over
+/// the whole tree ([`rules`]); what waits in it is read under the freeze ([`capture`]), but
+/// fds in flight are looked for here too (so `haul dump --check` names them) when the
+/// process does not use a peek offset (reading the queue moves it for a moment).
 pub(crate) fn kind(pid: i32, fd: i32, target: &str, ino: u64) -> Result<Option<FdKind>, DumpError> {
-    use crate::sys::sockdiag::unix_sock;
     let Some(s) = unix_sock(ino)? else {
         return Ok(None);
     };
@@ -20,51 +68,264 @@ pub(crate) fn kind(pid: i32, fd: i32, target: &str, ino: u64) -> Result<Option<F
             "pid {pid} fd {fd}: {target} (UNIX, {why}) is not supported yet"
         )))
     };
-    let name = |n: &[u8]| {
-        if n.first() == Some(&0) {
-            format!("@{}", String::from_utf8_lossy(&n[1..]))
-        } else {
-            String::from_utf8_lossy(n).into_owned()
-        }
-    };
-    if s.is_listening() {
-        return no(format!(
-            "listening on {}",
-            s.name.as_deref().map_or("an unnamed address".into(), name)
-        ));
-    }
-    if let Some(n) = &s.name {
-        return no(format!("bound to {}", name(n)));
-    }
-    if s.peer == 0 {
-        return no("not connected, or its peer is closed".into());
-    }
-    if s.shutdown != 0 {
-        return no("shut down".into());
-    }
-    match unix_sock(s.peer)? {
-        Some(p) if p.name.is_some() => {
-            return no(format!(
-                "connected to {}",
-                p.name.as_deref().map_or(String::new(), name)
-            ))
-        }
-        Some(_) => {}
-        None => return no(format!("its peer socket:[{}] is gone", s.peer)),
-    }
     if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&s.sock_type) {
         return no(format!("socket type {}", s.sock_type));
     }
-    Ok(Some(FdKind::UnixPair {
-        ino,
-        peer: s.peer,
-        sock_type: s.sock_type,
-        queued: Vec::new(),
-    }))
+    let peer = if s.peer != 0 {
+        match unix_sock(s.peer)? {
+            Some(p) => Some(p),
+            None => return no(format!("its peer socket:[{}] is gone", s.peer)),
+        }
+    } else {
+        None
+    };
+    if s.name.is_none() && !s.is_listening() {
+        if let Some(p) = peer.as_ref().filter(|p| p.name.is_none()) {
+            // Unbound, connected to an unbound peer: a socket pair.
+            if s.shutdown != 0 {
+                return no("a socket pair, shut down".into());
+            }
+            if in_flight_now(pid, fd, &s)? {
+                return Err(in_flight(pid, fd, ino, "a socket pair"));
+            }
+            let _ = p;
+            return Ok(Some(FdKind::UnixPair {
+                ino,
+                peer: s.peer,
+                sock_type: s.sock_type,
+                queued: Vec::new(),
+                opts: SockOpts::default(),
+            }));
+        }
+    }
+    let u = match record(&s, peer.as_ref()) {
+        Ok(u) => u,
+        Err(why) => return no(why),
+    };
+    if !u.listening && in_flight_now(pid, fd, &s)? {
+        return Err(in_flight(pid, fd, ino, &describe(&u)));
+    }
+    Ok(Some(FdKind::Unix(u)))
 }
 
-/// What only the socket itself tells (queues, options), read under the freeze through
-/// `pidfd`, a pidfd of its process.
-pub(crate) fn capture(_pidfd: &OwnedFd, _f: &mut FdImage) -> Result<(), DumpError> {
+/// The image record of `s` (connected to `peer`), or why it cannot be carried.
+fn record(s: &UnixSock, peer: Option<&UnixSock>) -> Result<UnixSocket, String> {
+    let mut u = UnixSocket {
+        ino: s.ino,
+        sock_type: s.sock_type,
+        name: s.name.clone(),
+        listening: s.is_listening(),
+        peer: s.peer,
+        peer_name: peer.and_then(|p| p.name.clone()),
+        shutdown: s.shutdown,
+        ..Default::default()
+    };
+    let name = s.name.as_deref().map(show_name).unwrap_or_default();
+    let stream = s.sock_type != libc::SOCK_DGRAM;
+    if u.listening {
+        if s.rqueue > 0 {
+            return Err(format!(
+                "listening on {name}, with {} connections waiting to be accepted",
+                s.rqueue
+            ));
+        }
+        u.backlog = s.wqueue;
+    } else if stream && s.peer == 0 && s.state == ESTABLISHED {
+        return Err(format!(
+            "{}, connected to a peer that is closed",
+            describe(&u)
+        ));
+    }
+    let Some(n) = s.name.as_deref() else {
+        return Ok(u);
+    };
+    if n.first() == Some(&0) {
+        // An abstract name: an accepted socket shows its listener's name, its client
+        // (unbound) none.
+        if stream && s.peer != 0 && !u.listening {
+            match peer.and_then(|p| p.name.as_deref()) {
+                None => u.accepted = true,
+                Some(_) => {
+                    return Err(format!(
+                        "{}, whose peer is bound too: which end was accepted is not known",
+                        describe(&u)
+                    ))
+                }
+            }
+        }
+        return Ok(u);
+    }
+    if n.first() != Some(&b'/') {
+        return Err(format!("bound to the relative path {name}"));
+    }
+    let Some((vino, vdev)) = s.vfs else {
+        // Only the socket that bound a path has its file: this one was accepted on it.
+        u.accepted = stream && s.peer != 0;
+        if !u.accepted {
+            return Err(format!("{}, with no socket file", describe(&u)));
+        }
+        return Ok(u);
+    };
+    let path =
+        std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n));
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.ino() == vino && m.dev() == vdev => {
+            u.file = Some(SocketFile {
+                dev: vdev,
+                ino: vino,
+                uid: m.uid(),
+                gid: m.gid(),
+                mode: m.mode() & 0o7777,
+            });
+        }
+        _ if stream && s.peer != 0 && !u.listening => u.unlinked = true,
+        _ => {
+            return Err(format!(
+                "{}, whose socket file was unlinked or replaced since",
+                describe(&u)
+            ))
+        }
+    }
+    Ok(u)
+}
+
+/// Whether fds wait in flight in the queue of `s` (fd `fd` of `pid`), read through a copy
+/// of the fd; not looked at (false) when the process uses a peek offset of its own.
+fn in_flight_now(pid: i32, fd: i32, s: &UnixSock) -> Result<bool, DumpError> {
+    if s.rqueue == 0 {
+        return Ok(false);
+    }
+    let pidfd = crate::sys::process::pidfd_open(pid)?;
+    let sock = crate::sys::process::pidfd_getfd(&pidfd, fd)?;
+    if socket::sockopt_int(sock.as_fd(), libc::SO_PEEK_OFF)? != -1 {
+        return Ok(false);
+    }
+    Ok(socket::peek_queue(sock.as_fd(), s.sock_type == libc::SOCK_STREAM)?.fds_in_flight)
+}
+
+/// The options of socket `sock` that a restore sets again.
+pub(crate) fn opts(sock: &OwnedFd) -> Result<SockOpts, DumpError> {
+    let get = |o| socket::sockopt_int(sock.as_fd(), o);
+    Ok(SockOpts {
+        passcred: get(libc::SO_PASSCRED)? != 0,
+        sndbuf: get(libc::SO_SNDBUF)?,
+        rcvbuf: get(libc::SO_RCVBUF)?,
+        peek_off: get(libc::SO_PEEK_OFF)?,
+    })
+}
+
+/// The pid a pidfd stands for (`Pid:` in its fdinfo), for messages.
+fn pid_of(pidfd: &OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pid:").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// What only the socket itself tells (its options, what waits in its queue), read under
+/// the freeze through `pidfd`, a pidfd of its process.
+pub(crate) fn capture(pidfd: &OwnedFd, f: &mut FdImage) -> Result<(), DumpError> {
+    let FdKind::Unix(u) = &mut f.kind else {
+        return Ok(());
+    };
+    let sock = crate::sys::process::pidfd_getfd(pidfd, f.fd)?;
+    u.opts = opts(&sock)?;
+    if u.listening {
+        return Ok(());
+    }
+    let q = socket::peek_queue(sock.as_fd(), u.sock_type == libc::SOCK_STREAM)?;
+    if q.fds_in_flight {
+        return Err(in_flight(pid_of(pidfd), f.fd, u.ino, &describe(u)));
+    }
+    let mut from = q.senders.into_iter();
+    u.queued = q
+        .messages
+        .into_iter()
+        .map(|data| Message {
+            data,
+            from: from.next().flatten(),
+        })
+        .collect();
+    if u.sock_type == libc::SOCK_DGRAM && u.name.is_none() && !u.queued.is_empty() {
+        return Err(unsupported(format!(
+            "pid {} fd {}: socket:[{}] (UNIX, {}) has datagrams queued, but no name to send \
+             them to again: this is not supported yet",
+            pid_of(pidfd),
+            f.fd,
+            u.ino,
+            describe(u)
+        )));
+    }
     Ok(())
+}
+
+/// Notes in `found` every unix socket of the tree (`tables`: pid and fds of each process
+/// that has an fd table of its own) connected to a socket no process of the tree holds,
+/// naming who outside holds it when a process does.
+pub(crate) fn rules<'a>(
+    tables: impl Iterator<Item = (i32, &'a [FdImage])> + Clone,
+    found: &mut crate::dump::check::Refusals,
+) {
+    let mut inos = std::collections::HashSet::new();
+    let mut pids = Vec::new();
+    for (pid, fds) in tables.clone() {
+        pids.push(pid);
+        for f in fds {
+            match &f.kind {
+                FdKind::Unix(u) => {
+                    inos.insert(u.ino);
+                }
+                FdKind::UnixPair { ino, .. } => {
+                    inos.insert(*ino);
+                }
+                _ => {}
+            }
+        }
+    }
+    let n = pids.len();
+    let outside = if n == 1 {
+        "another process".to_string()
+    } else {
+        format!("another process, outside the tree of {n} processes")
+    };
+    for (pid, fds) in tables {
+        for f in fds {
+            let FdKind::Unix(u) = &f.kind else { continue };
+            let target = format!("socket:[{}]", u.peer);
+            // (A peer a process of the tree holds but that is refused for a reason of its
+            // own is not outside.)
+            if u.peer == 0 || inos.contains(&u.peer) || held_by(&target, &pids) {
+                continue;
+            }
+            let by = crate::proc::fd_holder(&target, &pids)
+                .map(|(p, fd)| format!(", but by pid {p} fd {fd}"))
+                .unwrap_or_default();
+            found.add(unsupported(format!(
+                "pid {pid} fd {}: socket:[{}] (UNIX, {}) leads to {outside}: its peer \
+                 socket:[{}]{} is held by no process of the tree{by}",
+                f.fd,
+                u.ino,
+                describe(u),
+                u.peer,
+                u.peer_name
+                    .as_deref()
+                    .map(|n| format!(" (bound to {})", show_name(n)))
+                    .unwrap_or_default()
+            )));
+        }
+    }
+}
+
+/// Whether one of `pids` has an fd whose link is `target`.
+fn held_by(target: &str, pids: &[i32]) -> bool {
+    pids.iter().any(|p| {
+        std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == target))
+        })
+    })
 }

@@ -58,7 +58,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::UnixPair { ino, .. } => (6, *ino, 0),
         // Compared by kcmp with every fd of their kind (a kind may key by inode once its
         // record holds one).
-        FdKind::Unix(_) => (7, 0, 0),
+        FdKind::Unix(u) => (7, u.ino, 0),
         FdKind::Inet(_) => (8, 0, 0),
         FdKind::Epoll(_) => (9, 0, 0),
         FdKind::Inotify(_) => (10, 0, 0),
@@ -155,6 +155,13 @@ fn rules(
             }
         }
     }
+    crate::dump::fdkinds::unix::rules(
+        tables
+            .iter()
+            .filter(|t| t.files_of.is_none())
+            .map(|t| (t.pid, t.fds)),
+        found,
+    );
     // The descriptions of each pipe end met so far: (pid, fd) of the first.
     let mut described: HashMap<(u64, bool), (i32, i32)> = HashMap::new();
     for (i, t) in tables.iter().enumerate() {
@@ -295,6 +302,7 @@ fn capture_queues(pid: i32, fds: &mut [FdImage]) -> Result<(), DumpError> {
             ino,
             sock_type,
             queued,
+            opts,
             ..
         } = &mut f.kind
         else {
@@ -308,6 +316,7 @@ fn capture_queues(pid: i32, fds: &mut [FdImage]) -> Result<(), DumpError> {
         };
         let sock = process::pidfd_getfd(pidfd, f.fd)?;
         let q = crate::sys::socket::peek_queue(sock.as_fd(), *sock_type == libc::SOCK_STREAM)?;
+        *opts = crate::dump::fdkinds::unix::opts(&sock)?;
         if q.fds_in_flight {
             return Err(DumpError::Unsupported(format!(
                 "pid {pid} fd {}: socket:[{ino}] (UNIX, a socket pair) has fds in flight in its \
@@ -350,6 +359,7 @@ mod tests {
             peer,
             sock_type: libc::SOCK_STREAM,
             queued: Vec::new(),
+            opts: Default::default(),
         }
     }
 

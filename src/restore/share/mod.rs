@@ -23,4 +23,6 @@ pub(crate) struct Shared {
     pub mem: MemTable,
     /// The memfds and deleted files of the set, with haul's copy of each one made so far.
     pub stored: super::stored::StoredTable,
+    /// The unix sockets of the set made so far (haul's copies, by inode).
+    pub unix: super::unix::UnixTable,
 }

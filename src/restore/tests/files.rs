@@ -459,6 +459,7 @@ fn pair_of(n: i32, ino: u64, peer: u64, queued: &[&[u8]]) -> FdImage {
             peer,
             sock_type: libc::SOCK_STREAM,
             queued: queued.iter().map(|q| q.to_vec()).collect(),
+            opts: Default::default(),
         },
     )
 }

@@ -11,6 +11,7 @@ mod steps;
 mod stored;
 mod sysv;
 mod tree;
+mod unix;
 
 use super::error::StepError;
 use crate::image::{
