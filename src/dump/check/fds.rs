@@ -401,7 +401,6 @@ mod tests {
             ("anon_inode:[pidfd]", "(pidfd)"),
             ("anon_inode:[userfaultfd]", "(userfaultfd)"),
             ("anon_inode:[perf_event]", "(perf_event)"),
-            ("anon_inode:[io_uring]", "(io_uring)"),
             ("net:[4026531840]", "(special file)"),
             // An inode no table of ours lists: a socket of unknown kind.
             ("socket:[4294967295]", "(socket)"),
