@@ -270,3 +270,35 @@ fn a_haul_without_cap_sys_admin_refuses_a_filtered_process_by_name() {
     );
     assert_eq!(common::tracer_pid(pid), Some(0));
 }
+
+#[test]
+fn a_filtered_child_in_a_tree_comes_back_with_its_filters() {
+    let s = Session::start();
+    let out = s.path().join("report");
+    // A shell that waits for its filtered child: a tree of two, only the child filtered.
+    let script = format!(
+        "{} {} & wait",
+        fixture("seccompfix").display(),
+        out.display()
+    );
+    let mut cmd = common::clean_command("/bin/sh");
+    cmd.args(["-c", &script]);
+    let mut r = Running::logged(&mut cmd, &s.path().join("log"), true);
+    let child = common::children_of(r.pid)[0];
+    let status = seccomp_status(child);
+    assert_eq!(status[2], ("2".to_string(), "3".to_string()));
+    let before = report(child, &out);
+    let programs = filters(child);
+    let store = Store::open_or_create(&s.store()).unwrap();
+    let d = dump_to_store(r.pid, &store, "seccomp", &DumpOptions::default(), Some(1))
+        .unwrap_or_else(|e| panic!("dump of the tree of pid {}: {e}", r.pid));
+    r.child.wait().unwrap();
+    assert!(d.set.process.as_ref().unwrap().seccomp.is_none());
+    assert!(d.set.tree.descendants[0].seccomp.is_some());
+    restore(&d.set, &store, &common::verified(PidChoice::Same))
+        .unwrap_or_else(|e| panic!("restore of the tree of pid {}: {e}", r.pid));
+    assert_eq!(seccomp_status(r.pid), [("0".to_string(), "0".to_string())]);
+    assert_eq!(seccomp_status(child), status);
+    assert_eq!(filters(child), programs);
+    assert_eq!(report(child, &out), before);
+}

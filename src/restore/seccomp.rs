@@ -10,6 +10,10 @@
 //! traced with `PTRACE_O_SUSPEND_SECCOMP` first, so the filters apply to none of the syscalls
 //! injected after them: they take effect when the restore detaches.
 //!
+//! Filters are installed with `SECCOMP_FILTER_FLAG_SPEC_ALLOW`: the thread's speculation
+//! control is restored before, as the dump saw it (with whatever the original filters did to
+//! it), and the install must leave it so.
+//!
 //! Limit: filters two threads have beyond the chain every thread shares are installed in each
 //! (equal programs, no longer one filter): a later `TSYNC` by one of them fails where it
 //! would have worked.
@@ -107,7 +111,10 @@ fn install(rs: &mut dyn Inject, img: &SeccompImage, chain: &[usize]) -> StepResu
                 "the image has no such filter".into(),
             ))),
         })?;
-        remote::seccomp_set_filter(rs, f.flags, &f.program)?;
+        // The thread's speculation control was restored before (*threads*, `attrs`), as the
+        // dump saw it, effects of the original filters included: the install must not change it.
+        let flags = f.flags | crate::sys::seccomp::FILTER_FLAG_SPEC_ALLOW;
+        remote::seccomp_set_filter(rs, flags, &f.program)?;
     }
     Ok(())
 }

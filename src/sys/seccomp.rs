@@ -22,6 +22,10 @@ pub const PTRACE_O_SUSPEND_SECCOMP: u64 = libc::PTRACE_O_SUSPEND_SECCOMP as u64;
 pub const MODE_STRICT: u8 = libc::SECCOMP_MODE_STRICT as u8;
 /// `SECCOMP_MODE_FILTER`.
 pub const MODE_FILTER: u8 = libc::SECCOMP_MODE_FILTER as u8;
+/// `SECCOMP_FILTER_FLAG_SPEC_ALLOW`: installing the filter leaves the thread's speculation
+/// control alone (without it, a kernel in `spec_store_bypass_disable=seccomp` mode forces the
+/// mitigations on).
+pub const FILTER_FLAG_SPEC_ALLOW: u64 = libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW;
 /// `SECCOMP_RET_USER_NOTIF`: the filter hands the syscall to a listener (an fd elsewhere).
 pub const RET_USER_NOTIF: u32 = libc::SECCOMP_RET_USER_NOTIF;
 /// `SECCOMP_RET_ACTION_FULL`: the action bits of a filter's return value.
