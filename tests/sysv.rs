@@ -190,6 +190,24 @@ fn a_tree_s_sysv_segments_semaphores_and_queue_come_back_with_their_ids_and_cont
     assert_eq!(out.pid, parent);
     assert_eq!(common::children_of(parent), [child]);
     assert_eq!(all_rows(&ids), before, "/proc/sysvipc after restore");
+    // The restored tree is their last user (the root set the values and sent the messages),
+    // so a dump of it finds them all its own again.
+    assert_eq!(rows("msg", &[ids.msg], &[5]), [vec![i64::from(parent)]]);
+    let again = dump_to_store(
+        parent,
+        &store,
+        "sysv",
+        &DumpOptions {
+            leave_running: true,
+            ..DumpOptions::default()
+        },
+        Some(1),
+    )
+    .unwrap_or_else(|e| panic!("second dump of the restored tree: {e}"));
+    let ipc2 = again.set.tree.ipc.as_ref().expect("the SysV objects again");
+    assert_eq!((ipc2.shm.len(), ipc2.sem.len(), ipc2.msg.len()), (2, 1, 1));
+    assert_eq!(ipc2.sem[0].values, [3, 7, 11]);
+    assert_eq!(ipc2.msg[0].messages.len(), 3);
 
     let o = s.path().join("out");
     let first = report(parent, &o);

@@ -171,6 +171,10 @@ fn build(
     let temp_prot = c.step(Step::Map, ipid, || {
         memory::map_vmas(&mut rs, &view, p, &lazy_ranges, shared)
     })?;
+    // The root sets the SysV objects' values and messages (made before any process).
+    if pr.space == 0 {
+        c.step(Step::Map, ipid, || super::share::sysv::claim(&mut rs, set))?;
+    }
 
     if let Some(hooks) = lazy {
         let ranges = lazy_ranges.clone();

@@ -1,6 +1,6 @@
 //! SysV IPC objects as haul reads and makes them itself: shared memory segments
 //! (`shmget(2)`, `shmat(2)`, `shmctl(2)`), semaphore sets (`semget(2)`, `semctl(2)`) and
-//! message queues (`msgget(2)`, `msgrcv(2)` with `MSG_COPY`, `msgsnd(2)`, `msgctl(2)`),
+//! message queues (`msgget(2)`, `msgrcv(2)` with `MSG_COPY`, `msgctl(2)`),
 //! and the id the next one gets (`/proc/sys/kernel/{shm,sem,msg}_next_id`, see proc(5);
 //! the kernel needs CONFIG_CHECKPOINT_RESTORE for it and for `MSG_COPY`).
 //!
@@ -151,16 +151,6 @@ pub fn sem_values(id: i32, nsems: usize) -> Result<Vec<u16>> {
     Ok(v)
 }
 
-/// Sets every semaphore's value: `semctl(id, 0, SETALL, values)`, see semctl(2).
-pub fn sem_set_values(id: i32, values: &[u16]) -> Result<()> {
-    // SAFETY: SETALL reads as many unsigned shorts as the set has; `values` holds that many
-    // (the set was made with `values.len()` semaphores).
-    if unsafe { libc::semctl(id, 0, libc::SETALL, values.as_ptr()) } < 0 {
-        return Err(last_err(format!("semctl(SETALL) of semid {id}")));
-    }
-    Ok(())
-}
-
 /// Message `index` (0: the oldest) of queue `id`, read without taking it:
 /// `msgrcv(id, buf, max, index, IPC_NOWAIT | MSG_COPY)`, see msgrcv(2). Returns (mtype, text).
 pub fn msg_copy(id: i32, index: u64, max: usize) -> Result<(i64, Vec<u8>)> {
@@ -183,21 +173,6 @@ pub fn msg_copy(id: i32, index: u64, max: usize) -> Result<(i64, Vec<u8>)> {
     }
     let mtype = i64::from_ne_bytes(buf[..word].try_into().unwrap_or([0; 8]));
     Ok((mtype, buf[word..word + n as usize].to_vec()))
-}
-
-/// Queues a message: `msgsnd(id, {mtype, text}, len, IPC_NOWAIT)`, see msgsnd(2).
-pub fn msg_send(id: i32, mtype: i64, text: &[u8]) -> Result<()> {
-    let mut buf = Vec::with_capacity(8 + text.len());
-    buf.extend_from_slice(&mtype.to_ne_bytes());
-    buf.extend_from_slice(text);
-    // SAFETY: `buf` is a struct msgbuf: a long then `text.len()` bytes.
-    if unsafe { libc::msgsnd(id, buf.as_ptr().cast(), text.len(), libc::IPC_NOWAIT) } < 0 {
-        return Err(last_err(format!(
-            "msgsnd of a {}-byte message of type {mtype} to msqid {id}",
-            text.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Makes a new object with key `key` (never one that exists: `IPC_CREAT | IPC_EXCL`):

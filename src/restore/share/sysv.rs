@@ -1,8 +1,9 @@
 //! The SysV IPC objects of a set (`Tree::ipc`), made again before any process exists, each
-//! under its own id and key, with its owner, permissions and contents: a segment's pages
-//! (written through haul's own attachment), a set's values (`SETALL`), a queue's messages
-//! (sent in order). The processes then attach their segments themselves (`memory::map_vmas`,
-//! an injected `shmat` at the dumped address).
+//! under its own id and key, with its owner, permissions and a segment's pages (written
+//! through haul's own attachment). The root, once its memory is mapped, sets the sets' values
+//! (`SETALL`) and sends the queues' messages in order ([`claim`], injected: so a process of
+//! the tree is their last user, as at the dump). The processes attach their segments
+//! themselves (`memory::map_vmas`, an injected `shmat` at the dumped address).
 //!
 //! **Ids.** The kernel gives the next object the id written to
 //! `/proc/sys/kernel/{shm,sem,msg}_next_id` (an id is `index + seq * 32768`; it takes the
@@ -18,13 +19,16 @@
 //! A failed restore removes every object it made ([`Made`] on drop). A segment marked for
 //! deletion is marked again once every process has attached it ([`Made::finish`]).
 //!
-//! Not carried: the creator's uid/gid (`cuid`, `cgid`: haul's) and the last pids and times
-//! (the restored objects' last user is haul until the tree uses them).
+//! Not carried: the creator's uid/gid (`cuid`, `cgid`: haul's), a segment's creator pid
+//! (haul's), and which process of the tree was each object's last user and when (the root
+//! is).
 
 use std::collections::BTreeSet;
 
 use crate::image::ipc::{self, IpcImage, IpcPerm};
 use crate::image::{ImageSet, PageRef};
+use crate::restore::error::StepResult;
+use crate::sys::remote::{self, Inject};
 use crate::sys::sysvipc::{self, Kind};
 use crate::sys::SysError;
 
@@ -345,6 +349,7 @@ pub(crate) fn make(
             made.removed.push(id);
         }
     }
+    // Their values and messages are given by the root ([`claim`]).
     for s in &ipc.sem {
         let p = &s.perm;
         let sys = |source| SysvError::Sys {
@@ -353,7 +358,6 @@ pub(crate) fn make(
             key: p.key,
             source,
         };
-        sysvipc::sem_set_values(p.id, &s.values).map_err(sys)?;
         sysvipc::set_owner(Kind::Sem, p.id, p.uid, p.gid, p.mode, 0).map_err(sys)?;
     }
     for q in &ipc.msg {
@@ -364,13 +368,34 @@ pub(crate) fn make(
             key: p.key,
             source,
         };
-        // Its capacity first: the messages may not fit in the default one.
+        // Its capacity before its messages: they may not fit in the default one.
         sysvipc::set_owner(Kind::Msg, p.id, p.uid, p.gid, p.mode, q.qbytes).map_err(sys)?;
-        for m in &q.messages {
-            sysvipc::msg_send(p.id, m.mtype, &m.data).map_err(sys)?;
-        }
     }
     Ok(made)
+}
+
+/// In the root, once its memory is mapped (it still has haul's credentials): sets every
+/// semaphore set's values and queues every queue's messages in order, and attaches and
+/// detaches every segment, by injected calls. So the tree's process, not haul, is the last
+/// user of each object (`sempid`, `lspid`, `lpid`), as a dump of the restored tree needs to
+/// find them its own.
+pub(crate) fn claim(rs: &mut dyn Inject, set: &ImageSet) -> StepResult {
+    let Some(ipc) = &set.tree.ipc else {
+        return Ok(());
+    };
+    for s in &ipc.sem {
+        remote::semctl_setall(rs, s.perm.id, &s.values)?;
+    }
+    for q in &ipc.msg {
+        for m in &q.messages {
+            remote::msgsnd(rs, q.perm.id, m.mtype, &m.data)?;
+        }
+    }
+    for seg in &ipc.shm {
+        let at = remote::shmat(rs, seg.perm.id, 0, libc::SHM_RDONLY)?;
+        remote::shmdt(rs, at)?;
+    }
+    Ok(())
 }
 
 /// Writes segment `index`'s pages (its page space) into segment `id` through a writable

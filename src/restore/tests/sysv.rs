@@ -133,3 +133,63 @@ fn a_segment_is_attached_whole_at_its_address_read_only_unless_it_may_be_written
         crate::restore::memory::map_vmas(&mut r, &set_with(&[]), &p, &[], &mut shared).unwrap_err();
     assert_eq!(e.errno(), Some(libc::EINVAL));
 }
+
+#[test]
+fn the_root_sets_values_sends_messages_in_order_and_touches_every_segment() {
+    use crate::image::ipc::{IpcImage, IpcPerm, Message, MsgQueue, SemSet, ShmSegment};
+    let perm = |id| IpcPerm {
+        id,
+        ..Default::default()
+    };
+    let mut set = set_with(&[]);
+    set.tree.ipc = Some(IpcImage {
+        shm: vec![ShmSegment {
+            perm: perm(3),
+            size: 4096,
+            ..Default::default()
+        }],
+        sem: vec![SemSet {
+            perm: perm(4),
+            values: vec![3, 7],
+        }],
+        msg: vec![MsgQueue {
+            perm: perm(5),
+            qbytes: 100,
+            messages: vec![
+                Message {
+                    mtype: 9,
+                    data: b"ab".to_vec(),
+                },
+                Message {
+                    mtype: 2,
+                    data: b"c".to_vec(),
+                },
+            ],
+        }],
+    });
+    let mut r = Recorder::new(50);
+    r.returns("shmat", 0x4000_0000);
+    crate::restore::share::sysv::claim(&mut r, &set).unwrap();
+    assert_eq!(r.names(), ["semctl", "msgsnd", "msgsnd", "shmat", "shmdt"]);
+    let c = &r.calls;
+    assert_eq!(c[0].args[..3], [4, 0, libc::SETALL as u64]);
+    let vals: Vec<u8> = [3u16, 7].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    assert_eq!(c[0].written_at(c[0].args[3]), Some(vals.as_slice()));
+    for (call, (t, d)) in c[1..3].iter().zip([(9i64, &b"ab"[..]), (2, &b"c"[..])]) {
+        assert_eq!(call.args[0], 5);
+        assert_eq!(call.args[2], d.len() as u64);
+        assert_eq!(call.args[3], libc::IPC_NOWAIT as u64);
+        let mut want = t.to_ne_bytes().to_vec();
+        want.extend_from_slice(d);
+        assert_eq!(call.written_at(call.args[1]), Some(want.as_slice()));
+    }
+    assert_eq!(c[3].args[..3], [3, 0, libc::SHM_RDONLY as u64]);
+    assert_eq!(c[4].args[0], 0x4000_0000);
+
+    // A failing call stops the step with its errno.
+    let mut r = Recorder::new(50);
+    r.fail_nth(1, libc::EAGAIN);
+    let e = crate::restore::share::sysv::claim(&mut r, &set).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EAGAIN));
+    assert_eq!(r.names(), ["semctl", "msgsnd"]);
+}
