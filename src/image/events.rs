@@ -30,10 +30,8 @@ impl EpollTarget {
 
 /// The bits of a registration the kernel keeps when a one-shot one fires (`EP_PRIVATE_BITS`
 /// of fs/eventpoll.c).
-pub const PRIVATE_BITS: u32 = (libc::EPOLLWAKEUP
-    | libc::EPOLLONESHOT
-    | libc::EPOLLET
-    | libc::EPOLLEXCLUSIVE) as u32;
+pub const PRIVATE_BITS: u32 =
+    (libc::EPOLLWAKEUP | libc::EPOLLONESHOT | libc::EPOLLET | libc::EPOLLEXCLUSIVE) as u32;
 
 /// An inotify instance: its watches, and how many bytes of events were queued unread at the
 /// dump (not carried: a restore drops them with a warning).

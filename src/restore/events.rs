@@ -106,15 +106,7 @@ pub(super) fn make_epoll(
         fire_one_shot(rs, p, f, t)?;
     }
     for t in e.targets.iter().filter(|t| !t.fired()) {
-        remote::epoll_ctl(
-            rs,
-            ep,
-            libc::EPOLL_CTL_ADD,
-            t.fd as u64,
-            t.events,
-            t.data,
-        )
-        .at(at)?;
+        remote::epoll_ctl(rs, ep, libc::EPOLL_CTL_ADD, t.fd as u64, t.events, t.data).at(at)?;
     }
     Ok(())
 }
@@ -201,8 +193,8 @@ pub(super) fn make_inotify(
                 drain(rs, fd).at(at)?;
             }
         }
-        let got = remote::inotify_add_watch(rs, fd, &w.path, w.mask | libc::IN_DONT_FOLLOW)
-            .at(at)?;
+        let got =
+            remote::inotify_add_watch(rs, fd, &w.path, w.mask | libc::IN_DONT_FOLLOW).at(at)?;
         if got != w.wd as u64 {
             return Err::<(), _>(EventsError::Wd {
                 wd: w.wd,
@@ -282,7 +274,10 @@ pub(super) fn check_watches(p: &ProcessImage) -> Result<(), Refusal> {
                 ),
                 Ok(_) => continue,
             };
-            return Err(Refusal(format!("fd {}: inotify watch {}: {why}", f.fd, w.wd)));
+            return Err(Refusal(format!(
+                "fd {}: inotify watch {}: {why}",
+                f.fd, w.wd
+            )));
         }
     }
     Ok(())

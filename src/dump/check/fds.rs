@@ -402,9 +402,11 @@ mod tests {
                 format!("pid {me} fd 5: {target} {kind} is not supported yet")
             );
         }
-        assert!(refusal(fd_kind(me, 5, "anon_inode:[io_uring]", &none)).starts_with(&format!(
-            "pid {me} fd 5: anon_inode:[io_uring] (io_uring) is not supported: "
-        )));
+        assert!(
+            refusal(fd_kind(me, 5, "anon_inode:[io_uring]", &none)).starts_with(&format!(
+                "pid {me} fd 5: anon_inode:[io_uring] (io_uring) is not supported: "
+            ))
+        );
         assert_eq!(
             refusal(fd_kind(me, 6, "anon_inode:[eventfd]", &none)),
             format!("pid {me} fd 6: anon_inode:[eventfd]: its fdinfo is not understood")

@@ -232,8 +232,7 @@ fn watched_path(w: &WatchLine, dev: u64) -> Option<String> {
             continue;
         };
         // The watch is on the inode itself: a symlink is not followed (IN_DONT_FOLLOW).
-        if std::fs::symlink_metadata(&path).is_ok_and(|md| md.dev() == dev && md.ino() == w.ino)
-        {
+        if std::fs::symlink_metadata(&path).is_ok_and(|md| md.dev() == dev && md.ino() == w.ino) {
             return Some(path);
         }
     }

@@ -114,7 +114,13 @@ fn a_fired_one_shot_whose_file_is_not_ready_is_armed_for_errors_only() {
     crate::restore::fds::restore_fds(&mut r, &p, &mut Default::default()).unwrap();
     assert_eq!(
         r.names(),
-        ["close_range", "epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_ctl"]
+        [
+            "close_range",
+            "epoll_create1",
+            "epoll_ctl",
+            "epoll_pwait",
+            "epoll_ctl"
+        ]
     );
     let m = &r.of("epoll_ctl")[1];
     assert_eq!(m.args[..3], [900, libc::EPOLL_CTL_MOD as u64, 906]);
@@ -206,10 +212,16 @@ fn watch_descriptors_come_back_with_their_gaps_filled_and_the_fillers_events_rea
         String::from_utf8(b[..b.len() - 1].to_vec()).unwrap()
     };
     assert_eq!(path(adds[0]), "/w/a");
-    assert_eq!(adds[0].args[2], u64::from(libc::IN_CREATE | libc::IN_DONT_FOLLOW));
+    assert_eq!(
+        adds[0].args[2],
+        u64::from(libc::IN_CREATE | libc::IN_DONT_FOLLOW)
+    );
     assert_eq!(path(adds[1]), "/", "a path no watch of the instance has");
     assert_eq!(path(adds[3]), "/w/c");
-    assert_eq!(adds[3].args[2], u64::from(libc::IN_ATTRIB | libc::IN_DONT_FOLLOW));
+    assert_eq!(
+        adds[3].args[2],
+        u64::from(libc::IN_ATTRIB | libc::IN_DONT_FOLLOW)
+    );
     let rms: Vec<u64> = r.of("inotify_rm_watch").iter().map(|c| c.args[1]).collect();
     assert_eq!(rms, [2, 3]);
     // Blocking again, as it was.
@@ -235,5 +247,48 @@ fn a_watch_given_another_descriptor_fails_naming_both() {
     assert_eq!(
         e.to_string(),
         "fd 900: inotify watch 2 of /w/b was made again as watch 5"
+    );
+}
+
+#[test]
+fn a_watched_path_gone_or_replaced_is_named_before_anything_is_made() {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/").unwrap();
+    let mut img = inotify(&[(1, "/", libc::IN_CREATE)], 0);
+    if let FdKind::Inotify(i) = &mut img {
+        i.watches[0].dev = root.dev();
+        i.watches[0].ino = root.ino();
+    }
+    let p = ProcessImage {
+        fds: vec![fd(5, 0, img.clone())],
+        ..Default::default()
+    };
+    assert!(crate::restore::events::check_watches(&p).is_ok());
+    let gone = ProcessImage {
+        fds: vec![fd(5, 0, inotify(&[(2, "/haul-no-such-path", 2)], 0))],
+        ..Default::default()
+    };
+    let e = crate::restore::events::check_watches(&gone).unwrap_err().0;
+    assert!(
+        e.starts_with("fd 5: inotify watch 2: /haul-no-such-path cannot be watched again: "),
+        "{e}"
+    );
+    if let FdKind::Inotify(i) = &mut img {
+        i.watches[0].ino += 1;
+    }
+    let replaced = ProcessImage {
+        fds: vec![fd(5, 0, img)],
+        ..Default::default()
+    };
+    let e = crate::restore::events::check_watches(&replaced)
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        e,
+        format!(
+            "fd 5: inotify watch 1: / is not the same file any more (inode {} was {})",
+            root.ino(),
+            root.ino() + 1
+        )
     );
 }
