@@ -249,3 +249,46 @@ fn a_watch_given_another_descriptor_fails_naming_both() {
         "fd 900: inotify watch 2 of /w/b was made again as watch 5"
     );
 }
+
+#[test]
+fn a_watched_path_gone_or_replaced_is_named_before_anything_is_made() {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/").unwrap();
+    let mut img = inotify(&[(1, "/", libc::IN_CREATE)], 0);
+    if let FdKind::Inotify(i) = &mut img {
+        i.watches[0].dev = root.dev();
+        i.watches[0].ino = root.ino();
+    }
+    let p = ProcessImage {
+        fds: vec![fd(5, 0, img.clone())],
+        ..Default::default()
+    };
+    assert!(crate::restore::events::check_watches(&p).is_ok());
+    let gone = ProcessImage {
+        fds: vec![fd(5, 0, inotify(&[(2, "/haul-no-such-path", 2)], 0))],
+        ..Default::default()
+    };
+    let e = crate::restore::events::check_watches(&gone).unwrap_err().0;
+    assert!(
+        e.starts_with("fd 5: inotify watch 2: /haul-no-such-path cannot be watched again: "),
+        "{e}"
+    );
+    if let FdKind::Inotify(i) = &mut img {
+        i.watches[0].ino += 1;
+    }
+    let replaced = ProcessImage {
+        fds: vec![fd(5, 0, img)],
+        ..Default::default()
+    };
+    let e = crate::restore::events::check_watches(&replaced)
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        e,
+        format!(
+            "fd 5: inotify watch 1: / is not the same file any more (inode {} was {})",
+            root.ino(),
+            root.ino() + 1
+        )
+    );
+}
