@@ -765,3 +765,37 @@ state = true
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("differs from the image"), "{stdout}");
 }
+
+#[test]
+fn a_helper_that_left_the_tree_but_kept_its_process_group_does_not_block_the_same_pid() {
+    // The job's process leads its process group. A double-forked helper of the shell that
+    // started it leaves the tree, but not the group; it exits and, orphaned, becomes a zombie
+    // of haul (a subreaper). A zombie keeps its group, so the job's pid stays taken after the
+    // dump killed the job until haul reaps that zombie too: the restore under the same pid
+    // failed with "clone3 with set_tid: File exists".
+    let dir = tempfile::tempdir().unwrap();
+    let j = job(
+        dir.path(),
+        "grp",
+        &format!(
+            r#"[process]
+command = ["sh", "-c", "( (sleep 0.1; echo x > {{run_dir}}/helper) & ); exec {counter} {{run_dir}}/counter.log"]
+ready = {{ file = "{{run_dir}}/helper" }}
+
+[restore]
+pid = "same"
+
+[verify]
+command = ["true"]
+"#,
+            counter = fixture("counter").display()
+        ),
+    );
+    let out = haul().args(["run", "--plain"]).arg(&j).output().unwrap();
+    let r = &reports(dir.path())[0];
+    let restored = r["restored_pid"].as_i64().unwrap_or(0) as i32;
+    let _leftovers = Leftovers(vec![restored].into_iter().filter(|&p| p > 0).collect());
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(r["outcome"], "ok", "{r}");
+    assert_eq!(restored, r["pid"].as_i64().unwrap() as i32, "{r}");
+}

@@ -19,10 +19,23 @@ pub struct Taken {
     pub state: char,
     /// Its parent, who should reap it.
     pub ppid: i32,
+    /// Set when the pid itself is gone but is still the process group or session of another
+    /// process (a zombie keeps its links): that process's pid. `comm`, `state` and `ppid`
+    /// are then that process's. A pid that leads a group or session cannot be given to a
+    /// new process (`clone3` with `set_tid` fails with EEXIST).
+    pub leader_of: Option<i32>,
 }
 
 impl std::fmt::Display for Taken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(holder) = self.leader_of {
+            return write!(
+                f,
+                "pid {} is still taken: it is the process group or session of pid {holder} \
+                 ({}, state {}, parent {})",
+                self.pid, self.comm, self.state, self.ppid
+            );
+        }
         if self.state == 'Z' {
             write!(
                 f,
@@ -48,22 +61,39 @@ pub fn become_subreaper() {
 }
 
 /// Waits until every pid of `pids` (the processes of a killed tree) is free, reaping those
-/// that are haul's own zombies, for at most `timeout`; returns those still taken, named.
+/// that are haul's own zombies, for at most `timeout`; returns those still taken, named. A
+/// pid is free only once no process is left with it as its process group or session either:
+/// a zombie of haul's (a process that left the tree, say a double-forked helper of its
+/// group, orphaned to haul) is reaped for that too.
 pub fn release(pids: &[i32], timeout: Duration) -> Vec<Taken> {
     let me = crate::sys::process::getpid();
     let end = Instant::now() + timeout;
     let mut left: Vec<i32> = pids.to_vec();
     loop {
         let mut taken = Vec::new();
+        // Every process, read once a round, only when a pid of the tree is gone.
+        let mut everyone: Option<Vec<crate::proc::Stat>> = None;
         left.retain(|&pid| {
-            let Ok(st) = crate::proc::stat(pid) else {
-                return false; // gone: free
+            let (st, leader_of) = match crate::proc::stat(pid) {
+                Ok(st) => (st, None),
+                Err(_) => {
+                    let all = everyone.get_or_insert_with(|| {
+                        crate::proc::pids()
+                            .into_iter()
+                            .filter_map(|p| crate::proc::stat(p).ok())
+                            .collect()
+                    });
+                    match all.iter().find(|s| s.pgrp == pid || s.session == pid) {
+                        None => return false, // gone, and no one's group: free
+                        Some(s) => (s.clone(), Some(s.pid)),
+                    }
+                }
             };
             if st.ppid == me && st.is_zombie() {
-                match crate::sys::host::reap_if_ended(pid) {
-                    Ok(true) => return false,
-                    Ok(false) => {}
-                    Err(e) => tracing::debug!(pid, "reaping: {e}"),
+                match crate::sys::host::reap_if_ended(st.pid) {
+                    Ok(true) if leader_of.is_none() => return false,
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(pid = st.pid, "reaping: {e}"),
                 }
             }
             taken.push(Taken {
@@ -71,10 +101,12 @@ pub fn release(pids: &[i32], timeout: Duration) -> Vec<Taken> {
                 comm: st.comm,
                 state: st.state,
                 ppid: st.ppid,
+                leader_of,
             });
             true
         });
         if taken.is_empty() || Instant::now() >= end {
+            // (A holder reaped in the last round is seen gone in the next one.)
             return taken;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -92,6 +124,7 @@ mod tests {
             comm: "sleep".into(),
             state: 'Z',
             ppid: 7,
+            leader_of: None,
         };
         assert_eq!(
             t.to_string(),
