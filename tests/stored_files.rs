@@ -95,8 +95,7 @@ fn fd_view(pid: i32, fd: i32) -> (FdView, u64) {
             .to_string()
     };
     let f = std::fs::File::open(format!("/proc/{pid}/fd/{fd}")).unwrap();
-    let seals =
-        nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(-1);
+    let seals = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(-1);
     let ino = f.metadata().unwrap().ino();
     (
         FdView {
@@ -147,7 +146,10 @@ fn dump_kill(r: &mut Running, store: &Store) -> ImageSet {
     let _ = r.child.wait();
     // Restored from the manifest as written, as `haul restore` reads it.
     let back = store.load_set(&d.set.id).expect("load the set back");
-    assert_eq!(back.tree.files, d.set.tree.files, "the manifest keeps the stored files");
+    assert_eq!(
+        back.tree.files, d.set.tree.files,
+        "the manifest keeps the stored files"
+    );
     back
 }
 
@@ -180,7 +182,11 @@ fn memfds_and_a_deleted_file_come_back_with_contents_holes_seals_and_offsets() {
     // write through the fd seen in the mapping, the deleted file at 100 with no link.
     let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK;
     assert_eq!(before[1], seals as u64, "{before:?}");
-    assert_eq!(before[3..8], [4 * 4096 + 100, 5000, 2 * 4096, 1, 100], "{before:?}");
+    assert_eq!(
+        before[3..8],
+        [4 * 4096 + 100, 5000, 2 * 4096, 1, 100],
+        "{before:?}"
+    );
     assert_eq!(before[9], 0, "{before:?}");
     let fds_before: Vec<_> = (3..=5).map(|fd| fd_view(pid, fd)).collect();
     let maps_before = maps(pid);
@@ -193,7 +199,12 @@ fn memfds_and_a_deleted_file_come_back_with_contents_holes_seals_and_offsets() {
     assert_eq!(files.len(), 4, "{files:?}");
     let sealed = files
         .iter()
-        .find(|f| f.kind == StoredKind::Memfd { name: "haul-sealed".into() })
+        .find(|f| {
+            f.kind
+                == StoredKind::Memfd {
+                    name: "haul-sealed".into(),
+                }
+        })
         .expect("the sealed memfd in the image");
     assert_eq!(sealed.seals, seals as u32);
     let (lo, hi) = haul::image::space_bounds(sealed.space);
@@ -226,7 +237,10 @@ fn memfds_and_a_deleted_file_come_back_with_contents_holes_seals_and_offsets() {
     }
     assert_eq!(lines(&maps(pid)), lines(&maps_before));
     // The fd and the mapping of "haul-shared" are one file.
-    assert_eq!(fds_after[1].1, mapped_ino(pid, "/memfd:haul-shared (deleted)"));
+    assert_eq!(
+        fds_after[1].1,
+        mapped_ino(pid, "/memfd:haul-shared (deleted)")
+    );
     // Nothing left behind where the deleted file was made again.
     assert!(
         files_with(dir.path(), "storedfd-deleted-").is_empty(),
@@ -237,7 +251,10 @@ fn memfds_and_a_deleted_file_come_back_with_contents_holes_seals_and_offsets() {
     // the fd is seen in the mapping.
     let after = report(pid, &out);
     assert_eq!(lasting(&after), lasting(&before), "{before:?} {after:?}");
-    assert_eq!(after[6], 1, "a write through the fd is not in the mapping: {after:?}");
+    assert_eq!(
+        after[6], 1,
+        "a write through the fd is not in the mapping: {after:?}"
+    );
 }
 
 #[test]
@@ -307,7 +324,9 @@ fn a_python_memfd_keeps_its_bytes_mapping_offset_and_seals() {
     let out = dir.path().join("reports");
     // A real program: python's os.memfd_create, written, mapped, sealed; on SIGUSR1 it
     // bumps byte 0 through the mapping and reports what the fd reads.
-    let script = "import os,mmap,fcntl,signal,sys\n\
+    // (It polls rather than pause(): a signal that lands between python's check and its
+    // pause() would wait for the next one.)
+    let script = "import os,mmap,fcntl,signal,sys,time\n\
         pat=bytes(range(256))*64\n\
         fd=os.memfd_create('py-buf',os.MFD_ALLOW_SEALING)\n\
         os.write(fd,pat)\n\
@@ -321,7 +340,7 @@ fn a_python_memfd_keeps_its_bytes_mapping_offset_and_seals() {
         \x20   open(sys.argv[1],'a').write('%d %d %d %d %d\\n'%(ok,d[0],os.lseek(fd,0,1),fcntl.fcntl(fd,fcntl.F_GET_SEALS),fd))\n\
         signal.signal(signal.SIGUSR1,rep)\n\
         print('ready',flush=True)\n\
-        while True: signal.pause()\n";
+        while True: time.sleep(0.05)\n";
     let mut cmd = common::clean_command(common::python3());
     cmd.args(["-c", script]).arg(&out);
     let mut r = Running::logged(&mut cmd, &dir.path().join("log"), true);
@@ -347,7 +366,10 @@ fn a_python_memfd_keeps_its_bytes_mapping_offset_and_seals() {
     let bytes = std::fs::read(format!("/proc/{pid}/fd/{fd}")).unwrap();
     assert_eq!(bytes.len(), 16384);
     assert_eq!(bytes[0], 2);
-    assert!(bytes[1..].iter().enumerate().all(|(i, &b)| b == ((i + 1) % 256) as u8));
+    assert!(bytes[1..]
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == ((i + 1) % 256) as u8));
 }
 
 /// `haul dump --check` of `pid`: its exit code and text.
@@ -416,18 +438,60 @@ fn a_restore_is_refused_naming_a_deleted_file_whose_directory_is_gone() {
     let store = new_store(dir.path());
     let set = dump_kill(&mut r, &store);
     std::fs::remove_dir(&sub).unwrap();
-    let e = haul::restore::restore(
+    let e = match haul::restore::restore(
         &set,
         &store,
         &common::verified(haul::restore::PidChoice::Same),
-    )
-    .err()
-    .expect("the restore should be refused");
+    ) {
+        Ok(o) => {
+            let _guard = Restored(vec![o.pid]);
+            panic!("the restore should be refused")
+        }
+        Err(e) => e,
+    };
     assert!(
         e.to_string().contains(&format!(
             "{} was open while deleted; a restore makes it again in its directory, which is gone",
             f.display()
         )),
         "{e}"
+    );
+}
+
+#[test]
+fn a_memfd_another_process_holds_too_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "import os,time\nfd=os.memfd_create('lent')\nos.write(fd,b'x')\n\
+                  print('ready',flush=True)\ntime.sleep(600)";
+    let p = Running::logged(
+        common::clean_command(common::python3()).args(["-c", script]),
+        &dir.path().join("log"),
+        true,
+    );
+    let pid = p.pid;
+    let fd = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy() == "/memfd:lent (deleted)")
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .expect("the memfd");
+    let (code, text) = check(pid);
+    assert_eq!(code, Some(0), "alone, it is carried: {text}");
+    // This test process opens it too: it is no longer the tree's alone.
+    let held = std::fs::File::open(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    let (code, text) = check(pid);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "pid {pid} fd {fd}: its memfd or deleted file is held by pid {} (fd {}) too, \
+             outside the tree: a restore would give the tree a copy of its own (not supported \
+             yet)",
+            std::process::id(),
+            held.as_raw_fd()
+        )),
+        "{text}"
     );
 }

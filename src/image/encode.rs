@@ -198,8 +198,7 @@ pub fn encode_manifest(set: &ImageSet) -> Result<Vec<u8>, EncodeError> {
     // An older build reads a version-1 manifest and would silently leave out what it does
     // not know: descendants, SysV IPC objects, seccomp filters. Only a set with none of them
     // is written as version 1.
-    let plain = holds_nothing(&set.tree)
-        && set.processes().all(|(_, p)| p.seccomp.is_none());
+    let plain = holds_nothing(&set.tree) && set.processes().all(|(_, p)| p.seccomp.is_none());
     let version = if plain {
         ONE_PROCESS_VERSION
     } else {

@@ -265,7 +265,12 @@ fn place_two(
 
 /// Takes file lock `l` again through fd `fd` (without waiting: if another process holds it
 /// now, the restore fails rather than run on without it).
-pub(super) fn take_lock(rs: &mut dyn Inject, fd: i32, path: &str, l: &crate::image::FileLock) -> StepResult {
+pub(super) fn take_lock(
+    rs: &mut dyn Inject,
+    fd: i32,
+    path: &str,
+    l: &crate::image::FileLock,
+) -> StepResult {
     use crate::image::LockKind;
     let what = format!(
         "{} {} lock on {path} (fd {fd})",

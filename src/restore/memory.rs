@@ -326,7 +326,12 @@ pub(super) fn space_view(
     keyed: bool,
 ) -> std::borrow::Cow<'_, ImageSet> {
     // (Keys beyond space 0 are other processes', or stored files' and SysV segments'.)
-    if set.pages.range(1 << crate::image::SPACE_SHIFT, u64::MAX).next().is_none() {
+    if set
+        .pages
+        .range(1 << crate::image::SPACE_SHIFT, u64::MAX)
+        .next()
+        .is_none()
+    {
         return std::borrow::Cow::Borrowed(set);
     }
     let pages = if keyed {

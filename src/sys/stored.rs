@@ -89,8 +89,7 @@ mod tests {
         let r = data_ranges(f.as_fd(), 0, (1 << 20) + 4096).unwrap();
         // A filesystem without SEEK_DATA support reports the whole file as data.
         assert!(
-            r == vec![(0, 4096), (1 << 20, (1 << 20) + 4096)]
-                || r == vec![(0, (1 << 20) + 4096)],
+            r == vec![(0, 4096), (1 << 20, (1 << 20) + 4096)] || r == vec![(0, (1 << 20) + 4096)],
             "{r:?}"
         );
         let s = seals(f.as_fd()).unwrap();

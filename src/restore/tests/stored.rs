@@ -82,7 +82,11 @@ fn a_memfd_is_made_filled_through_hauls_copy_reopened_seeked_and_sealed_last() {
         )]),
         ..Default::default()
     };
-    let f = fd_on(905, libc::O_RDWR | libc::O_CLOEXEC | libc::O_LARGEFILE, 5000);
+    let f = fd_on(
+        905,
+        libc::O_RDWR | libc::O_CLOEXEC | libc::O_LARGEFILE,
+        5000,
+    );
     let p = ProcessImage {
         fds: vec![f],
         ..Default::default()
@@ -93,7 +97,15 @@ fn a_memfd_is_made_filled_through_hauls_copy_reopened_seeked_and_sealed_last() {
     crate::restore::fds::restore_fds(&mut r, &p, &mut shared).unwrap();
     assert_eq!(
         r.names(),
-        ["close_range", "memfd_create", "open", "close", "dup3", "close", "lseek"]
+        [
+            "close_range",
+            "memfd_create",
+            "open",
+            "close",
+            "dup3",
+            "close",
+            "lseek"
+        ]
     );
     let mc = &r.of("memfd_create")[0];
     assert_eq!(mc.arg_bytes(0), Some(&b"buf\0"[..]));
@@ -164,7 +176,10 @@ fn a_later_fd_or_mapping_of_the_same_file_opens_hauls_copy_again() {
     assert_eq!(r.names(), ["memfd_create", "mmap", "close"]);
     let mmap = &r.of("mmap")[0];
     assert_eq!(mmap.args[4], at as u64);
-    assert_eq!(mmap.args[3] & libc::MAP_SHARED as u64, libc::MAP_SHARED as u64);
+    assert_eq!(
+        mmap.args[3] & libc::MAP_SHARED as u64,
+        libc::MAP_SHARED as u64
+    );
     // A later process's fd on it: no second memfd, haul's copy opened again.
     let copy = shared.stored.copy(5, 77).unwrap().as_raw_fd();
     let q = ProcessImage {
@@ -176,7 +191,15 @@ fn a_later_fd_or_mapping_of_the_same_file_opens_hauls_copy_again() {
     crate::restore::fds::restore_fds(&mut r, &q, &mut shared).unwrap();
     assert_eq!(
         r.names(),
-        ["close_range", "open", "open", "close", "dup3", "close", "lseek"]
+        [
+            "close_range",
+            "open",
+            "open",
+            "close",
+            "dup3",
+            "close",
+            "lseek"
+        ]
     );
     let opens = r.of("open");
     let again = format!("/proc/{}/fd/{copy}\0", std::process::id());
@@ -202,7 +225,10 @@ fn a_failed_memfd_create_stops_the_step_with_its_errno_and_makes_nothing() {
     r.fail_nth(1, libc::EMFILE);
     let e = crate::restore::fds::restore_fds(&mut r, &p, &mut shared).unwrap_err();
     assert_eq!(e.errno(), Some(libc::EMFILE));
-    assert!(e.to_string().starts_with("fd 920: injected memfd_create m"), "{e}");
+    assert!(
+        e.to_string().starts_with("fd 920: injected memfd_create m"),
+        "{e}"
+    );
     assert_eq!(r.names(), ["close_range", "memfd_create"]);
     assert!(shared.stored.copy(5, 77).is_none());
 }
