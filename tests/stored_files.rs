@@ -495,3 +495,36 @@ fn a_memfd_another_process_holds_too_is_refused_naming_it() {
         "{text}"
     );
 }
+
+#[test]
+fn a_deleted_tmpfs_file_both_open_and_mapped_shared_is_refused_by_name() {
+    if std::fs::metadata("/dev/shm").is_err() {
+        return common::skip(
+            "a_deleted_tmpfs_file_both_open_and_mapped_shared_is_refused_by_name",
+            "no /dev/shm",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = format!("/dev/shm/haul-stored-both-{}", std::process::id());
+    let script = format!(
+        "import os,mmap,time\nfd=os.open({path:?},os.O_RDWR|os.O_CREAT)\nos.ftruncate(fd,4096)\n\
+         m=mmap.mmap(fd,4096)\nos.unlink({path:?})\nprint('ready',flush=True)\ntime.sleep(600)"
+    );
+    let p = Running::logged(
+        common::clean_command(common::python3()).args(["-c", &script]),
+        &dir.path().join("log"),
+        true,
+    );
+    let (code, text) = check(p.pid);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("pid {} fd ", p.pid))
+            && text.contains(&format!(
+                ": its deleted file is mapped shared too (pid {} mapping ",
+                p.pid
+            ))
+            && text
+                .contains("an fd and a shared mapping of one deleted file are not supported yet"),
+        "{text}"
+    );
+}

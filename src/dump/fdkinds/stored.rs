@@ -150,6 +150,23 @@ pub(crate) fn check_outside(
     if wanted.is_empty() {
         return;
     }
+    // A deleted tmpfs file mapped shared is made again as a mapping of its own
+    // (`VmaKind::DeletedShm`): an fd on it would come back as another file.
+    for m in members {
+        for e in m
+            .snapshot
+            .maps
+            .iter()
+            .filter(|e| crate::dump::check::is_deleted_shm(e))
+        {
+            if let Some(fd) = wanted.remove(&map_key(e)) {
+                found.add(unsupported(format!(
+                    "{fd}: its deleted file is mapped shared too (pid {} mapping {:x}-{:x}):                      an fd and a shared mapping of one deleted file are not supported yet",
+                    m.pid, e.start, e.end
+                )));
+            }
+        }
+    }
     let ours: HashSet<i32> = members.iter().map(|m| m.pid).collect();
     for pid in proc::pids().into_iter().filter(|p| !ours.contains(p)) {
         let mut theirs: Vec<((u64, u64), String)> = Vec::new();
