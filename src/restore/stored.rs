@@ -41,10 +41,13 @@ pub enum StoredError {
     BeyondSize { file: String, off: u64, size: u64 },
 }
 
-/// One stored file of the set: its record and its data pages (file offset, bytes).
+/// Data pages of a file: (file offset, bytes), a run of whole pages each.
+type Contents = Vec<(u64, Vec<u8>)>;
+
+/// One stored file of the set: its record and its data pages.
 struct Entry {
     obj: StoredObject,
-    pages: Vec<(u64, Vec<u8>)>,
+    pages: Contents,
 }
 
 /// The stored files of the set as the restore makes them: their records and contents (read
@@ -98,7 +101,7 @@ impl StoredTable {
 
     /// With the contents of `files` (tests).
     #[cfg(test)]
-    pub(crate) fn with(files: Vec<(StoredObject, Vec<(u64, Vec<u8>)>)>) -> StoredTable {
+    pub(crate) fn with(files: Vec<(StoredObject, Contents)>) -> StoredTable {
         StoredTable {
             files: files
                 .into_iter()
@@ -148,7 +151,7 @@ fn object_fd(rs: &mut dyn Inject, dev: u64, ino: u64, t: &mut StoredTable) -> St
     let perm = obj.mode & 0o7777;
     let fd = match &obj.kind {
         StoredKind::Memfd { name } => {
-            let mfd = (libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) as u32;
+            let mfd = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
             remote::memfd_create(rs, name, mfd)?
         }
         StoredKind::Deleted { path } => make_deleted(rs, path, perm)?,
@@ -283,7 +286,29 @@ pub(super) fn map(
 ) -> StepResult {
     let dev = v.file.as_ref().map_or(0, |f| f.dev);
     let t = object_fd(rs, dev, v.ino, &mut shared.stored)?;
-    let r = remote::mmap(rs, v.start, v.len(), prot, flags, Some(t), v.pgoff);
+    // A shared mapping that could never be made writable (no `mw`) is mapped from a read-only
+    // open file description, as it was: a writable one would stop `F_SEAL_WRITE` (EBUSY).
+    let may_write = v.prot & libc::PROT_WRITE as u32 != 0 || v.has_flag("mw");
+    let from = if v.shared && !may_write {
+        remote::reopen(rs, t, libc::O_RDONLY | libc::O_CLOEXEC).map(Some)
+    } else {
+        Ok(None)
+    };
+    let r = from.and_then(|ro| {
+        let r = remote::mmap(
+            rs,
+            v.start,
+            v.len(),
+            prot,
+            flags,
+            Some(ro.unwrap_or(t)),
+            v.pgoff,
+        );
+        if let Some(ro) = ro {
+            let _ = remote::close(rs, ro);
+        }
+        r
+    });
     let closed = remote::close(rs, t);
     r?;
     closed?;

@@ -76,7 +76,11 @@ pub(crate) fn kind(
 
 /// Why a file is too large to store (None: it is not).
 fn too_big(md: &std::fs::Metadata) -> Option<String> {
-    let data = md.blocks() * 512;
+    too_much(md.blocks() * 512)
+}
+
+/// Why `data` bytes of data are too many to store (None: they are not).
+fn too_much(data: u64) -> Option<String> {
     (data > MAX_BYTES).then(|| {
         format!(
             "holds {} MiB of data: haul stores at most {} MiB of a file",
@@ -109,6 +113,103 @@ pub(crate) fn check_mapping(pid: i32, m: &proc::MapEntry) -> Result<(), DumpErro
     Ok(())
 }
 
+/// Refuses each stored file of the tree (memfd, deleted file; by device and inode) that a
+/// process outside the tree holds too, by an fd or a mapping: a restore would give the tree a
+/// copy of its own, and their writes would no longer meet. One refusal per file. Scans every
+/// process's fds and maps, only when the tree holds such a file; processes that vanish
+/// meanwhile or cannot be read are passed over.
+pub(crate) fn check_outside(
+    members: &[crate::dump::share::Member<'_>],
+    found: &mut crate::dump::check::Refusals,
+) {
+    use std::collections::HashMap;
+    // (dev, ino) -> how the first member holding it names it.
+    let mut wanted: HashMap<(u64, u64), String> = HashMap::new();
+    for m in members {
+        for f in &m.snapshot.fds {
+            if let FdKind::Stored(s) = &f.kind {
+                wanted
+                    .entry((s.dev, s.ino))
+                    .or_insert_with(|| format!("pid {} fd {}", m.pid, f.fd));
+            }
+        }
+        for e in m
+            .snapshot
+            .maps
+            .iter()
+            .filter(|e| e.path.starts_with("/memfd:"))
+        {
+            wanted.entry(map_key(e)).or_insert_with(|| {
+                format!(
+                    "pid {} mapping {:x}-{:x} ({})",
+                    m.pid, e.start, e.end, e.path
+                )
+            });
+        }
+    }
+    if wanted.is_empty() {
+        return;
+    }
+    // A deleted tmpfs file mapped shared is made again as a mapping of its own
+    // (`VmaKind::DeletedShm`): an fd on it would come back as another file.
+    for m in members {
+        for e in m
+            .snapshot
+            .maps
+            .iter()
+            .filter(|e| crate::dump::check::is_deleted_shm(e))
+        {
+            if let Some(fd) = wanted.remove(&map_key(e)) {
+                found.add(unsupported(format!(
+                    "{fd}: its deleted file is mapped shared too (pid {} mapping {:x}-{:x}):                      an fd and a shared mapping of one deleted file are not supported yet",
+                    m.pid, e.start, e.end
+                )));
+            }
+        }
+    }
+    let ours: HashSet<i32> = members.iter().map(|m| m.pid).collect();
+    for pid in proc::pids().into_iter().filter(|p| !ours.contains(p)) {
+        let mut theirs: Vec<((u64, u64), String)> = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for e in rd.flatten() {
+                let Ok(link) = std::fs::read_link(e.path()) else {
+                    continue;
+                };
+                let link = link.to_string_lossy();
+                if !(link.starts_with("/memfd:") || link.ends_with(" (deleted)")) {
+                    continue;
+                }
+                if let Ok(md) = std::fs::metadata(e.path()) {
+                    let fd = e.file_name().to_string_lossy().into_owned();
+                    theirs.push(((md.dev(), md.ino()), format!("fd {fd}")));
+                }
+            }
+        }
+        if let Ok(maps) = proc::maps(pid) {
+            for e in maps.iter().filter(|e| e.path.starts_with("/memfd:")) {
+                theirs.push((map_key(e), format!("mapping {:x}-{:x}", e.start, e.end)));
+            }
+        }
+        for (key, how) in theirs {
+            if let Some(ours) = wanted.remove(&key) {
+                found.add(unsupported(format!(
+                    "{ours}: its memfd or deleted file is held by pid {pid} ({how}) too, \
+                     outside the tree: a restore would give the tree a copy of its own (not \
+                     supported yet)"
+                )));
+            }
+        }
+        if wanted.is_empty() {
+            break;
+        }
+    }
+}
+
+/// The (device, inode) of the file a mapping maps, as `stat` gives them.
+fn map_key(e: &proc::MapEntry) -> (u64, u64) {
+    (libc::makedev(e.dev_major, e.dev_minor), e.inode)
+}
+
 /// The contents (and seals) are read for the whole set at once by [`store_contents`].
 pub(crate) fn capture(_pidfd: &OwnedFd, _f: &mut FdImage) -> Result<(), DumpError> {
     Ok(())
@@ -116,7 +217,10 @@ pub(crate) fn capture(_pidfd: &OwnedFd, _f: &mut FdImage) -> Result<(), DumpErro
 
 /// One place a stored file can be read from: (dev, ino), the path haul opens it by, and what
 /// it is.
-fn sources(p: &ProcessImage) -> Result<Vec<((u64, u64), String, StoredKind)>, DumpError> {
+type Source = ((u64, u64), String, StoredKind);
+
+/// Every place process `p` holds a stored file at, mappings first.
+fn sources(p: &ProcessImage) -> Result<Vec<Source>, DumpError> {
     let mut out = Vec::new();
     // The restore maps before it opens fds: the mappings come first.
     for v in p.vmas.iter().filter(|v| v.kind == VmaKind::Memfd) {
@@ -265,6 +369,15 @@ fn copy_file(fd: OwnedFd, obj: &StoredObject, sink: &mut dyn PageSink) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_with_more_data_than_haul_stores_is_refused_naming_the_limit() {
+        assert_eq!(too_much(MAX_BYTES), None);
+        assert_eq!(
+            too_much(MAX_BYTES + 4096).as_deref(),
+            Some("holds 1024 MiB of data: haul stores at most 1024 MiB of a file")
+        );
+    }
 
     #[test]
     fn memfd_names_are_read_from_links_and_mappings() {

@@ -31,6 +31,7 @@ pub(crate) struct Member<'a> {
 /// tree. Reads `/proc` only.
 pub(crate) fn check(members: &[Member<'_>], found: &mut Refusals) -> Result<(), DumpError> {
     fds::check(members, found)?;
+    super::fdkinds::stored::check_outside(members, found);
     memory::check(members, found)?;
     sysv::check(members, found)
 }
