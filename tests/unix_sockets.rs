@@ -249,3 +249,95 @@ fn a_peer_outside_the_tree_and_fds_in_flight_are_refused_by_name() {
     assert_eq!(common::tracer_pid(r.pid), Some(0));
     assert!(common::alive(r.pid));
 }
+
+#[test]
+fn a_socket_pair_keeps_its_buffer_sizes_passcred_and_peek_offset() {
+    // Left open by the process-tree issue: a pair's options were not carried.
+    let s = Session::start();
+    let out = s.path().join("out");
+    let script = "import socket,signal,sys\n\
+        S=socket.SOL_SOCKET;PEEK_OFF=42\n\
+        a,b=socket.socketpair()\n\
+        a.setsockopt(S,socket.SO_SNDBUF,70000)\nb.setsockopt(S,socket.SO_RCVBUF,30000)\n\
+        a.setsockopt(S,socket.SO_PASSCRED,1)\nb.setsockopt(S,PEEK_OFF,0)\n\
+        a.send(b'hello')\nb.recv(2,socket.MSG_PEEK)\n\
+        def rep(*_):\n\
+        \x20with open(sys.argv[1],'a') as f:\n\
+        \x20 f.write(' '.join(str(x.getsockopt(S,o)) for x in (a,b) for o in \
+        (socket.SO_SNDBUF,socket.SO_RCVBUF,socket.SO_PASSCRED,PEEK_OFF))+'\\n')\n\
+        def peek(*_):\n\
+        \x20with open(sys.argv[1],'a') as f:\n\
+        \x20 f.write('peek '+b.recv(10,socket.MSG_PEEK).decode()+'\\n')\n\
+        signal.signal(signal.SIGUSR1,rep)\nsignal.signal(signal.SIGUSR2,peek)\n\
+        print('ready',flush=True)\n\
+        while True: signal.pause()\n";
+    let mut cmd = clean_command(common::python3());
+    cmd.args(["-c", script]).arg(&out);
+    let mut r = Running::logged(&mut cmd, &s.path().join("log"), true);
+    let lines = |n: usize| {
+        let mut got = Vec::new();
+        let ok = wait_for(Duration::from_secs(10), || {
+            got = std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect();
+            got.len() >= n
+        });
+        assert!(ok, "no line {n}: {got:?}");
+        got
+    };
+    send_signal(r.pid, "USR1");
+    let before = lines(1)[0].clone();
+    assert_eq!(before, "140000 212992 1 -1 212992 60000 0 2", "as set");
+    let (set, store) = dump_kill(&mut r, s.path());
+    let got = restore(
+        &set,
+        &store,
+        &common::verified(haul::restore::PidChoice::Same),
+    )
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    assert_eq!(got.pid, r.pid);
+    send_signal(r.pid, "USR1");
+    assert_eq!(lines(2)[1], before);
+    send_signal(r.pid, "USR2");
+    assert_eq!(
+        lines(3)[2],
+        "peek llo",
+        "the peek offset is past the 2 bytes peeked"
+    );
+}
+
+#[test]
+fn a_restore_is_refused_naming_the_path_when_a_live_listener_took_it() {
+    let s = Session::start();
+    let path = s.path().join("server.sock");
+    let script = "import socket,sys,time\n\
+        l=socket.socket(socket.AF_UNIX)\nl.bind(sys.argv[1])\nl.listen(4)\n\
+        print('ready',flush=True)\ntime.sleep(120)\n";
+    let mut cmd = clean_command(common::python3());
+    cmd.args(["-c", script]).arg(&path);
+    let mut r = Running::logged(&mut cmd, &s.path().join("log"), true);
+    let (set, store) = dump_kill(&mut r, s.path());
+    std::fs::remove_file(&path).unwrap();
+    let _taken = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let e = match restore(
+        &set,
+        &store,
+        &common::verified(haul::restore::PidChoice::Same),
+    ) {
+        Ok(got) => panic!("restored as pid {} over a live listener", got.pid),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains(&format!(
+            "binds {}: a live socket is bound there and accepts connections",
+            path.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        UnixStream::connect(&path).is_ok(),
+        "the live listener's socket file was left alone"
+    );
+}

@@ -130,7 +130,9 @@ fn a_listener_replaces_its_stale_socket_file_listens_and_gets_owner_mode_and_opt
     assert_ne!(c[7].args[2] & libc::O_NONBLOCK as u64, 0, "non-blocking");
     // The stale file was replaced by the new socket's, with the dumped mode.
     let now = std::fs::metadata(&path).unwrap();
-    let ino = std::fs::metadata(format!("/proc/self/fd/{raw}")).unwrap().ino();
+    let ino = std::fs::metadata(format!("/proc/self/fd/{raw}"))
+        .unwrap()
+        .ino();
     let diag = crate::sys::sockdiag::unix_sock(ino).unwrap().unwrap();
     assert_eq!(
         diag.vfs,
@@ -331,6 +333,5 @@ fn a_datagram_socket_gets_its_datagrams_from_their_senders_names() {
     assert!(from.is_unnamed(), "from an unbound sender");
     assert!(real.recv_from(&mut buf).is_err(), "nothing more");
     // The sender's name was only borrowed: it is free again.
-    UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(sname.as_bytes()).unwrap())
-        .unwrap();
+    UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(sname.as_bytes()).unwrap()).unwrap();
 }
