@@ -100,6 +100,7 @@ fn a_socket_pair_and_a_pipe_keep_what_waits_in_them_through_dump_and_restore() {
                 peer,
                 sock_type,
                 queued,
+                ..
             },
             FdKind::UnixPair {
                 ino: ino2,
