@@ -199,14 +199,15 @@ fn a_peer_outside_the_tree_and_fds_in_flight_are_refused_by_name() {
     let path = s.path().join("l.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     // fd 40: connected to the test's listener (the peer, fd of the test, is outside).
-    // fd 41: a datagram socket bound to a name, with an fd in flight sent from fd 42.
+    // fd 41: a connection accepted on a listener of its own (fd 43), with an fd in flight
+    // sent from its client (fd 42).
     let script = "import os,socket,sys,time\n\
         c=socket.socket(socket.AF_UNIX)\nc.connect(sys.argv[1])\nos.dup2(c.fileno(),40)\n\
-        d=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\nd.bind(sys.argv[1]+'.d')\n\
-        os.dup2(d.fileno(),41)\n\
-        e=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\nos.dup2(e.fileno(),42)\n\
-        e.connect(sys.argv[1]+'.d')\nsocket.send_fds(e,[b'x'],[0])\n\
-        c.close();d.close();e.close()\n\
+        l=socket.socket(socket.AF_UNIX)\nl.bind(sys.argv[1]+'.l')\nl.listen()\n\
+        k=socket.socket(socket.AF_UNIX)\nk.connect(sys.argv[1]+'.l')\na,_=l.accept()\n\
+        socket.send_fds(k,[b'x'],[0])\n\
+        os.dup2(a.fileno(),41)\nos.dup2(k.fileno(),42)\nos.dup2(l.fileno(),43)\n\
+        for s in (c,l,k,a): s.close()\n\
         print('ready',flush=True)\ntime.sleep(120)\n";
     let mut cmd = clean_command(common::python3());
     cmd.args(["-c", script]).arg(&path);
@@ -214,21 +215,19 @@ fn a_peer_outside_the_tree_and_fds_in_flight_are_refused_by_name() {
     let (accepted, _) = listener.accept().unwrap();
     use std::os::fd::AsRawFd;
     let me = std::process::id() as i32;
-    let (c, peer, d) = (
-        inode(r.pid, 40),
-        inode(me, accepted.as_raw_fd()),
-        inode(r.pid, 41),
-    );
+    let (c, peer) = (inode(r.pid, 40), inode(me, accepted.as_raw_fd()));
+    let (a, k) = (inode(r.pid, 41), inode(r.pid, 42));
     let (code, reasons) = check_reasons(r.pid);
     assert_eq!(code, Some(1), "{reasons:#?}");
-    let dpath = format!("{}.d", path.display());
     assert_eq!(
         reasons,
         [
             format!(
-                "pid {} fd 41: socket:[{d}] (UNIX, a datagram socket bound to {dpath}) has fds \
-                 in flight in its queue (SCM_RIGHTS): this is not supported yet",
-                r.pid
+                "pid {} fd 41: socket:[{a}] (UNIX, a stream socket accepted on {}.l, connected \
+                 to socket:[{k}]) has fds in flight in its queue (SCM_RIGHTS): this is not \
+                 supported yet",
+                r.pid,
+                path.display()
             ),
             format!(
                 "pid {} fd 40: socket:[{c}] (UNIX, an unbound stream socket, connected to \
@@ -246,6 +245,32 @@ fn a_peer_outside_the_tree_and_fds_in_flight_are_refused_by_name() {
         .expect_err("refused");
     assert!(e.to_string().contains(&reasons[0]), "{e}");
     assert!(e.to_string().contains(&reasons[1]), "{e}");
+    assert_eq!(common::tracer_pid(r.pid), Some(0));
+    assert!(common::alive(r.pid));
+    // A datagram socket's fd in flight (fd 44, sent from fd 45) is named by the dump, under
+    // the freeze (a peek before it would hide empty datagrams from the capture).
+    let script = "import os,socket,sys,time\n\
+        d=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\nd.bind(sys.argv[1]+'.d')\n\
+        os.dup2(d.fileno(),44)\n\
+        e=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\nos.dup2(e.fileno(),45)\n\
+        e.connect(sys.argv[1]+'.d')\nsocket.send_fds(e,[b'x'],[0])\nd.close();e.close()\n\
+        print('ready',flush=True)\ntime.sleep(120)\n";
+    let mut cmd = clean_command(common::python3());
+    cmd.args(["-c", script]).arg(&path);
+    let r = Running::logged(&mut cmd, &s.path().join("log2"), true);
+    let e = dump_to_store(r.pid, &store, "test", &DumpOptions::default(), Some(1))
+        .expect_err("refused")
+        .to_string();
+    let d = inode(r.pid, 44);
+    assert!(
+        e.contains(&format!(
+            "pid {} fd 44: socket:[{d}] (UNIX, a datagram socket bound to {}.d) has fds in \
+             flight in its queue (SCM_RIGHTS): this is not supported yet",
+            r.pid,
+            path.display()
+        )),
+        "{e}"
+    );
     assert_eq!(common::tracer_pid(r.pid), Some(0));
     assert!(common::alive(r.pid));
 }
