@@ -25,10 +25,6 @@ pub struct UnixSocket {
     /// The socket file a path bind made, as it was at the dump.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<SocketFile>,
-    /// Bound to a path that was unlinked since: restored unbound (only a connected socket,
-    /// whose name nobody can reach any more, is carried so).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub unlinked: bool,
     /// Listening, with its backlog.
     #[serde(default, skip_serializing_if = "is_false")]
     pub listening: bool,

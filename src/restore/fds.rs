@@ -503,12 +503,11 @@ fn send_queue(
     let stream = sock_type == libc::SOCK_STREAM;
     for m in queued {
         if !stream && m.len() as u64 > ARGS_LEN {
-            return Err(StepError::NotYet {
-                what: format!(
-                    "socket:[{ino}]: a queued message of {} bytes (more than {ARGS_LEN})",
-                    m.len()
-                ),
-            });
+            // Larger than the argument area: sent whole from haul's copy of the socket.
+            let pidfd = process::pidfd_open(rs.pid()).at(at)?;
+            let copy = process::pidfd_getfd(&pidfd, from as i32).at(at)?;
+            crate::sys::socket::send_all(copy.as_fd(), m, false).at(at)?;
+            continue;
         }
         let pieces: Vec<&[u8]> = if m.is_empty() {
             vec![&m[..]]

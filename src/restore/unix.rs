@@ -161,9 +161,6 @@ fn make_connection(
         });
     };
     let client = remote::unix_socket(rs, s.sock_type)?;
-    if let (false, Some(own), false) = (s.accepted, &s.name, s.unlinked) {
-        bind_name(rs, client, own, s.file.as_ref())?;
-    }
     let (listener, temp) = match t.listeners.get(&name).and_then(|i| t.made.get(i)) {
         Some(l) => (l.try_clone().map_err(|e| sys_err("dup".into(), e))?, None),
         None => {
@@ -203,7 +200,7 @@ fn make_connection(
 /// its peer (now or once the peer is bound).
 fn make_bound(rs: &mut dyn Inject, f: &FdImage, s: &UnixSocket, t: &mut UnixTable) -> StepResult {
     let fd = remote::unix_socket(rs, s.sock_type)?;
-    if let (Some(n), false) = (&s.name, s.unlinked) {
+    if let Some(n) = &s.name {
         bind_name(rs, fd, n, s.file.as_ref())?;
     }
     let copy = take(rs, fd)?;
@@ -364,7 +361,7 @@ pub(super) fn check_names(set: &ImageSet) -> Result<(), Refusal> {
             .filter(|f| f.same_as.is_none() && f.inherited.is_none())
         {
             let FdKind::Unix(u) = &f.kind else { continue };
-            let Some(name) = u.name.as_ref().filter(|_| !u.unlinked) else {
+            let Some(name) = u.name.as_ref() else {
                 continue;
             };
             if !seen.insert(name.clone()) {

@@ -57,8 +57,8 @@ fn in_flight(pid: i32, fd: i32, ino: u64, what: &str) -> DumpError {
 /// The record of unix socket `ino`, or the refusal of one that cannot be carried; `Ok(None)`
 /// for a socket that is not a unix one. Whether its peer is held in the tree is checked over
 /// the whole tree ([`rules`]); what waits in it is read under the freeze ([`capture`]), but
-/// fds in flight are looked for here too (so `haul dump --check` names them) when the
-/// process does not use a peek offset (reading the queue moves it for a moment).
+/// fds in flight in a stream are looked for here too (so `haul dump --check` names them)
+/// when the process does not use a peek offset (reading the queue moves it for a moment).
 pub(crate) fn kind(pid: i32, fd: i32, target: &str, ino: u64) -> Result<Option<FdKind>, DumpError> {
     let Some(s) = unix_sock(ino)? else {
         return Ok(None);
@@ -139,37 +139,28 @@ fn record(s: &UnixSock, peer: Option<&UnixSock>) -> Result<UnixSocket, String> {
     let Some(n) = s.name.as_deref() else {
         return Ok(u);
     };
-    if n.first() == Some(&0) {
-        // An abstract name: an accepted socket shows its listener's name, its client
-        // (unbound) none.
-        if stream && s.peer != 0 && !u.listening {
-            match peer.and_then(|p| p.name.as_deref()) {
-                None => u.accepted = true,
-                Some(_) => {
-                    return Err(format!(
-                        "{}, whose peer is bound too: which end was accepted is not known",
-                        describe(&u)
-                    ))
-                }
-            }
-        }
-        return Ok(u);
-    }
-    if n.first() != Some(&b'/') {
+    if n.first() != Some(&0) && n.first() != Some(&b'/') {
         return Err(format!("bound to the relative path {name}"));
     }
-    let Some((vino, vdev)) = s.vfs else {
-        // Only the socket that bound a path has its file: this one was accepted on it.
-        u.accepted = stream && s.peer != 0;
-        if !u.accepted {
-            return Err(format!("{}, with no socket file", describe(&u)));
+    if stream && s.peer != 0 && !u.listening {
+        // A connected socket with a name: accepted on a listener of that name (it shows
+        // the listener's name, and its socket file), its client unbound.
+        if peer.is_some_and(|p| p.name.is_some()) {
+            return Err(format!(
+                "{}, whose peer is bound too: a connecting socket bound to a name of its own",
+                describe(&u)
+            ));
         }
+        u.accepted = true;
         return Ok(u);
-    };
+    }
+    if n.first() == Some(&0) {
+        return Ok(u);
+    }
     let path =
         std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n));
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.ino() == vino && m.dev() == vdev => {
+    match (s.vfs, std::fs::symlink_metadata(path)) {
+        (Some((vino, vdev)), Ok(m)) if m.ino() == vino && m.dev() == vdev => {
             u.file = Some(SocketFile {
                 dev: vdev,
                 ino: vino,
@@ -178,7 +169,6 @@ fn record(s: &UnixSock, peer: Option<&UnixSock>) -> Result<UnixSocket, String> {
                 mode: m.mode() & 0o7777,
             });
         }
-        _ if stream && s.peer != 0 && !u.listening => u.unlinked = true,
         _ => {
             return Err(format!(
                 "{}, whose socket file was unlinked or replaced since",
@@ -191,8 +181,12 @@ fn record(s: &UnixSock, peer: Option<&UnixSock>) -> Result<UnixSocket, String> {
 
 /// Whether fds wait in flight in the queue of `s` (fd `fd` of `pid`), read through a copy
 /// of the fd; not looked at (false) when the process uses a peek offset of its own.
+///
+/// Only a stream is looked at: a peek at an offset marks an empty datagram or record as
+/// peeked, and later peeks at an offset (the capture's) skip it. Datagrams and records are
+/// looked at once, by [`capture`] under the freeze.
 fn in_flight_now(pid: i32, fd: i32, s: &UnixSock) -> Result<bool, DumpError> {
-    if s.rqueue == 0 {
+    if s.rqueue == 0 || s.sock_type != libc::SOCK_STREAM {
         return Ok(false);
     }
     let pidfd = crate::sys::process::pidfd_open(pid)?;

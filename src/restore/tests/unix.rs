@@ -335,3 +335,54 @@ fn a_datagram_socket_gets_its_datagrams_from_their_senders_names() {
     // The sender's name was only borrowed: it is free again.
     UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(sname.as_bytes()).unwrap()).unwrap();
 }
+
+#[test]
+fn a_datagram_larger_than_the_argument_area_is_sent_whole_from_hauls_copy() {
+    // Refused before ("more than 61440"): a pair's 100 KiB datagram goes from haul's copy of
+    // the peer's new socket, not through the process's argument area.
+    let (x, y) = UnixDatagram::pair().unwrap();
+    let big = vec![7u8; 100 << 10];
+    let pair = |fd: i32, ino: u64, peer: u64, queued: Vec<Vec<u8>>| FdImage {
+        fd,
+        flags: libc::O_RDWR as u32,
+        kind: FdKind::UnixPair {
+            ino,
+            peer,
+            sock_type: libc::SOCK_DGRAM,
+            queued,
+            opts: Default::default(),
+        },
+        same_as: None,
+        locks: Vec::new(),
+        inherited: None,
+    };
+    let p = ProcessImage {
+        fds: vec![
+            pair(910, 500, 501, vec![big.clone(), b"small".to_vec()]),
+            pair(911, 501, 500, vec![]),
+        ],
+        ..Default::default()
+    };
+    let mut r = Recorder::new(me());
+    let (a, b) = (x.as_raw_fd(), y.as_raw_fd());
+    r.when("socketpair", move |args, mem| {
+        mem.poke(args[3], &a.to_ne_bytes());
+        mem.poke(args[3] + 4, &b.to_ne_bytes());
+        0
+    });
+    r.when("sendto", |a, _| a[2] as i64);
+    crate::restore::fds::restore_fds(&mut r, &p, &mut Shared::default()).unwrap();
+    // Only the small one was injected (from y, the socket of fd 911, to x).
+    let sent: Vec<(u64, u64)> = r
+        .of("sendto")
+        .iter()
+        .map(|c| (c.args[0], c.args[2]))
+        .collect();
+    assert_eq!(sent, [(b as u64, 5)]);
+    // The big one waits at x, whole, sent from haul's copy of y.
+    x.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 200 << 10];
+    let n = x.recv(&mut buf).unwrap();
+    assert_eq!(n, big.len());
+    assert_eq!(&buf[..n], &big[..]);
+}
