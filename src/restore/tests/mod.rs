@@ -3,6 +3,7 @@
 
 mod creds;
 mod files;
+mod inet;
 mod memory;
 mod signals;
 mod steps;
