@@ -360,7 +360,13 @@ fn refuses_an_established_tcp_connection_naming_its_four_tuple_and_state() {
         )
     };
     assert!(reasons.contains(&want(cfd, client, server)), "{reasons:#?}");
-    assert!(reasons.iter().any(|r| r.starts_with(&format!("pid {} fd {sfd}: TCP 127.0.0.1:{server} -> 127.0.0.1:{client} (ESTABLISHED)", p.pid))), "{reasons:#?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with(&format!(
+            "pid {} fd {sfd}: TCP 127.0.0.1:{server} -> 127.0.0.1:{client} (ESTABLISHED)",
+            p.pid
+        ))),
+        "{reasons:#?}"
+    );
     assert_eq!(maps_text(p.pid), maps_before);
     assert_eq!(common::tracer_pid(p.pid), Some(0));
 }

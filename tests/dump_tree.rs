@@ -316,7 +316,10 @@ fn haul_dump_check_lists_the_reasons_of_every_process_of_the_tree_naming_each() 
             .any(|r| r.starts_with(&start) && r.contains(what))
     };
     assert!(
-        has(format!("pid {tcp} fd "), "(ESTABLISHED): established connections"),
+        has(
+            format!("pid {tcp} fd "),
+            "(ESTABLISHED): established connections"
+        ),
         "{reasons:#?}"
     );
     assert!(has(format!("pid {sleeper} "), "is stopped"), "{reasons:#?}");

@@ -92,9 +92,14 @@ fn ask(addr: SocketAddr, what: &str) -> String {
 
 /// Sends datagram `what` to `addr` from a socket of the same family; returns the answer.
 fn ask_udp(addr: SocketAddr, what: &str) -> String {
-    let me = if addr.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+    let me = if addr.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
     let u = UdpSocket::bind(me).unwrap();
-    u.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    u.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut buf = [0u8; 512];
     // UDP may drop: ask again until answered.
     for _ in 0..40 {
@@ -186,15 +191,26 @@ fn python_http_server_serves_after_restore() {
     let get = || -> Option<String> {
         let mut c = TcpStream::connect(format!("127.0.0.1:{port}")).ok()?;
         c.set_read_timeout(Some(WAIT)).ok()?;
-        c.write_all(b"GET /hello.txt HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        c.write_all(b"GET /hello.txt HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
         let mut s = String::new();
         c.read_to_string(&mut s).ok()?;
         Some(s)
     };
-    assert!(wait_for(WAIT, || get().is_some()), "http.server did not start");
+    assert!(
+        wait_for(WAIT, || get().is_some()),
+        "http.server did not start"
+    );
     // bash -c exec'd python: the pid is python's.
     let out = common::haul()
-        .args(["dump", "--kill", "--json", "--pid", &r.pid.to_string(), "--store"])
+        .args([
+            "dump",
+            "--kill",
+            "--json",
+            "--pid",
+            &r.pid.to_string(),
+            "--store",
+        ])
         .arg(s.store())
         .output()
         .unwrap();
@@ -218,7 +234,10 @@ fn python_http_server_serves_after_restore() {
             "hello from before\n200",
             "{c:?}"
         ),
-        Err(e) => common::skip("python_http_server_serves_after_restore (curl)", &e.to_string()),
+        Err(e) => common::skip(
+            "python_http_server_serves_after_restore (curl)",
+            &e.to_string(),
+        ),
     }
 }
 
@@ -234,7 +253,9 @@ fn a_port_taken_meanwhile_fails_the_restore_naming_it_before_anything_is_made() 
     let set = dump_kill(&mut r, &store, &DumpOptions::default());
     // Someone else takes A's port meanwhile.
     let thief = std::net::TcpListener::bind(format!("127.0.0.1:{}", p[0])).unwrap();
-    let err = restore(&set, &store).expect_err("the restore should fail").to_string();
+    let err = restore(&set, &store)
+        .expect_err("the restore should fail")
+        .to_string();
     let fd = set.process.as_ref().unwrap().fds.iter().find(|f| {
         matches!(&f.kind, haul::image::FdKind::Inet(i) if i.local.map(|a| a.port()) == Some(p[0]))
     });
@@ -254,7 +275,10 @@ fn a_port_taken_meanwhile_fails_the_restore_naming_it_before_anything_is_made() 
     // Once the port is free again, the same set restores.
     drop(thief);
     let pid = restore(&set, &store).unwrap_or_else(|e| panic!("restore: {e}"));
-    assert_eq!(ask(format!("127.0.0.1:{}", p[0]).parse().unwrap(), "x"), "A x");
+    assert_eq!(
+        ask(format!("127.0.0.1:{}", p[0]).parse().unwrap(), "x"),
+        "A x"
+    );
     assert_eq!(pid, r.pid);
 }
 
@@ -289,9 +313,7 @@ fn connections_not_yet_accepted_are_refused_by_name_or_dropped_with_a_warning() 
     let fd = haul::proc::fds(r.pid)
         .unwrap()
         .into_iter()
-        .find(|&fd| {
-            haul::proc::fd_target(r.pid, fd).is_ok_and(|t| t.starts_with("socket:["))
-        })
+        .find(|&fd| haul::proc::fd_target(r.pid, fd).is_ok_and(|t| t.starts_with("socket:[")))
         .unwrap();
     let pid = r.pid.to_string();
     let check = |extra: &[&str]| {
@@ -323,7 +345,10 @@ fn connections_not_yet_accepted_are_refused_by_name_or_dropped_with_a_warning() 
     };
     let no = dump(&[]);
     assert_eq!(no.status.code(), Some(1), "{no:?}");
-    assert!(String::from_utf8_lossy(&no.stderr).contains(&want), "{no:?}");
+    assert!(
+        String::from_utf8_lossy(&no.stderr).contains(&want),
+        "{no:?}"
+    );
     assert!(common::alive(r.pid));
     let yes = dump(&["--tcp-pending", "drop"]);
     assert!(yes.status.success(), "{yes:?}");
@@ -338,7 +363,9 @@ fn connections_not_yet_accepted_are_refused_by_name_or_dropped_with_a_warning() 
     assert_eq!(v["stats"]["warnings"][0], warning.as_str(), "{v}");
     // The clients of the dropped connections see a reset.
     c1.set_read_timeout(Some(WAIT)).unwrap();
-    let e = (&c1).read(&mut [0u8; 8]).expect_err("the connection was reset");
+    let e = (&c1)
+        .read(&mut [0u8; 8])
+        .expect_err("the connection was reset");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
     // Restored, the listener listens again with its backlog and an empty queue.
     let st = Store::open(&store).unwrap();

@@ -90,7 +90,11 @@ struct Wanted<'a> {
 pub(super) fn check_ports(set: &ImageSet) -> Result<(), String> {
     let mut wanted = Vec::new();
     for (_, p) in set.processes() {
-        for f in p.fds.iter().filter(|f| f.same_as.is_none() && f.inherited.is_none()) {
+        for f in p
+            .fds
+            .iter()
+            .filter(|f| f.same_as.is_none() && f.inherited.is_none())
+        {
             if let FdKind::Inet(s) = &f.kind {
                 if let Some(addr) = s.local {
                     wanted.push(Wanted {
@@ -173,8 +177,7 @@ fn holder(s: &InetSocket, addr: &SocketAddr) -> Option<String> {
         };
         for fd in fds.flatten() {
             if std::fs::read_link(fd.path()).is_ok_and(|t| t.to_str() == Some(&want)) {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .unwrap_or_default();
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                 return Some(format!("pid {pid} ({})", comm.trim()));
             }
         }

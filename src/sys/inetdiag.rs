@@ -214,7 +214,10 @@ pub fn inet_sock(ino: u64) -> Result<Option<InetSock>> {
     }
     for protocol in [libc::IPPROTO_TCP, libc::IPPROTO_UDP] {
         for family in [libc::AF_INET, libc::AF_INET6] {
-            if let Some(s) = sockets(family, protocol)?.into_iter().find(|s| s.ino == ino) {
+            if let Some(s) = sockets(family, protocol)?
+                .into_iter()
+                .find(|s| s.ino == ino)
+            {
                 return Ok(Some(s));
             }
         }
@@ -236,7 +239,9 @@ mod tests {
     #[test]
     fn a_listener_and_a_udp_socket_are_seen_with_their_addresses() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let s = inet_sock(ino(l.as_raw_fd())).unwrap().expect("listener found");
+        let s = inet_sock(ino(l.as_raw_fd()))
+            .unwrap()
+            .expect("listener found");
         assert_eq!(s.local, l.local_addr().unwrap());
         assert_eq!((s.state, s.protocol), (TCP_LISTEN, libc::IPPROTO_TCP));
         assert_eq!(s.rqueue, 0);

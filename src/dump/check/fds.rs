@@ -403,7 +403,13 @@ mod tests {
             );
         }
         assert_eq!(
-            refusal(fd_kind(me, 6, "anon_inode:[eventfd]", &none, Default::default())),
+            refusal(fd_kind(
+                me,
+                6,
+                "anon_inode:[eventfd]",
+                &none,
+                Default::default()
+            )),
             format!("pid {me} fd 6: anon_inode:[eventfd]: its fdinfo is not understood")
         );
     }

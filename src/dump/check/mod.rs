@@ -122,10 +122,7 @@ impl TreeSnapshot {
 }
 
 /// [`precheck`], returning what it read so the checks under the freeze can reuse it.
-pub(crate) fn precheck_snapshot(
-    root: i32,
-    policy: CheckPolicy,
-) -> Result<TreeSnapshot, DumpError> {
+pub(crate) fn precheck_snapshot(root: i32, policy: CheckPolicy) -> Result<TreeSnapshot, DumpError> {
     let mut found = Refusals::default();
     check_identity(root, &mut found)?;
     // haul's own ancestors are refused: their tree holds haul itself, never walked.

@@ -159,7 +159,12 @@ pub(crate) fn warnings(p: &ProcessImage) -> Vec<String> {
                 s.dropped
             ),
         };
-        out.push(format!("pid {} fd {}: {}: {what}", p.pid, f.fd, s.describe()));
+        out.push(format!(
+            "pid {} fd {}: {}: {what}",
+            p.pid,
+            f.fd,
+            s.describe()
+        ));
     }
     out
 }

@@ -85,9 +85,13 @@ fn a_listener_is_made_with_its_options_bound_with_reuseaddr_borrowed_and_listeni
             0
         ]
     );
-    let value = |i: usize| i32::from_ne_bytes(c[i].written_at(ARGS_AT).unwrap()[..4].try_into().unwrap());
+    let value =
+        |i: usize| i32::from_ne_bytes(c[i].written_at(ARGS_AT).unwrap()[..4].try_into().unwrap());
     // IPV6_V6ONLY 0 first, then the buffer at half what the kernel reported.
-    assert_eq!(c[2].args[1..3], [libc::IPPROTO_IPV6 as u64, libc::IPV6_V6ONLY as u64]);
+    assert_eq!(
+        c[2].args[1..3],
+        [libc::IPPROTO_IPV6 as u64, libc::IPV6_V6ONLY as u64]
+    );
     assert_eq!(value(2), 0);
     assert_eq!(c[3].args[2], libc::SO_RCVBUF as u64);
     assert_eq!(value(3), 65536);
@@ -96,8 +100,14 @@ fn a_listener_is_made_with_its_options_bound_with_reuseaddr_borrowed_and_listeni
     assert_eq!(c[5].args[2], libc::SO_REUSEADDR as u64);
     assert_eq!(value(5), 1);
     let sa = c[6].written_at(ARGS_AT).unwrap();
-    assert_eq!(sa, crate::sys::inetsock::sockaddr_bytes(&"[::]:8080".parse().unwrap()));
-    assert_eq!(c[6].args[2], std::mem::size_of::<libc::sockaddr_in6>() as u64);
+    assert_eq!(
+        sa,
+        crate::sys::inetsock::sockaddr_bytes(&"[::]:8080".parse().unwrap())
+    );
+    assert_eq!(
+        c[6].args[2],
+        std::mem::size_of::<libc::sockaddr_in6>() as u64
+    );
     assert_eq!(c[7].args[2], libc::SO_REUSEADDR as u64);
     assert_eq!(value(7), 0);
     assert_eq!(c[8].args[..2], [3, 12]);
@@ -155,7 +165,10 @@ fn a_connected_udp_socket_is_bound_then_connected() {
     );
     assert_eq!(r.calls[1].args[1], libc::SOCK_DGRAM as u64);
     let peer = r.calls[3].written_at(ARGS_AT).unwrap();
-    assert_eq!(peer, crate::sys::inetsock::sockaddr_bytes(&"127.0.0.1:53".parse().unwrap()));
+    assert_eq!(
+        peer,
+        crate::sys::inetsock::sockaddr_bytes(&"127.0.0.1:53".parse().unwrap())
+    );
 }
 
 #[test]
@@ -172,8 +185,13 @@ fn a_failing_bind_stops_the_step_naming_the_socket_and_keeping_the_errno() {
     assert_eq!(e.errno(), Some(libc::EADDRINUSE));
     let m = e.to_string();
     assert!(
-        m.starts_with("fd 5: TCP [::]:8080 (listening): ") && m.contains("bind of fd 3 to [::]:8080"),
+        m.starts_with("fd 5: TCP [::]:8080 (listening): ")
+            && m.contains("bind of fd 3 to [::]:8080"),
         "{m}"
     );
-    assert_eq!(r.names().last(), Some(&"bind"), "nothing after the failed bind");
+    assert_eq!(
+        r.names().last(),
+        Some(&"bind"),
+        "nothing after the failed bind"
+    );
 }

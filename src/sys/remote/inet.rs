@@ -7,7 +7,12 @@ use crate::sys::Result;
 use std::net::SocketAddr;
 
 /// `socket(family, sock_type | flags, 0)`; returns the new fd.
-pub fn socket<R: Inject + ?Sized>(r: &mut R, family: i32, sock_type: i32, flags: i32) -> Result<u64> {
+pub fn socket<R: Inject + ?Sized>(
+    r: &mut R,
+    family: i32,
+    sock_type: i32,
+    flags: i32,
+) -> Result<u64> {
     r.call_ok(
         libc::SYS_socket,
         [family as u64, (sock_type | flags) as u64, 0, 0, 0, 0],
