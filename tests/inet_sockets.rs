@@ -126,16 +126,16 @@ fn listeners_and_udp_sockets_come_back_with_their_options_and_serve() {
     let c_any: SocketAddr = format!("[::]:{}", p[2]).parse().unwrap();
     let d: SocketAddr = format!("127.0.0.1:{}", p[3]).parse().unwrap();
     let e: SocketAddr = format!("[::1]:{}", p[4]).parse().unwrap();
-    // B (no SO_REUSEADDR) served a connection and closed it first: its port has a
-    // connection in TIME-WAIT, which a plain bind of the restore would fail on.
-    assert_eq!(ask(b, "before"), "B before");
+    // A (SO_REUSEADDR) served a connection and closed it first: its port has a connection
+    // in TIME-WAIT, which the restore binds over.
+    assert_eq!(ask(a, "before"), "A before");
     let time_wait = || {
-        inetdiag::sockets(libc::AF_INET6, libc::IPPROTO_TCP)
+        inetdiag::sockets(libc::AF_INET, libc::IPPROTO_TCP)
             .unwrap()
             .iter()
-            .any(|s| s.local == b && s.state == 6)
+            .any(|s| s.local == a && s.state == 6)
     };
-    assert!(wait_for(WAIT, time_wait), "no TIME-WAIT on {b}");
+    assert!(wait_for(WAIT, time_wait), "no TIME-WAIT on {a}");
     let before = report(r.pid, &out);
     let backlogs = |()| {
         [
