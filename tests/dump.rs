@@ -314,23 +314,58 @@ fn refusal(pid: i32) -> String {
 }
 
 #[test]
-fn refuses_a_tcp_socket_naming_fd_inode_and_kind() {
+fn refuses_an_established_tcp_connection_naming_its_four_tuple_and_state() {
     let dir = tempfile::tempdir().unwrap();
-    let script = "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint('ready',flush=True)\ntime.sleep(60)";
+    // A connection to itself: both ends are refused, each with its 4-tuple.
+    let script = "import socket,time\nl=socket.create_server(('127.0.0.1',0))\ns=socket.create_connection(l.getsockname())\nc,_=l.accept()\nprint('ready',s.getsockname()[1],l.getsockname()[1],flush=True)\ntime.sleep(60)";
+    let log = dir.path().join("py.log");
     let p = Running::logged(
         clean_command("/usr/bin/python3").args(["-c", script]),
-        &dir.path().join("py.log"),
-        true,
+        &log,
+        false,
     );
-    let (fd, target) = fd_list(p.pid)
-        .into_iter()
-        .find(|(_, t)| t.starts_with("socket:["))
-        .unwrap();
+    let mut ports = Vec::new();
+    assert!(wait_for(Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        ports = text
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|w| w.parse::<u16>().ok())
+            .collect();
+        ports.len() == 2
+    }));
+    let (client, server) = (ports[0], ports[1]);
     let maps_before = maps_text(p.pid);
-    let msg = refusal(p.pid);
-    assert_eq!(
-        msg,
-        format!("pid {} fd {fd}: {target} (TCP) is not supported yet", p.pid)
+    let reasons = match dump(p.pid, &running(), &mut VecSink::default()) {
+        Err(e) if e.is_refusal() => e.reasons(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let fd_of = |port: u16| {
+        fd_list(p.pid)
+            .into_iter()
+            .filter(|(_, t)| t.starts_with("socket:["))
+            .map(|(fd, _)| fd)
+            .find(|fd| {
+                reasons.iter().any(|r| {
+                    r.starts_with(&format!("pid {} fd {fd}: TCP 127.0.0.1:{port} ", p.pid))
+                })
+            })
+    };
+    let (cfd, sfd) = (fd_of(client).unwrap(), fd_of(server).unwrap());
+    let want = |fd: i32, here: u16, there: u16| {
+        format!(
+            "pid {} fd {fd}: TCP 127.0.0.1:{here} -> 127.0.0.1:{there} (ESTABLISHED): \
+             established connections are not carried yet",
+            p.pid
+        )
+    };
+    assert!(reasons.contains(&want(cfd, client, server)), "{reasons:#?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with(&format!(
+            "pid {} fd {sfd}: TCP 127.0.0.1:{server} -> 127.0.0.1:{client} (ESTABLISHED)",
+            p.pid
+        ))),
+        "{reasons:#?}"
     );
     assert_eq!(maps_text(p.pid), maps_before);
     assert_eq!(common::tracer_pid(p.pid), Some(0));
@@ -851,8 +886,8 @@ fn haul_dump_check_says_whether_a_process_can_be_checkpointed_and_touches_nothin
 
 #[test]
 fn haul_dump_check_lists_every_reason_in_text_and_json() {
-    // A child, a listening TCP socket, and stdout a pipe to the test: three reasons.
-    let script = "import socket,subprocess,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nc=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)";
+    // A child, an established TCP connection, and stdout a pipe to the test: three reasons.
+    let script = "import socket,subprocess,time\nl=socket.create_server(('127.0.0.1',0))\ns=socket.create_connection(l.getsockname())\nc,_=l.accept()\nk=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)";
     let p = Running::ready(clean_command(common::python3()).args(["-c", script]));
     let kids = || common::children_of(p.pid);
     assert!(wait_for(Duration::from_secs(10), || !kids().is_empty()));
@@ -874,7 +909,10 @@ fn haul_dump_check_lists_every_reason_in_text_and_json() {
     // The child is part of the tree now: its own reasons are listed, naming it.
     let child = kids()[0];
     assert!(has(&format!("pid {child} fd ")), "{reasons:#?}");
-    assert!(has("(TCP) is not supported yet"), "{reasons:#?}");
+    assert!(
+        has("(ESTABLISHED): established connections are not carried yet"),
+        "{reasons:#?}"
+    );
     assert!(has("leads to another process"), "{reasons:#?}");
 
     let text = common::haul()

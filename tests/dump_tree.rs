@@ -245,10 +245,11 @@ fn a_failure_at_any_step_leaves_every_process_running_untraced() {
     assert_running_untraced(&pids, "after a good dump");
 }
 
-/// A python parent with two children: one listening on TCP, one stopped.
+/// A python parent with two children: one holding an established TCP connection (to itself),
+/// one stopped.
 const TWO_BLOCKERS: &str = r#"
 import subprocess, sys, time
-tcp = 'import socket, time\ns = socket.socket()\ns.bind(("127.0.0.1", 0))\ns.listen()\ntime.sleep(1000)'
+tcp = 'import socket, time\nl = socket.create_server(("127.0.0.1", 0))\ns = socket.create_connection(l.getsockname())\nc, _ = l.accept()\ntime.sleep(1000)'
 a = subprocess.Popen([sys.executable, '-c', tcp])
 b = subprocess.Popen(['sleep', '1000'])
 print('ready', flush=True)
@@ -314,7 +315,13 @@ fn haul_dump_check_lists_the_reasons_of_every_process_of_the_tree_naming_each() 
             .iter()
             .any(|r| r.starts_with(&start) && r.contains(what))
     };
-    assert!(has(format!("pid {tcp} fd "), "(TCP)"), "{reasons:#?}");
+    assert!(
+        has(
+            format!("pid {tcp} fd "),
+            "(ESTABLISHED): established connections"
+        ),
+        "{reasons:#?}"
+    );
     assert!(has(format!("pid {sleeper} "), "is stopped"), "{reasons:#?}");
     assert!(
         has(

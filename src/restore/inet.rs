@@ -3,11 +3,9 @@
 //! address and port, listening again with their backlog (a UDP socket connected to its peer).
 //!
 //! TIME-WAIT: connections the original accepted and closed keep its port in TIME-WAIT for a
-//! minute, and a `bind` without `SO_REUSEADDR` fails on them. A TCP socket is bound with
-//! `SO_REUSEADDR` on, then the option is put back as it was: the kernel looks at it only at
-//! `bind` (and a listener in TIME-WAIT's place never exists: `SO_REUSEADDR` does not let two
-//! TCP sockets listen on one port). [`check_ports`] checks before anything is made that each
-//! address is free the same way.
+//! minute. They inherited the listener's `SO_REUSEADDR`: with it, the bind succeeds; without
+//! it, no option of the new socket helps (the kernel wants both sides to allow reuse), and
+//! [`check_ports`] fails before anything is made, saying so.
 
 use super::error::{At, StepResult};
 use super::share::Shared;
@@ -51,19 +49,8 @@ fn build(rs: &mut dyn Inject, f: &FdImage, s: &InetSocket) -> StepResult<u64> {
         };
         remote::setsockopt(rs, fd, o.level, o.opt, value, &o.name)?;
     }
-    let reuse = s.flag("SO_REUSEADDR");
-    let one = 1i32.to_ne_bytes();
-    let zero = 0i32.to_ne_bytes();
-    let (rl, ro) = (libc::SOL_SOCKET, libc::SO_REUSEADDR);
     if let Some(addr) = &s.local {
-        let borrow = tcp && !reuse;
-        if borrow {
-            remote::setsockopt(rs, fd, rl, ro, &one, "SO_REUSEADDR (for the bind)")?;
-        }
         remote::bind(rs, fd, addr)?;
-        if borrow {
-            remote::setsockopt(rs, fd, rl, ro, &zero, "SO_REUSEADDR (back off)")?;
-        }
     }
     if let Some(backlog) = s.backlog {
         remote::listen(rs, fd, backlog)?;
@@ -85,7 +72,7 @@ struct Wanted<'a> {
 /// Checks, before any process exists, that every address a TCP or UDP socket of the set is
 /// bound to can be bound here again (a trial bind by haul with the options that decide it:
 /// `IPV6_V6ONLY`, `SO_REUSEADDR`/`SO_REUSEPORT` as the socket had them, `IP_FREEBIND`,
-/// `IP_TRANSPARENT`, `SO_BINDTODEVICE`; TCP with `SO_REUSEADDR`, as the restore binds it).
+/// `IP_TRANSPARENT`, `SO_BINDTODEVICE`).
 /// The reason names the address, the port and, when found, who holds it.
 pub(super) fn check_ports(set: &ImageSet) -> Result<(), String> {
     let mut wanted = Vec::new();
@@ -144,28 +131,38 @@ fn try_bind(s: &InetSocket, addr: &SocketAddr) -> Result<(), crate::sys::SysErro
     }) {
         inetsock::set_opt(sock.as_fd(), o.level, o.opt, &o.value)?;
     }
-    if tcp {
-        let one = 1i32.to_ne_bytes();
-        inetsock::set_opt(sock.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
-    }
     inetsock::bind(sock.as_fd(), addr)
 }
 
-/// Who holds port `addr` of `s`'s transport: "pid N (comm)", or the socket's inode when no
-/// process of haul's view holds it.
+/// Who holds port `addr` of `s`'s transport: "pid N (comm)", the socket's inode when no
+/// process of haul's view holds it, or the connections in TIME-WAIT on it.
 fn holder(s: &InetSocket, addr: &SocketAddr) -> Option<String> {
     use crate::sys::inetdiag;
     let proto = match s.transport {
         Transport::Tcp => libc::IPPROTO_TCP,
         Transport::Udp => libc::IPPROTO_UDP,
     };
-    let ino = [libc::AF_INET, libc::AF_INET6]
+    let all: Vec<_> = [libc::AF_INET, libc::AF_INET6]
         .into_iter()
         .flat_map(|fam| inetdiag::sockets(fam, proto).unwrap_or_default())
-        .filter(|d| d.local.port() == addr.port() && d.ino != 0)
+        .filter(|d| d.local.port() == addr.port())
+        .collect();
+    let waiting = all.iter().filter(|d| d.state == 6).count();
+    let ino = all
+        .iter()
+        .filter(|d| d.ino != 0)
         .filter(|d| s.transport == Transport::Udp || d.state == inetdiag::TCP_LISTEN)
         .map(|d| d.ino)
-        .next()?;
+        .next();
+    let Some(ino) = ino else {
+        return (waiting > 0).then(|| {
+            format!(
+                "{waiting} connection{} in TIME-WAIT: without SO_REUSEADDR the socket can \
+                 bind it only once they expire, within a minute",
+                if waiting == 1 { "" } else { "s" }
+            )
+        });
+    };
     let want = format!("socket:[{ino}]");
     let procs = std::fs::read_dir("/proc").ok()?;
     for e in procs.flatten() {

@@ -4,6 +4,7 @@
 mod creds;
 mod events;
 mod files;
+mod inet;
 mod memory;
 mod seccomp;
 mod signals;

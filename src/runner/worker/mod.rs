@@ -269,6 +269,7 @@ mod tests {
                 token: Some(b"secret".to_vec()),
                 source_timeout_us: 10_000_000,
             }),
+            tcp_pending: crate::job::TcpPending::Drop,
         }
     }
 
