@@ -489,6 +489,10 @@ fn nginx_master_and_workers_restored_serve_the_static_file() {
 
 #[test]
 fn python_http_server_restored_serves_a_new_client() {
+    const T: &str = "python_http_server_restored_serves_a_new_client";
+    if need(T, &["curl"]).is_none() {
+        return;
+    }
     let s = Session::start();
     let dir = s.path();
     let www = dir.join("www");
