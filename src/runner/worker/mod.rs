@@ -255,7 +255,6 @@ mod tests {
             buffer: 1 << 20,
             level: Some(3),
             fail_at: None,
-            tcp_pending: Default::default(),
             predump: Some(PredumpRequest {
                 interval_us: 1_000_000,
                 max_iterations: 5,
