@@ -13,6 +13,7 @@
 //! - [`uffd`]: userfaultfd ioctls.
 //! - [`spawn`]: the parked process a restore rebuilds (clone3 `set_tid`), re-parented away.
 //! - [`shm`]: the filesystem of a mapped file (`statfs`), SysV semaphores' last users.
+//! - [`tty`]: termios, window size, pty ioctls, a terminal's foreground group, unread bytes.
 //! - [`process`]: pidfd, signals, robust lists, rlimits, clone3, `PR_SET_MM_MAP`, rseq constants.
 #![allow(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod shm;
 pub mod sockdiag;
 pub mod socket;
 pub mod spawn;
+pub mod tty;
 pub mod uffd;
 pub mod uffd_restore;
 

@@ -31,11 +31,13 @@ mod mm;
 mod signal;
 #[cfg(test)]
 mod tests;
+mod tty;
 
 pub use fd::*;
 pub use ids::*;
 pub use mm::*;
 pub use signal::*;
+pub use tty::*;
 
 /// A session of syscalls injected into one stopped thread: what a restore step needs of it.
 /// [`RemoteSyscall`] is the real one; `fake::Recorder` (tests only) records every call and
