@@ -18,4 +18,6 @@ pub(crate) use memory::{Holder, MemTable};
 pub(crate) struct Shared {
     pub fds: FdTable,
     pub mem: MemTable,
+    /// The terminals made so far, and where an outside one goes (`restore::tty`).
+    pub tty: super::tty::Ttys,
 }

@@ -7,6 +7,7 @@ mod memory;
 mod signals;
 mod steps;
 mod tree;
+mod tty;
 
 use super::error::StepError;
 use crate::image::{
