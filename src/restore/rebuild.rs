@@ -30,9 +30,11 @@ pub(super) fn rebuild(
     );
     // A shell job's root goes where its terminal is the controlling one (restore::tty).
     let planned = super::tty::planned(set, opts.tty.as_ref(), ours);
-    let plan = super::tree::plan(planned.as_ref().unwrap_or(set), ours).map_err(|reason| RestoreError::Incompatible {
-        set: set.id.clone(),
-        reason: reason.0,
+    let plan = super::tree::plan(planned.as_ref().unwrap_or(set), ours).map_err(|reason| {
+        RestoreError::Incompatible {
+            set: set.id.clone(),
+            reason: reason.0,
+        }
     })?;
     // What the processes of a tree share, built as they are (one for the whole set).
     let mut shared = super::share::Shared::default();

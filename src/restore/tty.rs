@@ -124,7 +124,11 @@ pub(crate) fn check(set: &ImageSet, target: Option<&TtyTarget>) -> Result<(), St
 /// session or group) joins haul's session in a group of its own (`inherit`), or leads a new
 /// session of its own (`new`), since that is where its terminal is the controlling one. None
 /// when the plan is the image's (no target, or no terminal outside the set).
-pub(crate) fn planned(set: &ImageSet, target: Option<&TtyTarget>, ours: (i32, i32)) -> Option<ImageSet> {
+pub(crate) fn planned(
+    set: &ImageSet,
+    target: Option<&TtyTarget>,
+    ours: (i32, i32),
+) -> Option<ImageSet> {
     let mode = target?.mode;
     if outside_terminals(set).is_empty() {
         return None;
@@ -261,9 +265,8 @@ impl Ttys {
 
     /// The new pty standing for the dumped pty of `t` (a master), made at its first fd.
     fn pty(&mut self, t: &TtyImage) -> crate::sys::Result<&(OwnedFd, OwnedFd)> {
-        if !self.made.contains_key(&t.index) {
-            let made = make_pty(t)?;
-            self.made.insert(t.index, made);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.made.entry(t.index) {
+            e.insert(make_pty(t)?);
         }
         Ok(&self.made[&t.index])
     }

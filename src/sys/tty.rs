@@ -102,7 +102,12 @@ pub fn set_packet_mode(master: BorrowedFd<'_>, on: bool) -> Result<()> {
 /// read-write, never the opener's controlling terminal, close-on-exec, with `extra` flags.
 pub fn open_peer(master: BorrowedFd<'_>, extra: i32) -> Result<OwnedFd> {
     let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | extra;
-    let fd = ioctl_int(master, libc::TIOCGPTPEER, flags as libc::c_ulong, "TIOCGPTPEER")?;
+    let fd = ioctl_int(
+        master,
+        libc::TIOCGPTPEER,
+        flags as libc::c_ulong,
+        "TIOCGPTPEER",
+    )?;
     // SAFETY: TIOCGPTPEER returned a new fd that nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -95,6 +95,13 @@ pub(crate) fn capture(pidfd: &OwnedFd, f: &mut FdImage) -> Result<(), DumpError>
     let peer = tty::open_peer(fd, libc::O_NONBLOCK)?;
     t.input = tty::take_available(peer.as_fd())?;
     t.output = take_output(&copy, t.packet)?;
+    tracing::debug!(
+        fd = f.fd,
+        input = t.input.len(),
+        output = t.output.len(),
+        "pty {}: unread bytes",
+        t.index
+    );
     put_back(&copy, &peer, &termios, &t.input, &t.output)?;
     Ok(())
 }
@@ -125,7 +132,8 @@ fn put_back(
         return Ok(());
     }
     tty::set_termios(slave.as_fd(), &tty::quiet(termios))?;
-    let wrote = tty::write_all(m.as_fd(), input).and_then(|()| tty::write_all(slave.as_fd(), output));
+    let wrote =
+        tty::write_all(m.as_fd(), input).and_then(|()| tty::write_all(slave.as_fd(), output));
     tty::set_termios(slave.as_fd(), termios)?;
     Ok(wrote?)
 }

@@ -86,8 +86,8 @@ fn a_pty_pair_is_made_anew_and_its_session_leader_takes_it_back() {
     assert_eq!(c[5].args[..2], [950, 900], "the master at its number");
     assert_eq!(c[12].args[..2], [950, 901], "the slave at its number");
     let (sctty, spgrp) = (&c[15], &c[16]);
-    assert_eq!(sctty.args[..3], [901, libc::TIOCSCTTY as u64, 0]);
-    assert_eq!(spgrp.args[..2], [901, libc::TIOCSPGRP as u64]);
+    assert_eq!(sctty.args[..3], [901, libc::TIOCSCTTY, 0]);
+    assert_eq!(spgrp.args[..2], [901, libc::TIOCSPGRP]);
     assert_eq!(
         spgrp.arg_bytes(2).map(|b| b[..4].to_vec()),
         Some(4242i32.to_ne_bytes().to_vec()),
@@ -101,6 +101,13 @@ fn a_pty_pair_is_made_anew_and_its_session_leader_takes_it_back() {
     assert_eq!(now.c_lflag & libc::ICANON, 0, "raw mode");
     let w = tty::get_winsize(s.as_fd()).unwrap();
     assert_eq!((w.ws_row, w.ws_col), (33, 111));
+    // The line discipline takes written bytes in from a worker: wait until they are there.
+    for _ in 0..2000 {
+        if tty::unread(s.as_fd()).unwrap() > 0 {
+            break;
+        }
+        let _ = tty::poll_in(&[s.as_raw_fd()], 1);
+    }
     assert_eq!(tty::take_available(s.as_fd()).unwrap(), b"typed");
 }
 

@@ -10,7 +10,7 @@ use crate::sys::Result;
 pub fn set_ctty<R: Inject + ?Sized>(r: &mut R, fd: u64) -> Result<()> {
     r.call_ok(
         libc::SYS_ioctl,
-        [fd, libc::TIOCSCTTY as u64, 0, 0, 0, 0],
+        [fd, libc::TIOCSCTTY, 0, 0, 0, 0],
         &format!("ioctl(TIOCSCTTY) on fd {fd}"),
     )?;
     Ok(())
@@ -22,7 +22,7 @@ pub fn set_fg_pgrp<R: Inject + ?Sized>(r: &mut R, fd: u64, pgrp: i32) -> Result<
     let at = put(r, &pgrp.to_ne_bytes())?;
     r.call_ok(
         libc::SYS_ioctl,
-        [fd, libc::TIOCSPGRP as u64, at, 0, 0, 0],
+        [fd, libc::TIOCSPGRP, at, 0, 0, 0],
         &format!("ioctl(TIOCSPGRP, {pgrp}) on fd {fd}"),
     )?;
     Ok(())
