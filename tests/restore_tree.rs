@@ -276,6 +276,7 @@ fn a_failure_at_any_step_of_a_tree_leaves_no_process_behind() {
             pid: PidChoice::Same,
             fail_at: Some(step),
             verify_state: true,
+            ..Default::default()
         };
         let e = restore(&t.set, &t.src, &opts).expect_err("it was to fail");
         assert!(

@@ -398,6 +398,24 @@ impl From<PidArg> for haul::job::PidPolicy {
     }
 }
 
+/// `--tty` of `haul restore`: where a terminal outside the checkpoint goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TtyArg {
+    /// This terminal: the job runs in its foreground; haul waits until it exits.
+    Inherit,
+    /// A new pty that haul relays to its stdin/stdout until the job exits.
+    New,
+}
+
+impl From<TtyArg> for haul::job::TtyPolicy {
+    fn from(t: TtyArg) -> Self {
+        match t {
+            TtyArg::Inherit => haul::job::TtyPolicy::Inherit,
+            TtyArg::New => haul::job::TtyPolicy::New,
+        }
+    }
+}
+
 /// `--verify` of `haul restore`: what to compare before the restored process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum VerifyArg {
@@ -516,6 +534,17 @@ pub struct RestoreArgs {
     /// single instruction, and haul exits 1.
     #[arg(long, value_name = "WHAT", value_enum)]
     pub verify: Option<VerifyArg>,
+    /// Where a terminal the process was started on (outside the checkpoint) goes; without
+    /// it such a terminal is refused. `inherit`: this terminal (a shell job): the restored
+    /// job becomes its foreground job with its saved terminal settings, and haul restore
+    /// waits until it exits, then gives the terminal back to the shell. `new`: a new pty
+    /// (its window size this terminal's): the job leads a new session on it, and haul
+    /// restore relays between it and its own stdin/stdout (stdin in raw mode if it is a
+    /// terminal) until the job exits. Either way the PID is printed first. A pty whose both
+    /// ends are in the checkpoint needs no flag: it is made again as a new pair (its
+    /// /dev/pts number changes).
+    #[arg(long, value_name = "WHERE", value_enum, conflicts_with = "lazy")]
+    pub tty: Option<TtyArg>,
     /// Post-copy: the process runs at once, its memory served by userfaultfd; haul prints the
     /// PID and stays in the foreground until every page is resident.
     #[arg(long)]

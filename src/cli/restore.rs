@@ -14,11 +14,13 @@ pub fn run(args: RestoreArgs) -> Result<u8, Error> {
         store: args.store.store.clone(),
         pid: args.pid.into(),
         verify_state: args.verify == Some(VerifyArg::State),
+        tty: args.tty.map(Into::into),
     };
     if args.lazy {
         return lazy(&args, cmd);
     }
-    let r = command::restore(&cmd)?;
+    let mut r = command::restore(&cmd)?;
+    let terminal = r.terminal.take();
     if args.json {
         let o = &r.outcome;
         // Every process of a tree, as {"was": pid in the image, "pid": pid here}.
@@ -34,6 +36,12 @@ pub fn run(args: RestoreArgs) -> Result<u8, Error> {
         print_json(&v)?;
     } else {
         out(&r.outcome.pid.to_string());
+    }
+    // --tty: the job runs on its terminal until it exits.
+    if let Some(t) = terminal {
+        flush();
+        t.serve(r.outcome.pid)
+            .map_err(haul::runner::CommandError::from)?;
     }
     Ok(exit::OK)
 }

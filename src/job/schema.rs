@@ -270,6 +270,11 @@ pub struct RestoreSpec {
     /// file's folder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Where a terminal the process was started on (outside the checkpoint) goes: `"inherit"`
+    /// (haul's own terminal) or `"new"` (a new pty haul serves). Absent: such a terminal is
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtyPolicy>,
 }
 
 impl Default for RestoreSpec {
@@ -279,6 +284,7 @@ impl Default for RestoreSpec {
             pid: PidPolicy::default(),
             from: defaults::from(),
             token_file: None,
+            tty: None,
         }
     }
 }
@@ -304,6 +310,16 @@ pub enum PidPolicy {
     #[default]
     Same,
     Any,
+}
+
+/// `restore.tty`: where a terminal outside the checkpoint goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TtyPolicy {
+    /// The terminal of haul itself (a shell job).
+    Inherit,
+    /// A new pty whose master haul serves.
+    New,
 }
 
 /// `[lazy]`: post-copy policy.

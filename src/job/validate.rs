@@ -513,6 +513,13 @@ fn stages(c: &mut Checker, spec: &JobSpec) {
                  are served) or restore.from = \"host:port\" of a page server",
             );
         }
+        if r.tty.is_some() && r.mode == RestoreMode::Lazy {
+            c.value(
+                "restore.tty",
+                "is for an eager restore: a lazy restore (mode = \"lazy\") cannot give the job a \
+                 terminal yet",
+            );
+        }
         if r.pid == PidPolicy::Same && d.leave_running && !remote {
             c.value(
                 "restore.pid",

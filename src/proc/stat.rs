@@ -18,6 +18,10 @@ pub struct Stat {
     pub pgrp: i32,
     /// (6)
     pub session: i32,
+    /// (7) its controlling terminal's device number (0: none).
+    pub tty_nr: u64,
+    /// (8) the foreground process group of that terminal (-1: none).
+    pub tpgid: i32,
     /// (9) `PF_*` flags.
     pub flags: u64,
     /// (19) -20..19.
@@ -101,6 +105,8 @@ pub fn parse_stat(path: &Path, s: &str) -> Result<Stat> {
         ppid: num(4)? as i32,
         pgrp: num(5)? as i32,
         session: num(6)? as i32,
+        tty_nr: unum(7)? & 0xffff_ffff,
+        tpgid: num(8)? as i32,
         flags: unum(9)?,
         nice: num(19)? as i32,
         num_threads: num(20)?,

@@ -69,6 +69,7 @@ pub use cgroup::CgroupError;
 pub use compat::{check_compat, FileMismatch, VdsoMismatch};
 pub use error::StepError;
 pub use share::MemShareError;
+pub use tty::{outside_terminals, TtyMode, TtyTarget};
 pub use verify::{compare as compare_state, StateDifference};
 
 /// Errors of the `restore` module.
@@ -250,6 +251,9 @@ pub struct RestoreOptions {
     /// `--verify state`: before the process runs, compare what `/proc` shows of it with what
     /// the dump recorded; any difference fails the restore (the process is killed).
     pub verify_state: bool,
+    /// Where a terminal outside the checkpoint goes (`restore.tty`, `--tty`); None: such a
+    /// terminal is refused before anything is made.
+    pub tty: Option<TtyTarget>,
 }
 
 /// What a restore did.
@@ -303,6 +307,10 @@ pub fn restore(
 ) -> Result<RestoreOutcome, RestoreError> {
     let start = Instant::now();
     compat::check_compat(set, opts.pid, false)?;
+    tty::check(set, opts.tty.as_ref()).map_err(|reason| RestoreError::Incompatible {
+        set: set.id.clone(),
+        reason,
+    })?;
     if opts.verify_state {
         for (_, p) in set.processes() {
             verify::require_record(set, p)?;
@@ -370,6 +378,10 @@ pub fn restore_lazy(
 ) -> Result<RestoreOutcome, RestoreError> {
     let start = Instant::now();
     compat::check_compat(set, opts.pid, true)?;
+    tty::check(set, opts.tty.as_ref()).map_err(|reason| RestoreError::Incompatible {
+        set: set.id.clone(),
+        reason,
+    })?;
     if opts.verify_state {
         for (_, p) in set.processes() {
             verify::require_record(set, p)?;

@@ -28,9 +28,13 @@ pub(super) fn rebuild(
         crate::sys::process::own_sid(),
         crate::sys::process::own_pgrp(),
     );
-    let plan = super::tree::plan(set, ours).map_err(|reason| RestoreError::Incompatible {
-        set: set.id.clone(),
-        reason: reason.0,
+    // A shell job's root goes where its terminal is the controlling one (restore::tty).
+    let planned = super::tty::planned(set, opts.tty.as_ref(), ours);
+    let plan = super::tree::plan(planned.as_ref().unwrap_or(set), ours).map_err(|reason| {
+        RestoreError::Incompatible {
+            set: set.id.clone(),
+            reason: reason.0,
+        }
     })?;
     // What the processes of a tree share, built as they are (one for the whole set).
     let mut shared = super::share::Shared::default();
@@ -79,6 +83,8 @@ pub(super) fn rebuild(
     }
     create::groups(&c, &mut made, &plan)?;
     create::end_zombies(&c, &mut made)?;
+    super::tty::start(&mut shared, set, opts.tty.as_ref(), &made.pids())
+        .map_err(|e| c.err(Step::Files, root.pid, e))?;
 
     let mut pages_restored = 0;
     let mut fill_time = 0;

@@ -359,9 +359,9 @@ fn after_launch(
         return lazy_restore_and_verify(job, &store, &set, ph, report, p);
     }
     p.step("restoring");
-    let pid = stage(report, "restore", |r| {
-        let pid = stages::restore(job, &store, &set, r)?;
-        Ok((pid, format!("pid {pid}")))
+    let (pid, terminal) = stage(report, "restore", |r| {
+        let (pid, terminal) = stages::restore(job, &store, &set, r)?;
+        Ok(((pid, terminal), format!("pid {pid}")))
     })?;
     if job.spec.verify.is_some() {
         p.step("verifying");
@@ -371,6 +371,11 @@ fn after_launch(
             stages::verify(job, &ph, r)?;
             Ok(((), "passed".into()))
         })?;
+    }
+    // restore.tty: the job runs on its terminal until it exits.
+    if let Some(t) = terminal {
+        p.step("serving the restored job's terminal");
+        t.serve(pid).map_err(|e| RunError::stage("restore", e))?;
     }
     Ok(())
 }

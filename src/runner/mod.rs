@@ -88,6 +88,8 @@ pub enum StageError {
     Lazy(#[from] crate::lazy::LazyError),
     #[error(transparent)]
     Xfer(#[from] crate::xfer::XferError),
+    #[error(transparent)]
+    Tty(#[from] command::TtyError),
 }
 
 /// The pids still taken, "; "-separated.

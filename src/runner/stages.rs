@@ -27,6 +27,7 @@ pub fn restore_options(pid: PidPolicy, verify_state: bool) -> crate::restore::Re
         },
         fail_at: crate::restore::Step::from_env(),
         verify_state,
+        tty: None,
     }
 }
 
@@ -241,11 +242,11 @@ pub fn restore(
     store: &Store,
     set: &crate::image::ImageSet,
     report: &mut RunReport,
-) -> Result<i32, RunError> {
+) -> Result<(i32, Option<super::command::Terminal>), RunError> {
     let Some(spec) = &job.spec.restore else {
         return Err(RunError::Setup("no [restore]".into()));
     };
-    let opts = restore_options(spec.pid, job.spec.verify.as_ref().is_some_and(|v| v.state));
+    let mut opts = restore_options(spec.pid, job.spec.verify.as_ref().is_some_and(|v| v.state));
     let remote = source(job, spec)?.remote(set)?;
     let (set, pages): (_, &dyn crate::restore::PageSource) = match &remote {
         Some((s, r)) => (s, r),
@@ -253,12 +254,15 @@ pub fn restore(
     };
     let tampered = test_tamper(set);
     let set = tampered.as_ref().unwrap_or(set);
+    // restore.tty: the terminal is served once the job is verified (lifecycle).
+    let terminal = super::command::tty_prepare(spec.tty, set).map_err(stage_err("restore"))?;
+    opts.tty = terminal.as_ref().map(|t| t.target());
     let r = crate::restore::restore(set, pages, &opts).map_err(|e| restore_err(e, report))?;
     report.restored_pid = Some(r.pid);
     report.restore_time = r.restore_time;
     report.time_to_running = r.time_to_running;
     report.pages_restored = r.pages_restored;
-    Ok(r.pid)
+    Ok((r.pid, terminal))
 }
 
 /// The restore stage's error; `[verify] state` differences also go into the verify report.

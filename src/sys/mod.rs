@@ -14,6 +14,7 @@
 //! - [`spawn`]: the parked process a restore rebuilds (clone3 `set_tid`), re-parented away.
 //! - [`shm`]: the filesystem of a mapped file (`statfs`), SysV semaphores' last users.
 //! - [`sysvipc`]: SysV segments, semaphore sets and message queues: read, made, attached.
+//! - [`tty`]: termios, window size, pty ioctls, a terminal's foreground group, unread bytes.
 //! - [`process`]: pidfd, signals, robust lists, rlimits, clone3, `PR_SET_MM_MAP`, rseq constants.
 //! - [`seccomp`]: a thread's seccomp filters read by ptrace, and their suspension while haul injects.
 #![allow(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod socket;
 pub mod spawn;
 pub mod stored;
 pub mod sysvipc;
+pub mod tty;
 pub mod uffd;
 pub mod uffd_restore;
 

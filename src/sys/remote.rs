@@ -36,6 +36,7 @@ mod signal;
 mod stored;
 #[cfg(test)]
 mod tests;
+mod tty;
 mod unix;
 
 pub use events::*;
@@ -47,6 +48,7 @@ pub use mm::*;
 pub use seccomp::*;
 pub use signal::*;
 pub use stored::*;
+pub use tty::*;
 pub use unix::*;
 
 /// A session of syscalls injected into one stopped thread: what a restore step needs of it.

@@ -63,7 +63,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::Epoll(_) => (9, 0, 0),
         FdKind::Inotify(_) => (10, 0, 0),
         FdKind::Stored(_) => (11, 0, 0),
-        FdKind::Tty(_) => (12, 0, 0),
+        FdKind::Tty(t) => (12, t.rdev, u64::from(t.index)),
     }
 }
 

@@ -25,4 +25,6 @@ pub(crate) struct Shared {
     pub stored: super::stored::StoredTable,
     /// The unix sockets of the set made so far (haul's copies, by inode).
     pub unix: super::unix::UnixTable,
+    /// The terminals made so far, and where an outside one goes (`restore::tty`).
+    pub tty: super::tty::Ttys,
 }

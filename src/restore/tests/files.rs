@@ -265,13 +265,13 @@ use crate::restore::share::Shared;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 
-fn me() -> i32 {
+pub(super) fn me() -> i32 {
     std::process::id() as i32
 }
 
 /// Makes the fake's `socketpair` hand out `(a, b)` and its `recvmsg` deliver fd `got` in an
 /// `SCM_RIGHTS` message laid out at libc's offsets.
-fn passing(r: &mut Recorder, a: i32, b: i32, got: i32) {
+pub(super) fn passing(r: &mut Recorder, a: i32, b: i32, got: i32) {
     r.when("socketpair", move |args, mem| {
         mem.poke(args[3], &a.to_ne_bytes());
         mem.poke(args[3] + 4, &b.to_ne_bytes());

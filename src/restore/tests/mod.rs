@@ -12,6 +12,7 @@ mod steps;
 mod stored;
 mod sysv;
 mod tree;
+mod tty;
 mod unix;
 
 use super::error::StepError;

@@ -5,6 +5,7 @@
 
 mod dump;
 mod restore;
+mod tty;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 pub use dump::{dump, lazy_dump, DumpCommand, Dumped, LazyDumped, LazyServe, SourceEnded};
 pub use restore::{lazy_restore, restore, LazyRestoreCommand, LazyRestored, LazyRunning};
 pub use restore::{RestoreCommand, Restored};
+pub use tty::{prepare as tty_prepare, Terminal, TtyError};
 
 /// Errors of a command: bad input found before anything ran, or the error of the module a
 /// stage called.
@@ -52,6 +54,8 @@ pub enum CommandError {
     Restore(#[from] crate::restore::RestoreError),
     #[error(transparent)]
     Lazy(#[from] crate::lazy::LazyError),
+    #[error(transparent)]
+    Tty(#[from] TtyError),
 }
 
 impl CommandError {
@@ -62,7 +66,8 @@ impl CommandError {
             | CommandError::Unreadable { .. }
             | CommandError::NoMatch { .. }
             | CommandError::OwnBinary(_)
-            | CommandError::LazyPagesElsewhere { .. } => true,
+            | CommandError::LazyPagesElsewhere { .. }
+            | CommandError::Tty(TtyError::NotATerminal { .. }) => true,
             CommandError::Xfer(x) => x.is_bad_input(),
             _ => false,
         }

@@ -23,22 +23,33 @@ pub struct RestoreCommand {
     pub pid: PidPolicy,
     /// `--verify state`.
     pub verify_state: bool,
+    /// `--tty`: where a terminal outside the checkpoint goes.
+    pub tty: Option<crate::job::TtyPolicy>,
 }
 
 /// A restored process, and the set it came from.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Restored {
     pub set: ImageSet,
     pub outcome: RestoreOutcome,
+    /// With `--tty`: the terminal it was given, to serve until it exits
+    /// ([`super::tty::Terminal::serve`]).
+    pub terminal: Option<super::tty::Terminal>,
 }
 
 /// `haul restore SET`: an eager restore from the store.
 pub fn restore(cmd: &RestoreCommand) -> Result<Restored, CommandError> {
     let store = Store::open(&cmd.store)?;
     let set = store.load_set(&cmd.set)?;
-    let opts = restore_options(cmd.pid, cmd.verify_state);
+    let mut opts = restore_options(cmd.pid, cmd.verify_state);
+    let terminal = super::tty::prepare(cmd.tty, &set)?;
+    opts.tty = terminal.as_ref().map(|t| t.target());
     let outcome = crate::restore::restore(&set, &store, &opts)?;
-    Ok(Restored { set, outcome })
+    Ok(Restored {
+        set,
+        outcome,
+        terminal,
+    })
 }
 
 /// What `haul restore SET --lazy` was asked.
