@@ -48,6 +48,7 @@ pub(crate) fn capture(pid: i32, fds: &mut [FdImage]) -> Result<(), DumpError> {
         if let Some(pidfd) = &pidfd {
             capture(pidfd, f)?;
         }
+        tty::refuse_unread(pid, f)?;
     }
     Ok(())
 }

@@ -137,3 +137,24 @@ fn put_back(
     tty::set_termios(slave.as_fd(), termios)?;
     Ok(wrote?)
 }
+
+/// Refuses a pty that holds unread bytes (typed but not read by the slave side, or written
+/// but not read by the master): the dump reads them and puts them back, but a restore does
+/// not give them back yet, and a restore must not silently drop them.
+pub(crate) fn refuse_unread(pid: i32, f: &FdImage) -> Result<(), DumpError> {
+    let FdKind::Tty(t) = &f.kind else {
+        return Ok(());
+    };
+    if t.input.is_empty() && t.output.is_empty() {
+        return Ok(());
+    }
+    Err(unsupported(format!(
+        "pid {pid} fd {}: pty {} holds {} bytes typed and not read yet and {} bytes written \
+         and not read yet by its master: a restore cannot give them back yet (let the program \
+         read them first)",
+        f.fd,
+        t.index,
+        t.input.len(),
+        t.output.len()
+    )))
+}
