@@ -508,7 +508,8 @@ fn a_shell_forking_all_the_time_is_dumped_whole_every_time() {
     eprintln!("{seen} children caught in 20 dumps");
     // It still forks: a new child appears after the last dump.
     let mut last = 0;
-    assert!(wait_for(Duration::from_secs(10), || {
+    // (A bound for a loaded machine, not a speed check.)
+    assert!(wait_for(Duration::from_secs(30), || {
         let kids = common::children_of(sh.pid);
         let newest = kids.iter().copied().max().unwrap_or(0);
         if last == 0 {

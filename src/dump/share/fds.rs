@@ -29,11 +29,13 @@ struct Table<'a> {
 /// in unit tests).
 type SameFile<'s> = dyn FnMut(i32, i32, i32, i32) -> Result<bool, DumpError> + 's;
 
-/// kcmp(KCMP_FILE); an fd closed meanwhile (before the freeze) is no match.
+/// kcmp(KCMP_FILE); an fd closed meanwhile, or a process that exited meanwhile (before the
+/// freeze: a shell's short-lived child), is no match. Under the freeze nothing exits by
+/// itself; a process killed from outside is caught by the steps that follow, by name.
 fn kcmp(pa: i32, a: i32, pb: i32, b: i32) -> Result<bool, DumpError> {
     match process::kcmp_file(pa, a, pb, b) {
         Ok(same) => Ok(same),
-        Err(e) if e.errno() == Some(libc::EBADF) => Ok(false),
+        Err(e) if matches!(e.errno(), Some(libc::EBADF | libc::ESRCH)) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
