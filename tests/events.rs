@@ -49,6 +49,19 @@ fn dump_kill_restore(r: &mut Running, dir: &Path) -> (Restored, ImageSet) {
         .unwrap_or_else(|e| panic!("dump of pid {}: {e}", r.pid));
     r.child.wait().expect("reap the dumped original");
     let set: ImageSet = d.set;
+    // Events an inotify instance held unread are dropped, and the dump says so.
+    for f in &set.process.as_ref().unwrap().fds {
+        if let haul::image::FdKind::Inotify(i) = &f.kind {
+            if i.queued_bytes > 0 {
+                let want = format!("fd {}: inotify: {} bytes of events", f.fd, i.queued_bytes);
+                assert!(
+                    d.stats.warnings.iter().any(|w| w.contains(&want)),
+                    "{:?}",
+                    d.stats.warnings
+                );
+            }
+        }
+    }
     let out = restore(&set, &store, &common::verified(PidChoice::Same))
         .unwrap_or_else(|e| panic!("restore of pid {}: {e}", r.pid));
     assert_eq!(out.pid, r.pid);

@@ -296,6 +296,21 @@ pub(crate) fn capture(pidfd: &OwnedFd, f: &mut FdImage) -> Result<(), DumpError>
     Ok(())
 }
 
+/// What the dump of `p` dropped from its inotify instances (the events queued unread), one
+/// warning each.
+pub(crate) fn warnings(p: &crate::image::ProcessImage) -> Vec<String> {
+    p.fds
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FdKind::Inotify(i) if i.queued_bytes > 0 => Some(format!(
+                "pid {} fd {}: inotify: {} bytes of events queued unread were dropped",
+                p.pid, f.fd, i.queued_bytes
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

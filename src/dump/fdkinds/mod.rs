@@ -21,7 +21,9 @@ fn unsupported(msg: String) -> DumpError {
 /// What the dump of `p` dropped from its fds, one warning each (for the dump's figures and
 /// the run's report).
 pub(crate) fn warnings(p: &crate::image::ProcessImage) -> Vec<String> {
-    inet::warnings(p)
+    let mut out = inet::warnings(p);
+    out.extend(events::warnings(p));
+    out
 }
 
 /// Captures, under the freeze, what only the fds themselves tell, for every fd of `pid`
