@@ -228,6 +228,56 @@ fn an_interactive_bash_comes_back_onto_a_new_pty_with_its_variables() {
     assert!(wait_for(Duration::from_secs(10), || !common::alive(pid)));
 }
 
+#[test]
+fn an_interactive_bash_comes_back_into_the_terminal_of_haul_restore_with_tty_inherit() {
+    let s = Session::start();
+    let (m, mut bash) = bash_on_pty(&s);
+    let mut master = std::fs::File::from(m.try_clone().unwrap());
+    let rx = reader(std::fs::File::from(m));
+    let mut seen = String::new();
+    wait_text(&rx, &mut seen, "tty-prompt> ");
+    master.write_all(b"X=inherited\n").unwrap();
+    seen.clear();
+    wait_text(&rx, &mut seen, "tty-prompt> ");
+    let set = dump(bash.pid, &s.store(), true);
+    bash.child.wait().unwrap();
+    let pid = bash.pid;
+
+    // haul restore runs on a terminal of its own (a new session whose controlling terminal
+    // is a pty of the test's, as a login shell's), and gives it to the restored bash.
+    let term = tty::open_pty().unwrap();
+    let slave = || Stdio::from(tty::open_peer(term.as_fd(), 0).unwrap());
+    let mut h = Command::new("setsid")
+        .arg("-c")
+        .arg(common::haul_bin())
+        .args(["restore", "--tty", "inherit", &set, "--store"])
+        .arg(s.store())
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .unwrap();
+    let mut input = std::fs::File::from(term.try_clone().unwrap());
+    let rx = reader(std::fs::File::from(term));
+    let mut seen = String::new();
+    wait_text(&rx, &mut seen, &pid.to_string());
+    input.write_all(b"echo \"X is $X\"\n").unwrap();
+    wait_text(&rx, &mut seen, "X is inherited");
+    // bash runs in haul restore's session, as the foreground group of its terminal.
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = st.rsplit(')').next().unwrap().split_whitespace().collect();
+    assert_eq!(f[3], h.id().to_string(), "session of haul restore: {st}");
+    assert_ne!(f[4], "0", "no controlling terminal: {st}");
+    assert_eq!(f[5], f[2], "its group in the foreground: {st}");
+    input.write_all(b"exit\n").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || h.try_wait().unwrap().is_some()),
+        "haul restore --tty inherit did not return after the job exited: {seen:?}"
+    );
+    assert!(h.wait().unwrap().success(), "{seen:?}");
+    assert!(wait_for(Duration::from_secs(10), || !common::alive(pid)));
+}
+
 /// Loads job file `text`; the error as text with its folder shown as `DIR`.
 fn job_error(text: &str) -> Option<String> {
     let dir = tempfile::tempdir().unwrap();

@@ -36,10 +36,12 @@ pub fn get_termios(fd: BorrowedFd<'_>) -> Result<libc::termios2> {
     Ok(t)
 }
 
-/// Sets the termios of the tty behind `fd` at once (no drain, no flush): `TCSETS2`.
+/// Sets the termios of the tty behind `fd` at once (no drain, no flush): `TCSETS2`, with
+/// SIGTTOU blocked (haul may have given its own terminal's foreground to the job it
+/// restores, `--tty inherit`).
 pub fn set_termios(fd: BorrowedFd<'_>, t: &libc::termios2) -> Result<()> {
     let mut t = *t;
-    ioctl_ptr(fd, libc::TCSETS2, &mut t, "TCSETS2")?;
+    ttou_blocked(|| ioctl_ptr(fd, libc::TCSETS2, &mut t, "TCSETS2"))?;
     Ok(())
 }
 
@@ -237,9 +239,18 @@ pub fn foreground(fd: BorrowedFd<'_>) -> Result<i32> {
 }
 
 /// Makes `pgrp` the foreground process group of terminal `fd` (haul's controlling terminal):
-/// `TIOCSPGRP`, with SIGTTOU blocked in this thread so that a haul in the background may
-/// take the terminal back (tcsetpgrp(3)).
+/// `TIOCSPGRP`, with SIGTTOU blocked so that a haul in the background may take the terminal
+/// back (tcsetpgrp(3)).
 pub fn set_foreground(fd: BorrowedFd<'_>, pgrp: i32) -> Result<()> {
+    let mut g: libc::pid_t = pgrp;
+    ttou_blocked(|| ioctl_ptr(fd, libc::TIOCSPGRP, &mut g, "TIOCSPGRP")).map(|_| ())
+}
+
+/// Runs `f` with SIGTTOU blocked in this thread (`pthread_sigmask(3)`): a change to haul's
+/// controlling terminal (termios, foreground group) made while haul is not in its foreground
+/// group is then done instead of stopping haul or, haul's group being orphaned, failing with
+/// EIO (the kernel's tty_check_change treats a blocked SIGTTOU as ignored).
+fn ttou_blocked<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -250,13 +261,12 @@ pub fn set_foreground(fd: BorrowedFd<'_>, pgrp: i32) -> Result<()> {
         libc::sigaddset(&mut set, libc::SIGTTOU);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
     }
-    let mut g: libc::pid_t = pgrp;
-    let r = ioctl_ptr(fd, libc::TIOCSPGRP, &mut g, "TIOCSPGRP");
+    let r = f();
     // SAFETY: puts back the mask read above.
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
-    r.map(|_| ())
+    r
 }
 
 /// The raw mode of termios(3) `cfmakeraw` applied to `t`: no input or output processing, no
