@@ -293,6 +293,9 @@ fn a_filtered_child_in_a_tree_comes_back_with_its_filters() {
     let d = dump_to_store(r.pid, &store, "seccomp", &DumpOptions::default(), Some(1))
         .unwrap_or_else(|e| panic!("dump of the tree of pid {}: {e}", r.pid));
     r.child.wait().unwrap();
+    // The child, killed with the shell, came to this test process (the subreaper): reap it,
+    // or its pid stays taken by a zombie.
+    let _ = haul::sys::host::reap(child);
     assert!(d.set.process.as_ref().unwrap().seccomp.is_none());
     assert!(d.set.tree.descendants[0].seccomp.is_some());
     restore(&d.set, &store, &common::verified(PidChoice::Same))

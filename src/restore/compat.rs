@@ -45,11 +45,11 @@ pub fn check_compat(
     // A deleted tmpfs file the set makes again must find its path free.
     super::share::check_paths(set).map_err(|e| bad(e.to_string()))?;
     // The SysV objects it makes again must find their ids and keys free (or their own left).
-    super::share::sysv::plan(set).map_err(bad)?;
+    super::share::sysv::plan(set).map_err(|r| bad(r.0))?;
     // A deleted file still open is made again in its directory.
-    super::stored::check_dirs(set).map_err(bad)?;
+    super::stored::check_dirs(set).map_err(|r| bad(r.0))?;
     // A TCP or UDP port the set binds again must be free (someone may have taken it).
-    super::inet::check_ports(set).map_err(bad)?;
+    super::inet::check_ports(set).map_err(|r| bad(r.0))?;
     // The names its unix sockets bind must be free, or hold only what the dumped ones left.
     super::unix::check_names(set).map_err(|r| bad(r.0))?;
     for (_, p) in set.processes() {

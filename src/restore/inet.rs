@@ -74,7 +74,7 @@ struct Wanted<'a> {
 /// `IPV6_V6ONLY`, `SO_REUSEADDR`/`SO_REUSEPORT` as the socket had them, `IP_FREEBIND`,
 /// `IP_TRANSPARENT`, `SO_BINDTODEVICE`).
 /// The reason names the address, the port and, when found, who holds it.
-pub(super) fn check_ports(set: &ImageSet) -> Result<(), String> {
+pub(super) fn check_ports(set: &ImageSet) -> Result<(), crate::restore::tree::Refusal> {
     let mut wanted = Vec::new();
     for (_, p) in set.processes() {
         for f in p
@@ -99,14 +99,14 @@ pub(super) fn check_ports(set: &ImageSet) -> Result<(), String> {
             let held = holder(w.sock, &w.addr)
                 .map(|h| format!(" (held by {h})"))
                 .unwrap_or_default();
-            return Err(format!(
+            return Err(crate::restore::tree::Refusal(format!(
                 "pid {} fd {}: {}: address {} port {} cannot be bound here{held}: {e}",
                 w.pid,
                 w.fd,
                 w.sock.describe(),
                 w.addr.ip(),
                 w.addr.port()
-            ));
+            )));
         }
     }
     Ok(())

@@ -309,7 +309,7 @@ pub fn restore(
     compat::check_compat(set, opts.pid, false)?;
     tty::check(set, opts.tty.as_ref()).map_err(|reason| RestoreError::Incompatible {
         set: set.id.clone(),
-        reason,
+        reason: reason.0,
     })?;
     if opts.verify_state {
         for (_, p) in set.processes() {
@@ -380,7 +380,7 @@ pub fn restore_lazy(
     compat::check_compat(set, opts.pid, true)?;
     tty::check(set, opts.tty.as_ref()).map_err(|reason| RestoreError::Incompatible {
         set: set.id.clone(),
-        reason,
+        reason: reason.0,
     })?;
     if opts.verify_state {
         for (_, p) in set.processes() {

@@ -62,7 +62,7 @@ pub(super) fn rebuild(
     // the processes are killed: `made` is dropped first) if the restore fails.
     let verdicts = super::share::sysv::plan(set).map_err(|reason| RestoreError::Incompatible {
         set: set.id.clone(),
-        reason,
+        reason: reason.0,
     })?;
     let ipc = c.step(Step::Spawn, root.pid, || {
         super::share::sysv::make(set, &verdicts, source)

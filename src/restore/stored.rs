@@ -317,15 +317,15 @@ pub(super) fn map(
 
 /// Before any process exists: the directory of every deleted file the set makes again is
 /// there (else the restore is refused naming the file). To be called by `check_compat`.
-pub(crate) fn check_dirs(set: &ImageSet) -> Result<(), String> {
+pub(crate) fn check_dirs(set: &ImageSet) -> Result<(), crate::restore::tree::Refusal> {
     for obj in &set.tree.files {
         if let StoredKind::Deleted { path } = &obj.kind {
             let dir = std::path::Path::new(path).parent();
             if !dir.is_some_and(|d| d.as_os_str().is_empty() || d.is_dir()) {
-                return Err(format!(
+                return Err(crate::restore::tree::Refusal(format!(
                     "{path} was open while deleted; a restore makes it again in its directory, \
                      which is gone"
-                ));
+                )));
             }
         }
     }

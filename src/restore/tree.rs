@@ -144,9 +144,15 @@ impl Member {
 
 /// Why a tree cannot be rebuilt as it is (the message names pid and id). It ends up as the
 /// reason of [`super::RestoreError::Incompatible`], which carries text (a known debt).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct Refusal(pub String);
+
+impl From<&str> for Refusal {
+    fn from(why: &str) -> Refusal {
+        Refusal(why.to_string())
+    }
+}
 
 /// Plans the creation of `set`'s tree; `ours` is haul's (session, process group). A one-process
 /// set gets the root's plan of a lone process.

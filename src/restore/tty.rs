@@ -102,7 +102,10 @@ fn is_outside(t: &TtyImage, masters: &HashMap<u32, TtyImage>) -> bool {
 
 /// Refuses, before anything is made, a set holding a terminal outside the checkpoint when
 /// the restore does not say where it goes: the reason names every such fd and both options.
-pub(crate) fn check(set: &ImageSet, target: Option<&TtyTarget>) -> Result<(), String> {
+pub(crate) fn check(
+    set: &ImageSet,
+    target: Option<&TtyTarget>,
+) -> Result<(), crate::restore::tree::Refusal> {
     let outside = outside_terminals(set);
     if outside.is_empty() || target.is_some() {
         return Ok(());
@@ -111,13 +114,13 @@ pub(crate) fn check(set: &ImageSet, target: Option<&TtyTarget>) -> Result<(), St
         .iter()
         .map(|(pid, fd, path)| format!("pid {pid} fd {fd} ({path})"))
         .collect();
-    Err(format!(
+    Err(crate::restore::tree::Refusal(format!(
         "{} {} the terminal it was started on, outside the checkpoint: say where it goes with \
          `--tty inherit` (the terminal of haul restore) or `--tty new` (a new pty that haul \
          restore serves), in a job file restore.tty = \"inherit\" or \"new\"",
         list.join(", "),
         if list.len() == 1 { "is" } else { "are" }
-    ))
+    )))
 }
 
 /// The set as the tree is planned with a terminal target: the root (and whoever shared its

@@ -376,15 +376,20 @@ pub(super) fn check_names(set: &ImageSet) -> Result<(), Refusal> {
 }
 
 /// Why `name` cannot be bound here by a socket of `sock_type`, if it cannot.
-fn check_name(name: &[u8], sock_type: i32, file: Option<&SocketFile>) -> Result<(), String> {
+fn check_name(
+    name: &[u8],
+    sock_type: i32,
+    file: Option<&SocketFile>,
+) -> Result<(), crate::restore::tree::Refusal> {
     let Some(path) = as_path(name) else {
-        let s = socket::unix_socket(sock_type).map_err(|e| e.to_string())?;
+        let s = socket::unix_socket(sock_type)
+            .map_err(|e| crate::restore::tree::Refusal(e.to_string()))?;
         return match socket::bind(s.as_fd(), name) {
             Ok(()) => Ok(()),
             Err(e) if e.errno() == Some(libc::EADDRINUSE) => Err(
                 "the abstract name is taken on this host (is the original still running?)".into(),
             ),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(crate::restore::tree::Refusal(e.to_string())),
         };
     };
     let m = match std::fs::symlink_metadata(path) {
@@ -393,17 +398,21 @@ fn check_name(name: &[u8], sock_type: i32, file: Option<&SocketFile>) -> Result<
             let dir = path.parent().unwrap_or(std::path::Path::new("/"));
             return match dir.is_dir() {
                 true => Ok(()),
-                false => Err(format!("its directory {} does not exist", dir.display())),
+                false => Err(crate::restore::tree::Refusal(format!(
+                    "its directory {} does not exist",
+                    dir.display()
+                ))),
             };
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(crate::restore::tree::Refusal(e.to_string())),
     };
     if !m.file_type().is_socket() {
         return Err("something that is not a socket is there".into());
     }
     use std::os::unix::fs::MetadataExt;
     let dumped = file.is_some_and(|f| f.ino == m.ino() && f.dev == m.dev());
-    let s = socket::unix_socket(sock_type).map_err(|e| e.to_string())?;
+    let s =
+        socket::unix_socket(sock_type).map_err(|e| crate::restore::tree::Refusal(e.to_string()))?;
     match socket::connect(s.as_fd(), name) {
         Ok(()) => Err(
             "a live socket is bound there and accepts connections (is the original \
@@ -411,7 +420,9 @@ fn check_name(name: &[u8], sock_type: i32, file: Option<&SocketFile>) -> Result<
                 .into(),
         ),
         Err(e) if e.errno() == Some(libc::ECONNREFUSED) || dumped => Ok(()),
-        Err(e) => Err(format!("a socket file of another socket is there ({e})")),
+        Err(e) => Err(crate::restore::tree::Refusal(format!(
+            "a socket file of another socket is there ({e})"
+        ))),
     }
 }
 
@@ -427,16 +438,16 @@ mod tests {
         assert_eq!(check_name(&p("free.sock"), ty, None), Ok(()));
         assert_eq!(
             check_name(&p("no/dir.sock"), ty, None),
-            Err(format!(
+            Err(crate::restore::tree::Refusal(format!(
                 "its directory {} does not exist",
                 dir.path().join("no").display()
-            ))
+            )))
         );
         drop(std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).unwrap());
         assert_eq!(check_name(&p("stale.sock"), ty, None), Ok(()));
         let _live = std::os::unix::net::UnixListener::bind(dir.path().join("live.sock")).unwrap();
         let e = check_name(&p("live.sock"), ty, None).unwrap_err();
-        assert!(e.starts_with("a live socket is bound there"), "{e}");
+        assert!(e.0.starts_with("a live socket is bound there"), "{e}");
         std::fs::write(dir.path().join("file"), b"x").unwrap();
         assert_eq!(
             check_name(&p("file"), ty, None),
@@ -447,6 +458,6 @@ mod tests {
         let _taken = socket::unix_socket(ty).unwrap();
         socket::bind(_taken.as_fd(), name.as_bytes()).unwrap();
         let e = check_name(name.as_bytes(), ty, None).unwrap_err();
-        assert!(e.starts_with("the abstract name is taken"), "{e}");
+        assert!(e.0.starts_with("the abstract name is taken"), "{e}");
     }
 }

@@ -198,7 +198,7 @@ fn tree_pids(set: &ImageSet) -> BTreeSet<i32> {
 
 /// Before anything is touched: what to do about each object of the set, or the first
 /// refusal (naming the object and who holds its id or key).
-pub(crate) fn plan(set: &ImageSet) -> Result<Vec<Verdict>, String> {
+pub(crate) fn plan(set: &ImageSet) -> Result<Vec<Verdict>, crate::restore::tree::Refusal> {
     let Some(ipc) = &set.tree.ipc else {
         return Ok(Vec::new());
     };
@@ -207,8 +207,9 @@ pub(crate) fn plan(set: &ImageSet) -> Result<Vec<Verdict>, String> {
     let mut out = Vec::new();
     for (kind, perm) in wanted(ipc) {
         if !cache.iter().any(|(k, _)| *k == kind) {
-            let f =
-                found(kind).map_err(|e| format!("reading /proc/sysvipc/{}: {e}", kind.name()))?;
+            let f = found(kind).map_err(|e| {
+                crate::restore::tree::Refusal(format!("reading /proc/sysvipc/{}: {e}", kind.name()))
+            })?;
             cache.push((kind, f));
         }
         let f = cache
@@ -217,7 +218,7 @@ pub(crate) fn plan(set: &ImageSet) -> Result<Vec<Verdict>, String> {
             .map(|(_, f)| f.as_slice())
             .unwrap_or_default();
         match judge(kind, perm.id, perm.key, f, &tree) {
-            Verdict::Taken(why) => return Err(why),
+            Verdict::Taken(why) => return Err(crate::restore::tree::Refusal(why)),
             v => out.push(v),
         }
     }

@@ -126,7 +126,7 @@ fn a_terminal_outside_the_set_is_refused_unless_the_restore_says_where_it_goes()
     };
     let set = set_of(p);
     assert_eq!(
-        crate::restore::tty::check(&set, None).unwrap_err(),
+        crate::restore::tty::check(&set, None).unwrap_err().0,
         "pid 100 fd 0 (/dev/pts/3), pid 100 fd 2 (/dev/pts/3) are the terminal it was started \
          on, outside the checkpoint: say where it goes with `--tty inherit` (the terminal of \
          haul restore) or `--tty new` (a new pty that haul restore serves), in a job file \
