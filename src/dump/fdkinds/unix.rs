@@ -100,7 +100,7 @@ pub(crate) fn kind(pid: i32, fd: i32, target: &str, ino: u64) -> Result<Option<F
     }
     let u = match record(&s, peer.as_ref()) {
         Ok(u) => u,
-        Err(why) => return no(why),
+        Err(NotCarried(why)) => return no(why),
     };
     if !u.listening && in_flight_now(pid, fd, &s)? {
         return Err(in_flight(pid, fd, ino, &describe(&u)));
@@ -108,8 +108,13 @@ pub(crate) fn kind(pid: i32, fd: i32, target: &str, ino: u64) -> Result<Option<F
     Ok(Some(FdKind::Unix(u)))
 }
 
+/// Why a unix socket cannot be carried (the end of its refusal).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotCarried(String);
+
 /// The image record of `s` (connected to `peer`), or why it cannot be carried.
-fn record(s: &UnixSock, peer: Option<&UnixSock>) -> Result<UnixSocket, String> {
+fn record(s: &UnixSock, peer: Option<&UnixSock>) -> Result<UnixSocket, NotCarried> {
     let mut u = UnixSocket {
         ino: s.ino,
         sock_type: s.sock_type,
@@ -124,32 +129,32 @@ fn record(s: &UnixSock, peer: Option<&UnixSock>) -> Result<UnixSocket, String> {
     let stream = s.sock_type != libc::SOCK_DGRAM;
     if u.listening {
         if s.rqueue > 0 {
-            return Err(format!(
+            return Err(NotCarried(format!(
                 "listening on {name}, with {} connections waiting to be accepted",
                 s.rqueue
-            ));
+            )));
         }
         u.backlog = s.wqueue;
     } else if stream && s.peer == 0 && s.state == ESTABLISHED {
-        return Err(format!(
+        return Err(NotCarried(format!(
             "{}, connected to a peer that is closed",
             describe(&u)
-        ));
+        )));
     }
     let Some(n) = s.name.as_deref() else {
         return Ok(u);
     };
     if n.first() != Some(&0) && n.first() != Some(&b'/') {
-        return Err(format!("bound to the relative path {name}"));
+        return Err(NotCarried(format!("bound to the relative path {name}")));
     }
     if stream && s.peer != 0 && !u.listening {
         // A connected socket with a name: accepted on a listener of that name (it shows
         // the listener's name, and its socket file), its client unbound.
         if peer.is_some_and(|p| p.name.is_some()) {
-            return Err(format!(
+            return Err(NotCarried(format!(
                 "{}, whose peer is bound too: a connecting socket bound to a name of its own",
                 describe(&u)
-            ));
+            )));
         }
         u.accepted = true;
         return Ok(u);
@@ -170,10 +175,10 @@ fn record(s: &UnixSock, peer: Option<&UnixSock>) -> Result<UnixSocket, String> {
             });
         }
         _ => {
-            return Err(format!(
+            return Err(NotCarried(format!(
                 "{}, whose socket file was unlinked or replaced since",
                 describe(&u)
-            ))
+            )))
         }
     }
     Ok(u)
