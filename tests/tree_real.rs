@@ -664,12 +664,14 @@ echo $! > "$d/cat"
 exec < /dev/null
 python3 -c '
 import socket, sys, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen()
-open(sys.argv[1], "w").write("listening")
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen()
+c = socket.create_connection(l.getsockname())
+a, _ = l.accept()
+open(sys.argv[1], "w").write("connected")
 time.sleep(1000)
-' "$d/tcp" &
+' "$d/tcp" &          # an established TCP connection: not carried yet
 echo $! > "$d/python"
 echo ready
 wait
@@ -730,7 +732,7 @@ fn dump_check_of_a_tree_names_every_blocker_and_the_refused_dump_leaves_it_runni
         .iter()
         .map(|r| r.as_str().unwrap_or_default().to_string())
         .collect();
-    for (who, p, what) in [("cat", cat, "pipe"), ("python", python, "socket")] {
+    for (who, p, what) in [("cat", cat, "pipe"), ("python", python, "established")] {
         assert!(
             reasons
                 .iter()
