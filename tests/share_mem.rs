@@ -206,6 +206,9 @@ fn a_forked_tree_shares_its_memory_objects_again_after_restore() {
         }
         Err(e) => panic!("dump of the tree of pid {parent}: {e}"),
     };
+    // The child, killed with its parent, came to this test process (the subreaper): reap it,
+    // or its pid stays taken by a zombie.
+    let _ = haul::sys::host::reap(child);
     // The child's three mappings name the parent's; their pages are stored there only.
     let c = set
         .tree

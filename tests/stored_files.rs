@@ -273,6 +273,9 @@ fn a_memfd_mapped_by_parent_and_child_is_one_file_after_restore() {
     let before = report(parent, &out);
     let store = new_store(dir.path());
     let set = dump_kill(&mut r, &store);
+    // The child, killed with its parent, came to this test process (the subreaper): reap it,
+    // or its pid stays taken by a zombie.
+    let _ = haul::sys::host::reap(child);
     // Each file once for the tree.
     assert_eq!(set.tree.files.len(), 4, "{:?}", set.tree.files);
 
