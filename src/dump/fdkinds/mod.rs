@@ -1,7 +1,8 @@
 //! Fd kinds beyond files and pipes, one module each (issue 14): how each is recognised, or
-//! refused by name, from `/proc` before the freeze (called from `check::fds`), and what of
-//! its state only the fd itself tells, read under the freeze through a `pidfd_getfd` copy
-//! (called from `state::capture_process`).
+//! refused by name, from `/proc` and sock_diag before the freeze and again under it (called
+//! from `check::fds`), and what of its state only the fd itself tells, read under the freeze
+//! through a `pidfd_getfd` copy once the tree's sharing is known (called from
+//! `share::fds::link`). What a dump drops is reported through [`warnings`].
 
 pub(crate) mod events;
 pub(crate) mod inet;
