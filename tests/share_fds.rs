@@ -350,6 +350,9 @@ fn a_python_parent_and_child_talk_over_their_socket_pair_and_pipe_after_restore(
         .find_map(|l| l.strip_prefix("child ")?.parse().ok())
         .expect("child pid");
     let (set, store) = dump_kill(&mut r, dir.path());
+    // The child, killed with its parent, came to this test process (the subreaper): reap it,
+    // or its pid stays taken by a zombie.
+    let _ = haul::sys::host::reap(child);
     let c = set.processes().map(|(_, p)| p).find(|p| p.pid == child);
     assert!(c.is_some(), "the child is in the image");
     let got = restore(
