@@ -195,6 +195,8 @@ fn zombies_keep_their_wait_status_and_a_clone_its_exit_signal() {
     // The zombies are still there for their parent, and everyone runs on.
     assert_eq!(common::proc_state(kids[0]), Some('Z'));
     assert_running_untraced(&[py.pid, kids[2]], "after the dump");
+    // The clone child outlives its parent (killed when `py` drops): it is killed here.
+    common::send_signal(kids[2], "KILL");
 }
 
 fn stat_comm(pid: i32) -> String {
