@@ -236,6 +236,23 @@ impl ImageSet {
         self.pages.range(lo, hi).map(move |(k, r)| (k - lo, r))
     }
 
+    /// This set with only `pages` and no process: the view a page source is read through
+    /// for one process, one stored file or one SysV segment.
+    pub fn with_only_pages(&self, pages: PageTable) -> ImageSet {
+        ImageSet {
+            id: self.id.clone(),
+            job: self.job.clone(),
+            created_us: self.created_us,
+            kind: self.kind,
+            parent: self.parent.clone(),
+            kernel: self.kernel.clone(),
+            process: None,
+            tree: Tree::default(),
+            pages,
+            figures: self.figures.clone(),
+        }
+    }
+
     /// How many processes the set holds, zombies included (0 for a pre-dump).
     pub fn process_count(&self) -> usize {
         self.processes().count() + self.tree.zombies.len()

@@ -338,18 +338,7 @@ pub(super) fn eager_part(
             pages.insert(a, r);
         }
     }
-    ImageSet {
-        id: set.id.clone(),
-        job: set.job.clone(),
-        created_us: set.created_us,
-        kind: set.kind,
-        parent: set.parent.clone(),
-        kernel: set.kernel.clone(),
-        process: None,
-        tree: Default::default(),
-        pages,
-        figures: set.figures.clone(),
-    }
+    set.with_only_pages(pages)
 }
 
 /// The pages of page space `space` of `set` as a set of their own: under their page keys
@@ -377,18 +366,7 @@ pub(super) fn space_view(
     } else {
         set.pages_of(space).collect()
     };
-    std::borrow::Cow::Owned(ImageSet {
-        id: set.id.clone(),
-        job: set.job.clone(),
-        created_us: set.created_us,
-        kind: set.kind,
-        parent: set.parent.clone(),
-        kernel: set.kernel.clone(),
-        process: None,
-        tree: Default::default(),
-        pages,
-        figures: set.figures.clone(),
-    })
+    std::borrow::Cow::Owned(set.with_only_pages(pages))
 }
 
 /// Writes every stored page of the set into the process: runs of pages are gathered into a

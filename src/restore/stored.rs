@@ -67,18 +67,7 @@ impl StoredTable {
             let (lo, hi) = crate::image::space_bounds(obj.space);
             let mut pages = Vec::new();
             if set.pages.range(lo, hi).next().is_some() {
-                let view = ImageSet {
-                    id: set.id.clone(),
-                    job: set.job.clone(),
-                    created_us: set.created_us,
-                    kind: set.kind,
-                    parent: set.parent.clone(),
-                    kernel: set.kernel.clone(),
-                    process: None,
-                    tree: Default::default(),
-                    pages: set.pages.range(lo, hi).collect(),
-                    figures: set.figures.clone(),
-                };
+                let view = set.with_only_pages(set.pages.range(lo, hi).collect());
                 let mut sink = |key: u64, data: &[u8]| -> Result<(), BoxError> {
                     pages.push((key - lo, data.to_vec()));
                     Ok(())

@@ -417,18 +417,7 @@ fn fill_segment(
     if pages.is_empty() {
         return Ok(());
     }
-    let view = ImageSet {
-        id: set.id.clone(),
-        job: set.job.clone(),
-        created_us: set.created_us,
-        kind: set.kind,
-        parent: set.parent.clone(),
-        kernel: set.kernel.clone(),
-        process: None,
-        tree: Default::default(),
-        pages,
-        figures: set.figures.clone(),
-    };
+    let view = set.with_only_pages(pages);
     let mut seg = sysvipc::Attached::new(id, size, true).map_err(|source| SysvError::Sys {
         kind: Kind::Shm,
         id,
