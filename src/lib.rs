@@ -18,6 +18,7 @@ pub mod error;
 pub mod image;
 pub mod job;
 pub mod lazy;
+pub mod netlock;
 pub mod proc;
 pub mod report;
 pub mod restore;

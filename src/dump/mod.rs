@@ -15,6 +15,7 @@ mod fdkinds;
 mod freeze;
 mod lazy;
 mod memory;
+mod netlock;
 mod precopy;
 mod seccomp;
 mod share;
@@ -275,6 +276,9 @@ pub struct DumpOptions {
     pub lazy: bool,
     /// What the checks accept that the dump may lose (`dump.tcp_pending`).
     pub policy: CheckPolicy,
+    /// How established connections to peers outside the tree are held while frozen
+    /// (`[network] lock`, issue #15).
+    pub network_lock: crate::netlock::LockMode,
 }
 
 impl Default for DumpOptions {
@@ -285,6 +289,7 @@ impl Default for DumpOptions {
             fail_at: None,
             lazy: false,
             policy: CheckPolicy::default(),
+            network_lock: Default::default(),
         }
     }
 }
@@ -488,6 +493,8 @@ pub(crate) fn dump_planned(
     // Under the freeze the processes cannot change: check the refusal list again.
     let pids = frozen.pids();
     let snapshots = ctx.step(Step::Check, || check::check_frozen(root, &pids, &before))?;
+    // Connections to peers outside the tree are locked before any socket is read.
+    frozen.lock = ctx.step(Step::Check, || netlock::take(&pids, opts))?;
 
     let n = frozen.procs.len();
     let mut procs = Vec::with_capacity(n);
@@ -529,6 +536,10 @@ pub(crate) fn dump_planned(
     // What the processes share with each other, now that every one is captured and before
     // memory is copied (a mapping shared with an earlier process is stored only there).
     ctx.step(Step::State, || share::link(&mut procs))?;
+    // Established TCP connections, read in repair mode (which holds until the thaw or kill).
+    ctx.step(Step::State, || {
+        fdkinds::inet::repair_established(&mut frozen, &mut procs)
+    })?;
 
     let t_mem = Instant::now();
     // A lazy dump hands the pages of the VMAs a lazy restore leaves to its daemon to the sink
@@ -639,6 +650,7 @@ pub(crate) fn dump_planned(
         zombies,
         ipc,
         files,
+        netlock: None,
     };
     Ok((
         DumpOutcome {

@@ -20,7 +20,12 @@ use crate::proc::{self, TreeMember};
 const ROUNDS: usize = 64;
 
 /// Every living process of a tree, frozen, in tree order (root first).
+///
+/// Fields drop in their order: on any error, established TCP sockets leave repair mode before
+/// the processes are thawed, and the network lock goes last, once they run.
 pub(crate) struct FrozenTree {
+    /// The established TCP sockets haul switched into repair mode to read them (issue #15).
+    pub repair: crate::sys::tcprepair::Repairing,
     pub procs: Vec<Frozen>,
     /// What `/proc` showed of each of `procs` when it was frozen (same order).
     pub members: Vec<TreeMember>,
@@ -28,6 +33,8 @@ pub(crate) struct FrozenTree {
     pub zombies: Vec<TreeMember>,
     /// When the last process was stopped.
     stopped_at: Instant,
+    /// The network lock holding the tree's connections to peers outside it (issue #15).
+    pub lock: Option<crate::netlock::NetLock>,
 }
 
 impl FrozenTree {
@@ -36,10 +43,12 @@ impl FrozenTree {
     /// (killed from outside) fails the freeze, naming it. Any error thaws what was frozen.
     pub fn seize(root: i32) -> Result<FrozenTree, DumpError> {
         let mut t = FrozenTree {
+            repair: Default::default(),
             procs: Vec::new(),
             members: Vec::new(),
             zombies: Vec::new(),
             stopped_at: Instant::now(),
+            lock: None,
         };
         for _ in 0..ROUNDS {
             let mut changed = false;
@@ -205,12 +214,24 @@ impl FrozenTree {
 
     /// Lets every process go on (see [`Frozen::thaw`]); every one is thawed even if one
     /// fails, and the first error is returned.
+    /// Repair mode ends first (a process never runs on a socket in repair mode), the network
+    /// lock last (the peers' packets reach running processes).
     pub fn thaw(self) -> Result<(), DumpError> {
+        let FrozenTree {
+            repair,
+            procs,
+            lock,
+            ..
+        } = self;
+        repair.resume();
         let mut first = None;
-        for f in self.procs {
+        for f in procs {
             if let Err(e) = f.thaw() {
                 first.get_or_insert(e);
             }
+        }
+        if let Some(l) = lock {
+            l.release();
         }
         first.map_or(Ok(()), Err)
     }
@@ -218,10 +239,19 @@ impl FrozenTree {
     /// Kills every process (SIGKILL, the deepest first), then collects each death as their
     /// tracer, so their parents (or, for orphans, the subreaper) can reap them. Each is sent
     /// its SIGKILL even if another's fails; the first error is returned.
-    pub fn kill(mut self) -> Result<(), DumpError> {
+    ///
+    /// Established TCP sockets are closed still in repair mode (their peers are sent nothing),
+    /// and the network lock is kept for the restore to release.
+    pub fn kill(self) -> Result<(), DumpError> {
+        let FrozenTree {
+            repair,
+            mut procs,
+            lock,
+            ..
+        } = self;
         let mut first = None;
-        let mut parents = vec![false; self.procs.len()];
-        for (i, f) in self.procs.iter_mut().enumerate().rev() {
+        let mut parents = vec![false; procs.len()];
+        for (i, f) in procs.iter_mut().enumerate().rev() {
             match f.send_kill() {
                 Ok(p) => parents[i] = p,
                 Err(e) => {
@@ -229,8 +259,14 @@ impl FrozenTree {
                 }
             }
         }
-        for (f, p) in self.procs.into_iter().zip(parents) {
+        for (f, p) in procs.into_iter().zip(parents) {
             f.collect_death(p);
+        }
+        repair.close_silently();
+        if let Some(l) = lock {
+            if let Err(e) = l.keep() {
+                tracing::warn!(error = %e, "the network lock could not be kept for the restore");
+            }
         }
         first.map_or(Ok(()), Err)
     }
@@ -243,6 +279,14 @@ impl FrozenTree {
                 "a dump of one process froze {} processes",
                 self.count()
             )));
+        }
+        if !self.repair.is_empty() || self.lock.is_some() {
+            // Dropping the tree thaws it, repair off first.
+            return Err(DumpError::Refused(
+                "a lazy dump (dump.lazy) does not carry established TCP connections yet: dump \
+                 to the store and restore lazily from it instead"
+                    .into(),
+            ));
         }
         self.procs
             .pop()

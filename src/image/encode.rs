@@ -84,7 +84,7 @@ pub struct SetMeta {
 /// A tree with no other process, no SysV IPC objects and no stored files: left out of the
 /// manifest.
 fn holds_nothing(t: &Tree) -> bool {
-    t.is_empty() && t.ipc.is_none() && t.files.is_empty()
+    t.is_empty() && t.ipc.is_none() && t.files.is_empty() && t.netlock.is_none()
 }
 
 impl SetMeta {

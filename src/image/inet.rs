@@ -68,6 +68,24 @@ pub struct InetSocket {
     /// `dump.tcp_pending = "drop"`), or bytes of queued datagrams (UDP).
     #[serde(default)]
     pub dropped: u64,
+    /// An established TCP connection (its peer in `peer`), as repair mode read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<TcpConn>,
+}
+
+/// The state of an established TCP connection that a restore needs to make it again in
+/// repair mode, so that its peer notices nothing (issue #15).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConn {
+    /// The kernel's TCP state (`TCP_ESTABLISHED`, ...; include/net/tcp_states.h).
+    pub state: u8,
+}
+
+/// The network lock a kill-mode dump left in place for the restore to release (issue #15).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// The nftables table holding the lock's rules.
+    pub table: String,
 }
 
 impl InetSocket {

@@ -302,6 +302,10 @@ pub struct Tree {
     /// a page space of its own (see [`stored`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<stored::StoredObject>,
+    /// The network lock a kill-mode dump left holding the tree's connections to peers outside
+    /// it, for the restore to release once the restored copy runs (issue #15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netlock: Option<inet::LockRecord>,
 }
 
 impl Tree {

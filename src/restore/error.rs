@@ -29,6 +29,9 @@ pub enum StepError {
     /// Making the set's SysV IPC objects failed.
     #[error(transparent)]
     Sysv(#[from] super::share::SysvError),
+    /// Taking or releasing the network lock of the set's connections failed.
+    #[error(transparent)]
+    NetLock(#[from] crate::netlock::NetLockError),
     /// Reading the set's pages failed (the store names the pack and page).
     #[error(transparent)]
     Pages(super::BoxError),

@@ -46,6 +46,7 @@ mod inet;
 mod layout;
 mod memory;
 mod mm;
+mod netlock;
 mod rebuild;
 mod seccomp;
 mod share;
@@ -254,6 +255,9 @@ pub struct RestoreOptions {
     /// Where a terminal outside the checkpoint goes (`restore.tty`, `--tty`); None: such a
     /// terminal is refused before anything is made.
     pub tty: Option<TtyTarget>,
+    /// How the restored tree's connections to peers outside it are held until it runs
+    /// (`[network] lock`, issue #15).
+    pub network_lock: crate::netlock::LockMode,
 }
 
 /// What a restore did.
@@ -271,6 +275,8 @@ pub struct RestoreOutcome {
     pub pages_restored: u64,
     /// Time spent filling memory (µs).
     pub fill_time: u64,
+    /// How long the restore held the network lock, taking to release (µs; 0: no lock).
+    pub lock_time: u64,
 }
 
 /// Where a restore reads the pages of a set: in address order, each page verified by the

@@ -67,6 +67,9 @@ pub(super) fn rebuild(
     let ipc = c.step(Step::Spawn, root.pid, || {
         super::share::sysv::make(set, &verdicts, source)
     })?;
+    // The connections to peers outside the set stay locked until the restored tree runs
+    // (released when dropped, also if the restore fails).
+    let netlock = c.step(Step::Spawn, root.pid, || super::netlock::take(set, opts))?;
     let pid = c.step(Step::Spawn, root.pid, || {
         crate::sys::spawn::spawn_parked(same.then_some(root.pid))
     })?;
@@ -122,6 +125,8 @@ pub(super) fn rebuild(
     }
     // Every segment is attached: the ones marked for deletion are marked again.
     c.step(Step::Run, root.pid, || ipc.finish())?;
+    // Established TCP sockets leave repair mode just before their processes run.
+    std::mem::take(&mut shared.tcp).resume();
     // Let them all go, children before their parents.
     for pr in made.living.iter_mut().rev() {
         let pid = pr.pid;
@@ -133,6 +138,8 @@ pub(super) fn rebuild(
         })?;
     }
     made.armed = false;
+    // Running: the peers' packets reach the restored sockets again.
+    let lock_time = netlock.map_or(0, super::netlock::NetLockHeld::release);
     Ok(RestoreOutcome {
         pid,
         pids: made.pids(),
@@ -140,6 +147,7 @@ pub(super) fn rebuild(
         time_to_running: crate::util::us(start.elapsed()),
         pages_restored,
         fill_time,
+        lock_time,
     })
 }
 

@@ -374,8 +374,7 @@ mod tests {
             tree: Tree {
                 descendants: it.collect(),
                 zombies,
-                ipc: None,
-                files: Vec::new(),
+                ..Default::default()
             },
             pages: Default::default(),
             figures: Default::default(),

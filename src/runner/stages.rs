@@ -28,6 +28,7 @@ pub fn restore_options(pid: PidPolicy, verify_state: bool) -> crate::restore::Re
         fail_at: crate::restore::Step::from_env(),
         verify_state,
         tty: None,
+        network_lock: Default::default(),
     }
 }
 

@@ -39,6 +39,7 @@ pub mod socket;
 pub mod spawn;
 pub mod stored;
 pub mod sysvipc;
+pub mod tcprepair;
 pub mod tty;
 pub mod uffd;
 pub mod uffd_restore;

@@ -27,4 +27,6 @@ pub(crate) struct Shared {
     pub unix: super::unix::UnixTable,
     /// The terminals made so far, and where an outside one goes (`restore::tty`).
     pub tty: super::tty::Ttys,
+    /// The established TCP sockets made so far, still in repair mode until the tree runs.
+    pub tcp: crate::sys::tcprepair::Repairing,
 }

@@ -113,8 +113,7 @@ fn tree_set(desc: Vec<ProcessImage>, zombies: Vec<ZombieImage>) -> ImageSet {
     s.tree = Tree {
         descendants: desc,
         zombies,
-        ipc: None,
-        files: Vec::new(),
+        ..Default::default()
     };
     s
 }
