@@ -942,3 +942,59 @@ fn haul_dump_check_lists_every_reason_in_text_and_json() {
     assert!(reasons.iter().all(|r| err.contains(r)), "{err}");
     assert_eq!(common::tracer_pid(p.pid), Some(0));
 }
+
+#[test]
+fn signals_that_arrive_while_frozen_all_reach_the_process_after_leave_running_dumps() {
+    // Real-time signals queue (none merges with another), so every one sent must be received
+    // once, with the sender's siginfo. They are sent all through twenty dumps, so many arrive
+    // while the process is frozen. haul once took such a signal off the queue while passing
+    // the threads through an interrupt and gave it back to PTRACE_DETACH, which drops it from
+    // that stop, and sent the others again itself (another siginfo).
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("sig.log");
+    let p = Running::logged(&mut clean_command(fixture("sigcount")), &log, true);
+    let pid = p.pid;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                haul::sys::process::kill(pid, libc::SIGRTMIN()).expect("send SIGRTMIN");
+                sent += 1;
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            sent
+        })
+    };
+    for i in 0..20 {
+        let out = common::haul()
+            .args([
+                "dump",
+                "--leave-running",
+                "--pid",
+                &pid.to_string(),
+                "--store",
+            ])
+            .arg(tmp.path().join("store"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dump {i}: {out:?}");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let last = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let want = format!("{sent} 0");
+    assert!(
+        wait_for(Duration::from_secs(20), || last() == want),
+        "sent {sent} signals; the process received (count, with another siginfo): {}",
+        last()
+    );
+}

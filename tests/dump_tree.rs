@@ -521,6 +521,49 @@ fn a_shell_forking_all_the_time_is_dumped_whole_every_time() {
     }));
 }
 
+/// Whether the children of `pid` change within `bound` (a new one is forked or one reaped).
+fn still_forking(pid: i32, bound: Duration) -> bool {
+    let before = common::children_of(pid);
+    wait_for(bound, || common::children_of(pid) != before)
+}
+
+#[test]
+fn a_sigchld_that_arrives_while_the_shell_is_frozen_reaches_it_after_a_cli_dump() {
+    // A child that exits while its shell is frozen (it exited before haul seized it) sends
+    // SIGCHLD to a shell stopped in sigsuspend. haul once took such a signal off the queue while
+    // passing the threads through an interrupt and handed it to PTRACE_DETACH, which drops it
+    // from that stop: the shell then waited forever for a child that was already a zombie.
+    // Through the worker the freeze is long enough for this on the first dumps.
+    let tmp = tempfile::tempdir().unwrap();
+    let sh = Running::logged(
+        clean_command("sh").args(["-c", "echo ready; while :; do true & wait; done"]),
+        &tmp.path().join("sh.log"),
+        true,
+    );
+    for i in 0..30 {
+        let out = common::haul()
+            .args([
+                "dump",
+                "--leave-running",
+                "--pid",
+                &sh.pid.to_string(),
+                "--store",
+            ])
+            .arg(tmp.path().join("store"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dump {i}: {out:?}");
+        assert_running_untraced(&[sh.pid], &format!("dump {i}"));
+        // (A bound for a loaded machine, not a speed check: it forks thousands a second.)
+        assert!(
+            still_forking(sh.pid, Duration::from_secs(20)),
+            "dump {i}: the shell stopped forking; its children: {:?}, status:\n{}",
+            common::children_of(sh.pid),
+            std::fs::read_to_string(format!("/proc/{}/status", sh.pid)).unwrap_or_default()
+        );
+    }
+}
+
 #[test]
 fn lazy_dumps_refuse_a_tree_naming_its_processes_before_freezing_or_predumping_it() {
     let tmp = tempfile::tempdir().unwrap();
