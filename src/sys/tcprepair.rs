@@ -451,29 +451,48 @@ pub fn connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> Result<()> {
 
 /// Sockets in repair mode, each a copy haul holds (`pidfd_getfd` of the target's, or of a
 /// socket a restore made). Dropping it turns repair off on every one ([`Repairing::resume`]),
-/// unless it was made with [`Repairing::silent_on_drop`].
+/// except a restore's ([`Repairing::push_restored`]), closed still in repair mode.
 #[derive(Debug, Default)]
 pub struct Repairing {
-    socks: Vec<OwnedFd>,
+    socks: Vec<Held>,
     /// A restore's: repair goes off with a window probe (the peer answers with what it
     /// acknowledged and its window); dropped without `resume`, the sockets are closed still
     /// in repair mode (a failed restore sends the peer nothing).
     restore: bool,
 }
 
-impl Repairing {
-    /// A restore's guard: [`Repairing::resume`] turns repair off with a window probe, and
-    /// dropping it closes the sockets still in repair mode.
-    pub fn silent_on_drop() -> Repairing {
-        Repairing {
-            socks: Vec::new(),
-            restore: true,
-        }
-    }
+/// One socket held in repair mode, and what a restore does once repair is off.
+#[derive(Debug)]
+struct Held {
+    sock: OwnedFd,
+    /// Bytes the process wrote that were never sent: sent now, once every socket of the
+    /// restore is out of repair mode (its peer may be one of them).
+    unsent: Vec<u8>,
+    /// Options set after those bytes (`level`, `opt`, value): the buffer sizes (a small send
+    /// buffer set earlier could refuse them) and `SO_REUSEADDR` (repair mode resets it).
+    after: Vec<(i32, i32, Vec<u8>)>,
+}
 
+impl Repairing {
     /// Holds `sock`, which the caller has switched into repair mode.
     pub fn push(&mut self, sock: OwnedFd) {
-        self.socks.push(sock);
+        self.socks.push(Held {
+            sock,
+            unsent: Vec::new(),
+            after: Vec::new(),
+        });
+    }
+
+    /// Holds `sock`, a socket a restore made in repair mode: on [`Repairing::resume`] repair
+    /// goes off with a window probe, then `unsent` is sent and the options `after` are set;
+    /// dropped without `resume`, every socket held is closed still in repair mode.
+    pub fn push_restored(&mut self, sock: OwnedFd, unsent: Vec<u8>, after: Vec<(i32, i32, Vec<u8>)>) {
+        self.restore = true;
+        self.socks.push(Held {
+            sock,
+            unsent,
+            after,
+        });
     }
 
     /// Whether it holds no socket.
@@ -494,9 +513,23 @@ impl Repairing {
     }
 
     fn resume_all(&mut self) {
-        for s in self.socks.drain(..) {
-            if let Err(e) = repair_off(s.as_fd(), self.restore) {
+        // Every socket leaves repair mode before any sends: both ends of a connection may be
+        // here, and a segment must not reach an end still being made.
+        for h in &self.socks {
+            if let Err(e) = repair_off(h.sock.as_fd(), self.restore) {
                 tracing::error!(error = %e, "a TCP socket could not leave repair mode");
+            }
+        }
+        for h in self.socks.drain(..) {
+            if !h.unsent.is_empty() {
+                if let Err(e) = send_all(h.sock.as_fd(), &h.unsent, "the unsent send queue") {
+                    tracing::error!(error = %e, "a restored TCP socket lost what it had not sent");
+                }
+            }
+            for (level, opt, v) in &h.after {
+                if let Err(e) = super::inetsock::set_opt(h.sock.as_fd(), *level, *opt, v) {
+                    tracing::error!(error = %e, "a restored TCP socket lost an option");
+                }
             }
         }
     }
