@@ -32,8 +32,9 @@ pub(super) fn make(
     super::fds::move_fd(rs, got, f).at(at)
 }
 
-/// Whether option `o` is set only once the connection is out of repair mode: the buffer
-/// sizes (the queues go in first) and `SO_REUSEADDR` (`TCP_REPAIR` resets it).
+/// Whether option `o` is set apart for a connection: the buffer sizes (room for the queues
+/// first, the sizes the connection had once they are in) and `SO_REUSEADDR` (set once out of
+/// repair mode, which resets it).
 fn set_after(o: &SockOpt) -> bool {
     o.level == libc::SOL_SOCKET
         && [libc::SO_RCVBUF, libc::SO_SNDBUF, libc::SO_REUSEADDR].contains(&o.opt)
@@ -80,12 +81,27 @@ fn established(
     tr::repair_on(sock)?;
     let unsent = c.unsent.min(c.send_queue.len() as u32) as usize;
     let sent = c.send_queue.len() - unsent;
-    let after = s
-        .options
-        .iter()
-        .filter(|o| set_after(o))
-        .map(|o| (o.level, o.opt, value_of(o)))
-        .collect();
+    // The buffers hold the queues while they are filled (an autotuned connection's may be
+    // far beyond a fresh socket's, and beyond what SO_SNDBUF/SO_RCVBUF allow), then get the
+    // sizes the connection had (a fresh socket's when none was recorded).
+    let fresh = crate::sys::inetsock::fresh(s.family, true)?;
+    let mut after = Vec::new();
+    for (name, opt, force, queue) in [
+        ("SO_RCVBUF", libc::SO_RCVBUF, tr::SO_RCVBUFFORCE, c.recv_queue.len()),
+        ("SO_SNDBUF", libc::SO_SNDBUF, tr::SO_SNDBUFFORCE, c.send_queue.len()),
+    ] {
+        let had = match s.option(name) {
+            Some(o) => o.int() / 2,
+            None => crate::sys::inetsock::get_int(fresh.as_fd(), libc::SOL_SOCKET, opt)? / 2,
+        };
+        let room = i32::try_from(queue + queue / 2 + (256 << 10)).unwrap_or(i32::MAX / 2);
+        let v = had.max(room).to_ne_bytes();
+        crate::sys::inetsock::set_opt(sock, libc::SOL_SOCKET, force, &v)?;
+        after.push((libc::SOL_SOCKET, force, had.to_ne_bytes().to_vec()));
+    }
+    if let Some(o) = s.option("SO_REUSEADDR") {
+        after.push((o.level, o.opt, o.value.clone()));
+    }
     // Held from here: a failed restore closes it still in repair mode.
     shared.tcp.push_restored(
         copy.try_clone()

@@ -28,6 +28,12 @@ const TCPOPT_WINDOW: u32 = 3;
 const TCPOPT_SACK_PERM: u32 = 4;
 const TCPOPT_TIMESTAMP: u32 = 8;
 
+/// `SO_SNDBUFFORCE`, `SO_RCVBUFFORCE` (socket(7)): a buffer size beyond `wmem_max`/`rmem_max`
+/// (`CAP_NET_ADMIN`), as an autotuned connection's may be; from linux-raw-sys (libc lacks
+/// them on x86_64).
+pub const SO_SNDBUFFORCE: i32 = uapi::SO_SNDBUFFORCE as i32;
+pub const SO_RCVBUFFORCE: i32 = uapi::SO_RCVBUFFORCE as i32;
+
 /// Which queue of a socket in repair mode `TCP_QUEUE_SEQ`, `recv` and `send` work on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Queue {
