@@ -351,6 +351,22 @@ fn a_leave_running_dump_leaves_the_connection_untouched_and_out_of_repair_mode()
     assert_eq!(conns.len(), 1);
     assert_eq!(conns[0].0, Some(me));
     assert_eq!(conns[0].1.state, inetdiag::TCP_ESTABLISHED);
+    // A restore while the original runs is refused by the connection's 4-tuple, before
+    // anything is made.
+    let opts = haul::restore::RestoreOptions {
+        pid: haul::restore::PidChoice::Any,
+        ..Default::default()
+    };
+    let e = haul::restore::restore(&set, &store, &opts)
+        .err()
+        .expect("a restore beside the original is refused");
+    let want = format!(
+        "pid {} fd {}: TCP {addr} -> {me} (ESTABLISHED): a TCP socket here has this 4-tuple \
+         already (ESTABLISHED)",
+        r.pid, fds[0]
+    );
+    assert!(e.to_string().contains(&want), "{e}\nwant: {want}");
+    assert_eq!(tuples(&tcp_by_port(me.port())), before);
     for _ in 0..3 {
         exchange(&mut c, &mut sent, 40_000);
     }
