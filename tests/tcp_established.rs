@@ -33,9 +33,12 @@ fn log_line(log: &Path, prefix: &str) -> Vec<String> {
     let mut got = None;
     let ok = wait_for(WAIT, || {
         got = std::fs::read_to_string(log).ok().and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with(prefix))
-                .map(|l| l[prefix.len()..].split_whitespace().map(String::from).collect())
+            t.lines().find(|l| l.starts_with(prefix)).map(|l| {
+                l[prefix.len()..]
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect()
+            })
         });
         got.is_some()
     });
@@ -75,7 +78,10 @@ fn fds_of(pid: i32, local: SocketAddr, remote: SocketAddr) -> Vec<i32> {
         .map(|s| s.ino)
         .collect();
     let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
         let t = std::fs::read_link(e.path()).unwrap_or_default();
         if inos
             .iter()
@@ -98,7 +104,14 @@ fn in_repair(pid: i32, fd: i32) -> bool {
 /// (reaped: the root is our child, the others were re-parented here).
 fn dump_kill(r: &mut Running, store: &Path, pids: &[i32]) -> String {
     let out = common::haul()
-        .args(["dump", "--kill", "--json", "--pid", &r.pid.to_string(), "--store"])
+        .args([
+            "dump",
+            "--kill",
+            "--json",
+            "--pid",
+            &r.pid.to_string(),
+            "--store",
+        ])
         .arg(store)
         .output()
         .unwrap();
@@ -194,7 +207,11 @@ fn both_ends_in_the_tree(fam: &str) {
         let (l, rem) = (before[0].0, before[0].1);
         let fds = [fds_of(p, l, rem), fds_of(p, rem, l)].concat();
         assert_eq!(fds.len(), 1, "pid {p} holds its end");
-        assert!(!in_repair(p, fds[0]), "pid {p} fd {}: out of repair mode", fds[0]);
+        assert!(
+            !in_repair(p, fds[0]),
+            "pid {p} fd {}: out of repair mode",
+            fds[0]
+        );
     }
     for &p in &pids {
         common::send_signal(p, "USR1");
@@ -284,7 +301,11 @@ fn a_server_in_the_tree_carries_on_with_its_client_outside_on_the_same_four_tupl
     let server = r.pid;
     let set = dump_kill(&mut r, &s.store(), &[server]);
     let pid = restore(&s.store(), &set);
-    assert_eq!(tuples(&tcp_by_port(me.port())), before, "the same 4-tuple, established");
+    assert_eq!(
+        tuples(&tcp_by_port(me.port())),
+        before,
+        "the same 4-tuple, established"
+    );
     let fds = fds_of(pid, addr, me);
     assert_eq!(fds.len(), 1, "pid {pid} holds the connection");
     assert!(!in_repair(pid, fds[0]));
@@ -300,7 +321,11 @@ fn a_server_in_the_tree_carries_on_with_its_client_outside_on_the_same_four_tupl
     c.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     c.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty(), "nothing echoed twice: {} bytes", rest.len());
+    assert!(
+        rest.is_empty(),
+        "nothing echoed twice: {} bytes",
+        rest.len()
+    );
     assert_eq!(exit_code(pid), 0);
 }
 
@@ -358,8 +383,7 @@ fn a_leave_running_dump_leaves_the_connection_untouched_and_out_of_repair_mode()
         ..Default::default()
     };
     let e = haul::restore::restore(&set, &store, &opts)
-        .err()
-        .expect("a restore beside the original is refused");
+        .expect_err("a restore beside the original is refused");
     let want = format!(
         "pid {} fd {}: TCP {addr} -> {me} (ESTABLISHED): a TCP socket here has this 4-tuple \
          already (ESTABLISHED)",
@@ -389,8 +413,7 @@ fn a_dump_that_fails_after_reading_leaves_no_socket_in_repair_mode() {
         ..Default::default()
     };
     let e = haul::dump::dump_to_store(r.pid, &store, "test", &opts, Some(1))
-        .err()
-        .expect("the dump fails on purpose");
+        .expect_err("the dump fails on purpose");
     assert!(e.to_string().contains("injected"), "{e}");
     let fds = fds_of(r.pid, addr, me);
     assert_eq!(fds.len(), 1);
@@ -458,7 +481,11 @@ fn states_not_carried_are_refused_by_name_and_nothing_is_touched() {
         reasons.contains(&want(afd, lport, cport, "FIN-WAIT-2")),
         "{reasons:#?}"
     );
-    assert_eq!(reasons.len(), 2, "the established pair is no reason: {reasons:#?}");
+    assert_eq!(
+        reasons.len(),
+        2,
+        "the established pair is no reason: {reasons:#?}"
+    );
 
     let out = common::haul()
         .args(["dump", "--kill", "--pid", &r.pid.to_string(), "--store"])

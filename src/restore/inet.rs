@@ -11,9 +11,9 @@
 use super::error::{At, StepError, StepResult};
 use super::share::Shared;
 use crate::image::inet::{InetSocket, SockOpt, TcpConn, Transport};
-use crate::sys::SysError;
 use crate::image::{FdImage, FdKind, ImageSet, ProcessImage};
 use crate::sys::remote::{self, Inject};
+use crate::sys::SysError;
 use std::net::SocketAddr;
 
 /// Makes inet socket `s` again at fd `f`'s number.
@@ -87,8 +87,18 @@ fn established(
     let fresh = crate::sys::inetsock::fresh(s.family, true)?;
     let mut after = Vec::new();
     for (name, opt, force, queue) in [
-        ("SO_RCVBUF", libc::SO_RCVBUF, tr::SO_RCVBUFFORCE, c.recv_queue.len()),
-        ("SO_SNDBUF", libc::SO_SNDBUF, tr::SO_SNDBUFFORCE, c.send_queue.len()),
+        (
+            "SO_RCVBUF",
+            libc::SO_RCVBUF,
+            tr::SO_RCVBUFFORCE,
+            c.recv_queue.len(),
+        ),
+        (
+            "SO_SNDBUF",
+            libc::SO_SNDBUF,
+            tr::SO_SNDBUFFORCE,
+            c.send_queue.len(),
+        ),
     ] {
         let had = match s.option(name) {
             Some(o) => o.int() / 2,
@@ -104,11 +114,10 @@ fn established(
     }
     // Held from here: a failed restore closes it still in repair mode.
     shared.tcp.push_restored(
-        copy.try_clone()
-            .map_err(|e| SysError::Io {
-                context: "dup of haul's copy".into(),
-                source: e,
-            })?,
+        copy.try_clone().map_err(|e| SysError::Io {
+            context: "dup of haul's copy".into(),
+            source: e,
+        })?,
         c.send_queue[sent..].to_vec(),
         after,
     );
@@ -140,7 +149,11 @@ fn established(
     tr::select_queue(sock, Queue::Recv)?;
     tr::send_all(sock, &c.recv_queue, "the receive queue")?;
     tr::select_queue(sock, Queue::Send)?;
-    tr::send_all(sock, &c.send_queue[..sent], "the sent part of the send queue")?;
+    tr::send_all(
+        sock,
+        &c.send_queue[..sent],
+        "the sent part of the send queue",
+    )?;
     let w = &c.window;
     tr::set_window(
         sock,

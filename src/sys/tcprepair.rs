@@ -257,11 +257,8 @@ pub fn set_timestamp(fd: BorrowedFd<'_>, ts: u32) -> Result<()> {
 
 /// The windows: `getsockopt(TCP_REPAIR_WINDOW)` (repair mode), tcp(7).
 pub fn window(fd: BorrowedFd<'_>) -> Result<Window> {
-    let w: WindowRaw = tcp_getsockopt(
-        fd,
-        libc::TCP_REPAIR_WINDOW,
-        "getsockopt(TCP_REPAIR_WINDOW)",
-    )?;
+    let w: WindowRaw =
+        tcp_getsockopt(fd, libc::TCP_REPAIR_WINDOW, "getsockopt(TCP_REPAIR_WINDOW)")?;
     let w = w.0;
     Ok(Window {
         snd_wl1: w.snd_wl1,
@@ -391,7 +388,10 @@ pub fn peek_queue(fd: BorrowedFd<'_>, q: Queue, len: u32) -> Result<Vec<u8>> {
         )
     };
     if n < 0 {
-        return Err(last_err(format!("recv(MSG_PEEK) of the {} queue", q.name())));
+        return Err(last_err(format!(
+            "recv(MSG_PEEK) of the {} queue",
+            q.name()
+        )));
     }
     if n as usize != len as usize {
         return Err(SysError::Invalid(format!(
@@ -492,7 +492,12 @@ impl Repairing {
     /// Holds `sock`, a socket a restore made in repair mode: on [`Repairing::resume`] repair
     /// goes off with a window probe, then `unsent` is sent and the options `after` are set;
     /// dropped without `resume`, every socket held is closed still in repair mode.
-    pub fn push_restored(&mut self, sock: OwnedFd, unsent: Vec<u8>, after: Vec<(i32, i32, Vec<u8>)>) {
+    pub fn push_restored(
+        &mut self,
+        sock: OwnedFd,
+        unsent: Vec<u8>,
+        after: Vec<(i32, i32, Vec<u8>)>,
+    ) {
         self.restore = true;
         self.socks.push(Held {
             sock,
@@ -589,7 +594,7 @@ mod tests {
             let sseq = queue_seq(fd, Queue::Send).unwrap();
             let rq = peek_queue(fd, Queue::Recv, iq).unwrap();
             let sq = peek_queue(fd, Queue::Send, oq).unwrap();
-            let st = (
+            (
                 n,
                 mss_clamp(fd).unwrap(),
                 timestamp(fd).unwrap(),
@@ -598,8 +603,7 @@ mod tests {
                 sseq,
                 rq,
                 sq,
-            );
-            st
+            )
         };
         let ss = read(sfd.as_fd());
         let cs = read(cfd.as_fd());
