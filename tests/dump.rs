@@ -314,10 +314,11 @@ fn refusal(pid: i32) -> String {
 }
 
 #[test]
-fn refuses_an_established_tcp_connection_naming_its_four_tuple_and_state() {
+fn refuses_a_half_closed_tcp_connection_naming_its_four_tuple_and_state() {
     let dir = tempfile::tempdir().unwrap();
-    // A connection to itself: both ends are refused, each with its 4-tuple.
-    let script = "import socket,time\nl=socket.create_server(('127.0.0.1',0))\ns=socket.create_connection(l.getsockname())\nc,_=l.accept()\nprint('ready',s.getsockname()[1],l.getsockname()[1],flush=True)\ntime.sleep(60)";
+    // A connection to itself, half closed (CLOSE-WAIT and FIN-WAIT-2, states not carried):
+    // both ends are refused, each with its 4-tuple.
+    let script = "import socket,time\nl=socket.create_server(('127.0.0.1',0))\ns=socket.create_connection(l.getsockname())\nc,_=l.accept()\nc.shutdown(socket.SHUT_WR)\ns.recv(1)\nprint('ready',s.getsockname()[1],l.getsockname()[1],flush=True)\ntime.sleep(60)";
     let log = dir.path().join("py.log");
     let p = Running::logged(
         clean_command("/usr/bin/python3").args(["-c", script]),
@@ -354,15 +355,15 @@ fn refuses_an_established_tcp_connection_naming_its_four_tuple_and_state() {
     let (cfd, sfd) = (fd_of(client).unwrap(), fd_of(server).unwrap());
     let want = |fd: i32, here: u16, there: u16| {
         format!(
-            "pid {} fd {fd}: TCP 127.0.0.1:{here} -> 127.0.0.1:{there} (ESTABLISHED): \
-             established connections are not carried yet",
+            "pid {} fd {fd}: TCP 127.0.0.1:{here} -> 127.0.0.1:{there} (CLOSE-WAIT): only \
+             established connections are carried, not connections in this state",
             p.pid
         )
     };
     assert!(reasons.contains(&want(cfd, client, server)), "{reasons:#?}");
     assert!(
         reasons.iter().any(|r| r.starts_with(&format!(
-            "pid {} fd {sfd}: TCP 127.0.0.1:{server} -> 127.0.0.1:{client} (ESTABLISHED)",
+            "pid {} fd {sfd}: TCP 127.0.0.1:{server} -> 127.0.0.1:{client} (FIN-WAIT-",
             p.pid
         ))),
         "{reasons:#?}"
@@ -886,8 +887,8 @@ fn haul_dump_check_says_whether_a_process_can_be_checkpointed_and_touches_nothin
 
 #[test]
 fn haul_dump_check_lists_every_reason_in_text_and_json() {
-    // A child, an established TCP connection, and stdout a pipe to the test: three reasons.
-    let script = "import socket,subprocess,time\nl=socket.create_server(('127.0.0.1',0))\ns=socket.create_connection(l.getsockname())\nc,_=l.accept()\nk=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)";
+    // A child, a half-closed TCP connection, and stdout a pipe to the test: three reasons.
+    let script = "import socket,subprocess,time\nl=socket.create_server(('127.0.0.1',0))\ns=socket.create_connection(l.getsockname())\nc,_=l.accept()\nc.shutdown(socket.SHUT_WR)\ns.recv(1)\nk=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)";
     let p = Running::ready(clean_command(common::python3()).args(["-c", script]));
     let kids = || common::children_of(p.pid);
     assert!(wait_for(Duration::from_secs(10), || !kids().is_empty()));
@@ -910,7 +911,7 @@ fn haul_dump_check_lists_every_reason_in_text_and_json() {
     let child = kids()[0];
     assert!(has(&format!("pid {child} fd ")), "{reasons:#?}");
     assert!(
-        has("(ESTABLISHED): established connections are not carried yet"),
+        has("(CLOSE-WAIT): only established connections are carried"),
         "{reasons:#?}"
     );
     assert!(has("leads to another process"), "{reasons:#?}");

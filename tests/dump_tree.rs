@@ -247,11 +247,11 @@ fn a_failure_at_any_step_leaves_every_process_running_untraced() {
     assert_running_untraced(&pids, "after a good dump");
 }
 
-/// A python parent with two children: one holding an established TCP connection (to itself),
-/// one stopped.
+/// A python parent with two children: one holding a half-closed TCP connection (to itself:
+/// CLOSE-WAIT and FIN-WAIT-2, states not carried), one stopped.
 const TWO_BLOCKERS: &str = r#"
 import subprocess, sys, time
-tcp = 'import socket, time\nl = socket.create_server(("127.0.0.1", 0))\ns = socket.create_connection(l.getsockname())\nc, _ = l.accept()\ntime.sleep(1000)'
+tcp = 'import socket, time\nl = socket.create_server(("127.0.0.1", 0))\ns = socket.create_connection(l.getsockname())\nc, _ = l.accept()\nc.shutdown(socket.SHUT_WR)\ns.recv(1)\ntime.sleep(1000)'
 a = subprocess.Popen([sys.executable, '-c', tcp])
 b = subprocess.Popen(['sleep', '1000'])
 print('ready', flush=True)
@@ -320,7 +320,7 @@ fn haul_dump_check_lists_the_reasons_of_every_process_of_the_tree_naming_each() 
     assert!(
         has(
             format!("pid {tcp} fd "),
-            "(ESTABLISHED): established connections"
+            "(CLOSE-WAIT): only established connections are carried"
         ),
         "{reasons:#?}"
     );
