@@ -374,10 +374,10 @@ pub fn inq(fd: BorrowedFd<'_>) -> Result<u32> {
 /// that does not hold exactly `len` bytes is an error (it changed since it was measured).
 pub fn peek_queue(fd: BorrowedFd<'_>, q: Queue, len: u32) -> Result<Vec<u8>> {
     select_queue(fd, q)?;
-    let mut buf = vec![0u8; len as usize + 1];
     if len == 0 {
         return Ok(Vec::new());
     }
+    let mut buf = vec![0u8; len as usize + 1];
     // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which we own.
     let n = unsafe {
         libc::recv(
