@@ -12,7 +12,8 @@
 //! A lock is an nftables table of haul's own (family `inet`, named `haul_lock_<id>`), with a
 //! chain on the input hook and one on the output hook at priority -300 (`raw`: before
 //! conntrack, -200, so a dropped packet leaves no conntrack state either), and one `drop` rule
-//! per connection and direction, matching its 4-tuple.
+//! per connection and direction, matching its 4-tuple, with a counter (what it dropped shows
+//! in `nft list ruleset`).
 //!
 //! The table has `flags owner`: the kernel removes it when the netlink socket that made it
 //! closes. That socket is a *keeper*, an `nft -i` child of the process holding the lock (the
@@ -350,9 +351,9 @@ fn table_command(table: &str, conns: &[Conn], owner: bool) -> String {
             } else {
                 match_of(c.local, c.remote)
             };
-            let _ = write!(s, "{m} drop; ");
+            let _ = write!(s, "{m} counter drop; ");
         }
-        s.push_str("} ");
+        s.push_str("}; ");
     }
     s.push('}');
     s
@@ -637,11 +638,11 @@ mod tests {
             t,
             "add table inet haul_lock_x { flags owner; \
              chain lock_in { type filter hook input priority -300; policy accept; \
-             ip saddr 10.0.0.9 ip daddr 10.0.0.1 tcp sport 50000 tcp dport 22 drop; \
-             ip6 saddr ::1 ip6 daddr ::1 tcp sport 5 tcp dport 80 drop; } \
+             ip saddr 10.0.0.9 ip daddr 10.0.0.1 tcp sport 50000 tcp dport 22 counter drop; \
+             ip6 saddr ::1 ip6 daddr ::1 tcp sport 5 tcp dport 80 counter drop; }; \
              chain lock_out { type filter hook output priority -300; policy accept; \
-             ip saddr 10.0.0.1 ip daddr 10.0.0.9 tcp sport 22 tcp dport 50000 drop; \
-             ip6 saddr ::1 ip6 daddr ::1 tcp sport 80 tcp dport 5 drop; } }"
+             ip saddr 10.0.0.1 ip daddr 10.0.0.9 tcp sport 22 tcp dport 50000 counter drop; \
+             ip6 saddr ::1 ip6 daddr ::1 tcp sport 80 tcp dport 5 counter drop; }; }"
         );
         assert!(!table_command("haul_kept_x", &[], false).contains("owner"));
     }
