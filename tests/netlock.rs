@@ -283,3 +283,193 @@ fn network_lock_is_a_job_key_checked_with_its_position() {
     let err = haul::job::load(&path).unwrap_err().to_string();
     assert!(err.contains("network.lok: unknown key"), "{err}");
 }
+
+/// A python process connected to `server` that echoes what it receives, with stdio on
+/// /dev/null (a pipe to the test would be refused); accepted by the test, which keeps its end.
+fn echo_client(server: &TcpListener) -> (common::Running, TcpStream) {
+    let script = "import socket,sys\n\
+                  s=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\n\
+                  while True:\n\
+                  \x20   d=s.recv(100)\n\
+                  \x20   if not d: break\n\
+                  \x20   s.sendall(d)\n";
+    let mut cmd = Command::new(common::python3());
+    haul::sys::spawn::close_inherited_fds(&mut cmd);
+    cmd.args(["-c", script])
+        .arg(server.local_addr().unwrap().port().to_string())
+        .stderr(Stdio::null());
+    let p = common::Running::spawn(&mut cmd);
+    let (conn, _) = server.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    (p, conn)
+}
+
+/// Sends `what` on `conn` and reads it back.
+fn echoes(conn: &mut TcpStream, what: &[u8]) {
+    conn.write_all(what).unwrap();
+    let mut got = vec![0u8; what.len()];
+    conn.read_exact(&mut got).unwrap();
+    assert_eq!(got, what);
+}
+
+/// The dump was refused because established connections are not carried yet (the TCP repair
+/// work of issue #15 is not in this build): the test cannot run.
+fn not_carried_yet(test: &str, stderr: &[u8]) -> bool {
+    let e = String::from_utf8_lossy(stderr);
+    let yes = e.contains("established connections are not carried yet");
+    if yes {
+        skip(test, "this build does not carry established TCP connections yet");
+    }
+    yes
+}
+
+/// Reaps the children of this test that have ended (keeper nfts and workers orphaned by a
+/// SIGKILL of their haul; this test is their subreaper).
+fn reap_ended_children() {
+    for c in common::children_of(std::process::id() as i32) {
+        if common::proc_state(c) == Some('Z') {
+            let _ = haul::sys::host::reap(c);
+        }
+    }
+}
+
+#[test]
+fn sigkill_of_haul_while_locked_leaves_no_rule_and_the_process_runs_on() {
+    let test = "sigkill_of_haul_while_locked_leaves_no_rule_and_the_process_runs_on";
+    if !nft_here(test) {
+        return;
+    }
+    haul::sys::host::set_child_subreaper().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (target, mut conn) = echo_client(&server);
+    echoes(&mut conn, b"before");
+    let port = conn.peer_addr().unwrap().port();
+    let held = dir.path().join("held");
+    let mut cmd = haul();
+    cmd.args([
+        "dump",
+        "--leave-running",
+        "--pid",
+        &target.pid.to_string(),
+        "--store",
+    ])
+    .arg(dir.path().join("store"))
+    .env("HAUL_TEST_HOLD_LOCKED", &held)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut d = cmd.spawn().unwrap();
+    // Frozen and locked (or refused before anything).
+    assert!(
+        wait_for(Duration::from_secs(60), || held.exists()
+            || d.try_wait().unwrap().is_some()),
+        "the dump neither locked nor ended"
+    );
+    if !held.exists() {
+        let out = d.wait_with_output().unwrap();
+        if not_carried_yet(test, &out.stderr) {
+            return;
+        }
+        panic!("the dump ended: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let tables = haul_tables_on(port);
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    assert!(tables[0].1.contains("flags owner"), "{}", tables[0].1);
+    assert_eq!(common::proc_state(target.pid), Some('t'));
+
+    // haul and its checkpoint worker (one process group), with SIGKILL.
+    let st = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{}", d.id())])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    d.wait().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || haul_tables_on(port).is_empty()),
+        "the lock outlived haul: {:?}",
+        haul_tables_on(port)
+    );
+    assert!(wait_for(Duration::from_secs(10), || common::tracer_pid(target.pid) == Some(0)
+        && common::proc_state(target.pid) != Some('t')));
+    // The connection goes on.
+    echoes(&mut conn, b"after the kill");
+    reap_ended_children();
+}
+
+#[test]
+fn a_kill_mode_dump_keeps_the_lock_until_the_restore_runs() {
+    let test = "a_kill_mode_dump_keeps_the_lock_until_the_restore_runs";
+    if !nft_here(test) {
+        return;
+    }
+    // The restored process is orphaned when haul restore exits: this test reaps it.
+    haul::sys::host::set_child_subreaper().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (mut target, mut conn) = echo_client(&server);
+    echoes(&mut conn, b"before");
+    let port = conn.peer_addr().unwrap().port();
+    let out = haul()
+        .args(["dump", "--kill", "--pid", &target.pid.to_string(), "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    if !out.status.success() && not_carried_yet(test, &out.stderr) {
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let set = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    target.child.wait().unwrap();
+    // The kept table holds the connection while no process has it.
+    let tables = haul_tables_on(port);
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    assert!(tables[0].0.starts_with("haul_kept_"), "{}", tables[0].0);
+    assert!(!tables[0].1.contains("flags owner"), "{}", tables[0].1);
+    conn.write_all(b"while dumped").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || dropped(
+            &nft(&["list", "table", "inet", &tables[0].0]),
+            server.local_addr().unwrap().port(),
+            port
+        ) > 0),
+        "{}",
+        nft(&["list", "table", "inet", &tables[0].0])
+    );
+
+    let out = haul()
+        .args(["restore", &set, "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(haul_tables_on(port).is_empty(), "{:?}", haul_tables_on(port));
+    // What the peer sent meanwhile arrives (retransmitted), and the connection goes on.
+    let mut got = [0u8; 12];
+    conn.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"while dumped");
+    echoes(&mut conn, b"after the restore");
+    common::send_signal(pid, "KILL");
+    assert!(wait_for(Duration::from_secs(10), || !common::alive(pid)));
+    reap_ended_children();
+}
