@@ -49,8 +49,7 @@ fn haul_tables_on(port: u16) -> Vec<(String, String)> {
         .filter(|t| t.starts_with("haul_"))
         .filter_map(|t| {
             let l = nft(&["list", "table", "inet", &t]);
-            l.contains(&format!("tcp sport {port} "))
-                .then_some((t, l))
+            l.contains(&format!("tcp sport {port} ")).then_some((t, l))
         })
         .collect()
 }
@@ -96,7 +95,9 @@ fn a_locked_connection_loses_no_byte_and_gets_no_reset() {
     assert!(listing.contains("flags owner"), "{listing}");
     for (hook, from, to) in [("input", c_addr, s_addr), ("output", s_addr, c_addr)] {
         assert!(
-            listing.contains(&format!("type filter hook {hook} priority raw; policy accept;")),
+            listing.contains(&format!(
+                "type filter hook {hook} priority raw; policy accept;"
+            )),
             "{hook}: {listing}"
         );
         let rule = format!(
@@ -242,7 +243,13 @@ fn a_dump_without_connections_runs_no_nft() {
         > 2));
     // An nft that cannot run: any call of it would fail the dump.
     let out = haul()
-        .args(["dump", "--leave-running", "--pid", &pid.to_string(), "--store"])
+        .args([
+            "dump",
+            "--leave-running",
+            "--pid",
+            &pid.to_string(),
+            "--store",
+        ])
         .arg(dir.path().join("store"))
         .env("HAUL_NFT", dir.path().join("no-such-nft"))
         .output()
@@ -319,7 +326,10 @@ fn not_carried_yet(test: &str, stderr: &[u8]) -> bool {
     let e = String::from_utf8_lossy(stderr);
     let yes = e.contains("established connections are not carried yet");
     if yes {
-        skip(test, "this build does not carry established TCP connections yet");
+        skip(
+            test,
+            "this build does not carry established TCP connections yet",
+        );
     }
     yes
 }
@@ -391,7 +401,9 @@ fn sigkill_of_haul_while_locked_leaves_no_rule_and_the_process_runs_on() {
         "the lock outlived haul: {:?}",
         haul_tables_on(port)
     );
-    assert!(wait_for(Duration::from_secs(10), || common::tracer_pid(target.pid) == Some(0)
+    assert!(wait_for(Duration::from_secs(10), || common::tracer_pid(
+        target.pid
+    ) == Some(0)
         && common::proc_state(target.pid) != Some('t')));
     // The connection goes on.
     echoes(&mut conn, b"after the kill");
@@ -413,7 +425,13 @@ fn a_kill_mode_dump_keeps_the_lock_until_the_restore_runs() {
     echoes(&mut conn, b"before");
     let port = conn.peer_addr().unwrap().port();
     let out = haul()
-        .args(["dump", "--kill", "--pid", &target.pid.to_string(), "--store"])
+        .args([
+            "dump",
+            "--kill",
+            "--pid",
+            &target.pid.to_string(),
+            "--store",
+        ])
         .arg(&store)
         .output()
         .unwrap();
@@ -463,7 +481,11 @@ fn a_kill_mode_dump_keeps_the_lock_until_the_restore_runs() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(haul_tables_on(port).is_empty(), "{:?}", haul_tables_on(port));
+    assert!(
+        haul_tables_on(port).is_empty(),
+        "{:?}",
+        haul_tables_on(port)
+    );
     // What the peer sent meanwhile arrives (retransmitted), and the connection goes on.
     let mut got = [0u8; 12];
     conn.read_exact(&mut got).unwrap();

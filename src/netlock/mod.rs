@@ -91,7 +91,10 @@ impl Conn {
     /// The same connection with IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, a dual-stack
     /// socket's) written as the IPv4 addresses they are on the wire.
     pub fn canonical(self) -> Conn {
-        let (l, r) = (canonical_ip(self.local.ip()), canonical_ip(self.remote.ip()));
+        let (l, r) = (
+            canonical_ip(self.local.ip()),
+            canonical_ip(self.remote.ip()),
+        );
         if l.is_ipv4() == r.is_ipv4() {
             Conn {
                 local: SocketAddr::new(l, self.local.port()),
@@ -147,24 +150,19 @@ pub enum NetLockError {
     },
     /// `nft` refused the table (no nf_tables in the kernel, no `CAP_NET_ADMIN`, ...).
     #[error(
-        "the network lock: `nft` ({}) could not {what} table inet {table} for {conns}: \
-         {message}; without a lock ([network] lock = \"none\", --network-lock none) a peer that \
-         sends while the process is frozen gets a reset",
-        tool.display()
+        "the network lock: `nft` ({}) could not {} table inet {} for {}: {}; without a lock \
+         ([network] lock = \"none\", --network-lock none) a peer that sends while the process \
+         is frozen gets a reset",
+        .0.tool.display(),
+        .0.what,
+        .0.table,
+        .0.conns,
+        .0.message
     )]
-    Nft {
-        tool: PathBuf,
-        what: &'static str,
-        table: String,
-        /// The connections, or what the table was for.
-        conns: String,
-        /// What `nft` said (its stderr), or how it ended.
-        message: String,
-    },
+    Nft(Box<NftFailure>),
     /// Talking to `nft` failed.
-    #[error("the network lock: {what} table inet {table} through `nft` ({}): {source}", tool.display())]
+    #[error("the network lock: {what} table inet {table} through `nft`: {source}")]
     Io {
-        tool: PathBuf,
         what: &'static str,
         table: String,
         #[source]
@@ -172,18 +170,28 @@ pub enum NetLockError {
     },
     /// `nft` did not answer in time (it was killed: the table is gone).
     #[error(
-        "the network lock: `nft` ({}) did not create table inet {table} within {}s",
-        tool.display(),
+        "the network lock: `nft` did not create table inet {table} within {}s",
         after.as_secs()
     )]
-    Timeout {
-        tool: PathBuf,
-        table: String,
-        after: Duration,
-    },
+    Timeout { table: String, after: Duration },
     /// A table name (from an image) that is not one haul makes.
     #[error("the network lock: {0:?} is not the name of a table haul keeps (haul_kept_...)")]
     BadName(String),
+}
+
+/// What `nft` refused ([`NetLockError::Nft`]; boxed, so that errors that carry a
+/// `NetLockError` stay small).
+#[derive(Debug)]
+pub struct NftFailure {
+    /// The `nft` binary run.
+    pub tool: PathBuf,
+    /// What it was asked to do to the table (`create`, `keep`, `remove`).
+    pub what: &'static str,
+    pub table: String,
+    /// The connections, or what the table was for.
+    pub conns: String,
+    /// What `nft` said (its stderr), or how it ended.
+    pub message: String,
 }
 
 /// How long `nft` may take to create a table (or a kept one), or to exit once told to.
@@ -406,12 +414,14 @@ impl NetLock {
             tool: tool.clone(),
             source,
         })?;
-        let nft_err = |message: String, tool: &Path| NetLockError::Nft {
-            tool: tool.to_path_buf(),
-            what: "create",
-            table: table.clone(),
-            conns: describe(&conns),
-            message,
+        let nft_err = |message: String, tool: &Path| {
+            NetLockError::Nft(Box::new(NftFailure {
+                tool: tool.to_path_buf(),
+                what: "create",
+                table: table.clone(),
+                conns: describe(&conns),
+                message,
+            }))
         };
         // The table, then a listing of it: its last line (`}`) on stdout says the table is
         // there; an error goes to stderr.
@@ -419,10 +429,9 @@ impl NetLock {
             "{}\nlist table inet {table}\n",
             table_command(&table, &conns, true)
         );
-        let written = keeper
-            .stdin
-            .as_mut()
-            .map_or(Ok(()), |w| w.write_all(cmds.as_bytes()).and_then(|_| w.flush()));
+        let written = keeper.stdin.as_mut().map_or(Ok(()), |w| {
+            w.write_all(cmds.as_bytes()).and_then(|_| w.flush())
+        });
         if let Err(source) = written {
             keeper.end();
             let said = keeper.stderr_rest(Vec::new());
@@ -430,7 +439,6 @@ impl NetLock {
                 return Err(nft_err(said, &tool));
             }
             return Err(NetLockError::Io {
-                tool,
                 what: "creating",
                 table,
                 source,
@@ -451,15 +459,11 @@ impl NetLock {
                     let st = keeper.end();
                     let said = keeper.stderr_rest(Vec::new());
                     let how = st.map_or("it ended".to_string(), |s| format!("it ended ({s})"));
-                    return Err(nft_err(
-                        if said.is_empty() { how } else { said },
-                        &tool,
-                    ));
+                    return Err(nft_err(if said.is_empty() { how } else { said }, &tool));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     keeper.end();
                     return Err(NetLockError::Timeout {
-                        tool,
                         table,
                         after: NFT_TIMEOUT,
                     });
@@ -536,7 +540,6 @@ fn run_nft(
     cmd: &str,
 ) -> Result<(), NetLockError> {
     let io = |source| NetLockError::Io {
-        tool: tool.to_path_buf(),
         what,
         table: table.to_string(),
         source,
@@ -565,7 +568,7 @@ fn run_nft(
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" | ");
-    Err(NetLockError::Nft {
+    Err(NetLockError::Nft(Box::new(NftFailure {
         tool: tool.to_path_buf(),
         what,
         table: table.to_string(),
@@ -575,7 +578,7 @@ fn run_nft(
         } else {
             said
         },
-    })
+    })))
 }
 
 /// Whether `name` is a table [`NetLock::keep`] makes (checked before a name from an image goes

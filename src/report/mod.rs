@@ -662,7 +662,10 @@ mod tests {
             ..Default::default()
         };
         let text = render(&r);
-        assert!(text.contains("  network lock: dump 1.5ms  restore 2.000s"), "{text}");
+        assert!(
+            text.contains("  network lock: dump 1.5ms  restore 2.000s"),
+            "{text}"
+        );
         let mut v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["lock_time"], 1_500);
         v.as_object_mut().unwrap().remove("lock_time");
