@@ -334,13 +334,23 @@ fn not_carried_yet(test: &str, stderr: &[u8]) -> bool {
     yes
 }
 
-/// Reaps the children of this test that have ended (keeper nfts and workers orphaned by a
-/// SIGKILL of their haul; this test is their subreaper).
-fn reap_ended_children() {
-    for c in common::children_of(std::process::id() as i32) {
-        if common::proc_state(c) == Some('Z') {
-            let _ = haul::sys::host::reap(c);
-        }
+/// `pid` and every descendant of it.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        all.extend(common::children_of(all[i]));
+        i += 1;
+    }
+    all
+}
+
+/// Reaps those of `pids` that ended as orphans of this test (its subreaper): only these, never
+/// a child another test of this binary is waiting for.
+fn reap_orphans(pids: &[i32]) {
+    for &p in pids {
+        wait_for(Duration::from_secs(10), || !common::alive(p));
+        let _ = haul::sys::host::reap_if_ended(p);
     }
 }
 
@@ -371,6 +381,7 @@ fn sigkill_of_haul_while_locked_leaves_no_rule_and_the_process_runs_on() {
     .stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut d = cmd.spawn().unwrap();
+    let haul_pid = d.id() as i32;
     // Frozen and locked (or refused before anything).
     assert!(
         wait_for(Duration::from_secs(60), || held.exists()
@@ -389,6 +400,12 @@ fn sigkill_of_haul_while_locked_leaves_no_rule_and_the_process_runs_on() {
     assert!(tables[0].1.contains("flags owner"), "{}", tables[0].1);
     assert_eq!(common::proc_state(target.pid), Some('t'));
 
+    // The worker and its keeper nft, orphaned by the kill.
+    let orphans: Vec<i32> = descendants(haul_pid)
+        .into_iter()
+        .filter(|&p| p != haul_pid)
+        .collect();
+    assert!(orphans.len() >= 2, "worker and keeper: {orphans:?}");
     // haul and its checkpoint worker (one process group), with SIGKILL.
     let st = Command::new("kill")
         .args(["-s", "KILL", "--", &format!("-{}", d.id())])
@@ -407,7 +424,7 @@ fn sigkill_of_haul_while_locked_leaves_no_rule_and_the_process_runs_on() {
         && common::proc_state(target.pid) != Some('t')));
     // The connection goes on.
     echoes(&mut conn, b"after the kill");
-    reap_ended_children();
+    reap_orphans(&orphans);
 }
 
 #[test]
@@ -492,6 +509,60 @@ fn a_kill_mode_dump_keeps_the_lock_until_the_restore_runs() {
     assert_eq!(&got, b"while dumped");
     echoes(&mut conn, b"after the restore");
     common::send_signal(pid, "KILL");
-    assert!(wait_for(Duration::from_secs(10), || !common::alive(pid)));
-    reap_ended_children();
+    reap_orphans(&[pid]);
+}
+
+#[test]
+fn without_nft_the_dump_fails_naming_it_and_the_process_runs_on() {
+    let test = "without_nft_the_dump_fails_naming_it_and_the_process_runs_on";
+    if !nft_here(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (target, mut conn) = echo_client(&server);
+    echoes(&mut conn, b"before");
+    let missing = dir.path().join("no-such-nft");
+    let dump = |lock: &str| {
+        haul()
+            .args([
+                "dump",
+                "--leave-running",
+                "--network-lock",
+                lock,
+                "--pid",
+                &target.pid.to_string(),
+                "--store",
+            ])
+            .arg(dir.path().join("store"))
+            .env("HAUL_NFT", &missing)
+            .output()
+            .unwrap()
+    };
+    let out = dump("nftables");
+    if !out.status.success() && not_carried_yet(test, &out.stderr) {
+        return;
+    }
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the network lock needs nftables' `nft` tool ({})",
+            missing.display()
+        )) && err.contains("[network] lock = \"none\""),
+        "{err}"
+    );
+    assert!(wait_for(Duration::from_secs(10), || common::tracer_pid(
+        target.pid
+    ) == Some(0)
+        && common::proc_state(target.pid) != Some('t')));
+    echoes(&mut conn, b"after the failed dump");
+    // Without a lock, no nft is needed.
+    let out = dump("none");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    echoes(&mut conn, b"after the dump without a lock");
 }
