@@ -366,3 +366,66 @@ fn a_restore_is_refused_naming_the_path_when_a_live_listener_took_it() {
         "the live listener's socket file was left alone"
     );
 }
+
+#[test]
+fn a_datagram_socket_connected_to_a_logging_socket_outside_is_connected_again_by_name() {
+    // As a service's syslog socket connected to /dev/log: the test is the logging daemon.
+    let s = Session::start();
+    let path = s.path().join("log.sock");
+    let log = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    log.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let script = "import os,signal,socket,sys,time\n\
+        d=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\nd.connect(sys.argv[1])\n\
+        d.send(b'before')\n\
+        signal.signal(signal.SIGUSR1,lambda *a: d.send(b'after %d' % os.getpid()))\n\
+        print('ready',flush=True)\nwhile True: time.sleep(1)\n";
+    let mut cmd = clean_command(common::python3());
+    cmd.args(["-c", script]).arg(&path);
+    let mut r = Running::logged(&mut cmd, &s.path().join("log"), true);
+    let mut buf = [0u8; 64];
+    let n = log.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"before");
+    let (code, reasons) = check_reasons(r.pid);
+    assert_eq!(code, Some(0), "{reasons:#?}");
+    let (set, store) = dump_kill(&mut r, s.path());
+    let restored = restore(
+        &set,
+        &store,
+        &common::verified(haul::restore::PidChoice::Same),
+    )
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    send_signal(restored.pid, "USR1");
+    let n = log.recv(&mut buf).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&buf[..n]),
+        format!("after {}", restored.pid)
+    );
+    send_signal(restored.pid, "KILL");
+
+    // With nothing bound at that name any more, the restore is refused naming it, before
+    // anything is made.
+    drop(log);
+    std::fs::remove_file(&path).unwrap();
+    // (Its pid must be free again for a restore under the same pid: reap it, as its
+    // subreaper.)
+    assert!(wait_for(Duration::from_secs(20), || {
+        let pid = nix::unistd::Pid::from_raw(restored.pid);
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        !common::alive(restored.pid)
+    }));
+    let e = restore(
+        &set,
+        &store,
+        &common::verified(haul::restore::PidChoice::Same),
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(
+        e.contains(&format!(
+            "is connected to {}, outside the checkpoint: no datagram socket is bound there here",
+            path.display()
+        )),
+        "{e}"
+    );
+    assert!(!common::alive(restored.pid));
+}

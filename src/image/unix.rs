@@ -40,6 +40,11 @@ pub struct UnixSocket {
     pub peer: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_name: Option<Vec<u8>>,
+    /// A datagram socket connected to a socket outside the checkpoint, bound to `peer_name`
+    /// (a logging socket such as `/dev/log`): a restore connects it to that name again, and
+    /// refuses, before anything is made, if nothing is bound there.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub external_peer: bool,
     /// `sk_shutdown`: RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub shutdown: u8,

@@ -216,6 +216,8 @@ fn make_bound(rs: &mut dyn Inject, f: &FdImage, s: &UnixSocket, t: &mut UnixTabl
     }
     if let Some(pn) = s.peer_name.as_ref().filter(|_| s.peer != 0) {
         match t.made.get(&s.peer) {
+            // Outside the checkpoint: connected to its name again (checked by `check_names`).
+            _ if s.external_peer => socket::connect(copy.as_fd(), pn)?,
             Some(_) => socket::connect(copy.as_fd(), pn)?,
             None => t
                 .connect_later
@@ -361,6 +363,18 @@ pub(super) fn check_names(set: &ImageSet) -> Result<(), Refusal> {
             .filter(|f| f.same_as.is_none() && f.inherited.is_none())
         {
             let FdKind::Unix(u) = &f.kind else { continue };
+            if let Some(peer) = u.peer_name.as_ref().filter(|_| u.external_peer) {
+                check_external(peer).map_err(|why| {
+                    Refusal(format!(
+                        "pid {} fd {} (socket:[{}]) is connected to {}, outside the \
+                         checkpoint: {why}",
+                        p.pid,
+                        f.fd,
+                        u.ino,
+                        show_name(peer)
+                    ))
+                })?;
+            }
             let Some(name) = u.name.as_ref() else {
                 continue;
             };
@@ -373,6 +387,16 @@ pub(super) fn check_names(set: &ImageSet) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// Why a datagram socket cannot be connected to `name` here (nothing bound to it), if it
+/// cannot: a trial connect of a socket of haul's own, which sends nothing.
+fn check_external(name: &[u8]) -> Result<(), crate::restore::tree::Refusal> {
+    let s = socket::unix_socket(libc::SOCK_DGRAM)
+        .map_err(|e| crate::restore::tree::Refusal(e.to_string()))?;
+    socket::connect(s.as_fd(), name).map_err(|e| {
+        crate::restore::tree::Refusal(format!("no datagram socket is bound there here ({e})"))
+    })
 }
 
 /// Why `name` cannot be bound here by a socket of `sock_type`, if it cannot.

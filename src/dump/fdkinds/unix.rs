@@ -300,6 +300,10 @@ pub(crate) fn rules<'a>(
             if u.peer == 0 || inos.contains(&u.peer) || held_by(&target, &pids) {
                 continue;
             }
+            // A datagram socket sends to a name: connected again to it ([`mark_external`]).
+            if external(u) {
+                continue;
+            }
             let by = crate::proc::fd_holder(&target, &pids)
                 .map(|(p, fd)| format!(", but by pid {p} fd {fd}"))
                 .unwrap_or_default();
@@ -315,6 +319,35 @@ pub(crate) fn rules<'a>(
                     .map(|n| format!(" (bound to {})", show_name(n)))
                     .unwrap_or_default()
             )));
+        }
+    }
+}
+
+/// Whether `u`, whose peer no process of the tree holds, can be connected again by name: a
+/// datagram socket connected to a bound socket (a logging socket such as `/dev/log`). The
+/// peer keeps nothing of the connection: what `u` sent is in the peer's queue already, and
+/// a restore connects to the same name.
+fn external(u: &UnixSocket) -> bool {
+    u.sock_type == libc::SOCK_DGRAM && u.peer_name.is_some()
+}
+
+/// Marks the datagram sockets of the tree connected to a socket outside it (see
+/// [`external`]): their restore connects them to the peer's name.
+pub(crate) fn mark_external(procs: &mut [crate::image::ProcessImage]) {
+    let inos: std::collections::HashSet<u64> = procs
+        .iter()
+        .flat_map(|p| p.fds.iter())
+        .filter_map(|f| match &f.kind {
+            FdKind::Unix(u) => Some(u.ino),
+            FdKind::UnixPair { ino, .. } => Some(*ino),
+            _ => None,
+        })
+        .collect();
+    for f in procs.iter_mut().flat_map(|p| p.fds.iter_mut()) {
+        if let FdKind::Unix(u) = &mut f.kind {
+            if u.peer != 0 && !inos.contains(&u.peer) && external(u) {
+                u.external_peer = true;
+            }
         }
     }
 }

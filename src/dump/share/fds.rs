@@ -257,6 +257,7 @@ pub(super) fn link(procs: &mut [ProcessImage]) -> Result<(), DumpError> {
         capture_queues(p.pid, &mut p.fds)?;
         crate::dump::fdkinds::capture(p.pid, &mut p.fds)?;
     }
+    crate::dump::fdkinds::unix::mark_external(procs);
     Ok(())
 }
 
