@@ -750,7 +750,7 @@ impl SshClient {
         let m = self.marks;
         let start = self.output().len();
         // `mark""N` as typed (and echoed) is not `markN` as printed.
-        write!(self.stdin, "{line}; echo haul-mark\"\"{m}\n").expect("type into ssh");
+        writeln!(self.stdin, "{line}; echo haul-mark\"\"{m}").expect("type into ssh");
         self.stdin.flush().unwrap();
         let want = format!("haul-mark{m}");
         let mut seen = String::new();
