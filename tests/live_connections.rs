@@ -397,6 +397,89 @@ fn echo_stream_sent_before_during_and_after_the_checkpoint_comes_back_once_in_or
     );
 }
 
+// ---- both ends in the checkpoint ----
+
+/// A server and its client in one tree, over loopback: the parent listens on 127.0.0.1:PORT,
+/// its child connects and sends numbers that the parent sends back; the child checks each and
+/// logs it (every 5 ms), or logs `BAD` and exits.
+const PINGPONG: &str = r#"
+import os, socket, sys, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[2])))
+srv.listen(1)
+if os.fork() == 0:
+    srv.close()
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+    r = c.makefile("rb")
+    log = open(sys.argv[1], "a", buffering=1)
+    i = 0
+    while True:
+        c.sendall(b"%d\n" % i)
+        if r.readline() != b"%d\n" % i:
+            log.write("BAD\n")
+            sys.exit(1)
+        log.write("%d\n" % i)
+        i += 1
+        time.sleep(0.005)
+s, _ = srv.accept()
+r = s.makefile("rb")
+while line := r.readline():
+    s.sendall(line)
+"#;
+
+#[test]
+fn a_client_and_server_of_one_tree_carry_on_over_loopback_without_a_lock() {
+    const T: &str = "a_client_and_server_of_one_tree_carry_on_over_loopback_without_a_lock";
+    let s = Session::start();
+    let Some(net) = Net::make(T, &["svc"]) else {
+        return;
+    };
+    let dir = s.path();
+    let ns = net.ns("svc");
+    let script = dir.join("pingpong.py");
+    std::fs::write(&script, PINGPONG).unwrap();
+    let log = dir.join("pingpong.log");
+    let mut cmd = net.cmd(&ns, common::python3());
+    cmd.arg(&script).arg(&log).arg("7100");
+    haul::sys::spawn::close_inherited_fds(&mut cmd);
+    let mut tree = common::Running::logged(&mut cmd, &dir.join("tree.log"), false);
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let ok = wait_for(FLOW, || lines().len() >= 50);
+    assert!(ok, "the client never got 50 answers: {:?}", lines());
+
+    let (set, dumped) = dump_kill(&net, &ns, tree.pid, "pingpong", &s.store(), 0);
+    tree.child.wait().expect("reap the dumped server");
+    wait_dumped_gone(&s.store(), &set);
+    let at_restore = lines().len();
+    let (pid, _) = restore(&net, &ns, &s.store(), &set);
+    assert_eq!(pid, tree.pid, "restored under another pid");
+    let ok = wait_for(FLOW, || {
+        lines().len() >= at_restore + 50 || lines().contains(&"BAD".into())
+    });
+    let got = lines();
+    assert!(
+        ok,
+        "the client stopped after the restore: {} lines",
+        got.len()
+    );
+    for (i, l) in got.iter().enumerate() {
+        assert_eq!(l, &i.to_string(), "line {i} of the client's log");
+    }
+    let lock = dumped["stats"]["lock_time"].as_u64().unwrap_or(0);
+    assert_eq!(
+        lock, 0,
+        "a lock was taken with both ends in the checkpoint: {dumped}"
+    );
+    assert_no_rules(&net, &ns, "after the restore");
+}
+
 // ---- redis with live clients ----
 
 /// One RESP command (an array of bulk strings).
