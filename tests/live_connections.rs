@@ -263,6 +263,9 @@ while True:
 /// What the stream's two ends count: lines sent, lines echoed back in order, the first fault.
 #[derive(Default)]
 struct Stream {
+    /// Lines the writer began to write (a write blocks once the socket's send buffer is
+    /// full, as it may while the server is gone), and lines written.
+    offered: AtomicU64,
     sent: AtomicU64,
     echoed: AtomicU64,
     stop: AtomicBool,
@@ -311,6 +314,9 @@ fn echo_stream_sent_before_during_and_after_the_checkpoint_comes_back_once_in_or
     let mut server = start_logged(cmd, &dir.join("echo.log"));
 
     let conn = connect(&addr, port);
+    // Nagle's algorithm on: lines written while nothing is acknowledged (the server is gone)
+    // gather in few segments instead of filling the send buffer with one each.
+    conn.set_nodelay(false).unwrap();
     let st = Arc::new(Stream::default());
     // The writer: a numbered line every millisecond or so until told to stop.
     let writer = {
@@ -318,6 +324,7 @@ fn echo_stream_sent_before_during_and_after_the_checkpoint_comes_back_once_in_or
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !st.stop.load(Ordering::SeqCst) {
+                st.offered.store(i + 1, Ordering::SeqCst);
                 if let Err(e) = w.write_all(format!("{i:08}\n").as_bytes()) {
                     st.fault(format!("writing line {i}: {e}"));
                     return;
@@ -358,15 +365,18 @@ fn echo_stream_sent_before_during_and_after_the_checkpoint_comes_back_once_in_or
     });
 
     // During: the writer goes on while haul dumps, and after the server is gone.
-    let at_dump = st.sent.load(Ordering::SeqCst);
+    let at_dump = st.offered.load(Ordering::SeqCst);
     let (set, dumped) = dump_kill(&net, &ns, server.pid, "echo", &s.store(), 0);
     server.child.wait().expect("reap the dumped server");
     wait_dumped_gone(&s.store(), &set);
-    let at_gone = st.sent.load(Ordering::SeqCst);
+    // Lines are offered while it is gone: 20 of them, or until the writer blocks (its send
+    // buffer full of what the lock holds back).
+    let at_gone = st.offered.load(Ordering::SeqCst);
     st.wait("while the server is gone", |st| {
-        st.sent.load(Ordering::SeqCst) >= at_gone + 100
+        let offered = st.offered.load(Ordering::SeqCst);
+        offered >= at_gone + 20 || (offered > at_gone && offered > st.sent.load(Ordering::SeqCst))
     });
-    let at_restore = st.sent.load(Ordering::SeqCst);
+    let at_restore = st.offered.load(Ordering::SeqCst);
     let (pid, restored) = restore(&net, &ns, &s.store(), &set);
     assert_eq!(pid, server.pid, "restored under another pid");
     assert_no_rules(&net, &ns, "after the restore");
@@ -387,8 +397,8 @@ fn echo_stream_sent_before_during_and_after_the_checkpoint_comes_back_once_in_or
     );
     assert_eq!(echoed, sent, "{sent} lines sent, {echoed} echoed back");
     eprintln!(
-        "echo: {sent} lines, {} sent during the dump, {} while the server was gone; frozen {} \
-         µs; lock: dump {}, restore {}",
+        "echo: {sent} lines, {} offered during the dump, {} while the server was gone; frozen \
+         {} µs; lock: dump {}, restore {}",
         at_gone - at_dump,
         at_restore - at_gone,
         dumped["stats"]["frozen_time"],
