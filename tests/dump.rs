@@ -314,10 +314,11 @@ fn refusal(pid: i32) -> String {
 }
 
 #[test]
-fn refuses_an_established_tcp_connection_naming_its_four_tuple_and_state() {
+fn refuses_a_half_closed_tcp_connection_naming_its_four_tuple_and_state() {
     let dir = tempfile::tempdir().unwrap();
-    // A connection to itself: both ends are refused, each with its 4-tuple.
-    let script = "import socket,time\nl=socket.create_server(('127.0.0.1',0))\ns=socket.create_connection(l.getsockname())\nc,_=l.accept()\nprint('ready',s.getsockname()[1],l.getsockname()[1],flush=True)\ntime.sleep(60)";
+    // A connection to itself, half closed (CLOSE-WAIT and FIN-WAIT-2, states not carried):
+    // both ends are refused, each with its 4-tuple.
+    let script = "import socket,time\nl=socket.create_server(('127.0.0.1',0))\ns=socket.create_connection(l.getsockname())\nc,_=l.accept()\nc.shutdown(socket.SHUT_WR)\ns.recv(1)\nprint('ready',s.getsockname()[1],l.getsockname()[1],flush=True)\ntime.sleep(60)";
     let log = dir.path().join("py.log");
     let p = Running::logged(
         clean_command("/usr/bin/python3").args(["-c", script]),
@@ -354,15 +355,15 @@ fn refuses_an_established_tcp_connection_naming_its_four_tuple_and_state() {
     let (cfd, sfd) = (fd_of(client).unwrap(), fd_of(server).unwrap());
     let want = |fd: i32, here: u16, there: u16| {
         format!(
-            "pid {} fd {fd}: TCP 127.0.0.1:{here} -> 127.0.0.1:{there} (ESTABLISHED): \
-             established connections are not carried yet",
+            "pid {} fd {fd}: TCP 127.0.0.1:{here} -> 127.0.0.1:{there} (CLOSE-WAIT): only \
+             established connections are carried, not connections in this state",
             p.pid
         )
     };
     assert!(reasons.contains(&want(cfd, client, server)), "{reasons:#?}");
     assert!(
         reasons.iter().any(|r| r.starts_with(&format!(
-            "pid {} fd {sfd}: TCP 127.0.0.1:{server} -> 127.0.0.1:{client} (ESTABLISHED)",
+            "pid {} fd {sfd}: TCP 127.0.0.1:{server} -> 127.0.0.1:{client} (FIN-WAIT-",
             p.pid
         ))),
         "{reasons:#?}"
@@ -886,8 +887,8 @@ fn haul_dump_check_says_whether_a_process_can_be_checkpointed_and_touches_nothin
 
 #[test]
 fn haul_dump_check_lists_every_reason_in_text_and_json() {
-    // A child, an established TCP connection, and stdout a pipe to the test: three reasons.
-    let script = "import socket,subprocess,time\nl=socket.create_server(('127.0.0.1',0))\ns=socket.create_connection(l.getsockname())\nc,_=l.accept()\nk=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)";
+    // A child, a half-closed TCP connection, and stdout a pipe to the test: three reasons.
+    let script = "import socket,subprocess,time\nl=socket.create_server(('127.0.0.1',0))\ns=socket.create_connection(l.getsockname())\nc,_=l.accept()\nc.shutdown(socket.SHUT_WR)\ns.recv(1)\nk=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)";
     let p = Running::ready(clean_command(common::python3()).args(["-c", script]));
     let kids = || common::children_of(p.pid);
     assert!(wait_for(Duration::from_secs(10), || !kids().is_empty()));
@@ -910,7 +911,7 @@ fn haul_dump_check_lists_every_reason_in_text_and_json() {
     let child = kids()[0];
     assert!(has(&format!("pid {child} fd ")), "{reasons:#?}");
     assert!(
-        has("(ESTABLISHED): established connections are not carried yet"),
+        has("(CLOSE-WAIT): only established connections are carried"),
         "{reasons:#?}"
     );
     assert!(has("leads to another process"), "{reasons:#?}");
@@ -941,4 +942,60 @@ fn haul_dump_check_lists_every_reason_in_text_and_json() {
     assert_eq!(dump.status.code(), Some(1), "{err}");
     assert!(reasons.iter().all(|r| err.contains(r)), "{err}");
     assert_eq!(common::tracer_pid(p.pid), Some(0));
+}
+
+#[test]
+fn signals_that_arrive_while_frozen_all_reach_the_process_after_leave_running_dumps() {
+    // Real-time signals queue (none merges with another), so every one sent must be received
+    // once, with the sender's siginfo. They are sent all through twenty dumps, so many arrive
+    // while the process is frozen. haul once took such a signal off the queue while passing
+    // the threads through an interrupt and gave it back to PTRACE_DETACH, which drops it from
+    // that stop, and sent the others again itself (another siginfo).
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("sig.log");
+    let p = Running::logged(&mut clean_command(fixture("sigcount")), &log, true);
+    let pid = p.pid;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                haul::sys::process::kill(pid, libc::SIGRTMIN()).expect("send SIGRTMIN");
+                sent += 1;
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            sent
+        })
+    };
+    for i in 0..20 {
+        let out = common::haul()
+            .args([
+                "dump",
+                "--leave-running",
+                "--pid",
+                &pid.to_string(),
+                "--store",
+            ])
+            .arg(tmp.path().join("store"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dump {i}: {out:?}");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let last = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let want = format!("{sent} 0");
+    assert!(
+        wait_for(Duration::from_secs(20), || last() == want),
+        "sent {sent} signals; the process received (count, with another siginfo): {}",
+        last()
+    );
 }

@@ -376,7 +376,7 @@ fn connections_not_yet_accepted_are_refused_by_name_or_dropped_with_a_warning() 
 }
 
 #[test]
-fn an_established_connection_is_refused_with_its_four_tuple() {
+fn a_half_closed_connection_is_refused_with_its_four_tuple() {
     let s = Session::start();
     let script = "import socket,time\nl=socket.create_server(('127.0.0.1',0))\nprint(l.getsockname()[1])\nprint('ready',flush=True)\nc,a=l.accept()\nprint(c.fileno(),a[1],flush=True)\ntime.sleep(600)";
     let log = s.path().join("py.log");
@@ -393,19 +393,29 @@ fn an_established_connection_is_refused_with_its_four_tuple() {
             .collect()
     };
     let port: u16 = lines()[0].parse().unwrap();
-    let _c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert!(wait_for(WAIT, || lines().len() >= 3));
     let l = lines();
     let mut it = l[2].split_whitespace();
     let (fd, peer) = (it.next().unwrap(), it.next().unwrap());
+    // The client shuts down its side: the server's end is in CLOSE-WAIT, a state not carried
+    // (an established connection is: tests/tcp_established.rs).
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let me = c.local_addr().unwrap();
+    assert!(wait_for(WAIT, || {
+        inetdiag::sockets(libc::AF_INET, libc::IPPROTO_TCP)
+            .unwrap()
+            .iter()
+            .any(|s| s.remote == me && s.state == 8)
+    }));
     let out = common::haul()
         .args(["dump", "--check", "--pid", &r.pid.to_string()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let want = format!(
-        "pid {} fd {fd}: TCP 127.0.0.1:{port} -> 127.0.0.1:{peer} (ESTABLISHED): established \
-         connections are not carried yet",
+        "pid {} fd {fd}: TCP 127.0.0.1:{port} -> 127.0.0.1:{peer} (CLOSE-WAIT): only \
+         established connections are carried, not connections in this state",
         r.pid
     );
     let text = String::from_utf8_lossy(&out.stdout);

@@ -669,9 +669,11 @@ l.bind(("127.0.0.1", 0))
 l.listen()
 c = socket.create_connection(l.getsockname())
 a, _ = l.accept()
+a.shutdown(socket.SHUT_WR)
+c.recv(1)
 open(sys.argv[1], "w").write("connected")
 time.sleep(1000)
-' "$d/tcp" &          # an established TCP connection: not carried yet
+' "$d/tcp" &          # a half-closed TCP connection (CLOSE-WAIT, FIN-WAIT-2): not carried
 echo $! > "$d/python"
 echo ready
 wait

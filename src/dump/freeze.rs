@@ -181,30 +181,46 @@ impl Frozen {
     /// request; `PTRACE_CONT` clears it, and a `PTRACE_INTERRUPT` queued first makes the thread
     /// stop again inside the kernel's signal handling, before it runs any of its own code (and
     /// before an interrupted syscall is restarted, which a later resume does as usual).
+    ///
+    /// Every signal is blocked while the thread passes through: a signal that arrived during
+    /// the freeze stays queued in the kernel with its siginfo (the image records it as pending,
+    /// and the thread receives it once it runs) instead of being taken off the queue at a
+    /// signal-delivery-stop, from where only a re-send without its siginfo could give it back.
     pub fn settle(&mut self) -> Result<(), DumpError> {
         self.drop_injector();
         for i in 0..self.threads.len() {
             let tid = self.threads[i].tid;
-            ptrace::interrupt(tid)?;
-            let mut stopped = false;
-            for _ in 0..16 {
-                ptrace::cont(tid, 0)?;
-                match ptrace::wait_stop(tid)? {
-                    Stop::Event { .. } | Stop::OtherEvent { .. } => {
-                        stopped = true;
-                        break;
-                    }
-                    // Every signal is the thread's own (a SIGTRAP too: injected syscalls use
-                    // syscall stops, not single steps), kept to be sent again.
-                    Stop::Signal { sig } => self.hold(tid, sig),
-                    Stop::Syscall => {}
+            let mask = ptrace::get_sigmask(tid)?;
+            ptrace::set_sigmask(tid, u64::MAX)?;
+            let passed = self.pass_through(tid);
+            ptrace::set_sigmask(tid, mask)?;
+            passed?;
+        }
+        Ok(())
+    }
+
+    /// One thread of [`Frozen::settle`]: `PTRACE_INTERRUPT`, then `PTRACE_CONT` until it stops
+    /// at the interrupt.
+    fn pass_through(&mut self, tid: i32) -> Result<(), DumpError> {
+        ptrace::interrupt(tid)?;
+        let mut stopped = false;
+        for _ in 0..16 {
+            ptrace::cont(tid, 0)?;
+            match ptrace::wait_stop(tid)? {
+                Stop::Event { .. } | Stop::OtherEvent { .. } => {
+                    stopped = true;
+                    break;
                 }
+                // Every signal is the thread's own (a SIGTRAP too: injected syscalls use
+                // syscall stops, not single steps), kept to be sent again.
+                Stop::Signal { sig } => self.hold(tid, sig),
+                Stop::Syscall => {}
             }
-            if !stopped {
-                return Err(DumpError::Internal(format!(
-                    "thread {tid} did not stop again after its syscall tracing was ended"
-                )));
-            }
+        }
+        if !stopped {
+            return Err(DumpError::Internal(format!(
+                "thread {tid} did not stop again after its syscall tracing was ended"
+            )));
         }
         Ok(())
     }
@@ -224,14 +240,16 @@ impl Frozen {
         let mut first_err = None;
         let mut gone = Vec::new();
         for t in &self.threads {
-            let mut sigs = t.held.iter().copied();
-            let on_detach = sigs.next().unwrap_or(0);
-            for s in sigs {
+            // Every one is sent again before the detach: a signal given as PTRACE_DETACH's
+            // argument is delivered only from a signal-delivery-stop, and the threads are
+            // stopped at an interrupt here, where the kernel would drop it (a SIGCHLD lost that
+            // way left a shell waiting for a child that had exited).
+            for &s in &t.held {
                 if let Err(e) = process::tgkill(self.pid, t.tid, s) {
                     tracing::warn!(tid = t.tid, "re-sending signal {s}: {e}");
                 }
             }
-            match ptrace::detach(t.tid, on_detach) {
+            match ptrace::detach(t.tid, 0) {
                 Ok(()) => {}
                 Err(e) if ptrace::is_esrch(&e) && crate::dump::check::process_gone(self.pid) => {
                     gone.push(t.tid);

@@ -1,5 +1,6 @@
-//! TCP and UDP sockets, IPv4 and IPv6, that are not connected: listening TCP, bound UDP
-//! (also connected to a peer: UDP has no connection to lose).
+//! TCP and UDP sockets, IPv4 and IPv6: listening TCP, bound UDP (also connected to a peer:
+//! UDP has no connection to lose), and established TCP connections as repair mode read them
+//! ([`TcpConn`]).
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -57,7 +58,7 @@ pub struct InetSocket {
     /// Listening, with this backlog (`listen(2)`'s, as the kernel keeps it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<u32>,
-    /// A UDP socket's peer (`connect(2)`).
+    /// A UDP socket's peer (`connect(2)`), or an established TCP connection's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<SocketAddr>,
     /// The options that differ from a fresh socket's of the same kind, in the order a restore
@@ -79,6 +80,43 @@ pub struct InetSocket {
 pub struct TcpConn {
     /// The kernel's TCP state (`TCP_ESTABLISHED`, ...; include/net/tcp_states.h).
     pub state: u8,
+    /// The sequence number after the last byte of the send queue (`write_seq`).
+    pub send_seq: u32,
+    /// The sequence number after the last byte received (`rcv_nxt`).
+    pub recv_seq: u32,
+    /// The send queue: what the peer has not acknowledged, sent or not, in order. The last
+    /// `unsent` bytes were never sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub send_queue: Vec<u8>,
+    /// How many bytes at the end of `send_queue` were never sent.
+    #[serde(default)]
+    pub unsent: u32,
+    /// What the peer sent and the process has not read yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recv_queue: Vec<u8>,
+    /// The MSS clamp (what the peer announced at the handshake).
+    pub mss: u32,
+    /// Window scaling was negotiated, with these scales (sending, receiving).
+    pub wscale: bool,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    /// SACK was negotiated.
+    pub sack: bool,
+    /// Timestamps were negotiated, and the connection's timestamp clock.
+    pub timestamps: bool,
+    pub timestamp: u32,
+    /// The windows (`struct tcp_repair_window`).
+    pub window: TcpWindow,
+}
+
+/// The windows of a connection (`struct tcp_repair_window`, linux/tcp.h).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpWindow {
+    pub snd_wl1: u32,
+    pub snd_wnd: u32,
+    pub max_window: u32,
+    pub rcv_wnd: u32,
+    pub rcv_wup: u32,
 }
 
 /// The network lock a kill-mode dump left in place for the restore to release (issue #15).

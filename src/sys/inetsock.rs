@@ -120,6 +120,7 @@ pub const KNOWN: &[KnownOpt] = &[
         V6,
     ),
     k("TCP_NODELAY", TCP, libc::TCP_NODELAY, Carry, Tcp),
+    k("TCP_CORK", TCP, libc::TCP_CORK, Carry, Tcp),
     k("TCP_KEEPIDLE", TCP, libc::TCP_KEEPIDLE, Carry, Tcp),
     k("TCP_KEEPINTVL", TCP, libc::TCP_KEEPINTVL, Carry, Tcp),
     k("TCP_KEEPCNT", TCP, libc::TCP_KEEPCNT, Carry, Tcp),

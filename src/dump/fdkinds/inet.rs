@@ -1,21 +1,24 @@
 //! TCP and UDP sockets: recognised (or refused by name) before the freeze, their options
 //! captured under it.
 //!
-//! Carried: listening TCP sockets (IPv4, IPv6, dual-stack) with their backlog, and bound UDP
-//! sockets (also connected to a peer), each with the options that differ from a fresh
-//! socket's ([`crate::sys::inetsock::KNOWN`]). Refused by name: connected TCP sockets (with
-//! their 4-tuple and state), connections waiting in a listen queue (unless the job says
+//! Carried: listening TCP sockets (IPv4, IPv6, dual-stack) with their backlog, bound UDP
+//! sockets (also connected to a peer), and established TCP connections (read in repair mode
+//! under the freeze: [`repair_established`]), each with the options that differ from a fresh
+//! socket's ([`crate::sys::inetsock::KNOWN`]). Refused by name: TCP sockets in any other
+//! connected state (with their 4-tuple and state: SYN-SENT, FIN-WAIT-1/2, CLOSE-WAIT,
+//! LAST-ACK, CLOSING), connections waiting in a listen queue (unless the job says
 //! `dump.tcp_pending = "drop"`), and options haul does not carry. Dropped with a warning:
 //! the datagrams queued in a UDP socket (the network may drop them anyway).
 
 use super::unsupported;
 use crate::dump::DumpError;
-use crate::image::inet::{InetSocket, SockOpt, Transport};
+use crate::image::inet::{InetSocket, SockOpt, TcpConn, TcpWindow, Transport};
 use crate::image::{FdImage, FdKind, ProcessImage};
 use crate::job::TcpPending;
 use crate::proc;
 use crate::sys::inetdiag::{self, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 use crate::sys::inetsock::{self, OptUse, KNOWN};
+use crate::sys::tcprepair;
 use std::os::fd::{AsFd, OwnedFd};
 
 /// The record of TCP or UDP socket `ino`, or its refusal; `Ok(None)` for a socket that is not
@@ -59,14 +62,18 @@ pub(crate) fn kind(
         }
         // Bound, neither listening nor connected.
         (true, TCP_CLOSE) => {}
+        // Read in repair mode under the freeze ([`repair_established`]).
+        (true, TCP_ESTABLISHED) => {
+            sock.peer = Some(s.remote);
+            sock.conn = Some(TcpConn {
+                state: TCP_ESTABLISHED,
+                ..Default::default()
+            });
+        }
         (true, state) => {
-            let why = if state == TCP_ESTABLISHED {
-                "established connections are not carried yet"
-            } else {
-                "connected TCP sockets are not carried yet"
-            };
             return Err(unsupported(format!(
-                "{who}: TCP {} -> {} ({}): {why}",
+                "{who}: TCP {} -> {} ({}): only established connections are carried, not \
+                 connections in this state",
                 s.local,
                 s.remote,
                 inetdiag::state_name(state)
@@ -116,6 +123,16 @@ pub(crate) fn capture(pidfd: &OwnedFd, f: &mut FdImage) -> Result<(), DumpError>
             continue;
         };
         let base = inetsock::get_opt(fresh.as_fd(), k.level, k.opt)?;
+        // An established connection's MSS is what the handshake set (carried by repair
+        // mode), not an option the process chose.
+        if sock.conn.is_some() && k.name == "TCP_MAXSEG" {
+            continue;
+        }
+        // Multicast options mean nothing to TCP (the kernel refuses to set them on a stream
+        // socket): a connected socket reads them from its route, not from the process.
+        if tcp && k.name.contains("MULTICAST") {
+            continue;
+        }
         let always = k.name == "IPV6_V6ONLY";
         if base.as_ref() == Some(&value) && !always {
             continue;
@@ -171,9 +188,103 @@ pub(crate) fn warnings(p: &ProcessImage) -> Vec<String> {
 
 /// Reads every established TCP connection of the frozen tree in repair mode (issue #15): each
 /// socket's copy stays in repair mode in `frozen.repair` until the tree is thawed or killed.
+/// A socket shared by several fds or processes of the tree is read once (at the fd that is
+/// neither `same_as` nor `inherited`). On any error the copies switched so far are in
+/// `frozen.repair`, whose drop (or the thaw) turns repair off again.
 pub(crate) fn repair_established(
-    _frozen: &mut crate::dump::tree::FrozenTree,
-    _procs: &mut [ProcessImage],
+    frozen: &mut crate::dump::tree::FrozenTree,
+    procs: &mut [ProcessImage],
 ) -> Result<(), DumpError> {
+    for p in procs.iter_mut() {
+        let mut pidfd = None;
+        for f in p
+            .fds
+            .iter_mut()
+            .filter(|f| f.same_as.is_none() && f.inherited.is_none())
+        {
+            let FdKind::Inet(sock) = &mut f.kind else {
+                continue;
+            };
+            if sock.conn.is_none() {
+                continue;
+            }
+            if pidfd.is_none() {
+                pidfd = Some(crate::sys::process::pidfd_open(p.pid)?);
+            }
+            let Some(pidfd) = &pidfd else { continue };
+            let who = format!("pid {} fd {}: {}", p.pid, f.fd, sock.describe());
+            let copy = crate::sys::process::pidfd_getfd(pidfd, f.fd).map_err(|e| at(&who, e))?;
+            tcprepair::repair_on(copy.as_fd()).map_err(|e| at(&who, e))?;
+            let fd = copy.try_clone().map_err(|e| DumpError::Io {
+                context: format!("{who}: dup of haul's copy"),
+                source: e,
+            });
+            // Held (and so switched off again on any error) before anything is read.
+            frozen.repair.push(copy);
+            let fd = fd?;
+            sock.conn = Some(read_conn(fd.as_fd()).map_err(|e| at(&who, e))?);
+        }
+    }
     Ok(())
+}
+
+/// `e` with the socket it happened on (pid, fd, 4-tuple) in front of its context.
+fn at(who: &str, e: crate::sys::SysError) -> DumpError {
+    use crate::sys::SysError;
+    DumpError::Sys(match e {
+        SysError::Io { context, source } => SysError::Io {
+            context: format!("{who}: {context}"),
+            source,
+        },
+        SysError::Invalid(m) => SysError::Invalid(format!("{who}: {m}")),
+        other => other,
+    })
+}
+
+/// Everything a restore needs of the established connection `fd` (in repair mode).
+fn read_conn(fd: std::os::fd::BorrowedFd<'_>) -> Result<TcpConn, crate::sys::SysError> {
+    use tcprepair::Queue;
+    let n = tcprepair::negotiated(fd)?;
+    if n.state != TCP_ESTABLISHED {
+        return Err(crate::sys::SysError::Invalid(format!(
+            "the connection left ESTABLISHED ({}) while it was read",
+            inetdiag::state_name(n.state)
+        )));
+    }
+    let outq = tcprepair::outq(fd)?;
+    let unsent = tcprepair::outq_unsent(fd)?;
+    let inq = tcprepair::inq(fd)?;
+    let mss = tcprepair::mss_clamp(fd)?;
+    let timestamp = if n.timestamps {
+        tcprepair::timestamp(fd)?
+    } else {
+        0
+    };
+    let w = tcprepair::window(fd)?;
+    let recv_seq = tcprepair::queue_seq(fd, Queue::Recv)?;
+    let recv_queue = tcprepair::peek_queue(fd, Queue::Recv, inq)?;
+    let send_seq = tcprepair::queue_seq(fd, Queue::Send)?;
+    let send_queue = tcprepair::peek_queue(fd, Queue::Send, outq)?;
+    Ok(TcpConn {
+        state: n.state,
+        send_seq,
+        recv_seq,
+        send_queue,
+        unsent: unsent.min(outq),
+        recv_queue,
+        mss,
+        wscale: n.wscale,
+        snd_wscale: n.snd_wscale,
+        rcv_wscale: n.rcv_wscale,
+        sack: n.sack,
+        timestamps: n.timestamps,
+        timestamp,
+        window: TcpWindow {
+            snd_wl1: w.snd_wl1,
+            snd_wnd: w.snd_wnd,
+            max_window: w.max_window,
+            rcv_wnd: w.rcv_wnd,
+            rcv_wup: w.rcv_wup,
+        },
+    })
 }

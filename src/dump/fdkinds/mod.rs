@@ -51,7 +51,7 @@ pub(crate) fn capture(pid: i32, fds: &mut [FdImage]) -> Result<(), DumpError> {
         if let Some(pidfd) = &pidfd {
             capture(pidfd, f)?;
         }
-        tty::refuse_unread(pid, f)?;
+        tty::refuse_eof_marks(pid, f)?;
     }
     Ok(())
 }

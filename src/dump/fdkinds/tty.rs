@@ -93,8 +93,18 @@ pub(crate) fn capture(pidfd: &OwnedFd, f: &mut FdImage) -> Result<(), DumpError>
     // A slave of haul's own, to read what waits for the slave side (non-blocking: its own
     // open file description).
     let peer = tty::open_peer(fd, libc::O_NONBLOCK)?;
-    t.input = tty::take_available(peer.as_fd())?;
-    t.output = take_output(&copy, t.packet)?;
+    t.input = take_input(&peer, &termios)?;
+    // The input goes back even if the output cannot be read.
+    let output = take_output(&copy, t.packet);
+    let back = put_back(
+        &copy,
+        &peer,
+        &termios,
+        &t.input,
+        output.as_deref().unwrap_or(&[]),
+    );
+    t.output = output?;
+    back?;
     tracing::debug!(
         fd = f.fd,
         input = t.input.len(),
@@ -102,8 +112,25 @@ pub(crate) fn capture(pidfd: &OwnedFd, f: &mut FdImage) -> Result<(), DumpError>
         "pty {}: unread bytes",
         t.index
     );
-    put_back(&copy, &peer, &termios, &t.input, &t.output)?;
     Ok(())
+}
+
+/// What waits for the slave side to read, taken through `peer`. In canonical mode a line not
+/// ended yet is neither counted by `FIONREAD` nor readable, so the slave is switched to raw
+/// mode for the read (its termios is put back however the read ends); written back later
+/// under canonical mode, the bytes are cut into the same lines again ([`refuse_eof_marks`]
+/// refuses what they cannot say).
+fn take_input(peer: &OwnedFd, termios: &libc::termios2) -> Result<Vec<u8>, DumpError> {
+    let canonical = termios.c_lflag & libc::ICANON != 0;
+    if !canonical {
+        return Ok(tty::take_available(peer.as_fd())?);
+    }
+    tty::set_termios(peer.as_fd(), &tty::make_raw(termios))?;
+    let input = tty::take_available(peer.as_fd());
+    let back = tty::set_termios(peer.as_fd(), termios);
+    let input = input?;
+    back?;
+    Ok(input)
 }
 
 /// What waits for master `m` to read, taken (packet mode off meanwhile, so that no status
@@ -138,23 +165,21 @@ fn put_back(
     Ok(wrote?)
 }
 
-/// Refuses a pty that holds unread bytes (typed but not read by the slave side, or written
-/// but not read by the master): the dump reads them and puts them back, but a restore does
-/// not give them back yet, and a restore must not silently drop them.
-pub(crate) fn refuse_unread(pid: i32, f: &FdImage) -> Result<(), DumpError> {
+/// Refuses a pty whose input waiting in canonical mode holds a NUL byte: it may be an
+/// end-of-file mark (what VEOF leaves in the line discipline's buffer) or a typed ^@, which the
+/// bytes alone cannot tell apart, and written back it would be a NUL either way. (The dump
+/// has already put the bytes back: the process finds its input as it was.)
+pub(crate) fn refuse_eof_marks(pid: i32, f: &FdImage) -> Result<(), DumpError> {
     let FdKind::Tty(t) = &f.kind else {
         return Ok(());
     };
-    if t.input.is_empty() && t.output.is_empty() {
+    let canonical = t.termios.lflag & libc::ICANON != 0;
+    if t.role != TtyRole::Master || !canonical || !t.input.contains(&0) {
         return Ok(());
     }
     Err(unsupported(format!(
-        "pid {pid} fd {}: pty {} holds {} bytes typed and not read yet and {} bytes written \
-         and not read yet by its master: a restore cannot give them back yet (let the program \
-         read them first)",
-        f.fd,
-        t.index,
-        t.input.len(),
-        t.output.len()
+        "pid {pid} fd {}: pty {}: the input waiting in canonical mode holds a NUL byte (an \
+         end-of-file mark or a typed ^@, which haul cannot tell apart): not carried",
+        f.fd, t.index
     )))
 }
