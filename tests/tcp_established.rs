@@ -240,21 +240,28 @@ fn both_ends_in_the_tree_carry_on_ipv6() {
     both_ends_in_the_tree("6");
 }
 
-/// A python echo server on `host`, serving one connection; returns it and its port.
-fn echo_server(s: &Session, host: &str) -> (Running, u16) {
+/// A python echo server on `host`, serving one connection; returns it and its port. With
+/// `fork`, a child it forks once connected holds the connection too (and sleeps).
+fn echo_server(s: &Session, host: &str, fork: bool) -> (Running, u16) {
     let log = s.path().join("echo.log");
-    let script = "import socket,sys\n\
+    let script = "import os,socket,sys,time\n\
         l=socket.create_server((sys.argv[1],0),family=socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)\n\
         print('port',l.getsockname()[1],flush=True)\n\
         c,_=l.accept()\n\
         c.setsockopt(socket.IPPROTO_TCP,socket.TCP_NODELAY,1)\n\
+        if sys.argv[2]=='fork':\n\
+        \x20   k=os.fork()\n\
+        \x20   if k==0:\n\
+        \x20       time.sleep(1000)\n\
+        \x20       os._exit(0)\n\
+        \x20   print('kid',k,flush=True)\n\
         while True:\n\
         \x20   d=c.recv(65536)\n\
         \x20   if not d: break\n\
         \x20   c.sendall(d)\n\
         print('done',flush=True)\n";
     let mut cmd = clean_command(common::python3());
-    cmd.args(["-c", script, host]);
+    cmd.args(["-c", script, host, if fork { "fork" } else { "-" }]);
     let r = Running::logged(&mut cmd, &log, false);
     let port = log_line(&log, "port ")[0].parse().unwrap();
     (r, port)
@@ -281,7 +288,7 @@ fn exchange(c: &mut TcpStream, sent: &mut u64, len: usize) {
 #[test]
 fn a_server_in_the_tree_carries_on_with_its_client_outside_on_the_same_four_tuple() {
     let s = Session::start();
-    let (mut r, port) = echo_server(&s, "127.0.0.1");
+    let (mut r, port) = echo_server(&s, "127.0.0.1", false);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = TcpStream::connect_timeout(&addr, WAIT).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
@@ -332,7 +339,7 @@ fn a_server_in_the_tree_carries_on_with_its_client_outside_on_the_same_four_tupl
 #[test]
 fn a_leave_running_dump_leaves_the_connection_untouched_and_out_of_repair_mode() {
     let s = Session::start();
-    let (r, port) = echo_server(&s, "::1");
+    let (r, port) = echo_server(&s, "::1", false);
     let addr: SocketAddr = format!("[::1]:{port}").parse().unwrap();
     let mut c = TcpStream::connect_timeout(&addr, WAIT).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
@@ -399,7 +406,7 @@ fn a_leave_running_dump_leaves_the_connection_untouched_and_out_of_repair_mode()
 #[test]
 fn a_dump_that_fails_after_reading_leaves_no_socket_in_repair_mode() {
     let s = Session::start();
-    let (r, port) = echo_server(&s, "127.0.0.1");
+    let (r, port) = echo_server(&s, "127.0.0.1", false);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = TcpStream::connect_timeout(&addr, WAIT).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
@@ -506,5 +513,36 @@ fn states_not_carried_are_refused_by_name_and_nothing_is_touched() {
         fds_of(r.pid, lo(lport), lo(eport))[0],
     ] {
         assert!(!in_repair(r.pid, fd), "fd {fd}");
+    }
+}
+
+#[test]
+fn a_connection_two_processes_of_the_tree_hold_is_read_once_and_comes_back_shared() {
+    let s = Session::start();
+    let (mut r, port) = echo_server(&s, "127.0.0.1", true);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let me = c.local_addr().unwrap();
+    let kid: i32 = log_line(&s.path().join("echo.log"), "kid ")[0]
+        .parse()
+        .unwrap();
+    let mut sent = 0;
+    exchange(&mut c, &mut sent, 30_000);
+    let before = tuples(&tcp_by_port(me.port()));
+    assert_eq!(fds_of(kid, addr, me).len(), 1, "the child holds it");
+
+    let server = r.pid;
+    let set = dump_kill(&mut r, &s.store(), &[server, kid]);
+    let pid = restore(&s.store(), &set);
+    assert_eq!(tuples(&tcp_by_port(me.port())), before);
+    // One socket, held by both.
+    let (pfd, kfd) = (fds_of(pid, addr, me), fds_of(kid, addr, me));
+    assert_eq!((pfd.len(), kfd.len()), (1, 1), "both hold the connection");
+    let link = |p: i32, fd: i32| std::fs::read_link(format!("/proc/{p}/fd/{fd}")).unwrap();
+    assert_eq!(link(pid, pfd[0]), link(kid, kfd[0]));
+    assert!(!in_repair(pid, pfd[0]));
+    for _ in 0..3 {
+        exchange(&mut c, &mut sent, 30_000);
     }
 }

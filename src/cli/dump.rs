@@ -110,6 +110,7 @@ fn command_of(args: &DumpArgs) -> DumpCommand {
             }),
         keep: args.keep,
         tcp_pending: args.tcp_pending.into(),
+        network_lock: args.network_lock.into(),
         lazy: args.lazy.then(|| LazyServe {
             listen: args.listen.clone(),
             token_file: args.token_file.clone(),

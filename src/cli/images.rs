@@ -86,6 +86,7 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
                 print_json(&ShowJson {
                     view: haul::store::set_view(&s),
                     processes: process_rows(&s),
+                    held: held_rows(&s),
                 })?;
             } else {
                 out(haul::store::show_text(&s).trim_end());
@@ -93,6 +94,11 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
                 if !rows.is_empty() {
                     out("");
                     out(processes_text(&rows).trim_end());
+                }
+                let held = held_rows(&s);
+                if !held.is_empty() {
+                    out("");
+                    out(held_text(&held).trim_end());
                 }
             }
             Ok(exit::OK)
@@ -225,6 +231,151 @@ struct ShowJson {
     view: haul::store::SetView,
     /// The root and its descendants, living and zombie, in tree order (see [`process_rows`]).
     processes: Vec<ProcessRow>,
+    /// What else the set carries that a user may look for (see [`held_rows`]).
+    held: Vec<HeldRow>,
+}
+
+/// One kernel object a set carries besides processes and memory, as `haul images show`
+/// lists it: SysV IPC objects, stored files (memfds, deleted files), seccomp filters, TCP and
+/// UDP sockets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+struct HeldRow {
+    /// `sysv-shm`, `sysv-sem`, `sysv-msg`, `stored-file`, `seccomp`, `tcp`, `udp`.
+    what: &'static str,
+    /// The process (and fd) holding it, where one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd: Option<i32>,
+    /// It in words.
+    detail: String,
+}
+
+/// What `set` carries besides processes and memory (see [`HeldRow`]), the set-wide objects
+/// first, then each process's in tree order.
+fn held_rows(set: &ImageSet) -> Vec<HeldRow> {
+    use haul::image::inet::Transport;
+    use haul::image::stored::StoredKind;
+    use haul::image::FdKind;
+    let row = |what, pid, fd, detail| HeldRow {
+        what,
+        pid,
+        fd,
+        detail,
+    };
+    let mut rows = Vec::new();
+    if let Some(ipc) = &set.tree.ipc {
+        for m in &ipc.shm {
+            let gone = if m.removed {
+                ", marked for deletion"
+            } else {
+                ""
+            };
+            rows.push(row(
+                "sysv-shm",
+                None,
+                None,
+                format!(
+                    "shared memory id {} key {:#x}, {}{gone}",
+                    m.perm.id,
+                    m.perm.key,
+                    haul::util::human_bytes(m.size)
+                ),
+            ));
+        }
+        for m in &ipc.sem {
+            rows.push(row(
+                "sysv-sem",
+                None,
+                None,
+                format!(
+                    "semaphore set id {} key {:#x}, {} semaphores",
+                    m.perm.id,
+                    m.perm.key,
+                    m.values.len()
+                ),
+            ));
+        }
+        for m in &ipc.msg {
+            let bytes: usize = m.messages.iter().map(|x| x.data.len()).sum();
+            rows.push(row(
+                "sysv-msg",
+                None,
+                None,
+                format!(
+                    "message queue id {} key {:#x}, {} messages ({bytes} bytes)",
+                    m.perm.id,
+                    m.perm.key,
+                    m.messages.len()
+                ),
+            ));
+        }
+    }
+    for f in &set.tree.files {
+        let name = match &f.kind {
+            StoredKind::Memfd { name } => format!("memfd {name}"),
+            StoredKind::Deleted { path } => format!("deleted file {path}"),
+        };
+        let seals = if f.seals != 0 {
+            format!(", seals {:#x}", f.seals)
+        } else {
+            String::new()
+        };
+        rows.push(row(
+            "stored-file",
+            None,
+            None,
+            format!("{name}, {}{seals}", haul::util::human_bytes(f.size)),
+        ));
+    }
+    for (_, p) in set.processes() {
+        if let Some(sc) = &p.seccomp {
+            let strict = sc.threads.iter().filter(|t| t.strict).count();
+            let mut d = format!(
+                "{} seccomp filter{} on {} thread{}",
+                sc.filters.len(),
+                if sc.filters.len() == 1 { "" } else { "s" },
+                sc.threads.len(),
+                if sc.threads.len() == 1 { "" } else { "s" }
+            );
+            if strict > 0 {
+                d += &format!(" ({strict} in strict mode)");
+            }
+            rows.push(row("seccomp", Some(p.pid), None, d));
+        }
+        for f in p
+            .fds
+            .iter()
+            .filter(|f| f.same_as.is_none() && f.inherited.is_none())
+        {
+            let FdKind::Inet(sock) = &f.kind else {
+                continue;
+            };
+            let what = match sock.transport {
+                Transport::Tcp => "tcp",
+                Transport::Udp => "udp",
+            };
+            let mut d = sock.describe();
+            if sock.conn.is_some() {
+                d += " (established)";
+            }
+            rows.push(row(what, Some(p.pid), Some(f.fd), d));
+        }
+    }
+    rows
+}
+
+/// The table of [`held_rows`] for `haul images show`.
+fn held_text(rows: &[HeldRow]) -> String {
+    use std::fmt::Write;
+    let mut s = format!("holds {}\n", rows.len());
+    let _ = writeln!(s, "{:>8} {:>5}  {:<11}  what", "pid", "fd", "kind");
+    for r in rows {
+        let pid = r.pid.map_or("-".to_string(), |p| p.to_string());
+        let fd = r.fd.map_or("-".to_string(), |f| f.to_string());
+        let _ = writeln!(s, "{pid:>8} {fd:>5}  {:<11}  {}", r.what, r.detail);
+    }
+    s
 }
 
 /// One process of a set, as `haul images show` lists it.
@@ -499,9 +650,11 @@ mod tests {
         let v = serde_json::to_value(ShowJson {
             view: haul::store::set_view(&s),
             processes: process_rows(&s),
+            held: held_rows(&s),
         })
         .unwrap();
         assert_eq!(v["id"], "t-1");
+        assert_eq!(v["held"], serde_json::json!([]));
         assert_eq!(v["process"]["pid"], 100);
         assert_eq!(v["processes"].as_array().unwrap().len(), 6);
         assert_eq!(v["processes"][1]["wait_status"], libc::SIGSEGV | 0x80);
@@ -518,5 +671,74 @@ mod tests {
         s.process = None;
         s.tree = Default::default();
         assert!(process_rows(&s).is_empty());
+    }
+
+    #[test]
+    fn show_lists_what_a_set_holds_besides_processes() {
+        use haul::image::inet::{InetSocket, TcpConn, Transport};
+        use haul::image::ipc::{IpcImage, IpcPerm, ShmSegment};
+        use haul::image::seccomp::{SeccompImage, ThreadSeccomp};
+        use haul::image::stored::{StoredKind, StoredObject};
+        use haul::image::{FdImage, FdKind};
+        let mut s = tree_set();
+        s.tree.ipc = Some(IpcImage {
+            shm: vec![ShmSegment {
+                perm: IpcPerm {
+                    id: 32769,
+                    key: 0x1234,
+                    ..Default::default()
+                },
+                size: 8192,
+                removed: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        s.tree.files = vec![StoredObject {
+            kind: StoredKind::Memfd { name: "buf".into() },
+            dev: 1,
+            ino: 2,
+            size: 4096,
+            mode: 0o100600,
+            uid: 0,
+            gid: 0,
+            seals: 0,
+            space: 0xF000,
+        }];
+        s.tree.descendants[0].seccomp = Some(SeccompImage {
+            filters: vec![Default::default(), Default::default()],
+            threads: vec![ThreadSeccomp {
+                tid: 103,
+                strict: false,
+                chain: vec![0, 1],
+            }],
+        });
+        let root = s.process.as_mut().unwrap();
+        root.fds.push(FdImage {
+            fd: 5,
+            kind: FdKind::Inet(InetSocket {
+                family: libc::AF_INET,
+                transport: Transport::Tcp,
+                local: Some("127.0.0.1:22".parse().unwrap()),
+                peer: Some("127.0.0.1:40000".parse().unwrap()),
+                conn: Some(TcpConn::default()),
+                ..Default::default()
+            }),
+            flags: 2,
+            same_as: None,
+            locks: Vec::new(),
+            inherited: None,
+        });
+        let rows = held_rows(&s);
+        let text = held_text(&rows);
+        assert!(text.starts_with("holds 4\n"), "{text}");
+        for want in [
+            "sysv-shm     shared memory id 32769 key 0x1234, 8.0 KiB, marked for deletion",
+            "stored-file  memfd buf, 4.0 KiB",
+            "     100     5  tcp          TCP 127.0.0.1:22 -> 127.0.0.1:40000 (established)",
+            "     103     -  seccomp      2 seccomp filters on 1 thread",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
     }
 }

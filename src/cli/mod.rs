@@ -355,6 +355,25 @@ impl From<TcpPendingArg> for haul::job::TcpPending {
     }
 }
 
+/// `--network-lock`: how established TCP connections to peers outside the checkpoint are held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NetworkLockArg {
+    /// nftables rules drop their packets (the peers retransmit) while frozen, and after a
+    /// dump that kills the process until a restore runs the copy.
+    Nftables,
+    /// No lock: a peer that sends meanwhile gets a reset and its connection is lost.
+    None,
+}
+
+impl From<NetworkLockArg> for haul::netlock::LockMode {
+    fn from(t: NetworkLockArg) -> Self {
+        match t {
+            NetworkLockArg::Nftables => haul::netlock::LockMode::Nftables,
+            NetworkLockArg::None => haul::netlock::LockMode::None,
+        }
+    }
+}
+
 /// `--tracker`: the dirty-page tracker of the pre-dumps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TrackerArg {
@@ -510,6 +529,13 @@ pub struct DumpArgs {
     /// reset). Also with --check. As the job key dump.tcp_pending.
     #[arg(long, value_enum, value_name = "WHAT", default_value = "refuse")]
     pub tcp_pending: TcpPendingArg,
+    /// How established TCP connections to peers outside the checkpoint are held while the
+    /// process is frozen (and, with --kill, until a restore runs the copy): "nftables" drops
+    /// their packets with a table of haul's own (needs the nft tool; none is run when there
+    /// is no such connection), "none" holds nothing (a peer that sends meanwhile gets a
+    /// reset). As the job key network.lock.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "nftables")]
+    pub network_lock: NetworkLockArg,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -545,6 +571,12 @@ pub struct RestoreArgs {
     /// /dev/pts number changes).
     #[arg(long, value_name = "WHERE", value_enum, conflicts_with = "lazy")]
     pub tty: Option<TtyArg>,
+    /// How the restored connections to peers outside the set are held until the restored
+    /// processes run: "nftables" (a table of haul's own drops their packets) or "none". A
+    /// lock a dump with --kill left is removed once they run, either way. As the job key
+    /// network.lock.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "nftables")]
+    pub network_lock: NetworkLockArg,
     /// Post-copy: the process runs at once, its memory served by userfaultfd; haul prints the
     /// PID and stays in the foreground until every page is resident.
     #[arg(long)]

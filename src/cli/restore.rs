@@ -15,6 +15,7 @@ pub fn run(args: RestoreArgs) -> Result<u8, Error> {
         pid: args.pid.into(),
         verify_state: args.verify == Some(VerifyArg::State),
         tty: args.tty.map(Into::into),
+        network_lock: args.network_lock.into(),
     };
     if args.lazy {
         return lazy(&args, cmd);

@@ -92,6 +92,9 @@ pub enum DumpError {
     /// The store refused a pre-dump set or a page reference.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The network lock could not be taken (issue #15): the tree is thawed.
+    #[error(transparent)]
+    NetLock(#[from] crate::netlock::NetLockError),
     /// A broken invariant of haul itself (a bug), never the target's doing.
     #[error("internal error: {0}")]
     Internal(String),
@@ -341,6 +344,11 @@ pub struct DumpStats {
     /// connections not yet accepted with `dump.tcp_pending = "drop"`), one line each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// How long the network lock held the tree's connections to peers outside it: from its
+    /// taking under the freeze to the thaw, or to the kill (then it is kept for the restore).
+    /// Zero: no lock.
+    #[serde(default)]
+    pub lock_time: u64,
 }
 
 /// What a dump produced: the state of the root and of its descendants, and the figures. The
@@ -388,6 +396,10 @@ pub(crate) fn end_frozen(
     };
     stats.frozen_commit_time = stats.memwrite_time;
     stats.frozen_time = crate::util::us(frozen.frozen_for());
+    stats.lock_time = frozen
+        .lock
+        .as_ref()
+        .map_or(0, |l| crate::util::us(l.since().elapsed()));
     frozen.kill().map_err(|e| DumpError::At {
         pid,
         step: Step::Resume,
@@ -605,8 +617,17 @@ pub(crate) fn dump_planned(
     // Every process is still there: the image is the whole tree.
     ctx.step(Step::Resume, || frozen.check_whole(Step::Resume))?;
     let zombies = frozen.zombie_images();
+    // A kill-mode dump keeps the lock for the restore: the image names its table.
+    let netlock = match &frozen.lock {
+        Some(l) if !opts.leave_running => Some(crate::image::inet::LockRecord {
+            table: l.kept_name().to_string(),
+        }),
+        _ => None,
+    };
     let kept = if opts.leave_running {
+        let locked = frozen.lock.as_ref().map(crate::netlock::NetLock::since);
         ctx.step(Step::Resume, || frozen.thaw())?;
+        stats.lock_time = locked.map_or(0, |t| crate::util::us(t.elapsed()));
         None
     } else {
         // Neither thawed nor killed (settled above). Lazy: the caller serves the lazy pages
@@ -650,7 +671,7 @@ pub(crate) fn dump_planned(
         zombies,
         ipc,
         files,
-        netlock: None,
+        netlock,
     };
     Ok((
         DumpOutcome {

@@ -1,13 +1,86 @@
 //! The network lock of a dump (issue #15): taken once the tree is frozen, before any socket is
 //! read, on the established TCP connections of the tree to peers outside it.
+//!
+//! The frozen tree holds it (`FrozenTree::lock`): a thaw releases it once the processes run, a
+//! kill-mode dump keeps it for the restore (`NetLock::keep`, recorded in the image as
+//! `Tree::netlock`), and if the worker dies the keeper `nft` exits with it and the kernel drops
+//! the table (see [`crate::netlock`]).
 
 use super::{DumpError, DumpOptions};
+use crate::netlock::{Conn, LockMode, NetLock};
+use crate::sys::inetdiag::{self, TCP_CLOSE, TCP_LISTEN};
+use std::collections::BTreeSet;
 
 /// Locks the established connections of processes `pids` (frozen) to peers outside them, if
-/// there are any and `opts` asks for a lock; None otherwise.
-pub(super) fn take(
-    _pids: &[i32],
-    _opts: &DumpOptions,
-) -> Result<Option<crate::netlock::NetLock>, DumpError> {
-    Ok(None)
+/// there are any and `opts` asks for a lock; None otherwise (and then `nft` is not run).
+pub(super) fn take(pids: &[i32], opts: &DumpOptions) -> Result<Option<NetLock>, DumpError> {
+    if opts.network_lock == LockMode::None {
+        return Ok(None);
+    }
+    let conns = connections(pids)?;
+    if conns.is_empty() {
+        return Ok(None);
+    }
+    let lock = NetLock::take(&conns)?;
+    test_hold(&lock);
+    Ok(Some(lock))
+}
+
+/// **Test-only switch.** `HAUL_TEST_HOLD_LOCKED=<file>`: once the lock is taken (the tree
+/// frozen), the dump writes the lock's table name to `<file>` and waits until the file is
+/// removed (at most a minute), so a test can look at the ruleset and kill haul while the freeze
+/// and the lock hold (`tests/netlock.rs`). The one place the variable is read.
+fn test_hold(lock: &NetLock) {
+    let Some(path) = std::env::var_os("HAUL_TEST_HOLD_LOCKED") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    if std::fs::write(&path, lock.table()).is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The TCP connections of processes `pids` (connected: neither listening nor closed) to peers
+/// outside them, from sock_diag of haul's network namespace (the tree's: a namespace of its
+/// own is refused).
+pub(crate) fn connections(pids: &[i32]) -> Result<Vec<Conn>, DumpError> {
+    let mut inodes = BTreeSet::new();
+    for &pid in pids {
+        for fd in crate::proc::fds(pid)? {
+            let Ok(target) = crate::proc::fd_target(pid, fd) else {
+                continue;
+            };
+            if let Some(ino) = target
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                inodes.insert(ino);
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conns = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        for s in inetdiag::sockets(family, libc::IPPROTO_TCP)? {
+            if s.ino != 0
+                && inodes.contains(&s.ino)
+                && s.state != TCP_LISTEN
+                && s.state != TCP_CLOSE
+                && s.remote.port() != 0
+            {
+                conns.push(Conn {
+                    local: s.local,
+                    remote: s.remote,
+                });
+            }
+        }
+    }
+    Ok(crate::netlock::outside(conns))
 }

@@ -17,6 +17,12 @@ use serde::{Deserialize, Serialize};
 /// its pages in space `SYSV_SPACE_BASE + i`. A tree has fewer processes than this.
 pub const SYSV_SPACE_BASE: u16 = 0xff00;
 
+/// The longest message text a restore queues again: its injected `msgsnd` passes the
+/// message (8 bytes of type, then the text) through the argument part of the restore's
+/// scratch area (60 KiB). A dump refuses a queue holding a longer one (only possible where
+/// `kernel.msgmax` was raised above its default of 8 KiB).
+pub const MAX_MESSAGE: usize = 60 * 1024 - 8;
+
 /// At most this many segments fit in their page spaces.
 pub const MAX_SEGMENTS: usize = (u16::MAX - SYSV_SPACE_BASE) as usize + 1;
 

@@ -29,6 +29,19 @@ pub struct JobSpec {
     #[serde(default)]
     pub report: ReportSpec,
     pub verify: Option<VerifySpec>,
+    #[serde(default)]
+    pub network: NetworkSpec,
+}
+
+/// `[network]`: how the process's established TCP connections to peers outside the
+/// checkpoint are held while it is frozen and until its restored copy runs (issue #15).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// `"nftables"` (default): their packets are dropped by an nftables table of haul's own,
+    /// so peers retransmit. `"none"`: no lock; a peer that sends meanwhile gets a reset.
+    #[serde(default)]
+    pub lock: crate::netlock::LockMode,
 }
 
 /// `[process]`: exactly one of `command`, `pid`, `pidfile`.

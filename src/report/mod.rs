@@ -103,6 +103,14 @@ pub struct RunReport {
     pub pages_restored: u64,
     /// From the start of the restore until the restored process runs (µs).
     pub time_to_running: u64,
+    /// How long the dump's network lock held the connections to peers outside the tree
+    /// (µs): from its taking under the freeze to the thaw, or to the kill (it is then kept
+    /// until the restore runs the copy). 0: no lock (none needed, or `network.lock = "none"`).
+    #[serde(default)]
+    pub lock_time: u64,
+    /// How long the restore's network lock held them (µs), until the restored tree ran.
+    #[serde(default)]
+    pub restore_lock_time: u64,
 
     pub predump: Option<PredumpReport>,
     pub store: Option<StoreFigures>,
@@ -466,6 +474,14 @@ pub fn render(r: &RunReport) -> String {
             r.pages_restored
         );
     }
+    if r.lock_time > 0 || r.restore_lock_time > 0 {
+        let _ = writeln!(
+            s,
+            "  network lock: dump {}  restore {}",
+            human_us(r.lock_time),
+            human_us(r.restore_lock_time)
+        );
+    }
     if let Some(l) = &r.lazy {
         let _ = writeln!(
             s,
@@ -636,6 +652,27 @@ mod tests {
         v.as_object_mut().unwrap().remove("processes");
         let old: RunReport = serde_json::from_value(v).unwrap();
         assert_eq!(old.processes, 0);
+    }
+
+    #[test]
+    fn the_network_lock_times_are_reported_and_older_reports_still_load() {
+        let mut r = RunReport {
+            lock_time: 1_500,
+            restore_lock_time: 2_000_000,
+            ..Default::default()
+        };
+        let text = render(&r);
+        assert!(
+            text.contains("  network lock: dump 1.5ms  restore 2.000s"),
+            "{text}"
+        );
+        let mut v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["lock_time"], 1_500);
+        v.as_object_mut().unwrap().remove("lock_time");
+        v.as_object_mut().unwrap().remove("restore_lock_time");
+        r = serde_json::from_value(v).unwrap();
+        assert_eq!((r.lock_time, r.restore_lock_time), (0, 0));
+        assert!(!render(&r).contains("network lock"));
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn checkpoint(
     req.leave_running = spec.leave_running;
     req.buffer = spec.buffer.0;
     req.tcp_pending = spec.tcp_pending;
+    req.network_lock = job.spec.network.lock;
     req.lazy = spec.lazy.then(|| LazyServeRequest {
         listen: "127.0.0.1:0".into(),
         token: None,
@@ -108,6 +109,7 @@ pub fn checkpoint(
     report.processes = s.processes;
     report.pages_lazy = d.set.figures.pages_lazy;
     report.warnings = s.warnings.clone();
+    report.lock_time = s.lock_time;
     report.processes = s.processes;
 
     // Retention never removes the set being served: it is the newest of its job.
@@ -248,6 +250,7 @@ pub fn restore(
         return Err(RunError::Setup("no [restore]".into()));
     };
     let mut opts = restore_options(spec.pid, job.spec.verify.as_ref().is_some_and(|v| v.state));
+    opts.network_lock = job.spec.network.lock;
     let remote = source(job, spec)?.remote(set)?;
     let (set, pages): (_, &dyn crate::restore::PageSource) = match &remote {
         Some((s, r)) => (s, r),
@@ -263,6 +266,7 @@ pub fn restore(
     report.restore_time = r.restore_time;
     report.time_to_running = r.time_to_running;
     report.pages_restored = r.pages_restored;
+    report.restore_lock_time = r.lock_time;
     Ok((r.pid, terminal))
 }
 
@@ -310,7 +314,8 @@ pub fn restore_lazy(
     let Some(spec) = &job.spec.restore else {
         return Err(RunError::Setup("no [restore]".into()));
     };
-    let opts = restore_options(spec.pid, job.spec.verify.as_ref().is_some_and(|v| v.state));
+    let mut opts = restore_options(spec.pid, job.spec.verify.as_ref().is_some_and(|v| v.state));
+    opts.network_lock = job.spec.network.lock;
     let from = source(job, spec)?;
     // The daemon thread shares the set (its page table says which pages are missing).
     let (set, remote) = match from.remote(set)? {
@@ -354,6 +359,7 @@ pub fn restore_lazy(
     report.restore_time = lr.outcome.restore_time;
     report.time_to_running = lr.outcome.time_to_running;
     report.pages_restored = lr.outcome.pages_restored;
+    report.restore_lock_time = lr.outcome.lock_time;
     Ok((lr, shared))
 }
 

@@ -374,10 +374,10 @@ pub fn inq(fd: BorrowedFd<'_>) -> Result<u32> {
 /// that does not hold exactly `len` bytes is an error (it changed since it was measured).
 pub fn peek_queue(fd: BorrowedFd<'_>, q: Queue, len: u32) -> Result<Vec<u8>> {
     select_queue(fd, q)?;
-    let mut buf = vec![0u8; len as usize + 1];
     if len == 0 {
         return Ok(Vec::new());
     }
+    let mut buf = vec![0u8; len as usize + 1];
     // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which we own.
     let n = unsafe {
         libc::recv(
@@ -562,88 +562,124 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::{AsFd, OwnedFd};
+    use std::time::Duration;
 
-    /// A connection over loopback with bytes in flight both ways: read in repair mode,
-    /// made again on new sockets with the same 4-tuple, and both ends carry on.
-    #[test]
-    fn a_connection_read_in_repair_mode_is_made_again_and_carries_on() {
+    /// What repair mode reads of one end.
+    #[derive(Clone, Debug)]
+    struct State {
+        n: Negotiated,
+        mss: u32,
+        ts: u32,
+        w: Window,
+        recv_seq: u32,
+        send_seq: u32,
+        recv_queue: Vec<u8>,
+        send_queue: Vec<u8>,
+        unsent: u32,
+    }
+
+    /// Switches `fd` into repair mode and reads it (left in repair mode).
+    fn read(fd: BorrowedFd<'_>) -> State {
+        repair_on(fd).unwrap();
+        assert!(in_repair(fd).unwrap());
+        let n = negotiated(fd).unwrap();
+        assert_eq!(n.state, 1);
+        let (iq, oq) = (inq(fd).unwrap(), outq(fd).unwrap());
+        State {
+            n,
+            mss: mss_clamp(fd).unwrap(),
+            ts: timestamp(fd).unwrap(),
+            w: window(fd).unwrap(),
+            recv_seq: queue_seq(fd, Queue::Recv).unwrap(),
+            send_seq: queue_seq(fd, Queue::Send).unwrap(),
+            recv_queue: peek_queue(fd, Queue::Recv, iq).unwrap(),
+            send_queue: peek_queue(fd, Queue::Send, oq).unwrap(),
+            unsent: outq_unsent(fd).unwrap(),
+        }
+    }
+
+    /// A new socket made again as `st` says, at `local` connected to `peer`, still in repair
+    /// mode, held by `g` with its unsent bytes.
+    fn make(st: &State, local: SocketAddr, peer: SocketAddr, g: &mut Repairing) -> OwnedFd {
+        let fd = crate::sys::inetsock::fresh(libc::AF_INET, true).unwrap();
+        let f = fd.as_fd();
+        repair_on(f).unwrap();
+        crate::sys::inetsock::bind(f, &local).unwrap();
+        let sent = st.send_queue.len() - st.unsent as usize;
+        set_queue_seq(
+            f,
+            Queue::Recv,
+            st.recv_seq.wrapping_sub(st.recv_queue.len() as u32),
+        )
+        .unwrap();
+        set_queue_seq(
+            f,
+            Queue::Send,
+            st.send_seq.wrapping_sub(st.send_queue.len() as u32),
+        )
+        .unwrap();
+        connect(f, &peer).unwrap();
+        set_negotiated(f, &st.n, st.mss).unwrap();
+        if st.n.timestamps {
+            set_timestamp(f, st.ts).unwrap();
+        }
+        select_queue(f, Queue::Recv).unwrap();
+        send_all(f, &st.recv_queue, "receive queue").unwrap();
+        select_queue(f, Queue::Send).unwrap();
+        send_all(f, &st.send_queue[..sent], "send queue").unwrap();
+        set_window(f, &st.w).unwrap();
+        g.push_restored(
+            fd.try_clone().unwrap(),
+            st.send_queue[sent..].to_vec(),
+            Vec::new(),
+        );
+        fd
+    }
+
+    /// A loopback connection whose ends each hold 11 unread bytes, read in repair mode, their
+    /// fds closed silently; returns (server state and address, client state and address).
+    fn read_pair() -> ((State, SocketAddr), (State, SocketAddr)) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut s, _) = l.accept().unwrap();
         c.write_all(b"unread by s").unwrap();
         s.write_all(b"unread by c").unwrap();
-        // Wait until each receive queue holds its bytes.
         let sfd: OwnedFd = s.try_clone().unwrap().into();
         let cfd: OwnedFd = c.try_clone().unwrap().into();
         for fd in [&sfd, &cfd] {
             let t = std::time::Instant::now();
             while inq(fd.as_fd()).unwrap() < 11 {
                 assert!(t.elapsed().as_secs() < 10);
-                std::thread::sleep(std::time::Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
         let (saddr, caddr) = (s.local_addr().unwrap(), c.local_addr().unwrap());
-        // Read both ends.
-        let read = |fd: BorrowedFd<'_>| {
-            repair_on(fd).unwrap();
-            assert!(in_repair(fd).unwrap());
-            let n = negotiated(fd).unwrap();
-            assert_eq!(n.state, 1);
-            let (iq, oq) = (inq(fd).unwrap(), outq(fd).unwrap());
-            let rseq = queue_seq(fd, Queue::Recv).unwrap();
-            let sseq = queue_seq(fd, Queue::Send).unwrap();
-            let rq = peek_queue(fd, Queue::Recv, iq).unwrap();
-            let sq = peek_queue(fd, Queue::Send, oq).unwrap();
-            (
-                n,
-                mss_clamp(fd).unwrap(),
-                timestamp(fd).unwrap(),
-                window(fd).unwrap(),
-                rseq,
-                sseq,
-                rq,
-                sq,
-            )
-        };
         let ss = read(sfd.as_fd());
         let cs = read(cfd.as_fd());
-        assert_eq!(ss.6, b"unread by s");
-        assert!(ss.7.is_empty());
-        // Close every fd of both ends silently (repair on): no FIN, no RST.
-        drop((s, c, sfd, cfd));
-        drop(l);
-        let make = |st: &(Negotiated, u32, u32, Window, u32, u32, Vec<u8>, Vec<u8>),
-                    local: SocketAddr,
-                    peer: SocketAddr| {
-            let fd = crate::sys::inetsock::fresh(libc::AF_INET, true).unwrap();
-            let f = fd.as_fd();
-            repair_on(f).unwrap();
-            crate::sys::inetsock::bind(f, &local).unwrap();
-            set_queue_seq(f, Queue::Recv, st.4.wrapping_sub(st.6.len() as u32)).unwrap();
-            set_queue_seq(f, Queue::Send, st.5.wrapping_sub(st.7.len() as u32)).unwrap();
-            connect(f, &peer).unwrap();
-            set_negotiated(f, &st.0, st.1).unwrap();
-            if st.0.timestamps {
-                set_timestamp(f, st.2).unwrap();
-            }
-            select_queue(f, Queue::Recv).unwrap();
-            send_all(f, &st.6, "receive queue").unwrap();
-            set_window(f, &st.3).unwrap();
-            fd
-        };
-        let s2 = make(&ss, saddr, caddr);
-        let c2 = make(&cs, caddr, saddr);
+        // Every fd of both ends closed in repair mode: no FIN, no RST.
+        drop((s, c, sfd, cfd, l));
+        ((ss, saddr), (cs, caddr))
+    }
+
+    fn stream(fd: OwnedFd) -> TcpStream {
+        let s = TcpStream::from(fd);
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// A connection over loopback with bytes unread both ways: read in repair mode, made
+    /// again on new sockets with the same 4-tuple, and both ends carry on.
+    #[test]
+    fn a_connection_read_in_repair_mode_is_made_again_and_carries_on() {
+        let ((ss, saddr), (cs, caddr)) = read_pair();
+        assert_eq!(ss.recv_queue, b"unread by s");
+        assert!(ss.send_queue.is_empty());
         let mut g = Repairing::default();
-        g.push(s2.try_clone().unwrap());
-        g.push(c2.try_clone().unwrap());
+        let s2 = make(&ss, saddr, caddr, &mut g);
+        let c2 = make(&cs, caddr, saddr, &mut g);
         g.resume();
         assert!(!in_repair(s2.as_fd()).unwrap());
-        let mut s2 = TcpStream::from(s2);
-        let mut c2 = TcpStream::from(c2);
-        s2.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        c2.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
+        let (mut s2, mut c2) = (stream(s2), stream(c2));
         let mut buf = [0u8; 11];
         s2.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"unread by s");
@@ -655,5 +691,43 @@ mod tests {
         assert_eq!(&b5, b"after");
         assert_eq!(s2.local_addr().unwrap(), saddr);
         assert_eq!(s2.peer_addr().unwrap(), caddr);
+    }
+
+    /// A send queue with a part sent but not acknowledged (queued as sent, so retransmitted)
+    /// and a part never sent (sent once out of repair mode): the peer gets both, in order.
+    #[test]
+    fn the_sent_and_the_unsent_part_of_a_send_queue_both_reach_the_peer() {
+        let ((mut ss, saddr), (mut cs, caddr)) = read_pair();
+        // As if s had not received "unread by s" yet: still in c's send queue, sent but not
+        // acknowledged, followed by "+more" never sent.
+        ss.recv_seq = ss.recv_seq.wrapping_sub(11);
+        ss.recv_queue.clear();
+        ss.w.rcv_wup = ss.recv_seq;
+        cs.send_queue = b"unread by s+more".to_vec();
+        cs.send_seq = cs.send_seq.wrapping_add(5);
+        cs.unsent = 5;
+        let mut g = Repairing::default();
+        let s2 = make(&ss, saddr, caddr, &mut g);
+        let c2 = make(&cs, caddr, saddr, &mut g);
+        g.resume();
+        let (mut s2, mut c2) = (stream(s2), stream(c2));
+        let mut buf = [0u8; 16];
+        s2.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"unread by s+more");
+        let mut b11 = [0u8; 11];
+        c2.read_exact(&mut b11).unwrap();
+        assert_eq!(&b11, b"unread by c");
+    }
+
+    /// A restore's guard dropped without `resume` closes its sockets still in repair mode.
+    #[test]
+    fn a_restore_guard_dropped_closes_silently() {
+        let ((ss, saddr), (cs, caddr)) = read_pair();
+        let mut g = Repairing::default();
+        let s2 = make(&ss, saddr, caddr, &mut g);
+        drop(g);
+        assert!(in_repair(s2.as_fd()).unwrap(), "left in repair mode");
+        drop(s2);
+        let _ = cs;
     }
 }

@@ -286,6 +286,15 @@ pub(crate) fn capture(
         let mut messages = Vec::with_capacity(st.qnum as usize);
         for i in 0..st.qnum {
             let (mtype, data) = sysvipc::msg_copy(id, i, max)?;
+            if data.len() > crate::image::ipc::MAX_MESSAGE {
+                return Err(DumpError::Unsupported(format!(
+                    "SysV message queue id {id} key {:#x}: message {i} (type {mtype}) holds {} \
+                     bytes: a restore queues messages of at most {} bytes",
+                    st.perm.key,
+                    data.len(),
+                    crate::image::ipc::MAX_MESSAGE
+                )));
+            }
             messages.push(Message { mtype, data });
         }
         img.msg.push(MsgQueue {

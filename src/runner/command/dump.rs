@@ -33,6 +33,8 @@ pub struct DumpCommand {
     pub lazy: Option<LazyServe>,
     /// `--tcp-pending`: connections not yet accepted are refused or dropped.
     pub tcp_pending: crate::job::TcpPending,
+    /// `--network-lock`.
+    pub network_lock: crate::netlock::LockMode,
 }
 
 /// How `haul dump --lazy` serves its frozen source.
@@ -95,6 +97,7 @@ fn prepare(cmd: &DumpCommand) -> Result<(Store, CheckpointRequest), CommandError
     req.buffer = cmd.buffer;
     req.lazy = lazy;
     req.tcp_pending = cmd.tcp_pending;
+    req.network_lock = cmd.network_lock;
     req.predump = cmd.predump.as_ref().map(PredumpRequest::from_spec);
     Ok((store, req))
 }

@@ -25,6 +25,8 @@ pub struct RestoreCommand {
     pub verify_state: bool,
     /// `--tty`: where a terminal outside the checkpoint goes.
     pub tty: Option<crate::job::TtyPolicy>,
+    /// `--network-lock`.
+    pub network_lock: crate::netlock::LockMode,
 }
 
 /// A restored process, and the set it came from.
@@ -42,6 +44,7 @@ pub fn restore(cmd: &RestoreCommand) -> Result<Restored, CommandError> {
     let store = Store::open(&cmd.store)?;
     let set = store.load_set(&cmd.set)?;
     let mut opts = restore_options(cmd.pid, cmd.verify_state);
+    opts.network_lock = cmd.network_lock;
     let terminal = super::tty::prepare(cmd.tty, &set)?;
     opts.tty = terminal.as_ref().map(|t| t.target());
     let outcome = crate::restore::restore(&set, &store, &opts)?;
@@ -85,7 +88,8 @@ pub struct LazyRestored {
 /// memory is served until [`LazyRunning::wait`].
 pub fn lazy_restore(cmd: &LazyRestoreCommand) -> Result<LazyRunning, CommandError> {
     let r = &cmd.restore;
-    let opts = restore_options(r.pid, r.verify_state);
+    let mut opts = restore_options(r.pid, r.verify_state);
+    opts.network_lock = r.network_lock;
     let lopts = LazyOptions {
         idle_push: cmd.idle_push,
         prefetch: cmd.prefetch,

@@ -118,6 +118,9 @@ pub struct CheckpointRequest {
     /// Connections not yet accepted by a listener: refused or dropped (`dump.tcp_pending`).
     #[serde(default)]
     pub tcp_pending: crate::job::TcpPending,
+    /// How established connections to peers outside the tree are held (`network.lock`).
+    #[serde(default)]
+    pub network_lock: crate::netlock::LockMode,
 }
 
 impl CheckpointRequest {
@@ -143,6 +146,7 @@ impl CheckpointRequest {
             parent: std::process::id() as i32,
             lazy: None,
             tcp_pending: crate::job::TcpPending::Refuse,
+            network_lock: crate::netlock::LockMode::Nftables,
         }
     }
 }
@@ -269,6 +273,7 @@ mod tests {
                 source_timeout_us: 10_000_000,
             }),
             tcp_pending: crate::job::TcpPending::Drop,
+            network_lock: crate::netlock::LockMode::None,
         }
     }
 

@@ -45,6 +45,7 @@ fn run_checkpoint(
         policy: crate::dump::CheckPolicy {
             tcp_pending: req.tcp_pending,
         },
+        network_lock: req.network_lock,
         ..Default::default()
     };
     let Some(p) = &req.predump else {
