@@ -300,6 +300,9 @@ impl Stream {
 fn echo_stream_sent_before_during_and_after_the_checkpoint_comes_back_once_in_order() {
     const T: &str =
         "echo_stream_sent_before_during_and_after_the_checkpoint_comes_back_once_in_order";
+    if need(T, &["ip", "nsenter", "nft"]).is_none() {
+        return;
+    }
     let s = Session::start();
     let Some((net, addr)) = service_net(T) else {
         return;
@@ -441,6 +444,9 @@ while line := r.readline():
 #[test]
 fn a_client_and_server_of_one_tree_carry_on_over_loopback_without_a_lock() {
     const T: &str = "a_client_and_server_of_one_tree_carry_on_over_loopback_without_a_lock";
+    if need(T, &["ip", "nsenter", "nft"]).is_none() {
+        return;
+    }
     let s = Session::start();
     let Some(net) = Net::make(T, &["svc"]) else {
         return;
@@ -579,7 +585,7 @@ fn run_client(
 /// redis in its namespace with 8 clients outside it issuing `INCR` while it is pre-copied (2
 /// pre-dumps), dumped with `--kill` and restored (`lazy` or eagerly).
 fn redis_with_live_clients(test: &str, lazy: bool) {
-    let Some(p) = need(test, &["redis-server"]) else {
+    let Some(p) = need(test, &["redis-server", "ip", "nsenter", "nft"]) else {
         return;
     };
     let s = Session::start();
@@ -901,7 +907,18 @@ impl Drop for SshClient {
 /// pre-copy and restored lazily while the client waits; with `moved`, the service address
 /// moves from namespace `a` to `b` between the dump and the restore, as a floating IP would.
 fn ssh_session(test: &str, moved: bool) {
-    let Some(p) = need(test, &["sshd", "ssh", "ssh-keygen", "script", "nsenter"]) else {
+    let Some(p) = need(
+        test,
+        &[
+            "sshd",
+            "ssh",
+            "ssh-keygen",
+            "script",
+            "ip",
+            "nsenter",
+            "nft",
+        ],
+    ) else {
         return;
     };
     let s = Session::start();
