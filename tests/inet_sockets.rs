@@ -423,6 +423,45 @@ fn a_half_closed_connection_is_refused_with_its_four_tuple() {
 }
 
 #[test]
+fn an_option_not_carried_is_named_by_dump_check_before_anything_is_frozen() {
+    // UDP_CORK (a UDP socket holding back what it sends) is not carried: `--check`, which
+    // freezes nothing, names it as the dump would.
+    let s = Session::start();
+    let script = "import socket,time\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('127.0.0.1',0))\nu.setsockopt(socket.IPPROTO_UDP,1,1)\nprint(u.fileno(),u.getsockname()[1])\nprint('ready',flush=True)\ntime.sleep(600)";
+    let log = s.path().join("py.log");
+    let r = Running::logged(
+        clean_command(common::python3()).args(["-c", script]),
+        &log,
+        true,
+    );
+    let first = std::fs::read_to_string(&log).unwrap();
+    let mut it = first.lines().next().unwrap().split_whitespace();
+    let (fd, port) = (it.next().unwrap(), it.next().unwrap());
+    let want = format!(
+        "pid {} fd {fd}: UDP 127.0.0.1:{port} has UDP_CORK set: this option is not carried yet",
+        r.pid
+    );
+    let out = common::haul()
+        .args(["dump", "--check", "--pid", &r.pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&want), "{text}\nwant: {want}");
+    let out = common::haul()
+        .args(["dump", "--kill", "--pid", &r.pid.to_string(), "--store"])
+        .arg(s.path().join("store"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&want),
+        "{out:?}"
+    );
+    assert!(common::alive(r.pid) && common::tracer_pid(r.pid) == Some(0));
+}
+
+#[test]
 fn dump_tcp_pending_is_a_job_key_checked_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.toml");

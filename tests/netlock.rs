@@ -320,20 +320,6 @@ fn echoes(conn: &mut TcpStream, what: &[u8]) {
     assert_eq!(got, what);
 }
 
-/// The dump was refused because established connections are not carried yet (the TCP repair
-/// work of issue #15 is not in this build): the test cannot run.
-fn not_carried_yet(test: &str, stderr: &[u8]) -> bool {
-    let e = String::from_utf8_lossy(stderr);
-    let yes = e.contains("established connections are not carried yet");
-    if yes {
-        skip(
-            test,
-            "this build does not carry established TCP connections yet",
-        );
-    }
-    yes
-}
-
 /// `pid` and every descendant of it.
 fn descendants(pid: i32) -> Vec<i32> {
     let mut all = vec![pid];
@@ -390,9 +376,6 @@ fn sigkill_of_haul_while_locked_leaves_no_rule_and_the_process_runs_on() {
     );
     if !held.exists() {
         let out = d.wait_with_output().unwrap();
-        if not_carried_yet(test, &out.stderr) {
-            return;
-        }
         panic!("the dump ended: {}", String::from_utf8_lossy(&out.stderr));
     }
     let tables = haul_tables_on(port);
@@ -452,9 +435,6 @@ fn a_kill_mode_dump_keeps_the_lock_until_the_restore_runs() {
         .arg(&store)
         .output()
         .unwrap();
-    if !out.status.success() && not_carried_yet(test, &out.stderr) {
-        return;
-    }
     assert!(
         out.status.success(),
         "{}",
@@ -540,9 +520,6 @@ fn without_nft_the_dump_fails_naming_it_and_the_process_runs_on() {
             .unwrap()
     };
     let out = dump("nftables");
-    if !out.status.success() && not_carried_yet(test, &out.stderr) {
-        return;
-    }
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

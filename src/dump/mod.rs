@@ -469,6 +469,9 @@ pub(crate) fn dump_planned(
             tree::refuse_tree(root, &before.others(), what)
         })?;
     }
+    // A dump that will need the network lock and cannot take it fails before the freeze.
+    let living: Vec<i32> = before.members.iter().map(|(m, _)| m.pid).collect();
+    ctx.step(Step::Check, || netlock::preflight(&living, opts))?;
     ctx.fail(Step::Check)?;
     let mut stats = DumpStats::default();
 

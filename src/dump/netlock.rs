@@ -26,6 +26,21 @@ pub(super) fn take(pids: &[i32], opts: &DumpOptions) -> Result<Option<NetLock>, 
     Ok(Some(lock))
 }
 
+/// Before the freeze: if processes `pids` have connections to lock, checks that `nft` can be
+/// used ([`crate::netlock::check_tool`]), so that a dump that cannot lock fails before
+/// anything is touched. Connections made between this and the freeze are locked all the same
+/// ([`take`] reads them again under the freeze).
+pub(super) fn preflight(pids: &[i32], opts: &DumpOptions) -> Result<(), DumpError> {
+    if opts.network_lock == LockMode::None {
+        return Ok(());
+    }
+    let conns = connections(pids)?;
+    if conns.is_empty() {
+        return Ok(());
+    }
+    Ok(crate::netlock::check_tool(&conns)?)
+}
+
 /// **Test-only switch.** `HAUL_TEST_HOLD_LOCKED=<file>`: once the lock is taken (the tree
 /// frozen), the dump writes the lock's table name to `<file>` and waits until the file is
 /// removed (at most a minute), so a test can look at the ruleset and kill haul while the freeze

@@ -401,6 +401,36 @@ impl std::fmt::Debug for NetLock {
     }
 }
 
+/// Checks, before anything is frozen, that `nft` runs and may read the ruleset here (the
+/// nftables kernel module and `CAP_NET_ADMIN`): `nft list tables`. A dump that will need a
+/// lock fails here, naming the tool, instead of after a brief freeze.
+pub fn check_tool(conns: &[Conn]) -> Result<(), NetLockError> {
+    let tool = nft_tool();
+    let out = Command::new(&tool)
+        .args(["list", "tables"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| NetLockError::Spawn {
+            tool: tool.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(NetLockError::Nft(Box::new(NftFailure {
+        tool,
+        what: "list the tables to create",
+        table: "haul_lock_...".into(),
+        conns: describe(conns),
+        message: if said.is_empty() {
+            format!("it ended ({})", out.status)
+        } else {
+            said
+        },
+    })))
+}
+
 impl NetLock {
     /// Locks `conns` (see the module documentation): returns once the table is in the
     /// kernel's ruleset. Fails, naming the tool and the table, if `nft` is missing or refuses.

@@ -22,8 +22,8 @@ use crate::sys::tcprepair;
 use std::os::fd::{AsFd, OwnedFd};
 
 /// The record of TCP or UDP socket `ino`, or its refusal; `Ok(None)` for a socket that is not
-/// one the kernel lists (the caller then refuses it by its kind). Its options are read under
-/// the freeze ([`capture`]).
+/// one the kernel lists (the caller then refuses it by its kind). Its options are checked here
+/// (an option not carried is refused before the freeze) and recorded under it ([`capture`]).
 pub(crate) fn kind(
     pid: i32,
     fd: i32,
@@ -91,6 +91,7 @@ pub(crate) fn kind(
             )))
         }
     }
+    check_options(pid, fd, &sock)?;
     Ok(Some(FdKind::Inet(sock)))
 }
 
@@ -115,9 +116,35 @@ pub(crate) fn capture(pidfd: &OwnedFd, f: &mut FdImage) -> Result<(), DumpError>
         return Ok(());
     };
     let copy = crate::sys::process::pidfd_getfd(pidfd, f.fd)?;
+    sock.options = read_options(pid_of(pidfd), f.fd, &copy, sock)?;
+    Ok(())
+}
+
+/// Refuses, before the freeze, a socket with an option haul does not carry (so that
+/// `haul dump --check` names it): the same reading as [`capture`], on a copy of the running
+/// process's socket, which changes nothing. If the copy cannot be taken now, the reading
+/// under the freeze refuses it.
+fn check_options(pid: i32, fd: i32, sock: &InetSocket) -> Result<(), DumpError> {
+    let Ok(copy) = crate::sys::process::pidfd_open(pid)
+        .and_then(|pidfd| crate::sys::process::pidfd_getfd(&pidfd, fd))
+    else {
+        return Ok(());
+    };
+    read_options(pid, fd, &copy, sock).map(|_| ())
+}
+
+/// The options of `sock` (fd `fd` of `pid`, read through haul's copy `copy`) that differ
+/// from a fresh socket's of the same family and transport, and `IPV6_V6ONLY` always; refuses
+/// by name an option haul does not carry.
+fn read_options(
+    pid: i32,
+    fd: i32,
+    copy: &OwnedFd,
+    sock: &InetSocket,
+) -> Result<Vec<SockOpt>, DumpError> {
     let tcp = sock.transport == Transport::Tcp;
     let fresh = inetsock::fresh(sock.family, tcp)?;
-    sock.options.clear();
+    let mut options = Vec::new();
     for k in KNOWN.iter().filter(|k| k.applies(sock.family, tcp)) {
         let Some(value) = inetsock::get_opt(copy.as_fd(), k.level, k.opt)? else {
             continue;
@@ -139,21 +166,19 @@ pub(crate) fn capture(pidfd: &OwnedFd, f: &mut FdImage) -> Result<(), DumpError>
         }
         if k.what == OptUse::Refuse {
             return Err(unsupported(format!(
-                "pid {} fd {}: {} has {} set: this option is not carried yet",
-                pid_of(pidfd),
-                f.fd,
+                "pid {pid} fd {fd}: {} has {} set: this option is not carried yet",
                 sock.describe(),
                 k.name
             )));
         }
-        sock.options.push(SockOpt {
+        options.push(SockOpt {
             name: k.name.to_string(),
             level: k.level,
             opt: k.opt,
             value,
         });
     }
-    Ok(())
+    Ok(options)
 }
 
 /// What the dump of `p` dropped from its TCP and UDP sockets, one warning each.
