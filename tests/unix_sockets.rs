@@ -367,6 +367,62 @@ fn a_restore_is_refused_naming_the_path_when_a_live_listener_took_it() {
     );
 }
 
+/// A connection whose peer was closed (as sshd's session process holds the end of its
+/// monitor pair once the pre-auth child is gone): it comes back with what waited in it, then
+/// end of file, and writing into it still fails with EPIPE. A seqpacket one is refused by name
+/// (its end of file reads as an empty record).
+#[test]
+fn a_stream_whose_peer_is_closed_comes_back_with_its_bytes_then_end_of_file() {
+    let s = Session::start();
+    let out = s.path().join("out");
+    let script = "import socket,signal,sys,time\n\
+        a,b=socket.socketpair()\n\
+        b.sendall(b'left behind'); b.close()\n\
+        if len(sys.argv) > 2:\n\
+        \x20c,d=socket.socketpair(socket.AF_UNIX,socket.SOCK_SEQPACKET); d.close()\n\
+        def rep(*_):\n\
+        \x20r=[]\n\
+        \x20while (x:=a.recv(4)): r.append(x)\n\
+        \x20try: a.send(b'x'); r.append(b'|sent')\n\
+        \x20except BrokenPipeError: r.append(b'|EPIPE')\n\
+        \x20open(sys.argv[1],'wb').write(b''.join(r)+b'\\nend\\n')\n\
+        signal.signal(signal.SIGUSR1,rep)\n\
+        print('ready',flush=True)\n\
+        while True: time.sleep(1)\n";
+    let mut cmd = clean_command(common::python3());
+    cmd.args(["-c", script]).arg(&out).arg("seqpacket");
+    let seq = Running::logged(&mut cmd, &s.path().join("log-seq"), true);
+    let (code, reasons) = check_reasons(seq.pid);
+    assert_eq!(code, Some(1), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("seqpacket") && r.contains("connected to a peer that is closed")),
+        "{reasons:?}"
+    );
+    drop(seq);
+
+    let mut cmd = clean_command(common::python3());
+    cmd.args(["-c", script]).arg(&out);
+    let mut r = Running::logged(&mut cmd, &s.path().join("log"), true);
+    let (set, store) = dump_kill(&mut r, s.path());
+    let fds = &set.process.as_ref().expect("one process").fds;
+    let closed = fds
+        .iter()
+        .filter(|f| matches!(&f.kind, FdKind::Unix(u) if u.peer_closed))
+        .count();
+    assert_eq!(closed, 1, "{fds:?}");
+    let got = restore(
+        &set,
+        &store,
+        &common::verified(haul::restore::PidChoice::Same),
+    )
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    assert_eq!(got.pid, r.pid);
+    assert_eq!(report(got.pid, &out, "USR1"), ["left behind|EPIPE"]);
+    send_signal(got.pid, "KILL");
+}
+
 #[test]
 fn a_datagram_socket_connected_to_a_logging_socket_outside_is_connected_again_by_name() {
     // As a service's syslog socket connected to /dev/log: the test is the logging daemon.

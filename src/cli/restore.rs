@@ -33,6 +33,7 @@ pub fn run(args: RestoreArgs) -> Result<u8, Error> {
         let v = serde_json::json!({
             "set": r.set.id, "pid": o.pid, "pids": pids, "restore_time": o.restore_time,
             "time_to_running": o.time_to_running, "pages_restored": o.pages_restored,
+            "lock_time": o.lock_time,
         });
         print_json(&v)?;
     } else {
@@ -61,6 +62,7 @@ fn lazy(args: &RestoreArgs, restore: RestoreCommand) -> Result<u8, Error> {
     let running = command::lazy_restore(&cmd)?;
     let lr = &running.restore;
     let (pid, ttr, pages_lazy) = (lr.pid(), lr.outcome.time_to_running, lr.pages_lazy);
+    let lock_time = lr.outcome.lock_time;
     let set = running.set.id.clone();
     out(&pid.to_string());
     flush();
@@ -73,6 +75,7 @@ fn lazy(args: &RestoreArgs, restore: RestoreCommand) -> Result<u8, Error> {
         };
         let v = serde_json::json!({
             "set": set, "pid": pid, "time_to_running": ttr, "pages_lazy": pages_lazy,
+            "lock_time": lock_time,
             "lazy": rep, "source_released": released_msg,
         });
         print_json(&v)?;

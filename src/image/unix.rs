@@ -45,6 +45,11 @@ pub struct UnixSocket {
     /// refuses, before anything is made, if nothing is bound there.
     #[serde(default, skip_serializing_if = "is_false")]
     pub external_peer: bool,
+    /// An unbound stream connection whose peer was closed (the kernel shows no peer, and shut
+    /// it down both ways): made again as a socket pair whose other end is closed once what
+    /// waited in it is sent.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub peer_closed: bool,
     /// `sk_shutdown`: RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub shutdown: u8,

@@ -12,6 +12,8 @@
 //!   connects to its listener (the real one if made already, else a listener bound to the
 //!   same name for the moment) and haul accepts; each end then gets its own queue sent
 //!   from the other. The other end waits in [`UnixTable`] for its holder.
+//! - A connection whose peer was closed is one end of a new socket pair, the other end
+//!   closed once what waited is sent.
 //! - A datagram socket is bound again and each queued datagram sent to it from its sender's
 //!   name (the sender's new socket if it is made, else a socket haul binds to that name
 //!   for the moment), then connected to its peer once the peer is bound.
@@ -76,6 +78,8 @@ pub(super) fn make(
         make_listener(rs, f, s, t).at(at)
     } else if stream && s.peer != 0 {
         make_connection(rs, f, s, t).at(at)
+    } else if stream && s.peer_closed {
+        make_orphan(rs, f, s, t).at(at)
     } else {
         make_bound(rs, f, s, t).at(at)
     }
@@ -193,6 +197,24 @@ fn make_connection(
     }
     t.waiting.insert(s.peer);
     finish(t, s)
+}
+
+/// A connection whose peer was closed: a socket pair in the process, what waited in `s` sent
+/// from the other end, which is then closed (its release shuts `s` down both ways, as the
+/// dumped peer's did).
+fn make_orphan(rs: &mut dyn Inject, f: &FdImage, s: &UnixSocket, t: &mut UnixTable) -> StepResult {
+    let (mine, other) = remote::socketpair(rs, s.sock_type, 0)?;
+    let copy = take(rs, mine)?;
+    let peer = take(rs, other)?;
+    remote::close(rs, other)?;
+    set_buffers(copy.as_fd(), &s.opts)?;
+    for m in &s.queued {
+        socket::send_all(peer.as_fd(), &m.data, s.sock_type == libc::SOCK_STREAM)?;
+    }
+    drop(peer);
+    place(rs, mine, f)?;
+    t.made.insert(s.ino, copy);
+    finish_opts(t, s)
 }
 
 /// A datagram socket, or a stream or seqpacket one neither listening nor connected: bound

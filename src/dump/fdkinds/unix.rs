@@ -7,7 +7,8 @@
 //! accepted, or connected to a socket the checkpoint holds too (checked over the whole tree
 //! by [`rules`]). Refused by name: connections waiting in a listener's queue, fds in flight
 //! (`SCM_RIGHTS`), a peer outside the tree, a path bound relative to a directory, a
-//! listener or datagram socket whose path was unlinked, a connection whose peer is closed.
+//! listener or datagram socket whose path was unlinked, a bound or seqpacket connection whose
+//! peer is closed (an unbound stream is carried: [`UnixSocket::peer_closed`]).
 
 use super::unsupported;
 use crate::dump::DumpError;
@@ -42,6 +43,8 @@ pub(crate) fn describe(u: &UnixSocket) -> String {
     };
     if u.peer != 0 {
         d += &format!(", connected to socket:[{}]", u.peer);
+    } else if u.peer_closed {
+        d += ", connected to a peer that is closed";
     }
     d
 }
@@ -136,10 +139,16 @@ fn record(s: &UnixSock, peer: Option<&UnixSock>) -> Result<UnixSocket, NotCarrie
         }
         u.backlog = s.wqueue;
     } else if stream && s.peer == 0 && s.state == ESTABLISHED {
-        return Err(NotCarried(format!(
-            "{}, connected to a peer that is closed",
-            describe(&u)
-        )));
+        // (A seqpacket's end of file reads as an empty record: its queue cannot be told.)
+        if s.name.is_some() || s.sock_type != libc::SOCK_STREAM {
+            return Err(NotCarried(format!(
+                "{}, connected to a peer that is closed",
+                describe(&u)
+            )));
+        }
+        // An unbound stream (one end of a pair, or a client, whose peer went away): what it
+        // still holds to read comes back in a pair whose other end is closed.
+        u.peer_closed = true;
     }
     let Some(n) = s.name.as_deref() else {
         return Ok(u);
