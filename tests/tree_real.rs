@@ -545,7 +545,14 @@ fn make_j2_stopped_mid_build_finishes_and_the_program_runs_after_restore() {
     assert!(objs() < UNITS, "every unit was built before the dump");
 
     assert_eq!(restore(&s.store(), &set), pid);
-    assert_restored_as_dumped(pid, &s.store(), &set, None);
+    // make runs on at once: by the time /proc is read a compiler may have ended and the
+    // next one started. Every process of the image still there is as dumped.
+    let image = image_rows(&s.store(), &set);
+    for now in tree_rows(pid) {
+        if let Some(was) = image.iter().find(|r| r.pid == now.pid) {
+            assert_eq!(&now, was, "restored (left) against the image (right)");
+        }
+    }
     let end = wait_end(pid, Duration::from_secs(300));
     assert_eq!(end, Ended::Code(0), "make: {}", read(&s.path().join("log")));
     let run = Command::new(proj.join("prog")).output().expect("run prog");

@@ -132,8 +132,35 @@ fn first_holders(
 type OutsideHolder<'s> = dyn FnMut(u64) -> Option<(i32, i32)> + 's;
 
 /// Scans `/proc` for a holder of pipe `ino` that is not one of `members`.
+///
+/// A holder that descends from the root (`members[0]`) is not outside: before the freeze the
+/// tree may have forked since it was listed (make starting a compiler with the jobserver
+/// pipe), and the checks under the freeze, where the tree is exact, see it in the tree.
 fn outside_holder(members: &[i32]) -> impl FnMut(u64) -> Option<(i32, i32)> + '_ {
-    move |ino| crate::proc::fd_holder(&format!("pipe:[{ino}]"), members)
+    move |ino| {
+        let target = format!("pipe:[{ino}]");
+        let mut except = members.to_vec();
+        loop {
+            let (pid, fd) = crate::proc::fd_holder(&target, &except)?;
+            match members.first() {
+                Some(&root) if descends_from(pid, root) => except.push(pid),
+                _ => return Some((pid, fd)),
+            }
+        }
+    }
+}
+
+/// Whether `pid` is a descendant of `root` (its parents, read from `/proc`, lead there).
+fn descends_from(pid: i32, root: i32) -> bool {
+    let mut p = pid;
+    for _ in 0..256 {
+        match crate::proc::stat(p) {
+            Ok(st) if st.ppid == root => return true,
+            Ok(st) if st.ppid > 1 => p = st.ppid,
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn rules(
