@@ -54,10 +54,21 @@ fn log_line(log: &Path, prefix: &str) -> Vec<String> {
 /// Every TCP socket with local or remote port `port`, as sock_diag shows it from outside:
 /// (local, remote, state, unread bytes, unsent/unacknowledged bytes), sorted.
 fn tcp_by_port(port: u16) -> Vec<(SocketAddr, SocketAddr, u8, u32, u32)> {
+    tcp_where(|l, r| l == port || r == port)
+}
+
+/// [`tcp_by_port`] of the connections between ports `a` and `b` only: a client's ephemeral
+/// port may also be the local port of an earlier connection of another test, in TIME-WAIT
+/// to another server.
+fn tcp_between(a: u16, b: u16) -> Vec<(SocketAddr, SocketAddr, u8, u32, u32)> {
+    tcp_where(|l, r| (l, r) == (a, b) || (l, r) == (b, a))
+}
+
+fn tcp_where(keep: impl Fn(u16, u16) -> bool) -> Vec<(SocketAddr, SocketAddr, u8, u32, u32)> {
     let mut v: Vec<_> = [libc::AF_INET, libc::AF_INET6]
         .into_iter()
         .flat_map(|f| inetdiag::sockets(f, libc::IPPROTO_TCP).unwrap())
-        .filter(|s| s.state != 10 && (s.local.port() == port || s.remote.port() == port))
+        .filter(|s| s.state != 10 && keep(s.local.port(), s.remote.port()))
         .map(|s| (s.local, s.remote, s.state, s.rqueue, s.wqueue))
         .collect();
     v.sort();
@@ -300,7 +311,7 @@ fn a_server_in_the_tree_carries_on_with_its_client_outside_on_the_same_four_tupl
     c.write_all(&pending).unwrap();
     sent += pending.len() as u64;
     assert!(wait_for(WAIT, || tcprepair::inq(c.as_fd()).unwrap() == 50_000));
-    let before = tuples(&tcp_by_port(me.port()));
+    let before = tuples(&tcp_between(me.port(), addr.port()));
     assert_eq!(before.len(), 2, "{before:?}");
     assert_eq!(fds_of(r.pid, addr, me).len(), 1);
 
@@ -309,7 +320,7 @@ fn a_server_in_the_tree_carries_on_with_its_client_outside_on_the_same_four_tupl
     let set = dump_kill(&mut r, &s.store(), &[server]);
     let pid = restore(&s.store(), &set);
     assert_eq!(
-        tuples(&tcp_by_port(me.port())),
+        tuples(&tcp_between(me.port(), addr.port())),
         before,
         "the same 4-tuple, established"
     );
@@ -346,7 +357,7 @@ fn a_leave_running_dump_leaves_the_connection_untouched_and_out_of_repair_mode()
     let me = c.local_addr().unwrap();
     let mut sent = 0;
     exchange(&mut c, &mut sent, 80_000);
-    let before = tuples(&tcp_by_port(me.port()));
+    let before = tuples(&tcp_between(me.port(), addr.port()));
     let out = common::haul()
         .args([
             "dump",
@@ -360,7 +371,7 @@ fn a_leave_running_dump_leaves_the_connection_untouched_and_out_of_repair_mode()
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(tuples(&tcp_by_port(me.port())), before);
+    assert_eq!(tuples(&tcp_between(me.port(), addr.port())), before);
     let fds = fds_of(r.pid, addr, me);
     assert_eq!(fds.len(), 1);
     assert!(!in_repair(r.pid, fds[0]), "the socket left in repair mode");
@@ -397,7 +408,7 @@ fn a_leave_running_dump_leaves_the_connection_untouched_and_out_of_repair_mode()
         r.pid, fds[0]
     );
     assert!(e.to_string().contains(&want), "{e}\nwant: {want}");
-    assert_eq!(tuples(&tcp_by_port(me.port())), before);
+    assert_eq!(tuples(&tcp_between(me.port(), addr.port())), before);
     for _ in 0..3 {
         exchange(&mut c, &mut sent, 40_000);
     }
@@ -529,13 +540,13 @@ fn a_connection_two_processes_of_the_tree_hold_is_read_once_and_comes_back_share
         .unwrap();
     let mut sent = 0;
     exchange(&mut c, &mut sent, 30_000);
-    let before = tuples(&tcp_by_port(me.port()));
+    let before = tuples(&tcp_between(me.port(), addr.port()));
     assert_eq!(fds_of(kid, addr, me).len(), 1, "the child holds it");
 
     let server = r.pid;
     let set = dump_kill(&mut r, &s.store(), &[server, kid]);
     let pid = restore(&s.store(), &set);
-    assert_eq!(tuples(&tcp_by_port(me.port())), before);
+    assert_eq!(tuples(&tcp_between(me.port(), addr.port())), before);
     // One socket, held by both.
     let (pfd, kfd) = (fds_of(pid, addr, me), fds_of(kid, addr, me));
     assert_eq!((pfd.len(), kfd.len()), (1, 1), "both hold the connection");
