@@ -557,3 +557,61 @@ fn a_connection_two_processes_of_the_tree_hold_is_read_once_and_comes_back_share
         exchange(&mut c, &mut sent, 30_000);
     }
 }
+
+#[test]
+fn a_connection_a_process_outside_the_tree_holds_too_is_refused_naming_it() {
+    // The parent makes the connection and forks; only the child is dumped: the parent, outside
+    // the tree, holds the same socket. A kill-mode dump would leave the parent's socket in
+    // repair mode, and a restore would make the 4-tuple twice.
+    let s = Session::start();
+    let log = s.path().join("py.log");
+    let script = "import os,socket,time\n\
+        l=socket.create_server(('127.0.0.1',0))\n\
+        c=socket.create_connection(l.getsockname())\n\
+        a,_=l.accept()\n\
+        l.close()\n\
+        k=os.fork()\n\
+        if k == 0:\n\
+        \x20a.close(); time.sleep(600)\n\
+        print('ready',k,c.fileno(),flush=True)\n\
+        time.sleep(600)\n";
+    let mut cmd = clean_command(common::python3());
+    cmd.args(["-c", script]);
+    let r = Running::logged(&mut cmd, &log, false);
+    let w: Vec<i32> = log_line(&log, "ready ")
+        .iter()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let (kid, fd) = (w[0], w[1]);
+    let out = common::haul()
+        .args(["dump", "--check", "--json", "--pid", &kid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reasons: Vec<String> = v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    let want = format!("is held by pid {} fd {fd} too, outside the tree", r.pid);
+    assert!(
+        reasons.len() == 1
+            && reasons[0].starts_with(&format!("pid {kid} fd {fd}: TCP 127.0.0.1:"))
+            && reasons[0].contains(&want),
+        "{reasons:#?}"
+    );
+    // The dump says the same and touches nothing.
+    let out = common::haul()
+        .args(["dump", "--kill", "--pid", &kid.to_string(), "--store"])
+        .arg(s.store())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&want),
+        "{out:?}"
+    );
+    assert!(common::alive(kid) && common::tracer_pid(kid) == Some(0));
+}

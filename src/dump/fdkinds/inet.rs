@@ -95,6 +95,56 @@ pub(crate) fn kind(
     Ok(Some(FdKind::Inet(sock)))
 }
 
+/// Refuses an established connection that a process outside the tree holds too (an fd it
+/// inherited or was passed): a kill-mode dump would leave that process's socket in repair
+/// mode, and a restore would make the same 4-tuple twice. `pids` is the whole tree. One pass
+/// over `/proc`, only when the tree has established connections.
+pub(crate) fn rules<'a>(
+    tables: impl Iterator<Item = (i32, &'a [FdImage])>,
+    pids: &[i32],
+    found: &mut crate::dump::check::Refusals,
+) {
+    let mut ours: std::collections::HashMap<std::ffi::OsString, (i32, i32, String)> =
+        std::collections::HashMap::new();
+    for (pid, fds) in tables {
+        for f in fds {
+            let FdKind::Inet(s) = &f.kind else { continue };
+            if s.conn.is_none() {
+                continue;
+            }
+            if let Ok(t) = std::fs::read_link(format!("/proc/{pid}/fd/{}", f.fd)) {
+                ours.entry(t.into_os_string())
+                    .or_insert((pid, f.fd, s.describe()));
+            }
+        }
+    }
+    if ours.is_empty() {
+        return;
+    }
+    for other in crate::proc::pids()
+        .into_iter()
+        .filter(|p| !pids.contains(p))
+    {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{other}/fd")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let Some((pid, fd, what)) = ours.remove(link.as_os_str()) else {
+                continue;
+            };
+            found.add(unsupported(format!(
+                "pid {pid} fd {fd}: {what} (established) is held by pid {other} fd {} too, \
+                 outside the tree: its socket would be left in repair mode, and a restore would \
+                 make the connection twice",
+                e.file_name().to_string_lossy()
+            )));
+        }
+    }
+}
+
 /// The pid whose pidfd is `pidfd` (its fdinfo's `Pid:` line), for messages.
 fn pid_of(pidfd: &OwnedFd) -> i32 {
     use std::os::fd::AsRawFd;

@@ -191,6 +191,15 @@ fn rules(
             .map(|t| (t.pid, t.fds)),
         found,
     );
+    let pids: Vec<i32> = tables.iter().map(|t| t.pid).collect();
+    crate::dump::fdkinds::inet::rules(
+        tables
+            .iter()
+            .filter(|t| t.files_of.is_none())
+            .map(|t| (t.pid, t.fds)),
+        &pids,
+        found,
+    );
     // The descriptions of each pipe end met so far: (pid, fd) of the first.
     let mut described: HashMap<(u64, bool), (i32, i32)> = HashMap::new();
     for (i, t) in tables.iter().enumerate() {
