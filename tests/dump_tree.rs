@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::tree::Session;
 use common::{clean_command, wait_for, Running};
 use haul::dump::{dump_to_store, DumpOptions, Step};
 use haul::image::ImageSet;
@@ -81,7 +82,7 @@ fn load(store: &Store, id: &str) -> ImageSet {
 
 #[test]
 fn a_shell_and_its_background_jobs_are_dumped_whole_and_left_running() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let sh = shell(tmp.path(), "sleep 1000 & sleep 1000 & echo ready; wait", 2);
     let pids = tree_pids(sh.pid);
     assert_eq!(pids.len(), 3, "{pids:?}");
@@ -150,7 +151,7 @@ time.sleep(1000)
 
 #[test]
 fn zombies_keep_their_wait_status_and_a_clone_its_exit_signal() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let py = Running::logged(
         clean_command(common::python3()).args(["-c", ZOMBIES]),
         &tmp.path().join("py.log"),
@@ -206,7 +207,7 @@ fn stat_comm(pid: i32) -> String {
 
 #[test]
 fn a_failure_at_any_step_leaves_every_process_running_untraced() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let sh = shell(
         tmp.path(),
         "sleep 1000 & (sleep 1000 & wait) & echo ready; wait",
@@ -260,7 +261,7 @@ time.sleep(1000)
 
 #[test]
 fn haul_dump_check_lists_the_reasons_of_every_process_of_the_tree_naming_each() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let py = Running::logged(
         clean_command(common::python3()).args(["-c", TWO_BLOCKERS]),
         &tmp.path().join("py.log"),
@@ -401,7 +402,7 @@ fn tree_job(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn haul_run_kills_the_whole_tree_and_every_pid_is_free_when_it_returns() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let out = common::haul()
         .arg("run")
         .arg(tree_job(tmp.path()))
@@ -437,7 +438,7 @@ fn haul_dump_kill_names_a_pid_its_parent_does_not_reap() {
     // This test process becomes the subreaper of the sleeps (so that they do not end up with a
     // PID 1 that never reaps), and reaps nothing until haul has returned.
     haul::sys::host::set_child_subreaper().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let mut sh = shell(tmp.path(), "sleep 1000 & sleep 1000 & echo ready; wait", 2);
     let pids = tree_pids(sh.pid);
     let out = common::haul()
@@ -483,7 +484,7 @@ fn haul_dump_kill_names_a_pid_its_parent_does_not_reap() {
 fn a_shell_forking_all_the_time_is_dumped_whole_every_time() {
     // Children are born and reaped as fast as the shell can: some dumps find one alive, some a
     // zombie, some none; each must be the exact tree it froze, and leave the shell running.
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let sh = Running::logged(
         clean_command("sh").args(["-c", "echo ready; while :; do true & wait; done"]),
         &tmp.path().join("sh.log"),
@@ -534,7 +535,7 @@ fn a_sigchld_that_arrives_while_the_shell_is_frozen_reaches_it_after_a_cli_dump(
     // passing the threads through an interrupt and handed it to PTRACE_DETACH, which drops it
     // from that stop: the shell then waited forever for a child that was already a zombie.
     // Through the worker the freeze is long enough for this on the first dumps.
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let sh = Running::logged(
         clean_command("sh").args(["-c", "echo ready; while :; do true & wait; done"]),
         &tmp.path().join("sh.log"),
@@ -566,7 +567,7 @@ fn a_sigchld_that_arrives_while_the_shell_is_frozen_reaches_it_after_a_cli_dump(
 
 #[test]
 fn lazy_dumps_refuse_a_tree_naming_its_processes_before_freezing_or_predumping_it() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let sh = shell(tmp.path(), "sleep 1000 & echo ready; wait", 1);
     let pids = tree_pids(sh.pid);
     let child = pids[1];
@@ -611,7 +612,7 @@ impl haul::dump::PageSink for KillOnFirstPages {
 
 #[test]
 fn a_descendant_killed_mid_dump_fails_it_by_name_and_the_rest_runs_on() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let sh = shell(tmp.path(), "sleep 1000 & sleep 1000 & echo ready; wait", 2);
     let pids = tree_pids(sh.pid);
     let victim = pids[2];
@@ -650,7 +651,7 @@ fn a_descendant_killed_mid_dump_fails_it_by_name_and_the_rest_runs_on() {
 
 #[test]
 fn a_child_sharing_its_parents_address_space_is_refused_by_name() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Session::start();
     let p = Running::logged(
         &mut clean_command(common::fixture("vmshare")),
         &tmp.path().join("vm.log"),
