@@ -950,7 +950,9 @@ fn signals_that_arrive_while_frozen_all_reach_the_process_after_leave_running_du
     // once, with the sender's siginfo. They are sent all through twenty dumps, so many arrive
     // while the process is frozen. haul once took such a signal off the queue while passing
     // the threads through an interrupt and gave it back to PTRACE_DETACH, which drops it from
-    // that stop, and sent the others again itself (another siginfo).
+    // that stop, and sent the others again itself (another siginfo); and it held back one
+    // met at its delivery stop while the freeze began, sent again with haul's siginfo. Sent
+    // every 50 µs, so that the freeze meets some.
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("sig.log");
     let p = Running::logged(&mut clean_command(fixture("sigcount")), &log, true);
@@ -963,7 +965,7 @@ fn signals_that_arrive_while_frozen_all_reach_the_process_after_leave_running_du
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 haul::sys::process::kill(pid, libc::SIGRTMIN()).expect("send SIGRTMIN");
                 sent += 1;
-                std::thread::sleep(Duration::from_micros(300));
+                std::thread::sleep(Duration::from_micros(50));
             }
             sent
         })

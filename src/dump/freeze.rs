@@ -58,13 +58,12 @@ impl Frozen {
                     held: Vec::new(),
                 });
                 ptrace::interrupt(tid)?;
-                match ptrace::wait_stop(tid) {
-                    Ok(Stop::Signal { sig }) => f.hold(tid, sig),
-                    Ok(_) => {}
-                    Err(SysError::Gone { .. }) if tid != pid => {
+                match f.wait_interrupted(tid) {
+                    Ok(()) => {}
+                    Err(DumpError::Sys(SysError::Gone { .. })) if tid != pid => {
                         f.threads.retain(|t| t.tid != tid);
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             }
             if !new {
@@ -73,6 +72,29 @@ impl Frozen {
                 return Ok(f);
             }
         }
+    }
+
+    /// Waits for a just-interrupted thread to stop at the interrupt. A signal it was already
+    /// taking meets haul at its signal-delivery-stop first: it is delivered there (`PTRACE_CONT`
+    /// with the signal keeps its siginfo; a handler's frame is set up, and the interrupt, still
+    /// pending, stops the thread before the handler runs). Holding it back instead would mean
+    /// sending it again later with haul's siginfo, and a receiver that reads `si_pid` or a
+    /// queued value would see another sender. A thread that keeps taking signals is held at
+    /// the last one, which is then sent again at the thaw.
+    fn wait_interrupted(&mut self, tid: i32) -> Result<(), DumpError> {
+        for round in 0..80 {
+            match ptrace::wait_stop(tid)? {
+                Stop::Signal { sig } if round < 64 => ptrace::cont(tid, sig)?,
+                Stop::Signal { sig } => {
+                    self.hold(tid, sig);
+                    ptrace::cont(tid, 0)?;
+                }
+                _ => return Ok(()),
+            }
+        }
+        Err(DumpError::Internal(format!(
+            "thread {tid} keeps taking signals and does not stop at the interrupt"
+        )))
     }
 
     fn hold(&mut self, tid: i32, sig: i32) {
