@@ -9,9 +9,6 @@ use super::PageSource;
 use crate::image::{ImageSet, PageRef, ProcessImage, Vma, VmaKind, PAGE_SIZE};
 use crate::sys::remote::{self, Inject};
 
-/// How many bytes of pages one process_vm_writev carries at most.
-const FILL_CHUNK: usize = 4 << 20;
-
 /// The lowest page-aligned address at or above 64 KiB with `len` bytes free of every range.
 pub(super) fn find_hole(taken: &mut [(u64, u64)], len: u64) -> Option<u64> {
     taken.sort_unstable();
@@ -369,11 +366,12 @@ pub(super) fn space_view(
     std::borrow::Cow::Owned(set.with_only_pages(pages))
 }
 
-/// Writes every stored page of the set into the process: runs of pages are gathered into a
-/// buffer of up to [`FILL_CHUNK`] bytes and written with one `process_vm_writev` of up to 1024
-/// ranges. Zero pages of private file mappings are written too (the file's content is not what
-/// the process had). The set's page keys are `base` + the address (a process's page space,
-/// [`space_view`] with `keyed`). Returns the number of pages written.
+/// Writes every stored page of the set into the process: each batch the source decodes goes in
+/// with one `process_vm_writev` of its runs of contiguous pages, on the thread that decoded it
+/// (the store decodes on every core, so reading, checking and writing share them). Zero pages
+/// of private file mappings are written too (the file's content is not what the process had).
+/// The set's page keys are `base` + the address (a process's page space, [`space_view`] with
+/// `keyed`). Returns the number of pages written.
 pub(super) fn fill(
     pid: i32,
     set: &ImageSet,
@@ -381,51 +379,47 @@ pub(super) fn fill(
     p: &ProcessImage,
     source: &dyn PageSource,
 ) -> StepResult<u64> {
-    use crate::sys::mem::{process_vm_write_ranges, RemoteRange, IOV_MAX};
-    let mut buf: Vec<u8> = Vec::with_capacity(FILL_CHUNK);
-    let mut ranges: Vec<RemoteRange> = Vec::with_capacity(IOV_MAX);
-    let mut pages = 0u64;
-    // The first write error, kept typed (the page source's callback only carries text).
-    let flush = |buf: &mut Vec<u8>, ranges: &mut Vec<RemoteRange>| -> StepResult {
-        if buf.is_empty() {
-            return Ok(());
+    use crate::sys::mem::{RemoteRange, IOV_MAX};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let written = AtomicU64::new(0);
+    let write_batch = |keys: &[u64], bytes: &[u8]| -> StepResult {
+        let mut ranges: Vec<RemoteRange> = Vec::with_capacity(keys.len().min(IOV_MAX));
+        let mut from = 0;
+        for (i, &key) in keys.iter().enumerate() {
+            let addr = key - base;
+            match ranges.last_mut() {
+                Some(r) if r.addr + r.len as u64 == addr => r.len += PAGE_SIZE,
+                _ => {
+                    if ranges.len() == IOV_MAX {
+                        write_ranges(pid, &bytes[from * PAGE_SIZE..i * PAGE_SIZE], &ranges)?;
+                        ranges.clear();
+                        from = i;
+                    }
+                    ranges.push(RemoteRange {
+                        addr,
+                        len: PAGE_SIZE,
+                    });
+                }
+            }
         }
-        let n = process_vm_write_ranges(pid, buf, ranges)?;
-        if n != buf.len() {
-            return Err(StepError::ShortFill {
-                at: ranges.first().map(|r| r.addr).unwrap_or(0),
-                wrote: n,
-                len: buf.len(),
-            });
-        }
-        buf.clear();
-        ranges.clear();
-        Ok(())
-    };
-    let mut sink = |key: u64, data: &[u8]| -> Result<(), super::BoxError> {
-        let addr = key - base;
-        if buf.len() + data.len() > FILL_CHUNK || ranges.len() == IOV_MAX {
-            flush(&mut buf, &mut ranges).map_err(Box::new)?;
-        }
-        match ranges.last_mut() {
-            Some(r) if r.addr + r.len as u64 == addr => r.len += data.len(),
-            _ => ranges.push(RemoteRange {
-                addr,
-                len: data.len(),
-            }),
-        }
-        buf.extend_from_slice(data);
-        pages += (data.len() / PAGE_SIZE) as u64;
+        write_ranges(
+            pid,
+            &bytes[from * PAGE_SIZE..keys.len() * PAGE_SIZE],
+            &ranges,
+        )?;
+        written.fetch_add(keys.len() as u64, Ordering::Relaxed);
         Ok(())
     };
     // The sink's own failure comes back through the source: take it out again as it was.
     source
-        .for_each_page(set, &mut sink)
+        .for_each_batch_par(set, &|keys: &[u64], bytes: &[u8]| {
+            write_batch(keys, bytes).map_err(|e| Box::new(e) as super::BoxError)
+        })
         .map_err(|e| match e.downcast::<StepError>() {
             Ok(own) => *own,
             Err(e) => StepError::Pages(e),
         })?;
-    flush(&mut buf, &mut ranges)?;
+    let mut pages = written.into_inner();
 
     let zero = vec![0u8; PAGE_SIZE];
     for v in p
@@ -441,4 +435,20 @@ pub(super) fn fill(
         }
     }
     Ok(pages)
+}
+
+/// One `process_vm_writev` of `bytes` into `ranges` of process `pid`, all of it or an error.
+fn write_ranges(pid: i32, bytes: &[u8], ranges: &[crate::sys::mem::RemoteRange]) -> StepResult {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let n = crate::sys::mem::process_vm_write_ranges(pid, bytes, ranges)?;
+    if n != bytes.len() {
+        return Err(StepError::ShortFill {
+            at: ranges.first().map(|r| r.addr).unwrap_or(0),
+            wrote: n,
+            len: bytes.len(),
+        });
+    }
+    Ok(())
 }

@@ -290,6 +290,25 @@ pub trait PageSource {
         set: &ImageSet,
         f: &mut dyn FnMut(u64, &[u8]) -> Result<(), BoxError>,
     ) -> Result<(), BoxError>;
+
+    /// The same pages, in any order, possibly from several threads at once: `f(addrs, bytes)`
+    /// with `bytes[i * 4096..][..4096]` the page at `addrs[i]`. By default one run at a time
+    /// through [`PageSource::for_each_page`]; a source that can decode in parallel hands each
+    /// batch over on the thread that decoded it.
+    #[allow(clippy::type_complexity)]
+    fn for_each_batch_par(
+        &self,
+        set: &ImageSet,
+        f: &(dyn Fn(&[u64], &[u8]) -> Result<(), BoxError> + Sync),
+    ) -> Result<(), BoxError> {
+        let mut addrs = Vec::new();
+        self.for_each_page(set, &mut |addr, bytes| {
+            addrs.clear();
+            let page = crate::image::PAGE_SIZE;
+            addrs.extend((0..bytes.len() / page).map(|i| addr + (i * page) as u64));
+            f(&addrs, bytes)
+        })
+    }
 }
 
 impl PageSource for crate::store::Store {
@@ -302,6 +321,15 @@ impl PageSource for crate::store::Store {
         // file mappings itself.
         let opts = crate::store::ReadOptions { skip_zero: true };
         self.read_set_pages_with::<BoxError, _>(set, opts, |addr, bytes| f(addr, bytes))
+    }
+
+    fn for_each_batch_par(
+        &self,
+        set: &ImageSet,
+        f: &(dyn Fn(&[u64], &[u8]) -> Result<(), BoxError> + Sync),
+    ) -> Result<(), BoxError> {
+        let opts = crate::store::ReadOptions { skip_zero: true };
+        self.read_set_pages_par::<BoxError, _>(set, opts, f)
     }
 }
 

@@ -261,25 +261,7 @@ impl Store {
         E: From<StoreError> + Send,
         F: FnMut(u64, &[u8]) -> Result<(), E>,
     {
-        // Refresh once up front so a gc since open does not fail the read.
-        if let Ok(mut idx) = self.inner.index.write() {
-            idx.refresh(&self.inner.root)?;
-        }
-        // Batches hold up to READ_BATCH_PAGES pages in address order, not necessarily
-        // contiguous: skipped (zero, lazy) pages do not cut a batch short, so the frames its
-        // pages share are decoded once per batch, not once per run between skipped pages.
-        let mut batches: Vec<Batch> = Vec::new();
-        for (addr, r) in set.pages.iter() {
-            match r {
-                PageRef::Lazy(_) => continue,
-                PageRef::Zero if opts.skip_zero => continue,
-                _ => {}
-            }
-            match batches.last_mut() {
-                Some(b) if b.len() < READ_BATCH_PAGES => b.push((addr, r)),
-                _ => batches.push(vec![(addr, r)]),
-            }
-        }
+        let batches = self.batches(set, opts)?;
         let inner = &*self.inner;
         let set_id = set.id.as_str();
         // Output buffers go back here once the callback is done with them.
@@ -341,6 +323,60 @@ impl Store {
             let joined = super::error::joined(producer.join(), "page reader");
             result.and(joined.map_err(E::from))
         })
+    }
+}
+
+impl Store {
+    /// The pages of `set` to read, in batches of up to [`READ_BATCH_PAGES`] in address order,
+    /// not necessarily contiguous: skipped (zero, lazy) pages do not cut a batch short, so the
+    /// frames its pages share are decoded once per batch, not once per run between skipped
+    /// pages. The index is refreshed first, so a gc since the store was opened does not fail
+    /// the read.
+    fn batches(&self, set: &ImageSet, opts: ReadOptions) -> Result<Vec<Batch>, StoreError> {
+        if let Ok(mut idx) = self.inner.index.write() {
+            idx.refresh(&self.inner.root)?;
+        }
+        let mut batches: Vec<Batch> = Vec::new();
+        for (addr, r) in set.pages.iter() {
+            match r {
+                PageRef::Lazy(_) => continue,
+                PageRef::Zero if opts.skip_zero => continue,
+                _ => {}
+            }
+            match batches.last_mut() {
+                Some(b) if b.len() < READ_BATCH_PAGES => b.push((addr, r)),
+                _ => batches.push(vec![(addr, r)]),
+            }
+        }
+        Ok(batches)
+    }
+
+    /// [`Store::read_set_pages_with`] for a consumer that takes pages in any order from
+    /// several threads at once (a restore writing into the process): `f(addrs, bytes)` is
+    /// called on the decoding threads (rayon) with each batch as soon as it is decoded and
+    /// checked, `bytes[i * 4096..][..4096]` being the page at `addrs[i]` (at most
+    /// [`READ_BATCH_PAGES`] of them). No thread waits for another to hand pages over, so
+    /// decoding, checking and the consumer's work share every core. Stops at the first error.
+    pub fn read_set_pages_par<E, F>(&self, set: &ImageSet, opts: ReadOptions, f: F) -> Result<(), E>
+    where
+        E: From<StoreError> + Send,
+        F: Fn(&[u64], &[u8]) -> Result<(), E> + Sync,
+    {
+        let batches = self.batches(set, opts)?;
+        let inner = &*self.inner;
+        let set_id = set.id.as_str();
+        batches.par_iter().try_for_each_init(
+            || (Vec::new(), Vec::with_capacity(READ_BATCH_PAGES)),
+            |(buf, addrs): &mut (Vec<u8>, Vec<u64>), batch| {
+                let out = decode_batch(inner, batch, std::mem::take(buf))
+                    .map_err(|(e, addr)| E::from(e.in_set(set_id, Some(addr))))?;
+                addrs.clear();
+                addrs.extend(batch.iter().map(|(a, _)| *a));
+                let r = f(addrs, &out);
+                *buf = out;
+                r
+            },
+        )
     }
 }
 
