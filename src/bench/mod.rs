@@ -6,10 +6,12 @@
 //! - [`store`]: the store against `zstd -T2` on a synthetic image.
 //! - [`dump`]: what pre-copy buys and costs (`haul bench precopy`).
 //! - [`lazy`]: post-copy restore against an eager restore of the same set.
+//! - [`migrate`]: the pause of a migration as the process sees it, on three paths.
 //! - [`tree`]: a process tree sharing memory against one process with the same memory.
 
 pub mod dump;
 pub mod lazy;
+pub mod migrate;
 pub mod store;
 pub mod tree;
 

@@ -63,6 +63,32 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
+        BenchCommand::Migrate {
+            dir,
+            fixtures,
+            size,
+            rate,
+            paths,
+            runs,
+            json,
+        } => {
+            use haul::bench::migrate as bench;
+            let opts = bench::BenchOptions {
+                dir,
+                fixtures,
+                mib: size >> 20,
+                rate,
+                runs,
+                paths,
+            };
+            let r = bench::run_bench(&opts)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out(bench::report_text(&r).trim_end());
+            }
+            Ok(exit::OK)
+        }
         BenchCommand::Tree {
             dir,
             fixtures,

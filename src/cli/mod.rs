@@ -279,6 +279,36 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Migration: the pause a migration costs as the process sees it (the longest gap between
+    /// the 10 ms ticks of a workload writing random pages), through real `haul run`s with
+    /// `pid = "same"`: full dump + eager restore, 3 pre-dumps + eager restore, 3 pre-dumps +
+    /// lazy restore, and a checkpoint that leaves the process running. Prints the median pause
+    /// of each and the pause timeline of the median run.
+    Migrate {
+        /// Where to work: the benchmark makes a fresh subdirectory here and removes only
+        /// that (nothing else in DIR is touched).
+        #[arg(long, value_name = "DIR", default_value = "/tmp")]
+        dir: PathBuf,
+        /// Where pausewriter.c is.
+        #[arg(long, default_value = "fixtures")]
+        fixtures: PathBuf,
+        /// Size of the workload's memory.
+        #[arg(long, default_value = "1GiB", value_parser = parse_bench_size)]
+        size: u64,
+        /// Random pages the workload writes per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Only this path (repeatable; default: every one).
+        #[arg(long = "path", value_name = "PATH",
+              value_parser = clap::builder::PossibleValuesParser::new(haul::bench::migrate::PATHS))]
+        paths: Vec<String>,
+        /// Repetitions of each path (medians are reported).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The store against `zstd -T2`: write throughput and size, a 1%-changed second set,
     /// random single-page reads, sequential read.
     Store {

@@ -349,6 +349,20 @@ pub struct DumpStats {
     /// Zero: no lock.
     #[serde(default)]
     pub lock_time: u64,
+    /// The instants of the freeze (`freeze`, `state`, `copy`, then `thaw` and `running`, or
+    /// `write`, `commit` and `kill` for a dump that stops the process): the start of the
+    /// report's pause timeline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marks: Vec<crate::report::Mark>,
+}
+
+/// A mark of the pause timeline named `name`, now (`CLOCK_MONOTONIC`, which haul and its
+/// checkpoint worker share).
+pub fn mark(name: &str) -> crate::report::Mark {
+    crate::report::Mark {
+        name: name.into(),
+        at_us: crate::sys::clock::monotonic_us(),
+    }
 }
 
 /// What a dump produced: the state of the root and of its descendants, and the figures. The
@@ -396,15 +410,18 @@ pub(crate) fn end_frozen(
     };
     stats.frozen_commit_time = stats.memwrite_time;
     stats.frozen_time = crate::util::us(frozen.frozen_for());
+    stats.marks.push(mark("kill"));
     stats.lock_time = frozen
         .lock
         .as_ref()
         .map_or(0, |l| crate::util::us(l.since().elapsed()));
-    frozen.kill().map_err(|e| DumpError::At {
+    frozen.kill(&mut stats.marks).map_err(|e| DumpError::At {
         pid,
         step: Step::Resume,
         source: Box::new(e),
-    })
+    })?;
+    stats.marks.push(mark("handover"));
+    Ok(())
 }
 
 /// Refuses a tree of more than one process for a lazy dump, naming the others, before anything
@@ -428,6 +445,11 @@ pub(crate) trait TreePlan {
     /// Under the freeze: fails, naming the process, unless `members` (the frozen tree, tree
     /// order) are the processes the pre-copy tracked.
     fn check_tree(&self, members: &[crate::proc::TreeMember]) -> Result<(), DumpError>;
+    /// Bytes the final copy is expected to take (buffers are mapped for that much before the
+    /// freeze; more are mapped if needed). None: the whole resident memory.
+    fn copy_estimate(&self) -> Option<u64> {
+        None
+    }
     /// Under the freeze, before memory is copied: the last tracking round of process `space`
     /// over its `vmas`.
     fn prepare(&mut self, space: usize, vmas: &[crate::image::Vma]) -> Result<(), DumpError>;
@@ -476,11 +498,19 @@ pub(crate) fn dump_planned(
     let mut stats = DumpStats::default();
 
     // Buffers are mapped (and faulted in) before the freeze, so the freeze only copies.
-    let mut pool = memory::BufferPool::new(opts.buffer, before.resident_estimate());
+    // After pre-dumps only what was written since the last is copied: mapping buffers for the
+    // whole memory would cost their unmapping inside the pause of a dump that kills.
+    let estimate = plan
+        .as_deref()
+        .and_then(|p| p.copy_estimate())
+        .unwrap_or_else(|| before.resident_estimate());
+    let mut pool = memory::BufferPool::new(opts.buffer, estimate);
 
     let t_seize = Instant::now();
+    stats.marks.push(mark("freeze"));
     let mut frozen = ctx.step(Step::Seize, || tree::FrozenTree::seize(root))?;
     stats.freezing_time = crate::util::us(t_seize.elapsed());
+    stats.marks.push(mark("state"));
     let t_frozen = Instant::now();
     ctx.fail(Step::Seize)?;
     // The page spaces above are the SysV segments' (`image::ipc`).
@@ -557,6 +587,7 @@ pub(crate) fn dump_planned(
     })?;
 
     let t_mem = Instant::now();
+    stats.marks.push(mark("copy"));
     // A lazy dump hands the pages of the VMAs a lazy restore leaves to its daemon to the sink
     // as `Lazy(id)` references; everything else passes through.
     let mut split = lazy::LazySplit::new(sink, opts.lazy.then_some(&procs[0].vmas[..]));
@@ -629,7 +660,9 @@ pub(crate) fn dump_planned(
     };
     let kept = if opts.leave_running {
         let locked = frozen.lock.as_ref().map(crate::netlock::NetLock::since);
+        stats.marks.push(mark("thaw"));
         ctx.step(Step::Resume, || frozen.thaw())?;
+        stats.marks.push(mark("running"));
         stats.lock_time = locked.map_or(0, |t| crate::util::us(t.elapsed()));
         None
     } else {
@@ -642,6 +675,9 @@ pub(crate) fn dump_planned(
     stats.frozen_time = crate::util::us(t_frozen.elapsed());
 
     let t_write = Instant::now();
+    if !opts.leave_running {
+        stats.marks.push(mark("write"));
+    }
     ctx.fail(Step::Write)?;
     ctx.step(Step::Write, || {
         for (space, b) in buffered.into_iter().enumerate() {

@@ -47,9 +47,12 @@ pub fn dump_to_store(
     // A process to kill is still frozen here: an error before `end_frozen` drops the guard,
     // which thaws it. It dies only once its set is committed and fsynced.
     let t = Instant::now();
+    let mut stats = out.stats;
+    if kept.is_some() {
+        stats.marks.push(super::mark("commit"));
+    }
     writer.set_tree(out.tree);
     let set = writer.commit(Some(out.process))?;
-    let mut stats = out.stats;
     stats.memwrite_time += crate::util::us(t.elapsed());
     super::end_frozen(pid, kept, &mut stats)?;
     Ok(StoredDump { set, stats })

@@ -242,7 +242,8 @@ impl FrozenTree {
     ///
     /// Established TCP sockets are closed still in repair mode (their peers are sent nothing),
     /// and the network lock is kept for the restore to release.
-    pub fn kill(self) -> Result<(), DumpError> {
+    /// `marks` gets `reap` once every SIGKILL is sent (the deaths are collected next).
+    pub fn kill(self, marks: &mut Vec<crate::report::Mark>) -> Result<(), DumpError> {
         let FrozenTree {
             repair,
             mut procs,
@@ -259,6 +260,7 @@ impl FrozenTree {
                 }
             }
         }
+        marks.push(super::mark("reap"));
         for (f, p) in procs.into_iter().zip(parents) {
             f.collect_death(p);
         }

@@ -112,6 +112,10 @@ pub struct RunReport {
     #[serde(default)]
     pub restore_lock_time: u64,
 
+    /// A dump that stopped the process and a restore that ran its copy (or a dump that left
+    /// it running): where the pause went, phase by phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseReport>,
     pub predump: Option<PredumpReport>,
     pub store: Option<StoreFigures>,
     pub lazy: Option<LazyReport>,
@@ -120,6 +124,67 @@ pub struct RunReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceReport>,
     pub verify: Option<VerifyReport>,
+}
+
+/// A named instant of a checkpoint: `CLOCK_MONOTONIC` µs, which haul and its checkpoint worker
+/// share (`sys::clock::monotonic_us`). Each mark starts a phase that lasts until the next.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Mark {
+    pub name: String,
+    pub at_us: u64,
+}
+
+/// The pause of the process as a timeline: from the freeze to the process (or its restored
+/// copy) running again, every phase in between, back to back.
+///
+/// Phases, in order (those that did not happen are absent): `freeze` (every thread stopped),
+/// `state` (registers, /proc, injected calls), `copy` (the last tracking round and the memory
+/// copy), `write` (hashing and compressing the copied pages into the set), `commit` (the
+/// manifest, durable), `kill` (SIGKILL to every process), `reap`
+/// (their deaths collected: each exit frees its memory), `handover` (the checkpoint worker's answer reaching haul), `load`
+/// (haul reading the set's manifest), `release` (the killed tree's pids free again),
+/// `restore` (the copy built: create, map, fill), and for a dump that leaves the process
+/// running, `thaw`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PauseReport {
+    /// From the freeze to running again (µs).
+    pub pause_us: u64,
+    pub phases: Vec<PausePhase>,
+}
+
+/// One phase of a [`PauseReport`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PausePhase {
+    pub name: String,
+    /// From the freeze (µs).
+    pub start_us: u64,
+    pub duration_us: u64,
+}
+
+impl PauseReport {
+    /// The timeline between the first mark and the mark `running`, or None when the process
+    /// never ran again (or nothing was marked). Marks out of order are put in order.
+    pub fn from_marks(marks: &[Mark]) -> Option<PauseReport> {
+        let mut m: Vec<&Mark> = marks.iter().collect();
+        m.sort_by_key(|x| x.at_us);
+        let end = m.iter().position(|x| x.name == "running")?;
+        let first = m.first()?.at_us;
+        let phases = m[..=end]
+            .windows(2)
+            .map(|w| PausePhase {
+                name: w[0].name.clone(),
+                start_us: w[0].at_us - first,
+                duration_us: w[1].at_us - w[0].at_us,
+            })
+            .collect();
+        Some(PauseReport {
+            pause_us: m[end].at_us - first,
+            phases,
+        })
+    }
 }
 
 /// One stage of the job lifecycle.
@@ -475,6 +540,18 @@ pub fn render(r: &RunReport) -> String {
             "        pages scanned {}  written {}  skipped (parent) {}  lazy {}",
             r.pages_scanned, r.pages_written, r.pages_skipped_parent, r.pages_lazy
         );
+    }
+    if let Some(p) = &r.pause {
+        let _ = writeln!(s, "  pause: {}", human_us(p.pause_us));
+        for ph in &p.phases {
+            let _ = writeln!(
+                s,
+                "    {:<9} {:>10}  (at {})",
+                ph.name,
+                human_us(ph.duration_us),
+                human_us(ph.start_us)
+            );
+        }
     }
     if let Some(st) = &r.store {
         let _ = writeln!(

@@ -293,12 +293,13 @@ fn after_launch(
         "dumping"
     });
     let t = Instant::now();
-    let (set, source) = match stages::checkpoint(job, &store, target, report, stop) {
+    let (set, source, marks) = match stages::checkpoint(job, &store, target, report, stop) {
         Ok(stages::Checkpointed {
             set,
             predump_us,
             dump_us,
             source,
+            marks,
         }) => {
             if let Some(x) = &report.predump {
                 let detail = format!(
@@ -331,7 +332,7 @@ fn after_launch(
                 ok: true,
                 detail,
             });
-            (set, source)
+            (set, source, marks)
         }
         Err(e) => {
             let duration_us = crate::util::us(t.elapsed());
@@ -344,25 +345,51 @@ fn after_launch(
             return Err(e);
         }
     };
+    let r = restore_after_dump(
+        job, &store, &set, source, marks, target, ph, report, p, stop,
+    );
+    let kept = stages::retain_and_measure(job, &store, &set, report);
+    r.and(kept)
+}
+
+/// What follows a checkpoint: the restore of its set (eager, lazy, or from the frozen source of
+/// a lazy dump), the verify command, a restored job's terminal.
+#[allow(clippy::too_many_arguments)]
+fn restore_after_dump(
+    job: &Job,
+    store: &crate::store::Store,
+    set: &std::sync::Arc<crate::image::ImageSet>,
+    source: Option<(super::worker::SourceWorker, String)>,
+    mut marks: Vec<crate::report::Mark>,
+    target: &mut Target,
+    ph: &Placeholders,
+    report: &mut RunReport,
+    p: &JobProgress<'_>,
+    stop: &AtomicBool,
+) -> Result<(), RunError> {
     if let Some((worker, addr)) = source {
         return migrate_from_frozen_source(
-            job, &store, &set, worker, &addr, target, ph, report, p, stop,
+            job, store, set, worker, &addr, target, ph, report, p, stop,
         );
     }
     if job.spec.restore.is_none() {
+        report.pause = crate::report::PauseReport::from_marks(&marks);
         return Ok(());
     }
     if stop.load(Ordering::Relaxed) {
         return Err(RunError::Interrupted);
     }
     if job.spec.restore.as_ref().map(|r| r.mode) == Some(crate::job::RestoreMode::Lazy) {
-        return lazy_restore_and_verify(job, &store, &set, ph, report, p);
+        return lazy_restore_and_verify(job, store, set, ph, report, p, marks);
     }
     p.step("restoring");
+    marks.push(crate::dump::mark("restore"));
     let (pid, terminal) = stage(report, "restore", |r| {
-        let (pid, terminal) = stages::restore(job, &store, &set, r)?;
+        let (pid, terminal) = stages::restore(job, store, set, r)?;
         Ok(((pid, terminal), format!("pid {pid}")))
     })?;
+    marks.push(crate::dump::mark("running"));
+    report.pause = crate::report::PauseReport::from_marks(&marks);
     if job.spec.verify.is_some() {
         p.step("verifying");
         let mut ph = ph.clone();
@@ -389,8 +416,10 @@ fn lazy_restore_and_verify(
     ph: &Placeholders,
     report: &mut RunReport,
     p: &JobProgress<'_>,
+    mut marks: Vec<crate::report::Mark>,
 ) -> Result<(), RunError> {
     p.step("restoring (lazy)");
+    marks.push(crate::dump::mark("restore"));
     let lr = stage(report, "restore", |r| {
         let (lr, _) = stages::restore_lazy(job, store, set, r, None)?;
         let d = format!(
@@ -400,6 +429,8 @@ fn lazy_restore_and_verify(
         );
         Ok((lr, d))
     })?;
+    marks.push(crate::dump::mark("running"));
+    report.pause = crate::report::PauseReport::from_marks(&marks);
     verify_while_serving(job, lr, ph, report, p)?
 }
 

@@ -84,12 +84,16 @@ pub fn checkpoint(
             ))
         }
     };
+    let answered = crate::dump::mark("load");
     let set = store.load_set(&o.set).map_err(stage_err("dump"))?;
     let d = crate::dump::StoredDump {
         set,
         stats: o.stats,
     };
+    let mut marks = d.stats.marks.clone();
     if !spec.leave_running && worker.is_none() {
+        marks.push(answered);
+        marks.push(crate::dump::mark("release"));
         if let Some(child) = target.child.as_mut() {
             let _ = child.wait();
         }
@@ -111,15 +115,31 @@ pub fn checkpoint(
     report.warnings = s.warnings.clone();
     report.lock_time = s.lock_time;
     report.processes = s.processes;
+    Ok(Checkpointed {
+        set: std::sync::Arc::new(d.set),
+        predump_us: o.predump_us,
+        dump_us: o.dump_us,
+        source: worker,
+        marks,
+    })
+}
 
-    // Retention never removes the set being served: it is the newest of its job.
+/// After the checkpoint and any restore (off a migration's pause): retention (`store.keep`)
+/// and the store's figures in the report (`du` reads the whole store). Retention never removes
+/// the set just dumped: it is the newest of its job.
+pub fn retain_and_measure(
+    job: &Job,
+    store: &Store,
+    set: &crate::image::ImageSet,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
     let pruned = match job.spec.store.keep {
         Some(k) => store
             .prune(&job.name, k as usize)
             .map_err(stage_err("dump"))?,
         None => Vec::new(),
     };
-    let f = &d.set.figures;
+    let f = &set.figures;
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let on_disk = store
         .du()
@@ -127,7 +147,7 @@ pub fn checkpoint(
         .unwrap_or(0);
     report.store = Some(StoreFigures {
         path: store.path().display().to_string(),
-        set: d.set.id.clone(),
+        set: set.id.clone(),
         bytes_logical: f.bytes_logical,
         bytes_stored: f.bytes_stored,
         bytes_new: f.bytes_new,
@@ -136,12 +156,7 @@ pub fn checkpoint(
         dedup_ratio: ratio(f.bytes_stored, f.bytes_new),
         pruned,
     });
-    Ok(Checkpointed {
-        set: std::sync::Arc::new(d.set),
-        predump_us: o.predump_us,
-        dump_us: o.dump_us,
-        source: worker,
-    })
+    Ok(())
 }
 
 /// After a dump killed the tree of `set`: reaps what comes to haul and, when a restore with
@@ -188,6 +203,9 @@ pub struct Checkpointed {
     pub dump_us: u64,
     /// `dump.lazy`: the worker serving the frozen source, and its address.
     pub source: Option<(super::worker::SourceWorker, String)>,
+    /// The pause timeline so far (the worker's marks, then `release`): the restore adds its
+    /// own (`restore`, `running`).
+    pub marks: Vec<crate::report::Mark>,
 }
 
 /// Where a restore takes the manifest and the pages from.

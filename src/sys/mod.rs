@@ -4,6 +4,7 @@
 //!
 //! - [`ptrace`]: seize/interrupt/wait/detach, registers and regsets, sigmask, rseq config.
 //! - [`remote`]: syscalls injected into a ptrace-stopped thread, and a scratch page in it.
+//! - [`clock`]: `CLOCK_MONOTONIC` in µs, shared by haul and its checkpoint worker.
 //! - [`file`]: `flock(2)` locks and `posix_fadvise(2)` on haul's own files.
 //! - [`host`]: haul's own process: child subreaper, reaping a child.
 //! - [`kcmp`]: whether two processes share their address space.
@@ -19,6 +20,7 @@
 //! - [`seccomp`]: a thread's seccomp filters read by ptrace, and their suspension while haul injects.
 #![allow(unsafe_code)]
 
+pub mod clock;
 pub mod events;
 pub mod file;
 pub mod host;

@@ -331,9 +331,14 @@ impl<'s> Precopy<'s> {
             ..opts.clone()
         };
         let pid = self.pid;
-        let (mut d, report, kept) = self.final_dump_inner(&opts)?;
-        // Killed only now that the set is committed (an error above thawed it).
-        super::end_frozen(pid, kept, &mut d.stats)?;
+        let (mut d, report, kept, tracked) = self.final_dump_inner(&opts)?;
+        // Killed only now that the set is committed (an error above thawed it). Its tracking
+        // ends with it: nothing to unregister in a process that is gone, and nothing spent on it
+        // while frozen. If the kill failed, dropping `tracked` ends the tracking of the living
+        // process.
+        let killed = super::end_frozen(pid, kept, &mut d.stats);
+        drop(tracked);
+        killed?;
         Ok((d, report))
     }
 
@@ -348,47 +353,72 @@ impl<'s> Precopy<'s> {
             lazy: true,
             ..opts.clone()
         };
-        let (d, report, frozen) = self.final_dump_inner(&opts)?;
+        let (d, report, frozen, _) = self.final_dump_inner(&opts)?;
         let frozen = frozen
             .ok_or_else(|| DumpError::Internal("the lazy final dump lost its source".into()))?
             .into_root()?;
         Ok((d, report, super::FrozenSource::new(frozen)))
     }
 
+    /// The final dump and its commit. A dump that kills the process keeps tracking it until
+    /// the kill (the tracked members come back, to be dropped after it) unless the commit
+    /// fails; any other ends the tracking before the commit, since its process runs on.
+    #[allow(clippy::type_complexity)]
     fn final_dump_inner(
         mut self,
         opts: &DumpOptions,
-    ) -> Result<(StoredDump, PredumpReport, Option<FrozenTree>), DumpError> {
+    ) -> Result<(StoredDump, PredumpReport, Option<FrozenTree>, Vec<Member>), DumpError> {
         let store = self.store;
         let mut writer =
             store.begin_set(&self.job, SetKind::Dump, self.parent.as_deref(), self.level)?;
         let (out, frozen) = super::dump_planned(self.pid, opts, &mut writer, Some(&mut self))?;
-        let mut stopped = Ok(());
-        for m in &mut self.members {
-            if let Err(e) = m.tracker.stop() {
-                tracing::warn!(pid = m.pid, "ending tracking: {e}");
-                stopped = Err(e);
-            }
+        let to_kill = frozen.is_some() && !opts.lazy;
+        if !to_kill {
+            self.stop_tracking();
         }
         let t = Instant::now();
-        writer.set_tree(out.tree);
-        let set = writer.commit(Some(out.process))?;
         let mut stats = out.stats;
+        if frozen.is_some() {
+            stats.marks.push(super::mark("commit"));
+        }
+        writer.set_tree(out.tree);
+        let set = match writer.commit(Some(out.process)) {
+            Ok(s) => s,
+            Err(e) => {
+                // The process runs on (dropping `frozen` thaws it): untracked first.
+                self.stop_tracking();
+                return Err(e.into());
+            }
+        };
         stats.memwrite_time += crate::util::us(t.elapsed());
-        // The dump is good; a process left behind with write protection is not harmed (its
-        // first write to each page costs a fault), so a failed stop is only worth the warning.
-        let _ = stopped;
         Ok((
             StoredDump { set, stats },
             std::mem::take(&mut self.report),
             frozen,
+            std::mem::take(&mut self.members),
         ))
+    }
+
+    /// Ends the tracking of every member. A process left behind with write protection is not
+    /// harmed (its first write to each page costs a fault), so a failed stop is only warned of.
+    fn stop_tracking(&mut self) {
+        for m in &mut self.members {
+            if let Err(e) = m.tracker.stop() {
+                tracing::warn!(pid = m.pid, "ending tracking: {e}");
+            }
+        }
     }
 }
 
 impl TreePlan for Precopy<'_> {
     fn check_tree(&self, members: &[crate::proc::TreeMember]) -> Result<(), DumpError> {
         self.same_tree(members)
+    }
+
+    /// Twice what the last pre-dump wrote (the final copy covers about one more interval).
+    fn copy_estimate(&self) -> Option<u64> {
+        let last = self.report.iterations.last()?;
+        Some(last.pages_written.saturating_mul(2 * PAGE))
     }
 
     fn prepare(&mut self, space: usize, vmas: &[Vma]) -> Result<(), DumpError> {

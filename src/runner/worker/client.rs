@@ -91,9 +91,19 @@ fn checkpoint_in_worker(
     stop: &AtomicBool,
 ) -> Result<CheckpointOutcome, WorkerError> {
     let mut w = spawn_worker(exe, req)?;
-    let a = w.first_answer(stop);
-    let _ = w.child.wait();
-    a?.outcome()
+    match w.first_answer(stop) {
+        Ok(a) => {
+            // It has answered and only exits now (freeing its buffers takes a while): reaped
+            // off the path to the restore, which a migration's pause waits for.
+            let mut child = w.child;
+            std::thread::spawn(move || child.wait());
+            a.outcome()
+        }
+        Err(e) => {
+            let _ = w.child.wait();
+            Err(e)
+        }
+    }
 }
 
 /// Runs a lazy checkpoint (`req.lazy` set) in a worker process: returns its outcome (with the
