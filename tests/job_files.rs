@@ -709,6 +709,79 @@ fn prefetch_above_limit_is_rejected() {
 }
 
 #[test]
+fn continuous_push_with_an_idle_delay_is_rejected() {
+    assert_eq!(
+        error_of(&format!(
+            "{PROCESS}[lazy]\npush = \"continuous\"\nidle_push = \"2s\"\n"
+        )),
+        "DIR/x.toml:5:1: lazy.idle_push: cannot go with push = \"continuous\", which pushes \
+         between faults and never waits for idle; remove idle_push, or set push = \"idle\""
+    );
+    assert_eq!(
+        error_of(&format!("{PROCESS}[lazy]\npush = \"later\"\n")),
+        "DIR/x.toml:4:8: lazy.push: unknown value \"later\"; expected one of \"continuous\", \
+         \"idle\""
+    );
+}
+
+#[test]
+fn haul_check_refuses_continuous_push_with_an_idle_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = write(
+        dir.path(),
+        "x.toml",
+        &format!("{PROCESS}[lazy]\nidle_push = \"1s\"\npush = \"continuous\"\n"),
+    );
+    let out = common::haul().arg("check").arg(&job).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "{}:4:1: lazy.idle_push: cannot go with push = \"continuous\"",
+        job.display()
+    );
+    assert!(text.contains(&want), "{text}");
+}
+
+/// Job files written before `lazy.push` existed and set `idle_push` keep the idle push; without
+/// either key the push is continuous.
+#[test]
+fn the_push_policy_follows_push_or_else_an_explicit_idle_push() {
+    use haul::job::LazyPush;
+    use haul::lazy::{LazyOptions, PushPolicy};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("", LazyPush::Continuous, 5_000),
+        ("[lazy]\nprefetch = 4\n", LazyPush::Continuous, 5_000),
+        ("[lazy]\nidle_push = \"300ms\"\n", LazyPush::Idle, 300),
+        ("[lazy]\npush = \"idle\"\n", LazyPush::Idle, 5_000),
+        (
+            "[lazy]\npush = \"idle\"\nidle_push = \"2s\"\n",
+            LazyPush::Idle,
+            2_000,
+        ),
+        (
+            "[lazy]\npush = \"continuous\"\n",
+            LazyPush::Continuous,
+            5_000,
+        ),
+    ];
+    for (lazy, want, idle_ms) in cases {
+        let path = write(dir.path(), "x.toml", &format!("{PROCESS}{lazy}"));
+        let j = job::load(&path).unwrap_or_else(|e| panic!("{lazy:?}: {e}"));
+        assert_eq!(j.spec.lazy.push_policy(), want, "{lazy:?}");
+        let o = LazyOptions::from_spec(&j.spec.lazy);
+        let policy = match want {
+            LazyPush::Continuous => PushPolicy::Continuous,
+            LazyPush::Idle => PushPolicy::Idle,
+        };
+        assert_eq!(o.push, policy, "{lazy:?}");
+        assert_eq!(o.idle_push, Duration::from_millis(idle_ms), "{lazy:?}");
+    }
+}
+
+#[test]
 fn invalid_name_is_rejected() {
     assert_eq!(
         error_of(&format!("name = \"my job\"\n{PROCESS}")),

@@ -14,7 +14,9 @@ use std::time::Duration;
 use common::{alive, fixture, haul_bin, memwriter_report, send_signal, wait_for, Running};
 use haul::dump::{dump_to_store, DumpOptions};
 use haul::image::{ImageSet, PageId};
-use haul::lazy::{restore_lazy, LazyOptions, LazyRestore, LazySource, SourceError, StoreSource};
+use haul::lazy::{
+    restore_lazy, LazyOptions, LazyRestore, LazySource, PushPolicy, SourceError, StoreSource,
+};
 use haul::restore::RestoreOptions;
 use haul::store::Store;
 use nix::sys::wait::waitpid;
@@ -62,6 +64,7 @@ fn lazy_from_store(set: &Arc<ImageSet>, store: &Arc<Store>, idle_push_ms: u64) -
 
 fn opts(idle_push_ms: u64) -> LazyOptions {
     LazyOptions {
+        push: PushPolicy::Idle,
         idle_push: Duration::from_millis(idle_push_ms),
         ..Default::default()
     }
@@ -177,6 +180,90 @@ fn lazy_pages_are_pushed_when_the_process_does_not_touch_them() {
     assert_eq!(c2, c);
 }
 
+/// A process that touches random pages all the time (issue #16) never leaves the daemon idle:
+/// with `haul restore --lazy --push continuous` (no idle delay anywhere) every page still
+/// arrives, pushed between its faults, and its memory is the dumped memory. The report says
+/// which push ran and how residency grew. Nothing about speed is asserted.
+#[test]
+fn continuous_push_brings_every_page_while_the_process_faults_all_the_time() {
+    use std::io::{BufRead, Read};
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let mut cmd = Command::new(fixture("toucher"));
+    cmd.arg("64").arg("20000").arg(&out);
+    let mut r = launch(cmd, &dir.path().join("log"));
+    let (t, c) = memwriter_report(r.pid, &out, 0);
+    let store = Arc::new(Store::open_or_create(&dir.path().join("store")).unwrap());
+    let set = dump_kill(&mut r, &store);
+    let mut restore = common::haul()
+        .args(["restore", &set.id, "--lazy", "--pid", "any", "--json"])
+        .args(["--push", "continuous", "--prefetch", "0", "--store"])
+        .arg(dir.path().join("store"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let pid: i32 = first
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("pid line {first:?}"));
+    let guard = Restored(pid);
+    // The report follows once every page is resident (read aside: the pipe must not fill).
+    let rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).map(|_| s)
+    });
+    let done = wait_for(Duration::from_secs(120), || {
+        matches!(restore.try_wait(), Ok(Some(_)))
+    });
+    if !done {
+        let _ = restore.kill();
+    }
+    let status = restore.wait().unwrap();
+    assert!(done, "haul restore --lazy never had every page resident");
+    assert!(status.success(), "haul restore --lazy: {status}");
+    let v: serde_json::Value = serde_json::from_str(&rest.join().unwrap().unwrap()).unwrap();
+    let l = &v["lazy"];
+    assert_eq!(l["push_policy"], "continuous", "{v}");
+    assert!(l["source_lost"].is_null(), "{v}");
+    assert!(
+        l["faults_served"].as_u64().unwrap() > 0,
+        "no fault served: {v}"
+    );
+    assert!(
+        l["pages_pushed"].as_u64().unwrap() > 0,
+        "nothing pushed: {v}"
+    );
+    // Residency over time: from the start of running to every page, never going back.
+    let samples: Vec<(u64, u64)> = l["resident"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no residency samples: {v}"))
+        .iter()
+        .map(|s| (s["at_us"].as_u64().unwrap(), s["pages"].as_u64().unwrap()))
+        .collect();
+    assert!(
+        samples
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{samples:?}"
+    );
+    assert_eq!(
+        samples.last().map(|s| s.1),
+        v["pages_lazy"].as_u64(),
+        "the last sample is every lazy page: {v}"
+    );
+    // It went on touching its pages, and they hold what they held before the dump.
+    assert!(alive(guard.0), "restored toucher died");
+    let (t2, c2) = memwriter_report(guard.0, &out, t);
+    assert!(t2 > t);
+    assert_eq!(c2, c, "64 MiB region differs after the continuous push");
+}
+
 #[test]
 fn lazy_serves_kernel_accesses_fork_mremap_madvise_and_munmap() {
     adopt_orphans();
@@ -279,11 +366,12 @@ fn lazy_source_lost_kills_the_process_before_it_reads_a_missing_page() {
 }
 
 /// `haul bench lazy` end to end on a small memwriter: it restores the same set eagerly, lazily
-/// with an immediate push, and lazily by faults, and fails unless every restored process
-/// reports the checksum it had before the dump. The figures themselves are for the report
+/// with an immediate push, and lazily by faults, and a toucher lazily with the continuous push
+/// while it faults, and fails unless every restored process reports the checksum it had before
+/// the dump. The figures themselves are for the report
 /// (`haul bench lazy` in a release build), not asserted here.
 #[test]
-fn bench_lazy_restores_three_ways_with_the_right_checksum() {
+fn bench_lazy_restores_four_ways_with_the_right_checksum() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(haul_bin())
         .args([
@@ -305,6 +393,8 @@ fn bench_lazy_restores_three_ways_with_the_right_checksum() {
     assert!(run["faults"].as_u64().unwrap() > 0, "{v}");
     assert!(run["prefetched"].as_u64().unwrap() > 0, "{v}");
     assert!(run["push_all_resident_us"].as_u64().unwrap() > 0, "{v}");
+    assert!(run["busy_all_resident_us"].as_u64().unwrap() > 0, "{v}");
+    assert!(run["busy_pushed"].as_u64().unwrap() > 0, "{v}");
 }
 
 // ---- lazy final dump (dump.lazy): the pages stay in the frozen source, which serves them ----

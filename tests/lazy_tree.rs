@@ -22,7 +22,7 @@ use std::time::Duration;
 use common::tree::{descendants, Session};
 use common::{children_of, wait_for};
 use haul::image::{ImageSet, PageId, PageRef, VmaKind};
-use haul::lazy::{restore_lazy, LazyOptions, LazySource, SourceError, StoreSource};
+use haul::lazy::{restore_lazy, LazyOptions, LazySource, PushPolicy, SourceError, StoreSource};
 use haul::restore::{PidChoice, Step};
 use haul::store::Store;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -132,6 +132,7 @@ fn same_pids() -> haul::restore::RestoreOptions {
 
 fn opts(idle_push: Duration) -> LazyOptions {
     LazyOptions {
+        push: PushPolicy::Idle,
         idle_push,
         ..Default::default()
     }

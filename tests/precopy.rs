@@ -669,7 +669,7 @@ fn a_non_root_target_is_tracked_with_a_user_mode_only_uffd() {
 /// lazily restored process has the memory it had at the final dump.
 #[test]
 fn hot_first_push_counts_writes_over_the_predumps_and_restores_exactly() {
-    use haul::lazy::{restore_lazy, LazyOptions, LazySource, PushOrder, StoreSource};
+    use haul::lazy::{restore_lazy, LazyOptions, LazySource, PushOrder, PushPolicy, StoreSource};
     use std::sync::Arc;
     adopt_orphans();
     let tmp = tempfile::tempdir().unwrap();
@@ -700,6 +700,7 @@ fn hot_first_push_counts_writes_over_the_predumps_and_restores_exactly() {
     }
 
     let lopts = LazyOptions {
+        push: PushPolicy::Idle,
         idle_push: Duration::ZERO,
         order: PushOrder::HotFirst,
         ..Default::default()

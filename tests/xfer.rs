@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{alive, fixture, haul, memwriter_pause, memwriter_report, send_signal, Running};
 use haul::dump::{dump_to_store, DumpOptions};
 use haul::image::{ImageSet, PageRef};
-use haul::lazy::{restore_lazy, LazyOptions};
+use haul::lazy::{restore_lazy, LazyOptions, PushPolicy};
 use haul::restore::RestoreOptions;
 use haul::store::Store;
 use haul::xfer::{Client, PageServer, RemoteSource, ServerOptions};
@@ -189,6 +189,7 @@ fn lazy_restore_through_the_page_server_is_exact() {
     assert_eq!(*remote_set, set);
     let lazy = Box::new(RemoteSource::new(&addr, Vec::new(), Duration::from_secs(5)));
     let lopts = LazyOptions {
+        push: PushPolicy::Idle,
         idle_push: Duration::from_millis(200),
         ..Default::default()
     };
@@ -260,6 +261,7 @@ fn killed_page_server_gets_the_restored_process_killed_within_source_timeout() {
     let eager = RemoteSource::new(&addr, Vec::new(), Duration::from_secs(1));
     let lazy = Box::new(RemoteSource::new(&addr, Vec::new(), Duration::from_secs(1)));
     let lopts = LazyOptions {
+        push: PushPolicy::Idle,
         idle_push: Duration::from_secs(60),
         prefetch: 0,
         source_timeout: Duration::from_secs(1),
@@ -539,6 +541,7 @@ fn silent_connections_do_not_lock_out_a_lazy_restore() {
     let remote_set = Arc::new(eager.manifest(&set.id).unwrap());
     let lazy = Box::new(RemoteSource::new(&addr, Vec::new(), Duration::from_secs(5)));
     let lopts = LazyOptions {
+        push: PushPolicy::Idle,
         idle_push: Duration::from_millis(200),
         ..Default::default()
     };

@@ -1,12 +1,19 @@
 //! `haul bench lazy`: post-copy restore of a real process, measured against an eager restore
 //! of the same image set (DESIGN.md §4 "This VM": prewarm, medians, side by side).
 //!
-//! A `memwriter` of `mib` MiB is dumped once into a store. Then, `runs` times each:
-//! - an eager restore (its time to running is the reference);
-//! - a lazy restore that pushes at once (`idle_push` 0): time to running, time until every
-//!   page is resident;
-//! - a lazy restore that waits (`idle_push` long) while the process walks its whole region
-//!   (its checksum): every page arrives by a fault and its prefetch; fault service latency.
+//! A `memwriter` of `mib` MiB is dumped once into a store, and a `toucher` of the same size
+//! (same content; it touches `touches_per_sec` random pages a second, rewriting each with what
+//! it holds). Then, `runs` times each:
+//! - an eager restore of the memwriter (its time to running is the reference);
+//! - a lazy restore of it that pushes at once (idle push, `idle_push` 0): time to running,
+//!   time until every page is resident;
+//! - a lazy restore of it that waits (idle push, `idle_push` long) while the process walks its
+//!   whole region (its checksum): every page arrives by a fault and its prefetch; fault service
+//!   latency;
+//! - a lazy restore of the toucher with the continuous push, while it faults all the time:
+//!   time until every page is resident, fault service latency as the daemon measures it (from
+//!   reading the fault to the copy) and as the toucher sees it (its touches slower than 5 µs,
+//!   timed around the access: waiting behind the push included).
 //!
 //! Every restored process must report the region checksum it had before the dump, or the
 //! benchmark fails. Restored processes get any free PID and are killed and reaped after.
@@ -18,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::{build, median, prewarm, BoxErr, Target};
 use crate::dump::{dump_to_store, DumpOptions};
-use crate::lazy::{restore_lazy, LazyOptions, StoreSource};
+use crate::lazy::{restore_lazy, LazyOptions, PushPolicy, StoreSource};
 use crate::restore::{PidChoice, RestoreOptions};
 use crate::store::Store;
 
@@ -35,6 +42,8 @@ pub struct BenchOptions {
     pub runs: u32,
     /// Pages copied after each faulting page.
     pub prefetch: u32,
+    /// Random pages the toucher touches per second (the continuous push's workload).
+    pub touches_per_sec: u64,
 }
 
 impl Default for BenchOptions {
@@ -45,6 +54,7 @@ impl Default for BenchOptions {
             mib: 1024,
             runs: 3,
             prefetch: 16,
+            touches_per_sec: 1000,
         }
     }
 }
@@ -62,6 +72,16 @@ pub struct LazyRun {
     pub fault_p50_us: u64,
     pub fault_p99_us: u64,
     pub prefetched: u64,
+    /// Continuous push while the toucher faults all the time.
+    pub busy_all_resident_us: u64,
+    pub busy_faults: u64,
+    pub busy_fault_p50_us: u64,
+    pub busy_fault_p99_us: u64,
+    pub busy_pushed: u64,
+    /// The toucher's own view: touches slower than 5 µs (faults), their p50 and p99 (ns).
+    pub busy_slow_touches: u64,
+    pub busy_touch_p50_ns: u64,
+    pub busy_touch_p99_ns: u64,
 }
 
 /// The figures of `haul bench lazy`.
@@ -76,6 +96,12 @@ pub struct BenchReport {
     pub median_all_resident_us: u64,
     pub median_fault_p50_us: u64,
     pub median_fault_p99_us: u64,
+    pub touches_per_sec: u64,
+    pub median_busy_all_resident_us: u64,
+    pub median_busy_fault_p50_us: u64,
+    pub median_busy_fault_p99_us: u64,
+    pub median_busy_touch_p50_ns: u64,
+    pub median_busy_touch_p99_ns: u64,
 }
 
 /// Runs the benchmark; see the module documentation.
@@ -104,6 +130,18 @@ fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
     };
     let set = Arc::new(dump_to_store(mw.pid, &store, "bench-lazy", &dopts, Some(1))?.set);
     mw.stop();
+    let toucher = build(&o.fixtures, "toucher", dir)?;
+    let mut tw = Target::start(
+        Command::new(&toucher).args([
+            o.mib.to_string(),
+            o.touches_per_sec.to_string(),
+            report.display().to_string(),
+        ]),
+        &dir.join("toucher.log"),
+    )?;
+    let touched_before = checksum(tw.pid, &report)?;
+    let busy_set = Arc::new(dump_to_store(tw.pid, &store, "bench-busy", &dopts, Some(1))?.set);
+    tw.stop();
     let ropts = RestoreOptions {
         pid: PidChoice::Any,
         ..Default::default()
@@ -111,6 +149,7 @@ fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
     let mut rep = BenchReport {
         mib: o.mib,
         prefetch: o.prefetch,
+        touches_per_sec: o.touches_per_sec,
         ..Default::default()
     };
     for _ in 0..o.runs {
@@ -124,6 +163,7 @@ fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
 
         prewarm((2 * o.mib) << 20);
         let lopts = LazyOptions {
+            push: PushPolicy::Idle,
             idle_push: Duration::ZERO,
             prefetch: o.prefetch,
             ..Default::default()
@@ -140,6 +180,7 @@ fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
 
         prewarm((2 * o.mib) << 20);
         let lopts = LazyOptions {
+            push: PushPolicy::Idle,
             idle_push: Duration::from_secs(2),
             prefetch: o.prefetch,
             ..Default::default()
@@ -156,6 +197,39 @@ fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
         run.fault_p99_us = l.fault_latency_p99;
         run.prefetched = l.pages_prefetched;
         drop(r);
+
+        prewarm((2 * o.mib) << 20);
+        let lopts = LazyOptions {
+            push: PushPolicy::Continuous,
+            prefetch: o.prefetch,
+            ..Default::default()
+        };
+        let src = Box::new(StoreSource::new(store.clone()));
+        let lr = restore_lazy(&busy_set, &*store, src, &ropts, &lopts)?;
+        let r = Reaped(lr.pid());
+        // It touches random pages from the first instruction on: faults all the time.
+        let l = lr.wait()?;
+        run.busy_all_resident_us = l.time_to_all_resident;
+        run.busy_faults = l.faults_served;
+        run.busy_fault_p50_us = l.fault_latency_p50;
+        run.busy_fault_p99_us = l.fault_latency_p99;
+        run.busy_pushed = l.pages_pushed;
+        let fields = report_fields(r.0, &report)?;
+        expect(
+            fields[1].clone(),
+            &touched_before,
+            "lazy, continuous push while faulting",
+        )?;
+        let num = |k: usize| {
+            fields
+                .get(k)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        run.busy_slow_touches = num(3);
+        run.busy_touch_p50_ns = num(4);
+        run.busy_touch_p99_ns = num(5);
+        drop(r);
         rep.runs.push(run);
     }
     let med = |f: fn(&LazyRun) -> u64| median(rep.runs.iter().map(f).collect());
@@ -164,6 +238,11 @@ fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
     rep.median_all_resident_us = med(|r| r.push_all_resident_us);
     rep.median_fault_p50_us = med(|r| r.fault_p50_us);
     rep.median_fault_p99_us = med(|r| r.fault_p99_us);
+    rep.median_busy_all_resident_us = med(|r| r.busy_all_resident_us);
+    rep.median_busy_fault_p50_us = med(|r| r.busy_fault_p50_us);
+    rep.median_busy_fault_p99_us = med(|r| r.busy_fault_p99_us);
+    rep.median_busy_touch_p50_ns = med(|r| r.busy_touch_p50_ns);
+    rep.median_busy_touch_p99_ns = med(|r| r.busy_touch_p99_ns);
     Ok(rep)
 }
 
@@ -187,8 +266,14 @@ impl Drop for Reaped {
     }
 }
 
-/// The memwriter's region checksum: SIGUSR1, then its report file.
+/// The memwriter's (or toucher's) region checksum: SIGUSR1, then its report file.
 fn checksum(pid: i32, report: &Path) -> Result<String, BoxErr> {
+    Ok(report_fields(pid, report)?.swap_remove(1))
+}
+
+/// The fields of the memwriter's (or toucher's) report: SIGUSR1, then its report file; the
+/// second is the region checksum.
+fn report_fields(pid: i32, report: &Path) -> Result<Vec<String>, BoxErr> {
     let _ = std::fs::remove_file(report);
     let end = Instant::now() + Duration::from_secs(60);
     let mut sent = Instant::now() - Duration::from_secs(1);
@@ -199,8 +284,9 @@ fn checksum(pid: i32, report: &Path) -> Result<String, BoxErr> {
             sent = Instant::now();
         }
         if let Ok(s) = std::fs::read_to_string(report) {
-            if let Some(c) = s.split_whitespace().nth(1) {
-                return Ok(c.to_string());
+            let fields: Vec<String> = s.split_whitespace().map(str::to_string).collect();
+            if fields.len() >= 2 {
+                return Ok(fields);
             }
         }
         if Instant::now() > end {
@@ -233,10 +319,22 @@ pub fn report_text(r: &BenchReport) -> String {
         "  fault service       p50 {} us, p99 {} us (every page by fault and prefetch)\n",
         r.median_fault_p50_us, r.median_fault_p99_us
     );
+    s += &format!(
+        "  continuous push     all resident {}, faults p50 {} us, p99 {} us; as the process \
+         sees them p50 {:.1} us, p99 {:.1} us (while it touches {} random pages/s)\n",
+        ms(r.median_busy_all_resident_us),
+        r.median_busy_fault_p50_us,
+        r.median_busy_fault_p99_us,
+        r.median_busy_touch_p50_ns as f64 / 1000.0,
+        r.median_busy_touch_p99_ns as f64 / 1000.0,
+        r.touches_per_sec
+    );
     for (i, run) in r.runs.iter().enumerate() {
         s += &format!(
             "  run {}: eager {}, lazy {} / {} to running; all resident {}; {} faults \
-             (p50 {} us, p99 {} us), {} prefetched\n",
+             (p50 {} us, p99 {} us), {} prefetched; continuous push while faulting: all \
+             resident {}, {} faults (p50 {} us, p99 {} us; the process saw {} slow touches, \
+             p50 {:.1} us, p99 {:.1} us), {} pushed\n",
             i + 1,
             ms(run.eager_time_to_running_us),
             ms(run.push_time_to_running_us),
@@ -245,7 +343,15 @@ pub fn report_text(r: &BenchReport) -> String {
             run.faults,
             run.fault_p50_us,
             run.fault_p99_us,
-            run.prefetched
+            run.prefetched,
+            ms(run.busy_all_resident_us),
+            run.busy_faults,
+            run.busy_fault_p50_us,
+            run.busy_fault_p99_us,
+            run.busy_slow_touches,
+            run.busy_touch_p50_ns as f64 / 1000.0,
+            run.busy_touch_p99_ns as f64 / 1000.0,
+            run.busy_pushed
         );
     }
     s

@@ -42,6 +42,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             fixtures,
             size,
             prefetch,
+            touches_per_sec,
             runs,
             json,
         } => {
@@ -52,6 +53,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 mib: size >> 20,
                 runs,
                 prefetch,
+                touches_per_sec,
             };
             let r = bench::run_bench(&opts)?;
             if json {

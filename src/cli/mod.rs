@@ -226,21 +226,25 @@ pub enum BenchCommand {
         json: bool,
     },
     /// Post-copy: time to running of a lazy restore against an eager one, time until every
-    /// page is resident, and fault service latency (memwriter, restored with any free PID).
+    /// page is resident, and fault service latency (memwriter, restored with any free PID);
+    /// and the continuous push while the process faults all the time (toucher).
     Lazy {
         /// Where to work: the benchmark makes a fresh subdirectory here and removes only
         /// that (nothing else in DIR is touched).
         #[arg(long, value_name = "DIR", default_value = "/tmp")]
         dir: PathBuf,
-        /// Where memwriter.c is.
+        /// Where memwriter.c and toucher.c are.
         #[arg(long, default_value = "fixtures")]
         fixtures: PathBuf,
-        /// Size of the memwriter's memory.
+        /// Size of the memwriter's (and the toucher's) memory.
         #[arg(long, default_value = "1GiB", value_parser = parse_bench_size)]
         size: u64,
         /// Pages copied after each faulting page.
         #[arg(long, default_value_t = 16)]
         prefetch: u32,
+        /// Random pages the toucher touches per second while its pages are pushed.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        touches_per_sec: u64,
         /// Repetitions (medians are reported).
         #[arg(long, default_value_t = 3)]
         runs: u32,
@@ -447,6 +451,38 @@ impl From<PidArg> for haul::job::PidPolicy {
     }
 }
 
+/// `--push` of `haul restore --lazy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PushArg {
+    /// Between faults, from the moment the process runs.
+    Continuous,
+    /// After --idle-push without a fault.
+    Idle,
+}
+
+impl From<PushArg> for haul::lazy::PushPolicy {
+    fn from(p: PushArg) -> Self {
+        match p {
+            PushArg::Continuous => haul::lazy::PushPolicy::Continuous,
+            PushArg::Idle => haul::lazy::PushPolicy::Idle,
+        }
+    }
+}
+
+impl RestoreArgs {
+    /// `--push`, with the rule of the job key: without it, `--idle-push` means idle.
+    pub fn push_policy(&self) -> Result<haul::lazy::PushPolicy, haul::Error> {
+        haul::lazy::PushPolicy::resolve(self.push.map(Into::into), self.idle_push.is_some())
+            .ok_or_else(|| {
+                haul::Error::Usage(
+                    "--idle-push cannot go with --push continuous, which pushes between faults \
+                     and never waits for idle; drop --idle-push, or use --push idle"
+                        .into(),
+                )
+            })
+    }
+}
+
 /// `--tty` of `haul restore`: where a terminal outside the checkpoint goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TtyArg {
@@ -617,9 +653,17 @@ pub struct RestoreArgs {
     /// With --from: the page server's token.
     #[arg(long, value_name = "FILE", requires = "from")]
     pub token_file: Option<PathBuf>,
-    /// With --lazy: no fault for this long, push every remaining page.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub idle_push: std::time::Duration,
+    /// With --lazy: when the pages no fault asked for are pushed. "continuous": between
+    /// faults from the moment the process runs (faults are served first; a fault waits for at
+    /// most one push chunk), so a process that faults all the time still gets every page
+    /// soon. "idle": only after --idle-push without a fault. Default: continuous, or idle
+    /// when --idle-push is given. As the job key lazy.push.
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub push: Option<PushArg>,
+    /// With --lazy --push idle: no fault for this long, push every remaining page [default:
+    /// 5s]. Given without --push, it means --push idle; refused with --push continuous.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_push: Option<std::time::Duration>,
     /// With --lazy: pages copied after each faulting page.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub prefetch: u32,

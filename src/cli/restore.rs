@@ -55,7 +55,8 @@ fn lazy(args: &RestoreArgs, restore: RestoreCommand) -> Result<u8, Error> {
         restore,
         from: args.from.clone(),
         token_file: args.token_file.clone(),
-        idle_push: args.idle_push,
+        push: args.push_policy()?,
+        idle_push: args.idle_push.unwrap_or(haul::job::defaults::idle_push().0),
         prefetch: args.prefetch,
         source_timeout: args.source_timeout,
     };

@@ -182,3 +182,39 @@ fn run_parallelism_starts_at_one() {
 fn the_cli_definition_is_consistent() {
     Cli::command().debug_assert();
 }
+
+#[test]
+fn restore_push_defaults_to_continuous_and_idle_push_alone_means_idle() {
+    use haul::lazy::PushPolicy;
+    use std::time::Duration;
+    let cases: [(&[&str], PushPolicy); 5] = [
+        (&[], PushPolicy::Continuous),
+        (&["--push", "continuous"], PushPolicy::Continuous),
+        (&["--push", "idle"], PushPolicy::Idle),
+        (&["--idle-push", "300ms"], PushPolicy::Idle),
+        (&["--push", "idle", "--idle-push", "1s"], PushPolicy::Idle),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["--lazy"];
+        args.extend_from_slice(extra);
+        let r = restore_args(&args).unwrap();
+        assert_eq!(r.push_policy().unwrap(), want, "{extra:?}");
+    }
+    let r = restore_args(&["--lazy", "--idle-push", "300ms"]).unwrap();
+    assert_eq!(r.idle_push, Some(Duration::from_millis(300)));
+    let r = restore_args(&["--lazy", "--push", "continuous", "--idle-push", "1s"]).unwrap();
+    let e = r.push_policy().unwrap_err();
+    assert!(matches!(e, haul::Error::Usage(_)), "{e:?}");
+    assert!(e.to_string().contains("--push continuous"), "{e}");
+    let e = restore_args(&["--lazy", "--push", "eager"]).unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+    let help = Cli::command()
+        .find_subcommand_mut("restore")
+        .unwrap()
+        .render_long_help()
+        .to_string();
+    assert!(
+        help.contains("--push <WHEN>") && help.contains("continuous") && help.contains("idle"),
+        "{help}"
+    );
+}

@@ -339,8 +339,12 @@ pub enum TtyPolicy {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LazySpec {
-    #[serde(default = "defaults::idle_push")]
-    pub idle_push: Dur,
+    /// When the remaining pages are pushed; absent: see [`LazySpec::push_policy`].
+    #[serde(default)]
+    pub push: Option<LazyPush>,
+    /// Absent: [`defaults::idle_push`] (and, without `push`, the continuous push).
+    #[serde(default)]
+    pub idle_push: Option<Dur>,
     #[serde(default = "defaults::prefetch")]
     pub prefetch: u32,
     #[serde(default)]
@@ -352,12 +356,40 @@ pub struct LazySpec {
 impl Default for LazySpec {
     fn default() -> Self {
         LazySpec {
-            idle_push: defaults::idle_push(),
+            push: None,
+            idle_push: None,
             prefetch: defaults::prefetch(),
             order: LazyOrder::default(),
             source_timeout: defaults::source_timeout(),
         }
     }
+}
+
+impl LazySpec {
+    /// The push policy: `push` as written; without it, `idle` when `idle_push` is given (what
+    /// a job file meant before `push` existed), else `continuous`.
+    pub fn push_policy(&self) -> LazyPush {
+        self.push.unwrap_or(if self.idle_push.is_some() {
+            LazyPush::Idle
+        } else {
+            LazyPush::Continuous
+        })
+    }
+
+    /// `idle_push`, or its default.
+    pub fn idle_push(&self) -> Dur {
+        self.idle_push.unwrap_or_else(defaults::idle_push)
+    }
+}
+
+/// `lazy.push`: when the pages no fault asked for are pushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LazyPush {
+    /// Between faults, from the moment the process runs.
+    Continuous,
+    /// After `idle_push` without a fault.
+    Idle,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -2,7 +2,7 @@
 //! rule names the field it is about and says what would be valid.
 
 use super::placeholder::{self, has_placeholder};
-use super::schema::{JobSpec, Output, PidPolicy, Ready, RestoreMode};
+use super::schema::{JobSpec, LazyPush, Output, PidPolicy, Ready, RestoreMode};
 use super::spans::{Anchor, Node};
 use std::path::Path;
 
@@ -568,8 +568,16 @@ fn stages(c: &mut Checker, spec: &JobSpec) {
             format!("must be at most {MAX_PREFETCH}, found {}", l.prefetch),
         );
     }
-    if l.idle_push.0.is_zero() {
-        c.value("lazy.idle_push", "must be greater than 0");
+    if let Some(idle) = l.idle_push {
+        if l.push == Some(LazyPush::Continuous) {
+            c.key(
+                "lazy.idle_push",
+                "cannot go with push = \"continuous\", which pushes between faults and never \
+                 waits for idle; remove idle_push, or set push = \"idle\"",
+            );
+        } else if idle.0.is_zero() {
+            c.value("lazy.idle_push", "must be greater than 0");
+        }
     }
     if l.source_timeout.0.is_zero() {
         c.value("lazy.source_timeout", "must be greater than 0");

@@ -4,12 +4,11 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Instant;
 
 use super::missing::Missing;
-use super::{DaemonError, LazyError, LazyOptions, LazySource, PushStream, SourceError};
+use super::{DaemonError, LazyError, LazyOptions, LazySource, PushPolicy, PushStream, SourceError};
 use crate::image::{ImageSet, PageId, PAGE_SIZE};
 use crate::report::LazyReport;
 use crate::restore::LazyStart;
@@ -20,14 +19,15 @@ use nix::errno::Errno;
 use userfaultfd::{Event, Uffd};
 
 mod push;
+mod resident;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// Longest poll while idle: the daemon looks at its clock at least this often.
 const MAX_POLL_MS: u64 = 200;
 /// Longest wait for the next batch of the push's stream before looking at faults again.
-const STREAM_WAIT: std::time::Duration = std::time::Duration::from_micros(300);
+const STREAM_WAIT: std::time::Duration = std::time::Duration::from_micros(50);
 /// While pushing a batch, the daemon looks for waiting faults every this many pages.
-const CHECK_PAGES: usize = 64;
+const CHECK_PAGES: usize = 16;
 /// The push copies runs of up to this many zero pages between missing ones along.
 const BRIDGE_PAGES: usize = 4;
 
@@ -123,15 +123,15 @@ fn take(set: &Arc<ImageSet>, ls: LazyStart) -> Result<Taken, DaemonError> {
 
 /// Sets up the uffd of the first process of the tree the restore hands over (see [`take`])
 /// and starts the daemon thread; [`add`] hands it the others. It pushes only once `running`
-/// says the restore is over (every process runs), so the push never slows the restore down,
-/// and it ends no earlier.
+/// says the restore is over (every process runs, since that instant; [`Started::wake`] tells
+/// the daemon), so the push never slows the restore down, and it ends no earlier.
 pub(super) fn start(
     set: Arc<ImageSet>,
     ls: LazyStart,
     source: Box<dyn LazySource>,
     opts: LazyOptions,
     start: Instant,
-    running: Arc<AtomicBool>,
+    running: Arc<OnceLock<Instant>>,
 ) -> Result<Started, DaemonError> {
     let pid = ls.pid;
     let first = ls.space;
@@ -158,12 +158,15 @@ pub(super) fn start(
         running,
         adds,
         wake: wake_r,
+        lazy_total: 0,
+        sampler: resident::Sampler::new(),
     };
     let join = std::thread::Builder::new()
         .name(format!("haul-lazy-{pid}"))
         .spawn(move || {
             let mut d = d;
             d.spaces[0].pending = Missing::new(d.image.clone(), first, &ranges);
+            d.lazy_total = d.spaces[0].pending.left();
             d.run()
         })
         .map_err(DaemonError::Thread)?;
@@ -173,6 +176,13 @@ pub(super) fn start(
         add: tx,
         wake,
     })
+}
+
+impl Started {
+    /// Wakes the daemon to look again at what it waits for (the restore is over).
+    pub(super) fn wake(&self) {
+        let _ = (&self.wake).write(b"+");
+    }
 }
 
 /// Hands the next process of the tree to the running daemon; returns once the daemon serves
@@ -195,7 +205,7 @@ pub(super) fn add(started: &Started, ls: LazyStart) -> Result<(), DaemonError> {
         .add
         .send(a)
         .map_err(|_| DaemonError::Ended { pid })?;
-    let _ = (&started.wake).write(b"+");
+    started.wake();
     acked.recv().map_err(|_| DaemonError::Ended { pid })
 }
 
@@ -209,6 +219,8 @@ struct Stats {
     /// Time the push spent copying in, and waiting for the source's stream.
     push_copy: std::time::Duration,
     push_wait: std::time::Duration,
+    /// The longest single copy of the push (µs): no fault is looked for during one.
+    push_copy_max: u64,
 }
 
 /// How serving ended.
@@ -249,12 +261,16 @@ struct Daemon {
     stats: Stats,
     buf: Vec<u8>,
     stream: Stream,
-    /// Set once the restore is over (every process runs, or the restore failed and killed
-    /// them): the push waits for it, and serving does not end before it.
-    running: Arc<AtomicBool>,
+    /// Set once the restore is over (every process runs, since then; or the restore failed
+    /// and killed them): the push waits for it, and serving does not end before it.
+    running: Arc<OnceLock<Instant>>,
     /// The other processes of the tree, as the restore reaches them.
     adds: mpsc::Receiver<Added>,
     wake: UnixStream,
+    /// Pages the tree's processes missed when the daemon took them.
+    lazy_total: u64,
+    /// Residency over time, for the report.
+    sampler: resident::Sampler,
 }
 
 /// The background read that feeds the push of the tree's spaces.
@@ -285,6 +301,9 @@ impl Daemon {
                 o => o,
             },
             source_lost: None,
+            push_policy: self.opts.push.name().into(),
+            resident: std::mem::replace(&mut self.sampler, resident::Sampler::new())
+                .finish(Instant::now(), self.pages_resident()),
         };
         match r {
             Ok(End::Done) => {
@@ -293,9 +312,11 @@ impl Daemon {
                 }
                 tracing::info!(pid = self.pid, "every page is resident");
                 tracing::debug!(
-                    "push: {:?} copying in, {:?} waiting for the source",
+                    "push: {:?} copying in, {:?} waiting for the source; the longest copy \
+                     {}µs (what a fault may wait behind)",
                     self.stats.push_copy,
-                    self.stats.push_wait
+                    self.stats.push_wait,
+                    self.stats.push_copy_max
                 );
                 Ok(report)
             }
@@ -342,23 +363,35 @@ impl Daemon {
     fn serve(&mut self) -> Result<End, Fatal> {
         let mut faults: VecDeque<(usize, u64, Instant)> = VecDeque::new();
         let mut last_fault = Instant::now();
+        let continuous = self.opts.push == PushPolicy::Continuous;
         loop {
             self.take_added();
+            let running = self.running.get().copied();
+            if let (Some(at), false) = (running, self.sampler.started()) {
+                self.sampler.start(at, self.pages_resident());
+            }
             if faults.is_empty()
-                && self.running.load(Ordering::Relaxed)
+                && running.is_some()
                 && self.spaces.iter().all(|s| s.dead || s.pending.is_empty())
             {
                 return Ok(End::Done);
             }
-            let idle_due = last_fault + self.opts.idle_push;
             let now = Instant::now();
+            let idle_due = last_fault + self.opts.idle_push;
             let timeout = if !faults.is_empty() {
                 0
-            } else if now >= idle_due {
-                // Push time; until the process runs, look again every millisecond.
-                i32::from(!self.running.load(Ordering::Relaxed))
+            } else if running.is_none() {
+                // The restore wakes the daemon once it is over.
+                MAX_POLL_MS as i32
+            } else if continuous || now >= idle_due {
+                // Push time: look for faults between push steps, never waiting.
+                0
             } else {
                 (idle_due - now).as_millis().min(u128::from(MAX_POLL_MS)) as i32 + 1
+            };
+            let timeout = match self.sampler.due_in(now, self.pages_resident()) {
+                Some(d) => timeout.min(d.as_millis() as i32 + 1),
+                None => timeout,
             };
             let mut fds = vec![self.wake.as_raw_fd()];
             let mut who = vec![(usize::MAX, false)];
@@ -404,12 +437,25 @@ impl Daemon {
             }
             faults = again;
             if faults.is_empty()
-                && Instant::now() >= last_fault + self.opts.idle_push
-                && self.running.load(Ordering::Relaxed)
+                && running.is_some()
+                && (continuous || Instant::now() >= last_fault + self.opts.idle_push)
             {
                 self.push()?;
             }
+            self.sampler.tick(Instant::now(), self.pages_resident());
         }
+    }
+
+    /// Lazy pages of the tree's processes no longer missing: copied in, or their mapping or
+    /// their process gone.
+    fn pages_resident(&self) -> u64 {
+        let left: u64 = self
+            .spaces
+            .iter()
+            .filter(|s| s.tree && !s.dead)
+            .map(|s| s.pending.left())
+            .sum();
+        self.lazy_total.saturating_sub(left)
     }
 
     /// Takes the processes of the tree the restore handed over since last looked, and says
@@ -418,6 +464,7 @@ impl Daemon {
         while let Ok(a) = self.adds.try_recv() {
             let mut sp = a.space;
             sp.pending = Missing::new(self.image.clone(), a.set_space, &a.ranges);
+            self.lazy_total += sp.pending.left();
             tracing::debug!(pid = sp.pid, pages = sp.pending.left(), "serving");
             self.spaces.push(sp);
             self.watchdogs.extend(a.watchdog);

@@ -4,9 +4,11 @@
 //! anonymous memory that holds stored pages empty, registered MISSING with a userfaultfd the
 //! process created (so kernel-mode accesses fault too). One daemon serves every process of the
 //! tree, each an address space with its own pages (its page space of the set). The daemon serves each fault with `UFFDIO_COPY` (plus `prefetch` pages
-//! after it), follows fork/mremap/madvise/munmap events, and after `idle_push` without a fault
-//! pushes the remaining pages in large copies, until every page is resident. File-backed private
-//! VMAs and shared anonymous memory are filled eagerly, as in an eager restore.
+//! after it), follows fork/mremap/madvise/munmap events, and pushes the pages no fault asked
+//! for in large copies until every page is resident: between faults from the moment the process
+//! runs ([`PushPolicy::Continuous`]), or only after `idle_push` without a fault
+//! ([`PushPolicy::Idle`]). File-backed private VMAs and shared anonymous memory are filled
+//! eagerly, as in an eager restore.
 //!
 //! Safety of the restored process: the daemon never reads its memory. If the page source is
 //! lost for `source_timeout`, the daemon SIGKILLs every process of the tree (and the children
@@ -18,8 +20,7 @@ mod daemon;
 mod missing;
 mod source;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use source::{LazySource, NextPush, PushStream, SourceError, StoreSource};
@@ -122,10 +123,51 @@ pub enum PushOrder {
     HotFirst,
 }
 
+/// When the background push runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PushPolicy {
+    /// From the moment the process runs, whenever no fault waits: faults are served first,
+    /// the push goes on between them (a fault waits for at most one push chunk), so a
+    /// process that faults all the time still gets every page about as fast as an eager
+    /// restore would place it.
+    #[default]
+    Continuous,
+    /// Only after [`LazyOptions::idle_push`] without a fault (the push stops for each
+    /// fault and waits for the next quiet spell).
+    Idle,
+}
+
+impl PushPolicy {
+    /// The name the job key `lazy.push`, the flag `--push` and the report's
+    /// `lazy.push_policy` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            PushPolicy::Continuous => "continuous",
+            PushPolicy::Idle => "idle",
+        }
+    }
+
+    /// The policy when `push` was asked for (or not) and an idle delay was given explicitly
+    /// (or not): without `push`, an explicit idle delay means the idle policy (what it meant
+    /// before there was a choice), none means continuous. `None` when the two contradict:
+    /// continuous with an idle delay, which it would ignore.
+    pub fn resolve(push: Option<PushPolicy>, idle_push_given: bool) -> Option<PushPolicy> {
+        match (push, idle_push_given) {
+            (Some(PushPolicy::Continuous), true) => None,
+            (Some(p), _) => Some(p),
+            (None, true) => Some(PushPolicy::Idle),
+            (None, false) => Some(PushPolicy::Continuous),
+        }
+    }
+}
+
 /// The `[lazy]` policy.
 #[derive(Clone, Debug)]
 pub struct LazyOptions {
-    /// No fault for this long: push the remaining pages in the background.
+    /// When the background push runs.
+    pub push: PushPolicy,
+    /// With [`PushPolicy::Idle`]: no fault for this long, push the remaining pages in the
+    /// background. Unused by the continuous push.
     pub idle_push: Duration,
     /// Pages copied after each faulting page (when they are still missing).
     pub prefetch: u32,
@@ -140,6 +182,7 @@ pub struct LazyOptions {
 impl Default for LazyOptions {
     fn default() -> Self {
         LazyOptions {
+            push: PushPolicy::Continuous,
             idle_push: Duration::from_secs(5),
             prefetch: 16,
             order: PushOrder::Address,
@@ -150,10 +193,15 @@ impl Default for LazyOptions {
 }
 
 impl LazyOptions {
-    /// The policy of a job's `[lazy]` table.
+    /// The policy of a job's `[lazy]` table (validated: `push = "continuous"` does not come
+    /// with `idle_push`).
     pub fn from_spec(s: &crate::job::LazySpec) -> LazyOptions {
         LazyOptions {
-            idle_push: s.idle_push.0,
+            push: match s.push_policy() {
+                crate::job::LazyPush::Continuous => PushPolicy::Continuous,
+                crate::job::LazyPush::Idle => PushPolicy::Idle,
+            },
+            idle_push: s.idle_push().0,
             prefetch: s.prefetch,
             order: match s.order {
                 crate::job::LazyOrder::Address => PushOrder::Address,
@@ -202,7 +250,7 @@ pub fn restore_lazy(
     lopts: &LazyOptions,
 ) -> Result<LazyRestore, LazyError> {
     let start = Instant::now();
-    let running = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(OnceLock::new());
     let mut hooks = Hooks {
         set,
         source: Some(lazy),
@@ -212,8 +260,12 @@ pub fn restore_lazy(
         started: None,
     };
     let outcome = crate::restore::restore_lazy(set, eager, ropts, &mut hooks);
-    running.store(true, Ordering::Relaxed);
+    // The processes run from now on (or were killed): the daemon pushes, and may end.
+    let _ = running.set(Instant::now());
     let started = hooks.started.take();
+    if let Some(s) = &started {
+        s.wake();
+    }
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -229,7 +281,15 @@ pub fn restore_lazy(
         return Ok(LazyRestore {
             outcome,
             pages_lazy: 0,
-            daemon: std::thread::spawn(|| Ok(LazyReport::default())),
+            daemon: {
+                let push_policy = lopts.push.name().into();
+                std::thread::spawn(move || {
+                    Ok(LazyReport {
+                        push_policy,
+                        ..Default::default()
+                    })
+                })
+            },
         });
     };
     let pages_lazy = set
@@ -257,7 +317,7 @@ struct Hooks<'a> {
     source: Option<Box<dyn LazySource>>,
     lopts: &'a LazyOptions,
     start: Instant,
-    running: Arc<AtomicBool>,
+    running: Arc<OnceLock<Instant>>,
     started: Option<daemon::Started>,
 }
 

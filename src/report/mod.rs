@@ -266,6 +266,36 @@ pub struct LazyReport {
     pub push_order: String,
     /// Set when the page source was lost and the process was killed.
     pub source_lost: Option<String>,
+    /// When the push ran: `continuous` (between faults from the start) or `idle` (after
+    /// `lazy.idle_push` without a fault).
+    pub push_policy: String,
+    /// Residency over time: pages of the tree no longer missing, sampled from the moment the
+    /// restored processes ran (at most every 50 ms while it changes, and at the end).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resident: Vec<ResidentSample>,
+}
+
+/// One sample of [`LazyReport::resident`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResidentSample {
+    /// µs since the restored processes started running.
+    pub at_us: u64,
+    /// Lazy pages no longer missing by then (copied in, or their mapping or process gone).
+    pub pages: u64,
+}
+
+impl LazyReport {
+    /// When the share `percent` (of the last sample, which is every page once the restore
+    /// completed) was resident: µs since running, from [`LazyReport::resident`].
+    pub fn resident_at(&self, percent: u64) -> Option<u64> {
+        let total = self.resident.last()?.pages;
+        let want = (total * percent).div_ceil(100);
+        self.resident
+            .iter()
+            .find(|s| s.pages >= want)
+            .map(|s| s.at_us)
+    }
 }
 
 /// The frozen source of a lazy final dump (`dump.lazy`).
@@ -571,6 +601,29 @@ pub fn render(r: &RunReport) -> String {
             l.push_order,
             human_us(l.time_to_all_resident)
         );
+        let mut line = String::new();
+        if !l.push_policy.is_empty() {
+            line = format!("push {}", l.push_policy);
+        }
+        if let (None, Some(half), Some(most), Some(all)) = (
+            &l.source_lost,
+            l.resident_at(50),
+            l.resident_at(90),
+            l.resident_at(100),
+        ) {
+            if !line.is_empty() {
+                line += "; ";
+            }
+            line += &format!(
+                "resident 50% at {}, 90% at {}, 100% at {} after running",
+                human_us(half),
+                human_us(most),
+                human_us(all)
+            );
+        }
+        if !line.is_empty() {
+            let _ = writeln!(s, "        {line}");
+        }
         if let Some(why) = &l.source_lost {
             let _ = writeln!(s, "        page source lost: {why}");
         }
@@ -836,5 +889,55 @@ mod tests {
             assert_eq!(end(l, frozen), end(head, "frozen"), "{text}");
             assert_eq!(l.chars().count(), head.chars().count(), "{text}");
         }
+    }
+
+    #[test]
+    fn the_lazy_push_policy_and_residency_are_rendered_and_older_reports_still_load() {
+        let sample = |ms: u64, pages: u64| ResidentSample {
+            at_us: ms * 1000,
+            pages,
+        };
+        let r = RunReport {
+            lazy: Some(LazyReport {
+                push_policy: "continuous".into(),
+                resident: vec![
+                    sample(0, 0),
+                    sample(50, 400),
+                    sample(100, 500),
+                    sample(150, 950),
+                    sample(210, 1000),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let l = r.lazy.as_ref().unwrap();
+        assert_eq!(l.resident_at(50), Some(100_000));
+        assert_eq!(l.resident_at(90), Some(150_000));
+        assert_eq!(l.resident_at(100), Some(210_000));
+        let text = render(&r);
+        assert!(
+            text.contains(
+                "push continuous; resident 50% at 100.0ms, 90% at 150.0ms, 100% at 210.0ms \
+                 after running"
+            ),
+            "{text}"
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["lazy"]["push_policy"], "continuous");
+        assert_eq!(v["lazy"]["resident"][1]["at_us"], 50_000);
+        assert_eq!(v["lazy"]["resident"][1]["pages"], 400);
+        // Reports written before the push policy have neither field.
+        let mut v = v;
+        let lazy = v["lazy"].as_object_mut().unwrap();
+        lazy.remove("push_policy");
+        lazy.remove("resident");
+        let old: RunReport = serde_json::from_value(v).unwrap();
+        let old = old.lazy.unwrap();
+        assert!(old.push_policy.is_empty() && old.resident.is_empty());
+        assert_eq!(old.resident_at(50), None);
+        // No samples: nothing is serialized for them.
+        let empty = serde_json::to_value(LazyReport::default()).unwrap();
+        assert!(empty.get("resident").is_none(), "{empty}");
     }
 }

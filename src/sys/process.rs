@@ -107,6 +107,18 @@ pub fn getppid() -> i32 {
     unsafe { libc::getppid() }
 }
 
+/// `setpriority(PRIO_PROCESS, 0, nice)` (setpriority(2)): the nice value of the calling thread
+/// (on Linux, `PRIO_PROCESS` with 0 names the calling thread, not the whole process). Raising it
+/// needs no privilege.
+pub fn set_thread_nice(nice: i32) -> Result<()> {
+    // SAFETY: setpriority takes three integers and touches no memory of ours.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if r < 0 {
+        return Err(last_err(format!("setpriority(PRIO_PROCESS, 0, {nice})")));
+    }
+    Ok(())
+}
+
 /// `prctl(PR_SET_PDEATHSIG)` (prctl(2)): the calling thread gets `sig` when its parent dies.
 pub fn set_pdeathsig(sig: i32) -> Result<()> {
     // SAFETY: PR_SET_PDEATHSIG takes an integer signal number; the rest are unused.

@@ -1,6 +1,8 @@
-//! The daemon's background push: the pages no fault asked for, copied in once the tree has
-//! been idle for `idle_push`, from the source's stream (every space of the tree under its page
-//! keys, in the job's order) and then chunk by chunk.
+//! The daemon's background push: the pages no fault asked for, copied in between faults
+//! (`PushPolicy::Continuous`) or once the tree has been idle for `idle_push`
+//! (`PushPolicy::Idle`), from the source's stream (every space of the tree under its page
+//! keys, in the job's order) and then chunk by chunk. Each step stops as soon as a fault
+//! waits, so a fault waits for at most one step ([`CHECK_PAGES`] pages, or [`STREAM_WAIT`]).
 
 use std::time::Instant;
 
@@ -150,8 +152,10 @@ impl Daemon {
                 k += 1;
                 continue;
             }
+            // At most CHECK_PAGES per copy: a fault that comes meanwhile waits for no more.
             let mut j = k + 1;
             while j < keys.len()
+                && j - k < CHECK_PAGES
                 && keys[j] == keys[j - 1] + PAGE
                 && split_key(keys[j]).0 == split_key(keys[k]).0
                 && wanted(&self.spaces[i], keys[j])
@@ -160,7 +164,10 @@ impl Daemon {
             }
             let data = &bytes[k * PAGE_SIZE..j * PAGE_SIZE];
             let start = addr(&self.spaces[i], keys[k]);
-            match self.copy_bytes(i, start, data)? {
+            let t = Instant::now();
+            let copied = self.copy_bytes(i, start, data)?;
+            self.note_copy(t);
+            match copied {
                 Copied::All => self.stats.pushed += (j - k) as u64,
                 // Read the event, then go on from the first page still missing.
                 Copied::Again => return Ok(Some(k)),
@@ -190,10 +197,19 @@ impl Daemon {
             return Ok(());
         };
         let take = self.spaces[i].pending.first(self.opts.push_pages.max(1));
-        if let Copied::All = self.fetch_and_copy(i, &take)? {
+        let t = Instant::now();
+        let copied = self.fetch_and_copy(i, &take)?;
+        self.note_copy(t);
+        if let Copied::All = copied {
             self.stats.pushed += take.len() as u64;
         }
         Ok(())
+    }
+
+    /// Counts a copy of the push that started at `t` (the longest is logged).
+    fn note_copy(&mut self, t: Instant) {
+        let us = crate::util::us(t.elapsed());
+        self.stats.push_copy_max = self.stats.push_copy_max.max(us);
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::CommandError;
 use crate::image::ImageSet;
 use crate::job::PidPolicy;
-use crate::lazy::{LazyOptions, LazyRestore, LazySource};
+use crate::lazy::{LazyOptions, LazyRestore, LazySource, PushPolicy};
 use crate::report::LazyReport;
 use crate::restore::{PageSource, RestoreOutcome};
 use crate::runner::stages::restore_options;
@@ -62,6 +62,9 @@ pub struct LazyRestoreCommand {
     /// `--from HOST:PORT`: the manifest and the pages come from a page server.
     pub from: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// `--push`, resolved (`--idle-push` alone means idle).
+    pub push: PushPolicy,
+    /// `--idle-push` (its default when not given); only the idle push waits for it.
     pub idle_push: Duration,
     pub prefetch: u32,
     pub source_timeout: Duration,
@@ -91,6 +94,7 @@ pub fn lazy_restore(cmd: &LazyRestoreCommand) -> Result<LazyRunning, CommandErro
     let mut opts = restore_options(r.pid, r.verify_state);
     opts.network_lock = r.network_lock;
     let lopts = LazyOptions {
+        push: cmd.push,
         idle_push: cmd.idle_push,
         prefetch: cmd.prefetch,
         source_timeout: cmd.source_timeout,
