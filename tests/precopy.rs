@@ -684,9 +684,19 @@ fn hot_first_push_counts_writes_over_the_predumps_and_restores_exactly() {
     d.run.child.wait().unwrap();
     let set = Arc::new(dumped.set);
 
-    let counts = StoreSource::new(store.clone())
-        .dirty_counts(&set.id)
-        .expect("a set after pre-dumps has a dirty history");
+    // Worked out in the background: asked again until ready.
+    let mut source = StoreSource::new(store.clone());
+    let mut counts = None;
+    assert!(wait_for(Duration::from_secs(30), || {
+        match source.dirty_counts(&set) {
+            haul::lazy::DirtyCounts::NotYet => false,
+            haul::lazy::DirtyCounts::Ready(c) => {
+                counts = Some(c.expect("a set after pre-dumps has a dirty history"));
+                true
+            }
+        }
+    }));
+    let counts = counts.unwrap();
     let at = |i: u64| counts.get(&(d.addr + i * PAGE)).copied().unwrap_or(0);
     for hot in [3, 4, 40, 200, 7, 9, 10] {
         assert_eq!(

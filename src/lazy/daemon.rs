@@ -160,6 +160,7 @@ pub(super) fn start(
         wake: wake_r,
         lazy_total: 0,
         sampler: resident::Sampler::new(),
+        counting: false,
     };
     let join = std::thread::Builder::new()
         .name(format!("haul-lazy-{pid}"))
@@ -167,6 +168,10 @@ pub(super) fn start(
             let mut d = d;
             d.spaces[0].pending = Missing::new(d.image.clone(), first, &ranges);
             d.lazy_total = d.spaces[0].pending.left();
+            if d.opts.order == crate::lazy::PushOrder::HotFirst {
+                // Starts working out the push order while the restore goes on.
+                let _ = d.source.dirty_counts(&d.image);
+            }
             d.run()
         })
         .map_err(DaemonError::Thread)?;
@@ -271,6 +276,8 @@ struct Daemon {
     lazy_total: u64,
     /// Residency over time, for the report.
     sampler: resident::Sampler,
+    /// The push waits for the source to work out its order (see `LazySource::dirty_counts`).
+    counting: bool,
 }
 
 /// The background read that feeds the push of the tree's spaces.
@@ -388,6 +395,12 @@ impl Daemon {
                 0
             } else {
                 (idle_due - now).as_millis().min(u128::from(MAX_POLL_MS)) as i32 + 1
+            };
+            // Waiting for the push order: no spinning on a core the source needs.
+            let timeout = if timeout == 0 && faults.is_empty() && self.counting {
+                1
+            } else {
+                timeout
             };
             let timeout = match self.sampler.due_in(now, self.pages_resident()) {
                 Some(d) => timeout.min(d.as_millis() as i32 + 1),

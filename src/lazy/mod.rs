@@ -23,7 +23,7 @@ mod source;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use source::{LazySource, NextPush, PushStream, SourceError, StoreSource};
+pub use source::{DirtyCounts, LazySource, NextPush, PushStream, SourceError, StoreSource};
 
 use crate::image::ImageSet;
 use crate::report::LazyReport;

@@ -62,11 +62,13 @@ pub trait LazySource: Send {
         0
     }
 
-    /// How often each page of set `set` was written over the pre-dumps that led to it (for
-    /// the hot-first push): address → count. `None` when the source cannot tell.
-    fn dirty_counts(&mut self, set: &str) -> Option<HashMap<u64, u32>> {
+    /// How often each page of `set` was written over the pre-dumps that led to it (for the
+    /// hot-first push): address → count, `Ready(None)` when the source cannot tell. A source
+    /// that works it out in the background answers `NotYet` until it is done: the first call
+    /// (the daemon makes it before the process runs) starts the work.
+    fn dirty_counts(&mut self, set: &Arc<crate::image::ImageSet>) -> DirtyCounts {
         let _ = set;
-        None
+        DirtyCounts::Ready(None)
     }
 
     /// Starts reading `pages` of set `set` in the background, in the order given, for the
@@ -126,15 +128,27 @@ impl PushStream for PageStream {
     }
 }
 
+/// What [`LazySource::dirty_counts`] has.
+pub enum DirtyCounts {
+    /// Still being worked out.
+    NotYet,
+    Ready(Option<HashMap<u64, u32>>),
+}
+
 /// Pages from a local store ([`Store::read_page_at`] checks each page's hash).
 pub struct StoreSource {
     store: Arc<Store>,
+    /// The dirty counts being worked out on a thread of their own.
+    counting: Option<std::sync::mpsc::Receiver<Option<HashMap<u64, u32>>>>,
 }
 
 impl StoreSource {
     /// Pages of `store`, each checked against its id as it is read.
     pub fn new(store: Arc<Store>) -> StoreSource {
-        StoreSource { store }
+        StoreSource {
+            store,
+            counting: None,
+        }
     }
 }
 
@@ -157,17 +171,45 @@ impl LazySource for StoreSource {
         Some(Box::new(self.store.stream_pages(set, pages)))
     }
 
-    /// Walks the set's chain of pre-dumps: each holds the pages written since the one before
-    /// (the first, every page), and a page of the final dump that differs from the last
-    /// pre-dump's was written once more.
-    fn dirty_counts(&mut self, set: &str) -> Option<HashMap<u64, u32>> {
-        let last = self.store.load_set(set).ok()?;
+    /// Reads the chain of pre-dumps on a thread of its own (their manifests hold a page table
+    /// of the whole memory each: ~100 ms per GiB that faults must not wait behind).
+    fn dirty_counts(&mut self, set: &Arc<crate::image::ImageSet>) -> DirtyCounts {
+        use std::sync::mpsc::TryRecvError;
+        let rx = match &self.counting {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (store, image) = (self.store.clone(), set.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("haul-lazy-counts".into())
+                    .spawn(move || {
+                        let _ = tx.send(count_chain(&store, &image));
+                    });
+                if spawned.is_err() {
+                    return DirtyCounts::Ready(count_chain(&self.store, set));
+                }
+                self.counting.insert(rx)
+            }
+        };
+        match rx.try_recv() {
+            Ok(c) => DirtyCounts::Ready(c),
+            Err(TryRecvError::Empty) => DirtyCounts::NotYet,
+            Err(TryRecvError::Disconnected) => DirtyCounts::Ready(None),
+        }
+    }
+}
+
+/// Walks the set's chain of pre-dumps: each holds the pages written since the one before (the
+/// first, every page), and a page of the final dump that differs from the last pre-dump's was
+/// written once more.
+fn count_chain(store: &Store, last: &crate::image::ImageSet) -> Option<HashMap<u64, u32>> {
+    {
         let mut counts: HashMap<u64, u32> = HashMap::new();
         let mut latest: HashMap<u64, PageRef> = HashMap::new();
         let mut parent = last.parent.clone();
         let mut any = false;
         while let Some(p) = parent {
-            let s = self.store.load_set(&p).ok()?;
+            let s = store.load_set(&p).ok()?;
             if s.kind != SetKind::PreDump {
                 break;
             }

@@ -30,7 +30,13 @@ impl Daemon {
         if matches!(self.stream, Stream::NotStarted) {
             self.stream = Stream::Over;
             if !self.tree_served() {
-                let pages = self.push_list();
+                let Some(pages) = self.push_list() else {
+                    // The hot-first order is still being worked out: faults only, meanwhile.
+                    self.stream = Stream::NotStarted;
+                    self.counting = true;
+                    return Ok(());
+                };
+                self.counting = false;
                 if let Some(st) = self.source.stream(&self.set, pages) {
                     self.stream = Stream::Running { st, partial: None };
                 }
@@ -75,12 +81,15 @@ impl Daemon {
     /// dirtied first over the whole tree. In address order, short runs of zero pages between
     /// missing ones are copied too ([`BRIDGE_PAGES`]): one large copy instead of many small
     /// ones.
-    fn push_list(&mut self) -> Vec<(u64, PageRef)> {
-        let tree = || self.spaces.iter().filter(|s| s.tree && !s.dead);
+    fn push_list(&mut self) -> Option<Vec<(u64, PageRef)>> {
         let counts = match self.opts.order {
-            PushOrder::HotFirst => self.source.dirty_counts(&self.set),
+            PushOrder::HotFirst => match self.source.dirty_counts(&self.image) {
+                crate::lazy::DirtyCounts::NotYet => return None,
+                crate::lazy::DirtyCounts::Ready(c) => c,
+            },
             PushOrder::Address => None,
         };
+        let tree = || self.spaces.iter().filter(|s| s.tree && !s.dead);
         let Some(counts) = counts else {
             self.stats.push_order = if self.opts.order == PushOrder::HotFirst {
                 tracing::info!(
@@ -91,14 +100,16 @@ impl Daemon {
             } else {
                 "address".into()
             };
-            return tree()
-                .flat_map(|sp| {
-                    let m = &sp.pending;
-                    m.all_bridged(BRIDGE_PAGES)
-                        .into_iter()
-                        .map(|(a, r)| (m.key(a), r))
-                })
-                .collect();
+            return Some(
+                tree()
+                    .flat_map(|sp| {
+                        let m = &sp.pending;
+                        m.all_bridged(BRIDGE_PAGES)
+                            .into_iter()
+                            .map(|(a, r)| (m.key(a), r))
+                    })
+                    .collect(),
+            );
         };
         self.stats.push_order = "hot-first".into();
         let pages = tree()
@@ -107,7 +118,7 @@ impl Daemon {
                 m.all().into_iter().map(|(a, id)| (m.key(a), id))
             })
             .collect();
-        hot_first(pages, &counts)
+        Some(hot_first(pages, &counts))
     }
 
     /// The tree's space that page key `key` belongs to (not a forked child's: those share
