@@ -54,6 +54,6 @@ pub fn dump_to_store(
     writer.set_tree(out.tree);
     let set = writer.commit(Some(out.process))?;
     stats.memwrite_time += crate::util::us(t.elapsed());
-    super::end_frozen(pid, kept, &mut stats)?;
+    super::end_frozen(pid, kept, &mut stats, opts)?;
     Ok(StoredDump { set, stats })
 }

@@ -37,6 +37,19 @@ pub(crate) struct FrozenTree {
     pub lock: Option<crate::netlock::NetLock>,
 }
 
+/// Threads collecting the deaths of killed trees ([`DumpOptions::deaths_in_background`]).
+static DEATHS: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits until the deaths collected in the background are all collected (the checkpoint
+/// worker, before it exits).
+pub fn join_deaths() {
+    let handles = DEATHS.lock().map(|mut v| std::mem::take(&mut *v));
+    for h in handles.unwrap_or_default() {
+        let _ = h.join();
+    }
+}
+
 impl FrozenTree {
     /// Freezes the tree rooted at `root`: see the module documentation. A process that exits
     /// before it is frozen is simply not part of the tree; one that leaves the tree once frozen
@@ -242,8 +255,14 @@ impl FrozenTree {
     ///
     /// Established TCP sockets are closed still in repair mode (their peers are sent nothing),
     /// and the network lock is kept for the restore to release.
-    /// `marks` gets `reap` once every SIGKILL is sent (the deaths are collected next).
-    pub fn kill(self, marks: &mut Vec<crate::report::Mark>) -> Result<(), DumpError> {
+    /// `marks` gets `reap` once every SIGKILL is sent (the deaths are collected next). With
+    /// `background` (and no connection or lock to deal with after the deaths), the deaths are
+    /// collected on a thread of its own ([`join_deaths`] waits for it).
+    pub fn kill(
+        self,
+        marks: &mut Vec<crate::report::Mark>,
+        background: bool,
+    ) -> Result<(), DumpError> {
         let FrozenTree {
             repair,
             mut procs,
@@ -261,9 +280,29 @@ impl FrozenTree {
             }
         }
         marks.push(super::mark("reap"));
-        for (f, p) in procs.into_iter().zip(parents) {
-            f.collect_death(p);
+        let collect = move || {
+            for (f, p) in procs.into_iter().zip(parents) {
+                f.collect_death(p);
+            }
+        };
+        if background && repair.is_empty() && lock.is_none() {
+            // A thread of the tracer's thread group may wait for its tracees.
+            match std::thread::Builder::new()
+                .name("haul-deaths".into())
+                .spawn(collect)
+            {
+                Ok(h) => {
+                    if let Ok(mut v) = DEATHS.lock() {
+                        v.push(h);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("collecting the deaths on a thread: {e}");
+                }
+            }
+            return first.map_or(Ok(()), Err);
         }
+        collect();
         repair.close_silently();
         if let Some(l) = lock {
             if let Err(e) = l.keep() {

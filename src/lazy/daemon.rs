@@ -168,10 +168,6 @@ pub(super) fn start(
             let mut d = d;
             d.spaces[0].pending = Missing::new(d.image.clone(), first, &ranges);
             d.lazy_total = d.spaces[0].pending.left();
-            if d.opts.order == crate::lazy::PushOrder::HotFirst {
-                // Starts working out the push order while the restore goes on.
-                let _ = d.source.dirty_counts(&d.image);
-            }
             d.run()
         })
         .map_err(DaemonError::Thread)?;

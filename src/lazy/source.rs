@@ -65,7 +65,8 @@ pub trait LazySource: Send {
     /// How often each page of `set` was written over the pre-dumps that led to it (for the
     /// hot-first push): address → count, `Ready(None)` when the source cannot tell. A source
     /// that works it out in the background answers `NotYet` until it is done: the first call
-    /// (the daemon makes it before the process runs) starts the work.
+    /// (the daemon's first push step, once the process runs: not during the restore, which it
+    /// would slow down) starts the work.
     fn dirty_counts(&mut self, set: &Arc<crate::image::ImageSet>) -> DirtyCounts {
         let _ = set;
         DirtyCounts::Ready(None)

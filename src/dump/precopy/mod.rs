@@ -336,7 +336,7 @@ impl<'s> Precopy<'s> {
         // ends with it: nothing to unregister in a process that is gone, and nothing spent on it
         // while frozen. If the kill failed, dropping `tracked` ends the tracking of the living
         // process.
-        let killed = super::end_frozen(pid, kept, &mut d.stats);
+        let killed = super::end_frozen(pid, kept, &mut d.stats, &opts);
         drop(tracked);
         killed?;
         Ok((d, report))

@@ -46,6 +46,8 @@ fn run_checkpoint(
             tcp_pending: req.tcp_pending,
         },
         network_lock: req.network_lock,
+        // Answered while the killed processes exit; joined before the worker does.
+        deaths_in_background: !lazy,
         ..Default::default()
     };
     let Some(p) = &req.predump else {
@@ -216,5 +218,7 @@ pub fn worker_main() -> Result<(), WorkerError> {
         Ok(o) => Answer::Ok(Box::new(o)),
         Err(e) => Answer::Error(error_chain(&e)),
     };
-    answer(&a)
+    let answered = answer(&a);
+    crate::dump::join_deaths();
+    answered
 }
