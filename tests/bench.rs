@@ -195,3 +195,91 @@ fn bench_store_removes_a_dir_it_made() {
         "only the directory it made goes"
     );
 }
+
+/// `bench migrate` runs real migrations (`haul run`, `pid = "same"`) of the pause writer: each
+/// path's report carries its pause as a timeline of back-to-back phases, and haul never claims
+/// a pause the process did not see (the workload's own longest gap between ticks covers it).
+/// The restored processes are gone afterwards, and the directory is left as it was.
+#[test]
+fn bench_migrate_times_each_path_as_the_process_saw_it() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = user_dir(root.path());
+    let before = snapshot(&dir);
+    let o = run_bench(
+        &[
+            "migrate",
+            "--size",
+            "16MiB",
+            "--runs",
+            "1",
+            "--json",
+            "--path",
+            "full",
+            "--path",
+            "precopy-lazy",
+            "--path",
+            "checkpoint",
+        ],
+        &dir,
+    );
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let paths = r["paths"].as_array().unwrap();
+    let names: Vec<&str> = paths.iter().map(|p| p["path"].as_str().unwrap()).collect();
+    assert_eq!(names, ["full", "precopy-lazy", "checkpoint"]);
+    for p in paths {
+        let run = &p["runs"][0];
+        let seen = run["pause_us"].as_u64().unwrap();
+        let t = &run["timeline"];
+        let pause = t["pause_us"].as_u64().unwrap();
+        let phases = t["phases"].as_array().unwrap();
+        let names: Vec<&str> = phases.iter().map(|x| x["name"].as_str().unwrap()).collect();
+        let want: &[&str] = match p["path"].as_str().unwrap() {
+            "checkpoint" => &["freeze", "state", "copy", "thaw"],
+            _ => &[
+                "freeze", "state", "copy", "write", "commit", "kill", "reap", "handover",
+            ],
+        };
+        assert!(names.starts_with(want), "{}: {names:?}", p["path"]);
+        if p["path"] != "checkpoint" {
+            assert!(
+                names.ends_with(&["load", "release", "restore"]),
+                "{}: {names:?}",
+                p["path"]
+            );
+        }
+        // Back to back from the freeze to running.
+        let mut at = 0;
+        for x in phases {
+            assert_eq!(x["start_us"].as_u64().unwrap(), at, "{t}");
+            at += x["duration_us"].as_u64().unwrap();
+        }
+        assert_eq!(at, pause, "{t}");
+        // The process printed nothing while haul says it was paused (a few ms of slack: the
+        // restored process may print before haul marks it running).
+        assert!(
+            seen + 5_000 >= pause,
+            "{}: the process saw a {seen} µs gap, haul claims {pause} µs",
+            p["path"]
+        );
+    }
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "bench migrate changed {}",
+        dir.display()
+    );
+    assert!(
+        !std::process::Command::new("pgrep")
+            .args(["-f", "pausewriter 16"])
+            .status()
+            .unwrap()
+            .success(),
+        "a pause writer outlived the benchmark"
+    );
+}
