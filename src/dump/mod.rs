@@ -517,7 +517,15 @@ pub(crate) fn dump_planned(
         .as_deref()
         .and_then(|p| p.copy_estimate())
         .unwrap_or_else(|| before.resident_estimate());
-    let mut pool = memory::BufferPool::new(opts.buffer, estimate);
+    // A dump that stops the process holds it frozen until the set is committed anyway: its
+    // pages go to the sink (hashed and compressed on the other cores) while the copy goes on,
+    // rather than all after it.
+    let limit = if opts.leave_running || opts.lazy {
+        opts.buffer
+    } else {
+        0
+    };
+    let mut pool = memory::BufferPool::new(limit, estimate);
 
     let t_seize = Instant::now();
     stats.marks.push(mark("freeze"));

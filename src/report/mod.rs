@@ -140,7 +140,9 @@ pub struct Mark {
 ///
 /// Phases, in order (those that did not happen are absent): `freeze` (every thread stopped),
 /// `state` (registers, /proc, injected calls), `copy` (the last tracking round and the memory
-/// copy), `write` (hashing and compressing the copied pages into the set), `commit` (the
+/// copy; a dump that stops the process writes its pages into the set, hashed and compressed,
+/// as they are copied), `write` (the pages still buffered, and the references carried from
+/// the pre-dumps, into the set), `commit` (the
 /// manifest, durable), `kill` (SIGKILL to every process), `reap`
 /// (their deaths collected: each exit frees its memory), `handover` (the checkpoint worker's answer reaching haul), `load`
 /// (haul reading the set's manifest), `release` (the killed tree's pids free again),
