@@ -78,7 +78,7 @@ fn a_pty_pair_comes_back_with_termios_winsize_and_its_unread_bytes() {
     let s = Session::start();
     let out = s.path().join("ttyfix.out");
     let log = s.path().join("ttyfix.log");
-    let mut r = Running::logged(Command::new(fixture("ttyfix")).arg(&out), &log, true);
+    let mut r = Running::logged(ttyfix().arg(&out), &log, true);
     let before = report(r.pid, &out);
     // Raw mode, VINTR 7, VMIN 3, 33x111, 12 bytes typed ahead, 10 bytes not read by the master.
     let f: Vec<&str> = before.split_whitespace().collect();
@@ -104,11 +104,7 @@ fn a_pty_pair_comes_back_with_termios_winsize_and_its_unread_bytes() {
 
     // In canonical mode a line not ended yet waits too, uncounted by FIONREAD: it comes back
     // as it was, still not ended (FIONREAD counts the first line only).
-    let mut r = Running::logged(
-        Command::new(fixture("ttyfix")).arg(&out).arg("canon"),
-        &log,
-        true,
-    );
+    let mut r = Running::logged(ttyfix().arg(&out).arg("canon"), &log, true);
     let canon = report(r.pid, &out);
     assert!(canon.ends_with(" in=9 out=10\n"), "{canon}");
     dump(r.pid, &s.store(), false);
@@ -125,11 +121,7 @@ fn a_pty_pair_comes_back_with_termios_winsize_and_its_unread_bytes() {
     common::send_signal(pid, "KILL");
 
     // A pty with nothing waiting comes back with its termios and window size, queues empty.
-    let mut r = Running::logged(
-        Command::new(fixture("ttyfix")).arg(&out).arg("empty"),
-        &log,
-        true,
-    );
+    let mut r = Running::logged(ttyfix().arg(&out).arg("empty"), &log, true);
     let empty = report(r.pid, &out);
     let f: Vec<&str> = empty.split_whitespace().collect();
     assert_eq!(&f[4..], ["7", "3", "33", "111", "in=0", "out=0"], "{empty}");
@@ -144,13 +136,23 @@ fn a_pty_pair_comes_back_with_termios_winsize_and_its_unread_bytes() {
     common::send_signal(pid, "KILL");
 }
 
+/// The ttyfix fixture, without the stray descriptors of whoever ran the tests.
+fn ttyfix() -> Command {
+    let mut c = Command::new(fixture("ttyfix"));
+    haul::sys::spawn::close_inherited_fds(&mut c);
+    c
+}
+
 /// An interactive bash on a pty of the test's: (master, bash).
 fn bash_on_pty(s: &Session) -> (OwnedFd, Running) {
     let m = tty::open_pty().unwrap();
     let slave = || Stdio::from(tty::open_peer(m.as_fd(), 0).unwrap());
     // setsid -c: a session of its own whose controlling terminal is the pty, as a terminal
     // emulator starts a shell.
-    let child = Command::new("setsid")
+    let mut cmd = Command::new("setsid");
+    // Stray descriptors of whoever ran the tests (a jobserver pipe) would be refused.
+    haul::sys::spawn::close_inherited_fds(&mut cmd);
+    let child = cmd
         .args(["-c", "bash", "--norc", "--noprofile", "-i"])
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -283,7 +285,9 @@ fn an_interactive_bash_comes_back_into_the_terminal_of_haul_restore_with_tty_inh
     // is a pty of the test's, as a login shell's), and gives it to the restored bash.
     let term = tty::open_pty().unwrap();
     let slave = || Stdio::from(tty::open_peer(term.as_fd(), 0).unwrap());
-    let mut h = Command::new("setsid")
+    let mut cmd = Command::new("setsid");
+    haul::sys::spawn::close_inherited_fds(&mut cmd);
+    let mut h = cmd
         .arg("-c")
         .arg(common::haul_bin())
         .args(["restore", "--tty", "inherit", &set, "--store"])
