@@ -268,7 +268,9 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// Bytes of memory for copied pages: up to this much is held in memory while the process
     /// is frozen and written to the sink after the thaw; beyond it, pages go to the sink
-    /// during the freeze. Default 1 GiB.
+    /// during the freeze. Default 1 GiB. A dump that stops the process (neither
+    /// `leave_running` nor `lazy`) buffers nothing: it stays frozen until its set is committed
+    /// anyway, so its pages go to the sink as they are copied.
     pub buffer: u64,
     /// Test-only: fail on purpose at this step (see [`Step::from_env`]).
     pub fail_at: Option<Step>,

@@ -280,29 +280,34 @@ impl FrozenTree {
             }
         }
         marks.push(super::mark("reap"));
-        let collect = move || {
-            for (f, p) in procs.into_iter().zip(parents) {
-                f.collect_death(p);
-            }
-        };
+        let mut dying: Vec<(Frozen, bool)> = procs.into_iter().zip(parents).collect();
         if background && repair.is_empty() && lock.is_none() {
-            // A thread of the tracer's thread group may wait for its tracees.
-            match std::thread::Builder::new()
+            // A thread of the tracer's thread group may wait for its tracees. The dying are
+            // handed over once it runs: if it cannot be started, they are collected here.
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<(Frozen, bool)>>();
+            let spawned = std::thread::Builder::new()
                 .name("haul-deaths".into())
-                .spawn(collect)
-            {
-                Ok(h) => {
-                    if let Ok(mut v) = DEATHS.lock() {
-                        v.push(h);
+                .spawn(move || {
+                    for (f, p) in rx.into_iter().flatten() {
+                        f.collect_death(p);
                     }
-                }
-                Err(e) => {
-                    tracing::warn!("collecting the deaths on a thread: {e}");
-                }
+                });
+            match spawned {
+                Ok(h) => match tx.send(dying) {
+                    Ok(()) => {
+                        if let Ok(mut v) = DEATHS.lock() {
+                            v.push(h);
+                        }
+                        return first.map_or(Ok(()), Err);
+                    }
+                    Err(std::sync::mpsc::SendError(back)) => dying = back,
+                },
+                Err(e) => tracing::warn!("collecting the deaths on a thread: {e}"),
             }
-            return first.map_or(Ok(()), Err);
         }
-        collect();
+        for (f, p) in dying {
+            f.collect_death(p);
+        }
         repair.close_silently();
         if let Some(l) = lock {
             if let Err(e) = l.keep() {

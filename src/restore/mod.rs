@@ -292,22 +292,36 @@ pub trait PageSource {
     ) -> Result<(), BoxError>;
 
     /// The same pages, in any order, possibly from several threads at once: `f(addrs, bytes)`
-    /// with `bytes[i * 4096..][..4096]` the page at `addrs[i]`. By default one run at a time
-    /// through [`PageSource::for_each_page`]; a source that can decode in parallel hands each
-    /// batch over on the thread that decoded it.
+    /// with `bytes[i * 4096..][..4096]` the page at `addrs[i]`. By default through
+    /// [`PageSource::for_each_page`], gathered into batches of up to 256 pages (one
+    /// `process_vm_writev` each for a restore, however short the runs); a source that can
+    /// decode in parallel hands each batch over on the thread that decoded it.
     #[allow(clippy::type_complexity)]
     fn for_each_batch_par(
         &self,
         set: &ImageSet,
         f: &(dyn Fn(&[u64], &[u8]) -> Result<(), BoxError> + Sync),
     ) -> Result<(), BoxError> {
-        let mut addrs = Vec::new();
+        const BATCH: usize = 256;
+        let page = crate::image::PAGE_SIZE;
+        let mut addrs: Vec<u64> = Vec::with_capacity(BATCH);
+        let mut buf: Vec<u8> = Vec::with_capacity(BATCH * page);
         self.for_each_page(set, &mut |addr, bytes| {
-            addrs.clear();
-            let page = crate::image::PAGE_SIZE;
-            addrs.extend((0..bytes.len() / page).map(|i| addr + (i * page) as u64));
-            f(&addrs, bytes)
-        })
+            for (i, p) in bytes.chunks(page).enumerate() {
+                addrs.push(addr + (i * page) as u64);
+                buf.extend_from_slice(p);
+                if addrs.len() == BATCH {
+                    f(&addrs, &buf)?;
+                    addrs.clear();
+                    buf.clear();
+                }
+            }
+            Ok(())
+        })?;
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        f(&addrs, &buf)
     }
 }
 
