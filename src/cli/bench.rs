@@ -3,7 +3,7 @@
 use haul::runner::{exit, ProgressMode};
 use haul::Error;
 
-use super::{out, print_json, BenchCommand};
+use super::{out, print_doc, BenchCommand};
 
 /// `haul bench ...`.
 pub fn run(what: BenchCommand) -> Result<u8, Error> {
@@ -31,7 +31,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             };
             let r = bench::run_bench(&opts)?;
             if json {
-                print_json(&r)?;
+                print_doc("bench-precopy", &r)?;
             } else {
                 out(bench::report_text(&r).trim_end());
             }
@@ -57,7 +57,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             };
             let r = bench::run_bench(&opts)?;
             if json {
-                print_json(&r)?;
+                print_doc("bench-lazy", &r)?;
             } else {
                 out(bench::report_text(&r).trim_end());
             }
@@ -83,7 +83,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             };
             let r = bench::run_bench(&opts)?;
             if json {
-                print_json(&r)?;
+                print_doc("bench-migrate", &r)?;
             } else {
                 out(bench::report_text(&r).trim_end());
             }
@@ -109,7 +109,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             };
             let r = bench::run_bench(&opts)?;
             if json {
-                print_json(&r)?;
+                print_doc("bench-tree", &r)?;
             } else {
                 out(bench::report_text(&r).trim_end());
             }
@@ -128,7 +128,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             bar.finish(if r.is_ok() { "done" } else { "failed" }, r.is_err());
             let r = r?;
             if json {
-                print_json(&r)?;
+                print_doc("bench-store", &r)?;
             } else {
                 out(haul::bench::store::report_text(&r).trim_end());
             }

@@ -7,7 +7,7 @@ use haul::runner::worker::SourceEndKind;
 use haul::util::{human_bytes, human_us};
 use haul::Error;
 
-use super::{flush, out, print_json, print_json_line, DumpArgs};
+use super::{flush, out, print_doc, print_doc_line, DumpArgs};
 
 /// `haul dump --pid PID ...`.
 pub fn run(args: DumpArgs) -> Result<u8, Error> {
@@ -34,7 +34,7 @@ pub fn run(args: DumpArgs) -> Result<u8, Error> {
             "figures": d.set.figures, "pruned": d.pruned, "predump": d.predump,
             "processes": d.set.process_count(), "pids_taken": taken,
         });
-        print_json(&v)?;
+        print_doc("dump", &v)?;
         return Ok(exit::OK);
     }
     let f = &d.set.figures;
@@ -126,10 +126,13 @@ fn lazy(args: &DumpArgs, cmd: &DumpCommand) -> Result<u8, Error> {
     let d = command::lazy_dump(cmd)?;
     let (set, o, addr) = (&d.set, &d.outcome, &d.addr);
     if args.json {
-        print_json_line(&serde_json::json!({
-            "set": set.id, "job": set.job, "pid": args.pid, "serving": addr,
-            "stats": o.stats, "figures": set.figures, "predump": o.predump,
-        }))?;
+        print_doc_line(
+            "dump-lazy",
+            &serde_json::json!({
+                "set": set.id, "job": set.job, "pid": args.pid, "serving": addr,
+                "stats": o.stats, "figures": set.figures, "predump": o.predump,
+            }),
+        )?;
     } else {
         let f = &set.figures;
         out(&set.id);
@@ -155,7 +158,7 @@ fn lazy(args: &DumpArgs, cmd: &DumpCommand) -> Result<u8, Error> {
     let ended = d.wait()?;
     let end = &ended.end;
     if args.json {
-        print_json_line(&serde_json::json!({ "source": end }))?;
+        print_doc_line("dump-lazy-end", &serde_json::json!({ "source": end }))?;
     } else {
         let how = match end.kind {
             SourceEndKind::Killed => "killed",
@@ -191,9 +194,12 @@ fn check(args: &DumpArgs) -> Result<u8, Error> {
         Err(e) if e.is_refusal() => {
             let reasons = e.reasons();
             if args.json {
-                print_json(&serde_json::json!({
-                    "pid": args.pid, "checkpointable": false, "reasons": reasons,
-                }))?;
+                print_doc(
+                    "dump-check",
+                    &serde_json::json!({
+                        "pid": args.pid, "checkpointable": false, "reasons": reasons,
+                    }),
+                )?;
             } else {
                 out(&format!("pid {} cannot be checkpointed:", args.pid));
                 for r in &reasons {
@@ -208,10 +214,13 @@ fn check(args: &DumpArgs) -> Result<u8, Error> {
     let threads = count(|p| haul::proc::tids(p).ok().map(|t| t.len()));
     let fds = count(|p| haul::proc::fds(p).ok().map(|f| f.len()));
     if args.json {
-        print_json(&serde_json::json!({
-            "pid": args.pid, "checkpointable": true, "processes": pids.len(),
-            "pids": pids, "threads": threads, "fds": fds, "reasons": [],
-        }))?;
+        print_doc(
+            "dump-check",
+            &serde_json::json!({
+                "pid": args.pid, "checkpointable": true, "processes": pids.len(),
+                "pids": pids, "threads": threads, "fds": fds, "reasons": [],
+            }),
+        )?;
     } else {
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });

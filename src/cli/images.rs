@@ -5,7 +5,7 @@ use haul::runner::exit;
 use haul::Error;
 use serde::Serialize;
 
-use super::{out, print_json, ImagesArgs};
+use super::{out, print_doc, print_doc_list, ImagesArgs};
 
 /// `haul images ...`.
 pub fn run(args: ImagesArgs) -> Result<u8, Error> {
@@ -42,7 +42,7 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         let dest = &args.store.store;
         let r = haul::xfer::pull(from, &token, *timeout, set, dest, compression.level())?;
         if *json {
-            print_json(&r)?;
+            print_doc("images-pull", &r)?;
         } else {
             out(&sync_text(&r));
         }
@@ -60,7 +60,7 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             let dest = haul::store::Store::open_or_create(&to)?;
             let r = haul::xfer::push(&store, &set, &dest, compression.level())?;
             if json {
-                print_json(&r)?;
+                print_doc("images-push", &r)?;
             } else {
                 out(&sync_text(&r));
             }
@@ -69,7 +69,7 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         C::Ls { job, json } => {
             let l = store.list(job.as_deref())?;
             if json {
-                print_json(&l.rows())?;
+                print_doc_list("images-ls", &l.rows())?;
             } else {
                 out(l.text().trim_end());
             }
@@ -83,11 +83,14 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         C::Show { set, json } => {
             let s = store.load_set(&set)?;
             if json {
-                print_json(&ShowJson {
-                    view: haul::store::set_view(&s),
-                    processes: process_rows(&s),
-                    held: held_rows(&s),
-                })?;
+                print_doc(
+                    "images-show",
+                    &ShowJson {
+                        view: haul::store::set_view(&s),
+                        processes: process_rows(&s),
+                        held: held_rows(&s),
+                    },
+                )?;
             } else {
                 out(haul::store::show_text(&s).trim_end());
                 let rows = process_rows(&s);
@@ -106,7 +109,7 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         C::Verify { set, json } => {
             let r = store.verify(set.as_deref())?;
             if json {
-                print_json(&r)?;
+                print_doc("images-verify", &r)?;
             } else {
                 for p in &r.problems {
                     out(&format!("BAD {}: {}", p.kind, p.message));
@@ -126,7 +129,7 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         C::Du { json } => {
             let r = store.du()?;
             if json {
-                print_json(&r)?;
+                print_doc("images-du", &r)?;
             } else {
                 out(&du_text(&r));
             }
@@ -142,7 +145,7 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         C::Gc { json } => {
             let r = store.gc()?;
             if json {
-                print_json(&r)?;
+                print_doc("images-gc", &r)?;
             } else {
                 out(&format!(
                     "gc: {} packs removed, {} repacked, {} freed ({} -> {}), {} temp files removed, {} incomplete pre-dump sets removed",

@@ -5,7 +5,7 @@ use haul::runner::command::{self, LazyRestoreCommand, RestoreCommand};
 use haul::runner::exit;
 use haul::Error;
 
-use super::{flush, out, print_json, RestoreArgs, VerifyArg};
+use super::{flush, out, print_doc, RestoreArgs, VerifyArg};
 
 /// `haul restore SET ...`.
 pub fn run(args: RestoreArgs) -> Result<u8, Error> {
@@ -35,7 +35,7 @@ pub fn run(args: RestoreArgs) -> Result<u8, Error> {
             "time_to_running": o.time_to_running, "pages_restored": o.pages_restored,
             "lock_time": o.lock_time,
         });
-        print_json(&v)?;
+        print_doc("restore", &v)?;
     } else {
         out(&r.outcome.pid.to_string());
     }
@@ -79,7 +79,7 @@ fn lazy(args: &RestoreArgs, restore: RestoreCommand) -> Result<u8, Error> {
             "lock_time": lock_time,
             "lazy": rep, "source_released": released_msg,
         });
-        print_json(&v)?;
+        print_doc("restore-lazy", &v)?;
     }
     match (&rep.source_lost, &ended.released) {
         (Some(reason), _) => {
