@@ -236,9 +236,14 @@ fn report_json_is_the_run_report_and_a_history_is_an_array_of_them() {
 #[test]
 fn dump_check_json_lists_every_refusal_and_dump_json_names_the_set_ls_lists() {
     let s = Session::start();
-    // Two refusals the test makes: stdout a pipe to the test, and a pidfd.
+    // Two refusals the test makes: stdout a pipe to the test, and a pidfd (stderr goes to
+    // /dev/null, not to the test's pipe, which would be a third).
     let script = "import os,time\nx=os.pidfd_open(os.getpid())\nprint('ready',flush=True)\ntime.sleep(60)";
-    let p = Running::ready(clean_command(common::python3()).args(["-c", script]));
+    let p = Running::ready(
+        clean_command(common::python3())
+            .args(["-c", script])
+            .stderr(std::process::Stdio::null()),
+    );
     let pid = p.pid.to_string();
     let pidfd = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
