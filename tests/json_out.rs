@@ -29,7 +29,8 @@ fn counter_job(dir: &Path, file: &str, name: &str) -> PathBuf {
 /// the line and column (1-based) where the key starts, found in the text as written.
 fn invalid_job(dir: &Path) -> (PathBuf, usize, usize) {
     let p = dir.join("broken.toml");
-    let text = "name = \"broken\"\n[process]\ncommand = [\"/bin/true\"]\n\n[store]\n   no_such_key = 1\n";
+    let text =
+        "name = \"broken\"\n[process]\ncommand = [\"/bin/true\"]\n\n[store]\n   no_such_key = 1\n";
     std::fs::write(&p, text).unwrap();
     let (i, l) = text
         .lines()
@@ -73,7 +74,12 @@ fn check_json_gives_each_file_its_job_and_each_error_its_line_and_column() {
     let (bad, line, column) = invalid_job(s.path());
     let (rc, out, err) = haul_in(
         s.path(),
-        &["check", "--json", good.to_str().unwrap(), bad.to_str().unwrap()],
+        &[
+            "check",
+            "--json",
+            good.to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ],
     );
     assert_eq!(rc, 2, "an invalid file exits 2 with --json too: {err}");
     let v = json_lines(&out);
@@ -96,7 +102,10 @@ fn check_json_gives_each_file_its_job_and_each_error_its_line_and_column() {
     assert_eq!(e["line"], line as u64, "{e}");
     assert_eq!(e["column"], column as u64, "{e}");
     assert_eq!(e["field"], "store.no_such_key", "{e}");
-    assert!(e["message"].as_str().unwrap().contains("unknown key"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("unknown key"),
+        "{e}"
+    );
 
     // Every file valid: exit 0.
     let (rc, out, err) = haul_in(s.path(), &["check", "--json", good.to_str().unwrap()]);
@@ -144,8 +153,7 @@ fn run_json_gives_a_line_per_job_whose_figures_are_its_report_and_its_set_the_st
         assert_eq!(o["file"], file.to_str().unwrap());
         // The figures are the report's.
         let report_path = o["report"].as_str().unwrap();
-        let report: Value =
-            serde_json::from_slice(&std::fs::read(report_path).unwrap()).unwrap();
+        let report: Value = serde_json::from_slice(&std::fs::read(report_path).unwrap()).unwrap();
         assert_eq!(report["job"], name);
         for f in [
             "run",
@@ -175,7 +183,11 @@ fn run_json_gives_a_line_per_job_whose_figures_are_its_report_and_its_set_the_st
 
         // images show and verify of that set say the same.
         let id = set["id"].as_str().unwrap();
-        let show = doc(s.path(), &["images", "--store", "store", "show", id, "--json"], 0);
+        let show = doc(
+            s.path(),
+            &["images", "--store", "store", "show", id, "--json"],
+            0,
+        );
         assert_eq!(show["schema"], "haul/images-show/1");
         assert_eq!(show["id"], id);
         assert_eq!(show["job"], name);
@@ -213,7 +225,11 @@ fn report_json_is_the_run_report_and_a_history_is_an_array_of_them() {
 
     // One report: the object of the file, every field of it the same, and the schema.
     let written: Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
-    let printed = doc(s.path(), &["report", "--json", files[0].to_str().unwrap()], 0);
+    let printed = doc(
+        s.path(),
+        &["report", "--json", files[0].to_str().unwrap()],
+        0,
+    );
     assert_eq!(printed["schema"], "haul/report/1");
     for (k, want) in written.as_object().unwrap() {
         assert_eq!(&printed[k], want, "{k}");
@@ -221,16 +237,32 @@ fn report_json_is_the_run_report_and_a_history_is_an_array_of_them() {
 
     // The history: an array, a report per run, in the order they ran.
     let history = reports.join("history.jsonl");
-    let printed = doc(s.path(), &["report", "--json", history.to_str().unwrap()], 0);
+    let printed = doc(
+        s.path(),
+        &["report", "--json", history.to_str().unwrap()],
+        0,
+    );
     let runs = printed.as_array().unwrap();
     assert_eq!(runs.len(), 2, "{printed}");
-    for (r, f) in runs.iter().zip(&files) {
-        let written: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+    // Run ids within one second sort by their random suffix: match the files by run id.
+    let written: Vec<Value> = files
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+        .collect();
+    for r in runs {
         assert_eq!(r["schema"], "haul/report/1");
         assert_eq!(r["job"], "hist");
-        assert_eq!(r["run"], written["run"]);
-        assert_eq!(r["frozen_time"], written["frozen_time"]);
+        let w = written
+            .iter()
+            .find(|w| w["run"] == r["run"])
+            .unwrap_or_else(|| panic!("{} is no report file's run", r["run"]));
+        assert_eq!(r["frozen_time"], w["frozen_time"]);
+        assert_eq!(r["started_us"], w["started_us"]);
     }
+    assert!(
+        runs[0]["started_us"].as_u64() <= runs[1]["started_us"].as_u64(),
+        "oldest first: {printed}"
+    );
 }
 
 #[test]
@@ -238,7 +270,8 @@ fn dump_check_json_lists_every_refusal_and_dump_json_names_the_set_ls_lists() {
     let s = Session::start();
     // Two refusals the test makes: stdout a pipe to the test, and a pidfd (stderr goes to
     // /dev/null, not to the test's pipe, which would be a third).
-    let script = "import os,time\nx=os.pidfd_open(os.getpid())\nprint('ready',flush=True)\ntime.sleep(60)";
+    let script =
+        "import os,time\nx=os.pidfd_open(os.getpid())\nprint('ready',flush=True)\ntime.sleep(60)";
     let p = Running::ready(
         clean_command(common::python3())
             .args(["-c", script])
@@ -248,9 +281,7 @@ fn dump_check_json_lists_every_refusal_and_dump_json_names_the_set_ls_lists() {
     let pidfd = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|l| {
-            std::fs::read_link(l).is_ok_and(|t| t.to_string_lossy().contains("pidfd"))
-        })
+        .find(|l| std::fs::read_link(l).is_ok_and(|t| t.to_string_lossy().contains("pidfd")))
         .and_then(|l| l.file_name()?.to_str()?.parse::<i32>().ok())
         .expect("the pidfd in /proc/PID/fd");
     let v = doc(s.path(), &["dump", "--check", "--json", "--pid", &pid], 1);

@@ -7,7 +7,9 @@ use haul::runner::worker::SourceEndKind;
 use haul::util::{human_bytes, human_us};
 use haul::Error;
 
-use super::{flush, out, print_doc, print_doc_line, DumpArgs};
+use haul::runner::progress::Activity;
+
+use super::{flush, out, print_doc, print_doc_line, progress_mode, DumpArgs};
 
 /// `haul dump --pid PID ...`.
 pub fn run(args: DumpArgs) -> Result<u8, Error> {
@@ -18,7 +20,16 @@ pub fn run(args: DumpArgs) -> Result<u8, Error> {
     if cmd.lazy.is_some() {
         return lazy(&args, &cmd);
     }
+    let a = Activity::start(
+        progress_mode(args.quiet),
+        &format!("dump of pid {}", args.pid),
+        match cmd.predump {
+            Some(_) => "pre-dumping while it runs, then the final dump",
+            None => "checkpointing",
+        },
+    );
     let d = command::dump(&cmd)?;
+    a.finish("done");
     // A pid of the killed tree still taken: a restore with --pid same would fail.
     for t in &d.taken {
         eprintln!("warning: {t}");
@@ -123,7 +134,10 @@ fn command_of(args: &DumpArgs) -> DumpCommand {
 /// committed, then serves until a restore has every page (killed: exit 0) or none is connected
 /// for the source timeout (resumed, rolled back: exit 1). SIGINT/SIGTERM roll back too.
 fn lazy(args: &DumpArgs, cmd: &DumpCommand) -> Result<u8, Error> {
+    let mode = progress_mode(args.quiet);
+    let a = Activity::start(mode, &format!("dump of pid {}", args.pid), "checkpointing");
     let d = command::lazy_dump(cmd)?;
+    a.finish("committed");
     let (set, o, addr) = (&d.set, &d.outcome, &d.addr);
     if args.json {
         print_doc_line(
@@ -155,7 +169,13 @@ fn lazy(args: &DumpArgs, cmd: &DumpCommand) -> Result<u8, Error> {
         ));
     }
     flush();
+    let a = Activity::start(
+        mode,
+        &format!("pid {}", args.pid),
+        &format!("frozen, serving its pages on {addr}"),
+    );
     let ended = d.wait()?;
+    a.finish("ended");
     let end = &ended.end;
     if args.json {
         print_doc_line("dump-lazy-end", &serde_json::json!({ "source": end }))?;

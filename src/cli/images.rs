@@ -5,7 +5,9 @@ use haul::runner::exit;
 use haul::Error;
 use serde::Serialize;
 
-use super::{out, print_doc, print_doc_list, ImagesArgs};
+use haul::runner::progress::Activity;
+
+use super::{out, print_doc, print_doc_list, progress_mode, ImagesArgs};
 
 /// `haul images ...`.
 pub fn run(args: ImagesArgs) -> Result<u8, Error> {
@@ -34,13 +36,16 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         json,
     } = &args.command
     {
+        let mode = progress_mode(args.quiet);
         let token = match token_file {
             Some(f) => haul::xfer::read_token_file(f)?,
             None => Vec::new(),
         };
         // The store is created only once the server has answered.
         let dest = &args.store.store;
+        let a = Activity::start(mode, &format!("pull {set}"), &format!("from {from}"));
         let r = haul::xfer::pull(from, &token, *timeout, set, dest, compression.level())?;
+        a.finish("done");
         if *json {
             print_doc("images-pull", &r)?;
         } else {
@@ -49,6 +54,7 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         return Ok(exit::OK);
     }
     let store = haul::store::Store::open(&args.store.store)?;
+    let mode = progress_mode(args.quiet);
     match args.command {
         C::Pull { .. } => Ok(exit::OK),
         C::Push {
@@ -58,7 +64,13 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             json,
         } => {
             let dest = haul::store::Store::open_or_create(&to)?;
+            let a = Activity::start(
+                mode,
+                &format!("push {set}"),
+                &format!("to {}", to.display()),
+            );
             let r = haul::xfer::push(&store, &set, &dest, compression.level())?;
+            a.finish("done");
             if json {
                 print_doc("images-push", &r)?;
             } else {
@@ -107,7 +119,13 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             Ok(exit::OK)
         }
         C::Verify { set, json } => {
+            let what = match &set {
+                Some(s) => format!("verify {s}"),
+                None => "verify".to_string(),
+            };
+            let a = Activity::start(mode, &what, "re-hashing pages and packs");
             let r = store.verify(set.as_deref())?;
+            a.finish(if r.ok { "ok" } else { "FAILED" });
             if json {
                 print_doc("images-verify", &r)?;
             } else {
@@ -127,7 +145,9 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             Ok(if r.ok { exit::OK } else { exit::FAILED })
         }
         C::Du { json } => {
+            let a = Activity::start(mode, "du", "reading the manifests and packs");
             let r = store.du()?;
+            a.finish("done");
             if json {
                 print_doc("images-du", &r)?;
             } else {
@@ -143,7 +163,9 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             Ok(exit::OK)
         }
         C::Gc { json } => {
+            let a = Activity::start(mode, "gc", "removing and repacking");
             let r = store.gc()?;
+            a.finish("done");
             if json {
                 print_doc("images-gc", &r)?;
             } else {

@@ -21,6 +21,15 @@ pub fn out(line: &str) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
+/// The progress of a command's long operation: on stderr unless `quiet`.
+pub fn progress_mode(quiet: bool) -> haul::runner::ProgressMode {
+    if quiet {
+        haul::runner::ProgressMode::Quiet
+    } else {
+        haul::runner::ProgressMode::Auto
+    }
+}
+
 /// Sends what was printed on its way now (a script waits for the line before going on).
 pub fn flush() {
     use std::io::Write;
@@ -177,6 +186,10 @@ pub struct StoreArg {
 pub struct ImagesArgs {
     #[command(flatten)]
     pub store: StoreArg,
+    /// No progress on stderr (verify, du, gc, push and pull show a spinner on a terminal, and
+    /// timestamped lines otherwise once they take more than a second).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: ImagesCommand,
 }
@@ -670,6 +683,10 @@ pub struct DumpArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// No progress on stderr (a spinner on a terminal, timestamped lines otherwise once the
+    /// dump takes more than a second).
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -684,6 +701,10 @@ pub struct RestoreArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// No progress on stderr (a spinner on a terminal, timestamped lines otherwise once the
+    /// restore takes more than a second).
+    #[arg(short, long)]
+    pub quiet: bool,
     /// `state`: before the restored process runs, compare what /proc shows of it (credentials,
     /// capabilities, signal masks and handlers, prctl values, cgroup, oom score, maps and their
     /// flags, fds with their flags and offsets, ...) with what the dump recorded. Any
