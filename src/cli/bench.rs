@@ -3,6 +3,8 @@
 use haul::runner::{exit, ProgressMode};
 use haul::Error;
 
+use haul::runner::progress::Activity;
+
 use super::{out, print_doc, BenchCommand};
 
 /// `haul bench ...`.
@@ -29,7 +31,9 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 runs,
                 ..Default::default()
             };
+            let a = Activity::start(ProgressMode::Auto, "bench precopy", "running");
             let r = bench::run_bench(&opts)?;
+            a.finish("done");
             if json {
                 print_doc("bench-precopy", &r)?;
             } else {
@@ -55,7 +59,9 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 prefetch,
                 touches_per_sec,
             };
+            let a = Activity::start(ProgressMode::Auto, "bench lazy", "running");
             let r = bench::run_bench(&opts)?;
+            a.finish("done");
             if json {
                 print_doc("bench-lazy", &r)?;
             } else {
@@ -81,7 +87,9 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 runs,
                 paths,
             };
+            let a = Activity::start(ProgressMode::Auto, "bench migrate", "running");
             let r = bench::run_bench(&opts)?;
+            a.finish("done");
             if json {
                 print_doc("bench-migrate", &r)?;
             } else {
@@ -107,7 +115,9 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 private_mib: private >> 20,
                 runs,
             };
+            let a = Activity::start(ProgressMode::Auto, "bench tree", "running");
             let r = bench::run_bench(&opts)?;
+            a.finish("done");
             if json {
                 print_doc("bench-tree", &r)?;
             } else {
