@@ -1,9 +1,8 @@
 //! `haul bench`: runs a benchmark and prints its report.
 
+use haul::runner::progress::Activity;
 use haul::runner::{exit, ProgressMode};
 use haul::Error;
-
-use haul::runner::progress::Activity;
 
 use super::{out, print_doc, BenchCommand};
 

@@ -3,11 +3,10 @@
 
 use haul::runner::command::{self, DumpCommand, LazyServe};
 use haul::runner::exit;
+use haul::runner::progress::Activity;
 use haul::runner::worker::SourceEndKind;
 use haul::util::{human_bytes, human_us};
 use haul::Error;
-
-use haul::runner::progress::Activity;
 
 use super::{flush, out, print_doc, print_doc_line, progress_mode, DumpArgs};
 

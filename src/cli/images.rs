@@ -2,10 +2,9 @@
 
 use haul::image::ImageSet;
 use haul::runner::exit;
+use haul::runner::progress::Activity;
 use haul::Error;
 use serde::Serialize;
-
-use haul::runner::progress::Activity;
 
 use super::{out, print_doc, print_doc_list, progress_mode, ImagesArgs};
 

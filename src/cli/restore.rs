@@ -3,9 +3,8 @@
 
 use haul::runner::command::{self, LazyRestoreCommand, RestoreCommand};
 use haul::runner::exit;
-use haul::Error;
-
 use haul::runner::progress::Activity;
+use haul::Error;
 
 use super::{flush, out, print_doc, progress_mode, RestoreArgs, VerifyArg};
 
