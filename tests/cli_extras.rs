@@ -359,3 +359,195 @@ fn doctor_reaps_its_throwaway_children() {
         }
     }
 }
+
+/// Writes `name.toml` into `dir`: the counter fixture, launched and dumped, plus `extra`.
+fn counter_job(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
+    let counter = common::fixture("counter");
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[process]\ncommand = [\"{}\", \"{{run_dir}}/counter.log\"]\nready = {{ stdout_line = \"ready\" }}\n{extra}",
+            counter.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// The Python with prometheus_client (Debian's python3-prometheus-client, in /usr/bin).
+fn python_with_prometheus_client() -> Option<String> {
+    ["/usr/bin/python3", "python3"].into_iter().find_map(|py| {
+        Command::new(py)
+            .args(["-c", "import prometheus_client"])
+            .stderr(Stdio::null())
+            .status()
+            .ok()
+            .filter(|s| s.success())
+            .map(|_| py.to_string())
+    })
+}
+
+#[test]
+fn run_writes_prometheus_metrics_that_the_parser_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = counter_job(
+        dir.path(),
+        "count",
+        "[report]\ndir = \"reports\"\nmetrics = \"textfile/haul-count.prom\"\n",
+    );
+    let out = haul().args(["run", "--plain"]).arg(&j).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_dir(dir.path().join("reports"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a run report");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    // Relative to the job file's folder, written whole: no temporary file is left beside it.
+    let prom = dir.path().join("textfile/haul-count.prom");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("textfile"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    // Strictly: every sample has HELP and TYPE lines before it, and `name{job="count"} value`.
+    let mut declared = Vec::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert_eq!(kind, "gauge", "{l}");
+            declared.push(name.to_string());
+        } else if !l.starts_with("# HELP ") {
+            let (name, value) = l.split_once("{job=\"count\"} ").unwrap_or_else(|| panic!("{l}"));
+            assert!(declared.iter().any(|d| d == name), "{name} without TYPE");
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{name}"
+            );
+            value.parse::<f64>().unwrap_or_else(|e| panic!("{l}: {e}"));
+        }
+    }
+    assert!(text.ends_with('\n'));
+
+    let Some(py) = python_with_prometheus_client() else {
+        return skip(
+            "run_writes_prometheus_metrics_that_the_parser_reads",
+            "python3's prometheus_client is not installed (install-deps installs python3-prometheus-client)",
+        );
+    };
+    let parsed = Command::new(&py)
+        .arg("-c")
+        .arg(
+            "import sys, json\n\
+             from prometheus_client.parser import text_string_to_metric_families\n\
+             out = {}\n\
+             for f in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
+             \x20   for s in f.samples:\n\
+             \x20       out[s.name] = {'type': f.type, 'labels': s.labels, 'value': s.value}\n\
+             print(json.dumps(out))\n",
+        )
+        .arg(&prom)
+        .output()
+        .unwrap();
+    assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    let value = |name: &str| -> f64 {
+        let s = &m[name];
+        assert_eq!(s["labels"]["job"], "count", "{name}: {m}");
+        assert_eq!(s["type"], "gauge", "{name}");
+        s["value"].as_f64().unwrap_or_else(|| panic!("{name} missing: {m}"))
+    };
+    assert_eq!(value("haul_job_success"), 1.0);
+    // The frozen time is the report's (µs there, seconds here).
+    let frozen = r["frozen_time"].as_u64().unwrap();
+    assert!(frozen > 0);
+    assert_eq!((value("haul_job_frozen_seconds") * 1e6).round() as u64, frozen);
+    assert_eq!(
+        (value("haul_job_duration_seconds") * 1e6).round() as u64,
+        r["duration_us"].as_u64().unwrap()
+    );
+    assert_eq!(
+        (value("haul_job_last_run_timestamp_seconds") * 1e6).round() as u64,
+        r["started_us"].as_u64().unwrap()
+    );
+    assert_eq!(
+        value("haul_job_image_logical_bytes") as u64,
+        r["store"]["bytes_logical"].as_u64().unwrap()
+    );
+    assert_eq!(
+        value("haul_job_image_new_bytes") as u64,
+        r["store"]["bytes_new"].as_u64().unwrap()
+    );
+    assert!(value("haul_job_dedup_ratio") > 0.0);
+    assert_eq!(value("haul_job_predump_iterations"), 0.0);
+}
+
+#[test]
+fn check_refuses_a_metrics_file_that_is_not_prom() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = counter_job(dir.path(), "m", "[report]\nmetrics = \"haul.txt\"\n");
+    let out = haul().arg("check").arg(&j).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    // file:line:col of the value, the key, and what is wrong.
+    assert!(said.contains("m.toml:5:11: report.metrics: must name a .prom file"), "{said}");
+    // A folder where the file should be is named too.
+    std::fs::create_dir(dir.path().join("d.prom")).unwrap();
+    let j = counter_job(dir.path(), "m2", "[report]\nmetrics = \"d.prom\"\n");
+    let out = haul().arg("check").arg(&j).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("report.metrics"), "{said}");
+}
+
+#[test]
+fn systemd_accepts_the_example_service_and_timer() {
+    if !have("systemd-analyze") {
+        return skip(
+            "systemd_accepts_the_example_service_and_timer",
+            "systemd-analyze is not installed (install-deps installs systemd)",
+        );
+    }
+    // `systemd-analyze verify` needs no running systemd. It checks that ExecStart's program
+    // exists and that the Documentation= man pages open: the units are verified as written,
+    // with haul's path replaced by this build's, and haul's own man pages in MANPATH.
+    let dir = tempfile::tempdir().unwrap();
+    let man1 = dir.path().join("man/man1");
+    stdout_of(&["man", "--dir", man1.to_str().unwrap()]);
+    let src = common::repo().join("examples/systemd");
+    let mut units = Vec::new();
+    for name in ["haul-checkpoint.service", "haul-checkpoint.timer"] {
+        let text = std::fs::read_to_string(src.join(name)).unwrap();
+        assert!(
+            name.ends_with(".timer") || text.contains("ExecStart=/usr/local/bin/haul run "),
+            "{name}"
+        );
+        let text = text.replace(
+            "/usr/local/bin/haul",
+            common::haul_bin().to_str().unwrap(),
+        );
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        units.push(p);
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .env("MANPATH", dir.path().join("man"))
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify: {err}");
+    // Warnings (an unknown key is only "ignoring") fail the test too.
+    assert!(err.trim().is_empty(), "systemd-analyze verify: {err}");
+    // The job the service runs is one of the examples, and valid.
+    let job = common::repo().join("jobs/checkpoint-cron.toml");
+    let out = haul().arg("check").arg(&job).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
