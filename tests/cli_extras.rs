@@ -397,7 +397,11 @@ fn run_writes_prometheus_metrics_that_the_parser_reads() {
         "[report]\ndir = \"reports\"\nmetrics = \"textfile/haul-count.prom\"\n",
     );
     let out = haul().args(["run", "--plain"]).arg(&j).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = std::fs::read_dir(dir.path().join("reports"))
         .unwrap()
         .flatten()
@@ -423,7 +427,9 @@ fn run_writes_prometheus_metrics_that_the_parser_reads() {
             assert_eq!(kind, "gauge", "{l}");
             declared.push(name.to_string());
         } else if !l.starts_with("# HELP ") {
-            let (name, value) = l.split_once("{job=\"count\"} ").unwrap_or_else(|| panic!("{l}"));
+            let (name, value) = l
+                .split_once("{job=\"count\"} ")
+                .unwrap_or_else(|| panic!("{l}"));
             assert!(declared.iter().any(|d| d == name), "{name} without TYPE");
             assert!(
                 name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
@@ -454,19 +460,28 @@ fn run_writes_prometheus_metrics_that_the_parser_reads() {
         .arg(&prom)
         .output()
         .unwrap();
-    assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
     let m: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
     let value = |name: &str| -> f64 {
         let s = &m[name];
         assert_eq!(s["labels"]["job"], "count", "{name}: {m}");
         assert_eq!(s["type"], "gauge", "{name}");
-        s["value"].as_f64().unwrap_or_else(|| panic!("{name} missing: {m}"))
+        s["value"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} missing: {m}"))
     };
     assert_eq!(value("haul_job_success"), 1.0);
     // The frozen time is the report's (µs there, seconds here).
     let frozen = r["frozen_time"].as_u64().unwrap();
     assert!(frozen > 0);
-    assert_eq!((value("haul_job_frozen_seconds") * 1e6).round() as u64, frozen);
+    assert_eq!(
+        (value("haul_job_frozen_seconds") * 1e6).round() as u64,
+        frozen
+    );
     assert_eq!(
         (value("haul_job_duration_seconds") * 1e6).round() as u64,
         r["duration_us"].as_u64().unwrap()
@@ -495,7 +510,10 @@ fn check_refuses_a_metrics_file_that_is_not_prom() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{said}");
     // file:line:col of the value, the key, and what is wrong.
-    assert!(said.contains("m.toml:5:11: report.metrics: must name a .prom file"), "{said}");
+    assert!(
+        said.contains("m.toml:5:11: report.metrics: must name a .prom file"),
+        "{said}"
+    );
     // A folder where the file should be is named too.
     std::fs::create_dir(dir.path().join("d.prom")).unwrap();
     let j = counter_job(dir.path(), "m2", "[report]\nmetrics = \"d.prom\"\n");
@@ -527,10 +545,7 @@ fn systemd_accepts_the_example_service_and_timer() {
             name.ends_with(".timer") || text.contains("ExecStart=/usr/local/bin/haul run "),
             "{name}"
         );
-        let text = text.replace(
-            "/usr/local/bin/haul",
-            common::haul_bin().to_str().unwrap(),
-        );
+        let text = text.replace("/usr/local/bin/haul", common::haul_bin().to_str().unwrap());
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         units.push(p);
@@ -549,5 +564,9 @@ fn systemd_accepts_the_example_service_and_timer() {
     // The job the service runs is one of the examples, and valid.
     let job = common::repo().join("jobs/checkpoint-cron.toml");
     let out = haul().arg("check").arg(&job).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
