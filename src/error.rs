@@ -40,6 +40,13 @@ pub enum Error {
     /// A result that could not be encoded as JSON for printing.
     #[error("encode JSON")]
     Json(#[source] serde_json::Error),
+    /// A file a command writes (`haul man --dir`) could not be written.
+    #[error("{context}: {source}")]
+    Output {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A command-line argument that clap could not judge by itself.
     #[error("{0}")]
     Usage(String),

@@ -13,6 +13,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
+pub mod doctor;
 pub mod dump;
 pub mod error;
 pub mod image;

@@ -84,6 +84,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
+        Command::Completions { shell } => Ok(cli::shell::completions(shell)),
+        Command::Man { dir } => cli::shell::man(dir.as_deref()),
+        Command::Doctor { json } => cli::doctor::run(json),
     }
 }
 

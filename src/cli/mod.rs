@@ -3,12 +3,14 @@
 
 pub mod bench;
 pub mod check;
+pub mod doctor;
 pub mod dump;
 pub mod images;
 pub mod page_server;
 pub mod report;
 pub mod restore;
 pub mod run;
+pub mod shell;
 #[cfg(test)]
 mod tests;
 
@@ -142,6 +144,28 @@ pub enum Command {
         files: Vec<PathBuf>,
         /// The reports as JSON, one document per FILE: a run report as one object, a
         /// history as an array of them, every field present (docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a completion script for SHELL on stdout (README: where to install it).
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print haul's man page (roff) on stdout; `man -l -` reads it from there.
+    Man {
+        /// Write one page per command into DIR instead (haul.1, haul-run.1, haul-images-ls.1,
+        /// ...; DIR is created if missing), for a `man1` directory in MANPATH.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// What this kernel and these privileges let haul do: each feature is tried for real on a
+    /// throwaway process or object, and each missing one says what haul does without it.
+    /// Exit 0 when everything haul needs is there, 1 otherwise.
+    Doctor {
+        /// One JSON object (`version`, `ok`, `checks`: name, ok, needed, detail,
+        /// consequence) instead of a table.
         #[arg(long)]
         json: bool,
     },

@@ -340,5 +340,6 @@ fn resolve(mut spec: JobSpec, dir: &Path, name: &str) -> JobSpec {
         Some(h) => join(&base, h),
         None => spec.report.dir.join(schema::defaults::HISTORY_FILE),
     });
+    spec.report.metrics = spec.report.metrics.as_ref().map(|m| join(&base, m));
     spec
 }

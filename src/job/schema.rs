@@ -420,6 +420,10 @@ pub struct ReportSpec {
     pub dir: PathBuf,
     /// Default: `<dir>/history.jsonl` (filled in when the job is loaded).
     pub history: Option<PathBuf>,
+    /// A `.prom` file the last run's figures are written to in the Prometheus text format
+    /// (node_exporter's textfile collector). Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<PathBuf>,
 }
 
 impl Default for ReportSpec {
@@ -427,6 +431,7 @@ impl Default for ReportSpec {
         ReportSpec {
             dir: defaults::report_dir(),
             history: None,
+            metrics: None,
         }
     }
 }

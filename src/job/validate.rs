@@ -160,6 +160,19 @@ pub(crate) fn validate(
     if let Some(h) = &spec.report.history {
         c.path_placeholders("report.history", h, BEFORE_LAUNCH);
     }
+    if let Some(m) = &spec.report.metrics {
+        c.path_placeholders("report.metrics", m, BEFORE_LAUNCH);
+        if m.extension().is_none_or(|e| e != "prom") {
+            c.value(
+                "report.metrics",
+                format!(
+                    "must name a .prom file (node_exporter's textfile collector reads only \
+                     *.prom), found \"{}\"",
+                    m.display()
+                ),
+            );
+        }
+    }
 
     if let Some(v) = &spec.verify {
         if spec.restore.is_none() {
@@ -392,6 +405,13 @@ fn paths(c: &mut Checker, spec: &JobSpec, dir: &Path) {
             }
         }
         None => {}
+    }
+    if let Some(m) = &spec.report.metrics {
+        if plain(m) {
+            if let Some(why) = file_problem(&dir.join(m), false) {
+                c.value("report.metrics", why);
+            }
+        }
     }
     for (key, out) in [
         ("stdout", &spec.process.stdout),

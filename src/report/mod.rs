@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use crate::util::{human_bytes, human_us, rfc3339_us};
 
+pub mod metrics;
+
 /// Errors of the `report` module.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {

@@ -163,6 +163,7 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
     // the other.
     let json = report.write_json(&paths.report_dir);
     let history = report.append_history(&paths.history);
+    let metrics = write_metrics(job, &run, &paths, &report);
     let written = json.as_ref().ok().cloned();
     let problem = match (&json, &history) {
         (Ok(_), Ok(())) => None,
@@ -174,6 +175,12 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
         (Err(e), Err(h)) => Some(format!(
             "its report could not be written ({e}), nor added to the history ({h})"
         )),
+    };
+    // `[report] metrics`: a failed write is a problem like a failed report.
+    let problem = match (problem, metrics) {
+        (p, Ok(())) => p,
+        (None, Err(m)) => Some(format!("its metrics could not be written: {m}")),
+        (Some(p), Err(m)) => Some(format!("{p}; and its metrics could not be written: {m}")),
     };
     let status = match (status, problem) {
         (status, None) => status,
@@ -195,6 +202,44 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
         _ => {}
     }
     result(status, written)
+}
+
+/// Writes the run's figures to the job's `[report] metrics` file, if it has one (its
+/// placeholders expanded like the history's).
+fn write_metrics(
+    job: &Job,
+    run: &str,
+    paths: &RunPaths,
+    report: &crate::report::RunReport,
+) -> Result<(), MetricsError> {
+    let Some(m) = &job.spec.report.metrics else {
+        return Ok(());
+    };
+    let ph = Placeholders {
+        job: job.name.clone(),
+        run: run.into(),
+        store: paths.store.clone(),
+        run_dir: paths.run_dir.clone(),
+        pid: None,
+    };
+    let path = crate::job::expand_path(m, &ph).map_err(|source| MetricsError::Path {
+        path: m.clone(),
+        source,
+    })?;
+    Ok(crate::report::metrics::write(report, &path)?)
+}
+
+/// Why `[report] metrics` could not be written.
+#[derive(Debug, thiserror::Error)]
+enum MetricsError {
+    #[error("{}: {source}", path.display())]
+    Path {
+        path: std::path::PathBuf,
+        #[source]
+        source: crate::job::PlaceholderError,
+    },
+    #[error(transparent)]
+    Write(#[from] crate::report::ReportError),
 }
 
 /// Runs `f` as the stage `name`, recording its duration and outcome in the report.

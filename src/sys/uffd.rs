@@ -54,6 +54,10 @@ pub const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 /// `UFFDIO_WRITEPROTECT_MODE_DONTWAKE` (`((__u64)1<<1)`, written here for the same reason).
 pub const UFFDIO_WRITEPROTECT_MODE_DONTWAKE: u64 = 1 << 1;
 
+/// `USERFAULTFD_IOC_NEW`: `_IO(0xAA, 0x00)` of linux/userfaultfd.h (linux-raw-sys has only the
+/// type byte, `USERFAULTFD_IOC`); no direction and no size, so the number is `type << 8`.
+pub const USERFAULTFD_IOC_NEW: u64 = (k::USERFAULTFD_IOC as u64) << 8;
+
 /// A userfaultfd, for the handshake and for write-protect tracking (see the module doc).
 #[derive(Debug)]
 pub struct Uffd {
@@ -72,6 +76,38 @@ impl Uffd {
         // SAFETY: userfaultfd takes one integer argument and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags as libc::c_long) };
         let fd = check(fd, || format!("userfaultfd({flags:#x})"))?;
+        // SAFETY: fd is a fresh descriptor returned by the kernel and owned by nobody else.
+        Ok(Uffd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+        })
+    }
+
+    /// Creates a userfaultfd through the device: opens `/dev/userfaultfd` read-write and calls
+    /// `ioctl(fd, USERFAULTFD_IOC_NEW, flags)` (userfaultfd(2), "/dev/userfaultfd"; Linux 6.1).
+    /// Who may is decided by the device's file permissions, not by
+    /// `vm.unprivileged_userfaultfd`.
+    pub fn create_from_dev(flags: i32) -> Result<Uffd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/userfaultfd")
+            .map_err(|e| super::io_err("open /dev/userfaultfd", e))?;
+        // SAFETY: USERFAULTFD_IOC_NEW takes its flags as an integer argument and returns a new
+        // fd or -1; it reads and writes no memory of ours.
+        let fd = unsafe {
+            libc::ioctl(
+                dev.as_raw_fd(),
+                USERFAULTFD_IOC_NEW as _,
+                flags as libc::c_long,
+            )
+        };
+        if fd < 0 {
+            return Err(last_err(format!(
+                "ioctl(/dev/userfaultfd, USERFAULTFD_IOC_NEW, {flags:#x})"
+            )));
+        }
         // SAFETY: fd is a fresh descriptor returned by the kernel and owned by nobody else.
         Ok(Uffd {
             fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
