@@ -70,7 +70,11 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::PageServer(args) => cli::page_server::run(args),
         Command::Images(args) => cli::images::run(args),
         Command::Bench { what } => cli::bench::run(what),
-        Command::Report { files } => {
+        Command::Report {
+            files,
+            html: Some(out),
+        } => cli::report_html::run(&files, &out),
+        Command::Report { files, .. } => {
             for f in files {
                 let reports = haul::report::load(&f)?;
                 let text = if reports.len() == 1 && f.extension().is_none_or(|x| x != "jsonl") {

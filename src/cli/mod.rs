@@ -5,6 +5,7 @@ pub mod bench;
 pub mod dump;
 pub mod images;
 pub mod page_server;
+pub mod report_html;
 pub mod restore;
 #[cfg(test)]
 mod tests;
@@ -81,6 +82,12 @@ pub enum Command {
     Report {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Instead of the text, write one self-contained HTML page with charts of every FILE
+        /// (inline SVG: no script, nothing fetched). A run report: its stage and pause
+        /// timelines, pre-dump iterations, lazy residency and fault service times. A history:
+        /// per job, frozen time, image size, new bytes and dedup ratio over its runs.
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
     },
 }
 

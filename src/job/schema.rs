@@ -420,6 +420,10 @@ pub struct ReportSpec {
     pub dir: PathBuf,
     /// Default: `<dir>/history.jsonl` (filled in when the job is loaded).
     pub history: Option<PathBuf>,
+    /// Also write each run's report as a self-contained HTML page with charts, beside its
+    /// JSON (`<dir>/<job>-<run>.html`).
+    #[serde(default)]
+    pub html: bool,
 }
 
 impl Default for ReportSpec {
@@ -427,6 +431,7 @@ impl Default for ReportSpec {
         ReportSpec {
             dir: defaults::report_dir(),
             history: None,
+            html: false,
         }
     }
 }
