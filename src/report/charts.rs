@@ -306,12 +306,19 @@ pub fn latency_histogram(title: &str, buckets: &[LatencyBucket]) -> Result<Strin
             .y_desc("faults")
             .label_style((FONT, 12))
             .draw()?;
-        chart.draw_series(
-            Histogram::vertical(&chart)
-                .style(BAR.filled())
-                .margin(6)
-                .data(buckets.iter().enumerate().map(|(i, b)| (i as u32, b.count))),
-        )?;
+        // Bars drawn one by one, in order (plotters' `Histogram` sums them in a hash map:
+        // the same report would give a page that differs from one rendering to the next).
+        chart.draw_series(buckets.iter().enumerate().map(|(i, b)| {
+            let mut r = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i as u32), 0),
+                    (SegmentValue::Exact(i as u32 + 1), b.count),
+                ],
+                BAR.filled(),
+            );
+            r.set_margin(0, 0, 6, 6);
+            r
+        }))?;
         Ok(())
     })
 }
