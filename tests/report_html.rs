@@ -160,18 +160,20 @@ fn check_figures(dom: &str) -> Vec<String> {
         let caption = between(f, "<figcaption>", "</figcaption>");
         let title = between(f, "<title>", "</title>");
         assert!(!caption.is_empty(), "{kind}: no caption");
-        assert_eq!(caption, title, "{kind}: the chart's title is not its caption");
+        assert_eq!(
+            caption, title,
+            "{kind}: the chart's title is not its caption"
+        );
         assert!(f.contains("<text"), "{kind}: no text label in the chart");
     }
     figs.into_iter().map(|(k, _)| k).collect()
 }
 
 fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
-    let a = s
-        .find(start)
-        .unwrap_or_else(|| panic!("no {start} in {s}"))
-        + start.len();
-    let b = a + s[a..].find(end).unwrap_or_else(|| panic!("no {end} in {s}"));
+    let a = s.find(start).unwrap_or_else(|| panic!("no {start} in {s}")) + start.len();
+    let b = a + s[a..]
+        .find(end)
+        .unwrap_or_else(|| panic!("no {end} in {s}"));
     &s[a..b]
 }
 
@@ -258,7 +260,11 @@ fn a_precopy_and_lazy_run_renders_its_charts_in_a_headless_browser() {
     let counted: u64 = l.fault_latency_histogram.iter().map(|b| b.count).sum();
     assert_eq!(counted, l.faults_served, "{l:?}");
     for w in l.fault_latency_histogram.windows(2) {
-        assert_eq!(w[0].max_us + 1, w[1].min_us, "buckets not back to back: {l:?}");
+        assert_eq!(
+            w[0].max_us + 1,
+            w[1].min_us,
+            "buckets not back to back: {l:?}"
+        );
     }
     let p50 = l.fault_latency_p50;
     assert!(
@@ -323,7 +329,10 @@ fn a_precopy_and_lazy_run_renders_its_charts_in_a_headless_browser() {
         predump.contains(&format!("stopped: {}", p.stop_reason)),
         "the pre-dump chart does not say why pre-copy stopped: {predump}"
     );
-    assert!(dom.contains(&format!("job {} · run {}", r.job, r.run)), "{dom}");
+    assert!(
+        dom.contains(&format!("job {} · run {}", r.job, r.run)),
+        "{dom}"
+    );
 }
 
 /// A job that checkpoints a counter and leaves it running, and one whose process exits before
@@ -380,8 +389,14 @@ fn a_history_renders_each_jobs_runs_with_the_failures_marked() {
         .unwrap();
     assert!(rep.status.success(), "haul report --html: {}", text(&rep));
     let html = std::fs::read_to_string(&page).unwrap();
-    assert!(html.contains("job good: 3 runs, 0 failed or interrupted"), "{html}");
-    assert!(html.contains("job bad: 2 runs, 2 failed or interrupted"), "{html}");
+    assert!(
+        html.contains("job good: 3 runs, 0 failed or interrupted"),
+        "{html}"
+    );
+    assert!(
+        html.contains("job bad: 2 runs, 2 failed or interrupted"),
+        "{html}"
+    );
 
     let Some(browser) = chromium("a_history_renders_each_jobs_runs_with_the_failures_marked")
     else {

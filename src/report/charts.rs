@@ -94,6 +94,18 @@ fn top(max: f64) -> f64 {
     }
 }
 
+/// `n` segments 0..n on an axis (plotters' segmented range `0..k` has k+1 of them).
+fn segments(
+    n: u32,
+) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordu32> {
+    (0..n.saturating_sub(1)).into_segmented()
+}
+
+/// Whole numbers as such on an axis of counts.
+fn count_label(v: &f64) -> String {
+    format!("{v:.0}")
+}
+
 /// One bar of a timeline.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Span {
@@ -122,7 +134,7 @@ pub fn timeline(title: &str, spans: &[Span]) -> Result<String, ReportError> {
             .x_label_area_size(36)
             .y_label_area_size(110)
             // Room on the right for the duration written after the last bar.
-            .build_cartesian_2d(0f64..top(end as f64 / div) * 1.15, (0..n).into_segmented())?;
+            .build_cartesian_2d(0f64..top(end as f64 / div) * 1.15, segments(n))?;
         chart
             .configure_mesh()
             .disable_y_mesh()
@@ -176,7 +188,11 @@ pub fn timeline(title: &str, spans: &[Span]) -> Result<String, ReportError> {
 /// right axis).
 pub fn predump(title: &str, iterations: &[IterationReport]) -> Result<String, ReportError> {
     let n = iterations.len() as u32;
-    let max_pages = iterations.iter().map(|i| i.pages_written).max().unwrap_or(0);
+    let max_pages = iterations
+        .iter()
+        .map(|i| i.pages_written)
+        .max()
+        .unwrap_or(0);
     let max_us = iterations.iter().map(|i| i.duration_us).max().unwrap_or(0);
     let (div, unit) = time_unit(max_us);
     svg(title, 380, |root| {
@@ -186,8 +202,8 @@ pub fn predump(title: &str, iterations: &[IterationReport]) -> Result<String, Re
             .x_label_area_size(36)
             .y_label_area_size(70)
             .right_y_label_area_size(70)
-            .build_cartesian_2d((0..n).into_segmented(), 0f64..top(max_pages as f64))?
-            .set_secondary_coord((0..n).into_segmented(), 0f64..top(max_us as f64 / div));
+            .build_cartesian_2d(segments(n), 0f64..top(max_pages as f64))?
+            .set_secondary_coord(segments(n), 0f64..top(max_us as f64 / div));
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -201,6 +217,7 @@ pub fn predump(title: &str, iterations: &[IterationReport]) -> Result<String, Re
             })
             .x_desc("pre-dump")
             .y_desc("pages written")
+            .y_label_formatter(&count_label)
             .label_style((FONT, 13))
             .draw()?;
         chart
@@ -236,11 +253,8 @@ pub fn predump(title: &str, iterations: &[IterationReport]) -> Result<String, Re
             .draw_secondary_series(LineSeries::new(points.clone(), LINE.stroke_width(2)))?
             .label(format!("duration ({unit})"))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], LINE.stroke_width(2)));
-        chart.draw_secondary_series(
-            points
-                .into_iter()
-                .map(|p| Circle::new(p, 4, LINE.filled())),
-        )?;
+        chart
+            .draw_secondary_series(points.into_iter().map(|p| Circle::new(p, 4, LINE.filled())))?;
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.9))
@@ -268,6 +282,7 @@ pub fn resident(title: &str, samples: &[ResidentSample]) -> Result<String, Repor
             .configure_mesh()
             .x_desc(format!("since running ({unit})"))
             .y_desc("pages resident")
+            .y_label_formatter(&count_label)
             .label_style((FONT, 13))
             .draw()?;
         let points: Vec<(f64, f64)> = samples
@@ -290,7 +305,7 @@ pub fn latency_histogram(title: &str, buckets: &[LatencyBucket]) -> Result<Strin
             .margin(10)
             .x_label_area_size(36)
             .y_label_area_size(70)
-            .build_cartesian_2d((0..n).into_segmented(), 0u64..((max as f64 * 1.1) as u64).max(1))?;
+            .build_cartesian_2d(segments(n), 0u64..max + max / 10 + 1)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -348,10 +363,7 @@ pub struct RunPoint {
 /// a red cross on each that did not.
 pub fn over_runs(title: &str, measure: Measure, runs: &[RunPoint]) -> Result<String, ReportError> {
     let n = runs.len() as u32;
-    let max = runs
-        .iter()
-        .filter_map(|r| r.value)
-        .fold(0f64, f64::max);
+    let max = runs.iter().filter_map(|r| r.value).fold(0f64, f64::max);
     let (div, unit) = match measure {
         Measure::Time => {
             let (d, u) = time_unit(max as u64);
@@ -370,7 +382,7 @@ pub fn over_runs(title: &str, measure: Measure, runs: &[RunPoint]) -> Result<Str
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d((0..n).into_segmented(), 0f64..top(max / div))?;
+            .build_cartesian_2d(segments(n), 0f64..top(max / div))?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -392,10 +404,11 @@ pub fn over_runs(title: &str, measure: Measure, runs: &[RunPoint]) -> Result<Str
             .filter(|(_, r)| !r.failed)
             .filter_map(|(i, r)| Some((SegmentValue::CenterOf(i as u32), r.value? / div)))
             .collect();
-        chart
-            .draw_series(LineSeries::new(ok.clone(), BAR.stroke_width(2)))?
-            .label("succeeded")
-            .legend(|(x, y)| Circle::new((x + 6, y), 4, BAR.filled()));
+        let line = chart.draw_series(LineSeries::new(ok.clone(), BAR.stroke_width(2)))?;
+        if !ok.is_empty() {
+            line.label("succeeded")
+                .legend(|(x, y)| Circle::new((x + 6, y), 4, BAR.filled()));
+        }
         chart.draw_series(ok.into_iter().map(|p| Circle::new(p, 4, BAR.filled())))?;
         let failed: Vec<(SegmentValue<u32>, f64)> = runs
             .iter()

@@ -117,7 +117,10 @@ fn run_section(s: &mut String, r: &RunReport) -> Result<(), ReportError> {
         escape(&r.run)
     );
     let mut rows = vec![
-        ("started", format!("{} on {} (kernel {})", r.started, r.host, r.kernel)),
+        (
+            "started",
+            format!("{} on {} (kernel {})", r.started, r.host, r.kernel),
+        ),
         ("duration", human_us(r.duration_us)),
     ];
     if let Some(pid) = r.pid {
@@ -223,7 +226,12 @@ fn run_section(s: &mut String, r: &RunReport) -> Result<(), ReportError> {
                 &p.stop_reason
             }
         );
-        figure(s, "predump", &title, &charts::predump(&title, &p.iterations)?);
+        figure(
+            s,
+            "predump",
+            &title,
+            &charts::predump(&title, &p.iterations)?,
+        );
     }
     if let Some(l) = &r.lazy {
         if !l.resident.is_empty() {
@@ -231,7 +239,12 @@ fn run_section(s: &mut String, r: &RunReport) -> Result<(), ReportError> {
                 "Lazy restore: pages resident over time (all after {})",
                 human_us(l.time_to_all_resident)
             );
-            figure(s, "resident", &title, &charts::resident(&title, &l.resident)?);
+            figure(
+                s,
+                "resident",
+                &title,
+                &charts::resident(&title, &l.resident)?,
+            );
         }
         if !l.fault_latency_histogram.is_empty() {
             let title = format!(
@@ -252,10 +265,10 @@ fn run_section(s: &mut String, r: &RunReport) -> Result<(), ReportError> {
     Ok(())
 }
 
-/// A short label for a run under a chart's axis: `MM-DD hh:mm` of its start, else its id.
+/// A short label for a run under a chart's axis: `MM-DD hh:mm:ss` of its start, else its id.
 fn run_label(r: &RunReport) -> String {
     // `started` is RFC 3339: yyyy-mm-ddThh:mm:ssZ.
-    match (r.started.get(5..10), r.started.get(11..16)) {
+    match (r.started.get(5..10), r.started.get(11..19)) {
         (Some(d), Some(t)) => format!("{d} {t}"),
         _ => r.run.clone(),
     }
@@ -328,7 +341,12 @@ fn history_section(s: &mut String, file: &str, reports: &[RunReport]) -> Result<
         ];
         for (kind, what, measure, points) in &series {
             let title = format!("{job}: {what}");
-            figure(s, kind, &title, &charts::over_runs(&title, *measure, points)?);
+            figure(
+                s,
+                kind,
+                &title,
+                &charts::over_runs(&title, *measure, points)?,
+            );
         }
         s.push_str(
             "<table class=\"runs\">\n<tr><th>run</th><th>started</th><th>outcome</th>\
@@ -522,7 +540,11 @@ mod tests {
             reports: &runs,
         }])
         .unwrap();
-        assert_eq!(html.matches("<svg ").count(), 8, "4 charts for each of 2 jobs");
+        assert_eq!(
+            html.matches("<svg ").count(),
+            8,
+            "4 charts for each of 2 jobs"
+        );
         assert!(html.contains("job a: 3 runs, 1 failed or interrupted"));
         // The failure is marked (and has its legend) in job a's charts, not in job b's.
         let chart = |title: &str| {
@@ -532,11 +554,14 @@ mod tests {
         };
         assert!(chart("a: frozen time").contains("failed or interrupted"));
         assert!(!chart("b: frozen time").contains("failed or interrupted"));
-        assert!(html.contains("11-29 10:20"));
+        assert!(html.contains("11-29 10:20:00"));
     }
 
     #[test]
     fn escape_covers_text_and_attributes() {
-        assert_eq!(escape(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape(r#"<a href="x">&'"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }
