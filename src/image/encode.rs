@@ -150,7 +150,9 @@ pub fn decode_table(mut b: &[u8]) -> Result<PageTable, EncodeError> {
         *b = t;
         Ok(h)
     }
-    let mut table = PageTable::new();
+    // Entries come in address order: collected first, the table is built in bulk (a
+    // migration's restore decodes a table of the whole memory inside its pause).
+    let mut entries: Vec<(u64, PageRef)> = Vec::with_capacity(b.len() / 17 + 1);
     while !b.is_empty() {
         let start = u64::from_le_bytes(take(&mut b, 8)?.try_into().unwrap_or_default());
         let count = u32::from_le_bytes(take(&mut b, 4)?.try_into().unwrap_or_default());
@@ -181,10 +183,10 @@ pub fn decode_table(mut b: &[u8]) -> Result<PageTable, EncodeError> {
                     )))
                 }
             };
-            table.insert(addr, r);
+            entries.push((addr, r));
         }
     }
-    Ok(table)
+    Ok(entries.into_iter().collect())
 }
 
 /// Encodes a whole manifest (both sections compressed with zstd level 3).

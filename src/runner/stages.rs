@@ -357,10 +357,11 @@ pub fn restore_lazy(
             Box::new(r)
         }
         (None, from) => match from {
-            Source::Store => {
-                let s = Store::open(store.path()).map_err(stage_err("restore"))?;
-                Box::new(crate::lazy::StoreSource::new(std::sync::Arc::new(s)))
-            }
+            // Another handle on the open store: opening it again would load its whole
+            // index inside a migration's pause.
+            Source::Store => Box::new(crate::lazy::StoreSource::new(std::sync::Arc::new(
+                store.clone(),
+            ))),
             Source::Remote {
                 addr,
                 token,

@@ -64,20 +64,33 @@ pub fn temp_path(root: &Path, kind: &str) -> PathBuf {
 
 /// Writes `bytes` to `dest` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(root: &Path, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_renamed(root, dest, bytes, true)
+}
+
+/// Writes `bytes` to `dest` atomically for readers (temp file, rename) but without fsync: for
+/// a cache that is rebuilt when a crash leaves it missing, short or corrupt (the index
+/// segments), so that no commit waits on the disk for it.
+pub fn write_cache(root: &Path, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_renamed(root, dest, bytes, false)
+}
+
+fn write_renamed(root: &Path, dest: &Path, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
     let tmp = temp_path(root, "file");
     let r = (|| {
         let mut f = create_file(&tmp)?;
         f.write_all(bytes)
             .map_err(|e| StoreError::io(format!("writing {}", tmp.display()), e))?;
-        f.sync_all()
-            .map_err(|e| StoreError::io(format!("fsync of {}", tmp.display()), e))?;
+        if durable {
+            f.sync_all()
+                .map_err(|e| StoreError::io(format!("fsync of {}", tmp.display()), e))?;
+        }
         std::fs::rename(&tmp, dest).map_err(|e| {
             StoreError::io(
                 format!("renaming {} to {}", tmp.display(), dest.display()),
                 e,
             )
         })?;
-        if let Some(dir) = dest.parent() {
+        if let Some(dir) = dest.parent().filter(|_| durable) {
             fsync_dir(dir)?;
         }
         Ok(())

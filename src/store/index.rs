@@ -13,7 +13,7 @@
 //! deduplication, only used to name the missing pack in errors.
 
 use super::footer::{read_footer, CommittedPack, Footer, FormatError, FrameInfo, PackId, Reader};
-use super::fsutil::{self, write_atomic};
+use super::fsutil;
 use super::StoreError;
 use crate::image::PageId;
 use std::collections::{BTreeSet, HashMap};
@@ -157,9 +157,11 @@ pub(super) fn decode_segment(b: &[u8], want: &PackId) -> Result<(u64, Footer), F
     Ok((len, Footer::decode(r.0, data_len)?))
 }
 
-/// Writes the index segment of a freshly committed pack.
+/// Writes the index segment of a freshly committed pack. Not fsynced: a segment is a cache
+/// of the pack's own footer, checked on load and rebuilt from the pack when a crash left it
+/// missing, short or corrupt.
 pub fn write_segment(root: &Path, c: &CommittedPack) -> Result<(), StoreError> {
-    write_atomic(root, &seg_path(root, &c.id), &encode_segment(c))
+    fsutil::write_cache(root, &seg_path(root, &c.id), &encode_segment(c))
 }
 
 /// Pack ids present under `packs/`, and the `packs/xx/` directories that could not be listed

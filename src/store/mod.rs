@@ -150,7 +150,9 @@ pub(crate) struct Inner {
     chains: Mutex<chains::Chains>,
 }
 
-/// An open store. Cheap to share between threads (`&Store` is `Sync`).
+/// An open store. Cheap to share between threads (`&Store` is `Sync`); a clone is another
+/// handle on the same open store (its index, frame cache and open packs), not a new open.
+#[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
