@@ -63,7 +63,8 @@ fn exit_code(e: &Error) -> u8 {
 
 fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
-        Command::Check { jobs } => Ok(check(&jobs)),
+        Command::Check { jobs, json: true } => cli::check::json(&jobs),
+        Command::Check { jobs, .. } => Ok(check(&jobs)),
         Command::Run(args) => run_jobs(args),
         Command::Dump(args) => cli::dump::run(args),
         Command::Restore(args) => cli::restore::run(args),
@@ -73,7 +74,11 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::Report {
             files,
             html: Some(out),
+            ..
         } => cli::report_html::run(&files, &out),
+        Command::Report {
+            files, json: true, ..
+        } => cli::report::json(&files),
         Command::Report { files, .. } => {
             for f in files {
                 let reports = haul::report::load(&f)?;
@@ -122,6 +127,11 @@ fn run_jobs(args: cli::RunArgs) -> Result<u8, Error> {
             ProgressMode::Auto
         },
     };
+    if args.json {
+        // Each job's line as it ends; the progress stays on stderr.
+        let batch = haul::runner::run_batch_with(&paths, &opts, &cli::run::print_job);
+        return Ok(batch.exit_code());
+    }
     let batch = haul::runner::run_batch(&paths, &opts);
     // The progress on stderr has said how each job ended; the summary is for a stdout that goes
     // elsewhere (a script, a file). Where both are one file (a terminal, cron's mail), once.

@@ -1,9 +1,10 @@
 //! `haul bench`: runs a benchmark and prints its report.
 
+use haul::runner::progress::Activity;
 use haul::runner::{exit, ProgressMode};
 use haul::Error;
 
-use super::{out, print_json, BenchCommand};
+use super::{out, print_doc, BenchCommand};
 
 /// `haul bench ...`.
 pub fn run(what: BenchCommand) -> Result<u8, Error> {
@@ -29,9 +30,11 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 runs,
                 ..Default::default()
             };
+            let a = Activity::start(ProgressMode::Auto, "bench precopy", "running");
             let r = bench::run_bench(&opts)?;
+            a.finish("done");
             if json {
-                print_json(&r)?;
+                print_doc("bench-precopy", &r)?;
             } else {
                 out(bench::report_text(&r).trim_end());
             }
@@ -55,9 +58,11 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 prefetch,
                 touches_per_sec,
             };
+            let a = Activity::start(ProgressMode::Auto, "bench lazy", "running");
             let r = bench::run_bench(&opts)?;
+            a.finish("done");
             if json {
-                print_json(&r)?;
+                print_doc("bench-lazy", &r)?;
             } else {
                 out(bench::report_text(&r).trim_end());
             }
@@ -81,9 +86,11 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 runs,
                 paths,
             };
+            let a = Activity::start(ProgressMode::Auto, "bench migrate", "running");
             let r = bench::run_bench(&opts)?;
+            a.finish("done");
             if json {
-                print_json(&r)?;
+                print_doc("bench-migrate", &r)?;
             } else {
                 out(bench::report_text(&r).trim_end());
             }
@@ -107,9 +114,11 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 private_mib: private >> 20,
                 runs,
             };
+            let a = Activity::start(ProgressMode::Auto, "bench tree", "running");
             let r = bench::run_bench(&opts)?;
+            a.finish("done");
             if json {
-                print_json(&r)?;
+                print_doc("bench-tree", &r)?;
             } else {
                 out(bench::report_text(&r).trim_end());
             }
@@ -128,7 +137,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
             bar.finish(if r.is_ok() { "done" } else { "failed" }, r.is_err());
             let r = r?;
             if json {
-                print_json(&r)?;
+                print_doc("bench-store", &r)?;
             } else {
                 out(haul::bench::store::report_text(&r).trim_end());
             }

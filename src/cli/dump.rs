@@ -3,11 +3,12 @@
 
 use haul::runner::command::{self, DumpCommand, LazyServe};
 use haul::runner::exit;
+use haul::runner::progress::Activity;
 use haul::runner::worker::SourceEndKind;
 use haul::util::{human_bytes, human_us};
 use haul::Error;
 
-use super::{flush, out, print_json, print_json_line, DumpArgs};
+use super::{flush, out, print_doc, print_doc_line, progress_mode, DumpArgs};
 
 /// `haul dump --pid PID ...`.
 pub fn run(args: DumpArgs) -> Result<u8, Error> {
@@ -18,7 +19,16 @@ pub fn run(args: DumpArgs) -> Result<u8, Error> {
     if cmd.lazy.is_some() {
         return lazy(&args, &cmd);
     }
+    let a = Activity::start(
+        progress_mode(args.quiet),
+        &format!("dump of pid {}", args.pid),
+        match cmd.predump {
+            Some(_) => "pre-dumping while it runs, then the final dump",
+            None => "checkpointing",
+        },
+    );
     let d = command::dump(&cmd)?;
+    a.finish("done");
     // A pid of the killed tree still taken: a restore with --pid same would fail.
     for t in &d.taken {
         eprintln!("warning: {t}");
@@ -34,7 +44,7 @@ pub fn run(args: DumpArgs) -> Result<u8, Error> {
             "figures": d.set.figures, "pruned": d.pruned, "predump": d.predump,
             "processes": d.set.process_count(), "pids_taken": taken,
         });
-        print_json(&v)?;
+        print_doc("dump", &v)?;
         return Ok(exit::OK);
     }
     let f = &d.set.figures;
@@ -123,13 +133,19 @@ fn command_of(args: &DumpArgs) -> DumpCommand {
 /// committed, then serves until a restore has every page (killed: exit 0) or none is connected
 /// for the source timeout (resumed, rolled back: exit 1). SIGINT/SIGTERM roll back too.
 fn lazy(args: &DumpArgs, cmd: &DumpCommand) -> Result<u8, Error> {
+    let mode = progress_mode(args.quiet);
+    let a = Activity::start(mode, &format!("dump of pid {}", args.pid), "checkpointing");
     let d = command::lazy_dump(cmd)?;
+    a.finish("committed");
     let (set, o, addr) = (&d.set, &d.outcome, &d.addr);
     if args.json {
-        print_json_line(&serde_json::json!({
-            "set": set.id, "job": set.job, "pid": args.pid, "serving": addr,
-            "stats": o.stats, "figures": set.figures, "predump": o.predump,
-        }))?;
+        print_doc_line(
+            "dump-lazy",
+            &serde_json::json!({
+                "set": set.id, "job": set.job, "pid": args.pid, "serving": addr,
+                "stats": o.stats, "figures": set.figures, "predump": o.predump,
+            }),
+        )?;
     } else {
         let f = &set.figures;
         out(&set.id);
@@ -152,10 +168,16 @@ fn lazy(args: &DumpArgs, cmd: &DumpCommand) -> Result<u8, Error> {
         ));
     }
     flush();
+    let a = Activity::start(
+        mode,
+        &format!("pid {}", args.pid),
+        &format!("frozen, serving its pages on {addr}"),
+    );
     let ended = d.wait()?;
+    a.finish("ended");
     let end = &ended.end;
     if args.json {
-        print_json_line(&serde_json::json!({ "source": end }))?;
+        print_doc_line("dump-lazy-end", &serde_json::json!({ "source": end }))?;
     } else {
         let how = match end.kind {
             SourceEndKind::Killed => "killed",
@@ -191,9 +213,12 @@ fn check(args: &DumpArgs) -> Result<u8, Error> {
         Err(e) if e.is_refusal() => {
             let reasons = e.reasons();
             if args.json {
-                print_json(&serde_json::json!({
-                    "pid": args.pid, "checkpointable": false, "reasons": reasons,
-                }))?;
+                print_doc(
+                    "dump-check",
+                    &serde_json::json!({
+                        "pid": args.pid, "checkpointable": false, "reasons": reasons,
+                    }),
+                )?;
             } else {
                 out(&format!("pid {} cannot be checkpointed:", args.pid));
                 for r in &reasons {
@@ -208,10 +233,13 @@ fn check(args: &DumpArgs) -> Result<u8, Error> {
     let threads = count(|p| haul::proc::tids(p).ok().map(|t| t.len()));
     let fds = count(|p| haul::proc::fds(p).ok().map(|f| f.len()));
     if args.json {
-        print_json(&serde_json::json!({
-            "pid": args.pid, "checkpointable": true, "processes": pids.len(),
-            "pids": pids, "threads": threads, "fds": fds, "reasons": [],
-        }))?;
+        print_doc(
+            "dump-check",
+            &serde_json::json!({
+                "pid": args.pid, "checkpointable": true, "processes": pids.len(),
+                "pids": pids, "threads": threads, "fds": fds, "reasons": [],
+            }),
+        )?;
     } else {
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });

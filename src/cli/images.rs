@@ -2,10 +2,11 @@
 
 use haul::image::ImageSet;
 use haul::runner::exit;
+use haul::runner::progress::Activity;
 use haul::Error;
 use serde::Serialize;
 
-use super::{out, print_json, ImagesArgs};
+use super::{out, print_doc, print_doc_list, progress_mode, ImagesArgs};
 
 /// `haul images ...`.
 pub fn run(args: ImagesArgs) -> Result<u8, Error> {
@@ -34,21 +35,25 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         json,
     } = &args.command
     {
+        let mode = progress_mode(args.quiet);
         let token = match token_file {
             Some(f) => haul::xfer::read_token_file(f)?,
             None => Vec::new(),
         };
         // The store is created only once the server has answered.
         let dest = &args.store.store;
+        let a = Activity::start(mode, &format!("pull {set}"), &format!("from {from}"));
         let r = haul::xfer::pull(from, &token, *timeout, set, dest, compression.level())?;
+        a.finish("done");
         if *json {
-            print_json(&r)?;
+            print_doc("images-pull", &r)?;
         } else {
             out(&sync_text(&r));
         }
         return Ok(exit::OK);
     }
     let store = haul::store::Store::open(&args.store.store)?;
+    let mode = progress_mode(args.quiet);
     match args.command {
         C::Pull { .. } => Ok(exit::OK),
         C::Push {
@@ -58,9 +63,15 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             json,
         } => {
             let dest = haul::store::Store::open_or_create(&to)?;
+            let a = Activity::start(
+                mode,
+                &format!("push {set}"),
+                &format!("to {}", to.display()),
+            );
             let r = haul::xfer::push(&store, &set, &dest, compression.level())?;
+            a.finish("done");
             if json {
-                print_json(&r)?;
+                print_doc("images-push", &r)?;
             } else {
                 out(&sync_text(&r));
             }
@@ -69,7 +80,7 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         C::Ls { job, json } => {
             let l = store.list(job.as_deref())?;
             if json {
-                print_json(&l.rows())?;
+                print_doc_list("images-ls", &l.rows())?;
             } else {
                 out(l.text().trim_end());
             }
@@ -83,11 +94,14 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
         C::Show { set, json } => {
             let s = store.load_set(&set)?;
             if json {
-                print_json(&ShowJson {
-                    view: haul::store::set_view(&s),
-                    processes: process_rows(&s),
-                    held: held_rows(&s),
-                })?;
+                print_doc(
+                    "images-show",
+                    &ShowJson {
+                        view: haul::store::set_view(&s),
+                        processes: process_rows(&s),
+                        held: held_rows(&s),
+                    },
+                )?;
             } else {
                 out(haul::store::show_text(&s).trim_end());
                 let rows = process_rows(&s);
@@ -104,9 +118,15 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             Ok(exit::OK)
         }
         C::Verify { set, json } => {
+            let what = match &set {
+                Some(s) => format!("verify {s}"),
+                None => "verify".to_string(),
+            };
+            let a = Activity::start(mode, &what, "re-hashing pages and packs");
             let r = store.verify(set.as_deref())?;
+            a.finish(if r.ok { "ok" } else { "FAILED" });
             if json {
-                print_json(&r)?;
+                print_doc("images-verify", &r)?;
             } else {
                 for p in &r.problems {
                     out(&format!("BAD {}: {}", p.kind, p.message));
@@ -124,9 +144,11 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             Ok(if r.ok { exit::OK } else { exit::FAILED })
         }
         C::Du { json } => {
+            let a = Activity::start(mode, "du", "reading the manifests and packs");
             let r = store.du()?;
+            a.finish("done");
             if json {
-                print_json(&r)?;
+                print_doc("images-du", &r)?;
             } else {
                 out(&du_text(&r));
             }
@@ -140,9 +162,11 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             Ok(exit::OK)
         }
         C::Gc { json } => {
+            let a = Activity::start(mode, "gc", "removing and repacking");
             let r = store.gc()?;
+            a.finish("done");
             if json {
-                print_json(&r)?;
+                print_doc("images-gc", &r)?;
             } else {
                 out(&format!(
                     "gc: {} packs removed, {} repacked, {} freed ({} -> {}), {} temp files removed, {} incomplete pre-dump sets removed",

@@ -2,11 +2,14 @@
 //! dispatches these and maps errors to exit codes.
 
 pub mod bench;
+pub mod check;
 pub mod dump;
 pub mod images;
 pub mod page_server;
+pub mod report;
 pub mod report_html;
 pub mod restore;
+pub mod run;
 #[cfg(test)]
 mod tests;
 
@@ -17,6 +20,15 @@ use std::path::PathBuf;
 pub fn out(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// The progress of a command's long operation: on stderr unless `quiet`.
+pub fn progress_mode(quiet: bool) -> haul::runner::ProgressMode {
+    if quiet {
+        haul::runner::ProgressMode::Quiet
+    } else {
+        haul::runner::ProgressMode::Auto
+    }
 }
 
 /// Sends what was printed on its way now (a script waits for the line before going on).
@@ -35,6 +47,49 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> Result<(), haul::Error> {
 pub fn print_json_line<T: serde::Serialize>(v: &T) -> Result<(), haul::Error> {
     out(&serde_json::to_string(v).map_err(haul::Error::Json)?);
     Ok(())
+}
+
+/// The version of the JSON documents haul prints: `haul/<kind>/<SCHEMA_VERSION>`, in the
+/// field `schema` of every object (docs/json.md). It changes only if a field is removed or
+/// changes meaning; new fields come without a new version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The `schema` value of a document of `kind` (`check`, `run`, `images-ls`, ...).
+pub fn schema(kind: &str) -> String {
+    format!("haul/{kind}/{SCHEMA_VERSION}")
+}
+
+/// A document as printed: `schema` first, then the fields of `body` (a struct or a map).
+#[derive(serde::Serialize)]
+pub struct Doc<'a, T: ?Sized> {
+    pub schema: String,
+    #[serde(flatten)]
+    pub body: &'a T,
+}
+
+impl<'a, T: ?Sized> Doc<'a, T> {
+    pub fn new(kind: &str, body: &'a T) -> Self {
+        Doc {
+            schema: schema(kind),
+            body,
+        }
+    }
+}
+
+/// Prints `v` (a struct or a map) as pretty JSON with its `schema` field.
+pub fn print_doc<T: serde::Serialize + ?Sized>(kind: &str, v: &T) -> Result<(), haul::Error> {
+    print_json(&Doc::new(kind, v))
+}
+
+/// Prints `v` (a struct or a map) as JSON on one line with its `schema` field.
+pub fn print_doc_line<T: serde::Serialize + ?Sized>(kind: &str, v: &T) -> Result<(), haul::Error> {
+    print_json_line(&Doc::new(kind, v))
+}
+
+/// Prints `items` as a pretty JSON array, each object with its `schema` field.
+pub fn print_doc_list<T: serde::Serialize>(kind: &str, items: &[T]) -> Result<(), haul::Error> {
+    let docs: Vec<Doc<'_, T>> = items.iter().map(|i| Doc::new(kind, i)).collect();
+    print_json(&docs)
 }
 
 const EXIT_CODES: &str = "\
@@ -60,6 +115,10 @@ pub enum Command {
         /// Job files (TOML).
         #[arg(required = true, value_name = "JOB")]
         jobs: Vec<PathBuf>,
+        /// One JSON object per job file, one line each: file, job, valid, and each error
+        /// with its file, line, column, field and message (docs/json.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Run a batch of jobs (the way cron calls it: `haul run jobs/*.toml`).
     #[command(after_help = EXIT_CODES)]
@@ -82,11 +141,15 @@ pub enum Command {
     Report {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// The reports as JSON, one document per FILE: a run report as one object, a
+        /// history as an array of them, every field present (docs/json.md).
+        #[arg(long)]
+        json: bool,
         /// Instead of the text, write one self-contained HTML page with charts of every FILE
         /// (inline SVG: no script, nothing fetched). A run report: its stage and pause
         /// timelines, pre-dump iterations, lazy residency and fault service times. A history:
         /// per job, frozen time, image size, new bytes and dedup ratio over its runs.
-        #[arg(long, value_name = "OUT.html")]
+        #[arg(long, value_name = "OUT.html", conflicts_with = "json")]
         html: Option<PathBuf>,
     },
 }
@@ -105,6 +168,11 @@ pub struct RunArgs {
     /// Timestamped plain lines instead of spinners, even on a terminal (the default when not a terminal, e.g. under cron).
     #[arg(long)]
     pub plain: bool,
+    /// On stdout, one JSON object per job on one line as each job ends: its outcome, exit
+    /// code, report, image set and the figures of its run report (docs/json.md). Progress
+    /// stays on stderr (--quiet silences it).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--store DIR`, shared by the commands that use a store.
@@ -125,6 +193,10 @@ pub struct StoreArg {
 pub struct ImagesArgs {
     #[command(flatten)]
     pub store: StoreArg,
+    /// No progress on stderr (verify, du, gc, push and pull show a spinner on a terminal, and
+    /// timestamped lines otherwise once they take more than a second).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: ImagesCommand,
 }
@@ -145,6 +217,7 @@ pub enum ImagesCommand {
     /// Show one set: process, VMAs with page counts, parent, bytes logical / stored / new.
     Show {
         set: String,
+        /// JSON instead of text (docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -152,11 +225,13 @@ pub enum ImagesCommand {
     /// exit 1 naming each bad pack, page and the sets that need it.
     Verify {
         set: Option<String>,
+        /// JSON instead of text (docs/json.md).
         #[arg(long)]
         json: bool,
     },
     /// Disk use: logical vs stored bytes, compression and dedup ratios, per job.
     Du {
+        /// JSON instead of text (docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -171,6 +246,7 @@ pub enum ImagesCommand {
         /// `zstd:<1..19>` or `none`, for the pages the destination stores.
         #[arg(long, default_value = "zstd:3", value_parser = parse_compression)]
         compression: haul::job::Compression,
+        /// JSON instead of text (docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -190,12 +266,14 @@ pub enum ImagesCommand {
         /// Give up on the server after this long without an answer.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         timeout: std::time::Duration,
+        /// JSON instead of text (docs/json.md).
         #[arg(long)]
         json: bool,
     },
     /// Remove the pre-dump sets of pre-copies that did not finish, packs no set references,
     /// and repack mostly-dead ones (waits for writers).
     Gc {
+        /// JSON instead of text (docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -612,6 +690,10 @@ pub struct DumpArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// No progress on stderr (a spinner on a terminal, timestamped lines otherwise once the
+    /// dump takes more than a second).
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -626,6 +708,10 @@ pub struct RestoreArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// No progress on stderr (a spinner on a terminal, timestamped lines otherwise once the
+    /// restore takes more than a second).
+    #[arg(short, long)]
+    pub quiet: bool,
     /// `state`: before the restored process runs, compare what /proc shows of it (credentials,
     /// capabilities, signal masks and handlers, prctl values, cgroup, oom score, maps and their
     /// flags, fds with their flags and offsets, ...) with what the dump recorded. Any

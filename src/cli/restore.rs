@@ -3,9 +3,10 @@
 
 use haul::runner::command::{self, LazyRestoreCommand, RestoreCommand};
 use haul::runner::exit;
+use haul::runner::progress::Activity;
 use haul::Error;
 
-use super::{flush, out, print_json, RestoreArgs, VerifyArg};
+use super::{flush, out, print_doc, progress_mode, RestoreArgs, VerifyArg};
 
 /// `haul restore SET ...`.
 pub fn run(args: RestoreArgs) -> Result<u8, Error> {
@@ -20,7 +21,15 @@ pub fn run(args: RestoreArgs) -> Result<u8, Error> {
     if args.lazy {
         return lazy(&args, cmd);
     }
+    // With --tty the job shares this terminal from the moment it runs: no spinner on it.
+    let a = Activity::start(
+        progress_mode(args.quiet || args.tty.is_some()),
+        &format!("restore of {}", args.set),
+        "loading the set and rebuilding the processes",
+    );
     let mut r = command::restore(&cmd)?;
+    // Before the PID is printed, and before a --tty job takes the terminal.
+    a.finish("running");
     let terminal = r.terminal.take();
     if args.json {
         let o = &r.outcome;
@@ -35,7 +44,7 @@ pub fn run(args: RestoreArgs) -> Result<u8, Error> {
             "time_to_running": o.time_to_running, "pages_restored": o.pages_restored,
             "lock_time": o.lock_time,
         });
-        print_json(&v)?;
+        print_doc("restore", &v)?;
     } else {
         out(&r.outcome.pid.to_string());
     }
@@ -60,7 +69,14 @@ fn lazy(args: &RestoreArgs, restore: RestoreCommand) -> Result<u8, Error> {
         prefetch: args.prefetch,
         source_timeout: args.source_timeout,
     };
+    // Until the process runs; not while its pages come: it may be writing to this terminal.
+    let a = Activity::start(
+        progress_mode(args.quiet),
+        &format!("restore of {}", args.set),
+        "loading the set and rebuilding the processes",
+    );
     let running = command::lazy_restore(&cmd)?;
+    a.finish("running");
     let lr = &running.restore;
     let (pid, ttr, pages_lazy) = (lr.pid(), lr.outcome.time_to_running, lr.pages_lazy);
     let lock_time = lr.outcome.lock_time;
@@ -79,7 +95,7 @@ fn lazy(args: &RestoreArgs, restore: RestoreCommand) -> Result<u8, Error> {
             "lock_time": lock_time,
             "lazy": rep, "source_released": released_msg,
         });
-        print_json(&v)?;
+        print_doc("restore-lazy", &v)?;
     }
     match (&rep.source_lost, &ended.released) {
         (Some(reason), _) => {

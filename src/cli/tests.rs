@@ -218,3 +218,51 @@ fn restore_push_defaults_to_continuous_and_idle_push_alone_means_idle() {
         "{help}"
     );
 }
+
+#[test]
+fn a_document_says_its_schema_first_and_keeps_every_field_of_its_body() {
+    #[derive(serde::Serialize)]
+    struct Body {
+        set: &'static str,
+        frozen_time: u64,
+    }
+    let v = serde_json::to_string(&Doc::new(
+        "dump",
+        &Body {
+            set: "a-1",
+            frozen_time: 7,
+        },
+    ))
+    .unwrap();
+    assert_eq!(v, r#"{"schema":"haul/dump/1","set":"a-1","frozen_time":7}"#);
+    // A JSON map body (what `serde_json::json!` builds) takes it too.
+    let m = serde_json::json!({"pid": 4, "reasons": []});
+    let v: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(&Doc::new("dump-check", &m)).unwrap()).unwrap();
+    assert_eq!(v["schema"], "haul/dump-check/1");
+    assert_eq!(v["pid"], 4);
+}
+
+#[test]
+fn json_and_quiet_are_flags_of_the_commands_scripts_run() {
+    assert!(matches!(
+        parse(&["check", "--json", "a.toml"]).unwrap().command,
+        Command::Check { json: true, .. }
+    ));
+    assert!(matches!(
+        parse(&["report", "--json", "h.jsonl"]).unwrap().command,
+        Command::Report { json: true, .. }
+    ));
+    match parse(&["run", "--json", "--quiet", "a.toml"])
+        .unwrap()
+        .command
+    {
+        Command::Run(r) => assert!(r.json && r.quiet),
+        other => panic!("{other:?}"),
+    }
+    match parse(&["images", "verify", "--quiet"]).unwrap().command {
+        Command::Images(i) => assert!(i.quiet),
+        other => panic!("{other:?}"),
+    }
+    assert!(dump_args(&["--leave-running", "-q"]).unwrap().quiet);
+}

@@ -136,6 +136,7 @@ pub(crate) fn copy_memory(
         runs: Vec::new(),
         pages: 0,
         buffered: Buffered { chunks: Vec::new() },
+        pending: Vec::new(),
     };
     for vma in vmas {
         // A mapping shared with an earlier process of the tree: its pages are stored once,
@@ -214,6 +215,7 @@ pub(crate) fn copy_memory(
         }
     }
     copier.flush(pool, sink, stats)?;
+    copier.read_pending(sink, stats)?;
     tracing::debug!(
         pid,
         scan_us = crate::util::us(scan_time),
@@ -285,7 +287,21 @@ struct Copier {
     runs: Vec<Run>,
     pages: usize,
     buffered: Buffered,
+    /// Chunks given a kept buffer and not read yet: read together, on every core.
+    pending: Vec<Pending>,
 }
+
+/// A chunk waiting to be read into its kept buffer.
+struct Pending {
+    runs: Vec<Run>,
+    addrs: Vec<u64>,
+    buf: AlignedBuf,
+}
+
+/// Kept chunks read at once, split over the cores: 16 chunks of 4 MiB. One thread copies
+/// about 3.5 GB/s with `process_vm_readv` here, which made the copy of a big process most of
+/// a checkpoint's freeze.
+const PENDING_CHUNKS: usize = 16;
 
 impl Copier {
     fn add(
@@ -328,17 +344,17 @@ impl Copier {
         // Whole chunks stay in the buffer; a chunk with absent pages (see `Run::file`) goes to
         // the sink now, without them.
         let (addrs, data) = match pool.take_buffered()? {
-            Some(mut buf) => {
-                let dst = &mut buf.as_mut_slice()[..pages * PAGE_SIZE];
-                match read_runs_lenient(self.pid, &mut self.mem, &runs, dst)? {
-                    None => {
-                        self.buffered.chunks.push((addrs, buf));
-                        return Ok(());
-                    }
-                    Some(ok) => present_only(&addrs, dst, &ok),
+            Some(buf) => {
+                debug_assert_eq!(addrs.len(), pages);
+                self.pending.push(Pending { runs, addrs, buf });
+                if self.pending.len() >= PENDING_CHUNKS {
+                    self.read_pending(sink, stats)?;
                 }
+                return Ok(());
             }
             None => {
+                // The kept chunks first, so that pages reach the sink in address order.
+                self.read_pending(sink, stats)?;
                 let buf = pool.direct()?;
                 let dst = &mut buf.as_mut_slice()[..pages * PAGE_SIZE];
                 match read_runs_lenient(self.pid, &mut self.mem, &runs, dst)? {
@@ -347,18 +363,61 @@ impl Copier {
                 }
             }
         };
-        stats.pages_zero += data
-            .chunks_exact(PAGE_SIZE)
-            .filter(|p| is_zero_page(p))
-            .count() as u64;
-        stats.pages_written += addrs.len() as u64;
-        stats.pages_during_freeze += addrs.len() as u64;
-        stats.pages_file += (pages - addrs.len()) as u64;
-        if !addrs.is_empty() {
-            sink.add_pages(&addrs, data)?;
+        to_sink(addrs, data, pages, sink, stats)
+    }
+
+    /// Reads every pending chunk into its buffer, the chunks split over rayon's threads (each
+    /// with a `/proc/PID/mem` of its own for unreadable mappings), then keeps them in order. A
+    /// chunk with absent pages (see `Run::file`) goes to the sink now, without them.
+    fn read_pending(
+        &mut self,
+        sink: &mut dyn PageSink,
+        stats: &mut DumpStats,
+    ) -> Result<(), DumpError> {
+        use rayon::prelude::*;
+        let mut pending = std::mem::take(&mut self.pending);
+        let pid = self.pid;
+        let read: Vec<Result<Option<Vec<bool>>, DumpError>> = pending
+            .par_iter_mut()
+            .map(|p| {
+                let len = p.addrs.len() * PAGE_SIZE;
+                read_runs_lenient(pid, &mut None, &p.runs, &mut p.buf.as_mut_slice()[..len])
+            })
+            .collect();
+        for (p, r) in pending.into_iter().zip(read) {
+            match r? {
+                None => self.buffered.chunks.push((p.addrs, p.buf)),
+                Some(ok) => {
+                    let pages = p.addrs.len();
+                    let (addrs, data) =
+                        present_only(&p.addrs, &p.buf.as_slice()[..pages * PAGE_SIZE], &ok);
+                    to_sink(addrs, data, pages, sink, stats)?;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Hands `addrs` (with their `data`, of a chunk of `pages` pages) to the sink during the freeze.
+fn to_sink(
+    addrs: Vec<u64>,
+    data: Vec<u8>,
+    pages: usize,
+    sink: &mut dyn PageSink,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
+    stats.pages_zero += data
+        .chunks_exact(PAGE_SIZE)
+        .filter(|p| is_zero_page(p))
+        .count() as u64;
+    stats.pages_written += addrs.len() as u64;
+    stats.pages_during_freeze += addrs.len() as u64;
+    stats.pages_file += (pages - addrs.len()) as u64;
+    if !addrs.is_empty() {
+        sink.add_pages(&addrs, data)?;
+    }
+    Ok(())
 }
 
 /// The pages of `addrs` (and `data`, a page each) whose `ok` is true.

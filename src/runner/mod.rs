@@ -195,6 +195,17 @@ impl BatchResult {
 /// Runs the jobs of `paths`: invalid files are reported and skipped, the others run, at most
 /// `opts.jobs` at a time. SIGINT/SIGTERM stop every launched process and still write reports.
 pub fn run_batch(paths: &[PathBuf], opts: &RunOptions) -> BatchResult {
+    run_batch_with(paths, opts, &|_| {})
+}
+
+/// [`run_batch`], calling `done` with each job's result as soon as the job ends (from the
+/// thread that ran it; an invalid file ends before any job runs): `haul run --json` prints
+/// each job's line then.
+pub fn run_batch_with(
+    paths: &[PathBuf],
+    opts: &RunOptions,
+    done: &(dyn Fn(&JobResult) + Sync),
+) -> BatchResult {
     // The descendants of a launched process that a dump kills come to haul, which reaps them,
     // so that their pids are free for a restore (see `release`).
     release::become_subreaper();
@@ -224,6 +235,7 @@ pub fn run_batch(paths: &[PathBuf], opts: &RunOptions) -> BatchResult {
             status: JobStatus::Invalid(msg),
             report: None,
         };
+        done(&r);
         match index_of(&file) {
             Some(i) if results[i].is_none() => results[i] = Some(r),
             _ => results.push(Some(r)),
@@ -231,7 +243,7 @@ pub fn run_batch(paths: &[PathBuf], opts: &RunOptions) -> BatchResult {
     }
 
     let queue: Mutex<VecDeque<crate::job::Job>> = Mutex::new(jobs.into_iter().collect());
-    let done: Mutex<Vec<JobResult>> = Mutex::new(Vec::new());
+    let finished: Mutex<Vec<JobResult>> = Mutex::new(Vec::new());
     let workers = opts.jobs.max(1);
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -248,11 +260,12 @@ pub fn run_batch(paths: &[PathBuf], opts: &RunOptions) -> BatchResult {
                 } else {
                     lifecycle::run_job(&job, &progress, &stop)
                 };
-                done.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                done(&r);
+                finished.lock().unwrap_or_else(|e| e.into_inner()).push(r);
             });
         }
     });
-    for r in done.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    for r in finished.into_inner().unwrap_or_else(|e| e.into_inner()) {
         match index_of(&r.file) {
             Some(i) if results[i].is_none() => results[i] = Some(r),
             _ => results.push(Some(r)),
