@@ -71,7 +71,14 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::PageServer(args) => cli::page_server::run(args),
         Command::Images(args) => cli::images::run(args),
         Command::Bench { what } => cli::bench::run(what),
-        Command::Report { files, json: true } => cli::report::json(&files),
+        Command::Report {
+            files,
+            html: Some(out),
+            ..
+        } => cli::report_html::run(&files, &out),
+        Command::Report {
+            files, json: true, ..
+        } => cli::report::json(&files),
         Command::Report { files, .. } => {
             for f in files {
                 let reports = haul::report::load(&f)?;

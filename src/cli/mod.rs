@@ -8,6 +8,7 @@ pub mod dump;
 pub mod images;
 pub mod page_server;
 pub mod report;
+pub mod report_html;
 pub mod restore;
 pub mod run;
 pub mod shell;
@@ -146,6 +147,12 @@ pub enum Command {
         /// history as an array of them, every field present (docs/json.md).
         #[arg(long)]
         json: bool,
+        /// Instead of the text, write one self-contained HTML page with charts of every FILE
+        /// (inline SVG: no script, nothing fetched). A run report: its stage and pause
+        /// timelines, pre-dump iterations, lazy residency and fault service times. A history:
+        /// per job, frozen time, image size, new bytes and dedup ratio over its runs.
+        #[arg(long, value_name = "OUT.html", conflicts_with = "json")]
+        html: Option<PathBuf>,
     },
     /// Print a completion script for SHELL on stdout (README: where to install it).
     Completions {

@@ -424,6 +424,10 @@ pub struct ReportSpec {
     /// (node_exporter's textfile collector). Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<PathBuf>,
+    /// Also write each run's report as a self-contained HTML page with charts, beside its
+    /// JSON (`<dir>/<job>-<run>.html`).
+    #[serde(default)]
+    pub html: bool,
 }
 
 impl Default for ReportSpec {
@@ -432,6 +436,7 @@ impl Default for ReportSpec {
             dir: defaults::report_dir(),
             history: None,
             metrics: None,
+            html: false,
         }
     }
 }

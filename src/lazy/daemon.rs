@@ -293,6 +293,9 @@ impl Daemon {
         let r = self.serve();
         let mut report = LazyReport {
             faults_served: self.stats.faults,
+            fault_latency_histogram: crate::report::LatencyBucket::log2_histogram(
+                &self.stats.latencies,
+            ),
             fault_latency_p50: super::percentile(&mut self.stats.latencies, 50),
             fault_latency_p99: super::percentile(&mut self.stats.latencies, 99),
             pages_prefetched: self.stats.prefetched,

@@ -4,6 +4,9 @@
 //! Field names follow CRIU's stats where they mean the same; times are microseconds as `u64`.
 //! Stages that did not run leave their figures at zero or their sections absent.
 
+pub mod charts;
+pub mod html;
+
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
@@ -35,6 +38,13 @@ pub enum ReportError {
         line: usize,
         #[source]
         source: serde_json::Error,
+    },
+    /// Drawing a chart of an HTML report failed (`report::charts`).
+    #[error("draw the chart \"{chart}\": {source}")]
+    Chart {
+        chart: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -277,6 +287,47 @@ pub struct LazyReport {
     /// restored processes ran (at most every 50 ms while it changes, and at the end).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub resident: Vec<ResidentSample>,
+    /// How long the faults took to serve, in log2 buckets (see [`LatencyBucket`]): from the
+    /// smallest to the largest bucket that holds a fault, the empty ones between included.
+    /// Empty when no fault was served (and in reports from before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fault_latency_histogram: Vec<LatencyBucket>,
+}
+
+/// One bucket of [`LazyReport::fault_latency_histogram`]: the faults served in `min_us..=max_us`
+/// µs. Bucket 0 is `0..=1`, bucket k `2^(k-1)+1 ..= 2^k`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatencyBucket {
+    pub min_us: u64,
+    pub max_us: u64,
+    pub count: u64,
+}
+
+impl LatencyBucket {
+    /// The log2 histogram of `latencies` (µs): empty for no latency.
+    pub fn log2_histogram(latencies: &[u64]) -> Vec<LatencyBucket> {
+        // Bucket of v: the least k with v <= 2^k (0 and 1 in bucket 0).
+        let bucket = |v: u64| match v {
+            0 | 1 => 0,
+            v => 64 - (v - 1).leading_zeros() as usize,
+        };
+        let mut counts = [0u64; 65];
+        for &v in latencies {
+            counts[bucket(v)] += 1;
+        }
+        let Some(first) = counts.iter().position(|&c| c > 0) else {
+            return Vec::new();
+        };
+        let last = counts.iter().rposition(|&c| c > 0).unwrap_or(first);
+        (first..=last)
+            .map(|k| LatencyBucket {
+                min_us: if k == 0 { 0 } else { (1u64 << (k - 1)) + 1 },
+                max_us: if k == 64 { u64::MAX } else { 1u64 << k },
+                count: counts[k],
+            })
+            .collect()
+    }
 }
 
 /// One sample of [`LazyReport::resident`].
@@ -943,5 +994,33 @@ mod tests {
         // No samples: nothing is serialized for them.
         let empty = serde_json::to_value(LazyReport::default()).unwrap();
         assert!(empty.get("resident").is_none(), "{empty}");
+        assert!(empty.get("fault_latency_histogram").is_none(), "{empty}");
+    }
+
+    #[test]
+    fn fault_latencies_fall_in_log2_buckets_from_the_first_to_the_last_used() {
+        assert!(LatencyBucket::log2_histogram(&[]).is_empty());
+        let h = LatencyBucket::log2_histogram(&[3, 4, 4, 17, 0]);
+        let b = |min_us, max_us, count| LatencyBucket {
+            min_us,
+            max_us,
+            count,
+        };
+        assert_eq!(
+            h,
+            [
+                b(0, 1, 1),
+                b(2, 2, 0),
+                b(3, 4, 3),
+                b(5, 8, 0),
+                b(9, 16, 0),
+                b(17, 32, 1)
+            ]
+        );
+        let top = LatencyBucket::log2_histogram(&[u64::MAX, (1 << 63) + 1]);
+        assert_eq!(top, [b((1 << 63) + 1, u64::MAX, 2)]);
+        // Reports from before the histogram load without it.
+        let old: LazyReport = serde_json::from_str(r#"{"faults_served": 3}"#).unwrap();
+        assert!(old.fault_latency_histogram.is_empty());
     }
 }

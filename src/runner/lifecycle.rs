@@ -164,6 +164,16 @@ pub fn run_job(job: &Job, progress: &super::progress::Progress, stop: &AtomicBoo
     let json = report.write_json(&paths.report_dir);
     let history = report.append_history(&paths.history);
     let metrics = write_metrics(job, &run, &paths, &report);
+    // `[report] html`: the page is a view of the JSON, not the record: one that cannot be
+    // written is a warning, and the run keeps its outcome.
+    if job.spec.report.html {
+        if let Err(e) = report.write_html(&paths.report_dir) {
+            p.finish(
+                &format!("warning: its HTML report could not be written: {e}"),
+                true,
+            );
+        }
+    }
     let written = json.as_ref().ok().cloned();
     let problem = match (&json, &history) {
         (Ok(_), Ok(())) => None,
