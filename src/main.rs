@@ -70,7 +70,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::Restore(args) => cli::restore::run(args),
         Command::PageServer(args) => cli::page_server::run(args),
         Command::Images(args) => cli::images::run(args),
-        Command::Bench { what } => cli::bench::run(what),
+        Command::Bench { quiet, what } => cli::bench::run(what, quiet),
         Command::Report {
             files,
             html: Some(out),

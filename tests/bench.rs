@@ -182,13 +182,18 @@ fn bench_lazy_keeps_what_was_in_its_dir() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
 }
 
-/// A `--dir` that does not exist yet is made for the run and gone again afterwards.
+/// A `--dir` that does not exist yet is made for the run and gone again afterwards; `--quiet`
+/// leaves stderr without progress.
 #[test]
 fn bench_store_removes_a_dir_it_made() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("new/deeper");
-    let o = run_bench(&["store", "--size", "1MiB"], &dir);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run_bench(&["store", "--size", "1MiB", "--quiet"], &dir);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // --quiet: none of the progress lines the test above sees without it.
+    assert!(!stderr.contains("bench store:"), "progress despite --quiet:\n{stderr}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("targets met"));
     assert!(!dir.exists());
     assert!(
         root.path().join("new").is_dir(),

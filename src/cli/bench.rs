@@ -6,8 +6,13 @@ use haul::Error;
 
 use super::{out, print_doc, BenchCommand};
 
-/// `haul bench ...`.
-pub fn run(what: BenchCommand) -> Result<u8, Error> {
+/// `haul bench ...`; `quiet`: no progress on stderr.
+pub fn run(what: BenchCommand, quiet: bool) -> Result<u8, Error> {
+    let mode = if quiet {
+        ProgressMode::Quiet
+    } else {
+        ProgressMode::Auto
+    };
     match what {
         BenchCommand::Precopy {
             dir,
@@ -30,7 +35,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 runs,
                 ..Default::default()
             };
-            let a = Activity::start(ProgressMode::Auto, "bench precopy", "running");
+            let a = Activity::start(mode, "bench precopy", "running");
             let r = bench::run_bench(&opts)?;
             a.finish("done");
             if json {
@@ -58,7 +63,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 prefetch,
                 touches_per_sec,
             };
-            let a = Activity::start(ProgressMode::Auto, "bench lazy", "running");
+            let a = Activity::start(mode, "bench lazy", "running");
             let r = bench::run_bench(&opts)?;
             a.finish("done");
             if json {
@@ -86,7 +91,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 runs,
                 paths,
             };
-            let a = Activity::start(ProgressMode::Auto, "bench migrate", "running");
+            let a = Activity::start(mode, "bench migrate", "running");
             let r = bench::run_bench(&opts)?;
             a.finish("done");
             if json {
@@ -114,7 +119,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 private_mib: private >> 20,
                 runs,
             };
-            let a = Activity::start(ProgressMode::Auto, "bench tree", "running");
+            let a = Activity::start(mode, "bench tree", "running");
             let r = bench::run_bench(&opts)?;
             a.finish("done");
             if json {
@@ -131,7 +136,7 @@ pub fn run(what: BenchCommand) -> Result<u8, Error> {
                 ..Default::default()
             };
             // A spinner on a terminal, timestamped lines otherwise.
-            let progress = haul::runner::progress::Progress::new(ProgressMode::Auto);
+            let progress = haul::runner::progress::Progress::new(mode);
             let bar = progress.job("bench store");
             let r = haul::bench::store::run_bench_with(&opts, &|step| bar.step(step));
             bar.finish(if r.is_ok() { "done" } else { "failed" }, r.is_err());

@@ -136,6 +136,10 @@ pub enum Command {
     /// Benchmarks (release build recommended): `haul bench store`, `haul bench precopy`,
     /// `haul bench lazy`, `haul bench tree`.
     Bench {
+        /// No progress on stderr (a spinner on a terminal, else timestamped lines): only the
+        /// results, and errors.
+        #[arg(short, long, global = true)]
+        quiet: bool,
         #[command(subcommand)]
         what: BenchCommand,
     },
