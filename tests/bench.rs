@@ -192,7 +192,10 @@ fn bench_store_removes_a_dir_it_made() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     // --quiet: none of the progress lines the test above sees without it.
-    assert!(!stderr.contains("bench store:"), "progress despite --quiet:\n{stderr}");
+    assert!(
+        !stderr.contains("bench store:"),
+        "progress despite --quiet:\n{stderr}"
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("targets met"));
     assert!(!dir.exists());
     assert!(
