@@ -291,10 +291,33 @@ fn sigkill_of_haul_and_its_worker_during_dump_kill_never_loses_the_process() {
             );
             killed_with_set += 1;
         } else {
+            // A process the worker had just killed (after the commit) may still have been
+            // exiting when looked at: it is dead if it ends now; else it runs free and
+            // reports.
             let out = sub.join("mw.out");
-            let (t1, _) = common::memwriter_report(m.pid, &out, 0);
-            common::memwriter_report(m.pid, &out, t1);
-            survived += 1;
+            let pid = m.pid;
+            let child = &mut m.child;
+            let mut died = false;
+            let report = common::memwriter_report_unless(pid, &out, 0, || {
+                died = child.try_wait().unwrap().is_some();
+                died
+            });
+            match report {
+                Some((t1, _)) => {
+                    common::memwriter_report(pid, &out, t1);
+                    survived += 1;
+                }
+                None if died => {
+                    assert_eq!(
+                        sets.len(),
+                        1,
+                        "{what}: the process died (it was exiting when first looked at) but \
+                         no image set of it was committed"
+                    );
+                    killed_with_set += 1;
+                }
+                None => panic!("{what}: memwriter pid {pid} runs free but did not report"),
+            }
         }
     }
     eprintln!(

@@ -179,6 +179,23 @@ pub fn send_signal(pid: i32, sig: &str) {
 /// report file shows a tick count above `after` (the file is renamed into place after it is
 /// closed, so the memwriter is done with it by then).
 pub fn memwriter_report(pid: i32, out: &Path, after: u64) -> (u64, String) {
+    let got = memwriter_report_unless(pid, out, after, || false);
+    assert!(
+        got.is_some(),
+        "memwriter pid {pid} did not report into {}",
+        out.display()
+    );
+    got.unwrap()
+}
+
+/// [`memwriter_report`], but `None` once `gone()` says the memwriter is gone, or after 20 s
+/// without a report.
+pub fn memwriter_report_unless(
+    pid: i32,
+    out: &Path,
+    after: u64,
+    mut gone: impl FnMut() -> bool,
+) -> Option<(u64, String)> {
     let read = || -> Option<(u64, String)> {
         let s = std::fs::read_to_string(out).ok()?;
         let mut w = s.split_whitespace();
@@ -190,7 +207,12 @@ pub fn memwriter_report(pid: i32, out: &Path, after: u64) -> (u64, String) {
     // the first signal without satisfying us.
     let mut got = None;
     let mut asked: Option<std::time::Instant> = None;
-    let ok = wait_for(Duration::from_secs(20), || {
+    let mut ended = false;
+    wait_for(Duration::from_secs(20), || {
+        if gone() {
+            ended = true;
+            return true;
+        }
         if asked.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
             send_signal(pid, "USR1");
             asked = Some(std::time::Instant::now());
@@ -198,12 +220,10 @@ pub fn memwriter_report(pid: i32, out: &Path, after: u64) -> (u64, String) {
         got = read();
         got.is_some()
     });
-    assert!(
-        ok,
-        "memwriter pid {pid} did not report into {}",
-        out.display()
-    );
-    got.unwrap()
+    if ended {
+        return None;
+    }
+    got
 }
 
 /// A command that runs `program` with every fd above 2 closed first: test processes inherit
