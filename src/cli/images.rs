@@ -36,6 +36,24 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
     } = &args.command
     {
         let mode = progress_mode(args.quiet);
+        if haul::store::bucket::is_bucket(std::path::Path::new(from)) {
+            // From a bucket: the pages the local store lacks, read by ranges.
+            let src = haul::store::Store::open(std::path::Path::new(from))?;
+            let dest = haul::store::Store::open_or_create(&args.store.store)?;
+            let a = Activity::start(
+                mode,
+                &format!("pull {set}"),
+                &format!("from {}", src.location().display()),
+            );
+            let r = haul::xfer::push(&src, set, &dest, compression.level())?;
+            a.finish("done");
+            if *json {
+                print_doc("images-pull", &r)?;
+            } else {
+                out(&sync_text(&r));
+            }
+            return Ok(exit::OK);
+        }
         let token = match token_file {
             Some(f) => haul::xfer::read_token_file(f)?,
             None => Vec::new(),
@@ -66,7 +84,7 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             let a = Activity::start(
                 mode,
                 &format!("push {set}"),
-                &format!("to {}", to.display()),
+                &format!("to {}", dest.location().display()),
             );
             let r = haul::xfer::push(&store, &set, &dest, compression.level())?;
             a.finish("done");
@@ -161,7 +179,8 @@ pub fn run(args: ImagesArgs) -> Result<u8, Error> {
             ));
             Ok(exit::OK)
         }
-        C::Gc { json } => {
+        C::Gc { json, grace } => {
+            store.set_gc_grace(grace);
             let a = Activity::start(mode, "gc", "removing and repacking");
             let r = store.gc()?;
             a.finish("done");

@@ -206,10 +206,13 @@ pub struct RunArgs {
 /// `--store DIR`, shared by the commands that use a store.
 #[derive(Debug, Args)]
 pub struct StoreArg {
-    /// The image store.
+    /// The image store: a directory, or a bucket of S3-compatible object storage as
+    /// `s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME&path_style=true]` (endpoint and region
+    /// default to $AWS_ENDPOINT_URL and $AWS_REGION; credentials come from the environment or
+    /// ~/.aws/credentials, never from the location).
     #[arg(
         long,
-        value_name = "DIR",
+        value_name = "DIR|s3://BUCKET/PREFIX",
         env = "HAUL_STORE",
         default_value = "haul-store",
         global = true
@@ -268,8 +271,8 @@ pub enum ImagesCommand {
     /// Copy a set into another store: its manifest, and only the pages that store lacks.
     Push {
         set: String,
-        /// The destination store (created if missing).
-        #[arg(long, value_name = "DIR")]
+        /// The destination store (created if missing): a directory or `s3://BUCKET/PREFIX`.
+        #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
         to: PathBuf,
         /// `zstd:<1..19>` or `none`, for the pages the destination stores.
         #[arg(long, default_value = "zstd:3", value_parser = parse_compression)]
@@ -278,12 +281,12 @@ pub enum ImagesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Copy a set from a page server into --store (created if missing): its manifest, and
-    /// only the pages the store lacks.
+    /// Copy a set from a page server or a bucket store into --store (created if missing): its
+    /// manifest, and only the pages the store lacks.
     Pull {
         set: String,
-        /// The page server (`haul page-server`).
-        #[arg(long, value_name = "HOST:PORT")]
+        /// The page server (`haul page-server`), or a bucket store (`s3://BUCKET/PREFIX`).
+        #[arg(long, value_name = "HOST:PORT|s3://BUCKET/PREFIX")]
         from: String,
         /// The page server's token.
         #[arg(long, value_name = "FILE")]
@@ -304,6 +307,10 @@ pub enum ImagesCommand {
         /// JSON instead of text (docs/json.md).
         #[arg(long)]
         json: bool,
+        /// A bucket store only: leave unreferenced packs younger than this (a second guard
+        /// beside the lock objects writers hold; 0s deletes every unreferenced pack).
+        #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+        grace: std::time::Duration,
     },
 }
 

@@ -60,6 +60,24 @@ impl JobError {
 ///
 /// In `spec`, every relative path is already joined to `dir`: `process.cwd` (default `dir`, set
 /// only for a launched command), `process.pidfile`, `stdout`/`stderr` paths, `ready.file`,
+/// An `s3://` store with the job's `[store]` settings folded into its location, so that
+/// everything that opens the store (the checkpoint worker too) sees them. A location that does
+/// not parse is left as it is (validation names it).
+fn bucket_location(loc: &Path, st: &schema::StoreSpec, base: &Path) -> PathBuf {
+    match crate::store::bucket::BucketUrl::parse(&loc.to_string_lossy()) {
+        Ok(mut u) => {
+            u.endpoint = st.endpoint.clone().or(u.endpoint);
+            u.region = st.region.clone().or(u.region);
+            u.path_style = st.path_style.or(u.path_style);
+            if let Some(c) = &st.cache {
+                u.cache = Some(join(base, c));
+            }
+            PathBuf::from(u.to_location())
+        }
+        Err(_) => loc.to_path_buf(),
+    }
+}
+
 /// `store.path` (always set: default `$HAUL_STORE`, else `dir/haul-store`), `report.dir` and
 /// `report.history` (always set: default `<report.dir>/history.jsonl`); a relative `command[0]`
 /// containing `/` is joined to the cwd. A relative path that starts with `{run_dir}` or
@@ -325,8 +343,12 @@ fn resolve(mut spec: JobSpec, dir: &Path, name: &str) -> JobSpec {
     }
 
     spec.store.path = Some(match &spec.store.path {
+        Some(s) if crate::store::bucket::is_bucket(s) => bucket_location(s, &spec.store, &base),
         Some(s) => join(&base, s),
         None => match std::env::var_os(STORE_ENV).filter(|v| !v.is_empty()) {
+            Some(v) if crate::store::bucket::is_bucket(Path::new(&v)) => {
+                bucket_location(Path::new(&v), &spec.store, &base)
+            }
             Some(v) => {
                 let v = PathBuf::from(v);
                 let abs = std::path::absolute(&v).unwrap_or(v);

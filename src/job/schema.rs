@@ -405,7 +405,31 @@ pub enum LazyOrder {
 #[serde(deny_unknown_fields)]
 pub struct StoreSpec {
     /// Default: `$HAUL_STORE`, else `./haul-store` (relative to the job file's folder).
+    /// `s3://bucket/prefix` puts the store in an S3-compatible bucket.
     pub path: Option<PathBuf>,
+    /// The S3 endpoint of an `s3://` store (`http://host:port` for MinIO, Ceph, Garage, ...).
+    /// Default: `$AWS_ENDPOINT_URL`, else AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The region of an `s3://` store. Default: `$AWS_REGION`, else `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`). Default: true with an endpoint, false
+    /// (virtual-hosted) for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// The local cache of an `s3://` store. Default: `$HAUL_CACHE_DIR/s3/...`, else
+    /// `~/.cache/haul/s3/...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PathBuf>,
+    /// Credentials are refused in a job file (they come from the environment or a credentials
+    /// file); these keys exist only to say so by name.
+    #[serde(default, skip_serializing)]
+    pub access_key_id: Option<toml::Value>,
+    #[serde(default, skip_serializing)]
+    pub secret_access_key: Option<toml::Value>,
+    #[serde(default, skip_serializing)]
+    pub session_token: Option<toml::Value>,
     #[serde(default)]
     pub compression: Compression,
     /// Image sets of this job to keep; older ones are pruned. Absent: keep all.

@@ -150,6 +150,7 @@ pub(crate) fn validate(
     if let Some(p) = &spec.store.path {
         c.path_placeholders("store.path", p, STORE_PATH);
     }
+    bucket_settings(&mut c, spec);
     if spec.store.keep == Some(0) {
         c.value(
             "store.keep",
@@ -352,6 +353,54 @@ fn process(c: &mut Checker, spec: &JobSpec, dir: &Path) {
     }
 }
 
+/// The settings of an `s3://` store: a location that parses, settings only with a bucket,
+/// and never credentials.
+fn bucket_settings(c: &mut Checker, spec: &JobSpec) {
+    use crate::store::bucket;
+    let st = &spec.store;
+    for (field, v) in [
+        ("store.access_key_id", &st.access_key_id),
+        ("store.secret_access_key", &st.secret_access_key),
+        ("store.session_token", &st.session_token),
+    ] {
+        if v.is_some() {
+            c.key(
+                field,
+                "credentials are never read from a job file: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in the environment, or use a credentials file (AWS_SHARED_CREDENTIALS_FILE, default ~/.aws/credentials, profile $AWS_PROFILE)",
+            );
+        }
+    }
+    let is_bucket = st.path.as_deref().is_some_and(bucket::is_bucket)
+        || (st.path.is_none()
+            && std::env::var_os(super::STORE_ENV)
+                .is_some_and(|v| bucket::is_bucket(Path::new(&v))));
+    if let Some(p) = st.path.as_deref().filter(|p| bucket::is_bucket(p)) {
+        if let Err(e) = bucket::BucketUrl::parse(&p.to_string_lossy()) {
+            c.value("store.path", e.to_string());
+        }
+    }
+    if !is_bucket {
+        for (field, set) in [
+            ("store.endpoint", st.endpoint.is_some()),
+            ("store.region", st.region.is_some()),
+            ("store.path_style", st.path_style.is_some()),
+            ("store.cache", st.cache.is_some()),
+        ] {
+            if set {
+                c.key(
+                    field,
+                    "only for a store in a bucket (store.path = \"s3://bucket/prefix\")",
+                );
+            }
+        }
+    }
+    if let Some(e) = &st.endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            c.value("store.endpoint", "an http:// or https:// URL");
+        }
+    }
+}
+
 /// Paths the run will create or write, checked against what exists now (unless they hold a
 /// placeholder): a store or report folder that is a file, a history or output file that is a
 /// folder, a folder that cannot be created because a file is in the way. `dir` is the job
@@ -359,6 +408,7 @@ fn process(c: &mut Checker, spec: &JobSpec, dir: &Path) {
 fn paths(c: &mut Checker, spec: &JobSpec, dir: &Path) {
     let plain = |p: &Path| !has_placeholder(&p.to_string_lossy());
     match &spec.store.path {
+        Some(p) if crate::store::bucket::is_bucket(p) => {}
         Some(p) if plain(p) => {
             if let Some(why) = dir_problem(&dir.join(p)) {
                 c.value("store.path", why);
@@ -366,6 +416,7 @@ fn paths(c: &mut Checker, spec: &JobSpec, dir: &Path) {
         }
         Some(_) => {}
         None => match std::env::var_os(super::STORE_ENV).filter(|v| !v.is_empty()) {
+            Some(env) if crate::store::bucket::is_bucket(Path::new(&env)) => {}
             Some(env) => {
                 if let Some(why) = dir_problem(Path::new(&env)) {
                     c.key(

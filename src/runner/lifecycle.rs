@@ -59,7 +59,12 @@ pub fn run_paths(job: &Job, run: &str) -> Result<RunPaths, RunError> {
     let exp = |p: &Path, ph: &Placeholders| {
         crate::job::expand_path(p, ph).map_err(|e| RunError::Setup(format!("{}: {e}", p.display())))
     };
-    let store = abs(exp(job.store_path(), &ph)?)?;
+    let store = exp(job.store_path(), &ph)?;
+    // A bucket's location is a URL, not a path to resolve.
+    let store = match crate::store::bucket::is_bucket(&store) {
+        true => store,
+        false => abs(store)?,
+    };
     ph.store = store.clone();
     let report_dir = abs(exp(&job.spec.report.dir, &ph)?)?;
     let history = abs(exp(&job.history_path(), &ph)?)?;

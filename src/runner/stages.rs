@@ -49,7 +49,7 @@ pub fn checkpoint(
     let spec = &job.spec.dump;
     let mut req = CheckpointRequest::new(
         target.pid,
-        store.path(),
+        store.open_as(),
         &job.name,
         job.spec.store.compression,
     );
@@ -146,7 +146,7 @@ pub fn retain_and_measure(
         .map(|u| u.bytes_packs + u.bytes_index + u.bytes_manifests)
         .unwrap_or(0);
     report.store = Some(StoreFigures {
-        path: store.path().display().to_string(),
+        path: store.location().display().to_string(),
         set: set.id.clone(),
         bytes_logical: f.bytes_logical,
         bytes_stored: f.bytes_stored,

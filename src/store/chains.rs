@@ -69,6 +69,7 @@ pub(crate) struct SetRef<'a> {
     pub id: &'a str,
     pub kind: SetKind,
     pub parent: Option<&'a str>,
+    pub created_us: u64,
 }
 
 pub(crate) fn lock_path(root: &Path, id: &str) -> PathBuf {
@@ -183,8 +184,14 @@ impl Inner {
 
 /// The state of each of `sets` (in the same order). Dumps are [`SetState::Ok`]; so is every
 /// pre-dump a dump names through its parents; the other pre-dumps are in progress when their
-/// lock is held, incomplete otherwise.
-pub(crate) fn states(root: &Path, sets: &[SetRef<'_>]) -> Vec<SetState> {
+/// lock is held, incomplete otherwise. In a bucket store (`shared`), the pre-copy may run on
+/// another host, whose locks this one cannot see: there a pre-dump is taken for one left only
+/// once it is older than a lock object goes stale ([`super::bucket::lock::STALE`]).
+pub(crate) fn states(root: &Path, sets: &[SetRef<'_>], shared: bool) -> Vec<SetState> {
+    let now = crate::util::now_us();
+    let young = |s: &SetRef<'_>| {
+        shared && now.saturating_sub(s.created_us) < super::bucket::lock::STALE.as_micros() as u64
+    };
     let by_id: HashMap<&str, usize> = sets.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
     let mut named = vec![false; sets.len()];
     for s in sets.iter().filter(|s| s.kind == SetKind::Dump) {
@@ -204,7 +211,7 @@ pub(crate) fn states(root: &Path, sets: &[SetRef<'_>]) -> Vec<SetState> {
         .map(|(s, named)| match s.kind {
             SetKind::Dump => SetState::Ok,
             SetKind::PreDump if named => SetState::Ok,
-            SetKind::PreDump if held(root, s.id) => SetState::InProgress,
+            SetKind::PreDump if held(root, s.id) || young(s) => SetState::InProgress,
             SetKind::PreDump => SetState::Incomplete,
         })
         .collect()

@@ -78,7 +78,7 @@ impl Store {
         let root = &self.inner.root;
         let all_sets = sets.len() as u64;
         // As gc sees them: the sets a pre-copy left are as good as gone.
-        let states = set_states(root, &sets);
+        let states = set_states(self, &sets);
         let count = |st: SetState| states.iter().filter(|s| **s == st).count() as u64;
         let (sets_incomplete, sets_in_progress) =
             (count(SetState::Incomplete), count(SetState::InProgress));

@@ -103,8 +103,17 @@ pub enum StoreError {
         "add_pages: {addrs} addresses but {bytes} bytes of data (need {PAGE_SIZE} per address)"
     )]
     BatchShape { addrs: usize, bytes: usize },
+    /// A request to a bucket store's bucket failed (boxed: it is large).
+    #[error(transparent)]
+    Bucket(Box<super::bucket::BucketError>),
     #[error("bench store: a {size}-byte image is too small to measure; the least is {min} bytes")]
     BenchTooSmall { size: u64, min: u64 },
+}
+
+impl From<super::bucket::BucketError> for StoreError {
+    fn from(e: super::bucket::BucketError) -> StoreError {
+        StoreError::Bucket(Box::new(e))
+    }
 }
 
 impl StoreError {

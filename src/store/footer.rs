@@ -38,6 +38,8 @@ pub enum FormatError {
     /// Opening or reading the file failed.
     #[error("{0}")]
     Io(#[source] std::io::Error),
+    #[error("{0}")]
+    Bucket(#[source] Box<super::bucket::BucketError>),
     #[error("footer claims {0} frames, too many for its size")]
     TooManyFrames(usize),
     #[error("frame {frame}: bad codec {codec} or page count {npages}")]
@@ -95,6 +97,11 @@ impl PackId {
     pub fn from_hex(s: &str) -> Option<PackId> {
         let v = crate::util::unhex(s)?;
         Some(PackId(v.try_into().ok()?))
+    }
+    /// Key of the pack in a bucket store, relative to its prefix (the same layout as on disk).
+    pub fn key(&self) -> String {
+        let h = self.to_hex();
+        format!("packs/{}/{h}.pack", &h[..2])
     }
     /// Path of the pack inside the store.
     pub fn path(&self, root: &Path) -> PathBuf {
@@ -255,13 +262,24 @@ pub fn read_footer(path: &Path) -> Result<Footer, FormatError> {
     use std::os::unix::fs::FileExt;
     let f = File::open(path).map_err(FormatError::Io)?;
     let len = f.metadata().map_err(FormatError::Io)?.len();
+    read_footer_with(len, |off, n| {
+        let mut b = vec![0u8; n];
+        f.read_exact_at(&mut b, off).map_err(FormatError::Io)?;
+        Ok(b)
+    })
+}
+
+/// Reads and checks the footer of a pack of `len` bytes through `read(offset, length)`: from
+/// a file, or by ranges from a bucket.
+pub fn read_footer_with(
+    len: u64,
+    mut read: impl FnMut(u64, usize) -> Result<Vec<u8>, FormatError>,
+) -> Result<Footer, FormatError> {
     if len < TRAILER_LEN as u64 {
         return Err(FormatError::ShorterThanTrailer(len));
     }
-    let mut t = [0u8; TRAILER_LEN];
-    f.read_exact_at(&mut t, len - TRAILER_LEN as u64)
-        .map_err(FormatError::Io)?;
-    if &t[..8] != PACK_MAGIC {
+    let t = read(len - TRAILER_LEN as u64, TRAILER_LEN)?;
+    if t.len() != TRAILER_LEN || &t[..8] != PACK_MAGIC {
         return Err(FormatError::NoTrailer);
     }
     let mut r = Reader(&t[8..]);
@@ -275,9 +293,8 @@ pub fn read_footer(path: &Path) -> Result<Footer, FormatError> {
     if off.checked_add(flen) != Some(len - TRAILER_LEN as u64) {
         return Err(FormatError::TrailerMismatch);
     }
-    let mut footer = vec![0u8; flen as usize];
-    f.read_exact_at(&mut footer, off).map_err(FormatError::Io)?;
-    if blake3::hash(&footer).as_bytes()[..16] != t[32..48] {
+    let footer = read(off, flen as usize)?;
+    if footer.len() as u64 != flen || blake3::hash(&footer).as_bytes()[..16] != t[32..48] {
         return Err(FormatError::FooterChecksum);
     }
     Footer::decode(&footer, off)

@@ -112,7 +112,7 @@ pub struct Index {
     seen: (BTreeSet<PackId>, BTreeSet<PackId>),
 }
 
-fn seg_path(root: &Path, id: &PackId) -> PathBuf {
+pub(super) fn seg_path(root: &Path, id: &PackId) -> PathBuf {
     root.join("index").join(format!("{}.idx", id.to_hex()))
 }
 
@@ -231,7 +231,17 @@ fn list_segments(root: &Path) -> Result<BTreeSet<PackId>, StoreError> {
 impl Index {
     /// Loads every segment, rebuilding those that are missing or corrupt from pack footers.
     pub fn load(root: &Path) -> Result<Index, StoreError> {
-        let (packs, unlisted) = list_packs(root)?;
+        Index::load_from(root, None)
+    }
+
+    /// [`Index::load`], with the packs that exist given by the caller instead of listed under
+    /// `packs/`: a bucket store's cache indexes the packs of the bucket (see
+    /// [`super::bucket`]), whether or not it holds them locally.
+    pub fn load_from(root: &Path, present: Option<&BTreeSet<PackId>>) -> Result<Index, StoreError> {
+        let (packs, unlisted) = match present {
+            Some(p) => (p.clone(), Vec::new()),
+            None => list_packs(root)?,
+        };
         let segs = list_segments(root)?;
         let mut idx = Index::default();
         for d in &unlisted {
@@ -292,10 +302,22 @@ impl Index {
 
     /// Reloads when segments or packs appeared or disappeared since the last load.
     pub fn refresh(&mut self, root: &Path) -> Result<(), StoreError> {
-        let (packs, _) = list_packs(root)?;
+        self.refresh_from(root, None)
+    }
+
+    /// [`Index::refresh`] with the packs that exist given (see [`Index::load_from`]).
+    pub fn refresh_from(
+        &mut self,
+        root: &Path,
+        present: Option<&BTreeSet<PackId>>,
+    ) -> Result<(), StoreError> {
+        let packs = match present {
+            Some(p) => p.clone(),
+            None => list_packs(root)?.0,
+        };
         let segs = list_segments(root)?;
         if self.seen.0 != segs || self.seen.1 != packs {
-            *self = Index::load(root)?;
+            *self = Index::load_from(root, present)?;
         }
         Ok(())
     }

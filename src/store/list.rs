@@ -127,9 +127,10 @@ impl Store {
                 id: &s.id,
                 kind: s.kind,
                 parent: s.parent.as_deref(),
+                created_us: s.created_us,
             })
             .collect();
-        let states = chains::states(&self.inner.root, &refs);
+        let states = chains::states(&self.inner.root, &refs, self.inner.remote.is_some());
         for (s, st) in l.sets.iter_mut().zip(states) {
             s.state = st;
         }

@@ -149,16 +149,17 @@ pub(super) fn live_pages(sets: &[ImageSet]) -> IdMap<()> {
 }
 
 /// The state of each set (see [`SetState`]), in the same order.
-pub(super) fn set_states(root: &std::path::Path, sets: &[ImageSet]) -> Vec<SetState> {
+pub(super) fn set_states(store: &Store, sets: &[ImageSet]) -> Vec<SetState> {
     let refs: Vec<SetRef<'_>> = sets
         .iter()
         .map(|s| SetRef {
             id: &s.id,
             kind: s.kind,
             parent: s.parent.as_deref(),
+            created_us: s.created_us,
         })
         .collect();
-    chains::states(root, &refs)
+    chains::states(&store.inner.root, &refs, store.inner.remote.is_some())
 }
 
 /// What gc would do to the packs of `idx` keeping the pages of `live`.
@@ -210,11 +211,7 @@ pub(super) fn gc_plan(idx: &Index, live: &IdMap<()>) -> GcPlan {
 
 impl Store {
     pub(super) fn refresh_index(&self) -> Result<(), StoreError> {
-        self.inner
-            .index
-            .write()
-            .map_err(|_| StoreError::Writer("index lock poisoned".into()))?
-            .refresh(&self.inner.root)
+        self.inner.refresh_index()
     }
 
     /// Removes packs no set references and repacks packs that are mostly dead, and clears
@@ -223,6 +220,20 @@ impl Store {
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         let start = Instant::now();
         let _lock = self.lock(true, "gc")?;
+        // On a bucket: no writer of any host is between its lock object and its commit.
+        let remote = self.inner.remote.clone();
+        let _bucket_lock = match &remote {
+            Some(r) => Some(super::bucket::lock::take(
+                r,
+                true,
+                "gc",
+                self.lock_timeout(),
+            )?),
+            None => None,
+        };
+        if let Some(r) = &remote {
+            super::bucket::sync::pull_manifests(r, &self.inner.root, false)?;
+        }
         self.refresh_index()?;
         let root = self.inner.root.clone();
         let (sets, bad) = load_all(self)?;
@@ -237,10 +248,13 @@ impl Store {
         let mut rep = GcReport::default();
         // Pre-dumps a pre-copy left (no dump names them, no process holds their lock) go
         // first: then their pages are garbage like any other.
-        let states = set_states(&root, &sets);
+        let states = set_states(self, &sets);
         let mut kept = Vec::with_capacity(sets.len());
         for (s, st) in sets.into_iter().zip(states) {
             if st == SetState::Incomplete {
+                if let Some(r) = &remote {
+                    r.delete(&format!("sets/{}/{}", s.job, s.id))?;
+                }
                 Store::remove_manifest(&self.find_set(&s.id)?)?;
                 rep.incomplete_sets_removed.push(s.id);
             } else {
@@ -248,6 +262,9 @@ impl Store {
             }
         }
         chains::remove_stale_locks(&root);
+        if let Some(r) = &remote {
+            super::bucket::lock::remove_stale(r)?;
+        }
         let sets = kept;
         rep.sets = sets.len() as u64;
         let live = live_pages(&sets);
@@ -268,6 +285,24 @@ impl Store {
             rep.packs_before = idx.packs.len() as u64;
             rep.bytes_before = idx.packs.iter().map(|p| p.len).sum();
             gc_plan(&idx, &live)
+        };
+        // A bucket's packs are deleted whole, never repacked (a repack would rewrite objects
+        // other hosts may be reading); the young ones are left for the next gc.
+        let (doomed, repack) = match &remote {
+            Some(r) => {
+                let grace = self.gc_grace();
+                let young = super::bucket::maint::young_packs(r, grace)?;
+                let (young_doomed, doomed): (Vec<PackId>, Vec<PackId>) =
+                    doomed.into_iter().partition(|p| young.contains(p));
+                for p in young_doomed {
+                    rep.skipped.push(format!(
+                        "pack {p}: unreferenced but younger than the grace period ({}), left for a later gc",
+                        humantime::format_duration(grace)
+                    ));
+                }
+                (doomed, Vec::new())
+            }
+            None => (doomed, repack),
         };
         // Repack: copy live pages into new packs first; delete the old ones only after the new
         // ones are committed.
@@ -341,7 +376,11 @@ impl Store {
             .index
             .write()
             .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
-        *idx = Index::load(&root)?;
+        let present = match &remote {
+            Some(r) => Some(super::bucket::sync::pull_index(r, &root)?),
+            None => None,
+        };
+        *idx = Index::load_from(&root, present.as_ref())?;
         rep.packs_after = idx.packs.len() as u64;
         rep.bytes_after = idx.packs.iter().map(|p| p.len).sum();
         rep.bytes_freed = rep.bytes_before.saturating_sub(rep.bytes_after);
@@ -361,6 +400,10 @@ impl Store {
     /// Deletes a pack: its index segment first (so no one dedups against it), then the file.
     fn delete_pack(&self, id: &PackId) -> Result<(), StoreError> {
         let root = &self.inner.root;
+        // A bucket's pack goes first; the cache's copy and segment follow.
+        if let Some(r) = &self.inner.remote {
+            r.delete(&id.key())?;
+        }
         let seg = root.join("index").join(format!("{}.idx", id.to_hex()));
         match std::fs::remove_file(&seg) {
             Ok(()) => {}
@@ -374,7 +417,8 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io(format!("removing {}", path.display()), e)),
         }
-        if let Some(dir) = path.parent() {
+        // (A bucket store's cache may never have held the pack, nor its directory.)
+        if let Some(dir) = path.parent().filter(|d| d.exists()) {
             fsutil::fsync_dir(dir)?;
         }
         Ok(())

@@ -15,6 +15,7 @@
 //! Every file is written under `tmp/`, fsynced, renamed into place and its directory fsynced; a
 //! set's manifest is written last, so a crash leaves at most unreferenced packs and temp files.
 
+pub mod bucket;
 mod chains;
 mod du;
 mod error;
@@ -139,11 +140,23 @@ impl FrameCache {
 
 pub(crate) struct Inner {
     root: PathBuf,
+    /// What messages call the store: its directory, or `s3://bucket/prefix`.
+    display: PathBuf,
+    /// What [`Store::open`] takes to open this store again (a bucket's settings included).
+    open_as: PathBuf,
+    /// The bucket, for a bucket store (`root` is then its local cache).
+    remote: Option<Arc<bucket::Remote>>,
+    /// Read packs from the bucket even when the cache holds them (verify checks the bucket).
+    remote_reads_only: std::sync::atomic::AtomicBool,
+    /// Ranges of the bucket's packs fetched lately (a bucket store's faults and page server).
+    raw_cache: Mutex<bucket::fetch::RawCache>,
     index: RwLock<Index>,
     cache: Mutex<FrameCache>,
     /// Open packs by (id, opened for random access).
     files: Mutex<HashMap<(PackId, bool), Arc<File>>>,
     lock_timeout_ms: AtomicU64,
+    /// How old an unreferenced pack of a bucket must be before gc deletes it.
+    gc_grace_ms: AtomicU64,
     pack_target: AtomicU64,
     frame_pages: AtomicUsize,
     /// The pre-copy chains this process is writing (see [`chains`]).
@@ -179,7 +192,12 @@ fn check_marker(path: &Path) -> Result<(), StoreError> {
         }
         Err(e) => return Err(StoreError::io(format!("reading {}", m.display()), e)),
     };
-    let text = String::from_utf8_lossy(&text);
+    parse_marker(path, &text)
+}
+
+/// Checks the text of a store's marker (`path` names the store in errors).
+fn parse_marker(path: &Path, text: &[u8]) -> Result<(), StoreError> {
+    let text = String::from_utf8_lossy(text);
     let mut lines = text.lines();
     if lines.next() != Some("haul-store") {
         return Err(StoreError::NotAStore {
@@ -256,19 +274,78 @@ fn valid_set_id(id: &str) -> bool {
 
 impl Store {
     /// Opens an existing store; refuses a path that is not one, or one of a newer format.
+    /// `s3://bucket/prefix[?settings]` opens a bucket store (see [`bucket`]).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if bucket::is_bucket(path) {
+            return Store::open_bucket(path, false);
+        }
         check_marker(path)?;
+        Store::open_checked(path, path, path, None)
+    }
+
+    /// Opens a bucket store: checks (or, with `create`, creates) its marker object, then
+    /// brings the local cache up to the bucket (index segments of new packs, manifests).
+    fn open_bucket(loc: &Path, create: bool) -> Result<Store, StoreError> {
+        let u = bucket::BucketUrl::parse(&loc.to_string_lossy())?;
+        let remote = Arc::new(bucket::Remote::connect(&u)?);
+        let display = PathBuf::from(u.display());
+        match remote.get(MARKER)? {
+            Some(text) => parse_marker(&display, &text)?,
+            None if create => {
+                // Created only if absent: two hosts creating the store at once make one.
+                remote.put_new(MARKER, marker_text().into_bytes())?;
+            }
+            None => {
+                return Err(StoreError::NotAStore {
+                    path: display,
+                    reason: format!(
+                        "the bucket has no {MARKER} object under this prefix (a dump creates the store; the bucket must exist)"
+                    ),
+                })
+            }
+        }
+        let cache = bucket::cache_dir(&u);
+        if let Some(parent) = cache.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::io(format!("creating cache directory {}", parent.display()), e)
+            })?;
+        }
+        // The cache is a local store of its own (made once, then reused across runs).
+        drop(Store::open_or_create(&cache)?);
+        Store::open_checked(&cache, &display, loc, Some(remote))
+    }
+
+    /// Opens a store whose marker was checked.
+    fn open_checked(
+        path: &Path,
+        display: &Path,
+        open_as: &Path,
+        remote: Option<Arc<bucket::Remote>>,
+    ) -> Result<Store, StoreError> {
         for d in ["packs", "index", "sets", "tmp"] {
             fsutil::create_dir(&path.join(d))?;
         }
-        let index = Index::load(path)?;
+        let index = match &remote {
+            Some(r) => {
+                let packs = bucket::sync::pull_index(r, path)?;
+                bucket::sync::pull_manifests(r, path, false)?;
+                Index::load_from(path, Some(&packs))?
+            }
+            None => Index::load(path)?,
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 root: path.to_path_buf(),
+                display: display.to_path_buf(),
+                open_as: open_as.to_path_buf(),
+                remote,
+                remote_reads_only: Default::default(),
+                raw_cache: Mutex::default(),
                 index: RwLock::new(index),
                 cache: Mutex::new(FrameCache::default()),
                 files: Mutex::new(HashMap::new()),
                 lock_timeout_ms: AtomicU64::new(DEFAULT_LOCK_TIMEOUT.as_millis() as u64),
+                gc_grace_ms: AtomicU64::new(bucket::maint::GRACE.as_millis() as u64),
                 pack_target: AtomicU64::new(DEFAULT_PACK_TARGET),
                 frame_pages: AtomicUsize::new(DEFAULT_FRAME_PAGES),
                 chains: Mutex::default(),
@@ -279,6 +356,9 @@ impl Store {
     /// Opens a store, creating it when `path` does not exist or is an empty directory. A
     /// non-empty directory that is not a store is refused.
     pub fn open_or_create(path: &Path) -> Result<Store, StoreError> {
+        if bucket::is_bucket(path) {
+            return Store::open_bucket(path, true);
+        }
         if !path.join(MARKER).exists() {
             // Empty, or holding only what a store's own creation puts there (a creation in
             // place that was cut short) or what a fresh file system comes with.
@@ -359,8 +439,25 @@ impl Store {
         Store::open(path)
     }
 
+    /// The store's directory (for a bucket store, its local cache).
     pub fn path(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// What to call the store in messages: its directory, or `s3://bucket/prefix`.
+    pub fn location(&self) -> &Path {
+        &self.inner.display
+    }
+
+    /// What [`Store::open`] takes to open this same store, in another process too: its
+    /// directory, or the bucket's location with its settings.
+    pub fn open_as(&self) -> &Path {
+        &self.inner.open_as
+    }
+
+    /// The bucket of a bucket store.
+    pub fn remote(&self) -> Option<&Arc<bucket::Remote>> {
+        self.inner.remote.as_ref()
     }
 
     /// How long gc and rm wait for writers before refusing (default 10 s).
@@ -368,6 +465,18 @@ impl Store {
         self.inner
             .lock_timeout_ms
             .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How old an unreferenced pack of a bucket store must be before gc deletes it (default
+    /// [`bucket::maint::GRACE`]); a local store's gc has its lock and needs none.
+    pub fn set_gc_grace(&self, d: Duration) {
+        self.inner
+            .gc_grace_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn gc_grace(&self) -> Duration {
+        Duration::from_millis(self.inner.gc_grace_ms.load(Ordering::Relaxed))
     }
 
     /// Size at which a pack is closed (default 64 MiB). Mostly for tests and benchmarks.
@@ -431,7 +540,7 @@ impl Store {
                 Err(LockError::Held(f)) | Err(LockError::Interrupted(f)) => {
                     if start.elapsed() >= timeout {
                         return Err(StoreError::Locked {
-                            path: self.inner.root.clone(),
+                            path: self.inner.display.clone(),
                             what: what.into(),
                             waited: timeout,
                         });
@@ -460,14 +569,28 @@ impl Store {
     ) -> Result<SetWriter<'_>, StoreError> {
         check_job_name(job)?;
         let lock = self.lock(false, "a set writer")?;
+        // Another host's gc is kept off the bucket the same way, by a lock object.
+        let bucket_lock = match &self.inner.remote {
+            Some(r) => Some(bucket::lock::take(
+                r,
+                false,
+                "a set writer",
+                self.lock_timeout(),
+            )?),
+            None => None,
+        };
         // gc may have run since this Store was opened: what the index offers for dedup must
         // exist now, and cannot go away while we hold the lock.
-        self.inner
-            .index
-            .write()
-            .map_err(|_| StoreError::Writer("index lock poisoned".into()))?
-            .refresh(&self.inner.root)?;
-        writer::SetWriter::start(self, self.inner.clone(), lock, job, kind, parent, level)
+        self.inner.refresh_index()?;
+        writer::SetWriter::start(
+            self,
+            self.inner.clone(),
+            (lock, bucket_lock),
+            job,
+            kind,
+            parent,
+            level,
+        )
     }
 
     fn sets_dir(&self) -> PathBuf {
@@ -563,7 +686,7 @@ impl Store {
     fn find_set(&self, id: &str) -> Result<PathBuf, StoreError> {
         let not_found = || StoreError::SetNotFound {
             id: id.into(),
-            store: self.inner.root.clone(),
+            store: self.inner.display.clone(),
         };
         if !valid_set_id(id) {
             return Err(not_found());
@@ -589,9 +712,21 @@ impl Store {
         Err(not_found())
     }
 
+    /// [`Store::find_set`]; a bucket store that does not know the set yet looks at the
+    /// bucket again first (another host may have written it since this store was opened).
+    fn find_set_fresh(&self, id: &str) -> Result<PathBuf, StoreError> {
+        match (self.find_set(id), &self.inner.remote) {
+            (Err(StoreError::SetNotFound { .. }), Some(r)) => {
+                bucket::sync::pull_manifests(r, &self.inner.root, false)?;
+                self.find_set(id)
+            }
+            (r, _) => r,
+        }
+    }
+
     /// Loads and checks a whole manifest.
     pub fn load_set(&self, id: &str) -> Result<ImageSet, StoreError> {
-        let path = self.find_set(id)?;
+        let path = self.find_set_fresh(id)?;
         let b = std::fs::read(&path)
             .map_err(|e| StoreError::io(format!("reading manifest {}", path.display()), e))?;
         encode::decode_manifest(&b).map_err(|source| StoreError::Manifest { path, source })
@@ -601,7 +736,16 @@ impl Store {
     /// pack data, so this takes the lock shared and runs alongside writers.
     pub fn remove_set(&self, id: &str) -> Result<(), StoreError> {
         let _lock = self.lock(false, "rm")?;
-        let path = self.find_set(id)?;
+        let path = self.find_set_fresh(id)?;
+        if let Some(r) = &self.inner.remote {
+            // The bucket's manifest is the set; the cached copy follows it.
+            let job = path
+                .parent()
+                .and_then(|d| d.file_name())
+                .map(|j| j.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            r.delete(&format!("sets/{job}/{id}"))?;
+        }
         Store::remove_manifest(&path)
     }
 
@@ -634,6 +778,21 @@ impl Store {
             removed.push(s.id);
         }
         Ok(removed)
+    }
+}
+
+impl Inner {
+    /// Reloads the index when packs came or went: for a bucket store, the bucket's packs
+    /// (new ones get their segments first), else the packs under `packs/`.
+    pub(crate) fn refresh_index(&self) -> Result<(), StoreError> {
+        let present = match &self.remote {
+            Some(r) => Some(bucket::sync::pull_index(r, &self.root)?),
+            None => None,
+        };
+        self.index
+            .write()
+            .map_err(|_| StoreError::Writer("index lock poisoned".into()))?
+            .refresh_from(&self.root, present.as_ref())
     }
 }
 

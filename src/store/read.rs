@@ -111,6 +111,51 @@ impl Inner {
         len: usize,
         random: bool,
     ) -> Result<Vec<u8>, StoreError> {
+        if let Some(r) = &self.remote {
+            // A bucket store reads what its cache lacks from the bucket, by range: only the
+            // bytes asked for.
+            let cached = !self
+                .remote_reads_only
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if !cached || !l.pack.path(&self.root).exists() {
+                if cached {
+                    if let Some(b) = self
+                        .raw_cache
+                        .lock()
+                        .ok()
+                        .and_then(|mut c| c.get(&l.pack, off, len))
+                    {
+                        return Ok(b.to_vec());
+                    }
+                }
+                let buf = r
+                    .get_range(&l.pack.key(), off..off + len as u64)
+                    .map_err(|e| match e.is_not_found() {
+                        true => StoreError::PackMissing {
+                            at: at(id, Some(l.pack)),
+                        },
+                        false => StoreError::PageUnreadable {
+                            at: at(id, Some(l.pack)),
+                            problem: e.to_string(),
+                        },
+                    })?;
+                if buf.len() != len {
+                    return Err(StoreError::PageUnreadable {
+                        at: at(id, Some(l.pack)),
+                        problem: format!(
+                            "the pack is truncated (frame {} ends past its end)",
+                            l.frame_no
+                        ),
+                    });
+                }
+                if cached {
+                    if let Ok(mut c) = self.raw_cache.lock() {
+                        c.put(l.pack, off, Arc::new(buf.clone()));
+                    }
+                }
+                return Ok(buf);
+            }
+        }
         let f = match self.pack_file(&l.pack, random) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -214,9 +259,7 @@ impl Store {
         match self.inner.read_page_once(id) {
             // gc may have repacked the page since the index was loaded: reload, try once more.
             Err(StoreError::PackMissing { .. } | StoreError::PageMissing { .. }) => {
-                if let Ok(mut idx) = self.inner.index.write() {
-                    idx.refresh(&self.inner.root)?;
-                }
+                self.inner.refresh_index()?;
                 self.inner.read_page_once(id)
             }
             r => r,
@@ -333,9 +376,13 @@ impl Store {
     /// pages. The index is refreshed first, so a gc since the store was opened does not fail
     /// the read.
     fn batches(&self, set: &ImageSet, opts: ReadOptions) -> Result<Vec<Batch>, StoreError> {
-        if let Ok(mut idx) = self.inner.index.write() {
-            idx.refresh(&self.inner.root)?;
-        }
+        self.inner.refresh_index()?;
+        // A bucket store fetches what the read needs first, in parallel.
+        self.inner
+            .prefetch(set.pages.iter().filter_map(|(_, r)| match r {
+                PageRef::Stored(id) => Some(id),
+                _ => None,
+            }));
         let mut batches: Vec<Batch> = Vec::new();
         for (addr, r) in set.pages.iter() {
             match r {
@@ -488,10 +535,8 @@ impl Store {
     /// daemon's background push: the reading threads run at a lower priority
     /// ([`STREAM_NICE`]) than the restored processes and the daemon.
     pub fn stream_pages(&self, set: &str, pages: Vec<(u64, PageRef)>) -> PageStream {
-        if let Ok(mut idx) = self.inner.index.write() {
-            // A gc since open must not fail the read; a failed refresh shows up per page.
-            let _ = idx.refresh(&self.inner.root);
-        }
+        // A gc since open must not fail the read; a failed refresh shows up per page.
+        let _ = self.inner.refresh_index();
         let (tx, rx) =
             std::sync::mpsc::sync_channel::<Result<StreamBatch, StoreError>>(READ_WINDOW);
         let pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -502,6 +547,10 @@ impl Store {
             .name("haul-page-stream".into())
             .spawn(move || {
                 stream_nice();
+                inner.prefetch(pages.iter().filter_map(|(_, r)| match r {
+                    PageRef::Stored(id) => Some(*id),
+                    _ => None,
+                }));
                 let batches: Vec<Batch> =
                     pages.chunks(READ_BATCH_PAGES).map(|c| c.to_vec()).collect();
                 let decode = |window: &[Batch]| decode_window(&inner, window, &pool2, &set);

@@ -242,7 +242,12 @@ fn chain_states_keep_predumps_a_dump_names_and_drop_unheld_others() {
     use super::chains::{states, SetRef};
     use super::SetState;
     let dir = tempfile::tempdir().unwrap();
-    let r = |id, kind, parent| SetRef { id, kind, parent };
+    let r = |id, kind, parent| SetRef {
+        id,
+        kind,
+        parent,
+        created_us: 0,
+    };
     let sets = [
         r("p1", SetKind::PreDump, None),
         r("p2", SetKind::PreDump, Some("p1")),
@@ -252,7 +257,7 @@ fn chain_states_keep_predumps_a_dump_names_and_drop_unheld_others() {
     ];
     // No lock file is held: the chain no dump names is incomplete.
     assert_eq!(
-        states(dir.path(), &sets),
+        states(dir.path(), &sets, false),
         vec![
             SetState::Ok,
             SetState::Ok,
@@ -260,6 +265,16 @@ fn chain_states_keep_predumps_a_dump_names_and_drop_unheld_others() {
             SetState::Incomplete,
             SetState::Incomplete
         ]
+    );
+    // In a bucket, a pre-copy may run on another host: a young pre-dump no dump names is in
+    // progress, an old one (created at the epoch here) incomplete.
+    let young = SetRef {
+        created_us: crate::util::now_us(),
+        ..r("y1", SetKind::PreDump, None)
+    };
+    assert_eq!(
+        states(dir.path(), &[young, r("o1", SetKind::PreDump, None)], true),
+        vec![SetState::InProgress, SetState::Incomplete]
     );
 }
 

@@ -103,12 +103,41 @@ impl StoreError {
     }
 }
 
+/// Reads from the bucket only while it lives (verify of a bucket store).
+struct RemoteReads<'a>(&'a super::Inner);
+
+impl<'a> RemoteReads<'a> {
+    fn on(inner: &'a super::Inner) -> RemoteReads<'a> {
+        inner
+            .remote_reads_only
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        RemoteReads(inner)
+    }
+}
+
+impl Drop for RemoteReads<'_> {
+    fn drop(&mut self) {
+        self.0
+            .remote_reads_only
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Store {
     /// Reads back every page of one set (or of every set) and hashes it again, and hashes
     /// every pack those pages are in against its id (a whole-store verify: every pack). Problems are listed, not returned as
     /// errors; an error means verify itself could not run.
     pub fn verify(&self, set: Option<&str>) -> Result<VerifyReport, StoreError> {
         let start = Instant::now();
+        // A bucket store checks the bucket: manifests fetched again, pages and packs read from
+        // the bucket, not from what the cache kept.
+        let _remote_reads = match &self.inner.remote {
+            Some(r) => {
+                super::bucket::sync::pull_manifests(r, &self.inner.root, true)?;
+                Some(RemoteReads::on(&self.inner))
+            }
+            None => None,
+        };
         self.refresh_index()?;
         let mut rep = VerifyReport::default();
         let sets = match set {
@@ -262,6 +291,7 @@ impl Store {
         }
         {
             let root = &self.inner.root;
+            let remote = self.inner.remote.as_deref();
             let to_hash: Vec<&super::index::PackInfo> = idx
                 .packs
                 .iter()
@@ -272,8 +302,18 @@ impl Store {
             let pack_probs: Vec<(u64, Option<VerifyProblem>)> = to_hash
                 .par_iter()
                 .map(|p| {
-                    let path = p.id.path(root);
+                    let path = match remote {
+                        Some(r) => std::path::PathBuf::from(format!("{}/{}", r.url, p.id.key())),
+                        None => p.id.path(root),
+                    };
                     let r = (|| -> std::io::Result<(u64, blake3::Hash)> {
+                        if let Some(r) = remote {
+                            let b = r
+                                .get(&p.id.key())
+                                .map_err(std::io::Error::other)?
+                                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+                            return Ok((b.len() as u64, blake3::hash(&b)));
+                        }
                         let mut h = blake3::Hasher::new();
                         let f = std::fs::File::open(&path)?;
                         let n = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut h)?;

@@ -51,7 +51,8 @@ pub struct SetWriter<'a> {
     pool: Pool,
     /// The descendants of the set's root, for a tree ([`SetWriter::set_tree`]).
     tree: crate::image::Tree,
-    _lock: FileLock,
+    /// The store lock (shared), and for a bucket store its lock object (shared) too.
+    _lock: (FileLock, Option<super::bucket::lock::BucketLock>),
 }
 
 /// Batch buffers the worker is done with, for the caller to fill again (no fresh memory to
@@ -80,7 +81,7 @@ impl<'a> SetWriter<'a> {
     pub(super) fn start(
         store: &'a Store,
         inner: Arc<Inner>,
-        lock: FileLock,
+        lock: (FileLock, Option<super::bucket::lock::BucketLock>),
         job: &str,
         kind: SetKind,
         parent: Option<&str>,
@@ -231,7 +232,11 @@ impl<'a> SetWriter<'a> {
                     // loaded the index: look once more before refusing.
                     Err(e) if !checked_refresh => {
                         checked_refresh = true;
-                        idx.refresh(&inner.root)?;
+                        let present = match &inner.remote {
+                            Some(r) => Some(super::bucket::sync::pull_index(r, &inner.root)?),
+                            None => None,
+                        };
+                        idx.refresh_from(&inner.root, present.as_ref())?;
                         let _ = e;
                     }
                     Err(e) => return Err(e),
@@ -268,6 +273,20 @@ impl<'a> SetWriter<'a> {
         }
         let dir = inner.root.join("sets").join(&self.job);
         let written = (|| {
+            if let Some(r) = &inner.remote {
+                // The set exists once its manifest object does: every pack it needs was
+                // uploaded before (commit_pack). Created only if absent: a set is never
+                // replaced. The cache's copy needs no fsync (the bucket holds the set).
+                let key = format!("sets/{}/{}", self.job, self.id);
+                if !r.put_new(&key, bytes.clone())? {
+                    return Err(StoreError::Writer(format!(
+                        "{}: a set named {} exists already in the bucket",
+                        r.url, self.id
+                    )));
+                }
+                fsutil::create_dir(&dir)?;
+                return fsutil::write_cache(&inner.root, &dir.join(&self.id), &bytes);
+            }
             if !dir.exists() {
                 fsutil::create_dir(&dir)?;
                 fsutil::fsync_dir(&inner.root.join("sets"))?;
@@ -618,6 +637,10 @@ fn commit_pack(inner: &Inner, p: PackWriter) -> Result<(), StoreError> {
         return Ok(());
     }
     let c = p.finish(&inner.root)?;
+    // A bucket store offers a pack for deduplication only once the bucket has it.
+    if let Some(r) = &inner.remote {
+        r.upload_file(&c.id.key(), &c.id.path(&inner.root))?;
+    }
     inner
         .index
         .write()

@@ -57,7 +57,7 @@ pub fn copy_set(
         rep.already_there = true;
         return Ok(rep);
     }
-    let into = dest.path().display().to_string();
+    let into = dest.location().display().to_string();
     // A parent the destination lacks is not carried: a final dump's table is complete.
     let parent = set.parent.as_deref().filter(|p| dest.load_set(p).is_ok());
     // begin_set refreshes the index, so `has_page` sees every page committed before it.
@@ -131,7 +131,7 @@ pub fn push(
         for (addr, pid) in pages {
             let p = src
                 .read_page_at(pid, id, *addr)
-                .map_err(store_err(format!("reading {}", src.path().display())))?;
+                .map_err(store_err(format!("reading {}", src.location().display())))?;
             out.extend_from_slice(&p);
         }
         Ok(())

@@ -92,7 +92,7 @@ fn prepare(cmd: &DumpCommand) -> Result<(Store, CheckpointRequest), CommandError
         }
         None => None,
     };
-    let mut req = CheckpointRequest::new(cmd.pid, store.path(), &name, cmd.compression);
+    let mut req = CheckpointRequest::new(cmd.pid, store.open_as(), &name, cmd.compression);
     req.leave_running = cmd.leave_running;
     req.buffer = cmd.buffer;
     req.lazy = lazy;
