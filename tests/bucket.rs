@@ -269,11 +269,53 @@ fn a_host_with_an_empty_cache_restores_from_the_bucket_eagerly_and_lazily_exactl
     );
 
     // Lazy, on another empty cache: faults and the push read the bucket by ranges.
-    let lazy_cache = dir.join("cache-lazy");
-    let mut restore = host(&lazy_cache)
+    let mut cmd = host(&dir.join("cache-lazy"));
+    cmd.args([
+        "restore", &set, "--lazy", "--pid", "any", "--json", "--store", &loc,
+    ]);
+    let t3 = lazy_restore_exact(cmd, &out, t2, &c, "lazy restore from the bucket");
+
+    // A page server on a fourth host serves the set from the bucket (its cache empty too) to
+    // a lazy restore that has no store at all.
+    let mut server = host(&dir.join("cache-ps"))
         .args([
-            "restore", &set, "--lazy", "--pid", "any", "--json", "--store", &loc,
+            "page-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--set",
+            &set,
+            "--store",
+            &loc,
         ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    let addr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("page server said {first:?}"))
+        .to_string();
+    let mut cmd = haul();
+    cmd.args([
+        "restore", &set, "--lazy", "--pid", "any", "--json", "--from", &addr,
+    ]);
+    lazy_restore_exact(
+        cmd,
+        &out,
+        t3,
+        &c,
+        "lazy restore from a page server on the bucket",
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Runs a `haul restore --lazy --json` to its end (every page resident), checking the
+/// restored memwriter's memory against `want`; returns its ticks.
+fn lazy_restore_exact(mut cmd: Command, out: &Path, after: u64, want: &str, what: &str) -> u64 {
+    let mut restore = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -285,12 +327,12 @@ fn a_host_with_an_empty_cache_restores_from_the_bucket_eagerly_and_lazily_exactl
     let pid: i32 = first
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("pid line {first:?}"));
+        .unwrap_or_else(|_| panic!("{what}: pid line {first:?}"));
     let rest = std::thread::spawn(move || {
         let mut s = String::new();
         stdout.read_to_string(&mut s).map(|_| s)
     });
-    let (t3, c3) = memwriter_report(pid, &out, t2);
+    let (t, c) = memwriter_report(pid, out, after);
     let done = wait_for(Duration::from_secs(120), || {
         matches!(restore.try_wait(), Ok(Some(_)))
     });
@@ -299,14 +341,15 @@ fn a_host_with_an_empty_cache_restores_from_the_bucket_eagerly_and_lazily_exactl
     }
     let status = restore.wait().unwrap();
     kill_pid(pid);
-    assert!(done && status.success(), "haul restore --lazy: {status}");
-    assert_eq!(
-        c3, c,
-        "lazy restore from the bucket: memory differs (ticks {t} -> {t3})"
-    );
+    assert!(done && status.success(), "{what}: {status}");
+    assert_eq!(c, want, "{what}: memory differs (ticks {after} -> {t})");
     let v: serde_json::Value = serde_json::from_str(&rest.join().unwrap().unwrap()).unwrap();
-    assert!(v["lazy"]["source_lost"].is_null(), "{v}");
-    assert!(v["lazy"]["faults_served"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["lazy"]["source_lost"].is_null(), "{what}: {v}");
+    assert!(
+        v["lazy"]["faults_served"].as_u64().unwrap() > 0,
+        "{what}: {v}"
+    );
+    t
 }
 
 #[test]

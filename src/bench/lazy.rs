@@ -246,7 +246,7 @@ fn run_inner(o: &BenchOptions, dir: &Path) -> Result<BenchReport, BoxErr> {
     Ok(rep)
 }
 
-fn expect(got: String, want: &str, what: &str) -> Result<(), BoxErr> {
+pub(super) fn expect(got: String, want: &str, what: &str) -> Result<(), BoxErr> {
     if got != want {
         return Err(format!(
             "{what}: the restored memwriter's checksum is {got}, it was {want} before the dump"
@@ -257,7 +257,7 @@ fn expect(got: String, want: &str, what: &str) -> Result<(), BoxErr> {
 }
 
 /// A restored process: killed and reaped when dropped.
-struct Reaped(i32);
+pub(super) struct Reaped(pub(super) i32);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -267,7 +267,7 @@ impl Drop for Reaped {
 }
 
 /// The memwriter's (or toucher's) region checksum: SIGUSR1, then its report file.
-fn checksum(pid: i32, report: &Path) -> Result<String, BoxErr> {
+pub(super) fn checksum(pid: i32, report: &Path) -> Result<String, BoxErr> {
     Ok(report_fields(pid, report)?.swap_remove(1))
 }
 

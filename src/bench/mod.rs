@@ -8,7 +8,9 @@
 //! - [`lazy`]: post-copy restore against an eager restore of the same set.
 //! - [`migrate`]: the pause of a migration as the process sees it, on three paths.
 //! - [`tree`]: a process tree sharing memory against one process with the same memory.
+//! - [`bucket`]: a store in an S3-compatible bucket against a local store.
 
+pub mod bucket;
 pub mod dump;
 pub mod lazy;
 pub mod migrate;

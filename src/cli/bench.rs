@@ -101,6 +101,32 @@ pub fn run(what: BenchCommand, quiet: bool) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
+        BenchCommand::Bucket {
+            store,
+            dir,
+            fixtures,
+            size,
+            runs,
+            json,
+        } => {
+            use haul::bench::bucket as bench;
+            let opts = bench::BenchOptions {
+                dir,
+                fixtures,
+                store,
+                mib: size >> 20,
+                runs,
+            };
+            let a = Activity::start(mode, "bench bucket", "running");
+            let r = bench::run_bench(&opts)?;
+            a.finish("done");
+            if json {
+                print_doc("bench-bucket", &r)?;
+            } else {
+                out(bench::report_text(&r).trim_end());
+            }
+            Ok(exit::OK)
+        }
         BenchCommand::Tree {
             dir,
             fixtures,

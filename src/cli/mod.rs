@@ -372,6 +372,32 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A store in an S3-compatible bucket against a local store: dump (leave running, to
+    /// committed) and eager restore of a paused memwriter (the bucket's from an empty cache,
+    /// as on another host), and the bytes a re-dump of the unchanged process sends. Each run
+    /// writes under a prefix of its own below --store and removes it afterwards.
+    Bucket {
+        /// The bucket: `s3://BUCKET[/PREFIX][?endpoint=URL]` (credentials from the
+        /// environment).
+        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+        store: String,
+        /// Where to work: the benchmark makes a fresh subdirectory here and removes only
+        /// that (nothing else in DIR is touched).
+        #[arg(long, value_name = "DIR", default_value = "/tmp")]
+        dir: PathBuf,
+        /// Where memwriter.c is.
+        #[arg(long, default_value = "fixtures")]
+        fixtures: PathBuf,
+        /// Size of the memwriter's memory.
+        #[arg(long, default_value = "1GiB", value_parser = parse_bench_size)]
+        size: u64,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Process trees: frozen and restore time of a tree of processes sharing anonymous
     /// memory against one process with the same memory, and the image's size (the shared
     /// memory stored once). Restores under the same PIDs.

@@ -164,22 +164,30 @@ impl PackWriter {
     /// Writes footer and trailer, fsyncs, renames to `packs/ab/<id>.pack` and fsyncs the
     /// directory, then writes the pack's index segment the same way.
     pub fn finish(self, root: &Path) -> Result<CommittedPack, StoreError> {
+        self.finish_as(root, true)
+    }
+
+    /// [`PackWriter::finish`]; with `durable` false nothing is fsynced: for a bucket store's
+    /// cache, whose packs are durable once uploaded (a copy lost in a crash is fetched again).
+    pub fn finish_as(self, root: &Path, durable: bool) -> Result<CommittedPack, StoreError> {
         let tmp = self.tmp.clone();
-        let r = self.finish_inner(root);
+        let r = self.finish_inner(root, durable);
         if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         r
     }
 
-    fn finish_inner(mut self, root: &Path) -> Result<CommittedPack, StoreError> {
+    fn finish_inner(mut self, root: &Path, durable: bool) -> Result<CommittedPack, StoreError> {
         let footer = self.footer.encode();
         let t = trailer(self.len, &footer);
         self.write(&footer)?;
         self.write(&t)?;
-        self.file
-            .sync_all()
-            .map_err(|e| StoreError::io(format!("fsync of pack {}", self.tmp.display()), e))?;
+        if durable {
+            self.file
+                .sync_all()
+                .map_err(|e| StoreError::io(format!("fsync of pack {}", self.tmp.display()), e))?;
+        }
         let mut id = [0u8; 16];
         id.copy_from_slice(&self.hasher.finalize().as_bytes()[..16]);
         let id = PackId(id);
@@ -187,7 +195,9 @@ impl PackWriter {
         if let Some(dir) = dest.parent() {
             if !dir.exists() {
                 fsutil::create_dir(dir)?;
-                fsync_dir(&root.join("packs"))?;
+                if durable {
+                    fsync_dir(&root.join("packs"))?;
+                }
             }
         }
         std::fs::rename(&self.tmp, &dest).map_err(|e| {
@@ -196,7 +206,7 @@ impl PackWriter {
                 e,
             )
         })?;
-        if let Some(dir) = dest.parent() {
+        if let Some(dir) = dest.parent().filter(|_| durable) {
             fsync_dir(dir)?;
         }
         let committed = CommittedPack {

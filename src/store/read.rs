@@ -102,6 +102,15 @@ impl Inner {
         Ok(f)
     }
 
+    /// Whether reads of `pack` go to the bucket (a bucket store whose cache lacks it).
+    fn reads_remotely(&self, pack: &PackId) -> bool {
+        self.remote.is_some()
+            && (self
+                .remote_reads_only
+                .load(std::sync::atomic::Ordering::Relaxed)
+                || !pack.path(&self.root).exists())
+    }
+
     /// Reads `len` bytes at `off` of a pack; names the problem (missing, truncated).
     fn pread(
         &self,
@@ -117,7 +126,7 @@ impl Inner {
             let cached = !self
                 .remote_reads_only
                 .load(std::sync::atomic::Ordering::Relaxed);
-            if !cached || !l.pack.path(&self.root).exists() {
+            if self.reads_remotely(&l.pack) {
                 if cached {
                     if let Some(b) = self
                         .raw_cache
@@ -203,7 +212,9 @@ impl Inner {
     /// One page, checked against its id.
     pub(crate) fn read_page_once(&self, id: &PageId) -> Result<Vec<u8>, StoreError> {
         let l = self.locate(id)?;
-        let page = if l.frame.codec == CODEC_RAW {
+        // From a bucket, a request costs far more than its bytes: a raw frame is fetched (and
+        // cached) whole too, so its other pages need no request of their own.
+        let page = if l.frame.codec == CODEC_RAW && !self.reads_remotely(&l.pack) {
             // Raw frames need no decode: read just the page.
             self.pread(
                 id,
@@ -264,6 +275,28 @@ impl Store {
             }
             r => r,
         }
+    }
+
+    /// For a bucket store, fetches what reading `set` will need into the cache (see
+    /// [`Inner::prefetch`]), in a thread of its own: the page server starts it for each set
+    /// it serves, so that its clients' requests find the frames at hand. Nothing for a local
+    /// store.
+    pub fn prefetch_set_in_background(&self, set: &ImageSet) {
+        if self.inner.remote.is_none() {
+            return;
+        }
+        let inner = self.inner.clone();
+        let ids: Vec<PageId> = set
+            .pages
+            .iter()
+            .filter_map(|(_, r)| match r {
+                PageRef::Stored(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let _ = std::thread::Builder::new()
+            .name("haul-prefetch".into())
+            .spawn(move || inner.prefetch(ids.into_iter()));
     }
 
     /// [`Store::read_page`] for a page of a known set: errors name the set and the address.

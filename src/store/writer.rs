@@ -636,7 +636,7 @@ fn commit_pack(inner: &Inner, p: PackWriter) -> Result<(), StoreError> {
         p.abandon();
         return Ok(());
     }
-    let c = p.finish(&inner.root)?;
+    let c = p.finish_as(&inner.root, inner.remote.is_none())?;
     // A bucket store offers a pack for deduplication only once the bucket has it.
     if let Some(r) = &inner.remote {
         r.upload_file(&c.id.key(), &c.id.path(&inner.root))?;

@@ -70,6 +70,8 @@ impl Served {
                 set: s.to_string(),
                 source: Box::new(source),
             })?;
+        // Serving from a bucket: its frames are fetched ahead of the clients' requests.
+        store.prefetch_set_in_background(&set);
         Ok(Served { set, manifest })
     }
 }
