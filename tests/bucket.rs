@@ -123,15 +123,16 @@ fn exact_rows(out: &Path) {
     }
 }
 
-fn py_job(dir: &Path, name: &str, store: &str, endpoint: &str, restore: bool) -> PathBuf {
+/// A python loop pre-copied into the bucket; `restore`: "eager" or "lazy" (the loop is dumped
+/// and restored), or "" (a checkpoint: it runs on).
+fn py_job(dir: &Path, name: &str, store: &str, endpoint: &str, restore: &str) -> PathBuf {
     let script = dir.join("loop.py");
     std::fs::write(&script, PY_LOOP).unwrap();
     let job = dir.join(format!("{name}.toml"));
-    let leave = !restore;
-    let restore = if restore {
-        "[restore]\nmode = \"eager\"\npid = \"same\"\n"
-    } else {
-        ""
+    let leave = restore.is_empty();
+    let restore = match restore {
+        "" => String::new(),
+        mode => format!("[restore]\nmode = \"{mode}\"\npid = \"same\"\n"),
     };
     std::fs::write(
         &job,
@@ -159,19 +160,12 @@ leave_running = {leave}
     job
 }
 
-#[test]
-fn a_precopy_job_into_a_bucket_restores_exactly_and_the_bucket_holds_the_set() {
-    let s = Session::start();
-    let dir = s.path();
-    let Some(srv) = S3Server::start("bucket precopy job", dir) else {
-        return;
-    };
-    srv.make_bucket("fleet");
-    let job = py_job(dir, "py", "s3://fleet/hosts", &srv.endpoint(), true);
-    let cache = dir.join("cache-a");
-    let o = host(&cache)
+/// Runs a job (as a host with `cache`), lets the restored loop write 30 more rows, checks every
+/// row, and returns the run's report.
+fn run_py_job(dir: &Path, job: &Path, name: &str, cache: &Path) -> serde_json::Value {
+    let o = host(cache)
         .args(["run", "--plain"])
-        .arg(&job)
+        .arg(job)
         .output()
         .unwrap();
     ok(&o);
@@ -179,7 +173,10 @@ fn a_precopy_job_into_a_bucket_restores_exactly_and_the_bucket_holds_the_set() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && p.file_name().unwrap().to_string_lossy().starts_with(name)
+        })
         .unwrap();
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
     let pid = r["restored_pid"].as_i64().unwrap() as i32;
@@ -189,21 +186,43 @@ fn a_precopy_job_into_a_bucket_restores_exactly_and_the_bucket_holds_the_set() {
         "{r}"
     );
     assert_eq!(r["store"]["path"], "s3://fleet/hosts", "{r}");
-    let out = dir.join("py.out");
+    let out = dir.join(format!("{name}.out"));
     let before = rows(&out).len();
     let grew = wait_for(Duration::from_secs(20), || rows(&out).len() >= before + 30);
     kill_pid(pid);
-    assert!(grew, "the restored loop does not write");
+    assert!(grew, "{name}: the restored loop does not write");
     exact_rows(&out);
+    r
+}
+
+#[test]
+fn precopy_jobs_into_a_bucket_restore_eagerly_and_lazily_exactly_and_the_bucket_holds_the_sets() {
+    let s = Session::start();
+    let dir = s.path();
+    let Some(srv) = S3Server::start("bucket precopy job", dir) else {
+        return;
+    };
+    srv.make_bucket("fleet");
+    let job = py_job(dir, "py", "s3://fleet/hosts", &srv.endpoint(), "eager");
+    run_py_job(dir, &job, "py", &dir.join("cache-a"));
+    // Post-copy through a bucket store: the restored loop runs at once and its memory is
+    // served on demand (tests below restore from a host whose cache is empty).
+    let lazy = dir.join("lazy");
+    std::fs::create_dir_all(&lazy).unwrap();
+    let job = py_job(&lazy, "pylazy", "s3://fleet/hosts", &srv.endpoint(), "lazy");
+    let r = run_py_job(&lazy, &job, "pylazy", &dir.join("cache-lazy"));
+    assert!(r["lazy"]["faults_served"].as_u64().unwrap_or(0) > 0, "{r}");
 
     // The bucket holds the sets (3 pre-dumps and the dump), their packs and the marker, and no
     // lock object once the run is over.
     let keys = srv.keys("fleet", "hosts/");
-    let sets = keys
-        .iter()
-        .filter(|(k, _)| k.starts_with("hosts/sets/py/"))
-        .count();
-    assert_eq!(sets, 4, "{keys:?}");
+    for job in ["py", "pylazy"] {
+        let sets = keys
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("hosts/sets/{job}/")))
+            .count();
+        assert_eq!(sets, 4, "{job}: {keys:?}");
+    }
     assert!(
         keys.iter().any(|(k, _)| k.starts_with("hosts/packs/")),
         "{keys:?}"
@@ -225,7 +244,7 @@ fn a_precopy_job_into_a_bucket_restores_exactly_and_the_bucket_holds_the_set() {
             .unwrap(),
     );
     assert_eq!(v["ok"], true, "{v}");
-    assert_eq!(v["sets_checked"], 4, "{v}");
+    assert_eq!(v["sets_checked"], 8, "{v}");
     assert!(v["pages_checked"].as_u64().unwrap() > 100, "{v}");
 }
 
@@ -366,8 +385,8 @@ fn two_runs_into_one_bucket_while_gc_runs_lose_nothing_and_gc_frees_what_rm_let_
     let b = dir.join("b");
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
-    let ja = py_job(&a, "alpha", "s3://fleet/shared", &srv.endpoint(), false);
-    let jb = py_job(&b, "beta", "s3://fleet/shared", &srv.endpoint(), false);
+    let ja = py_job(&a, "alpha", "s3://fleet/shared", &srv.endpoint(), "");
+    let jb = py_job(&b, "beta", "s3://fleet/shared", &srv.endpoint(), "");
     let ra = host(&a.join("cache"))
         .args(["run", "--plain"])
         .arg(&ja)
