@@ -32,6 +32,13 @@ fn host(cache: &Path) -> Command {
     c
 }
 
+/// A server with the bucket `fleet` (None, said why, when the server is not installed).
+fn fleet(test: &str, dir: &Path) -> Option<S3Server> {
+    let srv = S3Server::start(test, dir)?;
+    srv.make_bucket("fleet");
+    Some(srv)
+}
+
 fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
@@ -199,10 +206,9 @@ fn run_py_job(dir: &Path, job: &Path, name: &str, cache: &Path) -> serde_json::V
 fn precopy_jobs_into_a_bucket_restore_eagerly_and_lazily_exactly_and_the_bucket_holds_the_sets() {
     let s = Session::start();
     let dir = s.path();
-    let Some(srv) = S3Server::start("bucket precopy job", dir) else {
+    let Some(srv) = fleet("bucket precopy job", dir) else {
         return;
     };
-    srv.make_bucket("fleet");
     let job = py_job(dir, "py", "s3://fleet/hosts", &srv.endpoint(), "eager");
     run_py_job(dir, &job, "py", &dir.join("cache-a"));
     // Post-copy through a bucket store: the restored loop runs at once and its memory is
@@ -252,10 +258,9 @@ fn precopy_jobs_into_a_bucket_restore_eagerly_and_lazily_exactly_and_the_bucket_
 fn a_host_with_an_empty_cache_restores_from_the_bucket_eagerly_and_lazily_exactly() {
     let s = Session::start();
     let dir = s.path();
-    let Some(srv) = S3Server::start("bucket restore elsewhere", dir) else {
+    let Some(srv) = fleet("bucket restore elsewhere", dir) else {
         return;
     };
-    srv.make_bucket("fleet");
     let loc = srv.location("fleet", "mig");
     let (mut r, out, t, c) = memwriter(dir, 48);
     let o = host(&dir.join("cache-src"))
@@ -375,10 +380,9 @@ fn lazy_restore_exact(mut cmd: Command, out: &Path, after: u64, want: &str, what
 fn two_runs_into_one_bucket_while_gc_runs_lose_nothing_and_gc_frees_what_rm_let_go() {
     let s = Session::start();
     let dir = s.path();
-    let Some(srv) = S3Server::start("bucket concurrent writers", dir) else {
+    let Some(srv) = fleet("bucket concurrent writers", dir) else {
         return;
     };
-    srv.make_bucket("fleet");
     let loc = srv.location("fleet", "shared");
     // Two hosts (their own caches), each pre-copying a python loop into the same bucket.
     let a = dir.join("a");
@@ -500,10 +504,9 @@ fn two_runs_into_one_bucket_while_gc_runs_lose_nothing_and_gc_frees_what_rm_let_
 fn verify_names_a_corrupt_pack_and_a_corrupt_manifest_in_the_bucket() {
     let s = Session::start();
     let dir = s.path();
-    let Some(srv) = S3Server::start("bucket verify", dir) else {
+    let Some(srv) = fleet("bucket verify", dir) else {
         return;
     };
-    srv.make_bucket("fleet");
     let loc = srv.location("fleet", "v");
     let (r, _out, _, _) = memwriter(dir, 16);
     ok(&host(&dir.join("cache"))
@@ -576,10 +579,9 @@ fn verify_names_a_corrupt_pack_and_a_corrupt_manifest_in_the_bucket() {
 fn push_and_pull_between_a_local_store_and_a_bucket_move_only_missing_pages() {
     let s = Session::start();
     let dir = s.path();
-    let Some(srv) = S3Server::start("bucket push pull", dir) else {
+    let Some(srv) = fleet("bucket push pull", dir) else {
         return;
     };
-    srv.make_bucket("fleet");
     let loc = srv.location("fleet", "p");
     let local = dir.join("local");
     let (mut r, out, t, c) = memwriter(dir, 32);
@@ -647,10 +649,9 @@ fn a_dump_whose_server_dies_or_whose_haul_is_killed_mid_upload_leaves_no_set_and
 ) {
     let s = Session::start();
     let dir = s.path();
-    let Some(mut srv) = S3Server::start("bucket mid-upload", dir) else {
+    let Some(mut srv) = fleet("bucket mid-upload", dir) else {
         return;
     };
-    srv.make_bucket("fleet");
     let loc = srv.location("fleet", "m");
     // 256 MiB with random pages: packs of 64 MiB, uploaded in parts.
     let (r, out, t, _) = memwriter(dir, 256);

@@ -370,7 +370,9 @@ struct Worker {
     /// incompressible (stored raw, so a fault reads just the page and no CPU is spent on them).
     streams: [Stream; 2],
     pack: Option<PackWriter>,
-    finisher: Option<JoinHandle<Result<(), StoreError>>>,
+    /// Packs being finished (and, for a bucket store, uploaded) in the background, oldest
+    /// first: at most one for a local store, [`UPLOADS_IN_FLIGHT`] for a bucket store.
+    finishers: std::collections::VecDeque<JoinHandle<Result<(), StoreError>>>,
     pool: Pool,
 }
 
@@ -387,7 +389,7 @@ impl Worker {
             new: IdMap::default(),
             streams: Default::default(),
             pack: None,
-            finisher: None,
+            finishers: Default::default(),
             pool,
         }
     }
@@ -533,7 +535,14 @@ impl Worker {
     /// Commits the current pack in the background (footer, fsync, rename, index segment) while
     /// the next one fills; at most one pack is being finished at a time.
     fn finish_pack_async(&mut self) -> Result<(), StoreError> {
-        self.join_finisher()?;
+        let in_flight = if self.inner.remote.is_some() {
+            UPLOADS_IN_FLIGHT
+        } else {
+            1
+        };
+        while self.finishers.len() >= in_flight {
+            self.join_oldest_finisher()?;
+        }
         let Some(p) = self.pack.take() else {
             return Ok(());
         };
@@ -542,16 +551,28 @@ impl Worker {
             .name("haul-store-pack".into())
             .spawn(move || commit_pack(&inner, p))
             .map_err(|e| StoreError::io("starting the pack finisher thread", e))?;
-        self.finisher = Some(h);
+        self.finishers.push_back(h);
         Ok(())
     }
 
-    fn join_finisher(&mut self) -> Result<(), StoreError> {
-        match self.finisher.take().map(|h| h.join()) {
+    fn join_oldest_finisher(&mut self) -> Result<(), StoreError> {
+        match self.finishers.pop_front().map(|h| h.join()) {
             None => Ok(()),
             Some(Ok(r)) => r,
             Some(Err(p)) => Err(panicked(p, "pack finisher")),
         }
+    }
+
+    /// Waits for every pack being finished; the first error wins, but every one is joined.
+    fn join_finisher(&mut self) -> Result<(), StoreError> {
+        let mut first = Ok(());
+        while !self.finishers.is_empty() {
+            let r = self.join_oldest_finisher();
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
     }
 
     fn finish_pack(&mut self) -> Result<(), StoreError> {
@@ -630,6 +651,9 @@ pub(crate) fn looks_incompressible(p: &[u8]) -> bool {
     // sum_sq <= n + 1.25 * n(n-1)/256, in integers.
     sum_sq * 1024 <= n * 1024 + 5 * n * n.saturating_sub(1)
 }
+
+/// Packs of a bucket store uploaded at once while the next one fills.
+const UPLOADS_IN_FLIGHT: usize = 3;
 
 fn commit_pack(inner: &Inner, p: PackWriter) -> Result<(), StoreError> {
     if p.is_empty() {

@@ -6,7 +6,6 @@ use super::Remote;
 use crate::image::PageId;
 use crate::store::footer::PackId;
 use crate::store::{fsutil, Inner, StoreError};
-use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
@@ -16,8 +15,9 @@ use std::sync::Arc;
 const RAW_CACHE_BYTES: usize = 128 << 20;
 /// A pack is fetched whole when a read needs at least this share of its bytes.
 const WHOLE_PACK_SHARE: f64 = 0.25;
-/// A whole pack is fetched in ranges of this size, several at once.
-const FETCH_PART: u64 = 8 << 20;
+/// Packs fetched at once (each by one request: several packs in flight keep the link busy
+/// without the per-request cost of splitting one pack into ranges).
+const PACKS_IN_FLIGHT: usize = 4;
 
 /// (pack, offset) → (bytes, last use).
 type RangeMap = HashMap<(PackId, u64), (Arc<Vec<u8>>, u64)>;
@@ -76,16 +76,14 @@ pub(crate) fn fetch_pack(
     root: &Path,
 ) -> Result<(), StoreError> {
     let key = id.key();
-    let ranges: Vec<Range<u64>> = (0..len)
-        .step_by(FETCH_PART as usize)
-        .map(|s| s..(s + FETCH_PART).min(len))
-        .collect();
-    let parts = remote.get_ranges_parallel(&key, &ranges)?;
-    let mut h = blake3::Hasher::new();
-    for p in &parts {
-        h.update(p);
-    }
-    if h.finalize().as_bytes()[..16] != id.0 {
+    let bytes = remote
+        .get(&key)?
+        .ok_or_else(|| super::BucketError::Damaged {
+            url: remote.url.clone(),
+            key: key.clone(),
+            problem: "the pack is gone from the bucket".into(),
+        })?;
+    if bytes.len() as u64 != len || blake3::hash(&bytes).as_bytes()[..16] != id.0 {
         return Err(super::BucketError::Damaged {
             url: remote.url.clone(),
             key,
@@ -97,7 +95,7 @@ pub(crate) fn fetch_pack(
     if let Some(d) = dest.parent() {
         fsutil::create_dir(d)?;
     }
-    fsutil::write_cache(root, &dest, &parts.concat())
+    fsutil::write_cache(root, &dest, &bytes)
 }
 
 impl Inner {
@@ -138,7 +136,8 @@ impl Inner {
             .into_iter()
             .map(|(id, (len, f))| (id, len, f))
             .collect();
-        jobs.par_iter().for_each(|(id, len, frames)| {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let fetch_one = |(id, len, frames): &(PackId, u64, BTreeMap<u64, u64>)| {
             let needed: u64 = frames.values().sum();
             if needed as f64 >= WHOLE_PACK_SHARE * *len as f64 {
                 if let Err(e) = fetch_pack(remote, id, *len, &self.root) {
@@ -156,6 +155,17 @@ impl Inner {
                     }
                 }
                 Err(e) => tracing::debug!("prefetch of frames of pack {id}: {e}"),
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 0..PACKS_IN_FLIGHT.min(jobs.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match jobs.get(i) {
+                        Some(j) => fetch_one(j),
+                        None => break,
+                    }
+                });
             }
         });
     }
