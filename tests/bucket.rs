@@ -867,3 +867,58 @@ fn job_files_and_locations_with_credentials_or_bad_settings_are_refused_by_name(
         );
     }
 }
+
+#[test]
+fn bench_bucket_measures_both_stores_checks_the_memory_and_leaves_the_bucket_as_it_was() {
+    let s = Session::start();
+    let dir = s.path();
+    let Some(srv) = fleet("bench bucket", dir) else {
+        return;
+    };
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("mine"), "not the benchmark's").unwrap();
+    let o = host(&dir.join("cache"))
+        .args([
+            "bench", "--quiet", "bucket", "--size", "32MiB", "--runs", "1", "--json",
+        ])
+        .args(["--store", &srv.location("fleet", "bench"), "--dir"])
+        .arg(&work)
+        .arg("--fixtures")
+        .arg(common::repo().join("fixtures"))
+        .output()
+        .unwrap();
+    let v = json(&o);
+    assert_eq!(v["schema"], "haul/bench-bucket/1", "{v}");
+    let run = &v["runs"][0];
+    for k in [
+        "local_dump_us",
+        "local_restore_us",
+        "bucket_dump_us",
+        "bucket_restore_us",
+    ] {
+        assert!(run[k].as_u64().unwrap() > 0, "{k}: {v}");
+    }
+    // The whole image went up once (compressed), a re-dump of the unchanged process sent
+    // little more than its manifest, and the restore fetched the image back.
+    let first = run["first_bytes_sent"].as_u64().unwrap();
+    assert!(first > 1 << 20, "{v}");
+    assert!(
+        run["redump_bytes_sent"].as_u64().unwrap() * 20 < first,
+        "{v}"
+    );
+    assert!(
+        run["restore_bytes_received"].as_u64().unwrap() >= first / 2,
+        "{v}"
+    );
+    assert!(v["redump_share"].as_f64().unwrap() < 0.05, "{v}");
+    // The bench removed what it wrote, in the bucket and in its work directory.
+    let left = srv.keys("fleet", "bench/");
+    assert!(left.is_empty(), "{left:?}");
+    let names: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["mine"], "the work directory");
+}
