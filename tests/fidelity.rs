@@ -412,6 +412,99 @@ fn a_restored_process_keeps_its_sigtrap_handler_and_gets_its_pending_sigtrap() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "[5]");
 }
 
+/// Bit of signal `sig` in the `ShdPnd` mask of `pid`.
+fn shared_pending(pid: i32, sig: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    mask & (1 << (sig - 1)) != 0
+}
+
+#[test]
+fn a_signal_sent_during_the_freeze_interrupts_the_restored_pause_as_it_would_have_the_live_one() {
+    // python's signal.pause() is pause(2): a handled signal makes it return EINTR, and only
+    // then does python run the handler. Were the restored pause() run again after the
+    // signal's C handler, the python handler would never run.
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let script = format!(
+        "import signal\n\
+         signal.signal(signal.SIGUSR1,lambda s,f: open({out:?},'a').write('usr1\\n'))\n\
+         print('ready',flush=True)\nwhile True: signal.pause()\n"
+    );
+    let mut p = python(dir.path(), &script);
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/syscall", p.pid))
+            .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_pause)))
+    }));
+    let held = dir.path().join("held");
+    let store = dir.path().join("store");
+    let dump = haul()
+        .args([
+            "dump",
+            "--kill",
+            "--json",
+            "--pid",
+            &p.pid.to_string(),
+            "--store",
+        ])
+        .arg(&store)
+        .env("HAUL_TEST_HOLD_FROZEN", &held)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(60), || held.exists()),
+        "the dump never froze pid {}",
+        p.pid
+    );
+    assert_eq!(common::proc_state(p.pid), Some('t'));
+    common::send_signal(p.pid, "USR1");
+    assert!(shared_pending(p.pid, libc::SIGUSR1), "SIGUSR1 not pending");
+    std::fs::remove_file(&held).unwrap();
+    let o = dump.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    p.child.wait().unwrap();
+    assert!(!out.exists(), "the handler ran before the dump");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = haul()
+        .args([
+            "restore",
+            v["set"].as_str().unwrap(),
+            "--json",
+            "--verify",
+            "state",
+        ])
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = v["pid"].as_i64().unwrap() as i32;
+    let handled = wait_for(Duration::from_secs(10), || out.exists());
+    // Back in pause(), and a second signal is handled once too.
+    let paused = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{r}/syscall"))
+            .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_pause)))
+    });
+    common::send_signal(r, "USR1");
+    let again = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).is_ok_and(|s| s == "usr1\nusr1\n")
+    });
+    finish(r);
+    assert!(
+        handled,
+        "the signal held during the freeze was never handled"
+    );
+    assert!(paused && again, "{:?}", std::fs::read_to_string(&out));
+}
+
 /// The cgroup v2 directory the test itself is in, if cgroup2 is mounted here.
 fn own_cgroup2_dir() -> Option<std::path::PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;

@@ -254,6 +254,25 @@ impl Step {
     }
 }
 
+/// **Test-only switch.** When the environment variable `var` names a file, writes `content`
+/// to it and waits until the file is removed (at most a minute), so that a test can act while
+/// the dump holds the target at that point: `HAUL_TEST_HOLD_LOCKED` (the network lock taken,
+/// `content` its table) and `HAUL_TEST_HOLD_FROZEN` (every process of the tree frozen and
+/// checked, `content` the root's pid). The one place these variables are read.
+pub(crate) fn test_hold(var: &str, content: &str) {
+    let Some(path) = std::env::var_os(var) else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    if std::fs::write(&path, content).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while path.exists() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -561,6 +580,8 @@ pub(crate) fn dump_planned(
     // Under the freeze the processes cannot change: check the refusal list again.
     let pids = frozen.pids();
     let snapshots = ctx.step(Step::Check, || check::check_frozen(root, &pids, &before))?;
+    // Test-only: a test sends signals to the frozen tree here (`tests/signals.rs`).
+    test_hold("HAUL_TEST_HOLD_FROZEN", &root.to_string());
     // Connections to peers outside the tree are locked before any socket is read.
     frozen.lock = ctx.step(Step::Check, || netlock::take(&pids, opts))?;
 

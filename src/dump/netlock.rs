@@ -22,7 +22,9 @@ pub(super) fn take(pids: &[i32], opts: &DumpOptions) -> Result<Option<NetLock>, 
         return Ok(None);
     }
     let lock = NetLock::take(&conns)?;
-    test_hold(&lock);
+    // Test-only: `HAUL_TEST_HOLD_LOCKED=<file>` holds the dump here with the lock taken, so a
+    // test can look at the ruleset and kill haul meanwhile (`tests/netlock.rs`).
+    super::test_hold("HAUL_TEST_HOLD_LOCKED", lock.table());
     Ok(Some(lock))
 }
 
@@ -39,24 +41,6 @@ pub(super) fn preflight(pids: &[i32], opts: &DumpOptions) -> Result<(), DumpErro
         return Ok(());
     }
     Ok(crate::netlock::check_tool(&conns)?)
-}
-
-/// **Test-only switch.** `HAUL_TEST_HOLD_LOCKED=<file>`: once the lock is taken (the tree
-/// frozen), the dump writes the lock's table name to `<file>` and waits until the file is
-/// removed (at most a minute), so a test can look at the ruleset and kill haul while the freeze
-/// and the lock hold (`tests/netlock.rs`). The one place the variable is read.
-fn test_hold(lock: &NetLock) {
-    let Some(path) = std::env::var_os("HAUL_TEST_HOLD_LOCKED") else {
-        return;
-    };
-    let path = std::path::PathBuf::from(path);
-    if std::fs::write(&path, lock.table()).is_err() {
-        return;
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while path.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
 }
 
 /// The TCP connections of processes `pids` (connected: neither listening nor closed) to peers

@@ -51,6 +51,7 @@ pub(crate) fn capture_threads(frozen: &mut Frozen) -> Result<ProcessImage, DumpE
             // A restored process must restart (or fail with EINTR) the syscall this thread was
             // stopped in; the live target is simply detached, and the kernel does it there.
             regs: regs.restart_adjusted().to_bytes(),
+            restart: regs.restart_code(),
             xstate,
             fpregs,
             sigmask,

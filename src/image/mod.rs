@@ -506,8 +506,16 @@ pub struct ThreadImage {
     #[serde(default)]
     pub cgroups: Vec<CgroupPlace>,
     pub tid: i32,
-    /// Raw `struct user_regs_struct` (216 bytes on x86_64), as read by PTRACE_GETREGS.
+    /// Raw `struct user_regs_struct` (216 bytes on x86_64), as read by PTRACE_GETREGS, with
+    /// an interrupted syscall rewound to be run again (`Regs::restart_adjusted`).
     pub regs: Vec<u8>,
+    /// The `-ERESTART*` code (-512 to -514) of the syscall `regs` rewinds, when the thread
+    /// was stopped inside one (`pause`, `read`, `epoll_wait`, ...). The restore gives the
+    /// kernel the syscall's own state back, so that a signal handled before the thread returns
+    /// to it interrupts it with `EINTR` as it would have the live thread, instead of its being
+    /// run again after the handler. `None` in images made before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<i64>,
     /// Raw NT_X86_XSTATE regset (its size as the kernel gave it).
     pub xstate: Vec<u8>,
     /// Raw NT_PRFPREG regset (512 bytes), used when XSTATE is unavailable.

@@ -92,6 +92,12 @@ pub enum StepError {
         tid: i32,
         stop: crate::sys::ptrace::Stop,
     },
+    /// A thread moved to a stop in signal delivery before it runs stopped otherwise.
+    #[error("thread {tid}: expected the stop of PTRACE_INTERRUPT before it runs, got {stop:?}")]
+    ReleaseStop {
+        tid: i32,
+        stop: crate::sys::ptrace::Stop,
+    },
     /// The image's registers are not `struct user_regs_struct`.
     #[error("registers of the image are not 216 bytes")]
     BadRegs,

@@ -10,7 +10,6 @@ use super::error::{StepError, StepResult};
 use super::layout::SCRATCH_LEN;
 use super::{memory, PageSource, RestoreError, RestoreOptions, RestoreOutcome, Step};
 use crate::image::ImageSet;
-use crate::sys::ptrace;
 use crate::sys::remote;
 
 /// Rebuilds every process of `set` (root first, then its descendants in tree order, then its
@@ -131,10 +130,13 @@ pub(super) fn rebuild(
     for pr in made.living.iter_mut().rev() {
         let pid = pr.pid;
         c.step(Step::Run, pr.p.pid, || -> StepResult {
-            for &(tid, _) in &pr.threads[1..] {
-                ptrace::detach(tid, 0).map_err(|source| StepError::Detach { tid, source })?;
+            for (&(tid, _), t) in pr.threads[1..].iter().zip(&pr.p.threads[1..]) {
+                super::threads::let_go(tid, t).map_err(|e| match e {
+                    StepError::Sys(source) => StepError::Detach { tid, source },
+                    e => e,
+                })?;
             }
-            Ok(ptrace::detach(pid, 0)?)
+            super::threads::let_go(pid, &pr.p.threads[0])
         })?;
     }
     made.armed = false;

@@ -113,8 +113,36 @@ pub(super) fn finish_thread(
     set_thread_regs(tid, t, &regs)
 }
 
+/// Lets the stopped thread `tid`, rebuilt from `t` with its final registers set, run:
+/// `PTRACE_DETACH`. A thread the dump found inside an interruptible syscall is first moved to
+/// a stop inside the kernel's signal delivery (`PTRACE_INTERRUPT`, `PTRACE_CONT`, then its
+/// `PTRACE_EVENT_STOP`), where it is given the syscall's own state back
+/// ([`Regs::before_restart`]): on the detach the kernel then runs the syscall again, or
+/// fails it with `EINTR` when a signal's handler runs first, exactly as for the live thread.
+/// With the rewound registers alone, a signal arriving before the thread is back in the
+/// syscall (one queued by the restore, or sent as it starts) would run its handler and then
+/// the syscall again: `pause()` would go on waiting for the signal it had just handled.
+pub(super) fn let_go(tid: i32, t: &ThreadImage) -> StepResult {
+    let Some(code) = t.restart else {
+        return Ok(ptrace::detach(tid, 0)?);
+    };
+    let regs = final_regs(t)?.before_restart(code);
+    ptrace::interrupt(tid)?;
+    ptrace::cont(tid, 0)?;
+    // The interrupt's trap comes before any signal is dequeued; a signal-delivery stop is
+    // inside signal delivery too, and its signal is delivered by the detach.
+    let sig = match ptrace::wait_stop(tid)? {
+        ptrace::Stop::Event { .. } => 0,
+        ptrace::Stop::Signal { sig } => sig,
+        stop => return Err(StepError::ReleaseStop { tid, stop }),
+    };
+    ptrace::setregs(tid, &regs)?;
+    Ok(ptrace::detach(tid, sig)?)
+}
+
 /// A thread's registers as the image has them, ready to run: the dump already adjusted an
-/// interrupted syscall, so no restart logic must run again.
+/// interrupted syscall, so no restart logic must run again ([`let_go`] hands that decision
+/// back to the kernel at the very end).
 pub(super) fn final_regs(t: &ThreadImage) -> StepResult<Regs> {
     let mut regs = Regs::from_bytes(&t.regs).ok_or(StepError::BadRegs)?;
     regs.orig_rax = u64::MAX;

@@ -196,6 +196,28 @@ impl Regs {
         }
         r
     }
+
+    /// The `-ERESTART*` code (-512 to -514) of the syscall this thread was stopped in, when
+    /// [`Regs::restart_adjusted`] rewinds it to be run again; `None` otherwise.
+    pub fn restart_code(&self) -> Option<i64> {
+        let code = self.rax as i64;
+        ((self.orig_rax as i64) >= 0 && (-514..=-512).contains(&code)).then_some(code)
+    }
+
+    /// The inverse of [`Regs::restart_adjusted`] for a syscall that returned `code`
+    /// ([`Regs::restart_code`]): the registers as the kernel had them at the stop, after the
+    /// `syscall` instruction with `rax = code` and `orig_rax` the syscall's number. Set in a
+    /// stop inside the kernel's signal delivery (`PTRACE_EVENT_STOP` or a signal-delivery
+    /// stop), they let the kernel decide on resuming, as it would have for the live thread:
+    /// the syscall fails with `EINTR` if a signal's handler runs first (unless `SA_RESTART`
+    /// restarts it), else it is run again.
+    pub fn before_restart(&self, code: i64) -> Regs {
+        let mut r = *self;
+        r.orig_rax = self.rax;
+        r.rax = code as u64;
+        r.rip = self.rip.wrapping_add(2);
+        r
+    }
 }
 
 /// Calls `ptrace(req, tid, addr, data)`.

@@ -132,3 +132,27 @@ fn a_step_error_keeps_its_source_and_the_message_names_the_step() {
         .unwrap();
     assert_eq!(src.errno(), Some(libc::EPERM));
 }
+
+#[test]
+fn an_interrupted_syscall_is_rewound_in_the_image_and_handed_back_to_the_kernel_at_the_end() {
+    use crate::sys::ptrace::Regs;
+    let live = Regs {
+        rax: (-514i64) as u64, // -ERESTARTNOHAND
+        orig_rax: libc::SYS_pause as u64,
+        rip: 0x1002,
+        ..Regs::default()
+    };
+    let code = live.restart_code().unwrap();
+    let stored = live.restart_adjusted();
+    assert_eq!((stored.rax, stored.rip), (libc::SYS_pause as u64, 0x1000));
+    assert_eq!(stored.before_restart(code), live);
+    // Neither a syscall's own result nor a restart block is handed back.
+    let done = Regs { rax: 3, ..live };
+    assert_eq!(done.restart_code(), None);
+    let block = Regs {
+        rax: (-516i64) as u64,
+        ..live
+    };
+    assert_eq!(block.restart_code(), None);
+    assert_eq!(block.restart_adjusted().rax, (-(libc::EINTR as i64)) as u64);
+}
