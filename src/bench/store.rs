@@ -9,7 +9,7 @@
 //! against single-page read latency) that justifies [`crate::store::DEFAULT_FRAME_PAGES`].
 
 use super::WorkDir;
-use crate::image::{ImageSet, PageRef, SetKind, PAGE_SIZE};
+use crate::image::{ImageSet, SetKind, PAGE_SIZE};
 use crate::store::{Store, StoreError};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -251,10 +251,7 @@ fn random_reads(
         .pages
         .iter()
         .filter(|(a, _)| !text_only || ((a - BASE_ADDR) / PAGE_SIZE as u64) % 3 == 1)
-        .filter_map(|(_, r)| match r {
-            PageRef::Stored(id) => Some(id),
-            _ => None,
-        })
+        .filter_map(|(_, r)| r.stored())
         .collect();
     if ids.is_empty() {
         return Ok((0.0, 0.0));

@@ -82,6 +82,16 @@ pub enum PageRef {
     Lazy(PageId),
 }
 
+impl PageRef {
+    /// The id of a page the store holds (`Stored`), else `None`.
+    pub fn stored(&self) -> Option<PageId> {
+        match *self {
+            PageRef::Stored(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
 /// The page table of an image set: page-aligned address → where its content is.
 ///
 /// A pre-dump set holds only the pages written since its parent; a final dump's table is complete

@@ -286,14 +286,7 @@ impl Store {
             return;
         }
         let inner = self.inner.clone();
-        let ids: Vec<PageId> = set
-            .pages
-            .iter()
-            .filter_map(|(_, r)| match r {
-                PageRef::Stored(id) => Some(id),
-                _ => None,
-            })
-            .collect();
+        let ids: Vec<PageId> = set.pages.iter().filter_map(|(_, r)| r.stored()).collect();
         let _ = std::thread::Builder::new()
             .name("haul-prefetch".into())
             .spawn(move || inner.prefetch(ids.into_iter()));
@@ -412,10 +405,7 @@ impl Store {
         self.inner.refresh_index()?;
         // A bucket store fetches what the read needs first, in parallel.
         self.inner
-            .prefetch(set.pages.iter().filter_map(|(_, r)| match r {
-                PageRef::Stored(id) => Some(id),
-                _ => None,
-            }));
+            .prefetch(set.pages.iter().filter_map(|(_, r)| r.stored()));
         let mut batches: Vec<Batch> = Vec::new();
         for (addr, r) in set.pages.iter() {
             match r {
@@ -580,10 +570,7 @@ impl Store {
             .name("haul-page-stream".into())
             .spawn(move || {
                 stream_nice();
-                inner.prefetch(pages.iter().filter_map(|(_, r)| match r {
-                    PageRef::Stored(id) => Some(*id),
-                    _ => None,
-                }));
+                inner.prefetch(pages.iter().filter_map(|(_, r)| r.stored()));
                 let batches: Vec<Batch> =
                     pages.chunks(READ_BATCH_PAGES).map(|c| c.to_vec()).collect();
                 let decode = |window: &[Batch]| decode_window(&inner, window, &pool2, &set);
