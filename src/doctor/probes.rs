@@ -120,7 +120,7 @@ fn ptrace_probe(pid: i32) -> Probe {
     ptrace::interrupt(pid).map_err(at("PTRACE_INTERRUPT"))?;
     let stop = ptrace::wait_stop(pid).map_err(at("waiting for the ptrace stop"))?;
     Ok(format!(
-        "seized and interrupted throwaway child {pid} (stop seen: {stop:?})"
+        "seized and interrupted throwaway child {pid} (stop seen: {stop})"
     ))
 }
 

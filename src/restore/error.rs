@@ -87,13 +87,13 @@ pub enum StepError {
     #[error("zombie {pid} ended with wait status {got:#x}, not {want:#x}")]
     ZombieStatus { pid: i32, want: i32, got: i32 },
     /// A new thread did not stop as a traced new thread does.
-    #[error("thread {tid}: expected its first stop, got {stop:?}")]
+    #[error("thread {tid}: expected its first stop, got {stop}")]
     FirstStop {
         tid: i32,
         stop: crate::sys::ptrace::Stop,
     },
     /// A thread moved to a stop in signal delivery before it runs stopped otherwise.
-    #[error("thread {tid}: expected the stop of PTRACE_INTERRUPT before it runs, got {stop:?}")]
+    #[error("thread {tid}: expected the stop of PTRACE_INTERRUPT before it runs, got {stop}")]
     ReleaseStop {
         tid: i32,
         stop: crate::sys::ptrace::Stop,

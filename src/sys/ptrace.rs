@@ -308,6 +308,24 @@ pub enum Stop {
     Syscall,
 }
 
+impl std::fmt::Display for Stop {
+    /// As ptrace(2) names the stop, e.g. `a PTRACE_EVENT_STOP (SIGSTOP)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = |sig: i32| {
+            nix::sys::signal::Signal::try_from(sig)
+                .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
+        };
+        match *self {
+            Stop::Event { sig } => write!(f, "a PTRACE_EVENT_STOP ({})", name(sig)),
+            Stop::Signal { sig } => write!(f, "a signal-delivery stop ({})", name(sig)),
+            Stop::OtherEvent { event, sig } => {
+                write!(f, "a PTRACE_EVENT stop (event {event}, {})", name(sig))
+            }
+            Stop::Syscall => f.write_str("a syscall stop"),
+        }
+    }
+}
+
 /// Waits for the next state change of tracee `tid`: `waitpid(tid, &status, __WALL)`, see
 /// waitpid(2). An exit or death is [`SysError::Gone`].
 pub fn wait_stop(tid: i32) -> Result<Stop> {
