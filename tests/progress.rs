@@ -52,3 +52,63 @@ fn a_long_operation_says_what_it_does_on_timestamped_lines_unless_quiet() {
     assert!(!err.contains("pull job-1:"), "--quiet: {err}");
     assert!(err.contains("haul: "), "the error still shows: {err}");
 }
+
+#[test]
+fn a_pre_copy_dump_shows_each_pre_dump_as_the_worker_commits_it() {
+    // A python that writes to every page of 4 MiB twenty times a second.
+    let dir = tempfile::tempdir().unwrap();
+    let script = "import time\nb=bytearray(4<<20)\nprint('ready',flush=True)\n\
+                  while True:\n for i in range(0,len(b),4096): b[i]=(b[i]+1)%256\n time.sleep(0.05)\n";
+    let p = common::Running::logged(
+        common::clean_command(common::python3()).args(["-c", script]),
+        &dir.path().join("py.log"),
+        true,
+    );
+    let dump = |extra: &[&str]| {
+        let out = haul()
+            .args([
+                "dump",
+                "--leave-running",
+                "--predump",
+                "2",
+                "--interval",
+                "1500ms",
+            ])
+            .args(["--stop-below", "0", "--pid", &p.pid.to_string(), "--store"])
+            .arg(dir.path().join("store"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    // Past a second the current step shows, then each new one: both pre-dumps (the first is
+    // committed within the first second, the second 1.5 s after it), then the final dump.
+    let err = dump(&[]);
+    let steps: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split_once(&format!(" dump of pid {}: ", p.pid)))
+        .map(|(_, step)| step)
+        .collect();
+    let at = |what: &str| steps.iter().position(|s| s.starts_with(what));
+    let (one, two, last) = (
+        at("pre-dump 1 committed: "),
+        at("pre-dump 2 committed: "),
+        at("final dump after 2 pre-dumps (stopped: max_iterations)"),
+    );
+    assert!(
+        matches!((one, two, last), (Some(a), Some(b), Some(c)) if a < b && b < c),
+        "{err}"
+    );
+    // The pages the python wrote between the two pre-dumps: all 1,024 of its buffer.
+    let written: u64 = steps[two.unwrap()]
+        .split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", steps[two.unwrap()]));
+    assert!(written >= 1024, "{}", steps[two.unwrap()]);
+    assert!(common::alive(p.pid));
+    let err = dump(&["--quiet"]);
+    assert!(!err.contains("pre-dump"), "--quiet: {err}");
+}

@@ -27,7 +27,7 @@ pub fn run(args: DumpArgs) -> Result<u8, Error> {
             None => "checkpointing",
         },
     );
-    let d = command::dump(&cmd)?;
+    let d = command::dump(&cmd, &|s| a.step(s))?;
     a.finish("done");
     // A pid of the killed tree still taken: a restore with --pid same would fail.
     for t in &d.taken {
@@ -135,7 +135,7 @@ fn command_of(args: &DumpArgs) -> DumpCommand {
 fn lazy(args: &DumpArgs, cmd: &DumpCommand) -> Result<u8, Error> {
     let mode = progress_mode(args.quiet);
     let a = Activity::start(mode, &format!("dump of pid {}", args.pid), "checkpointing");
-    let d = command::lazy_dump(cmd)?;
+    let d = command::lazy_dump(cmd, &|s| a.step(s))?;
     a.finish("committed");
     let (set, o, addr) = (&d.set, &d.outcome, &d.addr);
     if args.json {

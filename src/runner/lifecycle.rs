@@ -353,58 +353,59 @@ fn after_launch(
         "dumping"
     });
     let t = Instant::now();
-    let (set, source, marks) = match stages::checkpoint(job, &store, target, report, stop) {
-        Ok(stages::Checkpointed {
-            set,
-            predump_us,
-            dump_us,
-            source,
-            marks,
-        }) => {
-            if let Some(x) = &report.predump {
-                let detail = format!(
-                    "{} pre-dumps with {}, {}",
-                    x.iterations.len(),
-                    x.tracker,
-                    x.stop_reason
-                );
+    let (set, source, marks) =
+        match stages::checkpoint(job, &store, target, report, stop, &|s| p.step(s)) {
+            Ok(stages::Checkpointed {
+                set,
+                predump_us,
+                dump_us,
+                source,
+                marks,
+            }) => {
+                if let Some(x) = &report.predump {
+                    let detail = format!(
+                        "{} pre-dumps with {}, {}",
+                        x.iterations.len(),
+                        x.tracker,
+                        x.stop_reason
+                    );
+                    report.stages.push(StageReport {
+                        name: "predump".into(),
+                        duration_us: predump_us,
+                        ok: true,
+                        detail,
+                    });
+                }
+                let detail = match &source {
+                    Some((_, addr)) => format!(
+                        "set {} ({} pages lazy, frozen source served on {addr})",
+                        set.id, report.pages_lazy
+                    ),
+                    None => format!(
+                        "set {} (frozen {})",
+                        set.id,
+                        crate::util::human_us(report.frozen_time)
+                    ),
+                };
                 report.stages.push(StageReport {
-                    name: "predump".into(),
-                    duration_us: predump_us,
+                    name: "dump".into(),
+                    duration_us: dump_us,
                     ok: true,
                     detail,
                 });
+                (set, source, marks)
             }
-            let detail = match &source {
-                Some((_, addr)) => format!(
-                    "set {} ({} pages lazy, frozen source served on {addr})",
-                    set.id, report.pages_lazy
-                ),
-                None => format!(
-                    "set {} (frozen {})",
-                    set.id,
-                    crate::util::human_us(report.frozen_time)
-                ),
-            };
-            report.stages.push(StageReport {
-                name: "dump".into(),
-                duration_us: dump_us,
-                ok: true,
-                detail,
-            });
-            (set, source, marks)
-        }
-        Err(e) => {
-            let duration_us = crate::util::us(t.elapsed());
-            report.stages.push(StageReport {
-                name: "dump".into(),
-                duration_us,
-                ok: false,
-                detail: e.to_string(),
-            });
-            return Err(e);
-        }
-    };
+            Err(e) => {
+                let duration_us = crate::util::us(t.elapsed());
+                report.stages.push(StageReport {
+                    name: "dump".into(),
+                    duration_us,
+                    ok: false,
+                    detail: e.to_string(),
+                });
+                return Err(e);
+            }
+        };
     let r = restore_after_dump(
         job, &store, &set, source, marks, target, ph, report, p, stop,
     );

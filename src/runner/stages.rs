@@ -38,12 +38,14 @@ pub fn restore_options(pid: PidPolicy, verify_state: bool) -> crate::restore::Re
 /// for a restore. Returns the final dump's set and the time spent pre-dumping and dumping (µs).
 /// With `dump.lazy`, the worker goes on serving the frozen source on a loopback address
 /// (`report.source`): it is returned too, and the source is neither dead nor reaped yet.
+/// `on_step` hears what the worker is doing (each pre-dump, then the final dump).
 pub fn checkpoint(
     job: &Job,
     store: &Store,
     target: &mut Target,
     report: &mut RunReport,
     stop: &std::sync::atomic::AtomicBool,
+    on_step: &dyn Fn(&str),
 ) -> Result<Checkpointed, RunError> {
     use super::worker::{run_in_worker, CheckpointRequest, LazyServeRequest, PredumpRequest};
     let spec = &job.spec.dump;
@@ -64,7 +66,7 @@ pub fn checkpoint(
     });
     req.predump = job.spec.predump.as_ref().map(PredumpRequest::from_spec);
     let exe = std::env::current_exe().map_err(RunError::io("find haul's own binary"))?;
-    let (o, worker) = run_in_worker(&exe, &req, stop).map_err(stage_err("dump"))?;
+    let (o, worker) = run_in_worker(&exe, &req, stop, on_step).map_err(stage_err("dump"))?;
     report.predump = o.predump.clone();
     if o.interrupted {
         return Err(RunError::Interrupted);

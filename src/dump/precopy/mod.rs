@@ -234,11 +234,22 @@ impl<'s> Precopy<'s> {
         opts: &PrecopyOptions,
         stop: &AtomicBool,
     ) -> Result<StopReason, DumpError> {
+        self.run_with(opts, stop, &mut |_| {})
+    }
+
+    /// [`Precopy::run`], calling `done` with each pre-dump once it is committed (progress).
+    pub fn run_with(
+        &mut self,
+        opts: &PrecopyOptions,
+        stop: &AtomicBool,
+        done: &mut dyn FnMut(&IterationReport),
+    ) -> Result<StopReason, DumpError> {
         let reason = loop {
             if stop.load(Ordering::Relaxed) {
                 break StopReason::Interrupted;
             }
             let it = self.iterate()?;
+            done(&it);
             let n = self.report.iterations.len();
             if n >= 2 && it.pages_written * PAGE < opts.stop_below {
                 break StopReason::Converged;

@@ -102,13 +102,15 @@ fn prepare(cmd: &DumpCommand) -> Result<(Store, CheckpointRequest), CommandError
     Ok((store, req))
 }
 
-/// Runs the worker; an interrupted pre-copy (SIGINT, SIGTERM) is an error.
+/// Runs the worker, its steps (each pre-dump) to `on_step`; an interrupted pre-copy (SIGINT,
+/// SIGTERM) is an error.
 fn run(
     req: &CheckpointRequest,
     stop: &AtomicBool,
+    on_step: &dyn Fn(&str),
 ) -> Result<(CheckpointOutcome, Option<SourceWorker>), CommandError> {
     let exe = std::env::current_exe().map_err(CommandError::OwnBinary)?;
-    let (o, w) = worker::run_in_worker(&exe, req, stop)?;
+    let (o, w) = worker::run_in_worker(&exe, req, stop, on_step)?;
     if o.interrupted {
         return Err(CommandError::Interrupted);
     }
@@ -116,12 +118,12 @@ fn run(
 }
 
 /// `haul dump --pid PID --leave-running|--kill`: the checkpoint in a worker, then retention.
-/// SIGINT/SIGTERM stop the pre-dumps.
-pub fn dump(cmd: &DumpCommand) -> Result<Dumped, CommandError> {
+/// SIGINT/SIGTERM stop the pre-dumps. `on_step` hears what the worker is doing (progress).
+pub fn dump(cmd: &DumpCommand, on_step: &dyn Fn(&str)) -> Result<Dumped, CommandError> {
     let (store, req) = prepare(cmd)?;
     let stop = stop_on_signals();
     crate::runner::release::become_subreaper();
-    let (o, _) = run(&req, &stop)?;
+    let (o, _) = run(&req, &stop, on_step)?;
     let set = store.load_set(&o.set)?;
     let taken = if cmd.leave_running {
         Vec::new()
@@ -174,14 +176,14 @@ pub struct SourceEnded {
 }
 
 /// `haul dump --pid PID --lazy`: the worker dumps, answers the set and the address, and goes
-/// on serving (see [`LazyDumped`]).
-pub fn lazy_dump(cmd: &DumpCommand) -> Result<LazyDumped, CommandError> {
+/// on serving (see [`LazyDumped`]). `on_step` as for [`dump`].
+pub fn lazy_dump(cmd: &DumpCommand, on_step: &dyn Fn(&str)) -> Result<LazyDumped, CommandError> {
     let (store, req) = prepare(cmd)?;
     if req.lazy.is_none() {
         return Err(worker::WorkerError::Internal("not a lazy checkpoint request").into());
     }
     let stop = stop_on_signals();
-    let (o, w) = run(&req, &stop)?;
+    let (o, w) = run(&req, &stop, on_step)?;
     let worker = w.ok_or(worker::WorkerError::Internal(
         "no worker serves the lazy dump",
     ))?;

@@ -58,17 +58,21 @@ fn spawn_worker(exe: &Path, req: &CheckpointRequest) -> Result<Spawned, WorkerEr
 }
 
 impl Spawned {
-    /// Waits for the first answer line, forwarding `stop` to the worker (SIGUSR1); an error
-    /// naming its exit status when the worker ended without one.
-    fn first_answer(&mut self, stop: &AtomicBool) -> Result<Answer, WorkerError> {
+    /// Waits for the first answer line, forwarding `stop` to the worker (SIGUSR1) and its
+    /// steps to `on_step`; an error naming its exit status when the worker ended without one.
+    fn first_answer(
+        &mut self,
+        stop: &AtomicBool,
+        on_step: &dyn Fn(&str),
+    ) -> Result<Answer, WorkerError> {
         let mut asked_to_stop = false;
         loop {
             match self.lines.recv_timeout(Duration::from_millis(5)) {
-                Ok(l) => {
-                    if let Some(a) = Answer::decode(&l) {
-                        return Ok(a);
-                    }
-                }
+                Ok(l) => match Answer::decode(&l) {
+                    Some(Answer::Step(s)) => on_step(&s),
+                    Some(a) => return Ok(a),
+                    None => {}
+                },
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     let st = self.child.wait().map_err(WorkerError::Wait)?;
@@ -89,9 +93,10 @@ fn checkpoint_in_worker(
     exe: &Path,
     req: &CheckpointRequest,
     stop: &AtomicBool,
+    on_step: &dyn Fn(&str),
 ) -> Result<CheckpointOutcome, WorkerError> {
     let mut w = spawn_worker(exe, req)?;
-    match w.first_answer(stop) {
+    match w.first_answer(stop, on_step) {
         Ok(a) => {
             // It has answered and only exits now (freeing its buffers takes a while): reaped
             // off the path to the restore, which a migration's pause waits for.
@@ -113,12 +118,13 @@ fn lazy_checkpoint_in_worker(
     exe: &Path,
     req: &CheckpointRequest,
     stop: &AtomicBool,
+    on_step: &dyn Fn(&str),
 ) -> Result<(CheckpointOutcome, SourceWorker), WorkerError> {
     if req.lazy.is_none() {
         return Err(WorkerError::Internal("not a lazy checkpoint request"));
     }
     let mut w = spawn_worker(exe, req)?;
-    let a = w.first_answer(stop);
+    let a = w.first_answer(stop, on_step);
     let o = match a.and_then(Answer::outcome) {
         Ok(o) => o,
         Err(e) => {
@@ -135,12 +141,13 @@ pub fn run_in_worker(
     exe: &Path,
     req: &CheckpointRequest,
     stop: &AtomicBool,
+    on_step: &dyn Fn(&str),
 ) -> Result<(CheckpointOutcome, Option<SourceWorker>), WorkerError> {
     if req.lazy.is_some() {
-        let (o, w) = lazy_checkpoint_in_worker(exe, req, stop)?;
+        let (o, w) = lazy_checkpoint_in_worker(exe, req, stop, on_step)?;
         Ok((o, Some(w)))
     } else {
-        Ok((checkpoint_in_worker(exe, req, stop)?, None))
+        Ok((checkpoint_in_worker(exe, req, stop, on_step)?, None))
     }
 }
 

@@ -218,6 +218,9 @@ enum Answer {
     Error(String),
     /// After a lazy dump's `Ok`: how serving the frozen source ended.
     Source(SourceEnd),
+    /// Before the first answer, any number of times: what the worker is doing now (each
+    /// pre-dump as it is committed), for the asking haul's progress display.
+    Step(String),
 }
 
 impl Answer {
@@ -236,7 +239,7 @@ impl Answer {
         match self {
             Answer::Ok(o) => Ok(*o),
             Answer::Error(e) => Err(WorkerError::Failed(e)),
-            Answer::Source(_) => Err(WorkerError::OutOfOrder),
+            Answer::Source(_) | Answer::Step(_) => Err(WorkerError::OutOfOrder),
         }
     }
 }
@@ -315,6 +318,7 @@ mod tests {
                 detail: "no restore connected".into(),
                 served_us: 5,
             }),
+            Answer::Step("pre-dump 2 committed: 1049 pages written since pre-dump 1".into()),
         ];
         for a in answers {
             let line = a.encode().unwrap();

@@ -84,7 +84,26 @@ fn run_checkpoint(
     }
     let t = Instant::now();
     let mut pc = Precopy::start(req.pid, &store, &req.job, &popts)?;
-    let why = pc.run(&popts, stop)?;
+    let why = pc.run_with(&popts, stop, &mut |it| {
+        // Progress only: a haul that stopped reading loses nothing.
+        let since = match it.index {
+            0 => "present".to_string(),
+            i => format!("written since pre-dump {i}"),
+        };
+        let _ = answer(&Answer::Step(format!(
+            "pre-dump {} committed: {} pages {since}, {} new",
+            it.index + 1,
+            it.pages_written,
+            crate::util::human_bytes(it.bytes_new),
+        )));
+    })?;
+    if why != StopReason::Interrupted {
+        let _ = answer(&Answer::Step(format!(
+            "final dump after {} pre-dumps (stopped: {})",
+            pc.report().iterations.len(),
+            why.name()
+        )));
+    }
     let predump_us = crate::util::us(t.elapsed());
     if why == StopReason::Interrupted {
         let o = CheckpointOutcome {
