@@ -81,19 +81,7 @@ fn dump_and_restore(p: &mut Running, store: &Path) -> i32 {
 /// [`dump_and_restore`] with more `haul dump` arguments (pre-copy, say).
 fn dump_and_restore_with(p: &mut Running, store: &Path, more: &[&str]) -> i32 {
     let pid = p.pid;
-    let out = haul()
-        .args([
-            "dump",
-            "--kill",
-            "--json",
-            "--pid",
-            &pid.to_string(),
-            "--store",
-        ])
-        .arg(store)
-        .args(more)
-        .output()
-        .unwrap();
+    let out = dump_kill_json(pid, store).args(more).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -114,6 +102,21 @@ fn dump_and_restore_with(p: &mut Running, store: &Path, more: &[&str]) -> i32 {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["pid"].as_i64().unwrap() as i32
+}
+
+/// `haul dump --kill --json --pid PID --store STORE`, to run.
+fn dump_kill_json(pid: i32, store: &Path) -> std::process::Command {
+    let mut c = haul();
+    c.args([
+        "dump",
+        "--kill",
+        "--json",
+        "--pid",
+        &pid.to_string(),
+        "--store",
+    ])
+    .arg(store);
+    c
 }
 
 /// Kills and reaps a restored process.
@@ -437,22 +440,16 @@ fn a_signal_sent_during_the_freeze_interrupts_the_restored_pause_as_it_would_hav
          print('ready',flush=True)\nwhile True: signal.pause()\n"
     );
     let mut p = python(dir.path(), &script);
-    assert!(wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(format!("/proc/{}/syscall", p.pid))
-            .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_pause)))
-    }));
+    let in_pause = |pid: i32| {
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_pause)))
+        })
+    };
+    assert!(in_pause(p.pid));
     let held = dir.path().join("held");
     let store = dir.path().join("store");
-    let dump = haul()
-        .args([
-            "dump",
-            "--kill",
-            "--json",
-            "--pid",
-            &p.pid.to_string(),
-            "--store",
-        ])
-        .arg(&store)
+    let dump = dump_kill_json(p.pid, &store)
         .env("HAUL_TEST_HOLD_FROZEN", &held)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -489,10 +486,7 @@ fn a_signal_sent_during_the_freeze_interrupts_the_restored_pause_as_it_would_hav
     let r = v["pid"].as_i64().unwrap() as i32;
     let handled = wait_for(Duration::from_secs(10), || out.exists());
     // Back in pause(), and a second signal is handled once too.
-    let paused = wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(format!("/proc/{r}/syscall"))
-            .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_pause)))
-    });
+    let paused = in_pause(r);
     common::send_signal(r, "USR1");
     let again = wait_for(Duration::from_secs(10), || {
         std::fs::read_to_string(&out).is_ok_and(|s| s == "usr1\nusr1\n")
@@ -591,18 +585,7 @@ fn a_restore_into_a_cgroup_that_is_gone_fails_naming_it_and_makes_nothing() {
     );
     std::fs::write(cg.join("cgroup.procs"), p.pid.to_string()).unwrap();
     let store = dir.path().join("store");
-    let out = haul()
-        .args([
-            "dump",
-            "--kill",
-            "--json",
-            "--pid",
-            &p.pid.to_string(),
-            "--store",
-        ])
-        .arg(&store)
-        .output()
-        .unwrap();
+    let out = dump_kill_json(p.pid, &store).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
