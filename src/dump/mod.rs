@@ -580,7 +580,7 @@ pub(crate) fn dump_planned(
     // Under the freeze the processes cannot change: check the refusal list again.
     let pids = frozen.pids();
     let snapshots = ctx.step(Step::Check, || check::check_frozen(root, &pids, &before))?;
-    // Test-only: a test sends signals to the frozen tree here (`tests/signals.rs`).
+    // Test-only: a test sends signals to the frozen tree here (`tests/fidelity.rs`).
     test_hold("HAUL_TEST_HOLD_FROZEN", &root.to_string());
     // Connections to peers outside the tree are locked before any socket is read.
     frozen.lock = ctx.step(Step::Check, || netlock::take(&pids, opts))?;
