@@ -336,3 +336,40 @@ fn du_splits_shared_pages_between_jobs_and_predicts_what_gc_frees() {
     assert!(gc.bytes_freed > 0);
     assert_eq!(du.bytes_gc_frees, gc.bytes_freed);
 }
+
+#[test]
+fn a_sets_figures_count_each_distinct_page_once_and_name_a_reference_the_store_lacks() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open_or_create(d.path()).unwrap();
+    let first = set_of(&s, "f", &[1, 2]);
+    let first = s.load_set(&first).unwrap();
+    // Page 3 three times and page 1 again (new here, then once more by reference), page 2
+    // carried, and a zero page.
+    let mut w = s.begin_set("f", SetKind::Dump, None, None).unwrap();
+    let addrs = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000];
+    let data: Vec<u8> = [3, 3, 3, 1, 0].iter().flat_map(|n| page(*n)).collect();
+    w.add_pages(&addrs, data).unwrap();
+    for (k, (_, r)) in first.pages.iter().enumerate() {
+        w.add_ref(0x9000 + k as u64 * 0x1000, r);
+    }
+    let second = w.commit(None).unwrap();
+    let f = &second.figures;
+    assert_eq!((f.pages, f.pages_zero, f.pages_lazy), (7, 1, 0));
+    assert_eq!(f.bytes_logical, 6 * PAGE_SIZE as u64);
+    assert_eq!(f.pages_new, 1, "only page 3 is new to the store");
+    // Pages 1, 2 and 3, each counted once.
+    assert_eq!(f.bytes_stored, first.figures.bytes_stored + f.bytes_new);
+    assert!(f.bytes_new > 0);
+
+    // A reference to a page no pack holds is refused, naming its address.
+    let mut w = s.begin_set("f", SetKind::Dump, None, None).unwrap();
+    w.add_pages(&[0x1000], page(1)).unwrap();
+    let missing = PageId::of(&page(42));
+    w.add_ref(0x7000, crate::image::PageRef::Stored(missing));
+    match w.commit(None) {
+        Err(super::StoreError::RefNotStored { addr, page }) => {
+            assert_eq!((addr, page), (0x7000, missing));
+        }
+        other => panic!("expected RefNotStored, got {other:?}"),
+    }
+}
