@@ -189,15 +189,20 @@ pub fn decode_table(mut b: &[u8]) -> Result<PageTable, EncodeError> {
     Ok(entries.into_iter().collect())
 }
 
-/// Encodes a whole manifest (both sections compressed with zstd level 3).
+/// zstd level of a manifest's page table. A final dump that stops the process writes its
+/// manifest (a page table of the whole memory, ~3 MB per 176k pages) inside the pause, and a
+/// migration's restore reads it there. The table is mostly page hashes, which do not compress:
+/// level 1 saved nothing measurable (3.0 MB either way for 176k pages). A fast (negative) level stores them as they are, which also makes
+/// the restore's decompression a copy (commit and load each a few ms shorter per GiB).
+const TABLE_LEVEL: i32 = -5;
+
+/// Encodes a whole manifest: the metadata compressed with zstd level 3, the page table with
+/// [`TABLE_LEVEL`].
 pub fn encode_manifest(set: &ImageSet) -> Result<Vec<u8>, EncodeError> {
     let meta_json = serde_json::to_vec(&SetMeta::of(set))?;
     let meta = zstd::bulk::compress(&meta_json, 3).map_err(EncodeError::Compress)?;
-    // Level 1: a final dump that stops the process writes its manifest (a page table of
-    // the whole memory, ~10 MB per GiB) inside the pause; level 3 took twice as long for
-    // a few percent less.
-    let table =
-        zstd::bulk::compress(&encode_table(&set.pages), 1).map_err(EncodeError::Compress)?;
+    let table = zstd::bulk::compress(&encode_table(&set.pages), TABLE_LEVEL)
+        .map_err(EncodeError::Compress)?;
     let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + table.len());
     out.extend_from_slice(MANIFEST_MAGIC);
     // An older build reads a version-1 manifest and would silently leave out what it does
