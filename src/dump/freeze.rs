@@ -23,6 +23,9 @@ pub(crate) struct Frozen {
     injector: Option<RemoteSyscall>,
     remote_calls: u64,
     released: bool,
+    /// Once SIGKILL is sent: a pidfd, through which the death collector frees the memory
+    /// alongside the process's own exit (see [`Frozen::collect_death`]).
+    dying: Option<std::os::fd::OwnedFd>,
 }
 
 impl Frozen {
@@ -34,6 +37,7 @@ impl Frozen {
             injector: None,
             remote_calls: 0,
             released: false,
+            dying: None,
         };
         loop {
             let tids = proc::tids(pid)?;
@@ -323,12 +327,25 @@ impl Frozen {
         let parent_is_us = crate::proc::stat(self.pid)
             .map(|s| s.ppid == process::getpid())
             .unwrap_or(false);
+        // Opened before the kill: as its tracer we hold the pid until we collect the death.
+        // Without one the memory is freed by the exit alone.
+        self.dying = process::pidfd_open(self.pid).ok();
         process::kill(self.pid, libc::SIGKILL)?;
         Ok(parent_is_us)
     }
 
     /// The second half of [`Frozen::kill`]: collects the deaths of its threads as their tracer.
-    pub fn collect_death(self, parent_is_us: bool) {
+    ///
+    /// First it frees the process's memory itself (`process_mrelease`), on this thread's core
+    /// while the dying process frees it on its own: a migration with `pid = "same"` waits for
+    /// the pid, and a process holding 1 GiB took 30–50 ms to exit alone here.
+    pub fn collect_death(mut self, parent_is_us: bool) {
+        if let Some(pidfd) = self.dying.take() {
+            if let Err(e) = process::process_mrelease(&pidfd) {
+                // Best effort: the exit frees the memory anyway.
+                tracing::debug!(pid = self.pid, "process_mrelease: {e}");
+            }
+        }
         // Non-leader threads first: the leader's death is reported only once they are reaped.
         for t in self.threads.iter().filter(|t| t.tid != self.pid) {
             wait_gone(t.tid);
