@@ -9,11 +9,13 @@ use crate::proc;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// The image of every fd of `pid`, noting in `found` the refusal of each one that cannot be
-/// carried (it is left out of the list).
+/// carried (it is left out of the list). `frozen`: `pid` is under the freeze (its fds cannot
+/// change while they are read).
 pub(super) fn fd_images_into(
     pid: i32,
     found: &mut Refusals,
     policy: super::CheckPolicy,
+    frozen: bool,
 ) -> Result<Vec<FdImage>, DumpError> {
     let mut out = Vec::new();
     for fd in proc::fds(pid)? {
@@ -47,15 +49,26 @@ pub(super) fn fd_images_into(
     // their writes would overwrite each other at two offsets.
     for i in 1..out.len() {
         for j in 0..i {
-            if out[j].same_as.is_none()
-                && crate::sys::process::same_open_file(pid, out[j].fd, out[i].fd)?
-            {
+            if out[j].same_as.is_none() && same_open_file(pid, out[j].fd, out[i].fd, frozen)? {
                 out[i].same_as = Some(out[j].fd);
                 break;
             }
         }
     }
     Ok(out)
+}
+
+/// Whether fds `a` and `b` of `pid` are one open file description. Before the freeze
+/// (`frozen` false) a process may close one of them after it was listed (a shell's background
+/// child reopens its stdin on /dev/null): `kcmp` then fails with EBADF, and the pair is taken
+/// for two files; the check under the freeze lists the stable fds and compares them again.
+/// Under the freeze an EBADF is an error.
+fn same_open_file(pid: i32, a: i32, b: i32, frozen: bool) -> Result<bool, DumpError> {
+    match crate::sys::process::same_open_file(pid, a, b) {
+        Ok(same) => Ok(same),
+        Err(e) if !frozen && e.errno() == Some(libc::EBADF) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The state of an eventfd, timerfd or signalfd from its fdinfo (`None`: another kind;
@@ -431,5 +444,19 @@ mod tests {
             )),
             format!("pid {me} fd 6: anon_inode:[eventfd]: its fdinfo is not understood")
         );
+    }
+
+    #[test]
+    fn an_fd_closed_after_the_listing_is_another_file_before_the_freeze_and_an_error_under_it() {
+        let me = crate::sys::process::getpid();
+        let open = std::fs::File::open("/proc/self/status").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&open);
+        // An fd number nothing holds: as if closed between the listing and kcmp.
+        let closed = 4000;
+        assert!(!same_open_file(me, fd, closed, false).unwrap());
+        let err = same_open_file(me, fd, closed, true).unwrap_err();
+        assert!(err.to_string().contains("Bad file descriptor"), "{err}");
+        // Open fds are still compared.
+        assert!(same_open_file(me, fd, fd, false).unwrap());
     }
 }

@@ -140,14 +140,14 @@ pub(crate) fn precheck_snapshot(root: i32, policy: CheckPolicy) -> Result<TreeSn
             continue;
         }
         if m.pid == root {
-            let snap = check_uses_into(root, None, &mut found, policy)?;
+            let snap = check_uses_into(root, None, false, &mut found, policy)?;
             members.push((m, snap));
             continue;
         }
         // A descendant may exit while it is checked: the freeze finds the stable tree.
         let mut mine = Refusals::default();
         let r = check_identity(m.pid, &mut mine)
-            .and_then(|()| check_uses_into(m.pid, None, &mut mine, policy));
+            .and_then(|()| check_uses_into(m.pid, None, false, &mut mine, policy));
         match r {
             Ok(snap) => {
                 found.0.extend(mine.0);
@@ -190,6 +190,7 @@ pub(crate) fn check_frozen(
         snaps.push(check_uses_into(
             pid,
             before.get(pid),
+            true,
             &mut found,
             before.policy,
         )?);
@@ -315,10 +316,12 @@ pub(crate) struct Snapshot {
 /// freeze and again under it. With `before` (what the check before the freeze read), the
 /// mappings are read from the cheap `/proc/PID/maps` and take their VmFlags from `before`;
 /// smaps is read again only if a mapping changed meanwhile (reading smaps walks the page
-/// tables: ~5 ms for 256 MiB, which would all be frozen time). Every refusal is noted in `found`.
+/// tables: ~5 ms for 256 MiB, which would all be frozen time). `frozen`: run under the freeze
+/// (a process forked since the first check has no `before`). Every refusal is noted in `found`.
 fn check_uses_into(
     pid: i32,
     before: Option<&Snapshot>,
+    frozen: bool,
     found: &mut Refusals,
     policy: CheckPolicy,
 ) -> Result<Snapshot, DumpError> {
@@ -336,7 +339,7 @@ fn check_uses_into(
         }
     }
     check_places(pid, found)?;
-    let fds = fd_images_into(pid, found, policy)?;
+    let fds = fd_images_into(pid, found, policy, frozen)?;
     let maps = match before {
         Some(b) => {
             let mut maps = proc::maps(pid)?;
