@@ -191,9 +191,11 @@ pub fn decode_table(mut b: &[u8]) -> Result<PageTable, EncodeError> {
 
 /// zstd level of a manifest's page table. A final dump that stops the process writes its
 /// manifest (a page table of the whole memory, ~3 MB per 176k pages) inside the pause, and a
-/// migration's restore reads it there. The table is mostly page hashes, which do not compress:
-/// level 1 saved nothing measurable (3.0 MB either way for 176k pages). A fast (negative) level stores them as they are, which also makes
-/// the restore's decompression a copy (commit and load each a few ms shorter per GiB).
+/// migration's restore reads it there. The table is mostly page hashes, which do not
+/// compress: level 1 saved nothing measurable (3.0 MB either way for 176k pages). A fast
+/// (negative) level stores them as they are, which also makes the restore's decompression a
+/// copy (commit and load each a few ms shorter per GiB). Runs of zero pages (a tag byte each)
+/// still compress at this level.
 const TABLE_LEVEL: i32 = -5;
 
 /// Encodes a whole manifest: the metadata compressed with zstd level 3, the page table with
