@@ -87,6 +87,49 @@ fn index_keeps_a_page_at_its_first_location_and_charges_the_frame_share() {
     assert_eq!(info.page_cost(7), 0);
 }
 
+#[test]
+fn a_refresh_reads_only_the_packs_another_process_added_and_reloads_when_one_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    layout(root);
+    let a = write_pack(root, &[1, 2]);
+    let mut idx = Index::load(root).unwrap();
+    // A segment that went bad after the load: a refresh for one new pack does not read it
+    // again (a full reload would rebuild it from the pack).
+    let seg_a = root.join("index").join(format!("{}.idx", a.id));
+    std::fs::write(&seg_a, b"not a segment").unwrap();
+    let b = write_pack(root, &[2, 3]);
+    idx.refresh(root).unwrap();
+    assert!(idx.rebuilt.is_empty(), "only the new pack is read");
+    assert_eq!(idx.packs.len(), 2);
+    let at = |idx: &Index, n: u8| idx.lookup(&PageId::of(&page(n))).map(|(_, i)| i.id);
+    // The page both packs hold stays at its first location, as a full load has it.
+    assert_eq!(
+        [at(&idx, 1), at(&idx, 2), at(&idx, 3)],
+        [Some(a.id), Some(a.id), Some(b.id)]
+    );
+    // A pack whose segment came first (its rename next) is missing until it is there.
+    let c = write_pack(root, &[4]);
+    let aside = root.join("c.pack");
+    std::fs::rename(c.id.path(root), &aside).unwrap();
+    idx.refresh(root).unwrap();
+    assert_eq!(idx.missing.get(&PageId::of(&page(4))), Some(&c.id));
+    assert_eq!(at(&idx, 4), None);
+    std::fs::rename(&aside, c.id.path(root)).unwrap();
+    idx.refresh(root).unwrap();
+    assert_eq!(at(&idx, 4), Some(c.id));
+    assert!(idx.missing.is_empty());
+    // A pack removed (gc): everything is loaded again, and its pages are gone.
+    std::fs::remove_file(a.id.path(root)).unwrap();
+    std::fs::remove_file(&seg_a).unwrap();
+    idx.refresh(root).unwrap();
+    assert_eq!(
+        [at(&idx, 1), at(&idx, 2), at(&idx, 3), at(&idx, 4)],
+        [None, Some(b.id), Some(b.id), Some(c.id)]
+    );
+    assert_eq!(idx.packs.len(), 2);
+}
+
 /// A directory entry under `packs/` that cannot be listed, as root too: a symlink to itself
 /// (ELOOP).
 fn unlistable(root: &Path, name: &str) {
