@@ -40,6 +40,13 @@ pub const PTRACE_DETACH: libc::c_uint = libc::PTRACE_DETACH as libc::c_uint;
 pub const PTRACE_O_TRACESYSGOOD: u64 = libc::PTRACE_O_TRACESYSGOOD as u64;
 /// `PTRACE_O_TRACEEXIT`: stop the tracee before it exits.
 pub const PTRACE_O_TRACEEXIT: u64 = libc::PTRACE_O_TRACEEXIT as u64;
+/// `PTRACE_O_TRACECLONE`: a `clone(2)` that is neither a fork nor a vfork stops the tracee
+/// (`PTRACE_EVENT_CLONE`), and the child starts traced, in a `PTRACE_EVENT_STOP` before it
+/// runs, with the tracee's options.
+pub const PTRACE_O_TRACECLONE: u64 = libc::PTRACE_O_TRACECLONE as u64;
+/// `PTRACE_O_EXITKILL`: the kernel sends the tracee SIGKILL if the tracer exits. Only for
+/// what must never run untraced (a memory keeper, see `dump::keeper`), never for a target.
+pub const PTRACE_O_EXITKILL: u64 = libc::PTRACE_O_EXITKILL as u64;
 /// `PTRACE_EVENT_STOP`: the event of an interrupt or group stop of a seized tracee.
 pub const PTRACE_EVENT_STOP: i32 = libc::PTRACE_EVENT_STOP;
 /// `PTRACE_EVENT_EXIT`.

@@ -160,7 +160,13 @@ impl RemoteSyscall {
     /// options haul's tracees have, see [`super::seccomp::options_for`]), so that its filters
     /// neither refuse the injected syscalls nor kill it for them.
     pub fn new(pid: i32, tid: i32) -> Result<RemoteSyscall> {
-        super::seccomp::set_tracee_options(pid, tid)?;
+        RemoteSyscall::with_options(pid, tid, 0)
+    }
+
+    /// [`RemoteSyscall::new`], with `extra` `PTRACE_O_*` options set on the thread besides
+    /// (a memory keeper keeps `PTRACE_O_EXITKILL` throughout).
+    pub fn with_options(pid: i32, tid: i32, extra: u64) -> Result<RemoteSyscall> {
+        super::seccomp::set_tracee_options_with(pid, tid, extra)?;
         let orig = ptrace::getregs(tid)?;
         let mem = ProcMem::open(pid)?;
         let insn = find_syscall_insn(pid, tid, &orig, &mem)?;

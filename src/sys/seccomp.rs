@@ -66,13 +66,18 @@ pub fn options_for(filtered: bool) -> u64 {
 /// Sets the ptrace options of stopped tracee `tid` of `pid` for its seccomp mode as
 /// `/proc` shows it now ([`options_for`]).
 pub fn set_tracee_options(pid: i32, tid: i32) -> Result<()> {
+    set_tracee_options_with(pid, tid, 0)
+}
+
+/// [`set_tracee_options`] with `extra` `PTRACE_O_*` bits besides.
+pub fn set_tracee_options_with(pid: i32, tid: i32, extra: u64) -> Result<()> {
     let filtered = match mode(pid, tid) {
         Ok(m) => m != 0,
         // A thread that is gone: `PTRACE_SETOPTIONS` reports it (ESRCH) as it always did.
         Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ESRCH)) => false,
         Err(e) => return Err(e),
     };
-    ptrace::set_options(tid, options_for(filtered))
+    ptrace::set_options(tid, options_for(filtered) | extra)
 }
 
 /// Suspends the seccomp filters of stopped tracee `tid`: `ptrace(PTRACE_SETOPTIONS)` with

@@ -1,5 +1,5 @@
 //! Memory calls injected into a thread: mmap, munmap, mprotect, mremap, madvise, mlock2,
-//! `PR_SET_MM_MAP` and `PR_SET_VMA_ANON_NAME`.
+//! `PR_SET_MM_MAP`, `PR_SET_VMA_ANON_NAME`, and a clone that shares the address space.
 
 use super::{cstr, put, put_at, Inject};
 use crate::sys::process::PrctlMmMap;
@@ -29,6 +29,17 @@ pub fn mmap<R: Inject + ?Sized>(
         ],
         &format!("mmap {addr:#x}-{:#x}", addr.wrapping_add(len)),
     )
+}
+
+/// `clone(CLONE_VM)`, see clone(2): a child process of the caller that shares its address
+/// space (and nothing else: its fd table, signal actions and the rest are copies), with no
+/// exit signal and the caller's stack pointer. Returns its pid (in the caller's PID
+/// namespace). It must never run: the caller is traced with `PTRACE_O_TRACECLONE`, so the
+/// child starts traced and stopped (see `dump::keeper`).
+pub fn clone_sharing_mm<R: Inject + ?Sized>(r: &mut R) -> Result<i32> {
+    let flags = libc::CLONE_VM as u64;
+    let pid = r.call_ok(libc::SYS_clone, [flags, 0, 0, 0, 0, 0], "clone(CLONE_VM)")?;
+    Ok(pid as i32)
 }
 
 /// `munmap(2)` of `[addr, addr + len)`.
