@@ -655,3 +655,119 @@ fn the_redis_example_job_runs_and_its_verify_passes() {
         "the redis answering is not the restored pid {pid}: {info}"
     );
 }
+
+/// A migration with `pid = "same"` of a real program holding enough memory to get a memory
+/// keeper (`dump::keeper`): python with 48 MiB and a listening socket. The restored python
+/// listens on the same port again and answers with the digest of the same bytes, and
+/// afterwards no process but the restored one runs the script (the keeper is gone, reaped by
+/// haul). That the keeper holds none of the fds is checked directly by the unit test
+/// `dump::keeper::tests` (here its exit would often have closed them in time anyway).
+#[test]
+fn a_killed_process_with_a_memory_keeper_is_restored_on_its_port_and_the_keeper_is_gone() {
+    let s = Session::start();
+    let dir = s.path();
+    let script = dir.join("holder.py");
+    std::fs::write(
+        &script,
+        "import hashlib, os, socket\n\
+         data = bytearray(os.urandom(1 << 20)) * 48\n\
+         s = socket.socket()\n\
+         s.bind(('127.0.0.1', 0))\n\
+         s.listen(8)\n\
+         print(s.getsockname()[1], hashlib.sha256(data).hexdigest(), flush=True)\n\
+         print('ready', flush=True)\n\
+         while True:\n    \
+             c, _ = s.accept()\n    \
+             c.sendall((hashlib.sha256(data).hexdigest() + '\\n').encode())\n    \
+             c.close()\n",
+    )
+    .unwrap();
+    let log = dir.join("holder.log");
+    let ask = dir.join("ask.py");
+    std::fs::write(
+        &ask,
+        "import socket, sys\n\
+         port, want = open(sys.argv[1]).readline().split()\n\
+         c = socket.create_connection(('127.0.0.1', int(port)), timeout=10)\n\
+         got = c.makefile().readline().strip()\n\
+         sys.exit(0 if got == want else 1)\n",
+    )
+    .unwrap();
+    let py = common::python3();
+    let job = dir.join("holder.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"[process]
+command = ["{py}", "{script}"]
+stdout = "{log}"
+ready = {{ stdout_line = "ready", timeout = "30s" }}
+[dump]
+leave_running = false
+[restore]
+mode = "eager"
+pid = "same"
+[verify]
+command = ["{py}", "{ask}", "{log}"]
+timeout = "20s"
+[store]
+path = "{store}"
+[report]
+dir = "{reports}"
+"#,
+            py = py.display(),
+            script = script.display(),
+            log = log.display(),
+            ask = ask.display(),
+            store = s.store().display(),
+            reports = dir.join("reports").display(),
+        ),
+    )
+    .unwrap();
+    let out = common::haul()
+        .env("RUST_LOG", "warn,haul::dump=debug")
+        .arg("run")
+        .arg(&job)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("memory keeper made"),
+        "the dump made no memory keeper: {err}"
+    );
+    let report = std::fs::read_dir(dir.join("reports"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a report");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let pid = r["restored_pid"].as_i64().expect("restored_pid") as i32;
+    assert_eq!(
+        Some(pid as i64),
+        r["pid"].as_i64(),
+        "restored under another pid"
+    );
+    // Asked again from here: the restored process serves the same bytes on the same port.
+    let asked = Command::new(&py).arg(&ask).arg(&log).status().unwrap();
+    assert!(
+        asked.success(),
+        "the restored python answers another digest"
+    );
+    let running: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("holder.py"))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(
+        running,
+        vec![pid],
+        "processes running the script after the migration"
+    );
+}

@@ -26,6 +26,8 @@ pub(crate) struct Frozen {
     /// Once SIGKILL is sent: a pidfd, through which the death collector frees the memory
     /// alongside the process's own exit (see [`Frozen::collect_death`]).
     dying: Option<std::os::fd::OwnedFd>,
+    /// The process sharing its address space while it is killed (see `dump::keeper`).
+    keeper: Option<super::keeper::Keeper>,
 }
 
 impl Frozen {
@@ -38,6 +40,7 @@ impl Frozen {
             remote_calls: 0,
             released: false,
             dying: None,
+            keeper: None,
         };
         loop {
             let tids = proc::tids(pid)?;
@@ -314,32 +317,55 @@ impl Frozen {
     /// Kills the process (SIGKILL) and collects the deaths a tracer must see, so the real
     /// parent can reap the process.
     pub fn kill(mut self) -> Result<(), DumpError> {
-        let parent_is_us = self.send_kill()?;
-        self.collect_death(parent_is_us);
+        let parent_is_us = self.send_kill(false)?;
+        if let Some(k) = self.collect_death(parent_is_us) {
+            k.end();
+        }
         Ok(())
     }
 
     /// The first half of [`Frozen::kill`]: SIGKILL, nothing collected yet (a tree sends every
     /// process its SIGKILL before waiting for any). Returns whether haul is its parent.
-    pub fn send_kill(&mut self) -> Result<bool, DumpError> {
+    ///
+    /// With `keep`, a process holding much memory first gets a memory keeper (see
+    /// `dump::keeper`), so that its exit does not wait for its memory to be freed; without
+    /// one, a pidfd opened here lets [`Frozen::collect_death`] free it alongside the exit.
+    pub fn send_kill(&mut self, keep: bool) -> Result<bool, DumpError> {
+        if keep && super::keeper::wanted(self.pid) {
+            match super::keeper::make(self) {
+                Ok(k) => {
+                    tracing::debug!(pid = self.pid, keeper = k.pid, "memory keeper made");
+                    self.keeper = Some(k);
+                }
+                Err(e) => tracing::debug!(pid = self.pid, "no memory keeper: {e}"),
+            }
+        }
         self.drop_injector();
         self.released = true;
         let parent_is_us = crate::proc::stat(self.pid)
             .map(|s| s.ppid == process::getpid())
             .unwrap_or(false);
         // Opened before the kill: as its tracer we hold the pid until we collect the death.
-        // Without one the memory is freed by the exit alone.
-        self.dying = process::pidfd_open(self.pid).ok();
+        if self.keeper.is_none() {
+            self.dying = process::pidfd_open(self.pid).ok();
+        }
         process::kill(self.pid, libc::SIGKILL)?;
         Ok(parent_is_us)
     }
 
+    /// The pid of its memory keeper, if it has one.
+    pub fn keeper_pid(&self) -> Option<i32> {
+        self.keeper.as_ref().map(|k| k.pid)
+    }
+
     /// The second half of [`Frozen::kill`]: collects the deaths of its threads as their tracer.
+    /// Returns its memory keeper, for the caller to end ([`super::keeper::Keeper::end`]) now
+    /// that the process is gone, off the path that waits for the pid if it can.
     ///
-    /// First it frees the process's memory itself (`process_mrelease`), on this thread's core
-    /// while the dying process frees it on its own: a migration with `pid = "same"` waits for
-    /// the pid, and a process holding 1 GiB took 30–50 ms to exit alone here.
-    pub fn collect_death(mut self, parent_is_us: bool) {
+    /// Without a keeper it first frees the process's memory itself (`process_mrelease`), on
+    /// this thread's core while the dying process frees it on its own: a process holding
+    /// 1 GiB took 30–50 ms to exit alone here.
+    pub fn collect_death(mut self, parent_is_us: bool) -> Option<super::keeper::Keeper> {
         if let Some(pidfd) = self.dying.take() {
             if let Err(e) = process::process_mrelease(&pidfd) {
                 // Best effort: the exit frees the memory anyway.
@@ -355,11 +381,12 @@ impl Frozen {
         if !parent_is_us {
             wait_gone(self.pid);
         }
+        self.keeper.take()
     }
 }
 
 /// Waits until tracee `tid` has exited (its death collected).
-fn wait_gone(tid: i32) {
+pub(super) fn wait_gone(tid: i32) {
     for _ in 0..64 {
         if ptrace::wait_stop(tid).is_err() {
             return;
@@ -371,6 +398,11 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         if let Err(e) = self.release() {
             tracing::warn!(pid = self.pid, "releasing the frozen process: {e}");
+        }
+        // A kill that failed after its keeper was made: the keeper goes (it only shares the
+        // address space; the process keeps it).
+        if let Some(k) = self.keeper.take() {
+            k.end();
         }
     }
 }

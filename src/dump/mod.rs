@@ -13,6 +13,7 @@
 mod check;
 mod fdkinds;
 mod freeze;
+mod keeper;
 mod lazy;
 mod memory;
 mod netlock;
@@ -370,6 +371,10 @@ pub struct DumpStats {
     pub vmas: u64,
     /// Syscalls injected into the target.
     pub remote_syscalls: u64,
+    /// The memory keepers of the processes killed (see `dump::keeper`): orphans, for the
+    /// launching haul to reap once they are gone. Not in the report.
+    #[serde(default)]
+    pub keepers: Vec<i32>,
     /// What the dump dropped that the process had (datagrams queued in a UDP socket,
     /// connections not yet accepted with `dump.tcp_pending = "drop"`), one line each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -447,7 +452,7 @@ pub(crate) fn end_frozen(
         .as_ref()
         .map_or(0, |l| crate::util::us(l.since().elapsed()));
     let background = opts.deaths_in_background;
-    frozen
+    stats.keepers = frozen
         .kill(&mut stats.marks, background)
         .map_err(|e| DumpError::At {
             pid,

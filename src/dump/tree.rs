@@ -41,13 +41,59 @@ pub(crate) struct FrozenTree {
 static DEATHS: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
     std::sync::Mutex::new(Vec::new());
 
+/// What is dropped only once those deaths are collected ([`after_deaths`]).
+static AFTER_DEATHS: std::sync::Mutex<Vec<Box<dyn Send>>> = std::sync::Mutex::new(Vec::new());
+
 /// Waits until the deaths collected in the background are all collected (the checkpoint
-/// worker, before it exits).
+/// worker, before it exits), then drops what waited for them.
 pub fn join_deaths() {
     let handles = DEATHS.lock().map(|mut v| std::mem::take(&mut *v));
     for h in handles.unwrap_or_default() {
         let _ = h.join();
     }
+    let late = AFTER_DEATHS.lock().map(|mut v| std::mem::take(&mut *v));
+    drop(late);
+}
+
+/// Keeps `what` until [`join_deaths`] (a killed process's tracking, whose teardown is
+/// cheap once the process and its memory keeper are gone).
+pub(super) fn after_deaths(what: Box<dyn Send>) {
+    match AFTER_DEATHS.lock() {
+        Ok(mut v) => v.push(what),
+        Err(_) => drop(what),
+    }
+}
+
+/// Ends memory keepers whose processes are dead (their exits free the memory) on a thread of
+/// their own, which [`join_deaths`] waits for; here if it cannot be started.
+fn end_keepers(kept: Vec<super::keeper::Keeper>) {
+    if kept.is_empty() {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<super::keeper::Keeper>>();
+    let spawned = std::thread::Builder::new()
+        .name("haul-keepers".into())
+        .spawn(move || {
+            rx.into_iter()
+                .flatten()
+                .for_each(super::keeper::Keeper::end)
+        });
+    let left = match spawned {
+        Ok(h) => match tx.send(kept) {
+            Ok(()) => {
+                if let Ok(mut v) = DEATHS.lock() {
+                    v.push(h);
+                }
+                return;
+            }
+            Err(std::sync::mpsc::SendError(back)) => back,
+        },
+        Err(e) => {
+            tracing::warn!("ending the memory keepers on a thread: {e}");
+            kept
+        }
+    };
+    left.into_iter().for_each(super::keeper::Keeper::end);
 }
 
 impl FrozenTree {
@@ -258,11 +304,16 @@ impl FrozenTree {
     /// `marks` gets `reap` once every SIGKILL is sent (the deaths are collected next). With
     /// `background` (and no connection or lock to deal with after the deaths), the deaths are
     /// collected on a thread of its own ([`join_deaths`] waits for it).
+    ///
+    /// A process holding much memory gets a memory keeper first (`dump::keeper`): its pid is
+    /// free without waiting for its memory. Each keeper is ended once its process's death is
+    /// collected, on a thread of its own. Returns their pids (orphans the launching haul
+    /// reaps once they are gone).
     pub fn kill(
         self,
         marks: &mut Vec<crate::report::Mark>,
         background: bool,
-    ) -> Result<(), DumpError> {
+    ) -> Result<Vec<i32>, DumpError> {
         let FrozenTree {
             repair,
             mut procs,
@@ -272,14 +323,16 @@ impl FrozenTree {
         let mut first = None;
         let mut parents = vec![false; procs.len()];
         for (i, f) in procs.iter_mut().enumerate().rev() {
-            match f.send_kill() {
+            match f.send_kill(true) {
                 Ok(p) => parents[i] = p,
                 Err(e) => {
                     first.get_or_insert(e);
                 }
             }
         }
+        let keepers: Vec<i32> = procs.iter().filter_map(Frozen::keeper_pid).collect();
         marks.push(super::mark("reap"));
+        let end = |r: Result<(), DumpError>| r.map(|()| keepers.clone());
         let mut dying: Vec<(Frozen, bool)> = procs.into_iter().zip(parents).collect();
         if background && repair.is_empty() && lock.is_none() {
             // A thread of the tracer's thread group may wait for its tracees. The dying are
@@ -288,8 +341,13 @@ impl FrozenTree {
             let spawned = std::thread::Builder::new()
                 .name("haul-deaths".into())
                 .spawn(move || {
-                    for (f, p) in rx.into_iter().flatten() {
-                        f.collect_death(p);
+                    let kept: Vec<_> = rx
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|(f, p)| f.collect_death(p))
+                        .collect();
+                    for k in kept {
+                        k.end();
                     }
                 });
             match spawned {
@@ -298,23 +356,25 @@ impl FrozenTree {
                         if let Ok(mut v) = DEATHS.lock() {
                             v.push(h);
                         }
-                        return first.map_or(Ok(()), Err);
+                        return end(first.map_or(Ok(()), Err));
                     }
                     Err(std::sync::mpsc::SendError(back)) => dying = back,
                 },
                 Err(e) => tracing::warn!("collecting the deaths on a thread: {e}"),
             }
         }
-        for (f, p) in dying {
-            f.collect_death(p);
-        }
+        let kept: Vec<_> = dying
+            .into_iter()
+            .filter_map(|(f, p)| f.collect_death(p))
+            .collect();
+        end_keepers(kept);
         repair.close_silently();
         if let Some(l) = lock {
             if let Err(e) = l.keep() {
                 tracing::warn!(error = %e, "the network lock could not be kept for the restore");
             }
         }
-        first.map_or(Ok(()), Err)
+        end(first.map_or(Ok(()), Err))
     }
 
     /// The root alone, for the dumps that handle one process only (lazy); a tree of

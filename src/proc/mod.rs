@@ -165,6 +165,20 @@ pub fn children(pid: i32) -> Result<Vec<i32>> {
     Ok(out)
 }
 
+/// Resident pages of `pid` (the second field of `/proc/PID/statm`).
+pub fn resident_pages(pid: i32) -> Result<u64> {
+    let path = pid_dir(pid).join("statm");
+    let s = read_string(&path)?;
+    s.split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| ProcError::Parse {
+            path: path.display().to_string(),
+            what: "the resident page count".into(),
+            line: s.clone(),
+        })
+}
+
 /// `/proc/PID/cwd`.
 pub fn cwd(pid: i32) -> Result<String> {
     read_link(&pid_dir(pid).join("cwd"))

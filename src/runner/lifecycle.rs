@@ -353,7 +353,7 @@ fn after_launch(
         "dumping"
     });
     let t = Instant::now();
-    let (set, source, marks) =
+    let (set, source, marks, keepers) =
         match stages::checkpoint(job, &store, target, report, stop, &|s| p.step(s)) {
             Ok(stages::Checkpointed {
                 set,
@@ -361,6 +361,7 @@ fn after_launch(
                 dump_us,
                 source,
                 marks,
+                keepers,
             }) => {
                 if let Some(x) = &report.predump {
                     let detail = format!(
@@ -393,7 +394,7 @@ fn after_launch(
                     ok: true,
                     detail,
                 });
-                (set, source, marks)
+                (set, source, marks, keepers)
             }
             Err(e) => {
                 let duration_us = crate::util::us(t.elapsed());
@@ -409,6 +410,7 @@ fn after_launch(
     let r = restore_after_dump(
         job, &store, &set, source, marks, target, ph, report, p, stop,
     );
+    super::release::reap_keepers(&keepers);
     let kept = stages::retain_and_measure(job, &store, &set, report);
     r.and(kept)
 }

@@ -113,6 +113,35 @@ pub fn release(pids: &[i32], timeout: Duration) -> Vec<Taken> {
     }
 }
 
+/// Reaps the memory keepers of a killed tree (`dump::keeper`) that came to haul: each is
+/// killed by the worker once its process is dead, and is an orphan of haul's when haul
+/// launched that process. One that is not haul's child is its own parent's to reap. Waits at
+/// most [`RELEASE_TIMEOUT`] in all (a keeper frees the memory it held as it exits).
+pub fn reap_keepers(pids: &[i32]) {
+    let me = crate::sys::process::getpid();
+    let end = Instant::now() + RELEASE_TIMEOUT;
+    for &pid in pids {
+        loop {
+            match crate::proc::stat(pid) {
+                Ok(st) if st.ppid == me => {}
+                _ => break,
+            }
+            match crate::sys::host::reap_if_ended(pid) {
+                Ok(false) if Instant::now() < end => std::thread::sleep(Duration::from_millis(2)),
+                Ok(false) => {
+                    tracing::warn!(pid, "a memory keeper is still not gone: left unreaped");
+                    break;
+                }
+                Ok(true) => break,
+                Err(e) => {
+                    tracing::debug!(pid, "reaping a memory keeper: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,7 +66,18 @@ pub fn checkpoint(
     });
     req.predump = job.spec.predump.as_ref().map(PredumpRequest::from_spec);
     let exe = std::env::current_exe().map_err(RunError::io("find haul's own binary"))?;
-    let (o, worker) = run_in_worker(&exe, &req, stop, on_step).map_err(stage_err("dump"))?;
+    // A restore follows: index each pre-dump's pages as it is committed, while the worker
+    // waits for the next, rather than all of them inside the pause.
+    let warm = job.spec.restore.is_some() && job.spec.predump.is_some();
+    let on_step = |s: &str| {
+        on_step(s);
+        if warm {
+            if let Err(e) = store.refresh_index() {
+                tracing::debug!("indexing the pre-dumps' packs ahead of the restore: {e}");
+            }
+        }
+    };
+    let (o, worker) = run_in_worker(&exe, &req, stop, &on_step).map_err(stage_err("dump"))?;
     report.predump = o.predump.clone();
     if o.interrupted {
         return Err(RunError::Interrupted);
@@ -123,6 +134,7 @@ pub fn checkpoint(
         dump_us: o.dump_us,
         source: worker,
         marks,
+        keepers: d.stats.keepers.clone(),
     })
 }
 
@@ -208,6 +220,9 @@ pub struct Checkpointed {
     /// The pause timeline so far (the worker's marks, then `release`): the restore adds its
     /// own (`restore`, `running`).
     pub marks: Vec<crate::report::Mark>,
+    /// The memory keepers the worker made for the processes it killed: orphans that come to
+    /// haul (a subreaper) and are reaped after the restore ([`super::release::reap_keepers`]).
+    pub keepers: Vec<i32>,
 }
 
 /// Where a restore takes the manifest and the pages from.

@@ -210,7 +210,11 @@ pub(super) fn gc_plan(idx: &Index, live: &IdMap<()>) -> GcPlan {
 }
 
 impl Store {
-    pub(super) fn refresh_index(&self) -> Result<(), StoreError> {
+    /// Brings the in-memory index up to date with the packs other processes committed since
+    /// it was loaded (only those are read). A migration calls it as each pre-dump of its
+    /// worker is committed, so that the restore after the final dump reads only that dump's
+    /// packs: indexing the pre-dumps' pages took 25 ms of the pause.
+    pub fn refresh_index(&self) -> Result<(), StoreError> {
         self.inner.refresh_index()
     }
 

@@ -348,7 +348,14 @@ impl<'s> Precopy<'s> {
         // while frozen. If the kill failed, dropping `tracked` ends the tracking of the living
         // process.
         let killed = super::end_frozen(pid, kept, &mut d.stats, &opts);
-        drop(tracked);
+        if killed.is_ok() && opts.deaths_in_background {
+            // A memory keeper holds the address space until its process's death is collected:
+            // closing the userfaultfd before that would unregister every range of it, under
+            // the lock the keeper's exit takes, and hold up the answer to the restore.
+            super::tree::after_deaths(Box::new(tracked));
+        } else {
+            drop(tracked);
+        }
         killed?;
         Ok((d, report))
     }

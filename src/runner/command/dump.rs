@@ -137,7 +137,9 @@ pub fn dump(cmd: &DumpCommand, on_step: &dyn Fn(&str)) -> Result<Dumped, Command
             .map(|(_, p)| p.pid)
             .chain(set.tree.zombies.iter().map(|z| z.pid))
             .collect();
-        crate::runner::release::release(&pids, RELEASE_TIMEOUT)
+        let taken = crate::runner::release::release(&pids, RELEASE_TIMEOUT);
+        crate::runner::release::reap_keepers(&o.stats.keepers);
+        taken
     };
     let pruned = match cmd.keep {
         Some(k) => store.prune(&req.job, k)?,

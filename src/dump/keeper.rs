@@ -1,0 +1,188 @@
+//! The memory keeper: a process that shares the address space of a process being killed, so
+//! that the kill does not wait for its memory to be freed.
+//!
+//! A dump that kills its process (a migration with `pid = "same"`) waits for the pid to be
+//! free, and a process is gone only once its address space is torn down: 30–50 ms per GiB on
+//! this kind of VM (freed pages are reported to the host), the largest phase left in a
+//! pre-copy migration's pause. So just before the SIGKILL, the frozen process is made to
+//! clone a child that shares its address space (an injected `clone(CLONE_VM)`). The process
+//! then exits without tearing its memory down, and its pid is free at once. The keeper is
+//! killed once that death is collected: its exit frees the memory off the pause, at the
+//! lowest priority, so that the restore has the cores first.
+//!
+//! The keeper never runs an instruction of its own: it is born traced and stopped
+//! (`PTRACE_O_TRACECLONE`), and with `PTRACE_O_EXITKILL`, so that the kernel kills it if haul
+//! dies. Before the kill, injected syscalls make it harmless to the restore: `close_range`
+//! closes its copies of the process's fds (a listening socket or the end of a pipe it held
+//! would outlive the process), `setsid` takes it out of the process's group and session (a
+//! pid that names a group cannot be given to a restored process), and `setpriority` gives it
+//! the lowest priority. Anything that fails along the way ends the keeper, and the kill goes
+//! on without one.
+//!
+//! Only a process holding at least [`KEEP_MIN_RESIDENT`] gets one, and none that attaches
+//! SysV shared memory: a segment marked for removal would outlive the process, and a restore
+//! makes it again.
+
+use super::freeze::Frozen;
+use super::DumpError;
+use crate::sys::ptrace::{self, Stop, PTRACE_O_EXITKILL, PTRACE_O_TRACECLONE};
+use crate::sys::remote::{self, RemoteSyscall};
+use crate::sys::{process, seccomp};
+
+/// Below this much resident memory a process exits fast enough (about 1.5 ms per 32 MiB here)
+/// that a keeper (under a millisecond to make) is not worth having.
+pub const KEEP_MIN_RESIDENT: u64 = 32 << 20;
+
+/// The keeper's nice value: the lowest priority, so that freeing the memory it kept (about
+/// 50 ms of a core per GiB here) waits for the restore and the restored process.
+pub const KEEPER_NICE: i32 = 19;
+
+/// A process sharing a killed process's address space, stopped, traced by haul.
+#[derive(Debug)]
+pub(crate) struct Keeper {
+    pub pid: i32,
+}
+
+/// Whether `pid` should get a keeper: see the module documentation.
+pub(crate) fn wanted(pid: i32) -> bool {
+    let big = crate::proc::resident_pages(pid)
+        .map(|n| n * crate::image::PAGE_SIZE as u64 >= KEEP_MIN_RESIDENT)
+        .unwrap_or(false);
+    big && crate::proc::maps(pid)
+        .map(|m| !m.iter().any(|e| e.path.starts_with("/SYSV")))
+        .unwrap_or(false)
+}
+
+/// Makes the keeper of frozen process `f` (through its main thread's injector), which must be
+/// killed next.
+pub(crate) fn make(f: &mut Frozen) -> Result<Keeper, DumpError> {
+    let pid = f.pid;
+    // The injector first: making one sets the thread's options.
+    let r = f.injector()?;
+    // The child inherits the parent's options: it is born traced, stopped, with EXITKILL.
+    // The parent has them only for this clone (it is killed next anyway).
+    seccomp::set_tracee_options_with(pid, pid, PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL)?;
+    let made = remote::clone_sharing_mm(r);
+    let reset = seccomp::set_tracee_options(pid, pid);
+    let keeper = Keeper { pid: made? };
+    match reset
+        .map_err(DumpError::from)
+        .and_then(|()| keeper.disarm())
+    {
+        Ok(()) => Ok(keeper),
+        Err(e) => {
+            keeper.end();
+            Err(e)
+        }
+    }
+}
+
+impl Keeper {
+    /// Waits for its first stop, then closes its fds and gives it a session of its own.
+    fn disarm(&self) -> Result<(), DumpError> {
+        // Never resumed to get there: it must not run a single instruction of its own.
+        match ptrace::wait_stop(self.pid)? {
+            Stop::Event { .. } => {}
+            s => {
+                return Err(DumpError::Internal(format!(
+                    "memory keeper {}: {s} instead of its first stop",
+                    self.pid
+                )))
+            }
+        }
+        let mut r = RemoteSyscall::with_options(self.pid, self.pid, PTRACE_O_EXITKILL)?;
+        remote::close_range(&mut r, 0, u32::MAX)?;
+        remote::setsid(&mut r)?;
+        // Its exit, which frees the memory, yields the cores to the restore that follows.
+        remote::setpriority(&mut r, KEEPER_NICE)?;
+        Ok(())
+    }
+
+    /// Kills it and collects its death as its tracer. Call once the process it kept is dead:
+    /// its exit frees the memory, at [`KEEPER_NICE`] (no `process_mrelease` beside it, which
+    /// would take the other core from the restore).
+    pub fn end(self) {
+        if let Err(e) = process::kill(self.pid, libc::SIGKILL) {
+            tracing::warn!(pid = self.pid, "killing the memory keeper: {e}");
+            return;
+        }
+        super::freeze::wait_gone(self.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// A real process (sleep, with a pipe on its stdin and stdout) gets a keeper while frozen:
+    /// the keeper shares its address space (kcmp), holds none of its fds, leads a session of
+    /// its own, has the lowest priority, and is stopped under haul's ptrace. Ending it and
+    /// thawing leave sleep running, untraced.
+    #[test]
+    fn a_keeper_shares_the_address_space_and_holds_nothing_the_restore_needs() {
+        let (r, _w) = crate::sys::pipe::pipe().expect("pipe");
+        let r2 = r.try_clone().expect("dup");
+        /// Killed and reaped however the test ends.
+        struct Sleep(std::process::Child);
+        impl Drop for Sleep {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let child = Sleep(
+            Command::new("sleep")
+                .arg("100")
+                .stdin(Stdio::from(r))
+                .stdout(Stdio::from(r2))
+                .spawn()
+                .expect("spawn sleep"),
+        );
+        let pid = child.0.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while crate::proc::stat(pid).map(|s| (s.comm, s.state)).ok()
+            != Some(("sleep".to_string(), 'S'))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let checked = {
+            let mut f = Frozen::seize_all(pid).expect("freeze sleep");
+            let k = make(&mut f).expect("make a keeper");
+            let st = crate::proc::stat(k.pid).expect("the keeper's stat");
+            let status = crate::proc::status(k.pid).expect("the keeper's status");
+            let fds = crate::proc::fds(k.pid).expect("the keeper's fds");
+            let shared = crate::sys::kcmp::same_vm(pid, k.pid).expect("kcmp");
+            let kp = k.pid;
+            k.end();
+            let gone = !matches!(crate::proc::stat(kp).map(|s| s.state), Ok(s) if s != 'Z');
+            drop(f);
+            (kp, st, status.tracer_pid, fds, shared, gone)
+        };
+        let untraced = crate::proc::status(pid).map(|s| s.tracer_pid);
+        let state = crate::proc::stat(pid).map(|s| s.state);
+        drop(child);
+        let (kp, st, tracer, fds, shared, gone) = checked;
+        assert_eq!(
+            shared,
+            Some(true),
+            "the keeper does not share sleep's memory"
+        );
+        assert_eq!(st.state, 't', "the keeper is not stopped under ptrace");
+        // (TracerPid names the tracing thread: one of this test process's.)
+        assert!(
+            tracer != 0 && std::path::Path::new(&format!("/proc/self/task/{tracer}")).exists(),
+            "the keeper is traced by {tracer}, not by haul"
+        );
+        assert!(fds.is_empty(), "the keeper holds fds {fds:?}");
+        assert_eq!((st.session, st.pgrp), (kp, kp), "not a session of its own");
+        assert_eq!(st.nice, KEEPER_NICE);
+        assert!(gone, "the keeper is still alive after its end");
+        assert_eq!(untraced.ok(), Some(0), "sleep is still traced");
+        assert!(
+            matches!(state, Ok('S' | 'R')),
+            "sleep is not running: {state:?}"
+        );
+    }
+}
