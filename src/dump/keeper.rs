@@ -78,7 +78,8 @@ pub(crate) fn make(f: &mut Frozen) -> Result<Keeper, DumpError> {
 }
 
 impl Keeper {
-    /// Waits for its first stop, then closes its fds and gives it a session of its own.
+    /// Waits for its first stop, then closes its fds and gives it a session of its own and the
+    /// lowest priority.
     fn disarm(&self) -> Result<(), DumpError> {
         // Never resumed to get there: it must not run a single instruction of its own.
         match ptrace::wait_stop(self.pid)? {
