@@ -7,17 +7,16 @@
 //! pre-copy migration's pause. So just before the SIGKILL, the frozen process is made to
 //! clone a child that shares its address space (an injected `clone(CLONE_VM)`). The process
 //! then exits without tearing its memory down, and its pid is free at once. The keeper is
-//! killed once that death is collected: its exit frees the memory off the pause, at the
-//! lowest priority, so that the restore has the cores first.
+//! killed once that death is collected: its exit frees the memory on one core while haul
+//! reads the manifest on the other, before the restore allocates the same amount again.
 //!
 //! The keeper never runs an instruction of its own: it is born traced and stopped
 //! (`PTRACE_O_TRACECLONE`), and with `PTRACE_O_EXITKILL`, so that the kernel kills it if haul
 //! dies. Before the kill, injected syscalls make it harmless to the restore: `close_range`
 //! closes its copies of the process's fds (a listening socket or the end of a pipe it held
-//! would outlive the process), `setsid` takes it out of the process's group and session (a
-//! pid that names a group cannot be given to a restored process), and `setpriority` gives it
-//! the lowest priority. Anything that fails along the way ends the keeper, and the kill goes
-//! on without one.
+//! would outlive the process), and `setsid` takes it out of the process's group and session
+//! (a pid that names a group cannot be given to a restored process). Anything that fails
+//! along the way ends the keeper, and the kill goes on without one.
 //!
 //! Only a process holding at least [`KEEP_MIN_RESIDENT`] gets one, and none that attaches
 //! SysV shared memory: a segment marked for removal would outlive the process, and a restore
@@ -32,10 +31,6 @@ use crate::sys::{process, seccomp};
 /// Below this much resident memory a process exits fast enough (about 1.5 ms per 32 MiB here)
 /// that a keeper (under a millisecond to make) is not worth having.
 pub const KEEP_MIN_RESIDENT: u64 = 32 << 20;
-
-/// The keeper's nice value: the lowest priority, so that freeing the memory it kept (about
-/// 50 ms of a core per GiB here) waits for the restore and the restored process.
-pub const KEEPER_NICE: i32 = 19;
 
 /// A process sharing a killed process's address space, stopped, traced by haul.
 #[derive(Debug)]
@@ -78,8 +73,7 @@ pub(crate) fn make(f: &mut Frozen) -> Result<Keeper, DumpError> {
 }
 
 impl Keeper {
-    /// Waits for its first stop, then closes its fds and gives it a session of its own and the
-    /// lowest priority.
+    /// Waits for its first stop, then closes its fds and gives it a session of its own.
     fn disarm(&self) -> Result<(), DumpError> {
         // Never resumed to get there: it must not run a single instruction of its own.
         match ptrace::wait_stop(self.pid)? {
@@ -94,14 +88,14 @@ impl Keeper {
         let mut r = RemoteSyscall::with_options(self.pid, self.pid, PTRACE_O_EXITKILL)?;
         remote::close_range(&mut r, 0, u32::MAX)?;
         remote::setsid(&mut r)?;
-        // Its exit, which frees the memory, yields the cores to the restore that follows.
-        remote::setpriority(&mut r, KEEPER_NICE)?;
         Ok(())
     }
 
     /// Kills it and collects its death as its tracer. Call once the process it kept is dead:
-    /// its exit frees the memory, at [`KEEPER_NICE`] (no `process_mrelease` beside it, which
-    /// would take the other core from the restore).
+    /// its exit frees the memory. Not at a low priority, nor with `process_mrelease` beside it:
+    /// the first left the memory to be freed while the restore allocated (slower pages here,
+    /// where freed memory goes back to the host: every page resident 1.05 → 0.86 s at nice
+    /// 0), the second took haul's core.
     pub fn end(self) {
         if let Err(e) = process::kill(self.pid, libc::SIGKILL) {
             tracing::warn!(pid = self.pid, "killing the memory keeper: {e}");
@@ -118,7 +112,7 @@ mod tests {
 
     /// A real process (sleep, with a pipe on its stdin and stdout) gets a keeper while frozen:
     /// the keeper shares its address space (kcmp), holds none of its fds, leads a session of
-    /// its own, has the lowest priority, and is stopped under haul's ptrace. Ending it and
+    /// its own, and is stopped under haul's ptrace. Ending it and
     /// thawing leave sleep running, untraced.
     #[test]
     fn a_keeper_shares_the_address_space_and_holds_nothing_the_restore_needs() {
@@ -178,7 +172,6 @@ mod tests {
         );
         assert!(fds.is_empty(), "the keeper holds fds {fds:?}");
         assert_eq!((st.session, st.pgrp), (kp, kp), "not a session of its own");
-        assert_eq!(st.nice, KEEPER_NICE);
         assert!(gone, "the keeper is still alive after its end");
         assert_eq!(untraced.ok(), Some(0), "sleep is still traced");
         assert!(
