@@ -78,6 +78,10 @@ impl<'a> LazySplit<'a> {
 }
 
 impl PageSink for LazySplit<'_> {
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        self.inner.buffer(len)
+    }
+
     fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
         if self.ranges.is_empty() {
             return self.inner.add_pages(addrs, data);

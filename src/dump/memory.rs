@@ -13,13 +13,12 @@ use crate::sys::pagemap::{
 pub(crate) const CHUNK: usize = 4 << 20;
 const CHUNK_PAGES: usize = CHUNK / PAGE_SIZE;
 
-/// Copy buffers: up to `limit` bytes of them hold pages until the thaw; one more is reused for
-/// pages that go to the sink during the freeze.
+/// Copy buffers: up to `limit` bytes of them hold pages until the thaw (pages that go to the
+/// sink during the freeze are read into buffers the sink recycles, [`PageSink::buffer`]).
 pub(crate) struct BufferPool {
     limit: u64,
     used: u64,
     free: Vec<AlignedBuf>,
-    direct: Option<AlignedBuf>,
 }
 
 impl BufferPool {
@@ -38,7 +37,6 @@ impl BufferPool {
             limit,
             used: 0,
             free,
-            direct: None,
         }
     }
 
@@ -52,19 +50,6 @@ impl BufferPool {
             Some(b) => Ok(Some(b)),
             None => Ok(Some(AlignedBuf::new(CHUNK)?)),
         }
-    }
-
-    /// The reusable buffer for pages that go to the sink during the freeze.
-    fn direct(&mut self) -> Result<&mut AlignedBuf, DumpError> {
-        if self.direct.is_none() {
-            self.direct = Some(match self.free.pop() {
-                Some(b) => b,
-                None => AlignedBuf::new(CHUNK)?,
-            });
-        }
-        self.direct
-            .as_mut()
-            .ok_or_else(|| DumpError::Internal("no copy buffer".into()))
     }
 }
 
@@ -325,7 +310,7 @@ impl Copier {
     }
 
     /// Copies the runs of the current chunk into a buffer: a kept one while the pool allows,
-    /// else the reusable one, whose pages go to the sink right away.
+    /// else one of the sink's, whose pages go to the sink right away.
     fn flush(
         &mut self,
         pool: &mut BufferPool,
@@ -355,11 +340,11 @@ impl Copier {
             None => {
                 // The kept chunks first, so that pages reach the sink in address order.
                 self.read_pending(sink, stats)?;
-                let buf = pool.direct()?;
-                let dst = &mut buf.as_mut_slice()[..pages * PAGE_SIZE];
-                match read_runs_lenient(self.pid, &mut self.mem, &runs, dst)? {
-                    None => (addrs, dst.to_vec()),
-                    Some(ok) => present_only(&addrs, dst, &ok),
+                // Read straight into a buffer the sink recycles: no copy of the chunk.
+                let mut data = sink.buffer(pages * PAGE_SIZE);
+                match read_runs_lenient(self.pid, &mut self.mem, &runs, &mut data)? {
+                    None => (addrs, data),
+                    Some(ok) => present_only(&addrs, &data, &ok),
                 }
             }
         };

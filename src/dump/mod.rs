@@ -150,6 +150,13 @@ pub trait PageSink {
     /// Pages copied from the target; `addrs[i]` is the address of page i of `data`.
     fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError>;
 
+    /// A buffer of `len` bytes (content unspecified) for the next `add_pages`: a sink that
+    /// gives its batches back once done with them recycles one, so that the copy writes into
+    /// memory already faulted in rather than a fresh allocation it then copies over.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        vec![0; len]
+    }
+
     /// A page carried without data from an earlier pre-dump (its content is already stored).
     /// Sinks that cannot carry references refuse.
     fn add_ref(&mut self, addr: u64, r: crate::image::PageRef) -> Result<(), DumpError> {

@@ -12,6 +12,10 @@ impl PageSink for SetWriter<'_> {
         SetWriter::add_pages(self, addrs, data).map_err(|e| DumpError::Sink(Box::new(e)))
     }
 
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        SetWriter::buffer_of_len(self, len)
+    }
+
     fn add_ref(&mut self, addr: u64, r: crate::image::PageRef) -> Result<(), DumpError> {
         SetWriter::add_ref(self, addr, r);
         Ok(())

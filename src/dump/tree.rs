@@ -457,6 +457,10 @@ impl super::PageSink for SpaceSink<'_> {
         self.inner.add_pages(&keys, data)
     }
 
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        self.inner.buffer(len)
+    }
+
     fn add_ref(&mut self, addr: u64, r: crate::image::PageRef) -> Result<(), DumpError> {
         self.inner
             .add_ref(crate::image::page_key(self.space, addr), r)

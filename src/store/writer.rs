@@ -137,11 +137,21 @@ impl<'a> SetWriter<'a> {
     /// An empty buffer for the next batch, recycled from an earlier `add_pages` when one is
     /// free (its capacity is kept): filling it does not fault in fresh memory.
     pub fn buffer(&mut self) -> Vec<u8> {
-        self.pool
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default()
+        let mut b = self.recycled().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    /// A buffer of exactly `len` bytes whose content is left over from an earlier batch (a
+    /// recycled one is as long as a copy chunk already: no pass over it to zero it).
+    pub fn buffer_of_len(&mut self, len: usize) -> Vec<u8> {
+        let mut b = self.recycled().unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+
+    fn recycled(&self) -> Option<Vec<u8>> {
+        self.pool.lock().ok().and_then(|mut p| p.pop())
     }
 
     /// Waits for the worker after it stopped early and returns its error.
@@ -494,8 +504,7 @@ impl Worker {
         Ok(())
     }
 
-    fn recycle(&self, mut data: Vec<u8>) {
-        data.clear();
+    fn recycle(&self, data: Vec<u8>) {
         if let Ok(mut pool) = self.pool.lock() {
             if pool.len() < QUEUE + 2 {
                 pool.push(data);
