@@ -93,7 +93,7 @@ impl<'a> SetWriter<'a> {
         let wpool = pool.clone();
         let worker = std::thread::Builder::new()
             .name("haul-store-writer".into())
-            .spawn(move || Worker::new(inner, level, wpool).run(rx))
+            .spawn(move || Worker::new(inner, level, wpool)?.run(rx))
             .map_err(|e| StoreError::io("starting the store writer thread", e))?;
         Ok(SetWriter {
             store,
@@ -389,52 +389,67 @@ impl Drop for SetWriter<'_> {
 }
 
 struct Worker {
-    inner: Arc<Inner>,
     level: Option<i32>,
     frame_pages: usize,
-    pack_target: u64,
     /// Page-table entries in arrival order (a later one for the same address wins).
     table: Vec<(u64, PageRef)>,
     new: IdMap<u64>,
     /// New pages waiting for their frame: [0] pages worth compressing, [1] pages that look
     /// incompressible (stored raw, so a fault reads just the page and no CPU is spent on them).
     streams: [Stream; 2],
-    pack: Option<PackWriter>,
-    /// Packs being finished (and, for a bucket store, uploaded) in the background, oldest
-    /// first: at most one for a local store, [`UPLOADS_IN_FLIGHT`] for a bucket store.
-    finishers: std::collections::VecDeque<JoinHandle<Result<(), StoreError>>>,
+    /// The thread that writes the encoded frames into packs ([`Appender`]), so that the
+    /// writes and the pack's checksum overlap with hashing and compressing the next batch.
+    appender: Option<AppenderHandle>,
+    inner: Arc<Inner>,
     pool: Pool,
 }
 
+/// Encoded frames on their way to the appender: (bytes, codec, the ids of its pages).
+type Frames = Vec<(Vec<u8>, u8, Vec<PageId>)>;
+
+enum AppendMsg {
+    Frames(Frames),
+    Finish,
+}
+
+struct AppenderHandle {
+    tx: SyncSender<AppendMsg>,
+    thread: JoinHandle<Result<(), StoreError>>,
+}
+
 impl Worker {
-    fn new(inner: Arc<Inner>, level: Option<i32>, pool: Pool) -> Worker {
+    fn new(inner: Arc<Inner>, level: Option<i32>, pool: Pool) -> Result<Worker, StoreError> {
         let frame_pages = inner.frame_pages.load(Ordering::Relaxed);
-        let pack_target = inner.pack_target.load(Ordering::Relaxed);
-        Worker {
-            inner,
+        let (tx, rx) = sync_channel(QUEUE);
+        let appender = Appender::new(inner.clone());
+        let thread = std::thread::Builder::new()
+            .name("haul-store-append".into())
+            .spawn(move || appender.run(rx))
+            .map_err(|e| StoreError::io("starting the pack appender thread", e))?;
+        Ok(Worker {
             level,
             frame_pages,
-            pack_target,
             table: Vec::new(),
             new: IdMap::default(),
             streams: Default::default(),
-            pack: None,
-            finishers: Default::default(),
+            appender: Some(AppenderHandle { tx, thread }),
+            inner,
             pool,
-        }
+        })
     }
 
     fn run(mut self, rx: Receiver<Msg>) -> Result<Output, StoreError> {
         let r = self.run_inner(rx);
         if r.is_err() {
-            if let Some(p) = self.pack.take() {
-                p.abandon();
-            }
-            // A pack being finished may still commit: unreferenced, gc removes it.
-            if let Err(e) = self.join_finisher() {
-                tracing::warn!(
-                    "finishing an earlier pack of the failed set: {e} (the set was not committed; gc removes its packs)"
-                );
+            // Closing its queue without `Finish` has the appender abandon its pack.
+            if let Some(a) = self.appender.take() {
+                drop(a.tx);
+                match joined(a.thread.join(), "pack appender") {
+                    Ok(Ok(())) | Ok(Err(StoreError::Abandoned)) => {}
+                    Ok(Err(e)) | Err(e) => tracing::warn!(
+                        "writing the packs of the failed set: {e} (the set was not committed; gc removes its packs)"
+                    ),
+                }
             }
         }
         r
@@ -449,19 +464,18 @@ impl Worker {
                 }
                 Ok(Msg::Finish) => {
                     self.flush_frames()?;
-                    self.finish_pack()?;
+                    self.send_frames(AppendMsg::Finish)?;
+                    if let Some(a) = self.appender.take() {
+                        drop(a.tx);
+                        joined(a.thread.join(), "pack appender")??;
+                    }
                     return Ok(Output {
                         table: std::mem::take(&mut self.table).into_iter().collect(),
                         new: std::mem::take(&mut self.new),
                     });
                 }
-                Err(_) => {
-                    // Dropped without commit.
-                    if let Some(p) = self.pack.take() {
-                        p.abandon();
-                    }
-                    return Err(StoreError::Abandoned);
-                }
+                // Dropped without commit.
+                Err(_) => return Err(StoreError::Abandoned),
             }
         }
     }
@@ -495,13 +509,17 @@ impl Worker {
                 fresh[raw as usize].push(i);
             }
         }
+        let mut frames = Frames::new();
         for (k, fresh) in fresh.iter().enumerate() {
             let level = if k == 0 { self.level } else { None };
-            let frames = self.streams[k].frames(&data, fresh, self.frame_pages, level)?;
-            self.append_frames(k, frames)?;
+            let encoded = self.streams[k].frames(&data, fresh, self.frame_pages, level)?;
+            self.take_frames(k, encoded, &mut frames);
         }
         self.recycle(data);
-        Ok(())
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.send_frames(AppendMsg::Frames(frames))
     }
 
     fn recycle(&self, data: Vec<u8>) {
@@ -512,40 +530,42 @@ impl Worker {
         }
     }
 
-    /// Appends encoded frames (bytes, codec, pages) holding the first ids of a stream.
-    fn append_frames(
-        &mut self,
-        stream: usize,
-        frames: Vec<(Vec<u8>, u8, usize)>,
-    ) -> Result<(), StoreError> {
+    /// Records the cost of the pages of encoded frames (bytes, codec, pages) holding the first
+    /// ids of a stream, and moves them into `out` with their ids, for the appender.
+    fn take_frames(&mut self, stream: usize, encoded: Vec<(Vec<u8>, u8, usize)>, out: &mut Frames) {
         let mut used = 0;
-        for (bytes, codec, n) in frames {
-            let ids = &self.streams[stream].ids[used..used + n];
-            if self.pack.is_none() {
-                self.pack = Some(PackWriter::create(&self.inner.root)?);
-            }
-            if let Some(p) = self.pack.as_mut() {
-                p.append_frame(&bytes, codec, ids)?;
-            }
+        for (bytes, codec, n) in encoded {
+            let ids = self.streams[stream].ids[used..used + n].to_vec();
             let cost = bytes.len() as u64 / n.max(1) as u64;
-            for id in ids {
+            for id in &ids {
                 self.new.insert(*id, cost);
             }
             used += n;
-            if self
-                .pack
-                .as_ref()
-                .is_some_and(|p| p.len() >= self.pack_target)
-            {
-                self.finish_pack_async()?;
-            }
+            out.push((bytes, codec, ids));
         }
         self.streams[stream].ids.drain(..used);
-        Ok(())
+    }
+
+    /// Hands a message to the appender; if it stopped, its error.
+    fn send_frames(&mut self, m: AppendMsg) -> Result<(), StoreError> {
+        let sent = self.appender.as_ref().is_some_and(|a| a.tx.send(m).is_ok());
+        if sent {
+            return Ok(());
+        }
+        match self.appender.take().map(|a| {
+            drop(a.tx);
+            joined(a.thread.join(), "pack appender")
+        }) {
+            Some(Ok(Err(e))) | Some(Err(e)) => Err(e),
+            _ => Err(StoreError::Writer(
+                "the pack appender stopped unexpectedly".into(),
+            )),
+        }
     }
 
     /// Writes the pages still pending as last (short) frames.
     fn flush_frames(&mut self) -> Result<(), StoreError> {
+        let mut frames = Frames::new();
         for k in 0..2 {
             let st = &mut self.streams[k];
             if st.pending.is_empty() {
@@ -556,7 +576,76 @@ impl Worker {
                 .map_err(|e| StoreError::io("compressing a frame", e))?;
             let n = st.pending.len() / PAGE_SIZE;
             st.pending.clear();
-            self.append_frames(k, vec![(bytes, codec, n)])?;
+            self.take_frames(k, vec![(bytes, codec, n)], &mut frames);
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.send_frames(AppendMsg::Frames(frames))
+    }
+}
+
+/// Appends encoded frames to the current pack, starts a new pack once it reaches the
+/// store's pack size and commits the full one in the background.
+struct Appender {
+    inner: Arc<Inner>,
+    pack_target: u64,
+    pack: Option<PackWriter>,
+    /// Packs being finished (and, for a bucket store, uploaded) in the background, oldest
+    /// first: at most one for a local store, [`UPLOADS_IN_FLIGHT`] for a bucket store.
+    finishers: std::collections::VecDeque<JoinHandle<Result<(), StoreError>>>,
+}
+
+impl Appender {
+    fn new(inner: Arc<Inner>) -> Appender {
+        let pack_target = inner.pack_target.load(Ordering::Relaxed);
+        Appender {
+            inner,
+            pack_target,
+            pack: None,
+            finishers: Default::default(),
+        }
+    }
+
+    /// Until `Finish` (the last pack committed) or until the worker hangs up without it (the
+    /// pack being written is abandoned; a pack being finished may still commit: unreferenced,
+    /// gc removes it).
+    fn run(mut self, rx: Receiver<AppendMsg>) -> Result<(), StoreError> {
+        let r = (|| loop {
+            match rx.recv() {
+                Ok(AppendMsg::Frames(frames)) => self.append(frames)?,
+                Ok(AppendMsg::Finish) => return self.finish_pack(),
+                Err(_) => return Err(StoreError::Abandoned),
+            }
+        })();
+        if r.is_err() {
+            if let Some(p) = self.pack.take() {
+                p.abandon();
+            }
+            if let Err(e) = self.join_finisher() {
+                tracing::warn!(
+                    "finishing an earlier pack of the failed set: {e} (the set was not committed; gc removes its packs)"
+                );
+            }
+        }
+        r
+    }
+
+    fn append(&mut self, frames: Frames) -> Result<(), StoreError> {
+        for (bytes, codec, ids) in frames {
+            if self.pack.is_none() {
+                self.pack = Some(PackWriter::create(&self.inner.root)?);
+            }
+            if let Some(p) = self.pack.as_mut() {
+                p.append_frame(&bytes, codec, &ids)?;
+            }
+            if self
+                .pack
+                .as_ref()
+                .is_some_and(|p| p.len() >= self.pack_target)
+            {
+                self.finish_pack_async()?;
+            }
         }
         Ok(())
     }
