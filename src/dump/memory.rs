@@ -535,7 +535,10 @@ pub(crate) fn write_buffered(
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
     for (addrs, buf) in b.chunks {
-        let data = buf.as_slice()[..addrs.len() * PAGE_SIZE].to_vec();
+        let len = addrs.len() * PAGE_SIZE;
+        // Into a buffer the sink recycles: memory already faulted in, not a fresh allocation.
+        let mut data = sink.buffer(len);
+        data.copy_from_slice(&buf.as_slice()[..len]);
         drop(buf);
         stats.pages_zero += data
             .chunks_exact(PAGE_SIZE)
