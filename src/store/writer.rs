@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// Batches in flight between the caller and the worker (bounded memory).
-const QUEUE: usize = 2;
+const QUEUE: usize = 4;
 
 enum Msg {
     Pages(Vec<u64>, Vec<u8>),
