@@ -1,7 +1,8 @@
 //! Writing an image set: batches of pages go to a worker thread (bounded queue), which hashes
-//! and zero-tests them in parallel, looks them up in the index, compresses the new ones into
-//! frames in parallel and appends the frames to the current pack. The manifest is written by
-//! `commit`, last.
+//! and zero-tests them in parallel, looks them up in the index and compresses the new ones into
+//! frames in parallel; an appender thread (bounded queue) appends the frames to the current
+//! pack and hashes it, beside the worker's next batch. The manifest is written by `commit`,
+//! last.
 
 use super::error::{joined, panicked};
 use super::fsutil;
