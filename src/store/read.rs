@@ -6,7 +6,7 @@ use super::footer::{FrameInfo, PackId, CODEC_RAW};
 use super::index::Loc;
 use super::pack::decode_frame;
 use super::{Inner, PageAt, Store, StoreError};
-use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
+use crate::image::{as_page, ImageSet, PageId, PageRef, HASH_LANES, PAGE_SIZE};
 use rayon::prelude::*;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -651,6 +651,8 @@ fn decode_batch(
         .index
         .read()
         .map_err(|_| (StoreError::Writer("index lock poisoned".into()), start))?;
+    // The stored pages copied into `out`, checked together once the batch is decoded.
+    let mut copied: Vec<(usize, PageId, PackId)> = Vec::with_capacity(batch.len());
     for (i, (addr, r)) in batch.iter().enumerate() {
         let addr = *addr;
         let PageRef::Stored(id) = r else {
@@ -672,10 +674,33 @@ fn decode_batch(
         };
         if let Some((_, frame)) = recent.get(pos) {
             let s = l.slot as usize * PAGE_SIZE;
-            let page = &frame[s..s + PAGE_SIZE];
-            check(id, page, Some(l.pack)).map_err(|e| (e, addr))?;
-            out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(page);
+            out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(&frame[s..s + PAGE_SIZE]);
+            copied.push((i, *id, l.pack));
         }
     }
+    drop(idx);
+    check_copied(&out, &copied).map_err(|(e, i)| (e, batch[i].0))?;
     Ok(out)
+}
+
+/// Hashes the stored pages copied into `out` (`(slot in out, id, pack)`) side by side and
+/// compares each with its id; on a mismatch, also says which slot.
+fn check_copied(out: &[u8], copied: &[(usize, PageId, PackId)]) -> Result<(), (StoreError, usize)> {
+    for group in copied.chunks(HASH_LANES) {
+        let refs: Vec<&[u8; PAGE_SIZE]> = group
+            .iter()
+            .map(|(i, ..)| as_page(&out[i * PAGE_SIZE..]))
+            .collect();
+        for ((i, id, pack), got) in group.iter().zip(PageId::of_pages(&refs)) {
+            if got != *id {
+                return Err((
+                    StoreError::PageCorrupt {
+                        at: at(id, Some(*pack)),
+                    },
+                    *i,
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -11,8 +11,8 @@ use super::pack::{encode_frame, encode_frame_parts, PackWriter};
 use super::{Inner, Store, StoreError};
 use crate::image::encode::encode_manifest;
 use crate::image::{
-    is_zero_page, ImageSet, PageId, PageRef, PageTable, ProcessImage, SetFigures, SetKind,
-    PAGE_SIZE,
+    as_page, is_zero_page, ImageSet, PageId, PageRef, PageTable, ProcessImage, SetFigures, SetKind,
+    HASH_LANES, PAGE_SIZE,
 };
 use crate::sys::file::FileLock;
 use rayon::prelude::*;
@@ -483,10 +483,30 @@ impl Worker {
 
     fn pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), StoreError> {
         let sort = self.level.is_some();
+        // Per page: `None` for a zero page, else its id and whether it looks incompressible.
+        // Pages with data are hashed side by side, a group of lanes at a time.
         let ids: Vec<Option<(PageId, bool)>> = data
-            .par_chunks(PAGE_SIZE)
-            .with_min_len(16)
-            .map(|p| (!is_zero_page(p)).then(|| (PageId::of(p), sort && looks_incompressible(p))))
+            .par_chunks(HASH_LANES * PAGE_SIZE)
+            .with_min_len(2)
+            .flat_map_iter(|group| {
+                let group: Vec<&[u8; PAGE_SIZE]> =
+                    group.chunks_exact(PAGE_SIZE).map(as_page).collect();
+                let zero: Vec<bool> = group.iter().map(|p| is_zero_page(&p[..])).collect();
+                let with_data: Vec<&[u8; PAGE_SIZE]> = group
+                    .iter()
+                    .zip(&zero)
+                    .filter(|(_, z)| !**z)
+                    .map(|(p, _)| *p)
+                    .collect();
+                let mut ids = PageId::of_pages(&with_data).into_iter();
+                group
+                    .into_iter()
+                    .zip(zero)
+                    .map(move |(p, zero)| match zero {
+                        true => None,
+                        false => ids.next().map(|id| (id, sort && looks_incompressible(p))),
+                    })
+            })
             .collect();
         // Indices (in `data`) of pages the store does not have yet, per stream.
         let mut fresh: [Vec<usize>; 2] = Default::default();
