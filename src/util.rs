@@ -83,6 +83,14 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Whether transparent huge pages are on for all anonymous memory (`[always]` in
+/// `/sys/kernel/mm/transparent_hugepage/enabled`), not only where a process asked for them.
+/// Unreadable (no THP in the kernel): false.
+pub fn thp_always() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]"))
+}
+
 /// `path` made absolute (against the current directory) with `.` and `..` removed lexically, for
 /// paths that are shown to people and written into reports.
 pub fn clean_path(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {

@@ -689,6 +689,85 @@ fn membarrier_registrations_come_back() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "0 0 16");
 }
 
+/// Rss (kB) of the mapping starting at `start` (hex), and whether any mapping of `pid` is still
+/// registered with a userfaultfd for missing pages (VmFlags `um`).
+fn rss_and_uffd(pid: i32, start: &str) -> (u64, bool) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let registered = smaps
+        .lines()
+        .filter_map(|l| l.strip_prefix("VmFlags:"))
+        .any(|f| f.split_whitespace().any(|x| x == "um"));
+    let mut in_it = false;
+    for l in smaps.lines() {
+        if let Some((range, _)) = l.split_once(' ') {
+            if range.contains('-') && range.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                in_it = range.split('-').next() == Some(start);
+                continue;
+            }
+        }
+        if let (true, Some(kb)) = (in_it, l.strip_prefix("Rss:")) {
+            let kb = kb.trim().trim_end_matches("kB").trim().parse().unwrap();
+            return (kb, registered);
+        }
+    }
+    panic!("pid {pid}: no mapping at {start}");
+}
+
+/// An eager restore places private anonymous pages through a userfaultfd of the restored
+/// process: the memory must come back byte for byte with the same pages present (sparse
+/// regions stay sparse, a read-only mapping keeps its data), and nothing may stay registered,
+/// or the restored program would hang on its next fault in a page it never had.
+#[test]
+fn anonymous_memory_comes_back_exact_and_sparse_and_no_userfaultfd_stays() {
+    adopt_orphans();
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let out = dir.path().join("out");
+    // 16 MiB written in every other 64 KiB (the rest never touched), and 1 MiB of data made
+    // read-only. On `go`, the program reads both whole (faulting in the pages it never had)
+    // and writes into a page it never had, then reports both checksums.
+    let script = format!(
+        "import ctypes,os,time,hashlib\nlibc=ctypes.CDLL(None,use_errno=True)\n\
+         libc.mmap.restype=ctypes.c_void_p\nlibc.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,ctypes.c_long]\n\
+         libc.mprotect.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int]\n\
+         S=16<<20\nR=1<<20\nsp=libc.mmap(None,S,3,0x22,-1,0)\nro=libc.mmap(None,R,3,0x22,-1,0)\n\
+         for o in range(0,S,128<<10): ctypes.memmove(sp+o,os.urandom(65536),65536)\n\
+         ctypes.memmove(ro,os.urandom(R),R)\nassert libc.mprotect(ro,R,1)==0\n\
+         sums=lambda: hashlib.sha256(ctypes.string_at(sp,S)).hexdigest()+' '+hashlib.sha256(ctypes.string_at(ro,R)).hexdigest()\n\
+         print('%x %x %s' % (sp,ro,sums()),flush=True)\nprint('ready',flush=True)\n\
+         while not os.path.exists({go:?}): time.sleep(0.01)\n\
+         s=sums()\nctypes.memset(sp+65536,7,1)\n\
+         open({out:?}+'.tmp','w').write(s)\nos.rename({out:?}+'.tmp',{out:?})\ntime.sleep(600)"
+    );
+    let mut p = python(dir.path(), &script);
+    let log = std::fs::read_to_string(dir.path().join("py.log")).unwrap();
+    let first: Vec<String> = log
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let (sparse, ro, sums) = (&first[0], &first[1], format!("{} {}", first[2], first[3]));
+    let before = (rss_and_uffd(p.pid, sparse), rss_and_uffd(p.pid, ro));
+    assert_eq!(before.0 .0, 8 << 10, "half of the 16 MiB is present before");
+    let r = dump_and_restore(&mut p, &dir.path().join("store"));
+    let after = (rss_and_uffd(r, sparse), rss_and_uffd(r, ro));
+    std::fs::write(&go, "").unwrap();
+    let answered = wait_for(Duration::from_secs(20), || out.exists());
+    let got = std::fs::read_to_string(&out).unwrap_or_default();
+    finish(r);
+    assert_eq!(
+        after, before,
+        "(Rss kB, any range registered) of the sparse and read-only mappings"
+    );
+    assert!(
+        answered,
+        "the restored program did not answer: stuck on a fault?"
+    );
+    assert_eq!(got, sums, "checksums of the sparse and read-only mappings");
+}
+
 #[test]
 fn named_anonymous_memory_keeps_its_name() {
     adopt_orphans();

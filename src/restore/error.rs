@@ -50,6 +50,9 @@ pub enum StepError {
     /// The parked process has no vDSO to move to the dumped address.
     #[error("this process has no [vdso] to move")]
     NoVdso,
+    /// The userfaultfd of an eager fill could not unregister a range.
+    #[error("unregistering the filled range at {at:#x} from its userfaultfd: {source}")]
+    UffdFill { at: u64, source: std::io::Error },
     /// `process_vm_writev` wrote less than asked.
     #[error("process_vm_writev from {at:#x} wrote {wrote} of {len} bytes")]
     ShortFill { at: u64, wrote: usize, len: usize },

@@ -212,11 +212,12 @@ fn build(
     let fill_start = Instant::now();
     let pages_restored = c.step(Step::Fill, ipid, || {
         if lazy_ranges.is_empty() {
-            memory::fill(pid, &keyed, base, p, source)
+            let uffd = memory::UffdFill::start(&mut rs, &view, p);
+            memory::fill(pid, &keyed, base, p, source, uffd)
         } else {
             // Under their keys (a page source checks them against the set).
             let eager = memory::eager_part(&keyed, base, p, &lazy_ranges);
-            memory::fill(pid, &eager, base, p, source)
+            memory::fill(pid, &eager, base, p, source, None)
         }
     })?;
     let fill_time = crate::util::us(fill_start.elapsed());
