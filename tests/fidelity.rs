@@ -246,8 +246,9 @@ fn a_network_namespace_of_its_own_is_refused_by_name() {
     );
 }
 
-/// VmFlags of the mapping that starts at `start` (hex, as /proc/PID/maps prints it).
-fn vm_flags(pid: i32, start: &str) -> Vec<String> {
+/// The value of the `field:` line of the mapping that starts at `start` (hex, as
+/// /proc/PID/maps prints it) in /proc/PID/smaps.
+fn smaps_field(pid: i32, start: &str, field: &str) -> String {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
     let mut in_it = false;
     for l in smaps.lines() {
@@ -257,20 +258,26 @@ fn vm_flags(pid: i32, start: &str) -> Vec<String> {
                 continue;
             }
         }
-        if in_it {
-            if let Some(f) = l.strip_prefix("VmFlags:") {
-                // uffd registrations come and go with tracking and lazy restores.
-                let mut v: Vec<String> = f
-                    .split_whitespace()
-                    .filter(|x| !matches!(*x, "um" | "uw"))
-                    .map(String::from)
-                    .collect();
-                v.sort();
-                return v;
-            }
+        if let (true, Some(v)) = (
+            in_it,
+            l.strip_prefix(field).and_then(|r| r.strip_prefix(':')),
+        ) {
+            return v.trim().to_string();
         }
     }
-    panic!("pid {pid}: no mapping at {start}");
+    panic!("pid {pid}: no mapping at {start}, or no {field} in it");
+}
+
+/// VmFlags of the mapping that starts at `start` (hex, as /proc/PID/maps prints it).
+fn vm_flags(pid: i32, start: &str) -> Vec<String> {
+    // uffd registrations come and go with tracking and lazy restores.
+    let mut v: Vec<String> = smaps_field(pid, start, "VmFlags")
+        .split_whitespace()
+        .filter(|x| !matches!(*x, "um" | "uw"))
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
 }
 
 #[test]
@@ -697,20 +704,11 @@ fn rss_and_uffd(pid: i32, start: &str) -> (u64, bool) {
         .lines()
         .filter_map(|l| l.strip_prefix("VmFlags:"))
         .any(|f| f.split_whitespace().any(|x| x == "um"));
-    let mut in_it = false;
-    for l in smaps.lines() {
-        if let Some((range, _)) = l.split_once(' ') {
-            if range.contains('-') && range.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-                in_it = range.split('-').next() == Some(start);
-                continue;
-            }
-        }
-        if let (true, Some(kb)) = (in_it, l.strip_prefix("Rss:")) {
-            let kb = kb.trim().trim_end_matches("kB").trim().parse().unwrap();
-            return (kb, registered);
-        }
-    }
-    panic!("pid {pid}: no mapping at {start}");
+    let rss = smaps_field(pid, start, "Rss");
+    (
+        rss.trim_end_matches("kB").trim().parse().unwrap(),
+        registered,
+    )
 }
 
 /// An eager restore places private anonymous pages through a userfaultfd of the restored
