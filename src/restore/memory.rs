@@ -448,9 +448,9 @@ impl UffdFill {
                 }
             }
         }
-        if let Ok(mut left) = self.left.lock() {
-            left.push((addr + done as u64, bytes[done..].to_vec()));
-        }
+        // Never dropped: a poisoned lock (a panic elsewhere) still holds what was kept.
+        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        left.push((addr + done as u64, bytes[done..].to_vec()));
     }
 
     /// Unregisters every range, then writes what `UFFDIO_COPY` left with `process_vm_writev`.
@@ -466,7 +466,7 @@ impl UffdFill {
                 })?;
         }
         drop(self.uffd);
-        let left = self.left.into_inner().unwrap_or_default();
+        let left = self.left.into_inner().unwrap_or_else(|e| e.into_inner());
         for (addr, bytes) in left {
             let range = crate::sys::mem::RemoteRange {
                 addr,
