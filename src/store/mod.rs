@@ -41,7 +41,7 @@ pub use maint::GcReport;
 pub use read::{NextBatch, PageStream, ReadOptions, StreamBatch, READ_BATCH_PAGES};
 pub use verify::{VerifyProblem, VerifyReport};
 pub use view::{set_view, show_text, ProcessView, SetView, VmaView};
-pub use writer::SetWriter;
+pub use writer::{PageCosts, SetWriter};
 
 use crate::image::encode::{self, EncodeError, SetMeta};
 use crate::image::{ImageSet, SetFigures, SetKind, PAGE_SIZE};

@@ -416,3 +416,92 @@ fn a_sets_figures_count_each_distinct_page_once_and_name_a_reference_the_store_l
         other => panic!("expected RefNotStored, got {other:?}"),
     }
 }
+
+/// `n` pages of distinct, compressible content (the same for the same `seed`).
+fn pages_of(seed: u8, n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|k| {
+            let line = format!("page {k} of seed {seed} ").repeat(1 + k % 7);
+            line.into_bytes().into_iter().cycle().take(PAGE_SIZE)
+        })
+        .collect()
+}
+
+#[test]
+fn a_chains_figures_from_the_known_costs_are_the_index_ones() {
+    use crate::image::PageRef;
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open_or_create(d.path()).unwrap();
+    let addrs = |from: u64, n: usize| (0..n as u64).map(|k| from + k * 0x1000).collect::<Vec<_>>();
+    let mut w = s.begin_set("c", SetKind::PreDump, None, Some(3)).unwrap();
+    w.add_pages(&addrs(0x10_0000, 40), pages_of(1, 40)).unwrap();
+    let (first, costs) = w.commit_costed(None).unwrap();
+    assert_eq!(costs.len(), 40);
+    assert!(
+        costs.0.windows(2).all(|p| p[0].0 < p[1].0),
+        "sorted by id, once each"
+    );
+    assert_eq!(
+        costs.0.iter().map(|(_, c)| c).sum::<u64>(),
+        first.figures.bytes_stored
+    );
+    let known = std::sync::Arc::new(costs);
+    // The final set: 10 new pages, one of them also one of the first's, and the first's
+    // pages carried by reference; once with the known costs and once with the index alone.
+    let write = |known: Option<std::sync::Arc<super::PageCosts>>| {
+        let mut w = s
+            .begin_set("c", SetKind::Dump, Some(&first.id), Some(3))
+            .unwrap();
+        if let Some(k) = known {
+            w.know_costs(k);
+        }
+        let mut data = pages_of(2, 9);
+        data.extend_from_slice(&pages_of(1, 1));
+        w.add_pages(&addrs(0x20_0000, 10), data).unwrap();
+        for (a, r) in first.pages.iter() {
+            w.add_ref(a, r);
+        }
+        w.add_ref(0x30_0000, PageRef::Zero);
+        w.commit(None).unwrap()
+    };
+    let with_known = write(Some(known.clone()));
+    // The second time, no page is new.
+    let from_index = write(None);
+    let (k, i) = (&with_known.figures, &from_index.figures);
+    assert_eq!(
+        (k.pages, k.pages_zero, k.pages_new, i.pages_new),
+        (51, 1, 9, 0)
+    );
+    assert_eq!(
+        (k.bytes_logical, k.bytes_stored),
+        (i.bytes_logical, i.bytes_stored)
+    );
+
+    // The known costs are what the commit used: a page known at another cost counts that.
+    let mut altered = (*known).clone();
+    altered.0[0].1 += 1000;
+    let altered_set = write(Some(std::sync::Arc::new(altered)));
+    assert_eq!(
+        altered_set.figures.bytes_stored,
+        from_index.figures.bytes_stored + 1000
+    );
+}
+
+#[test]
+fn merged_costs_hold_each_page_of_both_once_in_order() {
+    let id = |n: u8| PageId([n; 16]);
+    let a = super::PageCosts(vec![(id(1), 10), (id(3), 30), (id(5), 50)]);
+    let b = super::PageCosts(vec![(id(2), 20), (id(3), 31), (id(9), 90)]);
+    let m = a.merged(&b);
+    assert_eq!(
+        m.0,
+        vec![
+            (id(1), 10),
+            (id(2), 20),
+            (id(3), 31),
+            (id(5), 50),
+            (id(9), 90)
+        ]
+    );
+    assert_eq!(super::PageCosts::default().merged(&a).0, a.0);
+}

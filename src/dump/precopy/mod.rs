@@ -108,6 +108,9 @@ pub struct Precopy<'s> {
     members: Vec<Member>,
     /// The last committed pre-dump set.
     parent: Option<String>,
+    /// What the committed pre-dumps stored, with each page's cost: the next set's figures
+    /// look their carried pages up here ([`crate::store::SetWriter::know_costs`]).
+    costs: Option<std::sync::Arc<crate::store::PageCosts>>,
     /// The longest a process was stopped to set its tracker up.
     setup_frozen_us: u64,
     report: PredumpReport,
@@ -184,6 +187,7 @@ impl<'s> Precopy<'s> {
             },
             members,
             parent: None,
+            costs: None,
             setup_frozen_us,
             last_scan_us: 0,
         })
@@ -308,7 +312,14 @@ impl<'s> Precopy<'s> {
             scan_us += f.scan_us;
         }
         self.last_scan_us = scan_us;
-        let set = writer.commit(None)?;
+        if let Some(k) = &self.costs {
+            writer.know_costs(k.clone());
+        }
+        let (set, costs) = writer.commit_costed(None)?;
+        self.costs = Some(std::sync::Arc::new(match self.costs.take() {
+            Some(k) => k.merged(&costs),
+            None => costs,
+        }));
         for (key, r) in set.pages.iter() {
             let (space, addr) = split_key(key);
             if let Some(m) = self.members.get_mut(space as usize) {
@@ -389,6 +400,9 @@ impl<'s> Precopy<'s> {
         let store = self.store;
         let mut writer =
             store.begin_set(&self.job, SetKind::Dump, self.parent.as_deref(), self.level)?;
+        if let Some(k) = &self.costs {
+            writer.know_costs(k.clone());
+        }
         let (out, frozen) = super::dump_planned(self.pid, opts, &mut writer, Some(&mut self))?;
         let to_kill = frozen.is_some() && !opts.lazy;
         if !to_kill {
