@@ -106,7 +106,7 @@ impl SetMeta {
 /// Encodes the page table as runs of contiguous pages (see the module doc).
 pub fn encode_table(table: &PageTable) -> Vec<u8> {
     let mut out = Vec::with_capacity(table.len() * 17 + 64);
-    let entries: Vec<(u64, PageRef)> = table.iter().collect();
+    let entries = table.entries();
     let mut i = 0;
     while i < entries.len() {
         let start = entries[i].0;
@@ -296,11 +296,22 @@ fn section<'a>(
     Ok(s)
 }
 
+/// Largest section decompressed in one buffer sized from its frame header; a larger (or
+/// unsized) one is streamed.
+const SIZED_UP_TO: u64 = 1 << 30;
+
 fn decompress(s: &[u8], name: &'static str) -> Result<Vec<u8>, EncodeError> {
-    zstd::stream::decode_all(s).map_err(|source| EncodeError::Decompress {
+    let err = |source| EncodeError::Decompress {
         section: name,
         source,
-    })
+    };
+    // Written by `zstd::bulk::compress`, which records the size: one buffer of that size,
+    // filled once (a streamed decode grows its buffer by copies, fresh memory each time,
+    // inside a migration's pause).
+    match zstd::zstd_safe::get_frame_content_size(s) {
+        Ok(Some(n)) if n <= SIZED_UP_TO => zstd::bulk::decompress(s, n as usize).map_err(err),
+        _ => zstd::stream::decode_all(s).map_err(err),
+    }
 }
 
 /// Decodes the meta section only. `b` must hold at least the header and the meta section.

@@ -245,6 +245,10 @@ impl PageTable {
     pub fn remove(&mut self, addr: u64) -> Option<PageRef> {
         self.find(addr).ok().map(|i| self.entries.remove(i).1)
     }
+    /// Every entry in address order, as a slice.
+    pub fn entries(&self) -> &[(u64, PageRef)] {
+        &self.entries
+    }
     /// Every entry in address order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, PageRef)> + '_ {
         self.entries.iter().copied()
@@ -280,6 +284,10 @@ impl FromIterator<(u64, PageRef)> for PageTable {
     /// wins (as with repeated [`PageTable::insert`]). Much faster than inserting one by one.
     fn from_iter<I: IntoIterator<Item = (u64, PageRef)>>(iter: I) -> Self {
         let mut v: Vec<(u64, PageRef)> = iter.into_iter().collect();
+        // A decoded table is in order already: nothing to sort or drop (no pass over it).
+        if v.windows(2).all(|w| w[0].0 < w[1].0) {
+            return PageTable { entries: v };
+        }
         // Stable: equal addresses keep their order. Already sorted runs (a decoded table, a
         // final dump's pages then its carried references) are merged, not sorted again.
         v.sort_by_key(|(a, _)| *a);
