@@ -279,6 +279,42 @@ impl PageTable {
     }
 }
 
+impl PageTable {
+    /// The table of the entries of `first` then those of `then` (for an address given twice,
+    /// the later entry wins, as with [`FromIterator`]). Two lists each in strictly increasing
+    /// address order, as a set writer's pages and references are, are merged in one pass
+    /// into a table of their size; others are sorted.
+    pub fn merged(first: Vec<(u64, PageRef)>, then: Vec<(u64, PageRef)>) -> PageTable {
+        let increasing = |v: &[(u64, PageRef)]| v.windows(2).all(|w| w[0].0 < w[1].0);
+        if !increasing(&first) || !increasing(&then) {
+            return first.into_iter().chain(then).collect();
+        }
+        if first.is_empty() {
+            return PageTable { entries: then };
+        }
+        if then.is_empty() {
+            return PageTable { entries: first };
+        }
+        let mut out = Vec::with_capacity(first.len() + then.len());
+        let (mut i, mut j) = (0, 0);
+        while i < first.len() && j < then.len() {
+            let (x, y) = (first[i], then[j]);
+            if x.0 < y.0 {
+                out.push(x);
+                i += 1;
+            } else {
+                // The later list's entry, and the earlier one's for the same address goes.
+                out.push(y);
+                i += usize::from(x.0 == y.0);
+                j += 1;
+            }
+        }
+        out.extend_from_slice(&first[i..]);
+        out.extend_from_slice(&then[j..]);
+        PageTable { entries: out }
+    }
+}
+
 impl FromIterator<(u64, PageRef)> for PageTable {
     /// Builds a table from entries in any order; for an address given twice, the later entry
     /// wins (as with repeated [`PageTable::insert`]). Much faster than inserting one by one.
@@ -957,6 +993,29 @@ fn is_zero(v: &u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_tables_are_the_tables_built_from_both_lists_in_turn() {
+        let id = |n: u8| PageRef::Stored(PageId([n; 16]));
+        let p = |a: u64, n: u8| (a * 0x1000, id(n));
+        // In order, with an address in both (the second list's entry wins), runs of each
+        // and a tail of one; then the same out of order, and empty lists.
+        let cases = [
+            (
+                vec![p(1, 1), p(2, 2), p(5, 5), p(9, 9)],
+                vec![p(2, 20), p(3, 30), p(4, 40), p(6, 60)],
+            ),
+            (vec![p(5, 5), p(1, 1)], vec![p(1, 10), p(7, 70)]),
+            (vec![], vec![p(3, 3)]),
+            (vec![p(3, 3)], vec![]),
+        ];
+        for (a, b) in cases {
+            let built: PageTable = a.iter().chain(&b).copied().collect();
+            assert_eq!(PageTable::merged(a.clone(), b.clone()), built, "{a:?} + {b:?}");
+        }
+        let m = PageTable::merged(vec![p(1, 1), p(2, 2)], vec![p(2, 20)]);
+        assert_eq!(m.entries(), &[p(1, 1), p(2, 20)]);
+    }
 
     #[test]
     fn a_table_built_from_entries_keeps_the_later_entry_of_an_address() {

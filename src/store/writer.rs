@@ -515,8 +515,12 @@ impl Drop for SetWriter<'_> {
 struct Worker {
     level: Option<i32>,
     frame_pages: usize,
-    /// Page-table entries in arrival order (a later one for the same address wins).
+    /// Page-table entries of the pages, in arrival order (a later one for the same address
+    /// wins).
     table: Vec<(u64, PageRef)>,
+    /// The references, kept apart: a final dump's are most of its table, and both come in
+    /// address order, so the table is one merge of the two (see [`PageTable::merged`]).
+    refs: Vec<(u64, PageRef)>,
     new: IdMap<u64>,
     /// New pages waiting for their frame: [0] pages worth compressing, [1] pages that look
     /// incompressible (stored raw, so a fault reads just the page and no CPU is spent on them).
@@ -554,6 +558,7 @@ impl Worker {
             level,
             frame_pages,
             table: Vec::new(),
+            refs: Vec::new(),
             new: IdMap::default(),
             streams: Default::default(),
             appender: Some(AppenderHandle { tx, thread }),
@@ -584,7 +589,11 @@ impl Worker {
             match rx.recv() {
                 Ok(Msg::Pages(addrs, data)) => self.pages(&addrs, data)?,
                 Ok(Msg::Refs(refs)) => {
-                    self.table.extend(refs);
+                    if self.refs.is_empty() {
+                        self.refs = refs;
+                    } else {
+                        self.refs.extend(refs);
+                    }
                 }
                 Ok(Msg::Finish) => {
                     self.flush_frames()?;
@@ -594,7 +603,10 @@ impl Worker {
                         joined(a.thread.join(), "pack appender")??;
                     }
                     return Ok(Output {
-                        table: std::mem::take(&mut self.table).into_iter().collect(),
+                        table: PageTable::merged(
+                            std::mem::take(&mut self.table),
+                            std::mem::take(&mut self.refs),
+                        ),
                         new: std::mem::take(&mut self.new),
                     });
                 }
