@@ -1011,7 +1011,11 @@ mod tests {
         ];
         for (a, b) in cases {
             let built: PageTable = a.iter().chain(&b).copied().collect();
-            assert_eq!(PageTable::merged(a.clone(), b.clone()), built, "{a:?} + {b:?}");
+            assert_eq!(
+                PageTable::merged(a.clone(), b.clone()),
+                built,
+                "{a:?} + {b:?}"
+            );
         }
         let m = PageTable::merged(vec![p(1, 1), p(2, 2)], vec![p(2, 20)]);
         assert_eq!(m.entries(), &[p(1, 1), p(2, 20)]);
