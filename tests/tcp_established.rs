@@ -192,9 +192,11 @@ fn both_ends_in_the_tree(fam: &str) {
         .iter()
         .map(|w| w.parse().unwrap())
         .collect();
-    let client_port = tuple[0];
+    // This connection only: another test's connection to a server on the same port may be in
+    // TIME-WAIT still.
+    let conn = || tcp_between(tuple[0], tuple[1]);
     // Both ends hold bytes: each receive queue unread, each send queue unsent.
-    let before = tcp_by_port(client_port);
+    let before = conn();
     assert_eq!(before.len(), 2, "{before:?}");
     // Unread bytes both ways, and bytes not acknowledged (the client's autotuned send buffer
     // holds megabytes never sent).
@@ -206,12 +208,12 @@ fn both_ends_in_the_tree(fam: &str) {
     let before = tuples(&before);
 
     let set = dump_kill(&mut r, &s.store(), &pids);
-    assert!(tcp_by_port(client_port).is_empty(), "closed silently");
+    assert!(conn().is_empty(), "closed silently");
     let root = restore(&s.store(), &set);
     assert_eq!(root, pids[0]);
     // The same connection, the same 4-tuple, bytes queued still (how many moved on since is
     // TCP's business: a window the restore announces again lets unsent bytes go).
-    let after = tcp_by_port(client_port);
+    let after = conn();
     assert_eq!(tuples(&after), before);
     assert!(after.iter().all(|c| c.3 > 0), "{after:?}");
     for &p in &pids {
