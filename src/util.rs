@@ -125,6 +125,33 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// The entries of `first` and `then`, each sorted by `key` with no key twice, merged in key
+/// order in one pass. For a key in both, `then`'s entry is kept (the later one wins).
+pub fn merge_sorted_by_key<T: Copy, K: Ord>(
+    first: &[T],
+    then: &[T],
+    key: impl Fn(&T) -> K,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(first.len() + then.len());
+    let (mut i, mut j) = (0, 0);
+    while i < first.len() && j < then.len() {
+        match key(&first[i]).cmp(&key(&then[j])) {
+            std::cmp::Ordering::Less => {
+                out.push(first[i]);
+                i += 1;
+            }
+            o => {
+                out.push(then[j]);
+                i += usize::from(o == std::cmp::Ordering::Equal);
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&first[i..]);
+    out.extend_from_slice(&then[j..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -285,7 +285,6 @@ impl PageTable {
     /// address order, as a set writer's pages and references are, are merged in one pass
     /// into a table of their size; others are sorted.
     pub fn merged(first: Vec<(u64, PageRef)>, then: Vec<(u64, PageRef)>) -> PageTable {
-        let increasing = |v: &[(u64, PageRef)]| v.windows(2).all(|w| w[0].0 < w[1].0);
         if !increasing(&first) || !increasing(&then) {
             return first.into_iter().chain(then).collect();
         }
@@ -295,24 +294,15 @@ impl PageTable {
         if then.is_empty() {
             return PageTable { entries: first };
         }
-        let mut out = Vec::with_capacity(first.len() + then.len());
-        let (mut i, mut j) = (0, 0);
-        while i < first.len() && j < then.len() {
-            let (x, y) = (first[i], then[j]);
-            if x.0 < y.0 {
-                out.push(x);
-                i += 1;
-            } else {
-                // The later list's entry, and the earlier one's for the same address goes.
-                out.push(y);
-                i += usize::from(x.0 == y.0);
-                j += 1;
-            }
+        PageTable {
+            entries: crate::util::merge_sorted_by_key(&first, &then, |(a, _)| *a),
         }
-        out.extend_from_slice(&first[i..]);
-        out.extend_from_slice(&then[j..]);
-        PageTable { entries: out }
     }
+}
+
+/// Whether the addresses of `v` strictly increase (a table's order, no address twice).
+fn increasing(v: &[(u64, PageRef)]) -> bool {
+    v.windows(2).all(|w| w[0].0 < w[1].0)
 }
 
 impl FromIterator<(u64, PageRef)> for PageTable {
@@ -321,7 +311,7 @@ impl FromIterator<(u64, PageRef)> for PageTable {
     fn from_iter<I: IntoIterator<Item = (u64, PageRef)>>(iter: I) -> Self {
         let mut v: Vec<(u64, PageRef)> = iter.into_iter().collect();
         // A decoded table is in order already: nothing to sort or drop (no pass over it).
-        if v.windows(2).all(|w| w[0].0 < w[1].0) {
+        if increasing(&v) {
             return PageTable { entries: v };
         }
         // Stable: equal addresses keep their order. Already sorted runs (a decoded table, a

@@ -359,29 +359,11 @@ pub struct PageCosts(pub(super) Vec<(PageId, u64)>);
 impl PageCosts {
     /// The pages of both, once each (by id).
     pub fn merged(&self, other: &PageCosts) -> PageCosts {
-        let (a, b) = (&self.0, &other.0);
-        let mut out = Vec::with_capacity(a.len() + b.len());
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() && j < b.len() {
-            match a[i].0.cmp(&b[j].0) {
-                std::cmp::Ordering::Less => {
-                    out.push(a[i]);
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(b[j]);
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    out.push(b[j]);
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        out.extend_from_slice(&a[i..]);
-        out.extend_from_slice(&b[j..]);
-        PageCosts(out)
+        PageCosts(crate::util::merge_sorted_by_key(
+            &self.0,
+            &other.0,
+            |(id, _)| *id,
+        ))
     }
 
     pub fn len(&self) -> usize {
