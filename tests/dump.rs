@@ -579,7 +579,7 @@ struct KillingSink {
 }
 
 impl haul::dump::PageSink for KillingSink {
-    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
+    fn add_pages(&mut self, addrs: &[u64], data: haul::sys::mem::PageBuf) -> Result<(), DumpError> {
         if self.inner.pages.is_empty() {
             common::send_signal(self.pid, "KILL");
         }
@@ -617,7 +617,7 @@ struct CountingSink {
 }
 
 impl haul::dump::PageSink for CountingSink {
-    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
+    fn add_pages(&mut self, addrs: &[u64], data: haul::sys::mem::PageBuf) -> Result<(), DumpError> {
         assert_eq!(data.len(), addrs.len() * PAGE_SIZE);
         self.pages += addrs.len() as u64;
         Ok(())

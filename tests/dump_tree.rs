@@ -598,7 +598,11 @@ struct KillOnFirstPages {
 }
 
 impl haul::dump::PageSink for KillOnFirstPages {
-    fn add_pages(&mut self, _: &[u64], _: Vec<u8>) -> Result<(), haul::dump::DumpError> {
+    fn add_pages(
+        &mut self,
+        _: &[u64],
+        _: haul::sys::mem::PageBuf,
+    ) -> Result<(), haul::dump::DumpError> {
         if !self.done {
             self.done = true;
             common::send_signal(self.victim, "KILL");

@@ -6,6 +6,7 @@ mod common;
 
 use haul::image::{ImageSet, PageId, PageRef, ProcessImage, SetKind, PAGE_SIZE};
 use haul::store::{Store, StoreError};
+use haul::sys::mem::PageBuf;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -54,7 +55,7 @@ fn add_range(w: &mut haul::store::SetWriter<'_>, r: std::ops::Range<u64>, seed: 
         for i in chunk {
             data.extend_from_slice(&page(*i, seed));
         }
-        w.add_pages(&addrs, data).unwrap();
+        w.add_pages(&addrs, PageBuf::copy_of(&data)).unwrap();
     }
 }
 
@@ -230,7 +231,8 @@ fn store_dedups_pages_repeated_within_one_batch() {
         .unwrap();
     let p = page(2, 9);
     let addrs: Vec<u64> = (0..50).map(|i| BASE + i * PS as u64).collect();
-    w.add_pages(&addrs, p.repeat(50)).unwrap();
+    w.add_pages(&addrs, PageBuf::copy_of(&p.repeat(50)))
+        .unwrap();
     let s = w.commit(None).unwrap();
     assert_eq!(s.figures.pages_new, 1);
     assert_eq!(s.figures.pages, 50);
@@ -696,7 +698,7 @@ fn store_full_disk_gives_clear_error_and_stays_consistent() {
         for i in 0..128 {
             data.extend_from_slice(&page((chunk * 128 + i) * 3 + 2, 99));
         }
-        if let Err(e) = w.add_pages(&addrs, data) {
+        if let Err(e) = w.add_pages(&addrs, PageBuf::copy_of(&data)) {
             err = Some(e);
             break;
         }
@@ -863,7 +865,7 @@ fn store_rejects_bad_job_names_and_batch_shapes() {
     }
     let mut w = store.begin_set("ok", SetKind::PreDump, None, None).unwrap();
     assert!(matches!(
-        w.add_pages(&[BASE, BASE + 4096], vec![0; 4096]),
+        w.add_pages(&[BASE, BASE + 4096], PageBuf::copy_of(&[0; 4096])),
         Err(StoreError::BatchShape { .. })
     ));
     assert!(matches!(
@@ -897,10 +899,14 @@ fn set_writer_later_entry_for_an_address_wins() {
     let mut w = store
         .begin_set("later", SetKind::Dump, None, Some(1))
         .unwrap();
-    w.add_pages(&[BASE, BASE + PS as u64], [page(1, 0), page(2, 0)].concat())
-        .unwrap();
+    w.add_pages(
+        &[BASE, BASE + PS as u64],
+        PageBuf::copy_of(&[page(1, 0), page(2, 0)].concat()),
+    )
+    .unwrap();
     w.add_ref(BASE, PageRef::Zero);
-    w.add_pages(&[BASE + PS as u64], page(4, 0)).unwrap();
+    w.add_pages(&[BASE + PS as u64], PageBuf::copy_of(&page(4, 0)))
+        .unwrap();
     let s = w.commit(None).unwrap();
     assert_eq!(s.pages.get(BASE), Some(PageRef::Zero));
     assert_eq!(

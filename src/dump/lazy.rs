@@ -22,7 +22,7 @@ use super::memory::{read_runs, Run};
 use super::{DumpError, DumpOptions, PageSink, StoredDump};
 use crate::image::{is_zero_page, PageId, PageRef, SetKind, Vma, VmaKind, PAGE_SIZE};
 use crate::store::Store;
-use crate::sys::mem::ProcMem;
+use crate::sys::mem::{PageBuf, ProcMem};
 
 /// The VMAs whose pages a lazy dump leaves in the source: the private anonymous ones, as
 /// `restore::lazy_ranges` (the restore's side of the same rule) chooses them.
@@ -78,11 +78,11 @@ impl<'a> LazySplit<'a> {
 }
 
 impl PageSink for LazySplit<'_> {
-    fn buffer(&mut self, len: usize) -> Vec<u8> {
+    fn buffer(&mut self, len: usize) -> PageBuf {
         self.inner.buffer(len)
     }
 
-    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
+    fn add_pages(&mut self, addrs: &[u64], data: PageBuf) -> Result<(), DumpError> {
         if self.ranges.is_empty() {
             return self.inner.add_pages(addrs, data);
         }
@@ -111,7 +111,7 @@ impl PageSink for LazySplit<'_> {
             })
             .collect();
         let mut keep_addrs = Vec::new();
-        let mut keep = Vec::new();
+        let mut keep = PageBuf::default();
         for (i, (&a, r)) in addrs.iter().zip(refs).enumerate() {
             match r {
                 Some(r) => {

@@ -4,7 +4,7 @@
 
 use super::{DumpError, DumpStats, PageSink};
 use crate::image::{is_zero_page, Vma, VmaKind, PAGE_SIZE};
-use crate::sys::mem::{process_vm_read, AlignedBuf, ProcMem, RemoteRange};
+use crate::sys::mem::{process_vm_read, AlignedBuf, PageBuf, ProcMem, RemoteRange};
 use crate::sys::pagemap::{
     PageRegion, Pagemap, ScanQuery, PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
 };
@@ -387,7 +387,7 @@ impl Copier {
 /// Hands `addrs` (with their `data`, of a chunk of `pages` pages) to the sink during the freeze.
 fn to_sink(
     addrs: Vec<u64>,
-    data: Vec<u8>,
+    data: PageBuf,
     pages: usize,
     sink: &mut dyn PageSink,
     stats: &mut DumpStats,
@@ -406,9 +406,9 @@ fn to_sink(
 }
 
 /// The pages of `addrs` (and `data`, a page each) whose `ok` is true.
-fn present_only(addrs: &[u64], data: &[u8], ok: &[bool]) -> (Vec<u64>, Vec<u8>) {
+fn present_only(addrs: &[u64], data: &[u8], ok: &[bool]) -> (Vec<u64>, PageBuf) {
     let mut a = Vec::with_capacity(addrs.len());
-    let mut d = Vec::with_capacity(data.len());
+    let mut d = PageBuf::with_capacity(data.len());
     for ((addr, page), ok) in addrs.iter().zip(data.chunks_exact(PAGE_SIZE)).zip(ok) {
         if *ok {
             a.push(*addr);

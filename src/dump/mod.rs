@@ -32,6 +32,7 @@ pub use check::{precheck, socket_kind, CheckPolicy};
 
 use crate::image::ProcessImage;
 use crate::proc::ProcError;
+use crate::sys::mem::PageBuf;
 use crate::sys::SysError;
 use std::fmt;
 use std::time::Instant;
@@ -148,13 +149,13 @@ impl DumpError {
 /// Receives the pages copied from the target.
 pub trait PageSink {
     /// Pages copied from the target; `addrs[i]` is the address of page i of `data`.
-    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError>;
+    fn add_pages(&mut self, addrs: &[u64], data: PageBuf) -> Result<(), DumpError>;
 
     /// A buffer of `len` bytes (content unspecified) for the next `add_pages`: a sink that
     /// gives its batches back once done with them recycles one, so that the copy writes into
     /// memory already faulted in rather than a fresh allocation it then copies over.
-    fn buffer(&mut self, len: usize) -> Vec<u8> {
-        vec![0; len]
+    fn buffer(&mut self, len: usize) -> PageBuf {
+        PageBuf::zeroed(len)
     }
 
     /// A page carried without data from an earlier pre-dump (its content is already stored).
@@ -177,7 +178,7 @@ pub struct VecSink {
 }
 
 impl PageSink for VecSink {
-    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
+    fn add_pages(&mut self, addrs: &[u64], data: PageBuf) -> Result<(), DumpError> {
         for (i, a) in addrs.iter().enumerate() {
             let page = data
                 .get(i * crate::image::PAGE_SIZE..(i + 1) * crate::image::PAGE_SIZE)

@@ -6,13 +6,14 @@ use std::time::Instant;
 use super::{DumpError, DumpOptions, DumpStats, PageSink};
 use crate::image::{ImageSet, SetKind};
 use crate::store::{SetWriter, Store};
+use crate::sys::mem::PageBuf;
 
 impl PageSink for SetWriter<'_> {
-    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
+    fn add_pages(&mut self, addrs: &[u64], data: PageBuf) -> Result<(), DumpError> {
         SetWriter::add_pages(self, addrs, data).map_err(|e| DumpError::Sink(Box::new(e)))
     }
 
-    fn buffer(&mut self, len: usize) -> Vec<u8> {
+    fn buffer(&mut self, len: usize) -> PageBuf {
         SetWriter::buffer_of_len(self, len)
     }
 

@@ -445,7 +445,11 @@ pub(crate) struct SpaceSink<'a> {
 }
 
 impl super::PageSink for SpaceSink<'_> {
-    fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), DumpError> {
+    fn add_pages(
+        &mut self,
+        addrs: &[u64],
+        data: crate::sys::mem::PageBuf,
+    ) -> Result<(), DumpError> {
         if self.space == 0 {
             return self.inner.add_pages(addrs, data);
         }
@@ -457,7 +461,7 @@ impl super::PageSink for SpaceSink<'_> {
         self.inner.add_pages(&keys, data)
     }
 
-    fn buffer(&mut self, len: usize) -> Vec<u8> {
+    fn buffer(&mut self, len: usize) -> crate::sys::mem::PageBuf {
         self.inner.buffer(len)
     }
 
@@ -472,6 +476,7 @@ mod tests {
     use super::*;
     use crate::dump::{PageSink, VecSink};
     use crate::image::{split_key, PageRef};
+    use crate::sys::mem::PageBuf;
 
     #[test]
     fn a_space_sink_puts_addresses_in_its_page_space_and_space_0_keeps_them() {
@@ -481,15 +486,19 @@ mod tests {
                 inner: &mut inner,
                 space: 0,
             };
-            s.add_pages(&[0x1000], vec![1; PAGE_SIZE]).unwrap();
+            s.add_pages(&[0x1000], PageBuf::copy_of(&[1; PAGE_SIZE]))
+                .unwrap();
         }
         {
             let mut s = SpaceSink {
                 inner: &mut inner,
                 space: 3,
             };
-            s.add_pages(&[0x1000, 0x7fff_f000], vec![2; 2 * PAGE_SIZE])
-                .unwrap();
+            s.add_pages(
+                &[0x1000, 0x7fff_f000],
+                PageBuf::copy_of(&[2; 2 * PAGE_SIZE]),
+            )
+            .unwrap();
             s.add_ref(0x2000, PageRef::Zero).unwrap();
         }
         let keys: Vec<u64> = inner.pages.iter().map(|(k, _)| *k).collect();

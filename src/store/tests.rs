@@ -7,6 +7,7 @@ use super::maint::{dir_bytes, gc_plan, live_pages};
 use super::pack::PackWriter;
 use super::Store;
 use crate::image::{PageId, SetKind, PAGE_SIZE};
+use crate::sys::mem::PageBuf;
 use std::path::Path;
 
 /// A page whose bytes are `n` repeated (not a zero page).
@@ -159,7 +160,7 @@ fn index_records_a_packs_dir_it_cannot_list_and_indexes_the_others() {
 /// Commits a one-page set of job `t` and returns its id and the page.
 fn one_page_set(s: &Store, n: u8) -> (String, PageId) {
     let mut w = s.begin_set("t", SetKind::Dump, None, None).unwrap();
-    w.add_pages(&[0x1000], page(n)).unwrap();
+    w.add_pages(&[0x1000], PageBuf::copy_of(&page(n))).unwrap();
     let set = w.commit(None).unwrap();
     (set.id, PageId::of(&page(n)))
 }
@@ -342,7 +343,7 @@ fn set_of(s: &Store, job: &str, ns: &[u8]) -> String {
     let mut w = s.begin_set(job, SetKind::Dump, None, None).unwrap();
     let addrs: Vec<u64> = (0..ns.len() as u64).map(|i| 0x10000 + i * 0x1000).collect();
     let data: Vec<u8> = ns.iter().flat_map(|n| page(*n)).collect();
-    w.add_pages(&addrs, data).unwrap();
+    w.add_pages(&addrs, PageBuf::copy_of(&data)).unwrap();
     w.commit(None).unwrap().id
 }
 
@@ -391,7 +392,7 @@ fn a_sets_figures_count_each_distinct_page_once_and_name_a_reference_the_store_l
     let mut w = s.begin_set("f", SetKind::Dump, None, None).unwrap();
     let addrs = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000];
     let data: Vec<u8> = [3, 3, 3, 1, 0].iter().flat_map(|n| page(*n)).collect();
-    w.add_pages(&addrs, data).unwrap();
+    w.add_pages(&addrs, PageBuf::copy_of(&data)).unwrap();
     for (k, (_, r)) in first.pages.iter().enumerate() {
         w.add_ref(0x9000 + k as u64 * 0x1000, r);
     }
@@ -406,7 +407,7 @@ fn a_sets_figures_count_each_distinct_page_once_and_name_a_reference_the_store_l
 
     // A reference to a page no pack holds is refused, naming its address.
     let mut w = s.begin_set("f", SetKind::Dump, None, None).unwrap();
-    w.add_pages(&[0x1000], page(1)).unwrap();
+    w.add_pages(&[0x1000], PageBuf::copy_of(&page(1))).unwrap();
     let missing = PageId::of(&page(42));
     w.add_ref(0x7000, crate::image::PageRef::Stored(missing));
     match w.commit(None) {
@@ -434,7 +435,8 @@ fn a_chains_figures_from_the_known_costs_are_the_index_ones() {
     let s = Store::open_or_create(d.path()).unwrap();
     let addrs = |from: u64, n: usize| (0..n as u64).map(|k| from + k * 0x1000).collect::<Vec<_>>();
     let mut w = s.begin_set("c", SetKind::PreDump, None, Some(3)).unwrap();
-    w.add_pages(&addrs(0x10_0000, 40), pages_of(1, 40)).unwrap();
+    w.add_pages(&addrs(0x10_0000, 40), PageBuf::copy_of(&pages_of(1, 40)))
+        .unwrap();
     let (first, costs) = w.commit_costed(None).unwrap();
     assert_eq!(costs.len(), 40);
     assert!(
@@ -457,7 +459,8 @@ fn a_chains_figures_from_the_known_costs_are_the_index_ones() {
         }
         let mut data = pages_of(2, 9);
         data.extend_from_slice(&pages_of(1, 1));
-        w.add_pages(&addrs(0x20_0000, 10), data).unwrap();
+        w.add_pages(&addrs(0x20_0000, 10), PageBuf::copy_of(&data))
+            .unwrap();
         for (a, r) in first.pages.iter() {
             w.add_ref(a, r);
         }

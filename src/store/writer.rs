@@ -15,6 +15,7 @@ use crate::image::{
     HASH_LANES, PAGE_SIZE,
 };
 use crate::sys::file::FileLock;
+use crate::sys::mem::PageBuf;
 use rayon::prelude::*;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -25,7 +26,7 @@ use std::thread::JoinHandle;
 const QUEUE: usize = 4;
 
 enum Msg {
-    Pages(Vec<u64>, Vec<u8>),
+    Pages(Vec<u64>, PageBuf),
     Refs(Vec<(u64, PageRef)>),
     Finish,
 }
@@ -61,7 +62,7 @@ pub struct SetWriter<'a> {
 
 /// Batch buffers the worker is done with, for the caller to fill again (no fresh memory to
 /// fault in for every batch).
-type Pool = Arc<Mutex<Vec<Vec<u8>>>>;
+type Pool = Arc<Mutex<Vec<PageBuf>>>;
 
 fn set_id(job: &str, created_us: u64) -> String {
     let t = crate::util::rfc3339_us(created_us);
@@ -141,7 +142,7 @@ impl<'a> SetWriter<'a> {
 
     /// An empty buffer for the next batch, recycled from an earlier `add_pages` when one is
     /// free (its capacity is kept): filling it does not fault in fresh memory.
-    pub fn buffer(&mut self) -> Vec<u8> {
+    pub fn buffer(&mut self) -> PageBuf {
         let mut b = self.recycled().unwrap_or_default();
         b.clear();
         b
@@ -149,13 +150,13 @@ impl<'a> SetWriter<'a> {
 
     /// A buffer of exactly `len` bytes whose content is left over from an earlier batch (a
     /// recycled one is as long as a copy chunk already: no pass over it to zero it).
-    pub fn buffer_of_len(&mut self, len: usize) -> Vec<u8> {
+    pub fn buffer_of_len(&mut self, len: usize) -> PageBuf {
         let mut b = self.recycled().unwrap_or_default();
-        b.resize(len, 0);
+        b.resize(len);
         b
     }
 
-    fn recycled(&self) -> Option<Vec<u8>> {
+    fn recycled(&self) -> Option<PageBuf> {
         self.pool.lock().ok().and_then(|mut p| p.pop())
     }
 
@@ -193,7 +194,7 @@ impl<'a> SetWriter<'a> {
     /// (`data.len() == addrs.len() * 4096`). Returns once the batch is queued; the work on it
     /// overlaps with the caller copying the next one. A later entry for the same address
     /// replaces an earlier one.
-    pub fn add_pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), StoreError> {
+    pub fn add_pages(&mut self, addrs: &[u64], data: PageBuf) -> Result<(), StoreError> {
         if data.len() != addrs.len() * PAGE_SIZE {
             return Err(StoreError::BatchShape {
                 addrs: addrs.len(),
@@ -598,7 +599,7 @@ impl Worker {
         }
     }
 
-    fn pages(&mut self, addrs: &[u64], data: Vec<u8>) -> Result<(), StoreError> {
+    fn pages(&mut self, addrs: &[u64], data: PageBuf) -> Result<(), StoreError> {
         let sort = self.level.is_some();
         // Per page: `None` for a zero page, else its id and whether it looks incompressible.
         // Pages with data are hashed side by side, a group of lanes at a time.
@@ -660,7 +661,7 @@ impl Worker {
         self.send_frames(AppendMsg::Frames(frames))
     }
 
-    fn recycle(&self, data: Vec<u8>) {
+    fn recycle(&self, data: PageBuf) {
         if let Ok(mut pool) = self.pool.lock() {
             if pool.len() < QUEUE + 2 {
                 pool.push(data);

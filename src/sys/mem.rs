@@ -76,6 +76,120 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// One page of a [`PageBuf`]: 4096 bytes aligned to 4096.
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Page([u8; PAGE_SIZE]);
+
+/// A growable buffer of whole pages whose every page starts on a page boundary: what the
+/// kernel copies pages into (`process_vm_readv(2)`, `pread(2)`).
+///
+/// Heap memory from `Vec<u8>` starts 16 bytes into a page (glibc's chunk header), and the
+/// kernel's copy into a destination not aligned to 32 bytes is ~2.7× slower on this
+/// machine's CPUs (1 GiB read by `process_vm_readv` into recycled 4 MiB buffers: 540 ms
+/// unaligned, 200 ms aligned). Like a `Vec`, it keeps its capacity when cleared, and its
+/// allocation failures abort.
+#[derive(Clone, Default)]
+pub struct PageBuf {
+    pages: Vec<Page>,
+}
+
+impl PageBuf {
+    /// An empty buffer with room for `bytes` (rounded up to whole pages).
+    pub fn with_capacity(bytes: usize) -> PageBuf {
+        PageBuf {
+            pages: Vec::with_capacity(bytes.div_ceil(PAGE_SIZE)),
+        }
+    }
+
+    /// `bytes` (rounded up to whole pages) of zeros.
+    pub fn zeroed(bytes: usize) -> PageBuf {
+        let mut b = PageBuf::with_capacity(bytes);
+        b.resize(bytes);
+        b
+    }
+
+    /// A copy of `bytes` (whole pages: see [`PageBuf::extend_from_slice`]).
+    pub fn copy_of(bytes: &[u8]) -> PageBuf {
+        let mut b = PageBuf::with_capacity(bytes.len());
+        b.extend_from_slice(bytes);
+        b
+    }
+
+    /// Length in bytes (a multiple of 4096).
+    pub fn len(&self) -> usize {
+        self.pages.len() * PAGE_SIZE
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// Room in bytes without a new allocation.
+    pub fn capacity(&self) -> usize {
+        self.pages.capacity() * PAGE_SIZE
+    }
+
+    /// Empties it, keeping its capacity.
+    pub fn clear(&mut self) {
+        self.pages.clear();
+    }
+
+    /// Makes it `bytes` long (rounded up to whole pages). Pages it already held keep their
+    /// content, whatever it was; new pages are zero.
+    pub fn resize(&mut self, bytes: usize) {
+        self.pages
+            .resize(bytes.div_ceil(PAGE_SIZE), Page([0; PAGE_SIZE]));
+    }
+
+    /// Appends `bytes`.
+    ///
+    /// # Panics
+    /// When `bytes` is not whole pages: a caller's bug, as an index out of bounds is.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        assert!(
+            bytes.len() % PAGE_SIZE == 0,
+            "PageBuf holds whole pages, not {} bytes",
+            bytes.len()
+        );
+        let at = self.len();
+        self.resize(at + bytes.len());
+        self.as_mut_slice()[at..].copy_from_slice(bytes);
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `Page` is `repr(C)` around `[u8; 4096]` (size 4096, no padding), so the
+        // vector's initialised elements are `len()` initialised bytes at its pointer, which
+        // lives as long as `&self`.
+        unsafe { std::slice::from_raw_parts(self.pages.as_ptr().cast::<u8>(), self.len()) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`; `&mut self` makes the access exclusive, and any byte
+        // pattern is a valid `Page`.
+        unsafe { std::slice::from_raw_parts_mut(self.pages.as_mut_ptr().cast::<u8>(), self.len()) }
+    }
+}
+
+impl std::ops::Deref for PageBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::ops::DerefMut for PageBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
+impl std::fmt::Debug for PageBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageBuf").field("len", &self.len()).finish()
+    }
+}
+
 /// One range of the remote address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RemoteRange {
@@ -261,5 +375,58 @@ impl ProcMem {
                 e,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PageBuf, PAGE_SIZE};
+
+    fn aligned(b: &PageBuf) -> bool {
+        b.as_ptr() as usize % PAGE_SIZE == 0
+    }
+
+    #[test]
+    fn a_page_buffer_starts_on_a_page_however_it_grew() {
+        let mut b = PageBuf::default();
+        for i in 0..40u8 {
+            b.extend_from_slice(&[i; PAGE_SIZE]);
+            assert!(aligned(&b), "after {} pages", i + 1);
+        }
+        assert_eq!(b.len(), 40 * PAGE_SIZE);
+        for (i, page) in b.chunks(PAGE_SIZE).enumerate() {
+            assert!(page.iter().all(|&x| x == i as u8), "page {i}");
+        }
+        assert!(aligned(&PageBuf::zeroed(3 * PAGE_SIZE)));
+        assert!(aligned(&PageBuf::copy_of(&[7; PAGE_SIZE])));
+    }
+
+    #[test]
+    fn resize_keeps_the_pages_it_had_zeroes_new_ones_and_rounds_up() {
+        let mut b = PageBuf::copy_of(&[5; 2 * PAGE_SIZE]);
+        b.resize(PAGE_SIZE + 1);
+        assert_eq!(b.len(), 2 * PAGE_SIZE);
+        b.resize(PAGE_SIZE);
+        b.resize(3 * PAGE_SIZE);
+        assert!(b[..PAGE_SIZE].iter().all(|&x| x == 5));
+        // The second page was dropped by the shrink, so it is zero again, as is the third.
+        assert!(b[PAGE_SIZE..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn clear_keeps_the_capacity() {
+        let mut b = PageBuf::zeroed(8 * PAGE_SIZE);
+        let cap = b.capacity();
+        let ptr = b.as_ptr();
+        b.clear();
+        assert!(b.is_empty());
+        b.resize(8 * PAGE_SIZE);
+        assert_eq!((b.capacity(), b.as_ptr()), (cap, ptr));
+    }
+
+    #[test]
+    #[should_panic(expected = "whole pages")]
+    fn a_part_of_a_page_is_refused() {
+        PageBuf::default().extend_from_slice(&[1; 100]);
     }
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 use super::{Client, XferError};
 use crate::image::{ImageSet, PageId, PageRef, PAGE_SIZE};
 use crate::store::Store;
+use crate::sys::mem::PageBuf;
 
 /// Pages fetched from the source at a time.
 const BATCH: usize = 256;
 
 /// Appends the content of each `(addr, id)` page to the buffer, each checked against its id.
-pub type FetchPages<'a> = dyn FnMut(&[(u64, PageId)], &mut Vec<u8>) -> Result<(), XferError> + 'a;
+pub type FetchPages<'a> = dyn FnMut(&[(u64, PageId)], &mut PageBuf) -> Result<(), XferError> + 'a;
 
 /// What a sync did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -127,7 +128,7 @@ pub fn push(
     let set = src
         .load_set(id)
         .map_err(store_err(format!("reading set {id}")))?;
-    let mut fetch = |pages: &[(u64, PageId)], out: &mut Vec<u8>| -> Result<(), XferError> {
+    let mut fetch = |pages: &[(u64, PageId)], out: &mut PageBuf| -> Result<(), XferError> {
         for (addr, pid) in pages {
             let p = src
                 .read_page_at(pid, id, *addr)
@@ -160,7 +161,12 @@ pub fn pull(
         });
     }
     let dest = Store::open_or_create(dest)?;
-    let mut fetch = |pages: &[(u64, PageId)], out: &mut Vec<u8>| c.pages(id, pages, out);
+    let mut fetch = |pages: &[(u64, PageId)], out: &mut PageBuf| {
+        let mut got = Vec::with_capacity(pages.len() * PAGE_SIZE);
+        c.pages(id, pages, &mut got)?;
+        out.extend_from_slice(&got);
+        Ok(())
+    };
     let mut rep = copy_set(&set, &dest, level, &mut fetch)?;
     rep.bytes_network = c.bytes;
     Ok(rep)

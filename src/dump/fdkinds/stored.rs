@@ -16,6 +16,7 @@ use crate::image::stored::{
 use crate::image::{page_key, FdImage, FdKind, ProcessImage, VmaKind, PAGE_SIZE};
 use crate::proc;
 use crate::sys;
+use crate::sys::mem::PageBuf;
 use std::os::fd::OwnedFd;
 
 /// Pages read and handed to the sink at a time.
@@ -342,7 +343,7 @@ fn copy_file(fd: OwnedFd, obj: &StoredObject, sink: &mut dyn PageSink) -> Result
         }
     }
     for batch in pages.chunks(BATCH_PAGES as usize) {
-        let mut data = vec![0u8; batch.len() * PAGE_SIZE];
+        let mut data = PageBuf::zeroed(batch.len() * PAGE_SIZE);
         for (i, &off) in batch.iter().enumerate() {
             let buf = &mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
             let mut got = 0;

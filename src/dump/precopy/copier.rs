@@ -142,7 +142,7 @@ impl RoundCopier {
         if n == 0 {
             return Ok(0);
         }
-        let mut data = Vec::with_capacity(n * PAGE_SIZE);
+        let mut data = writer.buffer();
         let mut out_addrs = Vec::with_capacity(n);
         for (i, (&a, &s)) in addrs.iter().zip(&send).enumerate() {
             if s {

@@ -17,6 +17,7 @@ use super::{Member, Refusals};
 use crate::dump::{DumpError, PageSink};
 use crate::image::ipc::{self, IpcImage, IpcPerm, Message, MsgQueue, SemSet, ShmSegment};
 use crate::image::{ProcessImage, VmaKind, PAGE_SIZE};
+use crate::sys::mem::PageBuf;
 use crate::sys::sysvipc::{self, Perm, SHM_DEST, SHM_LOCKED};
 
 /// One attachment of a segment as the maps show it: (pid, start, end, offset, path).
@@ -313,15 +314,16 @@ fn copy_segment(id: i32, size: u64, space: u16, sink: &mut dyn PageSink) -> Resu
     let bytes = seg.bytes();
     let page = PAGE_SIZE;
     let mut addrs = Vec::new();
-    let mut data = Vec::new();
+    let mut data = PageBuf::default();
     for (i, chunk) in bytes.chunks(page).enumerate() {
         if crate::image::is_zero_page(chunk) {
             continue;
         }
         addrs.push(crate::image::page_key(space, (i * page) as u64));
-        data.extend_from_slice(chunk);
-        // The last page of a segment whose size is not a multiple of pages.
-        data.resize(addrs.len() * page, 0);
+        // The last page of a segment whose size is not a multiple of pages ends in zeros.
+        let at = data.len();
+        data.resize(addrs.len() * page);
+        data[at..at + chunk.len()].copy_from_slice(chunk);
         if data.len() >= 4 << 20 {
             sink.add_pages(&std::mem::take(&mut addrs), std::mem::take(&mut data))?;
         }
