@@ -106,14 +106,16 @@ impl Member {
             if candidates.is_empty() {
                 continue;
             }
-            let resident: Vec<Area> = memory::resident_regions(&pm, r.ident.start, r.ident.end)?
-                .into_iter()
-                .filter(|g| keep(r.pages, g.categories))
-                .map(|g| Area {
-                    start: g.start,
-                    end: g.end,
-                })
-                .collect();
+            let file = matches!(r.pages, Pages::NotFile);
+            let resident: Vec<Area> =
+                memory::resident_regions(&pm, r.ident.start, r.ident.end, file)?
+                    .into_iter()
+                    .filter(|g| keep(r.pages, g.categories))
+                    .map(|g| Area {
+                        start: g.start,
+                        end: g.end,
+                    })
+                    .collect();
             let copy = intersect(&candidates, &resident);
             let Some(known) = self.known.get_mut(&r.ident.start) else {
                 return Err(DumpError::Internal("pre-copy lost a mapping".into()));
