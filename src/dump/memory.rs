@@ -4,7 +4,7 @@
 
 use super::{DumpError, DumpStats, PageSink};
 use crate::image::{is_zero_page, Vma, VmaKind, PAGE_SIZE};
-use crate::sys::mem::{process_vm_read, AlignedBuf, PageBuf, ProcMem, RemoteRange};
+use crate::sys::mem::{process_vm_read, PageBuf, ProcMem, RemoteRange};
 use crate::sys::pagemap::{
     PageRegion, Pagemap, ScanQuery, PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
 };
@@ -18,7 +18,13 @@ const CHUNK_PAGES: usize = CHUNK / PAGE_SIZE;
 pub(crate) struct BufferPool {
     limit: u64,
     used: u64,
-    free: Vec<AlignedBuf>,
+    free: Vec<PageBuf>,
+}
+
+/// A kept buffer, written through (zeroed) so that its pages are faulted in now.
+fn kept_buffer() -> Result<PageBuf, DumpError> {
+    PageBuf::try_zeroed(CHUNK)
+        .map_err(|e| DumpError::Internal(format!("no memory for a {CHUNK} byte copy buffer: {e}")))
 }
 
 impl BufferPool {
@@ -28,7 +34,7 @@ impl BufferPool {
         let want = limit.min(estimate + CHUNK as u64) / CHUNK as u64;
         let mut free = Vec::new();
         for _ in 0..want {
-            match AlignedBuf::new(CHUNK) {
+            match kept_buffer() {
                 Ok(b) => free.push(b),
                 Err(_) => break,
             }
@@ -41,21 +47,21 @@ impl BufferPool {
     }
 
     /// A buffer to keep until the thaw, if the limit allows one more.
-    fn take_buffered(&mut self) -> Result<Option<AlignedBuf>, DumpError> {
+    fn take_buffered(&mut self) -> Result<Option<PageBuf>, DumpError> {
         if self.used + CHUNK as u64 > self.limit {
             return Ok(None);
         }
         self.used += CHUNK as u64;
         match self.free.pop() {
             Some(b) => Ok(Some(b)),
-            None => Ok(Some(AlignedBuf::new(CHUNK)?)),
+            None => Ok(Some(kept_buffer()?)),
         }
     }
 }
 
 /// Pages copied during the freeze and held until the thaw: (addresses, buffer) per chunk.
 pub(crate) struct Buffered {
-    chunks: Vec<(Vec<u64>, AlignedBuf)>,
+    chunks: Vec<(Vec<u64>, PageBuf)>,
 }
 
 /// One range to copy.
@@ -292,7 +298,7 @@ struct Copier {
 struct Pending {
     runs: Vec<Run>,
     addrs: Vec<u64>,
-    buf: AlignedBuf,
+    buf: PageBuf,
 }
 
 /// Kept chunks read at once, split over the cores: 16 chunks of 4 MiB. One thread copies
@@ -546,12 +552,9 @@ pub(crate) fn write_buffered(
     sink: &mut dyn PageSink,
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
-    for (addrs, buf) in b.chunks {
-        let len = addrs.len() * PAGE_SIZE;
-        // Into a buffer the sink recycles: memory already faulted in, not a fresh allocation.
-        let mut data = sink.buffer(len);
-        data.copy_from_slice(&buf.as_slice()[..len]);
-        drop(buf);
+    for (addrs, mut data) in b.chunks {
+        // The buffer itself goes to the sink (which may recycle it): no copy of the pages.
+        data.resize(addrs.len() * PAGE_SIZE);
         stats.pages_zero += data
             .chunks_exact(PAGE_SIZE)
             .filter(|p| is_zero_page(p))

@@ -109,6 +109,17 @@ impl PageBuf {
         b
     }
 
+    /// [`PageBuf::zeroed`], or the error when the memory cannot be had (where a failure must
+    /// be an error, not an abort: under a freeze).
+    pub fn try_zeroed(
+        bytes: usize,
+    ) -> std::result::Result<PageBuf, std::collections::TryReserveError> {
+        let mut pages = Vec::new();
+        pages.try_reserve_exact(bytes.div_ceil(PAGE_SIZE))?;
+        pages.resize(bytes.div_ceil(PAGE_SIZE), Page([0; PAGE_SIZE]));
+        Ok(PageBuf { pages })
+    }
+
     /// A copy of `bytes` (whole pages: see [`PageBuf::extend_from_slice`]).
     pub fn copy_of(bytes: &[u8]) -> PageBuf {
         let mut b = PageBuf::with_capacity(bytes.len());
