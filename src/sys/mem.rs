@@ -163,9 +163,12 @@ impl PageBuf {
             "PageBuf holds whole pages, not {} bytes",
             bytes.len()
         );
-        let at = self.len();
-        self.resize(at + bytes.len());
-        self.as_mut_slice()[at..].copy_from_slice(bytes);
+        // Each page copied once into its slot (no zeroing pass first).
+        self.pages.extend(bytes.chunks_exact(PAGE_SIZE).map(|c| {
+            let mut page = [0u8; PAGE_SIZE];
+            page.copy_from_slice(c);
+            Page(page)
+        }));
     }
 
     pub fn as_slice(&self) -> &[u8] {
