@@ -201,10 +201,19 @@ const TABLE_LEVEL: i32 = -5;
 /// Encodes a whole manifest: the metadata compressed with zstd level 3, the page table with
 /// [`TABLE_LEVEL`].
 pub fn encode_manifest(set: &ImageSet) -> Result<Vec<u8>, EncodeError> {
+    encode_manifest_with(set, compress_table(&set.pages)?)
+}
+
+/// The page table's part of a manifest: [`encode_table`], compressed at [`TABLE_LEVEL`]. A
+/// set writer works it out beside its figures, then hands it to [`encode_manifest_with`].
+pub fn compress_table(table: &PageTable) -> Result<Vec<u8>, EncodeError> {
+    zstd::bulk::compress(&encode_table(table), TABLE_LEVEL).map_err(EncodeError::Compress)
+}
+
+/// [`encode_manifest`] with `table`, the [`compress_table`] of `set.pages`.
+pub fn encode_manifest_with(set: &ImageSet, table: Vec<u8>) -> Result<Vec<u8>, EncodeError> {
     let meta_json = serde_json::to_vec(&SetMeta::of(set))?;
     let meta = zstd::bulk::compress(&meta_json, 3).map_err(EncodeError::Compress)?;
-    let table = zstd::bulk::compress(&encode_table(&set.pages), TABLE_LEVEL)
-        .map_err(EncodeError::Compress)?;
     let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + table.len());
     out.extend_from_slice(MANIFEST_MAGIC);
     // An older build reads a version-1 manifest and would silently leave out what it does

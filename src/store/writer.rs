@@ -9,7 +9,7 @@ use super::fsutil;
 use super::index::IdMap;
 use super::pack::{encode_frame, encode_frame_parts, PackWriter};
 use super::{Inner, Store, StoreError};
-use crate::image::encode::encode_manifest;
+use crate::image::encode::{compress_table, encode_manifest_with};
 use crate::image::{
     as_page, is_zero_page, ImageSet, PageId, PageRef, PageTable, ProcessImage, SetFigures, SetKind,
     HASH_LANES, PAGE_SIZE,
@@ -263,30 +263,12 @@ impl<'a> SetWriter<'a> {
         let inner = &self.store.inner;
         let known = self.known.take();
         let known = known.as_deref();
-        let (figures, costs) = {
-            let mut idx = inner
-                .index
-                .write()
-                .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
-            let mut checked_refresh = false;
-            loop {
-                match figures(&out, &idx, known, want_costs) {
-                    Ok(f) => break f,
-                    // A carried page may be in a pack another process committed after we
-                    // loaded the index: look once more before refusing.
-                    Err(e) if !checked_refresh => {
-                        checked_refresh = true;
-                        let present = match &inner.remote {
-                            Some(r) => Some(super::bucket::sync::pull_index(r, &inner.root)?),
-                            None => None,
-                        };
-                        idx.refresh_from(&inner.root, present.as_ref())?;
-                        let _ = e;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        };
+        // The table's encoding does not depend on the figures: both at once.
+        let (figured, table) = rayon::join(
+            || self.figured(&out, known, want_costs),
+            || compress_table(&out.table),
+        );
+        let (figures, costs) = figured?;
         let set = ImageSet {
             id: self.id.clone(),
             job: self.job.clone(),
@@ -299,15 +281,17 @@ impl<'a> SetWriter<'a> {
             pages: out.table,
             figures,
         };
-        let bytes = encode_manifest(&set).map_err(|source| StoreError::Manifest {
-            path: self
-                .store
-                .path()
-                .join("sets")
-                .join(&self.job)
-                .join(&self.id),
-            source,
-        })?;
+        let bytes = table
+            .and_then(|table| encode_manifest_with(&set, table))
+            .map_err(|source| StoreError::Manifest {
+                path: self
+                    .store
+                    .path()
+                    .join("sets")
+                    .join(&self.job)
+                    .join(&self.id),
+                source,
+            })?;
         // A pre-dump is locked as part of its pre-copy's chain before it is listed, so that
         // gc never takes it for one a pre-copy left (see `chains`); a dump ends the chain it
         // names. Both happen under the store lock we hold shared.
@@ -347,6 +331,38 @@ impl<'a> SetWriter<'a> {
             (Ok(()), SetKind::Dump) => {
                 inner.chain_release(parent);
                 Ok((set, costs))
+            }
+        }
+    }
+
+    /// The set's figures (and its pages' costs when `want_costs`) from the writer's output,
+    /// the index and the costs the pre-dumps made known; see [`figures`].
+    fn figured(
+        &self,
+        out: &Output,
+        known: Option<&PageCosts>,
+        want_costs: bool,
+    ) -> Result<(SetFigures, PageCosts), StoreError> {
+        let inner = &self.store.inner;
+        let mut idx = inner
+            .index
+            .write()
+            .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
+        let mut checked_refresh = false;
+        loop {
+            match figures(out, &idx, known, want_costs) {
+                Ok(f) => return Ok(f),
+                // A carried page may be in a pack another process committed after we loaded
+                // the index: look once more before refusing.
+                Err(_) if !checked_refresh => {
+                    checked_refresh = true;
+                    let present = match &inner.remote {
+                        Some(r) => Some(super::bucket::sync::pull_index(r, &inner.root)?),
+                        None => None,
+                    };
+                    idx.refresh_from(&inner.root, present.as_ref())?;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
