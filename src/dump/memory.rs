@@ -21,7 +21,8 @@ pub(crate) struct BufferPool {
     free: Vec<PageBuf>,
 }
 
-/// A kept buffer, written through (zeroed) so that its pages are faulted in now.
+/// A kept buffer, its pages faulted in now ([`PageBuf::try_zeroed`]) rather than under the
+/// freeze; failing to get one is an error, not an abort.
 fn kept_buffer() -> Result<PageBuf, DumpError> {
     PageBuf::try_zeroed(CHUNK)
         .map_err(|e| DumpError::Internal(format!("no memory for a {CHUNK} byte copy buffer: {e}")))

@@ -13,6 +13,7 @@ use super::freeze::Frozen;
 use super::{check, DumpError, Step};
 use crate::image::{ZombieImage, PAGE_SIZE};
 use crate::proc::{self, TreeMember};
+use crate::sys::mem::PageBuf;
 
 /// Rounds of "freeze what is new, read every frozen process's children again" before the tree
 /// is declared unstable: each round freezes at least one process that forked meanwhile, so a
@@ -445,11 +446,7 @@ pub(crate) struct SpaceSink<'a> {
 }
 
 impl super::PageSink for SpaceSink<'_> {
-    fn add_pages(
-        &mut self,
-        addrs: &[u64],
-        data: crate::sys::mem::PageBuf,
-    ) -> Result<(), DumpError> {
+    fn add_pages(&mut self, addrs: &[u64], data: PageBuf) -> Result<(), DumpError> {
         if self.space == 0 {
             return self.inner.add_pages(addrs, data);
         }
@@ -461,7 +458,7 @@ impl super::PageSink for SpaceSink<'_> {
         self.inner.add_pages(&keys, data)
     }
 
-    fn buffer(&mut self, len: usize) -> crate::sys::mem::PageBuf {
+    fn buffer(&mut self, len: usize) -> PageBuf {
         self.inner.buffer(len)
     }
 
@@ -476,7 +473,6 @@ mod tests {
     use super::*;
     use crate::dump::{PageSink, VecSink};
     use crate::image::{split_key, PageRef};
-    use crate::sys::mem::PageBuf;
 
     #[test]
     fn a_space_sink_puts_addresses_in_its_page_space_and_space_0_keeps_them() {
