@@ -152,6 +152,57 @@ pub fn merge_sorted_by_key<T: Copy, K: Ord>(
     out
 }
 
+/// Merges `small` into `big` in place, both sorted by `key` with no key twice, from the back
+/// (the merged list is `big`'s vector: it grows by `small.len()`, and no list of the merged
+/// size is allocated anew). For a key in both, `small`'s entry is kept if `small_wins`, else
+/// `big`'s. Meant for a few entries into many: a large new vector costs a page fault per 4 KiB
+/// written, where the reserve of a large one moves its pages (`mremap`).
+pub fn merge_into_sorted_by_key<T: Copy, K: Ord>(
+    big: &mut Vec<T>,
+    small: &[T],
+    small_wins: bool,
+    key: impl Fn(&T) -> K,
+) {
+    let n = big.len();
+    if small.is_empty() {
+        return;
+    }
+    // The tail's first content is never read: every slot at or above the write position
+    // is written before the merge is over.
+    big.extend_from_slice(small);
+    // Read positions (exclusive) in `big[..n]` and `small`; write position (exclusive). The
+    // write position stays above `i` while `small` has entries left (k = i + j + keys met
+    // twice): no entry of `big` is overwritten before it is read.
+    let (mut i, mut j, mut k) = (n, small.len(), n + small.len());
+    while j > 0 {
+        k -= 1;
+        if i == 0 {
+            big[k] = small[j - 1];
+            j -= 1;
+            continue;
+        }
+        match key(&big[i - 1]).cmp(&key(&small[j - 1])) {
+            std::cmp::Ordering::Greater => {
+                big[k] = big[i - 1];
+                i -= 1;
+            }
+            std::cmp::Ordering::Less => {
+                big[k] = small[j - 1];
+                j -= 1;
+            }
+            std::cmp::Ordering::Equal => {
+                big[k] = if small_wins { small[j - 1] } else { big[i - 1] };
+                i -= 1;
+                j -= 1;
+            }
+        }
+    }
+    // `big[..i]` is in place; keys met twice left as many slots unwritten before `k`.
+    if k > i {
+        big.drain(i..k);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +227,45 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn an_in_place_merge_equals_the_merge_into_a_new_list() {
+        let key = |x: &(u32, char)| x.0;
+        type List = &'static [(u32, char)];
+        let cases: &[(List, List)] = &[
+            (&[], &[]),
+            (&[(1, 'a')], &[]),
+            (&[], &[(1, 'b')]),
+            (
+                &[(1, 'a'), (3, 'a'), (5, 'a')],
+                &[(0, 'b'), (2, 'b'), (6, 'b')],
+            ),
+            (&[(1, 'a'), (2, 'a'), (3, 'a')], &[(2, 'b')]),
+            (&[(2, 'a')], &[(1, 'b'), (2, 'b'), (3, 'b')]),
+            (
+                &[(1, 'a'), (2, 'a'), (3, 'a')],
+                &[(1, 'b'), (2, 'b'), (3, 'b')],
+            ),
+            (&[(5, 'a'), (6, 'a')], &[(1, 'b'), (2, 'b')]),
+            (&[(1, 'a'), (2, 'a')], &[(5, 'b'), (6, 'b')]),
+            (
+                &[(1, 'a'), (4, 'a'), (9, 'a')],
+                &[(4, 'b'), (9, 'b'), (10, 'b')],
+            ),
+        ];
+        for &(a, b) in cases {
+            // Either list as the one merged into, and either one winning a key met twice.
+            for (big, small, small_wins) in [(a, b, true), (b, a, false)] {
+                let want = if small_wins {
+                    merge_sorted_by_key(big, small, key)
+                } else {
+                    merge_sorted_by_key(small, big, key)
+                };
+                let mut got = big.to_vec();
+                merge_into_sorted_by_key(&mut got, small, small_wins, key);
+                assert_eq!(got, want, "{big:?} <- {small:?} (small wins: {small_wins})");
+            }
+        }
     }
 }

@@ -283,7 +283,7 @@ impl PageTable {
     /// The table of the entries of `first` then those of `then` (for an address given twice,
     /// the later entry wins, as with [`FromIterator`]). Two lists each in strictly increasing
     /// address order, as a set writer's pages and references are, are merged in one pass
-    /// into a table of their size; others are sorted.
+    /// into the longer one; others are sorted.
     pub fn merged(first: Vec<(u64, PageRef)>, then: Vec<(u64, PageRef)>) -> PageTable {
         if !increasing(&first) || !increasing(&then) {
             return first.into_iter().chain(then).collect();
@@ -294,9 +294,19 @@ impl PageTable {
         if then.is_empty() {
             return PageTable { entries: first };
         }
-        PageTable {
-            entries: crate::util::merge_sorted_by_key(&first, &then, |(a, _)| *a),
-        }
+        // Into the longer list, in place: a final dump's few new pages into its references
+        // to the whole memory (a new table that size cost ~7 ms per GiB of pages here).
+        let key = |(a, _): &(u64, PageRef)| *a;
+        let entries = if first.len() >= then.len() {
+            let mut big = first;
+            crate::util::merge_into_sorted_by_key(&mut big, &then, true, key);
+            big
+        } else {
+            let mut big = then;
+            crate::util::merge_into_sorted_by_key(&mut big, &first, false, key);
+            big
+        };
+        PageTable { entries }
     }
 }
 
