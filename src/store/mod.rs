@@ -19,6 +19,7 @@ pub mod bucket;
 mod chains;
 mod du;
 mod error;
+mod figures;
 mod footer;
 mod fsutil;
 pub mod index;
@@ -35,13 +36,14 @@ mod writer;
 pub use chains::SetState;
 pub use du::{DuReport, JobUsage};
 pub use error::{PageAt, StoreError};
+pub use figures::{ChainView, PageCosts};
 pub use footer::PackId;
 pub use list::{DamagedSet, ListRow, Listing};
 pub use maint::GcReport;
 pub use read::{NextBatch, PageStream, ReadOptions, StreamBatch, READ_BATCH_PAGES};
 pub use verify::{VerifyProblem, VerifyReport};
 pub use view::{set_view, show_text, ProcessView, SetView, VmaView};
-pub use writer::{PageCosts, SetWriter};
+pub use writer::SetWriter;
 
 use crate::image::encode::{self, EncodeError, SetMeta};
 use crate::image::{ImageSet, SetFigures, SetKind, PAGE_SIZE};
@@ -556,6 +558,23 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// A pre-copy's view of its memory before the final dump ([`ChainView`]): `table` is the
+    /// set that dump would write if nothing changed (keys strictly increasing), `known` the
+    /// costs of its chain's pages. None if the table is out of order or names a page the
+    /// store does not hold: the commit then counts every page (and names such a page).
+    pub fn chain_view(
+        &self,
+        table: Vec<(u64, crate::image::PageRef)>,
+        known: Option<&PageCosts>,
+    ) -> Result<Option<ChainView>, StoreError> {
+        let idx = self
+            .inner
+            .index
+            .read()
+            .map_err(|_| StoreError::Writer("index lock poisoned".into()))?;
+        Ok(ChainView::new(table, &idx, known))
     }
 
     /// Starts writing a new image set. The writer holds the store lock shared until it is

@@ -508,3 +508,96 @@ fn merged_costs_hold_each_page_of_both_once_in_order() {
     );
     assert_eq!(super::PageCosts::default().merged(&a).0, a.0);
 }
+
+/// A final dump's figures counted from its chain's view (the table as it stood at the last
+/// pre-dump, counted before the freeze) are the figures counted page by page, whatever
+/// changed: pages written anew (their old content still held elsewhere, or not), an address
+/// dropped, a page carried to a new address, zero and lazy entries both ways, new pages.
+#[test]
+fn a_final_sets_figures_from_its_chain_view_are_the_ones_counted_page_by_page() {
+    use crate::image::PageRef;
+    let addrs = |from: u64, n: usize| (0..n as u64).map(|k| from + k * 0x1000).collect::<Vec<_>>();
+    // The pre-dump: 30 distinct pages, then pages 0..10 again (each content at two
+    // addresses), and a zero page.
+    let predump = |s: &Store| {
+        let mut w = s.begin_set("c", SetKind::PreDump, None, Some(3)).unwrap();
+        let mut data = pages_of(1, 30);
+        data.extend_from_slice(&pages_of(1, 10));
+        w.add_pages(&addrs(0x10_0000, 40), PageBuf::copy_of(&data))
+            .unwrap();
+        w.add_ref(0x30_0000, PageRef::Zero);
+        w.commit_costed(None).unwrap()
+    };
+    // The final set against that view: `view` = (its table, the costs the view counts with).
+    let fin = |s: &Store,
+               first: &crate::image::ImageSet,
+               costs: &std::sync::Arc<super::PageCosts>,
+               view: Option<&super::PageCosts>| {
+        let table: Vec<(u64, PageRef)> = first.pages.iter().collect();
+        let mut w = s
+            .begin_set("c", SetKind::Dump, Some(&first.id), Some(3))
+            .unwrap();
+        w.know_costs(costs.clone());
+        if let Some(k) = view {
+            let v = s.chain_view(table.clone(), Some(k)).unwrap();
+            w.know_view(std::sync::Arc::new(v.expect("a view of an ordered table")));
+        }
+        // Written anew: 0x10_0000 (its old content still at 0x11_e000), 0x10_5000 and
+        // 0x10_6000 (their old content nowhere else), 0x10_7000 with page 2's content.
+        let mut data = pages_of(2, 3);
+        data.extend_from_slice(&pages_of(1, 3)[2 * PAGE_SIZE..]);
+        w.add_pages(
+            &[0x10_0000, 0x10_5000, 0x10_6000, 0x10_7000],
+            PageBuf::copy_of(&data),
+        )
+        .unwrap();
+        // Brand new pages at new addresses.
+        w.add_pages(&addrs(0x40_0000, 2), PageBuf::copy_of(&pages_of(3, 2)))
+            .unwrap();
+        let written = [0x10_0000, 0x10_5000, 0x10_6000, 0x10_7000];
+        for (a, r) in &table {
+            match *a {
+                a if written.contains(&a) => {}
+                // Dropped (freed since the pre-dump).
+                0x10_9000 | 0x10_a000 => {}
+                // Zero now; and the zero page holds page 20's content.
+                0x10_b000 => w.add_ref(*a, PageRef::Zero),
+                0x30_0000 => w.add_ref(*a, table[20].1),
+                // Left lazy.
+                0x10_c000 => w.add_ref(*a, PageRef::Lazy(r.stored().unwrap())),
+                a => w.add_ref(a, *r),
+            }
+        }
+        // Page 25's content carried to a new address too.
+        w.add_ref(0x50_0000, table[25].1);
+        w.commit(None).unwrap()
+    };
+    let run = |view: Option<u64>| {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open_or_create(d.path()).unwrap();
+        let (first, costs) = predump(&s);
+        let costs = std::sync::Arc::new(costs);
+        let mut seen = (*costs).clone();
+        if let Some(extra) = view {
+            seen.0[0].1 += extra;
+        }
+        let f = fin(&s, &first, &costs, view.map(|_| &seen));
+        (f.figures, seen.0[0].0, first)
+    };
+    let (counted, _, first) = run(None);
+    let (viewed, _, _) = run(Some(0));
+    assert_eq!(viewed, counted);
+    let f = &counted;
+    assert_eq!((f.pages, f.pages_zero, f.pages_lazy), (42, 1, 1));
+    assert_eq!(f.pages_new, 5, "pages 0..2 of seed 2 and both of seed 3");
+    assert!(f.bytes_stored > f.bytes_new && f.bytes_new > 0);
+    assert!(f.bytes_stored < first.figures.bytes_stored + f.bytes_new);
+    // The view is what counted: a page it costs otherwise changes the total by as much, if
+    // the final set still holds that page (the first page by id).
+    let (skewed, id, _) = run(Some(1000));
+    let held = first.pages.iter().any(|(a, r)| {
+        r.stored() == Some(id) && ![0x10_5000, 0x10_6000, 0x10_9000, 0x10_a000].contains(&a)
+    });
+    assert!(held, "pick a page the final set holds");
+    assert_eq!(skewed.bytes_stored, counted.bytes_stored + 1000);
+}

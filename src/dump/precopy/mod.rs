@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::tree::FrozenTree;
 use super::{DumpError, DumpOptions, FinalPlan, PageSink, StoredDump, TreePlan};
-use crate::image::{split_key, SetKind, Vma, PAGE_SIZE};
+use crate::image::{page_key, split_key, PageRef, SetKind, Vma, PAGE_SIZE};
 use crate::report::{IterationReport, PredumpReport};
 use crate::store::Store;
 use crate::track::TrackerKind;
@@ -403,6 +403,12 @@ impl<'s> Precopy<'s> {
         if let Some(k) = &self.costs {
             writer.know_costs(k.clone());
         }
+        // Before the freeze: the set as it stands if nothing changes, counted.
+        match store.chain_view(self.view_table(), self.costs.as_deref()) {
+            Ok(Some(v)) => writer.know_view(std::sync::Arc::new(v)),
+            Ok(None) => tracing::debug!("no view of the chain: the commit counts every page"),
+            Err(e) => tracing::debug!("no view of the chain: {e}"),
+        }
         let (out, frozen) = super::dump_planned(self.pid, opts, &mut writer, Some(&mut self))?;
         let to_kill = frozen.is_some() && !opts.lazy;
         if !to_kill {
@@ -429,6 +435,26 @@ impl<'s> Precopy<'s> {
             frozen,
             std::mem::take(&mut self.members),
         ))
+    }
+
+    /// The table the final dump would write if no page changed since the last pre-dump: every
+    /// page of the members' views, in key order (members in tree order, each by address).
+    fn view_table(&self) -> Vec<(u64, PageRef)> {
+        let views = || self.members.iter().flat_map(|m| m.known.values());
+        let n = views().map(|k| k.refs.len()).sum();
+        let mut t = Vec::with_capacity(n);
+        for m in &self.members {
+            for k in m.known.values() {
+                let at = |i: usize| page_key(m.space, k.ident.start + i as u64 * PAGE);
+                t.extend(
+                    k.refs
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, r)| r.map(|r| (at(i), r))),
+                );
+            }
+        }
+        t
     }
 
     /// Ends the tracking of every member. A process left behind with write protection is not
