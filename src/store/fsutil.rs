@@ -64,22 +64,35 @@ pub fn temp_path(root: &Path, kind: &str) -> PathBuf {
 
 /// Writes `bytes` to `dest` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(root: &Path, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    write_renamed(root, dest, bytes, true)
+    write_renamed(root, dest, &[bytes], true)
+}
+
+/// [`write_atomic`] of `parts` one after the other (a manifest's head, then its page table:
+/// not copied into one buffer first).
+pub fn write_atomic_parts(root: &Path, dest: &Path, parts: &[&[u8]]) -> Result<(), StoreError> {
+    write_renamed(root, dest, parts, true)
 }
 
 /// Writes `bytes` to `dest` atomically for readers (temp file, rename) but without fsync: for
 /// a cache that is rebuilt when a crash leaves it missing, short or corrupt (the index
 /// segments), so that no commit waits on the disk for it.
 pub fn write_cache(root: &Path, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    write_renamed(root, dest, bytes, false)
+    write_renamed(root, dest, &[bytes], false)
 }
 
-fn write_renamed(root: &Path, dest: &Path, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
+fn write_renamed(
+    root: &Path,
+    dest: &Path,
+    parts: &[&[u8]],
+    durable: bool,
+) -> Result<(), StoreError> {
     let tmp = temp_path(root, "file");
     let r = (|| {
         let mut f = create_file(&tmp)?;
-        f.write_all(bytes)
-            .map_err(|e| StoreError::io(format!("writing {}", tmp.display()), e))?;
+        for bytes in parts {
+            f.write_all(bytes)
+                .map_err(|e| StoreError::io(format!("writing {}", tmp.display()), e))?;
+        }
         if durable {
             f.sync_all()
                 .map_err(|e| StoreError::io(format!("fsync of {}", tmp.display()), e))?;

@@ -10,7 +10,7 @@ use super::fsutil;
 use super::index::IdMap;
 use super::pack::{encode_frame, encode_frame_parts, PackWriter};
 use super::{Inner, Store, StoreError};
-use crate::image::encode::{compress_table, encode_manifest_with};
+use crate::image::encode::{compress_table, manifest_head};
 use crate::image::{
     as_page, is_zero_page, ImageSet, PageId, PageRef, PageTable, ProcessImage, SetFigures, SetKind,
     HASH_LANES, PAGE_SIZE,
@@ -296,8 +296,9 @@ impl<'a> SetWriter<'a> {
             pages: out.table,
             figures,
         };
-        let bytes = table
-            .and_then(|table| encode_manifest_with(&set, table))
+        // The manifest: its head, then the table (written after it, not copied behind it).
+        let (head, table) = table
+            .and_then(|table| Ok((manifest_head(&set, &table)?, table)))
             .map_err(|source| StoreError::Manifest {
                 path: self
                     .store
@@ -321,6 +322,7 @@ impl<'a> SetWriter<'a> {
                 // uploaded before (commit_pack). Created only if absent: a set is never
                 // replaced. The cache's copy needs no fsync (the bucket holds the set).
                 let key = format!("sets/{}/{}", self.job, self.id);
+                let bytes = [&head[..], &table[..]].concat();
                 if !r.put_new(&key, bytes.clone())? {
                     return Err(StoreError::Writer(format!(
                         "{}: a set named {} exists already in the bucket",
@@ -334,7 +336,7 @@ impl<'a> SetWriter<'a> {
                 fsutil::create_dir(&dir)?;
                 fsutil::fsync_dir(&inner.root.join("sets"))?;
             }
-            fsutil::write_atomic(&inner.root, &dir.join(&self.id), &bytes)
+            fsutil::write_atomic_parts(&inner.root, &dir.join(&self.id), &[&head, &table])
         })();
         match (written, self.kind) {
             (Err(e), SetKind::PreDump) => {
