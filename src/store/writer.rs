@@ -207,7 +207,12 @@ impl<'a> SetWriter<'a> {
             });
         }
         if !self.refs.is_empty() {
-            let refs = std::mem::take(&mut self.refs);
+            // Room made for the references to come ([`SetWriter::know_view`]) stays here.
+            let refs = if self.refs.capacity() > 2 * self.refs.len() {
+                self.refs.drain(..).collect()
+            } else {
+                std::mem::take(&mut self.refs)
+            };
             self.send(Msg::Refs(refs))?;
         }
         self.send(Msg::Pages(addrs.to_vec(), data))
@@ -240,7 +245,17 @@ impl<'a> SetWriter<'a> {
     /// of its chain ([`Store::chain_view`]): its figures then count only the entries that
     /// differ. A final dump after pre-copy counts its figures inside the pause: sorting its
     /// distinct pages took 8–12 ms per GiB here.
+    ///
+    /// The references the set will carry are about as many as the view's entries: room for
+    /// them is made and faulted in now, before the freeze (8 MB per GiB of pages, which took
+    /// ~4 ms of page faults when they were pushed under it).
     pub fn know_view(&mut self, view: Arc<ChainView>) {
+        let n = view.len();
+        if self.refs.try_reserve_exact(n + n / 16 + 1024).is_ok() {
+            if let Err(e) = crate::sys::mem::prefault_spare(&mut self.refs) {
+                tracing::debug!("{e}");
+            }
+        }
         self.view = Some(view);
     }
 

@@ -229,6 +229,22 @@ fn populate_write(addr: *mut u8, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// Faults in the whole pages of `v`'s spare capacity ([`populate_write`]), so that filling
+/// it later (under a freeze) takes no page fault. The partial pages at either end are left to
+/// the writes. Its content is unchanged: only uninitialized capacity is touched.
+pub fn prefault_spare<T>(v: &mut Vec<T>) -> Result<()> {
+    let spare = v.spare_capacity_mut();
+    let start = spare.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(spare);
+    let first = start.next_multiple_of(PAGE_SIZE);
+    let last = end / PAGE_SIZE * PAGE_SIZE;
+    if last <= first {
+        return Ok(());
+    }
+    // The whole pages inside the spare capacity: memory of `v`'s allocation, page-aligned.
+    populate_write(first as *mut u8, last - first)
+}
+
 /// One range of the remote address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RemoteRange {
