@@ -435,7 +435,7 @@ impl ProcMem {
 
 #[cfg(test)]
 mod tests {
-    use super::{PageBuf, PAGE_SIZE};
+    use super::{prefault_spare, PageBuf, PAGE_SIZE};
 
     fn aligned(b: &PageBuf) -> bool {
         b.as_ptr() as usize % PAGE_SIZE == 0
@@ -477,6 +477,23 @@ mod tests {
         assert!(b.is_empty());
         b.resize(8 * PAGE_SIZE);
         assert_eq!((b.capacity(), b.as_ptr()), (cap, ptr));
+    }
+
+    #[test]
+    fn prefaulting_the_spare_capacity_keeps_the_content_and_the_room() {
+        // (An allocation this large is a mapping of its own: its spare pages are unbacked.)
+        let mut v: Vec<u64> = (0..1000).collect();
+        v.reserve_exact(1 << 20);
+        let (cap, ptr) = (v.capacity(), v.as_ptr());
+        prefault_spare(&mut v).expect("MADV_POPULATE_WRITE");
+        assert_eq!((v.capacity(), v.as_ptr()), (cap, ptr), "the room moved");
+        assert!(v.iter().copied().eq(0..1000), "the content changed");
+        v.extend(1000..(1 << 20));
+        assert!(v.iter().copied().eq(0..(1 << 20)));
+        assert_eq!(v.as_ptr(), ptr);
+        // No whole page of room: nothing to do.
+        let mut small: Vec<u8> = Vec::with_capacity(10);
+        prefault_spare(&mut small).expect("no page to fault in");
     }
 
     #[test]
