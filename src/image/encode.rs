@@ -351,10 +351,16 @@ fn section<'a>(
         .filter(|e| *e <= b.len() as u64)
         .ok_or(EncodeError::Truncated(name))?;
     let s = &b[start as usize..end as usize];
+    checksum(s, hash, name)?;
+    Ok(s)
+}
+
+/// Whether section `s` hashes to `hash`.
+fn checksum(s: &[u8], hash: &[u8; 32], name: &'static str) -> Result<(), EncodeError> {
     if blake3::hash(s).as_bytes() != hash {
         return Err(EncodeError::Checksum { section: name });
     }
-    Ok(s)
+    Ok(())
 }
 
 /// Largest section decompressed in one buffer sized from its frame header; a larger (or
@@ -386,13 +392,31 @@ pub fn decode_meta(b: &[u8]) -> Result<SetMeta, EncodeError> {
 pub fn decode_manifest(b: &[u8]) -> Result<ImageSet, EncodeError> {
     let h = decode_header(b)?;
     let meta = section(b, HEADER_LEN as u64, h.meta_len, &h.meta_hash, "meta")?;
-    let meta: SetMeta = serde_json::from_slice(&decompress(meta, "meta")?)?;
     let table_start = HEADER_LEN as u64 + h.meta_len;
-    if table_start + h.table_len != b.len() as u64 {
+    // The table runs to the end of the manifest.
+    let table = (table_start.checked_add(h.table_len) == Some(b.len() as u64))
+        .then(|| &b[table_start as usize..]);
+    // The page table (a restore reads one of the whole memory inside a migration's pause) is
+    // decoded while its checksum and the meta are worked out beside it. Errors come in the
+    // order the steps would meet them one after the other: a table that fails its checksum is
+    // refused as corrupt, whatever its decoding said.
+    let ((meta, checked), pages) = rayon::join(
+        || {
+            let meta =
+                decompress(meta, "meta").and_then(|m| Ok(serde_json::from_slice::<SetMeta>(&m)?));
+            (
+                meta,
+                table.map(|t| checksum(t, &h.table_hash, "page table")),
+            )
+        },
+        || table.map(|t| decompress(t, "page table").and_then(|t| decode_table(&t))),
+    );
+    let meta = meta?;
+    let (Some(checked), Some(pages)) = (checked, pages) else {
         return Err(EncodeError::Truncated("page table"));
-    }
-    let table = section(b, table_start, h.table_len, &h.table_hash, "page table")?;
-    let pages = decode_table(&decompress(table, "page table")?)?;
+    };
+    checked?;
+    let pages = pages?;
     Ok(ImageSet {
         id: meta.id,
         job: meta.job,
@@ -530,14 +554,24 @@ mod tests {
     #[test]
     fn manifest_rejects_flipped_byte() {
         let b = encode_manifest(&sample()).unwrap();
-        for pos in [HEADER_LEN + 3, b.len() - 2] {
+        let table_start = b.len() - decode_header(&b).unwrap().table_len as usize;
+        // In the meta, in the table, and in the table's zstd frame header (the table then
+        // does not even decompress: still refused as corrupt, by its checksum).
+        for pos in [HEADER_LEN + 3, b.len() - 2, table_start, table_start + 4] {
             let mut c = b.clone();
             c[pos] ^= 0x40;
-            assert!(matches!(
-                decode_manifest(&c),
-                Err(EncodeError::Checksum { .. })
-            ));
+            let got = decode_manifest(&c);
+            assert!(
+                matches!(got, Err(EncodeError::Checksum { .. })),
+                "byte {pos}: {got:?}"
+            );
         }
+        // Cut short: the table is refused as truncated.
+        let got = decode_manifest(&b[..b.len() - 1]);
+        assert!(
+            matches!(got, Err(EncodeError::Truncated("page table"))),
+            "{got:?}"
+        );
     }
 
     #[test]
