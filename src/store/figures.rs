@@ -78,17 +78,9 @@ fn count_all(
     let mut f = SetFigures::default();
     let mut stored: Vec<PageId> = Vec::with_capacity(out.table.len());
     for (_, r) in out.table.iter() {
-        f.pages += 1;
-        match r {
-            PageRef::Zero => f.pages_zero += 1,
-            PageRef::Lazy(_) => {
-                f.pages_lazy += 1;
-                f.bytes_logical += PAGE_SIZE as u64;
-            }
-            PageRef::Stored(id) => {
-                f.bytes_logical += PAGE_SIZE as u64;
-                stored.push(id);
-            }
+        count_entry(&mut f, r);
+        if let PageRef::Stored(id) = r {
+            stored.push(id);
         }
     }
     // Each distinct page counts once. A final dump's table covers the whole memory and is
@@ -234,15 +226,7 @@ fn count_from_view(
         i += usize::from(mine.is_some());
         j += usize::from(was.is_some());
         if let Some(r) = mine {
-            f.pages += 1;
-            match r {
-                PageRef::Zero => f.pages_zero += 1,
-                PageRef::Lazy(_) => {
-                    f.pages_lazy += 1;
-                    f.bytes_logical += PAGE_SIZE as u64;
-                }
-                PageRef::Stored(_) => f.bytes_logical += PAGE_SIZE as u64,
-            }
+            count_entry(&mut f, r);
         }
         if mine == was {
             continue;
@@ -316,6 +300,19 @@ fn count_from_view(
     }
     f.bytes_stored = bytes_stored;
     Ok(Some(f))
+}
+
+/// Counts one entry of a set's table in `f`: a page, zero or lazy, and its logical bytes.
+fn count_entry(f: &mut SetFigures, r: PageRef) {
+    f.pages += 1;
+    match r {
+        PageRef::Zero => f.pages_zero += 1,
+        PageRef::Lazy(_) => f.pages_lazy += 1,
+        PageRef::Stored(_) => {}
+    }
+    if r != PageRef::Zero {
+        f.bytes_logical += PAGE_SIZE as u64;
+    }
 }
 
 /// A set that would reference `page`, which the store does not hold: named by an address
