@@ -33,7 +33,7 @@ pub(super) fn figures(
 }
 
 /// The stored cost (compressed bytes) of distinct pages, sorted by id: what a set holds, for
-/// the figures of the next set of its chain ([`SetWriter::know_costs`]).
+/// the figures of the next set of its chain ([`SetWriter::know_costs`](super::SetWriter::know_costs)).
 #[derive(Clone, Debug, Default)]
 pub struct PageCosts(pub(super) Vec<(PageId, u64)>);
 
