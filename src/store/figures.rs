@@ -13,7 +13,7 @@ use super::writer::Output;
 use super::StoreError;
 use crate::image::{PageId, PageRef, SetFigures, PAGE_SIZE};
 use rayon::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The set's figures, and with `want_costs` the cost of each distinct page it holds: from
 /// `view` when there is one and the costs are not wanted, else by counting every page.
@@ -240,7 +240,7 @@ fn count_from_view(
     }
     // Per page of the view, how its count changed; pages the view does not hold.
     let mut change: HashMap<usize, i64> = HashMap::new();
-    let mut outside: HashMap<PageId, ()> = HashMap::new();
+    let mut outside: HashSet<PageId> = HashSet::new();
     let find = |id: &PageId| {
         view.ids
             .binary_search_by_key(&sort_key(id), |(v, _, _)| sort_key(v))
@@ -255,7 +255,7 @@ fn count_from_view(
         match find(id) {
             Ok(n) => *change.entry(n).or_default() += 1,
             Err(_) => {
-                outside.insert(*id, ());
+                outside.insert(*id);
             }
         }
     }
@@ -269,7 +269,7 @@ fn count_from_view(
         }
     }
     let known: &[(PageId, u64)] = known.map_or(&[], |k| &k.0);
-    for id in outside.keys() {
+    for id in &outside {
         let cost = match out.new.get(id) {
             Some(c) => *c,
             None => match known.binary_search_by_key(&sort_key(id), |(k, _)| sort_key(k)) {
@@ -285,7 +285,7 @@ fn count_from_view(
     // A page this writer stored counts as new if the set holds it, at the cost it was
     // stored at (as `count_all` takes it).
     for (id, cost) in out.new.iter() {
-        let holds = if outside.contains_key(id) {
+        let holds = if outside.contains(id) {
             true
         } else if let Some(n) = find(id).ok().filter(|&n| held(n) > 0) {
             bytes_stored = bytes_stored - view.ids[n].2 + cost;
