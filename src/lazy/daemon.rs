@@ -161,6 +161,7 @@ pub(super) fn start(
         lazy_total: 0,
         sampler: resident::Sampler::new(),
         counting: false,
+        listing: None,
     };
     let join = std::thread::Builder::new()
         .name(format!("haul-lazy-{pid}"))
@@ -272,8 +273,11 @@ struct Daemon {
     lazy_total: u64,
     /// Residency over time, for the report.
     sampler: resident::Sampler,
-    /// The push waits for the source to work out its order (see `LazySource::dirty_counts`).
+    /// The push waits for its order: the source's counts (see `LazySource::dirty_counts`),
+    /// then the list (`listing`).
     counting: bool,
+    /// The push list being worked out on a thread of its own (`push_list`).
+    listing: Option<mpsc::Receiver<Vec<(u64, crate::image::PageRef)>>>,
 }
 
 /// The background read that feeds the push of the tree's spaces.

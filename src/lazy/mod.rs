@@ -23,6 +23,7 @@ mod source;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub(crate) use source::COUNT_NICE;
 pub use source::{DirtyCounts, LazySource, NextPush, PushStream, SourceError, StoreSource};
 
 use crate::image::ImageSet;

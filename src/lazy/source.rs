@@ -157,7 +157,7 @@ impl StoreSource {
 /// process, beside the faults of its first instants (and the source's memory being freed): at
 /// nice 0 it took a third of the 2 CPUs' time there: the first tick of `haul bench migrate`'s
 /// workload came 12–32 ms after the process was running (6–17 ms at nice 5).
-const COUNT_NICE: i32 = 5;
+pub(crate) const COUNT_NICE: i32 = 5;
 
 impl LazySource for StoreSource {
     fn fetch(
