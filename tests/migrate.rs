@@ -38,13 +38,31 @@ struct Server {
 }
 
 impl Server {
+    /// Its stderr is passed on to the test's and kept: a server that ends before it prints its
+    /// address fails the test with what it said and how it ended.
     fn start(cmd: &mut Command) -> Server {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn page server");
         let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = said.clone();
+        let passing = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("{line}");
+                if let Ok(mut k) = kept.lock() {
+                    k.push_str(&line);
+                    k.push('\n');
+                }
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = std::io::BufReader::new(stdout).lines();
@@ -53,10 +71,22 @@ impl Server {
             for _ in lines {}
         });
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("page server said {line:?}"))
-            .to_string();
+        let Some(addr) = line.strip_prefix("listening on ").map(String::from) else {
+            // Its stdout ended: it exits, or has.
+            let mut status = None;
+            wait_for(Duration::from_secs(5), || {
+                status = child.try_wait().ok().flatten();
+                status.is_some()
+            });
+            let _ = child.kill();
+            let _ = child.wait();
+            wait_for(Duration::from_secs(5), || passing.is_finished());
+            let ended = status.map_or("did not end".into(), |s| s.to_string());
+            panic!(
+                "page server said {line:?}, then ended ({ended}); its stderr:\n{}",
+                said.lock().map(|s| s.clone()).unwrap_or_default()
+            );
+        };
         Server { child, addr }
     }
 }
