@@ -321,29 +321,30 @@ impl Missing {
     }
 }
 
+/// A set of one process's pages `pages` (address, reference), for tests.
+#[cfg(test)]
+pub(crate) fn set_with(pages: &[(u64, PageRef)]) -> Arc<ImageSet> {
+    let mut t = crate::image::PageTable::new();
+    for (a, r) in pages {
+        t.insert(*a, *r);
+    }
+    Arc::new(ImageSet {
+        tree: Default::default(),
+        id: "t-1".into(),
+        job: "t".into(),
+        created_us: 0,
+        kind: crate::image::SetKind::Dump,
+        parent: None,
+        kernel: String::new(),
+        process: None,
+        pages: t,
+        figures: Default::default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::PageTable;
-
-    fn set_with(pages: &[(u64, PageRef)]) -> Arc<ImageSet> {
-        let mut t = PageTable::new();
-        for (a, r) in pages {
-            t.insert(*a, *r);
-        }
-        Arc::new(ImageSet {
-            tree: Default::default(),
-            id: "t-1".into(),
-            job: "t".into(),
-            created_us: 0,
-            kind: crate::image::SetKind::Dump,
-            parent: None,
-            kernel: String::new(),
-            process: None,
-            pages: t,
-            figures: Default::default(),
-        })
-    }
 
     fn id(n: u8) -> PageId {
         PageId([n; 16])

@@ -306,33 +306,17 @@ fn timed<T>(total: &mut std::time::Duration, f: impl FnOnce() -> T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{ImageSet, PageTable};
 
     #[test]
     fn the_push_list_holds_what_the_snapshot_misses_hot_first_or_bridged_in_address_order() {
         let id = |n: u8| PageId([n; 16]);
-        let mut t = PageTable::new();
-        for (n, r) in [
-            (1, PageRef::Stored(id(1))),
-            (2, PageRef::Zero),
-            (3, PageRef::Stored(id(3))),
-            (4, PageRef::Lazy(id(4))),
-            (5, PageRef::Stored(id(5))),
-        ] {
-            t.insert(n * PAGE, r);
-        }
-        let set = Arc::new(ImageSet {
-            tree: Default::default(),
-            id: "t-1".into(),
-            job: "t".into(),
-            created_us: 0,
-            kind: crate::image::SetKind::Dump,
-            parent: None,
-            kernel: String::new(),
-            process: None,
-            pages: t,
-            figures: Default::default(),
-        });
+        let set = crate::lazy::missing::set_with(&[
+            (PAGE, PageRef::Stored(id(1))),
+            (2 * PAGE, PageRef::Zero),
+            (3 * PAGE, PageRef::Stored(id(3))),
+            (4 * PAGE, PageRef::Lazy(id(4))),
+            (5 * PAGE, PageRef::Stored(id(5))),
+        ]);
         let mut m = Missing::new(set, 0, &[(PAGE, 6 * PAGE)]);
         // Faulted in before the snapshot: not pushed.
         m.remove(5 * PAGE);
