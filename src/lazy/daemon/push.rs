@@ -98,6 +98,7 @@ impl Daemon {
                         pid = self.pid,
                         "working out the push order failed; pushing in address order"
                     );
+                    self.stats.push_order = "address (working out the order failed)".into();
                     self.listing = None;
                     Some(Vec::new())
                 }
