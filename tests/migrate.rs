@@ -72,7 +72,7 @@ impl Server {
         });
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
         let Some(addr) = line.strip_prefix("listening on ").map(String::from) else {
-            // Its stdout ended: it exits, or has.
+            // Its stdout ended (it exits, or has) or it said nothing for 20 s.
             let mut status = None;
             wait_for(Duration::from_secs(5), || {
                 status = child.try_wait().ok().flatten();
