@@ -51,57 +51,77 @@ pub(crate) fn wanted(pid: i32) -> bool {
 /// Makes the keeper of frozen process `f` (through its main thread's injector), which must be
 /// killed next.
 pub(crate) fn make(f: &mut Frozen) -> Result<Keeper, DumpError> {
+    Ok(Keeper {
+        pid: make_child(f, remote::clone_sharing_mm, "memory keeper")?,
+    })
+}
+
+/// Makes a child of frozen process `f` with the injected `clone` (through its main thread's
+/// injector; the memory keeper's `clone(CLONE_VM)`, or a snapshot's fork): born traced and
+/// stopped, killed by the kernel if haul dies, then disarmed (its fds closed, a session of its
+/// own) without running an instruction of its own. Returns its pid; anything that fails after
+/// the clone ends the child first.
+pub(super) fn make_child(
+    f: &mut Frozen,
+    clone: fn(&mut RemoteSyscall) -> crate::sys::Result<i32>,
+    what: &str,
+) -> Result<i32, DumpError> {
     let pid = f.pid;
     // The injector first: making one sets the thread's options.
     let r = f.injector()?;
     // The child inherits the parent's options: it is born traced, stopped, with EXITKILL.
-    // The parent has them only for this clone (it is killed next anyway).
+    // The parent has them only for this clone.
     seccomp::set_tracee_options_with(pid, pid, PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL)?;
-    let made = remote::clone_sharing_mm(r);
+    let made = clone(r);
     let reset = seccomp::set_tracee_options(pid, pid);
-    let keeper = Keeper { pid: made? };
+    let child = made?;
     match reset
         .map_err(DumpError::from)
-        .and_then(|()| keeper.disarm())
+        .and_then(|()| disarm(child, what))
     {
-        Ok(()) => Ok(keeper),
+        Ok(()) => Ok(child),
         Err(e) => {
-            keeper.end();
+            end_child(child, what);
             Err(e)
         }
     }
 }
 
-impl Keeper {
-    /// Waits for its first stop, then closes its fds and gives it a session of its own.
-    fn disarm(&self) -> Result<(), DumpError> {
-        // Never resumed to get there: it must not run a single instruction of its own.
-        match ptrace::wait_stop(self.pid)? {
-            Stop::Event { .. } => {}
-            s => {
-                return Err(DumpError::Internal(format!(
-                    "memory keeper {}: {s} instead of its first stop",
-                    self.pid
-                )))
-            }
+/// Waits for the first stop of child `pid`, then closes its fds and gives it a session of its
+/// own.
+fn disarm(pid: i32, what: &str) -> Result<(), DumpError> {
+    // Never resumed to get there: it must not run a single instruction of its own.
+    match ptrace::wait_stop(pid)? {
+        Stop::Event { .. } => {}
+        s => {
+            return Err(DumpError::Internal(format!(
+                "{what} {pid}: {s} instead of its first stop"
+            )))
         }
-        let mut r = RemoteSyscall::with_options(self.pid, self.pid, PTRACE_O_EXITKILL)?;
-        remote::close_range(&mut r, 0, u32::MAX)?;
-        remote::setsid(&mut r)?;
-        Ok(())
     }
+    let mut r = RemoteSyscall::with_options(pid, pid, PTRACE_O_EXITKILL)?;
+    remote::close_range(&mut r, 0, u32::MAX)?;
+    remote::setsid(&mut r)?;
+    Ok(())
+}
 
+/// Kills child `pid` of [`make_child`] and collects its death as its tracer.
+pub(super) fn end_child(pid: i32, what: &str) {
+    if let Err(e) = process::kill(pid, libc::SIGKILL) {
+        tracing::warn!(pid, "killing the {what}: {e}");
+        return;
+    }
+    super::freeze::wait_gone(pid);
+}
+
+impl Keeper {
     /// Kills it and collects its death as its tracer. Call once the process it kept is dead:
     /// its exit frees the memory. Not at a low priority, nor with `process_mrelease` beside it:
     /// the first left the memory to be freed while the restore allocated (slower pages here,
     /// where freed memory goes back to the host: every page resident 1.05 → 0.86 s at nice
     /// 0), the second took haul's core.
     pub fn end(self) {
-        if let Err(e) = process::kill(self.pid, libc::SIGKILL) {
-            tracing::warn!(pid = self.pid, "killing the memory keeper: {e}");
-            return;
-        }
-        super::freeze::wait_gone(self.pid);
+        end_child(self.pid, "memory keeper");
     }
 }
 
