@@ -20,6 +20,7 @@ mod netlock;
 mod precopy;
 mod seccomp;
 mod share;
+mod snapshot;
 mod state;
 mod to_store;
 mod tree;
@@ -97,6 +98,20 @@ pub enum DumpError {
     /// The network lock could not be taken (issue #15): the tree is thawed.
     #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
+    /// The fork snapshot of a checkpoint (`dump::snapshot`) does not hold a mapping as the
+    /// process had it under the freeze: it was marked `MADV_DONTFORK` or `MADV_WIPEONFORK`
+    /// after the checks read its flags. Nothing is committed; the process runs on.
+    #[error(
+        "the snapshot (pid {snapshot}) does not hold {start:#x}-{end:#x} as the process had \
+         it under the freeze ({why}): the mapping changed during the checkpoint; nothing was \
+         committed, and a new checkpoint copies it under the freeze"
+    )]
+    SnapshotChanged {
+        snapshot: i32,
+        start: u64,
+        end: u64,
+        why: &'static str,
+    },
     /// A broken invariant of haul itself (a bug), never the target's doing.
     #[error("internal error: {0}")]
     Internal(String),
@@ -300,6 +315,11 @@ pub struct DumpOptions {
     /// `leave_running` nor `lazy`) buffers nothing: it stays frozen until its set is committed
     /// anyway, so its pages go to the sink as they are copied.
     pub buffer: u64,
+    /// A dump that leaves the root running reads its private memory after the thaw from a
+    /// fork of it made under the freeze, when it can (`dump::snapshot`): the freeze then
+    /// copies only what a fork does not, and `buffer` holds only that. Default true
+    /// (`dump.snapshot`).
+    pub snapshot: bool,
     /// Test-only: fail on purpose at this step (see [`Step::from_env`]).
     pub fail_at: Option<Step>,
     /// Lazy final dump (`dump.lazy`): the pages of private anonymous VMAs (those a lazy restore
@@ -318,6 +338,10 @@ pub struct DumpOptions {
     /// [`join_deaths`] before it exits. Not with established TCP connections or a network
     /// lock (those are dealt with after the deaths). The checkpoint worker sets it.
     pub deaths_in_background: bool,
+    /// The caller's parent reaps children of the root's parent that the dump leaves it (a
+    /// fork snapshot, `dump::snapshot`, is one when that parent is the caller's: haul, which
+    /// launched the root). The checkpoint worker sets it; haul reaps [`DumpStats::keepers`].
+    pub parent_reaps: bool,
 }
 
 pub use tree::join_deaths;
@@ -327,11 +351,13 @@ impl Default for DumpOptions {
         DumpOptions {
             leave_running: false,
             buffer: 1 << 30,
+            snapshot: true,
             fail_at: None,
             lazy: false,
             policy: CheckPolicy::default(),
             network_lock: Default::default(),
             deaths_in_background: false,
+            parent_reaps: false,
         }
     }
 }
@@ -371,6 +397,10 @@ pub struct DumpStats {
     pub pages_file: u64,
     /// Pages handed to the sink during the freeze (beyond the buffer).
     pub pages_during_freeze: u64,
+    /// Pages read after the thaw from a fork of the process made under the freeze
+    /// (`dump::snapshot`); 0 when none was made.
+    #[serde(default)]
+    pub pages_from_snapshot: u64,
     /// Processes dumped: the root and its descendants, zombies included.
     #[serde(default)]
     pub processes: u64,
@@ -379,8 +409,9 @@ pub struct DumpStats {
     pub vmas: u64,
     /// Syscalls injected into the target.
     pub remote_syscalls: u64,
-    /// The memory keepers of the processes killed (see `dump::keeper`): orphans, for the
-    /// launching haul to reap once they are gone. Not in the report.
+    /// The memory keepers of the processes killed (see `dump::keeper`), and the fork
+    /// snapshot of a checkpoint (`dump::snapshot`): children of haul's, for the launching
+    /// haul to reap once they are gone. Not in the report.
     #[serde(default)]
     pub keepers: Vec<i32>,
     /// What the dump dropped that the process had (datagrams queued in a UDP socket,
@@ -544,13 +575,6 @@ pub(crate) fn dump_planned(
     ctx.fail(Step::Check)?;
     let mut stats = DumpStats::default();
 
-    // Buffers are mapped (and faulted in) before the freeze, so the freeze only copies.
-    // After pre-dumps only what was written since the last is copied: mapping buffers for the
-    // whole memory would cost their unmapping inside the pause of a dump that kills.
-    let estimate = plan
-        .as_deref()
-        .and_then(|p| p.copy_estimate())
-        .unwrap_or_else(|| before.resident_estimate());
     // A dump that stops the process holds it frozen until the set is committed anyway: its
     // pages go to the sink (hashed and compressed on the other cores) while the copy goes on,
     // rather than all after it.
@@ -558,6 +582,45 @@ pub(crate) fn dump_planned(
         opts.buffer
     } else {
         0
+    };
+    // The root's memory as (private, shared), from one walk of its page tables.
+    let root_memory = if limit > 0 {
+        check::memory_estimate(root).unwrap_or((0, 0))
+    } else {
+        (0, 0)
+    };
+    // A checkpoint that leaves the root running reads its private memory after the thaw from
+    // a fork made under the freeze, when it can (`snapshot`).
+    let want_snapshot = match snapshot::unwanted(&before, opts, plan.is_some(), root_memory.0) {
+        None => true,
+        Some(why) => {
+            if opts.leave_running {
+                tracing::debug!(pid = root, "no fork snapshot: {why}");
+            }
+            false
+        }
+    };
+    // Buffers are mapped (and faulted in) before the freeze, so the freeze only copies.
+    // After pre-dumps only what was written since the last is copied: mapping buffers for the
+    // whole memory would cost their unmapping inside the pause of a dump that kills. The
+    // pages a snapshot holds need none.
+    let estimate = if limit == 0 {
+        0
+    } else {
+        match plan.as_deref().and_then(|p| p.copy_estimate()) {
+            // Pre-copy dumps one process: the snapshot holds what it tracked.
+            Some(_) if want_snapshot => 0,
+            Some(e) => e,
+            None => {
+                let (private, shared) = root_memory;
+                let root_kept = if want_snapshot {
+                    shared
+                } else {
+                    private + shared
+                };
+                before.descendants_estimate() + root_kept
+            }
+        }
     };
     let mut pool = memory::BufferPool::new(limit, estimate);
 
@@ -601,6 +664,8 @@ pub(crate) fn dump_planned(
     let n = frozen.procs.len();
     let mut procs = Vec::with_capacity(n);
     let mut observed = Vec::with_capacity(n);
+    // Killed when dropped (any error below).
+    let mut snap: Option<snapshot::Snapshot> = None;
     for (i, (f, snapshot)) in frozen.procs.iter_mut().zip(snapshots).enumerate() {
         let pid = f.pid;
         let m = ctx.member(&frozen.members[i]);
@@ -627,6 +692,19 @@ pub(crate) fn dump_planned(
             state::capture_injected(f, &mut process)
         })?;
         fail(Step::Sigactions)?;
+        // The fork, once the root's state is read and before the syscall tracing is settled.
+        if i == 0 && want_snapshot {
+            snap = match snapshot::make(f) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(
+                        pid,
+                        "no fork snapshot ({e}): its memory is copied under the freeze"
+                    );
+                    None
+                }
+            };
+        }
         m.step(Step::Scratch, || f.unmap_scratch())?;
         // No more injected syscalls: give the registers back and end the syscall-tracing
         // state now, so that if the worker dies during the copy (SIGKILL), the kernel's
@@ -671,6 +749,7 @@ pub(crate) fn dump_planned(
             };
             memory::copy_memory(
                 p.pid,
+                snap.as_ref().filter(|_| space == 0).map(|s| s.pid),
                 &p.vmas,
                 &mut pool,
                 &mut sink,
@@ -755,6 +834,10 @@ pub(crate) fn dump_planned(
         }
         Ok(())
     })?;
+    // Every page it held is read.
+    if let Some(s) = snap.take() {
+        stats.keepers.extend(s.end());
+    }
     stats.pages_lazy = split.lazy_pages();
     stats.pages_written = stats.pages_written.saturating_sub(split.kept_back());
     stats.memwrite_time = crate::util::us(t_write.elapsed());

@@ -237,6 +237,11 @@ pub struct DumpSpec {
     /// Memory for copied pages, so the freeze covers only the copy.
     #[serde(default = "defaults::buffer")]
     pub buffer: Size,
+    /// With `leave_running`: read the launched process's memory after the thaw from a fork
+    /// of it made under the freeze (`dump::snapshot`), rather than copy it into `buffer`
+    /// while frozen.
+    #[serde(default = "defaults::snapshot")]
+    pub snapshot: bool,
     /// The final dump leaves pages to be served lazily.
     #[serde(default)]
     pub lazy: bool,
@@ -262,6 +267,7 @@ impl Default for DumpSpec {
         DumpSpec {
             leave_running: false,
             buffer: defaults::buffer(),
+            snapshot: defaults::snapshot(),
             lazy: false,
             tcp_pending: TcpPending::Refuse,
         }
@@ -499,6 +505,9 @@ pub mod defaults {
     }
     pub fn buffer() -> Size {
         Size(1 << 30)
+    }
+    pub fn snapshot() -> bool {
+        true
     }
     pub fn from() -> String {
         "store".into()

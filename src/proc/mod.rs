@@ -5,7 +5,7 @@
 //! [`ProcError::Io`] with `ENOENT`/`ESRCH` ([`ProcError::is_gone`]).
 
 mod cgroup;
-pub use cgroup::{cgroups, parse_cgroups};
+pub use cgroup::{cgroups, memcg_room_short, parse_cgroups};
 mod fd;
 mod maps;
 mod observe;

@@ -111,6 +111,10 @@ pub struct RunReport {
     pub pages_skipped_parent: u64,
     pub pages_written: u64,
     pub pages_lazy: u64,
+    /// Of `pages_written`, those read after the thaw from a fork of the process made under
+    /// the freeze (`dump.snapshot`); 0: none was made.
+    #[serde(default)]
+    pub pages_from_snapshot: u64,
     pub restore_time: u64,
     pub pages_restored: u64,
     /// From the start of the restore until the restored process runs (µs).
@@ -592,8 +596,16 @@ pub fn render(r: &RunReport) -> String {
         );
         let _ = writeln!(
             s,
-            "        pages scanned {}  written {}  skipped (parent) {}  lazy {}",
-            r.pages_scanned, r.pages_written, r.pages_skipped_parent, r.pages_lazy
+            "        pages scanned {}  written {}  skipped (parent) {}  lazy {}{}",
+            r.pages_scanned,
+            r.pages_written,
+            r.pages_skipped_parent,
+            r.pages_lazy,
+            if r.pages_from_snapshot > 0 {
+                format!("  from a fork {}", r.pages_from_snapshot)
+            } else {
+                String::new()
+            }
         );
     }
     if let Some(p) = &r.pause {

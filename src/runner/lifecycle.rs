@@ -407,10 +407,18 @@ fn after_launch(
                 return Err(e);
             }
         };
+    // A checkpoint that left the process running made no memory keeper, only perhaps a fork
+    // snapshot, dead already: it is reaped now, not after the restore and the verify command.
+    let leave_running = job.spec.dump.leave_running;
+    if leave_running {
+        super::release::reap_keepers(&keepers);
+    }
     let r = restore_after_dump(
         job, &store, &set, source, marks, target, ph, report, p, stop,
     );
-    super::release::reap_keepers(&keepers);
+    if !leave_running {
+        super::release::reap_keepers(&keepers);
+    }
     let kept = stages::retain_and_measure(job, &store, &set, report);
     r.and(kept)
 }

@@ -113,10 +113,11 @@ pub fn release(pids: &[i32], timeout: Duration) -> Vec<Taken> {
     }
 }
 
-/// Reaps the memory keepers of a killed tree (`dump::keeper`) that came to haul: each is
-/// killed by the worker once its process is dead, and is an orphan of haul's when haul
-/// launched that process. One that is not haul's child is its own parent's to reap. Waits at
-/// most [`RELEASE_TIMEOUT`] in all (a keeper frees the memory it held as it exits).
+/// Reaps the memory keepers of a killed tree (`dump::keeper`) that came to haul, and the fork
+/// snapshot of a checkpoint (`dump::snapshot`): each is killed by the worker, and is a child
+/// of haul's when haul launched the process (a keeper an orphan of it, a snapshot its sibling;
+/// the snapshot has no exit signal). One that is not haul's child is its own parent's to reap.
+/// Waits at most [`RELEASE_TIMEOUT`] in all (a keeper frees the memory it held as it exits).
 pub fn reap_keepers(pids: &[i32]) {
     let me = crate::sys::process::getpid();
     let end = Instant::now() + RELEASE_TIMEOUT;

@@ -57,6 +57,7 @@ pub fn checkpoint(
     );
     req.leave_running = spec.leave_running;
     req.buffer = spec.buffer.0;
+    req.snapshot = spec.snapshot;
     req.tcp_pending = spec.tcp_pending;
     req.network_lock = job.spec.network.lock;
     req.lazy = spec.lazy.then(|| LazyServeRequest {
@@ -122,6 +123,7 @@ pub fn checkpoint(
     report.memwrite_time = s.memwrite_time;
     report.pages_scanned = s.pages_scanned;
     report.pages_written = s.pages_written;
+    report.pages_from_snapshot = s.pages_from_snapshot;
     report.pages_skipped_parent = s.pages_skipped_parent;
     report.processes = s.processes;
     report.pages_lazy = d.set.figures.pages_lazy;

@@ -26,15 +26,16 @@ pub fn reap(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// `waitpid(pid, &status, WNOHANG)`, see waitpid(2): reaps child `pid` if it has ended.
-/// Returns whether it was reaped (false: it still runs). Only that pid is waited for, so the
-/// status of every other child stays for whoever waits for it (`std::process::Child`).
+/// `waitpid(pid, &status, WNOHANG | __WALL)`, see waitpid(2): reaps child `pid` if it has
+/// ended, whatever its exit signal (a fork snapshot of a checkpoint has none). Returns whether
+/// it was reaped (false: it still runs). Only that pid is waited for, so the status of every
+/// other child stays for whoever waits for it (`std::process::Child`).
 pub fn reap_if_ended(pid: i32) -> Result<bool> {
     let mut status = 0;
     // SAFETY: waitpid writes one c_int to `status`, a live local.
-    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
     if r < 0 {
-        return Err(last_err(format!("waitpid({pid}, WNOHANG)")));
+        return Err(last_err(format!("waitpid({pid}, WNOHANG | __WALL)")));
     }
     Ok(r == pid)
 }

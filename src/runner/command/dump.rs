@@ -137,10 +137,11 @@ pub fn dump(cmd: &DumpCommand, on_step: &dyn Fn(&str)) -> Result<Dumped, Command
             .map(|(_, p)| p.pid)
             .chain(set.tree.zombies.iter().map(|z| z.pid))
             .collect();
-        let taken = crate::runner::release::release(&pids, RELEASE_TIMEOUT);
-        crate::runner::release::reap_keepers(&o.stats.keepers);
-        taken
+        crate::runner::release::release(&pids, RELEASE_TIMEOUT)
     };
+    // Memory keepers and a fork snapshot that came to haul (none when haul did not launch
+    // the root: only a child of haul's gets a snapshot).
+    crate::runner::release::reap_keepers(&o.stats.keepers);
     let pruned = match cmd.keep {
         Some(k) => store.prune(&req.job, k)?,
         None => Vec::new(),

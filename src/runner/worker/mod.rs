@@ -103,6 +103,10 @@ pub struct CheckpointRequest {
     pub job: String,
     pub leave_running: bool,
     pub buffer: u64,
+    /// A checkpoint that leaves the process running may read its memory from a fork
+    /// (`dump.snapshot`).
+    #[serde(default = "crate::job::defaults::snapshot")]
+    pub snapshot: bool,
     /// zstd level (None: uncompressed).
     pub level: Option<i32>,
     /// Test-only: a dump step to fail at on purpose.
@@ -140,6 +144,7 @@ impl CheckpointRequest {
             job: job.to_string(),
             leave_running: false,
             buffer: crate::dump::DumpOptions::default().buffer,
+            snapshot: true,
             level: compression.level(),
             fail_at: crate::dump::Step::from_env().map(|s| s.name().to_string()),
             predump: None,
@@ -260,6 +265,7 @@ mod tests {
             job: "web".into(),
             leave_running: true,
             buffer: 1 << 20,
+            snapshot: false,
             level: Some(3),
             fail_at: None,
             predump: Some(PredumpRequest {

@@ -44,6 +44,7 @@ fn run_checkpoint(
     let dopts = DumpOptions {
         leave_running: req.leave_running,
         buffer: req.buffer,
+        snapshot: req.snapshot,
         fail_at: req.fail_at.as_deref().and_then(Step::parse),
         policy: crate::dump::CheckPolicy {
             tcp_pending: req.tcp_pending,
@@ -51,6 +52,8 @@ fn run_checkpoint(
         network_lock: req.network_lock,
         // Answered while the killed processes exit; joined before the worker does.
         deaths_in_background: !lazy,
+        // haul, which launched the root, reaps a fork snapshot of it (`DumpStats::keepers`).
+        parent_reaps: true,
         ..Default::default()
     };
     let Some(p) = &req.predump else {

@@ -1,5 +1,6 @@
 //! Memory calls injected into a thread: mmap, munmap, mprotect, mremap, madvise, mlock2,
-//! `PR_SET_MM_MAP`, `PR_SET_VMA_ANON_NAME`, and a clone that shares the address space.
+//! `PR_SET_MM_MAP`, `PR_SET_VMA_ANON_NAME`, a clone that shares the address space and one
+//! that copies it.
 
 use super::{cstr, put, put_at, Inject};
 use crate::sys::process::PrctlMmMap;
@@ -39,6 +40,22 @@ pub fn mmap<R: Inject + ?Sized>(
 pub fn clone_sharing_mm<R: Inject + ?Sized>(r: &mut R) -> Result<i32> {
     let flags = libc::CLONE_VM as u64;
     let pid = r.call_ok(libc::SYS_clone, [flags, 0, 0, 0, 0, 0], "clone(CLONE_VM)")?;
+    Ok(pid as i32)
+}
+
+/// `clone(CLONE_PARENT)`, see clone(2): a copy of the caller (a fork: its address space copied
+/// on write, its fd table copied) that is a child of the caller's parent, not of the caller,
+/// with no exit signal and the caller's stack pointer. Returns its pid (in the caller's PID
+/// namespace). It must never run: the caller is traced with `PTRACE_O_TRACECLONE`, so the
+/// child starts traced and stopped (see `dump::snapshot`). EINVAL when the caller is the init
+/// of a PID namespace.
+pub fn clone_snapshot<R: Inject + ?Sized>(r: &mut R) -> Result<i32> {
+    let flags = libc::CLONE_PARENT as u64;
+    let pid = r.call_ok(
+        libc::SYS_clone,
+        [flags, 0, 0, 0, 0, 0],
+        "clone(CLONE_PARENT)",
+    )?;
     Ok(pid as i32)
 }
 
