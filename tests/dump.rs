@@ -203,8 +203,10 @@ fn dump_copies_exactly_the_memwriter_pages() {
 fn pages_beyond_the_buffer_go_to_the_sink_during_the_freeze() {
     let dir = tempfile::tempdir().unwrap();
     let (m, _out) = memwriter(dir.path(), 16, 0);
+    // Copied under the freeze (a fork snapshot would hold the pages instead of the buffer).
     let opts = DumpOptions {
         buffer: 8 << 20,
+        snapshot: false,
         ..running()
     };
     let mut sink = VecSink::default();
@@ -247,6 +249,195 @@ fn leave_running_keeps_the_memwriter_going_with_the_same_memory() {
     let (t2, sum2) = common::memwriter_report(pid, &out, t1);
     assert!(t2 > t1);
     assert_eq!(sum1, sum2, "memory changed across the dump");
+}
+
+/// A wavewriter of `mib` MiB (`fixtures/wavewriter.c`), and its log.
+fn wavewriter(dir: &Path, mib: u32) -> (Running, std::path::PathBuf) {
+    let log = dir.join("wave.log");
+    let r = Running::logged(
+        clean_command(fixture("wavewriter")).arg(mib.to_string()),
+        &log,
+        true,
+    );
+    (r, log)
+}
+
+/// The pass numbers at the start of each page of `[start, end)` in `sink`, in address order.
+fn wave(sink: &VecSink, start: u64, end: u64) -> Vec<u64> {
+    let mut v: Vec<(u64, u64)> = sink
+        .pages
+        .iter()
+        .filter(|(a, _)| (start..end).contains(a))
+        .map(|(a, d)| (*a, u64::from_ne_bytes(d[..8].try_into().unwrap())))
+        .collect();
+    v.sort_unstable();
+    v.into_iter().map(|(_, g)| g).collect()
+}
+
+/// The wavewriter's `log` has passes past `after` (the number of lines now) and no torn page.
+fn assert_waves_on(log: &Path, after: usize) {
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(10), || text().lines().count()
+            > after + 20),
+        "the wavewriter stopped: {}",
+        text().lines().last().unwrap_or("")
+    );
+    assert!(!text().contains("torn"), "{}", text());
+}
+
+/// Held by the tests that count the wavewriters among this test process's children, so that
+/// one does not see the other's.
+static WAVES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The wavewriter's children of this test process: the one that runs, and any fork of it that
+/// a checkpoint left behind (living or a zombie). Call with [`WAVES`] held.
+fn wavewriters() -> Vec<i32> {
+    common::children_of(std::process::id() as i32)
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "wavewriter")
+        })
+        .collect()
+}
+
+/// A checkpoint of a process that rewrites its memory without pause holds the memory of one
+/// instant, the freeze's: the wavewriter's pages show a single wave (pass g up to some page,
+/// g - 1 after it). Read after the thaw from a fork (the default for a child of the dumping
+/// process), and copied under the freeze (`snapshot: false`). The fork is gone afterwards,
+/// reaped, and the wavewriter goes on unharmed, its own checks passing.
+#[test]
+fn a_checkpoint_holds_the_memory_of_one_instant_while_the_process_writes_on() {
+    let _one = WAVES.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (w, log) = wavewriter(dir.path(), 64);
+    let pid = w.pid;
+    let (start, end) = region(pid, 64);
+    let maps_before = maps_text(pid);
+    let fds_before = fd_list(pid);
+    for snapshot in [true, false, true] {
+        let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+        let mut sink = VecSink::default();
+        let opts = DumpOptions {
+            snapshot,
+            ..running()
+        };
+        let o = dump(pid, &opts, &mut sink).unwrap();
+        let pages = (64 << 20) / PAGE_SIZE as u64;
+        if snapshot {
+            assert!(o.stats.pages_from_snapshot >= pages, "{:?}", o.stats);
+            assert!(o.stats.keepers.is_empty(), "{:?}", o.stats);
+        } else {
+            assert_eq!(o.stats.pages_from_snapshot, 0, "{:?}", o.stats);
+        }
+        let v = wave(&sink, start, end);
+        assert!(v.len() as u64 >= pages, "{} pages of the region", v.len());
+        let (hi, lo) = (v[0], v[v.len() - 1]);
+        let steps = v.windows(2).filter(|p| p[0] != p[1]).count();
+        assert!(
+            hi >= 1
+                && (hi == lo || hi == lo + 1)
+                && steps <= 1
+                && v.windows(2).all(|p| p[0] >= p[1]),
+            "snapshot {snapshot}: not one wave: {hi} down to {lo} in {steps} steps ({:?} ...)",
+            &v[..8]
+        );
+        assert_eq!(wavewriters(), vec![pid], "a fork of the wavewriter is left");
+        assert_unharmed(pid, &maps_before, &fds_before);
+        assert_waves_on(&log, lines);
+    }
+}
+
+/// A checkpoint with a fork snapshot that fails at any step leaves the process running
+/// unharmed, its memory as it was (its own checks pass), and no fork behind.
+#[test]
+fn a_failed_checkpoint_with_a_snapshot_leaves_no_fork_and_the_process_unharmed() {
+    let _one = WAVES.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (w, log) = wavewriter(dir.path(), 8);
+    let maps_before = maps_text(w.pid);
+    let fds_before = fd_list(w.pid);
+    for step in Step::ALL {
+        let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+        let opts = DumpOptions {
+            fail_at: Some(step),
+            ..running()
+        };
+        let err = dump(w.pid, &opts, &mut VecSink::default()).unwrap_err();
+        assert_eq!(err.step(), Some(step), "{err}");
+        assert_eq!(wavewriters(), vec![w.pid], "a fork is left after {step}");
+        assert_unharmed(w.pid, &maps_before, &fds_before);
+        assert_waves_on(&log, lines);
+    }
+}
+
+/// A new pids cgroup under this test process's own (cgroup v2 with the pids controller, or
+/// v1's pids hierarchy), removed when dropped; None where neither can be made.
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    fn make(name: &str) -> Option<PidsCgroup> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let (root, path) = match own
+            .lines()
+            .find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_string()))
+        {
+            Some(p) => (Path::new("/sys/fs/cgroup/pids").to_path_buf(), p),
+            None => (
+                Path::new("/sys/fs/cgroup").to_path_buf(),
+                own.lines().find_map(|l| l.strip_prefix("0::"))?.to_string(),
+            ),
+        };
+        let dir = root
+            .join(path.trim_start_matches('/'))
+            .join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        let cg = PidsCgroup(dir);
+        std::fs::write(cg.0.join("pids.max"), "1").ok()?;
+        Some(cg)
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = wait_for(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.0).is_ok() || !self.0.exists()
+        });
+    }
+}
+
+/// A fork that fails (the process's pids cgroup allows it no more tasks) leaves the
+/// checkpoint to copy the memory under the freeze, as without a snapshot: it still holds the
+/// memory of one instant, and the process goes on unharmed.
+#[test]
+fn a_checkpoint_whose_fork_fails_copies_under_the_freeze() {
+    let name = "a_checkpoint_whose_fork_fails_copies_under_the_freeze";
+    let Some(cg) = PidsCgroup::make("haul-test-nofork") else {
+        return common::skip(name, "cannot make a pids cgroup here");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (w, log) = wavewriter(dir.path(), 16);
+    std::fs::write(cg.0.join("cgroup.procs"), w.pid.to_string()).unwrap();
+    let (start, end) = region(w.pid, 16);
+    let maps_before = maps_text(w.pid);
+    let fds_before = fd_list(w.pid);
+    let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+    let mut sink = VecSink::default();
+    let o = dump(w.pid, &running(), &mut sink).unwrap();
+    assert_eq!(o.stats.pages_from_snapshot, 0, "{:?}", o.stats);
+    let v = wave(&sink, start, end);
+    assert!(v.len() as u64 >= (16 << 20) / PAGE_SIZE as u64);
+    assert!(
+        v.windows(2).all(|p| p[0] >= p[1]) && v[0] <= v[v.len() - 1] + 1,
+        "not one wave: {} down to {}",
+        v[0],
+        v[v.len() - 1]
+    );
+    assert_unharmed(w.pid, &maps_before, &fds_before);
+    assert_waves_on(&log, lines);
+    drop(w);
+    drop(cg);
 }
 
 #[test]

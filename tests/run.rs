@@ -799,3 +799,60 @@ command = ["true"]
     assert_eq!(r["outcome"], "ok", "{r}");
     assert_eq!(restored, r["pid"].as_i64().unwrap() as i32, "{r}");
 }
+
+/// `haul run` of a launched process that rewrites its memory without pause
+/// (`fixtures/wavewriter.c`), checkpointed with `leave_running`: the memory comes from a fork
+/// of it made under the freeze (the report counts its pages), the restored copy goes on
+/// checking every page of the image against the wave it must hold (it exits 3 on a torn page),
+/// and by the time the verify command runs, haul holds no dead fork.
+#[test]
+fn a_checkpoint_read_from_a_fork_restores_the_memory_of_the_freeze() {
+    let dir = tempfile::tempdir().unwrap();
+    let wave = fixture("wavewriter");
+    // The verify command: the restored copy has made 5 passes (5 writes) and runs, no page was
+    // torn, and no child of haul's is a zombie. (Braces doubled: haul's placeholders.)
+    let verify = "p={pid}; log={run_dir}/wave.log; \
+                  until [ \"$(awk '/^syscw/ {{print $2}}' /proc/$p/io)\" -ge 5 ]; do \
+                  kill -0 $p || {{ echo \"restored copy $p is gone\"; exit 1; }}; sleep 0.01; done; \
+                  ! grep -m1 torn $log || exit 1; \
+                  for c in $(cat /proc/$PPID/task/*/children); do \
+                  [ \"$(awk '{{print $3}}' /proc/$c/stat)\" != Z ] || {{ echo \"zombie child $c\"; exit 1; }}; done; \
+                  echo OK";
+    let j = job(
+        dir.path(),
+        "wave",
+        &format!(
+            "[process]\ncommand = [\"{}\", \"64\"]\nstdout = \"{{run_dir}}/wave.log\"\n\
+             ready = {{ stdout_line = \"ready\" }}\n\
+             [dump]\nleave_running = true\n[restore]\npid = \"any\"\n[verify]\n\
+             command = [\"sh\", \"-c\", \"{}\"]\nexpect_stdout = \"OK\"\ntimeout = \"60s\"\n\
+             [store]\npath = \"{}\"\n[report]\ndir = \"{}\"\n",
+            wave.display(),
+            verify.replace('\\', "\\\\").replace('"', "\\\""),
+            dir.path().join("store").display(),
+            dir.path().join("reports").display(),
+        ),
+    );
+    let out = haul().args(["run", "--plain"]).arg(&j).output().unwrap();
+    let r = reports(dir.path()).into_iter().next().expect("a report");
+    for key in ["pid", "restored_pid"] {
+        if let Some(pid) = r[key].as_i64() {
+            // Gone already, or killed now.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    assert_eq!(
+        r["outcome"],
+        "ok",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(r["verify"]["passed"], true, "{r}");
+    assert!(
+        r["pages_from_snapshot"].as_u64().unwrap() >= (64 << 20) / 4096,
+        "{r}"
+    );
+}
