@@ -126,35 +126,36 @@ impl Keeper {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(super) mod sleeper {
     use std::process::{Command, Stdio};
 
-    /// A real process (sleep, with a pipe on its stdin and stdout) gets a keeper while frozen:
-    /// the keeper shares its address space (kcmp), holds none of its fds, leads a session of
-    /// its own, and is stopped under haul's ptrace. Ending it and
-    /// thawing leave sleep running, untraced.
-    #[test]
-    fn a_keeper_shares_the_address_space_and_holds_nothing_the_restore_needs() {
-        let (r, _w) = crate::sys::pipe::pipe().expect("pipe");
-        let r2 = r.try_clone().expect("dup");
-        /// Killed and reaped however the test ends.
-        struct Sleep(std::process::Child);
-        impl Drop for Sleep {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
+    /// `sleep 100`, a child of this test with a pipe on its stdin and stdout (the other end
+    /// held here); killed and reaped however the test ends.
+    pub struct Sleep {
+        child: std::process::Child,
+        pub pid: i32,
+        _w: std::os::fd::OwnedFd,
+    }
+
+    impl Drop for Sleep {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let child = Sleep(
-            Command::new("sleep")
-                .arg("100")
-                .stdin(Stdio::from(r))
-                .stdout(Stdio::from(r2))
-                .spawn()
-                .expect("spawn sleep"),
-        );
-        let pid = child.0.id() as i32;
+    }
+
+    /// A [`Sleep`] once it sleeps (state S), or after 10 s.
+    pub fn sleeping() -> Sleep {
+        let (r, w) = crate::sys::pipe::pipe().expect("pipe");
+        let r2 = r.try_clone().expect("dup");
+        let child = Command::new("sleep")
+            .arg("100")
+            .stdin(Stdio::from(r))
+            .stdout(Stdio::from(r2))
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let s = Sleep { child, pid, _w: w };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while crate::proc::stat(pid).map(|s| (s.comm, s.state)).ok()
             != Some(("sleep".to_string(), 'S'))
@@ -162,6 +163,22 @@ mod tests {
         {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real process (sleep, with a pipe on its stdin and stdout) gets a keeper while frozen:
+    /// the keeper shares its address space (kcmp), holds none of its fds, leads a session of
+    /// its own, and is stopped under haul's ptrace. Ending it and
+    /// thawing leave sleep running, untraced.
+    #[test]
+    fn a_keeper_shares_the_address_space_and_holds_nothing_the_restore_needs() {
+        let child = sleeper::sleeping();
+        let pid = child.pid;
         let checked = {
             let mut f = Frozen::seize_all(pid).expect("freeze sleep");
             let k = make(&mut f).expect("make a keeper");

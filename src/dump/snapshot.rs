@@ -169,33 +169,8 @@ mod tests {
     /// child, not sleep's. Ending it reaps it here; sleep runs on, untraced, childless.
     #[test]
     fn a_snapshot_is_a_stopped_fork_that_holds_nothing_and_is_not_the_process_child() {
-        use std::process::{Command, Stdio};
-        let (r, _w) = crate::sys::pipe::pipe().expect("pipe");
-        let r2 = r.try_clone().expect("dup");
-        /// Killed and reaped however the test ends.
-        struct Sleep(std::process::Child);
-        impl Drop for Sleep {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let child = Sleep(
-            Command::new("sleep")
-                .arg("100")
-                .stdin(Stdio::from(r))
-                .stdout(Stdio::from(r2))
-                .spawn()
-                .expect("spawn sleep"),
-        );
-        let pid = child.0.id() as i32;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while crate::proc::stat(pid).map(|s| (s.comm, s.state)).ok()
-            != Some(("sleep".to_string(), 'S'))
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let child = super::super::keeper::sleeper::sleeping();
+        let pid = child.pid;
         let me = crate::sys::process::getpid();
         let checked = {
             let mut f = Frozen::seize_all(pid).expect("freeze sleep");
