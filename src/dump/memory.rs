@@ -393,10 +393,7 @@ impl Copier {
             self.buffered.items.push(Held::Later(runs));
             return Ok(());
         }
-        let addrs: Vec<u64> = runs
-            .iter()
-            .flat_map(|r| (0..r.pages).map(move |i| r.addr + (i * PAGE_SIZE) as u64))
-            .collect();
+        let addrs = page_addrs(&runs);
         // Whole chunks stay in the buffer; a chunk with absent pages (see `Run::file`) goes to
         // the sink now, without them.
         let (addrs, data) = match pool.take_buffered()? {
@@ -453,6 +450,13 @@ impl Copier {
         }
         Ok(())
     }
+}
+
+/// The address of every page of `runs`, in order.
+fn page_addrs(runs: &[Run]) -> Vec<u64> {
+    runs.iter()
+        .flat_map(|r| (0..r.pages).map(move |i| r.addr + (i * PAGE_SIZE) as u64))
+        .collect()
 }
 
 /// Hands `addrs` (with their `data`, of a chunk of `pages` pages) to the sink during the freeze.
@@ -654,10 +658,7 @@ fn write_items(
                 let pid = snapshot.ok_or_else(|| {
                     DumpError::Internal("pages to read from a snapshot that is not there".into())
                 })?;
-                let addrs: Vec<u64> = runs
-                    .iter()
-                    .flat_map(|r| (0..r.pages).map(move |i| r.addr + (i * PAGE_SIZE) as u64))
-                    .collect();
+                let addrs = page_addrs(&runs);
                 let pages = addrs.len();
                 // Through `/proc/PID/mem` only: `process_vm_readv` pins the pages it reads,
                 // and the kernel first copies a page shared with the process (all of them, in

@@ -664,8 +664,6 @@ pub(crate) fn dump_planned(
     let n = frozen.procs.len();
     let mut procs = Vec::with_capacity(n);
     let mut observed = Vec::with_capacity(n);
-    // Killed when dropped (any error below).
-    let mut snap: Option<snapshot::Snapshot> = None;
     for (i, (f, snapshot)) in frozen.procs.iter_mut().zip(snapshots).enumerate() {
         let pid = f.pid;
         let m = ctx.member(&frozen.members[i]);
@@ -709,7 +707,9 @@ pub(crate) fn dump_planned(
     })?;
 
     // The fork snapshot of the root, the last syscall injected (a phase of its own in the
-    // timeline: ~20 ms per GiB of page tables); the root is settled again after it.
+    // timeline: ~20 ms per GiB of page tables); the root is settled again after it. Killed
+    // when dropped (any error below).
+    let mut snap = None;
     if want_snapshot {
         stats.marks.push(mark("fork"));
         let f = &mut frozen.procs[0];
