@@ -248,7 +248,8 @@ fn bench_migrate_times_each_path_as_the_process_saw_it() {
         let phases = t["phases"].as_array().unwrap();
         let names: Vec<&str> = phases.iter().map(|x| x["name"].as_str().unwrap()).collect();
         let want: &[&str] = match p["path"].as_str().unwrap() {
-            "checkpoint" => &["freeze", "state", "copy", "thaw"],
+            // haul launched the writer: a checkpoint forks it (`dump.snapshot`).
+            "checkpoint" => &["freeze", "state", "fork", "copy", "thaw"],
             _ => &[
                 "freeze", "state", "copy", "write", "commit", "kill", "reap", "handover",
             ],
