@@ -528,6 +528,11 @@ pub(crate) trait TreePlan {
     fn copy_estimate(&self) -> Option<u64> {
         None
     }
+    /// Whether the root's memory is registered with haul's own userfaultfd (uffd-wp tracking):
+    /// its `uw` mappings are haul's, not another monitor's (see `dump::snapshot`).
+    fn root_tracked_by_uffd(&self) -> bool {
+        false
+    }
     /// Under the freeze, before memory is copied: the last tracking round of process `space`
     /// over its `vmas`.
     fn prepare(&mut self, space: usize, vmas: &[crate::image::Vma]) -> Result<(), DumpError>;
@@ -591,7 +596,8 @@ pub(crate) fn dump_planned(
     };
     // A checkpoint that leaves the root running reads its private memory after the thaw from
     // a fork made under the freeze, when it can (`snapshot`).
-    let want_snapshot = match snapshot::unwanted(&before, opts, plan.is_some(), root_memory.0) {
+    let tracked = plan.as_deref().is_some_and(|p| p.root_tracked_by_uffd());
+    let want_snapshot = match snapshot::unwanted(&before, opts, tracked, root_memory.0) {
         None => true,
         Some(why) => {
             if opts.leave_running {

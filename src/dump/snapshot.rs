@@ -47,7 +47,9 @@ pub(crate) struct Snapshot {
 }
 
 /// Why the root of the tree `before` gets no snapshot, if it does not. `tracked`: a pre-copy
-/// registered its memory with haul's userfaultfd (`uw`). `private`: the root's private memory
+/// registered its memory with haul's userfaultfd (`uw`). A `uw` mapping that is not haul's
+/// belongs to another monitor: a fork would wait for it to read the fork event (with
+/// `UFFD_FEATURE_EVENT_FORK`), or hand it a child it does not expect. `private`: the root's private memory
 /// ([`super::check::memory_estimate`]).
 pub(crate) fn unwanted(
     before: &TreeSnapshot,

@@ -479,6 +479,12 @@ impl TreePlan for Precopy<'_> {
         Some(last.pages_written.saturating_mul(2 * PAGE))
     }
 
+    fn root_tracked_by_uffd(&self) -> bool {
+        self.members
+            .first()
+            .is_some_and(|m| m.tracker.kind() == crate::track::TrackerKind::UffdWp)
+    }
+
     fn prepare(&mut self, space: usize, vmas: &[Vma]) -> Result<(), DumpError> {
         let m = self
             .members
