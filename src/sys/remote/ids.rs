@@ -316,6 +316,18 @@ pub fn set_tid_address<R: Inject + ?Sized>(r: &mut R, addr: u64) -> Result<()> {
     Ok(())
 }
 
+/// Leaves the calling thread nothing the kernel writes into its memory when it exits: no
+/// `clear_child_tid` (set_tid_address(2) with NULL) and no robust futex list
+/// (set_robust_list(2) with NULL). For a thread killed while another process shares its
+/// address space and a restore takes that address space over (a memory keeper,
+/// `dump::keeper`): its exit would zero its tid word (glibc's `pthread_self()->tid`) and mark
+/// the robust mutexes it holds owner-died, in memory the restored process runs on.
+pub fn clear_exit_writes<R: Inject + ?Sized>(r: &mut R) -> Result<()> {
+    set_tid_address(r, 0)?;
+    let head = size_of::<linux_raw_sys::general::robust_list_head>() as u64;
+    set_robust_list(r, 0, head)
+}
+
 /// `rseq(2)` registration of the `len`-byte area at `addr` with signature `sig`.
 pub fn rseq_register<R: Inject + ?Sized>(r: &mut R, addr: u64, len: u32, sig: u32) -> Result<()> {
     r.call_ok(
@@ -405,16 +417,40 @@ pub fn clone3_process<R: Inject + ?Sized>(
     set_tid: Option<i32>,
     what: &str,
 ) -> Result<i32> {
+    let mut flags = libc::CLONE_PTRACE as u64;
+    if share_files {
+        flags |= libc::CLONE_FILES as u64;
+    }
+    clone3_with(r, flags, exit_signal, set_tid, what)
+}
+
+/// `clone3(2)` with `CLONE_VM | CLONE_PTRACE`: a process that shares the caller's address
+/// space (and nothing else: its fd table, signal actions, credentials and the rest are
+/// copies), traced from the start as [`clone3_process`]'s children are, with no exit signal
+/// and the pid `set_tid`. A restore makes the process it rebuilds this way from a memory
+/// keeper (`restore::adopt`): the address space the keeper holds becomes the process's own
+/// once the keeper is gone. Needs `CAP_SYS_ADMIN` or `CAP_CHECKPOINT_RESTORE` in the caller
+/// for `set_tid`. Returns the new process's pid.
+pub fn clone3_sharing_mm<R: Inject + ?Sized>(r: &mut R, set_tid: i32, what: &str) -> Result<i32> {
+    let flags = (libc::CLONE_VM | libc::CLONE_PTRACE) as u64;
+    clone3_with(r, flags, 0, Some(set_tid), what)
+}
+
+/// `clone3(2)` with `flags`, `exit_signal` and the pid `set_tid` when given: `struct
+/// clone_args` and the set_tid array go to the argument area.
+fn clone3_with<R: Inject + ?Sized>(
+    r: &mut R,
+    flags: u64,
+    exit_signal: i32,
+    set_tid: Option<i32>,
+    what: &str,
+) -> Result<i32> {
     use linux_raw_sys::general::clone_args as C;
     let len = size_of::<C>();
     let (tid_at, _) = r.args_area().ok_or_else(|| {
         SysError::Invalid(format!("process {}: no argument area for clone3", r.pid()))
     })?;
     let tid_at = tid_at + len as u64;
-    let mut flags = libc::CLONE_PTRACE as u64;
-    if share_files {
-        flags |= libc::CLONE_FILES as u64;
-    }
     let mut b = vec![0u8; len];
     field(&mut b, offset_of!(C, flags), &flags.to_ne_bytes());
     field(
