@@ -317,7 +317,7 @@ impl Frozen {
     /// Kills the process (SIGKILL) and collects the deaths a tracer must see, so the real
     /// parent can reap the process.
     pub fn kill(mut self) -> Result<(), DumpError> {
-        let parent_is_us = self.send_kill(false)?;
+        let parent_is_us = self.send_kill(Keep::No)?;
         if let Some(k) = self.collect_death(parent_is_us) {
             k.end();
         }
@@ -328,11 +328,16 @@ impl Frozen {
     /// process its SIGKILL before waiting for any). Returns whether haul is its parent.
     ///
     /// With `keep`, a process holding much memory first gets a memory keeper (see
-    /// `dump::keeper`), so that its exit does not wait for its memory to be freed; without
-    /// one, a pidfd opened here lets [`Frozen::collect_death`] free it alongside the exit.
-    pub fn send_kill(&mut self, keep: bool) -> Result<bool, DumpError> {
-        if keep && super::keeper::wanted(self.pid) {
-            match super::keeper::make(self) {
+    /// `dump::keeper`; an adoptable one with [`Keep::Adoptable`]), so that its exit does not
+    /// wait for its memory to be freed; without one, a pidfd opened here lets
+    /// [`Frozen::collect_death`] free it alongside the exit.
+    pub fn send_kill(&mut self, keep: Keep) -> Result<bool, DumpError> {
+        if keep != Keep::No && super::keeper::wanted(self.pid) {
+            let made = match keep {
+                Keep::Adoptable => super::keeper::make_adoptable(self),
+                _ => super::keeper::make(self),
+            };
+            match made {
                 Ok(k) => {
                     tracing::debug!(pid = self.pid, keeper = k.pid, "memory keeper made");
                     self.keeper = Some(k);
@@ -383,6 +388,16 @@ impl Frozen {
         }
         self.keeper.take()
     }
+}
+
+/// Whether [`Frozen::send_kill`] makes a memory keeper first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    No,
+    /// When the process holds much memory.
+    Yes,
+    /// An adoptable one (`dump::keeper::make_adoptable`), handed over to the restore.
+    Adoptable,
 }
 
 /// Waits until tracee `tid` has exited (its death collected).

@@ -21,6 +21,22 @@
 //! Only a process holding at least [`KEEP_MIN_RESIDENT`] gets one, and none that attaches
 //! SysV shared memory: a segment marked for removal would outlive the process, and a restore
 //! makes it again.
+//!
+//! **An adoptable keeper** ([`make_adoptable`], `DumpOptions::hand_keepers`) is one a restore
+//! on this host then takes the memory from: the restored process is made by an injected
+//! `clone3(CLONE_VM)` in the keeper (`restore::adopt`), so it runs on the very pages the set
+//! was read from, none written again. Three differences:
+//! - it leaves only the process's group (`setpgid`), and its session only when the process
+//!   leads it: the restored process, cloned from it, starts in the session the keeper is in;
+//! - before the kill, every thread of the process is made to leave nothing for the kernel to
+//!   write into the kept memory as it exits (`remote::clear_exit_writes`: no `clear_child_tid`,
+//!   no robust list; the restore sets both again);
+//! - once the process's death is collected it is handed over ([`Keeper::hand_over`]) rather
+//!   than killed: detached into a group stop, with registers that make it `exit_group` at once
+//!   if anything resumed it before the restore seizes it, and `PR_SET_PDEATHSIG` so that it
+//!   dies with the haul it was handed to. The checkpoint worker's main thread (their tracer)
+//!   hands them over once every death is collected ([`super::hand_over_keepers`]) and names
+//!   them to haul.
 
 use super::freeze::Frozen;
 use super::DumpError;
@@ -36,6 +52,18 @@ pub const KEEP_MIN_RESIDENT: u64 = 32 << 20;
 #[derive(Debug)]
 pub(crate) struct Keeper {
     pub pid: i32,
+    /// Made by [`make_adoptable`]: handed over once the process is dead, not ended.
+    pub adoptable: bool,
+}
+
+/// What a child of [`make_child`] leaves of the process it was cloned from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Leave {
+    /// Its group and its session (`setsid`).
+    Session,
+    /// Its group (`setpgid(0, 0)`), and its session only when the process leads it: the
+    /// pid is then free for the restored process, which starts in the keeper's session.
+    Group,
 }
 
 /// Whether `pid` should get a keeper: see the module documentation.
@@ -52,8 +80,30 @@ pub(crate) fn wanted(pid: i32) -> bool {
 /// killed next.
 pub(crate) fn make(f: &mut Frozen) -> Result<Keeper, DumpError> {
     Ok(Keeper {
-        pid: make_child(f, remote::clone_sharing_mm, "memory keeper")?,
+        pid: make_child(f, remote::clone_sharing_mm, "memory keeper", Leave::Session)?,
+        adoptable: false,
     })
+}
+
+/// Makes the adoptable keeper of frozen process `f` (see the module documentation), which
+/// must be killed next: the keeper, then every thread of `f` cleared of what its exit would
+/// write into the kept memory. Anything that fails ends the keeper.
+pub(crate) fn make_adoptable(f: &mut Frozen) -> Result<Keeper, DumpError> {
+    let pid = make_child(f, remote::clone_sharing_mm, "memory keeper", Leave::Group)?;
+    let tids: Vec<i32> = f.threads.iter().map(|t| t.tid).collect();
+    let cleared = tids
+        .into_iter()
+        .try_for_each(|tid| f.with_thread(tid, |inj| Ok(remote::clear_exit_writes(inj)?)));
+    match cleared {
+        Ok(()) => Ok(Keeper {
+            pid,
+            adoptable: true,
+        }),
+        Err(e) => {
+            end_child(pid, "memory keeper");
+            Err(e)
+        }
+    }
 }
 
 /// Makes a child of frozen process `f` with the injected `clone` (through its main thread's
@@ -65,8 +115,13 @@ pub(super) fn make_child(
     f: &mut Frozen,
     clone: fn(&mut RemoteSyscall) -> crate::sys::Result<i32>,
     what: &str,
+    leave: Leave,
 ) -> Result<i32, DumpError> {
     let pid = f.pid;
+    let leave_session = leave == Leave::Session
+        || crate::proc::stat(pid)
+            .map(|s| s.session == pid)
+            .unwrap_or(true);
     // The injector first: making one sets the thread's options.
     let r = f.injector()?;
     // The child inherits the parent's options: it is born traced, stopped, with EXITKILL.
@@ -77,7 +132,7 @@ pub(super) fn make_child(
     let child = made?;
     match reset
         .map_err(DumpError::from)
-        .and_then(|()| disarm(child, what))
+        .and_then(|()| disarm(child, what, leave_session))
     {
         Ok(()) => Ok(child),
         Err(e) => {
@@ -88,8 +143,8 @@ pub(super) fn make_child(
 }
 
 /// Waits for the first stop of child `pid`, then closes its fds and gives it a session of its
-/// own.
-fn disarm(pid: i32, what: &str) -> Result<(), DumpError> {
+/// own (`leave_session`) or a group of its own.
+fn disarm(pid: i32, what: &str, leave_session: bool) -> Result<(), DumpError> {
     // Never resumed to get there: it must not run a single instruction of its own.
     match ptrace::wait_stop(pid)? {
         Stop::Event { .. } => {}
@@ -101,7 +156,11 @@ fn disarm(pid: i32, what: &str) -> Result<(), DumpError> {
     }
     let mut r = RemoteSyscall::with_options(pid, pid, PTRACE_O_EXITKILL)?;
     remote::close_range(&mut r, 0, u32::MAX)?;
-    remote::setsid(&mut r)?;
+    if leave_session {
+        remote::setsid(&mut r)?;
+    } else {
+        remote::setpgid(&mut r, 0)?;
+    }
     Ok(())
 }
 
@@ -122,6 +181,51 @@ impl Keeper {
     /// 0), the second took haul's core.
     pub fn end(self) {
         end_child(self.pid, "memory keeper");
+    }
+
+    /// Hands an adoptable keeper over to the restore that follows, once the process it kept
+    /// is dead and collected (see the module documentation): `PR_SET_PDEATHSIG` (its parent
+    /// is now the subreaper the process's death handed it to: haul), registers that run
+    /// `exit_group(0)` at a `syscall` instruction of the kept memory if it is ever resumed,
+    /// then a detach into a group stop (`SIGSTOP`). Returns its pid; on failure it is ended.
+    pub fn hand_over(self) -> Result<i32, DumpError> {
+        let pid = self.pid;
+        let handed = (|| -> Result<(), DumpError> {
+            let mut r = RemoteSyscall::with_options(pid, pid, PTRACE_O_EXITKILL)?;
+            remote::prctl(
+                &mut r,
+                [libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64, 0, 0, 0],
+                "prctl(PR_SET_PDEATHSIG)",
+            )?;
+            let mut regs = ptrace::getregs(pid)?;
+            regs.rip = r.insn_addr();
+            regs.rax = libc::SYS_exit_group as u64;
+            regs.orig_rax = u64::MAX;
+            regs.rdi = 0;
+            r.set_orig_regs(regs);
+            // Dropped: those registers written back, its signal mask (every signal blocked,
+            // as when it was made) restored, still in its syscall-exit stop.
+            drop(r);
+            ptrace::detach(pid, libc::SIGSTOP)?;
+            Ok(())
+        })();
+        match handed {
+            Ok(()) => Ok(pid),
+            Err(e) => {
+                end_child(pid, "memory keeper");
+                Err(e)
+            }
+        }
+    }
+
+    /// What the death collector does with it once the process it kept is dead: an adoptable
+    /// keeper is kept for [`super::hand_over_keepers`], any other ended.
+    pub fn finish(self) {
+        if self.adoptable {
+            super::tree::record_adoptable(self);
+        } else {
+            self.end();
+        }
     }
 }
 

@@ -342,9 +342,14 @@ pub struct DumpOptions {
     /// fork snapshot, `dump::snapshot`, is one when that parent is the caller's: haul, which
     /// launched the root). The checkpoint worker sets it; haul reaps [`DumpStats::keepers`].
     pub parent_reaps: bool,
+    /// A dump that kills a lone process for a restore on this host that takes its memory
+    /// over (`restore.adopt_memory`): its memory keeper is an adoptable one, handed over once
+    /// the process is dead ([`hand_over_keepers`], `dump::keeper`). The checkpoint worker sets it
+    /// from the request.
+    pub hand_keepers: bool,
 }
 
-pub use tree::join_deaths;
+pub use tree::{hand_over_keepers, join_deaths};
 
 impl Default for DumpOptions {
     fn default() -> Self {
@@ -358,6 +363,7 @@ impl Default for DumpOptions {
             network_lock: Default::default(),
             deaths_in_background: false,
             parent_reaps: false,
+            hand_keepers: false,
         }
     }
 }
@@ -492,7 +498,7 @@ pub(crate) fn end_frozen(
         .map_or(0, |l| crate::util::us(l.since().elapsed()));
     let background = opts.deaths_in_background;
     stats.keepers = frozen
-        .kill(&mut stats.marks, background)
+        .kill(&mut stats.marks, background, opts.hand_keepers)
         .map_err(|e| DumpError::At {
             pid,
             step: Step::Resume,

@@ -96,7 +96,12 @@ pub(crate) fn copies(vma: &Vma) -> bool {
 /// Forks frozen process `f` (the root, whose parent reaps the child: see [`unwanted`]).
 pub(crate) fn make(f: &mut Frozen) -> Result<Snapshot, DumpError> {
     let ours = crate::proc::stat(f.pid)?.ppid == crate::sys::process::getpid();
-    let pid = super::keeper::make_child(f, crate::sys::remote::clone_snapshot, "snapshot")?;
+    let pid = super::keeper::make_child(
+        f,
+        crate::sys::remote::clone_snapshot,
+        "snapshot",
+        super::keeper::Leave::Session,
+    )?;
     Ok(Snapshot {
         pid,
         ours,

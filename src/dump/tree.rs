@@ -56,6 +56,37 @@ pub fn join_deaths() {
     drop(late);
 }
 
+/// Adoptable memory keepers whose processes are dead, to hand over
+/// ([`hand_over_keepers`]).
+static ADOPTABLE: std::sync::Mutex<Vec<super::keeper::Keeper>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps adoptable keeper `k` for [`hand_over_keepers`] (its process is dead). A keeper
+/// never handed over dies with haul's checkpoint worker (`PTRACE_O_EXITKILL`).
+pub(super) fn record_adoptable(k: super::keeper::Keeper) {
+    match ADOPTABLE.lock() {
+        Ok(mut v) => v.push(k),
+        Err(_) => k.end(),
+    }
+}
+
+/// Hands the adoptable memory keepers over to the restore that follows
+/// (`DumpOptions::hand_keepers`, [`super::keeper::Keeper::hand_over`]) and returns their pids.
+/// Call after [`join_deaths`] (every death collected) from the thread that made them: ptrace
+/// requests come from a tracee's own tracer thread.
+pub fn hand_over_keepers() -> Vec<i32> {
+    let kept = ADOPTABLE
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
+    kept.into_iter()
+        .filter_map(|k| {
+            k.hand_over()
+                .map_err(|e| tracing::warn!("handing a memory keeper over to the restore: {e}"))
+                .ok()
+        })
+        .collect()
+}
+
 /// Keeps `what` until [`join_deaths`] (a killed process's tracking, whose teardown is
 /// cheap once the process and its memory keeper are gone).
 pub(super) fn after_deaths(what: Box<dyn Send>) {
@@ -77,7 +108,7 @@ fn end_keepers(kept: Vec<super::keeper::Keeper>) {
         .spawn(move || {
             rx.into_iter()
                 .flatten()
-                .for_each(super::keeper::Keeper::end)
+                .for_each(super::keeper::Keeper::finish)
         });
     let left = match spawned {
         Ok(h) => match tx.send(kept) {
@@ -94,7 +125,7 @@ fn end_keepers(kept: Vec<super::keeper::Keeper>) {
             kept
         }
     };
-    left.into_iter().for_each(super::keeper::Keeper::end);
+    left.into_iter().for_each(super::keeper::Keeper::finish);
 }
 
 impl FrozenTree {
@@ -310,10 +341,14 @@ impl FrozenTree {
     /// free without waiting for its memory. Each keeper is ended once its process's death is
     /// collected, on a thread of its own. Returns their pids (orphans the launching haul
     /// reaps once they are gone).
+    ///
+    /// With `hand` and a tree of one process, its keeper is an adoptable one, handed over to
+    /// the restore that follows (`DumpOptions::hand_keepers`).
     pub fn kill(
         self,
         marks: &mut Vec<crate::report::Mark>,
         background: bool,
+        hand: bool,
     ) -> Result<Vec<i32>, DumpError> {
         let FrozenTree {
             repair,
@@ -323,8 +358,13 @@ impl FrozenTree {
         } = self;
         let mut first = None;
         let mut parents = vec![false; procs.len()];
+        let keep = if hand && procs.len() == 1 {
+            super::freeze::Keep::Adoptable
+        } else {
+            super::freeze::Keep::Yes
+        };
         for (i, f) in procs.iter_mut().enumerate().rev() {
-            match f.send_kill(true) {
+            match f.send_kill(keep) {
                 Ok(p) => parents[i] = p,
                 Err(e) => {
                     first.get_or_insert(e);
@@ -348,7 +388,7 @@ impl FrozenTree {
                         .filter_map(|(f, p)| f.collect_death(p))
                         .collect();
                     for k in kept {
-                        k.end();
+                        k.finish();
                     }
                 });
             match spawned {
