@@ -7,8 +7,14 @@ use crate::sys::process::PrctlMmMap;
 use crate::sys::remote::{self, Inject};
 
 /// `PR_SET_MM_MAP` with the image's addresses, auxv and exe (opened for it, closed after).
-pub(super) fn set_mm(rs: &mut dyn Inject, p: &ProcessImage) -> StepResult {
-    let exe_fd = remote::open(rs, &p.exe, libc::O_RDONLY | libc::O_CLOEXEC)?;
+/// `adopted`: the address space is the dumped process's own (`restore::adopt`), exe included,
+/// which the kernel would not replace while the file is mapped (EBUSY): it is left as it is.
+pub(super) fn set_mm(rs: &mut dyn Inject, p: &ProcessImage, adopted: bool) -> StepResult {
+    let exe_fd = if adopted {
+        u64::MAX
+    } else {
+        remote::open(rs, &p.exe, libc::O_RDONLY | libc::O_CLOEXEC)?
+    };
     let m = &p.mm;
     let map = PrctlMmMap {
         start_code: m.start_code,
@@ -27,6 +33,8 @@ pub(super) fn set_mm(rs: &mut dyn Inject, p: &ProcessImage) -> StepResult {
         exe_fd: exe_fd as u32,
     };
     let r = remote::prctl_mm_map(rs, &map, &p.auxv);
-    let _ = remote::close(rs, exe_fd);
+    if !adopted {
+        let _ = remote::close(rs, exe_fd);
+    }
     Ok(r?)
 }

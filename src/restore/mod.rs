@@ -33,6 +33,7 @@
 //! that keeps its source (the call and its errno, the `/proc` read, what it acted on). A step
 //! of a process other than the root names its pid.
 
+mod adopt;
 mod attrs;
 mod cgroup;
 mod compat;
@@ -258,6 +259,10 @@ pub struct RestoreOptions {
     /// How the restored tree's connections to peers outside it are held until it runs
     /// (`[network] lock`, issue #15).
     pub network_lock: crate::netlock::LockMode,
+    /// A memory keeper handed over by the dump that stopped the process (`dump::keeper`):
+    /// the restore makes the process from it and adopts its memory when it can
+    /// ([`adopt`]); else it writes the memory from the set as usual.
+    pub adopt: Option<i32>,
 }
 
 /// What a restore did.
@@ -277,6 +282,8 @@ pub struct RestoreOutcome {
     pub fill_time: u64,
     /// How long the restore held the network lock, taking to release (µs; 0: no lock).
     pub lock_time: u64,
+    /// The memory was adopted from a keeper ([`RestoreOptions::adopt`]), not written.
+    pub adopted: bool,
 }
 
 /// Where a restore reads the pages of a set: in address order, each page verified by the

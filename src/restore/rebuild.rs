@@ -29,12 +29,24 @@ pub(super) fn rebuild(
     );
     // A shell job's root goes where its terminal is the controlling one (restore::tty).
     let planned = super::tty::planned(set, opts.tty.as_ref(), ours);
-    let plan = super::tree::plan(planned.as_ref().unwrap_or(set), ours).map_err(|reason| {
-        RestoreError::Incompatible {
-            set: set.id.clone(),
-            reason: reason.0,
-        }
-    })?;
+    let same = opts.pid == super::PidChoice::Same;
+    // A keeper handed over by the dump: the process is made from it, in its session and
+    // group, when it can be (restore::adopt).
+    let adopting = opts.adopt.and_then(|keeper| {
+        let eager_same = lazy.is_none() && same && planned.is_none() && opts.tty.is_none();
+        super::adopt::check(set, root, keeper, eager_same)
+            .map_err(|why| tracing::info!(keeper, "memory written from the set: {why}"))
+            .ok()
+    });
+    let plan_for = |ours: (i32, i32)| {
+        super::tree::plan(planned.as_ref().unwrap_or(set), ours).map_err(|reason| {
+            RestoreError::Incompatible {
+                set: set.id.clone(),
+                reason: reason.0,
+            }
+        })
+    };
+    let mut plan = plan_for(adopting.map_or(ours, |a| (a.sid, a.pgrp)))?;
     // What the processes of a tree share, built as they are (one for the whole set).
     let mut shared = super::share::Shared::default();
     let c = Ctx {
@@ -46,7 +58,6 @@ pub(super) fn rebuild(
     // again by whichever process first needs each.
     shared.stored = super::stored::StoredTable::load(set, source)
         .map_err(|e| c.err(Step::Fill, root.pid, e))?;
-    let same = opts.pid == super::PidChoice::Same;
     for (_, p) in set.processes() {
         if !same && p.threads.len() > 1 {
             tracing::warn!(
@@ -69,15 +80,36 @@ pub(super) fn rebuild(
     // The connections to peers outside the set stay locked until the restored tree runs
     // (released when dropped, also if the restore fails).
     let netlock = c.step(Step::Spawn, root.pid, || super::netlock::take(set, opts))?;
-    let pid = c.step(Step::Spawn, root.pid, || {
-        crate::sys::spawn::spawn_parked(same.then_some(root.pid))
-    })?;
+    let adopted = match adopting {
+        Some(a) => match super::adopt::make(a.keeper, root.pid) {
+            Ok(pid) => Some(pid),
+            Err(e) => {
+                tracing::warn!(
+                    keeper = a.keeper,
+                    "adopting the memory of the process's keeper: {e}; written from the set"
+                );
+                plan = plan_for(ours)?;
+                None
+            }
+        },
+        None => None,
+    };
+    let pid = match adopted {
+        Some(pid) => pid,
+        None => c.step(Step::Spawn, root.pid, || {
+            crate::sys::spawn::spawn_parked(same.then_some(root.pid))
+        })?,
+    };
+    let adopted = adopted.is_some();
     let mut made = Made::new(set);
     made.made_as(0, pid);
     if let Some(h) = lazy.as_mut() {
         h.spawned();
     }
-    c.step(Step::Seize, root.pid, || create::seize_root(pid))?;
+    // A process made from a keeper is seized and stopped already.
+    if !adopted {
+        c.step(Step::Seize, root.pid, || create::seize_root(pid))?;
+    }
 
     // Every process exists, in its session, before any is rebuilt (tree.rs says why).
     for i in 0..plan.living.len() {
@@ -97,7 +129,15 @@ pub(super) fn rebuild(
             Some(h) => Some(&mut **h),
             None => None,
         };
-        let b = build(&c, &mut made.living[i], source, opts, &mut shared, hooks)?;
+        let b = build(
+            &c,
+            &mut made.living[i],
+            source,
+            opts,
+            &mut shared,
+            hooks,
+            adopted,
+        )?;
         pages_restored += b.pages_restored;
         fill_time += b.fill_time;
         lazy_ranges.push(b.lazy_ranges);
@@ -150,11 +190,13 @@ pub(super) fn rebuild(
         pages_restored,
         fill_time,
         lock_time,
+        adopted,
     })
 }
 
 /// Rebuilds one seized, prepared process from *unmap* to *run* (signals queued, every thread
-/// still stopped).
+/// still stopped). `adopted`: made from a memory keeper (`restore::adopt`), its address space
+/// is the set's already: no unmap, vDSO move, map, fill or protect.
 fn build(
     c: &Ctx<'_>,
     pr: &mut Proc<'_>,
@@ -162,70 +204,29 @@ fn build(
     opts: &RestoreOptions,
     shared: &mut super::share::Shared,
     lazy: Option<&mut dyn super::LazyHooks>,
+    adopted: bool,
 ) -> Result<Built, RestoreError> {
     let (p, pid, scratch, ipid) = (pr.p, pr.pid, pr.scratch, pr.p.pid);
     let set = c.set;
     let mut rs = pr.rs.take().expect("prepared");
-    // The process's own pages at their own addresses, and (for the page source, which checks
-    // them against the set) under their keys.
-    let view = memory::space_view(set, pr.space, false);
-    let keyed = memory::space_view(set, pr.space, true);
-    let base = crate::image::space_bounds(pr.space).0;
-
-    c.step(Step::Unmap, ipid, || {
-        memory::unmap_old(&mut rs, &maps(pid)?, scratch)
-    })?;
-    c.step(Step::Vdso, ipid, || {
-        super::vdso::move_vdso(&mut rs, &maps(pid)?, p)
-    })?;
-
-    // Lazy: the daemon takes the private anonymous memory; the fill skips it.
-    let lazy_ranges: Vec<(u64, u64)> = match lazy {
-        Some(_) => super::lazy_ranges(&view, p),
-        None => Vec::new(),
-    };
-    let temp_prot = c.step(Step::Map, ipid, || {
-        memory::map_vmas(&mut rs, &view, p, &lazy_ranges, shared)
-    })?;
-    // The root sets the SysV objects' values and messages (made before any process).
-    if pr.space == 0 {
-        c.step(Step::Map, ipid, || super::share::sysv::claim(&mut rs, set))?;
-    }
-
-    if let Some(hooks) = lazy {
-        let ranges = lazy_ranges.clone();
-        c.step(Step::Lazy, ipid, || -> StepResult {
-            let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-            let t = remote::take_uffd(&mut rs, flags)?;
-            hooks
-                .start(super::LazyStart {
-                    pid,
-                    space: pr.space,
-                    uffd: crate::sys::uffd::Uffd::from_owned(t.uffd),
-                    pidfd: t.pidfd,
-                    ranges,
-                })
-                .map_err(StepError::LazyStart)
-        })?;
-    }
-
-    let fill_start = Instant::now();
-    let pages_restored = c.step(Step::Fill, ipid, || {
-        if lazy_ranges.is_empty() {
-            let uffd = memory::UffdFill::start(&mut rs, &view, p);
-            memory::fill(pid, &keyed, base, p, source, uffd)
-        } else {
-            // Under their keys (a page source checks them against the set).
-            let eager = memory::eager_part(&keyed, base, p, &lazy_ranges);
-            memory::fill(pid, &eager, base, p, source, None)
+    let Built {
+        pages_restored,
+        fill_time,
+        lazy_ranges,
+    } = if adopted {
+        // The root sets the SysV objects' values and messages (made before any process).
+        if pr.space == 0 {
+            c.step(Step::Map, ipid, || super::share::sysv::claim(&mut rs, set))?;
         }
-    })?;
-    let fill_time = crate::util::us(fill_start.elapsed());
-
-    c.step(Step::Protect, ipid, || {
-        memory::protect(&mut rs, p, &temp_prot)
-    })?;
-    c.step(Step::MmMap, ipid, || super::mm::set_mm(&mut rs, p))?;
+        Built {
+            pages_restored: 0,
+            fill_time: 0,
+            lazy_ranges: Vec::new(),
+        }
+    } else {
+        rebuild_memory(c, pr.space, p, pid, scratch, &mut rs, source, shared, lazy)?
+    };
+    c.step(Step::MmMap, ipid, || super::mm::set_mm(&mut rs, p, adopted))?;
     // A process sharing its parent's fd table (CLONE_FILES) has its fds from that one.
     if p.files_of.is_none() {
         c.step(Step::Files, ipid, || {
@@ -287,6 +288,87 @@ fn build(
     c.step(Step::Run, ipid, || {
         drop(rs);
         super::signals::queue_pending(pid, p, &threads)
+    })?;
+    Ok(Built {
+        pages_restored,
+        fill_time,
+        lazy_ranges,
+    })
+}
+
+/// The memory steps of [`build`]: *unmap* (what the parked process had), *vdso*, *map*, a
+/// lazy restore's *lazy*, *fill* and *protect*.
+#[allow(clippy::too_many_arguments)]
+fn rebuild_memory(
+    c: &Ctx<'_>,
+    space: u16,
+    p: &crate::image::ProcessImage,
+    pid: i32,
+    scratch: u64,
+    rs: &mut remote::RemoteSyscall,
+    source: &dyn PageSource,
+    shared: &mut super::share::Shared,
+    lazy: Option<&mut dyn super::LazyHooks>,
+) -> Result<Built, RestoreError> {
+    let (set, ipid) = (c.set, p.pid);
+    // The process's own pages at their own addresses, and (for the page source, which checks
+    // them against the set) under their keys.
+    let view = memory::space_view(set, space, false);
+    let keyed = memory::space_view(set, space, true);
+    let base = crate::image::space_bounds(space).0;
+
+    c.step(Step::Unmap, ipid, || {
+        memory::unmap_old(&mut *rs, &maps(pid)?, scratch)
+    })?;
+    c.step(Step::Vdso, ipid, || {
+        super::vdso::move_vdso(&mut *rs, &maps(pid)?, p)
+    })?;
+
+    // Lazy: the daemon takes the private anonymous memory; the fill skips it.
+    let lazy_ranges: Vec<(u64, u64)> = match lazy {
+        Some(_) => super::lazy_ranges(&view, p),
+        None => Vec::new(),
+    };
+    let temp_prot = c.step(Step::Map, ipid, || {
+        memory::map_vmas(&mut *rs, &view, p, &lazy_ranges, shared)
+    })?;
+    // The root sets the SysV objects' values and messages (made before any process).
+    if space == 0 {
+        c.step(Step::Map, ipid, || super::share::sysv::claim(&mut *rs, set))?;
+    }
+
+    if let Some(hooks) = lazy {
+        let ranges = lazy_ranges.clone();
+        c.step(Step::Lazy, ipid, || -> StepResult {
+            let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+            let t = remote::take_uffd(&mut *rs, flags)?;
+            hooks
+                .start(super::LazyStart {
+                    pid,
+                    space,
+                    uffd: crate::sys::uffd::Uffd::from_owned(t.uffd),
+                    pidfd: t.pidfd,
+                    ranges,
+                })
+                .map_err(StepError::LazyStart)
+        })?;
+    }
+
+    let fill_start = Instant::now();
+    let pages_restored = c.step(Step::Fill, ipid, || {
+        if lazy_ranges.is_empty() {
+            let uffd = memory::UffdFill::start(&mut *rs, &view, p);
+            memory::fill(pid, &keyed, base, p, source, uffd)
+        } else {
+            // Under their keys (a page source checks them against the set).
+            let eager = memory::eager_part(&keyed, base, p, &lazy_ranges);
+            memory::fill(pid, &eager, base, p, source, None)
+        }
+    })?;
+    let fill_time = crate::util::us(fill_start.elapsed());
+
+    c.step(Step::Protect, ipid, || {
+        memory::protect(&mut *rs, p, &temp_prot)
     })?;
     Ok(Built {
         pages_restored,

@@ -180,7 +180,7 @@ fn set_mm_opens_the_exe_passes_its_fd_and_closes_it_even_on_failure() {
     let mut r = Recorder::new(50);
     r.returns("open", 5);
     r.fail_nth(1, libc::EINVAL);
-    let e = crate::restore::mm::set_mm(&mut r, &p).unwrap_err();
+    let e = crate::restore::mm::set_mm(&mut r, &p, false).unwrap_err();
     assert_eq!(e.errno(), Some(libc::EINVAL));
     assert_eq!(r.names(), ["open", "prctl", "close"]);
     let map = r.calls[1].arg_bytes(2).unwrap();
