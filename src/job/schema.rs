@@ -294,6 +294,12 @@ pub struct RestoreSpec {
     /// refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<TtyPolicy>,
+    /// An eager restore from the store with `pid = "same"` right after a dump that stopped a
+    /// lone process: the restored process takes that process's memory over from its memory
+    /// keeper (`restore::adopt`) instead of having it written again from the set, when it can
+    /// (else the memory is written from the set, as with `false`).
+    #[serde(default = "defaults::adopt_memory")]
+    pub adopt_memory: bool,
 }
 
 impl Default for RestoreSpec {
@@ -304,6 +310,7 @@ impl Default for RestoreSpec {
             from: defaults::from(),
             token_file: None,
             tty: None,
+            adopt_memory: defaults::adopt_memory(),
         }
     }
 }
@@ -507,6 +514,9 @@ pub mod defaults {
         Size(1 << 30)
     }
     pub fn snapshot() -> bool {
+        true
+    }
+    pub fn adopt_memory() -> bool {
         true
     }
     pub fn from() -> String {

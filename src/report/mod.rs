@@ -117,6 +117,11 @@ pub struct RunReport {
     pub pages_from_snapshot: u64,
     pub restore_time: u64,
     pub pages_restored: u64,
+    /// The restored process took the memory of the process the dump stopped over from its
+    /// memory keeper (`restore.adopt_memory`): no page was written from the set
+    /// (`pages_restored` is 0).
+    #[serde(default)]
+    pub memory_adopted: bool,
     /// From the start of the restore until the restored process runs (µs).
     pub time_to_running: u64,
     /// How long the dump's network lock held the connections to peers outside the tree
@@ -637,15 +642,19 @@ pub fn render(r: &RunReport) -> String {
         }
     }
     if r.restore_time > 0 || r.restored_pid.is_some() {
+        let pages = if r.memory_adopted {
+            "memory adopted from its keeper".to_string()
+        } else {
+            format!("pages {}", r.pages_restored)
+        };
         let _ = writeln!(
             s,
-            "  restore: pid {}  {}  running after {}  pages {}",
+            "  restore: pid {}  {}  running after {}  {pages}",
             r.restored_pid
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
             human_us(r.restore_time),
             human_us(r.time_to_running),
-            r.pages_restored
         );
     }
     if r.lock_time > 0 || r.restore_lock_time > 0 {

@@ -353,7 +353,7 @@ fn after_launch(
         "dumping"
     });
     let t = Instant::now();
-    let (set, source, marks, keepers) =
+    let (set, source, marks, keepers, handover) =
         match stages::checkpoint(job, &store, target, report, stop, &|s| p.step(s)) {
             Ok(stages::Checkpointed {
                 set,
@@ -362,6 +362,7 @@ fn after_launch(
                 source,
                 marks,
                 keepers,
+                handover,
             }) => {
                 if let Some(x) = &report.predump {
                     let detail = format!(
@@ -394,7 +395,7 @@ fn after_launch(
                     ok: true,
                     detail,
                 });
-                (set, source, marks, keepers)
+                (set, source, marks, keepers, handover)
             }
             Err(e) => {
                 let duration_us = crate::util::us(t.elapsed());
@@ -414,7 +415,17 @@ fn after_launch(
         super::release::reap_keepers(&keepers);
     }
     let r = restore_after_dump(
-        job, &store, &set, source, marks, target, ph, report, p, stop,
+        job,
+        &store,
+        &set,
+        source,
+        handover.as_ref(),
+        marks,
+        target,
+        ph,
+        report,
+        p,
+        stop,
     );
     if !leave_running {
         super::release::reap_keepers(&keepers);
@@ -431,6 +442,7 @@ fn restore_after_dump(
     store: &crate::store::Store,
     set: &std::sync::Arc<crate::image::ImageSet>,
     source: Option<(super::worker::SourceWorker, String)>,
+    handover: Option<&super::worker::Handover>,
     mut marks: Vec<crate::report::Mark>,
     target: &mut Target,
     ph: &Placeholders,
@@ -456,8 +468,13 @@ fn restore_after_dump(
     p.step("restoring");
     marks.push(crate::dump::mark("restore"));
     let (pid, terminal) = stage(report, "restore", |r| {
-        let (pid, terminal) = stages::restore(job, store, set, r)?;
-        Ok(((pid, terminal), format!("pid {pid}")))
+        let (pid, terminal) = stages::restore(job, store, set, r, handover)?;
+        let how = if r.memory_adopted {
+            " (memory adopted from its keeper)"
+        } else {
+            ""
+        };
+        Ok(((pid, terminal), format!("pid {pid}{how}")))
     })?;
     marks.push(crate::dump::mark("running"));
     report.pause = crate::report::PauseReport::from_marks(&marks);

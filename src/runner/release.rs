@@ -118,10 +118,20 @@ pub fn release(pids: &[i32], timeout: Duration) -> Vec<Taken> {
 /// of haul's when haul launched the process (a keeper an orphan of it, a snapshot its sibling;
 /// the snapshot has no exit signal). One that is not haul's child is its own parent's to reap.
 /// Waits at most [`RELEASE_TIMEOUT`] in all (a keeper frees the memory it held as it exits).
+///
+/// A keeper handed over for a restore to adopt (`restore.adopt_memory`) that it did not is
+/// still stopped, untraced: haul kills it here.
 pub fn reap_keepers(pids: &[i32]) {
     let me = crate::sys::process::getpid();
     let end = Instant::now() + RELEASE_TIMEOUT;
     for &pid in pids {
+        if let Ok(st) = crate::proc::stat(pid) {
+            if st.ppid == me && st.state == 'T' {
+                if let Err(e) = crate::sys::process::kill(pid, libc::SIGKILL) {
+                    tracing::debug!(pid, "ending a memory keeper nobody adopted: {e}");
+                }
+            }
+        }
         loop {
             match crate::proc::stat(pid) {
                 Ok(st) if st.ppid == me => {}

@@ -29,6 +29,7 @@ pub fn restore_options(pid: PidPolicy, verify_state: bool) -> crate::restore::Re
         verify_state,
         tty: None,
         network_lock: Default::default(),
+        adopt: None,
     }
 }
 
@@ -66,6 +67,7 @@ pub fn checkpoint(
         source_timeout_us: crate::util::us(job.spec.lazy.source_timeout.0),
     });
     req.predump = job.spec.predump.as_ref().map(PredumpRequest::from_spec);
+    req.hand_keepers = !spec.leave_running && !spec.lazy && adopts(job);
     let exe = std::env::current_exe().map_err(RunError::io("find haul's own binary"))?;
     // A restore follows: index each pre-dump's pages as it is committed, while the worker
     // waits for the next, rather than all of them inside the pause.
@@ -78,7 +80,11 @@ pub fn checkpoint(
             }
         }
     };
-    let (o, worker) = run_in_worker(&exe, &req, stop, &on_step).map_err(stage_err("dump"))?;
+    let super::worker::Ran {
+        outcome: o,
+        source: worker,
+        handover,
+    } = run_in_worker(&exe, &req, stop, &on_step).map_err(stage_err("dump"))?;
     report.predump = o.predump.clone();
     if o.interrupted {
         return Err(RunError::Interrupted);
@@ -137,8 +143,25 @@ pub fn checkpoint(
         source: worker,
         marks,
         keepers: d.stats.keepers.clone(),
+        handover,
     })
 }
+
+/// Whether the job's restore takes the memory of the process it stops over from its memory
+/// keeper (`restore.adopt_memory`): eager, from the local store, with `pid = "same"`. Whether
+/// it then can is decided by the restore (`restore::adopt`).
+fn adopts(job: &Job) -> bool {
+    job.spec.restore.as_ref().is_some_and(|r| {
+        r.adopt_memory
+            && r.mode == crate::job::RestoreMode::Eager
+            && r.pid == PidPolicy::Same
+            && r.page_server().is_none()
+    })
+}
+
+/// How long a restore waits for the checkpoint worker to hand its memory keeper over (it does
+/// once the killed process's death is collected, about when its pid is free).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// After the checkpoint and any restore (off a migration's pause): retention (`store.keep`)
 /// and the store's figures in the report (`du` reads the whole store). Retention never removes
@@ -225,6 +248,8 @@ pub struct Checkpointed {
     /// The memory keepers the worker made for the processes it killed: orphans that come to
     /// haul (a subreaper) and are reaped after the restore ([`super::release::reap_keepers`]).
     pub keepers: Vec<i32>,
+    /// The keepers the worker hands over for the restore to adopt (`restore.adopt_memory`).
+    pub handover: Option<super::worker::Handover>,
 }
 
 /// Where a restore takes the manifest and the pages from.
@@ -276,18 +301,23 @@ impl Source {
     }
 }
 
-/// Eager restore of the set just dumped.
+/// Eager restore of the set just dumped; `handover`: the memory keepers its checkpoint
+/// worker hands over, one of which the restore may adopt.
 pub fn restore(
     job: &Job,
     store: &Store,
     set: &crate::image::ImageSet,
     report: &mut RunReport,
+    handover: Option<&super::worker::Handover>,
 ) -> Result<(i32, Option<super::command::Terminal>), RunError> {
     let Some(spec) = &job.spec.restore else {
         return Err(RunError::Setup("no [restore]".into()));
     };
     let mut opts = restore_options(spec.pid, job.spec.verify.as_ref().is_some_and(|v| v.state));
     opts.network_lock = job.spec.network.lock;
+    if let Some(h) = handover.filter(|_| adopts(job)) {
+        opts.adopt = h.wait(HANDOVER_TIMEOUT).first().copied();
+    }
     let remote = source(job, spec)?.remote(set)?;
     let (set, pages): (_, &dyn crate::restore::PageSource) = match &remote {
         Some((s, r)) => (s, r),
@@ -303,6 +333,7 @@ pub fn restore(
     report.restore_time = r.restore_time;
     report.time_to_running = r.time_to_running;
     report.pages_restored = r.pages_restored;
+    report.memory_adopted = r.adopted;
     report.restore_lock_time = r.lock_time;
     Ok((r.pid, terminal))
 }

@@ -110,7 +110,11 @@ fn run(
     on_step: &dyn Fn(&str),
 ) -> Result<(CheckpointOutcome, Option<SourceWorker>), CommandError> {
     let exe = std::env::current_exe().map_err(CommandError::OwnBinary)?;
-    let (o, w) = worker::run_in_worker(&exe, req, stop, on_step)?;
+    let worker::Ran {
+        outcome: o,
+        source: w,
+        ..
+    } = worker::run_in_worker(&exe, req, stop, on_step)?;
     if o.interrupted {
         return Err(CommandError::Interrupted);
     }

@@ -94,20 +94,48 @@ fn checkpoint_in_worker(
     req: &CheckpointRequest,
     stop: &AtomicBool,
     on_step: &dyn Fn(&str),
-) -> Result<CheckpointOutcome, WorkerError> {
+) -> Result<(CheckpointOutcome, Option<Handover>), WorkerError> {
     let mut w = spawn_worker(exe, req)?;
     match w.first_answer(stop, on_step) {
         Ok(a) => {
             // It has answered and only exits now (freeing its buffers takes a while): reaped
-            // off the path to the restore, which a migration's pause waits for.
-            let mut child = w.child;
-            std::thread::spawn(move || child.wait());
-            a.outcome()
+            // off the path to the restore, which a migration's pause waits for. With
+            // `hand_keepers` its last line names the keepers it handed over.
+            let Spawned { mut child, lines } = w;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let hands = req.hand_keepers;
+            std::thread::spawn(move || {
+                if hands {
+                    let handed = lines.iter().find_map(|l| match Answer::decode(&l) {
+                        Some(Answer::Handed(pids)) => Some(pids),
+                        _ => None,
+                    });
+                    let _ = tx.send(handed.unwrap_or_default());
+                }
+                drop(lines);
+                child.wait()
+            });
+            let o = a.outcome()?;
+            Ok((o, req.hand_keepers.then_some(Handover { rx })))
         }
         Err(e) => {
             let _ = w.child.wait();
             Err(e)
         }
+    }
+}
+
+/// The memory keepers a worker hands over (`CheckpointRequest::hand_keepers`), as it names
+/// them once every death of the dump is collected.
+pub struct Handover {
+    rx: std::sync::mpsc::Receiver<Vec<i32>>,
+}
+
+impl Handover {
+    /// The keepers handed over, once the worker says so; none if it does not within
+    /// `timeout` or ends without saying (a restore then writes the memory from the set).
+    pub fn wait(&self, timeout: Duration) -> Vec<i32> {
+        self.rx.recv_timeout(timeout).unwrap_or_default()
     }
 }
 
@@ -135,19 +163,35 @@ fn lazy_checkpoint_in_worker(
     Ok((o, SourceWorker { w: Some(w) }))
 }
 
-/// Runs `req` in a worker process, lazy or not: the outcome, and for a lazy dump the worker
-/// that goes on serving its frozen source.
+/// A checkpoint run in a worker: its outcome, for a lazy dump the worker that goes on serving
+/// its frozen source, and with `hand_keepers` the keepers it hands over.
+pub struct Ran {
+    pub outcome: CheckpointOutcome,
+    pub source: Option<SourceWorker>,
+    pub handover: Option<Handover>,
+}
+
+/// Runs `req` in a worker process, lazy or not (see [`Ran`]).
 pub fn run_in_worker(
     exe: &Path,
     req: &CheckpointRequest,
     stop: &AtomicBool,
     on_step: &dyn Fn(&str),
-) -> Result<(CheckpointOutcome, Option<SourceWorker>), WorkerError> {
+) -> Result<Ran, WorkerError> {
     if req.lazy.is_some() {
-        let (o, w) = lazy_checkpoint_in_worker(exe, req, stop, on_step)?;
-        Ok((o, Some(w)))
+        let (outcome, w) = lazy_checkpoint_in_worker(exe, req, stop, on_step)?;
+        Ok(Ran {
+            outcome,
+            source: Some(w),
+            handover: None,
+        })
     } else {
-        Ok((checkpoint_in_worker(exe, req, stop, on_step)?, None))
+        let (outcome, handover) = checkpoint_in_worker(exe, req, stop, on_step)?;
+        Ok(Ran {
+            outcome,
+            source: None,
+            handover,
+        })
     }
 }
 

@@ -31,7 +31,7 @@ use crate::dump::{DumpError, DumpStats};
 use crate::report::PredumpReport;
 use crate::track::TrackerKind;
 
-pub use client::{run_in_worker, SourceWorker};
+pub use client::{run_in_worker, Handover, Ran, SourceWorker};
 pub use serve::worker_main;
 pub use source::{serve_frozen, SourceEnd, SourceEndKind};
 
@@ -125,6 +125,11 @@ pub struct CheckpointRequest {
     /// How established connections to peers outside the tree are held (`network.lock`).
     #[serde(default)]
     pub network_lock: crate::netlock::LockMode,
+    /// A restore on this host takes the killed process's memory over
+    /// (`DumpOptions::hand_keepers`): the worker hands its memory keeper over, and names it
+    /// in an [`Answer::Handed`] line once every death is collected.
+    #[serde(default)]
+    pub hand_keepers: bool,
 }
 
 impl CheckpointRequest {
@@ -152,6 +157,7 @@ impl CheckpointRequest {
             lazy: None,
             tcp_pending: crate::job::TcpPending::Refuse,
             network_lock: crate::netlock::LockMode::Nftables,
+            hand_keepers: false,
         }
     }
 }
@@ -226,6 +232,10 @@ enum Answer {
     /// Before the first answer, any number of times: what the worker is doing now (each
     /// pre-dump as it is committed), for the asking haul's progress display.
     Step(String),
+    /// After an `Ok` with `hand_keepers`, once every death is collected: the memory keepers
+    /// handed over (detached, stopped) for the restore to adopt; the asking haul ends the
+    /// ones it does not.
+    Handed(Vec<i32>),
 }
 
 impl Answer {
@@ -244,7 +254,7 @@ impl Answer {
         match self {
             Answer::Ok(o) => Ok(*o),
             Answer::Error(e) => Err(WorkerError::Failed(e)),
-            Answer::Source(_) | Answer::Step(_) => Err(WorkerError::OutOfOrder),
+            Answer::Source(_) | Answer::Step(_) | Answer::Handed(_) => Err(WorkerError::OutOfOrder),
         }
     }
 }
@@ -283,6 +293,7 @@ mod tests {
             }),
             tcp_pending: crate::job::TcpPending::Drop,
             network_lock: crate::netlock::LockMode::None,
+            hand_keepers: true,
         }
     }
 

@@ -54,6 +54,7 @@ fn run_checkpoint(
         deaths_in_background: !lazy,
         // haul, which launched the root, reaps a fork snapshot of it (`DumpStats::keepers`).
         parent_reaps: true,
+        hand_keepers: req.hand_keepers && !req.leave_running && !lazy,
         ..Default::default()
     };
     let Some(p) = &req.predump else {
@@ -252,5 +253,11 @@ pub fn worker_main() -> Result<(), WorkerError> {
     let answered = answer(&a);
     drop(set);
     crate::dump::join_deaths();
+    if req.hand_keepers {
+        // Every death is collected: the keepers are handed over (detached) from this thread,
+        // their tracer, then named; the asking haul may seize them.
+        let handed = answer(&Answer::Handed(crate::dump::hand_over_keepers()));
+        return answered.and(handed);
+    }
     answered
 }
