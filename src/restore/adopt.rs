@@ -186,6 +186,7 @@ fn same_layout(vmas: &[Vma], maps: &[crate::proc::MapEntry]) -> Result<(), Strin
 /// and stopped before its first instruction, as a parked process is once seized. Any failure
 /// ends the keeper (and a process made from it): the caller then restores as usual.
 pub(super) fn make(keeper: i32, pid: i32) -> StepResult<i32> {
+    let mut child = None;
     let made = (|| -> StepResult<i32> {
         ptrace::seize(keeper, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)?;
         ptrace::interrupt(keeper)?;
@@ -199,21 +200,21 @@ pub(super) fn make(keeper: i32, pid: i32) -> StepResult<i32> {
         let at = r.map_scratch(page)?;
         r.set_args_area(at, page);
         let what = format!("clone3(CLONE_VM) of pid {pid} in its memory keeper {keeper}");
-        let child = remote::clone3_sharing_mm(&mut r, pid, &what)?;
+        let made = remote::clone3_sharing_mm(&mut r, pid, &what)?;
+        child = Some(made);
         // The keeper's scratch page leaves the shared address space with its injector.
         drop(r);
-        match ptrace::wait_stop(child) {
-            Ok(Stop::Event { .. }) => Ok(child),
-            other => {
-                end(child);
-                match other {
-                    Ok(stop) => Err(StepError::FirstStop { tid: child, stop }),
-                    Err(e) => Err(e.into()),
-                }
-            }
+        match ptrace::wait_stop(made)? {
+            Stop::Event { .. } => Ok(made),
+            stop => Err(StepError::FirstStop { tid: made, stop }),
         }
     })();
     end(keeper);
+    // The keeper first: a process made from it then comes to haul (a subreaper), whose wait
+    // as its tracer and parent frees the pid for the restore that follows.
+    if let (Err(_), Some(c)) = (&made, child) {
+        end(c);
+    }
     made
 }
 
