@@ -12,6 +12,10 @@
 //! - `checkpoint`: a full dump that leaves the process running (its pause is the freeze;
 //!   the job's `dump` stage, the time to a committed set).
 //!
+//! The eager restores adopt the stopped process's memory from its keeper
+//! (`restore.adopt_memory`, the default); with `fill` they write it from the set, as a restore
+//! on another host does. Each run says which it did (`memory_adopted`).
+//!
 //! Every path runs `runs` times after a prewarm; the median pause is printed with the pause
 //! timeline of the median run (the report's `pause`), so the note can say where it goes.
 
@@ -37,6 +41,9 @@ pub struct BenchOptions {
     pub runs: u32,
     /// Only these paths (empty: all).
     pub paths: Vec<String>,
+    /// Eager restores write the memory from the set (`restore.adopt_memory = false`) instead
+    /// of adopting it from the stopped process's keeper: a restore as on another host.
+    pub fill: bool,
 }
 
 impl Default for BenchOptions {
@@ -48,6 +55,7 @@ impl Default for BenchOptions {
             rate: 1000,
             runs: 3,
             paths: Vec::new(),
+            fill: false,
         }
     }
 }
@@ -69,6 +77,9 @@ pub struct MigrateRun {
     pub all_resident_us: u64,
     /// Lazy: median fault service (µs).
     pub fault_p50_us: u64,
+    /// The restore adopted the memory from the stopped process's keeper (the report's
+    /// `memory_adopted`).
+    pub memory_adopted: bool,
     /// What haul itself timed, phase by phase.
     pub timeline: Option<PauseReport>,
 }
@@ -165,7 +176,10 @@ fn job_text(o: &BenchOptions, writer: &Path, path: &str, run_dir: &Path) -> Stri
         ),
         _ => (
             "false",
-            "[restore]\nmode = \"eager\"\npid = \"same\"\n".to_string(),
+            format!(
+                "[restore]\nmode = \"eager\"\npid = \"same\"\nadopt_memory = {}\n",
+                !o.fill
+            ),
         ),
     };
     // The restored process runs a while, so that it prints after its pause: the verify
@@ -243,6 +257,7 @@ fn one_run(
         restore_us: report.time_to_running,
         all_resident_us: lazy.map_or(0, |l| l.time_to_all_resident),
         fault_p50_us: lazy.map_or(0, |l| l.fault_latency_p50),
+        memory_adopted: report.memory_adopted,
         timeline: report.pause.clone(),
     })
 }
@@ -308,6 +323,12 @@ pub fn report_text(r: &BenchReport) -> String {
         let _ = write!(s, "               dump {}", human_us(p.median_dump_us));
         if p.median_restore_us > 0 {
             let _ = write!(s, "  restore {}", human_us(p.median_restore_us));
+            let adopted = p.runs.iter().filter(|x| x.memory_adopted).count();
+            let _ = match adopted {
+                0 => write!(s, " (memory written from the set)"),
+                n if n == p.runs.len() => write!(s, " (memory adopted)"),
+                n => write!(s, " (memory adopted in {n} of {} runs)", p.runs.len()),
+            };
         }
         if p.median_all_resident_us > 0 {
             let _ = write!(

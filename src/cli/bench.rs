@@ -80,6 +80,7 @@ pub fn run(what: BenchCommand, quiet: bool) -> Result<u8, Error> {
             rate,
             paths,
             runs,
+            fill,
             json,
         } => {
             use haul::bench::migrate as bench;
@@ -90,6 +91,7 @@ pub fn run(what: BenchCommand, quiet: bool) -> Result<u8, Error> {
                 rate,
                 runs,
                 paths,
+                fill,
             };
             let a = Activity::start(mode, "bench migrate", "running");
             let r = bench::run_bench(&opts)?;

@@ -451,6 +451,10 @@ pub enum BenchCommand {
         /// Repetitions of each path (medians are reported).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         runs: u32,
+        /// Eager restores write the memory from the set (`restore.adopt_memory = false`)
+        /// instead of adopting it from the stopped process: a restore as on another host.
+        #[arg(long)]
+        fill: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
