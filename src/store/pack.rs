@@ -102,7 +102,13 @@ pub struct PackWriter {
     hasher: blake3::Hasher,
     len: u64,
     footer: Footer,
+    /// Written around the page cache ([`PackWriter::create_direct`]): a chunk of
+    /// [`DIRECT_CHUNK`] bytes and how many of them are not written yet.
+    direct: Option<(crate::sys::mem::PageBuf, usize)>,
 }
+
+/// The size of a pack's direct writes: whole pages, so that every write is aligned.
+const DIRECT_CHUNK: usize = 1 << 20;
 
 impl PackWriter {
     pub fn create(root: &Path) -> Result<PackWriter, StoreError> {
@@ -114,7 +120,28 @@ impl PackWriter {
             hasher: blake3::Hasher::new(),
             len: 0,
             footer: Footer::default(),
+            direct: None,
         })
+    }
+
+    /// [`PackWriter::create`], written with `O_DIRECT` in whole chunks of [`DIRECT_CHUNK`]
+    /// (the tail, footer and trailer through the page cache): for a set that is not read back
+    /// soon (a migration whose restore adopts the process's memory). The pack's pages then
+    /// cost no fresh page-cache memory (up to ~2 ms per MB on this kind of VM, where freed
+    /// memory goes back to the host) and no copy into it: the device reads them from the
+    /// chunk. As [`PackWriter::create`] where the filesystem has no direct I/O.
+    pub fn create_direct(root: &Path) -> Result<PackWriter, StoreError> {
+        let mut w = PackWriter::create(root)?;
+        match crate::sys::file::set_direct(&w.file, true) {
+            Ok(()) => w.direct = Some((crate::sys::mem::PageBuf::zeroed(DIRECT_CHUNK), 0)),
+            Err(e) => tracing::debug!("no direct I/O for {}: {e}", w.tmp.display()),
+        }
+        Ok(w)
+    }
+
+    /// Whether it writes around the page cache ([`PackWriter::create_direct`]).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Bytes written so far.
@@ -127,12 +154,45 @@ impl PackWriter {
     }
 
     fn write(&mut self, b: &[u8]) -> Result<(), StoreError> {
-        self.file
-            .write_all(b)
-            .map_err(|e| StoreError::io(format!("writing pack {}", self.tmp.display()), e))?;
         self.hasher.update(b);
         self.len += b.len() as u64;
+        if self.direct.is_none() {
+            return self.write_file(b);
+        }
+        // Bytes gather in the chunk; each full chunk goes out in one aligned write.
+        let mut rest = b;
+        while !rest.is_empty() {
+            let (chunk, used) = self.direct.as_mut().expect("direct");
+            let n = rest.len().min(DIRECT_CHUNK - *used);
+            chunk[*used..*used + n].copy_from_slice(&rest[..n]);
+            *used += n;
+            rest = &rest[n..];
+            if *used == DIRECT_CHUNK {
+                let (chunk, _) = self.direct.take().expect("direct");
+                let r = self.write_file(&chunk);
+                self.direct = Some((chunk, 0));
+                r?;
+            }
+        }
         Ok(())
+    }
+
+    /// The bytes a direct pack holds back (less than a chunk) go out through the page cache,
+    /// `O_DIRECT` off: the file's length need not be aligned.
+    fn end_direct(&mut self) -> Result<(), StoreError> {
+        if let Some((chunk, used)) = self.direct.take() {
+            crate::sys::file::set_direct(&self.file, false).map_err(|e| {
+                StoreError::io(format!("ending direct I/O on {}", self.tmp.display()), e)
+            })?;
+            self.write_file(&chunk[..used])?;
+        }
+        Ok(())
+    }
+
+    fn write_file(&mut self, b: &[u8]) -> Result<(), StoreError> {
+        self.file
+            .write_all(b)
+            .map_err(|e| StoreError::io(format!("writing pack {}", self.tmp.display()), e))
     }
 
     /// Appends one encoded frame holding the pages `ids` (in slot order).
@@ -179,6 +239,7 @@ impl PackWriter {
     }
 
     fn finish_inner(mut self, root: &Path, durable: bool) -> Result<CommittedPack, StoreError> {
+        self.end_direct()?;
         let footer = self.footer.encode();
         let t = trailer(self.len, &footer);
         self.write(&footer)?;

@@ -18,7 +18,7 @@ use crate::image::{
 use crate::sys::file::FileLock;
 use crate::sys::mem::PageBuf;
 use rayon::prelude::*;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -60,6 +60,8 @@ pub struct SetWriter<'a> {
     /// What the set would hold if nothing changed since its chain's last set: the commit
     /// counts only what differs ([`SetWriter::know_view`]).
     view: Option<Arc<ChainView>>,
+    /// Packs are written with direct I/O ([`SetWriter::write_around_page_cache`]).
+    direct: Arc<AtomicBool>,
     /// The store lock (shared), and for a bucket store its lock object (shared) too.
     _lock: (FileLock, Option<super::bucket::lock::BucketLock>),
 }
@@ -100,9 +102,11 @@ impl<'a> SetWriter<'a> {
         let (tx, rx) = sync_channel(QUEUE);
         let pool: Pool = Arc::default();
         let wpool = pool.clone();
+        let direct = Arc::new(AtomicBool::new(false));
+        let wdirect = direct.clone();
         let worker = std::thread::Builder::new()
             .name("haul-store-writer".into())
-            .spawn(move || Worker::new(inner, level, wpool)?.run(rx))
+            .spawn(move || Worker::new(inner, level, wpool, wdirect)?.run(rx))
             .map_err(|e| StoreError::io("starting the store writer thread", e))?;
         Ok(SetWriter {
             store,
@@ -119,8 +123,19 @@ impl<'a> SetWriter<'a> {
             tree: Default::default(),
             known: None,
             view: None,
+            direct,
             _lock: lock,
         })
+    }
+
+    /// Writes the packs of this set with direct I/O (`O_DIRECT`, see
+    /// [`super::pack::PackWriter::create_direct`]) from now on: for a set that nothing reads
+    /// back soon, whose writes should cost no fresh page-cache memory (a migration's final dump
+    /// when the restore adopts the process's memory). A local store only.
+    pub fn write_around_page_cache(&self) {
+        if self.store.inner.remote.is_none() {
+            self.direct.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Commits under the id and creation time of a set copied from another store (sync), so
@@ -454,10 +469,15 @@ struct AppenderHandle {
 }
 
 impl Worker {
-    fn new(inner: Arc<Inner>, level: Option<i32>, pool: Pool) -> Result<Worker, StoreError> {
+    fn new(
+        inner: Arc<Inner>,
+        level: Option<i32>,
+        pool: Pool,
+        direct: Arc<AtomicBool>,
+    ) -> Result<Worker, StoreError> {
         let frame_pages = inner.frame_pages.load(Ordering::Relaxed);
         let (tx, rx) = sync_channel(QUEUE);
-        let appender = Appender::new(inner.clone());
+        let appender = Appender::new(inner.clone(), direct);
         let thread = std::thread::Builder::new()
             .name("haul-store-append".into())
             .spawn(move || appender.run(rx))
@@ -658,16 +678,19 @@ struct Appender {
     /// Packs being finished (and, for a bucket store, uploaded) in the background, oldest
     /// first: at most one for a local store, [`UPLOADS_IN_FLIGHT`] for a bucket store.
     finishers: std::collections::VecDeque<JoinHandle<Result<(), StoreError>>>,
+    /// New packs are written with direct I/O ([`SetWriter::write_around_page_cache`]).
+    direct: Arc<AtomicBool>,
 }
 
 impl Appender {
-    fn new(inner: Arc<Inner>) -> Appender {
+    fn new(inner: Arc<Inner>, direct: Arc<AtomicBool>) -> Appender {
         let pack_target = inner.pack_target.load(Ordering::Relaxed);
         Appender {
             inner,
             pack_target,
             pack: None,
             finishers: Default::default(),
+            direct,
         }
     }
 
@@ -698,7 +721,11 @@ impl Appender {
     fn append(&mut self, frames: Frames) -> Result<(), StoreError> {
         for (bytes, codec, ids) in frames {
             if self.pack.is_none() {
-                self.pack = Some(PackWriter::create(&self.inner.root)?);
+                let root = &self.inner.root;
+                self.pack = Some(match self.direct.load(Ordering::Relaxed) {
+                    true => PackWriter::create_direct(root)?,
+                    false => PackWriter::create(root)?,
+                });
             }
             if let Some(p) = self.pack.as_mut() {
                 p.append_frame(&bytes, codec, &ids)?;
