@@ -907,7 +907,8 @@ fn stopped_wave_job(dir: &Path, predump: &str, extra: &str) -> PathBuf {
 /// the image's (`[verify] state`), and the memory is the one instant the set holds (the wave
 /// writer finds no torn page over 5 more passes). With `adopt_memory = false` the same job
 /// writes every page from the set, and passes the same checks. After pre-dumps (their
-/// userfaultfd tracking gone before the restore adopts the memory) as without.
+/// userfaultfd tracking gone before the restore adopts the memory) as without. Either way the
+/// set verifies (`haul images verify`).
 #[test]
 fn a_stopped_process_restored_on_this_host_runs_on_the_memory_its_set_was_read_from() {
     let predump = "[predump]\ninterval = \"50ms\"\nmax_iterations = 2\n";
@@ -935,6 +936,13 @@ fn a_stopped_process_restored_on_this_host_runs_on_the_memory_its_set_was_read_f
         } else {
             assert!(restored >= (64 << 20) / 4096, "{r}");
         }
+        // The set (written around the page cache when adopted) reads back whole.
+        let v = haul()
+            .args(["images", "verify", "--store"])
+            .arg(dir.path().join("store"))
+            .output()
+            .unwrap();
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     }
 }
 

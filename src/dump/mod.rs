@@ -351,6 +351,16 @@ pub struct DumpOptions {
 
 pub use tree::{hand_over_keepers, join_deaths};
 
+impl DumpOptions {
+    /// Whether the set's packs are written around the page cache
+    /// (`store::SetWriter::write_around_page_cache`): a dump that stops the process for a
+    /// restore that adopts its memory ([`DumpOptions::hand_keepers`]) reads none of them back,
+    /// and their writes, inside the freeze, then cost no fresh page-cache memory.
+    pub fn around_page_cache(&self) -> bool {
+        self.hand_keepers && !self.leave_running && !self.lazy
+    }
+}
+
 impl Default for DumpOptions {
     fn default() -> Self {
         DumpOptions {

@@ -48,6 +48,9 @@ pub fn dump_to_store(
         ));
     }
     let mut writer = store.begin_set(job, SetKind::Dump, None, level)?;
+    if opts.around_page_cache() {
+        writer.write_around_page_cache();
+    }
     let (out, kept) = super::dump_planned(pid, opts, &mut writer, None)?;
     // A process to kill is still frozen here: an error before `end_frozen` drops the guard,
     // which thaws it. It dies only once its set is committed and fsynced.

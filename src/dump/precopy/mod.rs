@@ -400,6 +400,9 @@ impl<'s> Precopy<'s> {
         let store = self.store;
         let mut writer =
             store.begin_set(&self.job, SetKind::Dump, self.parent.as_deref(), self.level)?;
+        if opts.around_page_cache() {
+            writer.write_around_page_cache();
+        }
         if let Some(k) = &self.costs {
             writer.know_costs(k.clone());
         }
