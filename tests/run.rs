@@ -833,23 +833,8 @@ fn a_checkpoint_read_from_a_fork_restores_the_memory_of_the_freeze() {
             dir.path().join("reports").display(),
         ),
     );
-    let out = haul().args(["run", "--plain"]).arg(&j).output().unwrap();
-    let r = reports(dir.path()).into_iter().next().expect("a report");
-    for key in ["pid", "restored_pid"] {
-        if let Some(pid) = r[key].as_i64() {
-            // Gone already, or killed now.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-    assert_eq!(
-        r["outcome"],
-        "ok",
-        "{r}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (r, stderr) = run_once(dir.path(), &j);
+    assert_eq!(r["outcome"], "ok", "{r}\n{stderr}");
     assert_eq!(r["verify"]["passed"], true, "{r}");
     assert!(
         r["pages_from_snapshot"].as_u64().unwrap() >= (64 << 20) / 4096,

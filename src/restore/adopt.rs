@@ -235,17 +235,8 @@ mod tests {
 
     fn vma(start: u64, end: u64, kind: VmaKind, name: &str) -> Vma {
         Vma {
-            start,
-            end,
-            prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
-            shared: false,
-            pgoff: 0,
-            kind,
             name: name.into(),
-            file: None,
-            vm_flags: Vec::new(),
-            ino: 0,
-            shared_with: None,
+            ..crate::restore::tests::vma(start, end, kind, &[])
         }
     }
 
@@ -255,14 +246,8 @@ mod tests {
             end,
             read: true,
             write: true,
-            exec: false,
-            shared: false,
-            offset: 0,
-            dev_major: 0,
-            dev_minor: 0,
-            inode: 0,
             path: path.into(),
-            vm_flags: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -289,23 +274,12 @@ mod tests {
 
     #[test]
     fn objects_a_restore_makes_again_are_not_adopted() {
-        for kind in [
-            VmaKind::SharedAnon,
-            VmaKind::DeletedShm,
-            VmaKind::SysvShm,
-            VmaKind::Memfd,
-        ] {
+        use VmaKind::*;
+        let made_again = [SharedAnon, DeletedShm, SysvShm, Memfd].map(|k| (k, false));
+        let kept = [Anon, File, Vdso, Vvar, VvarVclock, Vsyscall].map(|k| (k, true));
+        for (kind, want) in made_again.into_iter().chain(kept) {
             let v = vma(0, 0x1000, kind, "x");
-            assert!(!carried(&v), "{:?} is carried", v.kind);
-        }
-        for kind in [
-            VmaKind::Anon,
-            VmaKind::File,
-            VmaKind::Vdso,
-            VmaKind::Vsyscall,
-        ] {
-            let v = vma(0, 0x1000, kind, "x");
-            assert!(carried(&v), "{:?} is not carried", v.kind);
+            assert_eq!(carried(&v), want, "{:?}", v.kind);
         }
     }
 }

@@ -28,7 +28,7 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
     u64::from_ne_bytes(b[i..i + 8].try_into().unwrap())
 }
 
-fn vma(start: u64, end: u64, kind: VmaKind, flags: &[&str]) -> Vma {
+pub(super) fn vma(start: u64, end: u64, kind: VmaKind, flags: &[&str]) -> Vma {
     Vma {
         start,
         end,
