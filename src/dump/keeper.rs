@@ -164,6 +164,26 @@ fn disarm(pid: i32, what: &str, leave_session: bool) -> Result<(), DumpError> {
     Ok(())
 }
 
+/// Waits until keeper `pid`, just detached with `SIGSTOP`, is in its group stop (it runs in
+/// the kernel for a moment to take the signal; a restore checks for the stop): 1 s at most.
+fn stopped(pid: i32) -> Result<(), DumpError> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let state = crate::proc::stat(pid).map(|s| s.state);
+        match state {
+            Ok('T') => return Ok(()),
+            Ok('R' | 'S' | 'D') if std::time::Instant::now() < end => {
+                std::thread::sleep(std::time::Duration::from_micros(200))
+            }
+            other => {
+                return Err(DumpError::Internal(format!(
+                    "memory keeper {pid} did not stop once detached: {other:?}"
+                )))
+            }
+        }
+    }
+}
+
 /// Kills child `pid` of [`make_child`] and collects its death as its tracer.
 pub(super) fn end_child(pid: i32, what: &str) {
     if let Err(e) = process::kill(pid, libc::SIGKILL) {
@@ -207,7 +227,7 @@ impl Keeper {
             // as when it was made) restored, still in its syscall-exit stop.
             drop(r);
             ptrace::detach(pid, libc::SIGSTOP)?;
-            Ok(())
+            stopped(pid)
         })();
         match handed {
             Ok(()) => Ok(pid),
