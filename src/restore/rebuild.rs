@@ -81,7 +81,10 @@ pub(super) fn rebuild(
     // (released when dropped, also if the restore fails).
     let netlock = c.step(Step::Spawn, root.pid, || super::netlock::take(set, opts))?;
     let adopted = match adopting {
-        Some(a) => match super::adopt::make(a.keeper, root.pid) {
+        // (Entered as the spawn it stands for: the test switch fails it alike.)
+        Some(a) => match c.enter(Step::Spawn, root.pid).and_then(|()| {
+            super::adopt::make(a.keeper, root.pid).map_err(|e| c.err(Step::Spawn, root.pid, e))
+        }) {
             Ok(pid) => Some(pid),
             Err(e) => {
                 tracing::warn!(
