@@ -130,7 +130,9 @@ pub(super) fn check(
         return Err(NotAdopted::Creds { keeper, what });
     }
     let maps = crate::proc::maps(keeper).map_err(proc_err)?;
-    same_layout(&p.vmas, &maps).map_err(|detail| NotAdopted::Layout { keeper, detail })?;
+    if let Some(detail) = layout_difference(&p.vmas, &maps) {
+        return Err(NotAdopted::Layout { keeper, detail });
+    }
     Ok(Adoptable {
         keeper,
         sid: stat.session,
@@ -152,11 +154,11 @@ fn carried(v: &Vma) -> bool {
     }
 }
 
-/// `Ok` when `maps` (the keeper's) are the set's `vmas`: same ranges, protections, sharing,
-/// offsets of files and names; else what differs first.
-fn same_layout(vmas: &[Vma], maps: &[crate::proc::MapEntry]) -> Result<(), String> {
+/// What differs first between `maps` (the keeper's) and the set's `vmas` (ranges,
+/// protections, sharing, offsets of files and names); None when nothing does.
+fn layout_difference(vmas: &[Vma], maps: &[crate::proc::MapEntry]) -> Option<String> {
     if vmas.len() != maps.len() {
-        return Err(format!(
+        return Some(format!(
             "{} mappings, the set has {}",
             maps.len(),
             vmas.len()
@@ -172,13 +174,13 @@ fn same_layout(vmas: &[Vma], maps: &[crate::proc::MapEntry]) -> Result<(), Strin
             || (offset_matters && v.pgoff != m.offset)
             || v.name != m.path
         {
-            return Err(format!(
+            return Some(format!(
                 "{:#x}-{:#x} {} against {:#x}-{:#x} {}",
                 m.start, m.end, m.path, v.start, v.end, v.name
             ));
         }
     }
-    Ok(())
+    None
 }
 
 /// Makes the process with pid `pid` from handed-over keeper `keeper` (its address space
@@ -258,18 +260,18 @@ mod tests {
             vma(0x5000, 0x6000, VmaKind::Anon, "[heap]"),
         ];
         let maps = [entry(0x1000, 0x3000, ""), entry(0x5000, 0x6000, "[heap]")];
-        assert_eq!(same_layout(&vmas, &maps), Ok(()));
+        assert_eq!(layout_difference(&vmas, &maps), None);
         // One more mapping (a scratch page left behind), a moved end, another protection.
         let more = [maps[0].clone(), maps[1].clone(), entry(0x8000, 0x9000, "")];
-        assert!(same_layout(&vmas, &more).is_err());
+        assert!(layout_difference(&vmas, &more).is_some());
         let mut moved = maps.clone();
         moved[1].end = 0x7000;
-        assert!(same_layout(&vmas, &moved)
-            .unwrap_err()
+        assert!(layout_difference(&vmas, &moved)
+            .unwrap()
             .contains("0x5000-0x7000"));
         let mut ro = maps.clone();
         ro[0].write = false;
-        assert!(same_layout(&vmas, &ro).is_err());
+        assert!(layout_difference(&vmas, &ro).is_some());
     }
 
     #[test]
